@@ -1,0 +1,56 @@
+"""abi-engine: an embeddable, durable workflow engine.
+
+The public surface: :class:`Engine`, the plugin marker :data:`hookimpl`, the
+authoring API for workflow types (:class:`WorkflowType`, :func:`step`,
+:class:`RetryPolicy`, :class:`StepContext`), integration providers, the
+models and the errors (``abi_engine.errors``).
+"""
+
+from abi_engine import errors
+from abi_engine.auth import Principal
+from abi_engine.engine import Engine
+from abi_engine.events import EVENT_TYPES, Event
+from abi_engine.hookspecs import hookimpl
+from abi_engine.integrations import HttpProvider, IntegrationProvider
+from abi_engine.models import (
+    Execution,
+    ExecutionStatus,
+    Integration,
+    Page,
+    Pagination,
+    Scope,
+    Step,
+    StepStatus,
+    Workflow,
+    WorkflowStatus,
+)
+from abi_engine.types import RetryPolicy, StepContext, StepSpec, WorkflowType, step
+
+__all__ = [
+    "EVENT_TYPES",
+    "Engine",
+    "Event",
+    "Execution",
+    "ExecutionStatus",
+    "HttpProvider",
+    "Integration",
+    "IntegrationProvider",
+    "Page",
+    "Pagination",
+    "Principal",
+    "RetryPolicy",
+    "Scope",
+    "Step",
+    "StepContext",
+    "StepSpec",
+    "StepStatus",
+    "Workflow",
+    "WorkflowStatus",
+    "WorkflowType",
+    "__version__",
+    "errors",
+    "hookimpl",
+    "step",
+]
+
+__version__ = "0.1.0"

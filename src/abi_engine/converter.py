@@ -1,0 +1,171 @@
+"""The one cattrs converter of abi-engine.
+
+It unstructures models into exactly the seed's JSON (RFC 3339 ``Z`` times,
+enums by value, ``omit_none`` fields left out while ``None``) and structures
+request bodies strictly: unknown keys and wrong types are refused, and the
+failure becomes :class:`~abi_engine.errors.InvalidRequest` whose ``details``
+name each offending field.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn
+from cattrs.v import transform_error
+
+from abi_engine.errors import AbiError, InvalidRequest
+from abi_engine.ids import format_time, parse_time
+
+__all__ = ["converter", "field_errors", "structure", "unstructure"]
+
+T = TypeVar("T")
+
+converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+
+
+def _structure_datetime(value: Any, _: type) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise TypeError("expected an RFC 3339 time string")
+    return parse_time(value)
+
+
+converter.register_unstructure_hook(datetime, format_time)
+converter.register_structure_hook(datetime, _structure_datetime)
+
+
+def _strict(kind: type, accepted: tuple[type, ...], name: str) -> None:
+    def hook(value: Any, _: type) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {name}, got a boolean")
+        if not isinstance(value, accepted):
+            raise TypeError(f"expected {name}, got {type(value).__name__}")
+        return kind(value)
+
+    converter.register_structure_hook(kind, hook)
+
+
+_strict(str, (str,), "a string")
+_strict(int, (int,), "an integer")
+_strict(float, (int, float), "a number")
+_strict(bool, (bool,), "a boolean")
+
+
+def _dict_any(value: Any, _: type) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError("object keys must be strings")
+    return value
+
+
+converter.register_structure_hook_func(lambda t: t == dict[str, Any], _dict_any)
+
+
+def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(str(m.value) for m in cls)
+        raise ValueError(f"must be one of: {allowed}") from None
+
+
+# StrEnum before str in the MRO: these must be registered per base, not by predicate,
+# or the strict ``str`` hook would win for string enums.
+for _base in (enum.StrEnum, enum.IntEnum, enum.Enum):
+    converter.register_structure_hook(_base, _structure_enum)
+    converter.register_unstructure_hook(_base, lambda member: member.value)
+
+
+def _unstructure_factory(cls: type) -> Callable[[Any], dict[str, Any]]:
+    base: Callable[[Any], dict[str, Any]] = make_dict_unstructure_fn(cls, converter)
+    omit = tuple(f.name for f in attrs.fields(cls) if f.metadata.get("omit_none"))
+    if not omit:
+        return base
+
+    def unstructure_omitting(obj: Any) -> dict[str, Any]:
+        data = base(obj)
+        for name in omit:
+            if data.get(name, 0) is None:
+                del data[name]
+        return data
+
+    return unstructure_omitting
+
+
+converter.register_unstructure_hook_factory(attrs.has, _unstructure_factory)
+
+
+def _list_of_str(value: Any, _: type) -> list[str]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError("expected a list of strings")
+    return list(value)
+
+
+converter.register_structure_hook_func(lambda t: t == list[str], _list_of_str)
+
+
+def field_errors(exc: BaseException) -> list[dict[str, str]]:
+    """Turn a cattrs structuring failure into ``[{"field", "message"}]``.
+
+    The field is a dotted path from the body's root (``integrations[0].id``).
+    """
+    out = []
+    for line in transform_error(exc, path="$", format_exception=_format_exception):
+        message, _, path = line.rpartition(" @ ")
+        field = path[2:] if path.startswith("$.") else path.removeprefix("$")
+        if message.startswith(_EXTRA):
+            for name in message.removeprefix(_EXTRA).split(", "):
+                out.append(
+                    {"field": f"{field}.{name}" if field else name, "message": "unknown field"}
+                )
+            continue
+        out.append({"field": field or "(body)", "message": message})
+    return out
+
+
+_EXTRA = "unknown field(s): "
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return _EXTRA + ", ".join(sorted(exc.extra_fields))
+    if isinstance(exc, TypeError | ValueError) and str(exc):
+        return str(exc)
+    return f"invalid value for {getattr(type_, '__name__', type_)}"
+
+
+def structure(data: Any, cls: type[T], *, error: type[AbiError] = InvalidRequest) -> T:
+    """Structure ``data`` into ``cls``, raising ``error`` that names each bad field."""
+    if attrs.has(cls) and not isinstance(data, dict):
+        raise error(
+            "The request body must be a JSON object",
+            {"field": "(body)", "errors": [{"field": "(body)", "message": "expected an object"}]},
+        )
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        errors = field_errors(exc)
+        first = errors[0] if errors else {"field": "(body)", "message": str(exc)}
+        raise error(
+            f"Invalid value for '{first['field']}': {first['message']}",
+            {"field": first["field"], "errors": errors},
+        ) from None
+
+
+def unstructure(obj: Any) -> Any:
+    """The JSON-able form of a model (or list of models)."""
+    return converter.unstructure(obj)

@@ -1,0 +1,71 @@
+"""Prefixed, time-sortable identifiers and the UTC clock."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime
+
+__all__ = ["PREFIXES", "format_time", "new_id", "parse_time", "utcnow"]
+
+PREFIXES = {
+    "workflow": "wf_",
+    "execution": "exec_",
+    "schedule": "sched_",
+    "webhook": "wh_",
+    "user": "usr_",
+    "integration": "int_",
+    "delivery": "dlv_",
+    "token": "tok_",
+    "event": "evt_",
+}
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def _b32(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        value, rem = divmod(value, 32)
+        chars.append(_ALPHABET[rem])
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    """A new id: ``prefix`` + 10 chars of millisecond time + 16 random chars.
+
+    Ids of one prefix sort by creation time (to the millisecond).
+    """
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    return f"{prefix}{_b32(ms, 10)}{_b32(rand, 16)}"
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, truncated to milliseconds (what the API shows)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def format_time(value: datetime) -> str:
+    """RFC 3339 UTC with a ``Z`` suffix; milliseconds only when not zero."""
+    value = value.astimezone(UTC)
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an RFC 3339 / ISO 8601 time; naive times are taken as UTC.
+
+    :raises ValueError: when ``value`` is not a valid time.
+    """
+    if not isinstance(value, str):
+        raise ValueError("expected an RFC 3339 string")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)

@@ -1,0 +1,296 @@
+"""The resources of abi-engine as attrs classes.
+
+The single converter in :mod:`abi_engine.converter` turns each into exactly the
+JSON the seed shows. Field names are the JSON names. Fields marked
+``omit_none`` are left out of the JSON while they are ``None``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import attrs
+
+__all__ = [
+    "ActivationResult",
+    "DeleteResult",
+    "Execution",
+    "ExecutionStatus",
+    "ExecutionSummary",
+    "Integration",
+    "IntegrationStatus",
+    "Page",
+    "Pagination",
+    "Scope",
+    "Step",
+    "StepError",
+    "StepStatus",
+    "Token",
+    "User",
+    "Workflow",
+    "WorkflowIntegration",
+    "WorkflowStats",
+    "WorkflowStatus",
+    "WorkflowSummary",
+]
+
+T = TypeVar("T")
+
+OMIT_NONE = {"omit_none": True}
+
+
+def _opt(default: Any = None) -> Any:
+    return attrs.field(default=default, metadata=OMIT_NONE)
+
+
+class WorkflowStatus(enum.StrEnum):
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+
+
+class IntegrationStatus(enum.StrEnum):
+    PENDING = "pending"
+    CONNECTED = "connected"
+
+
+class ExecutionStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset(
+    {
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.TIMED_OUT,
+        ExecutionStatus.CANCELLED,
+    }
+)
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Scope(enum.StrEnum):
+    WORKFLOWS_READ = "workflows:read"
+    WORKFLOWS_WRITE = "workflows:write"
+    EXECUTIONS_READ = "executions:read"
+    EXECUTIONS_WRITE = "executions:write"
+    SCHEDULES_READ = "schedules:read"
+    SCHEDULES_WRITE = "schedules:write"
+    WEBHOOKS_ADMIN = "webhooks:admin"
+    INTEGRATIONS_ADMIN = "integrations:admin"
+
+
+@attrs.define(kw_only=True)
+class WorkflowIntegration:
+    """An integration a workflow uses.
+
+    ``id`` is an integration connection id (``int_...``); ``required`` means an
+    execution needs it connected; ``status`` is ``pending`` until the engine has
+    a connection of that id, then ``connected``.
+    """
+
+    id: str
+    required: bool = False
+    status: IntegrationStatus = IntegrationStatus.PENDING
+
+
+@attrs.define(kw_only=True)
+class WorkflowStats:
+    """Run counters of a workflow, kept up to date as executions finish."""
+
+    runs_total: int = 0
+    runs_success: int = 0
+    runs_failed: int = 0
+    average_duration_ms: int = 0
+
+
+@attrs.define(kw_only=True)
+class Workflow:
+    """A workflow: a configured instance of a workflow type.
+
+    Fields: ``id`` (``wf_...``), ``name``, ``description``, ``type`` (a
+    registered workflow type), ``configuration`` (validated by the type),
+    ``integrations``, ``metadata`` (free-form; ``metadata.department`` is
+    filterable), ``status`` (``active``/``inactive``), ``stats``, timestamps,
+    and ``created_by`` (the user id of the token that created it).
+    """
+
+    id: str
+    name: str
+    description: str | None = None
+    type: str
+    configuration: dict[str, Any] = attrs.Factory(dict)
+    integrations: list[WorkflowIntegration] = attrs.Factory(list)
+    metadata: dict[str, Any] = attrs.Factory(dict)
+    status: WorkflowStatus = WorkflowStatus.INACTIVE
+    stats: WorkflowStats = attrs.Factory(WorkflowStats)
+    created_at: datetime
+    updated_at: datetime
+    activated_at: datetime | None = _opt()
+    deactivated_at: datetime | None = _opt()
+    created_by: str | None = None
+
+
+@attrs.define(kw_only=True)
+class WorkflowSummary:
+    """A workflow as list endpoints show it."""
+
+    id: str
+    name: str
+    description: str | None = None
+    type: str
+    status: WorkflowStatus
+    metadata: dict[str, Any] = attrs.Factory(dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class ActivationResult:
+    """The answer to activate/deactivate."""
+
+    id: str
+    status: WorkflowStatus
+    activated_at: datetime | None = _opt()
+    deactivated_at: datetime | None = _opt()
+    updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class DeleteResult:
+    """The answer to a delete."""
+
+    id: str
+    deleted: bool = True
+
+
+@attrs.define(kw_only=True)
+class StepError:
+    """Why a step failed: the exception type and its message (never secrets)."""
+
+    type: str
+    message: str
+
+
+@attrs.define(kw_only=True)
+class Step:
+    """One step of an execution, as recorded."""
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
+    attempts: int = _opt()
+    error: StepError | None = _opt()
+
+
+@attrs.define(kw_only=True)
+class Execution:
+    """One run of a workflow."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_name: str | None = _opt()
+    status: ExecutionStatus
+    started_at: datetime | None = None
+    completed_at: datetime | None = _opt()
+    duration_ms: int | None = _opt()
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    result: Any = _opt()
+    error: StepError | None = _opt()
+    steps: list[Step] | None = _opt()
+    callback_url: str | None = _opt()
+    schedule_id: str | None = _opt()
+    created_by: str | None = _opt()
+
+
+@attrs.define(kw_only=True)
+class ExecutionSummary:
+    """An execution as list endpoints show it."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_name: str | None = None
+    status: ExecutionStatus
+    started_at: datetime | None = None
+    completed_at: datetime | None = _opt()
+    duration_ms: int | None = _opt()
+
+
+@attrs.define(kw_only=True)
+class Integration:
+    """A connection to an outside system, by id (``int_...``).
+
+    ``config`` holds the provider's settings; the fields a provider marks as
+    secret are stored but never returned (they show as ``"********"``).
+    """
+
+    id: str
+    provider: str
+    config: dict[str, Any] = attrs.Factory(dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class User:
+    """A user (``usr_...``); tokens act on their behalf."""
+
+    id: str
+    created_at: datetime
+
+
+@attrs.define(kw_only=True)
+class Token:
+    """An access token's stored form: only its hash is kept."""
+
+    id: str
+    user_id: str
+    scopes: frozenset[Scope]
+    created_at: datetime
+    name: str | None = None
+
+
+@attrs.define(kw_only=True)
+class Pagination:
+    page: int
+    page_size: int
+    total_items: int
+    total_pages: int
+
+
+@attrs.define(kw_only=True)
+class Page(Generic[T]):
+    """One page of a list: ``items`` and ``pagination``."""
+
+    items: list[T]
+    pagination: Pagination
+
+    @classmethod
+    def build(cls, items: list[T], page: int, page_size: int, total: int) -> Page[T]:
+        pages = (total + page_size - 1) // page_size if total else 0
+        return cls(
+            items=items,
+            pagination=Pagination(
+                page=page, page_size=page_size, total_items=total, total_pages=pages
+            ),
+        )

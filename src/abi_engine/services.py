@@ -1,0 +1,54 @@
+"""Helpers shared by the engine's services."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from abi_engine.errors import InvalidRequest
+from abi_engine.storage.base import Store
+
+__all__ = ["MAX_PAGE_SIZE", "Service", "check_page"]
+
+T = TypeVar("T")
+
+MAX_PAGE_SIZE = 100
+MAX_PAGE = 10_000_000
+
+
+def _as_int(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequest(f"'{field}' must be an integer", {"field": field})
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())
+    raise InvalidRequest(f"'{field}' must be an integer", {"field": field})
+
+
+def check_page(page: Any, page_size: Any) -> tuple[int, int]:
+    """Validate ``page`` (from 1) and ``page_size`` (1..100); accept digit strings."""
+    page_i = _as_int(page, "page")
+    size_i = _as_int(page_size, "page_size")
+    if not 1 <= page_i <= MAX_PAGE:
+        raise InvalidRequest(f"'page' must be between 1 and {MAX_PAGE}", {"field": "page"})
+    if not 1 <= size_i <= MAX_PAGE_SIZE:
+        raise InvalidRequest(
+            f"'page_size' must be between 1 and {MAX_PAGE_SIZE}", {"field": "page_size"}
+        )
+    return page_i, size_i
+
+
+class Service:
+    """Base of the engine's services: runs store calls inline or in a thread."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._store.blocking:
+            return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+        return fn(*args, **kwargs)

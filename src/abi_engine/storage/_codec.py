@@ -1,0 +1,31 @@
+"""Conversions between model values and column values (shared by backends)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["dumps", "from_ms", "loads", "to_ms"]
+
+
+def to_ms(value: datetime | None) -> int | None:
+    """A UTC datetime as integer epoch milliseconds (sortable, compact)."""
+    if value is None:
+        return None
+    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
+
+
+def from_ms(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    seconds, ms = divmod(int(value), 1000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ms * 1000)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)

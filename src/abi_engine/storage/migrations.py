@@ -1,0 +1,88 @@
+"""Ordered schema migrations of the SQLite store.
+
+Each migration is a function of a :class:`sqlite_utils.Database`, applied once,
+in order, inside the transaction that records it in ``schema_migrations``.
+Append new migrations; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+__all__ = ["MIGRATIONS"]
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+_LIVE = "WHERE deleted_at IS NULL"
+
+
+def m001_core(db: sqlite_utils.Database) -> None:
+    """Users, tokens, workflows, integrations and the event outbox."""
+    db["users"].create({"id": str, "created_at": int}, pk="id")  # type: ignore[union-attr]
+    db["tokens"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "hash": str,
+            "user_id": str,
+            "scopes": str,
+            "name": str,
+            "created_at": int,
+            "revoked_at": int,
+        },
+        pk="id",
+        not_null={"hash", "user_id", "scopes", "created_at"},
+        foreign_keys=[("user_id", "users", "id")],
+    )
+    db["tokens"].create_index(["hash"], unique=True)  # type: ignore[union-attr]
+    db["workflows"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "name": str,
+            "description": str,
+            "type": str,
+            "status": str,
+            "department": str,
+            "configuration": str,
+            "integrations": str,
+            "metadata": str,
+            "created_at": int,
+            "updated_at": int,
+            "activated_at": int,
+            "deactivated_at": int,
+            "created_by": str,
+            "deleted_at": int,
+            "runs_total": int,
+            "runs_success": int,
+            "runs_failed": int,
+            "duration_total_ms": int,
+        },
+        pk="id",
+        not_null={"name", "type", "status", "configuration", "created_at", "updated_at"},
+        defaults={"runs_total": 0, "runs_success": 0, "runs_failed": 0, "duration_total_ms": 0},
+    )
+    # Partial indexes on live rows: one per sort key, and one per filter with the
+    # default sort, so page 1 of a filtered list is an index range scan.
+    for name, columns in {
+        "created": "created_at, id",
+        "updated": "updated_at, id",
+        "name": "name, id",
+        "status": "status, created_at, id",
+        "type": "type, created_at, id",
+        "department": "department, created_at, id",
+    }.items():
+        db.execute(f"CREATE INDEX idx_workflows_{name} ON workflows ({columns}) {_LIVE}")
+    db["integrations"].create(  # type: ignore[union-attr]
+        {"id": str, "provider": str, "config": str, "created_at": int, "updated_at": int},
+        pk="id",
+        not_null={"provider", "config", "created_at", "updated_at"},
+    )
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
+        " type TEXT NOT NULL, timestamp INTEGER NOT NULL, data TEXT NOT NULL)"
+    )
+    db["events"].create_index(["type", "seq"])  # type: ignore[union-attr]
+
+
+MIGRATIONS: list[Migration] = [m001_core]

@@ -1,0 +1,461 @@
+"""The default store: one SQLite file, WAL, on sqlite-utils.
+
+Concurrency: every write goes through one connection under a lock, inside
+``BEGIN IMMEDIATE`` (so a write never fails half-way on a lock upgrade);
+reads use one connection per thread and never block writers (WAL). Across
+processes, ``busy_timeout`` makes writers queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import sqlite_utils
+
+from abi_engine.events import Event
+from abi_engine.models import (
+    Integration,
+    Scope,
+    Token,
+    User,
+    Workflow,
+    WorkflowIntegration,
+    WorkflowStats,
+    WorkflowStatus,
+)
+from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage.base import StoredEvent, WorkflowQuery
+from abi_engine.storage.migrations import MIGRATIONS
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+Durability = Literal["normal", "full"]
+
+_BUSY_TIMEOUT_MS = 60_000
+
+_WORKFLOW_COLUMNS = (
+    "id, name, description, type, status, configuration, integrations, metadata,"
+    " created_at, updated_at, activated_at, deactivated_at, created_by,"
+    " runs_total, runs_success, runs_failed, duration_total_ms"
+)
+
+
+def _row_to_workflow(row: sqlite3.Row | tuple[Any, ...]) -> Workflow:
+    (
+        wf_id,
+        name,
+        description,
+        wf_type,
+        status,
+        configuration,
+        integrations,
+        metadata,
+        created_at,
+        updated_at,
+        activated_at,
+        deactivated_at,
+        created_by,
+        runs_total,
+        runs_success,
+        runs_failed,
+        duration_total,
+    ) = row
+    return Workflow(
+        id=wf_id,
+        name=name,
+        description=description,
+        type=wf_type,
+        status=WorkflowStatus(status),
+        configuration=loads(configuration),
+        integrations=[
+            WorkflowIntegration(id=item["id"], required=item["required"])
+            for item in loads(integrations)
+        ],
+        metadata=loads(metadata),
+        stats=WorkflowStats(
+            runs_total=runs_total,
+            runs_success=runs_success,
+            runs_failed=runs_failed,
+            average_duration_ms=round(duration_total / runs_total) if runs_total else 0,
+        ),
+        created_at=from_ms(created_at),  # type: ignore[arg-type]
+        updated_at=from_ms(updated_at),  # type: ignore[arg-type]
+        activated_at=from_ms(activated_at),
+        deactivated_at=from_ms(deactivated_at),
+        created_by=created_by,
+    )
+
+
+def _department(metadata: dict[str, Any]) -> str | None:
+    value = metadata.get("department")
+    return value if isinstance(value, str) else None
+
+
+class SQLiteStore:
+    """A :class:`~abi_engine.storage.Store` on one SQLite database file.
+
+    :param path: a file path (created when missing) or ``":memory:"``.
+    :param durability: ``"normal"`` (WAL, ``synchronous=NORMAL``: survives a
+        killed process) or ``"full"`` (``synchronous=FULL``: survives power loss).
+    """
+
+    blocking = False
+
+    def __init__(self, path: str | Path, *, durability: Durability = "normal") -> None:
+        self.path = str(path)
+        self.durability = durability
+        self._memory = self.path == ":memory:"
+        if not self._memory:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self.db = sqlite_utils.Database(self._writer)
+        self._migrate()
+
+    # -- connections -----------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=_BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if not self._memory:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._memory:
+            return self._writer
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        if self._memory:
+            with self._write_lock:
+                yield self._writer
+        else:
+            yield self._reader()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One serialized write transaction (``BEGIN IMMEDIATE``)."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one write transaction and return its result."""
+        with self.transaction() as conn:
+            return fn(conn)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()
+
+    # -- schema ------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+            )
+            current = conn.execute(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations"
+            ).fetchone()[0]
+            for version, migration in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                migration(self.db)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at)"
+                    " VALUES (?, ?, strftime('%s','now') * 1000)",
+                    (version, migration.__name__),
+                )
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0])
+
+    # -- events --------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+        if events:
+            conn.executemany(
+                "INSERT INTO events (id, type, timestamp, data) VALUES (?, ?, ?, ?)",
+                [(e.id, e.type, to_ms(e.timestamp), dumps(e.data)) for e in events],
+            )
+
+    def insert_events(self, events: Sequence[Event]) -> None:
+        with self.transaction() as conn:
+            self._insert_events(conn, events)
+
+    def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT seq, id, type, timestamp, data FROM events WHERE seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        return [
+            StoredEvent(
+                seq=row[0],
+                event=Event(
+                    id=row[1],
+                    type=row[2],
+                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
+                    data=loads(row[4]),
+                ),
+            )
+            for row in rows
+        ]
+
+    # -- users and tokens --------------------------------------------------------------
+
+    def ensure_user(self, user_id: str, created_at: datetime) -> User:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)",
+                (user_id, to_ms(created_at)),
+            )
+            row = conn.execute("SELECT created_at FROM users WHERE id = ?", (user_id,)).fetchone()
+        return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
+
+    def insert_token(self, token: Token, token_hash: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token_hash,
+                    token.user_id,
+                    dumps(sorted(token.scopes)),
+                    token.name,
+                    to_ms(token.created_at),
+                ),
+            )
+
+    def get_token(self, token_hash: str) -> Token | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id, user_id, scopes, name, created_at FROM tokens"
+                " WHERE hash = ? AND revoked_at IS NULL",
+                (token_hash,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Token(
+            id=row[0],
+            user_id=row[1],
+            scopes=frozenset(Scope(s) for s in loads(row[2])),
+            name=row[3],
+            created_at=from_ms(row[4]),  # type: ignore[arg-type]
+        )
+
+    # -- workflows ----------------------------------------------------------------------
+
+    def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO workflows (id, name, description, type, status, department,"
+                " configuration, integrations, metadata, created_at, updated_at,"
+                " activated_at, deactivated_at, created_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    workflow.id,
+                    workflow.name,
+                    workflow.description,
+                    workflow.type,
+                    workflow.status.value,
+                    _department(workflow.metadata),
+                    dumps(workflow.configuration),
+                    dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
+                    dumps(workflow.metadata),
+                    to_ms(workflow.created_at),
+                    to_ms(workflow.updated_at),
+                    to_ms(workflow.activated_at),
+                    to_ms(workflow.deactivated_at),
+                    workflow.created_by,
+                ),
+            )
+            self._insert_events(conn, events)
+
+    def get_workflow(self, workflow_id: str) -> Workflow | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE id = ? AND deleted_at IS NULL",
+                (workflow_id,),
+            ).fetchone()
+        return None if row is None else _row_to_workflow(row)
+
+    def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
+                " configuration = ?, integrations = ?, metadata = ?, updated_at = ?,"
+                " activated_at = ?, deactivated_at = ?"
+                " WHERE id = ? AND deleted_at IS NULL",
+                (
+                    workflow.name,
+                    workflow.description,
+                    workflow.status.value,
+                    _department(workflow.metadata),
+                    dumps(workflow.configuration),
+                    dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
+                    dumps(workflow.metadata),
+                    to_ms(workflow.updated_at),
+                    to_ms(workflow.activated_at),
+                    to_ms(workflow.deactivated_at),
+                    workflow.id,
+                ),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._insert_events(conn, events)
+            return True
+
+    def delete_workflow(
+        self, workflow_id: str, deleted_at: datetime, events: Sequence[Event] = ()
+    ) -> bool:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE workflows SET deleted_at = ?, status = 'inactive'"
+                " WHERE id = ? AND deleted_at IS NULL",
+                (to_ms(deleted_at), workflow_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._insert_events(conn, events)
+            return True
+
+    def list_workflows(self, query: WorkflowQuery) -> tuple[list[Workflow], int]:
+        where = ["deleted_at IS NULL"]
+        args: list[Any] = []
+        for column, value in (
+            ("status", query.status.value if query.status else None),
+            ("type", query.type),
+            ("department", query.department),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        clause = " AND ".join(where)
+        order = "DESC" if query.sort_order == "desc" else "ASC"
+        sort_column = {"created_at": "created_at", "updated_at": "updated_at", "name": "name"}[
+            query.sort_by
+        ]
+        offset = (query.page - 1) * query.page_size
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM workflows WHERE {clause}", args).fetchone()[
+                0
+            ]
+            rows = conn.execute(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE {clause}"
+                f" ORDER BY {sort_column} {order}, id {order} LIMIT ? OFFSET ?",
+                [*args, query.page_size, offset],
+            ).fetchall()
+        return [_row_to_workflow(row) for row in rows], int(total)
+
+    # -- integrations -----------------------------------------------------------------------
+
+    def put_integration(self, integration: Integration) -> bool:
+        with self.transaction() as conn:
+            existed = conn.execute(
+                "SELECT 1 FROM integrations WHERE id = ?", (integration.id,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO integrations (id, provider, config, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " provider = excluded.provider, config = excluded.config,"
+                " updated_at = excluded.updated_at",
+                (
+                    integration.id,
+                    integration.provider,
+                    dumps(integration.config),
+                    to_ms(integration.created_at),
+                    to_ms(integration.updated_at),
+                ),
+            )
+        return existed is None
+
+    @staticmethod
+    def _row_to_integration(row: tuple[Any, ...]) -> Integration:
+        return Integration(
+            id=row[0],
+            provider=row[1],
+            config=loads(row[2]),
+            created_at=from_ms(row[3]),  # type: ignore[arg-type]
+            updated_at=from_ms(row[4]),  # type: ignore[arg-type]
+        )
+
+    def get_integration(self, integration_id: str) -> Integration | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id, provider, config, created_at, updated_at FROM integrations"
+                " WHERE id = ?",
+                (integration_id,),
+            ).fetchone()
+        return None if row is None else self._row_to_integration(row)
+
+    def list_integrations(self, page: int, page_size: int) -> tuple[list[Integration], int]:
+        with self._read() as conn:
+            total = conn.execute("SELECT count(*) FROM integrations").fetchone()[0]
+            rows = conn.execute(
+                "SELECT id, provider, config, created_at, updated_at FROM integrations"
+                " ORDER BY id LIMIT ? OFFSET ?",
+                (page_size, (page - 1) * page_size),
+            ).fetchall()
+        return [self._row_to_integration(row) for row in rows], int(total)
+
+    def delete_integration(self, integration_id: str) -> bool:
+        with self.transaction() as conn:
+            cursor = conn.execute("DELETE FROM integrations WHERE id = ?", (integration_id,))
+            return cursor.rowcount > 0
+
+    def existing_integration_ids(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return set()
+        marks = ", ".join("?" for _ in wanted)
+        with self._read() as conn:
+            rows = conn.execute(f"SELECT id FROM integrations WHERE id IN ({marks})", wanted)
+            return {row[0] for row in rows}

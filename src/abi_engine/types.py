@@ -1,0 +1,241 @@
+"""The authoring API for workflow types: :class:`WorkflowType` and :func:`step`.
+
+A workflow type has a name, a configuration schema, a parameter schema and
+ordered steps. Schemas are attrs classes structured by the engine's converter,
+so a wrong shape is refused with the offending field named::
+
+    import attrs
+    from abi_engine import WorkflowType, step
+
+    class Greeting(WorkflowType):
+        name = "greeting"
+        description = "Greets someone"
+
+        @attrs.define(kw_only=True)
+        class Parameters:
+            who: str
+
+        @step
+        async def greet(self, ctx):
+            return {"text": f"Hello, {ctx.parameters['who']}!"}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import attrs
+
+from abi_engine.converter import structure
+from abi_engine.errors import AbiError, InvalidParameters, InvalidWorkflowConfig
+
+__all__ = [
+    "RetryPolicy",
+    "StepContext",
+    "StepSpec",
+    "WorkflowType",
+    "prefixed_fields",
+    "step",
+]
+
+StepFunction = Callable[["StepContext"], Awaitable[Any]]
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often a failing step is tried, and how long to wait between tries.
+
+    The wait before try ``n`` (from 2) is
+    ``min(backoff_seconds * backoff_multiplier ** (n - 2), max_backoff_seconds)``.
+    """
+
+    attempts: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    backoff_seconds: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    backoff_multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
+    max_backoff_seconds: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before try number ``attempt`` (1-based)."""
+        if attempt <= 1:
+            return 0.0
+        delay = self.backoff_seconds * self.backoff_multiplier ** (attempt - 2)
+        return float(min(delay, self.max_backoff_seconds))
+
+
+@attrs.frozen(kw_only=True)
+class StepSpec:
+    """One step of a workflow type: its name, function and policies.
+
+    ``skip_if(configuration, parameters)`` returning true records the step as
+    ``skipped`` without running it.
+    """
+
+    name: str
+    fn: StepFunction
+    retry: RetryPolicy = RetryPolicy()
+    timeout_seconds: float | None = None
+    skip_if: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None
+
+
+@attrs.define(kw_only=True)
+class StepContext:
+    """What a step receives.
+
+    ``parameters`` and ``configuration`` are the execution's and workflow's
+    JSON; ``params`` and ``config`` their structured forms (the type's
+    ``Parameters`` / ``Configuration`` instances, or the dicts when the type
+    declares none); ``results`` maps each finished step's name to its result;
+    ``integrations`` maps the workflow's connected integration ids to their
+    connections; ``attempt`` counts tries of this step from 1.
+    """
+
+    execution_id: str
+    workflow_id: str
+    step_name: str
+    parameters: Mapping[str, Any]
+    configuration: Mapping[str, Any]
+    params: Any
+    config: Any
+    results: Mapping[str, Any]
+    integrations: Mapping[str, Any] = attrs.Factory(dict)
+    attempt: int = 1
+    logger: logging.Logger = attrs.Factory(lambda: logging.getLogger("abi_engine.steps"))
+    services: Mapping[str, Any] = attrs.Factory(dict)
+
+
+_STEP_ATTR = "__abi_step__"
+
+
+@contextmanager
+def prefixed_fields(prefix: str) -> Iterator[None]:
+    """Re-raise an :class:`AbiError` with ``details`` fields under ``prefix.``."""
+    try:
+        yield
+    except AbiError as exc:
+        fields = [exc.details, *list(exc.details.get("errors", []))]
+        for item in fields:
+            field = item.get("field")
+            if isinstance(field, str):
+                item["field"] = prefix if field == "(body)" else f"{prefix}.{field}"
+        shown = exc.details.get("field", prefix)
+        exc.message = f"Invalid value for '{shown}': " + exc.message.split(": ", 1)[-1]
+        exc.args = (exc.message,)
+        raise
+
+
+def step(
+    fn: Callable[..., Awaitable[Any]] | None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout_seconds: float | None = None,
+    skip_if: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
+) -> Any:
+    """Mark an async method of a :class:`WorkflowType` as a step.
+
+    Steps run in the order they are defined in the class body. Use as
+    ``@step`` or ``@step(retry=RetryPolicy(attempts=3), timeout_seconds=5)``.
+    """
+
+    def mark(func: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        setattr(
+            func,
+            _STEP_ATTR,
+            {
+                "name": name or func.__name__,
+                "retry": retry or RetryPolicy(),
+                "timeout_seconds": timeout_seconds,
+                "skip_if": skip_if,
+            },
+        )
+        return func
+
+    return mark(fn) if fn is not None else mark
+
+
+class WorkflowType:
+    """Base class of every workflow type.
+
+    Class attributes: ``name`` (unique, lower_snake_case), ``description``,
+    ``Configuration`` and ``Parameters`` (attrs classes; ``None`` accepts any
+    JSON object). Override :meth:`check_configuration` and
+    :meth:`check_parameters` for rules on values, and :meth:`steps` when the
+    steps depend on the configuration.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Configuration: ClassVar[type[Any] | None] = None
+    Parameters: ClassVar[type[Any] | None] = None
+    _class_steps: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        for klass in reversed(cls.__mro__):
+            for attr, value in vars(klass).items():
+                marker = getattr(value, _STEP_ATTR, None)
+                if marker is not None:
+                    found[attr] = (attr, marker)
+        cls._class_steps = tuple(found.values())
+
+    def attach(self, engine: Any) -> None:
+        """Called once with the :class:`~abi_engine.Engine` that registered this type.
+
+        Override to keep what the type needs from the engine (step handlers,
+        integrations, settings such as ``engine.allow_private_urls``).
+        """
+
+    # -- configuration ----------------------------------------------------
+
+    def parse_configuration(self, configuration: Mapping[str, Any]) -> Any:
+        """Structure and check ``configuration``; raise ``InvalidWorkflowConfig``."""
+        if not isinstance(configuration, Mapping):
+            raise InvalidWorkflowConfig(
+                "'configuration' must be an object", {"field": "configuration"}
+            )
+        if self.Configuration is None:
+            parsed: Any = dict(configuration)
+        else:
+            with prefixed_fields("configuration"):
+                parsed = structure(
+                    dict(configuration), self.Configuration, error=InvalidWorkflowConfig
+                )
+        self.check_configuration(parsed)
+        return parsed
+
+    def check_configuration(self, config: Any) -> None:
+        """Rules on configuration values; raise ``InvalidWorkflowConfig`` with ``details``."""
+
+    # -- parameters ----------------------------------------------------------
+
+    def parse_parameters(self, parameters: Mapping[str, Any], config: Any) -> Any:
+        """Structure and check ``parameters`` for a workflow configured with ``config``.
+
+        Wrong shape raises ``InvalidParameters``; :meth:`check_parameters`
+        raises ``ParameterValidationError`` for invalid values.
+        """
+        if not isinstance(parameters, Mapping):
+            raise InvalidParameters("'parameters' must be an object", {"field": "parameters"})
+        if self.Parameters is None:
+            parsed: Any = dict(parameters)
+        else:
+            with prefixed_fields("parameters"):
+                parsed = structure(dict(parameters), self.Parameters, error=InvalidParameters)
+        self.check_parameters(parsed, config)
+        return parsed
+
+    def check_parameters(self, params: Any, config: Any) -> None:
+        """Rules on parameter values; raise ``ParameterValidationError``."""
+
+    # -- steps ---------------------------------------------------------------
+
+    def steps(self, config: Any) -> list[StepSpec]:
+        """The ordered steps for a workflow configured with ``config``."""
+        specs = []
+        for attr, marker in self._class_steps:
+            specs.append(StepSpec(fn=getattr(self, attr), **marker))
+        return specs

@@ -1,0 +1,301 @@
+"""Workflow management: create, get, list, update, activate, deactivate, delete."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from abi_engine.auth import Principal
+from abi_engine.converter import structure, unstructure
+from abi_engine.errors import InvalidRequest, InvalidState, InvalidWorkflowConfig, WorkflowNotFound
+from abi_engine.events import Event
+from abi_engine.ids import new_id, utcnow
+from abi_engine.integrations import IntegrationService, check_integration_id
+from abi_engine.models import (
+    ActivationResult,
+    DeleteResult,
+    IntegrationStatus,
+    Page,
+    Workflow,
+    WorkflowIntegration,
+    WorkflowStatus,
+)
+from abi_engine.services import Service, check_page
+from abi_engine.storage.base import Store, WorkflowQuery
+from abi_engine.types import WorkflowType
+
+__all__ = ["IntegrationSpec", "WorkflowRequest", "WorkflowService"]
+
+MAX_NAME = 200
+MAX_DESCRIPTION = 5_000
+SORT_KEYS = ("created_at", "updated_at", "name")
+UPDATABLE = ("name", "description", "type", "configuration", "integrations", "metadata")
+
+
+@attrs.define(kw_only=True)
+class IntegrationSpec:
+    """An integration a workflow asks for: ``{"id": "int_...", "required": bool}``."""
+
+    id: str
+    required: bool = False
+
+
+@attrs.define(kw_only=True)
+class WorkflowRequest:
+    """The body of ``POST /api/v1/workflows`` (and, merged, of ``PUT``)."""
+
+    name: str
+    description: str | None = None
+    type: str
+    configuration: dict[str, Any] = attrs.Factory(dict)
+    integrations: list[IntegrationSpec] = attrs.Factory(list)
+    metadata: dict[str, Any] = attrs.Factory(dict)
+
+
+def _check_request(req: WorkflowRequest) -> None:
+    if not req.name.strip():
+        raise InvalidRequest("'name' must not be empty", {"field": "name"})
+    if len(req.name) > MAX_NAME:
+        raise InvalidRequest(f"'name' is longer than {MAX_NAME} characters", {"field": "name"})
+    if req.description is not None and len(req.description) > MAX_DESCRIPTION:
+        raise InvalidRequest(
+            f"'description' is longer than {MAX_DESCRIPTION} characters", {"field": "description"}
+        )
+    seen: set[str] = set()
+    for index, spec in enumerate(req.integrations):
+        field = f"integrations[{index}].id"
+        check_integration_id(spec.id, field)
+        if spec.id in seen:
+            raise InvalidRequest(f"Integration {spec.id!r} is listed twice", {"field": field})
+        seen.add(spec.id)
+
+
+class WorkflowService(Service):
+    """The business rules of workflows (``engine.workflows``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        types: Mapping[str, WorkflowType],
+        integrations: IntegrationService,
+        emit: Callable[[list[Event]], None],
+    ) -> None:
+        super().__init__(store)
+        self._types = types
+        self._integrations = integrations
+        self._emit = emit
+
+    # -- helpers ------------------------------------------------------------------
+
+    def workflow_type(self, name: str) -> WorkflowType:
+        """The registered type ``name``; ``InvalidWorkflowConfig`` when unknown."""
+        found = self._types.get(name)
+        if found is None:
+            raise InvalidWorkflowConfig(
+                f"Unknown workflow type {name!r}",
+                {"field": "type", "allowed": sorted(self._types)},
+            )
+        return found
+
+    def _validate(self, req: WorkflowRequest) -> None:
+        _check_request(req)
+        self.workflow_type(req.type).parse_configuration(req.configuration)
+
+    async def _with_status(self, workflow: Workflow) -> Workflow:
+        ids = [i.id for i in workflow.integrations]
+        connected = await self._integrations.connected(ids) if ids else set()
+        for item in workflow.integrations:
+            item.status = (
+                IntegrationStatus.CONNECTED if item.id in connected else IntegrationStatus.PENDING
+            )
+        return workflow
+
+    async def _load(self, workflow_id: str) -> Workflow:
+        if not isinstance(workflow_id, str):
+            raise WorkflowNotFound(str(workflow_id))
+        found = await self._call(self._store.get_workflow, workflow_id)
+        if found is None:
+            raise WorkflowNotFound(workflow_id)
+        return found
+
+    def _event(self, kind: str, workflow: Workflow) -> Event:
+        return Event(type=f"workflow.{kind}", data=unstructure(workflow))
+
+    async def _commit(self, write: Callable[..., Any], *args: Any, events: list[Event]) -> Any:
+        result = await self._call(write, *args, events)
+        self._emit(events)
+        return result
+
+    # -- operations -----------------------------------------------------------------
+
+    async def create(
+        self, data: Mapping[str, Any] | WorkflowRequest, *, actor: Principal | None = None
+    ) -> Workflow:
+        """Create an ``inactive`` workflow from the seed's request body."""
+        req = data if isinstance(data, WorkflowRequest) else structure(data, WorkflowRequest)
+        self._validate(req)
+        now = utcnow()
+        workflow = Workflow(
+            id=new_id("wf_"),
+            name=req.name,
+            description=req.description,
+            type=req.type,
+            configuration=req.configuration,
+            integrations=[
+                WorkflowIntegration(id=i.id, required=i.required) for i in req.integrations
+            ],
+            metadata=req.metadata,
+            status=WorkflowStatus.INACTIVE,
+            created_at=now,
+            updated_at=now,
+            created_by=actor.user_id if actor else None,
+        )
+        await self._with_status(workflow)
+        await self._commit(
+            self._store.insert_workflow, workflow, events=[self._event("created", workflow)]
+        )
+        return workflow
+
+    async def get(self, workflow_id: str) -> Workflow:
+        """The workflow with its stats and integration statuses."""
+        return await self._with_status(await self._load(workflow_id))
+
+    async def list(
+        self,
+        *,
+        page: Any = 1,
+        page_size: Any = 10,
+        sort_by: str = "created_at",
+        sort_order: str = "desc",
+        status: str | None = None,
+        type: str | None = None,
+        department: str | None = None,
+    ) -> Page[Workflow]:
+        """One page of workflows, filtered and sorted as the seed's query parameters say."""
+        page, page_size = check_page(page, page_size)
+        if sort_by not in SORT_KEYS:
+            raise InvalidRequest(
+                f"'sort_by' must be one of {', '.join(SORT_KEYS)}", {"field": "sort_by"}
+            )
+        if sort_order not in ("asc", "desc"):
+            raise InvalidRequest("'sort_order' must be asc or desc", {"field": "sort_order"})
+        status_value = None
+        if status is not None:
+            try:
+                status_value = WorkflowStatus(status)
+            except ValueError:
+                raise InvalidRequest(
+                    "'status' must be active or inactive", {"field": "status"}
+                ) from None
+        query = WorkflowQuery(
+            page=page,
+            page_size=page_size,
+            sort_by=sort_by,  # type: ignore[arg-type]
+            sort_order=sort_order,  # type: ignore[arg-type]
+            status=status_value,
+            type=type,
+            department=department,
+        )
+        items, total = await self._call(self._store.list_workflows, query)
+        return Page.build(items, page, page_size, total)
+
+    async def update(
+        self, workflow_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
+    ) -> Workflow:
+        """Apply a PUT body: given fields replace the current ones; ``type`` cannot change."""
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("The request body must be a JSON object", {"field": "(body)"})
+        current = await self._load(workflow_id)
+        unknown = sorted(set(data) - set(UPDATABLE))
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown or read-only field(s): {', '.join(unknown)}",
+                {
+                    "field": unknown[0],
+                    "errors": [
+                        {"field": f, "message": "unknown or read-only field"} for f in unknown
+                    ],
+                },
+            )
+        if "type" in data and data["type"] != current.type:
+            raise InvalidRequest(
+                "A workflow's type cannot change", {"field": "type", "current": current.type}
+            )
+        merged = {
+            "name": current.name,
+            "description": current.description,
+            "type": current.type,
+            "configuration": current.configuration,
+            "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
+            "metadata": current.metadata,
+        }
+        merged.update(data)
+        req = structure(merged, WorkflowRequest)
+        self._validate(req)
+        updated = attrs.evolve(
+            current,
+            name=req.name,
+            description=req.description,
+            configuration=req.configuration,
+            integrations=[
+                WorkflowIntegration(id=i.id, required=i.required) for i in req.integrations
+            ],
+            metadata=req.metadata,
+            updated_at=utcnow(),
+        )
+        await self._with_status(updated)
+        if not await self._commit(
+            self._store.update_workflow, updated, events=[self._event("updated", updated)]
+        ):
+            raise WorkflowNotFound(workflow_id)
+        return updated
+
+    async def _set_status(self, workflow_id: str, status: WorkflowStatus) -> ActivationResult:
+        current = await self._load(workflow_id)
+        if current.status is status:
+            raise InvalidState(
+                f"Workflow {workflow_id!r} is already {status.value}",
+                {"workflow_id": workflow_id, "status": current.status.value},
+            )
+        now = utcnow()
+        active = status is WorkflowStatus.ACTIVE
+        updated = attrs.evolve(
+            current,
+            status=status,
+            updated_at=now,
+            activated_at=now if active else current.activated_at,
+            deactivated_at=now if not active else current.deactivated_at,
+        )
+        await self._with_status(updated)
+        kind = "activated" if active else "deactivated"
+        if not await self._commit(
+            self._store.update_workflow, updated, events=[self._event(kind, updated)]
+        ):
+            raise WorkflowNotFound(workflow_id)
+        return ActivationResult(
+            id=workflow_id,
+            status=status,
+            activated_at=now if active else None,
+            deactivated_at=None if active else now,
+            updated_at=now,
+        )
+
+    async def activate(self, workflow_id: str) -> ActivationResult:
+        """Make an inactive workflow executable; ``InvalidState`` when already active."""
+        return await self._set_status(workflow_id, WorkflowStatus.ACTIVE)
+
+    async def deactivate(self, workflow_id: str) -> ActivationResult:
+        """Stop an active workflow from being executed or scheduled."""
+        return await self._set_status(workflow_id, WorkflowStatus.INACTIVE)
+
+    async def delete(self, workflow_id: str) -> DeleteResult:
+        """Delete a workflow. Its past executions stay readable; it cannot be used again."""
+        current = await self._load(workflow_id)
+        event = self._event("deleted", current)
+        if not await self._commit(
+            self._store.delete_workflow, workflow_id, utcnow(), events=[event]
+        ):
+            raise WorkflowNotFound(workflow_id)
+        return DeleteResult(id=workflow_id, deleted=True)

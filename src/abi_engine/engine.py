@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from contextlib import AsyncExitStack
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal, TypeVar
+
+import anyio.from_thread
+import anyio.lowlevel
 
 from abi_engine.auth import TokenService
 from abi_engine.events import Event
@@ -18,6 +22,8 @@ from abi_engine.types import WorkflowType
 from abi_engine.workflows import WorkflowService
 
 __all__ = ["Engine"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("abi_engine")
 
@@ -71,6 +77,10 @@ class Engine:
         for workflow_type in self.registry.workflow_types.values():
             workflow_type.attach(self)
         self._stack: AsyncExitStack | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._blocking: ExitStack | None = None
+        self._blocking_lock = threading.Lock()
         self._closed = False
 
     # -- registry views ---------------------------------------------------------------
@@ -102,6 +112,8 @@ class Engine:
         stack = AsyncExitStack()
         await stack.__aenter__()
         self._stack = stack
+        self._token = anyio.lowlevel.current_token()
+        self._loop_thread = threading.get_ident()
         return self
 
     async def __aexit__(
@@ -111,11 +123,52 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         stack, self._stack = self._stack, None
+        self._token = None
+        self._loop_thread = None
         if stack is not None:
             await stack.__aexit__(exc_type, exc, tb)
 
+    # -- synchronous bridge ---------------------------------------------------------------
+
+    def start_blocking(self) -> None:
+        """Run the engine in a background thread of its own (for synchronous hosts).
+
+        Idempotent. :meth:`call` then runs coroutines on that thread's loop;
+        :meth:`stop_blocking` (or :meth:`close`) stops it cleanly.
+        """
+        with self._blocking_lock:
+            if self._blocking is not None or self._stack is not None:
+                return
+            stack = ExitStack()
+            portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
+            stack.enter_context(portal.wrap_async_context_manager(self))
+            self._blocking = stack
+
+    def stop_blocking(self) -> None:
+        """Stop the background thread started by :meth:`start_blocking`."""
+        with self._blocking_lock:
+            stack, self._blocking = self._blocking, None
+        if stack is not None:
+            stack.close()
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` on the engine's event loop from a synchronous caller.
+
+        Works from any thread other than the loop's own, whether the engine runs
+        under a host's ``async with engine:`` or under :meth:`start_blocking`.
+        The engine is started in the background when it is not running.
+        """
+        if self._token is None:
+            self.start_blocking()
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError(
+                "Engine.call() was called from the engine's own event loop; await the coroutine"
+            )
+        return anyio.from_thread.run(fn, *args, token=self._token)  # type: ignore[arg-type]
+
     def close(self) -> None:
         """Close the store. The engine cannot be used afterwards."""
+        self.stop_blocking()
         if not self._closed:
             self._closed = True
             self.store.close()

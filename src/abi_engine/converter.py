@@ -115,6 +115,12 @@ def _list_of_str(value: Any, _: type) -> list[str]:
 
 converter.register_structure_hook_func(lambda t: t == list[str], _list_of_str)
 
+# Sets become sorted JSON arrays (a set is not JSON-able, and sorting keeps output stable).
+converter.register_unstructure_hook_func(
+    lambda t: t in (set, frozenset) or getattr(t, "__origin__", None) in (set, frozenset),
+    lambda value: sorted(converter.unstructure(item) for item in value),
+)
+
 
 def field_errors(exc: BaseException) -> list[dict[str, str]]:
     """Turn a cattrs structuring failure into ``[{"field", "message"}]``.

@@ -49,10 +49,9 @@ def utcnow() -> datetime:
 
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC with a ``Z`` suffix; milliseconds only when not zero."""
-    value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    value = value.astimezone(UTC).replace(tzinfo=None)
+    # isoformat, not strftime: strftime does not pad years below 1000 to four digits.
+    return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds") + "Z"
 
 
 def parse_time(value: str) -> datetime:

@@ -50,9 +50,20 @@ def make_plugin_manager(
     for plugin in plugins:
         if pm.is_registered(plugin):
             continue
-        pm.register(plugin)
+        pm.register(plugin, name=_plugin_name(pm, plugin))
     pm.check_pending()
     return pm
+
+
+def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
+    """A readable, unique name for error messages: the module's, else the class's dotted name."""
+    cls = type(plugin)
+    base = getattr(plugin, "__name__", None) or f"{cls.__module__}.{cls.__qualname__}"
+    name, n = str(base), 1
+    while pm.has_plugin(name):
+        n += 1
+        name = f"{base}#{n}"
+    return name
 
 
 class Registry:

@@ -261,7 +261,12 @@ class ExecutionTimeout(AbiError, TimeoutError):
 
 _BY_CODE: dict[str, type[AbiError]] = {}
 for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, AbiError) and not _cls.__name__.startswith("_"):
+    if (
+        isinstance(_cls, type)
+        and issubclass(_cls, AbiError)
+        and _cls is not AbiError
+        and not _cls.__name__.startswith("_")
+    ):
         _BY_CODE.setdefault(_cls.code, _cls)
 _BY_CODE["NOT_FOUND"] = NotFound
 
@@ -276,6 +281,6 @@ def error_for_code(
         err.code = code  # type: ignore[misc]
         err.http_status = http_status  # type: ignore[misc]
         return err
-    err = AbiError.__new__(cls)
+    err = cls.__new__(cls)  # cls's own __new__: OSError subclasses refuse Exception.__new__
     AbiError.__init__(err, message, details)
     return err

@@ -1,0 +1,181 @@
+"""Shared fixtures for the core test suite.
+
+Fixtures here are deliberately general so every test module in ``tests/`` can
+use them:
+
+``anyio_backend``
+    Async tests run on asyncio via anyio's pytest plugin (``@pytest.mark.anyio``).
+``db_path``
+    A fresh SQLite file path under ``tmp_path`` (not created yet).
+``engine``
+    An :class:`~abi_engine.Engine` on ``db_path`` with the installed plugins
+    (entry points), closed after the test. Management calls work without
+    entering it; ``async with engine:`` starts background work.
+``store`` / ``make_store``
+    A :class:`~abi_engine.storage.Store`, parametrized over storage backends.
+    SQLite (a real file) today; a PostgreSQL parameter is meant to join the
+    ``STORE_BACKENDS`` list behind an ``external_service`` marker (declare the
+    marker in ``pyproject.toml`` when it is added; pytest runs with
+    ``--strict-markers``). ``make_store()`` opens further stores of the same
+    backend (a second one on the same database with ``make_store(same=True)``).
+``new_workflow``
+    A factory of :class:`~abi_engine.Workflow` records for storage tests.
+``token`` / ``principal`` / ``make_principal``
+    An all-scopes access token of ``usr_tester`` on ``engine``, its
+    :class:`~abi_engine.Principal`, and a factory for principals with chosen
+    scopes.
+
+A Hypothesis profile ``ci`` (modest example counts, no deadline) is loaded by
+default; set ``HYPOTHESIS_PROFILE=thorough`` for a longer run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+from abi_engine import Engine, Principal, Scope, Workflow, WorkflowStatus
+from abi_engine.ids import new_id, utcnow
+from abi_engine.models import WorkflowIntegration
+from abi_engine.storage import SQLiteStore, Store
+
+settings.register_profile("ci", max_examples=40, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=500, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Run ``@pytest.mark.anyio`` tests on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A SQLite file path in the test's temporary directory (not created yet)."""
+    return tmp_path / "abi.db"
+
+
+@pytest.fixture
+def engine(db_path: Path) -> Iterator[Engine]:
+    """An engine on a fresh SQLite file with the installed plugins; closed after the test."""
+    eng = Engine(db_path)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+# -- storage backends -------------------------------------------------------------------
+
+StoreFactory = Callable[..., Store]
+
+
+def _sqlite_backend(tmp_path: Path) -> StoreFactory:
+    counter = itertools.count(1)
+    current: list[Path] = []
+
+    def make(*, same: bool = False, **options: Any) -> Store:
+        if not same or not current:
+            current[:] = [tmp_path / f"store-{next(counter)}.db"]
+        return SQLiteStore(current[0], **options)
+
+    return make
+
+
+#: Backend name -> factory builder. A PostgreSQL backend joins as
+#: ``pytest.param("postgresql", marks=pytest.mark.external_service)`` in
+#: ``STORE_BACKENDS`` plus an entry here that opens a fresh schema per store.
+_BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": _sqlite_backend}
+STORE_BACKENDS = [pytest.param("sqlite", id="sqlite")]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Open stores of one backend: ``make_store()`` a fresh one, ``make_store(same=True)``
+    another on the last store's database. All are closed after the test."""
+    opened: list[Store] = []
+    factory = _BACKENDS[request.param](tmp_path)
+
+    def make(**kwargs: Any) -> Store:
+        store = factory(**kwargs)
+        opened.append(store)
+        return store
+
+    try:
+        yield make
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    """A fresh, migrated store of each backend."""
+    return make_store()
+
+
+@pytest.fixture
+def new_workflow() -> Callable[..., Workflow]:
+    """Build a :class:`Workflow` record (not stored); keyword arguments override fields."""
+
+    def build(
+        *,
+        name: str = "Workflow",
+        type: str = "custom",
+        status: WorkflowStatus = WorkflowStatus.INACTIVE,
+        department: str | None = None,
+        created_at: datetime | None = None,
+        integrations: Iterable[str] = (),
+        **fields: Any,
+    ) -> Workflow:
+        now = created_at or utcnow()
+        metadata = dict(fields.pop("metadata", {}))
+        if department is not None:
+            metadata["department"] = department
+        return Workflow(
+            id=fields.pop("id", new_id("wf_")),
+            name=name,
+            type=type,
+            status=status,
+            configuration=fields.pop("configuration", {"handler": "noop"}),
+            integrations=[WorkflowIntegration(id=i, required=True) for i in integrations],
+            metadata=metadata,
+            created_at=now,
+            updated_at=fields.pop("updated_at", now),
+            **fields,
+        )
+
+    return build
+
+
+# -- auth ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def token(engine: Engine) -> str:
+    """An access token of ``usr_tester`` with every scope."""
+    return engine.tokens.create_token("usr_tester")
+
+
+@pytest.fixture
+def principal(engine: Engine, token: str) -> Principal:
+    """The principal of :func:`token` (``usr_tester``, every scope)."""
+    return engine.tokens.authenticate(token)
+
+
+@pytest.fixture
+def make_principal(engine: Engine) -> Callable[..., Principal]:
+    """``make_principal(user="usr_x", scopes=[...])``: a real token's principal with those scopes."""
+
+    def make(user: str = "usr_tester", scopes: Iterable[Scope | str] | None = None) -> Principal:
+        return engine.tokens.authenticate(engine.tokens.create_token(user, scopes))
+
+    return make

@@ -1,0 +1,570 @@
+"""The seed's Python API: workflows, executions and schedules, synchronously.
+
+Each class takes ``access_token=`` and finds the engine in this order:
+
+1. ``engine=``: an in-process :class:`abi_engine.Engine` (the caller owns it),
+   or ``base_url=``: a remote REST API, the root under which ``/api/v1`` lives;
+2. the environment: ``ABI_ENGINE_URL`` (remote) or ``ABI_ENGINE_DB`` (embedded);
+3. an embedded engine on ``./abi-engine.db``.
+
+In-process and remote calls give the same objects (the models of
+:mod:`abi_engine.models`) and raise the same exceptions
+(:mod:`abi_engine.errors`): both run the operations of the REST API by name
+and turn the same JSON into objects. Embedded engines are shared by every
+object of the process that uses the same database, start in a background
+thread on first use, and are closed when the interpreter exits. Lists return
+a :class:`~abi_engine.models.Page` with ``.items`` and ``.pagination``.
+
+Example::
+
+    from abi.workflows import WorkflowManager, WorkflowConfig
+
+    manager = WorkflowManager(access_token=token)
+    workflow = manager.create_workflow(
+        WorkflowConfig(name="Nightly report", type="custom", configuration={...})
+    )
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import attrs
+
+from abi._embedded import DEFAULT_DB, embedded_engine
+from abi._transport import EngineConnectionError, LocalTransport, RemoteTransport, Transport
+from abi_engine.converter import structure, unstructure
+from abi_engine.errors import (
+    AbiError,
+    ExecutionNotFound,
+    InternalError,
+    ScheduleNotFound,
+    WorkflowNotFound,
+)
+from abi_engine.models import (
+    ActivationResult,
+    DeleteResult,
+    Execution,
+    ExecutionSummary,
+    Page,
+    Pagination,
+    Workflow,
+    WorkflowSummary,
+)
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+
+__all__ = [
+    "EngineConnectionError",
+    "Record",
+    "WorkflowConfig",
+    "WorkflowExecutor",
+    "WorkflowManager",
+    "WorkflowScheduler",
+]
+
+T = TypeVar("T")
+
+#: Seconds a remote call may take before it fails (covers waiting executions).
+DEFAULT_TIMEOUT = 300.0
+
+
+@attrs.define(kw_only=True)
+class WorkflowConfig:
+    """What :meth:`WorkflowManager.create_workflow` needs to create a workflow.
+
+    Fields: ``name``, ``description``, ``type`` (a registered workflow type),
+    ``configuration`` (checked by the type), ``integrations`` (``{"id":
+    "int_...", "required": bool}`` mappings), ``metadata`` (free-form;
+    ``metadata["department"]`` can be filtered on).
+    """
+
+    name: str
+    description: str | None = None
+    type: str
+    configuration: dict[str, Any] = attrs.Factory(dict)
+    integrations: list[Any] = attrs.Factory(list)
+    metadata: dict[str, Any] = attrs.Factory(dict)
+
+
+class Record:
+    """A resource the engine has no model class for yet, with its JSON fields as attributes.
+
+    Schedules are returned as records for now: ``schedule.id``,
+    ``schedule.next_execution`` and every other field of the REST answer read
+    (and assign) as attributes; :meth:`to_dict` gives the JSON back.
+    """
+
+    __slots__ = ("_data",)
+    _data: dict[str, Any]
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_data", dict(data))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__} has no field {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._data[name] = value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return self._data == other._data
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict (a copy)."""
+        return dict(self._data)
+
+
+def _connect(
+    access_token: str | None,
+    engine: Engine | None,
+    base_url: str | None,
+    timeout: float,
+) -> Transport:
+    """Pick the transport in the contract's order (see the module docstring)."""
+    if engine is not None and base_url is not None:
+        raise ValueError("Give either engine= or base_url=, not both")
+    if engine is not None:
+        return LocalTransport(engine, access_token)
+    if base_url is not None:
+        return RemoteTransport(base_url, access_token, timeout=timeout)
+    url = os.environ.get("ABI_ENGINE_URL")
+    if url:
+        return RemoteTransport(url, access_token, timeout=timeout)
+    db = os.environ.get("ABI_ENGINE_DB") or DEFAULT_DB
+    return LocalTransport(embedded_engine(db), access_token)
+
+
+def _check_id(value: Any, not_found: Callable[[str], AbiError]) -> str:
+    """An id usable in a URL path; anything else is not found, locally and remotely alike."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value:
+        raise not_found(str(value))
+    return value
+
+
+def _structure(data: Any, cls: type[T]) -> T:
+    """Turn an operation's JSON answer into ``cls``; a wrong shape is an ``InternalError``."""
+    return structure(data, cls, error=InternalError)
+
+
+def _record(data: Any) -> Record:
+    if not isinstance(data, dict):
+        raise InternalError("The answer is not a JSON object", {"field": "(body)"})
+    return Record(data)
+
+
+def _record_page(data: Any) -> Page[Record]:
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise InternalError("The answer is not a page of items", {"field": "items"})
+    return Page(
+        items=[_record(item) for item in data["items"]],
+        pagination=_structure(data.get("pagination"), Pagination),
+    )
+
+
+def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _integration_spec(item: Any) -> Any:
+    if attrs.has(type(item)):
+        return {"id": item.id, "required": item.required}
+    return item
+
+
+class _Client:
+    """What the three facade classes share: engine resolution, transport, closing."""
+
+    def __init__(
+        self,
+        access_token: str | None = None,
+        *,
+        engine: Engine | None = None,
+        base_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._transport = _connect(access_token, engine, base_url, timeout)
+
+    def close(self) -> None:
+        """Release the HTTP connections of a remote client.
+
+        An engine given with ``engine=`` is never closed here, and embedded
+        engines are closed at interpreter exit.
+        """
+        self._transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class WorkflowManager(_Client):
+    """Create, read, list, update, activate, deactivate and delete workflows.
+
+    :param access_token: the bearer token to act with (scopes
+        ``workflows:read`` / ``workflows:write``).
+    :param engine: an in-process :class:`abi_engine.Engine` to use.
+    :param base_url: the root URL of a remote REST API (``/api/v1`` lives under it).
+    :param timeout: seconds a remote call may take.
+    """
+
+    def create_workflow(self, config: WorkflowConfig | Mapping[str, Any]) -> Workflow:
+        """Create an ``inactive`` workflow and return it.
+
+        :param config: a :class:`WorkflowConfig` or the REST request body as a mapping.
+        :raises InvalidWorkflowConfig: unknown type or configuration the type refuses.
+        :raises InvalidRequest: missing or malformed fields.
+        """
+        if isinstance(config, WorkflowConfig):
+            body: Any = {
+                "name": config.name,
+                "description": config.description,
+                "type": config.type,
+                "configuration": config.configuration,
+                "integrations": [_integration_spec(i) for i in config.integrations],
+                "metadata": config.metadata,
+            }
+        else:
+            body = config
+        return _structure(self._transport.request("create_workflow", body=body), Workflow)
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """The workflow with this id.
+
+        :raises WorkflowNotFound: no such workflow (or it was deleted).
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        return _structure(self._transport.request("get_workflow", path=path), Workflow)
+
+    def list_workflows(
+        self,
+        status: str | None = None,
+        type: str | None = None,
+        department: str | None = None,
+        page: int = 1,
+        page_size: int = 10,
+        sort_by: str | None = None,
+        sort_order: str | None = None,
+    ) -> Page[WorkflowSummary]:
+        """One page of workflows, newest first unless ``sort_by``/``sort_order`` say otherwise.
+
+        :param status: ``"active"`` or ``"inactive"``.
+        :param type: a workflow type name.
+        :param department: matches ``metadata["department"]``.
+        :param page: the page number, from 1.
+        :param page_size: items per page, 1 to 100.
+        :param sort_by: ``created_at``, ``updated_at`` or ``name``.
+        :param sort_order: ``asc`` or ``desc``.
+        :raises InvalidRequest: a filter, page or sort value out of range.
+        """
+        query = {
+            "status": status,
+            "type": type,
+            "department": department,
+            "page": page,
+            "page_size": page_size,
+            "sort_by": sort_by,
+            "sort_order": sort_order,
+        }
+        data = self._transport.request("list_workflows", query=query)
+        return _structure(data, Page[WorkflowSummary])
+
+    def update_workflow(self, workflow: Workflow) -> Workflow:
+        """Save a changed workflow: its name, description, configuration, integrations, metadata.
+
+        Change the fields of a workflow got from this API, then pass it here.
+        Its ``type`` cannot change.
+
+        :raises WorkflowNotFound: the workflow no longer exists.
+        :raises InvalidWorkflowConfig: the type refuses the new configuration.
+        """
+        path = {"workflow_id": _check_id(workflow.id, WorkflowNotFound)}
+        body = {
+            "name": workflow.name,
+            "description": workflow.description,
+            "type": workflow.type,
+            "configuration": workflow.configuration,
+            "integrations": [_integration_spec(i) for i in workflow.integrations],
+            "metadata": workflow.metadata,
+        }
+        data = self._transport.request("update_workflow", path=path, body=body)
+        return _structure(data, Workflow)
+
+    def activate_workflow(self, workflow_id: str) -> ActivationResult:
+        """Make the workflow executable.
+
+        :raises WorkflowNotFound: no such workflow.
+        :raises InvalidState: the workflow is already active.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        data = self._transport.request("activate_workflow", path=path)
+        return _structure(data, ActivationResult)
+
+    def deactivate_workflow(self, workflow_id: str) -> ActivationResult:
+        """Stop the workflow from being executed or scheduled.
+
+        :raises WorkflowNotFound: no such workflow.
+        :raises InvalidState: the workflow is already inactive.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        data = self._transport.request("deactivate_workflow", path=path)
+        return _structure(data, ActivationResult)
+
+    def delete_workflow(self, workflow_id: str) -> DeleteResult:
+        """Delete the workflow; its past executions stay readable.
+
+        :raises WorkflowNotFound: no such workflow.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        data = self._transport.request("delete_workflow", path=path)
+        return _structure(data, DeleteResult)
+
+
+class WorkflowExecutor(_Client):
+    """Run workflows and follow their executions.
+
+    :param access_token: the bearer token to act with (scopes
+        ``executions:read`` / ``executions:write``).
+    :param engine: an in-process :class:`abi_engine.Engine` to use.
+    :param base_url: the root URL of a remote REST API (``/api/v1`` lives under it).
+    :param timeout: seconds a remote call may take; keep it above the
+        ``timeout_seconds`` of executions you wait for.
+    """
+
+    def execute_workflow(
+        self,
+        workflow_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        execution_options: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """Run the workflow; with ``{"wait_for_completion": True}`` return it finished.
+
+        :param parameters: the execution's parameters, checked by the workflow's type.
+        :param execution_options: ``timeout_seconds`` and ``wait_for_completion``.
+        :param idempotency_key: sent as the ``Idempotency-Key`` header; a repeated
+            key returns the execution it started.
+        :raises ExecutionTimeout: waited longer than ``timeout_seconds``.
+        :raises InvalidState: the workflow is not active.
+        :raises IntegrationMissing: a required integration is not connected.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        body = _drop_none({"parameters": parameters, "execution_options": execution_options})
+        data = self._transport.request(
+            "execute_workflow", path=path, body=body, headers=_idempotency(idempotency_key)
+        )
+        return _structure(data, Execution)
+
+    def execute_workflow_async(
+        self,
+        workflow_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        callback_url: str | None = None,
+        callback_secret: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Execution:
+        """Queue an execution and return at once (status ``queued`` or ``running``).
+
+        :param callback_url: receives ``execution.completed`` or ``execution.failed``.
+        :param callback_secret: a ``whsec_`` secret the callback is signed with.
+        :param idempotency_key: sent as the ``Idempotency-Key`` header.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        body = _drop_none(
+            {
+                "parameters": parameters,
+                "callback_url": callback_url,
+                "callback_secret": callback_secret,
+            }
+        )
+        data = self._transport.request(
+            "execute_workflow_async",
+            path=path,
+            body=body,
+            headers=_idempotency(idempotency_key),
+        )
+        return _structure(data, Execution)
+
+    def get_execution_status(self, execution_id: str) -> Execution:
+        """The execution with its steps, result or error.
+
+        :raises ExecutionNotFound: no such execution.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        return _structure(self._transport.request("get_execution", path=path), Execution)
+
+    def list_executions(
+        self,
+        workflow_id: str | None = None,
+        status: str | None = None,
+        start_date: str | datetime | None = None,
+        end_date: str | datetime | None = None,
+        page: int = 1,
+        page_size: int = 10,
+    ) -> Page[ExecutionSummary]:
+        """One page of executions, filtered by workflow, status and start time.
+
+        :param start_date: executions started at or after this time (RFC 3339).
+        :param end_date: executions started at or before this time (RFC 3339).
+        """
+        query = {
+            "workflow_id": workflow_id,
+            "status": status,
+            "start_date": start_date,
+            "end_date": end_date,
+            "page": page,
+            "page_size": page_size,
+        }
+        data = self._transport.request("list_executions", query=query)
+        return _structure(data, Page[ExecutionSummary])
+
+    def cancel_execution(self, execution_id: str) -> Execution:
+        """Cancel a queued, running or waiting execution.
+
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the execution has already finished.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        return _structure(self._transport.request("cancel_execution", path=path), Execution)
+
+
+def _idempotency(key: str | None) -> dict[str, str]:
+    return {} if key is None else {"idempotency-key": key}
+
+
+#: Schedule fields :meth:`WorkflowScheduler.update_schedule` sends back.
+SCHEDULE_FIELDS: Sequence[str] = (
+    "name",
+    "description",
+    "schedule_type",
+    "cron_expression",
+    "interval_value",
+    "interval_unit",
+    "execution_time",
+    "parameters",
+    "enabled",
+    "timezone",
+)
+
+
+class WorkflowScheduler(_Client):
+    """Run workflows on a schedule: cron expressions, intervals or one fixed time.
+
+    Schedules are returned as :class:`Record` objects (their JSON fields as
+    attributes) until the engine has a schedule model.
+
+    :param access_token: the bearer token to act with (scopes
+        ``schedules:read`` / ``schedules:write``).
+    :param engine: an in-process :class:`abi_engine.Engine` to use.
+    :param base_url: the root URL of a remote REST API (``/api/v1`` lives under it).
+    :param timeout: seconds a remote call may take.
+    """
+
+    def create_schedule(
+        self,
+        workflow_id: str,
+        name: str,
+        schedule_type: str,
+        cron_expression: str | None = None,
+        interval_value: int | None = None,
+        interval_unit: str | None = None,
+        execution_time: str | datetime | None = None,
+        description: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        enabled: bool = True,
+        timezone: str = "UTC",
+        **extra: Any,
+    ) -> Record:
+        """Create a schedule for the workflow and return it (with ``next_execution``).
+
+        :param schedule_type: ``cron``, ``interval`` or ``fixed_time``.
+        :param extra: further fields of the REST request body.
+        :raises InvalidSchedule: the schedule's definition is invalid.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        if isinstance(execution_time, datetime):
+            execution_time = unstructure(execution_time)
+        body = _drop_none(
+            {
+                "name": name,
+                "description": description,
+                "schedule_type": schedule_type,
+                "cron_expression": cron_expression,
+                "interval_value": interval_value,
+                "interval_unit": interval_unit,
+                "execution_time": execution_time,
+                "parameters": parameters,
+                "enabled": enabled,
+                "timezone": timezone,
+                **extra,
+            }
+        )
+        return _record(self._transport.request("create_schedule", path=path, body=body))
+
+    def get_schedule(self, schedule_id: str) -> Record:
+        """The schedule with this id.
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        return _record(self._transport.request("get_schedule", path=path))
+
+    def list_schedules(
+        self,
+        workflow_id: str | None = None,
+        enabled: bool | None = None,
+        page: int = 1,
+        page_size: int = 10,
+    ) -> Page[Record]:
+        """One page of schedules, filtered by workflow and whether they are enabled."""
+        query = {
+            "workflow_id": workflow_id,
+            "enabled": enabled,
+            "page": page,
+            "page_size": page_size,
+        }
+        return _record_page(self._transport.request("list_schedules", query=query))
+
+    def update_schedule(self, schedule: Record) -> Record:
+        """Save a changed schedule (its fields in :data:`SCHEDULE_FIELDS` that are set).
+
+        :raises ScheduleNotFound: the schedule no longer exists.
+        :raises InvalidSchedule: the new definition is invalid.
+        """
+        path = {"schedule_id": _check_id(getattr(schedule, "id", None), ScheduleNotFound)}
+        fields = schedule.to_dict()
+        body = _drop_none({name: fields.get(name) for name in SCHEDULE_FIELDS})
+        return _record(self._transport.request("update_schedule", path=path, body=body))
+
+    def delete_schedule(self, schedule_id: str) -> DeleteResult:
+        """Delete the schedule; it fires no more.
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        return _structure(self._transport.request("delete_schedule", path=path), DeleteResult)

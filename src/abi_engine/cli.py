@@ -1,0 +1,544 @@
+"""The ``abi-engine`` command line: serve the REST API, create access tokens, run a demo.
+
+``abi-engine serve`` runs the engine and its REST API (the ``abi_asgi``
+adapter under uvicorn) until SIGTERM or SIGINT, then stops the server and
+exits the engine cleanly. ``abi-engine token create`` prints a new access
+token. ``abi-engine demo`` prepares a token and an example workflow, prints
+copy-paste ``curl`` commands, and serves like ``serve``.
+
+Exit codes: 0 success (including a stop by SIGTERM or SIGINT), 1 the server
+failed while starting or running, 2 bad input (arguments, a database that
+cannot be opened, an address that cannot be listened on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import inspect
+import logging
+import os
+import shlex
+import signal
+import socket
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from abi_engine import __version__
+from abi_engine.errors import AbiError
+from abi_engine.models import Scope
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from abi_engine.engine import Engine
+    from abi_engine.models import Workflow
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_DB = "abi-engine.db"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+ENV_DB = "ABI_ENGINE_DB"
+ENV_ALLOW_PRIVATE_URLS = "ABI_ENGINE_ALLOW_PRIVATE_URLS"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+SCOPES = tuple(scope.value for scope in Scope)
+BACKLOG = 2048
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+DEMO_USER = "usr_demo"
+DEMO_MARK = "abi-engine demo"
+
+Prepare = Callable[["Engine", str], Awaitable[None]]
+
+
+class CliError(Exception):
+    """A problem reported as one line on stderr, with the process exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- arguments -------------------------------------------------------------------------
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 0 and 65535, not {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _db_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--db",
+        default=os.environ.get(ENV_DB) or DEFAULT_DB,
+        metavar="PATH",
+        help=(
+            "SQLite file (created when missing) or postgresql:// URL"
+            f" (default: ${ENV_DB}, else ./{DEFAULT_DB})"
+        ),
+    )
+    return parent
+
+
+def _server_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    add = parent.add_argument
+    add("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
+    add("--port", type=_port, default=DEFAULT_PORT, help="port (default: 8000; 0 picks one)")
+    add(
+        "--allow-private-urls",
+        action="store_true",
+        default=_truthy(os.environ.get(ENV_ALLOW_PRIVATE_URLS)),
+        help="let webhook and callback URLs point at loopback and private addresses"
+        f" (or {ENV_ALLOW_PRIVATE_URLS}=1)",
+    )
+    add(
+        "--rate-limit",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help="requests per second per token (default: the adapter's, 50; 0 disables)",
+    )
+    add(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="size of the execution worker pool (default: the engine's)",
+    )
+    add("--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``abi-engine`` argument parser (defaults read from the environment now)."""
+    parser = argparse.ArgumentParser(
+        prog="abi-engine", description="abi-engine: an embeddable, durable workflow engine."
+    )
+    parser.add_argument("--version", action="version", version=f"abi-engine {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    db, server = _db_parent(), _server_parent()
+
+    serve = commands.add_parser(
+        "serve", parents=[db, server], help="run the engine and its REST API under /api/v1"
+    )
+    serve.set_defaults(handler=_cmd_serve)
+
+    token = commands.add_parser("token", help="manage access tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    create = token_commands.add_parser(
+        "create", parents=[db], help="print a new access token for a user"
+    )
+    create.add_argument("--user", required=True, metavar="USER_ID", help="e.g. usr_alice")
+    create.add_argument(
+        "--scope",
+        action="extend",
+        nargs="+",
+        choices=SCOPES,
+        metavar="SCOPE",
+        help=f"a scope to grant, repeatable (default: all): {', '.join(SCOPES)}",
+    )
+    create.add_argument("--name", help="a label for the token")
+    create.set_defaults(handler=_cmd_token_create)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[db, server],
+        help="create a demo token and example workflow, print curl examples, and serve",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+# -- the engine ------------------------------------------------------------------------
+
+
+def _redact(db: str) -> str:
+    """``db`` with any password in a URL replaced by ``***``."""
+    if "://" not in db:
+        return db
+    parts = urlsplit(db)
+    if parts.password is None:
+        return db
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    netloc = f"{parts.username or ''}:***@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename!r}" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _open_engine(db: str, **options: Any) -> Engine:
+    """Build the engine on ``db``; a database that cannot be used is a :class:`CliError`."""
+    from abi_engine.engine import Engine
+
+    if "workers" in options and "workers" not in inspect.signature(Engine).parameters:
+        options.pop("workers")  # the execution pool is not configurable in this version
+    shown = _redact(db)
+    try:
+        return Engine(db, **options)
+    except ValueError as exc:
+        if str(exc).startswith("No storage plugin handles"):
+            hint = ""
+            if db.startswith(("postgresql:", "postgres:")):
+                hint = " (PostgreSQL storage is not available in this installation)"
+            raise CliError(f"no storage backend handles the database {shown!r}{hint}") from None
+        raise CliError(f"cannot open the database {shown!r}: {exc}") from None
+    except (OSError, sqlite3.Error) as exc:
+        raise CliError(f"cannot open the database {shown!r}: {_reason(exc)}") from None
+
+
+# -- token create ----------------------------------------------------------------------
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    engine = _open_engine(args.db)
+    try:
+        token = engine.tokens.create_token(args.user, args.scope or None, name=args.name)
+    except AbiError as exc:
+        raise CliError(exc.message) from None
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot write to the database {_redact(args.db)!r}: {exc}") from None
+    finally:
+        engine.close()
+    print(token)
+    return EXIT_OK
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived before the server took over signal handling."""
+
+
+class _Server:
+    """Runs uvicorn on a bound socket; stops on SIGTERM and SIGINT and exits 0.
+
+    uvicorn handles both signals while it serves (graceful shutdown) and
+    re-raises the signal once it is done; our own handler, in place before and
+    after, turns that into a clean return instead of a killed process.
+    """
+
+    def __init__(self, engine: Engine, sock: socket.socket, args: argparse.Namespace) -> None:
+        self.engine = engine
+        self.sock = sock
+        self.args = args
+        self.server: uvicorn.Server | None = None
+        host, port = sock.getsockname()[:2]
+        shown_host = f"[{host}]" if ":" in host else host
+        self.root_url = f"http://{shown_host}:{port}"
+        self.api_url = f"{self.root_url}/api/v1"
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.server is None:
+            raise _Stopped(signum)
+        self.server.should_exit = True
+
+    def _announce(self) -> None:
+        db = _redact(self.engine.db_url)
+        print(f"abi-engine serving {self.api_url} (db: {db})", file=sys.stderr, flush=True)
+
+    def _build(self) -> uvicorn.Server:
+        import abi_asgi
+        import uvicorn
+
+        options: dict[str, Any] = {"manage_engine": False}
+        rate = self.args.rate_limit
+        if rate is not None:
+            burst = max(1, round(rate * 2))
+            options["rate_limit"] = (
+                abi_asgi.RateLimit(requests_per_second=rate, burst=burst) if rate > 0 else None
+            )
+        app = abi_asgi.create_app(self.engine, **options)
+        config = uvicorn.Config(
+            app,
+            host=self.args.host,
+            port=self.sock.getsockname()[1],
+            lifespan="on",
+            log_level=self.args.log_level,
+        )
+        announce = self._announce
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started and not self.should_exit:
+                    announce()
+
+        return Server(config)
+
+    async def _main(self, prepare: Prepare | None) -> None:
+        server = self._build()
+        async with self.engine:
+            if prepare is not None:
+                await prepare(self.engine, self.root_url)
+            self.server = server
+            await server.serve(sockets=[self.sock])
+
+    def run(self, prepare: Prepare | None = None) -> int:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            asyncio.run(self._main(prepare))
+        except _Stopped:
+            pass
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                raise CliError(
+                    "the server failed to start (see the log above)", EXIT_FAILURE
+                ) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.sock.close()
+        return EXIT_OK
+
+
+def _check_server_extras() -> None:
+    try:
+        import abi_asgi
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise CliError(
+            f"the REST adapter is not installed ({exc}); install it with:"
+            " pip install 'abi-engine[asgi]'"
+        ) from None
+    if not hasattr(abi_asgi, "create_app"):
+        raise CliError("the installed abi_asgi package has no create_app()")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port``; failures are one-line :class:`CliError`."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {where}: {_reason(exc)}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            hint = " (another server is listening there; choose another --port)"
+        raise CliError(f"cannot listen on {where}: {_reason(exc)}{hint}") from None
+    return sock
+
+
+def _configure_logging(level: str) -> None:
+    numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
+    logging.basicConfig(level=numeric, format="%(levelname)-9s %(name)s: %(message)s")
+
+
+def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
+    _check_server_extras()
+    _configure_logging(args.log_level)
+    sock = _bind(args.host, args.port)
+    try:
+        engine = _open_engine(
+            args.db, allow_private_urls=args.allow_private_urls, workers=args.workers
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        return _Server(engine, sock, args).run(prepare)
+    finally:
+        engine.close()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(args)
+
+
+# -- demo ------------------------------------------------------------------------------
+
+_FEEDBACK_EXAMPLE: dict[str, Any] = {
+    "name": "Customer Feedback Analysis",
+    "description": "Analyzes customer feedback and generates insights",
+    "type": "feedback_analysis",
+    "configuration": {
+        "nlp_service": "default",
+        "sentiment_analysis": True,
+        "topic_extraction": True,
+        "language": "en",
+        "response_threshold": 0.7,
+    },
+    "metadata": {"department": "customer_success", "priority": "medium", "example": DEMO_MARK},
+}
+_FEEDBACK_PARAMETERS: dict[str, Any] = {
+    "feedback_id": "f_12345",
+    "customer_id": "c_67890",
+    "feedback_text": "I love the product, but the latest update made the interface harder.",
+    "source": "email",
+    "include_recommendations": True,
+}
+_CUSTOM_EXAMPLE: dict[str, Any] = {
+    "name": "Add two numbers",
+    "description": "A declarative custom workflow: its result is parameters a + b",
+    "type": "custom",
+    "configuration": {
+        "steps": [
+            {
+                "name": "total",
+                "action": "transform",
+                "expressions": {"sum": "parameters['a'] + parameters['b']"},
+            }
+        ]
+    },
+    "metadata": {"department": "demo", "example": DEMO_MARK},
+}
+_CUSTOM_PARAMETERS: dict[str, Any] = {"a": 2, "b": 3}
+
+
+async def _find_demo_workflow(engine: Engine) -> Workflow | None:
+    page = 1
+    while True:
+        found = await engine.workflows.list(page=page, page_size=100, sort_order="asc")
+        for workflow in found.items:
+            if workflow.metadata.get("example") == DEMO_MARK:
+                return workflow
+        if page >= found.pagination.total_pages:
+            return None
+        page += 1
+
+
+async def _create_demo_workflow(engine: Engine) -> Workflow:
+    if "feedback_analysis" in engine.workflow_types:
+        try:
+            return await engine.workflows.create(_FEEDBACK_EXAMPLE)
+        except AbiError as exc:
+            logging.getLogger("abi_engine.cli").warning(
+                "the feedback_analysis example was refused (%s); using a custom workflow",
+                exc.message,
+            )
+    return await engine.workflows.create(_CUSTOM_EXAMPLE)
+
+
+async def _demo_workflow(engine: Engine) -> Workflow:
+    """The demo's example workflow (created when missing), active."""
+    from abi_engine.models import WorkflowStatus
+
+    workflow = await _find_demo_workflow(engine) or await _create_demo_workflow(engine)
+    if workflow.status is not WorkflowStatus.ACTIVE:
+        await engine.workflows.activate(workflow.id)
+    return workflow
+
+
+def _can_execute() -> bool:
+    from abi_engine.api import OPERATIONS
+
+    return any(
+        op.method == "POST" and op.path == "/workflows/{workflow_id}/execute"
+        for op in OPERATIONS.values()
+    )
+
+
+def _curl(token: str, url: str, body: dict[str, Any] | None = None) -> str:
+    import json
+
+    parts = ["curl", "-s", "-H", f"Authorization: Bearer {token}"]
+    if body is not None:
+        parts += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    return " ".join(shlex.quote(part) for part in [*parts, url])
+
+
+def _demo_text(token: str, workflow: Workflow, root_url: str, db: str) -> str:
+    api = f"{root_url}/api/v1"
+    lines = [
+        "abi-engine demo",
+        f"database: {db}",
+        f"token: {token}",
+        f"workflow: {workflow.id}",
+        f"  ({workflow.name!r}, type {workflow.type}, active; user {DEMO_USER}, all scopes)",
+        "",
+        "Try it from another terminal:",
+        f"  curl -s {api}/health",
+        f"  {_curl(token, f'{api}/workflows')}",
+        f"  {_curl(token, f'{api}/workflows/{workflow.id}')}",
+    ]
+    if _can_execute():
+        params = _FEEDBACK_PARAMETERS if workflow.type == "feedback_analysis" else None
+        body = {
+            "parameters": params or _CUSTOM_PARAMETERS,
+            "execution_options": {"wait_for_completion": True, "timeout_seconds": 30},
+        }
+        lines.append(f"  {_curl(token, f'{api}/workflows/{workflow.id}/execute', body)}")
+    lines += [f"  The OpenAPI document: {api}/openapi.json", "", "Stop with Ctrl+C."]
+    return "\n".join(lines)
+
+
+async def _demo_prepare(engine: Engine, root_url: str) -> None:
+    try:
+        token = engine.tokens.create_token(DEMO_USER, None, name="abi-engine demo")
+        workflow = await _demo_workflow(engine)
+    except (AbiError, sqlite3.Error) as exc:
+        raise CliError(f"cannot prepare the demo: {exc}") from None
+    print(_demo_text(token, workflow, root_url, _redact(engine.db_url)), flush=True)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return _serve(args, _demo_prepare)
+
+
+# -- entry point -----------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``abi-engine`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CliError as exc:
+        print(f"abi-engine: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT

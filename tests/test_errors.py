@@ -102,7 +102,8 @@ def test_to_dict_is_the_envelope_error_object(cls: type[AbiError]) -> None:
     data = err.to_dict()
     assert set(data) == {"code", "message", "details"}
     assert data["code"] == cls.code
-    assert isinstance(data["message"], str) and data["message"]
+    assert isinstance(data["message"], str)
+    assert data["message"]
     assert json.loads(json.dumps(data)) == data
 
 

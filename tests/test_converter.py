@@ -1,0 +1,192 @@
+"""The converter: strict structuring with field paths, and the seed's JSON on the way out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import attrs
+import pytest
+
+from abi_engine.converter import structure, unstructure
+from abi_engine.errors import InvalidRequest, InvalidWorkflowConfig
+from abi_engine.models import Page, WorkflowStats, WorkflowStatus, WorkflowSummary
+from abi_engine.workflows import WorkflowRequest
+
+
+@attrs.define(kw_only=True)
+class Sample:
+    text: str = "t"
+    count: int = 0
+    ratio: float = 0.0
+    flag: bool = False
+    tags: list[str] = attrs.Factory(list)
+    extra: dict[str, Any] = attrs.Factory(dict)
+    when: datetime | None = None
+    status: WorkflowStatus = WorkflowStatus.INACTIVE
+
+
+def _fail(data: Any, cls: type = Sample) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as info:
+        structure(data, cls)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("count", True),
+        ("count", "3"),
+        ("count", 1.5),
+        ("text", 5),
+        ("text", None),
+        ("ratio", False),
+        ("ratio", "0.5"),
+        ("flag", 1),
+        ("flag", "true"),
+        ("tags", "a"),
+        ("tags", [1]),
+        ("extra", []),
+        ("when", 1_700_000_000),
+        ("when", "not a time"),
+        ("status", "paused"),
+    ],
+)
+def test_wrong_types_are_refused_with_the_field(field: str, value: Any) -> None:
+    """A wrong type never coerces (bool is not int, int is not str) and names the field."""
+    err = _fail({field: value})
+    assert err.details["field"] == field
+    assert err.details["errors"][0]["field"] == field
+    assert field in err.message
+
+
+def test_accepted_values() -> None:
+    """Right types pass: ints for floats, times with offsets, enums by value."""
+    got = structure(
+        {
+            "text": "x",
+            "count": 3,
+            "ratio": 1,
+            "flag": True,
+            "tags": ["a"],
+            "extra": {"k": [1, None]},
+            "when": "2023-05-01T14:00:00+02:00",
+            "status": "active",
+        },
+        Sample,
+    )
+    assert got == Sample(
+        text="x",
+        count=3,
+        ratio=1.0,
+        flag=True,
+        tags=["a"],
+        extra={"k": [1, None]},
+        when=datetime(2023, 5, 1, 12, tzinfo=UTC),
+        status=WorkflowStatus.ACTIVE,
+    )
+    assert isinstance(got.ratio, float)
+
+
+def test_enum_error_lists_allowed_values() -> None:
+    """An unknown enum value says which values are allowed."""
+    err = _fail({"status": "paused"})
+    assert "active" in err.message
+    assert "inactive" in err.message
+
+
+def test_unknown_keys_are_refused() -> None:
+    """Unknown top-level keys are refused, each named as a field."""
+    err = _fail({"text": "x", "bogus": 1, "other": 2})
+    fields = {e["field"] for e in err.details["errors"]}
+    assert fields == {"bogus", "other"}
+    assert all(e["message"] == "unknown field" for e in err.details["errors"])
+
+
+def test_nested_field_paths() -> None:
+    """Errors inside lists of objects carry paths like integrations[0].id."""
+    base = {"name": "n", "type": "custom"}
+    err = _fail({**base, "integrations": [{"id": 5}]}, WorkflowRequest)
+    assert err.details["field"] == "integrations[0].id"
+    err = _fail({**base, "integrations": [{"id": "int_a"}, {"required": True}]}, WorkflowRequest)
+    assert err.details["field"] == "integrations[1].id"
+    assert err.details["errors"][0]["message"] == "required field missing"
+    err = _fail({**base, "integrations": [{"id": "int_a", "bogus": 1}]}, WorkflowRequest)
+    assert err.details["field"] == "integrations[0].bogus"
+    err = _fail({**base, "integrations": [{"id": "int_a", "required": "yes"}]}, WorkflowRequest)
+    assert err.details["field"] == "integrations[0].required"
+
+
+def test_every_error_is_listed() -> None:
+    """Several bad fields are all reported in details.errors; the first is details.field."""
+    err = _fail({"name": 1, "type": 2, "configuration": []}, WorkflowRequest)
+    fields = [e["field"] for e in err.details["errors"]]
+    assert set(fields) == {"name", "type", "configuration"}
+    assert err.details["field"] == fields[0]
+
+
+def test_missing_required_fields() -> None:
+    """A missing required field is named with 'required field missing'."""
+    err = _fail({"type": "custom"}, WorkflowRequest)
+    assert err.details["errors"] == [{"field": "name", "message": "required field missing"}]
+
+
+@pytest.mark.parametrize("body", [None, [], "text", 3, True])
+def test_non_object_body(body: Any) -> None:
+    """A body that is not a JSON object is refused as '(body)'."""
+    err = _fail(body, WorkflowRequest)
+    assert err.details["field"] == "(body)"
+
+
+def test_object_keys_must_be_strings() -> None:
+    """A mapping with non-string keys is refused for dict[str, Any] fields."""
+    err = _fail({"extra": {1: "x"}})
+    assert err.details["field"] == "extra"
+
+
+def test_error_class_is_chosen_by_caller() -> None:
+    """structure(..., error=InvalidWorkflowConfig) raises that class with the same details."""
+    with pytest.raises(InvalidWorkflowConfig) as info:
+        structure({"count": "x"}, Sample, error=InvalidWorkflowConfig)
+    assert info.value.details["field"] == "count"
+
+
+def test_paths_inside_generic_pages() -> None:
+    """Structuring a Page names the item and field that is wrong."""
+    good = {
+        "id": "wf_1",
+        "name": "n",
+        "type": "custom",
+        "status": "active",
+        "created_at": "2023-05-01T12:00:00Z",
+        "updated_at": "2023-05-01T12:00:00Z",
+    }
+    data = {
+        "items": [good, {**good, "status": 3}],
+        "pagination": {"page": 1, "page_size": 10, "total_items": 2, "total_pages": 1},
+    }
+    err = _fail(data, Page[WorkflowSummary])
+    assert err.details["field"] == "items[1].status"
+
+
+def test_unstructure_json_forms() -> None:
+    """Times become RFC 3339 Z strings, enums their values, sets sorted lists."""
+
+    class Color(Enum):
+        RED = "red"
+
+    when = datetime(2023, 5, 1, 12, 30, 1, 5000, tzinfo=UTC)
+    assert unstructure(when) == "2023-05-01T12:30:01.005Z"
+    assert unstructure(WorkflowStatus.ACTIVE) == "active"
+    assert unstructure(Color.RED) == "red"
+    assert unstructure(frozenset({"b", "a"})) == ["a", "b"]
+    assert unstructure([WorkflowStats(runs_total=2)])[0]["runs_total"] == 2
+
+
+def test_structure_times_to_utc() -> None:
+    """Structured times are aware and in UTC whatever offset they were given with."""
+    got = structure({"when": "2023-05-01T12:00:00-05:00"}, Sample)
+    assert got.when is not None
+    assert got.when.tzinfo is UTC
+    assert got.when.hour == 17

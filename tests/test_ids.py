@@ -1,0 +1,116 @@
+"""Identifiers and time: prefixes, time-sortable ids, uniqueness, RFC 3339 formatting."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from abi_engine.ids import PREFIXES, format_time, new_id, parse_time, utcnow
+
+ID_BODY = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")  # Crockford base32, lower case, no i l o u
+
+SEED_PREFIXES = {
+    "workflow": "wf_",
+    "execution": "exec_",
+    "schedule": "sched_",
+    "webhook": "wh_",
+    "user": "usr_",
+    "integration": "int_",
+}
+
+
+def test_seed_prefixes() -> None:
+    """The prefixes of the seed's ids are the ones the contract names."""
+    for kind, prefix in SEED_PREFIXES.items():
+        assert PREFIXES[kind] == prefix
+
+
+@pytest.mark.parametrize("prefix", sorted(set(PREFIXES.values())))
+def test_new_id_shape(prefix: str) -> None:
+    """An id is its prefix plus 26 lower-case Crockford base32 characters."""
+    value = new_id(prefix)
+    assert value.startswith(prefix)
+    assert ID_BODY.match(value.removeprefix(prefix))
+
+
+def test_ids_sort_by_creation_time() -> None:
+    """Ids made in successive milliseconds sort in the order they were made."""
+    made = []
+    for _ in range(20):
+        made.append(new_id("wf_"))
+        time.sleep(0.002)
+    assert sorted(made) == made
+
+
+def test_ids_are_unique() -> None:
+    """100,000 ids made in a tight loop (same milliseconds) never collide."""
+    ids = [new_id("exec_") for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+
+
+def test_utcnow_is_utc_and_millisecond_precise() -> None:
+    """utcnow() is timezone-aware UTC, truncated to milliseconds, and current."""
+    now = utcnow()
+    assert now.tzinfo is UTC
+    assert now.microsecond % 1000 == 0
+    assert abs(datetime.now(UTC) - now) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (datetime(2023, 5, 1, 12, 0, tzinfo=UTC), "2023-05-01T12:00:00Z"),
+        (datetime(2023, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC), "2023-05-01T12:00:00.250Z"),
+        (datetime(2023, 5, 1, 12, 0, 0, 999_999, tzinfo=UTC), "2023-05-01T12:00:00.999Z"),
+        (datetime(2023, 5, 1, 14, 0, tzinfo=timezone(timedelta(hours=2))), "2023-05-01T12:00:00Z"),
+        (datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC), "0999-01-02T03:04:05Z"),
+    ],
+)
+def test_format_time(value: datetime, text: str) -> None:
+    """Times render as RFC 3339 UTC with Z, milliseconds only when not zero, years padded."""
+    assert format_time(value) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2023-05-01T12:00:00Z", datetime(2023, 5, 1, 12, tzinfo=UTC)),
+        ("2023-05-01T12:00:00z", datetime(2023, 5, 1, 12, tzinfo=UTC)),
+        ("2023-05-01T14:00:00+02:00", datetime(2023, 5, 1, 12, tzinfo=UTC)),
+        ("2023-05-01T12:00:00", datetime(2023, 5, 1, 12, tzinfo=UTC)),
+        ("2023-05-01T12:00:00.5Z", datetime(2023, 5, 1, 12, 0, 0, 500_000, tzinfo=UTC)),
+    ],
+)
+def test_parse_time(text: str, expected: datetime) -> None:
+    """parse_time accepts Z, offsets (converted to UTC) and naive times (taken as UTC)."""
+    parsed = parse_time(text)
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
+
+
+@pytest.mark.parametrize("bad", ["", "yesterday", "2023-13-01T00:00:00Z", 1_700_000_000, None])
+def test_parse_time_rejects_garbage(bad: object) -> None:
+    """Anything that is not an RFC 3339 string raises ValueError."""
+    with pytest.raises(ValueError):  # noqa: PT011 - parse_time's contract is a plain ValueError
+        parse_time(bad)  # type: ignore[arg-type]
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.timezones(),
+    )
+)
+def test_format_parse_round_trip(value: datetime) -> None:
+    """format_time then parse_time gives the same instant, to the millisecond, always with Z."""
+    text = format_time(value)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z", text)
+    expected = value.astimezone(UTC)
+    expected = expected.replace(microsecond=expected.microsecond // 1000 * 1000)
+    assert parse_time(text) == expected

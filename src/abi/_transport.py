@@ -11,6 +11,7 @@ same errors, whichever transport it uses.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,7 +20,13 @@ from urllib.parse import quote
 import httpx
 
 from abi_engine.api import ApiRequest, call, get_operation
-from abi_engine.errors import AbiError, InternalError, InvalidRequest, error_for_code
+from abi_engine.errors import (
+    AbiError,
+    InternalError,
+    InvalidRequest,
+    Unauthorized,
+    error_for_code,
+)
 from abi_engine.ids import format_time
 
 if TYPE_CHECKING:
@@ -34,6 +41,7 @@ __all__ = [
     "Transport",
     "encode_body",
     "encode_query",
+    "require_token",
 ]
 
 #: Where the REST operations live under the root URL.
@@ -107,6 +115,13 @@ def encode_body(body: Any) -> bytes | None:
         ) from None
 
 
+def require_token(token: str | None) -> str:
+    """``token``, or ``Unauthorized`` before anything is sent when there is none."""
+    if not token:
+        raise Unauthorized("Missing access token: pass access_token=")
+    return token
+
+
 def _lower_keys(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {key.lower(): value for key, value in (headers or {}).items()}
 
@@ -141,7 +156,7 @@ class LocalTransport:
             body=None if raw is None else json.loads(raw),
             headers=_lower_keys(headers),
         )
-        principal = self.engine.tokens.authenticate(self._token)
+        principal = self.engine.tokens.authenticate(require_token(self._token))
         data = self.engine.call(_call_operation, self.engine, principal, op_name, request)
         return json.loads(json.dumps(data))
 
@@ -171,6 +186,8 @@ class RemoteTransport:
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
         )
+        # A facade nobody closes (the seed never does) still releases its sockets.
+        self._finalizer = weakref.finalize(self, self._client.close)
 
     def request(
         self,
@@ -185,9 +202,11 @@ class RemoteTransport:
         quoted = {key: quote(str(value), safe="") for key, value in (path or {}).items()}
         url = API_PREFIX + op.path.format_map(quoted)
         raw = encode_body(body)
-        sent = {"accept": "application/json", **_lower_keys(headers)}
-        if self._token:
-            sent["authorization"] = f"Bearer {self._token}"
+        sent = {
+            "accept": "application/json",
+            **_lower_keys(headers),
+            "authorization": f"Bearer {require_token(self._token)}",
+        }
         if raw is not None:
             sent["content-type"] = "application/json"
         try:
@@ -204,7 +223,7 @@ class RemoteTransport:
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
-        self._client.close()
+        self._finalizer()
 
 
 def _unwrap(response: httpx.Response) -> Any:

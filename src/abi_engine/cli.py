@@ -193,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _redact(db: str) -> str:
-    """``db`` with any password in a URL replaced by ``***``."""
+    """``db`` as shown to people: a URL without its password, a path made absolute."""
     if "://" not in db:
-        return db
+        return db if db == ":memory:" else os.path.abspath(db)
     parts = urlsplit(db)
     if parts.password is None:
         return db
@@ -452,15 +452,18 @@ async def _find_demo_workflow(engine: Engine) -> Workflow | None:
 
 
 async def _create_demo_workflow(engine: Engine) -> Workflow:
+    from abi_engine.auth import Principal
+
+    actor = Principal(user_id=DEMO_USER)
     if "feedback_analysis" in engine.workflow_types:
         try:
-            return await engine.workflows.create(_FEEDBACK_EXAMPLE)
+            return await engine.workflows.create(_FEEDBACK_EXAMPLE, actor=actor)
         except AbiError as exc:
             logging.getLogger("abi_engine.cli").warning(
                 "the feedback_analysis example was refused (%s); using a custom workflow",
                 exc.message,
             )
-    return await engine.workflows.create(_CUSTOM_EXAMPLE)
+    return await engine.workflows.create(_CUSTOM_EXAMPLE, actor=actor)
 
 
 async def _demo_workflow(engine: Engine) -> Workflow:
@@ -494,11 +497,10 @@ def _curl(token: str, url: str, body: dict[str, Any] | None = None) -> str:
 def _demo_text(token: str, workflow: Workflow, root_url: str, db: str) -> str:
     api = f"{root_url}/api/v1"
     lines = [
-        "abi-engine demo",
+        f"abi-engine demo: an access token for {DEMO_USER} (all scopes) and an example workflow",
         f"database: {db}",
         f"token: {token}",
-        f"workflow: {workflow.id}",
-        f"  ({workflow.name!r}, type {workflow.type}, active; user {DEMO_USER}, all scopes)",
+        f"workflow: {workflow.id} ({workflow.name}, type {workflow.type}, active)",
         "",
         "Try it from another terminal:",
         f"  curl -s {api}/health",
@@ -512,13 +514,13 @@ def _demo_text(token: str, workflow: Workflow, root_url: str, db: str) -> str:
             "execution_options": {"wait_for_completion": True, "timeout_seconds": 30},
         }
         lines.append(f"  {_curl(token, f'{api}/workflows/{workflow.id}/execute', body)}")
-    lines += [f"  The OpenAPI document: {api}/openapi.json", "", "Stop with Ctrl+C."]
+    lines += [f"The OpenAPI document: {api}/openapi.json", "Stop with Ctrl+C.", ""]
     return "\n".join(lines)
 
 
 async def _demo_prepare(engine: Engine, root_url: str) -> None:
     try:
-        token = engine.tokens.create_token(DEMO_USER, None, name="abi-engine demo")
+        token = engine.tokens.create_token(DEMO_USER, None, name=DEMO_MARK)
         workflow = await _demo_workflow(engine)
     except (AbiError, sqlite3.Error) as exc:
         raise CliError(f"cannot prepare the demo: {exc}") from None

@@ -1,0 +1,419 @@
+"""The ``abi-engine`` command line, run as a real subprocess against real SQLite files."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from abi_engine import Engine, Scope
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+SERVING = re.compile(r"^abi-engine serving (http://\S+/api/v1) \(db: (.+)\)$")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ABI_ENGINE_DB", "ABI_ENGINE_URL", "ABI_ENGINE_ALLOW_PRIVATE_URLS")
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``abi-engine ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "abi_engine", *args],
+        cwd=cwd,
+        env=env or _env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit 2, nothing on stdout, one ``abi-engine: error:`` line on stderr, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("abi-engine: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+class Server:
+    """A running ``abi-engine serve`` (or ``demo``) subprocess and its output."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "abi_engine", *args],
+            cwd=cwd,
+            env=env or _env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(name, stream, sink), daemon=True)
+            for name, stream, sink in (
+                ("stdout", self.proc.stdout, self.stdout),
+                ("stderr", self.proc.stderr, self.stderr),
+            )
+        ]
+        for pump in self._pumps:
+            pump.start()
+        self.api_url = ""
+        self.db = ""
+
+    def _pump(self, name: str, stream: object, sink: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            sink.append(line.rstrip("\n"))
+            self._lines.put((name, line.rstrip("\n")))
+
+    def wait_serving(self) -> str:
+        """Wait for the ``abi-engine serving ...`` line; return the API base URL."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                name, line = self._lines.get(timeout=0.1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            match = SERVING.match(line)
+            if name == "stderr" and match:
+                self.api_url, self.db = match.group(1), match.group(2)
+                return self.api_url
+        raise AssertionError(f"server did not start: {self.output()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` and return the exit code (killing it after STOP_TIMEOUT)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise AssertionError(f"no exit within {STOP_TIMEOUT}s: {self.output()}") from None
+        finally:
+            self._drain()
+
+    def close(self) -> None:
+        """Kill the process if it still runs and release its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._drain()
+
+    def _drain(self) -> None:
+        if self.proc.poll() is None:
+            return
+        for pump in self._pumps:
+            pump.join(timeout=5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def output(self) -> str:
+        if self.proc.poll() is not None:
+            for pump in self._pumps:
+                pump.join(timeout=2)
+        return "\n".join(["stdout:", *self.stdout, "stderr:", *self.stderr])
+
+    def value(self, label: str) -> str:
+        """The first word after ``label:`` on a line the process printed on stdout."""
+        for line in self.stdout:
+            if line.startswith(f"{label}: "):
+                return line.split()[1]
+        raise AssertionError(f"no {label!r} line: {self.output()}")
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """Start ``abi-engine ARGS`` servers; any still running at the end are killed."""
+    servers: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(*args, cwd=tmp_path, env=env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def create_token(db: Path, *extra: str) -> str:
+    result = run_cli("token", "create", "--db", str(db), *extra, cwd=db.parent)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+# -- token create ----------------------------------------------------------------------
+
+
+def test_token_create_prints_one_token_with_the_requested_scopes(tmp_path: Path) -> None:
+    """`token create` prints exactly one line: a token of that user with those scopes."""
+    db = tmp_path / "engine.db"
+    result = run_cli(
+        "token",
+        "create",
+        "--db",
+        str(db),
+        "--user",
+        "usr_alice",
+        "--scope",
+        "workflows:read",
+        "--scope",
+        "executions:read",
+        "--name",
+        "ci",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    engine = Engine(db)
+    try:
+        principal = engine.tokens.authenticate(lines[0])
+    finally:
+        engine.close()
+    assert principal.user_id == "usr_alice"
+    assert principal.scopes == {Scope.WORKFLOWS_READ, Scope.EXECUTIONS_READ}
+
+
+def test_token_create_without_scope_grants_every_scope(tmp_path: Path) -> None:
+    """No --scope means all scopes; a bare user name gets the usr_ prefix."""
+    db = tmp_path / "engine.db"
+    token = create_token(db, "--user", "bob")
+    engine = Engine(db)
+    try:
+        principal = engine.tokens.authenticate(token)
+    finally:
+        engine.close()
+    assert principal.user_id == "usr_bob"
+    assert principal.scopes == set(Scope)
+
+
+def test_token_create_reads_the_database_from_the_environment(tmp_path: Path) -> None:
+    """Without --db, ABI_ENGINE_DB names the database."""
+    db = tmp_path / "from-env.db"
+    result = run_cli(
+        "token", "create", "--user", "usr_env", cwd=tmp_path, env=_env(ABI_ENGINE_DB=str(db))
+    )
+    assert result.returncode == 0, result.stderr
+    engine = Engine(db)
+    try:
+        assert engine.tokens.authenticate(result.stdout.strip()).user_id == "usr_env"
+    finally:
+        engine.close()
+    assert not (tmp_path / "abi-engine.db").exists()
+
+
+def test_token_create_unknown_scope_is_a_usage_error(tmp_path: Path) -> None:
+    """An unknown scope exits 2 naming it and the allowed scopes, without a traceback."""
+    result = run_cli(
+        "token",
+        "create",
+        "--db",
+        str(tmp_path / "e.db"),
+        "--user",
+        "u",
+        "--scope",
+        "root:all",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "invalid choice: 'root:all'" in result.stderr
+    assert "workflows:read" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_token_create_rejects_an_empty_user(tmp_path: Path) -> None:
+    """A blank user id is one clear error line and exit 2."""
+    result = run_cli("token", "create", "--db", str(tmp_path / "e.db"), "--user", " ", cwd=tmp_path)
+    assert_one_line_error(result, "user")
+
+
+def test_bad_database_path_is_one_clear_line(tmp_path: Path) -> None:
+    """A database under a regular file cannot be created: exit 2, one line, no traceback."""
+    (tmp_path / "file").write_text("not a directory")
+    bad = str(tmp_path / "file" / "sub" / "engine.db")
+    assert_one_line_error(
+        run_cli("token", "create", "--db", bad, "--user", "u", cwd=tmp_path),
+        "cannot open the database",
+        "Not a directory",
+    )
+    assert_one_line_error(
+        run_cli("serve", "--db", bad, "--port", "0", cwd=tmp_path), "cannot open the database"
+    )
+
+
+def test_file_that_is_not_a_database_is_one_clear_line(tmp_path: Path) -> None:
+    """A file that is not SQLite is refused with the reason."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a sqlite database" * 100)
+    assert_one_line_error(
+        run_cli("token", "create", "--db", str(junk), "--user", "u", cwd=tmp_path),
+        "file is not a database",
+    )
+
+
+def test_unsupported_database_url_is_a_usage_error_without_its_password(tmp_path: Path) -> None:
+    """A URL no storage plugin handles exits 2 with one line that hides the password."""
+    url = "postgresql://app:s3cret@127.0.0.1:1/abi"
+    for args in (("token", "create", "--user", "u"), ("serve", "--port", "0")):
+        result = run_cli(*args, "--db", url, cwd=tmp_path)
+        assert_one_line_error(result, "postgresql://app:***@127.0.0.1:1/abi")
+        assert "s3cret" not in result.stderr
+
+
+def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
+    """A bad port, a negative rate limit or a missing command exit 2 without a traceback."""
+    for args in (
+        ("serve", "--port", "70000"),
+        ("serve", "--rate-limit", "-1"),
+        ("serve", "--workers", "0"),
+        ("token", "create"),
+        (),
+    ):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, args
+        assert "usage: abi-engine" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_serve_answers_with_cli_tokens_and_stops_cleanly(
+    tmp_path: Path, start_server: Callable[..., Server], stop_signal: int
+) -> None:
+    """`serve` answers health and token-authenticated requests, then exits 0 on the signal."""
+    db = tmp_path / "data" / "engine.db"
+    server = start_server("serve", "--db", str(db), "--host", "127.0.0.1", "--port", "0")
+    api = server.wait_serving()
+    assert server.db == str(db)
+    reader = create_token(db, "--user", "usr_reader", "--scope", "workflows:read")
+    with httpx.Client(base_url=api, timeout=10) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/workflows").status_code == 401
+        listed = client.get("/workflows", headers=auth(reader))
+        assert listed.status_code == 200, listed.text
+        assert listed.json()["data"]["pagination"]["total_items"] == 0
+        denied = client.post("/workflows", headers=auth(reader), json={})
+        assert denied.status_code == 403
+        assert denied.json()["error"]["code"] == "FORBIDDEN"
+    started = time.monotonic()
+    assert server.stop(stop_signal) == 0, server.output()
+    assert time.monotonic() - started < STOP_TIMEOUT
+    assert "Traceback" not in server.output()
+    assert not Path(f"{db}-wal").exists(), "the store was not closed cleanly"
+
+
+@pytest.mark.slow
+def test_serve_defaults_to_the_environment_database(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """Without --db, serve uses ABI_ENGINE_DB and says so on its serving line."""
+    db = tmp_path / "env.db"
+    server = start_server("serve", "--port", "0", env=_env(ABI_ENGINE_DB=str(db)))
+    server.wait_serving()
+    assert server.db == str(db)
+    assert db.exists()
+    assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_serve_rate_limit_applies_per_token(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """--rate-limit reaches the REST adapter: past the burst a token gets 429 with Retry-After."""
+    db = tmp_path / "engine.db"
+    server = start_server("serve", "--db", str(db), "--port", "0", "--rate-limit", "0.5")
+    api = server.wait_serving()
+    token = create_token(db, "--user", "usr_busy")
+    with httpx.Client(base_url=api, timeout=10) as client:
+        codes = [client.get("/workflows", headers=auth(token)).status_code for _ in range(3)]
+        assert codes[0] == 200
+        assert 429 in codes
+        limited = client.get("/workflows", headers=auth(token))
+        assert limited.status_code == 429
+        assert limited.json()["error"]["code"] == "RATE_LIMIT_EXCEEDED"
+        assert int(limited.headers["retry-after"]) >= 1
+    assert server.stop() == 0
+
+
+@pytest.mark.slow
+def test_serve_on_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
+    """A port another socket listens on: exit 2, one line naming the address, no database made."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--db", str(tmp_path / "e.db"), "--port", str(port), cwd=tmp_path)
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}", "in use")
+    assert not (tmp_path / "e.db").exists()
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_prints_a_working_token_and_example_workflow(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    """`demo` prints a token and an active example workflow it serves; a rerun reuses it."""
+    workflow_ids = []
+    for _ in range(2):
+        server = start_server("demo", "--port", "0")
+        api = server.wait_serving()
+        token, workflow_id = server.value("token"), server.value("workflow")
+        assert workflow_id.startswith("wf_")
+        assert any(
+            line.strip().startswith("curl")
+            and token in line
+            and f"{api}/workflows/{workflow_id}" in line
+            for line in server.stdout
+        ), server.output()
+        with httpx.Client(base_url=api, timeout=10) as client:
+            got = client.get(f"/workflows/{workflow_id}", headers=auth(token))
+        assert got.status_code == 200, got.text
+        assert got.json()["data"]["status"] == "active"
+        assert server.stop() == 0, server.output()
+        workflow_ids.append(workflow_id)
+    assert workflow_ids[0] == workflow_ids[1]
+    assert (tmp_path / "abi-engine.db").exists()

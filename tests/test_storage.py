@@ -1,0 +1,635 @@
+"""Storage: schema and migrations, workflow CRUD, the outbox, pagination and concurrency.
+
+Tests taking the ``store`` / ``make_store`` fixtures run against every storage
+backend; the ones opening :class:`SQLiteStore` directly check SQLite specifics
+(WAL, indexes, query plans, migrations table).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from abi_engine import Engine, Workflow, WorkflowStatus
+from abi_engine.events import Event
+from abi_engine.ids import new_id, utcnow
+from abi_engine.models import Integration, Scope, Token
+from abi_engine.storage import SQLiteStore, Store, WorkflowQuery
+from abi_engine.storage.migrations import MIGRATIONS
+
+NewWorkflow = Callable[..., Workflow]
+StoreFactory = Callable[..., Store]
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def _event(workflow: Workflow, kind: str = "created") -> Event:
+    return Event(type=f"workflow.{kind}", data={"id": workflow.id})
+
+
+def _count(store: Store, **filters: Any) -> int:
+    return store.list_workflows(WorkflowQuery(page_size=1, **filters))[1]
+
+
+# -- schema and migrations (SQLite) ---------------------------------------------------------
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    return {r[0] for r in rows}
+
+
+def test_migrations_applied_once_and_idempotent(db_path: Path) -> None:
+    """A new file gets every migration once; reopening applies nothing again."""
+    store = SQLiteStore(db_path)
+    assert store.schema_version() == len(MIGRATIONS)
+    store.close()
+    conn = sqlite3.connect(db_path)
+    first = conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall()
+    conn.close()
+    assert [row[0] for row in first] == list(range(1, len(MIGRATIONS) + 1))
+    assert [row[1] for row in first] == [m.__name__ for m in MIGRATIONS]
+    for _ in range(2):
+        again = SQLiteStore(db_path)
+        assert again.schema_version() == len(MIGRATIONS)
+        again.close()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT version, name, applied_at FROM schema_migrations").fetchall() == (
+        first
+    )
+    conn.close()
+    assert {"workflows", "integrations", "users", "tokens", "events"} <= _tables(db_path)
+
+
+def test_failed_migration_leaves_nothing(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A migration that fails is rolled back whole: no table, no version recorded."""
+    SQLiteStore(db_path).close()
+
+    def m999_broken(db: Any) -> None:
+        db.execute("CREATE TABLE half_done (x INTEGER)")
+        raise RuntimeError("migration failed")
+
+    monkeypatch.setattr("abi_engine.storage.sqlite.MIGRATIONS", [*MIGRATIONS, m999_broken])
+    with pytest.raises(RuntimeError, match="migration failed"):
+        SQLiteStore(db_path)
+    monkeypatch.undo()
+    assert "half_done" not in _tables(db_path)
+    store = SQLiteStore(db_path)
+    assert store.schema_version() == len(MIGRATIONS)
+    store.close()
+
+
+def test_wal_and_synchronous(db_path: Path, tmp_path: Path) -> None:
+    """Files are in WAL mode; durability "normal" is synchronous=NORMAL, "full" is FULL."""
+    normal = SQLiteStore(db_path)
+    full = SQLiteStore(tmp_path / "full.db", durability="full")
+    try:
+        conn = sqlite3.connect(db_path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
+        assert normal.db.execute("PRAGMA synchronous").fetchone()[0] == 1
+        assert full.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert normal.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert normal.db.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    finally:
+        normal.close()
+        full.close()
+
+
+def test_workflow_indexes_exist(db_path: Path) -> None:
+    """Workflows are indexed on each filter and sort column, on live rows."""
+    SQLiteStore(db_path).close()
+    conn = sqlite3.connect(db_path)
+    leading = {}
+    for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'workflows'"
+    ):
+        columns = [row[2] for row in conn.execute(f"PRAGMA index_info('{name}')")]
+        if columns:
+            leading[columns[0]] = name
+    conn.close()
+    for column in ("status", "type", "department", "created_at", "updated_at", "name"):
+        assert column in leading, f"no index leads with workflows.{column}"
+
+
+@pytest.fixture
+def traced_sql(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL statement run by connections opened from now on (values inlined)."""
+    statements: list[str] = []
+    real_connect = sqlite3.connect
+
+    def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = real_connect(*args, **kwargs)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    return statements
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"status": WorkflowStatus.ACTIVE},
+        {"type": "t1"},
+        {"department": "sales"},
+        {"sort_by": "name", "sort_order": "asc"},
+        {"sort_by": "updated_at"},
+    ],
+    ids=["status", "type", "department", "sort-name", "sort-updated"],
+)
+def test_list_query_plan_uses_an_index(
+    db_path: Path, traced_sql: list[str], new_workflow: NewWorkflow, filters: dict[str, Any]
+) -> None:
+    """The SQL of page 1 of a filtered or sorted list is an index search, never a full scan."""
+    store = SQLiteStore(db_path)
+    try:
+        for i in range(60):
+            store.insert_workflow(
+                new_workflow(
+                    name=f"w{i}",
+                    type=f"t{i % 3}",
+                    department=["sales", "ops", None][i % 3],
+                    status=WorkflowStatus.ACTIVE if i % 2 else WorkflowStatus.INACTIVE,
+                )
+            )
+        traced_sql.clear()
+        items, total = store.list_workflows(WorkflowQuery(page=1, page_size=10, **filters))
+        assert items
+        assert total > 0
+        selects = [s for s in traced_sql if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) >= 2
+        conn = sqlite3.connect(db_path)
+        for sql in selects:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            assert any("INDEX idx_workflows" in step for step in plan), (sql, plan)
+            assert not any(step == "SCAN workflows" for step in plan), (sql, plan)
+            assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
+        conn.close()
+    finally:
+        store.close()
+
+
+# -- workflows --------------------------------------------------------------------------------
+
+
+def test_insert_get_round_trip(store: Store, new_workflow: NewWorkflow) -> None:
+    """A stored workflow reads back equal, with zeroed stats and pending integrations."""
+    wf = new_workflow(
+        name="Feedback",
+        description="d",
+        department="cs",
+        integrations=["int_a", "int_b"],
+        configuration={"nested": {"list": [1, 2.5, None, "é"]}},
+        created_by="usr_x",
+    )
+    store.insert_workflow(wf)
+    got = store.get_workflow(wf.id)
+    assert got == wf
+    assert got is not wf
+    assert store.get_workflow("wf_missing") is None
+
+
+def test_update_workflow(store: Store, new_workflow: NewWorkflow) -> None:
+    """update_workflow replaces mutable fields, department follows metadata; missing -> False."""
+    wf = new_workflow(department="sales")
+    store.insert_workflow(wf)
+    later = wf.created_at + timedelta(seconds=5)
+    wf.name = "renamed"
+    wf.metadata = {"department": "ops", "priority": "high"}
+    wf.status = WorkflowStatus.ACTIVE
+    wf.activated_at = later
+    wf.updated_at = later
+    assert store.update_workflow(wf) is True
+    assert store.get_workflow(wf.id) == wf
+    assert _count(store, department="ops") == 1
+    assert _count(store, department="sales") == 0
+    ghost = new_workflow()
+    assert store.update_workflow(ghost) is False
+    assert store.get_workflow(ghost.id) is None
+
+
+def test_delete_workflow(store: Store, new_workflow: NewWorkflow) -> None:
+    """A deleted workflow is gone from get and list; deleting again returns False."""
+    keep, drop = new_workflow(name="keep"), new_workflow(name="drop")
+    store.insert_workflow(keep)
+    store.insert_workflow(drop)
+    assert store.delete_workflow(drop.id, utcnow()) is True
+    assert store.get_workflow(drop.id) is None
+    assert store.delete_workflow(drop.id, utcnow()) is False
+    assert store.update_workflow(drop) is False
+    items, total = store.list_workflows(WorkflowQuery())
+    assert [w.id for w in items] == [keep.id]
+    assert total == 1
+
+
+def test_list_filters_and_sorts(store: Store, new_workflow: NewWorkflow) -> None:
+    """Filters combine; sort keys and orders apply; ties break by id."""
+    rows = [
+        new_workflow(
+            name=name,
+            type=wtype,
+            department=dept,
+            status=status,
+            created_at=T0 + timedelta(minutes=i),
+        )
+        for i, (name, wtype, dept, status) in enumerate(
+            [
+                ("b", "x", "sales", WorkflowStatus.ACTIVE),
+                ("a", "x", "ops", WorkflowStatus.INACTIVE),
+                ("d", "y", "sales", WorkflowStatus.ACTIVE),
+                ("c", "y", None, WorkflowStatus.INACTIVE),
+            ]
+        )
+    ]
+    for wf in rows:
+        store.insert_workflow(wf)
+
+    def names(**kw: Any) -> list[str]:
+        return [w.name for w in store.list_workflows(WorkflowQuery(**kw))[0]]
+
+    assert names() == ["c", "d", "a", "b"]
+    assert names(sort_order="asc") == ["b", "a", "d", "c"]
+    assert names(sort_by="name", sort_order="asc") == ["a", "b", "c", "d"]
+    assert names(status=WorkflowStatus.ACTIVE) == ["d", "b"]
+    assert names(type="y") == ["c", "d"]
+    assert names(department="sales") == ["d", "b"]
+    assert names(department="sales", type="x", status=WorkflowStatus.ACTIVE) == ["b"]
+    assert names(department="nobody") == []
+    assert names(page=2, page_size=3) == ["b"]
+    assert store.list_workflows(WorkflowQuery(page=5, page_size=3)) == ([], 4)
+
+
+# -- events: the outbox -------------------------------------------------------------------------
+
+
+def test_events_written_with_the_change(store: Store, new_workflow: NewWorkflow) -> None:
+    """insert/update/delete write their events to the outbox, in order, with increasing seq."""
+    wf = new_workflow()
+    store.insert_workflow(wf, [_event(wf, "created")])
+    store.update_workflow(wf, [_event(wf, "updated")])
+    store.delete_workflow(wf.id, utcnow(), [_event(wf, "deleted")])
+    stored = store.events_after(0)
+    assert [s.event.type for s in stored] == [
+        "workflow.created",
+        "workflow.updated",
+        "workflow.deleted",
+    ]
+    assert [s.seq for s in stored] == sorted({s.seq for s in stored})
+    assert [s.event.type for s in store.events_after(stored[0].seq)] == [
+        "workflow.updated",
+        "workflow.deleted",
+    ]
+    assert len(store.events_after(0, limit=1)) == 1
+    assert stored[0].event.data == {"id": wf.id}
+
+
+def test_failing_write_leaves_neither_change_nor_event(
+    store: Store, new_workflow: NewWorkflow
+) -> None:
+    """When the outbox write fails, the workflow change is rolled back too (and vice versa)."""
+    wf = new_workflow()
+    unserializable = Event(type="workflow.created", data={"bad": object()})
+    with pytest.raises(TypeError):
+        store.insert_workflow(wf, [unserializable])
+    assert store.get_workflow(wf.id) is None
+    assert store.events_after(0) == []
+
+    store.insert_workflow(wf, [_event(wf)])
+    duplicate = new_workflow(id=wf.id, name="dup")
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+        store.insert_workflow(duplicate, [_event(duplicate)])
+    assert len(store.events_after(0)) == 1
+    assert store.get_workflow(wf.id) == wf
+
+    wf.name = "changed"
+    with pytest.raises(TypeError):
+        store.update_workflow(wf, [unserializable])
+    got = store.get_workflow(wf.id)
+    assert got is not None
+    assert got.name != "changed"
+    assert store.update_workflow(new_workflow(), [_event(wf)]) is False
+    assert len(store.events_after(0)) == 1
+
+
+def test_insert_events_alone(store: Store) -> None:
+    """insert_events appends events that events_after returns oldest first."""
+    events = [Event(type="schedule.triggered", data={"n": i}) for i in range(5)]
+    store.insert_events(events)
+    assert [s.event for s in store.events_after(0)] == events
+
+
+# -- users, tokens, integrations -------------------------------------------------------------
+
+
+def test_users_and_tokens(store: Store) -> None:
+    """ensure_user is idempotent; tokens are found by hash only, with their scopes."""
+    first = store.ensure_user("usr_a", T0)
+    again = store.ensure_user("usr_a", T0 + timedelta(days=1))
+    assert again == first
+    token = Token(
+        id=new_id("tok_"),
+        user_id="usr_a",
+        scopes=frozenset({Scope.WORKFLOWS_READ}),
+        created_at=T0,
+        name="ci",
+    )
+    store.insert_token(token, "hash-1")
+    assert store.get_token("hash-1") == token
+    assert store.get_token("hash-2") is None
+
+
+def test_integrations_crud(store: Store) -> None:
+    """put creates then replaces; list is by id; delete removes; existing ids are reported."""
+
+    def conn(cid: str, provider: str = "http") -> Integration:
+        return Integration(
+            id=cid, provider=provider, config={"base_url": cid}, created_at=T0, updated_at=T0
+        )
+
+    assert store.put_integration(conn("int_b")) is True
+    assert store.put_integration(conn("int_a")) is True
+    assert store.put_integration(conn("int_b", provider="other")) is False
+    got = store.get_integration("int_b")
+    assert got is not None
+    assert got.provider == "other"
+    items, total = store.list_integrations(1, 10)
+    assert [i.id for i in items] == ["int_a", "int_b"]
+    assert total == 2
+    assert [i.id for i in store.list_integrations(2, 1)[0]] == ["int_b"]
+    assert store.existing_integration_ids(["int_a", "int_z", "int_a"]) == {"int_a"}
+    assert store.existing_integration_ids([]) == set()
+    assert store.delete_integration("int_a") is True
+    assert store.delete_integration("int_a") is False
+    assert store.get_integration("int_a") is None
+
+
+# -- pagination property ----------------------------------------------------------------------
+
+WORKFLOW_ROWS = st.lists(
+    st.tuples(
+        st.text(alphabet="abAB é", min_size=0, max_size=3),  # name (ties likely)
+        st.sampled_from(["t1", "t2"]),  # type
+        st.sampled_from([None, "sales", "ops"]),  # department
+        st.sampled_from(list(WorkflowStatus)),
+        st.integers(min_value=0, max_value=20),  # created_at offset, seconds (ties likely)
+        st.integers(min_value=0, max_value=20),  # updated_at offset
+    ),
+    max_size=30,
+)
+QUERIES = st.fixed_dictionaries(
+    {
+        "page_size": st.integers(min_value=1, max_value=8),
+        "sort_by": st.sampled_from(["created_at", "updated_at", "name"]),
+        "sort_order": st.sampled_from(["asc", "desc"]),
+        "status": st.none() | st.sampled_from(list(WorkflowStatus)),
+        "type": st.none() | st.sampled_from(["t1", "t2", "t3"]),
+        "department": st.none() | st.sampled_from(["sales", "ops", "nobody"]),
+    }
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # state reset per example
+@given(rows=WORKFLOW_ROWS, query=QUERIES)
+def test_pages_concatenate_to_the_filtered_sorted_list(
+    store: Store, new_workflow: NewWorkflow, rows: list[tuple[Any, ...]], query: dict[str, Any]
+) -> None:
+    """All pages together are the full filtered, sorted list: no duplicates, no misses."""
+    for old in store.list_workflows(WorkflowQuery(page_size=100))[0]:
+        store.delete_workflow(old.id, utcnow())
+    workflows = []
+    for name, wtype, dept, status, created, updated in rows:
+        wf = new_workflow(
+            name=name,
+            type=wtype,
+            department=dept,
+            status=status,
+            created_at=T0 + timedelta(seconds=created),
+            updated_at=T0 + timedelta(seconds=updated),
+        )
+        store.insert_workflow(wf)
+        workflows.append(wf)
+
+    def keep(wf: Workflow) -> bool:
+        return (
+            (query["status"] is None or wf.status is query["status"])
+            and (query["type"] is None or wf.type == query["type"])
+            and (
+                query["department"] is None or wf.metadata.get("department") == query["department"]
+            )
+        )
+
+    expected = sorted(
+        (wf for wf in workflows if keep(wf)),
+        key=lambda wf: (getattr(wf, query["sort_by"]), wf.id),
+        reverse=query["sort_order"] == "desc",
+    )
+    size = query["page_size"]
+    pages_expected = math.ceil(len(expected) / size)
+    seen: list[str] = []
+    page = 1
+    while True:
+        items, total = store.list_workflows(WorkflowQuery(page=page, **query))
+        assert total == len(expected)
+        if not items:
+            break
+        assert len(items) <= size
+        seen.extend(w.id for w in items)
+        page += 1
+    assert page - 1 == pages_expected
+    assert seen == [wf.id for wf in expected]
+    assert len(set(seen)) == len(seen)
+
+
+# -- concurrency -----------------------------------------------------------------------------------
+
+
+def _run_threads(targets: list[Callable[[], None]]) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def guard(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guard, args=(fn,)) for fn in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    return errors
+
+
+def _writer(store: Store, new_workflow: NewWorkflow, n: int, tag: str) -> Callable[[], None]:
+    def write() -> None:
+        for i in range(n):
+            wf = new_workflow(name=f"{tag}-{i}", type=tag)
+            store.insert_workflow(wf, [_event(wf)])
+            if i % 10 == 0:
+                wf.name += "!"
+                assert store.update_workflow(wf, [_event(wf, "updated")])
+
+    return write
+
+
+def _reader(store: Store, done: threading.Event) -> Callable[[], None]:
+    def read() -> None:
+        while not done.is_set():
+            items, _ = store.list_workflows(WorkflowQuery(page_size=20))
+            for wf in items[:3]:
+                store.get_workflow(wf.id)
+            store.events_after(0, limit=50)
+
+    return read
+
+
+def test_threads_write_and_read_concurrently(store: Store, new_workflow: NewWorkflow) -> None:
+    """8 writer threads x 200 writes plus 3 readers: no 'database is locked', nothing lost."""
+    done = threading.Event()
+    writers = [_writer(store, new_workflow, 200, f"w{n}") for n in range(8)]
+
+    def writers_then_stop() -> None:
+        errors = _run_threads(writers)
+        done.set()
+        if errors:
+            raise errors[0]
+
+    errors = _run_threads([writers_then_stop] + [_reader(store, done) for _ in range(3)])
+    assert errors == []
+    assert _count(store) == 1600
+    assert len(store.events_after(0, limit=10_000)) == 1600 + 8 * 20
+
+
+def test_two_stores_on_one_file(make_store: StoreFactory, new_workflow: NewWorkflow) -> None:
+    """Two store instances on one database (as two processes would) write concurrently."""
+    first = make_store()
+    second = make_store(same=True)
+    done = threading.Event()
+    writers = [
+        _writer(s, new_workflow, 150, f"{i}{n}")
+        for i, s in enumerate((first, second))
+        for n in range(3)
+    ]
+
+    def writers_then_stop() -> None:
+        errors = _run_threads(writers)
+        done.set()
+        if errors:
+            raise errors[0]
+
+    errors = _run_threads([writers_then_stop, _reader(first, done), _reader(second, done)])
+    assert errors == []
+    assert _count(first) == _count(second) == 900
+
+
+@pytest.mark.anyio
+async def test_anyio_tasks_write_and_read(engine: Engine, new_workflow: NewWorkflow) -> None:
+    """Many anyio tasks creating and listing through the engine and in worker threads never fail."""
+    store = engine.store
+
+    async def create_via_service(n: int) -> None:
+        for i in range(10):
+            await engine.workflows.create(
+                {
+                    "name": f"task{n}-{i}",
+                    "type": "custom",
+                    "configuration": {"steps": [{"name": "s", "action": "delay", "seconds": 0}]},
+                    "metadata": {"department": f"d{n % 3}"},
+                }
+            )
+            await engine.workflows.list(department=f"d{n % 3}")
+
+    async def write_in_thread(n: int) -> None:
+        for i in range(20):
+            wf = new_workflow(name=f"thread{n}-{i}")
+            await anyio.to_thread.run_sync(store.insert_workflow, wf, [_event(wf)])
+            await anyio.to_thread.run_sync(store.list_workflows, WorkflowQuery(page_size=5))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            tg.start_soon(create_via_service, n)
+        for n in range(10):
+            tg.start_soon(write_in_thread, n)
+    page = await engine.workflows.list(page_size=1)
+    assert page.pagination.total_items == 20 * 10 + 10 * 20
+    assert len(store.events_after(0, limit=1000)) == 400
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from abi_engine.events import Event
+    from abi_engine.ids import new_id, utcnow
+    from abi_engine.models import Workflow
+    from abi_engine.storage import SQLiteStore, WorkflowQuery
+
+    store = SQLiteStore(sys.argv[1])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(int(sys.argv[2])):
+        now = utcnow()
+        wf = Workflow(id=new_id("wf_"), name=f"child-{i}", type="child",
+                      created_at=now, updated_at=now)
+        store.insert_workflow(wf, [Event(type="workflow.created", data={"id": wf.id})])
+        store.list_workflows(WorkflowQuery(type="parent"))
+    store.close()
+    print("done", flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_second_process_writes_concurrently(db_path: Path, new_workflow: NewWorkflow) -> None:
+    """A real second process writing the same file at the same time: both finish, nothing lost."""
+    n = 400
+    store = SQLiteStore(db_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(db_path), str(n)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        started = time.monotonic()
+        for i in range(n):
+            wf = new_workflow(name=f"parent-{i}", type="parent")
+            store.insert_workflow(wf, [_event(wf)])
+            store.list_workflows(WorkflowQuery(type="child"))
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        assert "locked" not in err
+        assert out.strip() == "done"
+        assert time.monotonic() - started < 120
+        assert _count(store, type="parent") == n
+        assert _count(store, type="child") == n
+        assert len(store.events_after(0, limit=10 * n)) == 2 * n
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        store.close()

@@ -12,8 +12,8 @@ from abi_engine.storage.base import Store
 
 @hookimpl(trylast=True)
 def abi_storage(url: str, options: Mapping[str, Any]) -> Store | None:
-    if url.startswith(("postgresql://", "postgres://")):
-        return None
+    if "://" in url and not url.startswith("sqlite://"):
+        return None  # another scheme (postgresql://, a plugin's): not a SQLite path
     from abi_engine.storage.sqlite import SQLiteStore
 
     path = url

@@ -10,11 +10,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
+import anyio
 import anyio.from_thread
 import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from abi_engine.auth import TokenService
 from abi_engine.events import Event
+from abi_engine.executions import ExecutionService
+from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
 from abi_engine.plugins import Registry, collect, make_plugin_manager
 from abi_engine.storage.base import Store
@@ -38,6 +42,9 @@ class Engine:
     :param disable_plugins: entry-point names not to load.
     :param durability: ``"normal"`` (survives a killed process) or ``"full"``
         (survives power loss, slower).
+    :param allow_private_urls: let webhook, callback and HTTP-step URLs reach
+        loopback and private addresses (off by default).
+    :param runtime: tuning of the execution runtime (workers, queue, leases).
 
     Management calls work as soon as the engine is built; ``async with
     engine:`` starts the background work (execution workers, scheduler,
@@ -53,6 +60,7 @@ class Engine:
         disable_plugins: Iterable[str] = (),
         durability: Literal["normal", "full"] = "normal",
         allow_private_urls: bool = False,
+        runtime: RuntimeSettings | None = None,
     ) -> None:
         self.pm = make_plugin_manager(
             plugins=plugins, load_entry_points=load_entry_points, disable=disable_plugins
@@ -74,6 +82,8 @@ class Engine:
         self.workflows = WorkflowService(
             self.store, self.registry.workflow_types, self.integrations, self.emit
         )
+        self.runtime = Runtime(self, runtime)
+        self.executions = ExecutionService(self, self.runtime)
         for workflow_type in self.registry.workflow_types.values():
             workflow_type.attach(self)
         self._stack: AsyncExitStack | None = None
@@ -111,6 +121,16 @@ class Engine:
             raise RuntimeError("Engine is already running")
         stack = AsyncExitStack()
         await stack.__aenter__()
+        try:
+            # Unwound in reverse: stop taking work, let steps finish, cancel the
+            # loops (the committer flushes), then hand back unfinished work.
+            stack.push_async_callback(self.runtime.release)
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(_cancel_after, task_group, self.runtime.stop)
+            await task_group.start(self.runtime.run)
+        except BaseException:
+            await stack.aclose()
+            raise
         self._stack = stack
         self._token = anyio.lowlevel.current_token()
         self._loop_thread = threading.get_ident()
@@ -175,3 +195,8 @@ class Engine:
 
     def __repr__(self) -> str:
         return f"<Engine db={self.db_url!r} types={sorted(self.workflow_types)}>"
+
+
+async def _cancel_after(task_group: TaskGroup, stop: Callable[[], Awaitable[None]]) -> None:
+    await stop()
+    task_group.cancel_scope.cancel()

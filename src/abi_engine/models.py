@@ -17,6 +17,7 @@ __all__ = [
     "ActivationResult",
     "DeleteResult",
     "Execution",
+    "ExecutionError",
     "ExecutionStatus",
     "ExecutionSummary",
     "Integration",
@@ -199,8 +200,23 @@ class Step:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: int | None = None
-    attempts: int = _opt()
+    attempts: int | None = _opt()
     error: StepError | None = _opt()
+
+
+@attrs.define(kw_only=True)
+class ExecutionError:
+    """Why an execution did not complete.
+
+    ``code`` is ``WORKFLOW_EXECUTION_ERROR`` (a step failed),
+    ``EXECUTION_TIMEOUT`` or ``CANCELLED``; ``step`` the step concerned;
+    ``type`` the exception's class name; ``message`` never carries secrets.
+    """
+
+    code: str
+    message: str
+    step: str | None = _opt()
+    type: str | None = _opt()
 
 
 @attrs.define(kw_only=True)
@@ -216,11 +232,12 @@ class Execution:
     duration_ms: int | None = _opt()
     parameters: dict[str, Any] = attrs.Factory(dict)
     result: Any = _opt()
-    error: StepError | None = _opt()
+    error: ExecutionError | None = _opt()
     steps: list[Step] | None = _opt()
     callback_url: str | None = _opt()
     schedule_id: str | None = _opt()
     created_by: str | None = _opt()
+    created_at: datetime | None = _opt()
 
 
 @attrs.define(kw_only=True)

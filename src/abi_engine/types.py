@@ -27,15 +27,20 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
+import anyio
 import attrs
 
 from abi_engine.converter import structure
 from abi_engine.errors import AbiError, InvalidParameters, InvalidWorkflowConfig
+from abi_engine.storage.records import TIMEOUT_SUFFIX
 
 __all__ = [
+    "DURABLE_SLEEP_THRESHOLD",
     "RetryPolicy",
+    "SignalTimeout",
     "StepContext",
     "StepSpec",
+    "Suspend",
     "WorkflowType",
     "prefixed_fields",
     "step",
@@ -89,7 +94,9 @@ class StepContext:
     ``Parameters`` / ``Configuration`` instances, or the dicts when the type
     declares none); ``results`` maps each finished step's name to its result;
     ``integrations`` maps the workflow's connected integration ids to their
-    connections; ``attempt`` counts tries of this step from 1.
+    connections (with secrets: never return them); ``signals`` holds the
+    signals delivered to the execution; ``attempt`` counts tries of this step
+    from 1; ``services`` gives engine-provided helpers (``"engine"``).
     """
 
     execution_id: str
@@ -101,9 +108,63 @@ class StepContext:
     config: Any
     results: Mapping[str, Any]
     integrations: Mapping[str, Any] = attrs.Factory(dict)
+    signals: Mapping[str, Any] = attrs.Factory(dict)
     attempt: int = 1
     logger: logging.Logger = attrs.Factory(lambda: logging.getLogger("abi_engine.steps"))
     services: Mapping[str, Any] = attrs.Factory(dict)
+    _sleeps: int = attrs.field(default=0, init=False)
+
+    def wait_for_signal(self, name: str, timeout_seconds: float | None = None) -> Any:
+        """Return the payload of signal ``name``, suspending the execution until it arrives.
+
+        The execution parks as ``waiting`` without holding a worker, durably:
+        when the signal arrives (``engine.executions.signal``) the step runs
+        again from its start and this call returns the payload. So a step
+        must do nothing it cannot repeat before it waits. After
+        ``timeout_seconds`` without the signal the step runs again and this
+        call raises :class:`SignalTimeout`.
+        """
+        if name in self.signals:
+            return self.signals[name]
+        if f"{name}{TIMEOUT_SUFFIX}" in self.signals:
+            raise SignalTimeout(name)
+        raise Suspend(name, timeout_seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; waits over a second park the execution durably."""
+        if seconds <= DURABLE_SLEEP_THRESHOLD:
+            await anyio.sleep(max(0.0, seconds))
+            return
+        name = f"sleep:{self.step_name}:{self._sleeps}"
+        self._sleeps += 1
+        try:
+            self.wait_for_signal(name, seconds)
+        except SignalTimeout:
+            return
+
+
+#: Sleeps longer than this (seconds) suspend the execution instead of a worker.
+DURABLE_SLEEP_THRESHOLD = 1.0
+
+
+class Suspend(BaseException):
+    """Raised by :meth:`StepContext.wait_for_signal` to park the execution.
+
+    A ``BaseException`` so that a step's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, name: str, timeout_seconds: float | None) -> None:
+        super().__init__(name)
+        self.name = name
+        self.timeout_seconds = timeout_seconds
+
+
+class SignalTimeout(Exception):
+    """A wait for a signal ended without the signal."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No signal {name!r} arrived in time")
+        self.name = name
 
 
 _STEP_ATTR = "__abi_step__"

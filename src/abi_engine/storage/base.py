@@ -9,14 +9,15 @@ synchronous and short; a backend that blocks on the network sets
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
 from abi_engine.events import Event
 from abi_engine.models import Integration, Token, User, Workflow, WorkflowStatus
+from abi_engine.storage.records import ExecutionQuery, ExecutionRecord, StepRecord, WriteOp
 
 __all__ = ["Store", "StoredEvent", "WorkflowQuery"]
 
@@ -116,3 +117,52 @@ class Store(Protocol):
 
     def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         """Outbox events with a position greater than ``seq``, oldest first."""
+
+    # -- executions ----------------------------------------------------------------
+
+    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply write operations in one transaction (group commit).
+
+        Returns each op's result in order (``True``/``False`` for conditional
+        ops, see :mod:`abi_engine.storage.records`). When the batch fails as a
+        whole, each op is retried alone and a failing op's result is its
+        exception.
+        """
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        """The execution (with its workflow's name), or ``None``."""
+
+    def get_steps(self, execution_id: str) -> list[StepRecord]:
+        """The checkpointed steps of an execution, in order."""
+
+    def get_signals(self, execution_id: str) -> dict[str, Any]:
+        """Signals delivered to an execution, by name."""
+
+    def find_execution_by_key(self, workflow_id: str, key: str) -> str | None:
+        """The execution id created with this idempotency key, or ``None``."""
+
+    def list_executions(self, query: ExecutionQuery) -> tuple[list[ExecutionRecord], int]:
+        """One page of executions, newest first, and the total matching."""
+
+    def claim_recoverable(
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        is_dead: Callable[[str], bool],
+    ) -> list[tuple[str, int]]:
+        """Atomically take over unfinished executions no live node holds.
+
+        Candidates are queued or running executions without an owner, with an
+        expired lease or a dead owner (``is_dead(owner)``), and waiting ones
+        whose ``wake_at`` has passed. Returns ``(execution_id, priority)``.
+        A PostgreSQL store implements this with ``FOR UPDATE SKIP LOCKED`` so
+        many processes can claim at once without taking the same execution.
+        """
+
+    def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        """Extend the lease of every unfinished execution ``owner`` holds."""
+
+    def next_wake_at(self) -> datetime | None:
+        """The earliest ``wake_at`` among waiting executions."""

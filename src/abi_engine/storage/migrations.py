@@ -85,4 +85,77 @@ def m001_core(db: sqlite_utils.Database) -> None:
     db["events"].create_index(["type", "seq"])  # type: ignore[union-attr]
 
 
-MIGRATIONS: list[Migration] = [m001_core]
+def m002_executions(db: sqlite_utils.Database) -> None:
+    """Executions, their checkpointed steps and their signals."""
+    db.execute(
+        """CREATE TABLE executions (
+            id TEXT PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            workflow_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            configuration TEXT NOT NULL,
+            plan TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            started_at INTEGER,
+            completed_at INTEGER,
+            duration_ms INTEGER,
+            result TEXT,
+            error TEXT,
+            callback_url TEXT,
+            callback_secret TEXT,
+            schedule_id TEXT,
+            created_by TEXT,
+            idempotency_key TEXT,
+            priority INTEGER NOT NULL DEFAULT 1,
+            timeout_at INTEGER,
+            owner TEXT,
+            lease_until INTEGER,
+            waiting_for TEXT,
+            wake_at INTEGER
+        )"""
+    )
+    db.execute("CREATE INDEX idx_executions_created ON executions (created_at, id)")
+    db.execute("CREATE INDEX idx_executions_workflow ON executions (workflow_id, created_at, id)")
+    db.execute("CREATE INDEX idx_executions_status ON executions (status, created_at, id)")
+    db.execute(
+        "CREATE UNIQUE INDEX idx_executions_idempotency ON executions"
+        " (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL"
+    )
+    # The runtime's work list: only unfinished executions are in this index.
+    db.execute(
+        "CREATE INDEX idx_executions_active ON executions (status, lease_until)"
+        " WHERE status IN ('queued', 'running', 'waiting')"
+    )
+    db.execute(
+        "CREATE INDEX idx_executions_owner ON executions (owner, lease_until)"
+        " WHERE status IN ('queued', 'running')"
+    )
+    db.execute("CREATE INDEX idx_executions_wake ON executions (wake_at) WHERE status = 'waiting'")
+    db.execute(
+        """CREATE TABLE execution_steps (
+            execution_id TEXT NOT NULL REFERENCES executions (id),
+            idx INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL,
+            started_at INTEGER,
+            completed_at INTEGER,
+            duration_ms INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            error TEXT,
+            PRIMARY KEY (execution_id, idx)
+        ) WITHOUT ROWID"""
+    )
+    db.execute(
+        """CREATE TABLE execution_signals (
+            execution_id TEXT NOT NULL REFERENCES executions (id),
+            name TEXT NOT NULL,
+            payload TEXT,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (execution_id, name)
+        ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_core, m002_executions]

@@ -1,0 +1,385 @@
+"""Executions: start (sync or async), get, list, cancel, and signal waiting ones."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from abi_engine.auth import Principal
+from abi_engine.errors import (
+    ExecutionNotFound,
+    ExecutionTimeout,
+    IntegrationMissing,
+    InvalidRequest,
+    InvalidState,
+    WorkflowExecutionError,
+    WorkflowNotFound,
+)
+from abi_engine.events import Event
+from abi_engine.executor import Prepared, Runtime, build_execution
+from abi_engine.ids import new_id, parse_time, utcnow
+from abi_engine.models import Execution, ExecutionStatus, ExecutionSummary, Page, WorkflowStatus
+from abi_engine.netguard import check_url
+from abi_engine.services import Service, check_page
+from abi_engine.storage.records import (
+    CancelExecution,
+    DeliverSignal,
+    ExecutionQuery,
+    ExecutionRecord,
+    InsertExecution,
+)
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+
+__all__ = ["MAX_TIMEOUT_SECONDS", "ExecutionService"]
+
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
+MAX_KEY = 255
+
+
+def _timeout(value: Any, field: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"'{field}' must be a number of seconds", {"field": field})
+    if not 0 < value <= MAX_TIMEOUT_SECONDS:
+        raise InvalidRequest(
+            f"'{field}' must be more than 0 and at most {MAX_TIMEOUT_SECONDS}", {"field": field}
+        )
+    return float(value)
+
+
+class ExecutionService(Service):
+    """The business rules of executions (``engine.executions``)."""
+
+    def __init__(self, engine: Engine, runtime: Runtime) -> None:
+        super().__init__(engine.store)
+        self._engine = engine
+        self._runtime = runtime
+
+    # -- starting --------------------------------------------------------------------------
+
+    async def execute(
+        self,
+        workflow_id: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout_seconds: float | None = None,
+        callback_url: str | None = None,
+        callback_secret: str | None = None,
+        idempotency_key: str | None = None,
+        schedule_id: str | None = None,
+        actor: Principal | None = None,
+    ) -> Execution:
+        """Start an execution of an active workflow.
+
+        With ``wait`` (a synchronous execution) return once it has ended,
+        raising :class:`ExecutionTimeout` when ``timeout_seconds`` (default
+        ``RuntimeSettings.default_sync_timeout``) passes first (the execution
+        then ends ``timed_out``) and :class:`WorkflowExecutionError` when it
+        failed. An execution that suspends (``waiting``) is returned as it
+        stands. Without ``wait`` return at once (``queued`` or ``running``).
+        The same ``idempotency_key`` for the same workflow returns the first
+        execution again.
+        """
+        if not self._runtime.running:
+            raise RuntimeError("The engine is not running: use `async with engine:`")
+        params = {} if parameters is None else parameters
+        if not isinstance(params, Mapping):
+            from abi_engine.errors import InvalidParameters
+
+            raise InvalidParameters("'parameters' must be an object", {"field": "parameters"})
+        timeout = _timeout(timeout_seconds, "execution_options.timeout_seconds")
+        if wait and timeout is None:
+            timeout = self._runtime.settings.default_sync_timeout
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= MAX_KEY
+        ):
+            raise InvalidRequest(
+                f"The idempotency key must be 1 to {MAX_KEY} characters",
+                {"field": "idempotency_key"},
+            )
+        if callback_url is not None:
+            check_url(
+                callback_url,
+                field="callback_url",
+                allow_private=self._engine.allow_private_urls,
+            )
+        if callback_secret is not None and (
+            not isinstance(callback_secret, str)
+            or not callback_secret.startswith("whsec_")
+            or len(callback_secret) < 12
+        ):
+            raise InvalidRequest(
+                "'callback_secret' must be a 'whsec_' secret", {"field": "callback_secret"}
+            )
+        workflow = await self._call(self._store.get_workflow, workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(str(workflow_id))
+        if idempotency_key is not None:
+            existing = await self._call(
+                self._store.find_execution_by_key, workflow.id, idempotency_key
+            )
+            if existing is not None:
+                return await self._settle(existing, wait=wait, timeout=timeout)
+        if workflow.status is not WorkflowStatus.ACTIVE:
+            raise InvalidState(
+                f"Workflow {workflow.id!r} is inactive; activate it before executing",
+                {"workflow_id": workflow.id, "status": workflow.status.value},
+            )
+        required = [i.id for i in workflow.integrations if i.required]
+        if required:
+            connected = await self._engine.integrations.connected(required)
+            missing = [i for i in required if i not in connected]
+            if missing:
+                raise IntegrationMissing(
+                    f"Required integration {missing[0]!r} is not connected",
+                    {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
+                )
+        wtype = self._engine.workflows.workflow_type(workflow.type)
+        config = wtype.parse_configuration(workflow.configuration)
+        parsed = wtype.parse_parameters(params, config)
+        specs = wtype.steps(config)
+        if not wait:
+            self._runtime.check_capacity()
+        now = utcnow()
+        record = ExecutionRecord(
+            id=new_id("exec_"),
+            workflow_id=workflow.id,
+            workflow_type=workflow.type,
+            workflow_name=workflow.name,
+            status=ExecutionStatus.QUEUED,
+            parameters=dict(params),
+            configuration=workflow.configuration,
+            plan=[s.name for s in specs],
+            created_at=now,
+            callback_url=callback_url,
+            callback_secret=callback_secret,
+            schedule_id=schedule_id,
+            created_by=actor.user_id if actor else None,
+            idempotency_key=idempotency_key,
+            priority=0 if wait else 1,
+            timeout_at=now + timedelta(seconds=timeout) if timeout else None,
+            owner=self._runtime.node_id,
+            lease_until=now + timedelta(seconds=self._runtime.settings.lease_seconds),
+        )
+        inserted = await self._runtime.committer.submit(InsertExecution(record=record))
+        if not inserted:  # the same idempotency key won a race
+            existing = await self._call(
+                self._store.find_execution_by_key, workflow.id, idempotency_key or ""
+            )
+            if existing is None:
+                raise InvalidState("The execution could not be created; retry")
+            return await self._settle(existing, wait=wait, timeout=timeout)
+        self._runtime.submit(
+            Prepared(record=record, workflow_type=wtype, config=config, params=parsed, specs=specs),
+            sync=wait,
+        )
+        if not wait:
+            return build_execution(record, [])
+        return await self._settle(record.id, wait=True, timeout=timeout)
+
+    async def _settle(self, execution_id: str, *, wait: bool, timeout: float | None) -> Execution:
+        if wait:
+            grace = None if timeout is None else timeout + 1.0
+            view = await self._runtime.wait(execution_id, grace)
+            if view is None:
+                view = await self.get(execution_id)
+                if not view.status.finished and view.status is not ExecutionStatus.WAITING:
+                    view = await self._time_out(execution_id)
+            if view.status is ExecutionStatus.TIMED_OUT:
+                raise ExecutionTimeout(
+                    f"Execution {execution_id} did not finish within {timeout:g} s"
+                    if timeout
+                    else f"Execution {execution_id} timed out",
+                    {"execution_id": execution_id, "timeout_seconds": timeout},
+                )
+            if view.status is ExecutionStatus.FAILED:
+                error = view.error
+                raise WorkflowExecutionError(
+                    f"Execution {execution_id} failed"
+                    + (f" in step {error.step!r}: {error.message}" if error and error.step else ""),
+                    {
+                        "execution_id": execution_id,
+                        "step": error.step if error else None,
+                        "error_type": error.type if error else None,
+                        "error_message": error.message if error else None,
+                    },
+                )
+            return view
+        return await self.get(execution_id)
+
+    async def _time_out(self, execution_id: str) -> Execution:
+        """End an execution that overran its caller's timeout without ever being run."""
+        record = await self._call(self._store.get_execution, execution_id)
+        if record is not None and not record.status.finished:
+            now = utcnow()
+            view = build_execution(record, [])
+            view.status = ExecutionStatus.TIMED_OUT
+            view.completed_at = now
+            await self._runtime.committer.submit(
+                CancelExecution(
+                    execution_id=execution_id,
+                    workflow_id=record.workflow_id,
+                    status=ExecutionStatus.TIMED_OUT,
+                    completed_at=now,
+                    error={"code": "EXECUTION_TIMEOUT", "message": "The execution timed out"},
+                    events=(Event(type="execution.failed", data=_unstructured(view)),),
+                )
+            )
+            self._runtime.cancel_local(execution_id)
+        return await self.get(execution_id)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get(self, execution_id: str) -> Execution:
+        """The execution with its steps."""
+        if not isinstance(execution_id, str):
+            raise ExecutionNotFound(str(execution_id))
+        record = await self._call(self._store.get_execution, execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        steps = await self._call(self._store.get_steps, execution_id)
+        return build_execution(record, steps)
+
+    async def list(
+        self,
+        *,
+        workflow_id: str | None = None,
+        status: str | None = None,
+        start_date: Any = None,
+        end_date: Any = None,
+        page: Any = 1,
+        page_size: Any = 10,
+    ) -> Page[ExecutionSummary]:
+        """One page of executions, newest first; dates filter on when they were requested."""
+        page, page_size = check_page(page, page_size)
+        status_value = None
+        if status is not None:
+            try:
+                status_value = ExecutionStatus(status)
+            except ValueError:
+                raise InvalidRequest(
+                    f"'status' must be one of {', '.join(s.value for s in ExecutionStatus)}",
+                    {"field": "status"},
+                ) from None
+        bounds: list[datetime | None] = []
+        for name, value in (("start_date", start_date), ("end_date", end_date)):
+            if value is None:
+                bounds.append(None)
+                continue
+            try:
+                bounds.append(parse_time(value) if isinstance(value, str) else value)
+            except ValueError:
+                raise InvalidRequest(
+                    f"'{name}' must be an RFC 3339 time", {"field": name}
+                ) from None
+        query = ExecutionQuery(
+            page=page,
+            page_size=page_size,
+            workflow_id=workflow_id,
+            status=status_value,
+            start=bounds[0],
+            end=bounds[1],
+        )
+        records, total = await self._call(self._store.list_executions, query)
+        items = [
+            ExecutionSummary(
+                execution_id=r.id,
+                workflow_id=r.workflow_id,
+                workflow_name=r.workflow_name,
+                status=r.status,
+                started_at=r.started_at,
+                completed_at=r.completed_at,
+                duration_ms=r.duration_ms,
+            )
+            for r in records
+        ]
+        return Page.build(items, page, page_size, total)
+
+    async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
+        """Wait until the execution ends or waits (or ``timeout``), then return it."""
+        await self.get(execution_id)
+        view = await self._runtime.wait(execution_id, timeout)
+        return view if view is not None else await self.get(execution_id)
+
+    # -- changing ----------------------------------------------------------------------------
+
+    async def cancel(self, execution_id: str) -> Execution:
+        """Cancel a queued, running or waiting execution; ``InvalidState`` once it has ended."""
+        current = await self.get(execution_id)
+        if current.status.finished:
+            raise InvalidState(
+                f"Execution {execution_id} has already ended ({current.status.value})",
+                {"execution_id": execution_id, "status": current.status.value},
+            )
+        now = utcnow()
+        current.status = ExecutionStatus.CANCELLED
+        current.completed_at = now
+        applied = await self._runtime.committer.submit(
+            CancelExecution(
+                execution_id=execution_id,
+                workflow_id=current.workflow_id,
+                status=ExecutionStatus.CANCELLED,
+                completed_at=now,
+                error={"code": "CANCELLED", "message": "The execution was cancelled"},
+                events=(Event(type="execution.failed", data=_unstructured(current)),),
+            )
+        )
+        if not applied:
+            latest = await self.get(execution_id)
+            raise InvalidState(
+                f"Execution {execution_id} has already ended ({latest.status.value})",
+                {"execution_id": execution_id, "status": latest.status.value},
+            )
+        self._runtime.cancel_local(execution_id)
+        return await self.get(execution_id)
+
+    async def signal(
+        self,
+        execution_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        require_waiting: bool = True,
+    ) -> Execution:
+        """Deliver signal ``name`` to an execution and resume it if it waits for it.
+
+        With ``require_waiting`` (the default) the execution must be waiting
+        for exactly this signal, else ``InvalidState``; without it an early
+        signal is kept until the step asks for it.
+        """
+        current = await self.get(execution_id)
+        if not isinstance(name, str) or not name or "#" in name:
+            raise InvalidRequest(
+                "A signal name is a non-empty string without '#'", {"field": "name"}
+            )
+        state = await self._runtime.committer.submit(
+            DeliverSignal(
+                execution_id=execution_id,
+                name=name,
+                payload=payload,
+                created_at=utcnow(),
+                require_waiting=require_waiting,
+            )
+        )
+        if state is None:
+            raise InvalidState(
+                f"Execution {execution_id} is not waiting for {name!r}"
+                f" (status {current.status.value})",
+                {"execution_id": execution_id, "status": current.status.value, "signal": name},
+            )
+        if state == "queued" and self._runtime.running:
+            self._runtime.enqueue(execution_id)
+        return await self.get(execution_id)
+
+
+def _unstructured(execution: Execution) -> dict[str, Any]:
+    from abi_engine.converter import unstructure
+
+    data: dict[str, Any] = unstructure(execution)
+    return data

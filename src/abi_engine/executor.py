@@ -1,0 +1,743 @@
+"""The durable execution runtime: workers, steps, checkpoints, recovery.
+
+Every state change of an execution is a write operation committed (in
+batches, see :mod:`abi_engine._commit`) before the runtime moves on: a step's
+result is stored before the next step starts, so after a crash an execution
+resumes from its last finished step and no finished step runs twice.
+
+Work comes from two lanes. Synchronous callers (someone waits) run at once
+under their own capacity limit; asynchronous executions go through a bounded
+queue served by a fixed pool of workers. A flood of asynchronous work can
+therefore never starve a synchronous caller.
+
+Each runtime is a *node* (``host:pid:nonce``). It holds the executions it runs
+under a lease it renews; a poller takes over executions whose node died or
+whose lease expired, and wakes waiting executions whose timer is due.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import socket
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup, TaskStatus
+
+from abi_engine._commit import GroupCommitter
+from abi_engine.converter import unstructure
+from abi_engine.errors import QueueFull
+from abi_engine.events import Event
+from abi_engine.ids import utcnow
+from abi_engine.models import (
+    Execution,
+    ExecutionError,
+    ExecutionStatus,
+    Step,
+    StepError,
+    StepStatus,
+)
+from abi_engine.storage.records import (
+    CancelExecution,
+    CheckpointStep,
+    ClaimExecution,
+    ExecutionRecord,
+    FinishExecution,
+    StepRecord,
+    SuspendExecution,
+)
+from abi_engine.types import StepContext, StepSpec, Suspend, WorkflowType
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+
+__all__ = ["Prepared", "Runtime", "RuntimeSettings", "build_execution"]
+
+log = logging.getLogger("abi_engine.executor")
+
+_SECRETISH = re.compile(
+    r"(whsec_[A-Za-z0-9+/=_-]+|abi_[A-Za-z0-9_-]{20,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+)"
+)
+MAX_ERROR_MESSAGE = 1000
+
+
+@attrs.define(kw_only=True)
+class RuntimeSettings:
+    """Tuning of the runtime.
+
+    ``workers``: the asynchronous pool; ``sync_workers``: how many synchronous
+    executions run at once; ``queue_size``: the bound of the asynchronous
+    queue (``QueueFull`` beyond); ``lease_seconds``: how long a node holds an
+    execution without renewing; ``poll_interval``: how often the node looks
+    for work to recover and timers that are due; ``shutdown_grace``: how long
+    stopping waits for running steps before interrupting them;
+    ``default_sync_timeout``: the timeout of a synchronous execution that
+    gives none.
+    """
+
+    workers: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    sync_workers: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    queue_size: int = attrs.field(default=100_000, validator=attrs.validators.ge(1))
+    lease_seconds: float = 30.0
+    poll_interval: float = 0.5
+    shutdown_grace: float = 5.0
+    default_sync_timeout: float = 30.0
+
+
+@attrs.define(kw_only=True)
+class Prepared:
+    """An execution made in this process, ready to run without reloading."""
+
+    record: ExecutionRecord
+    workflow_type: WorkflowType
+    config: Any
+    params: Any
+    specs: list[StepSpec]
+
+
+class _Waiter:
+    __slots__ = ("done", "execution")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.execution: Execution | None = None
+
+
+def redact(message: str, secrets_: tuple[str, ...] = ()) -> str:
+    """A message fit to store: known secrets and token-like strings masked, bounded."""
+    for secret in secrets_:
+        if secret and len(secret) >= 4:
+            message = message.replace(secret, "********")
+    message = _SECRETISH.sub("********", message)
+    return message[:MAX_ERROR_MESSAGE]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Execution:
+    """The API view of an execution: stored fields plus the merged step list.
+
+    Steps that have not been checkpointed are shown from the plan: the first
+    one as ``running`` while the execution runs (it started when the previous
+    step finished), or as ``failed`` when the execution was interrupted by a
+    timeout or a cancellation; the others as ``pending``.
+    """
+    by_index = {s.index: s for s in steps}
+    shown: list[Step] = []
+    names = list(record.plan)
+    for s in steps:
+        if s.index >= len(names):
+            names.append(s.name)
+    previous_end = record.started_at
+    first_missing = True
+    for index, name in enumerate(names):
+        stored = by_index.get(index)
+        if stored is not None:
+            shown.append(
+                Step(
+                    name=stored.name,
+                    status=stored.status,
+                    started_at=stored.started_at,
+                    completed_at=stored.completed_at,
+                    duration_ms=stored.duration_ms,
+                    attempts=stored.attempts or None,
+                    error=StepError(**stored.error) if stored.error else None,
+                )
+            )
+            previous_end = stored.completed_at or previous_end
+            continue
+        step = Step(name=name, status=StepStatus.PENDING)
+        if first_missing and record.started_at is not None:
+            first_missing = False
+            if record.status in (ExecutionStatus.RUNNING, ExecutionStatus.WAITING):
+                step.status = StepStatus.RUNNING
+                step.started_at = previous_end
+            elif record.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
+                step.status = StepStatus.FAILED
+                step.started_at = previous_end
+                step.completed_at = record.completed_at
+                code = "Cancelled" if record.status is ExecutionStatus.CANCELLED else "Timeout"
+                step.error = StepError(type=code, message=f"execution {record.status.value}")
+        first_missing = False if record.started_at is not None else first_missing
+        shown.append(step)
+    return Execution(
+        execution_id=record.id,
+        workflow_id=record.workflow_id,
+        workflow_name=record.workflow_name,
+        status=record.status,
+        started_at=record.started_at,
+        completed_at=record.completed_at,
+        duration_ms=record.duration_ms,
+        parameters=record.parameters,
+        result=record.result,
+        error=ExecutionError(**record.error) if record.error else None,
+        steps=shown,
+        callback_url=record.callback_url,
+        schedule_id=record.schedule_id,
+        created_by=record.created_by,
+        created_at=record.created_at,
+    )
+
+
+class Runtime:
+    """Runs executions for one engine. Started and stopped by the engine."""
+
+    def __init__(self, engine: Engine, settings: RuntimeSettings | None = None) -> None:
+        self.engine = engine
+        self.settings = settings or RuntimeSettings()
+        self.store = engine.store
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.committer = GroupCommitter(engine.store, engine.emit)
+        self._send, self._receive = anyio.create_memory_object_stream[str](self.settings.queue_size)
+        self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
+        self._prepared: dict[str, Prepared] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._cancelled: set[str] = set()
+        self._inflight: set[str] = set()
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._idle = anyio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._tg is not None and not self._stopping
+
+    def _lease(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.settings.lease_seconds)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the committer, workers, poller and heartbeat; run until cancelled."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.committer.run)
+            self._tg = tg
+            for _ in range(self.settings.workers):
+                tg.start_soon(self._worker, self._receive.clone())
+            tg.start_soon(self._poller)
+            tg.start_soon(self._heartbeat)
+            task_status.started()
+
+    async def stop(self) -> None:
+        """Stop taking work; let running steps finish (up to ``shutdown_grace``)."""
+        self._stopping = True
+        if self._inflight:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(self.settings.shutdown_grace):
+                await self._idle.wait()
+
+    async def release(self) -> None:
+        """Hand back what this node still holds, so a restart resumes it at once."""
+        from abi_engine.storage.records import ReleaseExecutions
+
+        try:
+            self.store.apply([ReleaseExecutions(owner=self.node_id)])
+        except Exception:
+            log.exception("could not release executions of %s", self.node_id)
+
+    def is_dead(self, owner: str) -> bool:
+        """Whether the node ``owner`` is known to be gone (same host, process ended)."""
+        try:
+            host, pid_text, _nonce = owner.rsplit(":", 2)
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        if host != socket.gethostname():
+            return False
+        if pid == os.getpid():
+            return owner != self.node_id
+        return not _pid_alive(pid)
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """Raise ``QueueFull`` when the asynchronous queue cannot take more."""
+        stats = self._send.statistics()
+        if stats.current_buffer_used >= stats.max_buffer_size:
+            raise QueueFull(
+                f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
+                {"queue_size": self.settings.queue_size},
+            )
+
+    def submit(self, prepared: Prepared, *, sync: bool) -> None:
+        """Run a just-inserted execution: at once when ``sync``, else through the queue."""
+        execution_id = prepared.record.id
+        self._prepared[execution_id] = prepared
+        self.enqueue(execution_id, sync=sync)
+
+    def enqueue(self, execution_id: str, *, sync: bool = False) -> None:
+        """Schedule a stored execution to run here."""
+        if self._tg is None:
+            raise RuntimeError("The engine is not running: use `async with engine:`")
+        if sync:
+            self._tg.start_soon(self._run_sync, execution_id)
+            return
+        try:
+            self._send.send_nowait(execution_id)
+        except anyio.WouldBlock:
+            self._prepared.pop(execution_id, None)
+            raise QueueFull(
+                f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
+                {"queue_size": self.settings.queue_size},
+            ) from None
+
+    async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
+        """Wait until the execution ends here (or ``timeout``); its final view or ``None``.
+
+        Also notices executions ended by another process, by polling the store.
+        """
+        waiter = self._waiters.get(execution_id)
+        if waiter is None:
+            waiter = self._waiters[execution_id] = _Waiter()
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        try:
+            while True:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    return None
+                with anyio.move_on_after(min(remaining, max(self.settings.poll_interval, 0.05))):
+                    await waiter.done.wait()
+                if waiter.done.is_set():
+                    return waiter.execution
+                record = self.store.get_execution(execution_id)
+                if record is not None and record.status.finished:
+                    return build_execution(record, self.store.get_steps(execution_id))
+        finally:
+            if self._waiters.get(execution_id) is waiter:
+                del self._waiters[execution_id]
+
+    def _notify(self, execution_id: str, execution: Execution | None) -> None:
+        waiter = self._waiters.get(execution_id)
+        if waiter is not None:
+            waiter.execution = execution
+            waiter.done.set()
+
+    def cancel_local(self, execution_id: str) -> None:
+        """Interrupt the execution if it runs in this node (its record is already ended)."""
+        scope = self._scopes.get(execution_id)
+        if scope is not None:
+            self._cancelled.add(execution_id)
+            scope.cancel()
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def _worker(self, receive: Any) -> None:
+        async with receive:
+            async for execution_id in receive:
+                await self._guarded(execution_id)
+
+    async def _run_sync(self, execution_id: str) -> None:
+        async with self._sync_limiter:
+            await self._guarded(execution_id)
+
+    async def _guarded(self, execution_id: str) -> None:
+        if self._stopping:
+            self._prepared.pop(execution_id, None)
+            return
+        self._inflight.add(execution_id)
+        try:
+            await self._execute(execution_id)
+        except Exception:
+            log.exception("execution %s crashed the runtime; it will be recovered", execution_id)
+        finally:
+            self._inflight.discard(execution_id)
+            self._scopes.pop(execution_id, None)
+            self._cancelled.discard(execution_id)
+            if self._stopping and not self._inflight:
+                self._idle.set()
+
+    async def _poller(self) -> None:
+        while True:
+            if not self._stopping:
+                try:
+                    await self._recover_once()
+                except Exception:
+                    log.exception("recovery poll failed")
+            await anyio.sleep(self.settings.poll_interval)
+
+    async def _recover_once(self) -> int:
+        stats = self._send.statistics()
+        room = stats.max_buffer_size - stats.current_buffer_used
+        if room <= 0:
+            return 0
+        claimed = self.store.claim_recoverable(
+            self.node_id, utcnow(), self._lease(), int(min(room, 500)), self.is_dead
+        )
+        for execution_id, _priority in claimed:
+            if execution_id in self._inflight:
+                continue
+            try:
+                self._send.send_nowait(execution_id)
+            except anyio.WouldBlock:
+                break
+        return len(claimed)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(max(self.settings.lease_seconds / 3, 0.05))
+            try:
+                self.store.renew_leases(self.node_id, self._lease())
+            except Exception:
+                log.exception("lease renewal failed")
+
+    # -- running one execution ---------------------------------------------------------------
+
+    async def _load(self, execution_id: str) -> Prepared | None:
+        prepared = self._prepared.pop(execution_id, None)
+        if prepared is not None:
+            return prepared
+        record = self.store.get_execution(execution_id)
+        if record is None or record.status.finished:
+            return None
+        wtype = self.engine.workflow_types.get(record.workflow_type)
+        try:
+            if wtype is None:
+                raise LookupError(f"workflow type {record.workflow_type!r} is not registered")
+            config = wtype.parse_configuration(record.configuration)
+            params = wtype.parse_parameters(record.parameters, config)
+            specs = wtype.steps(config)
+        except Exception as exc:
+            await self._finish_failed(record, None, exc, step=None, steps_done=[])
+            return None
+        return Prepared(
+            record=record, workflow_type=wtype, config=config, params=params, specs=specs
+        )
+
+    def _event(self, kind: str, data: dict[str, Any]) -> Event:
+        return Event(type=kind, data=data)
+
+    async def _execute(self, execution_id: str) -> None:
+        prepared = await self._load(execution_id)
+        if prepared is None:
+            return
+        record = prepared.record
+        fresh = record.started_at is None
+        now = utcnow()
+        record.started_at = record.started_at or now
+        record.status = ExecutionStatus.RUNNING
+        started_view = build_execution(record, [])
+        claimed = await self.committer.submit(
+            ClaimExecution(
+                execution_id=execution_id,
+                owner=self.node_id,
+                lease_until=self._lease(),
+                started_at=record.started_at,
+                events=(self._event("workflow.executed", unstructure(started_view)),)
+                if fresh
+                else (),
+            )
+        )
+        if not claimed:
+            return
+        done: list[StepRecord] = [] if fresh else self.store.get_steps(execution_id)
+        signals: dict[str, Any] = {} if fresh else self.store.get_signals(execution_id)
+        if record.timeout_at is not None and record.timeout_at <= utcnow():
+            await self._finish_timed_out(prepared, done, None)
+            return
+        scope = anyio.CancelScope()
+        if record.timeout_at is not None:
+            remaining = (record.timeout_at - utcnow()).total_seconds()
+            scope.deadline = anyio.current_time() + remaining
+        self._scopes[execution_id] = scope
+        running: list[StepRecord | None] = [None]
+        with scope:
+            await self._run_steps(prepared, done, signals, running)
+            return
+        # Only reached when the scope was cancelled: a cancellation or the timeout.
+        if execution_id in self._cancelled:
+            self._notify(execution_id, None)
+            return
+        await self._finish_timed_out(prepared, done, running[0])
+
+    async def _run_steps(
+        self,
+        prepared: Prepared,
+        done: list[StepRecord],
+        signals: dict[str, Any],
+        running: list[StepRecord | None],
+    ) -> None:
+        record = prepared.record
+        results: dict[str, Any] = {
+            s.name: s.result for s in done if s.status is StepStatus.COMPLETED
+        }
+        last_result: Any = None
+        for s in done:
+            if s.status is StepStatus.COMPLETED:
+                last_result = s.result
+        specs = prepared.specs
+        for index in range(len(done), len(specs)):
+            if self._stopping:
+                return
+            spec = specs[index]
+            is_last = index == len(specs) - 1
+            started = utcnow()
+            if spec.skip_if is not None and spec.skip_if(record.configuration, record.parameters):
+                step = StepRecord(
+                    execution_id=record.id,
+                    index=index,
+                    name=spec.name,
+                    status=StepStatus.SKIPPED,
+                    started_at=started,
+                    completed_at=started,
+                    duration_ms=0,
+                )
+                if is_last:
+                    await self._finish_completed(prepared, done, step, last_result)
+                    return
+                if not await self._checkpoint(step, ()):
+                    return
+                done.append(step)
+                continue
+            step = StepRecord(
+                execution_id=record.id,
+                index=index,
+                name=spec.name,
+                status=StepStatus.RUNNING,
+                started_at=started,
+            )
+            running[0] = step
+            outcome = await self._attempt(prepared, spec, step, results, signals)
+            if outcome is _SUSPENDED:
+                return
+            if isinstance(outcome, _Failure):
+                await self._finish_failed(record, prepared, outcome.exc, step=step, steps_done=done)
+                return
+            result = outcome
+            finished = utcnow()
+            step.status = StepStatus.COMPLETED
+            step.completed_at = finished
+            step.duration_ms = _ms(finished - started)
+            step.result = result
+            running[0] = None
+            results[spec.name] = result
+            last_result = result
+            step_event = self._step_event(record, step)
+            if is_last:
+                await self._finish_completed(prepared, done, step, result, step_event)
+                return
+            if not await self._checkpoint(step, (step_event,)):
+                return
+            done.append(step)
+        if not specs:
+            await self._finish_completed(prepared, done, None, None)
+
+    async def _attempt(
+        self,
+        prepared: Prepared,
+        spec: StepSpec,
+        step: StepRecord,
+        results: dict[str, Any],
+        signals: dict[str, Any],
+    ) -> Any:
+        record = prepared.record
+        attempt = 0
+        while True:
+            attempt += 1
+            step.attempts = attempt
+            ctx = StepContext(
+                execution_id=record.id,
+                workflow_id=record.workflow_id,
+                step_name=spec.name,
+                parameters=record.parameters,
+                configuration=record.configuration,
+                params=prepared.params,
+                config=prepared.config,
+                results=results,
+                signals=signals,
+                attempt=attempt,
+                services={"engine": self.engine},
+            )
+            try:
+                if spec.timeout_seconds is not None:
+                    with anyio.fail_after(spec.timeout_seconds):
+                        result = await spec.fn(ctx)
+                else:
+                    result = await spec.fn(ctx)
+                json.dumps(result)
+                return result
+            except Suspend as suspend:
+                state = await self._suspend(record, suspend)
+                if state == "ready":
+                    signals.update(self.store.get_signals(record.id))
+                    attempt -= 1
+                    continue
+                return _SUSPENDED
+            except Exception as exc:
+                if attempt >= spec.retry.attempts:
+                    return _Failure(exc)
+                await anyio.sleep(spec.retry.delay_before(attempt + 1))
+
+    def _step_event(self, record: ExecutionRecord, step: StepRecord) -> Event:
+        return self._event(
+            "execution.step_completed",
+            {
+                "execution_id": record.id,
+                "workflow_id": record.workflow_id,
+                "step": unstructure(
+                    Step(
+                        name=step.name,
+                        status=step.status,
+                        started_at=step.started_at,
+                        completed_at=step.completed_at,
+                        duration_ms=step.duration_ms,
+                        attempts=step.attempts,
+                    )
+                ),
+            },
+        )
+
+    async def _checkpoint(self, step: StepRecord, events: tuple[Event, ...]) -> bool:
+        applied: bool = await self.committer.submit(
+            CheckpointStep(step=step, owner=self.node_id, lease_until=self._lease(), events=events)
+        )
+        return applied
+
+    async def _suspend(self, record: ExecutionRecord, suspend: Suspend) -> Any:
+        wake_at = None
+        if suspend.timeout_seconds is not None:
+            wake_at = utcnow() + timedelta(seconds=max(0.0, suspend.timeout_seconds))
+        state = await self.committer.submit(
+            SuspendExecution(
+                execution_id=record.id,
+                owner=self.node_id,
+                waiting_for=suspend.name,
+                wake_at=wake_at,
+            )
+        )
+        if state is True:
+            record.status = ExecutionStatus.WAITING
+        return state
+
+    async def _finish_completed(
+        self,
+        prepared: Prepared,
+        done: list[StepRecord],
+        step: StepRecord | None,
+        result: Any,
+        *events: Event,
+    ) -> None:
+        record = prepared.record
+        now = utcnow()
+        record.status = ExecutionStatus.COMPLETED
+        record.completed_at = now
+        record.duration_ms = _ms(now - (record.started_at or now))
+        record.result = result
+        steps = [*done, step] if step is not None else list(done)
+        view = build_execution(record, steps)
+        applied = await self.committer.submit(
+            FinishExecution(
+                execution_id=record.id,
+                workflow_id=record.workflow_id,
+                status=ExecutionStatus.COMPLETED,
+                completed_at=now,
+                duration_ms=record.duration_ms,
+                result=result,
+                owner=self.node_id,
+                step=step,
+                events=(*events, self._event("execution.completed", unstructure(view))),
+            )
+        )
+        self._notify(record.id, view if applied else None)
+
+    async def _finish_failed(
+        self,
+        record: ExecutionRecord,
+        prepared: Prepared | None,
+        exc: BaseException,
+        *,
+        step: StepRecord | None,
+        steps_done: list[StepRecord],
+    ) -> None:
+        now = utcnow()
+        secrets_ = (record.callback_secret or "",)
+        message = redact(str(exc) or type(exc).__name__, secrets_)
+        error = {
+            "code": "WORKFLOW_EXECUTION_ERROR",
+            "message": message,
+            "step": step.name if step else None,
+            "type": type(exc).__name__,
+        }
+        if step is not None:
+            step.status = StepStatus.FAILED
+            step.completed_at = now
+            step.duration_ms = _ms(now - (step.started_at or now))
+            step.error = {"type": type(exc).__name__, "message": message}
+        record.status = ExecutionStatus.FAILED
+        record.completed_at = now
+        record.duration_ms = _ms(now - (record.started_at or now))
+        record.error = {k: v for k, v in error.items() if v is not None}
+        steps = [*steps_done, step] if step is not None else list(steps_done)
+        view = build_execution(record, steps)
+        applied = await self.committer.submit(
+            FinishExecution(
+                execution_id=record.id,
+                workflow_id=record.workflow_id,
+                status=ExecutionStatus.FAILED,
+                completed_at=now,
+                duration_ms=record.duration_ms,
+                error=record.error,
+                owner=self.node_id if prepared is not None else None,
+                step=step,
+                events=(self._event("execution.failed", unstructure(view)),),
+            )
+        )
+        self._notify(record.id, view if applied else None)
+
+    async def _finish_timed_out(
+        self, prepared: Prepared, done: list[StepRecord], running: StepRecord | None
+    ) -> None:
+        record = prepared.record
+        now = utcnow()
+        if running is not None:
+            running.status = StepStatus.FAILED
+            running.completed_at = now
+            running.duration_ms = _ms(now - (running.started_at or now))
+            running.error = {"type": "Timeout", "message": "execution timed out"}
+        record.status = ExecutionStatus.TIMED_OUT
+        record.completed_at = now
+        record.duration_ms = _ms(now - (record.started_at or now))
+        record.error = {"code": "EXECUTION_TIMEOUT", "message": "The execution timed out"}
+        steps = [*done, running] if running is not None else list(done)
+        view = build_execution(record, steps)
+        applied = await self.committer.submit(
+            CancelExecution(
+                execution_id=record.id,
+                workflow_id=record.workflow_id,
+                status=ExecutionStatus.TIMED_OUT,
+                completed_at=now,
+                error=record.error,
+                step=running,
+                events=(self._event("execution.failed", unstructure(view)),),
+            )
+        )
+        self._notify(record.id, view if applied else None)
+
+
+class _Failure:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_SUSPENDED = object()
+
+
+def _ms(delta: timedelta) -> int:
+    return max(0, round(delta.total_seconds() * 1000))

@@ -1,0 +1,206 @@
+"""Internal records of the execution runtime and the write operations on them.
+
+The runtime never writes row by row: it hands the store a batch of write
+operations (:class:`WriteOp` subclasses), which the store applies in one
+transaction (group commit). Each operation that a concurrent change can make
+moot is *conditional* and reports whether it applied.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from abi_engine.events import Event
+from abi_engine.models import ExecutionStatus, StepStatus
+
+__all__ = [
+    "TIMEOUT_SUFFIX",
+    "CancelExecution",
+    "CheckpointStep",
+    "ClaimExecution",
+    "DeliverSignal",
+    "ExecutionQuery",
+    "ExecutionRecord",
+    "FinishExecution",
+    "InsertEvents",
+    "InsertExecution",
+    "ReleaseExecutions",
+    "StepRecord",
+    "SuspendExecution",
+    "WriteOp",
+]
+
+#: Suffix of the signal recorded when a wait for signal ``name`` times out.
+TIMEOUT_SUFFIX = "#timeout"
+
+
+@attrs.define(kw_only=True)
+class ExecutionRecord:
+    """Everything stored about an execution (the API shows a part of it).
+
+    ``plan`` lists the step names known when the execution was created;
+    ``configuration`` is the workflow's configuration at that time, so a
+    resumed execution runs exactly what was started. ``priority`` 0 is a
+    synchronous caller waiting, 1 an asynchronous one. ``owner`` is the
+    runtime node that holds the execution until ``lease_until``.
+    """
+
+    id: str
+    workflow_id: str
+    workflow_type: str
+    status: ExecutionStatus
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    configuration: dict[str, Any] = attrs.Factory(dict)
+    plan: list[str] = attrs.Factory(list)
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    callback_url: str | None = None
+    callback_secret: str | None = None
+    schedule_id: str | None = None
+    created_by: str | None = None
+    idempotency_key: str | None = None
+    priority: int = 1
+    timeout_at: datetime | None = None
+    owner: str | None = None
+    lease_until: datetime | None = None
+    waiting_for: str | None = None
+    wake_at: datetime | None = None
+    workflow_name: str | None = None
+
+
+@attrs.define(kw_only=True)
+class StepRecord:
+    """A step as checkpointed: written once it has finished (or was skipped)."""
+
+    execution_id: str
+    index: int
+    name: str
+    status: StepStatus
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
+    attempts: int = 0
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionQuery:
+    """Filters and page of an execution listing (newest first)."""
+
+    page: int = 1
+    page_size: int = 10
+    workflow_id: str | None = None
+    status: ExecutionStatus | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WriteOp:
+    """Base of the write operations; ``events`` are written in the same transaction."""
+
+    events: tuple[Event, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class InsertExecution(WriteOp):
+    """Insert a new execution. Applies ``False`` when its idempotency key is taken."""
+
+    record: ExecutionRecord
+
+
+@attrs.frozen(kw_only=True)
+class ClaimExecution(WriteOp):
+    """Mark an execution ``running`` for ``owner`` (if queued, or running and owned)."""
+
+    execution_id: str
+    owner: str
+    lease_until: datetime
+    started_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class CheckpointStep(WriteOp):
+    """Store a finished step, if ``owner`` still runs the execution."""
+
+    step: StepRecord
+    owner: str
+    lease_until: datetime
+
+
+@attrs.frozen(kw_only=True)
+class FinishExecution(WriteOp):
+    """End an execution (and update its workflow's stats) unless it already ended.
+
+    With ``owner`` set, applies only while that owner runs it. ``step`` is the
+    last step's record, written in the same transaction.
+    """
+
+    execution_id: str
+    workflow_id: str
+    status: ExecutionStatus
+    completed_at: datetime
+    duration_ms: int
+    result: Any = None
+    error: dict[str, Any] | None = None
+    owner: str | None = None
+    step: StepRecord | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SuspendExecution(WriteOp):
+    """Park a running execution as ``waiting`` for a signal (or until ``wake_at``)."""
+
+    execution_id: str
+    owner: str
+    waiting_for: str
+    wake_at: datetime | None = None
+    step: StepRecord | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DeliverSignal(WriteOp):
+    """Record signal ``name`` and queue the execution if it waits for it.
+
+    Applies ``"queued"`` when the execution was waiting for it, ``"stored"``
+    when kept for later, ``None`` when the execution has ended or the signal
+    was already given.
+    """
+
+    execution_id: str
+    name: str
+    payload: Any
+    created_at: datetime
+    require_waiting: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class CancelExecution(WriteOp):
+    """End a queued, running or waiting execution as ``cancelled`` or ``timed_out``."""
+
+    execution_id: str
+    workflow_id: str
+    status: ExecutionStatus
+    completed_at: datetime
+    error: dict[str, Any] | None = None
+    step: StepRecord | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ReleaseExecutions(WriteOp):
+    """Hand back every unfinished execution ``owner`` holds (status ``queued``)."""
+
+    owner: str
+
+
+@attrs.frozen(kw_only=True)
+class InsertEvents(WriteOp):
+    """Only write ``events`` to the outbox."""

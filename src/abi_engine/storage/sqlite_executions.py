@@ -1,0 +1,475 @@
+"""SQLite storage of executions, steps and signals (mixed into SQLiteStore)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from abi_engine.models import ExecutionStatus, StepStatus
+from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage.records import (
+    TIMEOUT_SUFFIX,
+    CancelExecution,
+    CheckpointStep,
+    ClaimExecution,
+    DeliverSignal,
+    ExecutionQuery,
+    ExecutionRecord,
+    FinishExecution,
+    InsertEvents,
+    InsertExecution,
+    ReleaseExecutions,
+    StepRecord,
+    SuspendExecution,
+    WriteOp,
+)
+
+__all__ = ["ExecutionsMixin"]
+
+_EXEC_COLUMNS = (
+    "e.id, e.workflow_id, e.workflow_type, e.status, e.parameters, e.configuration, e.plan,"
+    " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
+    " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
+    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name"
+)
+_FROM = "FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
+_UNFINISHED = "('queued', 'running', 'waiting')"
+
+
+def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=row[0],
+        workflow_id=row[1],
+        workflow_type=row[2],
+        status=ExecutionStatus(row[3]),
+        parameters=loads(row[4]),
+        configuration=loads(row[5]),
+        plan=loads(row[6]),
+        created_at=from_ms(row[7]),  # type: ignore[arg-type]
+        started_at=from_ms(row[8]),
+        completed_at=from_ms(row[9]),
+        duration_ms=row[10],
+        result=loads(row[11]),
+        error=loads(row[12]),
+        callback_url=row[13],
+        callback_secret=row[14],
+        schedule_id=row[15],
+        created_by=row[16],
+        idempotency_key=row[17],
+        priority=row[18],
+        timeout_at=from_ms(row[19]),
+        owner=row[20],
+        lease_until=from_ms(row[21]),
+        waiting_for=row[22],
+        wake_at=from_ms(row[23]),
+        workflow_name=row[24],
+    )
+
+
+def _step_params(step: StepRecord) -> tuple[Any, ...]:
+    return (
+        step.execution_id,
+        step.index,
+        step.name,
+        step.status.value,
+        to_ms(step.started_at),
+        to_ms(step.completed_at),
+        step.duration_ms,
+        step.attempts,
+        None if step.result is None else dumps(step.result),
+        None if step.error is None else dumps(step.error),
+    )
+
+
+_UPSERT_STEP = (
+    "INSERT OR REPLACE INTO execution_steps (execution_id, idx, name, status, started_at,"
+    " completed_at, duration_ms, attempts, result, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class ExecutionsMixin:
+    """Execution storage for :class:`~abi_engine.storage.sqlite.SQLiteStore`."""
+
+    # Provided by SQLiteStore.
+    transaction: Callable[[], Any]
+    _read: Callable[[], Any]
+    _insert_events: Callable[[sqlite3.Connection, Sequence[Any]], None]
+
+    # -- writes ------------------------------------------------------------------------
+
+    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply ``ops`` in one transaction; return each one's result in order.
+
+        If the batch fails as a whole, each op is retried in its own
+        transaction so that one bad op cannot sink the others; its result is
+        then the exception it raised.
+        """
+        try:
+            with self.transaction() as conn:
+                return [self._apply_one(conn, op) for op in ops]
+        except Exception:
+            if len(ops) == 1:
+                raise
+        results: list[Any] = []
+        for op in ops:
+            try:
+                with self.transaction() as conn:
+                    results.append(self._apply_one(conn, op))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _apply_one(self, conn: sqlite3.Connection, op: WriteOp) -> Any:
+        handler = _HANDLERS[type(op)]
+        result = handler(conn, op)
+        if result is not False and result is not None and op.events:
+            self._insert_events(conn, op.events)
+        return result
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} {_FROM} WHERE e.id = ?", (execution_id,)
+            ).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def get_steps(self, execution_id: str) -> list[StepRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT execution_id, idx, name, status, started_at, completed_at, duration_ms,"
+                " attempts, result, error FROM execution_steps WHERE execution_id = ?"
+                " ORDER BY idx",
+                (execution_id,),
+            ).fetchall()
+        return [
+            StepRecord(
+                execution_id=r[0],
+                index=r[1],
+                name=r[2],
+                status=StepStatus(r[3]),
+                started_at=from_ms(r[4]),
+                completed_at=from_ms(r[5]),
+                duration_ms=r[6],
+                attempts=r[7],
+                result=loads(r[8]),
+                error=loads(r[9]),
+            )
+            for r in rows
+        ]
+
+    def get_signals(self, execution_id: str) -> dict[str, Any]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, payload FROM execution_signals WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchall()
+        return {name: loads(payload) for name, payload in rows}
+
+    def find_execution_by_key(self, workflow_id: str, key: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id FROM executions WHERE workflow_id = ? AND idempotency_key = ?",
+                (workflow_id, key),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def list_executions(self, query: ExecutionQuery) -> tuple[list[ExecutionRecord], int]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.workflow_id is not None:
+            where.append("e.workflow_id = ?")
+            args.append(query.workflow_id)
+        if query.status is not None:
+            where.append("e.status = ?")
+            args.append(query.status.value)
+        if query.start is not None:
+            where.append("e.created_at >= ?")
+            args.append(to_ms(query.start))
+        if query.end is not None:
+            where.append("e.created_at <= ?")
+            args.append(to_ms(query.end))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        offset = (query.page - 1) * query.page_size
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM executions e {clause}", args).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} {_FROM} {clause}"
+                " ORDER BY e.created_at DESC, e.id DESC LIMIT ? OFFSET ?",
+                [*args, query.page_size, offset],
+            ).fetchall()
+        return [_row_to_record(r) for r in rows], int(total)
+
+    def claim_recoverable(
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        is_dead: Callable[[str], bool],
+    ) -> list[tuple[str, int]]:
+        """Take over unfinished executions nobody (alive) holds; return ``(id, priority)``.
+
+        Candidates: queued or running executions with no owner, an expired
+        lease or a dead owner, and waiting executions whose ``wake_at`` passed.
+        """
+        now_ms = to_ms(now)
+        lease_ms = to_ms(lease_until)
+        taken: list[tuple[str, int]] = []
+        with self.transaction() as conn:
+            # Waits that timed out: record a signal the step can see, queue them.
+            for ex_id, waiting_for, priority in conn.execute(
+                "SELECT id, waiting_for, priority FROM executions"
+                " WHERE status = 'waiting' AND wake_at <= ? ORDER BY wake_at LIMIT ?",
+                (now_ms, limit),
+            ).fetchall():
+                conn.execute(
+                    "INSERT OR IGNORE INTO execution_signals"
+                    " (execution_id, name, payload, created_at) VALUES (?, ?, 'null', ?)",
+                    (ex_id, f"{waiting_for}{TIMEOUT_SUFFIX}", now_ms),
+                )
+                taken.append((ex_id, priority))
+            # Unowned work, expired leases, and work of owners known to be dead.
+            owners = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT owner FROM executions"
+                    " WHERE status IN ('queued', 'running') AND owner IS NOT NULL AND owner != ?",
+                    (owner,),
+                )
+            ]
+            dead = [o for o in owners if is_dead(o)]
+            marks = ", ".join("?" for _ in dead) or "NULL"
+            for ex_id, priority in conn.execute(
+                "SELECT id, priority FROM executions WHERE status IN ('queued', 'running')"
+                " AND (owner IS NULL OR (owner != ? AND lease_until < ?)"
+                f" OR owner IN ({marks})) ORDER BY priority, created_at LIMIT ?",
+                (owner, now_ms, *dead, max(0, limit - len(taken))),
+            ).fetchall():
+                taken.append((ex_id, priority))
+            for ex_id, _ in taken:
+                conn.execute(
+                    "UPDATE executions SET owner = ?, lease_until = ?, waiting_for = NULL,"
+                    " wake_at = NULL,"
+                    " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
+                    " WHERE id = ?",
+                    (owner, lease_ms, ex_id),
+                )
+        return taken
+
+    def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE executions SET lease_until = ? WHERE owner = ?"
+                " AND status IN ('queued', 'running')",
+                (to_ms(lease_until), owner),
+            )
+            return int(cursor.rowcount)
+
+    def next_wake_at(self) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(wake_at) FROM executions WHERE status = 'waiting'"
+            ).fetchone()
+        return from_ms(row[0]) if row and row[0] is not None else None
+
+
+# -- op handlers -------------------------------------------------------------------------
+
+
+def _insert(conn: sqlite3.Connection, op: InsertExecution) -> bool:
+    r = op.record
+    cursor = conn.execute(
+        "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
+        " configuration, plan, created_at, started_at, callback_url, callback_secret,"
+        " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (
+            r.id,
+            r.workflow_id,
+            r.workflow_type,
+            r.status.value,
+            dumps(r.parameters),
+            dumps(r.configuration),
+            dumps(r.plan),
+            to_ms(r.created_at),
+            to_ms(r.started_at),
+            r.callback_url,
+            r.callback_secret,
+            r.schedule_id,
+            r.created_by,
+            r.idempotency_key,
+            r.priority,
+            to_ms(r.timeout_at),
+            r.owner,
+            to_ms(r.lease_until),
+        ),
+    )
+    return cursor.rowcount > 0
+
+
+def _claim(conn: sqlite3.Connection, op: ClaimExecution) -> bool:
+    cursor = conn.execute(
+        "UPDATE executions SET status = 'running', owner = ?, lease_until = ?,"
+        " started_at = coalesce(started_at, ?)"
+        " WHERE id = ? AND status IN ('queued', 'running') AND (owner IS NULL OR owner = ?)",
+        (op.owner, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id, op.owner),
+    )
+    return cursor.rowcount > 0
+
+
+def _owned(conn: sqlite3.Connection, execution_id: str, owner: str, lease: datetime) -> bool:
+    cursor = conn.execute(
+        "UPDATE executions SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
+        (to_ms(lease), execution_id, owner),
+    )
+    return cursor.rowcount > 0
+
+
+def _checkpoint(conn: sqlite3.Connection, op: CheckpointStep) -> bool:
+    if not _owned(conn, op.step.execution_id, op.owner, op.lease_until):
+        return False
+    conn.execute(_UPSERT_STEP, _step_params(op.step))
+    return True
+
+
+def _stats(conn: sqlite3.Connection, workflow_id: str, status: ExecutionStatus, ms: int) -> None:
+    conn.execute(
+        "UPDATE workflows SET runs_total = runs_total + 1,"
+        " runs_success = runs_success + ?, runs_failed = runs_failed + ?,"
+        " duration_total_ms = duration_total_ms + ? WHERE id = ?",
+        (
+            1 if status is ExecutionStatus.COMPLETED else 0,
+            1 if status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT) else 0,
+            ms,
+            workflow_id,
+        ),
+    )
+
+
+def _finish(conn: sqlite3.Connection, op: FinishExecution) -> bool:
+    owner_clause = " AND owner = ? AND status = 'running'" if op.owner else ""
+    args: list[Any] = [
+        op.status.value,
+        to_ms(op.completed_at),
+        op.duration_ms,
+        None if op.result is None else dumps(op.result),
+        None if op.error is None else dumps(op.error),
+        op.execution_id,
+    ]
+    if op.owner:
+        args.append(op.owner)
+    cursor = conn.execute(
+        "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
+        " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        f" WHERE id = ? AND status IN {_UNFINISHED}{owner_clause}",
+        args,
+    )
+    if cursor.rowcount == 0:
+        return False
+    if op.step is not None:
+        conn.execute(_UPSERT_STEP, _step_params(op.step))
+    _stats(conn, op.workflow_id, op.status, op.duration_ms)
+    return True
+
+
+def _suspend(conn: sqlite3.Connection, op: SuspendExecution) -> bool | str:
+    arrived = conn.execute(
+        "SELECT 1 FROM execution_signals WHERE execution_id = ? AND name IN (?, ?)",
+        (op.execution_id, op.waiting_for, f"{op.waiting_for}{TIMEOUT_SUFFIX}"),
+    ).fetchone()
+    if arrived:
+        return "ready"
+    cursor = conn.execute(
+        "UPDATE executions SET status = 'waiting', waiting_for = ?, wake_at = ?, owner = NULL,"
+        " lease_until = NULL WHERE id = ? AND owner = ? AND status = 'running'",
+        (op.waiting_for, to_ms(op.wake_at), op.execution_id, op.owner),
+    )
+    if cursor.rowcount == 0:
+        return False
+    if op.step is not None:
+        conn.execute(_UPSERT_STEP, _step_params(op.step))
+    return True
+
+
+def _signal(conn: sqlite3.Connection, op: DeliverSignal) -> str | None:
+    row = conn.execute(
+        "SELECT status, waiting_for FROM executions WHERE id = ?", (op.execution_id,)
+    ).fetchone()
+    if row is None or row[0] not in ("queued", "running", "waiting"):
+        return None
+    waiting = row[0] == "waiting" and row[1] == op.name
+    if op.require_waiting and not waiting:
+        return None
+    cursor = conn.execute(
+        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (op.execution_id, op.name, dumps(op.payload), to_ms(op.created_at)),
+    )
+    if cursor.rowcount == 0:
+        return None
+    if waiting:
+        conn.execute(
+            "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
+            " owner = NULL, lease_until = NULL WHERE id = ?",
+            (op.execution_id,),
+        )
+        return "queued"
+    return "stored"
+
+
+def _cancel(conn: sqlite3.Connection, op: CancelExecution) -> bool:
+    row = conn.execute(
+        "SELECT started_at FROM executions WHERE id = ?", (op.execution_id,)
+    ).fetchone()
+    started = row[0] if row else None
+    done = to_ms(op.completed_at) or 0
+    duration = max(0, done - started) if started is not None else 0
+    cursor = conn.execute(
+        "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, error = ?,"
+        " owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        f" WHERE id = ? AND status IN {_UNFINISHED}",
+        (
+            op.status.value,
+            done,
+            duration,
+            None if op.error is None else dumps(op.error),
+            op.execution_id,
+        ),
+    )
+    if cursor.rowcount == 0:
+        return False
+    if op.step is not None:
+        conn.execute(_UPSERT_STEP, _step_params(op.step))
+    _stats(conn, op.workflow_id, op.status, duration)
+    return True
+
+
+def _release(conn: sqlite3.Connection, op: ReleaseExecutions) -> int:
+    cursor = conn.execute(
+        "UPDATE executions SET status = 'queued', owner = NULL, lease_until = NULL"
+        " WHERE owner = ? AND status IN ('queued', 'running')",
+        (op.owner,),
+    )
+    return cursor.rowcount
+
+
+def _events_only(conn: sqlite3.Connection, op: InsertEvents) -> bool:
+    return True
+
+
+_HANDLERS: dict[type[WriteOp], Callable[[sqlite3.Connection, Any], Any]] = {
+    InsertExecution: _insert,
+    ClaimExecution: _claim,
+    CheckpointStep: _checkpoint,
+    FinishExecution: _finish,
+    SuspendExecution: _suspend,
+    DeliverSignal: _signal,
+    CancelExecution: _cancel,
+    ReleaseExecutions: _release,
+    InsertEvents: _events_only,
+}

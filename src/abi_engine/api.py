@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from abi_engine.auth import Principal
-from abi_engine.converter import unstructure
+from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest, NotFound
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
     Integration,
     Scope,
     Workflow,
@@ -30,7 +33,16 @@ from abi_engine.workflows import WorkflowRequest
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
-__all__ = ["OPERATIONS", "ApiRequest", "Operation", "QueryParam", "call", "operation"]
+__all__ = [
+    "OPERATIONS",
+    "Accepted",
+    "ApiRequest",
+    "Operation",
+    "QueryParam",
+    "call",
+    "call_with_status",
+    "operation",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -44,6 +56,15 @@ class ApiRequest:
 
 
 Handler = Callable[["Engine", Principal, ApiRequest], Awaitable[Any]]
+
+
+class Accepted:
+    """A handler's answer that is not final: sent with status 202 instead of the usual one."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
 
 
 @attrs.frozen(kw_only=True)
@@ -102,10 +123,20 @@ def get_operation(name: str) -> Operation:
 
 async def call(engine: Engine, actor: Principal, name: str, request: ApiRequest) -> Any:
     """Run operation ``name`` for ``actor``: check its scope, return its JSON data."""
+    return (await call_with_status(engine, actor, name, request))[1]
+
+
+async def call_with_status(
+    engine: Engine, actor: Principal, name: str, request: ApiRequest
+) -> tuple[int, Any]:
+    """Like :func:`call`, with the HTTP status the answer deserves."""
     op = get_operation(name)
     if op.scope is not None:
         actor.require(op.scope)
-    return await op.handler(engine, actor, request)
+    data = await op.handler(engine, actor, request)
+    if isinstance(data, Accepted):
+        return 202, data.data
+    return op.status_code, data
 
 
 def _page(result: Any) -> dict[str, Any]:
@@ -282,8 +313,6 @@ class IntegrationRequest:
     errors=("INVALID_REQUEST",),
 )
 async def put_integration(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    from abi_engine.converter import structure
-
     body = structure(_body_object(request), IntegrationRequest)
     result = await engine.integrations.put(
         request.path["integration_id"], body.provider, body.config
@@ -332,3 +361,174 @@ async def delete_integration(engine: Engine, actor: Principal, request: ApiReque
     integration_id = request.path["integration_id"]
     await engine.integrations.delete(integration_id)
     return {"id": integration_id, "deleted": True}
+
+
+# -- executions ----------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True)
+class ExecutionOptions:
+    """``execution_options`` of an execute request."""
+
+    timeout_seconds: float | None = None
+    wait_for_completion: bool = True
+
+
+@attrs.define(kw_only=True)
+class ExecuteRequest:
+    """The body of ``POST /workflows/{id}/execute``."""
+
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    execution_options: ExecutionOptions = attrs.Factory(ExecutionOptions)
+    idempotency_key: str | None = None
+
+
+@attrs.define(kw_only=True)
+class ExecuteAsyncRequest:
+    """The body of ``POST /workflows/{id}/execute_async``."""
+
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    callback_url: str | None = None
+    callback_secret: str | None = None
+    execution_options: ExecutionOptions | None = None
+    idempotency_key: str | None = None
+
+
+def _idempotency_key(request: ApiRequest, body_key: str | None) -> str | None:
+    header = request.headers.get("idempotency-key")
+    return header if header is not None else body_key
+
+
+def _execution_json(execution: Execution) -> dict[str, Any]:
+    data: dict[str, Any] = unstructure(execution)
+    return data
+
+
+_EXEC_ERRORS = (
+    "WORKFLOW_NOT_FOUND",
+    "INVALID_STATE",
+    "INTEGRATION_MISSING",
+    "INVALID_PARAMETERS",
+    "PARAMETER_VALIDATION_ERROR",
+)
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/execute",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Execute a workflow and wait for its result",
+    request_model=ExecuteRequest,
+    response_model=Execution,
+    tag="executions",
+    errors=(*_EXEC_ERRORS, "WORKFLOW_EXECUTION_ERROR", "EXECUTION_TIMEOUT"),
+)
+async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    body = structure(request.body if request.body is not None else {}, ExecuteRequest)
+    options = body.execution_options
+    execution = await engine.executions.execute(
+        request.path["workflow_id"],
+        body.parameters,
+        wait=options.wait_for_completion,
+        timeout_seconds=options.timeout_seconds,
+        idempotency_key=_idempotency_key(request, body.idempotency_key),
+        actor=actor,
+    )
+    data = _execution_json(execution)
+    if not options.wait_for_completion and not execution.status.finished:
+        return Accepted(data)
+    return data
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/execute_async",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Start a workflow execution and return at once",
+    status_code=202,
+    request_model=ExecuteAsyncRequest,
+    response_model=Execution,
+    tag="executions",
+    errors=(*_EXEC_ERRORS, "QUEUE_FULL"),
+)
+async def execute_workflow_async(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    body = structure(request.body if request.body is not None else {}, ExecuteAsyncRequest)
+    execution = await engine.executions.execute(
+        request.path["workflow_id"],
+        body.parameters,
+        wait=False,
+        timeout_seconds=body.execution_options.timeout_seconds if body.execution_options else None,
+        callback_url=body.callback_url,
+        callback_secret=body.callback_secret,
+        idempotency_key=_idempotency_key(request, body.idempotency_key),
+        actor=actor,
+    )
+    return _execution_json(execution)
+
+
+@operation(
+    method="GET",
+    path="/workflow_executions/{execution_id}",
+    scope=Scope.EXECUTIONS_READ,
+    summary="Get an execution with its steps",
+    response_model=Execution,
+    tag="executions",
+    errors=("EXECUTION_NOT_FOUND",),
+)
+async def get_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return _execution_json(await engine.executions.get(request.path["execution_id"]))
+
+
+@operation(
+    method="GET",
+    path="/workflow_executions",
+    scope=Scope.EXECUTIONS_READ,
+    summary="List executions, newest first",
+    response_model=ExecutionSummary,
+    paginated=True,
+    query=(
+        QueryParam(name="workflow_id", schema={"type": "string"}),
+        QueryParam(
+            name="status",
+            schema={"type": "string", "enum": [s.value for s in ExecutionStatus]},
+        ),
+        QueryParam(
+            name="start_date",
+            schema={"type": "string", "format": "date-time"},
+            description="Executions requested at or after this time",
+        ),
+        QueryParam(
+            name="end_date",
+            schema={"type": "string", "format": "date-time"},
+            description="Executions requested at or before this time",
+        ),
+        *_PAGE_QUERY,
+    ),
+    tag="executions",
+    errors=("INVALID_REQUEST",),
+)
+async def list_executions(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    q = request.query
+    return _page(
+        await engine.executions.list(
+            workflow_id=q.get("workflow_id"),
+            status=q.get("status"),
+            start_date=q.get("start_date"),
+            end_date=q.get("end_date"),
+            page=q.get("page", 1),
+            page_size=q.get("page_size", 10),
+        )
+    )
+
+
+@operation(
+    method="POST",
+    path="/workflow_executions/{execution_id}/cancel",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Cancel a queued, running or waiting execution",
+    response_model=Execution,
+    tag="executions",
+    errors=("EXECUTION_NOT_FOUND", "INVALID_STATE"),
+)
+async def cancel_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return _execution_json(await engine.executions.cancel(request.path["execution_id"]))

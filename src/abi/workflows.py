@@ -4,7 +4,7 @@ Each class takes ``access_token=`` and finds the engine in this order:
 
 1. ``engine=``: an in-process :class:`abi_engine.Engine` (the caller owns it),
    or ``base_url=``: a remote REST API, the root under which ``/api/v1`` lives;
-2. the environment: ``ABI_ENGINE_URL`` (remote) or ``ABI_ENGINE_DB`` (embedded);
+2. the environment: ``ABI_ENGINE_URL`` (remote), else ``ABI_ENGINE_DB`` (embedded);
 3. an embedded engine on ``./abi-engine.db``.
 
 In-process and remote calls give the same objects (the models of
@@ -28,7 +28,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -121,9 +121,6 @@ class Record:
         return self._data == other._data
 
     __hash__ = None  # type: ignore[assignment]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._data!r})"

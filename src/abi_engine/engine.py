@@ -103,12 +103,20 @@ class Engine:
     # -- events -------------------------------------------------------------------------
 
     def emit(self, events: Iterable[Event]) -> None:
-        """Hand committed events to every ``abi_event`` hook; errors are logged."""
+        """Hand committed events to every ``abi_event`` hook; errors are logged.
+
+        Each implementation is called on its own, so one that raises does not
+        keep the event from the others.
+        """
+        impls = self.pm.hook.abi_event.get_hookimpls()
         for event in events:
-            try:
-                self.pm.hook.abi_event(event=event)
-            except Exception:
-                log.exception("abi_event hook failed for %s", event.type)
+            for impl in reversed(impls):
+                try:
+                    impl.function(event=event)
+                except Exception:
+                    log.exception(
+                        "abi_event hook failed for %s (plugin %s)", event.type, impl.plugin_name
+                    )
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Configuration of the ``custom`` workflow type."""
+"""The ``custom`` workflow type: its configuration and its steps."""
 
 from __future__ import annotations
 
@@ -7,12 +7,24 @@ from typing import Any, Literal
 
 import attrs
 
-from abi_engine import WorkflowType
+from abi_engine import RetryPolicy, StepSpec, WorkflowType
 from abi_engine.converter import structure
-from abi_engine.errors import InvalidWorkflowConfig
+from abi_engine.errors import AbiError, InvalidWorkflowConfig
+from abi_engine.netguard import check_url
+from abi_plugin_custom.actions import make_action
 
 MAX_STEPS = 100
 MAX_DELAY_SECONDS = 24 * 3600
+
+
+@attrs.define(kw_only=True)
+class RetrySpec:
+    """``"retry": {"attempts": 3, "backoff_seconds": 1, "backoff_multiplier": 2}``."""
+
+    attempts: int = 1
+    backoff_seconds: float = 0.0
+    backoff_multiplier: float = 2.0
+    max_backoff_seconds: float = 60.0
 
 
 @attrs.define(kw_only=True)
@@ -20,6 +32,8 @@ class DelayStep:
     name: str
     action: Literal["delay"]
     seconds: float
+    retry: RetrySpec | None = None
+    timeout_seconds: float | None = None
 
 
 @attrs.define(kw_only=True)
@@ -33,6 +47,7 @@ class HttpRequestStep:
     headers: dict[str, str] = attrs.Factory(dict)
     json: Any = None
     timeout_seconds: float = 10.0
+    retry: RetrySpec | None = None
 
 
 @attrs.define(kw_only=True)
@@ -40,6 +55,8 @@ class TransformStep:
     name: str
     action: Literal["transform"]
     expressions: dict[str, str]
+    retry: RetrySpec | None = None
+    timeout_seconds: float | None = None
 
 
 ACTIONS: dict[str, type[Any]] = {
@@ -53,7 +70,7 @@ def _fail(field: str, message: str) -> InvalidWorkflowConfig:
     return InvalidWorkflowConfig(f"Invalid value for '{field}': {message}", {"field": field})
 
 
-def parse_steps(raw: Any) -> list[Any]:
+def parse_steps(raw: Any, *, allow_private: bool = False) -> list[Any]:
     """Structure the declarative ``steps`` list; errors name ``configuration.steps[i]...``."""
     if not isinstance(raw, list) or not raw:
         raise _fail("configuration.steps", "expected a non-empty list of steps")
@@ -74,7 +91,7 @@ def parse_steps(raw: Any) -> list[Any]:
         except InvalidWorkflowConfig as exc:
             field = f"{where}.{exc.details.get('field', '')}".rstrip(".")
             raise _fail(field, exc.message.split(": ", 1)[-1]) from None
-        _check_step(step_def, where)
+        _check_step(step_def, where, allow_private)
         if step_def.name in names:
             raise _fail(f"{where}.name", f"step name {step_def.name!r} is used twice")
         names.add(step_def.name)
@@ -82,9 +99,19 @@ def parse_steps(raw: Any) -> list[Any]:
     return parsed
 
 
-def _check_step(step_def: Any, where: str) -> None:
+def _check_step(step_def: Any, where: str, allow_private: bool) -> None:
     if not step_def.name.strip():
         raise _fail(f"{where}.name", "must not be empty")
+    if step_def.retry is not None:
+        retry = step_def.retry
+        if not 1 <= retry.attempts <= 100:
+            raise _fail(f"{where}.retry.attempts", "must be between 1 and 100")
+        if retry.backoff_seconds < 0 or retry.max_backoff_seconds < 0:
+            raise _fail(f"{where}.retry.backoff_seconds", "must not be negative")
+        if retry.backoff_multiplier < 1:
+            raise _fail(f"{where}.retry.backoff_multiplier", "must be at least 1")
+    if step_def.timeout_seconds is not None and not 0 < step_def.timeout_seconds <= 86_400:
+        raise _fail(f"{where}.timeout_seconds", "must be between 0 and 86400")
     if isinstance(step_def, DelayStep) and not 0 <= step_def.seconds <= MAX_DELAY_SECONDS:
         raise _fail(f"{where}.seconds", f"must be between 0 and {MAX_DELAY_SECONDS}")
     if isinstance(step_def, HttpRequestStep):
@@ -94,6 +121,11 @@ def _check_step(step_def: Any, where: str) -> None:
             raise _fail(f"{where}.url", "must be an http or https URL")
         if not 0 < step_def.timeout_seconds <= 300:
             raise _fail(f"{where}.timeout_seconds", "must be between 0 and 300")
+        if step_def.url is not None:
+            try:
+                check_url(step_def.url, field=f"{where}.url", allow_private=allow_private)
+            except AbiError as exc:
+                raise _fail(f"{where}.url", exc.message.split(": ", 1)[-1]) from None
     if isinstance(step_def, TransformStep):
         if not step_def.expressions:
             raise _fail(f"{where}.expressions", "expected at least one expression")
@@ -112,8 +144,46 @@ class CustomWorkflow(WorkflowType):
     name = "custom"
     description = "Custom workflow implementation"
 
+    _handlers: dict[str, Any]
+    _engine: Any = None
+    _allow_private = False
+
     def attach(self, engine: Any) -> None:
-        self._handlers: dict[str, Any] = engine.registry.step_handlers
+        self._engine = engine
+        self._handlers = engine.registry.step_handlers
+        self._allow_private = bool(engine.allow_private_urls)
+
+    def steps(self, config: Any) -> list[StepSpec]:
+        """A handler's steps, or one step per declarative step definition."""
+        handler_name = config.get("handler")
+        if handler_name is not None:
+            handler = self._handlers[handler_name]
+            if isinstance(handler, type) and issubclass(handler, WorkflowType):
+                inner = handler()
+                inner.attach(self._engine)
+                return inner.steps(config)
+            return [StepSpec(name=handler_name, fn=handler)]
+        specs = []
+        for step_def in parse_steps(config["steps"], allow_private=self._allow_private):
+            retry = step_def.retry
+            specs.append(
+                StepSpec(
+                    name=step_def.name,
+                    fn=make_action(step_def),
+                    retry=RetryPolicy(
+                        attempts=retry.attempts,
+                        backoff_seconds=retry.backoff_seconds,
+                        backoff_multiplier=retry.backoff_multiplier,
+                        max_backoff_seconds=retry.max_backoff_seconds,
+                    )
+                    if retry
+                    else RetryPolicy(),
+                    timeout_seconds=step_def.timeout_seconds
+                    if not isinstance(step_def, HttpRequestStep)
+                    else None,
+                )
+            )
+        return specs
 
     def check_configuration(self, config: Any) -> None:
         handler = config.get("handler")
@@ -135,4 +205,4 @@ class CustomWorkflow(WorkflowType):
                     },
                 )
         else:
-            parse_steps(steps)
+            parse_steps(steps, allow_private=self._allow_private)

@@ -1,0 +1,143 @@
+"""The built-in declarative actions of the ``custom`` type: delay, http_request, transform."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import simpleeval
+
+from abi_engine import StepContext
+from abi_engine.netguard import check_url, resolve_checked
+
+__all__ = ["MAX_BODY_CHARS", "make_action"]
+
+#: Response bodies kept in a step's result are cut to this many characters.
+MAX_BODY_CHARS = 100_000
+
+_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "len": len,
+    "min": min,
+    "max": max,
+    "sum": sum,
+    "abs": abs,
+    "round": round,
+    "sorted": sorted,
+    "any": any,
+    "all": all,
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "lower": lambda s: str(s).lower(),
+    "upper": lambda s: str(s).upper(),
+    "ceil": math.ceil,
+    "floor": math.floor,
+}
+
+
+class TransformError(ValueError):
+    """An expression of a ``transform`` step could not be evaluated."""
+
+
+def evaluate(expressions: dict[str, str], ctx: StepContext) -> dict[str, Any]:
+    """Evaluate each expression over ``parameters`` and earlier ``results`` (simpleeval).
+
+    Python's ``eval`` is never used: simpleeval allows only expressions,
+    literals, arithmetic, comparisons, subscripts and the functions listed in
+    ``_FUNCTIONS``, with limits on power and string sizes.
+    """
+    evaluator = simpleeval.EvalWithCompoundTypes(
+        names={
+            "parameters": dict(ctx.parameters),
+            "results": dict(ctx.results),
+            "true": True,
+            "false": False,
+            "null": None,
+        },
+        functions=_FUNCTIONS,
+    )
+    out: dict[str, Any] = {}
+    for key, expression in expressions.items():
+        try:
+            value = evaluator.eval(expression)
+        except Exception as exc:
+            raise TransformError(f"{key}: {type(exc).__name__}: {exc}") from None
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise TransformError(f"{key}: the value is not JSON") from None
+        out[key] = value
+    return out
+
+
+def _body(response: httpx.Response) -> Any:
+    text = response.text[:MAX_BODY_CHARS]
+    if "json" in response.headers.get("content-type", ""):
+        try:
+            return response.json()
+        except ValueError:
+            return text
+    return text
+
+
+async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
+    engine = ctx.services["engine"]
+    allow_private = bool(engine.allow_private_urls)
+    if step.integration is not None:
+        connection = await engine.integrations.get_secret(step.integration)
+        if connection is None:
+            raise LookupError(f"integration {step.integration!r} is not connected")
+        provider = engine.registry.providers[connection.provider]
+        client: httpx.AsyncClient = provider.client(connection.config)
+        url = str(client.base_url.join(step.path or ""))
+    else:
+        client = httpx.AsyncClient(follow_redirects=False)
+        url = step.url
+    check_url(url, field="url", allow_private=allow_private)
+    parts = urlsplit(url)
+    resolve_checked(
+        parts.hostname or "",
+        parts.port or (443 if parts.scheme == "https" else 80),
+        allow_private=allow_private,
+    )
+    async with client:
+        response = await client.request(
+            step.method,
+            url,
+            headers=step.headers or None,
+            json=step.json,
+            timeout=step.timeout_seconds,
+        )
+    if response.status_code >= 400:
+        raise httpx.HTTPStatusError(
+            f"{step.method} {parts.scheme}://{parts.netloc}{parts.path} answered"
+            f" {response.status_code}",
+            request=response.request,
+            response=response,
+        )
+    return {
+        "status_code": response.status_code,
+        "headers": {"content-type": response.headers.get("content-type", "")},
+        "body": _body(response),
+    }
+
+
+def make_action(step: Any) -> Callable[[StepContext], Awaitable[Any]]:
+    """The step function running one declarative step definition."""
+    action = step.action
+
+    async def run(ctx: StepContext) -> Any:
+        if action == "delay":
+            await ctx.sleep(step.seconds)
+            return {"slept_seconds": step.seconds}
+        if action == "http_request":
+            return await _http(step, ctx)
+        return evaluate(step.expressions, ctx)
+
+    run.__name__ = f"{action}:{step.name}"
+    return run

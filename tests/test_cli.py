@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from abi_engine import Engine, Scope
+from abi_engine import Principal, Scope
+from abi_engine.auth import TokenService
+from abi_engine.storage.sqlite import SQLiteStore
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -171,6 +174,34 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def run_printed_curl(line: str) -> httpx.Response:
+    """Do what a ``curl -s [-H HEADER]... [-d BODY] URL`` line the CLI printed does."""
+    words = shlex.split(line)
+    assert words[:2] == ["curl", "-s"], line
+    headers: dict[str, str] = {}
+    body: str | None = None
+    rest = iter(words[2:-1])
+    for flag in rest:
+        value = next(rest)
+        if flag == "-H":
+            name, _, header = value.partition(": ")
+            headers[name] = header
+        else:
+            assert flag == "-d", line
+            body = value
+    method = "GET" if body is None else "POST"
+    return httpx.request(method, words[-1], headers=headers, content=body, timeout=30)
+
+
+def authenticate(db: Path, token: str) -> Principal:
+    """Who ``token`` is, read from the SQLite database at ``db``."""
+    store = SQLiteStore(db)
+    try:
+        return TokenService(store).authenticate(token)
+    finally:
+        store.close()
+
+
 def create_token(db: Path, *extra: str) -> str:
     result = run_cli("token", "create", "--db", str(db), *extra, cwd=db.parent)
     assert result.returncode == 0, result.stderr
@@ -202,11 +233,7 @@ def test_token_create_prints_one_token_with_the_requested_scopes(tmp_path: Path)
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert len(lines) == 1
-    engine = Engine(db)
-    try:
-        principal = engine.tokens.authenticate(lines[0])
-    finally:
-        engine.close()
+    principal = authenticate(db, lines[0])
     assert principal.user_id == "usr_alice"
     assert principal.scopes == {Scope.WORKFLOWS_READ, Scope.EXECUTIONS_READ}
 
@@ -215,11 +242,7 @@ def test_token_create_without_scope_grants_every_scope(tmp_path: Path) -> None:
     """No --scope means all scopes; a bare user name gets the usr_ prefix."""
     db = tmp_path / "engine.db"
     token = create_token(db, "--user", "bob")
-    engine = Engine(db)
-    try:
-        principal = engine.tokens.authenticate(token)
-    finally:
-        engine.close()
+    principal = authenticate(db, token)
     assert principal.user_id == "usr_bob"
     assert principal.scopes == set(Scope)
 
@@ -231,11 +254,7 @@ def test_token_create_reads_the_database_from_the_environment(tmp_path: Path) ->
         "token", "create", "--user", "usr_env", cwd=tmp_path, env=_env(ABI_ENGINE_DB=str(db))
     )
     assert result.returncode == 0, result.stderr
-    engine = Engine(db)
-    try:
-        assert engine.tokens.authenticate(result.stdout.strip()).user_id == "usr_env"
-    finally:
-        engine.close()
+    assert authenticate(db, result.stdout.strip()).user_id == "usr_env"
     assert not (tmp_path / "abi-engine.db").exists()
 
 
@@ -403,12 +422,17 @@ def test_demo_prints_a_working_token_and_example_workflow(
         api = server.wait_serving()
         token, workflow_id = server.value("token"), server.value("workflow")
         assert workflow_id.startswith("wf_")
-        assert any(
-            line.strip().startswith("curl")
-            and token in line
-            and f"{api}/workflows/{workflow_id}" in line
-            for line in server.stdout
-        ), server.output()
+        curls = [line.strip() for line in server.stdout if line.strip().startswith("curl ")]
+        custom = f"workflow: {workflow_id} (Add two numbers, type custom, active)" in server.stdout
+        assert any(f"{api}/workflows/{workflow_id}" in line for line in curls), server.output()
+        for line in curls:
+            answer = run_printed_curl(line)
+            assert answer.status_code == 200, (line, answer.text)
+            assert answer.json()["status"] == "success"
+            if line.endswith("/execute"):
+                assert answer.json()["data"]["status"] == "completed"
+                if custom:
+                    assert answer.json()["data"]["result"] == {"sum": 5}
         with httpx.Client(base_url=api, timeout=10) as client:
             got = client.get(f"/workflows/{workflow_id}", headers=auth(token))
         assert got.status_code == 200, got.text

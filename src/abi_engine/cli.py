@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import inspect
 import logging
 import os
 import shlex
@@ -143,7 +142,7 @@ def _server_parent() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="size of the execution worker pool (default: the engine's)",
+        help="workers running asynchronous executions (default: the engine's, 32)",
     )
     add("--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)")
     return parent
@@ -210,12 +209,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _open_engine(db: str, **options: Any) -> Engine:
+def _open_engine(db: str, *, workers: int | None = None, **options: Any) -> Engine:
     """Build the engine on ``db``; a database that cannot be used is a :class:`CliError`."""
     from abi_engine.engine import Engine
+    from abi_engine.executor import RuntimeSettings
 
-    if "workers" in options and "workers" not in inspect.signature(Engine).parameters:
-        options.pop("workers")  # the execution pool is not configurable in this version
+    if workers is not None:
+        options["runtime"] = RuntimeSettings(workers=workers)
     shown = _redact(db)
     try:
         return Engine(db, **options)

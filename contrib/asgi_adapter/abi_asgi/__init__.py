@@ -1,1 +1,48 @@
-"""placeholder"""
+"""abi_asgi: the REST API of an abi-engine :class:`~abi_engine.Engine`, as an ASGI app.
+
+::
+
+    from abi_engine import Engine
+    from abi_asgi import create_app
+
+    engine = Engine("abi-engine.db")
+    app = create_app(engine)  # serve with any ASGI server, e.g. uvicorn
+
+Every operation of :data:`abi_engine.api.OPERATIONS` is routed under
+``/api/v1`` (operations added to that table appear without changes here), plus
+``GET /api/v1/health`` and ``GET /api/v1/openapi.json``, which need no token.
+Answers use the contract's success and error envelopes; bodies over
+``max_body_bytes`` get 413, callers over their :class:`RateLimit` get 429 with
+``Retry-After``.
+
+Lifespan: served on its own, the app starts the engine (``async with
+engine:``) on startup and stops it on shutdown, unless the engine already
+runs or ``manage_engine=False``. Starlette does not run the lifespan of a
+mounted sub-application, so a host mounting the app under a prefix starts the
+engine in its own lifespan::
+
+    @contextlib.asynccontextmanager
+    async def lifespan(host):
+        async with engine:
+            yield
+
+    host = Starlette(routes=[Mount("/abi", app=create_app(engine))], lifespan=lifespan)
+
+Rate limits are kept in memory per process and keyed by the client address
+for requests without a valid token; behind a proxy, let the server rewrite
+the client address (``uvicorn --proxy-headers``).
+"""
+
+from abi_asgi._app import API_PREFIX, MAX_JSON_DEPTH, create_app, parse_json_body
+from abi_asgi._ratelimit import RateLimit, RateLimiter
+from abi_asgi.openapi import build_openapi
+
+__all__ = [
+    "API_PREFIX",
+    "MAX_JSON_DEPTH",
+    "RateLimit",
+    "RateLimiter",
+    "build_openapi",
+    "create_app",
+    "parse_json_body",
+]

@@ -16,7 +16,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from abi_engine.auth import TokenService
-from abi_engine.events import Event
+from abi_engine.events import EVENT_TYPES, Event
 from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
@@ -82,6 +82,12 @@ class Engine:
         self.workflows = WorkflowService(
             self.store, self.registry.workflow_types, self.integrations, self.emit
         )
+        #: Event types always written to the outbox (webhook subscriptions add theirs).
+        self.outbox_types: set[str] = {
+            t
+            for t in EVENT_TYPES
+            if t.startswith(("workflow.", "schedule.")) and t != "workflow.executed"
+        }
         self.runtime = Runtime(self, runtime)
         self.executions = ExecutionService(self, self.runtime)
         for workflow_type in self.registry.workflow_types.values():
@@ -101,6 +107,15 @@ class Engine:
         return self.registry.workflow_types
 
     # -- events -------------------------------------------------------------------------
+
+    def wants_event(self, event_type: str) -> bool:
+        """Whether anything consumes events of this type (a hook or the outbox).
+
+        Events of ``workflow.*`` and ``schedule.*`` are always kept in the
+        outbox; execution events only when a consumer asked for them, so the
+        hot path builds no event nobody reads.
+        """
+        return event_type in self.outbox_types or bool(self.pm.hook.abi_event.get_hookimpls())
 
     def emit(self, events: Iterable[Event]) -> None:
         """Hand committed events to every ``abi_event`` hook; errors are logged.

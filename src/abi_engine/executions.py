@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from abi_engine.auth import Principal
 from abi_engine.errors import (
     ExecutionNotFound,
@@ -20,7 +22,14 @@ from abi_engine.errors import (
 from abi_engine.events import Event
 from abi_engine.executor import Prepared, Runtime, build_execution
 from abi_engine.ids import new_id, parse_time, utcnow
-from abi_engine.models import Execution, ExecutionStatus, ExecutionSummary, Page, WorkflowStatus
+from abi_engine.models import (
+    Execution,
+    ExecutionStatus,
+    ExecutionSummary,
+    Page,
+    Workflow,
+    WorkflowStatus,
+)
 from abi_engine.netguard import check_url
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records import (
@@ -30,6 +39,7 @@ from abi_engine.storage.records import (
     ExecutionRecord,
     InsertExecution,
 )
+from abi_engine.types import StepSpec, WorkflowType
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -52,6 +62,17 @@ def _timeout(value: Any, field: str) -> float | None:
     return float(value)
 
 
+_CACHE_SIZE = 1024
+
+
+@attrs.define(kw_only=True)
+class _Compiled:
+    workflow: Workflow
+    workflow_type: WorkflowType
+    config: Any
+    specs: list[StepSpec]
+
+
 class ExecutionService(Service):
     """The business rules of executions (``engine.executions``)."""
 
@@ -59,6 +80,7 @@ class ExecutionService(Service):
         super().__init__(engine.store)
         self._engine = engine
         self._runtime = runtime
+        self._cache: dict[str, _Compiled] = {}
 
     # -- starting --------------------------------------------------------------------------
 
@@ -117,9 +139,8 @@ class ExecutionService(Service):
             raise InvalidRequest(
                 "'callback_secret' must be a 'whsec_' secret", {"field": "callback_secret"}
             )
-        workflow = await self._call(self._store.get_workflow, workflow_id)
-        if workflow is None:
-            raise WorkflowNotFound(str(workflow_id))
+        compiled = await self._compiled(workflow_id)
+        workflow = compiled.workflow
         if idempotency_key is not None:
             existing = await self._call(
                 self._store.find_execution_by_key, workflow.id, idempotency_key
@@ -140,10 +161,8 @@ class ExecutionService(Service):
                     f"Required integration {missing[0]!r} is not connected",
                     {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
                 )
-        wtype = self._engine.workflows.workflow_type(workflow.type)
-        config = wtype.parse_configuration(workflow.configuration)
+        wtype, config, specs = compiled.workflow_type, compiled.config, compiled.specs
         parsed = wtype.parse_parameters(params, config)
-        specs = wtype.steps(config)
         if not wait:
             self._runtime.check_capacity()
         now = utcnow()
@@ -182,6 +201,30 @@ class ExecutionService(Service):
         if not wait:
             return build_execution(record, [])
         return await self._settle(record.id, wait=True, timeout=timeout)
+
+    async def _compiled(self, workflow_id: Any) -> _Compiled:
+        """The workflow with its parsed configuration and steps, cached while unchanged."""
+        if not isinstance(workflow_id, str):
+            raise WorkflowNotFound(str(workflow_id))
+        version = await self._call(self._store.workflow_version, workflow_id)
+        if version is None:
+            self._cache.pop(workflow_id, None)
+            raise WorkflowNotFound(workflow_id)
+        cached = self._cache.get(workflow_id)
+        if cached is not None and cached.workflow.updated_at == version:
+            return cached
+        workflow = await self._call(self._store.get_workflow, workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(workflow_id)
+        wtype = self._engine.workflows.workflow_type(workflow.type)
+        config = wtype.parse_configuration(workflow.configuration)
+        compiled = _Compiled(
+            workflow=workflow, workflow_type=wtype, config=config, specs=wtype.steps(config)
+        )
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[workflow_id] = compiled
+        return compiled
 
     async def _settle(self, execution_id: str, *, wait: bool, timeout: float | None) -> Execution:
         if wait:

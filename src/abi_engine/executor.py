@@ -17,7 +17,6 @@ whose lease expired, and wakes waiting executions whose timer is due.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -44,6 +43,7 @@ from abi_engine.models import (
     StepError,
     StepStatus,
 )
+from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage.records import (
     CancelExecution,
     CheckpointStep,
@@ -422,6 +422,12 @@ class Runtime:
     def _event(self, kind: str, data: dict[str, Any]) -> Event:
         return Event(type=kind, data=data)
 
+    def _wants(self, kind: str, record: ExecutionRecord) -> bool:
+        """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
+        if record.callback_url is not None and kind in _CALLBACK_EVENTS:
+            return True
+        return self.engine.wants_event(kind)
+
     async def _execute(self, execution_id: str) -> None:
         prepared = await self._load(execution_id)
         if prepared is None:
@@ -431,16 +437,17 @@ class Runtime:
         now = utcnow()
         record.started_at = record.started_at or now
         record.status = ExecutionStatus.RUNNING
-        started_view = build_execution(record, [])
+        events: tuple[Event, ...] = ()
+        if fresh and self._wants("workflow.executed", record):
+            view = unstructure(build_execution(record, []))
+            events = (self._event("workflow.executed", view),)
         claimed = await self.committer.submit(
             ClaimExecution(
                 execution_id=execution_id,
                 owner=self.node_id,
                 lease_until=self._lease(),
                 started_at=record.started_at,
-                events=(self._event("workflow.executed", unstructure(started_view)),)
-                if fresh
-                else (),
+                events=events,
             )
         )
         if not claimed:
@@ -518,7 +525,7 @@ class Runtime:
             if isinstance(outcome, _Failure):
                 await self._finish_failed(record, prepared, outcome.exc, step=step, steps_done=done)
                 return
-            result = outcome
+            result, step.result_json = outcome
             finished = utcnow()
             step.status = StepStatus.COMPLETED
             step.completed_at = finished
@@ -527,11 +534,13 @@ class Runtime:
             running[0] = None
             results[spec.name] = result
             last_result = result
-            step_event = self._step_event(record, step)
+            step_events: tuple[Event, ...] = ()
+            if self._wants("execution.step_completed", record):
+                step_events = (self._step_event(record, step),)
             if is_last:
-                await self._finish_completed(prepared, done, step, result, step_event)
+                await self._finish_completed(prepared, done, step, result, *step_events)
                 return
-            if not await self._checkpoint(step, (step_event,)):
+            if not await self._checkpoint(step, step_events):
                 return
             done.append(step)
         if not specs:
@@ -569,8 +578,7 @@ class Runtime:
                         result = await spec.fn(ctx)
                 else:
                     result = await spec.fn(ctx)
-                json.dumps(result)
-                return result
+                return result, _dumps(result)
             except Suspend as suspend:
                 state = await self._suspend(record, suspend)
                 if state == "ready":
@@ -639,7 +647,9 @@ class Runtime:
         record.duration_ms = _ms(now - (record.started_at or now))
         record.result = result
         steps = [*done, step] if step is not None else list(done)
-        view = build_execution(record, steps)
+        view = build_execution(record, steps) if self._needs_view(record) else None
+        if view is not None and self._wants("execution.completed", record):
+            events = (*events, self._event("execution.completed", unstructure(view)))
         applied = await self.committer.submit(
             FinishExecution(
                 execution_id=record.id,
@@ -648,12 +658,16 @@ class Runtime:
                 completed_at=now,
                 duration_ms=record.duration_ms,
                 result=result,
+                result_json=step.result_json if step is not None else None,
                 owner=self.node_id,
                 step=step,
-                events=(*events, self._event("execution.completed", unstructure(view))),
+                events=events,
             )
         )
         self._notify(record.id, view if applied else None)
+
+    def _needs_view(self, record: ExecutionRecord) -> bool:
+        return record.id in self._waiters or self._wants("execution.completed", record)
 
     async def _finish_failed(
         self,
@@ -737,6 +751,7 @@ class _Failure:
 
 
 _SUSPENDED = object()
+_CALLBACK_EVENTS = frozenset({"execution.completed", "execution.failed"})
 
 
 def _ms(delta: timedelta) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from datetime import UTC, datetime
@@ -23,22 +24,18 @@ PREFIXES = {
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 
 
-def _b32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        value, rem = divmod(value, 32)
-        chars.append(_ALPHABET[rem])
-    return "".join(reversed(chars))
+# Standard base32 digits, in value order, mapped to Crockford's lower-case digits,
+# whose ASCII order is their value order: encoded ids sort like their bytes.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
 def new_id(prefix: str) -> str:
-    """A new id: ``prefix`` + 10 chars of millisecond time + 16 random chars.
+    """A new id: ``prefix`` + 26 base32 chars (48 bits of milliseconds, 80 random bits).
 
     Ids of one prefix sort by creation time (to the millisecond).
     """
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}{_b32(ms, 10)}{_b32(rand, 16)}"
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    return prefix + base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode("ascii")
 
 
 def utcnow() -> datetime:

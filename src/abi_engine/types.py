@@ -85,6 +85,9 @@ class StepSpec:
     skip_if: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None
 
 
+_STEP_LOGGER = logging.getLogger("abi_engine.steps")
+
+
 @attrs.define(kw_only=True)
 class StepContext:
     """What a step receives.
@@ -110,7 +113,7 @@ class StepContext:
     integrations: Mapping[str, Any] = attrs.Factory(dict)
     signals: Mapping[str, Any] = attrs.Factory(dict)
     attempt: int = 1
-    logger: logging.Logger = attrs.Factory(lambda: logging.getLogger("abi_engine.steps"))
+    logger: logging.Logger = _STEP_LOGGER
     services: Mapping[str, Any] = attrs.Factory(dict)
     _sleeps: int = attrs.field(default=0, init=False)
 

@@ -23,9 +23,16 @@ def from_ms(value: int | None) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ms * 1000)
 
 
+# One encoder, built once: json.dumps() with non-default arguments builds a new
+# encoder on every call, which costs more than encoding a small document.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text; raises ``ValueError``/``TypeError`` for what JSON cannot hold."""
+    return _encode(value)
 
 
 def loads(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+    return None if value is None else _decode(value)

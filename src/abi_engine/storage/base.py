@@ -82,6 +82,9 @@ class Store(Protocol):
     def get_workflow(self, workflow_id: str) -> Workflow | None:
         """The workflow (not deleted), with stats; integration statuses not filled."""
 
+    def workflow_version(self, workflow_id: str) -> datetime | None:
+        """The ``updated_at`` of a live workflow (a cheap freshness check), or ``None``."""
+
     def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         """Replace a workflow's mutable fields; ``False`` if it does not exist."""
 

@@ -89,6 +89,8 @@ class StepRecord:
     attempts: int = 0
     result: Any = None
     error: dict[str, Any] | None = None
+    #: ``result`` already serialized to JSON (saves serializing twice).
+    result_json: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -153,6 +155,7 @@ class FinishExecution(WriteOp):
     error: dict[str, Any] | None = None
     owner: str | None = None
     step: StepRecord | None = None
+    result_json: str | None = None
 
 
 @attrs.frozen(kw_only=True)

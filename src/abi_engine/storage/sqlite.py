@@ -328,6 +328,14 @@ class SQLiteStore(ExecutionsMixin):
             ).fetchone()
         return None if row is None else _row_to_workflow(row)
 
+    def workflow_version(self, workflow_id: str) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT updated_at FROM workflows WHERE id = ? AND deleted_at IS NULL",
+                (workflow_id,),
+            ).fetchone()
+        return None if row is None else from_ms(row[0])
+
     def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         with self.transaction() as conn:
             cursor = conn.execute(

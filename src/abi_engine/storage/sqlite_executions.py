@@ -78,7 +78,9 @@ def _step_params(step: StepRecord) -> tuple[Any, ...]:
         to_ms(step.completed_at),
         step.duration_ms,
         step.attempts,
-        None if step.result is None else dumps(step.result),
+        step.result_json
+        if step.result_json is not None
+        else (None if step.result is None else dumps(step.result)),
         None if step.error is None else dumps(step.error),
     )
 
@@ -357,7 +359,9 @@ def _finish(conn: sqlite3.Connection, op: FinishExecution) -> bool:
         op.status.value,
         to_ms(op.completed_at),
         op.duration_ms,
-        None if op.result is None else dumps(op.result),
+        op.result_json
+        if op.result_json is not None
+        else (None if op.result is None else dumps(op.result)),
         None if op.error is None else dumps(op.error),
         op.execution_id,
     ]

@@ -7,6 +7,8 @@ sets can live side by side (tests do this).
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -21,6 +23,8 @@ from abi_engine.types import WorkflowType
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "collect", "make_plugin_manager"]
 
 ENTRY_POINT_GROUP = "abi_engine"
+#: Environment variable naming extra plugin modules to load (comma-separated).
+ENV_PLUGINS = "ABI_ENGINE_PLUGINS"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 T = TypeVar("T")
@@ -38,6 +42,11 @@ def make_plugin_manager(
     :param load_entry_points: load the ``abi_engine`` entry-point group (the
         bundled workflow types are registered there, like any third-party type).
     :param disable: entry-point names to leave out.
+
+    With ``load_entry_points``, the modules named in the environment variable
+    ``ABI_ENGINE_PLUGINS`` (comma-separated, like ``PYTEST_PLUGINS``) are
+    imported and registered too: a way to add a plugin to ``abi-engine
+    serve`` without packaging it.
     """
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -47,6 +56,10 @@ def make_plugin_manager(
         pm.set_blocked(name)
     if load_entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for module_name in filter(None, os.environ.get(ENV_PLUGINS, "").split(",")):
+            module_name = module_name.strip()
+            if module_name and not pm.has_plugin(module_name) and module_name not in blocked:
+                pm.register(importlib.import_module(module_name), name=module_name)
     for plugin in plugins:
         if pm.is_registered(plugin):
             continue

@@ -14,6 +14,7 @@ import builtins
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -89,16 +90,36 @@ class HttpAuth:
 
 @attrs.define(kw_only=True)
 class HttpConfig:
-    base_url: str = attrs.field()
+    base_url: str
     headers: dict[str, str] = attrs.Factory(dict)
     auth: HttpAuth | None = None
     timeout_seconds: float = 10.0
 
-    @base_url.validator
-    def _check_url(self, _: Any, value: str) -> None:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("must be an absolute http(s) URL")
+
+def _check_base_url(value: str) -> None:
+    """Raise ``InvalidRequest`` on ``config.base_url`` unless it is an absolute http(s) URL.
+
+    Checked here rather than in an attrs validator so the error names the field.
+    """
+    try:
+        parts = urlsplit(value)
+        valid = parts.port is None or parts.port > 0  # .port raises when out of range
+    except ValueError:
+        valid = False
+    if not (
+        valid
+        and parts.scheme in ("http", "https")
+        and parts.hostname
+        and not any(c.isspace() or ord(c) < 32 for c in value)
+    ):
+        message = "must be an absolute http(s) URL"
+        raise InvalidRequest(
+            f"Invalid value for 'config.base_url': {message}",
+            {
+                "field": "config.base_url",
+                "errors": [{"field": "config.base_url", "message": message}],
+            },
+        )
 
 
 class HttpProvider(IntegrationProvider):
@@ -113,6 +134,11 @@ class HttpProvider(IntegrationProvider):
     name = "http"
     description = "Generic HTTP API (base_url, headers, auth)"
     Config = HttpConfig
+
+    def validate(self, config: Mapping[str, Any]) -> Any:
+        parsed: HttpConfig = super().validate(config)
+        _check_base_url(parsed.base_url)
+        return parsed
 
     def mask(self, config: Mapping[str, Any]) -> dict[str, Any]:
         shown = dict(config)

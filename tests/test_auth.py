@@ -1,0 +1,138 @@
+"""Auth: random tokens stored as hashes, scopes, Unauthorized/Forbidden, user ids."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from abi_engine import Engine, Principal, Scope
+from abi_engine.api import ApiRequest, call
+from abi_engine.auth import TOKEN_PREFIX, hash_token, normalize_user_id
+from abi_engine.errors import Forbidden, InvalidRequest, Unauthorized
+
+CUSTOM = {
+    "name": "Auth test",
+    "type": "custom",
+    "configuration": {"steps": [{"name": "s", "action": "delay", "seconds": 0}]},
+}
+
+
+def test_tokens_are_random_and_prefixed(engine: Engine) -> None:
+    """Tokens are long, URL-safe, prefixed with abi_, and never repeat."""
+    tokens = {engine.tokens.create_token("usr_a") for _ in range(50)}
+    assert len(tokens) == 50
+    for token in tokens:
+        assert token.startswith(TOKEN_PREFIX)
+        body = token.removeprefix(TOKEN_PREFIX)
+        assert len(body) >= 43  # 32 random bytes, base64url
+        assert set(body) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_tokens_are_stored_only_as_hashes(engine: Engine, db_path: Path) -> None:
+    """The database files never contain a token, only its SHA-256 hash."""
+    token = engine.tokens.create_token("usr_a", name="ci")
+    engine.close()
+    files = [p for p in db_path.parent.iterdir() if p.name.startswith(db_path.name)]
+    assert files
+    raw = b"".join(p.read_bytes() for p in files)
+    assert token.encode() not in raw
+    assert token.removeprefix(TOKEN_PREFIX).encode() not in raw
+    conn = sqlite3.connect(db_path)
+    (stored,) = conn.execute("SELECT hash FROM tokens").fetchone()
+    conn.close()
+    assert stored == hashlib.sha256(token.encode()).hexdigest() == hash_token(token)
+
+
+def test_token_survives_a_restart(engine: Engine, db_path: Path) -> None:
+    """A token made by one engine authenticates on another engine on the same file."""
+    token = engine.tokens.create_token("alice", [Scope.WORKFLOWS_READ])
+    engine.close()
+    again = Engine(db_path)
+    try:
+        principal = again.tokens.authenticate(token)
+        assert principal.user_id == "usr_alice"
+        assert principal.scopes == frozenset({Scope.WORKFLOWS_READ})
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("token", [None, "", "abi_not-a-real-token", "Bearer x"])
+def test_missing_or_unknown_token_is_unauthorized(engine: Engine, token: str | None) -> None:
+    """No token or an unknown one raises Unauthorized (401)."""
+    with pytest.raises(Unauthorized) as info:
+        engine.tokens.authenticate(token)
+    assert info.value.http_status == 401
+
+
+def test_default_token_has_every_scope(principal: Principal) -> None:
+    """A token created without scopes carries all of them and passes every check."""
+    assert principal.scopes == frozenset(Scope)
+    for scope in Scope:
+        principal.require(scope)
+
+
+def test_scopes_are_enforced(make_principal: Callable[..., Principal]) -> None:
+    """A token with some scopes passes those and gets Forbidden (403) naming the missing one."""
+    reader = make_principal("usr_reader", ["workflows:read", Scope.EXECUTIONS_READ])
+    assert reader.scopes == {Scope.WORKFLOWS_READ, Scope.EXECUTIONS_READ}
+    reader.require("workflows:read")
+    with pytest.raises(Forbidden) as info:
+        reader.require(Scope.WORKFLOWS_WRITE)
+    assert info.value.http_status == 403
+    assert info.value.details == {"required_scope": "workflows:write"}
+
+
+def test_unknown_scope_is_refused(engine: Engine) -> None:
+    """Creating a token with an unknown scope raises InvalidRequest listing the allowed ones."""
+    with pytest.raises(InvalidRequest) as info:
+        engine.tokens.create_token("usr_a", ["workflows:admin"])
+    assert info.value.details["field"] == "scope"
+    assert "workflows:read" in info.value.details["allowed"]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("alice", "usr_alice"), ("usr_bob", "usr_bob"), ("  carol ", "usr_carol")],
+)
+def test_user_ids_get_the_usr_prefix(given: str, expected: str) -> None:
+    """User ids are normalized to carry the usr_ prefix exactly once."""
+    assert normalize_user_id(given) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "two words"])
+def test_bad_user_ids(engine: Engine, bad: str) -> None:
+    """Empty or whitespace-containing user ids are refused."""
+    with pytest.raises(InvalidRequest):
+        engine.tokens.create_token(bad)
+
+
+@pytest.mark.anyio
+async def test_created_by_is_the_tokens_user(
+    engine: Engine, make_principal: Callable[..., Principal]
+) -> None:
+    """A workflow created with a token records that token's user as created_by."""
+    alice = make_principal("alice")
+    wf = await engine.workflows.create(CUSTOM, actor=alice)
+    assert wf.created_by == "usr_alice"
+    assert (await engine.workflows.get(wf.id)).created_by == "usr_alice"
+    data = await call(engine, make_principal("bob"), "create_workflow", ApiRequest(body=CUSTOM))
+    assert data["created_by"] == "usr_bob"
+
+
+@pytest.mark.anyio
+async def test_operations_check_their_scope(
+    engine: Engine, make_principal: Callable[..., Principal]
+) -> None:
+    """The operations table refuses a token lacking the operation's scope before doing anything."""
+    reader = make_principal("reader", ["workflows:read"])
+    with pytest.raises(Forbidden):
+        await call(engine, reader, "create_workflow", ApiRequest(body=CUSTOM))
+    assert (await engine.workflows.list()).pagination.total_items == 0
+    listed = await call(engine, reader, "list_workflows", ApiRequest())
+    assert listed["pagination"]["total_items"] == 0
+    with pytest.raises(Forbidden):
+        await call(engine, reader, "list_integrations", ApiRequest())

@@ -214,6 +214,7 @@ class Engine:
         self.stop_blocking()
         if not self._closed:
             self._closed = True
+            self.runtime.close()
             self.store.close()
 
     def __repr__(self) -> str:

@@ -242,6 +242,11 @@ class Runtime:
             with anyio.move_on_after(self.settings.shutdown_grace):
                 await self._idle.wait()
 
+    def close(self) -> None:
+        """Close the work queue for good (the engine is being closed)."""
+        self._send.close()
+        self._receive.close()
+
     async def release(self) -> None:
         """Hand back what this node still holds, so a restart resumes it at once."""
         from abi_engine.storage.records import ReleaseExecutions

@@ -24,8 +24,11 @@ def _as_int(value: Any, field: str) -> int:
         raise InvalidRequest(f"'{field}' must be an integer", {"field": field})
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and value.strip().lstrip("+-").isdecimal():
+        try:  # "+-5" and 5000-digit strings pass the check above but not int()
+            return int(value.strip())
+        except ValueError:
+            pass
     raise InvalidRequest(f"'{field}' must be an integer", {"field": field})
 
 

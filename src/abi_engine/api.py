@@ -17,6 +17,7 @@ import attrs
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest, NotFound
+from abi_engine.ids import utcnow
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -532,3 +533,84 @@ async def list_executions(engine: Engine, actor: Principal, request: ApiRequest)
 )
 async def cancel_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     return _execution_json(await engine.executions.cancel(request.path["execution_id"]))
+
+
+@attrs.define(kw_only=True)
+class SignalRequest:
+    """The body of ``POST /workflow_executions/{id}/signal``."""
+
+    name: str
+    payload: Any = None
+
+
+@attrs.define(kw_only=True)
+class DecisionRequest:
+    """The body of ``approve`` and ``reject`` (both fields optional)."""
+
+    comment: str | None = None
+    data: dict[str, Any] | None = None
+
+
+#: The signal an approval step waits for; approve/reject deliver it.
+APPROVAL_SIGNAL = "approval"
+
+
+@operation(
+    method="POST",
+    path="/workflow_executions/{execution_id}/signal",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Deliver a signal to an execution waiting for it",
+    request_model=SignalRequest,
+    response_model=Execution,
+    tag="executions",
+    errors=("EXECUTION_NOT_FOUND", "INVALID_STATE"),
+)
+async def signal_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    body = structure(_body_object(request), SignalRequest)
+    execution = await engine.executions.signal(
+        request.path["execution_id"], body.name, body.payload
+    )
+    return _execution_json(execution)
+
+
+async def _decide(engine: Engine, actor: Principal, request: ApiRequest, approved: bool) -> Any:
+    body = structure(request.body if request.body is not None else {}, DecisionRequest)
+    payload = {
+        "approved": approved,
+        "comment": body.comment,
+        "data": body.data or {},
+        "decided_by": actor.user_id,
+        "decided_at": unstructure(utcnow()),
+    }
+    execution = await engine.executions.signal(
+        request.path["execution_id"], APPROVAL_SIGNAL, payload
+    )
+    return _execution_json(execution)
+
+
+@operation(
+    method="POST",
+    path="/workflow_executions/{execution_id}/approve",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Approve an execution waiting for an approval",
+    request_model=DecisionRequest,
+    response_model=Execution,
+    tag="executions",
+    errors=("EXECUTION_NOT_FOUND", "INVALID_STATE"),
+)
+async def approve_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return await _decide(engine, actor, request, approved=True)
+
+
+@operation(
+    method="POST",
+    path="/workflow_executions/{execution_id}/reject",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Reject an execution waiting for an approval",
+    request_model=DecisionRequest,
+    response_model=Execution,
+    tag="executions",
+    errors=("EXECUTION_NOT_FOUND", "INVALID_STATE"),
+)
+async def reject_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return await _decide(engine, actor, request, approved=False)

@@ -158,4 +158,57 @@ def m002_executions(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_core, m002_executions]
+def m003_schedules(db: sqlite_utils.Database) -> None:
+    """Schedules (with their indexed next due time) and their firing history."""
+    db.execute(
+        """CREATE TABLE schedules (
+            id TEXT PRIMARY KEY,
+            workflow_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            description TEXT,
+            schedule_type TEXT NOT NULL,
+            cron_expression TEXT,
+            interval_value INTEGER,
+            interval_unit TEXT,
+            execution_time INTEGER,
+            anchor_at INTEGER NOT NULL,
+            timezone TEXT NOT NULL,
+            parameters TEXT NOT NULL,
+            enabled INTEGER NOT NULL,
+            next_due INTEGER,
+            last_execution_id TEXT,
+            misfire_policy TEXT NOT NULL,
+            misfire_grace_seconds REAL NOT NULL,
+            catch_up_limit INTEGER NOT NULL,
+            overlap_policy TEXT NOT NULL,
+            pending_runs INTEGER NOT NULL DEFAULT 0,
+            completed INTEGER NOT NULL DEFAULT 0,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            created_by TEXT
+        )"""
+    )
+    # The scheduler's tick reads only what is due: a range scan of this index.
+    db.execute("CREATE INDEX idx_schedules_due ON schedules (next_due) WHERE next_due IS NOT NULL")
+    db.execute("CREATE INDEX idx_schedules_created ON schedules (created_at, id)")
+    db.execute("CREATE INDEX idx_schedules_workflow ON schedules (workflow_id, created_at, id)")
+    db.execute("CREATE INDEX idx_schedules_enabled ON schedules (enabled, created_at, id)")
+    db.execute(
+        "CREATE INDEX idx_schedules_pending ON schedules (last_execution_id)"
+        " WHERE pending_runs > 0"
+    )
+    db.execute(
+        """CREATE TABLE schedule_history (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            schedule_id TEXT NOT NULL,
+            due_at INTEGER,
+            recorded_at INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            execution_id TEXT,
+            detail TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_schedule_history ON schedule_history (schedule_id, seq)")
+
+
+MIGRATIONS: list[Migration] = [m001_core, m002_executions, m003_schedules]

@@ -121,6 +121,9 @@ async def test_list_workflows_filters_sorts_and_pages(client: httpx.AsyncClient)
     [
         ({"page": "0"}, "page"),
         ({"page": "x"}, "page"),
+        ({"page": "\u00b2"}, "page"),
+        ({"page": "+-5"}, "page"),
+        ({"page": "9" * 5000}, "page"),
         ({"page_size": "101"}, "page_size"),
         ({"sort_by": "colour"}, "sort_by"),
         ({"sort_order": "sideways"}, "sort_order"),

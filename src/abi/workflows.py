@@ -449,6 +449,58 @@ class WorkflowExecutor(_Client):
         path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
         return _structure(self._transport.request("cancel_execution", path=path), Execution)
 
+    def approve_execution(
+        self,
+        execution_id: str,
+        comment: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Execution:
+        """Approve an execution waiting for an approval; it carries on.
+
+        :param comment: recorded with the decision.
+        :param data: JSON the approval step receives with the decision.
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the execution waits for no approval.
+        """
+        return self._decide("approve_execution", execution_id, comment, data)
+
+    def reject_execution(
+        self,
+        execution_id: str,
+        comment: str | None = None,
+        data: Mapping[str, Any] | None = None,
+    ) -> Execution:
+        """Reject an execution waiting for an approval.
+
+        :param comment: recorded with the decision.
+        :param data: JSON the approval step receives with the decision.
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the execution waits for no approval.
+        """
+        return self._decide("reject_execution", execution_id, comment, data)
+
+    def signal_execution(self, execution_id: str, name: str, payload: Any = None) -> Execution:
+        """Deliver the signal ``name`` (with ``payload``) to an execution waiting for it.
+
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the execution waits for no such signal.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        body = {"name": name, "payload": payload}
+        data = self._transport.request("signal_execution", path=path, body=body)
+        return _structure(data, Execution)
+
+    def _decide(
+        self,
+        op_name: str,
+        execution_id: str,
+        comment: str | None,
+        data: Mapping[str, Any] | None,
+    ) -> Execution:
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        body = _drop_none({"comment": comment, "data": data})
+        return _structure(self._transport.request(op_name, path=path, body=body), Execution)
+
 
 def _idempotency(key: str | None) -> dict[str, str]:
     return {} if key is None else {"idempotency-key": key}

@@ -1,0 +1,100 @@
+"""Small helpers shared by the runtime tests (engines, workflows, polling)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import runtime_plugins
+from abi_engine import Engine, Execution, ExecutionStatus
+from abi_engine.executor import RuntimeSettings
+
+__all__ = ["EngineFactory", "engines", "fast", "new_workflow", "until", "wait_status"]
+
+EngineFactory = Callable[..., Engine]
+
+
+def fast(**overrides: Any) -> RuntimeSettings:
+    """Runtime settings for quick tests: short poll interval and shutdown grace."""
+    values: dict[str, Any] = {"poll_interval": 0.05, "shutdown_grace": 0.5}
+    values.update(overrides)
+    return RuntimeSettings(**values)
+
+
+@contextmanager
+def engines(directory: Path) -> Iterator[EngineFactory]:
+    """``make(name="abi.db", plugins=(), settings=None, **options)`` builds engines on
+    SQLite files in ``directory`` with the test types; all are closed afterwards."""
+    made: list[Engine] = []
+
+    def make(
+        name: str = "abi.db",
+        *,
+        plugins: tuple[object, ...] = (),
+        settings: RuntimeSettings | None = None,
+        **options: Any,
+    ) -> Engine:
+        engine = Engine(
+            directory / name,
+            plugins=[runtime_plugins, *plugins],
+            runtime=settings or fast(),
+            **options,
+        )
+        made.append(engine)
+        return engine
+
+    try:
+        yield make
+    finally:
+        for engine in made:
+            engine.close()
+
+
+async def new_workflow(
+    engine: Engine,
+    workflow_type: str = "test_three",
+    *,
+    active: bool = True,
+    configuration: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> str:
+    """Create (and by default activate) a workflow; return its id."""
+    body: dict[str, Any] = {
+        "name": fields.pop("name", f"{workflow_type} workflow"),
+        "type": workflow_type,
+        "configuration": dict(configuration or {}),
+        **fields,
+    }
+    workflow = await engine.workflows.create(body)
+    if active:
+        await engine.workflows.activate(workflow.id)
+    return workflow.id
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> None:
+    """Poll ``predicate`` (sync) every 10 ms until it is true; fail after ``timeout``."""
+    with anyio.move_on_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - polls state other tasks change
+            await anyio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+async def wait_status(
+    engine: Engine, execution_id: str, *statuses: ExecutionStatus, timeout: float = 5.0
+) -> Execution:
+    """Poll the execution until its status is one of ``statuses``; return it."""
+    with anyio.move_on_after(timeout):
+        while True:
+            execution = await engine.executions.get(execution_id)
+            if execution.status in statuses:
+                return execution
+            await anyio.sleep(0.01)
+    execution = await engine.executions.get(execution_id)
+    raise AssertionError(
+        f"{execution_id} is {execution.status.value}, not one of {[s.value for s in statuses]}"
+    )

@@ -212,8 +212,8 @@ class _Api:
             body=body,
             headers=headers,
         )
-        data = await api.call(self.engine, principal, op.name, request)
-        return op.status_code, _success(data)
+        status, data = await api.call_with_status(self.engine, principal, op.name, request)
+        return status, _success(data)
 
     async def _authenticate(self, scope: Scope, headers: Mapping[str, str]) -> Principal:
         """The caller's principal, after charging its rate-limit bucket."""

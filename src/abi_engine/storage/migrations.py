@@ -211,4 +211,84 @@ def m003_schedules(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_schedule_history ON schedule_history (schedule_id, seq)")
 
 
-MIGRATIONS: list[Migration] = [m001_core, m002_executions, m003_schedules]
+def m004_webhooks(db: sqlite_utils.Database) -> None:
+    """Webhook subscriptions, their deliveries and attempts, and the outbox cursor.
+
+    A delivery is one outbox event for one target (a webhook, or ``'callback'``
+    for an execution's callback URL); the fan-out creates them in the
+    transaction that advances ``webhook_cursor``, and workers claim the due
+    ones under a lease.
+    """
+    db.execute(
+        """CREATE TABLE webhooks (
+            id TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            description TEXT,
+            secret TEXT NOT NULL,
+            previous_secret TEXT,
+            previous_secret_until INTEGER,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL,
+            created_by TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_webhooks_created ON webhooks (created_at, id)")
+    db.execute(
+        """CREATE TABLE webhook_deliveries (
+            id TEXT PRIMARY KEY,
+            target TEXT NOT NULL,
+            webhook_id TEXT,
+            execution_id TEXT,
+            event_seq INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            status TEXT NOT NULL,
+            tries INTEGER NOT NULL DEFAULT 0,
+            attempt_count INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at INTEGER,
+            lease_owner TEXT,
+            lease_until INTEGER,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )"""
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX idx_deliveries_event_target ON webhook_deliveries (event_seq, target)"
+    )
+    db.execute(
+        "CREATE INDEX idx_deliveries_due ON webhook_deliveries (next_attempt_at)"
+        " WHERE status = 'pending'"
+    )
+    db.execute(
+        "CREATE INDEX idx_deliveries_webhook ON webhook_deliveries (webhook_id, created_at, id)"
+        " WHERE webhook_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX idx_deliveries_execution ON webhook_deliveries (execution_id)"
+        " WHERE execution_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX idx_deliveries_owner ON webhook_deliveries (lease_owner)"
+        " WHERE lease_owner IS NOT NULL"
+    )
+    db.execute("CREATE INDEX idx_deliveries_updated ON webhook_deliveries (updated_at)")
+    db.execute(
+        """CREATE TABLE webhook_attempts (
+            delivery_id TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            status_code INTEGER,
+            duration_ms INTEGER NOT NULL,
+            error TEXT,
+            response_body TEXT,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (delivery_id, attempt)
+        ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE TABLE webhook_cursor (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+    db.execute("INSERT INTO webhook_cursor (name, seq) VALUES ('deliveries', 0)")
+
+
+MIGRATIONS: list[Migration] = [m001_core, m002_executions, m003_schedules, m004_webhooks]

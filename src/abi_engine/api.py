@@ -614,3 +614,7 @@ async def approve_execution(engine: Engine, actor: Principal, request: ApiReques
 )
 async def reject_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     return await _decide(engine, actor, request, approved=False)
+
+
+# Operations of other resources live in their own modules and register here.
+from abi_engine import api_schedules as _api_schedules  # noqa: E402, F401

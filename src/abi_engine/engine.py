@@ -21,6 +21,7 @@ from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
 from abi_engine.plugins import Registry, collect, make_plugin_manager
+from abi_engine.scheduling import ScheduleService
 from abi_engine.storage.base import Store
 from abi_engine.types import WorkflowType
 from abi_engine.workflows import WorkflowService
@@ -90,6 +91,7 @@ class Engine:
         }
         self.runtime = Runtime(self, runtime)
         self.executions = ExecutionService(self, self.runtime)
+        self.schedules = ScheduleService(self)
         for workflow_type in self.registry.workflow_types.values():
             workflow_type.attach(self)
         self._stack: AsyncExitStack | None = None
@@ -151,6 +153,7 @@ class Engine:
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(_cancel_after, task_group, self.runtime.stop)
             await task_group.start(self.runtime.run)
+            await task_group.start(self.schedules.run)
         except BaseException:
             await stack.aclose()
             raise

@@ -22,8 +22,16 @@ __all__ = [
     "ExecutionSummary",
     "Integration",
     "IntegrationStatus",
+    "IntervalUnit",
+    "LastExecution",
+    "MisfirePolicy",
+    "OverlapPolicy",
     "Page",
     "Pagination",
+    "Schedule",
+    "ScheduleHistoryEntry",
+    "ScheduleSummary",
+    "ScheduleType",
     "Scope",
     "Step",
     "StepError",
@@ -311,3 +319,128 @@ class Page(Generic[T]):
                 page=page, page_size=page_size, total_items=total, total_pages=pages
             ),
         )
+
+
+class ScheduleType(enum.StrEnum):
+    CRON = "cron"
+    INTERVAL = "interval"
+    FIXED_TIME = "fixed_time"
+
+
+class IntervalUnit(enum.StrEnum):
+    SECONDS = "seconds"
+    MINUTES = "minutes"
+    HOURS = "hours"
+    DAYS = "days"
+
+
+class MisfirePolicy(enum.StrEnum):
+    """What a schedule does about due times missed while no engine ran.
+
+    ``skip``: none of them run; ``run_once``: one run now stands for all of
+    them; ``catch_up``: each missed time runs, up to ``catch_up_limit`` (the
+    latest ones). A due time late by less than ``misfire_grace_seconds`` is
+    not missed: it simply runs.
+    """
+
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+    CATCH_UP = "catch_up"
+
+
+class OverlapPolicy(enum.StrEnum):
+    """What a schedule does when its previous run is still going at the next due time.
+
+    ``skip``: that due time is skipped (and recorded); ``allow``: run anyway;
+    ``queue``: run once the previous run has ended (at most one waits).
+    """
+
+    SKIP = "skip"
+    ALLOW = "allow"
+    QUEUE = "queue"
+
+
+@attrs.define(kw_only=True)
+class LastExecution:
+    """The execution a schedule started most recently."""
+
+    execution_id: str
+    status: ExecutionStatus
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
+@attrs.define(kw_only=True)
+class Schedule:
+    """A schedule that starts executions of a workflow.
+
+    ``schedule_type`` decides which fields apply: ``cron_expression`` (cron),
+    ``interval_value`` + ``interval_unit`` (interval, counted from
+    ``start_time``), ``execution_time`` (fixed_time, fires once, then shows
+    ``status`` ``completed``). ``timezone`` is an IANA name; cron runs on its
+    wall clock. ``next_execution`` is ``None`` while disabled or done.
+    """
+
+    id: str
+    workflow_id: str
+    workflow_name: str | None = _opt()
+    name: str
+    description: str | None = None
+    schedule_type: ScheduleType
+    cron_expression: str | None = _opt()
+    interval_value: int | None = _opt()
+    interval_unit: IntervalUnit | None = _opt()
+    execution_time: datetime | None = _opt()
+    start_time: datetime | None = _opt()
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    enabled: bool = True
+    timezone: str = "UTC"
+    status: str = "active"
+    next_execution: datetime | None = None
+    last_execution: LastExecution | None = _opt()
+    misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    misfire_grace_seconds: float = 60.0
+    catch_up_limit: int = 10
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = None
+
+
+@attrs.define(kw_only=True)
+class ScheduleSummary:
+    """A schedule as list endpoints show it."""
+
+    id: str
+    workflow_id: str
+    workflow_name: str | None = None
+    name: str
+    description: str | None = None
+    schedule_type: ScheduleType
+    cron_expression: str | None = _opt()
+    interval_value: int | None = _opt()
+    interval_unit: IntervalUnit | None = _opt()
+    execution_time: datetime | None = _opt()
+    enabled: bool
+    timezone: str = "UTC"
+    status: str = "active"
+    next_execution: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class ScheduleHistoryEntry:
+    """What happened at one due time of a schedule.
+
+    ``outcome``: ``fired``, ``queued`` (overlap policy queue),
+    ``skipped_overlap``, ``skipped_disabled``, ``skipped_inactive``,
+    ``skipped_misfire``, ``failed`` (the execution could not be created) or
+    ``workflow_deleted``; ``detail`` says more.
+    """
+
+    due_at: datetime | None = None
+    recorded_at: datetime
+    outcome: str
+    execution_id: str | None = _opt()
+    detail: str | None = _opt()

@@ -17,7 +17,15 @@ import attrs
 
 from abi_engine.events import Event
 from abi_engine.models import Integration, Token, User, Workflow, WorkflowStatus
-from abi_engine.storage.records import ExecutionQuery, ExecutionRecord, StepRecord, WriteOp
+from abi_engine.storage.records import (
+    ExecutionQuery,
+    ExecutionRecord,
+    HistoryRecord,
+    ScheduleQuery,
+    ScheduleRecord,
+    StepRecord,
+    WriteOp,
+)
 
 __all__ = ["Store", "StoredEvent", "WorkflowQuery"]
 
@@ -169,3 +177,32 @@ class Store(Protocol):
 
     def next_wake_at(self) -> datetime | None:
         """The earliest ``wake_at`` among waiting executions."""
+
+    # -- schedules ------------------------------------------------------------------
+    # Schedules are written through ``apply`` (InsertSchedule, UpdateSchedule,
+    # DeleteSchedule, FireSchedule); FireSchedule is a compare-and-set on the
+    # due time, which makes each due time fire once across processes.
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        """The schedule with its workflow's name and status and its last execution."""
+
+    def list_schedules(self, query: ScheduleQuery) -> tuple[list[ScheduleRecord], int]:
+        """One page of schedules, newest first, and the total matching."""
+
+    def due_schedules(self, now: datetime, limit: int) -> list[ScheduleRecord]:
+        """Schedules whose next due time is at or before ``now``, earliest first.
+
+        Served by the index on ``next_due``: the cost does not grow with the
+        number of schedules that are not due.
+        """
+
+    def queued_schedules_ready(self, limit: int) -> list[ScheduleRecord]:
+        """Schedules with a queued run (overlap policy ``queue``) whose last execution ended."""
+
+    def next_schedule_due(self) -> datetime | None:
+        """The earliest next due time of all schedules."""
+
+    def schedule_history(
+        self, schedule_id: str, page: int, page_size: int
+    ) -> tuple[list[HistoryRecord], int]:
+        """A schedule's history, newest first, and its length."""

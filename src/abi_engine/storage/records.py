@@ -207,3 +207,112 @@ class ReleaseExecutions(WriteOp):
 @attrs.frozen(kw_only=True)
 class InsertEvents(WriteOp):
     """Only write ``events`` to the outbox."""
+
+
+# -- schedules ---------------------------------------------------------------------------
+
+
+@attrs.define(kw_only=True)
+class ScheduleRecord:
+    """Everything stored about a schedule.
+
+    ``next_due`` is the indexed due time the scheduler's tick reads (``None``
+    when nothing is due: fixed time done); ``anchor_at`` is where intervals
+    count from; ``pending_runs`` counts runs queued by the ``queue`` overlap
+    policy. The ``workflow_*`` and ``last_*`` fields are read-only joins.
+    """
+
+    id: str
+    workflow_id: str
+    name: str
+    description: str | None = None
+    schedule_type: str
+    cron_expression: str | None = None
+    interval_value: int | None = None
+    interval_unit: str | None = None
+    execution_time: datetime | None = None
+    anchor_at: datetime
+    timezone: str = "UTC"
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    enabled: bool = True
+    next_due: datetime | None = None
+    last_execution_id: str | None = None
+    misfire_policy: str = "run_once"
+    misfire_grace_seconds: float = 60.0
+    catch_up_limit: int = 10
+    overlap_policy: str = "skip"
+    pending_runs: int = 0
+    completed: bool = False
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = None
+    workflow_name: str | None = None
+    workflow_status: str | None = None
+    workflow_deleted: bool = False
+    last_status: str | None = None
+    last_started_at: datetime | None = None
+    last_completed_at: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class HistoryRecord:
+    """One line of a schedule's history."""
+
+    schedule_id: str
+    due_at: datetime | None
+    recorded_at: datetime
+    outcome: str
+    execution_id: str | None = None
+    detail: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ScheduleQuery:
+    """Filters and page of a schedule listing (newest first)."""
+
+    page: int = 1
+    page_size: int = 10
+    workflow_id: str | None = None
+    enabled: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class InsertSchedule(WriteOp):
+    """Insert a new schedule."""
+
+    record: ScheduleRecord
+
+
+@attrs.frozen(kw_only=True)
+class UpdateSchedule(WriteOp):
+    """Replace a schedule's definition; applies ``False`` when it does not exist."""
+
+    record: ScheduleRecord
+
+
+@attrs.frozen(kw_only=True)
+class DeleteSchedule(WriteOp):
+    """Delete a schedule and its history; applies ``False`` when it does not exist."""
+
+    schedule_id: str
+
+
+@attrs.frozen(kw_only=True)
+class FireSchedule(WriteOp):
+    """Advance a schedule past a due time and start its execution(s), exactly once.
+
+    A compare-and-set on ``next_due`` (``expected_next_due``) and
+    ``pending_runs`` (``expected_pending``): of several processes firing the
+    same due time, one applies, the others get ``False``. The executions and
+    history lines are written in the same transaction.
+    """
+
+    schedule_id: str
+    expected_next_due: datetime | None
+    expected_pending: int
+    next_due: datetime | None
+    pending_runs: int
+    completed: bool = False
+    enabled: bool | None = None
+    executions: tuple[ExecutionRecord, ...] = ()
+    history: tuple[HistoryRecord, ...] = ()

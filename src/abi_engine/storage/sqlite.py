@@ -33,6 +33,7 @@ from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
+from abi_engine.storage.sqlite_schedules import SchedulesMixin
 
 __all__ = ["SQLiteStore"]
 
@@ -100,7 +101,7 @@ def _department(metadata: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class SQLiteStore(ExecutionsMixin):
+class SQLiteStore(ExecutionsMixin, SchedulesMixin):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
     :param path: a file path (created when missing) or ``":memory:"``.

@@ -283,7 +283,11 @@ class ExecutionsMixin:
 
 
 def _insert(conn: sqlite3.Connection, op: InsertExecution) -> bool:
-    r = op.record
+    return insert_execution_row(conn, op.record)
+
+
+def insert_execution_row(conn: sqlite3.Connection, r: ExecutionRecord) -> bool:
+    """Insert an execution row; ``False`` when its idempotency key is already taken."""
     cursor = conn.execute(
         "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
         " configuration, plan, created_at, started_at, callback_url, callback_secret,"
@@ -477,3 +481,12 @@ _HANDLERS: dict[type[WriteOp], Callable[[sqlite3.Connection, Any], Any]] = {
     ReleaseExecutions: _release,
     InsertEvents: _events_only,
 }
+
+
+def _register_schedule_handlers() -> None:
+    from abi_engine.storage.sqlite_schedules import SCHEDULE_HANDLERS
+
+    _HANDLERS.update(SCHEDULE_HANDLERS)
+
+
+_register_schedule_handlers()

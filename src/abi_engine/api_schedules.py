@@ -1,0 +1,130 @@
+"""REST operations of schedules (registered into :data:`abi_engine.api.OPERATIONS`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from abi_engine.api import ApiRequest, QueryParam, _body_object, _page, operation
+from abi_engine.auth import Principal
+from abi_engine.converter import unstructure
+from abi_engine.models import DeleteResult, Schedule, ScheduleHistoryEntry, ScheduleSummary, Scope
+from abi_engine.scheduling import ScheduleRequest
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+
+__all__: list[str] = []
+
+_PAGE = (
+    QueryParam(name="page", schema={"type": "integer", "minimum": 1, "default": 1}),
+    QueryParam(
+        name="page_size",
+        schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+    ),
+)
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/schedules",
+    scope=Scope.SCHEDULES_WRITE,
+    summary="Create a schedule that executes a workflow (cron, interval or fixed time)",
+    status_code=201,
+    request_model=ScheduleRequest,
+    response_model=Schedule,
+    tag="schedules",
+    errors=("WORKFLOW_NOT_FOUND", "INVALID_SCHEDULE"),
+)
+async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    schedule = await engine.schedules.create(
+        request.path["workflow_id"], _body_object(request), actor=actor
+    )
+    return unstructure(schedule)
+
+
+@operation(
+    method="GET",
+    path="/workflow_schedules/{schedule_id}",
+    scope=Scope.SCHEDULES_READ,
+    summary="Get a schedule with its next and last execution",
+    response_model=Schedule,
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND",),
+)
+async def get_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(await engine.schedules.get(request.path["schedule_id"]))
+
+
+@operation(
+    method="GET",
+    path="/workflow_schedules",
+    scope=Scope.SCHEDULES_READ,
+    summary="List schedules, newest first",
+    response_model=ScheduleSummary,
+    paginated=True,
+    query=(
+        QueryParam(name="workflow_id", schema={"type": "string"}),
+        QueryParam(name="enabled", schema={"type": "boolean"}),
+        *_PAGE,
+    ),
+    tag="schedules",
+    errors=("INVALID_REQUEST",),
+)
+async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    q = request.query
+    return _page(
+        await engine.schedules.list(
+            workflow_id=q.get("workflow_id"),
+            enabled=q.get("enabled"),
+            page=q.get("page", 1),
+            page_size=q.get("page_size", 10),
+        )
+    )
+
+
+@operation(
+    method="PUT",
+    path="/workflow_schedules/{schedule_id}",
+    scope=Scope.SCHEDULES_WRITE,
+    summary="Update a schedule (given fields replace current ones)",
+    request_model=ScheduleRequest,
+    response_model=Schedule,
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_REQUEST"),
+)
+async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    schedule = await engine.schedules.update(request.path["schedule_id"], _body_object(request))
+    return unstructure(schedule)
+
+
+@operation(
+    method="DELETE",
+    path="/workflow_schedules/{schedule_id}",
+    scope=Scope.SCHEDULES_WRITE,
+    summary="Delete a schedule",
+    response_model=DeleteResult,
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND",),
+)
+async def delete_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return await engine.schedules.delete(request.path["schedule_id"])
+
+
+@operation(
+    method="GET",
+    path="/workflow_schedules/{schedule_id}/history",
+    scope=Scope.SCHEDULES_READ,
+    summary="What happened at each due time of a schedule, newest first",
+    response_model=ScheduleHistoryEntry,
+    paginated=True,
+    query=_PAGE,
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND",),
+)
+async def schedule_history(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    q = request.query
+    return _page(
+        await engine.schedules.history(
+            request.path["schedule_id"], page=q.get("page", 1), page_size=q.get("page_size", 10)
+        )
+    )

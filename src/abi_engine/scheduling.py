@@ -1,0 +1,713 @@
+"""Schedules: create, read, update, delete, and the loop that fires them.
+
+The loop sleeps until the earliest ``next_due`` (an indexed column), reads
+only the schedules that are due, and fires each due time exactly once: the
+firing is a compare-and-set on ``next_due`` committed in the same transaction
+as the executions it starts, so two processes on one database never both
+fire a due time, and a crash never loses one.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import attrs
+from anyio.abc import TaskStatus
+
+from abi_engine.auth import Principal
+from abi_engine.converter import structure, unstructure
+from abi_engine.errors import (
+    AbiError,
+    InvalidRequest,
+    InvalidSchedule,
+    InvalidState,
+    ScheduleNotFound,
+    WorkflowNotFound,
+)
+from abi_engine.events import Event
+from abi_engine.executor import Prepared
+from abi_engine.ids import new_id, utcnow
+from abi_engine.models import (
+    ExecutionStatus,
+    IntervalUnit,
+    LastExecution,
+    MisfirePolicy,
+    OverlapPolicy,
+    Page,
+    Schedule,
+    ScheduleHistoryEntry,
+    ScheduleSummary,
+    ScheduleType,
+    WorkflowStatus,
+)
+from abi_engine.schedule_math import INTERVAL_UNITS, compile_cron, next_cron, next_interval, zone
+from abi_engine.services import Service, check_page
+from abi_engine.storage.records import (
+    DeleteSchedule,
+    ExecutionRecord,
+    FireSchedule,
+    HistoryRecord,
+    InsertSchedule,
+    ScheduleQuery,
+    ScheduleRecord,
+    UpdateSchedule,
+)
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+
+__all__ = ["ScheduleRequest", "ScheduleService"]
+
+log = logging.getLogger("abi_engine.scheduler")
+
+MAX_CATCH_UP = 1000
+MAX_ENUMERATED = 100_000
+_UNFINISHED = {"queued", "running", "waiting"}
+
+
+@attrs.define(kw_only=True)
+class ScheduleRequest:
+    """The body of ``POST /workflows/{id}/schedules`` (and, merged, of ``PUT``)."""
+
+    name: str
+    description: str | None = None
+    schedule_type: ScheduleType
+    cron_expression: str | None = None
+    interval_value: int | None = None
+    interval_unit: IntervalUnit | None = None
+    execution_time: datetime | None = None
+    start_time: datetime | None = None
+    parameters: dict[str, Any] = attrs.Factory(dict)
+    enabled: bool = True
+    timezone: str = "UTC"
+    misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
+    misfire_grace_seconds: float = 60.0
+    catch_up_limit: int = 10
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+
+
+UPDATABLE = tuple(a.name for a in attrs.fields(ScheduleRequest))
+
+
+def _invalid(field: str, message: str) -> InvalidSchedule:
+    return InvalidSchedule(
+        f"Invalid value for '{field}': {message}", {"field": field, "reason": message}
+    )
+
+
+def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
+    """Rules on values; raise ``InvalidSchedule`` naming the field and the reason."""
+    if not req.name.strip() or len(req.name) > 200:
+        raise _invalid("name", "must be 1 to 200 characters")
+    try:
+        zone(req.timezone)
+    except ValueError as exc:
+        raise _invalid("timezone", str(exc)) from None
+    if req.schedule_type is ScheduleType.CRON:
+        if req.cron_expression is None:
+            raise _invalid("cron_expression", "required for a cron schedule")
+        try:
+            compile_cron(req.cron_expression)
+        except ValueError as exc:
+            raise _invalid("cron_expression", str(exc)) from None
+    elif req.schedule_type is ScheduleType.INTERVAL:
+        if req.interval_value is None:
+            raise _invalid("interval_value", "required for an interval schedule")
+        if req.interval_value <= 0:
+            raise _invalid("interval_value", "must be a positive integer")
+        if req.interval_unit is None:
+            raise _invalid("interval_unit", "required: seconds, minutes, hours or days")
+        if req.interval_value * INTERVAL_UNITS[req.interval_unit.value] > 366 * 86400 * 10:
+            raise _invalid("interval_value", "at most ten years")
+    else:
+        if req.execution_time is None:
+            raise _invalid("execution_time", "required for a fixed_time schedule")
+        if creating and req.execution_time <= now:
+            raise _invalid("execution_time", "must be in the future")
+    if not (
+        math.isfinite(req.misfire_grace_seconds) and 0 <= req.misfire_grace_seconds <= 86400 * 7
+    ):
+        raise _invalid("misfire_grace_seconds", "must be between 0 and 604800")
+    if not 1 <= req.catch_up_limit <= MAX_CATCH_UP:
+        raise _invalid("catch_up_limit", f"must be between 1 and {MAX_CATCH_UP}")
+
+
+def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
+    """The schedule's first due time strictly after ``after`` (``None``: never again)."""
+    if record.schedule_type == ScheduleType.CRON:
+        return next_cron(record.cron_expression or "", record.timezone, after)
+    if record.schedule_type == ScheduleType.INTERVAL:
+        seconds = (record.interval_value or 1) * INTERVAL_UNITS[record.interval_unit or "seconds"]
+        return next_interval(record.anchor_at, seconds, after)
+    if record.execution_time is not None and record.execution_time > after:
+        return record.execution_time
+    return None
+
+
+def _view(record: ScheduleRecord) -> Schedule:
+    last = None
+    if record.last_execution_id and record.last_status:
+        last = LastExecution(
+            execution_id=record.last_execution_id,
+            status=ExecutionStatus(record.last_status),
+            started_at=record.last_started_at,
+            completed_at=record.last_completed_at,
+        )
+    return Schedule(
+        id=record.id,
+        workflow_id=record.workflow_id,
+        workflow_name=record.workflow_name,
+        name=record.name,
+        description=record.description,
+        schedule_type=ScheduleType(record.schedule_type),
+        cron_expression=record.cron_expression,
+        interval_value=record.interval_value,
+        interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
+        execution_time=record.execution_time,
+        start_time=record.anchor_at if record.schedule_type == ScheduleType.INTERVAL else None,
+        parameters=record.parameters,
+        enabled=record.enabled,
+        timezone=record.timezone,
+        status=_status(record),
+        next_execution=record.next_due if record.enabled else None,
+        last_execution=last,
+        misfire_policy=MisfirePolicy(record.misfire_policy),
+        misfire_grace_seconds=record.misfire_grace_seconds,
+        catch_up_limit=record.catch_up_limit,
+        overlap_policy=OverlapPolicy(record.overlap_policy),
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        created_by=record.created_by,
+    )
+
+
+def _status(record: ScheduleRecord) -> str:
+    if record.completed:
+        return "completed"
+    return "active" if record.enabled else "disabled"
+
+
+def _summary(record: ScheduleRecord) -> ScheduleSummary:
+    view = _view(record)
+    return ScheduleSummary(
+        id=view.id,
+        workflow_id=view.workflow_id,
+        workflow_name=view.workflow_name,
+        name=view.name,
+        description=view.description,
+        schedule_type=view.schedule_type,
+        cron_expression=view.cron_expression,
+        interval_value=view.interval_value,
+        interval_unit=view.interval_unit,
+        execution_time=view.execution_time,
+        enabled=view.enabled,
+        timezone=view.timezone,
+        status=view.status,
+        next_execution=view.next_execution,
+        created_at=view.created_at,
+        updated_at=view.updated_at,
+    )
+
+
+class ScheduleService(Service):
+    """The business rules of schedules (``engine.schedules``) and their firing loop."""
+
+    def __init__(self, engine: Engine, *, max_sleep: float = 1.0, batch: int = 500) -> None:
+        super().__init__(engine.store)
+        self._engine = engine
+        self._max_sleep = max_sleep
+        self._batch = batch
+        self._wakeup = anyio.Event()
+        self.fired = 0
+
+    # -- CRUD -------------------------------------------------------------------------------
+
+    def _record(
+        self, req: ScheduleRequest, *, base: ScheduleRecord | None, workflow_id: str, now: datetime
+    ) -> ScheduleRecord:
+        anchor = req.start_time or (base.anchor_at if base else now)
+        record = ScheduleRecord(
+            id=base.id if base else new_id("sched_"),
+            workflow_id=workflow_id,
+            name=req.name,
+            description=req.description,
+            schedule_type=req.schedule_type.value,
+            cron_expression=req.cron_expression if req.schedule_type is ScheduleType.CRON else None,
+            interval_value=req.interval_value
+            if req.schedule_type is ScheduleType.INTERVAL
+            else None,
+            interval_unit=req.interval_unit.value
+            if req.interval_unit and req.schedule_type is ScheduleType.INTERVAL
+            else None,
+            execution_time=req.execution_time
+            if req.schedule_type is ScheduleType.FIXED_TIME
+            else None,
+            anchor_at=anchor,
+            timezone=req.timezone,
+            parameters=req.parameters,
+            enabled=req.enabled,
+            misfire_policy=req.misfire_policy.value,
+            misfire_grace_seconds=req.misfire_grace_seconds,
+            catch_up_limit=req.catch_up_limit,
+            overlap_policy=req.overlap_policy.value,
+            created_at=base.created_at if base else now,
+            updated_at=now,
+            created_by=base.created_by if base else None,
+        )
+        record.next_due = next_after(record, now)
+        return record
+
+    async def create(
+        self,
+        workflow_id: str,
+        data: Mapping[str, Any] | ScheduleRequest,
+        *,
+        actor: Principal | None = None,
+    ) -> Schedule:
+        """Create a schedule of an existing workflow; ``InvalidSchedule`` names what is wrong."""
+        req = (
+            data
+            if isinstance(data, ScheduleRequest)
+            else structure(data, ScheduleRequest, error=InvalidSchedule)
+        )
+        workflow = await self._call(self._store.get_workflow, workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(str(workflow_id))
+        now = utcnow()
+        _check(req, now, creating=True)
+        record = self._record(req, base=None, workflow_id=workflow.id, now=now)
+        record.created_by = actor.user_id if actor else None
+        record.workflow_name = workflow.name
+        view = _view(record)
+        await self._engine.runtime.committer.submit(
+            InsertSchedule(
+                record=record, events=(Event(type="schedule.created", data=unstructure(view)),)
+            )
+        )
+        self._wakeup.set()
+        return view
+
+    async def _load(self, schedule_id: Any) -> ScheduleRecord:
+        if not isinstance(schedule_id, str):
+            raise ScheduleNotFound(str(schedule_id))
+        record = await self._call(self._store.get_schedule, schedule_id)
+        if record is None:
+            raise ScheduleNotFound(schedule_id)
+        return record
+
+    async def get(self, schedule_id: str) -> Schedule:
+        """The schedule with ``workflow_name``, ``next_execution`` and ``last_execution``."""
+        return _view(await self._load(schedule_id))
+
+    async def list(
+        self,
+        *,
+        workflow_id: str | None = None,
+        enabled: Any = None,
+        page: Any = 1,
+        page_size: Any = 10,
+    ) -> Page[ScheduleSummary]:
+        """One page of schedules, newest first."""
+        page, page_size = check_page(page, page_size)
+        if isinstance(enabled, str):
+            lowered = enabled.lower()
+            if lowered not in ("true", "false", "1", "0"):
+                raise InvalidRequest("'enabled' must be true or false", {"field": "enabled"})
+            enabled = lowered in ("true", "1")
+        elif enabled is not None and not isinstance(enabled, bool):
+            raise InvalidRequest("'enabled' must be true or false", {"field": "enabled"})
+        records, total = await self._call(
+            self._store.list_schedules,
+            ScheduleQuery(page=page, page_size=page_size, workflow_id=workflow_id, enabled=enabled),
+        )
+        return Page.build([_summary(r) for r in records], page, page_size, total)
+
+    async def update(self, schedule_id: str, data: Mapping[str, Any]) -> Schedule:
+        """Apply a PUT body: given fields replace current ones; timing changes recompute ``next_execution``."""
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("The request body must be a JSON object", {"field": "(body)"})
+        current = await self._load(schedule_id)
+        unknown = sorted(set(data) - set(UPDATABLE))
+        if unknown:
+            raise InvalidRequest(
+                f"Unknown or read-only field(s): {', '.join(unknown)}", {"field": unknown[0]}
+            )
+        merged = {k: v for k, v in unstructure(_as_request(current)).items() if v is not None}
+        merged.update(data)
+        req = structure(merged, ScheduleRequest, error=InvalidSchedule)
+        now = utcnow()
+        _check(req, now, creating="execution_time" in data or "schedule_type" in data)
+        record = self._record(req, base=current, workflow_id=current.workflow_id, now=now)
+        timing = any(
+            k in data
+            for k in (
+                "schedule_type",
+                "cron_expression",
+                "interval_value",
+                "interval_unit",
+                "execution_time",
+                "start_time",
+                "timezone",
+            )
+        )
+        if (
+            not timing
+            and current.next_due is not None
+            and not (req.enabled and not current.enabled)
+        ):
+            record.next_due = current.next_due
+        if not timing and current.completed:
+            record.completed, record.next_due = True, None
+        record.workflow_name = current.workflow_name
+        record.last_execution_id = current.last_execution_id
+        record.last_status = current.last_status
+        record.last_started_at, record.last_completed_at = (
+            current.last_started_at,
+            current.last_completed_at,
+        )
+        view = _view(record)
+        applied = await self._engine.runtime.committer.submit(
+            UpdateSchedule(
+                record=record, events=(Event(type="schedule.updated", data=unstructure(view)),)
+            )
+        )
+        if not applied:
+            raise ScheduleNotFound(schedule_id)
+        self._wakeup.set()
+        return view
+
+    async def delete(self, schedule_id: str) -> dict[str, Any]:
+        """Delete a schedule (its past executions stay)."""
+        current = await self._load(schedule_id)
+        applied = await self._engine.runtime.committer.submit(
+            DeleteSchedule(
+                schedule_id=schedule_id,
+                events=(Event(type="schedule.deleted", data=unstructure(_view(current))),),
+            )
+        )
+        if not applied:
+            raise ScheduleNotFound(schedule_id)
+        return {"id": schedule_id, "deleted": True}
+
+    async def history(
+        self, schedule_id: str, *, page: Any = 1, page_size: Any = 10
+    ) -> Page[ScheduleHistoryEntry]:
+        """What happened at each due time, newest first (the last 200 are kept)."""
+        await self._load(schedule_id)
+        page, page_size = check_page(page, page_size)
+        rows, total = await self._call(self._store.schedule_history, schedule_id, page, page_size)
+        items = [
+            ScheduleHistoryEntry(
+                due_at=r.due_at,
+                recorded_at=r.recorded_at,
+                outcome=r.outcome,
+                execution_id=r.execution_id,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+        return Page.build(items, page, page_size, total)
+
+    # -- firing -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Make the loop look at the schedules again now."""
+        self._wakeup.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The scheduler loop; runs until cancelled."""
+        task_status.started()
+        while True:
+            try:
+                busy = await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed")
+                busy = False
+            if busy:
+                await anyio.lowlevel.checkpoint()
+                continue
+            delay = self._max_sleep
+            upcoming = await self._call(self._store.next_schedule_due)
+            if upcoming is not None:
+                delay = min(delay, max(0.0, (upcoming - utcnow()).total_seconds()))
+            self._wakeup = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._wakeup.wait()
+
+    async def tick(self, now: datetime | None = None) -> bool:
+        """Fire what is due at ``now``; ``True`` when more may be waiting."""
+        now = now or utcnow()
+        due = await self._call(self._store.due_schedules, now, self._batch)
+        ready = await self._call(self._store.queued_schedules_ready, self._batch)
+        plans = [self._plan_due(record, now) for record in due]
+        plans += [self._plan_queued(record, now) for record in ready]
+        if plans:
+            results: builtins.list[Any] = [None] * len(plans)
+
+            async def fire(index: int, op: FireSchedule) -> None:
+                results[index] = await self._engine.runtime.committer.submit(op)
+
+            async with anyio.create_task_group() as tg:
+                for index, (op, _prepared) in enumerate(plans):
+                    tg.start_soon(fire, index, op)
+            for (op, prepared), applied in zip(plans, results, strict=True):
+                if applied is True:
+                    for item in prepared:
+                        self.fired += 1
+                        try:
+                            self._engine.runtime.submit(item, sync=False)
+                        except AbiError:  # queue full: the poller recovers it later
+                            log.warning("queue full; schedule %s execution waits", op.schedule_id)
+        return len(due) >= self._batch or len(ready) >= self._batch
+
+    def _plan_due(
+        self, record: ScheduleRecord, now: datetime
+    ) -> tuple[FireSchedule, builtins.list[Prepared]]:
+        first = record.next_due
+        assert first is not None
+        missed = [first]
+        following = next_after(record, first)
+        while following is not None and following <= now and len(missed) < MAX_ENUMERATED:
+            missed.append(following)
+            following = next_after(record, following)
+        next_due = following
+        while next_due is not None and next_due <= now:  # enumeration cap reached
+            next_due = next_after(record, now)
+        completed = next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
+        history: builtins.list[HistoryRecord] = []
+        fire_times: builtins.list[datetime] = []
+        pending = record.pending_runs
+
+        def note(due_at: datetime | None, outcome: str, detail: str | None = None) -> None:
+            history.append(
+                HistoryRecord(
+                    schedule_id=record.id,
+                    due_at=due_at,
+                    recorded_at=now,
+                    outcome=outcome,
+                    detail=detail,
+                )
+            )
+
+        if record.workflow_deleted:
+            note(first, "workflow_deleted", "the workflow was deleted; the schedule is disabled")
+            return FireSchedule(
+                schedule_id=record.id,
+                expected_next_due=first,
+                expected_pending=record.pending_runs,
+                next_due=None,
+                pending_runs=0,
+                enabled=False,
+                history=tuple(history),
+            ), []
+        if not record.enabled:
+            note(
+                missed[-1],
+                "skipped_disabled",
+                _count_detail(len(missed), "the schedule is disabled"),
+            )
+        elif record.workflow_status != WorkflowStatus.ACTIVE.value:
+            note(
+                missed[-1],
+                "skipped_inactive",
+                _count_detail(len(missed), "the workflow is inactive"),
+            )
+        else:
+            grace = timedelta(seconds=record.misfire_grace_seconds)
+            on_time = [d for d in missed if now - d <= grace]
+            late = [d for d in missed if now - d > grace]
+            fire_times = list(on_time)
+            if late:
+                policy = record.misfire_policy
+                if policy == MisfirePolicy.CATCH_UP.value:
+                    kept = late[-record.catch_up_limit :]
+                    fire_times = kept + fire_times
+                    skipped = len(late) - len(kept)
+                elif policy == MisfirePolicy.RUN_ONCE.value and not on_time:
+                    fire_times = [late[-1]]
+                    skipped = len(late) - 1
+                else:  # skip, or run_once with an on-time run standing for the late ones
+                    skipped = len(late)
+                if skipped:
+                    note(late[0], "skipped_misfire", f"{skipped} due time(s) missed ({policy})")
+            if fire_times and record.last_status in _UNFINISHED:
+                overlap = record.overlap_policy
+                if overlap == OverlapPolicy.SKIP.value:
+                    note(
+                        fire_times[-1],
+                        "skipped_overlap",
+                        f"execution {record.last_execution_id} still {record.last_status}",
+                    )
+                    fire_times = []
+                elif overlap == OverlapPolicy.QUEUE.value:
+                    if pending == 0:
+                        pending = 1
+                        note(
+                            fire_times[-1],
+                            "queued",
+                            f"runs after execution {record.last_execution_id}",
+                        )
+                    else:
+                        note(fire_times[-1], "skipped_overlap", "a run is already queued")
+                    fire_times = []
+        executions, prepared = self._prepare(record, fire_times, now, history)
+        events = tuple(
+            Event(
+                type="schedule.triggered",
+                data={
+                    "schedule_id": record.id,
+                    "workflow_id": record.workflow_id,
+                    "execution_id": e.id,
+                    "due_at": unstructure(due),
+                },
+            )
+            for e, due in zip(
+                executions, [h.due_at for h in history if h.outcome == "fired"], strict=True
+            )
+        )
+        op = FireSchedule(
+            schedule_id=record.id,
+            expected_next_due=first,
+            expected_pending=record.pending_runs,
+            next_due=next_due,
+            pending_runs=pending,
+            completed=completed,
+            executions=tuple(executions),
+            history=tuple(history),
+            events=events,
+        )
+        return op, prepared
+
+    def _plan_queued(
+        self, record: ScheduleRecord, now: datetime
+    ) -> tuple[FireSchedule, builtins.list[Prepared]]:
+        history: builtins.list[HistoryRecord] = []
+        executions, prepared = self._prepare(record, [now], now, history)
+        return FireSchedule(
+            schedule_id=record.id,
+            expected_next_due=record.next_due,
+            expected_pending=record.pending_runs,
+            next_due=record.next_due,
+            pending_runs=record.pending_runs - 1,
+            completed=record.completed,
+            executions=tuple(executions),
+            history=tuple(history),
+            events=tuple(
+                Event(
+                    type="schedule.triggered",
+                    data={
+                        "schedule_id": record.id,
+                        "workflow_id": record.workflow_id,
+                        "execution_id": e.id,
+                        "due_at": unstructure(now),
+                    },
+                )
+                for e in executions
+            ),
+        ), prepared
+
+    def _prepare(
+        self,
+        record: ScheduleRecord,
+        fire_times: builtins.list[datetime],
+        now: datetime,
+        history: builtins.list[HistoryRecord],
+    ) -> tuple[builtins.list[ExecutionRecord], builtins.list[Prepared]]:
+        executions: builtins.list[ExecutionRecord] = []
+        prepared: builtins.list[Prepared] = []
+        if not fire_times:
+            return executions, prepared
+        runtime = self._engine.runtime
+        try:
+            workflow = self._store.get_workflow(record.workflow_id)
+            if workflow is None:
+                raise WorkflowNotFound(record.workflow_id)
+            wtype = self._engine.workflows.workflow_type(workflow.type)
+            config = wtype.parse_configuration(workflow.configuration)
+            params = wtype.parse_parameters(record.parameters, config)
+            specs = wtype.steps(config)
+            if any(i.required for i in workflow.integrations):
+                connected = self._store.existing_integration_ids(
+                    [i.id for i in workflow.integrations]
+                )
+                missing = [
+                    i.id for i in workflow.integrations if i.required and i.id not in connected
+                ]
+                if missing:
+                    raise InvalidState(f"required integration {missing[0]!r} is not connected")
+        except AbiError as exc:
+            for due in fire_times:
+                history.append(
+                    HistoryRecord(
+                        schedule_id=record.id,
+                        due_at=due,
+                        recorded_at=now,
+                        outcome="failed",
+                        detail=f"{exc.code}: {exc.message}"[:500],
+                    )
+                )
+            return executions, prepared
+        for due in fire_times:
+            execution = ExecutionRecord(
+                id=new_id("exec_"),
+                workflow_id=workflow.id,
+                workflow_type=workflow.type,
+                workflow_name=workflow.name,
+                status=ExecutionStatus.QUEUED,
+                parameters=dict(record.parameters),
+                configuration=workflow.configuration,
+                plan=[s.name for s in specs],
+                created_at=now,
+                schedule_id=record.id,
+                created_by=record.created_by,
+                priority=1,
+                owner=runtime.node_id,
+                lease_until=now + timedelta(seconds=runtime.settings.lease_seconds),
+            )
+            executions.append(execution)
+            prepared.append(
+                Prepared(
+                    record=execution, workflow_type=wtype, config=config, params=params, specs=specs
+                )
+            )
+            history.append(
+                HistoryRecord(
+                    schedule_id=record.id,
+                    due_at=due,
+                    recorded_at=now,
+                    outcome="fired",
+                    execution_id=execution.id,
+                )
+            )
+        return executions, prepared
+
+
+def _count_detail(count: int, reason: str) -> str:
+    return reason if count == 1 else f"{reason} ({count} due times)"
+
+
+def _as_request(record: ScheduleRecord) -> ScheduleRequest:
+    return ScheduleRequest(
+        name=record.name,
+        description=record.description,
+        schedule_type=ScheduleType(record.schedule_type),
+        cron_expression=record.cron_expression,
+        interval_value=record.interval_value,
+        interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
+        execution_time=record.execution_time,
+        start_time=record.anchor_at if record.schedule_type == ScheduleType.INTERVAL else None,
+        parameters=record.parameters,
+        enabled=record.enabled,
+        timezone=record.timezone,
+        misfire_policy=MisfirePolicy(record.misfire_policy),
+        misfire_grace_seconds=record.misfire_grace_seconds,
+        catch_up_limit=record.catch_up_limit,
+        overlap_policy=OverlapPolicy(record.overlap_policy),
+    )

@@ -113,7 +113,9 @@ def compile_cron(expression: str) -> CronSpec:
         hours=_field(hours, 0, 23) or frozenset(range(24)),
         days=None if special else _field(days, 1, 31),
         months=_field(months, 1, 12) or frozenset(range(1, 13)),
-        weekdays=None if special else _field([(v % 7 if isinstance(v, int) else v) for v in weekdays], 0, 6),
+        weekdays=None
+        if special
+        else _field([(v % 7 if isinstance(v, int) else v) for v in weekdays], 0, 6),
         special=special,
     )
     if spec.days is not None and not any(

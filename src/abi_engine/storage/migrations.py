@@ -194,8 +194,7 @@ def m003_schedules(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_schedules_workflow ON schedules (workflow_id, created_at, id)")
     db.execute("CREATE INDEX idx_schedules_enabled ON schedules (enabled, created_at, id)")
     db.execute(
-        "CREATE INDEX idx_schedules_pending ON schedules (last_execution_id)"
-        " WHERE pending_runs > 0"
+        "CREATE INDEX idx_schedules_pending ON schedules (last_execution_id) WHERE pending_runs > 0"
     )
     db.execute(
         """CREATE TABLE schedule_history (

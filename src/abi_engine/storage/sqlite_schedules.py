@@ -104,7 +104,9 @@ class SchedulesMixin:
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
         with self._read() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} {_FROM} WHERE s.id = ?", (schedule_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_COLUMNS} {_FROM} WHERE s.id = ?", (schedule_id,)
+            ).fetchone()
         return None if row is None else _row(row)
 
     def list_schedules(self, query: ScheduleQuery) -> tuple[list[ScheduleRecord], int]:

@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 import abi_engine
 from abi_asgi._ratelimit import RateLimit, RateLimiter
+from abi_asgi._routing import OperationTable
 from abi_asgi.openapi import build_openapi
 from abi_engine import api
 from abi_engine.api import ApiRequest, Operation
@@ -200,7 +201,8 @@ class _Api:
         await _send(send, status, body, headers, head)
 
     async def _run(self, op: Operation, scope: Scope, receive: Receive) -> tuple[int, bytes]:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # ASGI servers give header names in lower case
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         principal = await self._authenticate(scope, headers)
         body = None
         if scope["method"] not in _BODYLESS:
@@ -306,35 +308,6 @@ def _bearer_token(value: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token:
         return None
     return token
-
-
-class _Resource:
-    """The ASGI app of one path: runs the operation of the request's method."""
-
-    def __init__(self, shared: _Api, operations: Mapping[str, Operation]) -> None:
-        self.shared = shared
-        self.operations = dict(operations)
-        if "GET" in self.operations:
-            self.operations.setdefault("HEAD", self.operations["GET"])
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.shared.serve(self.operations[scope["method"]], scope, receive, send)
-
-
-def _operation_routes(shared: _Api, operations: Iterable[Operation]) -> list[BaseRoute]:
-    by_path: dict[str, dict[str, Operation]] = {}
-    for op in operations:
-        methods = by_path.setdefault(API_PREFIX + op.path, {})
-        method = op.method.upper()
-        if method in methods:
-            raise ValueError(
-                f"Operations {methods[method].name!r} and {op.name!r} both bind {method} {op.path}"
-            )
-        methods[method] = op
-    return [
-        Route(path, _Resource(shared, ops), methods=sorted(ops), name=next(iter(ops.values())).name)
-        for path, ops in by_path.items()
-    ]
 
 
 # -- health, OpenAPI, errors --------------------------------------------------------------
@@ -443,7 +416,10 @@ def create_app(
             yield
 
     app = Starlette(
-        routes=[*_meta_routes(engine), *_operation_routes(shared, api.OPERATIONS.values())],
+        routes=[
+            OperationTable(API_PREFIX, api.OPERATIONS.values(), shared.serve),
+            *_meta_routes(engine),
+        ],
         exception_handlers={HTTPException: _http_exception, Exception: _server_error},
         lifespan=lifespan,
     )

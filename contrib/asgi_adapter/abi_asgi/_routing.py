@@ -1,0 +1,150 @@
+"""One Starlette route for the whole operations table, matched segment by segment.
+
+Starlette's router tries each route's regular expression in turn, so its cost
+grows with the number of routes. :class:`OperationTable` is a single
+:class:`~starlette.routing.BaseRoute` holding every operation in a tree keyed
+by path segment: a request walks the tree once, literal segments before
+parameters (``/workflows/search`` would win over ``/workflows/{workflow_id}``),
+backtracking when a literal branch leads nowhere. It answers Starlette's
+``FULL`` (path and method match), ``PARTIAL`` (path only: the router then lets
+it raise 405 with an ``Allow`` header) or ``NONE``, so 404 and 405 stay
+Starlette's own exceptions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+from starlette.convertors import CONVERTOR_TYPES, Convertor
+from starlette.datastructures import URLPath
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Receive, Scope, Send
+
+from abi_engine.api import Operation
+
+__all__ = ["OperationTable"]
+
+Serve = Callable[[Operation, Scope, Receive, Send], Awaitable[None]]
+
+_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?}")
+_SCOPE_KEY = "abi_asgi.operations"
+
+
+class _Node:
+    __slots__ = ("literals", "methods", "patterns")
+
+    def __init__(self) -> None:
+        self.literals: dict[str, _Node] = {}
+        self.patterns: list[tuple[str, re.Pattern[str], dict[str, Convertor[Any]], _Node]] = []
+        self.methods: dict[str, Operation] = {}
+
+    def child(self, segment: str) -> _Node:
+        """The node under ``segment`` of a route path (made when new)."""
+        if "{" not in segment:
+            return self.literals.setdefault(segment, _Node())
+        for text, _, _, node in self.patterns:
+            if text == segment:
+                return node
+        pattern, convertors = _segment_pattern(segment)
+        node = _Node()
+        self.patterns.append((segment, pattern, convertors, node))
+        return node
+
+
+def _segment_pattern(segment: str) -> tuple[re.Pattern[str], dict[str, Convertor[Any]]]:
+    regex, convertors, last = "", {}, 0
+    for match in _PARAM.finditer(segment):
+        name, kind = match.group(1), match.group(2) or "str"
+        if kind not in CONVERTOR_TYPES or kind == "path":
+            raise ValueError(f"Unsupported path convertor {kind!r} in {segment!r}")
+        convertors[name] = CONVERTOR_TYPES[kind]
+        regex += re.escape(segment[last : match.start()]) + f"(?P<{name}>{convertors[name].regex})"
+        last = match.end()
+    regex += re.escape(segment[last:])
+    return re.compile(regex), convertors
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root) :]
+    return path
+
+
+def _find(node: _Node, segments: list[str], index: int) -> tuple[_Node, dict[str, Any]] | None:
+    if index == len(segments):
+        return (node, {}) if node.methods else None
+    segment = segments[index]
+    child = node.literals.get(segment)
+    if child is not None:
+        found = _find(child, segments, index + 1)
+        if found is not None:
+            return found
+    if segment:
+        for _, pattern, convertors, nested in node.patterns:
+            match = pattern.fullmatch(segment)
+            if match is None:
+                continue
+            found = _find(nested, segments, index + 1)
+            if found is not None:
+                for name, value in match.groupdict().items():
+                    found[1][name] = convertors[name].convert(value)
+                return found
+    return None
+
+
+class OperationTable(BaseRoute):
+    """Every operation under ``prefix`` as one route (see the module docstring)."""
+
+    def __init__(self, prefix: str, operations: Iterable[Operation], serve: Serve) -> None:
+        self.prefix = prefix
+        self.serve = serve
+        self.root = _Node()
+        for op in operations:
+            node = self.root
+            for segment in (prefix + op.path).strip("/").split("/"):
+                node = node.child(segment)
+            method = op.method.upper()
+            if method in node.methods:
+                raise ValueError(
+                    f"Operations {node.methods[method].name!r} and {op.name!r} "
+                    f"both bind {method} {op.path}"
+                )
+            node.methods[method] = op
+            if method == "GET":
+                node.methods.setdefault("HEAD", op)
+
+    def lookup(self, path: str) -> tuple[Mapping[str, Operation], dict[str, Any]] | None:
+        """The operations by method and the path parameters of ``path``, if any match."""
+        if not path.startswith("/"):
+            return None
+        found = _find(self.root, path[1:].split("/"), 0)
+        return None if found is None else (found[0].methods, found[1])
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        found = self.lookup(_route_path(scope))
+        if found is None:
+            return Match.NONE, {}
+        methods, params = found
+        child = {
+            "endpoint": self,
+            "path_params": {**scope.get("path_params", {}), **params},
+            _SCOPE_KEY: methods,
+        }
+        return (Match.FULL if scope["method"] in methods else Match.PARTIAL), child
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        methods: Mapping[str, Operation] = scope[_SCOPE_KEY]
+        op = methods.get(scope["method"])
+        if op is None:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(methods))})
+        await self.serve(op, scope, receive, send)
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
+        raise NoMatchFound(name, path_params)

@@ -1,0 +1,109 @@
+"""The operation table's segment-by-segment matching."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from abi_asgi._routing import OperationTable
+from starlette.routing import Match
+
+from abi_engine.api import ApiRequest, Operation
+from abi_engine.auth import Principal
+
+
+async def _noop(engine: Any, actor: Principal, request: ApiRequest) -> Any:
+    return None
+
+
+def op(name: str, method: str, path: str) -> Operation:
+    return Operation(name=name, method=method, path=path, scope=None, summary=name, handler=_noop)
+
+
+async def _serve(*args: Any) -> None:
+    return None
+
+
+TABLE = OperationTable(
+    "/api/v1",
+    [
+        op("list", "GET", "/things"),
+        op("create", "POST", "/things"),
+        op("get", "GET", "/things/{thing_id}"),
+        op("search", "GET", "/things/search"),
+        op("search_deep", "GET", "/things/search/deep"),
+        op("sub", "GET", "/things/{thing_id}/parts/{part_id}"),
+        op("page", "GET", "/pages/{n:int}"),
+        op("export", "GET", "/exports/{name}.json"),
+    ],
+    _serve,
+)
+
+
+def found(path: str) -> tuple[set[str], dict[str, Any]] | None:
+    result = TABLE.lookup(path)
+    return None if result is None else ({m.name for m in result[0].values()}, result[1])
+
+
+def test_literals_win_over_parameters_and_backtrack() -> None:
+    """'/things/search' is its own operation; '/things/search/parts/x' falls back to the parameter."""
+    assert found("/api/v1/things/search") == ({"search"}, {})
+    assert found("/api/v1/things/search/deep") == ({"search_deep"}, {})
+    assert found("/api/v1/things/search/parts/p1") == (
+        {"sub"},
+        {"thing_id": "search", "part_id": "p1"},
+    )
+    assert found("/api/v1/things/t1") == ({"get"}, {"thing_id": "t1"})
+
+
+def test_methods_of_one_path_share_a_node_and_head_follows_get() -> None:
+    """GET and POST of one path are found together; HEAD maps to the GET operation."""
+    result = TABLE.lookup("/api/v1/things")
+    assert result is not None
+    methods = result[0]
+    assert sorted(methods) == ["GET", "HEAD", "POST"]
+    assert methods["HEAD"] is methods["GET"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/things/",
+        "/api/v1/things//parts/x",
+        "/api/v1/nothing",
+        "/api/v1",
+        "/",
+        "",
+        "api/v1/things",
+        "/api/v1/pages/x",
+        "/api/v1/exports/report.xml",
+    ],
+)
+def test_non_routes_find_nothing(path: str) -> None:
+    """Empty segments, unknown paths and failed convertors match nothing."""
+    assert TABLE.lookup(path) is None
+
+
+def test_convertors_and_mixed_segments() -> None:
+    """'{n:int}' converts its value; '{name}.json' matches inside a segment."""
+    assert found("/api/v1/pages/12") == ({"page"}, {"n": 12})
+    assert found("/api/v1/exports/report.json") == ({"export"}, {"name": "report"})
+
+
+def test_matches_reports_full_partial_none_under_a_root_path() -> None:
+    """Starlette's Match: FULL for path and method, PARTIAL for path only, NONE otherwise."""
+    scope = {"type": "http", "path": "/abi/api/v1/things/t1", "root_path": "/abi", "method": "GET"}
+    match, child = TABLE.matches(scope)
+    assert match is Match.FULL
+    assert child["path_params"] == {"thing_id": "t1"}
+    assert TABLE.matches({**scope, "method": "DELETE"})[0] is Match.PARTIAL
+    assert TABLE.matches({**scope, "path": "/abi/api/v1/nope"})[0] is Match.NONE
+    assert TABLE.matches({**scope, "type": "websocket"})[0] is Match.NONE
+
+
+def test_path_convertor_and_duplicates_are_refused() -> None:
+    """A multi-segment 'path' convertor and a second operation on one method and path are refused."""
+    with pytest.raises(ValueError, match="Unsupported path convertor"):
+        OperationTable("/api/v1", [op("files", "GET", "/files/{rest:path}")], _serve)
+    with pytest.raises(ValueError, match="both bind GET"):
+        OperationTable("/api/v1", [op("a", "GET", "/x/{id}"), op("b", "GET", "/x/{id}")], _serve)

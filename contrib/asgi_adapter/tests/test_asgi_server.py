@@ -156,3 +156,37 @@ def test_mounted_under_a_prefix_in_a_host_app(engine: Engine) -> None:
         assert "/api/v1/workflows" in document["paths"]
         assert c.get("/api/v1/workflows").status_code == 404  # nothing outside the mount
     assert not engine.running
+
+
+def test_served_app_executes_workflows(engine: Engine) -> None:
+    """Through uvicorn, execute waits for the result, execute_async answers 202 at once."""
+    token = engine.tokens.create_token("usr_test")
+    headers = {"Authorization": f"Bearer {token}"}
+    config = {
+        "steps": [
+            {"name": "wait", "action": "delay", "seconds": 0},
+            {"name": "total", "action": "transform", "expressions": {"sum": "parameters['a'] + 1"}},
+        ]
+    }
+    with serving(create_app(engine)) as base, httpx.Client(base_url=base, headers=headers) as c:
+        wf = success(
+            c.post("/api/v1/workflows", json=create_body(integrations=[], configuration=config)),
+            201,
+        )
+        body = {
+            "parameters": {"a": 41},
+            "execution_options": {"timeout_seconds": 30, "wait_for_completion": True},
+        }
+        error(c.post(f"/api/v1/workflows/{wf['id']}/execute", json=body), 409, "INVALID_STATE")
+        success(c.post(f"/api/v1/workflows/{wf['id']}/activate"))
+        done = success(c.post(f"/api/v1/workflows/{wf['id']}/execute", json=body))
+        assert done["status"] == "completed"
+        assert done["execution_id"].startswith("exec_")
+        assert done["result"] == {"sum": 42}
+        queued = success(
+            c.post(f"/api/v1/workflows/{wf['id']}/execute_async", json={"parameters": {"a": 1}}),
+            202,
+        )
+        assert queued["status"] in {"queued", "running", "completed"}
+        got = success(c.get(f"/api/v1/workflow_executions/{queued['execution_id']}"))
+        assert got["workflow_id"] == wf["id"]

@@ -24,6 +24,7 @@ from abi_engine.plugins import Registry, collect, make_plugin_manager
 from abi_engine.scheduling import ScheduleService
 from abi_engine.storage.base import Store
 from abi_engine.types import WorkflowType
+from abi_engine.webhooks import WebhookService, WebhookSettings
 from abi_engine.workflows import WorkflowService
 
 __all__ = ["Engine"]
@@ -46,6 +47,8 @@ class Engine:
     :param allow_private_urls: let webhook, callback and HTTP-step URLs reach
         loopback and private addresses (off by default).
     :param runtime: tuning of the execution runtime (workers, queue, leases).
+    :param webhook_settings: tuning of webhook and callback delivery (retry
+        schedule, timeout, concurrency).
 
     Management calls work as soon as the engine is built; ``async with
     engine:`` starts the background work (execution workers, scheduler,
@@ -62,6 +65,7 @@ class Engine:
         durability: Literal["normal", "full"] = "normal",
         allow_private_urls: bool = False,
         runtime: RuntimeSettings | None = None,
+        webhook_settings: WebhookSettings | None = None,
     ) -> None:
         self.pm = make_plugin_manager(
             plugins=plugins, load_entry_points=load_entry_points, disable=disable_plugins
@@ -92,6 +96,8 @@ class Engine:
         self.runtime = Runtime(self, runtime)
         self.executions = ExecutionService(self, self.runtime)
         self.schedules = ScheduleService(self)
+        # Webhooks: adds the event types of subscriptions to outbox_types.
+        self.webhooks = WebhookService(self, webhook_settings)
         for workflow_type in self.registry.workflow_types.values():
             workflow_type.attach(self)
         self._stack: AsyncExitStack | None = None
@@ -125,6 +131,7 @@ class Engine:
         Each implementation is called on its own, so one that raises does not
         keep the event from the others.
         """
+        self.webhooks.notify()  # the events are in the outbox: wake the webhook worker
         impls = self.pm.hook.abi_event.get_hookimpls()
         for event in events:
             for impl in reversed(impls):
@@ -154,6 +161,7 @@ class Engine:
             stack.push_async_callback(_cancel_after, task_group, self.runtime.stop)
             await task_group.start(self.runtime.run)
             await task_group.start(self.schedules.run)
+            await task_group.start(self.webhooks.run)  # webhook and callback delivery
         except BaseException:
             await stack.aclose()
             raise

@@ -9,7 +9,7 @@ synchronous and short; a backend that blocks on the network sets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -17,6 +17,7 @@ import attrs
 
 from abi_engine.events import Event
 from abi_engine.models import Integration, Token, User, Workflow, WorkflowStatus
+from abi_engine.models_webhooks import Delivery
 from abi_engine.storage.records import (
     ExecutionQuery,
     ExecutionRecord,
@@ -26,6 +27,7 @@ from abi_engine.storage.records import (
     StepRecord,
     WriteOp,
 )
+from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
 __all__ = ["Store", "StoredEvent", "WorkflowQuery"]
 
@@ -206,3 +208,91 @@ class Store(Protocol):
         self, schedule_id: str, page: int, page_size: int
     ) -> tuple[list[HistoryRecord], int]:
         """A schedule's history, newest first, and its length."""
+
+    # -- webhooks -----------------------------------------------------------------------
+    # Subscriptions, and deliveries made from the outbox: one per (event, target),
+    # where a target is a webhook or an execution's callback URL.
+
+    def insert_webhook(self, webhook: WebhookRecord) -> None:
+        """Store a new subscription."""
+
+    def get_webhook(self, webhook_id: str) -> WebhookRecord | None:
+        """The subscription (whole secrets included), or ``None``."""
+
+    def update_webhook(self, webhook: WebhookRecord, now: datetime) -> bool:
+        """Replace a subscription's fields; ``False`` if it does not exist.
+
+        Disabling it parks its pending deliveries (no due time); enabling it
+        again makes them due at ``now``.
+        """
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        """Remove a subscription with its deliveries and attempts; ``False`` if missing."""
+
+    def list_webhooks(self, page: int, page_size: int) -> tuple[list[WebhookRecord], int]:
+        """One page of subscriptions, newest first, and the total."""
+
+    def subscribed_event_types(self) -> set[str]:
+        """The union of the event types of enabled subscriptions."""
+
+    def fan_out_pending(self) -> bool:
+        """Whether the outbox holds events after the delivery cursor (a cheap read)."""
+
+    def fan_out(self, now: datetime, limit: int, callback_types: Collection[str]) -> int:
+        """Turn up to ``limit`` events after the cursor into deliveries; advance the cursor.
+
+        In one transaction: each event gets a delivery for every enabled
+        subscription that asked for its type and existed when it happened,
+        and, when its type is in ``callback_types`` and its execution has a
+        callback URL, a callback delivery. Returns the number of events
+        consumed (0 when the cursor is at the end). Concurrent callers never
+        fan out one event twice.
+        """
+
+    def deliveries_due(self, now: datetime) -> bool:
+        """Whether a pending, unleased delivery is due at ``now`` (a cheap read)."""
+
+    def next_delivery_due(self, after: datetime) -> datetime | None:
+        """The earliest due time of pending deliveries later than ``after``."""
+
+    def claim_deliveries(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DeliveryJob]:
+        """Atomically lease up to ``limit`` due deliveries to ``owner``, earliest first.
+
+        A delivery is due when pending, its due time has passed and no live
+        lease holds it. Each job carries the target's URL and secrets as they
+        are now.
+        """
+
+    def record_attempts(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> int:
+        """Record attempts and move their deliveries on (lease released).
+
+        A delivery changes only while ``owner`` still holds it; the attempt is
+        recorded regardless (unless the delivery is gone). Returns how many
+        deliveries changed.
+        """
+
+    def release_deliveries(self, owner: str) -> int:
+        """Give up every lease ``owner`` holds (its deliveries are due again at once)."""
+
+    def list_deliveries(
+        self, webhook_id: str, page: int, page_size: int
+    ) -> tuple[list[Delivery], int]:
+        """One page of a webhook's deliveries with their attempts, newest event first."""
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        """A delivery with its attempts, or ``None``."""
+
+    def callback_deliveries(self, execution_id: str) -> list[Delivery]:
+        """The callback deliveries of an execution, with their attempts."""
+
+    def redeliver(self, delivery_id: str, now: datetime) -> bool:
+        """Make a finished (succeeded or failed) delivery pending again, due at ``now``.
+
+        Its retry schedule starts over; earlier attempts stay recorded.
+        ``False`` when the delivery is missing or still pending.
+        """
+
+    def prune_deliveries(self, before: datetime) -> int:
+        """Delete finished deliveries (and attempts) last changed before ``before``."""

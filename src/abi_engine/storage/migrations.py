@@ -261,7 +261,7 @@ def m004_webhooks(db: sqlite_utils.Database) -> None:
         " WHERE status = 'pending'"
     )
     db.execute(
-        "CREATE INDEX idx_deliveries_webhook ON webhook_deliveries (webhook_id, created_at, id)"
+        "CREATE INDEX idx_deliveries_webhook ON webhook_deliveries (webhook_id, event_seq)"
         " WHERE webhook_id IS NOT NULL"
     )
     db.execute(

@@ -34,6 +34,7 @@ from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
 from abi_engine.storage.sqlite_schedules import SchedulesMixin
+from abi_engine.storage.sqlite_webhooks import WebhooksMixin
 
 __all__ = ["SQLiteStore"]
 
@@ -101,7 +102,7 @@ def _department(metadata: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class SQLiteStore(ExecutionsMixin, SchedulesMixin):
+class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
     :param path: a file path (created when missing) or ``":memory:"``.

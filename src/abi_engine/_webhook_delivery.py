@@ -1,0 +1,369 @@
+"""The delivery worker: outbox -> deliveries -> signed POSTs, with retries.
+
+One worker runs per started engine (``engine.webhooks.run``). Each round it
+
+1. fans out the outbox: events after the durable cursor become deliveries
+   (one per event and target) in the transaction that advances the cursor;
+2. claims due deliveries under a lease, as many as it has free slots;
+3. posts each one (its own task), then records the attempt and either
+   finishes the delivery or schedules the next attempt.
+
+It sleeps until woken by this process's events, until the next retry is due,
+or at most ``poll_interval``. Leases make a delivery one process's at a time;
+a process that dies leaves leases that expire, and a stopping one releases
+its own, so pending deliveries survive restarts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import attrs
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
+
+from abi_engine.errors import InvalidRequest
+from abi_engine.executor import _CALLBACK_EVENTS
+from abi_engine.ids import format_time, utcnow
+from abi_engine.models_webhooks import DeliveryStatus
+from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.storage._codec import dumps
+from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob
+from abi_engine.webhook_signing import signature_header
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+    from abi_engine.webhooks import WebhookService
+
+__all__ = ["STANDARD_RETRY_SCHEDULE", "DeliveryWorker", "WebhookSettings"]
+
+log = logging.getLogger("abi_engine.webhooks")
+
+#: Delays (seconds) before each retry, after an immediate first attempt, as the
+#: Standard Webhooks specification recommends: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+STANDARD_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+
+MAX_ERROR = 500
+_PRUNE_EVERY = 3600.0
+_USER_AGENT = "abi-engine-webhooks"
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0")
+
+
+def _schedule(value: Iterable[float]) -> tuple[float, ...]:
+    delays = tuple(float(v) for v in value)
+    if any(not d >= 0 for d in delays):
+        raise ValueError("retry delays must be >= 0")
+    return delays
+
+
+@attrs.define(kw_only=True)
+class WebhookSettings:
+    """Tuning of webhook and callback delivery (``Engine(webhook_settings=...)``).
+
+    ``retry_schedule``: the delays in seconds before each retry; the first
+    attempt is made at once, so a delivery gets ``1 + len(retry_schedule)``
+    attempts before it is marked ``failed`` (default: Standard Webhooks'
+    recommendation, :data:`STANDARD_RETRY_SCHEDULE`). ``jitter``: each delay
+    is scaled by a random factor in ``[1 - jitter, 1 + jitter]``.
+    ``timeout_seconds``: the most one attempt may take (connecting, sending,
+    reading the answer). ``concurrency``: attempts in flight at once per
+    engine. ``poll_interval``: how often the outbox and due retries are
+    checked when nothing wakes the worker (events of this process wake it at
+    once). ``lease_seconds``: how long a claimed delivery is held before
+    another process may take it over (default ``timeout_seconds + 30``).
+    ``response_body_limit``: characters of an answer's body kept per attempt.
+    ``subscription_refresh_seconds``: how often subscriptions changed by
+    another process are noticed. ``secret_rotation_grace_seconds``: how long
+    the previous secret still signs (next to the new one) after a change.
+    ``retention_days``: finished deliveries not changed for this long are
+    pruned (``None`` keeps them). ``batch_size``: events fanned out per
+    transaction.
+    """
+
+    retry_schedule: tuple[float, ...] = attrs.field(
+        default=STANDARD_RETRY_SCHEDULE, converter=_schedule
+    )
+    jitter: float = attrs.field(
+        default=0.1, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+    )
+    timeout_seconds: float = attrs.field(default=15.0, validator=_positive)
+    concurrency: int = attrs.field(default=16, validator=attrs.validators.ge(1))
+    poll_interval: float = attrs.field(default=0.5, validator=_positive)
+    lease_seconds: float | None = None
+    response_body_limit: int = attrs.field(default=1024, validator=attrs.validators.ge(0))
+    subscription_refresh_seconds: float = attrs.field(default=5.0, validator=_positive)
+    secret_rotation_grace_seconds: float = attrs.field(
+        default=86_400.0, validator=attrs.validators.ge(0.0)
+    )
+    retention_days: float | None = 30.0
+    batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
+
+    @property
+    def lease(self) -> float:
+        """How long a claimed delivery is held, in seconds."""
+        return self.lease_seconds if self.lease_seconds is not None else self.timeout_seconds + 30
+
+    @property
+    def max_attempts(self) -> int:
+        """Attempts a delivery gets before it is ``failed`` (per start or redelivery)."""
+        return 1 + len(self.retry_schedule)
+
+    def delay_after(self, tries: int) -> float | None:
+        """Seconds before the next attempt after ``tries`` failed ones; ``None``: give up."""
+        if tries > len(self.retry_schedule):
+            return None
+        delay = self.retry_schedule[tries - 1]
+        if self.jitter:
+            delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
+        return delay
+
+
+def event_body(job: DeliveryJob) -> bytes:
+    """The request body: ``{"type", "timestamp", "data"}`` as compact UTF-8 JSON."""
+    return (
+        f'{{"type":{dumps(job.event_type)},"timestamp":'
+        f'{dumps(format_time(job.event_timestamp))},"data":{job.data_json}}}'
+    ).encode()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _Refused(Exception):
+    """The target URL may not be reached (outbound URL rules)."""
+
+
+class DeliveryWorker:
+    """Fans out the outbox and delivers; one per running engine."""
+
+    def __init__(self, service: WebhookService, engine: Engine, settings: WebhookSettings) -> None:
+        self._service = service
+        self._engine = engine
+        self._store = engine.store
+        self.settings = settings
+        self._owner = service.node_id
+        self._inflight: set[str] = set()
+        self._client: httpx.AsyncClient | None = None
+        self._tg: TaskGroup | None = None
+        self._wake = anyio.Event()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        limits = httpx.Limits(
+            max_connections=s.concurrency, max_keepalive_connections=s.concurrency
+        )
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(s.timeout_seconds),
+            limits=limits,
+            trust_env=False,  # no proxies from the environment: they would bypass the URL rules
+            headers={"user-agent": _USER_AGENT},
+        )
+        try:
+            async with client, anyio.create_task_group() as tg:
+                self._client, self._tg = client, tg
+                task_status.started()
+                await self._loop()
+        finally:
+            # Synchronous, so it completes even while the engine is being cancelled.
+            self._service._set_wake(None)
+            try:
+                self._store.release_deliveries(self._owner)
+            except Exception:
+                log.exception("could not release the deliveries of %s", self._owner)
+
+    async def _loop(self) -> None:
+        s = self.settings
+        next_refresh = anyio.current_time() + s.subscription_refresh_seconds
+        next_prune = anyio.current_time()
+        while True:
+            # Notifications from here on wake the sleep below (none is lost).
+            self._wake = anyio.Event()
+            self._service._set_wake(self._wake)
+            now = anyio.current_time()
+            try:
+                if now >= next_refresh:
+                    next_refresh = now + s.subscription_refresh_seconds
+                    self._service.refresh_subscriptions()
+                if s.retention_days is not None and now >= next_prune:
+                    next_prune = now + _PRUNE_EVERY
+                    self._store.prune_deliveries(utcnow() - timedelta(days=s.retention_days))
+                await self._pump()
+            except Exception:
+                log.exception("webhook delivery round failed")
+            await self._sleep()
+
+    async def _pump(self) -> None:
+        s = self.settings
+        if self._store.fan_out_pending():
+            while True:
+                consumed = self._store.fan_out(utcnow(), s.batch_size, _CALLBACK_EVENTS)
+                if consumed < s.batch_size:
+                    break
+                await anyio.lowlevel.checkpoint()  # let executions run between big batches
+        free = s.concurrency - len(self._inflight)
+        now = utcnow()
+        if free <= 0 or not self._store.deliveries_due(now):
+            return
+        jobs = self._store.claim_deliveries(
+            self._owner, now, now + timedelta(seconds=s.lease), free
+        )
+        assert self._tg is not None
+        for job in jobs:
+            self._inflight.add(job.id)
+            self._tg.start_soon(self._deliver, job)
+
+    async def _sleep(self) -> None:
+        timeout = self.settings.poll_interval
+        if len(self._inflight) < self.settings.concurrency:
+            now = utcnow()
+            due = self._store.next_delivery_due(now)
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - now).total_seconds()))
+        with anyio.move_on_after(timeout):
+            await self._wake.wait()
+
+    # -- one attempt ------------------------------------------------------------------------
+
+    async def _deliver(self, job: DeliveryJob) -> None:
+        started = utcnow()
+        clock = time.perf_counter()
+        status_code: int | None = None
+        body: str | None = None
+        error: str | None = None
+        try:
+            if job.url is None:
+                error = "nothing to deliver: the event or the target is gone"
+            else:
+                status_code, body = await self._post(job)
+                if not 200 <= status_code < 300:
+                    error = f"HTTP {status_code}"
+        except _Refused as exc:
+            error = f"URL refused: {exc}"
+        except (httpx.TimeoutException, TimeoutError):
+            error = f"timed out after {self.settings.timeout_seconds:g} s"
+        except (httpx.HTTPError, OSError) as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except Exception as exc:  # a bug must not lose the delivery: record and retry
+            log.exception("delivery %s failed unexpectedly", job.id)
+            error = f"{type(exc).__name__}: {exc}"
+        try:
+            outcome = self._outcome(job, started, clock, status_code, body, error)
+            self._store.record_attempts(self._owner, [outcome])
+        except Exception:
+            log.exception("could not record an attempt of delivery %s", job.id)
+        finally:
+            self._inflight.discard(job.id)
+            self._wake.set()
+
+    def _outcome(
+        self,
+        job: DeliveryJob,
+        started: Any,
+        clock: float,
+        status_code: int | None,
+        body: str | None,
+        error: str | None,
+    ) -> AttemptOutcome:
+        ok = error is None
+        tries = job.tries + 1
+        next_at = None
+        if ok:
+            state = DeliveryStatus.SUCCEEDED
+        else:
+            delay = self.settings.delay_after(tries)
+            if delay is None:
+                state = DeliveryStatus.FAILED
+            else:
+                state = DeliveryStatus.PENDING
+                next_at = utcnow() + timedelta(seconds=delay)
+        return AttemptOutcome(
+            delivery_id=job.id,
+            attempt=job.attempt_count + 1,
+            status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
+            status_code=status_code,
+            duration_ms=max(0, round((time.perf_counter() - clock) * 1000)),
+            error=None if error is None else error[:MAX_ERROR],
+            response_body=body,
+            created_at=started,
+            delivery_status=state,
+            next_attempt_at=next_at,
+        )
+
+    async def _post(self, job: DeliveryJob) -> tuple[int, str]:
+        assert self._client is not None
+        assert job.url is not None
+        payload = event_body(job)
+        timestamp = str(int(time.time()))
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": job.event_id,
+            "webhook-timestamp": timestamp,
+        }
+        if job.secrets:
+            headers["webhook-signature"] = signature_header(
+                job.secrets, job.event_id, timestamp, payload
+            )
+        url, extensions = await self._pinned(job.url, headers)
+        limit = self.settings.response_body_limit
+        with anyio.fail_after(self.settings.timeout_seconds):
+            async with self._client.stream(
+                "POST", url, content=payload, headers=headers, extensions=extensions
+            ) as response:
+                received = bytearray()
+                async for chunk in response.aiter_bytes():
+                    received += chunk
+                    if len(received) >= limit:
+                        break
+        return response.status_code, received[:limit].decode("utf-8", "replace")
+
+    async def _pinned(self, url: str, headers: dict[str, str]) -> tuple[httpx.URL, dict[str, Any]]:
+        """The URL to connect to: checked again, and pinned to the addresses checked.
+
+        Unless private URLs are allowed, the host is resolved here and the
+        request goes to the first address that passed, with the original
+        ``Host`` header (and TLS server name), so a DNS answer that changes
+        after the check cannot point the request elsewhere.
+        """
+        allow = self._engine.allow_private_urls
+        try:
+            check_url(url, field="url", allow_private=allow)
+        except InvalidRequest as exc:
+            raise _Refused(exc.message) from None
+        target = httpx.URL(url)
+        if allow:
+            return target, {}
+        host = target.host
+        port = target.port or (443 if target.scheme == "https" else 80)
+        resolve = partial(resolve_checked, host, port, allow_private=False)
+        try:
+            if _is_ip(host):
+                addresses = resolve()
+            else:  # resolving a name may block: in a thread
+                addresses = await anyio.to_thread.run_sync(resolve)
+        except InvalidRequest as exc:
+            raise _Refused(exc.message) from None
+        headers["host"] = target.netloc.decode("ascii")
+        extensions = {"sni_hostname": host} if target.scheme == "https" else {}
+        return target.copy_with(host=addresses[0]), extensions

@@ -1,0 +1,136 @@
+"""Webhook subscriptions and their deliveries, as the REST API shows them.
+
+Like :mod:`abi_engine.models`, every class is an attrs class turned into JSON
+by the one converter; fields marked ``omit_none`` are left out while ``None``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "Delivery",
+    "DeliveryAttempt",
+    "DeliveryStatus",
+    "Webhook",
+    "WebhookCreateRequest",
+    "WebhookUpdateRequest",
+]
+
+_OMIT_NONE = {"omit_none": True}
+
+
+def _opt(default: Any = None) -> Any:
+    return attrs.field(default=default, metadata=_OMIT_NONE)
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where a delivery stands: ``pending`` (to be tried, or retried), then
+    ``succeeded`` (a 2xx answer) or ``failed`` (the last attempt failed)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@attrs.define(kw_only=True)
+class Webhook:
+    """A webhook subscription.
+
+    Fields: ``id`` (``wh_...``), ``url`` (receives ``POST`` requests),
+    ``events`` (the event types it receives), ``description``, ``secret``
+    (whole only in the answer that set it when the engine generated it;
+    otherwise masked as ``whsec_****abcd``), ``enabled`` (a disabled webhook
+    receives nothing; its pending deliveries wait until it is enabled again),
+    timestamps and ``created_by`` (the user id of the token that created it).
+    """
+
+    id: str
+    url: str
+    events: list[str] = attrs.Factory(list)
+    description: str | None = None
+    secret: str
+    enabled: bool = True
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = None
+
+
+@attrs.define(kw_only=True)
+class WebhookCreateRequest:
+    """The body of ``POST /api/v1/webhooks``.
+
+    ``secret`` is a ``whsec_`` secret; without one the engine makes one and
+    returns it once, in the answer.
+    """
+
+    url: str
+    events: list[str]
+    secret: str | None = None
+    description: str | None = None
+    enabled: bool = True
+
+
+@attrs.define(kw_only=True)
+class WebhookUpdateRequest:
+    """The body of ``PUT /api/v1/webhooks/{id}``: the fields given replace the current ones.
+
+    ``secret`` sets a new secret; ``rotate_secret: true`` makes the engine
+    generate one (returned once, in the answer). After a change of secret,
+    deliveries carry signatures made with both the new and the previous
+    secret for a grace period (``WebhookSettings.secret_rotation_grace_seconds``).
+    """
+
+    url: str | None = None
+    events: list[str] | None = None
+    description: str | None = None
+    enabled: bool | None = None
+    secret: str | None = None
+    rotate_secret: bool = False
+
+
+@attrs.define(kw_only=True)
+class DeliveryAttempt:
+    """One attempt of a delivery: one ``POST`` and what came of it.
+
+    ``status`` is ``succeeded`` or ``failed``; ``status_code`` the HTTP status
+    answered (absent when no answer came: refused URL, connection error,
+    timeout); ``error`` why it failed; ``response_body`` the start of the
+    answer's body (at most ``WebhookSettings.response_body_limit`` characters).
+    """
+
+    attempt: int
+    status: DeliveryStatus
+    status_code: int | None = _opt()
+    duration_ms: int
+    error: str | None = _opt()
+    response_body: str | None = _opt()
+    created_at: datetime
+
+
+@attrs.define(kw_only=True)
+class Delivery:
+    """One event sent to one target (a webhook, or an execution's ``callback_url``).
+
+    ``id`` (``dlv_...``), ``webhook_id`` (absent for a callback),
+    ``execution_id`` (a callback's execution), ``event_id`` (also the
+    ``webhook-id`` header of every attempt), ``event_type``, ``status``,
+    ``attempt_count``, ``next_attempt_at`` (while ``pending``), ``attempts``
+    (every attempt, oldest first), timestamps.
+    """
+
+    id: str
+    webhook_id: str | None = _opt()
+    execution_id: str | None = _opt()
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempt_count: int = 0
+    next_attempt_at: datetime | None = _opt()
+    attempts: list[DeliveryAttempt] = attrs.Factory(list)
+    created_at: datetime
+    updated_at: datetime

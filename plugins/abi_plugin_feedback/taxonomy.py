@@ -145,6 +145,9 @@ def build_taxonomy(overrides: Mapping[str, object] | None = None) -> dict[str, T
         keywords = tuple(getattr(spec, "keywords", ()))
         description = getattr(spec, "description", "") or ""
         base = topics.get(name)
+        if getattr(spec, "replace", False) and not keywords:
+            topics.pop(name, None)
+            continue
         if base is None or getattr(spec, "replace", False):
             topics[name] = Topic(
                 name=name,

@@ -253,7 +253,7 @@ class FeedbackAnalysis(WorkflowType):
         if len(config.topics) > _MAX_TOPICS:
             raise _bad("topics", f"at most {_MAX_TOPICS} topics")
         for name, spec in config.topics.items():
-            where = f"topics.{name}"
+            where = f"topics[{name!r}]"
             if not _TOPIC_NAME.match(name):
                 raise _bad(where, "topic names are lower_snake_case (a-z, 0-9, _)")
             if len(spec.keywords) > _MAX_KEYWORDS:

@@ -621,6 +621,22 @@ async def test_idempotency_key_returns_the_first_execution(eng: Engine) -> None:
     assert (await eng.executions.list()).pagination.total_items == 3
 
 
+async def test_repeated_request_for_a_finished_execution_is_prompt(make: EngineFactory) -> None:
+    """A repeated sync request for a finished execution answers at once, not after a poll."""
+    engine = make(settings=fast(poll_interval=2.0))
+    async with engine:
+        wf = await new_workflow(engine)
+        first = await engine.executions.execute(wf, idempotency_key="k")
+        started = time.monotonic()
+        again = await engine.executions.execute(wf, idempotency_key="k")
+        assert time.monotonic() - started < 0.5
+        assert again == first
+        started = time.monotonic()
+        waited = await engine.executions.wait(first.execution_id, timeout=5)
+        assert time.monotonic() - started < 0.5
+        assert waited == first
+
+
 async def test_concurrent_requests_with_one_key_make_one_execution(eng: Engine) -> None:
     """Many concurrent requests with one idempotency key all get the same execution."""
     wf = await new_workflow(eng)

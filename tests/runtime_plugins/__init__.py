@@ -10,7 +10,8 @@ so one workflow can run executions that behave differently. Behaviours, in
 the order they apply: ``gate`` (wait on ``PROBE.gate(name)``), ``sleep``
 (``anyio.sleep``; an interruption of either is noted as ``"interrupted"``), ``durable_sleep`` (``ctx.sleep``), ``signal`` (return
 ``ctx.wait_for_signal(name, timeout)``, with ``signal_timeout``), ``raise``
-(``RuntimeError`` with that message), ``return`` (this value as the result),
+(``RuntimeError`` with that message; ``raise_joined``: the message in parts, so
+that the parameters never hold it whole), ``return`` (this value as the result),
 ``see_steps`` (note the steps the store holds for the execution right now).
 """
 
@@ -90,6 +91,8 @@ async def behave(ctx: StepContext, default: Any) -> Any:
         return {"payload": payload}
     if "raise" in todo:
         raise RuntimeError(todo["raise"])
+    if "raise_joined" in todo:
+        raise RuntimeError("".join(todo["raise_joined"]))
     if "return" in todo:
         return todo["return"]
     if todo.get("see_steps"):

@@ -1,0 +1,695 @@
+"""The runtime: steps (skip, retry, timeouts, failures, redaction), durable resume after a stop
+or a crash, suspension and signals, durable sleep, and the worker pool."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from runtime_plugins import PROBE
+from runtime_plugins.helpers import EngineFactory, engines, fast, new_workflow, until, wait_status
+
+from abi_engine import Engine, ExecutionStatus, StepStatus
+from abi_engine.converter import unstructure
+from abi_engine.errors import InvalidRequest, InvalidState, QueueFull, WorkflowExecutionError
+from abi_engine.executor import build_execution
+from abi_engine.ids import utcnow
+from abi_engine.storage.records import ExecutionRecord, StepRecord
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+TERMINAL = (
+    ExecutionStatus.COMPLETED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.TIMED_OUT,
+    ExecutionStatus.CANCELLED,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probe() -> None:
+    PROBE.reset()
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[EngineFactory]:
+    with engines(tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
+    """A running engine with the test types on a fresh SQLite file."""
+    engine = make()
+    async with engine:
+        yield engine
+
+
+async def _failed(engine: Engine, workflow_id: str, params: dict[str, Any]) -> Any:
+    """Execute synchronously, expecting a failure; return the stored failed execution."""
+    with pytest.raises(WorkflowExecutionError) as caught:
+        await engine.executions.execute(workflow_id, params)
+    assert caught.value.code == "WORKFLOW_EXECUTION_ERROR"
+    assert caught.value.http_status == 500
+    execution = await engine.executions.get(caught.value.details["execution_id"])
+    assert execution.status is ExecutionStatus.FAILED
+    return execution
+
+
+# -- steps --------------------------------------------------------------------------------------
+
+
+async def test_skip_if_skips_and_continues(eng: Engine) -> None:
+    """A step whose skip_if is true is recorded skipped and the execution continues."""
+    wf = await new_workflow(eng, "test_skip")
+    execution = await eng.executions.execute(wf, {"skip": True})
+    assert execution.status is ExecutionStatus.COMPLETED
+    assert execution.steps is not None
+    assert [(s.name, s.status) for s in execution.steps] == [
+        ("start", StepStatus.COMPLETED),
+        ("middle", StepStatus.SKIPPED),
+        ("end", StepStatus.COMPLETED),
+    ]
+    assert execution.steps[1].duration_ms == 0
+    assert execution.result == {"end": True, "middle": None}
+    assert PROBE.runs(execution.execution_id) == {"start": 1, "end": 1}
+    ran = await eng.executions.execute(wf, {"skip": False})
+    assert ran.result == {"end": True, "middle": {"middle": True}}
+
+
+async def test_retry_until_success(eng: Engine) -> None:
+    """A step failing twice under RetryPolicy(attempts=3) succeeds on the third try."""
+    wf = await new_workflow(eng, "test_flaky")
+    started = time.monotonic()
+    execution = await eng.executions.execute(wf, {"succeed_on": 3})
+    assert time.monotonic() - started >= 0.03  # backoff 0.01 then 0.02
+    assert execution.status is ExecutionStatus.COMPLETED
+    assert execution.steps is not None
+    assert execution.steps[0].attempts == 3
+    assert execution.steps[0].status is StepStatus.COMPLETED
+    attempts = [what[1] for _, _, what in PROBE.notes if what[0] == "attempt"]
+    assert attempts == [1, 2, 3]
+    assert eng.store.get_steps(execution.execution_id)[0].result == {"attempt": 3}
+
+
+async def test_retry_exhausted_fails(eng: Engine) -> None:
+    """A step failing every try fails after the policy's attempts; later steps never run."""
+    wf = await new_workflow(eng, "test_flaky")
+    execution = await _failed(eng, wf, {})
+    assert execution.steps is not None
+    flaky = execution.steps[0]
+    assert (flaky.status, flaky.attempts) == (StepStatus.FAILED, 3)
+    assert flaky.error is not None
+    assert (flaky.error.type, flaky.error.message) == ("ConnectionError", "attempt 3 failed")
+    assert execution.steps[1].status is StepStatus.PENDING
+    assert PROBE.runs(execution.execution_id) == {"flaky": 3}
+
+
+async def test_step_timeout(eng: Engine) -> None:
+    """A step over its timeout_seconds fails (and the execution with it); a quick one passes."""
+    wf = await new_workflow(eng, "test_step_timeout")
+    started = time.monotonic()
+    execution = await _failed(eng, wf, {"sleep": 5})
+    assert time.monotonic() - started < 2
+    assert execution.error is not None
+    assert execution.error.step == "slow"
+    assert execution.error.type == "TimeoutError"
+    assert PROBE.runs(execution.execution_id) == {"slow": 1}
+    quick = await eng.executions.execute(wf, {"sleep": 0.01})
+    assert quick.status is ExecutionStatus.COMPLETED
+
+
+async def test_failing_step_fails_the_execution(eng: Engine) -> None:
+    """A raising step fails the execution with WORKFLOW_EXECUTION_ERROR; the error is stored."""
+    wf = await new_workflow(eng)
+    with pytest.raises(WorkflowExecutionError) as caught:
+        await eng.executions.execute(wf, {"do": {"second": {"raise": "quota exceeded"}}})
+    details = caught.value.details
+    assert details["step"] == "second"
+    assert details["error_type"] == "RuntimeError"
+    assert details["error_message"] == "quota exceeded"
+    assert "second" in caught.value.message
+    record = eng.store.get_execution(details["execution_id"])
+    assert record is not None
+    assert record.error == {
+        "code": "WORKFLOW_EXECUTION_ERROR",
+        "message": "quota exceeded",
+        "step": "second",
+        "type": "RuntimeError",
+    }
+    steps = eng.store.get_steps(details["execution_id"])
+    assert [(s.name, s.status) for s in steps] == [
+        ("first", StepStatus.COMPLETED),
+        ("second", StepStatus.FAILED),
+    ]
+    assert steps[1].error == {"type": "RuntimeError", "message": "quota exceeded"}
+    assert PROBE.runs(details["execution_id"]) == {"first": 1, "second": 1}
+
+
+def _split(text: str) -> list[str]:
+    """``text`` in one-character parts (the parameters then never hold a secret whole)."""
+    return list(text)
+
+
+async def test_secrets_never_stored_in_errors(eng: Engine) -> None:
+    """A step error quoting the callback secret, a bearer token or an access token is redacted."""
+    wf = await new_workflow(eng)
+    token = eng.tokens.create_token("usr_leaky")
+    message = f"upstream refused {SECRET}; sent Authorization: Bearer abc123.DEF-456; token {token}"
+    execution = await eng.executions.execute(
+        wf,
+        {"do": {"first": {"raise_joined": _split(message)}}},
+        wait=False,
+        callback_url="https://example.com/hook",
+        callback_secret=SECRET,
+    )
+    final = await eng.executions.wait(execution.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.FAILED
+    record = eng.store.get_execution(execution.execution_id)
+    assert record is not None
+    steps = eng.store.get_steps(execution.execution_id)
+    shown = unstructure(final)
+    del shown["parameters"]
+    stored = repr(record.error) + repr(steps[0].error) + repr(shown)
+    assert "upstream refused" in stored
+    for leaked in (SECRET, SECRET.removeprefix("whsec_"), "abc123.DEF-456", token):
+        assert leaked not in stored
+
+
+async def test_secret_without_prefix_is_redacted(eng: Engine) -> None:
+    """The callback secret is masked even where a step quotes it without its whsec_ prefix."""
+    wf = await new_workflow(eng)
+    bare = SECRET.removeprefix("whsec_")
+    execution = await eng.executions.execute(
+        wf,
+        {"do": {"first": {"raise_joined": _split(f"key={bare}")}}},
+        wait=False,
+        callback_url="https://example.com/hook",
+        callback_secret=SECRET,
+    )
+    final = await eng.executions.wait(execution.execution_id, timeout=5)
+    assert final.error is not None
+    assert final.error.message.startswith("key=")
+    assert bare not in final.error.message
+
+
+async def test_long_error_messages_are_bounded(eng: Engine) -> None:
+    """A huge exception message is stored cut to a bounded length."""
+    wf = await new_workflow(eng)
+    execution = await _failed(eng, wf, {"do": {"first": {"raise": "x" * 50_000}}})
+    assert execution.error is not None
+    assert 0 < len(execution.error.message) <= 1000
+
+
+@pytest.mark.parametrize("kind", ["set", "nan", "object"])
+async def test_non_json_result_fails_the_step(eng: Engine, kind: str) -> None:
+    """A step returning what JSON cannot hold fails cleanly; the engine keeps working."""
+    wf = await new_workflow(eng, "test_odd")
+    execution = await _failed(eng, wf, {"kind": kind})
+    assert execution.steps is not None
+    assert execution.steps[0].status is StepStatus.FAILED
+    assert execution.error is not None
+    assert execution.error.type in ("TypeError", "ValueError")
+    assert PROBE.runs(execution.execution_id) == {"odd": 1}
+    other = await eng.executions.execute(await new_workflow(eng))
+    assert other.status is ExecutionStatus.COMPLETED
+
+
+def test_build_execution_shows_the_plan() -> None:
+    """Unstored steps show as pending, the first one running while the execution runs."""
+    now = utcnow()
+    record = ExecutionRecord(
+        id="exec_x",
+        workflow_id="wf_x",
+        workflow_type="test_three",
+        status=ExecutionStatus.QUEUED,
+        plan=["a", "b", "c"],
+        created_at=now,
+    )
+    assert [s.status for s in build_execution(record, []).steps or []] == [StepStatus.PENDING] * 3
+    record.status = ExecutionStatus.RUNNING
+    record.started_at = now
+    done = StepRecord(
+        execution_id="exec_x",
+        index=0,
+        name="a",
+        status=StepStatus.COMPLETED,
+        started_at=now,
+        completed_at=now + timedelta(milliseconds=5),
+        duration_ms=5,
+        attempts=1,
+    )
+    view = build_execution(record, [done])
+    assert [s.status for s in view.steps or []] == [
+        StepStatus.COMPLETED,
+        StepStatus.RUNNING,
+        StepStatus.PENDING,
+    ]
+    assert view.steps is not None
+    assert view.steps[1].started_at == done.completed_at
+
+
+# -- durable resume ---------------------------------------------------------------------------
+
+
+async def _start_batch(engine: Engine, n: int) -> tuple[str, list[str]]:
+    """Start ``n`` async executions whose ``second`` step waits on gate "hold"."""
+    wf = await new_workflow(engine)
+    ids = []
+    for _ in range(n):
+        execution = await engine.executions.execute(
+            wf, {"do": {"second": {"gate": "hold"}}}, wait=False
+        )
+        ids.append(execution.execution_id)
+    await until(
+        lambda: all(PROBE.calls[(i, "second")] == 1 for i in ids), what="every second step runs"
+    )
+    return wf, ids
+
+
+async def _finish_all(engine: Engine, ids: list[str]) -> None:
+    """Wait until every execution is terminal; check none ran a finished step twice."""
+    for execution_id in ids:
+        final = await wait_status(engine, execution_id, *TERMINAL, timeout=10)
+        assert final.status is ExecutionStatus.COMPLETED, final
+        assert final.result == {"done": 3}
+        assert PROBE.runs(execution_id) == {"first": 1, "second": 2, "third": 1}
+
+
+async def test_resume_after_graceful_stop(make: EngineFactory) -> None:
+    """Executions left mid-way by a stop are resumed by the next engine from their checkpoint."""
+    first = make(settings=fast(shutdown_grace=0.1))
+    async with first:
+        _, ids = await _start_batch(first, 4)
+    for execution_id in ids:
+        record = first.store.get_execution(execution_id)
+        assert record is not None
+        assert (record.status, record.owner) == (ExecutionStatus.QUEUED, None)
+        assert [s.name for s in first.store.get_steps(execution_id)] == ["first"]
+    PROBE.gate("hold").set()
+    second = make()
+    async with second:
+        await _finish_all(second, ids)
+
+
+async def test_stop_lets_running_steps_finish(make: EngineFactory) -> None:
+    """Stopping waits up to shutdown_grace for running steps, which then checkpoint."""
+    engine = make(settings=fast(shutdown_grace=5))
+    async with engine:
+        wf = await new_workflow(engine)
+        execution = await engine.executions.execute(
+            wf, {"do": {"second": {"sleep": 0.3}}}, wait=False
+        )
+        await until(lambda: PROBE.calls[(execution.execution_id, "second")] == 1)
+    steps = engine.store.get_steps(execution.execution_id)
+    assert [(s.name, s.status) for s in steps] == [
+        ("first", StepStatus.COMPLETED),
+        ("second", StepStatus.COMPLETED),
+    ]
+    resumed = make()
+    async with resumed:
+        final = await wait_status(resumed, execution.execution_id, *TERMINAL)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 1, "third": 1}
+
+
+async def _no_release() -> None:
+    """Stands in for Runtime.release in a crash: nothing is handed back."""
+
+
+async def test_resume_after_crash(make: EngineFactory) -> None:
+    """Executions of an engine that died without handing them back are taken over at once
+    (the owner is known dead) and finished without re-running finished steps."""
+    crashed = make(settings=fast(shutdown_grace=0))
+    crashed.runtime.release = _no_release  # type: ignore[method-assign]
+    async with crashed:
+        _, ids = await _start_batch(crashed, 4)
+    owner = crashed.runtime.node_id
+    for execution_id in ids:
+        record = crashed.store.get_execution(execution_id)
+        assert record is not None
+        assert (record.status, record.owner) == (ExecutionStatus.RUNNING, owner)
+    PROBE.gate("hold").set()
+    survivor = make(settings=fast(lease_seconds=3600))
+    async with survivor:
+        await _finish_all(survivor, ids)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+async def test_resume_from_a_dead_process(make: EngineFactory) -> None:
+    """Executions held by a node whose process is gone are recovered despite an unexpired lease."""
+    dead = make(settings=fast(shutdown_grace=0, lease_seconds=3600))
+    dead.runtime.node_id = f"{socket.gethostname()}:{_dead_pid()}:dead"
+    dead.runtime.release = _no_release  # type: ignore[method-assign]
+    async with dead:
+        _, ids = await _start_batch(dead, 3)
+    PROBE.gate("hold").set()
+    survivor = make(settings=fast(lease_seconds=3600))
+    async with survivor:
+        await _finish_all(survivor, ids)
+
+
+async def test_resume_after_lease_expiry(make: EngineFactory) -> None:
+    """Executions of a node on another host are taken over once its lease expires, not before."""
+    remote = make(settings=fast(shutdown_grace=0, lease_seconds=1.0))
+    remote.runtime.node_id = "other-host.example:4242:cafe"
+    remote.runtime.release = _no_release  # type: ignore[method-assign]
+    async with remote:
+        _, ids = await _start_batch(remote, 2)
+    PROBE.gate("hold").set()
+    survivor = make()
+    async with survivor:
+        await anyio.sleep(0.2)
+        record = survivor.store.get_execution(ids[0])
+        assert record is not None
+        if record.lease_until is not None and record.lease_until > utcnow():
+            assert record.owner == "other-host.example:4242:cafe"
+            assert PROBE.calls[(ids[0], "second")] == 1
+        await _finish_all(survivor, ids)
+
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import anyio
+    sys.path.insert(0, {tests!r})
+    import runtime_plugins
+    from abi_engine import Engine
+    from runtime_plugins.helpers import fast
+
+    original = runtime_plugins.behave
+
+    async def behave(ctx, default):
+        with open({log!r}, "a") as f:
+            f.write(json.dumps([ctx.execution_id, ctx.step_name]) + "\\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return await original(ctx, default)
+
+    runtime_plugins.behave = behave
+
+    async def main():
+        engine = Engine({db!r}, plugins=[runtime_plugins], runtime=fast(workers=4))
+        async with engine:
+            wf = await engine.workflows.create({{"name": "crash", "type": "test_three"}})
+            await engine.workflows.activate(wf.id)
+            for i in range(12):
+                do = {{"second": {{"sleep": 0.01 * (i % 4)}}, "third": {{"gate": "hold"}}}}
+                await engine.executions.execute(wf.id, {{"do": do}}, wait=False)
+            await anyio.sleep(3600)
+
+    anyio.run(main)
+    """
+)
+
+
+@pytest.mark.slow
+async def test_resume_after_sigkill(tmp_path: Path, make: EngineFactory) -> None:
+    """A process killed with SIGKILL mid-way loses nothing: the next engine finishes every
+    execution and no step that had finished runs again."""
+    db = tmp_path / "abi.db"
+    log = tmp_path / "steps.log"
+    script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), log=str(log), db=str(db))
+    async with await anyio.open_process(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL
+    ) as child:
+        with anyio.fail_after(20):
+            while not (log.exists() and log.read_text().count('"third"') == 4):
+                assert child.returncode is None, "the child process ended on its own"
+                await anyio.sleep(0.02)
+        child.kill()  # SIGKILL
+        assert await child.wait() == -signal.SIGKILL
+    before = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+    engine = make()
+    ids = [s.execution_id for s in (await engine.executions.list(page_size=100)).items]
+    assert len(ids) == 12
+    finished_before = {
+        (execution_id, s.name)
+        for execution_id in ids
+        for s in engine.store.get_steps(execution_id)
+        if s.status is StepStatus.COMPLETED
+    }
+    assert {name for _, name in finished_before} == {"first", "second"}
+    PROBE.gate("hold").set()
+    async with engine:
+        for execution_id in ids:
+            final = await wait_status(engine, execution_id, *TERMINAL, timeout=10)
+            assert final.status is ExecutionStatus.COMPLETED
+            ran = Counter(before)
+            ran.update(PROBE.calls)
+            assert [ran[(execution_id, name)] for name in ("first", "second")] == [1, 1]
+            # The step running at the kill ran again; nothing that had finished did.
+            assert ran[(execution_id, "third")] in (1, 2)
+    for finished in finished_before:
+        assert finished not in PROBE.calls, f"{finished} ran again after the crash"
+
+
+# -- suspension -------------------------------------------------------------------------------
+
+
+async def test_signal_resumes_a_waiting_execution(make: EngineFactory) -> None:
+    """A step waiting for a signal parks the execution as waiting without a worker, across a
+    restart; the signal resumes it and the step gets the payload."""
+    first = make(settings=fast(workers=1))
+    async with first:
+        wf = await new_workflow(first)
+        waiting = await first.executions.execute(
+            wf, {"do": {"second": {"signal": "go"}}}, wait=False
+        )
+        parked = await wait_status(first, waiting.execution_id, ExecutionStatus.WAITING)
+        assert parked.steps is not None
+        assert [s.status for s in parked.steps] == [
+            StepStatus.COMPLETED,
+            StepStatus.RUNNING,
+            StepStatus.PENDING,
+        ]
+        # The only worker is free: another async execution runs to completion meanwhile.
+        other = await first.executions.execute(wf, wait=False)
+        done = await first.executions.wait(other.execution_id, timeout=5)
+        assert done.status is ExecutionStatus.COMPLETED
+    second = make(settings=fast(workers=1))
+    async with second:
+        await anyio.sleep(0.2)  # recovery polls run; a waiting execution stays parked
+        still = await second.executions.get(waiting.execution_id)
+        assert still.status is ExecutionStatus.WAITING
+        resumed = await second.executions.signal(waiting.execution_id, "go", {"approved": True})
+        assert resumed.status in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+        final = await second.executions.wait(waiting.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert second.store.get_steps(waiting.execution_id)[1].result == {"payload": {"approved": True}}
+    assert (waiting.execution_id, "second", ("signal", {"approved": True})) in PROBE.notes
+    assert PROBE.runs(waiting.execution_id) == {"first": 1, "second": 2, "third": 1}
+
+
+async def test_sync_execute_returns_a_waiting_execution(eng: Engine) -> None:
+    """A sync execution that suspends is answered at once as waiting, not at its timeout."""
+    wf = await new_workflow(eng)
+    started = time.monotonic()
+    execution = await eng.executions.execute(
+        wf, {"do": {"second": {"signal": "go"}}}, timeout_seconds=10
+    )
+    assert time.monotonic() - started < 2
+    assert execution.status is ExecutionStatus.WAITING
+    started = time.monotonic()
+    waited = await eng.executions.wait(execution.execution_id, timeout=10)
+    assert time.monotonic() - started < 2
+    assert waited.status is ExecutionStatus.WAITING
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a sync execution's caller timeout (timeout_at) keeps running while it waits, so a "
+    "signal after it resumes the execution straight into timed_out",
+)
+async def test_waiting_time_is_not_a_sync_timeout(eng: Engine) -> None:
+    """A sync-started execution that waits longer than its caller's timeout still completes."""
+    wf = await new_workflow(eng)
+    execution = await eng.executions.execute(
+        wf, {"do": {"second": {"signal": "go"}}}, timeout_seconds=0.3
+    )
+    assert execution.status is ExecutionStatus.WAITING
+    await anyio.sleep(0.5)
+    await eng.executions.signal(execution.execution_id, "go", "yes")
+    final = await eng.executions.wait(execution.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+
+
+async def test_signal_refused_when_not_waiting(eng: Engine) -> None:
+    """A signal to an execution that does not wait for it raises InvalidState."""
+    wf = await new_workflow(eng)
+    done = await eng.executions.execute(wf)
+    with pytest.raises(InvalidState):
+        await eng.executions.signal(done.execution_id, "go", 1)
+    waiting = await eng.executions.execute(
+        wf, {"do": {"second": {"signal": "go"}}}, timeout_seconds=5
+    )
+    assert waiting.status is ExecutionStatus.WAITING
+    with pytest.raises(InvalidState) as caught:
+        await eng.executions.signal(waiting.execution_id, "other", 1)
+    assert caught.value.details["signal"] == "other"
+    with pytest.raises(InvalidRequest):
+        await eng.executions.signal(waiting.execution_id, "", 1)
+    await eng.executions.signal(waiting.execution_id, "go", 1)
+    with pytest.raises(InvalidState):
+        await eng.executions.signal(waiting.execution_id, "go", 2)
+    final = await eng.executions.wait(waiting.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert eng.store.get_steps(waiting.execution_id)[1].result == {"payload": 1}
+
+
+async def test_early_signal_is_kept(eng: Engine) -> None:
+    """Without require_waiting a signal given before the wait is kept and used by the step."""
+    wf = await new_workflow(eng)
+    execution = await eng.executions.execute(
+        wf, {"do": {"first": {"gate": "g"}, "second": {"signal": "go"}}}, wait=False
+    )
+    await until(lambda: PROBE.calls[(execution.execution_id, "first")] == 1)
+    await eng.executions.signal(execution.execution_id, "go", "early", require_waiting=False)
+    PROBE.gate("g").set()
+    final = await eng.executions.wait(execution.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert eng.store.get_steps(execution.execution_id)[1].result == {"payload": "early"}
+    assert PROBE.runs(execution.execution_id)["first"] == 1
+
+
+async def test_signal_wait_times_out(eng: Engine) -> None:
+    """A wait past its timeout resumes the step, where wait_for_signal raises SignalTimeout."""
+    wf = await new_workflow(eng)
+    execution = await eng.executions.execute(
+        wf, {"do": {"second": {"signal": "go", "signal_timeout": 0.2}}}, timeout_seconds=5
+    )
+    assert execution.status is ExecutionStatus.WAITING
+    final = await wait_status(eng, execution.execution_id, *TERMINAL)
+    assert final.status is ExecutionStatus.FAILED
+    assert final.error is not None
+    assert (final.error.step, final.error.type) == ("second", "SignalTimeout")
+    assert (execution.execution_id, "second", ("timeout", "go")) in PROBE.notes
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 2}
+
+
+async def test_durable_sleep_parks_and_survives_restart(make: EngineFactory) -> None:
+    """ctx.sleep over a second parks the execution as waiting, across a restart, then completes."""
+    first = make(settings=fast(workers=1))
+    async with first:
+        wf = await new_workflow(first)
+        execution = await first.executions.execute(
+            wf, {"do": {"second": {"durable_sleep": 1.2}}}, wait=False
+        )
+        started = time.monotonic()
+        await wait_status(first, execution.execution_id, ExecutionStatus.WAITING)
+        assert first.store.get_execution(execution.execution_id).wake_at is not None  # type: ignore[union-attr]
+    second = make()
+    async with second:
+        final = await wait_status(second, execution.execution_id, *TERMINAL, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert time.monotonic() - started >= 1.1
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 2, "third": 1}
+
+
+async def test_short_sleep_is_not_durable(eng: Engine) -> None:
+    """ctx.sleep of a second or less just sleeps: the execution never shows waiting."""
+    wf = await new_workflow(eng)
+    execution = await eng.executions.execute(wf, {"do": {"second": {"durable_sleep": 0.05}}})
+    assert execution.status is ExecutionStatus.COMPLETED
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 1, "third": 1}
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+async def test_queue_full(make: EngineFactory) -> None:
+    """Beyond the bounded queue, async executions are refused with QueueFull (503)."""
+    engine = make(settings=fast(workers=1, queue_size=5))
+    async with engine:
+        wf = await new_workflow(engine)
+        accepted: list[str] = []
+        refused: QueueFull | None = None
+        for _ in range(10):
+            try:
+                execution = await engine.executions.execute(
+                    wf, {"do": {"first": {"gate": "g"}}}, wait=False
+                )
+            except QueueFull as exc:
+                refused = exc
+                break
+            accepted.append(execution.execution_id)
+            await anyio.sleep(0.01)
+        assert refused is not None
+        assert refused.code == "QUEUE_FULL"
+        assert refused.http_status == 503
+        assert len(accepted) == 6  # one running, five queued
+        assert (await engine.executions.list()).pagination.total_items == len(accepted)
+        PROBE.gate("g").set()
+        for execution_id in accepted:
+            final = await engine.executions.wait(execution_id, timeout=5)
+            assert final.status is ExecutionStatus.COMPLETED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="concurrent submits all pass check_capacity, then enqueue raises QueueFull after the "
+    "execution row was inserted: the caller is refused but the row stays queued, owned by a "
+    "live node, and never runs",
+)
+async def test_queue_full_under_concurrency_leaves_no_orphans(make: EngineFactory) -> None:
+    """Executions refused with QueueFull leave nothing behind, even when submitted concurrently."""
+    engine = make(settings=fast(workers=1, queue_size=5))
+    async with engine:
+        wf = await new_workflow(engine)
+        accepted: list[str] = []
+        refused: list[QueueFull] = []
+
+        async def submit() -> None:
+            try:
+                execution = await engine.executions.execute(wf, wait=False)
+            except QueueFull as exc:
+                refused.append(exc)
+            else:
+                accepted.append(execution.execution_id)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(20):
+                tg.start_soon(submit)
+        assert refused
+        total = (await engine.executions.list(page_size=100)).pagination.total_items
+        assert total == len(accepted)
+
+
+async def test_sync_not_starved_by_async_flood(make: EngineFactory) -> None:
+    """A sync execution completes promptly while every async worker is busy with slow work."""
+    engine = make(settings=fast(workers=2, queue_size=50))
+    async with engine:
+        wf = await new_workflow(engine)
+        slow = [
+            (await engine.executions.execute(wf, {"do": {"first": {"gate": "g"}}}, wait=False))
+            for _ in range(20)
+        ]
+        await until(lambda: PROBE.calls.total() == 2, what="both workers are busy")
+        started = time.monotonic()
+        quick = await engine.executions.execute(wf, timeout_seconds=5)
+        assert quick.status is ExecutionStatus.COMPLETED
+        assert time.monotonic() - started < 1
+        assert (await engine.executions.get(slow[-1].execution_id)).status.value == "queued"
+        PROBE.gate("g").set()
+        for execution in slow:
+            assert (await engine.executions.wait(execution.execution_id, 10)).status.value == (
+                "completed"
+            )

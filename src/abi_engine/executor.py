@@ -160,6 +160,8 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
                 )
             )
             previous_end = stored.completed_at or previous_end
+            if stored.status is StepStatus.FAILED:
+                first_missing = False  # the interrupted step is stored; later ones never ran
             continue
         step = Step(name=name, status=StepStatus.PENDING)
         if first_missing and record.started_at is not None:
@@ -303,25 +305,33 @@ class Runtime:
             ) from None
 
     async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
-        """Wait until the execution ends here (or ``timeout``); its final view or ``None``.
+        """Wait until the execution ends or waits (or ``timeout``); its view or ``None``.
 
-        Also notices executions ended by another process, by polling the store.
+        Also notices executions ended (or parked) by another process, by polling the store.
         """
         waiter = self._waiters.get(execution_id)
         if waiter is None:
             waiter = self._waiters[execution_id] = _Waiter()
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        # Not running here: it may have ended already, so look at the store first.
+        look_first = execution_id not in self._prepared and execution_id not in self._inflight
         try:
             while True:
-                remaining = deadline - anyio.current_time()
-                if remaining <= 0:
-                    return None
-                with anyio.move_on_after(min(remaining, max(self.settings.poll_interval, 0.05))):
-                    await waiter.done.wait()
-                if waiter.done.is_set():
-                    return waiter.execution
+                if not look_first:
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        return None
+                    with anyio.move_on_after(
+                        min(remaining, max(self.settings.poll_interval, 0.05))
+                    ):
+                        await waiter.done.wait()
+                    if waiter.done.is_set():
+                        return waiter.execution
+                look_first = False
                 record = self.store.get_execution(execution_id)
-                if record is not None and record.status.finished:
+                if record is not None and (
+                    record.status.finished or record.status is ExecutionStatus.WAITING
+                ):
                     return build_execution(record, self.store.get_steps(execution_id))
         finally:
             if self._waiters.get(execution_id) is waiter:
@@ -635,6 +645,7 @@ class Runtime:
         )
         if state is True:
             record.status = ExecutionStatus.WAITING
+            self._notify(record.id, None)  # a waiting caller gets the execution as it stands
         return state
 
     async def _finish_completed(
@@ -684,7 +695,8 @@ class Runtime:
         steps_done: list[StepRecord],
     ) -> None:
         now = utcnow()
-        secrets_ = (record.callback_secret or "",)
+        secret = record.callback_secret or ""
+        secrets_ = (secret, secret.removeprefix("whsec_"))  # the key is secret without its prefix
         message = redact(str(exc) or type(exc).__name__, secrets_)
         error = {
             "code": "WORKFLOW_EXECUTION_ERROR",

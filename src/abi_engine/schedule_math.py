@@ -20,6 +20,7 @@ in and out are aware UTC datetimes.
 from __future__ import annotations
 
 import functools
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -49,6 +50,8 @@ ALIASES = {
 INTERVAL_UNITS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 _MINUTE = timedelta(minutes=1)
 _SEARCH_YEARS = 30
+# croniter reads an equal range ("5-5", "sun-sun") as the whole field; cron means the one value.
+_EQUAL_RANGE = re.compile(r"(?<![\w-])(\w+)-\1(?:/\d+)?(?![\w/-])", re.IGNORECASE)
 
 
 @attrs.frozen
@@ -101,6 +104,7 @@ def compile_cron(expression: str) -> CronSpec:
         raise ValueError(f"unknown alias {expression!r} (use one of {', '.join(ALIASES)})")
     if len(text.split(" ")) != 5:
         raise ValueError("a cron expression has five fields: minute hour day month weekday")
+    text = _EQUAL_RANGE.sub(r"\1", text)
     try:
         expanded, nth = croniter.expand(text)
     except Exception as exc:
@@ -118,8 +122,15 @@ def compile_cron(expression: str) -> CronSpec:
         else _field([(v % 7 if isinstance(v, int) else v) for v in weekdays], 0, 6),
         special=special,
     )
-    if spec.days is not None and not any(
-        d <= {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}.get(m, 31) for d in spec.days for m in spec.months
+    # With both day fields restricted either may match, so only day-of-month alone can be impossible.
+    if (
+        spec.days is not None
+        and spec.weekdays is None
+        and not any(
+            d <= {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}.get(m, 31)
+            for d in spec.days
+            for m in spec.months
+        )
     ):
         raise ValueError("the expression never matches a real date")
     return spec
@@ -194,11 +205,14 @@ def next_cron(expression: str, timezone: str, after: datetime) -> datetime:
 
 
 def next_interval(anchor: datetime, every_seconds: int, after: datetime) -> datetime:
-    """The first of ``anchor + k * every`` (k >= 1) strictly after ``after``."""
+    """The first of ``anchor + k * every`` (k >= 0) strictly after ``after``.
+
+    A future anchor (``start_time``) is itself the first run.
+    """
     step_ms = every_seconds * 1000
     anchor_ms = _ms(anchor)
     elapsed = _ms(after) - anchor_ms
-    k = max(1, elapsed // step_ms + 1)
+    k = max(0, elapsed // step_ms + 1)
     return _from_ms(anchor_ms + k * step_ms)
 
 

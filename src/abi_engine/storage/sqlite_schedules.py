@@ -148,9 +148,11 @@ class SchedulesMixin:
         return [_row(r) for r in rows]
 
     def next_schedule_due(self) -> datetime | None:
-        """The earliest ``next_due`` of all schedules."""
+        """The earliest ``next_due`` of all schedules (from the partial index, not a scan)."""
         with self._read() as conn:
-            row = conn.execute("SELECT min(next_due) FROM schedules").fetchone()
+            row = conn.execute(
+                "SELECT min(next_due) FROM schedules WHERE next_due IS NOT NULL"
+            ).fetchone()
         return from_ms(row[0]) if row and row[0] is not None else None
 
     def schedule_history(

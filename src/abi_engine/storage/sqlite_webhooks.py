@@ -252,6 +252,7 @@ class WebhooksMixin:
                 " LEFT JOIN executions x ON x.id = d.execution_id"
                 " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
                 " AND (d.lease_until IS NULL OR d.lease_until < ?)"
+                " AND (d.webhook_id IS NULL OR w.enabled = 1)"
                 " ORDER BY d.next_attempt_at LIMIT ?",
                 (now_ms, now_ms, limit),
             ).fetchall()
@@ -296,7 +297,10 @@ class WebhooksMixin:
             for o in outcomes:
                 held = conn.execute(
                     "UPDATE webhook_deliveries SET status = ?, tries = tries + 1,"
-                    " attempt_count = max(attempt_count, ?), next_attempt_at = ?,"
+                    " attempt_count = max(attempt_count, ?),"
+                    # A webhook disabled meanwhile parks the retry (no due time).
+                    " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
+                    " FROM webhooks w WHERE w.id = webhook_id AND w.enabled = 1) THEN ? END,"
                     " lease_owner = NULL, lease_until = NULL, updated_at = ?"
                     " WHERE id = ? AND lease_owner = ?",
                     (

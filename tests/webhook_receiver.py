@@ -1,0 +1,133 @@
+"""A real HTTP receiver on 127.0.0.1 for webhook and callback tests.
+
+It runs :class:`http.server.ThreadingHTTPServer` in a thread, records every
+request (path, headers, body, arrival time) and answers each path from a
+plan: a list of answers used in order (the last one repeats), each a status
+code or ``(status, seconds)`` to answer only after sleeping that long.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import anyio
+import attrs
+
+Answer = int | tuple[int, float]
+
+
+@attrs.frozen
+class Received:
+    """One request as the receiver saw it."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float  # time.monotonic() on arrival
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+class Receiver:
+    """Records requests; answers from per-path plans (default 200 ``ok``)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._plans: dict[str, list[Answer]] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length)
+                receiver._record(self.path, dict(self.headers.items()), body)
+                status, delay = receiver._answer(self.path)
+                if delay:
+                    time.sleep(delay)
+                payload = f"answer {status} to {self.path}".encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "text/plain")
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:  # the client gave up (timeout): nothing to answer
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def plan(self, path: str, answers: Sequence[Answer]) -> None:
+        """Answer the next requests to ``path`` with ``answers`` (the last one repeats)."""
+        with self._lock:
+            self._plans[path] = list(answers)
+
+    def _answer(self, path: str) -> tuple[int, float]:
+        with self._lock:
+            plan = self._plans.get(path.split("?")[0])
+            answer: Answer = 200
+            if plan:
+                answer = plan.pop(0) if len(plan) > 1 else plan[0]
+        return (answer, 0.0) if isinstance(answer, int) else answer
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        with self._lock:
+            self.requests.append(
+                Received(
+                    path=path,
+                    headers={k.lower(): v for k, v in headers.items()},
+                    body=body,
+                    at=time.monotonic(),
+                )
+            )
+
+    def received(self, path: str | None = None) -> list[Received]:
+        with self._lock:
+            return [r for r in self.requests if path is None or r.path == path]
+
+    async def wait_for(
+        self, count: int, path: str | None = None, timeout: float = 10.0
+    ) -> list[Received]:
+        """Wait until ``count`` requests (to ``path``) arrived; return them."""
+        with anyio.fail_after(timeout):
+            while True:  # the server thread cannot set an anyio.Event: poll
+                found = self.received(path)
+                if len(found) >= count:
+                    return found
+                await anyio.sleep(0.01)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A started :class:`Receiver`, stopped afterwards."""
+    receiver = Receiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()

@@ -432,7 +432,7 @@ async def test_handler_must_be_registered(make: EngineFactory) -> None:
 
 async def test_long_delay_is_durable(make: EngineFactory) -> None:
     """A delay over a second parks the execution as waiting, durably: it finishes after the
-    engine restarts, no earlier than the delay."""
+    engine restarts, no earlier than the delay, with the configuration it started with."""
     first = make(plugins=(handlers,))
     async with first:
         wf = await custom(
@@ -447,6 +447,15 @@ async def test_long_delay_is_durable(make: EngineFactory) -> None:
         parked = await wait_status(first, execution.execution_id, ExecutionStatus.WAITING)
         assert parked.steps is not None
         assert parked.steps[0].status is StepStatus.RUNNING
+        # A later change of the workflow does not change what the execution runs.
+        await first.workflows.update(
+            wf,
+            {
+                "configuration": steps(
+                    {"name": "other", "action": "transform", "expressions": {"s": "0"}}
+                )
+            },
+        )
     second = make(plugins=(handlers,))
     async with second:
         final = await wait_status(

@@ -190,6 +190,41 @@ async def test_wait_false_returns_at_once(eng: Engine) -> None:
     assert done.status is ExecutionStatus.COMPLETED
 
 
+async def test_async_timeout_ends_timed_out(eng: Engine) -> None:
+    """An async execution's timeout_seconds ends it timed_out, interrupting the running step."""
+    wf = await new_workflow(eng)
+    execution = await eng.executions.execute(
+        wf, {"do": {"first": {"sleep": 30}}}, wait=False, timeout_seconds=0.2
+    )
+    final = await wait_status(eng, execution.execution_id, ExecutionStatus.TIMED_OUT)
+    assert final.error is not None
+    assert final.error.code == "EXECUTION_TIMEOUT"
+    assert (execution.execution_id, "first", "interrupted") in PROBE.notes
+    assert PROBE.runs(execution.execution_id) == {"first": 1}
+    stats = (await eng.workflows.get(wf)).stats
+    assert (stats.runs_total, stats.runs_failed) == (1, 1)
+
+
+async def test_timeout_passing_while_stopped(make: EngineFactory) -> None:
+    """An execution whose timeout passes while no engine runs ends timed_out when one starts."""
+    first = make(settings=fast(shutdown_grace=0.05))
+    async with first:
+        wf = await new_workflow(first)
+        execution = await first.executions.execute(
+            wf, {"do": {"second": {"gate": "g"}}}, wait=False, timeout_seconds=0.3
+        )
+        await until(lambda: PROBE.calls[(execution.execution_id, "second")] == 1)
+    await anyio.sleep(0.4)
+    PROBE.gate("g").set()
+    second = make()
+    async with second:
+        final = await wait_status(second, execution.execution_id, ExecutionStatus.TIMED_OUT)
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 1}
+    assert final.steps is not None
+    assert final.steps[0].status is StepStatus.COMPLETED
+    assert final.steps[2].status is StepStatus.PENDING
+
+
 async def test_inactive_workflow_is_refused(eng: Engine) -> None:
     """Executing an inactive workflow raises InvalidState and creates no execution."""
     wf = await new_workflow(eng, active=False)
@@ -705,6 +740,17 @@ async def test_parameters_must_be_an_object(eng: Engine) -> None:
     wf = await new_workflow(eng)
     with pytest.raises(InvalidParameters):
         await eng.executions.execute(wf, ["a", "b"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, object()])
+async def test_parameters_must_be_json(eng: Engine, value: Any) -> None:
+    """Parameters JSON cannot hold (NaN, sets, objects) raise InvalidParameters, not a crash."""
+    wf = await new_workflow(eng)
+    with pytest.raises(InvalidParameters) as caught:
+        await eng.executions.execute(wf, {"x": value})
+    assert caught.value.details["field"] == "parameters"
+    assert (await eng.executions.list()).pagination.total_items == 0
+    assert (await eng.executions.execute(wf, {"x": 1})).status is ExecutionStatus.COMPLETED
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -386,6 +386,47 @@ async def test_resume_after_lease_expiry(make: EngineFactory) -> None:
         await _finish_all(survivor, ids)
 
 
+async def test_resume_without_the_type_fails_cleanly(make: EngineFactory) -> None:
+    """An execution left by an engine whose workflow type the next engine lacks ends failed,
+    naming the missing type, instead of staying unfinished."""
+    first = make(settings=fast(shutdown_grace=0.05))
+    async with first:
+        _, ids = await _start_batch(first, 1)
+    bare = Engine(first.store.path, runtime=fast())  # type: ignore[attr-defined]
+    try:
+        async with bare:
+            final = await wait_status(bare, ids[0], *TERMINAL)
+    finally:
+        bare.close()
+    assert final.status is ExecutionStatus.FAILED
+    assert final.error is not None
+    assert "test_three" in final.error.message
+    assert PROBE.runs(ids[0]) == {"first": 1, "second": 1}
+
+
+async def test_two_live_engines_share_a_database(make: EngineFactory) -> None:
+    """Two running engines of one process on one database never take each other's executions;
+    a cancel through one stops the other's execution before its next step."""
+    a = make()
+    b = make()
+    async with a, b:
+        wf = await new_workflow(a)
+        slow = await a.executions.execute(wf, {"do": {"second": {"sleep": 0.4}}}, wait=False)
+        held = await a.executions.execute(wf, {"do": {"second": {"gate": "g"}}}, wait=False)
+        await until(lambda: PROBE.calls[(held.execution_id, "second")] == 1)
+        await anyio.sleep(0.2)  # several recovery polls of b
+        cancelled = await b.executions.cancel(held.execution_id)
+        assert cancelled.status is ExecutionStatus.CANCELLED
+        PROBE.gate("g").set()
+        done = await b.executions.wait(slow.execution_id, timeout=5)
+        assert done.status is ExecutionStatus.COMPLETED
+        await anyio.sleep(0.2)
+    assert PROBE.runs(slow.execution_id) == {"first": 1, "second": 1, "third": 1}
+    assert PROBE.runs(held.execution_id) == {"first": 1, "second": 1}
+    final = await a.executions.get(held.execution_id)
+    assert final.status is ExecutionStatus.CANCELLED
+
+
 CRASH_SCRIPT = textwrap.dedent(
     """
     import json, os, sys

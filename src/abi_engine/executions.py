@@ -186,7 +186,16 @@ class ExecutionService(Service):
             owner=self._runtime.node_id,
             lease_until=now + timedelta(seconds=self._runtime.settings.lease_seconds),
         )
-        inserted = await self._runtime.committer.submit(InsertExecution(record=record))
+        try:
+            inserted = await self._runtime.committer.submit(InsertExecution(record=record))
+        except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
+            from abi_engine.errors import InvalidParameters
+
+            raise InvalidParameters(
+                "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
+                " booleans and null",
+                {"field": "parameters"},
+            ) from None
         if not inserted:  # the same idempotency key won a race
             existing = await self._call(
                 self._store.find_execution_by_key, workflow.id, idempotency_key or ""

@@ -119,6 +119,10 @@ def redact(message: str, secrets_: tuple[str, ...] = ()) -> str:
     return message[:MAX_ERROR_MESSAGE]
 
 
+#: Node ids of the runtimes running in this process (several engines may share a database).
+_LIVE_NODES: set[str] = set()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -227,14 +231,18 @@ class Runtime:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start the committer, workers, poller and heartbeat; run until cancelled."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(self.committer.run)
-            self._tg = tg
-            for _ in range(self.settings.workers):
-                tg.start_soon(self._worker, self._receive.clone())
-            tg.start_soon(self._poller)
-            tg.start_soon(self._heartbeat)
-            task_status.started()
+        _LIVE_NODES.add(self.node_id)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.committer.run)
+                self._tg = tg
+                for _ in range(self.settings.workers):
+                    tg.start_soon(self._worker, self._receive.clone())
+                tg.start_soon(self._poller)
+                tg.start_soon(self._heartbeat)
+                task_status.started()
+        finally:
+            _LIVE_NODES.discard(self.node_id)
 
     async def stop(self) -> None:
         """Stop taking work; let running steps finish (up to ``shutdown_grace``)."""
@@ -267,8 +275,8 @@ class Runtime:
             return False
         if host != socket.gethostname():
             return False
-        if pid == os.getpid():
-            return owner != self.node_id
+        if pid == os.getpid():  # another engine of this process: dead once it stopped
+            return owner not in _LIVE_NODES
         return not _pid_alive(pid)
 
     # -- submitting -------------------------------------------------------------------------

@@ -672,6 +672,14 @@ async def test_repeated_request_for_a_finished_execution_is_prompt(make: EngineF
         assert waited == first
 
 
+async def test_idempotency_keys_belong_to_one_workflow(eng: Engine) -> None:
+    """The same idempotency key on two workflows makes two executions."""
+    first = await eng.executions.execute(await new_workflow(eng), idempotency_key="k")
+    second = await eng.executions.execute(await new_workflow(eng), idempotency_key="k")
+    assert first.execution_id != second.execution_id
+    assert first.workflow_id != second.workflow_id
+
+
 async def test_concurrent_requests_with_one_key_make_one_execution(eng: Engine) -> None:
     """Many concurrent requests with one idempotency key all get the same execution."""
     wf = await new_workflow(eng)

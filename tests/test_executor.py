@@ -23,7 +23,13 @@ from runtime_plugins.helpers import EngineFactory, engines, fast, new_workflow, 
 
 from abi_engine import Engine, ExecutionStatus, StepStatus
 from abi_engine.converter import unstructure
-from abi_engine.errors import InvalidRequest, InvalidState, QueueFull, WorkflowExecutionError
+from abi_engine.errors import (
+    ExecutionTimeout,
+    InvalidRequest,
+    InvalidState,
+    QueueFull,
+    WorkflowExecutionError,
+)
 from abi_engine.executor import build_execution
 from abi_engine.ids import utcnow
 from abi_engine.storage.records import ExecutionRecord, StepRecord
@@ -611,6 +617,36 @@ async def test_early_signal_is_kept(eng: Engine) -> None:
     assert PROBE.runs(execution.execution_id)["first"] == 1
 
 
+async def test_signal_payload_must_be_json(eng: Engine) -> None:
+    """A signal payload JSON cannot hold is an InvalidRequest; the execution keeps waiting."""
+    wf = await new_workflow(eng)
+    waiting = await eng.executions.execute(wf, {"do": {"second": {"signal": "go"}}})
+    with pytest.raises(InvalidRequest) as caught:
+        await eng.executions.signal(waiting.execution_id, "go", {1, 2})
+    assert caught.value.details["field"] == "payload"
+    assert (await eng.executions.get(waiting.execution_id)).status is ExecutionStatus.WAITING
+    await eng.executions.signal(waiting.execution_id, "go", [1, 2])
+    final = await eng.executions.wait(waiting.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+
+
+async def test_a_step_can_wait_for_several_signals(eng: Engine) -> None:
+    """A step waiting for two signals in turn parks twice and gets both payloads."""
+    wf = await new_workflow(eng)
+    execution = await eng.executions.execute(wf, {"do": {"second": {"signals": ["a", "b"]}}})
+    assert execution.status is ExecutionStatus.WAITING
+    with pytest.raises(InvalidState):
+        await eng.executions.signal(execution.execution_id, "b", "too early")
+    await eng.executions.signal(execution.execution_id, "a", 1)
+    again = await eng.executions.wait(execution.execution_id, timeout=5)
+    assert again.status is ExecutionStatus.WAITING
+    await eng.executions.signal(execution.execution_id, "b", 2)
+    final = await eng.executions.wait(execution.execution_id, timeout=5)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert eng.store.get_steps(execution.execution_id)[1].result == {"payloads": [1, 2]}
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 3, "third": 1}
+
+
 async def test_signal_wait_times_out(eng: Engine) -> None:
     """A wait past its timeout resumes the step, where wait_for_signal raises SignalTimeout."""
     wf = await new_workflow(eng)
@@ -712,6 +748,40 @@ async def test_queue_full_under_concurrency_leaves_no_orphans(make: EngineFactor
         assert refused
         total = (await engine.executions.list(page_size=100)).pagination.total_items
         assert total == len(accepted)
+
+
+async def test_sync_timeout_while_waiting_for_a_slot(make: EngineFactory) -> None:
+    """A sync execution that never got a slot (sync_workers busy) times out and never runs."""
+    engine = make(settings=fast(sync_workers=1))
+    async with engine, anyio.create_task_group() as tg:
+        wf = await new_workflow(engine)
+        tg.start_soon(engine.executions.execute, wf, {"do": {"first": {"gate": "g"}}})
+        await until(lambda: PROBE.calls.total() == 1, what="the slot is taken")
+        started = time.monotonic()
+        with pytest.raises(ExecutionTimeout) as caught:
+            await engine.executions.execute(wf, timeout_seconds=0.3)
+        assert time.monotonic() - started < 2.5
+        execution_id = caught.value.details["execution_id"]
+        assert (await engine.executions.get(execution_id)).status is ExecutionStatus.TIMED_OUT
+        PROBE.gate("g").set()
+    assert PROBE.runs(execution_id) == {}
+
+
+async def test_many_executions_share_commits(make: EngineFactory) -> None:
+    """Hundreds of concurrent executions all complete, each step once, with batched commits."""
+    engine = make(settings=fast(workers=16))
+    async with engine:
+        wf = await new_workflow(engine)
+        ids = [(await engine.executions.execute(wf, wait=False)).execution_id for _ in range(300)]
+        for execution_id in ids:
+            final = await engine.executions.wait(execution_id, timeout=20)
+            assert final.status is ExecutionStatus.COMPLETED
+    assert all(PROBE.runs(i) == {"first": 1, "second": 1, "third": 1} for i in ids)
+    committer = engine.runtime.committer
+    assert committer.ops >= 300 * 4
+    assert committer.batches < committer.ops / 2
+    stats = (await engine.workflows.get(wf)).stats
+    assert (stats.runs_total, stats.runs_success) == (300, 300)
 
 
 async def test_sync_not_starved_by_async_flood(make: EngineFactory) -> None:

@@ -9,7 +9,7 @@ their behaviour from the execution's parameters, key ``"do"``::
 so one workflow can run executions that behave differently. Behaviours, in
 the order they apply: ``gate`` (wait on ``PROBE.gate(name)``), ``sleep``
 (``anyio.sleep``; an interruption of either is noted as ``"interrupted"``), ``durable_sleep`` (``ctx.sleep``), ``signal`` (return
-``ctx.wait_for_signal(name, timeout)``, with ``signal_timeout``), ``raise``
+``ctx.wait_for_signal(name, timeout)``, with ``signal_timeout``; ``signals``: wait for each name in turn), ``raise``
 (``RuntimeError`` with that message; ``raise_joined``: the message in parts, so
 that the parameters never hold it whole), ``return`` (this value as the result),
 ``see_steps`` (note the steps the store holds for the execution right now).
@@ -81,6 +81,10 @@ async def behave(ctx: StepContext, default: Any) -> Any:
         raise
     if "durable_sleep" in todo:
         await ctx.sleep(todo["durable_sleep"])
+    if "signals" in todo:
+        got = [ctx.wait_for_signal(name) for name in todo["signals"]]
+        PROBE.note(ctx, ("signals", got))
+        return {"payloads": got}
     if "signal" in todo:
         try:
             payload = ctx.wait_for_signal(todo["signal"], todo.get("signal_timeout"))

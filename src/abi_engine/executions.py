@@ -410,15 +410,18 @@ class ExecutionService(Service):
             raise InvalidRequest(
                 "A signal name is a non-empty string without '#'", {"field": "name"}
             )
-        state = await self._runtime.committer.submit(
-            DeliverSignal(
-                execution_id=execution_id,
-                name=name,
-                payload=payload,
-                created_at=utcnow(),
-                require_waiting=require_waiting,
+        try:
+            state = await self._runtime.committer.submit(
+                DeliverSignal(
+                    execution_id=execution_id,
+                    name=name,
+                    payload=payload,
+                    created_at=utcnow(),
+                    require_waiting=require_waiting,
+                )
             )
-        )
+        except (TypeError, ValueError):  # a payload JSON cannot hold
+            raise InvalidRequest("A signal's payload must be JSON", {"field": "payload"}) from None
         if state is None:
             raise InvalidState(
                 f"Execution {execution_id} is not waiting for {name!r}"

@@ -51,7 +51,8 @@ from abi_engine.models import (
     Execution,
     ExecutionSummary,
     Page,
-    Pagination,
+    Schedule,
+    ScheduleSummary,
     Workflow,
     WorkflowSummary,
 )
@@ -95,9 +96,8 @@ class WorkflowConfig:
 class Record:
     """A resource the engine has no model class for yet, with its JSON fields as attributes.
 
-    Schedules are returned as records for now: ``schedule.id``,
-    ``schedule.next_execution`` and every other field of the REST answer read
-    (and assign) as attributes; :meth:`to_dict` gives the JSON back.
+    Its fields read (and assign) as attributes; :meth:`to_dict` gives the
+    JSON back. :meth:`WorkflowScheduler.update_schedule` accepts one too.
     """
 
     __slots__ = ("_data",)
@@ -160,21 +160,6 @@ def _check_id(value: Any, not_found: Callable[[str], AbiError]) -> str:
 def _structure(data: Any, cls: type[T]) -> T:
     """Turn an operation's JSON answer into ``cls``; a wrong shape is an ``InternalError``."""
     return structure(data, cls, error=InternalError)
-
-
-def _record(data: Any) -> Record:
-    if not isinstance(data, dict):
-        raise InternalError("The answer is not a JSON object", {"field": "(body)"})
-    return Record(data)
-
-
-def _record_page(data: Any) -> Page[Record]:
-    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
-        raise InternalError("The answer is not a page of items", {"field": "items"})
-    return Page(
-        items=[_record(item) for item in data["items"]],
-        pagination=_structure(data.get("pagination"), Pagination),
-    )
 
 
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -515,17 +500,23 @@ SCHEDULE_FIELDS: Sequence[str] = (
     "interval_value",
     "interval_unit",
     "execution_time",
+    "start_time",
     "parameters",
     "enabled",
     "timezone",
+    "misfire_policy",
+    "misfire_grace_seconds",
+    "catch_up_limit",
+    "overlap_policy",
 )
 
 
 class WorkflowScheduler(_Client):
     """Run workflows on a schedule: cron expressions, intervals or one fixed time.
 
-    Schedules are returned as :class:`Record` objects (their JSON fields as
-    attributes) until the engine has a schedule model.
+    Schedules are :class:`~abi_engine.models.Schedule` objects (lists hold
+    :class:`~abi_engine.models.ScheduleSummary` items); change one's fields and
+    pass it to :meth:`update_schedule` to save it.
 
     :param access_token: the bearer token to act with (scopes
         ``schedules:read`` / ``schedules:write``).
@@ -548,7 +539,7 @@ class WorkflowScheduler(_Client):
         enabled: bool = True,
         timezone: str = "UTC",
         **extra: Any,
-    ) -> Record:
+    ) -> Schedule:
         """Create a schedule for the workflow and return it (with ``next_execution``).
 
         :param schedule_type: ``cron``, ``interval`` or ``fixed_time``.
@@ -573,15 +564,17 @@ class WorkflowScheduler(_Client):
                 **extra,
             }
         )
-        return _record(self._transport.request("create_schedule", path=path, body=body))
+        return _structure(
+            self._transport.request("create_schedule", path=path, body=body), Schedule
+        )
 
-    def get_schedule(self, schedule_id: str) -> Record:
+    def get_schedule(self, schedule_id: str) -> Schedule:
         """The schedule with this id.
 
         :raises ScheduleNotFound: no such schedule.
         """
         path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
-        return _record(self._transport.request("get_schedule", path=path))
+        return _structure(self._transport.request("get_schedule", path=path), Schedule)
 
     def list_schedules(
         self,
@@ -589,7 +582,7 @@ class WorkflowScheduler(_Client):
         enabled: bool | None = None,
         page: int = 1,
         page_size: int = 10,
-    ) -> Page[Record]:
+    ) -> Page[ScheduleSummary]:
         """One page of schedules, filtered by workflow and whether they are enabled."""
         query = {
             "workflow_id": workflow_id,
@@ -597,18 +590,25 @@ class WorkflowScheduler(_Client):
             "page": page,
             "page_size": page_size,
         }
-        return _record_page(self._transport.request("list_schedules", query=query))
+        return _structure(
+            self._transport.request("list_schedules", query=query), Page[ScheduleSummary]
+        )
 
-    def update_schedule(self, schedule: Record) -> Record:
+    def update_schedule(self, schedule: Schedule | Record) -> Schedule:
         """Save a changed schedule (its fields in :data:`SCHEDULE_FIELDS` that are set).
+
+        Fields that did not change leave the schedule as it is (an unchanged
+        cron expression keeps its next due time).
 
         :raises ScheduleNotFound: the schedule no longer exists.
         :raises InvalidSchedule: the new definition is invalid.
         """
         path = {"schedule_id": _check_id(getattr(schedule, "id", None), ScheduleNotFound)}
-        fields = schedule.to_dict()
+        fields = schedule.to_dict() if isinstance(schedule, Record) else unstructure(schedule)
         body = _drop_none({name: fields.get(name) for name in SCHEDULE_FIELDS})
-        return _record(self._transport.request("update_schedule", path=path, body=body))
+        return _structure(
+            self._transport.request("update_schedule", path=path, body=body), Schedule
+        )
 
     def delete_schedule(self, schedule_id: str) -> DeleteResult:
         """Delete the schedule; it fires no more.

@@ -339,15 +339,19 @@ class ScheduleService(Service):
             raise InvalidRequest(
                 f"Unknown or read-only field(s): {', '.join(unknown)}", {"field": unknown[0]}
             )
-        merged = {k: v for k, v in unstructure(_as_request(current)).items() if v is not None}
+        before = _as_request(current)
+        merged = {k: v for k, v in unstructure(before).items() if v is not None}
         merged.update(data)
         req = structure(merged, ScheduleRequest, error=InvalidSchedule)
         now = utcnow()
-        _check(req, now, creating="execution_time" in data or "schedule_type" in data)
+        # Only what changes counts: a body echoing the current values (GET, edit, PUT)
+        # neither re-checks a past execution_time nor moves the due time.
+        changed = {k for k in UPDATABLE if getattr(req, k) != getattr(before, k)}
+        _check(req, now, creating=bool(changed & {"execution_time", "schedule_type"}))
         record = self._record(req, base=current, workflow_id=current.workflow_id, now=now)
-        timing = any(
-            k in data
-            for k in (
+        timing = bool(
+            changed
+            & {
                 "schedule_type",
                 "cron_expression",
                 "interval_value",
@@ -355,7 +359,7 @@ class ScheduleService(Service):
                 "execution_time",
                 "start_time",
                 "timezone",
-            )
+            }
         )
         if (
             not timing

@@ -1,0 +1,208 @@
+"""Exactly once across processes: two ``abi-engine serve`` on one SQLite database.
+
+Thirty schedules firing every second are created over REST (half through
+each server); both servers run their scheduler loops on the same database for
+a few seconds (each run lasts a second, so the runs in flight show which
+process fired them: both do) and are stopped. Every due time between a schedule's first and
+its last firing must have fired exactly once: no duplicates (the claim in
+storage) and no gaps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from abi_engine import Engine
+
+pytestmark = pytest.mark.slow
+
+SCHEDULES = 30
+RUN_SECONDS = 4.5
+SERVING = re.compile(r"abi-engine serving (http://\S+/api/v1) \(db: .+\)")
+
+
+class Serve:
+    """One ``python -m abi_engine serve`` subprocess with its stderr in a file."""
+
+    def __init__(self, db: Path, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ABI_ENGINE_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self.log = log
+        self._err = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "abi_engine", "serve", "--db", str(db), "--port", "0"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+        )
+
+    def url(self, timeout: float = 30.0) -> str:
+        """Wait for the serving line; return the API base URL."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = SERVING.search(self.log.read_text())
+            if match:
+                return match.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"abi-engine serve did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        """SIGTERM, then wait (kill after 15 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"no exit after SIGTERM:\n{self.log.read_text()}") from None
+        finally:
+            self._err.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[Path, list[Serve]]]:
+    db = tmp_path / "shared.db"
+    started = [Serve(db, tmp_path / f"serve-{i}.log") for i in range(2)]
+    try:
+        yield db, started
+    finally:
+        for server in started:
+            if server.proc.poll() is None:
+                server.proc.kill()
+                server.proc.wait()
+            server._err.close()
+
+
+def _utc_ms(ms: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+
+
+def _token(db: Path) -> str:
+    """A token stored in the shared database, as ``abi-engine token create`` makes one."""
+    engine = Engine(db)
+    try:
+        return engine.tokens.create_token("usr_p")
+    finally:
+        engine.close()
+
+
+def _ok(response: httpx.Response) -> Any:
+    assert response.status_code in (200, 201), response.text
+    return response.json()["data"]
+
+
+def test_two_serve_processes_fire_each_due_time_exactly_once(
+    servers: tuple[Path, list[Serve]],
+) -> None:
+    """Two processes on one database: every due time of 30 one-second schedules fires exactly once."""
+    db, procs = servers
+    urls = [p.url() for p in procs]
+    token = _token(db)
+    headers = {"Authorization": f"Bearer {token}"}
+    clients = [httpx.Client(base_url=u, headers=headers, timeout=30) for u in urls]
+    try:
+        wf = _ok(
+            clients[0].post(
+                "/workflows",
+                json={
+                    "name": "Tick",
+                    "type": "custom",
+                    "configuration": {
+                        "steps": [
+                            {"name": "wait", "action": "delay", "seconds": 1},
+                            {
+                                "name": "echo",
+                                "action": "transform",
+                                "expressions": {"n": "parameters['n']"},
+                            },
+                        ]
+                    },
+                },
+            )
+        )["id"]
+        _ok(clients[1].post(f"/workflows/{wf}/activate"))
+        ids = [
+            _ok(
+                clients[i % 2].post(
+                    f"/workflows/{wf}/schedules",
+                    json={
+                        "name": f"every second {i}",
+                        "schedule_type": "interval",
+                        "interval_value": 1,
+                        "interval_unit": "seconds",
+                        "parameters": {"n": i},
+                        "overlap_policy": "allow",
+                    },
+                )
+            )["id"]
+            for i in range(SCHEDULES)
+        ]
+        time.sleep(RUN_SECONDS)
+        # Runs still in their one-second delay belong to the process that fired them.
+        with sqlite3.connect(db) as conn:
+            owners = {
+                int(owner.split(":")[-2])
+                for (owner,) in conn.execute(
+                    "SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL"
+                )
+            }
+    finally:
+        for client in clients:
+            client.close()
+    assert owners == {p.proc.pid for p in procs}, "both processes fire schedules"
+    assert [p.stop() for p in procs] == [0, 0]
+
+    with sqlite3.connect(db) as conn:
+        fired = conn.execute(
+            "SELECT schedule_id, due_at, execution_id FROM schedule_history WHERE outcome = 'fired'"
+        ).fetchall()
+        other = conn.execute(
+            "SELECT outcome, count(*) FROM schedule_history WHERE outcome != 'fired' GROUP BY 1"
+        ).fetchall()
+        executions = dict(
+            conn.execute(
+                "SELECT id, schedule_id FROM executions WHERE schedule_id IS NOT NULL"
+            ).fetchall()
+        )
+        anchors = dict(conn.execute("SELECT id, anchor_at FROM schedules").fetchall())
+        statuses = Counter(
+            s
+            for (s,) in conn.execute("SELECT status FROM executions WHERE schedule_id IS NOT NULL")
+        )
+
+    assert other == [], other
+    per_due = Counter((schedule_id, due) for schedule_id, due, _ in fired)
+    duplicates = {key: n for key, n in per_due.items() if n > 1}
+    assert duplicates == {}
+    # Each firing started exactly one execution, recorded with its schedule.
+    assert sorted(e for _, _, e in fired) == sorted(executions)
+    assert all(executions[e] == s for s, _, e in fired)
+    assert set(statuses) <= {"completed", "queued", "running"}, statuses
+    assert statuses["completed"] >= len(executions) - 3 * SCHEDULES
+
+    second = timedelta(seconds=1)
+    for schedule_id in ids:
+        dues = sorted(_utc_ms(due) for s, due, _ in fired if s == schedule_id)
+        anchor = _utc_ms(anchors[schedule_id])
+        assert dues, f"{schedule_id} never fired"
+        # From the first due time on, one firing per second, none missing.
+        assert dues == [anchor + second * k for k in range(1, len(dues) + 1)], schedule_id
+        assert len(dues) >= int(RUN_SECONDS) - 2, (schedule_id, len(dues))

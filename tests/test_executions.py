@@ -1016,6 +1016,10 @@ async def test_rest_needs_executions_write(rest: tuple[Engine, httpx.AsyncClient
         {"parameters": "x"},
         {"execution_options": {"timeout_seconds": "soon"}},
         {"execution_options": {"wait_for_completion": "yes"}},
+        {"execution_options": {"timeout_seconds": 0}},
+        {"execution_options": {"retries": 1}},
+        {"bogus": 1},
+        {"idempotency_key": ""},
         [1, 2],
     ],
 )
@@ -1027,3 +1031,18 @@ async def test_rest_bad_execute_bodies(rest: tuple[Engine, httpx.AsyncClient], b
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] in ("INVALID_REQUEST", "INVALID_PARAMETERS")
     assert (await engine.executions.list()).pagination.total_items == 0
+
+
+async def test_rest_execute_unknown_workflow(rest: tuple[Engine, httpx.AsyncClient]) -> None:
+    """Executing an unknown or inactive workflow over REST answers 404 / 409 envelopes."""
+    engine, client = rest
+    _error(await client.post("/workflows/wf_nope/execute", json={}), 404, "WORKFLOW_NOT_FOUND")
+    inactive = await new_workflow(engine, active=False)
+    _error(await client.post(f"/workflows/{inactive}/execute", json={}), 409, "INVALID_STATE")
+    needs = await new_workflow(engine, integrations=[{"id": "int_crm", "required": True}])
+    details = _error(
+        await client.post(f"/workflows/{needs}/execute_async", json={}),
+        409,
+        "INTEGRATION_MISSING",
+    )
+    assert details["integration_id"] == "int_crm"

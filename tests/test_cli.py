@@ -379,53 +379,6 @@ def test_serve_answers_with_cli_tokens_and_stops_cleanly(
 
 
 @pytest.mark.slow
-def test_serve_sigterm_keeps_a_running_execution_for_the_next_start(
-    tmp_path: Path, start_server: Callable[..., Server]
-) -> None:
-    """An execution running at SIGTERM is not lost: the next `serve` on the database finishes it."""
-    db = tmp_path / "engine.db"
-    token = create_token(db, "--user", "usr_ops")
-    workflow = {
-        "name": "Wait, then add",
-        "type": "custom",
-        "configuration": {
-            "steps": [
-                {"name": "wait", "action": "delay", "seconds": 2},
-                {
-                    "name": "total",
-                    "action": "transform",
-                    "expressions": {"sum": "parameters['a'] + 1"},
-                },
-            ]
-        },
-    }
-    first = start_server("serve", "--db", str(db), "--port", "0")
-    with httpx.Client(base_url=first.wait_serving(), headers=auth(token), timeout=10) as client:
-        workflow_id = client.post("/workflows", json=workflow).json()["data"]["id"]
-        assert client.post(f"/workflows/{workflow_id}/activate").status_code == 200
-        started = client.post(
-            f"/workflows/{workflow_id}/execute_async", json={"parameters": {"a": 41}}
-        )
-        assert started.status_code == 202, started.text
-        execution_id = started.json()["data"]["execution_id"]
-        time.sleep(0.3)
-    assert first.stop() == 0, first.output()
-
-    second = start_server("serve", "--db", str(db), "--port", "0")
-    with httpx.Client(base_url=second.wait_serving(), headers=auth(token), timeout=10) as client:
-        deadline = time.monotonic() + 20
-        while True:
-            execution = client.get(f"/workflow_executions/{execution_id}").json()["data"]
-            if execution["status"] not in ("queued", "running", "waiting"):
-                break
-            assert time.monotonic() < deadline, execution
-            time.sleep(0.2)
-    assert execution["status"] == "completed", execution
-    assert execution["result"] == {"sum": 42}
-    assert second.stop() == 0, second.output()
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "env", "allowed"),
     [

@@ -3,6 +3,7 @@ HTTP server on 127.0.0.1) and Python handlers registered through ``abi_step_hand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -42,7 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.seen.append(("GET", self.path, dict(self.headers), None))
-        if self.path == "/json":
+        if self.path in ("/json", "/api/json"):
             self._answer(200, {"hello": "world"})
         elif self.path == "/redirect":
             self._answer(302, {"moved": True}, {"Location": "/json"})
@@ -369,6 +370,50 @@ async def test_http_through_an_integration(eng: Engine, server: Server) -> None:
     assert execution.result["body"] == {"hello": "world"}
     assert server.seen[0][2]["Authorization"] == "Bearer tok-very-secret"
     assert "tok-very-secret" not in repr(eng.store.get_steps(execution.execution_id))
+
+
+async def test_integration_path_keeps_the_base_url(eng: Engine, server: Server) -> None:
+    """An integration step's path is appended to the integration's base_url, prefix included."""
+    await eng.integrations.put("int_api", "http", {"base_url": f"{server.url}/api"})
+    wf = await custom(
+        eng,
+        steps(
+            {"name": "a", "action": "http_request", "integration": "int_api", "path": "/json"},
+            {"name": "b", "action": "http_request", "integration": "int_api", "path": "json"},
+        ),
+    )
+    execution = await eng.executions.execute(wf)
+    assert execution.result["body"] == {"hello": "world"}
+    assert [p for _, p, _, _ in server.seen] == ["/api/json", "/api/json"]
+
+
+@pytest.mark.parametrize("form", ["{url}/json", "//{host}/json"])
+async def test_integration_credentials_stay_on_its_host(
+    eng: Engine, server: Server, form: str
+) -> None:
+    """A path naming another host never sends the integration's credentials there."""
+    other = Server()
+    thread = threading.Thread(target=other.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        await eng.integrations.put(
+            "int_api",
+            "http",
+            {"base_url": server.url, "auth": {"type": "bearer", "token": "tok-very-secret"}},
+        )
+        path = form.format(url=other.url, host=other.url.removeprefix("http://"))
+        wf = await custom(
+            eng,
+            steps({"name": "x", "action": "http_request", "integration": "int_api", "path": path}),
+        )
+        with contextlib.suppress(WorkflowExecutionError):
+            await eng.executions.execute(wf)
+        assert other.seen == []
+        assert len(server.seen) == 1  # the request stayed on the integration's host
+    finally:
+        other.shutdown()
+        other.server_close()
+        thread.join(5)
 
 
 async def test_private_url_refused_without_permission(make: EngineFactory, server: Server) -> None:

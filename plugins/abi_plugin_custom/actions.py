@@ -94,7 +94,10 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
             raise LookupError(f"integration {step.integration!r} is not connected")
         provider = engine.registry.providers[connection.provider]
         client: httpx.AsyncClient = provider.client(connection.config)
-        url = str(client.base_url.join(step.path or ""))
+        # Appended, never resolved: a path such as "https://elsewhere/..." or "//elsewhere"
+        # must not carry the integration's credentials to another host.
+        base = str(client.base_url).rstrip("/")
+        url = f"{base}/{step.path.lstrip('/')}" if step.path else base
     else:
         client = httpx.AsyncClient(follow_redirects=False)
         url = step.url

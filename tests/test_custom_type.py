@@ -428,6 +428,26 @@ async def test_private_url_refused_without_permission(make: EngineFactory, serve
     assert server.seen == []
 
 
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001"])
+async def test_disguised_loopback_refused_at_run(
+    make: EngineFactory, server: Server, host: str
+) -> None:
+    """Loopback spelled so that creation cannot tell (short, decimal, hex forms) is refused when
+    the step runs, before any request is sent."""
+    engine = make()
+    port = server.server_address[1]
+    async with engine:
+        wf = await custom(
+            engine,
+            steps({"name": "call", "action": "http_request", "url": f"http://{host}:{port}/json"}),
+        )
+        execution = await _failure(engine, wf)
+    assert execution.error.step == "call"
+    assert execution.error.type == "InvalidRequest"
+    assert "private" in execution.error.message
+    assert server.seen == []
+
+
 async def test_private_integration_refused_at_run(make: EngineFactory, server: Server) -> None:
     """Without allow_private_urls a request through an integration on 127.0.0.1 fails at run."""
     engine = make()

@@ -204,7 +204,14 @@ class ExecutionService(Service):
                 raise InvalidState("The execution could not be created; retry")
             return await self._settle(existing, wait=wait, timeout=timeout)
         self._runtime.submit(
-            Prepared(record=record, workflow_type=wtype, config=config, params=parsed, specs=specs),
+            Prepared(
+                record=record,
+                workflow_type=wtype,
+                config=config,
+                params=parsed,
+                specs=specs,
+                integration_ids=tuple(i.id for i in workflow.integrations),
+            ),
             sync=wait,
         )
         if not wait:

@@ -100,6 +100,9 @@ class Prepared:
     config: Any
     params: Any
     specs: list[StepSpec]
+    #: The workflow's integration ids (``None``: not known yet, look them up).
+    integration_ids: tuple[str, ...] | None = None
+    integrations: dict[str, Any] = attrs.Factory(dict)
 
 
 class _Waiter:
@@ -445,6 +448,17 @@ class Runtime:
     def _event(self, kind: str, data: dict[str, Any]) -> Event:
         return Event(type=kind, data=data)
 
+    def _connect(self, prepared: Prepared) -> None:
+        """Load the connections (with secrets) of the workflow's integrations for the steps."""
+        ids = prepared.integration_ids
+        if ids is None:
+            workflow = self.store.get_workflow(prepared.record.workflow_id)
+            ids = tuple(i.id for i in workflow.integrations) if workflow else ()
+        for integration_id in ids:
+            connection = self.store.get_integration(integration_id)
+            if connection is not None:
+                prepared.integrations[integration_id] = connection
+
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
         if record.callback_url is not None and kind in _CALLBACK_EVENTS:
@@ -475,6 +489,7 @@ class Runtime:
         )
         if not claimed:
             return
+        self._connect(prepared)
         done: list[StepRecord] = [] if fresh else self.store.get_steps(execution_id)
         signals: dict[str, Any] = {} if fresh else self.store.get_signals(execution_id)
         if record.timeout_at is not None and record.timeout_at <= utcnow():
@@ -592,6 +607,7 @@ class Runtime:
                 config=prepared.config,
                 results=results,
                 signals=signals,
+                integrations=prepared.integrations,
                 attempt=attempt,
                 services={"engine": self.engine},
             )

@@ -678,7 +678,12 @@ class ScheduleService(Service):
             executions.append(execution)
             prepared.append(
                 Prepared(
-                    record=execution, workflow_type=wtype, config=config, params=params, specs=specs
+                    record=execution,
+                    workflow_type=wtype,
+                    config=config,
+                    params=params,
+                    specs=specs,
+                    integration_ids=tuple(i.id for i in workflow.integrations),
                 )
             )
             history.append(

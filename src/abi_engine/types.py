@@ -117,6 +117,20 @@ class StepContext:
     services: Mapping[str, Any] = attrs.Factory(dict)
     _sleeps: int = attrs.field(default=0, init=False)
 
+    def client(self, integration_id: str) -> Any:
+        """A ready client for a connected integration of the workflow.
+
+        What the integration's provider builds from its configuration: an
+        ``httpx.AsyncClient`` (base URL, headers, auth set) for the built-in
+        ``http`` provider. Close it when done (``async with ctx.client(...)``).
+        Raises ``LookupError`` when the integration is not connected.
+        """
+        connection = self.integrations.get(integration_id)
+        if connection is None:
+            raise LookupError(f"integration {integration_id!r} is not connected")
+        provider = self.services["engine"].registry.providers[connection.provider]
+        return provider.client(connection.config)
+
     def wait_for_signal(self, name: str, timeout_seconds: float | None = None) -> Any:
         """Return the payload of signal ``name``, suspending the execution until it arrives.
 

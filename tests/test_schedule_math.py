@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from abi_engine.schedule_math import (
     ALIASES,
+    _croniter_spec,
+    _plain_spec,
     compile_cron,
     next_cron,
     next_interval,
@@ -329,6 +331,20 @@ def test_consecutive_runs_have_no_gaps_or_repeats(cron: Cron, where: tuple[str, 
             break
         assert oracle_scan(cron, tz, earlier, later - earlier) == later
         earlier = later
+
+
+@given(cron=cron_expressions())
+@example(
+    cron=Cron("0 0 * * 7", frozenset({0}), frozenset({0}), None, frozenset({1}), frozenset({0}))
+)
+def test_plain_parser_agrees_with_croniter(cron: Cron) -> None:
+    """The built-in parser of plain expressions gives what croniter's expansion gives."""
+    if not cron.possible():
+        return
+    spec = compile_cron(cron.text)
+    plain = _plain_spec(spec.expression)
+    assert plain is None or plain == _croniter_spec(spec.expression), spec.expression
+    assert spec == (plain or _croniter_spec(spec.expression))
 
 
 # -- explicit DST cases ----------------------------------------------------------------------

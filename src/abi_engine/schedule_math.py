@@ -19,6 +19,7 @@ in and out are aware UTC datetimes.
 
 from __future__ import annotations
 
+import calendar
 import functools
 import re
 from datetime import UTC, datetime, timedelta
@@ -105,23 +106,7 @@ def compile_cron(expression: str) -> CronSpec:
     if len(text.split(" ")) != 5:
         raise ValueError("a cron expression has five fields: minute hour day month weekday")
     text = _EQUAL_RANGE.sub(r"\1", text)
-    try:
-        expanded, nth = croniter.expand(text)
-    except Exception as exc:
-        raise ValueError(f"invalid cron expression: {exc}") from None
-    minutes, hours, days, months, weekdays = expanded
-    special = bool(nth) or any(isinstance(v, str) and v != "*" for v in days)
-    spec = CronSpec(
-        expression=text,
-        minutes=_field(minutes, 0, 59) or frozenset(range(60)),
-        hours=_field(hours, 0, 23) or frozenset(range(24)),
-        days=None if special else _field(days, 1, 31),
-        months=_field(months, 1, 12) or frozenset(range(1, 13)),
-        weekdays=None
-        if special
-        else _field([(v % 7 if isinstance(v, int) else v) for v in weekdays], 0, 6),
-        special=special,
-    )
+    spec = _plain_spec(text) or _croniter_spec(text)
     # With both day fields restricted either may match, so only day-of-month alone can be impossible.
     if (
         spec.days is not None
@@ -136,6 +121,86 @@ def compile_cron(expression: str) -> CronSpec:
     return spec
 
 
+def _croniter_spec(text: str) -> CronSpec:
+    """Any expression croniter accepts (``L``, ``W``, ``#``, wrapping ranges...)."""
+    try:
+        expanded, nth = croniter.expand(text)
+    except Exception as exc:
+        raise ValueError(f"invalid cron expression: {exc}") from None
+    minutes, hours, days, months, weekdays = expanded
+    special = bool(nth) or any(isinstance(v, str) and v != "*" for v in days)
+    return CronSpec(
+        expression=text,
+        minutes=_field(minutes, 0, 59) or frozenset(range(60)),
+        hours=_field(hours, 0, 23) or frozenset(range(24)),
+        days=None if special else _field(days, 1, 31),
+        months=_field(months, 1, 12) or frozenset(range(1, 13)),
+        weekdays=None
+        if special
+        else _field([(v % 7 if isinstance(v, int) else v) for v in weekdays], 0, 6),
+        special=special,
+    )
+
+
+# The plain syntax, parsed here because croniter.expand costs ~0.2 ms an expression:
+# numbers, names, ``*``, ranges, steps and lists. Anything else goes to croniter.
+_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NAMES: dict[int, dict[str, int]] = {
+    3: {name: i for i, name in enumerate(_MONTHS, 1)},
+    4: {name: i for i, name in enumerate(_WEEKDAYS)},
+}
+_TOKEN = re.compile(r"(\*|[0-9]{1,2}|[a-z]{3})(?:-([0-9]{1,2}|[a-z]{3}))?(?:/([0-9]{1,2}))?")
+
+
+def _plain_values(text: str, index: int) -> frozenset[int] | None:
+    """The values of one plain field; ``None`` when it is not plain (or not valid)."""
+    low, high = _BOUNDS[index]
+    names = _NAMES.get(index, {})
+    values: set[int] = set()
+    for token in text.lower().split(","):
+        match = _TOKEN.fullmatch(token)
+        if match is None:
+            return None
+        first, last, step = match.groups()
+        if first == "*":
+            if last is not None:
+                return None
+            start, end = low, high
+        else:
+            start = int(first) if first.isdigit() else names.get(first, -1)
+            end = start if last is None else int(last) if last.isdigit() else names.get(last, -1)
+            if step is not None and last is None:
+                end = high  # "5/15" counts from 5 to the end of the field
+        every = 1 if step is None else int(step)
+        if not (low <= start <= end <= high and 1 <= every <= high):
+            return None
+        values.update(range(start, end + 1, every))
+    return frozenset(v % 7 for v in values) if index == 4 else frozenset(values)
+
+
+def _plain_spec(text: str) -> CronSpec | None:
+    fields = text.split(" ")
+    parsed = [_plain_values(f, i) for i, f in enumerate(fields)]
+    minutes, hours, days, months, weekdays = parsed
+    if minutes is None or hours is None or days is None or months is None or weekdays is None:
+        return None
+    # A day field written other than "*" restricts (and is OR-ed with the other one);
+    # one that covers every day anyway is left to croniter's own rules.
+    if (fields[2] != "*" and len(days) == 31) or (fields[4] != "*" and len(weekdays) == 7):
+        return None
+    return CronSpec(
+        expression=text,
+        minutes=minutes,
+        hours=hours,
+        days=None if fields[2] == "*" else days,
+        months=months,
+        weekdays=None if fields[4] == "*" else weekdays,
+        special=False,
+    )
+
+
 def _next_wall(spec: CronSpec, after: datetime) -> datetime:
     """The first wall time (naive, whole minute) strictly after ``after`` matching ``spec``."""
     if spec.special:
@@ -148,6 +213,13 @@ def _next_wall(spec: CronSpec, after: datetime) -> datetime:
             t = datetime(year, month, 1)
             continue
         if not spec.day_matches(t):
+            if spec.weekdays is None and spec.days is not None:  # jump to the next listed day
+                length = calendar.monthrange(t.year, t.month)[1]
+                later = [d for d in spec.days if t.day < d <= length]
+                if later:
+                    t = datetime(t.year, t.month, min(later))
+                    continue
+                t = datetime(t.year, t.month, length)
             t = datetime(t.year, t.month, t.day) + timedelta(days=1)
             continue
         if t.hour not in spec.hours:

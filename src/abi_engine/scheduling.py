@@ -225,6 +225,7 @@ class ScheduleService(Service):
         self._max_sleep = max_sleep
         self._batch = batch
         self._wakeup = anyio.Event()
+        self._names: dict[str, tuple[datetime, str]] = {}
         self.fired = 0
 
     # -- CRUD -------------------------------------------------------------------------------
@@ -277,14 +278,12 @@ class ScheduleService(Service):
             if isinstance(data, ScheduleRequest)
             else structure(data, ScheduleRequest, error=InvalidSchedule)
         )
-        workflow = await self._call(self._store.get_workflow, workflow_id)
-        if workflow is None:
-            raise WorkflowNotFound(str(workflow_id))
+        workflow_name = await self._workflow_name(workflow_id)
         now = utcnow()
         _check(req, now, creating=True)
-        record = self._record(req, base=None, workflow_id=workflow.id, now=now)
+        record = self._record(req, base=None, workflow_id=workflow_id, now=now)
         record.created_by = actor.user_id if actor else None
-        record.workflow_name = workflow.name
+        record.workflow_name = workflow_name
         view = _view(record)
         await self._engine.runtime.committer.submit(
             InsertSchedule(
@@ -293,6 +292,23 @@ class ScheduleService(Service):
         )
         self._wakeup.set()
         return view
+
+    async def _workflow_name(self, workflow_id: Any) -> str:
+        """The name of a live workflow (cached while its ``updated_at`` stays the same)."""
+        if not isinstance(workflow_id, str):
+            raise WorkflowNotFound(str(workflow_id))
+        version = await self._call(self._store.workflow_version, workflow_id)
+        cached = self._names.get(workflow_id)
+        if version is not None and cached is not None and cached[0] == version:
+            return cached[1]
+        workflow = await self._call(self._store.get_workflow, workflow_id)
+        if workflow is None:
+            self._names.pop(workflow_id, None)
+            raise WorkflowNotFound(workflow_id)
+        if len(self._names) >= 1024:
+            self._names.pop(next(iter(self._names)))
+        self._names[workflow_id] = (workflow.updated_at, workflow.name)
+        return workflow.name
 
     async def _load(self, schedule_id: Any) -> ScheduleRecord:
         if not isinstance(schedule_id, str):
@@ -450,8 +466,9 @@ class ScheduleService(Service):
         now = now or utcnow()
         due = await self._call(self._store.due_schedules, now, self._batch)
         ready = await self._call(self._store.queued_schedules_ready, self._batch)
-        plans = [self._plan_due(record, now) for record in due]
-        plans += [self._plan_queued(record, now) for record in ready]
+        compiled: dict[str, Any] = {}  # each workflow is read and parsed once per tick
+        plans = [self._plan_due(record, now, compiled) for record in due]
+        plans += [self._plan_queued(record, now, compiled) for record in ready]
         if plans:
             results: builtins.list[Any] = [None] * len(plans)
 
@@ -472,7 +489,7 @@ class ScheduleService(Service):
         return len(due) >= self._batch or len(ready) >= self._batch
 
     def _plan_due(
-        self, record: ScheduleRecord, now: datetime
+        self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, builtins.list[Prepared]]:
         first = record.next_due
         assert first is not None
@@ -561,7 +578,7 @@ class ScheduleService(Service):
                     else:
                         note(fire_times[-1], "skipped_overlap", "a run is already queued")
                     fire_times = []
-        executions, prepared = self._prepare(record, fire_times, now, history)
+        executions, prepared = self._prepare(record, fire_times, now, history, compiled)
         events = tuple(
             Event(
                 type="schedule.triggered",
@@ -590,10 +607,10 @@ class ScheduleService(Service):
         return op, prepared
 
     def _plan_queued(
-        self, record: ScheduleRecord, now: datetime
+        self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, builtins.list[Prepared]]:
         history: builtins.list[HistoryRecord] = []
-        executions, prepared = self._prepare(record, [now], now, history)
+        executions, prepared = self._prepare(record, [now], now, history, compiled)
         return FireSchedule(
             schedule_id=record.id,
             expected_next_due=record.next_due,
@@ -623,6 +640,7 @@ class ScheduleService(Service):
         fire_times: builtins.list[datetime],
         now: datetime,
         history: builtins.list[HistoryRecord],
+        compiled: dict[str, Any],
     ) -> tuple[builtins.list[ExecutionRecord], builtins.list[Prepared]]:
         executions: builtins.list[ExecutionRecord] = []
         prepared: builtins.list[Prepared] = []
@@ -630,22 +648,16 @@ class ScheduleService(Service):
             return executions, prepared
         runtime = self._engine.runtime
         try:
-            workflow = self._store.get_workflow(record.workflow_id)
-            if workflow is None:
-                raise WorkflowNotFound(record.workflow_id)
-            wtype = self._engine.workflows.workflow_type(workflow.type)
-            config = wtype.parse_configuration(workflow.configuration)
+            if record.workflow_id not in compiled:
+                try:
+                    compiled[record.workflow_id] = self._compile(record.workflow_id)
+                except AbiError as exc:
+                    compiled[record.workflow_id] = exc
+            found = compiled[record.workflow_id]
+            if isinstance(found, AbiError):
+                raise found
+            workflow, wtype, config, specs = found
             params = wtype.parse_parameters(record.parameters, config)
-            specs = wtype.steps(config)
-            if any(i.required for i in workflow.integrations):
-                connected = self._store.existing_integration_ids(
-                    [i.id for i in workflow.integrations]
-                )
-                missing = [
-                    i.id for i in workflow.integrations if i.required and i.id not in connected
-                ]
-                if missing:
-                    raise InvalidState(f"required integration {missing[0]!r} is not connected")
         except AbiError as exc:
             for due in fire_times:
                 history.append(
@@ -696,6 +708,21 @@ class ScheduleService(Service):
                 )
             )
         return executions, prepared
+
+    def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any]:
+        """The workflow, its type, parsed configuration and steps; raises when it cannot run."""
+        workflow = self._store.get_workflow(workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(workflow_id)
+        wtype = self._engine.workflows.workflow_type(workflow.type)
+        config = wtype.parse_configuration(workflow.configuration)
+        specs = wtype.steps(config)
+        if any(i.required for i in workflow.integrations):
+            connected = self._store.existing_integration_ids([i.id for i in workflow.integrations])
+            missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
+            if missing:
+                raise InvalidState(f"required integration {missing[0]!r} is not connected")
+        return workflow, wtype, config, specs
 
 
 def _count_detail(count: int, reason: str) -> str:

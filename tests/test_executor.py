@@ -561,11 +561,6 @@ async def test_sync_execute_returns_a_waiting_execution(eng: Engine) -> None:
     assert waited.status is ExecutionStatus.WAITING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sync execution's caller timeout (timeout_at) keeps running while it waits, so a "
-    "signal after it resumes the execution straight into timed_out",
-)
 async def test_waiting_time_is_not_a_sync_timeout(eng: Engine) -> None:
     """A sync-started execution that waits longer than its caller's timeout still completes."""
     wf = await new_workflow(eng)
@@ -720,12 +715,6 @@ async def test_queue_full(make: EngineFactory) -> None:
             assert final.status is ExecutionStatus.COMPLETED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concurrent submits all pass check_capacity, then enqueue raises QueueFull after the "
-    "execution row was inserted: the caller is refused but the row stays queued, owned by a "
-    "live node, and never runs",
-)
 async def test_queue_full_under_concurrency_leaves_no_orphans(make: EngineFactory) -> None:
     """Executions refused with QueueFull leave nothing behind, even when submitted concurrently."""
     engine = make(settings=fast(workers=1, queue_size=5))

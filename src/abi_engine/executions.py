@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -163,8 +164,46 @@ class ExecutionService(Service):
                 )
         wtype, config, specs = compiled.workflow_type, compiled.config, compiled.specs
         parsed = wtype.parse_parameters(params, config)
-        if not wait:
-            self._runtime.check_capacity()
+        reservation = None if wait else self._runtime.reserve()
+        try:
+            return await self._start(
+                workflow,
+                wtype,
+                config,
+                specs,
+                parsed,
+                params,
+                wait=wait,
+                timeout=timeout,
+                callback_url=callback_url,
+                callback_secret=callback_secret,
+                idempotency_key=idempotency_key,
+                schedule_id=schedule_id,
+                actor=actor,
+                reservation=reservation,
+            )
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    async def _start(
+        self,
+        workflow: Workflow,
+        wtype: WorkflowType,
+        config: Any,
+        specs: builtins.list[StepSpec],
+        parsed: Any,
+        params: Mapping[str, Any],
+        *,
+        wait: bool,
+        timeout: float | None,
+        callback_url: str | None,
+        callback_secret: str | None,
+        idempotency_key: str | None,
+        schedule_id: str | None,
+        actor: Principal | None,
+        reservation: Any,
+    ) -> Execution:
         now = utcnow()
         record = ExecutionRecord(
             id=new_id("exec_"),
@@ -213,6 +252,7 @@ class ExecutionService(Service):
                 integration_ids=tuple(i.id for i in workflow.integrations),
             ),
             sync=wait,
+            reservation=reservation,
         )
         if not wait:
             return build_execution(record, [])
@@ -244,7 +284,7 @@ class ExecutionService(Service):
 
     async def _settle(self, execution_id: str, *, wait: bool, timeout: float | None) -> Execution:
         if wait:
-            grace = None if timeout is None else timeout + 1.0
+            grace = None if timeout is None else timeout + 0.25
             view = await self._runtime.wait(execution_id, grace)
             if view is None:
                 view = await self.get(execution_id)

@@ -105,6 +105,20 @@ class Prepared:
     integrations: dict[str, Any] = attrs.Factory(dict)
 
 
+class _Reservation:
+    """A place held in the asynchronous queue (see :meth:`Runtime.reserve`)."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime: Runtime | None = runtime
+
+    def release(self) -> None:
+        if self._runtime is not None:
+            self._runtime._reserved -= 1
+            self._runtime = None
+
+
 class _Waiter:
     __slots__ = ("done", "execution")
 
@@ -215,6 +229,7 @@ class Runtime:
         self._send, self._receive = anyio.create_memory_object_stream[str](self.settings.queue_size)
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
+        self._reserved = 0
         self._waiters: dict[str, _Waiter] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._cancelled: set[str] = set()
@@ -284,19 +299,33 @@ class Runtime:
 
     # -- submitting -------------------------------------------------------------------------
 
-    def check_capacity(self) -> None:
-        """Raise ``QueueFull`` when the asynchronous queue cannot take more."""
+    def reserve(self) -> _Reservation:
+        """Reserve a place in the asynchronous queue, or raise ``QueueFull``.
+
+        Reserving before the execution is stored means a refused caller leaves
+        nothing behind. :meth:`submit` uses the reservation; release it
+        (``reservation.release()``, idempotent) when it was not used.
+        """
         stats = self._send.statistics()
-        if stats.current_buffer_used >= stats.max_buffer_size:
+        if stats.current_buffer_used + self._reserved >= stats.max_buffer_size:
             raise QueueFull(
                 f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
                 {"queue_size": self.settings.queue_size},
             )
+        self._reserved += 1
+        return _Reservation(self)
 
-    def submit(self, prepared: Prepared, *, sync: bool) -> None:
-        """Run a just-inserted execution: at once when ``sync``, else through the queue."""
+    def submit(
+        self, prepared: Prepared, *, sync: bool, reservation: _Reservation | None = None
+    ) -> None:
+        """Run a just-inserted execution: at once when ``sync``, else through the queue.
+
+        ``reservation``: the place taken with :meth:`reserve` for it.
+        """
         execution_id = prepared.record.id
         self._prepared[execution_id] = prepared
+        if reservation is not None:
+            reservation.release()
         self.enqueue(execution_id, sync=sync)
 
     def enqueue(self, execution_id: str, *, sync: bool = False) -> None:
@@ -669,6 +698,7 @@ class Runtime:
         )
         if state is True:
             record.status = ExecutionStatus.WAITING
+            record.timeout_at = None
             self._notify(record.id, None)  # a waiting caller gets the execution as it stands
         return state
 

@@ -160,7 +160,11 @@ class FinishExecution(WriteOp):
 
 @attrs.frozen(kw_only=True)
 class SuspendExecution(WriteOp):
-    """Park a running execution as ``waiting`` for a signal (or until ``wake_at``)."""
+    """Park a running execution as ``waiting`` for a signal (or until ``wake_at``).
+
+    The execution's own timeout ends here: it bounds running time, and a wait
+    is bounded by its own ``wake_at``. Applies ``"ready"`` instead when the
+    signal has already arrived (the step then runs again at once)."""
 
     execution_id: str
     owner: str

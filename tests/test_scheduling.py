@@ -481,8 +481,16 @@ async def test_fixed_time_fires_once_then_completed(eng: Engine) -> None:
     await eng.schedules.tick(at + timedelta(days=1))
     assert len(executions_of(eng, schedule.id)) == 1
     assert outcomes(await history(eng, schedule.id)) == ["fired"]
-    # A later edit that does not touch the time keeps it done.
+    # A later edit that does not change the time keeps it done, even when it echoes
+    # the (now past) execution_time, as a client sending back what it read does.
     assert (await eng.schedules.update(schedule.id, {"description": "x"})).status == "completed"
+    echoed = await eng.schedules.update(
+        schedule.id, {"execution_time": format_time(at), "schedule_type": "fixed_time"}
+    )
+    assert (echoed.status, echoed.next_execution) == ("completed", None)
+    with pytest.raises(InvalidSchedule) as info:
+        await eng.schedules.update(schedule.id, {"execution_time": format_time(at - timedelta(1))})
+    assert info.value.details["field"] == "execution_time"
 
 
 async def test_disabled_schedule_does_not_fire_and_says_why(eng: Engine) -> None:

@@ -190,3 +190,13 @@ def test_structure_times_to_utc() -> None:
     assert got.when is not None
     assert got.when.tzinfo is UTC
     assert got.when.hour == 17
+
+
+def test_lists_come_only_from_json_arrays() -> None:
+    """An object or a string where a list belongs is refused, naming the field."""
+    from abi_engine.workflows import WorkflowRequest
+
+    for value in ({}, "", "int_a", {"id": "int_a"}):
+        with pytest.raises(InvalidRequest) as caught:
+            structure({"name": "x", "type": "t", "integrations": value}, WorkflowRequest)
+        assert caught.value.details["field"] == "integrations"

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.gen import make_dict_unstructure_fn
 from cattrs.v import transform_error
 
@@ -113,6 +114,26 @@ def _list_of_str(value: Any, _: type) -> list[str]:
     return list(value)
 
 
+converter.register_structure_hook_func(lambda t: t == list[str], _list_of_str)
+
+
+def _is_list(tp: Any) -> bool:
+    return tp is list or getattr(tp, "__origin__", None) is list
+
+
+def _strict_list_factory(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """Lists only from JSON arrays (cattrs would iterate a dict's keys or a string)."""
+    base = list_structure_factory(tp, conv)
+
+    def structure_list(value: Any, cls: Any) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return base(value, cls)
+
+    return structure_list
+
+
+converter.register_structure_hook_factory(_is_list, _strict_list_factory)
 converter.register_structure_hook_func(lambda t: t == list[str], _list_of_str)
 
 # Sets become sorted JSON arrays (a set is not JSON-able, and sorting keeps output stable).

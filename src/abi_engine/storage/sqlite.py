@@ -144,6 +144,8 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         return conn
 
     def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise sqlite3.ProgrammingError("the store is closed")
         if self._memory:
             return self._writer
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

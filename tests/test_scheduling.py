@@ -8,9 +8,12 @@ stopping the engine and starting another on the same database.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from zoneinfo import ZoneInfo
 import anyio
 import httpx
 import pytest
+import uvicorn
 from abi_asgi import create_app
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import EngineFactory, engines, new_workflow, until, wait_status
@@ -915,31 +919,60 @@ scheduler.delete_schedule(schedule.id)
 """
 
 
-def test_seed_scheduling_block_in_process(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@contextmanager
+def serving(engine: Engine) -> Iterator[str]:
+    """The engine's REST API under uvicorn on a free 127.0.0.1 port (a thread); its root URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(engine), log_level="warning", ws="none", http="h11")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert thread.is_alive(), "uvicorn stopped"
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+@pytest.mark.parametrize("where", ["engine", "base_url"])
+def test_seed_scheduling_block(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The seed's block runs in-process (workflow id substituted) and has each of its effects."""
+    """The seed's block runs in-process and over HTTP (workflow id substituted), with its effects."""
     recorder = Recorder()
-    with engines(tmp_path) as make_engine:
+    with engines(tmp_path) as make_engine, ExitStack() as stack:
         engine = make_engine(plugins=(recorder,))
         token = engine.tokens.create_token("usr_seed")
         wf = engine.call(custom_workflow, engine)
+        target: Any = engine if where == "engine" else stack.enter_context(serving(engine))
         source = SEED_WORKFLOW_SCHEDULING.replace("wf_123456789", wf).replace(
             "WorkflowScheduler(access_token=access_token)",
-            "WorkflowScheduler(access_token=access_token, engine=engine)",
+            f"WorkflowScheduler(access_token=access_token, {where}={where})",
         )
         assert source.count(wf) == 2
-        namespace: dict[str, Any] = {"access_token": token, "engine": engine}
+        namespace: dict[str, Any] = {"access_token": token, where: target}
         before = utcnow()
         exec(compile(source, "<seed: Workflow Scheduling>", "exec"), namespace)
+        stack.callback(namespace["scheduler"].close)
 
         schedule = namespace["schedule"]
         assert isinstance(schedule, Schedule)
         assert schedule.workflow_name == "Echo"
+        assert schedule.created_by == "usr_seed"
         created_line, next_line, list_line = capsys.readouterr().out.splitlines()
         assert created_line == f"Created schedule with ID: {schedule.id}"
-        assert next_line == f"Next execution: {next_midnight(before).replace(tzinfo=UTC)}"
-        assert list_line.startswith(f"{schedule.id}: Daily Feedback Analysis - Next run: ")
+        assert next_line == f"Next execution: {next_midnight(before)}"
+        assert list_line == (
+            f"{schedule.id}: Daily Feedback Analysis - Next run: {next_midnight(before)}"
+        )
 
         page = namespace["schedules"]
         assert isinstance(page, Page)
@@ -948,6 +981,7 @@ def test_seed_scheduling_block_in_process(
 
         updated = namespace["updated_schedule"]
         assert isinstance(updated, Schedule)
+        assert updated.id == schedule.id
         assert updated.cron_expression == "0 2 * * *"
         assert updated.description == "Runs feedback analysis every night at 2 AM"
         assert updated.parameters == {
@@ -957,8 +991,11 @@ def test_seed_scheduling_block_in_process(
         }
         assert updated.next_execution is not None
         assert updated.next_execution.strftime("%H:%M") == "02:00"
+        assert updated.next_execution - before <= timedelta(days=1)
 
         assert recorder.types() == ["schedule.created", "schedule.updated", "schedule.deleted"]
+        [changed] = [e for e in recorder.events if e.type == "schedule.updated"]
+        assert changed.data["cron_expression"] == "0 2 * * *"
         assert engine.store.get_schedule(schedule.id) is None
         with pytest.raises(ScheduleNotFound):
             namespace["scheduler"].get_schedule(schedule.id)

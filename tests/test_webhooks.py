@@ -869,3 +869,101 @@ def test_key_derivation_matches_the_reference_library(secret_body: str) -> None:
             "webhook-signature": sign(secret, "evt_1", timestamp, "{}"),
         }
         Verifier(secret).verify("{}", headers)
+
+
+# -- the Python API (abi.workflows.WebhookManager) ----------------------------------------------
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _manager_scenario(manager: Any, workflows: Any, receiver: Receiver) -> None:
+    from abi.workflows import WorkflowConfig
+
+    hook = manager.create_webhook(
+        receiver.url(), ["workflow.created"], description="py", secret="whsec_" + "b" * 32
+    )
+    assert isinstance(hook, Webhook)
+    assert hook.secret == "whsec_" + "b" * 32
+    assert manager.get_webhook(hook.id).secret == "whsec_****bbbb"
+    assert [w.id for w in manager.list_webhooks(page_size=5).items] == [hook.id]
+    receiver.plan("/hook", [500])
+    workflows.create_workflow(WorkflowConfig(name="py", type="custom", configuration=STEPS))
+
+    def failed() -> bool:
+        items = manager.list_deliveries(hook.id).items
+        return bool(items) and items[0].status is DeliveryStatus.FAILED
+
+    _wait(failed)
+    (delivery,) = manager.list_deliveries(hook.id, page=1, page_size=10).items
+    assert [a.status_code for a in delivery.attempts] == [500, 500, 500, 500]
+    receiver.plan("/hook", [200])
+    assert manager.redeliver(hook.id, delivery.id).status is DeliveryStatus.PENDING
+    _wait(lambda: manager.list_deliveries(hook.id).items[0].status is DeliveryStatus.SUCCEEDED)
+    Verifier(hook.secret).verify(receiver.received()[-1].body, receiver.received()[-1].headers)
+    with pytest.raises(NotFound):
+        manager.redeliver(hook.id, "dlv_missing")
+    updated = manager.update_webhook(hook.id, enabled=False, description=None)
+    assert (updated.enabled, updated.description) == (False, None)
+    with pytest.raises(InvalidRequest) as caught:
+        manager.update_webhook(hook.id, events=["nope"])
+    assert caught.value.details["field"] == "events[0]"
+    assert manager.delete_webhook(hook.id).deleted is True
+    with pytest.raises(WebhookNotFound):
+        manager.get_webhook(hook.id)
+    with pytest.raises(WebhookNotFound):
+        manager.get_webhook("../x")
+
+
+def test_webhook_manager_in_process(tmp_path: Path, receiver: Receiver) -> None:
+    """WebhookManager drives an in-process engine: create, list, deliveries, redeliver, errors."""
+    from abi.workflows import WebhookManager, WorkflowManager
+
+    engine = Engine(tmp_path / "py.db", allow_private_urls=True, webhook_settings=fast())
+    try:
+        token = engine.tokens.create_token("usr_py", ["webhooks:admin", "workflows:write"])
+        with (
+            WebhookManager(access_token=token, engine=engine) as manager,
+            WorkflowManager(access_token=token, engine=engine) as workflows,
+        ):
+            _manager_scenario(manager, workflows, receiver)
+    finally:
+        engine.close()
+
+
+def test_webhook_manager_over_http(tmp_path: Path, receiver: Receiver) -> None:
+    """WebhookManager over a real uvicorn server behaves as in-process."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from abi.workflows import WebhookManager, WorkflowManager
+
+    engine = Engine(tmp_path / "http.db", allow_private_urls=True, webhook_settings=fast())
+    token = engine.tokens.create_token("usr_py", ["webhooks:admin", "workflows:write"])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine), log_level="warning", http="h11"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _wait(lambda: server.started)
+        base_url = f"http://127.0.0.1:{port}"
+        with (
+            WebhookManager(access_token=token, base_url=base_url) as manager,
+            WorkflowManager(access_token=token, base_url=base_url) as workflows,
+        ):
+            _manager_scenario(manager, workflows, receiver)
+            with pytest.raises(WebhookNotFound):
+                manager.delete_webhook("wh_none")
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        engine.close()
+    assert not thread.is_alive()

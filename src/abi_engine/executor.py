@@ -102,6 +102,8 @@ class Prepared:
     specs: list[StepSpec]
     #: The workflow's integration ids (``None``: not known yet, look them up).
     integration_ids: tuple[str, ...] | None = None
+    #: Inserted already ``running`` and held by this node (no claim needed).
+    claimed: bool = False
     integrations: dict[str, Any] = attrs.Factory(dict)
 
 
@@ -477,6 +479,16 @@ class Runtime:
     def _event(self, kind: str, data: dict[str, Any]) -> Event:
         return Event(type=kind, data=data)
 
+    def started_events(self, record: ExecutionRecord) -> tuple[Event, ...]:
+        """The ``workflow.executed`` event of an execution that starts, if anyone wants it."""
+        if not self._wants("workflow.executed", record):
+            return ()
+        return (self._event("workflow.executed", unstructure(build_execution(record, []))),)
+
+    def sync_slot_free(self) -> bool:
+        """Whether a synchronous execution submitted now starts at once."""
+        return self.running and self._sync_limiter.available_tokens >= 1
+
     def _connect(self, prepared: Prepared) -> None:
         """Load the connections (with secrets) of the workflow's integrations for the steps."""
         ids = prepared.integration_ids
@@ -499,25 +511,22 @@ class Runtime:
         if prepared is None:
             return
         record = prepared.record
-        fresh = record.started_at is None
-        now = utcnow()
-        record.started_at = record.started_at or now
-        record.status = ExecutionStatus.RUNNING
-        events: tuple[Event, ...] = ()
-        if fresh and self._wants("workflow.executed", record):
-            view = unstructure(build_execution(record, []))
-            events = (self._event("workflow.executed", view),)
-        claimed = await self.committer.submit(
-            ClaimExecution(
-                execution_id=execution_id,
-                owner=self.node_id,
-                lease_until=self._lease(),
-                started_at=record.started_at,
-                events=events,
+        fresh = prepared.claimed or record.started_at is None
+        if not prepared.claimed:
+            record.started_at = record.started_at or utcnow()
+            record.status = ExecutionStatus.RUNNING
+            events = self.started_events(record) if fresh else ()
+            claimed = await self.committer.submit(
+                ClaimExecution(
+                    execution_id=execution_id,
+                    owner=self.node_id,
+                    lease_until=self._lease(),
+                    started_at=record.started_at,
+                    events=events,
+                )
             )
-        )
-        if not claimed:
-            return
+            if not claimed:
+                return
         self._connect(prepared)
         done: list[StepRecord] = [] if fresh else self.store.get_steps(execution_id)
         signals: dict[str, Any] = {} if fresh else self.store.get_signals(execution_id)

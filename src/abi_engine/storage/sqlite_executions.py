@@ -110,7 +110,7 @@ class ExecutionsMixin:
         """
         try:
             with self.transaction() as conn:
-                return [self._apply_one(conn, op) for op in ops]
+                return self._apply_batch(conn, ops)
         except Exception:
             if len(ops) == 1:
                 raise
@@ -121,6 +121,35 @@ class ExecutionsMixin:
                     results.append(self._apply_one(conn, op))
             except Exception as exc:
                 results.append(exc)
+        return results
+
+    def _apply_batch(self, conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply a batch: the hot kinds of op together (a few statements per kind).
+
+        Ops in one batch come from different tasks, each waiting for its own
+        result, so no op of a batch depends on another one: grouping them by
+        kind is one valid order among the concurrent ones.
+        """
+        results: list[Any] = [None] * len(ops)
+        groups: dict[type, list[int]] = {}
+        for index, op in enumerate(ops):
+            kind = type(op)
+            if kind in _BULK and not (kind is InsertExecution and op.record.idempotency_key):  # type: ignore[attr-defined]
+                groups.setdefault(kind, []).append(index)
+            else:
+                results[index] = _HANDLERS[kind](conn, op)
+        for kind, indexes in groups.items():
+            for index, result in zip(
+                indexes, _BULK[kind](conn, [ops[i] for i in indexes]), strict=True
+            ):
+                results[index] = result
+        events = [
+            event
+            for op, result in zip(ops, results, strict=True)
+            if op.events and result is not False and result is not None
+            for event in op.events
+        ]
+        self._insert_events(conn, events)
         return results
 
     def _apply_one(self, conn: sqlite3.Connection, op: WriteOp) -> Any:
@@ -480,6 +509,112 @@ _HANDLERS: dict[type[WriteOp], Callable[[sqlite3.Connection, Any], Any]] = {
     CancelExecution: _cancel,
     ReleaseExecutions: _release,
     InsertEvents: _events_only,
+}
+
+
+# -- bulk handlers: one SELECT and a few executemany per kind of op -----------------------
+
+
+def _states(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    found: dict[str, tuple[str, str | None]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT id, status, owner FROM executions WHERE id IN ({marks})", chunk
+        ):
+            found[row[0]] = (row[1], row[2])
+    return found
+
+
+def _bulk_insert(conn: sqlite3.Connection, ops: list[InsertExecution]) -> list[bool]:
+    return [insert_execution_row(conn, op.record) for op in ops]
+
+
+def _bulk_claim(conn: sqlite3.Connection, ops: list[ClaimExecution]) -> list[bool]:
+    states = _states(conn, [op.execution_id for op in ops])
+    results: list[bool] = []
+    rows = []
+    for op in ops:
+        status, owner = states.get(op.execution_id, ("missing", None))
+        ok = status in ("queued", "running") and owner in (None, op.owner)
+        if ok:
+            states[op.execution_id] = ("claimed", op.owner)  # a second claim in the batch loses
+            rows.append((op.owner, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id))
+        results.append(ok)
+    conn.executemany(
+        "UPDATE executions SET status = 'running', owner = ?, lease_until = ?,"
+        " started_at = coalesce(started_at, ?) WHERE id = ?",
+        rows,
+    )
+    return results
+
+
+def _bulk_checkpoint(conn: sqlite3.Connection, ops: list[CheckpointStep]) -> list[bool]:
+    # Leases are renewed by the node's heartbeat; a checkpoint only checks ownership.
+    states = _states(conn, [op.step.execution_id for op in ops])
+    results = [states.get(op.step.execution_id) == ("running", op.owner) for op in ops]
+    conn.executemany(
+        _UPSERT_STEP, [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok]
+    )
+    return results
+
+
+def _bulk_finish(conn: sqlite3.Connection, ops: list[FinishExecution]) -> list[bool]:
+    states = _states(conn, [op.execution_id for op in ops])
+    results: list[bool] = []
+    updates = []
+    steps = []
+    stats: dict[str, list[int]] = {}
+    for op in ops:
+        status, owner = states.get(op.execution_id, ("missing", None))
+        if op.owner:
+            ok = status == "running" and owner == op.owner
+        else:
+            ok = status in ("queued", "running", "waiting")
+        results.append(ok)
+        if not ok:
+            continue
+        states[op.execution_id] = ("finished", None)
+        updates.append(
+            (
+                op.status.value,
+                to_ms(op.completed_at),
+                op.duration_ms,
+                op.result_json
+                if op.result_json is not None
+                else (None if op.result is None else dumps(op.result)),
+                None if op.error is None else dumps(op.error),
+                op.execution_id,
+            )
+        )
+        if op.step is not None:
+            steps.append(_step_params(op.step))
+        counts = stats.setdefault(op.workflow_id, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += op.status is ExecutionStatus.COMPLETED
+        counts[2] += op.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
+        counts[3] += op.duration_ms
+    conn.executemany(
+        "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
+        " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        " WHERE id = ?",
+        updates,
+    )
+    conn.executemany(_UPSERT_STEP, steps)
+    conn.executemany(
+        "UPDATE workflows SET runs_total = runs_total + ?, runs_success = runs_success + ?,"
+        " runs_failed = runs_failed + ?, duration_total_ms = duration_total_ms + ? WHERE id = ?",
+        [(*counts, workflow_id) for workflow_id, counts in stats.items()],
+    )
+    return results
+
+
+_BULK: dict[type, Callable[[sqlite3.Connection, Any], list[Any]]] = {
+    InsertExecution: _bulk_insert,
+    ClaimExecution: _bulk_claim,
+    CheckpointStep: _bulk_checkpoint,
+    FinishExecution: _bulk_finish,
 }
 
 

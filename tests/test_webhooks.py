@@ -967,3 +967,70 @@ def test_webhook_manager_over_http(tmp_path: Path, receiver: Receiver) -> None:
         thread.join(15)
         engine.close()
     assert not thread.is_alive()
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("allow", [True, False])
+def test_serve_allow_private_urls(tmp_path: Path, receiver: Receiver, allow: bool) -> None:
+    """`abi-engine serve` delivers to 127.0.0.1 with --allow-private-urls and refuses it without."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABI_ENGINE_")}
+    db = str(tmp_path / "serve.db")
+    token = subprocess.run(
+        [sys.executable, "-m", "abi_engine", "token", "create", "--db", db, "--user", "ops"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["serve", "--db", db, "--port", str(port)] + (["--allow-private-urls"] if allow else [])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "abi_engine", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/api/v1"
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as client:
+
+            def up() -> bool:
+                try:
+                    return client.get("/health").status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait(up, timeout=30)
+            r = client.post(
+                "/webhooks", json={"url": receiver.url(), "events": ["workflow.created"]}
+            )
+            if not allow:
+                assert r.status_code == 400
+                assert r.json()["error"]["code"] == "INVALID_REQUEST"
+                assert r.json()["error"]["details"]["field"] == "url"
+                return
+            assert r.status_code == 201, r.text
+            secret = r.json()["data"]["secret"]
+            r = client.post(
+                "/workflows", json={"name": "cli", "type": "custom", "configuration": STEPS}
+            )
+            assert r.status_code == 201, r.text
+            _wait(lambda: len(receiver.received()) == 1)
+            request = receiver.received()[0]
+            body = Verifier(secret).verify(request.body, request.headers)
+            assert body["data"]["id"] == r.json()["data"]["id"]
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0

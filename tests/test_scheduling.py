@@ -613,7 +613,14 @@ async def test_misfire_policies_across_a_real_engine_restart(make: EngineFactory
     ids = {}
     for policy in ("skip", "run_once", "catch_up"):
         created = await first.schedules.create(
-            wf, interval(1, name=policy, misfire_policy=policy, misfire_grace_seconds=0.3)
+            wf,
+            interval(
+                1,
+                name=policy,
+                misfire_policy=policy,
+                misfire_grace_seconds=0.3,
+                overlap_policy="allow",  # caught-up runs never hold back the next one
+            ),
         )
         ids[policy] = created.id
     # Downtime: no engine runs across about four due times.

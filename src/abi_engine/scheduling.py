@@ -68,6 +68,8 @@ __all__ = ["ScheduleRequest", "ScheduleService"]
 log = logging.getLogger("abi_engine.scheduler")
 
 MAX_CATCH_UP = 1000
+#: Lateness always tolerated, whatever ``misfire_grace_seconds`` says.
+MIN_GRACE_SECONDS = 1.0
 MAX_ENUMERATED = 100_000
 _UNFINISHED = {"queued", "running", "waiting"}
 
@@ -541,7 +543,8 @@ class ScheduleService(Service):
                 _count_detail(len(missed), "the workflow is inactive"),
             )
         else:
-            grace = timedelta(seconds=record.misfire_grace_seconds)
+            # A running loop reaches a due time a few ms late; that is never a misfire.
+            grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
             on_time = [d for d in missed if now - d <= grace]
             late = [d for d in missed if now - d > grace]
             fire_times = list(on_time)

@@ -509,6 +509,17 @@ async def test_disabled_schedule_does_not_fire_and_says_why(eng: Engine) -> None
     [entry] = await history(eng, schedule.id)
     assert entry.outcome == "skipped_disabled"
     assert entry.detail == "the schedule is disabled (3 due times)"
+    # Then it is parked: no due time, nothing more recorded, until enabled again.
+    parked = eng.store.get_schedule(schedule.id)
+    assert parked is not None
+    assert parked.next_due is None
+    await eng.schedules.tick(record.next_due + timedelta(days=1))
+    assert len(await history(eng, schedule.id)) == 1
+    enabled = await eng.schedules.update(schedule.id, {"enabled": True})
+    assert enabled.next_execution is not None
+    assert enabled.next_execution > utcnow()
+    await eng.schedules.tick(enabled.next_execution)
+    assert outcomes(await history(eng, schedule.id)) == ["skipped_disabled", "fired"]
 
 
 async def test_inactive_workflow_does_not_fire_and_says_why(eng: Engine) -> None:

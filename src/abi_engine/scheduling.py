@@ -536,6 +536,9 @@ class ScheduleService(Service):
                 "skipped_disabled",
                 _count_detail(len(missed), "the schedule is disabled"),
             )
+            # Parked until enabled again (which computes a fresh due time), so a disabled
+            # schedule costs no tick and no history line at each of its due times.
+            next_due = None
         elif record.workflow_status != WorkflowStatus.ACTIVE.value:
             note(
                 missed[-1],

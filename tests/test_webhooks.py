@@ -1034,3 +1034,63 @@ def test_serve_allow_private_urls(tmp_path: Path, receiver: Receiver, allow: boo
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+# -- DNS at delivery (no DNS server is reachable here: getaddrinfo is stood in for) ----------
+
+
+def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> None:
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.anyio
+async def test_name_resolving_to_a_private_address_is_refused_at_delivery(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public-looking name that resolves to a private address passes registration, not delivery."""
+    _fake_dns(monkeypatch, {"hooks.example.com": "10.0.0.7"})
+    engine = make_engine(allow_private_urls=False)
+    async with engine:
+        hook = await engine.webhooks.create(
+            {"url": "https://hooks.example.com/in", "events": ["workflow.created"]}
+        )
+        await _workflow(engine, active=False)
+        (delivery,) = await _until(engine, hook.id, _all_finished)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert all(
+        a.error == "URL refused: hooks.example.com resolves to a private address (10.0.0.7)"
+        for a in delivery.attempts
+    )
+
+
+@pytest.mark.anyio
+async def test_delivery_connects_to_the_address_it_checked(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request goes to the checked address, with the original Host header and TLS name."""
+    from abi_engine._webhook_delivery import DeliveryWorker
+
+    _fake_dns(monkeypatch, {"hooks.example.com": "93.184.216.34"})
+    engine = make_engine(allow_private_urls=False)
+    worker = DeliveryWorker(engine.webhooks, engine, engine.webhooks.settings)
+    headers: dict[str, str] = {}
+    url, extensions = await worker._pinned("https://hooks.example.com:8443/in?x=1", headers)
+    assert str(url) == "https://93.184.216.34:8443/in?x=1"
+    assert headers == {"host": "hooks.example.com:8443"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}
+    headers = {}
+    url, extensions = await worker._pinned("http://hooks.example.com/in", headers)
+    assert (str(url), headers, extensions) == (
+        "http://93.184.216.34/in",
+        {"host": "hooks.example.com"},
+        {},
+    )

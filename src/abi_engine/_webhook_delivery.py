@@ -258,8 +258,7 @@ class DeliveryWorker:
     def _capacity(self) -> int:
         """Attempts allowed in flight now: fewer while executions keep this process busy."""
         s = self.settings
-        # The runtime's executions in flight: the load this process is under.
-        running = len(getattr(self._engine.runtime, "_inflight", ()))
+        running = self._engine.runtime.in_flight
         return s.busy_concurrency if running >= s.busy_threshold else s.concurrency
 
     async def _sleep(self) -> None:

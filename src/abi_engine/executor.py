@@ -246,6 +246,11 @@ class Runtime:
     def running(self) -> bool:
         return self._tg is not None and not self._stopping
 
+    @property
+    def in_flight(self) -> int:
+        """How many executions run in this process now (its load; webhooks yield to it)."""
+        return len(self._inflight)
+
     def _lease(self) -> datetime:
         return utcnow() + timedelta(seconds=self.settings.lease_seconds)
 

@@ -6,8 +6,7 @@ deliveries; the receiver is a real HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -15,60 +14,22 @@ import httpx
 import pytest
 from abi_asgi import create_app
 from standardwebhooks.webhooks import Webhook as Verifier
-from webhook_receiver import Receiver, running_receiver
+from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
+    Receiver,
+    eng_fixture,
+    fast,
+    make_engine_fixture,
+    receiver_fixture,
+)
 
 from abi_engine import Engine
 from abi_engine.errors import InvalidRequest
 from abi_engine.models_webhooks import Delivery, DeliveryStatus
-from abi_engine.webhooks import WebhookSettings
 
 STEPS = {"steps": [{"name": "t", "action": "transform", "expressions": {"sum": "1 + 2"}}]}
 FAILING = {"steps": [{"name": "t", "action": "transform", "expressions": {"a": "parameters['x']"}}]}
 SLOW = {"steps": [{"name": "wait", "action": "delay", "seconds": 0.9}]}  # in-worker sleep
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-def fast(**overrides: Any) -> WebhookSettings:
-    values: dict[str, Any] = {
-        "retry_schedule": (0.05, 0.1, 0.2),
-        "jitter": 0.0,
-        "timeout_seconds": 1.0,
-        "poll_interval": 0.05,
-    }
-    values.update(overrides)
-    return WebhookSettings(**values)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    """A running HTTP receiver on 127.0.0.1."""
-    with running_receiver() as rx:
-        yield rx
-
-
-@pytest.fixture
-def make_engine(db_path: Path) -> Iterator[Callable[..., Engine]]:
-    """Engines on the test's database (private URLs allowed unless told otherwise)."""
-    made: list[Engine] = []
-
-    def make(**kwargs: Any) -> Engine:
-        kwargs.setdefault("allow_private_urls", True)
-        kwargs.setdefault("webhook_settings", fast())
-        engine = Engine(db_path, **kwargs)
-        made.append(engine)
-        return engine
-
-    yield make
-    for engine in made:
-        engine.close()
-
-
-@pytest.fixture
-async def eng(make_engine: Callable[..., Engine]) -> AsyncIterator[Engine]:
-    """A running engine with fast delivery settings."""
-    engine = make_engine()
-    async with engine:
-        yield engine
 
 
 async def _workflow(engine: Engine, config: dict[str, Any] = STEPS) -> str:

@@ -1,22 +1,31 @@
-"""A real HTTP receiver on 127.0.0.1 for webhook and callback tests.
+"""Shared pieces of the webhook and callback tests.
 
-It runs :class:`http.server.ThreadingHTTPServer` in a thread, records every
-request (path, headers, body, arrival time) and answers each path from a
-plan: a list of answers used in order (the last one repeats), each a status
-code or ``(status, seconds)`` to answer only after sleeping that long.
+A real HTTP receiver on 127.0.0.1 (:class:`Receiver`): it runs
+:class:`http.server.ThreadingHTTPServer` in a thread, records every request
+(path, headers, body, arrival time) and answers each path from a plan: a list
+of answers used in order (the last one repeats), each a status code or
+``(status, seconds)`` to answer only after sleeping that long. Also fast
+delivery settings, fixtures (``receiver``, ``make_engine``, ``eng``) and
+helpers that wait for deliveries.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anyio
 import attrs
+import pytest
+
+from abi_engine import Engine
+from abi_engine.models_webhooks import Delivery, DeliveryStatus
+from abi_engine.webhooks import WebhookSettings
 
 Answer = int | tuple[int, float]
 
@@ -131,3 +140,98 @@ def running_receiver() -> Iterator[Receiver]:
         yield receiver
     finally:
         receiver.stop()
+
+
+# -- engines, settings and waiting ----------------------------------------------------------
+
+STEPS = {"steps": [{"name": "t", "action": "transform", "expressions": {"a": "1 + 1"}}]}
+FAILING = {"steps": [{"name": "t", "action": "transform", "expressions": {"a": "parameters['x']"}}]}
+
+
+def fast(**overrides: Any) -> WebhookSettings:
+    """Settings for tests: retries after 50, 100 and 200 ms, short timeout, quick polling."""
+    values: dict[str, Any] = {
+        "retry_schedule": (0.05, 0.1, 0.2),
+        "jitter": 0.0,
+        "timeout_seconds": 1.0,
+        "poll_interval": 0.05,
+        "subscription_refresh_seconds": 0.1,
+    }
+    values.update(overrides)
+    return WebhookSettings(**values)
+
+
+@pytest.fixture(name="receiver")
+def receiver_fixture() -> Iterator[Receiver]:
+    """A running HTTP receiver on 127.0.0.1."""
+    with running_receiver() as rx:
+        yield rx
+
+
+@pytest.fixture(name="make_engine")
+def make_engine_fixture(db_path: Path) -> Iterator[Callable[..., Engine]]:
+    """Engines on the test's database (private URLs allowed unless told otherwise)."""
+    made: list[Engine] = []
+
+    def make(**kwargs: Any) -> Engine:
+        kwargs.setdefault("allow_private_urls", True)
+        kwargs.setdefault("webhook_settings", fast())
+        engine = Engine(db_path, **kwargs)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.close()
+
+
+@pytest.fixture(name="eng")
+async def eng_fixture(make_engine: Callable[..., Engine]) -> AsyncIterator[Engine]:
+    """A running engine with fast delivery settings."""
+    engine = make_engine()
+    async with engine:
+        yield engine
+
+
+async def make_workflow(
+    engine: Engine, config: dict[str, Any] = STEPS, *, active: bool = True
+) -> str:
+    """A ``custom`` workflow (active unless told otherwise); its id."""
+    wf = await engine.workflows.create({"name": "wh", "type": "custom", "configuration": config})
+    if active:
+        await engine.workflows.activate(wf.id)
+    return wf.id
+
+
+async def until_deliveries(
+    engine: Engine, webhook_id: str, done: Callable[[list[Delivery]], bool], timeout: float = 10
+) -> list[Delivery]:
+    """Poll the webhook's deliveries until ``done(deliveries)``; return them (newest first)."""
+    with anyio.fail_after(timeout):
+        while True:
+            page = await engine.webhooks.deliveries(webhook_id, page_size=100)
+            if done(page.items):
+                return page.items
+            await anyio.sleep(0.02)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 5) -> None:
+    """Wait until ``predicate()`` holds."""
+    with anyio.fail_after(timeout):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.01)
+
+
+def all_finished(items: list[Delivery]) -> bool:
+    """Some deliveries, none of them pending."""
+    return bool(items) and all(d.status is not DeliveryStatus.PENDING for d in items)
+
+
+def wait_sync(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait (blocking) until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

@@ -1,0 +1,514 @@
+"""Webhook delivery: Standard Webhooks signatures, retries, timeouts, durability, URL rules.
+
+Every test posts to a real HTTP receiver on 127.0.0.1 (``webhook_testing``)
+that fails, answers slowly or succeeds on purpose.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pytest
+from standardwebhooks.webhooks import Webhook as Verifier
+from standardwebhooks.webhooks import WebhookVerificationError
+from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
+    FAILING,
+    Receiver,
+    all_finished,
+    eng_fixture,
+    eventually,
+    fast,
+    make_engine_fixture,
+    make_workflow,
+    receiver_fixture,
+    running_receiver,
+    until_deliveries,
+)
+
+from abi_engine import EVENT_TYPES, Engine
+from abi_engine.errors import InvalidRequest, InvalidState, NotFound
+from abi_engine.ids import utcnow
+from abi_engine.models_webhooks import DeliveryStatus
+from abi_engine.webhook_signing import sign
+
+# -- delivery ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_delivery_is_signed_per_standard_webhooks(eng: Engine, receiver: Receiver) -> None:
+    """Headers webhook-id (the event id), -timestamp and -signature verify with standardwebhooks."""
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    before = int(time.time())
+    wf_id = await make_workflow(eng, active=False)
+    (request,) = await receiver.wait_for(1)
+    payload = Verifier(hook.secret).verify(request.body, request.headers)
+    assert set(payload) == {"type", "timestamp", "data"}
+    assert payload["type"] == "workflow.created"
+    assert payload["data"]["id"] == wf_id
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["webhook-id"].startswith("evt_")
+    assert before <= int(request.headers["webhook-timestamp"]) <= int(time.time())
+    version, _signature = request.headers["webhook-signature"].split(",")
+    assert version == "v1"
+    expected = sign(
+        hook.secret,
+        request.headers["webhook-id"],
+        request.headers["webhook-timestamp"],
+        request.body,
+    )
+    assert request.headers["webhook-signature"] == expected
+    with pytest.raises(WebhookVerificationError):
+        Verifier(hook.secret).verify(request.body.replace(b"wh", b"WH"), request.headers)
+    (delivery,) = await until_deliveries(eng, hook.id, all_finished)
+    assert delivery.event_id == request.headers["webhook-id"]
+    assert delivery.status is DeliveryStatus.SUCCEEDED
+
+
+@pytest.mark.anyio
+async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: Receiver) -> None:
+    """All event types of the seed's table are delivered to a subscription to all of them only."""
+    everything = await eng.webhooks.create(
+        {"url": receiver.url("/all"), "events": list(EVENT_TYPES)}
+    )
+    only_created = await eng.webhooks.create(
+        {"url": receiver.url("/created"), "events": ["workflow.created"]}
+    )
+    wf_id = await make_workflow(eng)  # created, activated
+    await eng.workflows.update(wf_id, {"description": "changed"})
+    await eng.executions.execute(wf_id, {})  # executed, step_completed, completed
+    failing = await make_workflow(eng, FAILING)
+    execution = await eng.executions.execute(failing, {}, wait=False)
+    await eng.executions.wait(execution.execution_id, timeout=5)  # execution.failed
+    schedule = await eng.schedules.create(
+        wf_id,
+        {"name": "s", "schedule_type": "interval", "interval_value": 1, "interval_unit": "seconds"},
+    )
+    await eng.schedules.update(schedule.id, {"description": "every second"})
+    seen: set[str] = set()
+    with anyio.fail_after(10):
+        while "schedule.triggered" not in seen:
+            seen = {json.loads(r.body)["type"] for r in receiver.received("/all")}
+            await anyio.sleep(0.05)
+    await eng.schedules.delete(schedule.id)
+    await eng.workflows.deactivate(wf_id)
+    await eng.workflows.delete(wf_id)
+    with anyio.fail_after(10):
+        while seen != set(EVENT_TYPES):
+            seen = {json.loads(r.body)["type"] for r in receiver.received("/all")}
+            await anyio.sleep(0.05)
+    verifier = Verifier(everything.secret)
+    for request in receiver.received("/all"):
+        assert verifier.verify(request.body, request.headers)["type"] in EVENT_TYPES
+    created = {json.loads(r.body)["type"] for r in receiver.received("/created")}
+    assert created == {"workflow.created"}
+    assert len(receiver.received("/created")) == 2  # the two workflows
+    assert only_created.id != everything.id
+
+
+@pytest.mark.anyio
+async def test_retries_follow_the_schedule_then_succeed(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """Failures (500) are retried after each delay of the schedule, with the same webhook-id."""
+    receiver.plan("/hook", [500, 503, 200])
+    eng = make_engine(webhook_settings=fast(retry_schedule=(0.2, 0.4, 0.8)))
+    async with eng:
+        hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+        await make_workflow(eng, active=False)
+        requests = await receiver.wait_for(3)
+        (delivery,) = await until_deliveries(eng, hook.id, all_finished)
+        await anyio.sleep(0.3)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    assert 0.2 <= gaps[0] < 1.2, gaps
+    assert 0.4 <= gaps[1] < 1.4, gaps
+    assert len({r.headers["webhook-id"] for r in requests}) == 1
+    assert len({r.body for r in requests}) == 1
+    assert delivery.status is DeliveryStatus.SUCCEEDED
+    assert delivery.attempt_count == 3
+    assert [(a.attempt, a.status, a.status_code) for a in delivery.attempts] == [
+        (1, DeliveryStatus.FAILED, 500),
+        (2, DeliveryStatus.FAILED, 503),
+        (3, DeliveryStatus.SUCCEEDED, 200),
+    ]
+    assert [a.error for a in delivery.attempts] == ["HTTP 500", "HTTP 503", None]
+    assert delivery.attempts[0].response_body == "answer 500 to /hook"
+    assert all(a.duration_ms >= 0 for a in delivery.attempts)
+    assert delivery.attempts[0].created_at < delivery.attempts[1].created_at
+    assert len(receiver.received()) == 3
+
+
+@pytest.mark.anyio
+async def test_failed_after_the_last_attempt(eng: Engine, receiver: Receiver) -> None:
+    """A receiver that always fails gets 1 + len(schedule) attempts; then the delivery is failed."""
+    receiver.plan("/hook", [500])
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    await make_workflow(eng, active=False)
+    (delivery,) = await until_deliveries(eng, hook.id, all_finished)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert delivery.next_attempt_at is None
+    assert [a.attempt for a in delivery.attempts] == [1, 2, 3, 4]
+    assert all(a.status is DeliveryStatus.FAILED for a in delivery.attempts)
+    await anyio.sleep(0.4)
+    assert len(receiver.received()) == 4
+
+
+@pytest.mark.anyio
+async def test_slow_receiver_times_out_and_is_retried(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """An answer slower than timeout_seconds is a failed attempt ('timed out'), then retried."""
+    receiver.plan("/hook", [(200, 2.0), 200])
+    engine = make_engine(webhook_settings=fast(timeout_seconds=0.3))
+    async with engine:
+        hook = await engine.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+        await make_workflow(engine, active=False)
+        (delivery,) = await until_deliveries(engine, hook.id, all_finished)
+    first, second = delivery.attempts
+    assert first.status is DeliveryStatus.FAILED
+    assert first.status_code is None
+    assert first.error == "timed out after 0.3 s"
+    assert 250 <= first.duration_ms < 1500
+    assert second.status is DeliveryStatus.SUCCEEDED
+    assert delivery.status is DeliveryStatus.SUCCEEDED
+
+
+@pytest.mark.anyio
+async def test_connection_refused_and_redirects_are_failures(
+    eng: Engine, receiver: Receiver
+) -> None:
+    """A closed port is a connection error; a 3xx answer is not followed and counts as failed."""
+    with running_receiver() as gone:
+        dead_url = gone.url()
+    receiver.plan("/moved", [302])
+    dead = await eng.webhooks.create({"url": dead_url, "events": ["workflow.created"]})
+    moved = await eng.webhooks.create(
+        {"url": receiver.url("/moved"), "events": ["workflow.created"]}
+    )
+    await make_workflow(eng, active=False)
+    (lost,) = await until_deliveries(eng, dead.id, all_finished)
+    (redirected,) = await until_deliveries(eng, moved.id, all_finished)
+    assert lost.status is DeliveryStatus.FAILED
+    assert all(a.status_code is None and a.error for a in lost.attempts)
+    assert "ConnectError" in (lost.attempts[0].error or "")
+    assert redirected.status is DeliveryStatus.FAILED
+    assert {a.status_code for a in redirected.attempts} == {302}
+    assert {r.path for r in receiver.received()} == {"/moved"}
+
+
+@pytest.mark.anyio
+async def test_response_body_is_truncated(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """Only response_body_limit characters of an answer are kept."""
+    engine = make_engine(webhook_settings=fast(response_body_limit=8))
+    async with engine:
+        hook = await engine.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+        await make_workflow(engine, active=False)
+        (delivery,) = await until_deliveries(engine, hook.id, all_finished)
+    assert delivery.attempts[0].response_body == "answer 2"
+
+
+@pytest.mark.anyio
+async def test_deliveries_are_listed_newest_first_in_pages(eng: Engine, receiver: Receiver) -> None:
+    """GET deliveries pages through every delivery of the webhook, newest event first."""
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    ids = [await make_workflow(eng, active=False) for _ in range(5)]
+    await until_deliveries(eng, hook.id, lambda items: len(items) == 5 and all_finished(items))
+    pages = [await eng.webhooks.deliveries(hook.id, page=p, page_size=2) for p in (1, 2, 3)]
+    assert [p.pagination.total_items for p in pages] == [5, 5, 5]
+    assert pages[0].pagination.total_pages == 3
+    assert [len(p.items) for p in pages] == [2, 2, 1]
+    delivered = [d for p in pages for d in p.items]
+    by_event = {
+        json.loads(r.body)["data"]["id"]: r.headers["webhook-id"] for r in receiver.received()
+    }
+    assert [d.event_id for d in delivered] == [by_event[i] for i in reversed(ids)]
+    assert all(d.event_type == "workflow.created" and d.webhook_id == hook.id for d in delivered)
+    with pytest.raises(InvalidRequest):
+        await eng.webhooks.deliveries(hook.id, page=0)
+
+
+@pytest.mark.anyio
+async def test_redeliver_a_failed_delivery(eng: Engine, receiver: Receiver) -> None:
+    """A failed delivery is sent again on request with the same webhook-id and a new schedule."""
+    receiver.plan("/hook", [500])
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    await make_workflow(eng, active=False)
+    (failed,) = await until_deliveries(eng, hook.id, all_finished)
+    assert failed.status is DeliveryStatus.FAILED
+    receiver.plan("/hook", [200])
+    again = await eng.webhooks.redeliver(hook.id, failed.id)
+    assert again.id == failed.id
+    assert again.status is DeliveryStatus.PENDING
+    (done,) = await until_deliveries(eng, hook.id, all_finished)
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert [a.attempt for a in done.attempts] == [1, 2, 3, 4, 5]
+    assert done.attempts[-1].status_code == 200
+    assert len({r.headers["webhook-id"] for r in receiver.received()}) == 1
+    receiver.plan("/hook", [500])
+    await eng.webhooks.redeliver(hook.id, done.id)  # a succeeded one may be replayed too
+    with pytest.raises(InvalidState):
+        await eng.webhooks.redeliver(hook.id, done.id)  # still pending
+    with pytest.raises(NotFound) as caught:
+        await eng.webhooks.redeliver(hook.id, "dlv_unknown")
+    assert caught.value.details["delivery_id"] == "dlv_unknown"
+
+
+@pytest.mark.anyio
+async def test_disabled_webhook_parks_its_deliveries(eng: Engine, receiver: Receiver) -> None:
+    """A disabled webhook gets nothing new; its pending deliveries go out once it is enabled."""
+    eng.webhooks.settings.retry_schedule = (0.5,)
+    receiver.plan("/hook", [500, 200])
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    await make_workflow(eng, active=False)
+    await receiver.wait_for(1)
+    await eng.webhooks.update(hook.id, {"enabled": False})
+    await make_workflow(eng, active=False)  # not for a disabled webhook
+    await anyio.sleep(0.8)
+    assert len(receiver.received()) == 1
+    (parked,) = (await eng.webhooks.deliveries(hook.id)).items
+    assert parked.status is DeliveryStatus.PENDING
+    assert parked.next_attempt_at is None
+    await eng.webhooks.update(hook.id, {"enabled": True})
+    await receiver.wait_for(2)
+    (done,) = await until_deliveries(eng, hook.id, all_finished)
+    assert done.status is DeliveryStatus.SUCCEEDED
+
+
+@pytest.mark.anyio
+async def test_deleted_webhook_gets_nothing_more(eng: Engine, receiver: Receiver) -> None:
+    """Deleting a webhook drops its pending deliveries: no further request reaches it."""
+    eng.webhooks.settings.retry_schedule = (0.3,)
+    receiver.plan("/hook", [500])
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    await make_workflow(eng, active=False)
+    await receiver.wait_for(1)
+    await eng.webhooks.delete(hook.id)
+    await make_workflow(eng, active=False)
+    await anyio.sleep(0.6)
+    assert len(receiver.received()) == 1
+
+
+@pytest.mark.anyio
+async def test_rotated_secret_signs_next_to_the_previous_one(
+    eng: Engine, receiver: Receiver
+) -> None:
+    """After a rotation both secrets sign during the grace period; both verify."""
+    hook = await eng.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    rotated = await eng.webhooks.update(hook.id, {"rotate_secret": True})
+    await make_workflow(eng, active=False)
+    (request,) = await receiver.wait_for(1)
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    Verifier(hook.secret).verify(request.body, request.headers)
+    Verifier(rotated.secret).verify(request.body, request.headers)
+
+
+@pytest.mark.anyio
+async def test_rotation_without_grace_signs_with_the_new_secret_only(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """With no grace period only the new secret signs."""
+    engine = make_engine(webhook_settings=fast(secret_rotation_grace_seconds=0))
+    async with engine:
+        hook = await engine.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+        rotated = await engine.webhooks.update(hook.id, {"rotate_secret": True})
+        await make_workflow(engine, active=False)
+        (request,) = await receiver.wait_for(1)
+    Verifier(rotated.secret).verify(request.body, request.headers)
+    with pytest.raises(WebhookVerificationError):
+        Verifier(hook.secret).verify(request.body, request.headers)
+
+
+# -- durability -----------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_pending_retry_survives_a_restart(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """A delivery waiting for its retry when the engine stops is completed by the next engine."""
+    receiver.plan("/hook", [500, 200])
+    first = make_engine(webhook_settings=fast(retry_schedule=(0.6,)))
+    async with first:
+        hook = await first.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+        await make_workflow(first, active=False)
+        await receiver.wait_for(1)
+        (pending,) = await until_deliveries(
+            first, hook.id, lambda items: bool(items) and items[0].attempt_count == 1
+        )
+        assert pending.status is DeliveryStatus.PENDING
+    first.close()
+    assert len(receiver.received()) == 1
+    second = make_engine()
+    async with second:
+        (done,) = await until_deliveries(second, hook.id, all_finished)
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert [a.status_code for a in done.attempts] == [500, 200]
+    ids = {r.headers["webhook-id"] for r in receiver.received()}
+    assert ids == {done.event_id}
+
+
+@pytest.mark.anyio
+async def test_events_of_a_stopped_engine_are_delivered_on_start(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """Events committed while no worker runs stay in the outbox until an engine starts."""
+    idle = make_engine()
+    hook = await idle.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    wf_ids = [await make_workflow(idle, active=False) for _ in range(3)]
+    idle.close()
+    assert receiver.received() == []
+    engine = make_engine()
+    async with engine:
+        requests = await receiver.wait_for(3)
+        await until_deliveries(
+            engine, hook.id, lambda items: len(items) == 3 and all_finished(items)
+        )
+    assert sorted(json.loads(r.body)["data"]["id"] for r in requests) == sorted(wf_ids)
+
+
+@pytest.mark.anyio
+async def test_lease_of_a_dead_worker_is_taken_over(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """A delivery claimed by a process that died is delivered once its lease expires."""
+    idle = make_engine()
+    hook = await idle.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    await make_workflow(idle, active=False)
+    store = idle.store
+    assert store.fan_out(utcnow(), 100, ()) >= 1
+    now = utcnow()
+    (job,) = store.claim_deliveries("ghost:1:dead", now, now + timedelta(seconds=0.5), 10)
+    assert job.webhook_id == hook.id
+    engine = make_engine()
+    async with engine:
+        await anyio.sleep(0.25)
+        assert receiver.received() == []  # still leased
+        await receiver.wait_for(1)
+        (done,) = await until_deliveries(engine, hook.id, all_finished)
+    assert done.status is DeliveryStatus.SUCCEEDED
+    assert store.record_attempts("ghost:1:dead", []) == 0
+
+
+@pytest.mark.anyio
+async def test_two_engines_on_one_database_deliver_each_event_once(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """Two running engines share the outbox: every event is delivered exactly once."""
+    one, two = make_engine(), make_engine()
+    async with one, two:
+        hook = await one.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+        for n in range(20):
+            await make_workflow(one if n % 2 else two, active=False)
+        await until_deliveries(one, hook.id, lambda items: len(items) == 20 and all_finished(items))
+        await anyio.sleep(0.2)
+    ids = [r.headers["webhook-id"] for r in receiver.received()]
+    assert len(ids) == 20
+    assert len(set(ids)) == 20
+
+
+@pytest.mark.anyio
+async def test_private_url_refused_again_at_delivery(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """A URL registered where private URLs were allowed is refused by an engine that does not."""
+    permissive = make_engine(allow_private_urls=True)
+    hook = await permissive.webhooks.create({"url": receiver.url(), "events": ["workflow.created"]})
+    permissive.close()
+    strict = make_engine(allow_private_urls=False)
+    async with strict:
+        await make_workflow(strict, active=False)
+        (delivery,) = await until_deliveries(strict, hook.id, all_finished)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert len(delivery.attempts) == 4
+    for attempt in delivery.attempts:
+        assert attempt.status_code is None
+        assert (attempt.error or "").startswith("URL refused")
+    assert receiver.received() == []
+
+
+# -- DNS at delivery (no DNS server is reachable here: getaddrinfo is stood in for) ----------
+
+
+def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> None:
+    import socket
+
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in answers:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.anyio
+async def test_name_resolving_to_a_private_address_is_refused_at_delivery(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A public-looking name that resolves to a private address passes registration, not delivery."""
+    _fake_dns(monkeypatch, {"hooks.example.com": "10.0.0.7"})
+    engine = make_engine(allow_private_urls=False)
+    async with engine:
+        hook = await engine.webhooks.create(
+            {"url": "https://hooks.example.com/in", "events": ["workflow.created"]}
+        )
+        await make_workflow(engine, active=False)
+        (delivery,) = await until_deliveries(engine, hook.id, all_finished)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert all(
+        a.error == "URL refused: hooks.example.com resolves to a private address (10.0.0.7)"
+        for a in delivery.attempts
+    )
+
+
+@pytest.mark.anyio
+async def test_delivery_connects_to_the_address_it_checked(
+    make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request goes to the checked address, with the original Host header and TLS name."""
+    from abi_engine._webhook_delivery import DeliveryWorker
+
+    _fake_dns(monkeypatch, {"hooks.example.com": "93.184.216.34"})
+    engine = make_engine(allow_private_urls=False)
+    worker = DeliveryWorker(engine.webhooks, engine, engine.webhooks.settings)
+    headers: dict[str, str] = {}
+    url, extensions = await worker._pinned("https://hooks.example.com:8443/in?x=1", headers)
+    assert str(url) == "https://93.184.216.34:8443/in?x=1"
+    assert headers == {"host": "hooks.example.com:8443"}
+    assert extensions == {"sni_hostname": "hooks.example.com"}
+    headers = {}
+    url, extensions = await worker._pinned("http://hooks.example.com/in", headers)
+    assert (str(url), headers, extensions) == (
+        "http://93.184.216.34/in",
+        {"host": "hooks.example.com"},
+        {},
+    )
+
+
+@pytest.mark.anyio
+async def test_delivery_yields_to_running_executions(make_engine: Callable[..., Engine]) -> None:
+    """While busy_threshold executions run here, only busy_concurrency attempts may be in flight."""
+    from abi_engine._webhook_delivery import DeliveryWorker
+
+    settings = fast(concurrency=16, busy_concurrency=1, busy_threshold=2)
+    engine = make_engine(webhook_settings=settings)
+    worker = DeliveryWorker(engine.webhooks, engine, settings)
+    slow = {"steps": [{"name": "wait", "action": "delay", "seconds": 0.5}]}
+    async with engine:
+        wf_id = await make_workflow(engine, slow)
+        assert worker._capacity() == 16
+        started = [await engine.executions.execute(wf_id, {}, wait=False) for _ in range(2)]
+        await eventually(lambda: engine.runtime.in_flight == 2)
+        assert worker._capacity() == 1
+        for execution in started:
+            await engine.executions.wait(execution.execution_id, timeout=5)
+        await eventually(lambda: engine.runtime.in_flight == 0)
+        assert worker._capacity() == 16

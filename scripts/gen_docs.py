@@ -160,7 +160,7 @@ def render_plugin_hooks() -> str:
         "hook specified in `abi_engine.hookspecs`. A plugin is a module or an object",
         "whose functions carry the `abi_engine.hookimpl` marker and are named after",
         "the hook. Plugins reach an engine through the `abi_engine` entry-point group",
-        "(see [Writing plugins](writing-plugins.md)) or as objects passed to",
+        "(see [Plugins](plugins.md#packaging)) or as objects passed to",
         "`Engine(plugins=[...])`. An implementation may accept fewer arguments than",
         "the specification lists; a misspelled hook or argument name fails when the",
         "engine starts.",

@@ -9,6 +9,7 @@ import itertools
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +20,9 @@ from abi_engine import hookspecs
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 RUN_MARK = "<!-- runs in tests/test_docs.py -->"
+#: Put before a fenced block: the block is a file of the page's example project, written
+#: (with its package installed when it is a pyproject.toml) where the page's examples run.
+FILE_MARK = re.compile(r"^<!-- file: (\S+) -->$")
 PAGES = sorted(DOCS.glob("*.md"))
 
 
@@ -144,27 +148,74 @@ def test_parse_docstring() -> None:
 # -- the pages themselves ---------------------------------------------------------------
 
 
-def _blocks(page: Path) -> list[tuple[int, str, bool]]:
-    """(line, code, marked to run) of each ```python block."""
+def _fences(page: Path) -> list[tuple[int, str, str, str]]:
+    """(line, language, code, the line before the fence) of each fenced block."""
     lines = page.read_text().splitlines()
     out = []
     i = 0
     while i < len(lines):
-        if lines[i].strip() == "```python":
+        if lines[i].startswith("```") and lines[i].strip() != "```":
             start = i
             i += 1
             code = []
             while lines[i].strip() != "```":
                 code.append(lines[i])
                 i += 1
-            marked = start > 0 and lines[start - 1].strip() == RUN_MARK
-            out.append((start + 1, "\n".join(code), marked))
+            before = lines[start - 1].strip() if start > 0 else ""
+            out.append((start + 1, lines[start].strip()[3:], "\n".join(code), before))
         i += 1
     return out
 
 
+def _blocks(page: Path) -> list[tuple[int, str, bool]]:
+    """(line, code, marked to run) of each ```python block."""
+    return [
+        (line, code, before == RUN_MARK)
+        for line, language, code, before in _fences(page)
+        if language == "python"
+    ]
+
+
+def _files(page: Path) -> dict[str, str]:
+    """The example project of a page: {relative path: content} of its file-marked blocks."""
+    files = {}
+    for _, _, code, before in _fences(page):
+        mark = FILE_MARK.match(before)
+        if mark:
+            files[mark.group(1)] = code + "\n"
+    return files
+
+
+def _install(files: dict[str, str], where: Path) -> None:
+    """Write a page's files under ``where``; "install" its pyproject.toml there.
+
+    The project is installed as an installer would, minus the copying: a
+    ``*.dist-info`` with its entry points next to the sources, on ``sys.path``
+    of whatever runs in ``where`` (a script's directory, or pytest's rootdir).
+    """
+    for name, text in files.items():
+        path = where / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    if "pyproject.toml" not in files:
+        return
+    project = tomllib.loads(files["pyproject.toml"])["project"]
+    dist = where / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
+    lines = []
+    for group, entries in project.get("entry-points", {}).items():
+        lines.append(f"[{group}]")
+        lines.extend(f"{name} = {target}" for name, target in entries.items())
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
 BLOCKS = [(page, line, code, run) for page in PAGES for line, code, run in _blocks(page)]
 RUNNABLE = [(page, line, code) for page, line, code, run in BLOCKS if run]
+#: Pages whose example project has tests of its own (``test_*.py`` files).
+TESTED = [p for p in PAGES if any(Path(n).name.startswith("test_") for n in _files(p))]
 
 
 def test_expected_pages_exist() -> None:
@@ -176,7 +227,9 @@ def test_expected_pages_exist() -> None:
         "concepts.md",
         "architecture.md",
         "plugin-hooks.md",
+        "plugins.md",
         "writing-plugins.md",
+        "deployment.md",
         "storage.md",
         "python-api.md",
         "rest-api.md",
@@ -201,7 +254,11 @@ def test_python_blocks_compile(page: Path, line: int, code: str) -> None:
 def test_some_examples_run() -> None:
     """The pages that promise runnable examples have them marked."""
     pages = {page.name for page, _, _ in RUNNABLE}
-    assert {"quickstart.md", "python-api.md", "writing-plugins.md"} <= pages
+    assert {"quickstart.md", "python-api.md", "plugins.md", "deployment.md"} <= pages
+    assert "plugins.md" in {page.name for page in TESTED}
+    assert {"acme_refund/__init__.py", "pyproject.toml", "conftest.py"} <= set(
+        _files(DOCS / "plugins.md")
+    )
 
 
 @pytest.mark.slow
@@ -211,7 +268,8 @@ def test_some_examples_run() -> None:
     ids=[f"{p.name}:{ln}" for p, ln, _ in RUNNABLE],
 )
 def test_marked_examples_run(page: Path, line: int, code: str, tmp_path: Path) -> None:
-    """Examples marked to run do run, unchanged, in a fresh directory."""
+    """Examples marked to run do run, unchanged, in a fresh directory (with the page's files)."""
+    _install(_files(page), tmp_path)
     script = tmp_path / "example.py"
     script.write_text(code)
     result = subprocess.run(
@@ -222,6 +280,23 @@ def test_marked_examples_run(page: Path, line: int, code: str, tmp_path: Path) -
         timeout=120,
     )
     assert result.returncode == 0, f"{page.name}:{line}\n{result.stderr}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", TESTED, ids=lambda p: p.name)
+def test_example_project_tests_pass(page: Path, tmp_path: Path) -> None:
+    """A page's example project, installed in a fresh directory, passes its own tests."""
+    _install(_files(page), tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"{page.name}\n{result.stdout}\n{result.stderr}"
+    assert re.search(r"\b\d+ passed\b", result.stdout), result.stdout
+    assert not re.search(r"\b(failed|skipped|error)", result.stdout), result.stdout
 
 
 _LINK = re.compile(r"\]\(([^)\s]+)\)")

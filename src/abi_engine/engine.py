@@ -84,15 +84,21 @@ class Engine:
             self.db_url = getattr(db, "path", "<store>")
         self.tokens = TokenService(self.store)
         self.integrations = IntegrationService(self.store, self.registry.providers)
-        self.workflows = WorkflowService(
-            self.store, self.registry.workflow_types, self.integrations, self.emit
-        )
-        #: Event types always written to the outbox (webhook subscriptions add theirs).
+        #: Event types written to the outbox. Workflow and schedule events (low volume)
+        #: always are, so a subscription made in another process misses none of them;
+        #: webhook subscriptions add the execution event types they ask for.
         self.outbox_types: set[str] = {
             t
             for t in EVENT_TYPES
             if t.startswith(("workflow.", "schedule.")) and t != "workflow.executed"
         }
+        self.workflows = WorkflowService(
+            self.store,
+            self.registry.workflow_types,
+            self.integrations,
+            self.emit,
+            self.wants_event,
+        )
         self.runtime = Runtime(self, runtime)
         self.executions = ExecutionService(self, self.runtime)
         self.schedules = ScheduleService(self)
@@ -117,11 +123,13 @@ class Engine:
     # -- events -------------------------------------------------------------------------
 
     def wants_event(self, event_type: str) -> bool:
-        """Whether anything consumes events of this type (a hook or the outbox).
+        """Whether anything consumes events of this type (an ``abi_event`` hook or the outbox).
 
-        Events of ``workflow.*`` and ``schedule.*`` are always kept in the
-        outbox; execution events only when a consumer asked for them, so the
-        hot path builds no event nobody reads.
+        Workflow and schedule events are always kept; execution events are
+        built, and written to the outbox in the same transaction as their
+        change, only when a webhook subscription (or a hook) wants their type,
+        so the execution hot path builds no event nobody reads. Execution
+        callbacks are decided per execution by the runtime.
         """
         return event_type in self.outbox_types or bool(self.pm.hook.abi_event.get_hookimpls())
 

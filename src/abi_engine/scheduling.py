@@ -230,6 +230,13 @@ class ScheduleService(Service):
         self._names: dict[str, tuple[datetime, str]] = {}
         self.fired = 0
 
+    def _events(self, kind: str, schedule: Schedule | ScheduleRecord) -> tuple[Event, ...]:
+        """The event of a change, if anything consumes it (else none is built or stored)."""
+        if not self._engine.wants_event(kind):
+            return ()
+        view = _view(schedule) if isinstance(schedule, ScheduleRecord) else schedule
+        return (Event(type=kind, data=unstructure(view)),)
+
     # -- CRUD -------------------------------------------------------------------------------
 
     def _record(
@@ -288,9 +295,7 @@ class ScheduleService(Service):
         record.workflow_name = workflow_name
         view = _view(record)
         await self._engine.runtime.committer.submit(
-            InsertSchedule(
-                record=record, events=(Event(type="schedule.created", data=unstructure(view)),)
-            )
+            InsertSchedule(record=record, events=self._events("schedule.created", view))
         )
         self._wakeup.set()
         return view
@@ -396,9 +401,7 @@ class ScheduleService(Service):
         )
         view = _view(record)
         applied = await self._engine.runtime.committer.submit(
-            UpdateSchedule(
-                record=record, events=(Event(type="schedule.updated", data=unstructure(view)),)
-            )
+            UpdateSchedule(record=record, events=self._events("schedule.updated", view))
         )
         if not applied:
             raise ScheduleNotFound(schedule_id)
@@ -411,7 +414,7 @@ class ScheduleService(Service):
         applied = await self._engine.runtime.committer.submit(
             DeleteSchedule(
                 schedule_id=schedule_id,
-                events=(Event(type="schedule.deleted", data=unstructure(_view(current))),),
+                events=self._events("schedule.deleted", current),
             )
         )
         if not applied:
@@ -585,20 +588,22 @@ class ScheduleService(Service):
                         note(fire_times[-1], "skipped_overlap", "a run is already queued")
                     fire_times = []
         executions, prepared = self._prepare(record, fire_times, now, history, compiled)
-        events = tuple(
-            Event(
-                type="schedule.triggered",
-                data={
-                    "schedule_id": record.id,
-                    "workflow_id": record.workflow_id,
-                    "execution_id": e.id,
-                    "due_at": unstructure(due),
-                },
+        events: tuple[Event, ...] = ()
+        if self._engine.wants_event("schedule.triggered"):
+            events = tuple(
+                Event(
+                    type="schedule.triggered",
+                    data={
+                        "schedule_id": record.id,
+                        "workflow_id": record.workflow_id,
+                        "execution_id": e.id,
+                        "due_at": unstructure(due),
+                    },
+                )
+                for e, due in zip(
+                    executions, [h.due_at for h in history if h.outcome == "fired"], strict=True
+                )
             )
-            for e, due in zip(
-                executions, [h.due_at for h in history if h.outcome == "fired"], strict=True
-            )
-        )
         op = FireSchedule(
             schedule_id=record.id,
             expected_next_due=first,
@@ -637,6 +642,7 @@ class ScheduleService(Service):
                     },
                 )
                 for e in executions
+                if self._engine.wants_event("schedule.triggered")
             ),
         ), prepared
 

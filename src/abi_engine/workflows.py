@@ -81,11 +81,13 @@ class WorkflowService(Service):
         types: Mapping[str, WorkflowType],
         integrations: IntegrationService,
         emit: Callable[[list[Event]], None],
+        wants: Callable[[str], bool] = lambda _: True,
     ) -> None:
         super().__init__(store)
         self._types = types
         self._integrations = integrations
         self._emit = emit
+        self._wants = wants
 
     # -- helpers ------------------------------------------------------------------
 
@@ -120,8 +122,12 @@ class WorkflowService(Service):
             raise WorkflowNotFound(workflow_id)
         return found
 
-    def _event(self, kind: str, workflow: Workflow) -> Event:
-        return Event(type=f"workflow.{kind}", data=unstructure(workflow))
+    def _events(self, kind: str, workflow: Workflow) -> list[Event]:
+        """The event of a change, if anything consumes it (else none is built or stored)."""
+        kind = f"workflow.{kind}"
+        if not self._wants(kind):
+            return []
+        return [Event(type=kind, data=unstructure(workflow))]
 
     async def _commit(self, write: Callable[..., Any], *args: Any, events: list[Event]) -> Any:
         result = await self._call(write, *args, events)
@@ -154,7 +160,7 @@ class WorkflowService(Service):
         )
         await self._with_status(workflow)
         await self._commit(
-            self._store.insert_workflow, workflow, events=[self._event("created", workflow)]
+            self._store.insert_workflow, workflow, events=self._events("created", workflow)
         )
         return workflow
 
@@ -247,7 +253,7 @@ class WorkflowService(Service):
         )
         await self._with_status(updated)
         if not await self._commit(
-            self._store.update_workflow, updated, events=[self._event("updated", updated)]
+            self._store.update_workflow, updated, events=self._events("updated", updated)
         ):
             raise WorkflowNotFound(workflow_id)
         return updated
@@ -271,7 +277,7 @@ class WorkflowService(Service):
         await self._with_status(updated)
         kind = "activated" if active else "deactivated"
         if not await self._commit(
-            self._store.update_workflow, updated, events=[self._event(kind, updated)]
+            self._store.update_workflow, updated, events=self._events(kind, updated)
         ):
             raise WorkflowNotFound(workflow_id)
         return ActivationResult(
@@ -293,9 +299,9 @@ class WorkflowService(Service):
     async def delete(self, workflow_id: str) -> DeleteResult:
         """Delete a workflow. Its past executions stay readable; it cannot be used again."""
         current = await self._load(workflow_id)
-        event = self._event("deleted", current)
+        events = self._events("deleted", current)
         if not await self._commit(
-            self._store.delete_workflow, workflow_id, utcnow(), events=[event]
+            self._store.delete_workflow, workflow_id, utcnow(), events=events
         ):
             raise WorkflowNotFound(workflow_id)
         return DeleteResult(id=workflow_id, deleted=True)

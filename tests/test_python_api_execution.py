@@ -21,7 +21,7 @@ import anyio
 import pytest
 import uvicorn
 from standardwebhooks.webhooks import Webhook as StandardWebhook
-from webhook_receiver import Receiver, running_receiver
+from webhook_testing import Receiver, running_receiver
 
 from abi.workflows import WorkflowExecutor
 from abi_engine import Engine, Execution, Page

@@ -114,3 +114,10 @@ def test_format_parse_round_trip(value: datetime) -> None:
     expected = value.astimezone(UTC)
     expected = expected.replace(microsecond=expected.microsecond // 1000 * 1000)
     assert parse_time(text) == expected
+
+
+def test_ids_strictly_increase_within_a_millisecond() -> None:
+    """Many ids made in the same millisecond still sort in the order they were made."""
+    made = [new_id("wf_") for _ in range(5000)]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -29,12 +30,24 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
 
 
+_last = 0
+_last_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
     """A new id: ``prefix`` + 26 base32 chars (48 bits of milliseconds, 80 random bits).
 
-    Ids of one prefix sort by creation time (to the millisecond).
+    Ids sort by creation time; within one process they are strictly
+    increasing, even within a millisecond (the random part then counts up,
+    as monotonic ULIDs do), so "newest first" lists never swap neighbours.
     """
-    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    global _last
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    with _last_lock:
+        if value <= _last:
+            value = _last + 1
+        _last = value
+    raw = value.to_bytes(16, "big")
     return prefix + base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode("ascii")
 
 

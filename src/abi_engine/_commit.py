@@ -79,6 +79,19 @@ class GroupCommitter:
             raise result
         return result
 
+    async def submit_many(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Queue ``ops`` together (one batch) and return their results (exceptions included)."""
+        if not ops:
+            return []
+        if not self._running:
+            return await self._apply(ops)
+        batch = self._batch
+        start = len(batch.ops)
+        batch.ops.extend(ops)
+        self._wakeup.set()
+        await batch.done.wait()
+        return batch.results[start : start + len(ops)]
+
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         if self._store.blocking:
             results = await anyio.to_thread.run_sync(partial(self._store.apply, ops))

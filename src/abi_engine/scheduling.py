@@ -68,6 +68,8 @@ __all__ = ["ScheduleRequest", "ScheduleService"]
 log = logging.getLogger("abi_engine.scheduler")
 
 MAX_CATCH_UP = 1000
+#: How long before a due time the loop plans its firings (committed at the due time).
+PLAN_AHEAD = 0.05
 #: Lateness always tolerated, whatever ``misfire_grace_seconds`` says.
 MIN_GRACE_SECONDS = 1.0
 MAX_ENUMERATED = 100_000
@@ -450,24 +452,38 @@ class ScheduleService(Service):
         """The scheduler loop; runs until cancelled."""
         task_status.started()
         while True:
+            self._wakeup = anyio.Event()
             try:
-                busy = await self.tick()
+                upcoming = await self._call(self._store.next_schedule_due)
+                now = utcnow()
+                far = upcoming is None or (upcoming - now).total_seconds() > PLAN_AHEAD
+                if far and len(await self._call(self._store.queued_schedules_ready, 1)):
+                    busy = await self.tick(now)  # a queued run whose predecessor ended
+                    continue
+                if far:
+                    delay = self._max_sleep
+                    if upcoming is not None:
+                        delay = min(delay, (upcoming - now).total_seconds() - PLAN_AHEAD)
+                    with anyio.move_on_after(max(0.0, delay)):
+                        await self._wakeup.wait()
+                    continue
+                # Plan the due time's firings now, commit them at the due instant:
+                # the work of planning does not make the executions late.
+                assert upcoming is not None
+                busy = await self.tick(max(upcoming, now), wait_until_due=True)
             except Exception:
                 log.exception("scheduler tick failed")
                 busy = False
+                await anyio.sleep(min(self._max_sleep, 0.1))
             if busy:
                 await anyio.lowlevel.checkpoint()
-                continue
-            delay = self._max_sleep
-            upcoming = await self._call(self._store.next_schedule_due)
-            if upcoming is not None:
-                delay = min(delay, max(0.0, (upcoming - utcnow()).total_seconds()))
-            self._wakeup = anyio.Event()
-            with anyio.move_on_after(delay):
-                await self._wakeup.wait()
 
-    async def tick(self, now: datetime | None = None) -> bool:
-        """Fire what is due at ``now``; ``True`` when more may be waiting."""
+    async def tick(self, now: datetime | None = None, *, wait_until_due: bool = False) -> bool:
+        """Fire what is due at ``now``; ``True`` when more may be waiting.
+
+        With ``wait_until_due`` (``now`` slightly ahead), plan first, then
+        sleep until ``now`` before committing the firings.
+        """
         now = now or utcnow()
         due = await self._call(self._store.due_schedules, now, self._batch)
         ready = await self._call(self._store.queued_schedules_ready, self._batch)
@@ -475,14 +491,11 @@ class ScheduleService(Service):
         plans = [self._plan_due(record, now, compiled) for record in due]
         plans += [self._plan_queued(record, now, compiled) for record in ready]
         if plans:
-            results: builtins.list[Any] = [None] * len(plans)
-
-            async def fire(index: int, op: FireSchedule) -> None:
-                results[index] = await self._engine.runtime.committer.submit(op)
-
-            async with anyio.create_task_group() as tg:
-                for index, (op, _prepared) in enumerate(plans):
-                    tg.start_soon(fire, index, op)
+            if wait_until_due:
+                ahead = (now - utcnow()).total_seconds()
+                if ahead > 0:
+                    await anyio.sleep(ahead)
+            results = await self._engine.runtime.committer.submit_many([op for op, _ in plans])
             for (op, prepared), applied in zip(plans, results, strict=True):
                 if applied is True:
                     for item in prepared:

@@ -512,3 +512,51 @@ async def test_delivery_yields_to_running_executions(make_engine: Callable[..., 
             await engine.executions.wait(execution.execution_id, timeout=5)
         await eventually(lambda: engine.runtime.in_flight == 0)
         assert worker._capacity() == 16
+
+
+def test_concurrent_fan_out_and_claims_never_share_a_delivery(tmp_path: Any) -> None:
+    """Two stores on one file, in threads: every event fanned out once, every delivery claimed once."""
+    import threading
+    from datetime import datetime
+
+    from abi_engine.events import Event
+    from abi_engine.storage import SQLiteStore
+    from abi_engine.storage.records_webhooks import WebhookRecord
+
+    path = tmp_path / "race.db"
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    try:
+        created = datetime(2020, 1, 1, tzinfo=utcnow().tzinfo)
+        stores[0].insert_webhook(
+            WebhookRecord(
+                id="wh_race",
+                url="https://example.com/",
+                events=["workflow.created"],
+                secret="whsec_" + "a" * 32,
+                created_at=created,
+                updated_at=created,
+            )
+        )
+        events = [Event(type="workflow.created", data={"n": n}) for n in range(300)]
+        stores[0].insert_events(events)
+        claimed: list[list[str]] = [[], []]
+
+        def work(index: int) -> None:
+            store = stores[index]
+            for _ in range(200):
+                store.fan_out(utcnow(), 7, ())
+                now = utcnow()
+                jobs = store.claim_deliveries(f"node{index}", now, now + timedelta(minutes=5), 5)
+                claimed[index].extend(job.event_id for job in jobs)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        everything = claimed[0] + claimed[1]
+        assert sorted(everything) == sorted(e.id for e in events)
+        assert not stores[0].fan_out_pending()
+    finally:
+        for store in stores:
+            store.close()

@@ -65,6 +65,7 @@ STANDARD_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 
 MAX_ERROR = 500
 _PRUNE_EVERY = 3600.0
 _MIN_ROUND = 0.01  # seconds between the starts of two rounds at the least
+_BUSY_FAN_OUT = 50  # events fanned out per round while the process is busy
 _USER_AGENT = "abi-engine-webhooks"
 
 
@@ -101,9 +102,11 @@ class WebhookSettings:
     the previous secret still signs (next to the new one) after a change.
     ``retention_days``: finished deliveries not changed for this long are
     pruned (``None`` keeps them). ``batch_size``: events fanned out per
-    transaction. ``busy_concurrency``: attempts in flight while at least
-    ``busy_threshold`` executions run in this process: deliveries yield the
-    CPU to executions during bursts and catch up afterwards.
+    transaction. While at least ``busy_threshold`` executions run in this
+    process, the worker yields the CPU to them: at most ``busy_concurrency``
+    attempts in flight, and rounds (a small fan-out, claims) at most every
+    ``busy_interval`` seconds; deliveries catch up once the burst is over
+    (a ``busy_threshold`` above the runtime's workers turns this off).
     """
 
     retry_schedule: tuple[float, ...] = attrs.field(
@@ -125,6 +128,7 @@ class WebhookSettings:
     batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
     busy_concurrency: int = attrs.field(default=2, validator=attrs.validators.ge(1))
     busy_threshold: int = attrs.field(default=8, validator=attrs.validators.ge(1))
+    busy_interval: float = attrs.field(default=0.1, validator=_positive)
 
     @property
     def lease(self) -> float:
@@ -232,17 +236,19 @@ class DeliveryWorker:
             except Exception:
                 log.exception("webhook delivery round failed")
             await self._sleep()
-            # Under a stream of events, gather them for a while: fewer, larger rounds.
-            await anyio.sleep(max(0.0, now + _MIN_ROUND - anyio.current_time()))
+            # Under a stream of events, gather them for a while: fewer, larger rounds;
+            # while executions keep this process busy, far fewer.
+            gap = s.busy_interval if self._busy() else _MIN_ROUND
+            await anyio.sleep(max(0.0, now + gap - anyio.current_time()))
 
     async def _pump(self) -> None:
         s = self.settings
         if self._store.fan_out_pending():
-            while True:
-                consumed = self._store.fan_out(utcnow(), s.batch_size, _CALLBACK_EVENTS)
-                if consumed < s.batch_size:
-                    break
-                await anyio.lowlevel.checkpoint()  # let executions run between big batches
+            if self._busy():  # a little per round; the outbox keeps the rest
+                self._store.fan_out(utcnow(), _BUSY_FAN_OUT, _CALLBACK_EVENTS)
+            else:
+                while self._store.fan_out(utcnow(), s.batch_size, _CALLBACK_EVENTS) == s.batch_size:
+                    await anyio.lowlevel.checkpoint()  # let executions run between batches
         free = self._capacity() - len(self._inflight)
         now = utcnow()
         if free <= 0 or not self._store.deliveries_due(now):
@@ -255,11 +261,13 @@ class DeliveryWorker:
             self._inflight.add(job.id)
             self._tg.start_soon(self._deliver, job)
 
+    def _busy(self) -> bool:
+        """Whether executions keep this process busy (webhook work then yields to them)."""
+        return self._engine.runtime.in_flight >= self.settings.busy_threshold
+
     def _capacity(self) -> int:
-        """Attempts allowed in flight now: fewer while executions keep this process busy."""
-        s = self.settings
-        running = self._engine.runtime.in_flight
-        return s.busy_concurrency if running >= s.busy_threshold else s.concurrency
+        """Attempts allowed in flight now: fewer while this process is busy."""
+        return self.settings.busy_concurrency if self._busy() else self.settings.concurrency
 
     async def _sleep(self) -> None:
         timeout = self.settings.poll_interval

@@ -123,6 +123,12 @@ def _view(record: WebhookRecord, *, show_secret: bool = False) -> Webhook:
     )
 
 
+def _delivery_not_found(delivery_id: str) -> NotFound:
+    error = NotFound(None, f"Delivery {delivery_id!r} not found")
+    error.details["delivery_id"] = delivery_id
+    return error
+
+
 def _node_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{_secrets.token_hex(4)}"
 
@@ -299,9 +305,7 @@ class WebhookService(Service):
         hook = await self._load(webhook_id)
         found = await self._call(self._store.get_delivery, delivery_id)
         if found is None or found.webhook_id != hook.id:
-            error = NotFound(None, f"Delivery {delivery_id!r} not found")
-            error.details["delivery_id"] = delivery_id
-            raise error
+            raise _delivery_not_found(delivery_id)
         if not hook.enabled:
             raise InvalidState(
                 f"Webhook {webhook_id!r} is disabled; enable it before redelivering",
@@ -314,7 +318,8 @@ class WebhookService(Service):
             )
         self.notify()
         again = await self._call(self._store.get_delivery, delivery_id)
-        assert again is not None
+        if again is None:  # its webhook was deleted meanwhile
+            raise _delivery_not_found(delivery_id)
         return again
 
     async def callback_deliveries(self, execution_id: str) -> builtins.list[Delivery]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
@@ -25,11 +24,9 @@ PREFIXES = {
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 
 
-# Standard base32 digits, in value order, mapped to Crockford's lower-case digits,
-# whose ASCII order is their value order: encoded ids sort like their bytes.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
-
-
+# Crockford's lower-case base32 digits are in ASCII order: ids sort like their values.
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
+_SHIFTS = tuple(range(120, -1, -10))
 _last = 0
 _last_lock = threading.Lock()
 
@@ -47,8 +44,9 @@ def new_id(prefix: str) -> str:
         if value <= _last:
             value = _last + 1
         _last = value
-    raw = value.to_bytes(16, "big")
-    return prefix + base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode("ascii")
+    # 128 bits, shifted to 130 (26 base32 digits), read 10 bits (two digits) at a time.
+    value <<= 2
+    return prefix + "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def utcnow() -> datetime:

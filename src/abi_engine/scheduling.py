@@ -229,7 +229,6 @@ class ScheduleService(Service):
         self._max_sleep = max_sleep
         self._batch = batch
         self._wakeup = anyio.Event()
-        self._names: dict[str, tuple[datetime, str]] = {}
         self.fired = 0
 
     def _events(self, kind: str, schedule: Schedule | ScheduleRecord) -> tuple[Event, ...]:
@@ -289,35 +288,21 @@ class ScheduleService(Service):
             if isinstance(data, ScheduleRequest)
             else structure(data, ScheduleRequest, error=InvalidSchedule)
         )
-        workflow_name = await self._workflow_name(workflow_id)
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise WorkflowNotFound(str(workflow_id))
         now = utcnow()
         _check(req, now, creating=True)
         record = self._record(req, base=None, workflow_id=workflow_id, now=now)
         record.created_by = actor.user_id if actor else None
-        record.workflow_name = workflow_name
-        view = _view(record)
-        await self._engine.runtime.committer.submit(
+        view = _view(record)  # as the seed's create answer: without workflow_name
+        # The workflow's existence is checked inside the insert's transaction.
+        created = await self._engine.runtime.committer.submit(
             InsertSchedule(record=record, events=self._events("schedule.created", view))
         )
+        if not created:
+            raise WorkflowNotFound(workflow_id)
         self._wakeup.set()
         return view
-
-    async def _workflow_name(self, workflow_id: Any) -> str:
-        """The name of a live workflow (cached while its ``updated_at`` stays the same)."""
-        if not isinstance(workflow_id, str):
-            raise WorkflowNotFound(str(workflow_id))
-        version = await self._call(self._store.workflow_version, workflow_id)
-        cached = self._names.get(workflow_id)
-        if version is not None and cached is not None and cached[0] == version:
-            return cached[1]
-        workflow = await self._call(self._store.get_workflow, workflow_id)
-        if workflow is None:
-            self._names.pop(workflow_id, None)
-            raise WorkflowNotFound(workflow_id)
-        if len(self._names) >= 1024:
-            self._names.pop(next(iter(self._names)))
-        self._names[workflow_id] = (workflow.updated_at, workflow.name)
-        return workflow.name
 
     async def _load(self, schedule_id: Any) -> ScheduleRecord:
         if not isinstance(schedule_id, str):

@@ -282,7 +282,7 @@ class ScheduleQuery:
 
 @attrs.frozen(kw_only=True)
 class InsertSchedule(WriteOp):
-    """Insert a new schedule."""
+    """Insert a new schedule; applies ``False`` when its workflow does not exist."""
 
     record: ScheduleRecord
 

@@ -181,16 +181,18 @@ class SchedulesMixin:
 
 
 def _insert(conn: sqlite3.Connection, op: InsertSchedule) -> bool:
+    """Insert the schedule if its workflow exists (not deleted); ``False`` otherwise."""
     r = op.record
-    conn.execute(
+    cursor = conn.execute(
         "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
         " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
         " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
         " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by),
+        " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+        " WHERE EXISTS (SELECT 1 FROM workflows WHERE id = ? AND deleted_at IS NULL)",
+        (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by, r.workflow_id),
     )
-    return True
+    return cursor.rowcount > 0
 
 
 def _update(conn: sqlite3.Connection, op: UpdateSchedule) -> bool:

@@ -117,8 +117,11 @@ def steps(*definitions: dict[str, Any]) -> dict[str, Any]:
     return {"steps": list(definitions)}
 
 
-async def custom(engine: Engine, configuration: dict[str, Any]) -> str:
-    return await new_workflow(engine, "custom", configuration=configuration)
+async def custom(engine: Engine, configuration: dict[str, Any], **fields: Any) -> str:
+    return await new_workflow(engine, "custom", configuration=configuration, **fields)
+
+
+USES_API = {"integrations": [{"id": "int_api", "required": True}]}
 
 
 async def _failure(engine: Engine, wf: str, params: dict[str, Any] | None = None) -> Any:
@@ -365,6 +368,7 @@ async def test_http_through_an_integration(eng: Engine, server: Server) -> None:
         steps(
             {"name": "call", "action": "http_request", "integration": "int_api", "path": "/json"}
         ),
+        **USES_API,
     )
     execution = await eng.executions.execute(wf)
     assert execution.result["body"] == {"hello": "world"}
@@ -381,6 +385,7 @@ async def test_integration_path_keeps_the_base_url(eng: Engine, server: Server) 
             {"name": "a", "action": "http_request", "integration": "int_api", "path": "/json"},
             {"name": "b", "action": "http_request", "integration": "int_api", "path": "json"},
         ),
+        **USES_API,
     )
     execution = await eng.executions.execute(wf)
     assert execution.result["body"] == {"hello": "world"}
@@ -405,6 +410,7 @@ async def test_integration_credentials_stay_on_its_host(
         wf = await custom(
             eng,
             steps({"name": "x", "action": "http_request", "integration": "int_api", "path": path}),
+            **USES_API,
         )
         with contextlib.suppress(WorkflowExecutionError):
             await eng.executions.execute(wf)
@@ -533,3 +539,22 @@ async def test_long_delay_is_durable(make: EngineFactory) -> None:
 
 def eng_steps(engine: Engine, execution_id: str) -> list[str]:
     return [s.status.value for s in engine.store.get_steps(execution_id)]
+
+
+async def test_integration_not_listed_by_the_workflow_is_not_lent(
+    eng: Engine, server: Server
+) -> None:
+    """A step naming a connection its workflow does not list fails; no request carries its secret."""
+    await eng.integrations.put(
+        "int_api",
+        "http",
+        {"base_url": server.url, "auth": {"type": "bearer", "token": "tok-very-secret"}},
+    )
+    wf = await custom(
+        eng,
+        steps({"name": "x", "action": "http_request", "integration": "int_api", "path": "/json"}),
+    )
+    with pytest.raises(WorkflowExecutionError) as caught:
+        await eng.executions.execute(wf)
+    assert "not one of this workflow" in caught.value.details["error_message"]
+    assert server.seen == []

@@ -323,7 +323,10 @@ async def test_delete(eng: Engine) -> None:
     """delete() answers {id, deleted: true}; the schedule is gone, its history too."""
     wf = await custom_workflow(eng)
     created = await eng.schedules.create(wf, SEED_CREATE)
-    assert await eng.schedules.delete(created.id) == {"id": created.id, "deleted": True}
+    assert unstructure(await eng.schedules.delete(created.id)) == {
+        "id": created.id,
+        "deleted": True,
+    }
     with pytest.raises(ScheduleNotFound):
         await eng.schedules.get(created.id)
     with pytest.raises(ScheduleNotFound):

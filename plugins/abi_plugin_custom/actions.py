@@ -89,9 +89,14 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
     engine = ctx.services["engine"]
     allow_private = bool(engine.allow_private_urls)
     if step.integration is not None:
-        connection = await engine.integrations.get_secret(step.integration)
+        # Only the workflow's own integrations (ctx.integrations): naming another
+        # connection must not lend its credentials to this workflow.
+        connection = ctx.integrations.get(step.integration)
         if connection is None:
-            raise LookupError(f"integration {step.integration!r} is not connected")
+            raise LookupError(
+                f"integration {step.integration!r} is not one of this workflow's connected"
+                " integrations (list it in the workflow's integrations)"
+            )
         provider = engine.registry.providers[connection.provider]
         client: httpx.AsyncClient = provider.client(connection.config)
         # Appended, never resolved: a path such as "https://elsewhere/..." or "//elsewhere"

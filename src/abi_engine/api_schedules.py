@@ -107,7 +107,7 @@ async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest)
     errors=("SCHEDULE_NOT_FOUND",),
 )
 async def delete_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    return await engine.schedules.delete(request.path["schedule_id"])
+    return unstructure(await engine.schedules.delete(request.path["schedule_id"]))
 
 
 @operation(

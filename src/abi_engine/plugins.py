@@ -59,7 +59,13 @@ def make_plugin_manager(
         for module_name in filter(None, os.environ.get(ENV_PLUGINS, "").split(",")):
             module_name = module_name.strip()
             if module_name and not pm.has_plugin(module_name) and module_name not in blocked:
-                pm.register(importlib.import_module(module_name), name=module_name)
+                try:
+                    module = importlib.import_module(module_name)
+                except ImportError as exc:
+                    raise ValueError(
+                        f"{ENV_PLUGINS}: cannot import plugin module {module_name!r}: {exc}"
+                    ) from None
+                pm.register(module, name=module_name)
     for plugin in plugins:
         if pm.is_registered(plugin):
             continue

@@ -35,6 +35,7 @@ from abi_engine.events import Event
 from abi_engine.executor import Prepared
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import (
+    DeleteResult,
     ExecutionStatus,
     IntervalUnit,
     LastExecution,
@@ -395,7 +396,7 @@ class ScheduleService(Service):
         self._wakeup.set()
         return view
 
-    async def delete(self, schedule_id: str) -> dict[str, Any]:
+    async def delete(self, schedule_id: str) -> DeleteResult:
         """Delete a schedule (its past executions stay)."""
         current = await self._load(schedule_id)
         applied = await self._engine.runtime.committer.submit(
@@ -406,7 +407,7 @@ class ScheduleService(Service):
         )
         if not applied:
             raise ScheduleNotFound(schedule_id)
-        return {"id": schedule_id, "deleted": True}
+        return DeleteResult(id=schedule_id, deleted=True)
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10

@@ -793,3 +793,39 @@ async def test_sync_not_starved_by_async_flood(make: EngineFactory) -> None:
             assert (await engine.executions.wait(execution.execution_id, 10)).status.value == (
                 "completed"
             )
+
+
+async def test_durable_sleep_counts_toward_the_timeout(make: EngineFactory) -> None:
+    """A durable sleep (over a second) is running time: the execution's timeout still ends it."""
+    engine = make(settings=fast())
+    async with engine:
+        wf = await new_workflow(
+            engine,
+            "custom",
+            configuration={"steps": [{"name": "nap", "action": "delay", "seconds": 30}]},
+        )
+        started = time.monotonic()
+        with pytest.raises(ExecutionTimeout) as caught:
+            await engine.executions.execute(wf, timeout_seconds=1.2)
+        assert time.monotonic() - started < 3
+        execution = await engine.executions.get(caught.value.details["execution_id"])
+        assert execution.status is ExecutionStatus.TIMED_OUT
+
+
+async def test_durable_sleep_inside_a_sync_execution_completes(make: EngineFactory) -> None:
+    """A sync caller waits through a durable sleep (it is not a wait for a signal)."""
+    engine = make(settings=fast())
+    async with engine:
+        wf = await new_workflow(
+            engine,
+            "custom",
+            configuration={
+                "steps": [
+                    {"name": "nap", "action": "delay", "seconds": 1.2},
+                    {"name": "t", "action": "transform", "expressions": {"x": "1 + 1"}},
+                ]
+            },
+        )
+        execution = await engine.executions.execute(wf, timeout_seconds=10)
+        assert execution.status is ExecutionStatus.COMPLETED
+        assert execution.result == {"x": 2}

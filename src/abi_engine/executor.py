@@ -53,7 +53,7 @@ from abi_engine.storage.records import (
     StepRecord,
     SuspendExecution,
 )
-from abi_engine.types import StepContext, StepSpec, Suspend, WorkflowType
+from abi_engine.types import SLEEP_PREFIX, StepContext, StepSpec, Suspend, WorkflowType
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -377,7 +377,12 @@ class Runtime:
                 look_first = False
                 record = self.store.get_execution(execution_id)
                 if record is not None and (
-                    record.status.finished or record.status is ExecutionStatus.WAITING
+                    record.status.finished
+                    or (
+                        record.status is ExecutionStatus.WAITING
+                        # a durable sleep is still running time, not an answer
+                        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
+                    )
                 ):
                     return build_execution(record, self.store.get_steps(execution_id))
         finally:
@@ -702,19 +707,32 @@ class Runtime:
         wake_at = None
         if suspend.timeout_seconds is not None:
             wake_at = utcnow() + timedelta(seconds=max(0.0, suspend.timeout_seconds))
+        if suspend.sleeping and record.timeout_at is not None:
+            # A sleep is running time: wake no later than the execution's timeout.
+            wake_at = min(wake_at, record.timeout_at) if wake_at else record.timeout_at
         state = await self.committer.submit(
             SuspendExecution(
                 execution_id=record.id,
                 owner=self.node_id,
                 waiting_for=suspend.name,
                 wake_at=wake_at,
+                keep_timeout=suspend.sleeping,
             )
         )
         if state is True:
             record.status = ExecutionStatus.WAITING
-            record.timeout_at = None
-            self._notify(record.id, None)  # a waiting caller gets the execution as it stands
+            if wake_at is not None and self._tg is not None:
+                self._tg.start_soon(self._wake_at, wake_at)
+            if not suspend.sleeping:
+                record.timeout_at = None
+                self._notify(record.id, None)  # a waiting caller gets the execution as it stands
         return state
+
+    async def _wake_at(self, when: datetime) -> None:
+        """Look for due timers right at ``when`` (the poller would notice later)."""
+        await anyio.sleep(max(0.0, (when - utcnow()).total_seconds()) + 0.001)
+        if not self._stopping:
+            await self._recover_once()
 
     async def _finish_completed(
         self,

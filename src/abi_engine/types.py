@@ -152,16 +152,17 @@ class StepContext:
         if seconds <= DURABLE_SLEEP_THRESHOLD:
             await anyio.sleep(max(0.0, seconds))
             return
-        name = f"sleep:{self.step_name}:{self._sleeps}"
+        name = f"{SLEEP_PREFIX}{self.step_name}:{self._sleeps}"
         self._sleeps += 1
-        try:
-            self.wait_for_signal(name, seconds)
-        except SignalTimeout:
+        if name in self.signals or f"{name}{TIMEOUT_SUFFIX}" in self.signals:
             return
+        raise Suspend(name, seconds, sleeping=True)
 
 
 #: Sleeps longer than this (seconds) suspend the execution instead of a worker.
 DURABLE_SLEEP_THRESHOLD = 1.0
+#: Prefix of the wait name of a durable sleep.
+SLEEP_PREFIX = "sleep:"
 
 
 class Suspend(BaseException):
@@ -170,10 +171,13 @@ class Suspend(BaseException):
     A ``BaseException`` so that a step's ``except Exception`` cannot swallow it.
     """
 
-    def __init__(self, name: str, timeout_seconds: float | None) -> None:
+    def __init__(self, name: str, timeout_seconds: float | None, *, sleeping: bool = False) -> None:
         super().__init__(name)
         self.name = name
         self.timeout_seconds = timeout_seconds
+        #: A durable sleep (running time: the execution's timeout still counts),
+        #: not a wait for a signal from outside.
+        self.sleeping = sleeping
 
 
 class SignalTimeout(Exception):

@@ -162,8 +162,8 @@ class FinishExecution(WriteOp):
 class SuspendExecution(WriteOp):
     """Park a running execution as ``waiting`` for a signal (or until ``wake_at``).
 
-    The execution's own timeout ends here: it bounds running time, and a wait
-    is bounded by its own ``wake_at``. Applies ``"ready"`` instead when the
+    The execution's own timeout ends here (unless ``keep_timeout``: a durable
+    sleep): it bounds running time, and a wait is bounded by its own ``wake_at``. Applies ``"ready"`` instead when the
     signal has already arrived (the step then runs again at once)."""
 
     execution_id: str
@@ -171,6 +171,8 @@ class SuspendExecution(WriteOp):
     waiting_for: str
     wake_at: datetime | None = None
     step: StepRecord | None = None
+    #: A durable sleep keeps the execution's timeout (it is running time).
+    keep_timeout: bool = False
 
 
 @attrs.frozen(kw_only=True)

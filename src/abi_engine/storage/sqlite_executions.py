@@ -423,8 +423,9 @@ def _suspend(conn: sqlite3.Connection, op: SuspendExecution) -> bool | str:
         return "ready"
     cursor = conn.execute(
         "UPDATE executions SET status = 'waiting', waiting_for = ?, wake_at = ?, owner = NULL,"
-        " lease_until = NULL, timeout_at = NULL WHERE id = ? AND owner = ? AND status = 'running'",
-        (op.waiting_for, to_ms(op.wake_at), op.execution_id, op.owner),
+        " lease_until = NULL, timeout_at = CASE WHEN ? THEN timeout_at END"
+        " WHERE id = ? AND owner = ? AND status = 'running'",
+        (op.waiting_for, to_ms(op.wake_at), int(op.keep_timeout), op.execution_id, op.owner),
     )
     if cursor.rowcount == 0:
         return False

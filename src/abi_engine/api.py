@@ -17,6 +17,7 @@ import attrs
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest, NotFound
+from abi_engine.executor import execution_json
 from abi_engine.ids import utcnow
 from abi_engine.models import (
     ActivationResult,
@@ -401,7 +402,7 @@ def _idempotency_key(request: ApiRequest, body_key: str | None) -> str | None:
 
 
 def _execution_json(execution: Execution) -> dict[str, Any]:
-    data: dict[str, Any] = unstructure(execution)
+    data: dict[str, Any] = execution_json(execution)
     return data
 
 

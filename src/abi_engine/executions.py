@@ -21,7 +21,7 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event
-from abi_engine.executor import Prepared, Runtime, build_execution
+from abi_engine.executor import Prepared, Runtime, build_execution, execution_json
 from abi_engine.ids import new_id, parse_time, utcnow
 from abi_engine.models import (
     Execution,
@@ -492,7 +492,6 @@ class ExecutionService(Service):
 
 
 def _unstructured(execution: Execution) -> dict[str, Any]:
-    from abi_engine.converter import unstructure
 
-    data: dict[str, Any] = unstructure(execution)
+    data: dict[str, Any] = execution_json(execution)
     return data

@@ -125,6 +125,15 @@ def rest_latency(db: Path, count: int) -> None:
         token, wf_id = server.stdout.readline().split()  # type: ignore[union-attr]
         base = f"http://127.0.0.1:{port}/api/v1"
         headers = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 30
+        while True:  # wait until uvicorn listens
+            try:
+                httpx.get(f"{base}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         with httpx.Client(base_url=base, headers=headers) as client:
             for _ in range(50):
                 client.post(f"/workflows/{wf_id}/execute", json={"parameters": {}})

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from abi_engine.converter import unstructure
-from abi_engine.executor import execution_json
+from abi_engine.execution_views import execution_json
 from abi_engine.models import (
     Execution,
     ExecutionError,

@@ -17,7 +17,7 @@ import attrs
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest, NotFound
-from abi_engine.executor import execution_json
+from abi_engine.execution_views import execution_json
 from abi_engine.ids import utcnow
 from abi_engine.models import (
     ActivationResult,

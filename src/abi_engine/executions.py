@@ -21,7 +21,8 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event
-from abi_engine.executor import Prepared, Runtime, build_execution, execution_json
+from abi_engine.execution_views import build_execution, execution_json
+from abi_engine.executor import Prepared, Runtime
 from abi_engine.ids import new_id, parse_time, utcnow
 from abi_engine.models import (
     Execution,

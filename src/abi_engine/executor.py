@@ -33,13 +33,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from abi_engine._commit import GroupCommitter
 from abi_engine.errors import QueueFull
 from abi_engine.events import Event
-from abi_engine.ids import format_time, utcnow
+from abi_engine.execution_views import build_execution, execution_json, step_json
+from abi_engine.ids import utcnow
 from abi_engine.models import (
     Execution,
-    ExecutionError,
     ExecutionStatus,
     Step,
-    StepError,
     StepStatus,
 )
 from abi_engine.storage._codec import dumps as _dumps
@@ -57,7 +56,7 @@ from abi_engine.types import SLEEP_PREFIX, StepContext, StepSpec, Suspend, Workf
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
-__all__ = ["Prepared", "Runtime", "RuntimeSettings", "build_execution"]
+__all__ = ["Prepared", "Runtime", "RuntimeSettings", "build_execution", "execution_json"]
 
 log = logging.getLogger("abi_engine.executor")
 
@@ -149,124 +148,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Execution:
-    """The API view of an execution: stored fields plus the merged step list.
-
-    Steps that have not been checkpointed are shown from the plan: the first
-    one as ``running`` while the execution runs (it started when the previous
-    step finished), or as ``failed`` when the execution was interrupted by a
-    timeout or a cancellation; the others as ``pending``.
-    """
-    by_index = {s.index: s for s in steps}
-    shown: list[Step] = []
-    names = list(record.plan)
-    for s in steps:
-        if s.index >= len(names):
-            names.append(s.name)
-    previous_end = record.started_at
-    first_missing = True
-    for index, name in enumerate(names):
-        stored = by_index.get(index)
-        if stored is not None:
-            shown.append(
-                Step(
-                    name=stored.name,
-                    status=stored.status,
-                    started_at=stored.started_at,
-                    completed_at=stored.completed_at,
-                    duration_ms=stored.duration_ms,
-                    attempts=stored.attempts or None,
-                    error=StepError(**stored.error) if stored.error else None,
-                )
-            )
-            previous_end = stored.completed_at or previous_end
-            if stored.status is StepStatus.FAILED:
-                first_missing = False  # the interrupted step is stored; later ones never ran
-            continue
-        step = Step(name=name, status=StepStatus.PENDING)
-        if first_missing and record.started_at is not None:
-            first_missing = False
-            if record.status in (ExecutionStatus.RUNNING, ExecutionStatus.WAITING):
-                step.status = StepStatus.RUNNING
-                step.started_at = previous_end
-            elif record.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
-                step.status = StepStatus.FAILED
-                step.started_at = previous_end
-                step.completed_at = record.completed_at
-                code = "Cancelled" if record.status is ExecutionStatus.CANCELLED else "Timeout"
-                step.error = StepError(type=code, message=f"execution {record.status.value}")
-        first_missing = False if record.started_at is not None else first_missing
-        shown.append(step)
-    return Execution(
-        execution_id=record.id,
-        workflow_id=record.workflow_id,
-        workflow_name=record.workflow_name,
-        status=record.status,
-        started_at=record.started_at,
-        completed_at=record.completed_at,
-        duration_ms=record.duration_ms,
-        parameters=record.parameters,
-        result=record.result,
-        error=ExecutionError(**record.error) if record.error else None,
-        steps=shown,
-        callback_url=record.callback_url,
-        schedule_id=record.schedule_id,
-        created_by=record.created_by,
-        created_at=record.created_at,
-    )
-
-
-def _step_json(step: Step) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "name": step.name,
-        "status": step.status.value,
-        "started_at": None if step.started_at is None else format_time(step.started_at),
-        "completed_at": None if step.completed_at is None else format_time(step.completed_at),
-        "duration_ms": step.duration_ms,
-    }
-    if step.attempts is not None:
-        data["attempts"] = step.attempts
-    if step.error is not None:
-        data["error"] = {"type": step.error.type, "message": step.error.message}
-    return data
-
-
-def execution_json(execution: Execution) -> dict[str, Any]:
-    """``unstructure(execution)``, written out: the hot paths (events, answers) use it.
-
-    Equal to the converter's output by construction; a test compares the two.
-    """
-    e = execution
-    data: dict[str, Any] = {"execution_id": e.execution_id, "workflow_id": e.workflow_id}
-    if e.workflow_name is not None:
-        data["workflow_name"] = e.workflow_name
-    data["status"] = e.status.value
-    data["started_at"] = None if e.started_at is None else format_time(e.started_at)
-    if e.completed_at is not None:
-        data["completed_at"] = format_time(e.completed_at)
-    if e.duration_ms is not None:
-        data["duration_ms"] = e.duration_ms
-    data["parameters"] = e.parameters
-    if e.result is not None:
-        data["result"] = e.result
-    if e.error is not None:
-        error: dict[str, Any] = {"code": e.error.code, "message": e.error.message}
-        if e.error.step is not None:
-            error["step"] = e.error.step
-        if e.error.type is not None:
-            error["type"] = e.error.type
-        data["error"] = error
-    if e.steps is not None:
-        data["steps"] = [_step_json(s) for s in e.steps]
-    for name in ("callback_url", "schedule_id", "created_by"):
-        value = getattr(e, name)
-        if value is not None:
-            data[name] = value
-    if e.created_at is not None:
-        data["created_at"] = format_time(e.created_at)
-    return data
 
 
 class Runtime:
@@ -734,7 +615,7 @@ class Runtime:
             {
                 "execution_id": record.id,
                 "workflow_id": record.workflow_id,
-                "step": _step_json(
+                "step": step_json(
                     Step(
                         name=step.name,
                         status=step.status,

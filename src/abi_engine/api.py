@@ -100,6 +100,8 @@ class Operation:
     query: tuple[QueryParam, ...] = ()
     tag: str = "workflows"
     errors: tuple[str, ...] = ()
+    #: When set, the operation may also answer 202 (its handler returns ``Accepted``).
+    accepted_description: str | None = None
 
 
 OPERATIONS: dict[str, Operation] = {}
@@ -420,6 +422,7 @@ _EXEC_ERRORS = (
     path="/workflows/{workflow_id}/execute",
     scope=Scope.EXECUTIONS_WRITE,
     summary="Execute a workflow and wait for its result",
+    accepted_description="With wait_for_completion false: the execution as it stands",
     request_model=ExecuteRequest,
     response_model=Execution,
     tag="executions",

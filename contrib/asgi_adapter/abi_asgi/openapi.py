@@ -377,6 +377,11 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
             "content": {"application/json": {"schema": _success_schema(builder, op)}},
         }
     }
+    if op.accepted_description:
+        responses["202"] = {
+            "description": op.accepted_description,
+            "content": {"application/json": {"schema": _success_schema(builder, op)}},
+        }
     responses.update(_error_responses(errors))
     out: dict[str, Any] = {
         "operationId": op.name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import ApiRequest, QueryParam, _body_object, _page, operation
+from abi_engine.api import _PAGE_QUERY, ApiRequest, QueryParam, _body_object, _page, operation
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import DeleteResult, Schedule, ScheduleHistoryEntry, ScheduleSummary, Scope
@@ -14,14 +14,6 @@ if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
 __all__: list[str] = []
-
-_PAGE = (
-    QueryParam(name="page", schema={"type": "integer", "minimum": 1, "default": 1}),
-    QueryParam(
-        name="page_size",
-        schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
-    ),
-)
 
 
 @operation(
@@ -65,7 +57,7 @@ async def get_schedule(engine: Engine, actor: Principal, request: ApiRequest) ->
     query=(
         QueryParam(name="workflow_id", schema={"type": "string"}),
         QueryParam(name="enabled", schema={"type": "boolean"}),
-        *_PAGE,
+        *_PAGE_QUERY,
     ),
     tag="schedules",
     errors=("INVALID_REQUEST",),
@@ -117,7 +109,7 @@ async def delete_schedule(engine: Engine, actor: Principal, request: ApiRequest)
     summary="What happened at each due time of a schedule, newest first",
     response_model=ScheduleHistoryEntry,
     paginated=True,
-    query=_PAGE,
+    query=_PAGE_QUERY,
     tag="schedules",
     errors=("SCHEDULE_NOT_FOUND",),
 )

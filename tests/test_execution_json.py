@@ -1,4 +1,4 @@
-"""The hand-written execution JSON (events, answers) equals the converter's output."""
+"""The hand-written execution and schedule JSON (events, answers) equals the converter's."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ from abi_engine.models import (
     Execution,
     ExecutionError,
     ExecutionStatus,
+    IntervalUnit,
+    LastExecution,
+    MisfirePolicy,
+    OverlapPolicy,
+    Schedule,
+    ScheduleType,
     Step,
     StepError,
     StepStatus,
 )
+from abi_engine.scheduling import schedule_json
 
 times = st.none() | st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
@@ -64,3 +71,45 @@ executions = st.builds(
 def test_execution_json_is_the_converters_json(execution: Execution) -> None:
     """For any execution, execution_json gives exactly what unstructure gives."""
     assert execution_json(execution) == unstructure(execution)
+
+
+schedules = st.builds(
+    Schedule,
+    id=texts,
+    workflow_id=texts,
+    workflow_name=st.none() | texts,
+    name=texts,
+    description=st.none() | texts,
+    schedule_type=st.sampled_from(ScheduleType),
+    cron_expression=st.none() | texts,
+    interval_value=st.none() | st.integers(1, 10**6),
+    interval_unit=st.none() | st.sampled_from(IntervalUnit),
+    execution_time=times,
+    start_time=times,
+    parameters=st.dictionaries(texts, json_values, max_size=3),
+    enabled=st.booleans(),
+    timezone=texts,
+    status=st.sampled_from(["active", "disabled", "completed"]),
+    next_execution=times,
+    last_execution=st.none()
+    | st.builds(
+        LastExecution,
+        execution_id=texts,
+        status=st.sampled_from(ExecutionStatus),
+        started_at=times,
+        completed_at=times,
+    ),
+    misfire_policy=st.sampled_from(MisfirePolicy),
+    misfire_grace_seconds=st.floats(0, 1000),
+    catch_up_limit=st.integers(1, 1000),
+    overlap_policy=st.sampled_from(OverlapPolicy),
+    created_at=times.filter(lambda t: t is not None),
+    updated_at=times.filter(lambda t: t is not None),
+    created_by=st.none() | texts,
+)
+
+
+@given(schedules)
+def test_schedule_json_is_the_converters_json(schedule: Schedule) -> None:
+    """For any schedule, schedule_json gives exactly what unstructure gives."""
+    assert schedule_json(schedule) == unstructure(schedule)

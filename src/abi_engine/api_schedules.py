@@ -8,7 +8,7 @@ from abi_engine.api import _PAGE_QUERY, ApiRequest, QueryParam, _body_object, _p
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import DeleteResult, Schedule, ScheduleHistoryEntry, ScheduleSummary, Scope
-from abi_engine.scheduling import ScheduleRequest
+from abi_engine.scheduling import ScheduleRequest, schedule_json
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -31,7 +31,7 @@ async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest)
     schedule = await engine.schedules.create(
         request.path["workflow_id"], _body_object(request), actor=actor
     )
-    return unstructure(schedule)
+    return schedule_json(schedule)
 
 
 @operation(
@@ -44,7 +44,7 @@ async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest)
     errors=("SCHEDULE_NOT_FOUND",),
 )
 async def get_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    return unstructure(await engine.schedules.get(request.path["schedule_id"]))
+    return schedule_json(await engine.schedules.get(request.path["schedule_id"]))
 
 
 @operation(
@@ -86,7 +86,7 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     schedule = await engine.schedules.update(request.path["schedule_id"], _body_object(request))
-    return unstructure(schedule)
+    return schedule_json(schedule)
 
 
 @operation(

@@ -33,7 +33,7 @@ from abi_engine.errors import (
 )
 from abi_engine.events import Event
 from abi_engine.executor import Prepared
-from abi_engine.ids import new_id, utcnow
+from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import (
     DeleteResult,
     ExecutionStatus,
@@ -193,6 +193,51 @@ def _view(record: ScheduleRecord) -> Schedule:
     )
 
 
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else format_time(value)
+
+
+def schedule_json(s: Schedule) -> dict[str, Any]:
+    """``unstructure(schedule)``, written out (answers and events); a test compares the two."""
+    data: dict[str, Any] = {"id": s.id, "workflow_id": s.workflow_id}
+    if s.workflow_name is not None:
+        data["workflow_name"] = s.workflow_name
+    data["name"] = s.name
+    data["description"] = s.description
+    data["schedule_type"] = s.schedule_type.value
+    if s.cron_expression is not None:
+        data["cron_expression"] = s.cron_expression
+    if s.interval_value is not None:
+        data["interval_value"] = s.interval_value
+    if s.interval_unit is not None:
+        data["interval_unit"] = s.interval_unit.value
+    if s.execution_time is not None:
+        data["execution_time"] = format_time(s.execution_time)
+    if s.start_time is not None:
+        data["start_time"] = format_time(s.start_time)
+    data["parameters"] = s.parameters
+    data["enabled"] = s.enabled
+    data["timezone"] = s.timezone
+    data["status"] = s.status
+    data["next_execution"] = _time(s.next_execution)
+    if s.last_execution is not None:
+        last = s.last_execution
+        data["last_execution"] = {
+            "execution_id": last.execution_id,
+            "status": last.status.value,
+            "started_at": _time(last.started_at),
+            "completed_at": _time(last.completed_at),
+        }
+    data["misfire_policy"] = s.misfire_policy.value
+    data["misfire_grace_seconds"] = s.misfire_grace_seconds
+    data["catch_up_limit"] = s.catch_up_limit
+    data["overlap_policy"] = s.overlap_policy.value
+    data["created_at"] = format_time(s.created_at)
+    data["updated_at"] = format_time(s.updated_at)
+    data["created_by"] = s.created_by
+    return data
+
+
 def _status(record: ScheduleRecord) -> str:
     if record.completed:
         return "completed"
@@ -237,7 +282,7 @@ class ScheduleService(Service):
         if not self._engine.wants_event(kind):
             return ()
         view = _view(schedule) if isinstance(schedule, ScheduleRecord) else schedule
-        return (Event(type=kind, data=unstructure(view)),)
+        return (Event(type=kind, data=schedule_json(view)),)
 
     # -- CRUD -------------------------------------------------------------------------------
 

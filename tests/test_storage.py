@@ -633,3 +633,40 @@ def test_second_process_writes_concurrently(db_path: Path, new_workflow: NewWork
             child.kill()
             child.wait()
         store.close()
+
+
+_OPENER = textwrap.dedent(
+    """
+    import sys, time
+    from abi_engine.storage import SQLiteStore
+
+    start_at = float(sys.argv[2])
+    while time.time() < start_at:
+        pass
+    store = SQLiteStore(sys.argv[1])
+    print(store.schema_version(), flush=True)
+    store.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
+    """Six processes opening one new file at the same instant all succeed (WAL switch waits, never 'locked')."""
+    procs_per_round, rounds = 6, 6
+    for round_no in range(rounds):
+        db = tmp_path / f"fresh-{round_no}.db"
+        start_at = time.time() + 1.5
+        children = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPENER, str(db), str(start_at)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(procs_per_round)
+        ]
+        for child in children:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err
+            assert out.strip() == str(len(MIGRATIONS))

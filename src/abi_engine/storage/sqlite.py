@@ -4,12 +4,18 @@ Concurrency: every write goes through one connection under a lock, inside
 ``BEGIN IMMEDIATE`` (so a write never fails half-way on a lock upgrade);
 reads use one connection per thread and never block writers (WAL). Across
 processes, ``busy_timeout`` makes writers queue instead of failing.
+
+Switching a fresh file to WAL is the one step SQLite does not queue behind
+``busy_timeout`` (it answers "database is locked" at once when another process
+is opening the same file), so :func:`_use_wal` retries it until the same
+deadline.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -43,6 +49,27 @@ T = TypeVar("T")
 Durability = Literal["normal", "full"]
 
 _BUSY_TIMEOUT_MS = 60_000
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode, waiting out other processes doing the same."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+    delay = 0.002
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return
+            raise sqlite3.OperationalError(f"cannot switch the database to WAL (mode {mode})")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
 
 _WORKFLOW_COLUMNS = (
     "id, name, description, type, status, configuration, integrations, metadata,"
@@ -138,7 +165,7 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         )
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
         if not self._memory:
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn)
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn

@@ -18,7 +18,6 @@ from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest, NotFound
 from abi_engine.execution_views import execution_json
-from abi_engine.ids import utcnow
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -555,10 +554,6 @@ class DecisionRequest:
     data: dict[str, Any] | None = None
 
 
-#: The signal an approval step waits for; approve/reject deliver it.
-APPROVAL_SIGNAL = "approval"
-
-
 @operation(
     method="POST",
     path="/workflow_executions/{execution_id}/signal",
@@ -572,22 +567,19 @@ APPROVAL_SIGNAL = "approval"
 async def signal_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     body = structure(_body_object(request), SignalRequest)
     execution = await engine.executions.signal(
-        request.path["execution_id"], body.name, body.payload
+        request.path["execution_id"], body.name, body.payload, sender=actor.user_id
     )
     return _execution_json(execution)
 
 
 async def _decide(engine: Engine, actor: Principal, request: ApiRequest, approved: bool) -> Any:
     body = structure(request.body if request.body is not None else {}, DecisionRequest)
-    payload = {
-        "approved": approved,
-        "comment": body.comment,
-        "data": body.data or {},
-        "decided_by": actor.user_id,
-        "decided_at": unstructure(utcnow()),
-    }
-    execution = await engine.executions.signal(
-        request.path["execution_id"], APPROVAL_SIGNAL, payload
+    execution = await engine.executions.decide(
+        request.path["execution_id"],
+        approved,
+        comment=body.comment,
+        data=body.data,
+        decided_by=actor.user_id,
     )
     return _execution_json(execution)
 

@@ -23,7 +23,7 @@ from abi_engine.errors import (
 from abi_engine.events import Event
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.executor import Prepared, Runtime
-from abi_engine.ids import new_id, parse_time, utcnow
+from abi_engine.ids import format_time, new_id, parse_time, utcnow
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
@@ -41,7 +41,13 @@ from abi_engine.storage.records import (
     ExecutionRecord,
     InsertExecution,
 )
-from abi_engine.types import StepSpec, WorkflowType
+from abi_engine.types import (
+    APPROVAL_SIGNAL,
+    IncomingSignal,
+    StepSpec,
+    WorkflowType,
+    is_approval_signal,
+)
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -457,18 +463,23 @@ class ExecutionService(Service):
         payload: Any = None,
         *,
         require_waiting: bool = True,
+        sender: str | None = None,
     ) -> Execution:
         """Deliver signal ``name`` to an execution and resume it if it waits for it.
 
         With ``require_waiting`` (the default) the execution must be waiting
         for exactly this signal, else ``InvalidState``; without it an early
-        signal is kept until the step asks for it.
+        signal is kept until the step asks for it. ``sender`` is the user id
+        of the caller (REST and ``abi.workflows`` pass it); the workflow type's
+        ``check_signal`` sees it and may refuse the signal.
         """
         current = await self.get(execution_id)
         if not isinstance(name, str) or not name or "#" in name:
             raise InvalidRequest(
                 "A signal name is a non-empty string without '#'", {"field": "name"}
             )
+        if not current.status.finished:
+            await self._check_signal(execution_id, name, payload, sender)
         try:
             state = await self._runtime.committer.submit(
                 DeliverSignal(
@@ -490,6 +501,66 @@ class ExecutionService(Service):
         if state == "queued" and self._runtime.running:
             self._runtime.enqueue(execution_id)
         return await self.get(execution_id)
+
+    async def _check_signal(
+        self, execution_id: str, name: str, payload: Any, sender: str | None
+    ) -> None:
+        """Let the execution's workflow type refuse the signal (``check_signal``)."""
+        record = await self._call(self._store.get_execution, execution_id)
+        wtype = self._engine.workflow_types.get(record.workflow_type) if record else None
+        if record is None or wtype is None:
+            return
+        if type(wtype).check_signal is WorkflowType.check_signal:
+            return
+        delivered = await self._call(self._store.get_signals, execution_id)
+        incoming = IncomingSignal(
+            execution_id=execution_id,
+            name=name,
+            payload=payload,
+            sender=sender,
+            parameters=record.parameters,
+            created_by=record.created_by,
+            delivered=delivered,
+        )
+        wtype.check_signal(incoming, wtype.parse_configuration(record.configuration))
+
+    async def decide(
+        self,
+        execution_id: str,
+        approved: bool,
+        *,
+        comment: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        decided_by: str | None = None,
+    ) -> Execution:
+        """Approve or reject an execution waiting for an approval decision.
+
+        Delivers the payload ``{"approved", "comment", "data", "decided_by",
+        "decided_at"}`` as the approval signal the execution waits for:
+        ``approval``, or ``approval:<n>`` when it waits for the n-th decision
+        of an approval that needs several. ``InvalidState`` when it waits for
+        none; the workflow type may refuse the decider (``check_signal``).
+        """
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidRequest("'comment' must be a string", {"field": "comment"})
+        if data is not None and not isinstance(data, Mapping):
+            raise InvalidRequest("'data' must be an object", {"field": "data"})
+        record = await self._call(self._store.get_execution, execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        name = APPROVAL_SIGNAL
+        if record.status is ExecutionStatus.WAITING and is_approval_signal(
+            record.waiting_for or ""
+        ):
+            name = record.waiting_for or APPROVAL_SIGNAL
+        payload = {
+            "approved": bool(approved),
+            "comment": comment,
+            "data": dict(data or {}),
+            "decided_by": decided_by,
+            "decided_at": format_time(utcnow()),
+        }
+        return await self.signal(execution_id, name, payload, sender=decided_by)
 
 
 def _unstructured(execution: Execution) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, overload
 
 import anyio
 import attrs
@@ -35,13 +35,17 @@ from abi_engine.errors import AbiError, InvalidParameters, InvalidWorkflowConfig
 from abi_engine.storage.records import TIMEOUT_SUFFIX
 
 __all__ = [
+    "APPROVAL_SIGNAL",
     "DURABLE_SLEEP_THRESHOLD",
+    "IncomingSignal",
     "RetryPolicy",
     "SignalTimeout",
     "StepContext",
     "StepSpec",
     "Suspend",
     "WorkflowType",
+    "approval_signal",
+    "is_approval_signal",
     "prefixed_fields",
     "step",
 ]
@@ -188,6 +192,41 @@ class SignalTimeout(Exception):
         self.name = name
 
 
+#: The signal ``approve`` / ``reject`` deliver: an execution waiting for its first
+#: decision waits for ``approval``, for its n-th (n >= 2) for ``approval:<n>``.
+APPROVAL_SIGNAL = "approval"
+
+
+def approval_signal(number: int) -> str:
+    """The name of the ``number``-th (from 1) approval decision: ``approval``, ``approval:2``..."""
+    return APPROVAL_SIGNAL if number <= 1 else f"{APPROVAL_SIGNAL}:{number}"
+
+
+def is_approval_signal(name: str) -> bool:
+    """Whether ``name`` is an approval decision's signal (``approval`` or ``approval:<n>``)."""
+    return name == APPROVAL_SIGNAL or name.startswith(f"{APPROVAL_SIGNAL}:")
+
+
+@attrs.frozen(kw_only=True)
+class IncomingSignal:
+    """A signal about to be delivered, as :meth:`WorkflowType.check_signal` sees it.
+
+    ``sender`` is the user id of the caller delivering it over the REST API or
+    ``abi.workflows`` (``decided_by`` for ``engine.executions.decide``), ``None``
+    for a host calling ``engine.executions.signal`` in-process; ``parameters``
+    and ``created_by`` are the execution's; ``delivered`` holds the signals it
+    already received, by name.
+    """
+
+    execution_id: str
+    name: str
+    payload: Any
+    sender: str | None
+    parameters: Mapping[str, Any]
+    created_by: str | None = None
+    delivered: Mapping[str, Any]
+
+
 _STEP_ATTR = "__abi_step__"
 
 
@@ -208,13 +247,32 @@ def prefixed_fields(prefix: str) -> Iterator[None]:
         raise
 
 
+_StepFn = TypeVar("_StepFn", bound=Callable[..., Awaitable[Any]])
+_SkipIf = Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+
+
+@overload
+def step(fn: _StepFn) -> _StepFn: ...
+
+
+@overload
+def step(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    timeout_seconds: float | None = None,
+    skip_if: _SkipIf | None = None,
+) -> Callable[[_StepFn], _StepFn]: ...
+
+
 def step(
     fn: Callable[..., Awaitable[Any]] | None = None,
     *,
     name: str | None = None,
     retry: RetryPolicy | None = None,
     timeout_seconds: float | None = None,
-    skip_if: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None,
+    skip_if: _SkipIf | None = None,
 ) -> Any:
     """Mark an async method of a :class:`WorkflowType` as a step.
 
@@ -312,6 +370,16 @@ class WorkflowType:
 
     def check_parameters(self, params: Any, config: Any) -> None:
         """Rules on parameter values; raise ``ParameterValidationError``."""
+
+    # -- signals -------------------------------------------------------------
+
+    def check_signal(self, signal: IncomingSignal, config: Any) -> None:
+        """Accept or refuse a signal before it is delivered to an unfinished execution.
+
+        Called with the execution's structured configuration; raise an
+        ``AbiError`` (e.g. ``Forbidden`` for a caller who may not decide) to
+        refuse it: nothing is stored and the caller gets that error.
+        """
 
     # -- steps ---------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Tests of the data_processing type and the shared record tools."""

@@ -15,6 +15,9 @@ __all__ = [
     "RetryOptions",
     "SourceOptions",
     "check_integration",
+    "check_max_pages",
+    "check_pagination",
+    "check_params",
     "check_remote_path",
     "check_source",
     "retry_policy",
@@ -91,7 +94,8 @@ def check_remote_path(value: Any, field: str, *, placeholder: bool = False) -> N
         raise config_error(field, "no placeholders here")
 
 
-def _check_params(params: dict[str, Any], field: str) -> None:
+def check_params(params: dict[str, Any], field: str) -> None:
+    """Raise ``INVALID_WORKFLOW_CONFIG`` unless every query parameter value is a scalar."""
     for name, value in params.items():
         if not isinstance(value, str | int | float | bool):
             raise config_error(f"{field}.{name}", "expected a string, number or boolean")
@@ -102,12 +106,17 @@ def check_source(options: SourceOptions, prefix: str = "configuration") -> None:
     if options.source_integration is not None:
         check_integration(options.source_integration, f"{prefix}.source_integration")
     check_remote_path(options.source_path, f"{prefix}.source_path")
-    _check_params(options.source_params, f"{prefix}.source_params")
+    check_params(options.source_params, f"{prefix}.source_params")
     if options.records_field is not None:
         check_path(options.records_field, f"{prefix}.records_field")
-    if not 1 <= options.max_pages <= MAX_PAGES:
-        raise config_error(f"{prefix}.max_pages", f"must be between 1 and {MAX_PAGES}")
+    check_max_pages(options.max_pages, f"{prefix}.max_pages")
     check_pagination(options.pagination, f"{prefix}.pagination")
+
+
+def check_max_pages(value: int, field: str) -> None:
+    """Raise ``INVALID_WORKFLOW_CONFIG`` unless ``1 <= value <= MAX_PAGES``."""
+    if not 1 <= value <= MAX_PAGES:
+        raise config_error(field, f"must be between 1 and {MAX_PAGES}")
 
 
 def check_pagination(pagination: Pagination | None, field: str) -> None:

@@ -16,7 +16,10 @@ import pytest
 from abi_engine import Engine, Execution
 from abi_engine.testing import engine_for
 
-from .systems import System, running_system
+from . import systems
+from .systems import System, connect_systems, running_system
+
+__all__ = ["connect_systems", "create_workflow", "run"]
 
 SEED_CONFIGURATION: dict[str, Any] = {
     "source_integration": "int_salesforce",
@@ -74,29 +77,13 @@ def target() -> Iterator[System]:
         yield system
 
 
-async def connect_systems(engine: Engine, **systems: System) -> None:
-    """Connect each ``int_<name>=system`` as an ``http`` integration."""
-    for integration_id, system in systems.items():
-        await engine.integrations.put(integration_id, "http", system.connection())
-
-
 async def create_workflow(
     engine: Engine,
     configuration: dict[str, Any],
     integrations: Sequence[dict[str, Any]] = SEED_INTEGRATIONS,
-    workflow_type: str = "data_processing",
 ) -> str:
-    """An active workflow of the type; its id."""
-    workflow = await engine.workflows.create(
-        {
-            "name": f"test {workflow_type}",
-            "type": workflow_type,
-            "configuration": configuration,
-            "integrations": list(integrations),
-        }
-    )
-    await engine.workflows.activate(workflow.id)
-    return workflow.id
+    """An active data_processing workflow (with the seed's integrations by default); its id."""
+    return await systems.create_workflow(engine, configuration, integrations)
 
 
 async def run(
@@ -104,8 +91,6 @@ async def run(
     configuration: dict[str, Any],
     parameters: dict[str, Any] | None = None,
     integrations: Sequence[dict[str, Any]] = SEED_INTEGRATIONS,
-    workflow_type: str = "data_processing",
 ) -> Execution:
-    """Create, activate and execute a workflow synchronously."""
-    workflow_id = await create_workflow(engine, configuration, integrations, workflow_type)
-    return await engine.executions.execute(workflow_id, parameters or {}, timeout_seconds=30)
+    """Execute a new data_processing workflow synchronously."""
+    return await systems.run(engine, configuration, parameters, integrations)

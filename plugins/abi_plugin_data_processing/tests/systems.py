@@ -20,6 +20,9 @@ already applied is answered 200 without applying the request again.
 :meth:`plan` makes the next requests to a method and path fail (a status) or
 hang (``("sleep", seconds)`` before answering normally; :data:`PASS` answers
 normally at once); when the plan is used up, requests are served normally.
+
+Also helpers shared by the data types' tests: :func:`connect_systems`,
+:func:`create_workflow`, :func:`run`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import attrs
+
+from abi_engine import Engine, Execution
 
 Answer = int | tuple[str, float]
 #: A planned answer that serves the request normally.
@@ -213,3 +218,40 @@ def running_system(records: Iterable[dict[str, Any]] = (), **options: Any) -> It
         yield system
     finally:
         system.close()
+
+
+async def connect_systems(engine: Engine, **systems: System) -> None:
+    """Connect each ``int_<name>=system`` as an ``http`` integration."""
+    for integration_id, system in systems.items():
+        await engine.integrations.put(integration_id, "http", system.connection())
+
+
+async def create_workflow(
+    engine: Engine,
+    configuration: dict[str, Any],
+    integrations: Sequence[dict[str, Any]] = (),
+    workflow_type: str = "data_processing",
+) -> str:
+    """An active workflow of the type; its id."""
+    workflow = await engine.workflows.create(
+        {
+            "name": f"test {workflow_type}",
+            "type": workflow_type,
+            "configuration": configuration,
+            "integrations": list(integrations),
+        }
+    )
+    await engine.workflows.activate(workflow.id)
+    return workflow.id
+
+
+async def run(
+    engine: Engine,
+    configuration: dict[str, Any],
+    parameters: dict[str, Any] | None = None,
+    integrations: Sequence[dict[str, Any]] = (),
+    workflow_type: str = "data_processing",
+) -> Execution:
+    """Create, activate and execute a workflow synchronously."""
+    workflow_id = await create_workflow(engine, configuration, integrations, workflow_type)
+    return await engine.executions.execute(workflow_id, parameters or {}, timeout_seconds=30)

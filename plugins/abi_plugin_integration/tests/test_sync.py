@@ -1,0 +1,168 @@
+"""integration end to end: a CRM and a help desk on 127.0.0.1, synchronized by a real engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from abi_plugin_data_processing.tests.systems import PASS, System, connect_systems, create_workflow
+
+from abi_engine import Engine, ExecutionStatus, StepStatus
+from abi_engine.errors import WorkflowExecutionError
+
+from .conftest import BASE_CONFIGURATION, INTEGRATIONS, crm_record, desk_record, sync
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+def fill(system: System, records: list[dict[str, Any]]) -> None:
+    system.records = {str(r[system.key]): r for r in records}
+
+
+async def test_upsert_creates_and_updates_by_key(engine: Engine, crm: System, desk: System) -> None:
+    """New contacts are created, a changed one replaced, an equal one and a desk-only one left."""
+    fill(crm, [crm_record(i) for i in range(5)])
+    crm.records["c_1"]["email"] = "new@example.com"
+    fill(desk, [desk_record(0), desk_record(1), desk_record(9)])
+    execution = await sync(engine, crm, desk)
+    assert execution.status is ExecutionStatus.COMPLETED
+    assert [s.name for s in execution.steps or []] == [
+        "read_source",
+        "read_target",
+        "plan",
+        "apply",
+    ]
+    result = execution.result
+    assert (result["created"], result["updated"], result["unchanged"], result["deleted"]) == (
+        3,
+        1,
+        1,
+        0,
+    )
+    assert result["planned"] == {"create": 3, "update": 1, "delete": 0}
+    assert sorted(desk.records) == ["c_0", "c_1", "c_2", "c_3", "c_4", "c_9"]
+    assert desk.records["c_1"] == {"contact_id": "c_1", "contact_email": "new@example.com"}
+    assert [r.path for r in desk.received("PUT")] == ["/records/c_1"]
+    assert len(desk.received("POST")) == 3
+    keys = {r.headers["idempotency-key"] for r in desk.received("POST")}
+    assert f"{execution.execution_id}:create:c_2" in keys
+
+
+async def test_mirror_deletes_what_the_source_lacks(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """mode mirror deletes desk records whose key is not in the CRM."""
+    fill(crm, [crm_record(1)])
+    fill(desk, [desk_record(1), desk_record(2), desk_record(3)])
+    execution = await sync(engine, crm, desk, mode="mirror")
+    assert execution.result["deleted"] == 2
+    assert sorted(desk.records) == ["c_1"]
+    assert sorted(r.path for r in desk.received("DELETE")) == ["/records/c_2", "/records/c_3"]
+
+
+async def test_max_deletes_stops_a_mass_delete(engine: Engine, crm: System, desk: System) -> None:
+    """An empty source under mirror with max_deletes fails plan; nothing is changed."""
+    fill(desk, [desk_record(i) for i in range(4)])
+    with pytest.raises(WorkflowExecutionError) as raised:
+        await sync(engine, crm, desk, mode="mirror", max_deletes=2)
+    execution = await engine.executions.get(raised.value.details["execution_id"])
+    assert execution.error is not None
+    assert execution.error.step == "plan"
+    assert "would delete 4 records, more than max_deletes (2)" in execution.error.message
+    assert len(desk.records) == 4
+    assert desk.received("DELETE") == []
+
+
+async def test_patch_sends_only_the_changes(engine: Engine, crm: System, desk: System) -> None:
+    """update_method PATCH sends the changed fields only; the desk keeps its other fields."""
+    fill(crm, [crm_record(1, "changed@example.com")])
+    fill(desk, [{**desk_record(1), "agent": "Grace"}])
+    await sync(engine, crm, desk, update_method="PATCH")
+    [patch] = desk.received("PATCH")
+    assert patch.body == {"contact_email": "changed@example.com"}
+    assert desk.records["c_1"]["agent"] == "Grace"
+
+
+async def test_refused_records_are_listed_and_the_rest_synced(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """A create the desk refuses (422) is a per-record error; the others are created."""
+    fill(crm, [crm_record(i) for i in range(3)])
+    crm.records["c_x"] = {"email": "nokey@example.com"}
+    desk.plan("POST", "/records", [PASS, 422])
+    execution = await sync(engine, crm, desk)
+    result = execution.result
+    assert execution.status is ExecutionStatus.COMPLETED
+    assert (result["created"], result["failed"], result["rejected"]) == (2, 1, 1)
+    [error] = result["errors"]
+    assert (error["key"], error["operation"], error["status_code"]) == ("c_1", "create", 422)
+    assert result["rejections"] == [
+        {"index": 3, "reason": "no usable key 'contact_id' (a string or integer)"}
+    ]
+    assert sorted(desk.records) == ["c_0", "c_2"]
+
+
+async def test_transient_failure_retries_without_repeating_done_operations(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """A 503 on the second create fails apply once; the retry sends it again and skips the first."""
+    fill(crm, [crm_record(i) for i in range(3)])
+    desk.plan("POST", "/records", [PASS, 503])
+    execution = await sync(engine, crm, desk)
+    apply = next(s for s in execution.steps or [] if s.name == "apply")
+    assert (apply.status, apply.attempts) == (StepStatus.COMPLETED, 2)
+    sent = [r.body["contact_id"] for r in desk.received("POST")]
+    assert sent == ["c_0", "c_1", "c_1", "c_2"]
+    assert execution.result["created"] == 3
+
+
+async def test_paged_target_listing(engine: Engine, crm: System, desk: System) -> None:
+    """The desk's records are read over cursor pages before comparing."""
+    fill(crm, [crm_record(i) for i in range(7)])
+    fill(desk, [desk_record(i) for i in range(7)])
+    desk.page_size = 3
+    execution = await sync(
+        engine, crm, desk, target_pagination={"type": "cursor", "cursor_field": "next_cursor"}
+    )
+    assert execution.result["target_records"] == 7
+    assert execution.result["unchanged"] == 7
+    assert len(desk.received("GET")) == 3
+    assert desk.received("POST") == []
+
+
+async def test_dry_run_plans_without_writing(engine: Engine, crm: System, desk: System) -> None:
+    """dry_run lists the planned keys and sends nothing."""
+    fill(crm, [crm_record(1), crm_record(2, "x@example.com")])
+    fill(desk, [desk_record(2), desk_record(3)])
+    execution = await sync(engine, crm, desk, {"dry_run": True}, mode="mirror")
+    assert execution.result["plan"] == {"create": ["c_1"], "update": ["c_2"], "delete": ["c_3"]}
+    assert (execution.result["created"], execution.result["deleted"]) == (0, 0)
+    assert [r.method for r in desk.requests] == ["GET"]
+
+
+async def test_incremental_reads_changes_since_the_last_completed_run(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """The second run asks the CRM for records changed since the first run started."""
+    fill(crm, [crm_record(1)])
+    await connect_systems(engine, int_crm=crm, int_desk=desk)
+    configuration = {**BASE_CONFIGURATION, "incremental": True, "since_param": "updated_since"}
+    workflow_id = await create_workflow(engine, configuration, INTEGRATIONS, "integration")
+    first = await engine.executions.execute(workflow_id, {})
+    second = await engine.executions.execute(workflow_id, {})
+    assert first.result["since"] is None
+    assert first.started_at is not None
+    expected = first.started_at.isoformat().replace("+00:00", "Z")
+    assert second.result["since"] == expected
+    queries = [r.query for r in crm.received("GET")]
+    assert queries == [{}, {"updated_since": expected}]
+    explicit = await engine.executions.execute(workflow_id, {"since": "2024-01-01T00:00:00Z"})
+    assert explicit.result["since"] == "2024-01-01T00:00:00Z"
+
+
+async def test_records_from_parameters(engine: Engine, desk: System, crm: System) -> None:
+    """parameters.records stand in for the source; the source is not called."""
+    execution = await sync(engine, crm, desk, {"records": [crm_record(5)]})
+    assert execution.result["created"] == 1
+    assert execution.result["source_integration"] is None
+    assert crm.requests == []

@@ -15,7 +15,8 @@ keeps records by key and serves:
   one record;
 * ``POST /reports`` -- anything, recorded.
 
-Every request is recorded (:attr:`requests`). An ``Idempotency-Key`` that was
+Every request is recorded (:attr:`requests`; a JSON body decoded, another as
+text). An ``Idempotency-Key`` that was
 already applied is answered 200 without applying the request again.
 :meth:`plan` makes the next requests to a method and path fail (a status) or
 hang (``("sleep", seconds)`` before answering normally; :data:`PASS` answers
@@ -136,8 +137,12 @@ class System:
         parts = urlsplit(target)
         path = parts.path
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        body = json.loads(raw) if raw else None
-        request = Request(method, path, query, {k.lower(): v for k, v in headers.items()}, body)
+        lowered = {k.lower(): v for k, v in headers.items()}
+        body: Any = None
+        if raw:
+            json_body = "json" in lowered.get("content-type", "")
+            body = json.loads(raw) if json_body else raw.decode("utf-8")
+        request = Request(method, path, query, lowered, body)
         with self._lock:
             self.requests.append(request)
             plan = self._plans.get((method, path))
@@ -146,7 +151,7 @@ class System:
             time.sleep(answer[1])
         elif answer is not None:
             return answer, {"error": f"planned {answer}"}
-        key = request.headers.get("idempotency-key")
+        key = lowered.get("idempotency-key")
         with self._lock:
             if key is not None and key in self._applied:
                 return 200, {"duplicate": True}

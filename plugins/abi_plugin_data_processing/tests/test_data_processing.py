@@ -252,7 +252,7 @@ async def test_integrations_must_be_listed_and_connected(
         await engine.executions.execute(workflow_id, {})
     await connect_systems(engine, int_salesforce=source, int_zendesk=target)
     with pytest.raises(WorkflowExecutionError) as raised:
-        await run(engine, SEED_CONFIGURATION, integrations=[])
+        await run(engine, {**SEED_CONFIGURATION, "retry": FAST_RETRY}, integrations=[])
     execution = await failed_execution(engine, raised)
     assert "'int_salesforce' (configuration.source_integration) is not connected" in (
         execution.error.message

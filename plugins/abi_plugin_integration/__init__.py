@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from abi_engine import WorkflowType, hookimpl
-from abi_plugin_integration.plan import Plan, json_equal, key_of, plan_sync
+from abi_plugin_integration.plan import Plan, TooManyDeletes, json_equal, key_of, plan_sync
 from abi_plugin_integration.workflow import IntegrationSync, SyncConfig, SyncParams
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Plan",
     "SyncConfig",
     "SyncParams",
+    "TooManyDeletes",
     "json_equal",
     "key_of",
     "plan_sync",

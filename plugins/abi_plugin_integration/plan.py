@@ -24,7 +24,11 @@ from typing import Any
 import attrs
 from abi_plugin_data_processing import Rejection, get_path, set_path
 
-__all__ = ["Plan", "json_equal", "key_of", "plan_sync"]
+__all__ = ["Plan", "TooManyDeletes", "json_equal", "key_of", "plan_sync"]
+
+
+class TooManyDeletes(Exception):
+    """A mirror's plan deletes more records than ``max_deletes`` allows (nothing is written)."""
 
 
 def key_of(record: Any, key: str) -> str | None:

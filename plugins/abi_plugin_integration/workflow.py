@@ -42,7 +42,7 @@ from abi_plugin_data_processing import (
 
 from abi_engine import StepContext, StepSpec, WorkflowType
 from abi_engine.errors import ParameterValidationError
-from abi_plugin_integration.plan import Plan, plan_sync
+from abi_plugin_integration.plan import Plan, TooManyDeletes, plan_sync
 
 __all__ = ["IntegrationSync", "SyncConfig", "SyncParams"]
 
@@ -218,7 +218,7 @@ class IntegrationSync(WorkflowType):
         rejected.extend(r.json() for r in plan.rejected)
         rejected.sort(key=lambda r: r["index"])
         if config.max_deletes is not None and len(plan.deletes) > config.max_deletes:
-            raise RuntimeError(
+            raise TooManyDeletes(
                 f"the sync would delete {len(plan.deletes)} records, more than max_deletes"
                 f" ({config.max_deletes}); nothing was changed"
             )

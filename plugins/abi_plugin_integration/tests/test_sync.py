@@ -67,7 +67,7 @@ async def test_max_deletes_stops_a_mass_delete(engine: Engine, crm: System, desk
         await sync(engine, crm, desk, mode="mirror", max_deletes=2)
     execution = await engine.executions.get(raised.value.details["execution_id"])
     assert execution.error is not None
-    assert execution.error.step == "plan"
+    assert (execution.error.step, execution.error.type) == ("plan", "TooManyDeletes")
     assert "would delete 4 records, more than max_deletes (2)" in execution.error.message
     assert len(desk.records) == 4
     assert desk.received("DELETE") == []

@@ -12,12 +12,20 @@ use them:
     (entry points), closed after the test. Management calls work without
     entering it; ``async with engine:`` starts background work.
 ``store`` / ``make_store``
-    A :class:`~abi_engine.storage.Store`, parametrized over storage backends.
-    SQLite (a real file) today; a PostgreSQL parameter is meant to join the
-    ``STORE_BACKENDS`` list behind an ``external_service`` marker (declare the
-    marker in ``pyproject.toml`` when it is added; pytest runs with
-    ``--strict-markers``). ``make_store()`` opens further stores of the same
-    backend (a second one on the same database with ``make_store(same=True)``).
+    A :class:`~abi_engine.storage.Store`, parametrized over storage backends:
+    SQLite (a real file) and PostgreSQL (a fresh schema on the server of
+    ``postgres_testing``, marked ``external_service``). ``make_store()`` opens
+    further stores of the same backend (a second one on the same database with
+    ``make_store(same=True)``).
+``databases``
+    ``databases(name="abi.db")``: the database of an engine, parametrized over
+    ``ENGINE_BACKENDS``: a SQLite file in ``tmp_path``, or a PostgreSQL URL
+    (one schema per name, dropped after the test). The engine-level suites
+    (executions, runtime, schedules, webhooks, callbacks) build their engines
+    on it. PostgreSQL joins them when ``ABI_ENGINE_TEST_ENGINE_BACKENDS``
+    names it (``sqlite,postgresql``); CI does (``.ci/run``).
+``postgres_server``
+    The URL of a PostgreSQL server (see ``postgres_testing``).
 ``new_workflow``
     A factory of :class:`~abi_engine.Workflow` records for storage tests.
 ``token`` / ``principal`` / ``make_principal``
@@ -34,12 +42,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import settings
+from postgres_testing import create_schema, drop_schema, postgres_server  # noqa: F401 (a fixture)
 
 from abi_engine import Engine, Principal, Scope, Workflow, WorkflowStatus
 from abi_engine.ids import new_id, utcnow
@@ -78,7 +88,8 @@ def engine(db_path: Path) -> Iterator[Engine]:
 StoreFactory = Callable[..., Store]
 
 
-def _sqlite_backend(tmp_path: Path) -> StoreFactory:
+@contextmanager
+def _sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     counter = itertools.count(1)
     current: list[Path] = []
 
@@ -87,14 +98,37 @@ def _sqlite_backend(tmp_path: Path) -> StoreFactory:
             current[:] = [tmp_path / f"store-{next(counter)}.db"]
         return SQLiteStore(current[0], **options)
 
-    return make
+    yield make
 
 
-#: Backend name -> factory builder. A PostgreSQL backend joins as
-#: ``pytest.param("postgresql", marks=pytest.mark.external_service)`` in
-#: ``STORE_BACKENDS`` plus an entry here that opens a fresh schema per store.
-_BACKENDS: dict[str, Callable[[Path], StoreFactory]] = {"sqlite": _sqlite_backend}
-STORE_BACKENDS = [pytest.param("sqlite", id="sqlite")]
+@contextmanager
+def _postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    from abi_engine.storage.postgres import PostgresStore
+
+    server: str = request.getfixturevalue("postgres_server")
+    schemas: list[tuple[str, str]] = []
+
+    def make(*, same: bool = False, **options: Any) -> Store:
+        if not same or not schemas:
+            schemas.append(create_schema(server))
+        return PostgresStore(schemas[-1][1], **options)
+
+    try:
+        yield make
+    finally:
+        for schema, _url in schemas:
+            drop_schema(server, schema)
+
+
+#: Backend name -> context manager yielding a store factory (cleaned up on exit).
+_BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
+    "sqlite": _sqlite_backend,
+    "postgresql": _postgres_backend,
+}
+STORE_BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.external_service),
+]
 
 
 @pytest.fixture(params=STORE_BACKENDS)
@@ -102,18 +136,56 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     """Open stores of one backend: ``make_store()`` a fresh one, ``make_store(same=True)``
     another on the last store's database. All are closed after the test."""
     opened: list[Store] = []
-    factory = _BACKENDS[request.param](tmp_path)
+    with _BACKENDS[request.param](request, tmp_path) as factory:
 
-    def make(**kwargs: Any) -> Store:
-        store = factory(**kwargs)
-        opened.append(store)
-        return store
+        def make(**kwargs: Any) -> Store:
+            store = factory(**kwargs)
+            opened.append(store)
+            return store
+
+        try:
+            yield make
+        finally:
+            for store in opened:
+                store.close()
+
+
+# -- engine databases -----------------------------------------------------------------------
+
+DatabaseFactory = Callable[..., "str | Path"]
+
+#: Backends the engine-level suites run on (``ABI_ENGINE_TEST_ENGINE_BACKENDS``).
+ENGINE_BACKENDS = [
+    pytest.param(name, id=name, marks=[pytest.mark.external_service] if name != "sqlite" else [])
+    for name in filter(
+        None,
+        os.environ.get("ABI_ENGINE_TEST_ENGINE_BACKENDS", "sqlite").replace(" ", "").split(","),
+    )
+]
+
+
+@pytest.fixture(params=ENGINE_BACKENDS)
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
+    """``databases(name="abi.db")``: an engine's database on each engine backend
+    (the same name gives the same database within a test)."""
+    if request.param == "sqlite":
+        yield lambda name="abi.db": tmp_path / name
+        return
+    if request.node.get_closest_marker("sqlite_only"):
+        pytest.skip("checks SQLite specifics")
+    server: str = request.getfixturevalue("postgres_server")
+    made: dict[str, tuple[str, str]] = {}
+
+    def database(name: str = "abi.db") -> str:
+        if name not in made:
+            made[name] = create_schema(server)
+        return made[name][1]
 
     try:
-        yield make
+        yield database
     finally:
-        for store in opened:
-            store.close()
+        for schema, _url in made.values():
+            drop_schema(server, schema)
 
 
 @pytest.fixture

@@ -15,7 +15,15 @@ import httpx
 import pytest
 from abi_asgi import create_app
 from runtime_plugins import PROBE
-from runtime_plugins.helpers import EngineFactory, engines, fast, new_workflow, until, wait_status
+from runtime_plugins.helpers import (
+    DatabaseFactory,
+    EngineFactory,
+    engines,
+    fast,
+    new_workflow,
+    until,
+    wait_status,
+)
 
 from abi_engine import Engine, ExecutionStatus, StepStatus, hookimpl
 from abi_engine.converter import unstructure
@@ -60,8 +68,9 @@ def _fresh_probe() -> None:
 
 
 @pytest.fixture
-def make(tmp_path: Path) -> Iterator[EngineFactory]:
-    with engines(tmp_path) as factory:
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    """Engines on the test's databases (each engine backend)."""
+    with engines(tmp_path, databases) as factory:
         yield factory
 
 
@@ -469,6 +478,7 @@ async def test_list_refuses_bad_filters(eng: Engine, query: dict[str, Any], fiel
     assert caught.value.details["field"] == field
 
 
+@pytest.mark.sqlite_only
 async def test_list_query_uses_an_index(eng: Engine) -> None:
     """The store's list queries with a filter are served by an index (EXPLAIN QUERY PLAN)."""
     from abi_engine.storage.records import ExecutionQuery

@@ -19,7 +19,15 @@ from typing import Any
 import anyio
 import pytest
 from runtime_plugins import PROBE
-from runtime_plugins.helpers import EngineFactory, engines, fast, new_workflow, until, wait_status
+from runtime_plugins.helpers import (
+    DatabaseFactory,
+    EngineFactory,
+    engines,
+    fast,
+    new_workflow,
+    until,
+    wait_status,
+)
 
 from abi_engine import Engine, ExecutionStatus, StepStatus
 from abi_engine.converter import unstructure
@@ -51,8 +59,9 @@ def _fresh_probe() -> None:
 
 
 @pytest.fixture
-def make(tmp_path: Path) -> Iterator[EngineFactory]:
-    with engines(tmp_path) as factory:
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    """Engines on the test's databases (each engine backend)."""
+    with engines(tmp_path, databases) as factory:
         yield factory
 
 
@@ -398,7 +407,7 @@ async def test_resume_without_the_type_fails_cleanly(make: EngineFactory) -> Non
     first = make(settings=fast(shutdown_grace=0.05))
     async with first:
         _, ids = await _start_batch(first, 1)
-    bare = Engine(first.store.path, runtime=fast())  # type: ignore[attr-defined]
+    bare = Engine(first.db_url, runtime=fast())
     try:
         async with bare:
             final = await wait_status(bare, ids[0], *TERMINAL)
@@ -469,10 +478,12 @@ CRASH_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-async def test_resume_after_sigkill(tmp_path: Path, make: EngineFactory) -> None:
+async def test_resume_after_sigkill(
+    tmp_path: Path, databases: DatabaseFactory, make: EngineFactory
+) -> None:
     """A process killed with SIGKILL mid-way loses nothing: the next engine finishes every
     execution and no step that had finished runs again."""
-    db = tmp_path / "abi.db"
+    db = databases()  # the database make() opens
     log = tmp_path / "steps.log"
     script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), log=str(log), db=str(db))
     async with await anyio.open_process(

@@ -25,7 +25,14 @@ import pytest
 import uvicorn
 from abi_asgi import create_app
 from runtime_plugins import PROBE
-from runtime_plugins.helpers import EngineFactory, engines, new_workflow, until, wait_status
+from runtime_plugins.helpers import (
+    DatabaseFactory,
+    EngineFactory,
+    engines,
+    new_workflow,
+    until,
+    wait_status,
+)
 
 from abi_engine import Engine, ExecutionStatus, Scope, hookimpl
 from abi_engine.converter import unstructure
@@ -38,6 +45,7 @@ from abi_engine.errors import (
 from abi_engine.events import Event
 from abi_engine.ids import format_time, parse_time, utcnow
 from abi_engine.models import Page, Schedule, ScheduleHistoryEntry, ScheduleSummary
+from abi_engine.storage.records import ExecutionQuery
 
 pytestmark = pytest.mark.anyio
 
@@ -132,8 +140,9 @@ def _fresh_probe() -> None:
 
 
 @pytest.fixture
-def make(tmp_path: Path) -> Iterator[EngineFactory]:
-    with engines(tmp_path) as factory:
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    """Engines on the test's databases (each engine backend)."""
+    with engines(tmp_path, databases) as factory:
         yield factory
 
 
@@ -165,13 +174,18 @@ def outcomes(entries: list[ScheduleHistoryEntry]) -> list[str]:
 
 
 def executions_of(engine: Engine, schedule_id: str) -> list[tuple[str, str]]:
-    """(execution id, status) of the executions the schedule started (``LIKE`` pattern)."""
-    with sqlite3.connect(engine.db_url) as conn:
-        rows = conn.execute(
-            "SELECT id, status FROM executions WHERE schedule_id LIKE ? ORDER BY created_at, id",
-            (schedule_id,),
-        ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+    """(execution id, status) of the executions the schedule started, oldest first
+    (``"%"``: of every schedule)."""
+    found: list[Any] = []
+    page = 1
+    while True:
+        records, total = engine.store.list_executions(ExecutionQuery(page=page, page_size=100))
+        found.extend(r for r in records if r.schedule_id is not None)
+        if page * 100 >= total:
+            break
+        page += 1
+    found.sort(key=lambda r: (r.created_at, r.id))
+    return [(r.id, r.status.value) for r in found if schedule_id in ("%", r.schedule_id)]
 
 
 def interval(seconds: int = 60, **fields: Any) -> dict[str, Any]:
@@ -1038,6 +1052,7 @@ def test_seed_scheduling_block(
 # -- at scale -----------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 async def test_tick_with_many_schedules_reads_only_what_is_due(make: EngineFactory) -> None:
     """With 20,000 schedules stored and none due, a tick's queries use the indexes and read no row."""
     engine = make()

@@ -169,14 +169,15 @@ def receiver_fixture() -> Iterator[Receiver]:
 
 
 @pytest.fixture(name="make_engine")
-def make_engine_fixture(db_path: Path) -> Iterator[Callable[..., Engine]]:
-    """Engines on the test's database (private URLs allowed unless told otherwise)."""
+def make_engine_fixture(databases: Callable[..., str | Path]) -> Iterator[Callable[..., Engine]]:
+    """Engines on the test's database, on each engine backend (private URLs allowed
+    unless told otherwise)."""
     made: list[Engine] = []
 
     def make(**kwargs: Any) -> Engine:
         kwargs.setdefault("allow_private_urls", True)
         kwargs.setdefault("webhook_settings", fast())
-        engine = Engine(db_path, **kwargs)
+        engine = Engine(databases(), **kwargs)
         made.append(engine)
         return engine
 

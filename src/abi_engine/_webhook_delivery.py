@@ -40,6 +40,7 @@ from abi_engine.executor import _CALLBACK_EVENTS
 from abi_engine.ids import format_time, utcnow
 from abi_engine.models_webhooks import DeliveryStatus
 from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob
 from abi_engine.webhook_signing import signature_header
@@ -228,10 +229,14 @@ class DeliveryWorker:
             try:
                 if now >= next_refresh:
                     next_refresh = now + s.subscription_refresh_seconds
-                    self._service.refresh_subscriptions()
+                    await call_store(self._store, self._service.refresh_subscriptions)
                 if s.retention_days is not None and now >= next_prune:
                     next_prune = now + _PRUNE_EVERY
-                    self._store.prune_deliveries(utcnow() - timedelta(days=s.retention_days))
+                    await call_store(
+                        self._store,
+                        self._store.prune_deliveries,
+                        utcnow() - timedelta(days=s.retention_days),
+                    )
                 await self._pump()
             except Exception:
                 log.exception("webhook delivery round failed")
@@ -243,18 +248,22 @@ class DeliveryWorker:
 
     async def _pump(self) -> None:
         s = self.settings
-        if self._store.fan_out_pending():
+        store = self._store
+        if await call_store(store, store.fan_out_pending):
             if self._busy():  # a little per round; the outbox keeps the rest
-                self._store.fan_out(utcnow(), _BUSY_FAN_OUT, _CALLBACK_EVENTS)
+                await call_store(store, store.fan_out, utcnow(), _BUSY_FAN_OUT, _CALLBACK_EVENTS)
             else:
-                while self._store.fan_out(utcnow(), s.batch_size, _CALLBACK_EVENTS) == s.batch_size:
+                while (
+                    await call_store(store, store.fan_out, utcnow(), s.batch_size, _CALLBACK_EVENTS)
+                    == s.batch_size
+                ):
                     await anyio.lowlevel.checkpoint()  # let executions run between batches
         free = self._capacity() - len(self._inflight)
         now = utcnow()
-        if free <= 0 or not self._store.deliveries_due(now):
+        if free <= 0 or not await call_store(store, store.deliveries_due, now):
             return
-        jobs = self._store.claim_deliveries(
-            self._owner, now, now + timedelta(seconds=s.lease), free
+        jobs = await call_store(
+            store, store.claim_deliveries, self._owner, now, now + timedelta(seconds=s.lease), free
         )
         assert self._tg is not None
         for job in jobs:
@@ -273,7 +282,7 @@ class DeliveryWorker:
         timeout = self.settings.poll_interval
         if len(self._inflight) < self._capacity():
             now = utcnow()
-            due = self._store.next_delivery_due(now)
+            due = await call_store(self._store, self._store.next_delivery_due, now)
             if due is not None:
                 timeout = min(timeout, max(0.0, (due - now).total_seconds()))
         with anyio.move_on_after(timeout):
@@ -305,7 +314,7 @@ class DeliveryWorker:
             error = f"{type(exc).__name__}: {exc}"
         try:
             outcome = self._outcome(job, started, clock, status_code, body, error)
-            self._store.record_attempts(self._owner, [outcome])
+            await call_store(self._store, self._store.record_attempts, self._owner, [outcome])
         except Exception:
             log.exception("could not record an attempt of delivery %s", job.id)
         finally:

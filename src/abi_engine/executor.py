@@ -41,6 +41,7 @@ from abi_engine.models import (
     Step,
     StepStatus,
 )
+from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage.records import (
     CancelExecution,
@@ -218,7 +219,10 @@ class Runtime:
         from abi_engine.storage.records import ReleaseExecutions
 
         try:
-            self.store.apply([ReleaseExecutions(owner=self.node_id)])
+            with anyio.CancelScope(shield=True):  # runs while the engine is being cancelled
+                await call_store(
+                    self.store, self.store.apply, [ReleaseExecutions(owner=self.node_id)]
+                )
         except Exception:
             log.exception("could not release executions of %s", self.node_id)
 
@@ -306,7 +310,7 @@ class Runtime:
                     if waiter.done.is_set():
                         return waiter.execution
                 look_first = False
-                record = self.store.get_execution(execution_id)
+                record = await call_store(self.store, self.store.get_execution, execution_id)
                 if record is not None and (
                     record.status.finished
                     or (
@@ -315,7 +319,8 @@ class Runtime:
                         and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
                     )
                 ):
-                    return build_execution(record, self.store.get_steps(execution_id))
+                    steps = await call_store(self.store, self.store.get_steps, execution_id)
+                    return build_execution(record, steps)
         finally:
             if self._waiters.get(execution_id) is waiter:
                 del self._waiters[execution_id]
@@ -374,8 +379,14 @@ class Runtime:
         room = stats.max_buffer_size - stats.current_buffer_used
         if room <= 0:
             return 0
-        claimed = self.store.claim_recoverable(
-            self.node_id, utcnow(), self._lease(), int(min(room, 500)), self.is_dead
+        claimed = await call_store(
+            self.store,
+            self.store.claim_recoverable,
+            self.node_id,
+            utcnow(),
+            self._lease(),
+            int(min(room, 500)),
+            self.is_dead,
         )
         for execution_id, _priority in claimed:
             if execution_id in self._inflight:
@@ -390,7 +401,7 @@ class Runtime:
         while True:
             await anyio.sleep(max(self.settings.lease_seconds / 3, 0.05))
             try:
-                self.store.renew_leases(self.node_id, self._lease())
+                await call_store(self.store, self.store.renew_leases, self.node_id, self._lease())
             except Exception:
                 log.exception("lease renewal failed")
 
@@ -400,7 +411,7 @@ class Runtime:
         prepared = self._prepared.pop(execution_id, None)
         if prepared is not None:
             return prepared
-        record = self.store.get_execution(execution_id)
+        record = await call_store(self.store, self.store.get_execution, execution_id)
         if record is None or record.status.finished:
             return None
         wtype = self.engine.workflow_types.get(record.workflow_type)
@@ -430,14 +441,16 @@ class Runtime:
         """Whether a synchronous execution submitted now starts at once."""
         return self.running and self._sync_limiter.available_tokens >= 1
 
-    def _connect(self, prepared: Prepared) -> None:
+    async def _connect(self, prepared: Prepared) -> None:
         """Load the connections (with secrets) of the workflow's integrations for the steps."""
         ids = prepared.integration_ids
         if ids is None:
-            workflow = self.store.get_workflow(prepared.record.workflow_id)
+            workflow = await call_store(
+                self.store, self.store.get_workflow, prepared.record.workflow_id
+            )
             ids = tuple(i.id for i in workflow.integrations) if workflow else ()
         for integration_id in ids:
-            connection = self.store.get_integration(integration_id)
+            connection = await call_store(self.store, self.store.get_integration, integration_id)
             if connection is not None:
                 prepared.integrations[integration_id] = connection
 
@@ -468,9 +481,13 @@ class Runtime:
             )
             if not claimed:
                 return
-        self._connect(prepared)
-        done: list[StepRecord] = [] if fresh else self.store.get_steps(execution_id)
-        signals: dict[str, Any] = {} if fresh else self.store.get_signals(execution_id)
+        await self._connect(prepared)
+        done: list[StepRecord] = (
+            [] if fresh else await call_store(self.store, self.store.get_steps, execution_id)
+        )
+        signals: dict[str, Any] = (
+            {} if fresh else await call_store(self.store, self.store.get_signals, execution_id)
+        )
         if record.timeout_at is not None and record.timeout_at <= utcnow():
             await self._finish_timed_out(prepared, done, None)
             return
@@ -600,7 +617,7 @@ class Runtime:
             except Suspend as suspend:
                 state = await self._suspend(record, suspend)
                 if state == "ready":
-                    signals.update(self.store.get_signals(record.id))
+                    signals.update(await call_store(self.store, self.store.get_signals, record.id))
                     attempt -= 1
                     continue
                 return _SUSPENDED

@@ -18,6 +18,7 @@ import pluggy
 from abi_engine import _builtin, hookspecs
 from abi_engine.hookspecs import PROJECT_NAME
 from abi_engine.integrations import IntegrationProvider
+from abi_engine.storage import postgres_hook
 from abi_engine.types import WorkflowType
 
 __all__ = ["ENTRY_POINT_GROUP", "Registry", "collect", "make_plugin_manager"]
@@ -51,6 +52,7 @@ def make_plugin_manager(
     pm = pluggy.PluginManager(PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
     pm.register(_builtin, name="abi_engine.builtin")
+    pm.register(postgres_hook, name="abi_engine.postgres")
     blocked = set(disable)
     for name in blocked:
         pm.set_blocked(name)

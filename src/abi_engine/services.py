@@ -11,7 +11,7 @@ import anyio.to_thread
 from abi_engine.errors import InvalidRequest
 from abi_engine.storage.base import Store
 
-__all__ = ["MAX_PAGE_SIZE", "Service", "check_page"]
+__all__ = ["MAX_PAGE_SIZE", "Service", "call_store", "check_page"]
 
 T = TypeVar("T")
 
@@ -45,6 +45,18 @@ def check_page(page: Any, page_size: Any) -> tuple[int, int]:
     return page_i, size_i
 
 
+async def call_store(store: Store, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)``, a call on ``store``, without stalling the event loop.
+
+    Inline for a store whose calls are quick local reads and writes (SQLite),
+    in a worker thread for one that blocks on the network (``store.blocking``,
+    PostgreSQL).
+    """
+    if store.blocking:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+    return fn(*args, **kwargs)
+
+
 class Service:
     """Base of the engine's services: runs store calls inline or in a thread."""
 
@@ -52,6 +64,4 @@ class Service:
         self._store = store
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self._store.blocking:
-            return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
-        return fn(*args, **kwargs)
+        return await call_store(self._store, fn, *args, **kwargs)

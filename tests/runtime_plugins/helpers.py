@@ -13,9 +13,19 @@ import runtime_plugins
 from abi_engine import Engine, Execution, ExecutionStatus
 from abi_engine.executor import RuntimeSettings
 
-__all__ = ["EngineFactory", "engines", "fast", "new_workflow", "until", "wait_status"]
+__all__ = [
+    "DatabaseFactory",
+    "EngineFactory",
+    "engines",
+    "fast",
+    "new_workflow",
+    "until",
+    "wait_status",
+]
 
 EngineFactory = Callable[..., Engine]
+#: The ``databases`` fixture: ``databases(name)`` is a SQLite path or a PostgreSQL URL.
+DatabaseFactory = Callable[..., "str | Path"]
 
 
 def fast(**overrides: Any) -> RuntimeSettings:
@@ -26,9 +36,10 @@ def fast(**overrides: Any) -> RuntimeSettings:
 
 
 @contextmanager
-def engines(directory: Path) -> Iterator[EngineFactory]:
+def engines(directory: Path, databases: DatabaseFactory | None = None) -> Iterator[EngineFactory]:
     """``make(name="abi.db", plugins=(), settings=None, **options)`` builds engines on
-    SQLite files in ``directory`` with the test types; all are closed afterwards."""
+    SQLite files in ``directory`` (or on ``databases(name)``, the ``databases``
+    fixture: SQLite or PostgreSQL) with the test types; all are closed afterwards."""
     made: list[Engine] = []
 
     def make(
@@ -39,7 +50,7 @@ def engines(directory: Path) -> Iterator[EngineFactory]:
         **options: Any,
     ) -> Engine:
         engine = Engine(
-            directory / name,
+            databases(name) if databases is not None else directory / name,
             plugins=[runtime_plugins, *plugins],
             runtime=settings or fast(),
             **options,

@@ -1,0 +1,534 @@
+"""The PostgreSQL store: many processes, on many machines, on one database.
+
+Connections come from a :class:`psycopg_pool.ConnectionPool` (autocommit
+connections: a read is one statement, a write is an explicit transaction).
+Transactions run at READ COMMITTED, PostgreSQL's default, and every
+compare-and-set takes the row lock it needs:
+
+- conditional ``UPDATE ... WHERE`` statements re-check their condition on the
+  newest row version after waiting for a concurrent writer, so of two
+  processes firing the same schedule due time, or claiming the same
+  execution, one applies and the other gets ``False``;
+- work lists are claimed with ``SELECT ... FOR UPDATE SKIP LOCKED``
+  (recoverable executions, due webhook deliveries), so many processes claim
+  at once without taking the same row and without waiting for each other;
+- rows read before a dependent write are read ``FOR UPDATE`` (a signal and
+  the wait it ends, a batch of checkpoints and their executions).
+
+A deadlock between two batches (PostgreSQL aborts one of them) is retried
+from the start, a few times, with a short random pause.
+
+Events go to the outbox in the same transaction as their change. So that
+positions are handed out in commit order (the delivery cursor advances past
+a position once and never looks back), every transaction that writes events
+takes one transaction-level advisory lock just before it inserts them, as its
+last statement: event-writing transactions commit one at a time, the rest do
+not wait.
+
+Schema migrations (:mod:`abi_engine.storage.postgres_migrations`) run when
+the store opens, under an advisory lock. The schema is the first one on the
+connection's ``search_path`` (``public`` by default; another one with the
+URL parameter ``options=-csearch_path%3Dname``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+from psycopg_pool import ConnectionPool
+
+from abi_engine.events import Event
+from abi_engine.models import (
+    Integration,
+    Scope,
+    Token,
+    User,
+    Workflow,
+    WorkflowIntegration,
+    WorkflowStats,
+    WorkflowStatus,
+)
+from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage.base import StoredEvent, WorkflowQuery
+from abi_engine.storage.postgres_executions import ExecutionsMixin
+from abi_engine.storage.postgres_migrations import advisory_key, migrate
+from abi_engine.storage.postgres_schedules import SchedulesMixin
+from abi_engine.storage.postgres_webhooks import WebhooksMixin
+
+__all__ = ["PostgresStore", "redact_url"]
+
+T = TypeVar("T")
+
+Durability = Literal["normal", "full"]
+Conn = psycopg.Connection[Any]
+
+#: Query parameters of the URL that configure the pool (taken out before libpq sees the URL).
+POOL_PARAMETERS = ("pool_min_size", "pool_max_size", "pool_timeout")
+_RETRIES = 5
+_RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (in the authority or a ``password=`` parameter) masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = netloc.rsplit("@", 1)[1]
+        netloc = f"{parts.username or ''}:***@{host}"
+    query = [
+        (key, "***" if key == "password" else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*,/:=-")))
+
+
+def _split_url(url: str) -> tuple[str, dict[str, str]]:
+    """The URL for libpq and the pool's own parameters."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    pool = {k: v for k, v in pairs if k in POOL_PARAMETERS}
+    rest = [(k, v) for k, v in pairs if k not in POOL_PARAMETERS]
+    return urlunsplit(parts._replace(query=urlencode(rest))), pool
+
+
+_WORKFLOW_COLUMNS = (
+    "id, name, description, type, status, configuration, integrations, metadata,"
+    " created_at, updated_at, activated_at, deactivated_at, created_by,"
+    " runs_total, runs_success, runs_failed, duration_total_ms"
+)
+
+
+def _row_to_workflow(row: Sequence[Any]) -> Workflow:
+    (
+        wf_id,
+        name,
+        description,
+        wf_type,
+        status,
+        configuration,
+        integrations,
+        metadata,
+        created_at,
+        updated_at,
+        activated_at,
+        deactivated_at,
+        created_by,
+        runs_total,
+        runs_success,
+        runs_failed,
+        duration_total,
+    ) = row
+    return Workflow(
+        id=wf_id,
+        name=name,
+        description=description,
+        type=wf_type,
+        status=WorkflowStatus(status),
+        configuration=loads(configuration),
+        integrations=[
+            WorkflowIntegration(id=item["id"], required=item["required"])
+            for item in loads(integrations)
+        ],
+        metadata=loads(metadata),
+        stats=WorkflowStats(
+            runs_total=runs_total,
+            runs_success=runs_success,
+            runs_failed=runs_failed,
+            average_duration_ms=round(duration_total / runs_total) if runs_total else 0,
+        ),
+        created_at=from_ms(created_at),  # type: ignore[arg-type]
+        updated_at=from_ms(updated_at),  # type: ignore[arg-type]
+        activated_at=from_ms(activated_at),
+        deactivated_at=from_ms(deactivated_at),
+        created_by=created_by,
+    )
+
+
+def _department(metadata: dict[str, Any]) -> str | None:
+    value = metadata.get("department")
+    return value if isinstance(value, str) else None
+
+
+def _integration(row: Sequence[Any]) -> Integration:
+    return Integration(
+        id=row[0],
+        provider=row[1],
+        config=loads(row[2]),
+        created_at=from_ms(row[3]),  # type: ignore[arg-type]
+        updated_at=from_ms(row[4]),  # type: ignore[arg-type]
+    )
+
+
+class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
+    """A :class:`~abi_engine.storage.Store` on a PostgreSQL database.
+
+    :param url: a ``postgresql://`` (or ``postgres://``) URL, as libpq reads it.
+        Query parameters ``pool_min_size`` (default 1), ``pool_max_size``
+        (default 10) and ``pool_timeout`` (seconds to wait for a free
+        connection, default 30) configure the pool; every other one goes to
+        libpq (``sslmode``, ``connect_timeout``, ``application_name``,
+        ``options``...).
+    :param durability: ``"normal"`` keeps the server's ``synchronous_commit``;
+        ``"full"`` sets ``synchronous_commit = on`` for the store's sessions.
+    :param min_size: connections the pool keeps open (overrides the URL).
+    :param max_size: most connections the pool opens (overrides the URL).
+    """
+
+    #: Every call is a network round trip: the engine calls the store from threads.
+    blocking = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: Durability = "normal",
+        min_size: int | None = None,
+        max_size: int | None = None,
+    ) -> None:
+        conninfo, pool_options = _split_url(url)
+        self.url = url
+        self.display_url = redact_url(url)
+        self.durability = durability
+        self._closed = False
+        self._close_lock = threading.Lock()
+        # A first connection of its own: a bad URL or an unreachable server fails
+        # here with libpq's message, not as a pool timeout.
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT current_schema()").fetchone()
+            if row is None or row[0] is None:
+                raise ValueError(
+                    "the connection's search_path names no existing schema"
+                    f" ({self.display_url}); create the schema first"
+                )
+            self.schema = str(row[0])
+            self._version = migrate(conn, self.schema)
+        self._events_lock_key = advisory_key("events", self.schema)
+        low = min_size if min_size is not None else int(pool_options.get("pool_min_size", 1))
+        high = max_size if max_size is not None else int(pool_options.get("pool_max_size", 10))
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            conninfo,
+            min_size=low,
+            max_size=max(low, high),
+            timeout=float(pool_options.get("pool_timeout", 30)),
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            name="abi-engine",
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    def _configure(self, conn: Conn) -> None:
+        if self.durability == "full":
+            conn.execute("SET synchronous_commit = on")
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.display_url} schema={self.schema!r}>"
+
+    # -- connections -----------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Conn]:
+        """A connection for reads (each statement sees the latest commits)."""
+        if self._closed:
+            raise psycopg.InterfaceError("the store is closed")
+        with self._pool.connection() as conn:
+            yield conn
+
+    def write(self, fn: Callable[[Conn], T]) -> T:
+        """Run ``fn(conn)`` in one transaction and return its result.
+
+        A deadlock or serialization failure rolls it back and runs it again
+        (``fn`` must not have effects outside the transaction).
+        """
+        if self._closed:
+            raise psycopg.InterfaceError("the store is closed")
+        for attempt in range(1, _RETRIES + 1):
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    return fn(conn)
+            except _RETRYABLE:
+                if attempt == _RETRIES:
+                    raise
+                time.sleep(random.uniform(0.001, 0.01 * attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.close()
+
+    # -- schema ------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- events --------------------------------------------------------------------
+
+    def _insert_events(self, conn: Conn, events: Sequence[Event]) -> None:
+        """Append ``events`` (the transaction's last statement: positions in commit order)."""
+        if not events:
+            return
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._events_lock_key,))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO events (id, type, timestamp, data) VALUES (%s, %s, %s, %s)",
+                [(e.id, e.type, to_ms(e.timestamp), dumps(e.data)) for e in events],
+            )
+
+    def insert_events(self, events: Sequence[Event]) -> None:
+        if events:
+            self.write(lambda conn: self._insert_events(conn, events))
+
+    def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT seq, id, type, timestamp, data FROM events WHERE seq > %s"
+                " ORDER BY seq LIMIT %s",
+                (seq, limit),
+            ).fetchall()
+        return [
+            StoredEvent(
+                seq=row[0],
+                event=Event(
+                    id=row[1],
+                    type=row[2],
+                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
+                    data=loads(row[4]),
+                ),
+            )
+            for row in rows
+        ]
+
+    # -- users and tokens --------------------------------------------------------------
+
+    def ensure_user(self, user_id: str, created_at: datetime) -> User:
+        def run(conn: Conn) -> Any:
+            conn.execute(
+                "INSERT INTO users (id, created_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (user_id, to_ms(created_at)),
+            )
+            return conn.execute("SELECT created_at FROM users WHERE id = %s", (user_id,)).fetchone()
+
+        row = self.write(run)
+        return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
+
+    def insert_token(self, token: Token, token_hash: str) -> None:
+        self.write(
+            lambda conn: conn.execute(
+                "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (
+                    token.id,
+                    token_hash,
+                    token.user_id,
+                    dumps(sorted(token.scopes)),
+                    token.name,
+                    to_ms(token.created_at),
+                ),
+            )
+        )
+
+    def get_token(self, token_hash: str) -> Token | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id, user_id, scopes, name, created_at FROM tokens"
+                " WHERE hash = %s AND revoked_at IS NULL",
+                (token_hash,),
+            ).fetchone()
+        if row is None:
+            return None
+        return Token(
+            id=row[0],
+            user_id=row[1],
+            scopes=frozenset(Scope(s) for s in loads(row[2])),
+            name=row[3],
+            created_at=from_ms(row[4]),  # type: ignore[arg-type]
+        )
+
+    # -- workflows ----------------------------------------------------------------------
+
+    def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
+        def run(conn: Conn) -> None:
+            conn.execute(
+                "INSERT INTO workflows (id, name, description, type, status, department,"
+                " configuration, integrations, metadata, created_at, updated_at,"
+                " activated_at, deactivated_at, created_by)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    workflow.id,
+                    workflow.name,
+                    workflow.description,
+                    workflow.type,
+                    workflow.status.value,
+                    _department(workflow.metadata),
+                    dumps(workflow.configuration),
+                    dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
+                    dumps(workflow.metadata),
+                    to_ms(workflow.created_at),
+                    to_ms(workflow.updated_at),
+                    to_ms(workflow.activated_at),
+                    to_ms(workflow.deactivated_at),
+                    workflow.created_by,
+                ),
+            )
+            self._insert_events(conn, events)
+
+        self.write(run)
+
+    def get_workflow(self, workflow_id: str) -> Workflow | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE id = %s AND deleted_at IS NULL",
+                (workflow_id,),
+            ).fetchone()
+        return None if row is None else _row_to_workflow(row)
+
+    def workflow_version(self, workflow_id: str) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT updated_at FROM workflows WHERE id = %s AND deleted_at IS NULL",
+                (workflow_id,),
+            ).fetchone()
+        return None if row is None else from_ms(row[0])
+
+    def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
+        def run(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "UPDATE workflows SET name = %s, description = %s, status = %s,"
+                " department = %s, configuration = %s, integrations = %s, metadata = %s,"
+                " updated_at = %s, activated_at = %s, deactivated_at = %s"
+                " WHERE id = %s AND deleted_at IS NULL",
+                (
+                    workflow.name,
+                    workflow.description,
+                    workflow.status.value,
+                    _department(workflow.metadata),
+                    dumps(workflow.configuration),
+                    dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
+                    dumps(workflow.metadata),
+                    to_ms(workflow.updated_at),
+                    to_ms(workflow.activated_at),
+                    to_ms(workflow.deactivated_at),
+                    workflow.id,
+                ),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._insert_events(conn, events)
+            return True
+
+        return self.write(run)
+
+    def delete_workflow(
+        self, workflow_id: str, deleted_at: datetime, events: Sequence[Event] = ()
+    ) -> bool:
+        def run(conn: Conn) -> bool:
+            cursor = conn.execute(
+                "UPDATE workflows SET deleted_at = %s, status = 'inactive'"
+                " WHERE id = %s AND deleted_at IS NULL",
+                (to_ms(deleted_at), workflow_id),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._insert_events(conn, events)
+            return True
+
+        return self.write(run)
+
+    def list_workflows(self, query: WorkflowQuery) -> tuple[list[Workflow], int]:
+        where = ["deleted_at IS NULL"]
+        args: list[Any] = []
+        for column, value in (
+            ("status", query.status.value if query.status else None),
+            ("type", query.type),
+            ("department", query.department),
+        ):
+            if value is not None:
+                where.append(f"{column} = %s")
+                args.append(value)
+        clause = " AND ".join(where)
+        order = "DESC" if query.sort_order == "desc" else "ASC"
+        sort_column = {"created_at": "created_at", "updated_at": "updated_at", "name": "name"}[
+            query.sort_by
+        ]
+        offset = (query.page - 1) * query.page_size
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM workflows WHERE {clause}", args).fetchone()
+            rows = conn.execute(
+                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE {clause}"
+                f" ORDER BY {sort_column} {order}, id {order} LIMIT %s OFFSET %s",
+                [*args, query.page_size, offset],
+            ).fetchall()
+        return [_row_to_workflow(row) for row in rows], int(total[0] if total else 0)
+
+    # -- integrations -----------------------------------------------------------------------
+
+    def put_integration(self, integration: Integration) -> bool:
+        def run(conn: Conn) -> bool:
+            row = conn.execute(
+                "INSERT INTO integrations (id, provider, config, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
+                " provider = excluded.provider, config = excluded.config,"
+                " updated_at = excluded.updated_at"
+                " RETURNING (xmax = 0)",  # no previous version: the row was inserted
+                (
+                    integration.id,
+                    integration.provider,
+                    dumps(integration.config),
+                    to_ms(integration.created_at),
+                    to_ms(integration.updated_at),
+                ),
+            ).fetchone()
+            return bool(row and row[0])
+
+        return self.write(run)
+
+    def get_integration(self, integration_id: str) -> Integration | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id, provider, config, created_at, updated_at FROM integrations"
+                " WHERE id = %s",
+                (integration_id,),
+            ).fetchone()
+        return None if row is None else _integration(row)
+
+    def list_integrations(self, page: int, page_size: int) -> tuple[list[Integration], int]:
+        with self._read() as conn:
+            total = conn.execute("SELECT count(*) FROM integrations").fetchone()
+            rows = conn.execute(
+                "SELECT id, provider, config, created_at, updated_at FROM integrations"
+                " ORDER BY id LIMIT %s OFFSET %s",
+                (page_size, (page - 1) * page_size),
+            ).fetchall()
+        return [_integration(row) for row in rows], int(total[0] if total else 0)
+
+    def delete_integration(self, integration_id: str) -> bool:
+        return self.write(
+            lambda conn: (
+                conn.execute("DELETE FROM integrations WHERE id = %s", (integration_id,)).rowcount
+                > 0
+            )
+        )
+
+    def existing_integration_ids(self, ids: Iterable[str]) -> set[str]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return set()
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT id FROM integrations WHERE id = ANY(%s::text[])", (wanted,)
+            ).fetchall()
+        return {row[0] for row in rows}

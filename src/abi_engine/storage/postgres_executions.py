@@ -1,0 +1,658 @@
+"""PostgreSQL storage of executions, steps and signals (mixed into PostgresStore).
+
+The same operations as :mod:`abi_engine.storage.sqlite_executions`, with the
+row locks that make them safe with many processes on one database (see
+:mod:`abi_engine.storage.postgres`): the bulk handlers read their executions
+``FOR UPDATE`` (in id order, so two batches wait for each other rather than
+deadlock on the same rows), and :meth:`ExecutionsMixin.claim_recoverable`
+takes its work ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from abi_engine.models import ExecutionStatus, StepStatus
+from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage.records import (
+    TIMEOUT_SUFFIX,
+    CancelExecution,
+    CheckpointStep,
+    ClaimExecution,
+    DeliverSignal,
+    ExecutionQuery,
+    ExecutionRecord,
+    FinishExecution,
+    InsertEvents,
+    InsertExecution,
+    ReleaseExecutions,
+    StepRecord,
+    SuspendExecution,
+    WriteOp,
+)
+
+__all__ = ["ExecutionsMixin", "insert_execution_rows"]
+
+Conn = psycopg.Connection[Any]
+
+_EXEC_COLUMNS = (
+    "e.id, e.workflow_id, e.workflow_type, e.status, e.parameters, e.configuration, e.plan,"
+    " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
+    " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
+    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name"
+)
+_FROM = "FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
+_UNFINISHED = "('queued', 'running', 'waiting')"
+
+
+def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=row[0],
+        workflow_id=row[1],
+        workflow_type=row[2],
+        status=ExecutionStatus(row[3]),
+        parameters=loads(row[4]),
+        configuration=loads(row[5]),
+        plan=loads(row[6]),
+        created_at=from_ms(row[7]),  # type: ignore[arg-type]
+        started_at=from_ms(row[8]),
+        completed_at=from_ms(row[9]),
+        duration_ms=row[10],
+        result=loads(row[11]),
+        error=loads(row[12]),
+        callback_url=row[13],
+        callback_secret=row[14],
+        schedule_id=row[15],
+        created_by=row[16],
+        idempotency_key=row[17],
+        priority=row[18],
+        timeout_at=from_ms(row[19]),
+        owner=row[20],
+        lease_until=from_ms(row[21]),
+        waiting_for=row[22],
+        wake_at=from_ms(row[23]),
+        workflow_name=row[24],
+    )
+
+
+def _json_or_none(value: Any, text: str | None = None) -> str | None:
+    if text is not None:
+        return text
+    return None if value is None else dumps(value)
+
+
+def _step_params(step: StepRecord) -> tuple[Any, ...]:
+    return (
+        step.execution_id,
+        step.index,
+        step.name,
+        step.status.value,
+        to_ms(step.started_at),
+        to_ms(step.completed_at),
+        step.duration_ms,
+        step.attempts,
+        _json_or_none(step.result, step.result_json),
+        _json_or_none(step.error),
+    )
+
+
+_UPSERT_STEP = (
+    "INSERT INTO execution_steps (execution_id, idx, name, status, started_at,"
+    " completed_at, duration_ms, attempts, result, error)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (execution_id, idx) DO UPDATE SET name = excluded.name,"
+    " status = excluded.status, started_at = excluded.started_at,"
+    " completed_at = excluded.completed_at, duration_ms = excluded.duration_ms,"
+    " attempts = excluded.attempts, result = excluded.result, error = excluded.error"
+)
+
+
+def _many(conn: Conn, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(sql, rows)
+
+
+class ExecutionsMixin:
+    """Execution storage for :class:`~abi_engine.storage.postgres.PostgresStore`."""
+
+    # Provided by PostgresStore.
+    write: Callable[..., Any]
+    _read: Callable[[], Any]
+    _insert_events: Callable[[Conn, Sequence[Any]], None]
+
+    # -- writes ------------------------------------------------------------------------
+
+    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply ``ops`` in one transaction; return each one's result in order.
+
+        If the batch fails as a whole, each op is retried in its own
+        transaction so that one bad op cannot sink the others; its result is
+        then the exception it raised.
+        """
+        try:
+            return list(self.write(lambda conn: self._apply_batch(conn, ops)))
+        except Exception:
+            if len(ops) == 1:
+                raise
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.append(self.write(lambda conn, op=op: self._apply_one(conn, op)))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _apply_batch(self, conn: Conn, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply a batch: the hot kinds of op together (a few statements per kind).
+
+        Ops in one batch come from different tasks, each waiting for its own
+        result, so no op of a batch depends on another one: grouping them by
+        kind is one valid order among the concurrent ones.
+        """
+        results: list[Any] = [None] * len(ops)
+        groups: dict[type, list[int]] = {}
+        for index, op in enumerate(ops):
+            kind = type(op)
+            if kind in _BULK and not (kind is InsertExecution and op.record.idempotency_key):  # type: ignore[attr-defined]
+                groups.setdefault(kind, []).append(index)
+            else:
+                results[index] = _HANDLERS[kind](conn, op)
+        for kind, indexes in groups.items():
+            for index, result in zip(
+                indexes, _BULK[kind](conn, [ops[i] for i in indexes]), strict=True
+            ):
+                results[index] = result
+        events = [
+            event
+            for op, result in zip(ops, results, strict=True)
+            if op.events and result is not False and result is not None
+            for event in op.events
+        ]
+        self._insert_events(conn, events)
+        return results
+
+    def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
+        result = _HANDLERS[type(op)](conn, op)
+        if result is not False and result is not None and op.events:
+            self._insert_events(conn, op.events)
+        return result
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} {_FROM} WHERE e.id = %s", (execution_id,)
+            ).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def get_steps(self, execution_id: str) -> list[StepRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT execution_id, idx, name, status, started_at, completed_at, duration_ms,"
+                " attempts, result, error FROM execution_steps WHERE execution_id = %s"
+                " ORDER BY idx",
+                (execution_id,),
+            ).fetchall()
+        return [
+            StepRecord(
+                execution_id=r[0],
+                index=r[1],
+                name=r[2],
+                status=StepStatus(r[3]),
+                started_at=from_ms(r[4]),
+                completed_at=from_ms(r[5]),
+                duration_ms=r[6],
+                attempts=r[7],
+                result=loads(r[8]),
+                error=loads(r[9]),
+            )
+            for r in rows
+        ]
+
+    def get_signals(self, execution_id: str) -> dict[str, Any]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, payload FROM execution_signals WHERE execution_id = %s",
+                (execution_id,),
+            ).fetchall()
+        return {name: loads(payload) for name, payload in rows}
+
+    def find_execution_by_key(self, workflow_id: str, key: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id FROM executions WHERE workflow_id = %s AND idempotency_key = %s",
+                (workflow_id, key),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def list_executions(self, query: ExecutionQuery) -> tuple[list[ExecutionRecord], int]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.workflow_id is not None:
+            where.append("e.workflow_id = %s")
+            args.append(query.workflow_id)
+        if query.status is not None:
+            where.append("e.status = %s")
+            args.append(query.status.value)
+        if query.start is not None:
+            where.append("e.created_at >= %s")
+            args.append(to_ms(query.start))
+        if query.end is not None:
+            where.append("e.created_at <= %s")
+            args.append(to_ms(query.end))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        offset = (query.page - 1) * query.page_size
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM executions e {clause}", args).fetchone()
+            rows = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} {_FROM} {clause}"
+                " ORDER BY e.created_at DESC, e.id DESC LIMIT %s OFFSET %s",
+                [*args, query.page_size, offset],
+            ).fetchall()
+        return [_row_to_record(r) for r in rows], int(total[0] if total else 0)
+
+    def claim_recoverable(
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        is_dead: Callable[[str], bool],
+    ) -> list[tuple[str, int]]:
+        """Take over unfinished executions nobody (alive) holds; return ``(id, priority)``.
+
+        Candidates: queued or running executions with no owner, an expired
+        lease or a dead owner, and waiting executions whose ``wake_at`` passed.
+        Each is taken ``FOR UPDATE SKIP LOCKED``: rows another process is
+        claiming (or changing) right now are left to it.
+        """
+        now_ms = to_ms(now)
+        lease_ms = to_ms(lease_until)
+        # Which owners are gone: read first, outside the transaction (is_dead may be slow).
+        with self._read() as conn:
+            owners = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT owner FROM executions WHERE status IN ('queued', 'running')"
+                    " AND owner IS NOT NULL AND owner <> %s",
+                    (owner,),
+                )
+            ]
+        dead = [o for o in owners if is_dead(o)]
+
+        def run(conn: Conn) -> list[tuple[str, int]]:
+            taken: list[tuple[str, int]] = []
+            # Waits that timed out: record a signal the step can see, queue them.
+            woken = conn.execute(
+                "SELECT id, waiting_for, priority FROM executions"
+                " WHERE status = 'waiting' AND wake_at <= %s ORDER BY wake_at LIMIT %s"
+                " FOR UPDATE SKIP LOCKED",
+                (now_ms, limit),
+            ).fetchall()
+            _many(
+                conn,
+                "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+                " VALUES (%s, %s, 'null', %s) ON CONFLICT DO NOTHING",
+                [
+                    (ex_id, f"{waiting_for}{TIMEOUT_SUFFIX}", now_ms)
+                    for ex_id, waiting_for, _ in woken
+                ],
+            )
+            taken.extend((ex_id, priority) for ex_id, _, priority in woken)
+            room = max(0, limit - len(taken))
+            if room:
+                taken.extend(
+                    (row[0], row[1])
+                    for row in conn.execute(
+                        "SELECT id, priority FROM executions"
+                        " WHERE status IN ('queued', 'running')"
+                        " AND (owner IS NULL OR (owner <> %s AND lease_until < %s)"
+                        " OR owner = ANY(%s::text[]))"
+                        " ORDER BY priority, created_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                        (owner, now_ms, dead, room),
+                    )
+                )
+            if taken:
+                conn.execute(
+                    "UPDATE executions SET owner = %s, lease_until = %s, waiting_for = NULL,"
+                    " wake_at = NULL,"
+                    " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
+                    " WHERE id = ANY(%s::text[])",
+                    (owner, lease_ms, [ex_id for ex_id, _ in taken]),
+                )
+            return taken
+
+        return list(self.write(run))
+
+    def renew_leases(self, owner: str, lease_until: datetime) -> int:
+        return int(
+            self.write(
+                lambda conn: (
+                    conn.execute(
+                        "UPDATE executions SET lease_until = %s WHERE owner = %s"
+                        " AND status IN ('queued', 'running')",
+                        (to_ms(lease_until), owner),
+                    ).rowcount
+                )
+            )
+        )
+
+    def next_wake_at(self) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(wake_at) FROM executions WHERE status = 'waiting'"
+            ).fetchone()
+        return from_ms(row[0]) if row and row[0] is not None else None
+
+
+# -- op handlers -------------------------------------------------------------------------
+
+_INSERT_EXECUTION = (
+    "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
+    " configuration, plan, created_at, started_at, callback_url, callback_secret,"
+    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT DO NOTHING RETURNING id"
+)
+
+
+def _execution_params(r: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        r.id,
+        r.workflow_id,
+        r.workflow_type,
+        r.status.value,
+        dumps(r.parameters),
+        dumps(r.configuration),
+        dumps(r.plan),
+        to_ms(r.created_at),
+        to_ms(r.started_at),
+        r.callback_url,
+        r.callback_secret,
+        r.schedule_id,
+        r.created_by,
+        r.idempotency_key,
+        r.priority,
+        to_ms(r.timeout_at),
+        r.owner,
+        to_ms(r.lease_until),
+    )
+
+
+def insert_execution_rows(conn: Conn, records: Sequence[ExecutionRecord]) -> list[bool]:
+    """Insert execution rows; ``False`` for one whose idempotency key is already taken."""
+    if not records:
+        return []
+    if len(records) == 1:
+        row = conn.execute(_INSERT_EXECUTION, _execution_params(records[0])).fetchone()
+        return [row is not None]
+    inserted: set[str] = set()
+    with conn.cursor() as cur:
+        cur.executemany(_INSERT_EXECUTION, [_execution_params(r) for r in records], returning=True)
+        while True:
+            row = cur.fetchone()
+            if row is not None:
+                inserted.add(row[0])
+            if not cur.nextset():
+                break
+    return [r.id in inserted for r in records]
+
+
+def _insert(conn: Conn, op: InsertExecution) -> bool:
+    return insert_execution_rows(conn, [op.record])[0]
+
+
+def _claim(conn: Conn, op: ClaimExecution) -> bool:
+    return _bulk_claim(conn, [op])[0]
+
+
+def _checkpoint(conn: Conn, op: CheckpointStep) -> bool:
+    cursor = conn.execute(
+        "UPDATE executions SET lease_until = %s WHERE id = %s AND owner = %s"
+        " AND status = 'running'",
+        (to_ms(op.lease_until), op.step.execution_id, op.owner),
+    )
+    if cursor.rowcount == 0:
+        return False
+    conn.execute(_UPSERT_STEP, _step_params(op.step))
+    return True
+
+
+def _stats(conn: Conn, workflow_id: str, status: ExecutionStatus, ms: int) -> None:
+    conn.execute(
+        "UPDATE workflows SET runs_total = runs_total + 1,"
+        " runs_success = runs_success + %s, runs_failed = runs_failed + %s,"
+        " duration_total_ms = duration_total_ms + %s WHERE id = %s",
+        (
+            1 if status is ExecutionStatus.COMPLETED else 0,
+            1 if status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT) else 0,
+            ms,
+            workflow_id,
+        ),
+    )
+
+
+def _finish(conn: Conn, op: FinishExecution) -> bool:
+    return _bulk_finish(conn, [op])[0]
+
+
+def _suspend(conn: Conn, op: SuspendExecution) -> bool | str:
+    # Lock the execution first: a signal delivered concurrently waits for this
+    # transaction (DeliverSignal locks the same row), so it is seen either here
+    # or by the waiting execution it queues.
+    row = conn.execute(
+        "SELECT owner, status FROM executions WHERE id = %s FOR UPDATE", (op.execution_id,)
+    ).fetchone()
+    arrived = conn.execute(
+        "SELECT 1 FROM execution_signals WHERE execution_id = %s AND name IN (%s, %s)",
+        (op.execution_id, op.waiting_for, f"{op.waiting_for}{TIMEOUT_SUFFIX}"),
+    ).fetchone()
+    if arrived:
+        return "ready"
+    if row is None or row[0] != op.owner or row[1] != "running":
+        return False
+    conn.execute(
+        "UPDATE executions SET status = 'waiting', waiting_for = %s, wake_at = %s, owner = NULL,"
+        " lease_until = NULL, timeout_at = CASE WHEN %s THEN timeout_at END WHERE id = %s",
+        (op.waiting_for, to_ms(op.wake_at), op.keep_timeout, op.execution_id),
+    )
+    if op.step is not None:
+        conn.execute(_UPSERT_STEP, _step_params(op.step))
+    return True
+
+
+def _signal(conn: Conn, op: DeliverSignal) -> str | None:
+    row = conn.execute(
+        "SELECT status, waiting_for FROM executions WHERE id = %s FOR UPDATE",
+        (op.execution_id,),
+    ).fetchone()
+    if row is None or row[0] not in ("queued", "running", "waiting"):
+        return None
+    waiting = row[0] == "waiting" and row[1] == op.name
+    if op.require_waiting and not waiting:
+        return None
+    cursor = conn.execute(
+        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (op.execution_id, op.name, dumps(op.payload), to_ms(op.created_at)),
+    )
+    if cursor.rowcount == 0:
+        return None
+    if waiting:
+        conn.execute(
+            "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
+            " owner = NULL, lease_until = NULL WHERE id = %s",
+            (op.execution_id,),
+        )
+        return "queued"
+    return "stored"
+
+
+def _cancel(conn: Conn, op: CancelExecution) -> bool:
+    row = conn.execute(
+        f"SELECT started_at FROM executions WHERE id = %s AND status IN {_UNFINISHED} FOR UPDATE",
+        (op.execution_id,),
+    ).fetchone()
+    if row is None:
+        return False
+    started = row[0]
+    done = to_ms(op.completed_at) or 0
+    duration = max(0, done - started) if started is not None else 0
+    conn.execute(
+        "UPDATE executions SET status = %s, completed_at = %s, duration_ms = %s, error = %s,"
+        " owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL WHERE id = %s",
+        (op.status.value, done, duration, _json_or_none(op.error), op.execution_id),
+    )
+    if op.step is not None:
+        conn.execute(_UPSERT_STEP, _step_params(op.step))
+    _stats(conn, op.workflow_id, op.status, duration)
+    return True
+
+
+def _release(conn: Conn, op: ReleaseExecutions) -> int:
+    cursor = conn.execute(
+        "UPDATE executions SET status = 'queued', owner = NULL, lease_until = NULL"
+        " WHERE owner = %s AND status IN ('queued', 'running')",
+        (op.owner,),
+    )
+    return cursor.rowcount
+
+
+def _events_only(conn: Conn, op: InsertEvents) -> bool:
+    return True
+
+
+_HANDLERS: dict[type[WriteOp], Callable[[Conn, Any], Any]] = {
+    InsertExecution: _insert,
+    ClaimExecution: _claim,
+    CheckpointStep: _checkpoint,
+    FinishExecution: _finish,
+    SuspendExecution: _suspend,
+    DeliverSignal: _signal,
+    CancelExecution: _cancel,
+    ReleaseExecutions: _release,
+    InsertEvents: _events_only,
+}
+
+
+# -- bulk handlers: one locking SELECT and a few executemany per kind of op -----------------
+
+
+def _states(conn: Conn, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """Status and owner of the executions ``ids``, locked until the transaction ends."""
+    rows = conn.execute(
+        "SELECT id, status, owner FROM executions WHERE id = ANY(%s::text[])"
+        " ORDER BY id FOR UPDATE",
+        (sorted(set(ids)),),
+    ).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def _bulk_insert(conn: Conn, ops: list[InsertExecution]) -> list[bool]:
+    return insert_execution_rows(conn, [op.record for op in ops])
+
+
+def _bulk_claim(conn: Conn, ops: list[ClaimExecution]) -> list[bool]:
+    states = _states(conn, [op.execution_id for op in ops])
+    results: list[bool] = []
+    rows = []
+    for op in ops:
+        status, owner = states.get(op.execution_id, ("missing", None))
+        ok = status in ("queued", "running") and owner in (None, op.owner)
+        if ok:
+            states[op.execution_id] = ("claimed", op.owner)  # a second claim in the batch loses
+            rows.append((op.owner, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id))
+        results.append(ok)
+    _many(
+        conn,
+        "UPDATE executions SET status = 'running', owner = %s, lease_until = %s,"
+        " started_at = coalesce(started_at, %s) WHERE id = %s",
+        rows,
+    )
+    return results
+
+
+def _bulk_checkpoint(conn: Conn, ops: list[CheckpointStep]) -> list[bool]:
+    # Leases are renewed by the node's heartbeat; a checkpoint only checks ownership.
+    states = _states(conn, [op.step.execution_id for op in ops])
+    results = [states.get(op.step.execution_id) == ("running", op.owner) for op in ops]
+    _many(
+        conn,
+        _UPSERT_STEP,
+        [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok],
+    )
+    return results
+
+
+def _bulk_finish(conn: Conn, ops: list[FinishExecution]) -> list[bool]:
+    states = _states(conn, [op.execution_id for op in ops])
+    results: list[bool] = []
+    updates = []
+    steps = []
+    stats: dict[str, list[int]] = {}
+    for op in ops:
+        status, owner = states.get(op.execution_id, ("missing", None))
+        if op.owner:
+            ok = status == "running" and owner == op.owner
+        else:
+            ok = status in ("queued", "running", "waiting")
+        results.append(ok)
+        if not ok:
+            continue
+        states[op.execution_id] = ("finished", None)
+        updates.append(
+            (
+                op.status.value,
+                to_ms(op.completed_at),
+                op.duration_ms,
+                _json_or_none(op.result, op.result_json),
+                _json_or_none(op.error),
+                op.execution_id,
+            )
+        )
+        if op.step is not None:
+            steps.append(_step_params(op.step))
+        counts = stats.setdefault(op.workflow_id, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += op.status is ExecutionStatus.COMPLETED
+        counts[2] += op.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
+        counts[3] += op.duration_ms
+    _many(
+        conn,
+        "UPDATE executions SET status = %s, completed_at = %s, duration_ms = %s, result = %s,"
+        " error = %s, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        " WHERE id = %s",
+        updates,
+    )
+    _many(conn, _UPSERT_STEP, steps)
+    _many(
+        conn,
+        "UPDATE workflows SET runs_total = runs_total + %s, runs_success = runs_success + %s,"
+        " runs_failed = runs_failed + %s, duration_total_ms = duration_total_ms + %s"
+        " WHERE id = %s",
+        [(*counts, workflow_id) for workflow_id, counts in sorted(stats.items())],
+    )
+    return results
+
+
+_BULK: dict[type, Callable[[Conn, Any], list[Any]]] = {
+    InsertExecution: _bulk_insert,
+    ClaimExecution: _bulk_claim,
+    CheckpointStep: _bulk_checkpoint,
+    FinishExecution: _bulk_finish,
+}
+
+
+def _register_schedule_handlers() -> None:
+    from abi_engine.storage.postgres_schedules import SCHEDULE_HANDLERS
+
+    _HANDLERS.update(SCHEDULE_HANDLERS)
+
+
+_register_schedule_handlers()

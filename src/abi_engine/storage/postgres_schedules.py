@@ -1,0 +1,291 @@
+"""PostgreSQL storage of schedules and their history (mixed into PostgresStore).
+
+Firing is a compare-and-set on ``next_due`` and ``pending_runs``: at READ
+COMMITTED, an ``UPDATE`` that waited for a concurrent one re-checks its
+``WHERE`` on the row that one committed, so of several processes firing the
+same due time exactly one applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage.records import (
+    DeleteSchedule,
+    FireSchedule,
+    HistoryRecord,
+    InsertSchedule,
+    ScheduleQuery,
+    ScheduleRecord,
+    UpdateSchedule,
+)
+
+__all__ = ["SCHEDULE_HANDLERS", "SchedulesMixin"]
+
+Conn = psycopg.Connection[Any]
+
+#: History lines kept per schedule (older ones are pruned as new ones come).
+HISTORY_KEPT = 200
+
+_COLUMNS = (
+    "s.id, s.workflow_id, s.name, s.description, s.schedule_type, s.cron_expression,"
+    " s.interval_value, s.interval_unit, s.execution_time, s.anchor_at, s.timezone,"
+    " s.parameters, s.enabled, s.next_due, s.last_execution_id, s.misfire_policy,"
+    " s.misfire_grace_seconds, s.catch_up_limit, s.overlap_policy, s.pending_runs,"
+    " s.completed, s.created_at, s.updated_at, s.created_by,"
+    " w.name, w.status, w.deleted_at, e.status, e.started_at, e.completed_at"
+)
+_FROM = (
+    "FROM schedules s LEFT JOIN workflows w ON w.id = s.workflow_id"
+    " LEFT JOIN executions e ON e.id = s.last_execution_id"
+)
+_TERMINAL = "('completed', 'failed', 'timed_out', 'cancelled')"
+
+
+def _row(row: Sequence[Any]) -> ScheduleRecord:
+    return ScheduleRecord(
+        id=row[0],
+        workflow_id=row[1],
+        name=row[2],
+        description=row[3],
+        schedule_type=row[4],
+        cron_expression=row[5],
+        interval_value=row[6],
+        interval_unit=row[7],
+        execution_time=from_ms(row[8]),
+        anchor_at=from_ms(row[9]),  # type: ignore[arg-type]
+        timezone=row[10],
+        parameters=loads(row[11]),
+        enabled=bool(row[12]),
+        next_due=from_ms(row[13]),
+        last_execution_id=row[14],
+        misfire_policy=row[15],
+        misfire_grace_seconds=row[16],
+        catch_up_limit=row[17],
+        overlap_policy=row[18],
+        pending_runs=row[19],
+        completed=bool(row[20]),
+        created_at=from_ms(row[21]),  # type: ignore[arg-type]
+        updated_at=from_ms(row[22]),  # type: ignore[arg-type]
+        created_by=row[23],
+        workflow_name=row[24],
+        workflow_status=row[25],
+        workflow_deleted=row[24] is None or row[26] is not None,
+        last_status=row[27],
+        last_started_at=from_ms(row[28]),
+        last_completed_at=from_ms(row[29]),
+    )
+
+
+def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
+    return (
+        r.name,
+        r.description,
+        r.schedule_type,
+        r.cron_expression,
+        r.interval_value,
+        r.interval_unit,
+        to_ms(r.execution_time),
+        to_ms(r.anchor_at),
+        r.timezone,
+        dumps(r.parameters),
+        bool(r.enabled),
+        to_ms(r.next_due),
+        r.misfire_policy,
+        float(r.misfire_grace_seconds),
+        r.catch_up_limit,
+        r.overlap_policy,
+        bool(r.completed),
+        to_ms(r.updated_at),
+    )
+
+
+class SchedulesMixin:
+    """Schedule storage for :class:`~abi_engine.storage.postgres.PostgresStore`."""
+
+    _read: Callable[[], Any]
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} {_FROM} WHERE s.id = %s", (schedule_id,)
+            ).fetchone()
+        return None if row is None else _row(row)
+
+    def list_schedules(self, query: ScheduleQuery) -> tuple[list[ScheduleRecord], int]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.workflow_id is not None:
+            where.append("s.workflow_id = %s")
+            args.append(query.workflow_id)
+        if query.enabled is not None:
+            where.append("s.enabled = %s")
+            args.append(bool(query.enabled))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM schedules s {clause}", args).fetchone()
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} {_FROM} {clause} ORDER BY s.created_at DESC, s.id DESC"
+                " LIMIT %s OFFSET %s",
+                [*args, query.page_size, (query.page - 1) * query.page_size],
+            ).fetchall()
+        return [_row(r) for r in rows], int(total[0] if total else 0)
+
+    def due_schedules(self, now: datetime, limit: int) -> list[ScheduleRecord]:
+        """Schedules whose ``next_due`` has come (an index range scan), earliest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} {_FROM} WHERE s.next_due <= %s ORDER BY s.next_due LIMIT %s",
+                (to_ms(now), limit),
+            ).fetchall()
+        return [_row(r) for r in rows]
+
+    def queued_schedules_ready(self, limit: int) -> list[ScheduleRecord]:
+        """Schedules with a queued run whose previous execution has ended."""
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} {_FROM} WHERE s.pending_runs > 0"
+                f" AND (e.status IS NULL OR e.status IN {_TERMINAL}) LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [_row(r) for r in rows]
+
+    def next_schedule_due(self) -> datetime | None:
+        """The earliest ``next_due`` of all schedules (from the partial index, not a scan)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(next_due) FROM schedules WHERE next_due IS NOT NULL"
+            ).fetchone()
+        return from_ms(row[0]) if row and row[0] is not None else None
+
+    def schedule_history(
+        self, schedule_id: str, page: int, page_size: int
+    ) -> tuple[list[HistoryRecord], int]:
+        with self._read() as conn:
+            total = conn.execute(
+                "SELECT count(*) FROM schedule_history WHERE schedule_id = %s", (schedule_id,)
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT schedule_id, due_at, recorded_at, outcome, execution_id, detail"
+                " FROM schedule_history WHERE schedule_id = %s ORDER BY seq DESC"
+                " LIMIT %s OFFSET %s",
+                (schedule_id, page_size, (page - 1) * page_size),
+            ).fetchall()
+        return [
+            HistoryRecord(
+                schedule_id=r[0],
+                due_at=from_ms(r[1]),
+                recorded_at=from_ms(r[2]),  # type: ignore[arg-type]
+                outcome=r[3],
+                execution_id=r[4],
+                detail=r[5],
+            )
+            for r in rows
+        ], int(total[0] if total else 0)
+
+
+def _insert(conn: Conn, op: InsertSchedule) -> bool:
+    """Insert the schedule if its workflow exists (not deleted); ``False`` otherwise.
+
+    The workflow row is locked ``FOR SHARE`` so a concurrent delete waits.
+    """
+    r = op.record
+    found = conn.execute(
+        "SELECT 1 FROM workflows WHERE id = %s AND deleted_at IS NULL FOR SHARE",
+        (r.workflow_id,),
+    ).fetchone()
+    if found is None:
+        return False
+    conn.execute(
+        "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
+        " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
+        " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
+        " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " %s, %s, %s, %s)",
+        (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by),
+    )
+    return True
+
+
+def _update(conn: Conn, op: UpdateSchedule) -> bool:
+    r = op.record
+    cursor = conn.execute(
+        "UPDATE schedules SET name = %s, description = %s, schedule_type = %s,"
+        " cron_expression = %s, interval_value = %s, interval_unit = %s, execution_time = %s,"
+        " anchor_at = %s, timezone = %s, parameters = %s, enabled = %s, next_due = %s,"
+        " misfire_policy = %s, misfire_grace_seconds = %s, catch_up_limit = %s,"
+        " overlap_policy = %s, completed = %s, updated_at = %s WHERE id = %s",
+        (*_definition(r), r.id),
+    )
+    return cursor.rowcount > 0
+
+
+def _delete(conn: Conn, op: DeleteSchedule) -> bool:
+    cursor = conn.execute("DELETE FROM schedules WHERE id = %s", (op.schedule_id,))
+    if cursor.rowcount == 0:
+        return False
+    conn.execute("DELETE FROM schedule_history WHERE schedule_id = %s", (op.schedule_id,))
+    return True
+
+
+def _fire(conn: Conn, op: FireSchedule) -> bool:
+    from abi_engine.storage.postgres_executions import insert_execution_rows
+
+    last = op.executions[-1].id if op.executions else None
+    cursor = conn.execute(
+        "UPDATE schedules SET next_due = %s, pending_runs = %s, completed = %s,"
+        " enabled = coalesce(%s::boolean, enabled),"
+        " last_execution_id = coalesce(%s::text, last_execution_id)"
+        " WHERE id = %s AND next_due IS NOT DISTINCT FROM %s::bigint AND pending_runs = %s",
+        (
+            to_ms(op.next_due),
+            op.pending_runs,
+            bool(op.completed),
+            op.enabled,
+            last,
+            op.schedule_id,
+            to_ms(op.expected_next_due),
+            op.expected_pending,
+        ),
+    )
+    if cursor.rowcount == 0:
+        return False
+    insert_execution_rows(conn, op.executions)
+    if op.history:
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO schedule_history (schedule_id, due_at, recorded_at, outcome,"
+                " execution_id, detail) VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        h.schedule_id,
+                        to_ms(h.due_at),
+                        to_ms(h.recorded_at),
+                        h.outcome,
+                        h.execution_id,
+                        h.detail,
+                    )
+                    for h in op.history
+                ],
+            )
+        conn.execute(
+            "DELETE FROM schedule_history WHERE schedule_id = %s AND seq <="
+            " (SELECT seq FROM schedule_history WHERE schedule_id = %s"
+            " ORDER BY seq DESC LIMIT 1 OFFSET %s)",
+            (op.schedule_id, op.schedule_id, HISTORY_KEPT),
+        )
+    return True
+
+
+SCHEDULE_HANDLERS: dict[type, Callable[[Conn, Any], Any]] = {
+    InsertSchedule: _insert,
+    UpdateSchedule: _update,
+    DeleteSchedule: _delete,
+    FireSchedule: _fire,
+}

@@ -1,0 +1,458 @@
+"""PostgreSQL storage of webhook subscriptions and deliveries (mixed into PostgresStore).
+
+As in :mod:`abi_engine.storage.sqlite_webhooks`: the fan-out turns outbox
+events after the durable cursor into deliveries and advances the cursor in
+one transaction (the cursor row is locked ``FOR UPDATE``, so concurrent
+fan-outs run one after the other and never fan out an event twice); workers
+lease due deliveries with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from abi_engine.ids import new_id
+from abi_engine.models_webhooks import Delivery, DeliveryAttempt, DeliveryStatus
+from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
+
+__all__ = ["WebhooksMixin"]
+
+Conn = psycopg.Connection[Any]
+
+_CURSOR = "deliveries"
+_CALLBACK_TARGET = "callback"
+_HOOK_COLUMNS = (
+    "id, url, events, description, secret, previous_secret, previous_secret_until, enabled,"
+    " created_at, updated_at, created_by"
+)
+_DELIVERY_COLUMNS = (
+    "id, webhook_id, execution_id, event_id, event_type, status, attempt_count,"
+    " next_attempt_at, created_at, updated_at"
+)
+
+
+def _row_to_webhook(row: Sequence[Any]) -> WebhookRecord:
+    return WebhookRecord(
+        id=row[0],
+        url=row[1],
+        events=loads(row[2]),
+        description=row[3],
+        secret=row[4],
+        previous_secret=row[5],
+        previous_secret_until=from_ms(row[6]),
+        enabled=bool(row[7]),
+        created_at=from_ms(row[8]),  # type: ignore[arg-type]
+        updated_at=from_ms(row[9]),  # type: ignore[arg-type]
+        created_by=row[10],
+    )
+
+
+def _webhook_params(hook: WebhookRecord) -> tuple[Any, ...]:
+    return (
+        hook.url,
+        dumps(hook.events),
+        hook.description,
+        hook.secret,
+        hook.previous_secret,
+        to_ms(hook.previous_secret_until),
+        bool(hook.enabled),
+        to_ms(hook.created_at),
+        to_ms(hook.updated_at),
+        hook.created_by,
+    )
+
+
+def _row_to_delivery(row: Sequence[Any], attempts: list[DeliveryAttempt]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        webhook_id=row[1],
+        execution_id=row[2],
+        event_id=row[3],
+        event_type=row[4],
+        status=DeliveryStatus(row[5]),
+        attempt_count=row[6],
+        next_attempt_at=from_ms(row[7]) if row[5] == DeliveryStatus.PENDING else None,
+        attempts=attempts,
+        created_at=from_ms(row[8]),  # type: ignore[arg-type]
+        updated_at=from_ms(row[9]),  # type: ignore[arg-type]
+    )
+
+
+def _job(row: Sequence[Any], now: datetime) -> DeliveryJob:
+    now_ms = to_ms(now) or 0
+    (delivery_id, webhook_id, execution_id, tries, attempt_count) = row[:5]
+    (event_id, event_type, timestamp, data) = row[5:9]
+    (url, secret, previous, previous_until, callback_url, callback_secret) = row[9:]
+    if webhook_id is not None:
+        secrets: tuple[str, ...] = (secret,) if secret else ()
+        if previous and previous_until is not None and previous_until > now_ms:
+            secrets += (previous,)
+    else:
+        url = callback_url
+        secrets = (callback_secret,) if callback_secret else ()
+    return DeliveryJob(
+        id=delivery_id,
+        event_id=event_id or "",
+        event_type=event_type or "",
+        event_timestamp=from_ms(timestamp) or now,
+        data_json=data if data is not None else "null",
+        url=url if event_id is not None else None,
+        secrets=secrets,
+        webhook_id=webhook_id,
+        execution_id=execution_id,
+        tries=tries,
+        attempt_count=attempt_count,
+    )
+
+
+class WebhooksMixin:
+    """Webhook storage for :class:`~abi_engine.storage.postgres.PostgresStore`."""
+
+    # Provided by PostgresStore.
+    write: Callable[..., Any]
+    _read: Callable[[], Any]
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    def insert_webhook(self, webhook: WebhookRecord) -> None:
+        self.write(
+            lambda conn: conn.execute(
+                "INSERT INTO webhooks (url, events, description, secret, previous_secret,"
+                " previous_secret_until, enabled, created_at, updated_at, created_by, id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (*_webhook_params(webhook), webhook.id),
+            )
+        )
+
+    def get_webhook(self, webhook_id: str) -> WebhookRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE id = %s", (webhook_id,)
+            ).fetchone()
+        return None if row is None else _row_to_webhook(row)
+
+    def update_webhook(self, webhook: WebhookRecord, now: datetime) -> bool:
+        def run(conn: Conn) -> bool:
+            row = conn.execute(
+                "SELECT enabled FROM webhooks WHERE id = %s FOR UPDATE", (webhook.id,)
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "UPDATE webhooks SET url = %s, events = %s, description = %s, secret = %s,"
+                " previous_secret = %s, previous_secret_until = %s, enabled = %s,"
+                " created_at = %s, updated_at = %s, created_by = %s WHERE id = %s",
+                (*_webhook_params(webhook), webhook.id),
+            )
+            was_enabled = bool(row[0])
+            if was_enabled and not webhook.enabled:
+                # Park pending deliveries: no due time until the webhook is enabled again.
+                conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = NULL, updated_at = %s"
+                    " WHERE webhook_id = %s AND status = 'pending'",
+                    (to_ms(now), webhook.id),
+                )
+            elif webhook.enabled and not was_enabled:
+                conn.execute(
+                    "UPDATE webhook_deliveries SET next_attempt_at = %s, updated_at = %s"
+                    " WHERE webhook_id = %s AND status = 'pending'",
+                    (to_ms(now), to_ms(now), webhook.id),
+                )
+            return True
+
+        return bool(self.write(run))
+
+    def delete_webhook(self, webhook_id: str) -> bool:
+        def run(conn: Conn) -> bool:
+            conn.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN"
+                " (SELECT id FROM webhook_deliveries WHERE webhook_id = %s)",
+                (webhook_id,),
+            )
+            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = %s", (webhook_id,))
+            return conn.execute("DELETE FROM webhooks WHERE id = %s", (webhook_id,)).rowcount > 0
+
+        return bool(self.write(run))
+
+    def list_webhooks(self, page: int, page_size: int) -> tuple[list[WebhookRecord], int]:
+        with self._read() as conn:
+            total = conn.execute("SELECT count(*) FROM webhooks").fetchone()
+            rows = conn.execute(
+                f"SELECT {_HOOK_COLUMNS} FROM webhooks ORDER BY created_at DESC, id DESC"
+                " LIMIT %s OFFSET %s",
+                (page_size, (page - 1) * page_size),
+            ).fetchall()
+        return [_row_to_webhook(row) for row in rows], int(total[0] if total else 0)
+
+    def subscribed_event_types(self) -> set[str]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT events FROM webhooks WHERE enabled").fetchall()
+        return {event_type for (events,) in rows for event_type in loads(events)}
+
+    # -- fan-out ----------------------------------------------------------------------------
+
+    def fan_out_pending(self) -> bool:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(max(seq), 0) FROM events)"
+                " > (SELECT seq FROM webhook_cursor WHERE name = %s)",
+                (_CURSOR,),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def fan_out(self, now: datetime, limit: int, callback_types: Collection[str]) -> int:
+        now_ms = to_ms(now)
+        types = sorted(callback_types)
+
+        def run(conn: Conn) -> int:
+            cursor_row = conn.execute(
+                "SELECT seq FROM webhook_cursor WHERE name = %s FOR UPDATE", (_CURSOR,)
+            ).fetchone()
+            position = cursor_row[0] if cursor_row else 0
+            # Callback targets: the execution an execution event is about, when it
+            # has a callback URL (the JSON is only parsed for the callback types).
+            rows = conn.execute(
+                "SELECT e.seq, e.id, e.type, e.timestamp, x.id FROM events e"
+                " LEFT JOIN executions x ON e.type = ANY(%s::text[])"
+                " AND x.id = CASE WHEN e.type = ANY(%s::text[])"
+                " THEN e.data::jsonb ->> 'execution_id' END"
+                " AND x.callback_url IS NOT NULL"
+                " WHERE e.seq > %s ORDER BY e.seq LIMIT %s",
+                (types, types, position, limit),
+            ).fetchall()
+            if not rows:
+                return 0
+            hooks = [
+                (hook_id, set(loads(events)), created_at)
+                for hook_id, events, created_at in conn.execute(
+                    "SELECT id, events, created_at FROM webhooks WHERE enabled"
+                )
+            ]
+            new: list[tuple[Any, ...]] = []
+            for seq, event_id, event_type, timestamp, execution_id in rows:
+                for hook_id, wanted, created_at in hooks:
+                    # A subscription receives the events that happen after it exists.
+                    if event_type in wanted and timestamp >= created_at:
+                        new.append((hook_id, hook_id, None, seq, event_id, event_type))
+                if execution_id is not None:
+                    new.append((_CALLBACK_TARGET, None, execution_id, seq, event_id, event_type))
+            if new:
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO webhook_deliveries (id, target, webhook_id,"
+                        " execution_id, event_seq, event_id, event_type, status,"
+                        " next_attempt_at, created_at, updated_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING",
+                        [(new_id("dlv_"), *row, now_ms, now_ms, now_ms) for row in new],
+                    )
+            conn.execute(
+                "UPDATE webhook_cursor SET seq = %s WHERE name = %s", (rows[-1][0], _CURSOR)
+            )
+            return len(rows)
+
+        return int(self.write(run))
+
+    # -- claiming and recording -------------------------------------------------------------
+
+    def deliveries_due(self, now: datetime) -> bool:
+        now_ms = to_ms(now)
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM webhook_deliveries WHERE status = 'pending'"
+                " AND next_attempt_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
+                " LIMIT 1",
+                (now_ms, now_ms),
+            ).fetchone()
+        return row is not None
+
+    def next_delivery_due(self, after: datetime) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(next_attempt_at) FROM webhook_deliveries"
+                " WHERE status = 'pending' AND next_attempt_at > %s",
+                (to_ms(after),),
+            ).fetchone()
+        return from_ms(row[0]) if row and row[0] is not None else None
+
+    def claim_deliveries(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[DeliveryJob]:
+        now_ms = to_ms(now)
+
+        def run(conn: Conn) -> list[Any]:
+            rows = conn.execute(
+                "SELECT d.id, d.webhook_id, d.execution_id, d.tries, d.attempt_count,"
+                " e.id, e.type, e.timestamp, e.data,"
+                " w.url, w.secret, w.previous_secret, w.previous_secret_until,"
+                " x.callback_url, x.callback_secret"
+                " FROM webhook_deliveries d"
+                " LEFT JOIN events e ON e.seq = d.event_seq"
+                " LEFT JOIN webhooks w ON w.id = d.webhook_id"
+                " LEFT JOIN executions x ON x.id = d.execution_id"
+                " WHERE d.status = 'pending' AND d.next_attempt_at <= %s"
+                " AND (d.lease_until IS NULL OR d.lease_until < %s)"
+                " AND (d.webhook_id IS NULL OR w.enabled)"
+                " ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED",
+                (now_ms, now_ms, limit),
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    "UPDATE webhook_deliveries SET lease_owner = %s, lease_until = %s"
+                    " WHERE id = ANY(%s::text[])",
+                    (owner, to_ms(lease_until), [row[0] for row in rows]),
+                )
+            return rows
+
+        return [_job(row, now) for row in self.write(run)]
+
+    def record_attempts(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> int:
+        def run(conn: Conn) -> int:
+            applied = 0
+            for o in outcomes:
+                applied += conn.execute(
+                    "UPDATE webhook_deliveries SET status = %s, tries = tries + 1,"
+                    " attempt_count = greatest(attempt_count, %s),"
+                    # A webhook disabled meanwhile parks the retry (no due time).
+                    " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
+                    " FROM webhooks w WHERE w.id = webhook_id AND w.enabled)"
+                    " THEN %s::bigint END,"
+                    " lease_owner = NULL, lease_until = NULL, updated_at = %s"
+                    " WHERE id = %s AND lease_owner = %s",
+                    (
+                        o.delivery_status.value,
+                        o.attempt,
+                        to_ms(o.next_attempt_at),
+                        to_ms(o.created_at),
+                        o.delivery_id,
+                        owner,
+                    ),
+                ).rowcount
+                # The attempt happened even if the lease was lost meanwhile; it is
+                # recorded unless its delivery is gone (its webhook was deleted).
+                conn.execute(
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, status,"
+                    " status_code, duration_ms, error, response_body, created_at)"
+                    " SELECT d.id, %s::integer, %s::text, %s::integer, %s::bigint, %s::text,"
+                    " %s::text, %s::bigint FROM webhook_deliveries d WHERE d.id = %s"
+                    " ON CONFLICT DO NOTHING",
+                    (
+                        o.attempt,
+                        o.status.value,
+                        o.status_code,
+                        o.duration_ms,
+                        o.error,
+                        o.response_body,
+                        to_ms(o.created_at),
+                        o.delivery_id,
+                    ),
+                )
+            return applied
+
+        return int(self.write(run))
+
+    def release_deliveries(self, owner: str) -> int:
+        return int(
+            self.write(
+                lambda conn: (
+                    conn.execute(
+                        "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL"
+                        " WHERE lease_owner = %s",
+                        (owner,),
+                    ).rowcount
+                )
+            )
+        )
+
+    # -- observation and replay -----------------------------------------------------------------
+
+    def _with_attempts(self, conn: Conn, rows: list[Any]) -> list[Delivery]:
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        attempts: dict[str, list[DeliveryAttempt]] = {i: [] for i in ids}
+        for r in conn.execute(
+            "SELECT delivery_id, attempt, status, status_code, duration_ms, error,"
+            " response_body, created_at FROM webhook_attempts"
+            " WHERE delivery_id = ANY(%s::text[]) ORDER BY delivery_id, attempt",
+            (ids,),
+        ):
+            attempts[r[0]].append(
+                DeliveryAttempt(
+                    attempt=r[1],
+                    status=DeliveryStatus(r[2]),
+                    status_code=r[3],
+                    duration_ms=r[4],
+                    error=r[5],
+                    response_body=r[6],
+                    created_at=from_ms(r[7]),  # type: ignore[arg-type]
+                )
+            )
+        return [_row_to_delivery(row, attempts[row[0]]) for row in rows]
+
+    def list_deliveries(
+        self, webhook_id: str, page: int, page_size: int
+    ) -> tuple[list[Delivery], int]:
+        with self._read() as conn:
+            total = conn.execute(
+                "SELECT count(*) FROM webhook_deliveries WHERE webhook_id = %s", (webhook_id,)
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = %s"
+                " ORDER BY event_seq DESC LIMIT %s OFFSET %s",
+                (webhook_id, page_size, (page - 1) * page_size),
+            ).fetchall()
+            return self._with_attempts(conn, rows), int(total[0] if total else 0)
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = %s",
+                (delivery_id,),
+            ).fetchall()
+            found = self._with_attempts(conn, rows)
+        return found[0] if found else None
+
+    def callback_deliveries(self, execution_id: str) -> list[Delivery]:
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries"
+                " WHERE execution_id = %s ORDER BY event_seq",
+                (execution_id,),
+            ).fetchall()
+            return self._with_attempts(conn, rows)
+
+    def redeliver(self, delivery_id: str, now: datetime) -> bool:
+        return bool(
+            self.write(
+                lambda conn: (
+                    conn.execute(
+                        "UPDATE webhook_deliveries SET status = 'pending', tries = 0,"
+                        " next_attempt_at = %s, lease_owner = NULL, lease_until = NULL,"
+                        " updated_at = %s WHERE id = %s AND status IN ('succeeded', 'failed')",
+                        (to_ms(now), to_ms(now), delivery_id),
+                    ).rowcount
+                    > 0
+                )
+            )
+        )
+
+    def prune_deliveries(self, before: datetime) -> int:
+        def run(conn: Conn) -> int:
+            old = "SELECT id FROM webhook_deliveries WHERE updated_at < %s AND status <> 'pending'"
+            conn.execute(
+                f"DELETE FROM webhook_attempts WHERE delivery_id IN ({old})", (to_ms(before),)
+            )
+            return int(
+                conn.execute(
+                    "DELETE FROM webhook_deliveries WHERE updated_at < %s AND status <> 'pending'",
+                    (to_ms(before),),
+                ).rowcount
+            )
+
+        return int(self.write(run))

@@ -89,6 +89,20 @@ def abi_nlp_services(register: Callable[[str, Any], None]) -> None:
     """
 
 
+@hookspec
+def abi_notification_templates(register: Callable[[str, Any], None]) -> None:
+    """Register message templates for the ``notification`` workflow type.
+
+    A workflow whose ``templates`` name a template id (``"email":
+    "template_123"``) uses the template registered under that id, unless its
+    own ``template_library`` defines it. A template is a string (the body) or
+    a mapping with ``body`` and optionally ``subject``, written with
+    ``$name`` / ``${name}`` placeholders (see the notification plugin's docs).
+
+    :param register: call it as ``register(template_id, template)``.
+    """
+
+
 # ---------------------------------------------------------------------------
 # Infrastructure
 # ---------------------------------------------------------------------------

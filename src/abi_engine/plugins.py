@@ -88,13 +88,14 @@ def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
 
 
 class Registry:
-    """What the plugins registered: workflow types, providers, handlers, NLP services."""
+    """What the plugins registered: types, providers, handlers, NLP services, templates."""
 
     def __init__(self) -> None:
         self.workflow_types: dict[str, WorkflowType] = {}
         self.providers: dict[str, IntegrationProvider] = {}
         self.step_handlers: dict[str, Any] = {}
         self.nlp_services: dict[str, Any] = {}
+        self.notification_templates: dict[str, Any] = {}
         self.origins: dict[tuple[str, str], str] = {}
 
     def _claim(self, kind: str, name: str, plugin: str) -> None:
@@ -152,4 +153,8 @@ def collect(pm: pluggy.PluginManager) -> Registry:
     _each_impl(pm.hook.abi_integration_providers, provider_register)
     _each_impl(pm.hook.abi_step_handlers, named_register("step handler", reg.step_handlers))
     _each_impl(pm.hook.abi_nlp_services, named_register("NLP service", reg.nlp_services))
+    _each_impl(
+        pm.hook.abi_notification_templates,
+        named_register("notification template", reg.notification_templates),
+    )
     return reg

@@ -95,7 +95,7 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     """A :class:`Receiver` serving for the test."""
     found = Receiver()
-    thread = threading.Thread(target=found.server.serve_forever, daemon=True)
+    thread = threading.Thread(target=found.server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield found
     found.server.shutdown()

@@ -253,6 +253,11 @@ class Approval(WorkflowType):
                 f" {signal.sender!r} (use /approve or /reject)",
                 {**where, "field": "decided_by"},
             )
+        if config.approvers and decided_by is None:
+            raise Forbidden(
+                "This request has approvers: a decision must name who decides ('decided_by')",
+                {**where, "field": "decided_by"},
+            )
         if config.approvers and decided_by not in config.approvers:
             raise Forbidden(
                 f"{decided_by!r} is not an approver of this request",

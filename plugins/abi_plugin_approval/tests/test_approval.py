@@ -146,6 +146,8 @@ async def test_non_approver_and_requester_are_refused(engine: Engine) -> None:
     assert "not an approver" in raised.value.message
     with pytest.raises(Forbidden, match="requested this approval"):
         await engine.executions.decide(execution_id, True, decided_by="usr_ada")
+    with pytest.raises(Forbidden, match="must name who decides"):
+        await engine.executions.decide(execution_id, True)
     assert (await engine.executions.get(execution_id)).status is ExecutionStatus.WAITING
 
 

@@ -121,3 +121,15 @@ def test_ids_strictly_increase_within_a_millisecond() -> None:
     made = [new_id("wf_") for _ in range(5000)]
     assert made == sorted(made)
     assert len(set(made)) == len(made)
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1))
+def test_digits_match_a_plain_base32_encoder(value: int) -> None:
+    """The fast encoder gives the digits a bit-by-bit Crockford encoder gives, so order is kept."""
+    from abi_engine.ids import _ALPHABET, _digits
+
+    shifted = value << 2
+    plain = "".join(_ALPHABET[(shifted >> (5 * i)) & 31] for i in range(25, -1, -1))
+    assert _digits(value) == plain
+    if value < 2**128 - 1:
+        assert _digits(value) < _digits(value + 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import threading
 import time
@@ -25,8 +26,11 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 
 
 # Crockford's lower-case base32 digits are in ASCII order: ids sort like their values.
-_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
-_SHIFTS = tuple(range(120, -1, -10))
+# The digits come from the standard base32 codec (C code), translated to Crockford's.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_RANDOM_CHUNK = 10 * 256  # random bytes read from the OS at once (80 bits per id)
+_random = b""
+_random_at = _RANDOM_CHUNK
 _last = 0
 _last_lock = threading.Lock()
 
@@ -37,16 +41,26 @@ def new_id(prefix: str) -> str:
     Ids sort by creation time; within one process they are strictly
     increasing, even within a millisecond (the random part then counts up,
     as monotonic ULIDs do), so "newest first" lists never swap neighbours.
+    The random bits come from ``os.urandom``, read in chunks.
     """
-    global _last
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    global _last, _random, _random_at
+    millis = time.time_ns() // 1_000_000
     with _last_lock:
+        if _random_at >= _RANDOM_CHUNK:
+            _random, _random_at = os.urandom(_RANDOM_CHUNK), 0
+        value = millis << 80 | int.from_bytes(_random[_random_at : _random_at + 10], "big")
+        _random_at += 10
         if value <= _last:
             value = _last + 1
         _last = value
-    # 128 bits, shifted to 130 (26 base32 digits), read 10 bits (two digits) at a time.
-    value <<= 2
-    return prefix + "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
+    return prefix + _digits(value)
+
+
+def _digits(value: int) -> str:
+    """The 26 Crockford base32 digits of a 128-bit ``value`` (as 130 bits, two zero bits last)."""
+    # 128 bits as the top of 136 (17 bytes): base32 digits 1-26 are the 130 bits of value << 2.
+    digits = base64.b32encode((value << 8).to_bytes(17, "big"))[:26]
+    return digits.translate(_TO_CROCKFORD).decode("ascii")
 
 
 def utcnow() -> datetime:

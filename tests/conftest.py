@@ -24,6 +24,8 @@ use them:
     (executions, runtime, schedules, webhooks, callbacks) build their engines
     on it. PostgreSQL joins them when ``ABI_ENGINE_TEST_ENGINE_BACKENDS``
     names it (``sqlite,postgresql``); CI does (``.ci/run``).
+``every_database``
+    The same on every backend, always (the multi-process tests).
 ``postgres_server``
     The URL of a PostgreSQL server (see ``postgres_testing``).
 ``new_workflow``
@@ -164,10 +166,8 @@ ENGINE_BACKENDS = [
 ]
 
 
-@pytest.fixture(params=ENGINE_BACKENDS)
-def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
-    """``databases(name="abi.db")``: an engine's database on each engine backend
-    (the same name gives the same database within a test)."""
+@contextmanager
+def _databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
     if request.param == "sqlite":
         yield lambda name="abi.db": tmp_path / name
         return
@@ -186,6 +186,22 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databa
     finally:
         for schema, _url in made.values():
             drop_schema(server, schema)
+
+
+@pytest.fixture(params=ENGINE_BACKENDS)
+def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
+    """``databases(name="abi.db")``: an engine's database on each engine backend
+    (the same name gives the same database within a test)."""
+    with _databases(request, tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def every_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
+    """Like ``databases``, on every backend whatever ``ABI_ENGINE_TEST_ENGINE_BACKENDS``
+    says: for the multi-process tests that prove claims hold across processes."""
+    with _databases(request, tmp_path) as factory:
+        yield factory
 
 
 @pytest.fixture

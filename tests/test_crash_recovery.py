@@ -1,7 +1,7 @@
 """kill -9 and restart: no execution is lost and no finished step runs twice.
 
-Real ``abi-engine serve`` processes on one SQLite file, a real SIGKILL, real
-HTTP. The crash plugin's steps log each start, so the log tells how often
+Real ``abi-engine serve`` processes on one database (a SQLite file, or a
+PostgreSQL schema), a real SIGKILL, real HTTP. The crash plugin's steps log each start, so the log tells how often
 each step of each execution started.
 """
 
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -45,7 +45,7 @@ def _env(log: Path) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, db: Path, log: Path) -> None:
+    def __init__(self, db: str | Path, log: Path) -> None:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}/api/v1"
         self.stderr = log.with_name(f"serve-{self.port}.err")
@@ -86,7 +86,7 @@ def servers() -> Iterator[list[Server]]:
             server.proc.wait(10)
 
 
-def _token(db: Path, log: Path) -> str:
+def _token(db: str | Path, log: Path) -> str:
     out = subprocess.run(
         [
             sys.executable,
@@ -125,10 +125,10 @@ def _wait_all_terminal(client: httpx.Client, ids: list[str], timeout: float) -> 
 
 
 def test_sigkill_mid_execution_loses_nothing_and_reruns_no_finished_step(
-    tmp_path: Path, servers: list[Server]
+    tmp_path: Path, every_database: Callable[..., str | Path], servers: list[Server]
 ) -> None:
     """After SIGKILL and a restart every execution completes; only the step in flight reruns."""
-    db, log = tmp_path / "crash.db", tmp_path / "steps.log"
+    db, log = every_database("crash.db"), tmp_path / "steps.log"
     token = _token(db, log)
     first = Server(db, log)
     servers.append(first)

@@ -1,4 +1,4 @@
-"""Exactly once across processes: two ``abi-engine serve`` on one SQLite database.
+"""Exactly once across processes: two ``abi-engine serve`` on one database (SQLite, PostgreSQL).
 
 Thirty schedules firing every second are created over REST (half through
 each server); both servers run their scheduler loops on the same database for
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ SERVING = re.compile(r"abi-engine serving (http://\S+/api/v1) \(db: .+\)")
 class Serve:
     """One ``python -m abi_engine serve`` subprocess with its stderr in a file."""
 
-    def __init__(self, db: Path, log: Path) -> None:
+    def __init__(self, db: str | Path, log: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ABI_ENGINE_")}
         env["PYTHONUNBUFFERED"] = "1"
         self.log = log
@@ -78,8 +78,10 @@ class Serve:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[Path, list[Serve]]]:
-    db = tmp_path / "shared.db"
+def servers(
+    tmp_path: Path, every_database: Callable[..., str | Path]
+) -> Iterator[tuple[str | Path, list[Serve]]]:
+    db = every_database("shared.db")
     started = [Serve(db, tmp_path / f"serve-{i}.log") for i in range(2)]
     try:
         yield db, started
@@ -95,7 +97,20 @@ def _utc_ms(ms: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
 
 
-def _token(db: Path) -> str:
+def _query(db: str | Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (portable SQL, no parameters) on the SQLite file or PostgreSQL URL."""
+    if isinstance(db, str) and db.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(db) as pg:
+            return [tuple(row) for row in pg.execute(sql).fetchall()]
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(sql).fetchall()
+    conn.close()
+    return rows
+
+
+def _token(db: str | Path) -> str:
     """A token stored in the shared database, as ``abi-engine token create`` makes one."""
     engine = Engine(db)
     try:
@@ -110,7 +125,7 @@ def _ok(response: httpx.Response) -> Any:
 
 
 def test_two_serve_processes_fire_each_due_time_exactly_once(
-    servers: tuple[Path, list[Serve]],
+    servers: tuple[str | Path, list[Serve]],
 ) -> None:
     """Two processes on one database: every due time of 30 one-second schedules fires exactly once."""
     db, procs = servers
@@ -157,36 +172,31 @@ def test_two_serve_processes_fire_each_due_time_exactly_once(
         ]
         time.sleep(RUN_SECONDS)
         # Runs still in their one-second delay belong to the process that fired them.
-        with sqlite3.connect(db) as conn:
-            owners = {
-                int(owner.split(":")[-2])
-                for (owner,) in conn.execute(
-                    "SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL"
-                )
-            }
+        owners = {
+            int(owner.split(":")[-2])
+            for (owner,) in _query(
+                db, "SELECT DISTINCT owner FROM executions WHERE owner IS NOT NULL"
+            )
+        }
     finally:
         for client in clients:
             client.close()
     assert owners == {p.proc.pid for p in procs}, "both processes fire schedules"
     assert [p.stop() for p in procs] == [0, 0]
 
-    with sqlite3.connect(db) as conn:
-        fired = conn.execute(
-            "SELECT schedule_id, due_at, execution_id FROM schedule_history WHERE outcome = 'fired'"
-        ).fetchall()
-        other = conn.execute(
-            "SELECT outcome, count(*) FROM schedule_history WHERE outcome != 'fired' GROUP BY 1"
-        ).fetchall()
-        executions = dict(
-            conn.execute(
-                "SELECT id, schedule_id FROM executions WHERE schedule_id IS NOT NULL"
-            ).fetchall()
-        )
-        anchors = dict(conn.execute("SELECT id, anchor_at FROM schedules").fetchall())
-        statuses = Counter(
-            s
-            for (s,) in conn.execute("SELECT status FROM executions WHERE schedule_id IS NOT NULL")
-        )
+    fired = _query(
+        db, "SELECT schedule_id, due_at, execution_id FROM schedule_history WHERE outcome = 'fired'"
+    )
+    other = _query(
+        db, "SELECT outcome, count(*) FROM schedule_history WHERE outcome != 'fired' GROUP BY 1"
+    )
+    executions = dict(
+        _query(db, "SELECT id, schedule_id FROM executions WHERE schedule_id IS NOT NULL")
+    )
+    anchors = dict(_query(db, "SELECT id, anchor_at FROM schedules"))
+    statuses = Counter(
+        s for (s,) in _query(db, "SELECT status FROM executions WHERE schedule_id IS NOT NULL")
+    )
 
     assert other == [], other
     per_due = Counter((schedule_id, due) for schedule_id, due, _ in fired)

@@ -202,7 +202,13 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         self._close_lock = threading.Lock()
         # A first connection of its own: a bad URL or an unreachable server fails
         # here with libpq's message, not as a pool timeout.
-        with psycopg.connect(conninfo, autocommit=True) as conn:
+        try:
+            first = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:  # libpq's messages never show the password
+            raise ConnectionError(str(exc).strip()) from None
+        except psycopg.ProgrammingError as exc:  # a malformed URL
+            raise ValueError(f"invalid PostgreSQL URL {self.display_url}: {str(exc).strip()}") from None
+        with first as conn:
             row = conn.execute("SELECT current_schema()").fetchone()
             if row is None or row[0] is None:
                 raise ValueError(

@@ -207,7 +207,9 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         except psycopg.OperationalError as exc:  # libpq's messages never show the password
             raise ConnectionError(str(exc).strip()) from None
         except psycopg.ProgrammingError as exc:  # a malformed URL
-            raise ValueError(f"invalid PostgreSQL URL {self.display_url}: {str(exc).strip()}") from None
+            raise ValueError(
+                f"invalid PostgreSQL URL {self.display_url}: {str(exc).strip()}"
+            ) from None
         with first as conn:
             row = conn.execute("SELECT current_schema()").fetchone()
             if row is None or row[0] is None:

@@ -310,7 +310,8 @@ def test_file_that_is_not_a_database_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_unsupported_database_url_is_a_usage_error_without_its_password(tmp_path: Path) -> None:
-    """A URL no storage plugin handles exits 2 with one line that hides the password."""
+    """A database URL that cannot be opened (nothing listens there) exits 2 with one line
+    that hides the password."""
     url = "postgresql://app:s3cret@127.0.0.1:1/abi"
     for args in (("token", "create", "--user", "u"), ("serve", "--port", "0")):
         result = run_cli(*args, "--db", url, cwd=tmp_path)

@@ -73,6 +73,8 @@ Conn = psycopg.Connection[Any]
 
 #: Query parameters of the URL that configure the pool (taken out before libpq sees the URL).
 POOL_PARAMETERS = ("pool_min_size", "pool_max_size", "pool_timeout")
+#: Seconds to wait for a connection when the URL gives no ``connect_timeout``.
+CONNECT_TIMEOUT = 10
 _RETRIES = 5
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
@@ -175,8 +177,8 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         Query parameters ``pool_min_size`` (default 1), ``pool_max_size``
         (default 10) and ``pool_timeout`` (seconds to wait for a free
         connection, default 30) configure the pool; every other one goes to
-        libpq (``sslmode``, ``connect_timeout``, ``application_name``,
-        ``options``...).
+        libpq (``sslmode``, ``connect_timeout`` (default 10 seconds here),
+        ``application_name``, ``options``...).
     :param durability: ``"normal"`` keeps the server's ``synchronous_commit``;
         ``"full"`` sets ``synchronous_commit = on`` for the store's sessions.
     :param min_size: connections the pool keeps open (overrides the URL).
@@ -202,10 +204,14 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         self._close_lock = threading.Lock()
         # A first connection of its own: a bad URL or an unreachable server fails
         # here with libpq's message, not as a pool timeout.
+        # Without a connect_timeout, libpq waits as long as the OS does for an unreachable host.
+        connect: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout=" not in conninfo:
+            connect["connect_timeout"] = CONNECT_TIMEOUT
         try:
-            first = psycopg.connect(conninfo, autocommit=True)
+            first = psycopg.connect(conninfo, **connect)
         except psycopg.OperationalError as exc:  # libpq's messages never show the password
-            raise ConnectionError(str(exc).strip()) from None
+            raise ConnectionError(" ".join(str(exc).split())) from None  # on one line
         except psycopg.ProgrammingError as exc:  # a malformed URL
             raise ValueError(
                 f"invalid PostgreSQL URL {self.display_url}: {str(exc).strip()}"
@@ -227,7 +233,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             min_size=low,
             max_size=max(low, high),
             timeout=float(pool_options.get("pool_timeout", 30)),
-            kwargs={"autocommit": True},
+            kwargs=connect,
             configure=self._configure,
             name="abi-engine",
             open=False,

@@ -25,9 +25,10 @@ from abi_engine.models import (
 )
 from abi_engine.scheduling import schedule_json
 
-times = st.none() | st.datetimes(
+instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
 ).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
+times = st.none() | instants
 texts = st.text(max_size=12)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | texts,
@@ -103,8 +104,8 @@ schedules = st.builds(
     misfire_grace_seconds=st.floats(0, 1000),
     catch_up_limit=st.integers(1, 1000),
     overlap_policy=st.sampled_from(OverlapPolicy),
-    created_at=times.filter(lambda t: t is not None),
-    updated_at=times.filter(lambda t: t is not None),
+    created_at=instants,
+    updated_at=instants,
     created_by=st.none() | texts,
 )
 

@@ -7,6 +7,7 @@ backend; the ones opening :class:`SQLiteStore` directly check SQLite specifics
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import subprocess
@@ -26,10 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from abi_engine import Engine, Workflow, WorkflowStatus
-from abi_engine.events import Event
+from abi_engine.events import Event, ExecutionEventRef
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import Integration, Scope, Token
 from abi_engine.storage import SQLiteStore, Store, WorkflowQuery
+from abi_engine.storage._codec import to_ms
 from abi_engine.storage.migrations import MIGRATIONS
 
 NewWorkflow = Callable[..., Workflow]
@@ -94,6 +96,39 @@ def test_failed_migration_leaves_nothing(db_path: Path, monkeypatch: pytest.Monk
     store = SQLiteStore(db_path)
     assert store.schema_version() == len(MIGRATIONS)
     store.close()
+
+
+def test_events_migration_keeps_rows_and_positions(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m005 rebuilds the outbox: every event keeps its position and data; no position is reused."""
+    from abi_engine.storage.migrations import m005_events_by_reference
+
+    index = MIGRATIONS.index(m005_events_by_reference)
+    monkeypatch.setattr("abi_engine.storage.sqlite.MIGRATIONS", MIGRATIONS[:index])
+    old = SQLiteStore(db_path)
+    events = [Event(type="workflow.created", data={"id": f"wf_{n}"}) for n in range(5)]
+    old.write(  # as the code of schema 4 wrote them
+        lambda conn: conn.executemany(
+            "INSERT INTO events (id, type, timestamp, data) VALUES (?, ?, ?, ?)",
+            [(e.id, e.type, to_ms(e.timestamp), json.dumps(e.data)) for e in events],
+        )
+    )
+    old.write(lambda conn: conn.execute("DELETE FROM events WHERE seq = 5"))
+    old.close()
+    monkeypatch.undo()
+    store = SQLiteStore(db_path)
+    try:
+        assert store.schema_version() == len(MIGRATIONS)
+        kept = store.events_after(0)
+        assert [(s.seq, s.event) for s in kept] == list(enumerate(events[:4], start=1))
+        ref = ExecutionEventRef.new("execution.completed", "exec_x")
+        store.insert_events([ref])
+        (stored,) = store.events_after(4)
+        assert stored.seq == 6  # 5 was used (then deleted): never given out again
+        assert stored.event == ref
+    finally:
+        store.close()
 
 
 def test_wal_and_synchronous(db_path: Path, tmp_path: Path) -> None:

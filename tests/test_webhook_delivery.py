@@ -31,8 +31,11 @@ from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtu
     until_deliveries,
 )
 
-from abi_engine import EVENT_TYPES, Engine
+from abi_engine import EVENT_TYPES, Engine, hookimpl
+from abi_engine.converter import unstructure
 from abi_engine.errors import InvalidRequest, InvalidState, NotFound
+from abi_engine.events import Event
+from abi_engine.execution_views import event_data
 from abi_engine.ids import utcnow
 from abi_engine.models_webhooks import DeliveryStatus
 from abi_engine.webhook_signing import sign
@@ -560,3 +563,103 @@ def test_concurrent_fan_out_and_claims_never_share_a_delivery(tmp_path: Any) -> 
     finally:
         for store in stores:
             store.close()
+
+
+# -- execution events kept by reference ---------------------------------------------------
+
+TWO_STEPS = {
+    "steps": [
+        {"name": "first", "action": "transform", "expressions": {"a": "parameters['x'] + 1"}},
+        {"name": "second", "action": "transform", "expressions": {"b": "results['first']['a']"}},
+    ]
+}
+EXECUTION_EVENTS = [
+    "workflow.executed",
+    "execution.step_completed",
+    "execution.completed",
+    "execution.failed",
+]
+
+
+@pytest.mark.anyio
+async def test_execution_events_by_reference_carry_the_data_of_their_moment(
+    eng: Engine, receiver: Receiver
+) -> None:
+    """Bodies built at delivery time show the execution as it was at each event, not as it ends."""
+    await eng.webhooks.create({"url": receiver.url(), "events": EXECUTION_EVENTS})
+    wf_id = await make_workflow(eng, TWO_STEPS)
+    execution = await eng.executions.execute(wf_id, {"x": 1})
+    stored = eng.store.events_after(0, limit=100)
+    assert {type(s.event).__name__ for s in stored if s.event.type in EXECUTION_EVENTS} == {
+        "ExecutionEventRef"
+    }
+    requests = await receiver.wait_for(4)
+    bodies = {}
+    for request in requests:
+        body = json.loads(request.body)
+        key = body["type"]
+        if key == "execution.step_completed":
+            key += ":" + body["data"]["step"]["name"]
+        bodies[key] = body["data"]
+    final = unstructure(await eng.executions.get(execution.execution_id))
+    assert bodies["execution.completed"] == final
+    started = bodies["workflow.executed"]
+    assert started["status"] == "running"
+    assert "completed_at" not in started
+    assert "result" not in started
+    assert started["started_at"] == final["started_at"]
+    assert started["parameters"] == {"x": 1}
+    assert [(s["name"], s["status"]) for s in started["steps"]] == [
+        ("first", "running"),
+        ("second", "pending"),
+    ]
+    for index, name in enumerate(["first", "second"]):
+        data = bodies[f"execution.step_completed:{name}"]
+        assert data["execution_id"] == execution.execution_id
+        assert data["workflow_id"] == wf_id
+        shown = dict(final["steps"][index])
+        assert data["step"] == {**shown, "attempts": 1}
+
+
+class _Hook:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def abi_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@pytest.mark.anyio
+async def test_hook_events_equal_the_data_built_by_reference(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """With an abi_event hook, events carry their data; it equals what a reference would build."""
+    hook = _Hook()
+    eng = make_engine(plugins=[hook])
+    async with eng:
+        wf_id = await make_workflow(eng, TWO_STEPS)
+        done = await eng.executions.execute(wf_id, {"x": 2})
+        failing = await make_workflow(eng, FAILING)
+        failed = await eng.executions.execute(failing, {}, wait=False)
+        await eng.executions.wait(failed.execution_id, timeout=5)
+    expected = {
+        done.execution_id: {"workflow.executed", "execution.step_completed", "execution.completed"},
+        failed.execution_id: {"workflow.executed", "execution.failed"},
+    }
+    for execution_id, types in expected.items():
+        record = eng.store.get_execution(execution_id)
+        assert record is not None
+        steps = eng.store.get_steps(execution_id)
+        seen = [
+            e
+            for e in hook.events
+            if e.type in EXECUTION_EVENTS and execution_id in json.dumps(e.data)
+        ]
+        assert {e.type for e in seen} == types
+        for event in seen:
+            index = None
+            if event.type == "execution.step_completed":
+                names = [s.name for s in steps]
+                index = steps[names.index(event.data["step"]["name"])].index
+            assert event_data(event.type, record, steps, index) == event.data, event.type

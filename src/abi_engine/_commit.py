@@ -18,7 +18,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
-from abi_engine.events import Event
+from abi_engine.events import OutboxEvent
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import WriteOp
 
@@ -45,7 +45,7 @@ class GroupCommitter:
     """
 
     def __init__(
-        self, store: Store, emit: Callable[[Iterable[Event]], None], max_batch: int = 1000
+        self, store: Store, emit: Callable[[Iterable[OutboxEvent]], None], max_batch: int = 1000
     ) -> None:
         self._store = store
         self._emit = emit
@@ -99,7 +99,7 @@ class GroupCommitter:
             results = self._store.apply(ops)
         self.batches += 1
         self.ops += len(ops)
-        events: list[Event] = []
+        events: list[OutboxEvent] = []
         for op, result in zip(ops, results, strict=True):
             applied = result is not False and result is not None
             if op.events and applied and not isinstance(result, Exception):

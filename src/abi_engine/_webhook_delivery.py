@@ -36,12 +36,14 @@ import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine.errors import InvalidRequest
+from abi_engine.execution_views import event_data
 from abi_engine.executor import _CALLBACK_EVENTS
 from abi_engine.ids import format_time, utcnow
 from abi_engine.models_webhooks import DeliveryStatus
 from abi_engine.netguard import check_url, resolve_checked
 from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps
+from abi_engine.storage.records import ExecutionRecord, StepRecord
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob
 from abi_engine.webhook_signing import signature_header
 
@@ -265,10 +267,33 @@ class DeliveryWorker:
         jobs = await call_store(
             store, store.claim_deliveries, self._owner, now, now + timedelta(seconds=s.lease), free
         )
+        if any(job.data_json is None for job in jobs):
+            jobs = await call_store(store, self._with_data, jobs)
         assert self._tg is not None
         for job in jobs:
             self._inflight.add(job.id)
             self._tg.start_soon(self._deliver, job)
+
+    def _with_data(self, jobs: list[DeliveryJob]) -> list[DeliveryJob]:
+        """Build the data of execution events kept by reference, from the stored execution."""
+        loaded: dict[str, tuple[ExecutionRecord, list[StepRecord]] | None] = {}
+        ready = []
+        for job in jobs:
+            execution_id = job.ref_execution_id
+            if job.data_json is None and execution_id is not None:
+                if execution_id not in loaded:
+                    record = self._store.get_execution(execution_id)
+                    steps = self._store.get_steps(execution_id) if record is not None else []
+                    loaded[execution_id] = (record, steps) if record is not None else None
+                found = loaded[execution_id]
+                data = None
+                if found is not None:
+                    data = event_data(job.event_type, found[0], found[1], job.ref_step_index)
+                if data is None:  # what it points to is gone: say which execution it was
+                    data = {"execution_id": execution_id}
+                job = attrs.evolve(job, data_json=dumps(data))
+            ready.append(job)
+        return ready
 
     def _busy(self) -> bool:
         """Whether executions keep this process busy (webhook work then yields to them)."""

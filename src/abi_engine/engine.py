@@ -16,7 +16,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from abi_engine.auth import TokenService
-from abi_engine.events import EVENT_TYPES, Event
+from abi_engine.events import EVENT_TYPES, ExecutionEventRef, OutboxEvent
 from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
@@ -133,15 +133,24 @@ class Engine:
         """
         return event_type in self.outbox_types or bool(self.pm.hook.abi_event.get_hookimpls())
 
-    def emit(self, events: Iterable[Event]) -> None:
+    def has_event_hooks(self) -> bool:
+        """Whether an ``abi_event`` hook is registered (events then carry their data)."""
+        return bool(self.pm.hook.abi_event.get_hookimpls())
+
+    def emit(self, events: Iterable[OutboxEvent]) -> None:
         """Hand committed events to every ``abi_event`` hook; errors are logged.
 
         Each implementation is called on its own, so one that raises does not
-        keep the event from the others.
+        keep the event from the others. Execution events kept by reference
+        (made only while no hook is registered) are for the outbox alone.
         """
         self.webhooks.notify()  # the events are in the outbox: wake the webhook worker
         impls = self.pm.hook.abi_event.get_hookimpls()
+        if not impls:
+            return
         for event in events:
+            if isinstance(event, ExecutionEventRef):
+                continue
             for impl in reversed(impls):
                 try:
                     impl.function(event=event)

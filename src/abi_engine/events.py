@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
 from abi_engine.ids import format_time, new_id, utcnow
 
-__all__ = ["EVENT_TYPES", "Event"]
+__all__ = ["EVENT_TYPES", "Event", "ExecutionEventRef", "OutboxEvent"]
 
 EVENT_TYPES: tuple[str, ...] = (
     "workflow.created",
@@ -44,3 +44,45 @@ class Event:
     def body(self) -> dict[str, Any]:
         """The body a webhook receives: ``{"type", "timestamp", "data"}``."""
         return {"type": self.type, "timestamp": format_time(self.timestamp), "data": self.data}
+
+
+#: Execution event types the runtime may keep by reference (:class:`ExecutionEventRef`).
+REFERENCE_TYPES = frozenset(
+    {"workflow.executed", "execution.step_completed", "execution.completed", "execution.failed"}
+)
+
+
+class ExecutionEventRef(NamedTuple):
+    """An execution event written to the outbox by reference, its data built when delivered.
+
+    The execution hot path writes these when only the outbox consumes events
+    (no ``abi_event`` hook): the event row names the execution (and, for
+    ``execution.step_completed``, the step's index) instead of carrying the
+    execution's JSON. What they point to never changes once written (a
+    finished step, a finished execution; ``workflow.executed`` shows the
+    execution as it started), so the body built at delivery time is the one
+    the event had when it happened: see
+    :func:`abi_engine.execution_views.event_data`. A named tuple: the hot
+    path makes several per execution. :meth:`new` fills ``id`` and ``timestamp``.
+    """
+
+    type: str
+    execution_id: str
+    step_index: int | None
+    id: str
+    timestamp: datetime
+
+    @classmethod
+    def new(
+        cls,
+        type: str,
+        execution_id: str,
+        step_index: int | None = None,
+        timestamp: datetime | None = None,
+    ) -> ExecutionEventRef:
+        """A new reference event (a new ``evt_`` id; ``timestamp`` defaults to now)."""
+        return cls(type, execution_id, step_index, new_id("evt_"), timestamp or utcnow())
+
+
+#: What the outbox holds: events with their data, or execution events by reference.
+OutboxEvent = Event | ExecutionEventRef

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from abi_engine.ids import format_time
 from abi_engine.models import (
     Execution,
@@ -15,7 +17,14 @@ from abi_engine.models import (
 )
 from abi_engine.storage.records import ExecutionRecord, StepRecord
 
-__all__ = ["build_execution", "execution_json", "step_json"]
+__all__ = [
+    "build_execution",
+    "event_data",
+    "execution_json",
+    "started_view",
+    "step_event_data",
+    "step_json",
+]
 
 
 def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Execution:
@@ -134,3 +143,53 @@ def execution_json(execution: Execution) -> dict[str, Any]:
     if e.created_at is not None:
         data["created_at"] = format_time(e.created_at)
     return data
+
+
+def started_view(record: ExecutionRecord) -> Execution:
+    """The execution as it was when it started (the data of ``workflow.executed``)."""
+    started = attrs.evolve(
+        record,
+        status=ExecutionStatus.RUNNING,
+        completed_at=None,
+        duration_ms=None,
+        result=None,
+        error=None,
+    )
+    return build_execution(started, [])
+
+
+def step_event_data(record: ExecutionRecord, step: StepRecord) -> dict[str, Any]:
+    """The data of ``execution.step_completed`` for a finished ``step``."""
+    return {
+        "execution_id": record.id,
+        "workflow_id": record.workflow_id,
+        "step": step_json(
+            Step(
+                name=step.name,
+                status=step.status,
+                started_at=step.started_at,
+                completed_at=step.completed_at,
+                duration_ms=step.duration_ms,
+                attempts=step.attempts,
+            )
+        ),
+    }
+
+
+def event_data(
+    event_type: str, record: ExecutionRecord, steps: list[StepRecord], step_index: int | None
+) -> dict[str, Any] | None:
+    """The data of an execution event kept by reference, from the stored execution.
+
+    What an event points to does not change once the event exists: a
+    finished step, a finished execution; ``workflow.executed`` shows the
+    execution as it started. ``None`` when the step is not stored.
+    """
+    if event_type == "workflow.executed":
+        return execution_json(started_view(record))
+    if event_type == "execution.step_completed":
+        for step in steps:
+            if step.index == step_index:
+                return step_event_data(record, step)
+        return None
+    return execution_json(build_execution(record, steps))

@@ -20,7 +20,7 @@ from abi_engine.errors import (
     WorkflowExecutionError,
     WorkflowNotFound,
 )
-from abi_engine.events import Event
+from abi_engine.events import Event, OutboxEvent
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.executor import Prepared, Runtime
 from abi_engine.ids import format_time, new_id, parse_time, utcnow
@@ -235,7 +235,7 @@ class ExecutionService(Service):
         # A synchronous execution that starts at once is stored already running:
         # one commit fewer on the latency path.
         claimed = wait and self._runtime.sync_slot_free()
-        events: tuple[Event, ...] = ()
+        events: tuple[OutboxEvent, ...] = ()
         if claimed:
             record.status = ExecutionStatus.RUNNING
             record.started_at = now

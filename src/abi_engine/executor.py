@@ -32,13 +32,17 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine._commit import GroupCommitter
 from abi_engine.errors import QueueFull
-from abi_engine.events import Event
-from abi_engine.execution_views import build_execution, execution_json, step_json
+from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
+from abi_engine.execution_views import (
+    build_execution,
+    execution_json,
+    started_view,
+    step_event_data,
+)
 from abi_engine.ids import utcnow
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
-    Step,
     StepStatus,
 )
 from abi_engine.services import call_store
@@ -428,14 +432,13 @@ class Runtime:
             record=record, workflow_type=wtype, config=config, params=params, specs=specs
         )
 
-    def _event(self, kind: str, data: dict[str, Any]) -> Event:
-        return Event(type=kind, data=data)
-
-    def started_events(self, record: ExecutionRecord) -> tuple[Event, ...]:
+    def started_events(self, record: ExecutionRecord) -> tuple[OutboxEvent, ...]:
         """The ``workflow.executed`` event of an execution that starts, if anyone wants it."""
         if not self._wants("workflow.executed", record):
             return ()
-        return (self._event("workflow.executed", execution_json(build_execution(record, []))),)
+        if not self.engine.has_event_hooks():
+            return (ExecutionEventRef.new("workflow.executed", record.id, None, record.started_at),)
+        return (Event(type="workflow.executed", data=execution_json(started_view(record))),)
 
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
@@ -568,7 +571,7 @@ class Runtime:
             running[0] = None
             results[spec.name] = result
             last_result = result
-            step_events: tuple[Event, ...] = ()
+            step_events: tuple[OutboxEvent, ...] = ()
             if self._wants("execution.step_completed", record):
                 step_events = (self._step_event(record, step),)
             if is_last:
@@ -626,26 +629,21 @@ class Runtime:
                     return _Failure(exc)
                 await anyio.sleep(spec.retry.delay_before(attempt + 1))
 
-    def _step_event(self, record: ExecutionRecord, step: StepRecord) -> Event:
-        return self._event(
-            "execution.step_completed",
-            {
-                "execution_id": record.id,
-                "workflow_id": record.workflow_id,
-                "step": step_json(
-                    Step(
-                        name=step.name,
-                        status=step.status,
-                        started_at=step.started_at,
-                        completed_at=step.completed_at,
-                        duration_ms=step.duration_ms,
-                        attempts=step.attempts,
-                    )
-                ),
-            },
-        )
+    def _step_event(self, record: ExecutionRecord, step: StepRecord) -> OutboxEvent:
+        if not self.engine.has_event_hooks():
+            return ExecutionEventRef.new(
+                "execution.step_completed", record.id, step.index, step.completed_at
+            )
+        return Event(type="execution.step_completed", data=step_event_data(record, step))
 
-    async def _checkpoint(self, step: StepRecord, events: tuple[Event, ...]) -> bool:
+    def _finished_event(
+        self, kind: str, record: ExecutionRecord, view: Execution | None
+    ) -> OutboxEvent:
+        if view is None or not self.engine.has_event_hooks():
+            return ExecutionEventRef.new(kind, record.id, None, record.completed_at)
+        return Event(type=kind, data=execution_json(view))
+
+    async def _checkpoint(self, step: StepRecord, events: tuple[OutboxEvent, ...]) -> bool:
         applied: bool = await self.committer.submit(
             CheckpointStep(step=step, owner=self.node_id, lease_until=self._lease(), events=events)
         )
@@ -688,7 +686,7 @@ class Runtime:
         done: list[StepRecord],
         step: StepRecord | None,
         result: Any,
-        *events: Event,
+        *events: OutboxEvent,
     ) -> None:
         record = prepared.record
         now = utcnow()
@@ -698,8 +696,8 @@ class Runtime:
         record.result = result
         steps = [*done, step] if step is not None else list(done)
         view = build_execution(record, steps) if self._needs_view(record) else None
-        if view is not None and self._wants("execution.completed", record):
-            events = (*events, self._event("execution.completed", execution_json(view)))
+        if self._wants("execution.completed", record):
+            events = (*events, self._finished_event("execution.completed", record, view))
         applied = await self.committer.submit(
             FinishExecution(
                 execution_id=record.id,
@@ -717,7 +715,11 @@ class Runtime:
         self._notify(record.id, view if applied else None)
 
     def _needs_view(self, record: ExecutionRecord) -> bool:
-        return record.id in self._waiters or self._wants("execution.completed", record)
+        """Whether the finished execution's view is built: for a waiting caller, or an
+        ``execution.completed`` event carrying its data (one kept by reference needs none)."""
+        if record.id in self._waiters:
+            return True
+        return self._wants("execution.completed", record) and self.engine.has_event_hooks()
 
     async def _finish_failed(
         self,
@@ -759,7 +761,7 @@ class Runtime:
                 error=record.error,
                 owner=self.node_id if prepared is not None else None,
                 step=step,
-                events=(self._event("execution.failed", execution_json(view)),),
+                events=(self._finished_event("execution.failed", record, view),),
             )
         )
         self._notify(record.id, view if applied else None)
@@ -788,7 +790,7 @@ class Runtime:
                 completed_at=now,
                 error=record.error,
                 step=running,
-                events=(self._event("execution.failed", execution_json(view)),),
+                events=(self._finished_event("execution.failed", record, view),),
             )
         )
         self._notify(record.id, view if applied else None)

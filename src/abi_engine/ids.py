@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
@@ -26,8 +25,8 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 
 
 # Crockford's lower-case base32 digits are in ASCII order: ids sort like their values.
-# The digits come from the standard base32 codec (C code), translated to Crockford's.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+_PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
+_SHIFTS = tuple(range(120, -1, -10))
 _RANDOM_CHUNK = 10 * 256  # random bytes read from the OS at once (80 bits per id)
 _random = b""
 _random_at = _RANDOM_CHUNK
@@ -58,9 +57,8 @@ def new_id(prefix: str) -> str:
 
 def _digits(value: int) -> str:
     """The 26 Crockford base32 digits of a 128-bit ``value`` (as 130 bits, two zero bits last)."""
-    # 128 bits as the top of 136 (17 bytes): base32 digits 1-26 are the 130 bits of value << 2.
-    digits = base64.b32encode((value << 8).to_bytes(17, "big"))[:26]
-    return digits.translate(_TO_CROCKFORD).decode("ascii")
+    value <<= 2  # read 10 bits (two digits) at a time
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def utcnow() -> datetime:

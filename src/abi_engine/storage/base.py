@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
-from abi_engine.events import Event
+from abi_engine.events import Event, OutboxEvent
 from abi_engine.models import Integration, Token, User, Workflow, WorkflowStatus
 from abi_engine.models_webhooks import Delivery
 from abi_engine.storage.records import (
@@ -52,7 +52,7 @@ class StoredEvent:
     """An event as kept in the outbox, with its position."""
 
     seq: int
-    event: Event
+    event: OutboxEvent
 
 
 @runtime_checkable
@@ -125,11 +125,15 @@ class Store(Protocol):
 
     # -- events (outbox) --------------------------------------------------------
 
-    def insert_events(self, events: Sequence[Event]) -> None:
+    def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         """Append events to the outbox on their own."""
 
     def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
-        """Outbox events with a position greater than ``seq``, oldest first."""
+        """Outbox events with a position greater than ``seq``, oldest first.
+
+        Execution events kept by reference come back as
+        :class:`~abi_engine.events.ExecutionEventRef`.
+        """
 
     # -- executions ----------------------------------------------------------------
 

@@ -290,4 +290,34 @@ def m004_webhooks(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO webhook_cursor (name, seq) VALUES ('deliveries', 0)")
 
 
-MIGRATIONS: list[Migration] = [m001_core, m002_executions, m003_schedules, m004_webhooks]
+def m005_events_by_reference(db: sqlite_utils.Database) -> None:
+    """Outbox events may name an execution (and a step) instead of carrying their data.
+
+    The table is rebuilt (SQLite cannot relax ``NOT NULL``) keeping every row
+    and its position; the ``AUTOINCREMENT`` counter carries over, so no
+    position is ever reused. The unused ``(type, seq)`` index is not rebuilt.
+    """
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    last = row[0] if row else 0
+    db.execute(
+        "CREATE TABLE events_new (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
+        " type TEXT NOT NULL, timestamp INTEGER NOT NULL, data TEXT, execution_id TEXT,"
+        " step_index INTEGER, CHECK (data IS NOT NULL OR execution_id IS NOT NULL))"
+    )
+    db.execute(
+        "INSERT INTO events_new (seq, id, type, timestamp, data)"
+        " SELECT seq, id, type, timestamp, data FROM events ORDER BY seq"
+    )
+    db.execute("DROP TABLE events")
+    db.execute("ALTER TABLE events_new RENAME TO events")
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last,))
+
+
+MIGRATIONS: list[Migration] = [
+    m001_core,
+    m002_executions,
+    m003_schedules,
+    m004_webhooks,
+    m005_events_by_reference,
+]

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from abi_engine.events import Event
+from abi_engine.events import OutboxEvent
 from abi_engine.models import ExecutionStatus, StepStatus
 
 __all__ = [
@@ -109,7 +109,7 @@ class ExecutionQuery:
 class WriteOp:
     """Base of the write operations; ``events`` are written in the same transaction."""
 
-    events: tuple[Event, ...] = ()
+    events: tuple[OutboxEvent, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

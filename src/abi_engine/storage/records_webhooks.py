@@ -38,7 +38,9 @@ class WebhookRecord:
 class DeliveryJob:
     """A delivery claimed by a worker: what to send, where, and signed with what.
 
-    The event comes as stored: ``data_json`` is its ``data`` as JSON text.
+    The event comes as stored: ``data_json`` is its ``data`` as JSON text, or
+    ``None`` for an execution event kept by reference (``ref_execution_id``,
+    ``ref_step_index``), whose data the worker builds.
     ``url`` and ``secrets`` are read when the delivery is claimed: a
     webhook's current URL and secrets, or an execution's ``callback_url`` and
     ``callback_secret`` (no secrets: the request goes unsigned). ``tries`` is
@@ -50,13 +52,15 @@ class DeliveryJob:
     event_id: str
     event_type: str
     event_timestamp: datetime
-    data_json: str
+    data_json: str | None
     url: str | None
     secrets: tuple[str, ...] = ()
     webhook_id: str | None = None
     execution_id: str | None = None
     tries: int = 0
     attempt_count: int = 0
+    ref_execution_id: str | None = None
+    ref_step_index: int | None = None
 
 
 @attrs.frozen(kw_only=True)

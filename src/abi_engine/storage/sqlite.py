@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import sqlite_utils
 
-from abi_engine.events import Event
+from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.models import (
     Integration,
     Scope,
@@ -249,22 +249,28 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     # -- events --------------------------------------------------------------------
 
     @staticmethod
-    def _insert_events(conn: sqlite3.Connection, events: Sequence[Event]) -> None:
+    def _insert_events(conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
         if events:
             conn.executemany(
-                "INSERT INTO events (id, type, timestamp, data) VALUES (?, ?, ?, ?)",
-                [(e.id, e.type, to_ms(e.timestamp), dumps(e.data)) for e in events],
+                "INSERT INTO events (id, type, timestamp, data, execution_id, step_index)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (e.id, e.type, to_ms(e.timestamp), None, e.execution_id, e.step_index)
+                    if isinstance(e, ExecutionEventRef)
+                    else (e.id, e.type, to_ms(e.timestamp), dumps(e.data), None, None)
+                    for e in events
+                ],
             )
 
-    def insert_events(self, events: Sequence[Event]) -> None:
+    def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         with self.transaction() as conn:
             self._insert_events(conn, events)
 
     def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT seq, id, type, timestamp, data FROM events WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
+                "SELECT seq, id, type, timestamp, data, execution_id, step_index FROM events"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             ).fetchall()
         return [
@@ -275,6 +281,14 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
                     type=row[2],
                     timestamp=from_ms(row[3]),  # type: ignore[arg-type]
                     data=loads(row[4]),
+                )
+                if row[4] is not None
+                else ExecutionEventRef(
+                    type=row[2],
+                    execution_id=row[5],
+                    step_index=row[6],
+                    id=row[1],
+                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
                 ),
             )
             for row in rows

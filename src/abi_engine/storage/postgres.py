@@ -46,7 +46,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
-from abi_engine.events import Event
+from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.models import (
     Integration,
     Scope,
@@ -291,26 +291,32 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
 
     # -- events --------------------------------------------------------------------
 
-    def _insert_events(self, conn: Conn, events: Sequence[Event]) -> None:
+    def _insert_events(self, conn: Conn, events: Sequence[OutboxEvent]) -> None:
         """Append ``events`` (the transaction's last statement: positions in commit order)."""
         if not events:
             return
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._events_lock_key,))
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO events (id, type, timestamp, data) VALUES (%s, %s, %s, %s)",
-                [(e.id, e.type, to_ms(e.timestamp), dumps(e.data)) for e in events],
+                "INSERT INTO events (id, type, timestamp, data, execution_id, step_index)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (e.id, e.type, to_ms(e.timestamp), None, e.execution_id, e.step_index)
+                    if isinstance(e, ExecutionEventRef)
+                    else (e.id, e.type, to_ms(e.timestamp), dumps(e.data), None, None)
+                    for e in events
+                ],
             )
 
-    def insert_events(self, events: Sequence[Event]) -> None:
+    def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         if events:
             self.write(lambda conn: self._insert_events(conn, events))
 
     def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT seq, id, type, timestamp, data FROM events WHERE seq > %s"
-                " ORDER BY seq LIMIT %s",
+                "SELECT seq, id, type, timestamp, data, execution_id, step_index FROM events"
+                " WHERE seq > %s ORDER BY seq LIMIT %s",
                 (seq, limit),
             ).fetchall()
         return [
@@ -321,6 +327,14 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
                     type=row[2],
                     timestamp=from_ms(row[3]),  # type: ignore[arg-type]
                     data=loads(row[4]),
+                )
+                if row[4] is not None
+                else ExecutionEventRef(
+                    id=row[1],
+                    type=row[2],
+                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
+                    execution_id=row[5],
+                    step_index=row[6],
                 ),
             )
             for row in rows

@@ -247,12 +247,23 @@ M004_WEBHOOKS = [
     "INSERT INTO webhook_cursor (name, seq) VALUES ('deliveries', 0)",
 ]
 
+# Outbox events may name an execution (and a step) instead of carrying their data
+# (as SQLite's m005_events_by_reference); the unused (type, seq) index goes.
+M005_EVENTS_BY_REFERENCE = [
+    "ALTER TABLE events ALTER COLUMN data DROP NOT NULL",
+    "ALTER TABLE events ADD COLUMN execution_id TEXT, ADD COLUMN step_index INTEGER",
+    "ALTER TABLE events ADD CONSTRAINT events_data_or_reference"
+    " CHECK (data IS NOT NULL OR execution_id IS NOT NULL)",
+    "DROP INDEX idx_events_type",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
     ("m002_executions", M002_EXECUTIONS),
     ("m003_schedules", M003_SCHEDULES),
     ("m004_webhooks", M004_WEBHOOKS),
+    ("m005_events_by_reference", M005_EVENTS_BY_REFERENCE),
 ]
 
 

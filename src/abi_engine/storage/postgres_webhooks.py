@@ -86,8 +86,8 @@ def _row_to_delivery(row: Sequence[Any], attempts: list[DeliveryAttempt]) -> Del
 def _job(row: Sequence[Any], now: datetime) -> DeliveryJob:
     now_ms = to_ms(now) or 0
     (delivery_id, webhook_id, execution_id, tries, attempt_count) = row[:5]
-    (event_id, event_type, timestamp, data) = row[5:9]
-    (url, secret, previous, previous_until, callback_url, callback_secret) = row[9:]
+    (event_id, event_type, timestamp, data, ref_execution, ref_step) = row[5:11]
+    (url, secret, previous, previous_until, callback_url, callback_secret) = row[11:]
     if webhook_id is not None:
         secrets: tuple[str, ...] = (secret,) if secret else ()
         if previous and previous_until is not None and previous_until > now_ms:
@@ -100,7 +100,9 @@ def _job(row: Sequence[Any], now: datetime) -> DeliveryJob:
         event_id=event_id or "",
         event_type=event_type or "",
         event_timestamp=from_ms(timestamp) or now,
-        data_json=data if data is not None else "null",
+        data_json=data if data is not None else (None if ref_execution else "null"),
+        ref_execution_id=ref_execution,
+        ref_step_index=ref_step,
         url=url if event_id is not None else None,
         secrets=secrets,
         webhook_id=webhook_id,
@@ -220,7 +222,7 @@ class WebhooksMixin:
                 "SELECT e.seq, e.id, e.type, e.timestamp, x.id FROM events e"
                 " LEFT JOIN executions x ON e.type = ANY(%s::text[])"
                 " AND x.id = CASE WHEN e.type = ANY(%s::text[])"
-                " THEN e.data::jsonb ->> 'execution_id' END"
+                " THEN coalesce(e.execution_id, e.data::jsonb ->> 'execution_id') END"
                 " AND x.callback_url IS NOT NULL"
                 " WHERE e.seq > %s ORDER BY e.seq LIMIT %s",
                 (types, types, position, limit),
@@ -288,7 +290,7 @@ class WebhooksMixin:
         def run(conn: Conn) -> list[Any]:
             rows = conn.execute(
                 "SELECT d.id, d.webhook_id, d.execution_id, d.tries, d.attempt_count,"
-                " e.id, e.type, e.timestamp, e.data,"
+                " e.id, e.type, e.timestamp, e.data, e.execution_id, e.step_index,"
                 " w.url, w.secret, w.previous_secret, w.previous_secret_until,"
                 " x.callback_url, x.callback_secret"
                 " FROM webhook_deliveries d"

@@ -133,3 +133,27 @@ def test_digits_match_a_plain_base32_encoder(value: int) -> None:
     assert _digits(value) == plain
     if value < 2**128 - 1:
         assert _digits(value) < _digits(value + 1)
+
+
+@given(st.integers(min_value=0, max_value=2**127), st.integers(min_value=0, max_value=5000))
+def test_id_values_round_trip_and_blocks_count_up(value: int, offset: int) -> None:
+    """Digits decode to their value; id_at(first, k) is the k-th id after first."""
+    from abi_engine.ids import _digits, _value, id_at
+
+    assert _value(_digits(value)) == value
+    first = "evt_" + _digits(value)
+    assert id_at(first, offset) == "evt_" + _digits(value + offset)
+
+
+def test_id_blocks_are_new_and_increasing() -> None:
+    """A block's ids sort after earlier ids and before later ones, and never repeat."""
+    from abi_engine.ids import id_at, new_id_block
+
+    before = new_id("evt_")
+    first = new_id_block("evt_", 50)
+    after = new_id("evt_")
+    block = [id_at(first, k) for k in range(50)]
+    assert before < block[0]
+    assert block == sorted(block)
+    assert len(set(block)) == 50
+    assert block[-1] < after

@@ -126,7 +126,9 @@ def test_events_migration_keeps_rows_and_positions(
         store.insert_events([ref])
         (stored,) = store.events_after(4)
         assert stored.seq == 6  # 5 was used (then deleted): never given out again
-        assert stored.event == ref
+        assert stored.event == ref._replace(id=stored.event.id)
+        assert stored.event.id is not None
+        assert stored.event.id > events[-1].id
     finally:
         store.close()
 

@@ -663,3 +663,46 @@ async def test_hook_events_equal_the_data_built_by_reference(
                 names = [s.name for s in steps]
                 index = steps[names.index(event.data["step"]["name"])].index
             assert event_data(event.type, record, steps, index) == event.data, event.type
+
+
+@pytest.mark.anyio
+async def test_reference_events_of_a_commit_share_a_row_and_keep_their_own_ids(
+    eng: Engine, receiver: Receiver
+) -> None:
+    """Executions committed together pack their events in few rows; each is delivered once, with its own id."""
+    await eng.webhooks.create({"url": receiver.url(), "events": EXECUTION_EVENTS})
+    wf_id = await make_workflow(eng, TWO_STEPS)
+    count = 20
+    started = [await eng.executions.execute(wf_id, {"x": n}, wait=False) for n in range(count)]
+    for execution in started:
+        await eng.executions.wait(execution.execution_id, timeout=10)
+    expected = count * 4  # executed, two steps, completed
+    requests = await receiver.wait_for(expected, timeout=20)
+    stored = [
+        s for s in eng.store.events_after(0, limit=10_000) if s.event.type in EXECUTION_EVENTS
+    ]
+    assert len(stored) == expected
+    assert len({s.seq for s in stored}) < expected  # packed: fewer rows than events
+    ids = [s.event.id for s in stored]
+    assert len(set(ids)) == expected
+    assert sorted(r.headers["webhook-id"] for r in requests) == sorted(ids)
+    seen: dict[str, list[str]] = {}
+    for request in requests:
+        body = json.loads(request.body)
+        data = body["data"]
+        execution_id = data["execution_id"]
+        seen.setdefault(execution_id, []).append(body["type"])
+        if body["type"] == "execution.completed":
+            final = unstructure(await eng.executions.get(execution_id))
+            assert data == final
+            assert final["result"] == {"b": final["parameters"]["x"] + 1}
+    assert sorted(seen) == sorted(e.execution_id for e in started)
+    for types in seen.values():
+        assert sorted(types) == sorted(
+            [
+                "workflow.executed",
+                "execution.step_completed",
+                "execution.step_completed",
+                "execution.completed",
+            ]
+        )

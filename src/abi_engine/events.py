@@ -56,21 +56,22 @@ class ExecutionEventRef(NamedTuple):
     """An execution event written to the outbox by reference, its data built when delivered.
 
     The execution hot path writes these when only the outbox consumes events
-    (no ``abi_event`` hook): the event row names the execution (and, for
-    ``execution.step_completed``, the step's index) instead of carrying the
-    execution's JSON. What they point to never changes once written (a
-    finished step, a finished execution; ``workflow.executed`` shows the
-    execution as it started), so the body built at delivery time is the one
-    the event had when it happened: see
-    :func:`abi_engine.execution_views.event_data`. A named tuple: the hot
-    path makes several per execution. :meth:`new` fills ``id`` and ``timestamp``.
+    (no ``abi_event`` hook): instead of carrying the execution's JSON, the
+    event names the execution (and, for ``execution.step_completed``, the
+    step's index), and the events of one commit share one outbox row. What
+    they point to never changes once written (a finished step, a finished
+    execution; ``workflow.executed`` shows the execution as it started), so
+    the body built at delivery time is the one the event had when it
+    happened: see :func:`abi_engine.execution_views.event_data`. A named
+    tuple, as the hot path makes several per execution; ``id`` is given when
+    the event is written (``None`` before).
     """
 
     type: str
     execution_id: str
     step_index: int | None
-    id: str
     timestamp: datetime
+    id: str | None = None
 
     @classmethod
     def new(
@@ -80,8 +81,8 @@ class ExecutionEventRef(NamedTuple):
         step_index: int | None = None,
         timestamp: datetime | None = None,
     ) -> ExecutionEventRef:
-        """A new reference event (a new ``evt_`` id; ``timestamp`` defaults to now)."""
-        return cls(type, execution_id, step_index, new_id("evt_"), timestamp or utcnow())
+        """A reference event happening at ``timestamp`` (default: now)."""
+        return cls(type, execution_id, step_index, timestamp or utcnow())
 
 
 #: What the outbox holds: events with their data, or execution events by reference.

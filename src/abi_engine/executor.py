@@ -437,7 +437,8 @@ class Runtime:
         if not self._wants("workflow.executed", record):
             return ()
         if not self.engine.has_event_hooks():
-            return (ExecutionEventRef.new("workflow.executed", record.id, None, record.started_at),)
+            at = record.started_at or utcnow()
+            return (ExecutionEventRef("workflow.executed", record.id, None, at),)
         return (Event(type="workflow.executed", data=execution_json(started_view(record))),)
 
     def sync_slot_free(self) -> bool:
@@ -631,16 +632,15 @@ class Runtime:
 
     def _step_event(self, record: ExecutionRecord, step: StepRecord) -> OutboxEvent:
         if not self.engine.has_event_hooks():
-            return ExecutionEventRef.new(
-                "execution.step_completed", record.id, step.index, step.completed_at
-            )
+            at = step.completed_at or utcnow()
+            return ExecutionEventRef("execution.step_completed", record.id, step.index, at)
         return Event(type="execution.step_completed", data=step_event_data(record, step))
 
     def _finished_event(
         self, kind: str, record: ExecutionRecord, view: Execution | None
     ) -> OutboxEvent:
         if view is None or not self.engine.has_event_hooks():
-            return ExecutionEventRef.new(kind, record.id, None, record.completed_at)
+            return ExecutionEventRef(kind, record.id, None, record.completed_at or utcnow())
         return Event(type=kind, data=execution_json(view))
 
     async def _checkpoint(self, step: StepRecord, events: tuple[OutboxEvent, ...]) -> bool:

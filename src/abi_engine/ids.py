@@ -27,6 +27,8 @@ _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
 # Crockford's lower-case base32 digits are in ASCII order: ids sort like their values.
 _PAIRS = [_ALPHABET[i >> 5] + _ALPHABET[i & 31] for i in range(1024)]
 _SHIFTS = tuple(range(120, -1, -10))
+# Crockford's digits to the digits int(..., 32) reads (0-9, then a-v).
+_FROM_CROCKFORD = str.maketrans(_ALPHABET, "0123456789abcdefghijklmnopqrstuv")
 _RANDOM_CHUNK = 10 * 256  # random bytes read from the OS at once (80 bits per id)
 _random = b""
 _random_at = _RANDOM_CHUNK
@@ -42,6 +44,28 @@ def new_id(prefix: str) -> str:
     as monotonic ULIDs do), so "newest first" lists never swap neighbours.
     The random bits come from ``os.urandom``, read in chunks.
     """
+    return prefix + _digits(_reserve(1))
+
+
+def new_id_block(prefix: str, count: int) -> str:
+    """The first of ``count`` new ids that follow each other (see :func:`id_at`).
+
+    One call instead of ``count``: the ids are the next ``count`` values from
+    a new id's, so they are new, increasing and unique like :func:`new_id`'s.
+    """
+    return prefix + _digits(_reserve(max(1, count)))
+
+
+def id_at(first: str, offset: int) -> str:
+    """The id ``offset`` places after ``first`` in a block from :func:`new_id_block`."""
+    if not offset:
+        return first
+    prefix, body = first[:-26], first[-26:]
+    return prefix + _digits(_value(body) + offset)
+
+
+def _reserve(count: int) -> int:
+    """A new 128-bit id value, with the ``count - 1`` values after it kept for the caller."""
     global _last, _random, _random_at
     millis = time.time_ns() // 1_000_000
     with _last_lock:
@@ -51,8 +75,13 @@ def new_id(prefix: str) -> str:
         _random_at += 10
         if value <= _last:
             value = _last + 1
-        _last = value
-    return prefix + _digits(value)
+        _last = value + count - 1
+    return value
+
+
+def _value(body: str) -> int:
+    """The 128-bit value of 26 digits made by :func:`_digits`."""
+    return int(body.translate(_FROM_CROCKFORD), 32) >> 2
 
 
 def _digits(value: int) -> str:

@@ -13,7 +13,8 @@ def to_ms(value: datetime | None) -> int | None:
     """A UTC datetime as integer epoch milliseconds (sortable, compact)."""
     if value is None:
         return None
-    return int(value.timestamp() * 1000 + (0.5 if value.timestamp() >= 0 else -0.5))
+    seconds = value.timestamp()
+    return int(seconds * 1000 + (0.5 if seconds >= 0 else -0.5))
 
 
 def from_ms(value: int | None) -> datetime | None:

@@ -291,18 +291,19 @@ def m004_webhooks(db: sqlite_utils.Database) -> None:
 
 
 def m005_events_by_reference(db: sqlite_utils.Database) -> None:
-    """Outbox events may name an execution (and a step) instead of carrying their data.
+    """Outbox rows may hold packed execution events by reference (``storage/_refs.py``).
 
-    The table is rebuilt (SQLite cannot relax ``NOT NULL``) keeping every row
+    ``events`` is rebuilt (SQLite cannot relax ``NOT NULL``) keeping every row
     and its position; the ``AUTOINCREMENT`` counter carries over, so no
-    position is ever reused. The unused ``(type, seq)`` index is not rebuilt.
+    position is ever reused; the unused ``(type, seq)`` index is not rebuilt.
+    A delivery names its event by position and index within the row.
     """
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
     last = row[0] if row else 0
     db.execute(
         "CREATE TABLE events_new (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,"
-        " type TEXT NOT NULL, timestamp INTEGER NOT NULL, data TEXT, execution_id TEXT,"
-        " step_index INTEGER, CHECK (data IS NOT NULL OR execution_id IS NOT NULL))"
+        " type TEXT NOT NULL, timestamp INTEGER NOT NULL, data TEXT, refs TEXT,"
+        " CHECK (data IS NOT NULL OR refs IS NOT NULL))"
     )
     db.execute(
         "INSERT INTO events_new (seq, id, type, timestamp, data)"
@@ -312,6 +313,12 @@ def m005_events_by_reference(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE events_new RENAME TO events")
     db.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
     db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (last,))
+    db.execute("ALTER TABLE webhook_deliveries ADD COLUMN event_index INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP INDEX idx_deliveries_event_target")
+    db.execute(
+        "CREATE UNIQUE INDEX idx_deliveries_event_target"
+        " ON webhook_deliveries (event_seq, event_index, target)"
+    )
 
 
 MIGRATIONS: list[Migration] = [

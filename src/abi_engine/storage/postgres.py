@@ -58,6 +58,7 @@ from abi_engine.models import (
     WorkflowStatus,
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.postgres_executions import ExecutionsMixin
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
@@ -295,17 +296,21 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         """Append ``events`` (the transaction's last statement: positions in commit order)."""
         if not events:
             return
+        rows: list[tuple[Any, ...]] = []
+        refs: list[ExecutionEventRef] = []
+        for e in events:
+            if isinstance(e, ExecutionEventRef):
+                refs.append(e)
+            else:
+                rows.append((e.id, e.type, to_ms(e.timestamp), dumps(e.data), None))
+        if refs:  # one row for all of them (storage/_refs.py)
+            first, at, text = pack(refs)
+            rows.append((first, PACKED_TYPE, at, None, text))
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._events_lock_key,))
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO events (id, type, timestamp, data, execution_id, step_index)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (e.id, e.type, to_ms(e.timestamp), None, e.execution_id, e.step_index)
-                    if isinstance(e, ExecutionEventRef)
-                    else (e.id, e.type, to_ms(e.timestamp), dumps(e.data), None, None)
-                    for e in events
-                ],
+                "INSERT INTO events (id, type, timestamp, data, refs) VALUES (%s, %s, %s, %s, %s)",
+                rows,
             )
 
     def insert_events(self, events: Sequence[OutboxEvent]) -> None:
@@ -315,30 +320,20 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT seq, id, type, timestamp, data, execution_id, step_index FROM events"
+                "SELECT seq, id, type, timestamp, data, refs FROM events"
                 " WHERE seq > %s ORDER BY seq LIMIT %s",
                 (seq, limit),
             ).fetchall()
-        return [
-            StoredEvent(
-                seq=row[0],
-                event=Event(
-                    id=row[1],
-                    type=row[2],
-                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
-                    data=loads(row[4]),
-                )
-                if row[4] is not None
-                else ExecutionEventRef(
-                    id=row[1],
-                    type=row[2],
-                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
-                    execution_id=row[5],
-                    step_index=row[6],
-                ),
-            )
-            for row in rows
-        ]
+        found: list[StoredEvent] = []
+        for position, event_id, kind, timestamp, data, refs in rows:
+            if refs is not None:
+                found.extend(StoredEvent(seq=position, event=r) for r in unpack(event_id, refs))
+            else:
+                at = from_ms(timestamp)
+                assert at is not None
+                event = Event(id=event_id, type=kind, timestamp=at, data=loads(data))
+                found.append(StoredEvent(seq=position, event=event))
+        return found
 
     # -- users and tokens --------------------------------------------------------------
 

@@ -247,14 +247,19 @@ M004_WEBHOOKS = [
     "INSERT INTO webhook_cursor (name, seq) VALUES ('deliveries', 0)",
 ]
 
-# Outbox events may name an execution (and a step) instead of carrying their data
-# (as SQLite's m005_events_by_reference); the unused (type, seq) index goes.
+# Outbox rows may hold packed execution events by reference (storage/_refs.py, as
+# SQLite's m005_events_by_reference); a delivery names its event by position and
+# index within the row; the unused (type, seq) index goes.
 M005_EVENTS_BY_REFERENCE = [
     "ALTER TABLE events ALTER COLUMN data DROP NOT NULL",
-    "ALTER TABLE events ADD COLUMN execution_id TEXT, ADD COLUMN step_index INTEGER",
-    "ALTER TABLE events ADD CONSTRAINT events_data_or_reference"
-    " CHECK (data IS NOT NULL OR execution_id IS NOT NULL)",
+    "ALTER TABLE events ADD COLUMN refs TEXT",
+    "ALTER TABLE events ADD CONSTRAINT events_data_or_refs"
+    " CHECK (data IS NOT NULL OR refs IS NOT NULL)",
     "DROP INDEX idx_events_type",
+    "ALTER TABLE webhook_deliveries ADD COLUMN event_index INTEGER NOT NULL DEFAULT 0",
+    "DROP INDEX idx_deliveries_event_target",
+    "CREATE UNIQUE INDEX idx_deliveries_event_target"
+    " ON webhook_deliveries (event_seq, event_index, target)",
 ]
 
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.

@@ -36,6 +36,7 @@ from abi_engine.models import (
     WorkflowStatus,
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
@@ -250,17 +251,21 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
 
     @staticmethod
     def _insert_events(conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
-        if events:
-            conn.executemany(
-                "INSERT INTO events (id, type, timestamp, data, execution_id, step_index)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (e.id, e.type, to_ms(e.timestamp), None, e.execution_id, e.step_index)
-                    if isinstance(e, ExecutionEventRef)
-                    else (e.id, e.type, to_ms(e.timestamp), dumps(e.data), None, None)
-                    for e in events
-                ],
-            )
+        if not events:
+            return
+        rows: list[tuple[Any, ...]] = []
+        refs: list[ExecutionEventRef] = []
+        for e in events:
+            if isinstance(e, ExecutionEventRef):
+                refs.append(e)
+            else:
+                rows.append((e.id, e.type, to_ms(e.timestamp), dumps(e.data), None))
+        if refs:  # one row for all of them (storage/_refs.py)
+            first, at, text = pack(refs)
+            rows.append((first, PACKED_TYPE, at, None, text))
+        conn.executemany(
+            "INSERT INTO events (id, type, timestamp, data, refs) VALUES (?, ?, ?, ?, ?)", rows
+        )
 
     def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         with self.transaction() as conn:
@@ -269,32 +274,20 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
         with self._read() as conn:
             rows = conn.execute(
-                "SELECT seq, id, type, timestamp, data, execution_id, step_index FROM events"
+                "SELECT seq, id, type, timestamp, data, refs FROM events"
                 " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             ).fetchall()
-        return [
-            StoredEvent(
-                seq=row[0],
-                event=Event(
-                    id=row[1],
-                    type=row[2],
-                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
-                    data=loads(row[4]),
-                )
-                if row[4] is not None
-                else ExecutionEventRef(
-                    type=row[2],
-                    execution_id=row[5],
-                    step_index=row[6],
-                    id=row[1],
-                    timestamp=from_ms(row[3]),  # type: ignore[arg-type]
-                ),
-            )
-            for row in rows
-        ]
-
-    # -- users and tokens --------------------------------------------------------------
+        found: list[StoredEvent] = []
+        for position, event_id, kind, timestamp, data, refs in rows:
+            if refs is not None:
+                found.extend(StoredEvent(seq=position, event=r) for r in unpack(event_id, refs))
+            else:
+                at = from_ms(timestamp)
+                assert at is not None
+                event = Event(id=event_id, type=kind, timestamp=at, data=loads(data))
+                found.append(StoredEvent(seq=position, event=event))
+        return found
 
     def ensure_user(self, user_id: str, created_at: datetime) -> User:
         with self.transaction() as conn:

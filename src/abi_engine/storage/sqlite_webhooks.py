@@ -15,9 +15,11 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
+from abi_engine.events import ExecutionEventRef
 from abi_engine.ids import new_id
 from abi_engine.models_webhooks import Delivery, DeliveryAttempt, DeliveryStatus
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage._refs import outbox_entries, unpack
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
 __all__ = ["WebhooksMixin"]
@@ -174,24 +176,33 @@ class WebhooksMixin:
 
     def fan_out(self, now: datetime, limit: int, callback_types: Collection[str]) -> int:
         now_ms = to_ms(now)
-        types = sorted(callback_types) or [""]
-        marks = ", ".join("?" for _ in types)
         with self.transaction() as conn:
             (position,) = conn.execute(
                 "SELECT seq FROM webhook_cursor WHERE name = ?", (_CURSOR,)
             ).fetchone()
-            # Callback targets: the execution an execution event is about, when it
-            # has a callback URL (json_extract only runs for the callback types).
             rows = conn.execute(
-                "SELECT e.seq, e.id, e.type, e.timestamp, x.id FROM events e"
-                f" LEFT JOIN executions x ON e.type IN ({marks})"
-                " AND x.id = coalesce(e.execution_id, json_extract(e.data, '$.execution_id'))"
-                " AND x.callback_url IS NOT NULL"
-                " WHERE e.seq > ? ORDER BY e.seq LIMIT ?",
-                (*types, position, limit),
+                "SELECT seq, id, type, timestamp, data, refs FROM events"
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
+                (position, limit),
             ).fetchall()
             if not rows:
                 return 0
+            events = outbox_entries(rows, callback_types)
+            # Callback targets: the execution an execution event is about, when it
+            # has a callback URL.
+            about = sorted({e.execution_id for e in events if e.execution_id is not None})
+            with_callback: set[str] = set()
+            for start in range(0, len(about), 500):
+                chunk = about[start : start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                with_callback.update(
+                    row[0]
+                    for row in conn.execute(
+                        f"SELECT id FROM executions WHERE id IN ({marks})"
+                        " AND callback_url IS NOT NULL",
+                        chunk,
+                    )
+                )
             hooks = [
                 (hook_id, set(loads(events)), created_at)
                 for hook_id, events, created_at in conn.execute(
@@ -199,17 +210,19 @@ class WebhooksMixin:
                 )
             ]
             new: list[tuple[Any, ...]] = []
-            for seq, event_id, event_type, timestamp, execution_id in rows:
+            for e in events:
+                event = (e.seq, e.offset, e.event_id, e.type)
                 for hook_id, wanted, created_at in hooks:
                     # A subscription receives the events that happen after it exists.
-                    if event_type in wanted and timestamp >= created_at:
-                        new.append((hook_id, hook_id, None, seq, event_id, event_type))
-                if execution_id is not None:
-                    new.append((_CALLBACK_TARGET, None, execution_id, seq, event_id, event_type))
+                    if e.type in wanted and e.timestamp >= created_at:
+                        new.append((hook_id, hook_id, None, *event))
+                if e.execution_id in with_callback:
+                    new.append((_CALLBACK_TARGET, None, e.execution_id, *event))
             conn.executemany(
                 "INSERT OR IGNORE INTO webhook_deliveries (id, target, webhook_id,"
-                " execution_id, event_seq, event_id, event_type, status, next_attempt_at,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                " execution_id, event_seq, event_index, event_id, event_type, status,"
+                " next_attempt_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                 [(new_id("dlv_"), *row, now_ms, now_ms, now_ms) for row in new],
             )
             conn.execute("UPDATE webhook_cursor SET seq = ? WHERE name = ?", (rows[-1][0], _CURSOR))
@@ -243,7 +256,8 @@ class WebhooksMixin:
         with self.transaction() as conn:
             rows = conn.execute(
                 "SELECT d.id, d.webhook_id, d.execution_id, d.tries, d.attempt_count,"
-                " e.id, e.type, e.timestamp, e.data, e.execution_id, e.step_index,"
+                " d.event_seq, d.event_index, d.event_id, d.event_type,"
+                " e.seq, e.timestamp, e.data, e.refs,"
                 " w.url, w.secret, w.previous_secret, w.previous_secret_until,"
                 " x.callback_url, x.callback_secret"
                 " FROM webhook_deliveries d"
@@ -263,10 +277,12 @@ class WebhooksMixin:
                 [(owner, to_ms(lease_until), row[0]) for row in rows],
             )
         jobs = []
+        unpacked: dict[int, list[ExecutionEventRef]] = {}
         for row in rows:
             (delivery_id, webhook_id, execution_id, tries, attempt_count) = row[:5]
-            (event_id, event_type, timestamp, data, ref_execution, ref_step) = row[5:11]
-            (url, secret, previous, previous_until, callback_url, callback_secret) = row[11:]
+            (event_seq, event_index, event_id, event_type) = row[5:9]
+            (found, timestamp, data, refs) = row[9:13]
+            (url, secret, previous, previous_until, callback_url, callback_secret) = row[13:]
             if webhook_id is not None:
                 secrets: tuple[str, ...] = (secret,) if secret else ()
                 if previous and previous_until is not None and previous_until > now_ms:
@@ -274,21 +290,28 @@ class WebhooksMixin:
             else:
                 url = callback_url
                 secrets = (callback_secret,) if callback_secret else ()
+            ref = None
+            if refs is not None:
+                if event_seq not in unpacked:
+                    unpacked[event_seq] = unpack(None, refs)
+                ref = unpacked[event_seq][event_index]
             jobs.append(
                 DeliveryJob(
                     id=delivery_id,
-                    event_id=event_id or "",
-                    event_type=event_type or "",
-                    event_timestamp=from_ms(timestamp) or now,
-                    data_json=data if data is not None else (None if ref_execution else "null"),
-                    ref_execution_id=ref_execution,
-                    ref_step_index=ref_step,
-                    url=url if event_id is not None else None,
+                    event_id=event_id,
+                    event_type=event_type,
+                    event_timestamp=(
+                        ref.timestamp if ref is not None else from_ms(timestamp) or now
+                    ),
+                    data_json=data if data is not None else (None if ref else "null"),
+                    url=url if found is not None else None,
                     secrets=secrets,
                     webhook_id=webhook_id,
                     execution_id=execution_id,
                     tries=tries,
                     attempt_count=attempt_count,
+                    ref_execution_id=ref.execution_id if ref is not None else None,
+                    ref_step_index=ref.step_index if ref is not None else None,
                 )
             )
         return jobs
@@ -381,7 +404,7 @@ class WebhooksMixin:
             ).fetchone()[0]
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = ?"
-                " ORDER BY event_seq DESC LIMIT ? OFFSET ?",
+                " ORDER BY event_seq DESC, event_index DESC LIMIT ? OFFSET ?",
                 (webhook_id, page_size, (page - 1) * page_size),
             ).fetchall()
             return self._with_attempts(conn, rows), int(total)
@@ -398,7 +421,7 @@ class WebhooksMixin:
         with self._read() as conn:
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries"
-                " WHERE execution_id = ? ORDER BY event_seq",
+                " WHERE execution_id = ? ORDER BY event_seq, event_index",
                 (execution_id,),
             ).fetchall()
             return self._with_attempts(conn, rows)

@@ -707,3 +707,25 @@ def test_processes_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
             out, err = child.communicate(timeout=120)
             assert child.returncode == 0, err
             assert out.strip() == str(len(MIGRATIONS))
+
+
+@given(st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=12), st.integers(1, 40))
+def test_fan_out_takes_whole_rows_up_to_the_limit(row_sizes: list[int], limit: int) -> None:
+    """whole_rows keeps rows whole and stops at the first row reaching the limit."""
+    from abi_engine.storage._refs import OutboxEntry, whole_rows
+
+    entries = [
+        OutboxEntry(seq, k, f"evt_{seq}_{k}", "execution.completed", 0, None)
+        for seq, size in enumerate(row_sizes, start=1)
+        for k in range(size)
+    ]
+    taken = whole_rows(entries, limit)
+    rows_taken = {e.seq for e in taken}
+    assert taken == [e for e in entries if e.seq in rows_taken]  # a prefix of whole rows
+    assert rows_taken == set(range(1, len(rows_taken) + 1))
+    if len(taken) < len(entries):
+        assert len(taken) >= limit
+        last_row = max(rows_taken)
+        assert len(taken) - row_sizes[last_row - 1] < limit  # the last row brought it there
+    else:
+        assert len(taken) == len(entries)

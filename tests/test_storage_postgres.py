@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -351,8 +352,10 @@ CLAIMER = textwrap.dedent(
 
     url, name, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     store = PostgresStore(url)
+    store.schema_version()  # connected
+    Path(f"{go}.{name}.ready").write_text("ready")
     while not go.exists():
-        time.sleep(0.005)
+        time.sleep(0.001)
     taken = []
     while True:
         now = utcnow()
@@ -385,7 +388,12 @@ def test_two_processes_claim_each_execution_once(schema: tuple[str, str], tmp_pa
         )
         for i in range(2)
     ]
-    go.write_text("go")
+    deadline = time.monotonic() + 60
+    while not all(Path(f"{go}.proc-{i}.ready").exists() for i in range(2)):
+        assert time.monotonic() < deadline, "the claimers did not start"
+        assert all(p.poll() is None for p in procs), "a claimer died"
+        time.sleep(0.01)
+    go.write_text("go")  # both connected: they start claiming together
     outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     assert all(outputs), "each process claimed some"

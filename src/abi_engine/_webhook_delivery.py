@@ -68,7 +68,6 @@ STANDARD_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 
 MAX_ERROR = 500
 _PRUNE_EVERY = 3600.0
 _MIN_ROUND = 0.01  # seconds between the starts of two rounds at the least
-_BUSY_FAN_OUT = 50  # events fanned out per round while the process is busy
 _USER_AGENT = "abi-engine-webhooks"
 
 
@@ -251,13 +250,16 @@ class DeliveryWorker:
     async def _pump(self) -> None:
         s = self.settings
         store = self._store
-        if await call_store(store, store.fan_out_pending):
-            if self._busy():  # a little per round; the outbox keeps the rest
-                await call_store(store, store.fan_out, utcnow(), _BUSY_FAN_OUT, _CALLBACK_EVENTS)
+        busy = self._busy()
+        if busy and await call_store(store, store.deliveries_due, utcnow()):
+            pass  # busy: no fan-out while deliveries wait; the outbox keeps the events
+        elif await call_store(store, store.fan_out_pending):
+            if busy:  # one outbox row (one commit's events) at a time
+                await call_store(store, store.fan_out, utcnow(), 1, _CALLBACK_EVENTS)
             else:
                 while (
                     await call_store(store, store.fan_out, utcnow(), s.batch_size, _CALLBACK_EVENTS)
-                    == s.batch_size
+                    >= s.batch_size
                 ):
                     await anyio.lowlevel.checkpoint()  # let executions run between batches
         free = self._capacity() - len(self._inflight)

@@ -19,7 +19,7 @@ from abi_engine.events import ExecutionEventRef
 from abi_engine.ids import id_at, new_id_block
 from abi_engine.storage._codec import from_ms, loads, to_ms
 
-__all__ = ["PACKED_TYPE", "OutboxEntry", "outbox_entries", "pack", "unpack"]
+__all__ = ["PACKED_TYPE", "OutboxEntry", "outbox_entries", "pack", "unpack", "whole_rows"]
 
 #: The ``type`` of an outbox row that holds packed reference events.
 PACKED_TYPE = "*"
@@ -89,4 +89,12 @@ def outbox_entries(
             found = loads(data).get("execution_id")
             about = found if isinstance(found, str) else None
         entries.append(OutboxEntry(seq, 0, event_id, kind, timestamp, about))
+    return entries
+
+
+def whole_rows(entries: list[OutboxEntry], limit: int) -> list[OutboxEntry]:
+    """The first entries up to the row that brings their count to ``limit`` (rows stay whole)."""
+    for n, entry in enumerate(entries, start=1):
+        if n >= limit and (n == len(entries) or entries[n].seq != entry.seq):
+            return entries[:n]
     return entries

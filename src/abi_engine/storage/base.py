@@ -243,8 +243,10 @@ class Store(Protocol):
         """Whether the outbox holds events after the delivery cursor (a cheap read)."""
 
     def fan_out(self, now: datetime, limit: int, callback_types: Collection[str]) -> int:
-        """Turn up to ``limit`` events after the cursor into deliveries; advance the cursor.
+        """Turn about ``limit`` events after the cursor into deliveries; advance the cursor.
 
+        Outbox rows are taken whole (the reference events of one commit share
+        a row), up to the row that brings the count to ``limit``.
         In one transaction: each event gets a delivery for every enabled
         subscription that asked for its type and existed when it happened,
         and, when its type is in ``callback_types`` and its execution has a

@@ -19,7 +19,7 @@ from abi_engine.events import ExecutionEventRef
 from abi_engine.ids import new_id
 from abi_engine.models_webhooks import Delivery, DeliveryAttempt, DeliveryStatus
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
-from abi_engine.storage._refs import outbox_entries, unpack
+from abi_engine.storage._refs import outbox_entries, unpack, whole_rows
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
 __all__ = ["WebhooksMixin"]
@@ -236,7 +236,7 @@ class WebhooksMixin:
             ).fetchall()
             if not rows:
                 return 0
-            events = outbox_entries(rows, callback_types)
+            events = whole_rows(outbox_entries(rows, callback_types), limit)
             # Callback targets: the execution an execution event is about, when it
             # has a callback URL.
             about = sorted({e.execution_id for e in events if e.execution_id is not None})
@@ -278,9 +278,9 @@ class WebhooksMixin:
                         [(new_id("dlv_"), *row, now_ms, now_ms, now_ms) for row in new],
                     )
             conn.execute(
-                "UPDATE webhook_cursor SET seq = %s WHERE name = %s", (rows[-1][0], _CURSOR)
+                "UPDATE webhook_cursor SET seq = %s WHERE name = %s", (events[-1].seq, _CURSOR)
             )
-            return len(rows)
+            return len(events)
 
         return int(self.write(run))
 

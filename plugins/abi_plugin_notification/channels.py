@@ -83,8 +83,15 @@ def _smtp_send(
     secrets = [settings.password]
     try:
         resolve_checked(settings.host, settings.port, allow_private=allow_private)
-        smtp_class = smtplib.SMTP_SSL if settings.ssl else smtplib.SMTP
-        with smtp_class(settings.host, settings.port, timeout=settings.timeout_seconds) as smtp:
+        timeout = settings.timeout_seconds
+        smtp: smtplib.SMTP
+        if settings.ssl:
+            # smtplib's own default context verifies nothing: give it one that does.
+            context = ssl.create_default_context()
+            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(settings.host, settings.port, timeout=timeout)
+        with smtp:
             if settings.starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if settings.username is not None:

@@ -276,8 +276,12 @@ class IntegrationSync(WorkflowType):
         body: Any,
     ) -> dict[str, Any] | None:
         """Send one operation; ``None`` when done, the error when the target refused it."""
-        headers = {"Idempotency-Key": f"{ctx.execution_id}:{operation}:{quote(key, safe='')}"}
-        one = config.target_record_path.replace("{key}", quote(key, safe=""))
+        quoted = quote(key, safe="")
+        headers = {"Idempotency-Key": f"{ctx.execution_id}:{operation}:{quoted}"}
+        # The keys '.' and '..' are dot segments, which URLs resolve away (to the
+        # collection, or the API's root): encoded, they name the record.
+        segment = quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+        one = config.target_record_path.replace("{key}", segment)
         try:
             if operation == "create":
                 await remote.request("POST", config.target_path, json_body=body, headers=headers)

@@ -166,3 +166,15 @@ async def test_records_from_parameters(engine: Engine, desk: System, crm: System
     assert execution.result["created"] == 1
     assert execution.result["source_integration"] is None
     assert crm.requests == []
+
+
+async def test_dot_keys_stay_under_the_record_path(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """Keys '.' and '..' address records of their own, never the collection or the API root."""
+    fill(desk, [desk_record(7)])
+    desk.records["."] = {"contact_id": ".", "contact_email": "dot@example.com"}
+    desk.records[".."] = {"contact_id": "..", "contact_email": "dots@example.com"}
+    await sync(engine, crm, desk, mode="mirror")
+    paths = sorted(r.path for r in desk.received("DELETE"))
+    assert paths == ["/records/%2E", "/records/%2E%2E", "/records/c_7"]

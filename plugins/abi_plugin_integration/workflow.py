@@ -47,6 +47,9 @@ from abi_plugin_integration.plan import Plan, TooManyDeletes, plan_sync
 __all__ = ["IntegrationSync", "SyncConfig", "SyncParams"]
 
 OPERATIONS = ("create", "update", "delete")
+#: How many pages of completed runs (100 each) incremental looks through for one that
+#: synchronized; beyond them it reads everything.
+MAX_SINCE_PAGES = 10
 
 
 @attrs.define(kw_only=True)
@@ -163,12 +166,20 @@ class IntegrationSync(WorkflowType):
         if not ctx.config.incremental:
             return None
         engine = ctx.services["engine"]
-        page = await engine.executions.list(
-            workflow_id=ctx.workflow_id, status="completed", page_size=1
-        )
-        if not page.items or page.items[0].started_at is None:
-            return None
-        return _rfc3339(page.items[0].started_at)
+        # The last completed run that read the source and wrote: a dry run, or a run on
+        # parameters.records, synchronized nothing from the source.
+        for number in range(1, MAX_SINCE_PAGES + 1):
+            page = await engine.executions.list(
+                workflow_id=ctx.workflow_id, status="completed", page=number, page_size=100
+            )
+            for summary in page.items:
+                run = await engine.executions.get(summary.execution_id)
+                if run.parameters.get("dry_run") or run.parameters.get("records") is not None:
+                    continue
+                return None if run.started_at is None else _rfc3339(run.started_at)
+            if number >= page.pagination.total_pages:
+                break
+        return None
 
     async def _read_source(self, ctx: StepContext) -> dict[str, Any]:
         config: SyncConfig = ctx.config

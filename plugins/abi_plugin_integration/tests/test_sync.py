@@ -168,6 +168,22 @@ async def test_records_from_parameters(engine: Engine, desk: System, crm: System
     assert crm.requests == []
 
 
+async def test_incremental_ignores_dry_runs_and_runs_on_given_records(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """A dry run, or a run on parameters.records, does not move where the next run reads from."""
+    fill(crm, [crm_record(1)])
+    await connect_systems(engine, int_crm=crm, int_desk=desk)
+    configuration = {**BASE_CONFIGURATION, "incremental": True, "since_param": "updated_since"}
+    workflow_id = await create_workflow(engine, configuration, INTEGRATIONS, "integration")
+    first = await engine.executions.execute(workflow_id, {})
+    assert first.started_at is not None
+    await engine.executions.execute(workflow_id, {"dry_run": True})
+    await engine.executions.execute(workflow_id, {"records": [crm_record(2)]})
+    third = await engine.executions.execute(workflow_id, {})
+    assert third.result["since"] == first.started_at.isoformat().replace("+00:00", "Z")
+
+
 async def test_dot_keys_stay_under_the_record_path(
     engine: Engine, crm: System, desk: System
 ) -> None:

@@ -26,11 +26,11 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from abi_engine import __version__
 from abi_engine.errors import AbiError
 from abi_engine.models import Scope
+from abi_engine.storage._urls import redact_url
 
 if TYPE_CHECKING:
     import uvicorn
@@ -195,12 +195,7 @@ def _redact(db: str) -> str:
     """``db`` as shown to people: a URL without its password, a path made absolute."""
     if "://" not in db:
         return db if db == ":memory:" else os.path.abspath(db)
-    parts = urlsplit(db)
-    if parts.password is None:
-        return db
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{parts.username or ''}:***@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return redact_url(db)
 
 
 def _reason(exc: BaseException) -> str:

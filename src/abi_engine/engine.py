@@ -22,6 +22,7 @@ from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
 from abi_engine.plugins import Registry, collect, make_plugin_manager
 from abi_engine.scheduling import ScheduleService
+from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import Store
 from abi_engine.types import WorkflowType
 from abi_engine.webhooks import WebhookService, WebhookSettings
@@ -246,7 +247,8 @@ class Engine:
             self.store.close()
 
     def __repr__(self) -> str:
-        return f"<Engine db={self.db_url!r} types={sorted(self.workflow_types)}>"
+        shown = redact_url(self.db_url) if "://" in self.db_url else self.db_url
+        return f"<Engine db={shown!r} types={sorted(self.workflow_types)}>"
 
 
 async def _cancel_after(task_group: TaskGroup, stop: Callable[[], Awaitable[None]]) -> None:

@@ -59,6 +59,7 @@ from abi_engine.models import (
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
+from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.postgres_executions import ExecutionsMixin
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
@@ -78,20 +79,6 @@ POOL_PARAMETERS = ("pool_min_size", "pool_max_size", "pool_timeout")
 CONNECT_TIMEOUT = 10
 _RETRIES = 5
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the authority or a ``password=`` parameter) masked."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        host = netloc.rsplit("@", 1)[1]
-        netloc = f"{parts.username or ''}:***@{host}"
-    query = [
-        (key, "***" if key == "password" else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*,/:=-")))
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:

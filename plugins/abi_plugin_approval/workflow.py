@@ -24,9 +24,11 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 import attrs
 import httpx
 
@@ -322,12 +324,14 @@ class Approval(WorkflowType):
         }
         client, url = self._notify_target(ctx, notify)
         parts = urlsplit(url)
-        resolve_checked(
+        resolve = partial(
+            resolve_checked,
             parts.hostname or "",
             parts.port or (443 if parts.scheme == "https" else 80),
             allow_private=self._allow_private,
         )
         async with client:
+            await anyio.to_thread.run_sync(resolve)  # DNS blocks: not on the event loop
             response = await client.post(
                 url, json=body, headers=notify.headers or None, timeout=notify.timeout_seconds
             )

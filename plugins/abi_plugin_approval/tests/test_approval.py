@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -255,6 +257,25 @@ async def test_notify_posts_the_request(engine: Engine, receiver: Receiver) -> N
     assert body["subject"] == "Laptop for Ada"
     assert body["amount"] == 1800
     assert body["approve_path"] == f"/api/v1/workflow_executions/{execution_id}/approve"
+
+
+async def test_notify_resolves_names_off_the_event_loop(
+    engine: Engine, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """notify_approvers looks its host up in a worker thread, never on the engine's loop."""
+    on_loop: list[object] = []
+    real = socket.getaddrinfo
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            on_loop.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    wf = await workflow(engine, notify={"url": f"{receiver.url}/approvals"})
+    await request(engine, wf)
+    assert receiver.paths == ["/approvals"]
+    assert on_loop == []
 
 
 async def test_notify_through_an_integration(engine: Engine, receiver: Receiver) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -125,10 +126,13 @@ async def _post(url: str, body: dict[str, Any], timeout: float, allow_private: b
     """POST JSON, refusing private addresses unless allowed; raise on any answer >= 400."""
     check_url(url, field="url", allow_private=allow_private)
     parts = urlsplit(url)
-    resolve_checked(
-        parts.hostname or "",
-        parts.port or (443 if parts.scheme == "https" else 80),
-        allow_private=allow_private,
+    await anyio.to_thread.run_sync(  # DNS blocks: not on the event loop
+        partial(
+            resolve_checked,
+            parts.hostname or "",
+            parts.port or (443 if parts.scheme == "https" else 80),
+            allow_private=allow_private,
+        )
     )
     async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
         response = await client.post(url, json=body)

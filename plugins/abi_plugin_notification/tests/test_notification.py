@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -326,6 +328,29 @@ async def test_webhook_channel(engine: Engine, slack: Receiver) -> None:
     )
     assert body["execution_id"] == execution.execution_id
     assert execution.result["channels"]["webhook"]["integration"] is None
+
+
+async def test_webhook_host_resolved_off_the_event_loop(
+    engine: Engine, slack: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The webhook and slack channels look hosts up in a worker thread, never on the loop."""
+    on_loop: list[object] = []
+    real = socket.getaddrinfo
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            on_loop.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", spy)
+    configuration = {
+        "channels": ["webhook"],
+        "templates": {"webhook": {"body": "Deployed $version"}},
+        "recipients": {"webhook": [f"{slack.url}/hooks/deploys"]},
+    }
+    await notify(engine, configuration, {"version": "1.2.3"}, [])
+    assert slack.paths == ["/hooks/deploys"]
+    assert on_loop == []
 
 
 async def test_integration_must_be_the_workflows_own(engine: Engine) -> None:

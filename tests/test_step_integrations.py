@@ -69,7 +69,10 @@ async def test_step_uses_the_connection_and_its_client(
     """ctx.integrations holds the connection (with its secret) and ctx.client() is authenticated."""
     base_url, seen = crm
     engine = Engine(
-        tmp_path / "i.db", plugins=[Plugin()], runtime=RuntimeSettings(poll_interval=0.05)
+        tmp_path / "i.db",
+        plugins=[Plugin()],
+        runtime=RuntimeSettings(poll_interval=0.05),
+        allow_private_urls=True,  # the CRM listens on 127.0.0.1
     )
     try:
         async with engine:
@@ -92,6 +95,41 @@ async def test_step_uses_the_connection_and_its_client(
     assert execution.result == {"provider": "http", "answer": {"path": "/contacts"}}
     assert seen[0]["authorization"] == "Bearer s3cr3t"
     assert "s3cr3t" not in json.dumps(execution.result)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_client_requests_follow_the_outbound_url_rules(
+    tmp_path: Path, crm: tuple[str, list[dict[str, str]]], host: str
+) -> None:
+    """Without allow_private_urls, ctx.client() refuses a private address (by IP or by name)."""
+    from abi_engine.errors import WorkflowExecutionError
+
+    base_url, seen = crm
+    base_url = base_url.replace("127.0.0.1", host)
+    engine = Engine(
+        tmp_path / "r.db", plugins=[Plugin()], runtime=RuntimeSettings(poll_interval=0.05)
+    )
+    try:
+        async with engine:
+            await engine.integrations.put(
+                "int_crm",
+                "http",
+                {"base_url": base_url, "auth": {"type": "bearer", "token": "s3cr3t"}},
+            )
+            wf = await engine.workflows.create(
+                {
+                    "name": "crm",
+                    "type": "uses_crm",
+                    "integrations": [{"id": "int_crm", "required": True}],
+                }
+            )
+            await engine.workflows.activate(wf.id)
+            with pytest.raises(WorkflowExecutionError, match="URL refused") as caught:
+                await engine.executions.execute(wf.id, {})
+    finally:
+        engine.close()
+    assert seen == []  # nothing reached the server
+    assert "s3cr3t" not in str(caught.value)
 
 
 async def test_client_of_an_unconnected_integration_fails_the_step(tmp_path: Path) -> None:

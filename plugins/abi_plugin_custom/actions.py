@@ -12,6 +12,7 @@ import httpx
 import simpleeval
 
 from abi_engine import StepContext
+from abi_engine.integrations import provider_client
 from abi_engine.netguard import check_url, resolve_checked
 
 __all__ = ["MAX_BODY_CHARS", "make_action"]
@@ -98,7 +99,7 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
                 " integrations (list it in the workflow's integrations)"
             )
         provider = engine.registry.providers[connection.provider]
-        client: httpx.AsyncClient = provider.client(connection.config)
+        client: httpx.AsyncClient = provider_client(provider, connection.config, allow_private)
         # Appended, never resolved: a path such as "https://elsewhere/..." or "//elsewhere"
         # must not carry the integration's credentials to another host.
         base = str(client.base_url).rstrip("/")

@@ -90,8 +90,9 @@ class SmtpProvider(IntegrationProvider):
             shown["password"] = MASK
         return shown
 
-    def client(self, config: Mapping[str, Any]) -> SmtpConfig:
-        """The connection's settings, structured (the email channel connects with them)."""
+    def client(self, config: Mapping[str, Any], *, allow_private_urls: bool = False) -> SmtpConfig:
+        """The connection's settings, structured (the email channel connects with them,
+        checking the address itself)."""
         return structure(dict(config), SmtpConfig)
 
 
@@ -136,6 +137,6 @@ class SlackProvider(IntegrationProvider):
                 shown["webhook_url"] = MASK
         return shown
 
-    def client(self, config: Mapping[str, Any]) -> SlackConfig:
+    def client(self, config: Mapping[str, Any], *, allow_private_urls: bool = False) -> SlackConfig:
         """The connection's settings, structured (the slack channel posts with them)."""
         return structure(dict(config), SlackConfig)

@@ -11,6 +11,7 @@ Secret fields are stored but never returned.
 from __future__ import annotations
 
 import builtins
+import inspect
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
@@ -23,11 +24,12 @@ from abi_engine.converter import structure
 from abi_engine.errors import IntegrationNotFound, InvalidRequest
 from abi_engine.ids import utcnow
 from abi_engine.models import Integration, Page
+from abi_engine.netguard import GuardedTransport
 from abi_engine.services import Service, check_page
 from abi_engine.storage.base import Store
 from abi_engine.types import prefixed_fields
 
-__all__ = ["MASK", "HttpProvider", "IntegrationProvider", "IntegrationService"]
+__all__ = ["MASK", "HttpProvider", "IntegrationProvider", "IntegrationService", "provider_client"]
 
 MASK = "********"
 _ID = re.compile(r"^int_[A-Za-z0-9_.\-]{1,120}$")
@@ -66,8 +68,13 @@ class IntegrationProvider:
         """The config as it may be shown: secrets replaced by :data:`MASK`."""
         return dict(config)
 
-    def client(self, config: Mapping[str, Any]) -> Any:
-        """An object steps use to talk to the system (provider-specific)."""
+    def client(self, config: Mapping[str, Any], *, allow_private_urls: bool = False) -> Any:
+        """An object steps use to talk to the system (provider-specific).
+
+        A provider that opens network connections applies the engine's
+        outbound URL rules (:class:`abi_engine.netguard.GuardedTransport` for
+        httpx): ``allow_private_urls`` is the engine's setting.
+        """
         return dict(config)
 
 
@@ -153,7 +160,14 @@ class HttpProvider(IntegrationProvider):
             }
         return shown
 
-    def client(self, config: Mapping[str, Any]) -> httpx.AsyncClient:
+    def client(
+        self, config: Mapping[str, Any], *, allow_private_urls: bool = False
+    ) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` on the base URL, with the headers and auth set.
+
+        Every request goes through the outbound URL rules, the connection
+        pinned to the address checked (:class:`~abi_engine.netguard.GuardedTransport`).
+        """
         parsed: HttpConfig = structure(dict(config), HttpConfig)
         headers = dict(parsed.headers)
         auth: httpx.Auth | None = None
@@ -170,7 +184,23 @@ class HttpProvider(IntegrationProvider):
             auth=auth,
             timeout=parsed.timeout_seconds,
             follow_redirects=False,
+            trust_env=False,  # no proxies from the environment: they would bypass the rules
+            transport=GuardedTransport(allow_private=allow_private_urls),
         )
+
+
+def provider_client(provider: Any, config: Mapping[str, Any], allow_private_urls: bool) -> Any:
+    """``provider.client(config)``, told the engine's outbound URL setting when it takes it.
+
+    Providers written before ``allow_private_urls`` existed get ``config`` alone.
+    """
+    try:
+        takes_flag = "allow_private_urls" in inspect.signature(provider.client).parameters
+    except (TypeError, ValueError):
+        takes_flag = False
+    if takes_flag:
+        return provider.client(config, allow_private_urls=allow_private_urls)
+    return provider.client(config)
 
 
 class IntegrationService(Service):

@@ -9,13 +9,18 @@ on DNS; delivery checks again, on the addresses actually connected to.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urlsplit
+
+import anyio.to_thread
+import httpx
 
 from abi_engine.errors import InvalidRequest
 
-__all__ = ["check_url", "is_forbidden_address", "resolve_checked"]
+__all__ = ["GuardedTransport", "URLRefused", "check_url", "is_forbidden_address", "resolve_checked"]
 
 _METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
 MAX_URL = 2048
@@ -98,3 +103,58 @@ def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[str]:
                     f"{host} resolves to a private address ({address})", {"field": "url"}
                 )
     return addresses
+
+
+class URLRefused(httpx.TransportError):
+    """An outbound request the URL rules refuse (scheme, or a forbidden address)."""
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    """An httpx transport that applies the outbound URL rules to every request.
+
+    Each request's URL is checked (:func:`check_url`); unless private URLs
+    are allowed, its host is resolved here and the connection goes to the
+    first address that passed, with the original ``Host`` header and TLS
+    server name, so a DNS answer that changes after the check cannot point
+    the request elsewhere. Redirects are not followed by the clients that
+    use it, and would be checked again if they were. A refused request
+    raises :class:`URLRefused` (an ``httpx.TransportError``).
+    """
+
+    def __init__(self, *, allow_private: bool, **options: Any) -> None:
+        self.allow_private = allow_private
+        self._inner = httpx.AsyncHTTPTransport(**options)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        try:
+            check_url(str(url), field="url", allow_private=self.allow_private)
+        except InvalidRequest as exc:
+            raise URLRefused(f"URL refused: {exc.message}", request=request) from None
+        if not self.allow_private:
+            host = url.host
+            port = url.port or (443 if url.scheme == "https" else 80)
+            resolve = functools.partial(resolve_checked, host, port, allow_private=False)
+            try:
+                if _is_ip(host):
+                    addresses = resolve()
+                else:  # resolving a name may block: in a thread
+                    addresses = await anyio.to_thread.run_sync(resolve)
+            except (InvalidRequest, OSError) as exc:
+                message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
+                raise URLRefused(f"URL refused: {message}", request=request) from None
+            if url.scheme == "https":
+                request.extensions = {**request.extensions, "sni_hostname": host}
+            request.url = url.copy_with(host=addresses[0])  # Host header keeps the name
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

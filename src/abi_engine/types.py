@@ -132,8 +132,11 @@ class StepContext:
         connection = self.integrations.get(integration_id)
         if connection is None:
             raise LookupError(f"integration {integration_id!r} is not connected")
-        provider = self.services["engine"].registry.providers[connection.provider]
-        return provider.client(connection.config)
+        engine = self.services["engine"]
+        provider = engine.registry.providers[connection.provider]
+        from abi_engine.integrations import provider_client
+
+        return provider_client(provider, connection.config, engine.allow_private_urls)
 
     def wait_for_signal(self, name: str, timeout_seconds: float | None = None) -> Any:
         """Return the payload of signal ``name``, suspending the execution until it arrives.

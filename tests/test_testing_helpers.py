@@ -15,7 +15,12 @@ import pytest
 
 from abi_engine import Engine, ExecutionStatus, StepContext, WorkflowType, hookimpl, step
 from abi_engine.errors import InvalidParameters, WorkflowExecutionError
-from abi_engine.testing import abi_engine, engine_for, run_workflow  # noqa: F401 - a fixture
+from abi_engine.testing import (  # noqa: F401 - fixtures
+    abi_engine,
+    abi_engine_options,
+    engine_for,
+    run_workflow,
+)
 
 pytestmark = pytest.mark.anyio
 

@@ -31,7 +31,7 @@ from abi_engine.engine import Engine
 from abi_engine.executor import RuntimeSettings
 from abi_engine.models import Execution
 
-__all__ = ["abi_engine", "abi_plugins", "engine_for", "run_workflow"]
+__all__ = ["abi_engine", "abi_engine_options", "abi_plugins", "engine_for", "run_workflow"]
 
 
 @asynccontextmanager
@@ -86,7 +86,16 @@ def abi_plugins() -> list[object]:
 
 
 @pytest.fixture
-async def abi_engine(abi_plugins: list[object]) -> AsyncIterator[Engine]:
+def abi_engine_options() -> dict[str, Any]:
+    """Override to pass options to the ``abi_engine`` fixture's :class:`Engine`
+    (e.g. ``{"allow_private_urls": True}`` for services on 127.0.0.1)."""
+    return {}
+
+
+@pytest.fixture
+async def abi_engine(
+    abi_plugins: list[object], abi_engine_options: dict[str, Any]
+) -> AsyncIterator[Engine]:
     """A started in-memory engine with the entry-point plugins and ``abi_plugins``."""
-    async with engine_for(*abi_plugins) as engine:
+    async with engine_for(*abi_plugins, **abi_engine_options) as engine:
         yield engine

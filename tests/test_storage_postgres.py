@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from postgres_testing import create_schema, drop_schema, with_schema
 
 from abi_engine import Engine, Workflow
+from abi_engine.errors import InvalidRequest
 from abi_engine.events import Event
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import ExecutionStatus
@@ -199,6 +200,34 @@ def test_redact_url_hides_any_password(password: str, in_query: bool) -> None:
     assert password not in shown.replace("***", "")
     assert "db.example:5432/app" in shown
     assert "sslmode=require" in shown
+
+
+_STEPS = {"steps": [{"name": "t", "action": "transform", "expressions": {"a": "1"}}]}
+
+
+@pytest.mark.anyio
+async def test_nul_characters_are_a_bad_request_not_a_crash(schema: tuple[str, str]) -> None:
+    """PostgreSQL text cannot hold U+0000: reads and writes with one are INVALID_REQUEST."""
+    _, url = schema
+    engine = Engine(url)
+    try:
+        with pytest.raises(InvalidRequest) as caught:
+            await engine.workflows.get("wf_\x00")
+        assert caught.value.details == {"reason": "nul_character"}
+        with pytest.raises(InvalidRequest):
+            await engine.workflows.create(
+                {"name": "a\x00b", "type": "custom", "configuration": _STEPS}
+            )
+        with pytest.raises(InvalidRequest):
+            await engine.workflows.list(department="\x00")
+        page = await engine.workflows.list()
+        assert page.pagination.total_items == 0  # nothing half-written
+        created = await engine.workflows.create(
+            {"name": "fine", "type": "custom", "configuration": _STEPS}
+        )
+        assert (await engine.workflows.get(created.id)).name == "fine"
+    finally:
+        engine.close()
 
 
 def test_engine_opens_postgres_urls_through_the_hook(schema: tuple[str, str]) -> None:

@@ -46,6 +46,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool
 
+from abi_engine.errors import InvalidRequest
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.models import (
     Integration,
@@ -79,6 +80,19 @@ POOL_PARAMETERS = ("pool_min_size", "pool_max_size", "pool_timeout")
 CONNECT_TIMEOUT = 10
 _RETRIES = 5
 _RETRYABLE = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+
+
+@contextmanager
+def _nul_refused() -> Iterator[None]:
+    """PostgreSQL text cannot hold NUL characters: a value with one is a bad request, not a 500."""
+    try:
+        yield
+    except psycopg.DataError as exc:
+        if "NUL" not in str(exc) and "\\u0000" not in str(exc):
+            raise
+        raise InvalidRequest(
+            "Text values cannot contain NUL characters (U+0000)", {"reason": "nul_character"}
+        ) from None
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -242,7 +256,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         """A connection for reads (each statement sees the latest commits)."""
         if self._closed:
             raise psycopg.InterfaceError("the store is closed")
-        with self._pool.connection() as conn:
+        with _nul_refused(), self._pool.connection() as conn:
             yield conn
 
     def write(self, fn: Callable[[Conn], T]) -> T:
@@ -255,7 +269,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             raise psycopg.InterfaceError("the store is closed")
         for attempt in range(1, _RETRIES + 1):
             try:
-                with self._pool.connection() as conn, conn.transaction():
+                with _nul_refused(), self._pool.connection() as conn, conn.transaction():
                     return fn(conn)
             except _RETRYABLE:
                 if attempt == _RETRIES:

@@ -219,6 +219,18 @@ async def test_transform_of_missing_keys_fails(eng: Engine) -> None:
     assert "nope" in execution.error.message
 
 
+async def test_costly_transform_fails_its_step_at_once(eng: Engine) -> None:
+    """A transform that would build a billion elements fails its step, naming why, in no time."""
+    costly = "[[1]*99999 for a in 'x'*9999]"
+    wf = await custom(
+        eng, steps({"name": "t", "action": "transform", "expressions": {"v": costly}})
+    )
+    started = time.perf_counter()
+    execution = await _failure(eng, wf)
+    assert time.perf_counter() - started < 5
+    assert "v: ExpressionTooCostly" in execution.error.message
+
+
 @pytest.mark.parametrize(
     ("configuration", "field"),
     [

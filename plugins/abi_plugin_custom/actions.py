@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import simpleeval
 
 from abi_engine import StepContext
+from abi_engine.expressions import SafeEvaluator
 from abi_engine.integrations import provider_client
 from abi_engine.netguard import check_url, resolve_checked
 
@@ -52,7 +52,7 @@ def evaluate(expressions: dict[str, str], ctx: StepContext) -> dict[str, Any]:
     literals, arithmetic, comparisons, subscripts and the functions listed in
     ``_FUNCTIONS``, with limits on power and string sizes.
     """
-    evaluator = simpleeval.EvalWithCompoundTypes(
+    evaluator = SafeEvaluator(
         names={
             "parameters": dict(ctx.parameters),
             "results": dict(ctx.results),

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import simpleeval
+from abi_engine.expressions import SafeEvaluator
 
 __all__ = ["FUNCTIONS", "Expression", "ExpressionError"]
 
@@ -65,7 +65,7 @@ class Expression:
         except SyntaxError as exc:
             raise ExpressionError(f"invalid expression: {exc.msg}") from None
         self.source = source
-        self._evaluator = simpleeval.EvalWithCompoundTypes(functions=FUNCTIONS)
+        self._evaluator = SafeEvaluator(functions=FUNCTIONS)
         self._parsed = self._evaluator.parse(source.strip())
 
     def evaluate(self, names: Mapping[str, Any]) -> Any:

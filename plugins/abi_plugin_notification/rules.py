@@ -16,6 +16,8 @@ from typing import Any
 
 import simpleeval
 
+from abi_engine.expressions import SafeEvaluator
+
 __all__ = ["FUNCTIONS", "PRIORITIES", "RuleError", "check_condition", "first_match"]
 
 #: The priorities a rule may give, most pressing first.
@@ -102,9 +104,9 @@ def check_condition(condition: str) -> None:
             raise RuleError(f"names may not start with '_': {node.id}")
 
 
-def _evaluator(parameters: Mapping[str, Any]) -> simpleeval.EvalWithCompoundTypes:
+def _evaluator(parameters: Mapping[str, Any]) -> SafeEvaluator:
     names = {**_NAMES, **parameters, "parameters": dict(parameters)}
-    return simpleeval.EvalWithCompoundTypes(names=names, functions=FUNCTIONS)
+    return SafeEvaluator(names=names, functions=FUNCTIONS)
 
 
 def first_match(

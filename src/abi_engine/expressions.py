@@ -1,0 +1,106 @@
+"""Safe expressions (simpleeval, never Python's ``eval``) with bounded cost.
+
+simpleeval allows only expressions over the names and functions it is given,
+and bounds each literal, repetition and comprehension; but nested
+comprehensions multiply its bounds (``[[1]*99999 for a in 'x'*9999]`` is a
+billion elements) and string methods such as ``'x'.ljust(10**10)`` allocate
+whatever they are asked. :class:`SafeEvaluator` closes those gaps, for every
+expression a workflow's configuration or an execution's parameters carry:
+
+- method calls are limited to :data:`SAFE_METHODS` (methods whose result is
+  no bigger than their object: ``lower``, ``strip``, ``split``, ``get``...);
+- ``*`` and ``+`` count the elements (characters, items) they create, and one
+  evaluation may create at most :data:`MAX_ELEMENTS`;
+- exponents are at most :data:`MAX_EXPONENT`.
+
+A refused expression raises :class:`ExpressionTooCostly` or simpleeval's
+``FeatureNotAvailable`` (both ``simpleeval.InvalidExpression``).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import simpleeval
+
+__all__ = ["MAX_ELEMENTS", "MAX_EXPONENT", "SAFE_METHODS", "ExpressionTooCostly", "SafeEvaluator"]
+
+#: Elements (characters of strings, items of lists, tuples and dicts) that the
+#: operators of one evaluation may create in all.
+MAX_ELEMENTS = 1_000_000
+#: The largest exponent of ``**``.
+MAX_EXPONENT = 1_000
+#: Methods an expression may call: none returns more than its object holds.
+SAFE_METHODS = frozenset(
+    {
+        # str
+        "lower", "upper", "title", "capitalize", "casefold", "swapcase",
+        "strip", "lstrip", "rstrip", "removeprefix", "removesuffix",
+        "startswith", "endswith", "find", "rfind", "index", "rindex", "count",
+        "split", "rsplit", "splitlines", "partition", "rpartition",
+        "isdigit", "isdecimal", "isnumeric", "isalpha", "isalnum", "isspace",
+        "islower", "isupper", "istitle",
+        # dict
+        "get", "keys", "values", "items",
+    }
+)  # fmt: skip
+
+
+class ExpressionTooCostly(simpleeval.InvalidExpression):  # type: ignore[misc]
+    """An expression would create too much (see :data:`MAX_ELEMENTS`)."""
+
+
+class SafeEvaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
+    """simpleeval's evaluator with compound types, its cost bounded (see the module)."""
+
+    def __init__(
+        self,
+        *,
+        names: Mapping[str, Any] | None = None,
+        functions: Mapping[str, Callable[..., Any]] | None = None,
+    ) -> None:
+        super().__init__(functions=dict(functions or {}), names=dict(names or {}))
+        self._elements = 0
+        operators: dict[Any, Any] = dict(self.operators)  # type: ignore[has-type]
+        operators[ast.Mult] = self._counted(operators[ast.Mult])
+        operators[ast.Add] = self._counted(operators[ast.Add])
+        operators[ast.Pow] = _bounded_power
+        self.operators = operators
+
+    def eval(self, expr: str, previously_parsed: Any = None) -> Any:
+        self._elements = 0
+        return super().eval(expr, previously_parsed)
+
+    def _counted(self, operator: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def counted(a: Any, b: Any) -> Any:
+            if operator is simpleeval.safe_mult:  # check a repetition before making it
+                for operand, times in ((a, b), (b, a)):
+                    if (
+                        hasattr(operand, "__len__")
+                        and isinstance(times, int)
+                        and self._elements + len(operand) * max(times, 0) > MAX_ELEMENTS
+                    ):
+                        raise ExpressionTooCostly("the expression would create too many elements")
+            result = operator(a, b)
+            if hasattr(result, "__len__"):
+                self._elements += len(result)
+                if self._elements > MAX_ELEMENTS:
+                    raise ExpressionTooCostly("the expression would create too many elements")
+            return result
+
+        return counted
+
+    def _eval_call(self, node: ast.Call) -> Any:
+        if isinstance(node.func, ast.Attribute) and node.func.attr not in SAFE_METHODS:
+            raise simpleeval.FeatureNotAvailable(
+                f"the method {node.func.attr!r} is not available in expressions"
+            )
+        return super()._eval_call(node)
+
+
+def _bounded_power(a: Any, b: Any) -> Any:
+    if isinstance(b, int | float) and abs(b) > MAX_EXPONENT:
+        raise ExpressionTooCostly(f"exponents are at most {MAX_EXPONENT}")
+    return simpleeval.safe_power(a, b)

@@ -265,8 +265,10 @@ class Approval(WorkflowType):
                 f"{decided_by!r} is not an approver of this request",
                 {**where, "field": "decided_by"},
             )
-        requester = signal.parameters.get("requested_by") or signal.created_by
-        if not config.allow_self_approval and decided_by is not None and decided_by == requester:
+        # Both who is named as requesting and who started the execution: naming
+        # someone else as the requester must not let the starter decide.
+        requesters = {signal.parameters.get("requested_by"), signal.created_by} - {None}
+        if not config.allow_self_approval and decided_by is not None and decided_by in requesters:
             raise Forbidden(
                 f"{decided_by!r} requested this approval and may not decide it",
                 {**where, "field": "decided_by"},

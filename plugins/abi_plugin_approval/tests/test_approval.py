@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from abi_engine import Engine, ExecutionStatus, StepStatus
+from abi_engine import Engine, ExecutionStatus, Principal, StepStatus
 from abi_engine.errors import (
     Forbidden,
     InvalidParameters,
@@ -151,6 +151,18 @@ async def test_non_approver_and_requester_are_refused(engine: Engine) -> None:
     with pytest.raises(Forbidden, match="must name who decides"):
         await engine.executions.decide(execution_id, True)
     assert (await engine.executions.get(execution_id)).status is ExecutionStatus.WAITING
+
+
+async def test_who_started_the_request_may_not_decide_it_either(engine: Engine) -> None:
+    """Naming someone else as requested_by does not let the user who started it approve it."""
+    wf = await workflow(engine, approvers=["usr_bob", "usr_mallory"])
+    mallory = Principal(user_id="usr_mallory")
+    execution = await engine.executions.execute(wf, dict(PURCHASE), actor=mallory)
+    assert execution.status is ExecutionStatus.WAITING
+    with pytest.raises(Forbidden, match="requested this approval"):
+        await engine.executions.decide(execution.execution_id, True, decided_by="usr_mallory")
+    await engine.executions.decide(execution.execution_id, True, decided_by="usr_bob")
+    assert (await settled(engine, execution.execution_id)).result["approved"] is True
 
 
 async def test_self_approval_when_allowed(engine: Engine) -> None:

@@ -8,6 +8,7 @@ returns one outcome per recipient: ``{"recipient", "status": "sent"|"failed",
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from collections.abc import Sequence
 from email.headerregistry import Address
@@ -77,21 +78,48 @@ def _email(settings: SmtpConfig, message: Message, recipient: str) -> EmailMessa
     return mail
 
 
+class _PinnedSMTP(smtplib.SMTP):
+    """SMTP connecting to an address checked beforehand (the host name kept for TLS)."""
+
+    def __init__(self, address: str, **options: Any) -> None:
+        self._address = address
+        super().__init__(**options)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((self._address, port), timeout, self.source_address)
+
+
+class _PinnedSMTPS(smtplib.SMTP_SSL):
+    """SMTP over TLS connecting to an address checked beforehand, verifying ``host``."""
+
+    def __init__(self, address: str, **options: Any) -> None:
+        self._address = address
+        super().__init__(**options)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        plain = socket.create_connection((self._address, port), timeout, self.source_address)
+        return self.context.wrap_socket(plain, server_hostname=host)
+
+
 def _smtp_send(
     settings: SmtpConfig, message: Message, recipients: Sequence[str], allow_private: bool
 ) -> list[dict[str, Any]]:
     """Blocking: one connection, one message per recipient (run in a worker thread)."""
     secrets = [settings.password]
     try:
-        resolve_checked(settings.host, settings.port, allow_private=allow_private)
+        # Connect to the address that was checked: a DNS answer that changes
+        # afterwards cannot point the connection at a private address.
+        address = resolve_checked(settings.host, settings.port, allow_private=allow_private)[0]
         timeout = settings.timeout_seconds
         smtp: smtplib.SMTP
         if settings.ssl:
             # smtplib's own default context verifies nothing: give it one that does.
             context = ssl.create_default_context()
-            smtp = smtplib.SMTP_SSL(settings.host, settings.port, timeout=timeout, context=context)
+            smtp = _PinnedSMTPS(
+                address, host=settings.host, port=settings.port, timeout=timeout, context=context
+            )
         else:
-            smtp = smtplib.SMTP(settings.host, settings.port, timeout=timeout)
+            smtp = _PinnedSMTP(address, host=settings.host, port=settings.port, timeout=timeout)
         with smtp:
             if settings.starttls:
                 smtp.starttls(context=ssl.create_default_context())

@@ -75,3 +75,18 @@ async def test_ssl_refuses_a_certificate_nobody_vouches_for(
     assert "CERTIFICATE_VERIFY_FAILED" in outcomes[0]["error"]
     assert mailbox.logins == []
     assert mailbox.messages == []
+
+
+def test_smtp_connects_to_the_checked_address_not_a_new_lookup(
+    smtp: tuple[Mailbox, int],
+) -> None:
+    """The connection goes to the address resolved and checked, never to a second DNS answer."""
+    from abi_plugin_notification.channels import _PinnedSMTP
+
+    mailbox, port = smtp
+    # A name that resolves nowhere: had smtplib looked it up again, connecting would fail.
+    with _PinnedSMTP("127.0.0.1", host="mail.example.invalid", port=port, timeout=5) as client:
+        client.sendmail("from@example.com", ["to@example.com"], "Subject: hi\r\n\r\nbody")
+    assert [(sender, rcpts) for sender, rcpts, _ in mailbox.messages] == [
+        ("from@example.com", ["to@example.com"])
+    ]

@@ -461,7 +461,7 @@ async def test_disguised_loopback_refused_at_run(
         )
         execution = await _failure(engine, wf)
     assert execution.error.step == "call"
-    assert execution.error.type == "InvalidRequest"
+    assert execution.error.type == "URLRefused"
     assert "private" in execution.error.message
     assert server.seen == []
 

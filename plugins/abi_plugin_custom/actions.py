@@ -13,7 +13,7 @@ import httpx
 from abi_engine import StepContext
 from abi_engine.expressions import SafeEvaluator
 from abi_engine.integrations import provider_client
-from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.netguard import GuardedTransport, check_url
 
 __all__ = ["MAX_BODY_CHARS", "make_action"]
 
@@ -105,15 +105,16 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
         base = str(client.base_url).rstrip("/")
         url = f"{base}/{step.path.lstrip('/')}" if step.path else base
     else:
-        client = httpx.AsyncClient(follow_redirects=False)
+        # Every request checked against the outbound URL rules, and connected to
+        # the address checked (resolved in a thread, not on the event loop).
+        client = httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            transport=GuardedTransport(allow_private=allow_private),
+        )
         url = step.url
     check_url(url, field="url", allow_private=allow_private)
     parts = urlsplit(url)
-    resolve_checked(
-        parts.hostname or "",
-        parts.port or (443 if parts.scheme == "https" else 80),
-        allow_private=allow_private,
-    )
     async with client:
         response = await client.request(
             step.method,

@@ -179,8 +179,6 @@ def _databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datab
     if request.param == "sqlite":
         yield lambda name="abi.db": tmp_path / name
         return
-    if request.node.get_closest_marker("sqlite_only"):
-        pytest.skip("checks SQLite specifics")
     server: str = request.getfixturevalue("postgres_server")
     made: dict[str, tuple[str, str]] = {}
 
@@ -194,6 +192,23 @@ def _databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datab
     finally:
         for schema, _url in made.values():
             drop_schema(server, schema)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``sqlite_only`` check SQLite specifics: they are not made for other
+    backends (deselected, not skipped)."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        backend = params.get("databases", params.get("every_database", "sqlite"))
+        if item.get_closest_marker("sqlite_only") and backend != "sqlite":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(params=ENGINE_BACKENDS)

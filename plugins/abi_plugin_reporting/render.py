@@ -1,7 +1,7 @@
 """Rendering a report: JSON, CSV, Markdown or HTML text.
 
 Every value a record supplied is escaped for its format: HTML entities,
-Markdown table pipes and line breaks, and CSV cells that a spreadsheet
+Markdown table pipes, line breaks and raw HTML (as entities), and CSV cells that a spreadsheet
 would run as a formula (text starting with ``=``, ``+``, ``-``, ``@``, a tab
 or a carriage return) get a leading ``'``.
 """
@@ -46,7 +46,9 @@ def _csv_cell(value: Any) -> str:
 
 
 def _md_cell(value: Any) -> str:
-    text = _text(value, decimals=True).replace("\\", "\\\\").replace("|", "\\|")
+    # Markdown passes raw HTML through to whatever renders it: write it as entities.
+    text = html.escape(_text(value, decimals=True), quote=False)
+    text = text.replace("\\", "\\\\").replace("|", "\\|")
     return " ".join(text.split()) or " "
 
 

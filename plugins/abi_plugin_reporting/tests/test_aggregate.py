@@ -172,6 +172,8 @@ def test_html_and_markdown_escape_record_values() -> None:
     table = render(report(rows, ["name"], ["name", "n"]), "markdown")
     assert "| a\\|b c | 2 |" in table
     assert table.splitlines()[-1] == "| Total | 2 |"
+    assert "<script>" not in table  # raw HTML would pass through a Markdown renderer
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in table
 
 
 @pytest.mark.parametrize(

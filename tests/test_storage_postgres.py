@@ -182,6 +182,24 @@ def test_pool_parameters_are_taken_out_of_the_url(schema: tuple[str, str]) -> No
         store.close()
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pool_min_size=abc",
+        "pool_max_size=0",
+        "pool_timeout=0",
+        "pool_min_size=1.5",
+        "pool_min_size=-1",
+    ],
+)
+def test_bad_pool_parameters_are_clear_errors(query: str) -> None:
+    """A pool parameter out of its range is named, before any connection."""
+    name = query.split("=")[0]
+    with pytest.raises(ValueError, match=f"{name} must be a") as caught:
+        PostgresStore(f"postgresql://app:s3cret@127.0.0.1:1/abi?{query}")
+    assert "s3cret" not in str(caught.value)
+
+
 @given(
     password=st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZ0123456789!$&()*+,;=", min_size=6),
     in_query=st.booleans(),

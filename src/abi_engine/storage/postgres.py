@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal, TypeVar
@@ -204,6 +204,17 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         self.durability = durability
         self._closed = False
         self._close_lock = threading.Lock()
+        low = (
+            min_size
+            if min_size is not None
+            else self._pool_number(pool_options, "pool_min_size", 1, 0)
+        )
+        high = (
+            max_size
+            if max_size is not None
+            else self._pool_number(pool_options, "pool_max_size", 10, 1)
+        )
+        pool_timeout = self._pool_number(pool_options, "pool_timeout", 30, 0)
         # A first connection of its own: a bad URL or an unreachable server fails
         # here with libpq's message, not as a pool timeout.
         # Without a connect_timeout, libpq waits as long as the OS does for an unreachable host.
@@ -228,19 +239,40 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             self.schema = str(row[0])
             self._version = migrate(conn, self.schema)
         self._events_lock_key = advisory_key("events", self.schema)
-        low = min_size if min_size is not None else int(pool_options.get("pool_min_size", 1))
-        high = max_size if max_size is not None else int(pool_options.get("pool_max_size", 10))
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             conninfo,
             min_size=low,
             max_size=max(low, high),
-            timeout=float(pool_options.get("pool_timeout", 30)),
+            timeout=pool_timeout,
             kwargs=connect,
             configure=self._configure,
             name="abi-engine",
             open=False,
         )
         self._pool.open(wait=False)
+
+    def _pool_number(
+        self, options: Mapping[str, str], name: str, default: float, least: float
+    ) -> Any:
+        """A pool parameter of the URL, checked: a clear error rather than ``int()``'s.
+
+        ``least`` is the smallest value allowed; ``pool_timeout`` (``least`` 0)
+        is a number of seconds above it, the sizes are integers.
+        """
+        seconds = name == "pool_timeout"
+        if name not in options:
+            return float(default) if seconds else int(default)
+        try:
+            value: float | None = float(options[name]) if seconds else int(options[name])
+        except ValueError:
+            value = None
+        if value is None or value < least or (seconds and value == least):
+            kind = "a number of seconds above 0" if seconds else f"an integer from {least:g}"
+            raise ValueError(
+                f"invalid PostgreSQL URL {self.display_url}: {name} must be {kind}"
+                f" (got {options[name]!r})"
+            )
+        return value
 
     def _configure(self, conn: Conn) -> None:
         if self.durability == "full":

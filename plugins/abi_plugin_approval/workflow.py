@@ -24,11 +24,9 @@ import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import anyio.to_thread
 import attrs
 import httpx
 
@@ -42,7 +40,7 @@ from abi_engine.errors import (
     InvalidWorkflowConfig,
     ParameterValidationError,
 )
-from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.netguard import GuardedTransport, check_url
 from abi_engine.types import IncomingSignal, SignalTimeout, approval_signal, is_approval_signal
 
 __all__ = [
@@ -326,14 +324,7 @@ class Approval(WorkflowType):
         }
         client, url = self._notify_target(ctx, notify)
         parts = urlsplit(url)
-        resolve = partial(
-            resolve_checked,
-            parts.hostname or "",
-            parts.port or (443 if parts.scheme == "https" else 80),
-            allow_private=self._allow_private,
-        )
-        async with client:
-            await anyio.to_thread.run_sync(resolve)  # DNS blocks: not on the event loop
+        async with client:  # its transport checks the URL and pins the address checked
             response = await client.post(
                 url, json=body, headers=notify.headers or None, timeout=notify.timeout_seconds
             )
@@ -352,7 +343,12 @@ class Approval(WorkflowType):
         """A client and the URL to POST to; an integration's base URL with ``path`` appended."""
         if notify.integration is None:
             url = notify.url or ""
-            client = httpx.AsyncClient(follow_redirects=False)
+            check_url(url, field="notify.url", allow_private=self._allow_private)
+            client = httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                transport=GuardedTransport(allow_private=self._allow_private),
+            )
         else:
             connection = ctx.integrations.get(notify.integration)
             if connection is None:
@@ -360,10 +356,9 @@ class Approval(WorkflowType):
                     f"integration {notify.integration!r} is not one of this workflow's"
                     " connected integrations (list it in the workflow's integrations)"
                 )
-            client = ctx.client(notify.integration)
+            client = ctx.client(notify.integration)  # guarded by the http provider
             base = str(client.base_url).rstrip("/")
             url = f"{base}/{notify.path.lstrip('/')}" if notify.path else base
-        check_url(url, field="notify.url", allow_private=self._allow_private)
         return client, url
 
     @step(skip_if=_auto_approved)

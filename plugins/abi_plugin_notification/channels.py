@@ -14,14 +14,13 @@ from collections.abc import Sequence
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
 
-from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.netguard import GuardedTransport, check_url, resolve_checked
 from abi_plugin_notification.providers import MASK, SlackConfig, SmtpConfig
 
 __all__ = [
@@ -153,16 +152,11 @@ async def send_email(
 async def _post(url: str, body: dict[str, Any], timeout: float, allow_private: bool) -> None:
     """POST JSON, refusing private addresses unless allowed; raise on any answer >= 400."""
     check_url(url, field="url", allow_private=allow_private)
-    parts = urlsplit(url)
-    await anyio.to_thread.run_sync(  # DNS blocks: not on the event loop
-        partial(
-            resolve_checked,
-            parts.hostname or "",
-            parts.port or (443 if parts.scheme == "https" else 80),
-            allow_private=allow_private,
-        )
-    )
-    async with httpx.AsyncClient(follow_redirects=False, timeout=timeout) as client:
+    # The transport checks the address (resolving in a thread) and connects to it.
+    transport = GuardedTransport(allow_private=allow_private)
+    async with httpx.AsyncClient(
+        follow_redirects=False, timeout=timeout, trust_env=False, transport=transport
+    ) as client:
         response = await client.post(url, json=body)
     if response.status_code >= 400:
         raise RuntimeError(f"answered {response.status_code}: {response.text[:200]}")

@@ -27,6 +27,8 @@ PLUGIN_ALLOWED = frozenset(
         "abi_engine.converter",
         "abi_engine.types",
         "abi_engine.netguard",
+        "abi_engine.expressions",
+        "abi_engine.integrations",
     }
 )
 # A plugin's own tests may also use the plugin authors' test helpers.

@@ -498,10 +498,11 @@ async def test_delivery_connects_to_the_address_it_checked(
 
 @pytest.mark.anyio
 async def test_delivery_yields_to_running_executions(make_engine: Callable[..., Engine]) -> None:
-    """While busy_threshold executions run here, only busy_concurrency attempts may be in flight."""
+    """While busy_threshold executions run here, only busy_concurrency attempts may be in flight
+    (busy_cpu_share 0: executions alone count)."""
     from abi_engine._webhook_delivery import DeliveryWorker
 
-    settings = fast(concurrency=16, busy_concurrency=1, busy_threshold=2)
+    settings = fast(concurrency=16, busy_concurrency=1, busy_threshold=2, busy_cpu_share=0.0)
     engine = make_engine(webhook_settings=settings)
     worker = DeliveryWorker(engine.webhooks, engine, settings)
     slow = {"steps": [{"name": "wait", "action": "delay", "seconds": 0.5}]}
@@ -515,6 +516,45 @@ async def test_delivery_yields_to_running_executions(make_engine: Callable[..., 
             await engine.executions.wait(execution.execution_id, timeout=5)
         await eventually(lambda: engine.runtime.in_flight == 0)
         assert worker._capacity() == 16
+
+
+@pytest.mark.anyio
+async def test_executions_waiting_on_io_do_not_hold_deliveries_back(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """Executions that mostly wait (CPU idle) leave the worker its full concurrency."""
+    from abi_engine._webhook_delivery import DeliveryWorker
+
+    settings = fast(concurrency=16, busy_concurrency=1, busy_threshold=2)
+    engine = make_engine(webhook_settings=settings)
+    worker = DeliveryWorker(engine.webhooks, engine, settings)
+    slow = {"steps": [{"name": "wait", "action": "delay", "seconds": 0.6}]}
+    async with engine:
+        wf_id = await make_workflow(engine, slow)
+        started = [await engine.executions.execute(wf_id, {}, wait=False) for _ in range(3)]
+        await eventually(lambda: engine.runtime.in_flight == 3)
+        worker._capacity()  # opens a window of the load meter
+        await anyio.sleep(0.3)
+        assert worker._load.cpu_share() < settings.busy_cpu_share
+        assert worker._capacity() == 16
+        for execution in started:
+            await engine.executions.wait(execution.execution_id, timeout=5)
+
+
+def test_load_meter_measures_the_cpu_share_of_a_window() -> None:
+    """Burning the CPU reads near 1; sleeping reads near 0; a short window keeps the last value."""
+    from abi_engine._webhook_delivery import LoadMeter
+
+    meter = LoadMeter(window=0.2)
+    until = time.perf_counter() + 0.3
+    while time.perf_counter() < until:
+        pass
+    busy = meter.cpu_share()
+    assert busy > 0.4  # near 1 on an idle machine; less when others share the cores
+    time.sleep(0.3)
+    idle = meter.cpu_share()
+    assert idle < 0.2
+    assert meter.cpu_share() == idle  # the new window is not long enough yet
 
 
 def test_concurrent_fan_out_and_claims_never_share_a_delivery(tmp_path: Any) -> None:

@@ -105,10 +105,13 @@ class WebhookSettings:
     ``retention_days``: finished deliveries not changed for this long are
     pruned (``None`` keeps them). ``batch_size``: events fanned out per
     transaction. While at least ``busy_threshold`` executions run in this
-    process, the worker yields the CPU to them: at most ``busy_concurrency``
-    attempts in flight, and rounds (a small fan-out, claims) at most every
-    ``busy_interval`` seconds; deliveries catch up once the burst is over
-    (a ``busy_threshold`` above the runtime's workers turns this off).
+    process and the process spends at least ``busy_cpu_share`` of its time on
+    the CPU (so executions that mostly wait on I/O do not count), the worker
+    yields the CPU to them: at most ``busy_concurrency`` attempts in flight,
+    rounds at most every ``busy_interval`` seconds, and one outbox row fanned
+    out at a time, only when no delivery waits; deliveries catch up once the
+    burst is over (a ``busy_threshold`` above the runtime's workers turns this
+    off; a ``busy_cpu_share`` of 0 counts executions alone).
     """
 
     retry_schedule: tuple[float, ...] = attrs.field(
@@ -128,9 +131,12 @@ class WebhookSettings:
     )
     retention_days: float | None = 30.0
     batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
-    busy_concurrency: int = attrs.field(default=2, validator=attrs.validators.ge(1))
+    busy_concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     busy_threshold: int = attrs.field(default=8, validator=attrs.validators.ge(1))
     busy_interval: float = attrs.field(default=0.1, validator=_positive)
+    busy_cpu_share: float = attrs.field(
+        default=0.6, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
+    )
 
     @property
     def lease(self) -> float:
@@ -168,6 +174,28 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+class LoadMeter:
+    """The share of wall-clock time this process spent on the CPU, over the last window.
+
+    Each call closes the current window once it is ``window`` seconds long
+    (all threads of the process count: SQLite, DNS lookups...).
+    """
+
+    def __init__(self, window: float = 0.1) -> None:
+        self.window = window
+        self._mark = (time.perf_counter(), time.process_time())
+        self._share = 0.0
+
+    def cpu_share(self) -> float:
+        """CPU seconds per wall second in the last full window (0 until there is one)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        since_wall, since_cpu = self._mark
+        if wall - since_wall >= self.window:
+            self._share = (cpu - since_cpu) / (wall - since_wall)
+            self._mark = (wall, cpu)
+        return self._share
+
+
 class _Refused(Exception):
     """The target URL may not be reached (outbound URL rules)."""
 
@@ -185,6 +213,7 @@ class DeliveryWorker:
         self._client: httpx.AsyncClient | None = None
         self._tg: TaskGroup | None = None
         self._wake = anyio.Event()
+        self._load = LoadMeter()
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -299,7 +328,10 @@ class DeliveryWorker:
 
     def _busy(self) -> bool:
         """Whether executions keep this process busy (webhook work then yields to them)."""
-        return self._engine.runtime.in_flight >= self.settings.busy_threshold
+        s = self.settings
+        if self._engine.runtime.in_flight < s.busy_threshold:
+            return False
+        return s.busy_cpu_share <= 0 or self._load.cpu_share() >= s.busy_cpu_share
 
     def _capacity(self) -> int:
         """Attempts allowed in flight now: fewer while this process is busy."""

@@ -133,7 +133,7 @@ class WebhookSettings:
     batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
     busy_concurrency: int = attrs.field(default=1, validator=attrs.validators.ge(1))
     busy_threshold: int = attrs.field(default=8, validator=attrs.validators.ge(1))
-    busy_interval: float = attrs.field(default=0.1, validator=_positive)
+    busy_interval: float = attrs.field(default=0.25, validator=_positive)
     busy_cpu_share: float = attrs.field(
         default=0.6, validator=[attrs.validators.ge(0.0), attrs.validators.le(1.0)]
     )
@@ -178,16 +178,18 @@ class LoadMeter:
     """The share of wall-clock time this process spent on the CPU, over the last window.
 
     Each call closes the current window once it is ``window`` seconds long
-    (all threads of the process count: SQLite, DNS lookups...).
+    (all threads of the process count: SQLite, DNS lookups...). Until a first
+    window closes it reads ``initial`` (1: busy, so that webhook work yields
+    to a burst of executions from its very start).
     """
 
-    def __init__(self, window: float = 0.1) -> None:
+    def __init__(self, window: float = 0.1, initial: float = 1.0) -> None:
         self.window = window
         self._mark = (time.perf_counter(), time.process_time())
-        self._share = 0.0
+        self._share = initial
 
     def cpu_share(self) -> float:
-        """CPU seconds per wall second in the last full window (0 until there is one)."""
+        """CPU seconds per wall second in the last full window (``initial`` until there is one)."""
         wall, cpu = time.perf_counter(), time.process_time()
         since_wall, since_cpu = self._mark
         if wall - since_wall >= self.window:

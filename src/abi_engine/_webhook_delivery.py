@@ -68,6 +68,7 @@ STANDARD_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 
 MAX_ERROR = 500
 _PRUNE_EVERY = 3600.0
 _MIN_ROUND = 0.01  # seconds between the starts of two rounds at the least
+_RECORD_GATHER = 0.005  # seconds attempts ending together wait to be recorded together
 _USER_AGENT = "abi-engine-webhooks"
 
 
@@ -212,6 +213,8 @@ class DeliveryWorker:
         self.settings = settings
         self._owner = service.node_id
         self._inflight: set[str] = set()
+        self._outcomes: list[AttemptOutcome] = []
+        self._recording = False
         self._client: httpx.AsyncClient | None = None
         self._tg: TaskGroup | None = None
         self._wake = anyio.Event()
@@ -244,6 +247,10 @@ class DeliveryWorker:
         finally:
             # Synchronous, so it completes even while the engine is being cancelled.
             self._service._set_wake(None)
+            try:  # attempts made are recorded before their deliveries are released
+                self._flush_outcomes_now()
+            except Exception:
+                log.exception("could not record the last attempts of %s", self._owner)
             try:
                 self._store.release_deliveries(self._owner)
             except Exception:
@@ -374,13 +381,36 @@ class DeliveryWorker:
             log.exception("delivery %s failed unexpectedly", job.id)
             error = f"{type(exc).__name__}: {exc}"
         try:
-            outcome = self._outcome(job, started, clock, status_code, body, error)
-            await call_store(self._store, self._store.record_attempts, self._owner, [outcome])
+            await self._record(self._outcome(job, started, clock, status_code, body, error))
         except Exception:
             log.exception("could not record an attempt of delivery %s", job.id)
         finally:
             self._inflight.discard(job.id)
             self._wake.set()
+
+    async def _record(self, outcome: AttemptOutcome) -> None:
+        """Record an attempt; attempts ending close together share one transaction.
+
+        The first one to end waits a moment (``_RECORD_GATHER``) and writes
+        every attempt that ended meanwhile. Until written, a delivery stays
+        leased to this process, so no one sends it again; one whose record is
+        lost (a crash) is sent again once its lease expires (at least once).
+        """
+        self._outcomes.append(outcome)
+        if self._recording:
+            return
+        self._recording = True
+        try:
+            await anyio.sleep(_RECORD_GATHER)
+            batch, self._outcomes = self._outcomes, []  # on the loop: no append is missed
+            await call_store(self._store, self._store.record_attempts, self._owner, batch)
+        finally:
+            self._recording = False
+
+    def _flush_outcomes_now(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        if batch:
+            self._store.record_attempts(self._owner, batch)
 
     def _outcome(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 
 from abi_engine import Engine, Principal, Scope
 from abi_engine.api import ApiRequest, call
-from abi_engine.auth import TOKEN_PREFIX, hash_token, normalize_user_id
+from abi_engine.auth import TOKEN_PREFIX, TokenService, hash_token, normalize_user_id
 from abi_engine.errors import Forbidden, InvalidRequest, Unauthorized
+from abi_engine.storage import Store
 
 CUSTOM = {
     "name": "Auth test",
@@ -136,3 +138,30 @@ async def test_operations_check_their_scope(
     assert listed["pagination"]["total_items"] == 0
     with pytest.raises(Forbidden):
         await call(engine, reader, "list_integrations", ApiRequest())
+
+
+def test_revoked_token_fails_at_once_here_and_soon_elsewhere(
+    make_store: Callable[..., Store],
+) -> None:
+    """Revoking stops the token in this service at once, in another (same database) after its cache."""
+    here = TokenService(make_store(), cache_seconds=60)
+    elsewhere = TokenService(make_store(same=True), cache_seconds=0.2)
+    token = here.create_token("usr_ann", name="ci")
+    keep = here.create_token("usr_ann")
+    principal = elsewhere.authenticate(token)  # cached over there
+    assert here.authenticate(token) == principal
+    assert [t.id for t in here.list_tokens("ann")] == [
+        here.authenticate(keep).token_id,
+        principal.token_id,
+    ]
+    assert principal.token_id is not None
+    assert here.revoke_token(principal.token_id) is True
+    with pytest.raises(Unauthorized):
+        here.authenticate(token)
+    assert elsewhere.authenticate(token) == principal  # within its cache time
+    time.sleep(0.25)
+    with pytest.raises(Unauthorized):
+        elsewhere.authenticate(token)
+    assert elsewhere.authenticate(keep).user_id == "usr_ann"
+    assert here.revoke_token(principal.token_id) is False  # already revoked
+    assert [t.id for t in here.list_tokens()] == [here.authenticate(keep).token_id]

@@ -21,6 +21,7 @@ import pytest
 from abi_engine import Principal, Scope
 from abi_engine.auth import TokenService
 from abi_engine.cli import main
+from abi_engine.errors import Unauthorized
 from abi_engine.storage.sqlite import SQLiteStore
 
 START_TIMEOUT = 30.0
@@ -237,6 +238,35 @@ def test_token_create_prints_one_token_with_the_requested_scopes(tmp_path: Path)
     principal = authenticate(db, lines[0])
     assert principal.user_id == "usr_alice"
     assert principal.scopes == {Scope.WORKFLOWS_READ, Scope.EXECUTIONS_READ}
+
+
+def test_token_list_and_revoke(tmp_path: Path) -> None:
+    """`token list` shows ids (never tokens); `token revoke ID` makes that token fail at once."""
+    db = tmp_path / "engine.db"
+    alice = create_token(db, "--user", "usr_alice", "--name", "laptop")
+    bob = create_token(db, "--user", "usr_bob", "--scope", "workflows:read")
+    listed = run_cli("token", "list", "--db", str(db), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert [(r[1], r[4]) for r in rows] == [("usr_bob", ""), ("usr_alice", "laptop")]
+    assert rows[0][3] == "workflows:read"
+    assert alice not in listed.stdout
+    assert bob not in listed.stdout
+    only_bob = run_cli("token", "list", "--db", str(db), "--user", "bob", cwd=tmp_path)
+    assert [line.split("\t")[1] for line in only_bob.stdout.splitlines()] == ["usr_bob"]
+    alice_id = rows[1][0]
+    assert authenticate(db, alice).token_id == alice_id
+    revoked = run_cli("token", "revoke", "--db", str(db), alice_id, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked {alice_id}"
+    with pytest.raises(Unauthorized):
+        authenticate(db, alice)
+    assert authenticate(db, bob).user_id == "usr_bob"
+    again = run_cli("token", "revoke", "--db", str(db), alice_id, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "no live token" in again.stderr
+    after = run_cli("token", "list", "--db", str(db), cwd=tmp_path)
+    assert [line.split("\t")[1] for line in after.stdout.splitlines()] == ["usr_bob"]
 
 
 def test_token_create_without_scope_grants_every_scope(tmp_path: Path) -> None:

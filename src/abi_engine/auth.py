@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Iterable
 
 import attrs
@@ -55,11 +56,17 @@ class Principal:
 
 
 class TokenService:
-    """Creates and checks access tokens."""
+    """Creates, checks, lists and revokes access tokens (``engine.tokens``).
 
-    def __init__(self, store: Store) -> None:
+    Checked tokens are remembered for ``cache_seconds`` (default 5): a token
+    revoked by this engine stops working at once; one revoked by another
+    process sharing the database, within that time.
+    """
+
+    def __init__(self, store: Store, *, cache_seconds: float = 5.0) -> None:
         self._store = store
-        self._cache: dict[str, Principal] = {}
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     def create_token(
         self,
@@ -95,13 +102,31 @@ class TokenService:
             raise Unauthorized("Missing access token")
         digest = hash_token(token)
         cached = self._cache.get(digest)
-        if cached is not None:
-            return cached
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
         record = self._store.get_token(digest)
         if record is None:
+            self._cache.pop(digest, None)
             raise Unauthorized("Invalid access token")
         principal = Principal(user_id=record.user_id, scopes=record.scopes, token_id=record.id)
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = principal
+        self._cache[digest] = (principal, now + self.cache_seconds)
         return principal
+
+    def list_tokens(self, user_id: str | None = None) -> list[Token]:
+        """The live tokens (of ``user_id`` when given), newest first: ids, never the secrets."""
+        return self._store.list_tokens(normalize_user_id(user_id) if user_id else None)
+
+    def revoke_token(self, token_id: str) -> bool:
+        """Revoke a token by its id (``tok_...``); whether a live one was revoked.
+
+        It stops authenticating at once in this engine, and within
+        ``cache_seconds`` in other processes on the same database.
+        """
+        revoked = self._store.revoke_token(token_id, utcnow())
+        self._cache = {
+            digest: entry for digest, entry in self._cache.items() if entry[0].token_id != token_id
+        }
+        return revoked

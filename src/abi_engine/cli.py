@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from abi_engine import __version__
 from abi_engine.errors import AbiError
+from abi_engine.ids import format_time
 from abi_engine.models import Scope
 from abi_engine.storage._urls import redact_url
 
@@ -178,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--name", help="a label for the token")
     create.set_defaults(handler=_cmd_token_create)
+    listing = token_commands.add_parser(
+        "list", parents=[db], help="list live tokens: id, user, scopes, name (never the token)"
+    )
+    listing.add_argument("--user", metavar="USER_ID", help="only this user's tokens")
+    listing.set_defaults(handler=_cmd_token_list)
+    revoke = token_commands.add_parser(
+        "revoke", parents=[db], help="revoke a token by its id (tok_...)"
+    )
+    revoke.add_argument("token_id", metavar="TOKEN_ID", help="as `token list` shows it")
+    revoke.set_defaults(handler=_cmd_token_revoke)
 
     demo = commands.add_parser(
         "demo",
@@ -239,6 +250,35 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(token)
+    return EXIT_OK
+
+
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    engine = _open_engine(args.db)
+    try:
+        tokens = engine.tokens.list_tokens(args.user)
+    finally:
+        engine.close()
+    for token in tokens:
+        scopes = ",".join(sorted(s.value for s in token.scopes))
+        created = format_time(token.created_at)
+        print(f"{token.id}\t{token.user_id}\t{created}\t{scopes}\t{token.name or ''}")
+    return EXIT_OK
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    engine = _open_engine(args.db)
+    try:
+        revoked = engine.tokens.revoke_token(args.token_id)
+    except sqlite3.Error as exc:
+        raise CliError(f"cannot write to the database {_redact(args.db)!r}: {exc}") from None
+    finally:
+        engine.close()
+    if not revoked:
+        raise CliError(
+            f"no live token {args.token_id!r} (see `abi-engine token list`)", EXIT_FAILURE
+        )
+    print(f"revoked {args.token_id}")
     return EXIT_OK
 
 

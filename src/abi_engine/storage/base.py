@@ -82,7 +82,13 @@ class Store(Protocol):
         """Store a token by its hash (the token itself is never stored)."""
 
     def get_token(self, token_hash: str) -> Token | None:
-        """The token whose hash is ``token_hash``, or ``None``."""
+        """The live (not revoked) token whose hash is ``token_hash``, or ``None``."""
+
+    def list_tokens(self, user_id: str | None = None) -> list[Token]:
+        """Live tokens (of ``user_id`` when given), newest first."""
+
+    def revoke_token(self, token_id: str, revoked_at: datetime) -> bool:
+        """Revoke a live token; whether there was one with that id."""
 
     # -- workflows -----------------------------------------------------------
 

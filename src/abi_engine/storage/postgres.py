@@ -172,6 +172,16 @@ def _integration(row: Sequence[Any]) -> Integration:
     )
 
 
+def _row_to_token(row: Sequence[Any]) -> Token:
+    return Token(
+        id=row[0],
+        user_id=row[1],
+        scopes=frozenset(Scope(s) for s in loads(row[2])),
+        name=row[3],
+        created_at=from_ms(row[4]),  # type: ignore[arg-type]
+    )
+
+
 class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     """A :class:`~abi_engine.storage.Store` on a PostgreSQL database.
 
@@ -404,17 +414,34 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
                 " WHERE hash = %s AND revoked_at IS NULL",
                 (token_hash,),
             ).fetchone()
-        if row is None:
-            return None
-        return Token(
-            id=row[0],
-            user_id=row[1],
-            scopes=frozenset(Scope(s) for s in loads(row[2])),
-            name=row[3],
-            created_at=from_ms(row[4]),  # type: ignore[arg-type]
-        )
+        return None if row is None else _row_to_token(row)
 
     # -- workflows ----------------------------------------------------------------------
+
+    def list_tokens(self, user_id: str | None = None) -> list[Token]:
+        where, args = (
+            ("WHERE revoked_at IS NULL", ())
+            if user_id is None
+            else ("WHERE revoked_at IS NULL AND user_id = %s", (user_id,))
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT id, user_id, scopes, name, created_at FROM tokens {where}"
+                " ORDER BY created_at DESC, id DESC",
+                args,
+            ).fetchall()
+        return [_row_to_token(row) for row in rows]
+
+    def revoke_token(self, token_id: str, revoked_at: datetime) -> bool:
+        count = self.write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                    (to_ms(revoked_at), token_id),
+                ).rowcount
+            )
+        )
+        return bool(count)
 
     def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
         def run(conn: Conn) -> None:

@@ -130,6 +130,16 @@ def _department(metadata: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _row_to_token(row: Sequence[Any]) -> Token:
+    return Token(
+        id=row[0],
+        user_id=row[1],
+        scopes=frozenset(Scope(s) for s in loads(row[2])),
+        name=row[3],
+        created_at=from_ms(row[4]),  # type: ignore[arg-type]
+    )
+
+
 class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
@@ -320,17 +330,31 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
                 " WHERE hash = ? AND revoked_at IS NULL",
                 (token_hash,),
             ).fetchone()
-        if row is None:
-            return None
-        return Token(
-            id=row[0],
-            user_id=row[1],
-            scopes=frozenset(Scope(s) for s in loads(row[2])),
-            name=row[3],
-            created_at=from_ms(row[4]),  # type: ignore[arg-type]
-        )
+        return None if row is None else _row_to_token(row)
 
     # -- workflows ----------------------------------------------------------------------
+
+    def list_tokens(self, user_id: str | None = None) -> list[Token]:
+        where, args = (
+            ("WHERE revoked_at IS NULL", ())
+            if user_id is None
+            else ("WHERE revoked_at IS NULL AND user_id = ?", (user_id,))
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT id, user_id, scopes, name, created_at FROM tokens {where}"
+                " ORDER BY created_at DESC, id DESC",
+                args,
+            ).fetchall()
+        return [_row_to_token(row) for row in rows]
+
+    def revoke_token(self, token_id: str, revoked_at: datetime) -> bool:
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (to_ms(revoked_at), token_id),
+            )
+        return cursor.rowcount > 0
 
     def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
         with self.transaction() as conn:

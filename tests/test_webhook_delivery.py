@@ -746,3 +746,52 @@ async def test_reference_events_of_a_commit_share_a_row_and_keep_their_own_ids(
                 "execution.completed",
             ]
         )
+
+
+@pytest.mark.anyio
+async def test_attempts_ending_during_a_slow_record_are_recorded_too(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """Attempts that end while a batch is being written (a blocking store) are written next."""
+    from abi_engine._webhook_delivery import DeliveryWorker
+    from abi_engine.storage.records_webhooks import AttemptOutcome
+
+    engine = make_engine()
+    worker = DeliveryWorker(engine.webhooks, engine, fast())
+    written: list[list[str]] = []
+
+    class SlowStore:  # records in a thread, slowly, as a PostgreSQL store would
+        blocking = True
+
+        def record_attempts(self, owner: str, outcomes: list[AttemptOutcome]) -> int:
+            time.sleep(0.1)
+            written.append([o.delivery_id for o in outcomes])
+            return len(outcomes)
+
+    worker._store = SlowStore()  # type: ignore[assignment]
+
+    def outcome(n: int) -> AttemptOutcome:
+        return AttemptOutcome(
+            delivery_id=f"dlv_{n}",
+            attempt=1,
+            status=DeliveryStatus.SUCCEEDED,
+            status_code=200,
+            duration_ms=1,
+            error=None,
+            response_body="",
+            created_at=utcnow(),
+            delivery_status=DeliveryStatus.SUCCEEDED,
+        )
+
+    async def later(n: int, delay: float) -> None:
+        await anyio.sleep(delay)
+        await worker._record(outcome(n))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(later, 1, 0)
+        tg.start_soon(later, 2, 0.001)
+        tg.start_soon(later, 3, 0.05)  # while the first batch is being written
+    await eventually(lambda: sum(len(batch) for batch in written) >= 3)
+    assert sorted(d for batch in written for d in batch) == ["dlv_1", "dlv_2", "dlv_3"]
+    assert len(written) == 2  # the first two together, the third after
+    engine.close()

@@ -402,8 +402,11 @@ class DeliveryWorker:
         self._recording = True
         try:
             await anyio.sleep(_RECORD_GATHER)
-            batch, self._outcomes = self._outcomes, []  # on the loop: no append is missed
-            await call_store(self._store, self._store.record_attempts, self._owner, batch)
+            # Until none is left: attempts may end while a batch is being written (in a
+            # thread, for a blocking store); swapped on the loop, so none is missed.
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                await call_store(self._store, self._store.record_attempts, self._owner, batch)
         finally:
             self._recording = False
 

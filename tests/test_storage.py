@@ -729,3 +729,57 @@ def test_fan_out_takes_whole_rows_up_to_the_limit(row_sizes: list[int], limit: i
         assert len(taken) - row_sizes[last_row - 1] < limit  # the last row brought it there
     else:
         assert len(taken) == len(entries)
+
+
+def test_pruning_keeps_what_deliveries_still_need(store: Store) -> None:
+    """Old finished deliveries and the old events no delivery needs go; pending ones stay."""
+    from abi_engine.models_webhooks import DeliveryStatus
+    from abi_engine.storage.records_webhooks import AttemptOutcome, WebhookRecord
+
+    old = datetime(2021, 1, 1, tzinfo=UTC)
+    store.insert_webhook(
+        WebhookRecord(
+            id="wh_prune",
+            url="https://example.com/",
+            events=["workflow.created"],
+            secret="whsec_" + "a" * 32,
+            created_at=old,
+            updated_at=old,
+        )
+    )
+    events = [
+        Event(type="workflow.created", data={"n": n}, timestamp=old + timedelta(minutes=n))
+        for n in range(4)
+    ]
+    store.insert_events(events)
+    assert store.fan_out(old, 100, ()) == 4
+    jobs = store.claim_deliveries("node", old, old + timedelta(minutes=5), 10)
+    assert len(jobs) == 4
+    outcomes = [
+        AttemptOutcome(
+            delivery_id=job.id,
+            attempt=1,
+            status=DeliveryStatus.SUCCEEDED,
+            status_code=200,
+            duration_ms=1,
+            error=None,
+            response_body="",
+            created_at=old,
+            delivery_status=DeliveryStatus.SUCCEEDED,
+        )
+        for job in jobs
+        if job.event_id != events[3].id  # the last one stays pending
+    ]
+    assert store.record_attempts("node", outcomes) == 3
+    later = [Event(type="workflow.created", data={"n": 9}, timestamp=old)]  # not fanned out
+    store.insert_events(later)
+    now = utcnow()
+    assert store.prune_deliveries(now) == 3
+    left = store.events_after(0, limit=100)
+    assert [s.event.id for s in left] == [events[3].id, later[0].id]
+    page, total = store.list_deliveries("wh_prune", 1, 10)
+    assert total == 1
+    assert page[0].event_id == events[3].id
+    store.insert_events([Event(type="workflow.created", data={"n": 10})])
+    newest = store.events_after(0, limit=100)[-1]
+    assert newest.seq > max(s.seq for s in left)  # positions are never reused

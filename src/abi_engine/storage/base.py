@@ -307,4 +307,6 @@ class Store(Protocol):
         """
 
     def prune_deliveries(self, before: datetime) -> int:
-        """Delete finished deliveries (and attempts) last changed before ``before``."""
+        """Delete finished deliveries (and attempts) last changed before ``before``, and the
+        outbox events older than ``before`` that were fanned out and that no delivery left
+        refers to; return the number of deliveries deleted."""

@@ -475,11 +475,17 @@ class WebhooksMixin:
             conn.execute(
                 f"DELETE FROM webhook_attempts WHERE delivery_id IN ({old})", (to_ms(before),)
             )
-            return int(
-                conn.execute(
-                    "DELETE FROM webhook_deliveries WHERE updated_at < %s AND status <> 'pending'",
-                    (to_ms(before),),
-                ).rowcount
+            pruned = conn.execute(
+                "DELETE FROM webhook_deliveries WHERE updated_at < %s AND status <> 'pending'",
+                (to_ms(before),),
+            ).rowcount
+            # Outbox events as old, once fanned out and no delivery still refers to them.
+            conn.execute(
+                "DELETE FROM events WHERE timestamp < %s"
+                " AND seq <= (SELECT seq FROM webhook_cursor WHERE name = %s)"
+                " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = events.seq)",
+                (to_ms(before), _CURSOR),
             )
+            return int(pruned)
 
         return int(self.write(run))

@@ -448,4 +448,11 @@ class WebhooksMixin:
                 "DELETE FROM webhook_deliveries WHERE updated_at < ? AND status != 'pending'",
                 (to_ms(before),),
             )
+            # Outbox events as old, once fanned out and no delivery still refers to them.
+            conn.execute(
+                "DELETE FROM events WHERE timestamp < ?"
+                " AND seq <= (SELECT seq FROM webhook_cursor WHERE name = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = events.seq)",
+                (to_ms(before), _CURSOR),
+            )
             return int(cursor.rowcount)

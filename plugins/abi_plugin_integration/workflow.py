@@ -166,8 +166,10 @@ class IntegrationSync(WorkflowType):
         if not ctx.config.incremental:
             return None
         engine = ctx.services["engine"]
-        # The last completed run that read the source and wrote: a dry run, or a run on
-        # parameters.records, synchronized nothing from the source.
+        # The last completed run that read the source and wrote everything it read: a dry
+        # run, or a run on parameters.records, synchronized nothing from the source, and a
+        # run with refused or failed records left them behind (reading again from before
+        # it retries them; records already in sync come out unchanged).
         for number in range(1, MAX_SINCE_PAGES + 1):
             page = await engine.executions.list(
                 workflow_id=ctx.workflow_id, status="completed", page=number, page_size=100
@@ -175,6 +177,9 @@ class IntegrationSync(WorkflowType):
             for summary in page.items:
                 run = await engine.executions.get(summary.execution_id)
                 if run.parameters.get("dry_run") or run.parameters.get("records") is not None:
+                    continue
+                result = run.result if isinstance(run.result, dict) else {}
+                if result.get("failed") or result.get("rejected"):
                     continue
                 return None if run.started_at is None else _rfc3339(run.started_at)
             if number >= page.pagination.total_pages:

@@ -184,6 +184,29 @@ async def test_incremental_ignores_dry_runs_and_runs_on_given_records(
     assert third.result["since"] == first.started_at.isoformat().replace("+00:00", "Z")
 
 
+async def test_incremental_reads_again_from_before_a_run_that_left_records_behind(
+    engine: Engine, crm: System, desk: System
+) -> None:
+    """A run with a refused record does not move `since`: the next run retries that record."""
+    fill(crm, [crm_record(1), crm_record(2)])
+    await connect_systems(engine, int_crm=crm, int_desk=desk)
+    configuration = {**BASE_CONFIGURATION, "incremental": True, "since_param": "updated_since"}
+    workflow_id = await create_workflow(engine, configuration, INTEGRATIONS, "integration")
+    clean = await engine.executions.execute(workflow_id, {})
+    assert clean.started_at is not None
+    crm.records["c_3"] = crm_record(3)
+    desk.plan("POST", "/records", [422])
+    partial = await engine.executions.execute(workflow_id, {})
+    assert partial.result["failed"] == 1
+    retry = await engine.executions.execute(workflow_id, {})
+    assert retry.result["since"] == clean.started_at.isoformat().replace("+00:00", "Z")
+    assert retry.result["created"] == 1
+    assert "c_3" in desk.records
+    assert retry.started_at is not None
+    after = await engine.executions.execute(workflow_id, {})
+    assert after.result["since"] == retry.started_at.isoformat().replace("+00:00", "Z")
+
+
 async def test_dot_keys_stay_under_the_record_path(
     engine: Engine, crm: System, desk: System
 ) -> None:

@@ -62,6 +62,10 @@ _SLACK_RECIPIENT = re.compile(r"^[#@][A-Za-z0-9._\-]{1,80}$")
 _INTEGRATION_ID = re.compile(r"^int_[A-Za-z0-9_.\-]{1,120}$")
 
 
+#: Send steps whose served recipients are remembered between tries (oldest forgotten first).
+_MAX_SERVED = 10_000
+
+
 @attrs.define(kw_only=True)
 class PriorityRule:
     """A ``priority_rules`` entry: when ``condition`` holds, the priority is ``priority``."""
@@ -340,6 +344,8 @@ class Notification(WorkflowType):
             "workflow_id": ctx.workflow_id,
         }
         key = (ctx.execution_id, ctx.step_name)
+        while len(self._served) >= _MAX_SERVED:  # entries of executions ended between tries
+            self._served.pop(next(iter(self._served)))
         served = self._served.setdefault(key, {})
         recipients = config.recipients[channel]
         failures: dict[str, dict[str, Any]] = {}

@@ -50,16 +50,13 @@ from abi_engine.errors import InvalidRequest
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.models import (
     Integration,
-    Scope,
     Token,
     User,
     Workflow,
-    WorkflowIntegration,
-    WorkflowStats,
-    WorkflowStatus,
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
+from abi_engine.storage._rows import _WORKFLOW_COLUMNS, _department, _row_to_token, _row_to_workflow
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.postgres_executions import ExecutionsMixin
@@ -104,64 +101,6 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=urlencode(rest))), pool
 
 
-_WORKFLOW_COLUMNS = (
-    "id, name, description, type, status, configuration, integrations, metadata,"
-    " created_at, updated_at, activated_at, deactivated_at, created_by,"
-    " runs_total, runs_success, runs_failed, duration_total_ms"
-)
-
-
-def _row_to_workflow(row: Sequence[Any]) -> Workflow:
-    (
-        wf_id,
-        name,
-        description,
-        wf_type,
-        status,
-        configuration,
-        integrations,
-        metadata,
-        created_at,
-        updated_at,
-        activated_at,
-        deactivated_at,
-        created_by,
-        runs_total,
-        runs_success,
-        runs_failed,
-        duration_total,
-    ) = row
-    return Workflow(
-        id=wf_id,
-        name=name,
-        description=description,
-        type=wf_type,
-        status=WorkflowStatus(status),
-        configuration=loads(configuration),
-        integrations=[
-            WorkflowIntegration(id=item["id"], required=item["required"])
-            for item in loads(integrations)
-        ],
-        metadata=loads(metadata),
-        stats=WorkflowStats(
-            runs_total=runs_total,
-            runs_success=runs_success,
-            runs_failed=runs_failed,
-            average_duration_ms=round(duration_total / runs_total) if runs_total else 0,
-        ),
-        created_at=from_ms(created_at),  # type: ignore[arg-type]
-        updated_at=from_ms(updated_at),  # type: ignore[arg-type]
-        activated_at=from_ms(activated_at),
-        deactivated_at=from_ms(deactivated_at),
-        created_by=created_by,
-    )
-
-
-def _department(metadata: dict[str, Any]) -> str | None:
-    value = metadata.get("department")
-    return value if isinstance(value, str) else None
-
-
 def _integration(row: Sequence[Any]) -> Integration:
     return Integration(
         id=row[0],
@@ -169,16 +108,6 @@ def _integration(row: Sequence[Any]) -> Integration:
         config=loads(row[2]),
         created_at=from_ms(row[3]),  # type: ignore[arg-type]
         updated_at=from_ms(row[4]),  # type: ignore[arg-type]
-    )
-
-
-def _row_to_token(row: Sequence[Any]) -> Token:
-    return Token(
-        id=row[0],
-        user_id=row[1],
-        scopes=frozenset(Scope(s) for s in loads(row[2])),
-        name=row[3],
-        created_at=from_ms(row[4]),  # type: ignore[arg-type]
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _UNFINISHED, _row_to_record
 from abi_engine.storage.records import (
     TIMEOUT_SUFFIX,
     CancelExecution,
@@ -27,45 +28,6 @@ from abi_engine.storage.records import (
 )
 
 __all__ = ["ExecutionsMixin"]
-
-_EXEC_COLUMNS = (
-    "e.id, e.workflow_id, e.workflow_type, e.status, e.parameters, e.configuration, e.plan,"
-    " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
-    " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
-    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name"
-)
-_FROM = "FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
-_UNFINISHED = "('queued', 'running', 'waiting')"
-
-
-def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
-    return ExecutionRecord(
-        id=row[0],
-        workflow_id=row[1],
-        workflow_type=row[2],
-        status=ExecutionStatus(row[3]),
-        parameters=loads(row[4]),
-        configuration=loads(row[5]),
-        plan=loads(row[6]),
-        created_at=from_ms(row[7]),  # type: ignore[arg-type]
-        started_at=from_ms(row[8]),
-        completed_at=from_ms(row[9]),
-        duration_ms=row[10],
-        result=loads(row[11]),
-        error=loads(row[12]),
-        callback_url=row[13],
-        callback_secret=row[14],
-        schedule_id=row[15],
-        created_by=row[16],
-        idempotency_key=row[17],
-        priority=row[18],
-        timeout_at=from_ms(row[19]),
-        owner=row[20],
-        lease_until=from_ms(row[21]),
-        waiting_for=row[22],
-        wake_at=from_ms(row[23]),
-        workflow_name=row[24],
-    )
 
 
 def _step_params(step: StepRecord) -> tuple[Any, ...]:

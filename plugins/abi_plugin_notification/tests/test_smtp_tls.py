@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
-from pathlib import Path
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
 
 from abi_plugin_notification.channels import send_email
@@ -17,30 +15,21 @@ from .conftest import SMTP_PASSWORD, SMTP_USER, Mailbox, _free_port
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key: (cert, key)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+def server_context() -> ssl.SSLContext:
+    """A TLS server context for 127.0.0.1 with a certificate from a throwaway CA (trustme)
+    that no system trusts."""
+    ca = trustme.CA()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
 
 
 @pytest.mark.anyio
 async def test_ssl_refuses_a_certificate_nobody_vouches_for(
-    certificate: tuple[Path, Path],
+    server_context: ssl.SSLContext,
 ) -> None:
-    """ssl: true against a self-signed certificate fails the send; no login, no message."""
-    cert, key = certificate
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    """ssl: true against a certificate no trusted CA signed fails the send; no login, no message."""
+    context = server_context
     mailbox, port = Mailbox(), _free_port()
     controller = Controller(
         mailbox,

@@ -10,6 +10,7 @@ batch carries hundreds of ops, so durability costs one commit (and, with
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
@@ -39,18 +40,26 @@ class _Batch:
 class GroupCommitter:
     """Collects write operations and commits them in batches.
 
+    Pending ops fill batches of at most ``max_batch`` ops, committed one
+    after the other, each in one transaction. While a blocking store writes
+    one batch (in a worker thread), the tasks of the batch before it, now
+    answered, fill the next one: with more concurrent writers than
+    ``max_batch`` the event loop and the database work at the same time.
+
     :param store: where ops are applied (``store.apply``).
     :param emit: called with the events of the ops that applied, after commit.
-    :param max_batch: the largest batch applied in one transaction.
+    :param max_batch: the most ops applied in one transaction.
     """
 
     def __init__(
         self, store: Store, emit: Callable[[Iterable[OutboxEvent]], None], max_batch: int = 1000
     ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self._store = store
         self._emit = emit
         self._max_batch = max_batch
-        self._batch = _Batch()
+        self._pending: deque[_Batch] = deque()
         self._wakeup = anyio.Event()
         self._running = False
         self.batches = 0
@@ -59,6 +68,14 @@ class GroupCommitter:
     @property
     def running(self) -> bool:
         return self._running
+
+    def _open_batch(self, adding: int) -> _Batch:
+        """The batch new ops join: the last pending one unless it is full."""
+        if not self._pending or len(self._pending[-1].ops) + adding > self._max_batch:
+            if self._pending and not self._pending[-1].ops:
+                return self._pending[-1]
+            self._pending.append(_Batch())
+        return self._pending[-1]
 
     async def submit(self, op: WriteOp) -> Any:
         """Queue ``op``, wait until its batch is committed, return its result.
@@ -69,7 +86,7 @@ class GroupCommitter:
         if not self._running:
             result = (await self._apply([op]))[0]
         else:
-            batch = self._batch
+            batch = self._open_batch(1)
             index = len(batch.ops)
             batch.ops.append(op)
             self._wakeup.set()
@@ -80,12 +97,15 @@ class GroupCommitter:
         return result
 
     async def submit_many(self, ops: Sequence[WriteOp]) -> list[Any]:
-        """Queue ``ops`` together (one batch) and return their results (exceptions included)."""
+        """Queue ``ops`` together and return their results (exceptions included).
+
+        They share one transaction when there are at most ``max_batch`` of them.
+        """
         if not ops:
             return []
         if not self._running:
             return await self._apply(ops)
-        batch = self._batch
+        batch = self._open_batch(len(ops))
         start = len(batch.ops)
         batch.ops.extend(ops)
         self._wakeup.set()
@@ -108,13 +128,18 @@ class GroupCommitter:
             self._emit(events)
         return results
 
-    async def _flush(self) -> None:
-        batch, self._batch = self._batch, _Batch()
+    async def _flush(self, batch: _Batch) -> None:
         results: list[Any] = []
         for start in range(0, len(batch.ops), self._max_batch):
             results.extend(await self._safe_apply(batch.ops[start : start + self._max_batch]))
         batch.results = results
         batch.done.set()
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            batch = self._pending.popleft()
+            if batch.ops:
+                await self._flush(batch)
 
     async def _safe_apply(self, ops: list[WriteOp]) -> list[Any]:
         try:
@@ -131,10 +156,8 @@ class GroupCommitter:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = anyio.Event()
-                if self._batch.ops:
-                    await self._flush()
+                await self._flush_pending()
         finally:
             with anyio.CancelScope(shield=True):
                 self._running = False
-                if self._batch.ops:
-                    await self._flush()
+                await self._flush_pending()

@@ -143,7 +143,7 @@ def _server_parent() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="workers running asynchronous executions (default: the engine's, 32)",
+        help="workers running asynchronous executions (default: the engine's, 128)",
     )
     add("--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)")
     return parent

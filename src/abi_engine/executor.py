@@ -85,7 +85,7 @@ class RuntimeSettings:
     gives none.
     """
 
-    workers: int = attrs.field(default=32, validator=attrs.validators.ge(1))
+    workers: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     sync_workers: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     queue_size: int = attrs.field(default=100_000, validator=attrs.validators.ge(1))
     lease_seconds: float = 30.0

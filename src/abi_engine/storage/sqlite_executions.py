@@ -277,36 +277,48 @@ def _insert(conn: sqlite3.Connection, op: InsertExecution) -> bool:
     return insert_execution_row(conn, op.record)
 
 
+_INSERT_EXECUTION = (
+    "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
+    " configuration, plan, created_at, started_at, callback_url, callback_secret,"
+    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
 def insert_execution_row(conn: sqlite3.Connection, r: ExecutionRecord) -> bool:
     """Insert an execution row; ``False`` when its idempotency key is already taken."""
-    cursor = conn.execute(
-        "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
-        " configuration, plan, created_at, started_at, callback_url, callback_secret,"
-        " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT DO NOTHING",
-        (
-            r.id,
-            r.workflow_id,
-            r.workflow_type,
-            r.status.value,
-            dumps(r.parameters),
-            dumps(r.configuration),
-            dumps(r.plan),
-            to_ms(r.created_at),
-            to_ms(r.started_at),
-            r.callback_url,
-            r.callback_secret,
-            r.schedule_id,
-            r.created_by,
-            r.idempotency_key,
-            r.priority,
-            to_ms(r.timeout_at),
-            r.owner,
-            to_ms(r.lease_until),
-        ),
-    )
+    cursor = conn.execute(_INSERT_EXECUTION, execution_row(r))
     return cursor.rowcount > 0
+
+
+def insert_execution_rows(conn: sqlite3.Connection, records: Sequence[ExecutionRecord]) -> None:
+    """Insert execution rows that have no idempotency key (nothing to refuse), at once."""
+    conn.executemany(_INSERT_EXECUTION, [execution_row(r) for r in records])
+
+
+def execution_row(r: ExecutionRecord) -> tuple[Any, ...]:
+    """The values of an execution row, in ``_INSERT_EXECUTION``'s order."""
+    return (
+        r.id,
+        r.workflow_id,
+        r.workflow_type,
+        r.status.value,
+        dumps(r.parameters),
+        dumps(r.configuration),
+        dumps(r.plan),
+        to_ms(r.created_at),
+        to_ms(r.started_at),
+        r.callback_url,
+        r.callback_secret,
+        r.schedule_id,
+        r.created_by,
+        r.idempotency_key,
+        r.priority,
+        to_ms(r.timeout_at),
+        r.owner,
+        to_ms(r.lease_until),
+    )
 
 
 def _claim(conn: sqlite3.Connection, op: ClaimExecution) -> bool:
@@ -582,9 +594,10 @@ _BULK: dict[type, Callable[[sqlite3.Connection, Any], list[Any]]] = {
 
 
 def _register_schedule_handlers() -> None:
-    from abi_engine.storage.sqlite_schedules import SCHEDULE_HANDLERS
+    from abi_engine.storage.sqlite_schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
     _HANDLERS.update(SCHEDULE_HANDLERS)
+    _BULK.update(SCHEDULE_BULK)
 
 
 _register_schedule_handlers()

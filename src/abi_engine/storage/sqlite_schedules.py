@@ -19,7 +19,7 @@ from abi_engine.storage.records import (
     UpdateSchedule,
 )
 
-__all__ = ["SCHEDULE_HANDLERS", "SchedulesMixin"]
+__all__ = ["SCHEDULE_BULK", "SCHEDULE_HANDLERS", "SchedulesMixin"]
 
 
 def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
@@ -129,19 +129,53 @@ class SchedulesMixin:
         ], int(total)
 
 
+_INSERT = (
+    "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
+    " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
+    " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
+    " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
+)
+
+
+def _insert_row(r: ScheduleRecord) -> tuple[Any, ...]:
+    return (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by)
+
+
 def _insert(conn: sqlite3.Connection, op: InsertSchedule) -> bool:
     """Insert the schedule if its workflow exists (not deleted); ``False`` otherwise."""
     r = op.record
     cursor = conn.execute(
-        "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
-        " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
-        " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
-        " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
-        " SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+        f"{_INSERT} SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
         " WHERE EXISTS (SELECT 1 FROM workflows WHERE id = ? AND deleted_at IS NULL)",
-        (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by, r.workflow_id),
+        (*_insert_row(r), r.workflow_id),
     )
     return cursor.rowcount > 0
+
+
+def _bulk_insert(conn: sqlite3.Connection, ops: list[InsertSchedule]) -> list[bool]:
+    """Insert many schedules: one look at their workflows, one ``executemany``.
+
+    Runs inside the write transaction, so no workflow can be deleted between
+    the look and the insert; an op whose workflow is missing gets ``False``.
+    """
+    wanted = sorted({op.record.workflow_id for op in ops})
+    live: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        live.update(
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM workflows WHERE deleted_at IS NULL"
+                f" AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    results = [op.record.workflow_id in live for op in ops]
+    conn.executemany(
+        f"{_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [_insert_row(op.record) for op, ok in zip(ops, results, strict=True) if ok],
+    )
+    return results
 
 
 def _update(conn: sqlite3.Connection, op: UpdateSchedule) -> bool:
@@ -165,35 +199,60 @@ def _delete(conn: sqlite3.Connection, op: DeleteSchedule) -> bool:
     return True
 
 
-def _fire(conn: sqlite3.Connection, op: FireSchedule) -> bool:
-    from abi_engine.storage.sqlite_executions import insert_execution_row
+_FIRE = (
+    "UPDATE schedules SET next_due = ?, pending_runs = ?, completed = ?,"
+    " enabled = coalesce(?, enabled),"
+    " last_execution_id = coalesce(?, last_execution_id)"
+    " WHERE id = ? AND next_due IS ? AND pending_runs = ?"
+)
+_INSERT_HISTORY = (
+    "INSERT INTO schedule_history (schedule_id, due_at, recorded_at, outcome,"
+    " execution_id, detail) VALUES (?, ?, ?, ?, ?, ?)"
+)
+# Keeps a schedule's last HISTORY_KEPT entries.
+_TRIM_HISTORY = (
+    "DELETE FROM schedule_history WHERE schedule_id = ? AND seq <="
+    " (SELECT seq FROM schedule_history WHERE schedule_id = ?"
+    " ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+)
 
-    last = op.executions[-1].id if op.executions else None
-    cursor = conn.execute(
-        "UPDATE schedules SET next_due = ?, pending_runs = ?, completed = ?,"
-        " enabled = coalesce(?, enabled),"
-        " last_execution_id = coalesce(?, last_execution_id)"
-        " WHERE id = ? AND next_due IS ? AND pending_runs = ?",
-        (
-            to_ms(op.next_due),
-            op.pending_runs,
-            int(op.completed),
-            None if op.enabled is None else int(op.enabled),
-            last,
-            op.schedule_id,
-            to_ms(op.expected_next_due),
-            op.expected_pending,
-        ),
-    )
-    if cursor.rowcount == 0:
-        return False
-    for record in op.executions:
-        insert_execution_row(conn, record)
-    if op.history:
-        conn.executemany(
-            "INSERT INTO schedule_history (schedule_id, due_at, recorded_at, outcome,"
-            " execution_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
-            [
+
+def _fire(conn: sqlite3.Connection, op: FireSchedule) -> bool:
+    return _bulk_fire(conn, [op])[0]
+
+
+def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
+    """Fire schedules: each one's move to its next due time is checked (optimistic:
+    ``False`` when another process got there first); the executions and history
+    lines of those that moved are written together."""
+    from abi_engine.storage.sqlite_executions import insert_execution_rows
+
+    results: list[bool] = []
+    executions: list[Any] = []
+    history: list[tuple[Any, ...]] = []
+    trimmed: list[tuple[str, str, int]] = []
+    for op in ops:
+        last = op.executions[-1].id if op.executions else None
+        cursor = conn.execute(
+            _FIRE,
+            (
+                to_ms(op.next_due),
+                op.pending_runs,
+                int(op.completed),
+                None if op.enabled is None else int(op.enabled),
+                last,
+                op.schedule_id,
+                to_ms(op.expected_next_due),
+                op.expected_pending,
+            ),
+        )
+        fired = cursor.rowcount > 0
+        results.append(fired)
+        if not fired:
+            continue
+        executions.extend(op.executions)
+        if op.history:
+            history.extend(
                 (
                     h.schedule_id,
                     to_ms(h.due_at),
@@ -203,15 +262,14 @@ def _fire(conn: sqlite3.Connection, op: FireSchedule) -> bool:
                     h.detail,
                 )
                 for h in op.history
-            ],
-        )
-        conn.execute(
-            "DELETE FROM schedule_history WHERE schedule_id = ? AND seq <="
-            " (SELECT seq FROM schedule_history WHERE schedule_id = ?"
-            " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (op.schedule_id, op.schedule_id, HISTORY_KEPT),
-        )
-    return True
+            )
+            trimmed.append((op.schedule_id, op.schedule_id, HISTORY_KEPT))
+    if executions:
+        insert_execution_rows(conn, executions)
+    if history:
+        conn.executemany(_INSERT_HISTORY, history)
+        conn.executemany(_TRIM_HISTORY, trimmed)
+    return results
 
 
 SCHEDULE_HANDLERS: dict[type, Callable[[sqlite3.Connection, Any], Any]] = {
@@ -219,4 +277,10 @@ SCHEDULE_HANDLERS: dict[type, Callable[[sqlite3.Connection, Any], Any]] = {
     UpdateSchedule: _update,
     DeleteSchedule: _delete,
     FireSchedule: _fire,
+}
+
+#: Handlers applying all ops of one kind of a batch together (see ``_apply_batch``).
+SCHEDULE_BULK: dict[type, Callable[[sqlite3.Connection, Any], list[Any]]] = {
+    InsertSchedule: _bulk_insert,
+    FireSchedule: _bulk_fire,
 }

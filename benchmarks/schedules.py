@@ -10,16 +10,23 @@ Prints:
 - lateness: 200 fixed-time schedules due on three consecutive second
   boundaries a few seconds ahead, with 10,000 more stored (due much later),
   engine running; lateness = the execution's ``started_at`` minus the due
-  time in the schedule's history; p50, p99 and max.
+  time in the schedule's history; p50, p99 and max, and the full garbage
+  collections that ran meanwhile (after ``gc.freeze()``, as ``abi-engine
+  serve`` does once started; ``--no-freeze`` to compare).
 
 Targets (issue #4): >= 10,000 creates/s, tick < 2 ms, p99 lateness < 20 ms.
 
-Usage: python benchmarks/schedules.py [--count 100000] [--profile create|tick|lateness]
+Without a subscription to ``schedule.created`` (nor an ``abi_event`` hook) the
+events are not built; ``--with-events`` adds a hook so that they are.
+
+Usage: python benchmarks/schedules.py [--count 100000] [--with-events] [--no-freeze]
+       [--profile create|tick|lateness]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import resource
 import statistics
@@ -33,7 +40,9 @@ from zoneinfo import ZoneInfo
 
 import anyio
 
-from abi_engine import Engine
+from abi_engine import Engine, hookimpl
+from abi_engine.cli import freeze_startup_objects
+from abi_engine.events import Event
 from abi_engine.ids import format_time, utcnow
 
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe"]
@@ -128,8 +137,22 @@ async def create_many(
             tg.start_soon(worker, k)
 
 
-async def bench_create_and_tick(db: Path, count: int, profile: str | None) -> None:
-    engine = Engine(db)
+class EventListener:
+    """An ``abi_event`` hook that only counts: every schedule event is then built and stored."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    @hookimpl
+    def abi_event(self, event: Event) -> None:
+        self.seen += 1
+
+
+async def bench_create_and_tick(
+    db: Path, count: int, profile: str | None, with_events: bool = False
+) -> None:
+    listener = EventListener()
+    engine = Engine(db, plugins=[listener] if with_events else [])
     try:
         workflow = await engine.workflows.create(WORKFLOW)
         await engine.workflows.activate(workflow.id)
@@ -139,8 +162,11 @@ async def bench_create_and_tick(db: Path, count: int, profile: str | None) -> No
             with profiled("create", profile):
                 await create_many(engine, workflow.id, bodies)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if with_events:
+                assert listener.seen >= count, listener.seen
             print(
-                f"create {count:,} schedules: {wall:.2f} s wall, {count / wall:,.0f}/s"
+                f"create {count:,} schedules{' (events built: a hook listens)' if with_events else ''}:"
+                f" {wall:.2f} s wall, {count / wall:,.0f}/s"
                 f" ({cpu:.2f} s CPU, {count / cpu:,.0f} per CPU second);"
                 f" peak RSS {peak_rss_mb():.0f} MB;"
                 f" {engine.runtime.committer.batches} commits"
@@ -163,7 +189,35 @@ async def bench_create_and_tick(db: Path, count: int, profile: str | None) -> No
         engine.close()
 
 
-async def bench_lateness(db: Path, others: int, due: int, profile: str | None) -> None:
+class FullCollections:
+    """Pauses of full (generation 2) garbage collections while inside the block."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif info["generation"] == 2:
+            self.pauses.append((time.perf_counter() - self._started) * 1000)
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def __str__(self) -> str:
+        if not self.pauses:
+            return "no full garbage collection"
+        return f"{len(self.pauses)} full garbage collection(s), longest {max(self.pauses):.0f} ms"
+
+
+async def bench_lateness(
+    db: Path, others: int, due: int, profile: str | None, freeze: bool = True
+) -> None:
     engine = Engine(db)
     try:
         workflow = await engine.workflows.create(WORKFLOW)
@@ -185,7 +239,9 @@ async def bench_lateness(db: Path, others: int, due: int, profile: str | None) -
                 )
                 ids.append(schedule.id)
             assert utcnow() < start, "creating the due schedules took too long"
-            with profiled("lateness", profile):
+            if freeze:  # as `abi-engine serve` does once started
+                freeze_startup_objects()
+            with profiled("lateness", profile), FullCollections() as collections:
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline:
                     done = [await engine.schedules.get(i) for i in ids]
@@ -205,7 +261,8 @@ async def bench_lateness(db: Path, others: int, due: int, profile: str | None) -
             print(
                 f"lateness of {due} runs due on 3 second boundaries, {others:,} more stored:"
                 f" p50 {percentile(lateness, 0.5):.1f} ms, p99 {percentile(lateness, 0.99):.1f} ms,"
-                f" max {max(lateness):.1f} ms, min {min(lateness):.1f} ms"
+                f" max {max(lateness):.1f} ms, min {min(lateness):.1f} ms;"
+                f" {collections}{'' if freeze else ' (gc not frozen)'}"
             )
     finally:
         engine.close()
@@ -231,11 +288,34 @@ def main() -> None:
     parser.add_argument("--others", type=int, default=10_000)
     parser.add_argument("--due", type=int, default=200)
     parser.add_argument("--profile", choices=["create", "tick", "lateness"])
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="skip gc.freeze() after set-up (abi-engine serve does it once started)",
+    )
+    parser.add_argument(
+        "--with-events",
+        action="store_true",
+        help="an abi_event hook listens, so every schedule.created event is built and stored",
+    )
     args = parser.parse_args()
     print(machine_reference())
     with tempfile.TemporaryDirectory() as tmp:
-        anyio.run(bench_create_and_tick, Path(tmp) / "create.db", args.count, args.profile)
-        anyio.run(bench_lateness, Path(tmp) / "lateness.db", args.others, args.due, args.profile)
+        anyio.run(
+            bench_create_and_tick,
+            Path(tmp) / "create.db",
+            args.count,
+            args.profile,
+            args.with_events,
+        )
+        anyio.run(
+            bench_lateness,
+            Path(tmp) / "lateness.db",
+            args.others,
+            args.due,
+            args.profile,
+            not args.no_freeze,
+        )
     print(f"peak RSS of the process: {peak_rss_mb():.0f} MB")
 
 

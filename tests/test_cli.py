@@ -526,3 +526,19 @@ def test_demo_prints_a_working_token_and_example_workflow(
         workflow_ids.append(workflow_id)
     assert workflow_ids[0] == workflow_ids[1]
     assert (tmp_path / "abi-engine.db").exists()
+
+
+def test_serve_freezes_what_start_up_made() -> None:
+    """After start-up, ``serve`` takes the objects made so far out of full collections."""
+    import gc
+
+    from abi_engine.cli import freeze_startup_objects
+
+    kept = object.__new__(type("Kept", (), {}))  # a tracked object made "at start-up"
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 0
+        assert gc.is_tracked(kept)
+        assert kept not in gc.get_objects(generation=2)  # a full collection no longer walks it
+    finally:
+        gc.unfreeze()

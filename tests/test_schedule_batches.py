@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from abi_engine import Workflow, WorkflowStatus
-from abi_engine.events import Event
+from abi_engine.events import DeferredEvent, Event, resolve
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage import Store
@@ -18,6 +18,7 @@ from abi_engine.storage.records import (
     InsertSchedule,
     ScheduleRecord,
 )
+from abi_engine.storage.records_webhooks import WebhookRecord
 
 NewWorkflow = Callable[..., Workflow]
 
@@ -131,3 +132,63 @@ def test_one_batch_fires_a_due_time_once(store: Store, new_workflow: NewWorkflow
     assert store.get_execution(second.executions[0].id) is None
     assert store.get_execution(third.executions[0].id) is not None
     assert store.schedule_history(other.id, 1, 10)[1] == 1
+
+
+def test_deferred_events_are_written_only_for_subscribed_types(
+    store: Store, new_workflow: NewWorkflow
+) -> None:
+    """A deferred event is built and stored only when, in its transaction, a subscription wants its type."""
+    workflow = new_workflow()
+    store.insert_workflow(workflow)
+    built: list[str] = []
+
+    def deferred(record: ScheduleRecord) -> InsertSchedule:
+        def build() -> Event:
+            built.append(record.id)
+            return Event(type="schedule.created", data={"id": record.id})
+
+        return InsertSchedule(record=record, events=(DeferredEvent("schedule.created", build),))
+
+    quiet = _schedule(workflow.id, "nobody listens")
+    assert store.apply([deferred(quiet)]) == [True]
+    assert built == []
+    assert store.events_after(0) == []
+
+    now = utcnow()
+    store.insert_webhook(
+        WebhookRecord(
+            id=new_id("wh_"),
+            url="https://example.com/hook",
+            events=["schedule.created"],
+            secret="whsec_" + "A" * 32,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    heard, refused = _schedule(workflow.id, "heard"), _schedule("wf_missing", "refused")
+    assert store.apply([deferred(heard), deferred(refused)]) == [True, False]
+    assert built == [heard.id]  # not built for the op that did not apply
+    [stored] = store.events_after(0)
+    assert isinstance(stored.event, Event)
+    assert (stored.event.type, stored.event.data) == ("schedule.created", {"id": heard.id})
+
+
+def test_resolve_builds_only_wanted_deferred_events_and_keeps_order() -> None:
+    """resolve() keeps built events in order, builds wanted deferred ones once, asks for the types once."""
+    asked: list[int] = []
+
+    def subscribed() -> set[str]:
+        asked.append(1)
+        return {"schedule.updated"}
+
+    first = Event(type="workflow.created", data={"n": 1})
+    wanted = DeferredEvent(
+        "schedule.updated", lambda: Event(type="schedule.updated", data={"n": 2})
+    )
+    unwanted = DeferredEvent("schedule.deleted", lambda: Event(type="schedule.deleted", data={}))
+    kept = resolve([first, wanted, unwanted, wanted], subscribed)
+    assert [e.type for e in kept] == ["workflow.created", "schedule.updated", "schedule.updated"]
+    assert kept[1] is kept[2] is wanted.event()  # built once
+    assert asked == [1]
+    assert resolve([first], subscribed) == [first]
+    assert asked == [1]  # no deferred event: the subscriptions are not read

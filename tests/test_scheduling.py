@@ -451,6 +451,49 @@ async def test_events_for_each_change_and_trigger(eng: Engine, recorder: Recorde
     assert by_type["schedule.deleted"]["id"] == created.id
 
 
+async def test_schedule_events_follow_the_subscriptions_of_any_process(
+    make: EngineFactory,
+) -> None:
+    """With no hook, schedule events are stored once a subscription wants them, even one
+    made by another engine a moment ago (read in the write transaction, not from a cache)."""
+    here = make(allow_private_urls=True)
+    other = make(allow_private_urls=True)  # another process on the same database
+    async with here:
+        wf = await custom_workflow(here)
+        await here.schedules.create(wf, interval(3600, name="before"))
+        await other.webhooks.create(
+            {
+                "url": "http://127.0.0.1:9/hook",
+                "events": ["schedule.created", "schedule.triggered", "schedule.deleted"],
+            }
+        )
+        assert "schedule.created" not in here.outbox_types  # not noticed by this one yet
+        after = await here.schedules.create(wf, interval(60, name="after"))
+        await here.schedules.update(after.id, {"description": "not subscribed"})
+        assert after.next_execution is not None
+        await here.schedules.tick(after.next_execution)
+        [(execution_id, _)] = executions_of(here, after.id)
+        await here.schedules.delete(after.id)
+    stored = [s.event for s in here.store.events_after(0, limit=1000)]
+    events = [e for e in stored if isinstance(e, Event) and e.type.startswith("schedule.")]
+    assert [e.type for e in events] == [
+        "schedule.created",
+        "schedule.triggered",
+        "schedule.deleted",
+    ]
+    created, triggered, deleted = events
+    assert created.data == unstructure(after)
+    assert triggered.data == {
+        "schedule_id": after.id,
+        "workflow_id": wf,
+        "execution_id": execution_id,
+        "due_at": format_time(after.next_execution),
+    }
+    assert deleted.data["id"] == after.id
+    assert deleted.data["description"] == "not subscribed"
+    assert len({e.id for e in events}) == 3
+
+
 # -- firing -------------------------------------------------------------------------------------
 
 

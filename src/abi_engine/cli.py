@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import os
 import shlex
@@ -341,6 +342,7 @@ class _Server:
             async def startup(self, sockets: list[socket.socket] | None = None) -> None:
                 await super().startup(sockets=sockets)
                 if self.started and not self.should_exit:
+                    freeze_startup_objects()
                     announce()
 
         return Server(config)
@@ -370,6 +372,21 @@ class _Server:
                 signal.signal(sig, handler)
             self.sock.close()
         return EXIT_OK
+
+
+def freeze_startup_objects() -> int:
+    """Move what start-up made (modules, the app, the engine) out of the garbage collector's view.
+
+    They live as long as the process, yet every full collection walked them:
+    ~40 ms each on a small VM, a pause that landed on scheduled firings now
+    and then (p99 lateness 36-65 ms instead of under 10). After
+    ``gc.freeze()`` a full collection walks only what was made since. The
+    same two lines suit any host embedding the engine. Returns how many
+    objects are frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 def _check_server_extras() -> None:

@@ -16,7 +16,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from abi_engine.auth import TokenService
-from abi_engine.events import EVENT_TYPES, ExecutionEventRef, OutboxEvent
+from abi_engine.events import EVENT_TYPES, DeferredEvent, ExecutionEventRef, OutboxEvent
 from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
@@ -85,13 +85,14 @@ class Engine:
             self.db_url = getattr(db, "path", "<store>")
         self.tokens = TokenService(self.store)
         self.integrations = IntegrationService(self.store, self.registry.providers)
-        #: Event types written to the outbox. Workflow and schedule events (low volume)
-        #: always are, so a subscription made in another process misses none of them;
-        #: webhook subscriptions add the execution event types they ask for.
+        #: Event types this process writes to the outbox when they happen. Workflow
+        #: events (low volume) always are, so a subscription made in another process
+        #: misses none of them; webhook subscriptions add the execution event types
+        #: they ask for. Schedule events are not decided here: they are deferred
+        #: (:class:`~abi_engine.events.DeferredEvent`) to the write transaction, which
+        #: reads the subscriptions of every process.
         self.outbox_types: set[str] = {
-            t
-            for t in EVENT_TYPES
-            if t.startswith(("workflow.", "schedule.")) and t != "workflow.executed"
+            t for t in EVENT_TYPES if t.startswith("workflow.") and t != "workflow.executed"
         }
         self.workflows = WorkflowService(
             self.store,
@@ -143,7 +144,9 @@ class Engine:
 
         Each implementation is called on its own, so one that raises does not
         keep the event from the others. Execution events kept by reference
-        (made only while no hook is registered) are for the outbox alone.
+        (made only while no hook is registered) are for the outbox alone; a
+        deferred event (also made only then) is built for a hook registered
+        since, as the outbox has it.
         """
         self.webhooks.notify()  # the events are in the outbox: wake the webhook worker
         impls = self.pm.hook.abi_event.get_hookimpls()
@@ -152,6 +155,8 @@ class Engine:
         for event in events:
             if isinstance(event, ExecutionEventRef):
                 continue
+            if isinstance(event, DeferredEvent):
+                event = event.event()
             for impl in reversed(impls):
                 try:
                     impl.function(event=event)

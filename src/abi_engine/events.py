@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -9,7 +10,7 @@ import attrs
 
 from abi_engine.ids import format_time, new_id, utcnow
 
-__all__ = ["EVENT_TYPES", "Event", "ExecutionEventRef", "OutboxEvent"]
+__all__ = ["EVENT_TYPES", "DeferredEvent", "Event", "ExecutionEventRef", "OutboxEvent", "resolve"]
 
 EVENT_TYPES: tuple[str, ...] = (
     "workflow.created",
@@ -85,5 +86,54 @@ class ExecutionEventRef(NamedTuple):
         return cls(type, execution_id, step_index, timestamp or utcnow())
 
 
-#: What the outbox holds: events with their data, or execution events by reference.
-OutboxEvent = Event | ExecutionEventRef
+class DeferredEvent:
+    """An event built only if, when its change commits, a subscription wants its type.
+
+    Schedule changes hand these to the store while no ``abi_event`` hook
+    listens. The store reads the enabled subscriptions inside the write
+    transaction of the change, so a subscription committed before it, by
+    any process, gets the event; with none, the event is never built (its
+    JSON is most of the cost of creating a schedule). ``build`` makes the
+    event as it was when the change happened (its timestamp included).
+    """
+
+    __slots__ = ("_build", "_event", "type")
+
+    def __init__(self, type: str, build: Callable[[], Event]) -> None:
+        self.type = type
+        self._build = build
+        self._event: Event | None = None
+
+    def event(self) -> Event:
+        """The event (built once)."""
+        if self._event is None:
+            self._event = self._build()
+        return self._event
+
+    def __repr__(self) -> str:
+        return f"DeferredEvent({self.type!r})"
+
+
+#: What a change hands to the outbox: events with their data, execution events by
+#: reference, or events built only when a subscription wants them.
+OutboxEvent = Event | ExecutionEventRef | DeferredEvent
+
+
+def resolve(
+    events: Iterable[OutboxEvent], subscribed: Callable[[], Collection[str]]
+) -> list[Event | ExecutionEventRef]:
+    """What to write of ``events``: deferred ones built when their type is ``subscribed()``.
+
+    ``subscribed`` is called once, only when some event is deferred.
+    """
+    wanted: Collection[str] | None = None
+    kept: list[Event | ExecutionEventRef] = []
+    for e in events:
+        if isinstance(e, DeferredEvent):
+            if wanted is None:
+                wanted = subscribed()
+            if e.type in wanted:
+                kept.append(e.event())
+        else:
+            kept.append(e)
+    return kept

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ from abi_engine.errors import (
     ScheduleNotFound,
     WorkflowNotFound,
 )
-from abi_engine.events import Event
+from abi_engine.events import DeferredEvent, Event, OutboxEvent
 from abi_engine.executor import Prepared
 from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import (
@@ -277,12 +277,48 @@ class ScheduleService(Service):
         self._wakeup = anyio.Event()
         self.fired = 0
 
-    def _events(self, kind: str, schedule: Schedule | ScheduleRecord) -> tuple[Event, ...]:
-        """The event of a change, if anything consumes it (else none is built or stored)."""
-        if not self._engine.wants_event(kind):
-            return ()
-        view = _view(schedule) if isinstance(schedule, ScheduleRecord) else schedule
-        return (Event(type=kind, data=schedule_json(view)),)
+    def _events(
+        self, kind: str, schedule: Schedule | ScheduleRecord, at: datetime
+    ) -> tuple[OutboxEvent, ...]:
+        """The event of a change that happens ``at``: built now for ``abi_event`` hooks,
+        else deferred to the write transaction (built only if a subscription wants it)."""
+
+        def build() -> Event:
+            view = _view(schedule) if isinstance(schedule, ScheduleRecord) else schedule
+            return Event(type=kind, data=schedule_json(view), timestamp=at)
+
+        if self._engine.has_event_hooks():
+            return (build(),)
+        return (DeferredEvent(kind, build),)
+
+    def _triggered(
+        self,
+        record: ScheduleRecord,
+        executions: Sequence[ExecutionRecord],
+        due: Sequence[datetime],
+        at: datetime,
+    ) -> tuple[OutboxEvent, ...]:
+        """The ``schedule.triggered`` events of executions started for due times ``due``."""
+        events: builtins.list[OutboxEvent] = []
+        for execution, due_at in zip(executions, due, strict=True):
+
+            def build(execution_id: str = execution.id, due_at: datetime = due_at) -> Event:
+                return Event(
+                    type="schedule.triggered",
+                    data={
+                        "schedule_id": record.id,
+                        "workflow_id": record.workflow_id,
+                        "execution_id": execution_id,
+                        "due_at": unstructure(due_at),
+                    },
+                    timestamp=at,
+                )
+
+            if self._engine.has_event_hooks():
+                events.append(build())
+            else:
+                events.append(DeferredEvent("schedule.triggered", build))
+        return tuple(events)
 
     # -- CRUD -------------------------------------------------------------------------------
 
@@ -343,7 +379,7 @@ class ScheduleService(Service):
         view = _view(record)  # as the seed's create answer: without workflow_name
         # The workflow's existence is checked inside the insert's transaction.
         created = await self._engine.runtime.committer.submit(
-            InsertSchedule(record=record, events=self._events("schedule.created", view))
+            InsertSchedule(record=record, events=self._events("schedule.created", view, now))
         )
         if not created:
             raise WorkflowNotFound(workflow_id)
@@ -434,7 +470,7 @@ class ScheduleService(Service):
         )
         view = _view(record)
         applied = await self._engine.runtime.committer.submit(
-            UpdateSchedule(record=record, events=self._events("schedule.updated", view))
+            UpdateSchedule(record=record, events=self._events("schedule.updated", view, now))
         )
         if not applied:
             raise ScheduleNotFound(schedule_id)
@@ -447,7 +483,7 @@ class ScheduleService(Service):
         applied = await self._engine.runtime.committer.submit(
             DeleteSchedule(
                 schedule_id=schedule_id,
-                events=self._events("schedule.deleted", current),
+                events=self._events("schedule.deleted", current, utcnow()),
             )
         )
         if not applied:
@@ -632,22 +668,8 @@ class ScheduleService(Service):
                         note(fire_times[-1], "skipped_overlap", "a run is already queued")
                     fire_times = []
         executions, prepared = self._prepare(record, fire_times, now, history, compiled)
-        events: tuple[Event, ...] = ()
-        if self._engine.wants_event("schedule.triggered"):
-            events = tuple(
-                Event(
-                    type="schedule.triggered",
-                    data={
-                        "schedule_id": record.id,
-                        "workflow_id": record.workflow_id,
-                        "execution_id": e.id,
-                        "due_at": unstructure(due),
-                    },
-                )
-                for e, due in zip(
-                    executions, [h.due_at for h in history if h.outcome == "fired"], strict=True
-                )
-            )
+        fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
+        events = self._triggered(record, executions, fired_at, now)
         op = FireSchedule(
             schedule_id=record.id,
             expected_next_due=first,
@@ -675,19 +697,7 @@ class ScheduleService(Service):
             completed=record.completed,
             executions=tuple(executions),
             history=tuple(history),
-            events=tuple(
-                Event(
-                    type="schedule.triggered",
-                    data={
-                        "schedule_id": record.id,
-                        "workflow_id": record.workflow_id,
-                        "execution_id": e.id,
-                        "due_at": unstructure(now),
-                    },
-                )
-                for e in executions
-                if self._engine.wants_event("schedule.triggered")
-            ),
+            events=self._triggered(record, executions, [now] * len(executions), now),
         ), prepared
 
     def _prepare(

@@ -2,7 +2,10 @@
 
 All SQL lives in the storage package. Every mutating method that causes an
 event takes the events and writes them to the outbox in the *same
-transaction* as the change, so a crash never loses one. Methods are
+transaction* as the change, so a crash never loses one. Events may be
+:class:`~abi_engine.events.DeferredEvent`: a backend writes those through
+:func:`abi_engine.events.resolve`, with the event types enabled
+subscriptions ask for *as read in that transaction*. Methods are
 synchronous and short; a backend that blocks on the network sets
 ``blocking = True`` and the engine calls it from a worker thread.
 """

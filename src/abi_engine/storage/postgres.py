@@ -47,7 +47,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool
 
 from abi_engine.errors import InvalidRequest
-from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
+from abi_engine.events import Event, ExecutionEventRef, OutboxEvent, resolve
 from abi_engine.models import (
     Integration,
     Token,
@@ -62,7 +62,7 @@ from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.postgres_executions import ExecutionsMixin
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
 from abi_engine.storage.postgres_schedules import SchedulesMixin
-from abi_engine.storage.postgres_webhooks import WebhooksMixin
+from abi_engine.storage.postgres_webhooks import WebhooksMixin, subscribed_types
 
 __all__ = ["PostgresStore", "redact_url"]
 
@@ -270,7 +270,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             return
         rows: list[tuple[Any, ...]] = []
         refs: list[ExecutionEventRef] = []
-        for e in events:
+        for e in resolve(events, lambda: subscribed_types(conn)):
             if isinstance(e, ExecutionEventRef):
                 refs.append(e)
             else:

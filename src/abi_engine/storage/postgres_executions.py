@@ -612,9 +612,10 @@ _BULK: dict[type, Callable[[Conn, Any], list[Any]]] = {
 
 
 def _register_schedule_handlers() -> None:
-    from abi_engine.storage.postgres_schedules import SCHEDULE_HANDLERS
+    from abi_engine.storage.postgres_schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
     _HANDLERS.update(SCHEDULE_HANDLERS)
+    _BULK.update(SCHEDULE_BULK)
 
 
 _register_schedule_handlers()

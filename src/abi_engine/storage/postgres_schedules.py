@@ -26,7 +26,7 @@ from abi_engine.storage.records import (
     UpdateSchedule,
 )
 
-__all__ = ["SCHEDULE_HANDLERS", "SchedulesMixin"]
+__all__ = ["SCHEDULE_BULK", "SCHEDULE_HANDLERS", "SchedulesMixin"]
 
 Conn = psycopg.Connection[Any]
 
@@ -138,28 +138,46 @@ class SchedulesMixin:
         ], int(total[0] if total else 0)
 
 
-def _insert(conn: Conn, op: InsertSchedule) -> bool:
-    """Insert the schedule if its workflow exists (not deleted); ``False`` otherwise.
+_INSERT = (
+    "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
+    " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
+    " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
+    " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+    " %s, %s, %s, %s)"
+)
 
-    The workflow row is locked ``FOR SHARE`` so a concurrent delete waits.
+
+def _insert_row(r: ScheduleRecord) -> tuple[Any, ...]:
+    return (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by)
+
+
+def _insert(conn: Conn, op: InsertSchedule) -> bool:
+    """Insert the schedule if its workflow exists (not deleted); ``False`` otherwise."""
+    return _bulk_insert(conn, [op])[0]
+
+
+def _bulk_insert(conn: Conn, ops: list[InsertSchedule]) -> list[bool]:
+    """Insert schedules whose workflow exists (not deleted); ``False`` for the others.
+
+    The workflow rows are locked ``FOR SHARE`` (in id order) so a concurrent
+    delete waits for this transaction.
     """
-    r = op.record
-    found = conn.execute(
-        "SELECT 1 FROM workflows WHERE id = %s AND deleted_at IS NULL FOR SHARE",
-        (r.workflow_id,),
-    ).fetchone()
-    if found is None:
-        return False
-    conn.execute(
-        "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
-        " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
-        " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
-        " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-        " %s, %s, %s, %s)",
-        (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by),
-    )
-    return True
+    wanted = sorted({op.record.workflow_id for op in ops})
+    live = {
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM workflows WHERE id = ANY(%s) AND deleted_at IS NULL"
+            " ORDER BY id FOR SHARE",
+            (wanted,),
+        ).fetchall()
+    }
+    results = [op.record.workflow_id in live for op in ops]
+    rows = [_insert_row(op.record) for op, ok in zip(ops, results, strict=True) if ok]
+    if rows:
+        with conn.cursor() as cur:
+            cur.executemany(_INSERT, rows)
+    return results
 
 
 def _update(conn: Conn, op: UpdateSchedule) -> bool:
@@ -237,4 +255,9 @@ SCHEDULE_HANDLERS: dict[type, Callable[[Conn, Any], Any]] = {
     UpdateSchedule: _update,
     DeleteSchedule: _delete,
     FireSchedule: _fire,
+}
+
+#: Handlers applying all ops of one kind of a batch together (see ``_apply_batch``).
+SCHEDULE_BULK: dict[type, Callable[[Conn, Any], list[Any]]] = {
+    InsertSchedule: _bulk_insert,
 }

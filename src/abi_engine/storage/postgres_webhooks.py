@@ -30,7 +30,7 @@ from abi_engine.storage._rows_webhooks import (
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
-__all__ = ["WebhooksMixin"]
+__all__ = ["WebhooksMixin", "subscribed_types"]
 
 Conn = psycopg.Connection[Any]
 
@@ -89,6 +89,12 @@ def _jobs(rows: Sequence[Sequence[Any]], now: datetime) -> list[DeliveryJob]:
             )
         )
     return jobs
+
+
+def subscribed_types(conn: Conn) -> set[str]:
+    """The event types enabled subscriptions ask for, as ``conn`` sees them (also mid-transaction)."""
+    rows = conn.execute("SELECT events FROM webhooks WHERE enabled").fetchall()
+    return {event_type for (events,) in rows for event_type in loads(events)}
 
 
 class WebhooksMixin:
@@ -172,8 +178,7 @@ class WebhooksMixin:
 
     def subscribed_event_types(self) -> set[str]:
         with self._read() as conn:
-            rows = conn.execute("SELECT events FROM webhooks WHERE enabled").fetchall()
-        return {event_type for (events,) in rows for event_type in loads(events)}
+            return subscribed_types(conn)
 
     # -- fan-out ----------------------------------------------------------------------------
 

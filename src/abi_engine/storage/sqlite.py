@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 
 import sqlite_utils
 
-from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
+from abi_engine.events import Event, ExecutionEventRef, OutboxEvent, resolve
 from abi_engine.models import (
     Integration,
     Token,
@@ -38,7 +38,7 @@ from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
 from abi_engine.storage.sqlite_schedules import SchedulesMixin
-from abi_engine.storage.sqlite_webhooks import WebhooksMixin
+from abi_engine.storage.sqlite_webhooks import WebhooksMixin, subscribed_types
 
 __all__ = ["SQLiteStore"]
 
@@ -194,7 +194,7 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             return
         rows: list[tuple[Any, ...]] = []
         refs: list[ExecutionEventRef] = []
-        for e in events:
+        for e in resolve(events, lambda: subscribed_types(conn)):
             if isinstance(e, ExecutionEventRef):
                 refs.append(e)
             else:

@@ -30,7 +30,7 @@ from abi_engine.storage._rows_webhooks import (
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
-__all__ = ["WebhooksMixin"]
+__all__ = ["WebhooksMixin", "subscribed_types"]
 
 
 def _webhook_params(hook: WebhookRecord) -> tuple[Any, ...]:
@@ -46,6 +46,12 @@ def _webhook_params(hook: WebhookRecord) -> tuple[Any, ...]:
         to_ms(hook.updated_at),
         hook.created_by,
     )
+
+
+def subscribed_types(conn: sqlite3.Connection) -> set[str]:
+    """The event types enabled subscriptions ask for, as ``conn`` sees them (also mid-transaction)."""
+    rows = conn.execute("SELECT events FROM webhooks WHERE enabled = 1").fetchall()
+    return {event_type for (events,) in rows for event_type in loads(events)}
 
 
 class WebhooksMixin:
@@ -125,8 +131,7 @@ class WebhooksMixin:
 
     def subscribed_event_types(self) -> set[str]:
         with self._read() as conn:
-            rows = conn.execute("SELECT events FROM webhooks WHERE enabled = 1").fetchall()
-        return {event_type for (events,) in rows for event_type in loads(events)}
+            return subscribed_types(conn)
 
     # -- fan-out ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import attrs
 import pytest
 
@@ -31,10 +32,13 @@ class RecordingStore:
         self.blocking = blocking
         self.applied: list[list[Any]] = []
         self.gate: threading.Event | None = None
+        self.second = threading.Event()  # set when the second transaction starts
 
     def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         values = [op.value for op in ops]  # type: ignore[attr-defined]
         self.applied.append(values)
+        if len(self.applied) == 2:
+            self.second.set()
         if self.gate is not None and len(self.applied) == 2:
             assert self.gate.wait(10), (
                 "the first batch was not answered while the second was written"
@@ -160,6 +164,29 @@ async def test_pending_ops_are_written_when_the_writer_stops() -> None:
         writer.cancel_scope.cancel()
     assert sorted(results) == [0, 10, 20, 30, 40]
     assert [len(batch) for batch in store.applied] == [2, 2, 1]
+
+
+async def test_stopping_while_a_batch_is_written_in_a_thread_loses_no_batch() -> None:
+    """Cancelled while a blocking store writes one batch, the writer still writes and answers the rest."""
+    store = RecordingStore(blocking=True)
+    store.gate = threading.Event()
+    committer, _ = _committer(store, 1)
+    results: list[Any] = []
+
+    async def one(i: int) -> None:
+        results.append(await committer.submit(Echo(value=i)))
+
+    with anyio.fail_after(10):  # a lost batch would leave its submitter waiting forever
+        async with anyio.create_task_group() as submitters, anyio.create_task_group() as writer:
+            await writer.start(committer.run)
+            for i in range(4):
+                submitters.start_soon(one, i)
+            # the second batch is in the thread, held by the gate
+            assert await anyio.to_thread.run_sync(store.second.wait, 10)
+            writer.cancel_scope.cancel()
+            store.gate.set()
+    assert sorted(results) == [0, 10, 20, 30]
+    assert store.applied == [[0], [1], [2], [3]]
 
 
 def test_max_batch_must_be_positive() -> None:

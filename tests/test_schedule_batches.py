@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from abi_engine.storage.records import (
 from abi_engine.storage.records_webhooks import WebhookRecord
 
 NewWorkflow = Callable[..., Workflow]
+StoreFactory = Callable[..., Store]
 
 
 def _schedule(workflow_id: str, name: str, **fields: Any) -> ScheduleRecord:
@@ -192,3 +194,67 @@ def test_resolve_builds_only_wanted_deferred_events_and_keeps_order() -> None:
     assert asked == [1]
     assert resolve([first], subscribed) == [first]
     assert asked == [1]  # no deferred event: the subscriptions are not read
+
+
+def test_a_subscription_cannot_commit_between_the_read_and_the_change(
+    make_store: StoreFactory, new_workflow: NewWorkflow
+) -> None:
+    """While a change has read the subscriptions, another store's new subscription waits for its commit.
+
+    So whether a deferred event is written follows commit order: a subscription
+    either committed before the change (and gets the event) or after it.
+    """
+    here = make_store()
+    there = make_store(same=True)
+    workflow = new_workflow()
+    here.insert_workflow(workflow)
+
+    def subscription(types: list[str]) -> WebhookRecord:
+        now = utcnow()
+        return WebhookRecord(
+            id=new_id("wh_"),
+            url="https://example.com/hook",
+            events=types,
+            secret="whsec_" + "A" * 32,
+            created_at=now,
+            updated_at=now,
+        )
+
+    here.insert_webhook(subscription(["schedule.created"]))
+    paused, release = threading.Event(), threading.Event()
+    record, other = _schedule(workflow.id, "paused"), _schedule(workflow.id, "other")
+
+    def build_slowly() -> Event:  # runs after the subscriptions were read, in the transaction
+        paused.set()
+        assert release.wait(10)
+        return Event(type="schedule.created", data={"id": record.id})
+
+    ops = [
+        InsertSchedule(record=record, events=(DeferredEvent("schedule.created", build_slowly),)),
+        InsertSchedule(
+            record=other,
+            events=(
+                DeferredEvent(
+                    "schedule.updated",
+                    lambda: Event(type="schedule.updated", data={"id": other.id}),
+                ),
+            ),
+        ),
+    ]
+    change = threading.Thread(target=lambda: here.apply(ops))
+    change.start()
+    assert paused.wait(10)
+    late = threading.Thread(target=lambda: there.insert_webhook(subscription(["schedule.updated"])))
+    late.start()
+    late.join(0.5)
+    assert late.is_alive(), "the subscription committed while the change was under way"
+    release.set()
+    change.join(10)
+    late.join(10)
+    assert not change.is_alive()
+    assert not late.is_alive()
+    stored = [s.event for s in here.events_after(0)]
+    assert [(e.type, e.data) for e in stored if isinstance(e, Event)] == [
+        ("schedule.created", {"id": record.id})
+    ]
+    assert "schedule.updated" in here.subscribed_event_types()

@@ -139,7 +139,10 @@ class GroupCommitter:
         while self._pending:
             batch = self._pending.popleft()
             if batch.ops:
-                await self._flush(batch)
+                # Out of the queue, it must be written and answered: a cancellation
+                # arriving now (the engine stopping) waits for it.
+                with anyio.CancelScope(shield=True):
+                    await self._flush(batch)
 
     async def _safe_apply(self, ops: list[WriteOp]) -> list[Any]:
         try:

@@ -127,11 +127,13 @@ class Engine:
     def wants_event(self, event_type: str) -> bool:
         """Whether anything consumes events of this type (an ``abi_event`` hook or the outbox).
 
-        Workflow and schedule events are always kept; execution events are
-        built, and written to the outbox in the same transaction as their
-        change, only when a webhook subscription (or a hook) wants their type,
-        so the execution hot path builds no event nobody reads. Execution
-        callbacks are decided per execution by the runtime.
+        Workflow events are always kept; execution events are built, and
+        written to the outbox in the same transaction as their change, only
+        when a webhook subscription (or a hook) wants their type, so the
+        execution hot path builds no event nobody reads. Execution callbacks
+        are decided per execution by the runtime. (Schedule events do not ask:
+        they are deferred to the write transaction, see
+        :class:`~abi_engine.events.DeferredEvent`.)
         """
         return event_type in self.outbox_types or bool(self.pm.hook.abi_event.get_hookimpls())
 

@@ -178,6 +178,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             self.schema = str(row[0])
             self._version = migrate(conn, self.schema)
         self._events_lock_key = advisory_key("events", self.schema)
+        self._subscriptions_lock_key = advisory_key("subscriptions", self.schema)
         self._pool: ConnectionPool[Conn] = ConnectionPool(
             conninfo,
             min_size=low,
@@ -270,7 +271,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             return
         rows: list[tuple[Any, ...]] = []
         refs: list[ExecutionEventRef] = []
-        for e in resolve(events, lambda: subscribed_types(conn)):
+        for e in resolve(events, lambda: self._subscribed_types_locked(conn)):
             if isinstance(e, ExecutionEventRef):
                 refs.append(e)
             else:
@@ -278,12 +279,26 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         if refs:  # one row for all of them (storage/_refs.py)
             first, at, text = pack(refs)
             rows.append((first, PACKED_TYPE, at, None, text))
+        if not rows:  # only deferred events, none wanted: no outbox position to take
+            return
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._events_lock_key,))
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO events (id, type, timestamp, data, refs) VALUES (%s, %s, %s, %s, %s)",
                 rows,
             )
+
+    def _subscribed_types_locked(self, conn: Conn) -> set[str]:
+        """The subscribed event types, with subscription changes held off until this commits.
+
+        Subscriptions are inserted and changed under the exclusive form of this
+        advisory lock; holding the shared form (writers do not wait for each
+        other) means every subscription committed before this transaction is
+        seen, and none commits between this read and the commit. So whether a
+        deferred event is written follows commit order, as on SQLite.
+        """
+        conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._subscriptions_lock_key,))
+        return subscribed_types(conn)
 
     def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         if events:

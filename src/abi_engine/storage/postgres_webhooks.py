@@ -103,18 +103,25 @@ class WebhooksMixin:
     # Provided by PostgresStore.
     write: Callable[..., Any]
     _read: Callable[[], Any]
+    _subscriptions_lock_key: int
 
     # -- subscriptions ------------------------------------------------------------------
 
+    def _lock_subscriptions(self, conn: Conn) -> None:
+        """Wait for event writers reading the subscriptions (see ``_subscribed_types_locked``)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._subscriptions_lock_key,))
+
     def insert_webhook(self, webhook: WebhookRecord) -> None:
-        self.write(
-            lambda conn: conn.execute(
+        def run(conn: Conn) -> None:
+            self._lock_subscriptions(conn)
+            conn.execute(
                 "INSERT INTO webhooks (url, events, description, secret, previous_secret,"
                 " previous_secret_until, enabled, created_at, updated_at, created_by, id)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (*_webhook_params(webhook), webhook.id),
             )
-        )
+
+        self.write(run)
 
     def get_webhook(self, webhook_id: str) -> WebhookRecord | None:
         with self._read() as conn:
@@ -125,6 +132,7 @@ class WebhooksMixin:
 
     def update_webhook(self, webhook: WebhookRecord, now: datetime) -> bool:
         def run(conn: Conn) -> bool:
+            self._lock_subscriptions(conn)
             row = conn.execute(
                 "SELECT enabled FROM webhooks WHERE id = %s FOR UPDATE", (webhook.id,)
             ).fetchone()

@@ -201,3 +201,52 @@ def test_sigterm_checkpoints_and_next_serve_resumes(tmp_path: Path, servers: lis
     starts = Counter(tuple(line.split()) for line in log.read_text().splitlines())
     for execution_id in ids:
         assert [starts[(execution_id, name)] for name in STEPS] == [1, 1, 1]
+
+
+def test_sigkill_mid_step_resumes_from_its_saved_progress(
+    tmp_path: Path, every_database: Callable[..., str | Path], servers: list[Server]
+) -> None:
+    """Killed in the middle of a step that keeps its progress, the next serve redoes at most
+    the unit in flight, not the units kept before."""
+    db, log = every_database("progress.db"), tmp_path / "items.log"
+    token = _token(db, log)
+    first = Server(db, log)
+    servers.append(first)
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=first.base, headers=headers, timeout=10) as client:
+        wf = client.post("/workflows", json={"name": "units", "type": "crash_progress"})
+        wf_id = wf.json()["data"]["id"]
+        assert client.post(f"/workflows/{wf_id}/activate").status_code == 200
+        ids = []
+        for _ in range(3):
+            r = client.post(f"/workflows/{wf_id}/execute_async", json={"parameters": {"items": 6}})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["data"]["execution_id"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # a few units of each execution are done
+        lines = log.read_text().splitlines() if log.exists() else []
+        if all(sum(line.startswith(i) for line in lines) >= 2 for i in ids):
+            break
+        time.sleep(0.02)
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    before = log.read_text().splitlines()
+
+    second = Server(db, log)
+    servers.append(second)
+    with httpx.Client(base_url=second.base, headers=headers, timeout=10) as client:
+        final = _wait_all_terminal(client, ids, timeout=60)
+    assert {d["status"] for d in final.values()} == {"completed"}
+    units = Counter(tuple(line.split()) for line in log.read_text().splitlines())
+    for execution_id in ids:
+        assert final[execution_id]["result"] == {"done": [0, 1, 2, 3, 4, 5]}
+        counts = [units[(execution_id, f"item:{n}")] for n in range(6)]
+        assert all(c >= 1 for c in counts), (execution_id, counts)
+        # At most the unit in flight at the kill (logged, not yet kept) is done again.
+        assert sum(counts) <= 7, (execution_id, counts)
+        done_before = [line for line in before if line.startswith(execution_id)]
+        assert len(done_before) >= 2
+        for line in done_before[:-1]:  # every unit but the last one logged was kept
+            assert units[tuple(line.split())] == 1, (execution_id, line, counts)
+    second.stop()
+    assert second.proc.returncode == 0

@@ -840,3 +840,36 @@ async def test_durable_sleep_inside_a_sync_execution_completes(make: EngineFacto
         execution = await engine.executions.execute(wf, timeout_seconds=10)
         assert execution.status is ExecutionStatus.COMPLETED
         assert execution.result == {"x": 2}
+
+
+async def test_a_retried_step_resumes_from_its_saved_progress(eng: Engine) -> None:
+    """A step that kept its progress and failed is tried again from there: no unit is redone."""
+    wf = await new_workflow(eng, "test_progress")
+    execution = await eng.executions.execute(wf, {"items": 5, "fail_after": 2})
+    assert execution.status is ExecutionStatus.COMPLETED
+    assert execution.result == {"done": [0, 1, 2, 3, 4]}
+    work = [what[1] for _, _, what in PROBE.notes if what[0] == "work"]
+    assert work == [0, 1, 2, 3, 4]  # 0 and 1 once, though the first try failed after them
+    attempts = [what[1:] for _, _, what in PROBE.notes if what[0] == "attempt"]
+    assert attempts == [(1, None, {}), (2, {"done": [0, 1]}, {})]  # progress is not a signal
+    stored = eng.store.get_signals(execution.execution_id)
+    assert stored == {"#progress:0": {"done": [0, 1, 2, 3, 4]}}
+
+
+async def test_saved_progress_must_be_json(eng: Engine) -> None:
+    """Progress that JSON cannot hold fails the step with a clear message; nothing is kept."""
+    wf = await new_workflow(eng, "test_progress")
+    with pytest.raises(WorkflowExecutionError) as info:
+        await eng.executions.execute(wf, {"items": 1, "save_bad": True})
+    assert "progress must be JSON" in info.value.details["error_message"]
+    execution_id = info.value.details["execution_id"]
+    assert eng.store.get_signals(execution_id) == {"#progress:0": {"done": [0]}}
+
+
+async def test_a_signal_name_cannot_pass_for_progress(eng: Engine) -> None:
+    """A signal named like the progress record is refused: '#' is not allowed in signal names."""
+    wf = await new_workflow(eng, "test_progress")
+    started = await eng.executions.execute(wf, {"items": 1}, wait=False)
+    with pytest.raises(InvalidRequest) as info:
+        await eng.executions.signal(started.execution_id, "#progress:0", {"done": [0, 1]})
+    assert info.value.details == {"field": "name"}

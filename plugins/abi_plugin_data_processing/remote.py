@@ -7,7 +7,8 @@ base URL (a path is appended, never resolved, so it cannot carry the
 connection's credentials to another host) and turns every failure into a
 :class:`RemoteError` that says what failed without headers, query strings or
 credentials. :class:`Progress` remembers, per execution and step, what a try
-already finished, so that a retried step does not repeat it.
+already finished, in memory and durably (``ctx.save_progress``), so that a
+retried or restarted step does not repeat it.
 """
 
 from __future__ import annotations
@@ -222,31 +223,66 @@ class Listing:
 
 
 class Progress:
-    """What tries of a step finished, kept in memory per execution and step.
+    """What runs of a step finished, per work item: in memory, and kept durably.
 
     A step that fails after doing part of its work (some batches written) is
-    tried again by the engine; the new try asks :meth:`done` and skips what the
-    failed try finished. Memory only: after a restart the step runs whole
-    again, which is why writes also carry idempotency keys. At most ``limit``
-    steps are remembered (the oldest are forgotten).
+    tried again by the engine, and a step cut by a crash is run again by the
+    next engine; both ask :meth:`done` and skip what is finished. The record
+    is kept with ``ctx.save_progress`` every ``every`` items or
+    ``interval_seconds`` (so a crash repeats at most what came after the last
+    save, and those requests carry idempotency keys), and in memory between
+    tries. At most ``limit`` steps are remembered in memory (oldest first out).
+    Work item keys are JSON values or tuples of them.
     """
 
-    def __init__(self, limit: int = 512) -> None:
+    def __init__(self, limit: int = 512, *, every: int = 1, interval_seconds: float = 1.0) -> None:
         self._limit = limit
+        self._every = every
+        self._interval = interval_seconds
         self._memo: OrderedDict[tuple[str, str], dict[Any, Any]] = OrderedDict()
+        self._unsaved: dict[tuple[str, str], tuple[int, float]] = {}
 
     def done(self, ctx: StepContext) -> dict[Any, Any]:
-        """The mutable record of finished work of this execution's step (by work item)."""
+        """The record of finished work of this execution's step (by work item), read-only:
+        add to it with :meth:`record`."""
         key = (ctx.execution_id, ctx.step_name)
         memo = self._memo.get(key)
         if memo is None:
-            memo = self._memo[key] = {}
+            memo = self._memo[key] = _decode(ctx.progress)
             while len(self._memo) > self._limit:
                 self._memo.popitem(last=False)
         else:
             self._memo.move_to_end(key)
         return memo
 
+    async def record(self, ctx: StepContext, item: Any, outcome: Any) -> None:
+        """Note ``item`` as finished with ``outcome``; keep the record durably when due."""
+        key = (ctx.execution_id, ctx.step_name)
+        memo = self.done(ctx)
+        memo[item] = outcome
+        count, since = self._unsaved.get(key, (0, anyio.current_time()))
+        count += 1
+        if count >= self._every or anyio.current_time() - since >= self._interval:
+            await ctx.save_progress(_encode(memo))
+            self._unsaved.pop(key, None)
+        else:
+            self._unsaved[key] = (count, since)
+
     def forget(self, ctx: StepContext) -> None:
-        """Drop what is remembered for this execution's step (it finished)."""
-        self._memo.pop((ctx.execution_id, ctx.step_name), None)
+        """Drop what is remembered in memory for this execution's step (it finished)."""
+        key = (ctx.execution_id, ctx.step_name)
+        self._memo.pop(key, None)
+        self._unsaved.pop(key, None)
+
+
+def _encode(memo: Mapping[Any, Any]) -> dict[str, Any]:
+    return {"done": [[list(k) if isinstance(k, tuple) else k, v] for k, v in memo.items()]}
+
+
+def _decode(progress: Any) -> dict[Any, Any]:
+    if not isinstance(progress, Mapping) or not isinstance(progress.get("done"), list):
+        return {}
+    return {
+        tuple(k) if isinstance(k, list) else k: v
+        for k, v in (pair for pair in progress["done"] if isinstance(pair, list) and len(pair) == 2)
+    }

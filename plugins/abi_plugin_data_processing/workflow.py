@@ -221,7 +221,8 @@ class DataProcessing(WorkflowType):
             for batch in mine:
                 if batch not in done:
                     chunk = records[batch * size : (batch + 1) * size]
-                    done[batch] = await self._send(ctx, remote, config, batch, chunk)
+                    sent = await self._send(ctx, remote, config, batch, chunk)
+                    await self.progress.record(ctx, batch, sent)
         for batch in mine:
             entry = done[batch]
             if entry["status"] == "written":

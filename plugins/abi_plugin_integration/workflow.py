@@ -104,7 +104,9 @@ class IntegrationSync(WorkflowType):
     Parameters = SyncParams
 
     def __init__(self) -> None:
-        self.progress = Progress()
+        # Kept durably every 50 operations or second: a crash resends at most those
+        # (with their idempotency keys), not the whole step.
+        self.progress = Progress(every=50, interval_seconds=1.0)
 
     def check_configuration(self, config: SyncConfig) -> None:
         check_source(config)
@@ -275,9 +277,8 @@ class IntegrationSync(WorkflowType):
         ) as remote:
             for operation, key, body in operations:
                 if (operation, key) not in done:
-                    done[(operation, key)] = await self._send(
-                        ctx, remote, config, operation, key, body
-                    )
+                    sent = await self._send(ctx, remote, config, operation, key, body)
+                    await self.progress.record(ctx, (operation, key), sent)
         result = dict(done)
         self.progress.forget(ctx)
         return result

@@ -24,6 +24,7 @@ import re
 import secrets
 import socket
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -31,7 +32,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine._commit import GroupCommitter
-from abi_engine.errors import QueueFull
+from abi_engine.errors import InvalidState, QueueFull
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import (
     build_execution,
@@ -53,10 +54,18 @@ from abi_engine.storage.records import (
     ClaimExecution,
     ExecutionRecord,
     FinishExecution,
+    SaveProgress,
     StepRecord,
     SuspendExecution,
 )
-from abi_engine.types import SLEEP_PREFIX, StepContext, StepSpec, Suspend, WorkflowType
+from abi_engine.types import (
+    PROGRESS_PREFIX,
+    SLEEP_PREFIX,
+    StepContext,
+    StepSpec,
+    Suspend,
+    WorkflowType,
+)
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -593,10 +602,16 @@ class Runtime:
         signals: dict[str, Any],
     ) -> Any:
         record = prepared.record
+        save_progress = partial(self._save_progress, record.id, step.index, signals)
         attempt = 0
         while True:
             attempt += 1
             step.attempts = attempt
+            visible, progress = signals, None
+            if signals:
+                progress = signals.get(f"{PROGRESS_PREFIX}{step.index}")
+                if any(name.startswith("#") for name in signals):  # progress is not a signal
+                    visible = {k: v for k, v in signals.items() if not k.startswith("#")}
             ctx = StepContext(
                 execution_id=record.id,
                 workflow_id=record.workflow_id,
@@ -606,10 +621,12 @@ class Runtime:
                 params=prepared.params,
                 config=prepared.config,
                 results=results,
-                signals=signals,
+                signals=visible,
                 integrations=prepared.integrations,
                 attempt=attempt,
                 services={"engine": self.engine},
+                progress=progress,
+                progress_saver=save_progress,
             )
             try:
                 if spec.timeout_seconds is not None:
@@ -629,6 +646,28 @@ class Runtime:
                 if attempt >= spec.retry.attempts:
                     return _Failure(exc)
                 await anyio.sleep(spec.retry.delay_before(attempt + 1))
+
+    async def _save_progress(
+        self, execution_id: str, index: int, signals: dict[str, Any], value: Any
+    ) -> None:
+        """``StepContext.save_progress`` of step ``index``: kept with the signals, committed."""
+        try:
+            _dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"progress must be JSON: {exc}") from None
+        name = f"{PROGRESS_PREFIX}{index}"
+        saved = await self.committer.submit(
+            SaveProgress(
+                execution_id=execution_id,
+                owner=self.node_id,
+                name=name,
+                payload=value,
+                saved_at=utcnow(),
+            )
+        )
+        if not saved:
+            raise InvalidState(f"execution {execution_id} is no longer run by this engine")
+        signals[name] = value
 
     def _step_event(self, record: ExecutionRecord, step: StepRecord) -> OutboxEvent:
         if not self.engine.has_event_hooks():

@@ -37,6 +37,7 @@ from abi_engine.storage.records import TIMEOUT_SUFFIX
 __all__ = [
     "APPROVAL_SIGNAL",
     "DURABLE_SLEEP_THRESHOLD",
+    "PROGRESS_PREFIX",
     "IncomingSignal",
     "RetryPolicy",
     "SignalTimeout",
@@ -103,7 +104,9 @@ class StepContext:
     ``integrations`` maps the workflow's connected integration ids to their
     connections (with secrets: never return them); ``signals`` holds the
     signals delivered to the execution; ``attempt`` counts tries of this step
-    from 1; ``services`` gives engine-provided helpers (``"engine"``).
+    from 1; ``services`` gives engine-provided helpers (``"engine"``);
+    ``progress`` is what an earlier run of this step last kept with
+    :meth:`save_progress` (``None`` if nothing).
     """
 
     execution_id: str
@@ -119,7 +122,27 @@ class StepContext:
     attempt: int = 1
     logger: logging.Logger = _STEP_LOGGER
     services: Mapping[str, Any] = attrs.Factory(dict)
+    progress: Any = None
+    progress_saver: Callable[[Any], Awaitable[None]] | None = attrs.field(default=None, repr=False)
     _sleeps: int = attrs.field(default=0, init=False)
+
+    async def save_progress(self, value: Any) -> None:
+        """Durably keep how far this step got, so that a run of it after a failure or
+        a crash can skip what is done (it reads ``progress``).
+
+        ``value`` must be JSON (it replaces what was kept before); when this
+        returns it is committed. A step that calls ``save_progress`` after each
+        unit of work repeats at most the unit in flight when the process died.
+        Each call is a write: keep ``value`` small and call it per unit of work
+        that costs more than a write (a batch sent, a file moved), not per item.
+        Raises :class:`~abi_engine.errors.InvalidState` when this engine no
+        longer runs the execution (cancelled, or taken over), and ``ValueError``
+        when ``value`` is not JSON.
+        """
+        if self.progress_saver is None:
+            raise RuntimeError("save_progress is only available to steps the engine runs")
+        await self.progress_saver(value)
+        self.progress = value
 
     def client(self, integration_id: str) -> Any:
         """A ready client for a connected integration of the workflow.
@@ -165,6 +188,10 @@ class StepContext:
             return
         raise Suspend(name, seconds, sleeping=True)
 
+
+#: Name under which a step's progress is kept with the execution's signals (no
+#: signal name can contain ``#``), followed by the step's index.
+PROGRESS_PREFIX = "#progress:"
 
 #: Sleeps longer than this (seconds) suspend the execution instead of a worker.
 DURABLE_SLEEP_THRESHOLD = 1.0

@@ -230,7 +230,38 @@ class Typed(WorkflowType):
         return {"customer": ctx.params.customer_id, "quantity": ctx.params.quantity}
 
 
-TYPES: tuple[type[WorkflowType], ...] = (ThreeSteps, Flaky, SlowStep, Skipping, Odd, Typed)
+class Progressing(WorkflowType):
+    """``items`` works through ``parameters.items`` units, keeping its progress after each;
+    it fails once after ``parameters.fail_after`` units on its first attempt."""
+
+    name = "test_progress"
+
+    @step(retry=_RETRY)
+    async def items(self, ctx: StepContext) -> Any:
+        PROBE.note(ctx, ("attempt", ctx.attempt, ctx.progress, dict(ctx.signals)))
+        done: list[int] = list((ctx.progress or {}).get("done", []))
+        for item in range(ctx.parameters.get("items", 4)):
+            if item in done:
+                continue
+            if ctx.attempt == 1 and len(done) == ctx.parameters.get("fail_after", -1):
+                raise ConnectionError("the target went away")
+            PROBE.note(ctx, ("work", item))
+            done.append(item)
+            await ctx.save_progress({"done": done})
+        if ctx.parameters.get("save_bad"):
+            await ctx.save_progress({"bad": {1, 2}})
+        return {"done": done}
+
+
+TYPES: tuple[type[WorkflowType], ...] = (
+    ThreeSteps,
+    Flaky,
+    SlowStep,
+    Skipping,
+    Odd,
+    Typed,
+    Progressing,
+)
 
 
 @hookimpl

@@ -31,6 +31,7 @@ from abi_engine.storage.records import (
     InsertEvents,
     InsertExecution,
     ReleaseExecutions,
+    SaveProgress,
     StepRecord,
     SuspendExecution,
     WriteOp,
@@ -456,6 +457,21 @@ def _signal(conn: Conn, op: DeliverSignal) -> str | None:
     return "stored"
 
 
+def _save_progress(conn: Conn, op: SaveProgress) -> bool:
+    row = conn.execute(
+        "SELECT status, owner FROM executions WHERE id = %s FOR SHARE", (op.execution_id,)
+    ).fetchone()
+    if row is None or row[0] != "running" or row[1] != op.owner:
+        return False
+    conn.execute(
+        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (execution_id, name)"
+        " DO UPDATE SET payload = excluded.payload, created_at = excluded.created_at",
+        (op.execution_id, op.name, dumps(op.payload), to_ms(op.saved_at)),
+    )
+    return True
+
+
 def _cancel(conn: Conn, op: CancelExecution) -> bool:
     row = conn.execute(
         f"SELECT started_at FROM executions WHERE id = %s AND status IN {_UNFINISHED} FOR UPDATE",
@@ -497,6 +513,7 @@ _HANDLERS: dict[type[WriteOp], Callable[[Conn, Any], Any]] = {
     FinishExecution: _finish,
     SuspendExecution: _suspend,
     DeliverSignal: _signal,
+    SaveProgress: _save_progress,
     CancelExecution: _cancel,
     ReleaseExecutions: _release,
     InsertEvents: _events_only,

@@ -139,6 +139,22 @@ class CheckpointStep(WriteOp):
 
 
 @attrs.frozen(kw_only=True)
+class SaveProgress(WriteOp):
+    """Keep how far a running step got (``payload``, JSON) under ``name``, replacing
+    what was kept before; applies ``False`` unless ``owner`` runs the execution.
+
+    Kept with the execution's signals under a name no signal can have
+    (``#progress:<step index>``), read back when the step runs again.
+    """
+
+    execution_id: str
+    owner: str
+    name: str
+    payload: Any
+    saved_at: datetime
+
+
+@attrs.frozen(kw_only=True)
 class FinishExecution(WriteOp):
     """End an execution (and update its workflow's stats) unless it already ended.
 

@@ -22,6 +22,7 @@ from abi_engine.storage.records import (
     InsertEvents,
     InsertExecution,
     ReleaseExecutions,
+    SaveProgress,
     StepRecord,
     SuspendExecution,
     WriteOp,
@@ -434,6 +435,21 @@ def _signal(conn: sqlite3.Connection, op: DeliverSignal) -> str | None:
     return "stored"
 
 
+def _save_progress(conn: sqlite3.Connection, op: SaveProgress) -> bool:
+    row = conn.execute(
+        "SELECT status, owner FROM executions WHERE id = ?", (op.execution_id,)
+    ).fetchone()
+    if row is None or row[0] != "running" or row[1] != op.owner:
+        return False
+    conn.execute(
+        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT (execution_id, name)"
+        " DO UPDATE SET payload = excluded.payload, created_at = excluded.created_at",
+        (op.execution_id, op.name, dumps(op.payload), to_ms(op.saved_at)),
+    )
+    return True
+
+
 def _cancel(conn: sqlite3.Connection, op: CancelExecution) -> bool:
     row = conn.execute(
         "SELECT started_at FROM executions WHERE id = ?", (op.execution_id,)
@@ -481,6 +497,7 @@ _HANDLERS: dict[type[WriteOp], Callable[[sqlite3.Connection, Any], Any]] = {
     FinishExecution: _finish,
     SuspendExecution: _suspend,
     DeliverSignal: _signal,
+    SaveProgress: _save_progress,
     CancelExecution: _cancel,
     ReleaseExecutions: _release,
     InsertEvents: _events_only,

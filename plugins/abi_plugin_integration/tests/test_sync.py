@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from abi_plugin_data_processing.tests.systems import PASS, System, connect_systems, create_workflow
 
 from abi_engine import Engine, ExecutionStatus, StepStatus
 from abi_engine.errors import WorkflowExecutionError
+from abi_engine.testing import engine_for
 
 from .conftest import BASE_CONFIGURATION, INTEGRATIONS, crm_record, desk_record, sync
 
@@ -217,3 +221,32 @@ async def test_dot_keys_stay_under_the_record_path(
     await sync(engine, crm, desk, mode="mirror")
     paths = sorted(r.path for r in desk.received("DELETE"))
     assert paths == ["/records/%2E", "/records/%2E%2E", "/records/c_7"]
+
+
+async def test_restart_in_apply_repeats_only_what_came_after_the_last_save(
+    tmp_path: Path, crm: System, desk: System
+) -> None:
+    """Stopped while the 61st create hangs, the next engine skips the 50 operations apply kept."""
+    db = str(tmp_path / "abi.db")
+    fill(crm, [crm_record(i) for i in range(80)])
+    desk.plan("POST", "/records", [PASS] * 60 + [("sleep", 3.0)])
+    async with engine_for(db=db, allow_private_urls=True) as first:
+        await connect_systems(first, int_crm=crm, int_desk=desk)
+        workflow_id = await create_workflow(
+            first, BASE_CONFIGURATION, INTEGRATIONS, workflow_type="integration"
+        )
+        started = await first.executions.execute(workflow_id, {}, wait=False)
+        with anyio.fail_after(20):
+            while True:  # the server thread cannot set an anyio.Event: poll
+                if len(desk.received("POST")) >= 61:
+                    break
+                await anyio.sleep(0.02)
+    async with engine_for(db=db, allow_private_urls=True) as second:
+        done = await second.executions.wait(started.execution_id, timeout=30)
+    assert done.status is ExecutionStatus.COMPLETED
+    assert done.result["created"] == 80
+    sent = Counter(r.body["contact_id"] for r in desk.received("POST"))
+    assert set(sent) == {f"c_{i}" for i in range(80)}
+    kept = [f"c_{i}" for i in range(80) if sent[f"c_{i}"] == 1]
+    assert len(kept) >= 50  # at least the first save's 50 were not sent again
+    assert sum(sent.values()) <= 80 + 11  # at most the operations after the save (50..60)

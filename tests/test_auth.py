@@ -165,3 +165,38 @@ def test_revoked_token_fails_at_once_here_and_soon_elsewhere(
     assert elsewhere.authenticate(keep).user_id == "usr_ann"
     assert here.revoke_token(principal.token_id) is False  # already revoked
     assert [t.id for t in here.list_tokens()] == [here.authenticate(keep).token_id]
+
+
+class _RevokingStore:
+    """A store whose token lookups let a revocation slip in after the read (as another thread could)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.service: TokenService | None = None
+        self.revoke_after_read: str | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def get_token(self, token_hash: str) -> object:
+        record = self.store.get_token(token_hash)
+        if self.revoke_after_read is not None and self.service is not None:
+            token_id, self.revoke_after_read = self.revoke_after_read, None
+            assert self.service.revoke_token(token_id) is True
+        return record
+
+
+def test_check_racing_a_revocation_does_not_cache_the_token(
+    make_store: Callable[..., Store],
+) -> None:
+    """A check that read a token just before it was revoked answers, but does not cache it."""
+    wrapper = _RevokingStore(make_store())
+    service = TokenService(wrapper, cache_seconds=60)  # type: ignore[arg-type]
+    wrapper.service = service
+    token = service.create_token("usr_ann")
+    (record,) = service.list_tokens("usr_ann")
+    wrapper.revoke_after_read = record.id
+    assert service.authenticate(token).token_id == record.id  # read before the revocation
+    assert wrapper.revoke_after_read is None  # the revocation did happen in between
+    with pytest.raises(Unauthorized):
+        service.authenticate(token)  # not served from the cache

@@ -50,6 +50,7 @@ CLASSES: dict[type[AbiError], tuple[str, int]] = {
     errors.WebhookNotFound: ("WEBHOOK_NOT_FOUND", 404),
     errors.NotFound: ("NOT_FOUND", 404),
     errors.IntegrationNotFound: ("NOT_FOUND", 404),
+    errors.TokenNotFound: ("NOT_FOUND", 404),
     errors.MethodNotAllowed: ("METHOD_NOT_ALLOWED", 405),
     errors.InvalidState: ("INVALID_STATE", 409),
     errors.PayloadTooLarge: ("PAYLOAD_TOO_LARGE", 413),

@@ -393,6 +393,44 @@ def test_users_and_tokens(store: Store) -> None:
     assert store.get_token("hash-2") is None
 
 
+def test_user_tokens_page_and_owned_revocation(store: Store) -> None:
+    """list_user_tokens pages one user's live tokens newest first; revoke with user_id spares others'."""
+    for user in ("usr_a", "usr_b"):
+        store.ensure_user(user, T0)
+    mine = []
+    for n in range(5):
+        token = Token(
+            id=new_id("tok_"),
+            user_id="usr_a",
+            scopes=frozenset({Scope.WORKFLOWS_READ}),
+            created_at=T0 + timedelta(seconds=n),
+            name=f"t{n}",
+        )
+        store.insert_token(token, f"hash-a{n}")
+        mine.append(token)
+    theirs = Token(id=new_id("tok_"), user_id="usr_b", scopes=frozenset(Scope), created_at=T0)
+    store.insert_token(theirs, "hash-b")
+    newest_first = [t.id for t in reversed(mine)]
+
+    items, total = store.list_user_tokens("usr_a", 1, 2)
+    assert (total, [t.id for t in items]) == (5, newest_first[:2])
+    assert items[0] == mine[-1]
+    items, total = store.list_user_tokens("usr_a", 3, 2)
+    assert (total, [t.id for t in items]) == (5, newest_first[4:])
+    assert store.list_user_tokens("usr_a", 4, 2) == ([], 5)
+    assert store.list_user_tokens("usr_nobody", 1, 10) == ([], 0)
+
+    assert store.revoke_token(theirs.id, T0, "usr_a") is False  # another user's: untouched
+    assert store.get_token("hash-b") == theirs
+    assert store.revoke_token(mine[0].id, T0, "usr_a") is True
+    assert store.revoke_token(mine[0].id, T0, "usr_a") is False  # already revoked
+    assert store.get_token("hash-a0") is None
+    items, total = store.list_user_tokens("usr_a", 1, 10)
+    assert (total, [t.id for t in items]) == (4, newest_first[:4])
+    assert store.revoke_token(theirs.id, T0) is True  # without user_id: any user's
+    assert store.list_user_tokens("usr_b", 1, 10) == ([], 0)
+
+
 def test_integrations_crud(store: Store) -> None:
     """put creates then replaces; list is by id; delete removes; existing ids are reported."""
 

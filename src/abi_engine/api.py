@@ -614,4 +614,5 @@ async def reject_execution(engine: Engine, actor: Principal, request: ApiRequest
 
 # Operations of other resources live in their own modules and register here.
 from abi_engine import api_schedules as _api_schedules  # noqa: E402, F401
+from abi_engine import api_tokens as _api_tokens  # noqa: E402, F401
 from abi_engine import api_webhooks as _api_webhooks  # noqa: E402, F401

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
-from abi_engine.errors import Forbidden, InvalidRequest, Unauthorized
+from abi_engine.converter import structure
+from abi_engine.errors import Forbidden, InvalidRequest, TokenNotFound, Unauthorized
 from abi_engine.ids import new_id, utcnow
-from abi_engine.models import Scope, Token
+from abi_engine.models import CreatedToken, Page, RevokeResult, Scope, Token, TokenCreateRequest
+from abi_engine.services import call_store, check_page
 from abi_engine.storage.base import Store
 
 __all__ = ["ALL_SCOPES", "Principal", "TokenService", "hash_token", "normalize_user_id"]
 
 ALL_SCOPES: frozenset[Scope] = frozenset(Scope)
 TOKEN_PREFIX = "abi_"
+#: The longest token name the self-service operations accept.
+MAX_TOKEN_NAME = 200
 
 
 def hash_token(token: str) -> str:
@@ -61,12 +67,19 @@ class TokenService:
     Checked tokens are remembered for ``cache_seconds`` (default 5): a token
     revoked by this engine stops working at once; one revoked by another
     process sharing the database, within that time.
+
+    The ``*_own`` coroutines are the self-service operations of the REST API
+    (``/api/v1/tokens``): a caller manages the tokens of its own user only.
     """
 
     def __init__(self, store: Store, *, cache_seconds: float = 5.0) -> None:
         self._store = store
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
+        # Counts revocations, so that a check that read a token before a revocation
+        # (in another thread) does not put it back into the cache afterwards.
+        self._revocations = 0
+        self._cache_lock = threading.Lock()
 
     def create_token(
         self,
@@ -87,14 +100,18 @@ class TokenService:
             raise InvalidRequest(
                 f"Unknown scope: {exc}", {"field": "scope", "allowed": sorted(ALL_SCOPES)}
             ) from None
+        return self._insert(user_id, scope_set, name)[0]
+
+    def _insert(
+        self, user_id: str, scopes: frozenset[Scope], name: str | None
+    ) -> tuple[str, Token]:
+        """Store a new token of ``user_id`` (created when new): the token and its record."""
         now = utcnow()
         self._store.ensure_user(user_id, now)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = Token(
-            id=new_id("tok_"), user_id=user_id, scopes=scope_set, created_at=now, name=name
-        )
+        record = Token(id=new_id("tok_"), user_id=user_id, scopes=scopes, created_at=now, name=name)
         self._store.insert_token(record, hash_token(token))
-        return token
+        return token, record
 
     def authenticate(self, token: str | None) -> Principal:
         """The principal of ``token``; raise ``Unauthorized`` when missing or unknown."""
@@ -105,28 +122,111 @@ class TokenService:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
+        revocations = self._revocations
         record = self._store.get_token(digest)
         if record is None:
             self._cache.pop(digest, None)
             raise Unauthorized("Invalid access token")
         principal = Principal(user_id=record.user_id, scopes=record.scopes, token_id=record.id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (principal, now + self.cache_seconds)
+        with self._cache_lock:
+            if revocations == self._revocations:  # else the record read may be revoked by now
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[digest] = (principal, now + self.cache_seconds)
         return principal
 
     def list_tokens(self, user_id: str | None = None) -> list[Token]:
         """The live tokens (of ``user_id`` when given), newest first: ids, never the secrets."""
         return self._store.list_tokens(normalize_user_id(user_id) if user_id else None)
 
-    def revoke_token(self, token_id: str) -> bool:
+    def revoke_token(self, token_id: str, *, user_id: str | None = None) -> bool:
         """Revoke a token by its id (``tok_...``); whether a live one was revoked.
 
-        It stops authenticating at once in this engine, and within
-        ``cache_seconds`` in other processes on the same database.
+        With ``user_id``, only a token of that user is revoked. It stops
+        authenticating at once in this engine, and within ``cache_seconds`` in
+        other processes on the same database.
         """
-        revoked = self._store.revoke_token(token_id, utcnow())
-        self._cache = {
-            digest: entry for digest, entry in self._cache.items() if entry[0].token_id != token_id
-        }
+        owner = normalize_user_id(user_id) if user_id is not None else None
+        revoked = self._store.revoke_token(token_id, utcnow(), owner)
+        if not revoked and owner is not None:
+            return False  # not this user's: leave the cache (other users' tokens) alone
+        with self._cache_lock:
+            self._revocations += 1
+            self._cache = {
+                digest: entry
+                for digest, entry in self._cache.items()
+                if entry[0].token_id != token_id
+            }
         return revoked
+
+    # -- self-service (the REST operations) ------------------------------------------------
+
+    async def list_own(
+        self, actor: Principal, *, page: Any = 1, page_size: Any = 10
+    ) -> Page[Token]:
+        """One page of the caller's user's live tokens, newest first (never the secrets)."""
+        page, page_size = check_page(page, page_size)
+        owner = normalize_user_id(actor.user_id)
+        items, total = await call_store(
+            self._store, self._store.list_user_tokens, owner, page, page_size
+        )
+        return Page.build(items, page, page_size, total)
+
+    async def create_own(self, actor: Principal, data: Mapping[str, Any]) -> CreatedToken:
+        """Create a token for the caller's user; the answer holds the token, this once.
+
+        ``data`` is a :class:`~abi_engine.models.TokenCreateRequest`. ``scopes``
+        defaults to the caller's scopes.
+
+        :raises InvalidRequest: bad types, unknown fields or scopes, an empty
+            ``scopes`` list, a name too long (``details.field`` names the field).
+        :raises Forbidden: a scope the calling token does not have.
+        """
+        try:
+            req = structure(data, TokenCreateRequest)
+        except InvalidRequest as exc:
+            if str(exc.details.get("field", "")).startswith("scopes"):
+                exc.details["allowed"] = sorted(s.value for s in ALL_SCOPES)
+            raise
+        if req.name is not None and len(req.name) > MAX_TOKEN_NAME:
+            raise InvalidRequest(
+                f"'name' must be at most {MAX_TOKEN_NAME} characters", {"field": "name"}
+            )
+        if req.scopes is None:
+            scopes = actor.scopes
+        elif not req.scopes:
+            raise InvalidRequest(
+                "'scopes' must name at least one scope (omit it for the calling token's scopes)",
+                {"field": "scopes", "allowed": sorted(s.value for s in ALL_SCOPES)},
+            )
+        else:
+            scopes = frozenset(req.scopes)
+            missing = sorted(s.value for s in scopes - actor.scopes)
+            if missing:
+                raise Forbidden(
+                    "A token cannot grant scopes the calling token lacks: " + ", ".join(missing),
+                    {"field": "scopes", "missing_scopes": missing},
+                )
+        token, record = await call_store(
+            self._store, self._insert, normalize_user_id(actor.user_id), scopes, req.name
+        )
+        return CreatedToken(
+            id=record.id,
+            user_id=record.user_id,
+            scopes=record.scopes,
+            created_at=record.created_at,
+            name=record.name,
+            token=token,
+        )
+
+    async def revoke_own(self, actor: Principal, token_id: Any) -> RevokeResult:
+        """Revoke one of the caller's user's live tokens (the calling one too).
+
+        :raises TokenNotFound: no live token of the caller's user has this id
+            (another user's token gets the same answer).
+        """
+        if not isinstance(token_id, str) or not await call_store(
+            self._store, self.revoke_token, token_id, user_id=actor.user_id
+        ):
+            raise TokenNotFound(str(token_id))
+        return RevokeResult(id=token_id, revoked=True)

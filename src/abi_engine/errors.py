@@ -29,6 +29,7 @@ __all__ = [
     "QueueFull",
     "RateLimitExceeded",
     "ScheduleNotFound",
+    "TokenNotFound",
     "Unauthorized",
     "WebhookNotFound",
     "WorkflowExecutionError",
@@ -168,6 +169,19 @@ class IntegrationNotFound(_NotFoundError):
     http_status = 404
     resource = "Integration"
     id_field = "integration_id"
+
+
+class TokenNotFound(_NotFoundError):
+    """No live access token of the caller's user has this id.
+
+    Answered alike for an unknown id and for another user's token, so a caller
+    learns nothing about other users' tokens.
+    """
+
+    code = "NOT_FOUND"
+    http_status = 404
+    resource = "Token"
+    id_field = "token_id"
 
 
 class NotFound(_NotFoundError):

@@ -15,6 +15,7 @@ import attrs
 
 __all__ = [
     "ActivationResult",
+    "CreatedToken",
     "DeleteResult",
     "Execution",
     "ExecutionError",
@@ -28,6 +29,7 @@ __all__ = [
     "OverlapPolicy",
     "Page",
     "Pagination",
+    "RevokeResult",
     "Schedule",
     "ScheduleHistoryEntry",
     "ScheduleSummary",
@@ -37,6 +39,7 @@ __all__ = [
     "StepError",
     "StepStatus",
     "Token",
+    "TokenCreateRequest",
     "User",
     "Workflow",
     "WorkflowIntegration",
@@ -286,13 +289,46 @@ class User:
 
 @attrs.define(kw_only=True)
 class Token:
-    """An access token's stored form: only its hash is kept."""
+    """An access token as stored and listed: id (``tok_...``), user, scopes, name; never the token.
+
+    Only the token's SHA-256 hash is kept, and it is never shown either.
+    """
 
     id: str
     user_id: str
     scopes: frozenset[Scope]
     created_at: datetime
     name: str | None = None
+
+
+@attrs.define(kw_only=True)
+class CreatedToken(Token):
+    """A new access token: its fields and ``token``, the secret itself, shown in this answer only.
+
+    Only the token's hash is stored: it cannot be shown again.
+    """
+
+    token: str
+
+
+@attrs.define(kw_only=True)
+class TokenCreateRequest:
+    """The body of ``POST /api/v1/tokens`` (every field optional).
+
+    ``scopes`` defaults to the calling token's scopes; each one given must be
+    a scope the calling token has (a token cannot grant more than it holds).
+    """
+
+    name: str | None = None
+    scopes: list[Scope] | None = None
+
+
+@attrs.define(kw_only=True)
+class RevokeResult:
+    """The answer to a token revocation."""
+
+    id: str
+    revoked: bool = True
 
 
 @attrs.define(kw_only=True)

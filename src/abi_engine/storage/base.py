@@ -90,8 +90,15 @@ class Store(Protocol):
     def list_tokens(self, user_id: str | None = None) -> list[Token]:
         """Live tokens (of ``user_id`` when given), newest first."""
 
-    def revoke_token(self, token_id: str, revoked_at: datetime) -> bool:
-        """Revoke a live token; whether there was one with that id."""
+    def list_user_tokens(self, user_id: str, page: int, page_size: int) -> tuple[list[Token], int]:
+        """One page of ``user_id``'s live tokens, newest first, and their total count."""
+
+    def revoke_token(self, token_id: str, revoked_at: datetime, user_id: str | None = None) -> bool:
+        """Revoke a live token; whether there was one with that id (and of ``user_id`` when given).
+
+        With ``user_id``, the owner check and the revocation are one statement:
+        another user's token is left alone, exactly like an unknown id.
+        """
 
     # -- workflows -----------------------------------------------------------
 

@@ -277,12 +277,24 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             ).fetchall()
         return [_row_to_token(row) for row in rows]
 
-    def revoke_token(self, token_id: str, revoked_at: datetime) -> bool:
+    def list_user_tokens(self, user_id: str, page: int, page_size: int) -> tuple[list[Token], int]:
+        live = "WHERE revoked_at IS NULL AND user_id = ?"
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM tokens {live}", (user_id,)).fetchone()
+            rows = conn.execute(
+                f"SELECT id, user_id, scopes, name, created_at FROM tokens {live}"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (user_id, page_size, (page - 1) * page_size),
+            ).fetchall()
+        return [_row_to_token(row) for row in rows], int(total[0] if total else 0)
+
+    def revoke_token(self, token_id: str, revoked_at: datetime, user_id: str | None = None) -> bool:
+        sql = "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+        args: tuple[Any, ...] = (to_ms(revoked_at), token_id)
+        if user_id is not None:
+            sql, args = sql + " AND user_id = ?", (*args, user_id)
         with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                (to_ms(revoked_at), token_id),
-            )
+            cursor = conn.execute(sql, args)
         return cursor.rowcount > 0
 
     def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:

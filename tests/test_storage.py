@@ -224,6 +224,36 @@ def test_list_query_plan_uses_an_index(
         store.close()
 
 
+def test_a_users_token_list_reads_an_index(db_path: Path, traced_sql: list[str]) -> None:
+    """Page 1 of one user's live tokens is a search of idx_tokens_user, not a scan or a sort."""
+    store = SQLiteStore(db_path)
+    try:
+        for u in range(4):
+            store.ensure_user(f"usr_{u}", T0)
+        for i in range(40):
+            token = Token(
+                id=new_id("tok_"),
+                user_id=f"usr_{i % 4}",
+                scopes=frozenset(Scope),
+                created_at=T0 + timedelta(seconds=i),
+            )
+            store.insert_token(token, f"hash{i}")
+        traced_sql.clear()
+        items, total = store.list_user_tokens("usr_1", 1, 5)
+        assert (len(items), total) == (5, 10)
+        assert [t.created_at for t in items] == sorted((t.created_at for t in items), reverse=True)
+        selects = [s for s in traced_sql if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) == 2
+        conn = sqlite3.connect(db_path)
+        for sql in selects:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            assert any("idx_tokens_user" in step for step in plan), (sql, plan)
+            assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
+        conn.close()
+    finally:
+        store.close()
+
+
 # -- workflows --------------------------------------------------------------------------------
 
 

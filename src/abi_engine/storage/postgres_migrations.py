@@ -262,6 +262,11 @@ M005_EVENTS_BY_REFERENCE = [
     " ON webhook_deliveries (event_seq, event_index, target)",
 ]
 
+# A user's live tokens, newest first (GET /tokens), read from an index.
+M006_TOKENS_BY_USER = [
+    "CREATE INDEX idx_tokens_user ON tokens (user_id, created_at, id) WHERE revoked_at IS NULL",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
@@ -269,6 +274,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m003_schedules", M003_SCHEDULES),
     ("m004_webhooks", M004_WEBHOOKS),
     ("m005_events_by_reference", M005_EVENTS_BY_REFERENCE),
+    ("m006_tokens_by_user", M006_TOKENS_BY_USER),
 ]
 
 

@@ -324,8 +324,7 @@ def m005_events_by_reference(db: sqlite_utils.Database) -> None:
 def m006_tokens_by_user(db: sqlite_utils.Database) -> None:
     """A user's live tokens, newest first (``GET /tokens``), read from an index."""
     db.execute(
-        "CREATE INDEX idx_tokens_user ON tokens (user_id, created_at, id)"
-        " WHERE revoked_at IS NULL"
+        "CREATE INDEX idx_tokens_user ON tokens (user_id, created_at, id) WHERE revoked_at IS NULL"
     )
 
 

@@ -34,6 +34,8 @@ class TwoDecisions(WorkflowType):
 
     @step
     async def decide(self, ctx: StepContext) -> dict[str, Any]:
+        if ctx.progress is None:  # kept with the signals, never shown as one
+            await ctx.save_progress({"asked": True})
         first = ctx.wait_for_signal(approval_signal(1))
         second = ctx.wait_for_signal(approval_signal(2))
         return {"by": [first["decided_by"], second["decided_by"]]}
@@ -70,12 +72,13 @@ async def test_decide_delivers_each_decision_to_the_wait_in_progress() -> None:
         assert waiting.status is ExecutionStatus.WAITING
         await engine.executions.decide(execution_id, True, decided_by="usr_b")
         done = await engine.executions.wait(execution_id, timeout=5)
+        assert engine.store.get_signals(execution_id)["#progress:0"] == {"asked": True}
     assert done.status is ExecutionStatus.COMPLETED
     assert done.result == {"by": ["usr_a", "usr_b"]}
     assert [(s.name, s.sender) for s in SEEN] == [("approval", "usr_a"), ("approval:2", "usr_b")]
     assert SEEN[0].payload["comment"] == "ok"
     assert SEEN[0].payload["decided_at"].endswith("Z")
-    assert set(SEEN[1].delivered) == {"approval"}
+    assert set(SEEN[1].delivered) == {"approval"}  # the step's progress is not a signal
 
 
 async def test_refused_signal_is_not_stored() -> None:
@@ -85,7 +88,7 @@ async def test_refused_signal_is_not_stored() -> None:
         with pytest.raises(Forbidden):
             await engine.executions.decide(execution_id, True, decided_by="usr_x")
         assert (await engine.executions.get(execution_id)).status is ExecutionStatus.WAITING
-        assert engine.store.get_signals(execution_id) == {}
+        assert engine.store.get_signals(execution_id) == {"#progress:0": {"asked": True}}
         with pytest.raises(Forbidden):
             await engine.executions.signal(execution_id, "approval", {}, sender="usr_x")
 

@@ -512,7 +512,8 @@ class ExecutionService(Service):
             return
         if type(wtype).check_signal is WorkflowType.check_signal:
             return
-        delivered = await self._call(self._store.get_signals, execution_id)
+        stored = await self._call(self._store.get_signals, execution_id)
+        delivered = {k: v for k, v in stored.items() if not k.startswith("#")}  # not progress
         incoming = IncomingSignal(
             execution_id=execution_id,
             name=name,

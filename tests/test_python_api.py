@@ -253,6 +253,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """No engine in the environment; embedded engines made by the facade closed afterwards."""
     monkeypatch.delenv("ABI_ENGINE_URL", raising=False)
     monkeypatch.delenv("ABI_ENGINE_DB", raising=False)
+    monkeypatch.delenv("ABI_ENGINE_ALLOW_PRIVATE_URLS", raising=False)
     try:
         yield monkeypatch
     finally:
@@ -369,6 +370,22 @@ def test_seed_block_with_abi_engine_db(
     with WorkflowManager(access_token=token) as manager:
         assert_deleted(manager, namespace["workflow"].id)
     assert built == [str(db.resolve())]  # one engine, shared by every facade object
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("1", True), ("yes", True), ("0", False), ("", False)]
+)
+def test_embedded_engine_reads_allow_private_urls(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, value: str, allowed: bool
+) -> None:
+    """ABI_ENGINE_ALLOW_PRIVATE_URLS applies to the embedded engine as it does to serve."""
+    clean_env.setenv("ABI_ENGINE_DB", str(tmp_path / "env.db"))
+    clean_env.setenv("ABI_ENGINE_ALLOW_PRIVATE_URLS", value)
+    token = mint_token(tmp_path / "env.db")
+    with WorkflowManager(access_token=token) as manager:
+        engine = abi._embedded.embedded_engine(str(tmp_path / "env.db"))
+        assert engine.allow_private_urls is allowed
+        assert manager is not None
 
 
 def test_seed_block_with_base_url(server: Server) -> None:

@@ -32,9 +32,20 @@ def resolve_db(db: str) -> str:
     return os.path.abspath(os.path.expanduser(db))
 
 
+#: Set to ``1`` (or ``true``, ``yes``, ``on``) to let callback and webhook URLs point at
+#: loopback and private addresses, as ``abi-engine serve --allow-private-urls`` does.
+ENV_ALLOW_PRIVATE_URLS = "ABI_ENGINE_ALLOW_PRIVATE_URLS"
+
+
+def allow_private_urls() -> bool:
+    """Whether the environment lets URLs point at private addresses (as ``serve`` reads it)."""
+    value = os.environ.get(ENV_ALLOW_PRIVATE_URLS, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 def _build_engine(db: str) -> Engine:
     """Make the engine for ``db`` (a seam tests may replace to add plugins)."""
-    return Engine(db)
+    return Engine(db, allow_private_urls=allow_private_urls())
 
 
 def embedded_engine(db: str) -> Engine:

@@ -547,6 +547,14 @@ async def test_long_delay_is_durable(make: EngineFactory) -> None:
     assert final.result == {"s": 42}
     assert time.monotonic() - started >= 0.95
     assert eng_steps(second, execution.execution_id) == ["completed", "completed"]
+    # The delay step's timings cover the wait (and the restart), as its view showed them.
+    waited = final.steps[0] if final.steps else None
+    assert waited is not None
+    assert waited.started_at == parked.steps[0].started_at == final.started_at
+    assert waited.duration_ms is not None
+    assert waited.duration_ms >= 1000
+    assert final.duration_ms is not None
+    assert final.duration_ms >= waited.duration_ms
 
 
 def eng_steps(engine: Engine, execution_id: str) -> list[str]:

@@ -511,7 +511,7 @@ class Runtime:
         self._scopes[execution_id] = scope
         running: list[StepRecord | None] = [None]
         with scope:
-            await self._run_steps(prepared, done, signals, running)
+            await self._run_steps(prepared, done, signals, running, resumed=not fresh)
             return
         # Only reached when the scope was cancelled: a cancellation or the timeout.
         if execution_id in self._cancelled:
@@ -525,8 +525,20 @@ class Runtime:
         done: list[StepRecord],
         signals: dict[str, Any],
         running: list[StepRecord | None],
+        *,
+        resumed: bool = False,
     ) -> None:
+        """Run the steps after ``done``.
+
+        ``resumed``: the execution ran before (it waited, or its process
+        stopped); the step it was in then started when the step before it
+        ended (or the execution started), as the execution's view showed it,
+        so that is the step's ``started_at``: its duration covers the wait.
+        """
         record = prepared.record
+        resume_at: datetime | None = None
+        if resumed:
+            resume_at = (done[-1].completed_at if done else None) or record.started_at
         results: dict[str, Any] = {
             s.name: s.result for s in done if s.status is StepStatus.COMPLETED
         }
@@ -540,7 +552,8 @@ class Runtime:
                 return
             spec = specs[index]
             is_last = index == len(specs) - 1
-            started = utcnow()
+            started = resume_at or utcnow()
+            resume_at = None
             if spec.skip_if is not None and spec.skip_if(record.configuration, record.parameters):
                 step = StepRecord(
                     execution_id=record.id,

@@ -15,6 +15,13 @@ Steps, in order:
     Adds the recommendations. Skipped when the workflow's
     ``generate_recommendations`` or the execution's ``include_recommendations``
     is false; the execution's result is then ``identify_topics``'s.
+
+An execution without ``feedback_text`` (nor ``feedback_id`` / ``customer_id``)
+is a report (:mod:`abi_plugin_feedback.report`): the same three steps
+collect, summarise and recommend over the feedback the workflow analysed
+in the report's period. A workflow's steps depend on its configuration only
+(the engine plans them before any parameter is seen), so the report runs in
+the same, checkpointed, steps.
 """
 
 from __future__ import annotations
@@ -26,8 +33,16 @@ from typing import Any, Literal, TypeVar
 import attrs
 
 from abi_engine import StepContext, WorkflowType, step
-from abi_engine.errors import InvalidWorkflowConfig, ParameterValidationError
+from abi_engine.converter import structure
+from abi_engine.errors import (
+    InvalidParameters,
+    InvalidWorkflowConfig,
+    ParameterValidationError,
+)
+from abi_engine.types import prefixed_fields
+from abi_plugin_feedback import report
 from abi_plugin_feedback.recommendations import GENERAL_TOPIC, recommend, rule_table
+from abi_plugin_feedback.report import ReportParameters, is_report_request
 from abi_plugin_feedback.service import (
     Analysis,
     AnalysisRequest,
@@ -43,6 +58,7 @@ __all__ = [
     "FeedbackConfiguration",
     "FeedbackParameters",
     "RecommendationRule",
+    "ReportParameters",
     "TopicConfig",
     "build_components",
     "primary_topics",
@@ -275,6 +291,20 @@ class FeedbackAnalysis(WorkflowType):
 
     # -- parameters ---------------------------------------------------------------
 
+    def parse_parameters(self, parameters: Mapping[str, Any], config: Any) -> Any:
+        """``FeedbackParameters`` for a text; ``ReportParameters`` without one (a report).
+
+        Parameters with ``feedback_text``, ``feedback_id`` or ``customer_id``
+        analyse one text and are checked exactly as before (a missing text is
+        ``INVALID_PARAMETERS``); the others ask for a report.
+        """
+        if not isinstance(parameters, Mapping) or not is_report_request(parameters):
+            return super().parse_parameters(parameters, config)
+        with prefixed_fields("parameters"):
+            parsed = structure(dict(parameters), ReportParameters, error=InvalidParameters)
+        report.check_report_parameters(parsed)
+        return parsed
+
     def check_parameters(self, params: Any, config: Any) -> None:
         """``feedback_text`` must have content and at most ``MAX_TEXT_CHARS`` characters."""
         text = params.feedback_text
@@ -341,7 +371,12 @@ class FeedbackAnalysis(WorkflowType):
 
     @step
     async def extract_sentiment(self, ctx: StepContext) -> dict[str, Any]:
-        """Run the NLP service; record its analysis (aspects, sentiment, topics)."""
+        """Run the NLP service; record its analysis (aspects, sentiment, topics).
+
+        A report collects instead: it tallies the period's feedback executions.
+        """
+        if isinstance(ctx.params, ReportParameters):
+            return await self._collect(ctx)
         config: FeedbackConfiguration = ctx.config
         analysis = await run_service(
             self.service(config), ctx.params.feedback_text, self.request(config)
@@ -350,7 +385,12 @@ class FeedbackAnalysis(WorkflowType):
 
     @step
     async def identify_topics(self, ctx: StepContext) -> dict[str, Any]:
-        """Merge aspects into per-topic components and rank the primary topics."""
+        """Merge aspects into per-topic components and rank the primary topics.
+
+        A report summarises instead: counts, average score, top and negative topics.
+        """
+        if isinstance(ctx.params, ReportParameters):
+            return report.summarize(ctx.results["extract_sentiment"])
         config: FeedbackConfiguration = ctx.config
         analysis = analysis_from_json(ctx.results["extract_sentiment"])
         if not config.topic_extraction:
@@ -368,7 +408,14 @@ class FeedbackAnalysis(WorkflowType):
 
     @_recommendations_step
     async def generate_recommendations(self, ctx: StepContext) -> dict[str, Any]:
-        """Recommend actions for the components whose score reaches the threshold."""
+        """Recommend actions for the components whose score reaches the threshold.
+
+        A report ranks the recommendations of the period's feedback instead.
+        """
+        if isinstance(ctx.params, ReportParameters):
+            return report.recommend_report(
+                ctx.results["identify_topics"], ctx.results["extract_sentiment"]
+            )
         config: FeedbackConfiguration = ctx.config
         result = dict(ctx.results["identify_topics"])
         table = rule_table(config.recommendation_rules)
@@ -376,3 +423,17 @@ class FeedbackAnalysis(WorkflowType):
             result["feedback_components"], table, config.response_threshold
         )
         return result
+
+    async def _collect(self, ctx: StepContext) -> dict[str, Any]:
+        engine = ctx.services.get("engine")
+        if engine is None:
+            raise RuntimeError(
+                "a report reads the workflow's executions: run it as an execution of the engine"
+            )
+        return await report.collect(
+            engine,
+            workflow_id=ctx.workflow_id,
+            execution_id=ctx.execution_id,
+            params=ctx.params,
+            track_recommendations=not _skip_recommendations(ctx.configuration, ctx.parameters),
+        )

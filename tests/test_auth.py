@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import pytest
 
 from abi_engine import Engine, Principal, Scope
@@ -200,3 +201,58 @@ def test_check_racing_a_revocation_does_not_cache_the_token(
     assert wrapper.revoke_after_read is None  # the revocation did happen in between
     with pytest.raises(Unauthorized):
         service.authenticate(token)  # not served from the cache
+
+
+@pytest.mark.anyio
+async def test_revoking_a_parent_stops_its_cached_descendants_at_once(
+    make_store: Callable[..., Store],
+) -> None:
+    """Revoking a token stops the tokens minted from it (cached or not) here at once, elsewhere soon."""
+    here = TokenService(make_store(), cache_seconds=60)
+    elsewhere = TokenService(make_store(same=True), cache_seconds=0.2)
+    root = here.create_token("usr_ann")
+    keep = here.create_token("usr_ann")
+    parent = here.authenticate(root)
+    minted = await here.create_own(parent, {"name": "child"})
+    child = minted.token
+    assert minted.parent_id == parent.token_id
+    grandchild = await here.create_own(here.authenticate(child), {"name": "grandchild"})
+    assert grandchild.parent_id == minted.id
+    for token in (child, grandchild.token):
+        assert elsewhere.authenticate(token) == here.authenticate(token)  # cached in both
+    assert parent.token_id is not None
+    revoked = here.revoke_tree(parent.token_id)
+    assert revoked == [parent.token_id, *sorted([minted.id, grandchild.id])]
+    for token in (root, child, grandchild.token):
+        with pytest.raises(Unauthorized):
+            here.authenticate(token)
+    assert elsewhere.authenticate(child).user_id == "usr_ann"  # within its cache time
+    await anyio.sleep(0.25)
+    for token in (root, child, grandchild.token):
+        with pytest.raises(Unauthorized):
+            elsewhere.authenticate(token)
+    assert [t.id for t in here.list_tokens("ann")] == [here.authenticate(keep).token_id]
+
+
+@pytest.mark.anyio
+async def test_a_token_revoked_after_its_check_mints_nothing(engine: Engine) -> None:
+    """A caller checked just before its token was revoked cannot mint: Unauthorized, nothing stored."""
+    caller = engine.tokens.authenticate(engine.tokens.create_token("usr_ann"))
+    assert caller.token_id is not None
+    assert engine.tokens.revoke_token(caller.token_id) is True
+    with pytest.raises(Unauthorized):
+        await engine.tokens.create_own(caller, {"name": "late"})
+    assert engine.tokens.list_tokens("usr_ann") == []
+
+
+@pytest.mark.anyio
+async def test_revoke_own_counts_the_descendants(engine: Engine) -> None:
+    """revoke_own answers how many live descendants went with the token; the CLI's tokens stay roots."""
+    root = engine.tokens.authenticate(engine.tokens.create_token("usr_ann"))
+    assert engine.tokens.list_tokens("usr_ann")[0].parent_id is None
+    child = engine.tokens.authenticate((await engine.tokens.create_own(root, {})).token)
+    await engine.tokens.create_own(child, {})
+    await engine.tokens.create_own(root, {})
+    result = await engine.tokens.revoke_own(root, root.token_id)
+    assert (result.id, result.revoked, result.revoked_descendants) == (root.token_id, True, 3)
+    assert engine.tokens.list_tokens("usr_ann") == []

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -267,6 +268,39 @@ def test_token_list_and_revoke(tmp_path: Path) -> None:
     assert "no live token" in again.stderr
     after = run_cli("token", "list", "--db", str(db), cwd=tmp_path)
     assert [line.split("\t")[1] for line in after.stdout.splitlines()] == ["usr_bob"]
+
+
+def _mint(db: Path, parent: str) -> str:
+    """A token minted from ``parent`` by the self-service operation (as POST /api/v1/tokens)."""
+    store = SQLiteStore(db)
+    try:
+        service = TokenService(store)
+        return anyio.run(service.create_own, service.authenticate(parent), {}).token
+    finally:
+        store.close()
+
+
+def test_token_revoke_revokes_the_tokens_minted_from_it(tmp_path: Path) -> None:
+    """`token revoke ID` also revokes the token's descendants, one `revoked` line each."""
+    db = tmp_path / "engine.db"
+    root = create_token(db, "--user", "usr_alice")
+    other = create_token(db, "--user", "usr_alice")
+    child = _mint(db, root)
+    grandchild = _mint(db, child)
+    beside = _mint(db, other)
+    ids = [authenticate(db, token).token_id for token in (root, child, grandchild)]
+    revoked = run_cli("token", "revoke", "--db", str(db), str(ids[0]), cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    lines = revoked.stdout.splitlines()
+    assert lines[0] == f"revoked {ids[0]}"
+    assert sorted(lines[1:]) == sorted(f"revoked {token_id}" for token_id in ids[1:])
+    for token in (root, child, grandchild):
+        with pytest.raises(Unauthorized):
+            authenticate(db, token)
+    assert authenticate(db, beside).user_id == authenticate(db, other).user_id == "usr_alice"
+    again = run_cli("token", "revoke", "--db", str(db), str(ids[1]), cwd=tmp_path)
+    assert again.returncode == 1
+    assert "no live token" in again.stderr
 
 
 def test_token_create_without_scope_grants_every_scope(tmp_path: Path) -> None:

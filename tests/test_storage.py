@@ -254,6 +254,67 @@ def test_a_users_token_list_reads_an_index(db_path: Path, traced_sql: list[str])
         store.close()
 
 
+def test_token_lineage_migration_keeps_tokens(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m007 on a schema-6 file keeps every token (roots, parent_id NULL) and its revocation."""
+    from abi_engine.storage.migrations import m007_token_lineage
+
+    index = MIGRATIONS.index(m007_token_lineage)
+    monkeypatch.setattr("abi_engine.storage.sqlite.MIGRATIONS", MIGRATIONS[:index])
+    old = SQLiteStore(db_path)
+    assert old.schema_version() == 6
+    old.ensure_user("usr_a", T0)
+    ids = [new_id("tok_") for _ in range(3)]
+    old.write(  # as the code of schema 6 wrote them
+        lambda conn: conn.executemany(
+            "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, revoked_at)"
+            " VALUES (?, ?, 'usr_a', '[\"workflows:read\"]', ?, ?, ?)",
+            [
+                (token_id, f"h-{token_id}", f"t{n}", to_ms(T0) + n, to_ms(T0) if n == 2 else None)
+                for n, token_id in enumerate(ids)
+            ],
+        )
+    )
+    old.close()
+    monkeypatch.undo()
+    store = SQLiteStore(db_path)
+    try:
+        assert store.schema_version() == len(MIGRATIONS) >= 7
+        kept = store.list_tokens("usr_a")
+        assert [(t.id, t.name, t.parent_id) for t in kept] == [
+            (ids[1], "t1", None),
+            (ids[0], "t0", None),
+        ]
+        assert store.get_token(f"h-{ids[2]}") is None  # still revoked
+        child = _mint(store, "usr_a", kept[1], offset=9)
+        assert store.revoke_token(ids[0], T0) == [ids[0], child.id]
+        assert [t.id for t in store.list_tokens()] == [ids[1]]
+    finally:
+        store.close()
+
+
+def test_revoking_a_token_tree_reads_the_parent_index(db_path: Path, traced_sql: list[str]) -> None:
+    """The cascade finds each generation's children from idx_tokens_parent, never by a scan."""
+    store = SQLiteStore(db_path)
+    try:
+        roots = parents = [_mint(store, "usr_a", offset=i) for i in range(10)]
+        for generation in range(3):
+            parents = [_mint(store, "usr_a", p, offset=generation) for p in parents]
+        traced_sql.clear()
+        assert len(store.revoke_token(roots[0].id, T0)) == 4
+        walks = [s for s in traced_sql if s.lstrip().upper().startswith("WITH RECURSIVE")]
+        assert len(walks) == 2  # the select of the ids, the update
+        conn = sqlite3.connect(db_path)
+        for sql in walks:
+            plan = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            assert sum("INDEX idx_tokens_parent" in step for step in plan) == 2, (sql, plan)
+            assert not any(step in ("SCAN tokens", "SCAN t") for step in plan), (sql, plan)
+        conn.close()
+    finally:
+        store.close()
+
+
 # -- workflows --------------------------------------------------------------------------------
 
 
@@ -450,15 +511,101 @@ def test_user_tokens_page_and_owned_revocation(store: Store) -> None:
     assert store.list_user_tokens("usr_a", 4, 2) == ([], 5)
     assert store.list_user_tokens("usr_nobody", 1, 10) == ([], 0)
 
-    assert store.revoke_token(theirs.id, T0, "usr_a") is False  # another user's: untouched
+    assert store.revoke_token(theirs.id, T0, "usr_a") == []  # another user's: untouched
     assert store.get_token("hash-b") == theirs
-    assert store.revoke_token(mine[0].id, T0, "usr_a") is True
-    assert store.revoke_token(mine[0].id, T0, "usr_a") is False  # already revoked
+    assert store.revoke_token(mine[0].id, T0, "usr_a") == [mine[0].id]
+    assert store.revoke_token(mine[0].id, T0, "usr_a") == []  # already revoked
     assert store.get_token("hash-a0") is None
     items, total = store.list_user_tokens("usr_a", 1, 10)
     assert (total, [t.id for t in items]) == (4, newest_first[:4])
-    assert store.revoke_token(theirs.id, T0) is True  # without user_id: any user's
+    assert store.revoke_token(theirs.id, T0) == [theirs.id]  # without user_id: any user's
     assert store.list_user_tokens("usr_b", 1, 10) == ([], 0)
+
+
+def _mint(store: Store, user: str, parent: Token | None = None, *, offset: int = 0) -> Token:
+    """Store a token of ``user`` (created from ``parent`` when given); its hash is ``h-<id>``."""
+    store.ensure_user(user, T0)
+    token = Token(
+        id=new_id("tok_"),
+        user_id=user,
+        scopes=frozenset({Scope.WORKFLOWS_READ}),
+        created_at=T0 + timedelta(seconds=offset),
+        parent_id=None if parent is None else parent.id,
+    )
+    assert store.insert_token(token, f"h-{token.id}") is True
+    return token
+
+
+def _live(store: Store, *tokens: Token) -> list[bool]:
+    return [store.get_token(f"h-{t.id}") is not None for t in tokens]
+
+
+def test_token_lineage_is_stored_and_listed(store: Store) -> None:
+    """parent_id round-trips through get_token, list_tokens and list_user_tokens (None for roots)."""
+    root = _mint(store, "usr_a")
+    child = _mint(store, "usr_a", root, offset=1)
+    assert store.get_token(f"h-{root.id}") == root
+    assert store.get_token(f"h-{child.id}") == child
+    assert child.parent_id == root.id
+    assert store.list_tokens("usr_a") == [child, root]
+    assert store.list_user_tokens("usr_a", 1, 10) == ([child, root], 2)
+
+
+def test_revocation_cascades_over_generations(store: Store) -> None:
+    """Revoking a token revokes its live descendants, three generations deep, and nothing else."""
+    root = _mint(store, "usr_a")
+    child = _mint(store, "usr_a", root, offset=1)
+    sibling = _mint(store, "usr_a", root, offset=2)
+    grandchild = _mint(store, "usr_a", child, offset=3)
+    great = _mint(store, "usr_a", grandchild, offset=4)
+    cousin = _mint(store, "usr_a", sibling, offset=5)
+    other_root = _mint(store, "usr_a", offset=6)
+    other_child = _mint(store, "usr_a", other_root, offset=7)
+    theirs = _mint(store, "usr_b")
+    their_child = _mint(store, "usr_b", theirs, offset=1)
+    bystanders = (root, sibling, cousin, other_root, other_child, theirs, their_child)
+
+    revoked = store.revoke_token(child.id, T0, "usr_a")
+    assert revoked[0] == child.id
+    assert sorted(revoked[1:]) == sorted([grandchild.id, great.id])
+    assert _live(store, child, grandchild, great) == [False] * 3
+    assert _live(store, *bystanders) == [True] * len(bystanders)
+    assert store.revoke_token(theirs.id, T0, "usr_a") == []  # another user's tree: untouched
+    assert _live(store, theirs, their_child) == [True, True]
+
+    # The child's subtree is already revoked: revoking the root counts only what was live.
+    revoked = store.revoke_token(root.id, T0)
+    assert revoked[0] == root.id
+    assert sorted(revoked[1:]) == sorted([sibling.id, cousin.id])
+    assert _live(store, root, sibling, cousin) == [False] * 3
+    assert _live(store, other_root, other_child, theirs, their_child) == [True] * 4
+    assert store.revoke_token(root.id, T0) == []  # already revoked: nothing more to do
+    assert store.revoke_token(grandchild.id, T0) == []
+    assert [t.id for t in store.list_tokens("usr_a")] == [other_child.id, other_root.id]
+
+
+def test_a_revoked_or_foreign_parent_mints_nothing(store: Store) -> None:
+    """insert_token refuses a child of a revoked, unknown or other user's token; nothing is stored."""
+    root = _mint(store, "usr_a")
+    theirs = _mint(store, "usr_b")
+    early = _mint(store, "usr_a", root, offset=1)  # minted just before the revocation
+    assert store.revoke_token(root.id, T0) == [root.id, early.id]
+    for user, parent_id in (
+        ("usr_a", root.id),
+        ("usr_a", theirs.id),
+        ("usr_a", "tok_00000000000000000000000000"),
+    ):
+        late = Token(
+            id=new_id("tok_"),
+            user_id=user,
+            scopes=frozenset({Scope.WORKFLOWS_READ}),
+            created_at=T0,
+            parent_id=parent_id,
+        )
+        assert store.insert_token(late, f"h-{late.id}") is False
+        assert store.get_token(f"h-{late.id}") is None
+    assert [t.id for t in store.list_tokens("usr_a")] == []
+    assert _live(store, theirs) == [True]
 
 
 def test_integrations_crud(store: Store) -> None:

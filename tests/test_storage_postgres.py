@@ -31,7 +31,7 @@ from abi_engine import Engine, Workflow
 from abi_engine.errors import InvalidRequest
 from abi_engine.events import Event
 from abi_engine.ids import new_id, utcnow
-from abi_engine.models import ExecutionStatus
+from abi_engine.models import ExecutionStatus, Scope, Token
 from abi_engine.storage import Store
 from abi_engine.storage import postgres_migrations as pgm
 from abi_engine.storage.postgres import PostgresStore, redact_url
@@ -151,6 +151,91 @@ def test_advisory_keys_are_stable_and_per_schema() -> None:
     assert key != pgm.advisory_key("migrate", "other")
     assert key != pgm.advisory_key("events", "public")
     assert -(2**63) <= key < 2**63
+
+
+def test_token_lineage_migration_keeps_tokens(
+    schema: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m007 on a schema-6 database keeps every token (roots, parent_id NULL) and its revocation."""
+    _, url = schema
+    index = [name for name, _ in pgm.MIGRATIONS].index("m007_token_lineage")
+    monkeypatch.setattr(pgm, "MIGRATIONS", pgm.MIGRATIONS[:index])
+    PostgresStore(url).close()
+    ids = [new_id("tok_") for _ in range(3)]
+    with psycopg.connect(url) as conn:  # as the code of schema 6 wrote them
+        conn.execute("INSERT INTO users (id, created_at) VALUES ('usr_a', 0)")
+        for n, token_id in enumerate(ids):
+            conn.execute(
+                "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, revoked_at)"
+                " VALUES (%s, %s, 'usr_a', '[\"workflows:read\"]', %s, %s, %s)",
+                (token_id, f"h-{token_id}", f"t{n}", 1000 + n, 5000 if n == 2 else None),
+            )
+    assert _rows(url, "SELECT max(version) FROM schema_migrations") == [(6,)]
+    monkeypatch.undo()
+    store = PostgresStore(url)
+    try:
+        assert store.schema_version() == len(pgm.MIGRATIONS) >= 7
+        kept = store.list_tokens("usr_a")
+        assert [(t.id, t.name, t.parent_id) for t in kept] == [
+            (ids[1], "t1", None),
+            (ids[0], "t0", None),
+        ]
+        assert store.get_token(f"h-{ids[2]}") is None  # still revoked
+        child = Token(
+            id=new_id("tok_"),
+            user_id="usr_a",
+            scopes=frozenset({Scope.WORKFLOWS_READ}),
+            created_at=utcnow(),
+            parent_id=ids[0],
+        )
+        assert store.insert_token(child, "h-child") is True
+        assert store.revoke_token(ids[0], utcnow()) == [ids[0], child.id]
+        assert [t.id for t in store.list_tokens()] == [ids[1]]
+    finally:
+        store.close()
+
+
+def test_revocation_waits_for_a_child_being_minted(stores: Callable[[], PostgresStore]) -> None:
+    """A revocation that starts while a child is being inserted waits for it, then revokes it too."""
+    store = stores()
+    store.ensure_user("usr_a", utcnow())
+    root = Token(id=new_id("tok_"), user_id="usr_a", scopes=frozenset(Scope), created_at=utcnow())
+    assert store.insert_token(root, "h-root") is True
+    child = Token(
+        id=new_id("tok_"),
+        user_id="usr_a",
+        scopes=frozenset(Scope),
+        created_at=utcnow(),
+        parent_id=root.id,
+    )
+    entered = threading.Event()
+    release = threading.Event()
+    real_lock = PostgresStore._lock_user_tokens
+
+    def slow_lock(conn: Any, user_id: str, mode: Any) -> None:
+        real_lock(conn, user_id, mode)
+        if mode == "SHARE":  # the mint holds its lock; the child is not inserted yet
+            entered.set()
+            assert release.wait(10)
+
+    results: list[Any] = []
+    store._lock_user_tokens = slow_lock  # type: ignore[method-assign]
+    minting = threading.Thread(target=lambda: results.append(store.insert_token(child, "h-c")))
+    minting.start()
+    assert entered.wait(10)
+    other = stores()  # another process's store, unpatched
+    revoking = threading.Thread(
+        target=lambda: results.append(other.revoke_token(root.id, utcnow()))
+    )
+    revoking.start()
+    time.sleep(0.3)
+    assert revoking.is_alive()  # waits for the mint under way
+    release.set()
+    minting.join(10)
+    revoking.join(10)
+    assert results == [True, [root.id, child.id]]
+    assert other.get_token("h-c") is None
+    assert other.list_tokens("usr_a") == []
 
 
 # -- URLs and errors ------------------------------------------------------------------------------

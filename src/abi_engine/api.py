@@ -83,7 +83,9 @@ class Operation:
 
     ``request_model`` and ``response_model`` are the attrs classes (or
     ``list[...]``/``Page`` wrappers) the OpenAPI document describes;
-    ``paginated`` marks list answers (``{"items", "pagination"}``).
+    ``paginated`` marks list answers (``{"items", "pagination"}``);
+    ``request_body_required=False`` documents a ``request_model`` body that may
+    be left out (the handler then gets ``body=None``).
     """
 
     name: str
@@ -94,6 +96,7 @@ class Operation:
     handler: Handler
     status_code: int = 200
     request_model: Any = None
+    request_body_required: bool = True
     response_model: Any = None
     paginated: bool = False
     query: tuple[QueryParam, ...] = ()

@@ -52,6 +52,7 @@ async def list_tokens(engine: Engine, actor: Principal, request: ApiRequest) -> 
     ),
     status_code=201,
     request_model=TokenCreateRequest,
+    request_body_required=False,
     response_model=CreatedToken,
     tag=_TAG,
     errors=("INVALID_REQUEST", "FORBIDDEN"),
@@ -66,8 +67,8 @@ async def create_token(engine: Engine, actor: Principal, request: ApiRequest) ->
     path="/tokens/{token_id}",
     scope=None,
     summary=(
-        "Revoke one of the caller's user's access tokens (the calling one too);"
-        " another user's token answers NOT_FOUND"
+        "Revoke one of the caller's user's access tokens (the calling one too) and every"
+        " live token created from it, directly or not; another user's token answers NOT_FOUND"
     ),
     response_model=RevokeResult,
     tag=_TAG,

@@ -66,7 +66,9 @@ class TokenService:
 
     Checked tokens are remembered for ``cache_seconds`` (default 5): a token
     revoked by this engine stops working at once; one revoked by another
-    process sharing the database, within that time.
+    process sharing the database, within that time. Revoking a token revokes
+    the tokens descended from it too (``parent_id``: minted from it with
+    :meth:`create_own`, or from those, and so on).
 
     The ``*_own`` coroutines are the self-service operations of the REST API
     (``/api/v1/tokens``): a caller manages the tokens of its own user only.
@@ -103,14 +105,30 @@ class TokenService:
         return self._insert(user_id, scope_set, name)[0]
 
     def _insert(
-        self, user_id: str, scopes: frozenset[Scope], name: str | None
+        self,
+        user_id: str,
+        scopes: frozenset[Scope],
+        name: str | None,
+        parent_id: str | None = None,
     ) -> tuple[str, Token]:
-        """Store a new token of ``user_id`` (created when new): the token and its record."""
+        """Store a new token of ``user_id`` (created when new): the token and its record.
+
+        :raises Unauthorized: ``parent_id`` is no longer a live token (revoked
+            after the caller was checked): it mints nothing.
+        """
         now = utcnow()
         self._store.ensure_user(user_id, now)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        record = Token(id=new_id("tok_"), user_id=user_id, scopes=scopes, created_at=now, name=name)
-        self._store.insert_token(record, hash_token(token))
+        record = Token(
+            id=new_id("tok_"),
+            user_id=user_id,
+            scopes=scopes,
+            created_at=now,
+            name=name,
+            parent_id=parent_id,
+        )
+        if not self._store.insert_token(record, hash_token(token)):
+            raise Unauthorized("The calling access token has been revoked")
         return token, record
 
     def authenticate(self, token: str | None) -> Principal:
@@ -140,22 +158,34 @@ class TokenService:
         return self._store.list_tokens(normalize_user_id(user_id) if user_id else None)
 
     def revoke_token(self, token_id: str, *, user_id: str | None = None) -> bool:
-        """Revoke a token by its id (``tok_...``); whether a live one was revoked.
+        """Revoke a token by its id (``tok_...``) and its descendants; whether a live one was revoked.
 
-        With ``user_id``, only a token of that user is revoked. It stops
+        See :meth:`revoke_tree`, which also tells which descendants were revoked.
+        """
+        return bool(self.revoke_tree(token_id, user_id=user_id))
+
+    def revoke_tree(self, token_id: str, *, user_id: str | None = None) -> list[str]:
+        """Revoke a token and every live token descended from it; the ids revoked.
+
+        The descendants are the tokens created from it through the self-service
+        operation, those created from them, and so on; all are revoked in one
+        transaction. The answer lists ``token_id`` first, then the descendants
+        revoked; it is empty when there was no live token with that id. With
+        ``user_id``, only a token of that user is revoked. They stop
         authenticating at once in this engine, and within ``cache_seconds`` in
         other processes on the same database.
         """
         owner = normalize_user_id(user_id) if user_id is not None else None
         revoked = self._store.revoke_token(token_id, utcnow(), owner)
         if not revoked and owner is not None:
-            return False  # not this user's: leave the cache (other users' tokens) alone
+            return []  # not this user's: leave the cache (other users' tokens) alone
+        gone = {token_id, *revoked}
         with self._cache_lock:
             self._revocations += 1
             self._cache = {
                 digest: entry
                 for digest, entry in self._cache.items()
-                if entry[0].token_id != token_id
+                if entry[0].token_id not in gone
             }
         return revoked
 
@@ -208,7 +238,12 @@ class TokenService:
                     {"field": "scopes", "missing_scopes": missing},
                 )
         token, record = await call_store(
-            self._store, self._insert, normalize_user_id(actor.user_id), scopes, req.name
+            self._store,
+            self._insert,
+            normalize_user_id(actor.user_id),
+            scopes,
+            req.name,
+            actor.token_id,
         )
         return CreatedToken(
             id=record.id,
@@ -216,17 +251,21 @@ class TokenService:
             scopes=record.scopes,
             created_at=record.created_at,
             name=record.name,
+            parent_id=record.parent_id,
             token=token,
         )
 
     async def revoke_own(self, actor: Principal, token_id: Any) -> RevokeResult:
-        """Revoke one of the caller's user's live tokens (the calling one too).
+        """Revoke one of the caller's user's live tokens (the calling one too) and its descendants.
 
         :raises TokenNotFound: no live token of the caller's user has this id
             (another user's token gets the same answer).
         """
-        if not isinstance(token_id, str) or not await call_store(
-            self._store, self.revoke_token, token_id, user_id=actor.user_id
-        ):
+        revoked = (
+            await call_store(self._store, self.revoke_tree, token_id, user_id=actor.user_id)
+            if isinstance(token_id, str)
+            else []
+        )
+        if not revoked:
             raise TokenNotFound(str(token_id))
-        return RevokeResult(id=token_id, revoked=True)
+        return RevokeResult(id=token_id, revoked=True, revoked_descendants=len(revoked) - 1)

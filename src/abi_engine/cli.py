@@ -186,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--user", metavar="USER_ID", help="only this user's tokens")
     listing.set_defaults(handler=_cmd_token_list)
     revoke = token_commands.add_parser(
-        "revoke", parents=[db], help="revoke a token by its id (tok_...)"
+        "revoke",
+        parents=[db],
+        help="revoke a token by its id (tok_...) and every token created from it",
     )
     revoke.add_argument("token_id", metavar="TOKEN_ID", help="as `token list` shows it")
     revoke.set_defaults(handler=_cmd_token_revoke)
@@ -270,7 +272,7 @@ def _cmd_token_list(args: argparse.Namespace) -> int:
 def _cmd_token_revoke(args: argparse.Namespace) -> int:
     engine = _open_engine(args.db)
     try:
-        revoked = engine.tokens.revoke_token(args.token_id)
+        revoked = engine.tokens.revoke_tree(args.token_id)
     except sqlite3.Error as exc:
         raise CliError(f"cannot write to the database {_redact(args.db)!r}: {exc}") from None
     finally:
@@ -279,7 +281,8 @@ def _cmd_token_revoke(args: argparse.Namespace) -> int:
         raise CliError(
             f"no live token {args.token_id!r} (see `abi-engine token list`)", EXIT_FAILURE
         )
-    print(f"revoked {args.token_id}")
+    for token_id in revoked:  # the token, then the tokens descended from it
+        print(f"revoked {token_id}")
     return EXIT_OK
 
 

@@ -291,7 +291,11 @@ class User:
 class Token:
     """An access token as stored and listed: id (``tok_...``), user, scopes, name; never the token.
 
-    Only the token's SHA-256 hash is kept, and it is never shown either.
+    ``parent_id`` is the ``tok_`` id of the token that created this one through
+    the self-service operation (``POST /api/v1/tokens``), ``None`` for a token
+    made by the command line or ``engine.tokens.create_token``. Revoking a
+    token revokes every live token descended from it. Only the token's SHA-256
+    hash is kept, and it is never shown either.
     """
 
     id: str
@@ -299,6 +303,7 @@ class Token:
     scopes: frozenset[Scope]
     created_at: datetime
     name: str | None = None
+    parent_id: str | None = None
 
 
 @attrs.define(kw_only=True)
@@ -325,10 +330,15 @@ class TokenCreateRequest:
 
 @attrs.define(kw_only=True)
 class RevokeResult:
-    """The answer to a token revocation."""
+    """The answer to a token revocation.
+
+    ``revoked_descendants`` counts the live tokens descended from the revoked
+    one (created from it, or from those, and so on) that were revoked with it.
+    """
 
     id: str
     revoked: bool = True
+    revoked_descendants: int = 0
 
 
 @attrs.define(kw_only=True)

@@ -393,7 +393,7 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
     }
     if _takes_body(op):
         out["requestBody"] = {
-            "required": True,
+            "required": op.request_body_required,
             "content": {
                 "application/json": {"schema": builder.schema(op.request_model, "request")}
             },

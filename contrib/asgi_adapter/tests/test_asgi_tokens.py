@@ -18,7 +18,7 @@ from abi_engine.auth import hash_token
 pytestmark = pytest.mark.anyio
 
 MakeClient = Callable[..., httpx.AsyncClient]
-TOKEN_FIELDS = {"id", "user_id", "name", "scopes", "created_at"}
+TOKEN_FIELDS = {"id", "user_id", "name", "scopes", "created_at", "parent_id"}
 READERS = ["workflows:read", "executions:read"]
 
 
@@ -143,7 +143,7 @@ async def test_revoking_an_own_token_stops_it_at_once(
     doomed = make_client(app, created["token"])
     assert success(await doomed.get("/api/v1/workflows"))["items"] == []  # checked, now cached
     revoked = success(await client.delete(f"/api/v1/tokens/{created['id']}"))
-    assert revoked == {"id": created["id"], "revoked": True}
+    assert revoked == {"id": created["id"], "revoked": True, "revoked_descendants": 0}
     error(await doomed.get("/api/v1/workflows"), 401, "UNAUTHORIZED")
     error(await doomed.get("/api/v1/tokens"), 401, "UNAUTHORIZED")
     listed = success(await client.get("/api/v1/tokens"))
@@ -160,8 +160,48 @@ async def test_revoking_the_calling_token_is_allowed(
     assert success(await client.delete(f"/api/v1/tokens/{own_id}")) == {
         "id": own_id,
         "revoked": True,
+        "revoked_descendants": 0,
     }
     error(await client.get("/api/v1/tokens"), 401, "UNAUTHORIZED")
+    assert engine.tokens.list_tokens("usr_test") == []
+
+
+async def test_revoking_a_parent_revokes_the_tokens_minted_from_it(
+    engine: Engine, token: str, app: Starlette, client: httpx.AsyncClient, make_client: MakeClient
+) -> None:
+    """Minted tokens show their parent_id; DELETE of a parent makes its descendants 401 and counts them."""
+    own_id = _token_id(engine, token)
+    child = success(await client.post("/api/v1/tokens", json={"name": "child"}), 201)
+    sibling = success(await client.post("/api/v1/tokens", json={"name": "sibling"}), 201)
+    assert (child["parent_id"], sibling["parent_id"]) == (own_id, own_id)
+    as_child = make_client(app, child["token"])
+    grandchild = success(await as_child.post("/api/v1/tokens"), 201)
+    assert grandchild["parent_id"] == child["id"]
+    as_grandchild = make_client(app, grandchild["token"])
+    as_sibling = make_client(app, sibling["token"])
+    listed = success(await client.get("/api/v1/tokens"))["items"]
+    parents = {item["id"]: item["parent_id"] for item in listed}
+    assert parents == {
+        own_id: None,
+        child["id"]: own_id,
+        sibling["id"]: own_id,
+        grandchild["id"]: child["id"],
+    }
+    for caller in (as_child, as_grandchild, as_sibling):
+        assert success(await caller.get("/api/v1/workflows"))["items"] == []  # checked, cached
+
+    revoked = success(await client.delete(f"/api/v1/tokens/{child['id']}"))
+    assert revoked == {"id": child["id"], "revoked": True, "revoked_descendants": 1}
+    for caller in (as_child, as_grandchild):
+        error(await caller.get("/api/v1/workflows"), 401, "UNAUTHORIZED")
+    assert success(await as_sibling.get("/api/v1/workflows"))["items"] == []
+    error(await client.delete(f"/api/v1/tokens/{grandchild['id']}"), 404, "NOT_FOUND")
+
+    # The sibling was minted just before its parent's revocation: it goes with it.
+    revoked = success(await client.delete(f"/api/v1/tokens/{own_id}"))
+    assert revoked == {"id": own_id, "revoked": True, "revoked_descendants": 1}
+    for caller in (client, as_sibling):
+        error(await caller.get("/api/v1/tokens"), 401, "UNAUTHORIZED")
     assert engine.tokens.list_tokens("usr_test") == []
 
 
@@ -232,9 +272,17 @@ async def test_openapi_lists_the_token_operations(make_client: MakeClient, app: 
         "NOT_FOUND"
         in paths["/api/v1/tokens/{token_id}"]["delete"]["responses"]["404"]["description"]
     )
+    create = paths["/api/v1/tokens"]["post"]["requestBody"]
+    assert create["required"] is False  # an empty or missing body means the caller's scopes
+    assert paths["/api/v1/workflows"]["post"]["requestBody"]["required"] is True
     schemas = document["components"]["schemas"]
     assert "token" in schemas["CreatedToken"]["properties"]
     assert set(schemas["Token"]["properties"]) == TOKEN_FIELDS
+    assert "null" in schemas["Token"]["properties"]["parent_id"]["type"]
+    assert "parent_id" in schemas["Token"]["required"]
+    revoke = schemas["RevokeResult"]
+    assert set(revoke["properties"]) == {"id", "revoked", "revoked_descendants"}
+    assert revoke["properties"]["revoked_descendants"]["type"] == "integer"
     assert set(schemas["TokenCreateRequest"]["properties"]) == {"name", "scopes"}
     scope_items = schemas["TokenCreateRequest"]["properties"]["scopes"]
     assert "workflows:read" in str(scope_items)
@@ -254,6 +302,6 @@ def test_self_service_over_tcp(idle_engine: Engine, token: str) -> None:
             listed = success(new.get("/api/v1/tokens"))
             assert created["id"] in [item["id"] for item in listed["items"]]
             revoked = success(new.delete(f"/api/v1/tokens/{created['id']}"))
-            assert revoked == {"id": created["id"], "revoked": True}
+            assert revoked == {"id": created["id"], "revoked": True, "revoked_descendants": 0}
             error(new.get("/api/v1/workflows"), 401, "UNAUTHORIZED")
         assert success(admin.get("/api/v1/tokens"))["pagination"]["total_items"] == 1

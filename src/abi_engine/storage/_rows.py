@@ -21,6 +21,21 @@ _WORKFLOW_COLUMNS = (
     " runs_total, runs_success, runs_failed, duration_total_ms"
 )
 
+_TOKEN_COLUMNS = "id, user_id, scopes, name, created_at, parent_id"
+
+
+def _token_tree(placeholder: str) -> str:
+    """A ``WITH RECURSIVE tree (id)`` of every token descended from the one named by the parameter.
+
+    Children are found through ``idx_tokens_parent``; the walk goes through
+    revoked tokens too (their live descendants still belong to the tree).
+    """
+    return (
+        "WITH RECURSIVE tree (id) AS ("
+        f"SELECT id FROM tokens WHERE parent_id = {placeholder}"
+        " UNION SELECT t.id FROM tokens AS t JOIN tree ON t.parent_id = tree.id)"
+    )
+
 
 def _row_to_workflow(row: Sequence[Any]) -> Workflow:
     (
@@ -80,4 +95,5 @@ def _row_to_token(row: Sequence[Any]) -> Token:
         scopes=frozenset(Scope(s) for s in loads(row[2])),
         name=row[3],
         created_at=from_ms(row[4]),  # type: ignore[arg-type]
+        parent_id=row[5],
     )

@@ -81,8 +81,13 @@ class Store(Protocol):
     def ensure_user(self, user_id: str, created_at: datetime) -> User:
         """Return the user, creating it when missing."""
 
-    def insert_token(self, token: Token, token_hash: str) -> None:
-        """Store a token by its hash (the token itself is never stored)."""
+    def insert_token(self, token: Token, token_hash: str) -> bool:
+        """Store a token by its hash (the token itself is never stored); whether it was stored.
+
+        A token with a ``parent_id`` is stored only while that parent is a live
+        token of the same user, checked in the same transaction (``False``
+        otherwise: a revoked token mints nothing, even one racing its revocation).
+        """
 
     def get_token(self, token_hash: str) -> Token | None:
         """The live (not revoked) token whose hash is ``token_hash``, or ``None``."""
@@ -93,11 +98,16 @@ class Store(Protocol):
     def list_user_tokens(self, user_id: str, page: int, page_size: int) -> tuple[list[Token], int]:
         """One page of ``user_id``'s live tokens, newest first, and their total count."""
 
-    def revoke_token(self, token_id: str, revoked_at: datetime, user_id: str | None = None) -> bool:
-        """Revoke a live token; whether there was one with that id (and of ``user_id`` when given).
+    def revoke_token(
+        self, token_id: str, revoked_at: datetime, user_id: str | None = None
+    ) -> list[str]:
+        """Revoke a live token and every live token descended from it, in one transaction.
 
-        With ``user_id``, the owner check and the revocation are one statement:
-        another user's token is left alone, exactly like an unknown id.
+        Returns the ids revoked: ``token_id`` first, then its descendants
+        (children, grandchildren... through ``parent_id``, revoked ones walked
+        through); empty when there is no live token with that id (of
+        ``user_id`` when given: another user's token is left alone, exactly
+        like an unknown id).
         """
 
     # -- workflows -----------------------------------------------------------

@@ -328,6 +328,17 @@ def m006_tokens_by_user(db: sqlite_utils.Database) -> None:
     )
 
 
+def m007_token_lineage(db: sqlite_utils.Database) -> None:
+    """Token lineage: a token made by the self-service operation names its parent.
+
+    Revoking a token revokes its descendants, found from an index.
+    ``parent_id`` is ``NULL`` for the tokens made before, and for those made by
+    the command line or ``engine.tokens.create_token``.
+    """
+    db.execute("ALTER TABLE tokens ADD COLUMN parent_id TEXT REFERENCES tokens (id)")
+    db.execute("CREATE INDEX idx_tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL")
+
+
 MIGRATIONS: list[Migration] = [
     m001_core,
     m002_executions,
@@ -335,4 +346,5 @@ MIGRATIONS: list[Migration] = [
     m004_webhooks,
     m005_events_by_reference,
     m006_tokens_by_user,
+    m007_token_lineage,
 ]

@@ -56,7 +56,14 @@ from abi_engine.models import (
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
-from abi_engine.storage._rows import _WORKFLOW_COLUMNS, _department, _row_to_token, _row_to_workflow
+from abi_engine.storage._rows import (
+    _TOKEN_COLUMNS,
+    _WORKFLOW_COLUMNS,
+    _department,
+    _row_to_token,
+    _row_to_workflow,
+    _token_tree,
+)
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.postgres_executions import ExecutionsMixin
@@ -335,27 +342,51 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         row = self.write(run)
         return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
 
-    def insert_token(self, token: Token, token_hash: str) -> None:
-        self.write(
-            lambda conn: conn.execute(
-                "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (
-                    token.id,
-                    token_hash,
-                    token.user_id,
-                    dumps(sorted(token.scopes)),
-                    token.name,
-                    to_ms(token.created_at),
-                ),
-            )
+    def insert_token(self, token: Token, token_hash: str) -> bool:
+        values = (
+            token.id,
+            token_hash,
+            token.user_id,
+            dumps(sorted(token.scopes)),
+            token.name,
+            to_ms(token.created_at),
+            token.parent_id,
         )
+        sql = "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, parent_id)"
+
+        def run(conn: Conn) -> bool:
+            if token.parent_id is None:
+                conn.execute(sql + " VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
+                return True
+            # Held until commit: a revocation of this user's tokens waits for this insert,
+            # then sees the child; one that committed first is seen by the next statement.
+            self._lock_user_tokens(conn, token.user_id, "SHARE")
+            cursor = conn.execute(
+                sql + " SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM tokens"
+                " WHERE id = %s AND user_id = %s AND revoked_at IS NULL)",
+                (*values, token.parent_id, token.user_id),
+            )
+            return cursor.rowcount > 0
+
+        return self.write(run)
+
+    @staticmethod
+    def _lock_user_tokens(
+        conn: Conn, user_id: str, mode: Literal["SHARE", "NO KEY UPDATE"]
+    ) -> None:
+        """Lock the user's row: minting from a token (``SHARE``) against revoking (``NO KEY UPDATE``).
+
+        A token and its descendants belong to one user. Minters do not wait for
+        each other, nor do inserts checking the foreign key (``KEY SHARE``); a
+        revocation waits for the mints under way and holds new ones off until it
+        commits, so its tree walk (a later statement, READ COMMITTED) misses no child.
+        """
+        conn.execute(f"SELECT 1 FROM users WHERE id = %s FOR {mode}", (user_id,))
 
     def get_token(self, token_hash: str) -> Token | None:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT id, user_id, scopes, name, created_at FROM tokens"
-                " WHERE hash = %s AND revoked_at IS NULL",
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE hash = %s AND revoked_at IS NULL",
                 (token_hash,),
             ).fetchone()
         return None if row is None else _row_to_token(row)
@@ -370,8 +401,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         )
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT id, user_id, scopes, name, created_at FROM tokens {where}"
-                " ORDER BY created_at DESC, id DESC",
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at DESC, id DESC",
                 args,
             ).fetchall()
         return [_row_to_token(row) for row in rows]
@@ -381,19 +411,36 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         with self._read() as conn:
             total = conn.execute(f"SELECT count(*) FROM tokens {live}", (user_id,)).fetchone()
             rows = conn.execute(
-                f"SELECT id, user_id, scopes, name, created_at FROM tokens {live}"
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens {live}"
                 " ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s",
                 (user_id, page_size, (page - 1) * page_size),
             ).fetchall()
         return [_row_to_token(row) for row in rows], int(total[0] if total else 0)
 
-    def revoke_token(self, token_id: str, revoked_at: datetime, user_id: str | None = None) -> bool:
-        sql = "UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL"
-        args: tuple[Any, ...] = (to_ms(revoked_at), token_id)
-        if user_id is not None:
-            sql, args = sql + " AND user_id = %s", (*args, user_id)
-        count = self.write(lambda conn: conn.execute(sql, args).rowcount)
-        return bool(count)
+    def revoke_token(
+        self, token_id: str, revoked_at: datetime, user_id: str | None = None
+    ) -> list[str]:
+        at = to_ms(revoked_at)
+
+        def run(conn: Conn) -> list[str]:
+            row = conn.execute("SELECT user_id FROM tokens WHERE id = %s", (token_id,)).fetchone()
+            if row is None or (user_id is not None and row[0] != user_id):
+                return []
+            self._lock_user_tokens(conn, row[0], "NO KEY UPDATE")
+            cursor = conn.execute(
+                "UPDATE tokens SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (at, token_id),
+            )
+            if cursor.rowcount == 0:
+                return []
+            rows = conn.execute(
+                f"{_token_tree('%s')} UPDATE tokens SET revoked_at = %s"
+                " WHERE revoked_at IS NULL AND id IN (SELECT id FROM tree) RETURNING id",
+                (token_id, at),
+            ).fetchall()
+            return [token_id, *sorted(r[0] for r in rows)]
+
+        return self.write(run)
 
     def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
         def run(conn: Conn) -> None:

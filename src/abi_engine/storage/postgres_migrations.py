@@ -267,6 +267,13 @@ M006_TOKENS_BY_USER = [
     "CREATE INDEX idx_tokens_user ON tokens (user_id, created_at, id) WHERE revoked_at IS NULL",
 ]
 
+# A token made by the self-service operation names its parent (NULL for older tokens and
+# the command line's): revoking a token revokes its descendants, found from an index.
+M007_TOKEN_LINEAGE = [
+    "ALTER TABLE tokens ADD COLUMN parent_id TEXT REFERENCES tokens (id)",
+    "CREATE INDEX idx_tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
@@ -275,6 +282,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m004_webhooks", M004_WEBHOOKS),
     ("m005_events_by_reference", M005_EVENTS_BY_REFERENCE),
     ("m006_tokens_by_user", M006_TOKENS_BY_USER),
+    ("m007_token_lineage", M007_TOKEN_LINEAGE),
 ]
 
 

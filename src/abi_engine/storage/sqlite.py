@@ -33,7 +33,14 @@ from abi_engine.models import (
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
-from abi_engine.storage._rows import _WORKFLOW_COLUMNS, _department, _row_to_token, _row_to_workflow
+from abi_engine.storage._rows import (
+    _TOKEN_COLUMNS,
+    _WORKFLOW_COLUMNS,
+    _department,
+    _row_to_token,
+    _row_to_workflow,
+    _token_tree,
+)
 from abi_engine.storage.base import StoredEvent, WorkflowQuery
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
@@ -237,26 +244,32 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             row = conn.execute("SELECT created_at FROM users WHERE id = ?", (user_id,)).fetchone()
         return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
 
-    def insert_token(self, token: Token, token_hash: str) -> None:
+    def insert_token(self, token: Token, token_hash: str) -> bool:
+        values = (
+            token.id,
+            token_hash,
+            token.user_id,
+            dumps(sorted(token.scopes)),
+            token.name,
+            to_ms(token.created_at),
+            token.parent_id,
+        )
+        sql = "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, parent_id)"
         with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    token.id,
-                    token_hash,
-                    token.user_id,
-                    dumps(sorted(token.scopes)),
-                    token.name,
-                    to_ms(token.created_at),
-                ),
+            if token.parent_id is None:
+                conn.execute(sql + " VALUES (?, ?, ?, ?, ?, ?, ?)", values)
+                return True
+            cursor = conn.execute(
+                sql + " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tokens"
+                " WHERE id = ? AND user_id = ? AND revoked_at IS NULL)",
+                (*values, token.parent_id, token.user_id),
             )
+            return cursor.rowcount > 0
 
     def get_token(self, token_hash: str) -> Token | None:
         with self._read() as conn:
             row = conn.execute(
-                "SELECT id, user_id, scopes, name, created_at FROM tokens"
-                " WHERE hash = ? AND revoked_at IS NULL",
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE hash = ? AND revoked_at IS NULL",
                 (token_hash,),
             ).fetchone()
         return None if row is None else _row_to_token(row)
@@ -271,8 +284,7 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         )
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT id, user_id, scopes, name, created_at FROM tokens {where}"
-                " ORDER BY created_at DESC, id DESC",
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at DESC, id DESC",
                 args,
             ).fetchall()
         return [_row_to_token(row) for row in rows]
@@ -282,20 +294,33 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         with self._read() as conn:
             total = conn.execute(f"SELECT count(*) FROM tokens {live}", (user_id,)).fetchone()
             rows = conn.execute(
-                f"SELECT id, user_id, scopes, name, created_at FROM tokens {live}"
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens {live}"
                 " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
                 (user_id, page_size, (page - 1) * page_size),
             ).fetchall()
         return [_row_to_token(row) for row in rows], int(total[0] if total else 0)
 
-    def revoke_token(self, token_id: str, revoked_at: datetime, user_id: str | None = None) -> bool:
+    def revoke_token(
+        self, token_id: str, revoked_at: datetime, user_id: str | None = None
+    ) -> list[str]:
         sql = "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
         args: tuple[Any, ...] = (to_ms(revoked_at), token_id)
         if user_id is not None:
             sql, args = sql + " AND user_id = ?", (*args, user_id)
+        tree = _token_tree("?")
+        live = "WHERE revoked_at IS NULL AND id IN (SELECT id FROM tree)"
         with self.transaction() as conn:
-            cursor = conn.execute(sql, args)
-        return cursor.rowcount > 0
+            if conn.execute(sql, args).rowcount == 0:
+                return []
+            rows = conn.execute(
+                f"{tree} SELECT id FROM tokens {live} ORDER BY id", (token_id,)
+            ).fetchall()
+            if rows:
+                conn.execute(
+                    f"{tree} UPDATE tokens SET revoked_at = ? {live}",
+                    (token_id, to_ms(revoked_at)),
+                )
+        return [token_id, *(row[0] for row in rows)]
 
     def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
         with self.transaction() as conn:

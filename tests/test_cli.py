@@ -289,6 +289,9 @@ def test_token_revoke_revokes_the_tokens_minted_from_it(tmp_path: Path) -> None:
     grandchild = _mint(db, child)
     beside = _mint(db, other)
     ids = [authenticate(db, token).token_id for token in (root, child, grandchild)]
+    listed = run_cli("token", "list", "--db", str(db), cwd=tmp_path)
+    parents = {row[0]: row[5] for row in (line.split("\t") for line in listed.stdout.splitlines())}
+    assert (parents[ids[0]], parents[ids[1]], parents[ids[2]]) == ("", ids[0], ids[1])
     revoked = run_cli("token", "revoke", "--db", str(db), str(ids[0]), cwd=tmp_path)
     assert revoked.returncode == 0, revoked.stderr
     lines = revoked.stdout.splitlines()

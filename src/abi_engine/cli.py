@@ -265,7 +265,8 @@ def _cmd_token_list(args: argparse.Namespace) -> int:
     for token in tokens:
         scopes = ",".join(sorted(s.value for s in token.scopes))
         created = format_time(token.created_at)
-        print(f"{token.id}\t{token.user_id}\t{created}\t{scopes}\t{token.name or ''}")
+        parent = token.parent_id or ""
+        print(f"{token.id}\t{token.user_id}\t{created}\t{scopes}\t{token.name or ''}\t{parent}")
     return EXIT_OK
 
 

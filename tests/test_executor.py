@@ -873,3 +873,33 @@ async def test_a_signal_name_cannot_pass_for_progress(eng: Engine) -> None:
     with pytest.raises(InvalidRequest) as info:
         await eng.executions.signal(started.execution_id, "#progress:0", {"done": [0, 1]})
     assert info.value.details == {"field": "name"}
+
+
+async def test_progress_reads_back_as_stored_and_is_not_a_signal(eng: Engine) -> None:
+    """After a save, ctx.progress is the stored JSON (string keys), and ctx.signals lacks it."""
+    wf = await new_workflow(eng, "test_progress")
+    execution = await eng.executions.execute(wf, {"items": 2, "tagged": True})
+    assert execution.status is ExecutionStatus.COMPLETED
+    after = PROBE.notes_of("after save")
+    assert after[-1] == (
+        "after save",
+        {"done": [0, 1], "tags": {"0": "unit 0", "1": "unit 1"}},  # as a restart reads it
+        {},  # progress never shows among the signals
+    )
+
+
+async def test_a_step_that_lost_its_execution_stops_and_is_not_retried(eng: Engine) -> None:
+    """save_progress after the execution was taken away stops the step (no retry); the engine
+    that runs it next resumes from the last kept unit."""
+    wf = await new_workflow(eng, "test_progress")
+    started = await eng.executions.execute(wf, {"items": 5, "release_after": 2}, wait=False)
+    done = await eng.executions.wait(started.execution_id, timeout=10)
+    assert done is not None
+    assert done.status is ExecutionStatus.COMPLETED
+    assert done.result == {"done": [0, 1, 2, 3, 4]}
+    work = [what[1] for what in PROBE.notes_of("work")]
+    # Unit 1 was done, then the save found the execution gone: done again by the next run,
+    # which started from the kept [0]; no retry of the stale run did any unit in between.
+    assert work == [0, 1, 1, 2, 3, 4]
+    attempts = [what[1:3] for what in PROBE.notes_of("attempt")]
+    assert attempts == [(1, None), (1, {"done": [0]})]

@@ -32,7 +32,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine._commit import GroupCommitter
-from abi_engine.errors import InvalidState, QueueFull
+from abi_engine.errors import QueueFull
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import (
     build_execution,
@@ -48,6 +48,7 @@ from abi_engine.models import (
 )
 from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps as _dumps
+from abi_engine.storage._codec import loads as _loads
 from abi_engine.storage.records import (
     CancelExecution,
     CheckpointStep,
@@ -61,6 +62,7 @@ from abi_engine.storage.records import (
 from abi_engine.types import (
     PROGRESS_PREFIX,
     SLEEP_PREFIX,
+    ExecutionLost,
     StepContext,
     StepSpec,
     Suspend,
@@ -620,11 +622,11 @@ class Runtime:
         while True:
             attempt += 1
             step.attempts = attempt
-            visible, progress = signals, None
-            if signals:
+            visible: dict[str, Any] = {}
+            progress = None
+            if signals:  # a copy: progress saved later must not show up as a signal
                 progress = signals.get(f"{PROGRESS_PREFIX}{step.index}")
-                if any(name.startswith("#") for name in signals):  # progress is not a signal
-                    visible = {k: v for k, v in signals.items() if not k.startswith("#")}
+                visible = {k: v for k, v in signals.items() if not k.startswith("#")}
             ctx = StepContext(
                 execution_id=record.id,
                 workflow_id=record.workflow_id,
@@ -655,6 +657,8 @@ class Runtime:
                     attempt -= 1
                     continue
                 return _SUSPENDED
+            except ExecutionLost:  # another engine runs it now, or it was cancelled
+                return _SUSPENDED
             except Exception as exc:
                 if attempt >= spec.retry.attempts:
                     return _Failure(exc)
@@ -662,10 +666,11 @@ class Runtime:
 
     async def _save_progress(
         self, execution_id: str, index: int, signals: dict[str, Any], value: Any
-    ) -> None:
-        """``StepContext.save_progress`` of step ``index``: kept with the signals, committed."""
+    ) -> Any:
+        """``StepContext.save_progress`` of step ``index``: kept with the signals, committed;
+        returns the value as stored (what a run after a restart reads)."""
         try:
-            _dumps(value)
+            text = _dumps(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"progress must be JSON: {exc}") from None
         name = f"{PROGRESS_PREFIX}{index}"
@@ -674,13 +679,15 @@ class Runtime:
                 execution_id=execution_id,
                 owner=self.node_id,
                 name=name,
-                payload=value,
+                payload_json=text,
                 saved_at=utcnow(),
             )
         )
         if not saved:
-            raise InvalidState(f"execution {execution_id} is no longer run by this engine")
-        signals[name] = value
+            raise ExecutionLost(f"execution {execution_id} is no longer run by this engine")
+        stored = _loads(text)
+        signals[name] = stored
+        return stored
 
     def _step_event(self, record: ExecutionRecord, step: StepRecord) -> OutboxEvent:
         if not self.engine.has_event_hooks():

@@ -38,6 +38,7 @@ __all__ = [
     "APPROVAL_SIGNAL",
     "DURABLE_SLEEP_THRESHOLD",
     "PROGRESS_PREFIX",
+    "ExecutionLost",
     "IncomingSignal",
     "RetryPolicy",
     "SignalTimeout",
@@ -123,7 +124,7 @@ class StepContext:
     logger: logging.Logger = _STEP_LOGGER
     services: Mapping[str, Any] = attrs.Factory(dict)
     progress: Any = None
-    progress_saver: Callable[[Any], Awaitable[None]] | None = attrs.field(default=None, repr=False)
+    progress_saver: Callable[[Any], Awaitable[Any]] | None = attrs.field(default=None, repr=False)
     _sleeps: int = attrs.field(default=0, init=False)
 
     async def save_progress(self, value: Any) -> None:
@@ -135,14 +136,15 @@ class StepContext:
         unit of work repeats at most the unit in flight when the process died.
         Each call is a write: keep ``value`` small and call it per unit of work
         that costs more than a write (a batch sent, a file moved), not per item.
-        Raises :class:`~abi_engine.errors.InvalidState` when this engine no
-        longer runs the execution (cancelled, or taken over), and ``ValueError``
-        when ``value`` is not JSON.
+        Afterwards ``progress`` is the value as stored (JSON: dict keys are
+        strings, tuples are lists), exactly what a run after a restart reads.
+        Raises ``ValueError`` when ``value`` is not JSON, and
+        :class:`ExecutionLost` when this engine no longer runs the execution
+        (it was cancelled, or another engine took it over): the step then stops.
         """
         if self.progress_saver is None:
             raise RuntimeError("save_progress is only available to steps the engine runs")
-        await self.progress_saver(value)
-        self.progress = value
+        self.progress = await self.progress_saver(value)
 
     def client(self, integration_id: str) -> Any:
         """A ready client for a connected integration of the workflow.
@@ -212,6 +214,16 @@ class Suspend(BaseException):
         #: A durable sleep (running time: the execution's timeout still counts),
         #: not a wait for a signal from outside.
         self.sleeping = sleeping
+
+
+class ExecutionLost(BaseException):
+    """Raised by :meth:`StepContext.save_progress` when this engine no longer runs
+    the execution (cancelled, or taken over by another engine after its lease
+    lapsed): the step stops at once and this engine writes nothing more for it.
+
+    A ``BaseException`` so that a step's ``except Exception`` cannot swallow it
+    (and the step is not tried again while another engine runs it).
+    """
 
 
 class SignalTimeout(Exception):

@@ -26,6 +26,7 @@ import attrs
 
 from abi_engine import RetryPolicy, StepContext, WorkflowType, hookimpl, step
 from abi_engine.errors import ParameterValidationError
+from abi_engine.storage.records import ReleaseExecutions
 from abi_engine.types import SignalTimeout
 
 __all__ = ["PROBE", "Probe"]
@@ -54,6 +55,10 @@ class Probe:
 
     def note(self, ctx: StepContext, what: Any) -> None:
         self.notes.append((ctx.execution_id, ctx.step_name, what))
+
+    def notes_of(self, kind: str) -> list[Any]:
+        """The notes ``(kind, ...)``, in order."""
+        return [what for _, _, what in self.notes if isinstance(what, tuple) and what[0] == kind]
 
     def runs(self, execution_id: str) -> dict[str, int]:
         """Invocations per step name of one execution."""
@@ -232,7 +237,9 @@ class Typed(WorkflowType):
 
 class Progressing(WorkflowType):
     """``items`` works through ``parameters.items`` units, keeping its progress after each;
-    it fails once after ``parameters.fail_after`` units on its first attempt."""
+    it fails once after ``parameters.fail_after`` units on its first attempt; after
+    ``parameters.release_after`` units of its first run it loses the execution (as when
+    another engine takes it over); ``parameters.tagged`` keeps its progress by unit number."""
 
     name = "test_progress"
 
@@ -247,7 +254,15 @@ class Progressing(WorkflowType):
                 raise ConnectionError("the target went away")
             PROBE.note(ctx, ("work", item))
             done.append(item)
-            await ctx.save_progress({"done": done})
+            if len(done) == ctx.parameters.get("release_after", -1) and not PROBE.notes_of("lost"):
+                PROBE.note(ctx, ("lost", item))
+                engine = ctx.services["engine"]
+                engine.store.apply([ReleaseExecutions(owner=engine.runtime.node_id)])
+            if ctx.parameters.get("tagged"):
+                await ctx.save_progress({"done": done, "tags": {n: f"unit {n}" for n in done}})
+                PROBE.note(ctx, ("after save", ctx.progress, dict(ctx.signals)))
+            else:
+                await ctx.save_progress({"done": done})
         if ctx.parameters.get("save_bad"):
             await ctx.save_progress({"bad": {1, 2}})
         return {"done": done}

@@ -467,7 +467,7 @@ def _save_progress(conn: Conn, op: SaveProgress) -> bool:
         "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
         " VALUES (%s, %s, %s, %s) ON CONFLICT (execution_id, name)"
         " DO UPDATE SET payload = excluded.payload, created_at = excluded.created_at",
-        (op.execution_id, op.name, dumps(op.payload), to_ms(op.saved_at)),
+        (op.execution_id, op.name, op.payload_json, to_ms(op.saved_at)),
     )
     return True
 

@@ -150,7 +150,7 @@ class SaveProgress(WriteOp):
     execution_id: str
     owner: str
     name: str
-    payload: Any
+    payload_json: str
     saved_at: datetime
 
 

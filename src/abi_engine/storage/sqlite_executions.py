@@ -445,7 +445,7 @@ def _save_progress(conn: sqlite3.Connection, op: SaveProgress) -> bool:
         "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
         " VALUES (?, ?, ?, ?) ON CONFLICT (execution_id, name)"
         " DO UPDATE SET payload = excluded.payload, created_at = excluded.created_at",
-        (op.execution_id, op.name, dumps(op.payload), to_ms(op.saved_at)),
+        (op.execution_id, op.name, op.payload_json, to_ms(op.saved_at)),
     )
     return True
 

@@ -9,9 +9,10 @@ topics most talked about, the most frequent negative topics and the
 recommendations that came up most.
 
 The period ends when the report was requested (its execution's
-``created_at``) and starts when the previous report of the workflow was
-requested, or 24 hours before; ``since`` or ``period_hours`` set the start
-instead. A feedback execution belongs to the period when it *completed* in
+``created_at``) and starts when the previous report of the same series was
+requested (same ``source``, neither ``since`` nor ``period_hours``; however
+old, among the newest :data:`MAX_REPORT_EXECUTIONS`), or 24 hours before
+without one; ``since`` or ``period_hours`` set the start instead. A feedback execution belongs to the period when it *completed* in
 it (``from <= completed_at < to``), so consecutive reports neither miss nor
 repeat one. Executions are read through ``engine.executions`` one page at a
 time, newest first; at most :data:`MAX_REPORT_EXECUTIONS` are read in detail.
@@ -45,7 +46,7 @@ __all__ = [
 #: The most executions a report reads in detail (``engine.executions.get``); when
 #: there are more in the period the newest are counted and ``truncated`` is true.
 MAX_REPORT_EXECUTIONS = 10_000
-#: The period of a workflow's first report (no earlier report), in hours.
+#: The period of a series' first report (no earlier report found), in hours.
 DEFAULT_PERIOD_HOURS = 24
 #: The longest ``period_hours`` accepted (a leap year).
 MAX_PERIOD_HOURS = 24 * 366
@@ -195,6 +196,20 @@ def _period_start(params: ReportParameters, to: datetime) -> datetime | None:
     return None
 
 
+def _chains_from(parameters: Mapping[str, Any], source: str | None) -> bool:
+    """Whether a report with ``parameters`` starts the period of a report of ``source``.
+
+    Only a report of the same ``source`` without an explicit period does: an
+    ad-hoc report (``since`` / ``period_hours``) or another series' report
+    never cuts this series' period.
+    """
+    return (
+        parameters.get("source") == source
+        and parameters.get("since") is None
+        and parameters.get("period_hours") is None
+    )
+
+
 async def collect(
     engine: Any,
     *,
@@ -205,23 +220,33 @@ async def collect(
 ) -> dict[str, Any]:
     """Read the period's feedback executions of ``workflow_id`` and tally them.
 
-    Pages through ``engine.executions.list`` (completed, newest first) and
-    reads in detail only those that completed in the period, plus, when no
-    ``since`` / ``period_hours`` is given, those that may be the previous
-    report. Returns the tally as JSON: the checkpoint :func:`summarize` and
+    Pages through ``engine.executions.list`` (completed, newest first). With
+    ``since`` / ``period_hours`` it reads in detail only those that completed
+    in the period. Without, the period starts at the previous report of the
+    same ``source`` without an explicit period, however old: every execution
+    is read until it is met (newest first, so all feedback read before it
+    completed after it was requested), at most
+    :data:`MAX_REPORT_EXECUTIONS`; when there is none among them, the period
+    is the last :data:`DEFAULT_PERIOD_HOURS` hours and ``period_basis`` says
+    why. Returns the tally as JSON: the checkpoint :func:`summarize` and
     :func:`recommend_report` build on.
     """
     me = await engine.executions.get(execution_id)
     to = _as_utc(me.created_at or datetime.now(UTC))
     explicit = _period_start(params, to)
-    floor = explicit if explicit is not None else to - timedelta(hours=DEFAULT_PERIOD_HOURS)
-    looking_for_previous = explicit is None
+    default_floor = to - timedelta(hours=DEFAULT_PERIOD_HOURS)
+    searching = explicit is None  # for the previous report, until it is met
+    floor = explicit if explicit is not None else default_floor
+    basis = "since" if params.since is not None else "period_hours"
     previous: str | None = None
     tally = _Tally(track_recommendations=track_recommendations)
+    # While searching: the feedback of the last DEFAULT_PERIOD_HOURS, the fallback.
+    day = _Tally(track_recommendations=track_recommendations)
     read = 0
     truncated = False
     recent: list[set[str]] = [set(), set()]  # ids of the last two pages: pages may shift
-    list_start = floor - LOOKBACK  # fixed while paging: a found report only raises ``floor``
+    # Fixed while paging; unbounded while searching (the previous report may be old).
+    list_start = floor - LOOKBACK if explicit is not None else None
     page = 1
     done = False
     while not done:
@@ -239,17 +264,20 @@ async def collect(
             ids.add(eid)
             if eid == execution_id or eid in recent[0] or eid in recent[1]:
                 continue
-            if summary.started_at is not None and _as_utc(summary.started_at) < floor - LOOKBACK:
+            started = _as_utc(summary.started_at) if summary.started_at is not None else None
+            if not searching and started is not None and started < floor - LOOKBACK:
                 done = True  # requested earlier still, and so is everything after it
                 break
             if summary.completed_at is None:
                 continue
             completed = _as_utc(summary.completed_at)
-            in_period = floor <= completed < to
-            if not in_period and not (looking_for_previous and completed >= floor):
+            if not searching and not floor <= completed < to:
                 continue
             if read >= MAX_REPORT_EXECUTIONS:
-                truncated = True
+                # While searching, the fallback day misses some only if this one is recent.
+                truncated = not searching or started is None or started >= floor - LOOKBACK
+                if searching:
+                    basis = "search_limit"
                 done = True
                 break
             execution = await engine.executions.get(eid)
@@ -257,23 +285,38 @@ async def collect(
             parameters = execution.parameters or {}
             if is_report_request(parameters):
                 created = execution.created_at
-                if looking_for_previous and created is not None and _as_utc(created) >= floor:
-                    # The newest earlier report (newest first): the period starts when it
-                    # was requested, where its own period ended.
+                if (
+                    searching
+                    and created is not None
+                    and _as_utc(created) < to
+                    and _chains_from(parameters, params.source)
+                ):
+                    # The newest earlier report of the series: the period starts when
+                    # it was requested, where its own period ended.
                     previous = eid
                     floor = _as_utc(created)
-                    looking_for_previous = False
+                    searching = False
+                    basis = "previous_report"
                 continue
-            if in_period and isinstance(parameters.get("feedback_text"), str):
+            if not isinstance(parameters.get("feedback_text"), str) or completed >= to:
+                continue
+            if searching and completed >= default_floor:
+                day.add(execution.result)
+            if searching or completed >= floor:
                 tally.add(execution.result)
         recent = [recent[1], ids]
         if len(listing.items) < _PAGE_SIZE:
             break
         page += 1
+    if searching:  # no previous report: the last DEFAULT_PERIOD_HOURS
+        tally = day
+        if basis != "search_limit":
+            basis = "no_previous_report"
     return {
         "source": params.source,
         "period": {"from": format_time(min(floor, to)), "to": format_time(to)},
         "previous_report": previous,
+        "period_basis": basis,
         "feedback_analysed": tally.feedback,
         "sentiments": tally.sentiments,
         "score_sum": tally.score_sum,
@@ -303,6 +346,7 @@ def summarize(collected: Mapping[str, Any]) -> dict[str, Any]:
         "source": collected["source"],
         "period": dict(collected["period"]),
         "previous_report": collected["previous_report"],
+        "period_basis": collected.get("period_basis"),
         "feedback_analysed": collected["feedback_analysed"],
         "sentiments": dict(collected["sentiments"]),
         "average_sentiment_score": average,

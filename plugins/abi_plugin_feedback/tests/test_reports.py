@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -134,6 +135,7 @@ async def test_seed_schedule_parameters_give_a_digest(running: Engine) -> None:
     assert all(r["count"] == 1 for r in recommendations[1:])
     assert len({r["text"] for r in recommendations}) == 5
     assert result["previous_report"] is None
+    assert result["period_basis"] == "no_previous_report"
     assert at(result["period"]["to"]) - at(result["period"]["from"]) == timedelta(hours=24)
     assert (result["executions_read"], result["truncated"]) == (4, False)
     assert (await running.executions.get(execution.execution_id)).result == result
@@ -177,6 +179,101 @@ async def test_period_starts_at_the_previous_report(running: Engine) -> None:
     assert result["sentiments"]["positive"] == 1
     assert [t["topic"] for t in result["top_topics"]] == ["product_overall"]
     assert result["negative_topics"] == []
+
+
+class FakeExecutions:
+    """``engine.executions`` over fixed executions (times the engine would not let a test set)."""
+
+    def __init__(self, *executions: SimpleNamespace) -> None:
+        self.executions = {e.execution_id: e for e in executions}
+
+    async def get(self, execution_id: str) -> SimpleNamespace:
+        return self.executions[execution_id]
+
+    async def list(self, **query: Any) -> SimpleNamespace:
+        start, end = query["start_date"], query["end_date"]
+        items = sorted(
+            (
+                e
+                for e in self.executions.values()
+                if e.completed_at is not None
+                and (start is None or start <= e.created_at)
+                and e.created_at <= end
+            ),
+            key=lambda e: e.created_at,
+            reverse=True,
+        )
+        size = query["page_size"]
+        return SimpleNamespace(items=items[(query["page"] - 1) * size : query["page"] * size])
+
+
+def fake(eid: str, created: datetime, parameters: dict[str, Any]) -> SimpleNamespace:
+    """A completed execution, one second long."""
+    return SimpleNamespace(
+        execution_id=eid,
+        created_at=created,
+        started_at=created,
+        completed_at=created + timedelta(seconds=1),
+        parameters=parameters,
+        result={"sentiment": "positive"},
+    )
+
+
+async def test_previous_report_days_old_still_starts_the_period() -> None:
+    """A weekly report (or a missed nightly run): everything since the previous one is counted."""
+    now = datetime(2023, 5, 8, tzinfo=UTC)
+    weekly = {"source": "weekly_review"}
+    executions = FakeExecutions(
+        fake("rep_now", now, weekly),
+        fake("fb_recent", now - timedelta(hours=2), {"feedback_text": "a"}),
+        fake("adhoc", now - timedelta(days=2), {"source": "weekly_review", "period_hours": 1}),
+        fake("fb_3days", now - timedelta(days=3), {"feedback_text": "b"}),
+        fake("rep_prev", now - timedelta(days=7), weekly),
+        fake("fb_8days", now - timedelta(days=8), {"feedback_text": "c"}),
+    )
+    result = await report.collect(
+        SimpleNamespace(executions=executions),
+        workflow_id="w",
+        execution_id="rep_now",
+        params=report.ReportParameters(source="weekly_review"),
+        track_recommendations=False,
+    )
+    assert result["previous_report"] == "rep_prev"
+    assert result["period_basis"] == "previous_report"
+    assert result["period"] == {"from": "2023-05-01T00:00:00Z", "to": "2023-05-08T00:00:00Z"}
+    assert result["feedback_analysed"] == 2  # 2 hours and 3 days old; not 8 days old
+    assert result["truncated"] is False
+
+
+async def test_ad_hoc_report_does_not_cut_the_nightly_period(running: Engine) -> None:
+    """Reports run by hand (``{}``, or with since / period_hours) are not a nightly's previous."""
+    workflow_id = await seed_workflow(running)
+    await analyse(running, workflow_id, LATE_RUDE)
+    first = await run_report(running, workflow_id)
+    await analyse(running, workflow_id, QUICK)
+    by_hand = await running.executions.execute(workflow_id, {}, timeout_seconds=30)
+    assert by_hand.result["feedback_analysed"] == 2  # its own first report: the last 24 h
+    await run_report(running, workflow_id, period_hours=1)
+    await analyse(running, workflow_id, LOVE)
+    second = await run_report(running, workflow_id)
+    assert second.result["previous_report"] == first.execution_id
+    assert second.result["period"]["from"] == first.result["period"]["to"]
+    assert second.result["feedback_analysed"] == 2  # QUICK and LOVE
+
+
+async def test_sources_chain_separately(running: Engine) -> None:
+    """A daily and a weekly series on one workflow: each period starts at its own last report."""
+    workflow_id = await seed_workflow(running)
+    weekly = await run_report(running, workflow_id, source="weekly_review")
+    await analyse(running, workflow_id, LATE_RUDE)
+    daily = await run_report(running, workflow_id)
+    await analyse(running, workflow_id, QUICK)
+    weekly_next = await run_report(running, workflow_id, source="weekly_review")
+    daily_next = await run_report(running, workflow_id)
+    assert weekly_next.result["previous_report"] == weekly.execution_id
+    assert weekly_next.result["feedback_analysed"] == 2
+    assert daily_next.result["previous_report"] == daily.execution_id
+    assert daily_next.result["feedback_analysed"] == 1
 
 
 async def test_since_and_period_hours_override_the_period(running: Engine) -> None:
@@ -225,6 +322,7 @@ async def test_cap_on_executions_read(running: Engine, monkeypatch: pytest.Monke
     monkeypatch.setattr(report, "MAX_REPORT_EXECUTIONS", 2)
     result = (await run_report(running, workflow_id)).result
     assert (result["executions_read"], result["truncated"]) == (2, True)
+    assert result["period_basis"] == "search_limit"  # no report among the 2: the last 24 h
     assert result["feedback_analysed"] == 2
     assert result["sentiments"]["positive"] == 2  # the two newest: QUICK and LOVE
 

@@ -14,7 +14,7 @@ import pytest
 from abi_engine import Engine, Principal, Scope
 from abi_engine.api import ApiRequest, call
 from abi_engine.auth import TOKEN_PREFIX, TokenService, hash_token, normalize_user_id
-from abi_engine.errors import Forbidden, InvalidRequest, Unauthorized
+from abi_engine.errors import Forbidden, InvalidRequest, InvalidState, Unauthorized
 from abi_engine.storage import Store
 
 CUSTOM = {
@@ -256,3 +256,30 @@ async def test_revoke_own_counts_the_descendants(engine: Engine) -> None:
     result = await engine.tokens.revoke_own(root, root.token_id)
     assert (result.id, result.revoked, result.revoked_descendants) == (root.token_id, True, 3)
     assert engine.tokens.list_tokens("usr_ann") == []
+
+
+@pytest.mark.anyio
+async def test_self_service_minting_is_capped_per_user(make_store: Callable[..., Store]) -> None:
+    """create_own stops at max_tokens_per_user (default 100) live tokens of the user, every
+    live token counting (the CLI's too); revoking frees a place; create_token is never capped."""
+    service = TokenService(make_store())
+    assert service.max_tokens_per_user == 100
+    root = service.authenticate(service.create_token("usr_ann"))
+    minted = [await service.create_own(root, {}) for _ in range(99)]  # 100 live now
+    with pytest.raises(InvalidState) as refused:
+        await service.create_own(root, {"name": "one too many"})
+    assert refused.value.http_status == 409
+    assert refused.value.details == {"max_tokens_per_user": 100}
+    assert "revoke" in refused.value.message
+    assert len(service.list_tokens("usr_ann")) == 100
+    other = service.authenticate(service.create_token("usr_bob"))
+    await service.create_own(other, {})  # another user's count is its own
+    assert service.revoke_token(minted[0].id) is True
+    await service.create_own(root, {})  # the freed place
+    service.create_token("usr_ann")  # operators are not capped: 101 live
+    with pytest.raises(InvalidState):
+        await service.create_own(root, {})
+    assert len(service.list_tokens("usr_ann")) == 101
+    service.max_tokens_per_user = None  # no limit
+    await service.create_own(root, {})
+    assert len(service.list_tokens("usr_ann")) == 102

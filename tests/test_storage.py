@@ -32,6 +32,7 @@ from abi_engine.ids import new_id, utcnow
 from abi_engine.models import Integration, Scope, Token
 from abi_engine.storage import SQLiteStore, Store, WorkflowQuery
 from abi_engine.storage._codec import to_ms
+from abi_engine.storage.base import TokenLimitReached
 from abi_engine.storage.migrations import MIGRATIONS
 
 NewWorkflow = Callable[..., Workflow]
@@ -606,6 +607,65 @@ def test_a_revoked_or_foreign_parent_mints_nothing(store: Store) -> None:
         assert store.get_token(f"h-{late.id}") is None
     assert [t.id for t in store.list_tokens("usr_a")] == []
     assert _live(store, theirs) == [True]
+
+
+def _child(user: str, parent: Token) -> Token:
+    return Token(
+        id=new_id("tok_"),
+        user_id=user,
+        scopes=frozenset({Scope.WORKFLOWS_READ}),
+        created_at=T0,
+        parent_id=parent.id,
+    )
+
+
+def test_insert_token_max_live_counts_the_users_live_tokens(store: Store) -> None:
+    """max_live refuses a token when the user holds that many live ones (every live token
+    counts, revoked ones do not, nor other users'); a revoked parent is still just False."""
+    root = _mint(store, "usr_a")
+    _mint(store, "usr_a")  # a second root (the CLI's kind) counts too
+    _mint(store, "usr_b")
+    first = _child("usr_a", root)
+    assert store.insert_token(first, f"h-{first.id}", max_live=3) is True
+    late = _child("usr_a", root)
+    with pytest.raises(TokenLimitReached) as refused:
+        store.insert_token(late, f"h-{late.id}", max_live=3)
+    assert refused.value.limit == 3
+    assert store.get_token(f"h-{late.id}") is None
+    assert store.revoke_token(first.id, T0) == [first.id]
+    assert store.insert_token(late, f"h-{late.id}", max_live=3) is True
+    again = _child("usr_a", root)
+    with pytest.raises(TokenLimitReached):
+        store.insert_token(again, f"h-{again.id}", max_live=3)
+    assert store.insert_token(_child("usr_a", root), "h-x") is True  # no max_live: no limit
+    assert len(store.revoke_token(root.id, T0)) == 3  # root, late and the uncapped child
+    orphan = _child("usr_a", root)
+    assert store.insert_token(orphan, f"h-{orphan.id}", max_live=1) is False  # 1 live, dead parent
+
+
+def test_concurrent_capped_mints_do_not_overshoot(make_store: Callable[..., Store]) -> None:
+    """Mints racing from several stores on one database never pass max_live together."""
+    first = make_store()
+    root = _mint(first, "usr_a")
+    stores = [first, *(make_store(same=True) for _ in range(5))]
+    start = threading.Barrier(len(stores))
+    outcomes: list[str] = []
+
+    def mint(s: Store) -> None:
+        token = _child("usr_a", root)
+        start.wait(10)
+        try:
+            outcomes.append(str(s.insert_token(token, f"h-{token.id}", max_live=3)))
+        except TokenLimitReached:
+            outcomes.append("full")
+
+    threads = [threading.Thread(target=mint, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["True", "True"] + ["full"] * 4
+    assert len(first.list_tokens("usr_a")) == 3
 
 
 def test_integrations_crud(store: Store) -> None:

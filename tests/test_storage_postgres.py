@@ -195,8 +195,12 @@ def test_token_lineage_migration_keeps_tokens(
         store.close()
 
 
-def test_revocation_waits_for_a_child_being_minted(stores: Callable[[], PostgresStore]) -> None:
-    """A revocation that starts while a child is being inserted waits for it, then revokes it too."""
+@pytest.mark.parametrize("max_live", [None, 100])
+def test_revocation_waits_for_a_child_being_minted(
+    stores: Callable[[], PostgresStore], max_live: int | None
+) -> None:
+    """A revocation that starts while a child is being inserted (capped or not) waits for it,
+    then revokes it too."""
     store = stores()
     store.ensure_user("usr_a", utcnow())
     root = Token(id=new_id("tok_"), user_id="usr_a", scopes=frozenset(Scope), created_at=utcnow())
@@ -214,18 +218,20 @@ def test_revocation_waits_for_a_child_being_minted(stores: Callable[[], Postgres
 
     def slow_lock(conn: Any, user_id: str, mode: Any) -> None:
         real_lock(conn, user_id, mode)
-        if mode == "SHARE":  # the mint holds its lock; the child is not inserted yet
+        if mode == ("SHARE" if max_live is None else "NO KEY UPDATE"):  # mint holds its lock
             entered.set()
             assert release.wait(10)
 
-    results: list[Any] = []
+    results: dict[str, Any] = {}
     store._lock_user_tokens = slow_lock  # type: ignore[method-assign]
-    minting = threading.Thread(target=lambda: results.append(store.insert_token(child, "h-c")))
+    minting = threading.Thread(
+        target=lambda: results.update(minted=store.insert_token(child, "h-c", max_live=max_live))
+    )
     minting.start()
     assert entered.wait(10)
     other = stores()  # another process's store, unpatched
     revoking = threading.Thread(
-        target=lambda: results.append(other.revoke_token(root.id, utcnow()))
+        target=lambda: results.update(revoked=other.revoke_token(root.id, utcnow()))
     )
     revoking.start()
     time.sleep(0.3)
@@ -233,7 +239,8 @@ def test_revocation_waits_for_a_child_being_minted(stores: Callable[[], Postgres
     release.set()
     minting.join(10)
     revoking.join(10)
-    assert results == [True, [root.id, child.id]]
+    # either thread may record its answer first once the mint commits
+    assert results == {"minted": True, "revoked": [root.id, child.id]}
     assert other.get_token("h-c") is None
     assert other.list_tokens("usr_a") == []
 

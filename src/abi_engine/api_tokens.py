@@ -55,7 +55,7 @@ async def list_tokens(engine: Engine, actor: Principal, request: ApiRequest) -> 
     request_body_required=False,
     response_model=CreatedToken,
     tag=_TAG,
-    errors=("INVALID_REQUEST", "FORBIDDEN"),
+    errors=("INVALID_REQUEST", "FORBIDDEN", "INVALID_STATE"),
 )
 async def create_token(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     data = {} if request.body is None else _body_object(request)

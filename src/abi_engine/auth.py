@@ -17,11 +17,17 @@ from typing import Any
 import attrs
 
 from abi_engine.converter import structure
-from abi_engine.errors import Forbidden, InvalidRequest, TokenNotFound, Unauthorized
+from abi_engine.errors import (
+    Forbidden,
+    InvalidRequest,
+    InvalidState,
+    TokenNotFound,
+    Unauthorized,
+)
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import CreatedToken, Page, RevokeResult, Scope, Token, TokenCreateRequest
 from abi_engine.services import call_store, check_page
-from abi_engine.storage.base import Store
+from abi_engine.storage.base import Store, TokenLimitReached
 
 __all__ = ["ALL_SCOPES", "Principal", "TokenService", "hash_token", "normalize_user_id"]
 
@@ -72,11 +78,22 @@ class TokenService:
 
     The ``*_own`` coroutines are the self-service operations of the REST API
     (``/api/v1/tokens``): a caller manages the tokens of its own user only.
+    :meth:`create_own` refuses to mint once the user holds
+    ``max_tokens_per_user`` live tokens (all of them count, those made by
+    :meth:`create_token` too; ``None``: no limit). :meth:`create_token` (the
+    operators' command line) is never limited.
     """
 
-    def __init__(self, store: Store, *, cache_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        cache_seconds: float = 5.0,
+        max_tokens_per_user: int | None = 100,
+    ) -> None:
         self._store = store
         self.cache_seconds = cache_seconds
+        self.max_tokens_per_user = max_tokens_per_user
         self._cache: dict[str, tuple[Principal, float]] = {}
         # Counts revocations, so that a check that read a token before a revocation
         # (in another thread) does not put it back into the cache afterwards.
@@ -110,11 +127,14 @@ class TokenService:
         scopes: frozenset[Scope],
         name: str | None,
         parent_id: str | None = None,
+        max_live: int | None = None,
     ) -> tuple[str, Token]:
         """Store a new token of ``user_id`` (created when new): the token and its record.
 
         :raises Unauthorized: ``parent_id`` is no longer a live token (revoked
             after the caller was checked): it mints nothing.
+        :raises InvalidState: ``max_live`` given and the user already holds that
+            many live tokens (``details.max_tokens_per_user``).
         """
         now = utcnow()
         self._store.ensure_user(user_id, now)
@@ -127,7 +147,15 @@ class TokenService:
             name=name,
             parent_id=parent_id,
         )
-        if not self._store.insert_token(record, hash_token(token)):
+        try:
+            stored = self._store.insert_token(record, hash_token(token), max_live=max_live)
+        except TokenLimitReached as exc:
+            raise InvalidState(
+                f"The user already holds {exc.limit} live access tokens, the most allowed;"
+                " revoke some first",
+                {"max_tokens_per_user": exc.limit},
+            ) from None
+        if not stored:
             raise Unauthorized("The calling access token has been revoked")
         return token, record
 
@@ -211,6 +239,8 @@ class TokenService:
         :raises InvalidRequest: bad types, unknown fields or scopes, an empty
             ``scopes`` list, a name too long (``details.field`` names the field).
         :raises Forbidden: a scope the calling token does not have.
+        :raises InvalidState: the user already holds ``max_tokens_per_user``
+            live tokens (``details.max_tokens_per_user``): revoke some first.
         """
         try:
             req = structure(data, TokenCreateRequest)
@@ -244,6 +274,7 @@ class TokenService:
             scopes,
             req.name,
             actor.token_id,
+            self.max_tokens_per_user,
         )
         return CreatedToken(
             id=record.id,

@@ -260,6 +260,20 @@ async def test_no_token_is_unauthorized(
     assert engine.tokens.list_tokens("usr_test")[0].id == own_id
 
 
+async def test_minting_past_the_per_user_cap_is_a_conflict(
+    engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """Past max_tokens_per_user live tokens POST answers 409 INVALID_STATE; revoking frees a place."""
+    engine.tokens.max_tokens_per_user = 3
+    minted = [success(await client.post("/api/v1/tokens", json={}), 201) for _ in range(2)]
+    details = error(await client.post("/api/v1/tokens", json={}), 409, "INVALID_STATE")
+    assert details == {"max_tokens_per_user": 3}
+    assert len(engine.tokens.list_tokens()) == 3  # the fixture's and the two minted
+    success(await client.delete(f"/api/v1/tokens/{minted[0]['id']}"))
+    success(await client.post("/api/v1/tokens", json={}), 201)
+    error(await client.post("/api/v1/tokens", json={}), 409, "INVALID_STATE")
+
+
 async def test_openapi_lists_the_token_operations(make_client: MakeClient, app: Starlette) -> None:
     """The OpenAPI document has GET and POST /tokens and DELETE /tokens/{token_id}, no secrets in lists."""
     document = (await make_client(app).get("/api/v1/openapi.json")).json()
@@ -272,6 +286,7 @@ async def test_openapi_lists_the_token_operations(make_client: MakeClient, app: 
         "NOT_FOUND"
         in paths["/api/v1/tokens/{token_id}"]["delete"]["responses"]["404"]["description"]
     )
+    assert "INVALID_STATE" in paths["/api/v1/tokens"]["post"]["responses"]["409"]["description"]
     create = paths["/api/v1/tokens"]["post"]["requestBody"]
     assert create["required"] is False  # an empty or missing body means the caller's scopes
     assert paths["/api/v1/workflows"]["post"]["requestBody"]["required"] is True

@@ -32,9 +32,17 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
-__all__ = ["Store", "StoredEvent", "WorkflowQuery"]
+__all__ = ["Store", "StoredEvent", "TokenLimitReached", "WorkflowQuery"]
 
 WorkflowSort = Literal["created_at", "updated_at", "name"]
+
+
+class TokenLimitReached(Exception):
+    """``insert_token`` with ``max_live``: the user already holds that many live tokens."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the user already holds {limit} live tokens")
+        self.limit = limit
 
 
 @attrs.frozen(kw_only=True)
@@ -81,12 +89,15 @@ class Store(Protocol):
     def ensure_user(self, user_id: str, created_at: datetime) -> User:
         """Return the user, creating it when missing."""
 
-    def insert_token(self, token: Token, token_hash: str) -> bool:
+    def insert_token(self, token: Token, token_hash: str, *, max_live: int | None = None) -> bool:
         """Store a token by its hash (the token itself is never stored); whether it was stored.
 
         A token with a ``parent_id`` is stored only while that parent is a live
         token of the same user, checked in the same transaction (``False``
         otherwise: a revoked token mints nothing, even one racing its revocation).
+        With ``max_live``, the user's live tokens (all of them, however created)
+        are counted in the same transaction, safe against concurrent inserts:
+        :class:`TokenLimitReached` when there are ``max_live`` or more already.
         """
 
     def get_token(self, token_hash: str) -> Token | None:

@@ -65,7 +65,7 @@ from abi_engine.storage._rows import (
     _token_tree,
 )
 from abi_engine.storage._urls import redact_url
-from abi_engine.storage.base import StoredEvent, WorkflowQuery
+from abi_engine.storage.base import StoredEvent, TokenLimitReached, WorkflowQuery
 from abi_engine.storage.postgres_executions import ExecutionsMixin
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
 from abi_engine.storage.postgres_schedules import SchedulesMixin
@@ -342,7 +342,7 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         row = self.write(run)
         return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
 
-    def insert_token(self, token: Token, token_hash: str) -> bool:
+    def insert_token(self, token: Token, token_hash: str, *, max_live: int | None = None) -> bool:
         values = (
             token.id,
             token_hash,
@@ -355,12 +355,26 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         sql = "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, parent_id)"
 
         def run(conn: Conn) -> bool:
+            if max_live is not None:
+                # Counting: mints of this user wait for each other (and for revocations),
+                # so two cannot both see room for one more.
+                self._lock_user_tokens(conn, token.user_id, "NO KEY UPDATE")
+                row = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM tokens WHERE id = %s AND user_id = %s"
+                    " AND revoked_at IS NULL),"
+                    " (SELECT count(*) FROM tokens WHERE user_id = %s AND revoked_at IS NULL)",
+                    (token.parent_id, token.user_id, token.user_id),
+                ).fetchone()
+                parent_live, live = row if row is not None else (False, 0)
+                if (parent_live or token.parent_id is None) and live >= max_live:
+                    raise TokenLimitReached(max_live)
             if token.parent_id is None:
                 conn.execute(sql + " VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
                 return True
             # Held until commit: a revocation of this user's tokens waits for this insert,
             # then sees the child; one that committed first is seen by the next statement.
-            self._lock_user_tokens(conn, token.user_id, "SHARE")
+            if max_live is None:
+                self._lock_user_tokens(conn, token.user_id, "SHARE")
             cursor = conn.execute(
                 sql + " SELECT %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM tokens"
                 " WHERE id = %s AND user_id = %s AND revoked_at IS NULL)",
@@ -376,10 +390,13 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     ) -> None:
         """Lock the user's row: minting from a token (``SHARE``) against revoking (``NO KEY UPDATE``).
 
-        A token and its descendants belong to one user. Minters do not wait for
-        each other, nor do inserts checking the foreign key (``KEY SHARE``); a
-        revocation waits for the mints under way and holds new ones off until it
-        commits, so its tree walk (a later statement, READ COMMITTED) misses no child.
+        A token and its descendants belong to one user. Uncapped minters do not
+        wait for each other, nor do inserts checking the foreign key (``KEY
+        SHARE``); a revocation waits for the mints under way and holds new ones
+        off until it commits, so its tree walk (a later statement, READ
+        COMMITTED) misses no child. A capped mint (``max_live``) takes
+        ``NO KEY UPDATE`` instead: capped mints of one user run one at a time,
+        each counting the live tokens the previous ones committed.
         """
         conn.execute(f"SELECT 1 FROM users WHERE id = %s FOR {mode}", (user_id,))
 

@@ -41,7 +41,7 @@ from abi_engine.storage._rows import (
     _row_to_workflow,
     _token_tree,
 )
-from abi_engine.storage.base import StoredEvent, WorkflowQuery
+from abi_engine.storage.base import StoredEvent, TokenLimitReached, WorkflowQuery
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
 from abi_engine.storage.sqlite_schedules import SchedulesMixin
@@ -244,7 +244,7 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             row = conn.execute("SELECT created_at FROM users WHERE id = ?", (user_id,)).fetchone()
         return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
 
-    def insert_token(self, token: Token, token_hash: str) -> bool:
+    def insert_token(self, token: Token, token_hash: str, *, max_live: int | None = None) -> bool:
         values = (
             token.id,
             token_hash,
@@ -255,7 +255,9 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             token.parent_id,
         )
         sql = "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, parent_id)"
-        with self.transaction() as conn:
+        with self.transaction() as conn:  # BEGIN IMMEDIATE: no other write between count and insert
+            if max_live is not None:
+                _check_live_tokens(conn, token, max_live)
             if token.parent_id is None:
                 conn.execute(sql + " VALUES (?, ?, ?, ?, ?, ?, ?)", values)
                 return True
@@ -496,3 +498,17 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         with self._read() as conn:
             rows = conn.execute(f"SELECT id FROM integrations WHERE id IN ({marks})", wanted)
             return {row[0] for row in rows}
+
+
+def _check_live_tokens(conn: sqlite3.Connection, token: Token, max_live: int) -> None:
+    """Raise ``TokenLimitReached`` when ``token``'s user holds ``max_live`` live tokens.
+
+    A parent no longer live is left to the insert (refused there), not counted as full.
+    """
+    parent_live, live = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE id = ? AND user_id = ? AND revoked_at IS NULL),"
+        " (SELECT count(*) FROM tokens WHERE user_id = ? AND revoked_at IS NULL)",
+        (token.parent_id, token.user_id, token.user_id),
+    ).fetchone()
+    if (parent_live or token.parent_id is None) and live >= max_live:
+        raise TokenLimitReached(max_live)

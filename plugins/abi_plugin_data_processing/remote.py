@@ -13,6 +13,7 @@ retried or restarted step does not repeat it.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -231,14 +232,26 @@ class Progress:
     is kept with ``ctx.save_progress`` every ``every`` items or
     ``interval_seconds`` (so a crash repeats at most what came after the last
     save, and those requests carry idempotency keys), and in memory between
-    tries. At most ``limit`` steps are remembered in memory (oldest first out).
-    Work item keys are JSON values or tuples of them.
+    tries. Each save writes the whole record, so with ``growth`` above 0 a save
+    also waits for that share of the items done so far (0.1: a tenth): the
+    saves then come further apart as the record grows, the bytes written over a
+    step stay proportional to its items (not their square), and a crash
+    repeats at most that share. At most ``limit`` steps are remembered in
+    memory (oldest first out). Work item keys are JSON values or tuples of them.
     """
 
-    def __init__(self, limit: int = 512, *, every: int = 1, interval_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        limit: int = 512,
+        *,
+        every: int = 1,
+        interval_seconds: float = 1.0,
+        growth: float = 0.0,
+    ) -> None:
         self._limit = limit
         self._every = every
         self._interval = interval_seconds
+        self._growth = growth
         self._memo: OrderedDict[tuple[str, str], dict[Any, Any]] = OrderedDict()
         self._unsaved: dict[tuple[str, str], tuple[int, float]] = {}
 
@@ -262,7 +275,10 @@ class Progress:
         memo[item] = outcome
         count, since = self._unsaved.get(key, (0, anyio.current_time()))
         count += 1
-        if count >= self._every or anyio.current_time() - since >= self._interval:
+        share = max(1, math.ceil(len(memo) * self._growth))
+        if count >= max(self._every, share) or (
+            count >= share and anyio.current_time() - since >= self._interval
+        ):
             await ctx.save_progress(_encode(memo))
             self._unsaved.pop(key, None)
         else:

@@ -104,9 +104,10 @@ class IntegrationSync(WorkflowType):
     Parameters = SyncParams
 
     def __init__(self) -> None:
-        # Kept durably every 50 operations or second: a crash resends at most those
-        # (with their idempotency keys), not the whole step.
-        self.progress = Progress(every=50, interval_seconds=1.0)
+        # Kept durably every 50 operations or second, and at most every tenth of the
+        # operations done so far (each save writes the whole record): a crash resends
+        # at most those (with their idempotency keys), not the whole step.
+        self.progress = Progress(every=50, interval_seconds=1.0, growth=0.1)
 
     def check_configuration(self, config: SyncConfig) -> None:
         check_source(config)

@@ -70,12 +70,13 @@ class GroupCommitter:
         return self._running
 
     def _open_batch(self, adding: int) -> _Batch:
-        """The batch new ops join: the last pending one unless it is full."""
-        if not self._pending or len(self._pending[-1].ops) + adding > self._max_batch:
-            if self._pending and not self._pending[-1].ops:
-                return self._pending[-1]
-            self._pending.append(_Batch())
-        return self._pending[-1]
+        """The batch ``adding`` new ops join: the last pending one, unless that would
+        take it past ``max_batch`` (an empty one takes any number: ``submit_many``)."""
+        last = self._pending[-1] if self._pending else None
+        if last is None or (last.ops and len(last.ops) + adding > self._max_batch):
+            last = _Batch()
+            self._pending.append(last)
+        return last
 
     async def submit(self, op: WriteOp) -> Any:
         """Queue ``op``, wait until its batch is committed, return its result.

@@ -278,15 +278,23 @@ async def _wait_for(check: Any, timeout: float = 10.0) -> None:
             await anyio.sleep(0.02)
 
 
-async def test_restart_resumes_without_resending_finished_batches(tmp_path: Path) -> None:
-    """Stopped while batch 3 of 4 hangs, the next engine resends only that batch."""
+@pytest.mark.parametrize(
+    ("write_steps", "writes"),
+    [(4, ["write_1", "write_2", "write_3", "write_4"]), (1, ["write"])],
+    ids=["a-step-per-batch", "one-write-step"],
+)
+async def test_restart_resends_only_the_batch_in_flight(
+    tmp_path: Path, write_steps: int, writes: list[str]
+) -> None:
+    """Stopped while batch 3 of 4 hangs, the next engine resends only that batch: finished
+    write steps are checkpointed, and a write step keeps its progress per batch."""
     db = str(tmp_path / "abi.db")
     with (
         running_system(customers(8), key="customer_id") as source,
         running_system(key="contact_id") as target,
     ):
         target.plan("POST", "/records", [PASS, PASS, ("sleep", 3.0)])
-        configuration = {**SEED_CONFIGURATION, "batch_size": 2, "write_steps": 4}
+        configuration = {**SEED_CONFIGURATION, "batch_size": 2, "write_steps": write_steps}
         async with engine_for(db=db, allow_private_urls=True) as first:
             await connect_systems(first, int_salesforce=source, int_zendesk=target)
             workflow_id = await create_workflow(first, configuration, SEED_INTEGRATIONS)
@@ -297,39 +305,7 @@ async def test_restart_resumes_without_resending_finished_batches(tmp_path: Path
         assert done.status is ExecutionStatus.COMPLETED
         batches = [key.rsplit(":", 1)[1] for key in target.keys_sent()]
         assert sorted(batches) == ["0", "1", "2", "2", "3"]
-        assert [s.name for s in done.steps or []] == [
-            "read",
-            "transform",
-            "write_1",
-            "write_2",
-            "write_3",
-            "write_4",
-            "summarize",
-        ]
+        steps = [s.name for s in done.steps or []]
+        assert steps == ["read", "transform", *writes, "summarize"]
         assert done.result["written"] == 8
         assert len(source.received("GET")) == 1
-
-
-async def test_restart_inside_one_write_step_resends_only_the_batch_in_flight(
-    tmp_path: Path,
-) -> None:
-    """One write step, stopped while batch 3 of 4 hangs: the next engine skips the two kept batches."""
-    db = str(tmp_path / "abi.db")
-    with (
-        running_system(customers(8), key="customer_id") as source,
-        running_system(key="contact_id") as target,
-    ):
-        target.plan("POST", "/records", [PASS, PASS, ("sleep", 3.0)])
-        configuration = {**SEED_CONFIGURATION, "batch_size": 2}
-        async with engine_for(db=db, allow_private_urls=True) as first:
-            await connect_systems(first, int_salesforce=source, int_zendesk=target)
-            workflow_id = await create_workflow(first, configuration, SEED_INTEGRATIONS)
-            started = await first.executions.execute(workflow_id, {}, wait=False)
-            await _wait_for(lambda: len(target.received("POST")) == 3)
-        async with engine_for(db=db, allow_private_urls=True) as second:
-            done = await second.executions.wait(started.execution_id, timeout=20)
-        assert done.status is ExecutionStatus.COMPLETED
-        batches = [key.rsplit(":", 1)[1] for key in target.keys_sent()]
-        assert sorted(batches) == ["0", "1", "2", "2", "3"]
-        assert [s.name for s in done.steps or []] == ["read", "transform", "write", "summarize"]
-        assert done.result["written"] == 8

@@ -339,6 +339,21 @@ def m007_token_lineage(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL")
 
 
+def m008_fencing(db: sqlite_utils.Database) -> None:
+    """Claim tokens and schedule versions: every ownership change is a compare-and-set.
+
+    ``executions.claim`` is the fencing token of the claim that holds the
+    execution (``NULL`` until one does; kept after it waits or ends, so a
+    retried write recognises its own effect). ``schedules.version`` counts
+    writes of a schedule's definition and due time; a write that read an
+    older version loses and re-reads. The owner index goes: liveness is
+    decided by the lease alone.
+    """
+    db.execute("ALTER TABLE executions ADD COLUMN claim INTEGER")
+    db.execute("ALTER TABLE schedules ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    db.execute("DROP INDEX idx_executions_owner")
+
+
 MIGRATIONS: list[Migration] = [
     m001_core,
     m002_executions,
@@ -347,4 +362,5 @@ MIGRATIONS: list[Migration] = [
     m005_events_by_reference,
     m006_tokens_by_user,
     m007_token_lineage,
+    m008_fencing,
 ]

@@ -274,6 +274,15 @@ M007_TOKEN_LINEAGE = [
     "CREATE INDEX idx_tokens_parent ON tokens (parent_id) WHERE parent_id IS NOT NULL",
 ]
 
+# Claim tokens and schedule versions (as SQLite's m008_fencing): every ownership change
+# of an execution is a compare-and-set on its claim token; a schedule write that read an
+# older version loses and re-reads. Liveness is the lease alone: the owner index goes.
+M008_FENCING = [
+    "ALTER TABLE executions ADD COLUMN claim BIGINT",
+    "ALTER TABLE schedules ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+    "DROP INDEX idx_executions_owner",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
@@ -283,6 +292,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m005_events_by_reference", M005_EVENTS_BY_REFERENCE),
     ("m006_tokens_by_user", M006_TOKENS_BY_USER),
     ("m007_token_lineage", M007_TOKEN_LINEAGE),
+    ("m008_fencing", M008_FENCING),
 ]
 
 

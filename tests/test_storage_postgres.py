@@ -465,11 +465,11 @@ def test_threads_claim_each_recoverable_execution_once(
         while True:
             now = utcnow()
             got = claimers[index].claim_recoverable(
-                f"node-{index}", now, now + timedelta(minutes=5), 9, lambda _owner: False
+                f"node-{index}", now, now + timedelta(minutes=5), 9
             )
             if not got:
                 return
-            taken[index].extend(execution_id for execution_id, _ in got)
+            taken[index].extend(execution_id for execution_id, _, _ in got)
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(claimers))]
     for thread in threads:
@@ -498,10 +498,10 @@ CLAIMER = textwrap.dedent(
     taken = []
     while True:
         now = utcnow()
-        got = store.claim_recoverable(name, now, now + timedelta(minutes=5), 5, lambda o: False)
+        got = store.claim_recoverable(name, now, now + timedelta(minutes=5), 5)
         if not got:
             break
-        taken.extend(execution_id for execution_id, _ in got)
+        taken.extend(execution_id for execution_id, _, _ in got)
     store.close()
     print(json.dumps(taken))
     """

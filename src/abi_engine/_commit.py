@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 
 from abi_engine.events import OutboxEvent
 from abi_engine.storage.base import Store
-from abi_engine.storage.records import WriteOp
+from abi_engine.storage.records import WriteOp, applied
 
 __all__ = ["GroupCommitter"]
 
@@ -64,6 +64,7 @@ class GroupCommitter:
         self._running = False
         self.batches = 0
         self.ops = 0
+        self._failures = 0
 
     @property
     def running(self) -> bool:
@@ -122,8 +123,7 @@ class GroupCommitter:
         self.ops += len(ops)
         events: list[OutboxEvent] = []
         for op, result in zip(ops, results, strict=True):
-            applied = result is not False and result is not None
-            if op.events and applied and not isinstance(result, Exception):
+            if op.events and applied(result) and not isinstance(result, Exception):
                 events.extend(op.events)
         if events:
             self._emit(events)
@@ -147,10 +147,18 @@ class GroupCommitter:
 
     async def _safe_apply(self, ops: list[WriteOp]) -> list[Any]:
         try:
-            return await self._apply(ops)
-        except Exception as exc:  # the store itself failed (disk full, closed...)
-            log.exception("group commit failed")
+            results = await self._apply(ops)
+        except Exception as exc:  # the store itself failed (disk full, closed, unreachable)
+            # Each op's caller gets the exception and decides (the runtime retries);
+            # a streak of failures is logged once, with the first one's traceback.
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("group commit failed; the writers retry", exc_info=True)
             return [exc for _ in ops]
+        if self._failures:
+            log.warning("group commit works again after %d failed batches", self._failures)
+            self._failures = 0
+        return results
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; runs until cancelled, then flushes what is pending."""

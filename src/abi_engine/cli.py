@@ -96,6 +96,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _lease(text: str) -> float:
+    value = _non_negative(text)
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 3600 seconds, not {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -145,6 +152,23 @@ def _server_parent() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="workers running asynchronous executions (default: the engine's, 128)",
+    )
+    add(
+        "--durability",
+        choices=("normal", "full"),
+        default="normal",
+        help="normal: a committed change survives a killed process; full: it survives"
+        " power loss too (SQLite synchronous=FULL, PostgreSQL synchronous_commit=on);"
+        " slower (default: normal)",
+    )
+    add(
+        "--lease-seconds",
+        type=_lease,
+        default=None,
+        metavar="S",
+        help="how long this process holds an execution without renewing: after a crash,"
+        " other processes take its work over once it expires (default: the engine's, 30;"
+        " on SQLite a killed process's work is taken over at once)",
     )
     add("--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)")
     return parent
@@ -218,13 +242,24 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _open_engine(db: str, *, workers: int | None = None, **options: Any) -> Engine:
+def _open_engine(
+    db: str,
+    *,
+    workers: int | None = None,
+    lease_seconds: float | None = None,
+    **options: Any,
+) -> Engine:
     """Build the engine on ``db``; a database that cannot be used is a :class:`CliError`."""
     from abi_engine.engine import Engine
     from abi_engine.executor import RuntimeSettings
 
+    tuning: dict[str, Any] = {}
     if workers is not None:
-        options["runtime"] = RuntimeSettings(workers=workers)
+        tuning["workers"] = workers
+    if lease_seconds is not None:
+        tuning["lease_seconds"] = lease_seconds
+    if tuning:
+        options["runtime"] = RuntimeSettings(**tuning)
     shown = _redact(db)
     try:
         return Engine(db, **options)
@@ -440,7 +475,11 @@ def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     sock = _bind(args.host, args.port)
     try:
         engine = _open_engine(
-            args.db, allow_private_urls=args.allow_private_urls, workers=args.workers
+            args.db,
+            allow_private_urls=args.allow_private_urls,
+            workers=args.workers,
+            lease_seconds=args.lease_seconds,
+            durability=args.durability,
         )
     except BaseException:
         sock.close()

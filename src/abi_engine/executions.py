@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import attrs
 
 from abi_engine.auth import Principal
@@ -34,6 +35,7 @@ from abi_engine.models import (
 )
 from abi_engine.netguard import check_url
 from abi_engine.services import Service, check_page
+from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.records import (
     CancelExecution,
     DeliverSignal,
@@ -154,7 +156,7 @@ class ExecutionService(Service):
                 self._store.find_execution_by_key, workflow.id, idempotency_key
             )
             if existing is not None:
-                return await self._settle(existing, wait=wait, timeout=timeout)
+                return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
         if workflow.status is not WorkflowStatus.ACTIVE:
             raise InvalidState(
                 f"Workflow {workflow.id!r} is inactive; activate it before executing",
@@ -229,9 +231,8 @@ class ExecutionService(Service):
             idempotency_key=idempotency_key,
             priority=0 if wait else 1,
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
-            owner=self._runtime.node_id,
-            lease_until=now + timedelta(seconds=self._runtime.settings.lease_seconds),
         )
+        self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
         # one commit fewer on the latency path.
         claimed = wait and self._runtime.sync_slot_free()
@@ -240,38 +241,39 @@ class ExecutionService(Service):
             record.status = ExecutionStatus.RUNNING
             record.started_at = now
             events = self._runtime.started_events(record)
-        try:
-            inserted = await self._runtime.committer.submit(
-                InsertExecution(record=record, events=events)
-            )
-        except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
-            from abi_engine.errors import InvalidParameters
+        prepared = Prepared(
+            record=record,
+            workflow_type=wtype,
+            config=config,
+            params=parsed,
+            specs=specs,
+            integration_ids=tuple(i.id for i in workflow.integrations),
+            claimed=claimed,
+        )
+        # Stored and handed to the runtime as one step: a caller cancelled meanwhile
+        # (a client gone, a task group closing) cannot leave it stored but not running.
+        with anyio.CancelScope(shield=True):
+            try:
+                inserted = await self._runtime.commit(
+                    InsertExecution(record=record, events=events), execution_id=record.id
+                )
+            except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
+                from abi_engine.errors import InvalidParameters
 
-            raise InvalidParameters(
-                "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
-                " booleans and null",
-                {"field": "parameters"},
-            ) from None
+                raise InvalidParameters(
+                    "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
+                    " booleans and null",
+                    {"field": "parameters"},
+                ) from None
+            if inserted:
+                self._runtime.submit(prepared, sync=wait, reservation=reservation)
         if not inserted:  # the same idempotency key won a race
             existing = await self._call(
                 self._store.find_execution_by_key, workflow.id, idempotency_key or ""
             )
             if existing is None:
                 raise InvalidState("The execution could not be created; retry")
-            return await self._settle(existing, wait=wait, timeout=timeout)
-        self._runtime.submit(
-            Prepared(
-                record=record,
-                workflow_type=wtype,
-                config=config,
-                params=parsed,
-                specs=specs,
-                integration_ids=tuple(i.id for i in workflow.integrations),
-                claimed=claimed,
-            ),
-            sync=wait,
-            reservation=reservation,
-        )
+            return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
         if not wait:
             return build_execution(record, [])
         return await self._settle(record.id, wait=True, timeout=timeout)
@@ -300,13 +302,31 @@ class ExecutionService(Service):
         self._cache[workflow_id] = compiled
         return compiled
 
-    async def _settle(self, execution_id: str, *, wait: bool, timeout: float | None) -> Execution:
+    async def _settle(
+        self, execution_id: str, *, wait: bool, timeout: float | None, replay: bool = False
+    ) -> Execution:
+        """The answer of ``execute``: the execution once it ended (``wait``) or as it stands.
+
+        ``replay``: the execution was started by an earlier call with the same
+        idempotency key; this call's timeout only ends its own wait (504), never
+        the execution.
+        """
         if wait:
             grace = None if timeout is None else timeout + 0.25
             view = await self._runtime.wait(execution_id, grace)
             if view is None:
                 view = await self.get(execution_id)
                 if not view.status.finished and view.status is not ExecutionStatus.WAITING:
+                    if replay:
+                        raise ExecutionTimeout(
+                            f"Execution {execution_id} did not finish within {timeout:g} s;"
+                            " it goes on",
+                            {
+                                "execution_id": execution_id,
+                                "timeout_seconds": timeout,
+                                "status": view.status.value,
+                            },
+                        )
                     view = await self._time_out(execution_id)
             if view.status is ExecutionStatus.TIMED_OUT:
                 raise ExecutionTimeout(
@@ -331,14 +351,20 @@ class ExecutionService(Service):
         return await self.get(execution_id)
 
     async def _time_out(self, execution_id: str) -> Execution:
-        """End an execution that overran its caller's timeout without ever being run."""
+        """End an execution whose deadline (``timeout_at``) passed while its caller waited
+        but no run ended it (it never started, or its node is gone)."""
         record = await self._call(self._store.get_execution, execution_id)
-        if record is not None and not record.status.finished:
+        if (
+            record is not None
+            and not record.status.finished
+            and record.timeout_at is not None
+            and record.timeout_at <= utcnow()
+        ):
             now = utcnow()
             view = build_execution(record, [])
             view.status = ExecutionStatus.TIMED_OUT
             view.completed_at = now
-            await self._runtime.committer.submit(
+            await self._runtime.commit(
                 CancelExecution(
                     execution_id=execution_id,
                     workflow_id=record.workflow_id,
@@ -346,7 +372,8 @@ class ExecutionService(Service):
                     completed_at=now,
                     error={"code": "EXECUTION_TIMEOUT", "message": "The execution timed out"},
                     events=(Event(type="execution.failed", data=_unstructured(view)),),
-                )
+                ),
+                execution_id=execution_id,
             )
             self._runtime.cancel_local(execution_id)
         return await self.get(execution_id)
@@ -437,7 +464,7 @@ class ExecutionService(Service):
         now = utcnow()
         current.status = ExecutionStatus.CANCELLED
         current.completed_at = now
-        applied = await self._runtime.committer.submit(
+        applied = await self._runtime.commit(
             CancelExecution(
                 execution_id=execution_id,
                 workflow_id=current.workflow_id,
@@ -445,7 +472,8 @@ class ExecutionService(Service):
                 completed_at=now,
                 error={"code": "CANCELLED", "message": "The execution was cancelled"},
                 events=(Event(type="execution.failed", data=_unstructured(current)),),
-            )
+            ),
+            execution_id=execution_id,
         )
         if not applied:
             latest = await self.get(execution_id)
@@ -480,26 +508,38 @@ class ExecutionService(Service):
             )
         if not current.status.finished:
             await self._check_signal(execution_id, name, payload, sender)
-        try:
-            state = await self._runtime.committer.submit(
-                DeliverSignal(
+        # The execution it resumes is granted to this node in the same transaction (when
+        # it runs here and can run the type), so no other run can start it meanwhile.
+        runtime = self._runtime
+        here = runtime.running  # (a node without the type hands it back to the store)
+        token = new_claim() if here else None
+        with anyio.CancelScope(shield=True):  # stored and handed to the runtime together
+            try:
+                state = await runtime.commit(
+                    DeliverSignal(
+                        execution_id=execution_id,
+                        name=name,
+                        payload=payload,
+                        created_at=utcnow(),
+                        require_waiting=require_waiting,
+                        grant_owner=runtime.node_id if here else None,
+                        grant_token=token,
+                        lease_until=runtime.lease() if here else None,
+                    ),
                     execution_id=execution_id,
-                    name=name,
-                    payload=payload,
-                    created_at=utcnow(),
-                    require_waiting=require_waiting,
                 )
-            )
-        except (TypeError, ValueError):  # a payload JSON cannot hold
-            raise InvalidRequest("A signal's payload must be JSON", {"field": "payload"}) from None
+            except (TypeError, ValueError):  # a payload JSON cannot hold
+                raise InvalidRequest(
+                    "A signal's payload must be JSON", {"field": "payload"}
+                ) from None
+            if state == "queued" and token is not None:
+                runtime.resume(execution_id, token)
         if state is None:
             raise InvalidState(
                 f"Execution {execution_id} is not waiting for {name!r}"
                 f" (status {current.status.value})",
                 {"execution_id": execution_id, "status": current.status.value, "signal": name},
             )
-        if state == "queued" and self._runtime.running:
-            self._runtime.enqueue(execution_id)
         return await self.get(execution_id)
 
     async def _check_signal(

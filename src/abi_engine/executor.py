@@ -10,9 +10,13 @@ under their own capacity limit; asynchronous executions go through a bounded
 queue served by a fixed pool of workers. A flood of asynchronous work can
 therefore never starve a synchronous caller.
 
-Each runtime is a *node* (``host:pid:nonce``). It holds the executions it runs
-under a lease it renews; a poller takes over executions whose node died or
-whose lease expired, and wakes waiting executions whose timer is due.
+Each runtime is a *node* (``host:pid:nonce``, a name for people: nothing is
+decided from it). It holds the executions it runs under claim tokens and
+leases (:mod:`abi_engine._leases`); every write of a run is a compare-and-set
+on its token (:mod:`abi_engine.storage._fencing`), so a run that lost its
+claim can change nothing. A poller grants this node executions nobody holds
+(no owner, or a lease expired in the database's clock) and wakes waiting
+executions whose timer is due.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import os
 import re
 import secrets
 import socket
+import time
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,7 +37,8 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine._commit import GroupCommitter
-from abi_engine.errors import QueueFull
+from abi_engine._leases import Claims
+from abi_engine.errors import AbiError, InternalError, QueueFull
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import (
     build_execution,
@@ -49,15 +55,19 @@ from abi_engine.models import (
 from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage._codec import loads as _loads
+from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.records import (
+    AGAIN,
     CancelExecution,
     CheckpointStep,
     ClaimExecution,
     ExecutionRecord,
     FinishExecution,
+    ReleaseExecutions,
     SaveProgress,
     StepRecord,
     SuspendExecution,
+    WriteOp,
 )
 from abi_engine.types import (
     PROGRESS_PREFIX,
@@ -89,17 +99,18 @@ class RuntimeSettings:
     ``workers``: the asynchronous pool; ``sync_workers``: how many synchronous
     executions run at once; ``queue_size``: the bound of the asynchronous
     queue (``QueueFull`` beyond); ``lease_seconds``: how long a node holds an
-    execution without renewing; ``poll_interval``: how often the node looks
-    for work to recover and timers that are due; ``shutdown_grace``: how long
-    stopping waits for running steps before interrupting them;
-    ``default_sync_timeout``: the timeout of a synchronous execution that
-    gives none.
+    execution without renewing (a heartbeat thread renews every third of it;
+    after a crash, the node's work is taken over once it expires);
+    ``poll_interval``: how often the node looks for work to recover and
+    timers that are due; ``shutdown_grace``: how long stopping waits for
+    running steps before interrupting them; ``default_sync_timeout``: the
+    timeout of a synchronous execution that gives none.
     """
 
     workers: int = attrs.field(default=128, validator=attrs.validators.ge(1))
     sync_workers: int = attrs.field(default=64, validator=attrs.validators.ge(1))
     queue_size: int = attrs.field(default=100_000, validator=attrs.validators.ge(1))
-    lease_seconds: float = 30.0
+    lease_seconds: float = attrs.field(default=30.0, validator=attrs.validators.gt(0))
     poll_interval: float = 0.5
     shutdown_grace: float = 5.0
     default_sync_timeout: float = 30.0
@@ -119,6 +130,10 @@ class Prepared:
     #: Inserted already ``running`` and held by this node (no claim needed).
     claimed: bool = False
     integrations: dict[str, Any] = attrs.Factory(dict)
+    #: The claim token of the run (set when it starts).
+    token: int = 0
+    #: Nothing of it is stored yet but the execution (no steps, signals, progress to read).
+    fresh: bool = True
 
 
 class _Reservation:
@@ -152,18 +167,15 @@ def redact(message: str, secrets_: tuple[str, ...] = ()) -> str:
     return message[:MAX_ERROR_MESSAGE]
 
 
-#: Node ids of the runtimes running in this process (several engines may share a database).
-_LIVE_NODES: set[str] = set()
+class _Lost(Exception):
+    """This node no longer holds the execution it was writing (or cannot reach the
+    store for long enough that it must assume so); the run stops without writing."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+#: How long a run keeps retrying a write the store refuses before letting the execution go.
+WRITE_RETRY_SHARE = 0.5
+#: How long an API call's write is retried while the store fails.
+COMMIT_RETRY_SECONDS = 5.0
 
 
 class Runtime:
@@ -175,7 +187,11 @@ class Runtime:
         self.store = engine.store
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.committer = GroupCommitter(engine.store, engine.emit)
-        self._send, self._receive = anyio.create_memory_object_stream[str](self.settings.queue_size)
+        self.claims = Claims(engine.store.renew_leases, self.settings.lease_seconds)
+        # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
+        # place reserved by a caller is never taken by anyone else.
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
+        self._queued = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
         self._reserved = 0
@@ -183,9 +199,12 @@ class Runtime:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._cancelled: set[str] = set()
         self._inflight: set[str] = set()
+        #: Grants that arrived while an earlier run of the same execution was still here.
+        self._deferred: dict[str, int] = {}
         self._tg: TaskGroup | None = None
         self._stopping = False
         self._idle = anyio.Event()
+        self._store_failures = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -198,12 +217,16 @@ class Runtime:
         """How many executions run in this process now (its load; webhooks yield to it)."""
         return len(self._inflight)
 
-    def _lease(self) -> datetime:
+    def lease(self) -> datetime:
+        """When a lease taken now ends."""
         return utcnow() + timedelta(seconds=self.settings.lease_seconds)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start the committer, workers, poller and heartbeat; run until cancelled."""
-        _LIVE_NODES.add(self.node_id)
+        register = getattr(self.store, "register_node", None)
+        if register is not None:
+            await call_store(self.store, register, self.node_id)
+        self.claims.start(f"abi-engine-heartbeat-{self.node_id}")
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.committer.run)
@@ -211,10 +234,9 @@ class Runtime:
                 for _ in range(self.settings.workers):
                     tg.start_soon(self._worker, self._receive.clone())
                 tg.start_soon(self._poller)
-                tg.start_soon(self._heartbeat)
                 task_status.started()
         finally:
-            _LIVE_NODES.discard(self.node_id)
+            self.claims.stop()
 
     async def stop(self) -> None:
         """Stop taking work; let running steps finish (up to ``shutdown_grace``)."""
@@ -230,41 +252,61 @@ class Runtime:
         self._receive.close()
 
     async def release(self) -> None:
-        """Hand back what this node still holds, so a restart resumes it at once."""
-        from abi_engine.storage.records import ReleaseExecutions
+        """Hand back what this node still holds, so a restart (or another node) resumes
+        it at once; then the node is gone."""
+        try:
+            await self._hand_back_all()
+        finally:
+            unregister = getattr(self.store, "unregister_node", None)
+            if unregister is not None:
+                with anyio.CancelScope(shield=True):
+                    await call_store(self.store, unregister, self.node_id)
 
+    async def _hand_back_all(self) -> None:
+        held = self.claims.snapshot()
+        if not held:
+            return
         try:
             with anyio.CancelScope(shield=True):  # runs while the engine is being cancelled
                 await call_store(
-                    self.store, self.store.apply, [ReleaseExecutions(owner=self.node_id)]
+                    self.store,
+                    self.store.apply,
+                    [ReleaseExecutions(claims=tuple(held.items()))],
                 )
-        except Exception:
-            log.exception("could not release executions of %s", self.node_id)
-
-    def is_dead(self, owner: str) -> bool:
-        """Whether the node ``owner`` is known to be gone (same host, process ended)."""
-        try:
-            host, pid_text, _nonce = owner.rsplit(":", 2)
-            pid = int(pid_text)
-        except ValueError:
-            return False
-        if host != socket.gethostname():
-            return False
-        if pid == os.getpid():  # another engine of this process: dead once it stopped
-            return owner not in _LIVE_NODES
-        return not _pid_alive(pid)
+        except Exception as exc:
+            log.warning(
+                "could not hand back %d executions of %s (%s); their leases expire in %g s",
+                len(held),
+                self.node_id,
+                _one_line(exc),
+                self.settings.lease_seconds,
+            )
+            return
+        for execution_id, token in held.items():
+            self.claims.let_go(execution_id, token)
 
     # -- submitting -------------------------------------------------------------------------
+
+    def grant(self, record: ExecutionRecord) -> None:
+        """Make ``record``, about to be inserted, held by this node: owner, a fresh claim
+        token, a lease. :meth:`submit` then holds and runs it."""
+        record.owner = self.node_id
+        record.claim = new_claim()
+        record.lease_until = self.lease()
+
+    def room(self) -> int:
+        """Free places in the asynchronous queue (reserved ones are not free)."""
+        return self.settings.queue_size - self._queued - self._reserved
 
     def reserve(self) -> _Reservation:
         """Reserve a place in the asynchronous queue, or raise ``QueueFull``.
 
         Reserving before the execution is stored means a refused caller leaves
-        nothing behind. :meth:`submit` uses the reservation; release it
-        (``reservation.release()``, idempotent) when it was not used.
+        nothing behind, and a reserved place is never taken by other work
+        (the scheduler, recovery). :meth:`submit` uses the reservation;
+        release it (``reservation.release()``, idempotent) when it was not used.
         """
-        stats = self._send.statistics()
-        if stats.current_buffer_used + self._reserved >= stats.max_buffer_size:
+        if self.room() <= 0:
             raise QueueFull(
                 f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
                 {"queue_size": self.settings.queue_size},
@@ -274,32 +316,78 @@ class Runtime:
 
     def submit(
         self, prepared: Prepared, *, sync: bool, reservation: _Reservation | None = None
-    ) -> None:
-        """Run a just-inserted execution: at once when ``sync``, else through the queue.
-
-        ``reservation``: the place taken with :meth:`reserve` for it.
+    ) -> bool:
+        """Run a just-inserted execution (granted with :meth:`grant`): at once when
+        ``sync``, else through the queue. Returns ``False`` when the queue had no room
+        (and no ``reservation`` was given): the execution is then handed back to the
+        store for any node's recovery.
         """
-        execution_id = prepared.record.id
-        self._prepared[execution_id] = prepared
+        record = prepared.record
+        assert record.claim is not None, "submit() needs a record granted with grant()"
+        self.claims.hold(record.id, record.claim)
+        self._prepared[record.id] = prepared
         if reservation is not None:
             reservation.release()
-        self.enqueue(execution_id, sync=sync)
+        elif not sync and self.room() <= 0:
+            self._prepared.pop(record.id, None)
+            self._hand_back(record.id, record.claim)
+            return False
+        self._push(record.id, record.claim, sync=sync)
+        return True
 
-    def enqueue(self, execution_id: str, *, sync: bool = False) -> None:
-        """Schedule a stored execution to run here."""
+    def resume(self, execution_id: str, token: int) -> None:
+        """Run an execution granted to this node by a signal (it was waiting)."""
+        self.claims.hold(execution_id, token)
+        self._push(execution_id, token)
+
+    def _push(self, execution_id: str, token: int, *, sync: bool = False) -> None:
         if self._tg is None:
             raise RuntimeError("The engine is not running: use `async with engine:`")
         if sync:
-            self._tg.start_soon(self._run_sync, execution_id)
+            self._tg.start_soon(self._run_sync, execution_id, token)
             return
+        self._queued += 1
+        self._send.send_nowait((execution_id, token))
+
+    def _hand_back(self, execution_id: str, token: int) -> None:
+        """Let go of a claim and hand the execution back to the store (in the background;
+        if that write fails, the lease expiry does the same)."""
+        self.claims.let_go(execution_id, token)
+        if self._tg is not None and not self._stopping:
+            self._tg.start_soon(self._release_claims, ((execution_id, token),))
+
+    async def _release_claims(self, claims: tuple[tuple[str, int], ...]) -> None:
         try:
-            self._send.send_nowait(execution_id)
-        except anyio.WouldBlock:
-            self._prepared.pop(execution_id, None)
-            raise QueueFull(
-                f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
-                {"queue_size": self.settings.queue_size},
-            ) from None
+            await self.committer.submit(ReleaseExecutions(claims=claims))
+        except Exception as exc:
+            log.warning("could not hand back %d executions (%s)", len(claims), _one_line(exc))
+
+    async def commit(self, op: WriteOp, *, execution_id: str | None = None) -> Any:
+        """Commit ``op`` for a caller (an API call), retrying a store that fails for a
+        few seconds (every op is idempotent: a retry after a lost answer finds its
+        own effect). Raises :class:`~abi_engine.errors.InternalError` naming
+        ``execution_id`` when the store keeps failing: the op may or may not have
+        applied. A value the store cannot encode (``TypeError``/``ValueError``) is
+        raised at once.
+        """
+        delay = 0.05
+        give_up = time.monotonic() + COMMIT_RETRY_SECONDS
+        while True:
+            try:
+                return await self.committer.submit(op)
+            except (TypeError, ValueError, AbiError):
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > give_up:
+                    log.warning("%s failed for good (%s)", type(op).__name__, _one_line(exc))
+                    details = {} if execution_id is None else {"execution_id": execution_id}
+                    raise InternalError(
+                        "The database did not answer; the change may or may not have been"
+                        " made" + (f" (look up execution {execution_id})" if execution_id else ""),
+                        details,
+                    ) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
         """Wait until the execution ends or waits (or ``timeout``); its view or ``None``.
@@ -322,8 +410,10 @@ class Runtime:
                         min(remaining, max(self.settings.poll_interval, 0.05))
                     ):
                         await waiter.done.wait()
-                    if waiter.done.is_set():
+                    if waiter.execution is not None:
                         return waiter.execution
+                    if waiter.done.is_set():  # without a view: look at the store
+                        waiter.done = anyio.Event()
                 look_first = False
                 record = await call_store(self.store, self.store.get_execution, execution_id)
                 if record is not None and (
@@ -347,101 +437,209 @@ class Runtime:
             waiter.done.set()
 
     def cancel_local(self, execution_id: str) -> None:
-        """Interrupt the execution if it runs in this node (its record is already ended)."""
-        scope = self._scopes.get(execution_id)
-        if scope is not None:
+        """Stop the execution's run in this node, if any (its record is already ended, or
+        this node lost it): at once when a step runs, before the first step otherwise."""
+        if execution_id in self._inflight:
             self._cancelled.add(execution_id)
-            scope.cancel()
+            scope = self._scopes.get(execution_id)
+            if scope is not None:
+                scope.cancel()
 
     # -- loops ----------------------------------------------------------------------------
 
     async def _worker(self, receive: Any) -> None:
         async with receive:
-            async for execution_id in receive:
-                await self._guarded(execution_id)
+            async for execution_id, token in receive:
+                self._queued -= 1
+                await self._guarded(execution_id, token)
 
-    async def _run_sync(self, execution_id: str) -> None:
+    async def _run_sync(self, execution_id: str, token: int) -> None:
         async with self._sync_limiter:
-            await self._guarded(execution_id)
+            await self._guarded(execution_id, token)
 
-    async def _guarded(self, execution_id: str) -> None:
-        if self._stopping:
+    async def _guarded(self, execution_id: str, token: int) -> None:
+        if self._stopping or not self.claims.holds(execution_id, token):
             self._prepared.pop(execution_id, None)
+            return  # handed back on stop, or lost meanwhile
+        if execution_id in self._inflight:
+            # An earlier run of it is still here (it lost its claim and has not noticed
+            # yet): this grant runs once that one has stopped.
+            self._deferred[execution_id] = token
             return
         self._inflight.add(execution_id)
         try:
-            await self._execute(execution_id)
+            await self._execute(execution_id, token)
+        except _Lost:
+            pass  # logged where it was noticed
         except Exception:
             log.exception("execution %s crashed the runtime; it will be recovered", execution_id)
         finally:
             self._inflight.discard(execution_id)
             self._scopes.pop(execution_id, None)
             self._cancelled.discard(execution_id)
+            deferred = self._deferred.pop(execution_id, None)
+            held = self.claims.token(execution_id)
+            if held is not None and held != deferred and not self._stopping:
+                # The run stopped without ending the execution (the runtime failed):
+                # its lease expires and recovery takes it over. (While stopping, what
+                # is still held is handed back by ``release``.)
+                self.claims.let_go(execution_id, held)
+            if deferred is not None and self.claims.holds(execution_id, deferred):
+                self._push(execution_id, deferred)
             if self._stopping and not self._inflight:
                 self._idle.set()
 
     async def _poller(self) -> None:
         while True:
             if not self._stopping:
+                for execution_id in self.claims.take_lost():
+                    log.warning(
+                        "execution %s: this node lost its claim; its run stops", execution_id
+                    )
+                    self.cancel_local(execution_id)
                 try:
                     await self._recover_once()
-                except Exception:
-                    log.exception("recovery poll failed")
+                except Exception as exc:
+                    self._store_failed("recovery poll", exc)
+                else:
+                    self._store_works()
             await anyio.sleep(self.settings.poll_interval)
 
+    def _store_failed(self, what: str, exc: BaseException) -> None:
+        self._store_failures += 1
+        if self._store_failures == 1:
+            log.warning("%s failed (%s); retrying", what, _one_line(exc))
+
+    def _store_works(self) -> None:
+        if self._store_failures:
+            log.warning("the store works again after %d failed polls", self._store_failures)
+            self._store_failures = 0
+
     async def _recover_once(self) -> int:
-        stats = self._send.statistics()
-        room = stats.max_buffer_size - stats.current_buffer_used
+        room = min(self.room(), 500)
         if room <= 0:
             return 0
-        claimed = await call_store(
+        dead_nodes = getattr(self.store, "dead_nodes", None)
+        dead = await call_store(self.store, dead_nodes) if dead_nodes is not None else []
+        granted = await call_store(
             self.store,
             self.store.claim_recoverable,
             self.node_id,
             utcnow(),
-            self._lease(),
-            int(min(room, 500)),
-            self.is_dead,
+            self.lease(),
+            room,
+            set(self.engine.workflow_types),
+            dead,
         )
-        for execution_id, _priority in claimed:
-            if execution_id in self._inflight:
-                continue
-            try:
-                self._send.send_nowait(execution_id)
-            except anyio.WouldBlock:
-                break
-        return len(claimed)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await anyio.sleep(max(self.settings.lease_seconds / 3, 0.05))
-            try:
-                await call_store(self.store, self.store.renew_leases, self.node_id, self._lease())
-            except Exception:
-                log.exception("lease renewal failed")
+        for execution_id, _priority, token in granted:
+            self.claims.hold(execution_id, token)
+            self._push(execution_id, token)
+        return len(granted)
 
     # -- running one execution ---------------------------------------------------------------
 
-    async def _load(self, execution_id: str) -> Prepared | None:
+    async def _write(self, op: WriteOp, execution_id: str, token: int) -> Any:
+        """Commit ``op`` of the run holding ``token`` and return its result.
+
+        A store that fails is retried with backoff (every op is idempotent: a
+        retry after a commit whose answer was lost finds its own effect) while
+        this node holds the claim, for at most ``WRITE_RETRY_SHARE`` of the
+        lease. Then the claim is let go (its lease expires, recovery takes the
+        execution over) and :class:`_Lost` is raised.
+        """
+        delay = 0.05
+        give_up = time.monotonic() + self.settings.lease_seconds * WRITE_RETRY_SHARE
+        failures = 0
+        while True:
+            try:
+                result = await self.committer.submit(op)
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "execution %s: %s failed (%s); retrying",
+                        execution_id,
+                        type(op).__name__,
+                        _one_line(exc),
+                    )
+                if not self.claims.holds(execution_id, token) or (
+                    time.monotonic() + delay > give_up
+                ):
+                    log.warning(
+                        "execution %s: the store kept failing; left to recovery (lease %g s)",
+                        execution_id,
+                        self.settings.lease_seconds,
+                    )
+                    self.claims.let_go(execution_id, token)
+                    self._notify(execution_id, None)
+                    raise _Lost(execution_id) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if failures:
+                log.warning("execution %s: %s done after a retry", execution_id, type(op).__name__)
+            return result
+
+    async def _load(self, execution_id: str, grant: int) -> Prepared | None:
+        """The execution to run, claimed by this node under a fresh run token (``None``
+        when there is nothing to run here)."""
         prepared = self._prepared.pop(execution_id, None)
-        if prepared is not None:
+        if prepared is not None and prepared.claimed:
+            prepared.token = grant  # inserted running under its run token
+            prepared.fresh = True
             return prepared
-        record = await call_store(self.store, self.store.get_execution, execution_id)
-        if record is None or record.status.finished:
-            return None
-        wtype = self.engine.workflow_types.get(record.workflow_type)
-        try:
-            if wtype is None:
-                raise LookupError(f"workflow type {record.workflow_type!r} is not registered")
-            config = wtype.parse_configuration(record.configuration)
-            params = wtype.parse_parameters(record.parameters, config)
-            specs = wtype.steps(config)
-        except Exception as exc:
-            await self._finish_failed(record, None, exc, step=None, steps_done=[])
-            return None
-        return Prepared(
-            record=record, workflow_type=wtype, config=config, params=params, specs=specs
+        record = (
+            prepared.record
+            if prepared is not None
+            else await call_store(self.store, self.store.get_execution, execution_id)
         )
+        if record is None or record.status.finished:
+            self.claims.let_go(execution_id, grant)
+            return None
+        if record.workflow_type not in self.engine.workflow_types:
+            # Not a type this node runs (a node of another version took it?): hand it back.
+            log.warning(
+                "execution %s: workflow type %r is not registered here; handed back",
+                execution_id,
+                record.workflow_type,
+            )
+            self._hand_back(execution_id, grant)
+            return None
+        fresh = record.started_at is None
+        record.started_at = record.started_at or utcnow()
+        record.status = ExecutionStatus.RUNNING
+        token = new_claim()
+        claimed = await self._write(
+            ClaimExecution(
+                execution_id=execution_id,
+                grant=grant,
+                token=token,
+                owner=self.node_id,
+                lease_until=self.lease(),
+                started_at=record.started_at,
+                events=self.started_events(record) if fresh else (),
+            ),
+            execution_id,
+            grant,
+        )
+        if not claimed or not self.claims.swap(execution_id, grant, token):
+            self.claims.let_go(execution_id, grant)
+            return None
+        record.claim = token
+        if prepared is not None:
+            prepared.token, prepared.fresh = token, fresh
+            return prepared
+        wtype = self.engine.workflow_types[record.workflow_type]
+        loaded = Prepared(record=record, workflow_type=wtype, config=None, params=None, specs=[])
+        loaded.token, loaded.fresh = token, fresh
+        try:
+            loaded.config = wtype.parse_configuration(record.configuration)
+            loaded.params = wtype.parse_parameters(record.parameters, loaded.config)
+            loaded.specs = wtype.steps(loaded.config)
+        except Exception as exc:
+            await self._finish_failed(record, loaded, exc, step=None, steps_done=[])
+            return None
+        return loaded
 
     def started_events(self, record: ExecutionRecord) -> tuple[OutboxEvent, ...]:
         """The ``workflow.executed`` event of an execution that starts, if anyone wants it."""
@@ -475,27 +673,12 @@ class Runtime:
             return True
         return self.engine.wants_event(kind)
 
-    async def _execute(self, execution_id: str) -> None:
-        prepared = await self._load(execution_id)
+    async def _execute(self, execution_id: str, grant: int) -> None:
+        prepared = await self._load(execution_id, grant)
         if prepared is None:
             return
         record = prepared.record
-        fresh = prepared.claimed or record.started_at is None
-        if not prepared.claimed:
-            record.started_at = record.started_at or utcnow()
-            record.status = ExecutionStatus.RUNNING
-            events = self.started_events(record) if fresh else ()
-            claimed = await self.committer.submit(
-                ClaimExecution(
-                    execution_id=execution_id,
-                    owner=self.node_id,
-                    lease_until=self._lease(),
-                    started_at=record.started_at,
-                    events=events,
-                )
-            )
-            if not claimed:
-                return
+        fresh = prepared.fresh  # nothing stored yet: no steps, signals or progress to read
         await self._connect(prepared)
         done: list[StepRecord] = (
             [] if fresh else await call_store(self.store, self.store.get_steps, execution_id)
@@ -511,6 +694,8 @@ class Runtime:
             remaining = (record.timeout_at - utcnow()).total_seconds()
             scope.deadline = anyio.current_time() + remaining
         self._scopes[execution_id] = scope
+        if execution_id in self._cancelled:  # cancelled (or lost) before the scope existed
+            scope.cancel()
         running: list[StepRecord | None] = [None]
         with scope:
             await self._run_steps(prepared, done, signals, running, resumed=not fresh)
@@ -569,7 +754,7 @@ class Runtime:
                 if is_last:
                     await self._finish_completed(prepared, done, step, last_result)
                     return
-                if not await self._checkpoint(step, ()):
+                if not await self._checkpoint(prepared, step, ()):
                     return
                 done.append(step)
                 continue
@@ -602,7 +787,7 @@ class Runtime:
             if is_last:
                 await self._finish_completed(prepared, done, step, result, *step_events)
                 return
-            if not await self._checkpoint(step, step_events):
+            if not await self._checkpoint(prepared, step, step_events):
                 return
             done.append(step)
         if not specs:
@@ -617,7 +802,7 @@ class Runtime:
         signals: dict[str, Any],
     ) -> Any:
         record = prepared.record
-        save_progress = partial(self._save_progress, record.id, step.index, signals)
+        save_progress = partial(self._save_progress, prepared, step.index, signals)
         attempt = 0
         while True:
             attempt += 1
@@ -651,7 +836,7 @@ class Runtime:
                     result = await spec.fn(ctx)
                 return result, _dumps(result)
             except Suspend as suspend:
-                state = await self._suspend(record, suspend)
+                state = await self._suspend(prepared, suspend)
                 if state == "ready":
                     signals.update(await call_store(self.store, self.store.get_signals, record.id))
                     attempt -= 1
@@ -665,7 +850,7 @@ class Runtime:
                 await anyio.sleep(spec.retry.delay_before(attempt + 1))
 
     async def _save_progress(
-        self, execution_id: str, index: int, signals: dict[str, Any], value: Any
+        self, prepared: Prepared, index: int, signals: dict[str, Any], value: Any
     ) -> Any:
         """``StepContext.save_progress`` of step ``index``: kept with the signals, committed;
         returns the value as stored (what a run after a restart reads)."""
@@ -674,16 +859,20 @@ class Runtime:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"progress must be JSON: {exc}") from None
         name = f"{PROGRESS_PREFIX}{index}"
-        saved = await self.committer.submit(
-            SaveProgress(
-                execution_id=execution_id,
-                owner=self.node_id,
-                name=name,
-                payload_json=text,
-                saved_at=utcnow(),
-            )
+        execution_id = prepared.record.id
+        op = SaveProgress(
+            execution_id=execution_id,
+            token=prepared.token,
+            name=name,
+            payload_json=text,
+            saved_at=utcnow(),
         )
+        try:
+            saved = await self._write(op, execution_id, prepared.token)
+        except _Lost:
+            saved = False
         if not saved:
+            self._lost(prepared)
             raise ExecutionLost(f"execution {execution_id} is no longer run by this engine")
         stored = _loads(text)
         signals[name] = stored
@@ -702,35 +891,53 @@ class Runtime:
             return ExecutionEventRef(kind, record.id, None, record.completed_at or utcnow())
         return Event(type=kind, data=execution_json(view))
 
-    async def _checkpoint(self, step: StepRecord, events: tuple[OutboxEvent, ...]) -> bool:
-        applied: bool = await self.committer.submit(
-            CheckpointStep(step=step, owner=self.node_id, lease_until=self._lease(), events=events)
+    async def _checkpoint(
+        self, prepared: Prepared, step: StepRecord, events: tuple[OutboxEvent, ...]
+    ) -> bool:
+        applied = await self._write(
+            CheckpointStep(step=step, token=prepared.token, events=events),
+            prepared.record.id,
+            prepared.token,
         )
-        return applied
+        if not applied:
+            self._lost(prepared)
+        return bool(applied)
 
-    async def _suspend(self, record: ExecutionRecord, suspend: Suspend) -> Any:
+    def _lost(self, prepared: Prepared) -> None:
+        """A write of the run was refused: the execution was cancelled, ended or taken
+        over elsewhere. This run stops; whoever waits re-reads the execution."""
+        self.claims.let_go(prepared.record.id, prepared.token)
+        self._notify(prepared.record.id, None)
+
+    async def _suspend(self, prepared: Prepared, suspend: Suspend) -> Any:
+        record = prepared.record
         wake_at = None
         if suspend.timeout_seconds is not None:
             wake_at = utcnow() + timedelta(seconds=max(0.0, suspend.timeout_seconds))
         if suspend.sleeping and record.timeout_at is not None:
             # A sleep is running time: wake no later than the execution's timeout.
             wake_at = min(wake_at, record.timeout_at) if wake_at else record.timeout_at
-        state = await self.committer.submit(
+        state = await self._write(
             SuspendExecution(
                 execution_id=record.id,
-                owner=self.node_id,
+                token=prepared.token,
                 waiting_for=suspend.name,
                 wake_at=wake_at,
                 keep_timeout=suspend.sleeping,
-            )
+            ),
+            record.id,
+            prepared.token,
         )
-        if state is True:
+        if state is True or state is AGAIN:
+            self.claims.let_go(record.id, prepared.token)  # waiting: nobody holds it
             record.status = ExecutionStatus.WAITING
             if wake_at is not None and self._tg is not None:
                 self._tg.start_soon(self._wake_at, wake_at)
             if not suspend.sleeping:
                 record.timeout_at = None
                 self._notify(record.id, None)  # a waiting caller gets the execution as it stands
+        elif state != "ready":
+            self._lost(prepared)
         return state
 
     async def _wake_at(self, when: datetime) -> None:
@@ -757,7 +964,7 @@ class Runtime:
         view = build_execution(record, steps) if self._needs_view(record) else None
         if self._wants("execution.completed", record):
             events = (*events, self._finished_event("execution.completed", record, view))
-        applied = await self.committer.submit(
+        applied = await self._write(
             FinishExecution(
                 execution_id=record.id,
                 workflow_id=record.workflow_id,
@@ -766,12 +973,19 @@ class Runtime:
                 duration_ms=record.duration_ms,
                 result=result,
                 result_json=step.result_json if step is not None else None,
-                owner=self.node_id,
+                token=prepared.token,
                 step=step,
                 events=events,
-            )
+            ),
+            record.id,
+            prepared.token,
         )
-        self._notify(record.id, view if applied else None)
+        self._ended(prepared, view, applied)
+
+    def _ended(self, prepared: Prepared, view: Execution | None, applied: Any) -> None:
+        """After the write that ends the run: tell whoever waits, let go of the claim."""
+        self.claims.let_go(prepared.record.id, prepared.token)
+        self._notify(prepared.record.id, view if applied else None)
 
     def _needs_view(self, record: ExecutionRecord) -> bool:
         """Whether the finished execution's view is built: for a waiting caller, or an
@@ -783,7 +997,7 @@ class Runtime:
     async def _finish_failed(
         self,
         record: ExecutionRecord,
-        prepared: Prepared | None,
+        prepared: Prepared,
         exc: BaseException,
         *,
         step: StepRecord | None,
@@ -810,7 +1024,7 @@ class Runtime:
         record.error = {k: v for k, v in error.items() if v is not None}
         steps = [*steps_done, step] if step is not None else list(steps_done)
         view = build_execution(record, steps)
-        applied = await self.committer.submit(
+        applied = await self._write(
             FinishExecution(
                 execution_id=record.id,
                 workflow_id=record.workflow_id,
@@ -818,12 +1032,14 @@ class Runtime:
                 completed_at=now,
                 duration_ms=record.duration_ms,
                 error=record.error,
-                owner=self.node_id if prepared is not None else None,
+                token=prepared.token,
                 step=step,
                 events=(self._finished_event("execution.failed", record, view),),
-            )
+            ),
+            record.id,
+            prepared.token,
         )
-        self._notify(record.id, view if applied else None)
+        self._ended(prepared, view, applied)
 
     async def _finish_timed_out(
         self, prepared: Prepared, done: list[StepRecord], running: StepRecord | None
@@ -841,7 +1057,7 @@ class Runtime:
         record.error = {"code": "EXECUTION_TIMEOUT", "message": "The execution timed out"}
         steps = [*done, running] if running is not None else list(done)
         view = build_execution(record, steps)
-        applied = await self.committer.submit(
+        applied = await self._write(
             CancelExecution(
                 execution_id=record.id,
                 workflow_id=record.workflow_id,
@@ -849,10 +1065,13 @@ class Runtime:
                 completed_at=now,
                 error=record.error,
                 step=running,
+                token=prepared.token,
                 events=(self._finished_event("execution.failed", record, view),),
-            )
+            ),
+            record.id,
+            prepared.token,
         )
-        self._notify(record.id, view if applied else None)
+        self._ended(prepared, view, applied)
 
 
 class _Failure:
@@ -868,3 +1087,8 @@ _CALLBACK_EVENTS = frozenset({"execution.completed", "execution.failed"})
 
 def _ms(delta: timedelta) -> int:
     return max(0, round(delta.total_seconds() * 1000))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:300]

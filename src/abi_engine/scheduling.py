@@ -567,9 +567,8 @@ class ScheduleService(Service):
                 if applied is True:
                     for item in prepared:
                         self.fired += 1
-                        try:
-                            self._engine.runtime.submit(item, sync=False)
-                        except AbiError:  # queue full: the poller recovers it later
+                        if not self._engine.runtime.submit(item, sync=False):
+                            # Handed back to the store: recovery runs it once there is room.
                             log.warning("queue full; schedule %s execution waits", op.schedule_id)
         return len(due) >= self._batch or len(ready) >= self._batch
 
@@ -750,9 +749,8 @@ class ScheduleService(Service):
                 schedule_id=record.id,
                 created_by=record.created_by,
                 priority=1,
-                owner=runtime.node_id,
-                lease_until=now + timedelta(seconds=runtime.settings.lease_seconds),
             )
+            runtime.grant(execution)
             executions.append(execution)
             prepared.append(
                 Prepared(

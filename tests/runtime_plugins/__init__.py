@@ -7,7 +7,7 @@ their behaviour from the execution's parameters, key ``"do"``::
     {"do": {"second": {"gate": "g1", "sleep": 0.2, "raise": "boom"}}}
 
 so one workflow can run executions that behave differently. Behaviours, in
-the order they apply: ``gate`` (wait on ``PROBE.gate(name)``), ``sleep``
+the order they apply: ``block`` (``time.sleep``: blocks the event loop), ``gate`` (wait on ``PROBE.gate(name)``), ``sleep``
 (``anyio.sleep``; an interruption of either is noted as ``"interrupted"``), ``durable_sleep`` (``ctx.sleep``), ``signal`` (return
 ``ctx.wait_for_signal(name, timeout)``, with ``signal_timeout``; ``signals``: wait for each name in turn), ``raise``
 (``RuntimeError`` with that message; ``raise_joined``: the message in parts, so
@@ -17,6 +17,7 @@ that the parameters never hold it whole), ``return`` (this value as the result),
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,6 +38,8 @@ class Probe:
 
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, str]] = Counter()
+        #: (execution, step, time.monotonic()) of each step start.
+        self.starts: list[tuple[str, str, float]] = []
         self.notes: list[tuple[str, str, Any]] = []
         self.gates: dict[str, anyio.Event] = {}
         self.started: dict[str, anyio.Event] = {}
@@ -76,6 +79,10 @@ async def behave(ctx: StepContext, default: Any) -> Any:
     plan = ctx.parameters.get("do")
     if isinstance(plan, Mapping):
         todo = plan.get(ctx.step_name) or {}
+    PROBE.starts.append((ctx.execution_id, ctx.step_name, time.monotonic()))
+    if "block" in todo:
+        # A step that blocks the event loop (what steps must not do).
+        time.sleep(todo["block"])  # noqa: ASYNC251
     try:
         if "gate" in todo:
             await PROBE.gate(todo["gate"]).wait()
@@ -257,7 +264,8 @@ class Progressing(WorkflowType):
             if len(done) == ctx.parameters.get("release_after", -1) and not PROBE.notes_of("lost"):
                 PROBE.note(ctx, ("lost", item))
                 engine = ctx.services["engine"]
-                engine.store.apply([ReleaseExecutions(owner=engine.runtime.node_id)])
+                held = engine.runtime.claims.snapshot()
+                engine.store.apply([ReleaseExecutions(claims=tuple(held.items()))])
             if ctx.parameters.get("tagged"):
                 await ctx.save_progress({"done": done, "tags": {n: f"unit {n}" for n in done}})
                 PROBE.note(ctx, ("after save", ctx.progress, dict(ctx.signals)))

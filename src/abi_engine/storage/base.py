@@ -12,7 +12,7 @@ synchronous and short; a backend that blocks on the network sets
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -204,19 +204,31 @@ class Store(Protocol):
         now: datetime,
         lease_until: datetime,
         limit: int,
-        is_dead: Callable[[str], bool],
-    ) -> list[tuple[str, int]]:
-        """Atomically take over unfinished executions no live node holds.
+        types: Collection[str] | None = None,
+        dead: Collection[str] = (),
+    ) -> list[tuple[str, int, int]]:
+        """Atomically grant ``owner`` unfinished executions that no node holds.
 
-        Candidates are queued or running executions without an owner, with an
-        expired lease or a dead owner (``is_dead(owner)``), and waiting ones
-        whose ``wake_at`` has passed. Returns ``(execution_id, priority)``.
-        A PostgreSQL store implements this with ``FOR UPDATE SKIP LOCKED`` so
+        Candidates are queued or running executions without an owner, whose
+        lease has expired (in the database's clock; whoever owned them,
+        ``owner`` included) or whose owner is in ``dead`` (nodes the store
+        knows have ended, see ``dead_nodes``), and waiting ones whose
+        ``wake_at`` has passed (a timeout signal is recorded for them). ``types`` restricts them to
+        the workflow types ``owner`` can run. Each one gets a fresh claim
+        token (see :mod:`abi_engine.storage._fencing`) and a lease until
+        ``lease_until``. Returns ``(execution_id, priority, token)``. A
+        PostgreSQL store implements this with ``FOR UPDATE SKIP LOCKED`` so
         many processes can claim at once without taking the same execution.
         """
 
-    def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        """Extend the lease of every unfinished execution ``owner`` holds."""
+    def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
+        """Extend to ``lease_until`` the lease of each execution in ``claims`` (id ->
+        claim token) that is still queued or running under that token.
+
+        Returns the ids that were not renewed: the holder has lost them (taken
+        over, cancelled, ended) and must stop working on them. Safe to call
+        from any thread.
+        """
 
     def next_wake_at(self) -> datetime | None:
         """The earliest ``wake_at`` among waiting executions."""

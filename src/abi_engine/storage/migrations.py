@@ -346,12 +346,10 @@ def m008_fencing(db: sqlite_utils.Database) -> None:
     execution (``NULL`` until one does; kept after it waits or ends, so a
     retried write recognises its own effect). ``schedules.version`` counts
     writes of a schedule's definition and due time; a write that read an
-    older version loses and re-reads. The owner index goes: liveness is
-    decided by the lease alone.
+    older version loses and re-reads.
     """
     db.execute("ALTER TABLE executions ADD COLUMN claim INTEGER")
     db.execute("ALTER TABLE schedules ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
-    db.execute("DROP INDEX idx_executions_owner")
 
 
 MIGRATIONS: list[Migration] = [

@@ -10,16 +10,27 @@ takes its work ``FOR UPDATE SKIP LOCKED``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
+from abi_engine.ids import utcnow
 from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
-from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _UNFINISHED, _row_to_record
+from abi_engine.storage._fencing import (
+    State,
+    checkpoints,
+    claims,
+    ended_again,
+    finishes,
+    new_claim,
+    types_filter,
+)
+from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _row_to_record
 from abi_engine.storage.records import (
+    AGAIN,
     TIMEOUT_SUFFIX,
     CancelExecution,
     CheckpointStep,
@@ -35,11 +46,23 @@ from abi_engine.storage.records import (
     StepRecord,
     SuspendExecution,
     WriteOp,
+    applied,
 )
 
 __all__ = ["ExecutionsMixin", "insert_execution_rows"]
 
 Conn = psycopg.Connection[Any]
+
+#: The database's clock in ms: leases are set and judged by it, never by a host's clock.
+DB_NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+def lease_ms(lease_until: datetime | None) -> int | None:
+    """A lease given in this host's clock as a duration from now (ms), for the SQL to
+    add to the database's clock: hosts whose clocks disagree still agree on leases."""
+    if lease_until is None:
+        return None
+    return round((lease_until - utcnow()).total_seconds() * 1000)
 
 
 def _json_or_none(value: Any, text: str | None = None) -> str | None:
@@ -133,7 +156,7 @@ class ExecutionsMixin:
         events = [
             event
             for op, result in zip(ops, results, strict=True)
-            if op.events and result is not False and result is not None
+            if op.events and applied(result)
             for event in op.events
         ]
         self._insert_events(conn, events)
@@ -141,7 +164,7 @@ class ExecutionsMixin:
 
     def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
         result = _HANDLERS[type(op)](conn, op)
-        if result is not False and result is not None and op.events:
+        if applied(result) and op.events:
             self._insert_events(conn, op.events)
         return result
 
@@ -226,37 +249,33 @@ class ExecutionsMixin:
         now: datetime,
         lease_until: datetime,
         limit: int,
-        is_dead: Callable[[str], bool],
-    ) -> list[tuple[str, int]]:
-        """Take over unfinished executions nobody (alive) holds; return ``(id, priority)``.
+        types: Collection[str] | None = None,
+        dead: Collection[str] = (),
+    ) -> list[tuple[str, int, int]]:
+        """Grant ``owner`` unfinished executions nobody holds; return ``(id, priority, token)``.
 
-        Candidates: queued or running executions with no owner, an expired
-        lease or a dead owner, and waiting executions whose ``wake_at`` passed.
-        Each is taken ``FOR UPDATE SKIP LOCKED``: rows another process is
-        claiming (or changing) right now are left to it.
+        Candidates: queued or running executions with no owner or a lease
+        expired in the database's clock (whoever owned them, ``owner``
+        included) or an owner in ``dead`` (nodes known to have ended; this
+        store knows none itself: across machines only the lease tells), and
+        waiting executions whose ``wake_at`` passed. ``types``:
+        only these workflow types. Each is taken ``FOR UPDATE SKIP LOCKED``:
+        rows another process is claiming (or changing) right now are left to
+        it. Each grant is a fresh claim token.
         """
         now_ms = to_ms(now)
-        lease_ms = to_ms(lease_until)
-        # Which owners are gone: read first, outside the transaction (is_dead may be slow).
-        with self._read() as conn:
-            owners = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT owner FROM executions WHERE status IN ('queued', 'running')"
-                    " AND owner IS NOT NULL AND owner <> %s",
-                    (owner,),
-                )
-            ]
-        dead = [o for o in owners if is_dead(o)]
+        names = types_filter(types)
+        type_clause = "" if names is None else " AND workflow_type = ANY(%s::text[])"
+        type_args: tuple[Any, ...] = () if names is None else (names,)
 
-        def run(conn: Conn) -> list[tuple[str, int]]:
-            taken: list[tuple[str, int]] = []
+        def run(conn: Conn) -> list[tuple[str, int, int]]:
+            taken: list[tuple[str, int, int]] = []
             # Waits that timed out: record a signal the step can see, queue them.
             woken = conn.execute(
                 "SELECT id, waiting_for, priority FROM executions"
-                " WHERE status = 'waiting' AND wake_at <= %s ORDER BY wake_at LIMIT %s"
-                " FOR UPDATE SKIP LOCKED",
-                (now_ms, limit),
+                f" WHERE status = 'waiting' AND wake_at <= %s{type_clause}"
+                " ORDER BY wake_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (now_ms, *type_args, limit),
             ).fetchall()
             _many(
                 conn,
@@ -267,44 +286,59 @@ class ExecutionsMixin:
                     for ex_id, waiting_for, _ in woken
                 ],
             )
-            taken.extend((ex_id, priority) for ex_id, _, priority in woken)
+            taken.extend((ex_id, priority, new_claim()) for ex_id, _, priority in woken)
             room = max(0, limit - len(taken))
             if room:
                 taken.extend(
-                    (row[0], row[1])
+                    (row[0], row[1], new_claim())
                     for row in conn.execute(
                         "SELECT id, priority FROM executions"
                         " WHERE status IN ('queued', 'running')"
-                        " AND (owner IS NULL OR (owner <> %s AND lease_until < %s)"
-                        " OR owner = ANY(%s::text[]))"
+                        f" AND (lease_until IS NULL OR lease_until < {DB_NOW_MS}"
+                        f" OR owner = ANY(%s::text[])){type_clause}"
                         " ORDER BY priority, created_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                        (owner, now_ms, dead, room),
+                        (sorted(dead), *type_args, room),
                     )
                 )
-            if taken:
-                conn.execute(
-                    "UPDATE executions SET owner = %s, lease_until = %s, waiting_for = NULL,"
-                    " wake_at = NULL,"
-                    " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
-                    " WHERE id = ANY(%s::text[])",
-                    (owner, lease_ms, [ex_id for ex_id, _ in taken]),
-                )
+            _many(
+                conn,
+                f"UPDATE executions SET owner = %s, claim = %s, lease_until = {DB_NOW_MS} + %s,"
+                " waiting_for = NULL, wake_at = NULL,"
+                " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
+                " WHERE id = %s",
+                [(owner, token, lease_ms(lease_until), ex_id) for ex_id, _, token in taken],
+            )
             return taken
 
         return list(self.write(run))
 
-    def renew_leases(self, owner: str, lease_until: datetime) -> int:
-        return int(
-            self.write(
-                lambda conn: (
-                    conn.execute(
-                        "UPDATE executions SET lease_until = %s WHERE owner = %s"
-                        " AND status IN ('queued', 'running')",
-                        (to_ms(lease_until), owner),
-                    ).rowcount
+    def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
+        """Extend the lease of each execution still queued or running under its claim
+        in ``claims`` (id -> token); return the ids that were not (lost)."""
+        if not claims:
+            return []
+        duration = lease_ms(lease_until)
+
+        def run(conn: Conn) -> set[str]:
+            ids = sorted(claims)
+            kept: set[str] = set()
+            for start in range(0, len(ids), 5000):
+                chunk = ids[start : start + 5000]
+                kept.update(
+                    row[0]
+                    for row in conn.execute(
+                        f"UPDATE executions SET lease_until = {DB_NOW_MS} + %s"
+                        " FROM unnest(%s::text[], %s::bigint[]) AS c(id, claim)"
+                        " WHERE executions.id = c.id AND executions.claim = c.claim"
+                        " AND executions.status IN ('queued', 'running')"
+                        " RETURNING executions.id",
+                        (duration, chunk, [claims[i] for i in chunk]),
+                    ).fetchall()
                 )
-            )
-        )
+            return kept
+
+        kept = self.write(run)
+        return [i for i in claims if i not in kept]
 
     def next_wake_at(self) -> datetime | None:
         with self._read() as conn:
@@ -319,9 +353,9 @@ class ExecutionsMixin:
 _INSERT_EXECUTION = (
     "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
     " configuration, plan, created_at, started_at, callback_url, callback_secret,"
-    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT DO NOTHING RETURNING id"
+    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
+    " claim) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+    f" {DB_NOW_MS} + %s, %s) ON CONFLICT DO NOTHING RETURNING id"
 )
 
 
@@ -344,47 +378,54 @@ def _execution_params(r: ExecutionRecord) -> tuple[Any, ...]:
         r.priority,
         to_ms(r.timeout_at),
         r.owner,
-        to_ms(r.lease_until),
+        lease_ms(r.lease_until),
+        r.claim,
     )
 
 
-def insert_execution_rows(conn: Conn, records: Sequence[ExecutionRecord]) -> list[bool]:
-    """Insert execution rows; ``False`` for one whose idempotency key is already taken."""
+def insert_execution_rows(conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
+    """Insert execution rows; ``False`` for one whose idempotency key is already taken,
+    ``AGAIN`` for one whose id is there already (its own insert, retried)."""
     if not records:
         return []
+    inserted: set[str] = set()
     if len(records) == 1:
         row = conn.execute(_INSERT_EXECUTION, _execution_params(records[0])).fetchone()
-        return [row is not None]
-    inserted: set[str] = set()
-    with conn.cursor() as cur:
-        cur.executemany(_INSERT_EXECUTION, [_execution_params(r) for r in records], returning=True)
-        while True:
-            row = cur.fetchone()
-            if row is not None:
-                inserted.add(row[0])
-            if not cur.nextset():
-                break
-    return [r.id in inserted for r in records]
+        if row is not None:
+            inserted.add(row[0])
+    else:
+        with conn.cursor() as cur:
+            cur.executemany(
+                _INSERT_EXECUTION, [_execution_params(r) for r in records], returning=True
+            )
+            while True:
+                row = cur.fetchone()
+                if row is not None:
+                    inserted.add(row[0])
+                if not cur.nextset():
+                    break
+    missed = [r.id for r in records if r.id not in inserted]
+    present: set[str] = set()
+    if missed:
+        present = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM executions WHERE id = ANY(%s::text[])", (missed,)
+            ).fetchall()
+        }
+    return [True if r.id in inserted else (AGAIN if r.id in present else False) for r in records]
 
 
-def _insert(conn: Conn, op: InsertExecution) -> bool:
+def _insert(conn: Conn, op: InsertExecution) -> Any:
     return insert_execution_rows(conn, [op.record])[0]
 
 
-def _claim(conn: Conn, op: ClaimExecution) -> bool:
+def _claim(conn: Conn, op: ClaimExecution) -> Any:
     return _bulk_claim(conn, [op])[0]
 
 
 def _checkpoint(conn: Conn, op: CheckpointStep) -> bool:
-    cursor = conn.execute(
-        "UPDATE executions SET lease_until = %s WHERE id = %s AND owner = %s"
-        " AND status = 'running'",
-        (to_ms(op.lease_until), op.step.execution_id, op.owner),
-    )
-    if cursor.rowcount == 0:
-        return False
-    conn.execute(_UPSERT_STEP, _step_params(op.step))
-    return True
+    return _bulk_checkpoint(conn, [op])[0]
 
 
 def _stats(conn: Conn, workflow_id: str, status: ExecutionStatus, ms: int) -> None:
@@ -401,25 +442,30 @@ def _stats(conn: Conn, workflow_id: str, status: ExecutionStatus, ms: int) -> No
     )
 
 
-def _finish(conn: Conn, op: FinishExecution) -> bool:
+def _finish(conn: Conn, op: FinishExecution) -> Any:
     return _bulk_finish(conn, [op])[0]
 
 
-def _suspend(conn: Conn, op: SuspendExecution) -> bool | str:
+def _suspend(conn: Conn, op: SuspendExecution) -> Any:
     # Lock the execution first: a signal delivered concurrently waits for this
     # transaction (DeliverSignal locks the same row), so it is seen either here
     # or by the waiting execution it queues.
     row = conn.execute(
-        "SELECT owner, status FROM executions WHERE id = %s FOR UPDATE", (op.execution_id,)
+        "SELECT status, claim, waiting_for FROM executions WHERE id = %s FOR UPDATE",
+        (op.execution_id,),
     ).fetchone()
+    if row is None or row[1] != op.token:
+        return False
+    if row[0] == "waiting" and row[2] == op.waiting_for:
+        return AGAIN  # a retry of this suspension
+    if row[0] != "running":
+        return False
     arrived = conn.execute(
         "SELECT 1 FROM execution_signals WHERE execution_id = %s AND name IN (%s, %s)",
         (op.execution_id, op.waiting_for, f"{op.waiting_for}{TIMEOUT_SUFFIX}"),
     ).fetchone()
     if arrived:
         return "ready"
-    if row is None or row[0] != op.owner or row[1] != "running":
-        return False
     conn.execute(
         "UPDATE executions SET status = 'waiting', waiting_for = %s, wake_at = %s, owner = NULL,"
         " lease_until = NULL, timeout_at = CASE WHEN %s THEN timeout_at END WHERE id = %s",
@@ -432,10 +478,21 @@ def _suspend(conn: Conn, op: SuspendExecution) -> bool | str:
 
 def _signal(conn: Conn, op: DeliverSignal) -> str | None:
     row = conn.execute(
-        "SELECT status, waiting_for FROM executions WHERE id = %s FOR UPDATE",
+        "SELECT status, waiting_for, claim FROM executions WHERE id = %s FOR UPDATE",
         (op.execution_id,),
     ).fetchone()
-    if row is None or row[0] not in ("queued", "running", "waiting"):
+    if row is None:
+        return None
+    payload = dumps(op.payload)
+    mine = conn.execute(
+        "SELECT 1 FROM execution_signals WHERE execution_id = %s AND name = %s"
+        " AND created_at = %s AND payload = %s",
+        (op.execution_id, op.name, to_ms(op.created_at), payload),
+    ).fetchone()
+    if mine:  # a retry: this very signal is stored already
+        granted = op.grant_token is not None and row[0] == "queued" and row[2] == op.grant_token
+        return "queued" if granted else "stored"
+    if row[0] not in ("queued", "running", "waiting"):
         return None
     waiting = row[0] == "waiting" and row[1] == op.name
     if op.require_waiting and not waiting:
@@ -443,15 +500,15 @@ def _signal(conn: Conn, op: DeliverSignal) -> str | None:
     cursor = conn.execute(
         "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
         " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-        (op.execution_id, op.name, dumps(op.payload), to_ms(op.created_at)),
+        (op.execution_id, op.name, payload, to_ms(op.created_at)),
     )
     if cursor.rowcount == 0:
         return None
     if waiting:
         conn.execute(
             "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
-            " owner = NULL, lease_until = NULL WHERE id = %s",
-            (op.execution_id,),
+            f" owner = %s, claim = %s, lease_until = {DB_NOW_MS} + %s WHERE id = %s",
+            (op.grant_owner, op.grant_token, lease_ms(op.lease_until), op.execution_id),
         )
         return "queued"
     return "stored"
@@ -459,9 +516,9 @@ def _signal(conn: Conn, op: DeliverSignal) -> str | None:
 
 def _save_progress(conn: Conn, op: SaveProgress) -> bool:
     row = conn.execute(
-        "SELECT status, owner FROM executions WHERE id = %s FOR SHARE", (op.execution_id,)
+        "SELECT status, claim FROM executions WHERE id = %s FOR SHARE", (op.execution_id,)
     ).fetchone()
-    if row is None or row[0] != "running" or row[1] != op.owner:
+    if row is None or row[0] != "running" or row[1] != op.token:
         return False
     conn.execute(
         "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
@@ -472,14 +529,23 @@ def _save_progress(conn: Conn, op: SaveProgress) -> bool:
     return True
 
 
-def _cancel(conn: Conn, op: CancelExecution) -> bool:
+def _cancel(conn: Conn, op: CancelExecution) -> Any:
     row = conn.execute(
-        f"SELECT started_at FROM executions WHERE id = %s AND status IN {_UNFINISHED} FOR UPDATE",
+        "SELECT status, claim, completed_at, started_at FROM executions WHERE id = %s FOR UPDATE",
         (op.execution_id,),
     ).fetchone()
     if row is None:
         return False
-    started = row[0]
+    status, claim, completed_at, started = row
+    if op.token is not None:
+        ok = status == "running" and claim == op.token
+    else:
+        ok = status in ("queued", "running", "waiting")
+    if not ok:
+        again = ended_again(
+            (status, claim, completed_at), op.status.value, op.completed_at, op.token
+        )
+        return AGAIN if again else False
     done = to_ms(op.completed_at) or 0
     duration = max(0, done - started) if started is not None else 0
     conn.execute(
@@ -494,10 +560,16 @@ def _cancel(conn: Conn, op: CancelExecution) -> bool:
 
 
 def _release(conn: Conn, op: ReleaseExecutions) -> int:
+    if not op.claims:
+        return 0
+    ids = [c[0] for c in op.claims]
+    tokens = [c[1] for c in op.claims]
     cursor = conn.execute(
-        "UPDATE executions SET status = 'queued', owner = NULL, lease_until = NULL"
-        " WHERE owner = %s AND status IN ('queued', 'running')",
-        (op.owner,),
+        "UPDATE executions SET status = 'queued', owner = NULL, claim = NULL,"
+        " lease_until = NULL FROM unnest(%s::text[], %s::bigint[]) AS c(id, claim)"
+        " WHERE executions.id = c.id AND executions.claim = c.claim"
+        " AND executions.status IN ('queued', 'running')",
+        (ids, tokens),
     )
     return cursor.rowcount
 
@@ -523,44 +595,39 @@ _HANDLERS: dict[type[WriteOp], Callable[[Conn, Any], Any]] = {
 # -- bulk handlers: one locking SELECT and a few executemany per kind of op -----------------
 
 
-def _states(conn: Conn, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    """Status and owner of the executions ``ids``, locked until the transaction ends."""
+def _states(conn: Conn, ids: list[str]) -> dict[str, State]:
+    """Status, claim and end time of the executions ``ids``, locked until the
+    transaction ends (in id order: two batches wait for each other, never deadlock)."""
     rows = conn.execute(
-        "SELECT id, status, owner FROM executions WHERE id = ANY(%s::text[])"
+        "SELECT id, status, claim, completed_at FROM executions WHERE id = ANY(%s::text[])"
         " ORDER BY id FOR UPDATE",
         (sorted(set(ids)),),
     ).fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
 
 
-def _bulk_insert(conn: Conn, ops: list[InsertExecution]) -> list[bool]:
+def _bulk_insert(conn: Conn, ops: list[InsertExecution]) -> list[Any]:
     return insert_execution_rows(conn, [op.record for op in ops])
 
 
-def _bulk_claim(conn: Conn, ops: list[ClaimExecution]) -> list[bool]:
-    states = _states(conn, [op.execution_id for op in ops])
-    results: list[bool] = []
-    rows = []
-    for op in ops:
-        status, owner = states.get(op.execution_id, ("missing", None))
-        ok = status in ("queued", "running") and owner in (None, op.owner)
-        if ok:
-            states[op.execution_id] = ("claimed", op.owner)  # a second claim in the batch loses
-            rows.append((op.owner, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id))
-        results.append(ok)
+def _bulk_claim(conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
+    results = claims(ops, _states(conn, [op.execution_id for op in ops]))
     _many(
         conn,
-        "UPDATE executions SET status = 'running', owner = %s, lease_until = %s,"
-        " started_at = coalesce(started_at, %s) WHERE id = %s",
-        rows,
+        f"UPDATE executions SET status = 'running', owner = %s, claim = %s,"
+        f" lease_until = {DB_NOW_MS} + %s, started_at = coalesce(started_at, %s) WHERE id = %s",
+        [
+            (op.owner, op.token, lease_ms(op.lease_until), to_ms(op.started_at), op.execution_id)
+            for op, result in zip(ops, results, strict=True)
+            if result is True
+        ],
     )
     return results
 
 
 def _bulk_checkpoint(conn: Conn, ops: list[CheckpointStep]) -> list[bool]:
-    # Leases are renewed by the node's heartbeat; a checkpoint only checks ownership.
-    states = _states(conn, [op.step.execution_id for op in ops])
-    results = [states.get(op.step.execution_id) == ("running", op.owner) for op in ops]
+    # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
+    results = checkpoints(ops, _states(conn, [op.step.execution_id for op in ops]))
     _many(
         conn,
         _UPSERT_STEP,
@@ -569,22 +636,14 @@ def _bulk_checkpoint(conn: Conn, ops: list[CheckpointStep]) -> list[bool]:
     return results
 
 
-def _bulk_finish(conn: Conn, ops: list[FinishExecution]) -> list[bool]:
-    states = _states(conn, [op.execution_id for op in ops])
-    results: list[bool] = []
+def _bulk_finish(conn: Conn, ops: list[FinishExecution]) -> list[Any]:
+    results = finishes(ops, _states(conn, [op.execution_id for op in ops]))
     updates = []
     steps = []
     stats: dict[str, list[int]] = {}
-    for op in ops:
-        status, owner = states.get(op.execution_id, ("missing", None))
-        if op.owner:
-            ok = status == "running" and owner == op.owner
-        else:
-            ok = status in ("queued", "running", "waiting")
-        results.append(ok)
-        if not ok:
+    for op, result in zip(ops, results, strict=True):
+        if result is not True:
             continue
-        states[op.execution_id] = ("finished", None)
         updates.append(
             (
                 op.status.value,

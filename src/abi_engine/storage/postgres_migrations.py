@@ -276,11 +276,10 @@ M007_TOKEN_LINEAGE = [
 
 # Claim tokens and schedule versions (as SQLite's m008_fencing): every ownership change
 # of an execution is a compare-and-set on its claim token; a schedule write that read an
-# older version loses and re-reads. Liveness is the lease alone: the owner index goes.
+# older version loses and re-reads.
 M008_FENCING = [
     "ALTER TABLE executions ADD COLUMN claim BIGINT",
     "ALTER TABLE schedules ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
-    "DROP INDEX idx_executions_owner",
 ]
 
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.

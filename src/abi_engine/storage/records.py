@@ -17,6 +17,7 @@ from abi_engine.events import OutboxEvent
 from abi_engine.models import ExecutionStatus, StepStatus
 
 __all__ = [
+    "AGAIN",
     "TIMEOUT_SUFFIX",
     "CancelExecution",
     "CheckpointStep",
@@ -37,6 +38,29 @@ __all__ = [
 TIMEOUT_SUFFIX = "#timeout"
 
 
+class _Again:
+    """The result of an op that finds its own effect already stored: a retry of an op
+    whose first commit succeeded though its caller saw an error (a lost answer).
+    True, like an op that applied; its events are not written a second time."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "AGAIN"
+
+
+#: See :class:`_Again`.
+AGAIN = _Again()
+
+
+def applied(result: Any) -> bool:
+    """Whether an op's result means it applied now (so its events are written)."""
+    return result is not False and result is not None and result is not AGAIN
+
+
 @attrs.define(kw_only=True)
 class ExecutionRecord:
     """Everything stored about an execution (the API shows a part of it).
@@ -45,7 +69,8 @@ class ExecutionRecord:
     ``configuration`` is the workflow's configuration at that time, so a
     resumed execution runs exactly what was started. ``priority`` 0 is a
     synchronous caller waiting, 1 an asynchronous one. ``owner`` is the
-    runtime node that holds the execution until ``lease_until``.
+    runtime node that holds the execution, under claim token ``claim``, until
+    ``lease_until``.
     """
 
     id: str
@@ -70,6 +95,8 @@ class ExecutionRecord:
     timeout_at: datetime | None = None
     owner: str | None = None
     lease_until: datetime | None = None
+    #: The fencing token of the claim that holds it (see :class:`ClaimExecution`).
+    claim: int | None = None
     waiting_for: str | None = None
     wake_at: datetime | None = None
     workflow_name: str | None = None
@@ -114,16 +141,28 @@ class WriteOp:
 
 @attrs.frozen(kw_only=True)
 class InsertExecution(WriteOp):
-    """Insert a new execution. Applies ``False`` when its idempotency key is taken."""
+    """Insert a new execution. Applies ``False`` when its idempotency key is taken.
+
+    Idempotent: applied again (a retry after a commit whose outcome was lost),
+    it finds its own row by id and applies ``True``.
+    """
 
     record: ExecutionRecord
 
 
 @attrs.frozen(kw_only=True)
 class ClaimExecution(WriteOp):
-    """Mark an execution ``running`` for ``owner`` (if queued, or running and owned)."""
+    """Turn the grant ``grant`` of a queued (or taken over) execution into a run.
+
+    A compare-and-set on the claim token: applies only while the row's claim
+    is ``grant`` (or already ``token``: a retry), then the execution is
+    ``running`` under ``token`` for ``owner`` until ``lease_until``. A grant
+    is used once: a second worker holding the same grant loses.
+    """
 
     execution_id: str
+    grant: int
+    token: int
     owner: str
     lease_until: datetime
     started_at: datetime
@@ -131,24 +170,23 @@ class ClaimExecution(WriteOp):
 
 @attrs.frozen(kw_only=True)
 class CheckpointStep(WriteOp):
-    """Store a finished step, if ``owner`` still runs the execution."""
+    """Store a finished step, if the execution still runs under claim ``token``."""
 
     step: StepRecord
-    owner: str
-    lease_until: datetime
+    token: int
 
 
 @attrs.frozen(kw_only=True)
 class SaveProgress(WriteOp):
     """Keep how far a running step got (``payload``, JSON) under ``name``, replacing
-    what was kept before; applies ``False`` unless ``owner`` runs the execution.
+    what was kept before; applies ``False`` unless the execution runs under ``token``.
 
     Kept with the execution's signals under a name no signal can have
     (``#progress:<step index>``), read back when the step runs again.
     """
 
     execution_id: str
-    owner: str
+    token: int
     name: str
     payload_json: str
     saved_at: datetime
@@ -158,8 +196,10 @@ class SaveProgress(WriteOp):
 class FinishExecution(WriteOp):
     """End an execution (and update its workflow's stats) unless it already ended.
 
-    With ``owner`` set, applies only while that owner runs it. ``step`` is the
-    last step's record, written in the same transaction.
+    With ``token`` set, applies only while the execution runs under that claim
+    (or, for a retry, when this very finish already applied: same status,
+    claim and ``completed_at``). ``step`` is the last step's record, written
+    in the same transaction.
     """
 
     execution_id: str
@@ -169,21 +209,26 @@ class FinishExecution(WriteOp):
     duration_ms: int
     result: Any = None
     error: dict[str, Any] | None = None
-    owner: str | None = None
+    token: int | None = None
     step: StepRecord | None = None
     result_json: str | None = None
 
 
 @attrs.frozen(kw_only=True)
 class SuspendExecution(WriteOp):
-    """Park a running execution as ``waiting`` for a signal (or until ``wake_at``).
+    """Park an execution running under ``token`` as ``waiting`` for a signal (or until
+    ``wake_at``).
 
     The execution's own timeout ends here (unless ``keep_timeout``: a durable
-    sleep): it bounds running time, and a wait is bounded by its own ``wake_at``. Applies ``"ready"`` instead when the
-    signal has already arrived (the step then runs again at once)."""
+    sleep): it bounds running time, and a wait is bounded by its own
+    ``wake_at``. Applies ``"ready"`` instead when the signal has already
+    arrived (the step then runs again at once), ``False`` when the claim was
+    lost. The claim token stays on the row (ownership ends with the
+    status), so a retry of the same suspension applies ``True`` again.
+    """
 
     execution_id: str
-    owner: str
+    token: int
     waiting_for: str
     wake_at: datetime | None = None
     step: StepRecord | None = None
@@ -197,7 +242,11 @@ class DeliverSignal(WriteOp):
 
     Applies ``"queued"`` when the execution was waiting for it, ``"stored"``
     when kept for later, ``None`` when the execution has ended or the signal
-    was already given.
+    was already given. A queued execution is granted, in the same
+    transaction, to ``grant_owner`` under claim ``grant_token`` until
+    ``lease_until`` (the node that will run it; none: any node's recovery
+    takes it). A retry finds its own signal (same ``created_at``) and
+    applies as the first time did.
     """
 
     execution_id: str
@@ -205,11 +254,19 @@ class DeliverSignal(WriteOp):
     payload: Any
     created_at: datetime
     require_waiting: bool = False
+    grant_owner: str | None = None
+    grant_token: int | None = None
+    lease_until: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
 class CancelExecution(WriteOp):
-    """End a queued, running or waiting execution as ``cancelled`` or ``timed_out``."""
+    """End a queued, running or waiting execution as ``cancelled`` or ``timed_out``.
+
+    With ``token`` (the runtime ending its own run at the execution's
+    deadline), applies only while it runs under that claim. A retry of an
+    applied cancellation (same status and ``completed_at``) applies ``True``.
+    """
 
     execution_id: str
     workflow_id: str
@@ -217,13 +274,16 @@ class CancelExecution(WriteOp):
     completed_at: datetime
     error: dict[str, Any] | None = None
     step: StepRecord | None = None
+    token: int | None = None
 
 
 @attrs.frozen(kw_only=True)
 class ReleaseExecutions(WriteOp):
-    """Hand back every unfinished execution ``owner`` holds (status ``queued``)."""
+    """Hand back the executions held under ``claims`` (``(execution id, token)``):
+    each one still queued or running under its token becomes ``queued`` with
+    no owner and no claim, for any node to take at once. Applies the count."""
 
-    owner: str
+    claims: tuple[tuple[str, int], ...]
 
 
 @attrs.frozen(kw_only=True)

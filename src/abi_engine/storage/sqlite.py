@@ -32,6 +32,7 @@ from abi_engine.models import (
     Workflow,
 )
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage._nodelocks import NodeLocks
 from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
 from abi_engine.storage._rows import (
     _TOKEN_COLUMNS,
@@ -100,6 +101,7 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         self._writer = self._connect()
         self.db = sqlite_utils.Database(self._writer)
         self._migrate()
+        self._nodes = None if self._memory else NodeLocks(str(Path(self.path).resolve()))
 
     # -- connections -----------------------------------------------------------
 
@@ -161,6 +163,8 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
         if self._closed:
             return
         self._closed = True
+        if self._nodes is not None:
+            self._nodes.close()
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()

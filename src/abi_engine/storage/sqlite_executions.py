@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
+from abi_engine.storage._fencing import (
+    MISSING,
+    State,
+    checkpoints,
+    claims,
+    ended_again,
+    finishes,
+    new_claim,
+    types_filter,
+)
+from abi_engine.storage._nodelocks import NodeLocks
 from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _UNFINISHED, _row_to_record
 from abi_engine.storage.records import (
+    AGAIN,
     TIMEOUT_SUFFIX,
     CancelExecution,
     CheckpointStep,
@@ -26,6 +38,7 @@ from abi_engine.storage.records import (
     StepRecord,
     SuspendExecution,
     WriteOp,
+    applied,
 )
 
 __all__ = ["ExecutionsMixin"]
@@ -61,6 +74,7 @@ class ExecutionsMixin:
     transaction: Callable[[], Any]
     _read: Callable[[], Any]
     _insert_events: Callable[[sqlite3.Connection, Sequence[Any]], None]
+    _nodes: NodeLocks | None
 
     # -- writes ------------------------------------------------------------------------
 
@@ -109,7 +123,7 @@ class ExecutionsMixin:
         events = [
             event
             for op, result in zip(ops, results, strict=True)
-            if op.events and result is not False and result is not None
+            if op.events and applied(result)
             for event in op.events
         ]
         self._insert_events(conn, events)
@@ -118,7 +132,7 @@ class ExecutionsMixin:
     def _apply_one(self, conn: sqlite3.Connection, op: WriteOp) -> Any:
         handler = _HANDLERS[type(op)]
         result = handler(conn, op)
-        if result is not False and result is not None and op.events:
+        if applied(result) and op.events:
             self._insert_events(conn, op.events)
         return result
 
@@ -203,65 +217,103 @@ class ExecutionsMixin:
         now: datetime,
         lease_until: datetime,
         limit: int,
-        is_dead: Callable[[str], bool],
-    ) -> list[tuple[str, int]]:
-        """Take over unfinished executions nobody (alive) holds; return ``(id, priority)``.
+        types: Collection[str] | None = None,
+        dead: Collection[str] = (),
+    ) -> list[tuple[str, int, int]]:
+        """Grant ``owner`` unfinished executions nobody holds; return ``(id, priority, token)``.
 
         Candidates: queued or running executions with no owner, an expired
-        lease or a dead owner, and waiting executions whose ``wake_at`` passed.
+        lease (whoever owned them, ``owner`` included: what a node owns but no
+        longer holds is recovered like anything else) or an owner in ``dead``
+        (nodes known to have ended, :meth:`dead_nodes`), and waiting executions
+        whose ``wake_at`` passed (a timeout signal is recorded for them).
+        ``types``: only executions of these workflow types (a node runs only
+        the types it has). Each grant is a fresh claim token.
         """
         now_ms = to_ms(now)
         lease_ms = to_ms(lease_until)
-        taken: list[tuple[str, int]] = []
+        type_clause, type_args = _types_clause(types)
+        taken: list[tuple[str, int, int]] = []
         with self.transaction() as conn:
             # Waits that timed out: record a signal the step can see, queue them.
             for ex_id, waiting_for, priority in conn.execute(
                 "SELECT id, waiting_for, priority FROM executions"
-                " WHERE status = 'waiting' AND wake_at <= ? ORDER BY wake_at LIMIT ?",
-                (now_ms, limit),
+                f" WHERE status = 'waiting' AND wake_at <= ?{type_clause}"
+                " ORDER BY wake_at LIMIT ?",
+                (now_ms, *type_args, limit),
             ).fetchall():
                 conn.execute(
                     "INSERT OR IGNORE INTO execution_signals"
                     " (execution_id, name, payload, created_at) VALUES (?, ?, 'null', ?)",
                     (ex_id, f"{waiting_for}{TIMEOUT_SUFFIX}", now_ms),
                 )
-                taken.append((ex_id, priority))
-            # Unowned work, expired leases, and work of owners known to be dead.
-            owners = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT DISTINCT owner FROM executions"
-                    " WHERE status IN ('queued', 'running') AND owner IS NOT NULL AND owner != ?",
-                    (owner,),
-                )
-            ]
-            dead = [o for o in owners if is_dead(o)]
-            marks = ", ".join("?" for _ in dead) or "NULL"
+                taken.append((ex_id, priority, new_claim()))
+            # Unowned work, expired leases, and work of nodes that ended.
+            gone = sorted(dead)
+            dead_clause = f" OR owner IN ({', '.join('?' for _ in gone)})" if gone else ""
             for ex_id, priority in conn.execute(
                 "SELECT id, priority FROM executions WHERE status IN ('queued', 'running')"
-                " AND (owner IS NULL OR (owner != ? AND lease_until < ?)"
-                f" OR owner IN ({marks})) ORDER BY priority, created_at LIMIT ?",
-                (owner, now_ms, *dead, max(0, limit - len(taken))),
+                f" AND (lease_until IS NULL OR lease_until < ?{dead_clause}){type_clause}"
+                " ORDER BY priority, created_at LIMIT ?",
+                (now_ms, *gone, *type_args, max(0, limit - len(taken))),
             ).fetchall():
-                taken.append((ex_id, priority))
-            for ex_id, _ in taken:
-                conn.execute(
-                    "UPDATE executions SET owner = ?, lease_until = ?, waiting_for = NULL,"
-                    " wake_at = NULL,"
-                    " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
-                    " WHERE id = ?",
-                    (owner, lease_ms, ex_id),
-                )
+                taken.append((ex_id, priority, new_claim()))
+            conn.executemany(
+                "UPDATE executions SET owner = ?, claim = ?, lease_until = ?,"
+                " waiting_for = NULL, wake_at = NULL,"
+                " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
+                " WHERE id = ?",
+                [(owner, token, lease_ms, ex_id) for ex_id, _, token in taken],
+            )
         return taken
 
-    def renew_leases(self, owner: str, lease_until: datetime) -> int:
+    def register_node(self, node_id: str) -> None:
+        """Mark node ``node_id`` (a runtime of this process) alive until
+        :meth:`unregister_node` or the end of the process (a kernel file lock)."""
+        if self._nodes is not None:
+            self._nodes.register(node_id)
+
+    def unregister_node(self, node_id: str) -> None:
+        if self._nodes is not None:
+            self._nodes.unregister(node_id)
+
+    def dead_nodes(self) -> list[str]:
+        """Nodes known to have ended (their process is gone) that still own unfinished
+        executions; the files of dead nodes that own nothing any more are removed."""
+        if self._nodes is None:
+            return []
+        dead = self._nodes.dead()
+        if not dead:
+            return []
+        owning: list[str] = []
+        with self._read() as conn:
+            for node_id in dead:
+                row = conn.execute(
+                    "SELECT 1 FROM executions WHERE owner = ?"
+                    " AND status IN ('queued', 'running') LIMIT 1",
+                    (node_id,),
+                ).fetchone()
+                if row is None:
+                    self._nodes.forget(node_id)
+                else:
+                    owning.append(node_id)
+        return owning
+
+    def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
+        """Extend the lease of each execution still queued or running under its claim
+        in ``claims`` (id -> token) to ``lease_until``; return the ids that were not
+        (lost: taken over, cancelled, ended)."""
+        if not claims:
+            return []
+        lease_ms = to_ms(lease_until)
         with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE executions SET lease_until = ? WHERE owner = ?"
-                " AND status IN ('queued', 'running')",
-                (to_ms(lease_until), owner),
+            current = _claims(conn, list(claims))
+            kept = [i for i, token in claims.items() if current.get(i) == token]
+            conn.executemany(
+                "UPDATE executions SET lease_until = ? WHERE id = ?",
+                [(lease_ms, i) for i in kept],
             )
-            return int(cursor.rowcount)
+        return [i for i, token in claims.items() if current.get(i) != token]
 
     def next_wake_at(self) -> datetime | None:
         with self._read() as conn:
@@ -274,23 +326,52 @@ class ExecutionsMixin:
 # -- op handlers -------------------------------------------------------------------------
 
 
-def _insert(conn: sqlite3.Connection, op: InsertExecution) -> bool:
+def _types_clause(types: Collection[str] | None) -> tuple[str, list[str]]:
+    names = types_filter(types)
+    if names is None:
+        return "", []
+    return f" AND workflow_type IN ({', '.join('?' for _ in names) or 'NULL'})", names
+
+
+def _claims(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int | None]:
+    """The claim token of each of ``ids`` that is queued or running."""
+    found: dict[str, int | None] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        for row in conn.execute(
+            f"SELECT id, claim FROM executions WHERE id IN ({marks})"
+            " AND status IN ('queued', 'running')",
+            chunk,
+        ):
+            found[row[0]] = row[1]
+    return found
+
+
+def _insert(conn: sqlite3.Connection, op: InsertExecution) -> Any:
     return insert_execution_row(conn, op.record)
 
 
 _INSERT_EXECUTION = (
     "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
     " configuration, plan, created_at, started_at, callback_url, callback_secret,"
-    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
+    " claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT DO NOTHING"
 )
 
 
-def insert_execution_row(conn: sqlite3.Connection, r: ExecutionRecord) -> bool:
-    """Insert an execution row; ``False`` when its idempotency key is already taken."""
+def insert_execution_row(conn: sqlite3.Connection, r: ExecutionRecord) -> Any:
+    """Insert an execution row; ``False`` when its idempotency key is already taken.
+
+    A row of the same id already there is this insert's own (ids are random):
+    a retry after a commit whose outcome was lost, so ``AGAIN``.
+    """
     cursor = conn.execute(_INSERT_EXECUTION, execution_row(r))
-    return cursor.rowcount > 0
+    if cursor.rowcount > 0:
+        return True
+    found = conn.execute("SELECT 1 FROM executions WHERE id = ?", (r.id,)).fetchone()
+    return AGAIN if found is not None else False
 
 
 def insert_execution_rows(conn: sqlite3.Connection, records: Sequence[ExecutionRecord]) -> None:
@@ -319,32 +400,24 @@ def execution_row(r: ExecutionRecord) -> tuple[Any, ...]:
         to_ms(r.timeout_at),
         r.owner,
         to_ms(r.lease_until),
+        r.claim,
     )
 
 
-def _claim(conn: sqlite3.Connection, op: ClaimExecution) -> bool:
-    cursor = conn.execute(
-        "UPDATE executions SET status = 'running', owner = ?, lease_until = ?,"
-        " started_at = coalesce(started_at, ?)"
-        " WHERE id = ? AND status IN ('queued', 'running') AND (owner IS NULL OR owner = ?)",
-        (op.owner, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id, op.owner),
-    )
-    return cursor.rowcount > 0
+def _claim(conn: sqlite3.Connection, op: ClaimExecution) -> Any:
+    return _bulk_claim(conn, [op])[0]
 
 
-def _owned(conn: sqlite3.Connection, execution_id: str, owner: str, lease: datetime) -> bool:
-    cursor = conn.execute(
-        "UPDATE executions SET lease_until = ? WHERE id = ? AND owner = ? AND status = 'running'",
-        (to_ms(lease), execution_id, owner),
-    )
-    return cursor.rowcount > 0
+def _runs_under(conn: sqlite3.Connection, execution_id: str, token: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM executions WHERE id = ? AND claim = ? AND status = 'running'",
+        (execution_id, token),
+    ).fetchone()
+    return row is not None
 
 
 def _checkpoint(conn: sqlite3.Connection, op: CheckpointStep) -> bool:
-    if not _owned(conn, op.step.execution_id, op.owner, op.lease_until):
-        return False
-    conn.execute(_UPSERT_STEP, _step_params(op.step))
-    return True
+    return _bulk_checkpoint(conn, [op])[0]
 
 
 def _stats(conn: sqlite3.Connection, workflow_id: str, status: ExecutionStatus, ms: int) -> None:
@@ -361,49 +434,43 @@ def _stats(conn: sqlite3.Connection, workflow_id: str, status: ExecutionStatus, 
     )
 
 
-def _finish(conn: sqlite3.Connection, op: FinishExecution) -> bool:
-    owner_clause = " AND owner = ? AND status = 'running'" if op.owner else ""
-    args: list[Any] = [
-        op.status.value,
-        to_ms(op.completed_at),
-        op.duration_ms,
-        op.result_json
-        if op.result_json is not None
-        else (None if op.result is None else dumps(op.result)),
-        None if op.error is None else dumps(op.error),
-        op.execution_id,
-    ]
-    if op.owner:
-        args.append(op.owner)
-    cursor = conn.execute(
-        "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
-        " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
-        f" WHERE id = ? AND status IN {_UNFINISHED}{owner_clause}",
-        args,
-    )
-    if cursor.rowcount == 0:
+def _ended_already(
+    conn: sqlite3.Connection,
+    execution_id: str,
+    status: ExecutionStatus,
+    completed_at: datetime,
+    token: int | None,
+) -> Any:
+    """``AGAIN`` when this very ending already applied (a retry), else ``False``."""
+    state = _states(conn, [execution_id]).get(execution_id, MISSING)
+    return AGAIN if ended_again(state, status.value, completed_at, token) else False
+
+
+def _finish(conn: sqlite3.Connection, op: FinishExecution) -> Any:
+    return _bulk_finish(conn, [op])[0]
+
+
+def _suspend(conn: sqlite3.Connection, op: SuspendExecution) -> Any:
+    row = conn.execute(
+        "SELECT status, claim, waiting_for FROM executions WHERE id = ?", (op.execution_id,)
+    ).fetchone()
+    if row is None or row[1] != op.token:
         return False
-    if op.step is not None:
-        conn.execute(_UPSERT_STEP, _step_params(op.step))
-    _stats(conn, op.workflow_id, op.status, op.duration_ms)
-    return True
-
-
-def _suspend(conn: sqlite3.Connection, op: SuspendExecution) -> bool | str:
+    if row[0] == "waiting" and row[2] == op.waiting_for:
+        return AGAIN  # a retry of this suspension
+    if row[0] != "running":
+        return False
     arrived = conn.execute(
         "SELECT 1 FROM execution_signals WHERE execution_id = ? AND name IN (?, ?)",
         (op.execution_id, op.waiting_for, f"{op.waiting_for}{TIMEOUT_SUFFIX}"),
     ).fetchone()
     if arrived:
         return "ready"
-    cursor = conn.execute(
+    conn.execute(
         "UPDATE executions SET status = 'waiting', waiting_for = ?, wake_at = ?, owner = NULL,"
-        " lease_until = NULL, timeout_at = CASE WHEN ? THEN timeout_at END"
-        " WHERE id = ? AND owner = ? AND status = 'running'",
-        (op.waiting_for, to_ms(op.wake_at), int(op.keep_timeout), op.execution_id, op.owner),
+        " lease_until = NULL, timeout_at = CASE WHEN ? THEN timeout_at END WHERE id = ?",
+        (op.waiting_for, to_ms(op.wake_at), int(op.keep_timeout), op.execution_id),
     )
-    if cursor.rowcount == 0:
-        return False
     if op.step is not None:
         conn.execute(_UPSERT_STEP, _step_params(op.step))
     return True
@@ -411,9 +478,20 @@ def _suspend(conn: sqlite3.Connection, op: SuspendExecution) -> bool | str:
 
 def _signal(conn: sqlite3.Connection, op: DeliverSignal) -> str | None:
     row = conn.execute(
-        "SELECT status, waiting_for FROM executions WHERE id = ?", (op.execution_id,)
+        "SELECT status, waiting_for, claim FROM executions WHERE id = ?", (op.execution_id,)
     ).fetchone()
-    if row is None or row[0] not in ("queued", "running", "waiting"):
+    if row is None:
+        return None
+    payload = dumps(op.payload)
+    mine = conn.execute(
+        "SELECT 1 FROM execution_signals WHERE execution_id = ? AND name = ?"
+        " AND created_at = ? AND payload = ?",
+        (op.execution_id, op.name, to_ms(op.created_at), payload),
+    ).fetchone()
+    if mine:  # a retry: this very signal is stored already
+        granted = op.grant_token is not None and row[0] == "queued" and row[2] == op.grant_token
+        return "queued" if granted else "stored"
+    if row[0] not in ("queued", "running", "waiting"):
         return None
     waiting = row[0] == "waiting" and row[1] == op.name
     if op.require_waiting and not waiting:
@@ -421,25 +499,22 @@ def _signal(conn: sqlite3.Connection, op: DeliverSignal) -> str | None:
     cursor = conn.execute(
         "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
         " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (op.execution_id, op.name, dumps(op.payload), to_ms(op.created_at)),
+        (op.execution_id, op.name, payload, to_ms(op.created_at)),
     )
     if cursor.rowcount == 0:
         return None
     if waiting:
         conn.execute(
             "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
-            " owner = NULL, lease_until = NULL WHERE id = ?",
-            (op.execution_id,),
+            " owner = ?, claim = ?, lease_until = ? WHERE id = ?",
+            (op.grant_owner, op.grant_token, to_ms(op.lease_until), op.execution_id),
         )
         return "queued"
     return "stored"
 
 
 def _save_progress(conn: sqlite3.Connection, op: SaveProgress) -> bool:
-    row = conn.execute(
-        "SELECT status, owner FROM executions WHERE id = ?", (op.execution_id,)
-    ).fetchone()
-    if row is None or row[0] != "running" or row[1] != op.owner:
+    if not _runs_under(conn, op.execution_id, op.token):
         return False
     conn.execute(
         "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
@@ -450,27 +525,29 @@ def _save_progress(conn: sqlite3.Connection, op: SaveProgress) -> bool:
     return True
 
 
-def _cancel(conn: sqlite3.Connection, op: CancelExecution) -> bool:
+def _cancel(conn: sqlite3.Connection, op: CancelExecution) -> Any:
     row = conn.execute(
         "SELECT started_at FROM executions WHERE id = ?", (op.execution_id,)
     ).fetchone()
     started = row[0] if row else None
     done = to_ms(op.completed_at) or 0
     duration = max(0, done - started) if started is not None else 0
+    claim_clause = " AND claim = ? AND status = 'running'" if op.token is not None else ""
     cursor = conn.execute(
         "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, error = ?,"
         " owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
-        f" WHERE id = ? AND status IN {_UNFINISHED}",
+        f" WHERE id = ? AND status IN {_UNFINISHED}{claim_clause}",
         (
             op.status.value,
             done,
             duration,
             None if op.error is None else dumps(op.error),
             op.execution_id,
+            *(() if op.token is None else (op.token,)),
         ),
     )
     if cursor.rowcount == 0:
-        return False
+        return _ended_already(conn, op.execution_id, op.status, op.completed_at, op.token)
     if op.step is not None:
         conn.execute(_UPSERT_STEP, _step_params(op.step))
     _stats(conn, op.workflow_id, op.status, duration)
@@ -478,12 +555,12 @@ def _cancel(conn: sqlite3.Connection, op: CancelExecution) -> bool:
 
 
 def _release(conn: sqlite3.Connection, op: ReleaseExecutions) -> int:
-    cursor = conn.execute(
-        "UPDATE executions SET status = 'queued', owner = NULL, lease_until = NULL"
-        " WHERE owner = ? AND status IN ('queued', 'running')",
-        (op.owner,),
+    cursor = conn.executemany(
+        "UPDATE executions SET status = 'queued', owner = NULL, claim = NULL,"
+        " lease_until = NULL WHERE id = ? AND claim = ? AND status IN ('queued', 'running')",
+        list(op.claims),
     )
-    return cursor.rowcount
+    return max(0, cursor.rowcount)
 
 
 def _events_only(conn: sqlite3.Connection, op: InsertEvents) -> bool:
@@ -507,67 +584,55 @@ _HANDLERS: dict[type[WriteOp], Callable[[sqlite3.Connection, Any], Any]] = {
 # -- bulk handlers: one SELECT and a few executemany per kind of op -----------------------
 
 
-def _states(conn: sqlite3.Connection, ids: list[str]) -> dict[str, tuple[str, str | None]]:
-    found: dict[str, tuple[str, str | None]] = {}
+def _states(conn: sqlite3.Connection, ids: list[str]) -> dict[str, State]:
+    """Status, claim token and end time of the executions ``ids``."""
+    found: dict[str, State] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ", ".join("?" * len(chunk))
         for row in conn.execute(
-            f"SELECT id, status, owner FROM executions WHERE id IN ({marks})", chunk
+            f"SELECT id, status, claim, completed_at FROM executions WHERE id IN ({marks})",
+            chunk,
         ):
-            found[row[0]] = (row[1], row[2])
+            found[row[0]] = (row[1], row[2], row[3])
     return found
 
 
-def _bulk_insert(conn: sqlite3.Connection, ops: list[InsertExecution]) -> list[bool]:
+def _bulk_insert(conn: sqlite3.Connection, ops: list[InsertExecution]) -> list[Any]:
     return [insert_execution_row(conn, op.record) for op in ops]
 
 
-def _bulk_claim(conn: sqlite3.Connection, ops: list[ClaimExecution]) -> list[bool]:
-    states = _states(conn, [op.execution_id for op in ops])
-    results: list[bool] = []
-    rows = []
-    for op in ops:
-        status, owner = states.get(op.execution_id, ("missing", None))
-        ok = status in ("queued", "running") and owner in (None, op.owner)
-        if ok:
-            states[op.execution_id] = ("claimed", op.owner)  # a second claim in the batch loses
-            rows.append((op.owner, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id))
-        results.append(ok)
+def _bulk_claim(conn: sqlite3.Connection, ops: list[ClaimExecution]) -> list[Any]:
+    results = claims(ops, _states(conn, [op.execution_id for op in ops]))
     conn.executemany(
-        "UPDATE executions SET status = 'running', owner = ?, lease_until = ?,"
+        "UPDATE executions SET status = 'running', owner = ?, claim = ?, lease_until = ?,"
         " started_at = coalesce(started_at, ?) WHERE id = ?",
-        rows,
+        [
+            (op.owner, op.token, to_ms(op.lease_until), to_ms(op.started_at), op.execution_id)
+            for op, result in zip(ops, results, strict=True)
+            if result is True
+        ],
     )
     return results
 
 
 def _bulk_checkpoint(conn: sqlite3.Connection, ops: list[CheckpointStep]) -> list[bool]:
-    # Leases are renewed by the node's heartbeat; a checkpoint only checks ownership.
-    states = _states(conn, [op.step.execution_id for op in ops])
-    results = [states.get(op.step.execution_id) == ("running", op.owner) for op in ops]
+    # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
+    results = checkpoints(ops, _states(conn, [op.step.execution_id for op in ops]))
     conn.executemany(
         _UPSERT_STEP, [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok]
     )
     return results
 
 
-def _bulk_finish(conn: sqlite3.Connection, ops: list[FinishExecution]) -> list[bool]:
-    states = _states(conn, [op.execution_id for op in ops])
-    results: list[bool] = []
+def _bulk_finish(conn: sqlite3.Connection, ops: list[FinishExecution]) -> list[Any]:
+    results = finishes(ops, _states(conn, [op.execution_id for op in ops]))
     updates = []
     steps = []
     stats: dict[str, list[int]] = {}
-    for op in ops:
-        status, owner = states.get(op.execution_id, ("missing", None))
-        if op.owner:
-            ok = status == "running" and owner == op.owner
-        else:
-            ok = status in ("queued", "running", "waiting")
-        results.append(ok)
-        if not ok:
+    for op, result in zip(ops, results, strict=True):
+        if result is not True:
             continue
-        states[op.execution_id] = ("finished", None)
         updates.append(
             (
                 op.status.value,

@@ -1,0 +1,464 @@
+"""Exactly once under concurrency and faults: claim tokens, honest leases, retried writes.
+
+Each test tries an interleaving that broke the promise before claim tokens
+(issue #10): a signal racing the poller, a store call that fails (before or
+after its commit), a caller cancelled during the commit, a full queue, an
+idempotent replay that times out, a step that blocks the event loop longer
+than the lease, a cancellation racing the start of a run. They run on every
+engine backend (SQLite, and PostgreSQL where configured).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from runtime_plugins import PROBE
+from runtime_plugins.helpers import (
+    DatabaseFactory,
+    EngineFactory,
+    engines,
+    fast,
+    new_workflow,
+    until,
+    wait_status,
+)
+
+from abi_engine import Engine, ExecutionStatus
+from abi_engine.errors import ExecutionTimeout
+from abi_engine.storage import Store
+from abi_engine.storage.records import (
+    AGAIN,
+    CheckpointStep,
+    ClaimExecution,
+    FinishExecution,
+    SuspendExecution,
+    WriteOp,
+)
+
+pytestmark = pytest.mark.anyio
+
+TERMINAL = (
+    ExecutionStatus.COMPLETED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.TIMED_OUT,
+    ExecutionStatus.CANCELLED,
+)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probe() -> None:
+    PROBE.reset()
+
+
+@pytest.fixture
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    """Engines on the test's databases (each engine backend)."""
+    with engines(tmp_path, databases) as factory:
+        yield factory
+
+
+class FaultyStore:
+    """A real store whose ``apply`` (and optionally other calls) fail on demand.
+
+    ``fail(kind, times, after=False)``: the next ``times`` batches holding an op of
+    type ``kind`` raise; with ``after`` the batch is applied first (its commit
+    succeeded, its answer is lost), as when a connection drops mid-commit.
+    ``down(calls)``: the named methods raise until ``up()``.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.blocking = store.blocking
+        self._faults: list[tuple[type[WriteOp], bool]] = []
+        self._down: set[str] = set()
+        self._lock = threading.Lock()
+        self.failed: list[tuple[str, bool]] = []
+
+    def fail(self, kind: type[WriteOp], times: int = 1, *, after: bool = False) -> None:
+        with self._lock:
+            self._faults.extend([(kind, after)] * times)
+
+    def down(self, *names: str) -> None:
+        self._down.update(names)
+
+    def up(self) -> None:
+        self._down.clear()
+
+    def _check_down(self, name: str) -> None:
+        if name in self._down:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+
+    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
+        self._check_down("apply")
+        fault = None
+        with self._lock:
+            for index, (kind, _after) in enumerate(self._faults):
+                if any(type(op) is kind for op in ops):
+                    fault = self._faults.pop(index)
+                    break
+        if fault is None:
+            return self._store.apply(ops)
+        self.failed.append((fault[0].__name__, fault[1]))
+        if fault[1]:
+            self._store.apply(ops)
+        raise sqlite3.OperationalError("database is locked (injected)")
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._check_down(name)
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def _faulty(make: EngineFactory, **settings: Any) -> tuple[Engine, FaultyStore]:
+    """An engine (with the test types) on a FaultyStore over a real store of the backend."""
+    plain = make()
+    faulty = FaultyStore(plain.store)
+    engine = Engine(
+        faulty,  # type: ignore[arg-type]
+        plugins=[__import__("runtime_plugins")],
+        runtime=fast(**settings),
+    )
+    return engine, faulty
+
+
+async def _all_done(engine: Engine, ids: Sequence[str], timeout: float = 60) -> None:
+    for execution_id in ids:
+        final = await wait_status(engine, execution_id, *TERMINAL, timeout=timeout)
+        assert final.status is ExecutionStatus.COMPLETED, final
+
+
+# -- signals racing the poller ----------------------------------------------------------------
+
+
+async def test_a_signal_racing_the_poller_runs_the_rest_once(make: EngineFactory) -> None:
+    """Signals delivered while the poller looks for work every few ms: the step after the
+    wait runs once per execution (the resumed execution is granted to the signalling
+    node in the signal's own transaction, so no poll can queue it a second time)."""
+    engine = make(settings=fast(poll_interval=0.002))
+    async with engine:
+        wf = await new_workflow(engine)
+        plan = {"do": {"second": {"signal": "go"}}}
+        ids = [
+            (await engine.executions.execute(wf, plan, wait=False)).execution_id for _ in range(60)
+        ]
+        for execution_id in ids:
+            await wait_status(engine, execution_id, ExecutionStatus.WAITING, timeout=30)
+        async with anyio.create_task_group() as tg:
+            for execution_id in ids:
+                tg.start_soon(engine.executions.signal, execution_id, "go", {"n": 1})
+        await _all_done(engine, ids)
+    for execution_id in ids:
+        assert PROBE.runs(execution_id) == {"first": 1, "second": 2, "third": 1}
+
+
+# -- failing store calls ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-commit", "answer-lost"])
+@pytest.mark.parametrize("kind", [ClaimExecution, CheckpointStep, FinishExecution])
+async def test_a_failed_write_is_retried_and_applies_once(
+    make: EngineFactory, kind: type[WriteOp], after: bool
+) -> None:
+    """A claim, checkpoint or finish whose store call fails (before its commit, or after it
+    with the answer lost) is retried: every execution completes, each step runs once, and
+    the workflow's run statistics count each execution once."""
+    engine, faulty = _faulty(make)
+    try:
+        async with engine:
+            wf = await new_workflow(engine)
+            faulty.fail(kind, times=3, after=after)
+            ids = [
+                (await engine.executions.execute(wf, {}, wait=False)).execution_id for _ in range(6)
+            ]
+            await _all_done(engine, ids)
+            stats = await engine.workflows.get(wf)
+    finally:
+        engine.close()
+    assert len(faulty.failed) == 3
+    for execution_id in ids:
+        assert PROBE.runs(execution_id) == {"first": 1, "second": 1, "third": 1}
+    assert stats.stats.runs_total == 6
+
+
+async def test_a_long_outage_leaves_the_execution_to_recovery_by_the_same_node(
+    make: EngineFactory,
+) -> None:
+    """A store that fails longer than a run retries lets the run go; once the lease expires
+    the same live node recovers it (nothing stays owned but unheld) and only the step
+    whose checkpoint was lost runs again."""
+    engine, faulty = _faulty(make, lease_seconds=2)
+    try:
+        async with engine:
+            wf = await new_workflow(engine)
+            execution = await engine.executions.execute(
+                wf, {"do": {"second": {"gate": "g"}}}, wait=False
+            )
+            await until(lambda: PROBE.calls[(execution.execution_id, "second")] == 1)
+            faulty.down("apply")
+            PROBE.gate("g").set()
+            await anyio.sleep(3)  # longer than the run retries (half the lease)
+            faulty.up()
+            await _all_done(engine, [execution.execution_id])
+    finally:
+        engine.close()
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 2, "third": 1}
+
+
+async def test_the_poller_and_heartbeat_survive_a_failing_store(make: EngineFactory) -> None:
+    """Recovery polls and lease renewals that fail (the database unreachable) are retried;
+    the engine keeps running and finishes the work once the store answers again."""
+    engine, faulty = _faulty(make, lease_seconds=1.5)
+    try:
+        async with engine:
+            wf = await new_workflow(engine)
+            execution = await engine.executions.execute(
+                wf, {"do": {"second": {"gate": "g"}}}, wait=False
+            )
+            await until(lambda: PROBE.calls[(execution.execution_id, "second")] == 1)
+            faulty.down("claim_recoverable", "renew_leases")
+            await anyio.sleep(0.7)  # failing polls and a failing renewal
+            faulty.up()
+            PROBE.gate("g").set()
+            await _all_done(engine, [execution.execution_id])
+            assert engine.runtime.running
+    finally:
+        engine.close()
+
+
+async def test_a_retried_suspension_is_recognised(make: EngineFactory) -> None:
+    """A suspension whose commit succeeded but whose answer was lost is retried and
+    recognised (AGAIN): the execution waits, and the signal then resumes it once."""
+    engine, faulty = _faulty(make)
+    try:
+        async with engine:
+            wf = await new_workflow(engine)
+            faulty.fail(SuspendExecution, after=True)
+            execution = await engine.executions.execute(
+                wf, {"do": {"second": {"signal": "go"}}}, wait=False
+            )
+            await wait_status(engine, execution.execution_id, ExecutionStatus.WAITING)
+            await engine.executions.signal(execution.execution_id, "go", 1)
+            await _all_done(engine, [execution.execution_id])
+    finally:
+        engine.close()
+    assert faulty.failed == [("SuspendExecution", True)]
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 2, "third": 1}
+
+
+# -- stored but never queued ----------------------------------------------------------------------
+
+
+async def test_a_caller_cancelled_during_the_commit_leaves_nothing_stuck(
+    make: EngineFactory,
+) -> None:
+    """An in-process caller cancelled while its execution is being stored: whatever was
+    stored runs to the end."""
+    engine = make()
+    async with engine:
+        wf = await new_workflow(engine)
+        for attempt in range(30):  # cancelled at various points, the commit among them
+            with anyio.move_on_after(attempt * 0.0005):
+                await engine.executions.execute(wf, {}, wait=False)
+        page = await engine.executions.list(page_size=100)
+        ids = [item.execution_id for item in page.items]
+        assert ids
+        await _all_done(engine, ids)
+
+
+async def test_a_reserved_queue_place_is_never_taken(make: EngineFactory) -> None:
+    """A place reserved by execute_async is not taken by other work (a schedule firing):
+    the firing is handed back to the store and runs later; the reserving caller gets its
+    place, not QUEUE_FULL after its execution was stored."""
+    engine = make(settings=fast(queue_size=1, workers=1))
+    async with engine:
+        wf = await new_workflow(engine)
+        runtime = engine.runtime
+        reservation = runtime.reserve()
+        # What the scheduler does when a firing finds no room: hand it back, not lose it.
+        schedule = await engine.schedules.create(
+            wf,
+            {
+                "name": "s",
+                "schedule_type": "interval",
+                "interval_value": 1,
+                "interval_unit": "seconds",
+            },
+        )
+        await until(lambda: engine.schedules.fired >= 1, timeout=30, what="a firing")
+        await engine.schedules.update(schedule.id, {"enabled": False})
+        reservation.release()
+        first = await engine.executions.execute(wf, {}, wait=False)
+        fired = [
+            e.execution_id
+            for e in (await engine.executions.list(page_size=100)).items
+            if e.execution_id != first.execution_id
+        ]
+        await _all_done(engine, [first.execution_id, *fired])
+
+
+# -- idempotent replays ------------------------------------------------------------------------
+
+
+async def test_a_replay_that_times_out_never_touches_the_original(make: EngineFactory) -> None:
+    """A repeated execute with the same idempotency key that waits past its timeout answers
+    504 but leaves the original running (it had no timeout), which then completes."""
+    engine = make()
+    async with engine:
+        wf = await new_workflow(engine)
+        plan = {"do": {"second": {"gate": "g"}}}
+        original = await engine.executions.execute(wf, plan, wait=False, idempotency_key="key-1")
+        await until(lambda: PROBE.calls[(original.execution_id, "second")] == 1)
+        with pytest.raises(ExecutionTimeout) as caught:
+            await engine.executions.execute(
+                wf, plan, wait=True, timeout_seconds=1, idempotency_key="key-1"
+            )
+        assert caught.value.details["execution_id"] == original.execution_id
+        current = await engine.executions.get(original.execution_id)
+        assert current.status is ExecutionStatus.RUNNING
+        assert ("second", "interrupted") not in {
+            (step, what) for e, step, what in PROBE.notes if e == original.execution_id
+        }
+        PROBE.gate("g").set()
+        await _all_done(engine, [original.execution_id])
+
+
+# -- steps that block the loop ---------------------------------------------------------------
+
+
+async def test_a_step_blocking_the_loop_past_its_lease_is_not_taken_over(
+    make: EngineFactory,
+) -> None:
+    """A step that blocks its event loop for several lease periods keeps its execution:
+    the heartbeat runs in a thread, so another engine (its own loop, in another thread)
+    never takes it over and the step runs once."""
+    other = make(settings=fast(lease_seconds=1.5))
+    other.start_blocking()  # polls from its own thread and loop
+    try:
+        engine = make(settings=fast(lease_seconds=1.5))
+        async with engine:
+            wf = await new_workflow(engine)
+            execution = await engine.executions.execute(
+                wf, {"do": {"second": {"block": 5}}}, wait=False
+            )
+            await _all_done(engine, [execution.execution_id])
+    finally:
+        other.stop_blocking()
+    assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 1, "third": 1}
+
+
+# -- cancellation racing the start of a run ------------------------------------------------------
+
+
+async def test_no_step_starts_after_its_cancellation_returned(make: EngineFactory) -> None:
+    """Executions cancelled right after they were submitted: no step of theirs starts after
+    the cancellation returned (it reaches a run that has not registered yet, too)."""
+    engine = make()
+    cancelled_at: dict[str, float] = {}
+    async with engine:
+        wf = await new_workflow(engine)
+        for _ in range(40):
+            execution = await engine.executions.execute(wf, {}, wait=False)
+            try:
+                await engine.executions.cancel(execution.execution_id)
+            except Exception:  # it completed first: nothing to check
+                continue
+            cancelled_at[execution.execution_id] = time.monotonic()
+        await anyio.sleep(1)
+    assert cancelled_at
+    late = [
+        (e, step)
+        for e, step, started in PROBE.starts
+        if e in cancelled_at and started > cancelled_at[e]
+    ]
+    assert late == []
+
+
+# -- store rules -------------------------------------------------------------------------------
+
+
+def test_ops_applied_again_answer_again(store: Store) -> None:
+    """Every op of a run, applied a second time after its first commit, recognises its own
+    effect (AGAIN, or True for an idempotent checkpoint) instead of answering False."""
+    from datetime import timedelta
+
+    from abi_engine.ids import new_id, utcnow
+    from abi_engine.models import StepStatus
+    from abi_engine.storage.records import (
+        ExecutionRecord,
+        InsertExecution,
+        StepRecord,
+    )
+
+    now = utcnow()
+    wf = new_id("wf_")
+    record = ExecutionRecord(
+        id=new_id("exec_"),
+        workflow_id=wf,
+        workflow_type="t",
+        status=ExecutionStatus.QUEUED,
+        created_at=now,
+        owner="n",
+        claim=11,
+        lease_until=now + timedelta(seconds=30),
+    )
+    insert = InsertExecution(record=record)
+    assert store.apply([insert]) == [True]
+    assert store.apply([insert]) == [AGAIN]
+    claim = ClaimExecution(
+        execution_id=record.id,
+        grant=11,
+        token=12,
+        owner="n",
+        lease_until=now + timedelta(seconds=30),
+        started_at=now,
+    )
+    assert store.apply([claim]) == [True]
+    assert store.apply([claim]) == [AGAIN]
+    stale = ClaimExecution(
+        execution_id=record.id,
+        grant=11,
+        token=13,
+        owner="m",
+        lease_until=now + timedelta(seconds=30),
+        started_at=now,
+    )
+    assert store.apply([stale]) == [False]  # a grant is used once
+    step = StepRecord(
+        execution_id=record.id, index=0, name="a", status=StepStatus.COMPLETED, result=1
+    )
+    assert store.apply([CheckpointStep(step=step, token=12)]) == [True]
+    assert store.apply([CheckpointStep(step=step, token=12)]) == [True]
+    assert store.apply([CheckpointStep(step=step, token=13)]) == [False]
+    finish = FinishExecution(
+        execution_id=record.id,
+        workflow_id=wf,
+        status=ExecutionStatus.COMPLETED,
+        completed_at=now,
+        duration_ms=5,
+        token=12,
+    )
+    assert store.apply([finish]) == [True]
+    assert store.apply([finish]) == [AGAIN]
+    other = FinishExecution(
+        execution_id=record.id,
+        workflow_id=wf,
+        status=ExecutionStatus.FAILED,
+        completed_at=now,
+        duration_ms=5,
+        token=12,
+    )
+    assert store.apply([other]) == [False]
+    assert store.renew_leases({record.id: 12}, now + timedelta(seconds=30)) == [record.id]

@@ -416,6 +416,49 @@ def test_bad_arguments_are_usage_errors(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--durability", "fast"],
+        ["serve", "--lease-seconds", "0"],
+        ["serve", "--lease-seconds", "nan"],
+        ["demo", "--lease-seconds", "100000"],
+    ],
+    ids=["durability", "lease-zero", "lease-nan", "lease-huge"],
+)
+def test_bad_durability_or_lease_is_a_usage_error(
+    args: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unknown durability or a lease outside 1..3600 s exits 2 before opening anything."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_serve_durability_and_lease_reach_the_engine(tmp_path: Path) -> None:
+    """`serve --durability full --lease-seconds 7` opens the store with synchronous=FULL and
+    the runtime with 7 s leases."""
+    from abi_engine.cli import _open_engine, build_parser
+
+    args = build_parser().parse_args(
+        ["serve", "--db", str(tmp_path / "x.db"), "--durability", "full", "--lease-seconds", "7"]
+    )
+    engine = _open_engine(args.db, durability=args.durability, lease_seconds=args.lease_seconds)
+    try:
+        assert engine.store.durability == "full"  # type: ignore[attr-defined]
+        with engine.store._read() as conn:  # type: ignore[attr-defined]
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert engine.runtime.settings.lease_seconds == 7
+    finally:
+        engine.close()
+
+
 # -- serve -----------------------------------------------------------------------------
 
 

@@ -481,6 +481,40 @@ def test_threads_claim_each_recoverable_execution_once(
     assert sum(1 for ids in taken.values() if ids) >= 2, "the claims did not overlap in time"
 
 
+def test_leases_are_judged_in_the_servers_clock(
+    stores: Callable[[], PostgresStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose clock runs an hour ahead writes leases that still end after their
+    duration in the server's clock (not an hour later), and another node recovers the
+    execution once they do."""
+    import abi_engine.ids
+    import abi_engine.storage.postgres_executions as pg_executions
+
+    skewed, recovering = stores(), stores()
+    real = abi_engine.ids.utcnow
+    ahead = timedelta(hours=1)
+    record = _queued()
+    record.owner, record.claim = "node-ahead", 7
+    # The node ahead computes its lease in its own clock: its now + 2 s.
+    monkeypatch.setattr(pg_executions, "utcnow", lambda: real() + ahead)
+    record.lease_until = real() + ahead + timedelta(seconds=2)
+    skewed.apply([InsertExecution(record=record)])
+    monkeypatch.setattr(pg_executions, "utcnow", real)
+    ((lease_ms, db_now_ms),) = _rows(
+        skewed.url,
+        "SELECT lease_until, (extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+        f" FROM {skewed.schema}.executions",
+    )
+    assert 0 < lease_ms - db_now_ms <= 2500  # about 2 s from the server's now, not an hour
+    deadline = time.monotonic() + 30
+    got: list[tuple[str, int, int]] = []
+    while not got and time.monotonic() < deadline:
+        now = real()
+        got = recovering.claim_recoverable("node-b", now, now + timedelta(seconds=30), 10)
+        time.sleep(0.2)
+    assert [g[0] for g in got] == [record.id]
+
+
 CLAIMER = textwrap.dedent(
     """
     import json, sys, time

@@ -49,19 +49,26 @@ class NodeLocks:
         """Hold the lock of ``node_id`` (a node of this process) until :meth:`unregister`."""
         if node_id in self._held:
             return
-        try:
-            self.directory.mkdir(exist_ok=True)
-            final = self.directory / _file_name(node_id)
-            temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        final = self.directory / _file_name(node_id)
+        temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        for attempt in (1, 2):
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                os.write(fd, node_id.encode())
-                os.replace(temporary, final)
-            except BaseException:
-                os.close(fd)
+                self.directory.mkdir(exist_ok=True)
+                fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            except FileNotFoundError:  # another node removed the empty directory just now
+                if attempt == 1:
+                    continue
                 raise
-        except OSError as exc:  # a read-only directory: only the leases will tell
+            except OSError as exc:  # a read-only directory: only the leases will tell
+                log.warning("no liveness lock for node %s (%s); leases only", node_id, exc)
+                return
+            break
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, node_id.encode())
+            os.replace(temporary, final)
+        except OSError as exc:
+            os.close(fd)
             log.warning("no liveness lock for node %s (%s); leases only", node_id, exc)
             return
         self._held[node_id] = fd
@@ -75,6 +82,8 @@ class NodeLocks:
             (self.directory / _file_name(node_id)).unlink(missing_ok=True)
         finally:
             os.close(fd)
+        with contextlib.suppress(OSError):  # only when empty: other nodes may be in it
+            self.directory.rmdir()
 
     def dead(self) -> list[str]:
         """The node ids whose lock file is not locked: their process has ended."""
@@ -96,6 +105,8 @@ class NodeLocks:
         """Remove the file of a dead node (nothing of it is left to take over)."""
         with contextlib.suppress(OSError):
             (self.directory / _file_name(node_id)).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()
 
     def close(self) -> None:
         for node_id in list(self._held):

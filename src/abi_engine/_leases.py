@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 
 from abi_engine.ids import utcnow
@@ -38,8 +38,6 @@ log = logging.getLogger("abi_engine.executor")
 
 #: A claim whose lease was last confirmed this share of ``lease_seconds`` ago is let go.
 EXPIRY_SHARE = 0.8
-
-Renew = Callable[[Mapping[str, int], "object"], list[str]]
 
 
 class Claims:
@@ -57,6 +55,9 @@ class Claims:
         #: When each claim's lease was last known good (``time.monotonic``).
         self._confirmed: dict[str, float] = {}
         self._lost: dict[str, int] = {}
+        #: Every held claim was confirmed at or after this time (the start of the last
+        #: renewal that succeeded): while it is recent, none can have expired.
+        self._floor = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures = 0
@@ -108,9 +109,12 @@ class Claims:
         now = time.monotonic()
         limit = self.lease_seconds * EXPIRY_SHARE
         with self._lock:
-            for execution_id, confirmed in self._confirmed.items():
-                if now - confirmed > limit:
-                    self._lost[execution_id] = self._held[execution_id]
+            if now - self._floor > limit:  # renewals have failed for a while: look closer
+                for execution_id, confirmed in self._confirmed.items():
+                    if now - confirmed > limit:
+                        self._lost[execution_id] = self._held[execution_id]
+            if not self._lost:
+                return {}
             for execution_id, token in self._lost.items():
                 if self._held.get(execution_id) == token:
                     del self._held[execution_id]
@@ -122,10 +126,11 @@ class Claims:
 
     def renew_once(self) -> int:
         """Renew every held lease now; returns how many were lost."""
+        started = time.monotonic()
         snapshot = self.snapshot()
         if not snapshot:
+            self._floor = started
             return 0
-        started = time.monotonic()
         lost = self._renew(snapshot, utcnow() + timedelta(seconds=self.lease_seconds))
         gone = set(lost)
         with self._lock:
@@ -136,6 +141,7 @@ class Claims:
                     self._lost[execution_id] = token
                 else:
                     self._confirmed[execution_id] = started
+            self._floor = started
         self.renewals += 1
         return len(gone)
 
@@ -144,6 +150,7 @@ class Claims:
         if self._thread is not None:
             return
         self._stop.clear()
+        self._floor = time.monotonic()
         self._thread = threading.Thread(target=self._beat, name=name, daemon=True)
         self._thread.start()
 

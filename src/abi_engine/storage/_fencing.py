@@ -43,7 +43,6 @@ __all__ = [
 #: ``(status, claim, completed_at in ms)`` of an execution as a batch reads it.
 State = tuple[str, int | None, int | None]
 MISSING: State = ("missing", None, None)
-HELD = ("queued", "running")
 UNFINISHED = ("queued", "running", "waiting")
 
 
@@ -53,15 +52,18 @@ def new_claim() -> int:
 
 
 def claims(ops: Sequence[ClaimExecution], states: dict[str, State]) -> list[Any]:
-    """Each claim's result: ``True`` when its grant is the row's claim (the grant is
-    then used up: a second claim with it in the batch loses), ``AGAIN`` when the
-    row already runs under its token, else ``False``. Updates ``states``."""
+    """Each claim's result: ``True`` when the execution is queued under its grant (the
+    grant is then used up: a second claim with it in the batch loses), ``AGAIN`` when
+    it already runs under its token, else ``False``. Updates ``states``.
+
+    A grant is only ever on a queued row (recovery queues what it takes over), so a
+    grant token can never pass for a run's token."""
     results: list[Any] = []
     for op in ops:
         status, claim, _ = states.get(op.execution_id, MISSING)
         if status == "running" and claim == op.token:
             results.append(AGAIN)
-        elif status in HELD and claim == op.grant:
+        elif status == "queued" and claim == op.grant:
             states[op.execution_id] = ("running", op.token, None)
             results.append(True)
         else:

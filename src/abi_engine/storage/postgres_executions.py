@@ -304,7 +304,7 @@ class ExecutionsMixin:
                 conn,
                 f"UPDATE executions SET owner = %s, claim = %s, lease_until = {DB_NOW_MS} + %s,"
                 " waiting_for = NULL, wake_at = NULL,"
-                " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
+                " status = 'queued'"
                 " WHERE id = %s",
                 [(owner, token, lease_ms(lease_until), ex_id) for ex_id, _, token in taken],
             )

@@ -261,7 +261,7 @@ class ExecutionsMixin:
             conn.executemany(
                 "UPDATE executions SET owner = ?, claim = ?, lease_until = ?,"
                 " waiting_for = NULL, wake_at = NULL,"
-                " status = CASE status WHEN 'waiting' THEN 'queued' ELSE status END"
+                " status = 'queued'"
                 " WHERE id = ?",
                 [(owner, token, lease_ms, ex_id) for ex_id, _, token in taken],
             )

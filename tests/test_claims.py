@@ -144,10 +144,10 @@ async def _all_done(engine: Engine, ids: Sequence[str], timeout: float = 60) -> 
 
 
 async def test_a_signal_racing_the_poller_runs_the_rest_once(make: EngineFactory) -> None:
-    """Signals delivered while the poller looks for work every few ms: the step after the
-    wait runs once per execution (the resumed execution is granted to the signalling
-    node in the signal's own transaction, so no poll can queue it a second time)."""
-    engine = make(settings=fast(poll_interval=0.002))
+    """Signals delivered while recovery polls run back to back on the same loop: the step
+    after the wait runs once per execution (the resumed execution is granted to the
+    signalling node in the signal's own transaction, so no poll can queue it again)."""
+    engine = make()
     async with engine:
         wf = await new_workflow(engine)
         plan = {"do": {"second": {"signal": "go"}}}
@@ -156,10 +156,19 @@ async def test_a_signal_racing_the_poller_runs_the_rest_once(make: EngineFactory
         ]
         for execution_id in ids:
             await wait_status(engine, execution_id, ExecutionStatus.WAITING, timeout=30)
+
+        async def poll_storm() -> None:
+            while True:  # a poll at every turn of the loop: in every window there is
+                await engine.runtime._recover_once()
+                await anyio.sleep(0)
+
         async with anyio.create_task_group() as tg:
-            for execution_id in ids:
-                tg.start_soon(engine.executions.signal, execution_id, "go", {"n": 1})
-        await _all_done(engine, ids)
+            tg.start_soon(poll_storm)
+            async with anyio.create_task_group() as signals:
+                for execution_id in ids:
+                    signals.start_soon(engine.executions.signal, execution_id, "go", {"n": 1})
+            await _all_done(engine, ids)
+            tg.cancel_scope.cancel()
     for execution_id in ids:
         assert PROBE.runs(execution_id) == {"first": 1, "second": 2, "third": 1}
 

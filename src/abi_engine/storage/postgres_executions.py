@@ -314,30 +314,30 @@ class ExecutionsMixin:
 
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
         """Extend the lease of each execution still queued or running under its claim
-        in ``claims`` (id -> token); return the ids that were not (lost)."""
+        in ``claims`` (id -> token); return the ids that were not (lost). In
+        transactions of ``RENEW_CHUNK`` executions."""
         if not claims:
             return []
         duration = lease_ms(lease_until)
 
-        def run(conn: Conn) -> set[str]:
-            ids = sorted(claims)
-            kept: set[str] = set()
-            for start in range(0, len(ids), 5000):
-                chunk = ids[start : start + 5000]
-                kept.update(
-                    row[0]
-                    for row in conn.execute(
-                        f"UPDATE executions SET lease_until = {DB_NOW_MS} + %s"
-                        " FROM unnest(%s::text[], %s::bigint[]) AS c(id, claim)"
-                        " WHERE executions.id = c.id AND executions.claim = c.claim"
-                        " AND executions.status IN ('queued', 'running')"
-                        " RETURNING executions.id",
-                        (duration, chunk, [claims[i] for i in chunk]),
-                    ).fetchall()
-                )
-            return kept
+        def run(conn: Conn, chunk: list[str]) -> set[str]:
+            return {
+                row[0]
+                for row in conn.execute(
+                    f"UPDATE executions SET lease_until = {DB_NOW_MS} + %s"
+                    " FROM unnest(%s::text[], %s::bigint[]) AS c(id, claim)"
+                    " WHERE executions.id = c.id AND executions.claim = c.claim"
+                    " AND executions.status IN ('queued', 'running')"
+                    " RETURNING executions.id",
+                    (duration, chunk, [claims[i] for i in chunk]),
+                ).fetchall()
+            }
 
-        kept = self.write(run)
+        ids = sorted(claims)  # in id order: renewals never deadlock with batches
+        kept: set[str] = set()
+        for start in range(0, len(ids), RENEW_CHUNK):  # short transactions, few row locks
+            chunk = ids[start : start + RENEW_CHUNK]
+            kept |= self.write(lambda conn, chunk=chunk: run(conn, chunk))
         return [i for i in claims if i not in kept]
 
     def next_wake_at(self) -> datetime | None:
@@ -349,6 +349,9 @@ class ExecutionsMixin:
 
 
 # -- op handlers -------------------------------------------------------------------------
+
+#: Executions whose leases one transaction of ``renew_leases`` extends.
+RENEW_CHUNK = 2000
 
 _INSERT_EXECUTION = (
     "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"

@@ -302,18 +302,28 @@ class ExecutionsMixin:
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
         """Extend the lease of each execution still queued or running under its claim
         in ``claims`` (id -> token) to ``lease_until``; return the ids that were not
-        (lost: taken over, cancelled, ended)."""
-        if not claims:
-            return []
+        (lost: taken over, cancelled, ended).
+
+        In transactions of ``RENEW_CHUNK`` executions, so that other writers (the
+        group commit) pass in between when a node holds very many.
+        """
         lease_ms = to_ms(lease_until)
-        with self.transaction() as conn:
-            current = _claims(conn, list(claims))
-            kept = [i for i, token in claims.items() if current.get(i) == token]
-            conn.executemany(
-                "UPDATE executions SET lease_until = ? WHERE id = ?",
-                [(lease_ms, i) for i in kept],
-            )
-        return [i for i, token in claims.items() if current.get(i) != token]
+        ids = list(claims)
+        lost: list[str] = []
+        for start in range(0, len(ids), RENEW_CHUNK):
+            chunk = ids[start : start + RENEW_CHUNK]
+            with self.transaction() as conn:
+                current = _claims(conn, chunk)
+                kept = [i for i in chunk if current.get(i) == claims[i]]
+                for at in range(0, len(kept), 500):
+                    part = kept[at : at + 500]
+                    conn.execute(
+                        "UPDATE executions SET lease_until = ?"
+                        f" WHERE id IN ({', '.join('?' * len(part))})",
+                        (lease_ms, *part),
+                    )
+            lost.extend(i for i in chunk if current.get(i) != claims[i])
+        return lost
 
     def next_wake_at(self) -> datetime | None:
         with self._read() as conn:
@@ -324,6 +334,9 @@ class ExecutionsMixin:
 
 
 # -- op handlers -------------------------------------------------------------------------
+
+#: Executions whose leases one transaction of ``renew_leases`` extends.
+RENEW_CHUNK = 2000
 
 
 def _types_clause(types: Collection[str] | None) -> tuple[str, list[str]]:
@@ -339,12 +352,12 @@ def _claims(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int | None]:
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         marks = ", ".join("?" * len(chunk))
+        # By primary key only: a status condition here makes SQLite scan a status index.
         for row in conn.execute(
-            f"SELECT id, claim FROM executions WHERE id IN ({marks})"
-            " AND status IN ('queued', 'running')",
-            chunk,
+            f"SELECT id, claim, status FROM executions WHERE id IN ({marks})", chunk
         ):
-            found[row[0]] = row[1]
+            if row[2] in ("queued", "running"):
+                found[row[0]] = row[1]
     return found
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 from postgres_testing import create_schema, drop_schema
-from torture_harness import Result, Scenario, pidns_unavailable, run_seed
+from torture_cluster import pidns_unavailable
+from torture_harness import Result, run_seed
+from torture_plan import Scenario
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +36,7 @@ SCENARIOS = {
         nodes=2,
         runtime={"poll_interval": 0.05, "lease_seconds": 5, "workers": 4, "shutdown_grace": 1},
         load_seconds=4,
-        mix={"sync": 5, "async": 8, "signal": 10, "approval": 6, "cancel": 3, "replay": 2},
+        mix={"sync": 5, "async": 8, "signal": 16, "approval": 8, "cancel": 3, "replay": 2},
         schedules=2,
     ),
     # Schedules every 1-2 s; another process edits their descriptions all along.
@@ -44,7 +46,7 @@ SCENARIOS = {
         runtime={"poll_interval": 0.2, "lease_seconds": 5},
         load_seconds=5,
         mix={"async": 3},
-        schedules=6,
+        schedules=10,
         edits=True,
     ),
     # Store calls fail (before or after taking effect) with the drivers' own errors.

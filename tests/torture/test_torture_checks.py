@@ -50,7 +50,7 @@ def test_two_overlapping_runs_break_fencing_and_exactly_once() -> None:
     assert len(problems) == 1
     assert "[fencing]" in problems[0]
     assert "[exactly once]" in problems[0]
-    assert "step s1 of exec_a ran 2 times" in problems[0]
+    assert "step s1 of exec_a (?) ran 2 times" in problems[0]
 
 
 def test_rerun_after_a_kill_of_an_unfinished_step_is_excused() -> None:
@@ -69,7 +69,7 @@ def test_rerun_after_the_execution_moved_on_is_not_excused_by_a_kill() -> None:
     observed = Observed(t0=0, killed={"n0.0": int(2 * S)}, executions=_completed("exec_a"))
     problems = check(parse_ledger(lines), observed)
     assert len(problems) == 1
-    assert "step s0 of exec_a ran 2 times" in problems[0]
+    assert "step s0 of exec_a (?) ran 2 times" in problems[0]
     assert "[exactly once]" in problems[0]
     assert "[fencing]" not in problems[0]
 
@@ -180,4 +180,4 @@ def test_any_sequential_ledger_is_clean_and_any_duplicate_is_caught(
     at = data.draw(st.floats(min_value=0, max_value=t + 1))
     lines += _run(victim, step, at, at + 0.05, run="extra")
     problems = check(parse_ledger(lines), clean)
-    assert any(f"step s{step} of {victim} ran 2 times" in p for p in problems), problems
+    assert any(f"step s{step} of {victim} (?) ran 2 times" in p for p in problems), problems

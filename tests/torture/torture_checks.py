@@ -299,8 +299,9 @@ def check(ledger: Ledger, observed: Observed, *, steps: int = 3) -> list[str]:
         labels = [r.label(t0) for r in runs]
         if len(labels) > 5:
             labels = [*labels[:4], f"... {len(labels) - 5} more ...", labels[-1]]
+        kind = (observed.executions.get(eid, {}).get("parameters") or {}).get("kind", "?")
         problems.append(
-            f"step s{index} of {eid} ran {len(runs)} times: {'; '.join(broken)}."
+            f"step s{index} of {eid} ({kind}) ran {len(runs)} times: {'; '.join(broken)}."
             f" Runs: {'; '.join(labels)}"
         )
 

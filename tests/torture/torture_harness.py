@@ -25,15 +25,8 @@ Every wait has a deadline; every process started is killed when the run ends.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import re
-import secrets
-import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,411 +35,22 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio.from_thread
 import httpx
 import torture_checks
 import torture_plugin
 from torture_checks import TERMINAL, Ledger, Observed
+from torture_cluster import HTTP_TIMEOUT, START_SECONDS, Cluster
+from torture_plan import Action, Plan, Scenario, make_plan
 
 from abi_engine import Engine
 
-HERE = Path(__file__).resolve().parent
-#: The last line of a traceback: ``module.ExceptionName: message``.
-_ERROR_LINE = re.compile(r"^(?:[a-z_]\w*\.)*[A-Z]\w*: \S")
-NODE_SCRIPT = HERE / "node.py"
 #: Seconds every execution has to end once the load stopped (before the process is judged).
 DRAIN_SECONDS = float(os.environ.get("ABI_TORTURE_DRAIN", "60"))
-START_SECONDS = 60.0
 #: Threads editing schedules at once in scenarios with edits.
-EDITORS = 3
-HTTP_TIMEOUT = 15.0
+EDITORS = 4
 SYNC_TIMEOUT = 30
-
-
-# -- plans ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Action:
-    """One request of the load, sent ``at`` seconds after the load starts, to node ``node``."""
-
-    at: float
-    kind: str  # sync | async | signal | approval | cancel | replay | block
-    node: int
-    params: dict[str, Any]
-    cancel_after: float = 0.0
-    cancel_node: int = 0
-
-
-@dataclass
-class Chaos:
-    at: float
-    kind: str  # kill | terminate
-    node: int = 0
-    down: float = 0.0
-
-
-@dataclass
-class Plan:
-    scenario: str
-    seed: int
-    nodes: int
-    runtime: dict[str, Any]
-    load_seconds: float
-    actions: list[Action]
-    schedules: list[dict[str, Any]]
-    edits: bool
-    faults: list[list[dict[str, Any]]]
-    chaos: list[Chaos]
-    pidns: bool
-
-    def describe(self) -> str:
-        kinds: dict[str, int] = {}
-        for action in self.actions:
-            kinds[action.kind] = kinds.get(action.kind, 0) + 1
-        faults = [
-            f"n{i}:"
-            + ",".join(f"{f['method']}[{f.get('op') or '*'}]#{f['nth']}/{f['mode']}" for f in fs)
-            for i, fs in enumerate(self.faults)
-            if fs
-        ]
-        chaos = [f"{c.kind}(n{c.node})@{c.at:.1f}s" for c in self.chaos]
-        return (
-            f"{self.nodes} processes, runtime {self.runtime}, load {self.load_seconds}s:"
-            f" {kinds}; {len(self.schedules)} schedules{' + edits' if self.edits else ''};"
-            f" faults {faults or 'none'}; chaos {chaos or 'none'}"
-            f"{'; each process PID 1 of its own PID namespace' if self.pidns else ''}"
-        )
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """What a scenario runs; :func:`make_plan` draws the details from the seed."""
-
-    name: str
-    nodes: int
-    runtime: dict[str, Any]
-    load_seconds: float
-    mix: dict[str, int]  # action kind -> how many
-    sleeps: tuple[float, float] = (0.02, 0.2)
-    schedules: int = 0
-    edits: bool = False
-    faults: int = 0  # per process
-    kills: int = 0
-    terminations: int = 0  # PostgreSQL only
-    pidns: bool = False
-    block_seconds: float = 0.0
-
-
-#: Where faults are injected: (store method, write-op class carried by ``apply``, nth range).
-FAULT_TARGETS: list[tuple[str, str | None, tuple[int, int]]] = [
-    ("apply", "InsertExecution", (1, 8)),
-    ("apply", "ClaimExecution", (1, 10)),
-    ("apply", "CheckpointStep", (1, 12)),
-    ("apply", "FinishExecution", (1, 8)),
-    ("apply", "SuspendExecution", (1, 4)),
-    ("apply", "DeliverSignal", (1, 4)),
-    ("apply", "CancelExecution", (1, 2)),
-    ("apply", "FireSchedule", (1, 4)),
-    ("apply", None, (5, 60)),
-    ("claim_recoverable", None, (2, 12)),
-    ("renew_leases", None, (1, 3)),
-    ("get_execution", None, (1, 20)),
-    ("get_steps", None, (1, 20)),
-    ("due_schedules", None, (1, 5)),
-    ("next_delivery_due", None, (1, 5)),
-]
-ERRORS = {"sqlite": ("locked", "ioerr"), "postgresql": ("pg_admin", "pg_closed")}
-
-
-def make_plan(scenario: Scenario, seed: int, backend: str) -> Plan:
-    """The run's every random choice, from ``seed`` alone."""
-    rng = random.Random(f"{scenario.name}:{seed}")
-    nodes = scenario.nodes
-    actions: list[Action] = []
-    lo, hi = scenario.sleeps
-    for kind, count in sorted(scenario.mix.items()):
-        for _ in range(count):
-            sleeps = [round(rng.uniform(lo, hi), 3) for _ in range(torture_plugin.STEPS)]
-            params: dict[str, Any] = {"kind": kind, "sleeps": sleeps}
-            action = Action(
-                at=round(rng.uniform(0, scenario.load_seconds * 0.8), 3),
-                kind=kind,
-                node=rng.randrange(nodes),
-                params=params,
-            )
-            if kind in ("signal", "approval"):
-                params["wait"] = kind
-            elif kind == "cancel":
-                params["sleeps"] = [round(rng.uniform(0.3, 1.0), 3) for _ in sleeps]
-                action.cancel_after = round(rng.uniform(0.0, 2.0), 3)
-                action.cancel_node = rng.randrange(nodes)
-            elif kind == "replay":
-                params["sleeps"] = [0.05, 2.5, 0.05]
-                params["key"] = f"replay-{seed}-{len(actions)}"
-            elif kind == "block":
-                params["block"] = scenario.block_seconds
-                params["sleeps"] = [0.05, 0.05, 0.05]
-                action.at = round(rng.uniform(0, 1.0), 3)
-            actions.append(action)
-    rng.shuffle(actions)
-    actions.sort(key=lambda a: a.at)
-    schedules = [
-        {
-            "name": f"torture {i}",
-            "schedule_type": "interval",
-            "interval_value": rng.choice((1, 1, 2)),
-            "interval_unit": "seconds",
-            "overlap_policy": "allow",
-            "parameters": {"kind": "sched", "sleeps": [0.02, 0.02, 0.02]},
-        }
-        for i in range(scenario.schedules)
-    ]
-    faults: list[list[dict[str, Any]]] = []
-    for _ in range(nodes):
-        chosen = []
-        for _ in range(scenario.faults):
-            method, op, (first, last) = rng.choice(FAULT_TARGETS)
-            chosen.append(
-                {
-                    "method": method,
-                    "op": op,
-                    "nth": rng.randint(first, last),
-                    "mode": rng.choice(("before", "after")),
-                    "error": rng.choice(ERRORS[backend]),
-                }
-            )
-        faults.append(chosen)
-    chaos: list[Chaos] = []
-    for _ in range(scenario.kills):
-        chaos.append(
-            Chaos(
-                at=round(rng.uniform(0.8, scenario.load_seconds - 0.5), 3),
-                kind="kill",
-                node=rng.randrange(nodes),
-                down=round(rng.uniform(0.2, 1.5), 3),
-            )
-        )
-    if backend == "postgresql":
-        for _ in range(scenario.terminations):
-            chaos.append(
-                Chaos(at=round(rng.uniform(0.5, scenario.load_seconds - 0.5), 3), kind="terminate")
-            )
-    chaos.sort(key=lambda c: c.at)
-    return Plan(
-        scenario=scenario.name,
-        seed=seed,
-        nodes=nodes,
-        runtime=dict(scenario.runtime),
-        load_seconds=scenario.load_seconds,
-        actions=actions,
-        schedules=schedules,
-        edits=scenario.edits,
-        faults=faults,
-        chaos=chaos,
-        pidns=scenario.pidns,
-    )
-
-
-# -- processes -----------------------------------------------------------------------------
-
-
-def pidns_unavailable() -> str | None:
-    """Why two engines cannot each be PID 1 of a PID namespace here (``None``: they can)."""
-    if os.geteuid() != 0:
-        return "needs root (unshare --pid)"
-    if shutil.which("unshare") is None:
-        return "the unshare command is not installed"
-    try:
-        done = subprocess.run(
-            ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "true"],
-            capture_output=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unshare --pid failed: {exc}"
-    if done.returncode != 0:
-        return f"unshare --pid refused: {done.stderr.decode(errors='replace').strip()}"
-    return None
-
-
-def _with_query(url: str, **params: str) -> str:
-    parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in params]
-    query.extend(params.items())
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-class Node:
-    """One engine process (``node.py``), restarted under a new label ``n<i>.<generation>``."""
-
-    def __init__(self, cluster: Cluster, index: int) -> None:
-        self.cluster = cluster
-        self.index = index
-        self.generation = -1
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port: int | None = None
-        self.killed = False
-        self.label = ""
-        self.stderr_path = Path()
-        self._port_file: Path | None = None
-        self._client: httpx.Client | None = None
-        self.clients: list[httpx.Client] = []
-
-    def start(self) -> None:
-        self.generation += 1
-        self.label = f"n{self.index}.{self.generation}"
-        c = self.cluster
-        port_file = c.workdir / f"{self.label}.port"
-        self.stderr_path = c.workdir / f"{self.label}.err"
-        db = str(c.db)
-        if c.backend == "postgresql":
-            db = _with_query(db, application_name=f"{c.app_prefix}-{self.label}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ABI_ENGINE_", "TORTURE_"))}
-        env.update(
-            PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-            ABI_ENGINE_PLUGINS="torture_plugin",
-            TORTURE_LEDGER=str(c.ledger),
-            TORTURE_NODE=self.label,
-            PYTHONUNBUFFERED="1",
-        )
-        faults = c.plan.faults[self.index] if self.generation == 0 else []
-        if faults:
-            env["TORTURE_FAULTS"] = json.dumps(faults)
-        command = [
-            sys.executable,
-            str(NODE_SCRIPT),
-            *("--db", db, "--port-file", str(port_file)),
-            *("--runtime", json.dumps(c.plan.runtime)),
-        ]
-        if c.plan.pidns:
-            command = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", *command]
-        self.killed = False
-        self.port = None
-        self._client = None
-        self._port_file = port_file
-        env["TORTURE_LIFELINE"] = str(c.lifeline)
-        with self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                pass_fds=(c.lifeline,),
-            )
-
-    def read_port(self) -> int | None:
-        """The port the process listens on, once it has written it."""
-        if self.port is None and self._port_file is not None and self._port_file.exists():
-            self.port = int(self._port_file.read_text())
-        return self.port
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.read_port() is not None:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                        return
-            if self.proc is not None and self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise AssertionError(f"engine process {self.label} did not start:\n{self.stderr_tail()}")
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1"
-
-    def client(self) -> httpx.Client:
-        if self._client is None:
-            self._client = httpx.Client(
-                base_url=self.base,
-                headers={"Authorization": f"Bearer {self.cluster.token}"},
-                timeout=HTTP_TIMEOUT,
-            )
-            self.clients.append(self._client)
-        return self._client
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> int:
-        """SIGKILL (the whole PID namespace goes with its PID 1); the time it was sent."""
-        sent = time.monotonic_ns()
-        self.killed = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(30)
-        return sent
-
-    def stderr_tail(self, lines: int = 8) -> str:
-        """The last error its stderr names, then its last lines."""
-        try:
-            text = self.stderr_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no stderr)"
-        errors = [line.strip(" |") for line in text if _ERROR_LINE.match(line.strip(" |"))]
-        leaves = [e for e in errors if "ExceptionGroup" not in e] or errors
-        last = f"    last error: {leaves[-1]}\n" if leaves else ""
-        return last + "\n".join("    " + line for line in text[-lines:])
-
-
-class Cluster:
-    def __init__(
-        self, plan: Plan, db: str | Path, backend: str, workdir: Path, server: str | None
-    ) -> None:
-        self.plan = plan
-        self.db = db
-        self.backend = backend
-        self.server = server
-        self.workdir = workdir
-        self.ledger = workdir / "ledger.log"
-        self.app_prefix = f"trt{secrets.token_hex(4)}"
-        self.token = ""
-        self.nodes = [Node(self, i) for i in range(plan.nodes)]
-        self.lock = threading.Lock()
-        # The processes read the lifeline; only this process holds its write end, so
-        # they see end-of-file and exit if the harness dies without killing them.
-        self.lifeline, self._lifeline_writer = os.pipe()
-
-    def start(self) -> None:
-        for node in self.nodes:
-            node.start()
-        deadline = time.monotonic() + START_SECONDS
-        for node in self.nodes:
-            node.wait_ready(deadline)
-
-    def live(self) -> list[Node]:
-        return [n for n in self.nodes if n.alive() and n.port is not None]
-
-    def stop(self) -> None:
-        for node in self.nodes:
-            with contextlib.suppress(Exception):
-                node.kill()
-            for client in node.clients:
-                client.close()
-        for fd in (self.lifeline, self._lifeline_writer):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def terminate_connections(self) -> int:
-        """``pg_terminate_backend`` of every connection of this run's engine processes."""
-        import psycopg
-
-        assert self.server is not None
-        with psycopg.connect(self.server, autocommit=True) as conn:
-            rows = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name LIKE %s",
-                (f"{self.app_prefix}-%",),
-            ).fetchall()
-        return len(rows)
-
-
-# -- the run -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -534,6 +138,7 @@ class TortureRun:
         self.stop_all = threading.Event()
         self.notes: list[str] = []
         self.lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
 
     # -- REST -------------------------------------------------------------------------------
 
@@ -572,6 +177,7 @@ class TortureRun:
         started = time.monotonic()
         observer = _Observer(self.db)
         phases: dict[str, float] = {}
+        broken: list[str] = []
         try:
             self.observer = observer
             self.cluster.token = observer.engine.tokens.create_token("usr_torture")
@@ -583,17 +189,24 @@ class TortureRun:
                 ("collect", self._collect),
             ):
                 begin = time.monotonic()
-                phase()
+                try:
+                    phase()
+                except Exception as exc:  # reported with the seed, never as a bare error
+                    broken.append(f"the run could not go on: its {name} phase failed: {exc}")
+                    break
                 phases[name] = round(time.monotonic() - begin, 1)
         finally:
             self.stop_all.set()
             self.stop_load.set()
-            self.cluster.stop()
+            for thread in self._threads:
+                thread.join(timeout=START_SECONDS)
+            self._note_deaths()
+            with self.cluster.lock:
+                self.cluster.stop()
             observer.close()
-        self._note_deaths()
         lines = self.cluster.ledger.read_text().splitlines() if self.cluster.ledger.exists() else []
         ledger = torture_checks.parse_ledger(lines)
-        problems = torture_checks.check(ledger, self.observed)
+        problems = broken + torture_checks.check(ledger, self.observed)
         summary = torture_checks.summary(ledger, self.observed)
         summary["phases"] = phases
         self._check_faults_fired(ledger)
@@ -654,7 +267,6 @@ class TortureRun:
 
     def _act(self, action: Action) -> None:
         params = dict(action.params)
-        params["nonce"] = secrets.token_hex(6)
         wf = self.workflow_ids[0]
         if action.kind == "sync":
             body = {
@@ -709,47 +321,54 @@ class TortureRun:
         rng = random.Random(f"{self.plan.scenario}:{self.plan.seed}:signals")
         while not self.stop_all.is_set():
             try:
-                waiting = self.observer.all_executions(self.workflow_ids, status="waiting")
-            except Exception as exc:
-                self.notes.append(f"listing waiting executions failed: {exc!r}")
-                time.sleep(0.5)
-                continue
-            rng.shuffle(waiting)
-            for eid in waiting:
-                if eid in self.delivered:
-                    continue
-                with self.lock:
-                    params = self.nonce_of.get(eid)
-                if params is None:  # its request got no answer: read what it waits for
-                    params = self.observer.execution(eid).get("parameters") or {}
-                    with self.lock:
-                        self.nonce_of[eid] = params
-                node = rng.randrange(self.plan.nodes)
-                body: dict[str, Any]
-                if params.get("wait") == "approval":
-                    path, body = "approve", {"data": {"nonce": params.get("nonce")}}
-                else:
-                    path = "signal"
-                    body = {
-                        "name": torture_plugin.SIGNAL_NAME,
-                        "payload": {"nonce": params.get("nonce")},
-                    }
-                response = self.request(node, "POST", f"/workflow_executions/{eid}/{path}", body)
-                if response is not None and response.status_code in (200, 409):
-                    self.delivered.add(eid)
+                self._deliver_round(rng)
+            except (
+                Exception
+            ) as exc:  # keep delivering: a lost thread would look like a stuck engine
+                self.notes.append(f"delivering signals failed once: {exc!r}")
             self.stop_all.wait(0.1)
+
+    def _deliver_round(self, rng: random.Random) -> None:
+        waiting = self.observer.all_executions(self.workflow_ids, status="waiting")
+        rng.shuffle(waiting)
+        for eid in waiting:
+            if eid in self.delivered:
+                continue
+            with self.lock:
+                params = self.nonce_of.get(eid)
+            if params is None:  # its request got no answer: read what it waits for
+                params = self.observer.execution(eid).get("parameters") or {}
+                with self.lock:
+                    self.nonce_of[eid] = params
+            body: dict[str, Any]
+            if params.get("wait") == "approval":
+                path, body = "approve", {"data": {"nonce": params.get("nonce")}}
+            else:
+                path = "signal"
+                body = {
+                    "name": torture_plugin.SIGNAL_NAME,
+                    "payload": {"nonce": params.get("nonce")},
+                }
+            node = rng.randrange(self.plan.nodes)
+            response = self.request(node, "POST", f"/workflow_executions/{eid}/{path}", body)
+            if response is not None and response.status_code in (200, 409):
+                self.delivered.add(eid)
 
     def _edit_loop(self, editor: int) -> None:
         """Edit the schedules' descriptions in a loop, through every process in turn."""
         rng = random.Random(f"{self.plan.scenario}:{self.plan.seed}:edits:{editor}")
-        schedules = self._schedule_ids()
+        try:
+            schedules = self._schedule_ids()
+        except Exception as exc:
+            self.notes.append(f"editor {editor} could not list the schedules: {exc!r}")
+            return
         n = 0
         while not self.stop_load.is_set() and schedules:
             sid = rng.choice(schedules)
             n += 1
             body = {"description": f"edit {editor}.{n}"}
             self.request(editor + n, "PUT", f"/workflow_schedules/{sid}", body)
-            self.stop_load.wait(rng.uniform(0.0, 0.05))
+            self.stop_load.wait(rng.uniform(0.0, 0.02))
 
     def _chaos(self) -> None:
         begin = time.monotonic()
@@ -771,7 +390,8 @@ class TortureRun:
                 if not node.alive():
                     continue
                 self.observed.killed[node.label] = node.kill()
-            time.sleep(event.down)
+            if self.stop_all.wait(event.down):
+                return
             with self.cluster.lock:
                 node.start()
             try:
@@ -791,7 +411,8 @@ class TortureRun:
                         node.proc.returncode,
                         node.stderr_tail(),
                     )
-                    node.start()
+                    if not self.stop_all.is_set():
+                        node.start()
             self.stop_all.wait(0.2)
 
     def _note_deaths(self) -> None:

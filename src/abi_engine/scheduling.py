@@ -52,7 +52,15 @@ from abi_engine.models import (
     ScheduleType,
     WorkflowStatus,
 )
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing, compile_cron, plan_missed, zone
+from abi_engine.schedule_math import (
+    INTERVAL_UNITS,
+    Timing,
+    compile_cron,
+    next_cron,
+    next_interval,
+    plan_missed,
+    zone,
+)
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
@@ -163,8 +171,19 @@ def timing(record: ScheduleRecord) -> Timing:
 
 
 def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
-    """The schedule's first due time strictly after ``after`` (``None``: never again)."""
-    return timing(record).next_after(after)
+    """The schedule's first due time strictly after ``after`` (``None``: never again).
+
+    ``timing(record).next_after(after)``, without building the ``Timing``: every
+    create and update calls it.
+    """
+    if record.schedule_type == ScheduleType.CRON:
+        return next_cron(record.cron_expression or "", record.timezone, after)
+    if record.schedule_type == ScheduleType.INTERVAL:
+        seconds = (record.interval_value or 1) * INTERVAL_UNITS[record.interval_unit or "seconds"]
+        return next_interval(record.anchor_at, seconds, after)
+    if record.execution_time is not None and record.execution_time > after:
+        return record.execution_time
+    return None
 
 
 def _view(record: ScheduleRecord) -> Schedule:

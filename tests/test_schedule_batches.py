@@ -7,17 +7,21 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import attrs
+
 from abi_engine import Workflow, WorkflowStatus
 from abi_engine.events import DeferredEvent, Event, resolve
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage import Store
 from abi_engine.storage.records import (
+    DeleteSchedule,
     ExecutionRecord,
     FireSchedule,
     HistoryRecord,
     InsertSchedule,
     ScheduleRecord,
+    UpdateSchedule,
 )
 from abi_engine.storage.records_webhooks import WebhookRecord
 
@@ -79,6 +83,38 @@ def test_one_batch_inserts_only_schedules_of_live_workflows(
     assert [e.data["id"] for e in events if isinstance(e, Event)] == [records[0].id, records[3].id]
 
 
+def _fire(workflow: Workflow, schedule: ScheduleRecord) -> FireSchedule:
+    """Fire the schedule's due time (read as ``schedule``): one execution, one history line."""
+    now = utcnow()
+    execution = ExecutionRecord(
+        id=new_id("exec_"),
+        workflow_id=workflow.id,
+        workflow_type=workflow.type,
+        status=ExecutionStatus.QUEUED,
+        parameters=dict(schedule.parameters),
+        created_at=now,
+        schedule_id=schedule.id,
+    )
+    return FireSchedule(
+        schedule_id=schedule.id,
+        expected_version=schedule.version,
+        expected_next_due=schedule.next_due,
+        expected_pending=0,
+        next_due=(schedule.next_due or now) + timedelta(hours=1),
+        pending_runs=0,
+        executions=(execution,),
+        history=(
+            HistoryRecord(
+                schedule_id=schedule.id,
+                due_at=schedule.next_due,
+                recorded_at=now,
+                outcome="fired",
+                execution_id=execution.id,
+            ),
+        ),
+    )
+
+
 def test_one_batch_fires_a_due_time_once(store: Store, new_workflow: NewWorkflow) -> None:
     """Two firings of one due time in one batch: the first applies, the second writes nothing."""
     workflow = new_workflow(status=WorkflowStatus.ACTIVE)
@@ -92,36 +128,7 @@ def test_one_batch_fires_a_due_time_once(store: Store, new_workflow: NewWorkflow
     due = record.next_due
     assert due is not None
 
-    def fire(schedule: ScheduleRecord) -> FireSchedule:
-        now = utcnow()
-        execution = ExecutionRecord(
-            id=new_id("exec_"),
-            workflow_id=workflow.id,
-            workflow_type=workflow.type,
-            status=ExecutionStatus.QUEUED,
-            parameters=dict(schedule.parameters),
-            created_at=now,
-            schedule_id=schedule.id,
-        )
-        return FireSchedule(
-            schedule_id=schedule.id,
-            expected_next_due=schedule.next_due,
-            expected_pending=0,
-            next_due=(schedule.next_due or now) + timedelta(hours=1),
-            pending_runs=0,
-            executions=(execution,),
-            history=(
-                HistoryRecord(
-                    schedule_id=schedule.id,
-                    due_at=schedule.next_due,
-                    recorded_at=now,
-                    outcome="fired",
-                    execution_id=execution.id,
-                ),
-            ),
-        )
-
-    first, second, third = fire(record), fire(record), fire(other)
+    first, second, third = _fire(workflow, record), _fire(workflow, record), _fire(workflow, other)
     assert store.apply([first, second, third]) == [True, False, True]
     stored = store.get_schedule(record.id)
     assert stored is not None
@@ -134,6 +141,63 @@ def test_one_batch_fires_a_due_time_once(store: Store, new_workflow: NewWorkflow
     assert store.get_execution(second.executions[0].id) is None
     assert store.get_execution(third.executions[0].id) is not None
     assert store.schedule_history(other.id, 1, 10)[1] == 1
+
+
+def test_every_write_is_a_compare_and_set_on_the_version(
+    store: Store, new_workflow: NewWorkflow
+) -> None:
+    """Each write of a schedule adds one to its version; a write made from an older version
+    (update, fire, delete) changes nothing and says so."""
+    workflow = new_workflow(status=WorkflowStatus.ACTIVE)
+    store.insert_workflow(workflow)
+    record = _schedule(workflow.id, "versioned")
+    assert store.apply([InsertSchedule(record=record)]) == [True]
+    read = store.get_schedule(record.id)
+    assert read is not None
+    assert read.version == 0
+
+    edited = attrs.evolve(read, description="edited")
+    assert store.apply([UpdateSchedule(record=edited, expected_version=0)]) == [True]
+    stale = attrs.evolve(read, description="stale", next_due=read.next_due)
+    assert store.apply([UpdateSchedule(record=stale, expected_version=0)]) == [False]
+    assert store.apply([_fire(workflow, read)]) == [False]  # planned from version 0
+    assert store.apply([DeleteSchedule(schedule_id=record.id, expected_version=0)]) == [False]
+    current = store.get_schedule(record.id)
+    assert current is not None
+    assert (current.version, current.description) == (1, "edited")
+
+    assert store.apply([_fire(workflow, current)]) == [True]
+    fired = store.get_schedule(record.id)
+    assert fired is not None
+    assert (fired.version, fired.description) == (2, "edited")
+    assert fired.next_due == (read.next_due or utcnow()) + timedelta(hours=1)
+    assert store.apply([UpdateSchedule(record=edited, expected_version=1)]) == [False]
+    assert store.get_schedule(record.id) == fired  # not rewound
+    assert store.apply([DeleteSchedule(schedule_id=record.id, expected_version=2)]) == [True]
+    assert store.get_schedule(record.id) is None
+
+
+def test_a_firing_applied_again_recognises_its_own_commit(
+    store: Store, new_workflow: NewWorkflow
+) -> None:
+    """A firing whose commit is retried (outcome unknown) answers True again and writes nothing
+    twice: one execution, one history line, the due time moved once."""
+    workflow = new_workflow(status=WorkflowStatus.ACTIVE)
+    store.insert_workflow(workflow)
+    record = _schedule(workflow.id, "retried")
+    assert store.apply([InsertSchedule(record=record)]) == [True]
+    read = store.get_schedule(record.id)
+    assert read is not None
+    op = _fire(workflow, read)
+    assert store.apply([op]) == [True]
+    assert store.apply([op]) == [True]
+    after = store.get_schedule(record.id)
+    assert after is not None
+    assert (after.version, after.next_due) == (1, op.next_due)
+    assert store.schedule_history(record.id, 1, 10)[1] == 1
+    other = _fire(workflow, read)  # another process's firing of the same due time
+    assert store.apply([other]) == [False]
+    assert store.get_execution(other.executions[0].id) is None
 
 
 def test_deferred_events_are_written_only_for_subscribed_types(

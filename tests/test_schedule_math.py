@@ -1,4 +1,5 @@
-"""Next-run computation: cron on a zone's wall clock (DST gaps and folds), intervals, validation.
+"""Due times: cron on a zone's wall clock (DST gaps and folds), intervals, validation, and
+the planning of missed due times after downtime.
 
 The property tests compare :func:`next_cron` with an independent brute-force
 oracle that walks UTC minute by minute. A UTC minute ``m`` fires when
@@ -11,11 +12,16 @@ oracle that walks UTC minute by minute. A UTC minute ``m`` fires when
 
 The oracle matches wall times against value sets built by the expression
 strategy itself, not by the code under test.
+
+Going backwards (:func:`prev_cron`), counting (:func:`count_cron`) and the
+misfire planning built on them (:func:`plan_missed`) are checked against
+plain enumeration with :func:`next_cron`, which the oracle vouches for.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -26,11 +32,19 @@ from hypothesis import strategies as st
 
 from abi_engine.schedule_math import (
     ALIASES,
+    MAX_FIRED_PER_TICK,
+    Missed,
+    Timing,
     _croniter_spec,
     _plain_spec,
     compile_cron,
+    count_cron,
+    count_interval,
     next_cron,
     next_interval,
+    plan_missed,
+    prev_cron,
+    prev_interval,
     resolve_local,
     zone,
 )
@@ -552,3 +566,284 @@ def test_next_interval_examples() -> None:
     assert next_interval(anchor, 1800, anchor) == _utc(2024, 1, 1, 9, 30)
     assert next_interval(anchor, 1800, _utc(2024, 1, 1, 9, 59)) == _utc(2024, 1, 1, 10)
     assert next_interval(anchor, 1800, _utc(2024, 1, 1, 8)) == anchor
+
+
+@given(
+    anchor=_INSTANTS.map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+    every=st.sampled_from([1, 60, 90, 3600, 86400]) | st.integers(1, 10**6),
+    offset=st.integers(-(10**9), 10**9).map(lambda ms: timedelta(milliseconds=ms)),
+    extra=st.integers(0, 999).map(lambda us: timedelta(microseconds=us)),
+    span=st.integers(0, 10**10).map(lambda ms: timedelta(milliseconds=ms)),
+)
+def test_prev_and_count_interval_agree_with_next_interval(
+    anchor: datetime, every: int, offset: timedelta, extra: timedelta, span: timedelta
+) -> None:
+    """prev_interval is the grid point next_interval steps over; count_interval counts the grid."""
+    before = anchor + offset + extra
+    found = prev_interval(anchor, every, before)
+    if found is None:
+        assert next_interval(anchor, every, before - timedelta(days=400 * 366)) >= before
+    else:
+        assert found < before
+        assert next_interval(anchor, every, found - timedelta(microseconds=1)) == found
+        assert next_interval(anchor, every, found) >= before
+    until = before + span
+    step = timedelta(seconds=every)
+    start = next_interval(anchor, every, before)
+    expected = 0 if start > until else (until - start) // step + 1
+    assert count_interval(anchor, every, before, until) == expected
+
+
+# -- backwards, counting, and the misfire plan for cron -------------------------------------
+
+#: Expressions with L and # (croniter's own day rules), which the strategy does not draw.
+SPECIAL = ["0 0 L * *", "0 12 * * 1#2", "*/30 1-3 L * *", "10 3 1,L * *", "0 0 L 2 *"]
+
+
+def _runs(expression: str, name: str, after: datetime, until: datetime) -> list[datetime]:
+    """Every run in ``(after, until]``, by chaining next_cron."""
+    found = []
+    t = next_cron(expression, name, after)
+    while t <= until:
+        found.append(t)
+        t = next_cron(expression, name, t)
+    return found
+
+
+def _expression(cron: Cron, special: int | None) -> str | None:
+    if special is not None:
+        return SPECIAL[special]
+    return cron.text if cron.possible() else None
+
+
+_SPANS = st.integers(0, 3 * 1440).map(lambda m: timedelta(minutes=m)) | st.integers(
+    0, 3 * 86400
+).map(lambda s: timedelta(seconds=s))
+_SPECIAL = st.none() | st.none() | st.integers(0, len(SPECIAL) - 1)
+
+
+@given(cron=cron_expressions(), where=zone_and_instant(), special=_SPECIAL)
+@example(
+    cron=Cron(
+        "* * * * *", frozenset(range(60)), frozenset(range(24)), None, frozenset(range(1, 13)), None
+    ),
+    where=("America/New_York", datetime(2024, 11, 3, 6, 30, 15, tzinfo=UTC)),
+    special=None,
+)
+@example(
+    cron=Cron(
+        "* * * * *", frozenset(range(60)), frozenset(range(24)), None, frozenset(range(1, 13)), None
+    ),
+    where=("America/New_York", datetime(2024, 3, 10, 7, tzinfo=UTC)),
+    special=None,
+)
+def test_prev_cron_is_the_run_before(
+    cron: Cron, where: tuple[str, datetime], special: int | None
+) -> None:
+    """prev_cron gives a run strictly before the instant with no run between them (DST included)."""
+    name, before = where
+    expression = _expression(cron, special)
+    if expression is None:
+        return
+    found = prev_cron(expression, name, before)
+    assert found is not None
+    assert found < before
+    assert next_cron(expression, name, found - timedelta(microseconds=1)) == found
+    assert next_cron(expression, name, found) >= before
+
+
+@given(cron=cron_expressions(), where=zone_and_instant(), span=_SPANS, special=_SPECIAL)
+@example(
+    cron=Cron(
+        "* * * * *", frozenset(range(60)), frozenset(range(24)), None, frozenset(range(1, 13)), None
+    ),
+    where=("America/New_York", datetime(2024, 11, 3, 5, 30, 15, tzinfo=UTC)),
+    span=timedelta(hours=2),
+    special=None,
+)
+@example(
+    cron=Cron(
+        "*/7 1-3 * * *",
+        frozenset(range(0, 60, 7)),
+        frozenset({1, 2, 3}),
+        None,
+        frozenset(range(1, 13)),
+        None,
+    ),
+    where=("Australia/Lord_Howe", datetime(2024, 10, 5, 14, tzinfo=UTC)),
+    span=timedelta(days=1),
+    special=None,
+)
+def test_count_cron_counts_the_runs(
+    cron: Cron, where: tuple[str, datetime], span: timedelta, special: int | None
+) -> None:
+    """count_cron equals the number of runs next_cron enumerates between two instants."""
+    name, after = where
+    expression = _expression(cron, special)
+    if expression is None:
+        return
+    if special is not None:
+        span *= 30  # monthly runs: months of them
+    until = after + span
+    assert count_cron(expression, name, after, until) == len(_runs(expression, name, after, until))
+
+
+def _brute_plan(
+    timing: Timing, first: datetime, now: datetime, grace: timedelta, policy: str, limit: int
+) -> Missed:
+    """The plan the scheduler made before: list every missed due time, then apply the policy
+    (and leave the on-time due times past the per-tick limit for the next tick)."""
+    missed = [first]
+    following = timing.next_after(first)
+    while following is not None and following <= now:
+        missed.append(following)
+        following = timing.next_after(following)
+    on_time = [d for d in missed if now - d <= grace]
+    late = [d for d in missed if now - d > grace]
+    next_due = following
+    if len(on_time) > MAX_FIRED_PER_TICK:
+        next_due = on_time[MAX_FIRED_PER_TICK]
+        on_time = on_time[:MAX_FIRED_PER_TICK]
+    fire, skipped = list(on_time), 0
+    if late:
+        if policy == "catch_up":
+            kept = late[-limit:]
+            fire, skipped = kept + on_time, len(late) - len(kept)
+        elif policy == "run_once" and not on_time:
+            fire, skipped = [late[-1]], len(late) - 1
+        else:
+            skipped = len(late)
+    return Missed(
+        count=len(missed),
+        last=missed[-1],
+        late=len(late),
+        fire=tuple(fire),
+        skipped=skipped,
+        following=following,
+        next_due=next_due,
+    )
+
+
+_POLICIES = st.sampled_from(["skip", "run_once", "catch_up"])
+_GRACES = st.sampled_from([1, 60, 3600, 86400]).map(lambda s: timedelta(seconds=s))
+_LIMITS = st.integers(1, 20) | st.just(1000)
+
+
+@given(
+    cron=cron_expressions(),
+    where=zone_and_instant(),
+    special=_SPECIAL,
+    span=_SPANS,
+    grace=_GRACES,
+    policy=_POLICIES,
+    limit=_LIMITS,
+)
+@example(
+    cron=Cron("30 2 * * *", frozenset({30}), frozenset({2}), None, frozenset(range(1, 13)), None),
+    where=("America/New_York", datetime(2024, 3, 1, tzinfo=UTC)),
+    special=None,
+    span=timedelta(days=3),
+    grace=timedelta(seconds=60),
+    policy="catch_up",
+    limit=3,
+)
+def test_cron_misfire_plan_equals_enumerating_every_missed_due_time(
+    cron: Cron,
+    where: tuple[str, datetime],
+    special: int | None,
+    span: timedelta,
+    grace: timedelta,
+    policy: str,
+    limit: int,
+) -> None:
+    """plan_missed for cron (any zone, across DST changes) equals listing every missed due time."""
+    name, after = where
+    expression = _expression(cron, special)
+    if expression is None:
+        return
+    timing = Timing(kind="cron", cron_expression=expression, timezone=name)
+    first = next_cron(expression, name, after)
+    now = first + span * (30 if special is not None else 1)
+    got = plan_missed(timing, first, now, grace=grace, policy=policy, catch_up_limit=limit)
+    assert got == _brute_plan(timing, first, now, grace, policy, limit)
+
+
+@given(
+    anchor=_INSTANTS.map(lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000)),
+    every=st.sampled_from([1, 60, 90, 3600, 86400]) | st.integers(1, 10**5),
+    steps=st.integers(0, 3000),
+    extra=st.integers(0, 10**6).map(lambda ms: timedelta(milliseconds=ms)),
+    grace=_GRACES,
+    policy=_POLICIES,
+    limit=_LIMITS,
+)
+def test_interval_misfire_plan_equals_enumerating_every_missed_due_time(
+    anchor: datetime,
+    every: int,
+    steps: int,
+    extra: timedelta,
+    grace: timedelta,
+    policy: str,
+    limit: int,
+) -> None:
+    """plan_missed for intervals equals listing every missed due time, whatever the policy."""
+    timing = Timing(kind="interval", anchor=anchor, every_seconds=every)
+    first = anchor + timedelta(seconds=every)
+    now = first + timedelta(seconds=every) * steps + min(extra, timedelta(seconds=every))
+    got = plan_missed(timing, first, now, grace=grace, policy=policy, catch_up_limit=limit)
+    assert got == _brute_plan(timing, first, now, grace, policy, limit)
+
+
+def test_fixed_time_misfire_plan() -> None:
+    """A missed fixed time: run_once and catch_up run it, skip counts it; nothing follows."""
+    at = _utc(2024, 1, 1, 9)
+    timing = Timing(kind="fixed_time", at=at)
+    now = at + timedelta(hours=2)
+    for policy, fire, skipped in [("run_once", (at,), 0), ("catch_up", (at,), 0), ("skip", (), 1)]:
+        got = plan_missed(
+            timing, at, now, grace=timedelta(minutes=1), policy=policy, catch_up_limit=10
+        )
+        assert (got.count, got.late, got.fire, got.skipped) == (1, 1, fire, skipped)
+        assert (got.following, got.next_due) == (None, None)
+
+
+def test_on_time_due_times_past_the_per_tick_limit_wait_for_the_next_tick() -> None:
+    """With more due times within the grace than one tick fires, the rest stay due, in order."""
+    anchor = _utc(2024, 1, 1)
+    timing = Timing(kind="interval", anchor=anchor, every_seconds=1)
+    first = anchor + timedelta(seconds=1)
+    now = first + timedelta(seconds=25)
+    got = plan_missed(
+        timing, first, now, grace=timedelta(days=1), policy="skip", catch_up_limit=1, limit=10
+    )
+    assert got.fire == tuple(first + timedelta(seconds=k) for k in range(10))
+    assert got.next_due == first + timedelta(seconds=10)
+    assert got.following == now + timedelta(seconds=1)
+    rest = plan_missed(
+        timing, got.next_due, now, grace=timedelta(days=1), policy="skip", catch_up_limit=1
+    )
+    assert rest.fire == tuple(first + timedelta(seconds=k) for k in range(10, 26))
+    assert rest.next_due == got.following
+
+
+def test_eighty_days_of_every_minute_are_counted_exactly_and_quickly() -> None:
+    """After 80 days down, an every-minute cron's plan counts its 115,200 due times in
+    milliseconds; a spring-forward gap merges the runs it should."""
+    now = _utc(2024, 6, 1, 12)
+    start = now - timedelta(days=80)  # Paris springs forward on 2024-03-31, in between
+    for expression, name, count, fire in [
+        ("* * * * *", "UTC", 80 * 1440, (now,)),
+        ("* * * * *", "Europe/Paris", 80 * 1440, (now,)),  # the gap skips wall minutes only
+        # 80 days of 02:00, 02:30, 03:00 and 03:30; on 2024-03-31 the first three run together.
+        ("0,30 2-3 * * *", "Europe/Paris", 80 * 4 - 2, ()),
+    ]:
+        timing = Timing(kind="cron", cron_expression=expression, timezone=name)
+        first = timing.next_after(start)
+        assert first is not None
+        started = time.process_time()
+        got = plan_missed(
+            timing, first, now, grace=timedelta(seconds=30), policy="skip", catch_up_limit=10
+        )
+        assert time.process_time() - started < 0.5
+        assert got.count == count
+        assert (got.late, got.skipped, got.fire) == (count - len(fire), count - len(fire), fire)

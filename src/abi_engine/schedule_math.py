@@ -15,14 +15,25 @@ are handled on purpose:
 Intervals are fixed durations counted from the schedule's anchor (its
 creation time, or ``start_time``), independent of time zones. All instants
 in and out are aware UTC datetimes.
+
+After downtime the scheduler needs a few of the due times it missed, never
+all of them: :func:`plan_missed` works from the latest ones backwards
+(:func:`prev_cron`, :func:`prev_interval`) and counts the others without
+listing them (:func:`count_cron`: whole days by arithmetic on the cron
+fields, daylight-saving changes by their rules; :func:`count_interval`:
+division), so its cost follows the runs it starts, not the length of the
+downtime.
 """
 
 from __future__ import annotations
 
+import bisect
 import calendar
 import functools
+import math
 import re
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
@@ -31,10 +42,18 @@ from croniter import croniter
 __all__ = [
     "ALIASES",
     "INTERVAL_UNITS",
+    "MAX_FIRED_PER_TICK",
     "CronSpec",
+    "Missed",
+    "Timing",
     "compile_cron",
+    "count_cron",
+    "count_interval",
     "next_cron",
     "next_interval",
+    "plan_missed",
+    "prev_cron",
+    "prev_interval",
     "resolve_local",
     "zone",
 ]
@@ -295,3 +314,370 @@ def _ms(value: datetime) -> int:
 
 def _from_ms(value: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
+
+
+# -- backwards and counting: what a tick needs after downtime -----------------------------
+
+_MICRO = timedelta(microseconds=1)
+_DAY = timedelta(days=1)
+#: How often :func:`_changes` samples a zone's offset (no zone changes twice within it).
+_OFFSET_SAMPLE = timedelta(hours=12)
+
+
+def _prev_wall(spec: CronSpec, before: datetime) -> datetime:
+    """The last wall time (naive, whole minute) strictly before ``before`` matching ``spec``."""
+    if spec.special:
+        return croniter(spec.expression, before).get_prev(datetime)  # type: ignore[no-any-return]
+    t = before.replace(second=0, microsecond=0)
+    if t == before:
+        t -= _MINUTE
+    limit = t.year - _SEARCH_YEARS
+    while t.year >= limit:
+        if t.month not in spec.months:
+            t = datetime(t.year, t.month, 1) - _MINUTE
+            continue
+        if not spec.day_matches(t):
+            if spec.weekdays is None and spec.days is not None:  # back to the previous listed day
+                earlier = [d for d in spec.days if d < t.day]
+                t = (
+                    datetime(t.year, t.month, max(earlier), 23, 59)
+                    if earlier
+                    else datetime(t.year, t.month, 1) - _MINUTE
+                )
+                continue
+            t = datetime(t.year, t.month, t.day) - _MINUTE
+            continue
+        if t.hour not in spec.hours:
+            hours = [h for h in spec.hours if h < t.hour]
+            t = (
+                t.replace(hour=max(hours), minute=59)
+                if hours
+                else datetime(t.year, t.month, t.day) - _MINUTE
+            )
+            continue
+        if t.minute not in spec.minutes:
+            minutes = [m for m in spec.minutes if m < t.minute]
+            t = t.replace(minute=max(minutes)) if minutes else t.replace(minute=0) - _MINUTE
+            continue
+        return t
+    raise ValueError(f"{spec.expression!r} has no run in the previous {_SEARCH_YEARS} years")
+
+
+def _fold_size(local: datetime) -> timedelta:
+    """How much the clock went back at the fold ``local`` (aware, ``fold=1``) is in."""
+    first = local.replace(fold=0).utcoffset()
+    second = local.utcoffset()
+    assert first is not None
+    assert second is not None
+    return first - second
+
+
+def prev_cron(expression: str, timezone: str, before: datetime) -> datetime | None:
+    """The last run of a cron schedule strictly before the instant ``before``.
+
+    The mirror of :func:`next_cron`, with the same daylight-saving rules;
+    ``None`` when there is none in the 30 years before.
+    """
+    spec = compile_cron(expression)
+    tz = zone(timezone)
+    local = before.astimezone(tz)
+    wall = local.replace(tzinfo=None)
+    if local.fold:
+        # In the second pass of a repeated hour, its later wall times ran at their
+        # first pass, before ``before``: start the search after them.
+        wall += _fold_size(local)
+    for _ in range(10_000):
+        try:
+            wall = _prev_wall(spec, wall)
+        except ValueError:
+            return None
+        instant = resolve_local(wall, tz)
+        if instant < before:  # not a wall time of the fold's second pass, nor a gap's end
+            return instant
+    return None
+
+
+def _transition(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
+    """The instant in ``(low, high]`` where ``tz`` changes its offset (exactly one change)."""
+    offset = low.astimezone(tz).utcoffset()
+    low_s, high_s = math.floor(low.timestamp()), math.ceil(high.timestamp())
+    while high_s - low_s > 1:
+        middle = (low_s + high_s) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == offset:
+            low_s = middle
+        else:
+            high_s = middle
+    return datetime.fromtimestamp(high_s, UTC)
+
+
+def _changes(tz: ZoneInfo, after: datetime, until: datetime) -> Iterator[datetime]:
+    """The instants in ``(after, until]`` where ``tz`` changes its UTC offset."""
+    offset = after.astimezone(tz).utcoffset()
+    low = after
+    while low < until:
+        high = min(low + _OFFSET_SAMPLE, until)
+        now = high.astimezone(tz).utcoffset()
+        if now != offset:
+            yield _transition(tz, low, high)
+            offset = now
+        low = high
+
+
+def _wall(instant: datetime, tz: ZoneInfo) -> datetime:
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def _wall_limit(instant: datetime, tz: ZoneInfo) -> datetime:
+    """The wall time ``W`` of ``tz`` such that the runs of the wall times before ``W``, and
+    only those, happen at or before ``instant`` (runs follow wall time, see
+    :func:`resolve_local`)."""
+    local = instant.astimezone(tz)
+    if local.fold:  # second pass of a repeated hour: all of that hour ran at its first pass
+        change = _transition(tz, instant - _fold_size(local), instant)
+        return _wall(change - _MICRO, tz) + _MICRO
+    return local.replace(tzinfo=None, second=0, microsecond=0) + _MINUTE
+
+
+def _ceil_minute(wall: datetime) -> datetime:
+    floor = wall.replace(second=0, microsecond=0)
+    return floor if floor == wall else floor + _MINUTE
+
+
+@functools.lru_cache(maxsize=4096)
+def _special_days(expression: str, year: int, month: int) -> frozenset[int]:
+    """The days of a month on which an expression with ``L``, ``W`` or ``#`` runs."""
+    fields = expression.split(" ")
+    days = croniter(f"0 0 {fields[2]} {fields[3]} {fields[4]}", datetime(year, month, 1) - _MINUTE)
+    found: set[int] = set()
+    for _ in range(32):
+        try:
+            day = days.get_next(datetime)
+        except Exception:  # croniter found none within its search horizon
+            break
+        if (day.year, day.month) != (year, month):
+            break
+        found.add(day.day)
+    return frozenset(found)
+
+
+def _day_runs(spec: CronSpec, day: date) -> bool:
+    if day.month not in spec.months:
+        return False
+    if spec.special:
+        return day.day in _special_days(spec.expression, day.year, day.month)
+    return spec.day_matches(datetime(day.year, day.month, day.day))
+
+
+def _count_in_day(spec: CronSpec, first: int, end: int) -> int:
+    """Matching times of day from minute ``first`` (included) to ``end`` (excluded)."""
+    if end <= first:
+        return 0
+    minutes = sorted(spec.minutes)
+    found = 0
+    for hour in spec.hours:
+        low, high = first - 60 * hour, end - 60 * hour
+        if high > 0 and low < 60:
+            found += bisect.bisect_left(minutes, high) - bisect.bisect_left(minutes, low)
+    return found
+
+
+def _count_walls(spec: CronSpec, low: datetime, high: datetime) -> int:
+    """Matching wall times (naive, whole minutes) in ``[low, high)``, by whole days."""
+    low, high = _ceil_minute(low), _ceil_minute(high)
+    per_day = len(spec.hours) * len(spec.minutes)
+    found = 0
+    day = low.date()
+    while (start := datetime(day.year, day.month, day.day)) < high:
+        if day.month not in spec.months:  # straight to the next month
+            day = date(day.year + day.month // 12, day.month % 12 + 1, 1)
+            continue
+        if _day_runs(spec, day):
+            end = start + _DAY
+            if low <= start and end <= high:
+                found += per_day
+            else:
+                first = (max(low, start) - start) // _MINUTE
+                found += _count_in_day(spec, first, (min(high, end) - start) // _MINUTE)
+        day += _DAY
+    return found
+
+
+def count_cron(expression: str, timezone: str, after: datetime, until: datetime) -> int:
+    """How many runs of a cron schedule fall in ``(after, until]`` (exact, without listing them).
+
+    Counts the matching wall times between the two instants day by day, then
+    applies the daylight-saving rules of :func:`next_cron`: the wall times of a
+    spring-forward gap and its end run once together; the second pass of a
+    repeated hour runs nothing (the bounds of the count already say so).
+    """
+    if until <= after:
+        return 0
+    spec = compile_cron(expression)
+    tz = zone(timezone)
+    found = _count_walls(spec, _wall_limit(after, tz), _wall_limit(until, tz))
+    for change in _changes(tz, after, until):
+        start, end = _wall(change - _MICRO, tz) + _MICRO, _wall(change, tz)
+        if end > start:  # a gap: every wall time from its start to its end runs at `change`
+            together = _count_walls(spec, start, end.replace(second=0, microsecond=0) + _MINUTE)
+            found -= max(0, together - 1)
+    return found
+
+
+def prev_interval(anchor: datetime, every_seconds: int, before: datetime) -> datetime | None:
+    """The last of ``anchor + k * every`` (k >= 0) strictly before ``before`` (``None``: none)."""
+    step_ms = every_seconds * 1000
+    anchor_ms = _ms(anchor)
+    last_ms = _ms(before - _MICRO)  # the last whole millisecond before ``before``
+    if last_ms < anchor_ms:
+        return None
+    return _from_ms(anchor_ms + (last_ms - anchor_ms) // step_ms * step_ms)
+
+
+def count_interval(anchor: datetime, every_seconds: int, after: datetime, until: datetime) -> int:
+    """How many of ``anchor + k * every`` (k >= 0) fall in ``(after, until]``."""
+    if until <= after:
+        return 0
+    step_ms = every_seconds * 1000
+    anchor_ms = _ms(anchor)
+
+    def upto(instant: datetime) -> int:  # how many at or before ``instant``
+        elapsed = _ms(instant) - anchor_ms
+        return 0 if elapsed < 0 else elapsed // step_ms + 1
+
+    return upto(until) - upto(after)
+
+
+@attrs.frozen(kw_only=True)
+class Timing:
+    """When a schedule is due: ``kind`` is ``cron`` (``cron_expression`` on the wall clock
+    of ``timezone``), ``interval`` (every ``every_seconds`` from ``anchor``) or
+    ``fixed_time`` (once, ``at``)."""
+
+    kind: str
+    cron_expression: str = ""
+    timezone: str = "UTC"
+    anchor: datetime | None = None
+    every_seconds: int = 1
+    at: datetime | None = None
+
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first due time strictly after ``after`` (``None``: never again)."""
+        if self.kind == "cron":
+            return next_cron(self.cron_expression, self.timezone, after)
+        if self.kind == "interval":
+            assert self.anchor is not None
+            return next_interval(self.anchor, self.every_seconds, after)
+        return self.at if self.at is not None and self.at > after else None
+
+    def prev_before(self, before: datetime) -> datetime | None:
+        """The last due time strictly before ``before`` (``None``: none)."""
+        if self.kind == "cron":
+            return prev_cron(self.cron_expression, self.timezone, before)
+        if self.kind == "interval":
+            assert self.anchor is not None
+            return prev_interval(self.anchor, self.every_seconds, before)
+        return self.at if self.at is not None and self.at < before else None
+
+    def count(self, after: datetime, until: datetime) -> int:
+        """How many due times fall in ``(after, until]``."""
+        if self.kind == "cron":
+            return count_cron(self.cron_expression, self.timezone, after, until)
+        if self.kind == "interval":
+            assert self.anchor is not None
+            return count_interval(self.anchor, self.every_seconds, after, until)
+        return int(self.at is not None and after < self.at <= until)
+
+
+#: On-time due times one tick fires for one schedule; the rest wait for the next tick.
+MAX_FIRED_PER_TICK = 1000
+
+
+@attrs.frozen(kw_only=True)
+class Missed:
+    """What one tick does with a schedule's due times from its ``next_due`` up to now.
+
+    ``count`` due times have come, ``last`` the latest; ``late`` of them are
+    misfires (later than the grace). ``fire`` lists the due times to run,
+    oldest first; ``skipped`` counts the misfires that do not run.
+    ``following`` is the first due time after now; ``next_due`` is where the
+    schedule goes: ``following``, or, when more than ``MAX_FIRED_PER_TICK`` due
+    times were on time, the first of those left for the next tick.
+    """
+
+    count: int
+    last: datetime
+    late: int
+    fire: tuple[datetime, ...]
+    skipped: int
+    following: datetime | None
+    next_due: datetime | None
+
+
+def _latest(timing: Timing, first: datetime, before: datetime, wanted: int) -> list[datetime]:
+    """The ``wanted`` latest due times from ``first`` (one) to ``before`` (excluded), oldest
+    first; there are at least ``wanted`` of them."""
+    found: list[datetime] = []
+    while len(found) < wanted:
+        previous = timing.prev_before(before)
+        if previous is None or previous <= first:
+            break
+        found.append(previous)
+        before = previous
+    if len(found) < wanted:
+        found.append(first)
+    found.reverse()
+    return found
+
+
+def plan_missed(
+    timing: Timing,
+    first: datetime,
+    now: datetime,
+    *,
+    grace: timedelta,
+    policy: str,
+    catch_up_limit: int,
+    limit: int = MAX_FIRED_PER_TICK,
+) -> Missed:
+    """The due times from ``first`` (a due time, at or before ``now``) to ``now``, and which
+    of them run under the misfire ``policy`` (``skip``, ``run_once``, ``catch_up``).
+
+    A due time more than ``grace`` before ``now`` is a misfire: ``skip`` runs
+    none, ``run_once`` the latest (unless one on time runs anyway), ``catch_up``
+    the latest ``catch_up_limit``. Due times within the grace all run (at most
+    ``limit`` per call). The work is bounded by the runs planned, whatever the
+    number of due times missed: they are counted, not listed.
+    """
+    count = 1 + timing.count(first, now)
+    last = timing.prev_before(now + _MICRO) if count > 1 else first
+    assert last is not None
+    following = timing.next_after(now)
+    cutoff = now - grace  # due times before it are misfires
+    late = 0 if first >= cutoff else 1 + timing.count(first, cutoff - _MICRO)
+    on_time: list[datetime] = []
+    left = None
+    due = first if first >= cutoff else timing.next_after(cutoff - _MICRO)
+    while due is not None and due <= now:
+        if len(on_time) == limit:
+            left = due
+            break
+        on_time.append(due)
+        due = timing.next_after(due)
+    fire, skipped = on_time, 0
+    if late:
+        if policy == "catch_up":
+            fire = _latest(timing, first, cutoff, min(late, catch_up_limit)) + on_time
+            skipped = late - (len(fire) - len(on_time))
+        elif policy == "run_once" and not on_time:
+            fire, skipped = _latest(timing, first, cutoff, 1), late - 1
+        else:  # skip, or run_once with an on-time run standing for the late ones
+            skipped = late
+    return Missed(
+        count=count,
+        last=last,
+        late=late,
+        fire=tuple(fire),
+        skipped=skipped,
+        following=following,
+        next_due=left or following,
+    )

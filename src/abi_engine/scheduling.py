@@ -2,9 +2,12 @@
 
 The loop sleeps until the earliest ``next_due`` (an indexed column), reads
 only the schedules that are due, and fires each due time exactly once: the
-firing is a compare-and-set on ``next_due`` committed in the same transaction
-as the executions it starts, so two processes on one database never both
-fire a due time, and a crash never loses one.
+firing is a compare-and-set on the schedule's ``version`` (and ``next_due``)
+committed in the same transaction as the executions it starts, so two
+processes on one database never both fire a due time, and a crash never loses
+one. Every other write of a schedule (update, delete) is a compare-and-set on
+the version it read too, retried from a fresh read when it loses: an edit
+never writes back a due time that a firing moved meanwhile.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import builtins
 import logging
 import math
+import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,7 +52,15 @@ from abi_engine.models import (
     ScheduleType,
     WorkflowStatus,
 )
-from abi_engine.schedule_math import INTERVAL_UNITS, compile_cron, next_cron, next_interval, zone
+from abi_engine.schedule_math import (
+    INTERVAL_UNITS,
+    Timing,
+    compile_cron,
+    next_cron,
+    next_interval,
+    plan_missed,
+    zone,
+)
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
@@ -73,7 +85,8 @@ MAX_CATCH_UP = 1000
 PLAN_AHEAD = 0.05
 #: Lateness always tolerated, whatever ``misfire_grace_seconds`` says.
 MIN_GRACE_SECONDS = 1.0
-MAX_ENUMERATED = 100_000
+#: Attempts of an update or delete that keeps losing its compare-and-set to other writes.
+WRITE_ATTEMPTS = 50
 _UNFINISHED = {"queued", "running", "waiting"}
 
 
@@ -144,8 +157,25 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
         raise _invalid("catch_up_limit", f"must be between 1 and {MAX_CATCH_UP}")
 
 
+def timing(record: ScheduleRecord) -> Timing:
+    """When the schedule is due (see :mod:`abi_engine.schedule_math`)."""
+    return Timing(
+        kind=record.schedule_type,
+        cron_expression=record.cron_expression or "",
+        timezone=record.timezone,
+        anchor=record.anchor_at,
+        every_seconds=(record.interval_value or 1)
+        * INTERVAL_UNITS[record.interval_unit or "seconds"],
+        at=record.execution_time,
+    )
+
+
 def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
-    """The schedule's first due time strictly after ``after`` (``None``: never again)."""
+    """The schedule's first due time strictly after ``after`` (``None``: never again).
+
+    ``timing(record).next_after(after)``, without building the ``Timing``: every
+    create and update calls it.
+    """
     if record.schedule_type == ScheduleType.CRON:
         return next_cron(record.cron_expression or "", record.timezone, after)
     if record.schedule_type == ScheduleType.INTERVAL:
@@ -422,26 +452,52 @@ class ScheduleService(Service):
         return Page.build([_summary(r) for r in records], page, page_size, total)
 
     async def update(self, schedule_id: str, data: Mapping[str, Any]) -> Schedule:
-        """Apply a PUT body: given fields replace current ones; timing changes recompute ``next_execution``."""
+        """Apply a PUT body: given fields replace current ones; timing changes recompute ``next_execution``.
+
+        The write is a compare-and-set on the version read: when a firing (or
+        another edit) commits in between, the body is applied again to the
+        schedule as it then is, so the firing's due time and last execution
+        stay. ``InvalidState`` only if it keeps losing ``WRITE_ATTEMPTS`` times.
+        """
         if not isinstance(data, Mapping):
             raise InvalidRequest("The request body must be a JSON object", {"field": "(body)"})
-        current = await self._load(schedule_id)
-        unknown = sorted(set(data) - set(UPDATABLE))
-        if unknown:
-            raise InvalidRequest(
-                f"Unknown or read-only field(s): {', '.join(unknown)}", {"field": unknown[0]}
+        for attempt in range(WRITE_ATTEMPTS):
+            current = await self._load(schedule_id)
+            unknown = sorted(set(data) - set(UPDATABLE))
+            if unknown:
+                raise InvalidRequest(
+                    f"Unknown or read-only field(s): {', '.join(unknown)}", {"field": unknown[0]}
+                )
+            now = utcnow()
+            record = self._updated(current, data, now)
+            view = _view(record)
+            applied = await self._engine.runtime.committer.submit(
+                UpdateSchedule(
+                    record=record,
+                    expected_version=current.version,
+                    events=self._events("schedule.updated", view, now),
+                )
             )
+            if applied:
+                self._wakeup.set()
+                return view
+            await _backoff(attempt)
+        raise _kept_changing(schedule_id, "updated")
+
+    def _updated(
+        self, current: ScheduleRecord, data: Mapping[str, Any], now: datetime
+    ) -> ScheduleRecord:
+        """``current`` with the body applied (what the update writes, if nothing changed since)."""
         before = _as_request(current)
         merged = {k: v for k, v in unstructure(before).items() if v is not None}
         merged.update(data)
         req = structure(merged, ScheduleRequest, error=InvalidSchedule)
-        now = utcnow()
         # Only what changes counts: a body echoing the current values (GET, edit, PUT)
         # neither re-checks a past execution_time nor moves the due time.
         changed = {k for k in UPDATABLE if getattr(req, k) != getattr(before, k)}
         _check(req, now, creating=bool(changed & {"execution_time", "schedule_type"}))
         record = self._record(req, base=current, workflow_id=current.workflow_id, now=now)
-        timing = bool(
+        timing_changed = bool(
             changed
             & {
                 "schedule_type",
@@ -454,12 +510,12 @@ class ScheduleService(Service):
             }
         )
         if (
-            not timing
+            not timing_changed
             and current.next_due is not None
             and not (req.enabled and not current.enabled)
         ):
             record.next_due = current.next_due
-        if not timing and current.completed:
+        if not timing_changed and current.completed:
             record.completed, record.next_due = True, None
         record.workflow_name = current.workflow_name
         record.last_execution_id = current.last_execution_id
@@ -468,27 +524,29 @@ class ScheduleService(Service):
             current.last_started_at,
             current.last_completed_at,
         )
-        view = _view(record)
-        applied = await self._engine.runtime.committer.submit(
-            UpdateSchedule(record=record, events=self._events("schedule.updated", view, now))
-        )
-        if not applied:
-            raise ScheduleNotFound(schedule_id)
-        self._wakeup.set()
-        return view
+        record.pending_runs = current.pending_runs
+        record.version = current.version + 1
+        return record
 
     async def delete(self, schedule_id: str) -> DeleteResult:
-        """Delete a schedule (its past executions stay)."""
-        current = await self._load(schedule_id)
-        applied = await self._engine.runtime.committer.submit(
-            DeleteSchedule(
-                schedule_id=schedule_id,
-                events=self._events("schedule.deleted", current, utcnow()),
+        """Delete a schedule (its past executions stay).
+
+        A compare-and-set on the version read, like :meth:`update`, so the
+        ``schedule.deleted`` event shows the schedule as it was deleted.
+        """
+        for attempt in range(WRITE_ATTEMPTS):
+            current = await self._load(schedule_id)
+            applied = await self._engine.runtime.committer.submit(
+                DeleteSchedule(
+                    schedule_id=schedule_id,
+                    expected_version=current.version,
+                    events=self._events("schedule.deleted", current, utcnow()),
+                )
             )
-        )
-        if not applied:
-            raise ScheduleNotFound(schedule_id)
-        return DeleteResult(id=schedule_id, deleted=True)
+            if applied:
+                return DeleteResult(id=schedule_id, deleted=True)
+            await _backoff(attempt)
+        raise _kept_changing(schedule_id, "deleted")
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10
@@ -555,8 +613,13 @@ class ScheduleService(Service):
         due = await self._call(self._store.due_schedules, now, self._batch)
         ready = await self._call(self._store.queued_schedules_ready, self._batch)
         compiled: dict[str, Any] = {}  # each workflow is read and parsed once per tick
-        plans = [self._plan_due(record, now, compiled) for record in due]
-        plans += [self._plan_queued(record, now, compiled) for record in ready]
+        plans = []
+        for record in due:
+            plans.append(await self._plan_due(record, now, compiled))
+            await anyio.lowlevel.checkpoint()  # a long tick never holds the loop for long
+        for record in ready:
+            plans.append(await self._plan_queued(record, now, compiled))
+            await anyio.lowlevel.checkpoint()
         if plans:
             if wait_until_due:
                 ahead = (now - utcnow()).total_seconds()
@@ -572,23 +635,12 @@ class ScheduleService(Service):
                             log.warning("queue full; schedule %s execution waits", op.schedule_id)
         return len(due) >= self._batch or len(ready) >= self._batch
 
-    def _plan_due(
+    async def _plan_due(
         self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, builtins.list[Prepared]]:
         first = record.next_due
         assert first is not None
-        missed = [first]
-        following = next_after(record, first)
-        while following is not None and following <= now and len(missed) < MAX_ENUMERATED:
-            missed.append(following)
-            following = next_after(record, following)
-        next_due = following
-        while next_due is not None and next_due <= now:  # enumeration cap reached
-            next_due = next_after(record, now)
-        completed = next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
         history: builtins.list[HistoryRecord] = []
-        fire_times: builtins.list[datetime] = []
-        pending = record.pending_runs
 
         def note(due_at: datetime | None, outcome: str, detail: str | None = None) -> None:
             history.append(
@@ -601,51 +653,57 @@ class ScheduleService(Service):
                 )
             )
 
-        if record.workflow_deleted:
-            note(first, "workflow_deleted", "the workflow was deleted; the schedule is disabled")
+        def fire(**changes: Any) -> FireSchedule:
             return FireSchedule(
                 schedule_id=record.id,
+                expected_version=record.version,
                 expected_next_due=first,
                 expected_pending=record.pending_runs,
-                next_due=None,
-                pending_runs=0,
-                enabled=False,
-                history=tuple(history),
-            ), []
+                **changes,
+            )
+
+        if record.workflow_deleted:
+            note(first, "workflow_deleted", "the workflow was deleted; the schedule is disabled")
+            op = fire(next_due=None, pending_runs=0, enabled=False, history=tuple(history))
+            return op, []
+        # A running loop reaches a due time a few ms late; that is never a misfire.
+        grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
+        # Bounded work, however long the downtime: the due times are counted, not listed.
+        missed = plan_missed(
+            timing(record),
+            first,
+            now,
+            grace=grace,
+            policy=record.misfire_policy,
+            catch_up_limit=record.catch_up_limit,
+        )
+        next_due = missed.next_due
+        fire_times: builtins.list[datetime] = []
+        pending = record.pending_runs
         if not record.enabled:
             note(
-                missed[-1],
+                missed.last,
                 "skipped_disabled",
-                _count_detail(len(missed), "the schedule is disabled"),
+                _count_detail(missed.count, "the schedule is disabled"),
             )
             # Parked until enabled again (which computes a fresh due time), so a disabled
             # schedule costs no tick and no history line at each of its due times.
             next_due = None
         elif record.workflow_status != WorkflowStatus.ACTIVE.value:
             note(
-                missed[-1],
+                missed.last,
                 "skipped_inactive",
-                _count_detail(len(missed), "the workflow is inactive"),
+                _count_detail(missed.count, "the workflow is inactive"),
             )
+            next_due = missed.following
         else:
-            # A running loop reaches a due time a few ms late; that is never a misfire.
-            grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
-            on_time = [d for d in missed if now - d <= grace]
-            late = [d for d in missed if now - d > grace]
-            fire_times = list(on_time)
-            if late:
-                policy = record.misfire_policy
-                if policy == MisfirePolicy.CATCH_UP.value:
-                    kept = late[-record.catch_up_limit :]
-                    fire_times = kept + fire_times
-                    skipped = len(late) - len(kept)
-                elif policy == MisfirePolicy.RUN_ONCE.value and not on_time:
-                    fire_times = [late[-1]]
-                    skipped = len(late) - 1
-                else:  # skip, or run_once with an on-time run standing for the late ones
-                    skipped = len(late)
-                if skipped:
-                    note(late[0], "skipped_misfire", f"{skipped} due time(s) missed ({policy})")
+            fire_times = list(missed.fire)
+            if missed.skipped:
+                note(
+                    first,
+                    "skipped_misfire",
+                    f"{missed.skipped} due time(s) missed ({record.misfire_policy})",
+                )
             if fire_times and record.last_status in _UNFINISHED:
                 overlap = record.overlap_policy
                 if overlap == OverlapPolicy.SKIP.value:
@@ -666,29 +724,27 @@ class ScheduleService(Service):
                     else:
                         note(fire_times[-1], "skipped_overlap", "a run is already queued")
                     fire_times = []
-        executions, prepared = self._prepare(record, fire_times, now, history, compiled)
+        completed = next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
+        executions, prepared = await self._prepare(record, fire_times, now, history, compiled)
         fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
-        events = self._triggered(record, executions, fired_at, now)
-        op = FireSchedule(
-            schedule_id=record.id,
-            expected_next_due=first,
-            expected_pending=record.pending_runs,
+        op = fire(
             next_due=next_due,
             pending_runs=pending,
             completed=completed,
             executions=tuple(executions),
             history=tuple(history),
-            events=events,
+            events=self._triggered(record, executions, fired_at, now),
         )
         return op, prepared
 
-    def _plan_queued(
+    async def _plan_queued(
         self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, builtins.list[Prepared]]:
         history: builtins.list[HistoryRecord] = []
-        executions, prepared = self._prepare(record, [now], now, history, compiled)
+        executions, prepared = await self._prepare(record, [now], now, history, compiled)
         return FireSchedule(
             schedule_id=record.id,
+            expected_version=record.version,
             expected_next_due=record.next_due,
             expected_pending=record.pending_runs,
             next_due=record.next_due,
@@ -699,7 +755,7 @@ class ScheduleService(Service):
             events=self._triggered(record, executions, [now] * len(executions), now),
         ), prepared
 
-    def _prepare(
+    async def _prepare(
         self,
         record: ScheduleRecord,
         fire_times: builtins.list[datetime],
@@ -715,7 +771,7 @@ class ScheduleService(Service):
         try:
             if record.workflow_id not in compiled:
                 try:
-                    compiled[record.workflow_id] = self._compile(record.workflow_id)
+                    compiled[record.workflow_id] = await self._compile(record.workflow_id)
                 except AbiError as exc:
                     compiled[record.workflow_id] = exc
             found = compiled[record.workflow_id]
@@ -773,20 +829,35 @@ class ScheduleService(Service):
             )
         return executions, prepared
 
-    def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any]:
+    async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any]:
         """The workflow, its type, parsed configuration and steps; raises when it cannot run."""
-        workflow = self._store.get_workflow(workflow_id)
+        workflow = await self._call(self._store.get_workflow, workflow_id)
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
         wtype = self._engine.workflows.workflow_type(workflow.type)
         config = wtype.parse_configuration(workflow.configuration)
         specs = wtype.steps(config)
         if any(i.required for i in workflow.integrations):
-            connected = self._store.existing_integration_ids([i.id for i in workflow.integrations])
+            connected = await self._call(
+                self._store.existing_integration_ids, [i.id for i in workflow.integrations]
+            )
             missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
             if missing:
                 raise InvalidState(f"required integration {missing[0]!r} is not connected")
         return workflow, wtype, config, specs
+
+
+async def _backoff(attempt: int) -> None:
+    """Before trying a lost compare-and-set again: at once, then a short random wait."""
+    if attempt:
+        await anyio.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
+
+
+def _kept_changing(schedule_id: str, what: str) -> InvalidState:
+    return InvalidState(
+        f"Schedule {schedule_id} kept changing while it was being {what}; try again",
+        {"schedule_id": schedule_id, "attempts": WRITE_ATTEMPTS},
+    )
 
 
 def _count_detail(count: int, reason: str) -> str:

@@ -1,9 +1,11 @@
 """PostgreSQL storage of schedules and their history (mixed into PostgresStore).
 
-Firing is a compare-and-set on ``next_due`` and ``pending_runs``: at READ
+Every write of a schedule is a compare-and-set on ``version`` (firing also
+on ``next_due`` and ``pending_runs``), and adds one to it: at READ
 COMMITTED, an ``UPDATE`` that waited for a concurrent one re-checks its
 ``WHERE`` on the row that one committed, so of several processes firing the
-same due time exactly one applies.
+same due time exactly one applies, and an edit never writes back a due time
+that a firing committed meanwhile.
 """
 
 from __future__ import annotations
@@ -181,20 +183,29 @@ def _bulk_insert(conn: Conn, ops: list[InsertSchedule]) -> list[bool]:
 
 
 def _update(conn: Conn, op: UpdateSchedule) -> bool:
+    """Replace the definition if the row is still at the version read (and count the write).
+
+    At READ COMMITTED an ``UPDATE`` that waited for a concurrent write of the
+    row re-checks ``version`` on the row that write committed, so it loses.
+    """
     r = op.record
     cursor = conn.execute(
         "UPDATE schedules SET name = %s, description = %s, schedule_type = %s,"
         " cron_expression = %s, interval_value = %s, interval_unit = %s, execution_time = %s,"
         " anchor_at = %s, timezone = %s, parameters = %s, enabled = %s, next_due = %s,"
         " misfire_policy = %s, misfire_grace_seconds = %s, catch_up_limit = %s,"
-        " overlap_policy = %s, completed = %s, updated_at = %s WHERE id = %s",
-        (*_definition(r), r.id),
+        " overlap_policy = %s, completed = %s, updated_at = %s, version = version + 1"
+        " WHERE id = %s AND version = %s",
+        (*_definition(r), r.id, op.expected_version),
     )
     return cursor.rowcount > 0
 
 
 def _delete(conn: Conn, op: DeleteSchedule) -> bool:
-    cursor = conn.execute("DELETE FROM schedules WHERE id = %s", (op.schedule_id,))
+    cursor = conn.execute(
+        "DELETE FROM schedules WHERE id = %s AND version = %s",
+        (op.schedule_id, op.expected_version),
+    )
     if cursor.rowcount == 0:
         return False
     conn.execute("DELETE FROM schedule_history WHERE schedule_id = %s", (op.schedule_id,))
@@ -208,8 +219,9 @@ def _fire(conn: Conn, op: FireSchedule) -> bool:
     cursor = conn.execute(
         "UPDATE schedules SET next_due = %s, pending_runs = %s, completed = %s,"
         " enabled = coalesce(%s::boolean, enabled),"
-        " last_execution_id = coalesce(%s::text, last_execution_id)"
-        " WHERE id = %s AND next_due IS NOT DISTINCT FROM %s::bigint AND pending_runs = %s",
+        " last_execution_id = coalesce(%s::text, last_execution_id), version = version + 1"
+        " WHERE id = %s AND version = %s AND next_due IS NOT DISTINCT FROM %s::bigint"
+        " AND pending_runs = %s",
         (
             to_ms(op.next_due),
             op.pending_runs,
@@ -217,12 +229,19 @@ def _fire(conn: Conn, op: FireSchedule) -> bool:
             op.enabled,
             last,
             op.schedule_id,
+            op.expected_version,
             to_ms(op.expected_next_due),
             op.expected_pending,
         ),
     )
     if cursor.rowcount == 0:
-        return False
+        # Its own earlier commit (a retried write) stored its executions: applied.
+        return bool(op.executions) and (
+            conn.execute(
+                "SELECT 1 FROM executions WHERE id = %s", (op.executions[0].id,)
+            ).fetchone()
+            is not None
+        )
     insert_execution_rows(conn, op.executions)
     if op.history:
         with conn.cursor() as cur:

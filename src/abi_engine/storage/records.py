@@ -301,7 +301,9 @@ class ScheduleRecord:
     ``next_due`` is the indexed due time the scheduler's tick reads (``None``
     when nothing is due: fixed time done); ``anchor_at`` is where intervals
     count from; ``pending_runs`` counts runs queued by the ``queue`` overlap
-    policy. The ``workflow_*`` and ``last_*`` fields are read-only joins.
+    policy; ``version`` counts the writes of the row (each write is a
+    compare-and-set on the version it read, and adds one). The ``workflow_*``
+    and ``last_*`` fields are read-only joins.
     """
 
     id: str
@@ -328,6 +330,7 @@ class ScheduleRecord:
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
+    version: int = 0
     workflow_name: str | None = None
     workflow_status: str | None = None
     workflow_deleted: bool = False
@@ -367,29 +370,44 @@ class InsertSchedule(WriteOp):
 
 @attrs.frozen(kw_only=True)
 class UpdateSchedule(WriteOp):
-    """Replace a schedule's definition; applies ``False`` when it does not exist."""
+    """Replace a schedule's definition and due time, if it is still at ``expected_version``.
+
+    Applies ``False`` when the schedule does not exist or was written since
+    (fired, edited): the caller reads it again and recomputes, so a firing
+    committed in between is never undone.
+    """
 
     record: ScheduleRecord
+    expected_version: int
 
 
 @attrs.frozen(kw_only=True)
 class DeleteSchedule(WriteOp):
-    """Delete a schedule and its history; applies ``False`` when it does not exist."""
+    """Delete a schedule and its history, if it is still at ``expected_version``.
+
+    Applies ``False`` when it does not exist or was written since.
+    """
 
     schedule_id: str
+    expected_version: int
 
 
 @attrs.frozen(kw_only=True)
 class FireSchedule(WriteOp):
     """Advance a schedule past a due time and start its execution(s), exactly once.
 
-    A compare-and-set on ``next_due`` (``expected_next_due``) and
+    A compare-and-set on ``version`` (``expected_version``, the version the
+    firing was planned from), ``next_due`` (``expected_next_due``) and
     ``pending_runs`` (``expected_pending``): of several processes firing the
-    same due time, one applies, the others get ``False``. The executions and
-    history lines are written in the same transaction.
+    same due time, one applies, the others get ``False``; a firing planned
+    before an edit committed gets ``False`` too (the next tick plans it again
+    from the edited schedule). The executions and history lines are written
+    in the same transaction. Applying an op whose executions are already
+    stored (its own earlier commit) answers ``True`` again and writes nothing.
     """
 
     schedule_id: str
+    expected_version: int
     expected_next_due: datetime | None
     expected_pending: int
     next_due: datetime | None

@@ -179,20 +179,24 @@ def _bulk_insert(conn: sqlite3.Connection, ops: list[InsertSchedule]) -> list[bo
 
 
 def _update(conn: sqlite3.Connection, op: UpdateSchedule) -> bool:
+    """Replace the definition if the row is still at the version read (and count the write)."""
     r = op.record
     cursor = conn.execute(
         "UPDATE schedules SET name = ?, description = ?, schedule_type = ?,"
         " cron_expression = ?, interval_value = ?, interval_unit = ?, execution_time = ?,"
         " anchor_at = ?, timezone = ?, parameters = ?, enabled = ?, next_due = ?,"
         " misfire_policy = ?, misfire_grace_seconds = ?, catch_up_limit = ?,"
-        " overlap_policy = ?, completed = ?, updated_at = ? WHERE id = ?",
-        (*_definition(r), r.id),
+        " overlap_policy = ?, completed = ?, updated_at = ?, version = version + 1"
+        " WHERE id = ? AND version = ?",
+        (*_definition(r), r.id, op.expected_version),
     )
     return cursor.rowcount > 0
 
 
 def _delete(conn: sqlite3.Connection, op: DeleteSchedule) -> bool:
-    cursor = conn.execute("DELETE FROM schedules WHERE id = ?", (op.schedule_id,))
+    cursor = conn.execute(
+        "DELETE FROM schedules WHERE id = ? AND version = ?", (op.schedule_id, op.expected_version)
+    )
     if cursor.rowcount == 0:
         return False
     conn.execute("DELETE FROM schedule_history WHERE schedule_id = ?", (op.schedule_id,))
@@ -202,8 +206,8 @@ def _delete(conn: sqlite3.Connection, op: DeleteSchedule) -> bool:
 _FIRE = (
     "UPDATE schedules SET next_due = ?, pending_runs = ?, completed = ?,"
     " enabled = coalesce(?, enabled),"
-    " last_execution_id = coalesce(?, last_execution_id)"
-    " WHERE id = ? AND next_due IS ? AND pending_runs = ?"
+    " last_execution_id = coalesce(?, last_execution_id), version = version + 1"
+    " WHERE id = ? AND version = ? AND next_due IS ? AND pending_runs = ?"
 )
 _INSERT_HISTORY = (
     "INSERT INTO schedule_history (schedule_id, due_at, recorded_at, outcome,"
@@ -223,8 +227,9 @@ def _fire(conn: sqlite3.Connection, op: FireSchedule) -> bool:
 
 def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
     """Fire schedules: each one's move to its next due time is checked (optimistic:
-    ``False`` when another process got there first); the executions and history
-    lines of those that moved are written together."""
+    ``False`` when another process, or an edit, got there first); the executions
+    and history lines of those that moved are written together. An op whose
+    executions are already stored committed before (a retried write): ``True``."""
     from abi_engine.storage.sqlite_executions import insert_execution_rows
 
     results: list[bool] = []
@@ -242,14 +247,16 @@ def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
                 None if op.enabled is None else int(op.enabled),
                 last,
                 op.schedule_id,
+                op.expected_version,
                 to_ms(op.expected_next_due),
                 op.expected_pending,
             ),
         )
         fired = cursor.rowcount > 0
-        results.append(fired)
         if not fired:
+            results.append(_already_fired(conn, op))
             continue
+        results.append(True)
         executions.extend(op.executions)
         if op.history:
             history.extend(
@@ -270,6 +277,14 @@ def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
         conn.executemany(_INSERT_HISTORY, history)
         conn.executemany(_TRIM_HISTORY, trimmed)
     return results
+
+
+def _already_fired(conn: sqlite3.Connection, op: FireSchedule) -> bool:
+    """Whether ``op`` itself committed earlier (its first execution is stored)."""
+    if not op.executions:
+        return False
+    found = conn.execute("SELECT 1 FROM executions WHERE id = ?", (op.executions[0].id,))
+    return found.fetchone() is not None
 
 
 SCHEDULE_HANDLERS: dict[type, Callable[[sqlite3.Connection, Any], Any]] = {

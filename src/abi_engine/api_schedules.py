@@ -82,7 +82,7 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
     request_model=ScheduleRequest,
     response_model=Schedule,
     tag="schedules",
-    errors=("SCHEDULE_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_REQUEST"),
+    errors=("SCHEDULE_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_REQUEST", "INVALID_STATE"),
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     schedule = await engine.schedules.update(request.path["schedule_id"], _body_object(request))
@@ -96,7 +96,7 @@ async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest)
     summary="Delete a schedule",
     response_model=DeleteResult,
     tag="schedules",
-    errors=("SCHEDULE_NOT_FOUND",),
+    errors=("SCHEDULE_NOT_FOUND", "INVALID_STATE"),
 )
 async def delete_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     return unstructure(await engine.schedules.delete(request.path["schedule_id"]))

@@ -235,8 +235,9 @@ class Store(Protocol):
 
     # -- schedules ------------------------------------------------------------------
     # Schedules are written through ``apply`` (InsertSchedule, UpdateSchedule,
-    # DeleteSchedule, FireSchedule); FireSchedule is a compare-and-set on the
-    # due time, which makes each due time fire once across processes.
+    # DeleteSchedule, FireSchedule); each is a compare-and-set on the schedule's
+    # ``version`` (FireSchedule also on its due time), which makes each due time
+    # fire once across processes, whatever edits race with it.
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
         """The schedule with its workflow's name and status and its last execution."""

@@ -530,3 +530,53 @@ async def test_a_run_that_crashes_every_time_ends_instead_of_looping(
     assert final.status is ExecutionStatus.FAILED, (final.status, len(crashes))
     assert len(crashes) <= 3, f"{len(crashes)} tracebacks for one execution"
     assert PROBE.runs(execution_id)["start"] <= 3
+
+
+# -- 9. a synchronous run waiting for a slot starts its steps after its cancellation ------------
+
+
+async def test_a_sync_execution_cancelled_while_waiting_for_a_slot_never_starts_a_step(
+    make: EngineFactory,
+) -> None:
+    """A synchronous execution stored ``running`` (a slot was free when it was stored)
+    whose slot is taken by another caller right after its commit, so that its run waits:
+    cancelled meanwhile, none of its steps may start once the slot frees (its run must
+    find out that it ended before running anything)."""
+    engine, harness = _harnessed(make, sync_workers=1)
+    limiter = engine.runtime._sync_limiter
+    borrower = object()  # another synchronous caller, taking the only slot
+
+    def take_the_slot(ops: Sequence[WriteOp]) -> None:
+        if any(isinstance(op, InsertExecution) for op in ops) and not limiter.borrowed_tokens:
+            if harness.blocking:  # applied in a worker thread
+                anyio.from_thread.run_sync(limiter.acquire_on_behalf_of_nowait, borrower)
+            else:
+                limiter.acquire_on_behalf_of_nowait(borrower)
+
+    harness.after_commit(take_the_slot)
+    answer: list[Any] = []
+    try:
+        async with engine:
+            wf = await new_workflow(engine)
+
+            async def call() -> None:
+                try:
+                    answer.append(await engine.executions.execute(wf, {}, timeout_seconds=120))
+                except Exception as exc:  # recorded, checked below
+                    answer.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await until(lambda: limiter.borrowed_tokens == 1, timeout=30, what="the slot")
+                page = await engine.executions.list(page_size=10)
+                assert len(page.items) == 1
+                execution_id = page.items[0].execution_id
+                assert page.items[0].status is ExecutionStatus.RUNNING  # stored running
+                cancelled = await engine.executions.cancel(execution_id)
+                assert cancelled.status is ExecutionStatus.CANCELLED
+                limiter.release_on_behalf_of(borrower)
+            final = await engine.executions.get(execution_id)
+    finally:
+        engine.close()
+    assert final.status is ExecutionStatus.CANCELLED
+    assert PROBE.runs(execution_id) == {}, "a step of the cancelled execution started"

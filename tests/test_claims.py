@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
@@ -160,7 +161,7 @@ async def test_a_signal_racing_the_poller_runs_the_rest_once(make: EngineFactory
         async def poll_storm() -> None:
             while True:  # a poll at every turn of the loop: in every window there is
                 await engine.runtime._recover_once()
-                await anyio.sleep(0)
+                await anyio.lowlevel.checkpoint()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(poll_storm)

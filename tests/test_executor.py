@@ -477,6 +477,8 @@ CRASH_SCRIPT = textwrap.dedent(
             for i in range(12):
                 do = {{"second": {{"sleep": 0.01 * (i % 4)}}, "third": {{"gate": "hold"}}}}
                 await engine.executions.execute(wf.id, {{"do": do}}, wait=False)
+            with open({log!r}, "a") as f:
+                f.write('["all submitted"]' + chr(10))
             await anyio.sleep(3600)
 
     anyio.run(main)
@@ -497,12 +499,20 @@ async def test_resume_after_sigkill(
         [sys.executable, "-c", script], stdout=subprocess.DEVNULL
     ) as child:
         with anyio.fail_after(20):
-            while not (log.exists() and log.read_text().count('"third"') == 4):
+            while not (
+                log.exists()
+                and log.read_text().count('"third"') == 4
+                and "all submitted" in log.read_text()
+            ):
                 assert child.returncode is None, "the child process ended on its own"
                 await anyio.sleep(0.02)
         child.kill()  # SIGKILL
         assert await child.wait() == -signal.SIGKILL
-    before = [tuple(json.loads(line)) for line in log.read_text().splitlines()]
+    before = [
+        tuple(json.loads(line))
+        for line in log.read_text().splitlines()
+        if "all submitted" not in line
+    ]
     engine = make()
     ids = [s.execution_id for s in (await engine.executions.list(page_size=100)).items]
     assert len(ids) == 12
@@ -542,7 +552,11 @@ async def test_a_killed_node_is_taken_over_at_once_on_sqlite(
         [sys.executable, "-c", script], stdout=subprocess.DEVNULL
     ) as child:
         with anyio.fail_after(20):
-            while not (log.exists() and log.read_text().count('"third"') == 4):
+            while not (
+                log.exists()
+                and log.read_text().count('"third"') == 4
+                and "all submitted" in log.read_text()
+            ):
                 assert child.returncode is None, "the child process ended on its own"
                 await anyio.sleep(0.02)
         child.kill()  # SIGKILL

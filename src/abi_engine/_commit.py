@@ -21,7 +21,7 @@ from anyio.abc import TaskStatus
 
 from abi_engine.events import OutboxEvent
 from abi_engine.storage.base import Store
-from abi_engine.storage.records import WriteOp, applied
+from abi_engine.storage.records import AGAIN, WriteOp, applied
 
 __all__ = ["GroupCommitter"]
 
@@ -123,7 +123,9 @@ class GroupCommitter:
         self.ops += len(ops)
         events: list[OutboxEvent] = []
         for op, result in zip(ops, results, strict=True):
-            if op.events and applied(result) and not isinstance(result, Exception):
+            # AGAIN: applied by an earlier attempt whose answer was lost, before the hooks
+            # saw its events (the store wrote them to the outbox then, not again now).
+            if op.events and (applied(result) or result is AGAIN):
                 events.extend(op.events)
         if events:
             self._emit(events)

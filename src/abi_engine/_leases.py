@@ -115,11 +115,15 @@ class Claims:
                         self._lost[execution_id] = self._held[execution_id]
             if not self._lost:
                 return {}
+            lost: dict[str, int] = {}
             for execution_id, token in self._lost.items():
+                # Only what is still held under the token that was lost: a claim the node
+                # swapped (its grant became a run) or took again meanwhile is not lost.
                 if self._held.get(execution_id) == token:
                     del self._held[execution_id]
                     self._confirmed.pop(execution_id, None)
-            lost, self._lost = self._lost, {}
+                    lost[execution_id] = token
+            self._lost = {}
         return lost
 
     # -- the heartbeat ------------------------------------------------------------------

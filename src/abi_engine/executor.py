@@ -28,9 +28,10 @@ import re
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import attrs
@@ -61,8 +62,10 @@ from abi_engine.storage.records import (
     CancelExecution,
     CheckpointStep,
     ClaimExecution,
+    DeliverSignal,
     ExecutionRecord,
     FinishExecution,
+    InsertExecution,
     ReleaseExecutions,
     SaveProgress,
     StepRecord,
@@ -85,6 +88,8 @@ if TYPE_CHECKING:
 __all__ = ["Prepared", "Runtime", "RuntimeSettings", "build_execution", "execution_json"]
 
 log = logging.getLogger("abi_engine.executor")
+
+T = TypeVar("T")
 
 _SECRETISH = re.compile(
     r"(whsec_[A-Za-z0-9+/=_-]+|abi_[A-Za-z0-9_-]{20,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]+)"
@@ -201,6 +206,8 @@ class Runtime:
         self._inflight: set[str] = set()
         #: Grants that arrived while an earlier run of the same execution was still here.
         self._deferred: dict[str, int] = {}
+        #: The run token of each execution running here (its grant became this).
+        self._run_tokens: dict[str, int] = {}
         self._tg: TaskGroup | None = None
         self._stopping = False
         self._idle = anyio.Event()
@@ -234,6 +241,7 @@ class Runtime:
                 for _ in range(self.settings.workers):
                     tg.start_soon(self._worker, self._receive.clone())
                 tg.start_soon(self._poller)
+                tg.start_soon(self._watch_claims)
                 task_status.started()
         finally:
             self.claims.stop()
@@ -373,6 +381,7 @@ class Runtime:
         delay = 0.05
         give_up = time.monotonic() + COMMIT_RETRY_SECONDS
         while True:
+            op = self._with_fresh_lease(op)
             try:
                 return await self.committer.submit(op)
             except (TypeError, ValueError, AbiError):
@@ -388,6 +397,15 @@ class Runtime:
                     ) from None
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    def _with_fresh_lease(self, op: WriteOp) -> WriteOp:
+        """``op`` granting this node a lease from now (a retried write must not store a
+        lease that ran out while it was retried)."""
+        if isinstance(op, InsertExecution) and op.record.owner == self.node_id:
+            op.record.lease_until = self.lease()
+        elif isinstance(op, DeliverSignal) and op.grant_owner is not None:
+            op = attrs.evolve(op, lease_until=self.lease())
+        return op
 
     async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
         """Wait until the execution ends or waits (or ``timeout``); its view or ``None``.
@@ -439,7 +457,7 @@ class Runtime:
     def cancel_local(self, execution_id: str) -> None:
         """Stop the execution's run in this node, if any (its record is already ended, or
         this node lost it): at once when a step runs, before the first step otherwise."""
-        if execution_id in self._inflight:
+        if execution_id in self._inflight or execution_id in self._prepared:
             self._cancelled.add(execution_id)
             scope = self._scopes.get(execution_id)
             if scope is not None:
@@ -454,12 +472,18 @@ class Runtime:
                 await self._guarded(execution_id, token)
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
+        waited = self._sync_limiter.available_tokens < 1
         async with self._sync_limiter:
+            prepared = self._prepared.get(execution_id)
+            if waited and prepared is not None and prepared.claimed:
+                # Stored running, then it waited for a slot: cancelled meanwhile?
+                prepared.claimed = await self._still_running(execution_id, token)
             await self._guarded(execution_id, token)
 
     async def _guarded(self, execution_id: str, token: int) -> None:
         if self._stopping or not self.claims.holds(execution_id, token):
             self._prepared.pop(execution_id, None)
+            self._cancelled.discard(execution_id)
             return  # handed back on stop, or lost meanwhile
         if execution_id in self._inflight:
             # An earlier run of it is still here (it lost its claim and has not noticed
@@ -477,26 +501,38 @@ class Runtime:
             self._inflight.discard(execution_id)
             self._scopes.pop(execution_id, None)
             self._cancelled.discard(execution_id)
-            deferred = self._deferred.pop(execution_id, None)
+            run_token = self._run_tokens.pop(execution_id, None)
             held = self.claims.token(execution_id)
-            if held is not None and held != deferred and not self._stopping:
-                # The run stopped without ending the execution (the runtime failed):
-                # its lease expires and recovery takes it over. (While stopping, what
-                # is still held is handed back by ``release``.)
+            if held in (token, run_token) and held is not None and not self._stopping:
+                # The run stopped without ending the execution (the store failed for
+                # too long): its lease expires and recovery takes it over. (While
+                # stopping, what is still held is handed back by ``release``; a newer
+                # grant, from a signal or a poll, is not this run's to drop.)
                 self.claims.let_go(execution_id, held)
+            deferred = self._deferred.pop(execution_id, None)
             if deferred is not None and self.claims.holds(execution_id, deferred):
                 self._push(execution_id, deferred)
             if self._stopping and not self._inflight:
                 self._idle.set()
 
+    async def _still_running(self, execution_id: str, token: int) -> bool:
+        """Whether the execution is still stored running under ``token`` (``False``: it
+        ended meanwhile, e.g. cancelled; the run must not start)."""
+        if execution_id in self._cancelled:
+            return False
+        try:
+            record = await self._read(self.store.get_execution, execution_id, token=token)
+        except _Lost:
+            return False
+        return (
+            record is not None
+            and record.status is ExecutionStatus.RUNNING
+            and record.claim == token
+        )
+
     async def _poller(self) -> None:
         while True:
             if not self._stopping:
-                for execution_id in self.claims.take_lost():
-                    log.warning(
-                        "execution %s: this node lost its claim; its run stops", execution_id
-                    )
-                    self.cancel_local(execution_id)
                 try:
                     await self._recover_once()
                 except Exception as exc:
@@ -504,6 +540,18 @@ class Runtime:
                 else:
                     self._store_works()
             await anyio.sleep(self.settings.poll_interval)
+
+    async def _watch_claims(self) -> None:
+        """Stop the runs of claims this node lost (a loop of its own: a poll that hangs on
+        an unreachable store must not keep a run going past its lease)."""
+        while True:
+            for execution_id in self.claims.take_lost():
+                if execution_id in self._inflight:
+                    log.warning(
+                        "execution %s: this node lost its claim; its run stops", execution_id
+                    )
+                self.cancel_local(execution_id)
+            await anyio.sleep(min(self.settings.poll_interval, self.settings.lease_seconds / 10))
 
     def _store_failed(self, what: str, exc: BaseException) -> None:
         self._store_failures += 1
@@ -580,6 +628,38 @@ class Runtime:
                 log.warning("execution %s: %s done after a retry", execution_id, type(op).__name__)
             return result
 
+    async def _read(self, fn: Callable[..., T], *args: Any, token: int) -> T:
+        """A store read of the run holding ``token`` (``execution_id`` first in ``args``),
+        retried like :meth:`_write` while the store fails."""
+        execution_id = str(args[0]) if args else ""
+        delay = 0.05
+        give_up = time.monotonic() + self.settings.lease_seconds * WRITE_RETRY_SHARE
+        failures = 0
+        while True:
+            try:
+                return await call_store(self.store, fn, *args)
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "execution %s: reading it failed (%s); retrying",
+                        execution_id,
+                        _one_line(exc),
+                    )
+                if not self.claims.holds(execution_id, token) or (
+                    time.monotonic() + delay > give_up
+                ):
+                    log.warning(
+                        "execution %s: the store kept failing; left to recovery (lease %g s)",
+                        execution_id,
+                        self.settings.lease_seconds,
+                    )
+                    self.claims.let_go(execution_id, token)
+                    self._notify(execution_id, None)
+                    raise _Lost(execution_id) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     async def _load(self, execution_id: str, grant: int) -> Prepared | None:
         """The execution to run, claimed by this node under a fresh run token (``None``
         when there is nothing to run here)."""
@@ -591,7 +671,7 @@ class Runtime:
         record = (
             prepared.record
             if prepared is not None
-            else await call_store(self.store, self.store.get_execution, execution_id)
+            else await self._read(self.store.get_execution, execution_id, token=grant)
         )
         if record is None or record.status.finished:
             self.claims.let_go(execution_id, grant)
@@ -625,6 +705,7 @@ class Runtime:
         if not claimed or not self.claims.swap(execution_id, grant, token):
             self.claims.let_go(execution_id, grant)
             return None
+        self._run_tokens[execution_id] = token
         record.claim = token
         if prepared is not None:
             prepared.token, prepared.fresh = token, fresh
@@ -656,14 +737,19 @@ class Runtime:
 
     async def _connect(self, prepared: Prepared) -> None:
         """Load the connections (with secrets) of the workflow's integrations for the steps."""
+        record, token = prepared.record, prepared.token
         ids = prepared.integration_ids
         if ids is None:
-            workflow = await call_store(
-                self.store, self.store.get_workflow, prepared.record.workflow_id
+            workflow = await self._read(
+                lambda _id, wf=record.workflow_id: self.store.get_workflow(wf),
+                record.id,
+                token=token,
             )
             ids = tuple(i.id for i in workflow.integrations) if workflow else ()
         for integration_id in ids:
-            connection = await call_store(self.store, self.store.get_integration, integration_id)
+            connection = await self._read(
+                lambda _id, i=integration_id: self.store.get_integration(i), record.id, token=token
+            )
             if connection is not None:
                 prepared.integrations[integration_id] = connection
 
@@ -680,11 +766,12 @@ class Runtime:
         record = prepared.record
         fresh = prepared.fresh  # nothing stored yet: no steps, signals or progress to read
         await self._connect(prepared)
+        token = prepared.token
         done: list[StepRecord] = (
-            [] if fresh else await call_store(self.store, self.store.get_steps, execution_id)
+            [] if fresh else await self._read(self.store.get_steps, execution_id, token=token)
         )
         signals: dict[str, Any] = (
-            {} if fresh else await call_store(self.store, self.store.get_signals, execution_id)
+            {} if fresh else await self._read(self.store.get_signals, execution_id, token=token)
         )
         if record.timeout_at is not None and record.timeout_at <= utcnow():
             await self._finish_timed_out(prepared, done, None)
@@ -698,7 +785,15 @@ class Runtime:
             scope.cancel()
         running: list[StepRecord | None] = [None]
         with scope:
-            await self._run_steps(prepared, done, signals, running, resumed=not fresh)
+            try:
+                await self._run_steps(prepared, done, signals, running, resumed=not fresh)
+            except _Lost:
+                raise
+            except Exception as exc:
+                # Outside any step (a plugin's skip_if, say): the same error comes back at
+                # every recovery, so the execution ends failed instead of looping.
+                log.error("execution %s failed outside its steps: %s", execution_id, exc)
+                await self._finish_failed(record, prepared, exc, step=None, steps_done=done)
             return
         # Only reached when the scope was cancelled: a cancellation or the timeout.
         if execution_id in self._cancelled:
@@ -838,7 +933,9 @@ class Runtime:
             except Suspend as suspend:
                 state = await self._suspend(prepared, suspend)
                 if state == "ready":
-                    signals.update(await call_store(self.store, self.store.get_signals, record.id))
+                    signals.update(
+                        await self._read(self.store.get_signals, record.id, token=prepared.token)
+                    )
                     attempt -= 1
                     continue
                 return _SUSPENDED
@@ -944,7 +1041,10 @@ class Runtime:
         """Look for due timers right at ``when`` (the poller would notice later)."""
         await anyio.sleep(max(0.0, (when - utcnow()).total_seconds()) + 0.001)
         if not self._stopping:
-            await self._recover_once()
+            try:
+                await self._recover_once()
+            except Exception as exc:  # the poller will find it when the store answers
+                self._store_failed("wake-up poll", exc)
 
     async def _finish_completed(
         self,

@@ -18,7 +18,7 @@ for a batch) and ask these functions what applies; they only write the rows.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,10 +71,29 @@ def claims(ops: Sequence[ClaimExecution], states: dict[str, State]) -> list[Any]
     return results
 
 
-def checkpoints(ops: Sequence[CheckpointStep], states: dict[str, State]) -> list[bool]:
-    """Each checkpoint applies while its execution runs under its token (a retry
-    rewrites the same step: idempotent)."""
-    return [states.get(op.step.execution_id, MISSING)[:2] == ("running", op.token) for op in ops]
+def checkpoints(
+    ops: Sequence[CheckpointStep],
+    states: dict[str, State],
+    stored: Mapping[tuple[str, int], int | None] | None = None,
+) -> list[Any]:
+    """Each checkpoint applies while its execution runs under its token. A retry
+    rewrites the same step (idempotent); one that carries events answers ``AGAIN``
+    when its step is stored already with the same end time (``stored``: the
+    ``completed_at`` in ms of the stored steps of the checkpoints with events), so
+    its events are not written twice."""
+    results: list[Any] = []
+    for op in ops:
+        if states.get(op.step.execution_id, MISSING)[:2] != ("running", op.token):
+            results.append(False)
+        elif (
+            op.events
+            and stored is not None
+            and stored.get((op.step.execution_id, op.step.index), -1) == to_ms(op.step.completed_at)
+        ):
+            results.append(AGAIN)
+        else:
+            results.append(True)
+    return results
 
 
 def ended_again(state: State, status: str, completed_at: datetime, token: int | None) -> bool:

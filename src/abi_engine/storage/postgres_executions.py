@@ -427,7 +427,7 @@ def _claim(conn: Conn, op: ClaimExecution) -> Any:
     return _bulk_claim(conn, [op])[0]
 
 
-def _checkpoint(conn: Conn, op: CheckpointStep) -> bool:
+def _checkpoint(conn: Conn, op: CheckpointStep) -> Any:
     return _bulk_checkpoint(conn, [op])[0]
 
 
@@ -628,13 +628,28 @@ def _bulk_claim(conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
     return results
 
 
-def _bulk_checkpoint(conn: Conn, ops: list[CheckpointStep]) -> list[bool]:
+def _stored_steps(conn: Conn, ops: list[CheckpointStep]) -> dict[tuple[str, int], int | None]:
+    """``completed_at`` of the stored steps of the checkpoints that carry events."""
+    keys = [(op.step.execution_id, op.step.index) for op in ops if op.events]
+    if not keys:
+        return {}
+    rows = conn.execute(
+        "SELECT s.execution_id, s.idx, s.completed_at FROM execution_steps s"
+        " JOIN unnest(%s::text[], %s::int[]) AS k(execution_id, idx)"
+        " ON s.execution_id = k.execution_id AND s.idx = k.idx",
+        ([k[0] for k in keys], [k[1] for k in keys]),
+    ).fetchall()
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+def _bulk_checkpoint(conn: Conn, ops: list[CheckpointStep]) -> list[Any]:
     # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
-    results = checkpoints(ops, _states(conn, [op.step.execution_id for op in ops]))
+    states = _states(conn, [op.step.execution_id for op in ops])
+    results = checkpoints(ops, states, _stored_steps(conn, ops))
     _many(
         conn,
         _UPSERT_STEP,
-        [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok],
+        [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok is True],
     )
     return results
 

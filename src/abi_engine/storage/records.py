@@ -58,7 +58,12 @@ AGAIN = _Again()
 
 def applied(result: Any) -> bool:
     """Whether an op's result means it applied now (so its events are written)."""
-    return result is not False and result is not None and result is not AGAIN
+    return (
+        result is not False
+        and result is not None
+        and result is not AGAIN
+        and not isinstance(result, BaseException)
+    )
 
 
 @attrs.define(kw_only=True)

@@ -429,7 +429,7 @@ def _runs_under(conn: sqlite3.Connection, execution_id: str, token: int) -> bool
     return row is not None
 
 
-def _checkpoint(conn: sqlite3.Connection, op: CheckpointStep) -> bool:
+def _checkpoint(conn: sqlite3.Connection, op: CheckpointStep) -> Any:
     return _bulk_checkpoint(conn, [op])[0]
 
 
@@ -629,11 +629,29 @@ def _bulk_claim(conn: sqlite3.Connection, ops: list[ClaimExecution]) -> list[Any
     return results
 
 
-def _bulk_checkpoint(conn: sqlite3.Connection, ops: list[CheckpointStep]) -> list[bool]:
+def _stored_steps(
+    conn: sqlite3.Connection, ops: list[CheckpointStep]
+) -> dict[tuple[str, int], int | None]:
+    """``completed_at`` of the stored steps of the checkpoints that carry events."""
+    found: dict[tuple[str, int], int | None] = {}
+    for op in ops:
+        if op.events:
+            row = conn.execute(
+                "SELECT completed_at FROM execution_steps WHERE execution_id = ? AND idx = ?",
+                (op.step.execution_id, op.step.index),
+            ).fetchone()
+            if row is not None:
+                found[(op.step.execution_id, op.step.index)] = row[0]
+    return found
+
+
+def _bulk_checkpoint(conn: sqlite3.Connection, ops: list[CheckpointStep]) -> list[Any]:
     # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
-    results = checkpoints(ops, _states(conn, [op.step.execution_id for op in ops]))
+    states = _states(conn, [op.step.execution_id for op in ops])
+    results = checkpoints(ops, states, _stored_steps(conn, ops))
     conn.executemany(
-        _UPSERT_STEP, [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok]
+        _UPSERT_STEP,
+        [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok is True],
     )
     return results
 

@@ -472,3 +472,103 @@ def test_ops_applied_again_answer_again(store: Store) -> None:
     )
     assert store.apply([other]) == [False]
     assert store.renew_leases({record.id: 12}, now + timedelta(seconds=30)) == [record.id]
+
+
+def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred foreign key) is rolled back: the next write
+    begins normally instead of failing for ever."""
+    import sqlite3 as sqlite
+
+    from abi_engine.storage import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "c.db")
+
+    def orphan_step() -> None:
+        with store.transaction() as conn:
+            conn.execute("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT
+            conn.execute(
+                "INSERT INTO execution_steps (execution_id, idx, name, status)"
+                " VALUES ('exec_missing', 0, 'x', 'completed')"
+            )
+
+    try:
+        with pytest.raises(sqlite.IntegrityError):
+            orphan_step()
+        with store.transaction() as conn:
+            assert conn.execute("SELECT count(*) FROM execution_steps").fetchone()[0] == 0
+    finally:
+        store.close()
+
+
+def test_claims_hand_back_a_run_token_not_yet_confirmed() -> None:
+    """A claim sent to the store but not answered yet (the engine stopping meanwhile) is
+    handed back under both tokens; once swapped, only the run token is held."""
+    from abi_engine._leases import Claims
+
+    claims = Claims(lambda held, until: [], 30)
+    claims.hold("exec_1", 11)
+    claims.expect("exec_1", 12)
+    assert sorted(claims.to_hand_back()) == [("exec_1", 11), ("exec_1", 12)]
+    assert claims.swap("exec_1", 11, 12)
+    assert claims.to_hand_back() == [("exec_1", 12)]
+    claims.let_go("exec_1", 12)
+    assert claims.to_hand_back() == []
+
+
+def test_a_lost_report_for_a_swapped_grant_is_ignored() -> None:
+    """A renewal that reports a grant lost after the node swapped it for its run token
+    stops nothing: only a token still held can be lost."""
+    from abi_engine._leases import Claims
+
+    reported: list[list[str]] = [["exec_1"]]
+    claims = Claims(lambda held, until: reported.pop() if reported else [], 30)
+    claims.hold("exec_1", 11)
+    claims.renew_once()  # the store already runs it under the run token: "lost"
+    assert claims.swap("exec_1", 11, 12)
+    assert claims.take_lost() == {}
+    assert claims.token("exec_1") == 12
+
+
+async def test_an_execution_with_more_steps_done_than_its_type_has_ends(
+    make: EngineFactory,
+) -> None:
+    """An execution resumed by a type that now has fewer steps than it finished (a newer
+    version of the plugin) completes with its last result instead of never ending."""
+    from abi_engine.ids import new_id, utcnow
+    from abi_engine.models import StepStatus
+    from abi_engine.storage.records import ExecutionRecord, InsertExecution, StepRecord
+
+    engine = make()
+    wf = await new_workflow(engine, "test_skip")
+    now = utcnow()
+    record = ExecutionRecord(
+        id=new_id("exec_"),
+        workflow_id=wf,
+        workflow_type="test_skip",
+        status=ExecutionStatus.QUEUED,
+        created_at=now,
+        started_at=now,
+        claim=4,
+    )
+    engine.store.apply([InsertExecution(record=record)])
+    specs = len(engine.workflow_types["test_skip"].steps(None))
+    done = [
+        StepRecord(
+            execution_id=record.id,
+            index=i,
+            name=f"old{i}",
+            status=StepStatus.COMPLETED,
+            result={"i": i},
+        )
+        for i in range(specs + 1)
+    ]
+    # Run by a node that died after checkpointing them all (its lease ends now).
+    claim = ClaimExecution(
+        execution_id=record.id, grant=4, token=5, owner="x", lease_until=now, started_at=now
+    )
+    assert engine.store.apply([claim]) == [True]
+    assert engine.store.apply([CheckpointStep(step=s, token=5) for s in done]) == [True] * len(done)
+    async with engine:
+        final = await wait_status(engine, record.id, *TERMINAL, timeout=30)
+    assert final.status is ExecutionStatus.COMPLETED
+    assert final.result == {"i": specs}

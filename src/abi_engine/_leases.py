@@ -55,6 +55,8 @@ class Claims:
         #: When each claim's lease was last known good (``time.monotonic``).
         self._confirmed: dict[str, float] = {}
         self._lost: dict[str, int] = {}
+        #: Run tokens of claims sent to the store, not yet answered (see :meth:`expect`).
+        self._next: dict[str, int] = {}
         #: Every held claim was confirmed at or after this time (the start of the last
         #: renewal that succeeded): while it is recent, none can have expired.
         self._floor = time.monotonic()
@@ -79,10 +81,17 @@ class Claims:
     def holds(self, execution_id: str, token: int) -> bool:
         return self._held.get(execution_id) == token
 
+    def expect(self, execution_id: str, token: int) -> None:
+        """A claim turning this node's grant into the run ``token`` is on its way to the
+        store: if the node stops before it hears back, it hands back both."""
+        with self._lock:
+            self._next[execution_id] = token
+
     def swap(self, execution_id: str, old: int, new: int) -> bool:
         """Replace the grant ``old`` by the run ``new`` (the claim used it); ``False`` when
         ``old`` is no longer held (lost meanwhile)."""
         with self._lock:
+            self._next.pop(execution_id, None)
             if self._held.get(execution_id) != old:
                 return False
             self._held[execution_id] = new
@@ -91,6 +100,8 @@ class Claims:
     def let_go(self, execution_id: str, token: int) -> None:
         """Stop holding ``execution_id`` (if still under ``token``)."""
         with self._lock:
+            if self._next.get(execution_id) == token:
+                del self._next[execution_id]
             if self._held.get(execution_id) == token:
                 del self._held[execution_id]
                 self._confirmed.pop(execution_id, None)
@@ -99,6 +110,12 @@ class Claims:
         """A copy of what is held."""
         with self._lock:
             return dict(self._held)
+
+    def to_hand_back(self) -> list[tuple[str, int]]:
+        """Every ``(execution id, token)`` this node may hold in the store: what it holds,
+        and the run tokens of claims it has not heard back from."""
+        with self._lock:
+            return [*self._held.items(), *self._next.items()]
 
     def __len__(self) -> int:
         return len(self._held)

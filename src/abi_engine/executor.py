@@ -34,6 +34,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.to_thread
 import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -244,7 +245,8 @@ class Runtime:
                 tg.start_soon(self._watch_claims)
                 task_status.started()
         finally:
-            self.claims.stop()
+            with anyio.CancelScope(shield=True):  # a renewal in progress may take a moment
+                await anyio.to_thread.run_sync(self.claims.stop)
 
     async def stop(self) -> None:
         """Stop taking work; let running steps finish (up to ``shutdown_grace``)."""
@@ -271,15 +273,13 @@ class Runtime:
                     await call_store(self.store, unregister, self.node_id)
 
     async def _hand_back_all(self) -> None:
-        held = self.claims.snapshot()
+        held = self.claims.to_hand_back()
         if not held:
             return
         try:
             with anyio.CancelScope(shield=True):  # runs while the engine is being cancelled
                 await call_store(
-                    self.store,
-                    self.store.apply,
-                    [ReleaseExecutions(claims=tuple(held.items()))],
+                    self.store, self.store.apply, [ReleaseExecutions(claims=tuple(held))]
                 )
         except Exception as exc:
             log.warning(
@@ -290,7 +290,7 @@ class Runtime:
                 self.settings.lease_seconds,
             )
             return
-        for execution_id, token in held.items():
+        for execution_id, token in held:
             self.claims.let_go(execution_id, token)
 
     # -- submitting -------------------------------------------------------------------------
@@ -689,6 +689,7 @@ class Runtime:
         record.started_at = record.started_at or utcnow()
         record.status = ExecutionStatus.RUNNING
         token = new_claim()
+        self.claims.expect(execution_id, token)  # handed back too if we stop meanwhile
         claimed = await self._write(
             ClaimExecution(
                 execution_id=execution_id,
@@ -885,8 +886,9 @@ class Runtime:
             if not await self._checkpoint(prepared, step, step_events):
                 return
             done.append(step)
-        if not specs:
-            await self._finish_completed(prepared, done, None, None)
+        # Nothing left to run: no steps at all, or every step done already (the type
+        # has fewer steps than when the execution started).
+        await self._finish_completed(prepared, done, None, last_result)
 
     async def _attempt(
         self,

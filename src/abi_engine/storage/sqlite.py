@@ -150,9 +150,17 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                # A COMMIT that failed (disk full, I/O error) leaves the transaction
+                # open: roll it back, or every later write would fail to begin.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction and return its result."""

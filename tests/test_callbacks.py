@@ -17,7 +17,9 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
     Receiver,
     eng_fixture,
+    eventually,
     fast,
+    faulty_engine_fixture,
     make_engine_fixture,
     receiver_fixture,
 )
@@ -28,7 +30,9 @@ from abi_engine.models_webhooks import Delivery, DeliveryStatus
 
 STEPS = {"steps": [{"name": "t", "action": "transform", "expressions": {"sum": "1 + 2"}}]}
 FAILING = {"steps": [{"name": "t", "action": "transform", "expressions": {"a": "parameters['x']"}}]}
-SLOW = {"steps": [{"name": "wait", "action": "delay", "seconds": 0.9}]}  # in-worker sleep
+# A minute of in-worker sleeps (each a second at most: longer ones park the execution); the
+# execution ends by its timeout long before.
+SLOW = {"steps": [{"name": f"wait{n}", "action": "delay", "seconds": 1} for n in range(60)]}
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -38,7 +42,7 @@ async def _workflow(engine: Engine, config: dict[str, Any] = STEPS) -> str:
     return wf.id
 
 
-async def _finished(engine: Engine, execution_id: str, timeout: float = 10) -> list[Delivery]:
+async def _finished(engine: Engine, execution_id: str, timeout: float = 30) -> list[Delivery]:
     """Wait until the execution's callback deliveries are all finished; return them."""
     with anyio.fail_after(timeout):
         while True:
@@ -50,7 +54,7 @@ async def _finished(engine: Engine, execution_id: str, timeout: float = 10) -> l
 
 async def _attempted(engine: Engine, execution_id: str, count: int = 1) -> None:
     """Wait until the execution's callback has ``count`` recorded attempts."""
-    with anyio.fail_after(10):
+    with anyio.fail_after(30):
         while True:
             found = await engine.webhooks.callback_deliveries(execution_id)
             if found and found[0].attempt_count >= count:
@@ -113,7 +117,7 @@ async def test_timed_out_execution_calls_back_execution_failed(
     started = await eng.executions.execute(
         wf_id, {}, wait=False, timeout_seconds=0.2, callback_url=receiver.url("/cb")
     )
-    (request,) = await receiver.wait_for(1, "/cb", timeout=10)
+    (request,) = await receiver.wait_for(1, "/cb")
     body = request.body.decode()
     assert '"type":"execution.failed"' in body
     assert started.execution_id in body
@@ -168,7 +172,7 @@ async def test_executions_without_callback_send_nothing(eng: Engine, receiver: R
     """No callback_url and no subscription: no delivery is made."""
     wf_id = await _workflow(eng)
     done = await eng.executions.execute(wf_id, {})
-    await anyio.sleep(0.2)
+    await eventually(lambda: not eng.store.fan_out_pending())  # its events were fanned out
     assert await eng.webhooks.callback_deliveries(done.execution_id) == []
     assert receiver.received() == []
 
@@ -188,12 +192,13 @@ async def test_private_callback_url_refused_at_execute(make_engine: Callable[...
 
 @pytest.mark.anyio
 async def test_private_callback_url_refused_at_delivery(
-    make_engine: Callable[..., Engine], receiver: Receiver
+    make_engine: Callable[..., Engine], faulty_engine: Callable[..., Engine], receiver: Receiver
 ) -> None:
     """A callback pending when a permissive engine stops is refused by a strict one."""
     receiver.plan("/cb", [500])
-    permissive = make_engine(webhook_settings=fast(retry_schedule=(0.5, 0.05)))
-    async with permissive:
+    permissive = faulty_engine(webhook_settings=fast(retry_schedule=(0.5, 0.05)))
+    permissive.store.fail("claim_deliveries", times=10**9, after=1)  # type: ignore[attr-defined]
+    async with permissive:  # one attempt only: the retries are the strict engine's
         wf_id = await _workflow(permissive)
         started = await permissive.executions.execute(
             wf_id, {}, wait=False, callback_url=receiver.url("/cb")
@@ -211,12 +216,13 @@ async def test_private_callback_url_refused_at_delivery(
 
 @pytest.mark.anyio
 async def test_callback_survives_a_restart(
-    make_engine: Callable[..., Engine], receiver: Receiver
+    make_engine: Callable[..., Engine], faulty_engine: Callable[..., Engine], receiver: Receiver
 ) -> None:
     """A callback still to be retried when the engine stops is delivered by the next engine."""
     receiver.plan("/cb", [503, 200])
-    first = make_engine(webhook_settings=fast(retry_schedule=(0.5,)))
-    async with first:
+    first = faulty_engine(webhook_settings=fast(retry_schedule=(0.5,)))
+    first.store.fail("claim_deliveries", times=10**9, after=1)  # type: ignore[attr-defined]
+    async with first:  # one attempt only: the retry is the next engine's
         wf_id = await _workflow(first)
         started = await first.executions.execute(
             wf_id, {}, wait=False, callback_url=receiver.url("/cb"), callback_secret=SECRET
@@ -226,6 +232,7 @@ async def test_callback_survives_a_restart(
     async with second:
         (delivery,) = await _finished(second, started.execution_id)
     assert [a.status_code for a in delivery.attempts] == [503, 200]
+    assert len(receiver.received("/cb")) == 2
     last = receiver.received("/cb")[-1]
     assert Verifier(SECRET).verify(last.body, last.headers)["data"]["status"] == "completed"
 

@@ -11,7 +11,16 @@ One worker runs per started engine (``engine.webhooks.run``). Each round it
 It sleeps until woken by this process's events, until the next retry is due,
 or at most ``poll_interval``. Leases make a delivery one process's at a time;
 a process that dies leaves leases that expire, and a stopping one releases
-its own, so pending deliveries survive restarts.
+its own, so pending deliveries survive restarts. Each claim carries a fresh
+token: an attempt whose lease was taken over meanwhile is still recorded
+(under its own number) but no longer moves the delivery on.
+
+No failing store call stops the worker (a dropped connection, a database
+restart, ``database is locked``): each kind of store work logs one line when
+it starts failing and one when it works again, backs off exponentially (up to
+``_BACKOFF_MAX`` seconds) and carries on. An attempt that could not be
+recorded is kept in memory and recorded again until it is; a retried record
+recognises its own attempt by its claim token, so it is never counted twice.
 """
 
 from __future__ import annotations
@@ -23,10 +32,10 @@ import random
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -55,6 +64,8 @@ __all__ = ["STANDARD_RETRY_SCHEDULE", "DeliveryWorker", "WebhookSettings"]
 
 log = logging.getLogger("abi_engine.webhooks")
 
+T = TypeVar("T")
+
 if importlib.util.find_spec("sniffio") is None:
     # httpcore imports sniffio on every request and falls back to asyncio when it
     # is missing; anyio 4 no longer installs it, and each failed import scans
@@ -69,6 +80,9 @@ MAX_ERROR = 500
 _PRUNE_EVERY = 3600.0
 _MIN_ROUND = 0.01  # seconds between the starts of two rounds at the least
 _RECORD_GATHER = 0.005  # seconds attempts ending together wait to be recorded together
+_BACKOFF_FIRST = 0.05  # seconds before retrying a store call that failed once
+_BACKOFF_MAX = 5.0  # ... doubling with each failure in a row, up to this
+_STOP_PATIENCE = 3.0  # seconds a stopping worker keeps trying to record and hand back
 _USER_AGENT = "abi-engine-webhooks"
 
 
@@ -203,6 +217,48 @@ class _Refused(Exception):
     """The target URL may not be reached (outbound URL rules)."""
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception on one line (a driver's message may span several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+class Streaks:
+    """Failures in a row of each kind of store work: logged once per streak, backed off.
+
+    :meth:`failed` logs the first failure of a streak (one line; the
+    traceback at DEBUG level) and returns how long to wait before trying
+    again: ``first`` seconds, doubled with each further failure, at most
+    ``most``, varied by up to -25 % so that processes do not retry in step.
+    :meth:`worked` ends the streak (one line saying so).
+    """
+
+    def __init__(self, first: float = _BACKOFF_FIRST, most: float = _BACKOFF_MAX) -> None:
+        self.first = first
+        self.most = most
+        self.failures: dict[str, int] = {}
+
+    def failed(self, what: str, exc: BaseException) -> float:
+        """Note a failure of ``what``; return the seconds to wait before the next try."""
+        count = self.failures.get(what, 0) + 1
+        self.failures[what] = count
+        if count == 1:
+            log.warning(
+                "webhook delivery: %s failed (%s); retrying with backoff until it works",
+                what,
+                _describe(exc),
+            )
+        log.debug("webhook delivery: %s failed (%d in a row)", what, count, exc_info=exc)
+        delay = min(self.most, self.first * 2.0 ** min(count - 1, 30))
+        return delay * random.uniform(0.75, 1.0)
+
+    def worked(self, what: str) -> None:
+        """``what`` succeeded: end its streak of failures, if any."""
+        count = self.failures.pop(what, 0)
+        if count:
+            log.warning("webhook delivery: %s works again after %d failures", what, count)
+
+
 class DeliveryWorker:
     """Fans out the outbox and delivers; one per running engine."""
 
@@ -213,8 +269,10 @@ class DeliveryWorker:
         self.settings = settings
         self._owner = service.node_id
         self._inflight: set[str] = set()
+        self._claimed: list[DeliveryJob] = []  # claimed, not started yet (their data to build)
         self._outcomes: list[AttemptOutcome] = []
         self._recording = False
+        self._streaks = Streaks()
         self._client: httpx.AsyncClient | None = None
         self._tg: TaskGroup | None = None
         self._wake = anyio.Event()
@@ -245,16 +303,36 @@ class DeliveryWorker:
                 task_status.started()
                 await self._loop()
         finally:
-            # Synchronous, so it completes even while the engine is being cancelled.
             self._service._set_wake(None)
-            try:  # attempts made are recorded before their deliveries are released
-                self._flush_outcomes_now()
-            except Exception:
-                log.exception("could not record the last attempts of %s", self._owner)
-            try:
-                self._store.release_deliveries(self._owner)
-            except Exception:
-                log.exception("could not release the deliveries of %s", self._owner)
+            # Shielded: it completes even while the engine is being cancelled.
+            with anyio.CancelScope(shield=True):
+                await self._let_go()
+
+    async def _let_go(self) -> None:
+        """Record the attempts made, then hand the leases back (tried for ``_STOP_PATIENCE`` s).
+
+        What is left undone is not lost: a delivery whose attempt went
+        unrecorded is sent again once its lease expires.
+        """
+        what = "handing the deliveries back at stop"
+        with anyio.move_on_after(_STOP_PATIENCE):
+            while True:
+                try:
+                    await self._record_now(stopping=True)
+                    await self._call(self._store.release_deliveries, self._owner, stopping=True)
+                except Exception as exc:
+                    await anyio.sleep(self._streaks.failed(what, exc))
+                else:
+                    self._streaks.worked(what)
+                    return
+        log.warning(
+            "webhook delivery: gave up %s; %d attempts went unrecorded, the leases of %s"
+            " expire in %g s at the most",
+            what,
+            len(self._outcomes),
+            self._owner,
+            self.settings.lease,
+        )
 
     async def _loop(self) -> None:
         s = self.settings
@@ -265,25 +343,46 @@ class DeliveryWorker:
             self._wake = anyio.Event()
             self._service._set_wake(self._wake)
             now = anyio.current_time()
-            try:
-                if now >= next_refresh:
-                    next_refresh = now + s.subscription_refresh_seconds
-                    await call_store(self._store, self._service.refresh_subscriptions)
-                if s.retention_days is not None and now >= next_prune:
-                    next_prune = now + _PRUNE_EVERY
-                    await call_store(
-                        self._store,
-                        self._store.prune_deliveries,
-                        utcnow() - timedelta(days=s.retention_days),
-                    )
-                await self._pump()
-            except Exception:
-                log.exception("webhook delivery round failed")
-            await self._sleep()
+            if s.retention_days is not None and now >= next_prune:
+                retry = await self._guarded("pruning old deliveries", self._prune)
+                next_prune = now + (_PRUNE_EVERY if retry is None else retry)
+            if now >= next_refresh:
+                retry = await self._guarded("refreshing the subscriptions", self._refresh)
+                next_refresh = now + (s.subscription_refresh_seconds if retry is None else retry)
+            retry = await self._guarded("the delivery round", self._pump)
+            if retry is None:
+                retry = await self._guarded("reading the next due time", self._sleep)
+            if retry is not None:  # the store fails: back off (events do not wake this)
+                await anyio.sleep(retry)
             # Under a stream of events, gather them for a while: fewer, larger rounds;
             # while executions keep this process busy, far fewer.
             gap = s.busy_interval if self._busy() else _MIN_ROUND
             await anyio.sleep(max(0.0, now + gap - anyio.current_time()))
+
+    async def _guarded(self, what: str, work: Callable[[], Awaitable[None]]) -> float | None:
+        """Run ``work``; ``None`` when it worked, else the seconds to back off (logged)."""
+        try:
+            await work()
+        except Exception as exc:
+            return self._streaks.failed(what, exc)
+        self._streaks.worked(what)
+        return None
+
+    async def _call(self, fn: Callable[..., T], *args: Any, stopping: bool = False) -> T:
+        """A store call (see :func:`~abi_engine.services.call_store`); ``stopping``: one that
+        a stopping worker stops waiting for when its patience runs out (a blocking store's
+        call goes on in its thread, unawaited)."""
+        if stopping and self._store.blocking:
+            return await anyio.to_thread.run_sync(partial(fn, *args), abandon_on_cancel=True)
+        return await call_store(self._store, fn, *args)
+
+    async def _refresh(self) -> None:
+        await call_store(self._store, self._service.refresh_subscriptions)
+
+    async def _prune(self) -> None:
+        assert self.settings.retention_days is not None
+        before = utcnow() - timedelta(days=self.settings.retention_days)
+        await call_store(self._store, self._store.prune_deliveries, before)
 
     async def _pump(self) -> None:
         s = self.settings
@@ -300,15 +399,19 @@ class DeliveryWorker:
                     >= s.batch_size
                 ):
                     await anyio.lowlevel.checkpoint()  # let executions run between batches
-        free = self._capacity() - len(self._inflight)
-        now = utcnow()
-        if free <= 0 or not await call_store(store, store.deliveries_due, now):
-            return
-        jobs = await call_store(
-            store, store.claim_deliveries, self._owner, now, now + timedelta(seconds=s.lease), free
-        )
-        if any(job.data_json is None for job in jobs):
-            jobs = await call_store(store, self._with_data, jobs)
+        if not self._claimed:
+            free = self._capacity() - len(self._inflight)
+            now = utcnow()
+            if free <= 0 or not await call_store(store, store.deliveries_due, now):
+                return
+            lease_until = now + timedelta(seconds=s.lease)
+            self._claimed = await call_store(
+                store, store.claim_deliveries, self._owner, now, lease_until, free
+            )
+        # Kept until started: if building their data fails, the next round tries again.
+        if any(job.data_json is None for job in self._claimed):
+            self._claimed = await call_store(store, self._with_data, self._claimed)
+        jobs, self._claimed = self._claimed, []
         assert self._tg is not None
         for job in jobs:
             self._inflight.add(job.id)
@@ -347,6 +450,7 @@ class DeliveryWorker:
         return self.settings.busy_concurrency if self._busy() else self.settings.concurrency
 
     async def _sleep(self) -> None:
+        """Wait for a wake-up, the next due retry, or ``poll_interval``."""
         timeout = self.settings.poll_interval
         if len(self._inflight) < self._capacity():
             now = utcnow()
@@ -382,8 +486,6 @@ class DeliveryWorker:
             error = f"{type(exc).__name__}: {exc}"
         try:
             await self._record(self._outcome(job, started, clock, status_code, body, error))
-        except Exception:
-            log.exception("could not record an attempt of delivery %s", job.id)
         finally:
             self._inflight.discard(job.id)
             self._wake.set()
@@ -392,9 +494,11 @@ class DeliveryWorker:
         """Record an attempt; attempts ending close together share one transaction.
 
         The first one to end waits a moment (``_RECORD_GATHER``) and writes
-        every attempt that ended meanwhile. Until written, a delivery stays
-        leased to this process, so no one sends it again; one whose record is
-        lost (a crash) is sent again once its lease expires (at least once).
+        every attempt that ended meanwhile, again and again (backing off)
+        while the store fails. Until written, a delivery stays leased to this
+        process, so no one sends it again; one whose record is lost (a crash),
+        or late past its lease, is sent again once its lease expires (at least
+        once).
         """
         self._outcomes.append(outcome)
         if self._recording:
@@ -402,18 +506,31 @@ class DeliveryWorker:
         self._recording = True
         try:
             await anyio.sleep(_RECORD_GATHER)
-            # Until none is left: attempts may end while a batch is being written (in a
-            # thread, for a blocking store); swapped on the loop, so none is missed.
             while self._outcomes:
-                batch, self._outcomes = self._outcomes, []
-                await call_store(self._store, self._store.record_attempts, self._owner, batch)
+                try:
+                    await self._record_now()
+                except Exception as exc:
+                    await anyio.sleep(self._streaks.failed("recording attempts", exc))
+                else:
+                    self._streaks.worked("recording attempts")
         finally:
             self._recording = False
 
-    def _flush_outcomes_now(self) -> None:
-        batch, self._outcomes = self._outcomes, []
-        if batch:
-            self._store.record_attempts(self._owner, batch)
+    async def _record_now(self, *, stopping: bool = False) -> None:
+        """Write the attempts waiting to be recorded; on failure they stay, in order.
+
+        Attempts may end while a batch is being written (in a thread, for a
+        blocking store); the list is swapped on the loop, so none is missed.
+        """
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self._call(self._store.record_attempts, self._owner, batch, stopping=stopping)
+            except BaseException:
+                # Kept for the next try (also when cancelled: the write may not have
+                # happened; a write that did is recognised by its claims and not repeated).
+                self._outcomes[:0] = batch
+                raise
 
     def _outcome(
         self,
@@ -438,6 +555,7 @@ class DeliveryWorker:
                 next_at = utcnow() + timedelta(seconds=delay)
         return AttemptOutcome(
             delivery_id=job.id,
+            claim=job.claim,
             attempt=job.attempt_count + 1,
             status=DeliveryStatus.SUCCEEDED if ok else DeliveryStatus.FAILED,
             status_code=status_code,

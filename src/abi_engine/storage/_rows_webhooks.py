@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Iterable, Sequence
 from typing import Any
+
+import attrs
 
 from abi_engine.models_webhooks import Delivery, DeliveryAttempt, DeliveryStatus
 from abi_engine.storage._codec import from_ms, loads
@@ -13,6 +16,48 @@ _CURSOR = "deliveries"
 
 
 _CALLBACK_TARGET = "callback"
+
+#: The periods of subscriptions the fan-out may still need (those not closed at or
+#: before the cursor), with whether their webhook is enabled now. Parameter: the cursor.
+_PERIODS_QUERY = (
+    "SELECT p.webhook_id, p.after_seq, p.until_seq, p.events, w.enabled"
+    " FROM webhook_periods p JOIN webhooks w ON w.id = p.webhook_id"
+    " WHERE p.until_seq IS NULL OR p.until_seq > {mark}"
+)
+
+
+def new_claim() -> int:
+    """A fresh claim token (63 random bits: fits a signed 64-bit column)."""
+    return secrets.randbits(63)
+
+
+@attrs.frozen
+class Period:
+    """A stretch of outbox positions during which a subscription was enabled with ``types``.
+
+    It receives the events at positions ``after < seq <= until`` (``until``
+    ``None``: the period lasts); ``enabled`` tells whether its webhook is
+    enabled now (a delivery for a disabled one is created parked).
+    """
+
+    webhook_id: str
+    after: int
+    until: int | None
+    types: frozenset[str]
+    enabled: bool
+
+    def covers(self, seq: int, event_type: str) -> bool:
+        """Whether the subscription listened to ``event_type`` when position ``seq`` was written."""
+        return (
+            self.after < seq and (self.until is None or seq <= self.until)
+        ) and event_type in self.types
+
+
+def periods_from(rows: Iterable[Sequence[Any]]) -> list[Period]:
+    """The rows of :data:`_PERIODS_QUERY` as :class:`Period` values."""
+    return [
+        Period(row[0], int(row[1]), row[2], frozenset(loads(row[3])), bool(row[4])) for row in rows
+    ]
 
 
 _HOOK_COLUMNS = (

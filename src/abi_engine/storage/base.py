@@ -277,7 +277,9 @@ class Store(Protocol):
         """Replace a subscription's fields; ``False`` if it does not exist.
 
         Disabling it parks its pending deliveries (no due time); enabling it
-        again makes them due at ``now``.
+        again makes them due at ``now``. A change of its enabled state or event
+        types takes effect in commit order: events committed before it are
+        fanned out as the subscription was (see :meth:`fan_out`).
         """
 
     def delete_webhook(self, webhook_id: str) -> bool:
@@ -297,8 +299,9 @@ class Store(Protocol):
 
         Outbox rows are taken whole (the reference events of one commit share
         a row), up to the row that brings the count to ``limit``.
-        In one transaction: each event gets a delivery for every enabled
-        subscription that asked for its type and existed when it happened,
+        In one transaction: each event gets a delivery for every subscription
+        that existed, was enabled and asked for its type when the event was
+        committed, whatever it is now (one disabled since gets it parked),
         and, when its type is in ``callback_types`` and its execution has a
         callback URL, a callback delivery. Returns the number of events
         consumed (0 when the cursor is at the end). Concurrent callers never
@@ -318,14 +321,19 @@ class Store(Protocol):
 
         A delivery is due when pending, its due time has passed and no live
         lease holds it. Each job carries the target's URL and secrets as they
-        are now.
+        are now, and a fresh claim token: a claim replaces any earlier one,
+        even by the same owner.
         """
 
     def record_attempts(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> int:
         """Record attempts and move their deliveries on (lease released).
 
-        A delivery changes only while ``owner`` still holds it; the attempt is
-        recorded regardless (unless the delivery is gone). Returns how many
+        A delivery changes only while ``owner`` still holds it by the outcome's
+        claim token; the attempt is recorded regardless (unless the delivery is
+        gone), numbered one past the delivery's last attempt atomically (two
+        processes recording attempts of one delivery get distinct numbers).
+        An outcome whose claim was recorded already is skipped, so a write
+        retried after an unknown commit outcome counts once. Returns how many
         deliveries changed.
         """
 

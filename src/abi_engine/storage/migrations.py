@@ -352,6 +352,44 @@ def m008_fencing(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE schedules ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
 
 
+def m009_webhook_claims_and_periods(db: sqlite_utils.Database) -> None:
+    """Delivery claim tokens, attempts numbered once, and when each subscription listened.
+
+    ``webhook_deliveries.claim`` is the fencing token of the lease that holds a
+    delivery (``NULL`` while unleased): recording an attempt moves the delivery
+    on only while that claim still holds it. ``webhook_attempts.claim`` names
+    the claim an attempt was made under, unique per delivery, so a retried
+    record recognises its own attempt. ``webhook_periods`` keeps, per
+    subscription, the outbox positions during which it was enabled with one
+    list of event types (``after_seq < seq <= until_seq``; ``until_seq`` is
+    ``NULL`` while the period lasts): the fan-out sends an event to the
+    subscriptions that asked for it when it happened. An enabled subscription
+    of before gets one open period from the last event older than its
+    creation.
+    """
+    db.execute("ALTER TABLE webhook_deliveries ADD COLUMN claim INTEGER")
+    db.execute("ALTER TABLE webhook_attempts ADD COLUMN claim INTEGER")
+    db.execute(
+        "CREATE UNIQUE INDEX idx_attempts_claim ON webhook_attempts (delivery_id, claim)"
+        " WHERE claim IS NOT NULL"
+    )
+    db.execute(
+        """CREATE TABLE webhook_periods (
+            webhook_id TEXT NOT NULL,
+            after_seq INTEGER NOT NULL,
+            until_seq INTEGER,
+            events TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_webhook_periods ON webhook_periods (webhook_id, after_seq)")
+    db.execute(
+        "INSERT INTO webhook_periods (webhook_id, after_seq, until_seq, events)"
+        " SELECT w.id, coalesce((SELECT max(e.seq) FROM events e"
+        " WHERE e.timestamp < w.created_at), 0), NULL, w.events FROM webhooks w"
+        " WHERE w.enabled = 1"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_core,
     m002_executions,
@@ -361,4 +399,5 @@ MIGRATIONS: list[Migration] = [
     m006_tokens_by_user,
     m007_token_lineage,
     m008_fencing,
+    m009_webhook_claims_and_periods,
 ]

@@ -282,6 +282,27 @@ M008_FENCING = [
     "ALTER TABLE schedules ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
 ]
 
+# Delivery claim tokens, attempts numbered once, and the outbox positions during which each
+# subscription was enabled with one list of event types (as SQLite's
+# m009_webhook_claims_and_periods); an enabled subscription of before gets one open period
+# from the last event older than its creation.
+M009_WEBHOOK_CLAIMS_AND_PERIODS = [
+    "ALTER TABLE webhook_deliveries ADD COLUMN claim BIGINT",
+    "ALTER TABLE webhook_attempts ADD COLUMN claim BIGINT",
+    "CREATE UNIQUE INDEX idx_attempts_claim ON webhook_attempts (delivery_id, claim)"
+    " WHERE claim IS NOT NULL",
+    """CREATE TABLE webhook_periods (
+        webhook_id TEXT NOT NULL,
+        after_seq BIGINT NOT NULL,
+        until_seq BIGINT,
+        events TEXT NOT NULL
+    )""",
+    "CREATE INDEX idx_webhook_periods ON webhook_periods (webhook_id, after_seq)",
+    "INSERT INTO webhook_periods (webhook_id, after_seq, until_seq, events)"
+    " SELECT w.id, coalesce((SELECT max(e.seq) FROM events e"
+    " WHERE e.timestamp < w.created_at), 0), NULL, w.events FROM webhooks w WHERE w.enabled",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
@@ -292,6 +313,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m006_tokens_by_user", M006_TOKENS_BY_USER),
     ("m007_token_lineage", M007_TOKEN_LINEAGE),
     ("m008_fencing", M008_FENCING),
+    ("m009_webhook_claims_and_periods", M009_WEBHOOK_CLAIMS_AND_PERIODS),
 ]
 
 

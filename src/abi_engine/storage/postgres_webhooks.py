@@ -4,7 +4,17 @@ As in :mod:`abi_engine.storage.sqlite_webhooks`: the fan-out turns outbox
 events after the durable cursor into deliveries and advances the cursor in
 one transaction (the cursor row is locked ``FOR UPDATE``, so concurrent
 fan-outs run one after the other and never fan out an event twice); workers
-lease due deliveries with ``FOR UPDATE SKIP LOCKED``.
+lease due deliveries with ``FOR UPDATE SKIP LOCKED``, each claim with a fresh
+token that fences the recording of its attempt; an attempt is numbered under
+its delivery's row lock, so racing recorders get distinct numbers.
+
+A subscription change takes the subscriptions lock (exclusive) and then the
+events lock, and opens or closes a period of ``webhook_periods`` at the last
+position written: event writers commit one at a time under the events lock,
+so every event is before or after the change, in commit order. The fan-out
+reads the periods under the shared subscriptions lock, so a change never
+commits between its read and its deliveries (a delivery for a webhook being
+disabled is parked, one for a webhook being enabled is not).
 """
 
 from __future__ import annotations
@@ -25,8 +35,11 @@ from abi_engine.storage._rows_webhooks import (
     _CURSOR,
     _DELIVERY_COLUMNS,
     _HOOK_COLUMNS,
+    _PERIODS_QUERY,
     _row_to_delivery,
     _row_to_webhook,
+    new_claim,
+    periods_from,
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
@@ -50,11 +63,11 @@ def _webhook_params(hook: WebhookRecord) -> tuple[Any, ...]:
     )
 
 
-def _jobs(rows: Sequence[Sequence[Any]], now: datetime) -> list[DeliveryJob]:
+def _jobs(rows: Sequence[Sequence[Any]], claims: Sequence[int], now: datetime) -> list[DeliveryJob]:
     now_ms = to_ms(now) or 0
     unpacked: dict[int, list[ExecutionEventRef]] = {}
     jobs = []
-    for row in rows:
+    for claim, row in zip(claims, rows, strict=True):
         (delivery_id, webhook_id, execution_id, tries, attempt_count) = row[:5]
         (event_seq, event_index, event_id, event_type) = row[5:9]
         (found, timestamp, data, refs) = row[9:13]
@@ -86,6 +99,7 @@ def _jobs(rows: Sequence[Sequence[Any]], now: datetime) -> list[DeliveryJob]:
                 execution_id=execution_id,
                 tries=tries,
                 attempt_count=attempt_count,
+                claim=claim,
             )
         )
     return jobs
@@ -97,6 +111,66 @@ def subscribed_types(conn: Conn) -> set[str]:
     return {event_type for (events,) in rows for event_type in loads(events)}
 
 
+def _record(conn: Conn, owner: str, o: AttemptOutcome) -> int:
+    """Record one attempt (numbered here) and move its delivery on if its claim still holds.
+
+    The number is taken under the delivery's row lock (the ``UPDATE``), so two
+    processes recording attempts of one delivery at once get distinct numbers.
+    """
+    if (
+        o.claim is not None
+        and conn.execute(
+            "SELECT 1 FROM webhook_attempts WHERE delivery_id = %s AND claim = %s",
+            (o.delivery_id, o.claim),
+        ).fetchone()
+    ):
+        return 0  # recorded already: a retry of a write that committed
+    numbered = conn.execute(
+        "UPDATE webhook_deliveries SET attempt_count = greatest(attempt_count, coalesce((SELECT"
+        " max(attempt) FROM webhook_attempts WHERE delivery_id = %s), 0)) + 1"
+        " WHERE id = %s RETURNING attempt_count",
+        (o.delivery_id, o.delivery_id),
+    ).fetchone()
+    if numbered is None:
+        return 0  # the delivery is gone (its webhook was deleted)
+    # The attempt happened even if the claim was lost meanwhile: it is recorded.
+    conn.execute(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, status, status_code,"
+        " duration_ms, error, response_body, created_at, claim)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            o.delivery_id,
+            numbered[0],
+            o.status.value,
+            o.status_code,
+            o.duration_ms,
+            o.error,
+            o.response_body,
+            to_ms(o.created_at),
+            o.claim,
+        ),
+    )
+    return int(
+        conn.execute(
+            "UPDATE webhook_deliveries SET status = %s, tries = tries + 1,"
+            # A webhook disabled meanwhile parks the retry (no due time).
+            " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
+            " FROM webhooks w WHERE w.id = webhook_id AND w.enabled) THEN %s::bigint END,"
+            " lease_owner = NULL, lease_until = NULL, claim = NULL, updated_at = %s"
+            " WHERE id = %s AND lease_owner = %s AND (%s::bigint IS NULL OR claim = %s)",
+            (
+                o.delivery_status.value,
+                to_ms(o.next_attempt_at),
+                to_ms(o.created_at),
+                o.delivery_id,
+                owner,
+                o.claim,
+                o.claim,
+            ),
+        ).rowcount
+    )
+
+
 class WebhooksMixin:
     """Webhook storage for :class:`~abi_engine.storage.postgres.PostgresStore`."""
 
@@ -104,12 +178,30 @@ class WebhooksMixin:
     write: Callable[..., Any]
     _read: Callable[[], Any]
     _subscriptions_lock_key: int
+    _events_lock_key: int
 
     # -- subscriptions ------------------------------------------------------------------
 
     def _lock_subscriptions(self, conn: Conn) -> None:
         """Wait for event writers reading the subscriptions (see ``_subscribed_types_locked``)."""
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._subscriptions_lock_key,))
+
+    def _position(self, conn: Conn) -> int:
+        """The last outbox position written; no event commits after this with a smaller one.
+
+        Takes the events lock (until commit): event writers hold it from their
+        insert to their commit, one at a time, so positions follow commit order.
+        """
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._events_lock_key,))
+        row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def _open_period(self, conn: Conn, hook: WebhookRecord) -> None:
+        conn.execute(
+            "INSERT INTO webhook_periods (webhook_id, after_seq, until_seq, events)"
+            " VALUES (%s, %s, NULL, %s)",
+            (hook.id, self._position(conn), dumps(hook.events)),
+        )
 
     def insert_webhook(self, webhook: WebhookRecord) -> None:
         def run(conn: Conn) -> None:
@@ -120,6 +212,8 @@ class WebhooksMixin:
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (*_webhook_params(webhook), webhook.id),
             )
+            if webhook.enabled:
+                self._open_period(conn, webhook)
 
         self.write(run)
 
@@ -134,10 +228,19 @@ class WebhooksMixin:
         def run(conn: Conn) -> bool:
             self._lock_subscriptions(conn)
             row = conn.execute(
-                "SELECT enabled FROM webhooks WHERE id = %s FOR UPDATE", (webhook.id,)
+                "SELECT enabled, events FROM webhooks WHERE id = %s FOR UPDATE", (webhook.id,)
             ).fetchone()
             if row is None:
                 return False
+            if (bool(row[0]), set(loads(row[1]))) != (webhook.enabled, set(webhook.events)):
+                # What it listens to changes here: events written so far keep the old period.
+                conn.execute(
+                    "UPDATE webhook_periods SET until_seq = %s"
+                    " WHERE webhook_id = %s AND until_seq IS NULL",
+                    (self._position(conn), webhook.id),
+                )
+                if webhook.enabled:
+                    self._open_period(conn, webhook)
             conn.execute(
                 "UPDATE webhooks SET url = %s, events = %s, description = %s, secret = %s,"
                 " previous_secret = %s, previous_secret_until = %s, enabled = %s,"
@@ -164,12 +267,14 @@ class WebhooksMixin:
 
     def delete_webhook(self, webhook_id: str) -> bool:
         def run(conn: Conn) -> bool:
+            self._lock_subscriptions(conn)  # no fan-out makes deliveries for it meanwhile
             conn.execute(
                 "DELETE FROM webhook_attempts WHERE delivery_id IN"
                 " (SELECT id FROM webhook_deliveries WHERE webhook_id = %s)",
                 (webhook_id,),
             )
             conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = %s", (webhook_id,))
+            conn.execute("DELETE FROM webhook_periods WHERE webhook_id = %s", (webhook_id,))
             return conn.execute("DELETE FROM webhooks WHERE id = %s", (webhook_id,)).rowcount > 0
 
         return bool(self.write(run))
@@ -230,21 +335,20 @@ class WebhooksMixin:
                 if about
                 else set()
             )
-            hooks = [
-                (hook_id, set(loads(events)), created_at)
-                for hook_id, events, created_at in conn.execute(
-                    "SELECT id, events, created_at FROM webhooks WHERE enabled"
-                )
-            ]
+            # A subscription receives the events written while it listened to their type
+            # (a delivery for a webhook disabled since then is created parked). No
+            # subscription change commits until this does.
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._subscriptions_lock_key,))
+            periods = periods_from(conn.execute(_PERIODS_QUERY.format(mark="%s"), (position,)))
             new: list[tuple[Any, ...]] = []
             for e in events:
                 event = (e.seq, e.offset, e.event_id, e.type)
-                for hook_id, wanted, created_at in hooks:
-                    # A subscription receives the events that happen after it exists.
-                    if e.type in wanted and e.timestamp >= created_at:
-                        new.append((hook_id, hook_id, None, *event))
+                for p in periods:
+                    if p.covers(e.seq, e.type):
+                        due = now_ms if p.enabled else None
+                        new.append((p.webhook_id, p.webhook_id, None, *event, due))
                 if e.execution_id in with_callback:
-                    new.append((_CALLBACK_TARGET, None, e.execution_id, *event))
+                    new.append((_CALLBACK_TARGET, None, e.execution_id, *event, now_ms))
             if new:
                 with conn.cursor() as cur:
                     cur.executemany(
@@ -253,7 +357,7 @@ class WebhooksMixin:
                         " next_attempt_at, created_at, updated_at)"
                         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)"
                         " ON CONFLICT DO NOTHING",
-                        [(new_id("dlv_"), *row, now_ms, now_ms, now_ms) for row in new],
+                        [(new_id("dlv_"), *row, now_ms, now_ms) for row in new],
                     )
             conn.execute(
                 "UPDATE webhook_cursor SET seq = %s WHERE name = %s", (events[-1].seq, _CURSOR)
@@ -289,7 +393,7 @@ class WebhooksMixin:
     ) -> list[DeliveryJob]:
         now_ms = to_ms(now)
 
-        def run(conn: Conn) -> list[Any]:
+        def run(conn: Conn) -> tuple[list[Any], list[int]]:
             rows = conn.execute(
                 "SELECT d.id, d.webhook_id, d.execution_id, d.tries, d.attempt_count,"
                 " d.event_seq, d.event_index, d.event_id, d.event_type,"
@@ -306,58 +410,25 @@ class WebhooksMixin:
                 " ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED",
                 (now_ms, now_ms, limit),
             ).fetchall()
+            claims = [new_claim() for _ in rows]
             if rows:
                 conn.execute(
-                    "UPDATE webhook_deliveries SET lease_owner = %s, lease_until = %s"
-                    " WHERE id = ANY(%s::text[])",
-                    (owner, to_ms(lease_until), [row[0] for row in rows]),
+                    "UPDATE webhook_deliveries d SET lease_owner = %s, lease_until = %s,"
+                    " claim = c.claim FROM unnest(%s::text[], %s::bigint[]) AS c (id, claim)"
+                    " WHERE d.id = c.id",
+                    (owner, to_ms(lease_until), [row[0] for row in rows], claims),
                 )
-            return rows
+            return rows, claims
 
-        return _jobs(self.write(run), now)
+        rows, claims = self.write(run)
+        return _jobs(rows, claims, now)
 
     def record_attempts(self, owner: str, outcomes: Sequence[AttemptOutcome]) -> int:
         def run(conn: Conn) -> int:
-            applied = 0
-            for o in outcomes:
-                applied += conn.execute(
-                    "UPDATE webhook_deliveries SET status = %s, tries = tries + 1,"
-                    " attempt_count = greatest(attempt_count, %s),"
-                    # A webhook disabled meanwhile parks the retry (no due time).
-                    " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
-                    " FROM webhooks w WHERE w.id = webhook_id AND w.enabled)"
-                    " THEN %s::bigint END,"
-                    " lease_owner = NULL, lease_until = NULL, updated_at = %s"
-                    " WHERE id = %s AND lease_owner = %s",
-                    (
-                        o.delivery_status.value,
-                        o.attempt,
-                        to_ms(o.next_attempt_at),
-                        to_ms(o.created_at),
-                        o.delivery_id,
-                        owner,
-                    ),
-                ).rowcount
-                # The attempt happened even if the lease was lost meanwhile; it is
-                # recorded unless its delivery is gone (its webhook was deleted).
-                conn.execute(
-                    "INSERT INTO webhook_attempts (delivery_id, attempt, status,"
-                    " status_code, duration_ms, error, response_body, created_at)"
-                    " SELECT d.id, %s::integer, %s::text, %s::integer, %s::bigint, %s::text,"
-                    " %s::text, %s::bigint FROM webhook_deliveries d WHERE d.id = %s"
-                    " ON CONFLICT DO NOTHING",
-                    (
-                        o.attempt,
-                        o.status.value,
-                        o.status_code,
-                        o.duration_ms,
-                        o.error,
-                        o.response_body,
-                        to_ms(o.created_at),
-                        o.delivery_id,
-                    ),
-                )
-            return applied
+            # Whether a retry is parked follows the webhook's enabled state in commit
+            # order: a change that disables it waits for this, or this sees it.
+            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._subscriptions_lock_key,))
+            return sum(_record(conn, owner, o) for o in outcomes)
 
         return int(self.write(run))
 
@@ -366,8 +437,8 @@ class WebhooksMixin:
             self.write(
                 lambda conn: (
                     conn.execute(
-                        "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL"
-                        " WHERE lease_owner = %s",
+                        "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL,"
+                        " claim = NULL WHERE lease_owner = %s",
                         (owner,),
                     ).rowcount
                 )
@@ -439,7 +510,8 @@ class WebhooksMixin:
                     conn.execute(
                         "UPDATE webhook_deliveries SET status = 'pending', tries = 0,"
                         " next_attempt_at = %s, lease_owner = NULL, lease_until = NULL,"
-                        " updated_at = %s WHERE id = %s AND status IN ('succeeded', 'failed')",
+                        " claim = NULL, updated_at = %s"
+                        " WHERE id = %s AND status IN ('succeeded', 'failed')",
                         (to_ms(now), to_ms(now), delivery_id),
                     ).rowcount
                     > 0
@@ -463,6 +535,12 @@ class WebhooksMixin:
                 " AND seq <= (SELECT seq FROM webhook_cursor WHERE name = %s)"
                 " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = events.seq)",
                 (to_ms(before), _CURSOR),
+            )
+            # Periods that ended at or before the cursor: no event left to fan out falls in them.
+            conn.execute(
+                "DELETE FROM webhook_periods WHERE until_seq <="
+                " (SELECT seq FROM webhook_cursor WHERE name = %s)",
+                (_CURSOR,),
             )
             return int(pruned)
 

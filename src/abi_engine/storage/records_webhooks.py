@@ -46,6 +46,9 @@ class DeliveryJob:
     ``callback_secret`` (no secrets: the request goes unsigned). ``tries`` is
     the number of attempts since the delivery was (re)started, which picks the
     next delay of the retry schedule; ``attempt_count`` counts every attempt.
+    ``claim`` is the fencing token of this claim: the attempt's outcome moves
+    the delivery on only while it still holds it (see
+    :meth:`~abi_engine.storage.base.Store.record_attempts`).
     """
 
     id: str
@@ -61,6 +64,7 @@ class DeliveryJob:
     attempt_count: int = 0
     ref_execution_id: str | None = None
     ref_step_index: int | None = None
+    claim: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -69,7 +73,11 @@ class AttemptOutcome:
 
     ``status`` is the attempt's (``succeeded`` or ``failed``); the delivery
     becomes ``delivery_status`` and, while pending, is due again at
-    ``next_attempt_at``.
+    ``next_attempt_at``. ``claim`` is the claim token of the job the
+    attempt was made under (``None``: the delivery moves on while ``owner``
+    holds its lease, whatever the claim). The store numbers the attempt when
+    it records it (one more than the delivery's last, atomically), so
+    ``attempt`` is only the number expected when the job was claimed.
     """
 
     delivery_id: str
@@ -82,3 +90,4 @@ class AttemptOutcome:
     created_at: datetime
     delivery_status: DeliveryStatus
     next_attempt_at: datetime | None = None
+    claim: int | None = None

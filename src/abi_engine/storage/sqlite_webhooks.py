@@ -6,6 +6,15 @@ delivery per (event, target) and advances the cursor, so every event is fanned
 out exactly once even with several processes on one database. Workers then
 claim due deliveries under a lease (:meth:`WebhooksMixin.claim_deliveries`);
 a lease that expires (its process died) makes the delivery claimable again.
+Every claim carries a fresh token; recording an attempt moves the delivery on
+only while that token still holds it (fencing), and numbers the attempt one
+past the delivery's last in the same transaction.
+
+Which subscriptions an event goes to follows commit order: each subscription
+has periods of outbox positions during which it was enabled with one list of
+event types (``webhook_periods``), opened and closed at the last position
+written when the change commits; writes are serialized, so every event is
+either before or after a change.
 """
 
 from __future__ import annotations
@@ -25,8 +34,11 @@ from abi_engine.storage._rows_webhooks import (
     _CURSOR,
     _DELIVERY_COLUMNS,
     _HOOK_COLUMNS,
+    _PERIODS_QUERY,
     _row_to_delivery,
     _row_to_webhook,
+    new_claim,
+    periods_from,
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
@@ -54,6 +66,75 @@ def subscribed_types(conn: sqlite3.Connection) -> set[str]:
     return {event_type for (events,) in rows for event_type in loads(events)}
 
 
+def _position(conn: sqlite3.Connection) -> int:
+    """The last outbox position written (in a write transaction: no event can come between)."""
+    return int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+
+
+def _open_period(conn: sqlite3.Connection, hook: WebhookRecord) -> None:
+    conn.execute(
+        "INSERT INTO webhook_periods (webhook_id, after_seq, until_seq, events)"
+        " VALUES (?, ?, NULL, ?)",
+        (hook.id, _position(conn), dumps(hook.events)),
+    )
+
+
+def _record(conn: sqlite3.Connection, owner: str, o: AttemptOutcome) -> int:
+    """Record one attempt (numbered here) and move its delivery on if its claim still holds."""
+    if (
+        o.claim is not None
+        and conn.execute(
+            "SELECT 1 FROM webhook_attempts WHERE delivery_id = ? AND claim = ?",
+            (o.delivery_id, o.claim),
+        ).fetchone()
+    ):
+        return 0  # recorded already: a retry of a write that committed
+    numbered = conn.execute(
+        "UPDATE webhook_deliveries SET attempt_count = max(attempt_count, coalesce((SELECT"
+        " max(attempt) FROM webhook_attempts WHERE delivery_id = ?), 0)) + 1"
+        " WHERE id = ? RETURNING attempt_count",
+        (o.delivery_id, o.delivery_id),
+    ).fetchone()
+    if numbered is None:
+        return 0  # the delivery is gone (its webhook was deleted)
+    # The attempt happened even if the claim was lost meanwhile: it is recorded.
+    conn.execute(
+        "INSERT INTO webhook_attempts (delivery_id, attempt, status, status_code,"
+        " duration_ms, error, response_body, created_at, claim)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            o.delivery_id,
+            numbered[0],
+            o.status.value,
+            o.status_code,
+            o.duration_ms,
+            o.error,
+            o.response_body,
+            to_ms(o.created_at),
+            o.claim,
+        ),
+    )
+    return int(
+        conn.execute(
+            "UPDATE webhook_deliveries SET status = ?, tries = tries + 1,"
+            # A webhook disabled meanwhile parks the retry (no due time).
+            " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
+            " FROM webhooks w WHERE w.id = webhook_id AND w.enabled = 1) THEN ? END,"
+            " lease_owner = NULL, lease_until = NULL, claim = NULL, updated_at = ?"
+            " WHERE id = ? AND lease_owner = ? AND (? IS NULL OR claim = ?)",
+            (
+                o.delivery_status.value,
+                to_ms(o.next_attempt_at),
+                to_ms(o.created_at),
+                o.delivery_id,
+                owner,
+                o.claim,
+                o.claim,
+            ),
+        ).rowcount
+    )
+
+
 class WebhooksMixin:
     """Webhook storage for :class:`~abi_engine.storage.sqlite.SQLiteStore`."""
 
@@ -71,6 +152,8 @@ class WebhooksMixin:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*_webhook_params(webhook), webhook.id),
             )
+            if webhook.enabled:
+                _open_period(conn, webhook)
 
     def get_webhook(self, webhook_id: str) -> WebhookRecord | None:
         with self._read() as conn:
@@ -82,10 +165,19 @@ class WebhooksMixin:
     def update_webhook(self, webhook: WebhookRecord, now: datetime) -> bool:
         with self.transaction() as conn:
             row = conn.execute(
-                "SELECT enabled FROM webhooks WHERE id = ?", (webhook.id,)
+                "SELECT enabled, events FROM webhooks WHERE id = ?", (webhook.id,)
             ).fetchone()
             if row is None:
                 return False
+            if (bool(row[0]), set(loads(row[1]))) != (webhook.enabled, set(webhook.events)):
+                # What it listens to changes here: events written so far keep the old period.
+                conn.execute(
+                    "UPDATE webhook_periods SET until_seq = ?"
+                    " WHERE webhook_id = ? AND until_seq IS NULL",
+                    (_position(conn), webhook.id),
+                )
+                if webhook.enabled:
+                    _open_period(conn, webhook)
             conn.execute(
                 "UPDATE webhooks SET url = ?, events = ?, description = ?, secret = ?,"
                 " previous_secret = ?, previous_secret_until = ?, enabled = ?, created_at = ?,"
@@ -116,6 +208,7 @@ class WebhooksMixin:
                 (webhook_id,),
             )
             conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+            conn.execute("DELETE FROM webhook_periods WHERE webhook_id = ?", (webhook_id,))
             cursor = conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,))
             return bool(cursor.rowcount > 0)
 
@@ -173,27 +266,24 @@ class WebhooksMixin:
                         chunk,
                     )
                 )
-            hooks = [
-                (hook_id, set(loads(events)), created_at)
-                for hook_id, events, created_at in conn.execute(
-                    "SELECT id, events, created_at FROM webhooks WHERE enabled = 1"
-                )
-            ]
+            # A subscription receives the events written while it listened to their type
+            # (a delivery for a webhook disabled since then is created parked).
+            periods = periods_from(conn.execute(_PERIODS_QUERY.format(mark="?"), (position,)))
             new: list[tuple[Any, ...]] = []
             for e in events:
                 event = (e.seq, e.offset, e.event_id, e.type)
-                for hook_id, wanted, created_at in hooks:
-                    # A subscription receives the events that happen after it exists.
-                    if e.type in wanted and e.timestamp >= created_at:
-                        new.append((hook_id, hook_id, None, *event))
+                for p in periods:
+                    if p.covers(e.seq, e.type):
+                        due = now_ms if p.enabled else None
+                        new.append((p.webhook_id, p.webhook_id, None, *event, due))
                 if e.execution_id in with_callback:
-                    new.append((_CALLBACK_TARGET, None, e.execution_id, *event))
+                    new.append((_CALLBACK_TARGET, None, e.execution_id, *event, now_ms))
             conn.executemany(
                 "INSERT OR IGNORE INTO webhook_deliveries (id, target, webhook_id,"
                 " execution_id, event_seq, event_index, event_id, event_type, status,"
                 " next_attempt_at, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                [(new_id("dlv_"), *row, now_ms, now_ms, now_ms) for row in new],
+                [(new_id("dlv_"), *row, now_ms, now_ms) for row in new],
             )
             conn.execute(
                 "UPDATE webhook_cursor SET seq = ? WHERE name = ?", (events[-1].seq, _CURSOR)
@@ -244,13 +334,18 @@ class WebhooksMixin:
             ).fetchall()
             if not rows:
                 return []
+            claims = [new_claim() for _ in rows]
             conn.executemany(
-                "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ? WHERE id = ?",
-                [(owner, to_ms(lease_until), row[0]) for row in rows],
+                "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?, claim = ?"
+                " WHERE id = ?",
+                [
+                    (owner, to_ms(lease_until), c, row[0])
+                    for c, row in zip(claims, rows, strict=True)
+                ],
             )
         jobs = []
         unpacked: dict[int, list[ExecutionEventRef]] = {}
-        for row in rows:
+        for claim, row in zip(claims, rows, strict=True):
             (delivery_id, webhook_id, execution_id, tries, attempt_count) = row[:5]
             (event_seq, event_index, event_id, event_type) = row[5:9]
             (found, timestamp, data, refs) = row[9:13]
@@ -284,6 +379,7 @@ class WebhooksMixin:
                     attempt_count=attempt_count,
                     ref_execution_id=ref.execution_id if ref is not None else None,
                     ref_step_index=ref.step_index if ref is not None else None,
+                    claim=claim,
                 )
             )
         return jobs
@@ -292,50 +388,14 @@ class WebhooksMixin:
         applied = 0
         with self.transaction() as conn:
             for o in outcomes:
-                held = conn.execute(
-                    "UPDATE webhook_deliveries SET status = ?, tries = tries + 1,"
-                    " attempt_count = max(attempt_count, ?),"
-                    # A webhook disabled meanwhile parks the retry (no due time).
-                    " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
-                    " FROM webhooks w WHERE w.id = webhook_id AND w.enabled = 1) THEN ? END,"
-                    " lease_owner = NULL, lease_until = NULL, updated_at = ?"
-                    " WHERE id = ? AND lease_owner = ?",
-                    (
-                        o.delivery_status.value,
-                        o.attempt,
-                        to_ms(o.next_attempt_at),
-                        to_ms(o.created_at),
-                        o.delivery_id,
-                        owner,
-                    ),
-                ).rowcount
-                applied += held
-                # The attempt happened even if the lease was lost meanwhile; it is
-                # recorded unless its delivery is gone (its webhook was deleted).
-                conn.execute(
-                    "INSERT OR IGNORE INTO webhook_attempts (delivery_id, attempt, status,"
-                    " status_code, duration_ms, error, response_body, created_at)"
-                    " SELECT ?, ?, ?, ?, ?, ?, ?, ?"
-                    " WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE id = ?)",
-                    (
-                        o.delivery_id,
-                        o.attempt,
-                        o.status.value,
-                        o.status_code,
-                        o.duration_ms,
-                        o.error,
-                        o.response_body,
-                        to_ms(o.created_at),
-                        o.delivery_id,
-                    ),
-                )
+                applied += _record(conn, owner, o)
         return applied
 
     def release_deliveries(self, owner: str) -> int:
         with self.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL"
-                " WHERE lease_owner = ?",
+                "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL,"
+                " claim = NULL WHERE lease_owner = ?",
                 (owner,),
             )
             return int(cursor.rowcount)
@@ -401,8 +461,8 @@ class WebhooksMixin:
     def redeliver(self, delivery_id: str, now: datetime) -> bool:
         with self.transaction() as conn:
             cursor = conn.execute(
-                "UPDATE webhook_deliveries SET status = 'pending', tries = 0,"
-                " next_attempt_at = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?"
+                "UPDATE webhook_deliveries SET status = 'pending', tries = 0, next_attempt_at = ?,"
+                " lease_owner = NULL, lease_until = NULL, claim = NULL, updated_at = ?"
                 " WHERE id = ? AND status IN ('succeeded', 'failed')",
                 (to_ms(now), to_ms(now), delivery_id),
             )
@@ -424,5 +484,11 @@ class WebhooksMixin:
                 " AND seq <= (SELECT seq FROM webhook_cursor WHERE name = ?)"
                 " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = events.seq)",
                 (to_ms(before), _CURSOR),
+            )
+            # Periods that ended at or before the cursor: no event left to fan out falls in them.
+            conn.execute(
+                "DELETE FROM webhook_periods WHERE until_seq <="
+                " (SELECT seq FROM webhook_cursor WHERE name = ?)",
+                (_CURSOR,),
             )
             return int(cursor.rowcount)

@@ -23,7 +23,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import pytest
-from conftest import DatabaseFactory, StoreFactory
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -56,6 +55,10 @@ from abi_engine.ids import new_id, utcnow
 from abi_engine.models_webhooks import Delivery, DeliveryStatus
 from abi_engine.storage import SQLiteStore, Store
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
+
+# The fixtures' types of tests/conftest.py (not imported: the suite has several conftests).
+StoreFactory = Callable[..., Store]
+DatabaseFactory = Callable[..., Any]
 
 LOGGER = "abi_engine.webhooks"
 DEADLINE = 30.0  # seconds: generous, whatever the load

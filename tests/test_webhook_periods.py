@@ -17,7 +17,6 @@ from typing import Any
 
 import attrs
 import pytest
-from conftest import StoreFactory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
@@ -38,6 +37,9 @@ from abi_engine.models_webhooks import Delivery, DeliveryStatus
 from abi_engine.storage import Store
 from abi_engine.storage._codec import to_ms
 from abi_engine.storage.records_webhooks import AttemptOutcome, WebhookRecord
+
+# The fixtures' types of tests/conftest.py (not imported: the suite has several conftests).
+StoreFactory = Callable[..., Store]
 
 CREATED, UPDATED = "workflow.created", "workflow.updated"
 DEADLINE = 30.0

@@ -10,8 +10,6 @@ engine backend (SQLite, and PostgreSQL where configured).
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +19,9 @@ import anyio
 import anyio.lowlevel
 import pytest
 from runtime_plugins import PROBE
+from runtime_plugins.faults import Harness, harnessed
 from runtime_plugins.helpers import (
+    TERMINAL,
     DatabaseFactory,
     EngineFactory,
     engines,
@@ -45,13 +45,6 @@ from abi_engine.storage.records import (
 
 pytestmark = pytest.mark.anyio
 
-TERMINAL = (
-    ExecutionStatus.COMPLETED,
-    ExecutionStatus.FAILED,
-    ExecutionStatus.TIMED_OUT,
-    ExecutionStatus.CANCELLED,
-)
-
 
 @pytest.fixture(autouse=True)
 def _fresh_probe() -> None:
@@ -65,74 +58,9 @@ def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
         yield factory
 
 
-class FaultyStore:
-    """A real store whose ``apply`` (and optionally other calls) fail on demand.
-
-    ``fail(kind, times, after=False)``: the next ``times`` batches holding an op of
-    type ``kind`` raise; with ``after`` the batch is applied first (its commit
-    succeeded, its answer is lost), as when a connection drops mid-commit.
-    ``down(calls)``: the named methods raise until ``up()``.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.blocking = store.blocking
-        self._faults: list[tuple[type[WriteOp], bool]] = []
-        self._down: set[str] = set()
-        self._lock = threading.Lock()
-        self.failed: list[tuple[str, bool]] = []
-
-    def fail(self, kind: type[WriteOp], times: int = 1, *, after: bool = False) -> None:
-        with self._lock:
-            self._faults.extend([(kind, after)] * times)
-
-    def down(self, *names: str) -> None:
-        self._down.update(names)
-
-    def up(self) -> None:
-        self._down.clear()
-
-    def _check_down(self, name: str) -> None:
-        if name in self._down:
-            raise sqlite3.OperationalError("disk I/O error (injected)")
-
-    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
-        self._check_down("apply")
-        fault = None
-        with self._lock:
-            for index, (kind, _after) in enumerate(self._faults):
-                if any(type(op) is kind for op in ops):
-                    fault = self._faults.pop(index)
-                    break
-        if fault is None:
-            return self._store.apply(ops)
-        self.failed.append((fault[0].__name__, fault[1]))
-        if fault[1]:
-            self._store.apply(ops)
-        raise sqlite3.OperationalError("database is locked (injected)")
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._check_down(name)
-            return attribute(*args, **kwargs)
-
-        return call
-
-
-def _faulty(make: EngineFactory, **settings: Any) -> tuple[Engine, FaultyStore]:
-    """An engine (with the test types) on a FaultyStore over a real store of the backend."""
-    plain = make()
-    faulty = FaultyStore(plain.store)
-    engine = Engine(
-        faulty,  # type: ignore[arg-type]
-        plugins=[__import__("runtime_plugins")],
-        runtime=fast(**settings),
-    )
-    return engine, faulty
+def _faulty(make: EngineFactory, **settings: Any) -> tuple[Engine, Harness]:
+    """An engine (with the test types) on a Harness over a real store of the backend."""
+    return harnessed(make, **settings)
 
 
 async def _all_done(engine: Engine, ids: Sequence[str], timeout: float = 60) -> None:

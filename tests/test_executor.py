@@ -19,6 +19,7 @@ import anyio
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
+    TERMINAL,
     DatabaseFactory,
     EngineFactory,
     engines,
@@ -44,12 +45,6 @@ from abi_engine.storage.records import ExecutionRecord, StepRecord
 pytestmark = pytest.mark.anyio
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-TERMINAL = (
-    ExecutionStatus.COMPLETED,
-    ExecutionStatus.FAILED,
-    ExecutionStatus.TIMED_OUT,
-    ExecutionStatus.CANCELLED,
-)
 
 
 @pytest.fixture(autouse=True)

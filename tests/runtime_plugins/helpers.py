@@ -14,6 +14,7 @@ from abi_engine import Engine, Execution, ExecutionStatus
 from abi_engine.executor import RuntimeSettings
 
 __all__ = [
+    "TERMINAL",
     "DatabaseFactory",
     "EngineFactory",
     "engines",
@@ -24,6 +25,13 @@ __all__ = [
 ]
 
 EngineFactory = Callable[..., Engine]
+#: The statuses an execution ends in.
+TERMINAL = (
+    ExecutionStatus.COMPLETED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.TIMED_OUT,
+    ExecutionStatus.CANCELLED,
+)
 #: The ``databases`` fixture: ``databases(name)`` is a SQLite path or a PostgreSQL URL.
 DatabaseFactory = Callable[..., "str | Path"]
 

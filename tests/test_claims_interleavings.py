@@ -1,19 +1,18 @@
-"""Adversarial review of claim tokens (#10): interleavings that still break a promise.
+"""Interleavings found by an adversarial review of claim tokens (#10).
 
 Each test forces one interleaving of the runtime with a real store (SQLite file,
-and PostgreSQL where configured) through :class:`Harness`, a thin wrapper that
-injects what the network and the kernel do (an answer lost after a commit, a
-call that fails, the heartbeat thread firing at a given instant). Every test
-here fails on the reviewed commit (c80c79b), except the ``CheckpointStep`` case
-of ``test_the_hooks_see_the_event_of_a_write_whose_answer_was_lost``: a guard
-that the fix of the first test does not lose the hooks' events.
+and PostgreSQL where configured) through
+:class:`~runtime_plugins.faults.Harness`, which injects what the network and
+the kernel do (an answer lost after a commit, a call that fails or hangs, the
+heartbeat thread firing at a given instant). Each one failed on the first
+version of claim tokens, except the ``CheckpointStep`` case of
+``test_the_hooks_see_the_event_of_a_write_whose_answer_was_lost``: a guard that
+the fix of the first test does not lose the hooks' events.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import Any
 
 import anyio
 import pytest
-import runtime_plugins
 from runtime_plugins import PROBE
+from runtime_plugins.faults import harnessed
 from runtime_plugins.helpers import (
+    TERMINAL,
     DatabaseFactory,
     EngineFactory,
     engines,
@@ -33,10 +33,9 @@ from runtime_plugins.helpers import (
     wait_status,
 )
 
-from abi_engine import Engine, ExecutionStatus, StepContext, WorkflowType, hookimpl, step
+from abi_engine import ExecutionStatus, StepContext, WorkflowType, hookimpl, step
 from abi_engine.events import Event
 from abi_engine.ids import utcnow
-from abi_engine.storage import Store
 from abi_engine.storage.records import (
     CheckpointStep,
     ClaimExecution,
@@ -47,13 +46,6 @@ from abi_engine.storage.records import (
 )
 
 pytestmark = pytest.mark.anyio
-
-TERMINAL = (
-    ExecutionStatus.COMPLETED,
-    ExecutionStatus.FAILED,
-    ExecutionStatus.TIMED_OUT,
-    ExecutionStatus.CANCELLED,
-)
 
 
 @pytest.fixture(autouse=True)
@@ -66,128 +58,6 @@ def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
     """Engines on the test's databases (each engine backend)."""
     with engines(tmp_path, databases) as factory:
         yield factory
-
-
-def _store_error(store: Store, message: str) -> Exception:
-    """The error the backend's driver raises when the database does not answer."""
-    if store.blocking:  # PostgreSQL
-        import psycopg
-
-        return psycopg.OperationalError(message)
-    return sqlite3.OperationalError(message)
-
-
-class Harness:
-    """A real store with faults and interleavings injected on demand.
-
-    - ``fail(kind, times, after=False)``: the next ``times`` batches holding an op of
-      type ``kind`` raise; with ``after`` the batch is applied first (committed, its
-      answer lost, as when a connection drops during COMMIT).
-    - ``down(*names)`` / ``up()``: the named store methods raise until ``up()``.
-    - ``fail_calls(name, times)``: the next ``times`` calls of store method ``name`` raise.
-    - ``stall(*names)`` / ``unstall()``: calls of the named methods hang until ``unstall()``,
-      then raise (a network partition: the driver waits for its timeouts).
-    - ``after_commit(fn)``: ``fn(ops)`` runs right after each batch committed (before
-      its caller sees the answer): what another thread or node does at that instant.
-    """
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self.blocking = store.blocking
-        self._faults: list[tuple[type[WriteOp], bool]] = []
-        self._down: set[str] = set()
-        self._lock = threading.Lock()
-        self.failed: list[tuple[str, bool]] = []
-        self.down_calls: list[str] = []
-        self._after: list[Callable[[Sequence[WriteOp]], None]] = []
-        self._call_faults: dict[str, int] = {}
-        self._stalled: set[str] = set()
-        self._unstalled = threading.Event()
-
-    def fail(self, kind: type[WriteOp], times: int = 1, *, after: bool = False) -> None:
-        with self._lock:
-            self._faults.extend([(kind, after)] * times)
-
-    def faults_left(self) -> int:
-        with self._lock:
-            return len(self._faults)
-
-    def down(self, *names: str) -> None:
-        self._down.update(names)
-
-    def up(self) -> None:
-        self._down.clear()
-
-    def stall(self, *names: str) -> None:
-        self._unstalled.clear()
-        self._stalled.update(names)
-
-    def unstall(self) -> None:
-        self._stalled.clear()
-        self._unstalled.set()
-
-    def fail_calls(self, name: str, times: int = 1) -> None:
-        with self._lock:
-            self._call_faults[name] = self._call_faults.get(name, 0) + times
-
-    def after_commit(self, fn: Callable[[Sequence[WriteOp]], None]) -> None:
-        self._after.append(fn)
-
-    def _check_down(self, name: str) -> None:
-        if name in self._stalled:
-            self._unstalled.wait(120)
-            raise _store_error(self._store, f"{name}: timeout expired (injected)")
-        with self._lock:
-            once = self._call_faults.get(name, 0) > 0
-            if once:
-                self._call_faults[name] -= 1
-        if once or name in self._down:
-            self.down_calls.append(name)
-            raise _store_error(self._store, f"{name}: server closed the connection (injected)")
-
-    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
-        self._check_down("apply")
-        fault = None
-        with self._lock:
-            for index, (kind, _after) in enumerate(self._faults):
-                if any(type(op) is kind for op in ops):
-                    fault = self._faults.pop(index)
-                    break
-        if fault is not None and not fault[1]:
-            self.failed.append((fault[0].__name__, False))
-            raise _store_error(self._store, "database is locked (injected)")
-        results = self._store.apply(ops)
-        for fn in list(self._after):
-            fn(ops)
-        if fault is not None:
-            self.failed.append((fault[0].__name__, True))
-            raise _store_error(self._store, "connection lost during COMMIT (injected)")
-        return results
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._store, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self._check_down(name)
-            return attribute(*args, **kwargs)
-
-        return call
-
-
-def _harnessed(
-    make: EngineFactory, *, plugins: Sequence[object] = (), **settings: Any
-) -> tuple[Engine, Harness]:
-    """An engine (with the test types) on a Harness over a real store of the backend."""
-    plain = make()
-    harness = Harness(plain.store)
-    engine = Engine(
-        harness,  # type: ignore[arg-type]
-        plugins=[runtime_plugins, *plugins],
-        runtime=fast(**settings),
-    )
-    return engine, harness
 
 
 class Recorder:
@@ -220,7 +90,7 @@ async def test_a_checkpoint_retried_after_a_lost_answer_writes_its_event_once(
     must not write its ``execution.step_completed`` event to the outbox again (a webhook
     delivered twice): each step's event is in the outbox once."""
     recorder = Recorder()
-    engine, harness = _harnessed(make, plugins=[recorder])
+    engine, harness = harnessed(make, plugins=[recorder])
     try:
         async with engine:
             wf = await new_workflow(engine)
@@ -245,7 +115,7 @@ async def test_the_hooks_see_the_event_of_a_write_whose_answer_was_lost(
     effect (AGAIN) and writes nothing again, yet the ``abi_event`` hooks, which saw
     nothing of the first attempt, still see each committed event exactly once."""
     recorder = Recorder()
-    engine, harness = _harnessed(make, plugins=[recorder])
+    engine, harness = harnessed(make, plugins=[recorder])
     try:
         async with engine:
             wf = await new_workflow(engine)
@@ -276,7 +146,7 @@ async def test_a_signal_resuming_an_execution_whose_run_is_still_here_is_not_dro
     """A signal delivered (on the same node) while the suspension's write is still being
     retried, every worker busy: the grant the signal gives this node must survive the end
     of the old run, so the execution resumes at once, not one lease later."""
-    engine, harness = _harnessed(make, workers=1, lease_seconds=120)
+    engine, harness = harnessed(make, workers=1, lease_seconds=120)
     try:
         async with engine:
             wf = await new_workflow(engine)
@@ -307,7 +177,7 @@ async def test_a_heartbeat_between_a_claims_commit_and_its_swap_does_not_stop_th
     still what the node holds, the row already runs under the new token) must not make
     the runtime stop the run it just started: the step is not interrupted, runs once,
     and the execution completes without waiting for a lease to expire."""
-    engine, harness = _harnessed(make, lease_seconds=120)
+    engine, harness = harnessed(make, lease_seconds=120)
     renewed: list[int] = []
 
     def heartbeat_now(ops: Sequence[WriteOp]) -> None:
@@ -343,7 +213,7 @@ async def test_a_wake_timer_meeting_a_failing_store_does_not_stop_the_engine(
     """A durable sleep's wake timer fires while the store does not answer: the engine keeps
     running (no task of the runtime may die of a store error) and the sleeping execution
     completes once the store is back."""
-    engine, harness = _harnessed(make, poll_interval=1.0)
+    engine, harness = harnessed(make, poll_interval=1.0)
     try:
         async with engine:
             wf = await new_workflow(engine)
@@ -382,7 +252,7 @@ async def test_an_execution_inserted_after_retries_is_never_stored_with_an_expir
     it recoverable, since this node runs its first step at once (no claim is taken
     first). Checked by another node's poll right at the commit, then by the step count."""
     # Only the intruder polls (this node's own poller would race it for the row).
-    engine, harness = _harnessed(make, lease_seconds=2, poll_interval=3600)
+    engine, harness = harnessed(make, lease_seconds=2, poll_interval=3600)
     stolen: list[tuple[str, int, int]] = []
 
     def another_node_polls(ops: Sequence[WriteOp]) -> None:
@@ -417,7 +287,7 @@ async def test_a_run_whose_read_fails_once_is_not_abandoned_for_a_lease(
     """A resumed run whose first read of the store (its signals) fails once, a blip like
     the ones its writes survive, goes on after a retry: the execution completes without
     waiting for its lease to expire."""
-    engine, harness = _harnessed(make, lease_seconds=120)
+    engine, harness = harnessed(make, lease_seconds=120)
     try:
         async with engine:
             wf = await new_workflow(engine)
@@ -439,6 +309,7 @@ async def test_a_run_whose_read_fails_once_is_not_abandoned_for_a_lease(
 # -- 7. a partitioned node keeps running a step after its lease expired --------------------------
 
 
+@pytest.mark.postgresql_only  # on SQLite a hanging store call blocks the loop, steps included
 async def test_a_partitioned_node_stops_its_step_before_its_lease_can_be_taken_over(
     make: EngineFactory,
 ) -> None:
@@ -447,9 +318,7 @@ async def test_a_partitioned_node_stops_its_step_before_its_lease_can_be_taken_o
     execution over: when the other node starts the step, the first run of it has been
     interrupted already (the claim expired at ``EXPIRY_SHARE`` of the lease)."""
     other = make(settings=fast(lease_seconds=10))
-    if not other.store.blocking:
-        pytest.skip("a hanging SQLite call blocks the whole event loop, steps included")
-    engine, harness = _harnessed(make, lease_seconds=10)
+    engine, harness = harnessed(make, lease_seconds=10)
     try:
         async with engine:
             wf = await new_workflow(engine)
@@ -515,7 +384,7 @@ async def test_a_run_that_crashes_every_time_ends_instead_of_looping(
     """An execution whose run raises outside any step (a plugin's ``skip_if`` with a bug)
     ends ``failed`` with the error, instead of being recovered and crashing again every
     lease, forever, with a traceback each time."""
-    engine, _ = _harnessed(make, plugins=[BrokenSkipPlugin()], lease_seconds=1)
+    engine, _ = harnessed(make, plugins=[BrokenSkipPlugin()], lease_seconds=1)
     try:
         async with engine:
             wf = await new_workflow(engine, "review_broken_skip")
@@ -542,7 +411,7 @@ async def test_a_sync_execution_cancelled_while_waiting_for_a_slot_never_starts_
     whose slot is taken by another caller right after its commit, so that its run waits:
     cancelled meanwhile, none of its steps may start once the slot frees (its run must
     find out that it ended before running anything)."""
-    engine, harness = _harnessed(make, sync_workers=1)
+    engine, harness = harnessed(make, sync_workers=1)
     limiter = engine.runtime._sync_limiter
     borrower = object()  # another synchronous caller, taking the only slot
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -193,3 +194,34 @@ def test_max_batch_must_be_positive() -> None:
     """max_batch below 1 is refused."""
     with pytest.raises(ValueError, match="max_batch"):
         _committer(RecordingStore(), 0)
+
+
+@pytest.mark.anyio
+async def test_then_runs_at_the_commit_even_when_the_caller_was_cancelled(tmp_path: Path) -> None:
+    """``submit(op, then=...)``: the follow-up runs with the op's result when its batch
+    commits, even though the task that submitted it was cancelled while it waited."""
+    from abi_engine._commit import GroupCommitter
+    from abi_engine.storage import SQLiteStore
+    from abi_engine.storage.records import InsertEvents
+
+    store = SQLiteStore(tmp_path / "t.db")
+    seen: list[object] = []
+    called = anyio.Event()
+
+    def then(result: object) -> None:
+        seen.append(result)
+        called.set()
+
+    committer = GroupCommitter(store, lambda events: None)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(committer.run)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # cancelled at its first wait: the commit's
+                await committer.submit(InsertEvents(), then=then)
+            with anyio.fail_after(30):
+                await called.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert seen == [True]

@@ -29,11 +29,13 @@ log = logging.getLogger("abi_engine.commit")
 
 
 class _Batch:
-    __slots__ = ("done", "ops", "results")
+    __slots__ = ("done", "ops", "results", "thens")
 
     def __init__(self) -> None:
         self.ops: list[WriteOp] = []
         self.results: list[Any] = []
+        #: ``(index, then)``: called with the result of ``ops[index]`` once it is known.
+        self.thens: list[tuple[int, Callable[[Any], None]]] = []
         self.done = anyio.Event()
 
 
@@ -79,18 +81,27 @@ class GroupCommitter:
             self._pending.append(last)
         return last
 
-    async def submit(self, op: WriteOp) -> Any:
+    async def submit(self, op: WriteOp, *, then: Callable[[Any], None] | None = None) -> Any:
         """Queue ``op``, wait until its batch is committed, return its result.
 
         Raises the op's exception when it failed on its own. When the writer
         is not running (the engine is not started) the op is applied at once.
+
+        ``then(result)`` is called by the writer as soon as the op's result is
+        known (not when it failed), before the waiting task resumes and even
+        when that task was cancelled meanwhile: what must follow a commit
+        (handing a stored execution to the runtime) cannot be skipped.
         """
         if not self._running:
             result = (await self._apply([op]))[0]
+            if then is not None and not isinstance(result, BaseException):
+                _call_then(then, result)
         else:
             batch = self._open_batch(1)
             index = len(batch.ops)
             batch.ops.append(op)
+            if then is not None:
+                batch.thens.append((index, then))
             self._wakeup.set()
             await batch.done.wait()
             result = batch.results[index]
@@ -136,6 +147,9 @@ class GroupCommitter:
         for start in range(0, len(batch.ops), self._max_batch):
             results.extend(await self._safe_apply(batch.ops[start : start + self._max_batch]))
         batch.results = results
+        for index, then in batch.thens:
+            if not isinstance(results[index], BaseException):
+                _call_then(then, results[index])
         batch.done.set()
 
     async def _flush_pending(self) -> None:
@@ -175,3 +189,10 @@ class GroupCommitter:
             with anyio.CancelScope(shield=True):
                 self._running = False
                 await self._flush_pending()
+
+
+def _call_then(then: Callable[[Any], None], result: Any) -> None:
+    try:
+        then(result)
+    except Exception:
+        log.exception("a commit's follow-up failed")

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import attrs
 
 from abi_engine.auth import Principal
@@ -250,23 +249,27 @@ class ExecutionService(Service):
             integration_ids=tuple(i.id for i in workflow.integrations),
             claimed=claimed,
         )
-        # Stored and handed to the runtime as one step: a caller cancelled meanwhile
-        # (a client gone, a task group closing) cannot leave it stored but not running.
-        with anyio.CancelScope(shield=True):
-            try:
-                inserted = await self._runtime.commit(
-                    InsertExecution(record=record, events=events), execution_id=record.id
-                )
-            except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
-                from abi_engine.errors import InvalidParameters
 
-                raise InvalidParameters(
-                    "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
-                    " booleans and null",
-                    {"field": "parameters"},
-                ) from None
+        def hand_over(inserted: Any) -> None:
+            # Called by the committer at the commit: a caller cancelled meanwhile (a client
+            # gone, a task group closing) cannot leave it stored but not running.
             if inserted:
                 self._runtime.submit(prepared, sync=wait, reservation=reservation)
+
+        try:
+            inserted = await self._runtime.commit(
+                InsertExecution(record=record, events=events),
+                execution_id=record.id,
+                then=hand_over,
+            )
+        except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
+            from abi_engine.errors import InvalidParameters
+
+            raise InvalidParameters(
+                "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
+                " booleans and null",
+                {"field": "parameters"},
+            ) from None
         if not inserted:  # the same idempotency key won a race
             existing = await self._call(
                 self._store.find_execution_by_key, workflow.id, idempotency_key or ""
@@ -513,27 +516,28 @@ class ExecutionService(Service):
         runtime = self._runtime
         here = runtime.running  # (a node without the type hands it back to the store)
         token = new_claim() if here else None
-        with anyio.CancelScope(shield=True):  # stored and handed to the runtime together
-            try:
-                state = await runtime.commit(
-                    DeliverSignal(
-                        execution_id=execution_id,
-                        name=name,
-                        payload=payload,
-                        created_at=utcnow(),
-                        require_waiting=require_waiting,
-                        grant_owner=runtime.node_id if here else None,
-                        grant_token=token,
-                        lease_until=runtime.lease() if here else None,
-                    ),
-                    execution_id=execution_id,
-                )
-            except (TypeError, ValueError):  # a payload JSON cannot hold
-                raise InvalidRequest(
-                    "A signal's payload must be JSON", {"field": "payload"}
-                ) from None
+
+        def resume(state: Any) -> None:  # at the commit, whatever happens to the caller
             if state == "queued" and token is not None:
                 runtime.resume(execution_id, token)
+
+        try:
+            state = await runtime.commit(
+                DeliverSignal(
+                    execution_id=execution_id,
+                    name=name,
+                    payload=payload,
+                    created_at=utcnow(),
+                    require_waiting=require_waiting,
+                    grant_owner=runtime.node_id if here else None,
+                    grant_token=token,
+                    lease_until=runtime.lease() if here else None,
+                ),
+                execution_id=execution_id,
+                then=resume,
+            )
+        except (TypeError, ValueError):  # a payload JSON cannot hold
+            raise InvalidRequest("A signal's payload must be JSON", {"field": "payload"}) from None
         if state is None:
             raise InvalidState(
                 f"Execution {execution_id} is not waiting for {name!r}"

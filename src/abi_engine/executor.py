@@ -370,20 +370,29 @@ class Runtime:
         except Exception as exc:
             log.warning("could not hand back %d executions (%s)", len(claims), _one_line(exc))
 
-    async def commit(self, op: WriteOp, *, execution_id: str | None = None) -> Any:
+    async def commit(
+        self,
+        op: WriteOp,
+        *,
+        execution_id: str | None = None,
+        then: Callable[[Any], None] | None = None,
+    ) -> Any:
         """Commit ``op`` for a caller (an API call), retrying a store that fails for a
         few seconds (every op is idempotent: a retry after a lost answer finds its
         own effect). Raises :class:`~abi_engine.errors.InternalError` naming
         ``execution_id`` when the store keeps failing: the op may or may not have
         applied. A value the store cannot encode (``TypeError``/``ValueError``) is
-        raised at once.
+        raised at once. ``then(result)``: see :meth:`GroupCommitter.submit`.
         """
         delay = 0.05
         give_up = time.monotonic() + COMMIT_RETRY_SECONDS
+        retry = False
         while True:
-            op = self._with_fresh_lease(op)
+            if retry:
+                op = self._with_fresh_lease(op)
+            retry = True
             try:
-                return await self.committer.submit(op)
+                return await self.committer.submit(op, then=then)
             except (TypeError, ValueError, AbiError):
                 raise
             except Exception as exc:

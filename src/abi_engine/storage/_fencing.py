@@ -17,6 +17,8 @@ for a batch) and ask these functions what applies; they only write the rows.
 
 from __future__ import annotations
 
+import os
+import random
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
@@ -46,9 +48,21 @@ MISSING: State = ("missing", None, None)
 UNFINISHED = ("queued", "running", "waiting")
 
 
+class _Tokens(random.Random):
+    """Random 63-bit claim tokens, seeded from the OS (again in a forked child, so two
+    processes never share a sequence); no system call per token."""
+
+    def __init__(self) -> None:
+        super().__init__(secrets.randbits(128))
+        os.register_at_fork(after_in_child=lambda: self.seed(secrets.randbits(128)))
+
+
+_TOKENS = _Tokens()
+
+
 def new_claim() -> int:
     """A fresh claim token: a random positive 63-bit integer."""
-    return secrets.randbits(63) or 1
+    return _TOKENS.getrandbits(63) or 1
 
 
 def claims(ops: Sequence[ClaimExecution], states: dict[str, State]) -> list[Any]:

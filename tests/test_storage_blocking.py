@@ -125,7 +125,8 @@ async def test_runtime_and_delivery_never_block_the_loop(
         assert done.status.value == "completed"
         assert waited.status.value == "completed"
         called = {name for name, _ in during}
-        assert {"apply", "claim_recoverable", "renew_leases", "claim_deliveries"} <= called
+        # (renew_leases runs in the heartbeat's own thread, whenever it is called.)
+        assert {"apply", "claim_recoverable", "claim_deliveries"} <= called
         assert {"record_attempts", "fan_out"} <= called
         on_loop = sorted({name for name, thread in during if thread == loop_thread})
         assert on_loop == []

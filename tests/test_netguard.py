@@ -225,13 +225,20 @@ def test_numbers_that_are_no_address_are_refused(host: str) -> None:
         "http://1.1.1.1./",
         "https://[2606:4700::1111]/",
         "https://[64:ff9b::808:808]/",
-        "https://[2002:808:808::1]/",
         "https://[::ffff:8.8.8.8]/",
     ],
 )
 def test_public_urls_pass(url: str) -> None:
-    """Public names and addresses (also NAT64, 6to4 and mapped forms of public IPv4) pass."""
+    """Public names and addresses (also NAT64 and mapped forms of public IPv4) pass."""
     assert check_url(url, field="url", allow_private=False) == url
+
+
+@pytest.mark.parametrize("host", ["2002:808:808::1", "::8.8.8.8", "::ffff:0:8.8.8.8"])
+def test_deprecated_ipv6_embeddings_are_refused_whatever_they_embed(host: str) -> None:
+    """6to4, IPv4-compatible and IPv4-translated addresses are refused even around a public
+    IPv4 address, whatever the Python version's address tables say."""
+    with pytest.raises(InvalidRequest):
+        check_url(f"https://[{host}]/", field="url", allow_private=False)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,9 @@ Unless the engine allows private URLs (``--allow-private-urls``), it is also
 refused when its host is, in any form the system resolver accepts as an
 address literal (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``,
 ``[::ffff:127.0.0.1]``, a trailing dot...), a loopback, private, link-local,
-shared, multicast, reserved, documentation or unspecified address (IPv4
-embedded in IPv6 judged as the IPv4 address it stands for), or when it names
+shared, multicast, reserved, documentation or unspecified address (an
+IPv4-mapped or NAT64 address judged as the IPv4 address it stands for; 6to4
+refused), or when it names
 the local host, a host without a domain (resolved through the search domains
 of the host's network), or a cloud metadata service.
 
@@ -94,6 +95,7 @@ _FORBIDDEN_NETWORKS = tuple(
         "100::/64",  # discard-only
         "2001::/23",  # IETF protocol assignments (Teredo among them)
         "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4 (deprecated; relays reach whatever IPv4 address it embeds)
         "fc00::/7",  # unique local
         "fe80::/10",  # link-local
         "fec0::/10",  # site-local (deprecated)
@@ -111,33 +113,33 @@ def _fail(field: str, message: str) -> InvalidRequest:
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, NAT64, 6to4), if any."""
+    """The IPv4 address an IPv6 address stands for (mapped, or NAT64), if any."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip in _NAT64:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    return ip.sixtofour
+    return None
 
 
 def is_forbidden_address(address: str | IPAddress) -> bool:
     """Whether an IP address is one outbound requests must not reach.
 
     Loopback, private, link-local, shared (100.64/10), multicast, reserved,
-    documentation, benchmarking and unspecified addresses are, and every
-    address outside the global unicast space. An IPv6 address that stands
-    for an IPv4 one (``::ffff:a.b.c.d``, NAT64 ``64:ff9b::a.b.c.d``, 6to4
-    ``2002:AABB:CCDD::``) is judged as that IPv4 address too. A zone
-    (``fe80::1%eth0``) does not change the verdict.
+    documentation, benchmarking and unspecified addresses are, every
+    address outside the global unicast space, and deprecated forms that
+    embed an IPv4 address (6to4 ``2002::/16``, IPv4-compatible ``::a.b.c.d``).
+    An IPv6 address that stands for an IPv4 one (``::ffff:a.b.c.d``, NAT64
+    ``64:ff9b::a.b.c.d``) is judged as that IPv4 address. A zone
+    (``fe80::1%eth0``) does not change the verdict. The verdict does not
+    depend on the Python version's tables.
     """
     ip = ipaddress.ip_address(address) if isinstance(address, str) else address
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.scope_id is not None:
             ip = ipaddress.IPv6Address(int(ip))
         embedded = _embedded_ipv4(ip)
-        if embedded is not None and (ip.ipv4_mapped is not None or ip in _NAT64):
+        if embedded is not None:
             return is_forbidden_address(embedded)
-        if embedded is not None and is_forbidden_address(embedded):
-            return True
     return bool(
         not ip.is_global
         or ip.is_loopback

@@ -446,39 +446,39 @@ async def test_private_url_refused_without_permission(make: EngineFactory, serve
     assert server.seen == []
 
 
-@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001"])
-async def test_disguised_loopback_refused_at_run(
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f000001", "0177.1", "127.0.0.1."])
+async def test_disguised_loopback_refused_at_creation(
     make: EngineFactory, server: Server, host: str
 ) -> None:
-    """Loopback spelled so that creation cannot tell (short, decimal, hex forms) is refused when
-    the step runs, before any request is sent."""
+    """Loopback spelled in a form the resolver reads (short, decimal, hex, octal, trailing dot) is
+    refused when the workflow is created, naming the step's url; no request is sent (#11)."""
     engine = make()
     port = server.server_address[1]
-    async with engine:
-        wf = await custom(
-            engine,
-            steps({"name": "call", "action": "http_request", "url": f"http://{host}:{port}/json"}),
-        )
-        execution = await _failure(engine, wf)
-    assert execution.error.step == "call"
-    assert execution.error.type == "URLRefused"
-    assert "private" in execution.error.message
+    config = steps({"name": "call", "action": "http_request", "url": f"http://{host}:{port}/json"})
+    with pytest.raises(InvalidWorkflowConfig) as caught:
+        await custom(engine, config)
+    assert caught.value.details["field"] == "configuration.steps[0].url"
     assert server.seen == []
 
 
 async def test_private_integration_refused_at_run(make: EngineFactory, server: Server) -> None:
-    """Without allow_private_urls a request through an integration on 127.0.0.1 fails at run."""
+    """Without allow_private_urls, a connection on 127.0.0.1 stored anyway (by an engine that
+    allowed it, on the same database) is refused when a step uses it: no request is sent."""
+    allowing = make(allow_private_urls=True)
+    await allowing.integrations.put("int_local", "http", {"base_url": server.url})
+    allowing.close()
     engine = make()
     async with engine:
-        await engine.integrations.put("int_local", "http", {"base_url": server.url})
         wf = await custom(
             engine,
             steps(
                 {"name": "call", "action": "http_request", "integration": "int_local", "path": "/"}
             ),
+            integrations=[{"id": "int_local", "required": True}],
         )
         execution = await _failure(engine, wf)
     assert execution.error.step == "call"
+    assert execution.error.type == "URLRefused"
     assert server.seen == []
 
 

@@ -101,21 +101,26 @@ async def test_step_uses_the_connection_and_its_client(
 async def test_client_requests_follow_the_outbound_url_rules(
     tmp_path: Path, crm: tuple[str, list[dict[str, str]]], host: str
 ) -> None:
-    """Without allow_private_urls, ctx.client() refuses a private address (by IP or by name)."""
-    from abi_engine.errors import WorkflowExecutionError
+    """Without allow_private_urls, a private base URL is refused at put, and ctx.client()
+    refuses it (by IP or by name) for a connection stored anyway (by an engine allowing it)."""
+    from abi_engine.errors import InvalidRequest, WorkflowExecutionError
 
     base_url, seen = crm
     base_url = base_url.replace("127.0.0.1", host)
+    config = {"base_url": base_url, "auth": {"type": "bearer", "token": "s3cr3t"}}
+    allowing = Engine(tmp_path / "r.db", plugins=[Plugin()], allow_private_urls=True)
+    try:
+        await allowing.integrations.put("int_crm", "http", config)
+    finally:
+        allowing.close()
     engine = Engine(
         tmp_path / "r.db", plugins=[Plugin()], runtime=RuntimeSettings(poll_interval=0.05)
     )
     try:
         async with engine:
-            await engine.integrations.put(
-                "int_crm",
-                "http",
-                {"base_url": base_url, "auth": {"type": "bearer", "token": "s3cr3t"}},
-            )
+            with pytest.raises(InvalidRequest) as refused:
+                await engine.integrations.put("int_crm", "http", config)
+            assert refused.value.details["field"] == "config.base_url"
             wf = await engine.workflows.create(
                 {
                     "name": "crm",

@@ -11,9 +11,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from abi_engine import StepContext
+from abi_engine.errors import InvalidRequest
 from abi_engine.expressions import SafeEvaluator
 from abi_engine.integrations import provider_client
-from abi_engine.netguard import GuardedTransport, check_url
+from abi_engine.netguard import GuardedTransport, URLRefused, check_url
 
 __all__ = ["MAX_BODY_CHARS", "make_action"]
 
@@ -113,7 +114,10 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
             transport=GuardedTransport(allow_private=allow_private),
         )
         url = step.url
-    check_url(url, field="url", allow_private=allow_private)
+    try:  # checked again: the engine's setting may differ from the one at creation
+        check_url(url, field="url", allow_private=allow_private)
+    except InvalidRequest as exc:
+        raise URLRefused(f"URL refused: {exc.message}") from None
     parts = urlsplit(url)
     async with client:
         response = await client.request(

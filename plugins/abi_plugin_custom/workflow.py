@@ -126,6 +126,16 @@ def _check_step(step_def: Any, where: str, allow_private: bool) -> None:
                 check_url(step_def.url, field=f"{where}.url", allow_private=allow_private)
             except AbiError as exc:
                 raise _fail(f"{where}.url", exc.message.split(": ", 1)[-1]) from None
+        if step_def.path is not None:
+            # Appended to the integration's base URL when the step runs: its form checked now.
+            try:
+                check_url(
+                    f"https://example.com/{step_def.path.lstrip('/')}",
+                    field="path",
+                    allow_private=True,
+                )
+            except AbiError as exc:
+                raise _fail(f"{where}.path", exc.message.split(": ", 1)[-1]) from None
     if isinstance(step_def, TransformStep):
         if not step_def.expressions:
             raise _fail(f"{where}.expressions", "expected at least one expression")

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import httpx
 
-from abi_engine.netguard import GuardedTransport, check_url, resolve_checked
+from abi_engine.netguard import GuardedTransport, check_host, check_url, resolve_checked
 from abi_plugin_notification.providers import MASK, SlackConfig, SmtpConfig
 
 __all__ = [
@@ -106,8 +106,10 @@ def _smtp_send(
     """Blocking: one connection, one message per recipient (run in a worker thread)."""
     secrets = [settings.password]
     try:
-        # Connect to the address that was checked: a DNS answer that changes
+        # Checked again (the engine's setting may have changed since the put), then
+        # connected to the address that was checked: a DNS answer that changes
         # afterwards cannot point the connection at a private address.
+        check_host(settings.host, field="config.host", allow_private=allow_private)
         address = resolve_checked(settings.host, settings.port, allow_private=allow_private)[0]
         timeout = settings.timeout_seconds
         smtp: smtplib.SMTP

@@ -17,6 +17,7 @@ import attrs
 from abi_engine import IntegrationProvider
 from abi_engine.converter import structure
 from abi_engine.errors import InvalidRequest
+from abi_engine.netguard import check_host, check_url
 
 __all__ = ["MASK", "SlackConfig", "SlackProvider", "SmtpConfig", "SmtpProvider", "check_address"]
 
@@ -65,11 +66,11 @@ class SmtpProvider(IntegrationProvider):
     name = "smtp"
     description = "SMTP server for email notifications (host, port, credentials, TLS, sender)"
     Config = SmtpConfig
+    host_fields = ("host",)  # the engine refuses private hosts at put (check_outbound)
 
     def validate(self, config: Mapping[str, Any]) -> SmtpConfig:
         parsed: SmtpConfig = super().validate(config)
-        if not parsed.host.strip() or any(c.isspace() for c in parsed.host):
-            raise _bad("host", "expected a host name or address")
+        check_host(parsed.host, field="config.host", allow_private=True)  # its form only
         if not 1 <= parsed.port <= 65535:
             raise _bad("port", "must be between 1 and 65535")
         if parsed.starttls and parsed.ssl:
@@ -112,16 +113,11 @@ class SlackProvider(IntegrationProvider):
     name = "slack"
     description = "Slack incoming webhook for Slack notifications"
     Config = SlackConfig
+    url_fields = ("webhook_url",)  # the engine refuses private URLs at put (check_outbound)
 
     def validate(self, config: Mapping[str, Any]) -> SlackConfig:
         parsed: SlackConfig = super().validate(config)
-        try:
-            parts = urlsplit(parsed.webhook_url)
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:
-            valid = False
-        if not valid or any(c.isspace() for c in parsed.webhook_url):
-            raise _bad("webhook_url", "must be an absolute http(s) URL")
+        check_url(parsed.webhook_url, field="config.webhook_url", allow_private=True)  # its form
         if not 0 < parsed.timeout_seconds <= 60:
             raise _bad("timeout_seconds", "must be more than 0 and at most 60")
         return parsed

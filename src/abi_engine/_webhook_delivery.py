@@ -26,7 +26,6 @@ recognises its own attempt by its claim token, so it is never counted twice.
 from __future__ import annotations
 
 import importlib.util
-import ipaddress
 import logging
 import random
 import socket
@@ -49,7 +48,7 @@ from abi_engine.execution_views import event_data
 from abi_engine.executor import _CALLBACK_EVENTS
 from abi_engine.ids import format_time, utcnow
 from abi_engine.models_webhooks import DeliveryStatus
-from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.netguard import URLRefused, check_url, pinned_address
 from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps
 from abi_engine.storage.records import ExecutionRecord, StepRecord
@@ -179,14 +178,6 @@ def event_body(job: DeliveryJob) -> bytes:
         f'{{"type":{dumps(job.event_type)},"timestamp":'
         f'{dumps(format_time(job.event_timestamp))},"data":{job.data_json}}}'
     ).encode()
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class LoadMeter:
@@ -480,10 +471,13 @@ class DeliveryWorker:
         except (httpx.TimeoutException, TimeoutError):
             error = f"timed out after {self.settings.timeout_seconds:g} s"
         except (httpx.HTTPError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        except Exception as exc:  # a bug must not lose the delivery: record and retry
-            log.exception("delivery %s failed unexpectedly", job.id)
-            error = f"{type(exc).__name__}: {exc}"
+            error = _describe(exc)
+        except Exception as exc:  # anything else: recorded as a failed attempt and retried
+            error = _describe(exc)
+            # One line per attempt (a bad target fails every attempt alike); the
+            # traceback only at DEBUG level.
+            log.warning("delivery %s: attempt failed unexpectedly: %s", job.id, error)
+            log.debug("delivery %s: the failure's traceback", job.id, exc_info=exc)
         try:
             await self._record(self._outcome(job, started, clock, status_code, body, error))
         finally:
@@ -610,16 +604,10 @@ class DeliveryWorker:
         target = httpx.URL(url)
         if allow:
             return target, {}
-        host = target.host
-        port = target.port or (443 if target.scheme == "https" else 80)
-        resolve = partial(resolve_checked, host, port, allow_private=False)
         try:
-            if _is_ip(host):
-                addresses = resolve()
-            else:  # resolving a name may block: in a thread
-                addresses = await anyio.to_thread.run_sync(resolve)
-        except InvalidRequest as exc:
-            raise _Refused(exc.message) from None
+            host, address = await pinned_address(target)
+        except URLRefused as exc:
+            raise _Refused(str(exc).removeprefix("URL refused: ")) from None
         headers["host"] = target.netloc.decode("ascii")
         extensions = {"sni_hostname": host} if target.scheme == "https" else {}
-        return target.copy_with(host=addresses[0]), extensions
+        return target.copy_with(host=address), extensions

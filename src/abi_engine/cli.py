@@ -47,6 +47,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 ENV_DB = "ABI_ENGINE_DB"
 ENV_ALLOW_PRIVATE_URLS = "ABI_ENGINE_ALLOW_PRIVATE_URLS"
+ENV_FORWARDED_ALLOW_IPS = "ABI_ENGINE_FORWARDED_ALLOW_IPS"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 SCOPES = tuple(scope.value for scope in Scope)
 BACKLOG = 2048
@@ -103,6 +104,23 @@ def _lease(text: str) -> float:
     return value
 
 
+def _proxies(text: str) -> str:
+    """``--forwarded-allow-ips``: comma-separated addresses or networks, or ``*``."""
+    import ipaddress
+
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not an IP address or network (or '*')"
+            ) from None
+    return ",".join(items)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -138,6 +156,17 @@ def _server_parent() -> argparse.ArgumentParser:
         default=_truthy(os.environ.get(ENV_ALLOW_PRIVATE_URLS)),
         help="let webhook and callback URLs point at loopback and private addresses"
         f" (or {ENV_ALLOW_PRIVATE_URLS}=1)",
+    )
+    add(
+        "--forwarded-allow-ips",
+        type=_proxies,
+        default=os.environ.get(ENV_FORWARDED_ALLOW_IPS) or "",
+        metavar="IPS",
+        help="comma-separated addresses or networks of the reverse proxies whose"
+        " X-Forwarded-For and X-Forwarded-Proto headers are trusted ('*': any peer);"
+        " the client address then comes from X-Forwarded-For (rate limits of requests"
+        " without a token are kept per client address). Default: none, every peer's"
+        f" own address counts, 127.0.0.1 included (or {ENV_FORWARDED_ALLOW_IPS})",
     )
     add(
         "--rate-limit",
@@ -374,6 +403,10 @@ class _Server:
             port=self.sock.getsockname()[1],
             lifespan="on",
             log_level=self.args.log_level,
+            # Forwarding headers only from the proxies named (uvicorn would trust
+            # 127.0.0.1 by default: any local process could then pick its address).
+            proxy_headers=bool(self.args.forwarded_allow_ips),
+            forwarded_allow_ips=self.args.forwarded_allow_ips or "",
         )
         announce = self._announce
 

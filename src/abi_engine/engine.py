@@ -84,7 +84,9 @@ class Engine:
             self.store = db
             self.db_url = getattr(db, "path", "<store>")
         self.tokens = TokenService(self.store)
-        self.integrations = IntegrationService(self.store, self.registry.providers)
+        self.integrations = IntegrationService(
+            self.store, self.registry.providers, lambda: self.allow_private_urls
+        )
         #: Event types this process writes to the outbox when they happen. Workflow
         #: events (low volume) always are, so a subscription made in another process
         #: misses none of them; webhook subscriptions add the execution event types

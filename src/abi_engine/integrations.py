@@ -13,9 +13,8 @@ from __future__ import annotations
 import builtins
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -24,7 +23,7 @@ from abi_engine.converter import structure
 from abi_engine.errors import IntegrationNotFound, InvalidRequest
 from abi_engine.ids import utcnow
 from abi_engine.models import Integration, Page
-from abi_engine.netguard import GuardedTransport
+from abi_engine.netguard import GuardedTransport, check_host, check_url
 from abi_engine.services import Service, check_page
 from abi_engine.storage.base import Store
 from abi_engine.types import prefixed_fields
@@ -51,11 +50,27 @@ class IntegrationProvider:
     Subclasses set ``name``, ``Config`` (an attrs class checked with the
     engine's converter) and override :meth:`mask` when their config holds
     secrets, and :meth:`client` to give steps a ready client.
+
+    A provider that connects somewhere names the config fields that say
+    where: ``url_fields`` (URLs it sends requests to) and ``host_fields``
+    (host names or addresses it opens connections to), as dotted paths into
+    the config (``"base_url"``, ``"server.host"``). The engine checks them
+    against its outbound URL rules (:mod:`abi_engine.netguard`) whenever a
+    connection is put, so ``10.0.0.1`` or ``169.254.169.254`` is refused
+    there (400 ``INVALID_REQUEST`` naming ``config.<field>``) unless the
+    engine allows private URLs; a provider whose addresses live elsewhere
+    overrides :meth:`check_outbound`. The rules must be applied again when
+    connecting (a name's addresses change): :class:`~abi_engine.netguard.GuardedTransport`
+    for httpx, :func:`~abi_engine.netguard.resolve_checked` otherwise.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type[Any] | None] = None
+    #: Config fields holding a URL requests go to (dotted paths), checked at put.
+    url_fields: ClassVar[tuple[str, ...]] = ()
+    #: Config fields holding a host name or address connected to, checked at put.
+    host_fields: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, config: Mapping[str, Any]) -> Any:
         """Check ``config``; raise ``InvalidRequest`` naming ``config.<field>``."""
@@ -63,6 +78,24 @@ class IntegrationProvider:
             return dict(config)
         with prefixed_fields("config"):
             return structure(dict(config), self.Config)
+
+    def check_outbound(self, config: Mapping[str, Any], *, allow_private_urls: bool) -> None:
+        """Apply the outbound URL rules to where ``config`` connects (after :meth:`validate`).
+
+        The default checks ``url_fields`` with :func:`~abi_engine.netguard.check_url` and
+        ``host_fields`` with :func:`~abi_engine.netguard.check_host`; a field that is
+        missing or ``None`` is skipped.
+
+        :raises InvalidRequest: naming ``config.<field>``.
+        """
+        for path in self.url_fields:
+            value = _field(config, path)
+            if value is not None:
+                check_url(value, field=f"config.{path}", allow_private=allow_private_urls)
+        for path in self.host_fields:
+            value = _field(config, path)
+            if value is not None:
+                check_host(value, field=f"config.{path}", allow_private=allow_private_urls)
 
     def mask(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The config as it may be shown: secrets replaced by :data:`MASK`."""
@@ -103,30 +136,14 @@ class HttpConfig:
     timeout_seconds: float = 10.0
 
 
-def _check_base_url(value: str) -> None:
-    """Raise ``InvalidRequest`` on ``config.base_url`` unless it is an absolute http(s) URL.
-
-    Checked here rather than in an attrs validator so the error names the field.
-    """
-    try:
-        parts = urlsplit(value)
-        valid = parts.port is None or parts.port > 0  # .port raises when out of range
-    except ValueError:
-        valid = False
-    if not (
-        valid
-        and parts.scheme in ("http", "https")
-        and parts.hostname
-        and not any(c.isspace() or ord(c) < 32 for c in value)
-    ):
-        message = "must be an absolute http(s) URL"
-        raise InvalidRequest(
-            f"Invalid value for 'config.base_url': {message}",
-            {
-                "field": "config.base_url",
-                "errors": [{"field": "config.base_url", "message": message}],
-            },
-        )
+def _field(config: Mapping[str, Any], path: str) -> Any:
+    """The value at the dotted ``path`` of ``config`` (``None`` when a part is missing)."""
+    value: Any = config
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
 
 
 class HttpProvider(IntegrationProvider):
@@ -141,10 +158,12 @@ class HttpProvider(IntegrationProvider):
     name = "http"
     description = "Generic HTTP API (base_url, headers, auth)"
     Config = HttpConfig
+    url_fields = ("base_url",)
 
     def validate(self, config: Mapping[str, Any]) -> Any:
         parsed: HttpConfig = super().validate(config)
-        _check_base_url(parsed.base_url)
+        # The URL's form here; where it points (private or not), in check_outbound.
+        check_url(parsed.base_url, field="config.base_url", allow_private=True)
         return parsed
 
     def mask(self, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,9 +225,15 @@ def provider_client(provider: Any, config: Mapping[str, Any], allow_private_urls
 class IntegrationService(Service):
     """Connections by id: put, get, list, delete (``engine.integrations``)."""
 
-    def __init__(self, store: Store, providers: Mapping[str, IntegrationProvider]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        providers: Mapping[str, IntegrationProvider],
+        allow_private_urls: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(store)
         self.providers = providers
+        self._allow_private_urls = allow_private_urls
 
     def _provider(self, name: str) -> IntegrationProvider:
         provider = self.providers.get(name)
@@ -227,13 +252,20 @@ class IntegrationService(Service):
     async def put(
         self, integration_id: str, provider: str, config: Mapping[str, Any]
     ) -> Integration:
-        """Create or replace the connection ``integration_id`` (secrets masked in the answer)."""
+        """Create or replace the connection ``integration_id`` (secrets masked in the answer).
+
+        The provider checks ``config`` (:meth:`IntegrationProvider.validate`) and where it
+        connects (:meth:`IntegrationProvider.check_outbound`, with the engine's
+        ``allow_private_urls``).
+        """
         check_integration_id(integration_id)
         if not isinstance(provider, str):
             raise InvalidRequest("'provider' must be a string", {"field": "provider"})
         if not isinstance(config, Mapping):
             raise InvalidRequest("'config' must be an object", {"field": "config"})
-        self._provider(provider).validate(config)
+        chosen = self._provider(provider)
+        chosen.validate(config)
+        chosen.check_outbound(config, allow_private_urls=self._allow_private_urls())
         now = utcnow()
         existing = await self._call(self._store.get_integration, integration_id)
         record = Integration(

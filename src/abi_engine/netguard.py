@@ -1,107 +1,343 @@
-"""Outbound URL rules: webhooks, callbacks and HTTP steps must not reach the host's network.
+"""Outbound URL rules: webhooks, callbacks, HTTP steps and integrations must not reach the host's network.
 
-A URL is refused when its scheme is not http or https, or when its host is,
-or resolves to, a loopback, private, link-local, multicast, reserved or
-cloud-metadata address, unless the engine allows private URLs
-(``--allow-private-urls``). Registration checks what it can without waiting
-on DNS; delivery checks again, on the addresses actually connected to.
+The one place where outbound URLs and hosts are judged. A URL is parsed the
+way the sending client (httpx) parses it, so what is checked is what would be
+connected to. It is refused when
+
+- httpx would refuse it, or it holds whitespace or a non-printable character
+  (control characters, U+2028, zero-width and bidirectional marks...), or it
+  is longer than :data:`MAX_URL` characters;
+- its scheme is not http or https, it has no host, it carries credentials, or
+  its port is not 1 to 65535;
+- its host is not a well-formed host name (letters, digits, ``-`` and ``_``
+  in dot-separated labels, IDNA labels that decode) or IP literal.
+
+Unless the engine allows private URLs (``--allow-private-urls``), it is also
+refused when its host is, in any form the system resolver accepts as an
+address literal (``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``,
+``[::ffff:127.0.0.1]``, a trailing dot...), a loopback, private, link-local,
+shared, multicast, reserved, documentation or unspecified address (an
+IPv4-mapped or NAT64 address judged as the IPv4 address it stands for; 6to4
+refused), or when it names
+the local host, a host without a domain (resolved through the search domains
+of the host's network), or a cloud metadata service.
+
+These checks need no DNS, so they run at registration. A name may still
+resolve to a forbidden address, or come to: every connection resolves the
+name again, refuses it if any of its addresses is forbidden, and connects to
+the address it checked (:class:`GuardedTransport`), so a DNS answer that
+changes between the check and the connection cannot redirect it.
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import socket
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
+import idna
 
 from abi_engine.errors import InvalidRequest
 
-__all__ = ["GuardedTransport", "URLRefused", "check_url", "is_forbidden_address", "resolve_checked"]
+__all__ = [
+    "MAX_URL",
+    "GuardedTransport",
+    "URLRefused",
+    "address_literal",
+    "check_host",
+    "check_url",
+    "is_forbidden_address",
+    "pinned_address",
+    "resolve_checked",
+]
 
-_METADATA_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: The longest outbound URL accepted, in characters.
 MAX_URL = 2048
+_MAX_HOST = 253  # DNS: a name's text form
 
+_LOCAL_NAMES = frozenset(
+    {
+        "localhost",
+        "localhost.localdomain",
+        "ip6-localhost",
+        "ip6-loopback",
+        "metadata.google.internal",
+        "instance-data",
+        "instance-data.ec2.internal",
+    }
+)
+_LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa", ".localdomain")
+_LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)")
+_INET_PART = re.compile(r"0x[0-9a-f]*|0[0-7]*|[1-9][0-9]*")
 
-def is_forbidden_address(address: str) -> bool:
-    """Whether an IP address is one outbound requests must not reach."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return bool(
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.ip_network("100.64.0.0/10"))
+#: Blocks refused beside what :mod:`ipaddress` flags (its tables vary with the Python version).
+_FORBIDDEN_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network": 0.0.0.0 reaches the local host
+        "100.64.0.0/10",  # shared address space (carrier-grade NAT)
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # documentation
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # documentation
+        "203.0.113.0/24",  # documentation
+        "240.0.0.0/4",  # reserved, and the broadcast address
+        "::/8",  # reserved: IPv4-compatible and -translated forms, loopback, unspecified
+        "64:ff9b:1::/48",  # local-use IPv4/IPv6 translation
+        "100::/64",  # discard-only
+        "2001::/23",  # IETF protocol assignments (Teredo among them)
+        "2001:db8::/32",  # documentation
+        "2002::/16",  # 6to4 (deprecated; relays reach whatever IPv4 address it embeds)
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
     )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def _fail(field: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid value for '{field}': {message}", {"field": field})
 
 
+# -- addresses ----------------------------------------------------------------------------
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, or NAT64), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_forbidden_address(address: str | IPAddress) -> bool:
+    """Whether an IP address is one outbound requests must not reach.
+
+    Loopback, private, link-local, shared (100.64/10), multicast, reserved,
+    documentation, benchmarking and unspecified addresses are, every
+    address outside the global unicast space, and deprecated forms that
+    embed an IPv4 address (6to4 ``2002::/16``, IPv4-compatible ``::a.b.c.d``).
+    An IPv6 address that stands for an IPv4 one (``::ffff:a.b.c.d``, NAT64
+    ``64:ff9b::a.b.c.d``) is judged as that IPv4 address. A zone
+    (``fe80::1%eth0``) does not change the verdict. The verdict does not
+    depend on the Python version's tables.
+    """
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            ip = ipaddress.IPv6Address(int(ip))
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            return is_forbidden_address(embedded)
+    return bool(
+        not ip.is_global
+        or ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
+        or any(ip.version == net.version and ip in net for net in _FORBIDDEN_NETWORKS)
+    )
+
+
+def _inet_aton(text: str) -> ipaddress.IPv4Address | None:
+    """``text`` read as the C library's ``inet_aton`` reads it (or ``None``).
+
+    One to four parts separated by dots, each decimal, octal (a leading
+    ``0``) or hexadecimal (``0x``); the last part fills the remaining bytes:
+    ``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``, ``127.0.0.0x1``.
+    A bare ``0x`` counts as 0 (as URL parsers read it): stricter than glibc.
+    """
+    parts = text.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_INET_PART.fullmatch(p) for p in parts):
+        return None
+    values = [
+        int(p[2:] or "0", 16) if p.startswith("0x") else int(p, 8 if p[:1] == "0" else 10)
+        for p in parts
+    ]
+    *head, last = values
+    if any(v > 255 for v in head) or last >= 256 ** (5 - len(values)):
+        return None
+    number = last
+    for index, value in enumerate(head):
+        number |= value << (8 * (3 - index))
+    return ipaddress.IPv4Address(number)
+
+
+def address_literal(host: str) -> IPAddress | None:
+    """The address ``host`` names when it is an address literal, in any form the resolver reads.
+
+    IPv4 in every form ``inet_aton`` accepts (see above), with or without a
+    trailing dot; IPv6 with or without brackets, with or without a zone
+    (``fe80::1%eth0``). ``None`` for a host name. Case does not matter.
+
+    :raises ValueError: when ``host`` looks like a number (its last label is
+        digits, or ``0x`` and hex digits) but is not a valid IPv4 address,
+        such as ``08`` or ``1.2.3.4.5`` or ``4294967296``: the resolvers of
+        different systems read such names differently, so none is accepted.
+    """
+    text = host.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        try:
+            return ipaddress.IPv6Address(text)
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv6 address") from None
+    if text.endswith("."):
+        text = text[:-1]
+    last = text.rsplit(".", 1)[-1]
+    if not _NUMERIC_LABEL.fullmatch(last):
+        return None
+    address = _inet_aton(text)
+    if address is None:
+        raise ValueError(f"{host!r} is not a valid IPv4 address")
+    return address
+
+
+# -- hosts and URLs -----------------------------------------------------------------------
+
+
+def _check_text(value: object, field: str, what: str, longest: int) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(field, f"expected {what}")
+    if len(value) > longest:
+        raise _fail(field, f"longer than {longest} characters")
+    for index, char in enumerate(value):
+        if char.isspace() or not char.isprintable():
+            raise _fail(
+                field,
+                f"whitespace or a non-printable character ({char!a}) at position {index}",
+            )
+    return value
+
+
+def _judge_host(host: str, field: str, allow_private: bool) -> None:
+    """Check a host in its ASCII form (IDNA labels encoded, IPv6 without brackets)."""
+    try:
+        literal = address_literal(host)
+    except ValueError as exc:
+        raise _fail(field, str(exc)) from None
+    if literal is not None:
+        if isinstance(literal, ipaddress.IPv6Address) and literal.scope_id is not None:
+            raise _fail(field, "IPv6 zone identifiers are not allowed")
+        if not allow_private and is_forbidden_address(literal):
+            raise _fail(field, "the address is not allowed (loopback, private or reserved)")
+        return
+    name = host.lower()
+    if len(name) > _MAX_HOST or not all(
+        _LABEL.fullmatch(label) for label in name.rstrip(".").split(".")
+    ):
+        raise _fail(field, "not a valid host name")
+    if any(label.startswith("xn--") for label in name.split(".")):
+        try:
+            idna.decode(name.rstrip("."))
+        except idna.IDNAError:
+            raise _fail(field, "not a valid internationalised (IDNA) host name") from None
+    if allow_private:
+        return
+    name = name.rstrip(".")
+    if name in _LOCAL_NAMES or name.endswith(_LOCAL_SUFFIXES):
+        raise _fail(field, "local and internal host names are not allowed")
+    if "." not in name:
+        raise _fail(field, "a host name without a domain is not allowed (it names a local host)")
+
+
+def check_host(host: object, *, field: str, allow_private: bool) -> str:
+    """Validate a host an outbound connection goes to (e.g. an SMTP server); return it unchanged.
+
+    ``host`` is an ASCII host name (internationalised names in their
+    ``xn--`` form), an IPv4 address in any form the resolver accepts, or an
+    IPv6 address without brackets, as the system resolver takes it. The same
+    rules as the host of :func:`check_url`.
+
+    :raises InvalidRequest: naming ``field``.
+    """
+    text = _check_text(host, field, "a host name or address", _MAX_HOST + 2)
+    if not text.isascii():
+        raise _fail(field, "use the ASCII (xn--) form of an internationalised host name")
+    if text.startswith("["):
+        raise _fail(field, "give an IPv6 address without brackets")
+    _judge_host(text, field, allow_private)
+    return text
+
+
 def check_url(url: object, *, field: str, allow_private: bool) -> str:
     """Validate an outbound URL at registration; return it unchanged.
+
+    The URL is parsed as httpx parses it when sending, and its host judged
+    in the form httpx connects to (see the module's docstring).
 
     :raises InvalidRequest: naming ``field`` when the URL is malformed, not
         http(s), or (unless ``allow_private``) aimed at a private address.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise _fail(field, "expected an absolute http(s) URL")
-    if len(url) > MAX_URL:
-        raise _fail(field, f"URL longer than {MAX_URL} characters")
+    text = _check_text(url, field, "an absolute http(s) URL", MAX_URL)
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError:
-        raise _fail(field, "malformed URL") from None
-    if parts.scheme not in ("http", "https"):
+        parsed = httpx.URL(text)
+        _ = parsed.host  # decodes IDNA labels: refuses a malformed one such as "xn--"
+        split = urlsplit(text)  # other readers of the URL must not fail on it either
+        split_port = split.port
+    except (httpx.InvalidURL, ValueError) as exc:  # idna.IDNAError is a ValueError
+        raise _fail(field, f"malformed URL ({_one_line(exc)})") from None
+    if parsed.scheme not in ("http", "https"):
         raise _fail(field, "only http and https URLs are allowed")
+    host = parsed.raw_host.decode("ascii")
     if not host:
         raise _fail(field, "the URL has no host")
-    if parts.username or parts.password:
+    if parsed.userinfo:
         raise _fail(field, "credentials in URLs are not allowed")
-    if allow_private:
-        return url
-    lowered = host.lower().rstrip(".")
-    if (
-        lowered == "localhost"
-        or lowered.endswith((".localhost", ".internal", ".local"))
-        or lowered in _METADATA_HOSTS
-    ):
-        raise _fail(field, "URLs pointing at local or internal hosts are not allowed")
-    try:
-        literal = ipaddress.ip_address(lowered.strip("[]"))
-    except ValueError:
-        return url
-    if is_forbidden_address(str(literal)):
-        raise _fail(
-            field, "URLs pointing at private, loopback or link-local addresses are not allowed"
-        )
-    return url
+    port = parsed.port
+    if port is not None and not 1 <= port <= 65535:
+        raise _fail(field, "the port must be between 1 and 65535")
+    if split_port is not None and split_port != (port or split_port):
+        raise _fail(field, "malformed URL (ambiguous port)")
+    _judge_host(host, field, allow_private)
+    return text
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+# -- resolution and connections ----------------------------------------------------------
 
 
 def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[str]:
     """Resolve ``host`` and return its addresses; raise if any is forbidden.
 
-    Delivery connects only to these addresses, so a DNS answer that changes
-    between the check and the connection cannot redirect it.
+    Callers connect only to these addresses, so a DNS answer that changes
+    between the check and the connection cannot redirect it. The error says
+    that the address is not allowed, never which address the name resolved to.
+
+    :raises InvalidRequest: (``field`` ``url``) when an address is forbidden
+        or ``host`` cannot be a host name.
+    :raises OSError: when the name does not resolve.
     """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (UnicodeError, ValueError):  # the idna codec refuses the name
+        raise InvalidRequest(f"{host}: not a valid host name", {"field": "url"}) from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not allow_private:
-        for address in addresses:
-            if is_forbidden_address(address):
-                raise InvalidRequest(
-                    f"{host} resolves to a private address ({address})", {"field": "url"}
-                )
+    if not addresses:
+        raise socket.gaierror(socket.EAI_NONAME, f"{host} has no address")
+    if not allow_private and any(is_forbidden_address(a) for a in addresses):
+        raise InvalidRequest(
+            f"{host}: the address is not allowed (loopback, private or reserved)",
+            {"field": "url"},
+        )
     return addresses
 
 
@@ -132,24 +368,36 @@ class GuardedTransport(httpx.AsyncBaseTransport):
         except InvalidRequest as exc:
             raise URLRefused(f"URL refused: {exc.message}", request=request) from None
         if not self.allow_private:
-            host = url.host
-            port = url.port or (443 if url.scheme == "https" else 80)
-            resolve = functools.partial(resolve_checked, host, port, allow_private=False)
             try:
-                if _is_ip(host):
-                    addresses = resolve()
-                else:  # resolving a name may block: in a thread
-                    addresses = await anyio.to_thread.run_sync(resolve)
-            except (InvalidRequest, OSError) as exc:
-                message = exc.message if isinstance(exc, InvalidRequest) else str(exc)
-                raise URLRefused(f"URL refused: {message}", request=request) from None
+                host, address = await pinned_address(url)
+            except URLRefused as exc:
+                raise URLRefused(str(exc), request=request) from None
             if url.scheme == "https":
                 request.extensions = {**request.extensions, "sni_hostname": host}
-            request.url = url.copy_with(host=addresses[0])  # Host header keeps the name
+            request.url = url.copy_with(host=address)  # Host header keeps the name
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+async def pinned_address(url: httpx.URL) -> tuple[str, str]:
+    """``(host, address)``: the URL's host as sent (IDNA-encoded) and the checked address to connect to.
+
+    :raises URLRefused: when the host resolves to a forbidden address, or not at all.
+    """
+    host = url.raw_host.decode("ascii")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    resolve = functools.partial(resolve_checked, host, port, allow_private=False)
+    try:
+        if _is_ip(host):
+            addresses = resolve()
+        else:  # resolving a name may block: in a thread
+            addresses = await anyio.to_thread.run_sync(resolve)
+    except (InvalidRequest, OSError) as exc:
+        message = exc.message if isinstance(exc, InvalidRequest) else _one_line(exc)
+        raise URLRefused(f"URL refused: {message}") from None
+    return host, addresses[0]
 
 
 def _is_ip(host: str) -> bool:

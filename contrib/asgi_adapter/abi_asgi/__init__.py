@@ -29,8 +29,12 @@ engine in its own lifespan::
     host = Starlette(routes=[Mount("/abi", app=create_app(engine))], lifespan=lifespan)
 
 Rate limits are kept in memory per process and keyed by the client address
-for requests without a valid token; behind a proxy, let the server rewrite
-the client address (``uvicorn --proxy-headers``).
+for requests without a valid token (an IPv6 client by its /64). That address
+is the ASGI ``client`` the server reports; the adapter reads no forwarding
+header itself. Behind a reverse proxy, tell the server to trust that proxy's
+``X-Forwarded-For`` and no one else's: uvicorn's ``forwarded_allow_ips``
+(whose default trusts 127.0.0.1, so any local process may pick its address)
+or ``abi-engine serve --forwarded-allow-ips``, which trusts no one by default.
 """
 
 from abi_asgi._app import API_PREFIX, MAX_JSON_DEPTH, create_app, parse_json_body

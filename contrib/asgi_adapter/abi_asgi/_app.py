@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -17,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-import abi_engine
 from abi_asgi._ratelimit import RateLimit, RateLimiter
 from abi_asgi._routing import OperationTable
 from abi_asgi.openapi import build_openapi
@@ -40,7 +40,7 @@ from abi_engine.errors import (
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
-__all__ = ["API_PREFIX", "MAX_JSON_DEPTH", "create_app", "parse_json_body"]
+__all__ = ["API_PREFIX", "MAX_JSON_DEPTH", "client_key", "create_app", "parse_json_body"]
 
 log = logging.getLogger("abi_asgi")
 
@@ -237,8 +237,7 @@ class _Api:
             if principal is not None:
                 key = "t:" + (principal.token_id or hash_token(token or ""))
             else:
-                client = scope.get("client")
-                key = "ip:" + (str(client[0]) if client else "unknown")
+                key = client_key(scope)
             wait = self.limiter.acquire(key)
             if wait:
                 raise RateLimitExceeded(
@@ -281,6 +280,31 @@ class _Api:
             return None
         _check_content_type(headers.get("content-type"))
         return parse_json_body(raw)
+
+
+def client_key(scope: Scope) -> str:
+    """The rate-limit key of a request without a valid token: its client address.
+
+    The address is the ASGI ``client``, which the server sets: the peer's
+    own, or the one a trusted proxy forwarded when the server is told to
+    trust it (``abi-engine serve --forwarded-allow-ips``, uvicorn's
+    ``forwarded_allow_ips``). An IPv6 client counts as its /64 network (one
+    host usually holds a whole /64, and could otherwise take a new address,
+    and a new bucket, per request); an IPv4-mapped one as its IPv4 address.
+    """
+    client = scope.get("client")
+    if not client:
+        return "ip:unknown"
+    host = str(client[0])
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:  # a Unix socket path, a name: as it is
+        return "ip:" + host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"ip:{ip.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))}"
+    return f"ip:{ip}"
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -328,14 +352,11 @@ def _meta_routes(engine: Engine) -> list[BaseRoute]:
             error = {
                 "code": "SERVICE_UNAVAILABLE",
                 "message": "The database does not answer",
-                "details": {
-                    "status": "degraded",
-                    "version": abi_engine.__version__,
-                    "database": "error",
-                },
+                "details": {"status": "degraded", "database": "error"},
             }
             return _json_response(503, _encode({"status": "error", "error": error}).encode("ascii"))
-        data = {"status": "ok", "version": abi_engine.__version__, "database": "ok"}
+        # Nothing about versions or data: the caller has no token.
+        data = {"status": "ok", "database": "ok"}
         return _json_response(200, _success(data))
 
     async def openapi(request: Request) -> Response:
@@ -393,7 +414,12 @@ def create_app(
         ``PAYLOAD_TOO_LARGE`` (checked on ``Content-Length`` and on the bytes
         that arrive).
     :param rate_limit: requests per caller (token, or client address without
-        a valid token); ``None`` disables rate limiting.
+        a valid token: see :func:`client_key`); ``None`` disables rate limiting.
+        The client address is the one the ASGI server reports: behind a
+        reverse proxy, tell the server which proxies to trust (uvicorn's
+        ``forwarded_allow_ips``, ``abi-engine serve --forwarded-allow-ips``)
+        and no others, or every client shares the proxy's bucket, or picks
+        its own with a forged ``X-Forwarded-For``.
     :param manage_engine: when the app's lifespan runs and the engine is not
         running yet, start it on startup and stop it on shutdown.
 

@@ -26,18 +26,22 @@ from typing import Any, Literal
 
 import attrs
 
-import abi_engine
 from abi_engine.api import OPERATIONS, Operation
 from abi_engine.errors import error_for_code
 from abi_engine.models import Pagination
 
 __all__ = [
     "ALWAYS_ERRORS",
+    "API_VERSION",
     "HealthStatus",
     "SchemaBuilder",
     "build_openapi",
     "path_parameters",
 ]
+
+#: ``info.version`` of the document: the API's version (its path is ``/api/v1``), not
+#: the package's, which a caller without a token has no need to know.
+API_VERSION = "v1"
 
 #: Errors every authenticated operation can answer with.
 ALWAYS_ERRORS: tuple[str, ...] = (
@@ -81,7 +85,6 @@ class HealthStatus:
     """The answer of ``GET /api/v1/health``."""
 
     status: Literal["ok"]
-    version: str
     database: Literal["ok"]
 
 
@@ -462,7 +465,7 @@ def build_openapi(
         "openapi": "3.1.0",
         "info": {
             "title": "abi-engine",
-            "version": abi_engine.__version__,
+            "version": API_VERSION,
             "description": "The ABI Workflows REST API, served by abi-engine.",
         },
         "tags": [{"name": tag} for tag in tags],

@@ -12,6 +12,7 @@ from abi_engine import Engine, ExecutionStatus, StepStatus
 from abi_engine.errors import (
     IntegrationMissing,
     InvalidParameters,
+    InvalidRequest,
     ParameterValidationError,
     WorkflowExecutionError,
 )
@@ -259,14 +260,22 @@ async def test_integrations_must_be_listed_and_connected(
     )
 
 
-async def test_private_addresses_need_allow_private_urls(source: System, target: System) -> None:
-    """Without allow_private_urls a connection to 127.0.0.1 is refused before any request."""
-    async with engine_for() as strict:
-        await connect_systems(strict, int_salesforce=source, int_zendesk=target)
+async def test_private_addresses_need_allow_private_urls(
+    tmp_path: Path, source: System, target: System
+) -> None:
+    """Without allow_private_urls a connection to 127.0.0.1 is refused when put, and one stored
+    anyway (by an engine allowing it, on the same database) before any request."""
+    db = str(tmp_path / "abi.db")
+    async with engine_for(db=db, allow_private_urls=True) as allowing:
+        await connect_systems(allowing, int_salesforce=source, int_zendesk=target)
+    async with engine_for(db=db) as strict:
+        with pytest.raises(InvalidRequest) as refused:
+            await connect_systems(strict, int_salesforce=source)
+        assert refused.value.details["field"] == "config.base_url"
         with pytest.raises(WorkflowExecutionError) as raised:
             await run(strict, {**SEED_CONFIGURATION, "retry": {"attempts": 1}})
         execution = await failed_execution(strict, raised)
-    assert "private" in execution.error.message
+    assert "not allowed" in execution.error.message
     assert source.requests == []
 
 

@@ -6,11 +6,12 @@ import copy
 import socket
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from abi_engine import Engine, ExecutionStatus, StepStatus, hookimpl
+from abi_engine import Engine, ExecutionStatus, Integration, StepStatus, hookimpl
 from abi_engine.errors import (
     InvalidRequest,
     InvalidWorkflowConfig,
@@ -367,9 +368,22 @@ async def test_integration_must_be_the_workflows_own(engine: Engine) -> None:
 async def test_private_smtp_host_refused_without_allow_private(
     make_engine: EngineFactory, smtp: tuple[Mailbox, int]
 ) -> None:
-    """The engine's outbound rules apply to the SMTP host too."""
+    """The engine's outbound rules apply to the SMTP host too: at put, and again at use (for a
+    connection stored anyway, as by an engine that allowed it)."""
     engine = await make_engine()
-    await engine.integrations.put("int_smtp", "smtp", smtp_config(smtp[1]))
+    with pytest.raises(InvalidRequest) as refused:
+        await engine.integrations.put("int_smtp", "smtp", smtp_config(smtp[1]))
+    assert refused.value.details["field"] == "config.host"
+    now = datetime.now(UTC)
+    engine.store.put_integration(
+        Integration(
+            id="int_smtp",
+            provider="smtp",
+            config=smtp_config(smtp[1]),
+            created_at=now,
+            updated_at=now,
+        )
+    )
     configuration = {
         "channels": ["email"],
         "templates": {"email": {"body": "Hi"}},
@@ -378,7 +392,7 @@ async def test_private_smtp_host_refused_without_allow_private(
     }
     with pytest.raises(WorkflowExecutionError) as raised:
         await notify(engine, configuration, {}, [{"id": "int_smtp", "required": True}])
-    assert "private address" in raised.value.details["error_message"]
+    assert "not allowed" in raised.value.details["error_message"]
     assert smtp[0].messages == []
 
 

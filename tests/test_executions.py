@@ -199,6 +199,35 @@ async def test_wait_false_returns_at_once(eng: Engine) -> None:
     assert done.status is ExecutionStatus.COMPLETED
 
 
+async def test_wait_false_answers_as_stored_when_the_run_finishes_first(
+    eng: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer of an asynchronous start is the execution as stored (``queued``) even
+    when the runtime has already run it to the end before the caller resumes: the
+    record handed over at the commit is the runtime's, not the answer's."""
+    wf = await new_workflow(eng)
+    runtime = eng.executions._runtime
+    submit = runtime.submit
+
+    handed: list[tuple[Any, dict[str, Any]]] = []
+
+    def finish_at_once(prepared: Any, **kwargs: Any) -> None:
+        # As a run that ended before the caller resumed would leave the record.
+        prepared.record.status = ExecutionStatus.COMPLETED
+        handed.append((prepared, kwargs))
+
+    monkeypatch.setattr(runtime, "submit", finish_at_once)
+    execution = await eng.executions.execute(wf, wait=False)
+    monkeypatch.undo()
+    assert execution.status is ExecutionStatus.QUEUED
+    assert execution.started_at is None
+    ((prepared, kwargs),) = handed
+    prepared.record.status = ExecutionStatus.QUEUED
+    submit(prepared, **kwargs)
+    done = await eng.executions.wait(execution.execution_id, timeout=10)
+    assert done.status is ExecutionStatus.COMPLETED
+
+
 async def test_async_timeout_ends_timed_out(eng: Engine) -> None:
     """An async execution's timeout_seconds ends it timed_out, interrupting the running step."""
     wf = await new_workflow(eng)

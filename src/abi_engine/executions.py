@@ -256,6 +256,9 @@ class ExecutionService(Service):
             if inserted:
                 self._runtime.submit(prepared, sync=wait, reservation=reservation)
 
+        # The answer of an asynchronous start is the execution as stored: taken now,
+        # since the runtime owns (and changes) the record from the commit on.
+        accepted = None if wait else build_execution(record, [])
         try:
             inserted = await self._runtime.commit(
                 InsertExecution(record=record, events=events),
@@ -277,8 +280,8 @@ class ExecutionService(Service):
             if existing is None:
                 raise InvalidState("The execution could not be created; retry")
             return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
-        if not wait:
-            return build_execution(record, [])
+        if accepted is not None:
+            return accepted
         return await self._settle(record.id, wait=True, timeout=timeout)
 
     async def _compiled(self, workflow_id: Any) -> _Compiled:

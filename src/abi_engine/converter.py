@@ -55,7 +55,19 @@ def _strict(kind: type, accepted: tuple[type, ...], name: str) -> None:
 
 
 _strict(str, (str,), "a string")
-_strict(int, (int,), "an integer")
+
+
+def _structure_int(value: Any, _: type) -> int:
+    # JSON (and JSON Schema) has numbers, not kinds of them: 3.0 is the integer 3.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        name = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise TypeError(f"expected an integer, got {name}")
+    return int(value)
+
+
+converter.register_structure_hook(int, _structure_int)
 _strict(float, (int, float), "a number")
 _strict(bool, (bool,), "a boolean")
 

@@ -40,6 +40,7 @@ __all__ = [
     "Limits",
     "Number",
     "Text",
+    "UniqueBy",
     "check_json_size",
     "json_size",
 ]
@@ -167,6 +168,27 @@ class Choice(Constraint):
 
     def json_schema(self) -> dict[str, Any]:
         return {"enum": list(self.values)}
+
+
+@attrs.frozen
+class UniqueBy(Constraint):
+    """A list whose items differ in ``key`` (JSON Schema cannot say it: documented in
+    words and as ``x-unique-by``)."""
+
+    key: str
+
+    def check(self, value: Any) -> None:
+        if not isinstance(value, list):
+            return
+        seen: set[Any] = set()
+        for index, item in enumerate(value):
+            found = getattr(item, self.key, None)
+            if found in seen:
+                raise ValueError(f"item {index} repeats the {self.key} {found!r}")
+            seen.add(found)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"x-unique-by": self.key, "description": f"Each {self.key} at most once"}
 
 
 def json_size(value: Any) -> int:

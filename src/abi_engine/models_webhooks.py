@@ -107,8 +107,10 @@ class WebhookUpdateRequest:
 
     #: For the OpenAPI document: ``secret`` and ``rotate_secret: true`` exclude each other.
     __openapi__: ClassVar[dict[str, Any]] = {
-        "if": {"properties": {"rotate_secret": {"const": True}}, "required": ["rotate_secret"]},
-        "then": {"properties": {"secret": {"type": "null"}}},
+        "anyOf": [
+            {"properties": {"rotate_secret": {"const": False}}},
+            {"properties": {"secret": {"type": "null"}}},
+        ]
     }
 
 

@@ -13,7 +13,7 @@ from abi_engine.errors import InvalidRequest, InvalidState, InvalidWorkflowConfi
 from abi_engine.events import Event
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
-from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Text
+from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Text, UniqueBy
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -60,7 +60,9 @@ class WorkflowRequest:
     description: Annotated[str, DESCRIPTION] | None = None
     type: Annotated[str, TYPE_NAME]
     configuration: Annotated[dict[str, Any], CONFIGURATION] = attrs.Factory(dict)
-    integrations: Annotated[list[IntegrationSpec], INTEGRATIONS] = attrs.Factory(list)
+    integrations: Annotated[list[IntegrationSpec], INTEGRATIONS, UniqueBy("id")] = attrs.Factory(
+        list
+    )
     metadata: Annotated[dict[str, Any], METADATA] = attrs.Factory(dict)
 
 

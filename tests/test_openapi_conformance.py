@@ -26,13 +26,13 @@ import pytest
 import schemathesis
 import schemathesis.engine
 from hypothesis import HealthCheck, given, settings
-from schemathesis.engine import Status, events
 from postgres_testing import create_schema, drop_schema
 from schemathesis.config import SchemathesisConfig
+from schemathesis.engine import Status, events
 from test_cli import Server, _env, run_cli
 
 sys.path.insert(0, str(Path(__file__).parent / "conformance"))
-from schemathesis_checks import semantic_refusals_only  # noqa: E402
+from schemathesis_checks import semantic_refusals_only
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,9 @@ class Live:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
     """``abi-engine serve`` on a fresh database of one backend, with a token of every scope."""
     tmp = tmp_path_factory.mktemp("conformance")
     schema_name = None

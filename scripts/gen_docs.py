@@ -263,9 +263,24 @@ def schema_type(schema: dict[str, Any]) -> str:
     text = " \\| ".join(rendered) if rendered else "any"
     limits = [
         f"{word} {schema[key]}"
-        for key, word in (("minimum", "min"), ("maximum", "max"), ("default", "default"))
+        for key, word in (
+            ("minimum", "min"),
+            ("exclusiveMinimum", "more than"),
+            ("maximum", "max"),
+            ("minLength", "min length"),
+            ("maxLength", "max length"),
+            ("minItems", "min items"),
+            ("maxItems", "max items"),
+            ("maxProperties", "max keys"),
+            ("x-max-bytes", "max bytes"),
+            ("x-max-depth", "max depth"),
+            ("x-unique-by", "unique by"),
+            ("default", "default"),
+        )
         if key in schema and schema[key] is not None
     ]
+    if "pattern" in schema:
+        limits.append(f"pattern `{schema['pattern']}`".replace("|", "\\|"))
     return f"{text} ({', '.join(limits)})" if limits else text
 
 
@@ -365,6 +380,12 @@ def render_rest_api(document: dict[str, Any] | None = None) -> str:
         '`{"status": "error", "error": {"code", "message", "details"}}`. Lists take',
         "`page` (from 1) and `page_size` (1..100, default 10) and answer",
         '`{"items": [...], "pagination": {"page", "page_size", "total_items", "total_pages"}}`.',
+        "A page whose items would pass the engine's `max_page_bytes` (1 MiB) comes at a",
+        "smaller `page_size`, a divisor of the one asked for, with `page` renumbered to",
+        "start at the same item: ask next for `page + 1` at the answer's `page_size`.",
+        "Every limit the server checks is declared in the schemas below (lengths, patterns,",
+        "bounds, item and key counts; the bytes and depth of free-form JSON as `max bytes`",
+        "and `max depth`); a value past one answers 400 naming the field.",
         "Times are RFC 3339 UTC with a `Z` suffix.",
         "",
         "## Operations",

@@ -269,7 +269,7 @@ async def test_self_service_minting_is_capped_per_user(make_store: Callable[...,
     with pytest.raises(InvalidState) as refused:
         await service.create_own(root, {"name": "one too many"})
     assert refused.value.http_status == 409
-    assert refused.value.details == {"max_tokens_per_user": 100}
+    assert refused.value.details == {"limit": "max_tokens_per_user", "max_tokens_per_user": 100}
     assert "revoke" in refused.value.message
     assert len(service.list_tokens("usr_ann")) == 100
     other = service.authenticate(service.create_token("usr_bob"))

@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import abi_engine
-from abi_engine import api, events, models, workflows
+from abi_engine import api, events, limits, models, workflows
 from abi_engine.converter import structure, unstructure
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
@@ -92,7 +92,39 @@ def strategy_for(tp: Any, owner: type | None = None) -> st.SearchStrategy[Any]:
         return st.frozensets(strategy_for(args[0]), max_size=4).map(origin)
     if isinstance(tp, type(None)) or tp is type(None):
         return st.none()
+    if origin is typing.Annotated:
+        return _limited_strategy(args[0], tp.__metadata__, owner)
     raise NotImplementedError(f"no strategy for {tp!r} (in {owner!r}); extend strategy_for")
+
+
+def _limited_strategy(
+    base: Any, markers: tuple[Any, ...], owner: type | None
+) -> st.SearchStrategy[Any]:
+    """Values of ``base`` within the field limits among ``markers`` (abi_engine.limits)."""
+    found = [m for m in markers if isinstance(m, limits.Constraint)]
+    strategy: st.SearchStrategy[Any] = strategy_for(base, owner)
+    for marker in found:
+        if isinstance(marker, limits.Choice):
+            strategy = st.sampled_from(marker.values)
+        elif isinstance(marker, limits.Text) and marker.pattern is not None:
+            strategy = st.from_regex(marker.pattern)
+        elif isinstance(marker, limits.Items):
+            strategy = st.lists(strategy_for(typing.get_args(base)[0], owner), max_size=3)
+            strategy = strategy.filter(lambda v, m=marker: len(v) >= m.min_items)
+        elif isinstance(marker, limits.Number) and base is int:
+            strategy = st.integers(
+                min_value=int(marker.minimum or 0), max_value=int(marker.maximum or 2**53)
+            )
+
+    def ok(value: Any) -> bool:
+        try:
+            for marker in found:
+                marker.check(value)
+        except ValueError:
+            return False
+        return True
+
+    return strategy.filter(ok)
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import httpx
 import pytest
 import uvicorn
@@ -32,6 +33,7 @@ from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtu
 from abi.workflows import WebhookManager, WorkflowExecutor, WorkflowManager
 from abi_engine import Engine
 from abi_engine.errors import AbiError
+from abi_engine.ids import utcnow
 from abi_engine.models_webhooks import DeliveryStatus
 
 #: URLs the sending client cannot send, or literal forms of private addresses.
@@ -221,15 +223,17 @@ async def test_unsendable_webhook_url_fails_each_attempt_in_one_line(
 ) -> None:
     """A subscription stored before the rules (registration bypassed) gets every attempt
     recorded as failed with a one-line reason, and no traceback in the log."""
-    import abi_engine.webhooks
 
     engine = make_engine(allow_private_urls=False)
-    monkeypatch.setattr(abi_engine.webhooks, "check_url", lambda url, **_: url)
-    hooks = [
-        await engine.webhooks.create({"url": url, "events": ["workflow.created"]})
-        for url in UNSENDABLE
-    ]
-    monkeypatch.undo()
+    hooks = []
+    for url in UNSENDABLE:  # stored as an older version would have: the URL written as is
+        hook = await engine.webhooks.create(
+            {"url": "https://example.com/hook", "events": ["workflow.created"]}
+        )
+        record = engine.store.get_webhook(hook.id)
+        assert record is not None
+        assert engine.store.update_webhook(attrs.evolve(record, url=url), utcnow())
+        hooks.append(hook)
     with caplog.at_level(logging.DEBUG, logger="abi_engine"):
         async with engine:
             await make_workflow(engine, active=False)

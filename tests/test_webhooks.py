@@ -94,7 +94,7 @@ async def test_given_secret_kept_and_masked(engine: Engine) -> None:
         (["nope"], "events[0]"),
         ([], "events"),
         ("workflow.created", "events"),
-        ([1], "events"),
+        ([1], "events[0]"),
     ],
 )
 async def test_bad_events_name_the_field(engine: Engine, events: Any, field: str) -> None:

@@ -12,6 +12,7 @@ from abi_engine.engine import Engine
 from abi_engine.events import EVENT_TYPES, Event
 from abi_engine.hookspecs import hookimpl
 from abi_engine.integrations import HttpProvider, IntegrationProvider
+from abi_engine.limits import Limits
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
@@ -35,6 +36,7 @@ __all__ = [
     "HttpProvider",
     "Integration",
     "IntegrationProvider",
+    "Limits",
     "Page",
     "Pagination",
     "Principal",

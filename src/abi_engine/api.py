@@ -9,15 +9,18 @@ path over HTTP, so all three behave the same.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
-from abi_engine.errors import InvalidRequest, NotFound
+from abi_engine.errors import InvalidRequest, InvalidState, NotFound
 from abi_engine.execution_views import execution_json
+from abi_engine.executions import MAX_TIMEOUT_SECONDS
+from abi_engine.limits import IDEMPOTENCY_KEY, URL, Json, Number, Text
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -25,11 +28,14 @@ from abi_engine.models import (
     ExecutionStatus,
     ExecutionSummary,
     Integration,
+    Pagination,
     Scope,
     Workflow,
     WorkflowSummary,
 )
-from abi_engine.workflows import WorkflowRequest
+from abi_engine.services import MAX_PAGE, MAX_PAGE_SIZE, call_store
+from abi_engine.storage.base import OwnedKind
+from abi_engine.workflows import INTEGRATION_ID, WorkflowRequest
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -40,8 +46,10 @@ __all__ = [
     "ApiRequest",
     "Operation",
     "QueryParam",
+    "bounded_page",
     "call",
     "call_with_status",
+    "check_quota",
     "operation",
 ]
 
@@ -102,6 +110,10 @@ class Operation:
     query: tuple[QueryParam, ...] = ()
     tag: str = "workflows"
     errors: tuple[str, ...] = ()
+    #: Request headers the operation reads (documented as header parameters).
+    headers: tuple[QueryParam, ...] = ()
+    #: JSON Schemas of path parameters that are more than any string, by name.
+    path_schemas: Mapping[str, Mapping[str, Any]] = attrs.Factory(dict)
     #: When set, the operation may also answer 202 (its handler returns ``Accepted``).
     accepted_description: str | None = None
 
@@ -145,8 +157,65 @@ async def call_with_status(
     return op.status_code, data
 
 
-def _page(result: Any) -> dict[str, Any]:
-    return {"items": unstructure(result.items), "pagination": unstructure(result.pagination)}
+# As the adapter sends JSON (compact, ASCII): what a page's bytes are measured in.
+_measure = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+
+def bounded_page(items: list[Any], pagination: Pagination, max_bytes: int) -> dict[str, Any]:
+    """The answer of a list: ``items`` (JSON-able) and their ``pagination``, at most
+    ``max_bytes`` of items' JSON.
+
+    A page whose items would be larger is answered with a smaller page size:
+    the largest divisor of the requested ``page_size`` whose first items fit
+    (one item at least). Because it divides the requested size, the page's
+    first item is the first of a page of that size too, and the answer's
+    ``pagination`` says which (``page``, ``page_size``, ``total_pages``): a
+    client that asks next for ``page + 1`` at the answer's ``page_size`` gets
+    the items that follow, without gaps or repeats.
+    """
+    data = {"items": items, "pagination": unstructure(pagination)}
+    if len(items) <= 1 or len(_measure(items)) <= max_bytes:
+        return data
+    sizes = [len(_measure(item)) + 1 for item in items]  # and its comma
+    size = pagination.page_size
+    fits = next(
+        d
+        for d in range(min(size, len(items)), 0, -1)
+        if size % d == 0 and (d == 1 or sum(sizes[:d]) + 1 <= max_bytes)
+    )
+    offset = (pagination.page - 1) * size
+    total = pagination.total_items
+    data["items"] = items[:fits]
+    data["pagination"] = unstructure(
+        Pagination(
+            page=offset // fits + 1,
+            page_size=fits,
+            total_items=total,
+            total_pages=(total + fits - 1) // fits,
+        )
+    )
+    return data
+
+
+def _page(result: Any, engine: Engine) -> dict[str, Any]:
+    return bounded_page(unstructure(result.items), result.pagination, engine.limits.max_page_bytes)
+
+
+async def check_quota(
+    engine: Engine, actor: Principal, kind: OwnedKind, limit_name: str, advice: str
+) -> None:
+    """Raise 409 ``INVALID_STATE`` when ``actor``'s user already holds as many ``kind``
+    rows as ``engine.limits.<limit_name>`` allows (``None``: no limit)."""
+    limit = getattr(engine.limits, limit_name)
+    if limit is None:
+        return
+    held = await call_store(engine.store, engine.store.count_owned, kind, actor.user_id, limit)
+    if held >= limit:
+        what = kind.replace("_", " ")
+        raise InvalidState(
+            f"The user already holds {limit} {what}, the most allowed ({limit_name}); {advice}",
+            {"limit": limit_name, limit_name: limit},
+        )
 
 
 def _summary(workflow: Workflow) -> dict[str, Any]:
@@ -169,10 +238,17 @@ def _body_object(request: ApiRequest) -> dict[str, Any]:
 
 
 _PAGE_QUERY = (
-    QueryParam(name="page", schema={"type": "integer", "minimum": 1, "default": 1}),
+    QueryParam(
+        name="page",
+        schema={"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+    ),
     QueryParam(
         name="page_size",
-        schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+        schema={"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": 10},
+        description=(
+            "Items per page; the answer's page_size may be smaller when the page would be"
+            " larger than the engine's max_page_bytes (see Pagination)"
+        ),
     ),
 )
 
@@ -227,10 +303,9 @@ async def list_workflows(engine: Engine, actor: Principal, request: ApiRequest) 
         type=q.get("type"),
         department=q.get("department"),
     )
-    return {
-        "items": [_summary(w) for w in result.items],
-        "pagination": unstructure(result.pagination),
-    }
+    return bounded_page(
+        [_summary(w) for w in result.items], result.pagination, engine.limits.max_page_bytes
+    )
 
 
 @operation(
@@ -300,30 +375,64 @@ async def delete_workflow(engine: Engine, actor: Principal, request: ApiRequest)
 # -- integrations ------------------------------------------------------------------------
 
 
+#: Field limits of the request bodies below (see :mod:`abi_engine.limits`).
+PROVIDER = Text(min_length=1, max_length=100)
+INTEGRATION_CONFIG = Json(max_bytes=16_384, max_keys=64)
+TIMEOUT = Number(exclusive_minimum=0, maximum=MAX_TIMEOUT_SECONDS)
+PARAMETERS = Json(max_bytes=262_144)
+#: ``whsec_`` and 6 to 512 visible ASCII characters.
+CALLBACK_SECRET = Text(
+    max_length=518,
+    pattern=r"^whsec_[!-~]{6,512}$",
+    hint="must be 'whsec_' and 6 to 512 visible ASCII characters (no spaces)",
+)
+SIGNAL_NAME = Text(min_length=1, max_length=200, pattern=r"^[^#]+$", hint="must not contain '#'")
+SIGNAL_PAYLOAD = Json(max_bytes=65_536)
+COMMENT = Text(max_length=2_000)
+DECISION_DATA = Json(max_bytes=16_384, max_keys=64)
+_INTEGRATION_PATH = {"integration_id": {"type": "string", **INTEGRATION_ID.json_schema()}}
+
+
 @attrs.define(kw_only=True)
 class IntegrationRequest:
     """The body of ``PUT /api/v1/integrations/{id}``."""
 
-    provider: str
-    config: dict[str, Any] = attrs.Factory(dict)
+    provider: Annotated[str, PROVIDER]
+    config: Annotated[dict[str, Any], INTEGRATION_CONFIG] = attrs.Factory(dict)
 
 
 @operation(
     method="PUT",
     path="/integrations/{integration_id}",
+    path_schemas=_INTEGRATION_PATH,
     scope=Scope.INTEGRATIONS_ADMIN,
     summary="Create or replace an integration connection",
     request_model=IntegrationRequest,
     response_model=Integration,
     tag="integrations",
-    errors=("INVALID_REQUEST",),
+    errors=("INVALID_REQUEST", "INVALID_STATE"),
 )
 async def put_integration(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     body = structure(_body_object(request), IntegrationRequest)
+    await _check_integration_count(engine, request.path["integration_id"])
     result = await engine.integrations.put(
         request.path["integration_id"], body.provider, body.config
     )
     return unstructure(result)
+
+
+async def _check_integration_count(engine: Engine, integration_id: str) -> None:
+    """409 ``INVALID_STATE`` when a new connection would pass ``Limits.max_integrations``."""
+    limit = engine.limits.max_integrations
+    if limit is None:
+        return
+    held = (await engine.integrations.list(1, 1)).pagination.total_items
+    if held >= limit and await engine.integrations.get_secret(integration_id) is None:
+        raise InvalidState(
+            f"The engine already holds {limit} integration connections, the most allowed"
+            " (max_integrations); delete some first",
+            {"limit": "max_integrations", "max_integrations": limit},
+        )
 
 
 @operation(
@@ -338,12 +447,13 @@ async def put_integration(engine: Engine, actor: Principal, request: ApiRequest)
 )
 async def list_integrations(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
-    return _page(await engine.integrations.list(q.get("page", 1), q.get("page_size", 10)))
+    return _page(await engine.integrations.list(q.get("page", 1), q.get("page_size", 10)), engine)
 
 
 @operation(
     method="GET",
     path="/integrations/{integration_id}",
+    path_schemas=_INTEGRATION_PATH,
     scope=Scope.INTEGRATIONS_ADMIN,
     summary="Get an integration connection (secrets masked)",
     response_model=Integration,
@@ -357,6 +467,7 @@ async def get_integration(engine: Engine, actor: Principal, request: ApiRequest)
 @operation(
     method="DELETE",
     path="/integrations/{integration_id}",
+    path_schemas=_INTEGRATION_PATH,
     scope=Scope.INTEGRATIONS_ADMIN,
     summary="Delete an integration connection",
     response_model=DeleteResult,
@@ -376,7 +487,7 @@ async def delete_integration(engine: Engine, actor: Principal, request: ApiReque
 class ExecutionOptions:
     """``execution_options`` of an execute request."""
 
-    timeout_seconds: float | None = None
+    timeout_seconds: Annotated[float, TIMEOUT] | None = None
     wait_for_completion: bool = True
 
 
@@ -384,20 +495,30 @@ class ExecutionOptions:
 class ExecuteRequest:
     """The body of ``POST /workflows/{id}/execute``."""
 
-    parameters: dict[str, Any] = attrs.Factory(dict)
+    parameters: Annotated[dict[str, Any], PARAMETERS] = attrs.Factory(dict)
     execution_options: ExecutionOptions = attrs.Factory(ExecutionOptions)
-    idempotency_key: str | None = None
+    idempotency_key: Annotated[str, IDEMPOTENCY_KEY] | None = None
 
 
 @attrs.define(kw_only=True)
 class ExecuteAsyncRequest:
     """The body of ``POST /workflows/{id}/execute_async``."""
 
-    parameters: dict[str, Any] = attrs.Factory(dict)
-    callback_url: str | None = None
-    callback_secret: str | None = None
+    parameters: Annotated[dict[str, Any], PARAMETERS] = attrs.Factory(dict)
+    callback_url: Annotated[str, URL] | None = None
+    callback_secret: Annotated[str, CALLBACK_SECRET] | None = None
     execution_options: ExecutionOptions | None = None
-    idempotency_key: str | None = None
+    idempotency_key: Annotated[str, IDEMPOTENCY_KEY] | None = None
+
+
+async def _check_queued(engine: Engine, actor: Principal) -> None:
+    await check_quota(
+        engine,
+        actor,
+        "queued_executions",
+        "max_queued_executions_per_user",
+        "wait until some have started",
+    )
 
 
 def _idempotency_key(request: ApiRequest, body_key: str | None) -> str | None:
@@ -409,6 +530,17 @@ def _execution_json(execution: Execution) -> dict[str, Any]:
     data: dict[str, Any] = execution_json(execution)
     return data
 
+
+_IDEMPOTENCY_HEADER = (
+    QueryParam(
+        name="Idempotency-Key",
+        schema={"type": "string", **IDEMPOTENCY_KEY.json_schema()},
+        description=(
+            "The same key for the same workflow returns the first execution again"
+            " (wins over the body's idempotency_key)"
+        ),
+    ),
+)
 
 _EXEC_ERRORS = (
     "WORKFLOW_NOT_FOUND",
@@ -424,6 +556,7 @@ _EXEC_ERRORS = (
     path="/workflows/{workflow_id}/execute",
     scope=Scope.EXECUTIONS_WRITE,
     summary="Execute a workflow and wait for its result",
+    headers=_IDEMPOTENCY_HEADER,
     accepted_description="With wait_for_completion false: the execution as it stands",
     request_model=ExecuteRequest,
     response_model=Execution,
@@ -433,6 +566,8 @@ _EXEC_ERRORS = (
 async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     body = structure(request.body if request.body is not None else {}, ExecuteRequest)
     options = body.execution_options
+    if not options.wait_for_completion:
+        await _check_queued(engine, actor)
     execution = await engine.executions.execute(
         request.path["workflow_id"],
         body.parameters,
@@ -452,6 +587,7 @@ async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest
     path="/workflows/{workflow_id}/execute_async",
     scope=Scope.EXECUTIONS_WRITE,
     summary="Start a workflow execution and return at once",
+    headers=_IDEMPOTENCY_HEADER,
     status_code=202,
     request_model=ExecuteAsyncRequest,
     response_model=Execution,
@@ -460,6 +596,7 @@ async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest
 )
 async def execute_workflow_async(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     body = structure(request.body if request.body is not None else {}, ExecuteAsyncRequest)
+    await _check_queued(engine, actor)
     execution = await engine.executions.execute(
         request.path["workflow_id"],
         body.parameters,
@@ -524,7 +661,8 @@ async def list_executions(engine: Engine, actor: Principal, request: ApiRequest)
             end_date=q.get("end_date"),
             page=q.get("page", 1),
             page_size=q.get("page_size", 10),
-        )
+        ),
+        engine,
     )
 
 
@@ -545,16 +683,16 @@ async def cancel_execution(engine: Engine, actor: Principal, request: ApiRequest
 class SignalRequest:
     """The body of ``POST /workflow_executions/{id}/signal``."""
 
-    name: str
-    payload: Any = None
+    name: Annotated[str, SIGNAL_NAME]
+    payload: Annotated[Any, SIGNAL_PAYLOAD] = None
 
 
 @attrs.define(kw_only=True)
 class DecisionRequest:
     """The body of ``approve`` and ``reject`` (both fields optional)."""
 
-    comment: str | None = None
-    data: dict[str, Any] | None = None
+    comment: Annotated[str, COMMENT] | None = None
+    data: Annotated[dict[str, Any], DECISION_DATA] | None = None
 
 
 @operation(

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import _PAGE_QUERY, ApiRequest, QueryParam, _body_object, _page, operation
+from abi_engine.api import (
+    _PAGE_QUERY,
+    ApiRequest,
+    QueryParam,
+    _body_object,
+    _page,
+    check_quota,
+    operation,
+)
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import DeleteResult, Schedule, ScheduleHistoryEntry, ScheduleSummary, Scope
@@ -25,9 +33,10 @@ __all__: list[str] = []
     request_model=ScheduleRequest,
     response_model=Schedule,
     tag="schedules",
-    errors=("WORKFLOW_NOT_FOUND", "INVALID_SCHEDULE"),
+    errors=("WORKFLOW_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_STATE"),
 )
 async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    await check_quota(engine, actor, "schedules", "max_schedules_per_user", "delete some first")
     schedule = await engine.schedules.create(
         request.path["workflow_id"], _body_object(request), actor=actor
     )
@@ -70,7 +79,8 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
             enabled=q.get("enabled"),
             page=q.get("page", 1),
             page_size=q.get("page_size", 10),
-        )
+        ),
+        engine,
     )
 
 
@@ -118,5 +128,6 @@ async def schedule_history(engine: Engine, actor: Principal, request: ApiRequest
     return _page(
         await engine.schedules.history(
             request.path["schedule_id"], page=q.get("page", 1), page_size=q.get("page_size", 10)
-        )
+        ),
+        engine,
     )

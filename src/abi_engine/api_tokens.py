@@ -38,7 +38,10 @@ _TAG = "tokens"
 async def list_tokens(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
     return _page(
-        await engine.tokens.list_own(actor, page=q.get("page", 1), page_size=q.get("page_size", 10))
+        await engine.tokens.list_own(
+            actor, page=q.get("page", 1), page_size=q.get("page_size", 10)
+        ),
+        engine,
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import _PAGE_QUERY, ApiRequest, _body_object, _page, operation
+from abi_engine.api import _PAGE_QUERY, ApiRequest, _body_object, _page, check_quota, operation
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import DeleteResult, Scope
@@ -38,9 +38,10 @@ _NOT_FOUND = ("WEBHOOK_NOT_FOUND",)
     request_model=WebhookCreateRequest,
     response_model=Webhook,
     tag=_TAG,
-    errors=("INVALID_REQUEST",),
+    errors=("INVALID_REQUEST", "INVALID_STATE"),
 )
 async def create_webhook(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    await check_quota(engine, actor, "webhooks", "max_webhooks_per_user", "delete some first")
     return unstructure(await engine.webhooks.create(_body_object(request), actor=actor))
 
 
@@ -58,7 +59,8 @@ async def create_webhook(engine: Engine, actor: Principal, request: ApiRequest) 
 async def list_webhooks(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
     return _page(
-        await engine.webhooks.list(page=q.get("page", 1), page_size=q.get("page_size", 10))
+        await engine.webhooks.list(page=q.get("page", 1), page_size=q.get("page_size", 10)),
+        engine,
     )
 
 
@@ -122,7 +124,7 @@ async def list_webhook_deliveries(engine: Engine, actor: Principal, request: Api
     page = await engine.webhooks.deliveries(
         request.path["webhook_id"], page=q.get("page", 1), page_size=q.get("page_size", 10)
     )
-    return _page(page)
+    return _page(page, engine)
 
 
 @operation(

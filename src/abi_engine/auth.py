@@ -153,7 +153,7 @@ class TokenService:
             raise InvalidState(
                 f"The user already holds {exc.limit} live access tokens, the most allowed;"
                 " revoke some first",
-                {"max_tokens_per_user": exc.limit},
+                {"limit": "max_tokens_per_user", "max_tokens_per_user": exc.limit},
             ) from None
         if not stored:
             raise Unauthorized("The calling access token has been revoked")

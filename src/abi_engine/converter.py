@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import attrs
 import cattrs
@@ -22,6 +22,7 @@ from cattrs.v import transform_error
 
 from abi_engine.errors import AbiError, InvalidRequest
 from abi_engine.ids import format_time, parse_time
+from abi_engine.limits import Constraint
 
 __all__ = ["converter", "field_errors", "structure", "unstructure"]
 
@@ -54,7 +55,19 @@ def _strict(kind: type, accepted: tuple[type, ...], name: str) -> None:
 
 
 _strict(str, (str,), "a string")
-_strict(int, (int,), "an integer")
+
+
+def _structure_int(value: Any, _: type) -> int:
+    # JSON (and JSON Schema) has numbers, not kinds of them: 3.0 is the integer 3.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        name = "a boolean" if isinstance(value, bool) else type(value).__name__
+        raise TypeError(f"expected an integer, got {name}")
+    return int(value)
+
+
+converter.register_structure_hook(int, _structure_int)
 _strict(float, (int, float), "a number")
 _strict(bool, (bool,), "a boolean")
 
@@ -141,6 +154,31 @@ converter.register_unstructure_hook_func(
     lambda t: t in (set, frozenset) or getattr(t, "__origin__", None) in (set, frozenset),
     lambda value: sorted(converter.unstructure(item) for item in value),
 )
+
+
+def _constraints(tp: Any) -> list[Constraint]:
+    if get_origin(tp) is not Annotated:
+        return []
+    return [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, Constraint)]
+
+
+def _limited_factory(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """``Annotated[X, Text(...), ...]``: structure as ``X``, then check each limit
+    (:mod:`abi_engine.limits`); a broken limit fails naming the field."""
+    base_type = get_args(tp)[0]
+    limits = _constraints(tp)
+    base = conv.get_structure_hook(base_type)
+
+    def structure_limited(value: Any, _: Any) -> Any:
+        result = base(value, base_type)
+        for limit in limits:
+            limit.check(result)
+        return result
+
+    return structure_limited
+
+
+converter.register_structure_hook_factory(lambda t: bool(_constraints(t)), _limited_factory)
 
 
 def field_errors(exc: BaseException) -> list[dict[str, str]]:

@@ -20,6 +20,7 @@ from abi_engine.events import EVENT_TYPES, DeferredEvent, ExecutionEventRef, Out
 from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
+from abi_engine.limits import Limits
 from abi_engine.plugins import Registry, collect, make_plugin_manager
 from abi_engine.scheduling import ScheduleService
 from abi_engine.storage._urls import redact_url
@@ -50,6 +51,10 @@ class Engine:
     :param runtime: tuning of the execution runtime (workers, queue, leases).
     :param webhook_settings: tuning of webhook and callback delivery (retry
         schedule, timeout, concurrency).
+    :param limits: what one user may hold through the API (schedules,
+        webhooks, tokens, queued executions), integrations engine-wide, and
+        the largest step result, saved progress and list page
+        (:class:`~abi_engine.limits.Limits`; its defaults when ``None``).
 
     Management calls work as soon as the engine is built; ``async with
     engine:`` starts the background work (execution workers, scheduler,
@@ -67,6 +72,7 @@ class Engine:
         allow_private_urls: bool = False,
         runtime: RuntimeSettings | None = None,
         webhook_settings: WebhookSettings | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.pm = make_plugin_manager(
             plugins=plugins, load_entry_points=load_entry_points, disable=disable_plugins
@@ -83,7 +89,9 @@ class Engine:
         else:
             self.store = db
             self.db_url = getattr(db, "path", "<store>")
-        self.tokens = TokenService(self.store)
+        #: The engine's limits (:class:`~abi_engine.limits.Limits`).
+        self.limits: Limits = limits if limits is not None else Limits()
+        self.tokens = TokenService(self.store, max_tokens_per_user=self.limits.max_tokens_per_user)
         self.integrations = IntegrationService(
             self.store, self.registry.providers, lambda: self.allow_private_urls
         )

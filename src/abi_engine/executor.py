@@ -49,6 +49,7 @@ from abi_engine.execution_views import (
     step_event_data,
 )
 from abi_engine.ids import utcnow
+from abi_engine.limits import Limits
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
@@ -86,7 +87,15 @@ from abi_engine.types import (
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
-__all__ = ["Prepared", "Runtime", "RuntimeSettings", "build_execution", "execution_json"]
+__all__ = [
+    "Prepared",
+    "ProgressTooLarge",
+    "ResultTooLarge",
+    "Runtime",
+    "RuntimeSettings",
+    "build_execution",
+    "execution_json",
+]
 
 log = logging.getLogger("abi_engine.executor")
 
@@ -173,6 +182,35 @@ def redact(message: str, secrets_: tuple[str, ...] = ()) -> str:
     return message[:MAX_ERROR_MESSAGE]
 
 
+class ResultTooLarge(ValueError):
+    """A step returned a result whose JSON is larger than ``Limits.max_result_bytes``.
+
+    The step fails at once (no retry: the same result would come back), and
+    the execution with it; the step's error names the size and the limit.
+    """
+
+
+class ProgressTooLarge(ValueError):
+    """A step saved progress whose JSON is larger than ``Limits.max_progress_bytes``
+    (raised by ``ctx.save_progress``; nothing is saved)."""
+
+
+def _sized_json(value: Any, limit: int, what: str, error: type[ValueError]) -> str:
+    """``value`` as JSON text, unless it is larger than ``limit`` bytes (``error``).
+
+    A long string is refused before anything is encoded, so a step returning
+    hundreds of megabytes costs no second copy of them.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        raise error(f"{what} is more than {limit} bytes of JSON ({len(value)} characters)")
+    text = _dumps(value)
+    if len(text) * 4 > limit:  # at most 4 bytes a character: only then count them
+        size = len(text.encode("utf-8"))
+        if size > limit:
+            raise error(f"{what} is {size} bytes of JSON, more than the limit of {limit}")
+    return text
+
+
 class _Lost(Exception):
     """This node no longer holds the execution it was writing (or cannot reach the
     store for long enough that it must assume so); the run stops without writing."""
@@ -190,6 +228,7 @@ class Runtime:
     def __init__(self, engine: Engine, settings: RuntimeSettings | None = None) -> None:
         self.engine = engine
         self.settings = settings or RuntimeSettings()
+        self.limits: Limits = getattr(engine, "limits", None) or Limits()
         self.store = engine.store
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.committer = GroupCommitter(engine.store, engine.emit)
@@ -940,7 +979,12 @@ class Runtime:
                         result = await spec.fn(ctx)
                 else:
                     result = await spec.fn(ctx)
-                return result, _dumps(result)
+                return result, _sized_json(
+                    result,
+                    self.limits.max_result_bytes,
+                    f"The result of step {spec.name!r}",
+                    ResultTooLarge,
+                )
             except Suspend as suspend:
                 state = await self._suspend(prepared, suspend)
                 if state == "ready":
@@ -952,6 +996,8 @@ class Runtime:
                 return _SUSPENDED
             except ExecutionLost:  # another engine runs it now, or it was cancelled
                 return _SUSPENDED
+            except (ResultTooLarge, ProgressTooLarge) as exc:  # the same would come back
+                return _Failure(exc)
             except Exception as exc:
                 if attempt >= spec.retry.attempts:
                     return _Failure(exc)
@@ -962,8 +1008,11 @@ class Runtime:
     ) -> Any:
         """``StepContext.save_progress`` of step ``index``: kept with the signals, committed;
         returns the value as stored (what a run after a restart reads)."""
+        limit = self.limits.max_progress_bytes
         try:
-            text = _dumps(value)
+            text = _sized_json(value, limit, "The progress", ProgressTooLarge)
+        except ProgressTooLarge:
+            raise
         except (TypeError, ValueError) as exc:
             raise ValueError(f"progress must be JSON: {exc}") from None
         name = f"{PROGRESS_PREFIX}{index}"

@@ -31,7 +31,7 @@ from abi_engine.types import prefixed_fields
 __all__ = ["MASK", "HttpProvider", "IntegrationProvider", "IntegrationService", "provider_client"]
 
 MASK = "********"
-_ID = re.compile(r"^int_[A-Za-z0-9_.\-]{1,120}$")
+_ID = re.compile(r"^int_[A-Za-z0-9_.\-]{1,120}\Z")  # \Z: no final newline
 _SENSITIVE_HEADER = re.compile(r"authorization|cookie|token|secret|key|password", re.I)
 
 

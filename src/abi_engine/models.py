@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import attrs
+
+from abi_engine.limits import Items, Text
 
 __all__ = [
     "ActivationResult",
@@ -324,8 +326,8 @@ class TokenCreateRequest:
     a scope the calling token has (a token cannot grant more than it holds).
     """
 
-    name: str | None = None
-    scopes: list[Scope] | None = None
+    name: Annotated[str, Text(max_length=200)] | None = None
+    scopes: Annotated[list[Scope], Items(min_items=1, max_items=len(Scope))] | None = None
 
 
 @attrs.define(kw_only=True)

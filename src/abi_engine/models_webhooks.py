@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import attrs
+
+from abi_engine.events import EVENT_TYPES
+from abi_engine.limits import DESCRIPTION, URL, Choice, Items, Text
 
 __all__ = [
     "Delivery",
@@ -22,6 +25,16 @@ __all__ = [
 ]
 
 _OMIT_NONE = {"omit_none": True}
+
+#: Field limits of the request bodies (see :mod:`abi_engine.limits`).
+EVENT_TYPE = Choice(EVENT_TYPES)
+EVENTS = Items(min_items=1, max_items=50)
+#: ``whsec_`` and 1 to 512 visible ASCII characters.
+WEBHOOK_SECRET = Text(
+    max_length=518,
+    pattern=r"^whsec_[!-~]{1,512}$",
+    hint="must be 'whsec_' and 1 to 512 visible ASCII characters (no spaces)",
+)
 
 
 def _opt(default: Any = None) -> Any:
@@ -68,10 +81,10 @@ class WebhookCreateRequest:
     returns it once, in the answer.
     """
 
-    url: str
-    events: list[str]
-    secret: str | None = None
-    description: str | None = None
+    url: Annotated[str, URL]
+    events: Annotated[list[Annotated[str, EVENT_TYPE]], EVENTS]
+    secret: Annotated[str, WEBHOOK_SECRET] | None = None
+    description: Annotated[str, DESCRIPTION] | None = None
     enabled: bool = True
 
 
@@ -85,12 +98,20 @@ class WebhookUpdateRequest:
     secret for a grace period (``WebhookSettings.secret_rotation_grace_seconds``).
     """
 
-    url: str | None = None
-    events: list[str] | None = None
-    description: str | None = None
+    url: Annotated[str, URL] | None = None
+    events: Annotated[list[Annotated[str, EVENT_TYPE]], EVENTS] | None = None
+    description: Annotated[str, DESCRIPTION] | None = None
     enabled: bool | None = None
-    secret: str | None = None
+    secret: Annotated[str, WEBHOOK_SECRET] | None = None
     rotate_secret: bool = False
+
+    #: For the OpenAPI document: ``secret`` and ``rotate_secret: true`` exclude each other.
+    __openapi__: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"properties": {"rotate_secret": {"const": False}}},
+            {"properties": {"secret": {"type": "null"}}},
+        ]
+    }
 
 
 @attrs.define(kw_only=True)

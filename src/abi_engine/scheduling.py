@@ -18,7 +18,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.lowlevel
@@ -38,6 +38,7 @@ from abi_engine.errors import (
 from abi_engine.events import DeferredEvent, Event, OutboxEvent
 from abi_engine.executor import Prepared
 from abi_engine.ids import format_time, new_id, utcnow
+from abi_engine.limits import DESCRIPTION, NAME, Json, Number, Text
 from abi_engine.models import (
     DeleteResult,
     ExecutionStatus,
@@ -90,24 +91,33 @@ WRITE_ATTEMPTS = 50
 _UNFINISHED = {"queued", "running", "waiting"}
 
 
+#: Field limits of :class:`ScheduleRequest` (see :mod:`abi_engine.limits`).
+CRON = Text(min_length=1, max_length=256)
+INTERVAL = Number(minimum=1, maximum=10 * 366 * 86400)
+SCHEDULE_PARAMETERS = Json(max_bytes=65_536)
+TIMEZONE = Text(min_length=1, max_length=64)
+MISFIRE_GRACE = Number(minimum=0, maximum=7 * 86400)
+CATCH_UP = Number(minimum=1, maximum=MAX_CATCH_UP)
+
+
 @attrs.define(kw_only=True)
 class ScheduleRequest:
     """The body of ``POST /workflows/{id}/schedules`` (and, merged, of ``PUT``)."""
 
-    name: str
-    description: str | None = None
+    name: Annotated[str, NAME]
+    description: Annotated[str, DESCRIPTION] | None = None
     schedule_type: ScheduleType
-    cron_expression: str | None = None
-    interval_value: int | None = None
+    cron_expression: Annotated[str, CRON] | None = None
+    interval_value: Annotated[int, INTERVAL] | None = None
     interval_unit: IntervalUnit | None = None
     execution_time: datetime | None = None
     start_time: datetime | None = None
-    parameters: dict[str, Any] = attrs.Factory(dict)
+    parameters: Annotated[dict[str, Any], SCHEDULE_PARAMETERS] = attrs.Factory(dict)
     enabled: bool = True
-    timezone: str = "UTC"
+    timezone: Annotated[str, TIMEZONE] = "UTC"
     misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
-    misfire_grace_seconds: float = 60.0
-    catch_up_limit: int = 10
+    misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
+    catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
 
 

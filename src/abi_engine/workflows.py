@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import attrs
 
@@ -13,6 +13,7 @@ from abi_engine.errors import InvalidRequest, InvalidState, InvalidWorkflowConfi
 from abi_engine.events import Event
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
+from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Text, UniqueBy
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -28,8 +29,17 @@ from abi_engine.types import WorkflowType
 
 __all__ = ["IntegrationSpec", "WorkflowRequest", "WorkflowService"]
 
-MAX_NAME = 200
-MAX_DESCRIPTION = 5_000
+MAX_NAME = NAME.max_length
+MAX_DESCRIPTION = DESCRIPTION.max_length
+#: Field limits of :class:`WorkflowRequest` (see :mod:`abi_engine.limits`).
+TYPE_NAME = Text(max_length=100)
+CONFIGURATION = Json(max_bytes=65_536)
+INTEGRATIONS = Items(max_items=50)
+INTEGRATION_ID = Text(
+    max_length=124,
+    pattern=r"^int_[A-Za-z0-9_.\-]{1,120}$",
+    hint="must look like 'int_<name>' (letters, digits, _ . -)",
+)
 SORT_KEYS = ("created_at", "updated_at", "name")
 UPDATABLE = ("name", "description", "type", "configuration", "integrations", "metadata")
 
@@ -38,7 +48,7 @@ UPDATABLE = ("name", "description", "type", "configuration", "integrations", "me
 class IntegrationSpec:
     """An integration a workflow asks for: ``{"id": "int_...", "required": bool}``."""
 
-    id: str
+    id: Annotated[str, INTEGRATION_ID]
     required: bool = False
 
 
@@ -46,12 +56,14 @@ class IntegrationSpec:
 class WorkflowRequest:
     """The body of ``POST /api/v1/workflows`` (and, merged, of ``PUT``)."""
 
-    name: str
-    description: str | None = None
-    type: str
-    configuration: dict[str, Any] = attrs.Factory(dict)
-    integrations: list[IntegrationSpec] = attrs.Factory(list)
-    metadata: dict[str, Any] = attrs.Factory(dict)
+    name: Annotated[str, NAME]
+    description: Annotated[str, DESCRIPTION] | None = None
+    type: Annotated[str, TYPE_NAME]
+    configuration: Annotated[dict[str, Any], CONFIGURATION] = attrs.Factory(dict)
+    integrations: Annotated[list[IntegrationSpec], INTEGRATIONS, UniqueBy("id")] = attrs.Factory(
+        list
+    )
+    metadata: Annotated[dict[str, Any], METADATA] = attrs.Factory(dict)
 
 
 def _check_request(req: WorkflowRequest) -> None:

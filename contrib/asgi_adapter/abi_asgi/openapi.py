@@ -11,6 +11,10 @@ the operations name, by walking :func:`attrs.fields` and their type hints:
 enums and ``Literal`` (enums of values), ``list[X]``, ``dict[str, X]``,
 ``X | None`` (nullable), nested attrs classes (``$ref`` into
 ``components/schemas``) and generic attrs classes such as ``Page[T]``.
+``Annotated[X, limit]`` adds the keywords of the field limits of
+:mod:`abi_engine.limits` (``maxLength``, ``pattern``, ``maximum``,
+``maxItems``, ``maxProperties``...), the very objects the server checks
+requests with, so the document declares exactly what the server enforces.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import attrs
 
 from abi_engine.api import OPERATIONS, Operation
 from abi_engine.errors import error_for_code
+from abi_engine.limits import Constraint
 from abi_engine.models import Pagination
 
 __all__ = [
@@ -134,6 +139,16 @@ def _enum_schema(values: Iterable[Any]) -> dict[str, Any]:
     return schema
 
 
+def _limited(schema: dict[str, Any], markers: Iterable[Any]) -> dict[str, Any]:
+    """``schema`` with the keywords of the field limits among ``markers``
+    (:class:`abi_engine.limits.Constraint`: ``maxLength``, ``pattern``, ``maximum``...)."""
+    out = dict(schema)
+    for marker in markers:
+        if isinstance(marker, Constraint):
+            out.update(marker.json_schema())
+    return out
+
+
 class SchemaBuilder:
     """Turns Python types into JSON Schemas, collecting attrs classes as components.
 
@@ -160,7 +175,7 @@ class SchemaBuilder:
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin is typing.Annotated:
-            return self._schema(args[0], mode, typevars)
+            return _limited(self._schema(args[0], mode, typevars), tp.__metadata__)
         if origin is typing.Union or origin is types.UnionType:
             return self._union(args, mode, typevars)
         if origin is Literal:
@@ -242,7 +257,7 @@ class SchemaBuilder:
 
     def _object(self, cls: type, mode: str, typevars: Mapping[Any, Any]) -> dict[str, Any]:
         try:
-            hints = typing.get_type_hints(cls)
+            hints = typing.get_type_hints(cls, include_extras=True)  # keep the limits
         except Exception:  # unresolvable annotations document as "any value"
             hints = {}
         properties: dict[str, Any] = {}
@@ -268,6 +283,7 @@ class SchemaBuilder:
             schema["required"] = required
         if mode == "request":
             schema["additionalProperties"] = False
+            schema.update(getattr(cls, "__openapi__", {}))  # rules across fields
         title = _first_line(cls.__doc__)
         if title and not title.startswith(f"{cls.__name__}("):  # attrs' generated docstring
             schema["description"] = title
@@ -358,19 +374,25 @@ def _success_schema(builder: SchemaBuilder, op: Operation) -> dict[str, Any]:
 
 def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": dict(op.path_schemas.get(name, {"type": "string"})),
+        }
         for name in path_parameters(prefix + op.path)
     ]
-    for query in op.query:
-        param: dict[str, Any] = {
-            "name": query.name,
-            "in": "query",
-            "required": False,
-            "schema": dict(query.schema),
-        }
-        if query.description:
-            param["description"] = query.description
-        parameters.append(param)
+    for location, params in (("query", op.query), ("header", op.headers)):
+        for query in params:
+            param: dict[str, Any] = {
+                "name": query.name,
+                "in": location,
+                "required": False,
+                "schema": dict(query.schema),
+            }
+            if query.description:
+                param["description"] = query.description
+            parameters.append(param)
     errors = [*op.errors, *ALWAYS_ERRORS]
     if _takes_body(op):
         errors.append("PAYLOAD_TOO_LARGE")
@@ -395,11 +417,12 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
         "responses": responses,
     }
     if _takes_body(op):
+        body = builder.schema(op.request_model, "request")
+        if not op.request_body_required:  # a JSON null stands for no body
+            body = {"anyOf": [body, {"type": "null"}]}
         out["requestBody"] = {
             "required": op.request_body_required,
-            "content": {
-                "application/json": {"schema": builder.schema(op.request_model, "request")}
-            },
+            "content": {"application/json": {"schema": body}},
         }
     if op.handler.__doc__:
         out["description"] = op.handler.__doc__.strip()

@@ -153,12 +153,20 @@ async def test_malformed_json_reports_line_and_column(client: httpx.AsyncClient)
 
 
 async def test_nesting_up_to_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
-    """Metadata nested to just under the depth limit is stored."""
+    """A body nested to just under the depth limit is parsed: what answers is the field's
+    own limit (metadata nests at most 8 levels), not the body's."""
     nested: object = 1
     for _ in range(MAX_JSON_DEPTH - 2):
         nested = [nested]
     response = await client.post("/api/v1/workflows", json=create_body(metadata={"n": nested}))
-    assert success(response, 201)["metadata"] == {"n": nested}
+    details = error(response, 400, "INVALID_REQUEST")
+    assert details["field"] == "metadata"
+    assert "nested at most 8 levels" in response.json()["error"]["message"]
+    shallow: object = 1
+    for _ in range(6):
+        shallow = [shallow]
+    response = await client.post("/api/v1/workflows", json=create_body(metadata={"n": shallow}))
+    assert success(response, 201)["metadata"] == {"n": shallow}
 
 
 @pytest.mark.parametrize("body", [[], [1, 2], "text", 42, True, None])

@@ -267,7 +267,7 @@ async def test_minting_past_the_per_user_cap_is_a_conflict(
     engine.tokens.max_tokens_per_user = 3
     minted = [success(await client.post("/api/v1/tokens", json={}), 201) for _ in range(2)]
     details = error(await client.post("/api/v1/tokens", json={}), 409, "INVALID_STATE")
-    assert details == {"max_tokens_per_user": 3}
+    assert details == {"limit": "max_tokens_per_user", "max_tokens_per_user": 3}
     assert len(engine.tokens.list_tokens()) == 3  # the fixture's and the two minted
     success(await client.delete(f"/api/v1/tokens/{minted[0]['id']}"))
     success(await client.post("/api/v1/tokens", json={}), 201)

@@ -32,9 +32,19 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
-__all__ = ["Store", "StoredEvent", "TokenLimitReached", "WorkflowQuery"]
+__all__ = ["OWNED_ROWS", "OwnedKind", "Store", "StoredEvent", "TokenLimitReached", "WorkflowQuery"]
 
 WorkflowSort = Literal["created_at", "updated_at", "name"]
+OwnedKind = Literal["schedules", "webhooks", "queued_executions"]
+#: What :meth:`Store.count_owned` counts: the rows of each kind held by one user
+#: (``{owner}`` is the backend's parameter placeholder); both backends share it.
+OWNED_ROWS: dict[str, str] = {
+    "schedules": "SELECT 1 FROM schedules WHERE created_by = {owner}",
+    "webhooks": "SELECT 1 FROM webhooks WHERE created_by = {owner}",
+    "queued_executions": (
+        "SELECT 1 FROM executions WHERE created_by = {owner} AND status = 'queued'"
+    ),
+}
 
 
 class TokenLimitReached(Exception):
@@ -153,6 +163,10 @@ class Store(Protocol):
 
     def list_integrations(self, page: int, page_size: int) -> tuple[list[Integration], int]:
         """One page of connections (by id) and the total."""
+
+    def count_owned(self, kind: OwnedKind, user_id: str, limit: int) -> int:
+        """How many ``kind`` rows ``user_id`` holds (``schedules``, ``webhooks`` it
+        created, ``queued_executions`` it requested), counting no further than ``limit``."""
 
     def delete_integration(self, integration_id: str) -> bool:
         """Remove a connection; ``False`` if it did not exist."""

@@ -390,6 +390,20 @@ def m009_webhook_claims_and_periods(db: sqlite_utils.Database) -> None:
     )
 
 
+def m010_owner_indexes(db: sqlite_utils.Database) -> None:
+    """Indexes of what one user holds, for the engine's limits per user.
+
+    Schedules and webhooks by creator (``created_by``), and queued executions
+    by creator (a partial index: only ``queued`` rows are in it).
+    """
+    db.execute("CREATE INDEX idx_schedules_owner ON schedules (created_by)")
+    db.execute("CREATE INDEX idx_webhooks_owner ON webhooks (created_by)")
+    db.execute(
+        "CREATE INDEX idx_executions_queued_owner ON executions (created_by)"
+        " WHERE status = 'queued'"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_core,
     m002_executions,
@@ -400,4 +414,5 @@ MIGRATIONS: list[Migration] = [
     m007_token_lineage,
     m008_fencing,
     m009_webhook_claims_and_periods,
+    m010_owner_indexes,
 ]

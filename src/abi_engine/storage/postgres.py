@@ -65,7 +65,13 @@ from abi_engine.storage._rows import (
     _token_tree,
 )
 from abi_engine.storage._urls import redact_url
-from abi_engine.storage.base import StoredEvent, TokenLimitReached, WorkflowQuery
+from abi_engine.storage.base import (
+    OWNED_ROWS,
+    OwnedKind,
+    StoredEvent,
+    TokenLimitReached,
+    WorkflowQuery,
+)
 from abi_engine.storage.postgres_executions import ExecutionsMixin
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
 from abi_engine.storage.postgres_schedules import SchedulesMixin
@@ -613,6 +619,14 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
                 (page_size, (page - 1) * page_size),
             ).fetchall()
         return [_integration(row) for row in rows], int(total[0] if total else 0)
+
+    def count_owned(self, kind: OwnedKind, user_id: str, limit: int) -> int:
+        rows = OWNED_ROWS[kind].format(owner="%s")
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM ({rows} LIMIT %s) AS owned", (user_id, limit)
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def delete_integration(self, integration_id: str) -> bool:
         return self.write(

@@ -303,6 +303,14 @@ M009_WEBHOOK_CLAIMS_AND_PERIODS = [
     " WHERE e.timestamp < w.created_at), 0), NULL, w.events FROM webhooks w WHERE w.enabled",
 ]
 
+# Indexes of what one user holds, for the engine's limits per user (as SQLite's
+# m010_owner_indexes): schedules and webhooks by creator, queued executions by creator.
+M010_OWNER_INDEXES = [
+    "CREATE INDEX idx_schedules_owner ON schedules (created_by)",
+    "CREATE INDEX idx_webhooks_owner ON webhooks (created_by)",
+    "CREATE INDEX idx_executions_queued_owner ON executions (created_by) WHERE status = 'queued'",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
@@ -314,6 +322,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m007_token_lineage", M007_TOKEN_LINEAGE),
     ("m008_fencing", M008_FENCING),
     ("m009_webhook_claims_and_periods", M009_WEBHOOK_CLAIMS_AND_PERIODS),
+    ("m010_owner_indexes", M010_OWNER_INDEXES),
 ]
 
 

@@ -42,7 +42,13 @@ from abi_engine.storage._rows import (
     _row_to_workflow,
     _token_tree,
 )
-from abi_engine.storage.base import StoredEvent, TokenLimitReached, WorkflowQuery
+from abi_engine.storage.base import (
+    OWNED_ROWS,
+    OwnedKind,
+    StoredEvent,
+    TokenLimitReached,
+    WorkflowQuery,
+)
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.sqlite_executions import ExecutionsMixin
 from abi_engine.storage.sqlite_schedules import SchedulesMixin
@@ -496,6 +502,14 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
                 (page_size, (page - 1) * page_size),
             ).fetchall()
         return [self._row_to_integration(row) for row in rows], int(total)
+
+    def count_owned(self, kind: OwnedKind, user_id: str, limit: int) -> int:
+        rows = OWNED_ROWS[kind].format(owner="?")
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT count(*) FROM ({rows} LIMIT ?)", (user_id, limit)
+            ).fetchone()
+        return int(row[0])
 
     def delete_integration(self, integration_id: str) -> bool:
         with self.transaction() as conn:

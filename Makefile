@@ -1,11 +1,11 @@
 # Development tasks. Tools come from .venv/ when it exists (see README.md), else from PATH.
-# `make check` is what CI runs (.ci/run); it stops at the first failing step.
+# `make check` is what CI runs (.ci/run), after `make wheel-check`; it stops at the first failing step.
 
 VENV ?= .venv
 PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 PYTEST_ARGS ?=
 
-.PHONY: help test lint format typecheck check
+.PHONY: help test lint format typecheck check dist wheel-check
 
 help:
 	@echo "make test       run the test suite (pytest; PYTEST_ARGS=... to pass options)"
@@ -13,6 +13,9 @@ help:
 	@echo "make format     apply ruff format and the safe ruff fixes"
 	@echo "make typecheck  mypy (strict, files from pyproject.toml)"
 	@echo "make check      lint, typecheck, then test: what CI runs"
+	@echo "make dist       python -m build: a wheel and an sdist in dist/"
+	@echo "make wheel-check  build, then install the wheel with [server] into a fresh venv and"
+	@echo "                  serve the demo from it (scripts/check_wheel.py; CI runs it too)"
 
 test:
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -29,3 +32,10 @@ typecheck:
 	$(PYTHON) -m mypy
 
 check: lint typecheck test
+
+dist:
+	rm -rf dist
+	$(PYTHON) -m build --outdir dist .
+
+wheel-check: dist
+	$(PYTHON) scripts/check_wheel.py dist/abi_engine-*.whl

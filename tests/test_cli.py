@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import queue
 import re
@@ -366,6 +367,46 @@ def test_bad_database_path_is_one_clear_line(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("command", ["serve", "demo", "token"])
+def test_database_in_a_missing_directory_is_refused(tmp_path: Path, command: str) -> None:
+    """A --db path whose directory does not exist (a typo) is one clear line and exit 2; no
+    directory and no empty database are created."""
+    db = tmp_path / "typo-dir" / "nested" / "engine.db"
+    args = ["token", "create", "--user", "u"] if command == "token" else [command, "--port", "0"]
+    result = run_cli(*args, "--db", str(db), cwd=tmp_path)
+    assert_one_line_error(
+        result,
+        f"cannot open the database '{db}'",
+        f"the directory '{db.parent}' does not exist",
+        "--create-dirs",
+    )
+    assert not (tmp_path / "typo-dir").exists()
+
+
+def test_database_from_the_environment_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    """$ABI_ENGINE_DB pointing into a missing directory is refused the same way."""
+    db = tmp_path / "missing" / "engine.db"
+    result = run_cli(
+        "token", "create", "--user", "u", cwd=tmp_path, env=_env(ABI_ENGINE_DB=str(db))
+    )
+    assert_one_line_error(result, "does not exist", "--create-dirs")
+    assert not db.parent.exists()
+
+
+def test_create_dirs_creates_the_missing_directories(tmp_path: Path) -> None:
+    """With --create-dirs the missing directories and the database are created and used."""
+    db = tmp_path / "new" / "nested" / "engine.db"
+    result = run_cli(
+        "token", "create", "--db", str(db), "--user", "alice", "--create-dirs", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert db.is_file()
+    assert authenticate(db, token).user_id == "usr_alice"
+    # once the directory exists, the flag is not needed any more
+    assert create_token(db, "--user", "bob")
+
+
 def test_file_that_is_not_a_database_is_one_clear_line(tmp_path: Path) -> None:
     """A file that is not SQLite is refused with the reason."""
     junk = tmp_path / "junk.db"
@@ -467,9 +508,12 @@ def test_serve_durability_and_lease_reach_the_engine(tmp_path: Path) -> None:
 def test_serve_answers_with_cli_tokens_and_stops_cleanly(
     tmp_path: Path, start_server: Callable[..., Server], stop_signal: int
 ) -> None:
-    """`serve` answers health and token-authenticated requests, then exits 0 on the signal."""
+    """`serve` answers health and token-authenticated requests, then exits 0 on the signal
+    (on a database in a directory that --create-dirs creates)."""
     db = tmp_path / "data" / "engine.db"
-    server = start_server("serve", "--db", str(db), "--host", "127.0.0.1", "--port", "0")
+    server = start_server(
+        "serve", "--db", str(db), "--create-dirs", "--host", "127.0.0.1", "--port", "0"
+    )
     api = server.wait_serving()
     assert server.db == str(db)
     reader = create_token(db, "--user", "usr_reader", "--scope", "workflows:read")
@@ -576,6 +620,28 @@ def test_serve_on_a_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
 # -- demo ------------------------------------------------------------------------------
 
 
+#: The specification's example feedback (docs/feedback-analysis.md, the seed's execute example).
+SPECIFICATION_TEXT = (
+    "I really love your product, but the latest update made the user interface more"
+    " complicated. It's still a great service overall though!"
+)
+
+
+def assert_specification_answer(execution: dict[str, object]) -> None:
+    """The demo's feedback example is the specification's, with the specification's answer."""
+    parameters = execution["parameters"]
+    assert isinstance(parameters, dict)
+    assert parameters["feedback_text"] == SPECIFICATION_TEXT
+    result = execution["result"]
+    assert isinstance(result, dict)
+    assert result["sentiment"] == "mixed", result
+    assert [(c["topic"], c["sentiment"]) for c in result["feedback_components"]] == [
+        ("product_overall", "positive"),
+        ("user_interface", "negative"),
+    ], result
+    assert result["primary_topics"][0] == "user_interface", result
+
+
 @pytest.mark.slow
 def test_demo_prints_a_working_token_and_example_workflow(
     tmp_path: Path, start_server: Callable[..., Server]
@@ -589,6 +655,8 @@ def test_demo_prints_a_working_token_and_example_workflow(
         assert workflow_id.startswith("wf_")
         curls = [line.strip() for line in server.stdout if line.strip().startswith("curl ")]
         custom = f"workflow: {workflow_id} (Add two numbers, type custom, active)" in server.stdout
+        # the feedback example whenever its default service is installed (as in CI)
+        assert custom == (importlib.util.find_spec("vaderSentiment") is None), server.output()
         assert any(f"{api}/workflows/{workflow_id}" in line for line in curls), server.output()
         for line in curls:
             answer = run_printed_curl(line)
@@ -598,6 +666,8 @@ def test_demo_prints_a_working_token_and_example_workflow(
                 assert answer.json()["data"]["status"] == "completed"
                 if custom:
                     assert answer.json()["data"]["result"] == {"sum": 5}
+                else:
+                    assert_specification_answer(answer.json()["data"])
         with httpx.Client(base_url=api, timeout=10) as client:
             got = client.get(f"/workflows/{workflow_id}", headers=auth(token))
         assert got.status_code == 200, got.text

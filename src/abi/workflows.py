@@ -413,10 +413,11 @@ class WorkflowExecutor(_Client):
         page: int = 1,
         page_size: int = 10,
     ) -> Page[ExecutionSummary]:
-        """One page of executions, filtered by workflow, status and start time.
+        """One page of executions, newest first, filtered by workflow, status and when they
+        were requested (their ``created_at``, not ``started_at``).
 
-        :param start_date: executions started at or after this time (RFC 3339).
-        :param end_date: executions started at or before this time (RFC 3339).
+        :param start_date: executions requested at or after this time (RFC 3339).
+        :param end_date: executions requested at or before this time (RFC 3339).
         """
         query = {
             "workflow_id": workflow_id,

@@ -71,8 +71,8 @@ if importlib.util.find_spec("sniffio") is None:
     # sys.path (milliseconds per request). Caching the miss keeps that fallback.
     sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
 
-#: Delays (seconds) before each retry, after an immediate first attempt, as the
-#: Standard Webhooks specification recommends: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+#: Delays (seconds) before each retry, after an immediate first attempt: Svix's schedule,
+#: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (Standard Webhooks' example goes on for days).
 STANDARD_RETRY_SCHEDULE: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
 
 MAX_ERROR = 500
@@ -103,8 +103,8 @@ class WebhookSettings:
 
     ``retry_schedule``: the delays in seconds before each retry; the first
     attempt is made at once, so a delivery gets ``1 + len(retry_schedule)``
-    attempts before it is marked ``failed`` (default: Standard Webhooks'
-    recommendation, :data:`STANDARD_RETRY_SCHEDULE`). ``jitter``: each delay
+    attempts before it is marked ``failed`` (default: Svix's schedule,
+    :data:`STANDARD_RETRY_SCHEDULE`). ``jitter``: each delay
     is scaled by a random factor in ``[1 - jitter, 1 + jitter]``.
     ``timeout_seconds``: the most one attempt may take (connecting, sending,
     reading the answer). ``concurrency``: attempts in flight at once per

@@ -138,9 +138,15 @@ def _db_parent() -> argparse.ArgumentParser:
         default=os.environ.get(ENV_DB) or DEFAULT_DB,
         metavar="PATH",
         help=(
-            "SQLite file (created when missing) or postgresql:// URL"
-            f" (default: ${ENV_DB}, else ./{DEFAULT_DB})"
+            "SQLite file (created when missing, in a directory that exists) or"
+            f" postgresql:// URL (default: ${ENV_DB}, else ./{DEFAULT_DB})"
         ),
+    )
+    parent.add_argument(
+        "--create-dirs",
+        action="store_true",
+        help="create the SQLite file's missing parent directories (without it, a missing"
+        " directory is an error: a mistyped path would otherwise give a new empty database)",
     )
     return parent
 
@@ -271,9 +277,35 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _check_directory(db: str, create_dirs: bool) -> None:
+    """Refuse a SQLite file whose directory is missing, unless ``create_dirs``.
+
+    The storage creates missing directories; from a command line that turns a
+    mistyped path into a new, empty database, so the command asks first.
+    """
+    if "://" in db or db == ":memory:" or db.startswith("file:"):
+        return
+    parent = os.path.dirname(os.path.abspath(db))
+    if os.path.isdir(parent) or create_dirs:
+        return
+    if os.path.lexists(parent) or not os.path.isdir(_existing_ancestor(parent)):
+        return  # not a missing directory: opening the database reports what is wrong
+    raise CliError(
+        f"cannot open the database {_redact(db)!r}: the directory {parent!r} does not exist"
+        " (check the path, or pass --create-dirs to create it)"
+    )
+
+
+def _existing_ancestor(path: str) -> str:
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 def _open_engine(
     db: str,
     *,
+    create_dirs: bool = False,
     workers: int | None = None,
     lease_seconds: float | None = None,
     **options: Any,
@@ -290,6 +322,7 @@ def _open_engine(
     if tuning:
         options["runtime"] = RuntimeSettings(**tuning)
     shown = _redact(db)
+    _check_directory(db, create_dirs)
     try:
         return Engine(db, **options)
     except ValueError as exc:
@@ -307,7 +340,7 @@ def _open_engine(
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
-    engine = _open_engine(args.db)
+    engine = _open_engine(args.db, create_dirs=args.create_dirs)
     try:
         token = engine.tokens.create_token(args.user, args.scope or None, name=args.name)
     except AbiError as exc:
@@ -321,7 +354,7 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_list(args: argparse.Namespace) -> int:
-    engine = _open_engine(args.db)
+    engine = _open_engine(args.db, create_dirs=args.create_dirs)
     try:
         tokens = engine.tokens.list_tokens(args.user)
     finally:
@@ -335,7 +368,7 @@ def _cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_revoke(args: argparse.Namespace) -> int:
-    engine = _open_engine(args.db)
+    engine = _open_engine(args.db, create_dirs=args.create_dirs)
     try:
         revoked = engine.tokens.revoke_tree(args.token_id)
     except sqlite3.Error as exc:
@@ -509,6 +542,7 @@ def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     try:
         engine = _open_engine(
             args.db,
+            create_dirs=args.create_dirs,
             allow_private_urls=args.allow_private_urls,
             workers=args.workers,
             lease_seconds=args.lease_seconds,
@@ -545,7 +579,12 @@ _FEEDBACK_EXAMPLE: dict[str, Any] = {
 _FEEDBACK_PARAMETERS: dict[str, Any] = {
     "feedback_id": "f_12345",
     "customer_id": "c_67890",
-    "feedback_text": "I love the product, but the latest update made the interface harder.",
+    # The specification's own example text; the default service answers "mixed": the
+    # product praised (positive), the user interface criticised (negative).
+    "feedback_text": (
+        "I really love your product, but the latest update made the user interface more"
+        " complicated. It's still a great service overall though!"
+    ),
     "source": "email",
     "include_recommendations": True,
 }

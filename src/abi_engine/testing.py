@@ -16,22 +16,29 @@ Use it from pytest with ``pytest_plugins = ["abi_engine.testing"]`` in your
         execution = await run_workflow(abi_engine, "greeting", parameters={"who": "Ada"})
         assert execution.result == {"text": "Hello, Ada!"}
 
-Or without pytest: ``async with engine_for(MyPlugin()) as engine: ...``.
+Or without pytest: ``async with engine_for(MyPlugin()) as engine: ...``. This
+module imports pytest only when its fixtures are first looked up (by pytest
+itself, or ``from abi_engine.testing import abi_engine``), so ``engine_for`` and
+``run_workflow`` need no pytest installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
-
-import pytest
+from typing import TYPE_CHECKING, Any
 
 from abi_engine.engine import Engine
 from abi_engine.executor import RuntimeSettings
 from abi_engine.models import Execution
 
+if TYPE_CHECKING:  # at run time, __getattr__ below imports them on first use
+    from abi_engine._testing_fixtures import abi_engine, abi_engine_options, abi_plugins
+
 __all__ = ["abi_engine", "abi_engine_options", "abi_plugins", "engine_for", "run_workflow"]
+
+#: The pytest fixtures, defined in :mod:`abi_engine._testing_fixtures` (which imports pytest).
+_FIXTURES = ("abi_engine", "abi_engine_options", "abi_plugins")
 
 
 @asynccontextmanager
@@ -79,23 +86,20 @@ async def run_workflow(
     )
 
 
-@pytest.fixture
-def abi_plugins() -> list[object]:
-    """Override to list the plugins the ``abi_engine`` fixture registers."""
-    return []
+def __getattr__(name: str) -> Any:
+    """The pytest fixtures, imported on first use (pytest looks them up when it loads us)."""
+    if name in _FIXTURES:
+        try:
+            from abi_engine import _testing_fixtures
+        except ImportError as exc:
+            raise ImportError(
+                f"abi_engine.testing.{name} is a pytest fixture and pytest cannot be imported"
+                f" ({exc}); engine_for and run_workflow work without it",
+                name=__name__,
+            ) from exc
+        return getattr(_testing_fixtures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@pytest.fixture
-def abi_engine_options() -> dict[str, Any]:
-    """Override to pass options to the ``abi_engine`` fixture's :class:`Engine`
-    (e.g. ``{"allow_private_urls": True}`` for services on 127.0.0.1)."""
-    return {}
-
-
-@pytest.fixture
-async def abi_engine(
-    abi_plugins: list[object], abi_engine_options: dict[str, Any]
-) -> AsyncIterator[Engine]:
-    """A started in-memory engine with the entry-point plugins and ``abi_plugins``."""
-    async with engine_for(*abi_plugins, **abi_engine_options) as engine:
-        yield engine
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FIXTURES})

@@ -25,7 +25,12 @@ __all__: list[str] = []
     request_model=ScheduleRequest,
     response_model=Schedule,
     tag="schedules",
-    errors=("WORKFLOW_NOT_FOUND", "INVALID_SCHEDULE"),
+    errors=(
+        "WORKFLOW_NOT_FOUND",
+        "INVALID_SCHEDULE",
+        "INVALID_PARAMETERS",
+        "PARAMETER_VALIDATION_ERROR",
+    ),
 )
 async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     schedule = await engine.schedules.create(
@@ -82,7 +87,14 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
     request_model=ScheduleRequest,
     response_model=Schedule,
     tag="schedules",
-    errors=("SCHEDULE_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_REQUEST", "INVALID_STATE"),
+    errors=(
+        "SCHEDULE_NOT_FOUND",
+        "INVALID_SCHEDULE",
+        "INVALID_REQUEST",
+        "INVALID_STATE",
+        "INVALID_PARAMETERS",
+        "PARAMETER_VALIDATION_ERROR",
+    ),
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     schedule = await engine.schedules.update(request.path["schedule_id"], _body_object(request))

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 
 import abi_engine
 from abi_engine import Engine
-from abi_engine.api import OPERATIONS, ApiRequest, Operation
+from abi_engine.api import OPERATIONS, ApiRequest, Operation, QueryParam
 from abi_engine.auth import Principal
 from abi_engine.errors import error_for_code
 from abi_engine.models import Scope
@@ -34,9 +34,14 @@ from abi_engine.models import Scope
 async def test_health_needs_no_token(
     app: Starlette, make_client: Callable[..., httpx.AsyncClient]
 ) -> None:
-    """GET /health answers ok, the version and the database state without a token."""
+    """GET /health answers ok, the version, the database and the engine state without a token."""
     data = success(await make_client(app).get("/api/v1/health"))
-    assert data == {"status": "ok", "version": abi_engine.__version__, "database": "ok"}
+    assert data == {
+        "status": "ok",
+        "version": abi_engine.__version__,
+        "database": "ok",
+        "engine": "running",
+    }
 
 
 @pytest.mark.anyio
@@ -335,6 +340,10 @@ def extra_operations() -> Iterator[None]:
             handler=_echo,
             status_code=202,
             request_model=EchoBody,
+            query=(
+                QueryParam(name="x", schema={"type": "array", "items": {"type": "string"}}),
+                QueryParam(name="y", schema={"type": "string"}),
+            ),
             tag="things",
         ),
         "explode": Operation(
@@ -371,7 +380,7 @@ async def test_new_operations_are_routed_and_documented(
     assert data == {
         "echo": ["hi", "hi"],
         "thing": "t1",
-        "query": {"x": "2", "y": ""},
+        "query": {"x": ["1", "2"], "y": ""},
         "user": "usr_test",
         "header": "yes",
     }

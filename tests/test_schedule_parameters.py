@@ -289,3 +289,69 @@ def test_failed_firings_show_over_rest(api: Served) -> None:
     fetched = scheduler.get_schedule(schedule["id"])
     assert fetched.failed_firings == 1
     assert fetched.last_failure is not None
+
+
+@pytest.mark.anyio
+async def test_parameters_echoed_unchanged_are_not_checked_again(
+    recorded: tuple[Engine, Recorder],
+) -> None:
+    """A workflow edited after its schedule was saved can make the schedule's parameters
+    stale: an update echoing them is still accepted (only a change is checked), a change
+    is refused at once, and the stale parameters fail their firing visibly."""
+    engine, _ = recorded
+    workflow = await engine.workflows.create(
+        {
+            "name": "notices",
+            "type": "notification",
+            "configuration": {
+                "channels": ["webhook"],
+                "templates": {"webhook": "Deployed $version"},
+                "recipients": {"webhook": ["https://hooks.example.com/a"]},
+            },
+        }
+    )
+    await engine.workflows.activate(workflow.id)
+    schedule = await engine.schedules.create(
+        workflow.id,
+        {
+            "name": "hourly",
+            "schedule_type": "interval",
+            "interval_value": 1,
+            "interval_unit": "hours",
+            "parameters": {"version": "1"},
+        },
+    )
+    with pytest.raises(ParameterValidationError) as refused:
+        await engine.schedules.create(
+            workflow.id,
+            {
+                "name": "bad",
+                "schedule_type": "interval",
+                "interval_value": 1,
+                "interval_unit": "hours",
+                "parameters": {},
+            },
+        )
+    assert refused.value.details["field"] == "parameters.version"
+    await engine.workflows.update(
+        workflow.id,
+        {
+            "configuration": {
+                "channels": ["webhook"],
+                "templates": {"webhook": "Deployed $version by $who"},
+                "recipients": {"webhook": ["https://hooks.example.com/a"]},
+            }
+        },
+    )
+    renamed = await engine.schedules.update(
+        schedule.id, {"name": "hourly notices", "parameters": {"version": "1"}}
+    )
+    assert renamed.name == "hourly notices"
+    with pytest.raises(ParameterValidationError):
+        await engine.schedules.update(schedule.id, {"parameters": {"version": "2"}})
+    assert renamed.next_execution is not None
+    await engine.schedules.tick(renamed.next_execution)
+    stale = await engine.schedules.get(schedule.id)
+    assert stale.failed_firings == 1
+    assert stale.last_failure is not None
+    assert stale.last_failure.code == "PARAMETER_VALIDATION_ERROR"

@@ -541,7 +541,9 @@ class ScheduleService(Service):
                 )
             now = utcnow()
             record = self._updated(current, data, now)
-            if attempt == 0 and "parameters" in data:
+            if attempt == 0 and record.parameters != current.parameters:
+                # (parameters echoed unchanged, as a client sending back what it read, are
+                # not checked again: like a repeated cron expression, only a change counts)
                 await self.check_parameters(record.workflow_id, record.parameters)
             view = _view(record)
             applied = await self._engine.runtime.committer.submit(

@@ -56,6 +56,8 @@ CLASSES: dict[type[AbiError], tuple[str, int]] = {
     errors.PayloadTooLarge: ("PAYLOAD_TOO_LARGE", 413),
     errors.InvalidRequest: ("INVALID_REQUEST", 400),
     errors.QueueFull: ("QUEUE_FULL", 503),
+    errors.EngineNotRunning: ("ENGINE_NOT_RUNNING", 503),
+    errors.TemplateNotFound: ("NOT_FOUND", 404),
     errors.InternalError: ("INTERNAL_ERROR", 500),
 }
 

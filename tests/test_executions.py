@@ -28,6 +28,7 @@ from runtime_plugins.helpers import (
 from abi_engine import Engine, ExecutionStatus, StepStatus, hookimpl
 from abi_engine.converter import unstructure
 from abi_engine.errors import (
+    EngineNotRunning,
     ExecutionNotFound,
     ExecutionTimeout,
     IntegrationMissing,
@@ -57,9 +58,9 @@ SEED_KEYS = {
     "steps",
 }
 SEED_STEP_KEYS = {"name", "status", "started_at", "completed_at", "duration_ms"}
-#: What the engine shows beyond the seed's GET example (when set).
-EXTRA_KEYS = {"created_at", "created_by"}
-EXTRA_STEP_KEYS = {"attempts"}
+#: What the engine shows beyond the seed's GET example (always: null when empty).
+EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"}
+EXTRA_STEP_KEYS = {"attempts", "error"}
 
 
 @pytest.fixture(autouse=True)
@@ -299,8 +300,10 @@ async def test_execute_needs_a_running_engine(make: EngineFactory) -> None:
     """Executing on an engine that is not started is refused with a clear error."""
     engine = make()
     wf = await new_workflow(engine)
-    with pytest.raises(RuntimeError, match="async with engine"):
+    with pytest.raises(EngineNotRunning, match="async with engine") as refused:
         await engine.executions.execute(wf)
+    assert refused.value.http_status == 503
+    assert refused.value.details == {"engine": "not_running"}
 
 
 @pytest.mark.parametrize("timeout", [0, -1, "5", float("inf"), 8 * 24 * 3600, True])
@@ -384,20 +387,21 @@ async def test_bad_callback_secret_is_refused(eng: Engine, secret: Any) -> None:
 
 
 async def test_get_has_the_seed_keys(eng: Engine) -> None:
-    """A completed execution's JSON has the seed's keys (plus only created_at/created_by and a
-    step's attempts), with RFC 3339 Z timestamps."""
+    """A completed execution's JSON has the seed's keys plus the documented others (null
+    when empty: error, callback_url, schedule_id), with RFC 3339 Z timestamps."""
     wf = await new_workflow(eng, name="Enhanced Customer Feedback Analysis")
     execution = await eng.executions.execute(wf, {"feedback_id": "f_12345"})
     data = unstructure(await eng.executions.get(execution.execution_id))
-    assert set(data) - EXTRA_KEYS == SEED_KEYS
-    assert set(data) & EXTRA_KEYS <= {"created_at"}
+    assert set(data) == SEED_KEYS | EXTRA_KEYS
+    assert (data["error"], data["callback_url"], data["schedule_id"]) == (None, None, None)
     assert data["workflow_name"] == "Enhanced Customer Feedback Analysis"
     assert data["status"] == "completed"
     assert data["parameters"] == {"feedback_id": "f_12345"}
     assert data["execution_id"].startswith("exec_")
     assert [s["name"] for s in data["steps"]] == ["first", "second", "third"]
     for step in data["steps"]:
-        assert set(step) - EXTRA_STEP_KEYS == SEED_STEP_KEYS
+        assert set(step) == SEED_STEP_KEYS | EXTRA_STEP_KEYS
+        assert step["error"] is None
     for item in (data, *data["steps"]):
         for key in ("started_at", "completed_at"):
             assert item[key].endswith("Z")
@@ -427,7 +431,7 @@ async def test_failed_step_error_is_shown(eng: Engine) -> None:
         "step": "second",
         "type": "RuntimeError",
     }
-    assert "result" not in data
+    assert data["result"] is None
 
 
 async def test_list_filters_paginates_newest_first(eng: Engine) -> None:
@@ -895,7 +899,7 @@ async def test_rest_execute_sync(rest: tuple[Engine, httpx.AsyncClient]) -> None
         ),
         200,
     )
-    assert set(data) - EXTRA_KEYS == SEED_KEYS
+    assert set(data) == SEED_KEYS | EXTRA_KEYS
     assert data["created_by"] == "usr_rest"
     assert data["status"] == "completed"
     assert data["result"] == {"done": 3}

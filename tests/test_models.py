@@ -226,18 +226,31 @@ def _page(model: Any) -> st.SearchStrategy[Any]:
     )
 
 
-def test_omit_none_fields_are_left_out() -> None:
-    """omit_none fields vanish while None and appear once set; other None fields stay as null."""
+_API_MODELS = [m for m in MODELS if isinstance(m, type) and m.__module__ == "abi_engine.models"]
+
+
+@pytest.mark.parametrize("model", _API_MODELS, ids=_name)
+@given(data=st.data())
+def test_every_field_is_always_in_the_json(model: Any, data: st.DataObject) -> None:
+    """Every field of an API model is in its JSON, None ones as null (never left out)."""
+    obj = data.draw(model_strategy(model))
+    plain = unstructure(obj)
+    assert set(plain) == {f.name for f in attrs.fields(model)}
+    for field in attrs.fields(model):
+        if getattr(obj, field.name) is None:
+            assert plain[field.name] is None
+
+
+def test_empty_fields_are_null() -> None:
+    """A workflow never activated, a pending step, a queued execution: nulls, not gaps."""
     now = datetime(2023, 5, 1, 12, tzinfo=UTC)
     wf = models.Workflow(id="wf_1", name="n", type="custom", created_at=now, updated_at=now)
     plain = unstructure(wf)
-    assert "activated_at" not in plain
-    assert "deactivated_at" not in plain
-    assert plain["description"] is None
-    assert plain["created_by"] is None
+    assert plain["activated_at"] is None
+    assert plain["deactivated_at"] is None
+    assert plain["notification_templates"] == []
     wf.activated_at = now
     assert unstructure(wf)["activated_at"] == "2023-05-01T12:00:00Z"
-
     step = unstructure(models.Step(name="s"))
     assert step == {
         "name": "s",
@@ -245,6 +258,8 @@ def test_omit_none_fields_are_left_out() -> None:
         "started_at": None,
         "completed_at": None,
         "duration_ms": None,
+        "attempts": None,
+        "error": None,
     }
     execution = unstructure(
         models.Execution(
@@ -254,9 +269,19 @@ def test_omit_none_fields_are_left_out() -> None:
     assert execution == {
         "execution_id": "exec_1",
         "workflow_id": "wf_1",
+        "workflow_name": None,
         "status": "queued",
         "started_at": None,
+        "completed_at": None,
+        "duration_ms": None,
         "parameters": {},
+        "result": None,
+        "error": None,
+        "steps": None,
+        "callback_url": None,
+        "schedule_id": None,
+        "created_by": None,
+        "created_at": None,
     }
 
 

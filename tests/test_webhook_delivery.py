@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
 from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
     FAILING,
+    STEPS,
     Receiver,
     all_finished,
     eng_fixture,
@@ -95,12 +96,27 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
         {"name": "s", "schedule_type": "interval", "interval_value": 1, "interval_unit": "seconds"},
     )
     await eng.schedules.update(schedule.id, {"description": "every second"})
+    # A schedule whose firings cannot start an execution: schedule.failed.
+    needs_crm = await eng.workflows.create(
+        {
+            "name": "needs crm",
+            "type": "custom",
+            "configuration": STEPS,
+            "integrations": [{"id": "int_crm", "required": True}],
+        }
+    )
+    await eng.workflows.activate(needs_crm.id)
+    failing_schedule = await eng.schedules.create(
+        needs_crm.id,
+        {"name": "f", "schedule_type": "interval", "interval_value": 1, "interval_unit": "seconds"},
+    )
     seen: set[str] = set()
     with anyio.fail_after(30):
-        while "schedule.triggered" not in seen:
+        while not {"schedule.triggered", "schedule.failed"} <= seen:
             seen = {json.loads(r.body)["type"] for r in receiver.received("/all")}
             await anyio.sleep(0.05)
     await eng.schedules.delete(schedule.id)
+    await eng.schedules.delete(failing_schedule.id)
     await eng.workflows.deactivate(wf_id)
     await eng.workflows.delete(wf_id)
     with anyio.fail_after(30):
@@ -112,7 +128,7 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
         assert verifier.verify(request.body, request.headers)["type"] in EVENT_TYPES
     created = {json.loads(r.body)["type"] for r in receiver.received("/created")}
     assert created == {"workflow.created"}
-    assert len(receiver.received("/created")) == 2  # the two workflows
+    assert len(receiver.received("/created")) == 3  # the three workflows
     assert only_created.id != everything.id
 
 
@@ -683,8 +699,8 @@ async def test_execution_events_by_reference_carry_the_data_of_their_moment(
     assert bodies["execution.completed"] == final
     started = bodies["workflow.executed"]
     assert started["status"] == "running"
-    assert "completed_at" not in started
-    assert "result" not in started
+    assert started["completed_at"] is None
+    assert started["result"] is None
     assert started["started_at"] == final["started_at"]
     assert started["parameters"] == {"x": 1}
     assert [(s["name"], s["status"]) for s in started["steps"]] == [

@@ -158,6 +158,7 @@ class Approval(WorkflowType):
 
     name = "approval"
     description = "Manages approval processes"
+    docs_url = "docs/approval.md"
     Configuration = ApprovalConfiguration
     Parameters = ApprovalParameters
 

@@ -153,6 +153,7 @@ class CustomWorkflow(WorkflowType):
 
     name = "custom"
     description = "Custom workflow implementation"
+    docs_url = "docs/custom.md"
 
     _handlers: dict[str, Any]
     _engine: Any = None

@@ -127,6 +127,7 @@ class DataProcessing(WorkflowType):
 
     name = "data_processing"
     description = "Processes and transforms data"
+    docs_url = "docs/data-processing.md"
     Configuration = DataProcessingConfig
     Parameters = DataProcessingParams
 

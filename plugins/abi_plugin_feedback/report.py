@@ -77,6 +77,8 @@ class ReportParameters:
     include_recommendations: bool | None = None
     since: str | None = None
     period_hours: float | None = None
+    #: ``true`` asks for a report explicitly (the seed's schedule sends it).
+    generate_report: bool | None = None
 
 
 def is_report_request(parameters: Mapping[str, Any]) -> bool:

@@ -39,7 +39,7 @@ from abi_engine.errors import (
     InvalidWorkflowConfig,
     ParameterValidationError,
 )
-from abi_engine.types import prefixed_fields
+from abi_engine.types import json_schema, prefixed_fields
 from abi_plugin_feedback import report
 from abi_plugin_feedback.recommendations import GENERAL_TOPIC, recommend, rule_table
 from abi_plugin_feedback.report import ReportParameters, is_report_request
@@ -125,6 +125,8 @@ class FeedbackParameters:
     customer_id: str | None = None
     source: str | None = None
     include_recommendations: bool | None = None
+    #: ``false`` (or absent): analyse this text; ``true`` asks for a report instead.
+    generate_report: bool | None = None
 
 
 def _bad(field: str, message: str, **extra: Any) -> InvalidWorkflowConfig:
@@ -208,6 +210,7 @@ class FeedbackAnalysis(WorkflowType):
 
     name = "feedback_analysis"
     description = "Analyzes customer feedback"
+    docs_url = "docs/feedback-analysis.md"
     Configuration = FeedbackConfiguration
     Parameters = FeedbackParameters
 
@@ -292,14 +295,36 @@ class FeedbackAnalysis(WorkflowType):
     # -- parameters ---------------------------------------------------------------
 
     def parse_parameters(self, parameters: Mapping[str, Any], config: Any) -> Any:
-        """``FeedbackParameters`` for a text; ``ReportParameters`` without one (a report).
+        """``FeedbackParameters`` for a text; ``ReportParameters`` for a report.
 
-        Parameters with ``feedback_text``, ``feedback_id`` or ``customer_id``
-        analyse one text and are checked exactly as before (a missing text is
-        ``INVALID_PARAMETERS``); the others ask for a report.
+        ``generate_report`` chooses: ``true`` is a report (and then
+        ``feedback_text``, ``feedback_id`` and ``customer_id`` are refused),
+        ``false`` the analysis of ``feedback_text`` (a missing text is
+        ``INVALID_PARAMETERS``). Without it, parameters with ``feedback_text``,
+        ``feedback_id`` or ``customer_id`` analyse one text, the others ask for
+        a report (the seed's nightly schedule sends neither).
         """
-        if not isinstance(parameters, Mapping) or not is_report_request(parameters):
+        if not isinstance(parameters, Mapping):
             return super().parse_parameters(parameters, config)
+        mode = parameters.get("generate_report")
+        if mode is not None and not isinstance(mode, bool):
+            raise InvalidParameters(
+                "Invalid value for 'parameters.generate_report': expected a boolean"
+                f" (true: a report; false: analyse feedback_text), got {type(mode).__name__}",
+                {"field": "parameters.generate_report"},
+            )
+        report_mode = mode is True or (mode is None and is_report_request(parameters))
+        if not report_mode:
+            return super().parse_parameters(parameters, config)
+        if not is_report_request(parameters):
+            given = sorted(
+                k for k in ("feedback_text", "feedback_id", "customer_id") if k in parameters
+            )
+            raise InvalidParameters(
+                "Invalid value for 'parameters.generate_report': a report (true) analyses the"
+                f" workflow's recent feedback, not one text: leave out {', '.join(given)}",
+                {"field": "parameters.generate_report", "conflicts_with": given},
+            )
         with prefixed_fields("parameters"):
             parsed = structure(dict(parameters), ReportParameters, error=InvalidParameters)
         report.check_report_parameters(parsed)
@@ -319,6 +344,18 @@ class FeedbackAnalysis(WorkflowType):
                 f" characters, got {len(text)}",
                 {"field": "parameters.feedback_text", "max_length": MAX_TEXT_CHARS},
             )
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """Either shape: one text to analyse (``feedback_text``) or a report."""
+        text, report_schema = json_schema(FeedbackParameters), json_schema(ReportParameters)
+        defs = {**text.pop("$defs", {}), **report_schema.pop("$defs", {})}
+        schema: dict[str, Any] = {
+            "$schema": text.pop("$schema"),
+            "anyOf": [text, {k: v for k, v in report_schema.items() if k != "$schema"}],
+        }
+        if defs:
+            schema["$defs"] = defs
+        return schema
 
     # -- helpers ------------------------------------------------------------------
 

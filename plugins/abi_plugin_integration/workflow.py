@@ -100,6 +100,7 @@ class IntegrationSync(WorkflowType):
 
     name = "integration"
     description = "Synchronizes data between systems"
+    docs_url = "docs/integration-sync.md"
     Configuration = SyncConfig
     Parameters = SyncParams
 

@@ -24,7 +24,12 @@ from typing import Any
 import attrs
 
 from abi_engine import RetryPolicy, StepContext, StepSpec, WorkflowType
-from abi_engine.errors import AbiError, InvalidWorkflowConfig, ParameterValidationError
+from abi_engine.errors import (
+    AbiError,
+    InvalidRequest,
+    InvalidWorkflowConfig,
+    ParameterValidationError,
+)
 from abi_engine.netguard import check_url
 from abi_plugin_notification.channels import send_email, send_slack, send_webhook
 from abi_plugin_notification.providers import check_address
@@ -120,10 +125,13 @@ class Notification(WorkflowType):
 
     name = "notification"
     description = "Sends notifications based on events"
+    docs_url = "docs/notification.md"
     Configuration = NotificationConfiguration
 
     _registered: Mapping[str, Any] = {}
     _allow_private = False
+    #: The engine's managed templates (``engine.notification_templates``), once attached.
+    _managed: Any = None
 
     def __init__(self) -> None:
         # Recipients already served by an earlier try of a send step, so a retry
@@ -133,6 +141,7 @@ class Notification(WorkflowType):
     def attach(self, engine: Any) -> None:
         self._registered = engine.registry.notification_templates
         self._allow_private = bool(engine.allow_private_urls)
+        self._managed = getattr(engine, "notification_templates", None)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -217,13 +226,57 @@ class Notification(WorkflowType):
                 raise _bad(f"template_library.{template_id}.{field}".rstrip("."), message) from None
         return library
 
+    def _managed_id(
+        self, config: NotificationConfiguration, channel: str, library: Mapping[str, Any]
+    ) -> str | None:
+        """The id of the managed template ``channel`` names, if it names one.
+
+        An id that neither the workflow's ``template_library`` nor a plugin
+        defines names a template managed by the engine
+        (``PUT /api/v1/notification_templates/{id}``), which may not exist yet.
+        """
+        value = config.templates[channel]
+        if (
+            isinstance(value, str)
+            and is_template_id(value)
+            and value not in library
+            and value not in self._registered
+        ):
+            return value
+        return None
+
+    def template_ids(self, config: NotificationConfiguration) -> list[str]:
+        """The managed templates the channels name (the engine shows them on the workflow)."""
+        library = config.template_library
+        found = (self._managed_id(config, channel, library) for channel in config.channels)
+        return list(dict.fromkeys(i for i in found if i is not None))
+
+    def check_template(self, template: Any) -> None:
+        """A managed template's subject and body must be well-formed (400 naming the field)."""
+        value = {"body": template.body}
+        if template.subject is not None:
+            value["subject"] = template.subject
+        try:
+            parse_template(value, source=template.id)
+        except TemplateError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise InvalidRequest(
+                f"Invalid value for '{field}': {message}", {"field": field}
+            ) from None
+
     def template_for(
         self,
         config: NotificationConfiguration,
         channel: str,
         library: Mapping[str, MessageTemplate] | None = None,
-    ) -> MessageTemplate:
-        """The template of ``channel``: a library or registered id, or inline text/object."""
+        managed: Mapping[str, Any] | None = None,
+    ) -> MessageTemplate | None:
+        """The template of ``channel``: a library, registered or managed id, or inline text.
+
+        ``None`` for a managed template not known here: ``managed`` (templates
+        read by the caller) or else what the engine last read. The engine
+        refuses to execute while one is missing.
+        """
         value = config.templates[channel]
         library = self._library(config) if library is None else library
         where = f"templates.{channel}"
@@ -235,13 +288,13 @@ class Notification(WorkflowType):
                     return parse_template(self._registered[value], source=value)
                 except TemplateError as exc:
                     raise _bad(where, f"registered template {value!r}: {exc}") from None
-            raise _bad(
-                where,
-                f"no template {value!r}: define it in 'template_library' or register it with"
-                " the abi_notification_templates hook (inline text without spaces is written"
-                f' {{"body": {value!r}}})',
-                known=sorted({*library, *self._registered}),
-            )
+            if managed is not None:
+                found = managed.get(value)
+            else:
+                found = self._managed.cached(value) if self._managed is not None else None
+            if found is None:
+                return None
+            return MessageTemplate(body=found.body, subject=found.subject, source=value)
         try:
             return parse_template(value)
         except TemplateError as exc:
@@ -272,6 +325,8 @@ class Notification(WorkflowType):
         values["parameters"] = dict(params)
         for channel in config.channels:
             template = self.template_for(config, channel)
+            if template is None:  # a managed template the engine checks exists, then reads
+                continue
             for variable in sorted(template.variables()):
                 try:
                     lookup(values, variable)
@@ -321,8 +376,15 @@ class Notification(WorkflowType):
             "parameters": dict(ctx.parameters),
         }
         rendered = {}
+        ids = self.template_ids(config)
+        managed = await self._managed.find(ids) if ids and self._managed is not None else {}
         for channel in config.channels:
-            template = self.template_for(config, channel)
+            template = self.template_for(config, channel, managed=managed)
+            if template is None:
+                raise LookupError(
+                    f"notification template {config.templates[channel]!r} does not exist"
+                    " (deleted since the execution started?)"
+                )
             escape: Callable[[str], str] = _slack_escape if channel == "slack" else str
             subject = template.subject
             rendered[channel] = {

@@ -97,6 +97,7 @@ class Reporting(WorkflowType):
 
     name = "reporting"
     description = "Generates reports"
+    docs_url = "docs/reporting.md"
     Configuration = ReportingConfig
     Parameters = ReportingParams
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from abi_engine.api import ApiRequest, call, get_operation
+from abi_engine.api import ApiRequest, call_with_status, get_operation
 from abi_engine.errors import (
     AbiError,
     InternalError,
@@ -77,26 +77,45 @@ class Transport(Protocol):
         """Run ``op_name``; raise the :mod:`abi_engine.errors` exception on failure."""
         ...
 
+    def request_with_status(
+        self,
+        op_name: str,
+        *,
+        path: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Like :meth:`request`, with the HTTP status of the answer (200, 201, 202...)."""
+        ...
+
     def close(self) -> None:
         """Release what the transport holds (never an engine given by the caller)."""
         ...
 
 
-def encode_query(query: Mapping[str, Any] | None) -> dict[str, str]:
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return format_time(value)
+    return str(value)
+
+
+def encode_query(query: Mapping[str, Any] | None) -> dict[str, str | list[str]]:
     """Query values as HTTP carries them: strings, booleans as ``true``/``false``.
 
-    ``None`` values are left out; times become RFC 3339 ``Z`` strings.
+    ``None`` values are left out; times become RFC 3339 ``Z`` strings; a list
+    or tuple becomes a list of strings (the parameter repeated).
     """
-    out: dict[str, str] = {}
+    out: dict[str, str | list[str]] = {}
     for key, value in (query or {}).items():
         if value is None:
             continue
-        if isinstance(value, bool):
-            out[key] = "true" if value else "false"
-        elif isinstance(value, datetime):
-            out[key] = format_time(value)
+        if isinstance(value, list | tuple | set | frozenset):
+            out[key] = [_query_value(item) for item in value]
         else:
-            out[key] = str(value)
+            out[key] = _query_value(value)
     return out
 
 
@@ -148,6 +167,19 @@ class LocalTransport:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
+        return self.request_with_status(
+            op_name, path=path, query=query, body=body, headers=headers
+        )[1]
+
+    def request_with_status(
+        self,
+        op_name: str,
+        *,
+        path: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
         get_operation(op_name)
         raw = encode_body(body)
         request = ApiRequest(
@@ -157,8 +189,8 @@ class LocalTransport:
             headers=_lower_keys(headers),
         )
         principal = self.engine.tokens.authenticate(require_token(self._token))
-        data = self.engine.call(_call_operation, self.engine, principal, op_name, request)
-        return json.loads(json.dumps(data))
+        status, data = self.engine.call(_call_operation, self.engine, principal, op_name, request)
+        return status, json.loads(json.dumps(data))
 
     def close(self) -> None:
         """Nothing to release: the engine belongs to the caller or to the embedded registry."""
@@ -166,10 +198,10 @@ class LocalTransport:
 
 async def _call_operation(
     engine: Engine, principal: Principal, op_name: str, request: ApiRequest
-) -> Any:
+) -> tuple[int, Any]:
     """Run an operation; an unexpected exception becomes ``InternalError`` as over HTTP."""
     try:
-        return await call(engine, principal, op_name, request)
+        return await call_with_status(engine, principal, op_name, request)
     except AbiError:
         raise
     except Exception as exc:
@@ -198,6 +230,19 @@ class RemoteTransport:
         body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
+        return self.request_with_status(
+            op_name, path=path, query=query, body=body, headers=headers
+        )[1]
+
+    def request_with_status(
+        self,
+        op_name: str,
+        *,
+        path: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
         op = get_operation(op_name)
         quoted = {key: quote(str(value), safe="") for key, value in (path or {}).items()}
         url = API_PREFIX + op.path.format_map(quoted)
@@ -219,7 +264,7 @@ class RemoteTransport:
                 f"Could not reach the abi-engine REST API at {full}: {exc or type(exc).__name__}",
                 full,
             ) from exc
-        return _unwrap(response)
+        return response.status_code, _unwrap(response)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -41,9 +42,12 @@ from abi_engine.converter import structure, unstructure
 from abi_engine.errors import (
     AbiError,
     ExecutionNotFound,
+    ExecutionTimeout,
     InternalError,
+    InvalidRequest,
     NotFound,
     ScheduleNotFound,
+    TemplateNotFound,
     WebhookNotFound,
     WorkflowNotFound,
 )
@@ -52,11 +56,13 @@ from abi_engine.models import (
     DeleteResult,
     Execution,
     ExecutionSummary,
+    NotificationTemplate,
     Page,
     Schedule,
     ScheduleSummary,
     Workflow,
     WorkflowSummary,
+    WorkflowTypeInfo,
 )
 from abi_engine.models_webhooks import Delivery, Webhook
 
@@ -77,6 +83,8 @@ T = TypeVar("T")
 
 #: Seconds a remote call may take before it fails (covers waiting executions).
 DEFAULT_TIMEOUT = 300.0
+#: The longest :meth:`WorkflowExecutor.wait_for_execution` holds one request.
+WAIT_REQUEST_SECONDS = 30.0
 
 
 @attrs.define(kw_only=True)
@@ -188,6 +196,7 @@ class _Client:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._transport = _connect(access_token, engine, base_url, timeout)
+        self._timeout = timeout
 
     def close(self) -> None:
         """Release the HTTP connections of a remote client.
@@ -330,6 +339,66 @@ class WorkflowManager(_Client):
         data = self._transport.request("delete_workflow", path=path)
         return _structure(data, DeleteResult)
 
+    def list_workflow_types(self, page: int = 1, page_size: int = 100) -> Page[WorkflowTypeInfo]:
+        """The installed workflow types, by name, with their configuration and parameters
+        JSON Schemas and their documentation link."""
+        query = {"page": page, "page_size": page_size}
+        data = self._transport.request("list_workflow_types", query=query)
+        return _structure(data, Page[WorkflowTypeInfo])
+
+    # -- notification templates ------------------------------------------------------------
+
+    def put_notification_template(
+        self,
+        template_id: str,
+        body: str,
+        subject: str | None = None,
+        description: str | None = None,
+    ) -> NotificationTemplate:
+        """Create or replace the notification template ``template_id``.
+
+        Workflows whose configuration names it (``"templates": {"email":
+        "template_123"}``) show it ``available`` and can be executed.
+
+        :raises InvalidRequest: a bad id, or a body/subject the notification type
+            cannot read (``details["field"]``).
+        :raises InvalidState: a plugin registered a template of that id.
+        """
+        path = {"template_id": _check_id(template_id, _template_not_found)}
+        body_json = _drop_none({"body": body, "subject": subject, "description": description})
+        data = self._transport.request("put_notification_template", path=path, body=body_json)
+        return _structure(data, NotificationTemplate)
+
+    def get_notification_template(self, template_id: str) -> NotificationTemplate:
+        """The template with this id.
+
+        :raises TemplateNotFound: no such template (``NOT_FOUND``).
+        """
+        path = {"template_id": _check_id(template_id, _template_not_found)}
+        data = self._transport.request("get_notification_template", path=path)
+        return _structure(data, NotificationTemplate)
+
+    def list_notification_templates(
+        self, page: int = 1, page_size: int = 10
+    ) -> Page[NotificationTemplate]:
+        """One page of notification templates, by id."""
+        query = {"page": page, "page_size": page_size}
+        data = self._transport.request("list_notification_templates", query=query)
+        return _structure(data, Page[NotificationTemplate])
+
+    def delete_notification_template(self, template_id: str) -> DeleteResult:
+        """Delete the template; workflows naming it show it ``pending`` again.
+
+        :raises TemplateNotFound: no such template (``NOT_FOUND``).
+        """
+        path = {"template_id": _check_id(template_id, _template_not_found)}
+        data = self._transport.request("delete_notification_template", path=path)
+        return _structure(data, DeleteResult)
+
+
+def _template_not_found(template_id: str) -> AbiError:
+    return TemplateNotFound(template_id)
+
 
 class WorkflowExecutor(_Client):
     """Run workflows and follow their executions.
@@ -396,6 +465,54 @@ class WorkflowExecutor(_Client):
         )
         return _structure(data, Execution)
 
+    def wait_for_execution(self, execution_id: str, timeout: float | None = None) -> Execution:
+        """Block until the execution has ended, then return it (no polling needed).
+
+        Returns once the execution is ``completed``, ``failed``, ``timed_out``
+        or ``cancelled``, or ``waiting`` for a signal or an approval (a durable
+        sleep is running time: it keeps waiting), whatever the outcome: a
+        failed execution is returned, not raised. It long-polls
+        ``GET /workflow_executions/{id}/wait`` (each request held at most 30 s,
+        and less than this client's ``timeout``), in-process through the same
+        operation.
+
+        :param timeout: seconds to wait at most; ``None`` waits as long as it takes.
+        :raises ExecutionTimeout: ``timeout`` passed first; the execution goes on
+            (``details["status"]`` says where it stands).
+        :raises ExecutionNotFound: no such execution.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+        ):
+            raise InvalidRequest("'timeout' must be a number of seconds >= 0", {"field": "timeout"})
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunk = max(1.0, min(WAIT_REQUEST_SECONDS, self._timeout - 5.0))
+        while True:
+            remaining = chunk if deadline is None else deadline - time.monotonic()
+            hold = min(chunk, remaining)
+            if hold > 0:
+                status, data = self._transport.request_with_status(
+                    "wait_for_execution", path=path, query={"timeout_seconds": round(hold, 3)}
+                )
+                settled = status == 200  # 202: the request's time passed first
+            else:
+                data = self._transport.request("get_execution", path=path)
+                settled = False
+            execution = _structure(data, Execution)
+            if settled or execution.status.finished:
+                return execution
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ExecutionTimeout(
+                    f"Execution {execution.execution_id} did not end within {timeout:g} s;"
+                    f" it goes on ({execution.status.value})",
+                    {
+                        "execution_id": execution.execution_id,
+                        "timeout_seconds": timeout,
+                        "status": execution.status.value,
+                    },
+                )
+
     def get_execution_status(self, execution_id: str) -> Execution:
         """The execution with its steps, result or error.
 
@@ -407,17 +524,22 @@ class WorkflowExecutor(_Client):
     def list_executions(
         self,
         workflow_id: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         start_date: str | datetime | None = None,
         end_date: str | datetime | None = None,
         page: int = 1,
         page_size: int = 10,
+        schedule_id: str | None = None,
+        created_by: str | None = None,
     ) -> Page[ExecutionSummary]:
-        """One page of executions, newest first, filtered by workflow, status and when they
-        were requested (their ``created_at``, not ``started_at``).
+        """One page of executions, newest first, filtered.
 
+        :param status: one status, or several (executions in any of them).
         :param start_date: executions requested at or after this time (RFC 3339).
         :param end_date: executions requested at or before this time (RFC 3339).
+        :param schedule_id: executions started by this schedule.
+        :param created_by: executions requested by this user id.
+        :raises InvalidRequest: an unknown status, a malformed time or page.
         """
         query = {
             "workflow_id": workflow_id,
@@ -426,6 +548,8 @@ class WorkflowExecutor(_Client):
             "end_date": end_date,
             "page": page,
             "page_size": page_size,
+            "schedule_id": schedule_id,
+            "created_by": created_by,
         }
         data = self._transport.request("list_executions", query=query)
         return _structure(data, Page[ExecutionSummary])

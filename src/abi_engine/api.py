@@ -10,6 +10,7 @@ path over HTTP, so all three behave the same.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -151,6 +152,7 @@ async def call_with_status(
     op = get_operation(name)
     if op.scope is not None:
         actor.require(op.scope)
+    request = _checked_query(op, request)
     data = await op.handler(engine, actor, request)
     if isinstance(data, Accepted):
         return 202, data.data
@@ -216,6 +218,44 @@ async def check_quota(
             f"The user already holds {limit} {what}, the most allowed ({limit_name}); {advice}",
             {"limit": limit_name, limit_name: limit},
         )
+
+
+def _checked_query(op: Operation, request: ApiRequest) -> ApiRequest:
+    """``request`` with its query checked against the operation's parameters.
+
+    An unknown parameter is ``INVALID_REQUEST`` naming it (as an unknown body
+    field is). A parameter given several times (a list of values) is refused
+    unless its schema is an array; array parameters arrive as a list of
+    strings, whether repeated (``status=a&status=b``) or comma-separated
+    (``status=a,b``).
+    """
+    if not request.query:
+        return request
+    declared = {q.name: q for q in op.query}
+    unknown = sorted(set(request.query) - set(declared))
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown query parameter(s): {', '.join(unknown)}",
+            {
+                "field": unknown[0],
+                "errors": [{"field": f, "message": "unknown query parameter"} for f in unknown],
+                "allowed": sorted(declared),
+            },
+        )
+    query: dict[str, Any] = {}
+    for name, value in request.query.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        if declared[name].schema.get("type") == "array":
+            query[name] = [
+                part.strip() for item in values for part in str(item).split(",") if part.strip()
+            ]
+        elif len(values) != 1:
+            raise InvalidRequest(
+                f"Query parameter '{name}' is given more than once", {"field": name}
+            )
+        else:
+            query[name] = values[0]
+    return attrs.evolve(request, query=query)
 
 
 def _summary(workflow: Workflow) -> dict[str, Any]:
@@ -548,6 +588,7 @@ _EXEC_ERRORS = (
     "INTEGRATION_MISSING",
     "INVALID_PARAMETERS",
     "PARAMETER_VALIDATION_ERROR",
+    "ENGINE_NOT_RUNNING",
 )
 
 
@@ -623,6 +664,62 @@ async def get_execution(engine: Engine, actor: Principal, request: ApiRequest) -
     return _execution_json(await engine.executions.get(request.path["execution_id"]))
 
 
+#: The longest a ``wait`` request holds (seconds); callers wanting longer ask again.
+MAX_WAIT_SECONDS = 60.0
+#: How long a ``wait`` request holds when it names no ``timeout_seconds``.
+DEFAULT_WAIT_SECONDS = 30.0
+
+
+def _wait_seconds(value: Any) -> float:
+    if value is None:
+        return DEFAULT_WAIT_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_WAIT_SECONDS):
+        raise InvalidRequest(
+            f"'timeout_seconds' must be a number of seconds above 0 and at most"
+            f" {MAX_WAIT_SECONDS:g}",
+            {"field": "timeout_seconds"},
+        )
+    return seconds
+
+
+@operation(
+    method="GET",
+    path="/workflow_executions/{execution_id}/wait",
+    scope=Scope.EXECUTIONS_READ,
+    summary="Wait until an execution ends or waits, at most timeout_seconds (long poll)",
+    accepted_description="timeout_seconds passed first: the execution as it stands (ask again)",
+    response_model=Execution,
+    query=(
+        QueryParam(
+            name="timeout_seconds",
+            schema={
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "maximum": MAX_WAIT_SECONDS,
+                "default": DEFAULT_WAIT_SECONDS,
+            },
+            description="How long to hold the request at most",
+        ),
+    ),
+    tag="executions",
+    errors=("EXECUTION_NOT_FOUND", "INVALID_REQUEST"),
+)
+async def wait_for_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    """Answers 200 as soon as the execution has ended (``completed``, ``failed``,
+    ``timed_out``, ``cancelled``) or waits for a signal or an approval; 202
+    with the execution as it stands (``queued``, ``running``, or ``waiting``
+    in a durable sleep) when ``timeout_seconds`` passed first: ask again to
+    keep waiting."""
+    seconds = _wait_seconds(request.query.get("timeout_seconds"))
+    execution, settled = await engine.executions.wait_settled(request.path["execution_id"], seconds)
+    data = _execution_json(execution)
+    return data if settled else Accepted(data)
+
+
 @operation(
     method="GET",
     path="/workflow_executions",
@@ -634,7 +731,23 @@ async def get_execution(engine: Engine, actor: Principal, request: ApiRequest) -
         QueryParam(name="workflow_id", schema={"type": "string"}),
         QueryParam(
             name="status",
-            schema={"type": "string", "enum": [s.value for s in ExecutionStatus]},
+            schema={
+                "type": "array",
+                "items": {"type": "string", "enum": [s.value for s in ExecutionStatus]},
+            },
+            description="One status or several (status=failed&status=timed_out, or"
+            " status=failed,timed_out): executions in any of them",
+        ),
+        QueryParam(
+            name="schedule_id",
+            schema={"type": "string"},
+            description="Executions started by this schedule",
+        ),
+        QueryParam(
+            name="created_by",
+            schema={"type": "string"},
+            description="Executions requested by this user (the schedule's creator for"
+            " scheduled ones)",
         ),
         QueryParam(
             name="start_date",
@@ -657,6 +770,8 @@ async def list_executions(engine: Engine, actor: Principal, request: ApiRequest)
         await engine.executions.list(
             workflow_id=q.get("workflow_id"),
             status=q.get("status"),
+            schedule_id=q.get("schedule_id"),
+            created_by=q.get("created_by"),
             start_date=q.get("start_date"),
             end_date=q.get("end_date"),
             page=q.get("page", 1),
@@ -755,5 +870,6 @@ async def reject_execution(engine: Engine, actor: Principal, request: ApiRequest
 
 # Operations of other resources live in their own modules and register here.
 from abi_engine import api_schedules as _api_schedules  # noqa: E402, F401
+from abi_engine import api_templates as _api_templates  # noqa: E402, F401
 from abi_engine import api_tokens as _api_tokens  # noqa: E402, F401
 from abi_engine import api_webhooks as _api_webhooks  # noqa: E402, F401

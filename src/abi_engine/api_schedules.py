@@ -33,7 +33,13 @@ __all__: list[str] = []
     request_model=ScheduleRequest,
     response_model=Schedule,
     tag="schedules",
-    errors=("WORKFLOW_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_STATE"),
+    errors=(
+        "WORKFLOW_NOT_FOUND",
+        "INVALID_SCHEDULE",
+        "INVALID_PARAMETERS",
+        "PARAMETER_VALIDATION_ERROR",
+        "INVALID_STATE",
+    ),
 )
 async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     await check_quota(engine, actor, "schedules", "max_schedules_per_user", "delete some first")
@@ -92,7 +98,14 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
     request_model=ScheduleRequest,
     response_model=Schedule,
     tag="schedules",
-    errors=("SCHEDULE_NOT_FOUND", "INVALID_SCHEDULE", "INVALID_REQUEST", "INVALID_STATE"),
+    errors=(
+        "SCHEDULE_NOT_FOUND",
+        "INVALID_SCHEDULE",
+        "INVALID_REQUEST",
+        "INVALID_STATE",
+        "INVALID_PARAMETERS",
+        "PARAMETER_VALIDATION_ERROR",
+    ),
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     schedule = await engine.schedules.update(request.path["schedule_id"], _body_object(request))

@@ -21,6 +21,7 @@ from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.integrations import IntegrationService
 from abi_engine.limits import Limits
+from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, make_plugin_manager
 from abi_engine.scheduling import ScheduleService
 from abi_engine.storage._urls import redact_url
@@ -95,6 +96,7 @@ class Engine:
         self.integrations = IntegrationService(
             self.store, self.registry.providers, lambda: self.allow_private_urls
         )
+        self.notification_templates = NotificationTemplateService(self)
         #: Event types this process writes to the outbox when they happen. Workflow
         #: events (low volume) always are, so a subscription made in another process
         #: misses none of them; webhook subscriptions add the execution event types
@@ -110,6 +112,7 @@ class Engine:
             self.integrations,
             self.emit,
             self.wants_event,
+            self.notification_templates,
         )
         self.runtime = Runtime(self, runtime)
         self.executions = ExecutionService(self, self.runtime)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AbiError",
+    "EngineNotRunning",
     "ExecutionNotFound",
     "ExecutionTimeout",
     "Forbidden",
@@ -29,6 +30,7 @@ __all__ = [
     "QueueFull",
     "RateLimitExceeded",
     "ScheduleNotFound",
+    "TemplateNotFound",
     "TokenNotFound",
     "Unauthorized",
     "WebhookNotFound",
@@ -193,6 +195,14 @@ class NotFound(_NotFoundError):
     id_field = "path"
 
 
+class TemplateNotFound(NotFound):
+    """No managed notification template has this id (``NOT_FOUND``, like an unknown route:
+    the remote Python API rebuilds :class:`NotFound`, of which this is a subclass)."""
+
+    resource = "Notification template"
+    id_field = "template_id"
+
+
 class MethodNotAllowed(AbiError):
     """The route exists but not for this HTTP method."""
 
@@ -247,6 +257,19 @@ class QueueFull(AbiError):
     code = "QUEUE_FULL"
     http_status = 503
     default_message = "The execution queue is full"
+
+
+class EngineNotRunning(AbiError):
+    """The engine was never started (or has stopped): nothing can be executed.
+
+    Beyond the seed's table: a host app that mounts ``abi_asgi.create_app(engine)``
+    must run the adapter's lifespan (or ``async with engine:``) so the engine's
+    workers run. Answered with 503 and a message saying how.
+    """
+
+    code = "ENGINE_NOT_RUNNING"
+    http_status = 503
+    default_message = "The engine is not running"
 
 
 class InternalError(AbiError):

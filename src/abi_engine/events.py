@@ -26,6 +26,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "schedule.updated",
     "schedule.deleted",
     "schedule.triggered",
+    "schedule.failed",
 )
 
 

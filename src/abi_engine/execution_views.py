@@ -94,55 +94,55 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
     )
 
 
+def _time(value: Any) -> str | None:
+    return None if value is None else format_time(value)
+
+
 def step_json(step: Step) -> dict[str, Any]:
-    data: dict[str, Any] = {
+    error = step.error
+    return {
         "name": step.name,
         "status": step.status.value,
-        "started_at": None if step.started_at is None else format_time(step.started_at),
-        "completed_at": None if step.completed_at is None else format_time(step.completed_at),
+        "started_at": _time(step.started_at),
+        "completed_at": _time(step.completed_at),
         "duration_ms": step.duration_ms,
+        "attempts": step.attempts,
+        "error": None if error is None else {"type": error.type, "message": error.message},
     }
-    if step.attempts is not None:
-        data["attempts"] = step.attempts
-    if step.error is not None:
-        data["error"] = {"type": step.error.type, "message": step.error.message}
-    return data
 
 
 def execution_json(execution: Execution) -> dict[str, Any]:
     """``unstructure(execution)``, written out: the hot paths (events, answers) use it.
 
     Equal to the converter's output by construction; a test compares the two.
+    Every field is present, ``null`` when it has no value.
     """
     e = execution
-    data: dict[str, Any] = {"execution_id": e.execution_id, "workflow_id": e.workflow_id}
-    if e.workflow_name is not None:
-        data["workflow_name"] = e.workflow_name
-    data["status"] = e.status.value
-    data["started_at"] = None if e.started_at is None else format_time(e.started_at)
-    if e.completed_at is not None:
-        data["completed_at"] = format_time(e.completed_at)
-    if e.duration_ms is not None:
-        data["duration_ms"] = e.duration_ms
-    data["parameters"] = e.parameters
-    if e.result is not None:
-        data["result"] = e.result
-    if e.error is not None:
-        error: dict[str, Any] = {"code": e.error.code, "message": e.error.message}
-        if e.error.step is not None:
-            error["step"] = e.error.step
-        if e.error.type is not None:
-            error["type"] = e.error.type
-        data["error"] = error
-    if e.steps is not None:
-        data["steps"] = [step_json(s) for s in e.steps]
-    for name in ("callback_url", "schedule_id", "created_by"):
-        value = getattr(e, name)
-        if value is not None:
-            data[name] = value
-    if e.created_at is not None:
-        data["created_at"] = format_time(e.created_at)
-    return data
+    error = e.error
+    return {
+        "execution_id": e.execution_id,
+        "workflow_id": e.workflow_id,
+        "workflow_name": e.workflow_name,
+        "status": e.status.value,
+        "started_at": _time(e.started_at),
+        "completed_at": _time(e.completed_at),
+        "duration_ms": e.duration_ms,
+        "parameters": e.parameters,
+        "result": e.result,
+        "error": None
+        if error is None
+        else {
+            "code": error.code,
+            "message": error.message,
+            "step": error.step,
+            "type": error.type,
+        },
+        "steps": None if e.steps is None else [step_json(s) for s in e.steps],
+        "callback_url": e.callback_url,
+        "schedule_id": e.schedule_id,
+        "created_by": e.created_by,
+        "created_at": _time(e.created_at),
+    }
 
 
 def started_view(record: ExecutionRecord) -> Execution:

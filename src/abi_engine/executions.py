@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +12,7 @@ import attrs
 
 from abi_engine.auth import Principal
 from abi_engine.errors import (
+    EngineNotRunning,
     ExecutionNotFound,
     ExecutionTimeout,
     IntegrationMissing,
@@ -80,6 +81,8 @@ class _Compiled:
     workflow_type: WorkflowType
     config: Any
     specs: list[StepSpec]
+    #: The managed notification templates the configuration names.
+    template_ids: tuple[str, ...] = ()
 
 
 class ExecutionService(Service):
@@ -118,7 +121,7 @@ class ExecutionService(Service):
         execution again.
         """
         if not self._runtime.running:
-            raise RuntimeError("The engine is not running: use `async with engine:`")
+            raise not_running()
         params = {} if parameters is None else parameters
         if not isinstance(params, Mapping):
             from abi_engine.errors import InvalidParameters
@@ -170,6 +173,8 @@ class ExecutionService(Service):
                     f"Required integration {missing[0]!r} is not connected",
                     {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
                 )
+        if compiled.template_ids:
+            await self.check_templates(workflow.id, compiled.template_ids)
         wtype, config, specs = compiled.workflow_type, compiled.config, compiled.specs
         parsed = wtype.parse_parameters(params, config)
         reservation = None if wait else self._runtime.reserve()
@@ -301,12 +306,35 @@ class ExecutionService(Service):
         wtype = self._engine.workflows.workflow_type(workflow.type)
         config = wtype.parse_configuration(workflow.configuration)
         compiled = _Compiled(
-            workflow=workflow, workflow_type=wtype, config=config, specs=wtype.steps(config)
+            workflow=workflow,
+            workflow_type=wtype,
+            config=config,
+            specs=wtype.steps(config),
+            template_ids=tuple(self._engine.workflows.template_ids(workflow)),
         )
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
         self._cache[workflow_id] = compiled
         return compiled
+
+    async def check_templates(self, workflow_id: str, template_ids: Collection[str]) -> None:
+        """``InvalidState`` (409) naming the first of ``template_ids`` that does not exist.
+
+        Reads the templates, so the workflow type's synchronous checks that
+        follow see them (``engine.notification_templates.cached``).
+        """
+        missing = await self._engine.notification_templates.missing(template_ids)
+        if missing:
+            raise InvalidState(
+                f"Notification template {missing[0]!r} does not exist; create it with"
+                f" PUT /api/v1/notification_templates/{missing[0]}",
+                {
+                    "workflow_id": workflow_id,
+                    "reason": "template_missing",
+                    "template_id": missing[0],
+                    "missing": missing,
+                },
+            )
 
     async def _settle(
         self, execution_id: str, *, wait: bool, timeout: float | None, replay: bool = False
@@ -400,23 +428,39 @@ class ExecutionService(Service):
         self,
         *,
         workflow_id: str | None = None,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         start_date: Any = None,
         end_date: Any = None,
         page: Any = 1,
         page_size: Any = 10,
+        schedule_id: str | None = None,
+        created_by: str | None = None,
     ) -> Page[ExecutionSummary]:
-        """One page of executions, newest first; dates filter on when they were requested."""
+        """One page of executions, newest first.
+
+        ``status`` is one status or several (any of them); ``schedule_id`` the
+        schedule that started them; ``created_by`` the user who requested them;
+        ``start_date`` / ``end_date`` bound when they were requested
+        (``created_at``, inclusive).
+        """
         page, page_size = check_page(page, page_size)
-        status_value = None
-        if status is not None:
+        statuses: builtins.list[ExecutionStatus] = []
+        for value in [status] if isinstance(status, str) else (status or ()):
             try:
-                status_value = ExecutionStatus(status)
+                statuses.append(ExecutionStatus(value))
             except ValueError:
                 raise InvalidRequest(
-                    f"'status' must be one of {', '.join(s.value for s in ExecutionStatus)}",
+                    f"'status' must be one of {', '.join(s.value for s in ExecutionStatus)},"
+                    f" got {str(value)[:40]!r}",
                     {"field": "status"},
                 ) from None
+        for name, text in (
+            ("workflow_id", workflow_id),
+            ("schedule_id", schedule_id),
+            ("created_by", created_by),
+        ):
+            if text is not None and not isinstance(text, str):
+                raise InvalidRequest(f"'{name}' must be a string", {"field": name})
         bounds: list[datetime | None] = []
         for name, value in (("start_date", start_date), ("end_date", end_date)):
             if value is None:
@@ -432,9 +476,11 @@ class ExecutionService(Service):
             page=page,
             page_size=page_size,
             workflow_id=workflow_id,
-            status=status_value,
+            statuses=tuple(statuses),
             start=bounds[0],
             end=bounds[1],
+            schedule_id=schedule_id,
+            created_by=created_by,
         )
         records, total = await self._call(self._store.list_executions, query)
         items = [
@@ -453,9 +499,19 @@ class ExecutionService(Service):
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Wait until the execution ends or waits (or ``timeout``), then return it."""
+        return (await self.wait_settled(execution_id, timeout))[0]
+
+    async def wait_settled(
+        self, execution_id: str, timeout: float | None = None
+    ) -> tuple[Execution, bool]:
+        """Like :meth:`wait`, and whether it settled: ``True`` once the execution has
+        ended or waits for a signal (a durable sleep is running time: not settled),
+        ``False`` when ``timeout`` passed first."""
         await self.get(execution_id)
         view = await self._runtime.wait(execution_id, timeout)
-        return view if view is not None else await self.get(execution_id)
+        if view is not None:
+            return view, True
+        return await self.get(execution_id), False
 
     # -- changing ----------------------------------------------------------------------------
 
@@ -609,6 +665,18 @@ class ExecutionService(Service):
             "decided_at": format_time(utcnow()),
         }
         return await self.signal(execution_id, name, payload, sender=decided_by)
+
+
+def not_running() -> EngineNotRunning:
+    """The error of an execution asked of an engine that was never started."""
+    return EngineNotRunning(
+        "The engine is not running, so nothing can be executed. A host application that"
+        " mounts abi_asgi.create_app(engine) must start the engine in its own lifespan:"
+        " `async with engine: yield` (Starlette does not run a mounted app's lifespan; see"
+        " 'Mounting the API in your ASGI application' in docs/deployment.md). Embedded,"
+        " use `async with engine:` or engine.start_blocking()",
+        {"engine": "not_running"},
+    )
 
 
 def _unstructured(execution: Execution) -> dict[str, Any]:

@@ -135,7 +135,8 @@ def abi_event(event: Event) -> None:
     ``workflow.activated``, ``workflow.deactivated``, ``workflow.deleted``,
     ``workflow.executed``, ``execution.step_completed``,
     ``execution.completed``, ``execution.failed``, ``schedule.created``,
-    ``schedule.updated``, ``schedule.deleted`` and ``schedule.triggered``.
+    ``schedule.updated``, ``schedule.deleted``, ``schedule.triggered`` and
+    ``schedule.failed``.
     Implementations must be quick and must not raise: an exception is logged
     and swallowed. Durable delivery (webhooks) does not rely on this hook: the
     event is also written to the outbox in the same transaction as the change.

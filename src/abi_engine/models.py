@@ -1,8 +1,10 @@
 """The resources of abi-engine as attrs classes.
 
 The single converter in :mod:`abi_engine.converter` turns each into exactly the
-JSON the seed shows. Field names are the JSON names. Fields marked
-``omit_none`` are left out of the JSON while they are ``None``.
+JSON the seed shows. Field names are the JSON names. Every documented field is
+always in the JSON: one that has no value (``completed_at`` while running,
+``last_execution`` before a first run, ``activated_at`` of a workflow never
+activated...) is ``null``, never left out.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ __all__ = [
     "ExecutionError",
     "ExecutionStatus",
     "ExecutionSummary",
+    "FiringFailure",
     "Integration",
     "IntegrationStatus",
     "IntervalUnit",
     "LastExecution",
     "MisfirePolicy",
+    "NotificationTemplate",
     "OverlapPolicy",
     "Page",
     "Pagination",
@@ -40,6 +44,7 @@ __all__ = [
     "Step",
     "StepError",
     "StepStatus",
+    "TemplateStatus",
     "Token",
     "TokenCreateRequest",
     "User",
@@ -48,15 +53,11 @@ __all__ = [
     "WorkflowStats",
     "WorkflowStatus",
     "WorkflowSummary",
+    "WorkflowTemplate",
+    "WorkflowTypeInfo",
 ]
 
 T = TypeVar("T")
-
-OMIT_NONE = {"omit_none": True}
-
-
-def _opt(default: Any = None) -> Any:
-    return attrs.field(default=default, metadata=OMIT_NONE)
 
 
 class WorkflowStatus(enum.StrEnum):
@@ -126,6 +127,25 @@ class WorkflowIntegration:
     status: IntegrationStatus = IntegrationStatus.PENDING
 
 
+class TemplateStatus(enum.StrEnum):
+    PENDING = "pending"
+    AVAILABLE = "available"
+
+
+@attrs.define(kw_only=True)
+class WorkflowTemplate:
+    """A notification template a workflow uses by id.
+
+    ``status`` is ``pending`` until a template of that id exists
+    (``PUT /api/v1/notification_templates/{id}``), then ``available``; a
+    workflow whose template is pending cannot be executed (409
+    ``INVALID_STATE``).
+    """
+
+    id: str
+    status: TemplateStatus = TemplateStatus.PENDING
+
+
 @attrs.define(kw_only=True)
 class WorkflowStats:
     """Run counters of a workflow, kept up to date as executions finish."""
@@ -142,7 +162,9 @@ class Workflow:
 
     Fields: ``id`` (``wf_...``), ``name``, ``description``, ``type`` (a
     registered workflow type), ``configuration`` (validated by the type),
-    ``integrations``, ``metadata`` (free-form; ``metadata.department`` is
+    ``integrations``, ``notification_templates`` (the managed templates its
+    configuration names by id, each ``pending`` or ``available``; empty for
+    types that use none), ``metadata`` (free-form; ``metadata.department`` is
     filterable), ``status`` (``active``/``inactive``), ``stats``, timestamps,
     and ``created_by`` (the user id of the token that created it).
     """
@@ -153,13 +175,14 @@ class Workflow:
     type: str
     configuration: dict[str, Any] = attrs.Factory(dict)
     integrations: list[WorkflowIntegration] = attrs.Factory(list)
+    notification_templates: list[WorkflowTemplate] = attrs.Factory(list)
     metadata: dict[str, Any] = attrs.Factory(dict)
     status: WorkflowStatus = WorkflowStatus.INACTIVE
     stats: WorkflowStats = attrs.Factory(WorkflowStats)
     created_at: datetime
     updated_at: datetime
-    activated_at: datetime | None = _opt()
-    deactivated_at: datetime | None = _opt()
+    activated_at: datetime | None = None
+    deactivated_at: datetime | None = None
     created_by: str | None = None
 
 
@@ -179,12 +202,13 @@ class WorkflowSummary:
 
 @attrs.define(kw_only=True)
 class ActivationResult:
-    """The answer to activate/deactivate."""
+    """The answer to activate/deactivate: the workflow's status and when it was last
+    activated and deactivated (``None``: never)."""
 
     id: str
     status: WorkflowStatus
-    activated_at: datetime | None = _opt()
-    deactivated_at: datetime | None = _opt()
+    activated_at: datetime | None = None
+    deactivated_at: datetime | None = None
     updated_at: datetime
 
 
@@ -213,8 +237,8 @@ class Step:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: int | None = None
-    attempts: int | None = _opt()
-    error: StepError | None = _opt()
+    attempts: int | None = None
+    error: StepError | None = None
 
 
 @attrs.define(kw_only=True)
@@ -228,8 +252,8 @@ class ExecutionError:
 
     code: str
     message: str
-    step: str | None = _opt()
-    type: str | None = _opt()
+    step: str | None = None
+    type: str | None = None
 
 
 @attrs.define(kw_only=True)
@@ -238,19 +262,19 @@ class Execution:
 
     execution_id: str
     workflow_id: str
-    workflow_name: str | None = _opt()
+    workflow_name: str | None = None
     status: ExecutionStatus
     started_at: datetime | None = None
-    completed_at: datetime | None = _opt()
-    duration_ms: int | None = _opt()
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
     parameters: dict[str, Any] = attrs.Factory(dict)
-    result: Any = _opt()
-    error: ExecutionError | None = _opt()
-    steps: list[Step] | None = _opt()
-    callback_url: str | None = _opt()
-    schedule_id: str | None = _opt()
-    created_by: str | None = _opt()
-    created_at: datetime | None = _opt()
+    result: Any = None
+    error: ExecutionError | None = None
+    steps: list[Step] | None = None
+    callback_url: str | None = None
+    schedule_id: str | None = None
+    created_by: str | None = None
+    created_at: datetime | None = None
 
 
 @attrs.define(kw_only=True)
@@ -262,8 +286,8 @@ class ExecutionSummary:
     workflow_name: str | None = None
     status: ExecutionStatus
     started_at: datetime | None = None
-    completed_at: datetime | None = _opt()
-    duration_ms: int | None = _opt()
+    completed_at: datetime | None = None
+    duration_ms: int | None = None
 
 
 @attrs.define(kw_only=True)
@@ -409,6 +433,21 @@ class OverlapPolicy(enum.StrEnum):
 
 
 @attrs.define(kw_only=True)
+class FiringFailure:
+    """A due time at which a schedule could not start an execution.
+
+    ``at``: when it was recorded; ``due_at``: the due time; ``code`` and
+    ``message``: the error that kept the execution from being created (as
+    the API would answer it, e.g. ``INVALID_PARAMETERS``).
+    """
+
+    at: datetime
+    due_at: datetime | None = None
+    code: str
+    message: str
+
+
+@attrs.define(kw_only=True)
 class LastExecution:
     """The execution a schedule started most recently."""
 
@@ -427,29 +466,36 @@ class Schedule:
     ``start_time``), ``execution_time`` (fixed_time, fires once, then shows
     ``status`` ``completed``). ``timezone`` is an IANA name; cron runs on its
     wall clock. ``next_execution`` is ``None`` while disabled or done.
+    ``failed_firings`` counts the due times at which no execution could be
+    started (parameters the workflow's type refuses, a required integration or
+    template missing...); ``last_failure`` tells the last one (``None`` before
+    any). Each is also a ``failed`` line of the history and a
+    ``schedule.failed`` event.
     """
 
     id: str
     workflow_id: str
-    workflow_name: str | None = _opt()
+    workflow_name: str | None = None
     name: str
     description: str | None = None
     schedule_type: ScheduleType
-    cron_expression: str | None = _opt()
-    interval_value: int | None = _opt()
-    interval_unit: IntervalUnit | None = _opt()
-    execution_time: datetime | None = _opt()
-    start_time: datetime | None = _opt()
+    cron_expression: str | None = None
+    interval_value: int | None = None
+    interval_unit: IntervalUnit | None = None
+    execution_time: datetime | None = None
+    start_time: datetime | None = None
     parameters: dict[str, Any] = attrs.Factory(dict)
     enabled: bool = True
     timezone: str = "UTC"
     status: str = "active"
     next_execution: datetime | None = None
-    last_execution: LastExecution | None = _opt()
+    last_execution: LastExecution | None = None
     misfire_policy: MisfirePolicy = MisfirePolicy.RUN_ONCE
     misfire_grace_seconds: float = 60.0
     catch_up_limit: int = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    failed_firings: int = 0
+    last_failure: FiringFailure | None = None
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -465,14 +511,15 @@ class ScheduleSummary:
     name: str
     description: str | None = None
     schedule_type: ScheduleType
-    cron_expression: str | None = _opt()
-    interval_value: int | None = _opt()
-    interval_unit: IntervalUnit | None = _opt()
-    execution_time: datetime | None = _opt()
+    cron_expression: str | None = None
+    interval_value: int | None = None
+    interval_unit: IntervalUnit | None = None
+    execution_time: datetime | None = None
     enabled: bool
     timezone: str = "UTC"
     status: str = "active"
     next_execution: datetime | None = None
+    failed_firings: int = 0
     created_at: datetime
     updated_at: datetime
 
@@ -490,5 +537,41 @@ class ScheduleHistoryEntry:
     due_at: datetime | None = None
     recorded_at: datetime
     outcome: str
-    execution_id: str | None = _opt()
-    detail: str | None = _opt()
+    execution_id: str | None = None
+    detail: str | None = None
+
+
+@attrs.define(kw_only=True)
+class NotificationTemplate:
+    """A message template of the ``notification`` type, managed by id.
+
+    ``body`` (and the optional ``subject``) are written with ``$name`` /
+    ``${name}`` placeholders filled from the execution's parameters (see
+    ``docs/notification.md``); ``description`` is free text for people.
+    """
+
+    id: str
+    subject: str | None = None
+    body: str
+    description: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class WorkflowTypeInfo:
+    """An installed workflow type, as ``GET /api/v1/workflow_types`` lists it.
+
+    ``configuration_schema`` and ``parameters_schema`` are JSON Schemas
+    (draft 2020-12) of a workflow's ``configuration`` and an execution's
+    ``parameters``, generated from the type's attrs classes; ``docs_url``
+    points at its documentation (``None`` when the type names none);
+    ``plugin`` names the plugin that registered it.
+    """
+
+    name: str
+    description: str
+    configuration_schema: dict[str, Any]
+    parameters_schema: dict[str, Any]
+    docs_url: str | None = None
+    plugin: str | None = None

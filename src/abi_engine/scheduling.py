@@ -37,11 +37,12 @@ from abi_engine.errors import (
 )
 from abi_engine.events import DeferredEvent, Event, OutboxEvent
 from abi_engine.executor import Prepared
-from abi_engine.ids import format_time, new_id, utcnow
+from abi_engine.ids import format_time, new_id, parse_time, utcnow
 from abi_engine.limits import DESCRIPTION, NAME, Json, Number, Text
 from abi_engine.models import (
     DeleteResult,
     ExecutionStatus,
+    FiringFailure,
     IntervalUnit,
     LastExecution,
     MisfirePolicy,
@@ -51,6 +52,7 @@ from abi_engine.models import (
     ScheduleHistoryEntry,
     ScheduleSummary,
     ScheduleType,
+    Workflow,
     WorkflowStatus,
 )
 from abi_engine.schedule_math import (
@@ -205,6 +207,16 @@ def _view(record: ScheduleRecord) -> Schedule:
             started_at=record.last_started_at,
             completed_at=record.last_completed_at,
         )
+    failure = None
+    if record.last_failure:
+        failure = FiringFailure(
+            at=parse_time(record.last_failure["at"]),
+            due_at=parse_time(record.last_failure["due_at"])
+            if record.last_failure.get("due_at")
+            else None,
+            code=record.last_failure["code"],
+            message=record.last_failure["message"],
+        )
     return Schedule(
         id=record.id,
         workflow_id=record.workflow_id,
@@ -227,6 +239,8 @@ def _view(record: ScheduleRecord) -> Schedule:
         misfire_grace_seconds=record.misfire_grace_seconds,
         catch_up_limit=record.catch_up_limit,
         overlap_policy=OverlapPolicy(record.overlap_policy),
+        failed_firings=record.failed_firings,
+        last_failure=failure,
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -240,38 +254,47 @@ def _time(value: datetime | None) -> str | None:
 def schedule_json(s: Schedule) -> dict[str, Any]:
     """``unstructure(schedule)``, written out (answers and events); a test compares the two."""
     data: dict[str, Any] = {"id": s.id, "workflow_id": s.workflow_id}
-    if s.workflow_name is not None:
-        data["workflow_name"] = s.workflow_name
+    data["workflow_name"] = s.workflow_name
     data["name"] = s.name
     data["description"] = s.description
     data["schedule_type"] = s.schedule_type.value
-    if s.cron_expression is not None:
-        data["cron_expression"] = s.cron_expression
-    if s.interval_value is not None:
-        data["interval_value"] = s.interval_value
-    if s.interval_unit is not None:
-        data["interval_unit"] = s.interval_unit.value
-    if s.execution_time is not None:
-        data["execution_time"] = format_time(s.execution_time)
-    if s.start_time is not None:
-        data["start_time"] = format_time(s.start_time)
+    data["cron_expression"] = s.cron_expression
+    data["interval_value"] = s.interval_value
+    data["interval_unit"] = None if s.interval_unit is None else s.interval_unit.value
+    data["execution_time"] = _time(s.execution_time)
+    data["start_time"] = _time(s.start_time)
     data["parameters"] = s.parameters
     data["enabled"] = s.enabled
     data["timezone"] = s.timezone
     data["status"] = s.status
     data["next_execution"] = _time(s.next_execution)
-    if s.last_execution is not None:
-        last = s.last_execution
-        data["last_execution"] = {
+    last = s.last_execution
+    data["last_execution"] = (
+        None
+        if last is None
+        else {
             "execution_id": last.execution_id,
             "status": last.status.value,
             "started_at": _time(last.started_at),
             "completed_at": _time(last.completed_at),
         }
+    )
     data["misfire_policy"] = s.misfire_policy.value
     data["misfire_grace_seconds"] = s.misfire_grace_seconds
     data["catch_up_limit"] = s.catch_up_limit
     data["overlap_policy"] = s.overlap_policy.value
+    data["failed_firings"] = s.failed_firings
+    failure = s.last_failure
+    data["last_failure"] = (
+        None
+        if failure is None
+        else {
+            "at": format_time(failure.at),
+            "due_at": _time(failure.due_at),
+            "code": failure.code,
+            "message": failure.message,
+        }
+    )
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by
@@ -301,6 +324,7 @@ def _summary(record: ScheduleRecord) -> ScheduleSummary:
         timezone=view.timezone,
         status=view.status,
         next_execution=view.next_execution,
+        failed_firings=view.failed_firings,
         created_at=view.created_at,
         updated_at=view.updated_at,
     )
@@ -360,6 +384,37 @@ class ScheduleService(Service):
                 events.append(DeferredEvent("schedule.triggered", build))
         return tuple(events)
 
+    def _failed(
+        self,
+        record: ScheduleRecord,
+        error: AbiError | None,
+        due: Sequence[datetime],
+        at: datetime,
+    ) -> tuple[OutboxEvent, ...]:
+        """The ``schedule.failed`` events of due times that could not start an execution."""
+        if error is None:
+            return ()
+        events: builtins.list[OutboxEvent] = []
+        for due_at in due:
+
+            def build(due_at: datetime = due_at) -> Event:
+                return Event(
+                    type="schedule.failed",
+                    data={
+                        "schedule_id": record.id,
+                        "workflow_id": record.workflow_id,
+                        "due_at": unstructure(due_at),
+                        "error": error.to_dict(),
+                    },
+                    timestamp=at,
+                )
+
+            if self._engine.has_event_hooks():
+                events.append(build())
+            else:
+                events.append(DeferredEvent("schedule.failed", build))
+        return tuple(events)
+
     # -- CRUD -------------------------------------------------------------------------------
 
     def _record(
@@ -414,10 +469,12 @@ class ScheduleService(Service):
             raise WorkflowNotFound(str(workflow_id))
         now = utcnow()
         _check(req, now, creating=True)
+        workflow = await self.check_parameters(workflow_id, req.parameters)
         record = self._record(req, base=None, workflow_id=workflow_id, now=now)
         record.created_by = actor.user_id if actor else None
-        view = _view(record)  # as the seed's create answer: without workflow_name
-        # The workflow's existence is checked inside the insert's transaction.
+        record.workflow_name = workflow.name
+        view = _view(record)
+        # The workflow's existence is checked again inside the insert's transaction.
         created = await self._engine.runtime.committer.submit(
             InsertSchedule(record=record, events=self._events("schedule.created", view, now))
         )
@@ -425,6 +482,20 @@ class ScheduleService(Service):
             raise WorkflowNotFound(workflow_id)
         self._wakeup.set()
         return view
+
+    async def check_parameters(self, workflow_id: str, parameters: Any) -> Workflow:
+        """Check a schedule's ``parameters`` as an execution of the workflow would; return it.
+
+        So a schedule never fires parameters its workflow's type refuses:
+        ``InvalidParameters`` (400, wrong shape) or ``ParameterValidationError``
+        (422, wrong values) at once, instead of a failed firing at each due time.
+        """
+        # The workflow parsed once per version (the cache executions use).
+        compiled = await self._engine.executions._compiled(workflow_id)
+        if compiled.template_ids:  # read, so the type checks the placeholders of those found
+            await self._engine.notification_templates.find(compiled.template_ids)
+        compiled.workflow_type.parse_parameters(parameters, compiled.config)
+        return compiled.workflow
 
     async def _load(self, schedule_id: Any) -> ScheduleRecord:
         if not isinstance(schedule_id, str):
@@ -480,6 +551,10 @@ class ScheduleService(Service):
                 )
             now = utcnow()
             record = self._updated(current, data, now)
+            if attempt == 0 and record.parameters != current.parameters:
+                # (parameters echoed unchanged, as a client sending back what it read, are
+                # not checked again: like a repeated cron expression, only a change counts)
+                await self.check_parameters(record.workflow_id, record.parameters)
             view = _view(record)
             applied = await self._engine.runtime.committer.submit(
                 UpdateSchedule(
@@ -637,6 +712,16 @@ class ScheduleService(Service):
                     await anyio.sleep(ahead)
             results = await self._engine.runtime.committer.submit_many([op for op, _ in plans])
             for (op, prepared), applied in zip(plans, results, strict=True):
+                if applied is True and op.failures and op.last_failure:
+                    failure = op.last_failure
+                    log.warning(
+                        "schedule %s: %d due time(s) could not start an execution of %s: %s: %s",
+                        op.schedule_id,
+                        op.failures,
+                        failure.get("workflow_id"),
+                        failure["code"],
+                        failure["message"],
+                    )
                 if applied is True:
                     for item in prepared:
                         self.fired += 1
@@ -735,7 +820,9 @@ class ScheduleService(Service):
                         note(fire_times[-1], "skipped_overlap", "a run is already queued")
                     fire_times = []
         completed = next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
-        executions, prepared = await self._prepare(record, fire_times, now, history, compiled)
+        executions, prepared, failed = await self._prepare(
+            record, fire_times, now, history, compiled
+        )
         fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
         op = fire(
             next_due=next_due,
@@ -743,7 +830,11 @@ class ScheduleService(Service):
             completed=completed,
             executions=tuple(executions),
             history=tuple(history),
-            events=self._triggered(record, executions, fired_at, now),
+            events=(
+                *self._triggered(record, executions, fired_at, now),
+                *self._failed(record, failed, fire_times, now),
+            ),
+            **_failure_changes(record, failed, fire_times, now),
         )
         return op, prepared
 
@@ -751,7 +842,7 @@ class ScheduleService(Service):
         self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, builtins.list[Prepared]]:
         history: builtins.list[HistoryRecord] = []
-        executions, prepared = await self._prepare(record, [now], now, history, compiled)
+        executions, prepared, failed = await self._prepare(record, [now], now, history, compiled)
         return FireSchedule(
             schedule_id=record.id,
             expected_version=record.version,
@@ -762,7 +853,11 @@ class ScheduleService(Service):
             completed=record.completed,
             executions=tuple(executions),
             history=tuple(history),
-            events=self._triggered(record, executions, [now] * len(executions), now),
+            events=(
+                *self._triggered(record, executions, [now] * len(executions), now),
+                *self._failed(record, failed, [now], now),
+            ),
+            **_failure_changes(record, failed, [now], now),
         ), prepared
 
     async def _prepare(
@@ -772,11 +867,12 @@ class ScheduleService(Service):
         now: datetime,
         history: builtins.list[HistoryRecord],
         compiled: dict[str, Any],
-    ) -> tuple[builtins.list[ExecutionRecord], builtins.list[Prepared]]:
+    ) -> tuple[builtins.list[ExecutionRecord], builtins.list[Prepared], AbiError | None]:
+        """The executions of ``fire_times``, or the error that keeps them from starting."""
         executions: builtins.list[ExecutionRecord] = []
         prepared: builtins.list[Prepared] = []
         if not fire_times:
-            return executions, prepared
+            return executions, prepared, None
         runtime = self._engine.runtime
         try:
             if record.workflow_id not in compiled:
@@ -787,7 +883,9 @@ class ScheduleService(Service):
             found = compiled[record.workflow_id]
             if isinstance(found, AbiError):
                 raise found
-            workflow, wtype, config, specs = found
+            workflow, wtype, config, specs, template_ids = found
+            if template_ids:
+                await self._engine.executions.check_templates(workflow.id, template_ids)
             params = wtype.parse_parameters(record.parameters, config)
         except AbiError as exc:
             for due in fire_times:
@@ -800,7 +898,7 @@ class ScheduleService(Service):
                         detail=f"{exc.code}: {exc.message}"[:500],
                     )
                 )
-            return executions, prepared
+            return executions, prepared, exc
         for due in fire_times:
             execution = ExecutionRecord(
                 id=new_id("exec_"),
@@ -837,10 +935,11 @@ class ScheduleService(Service):
                     execution_id=execution.id,
                 )
             )
-        return executions, prepared
+        return executions, prepared, None
 
-    async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any]:
-        """The workflow, its type, parsed configuration and steps; raises when it cannot run."""
+    async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any, Any]:
+        """The workflow, its type, parsed configuration, steps and template ids; raises when
+        it cannot run."""
         workflow = await self._call(self._store.get_workflow, workflow_id)
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
@@ -854,7 +953,8 @@ class ScheduleService(Service):
             missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
             if missing:
                 raise InvalidState(f"required integration {missing[0]!r} is not connected")
-        return workflow, wtype, config, specs
+        template_ids = tuple(self._engine.workflows.template_ids(workflow))
+        return workflow, wtype, config, specs, template_ids
 
 
 async def _backoff(attempt: int) -> None:
@@ -868,6 +968,24 @@ def _kept_changing(schedule_id: str, what: str) -> InvalidState:
         f"Schedule {schedule_id} kept changing while it was being {what}; try again",
         {"schedule_id": schedule_id, "attempts": WRITE_ATTEMPTS},
     )
+
+
+def _failure_changes(
+    record: ScheduleRecord, error: AbiError | None, due: Sequence[datetime], at: datetime
+) -> dict[str, Any]:
+    """The ``failures`` and ``last_failure`` of a firing op (nothing when it started its runs)."""
+    if error is None or not due:
+        return {}
+    return {
+        "failures": len(due),
+        "last_failure": {
+            "at": format_time(at),
+            "due_at": format_time(due[-1]),
+            "code": error.code,
+            "message": error.message[:500],
+            "workflow_id": record.workflow_id,
+        },
+    }
 
 
 def _count_detail(count: int, reason: str) -> str:

@@ -23,7 +23,7 @@ so a wrong shape is refused with the offending field named::
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -32,6 +32,7 @@ import attrs
 
 from abi_engine.converter import structure
 from abi_engine.errors import AbiError, InvalidParameters, InvalidWorkflowConfig
+from abi_engine.json_schema import json_schema
 from abi_engine.storage.records import TIMEOUT_SUFFIX
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "WorkflowType",
     "approval_signal",
     "is_approval_signal",
+    "json_schema",
     "prefixed_fields",
     "step",
 ]
@@ -343,15 +345,18 @@ class WorkflowType:
 
     Class attributes: ``name`` (unique, lower_snake_case), ``description``,
     ``Configuration`` and ``Parameters`` (attrs classes; ``None`` accepts any
-    JSON object). Override :meth:`check_configuration` and
+    JSON object), ``docs_url`` (where its documentation lives, listed by
+    ``GET /api/v1/workflow_types``). Override :meth:`check_configuration` and
     :meth:`check_parameters` for rules on values, and :meth:`steps` when the
-    steps depend on the configuration.
+    steps depend on the configuration. A type that uses notification templates
+    by id overrides :meth:`template_ids` and :meth:`check_template`.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Configuration: ClassVar[type[Any] | None] = None
     Parameters: ClassVar[type[Any] | None] = None
+    docs_url: ClassVar[str | None] = None
     _class_steps: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -412,6 +417,43 @@ class WorkflowType:
 
     def check_parameters(self, params: Any, config: Any) -> None:
         """Rules on parameter values; raise ``ParameterValidationError``."""
+
+    # -- schemas -------------------------------------------------------------
+
+    def configuration_schema(self) -> dict[str, Any]:
+        """The JSON Schema of a workflow's ``configuration`` (from ``Configuration``).
+
+        Override when :meth:`parse_configuration` accepts other shapes.
+        """
+        return json_schema(self.Configuration)
+
+    def parameters_schema(self) -> dict[str, Any]:
+        """The JSON Schema of an execution's ``parameters`` (from ``Parameters``).
+
+        Override when :meth:`parse_parameters` accepts other shapes.
+        """
+        return json_schema(self.Parameters)
+
+    # -- notification templates ------------------------------------------------
+
+    def template_ids(self, config: Any) -> Collection[str]:
+        """The ids of the managed notification templates ``config`` uses.
+
+        Managed templates live in the engine (``engine.notification_templates``,
+        ``PUT /api/v1/notification_templates/{id}``). The engine shows each id
+        in the workflow's ``notification_templates`` (``pending`` until it
+        exists, then ``available``) and refuses to execute the workflow (409
+        ``INVALID_STATE``) while one is missing. Default: none.
+        """
+        return ()
+
+    def check_template(self, template: Any) -> None:
+        """Refuse a notification template this type could not render.
+
+        Called with each :class:`~abi_engine.models.NotificationTemplate` about
+        to be stored; raise ``InvalidRequest`` naming the field (``body``,
+        ``subject``). Default: accept.
+        """
 
     # -- signals -------------------------------------------------------------
 

@@ -9,7 +9,13 @@ import attrs
 
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
-from abi_engine.errors import InvalidRequest, InvalidState, InvalidWorkflowConfig, WorkflowNotFound
+from abi_engine.errors import (
+    AbiError,
+    InvalidRequest,
+    InvalidState,
+    InvalidWorkflowConfig,
+    WorkflowNotFound,
+)
 from abi_engine.events import Event
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
@@ -19,10 +25,13 @@ from abi_engine.models import (
     DeleteResult,
     IntegrationStatus,
     Page,
+    TemplateStatus,
     Workflow,
     WorkflowIntegration,
     WorkflowStatus,
+    WorkflowTemplate,
 )
+from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.services import Service, check_page
 from abi_engine.storage.base import Store, WorkflowQuery
 from abi_engine.types import WorkflowType
@@ -94,12 +103,14 @@ class WorkflowService(Service):
         integrations: IntegrationService,
         emit: Callable[[list[Event]], None],
         wants: Callable[[str], bool] = lambda _: True,
+        templates: NotificationTemplateService | None = None,
     ) -> None:
         super().__init__(store)
         self._types = types
         self._integrations = integrations
         self._emit = emit
         self._wants = wants
+        self._templates = templates
 
     # -- helpers ------------------------------------------------------------------
 
@@ -117,6 +128,17 @@ class WorkflowService(Service):
         _check_request(req)
         self.workflow_type(req.type).parse_configuration(req.configuration)
 
+    def template_ids(self, workflow: Workflow) -> list[str]:
+        """The managed notification templates the workflow's configuration names."""
+        wtype = self._types.get(workflow.type)
+        if wtype is None or type(wtype).template_ids is WorkflowType.template_ids:
+            return []  # (no configuration parsed for types that use no templates)
+        try:
+            config = wtype.parse_configuration(workflow.configuration)
+        except AbiError:  # a stored configuration its type no longer accepts
+            return []
+        return list(dict.fromkeys(wtype.template_ids(config)))
+
     async def _with_status(self, workflow: Workflow) -> Workflow:
         ids = [i.id for i in workflow.integrations]
         connected = await self._integrations.connected(ids) if ids else set()
@@ -124,6 +146,19 @@ class WorkflowService(Service):
             item.status = (
                 IntegrationStatus.CONNECTED if item.id in connected else IntegrationStatus.PENDING
             )
+        template_ids = self.template_ids(workflow)
+        found = (
+            await self._templates.find(template_ids)
+            if template_ids and self._templates is not None
+            else {}
+        )
+        workflow.notification_templates = [
+            WorkflowTemplate(
+                id=template_id,
+                status=TemplateStatus.AVAILABLE if template_id in found else TemplateStatus.PENDING,
+            )
+            for template_id in template_ids
+        ]
         return workflow
 
     async def _load(self, workflow_id: str) -> Workflow:
@@ -295,8 +330,8 @@ class WorkflowService(Service):
         return ActivationResult(
             id=workflow_id,
             status=status,
-            activated_at=now if active else None,
-            deactivated_at=None if active else now,
+            activated_at=updated.activated_at,
+            deactivated_at=updated.deactivated_at,
             updated_at=now,
         )
 

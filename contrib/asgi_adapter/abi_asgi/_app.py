@@ -36,6 +36,7 @@ from abi_engine.errors import (
     RateLimitExceeded,
     Unauthorized,
 )
+from abi_engine.executions import not_running
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -210,7 +211,7 @@ class _Api:
         query = scope.get("query_string", b"").decode("latin-1")
         request = ApiRequest(
             path=scope.get("path_params", {}),
-            query=dict(parse_qsl(query, keep_blank_values=True)) if query else {},
+            query=_query(query) if query else {},
             body=body,
             headers=headers,
         )
@@ -307,6 +308,19 @@ def client_key(scope: Scope) -> str:
     return f"ip:{ip}"
 
 
+def _query(text: str) -> dict[str, Any]:
+    """The query parameters: a string each, a list for one given several times."""
+    query: dict[str, Any] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        if key not in query:
+            query[key] = value
+        elif isinstance(query[key], list):
+            query[key].append(value)
+        else:
+            query[key] = [query[key], value]
+    return query
+
+
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The request body is larger than {limit} bytes", {"max_body_bytes": limit}
@@ -356,7 +370,25 @@ def _meta_routes(engine: Engine) -> list[BaseRoute]:
             }
             return _json_response(503, _encode({"status": "error", "error": error}).encode("ascii"))
         # Nothing about versions or data: the caller has no token.
-        data = {"status": "ok", "database": "ok"}
+        if not engine.running:
+            # Mounted without running the engine (the host's lifespan forgot it): the
+            # API would take work it cannot run. Say so, and how to fix it.
+            refused = not_running()
+            error = {
+                "code": refused.code,
+                "message": refused.message,
+                "details": {
+                    "status": "degraded",
+                    "database": "ok",
+                    "engine": "not_running",
+                },
+            }
+            return _json_response(503, _encode({"status": "error", "error": error}).encode("ascii"))
+        data = {
+            "status": "ok",
+            "database": "ok",
+            "engine": "running",
+        }
         return _json_response(200, _success(data))
 
     async def openapi(request: Request) -> Response:

@@ -91,6 +91,7 @@ class HealthStatus:
 
     status: Literal["ok"]
     database: Literal["ok"]
+    engine: Literal["running"]
 
 
 def path_parameters(path: str) -> list[str]:
@@ -443,7 +444,9 @@ def _meta_paths(builder: SchemaBuilder, prefix: str) -> dict[str, Any]:
                 },
             },
             "503": {
-                "description": "Error: SERVICE_UNAVAILABLE (the database does not answer)",
+                "description": "Error: SERVICE_UNAVAILABLE (the database does not answer),"
+                " ENGINE_NOT_RUNNING (the engine was never started: a host app mounting"
+                " the API must run `async with engine:` in its lifespan)",
                 "content": {"application/json": {"schema": {"$ref": _REF + "ErrorEnvelope"}}},
             },
         },

@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT202012
 from starlette.applications import Starlette
 
 from abi_engine import Engine
-from abi_engine.api import OPERATIONS, ApiRequest, Operation
+from abi_engine.api import OPERATIONS, ApiRequest, Operation, QueryParam
 from abi_engine.auth import Principal
 from abi_engine.errors import error_for_code
 from abi_engine.models import Scope
@@ -33,9 +33,9 @@ from abi_engine.models import Scope
 async def test_health_needs_no_token(
     app: Starlette, make_client: Callable[..., httpx.AsyncClient]
 ) -> None:
-    """GET /health answers ok and the database state without a token (no version)."""
+    """GET /health answers ok, the database and the engine state without a token (no version)."""
     data = success(await make_client(app).get("/api/v1/health"))
-    assert data == {"status": "ok", "database": "ok"}
+    assert data == {"status": "ok", "database": "ok", "engine": "running"}
 
 
 @pytest.mark.anyio
@@ -334,6 +334,10 @@ def extra_operations() -> Iterator[None]:
             handler=_echo,
             status_code=202,
             request_model=EchoBody,
+            query=(
+                QueryParam(name="x", schema={"type": "array", "items": {"type": "string"}}),
+                QueryParam(name="y", schema={"type": "string"}),
+            ),
             tag="things",
         ),
         "explode": Operation(
@@ -370,7 +374,7 @@ async def test_new_operations_are_routed_and_documented(
     assert data == {
         "echo": ["hi", "hi"],
         "thing": "t1",
-        "query": {"x": "2", "y": ""},
+        "query": {"x": ["1", "2"], "y": ""},
         "user": "usr_test",
         "header": "yes",
     }

@@ -56,7 +56,16 @@ async def test_create_workflow_answers_201_with_the_seed_shape(client: httpx.Asy
     """POST /workflows with the seed's body answers 201 and the seed's response fields."""
     data = await create(client)
     assert set(data) >= SEED_WORKFLOW_KEYS
-    assert set(data) <= SEED_WORKFLOW_KEYS | {"stats"}
+    # Beyond the seed's example: stats, the notification templates the configuration
+    # names, and activated_at / deactivated_at (null until then).
+    assert set(data) <= SEED_WORKFLOW_KEYS | {
+        "stats",
+        "notification_templates",
+        "activated_at",
+        "deactivated_at",
+    }
+    assert (data["activated_at"], data["deactivated_at"]) == (None, None)
+    assert data["notification_templates"] == []
     assert WORKFLOW_ID.match(data["id"])
     for key in ("name", "description", "type", "configuration", "metadata"):
         assert data[key] == SEED_CREATE[key]
@@ -154,10 +163,12 @@ async def test_update_workflow_with_the_seed_body(client: httpx.AsyncClient) -> 
 
 
 async def test_activate_and_deactivate_answer_the_seed_shapes(client: httpx.AsyncClient) -> None:
-    """activate/deactivate answer exactly the seed's fields and flip the status."""
+    """activate/deactivate answer the seed's fields, and the other time (null until it
+    happens), and flip the status."""
     wf = await create(client)
     activated = success(await client.post(f"/api/v1/workflows/{wf['id']}/activate"))
-    assert set(activated) == {"id", "status", "activated_at", "updated_at"}
+    assert set(activated) == {"id", "status", "activated_at", "deactivated_at", "updated_at"}
+    assert activated["deactivated_at"] is None
     assert activated["id"] == wf["id"]
     assert activated["status"] == "active"
     assert_timestamps(activated, "activated_at", "updated_at")
@@ -166,7 +177,8 @@ async def test_activate_and_deactivate_answer_the_seed_shapes(client: httpx.Asyn
     assert got["activated_at"] == activated["activated_at"]
 
     deactivated = success(await client.post(f"/api/v1/workflows/{wf['id']}/deactivate"))
-    assert set(deactivated) == {"id", "status", "deactivated_at", "updated_at"}
+    assert set(deactivated) == {"id", "status", "activated_at", "deactivated_at", "updated_at"}
+    assert deactivated["activated_at"] == activated["activated_at"]
     assert deactivated["status"] == "inactive"
     assert_timestamps(deactivated, "deactivated_at", "updated_at")
 

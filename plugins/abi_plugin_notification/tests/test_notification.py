@@ -464,7 +464,6 @@ BAD_CONFIGS = [
     ),
     ({"priority_rules": [{"condition": "True"}]}, "configuration.priority_rules[0].priority"),
     ({"default_priority": "meh"}, "configuration.default_priority"),
-    ({"templates": {"email": "template_999", "slack": "x y"}}, "configuration.templates.email"),
     ({"templates": {"email": "Cost: $ 5", "slack": "x y"}}, "configuration.templates.email"),
     (
         {"template_library": {"template_123": {"text": "x"}}},
@@ -490,13 +489,3 @@ async def test_bad_configuration_names_the_field(
             {"name": "bad", "type": "notification", "configuration": seed_config(**changes)}
         )
     assert raised.value.details["field"] == field
-
-
-async def test_seed_configuration_without_templates_names_the_template(engine: Engine) -> None:
-    """The seed's configuration alone: its template ids must come from somewhere, and the error says where."""
-    with pytest.raises(InvalidWorkflowConfig) as raised:
-        await engine.workflows.create(
-            {"name": "seed", "type": "notification", "configuration": copy.deepcopy(SEED_CONFIG)}
-        )
-    assert raised.value.details["field"] == "configuration.templates.email"
-    assert "abi_notification_templates" in raised.value.message

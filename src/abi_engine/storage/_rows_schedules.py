@@ -20,7 +20,8 @@ _COLUMNS = (
     " s.parameters, s.enabled, s.next_due, s.last_execution_id, s.misfire_policy,"
     " s.misfire_grace_seconds, s.catch_up_limit, s.overlap_policy, s.pending_runs,"
     " s.completed, s.created_at, s.updated_at, s.created_by,"
-    " w.name, w.status, w.deleted_at, e.status, e.started_at, e.completed_at, s.version"
+    " w.name, w.status, w.deleted_at, e.status, e.started_at, e.completed_at, s.version,"
+    " s.failed_firings, s.last_failure"
 )
 
 
@@ -66,4 +67,6 @@ def _row(row: Sequence[Any]) -> ScheduleRecord:
         last_started_at=from_ms(row[28]),
         last_completed_at=from_ms(row[29]),
         version=row[30],
+        failed_firings=row[31] or 0,
+        last_failure=loads(row[32]) if row[32] else None,
     )

@@ -19,7 +19,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import attrs
 
 from abi_engine.events import Event, OutboxEvent
-from abi_engine.models import Integration, Token, User, Workflow, WorkflowStatus
+from abi_engine.models import (
+    Integration,
+    NotificationTemplate,
+    Token,
+    User,
+    Workflow,
+    WorkflowStatus,
+)
 from abi_engine.models_webhooks import Delivery
 from abi_engine.storage.records import (
     ExecutionQuery,
@@ -173,6 +180,23 @@ class Store(Protocol):
 
     def existing_integration_ids(self, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` have a connection."""
+
+    # -- notification templates ---------------------------------------------
+
+    def put_template(self, template: NotificationTemplate) -> bool:
+        """Insert or replace a template (its ``created_at`` kept); ``True`` if it was created."""
+
+    def get_template(self, template_id: str) -> NotificationTemplate | None:
+        """The template, or ``None``."""
+
+    def list_templates(self, page: int, page_size: int) -> tuple[list[NotificationTemplate], int]:
+        """One page of templates (by id) and the total."""
+
+    def delete_template(self, template_id: str) -> bool:
+        """Remove a template; ``False`` if it did not exist."""
+
+    def find_templates(self, ids: Iterable[str]) -> dict[str, NotificationTemplate]:
+        """The templates among ``ids`` that exist, by id (one query)."""
 
     # -- events (outbox) --------------------------------------------------------
 

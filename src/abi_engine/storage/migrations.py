@@ -404,6 +404,38 @@ def m010_owner_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+def m011_templates_and_failures(db: sqlite_utils.Database) -> None:
+    """Notification templates, failed firings of schedules, execution filters.
+
+    ``notification_templates`` holds the templates managed over the API (by
+    id; ``subject`` may be ``NULL``). ``schedules.failed_firings`` counts the
+    due times at which the schedule could not start an execution, and
+    ``schedules.last_failure`` keeps the last such failure (JSON: ``at``,
+    ``due_at``, ``code``, ``message``). Two indexes serve the listing of
+    executions by schedule and by creator, newest first.
+    """
+    db.execute(
+        """CREATE TABLE notification_templates (
+            id TEXT PRIMARY KEY,
+            subject TEXT,
+            body TEXT NOT NULL,
+            description TEXT,
+            created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL
+        )"""
+    )
+    db.execute("ALTER TABLE schedules ADD COLUMN failed_firings INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE schedules ADD COLUMN last_failure TEXT")
+    db.execute(
+        "CREATE INDEX idx_executions_schedule ON executions (schedule_id, created_at, id)"
+        " WHERE schedule_id IS NOT NULL"
+    )
+    db.execute(
+        "CREATE INDEX idx_executions_creator ON executions (created_by, created_at, id)"
+        " WHERE created_by IS NOT NULL"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_core,
     m002_executions,
@@ -415,4 +447,5 @@ MIGRATIONS: list[Migration] = [
     m008_fencing,
     m009_webhook_claims_and_periods,
     m010_owner_indexes,
+    m011_templates_and_failures,
 ]

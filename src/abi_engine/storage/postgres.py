@@ -64,6 +64,7 @@ from abi_engine.storage._rows import (
     _row_to_workflow,
     _token_tree,
 )
+from abi_engine.storage._templates import TemplatesMixin
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import (
     OWNED_ROWS,
@@ -124,7 +125,7 @@ def _integration(row: Sequence[Any]) -> Integration:
     )
 
 
-class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
+class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
     """A :class:`~abi_engine.storage.Store` on a PostgreSQL database.
 
     :param url: a ``postgresql://`` (or ``postgres://``) URL, as libpq reads it.
@@ -138,6 +139,8 @@ class PostgresStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
     :param min_size: connections the pool keeps open (overrides the URL).
     :param max_size: most connections the pool opens (overrides the URL).
     """
+
+    _MARK = "%s"  # the placeholder of the shared template SQL
 
     #: Every call is a network round trip: the engine calls the store from threads.
     blocking = True

@@ -223,9 +223,19 @@ class ExecutionsMixin:
         if query.workflow_id is not None:
             where.append("e.workflow_id = %s")
             args.append(query.workflow_id)
-        if query.status is not None:
+        statuses = query.status_values()
+        if len(statuses) == 1:
             where.append("e.status = %s")
-            args.append(query.status.value)
+            args.append(statuses[0])
+        elif statuses:
+            where.append(f"e.status IN ({', '.join(['%s'] * len(statuses))})")
+            args.extend(statuses)
+        if query.schedule_id is not None:
+            where.append("e.schedule_id = %s")
+            args.append(query.schedule_id)
+        if query.created_by is not None:
+            where.append("e.created_by = %s")
+            args.append(query.created_by)
         if query.start is not None:
             where.append("e.created_at >= %s")
             args.append(to_ms(query.start))

@@ -311,6 +311,25 @@ M010_OWNER_INDEXES = [
     "CREATE INDEX idx_executions_queued_owner ON executions (created_by) WHERE status = 'queued'",
 ]
 
+# Notification templates, failed firings of schedules, and the indexes of the execution
+# filters by schedule and by creator (as SQLite's m011_templates_and_failures).
+M011_TEMPLATES_AND_FAILURES = [
+    """CREATE TABLE notification_templates (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        subject TEXT,
+        body TEXT NOT NULL,
+        description TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )""",
+    "ALTER TABLE schedules ADD COLUMN failed_firings INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE schedules ADD COLUMN last_failure TEXT",
+    "CREATE INDEX idx_executions_schedule ON executions (schedule_id, created_at, id)"
+    " WHERE schedule_id IS NOT NULL",
+    "CREATE INDEX idx_executions_creator ON executions (created_by, created_at, id)"
+    " WHERE created_by IS NOT NULL",
+]
+
 #: ``(name, statements)`` in order; the version of a migration is its position from 1.
 MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m001_core", M001_CORE),
@@ -323,6 +342,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m008_fencing", M008_FENCING),
     ("m009_webhook_claims_and_periods", M009_WEBHOOK_CLAIMS_AND_PERIODS),
     ("m010_owner_indexes", M010_OWNER_INDEXES),
+    ("m011_templates_and_failures", M011_TEMPLATES_AND_FAILURES),
 ]
 
 

@@ -219,7 +219,9 @@ def _fire(conn: Conn, op: FireSchedule) -> bool:
     cursor = conn.execute(
         "UPDATE schedules SET next_due = %s, pending_runs = %s, completed = %s,"
         " enabled = coalesce(%s::boolean, enabled),"
-        " last_execution_id = coalesce(%s::text, last_execution_id), version = version + 1"
+        " last_execution_id = coalesce(%s::text, last_execution_id), version = version + 1,"
+        " failed_firings = failed_firings + %s,"
+        " last_failure = coalesce(%s::text, last_failure)"
         " WHERE id = %s AND version = %s AND next_due IS NOT DISTINCT FROM %s::bigint"
         " AND pending_runs = %s",
         (
@@ -228,6 +230,8 @@ def _fire(conn: Conn, op: FireSchedule) -> bool:
             bool(op.completed),
             op.enabled,
             last,
+            op.failures,
+            None if op.last_failure is None else dumps(op.last_failure),
             op.schedule_id,
             op.expected_version,
             to_ms(op.expected_next_due),

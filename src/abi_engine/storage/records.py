@@ -132,9 +132,18 @@ class ExecutionQuery:
     page: int = 1
     page_size: int = 10
     workflow_id: str | None = None
+    #: One status (``status``) or several (``statuses``: any of them).
     status: ExecutionStatus | None = None
+    statuses: tuple[ExecutionStatus, ...] = ()
     start: datetime | None = None
     end: datetime | None = None
+    schedule_id: str | None = None
+    created_by: str | None = None
+
+    def status_values(self) -> tuple[str, ...]:
+        """The statuses asked for, as stored (empty: any)."""
+        wanted = (*self.statuses, *(() if self.status is None else (self.status,)))
+        return tuple(dict.fromkeys(s.value for s in wanted))
 
 
 @attrs.frozen(kw_only=True)
@@ -342,6 +351,10 @@ class ScheduleRecord:
     last_status: str | None = None
     last_started_at: datetime | None = None
     last_completed_at: datetime | None = None
+    #: Due times at which no execution could be started, and the last such failure
+    #: (``{"at", "due_at", "code", "message"}``).
+    failed_firings: int = 0
+    last_failure: dict[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -421,3 +434,7 @@ class FireSchedule(WriteOp):
     enabled: bool | None = None
     executions: tuple[ExecutionRecord, ...] = ()
     history: tuple[HistoryRecord, ...] = ()
+    #: Due times of this firing that could not start an execution (added to
+    #: ``failed_firings``), and the last of them (replaces ``last_failure``).
+    failures: int = 0
+    last_failure: dict[str, Any] | None = None

@@ -42,6 +42,7 @@ from abi_engine.storage._rows import (
     _row_to_workflow,
     _token_tree,
 )
+from abi_engine.storage._templates import TemplatesMixin
 from abi_engine.storage.base import (
     OWNED_ROWS,
     OwnedKind,
@@ -83,13 +84,15 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.1)
 
 
-class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin):
+class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
     :param path: a file path (created when missing) or ``":memory:"``.
     :param durability: ``"normal"`` (WAL, ``synchronous=NORMAL``: survives a
         killed process) or ``"full"`` (``synchronous=FULL``: survives power loss).
     """
+
+    _MARK = "?"  # the placeholder of the shared template SQL
 
     blocking = False
 

@@ -191,9 +191,19 @@ class ExecutionsMixin:
         if query.workflow_id is not None:
             where.append("e.workflow_id = ?")
             args.append(query.workflow_id)
-        if query.status is not None:
+        statuses = query.status_values()
+        if len(statuses) == 1:
             where.append("e.status = ?")
-            args.append(query.status.value)
+            args.append(statuses[0])
+        elif statuses:
+            where.append(f"e.status IN ({', '.join(['?'] * len(statuses))})")
+            args.extend(statuses)
+        if query.schedule_id is not None:
+            where.append("e.schedule_id = ?")
+            args.append(query.schedule_id)
+        if query.created_by is not None:
+            where.append("e.created_by = ?")
+            args.append(query.created_by)
         if query.start is not None:
             where.append("e.created_at >= ?")
             args.append(to_ms(query.start))

@@ -206,7 +206,8 @@ def _delete(conn: sqlite3.Connection, op: DeleteSchedule) -> bool:
 _FIRE = (
     "UPDATE schedules SET next_due = ?, pending_runs = ?, completed = ?,"
     " enabled = coalesce(?, enabled),"
-    " last_execution_id = coalesce(?, last_execution_id), version = version + 1"
+    " last_execution_id = coalesce(?, last_execution_id), version = version + 1,"
+    " failed_firings = failed_firings + ?, last_failure = coalesce(?, last_failure)"
     " WHERE id = ? AND version = ? AND next_due IS ? AND pending_runs = ?"
 )
 _INSERT_HISTORY = (
@@ -246,6 +247,8 @@ def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
                 int(op.completed),
                 None if op.enabled is None else int(op.enabled),
                 last,
+                op.failures,
+                None if op.last_failure is None else dumps(op.last_failure),
                 op.schedule_id,
                 op.expected_version,
                 to_ms(op.expected_next_due),

@@ -34,6 +34,7 @@ from abi_engine.models import (
     Step,
     Workflow,
 )
+from abi_engine.models_webhooks import Delivery, DeliveryAttempt
 from abi_engine.storage.records import ExecutionQuery
 
 DELAY = {"steps": [{"name": "wait", "action": "delay", "seconds": 600}]}
@@ -153,6 +154,8 @@ async def _json_of(engine: Engine, execution_id: str) -> Any:
         (Schedule, ["last_execution", "last_failure", "cron_expression", "next_execution"]),
         (ScheduleSummary, ["cron_expression", "interval_unit", "next_execution"]),
         (Step, ["started_at", "completed_at", "attempts", "error"]),
+        (Delivery, ["webhook_id", "execution_id", "next_attempt_at"]),
+        (DeliveryAttempt, ["status_code", "error", "response_body"]),
     ],
 )
 def test_openapi_requires_every_field_and_marks_nullables(model: type, nullable: list[str]) -> None:
@@ -289,9 +292,10 @@ def test_execution_filters_over_rest(api: Served) -> None:
     assert ids(created_by="usr_spec", status="completed") == {done["execution_id"], scheduled}
     assert ids(created_by="usr_bob", status="failed") == set()
     assert ids(schedule_id="sched_nope") == set()
-    bad = alice.get("/api/v1/workflow_executions", params={"status": ["completed", "finished"]})
-    assert bad.status_code == 400
-    assert bad.json()["error"]["details"]["field"] == "status"
+    for refused in (["completed", "finished"], "", ",", "completed,", "completed ", " failed"):
+        bad = alice.get("/api/v1/workflow_executions", params={"status": refused})
+        assert bad.status_code == 400, refused
+        assert bad.json()["error"]["details"]["field"] == "status"
 
 
 async def _due(engine: Engine, schedule_id: str) -> Any:

@@ -212,17 +212,17 @@ async def test_failed_firing_is_counted_logged_and_emitted(
     failed = await engine.schedules.get(schedule.id)
     assert failed.failed_firings == 1
     assert failed.last_failure is not None
-    assert failed.last_failure.code == "INVALID_STATE"
+    assert failed.last_failure.code == "INTEGRATION_MISSING"  # as an execute would get
     assert "int_crm" in failed.last_failure.message
     assert failed.last_failure.due_at == first
     lines = [r for r in caplog.records if schedule.id in r.getMessage()]
     assert len(lines) == 1
     assert lines[0].levelno == logging.WARNING
-    assert "INVALID_STATE" in lines[0].getMessage()
+    assert "INTEGRATION_MISSING" in lines[0].getMessage()
     [event] = [e for e in recorder.events if e.type == "schedule.failed"]
     assert event.data["schedule_id"] == schedule.id
     assert event.data["due_at"] == _rfc3339(first)
-    assert event.data["error"]["code"] == "INVALID_STATE"
+    assert event.data["error"]["code"] == "INTEGRATION_MISSING"
     [entry] = (await engine.schedules.history(schedule.id)).items
     assert entry.outcome == "failed"
 
@@ -280,7 +280,7 @@ def test_failed_firings_show_over_rest(api: Served) -> None:
     api.engine.call(api.engine.schedules.tick, due)
     shown = data_of(client.get(f"/api/v1/workflow_schedules/{schedule['id']}"))
     assert shown["failed_firings"] == 1
-    assert shown["last_failure"]["code"] == "INVALID_STATE"
+    assert shown["last_failure"]["code"] == "INTEGRATION_MISSING"
     assert shown["last_failure"]["due_at"] == schedule["next_execution"]
     assert set(shown["last_failure"]) == {"at", "due_at", "code", "message"}
     listed = data_of(client.get("/api/v1/workflow_schedules"))["items"]

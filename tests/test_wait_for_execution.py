@@ -11,6 +11,7 @@ backend, over real HTTP.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,8 +99,21 @@ def test_unknown_execution_and_bad_timeout(api: Served, way: str) -> None:
     executor = api.facade(WorkflowExecutor, way)
     with pytest.raises(ExecutionNotFound):
         executor.wait_for_execution("exec_nope", timeout=5)
-    with pytest.raises(ValueError, match="timeout"):
-        executor.wait_for_execution("exec_nope", timeout=-1)
+    for bad in (-1, math.nan, math.inf, True):
+        with pytest.raises(ValueError, match="timeout"):
+            executor.wait_for_execution("exec_nope", timeout=bad)
+
+
+@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("timeout", [0.0004, 0.0005, 0.001, 0.0099])
+def test_a_tiny_timeout_is_a_timeout(api: Served, way: str, timeout: float) -> None:
+    """A timeout under a millisecond (or the last fraction of any wait) asks the server for
+    at least a millisecond: ExecutionTimeout, never a refused request."""
+    executor = api.facade(WorkflowExecutor, way)
+    started = executor.execute_workflow_async(workflow(api, way, LONG))
+    with pytest.raises(ExecutionTimeout):
+        executor.wait_for_execution(started.execution_id, timeout=timeout)
+    executor.cancel_execution(started.execution_id)
 
 
 def test_long_poll_endpoint(api: Served) -> None:

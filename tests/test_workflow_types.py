@@ -239,3 +239,21 @@ def test_a_type_without_classes_takes_any_object() -> None:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
     }
+
+
+@attrs.define(kw_only=True)
+class _Private:
+    _secret_level: int = 0
+    name: str
+
+
+def test_schema_keys_are_the_converters() -> None:
+    """A private attribute (``_x``, whose init argument is ``x``) is named in the schema as
+    the converter reads it, so a body the schema describes is one the converter takes."""
+    from abi_engine.converter import structure
+
+    schema = json_schema(_Private)
+    assert set(schema["properties"]) == {"_secret_level", "name"}
+    body = {"_secret_level": 3, "name": "n"}
+    Draft202012Validator(schema).validate(body)
+    assert structure(body, _Private) == _Private(secret_level=3, name="n")

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -483,7 +484,9 @@ class WorkflowExecutor(_Client):
         """
         path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
         if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout < math.inf  # NaN and infinity too
         ):
             raise InvalidRequest("'timeout' must be a number of seconds >= 0", {"field": "timeout"})
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -493,7 +496,10 @@ class WorkflowExecutor(_Client):
             hold = min(chunk, remaining)
             if hold > 0:
                 status, data = self._transport.request_with_status(
-                    "wait_for_execution", path=path, query={"timeout_seconds": round(hold, 3)}
+                    "wait_for_execution",
+                    path=path,
+                    # whole milliseconds, at least one: the server refuses 0
+                    query={"timeout_seconds": max(0.001, math.ceil(hold * 1000) / 1000)},
                 )
                 settled = status == 200  # 202: the request's time passed first
             else:

@@ -227,7 +227,8 @@ def _checked_query(op: Operation, request: ApiRequest) -> ApiRequest:
     field is). A parameter given several times (a list of values) is refused
     unless its schema is an array; array parameters arrive as a list of
     strings, whether repeated (``status=a&status=b``) or comma-separated
-    (``status=a,b``).
+    (``status=a,b``), each of them one of the items' ``enum`` (no empty value,
+    no spaces).
     """
     if not request.query:
         return request
@@ -245,10 +246,20 @@ def _checked_query(op: Operation, request: ApiRequest) -> ApiRequest:
     query: dict[str, Any] = {}
     for name, value in request.query.items():
         values = value if isinstance(value, list | tuple) else [value]
-        if declared[name].schema.get("type") == "array":
-            query[name] = [
-                part.strip() for item in values for part in str(item).split(",") if part.strip()
-            ]
+        schema = declared[name].schema
+        if schema.get("type") == "array":
+            allowed = schema.get("items", {}).get("enum")
+            parts = [part for item in values for part in str(item).split(",")]
+            for part in parts:
+                if not part or (allowed is not None and part not in allowed):
+                    raise InvalidRequest(
+                        f"Query parameter '{name}': {part!r} is not one of"
+                        f" {', '.join(map(str, allowed or ()))}"
+                        if part
+                        else f"Query parameter '{name}' has an empty value",
+                        {"field": name},
+                    )
+            query[name] = parts
         elif len(values) != 1:
             raise InvalidRequest(
                 f"Query parameter '{name}' is given more than once", {"field": name}

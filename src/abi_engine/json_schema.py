@@ -169,7 +169,7 @@ class _Builder:
         for field in attrs.fields(cls):
             if not field.init:
                 continue
-            name = field.alias or field.name
+            name = field.name  # the key the converter reads (not the init alias)
             prop = self.schema(hints.get(field.name, field.type))
             if field.default is attrs.NOTHING:
                 required.append(name)

@@ -1,7 +1,7 @@
 """Webhook subscriptions and their deliveries, as the REST API shows them.
 
 Like :mod:`abi_engine.models`, every class is an attrs class turned into JSON
-by the one converter; fields marked ``omit_none`` are left out while ``None``.
+by the one converter; every field is present, ``null`` when empty.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ __all__ = [
     "WebhookUpdateRequest",
 ]
 
-_OMIT_NONE = {"omit_none": True}
-
 #: Field limits of the request bodies (see :mod:`abi_engine.limits`).
 EVENT_TYPE = Choice(EVENT_TYPES)
 EVENTS = Items(min_items=1, max_items=50)
@@ -35,10 +33,6 @@ WEBHOOK_SECRET = Text(
     pattern=r"^whsec_[!-~]{1,512}$",
     hint="must be 'whsec_' and 1 to 512 visible ASCII characters (no spaces)",
 )
-
-
-def _opt(default: Any = None) -> Any:
-    return attrs.field(default=default, metadata=_OMIT_NONE)
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -119,17 +113,17 @@ class DeliveryAttempt:
     """One attempt of a delivery: one ``POST`` and what came of it.
 
     ``status`` is ``succeeded`` or ``failed``; ``status_code`` the HTTP status
-    answered (absent when no answer came: refused URL, connection error,
+    answered (``null`` when no answer came: refused URL, connection error,
     timeout); ``error`` why it failed; ``response_body`` the start of the
     answer's body (at most ``WebhookSettings.response_body_limit`` characters).
     """
 
     attempt: int
     status: DeliveryStatus
-    status_code: int | None = _opt()
+    status_code: int | None = None
     duration_ms: int
-    error: str | None = _opt()
-    response_body: str | None = _opt()
+    error: str | None = None
+    response_body: str | None = None
     created_at: datetime
 
 
@@ -137,21 +131,21 @@ class DeliveryAttempt:
 class Delivery:
     """One event sent to one target (a webhook, or an execution's ``callback_url``).
 
-    ``id`` (``dlv_...``), ``webhook_id`` (absent for a callback),
-    ``execution_id`` (a callback's execution), ``event_id`` (also the
+    ``id`` (``dlv_...``), ``webhook_id`` (``null`` for a callback),
+    ``execution_id`` (a callback's execution, else ``null``), ``event_id`` (also the
     ``webhook-id`` header of every attempt), ``event_type``, ``status``,
-    ``attempt_count``, ``next_attempt_at`` (while ``pending``), ``attempts``
+    ``attempt_count``, ``next_attempt_at`` (while ``pending``, else ``null``), ``attempts``
     (every attempt, oldest first), timestamps.
     """
 
     id: str
-    webhook_id: str | None = _opt()
-    execution_id: str | None = _opt()
+    webhook_id: str | None = None
+    execution_id: str | None = None
     event_id: str
     event_type: str
     status: DeliveryStatus
     attempt_count: int = 0
-    next_attempt_at: datetime | None = _opt()
+    next_attempt_at: datetime | None = None
     attempts: list[DeliveryAttempt] = attrs.Factory(list)
     created_at: datetime
     updated_at: datetime

@@ -29,6 +29,7 @@ from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import (
     AbiError,
+    IntegrationMissing,
     InvalidRequest,
     InvalidSchedule,
     InvalidState,
@@ -952,7 +953,10 @@ class ScheduleService(Service):
             )
             missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
             if missing:
-                raise InvalidState(f"required integration {missing[0]!r} is not connected")
+                raise IntegrationMissing(  # as executing the workflow would answer
+                    f"Required integration {missing[0]!r} is not connected",
+                    {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
+                )
         template_ids = tuple(self._engine.workflows.template_ids(workflow))
         return workflow, wtype, config, specs, template_ids
 

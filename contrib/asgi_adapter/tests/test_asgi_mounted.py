@@ -110,7 +110,6 @@ def test_forgotten_engine_is_reported_and_refused(engine: Engine) -> None:
         assert error["code"] == "ENGINE_NOT_RUNNING"
         assert error["details"] == {
             "status": "degraded",
-            "version": abi_engine.__version__,
             "database": "ok",
             "engine": "not_running",
         }
@@ -148,7 +147,6 @@ def test_host_that_runs_the_engine_is_healthy(engine: Engine) -> None:
         assert health.status_code == 200, health.text
         assert health.json()["data"] == {
             "status": "ok",
-            "version": abi_engine.__version__,
             "database": "ok",
             "engine": "running",
         }

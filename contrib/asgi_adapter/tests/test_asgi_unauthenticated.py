@@ -156,7 +156,10 @@ async def test_public_routes_reveal_no_version_or_data(
     version, not the package's; neither shows records."""
     client = make_client(app)
     health = await client.get("/api/v1/health")
-    assert health.json() == {"status": "success", "data": {"status": "ok", "database": "ok"}}
+    assert health.json() == {
+        "status": "success",
+        "data": {"status": "ok", "database": "ok", "engine": "running"},
+    }
     document = await client.get("/api/v1/openapi.json")
     assert document.json()["info"]["version"] == "v1"
     assert abi_engine.__version__ not in health.text

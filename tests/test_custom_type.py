@@ -4,6 +4,7 @@ HTTP server on 127.0.0.1) and Python handlers registered through ``abi_step_hand
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import threading
 import time
@@ -55,6 +56,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self._answer(200, {"ok": self.server.flaky})
         elif self.path == "/fail":
             self._answer(500, {"error": "broken"})
+        elif self.path == "/huge":  # 12 MiB, no Content-Length: read until the close
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for _ in range(12):
+                self.wfile.write(b"x" * (1 << 20))
+        elif self.path == "/gzip":
+            data = gzip.compress(json.dumps({"hello": "compressed"}).encode())
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         else:
             self._answer(404, {"error": "not found"})
 
@@ -336,6 +352,28 @@ async def test_http_error_fails_the_step(eng: Engine, server: Server) -> None:
     assert execution.error.type == "HTTPStatusError"
     assert "500" in execution.error.message
     assert len(server.seen) == 1
+
+
+async def test_http_answer_over_the_bound_fails_the_step(eng: Engine, server: Server) -> None:
+    """An answer larger than the outbound bound (10 MiB) fails the step with a clear error,
+    read no further than the bound: never a memory or database exhaustion."""
+    wf = await custom(
+        eng, steps({"name": "call", "action": "http_request", "url": f"{server.url}/huge"})
+    )
+    execution = await _failure(eng, wf)
+    assert execution.error.step == "call"
+    assert execution.error.type == "ResponseTooLarge"
+    assert "larger than 10485760 bytes" in execution.error.message
+
+
+async def test_http_compressed_answer_is_decoded(eng: Engine, server: Server) -> None:
+    """A gzip answer (the engine asks for gzip, deflate or none) is decoded as usual."""
+    wf = await custom(
+        eng, steps({"name": "call", "action": "http_request", "url": f"{server.url}/gzip"})
+    )
+    execution = await eng.executions.execute(wf, {})
+    assert execution.result["body"] == {"hello": "compressed"}
+    assert server.seen[-1][2]["Accept-Encoding"] == "gzip, deflate"
 
 
 async def test_http_retry_policy(eng: Engine, server: Server) -> None:

@@ -24,7 +24,7 @@ import attrs
 import httpx
 
 from abi_engine import StepContext
-from abi_engine.netguard import check_url, resolve_checked
+from abi_engine.netguard import ResponseTooLarge, check_url, resolve_checked
 from abi_plugin_data_processing.mapping import get_path
 from abi_plugin_data_processing.options import Pagination
 
@@ -109,6 +109,8 @@ class Remote:
             )
         except httpx.TimeoutException:
             raise RemoteError(f"{what} timed out") from None
+        except (ResponseTooLarge, httpx.DecodingError) as exc:  # the answer, not the network
+            raise RemoteError(f"{what} failed: {type(exc).__name__}: {exc}") from None
         except httpx.HTTPError as exc:
             raise RemoteError(f"{what} failed: {type(exc).__name__}") from None
         if response.status_code >= 400:

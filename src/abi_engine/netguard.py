@@ -35,6 +35,8 @@ import functools
 import ipaddress
 import re
 import socket
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,8 +47,10 @@ import idna
 from abi_engine.errors import InvalidRequest
 
 __all__ = [
+    "MAX_RESPONSE_BYTES",
     "MAX_URL",
     "GuardedTransport",
+    "ResponseTooLarge",
     "URLRefused",
     "address_literal",
     "check_host",
@@ -345,6 +349,71 @@ class URLRefused(httpx.TransportError):
     """An outbound request the URL rules refuse (scheme, or a forbidden address)."""
 
 
+#: The most bytes an outbound answer may have (after decompression) when read through
+#: :class:`GuardedTransport`: a step's HTTP request, an approval's notification, a
+#: connection's requests. Larger answers fail with :class:`ResponseTooLarge`.
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+_PIECE = 64 * 1024
+_ACCEPTED_ENCODINGS = "gzip, deflate"
+
+
+class ResponseTooLarge(httpx.TransportError):
+    """An outbound answer was larger than the transport's ``max_response_bytes``."""
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    """An answer's body, decoded here (gzip, deflate) and cut at ``limit`` bytes."""
+
+    def __init__(
+        self, inner: httpx.AsyncByteStream, limit: int, encoding: str, request: httpx.Request
+    ) -> None:
+        self._inner = inner
+        self._limit = limit
+        self._request = request
+        if encoding == "gzip":
+            self._decoder: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj(zlib.MAX_WBITS)
+        else:
+            self._decoder = None
+
+    def _too_large(self) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"the answer is larger than {self._limit} bytes", request=self._request
+        )
+
+    def _pieces(self, chunk: bytes) -> Iterator[bytes]:
+        if self._decoder is None:
+            yield chunk
+            return
+        try:
+            while chunk:
+                piece = self._decoder.decompress(chunk, _PIECE)
+                yield piece
+                chunk = self._decoder.unconsumed_tail
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"malformed compressed answer ({exc})") from None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        size = 0
+        async for chunk in self._inner:
+            for piece in self._pieces(chunk):
+                size += len(piece)
+                if size > self._limit:
+                    raise self._too_large()
+                if piece:
+                    yield piece
+        if self._decoder is not None:
+            rest = self._decoder.flush()
+            if size + len(rest) > self._limit:
+                raise self._too_large()
+            if rest:
+                yield rest
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class GuardedTransport(httpx.AsyncBaseTransport):
     """An httpx transport that applies the outbound URL rules to every request.
 
@@ -355,10 +424,25 @@ class GuardedTransport(httpx.AsyncBaseTransport):
     the request elsewhere. Redirects are not followed by the clients that
     use it, and would be checked again if they were. A refused request
     raises :class:`URLRefused` (an ``httpx.TransportError``).
+
+    Answers are bounded: at most ``max_response_bytes`` (default
+    :data:`MAX_RESPONSE_BYTES`) after decompression, else reading the body
+    raises :class:`ResponseTooLarge`, so a hostile server can exhaust neither
+    memory nor the database. The transport asks for ``gzip``, ``deflate`` or
+    no compression and decodes them itself, with the bound (a small
+    compressed answer can expand to gigabytes); an answer in another encoding
+    is refused (``httpx.DecodingError``).
     """
 
-    def __init__(self, *, allow_private: bool, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        **options: Any,
+    ) -> None:
         self.allow_private = allow_private
+        self.max_response_bytes = max_response_bytes
         self._inner = httpx.AsyncHTTPTransport(**options)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -375,7 +459,45 @@ class GuardedTransport(httpx.AsyncBaseTransport):
             if url.scheme == "https":
                 request.extensions = {**request.extensions, "sni_hostname": host}
             request.url = url.copy_with(host=address)  # Host header keeps the name
-        return await self._inner.handle_async_request(request)
+        request.headers["Accept-Encoding"] = _ACCEPTED_ENCODINGS
+        response = await self._inner.handle_async_request(request)
+        return await self._bounded(response, request)
+
+    async def _bounded(self, response: httpx.Response, request: httpx.Request) -> httpx.Response:
+        encoding = response.headers.get("content-encoding", "").strip().lower() or "identity"
+        declared = response.headers.get("content-length", "")
+        refused: httpx.HTTPError | None = None
+        if encoding not in ("identity", "gzip", "deflate"):
+            refused = httpx.DecodingError(
+                f"the answer's Content-Encoding {encoding[:40]!r} was not asked for",
+                request=request,
+            )
+        elif (
+            encoding == "identity"
+            and declared.isdigit()
+            and int(declared) > self.max_response_bytes
+        ):
+            refused = ResponseTooLarge(
+                f"the answer is larger than {self.max_response_bytes} bytes"
+                f" (Content-Length {declared})",
+                request=request,
+            )
+        if refused is not None:
+            await response.aclose()
+            raise refused
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(
+            response.status_code,
+            headers=headers,
+            stream=_CappedStream(response.stream, self.max_response_bytes, encoding, request),
+            extensions=response.extensions,
+            request=request,
+        )
 
     async def aclose(self) -> None:
         await self._inner.aclose()

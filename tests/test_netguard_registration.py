@@ -250,6 +250,40 @@ async def test_unsendable_webhook_url_fails_each_attempt_in_one_line(
 
 
 @pytest.mark.anyio
+async def test_an_unexpected_failure_is_one_line_per_attempt(
+    make_engine: Callable[..., Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever else an attempt raises (a bug, a library's surprise) is recorded as a failed
+    attempt with a one-line reason and logged in one line; the traceback only at DEBUG."""
+    import abi_engine._webhook_delivery as delivery_module
+
+    async def broken(self: Any, job: Any) -> tuple[int, str]:
+        raise RuntimeError("surprise\nspanning lines")
+
+    monkeypatch.setattr(delivery_module.DeliveryWorker, "_post", broken)
+    engine = make_engine(allow_private_urls=False)
+    hook = await engine.webhooks.create(
+        {"url": "https://example.com/hook", "events": ["workflow.created"]}
+    )
+    with caplog.at_level(logging.INFO, logger="abi_engine"):
+        async with engine:
+            await make_workflow(engine, active=False)
+            (delivery,) = await until_deliveries(engine, hook.id, all_finished)
+    assert delivery.status is DeliveryStatus.FAILED
+    assert len(delivery.attempts) == 4
+    for attempt in delivery.attempts:
+        assert attempt.error is not None
+        assert "surprise" in attempt.error
+        assert "\n" not in attempt.error
+    warned = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(warned) == 4
+    assert all("\n" not in r.getMessage() for r in warned)
+    assert _tracebacks(caplog) == []
+
+
+@pytest.mark.anyio
 async def test_unsendable_callback_url_fails_each_attempt_in_one_line(
     make_engine: Callable[..., Engine],
     monkeypatch: pytest.MonkeyPatch,

@@ -11,7 +11,8 @@ is refused only for a rule no static document can state. Bounded for CI:
 ``ABI_SCHEMATHESIS_EXAMPLES=100`` is the full run.
 
 The server runs with ``--allow-private-urls``: whether a URL's host is private
-is not something a document can say (it is tested in ``test_webhooks.py``).
+is not something a document can say (it is tested in ``test_netguard_registration.py``
+and ``test_netguard_integrations.py``).
 """
 
 from __future__ import annotations

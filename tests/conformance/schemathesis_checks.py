@@ -5,7 +5,8 @@ patterns, bounds, sizes, enums, required fields). A few refusals depend on what
 no static document can know: the installed workflow types and the rules of
 their configurations, a workflow's parameter rules, whether a cron expression
 or a time zone exists, a time already past, the installed integration
-providers and their configurations, a workflow's current type, and a rule JSON
+providers and their configurations, what the installed types accept in a
+notification template's text, a workflow's current type, and a rule JSON
 Schema has no keyword for (a workflow's integration ids are unique:
 ``x-unique-by``), and whether an ``xn--`` label of a URL's host is valid
 Punycode. Those, and only
@@ -50,6 +51,11 @@ SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     ("POST", "/api/v1/workflows/{workflow_id}/execute_async"): dict(_EXECUTE),
     ("POST", "/api/v1/workflows/{workflow_id}/schedules"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
     ("PUT", "/api/v1/workflow_schedules/{schedule_id}"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
+    ("PUT", "/api/v1/notification_templates/{template_id}"): {
+        # the installed workflow types' rules for a template's text (check_template:
+        # the notification type's placeholders)
+        "INVALID_REQUEST": frozenset({"body", "subject"}),
+    },
     ("PUT", "/api/v1/integrations/{integration_id}"): {
         "INVALID_REQUEST": frozenset({"provider", "config"}),  # the providers' own rules
     },

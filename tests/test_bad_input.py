@@ -96,6 +96,8 @@ def _metadata_like(field: str, limit_bytes: int, keys: int | None, depth: int) -
         (f"{field}>bytes", _big(limit_bytes)),
         (f"{field}>depth", _deep(depth + 1)),
         (f"{field}:long-key", {"k" * 300: 1}),
+        (f"{field}:nul-value", {"k": ["v\x00"]}),
+        (f"{field}:nul-key", {"k\x00": 1}),
         *_wrong_types(field, BAD_OBJECT),
     ]
     if keys is not None:
@@ -117,10 +119,12 @@ def workflow_cases(prefix: str, method: str, path: str) -> list[Case]:
                 ("name:tabs", "\t\n"),
                 ("name>200", "n" * 201),
                 ("name>200-unicode", "é" * 201),
+                ("name:nul", "a\x00b"),
                 *_wrong_types("name", [None, *BAD_TEXT]),
             ],
             "description": [
                 ("description>5000", "d" * 5001),
+                ("description:nul", "d\x00"),
                 *_wrong_types("description", BAD_TEXT),
             ],
             "type": [("type>100", "t" * 101), *_wrong_types("type", BAD_TEXT)],

@@ -437,7 +437,9 @@ CALLBACK_SECRET = Text(
     pattern=r"^whsec_[!-~]{6,512}$",
     hint="must be 'whsec_' and 6 to 512 visible ASCII characters (no spaces)",
 )
-SIGNAL_NAME = Text(min_length=1, max_length=200, pattern=r"^[^#]+$", hint="must not contain '#'")
+SIGNAL_NAME = Text(
+    min_length=1, max_length=200, pattern=r"^[^#\x00]+$", hint="must not contain '#'"
+)
 SIGNAL_PAYLOAD = Json(max_bytes=65_536)
 COMMENT = Text(max_length=2_000)
 DECISION_DATA = Json(max_bytes=16_384, max_keys=64)

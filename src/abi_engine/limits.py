@@ -32,6 +32,7 @@ __all__ = [
     "LIST_PAGE",
     "METADATA",
     "NAME",
+    "NO_NUL",
     "URL",
     "Choice",
     "Constraint",
@@ -45,6 +46,9 @@ __all__ = [
     "json_size",
 ]
 
+#: A pattern that every text matches: no U+0000 (NUL), which PostgreSQL cannot store.
+NO_NUL = r"^[^\x00]*$"
+_NUL = "NUL characters (U+0000) are not allowed"
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -86,6 +90,8 @@ class Text(Constraint):
     def check(self, value: Any) -> None:
         if not isinstance(value, str):
             return
+        if "\x00" in value:
+            raise ValueError(_NUL)
         if len(value) > self.max_length:
             raise ValueError(f"at most {self.max_length} characters (got {len(value)})")
         if len(value) < self.min_length:
@@ -97,8 +103,9 @@ class Text(Constraint):
         schema: dict[str, Any] = {"maxLength": self.max_length}
         if self.min_length:
             schema["minLength"] = self.min_length
-        if self.pattern is not None:
-            schema["pattern"] = self.pattern
+        # No text holds U+0000 (PostgreSQL cannot store it): the pattern says so when the
+        # constraint's own pattern does not.
+        schema["pattern"] = self.pattern if self.pattern is not None else NO_NUL
         return schema
 
 
@@ -210,9 +217,13 @@ def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
                     raise ValueError(
                         f"keys are at most {max_key_length} characters (one has {len(key)})"
                     )
+                if isinstance(key, str) and "\x00" in key:
+                    raise ValueError(_NUL)
         elif isinstance(item, list | tuple):
             children = item
         else:
+            if isinstance(item, str) and "\x00" in item:
+                raise ValueError(_NUL)
             continue
         if depth > max_depth:
             raise ValueError(f"nested at most {max_depth} levels deep")
@@ -240,7 +251,8 @@ class Json(Constraint):
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {
             "description": (
-                f"Free-form JSON: at most {self.max_bytes} bytes (compact UTF-8 JSON),"
+                f"Free-form JSON, no U+0000 in any string or key: at most {self.max_bytes} bytes"
+                " (compact UTF-8 JSON),"
                 f" nested at most {self.max_depth} levels, keys of at most"
                 f" {self.max_key_length} characters"
                 + (f", at most {self.max_keys} keys" if self.max_keys is not None else "")
@@ -271,7 +283,12 @@ def check_json_size(value: Any, max_bytes: int) -> int:
 # -- the field limits of the request models -------------------------------------------------
 
 #: A name: 1 to 200 characters, not only spaces.
-NAME = Text(min_length=1, max_length=200, pattern=r"\S", hint="must not be blank")
+NAME = Text(
+    min_length=1,
+    max_length=200,
+    pattern=r"^[^\x00]*[^\s\x00][^\x00]*$",
+    hint="must not be blank",
+)
 #: A description: at most 5,000 characters.
 DESCRIPTION = Text(max_length=5_000)
 #: ``metadata`` of a workflow: 8 KiB of JSON, 64 keys, 8 levels.

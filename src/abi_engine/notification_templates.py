@@ -52,8 +52,6 @@ TEMPLATE_ID = Text(
     hint="1 to 100 letters, digits, '_', '.' or '-'",
 )
 _ID = re.compile(r"^[A-Za-z0-9_.\-]{1,100}\Z")
-_NO_NUL = r"^[^\x00]*$"
-_NUL_HINT = "NUL characters (U+0000) are not allowed"
 #: Templates kept in memory as last read (for the types' synchronous checks).
 _CACHE_SIZE = 4096
 
@@ -82,16 +80,9 @@ class TemplateRequest:
     placeholders (``$$`` is a literal ``$``); ``description`` is for people.
     """
 
-    body: Annotated[
-        str, Text(min_length=1, max_length=MAX_TEMPLATE_CHARS, pattern=_NO_NUL, hint=_NUL_HINT)
-    ]
-    subject: (
-        Annotated[str, Text(max_length=MAX_TEMPLATE_CHARS, pattern=_NO_NUL, hint=_NUL_HINT)] | None
-    ) = None
-    description: (
-        Annotated[str, Text(max_length=MAX_DESCRIPTION_CHARS, pattern=_NO_NUL, hint=_NUL_HINT)]
-        | None
-    ) = None
+    body: Annotated[str, Text(min_length=1, max_length=MAX_TEMPLATE_CHARS)]
+    subject: Annotated[str, Text(max_length=MAX_TEMPLATE_CHARS)] | None = None
+    description: Annotated[str, Text(max_length=MAX_DESCRIPTION_CHARS)] | None = None
 
 
 def _check_text(value: str | None, field: str, limit: int) -> None:

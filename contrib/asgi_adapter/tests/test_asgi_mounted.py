@@ -25,7 +25,6 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
-import abi_engine
 from abi.workflows import WorkflowExecutor
 from abi_engine import Engine
 from abi_engine.errors import EngineNotRunning

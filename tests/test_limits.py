@@ -267,3 +267,17 @@ def test_bounded_page_arithmetic(
     assert (got["page"], got["page_size"], len(data["items"])) == expected
     assert (got["page"] - 1) * got["page_size"] == (page - 1) * page_size
     assert got["total_pages"] == -(-total // got["page_size"])
+
+
+def test_key_lengths_are_bounded_at_the_top_level_as_the_schema_says() -> None:
+    """``propertyNames`` reaches the top-level keys only; the check bounds exactly those
+    (the bytes bound the keys below), and refuses U+0000 at any depth."""
+    from abi_engine.limits import METADATA
+
+    METADATA.check({"outer": {"k" * 200: 1}})
+    with pytest.raises(ValueError, match="keys are at most 128"):
+        METADATA.check({"k" * 129: 1})
+    assert METADATA.json_schema()["propertyNames"] == {"maxLength": 128}
+    for nul in ({"a": {"b\x00": 1}}, {"a": ["x", {"b": "c\x00"}]}):
+        with pytest.raises(ValueError, match="NUL"):
+            METADATA.check(nul)

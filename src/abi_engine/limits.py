@@ -213,7 +213,9 @@ def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
         if isinstance(item, Mapping):
             children: Any = item.values()
             for key in item:
-                if isinstance(key, str) and len(key) > max_key_length:
+                # the key length at the top level only, as the schema's propertyNames says
+                # (the bytes bound every key below it)
+                if depth == 1 and isinstance(key, str) and len(key) > max_key_length:
                     raise ValueError(
                         f"keys are at most {max_key_length} characters (one has {len(key)})"
                     )
@@ -233,9 +235,9 @@ def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
 @attrs.frozen
 class Json(Constraint):
     """A free-form JSON value: at most ``max_bytes`` of compact UTF-8 JSON, arrays and
-    objects nested at most ``max_depth`` levels (the value itself is level 1), object
-    keys of at most ``max_key_length`` characters, and, when it is an object, at most
-    ``max_keys`` keys at its top level."""
+    objects nested at most ``max_depth`` levels (the value itself is level 1), and,
+    when it is an object, keys of at most ``max_key_length`` characters and at most
+    ``max_keys`` keys at its top level; no U+0000 in any string or key."""
 
     max_bytes: int
     max_depth: int = 16
@@ -253,7 +255,7 @@ class Json(Constraint):
             "description": (
                 f"Free-form JSON, no U+0000 in any string or key: at most {self.max_bytes} bytes"
                 " (compact UTF-8 JSON),"
-                f" nested at most {self.max_depth} levels, keys of at most"
+                f" nested at most {self.max_depth} levels, top-level keys of at most"
                 f" {self.max_key_length} characters"
                 + (f", at most {self.max_keys} keys" if self.max_keys is not None else "")
             ),

@@ -41,14 +41,20 @@ HOOKS = [function for _, _, function in gen_docs.hookspecs()]
 
 
 def test_hooks_are_found() -> None:
-    """The generator sees every hook specification of abi_engine.hookspecs."""
-    declared = {
-        name
-        for name, value in vars(hookspecs).items()
-        if callable(value) and hasattr(value, "abi_engine_spec")
-    }
-    assert declared
+    """The generator sees every hook specification of abi_engine.hookspecs and of the
+    bundled plugins' hookspec modules (abi_step_handlers and abi_nlp_services among them)."""
+    declared = set()
+    for module_name in gen_docs.HOOKSPEC_MODULES:
+        module = importlib.import_module(module_name)
+        declared |= {
+            name
+            for name, value in vars(module).items()
+            if callable(value) and hasattr(value, "abi_engine_spec")
+        }
+    assert {"abi_workflow_types", "abi_hookspecs", "abi_step_handlers"} <= declared
+    assert "abi_nlp_services" in declared
     assert {h.__name__ for h in HOOKS} == declared
+    assert hasattr(hookspecs, "abi_hookspecs")
 
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda h: h.__name__)
@@ -79,11 +85,12 @@ def test_plugin_hooks_page_is_fresh() -> None:
 def test_plugin_hooks_page_shows_exact_signatures() -> None:
     """Every hook has its own section with its exact typed signature."""
     page = (DOCS / "plugin-hooks.md").read_text()
-    source = ast.parse((ROOT / "src" / "abi_engine" / "hookspecs.py").read_text())
-    for node in source.body:
-        if isinstance(node, ast.FunctionDef) and node.name in {h.__name__ for h in HOOKS}:
-            assert f"### {node.name}\n" in page
-            assert f"{node.name}({ast.unparse(node.args)})" in page
+    for path in gen_docs.HOOKSPEC_MODULES.values():
+        source = ast.parse(path.read_text())
+        for node in source.body:
+            if isinstance(node, ast.FunctionDef) and node.name in {h.__name__ for h in HOOKS}:
+                assert f"### {node.name}\n" in page
+                assert f"{node.name}({ast.unparse(node.args)})" in page
 
 
 def test_rest_api_page_is_fresh() -> None:

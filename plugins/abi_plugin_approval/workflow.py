@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import attrs
 import httpx
 
-from abi_engine import RetryPolicy, StepContext, WorkflowType, step
+from abi_engine import Host, RetryPolicy, StepContext, WorkflowType, step
 from abi_engine.converter import unstructure
 from abi_engine.errors import (
     AbiError,
@@ -40,7 +40,7 @@ from abi_engine.errors import (
     InvalidWorkflowConfig,
     ParameterValidationError,
 )
-from abi_engine.netguard import GuardedTransport, check_url
+from abi_engine.netguard import check_url
 from abi_engine.types import IncomingSignal, SignalTimeout, approval_signal, is_approval_signal
 
 __all__ = [
@@ -162,10 +162,14 @@ class Approval(WorkflowType):
     Configuration = ApprovalConfiguration
     Parameters = ApprovalParameters
 
-    _allow_private = False
+    _host: Host | None = None
 
-    def attach(self, engine: Any) -> None:
-        self._allow_private = bool(engine.allow_private_urls)
+    def bind(self, host: Host) -> None:
+        self._host = host
+
+    @property
+    def _allow_private(self) -> bool:
+        return self._host is not None and self._host.allow_private_urls
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -290,7 +294,9 @@ class Approval(WorkflowType):
         params: ApprovalParameters = ctx.params
         requested_by = params.requested_by
         if requested_by is None:
-            execution = await ctx.services["engine"].executions.get(ctx.execution_id)
+            if ctx.host is None:
+                raise RuntimeError("the requester of an execution is known only in an engine")
+            execution = await ctx.host.get_execution(ctx.execution_id)
             requested_by = execution.created_by
         now = datetime.now(UTC)
         seconds = config.expiry_seconds
@@ -343,13 +349,10 @@ class Approval(WorkflowType):
     def _notify_target(self, ctx: StepContext, notify: NotifyConfig) -> tuple[Any, str]:
         """A client and the URL to POST to; an integration's base URL with ``path`` appended."""
         if notify.integration is None:
-            url = notify.url or ""
-            check_url(url, field="notify.url", allow_private=self._allow_private)
-            client = httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,
-                transport=GuardedTransport(allow_private=self._allow_private),
-            )
+            if ctx.host is None:
+                raise RuntimeError("notify_approvers runs only in an engine")
+            url = ctx.host.check_url(notify.url or "", field="notify.url")
+            client = ctx.host.http_client()
         else:
             connection = ctx.integrations.get(notify.integration)
             if connection is None:

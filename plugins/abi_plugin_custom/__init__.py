@@ -9,7 +9,8 @@ A custom workflow is configured in one of two ways:
   ``parameters`` and earlier steps' ``results``, never Python's ``eval``).
 
 It registers through the ``abi_engine`` entry point and the public hooks only,
-exactly as a third-party workflow type would.
+exactly as a third-party workflow type would, and declares the
+``abi_step_handlers`` hook itself (:mod:`abi_plugin_custom.hookspecs`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from abi_engine import WorkflowType, hookimpl
+from abi_plugin_custom import hookspecs
 from abi_plugin_custom.workflow import CustomWorkflow
 
 __all__ = ["CustomWorkflow"]
+
+
+@hookimpl
+def abi_hookspecs(add: Callable[[object], None]) -> None:
+    add(hookspecs)
 
 
 @hookimpl

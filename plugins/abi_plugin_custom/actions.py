@@ -13,8 +13,7 @@ import httpx
 from abi_engine import StepContext
 from abi_engine.errors import InvalidRequest
 from abi_engine.expressions import SafeEvaluator
-from abi_engine.integrations import provider_client
-from abi_engine.netguard import GuardedTransport, URLRefused, check_url
+from abi_engine.netguard import URLRefused
 
 __all__ = ["MAX_BODY_CHARS", "make_action"]
 
@@ -88,19 +87,18 @@ def _body(response: httpx.Response) -> Any:
 
 
 async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
-    engine = ctx.services["engine"]
-    allow_private = bool(engine.allow_private_urls)
+    host = ctx.host
+    if host is None:
+        raise RuntimeError("http_request steps run only in an engine")
     if step.integration is not None:
         # Only the workflow's own integrations (ctx.integrations): naming another
         # connection must not lend its credentials to this workflow.
-        connection = ctx.integrations.get(step.integration)
-        if connection is None:
+        if step.integration not in ctx.integrations:
             raise LookupError(
                 f"integration {step.integration!r} is not one of this workflow's connected"
                 " integrations (list it in the workflow's integrations)"
             )
-        provider = engine.registry.providers[connection.provider]
-        client: httpx.AsyncClient = provider_client(provider, connection.config, allow_private)
+        client: httpx.AsyncClient = ctx.client(step.integration)
         # Appended, never resolved: a path such as "https://elsewhere/..." or "//elsewhere"
         # must not carry the integration's credentials to another host.
         base = str(client.base_url).rstrip("/")
@@ -108,14 +106,10 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
     else:
         # Every request checked against the outbound URL rules, and connected to
         # the address checked (resolved in a thread, not on the event loop).
-        client = httpx.AsyncClient(
-            follow_redirects=False,
-            trust_env=False,
-            transport=GuardedTransport(allow_private=allow_private),
-        )
+        client = host.http_client()
         url = step.url
     try:  # checked again: the engine's setting may differ from the one at creation
-        check_url(url, field="url", allow_private=allow_private)
+        host.check_url(url, field="url")
     except InvalidRequest as exc:
         raise URLRefused(f"URL refused: {exc.message}") from None
     parts = urlsplit(url)

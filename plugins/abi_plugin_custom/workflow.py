@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 
-from abi_engine import RetryPolicy, StepSpec, WorkflowType
+from abi_engine import Host, RetryPolicy, StepSpec, WorkflowType
 from abi_engine.converter import structure
 from abi_engine.errors import AbiError, InvalidWorkflowConfig
 from abi_engine.netguard import check_url
@@ -155,14 +156,16 @@ class CustomWorkflow(WorkflowType):
     description = "Custom workflow implementation"
     docs_url = "docs/custom.md"
 
-    _handlers: dict[str, Any]
-    _engine: Any = None
-    _allow_private = False
+    _handlers: Mapping[str, Any] = {}
+    _host: Host | None = None
 
-    def attach(self, engine: Any) -> None:
-        self._engine = engine
-        self._handlers = engine.registry.step_handlers
-        self._allow_private = bool(engine.allow_private_urls)
+    def bind(self, host: Host) -> None:
+        self._host = host
+        self._handlers = host.collect("abi_step_handlers", "step handler")
+
+    @property
+    def _allow_private(self) -> bool:
+        return self._host is not None and self._host.allow_private_urls
 
     def steps(self, config: Any) -> list[StepSpec]:
         """A handler's steps, or one step per declarative step definition."""
@@ -171,7 +174,8 @@ class CustomWorkflow(WorkflowType):
             handler = self._handlers[handler_name]
             if isinstance(handler, type) and issubclass(handler, WorkflowType):
                 inner = handler()
-                inner.attach(self._engine)
+                if self._host is not None:
+                    inner.bind(self._host)
                 return inner.steps(config)
             return [StepSpec(name=handler_name, fn=handler)]
         specs = []

@@ -152,8 +152,7 @@ async def connect(ctx: StepContext, integration_id: str, field: str) -> Remote:
             f"integration {integration_id!r} ({field}) does not give an HTTP client;"
             " use the 'http' provider"
         )
-    engine = ctx.services.get("engine")
-    allow_private = bool(getattr(engine, "allow_private_urls", False))
+    allow_private = ctx.host is not None and ctx.host.allow_private_urls
     try:
         base = str(client.base_url)
         check_url(base, field=f"{integration_id}.base_url", allow_private=allow_private)

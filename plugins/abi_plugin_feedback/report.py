@@ -14,7 +14,7 @@ requested (same ``source``, neither ``since`` nor ``period_hours``; however
 old, among the newest :data:`MAX_REPORT_EXECUTIONS`), or 24 hours before
 without one; ``since`` or ``period_hours`` set the start instead. A feedback execution belongs to the period when it *completed* in
 it (``from <= completed_at < to``), so consecutive reports neither miss nor
-repeat one. Executions are read through ``engine.executions`` one page at a
+repeat one. Executions are read through the engine's ``Host`` one page at a
 time, newest first; at most :data:`MAX_REPORT_EXECUTIONS` are read in detail.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from abi_engine import Host
 from abi_engine.errors import InvalidParameters
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
     "summarize",
 ]
 
-#: The most executions a report reads in detail (``engine.executions.get``); when
+#: The most executions a report reads in detail (``Host.get_execution``); when
 #: there are more in the period the newest are counted and ``truncated`` is true.
 MAX_REPORT_EXECUTIONS = 10_000
 #: The period of a series' first report (no earlier report found), in hours.
@@ -213,7 +214,7 @@ def _chains_from(parameters: Mapping[str, Any], source: str | None) -> bool:
 
 
 async def collect(
-    engine: Any,
+    host: Host,
     *,
     workflow_id: str,
     execution_id: str,
@@ -222,7 +223,7 @@ async def collect(
 ) -> dict[str, Any]:
     """Read the period's feedback executions of ``workflow_id`` and tally them.
 
-    Pages through ``engine.executions.list`` (completed, newest first). With
+    Pages through ``host.list_executions`` (completed, newest first). With
     ``since`` / ``period_hours`` it reads in detail only those that completed
     in the period. Without, the period starts at the previous report of the
     same ``source`` without an explicit period, however old: every execution
@@ -233,7 +234,7 @@ async def collect(
     why. Returns the tally as JSON: the checkpoint :func:`summarize` and
     :func:`recommend_report` build on.
     """
-    me = await engine.executions.get(execution_id)
+    me = await host.get_execution(execution_id)
     to = _as_utc(me.created_at or datetime.now(UTC))
     explicit = _period_start(params, to)
     default_floor = to - timedelta(hours=DEFAULT_PERIOD_HOURS)
@@ -252,7 +253,7 @@ async def collect(
     page = 1
     done = False
     while not done:
-        listing = await engine.executions.list(
+        listing = await host.list_executions(
             workflow_id=workflow_id,
             status="completed",
             start_date=list_start,
@@ -282,7 +283,7 @@ async def collect(
                     basis = "search_limit"
                 done = True
                 break
-            execution = await engine.executions.get(eid)
+            execution = await host.get_execution(eid)
             read += 1
             parameters = execution.parameters or {}
             if is_report_request(parameters):

@@ -32,7 +32,7 @@ from typing import Any, Literal, TypeVar
 
 import attrs
 
-from abi_engine import StepContext, WorkflowType, step
+from abi_engine import Host, StepContext, WorkflowType, step
 from abi_engine.converter import structure
 from abi_engine.errors import (
     InvalidParameters,
@@ -217,9 +217,9 @@ class FeedbackAnalysis(WorkflowType):
     def __init__(self) -> None:
         self._services: Mapping[str, Any] = {}
 
-    def attach(self, engine: Any) -> None:
-        """Keep the engine's registered NLP services (``abi_nlp_services``)."""
-        self._services = engine.registry.nlp_services
+    def bind(self, host: Host) -> None:
+        """Keep the NLP services plugins registered (``abi_nlp_services``, declared here)."""
+        self._services = host.collect("abi_nlp_services", "NLP service")
 
     # -- configuration -------------------------------------------------------------
 
@@ -462,13 +462,12 @@ class FeedbackAnalysis(WorkflowType):
         return result
 
     async def _collect(self, ctx: StepContext) -> dict[str, Any]:
-        engine = ctx.services.get("engine")
-        if engine is None:
+        if ctx.host is None:
             raise RuntimeError(
                 "a report reads the workflow's executions: run it as an execution of the engine"
             )
         return await report.collect(
-            engine,
+            ctx.host,
             workflow_id=ctx.workflow_id,
             execution_id=ctx.execution_id,
             params=ctx.params,

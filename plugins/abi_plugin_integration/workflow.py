@@ -169,17 +169,19 @@ class IntegrationSync(WorkflowType):
             return params.since
         if not ctx.config.incremental:
             return None
-        engine = ctx.services["engine"]
+        host = ctx.host
+        if host is None:
+            raise RuntimeError("an incremental sync reads earlier runs: run it in an engine")
         # The last completed run that read the source and wrote everything it read: a dry
         # run, or a run on parameters.records, synchronized nothing from the source, and a
         # run with refused or failed records left them behind (reading again from before
         # it retries them; records already in sync come out unchanged).
         for number in range(1, MAX_SINCE_PAGES + 1):
-            page = await engine.executions.list(
+            page = await host.list_executions(
                 workflow_id=ctx.workflow_id, status="completed", page=number, page_size=100
             )
             for summary in page.items:
-                run = await engine.executions.get(summary.execution_id)
+                run = await host.get_execution(summary.execution_id)
                 if run.parameters.get("dry_run") or run.parameters.get("records") is not None:
                     continue
                 result = run.result if isinstance(run.result, dict) else {}

@@ -18,9 +18,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
-import httpx
 
-from abi_engine.netguard import GuardedTransport, check_host, check_url, resolve_checked
+from abi_engine.netguard import check_host, check_url, guarded_client, resolve_checked
 from abi_plugin_notification.providers import MASK, SlackConfig, SmtpConfig
 
 __all__ = [
@@ -155,10 +154,7 @@ async def _post(url: str, body: dict[str, Any], timeout: float, allow_private: b
     """POST JSON, refusing private addresses unless allowed; raise on any answer >= 400."""
     check_url(url, field="url", allow_private=allow_private)
     # The transport checks the address (resolving in a thread) and connects to it.
-    transport = GuardedTransport(allow_private=allow_private)
-    async with httpx.AsyncClient(
-        follow_redirects=False, timeout=timeout, trust_env=False, transport=transport
-    ) as client:
+    async with guarded_client(allow_private=allow_private, timeout=timeout) as client:
         response = await client.post(url, json=body)
     if response.status_code >= 400:
         raise RuntimeError(f"answered {response.status_code}: {response.text[:200]}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from abi_engine import RetryPolicy, StepContext, StepSpec, WorkflowType
+from abi_engine import Host, RetryPolicy, StepContext, StepSpec, WorkflowType
 from abi_engine.errors import (
     AbiError,
     InvalidRequest,
@@ -129,19 +129,21 @@ class Notification(WorkflowType):
     Configuration = NotificationConfiguration
 
     _registered: Mapping[str, Any] = {}
-    _allow_private = False
-    #: The engine's managed templates (``engine.notification_templates``), once attached.
-    _managed: Any = None
+    #: The engine's host (managed templates, outbound policy), once bound.
+    _host: Host | None = None
 
     def __init__(self) -> None:
         # Recipients already served by an earlier try of a send step, so a retry
         # sends only to those that failed (kept in memory: a restart may resend).
         self._served: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
 
-    def attach(self, engine: Any) -> None:
-        self._registered = engine.registry.notification_templates
-        self._allow_private = bool(engine.allow_private_urls)
-        self._managed = getattr(engine, "notification_templates", None)
+    def bind(self, host: Host) -> None:
+        self._host = host
+        self._registered = host.registered_templates
+
+    @property
+    def _allow_private(self) -> bool:
+        return self._host is not None and self._host.allow_private_urls
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -291,7 +293,7 @@ class Notification(WorkflowType):
             if managed is not None:
                 found = managed.get(value)
             else:
-                found = self._managed.cached(value) if self._managed is not None else None
+                found = self._host.cached_template(value) if self._host is not None else None
             if found is None:
                 return None
             return MessageTemplate(body=found.body, subject=found.subject, source=value)
@@ -377,7 +379,7 @@ class Notification(WorkflowType):
         }
         rendered = {}
         ids = self.template_ids(config)
-        managed = await self._managed.find(ids) if ids and self._managed is not None else {}
+        managed = await self._host.find_templates(ids) if ids and self._host is not None else {}
         for channel in config.channels:
             template = self.template_for(config, channel, managed=managed)
             if template is None:

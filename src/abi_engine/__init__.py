@@ -1,16 +1,18 @@
 """abi-engine: an embeddable, durable workflow engine.
 
-The public surface: :class:`Engine`, the plugin marker :data:`hookimpl`, the
-authoring API for workflow types (:class:`WorkflowType`, :func:`step`,
-:class:`RetryPolicy`, :class:`StepContext`), integration providers, the
-models and the errors (``abi_engine.errors``).
+The public surface: :class:`Engine`, the plugin markers :data:`hookimpl` and
+:data:`hookspec`, the authoring API for workflow types (:class:`WorkflowType`,
+:func:`step`, :class:`RetryPolicy`, :class:`StepContext`), the plugin host
+(:class:`Host`), integration providers, the models and the errors
+(``abi_engine.errors``).
 """
 
 from abi_engine import errors
 from abi_engine.auth import Principal
 from abi_engine.engine import Engine
 from abi_engine.events import EVENT_TYPES, Event
-from abi_engine.hookspecs import hookimpl
+from abi_engine.hookspecs import hookimpl, hookspec
+from abi_engine.host import Host
 from abi_engine.integrations import HttpProvider, IntegrationProvider
 from abi_engine.limits import Limits
 from abi_engine.models import (
@@ -33,6 +35,7 @@ __all__ = [
     "Event",
     "Execution",
     "ExecutionStatus",
+    "Host",
     "HttpProvider",
     "Integration",
     "IntegrationProvider",
@@ -52,6 +55,7 @@ __all__ = [
     "__version__",
     "errors",
     "hookimpl",
+    "hookspec",
     "step",
 ]
 

@@ -6,6 +6,7 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -19,10 +20,11 @@ from abi_engine.auth import TokenService
 from abi_engine.events import EVENT_TYPES, DeferredEvent, ExecutionEventRef, OutboxEvent
 from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
+from abi_engine.host import Host
 from abi_engine.integrations import IntegrationService
 from abi_engine.limits import Limits
 from abi_engine.notification_templates import NotificationTemplateService
-from abi_engine.plugins import Registry, collect, make_plugin_manager
+from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
 from abi_engine.scheduling import ScheduleService
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import Store
@@ -119,8 +121,24 @@ class Engine:
         self.schedules = ScheduleService(self)
         # Webhooks: adds the event types of subscriptions to outbox_types.
         self.webhooks = WebhookService(self, webhook_settings)
-        for workflow_type in self.registry.workflow_types.values():
-            workflow_type.attach(self)
+        #: What plugins may use of this engine (:class:`~abi_engine.Host`): given to
+        #: each workflow type (``bind``) and to each step (``ctx.host``).
+        self.host = Host(
+            allow_private_urls=lambda: self.allow_private_urls,
+            providers=self.registry.providers,
+            collect=partial(collect_named, self.pm, self.registry),
+            registered_templates=self.registry.notification_templates,
+            executions=self.executions,
+            templates=self.notification_templates,
+            legacy_engine=self,
+        )
+        try:  # a type collecting a hook's registrations may refuse a duplicate name
+            for workflow_type in self.registry.workflow_types.values():
+                workflow_type.bind(self.host)
+        except BaseException:
+            self.runtime.close()
+            self.store.close()
+            raise
         self._stack: AsyncExitStack | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self._loop_thread: int | None = None

@@ -969,7 +969,8 @@ class Runtime:
                 signals=visible,
                 integrations=prepared.integrations,
                 attempt=attempt,
-                services={"engine": self.engine},
+                host=self.engine.host,
+                services={"engine": self.engine},  # deprecated: ctx.host
                 progress=progress,
                 progress_saver=save_progress,
             )

@@ -1,9 +1,12 @@
-"""Every extension point of abi-engine, in one module.
+"""The core's extension points, in one module.
 
 Each hook's docstring is its documentation (``docs/plugin-hooks.md`` is
-generated from these docstrings). Plugins implement hooks with
-:data:`abi_engine.hookimpl`; built-in parts register through the same hooks
-as third-party ones.
+generated from these docstrings, and from those of the hooks bundled plugins
+declare: ``abi_step_handlers`` in ``abi_plugin_custom.hookspecs``,
+``abi_nlp_services`` in ``abi_plugin_feedback.hookspecs``). Plugins implement
+hooks with :data:`abi_engine.hookimpl` and declare their own with
+:data:`abi_engine.hookspec` (:func:`abi_hookspecs`); built-in parts register
+through the same hooks as third-party ones.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = ["hookimpl", "hookspec"]
 
 PROJECT_NAME = "abi_engine"
 
+#: Mark a function as a hook specification (a plugin declaring hooks of its own).
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: Mark a plugin's function as the implementation of a hook.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -64,32 +68,6 @@ def abi_integration_providers(register: Callable[[IntegrationProvider], None]) -
 
 
 @hookspec
-def abi_step_handlers(register: Callable[[str, Callable[..., Any]], None]) -> None:
-    """Register named Python step handlers for the ``custom`` workflow type.
-
-    A workflow whose configuration is ``{"handler": "<name>"}`` runs the
-    handler registered under that name. A handler is either an async function
-    ``(ctx) -> JSON-able`` (one step) or a :class:`~abi_engine.WorkflowType`
-    subclass whose steps run in order.
-
-    :param register: call it as ``register(name, handler)``.
-    """
-
-
-@hookspec
-def abi_nlp_services(register: Callable[[str, Any], None]) -> None:
-    """Register NLP services for the ``feedback_analysis`` workflow type.
-
-    A workflow configured with ``"nlp_service": "<name>"`` (or
-    ``"custom"`` together with ``"custom_service": "<name>"``) uses the service
-    registered under that name. The service's interface is documented by the
-    feedback_analysis plugin.
-
-    :param register: call it as ``register(name, service)``.
-    """
-
-
-@hookspec
 def abi_notification_templates(register: Callable[[str, Any], None]) -> None:
     """Register message templates for the ``notification`` workflow type.
 
@@ -98,8 +76,36 @@ def abi_notification_templates(register: Callable[[str, Any], None]) -> None:
     own ``template_library`` defines it. A template is a string (the body) or
     a mapping with ``body`` and optionally ``subject``, written with
     ``$name`` / ``${name}`` placeholders (see the notification plugin's docs).
+    The engine itself reads them too: a managed template cannot be put under
+    an id registered here.
 
     :param register: call it as ``register(template_id, template)``.
+    """
+
+
+@hookspec
+def abi_hookspecs(add: Callable[[object], None]) -> None:
+    """Declare hooks of this plugin's own, for other plugins to implement.
+
+    Call ``add`` with a module or class whose functions carry the
+    :data:`abi_engine.hookspec` marker. Called once, when the engine has
+    loaded every plugin and before it checks their implementations, so a
+    misspelled implementation of a declared hook still fails at startup. The
+    declaring plugin collects what a ``register(name, value)`` hook registers
+    with ``host.collect(hook, kind)``, from its workflow type's
+    ``bind(host)`` (see :class:`~abi_engine.Host`). The bundled
+    ``custom`` type declares ``abi_step_handlers`` this way, and
+    ``feedback_analysis`` ``abi_nlp_services``. A plugin implementing another
+    plugin's hook marks it ``@hookimpl(optionalhook=True)`` when it must load
+    without that plugin too.
+
+    :param add: call it with each module or class of hook specifications.
+
+    Example::
+
+        @hookimpl
+        def abi_hookspecs(add):
+            add(my_plugin.hookspecs)
     """
 
 

@@ -11,7 +11,6 @@ Secret fields are stored but never returned.
 from __future__ import annotations
 
 import builtins
-import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
@@ -21,9 +20,10 @@ import httpx
 
 from abi_engine.converter import structure
 from abi_engine.errors import IntegrationNotFound, InvalidRequest
+from abi_engine.host import provider_client
 from abi_engine.ids import utcnow
 from abi_engine.models import Integration, Page
-from abi_engine.netguard import GuardedTransport, check_host, check_url
+from abi_engine.netguard import check_host, check_url, guarded_client
 from abi_engine.services import Service, check_page
 from abi_engine.storage.base import Store
 from abi_engine.types import prefixed_fields
@@ -60,7 +60,7 @@ class IntegrationProvider:
     there (400 ``INVALID_REQUEST`` naming ``config.<field>``) unless the
     engine allows private URLs; a provider whose addresses live elsewhere
     overrides :meth:`check_outbound`. The rules must be applied again when
-    connecting (a name's addresses change): :class:`~abi_engine.netguard.GuardedTransport`
+    connecting (a name's addresses change): :func:`~abi_engine.netguard.guarded_client`
     for httpx, :func:`~abi_engine.netguard.resolve_checked` otherwise.
     """
 
@@ -105,7 +105,7 @@ class IntegrationProvider:
         """An object steps use to talk to the system (provider-specific).
 
         A provider that opens network connections applies the engine's
-        outbound URL rules (:class:`abi_engine.netguard.GuardedTransport` for
+        outbound URL rules (:func:`abi_engine.netguard.guarded_client` for
         httpx): ``allow_private_urls`` is the engine's setting.
         """
         return dict(config)
@@ -197,29 +197,13 @@ class HttpProvider(IntegrationProvider):
                 headers[parsed.auth.header or ""] = parsed.auth.token or ""
             else:
                 auth = httpx.BasicAuth(parsed.auth.username or "", parsed.auth.password or "")
-        return httpx.AsyncClient(
+        return guarded_client(
+            allow_private=allow_private_urls,
             base_url=parsed.base_url,
             headers=headers,
             auth=auth,
             timeout=parsed.timeout_seconds,
-            follow_redirects=False,
-            trust_env=False,  # no proxies from the environment: they would bypass the rules
-            transport=GuardedTransport(allow_private=allow_private_urls),
         )
-
-
-def provider_client(provider: Any, config: Mapping[str, Any], allow_private_urls: bool) -> Any:
-    """``provider.client(config)``, told the engine's outbound URL setting when it takes it.
-
-    Providers written before ``allow_private_urls`` existed get ``config`` alone.
-    """
-    try:
-        takes_flag = "allow_private_urls" in inspect.signature(provider.client).parameters
-    except (TypeError, ValueError):
-        takes_flag = False
-    if takes_flag:
-        return provider.client(config, allow_private_urls=allow_private_urls)
-    return provider.client(config)
 
 
 class IntegrationService(Service):

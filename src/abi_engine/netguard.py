@@ -55,6 +55,7 @@ __all__ = [
     "address_literal",
     "check_host",
     "check_url",
+    "guarded_client",
     "is_forbidden_address",
     "pinned_address",
     "resolve_checked",
@@ -528,3 +529,39 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+#: httpx.AsyncClient options :func:`guarded_client` sets itself.
+_FIXED_OPTIONS = frozenset({"transport", "follow_redirects", "trust_env", "mounts", "proxy"})
+
+
+def guarded_client(
+    *,
+    allow_private: bool,
+    max_response_bytes: int = MAX_RESPONSE_BYTES,
+    **options: Any,
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` whose every request goes through the outbound URL rules.
+
+    The one recipe for outbound HTTP: a :class:`GuardedTransport` (each URL
+    checked, the connection pinned to the address checked, answers bounded to
+    ``max_response_bytes``), redirects not followed, and no proxy taken from
+    the environment (``trust_env=False``: a proxy would bypass the rules).
+    ``options`` go to ``httpx.AsyncClient`` (``base_url``, ``headers``,
+    ``auth``, ``timeout``...); ``transport``, ``mounts``, ``proxy``,
+    ``follow_redirects`` and ``trust_env`` are this function's to set.
+    Close the client when done (``async with``).
+
+    :raises TypeError: when ``options`` names one of those.
+    """
+    fixed = sorted(_FIXED_OPTIONS.intersection(options))
+    if fixed:
+        raise TypeError(f"guarded_client() sets {', '.join(fixed)} itself")
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        transport=GuardedTransport(
+            allow_private=allow_private, max_response_bytes=max_response_bytes
+        ),
+        **options,
+    )

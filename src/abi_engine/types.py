@@ -23,6 +23,7 @@ so a wrong shape is refused with the offending field named::
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, ClassVar, TypeVar, overload
@@ -32,6 +33,7 @@ import attrs
 
 from abi_engine.converter import structure
 from abi_engine.errors import AbiError, InvalidParameters, InvalidWorkflowConfig
+from abi_engine.host import Host
 from abi_engine.json_schema import json_schema
 from abi_engine.storage.records import TIMEOUT_SUFFIX
 
@@ -107,9 +109,11 @@ class StepContext:
     ``integrations`` maps the workflow's connected integration ids to their
     connections (with secrets: never return them); ``signals`` holds the
     signals delivered to the execution; ``attempt`` counts tries of this step
-    from 1; ``services`` gives engine-provided helpers (``"engine"``);
-    ``progress`` is what an earlier run of this step last kept with
-    :meth:`save_progress` (``None`` if nothing).
+    from 1; ``host`` is the engine's :class:`~abi_engine.Host` (outbound
+    policy, a guarded HTTP client, read-only queries; ``None`` for a step run
+    outside an engine); ``progress`` is what an earlier run of this step last
+    kept with :meth:`save_progress` (``None`` if nothing). ``services``
+    (``{"engine": <the Engine>}``) is deprecated: use ``host``.
     """
 
     execution_id: str
@@ -124,6 +128,8 @@ class StepContext:
     signals: Mapping[str, Any] = attrs.Factory(dict)
     attempt: int = 1
     logger: logging.Logger = _STEP_LOGGER
+    host: Host | None = None
+    #: Deprecated (``{"engine": <the Engine>}``): use :attr:`host`; removed in the next release.
     services: Mapping[str, Any] = attrs.Factory(dict)
     progress: Any = None
     progress_saver: Callable[[Any], Awaitable[Any]] | None = attrs.field(default=None, repr=False)
@@ -159,11 +165,9 @@ class StepContext:
         connection = self.integrations.get(integration_id)
         if connection is None:
             raise LookupError(f"integration {integration_id!r} is not connected")
-        engine = self.services["engine"]
-        provider = engine.registry.providers[connection.provider]
-        from abi_engine.integrations import provider_client
-
-        return provider_client(provider, connection.config, engine.allow_private_urls)
+        if self.host is None:
+            raise RuntimeError("client() is only available to steps the engine runs")
+        return self.host.client(connection)
 
     def wait_for_signal(self, name: str, timeout_seconds: float | None = None) -> Any:
         """Return the payload of signal ``name``, suspending the execution until it arrives.
@@ -369,11 +373,29 @@ class WorkflowType:
                     found[attr] = (attr, marker)
         cls._class_steps = tuple(found.values())
 
-    def attach(self, engine: Any) -> None:
-        """Called once with the :class:`~abi_engine.Engine` that registered this type.
+    def bind(self, host: Host) -> None:
+        """Called once with the engine's :class:`~abi_engine.Host` when it registers this type.
 
-        Override to keep what the type needs from the engine (step handlers,
-        integrations, settings such as ``engine.allow_private_urls``).
+        Override to keep what the type needs: registrations of a hook the
+        plugin declared (``host.collect(...)``), or the host itself for
+        checks that depend on the engine's settings
+        (``host.allow_private_urls``, ``host.check_url``). The default calls
+        a deprecated :meth:`attach` override with the engine.
+        """
+        if type(self).attach is not WorkflowType.attach:
+            warnings.warn(
+                f"{type(self).__qualname__}.attach(engine) is deprecated and will be removed"
+                " in the next release: override bind(host) (abi_engine.Host) instead",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            self.attach(host._legacy_engine)
+
+    def attach(self, engine: Any) -> None:
+        """Deprecated: override :meth:`bind`, which receives the narrow :class:`~abi_engine.Host`.
+
+        Still called, with the :class:`~abi_engine.Engine`, when a type
+        overrides it (with a ``DeprecationWarning``); removed in the next release.
         """
 
     # -- configuration ----------------------------------------------------

@@ -232,7 +232,8 @@ async def test_previous_report_days_old_still_starts_the_period() -> None:
         fake("fb_8days", now - timedelta(days=8), {"feedback_text": "c"}),
     )
     result = await report.collect(
-        SimpleNamespace(executions=executions),
+        # The host's two read-only queries the report uses, over the fake executions.
+        SimpleNamespace(get_execution=executions.get, list_executions=executions.list),  # type: ignore[arg-type]
         workflow_id="w",
         execution_id="rep_now",
         params=report.ReportParameters(source="weekly_review"),

@@ -281,3 +281,16 @@ def test_key_lengths_are_bounded_at_the_top_level_as_the_schema_says() -> None:
     for nul in ({"a": {"b\x00": 1}}, {"a": ["x", {"b": "c\x00"}]}):
         with pytest.raises(ValueError, match="NUL"):
             METADATA.check(nul)
+
+
+def test_a_nul_inside_free_form_json_is_named_exactly() -> None:
+    """The error names the field down to the value inside the JSON (``metadata.a[1].b``)."""
+    from abi_engine.converter import structure
+    from abi_engine.errors import InvalidRequest
+    from abi_engine.workflows import WorkflowRequest
+
+    body = {"name": "n", "type": "custom", "metadata": {"a": ["x", {"b": "c\x00"}]}}
+    with pytest.raises(InvalidRequest) as refused:
+        structure(body, WorkflowRequest)
+    assert refused.value.details["field"] == "metadata.a[1].b"
+    assert "NUL" in refused.value.message

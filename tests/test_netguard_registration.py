@@ -176,7 +176,8 @@ def test_callback_urls_refused_at_registration(served: Served, surface: str) -> 
 @pytest.mark.parametrize("surface", SURFACES)
 def test_http_step_urls_refused_at_registration(served: Served, surface: str) -> None:
     """A custom workflow whose http_request step has any of BAD_URLS (or a path with control
-    characters) is refused (400 INVALID_WORKFLOW_CONFIG naming the step's field), on create
+    characters) is refused (400 INVALID_WORKFLOW_CONFIG naming the step's field; a NUL,
+    INVALID_REQUEST naming it), on create
     and update, and nothing is stored."""
     remote = surface == "python-remote"
     step = {"name": "call", "action": "http_request"}
@@ -188,19 +189,16 @@ def test_http_step_urls_refused_at_registration(served: Served, surface: str) ->
         kept = workflows.create_workflow({"name": "kept", "type": "custom", "configuration": STEPS})
         for bad, name in bad_steps:
             field = f"configuration.steps[0].{name}"
+            # No text may hold U+0000, whatever the type: refused as a bad request, naming
+            # the exact field; the type refuses the rest.
+            code = "INVALID_REQUEST" if "\x00" in bad[name] else "INVALID_WORKFLOW_CONFIG"
             body = {"name": "bad", "type": "custom", "configuration": {"steps": [bad]}}
             if surface == "rest":
-                _refused_over_rest(
-                    rest.post("/workflows", json=body), "INVALID_WORKFLOW_CONFIG", field
-                )
+                _refused_over_rest(rest.post("/workflows", json=body), code, field)
                 update = {"configuration": {"steps": [bad]}}
-                _refused_over_rest(
-                    rest.put(f"/workflows/{kept.id}", json=update), "INVALID_WORKFLOW_CONFIG", field
-                )
+                _refused_over_rest(rest.put(f"/workflows/{kept.id}", json=update), code, field)
             else:
-                _refused_in_python(
-                    lambda b=body: workflows.create_workflow(b), "INVALID_WORKFLOW_CONFIG", field
-                )
+                _refused_in_python(lambda b=body: workflows.create_workflow(b), code, field)
         page = workflows.list_workflows(page_size=100)
         assert [w.id for w in page.items] == [kept.id]
         assert workflows.get_workflow(kept.id).configuration == STEPS

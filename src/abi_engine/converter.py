@@ -22,7 +22,7 @@ from cattrs.v import transform_error
 
 from abi_engine.errors import AbiError, InvalidRequest
 from abi_engine.ids import format_time, parse_time
-from abi_engine.limits import Constraint
+from abi_engine.limits import Constraint, NestedValueError
 
 __all__ = ["converter", "field_errors", "structure", "unstructure"]
 
@@ -190,6 +190,9 @@ def field_errors(exc: BaseException) -> list[dict[str, str]]:
     for line in transform_error(exc, path="$", format_exception=_format_exception):
         message, _, path = line.rpartition(" @ ")
         field = path[2:] if path.startswith("$.") else path.removeprefix("$")
+        if _SUBPATH in message:  # a value inside a free-form JSON field: name it exactly
+            message, _, inner = message.partition(_SUBPATH)
+            field = f"{field}{inner}" if inner.startswith("[") or not field else f"{field}.{inner}"
         if message.startswith(_EXTRA):
             for name in message.removeprefix(_EXTRA).split(", "):
                 out.append(
@@ -203,7 +206,12 @@ def field_errors(exc: BaseException) -> list[dict[str, str]]:
 _EXTRA = "unknown field(s): "
 
 
+_SUBPATH = " @@ "  # between a message and where, inside the field, the value is
+
+
 def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, NestedValueError):
+        return f"{exc}{_SUBPATH}{exc.path}"
     if isinstance(exc, KeyError):
         return "required field missing"
     if isinstance(exc, cattrs.ForbiddenExtraKeysError):

@@ -39,6 +39,7 @@ __all__ = [
     "Items",
     "Json",
     "Limits",
+    "NestedValueError",
     "Number",
     "Text",
     "UniqueBy",
@@ -206,12 +207,21 @@ def json_size(value: Any) -> int:
         raise ValueError(f"must be JSON ({exc})") from None
 
 
+class NestedValueError(ValueError):
+    """A value inside a free-form JSON field is refused; ``path`` says where
+    (``steps[0].url``), so the error can name the exact field."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
-        item, depth = stack.pop()
+        item, depth, path = stack.pop()
         if isinstance(item, Mapping):
-            children: Any = item.values()
+            children: Any = [(v, f"{path}.{k}" if path else str(k)) for k, v in item.items()]
             for key in item:
                 # the key length at the top level only, as the schema's propertyNames says
                 # (the bytes bound every key below it)
@@ -220,16 +230,16 @@ def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
                         f"keys are at most {max_key_length} characters (one has {len(key)})"
                     )
                 if isinstance(key, str) and "\x00" in key:
-                    raise ValueError(_NUL)
+                    raise NestedValueError(_NUL, path) if path else ValueError(_NUL)
         elif isinstance(item, list | tuple):
-            children = item
+            children = [(v, f"{path}[{i}]") for i, v in enumerate(item)]
         else:
             if isinstance(item, str) and "\x00" in item:
-                raise ValueError(_NUL)
+                raise NestedValueError(_NUL, path) if path else ValueError(_NUL)
             continue
         if depth > max_depth:
             raise ValueError(f"nested at most {max_depth} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1, where) for child, where in children)
 
 
 @attrs.frozen

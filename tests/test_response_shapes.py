@@ -292,6 +292,9 @@ def test_execution_filters_over_rest(api: Served) -> None:
     assert ids(created_by="usr_spec", status="completed") == {done["execution_id"], scheduled}
     assert ids(created_by="usr_bob", status="failed") == set()
     assert ids(schedule_id="sched_nope") == set()
+    nul = alice.get("/api/v1/workflow_executions", params={"workflow_id": "wf_\x00"})
+    assert nul.status_code == 400
+    assert nul.json()["error"]["details"]["field"] == "workflow_id"
     for refused in (["completed", "finished"], "", ",", "completed,", "completed ", " failed"):
         bad = alice.get("/api/v1/workflow_executions", params={"status": refused})
         assert bad.status_code == 400, refused

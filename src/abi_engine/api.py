@@ -246,6 +246,11 @@ def _checked_query(op: Operation, request: ApiRequest) -> ApiRequest:
     query: dict[str, Any] = {}
     for name, value in request.query.items():
         values = value if isinstance(value, list | tuple) else [value]
+        if any("\x00" in str(item) for item in values):
+            raise InvalidRequest(
+                f"Query parameter '{name}': NUL characters (U+0000) are not allowed",
+                {"field": name},
+            )
         schema = declared[name].schema
         if schema.get("type") == "array":
             allowed = schema.get("items", {}).get("enum")

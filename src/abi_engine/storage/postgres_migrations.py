@@ -359,7 +359,7 @@ def migrate(conn: Any, schema: str) -> int:
     Returns the schema version afterwards.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key("migrate", schema),))
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (advisory_key("migrate", schema),))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
             " name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
@@ -373,7 +373,7 @@ def migrate(conn: Any, schema: str) -> int:
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at)"
-                " VALUES (%s, %s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+                " VALUES (?, ?, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
                 (version, name),
             )
             current = version

@@ -15,6 +15,7 @@ and asks its store's dialect for the few fragments that differ:
 - **lists of values**: :meth:`Dialect.any_of` (``IN (?, ...)`` or one array
   parameter);
 - **the clock of leases**: :attr:`Dialect.clock`;
+- **column types in the DDL** of the migrations written once: :attr:`Dialect.types`;
 - **typed parameters, functions, operators**: :meth:`Dialect.param`,
   :attr:`Dialect.greatest`, :attr:`Dialect.null_safe_eq`.
 
@@ -25,7 +26,7 @@ are not SQL text.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -57,6 +58,8 @@ class Dialect:
     :param clock: the database's clock in epoch ms, by which leases are set and
         judged (hosts whose clocks disagree still agree on leases); ``None``:
         the hosts' clocks (one host).
+    :param types: what the portable DDL of ``storage/sql/schema.py`` names in
+        braces (``{bigint}``, ``{serial}``...), in this database's words.
     :param arrays: whether a list of values goes as one array parameter.
     :param replace_into: whether :meth:`upsert` of whole rows says ``INSERT OR REPLACE``.
     :param upsert_inserted: appended to an upsert, makes it return one row whose one
@@ -70,6 +73,7 @@ class Dialect:
     greatest: str = "max"
     null_safe_eq: str = "IS"
     clock: str | None = None
+    types: Mapping[str, str] = attrs.field(factory=dict, eq=False)
     arrays: bool = False
     replace_into: bool = False
     upsert_inserted: str = ""
@@ -147,7 +151,21 @@ def _translate(text: str, placeholder: str) -> str:
 
 
 #: SQLite: one writer at a time (``BEGIN IMMEDIATE``), so no row locks.
-SQLITE = Dialect(name="sqlite", replace_into=True)
+SQLITE = Dialect(
+    name="sqlite",
+    replace_into=True,
+    types={
+        "int": "INTEGER",
+        "bigint": "INTEGER",
+        "bool": "INTEGER",
+        "double": "REAL",
+        "true": "1",
+        "false": "0",
+        "sorted_text": "TEXT",  # SQLite compares text byte-wise
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "without_rowid": " WITHOUT ROWID",
+    },
+)
 
 #: PostgreSQL at READ COMMITTED: rows are locked, work lists skip locked rows.
 POSTGRES = Dialect(
@@ -159,4 +177,15 @@ POSTGRES = Dialect(
     clock="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     arrays=True,
     upsert_inserted=" RETURNING (xmax = 0)",  # no previous version: the row was inserted
+    types={
+        "int": "INTEGER",
+        "bigint": "BIGINT",
+        "bool": "BOOLEAN",
+        "double": "DOUBLE PRECISION",
+        "true": "TRUE",
+        "false": "FALSE",
+        "sorted_text": 'TEXT COLLATE "C"',  # byte-wise, as in SQLite, whatever the locale
+        "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "without_rowid": "",
+    },
 )

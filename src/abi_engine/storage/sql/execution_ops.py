@@ -341,10 +341,11 @@ def _states(d: Dialect, conn: Conn, ids: Sequence[str]) -> dict[str, State]:
     """Status, claim token and end time of the executions ``ids`` (locked until the
     transaction ends, in id order: two batches wait for each other, never deadlock)."""
     found: dict[str, State] = {}
-    for chunk in chunks(sorted(set(ids))):
+    locked = _locked(d)
+    for chunk in chunks(sorted(set(ids)) if locked else ids):
         condition, args = d.any_of("id", chunk)
         for row in conn.execute(
-            f"SELECT id, status, claim, completed_at FROM executions WHERE {condition}{_locked(d)}",
+            f"SELECT id, status, claim, completed_at FROM executions WHERE {condition}{locked}",
             args,
         ):
             found[row[0]] = (row[1], row[2], row[3])

@@ -1,4 +1,5 @@
-"""The SQL store both backends are: events, users and tokens, workflows, integrations.
+"""The SQL store both backends are (events, users and tokens, workflows, integrations
+here; executions, schedules, webhooks and templates mixed in from their modules).
 
 :class:`SQLStore` issues every statement once, in the shared SQL (``?``
 placeholders, :mod:`~abi_engine.storage.sql.dialect` for what differs). A
@@ -9,7 +10,10 @@ backend subclasses it and provides the connections and transactions:
   (a backend may run ``fn`` again after a deadlock: ``fn`` has no effect outside
   the transaction);
 - connections whose ``execute`` and ``executemany`` return cursors
-  (``fetchone``, ``fetchall``, ``rowcount``, iteration), as ``sqlite3`` does.
+  (``fetchone``, ``fetchall``, ``rowcount``, iteration), as ``sqlite3`` does;
+- ``_insert_executions(conn, records)``: how its driver inserts a batch of
+  execution rows and tells inserted, refused and already there apart
+  (:meth:`~abi_engine.storage.sql.executions.ExecutionsMixin._insert_executions`);
 
 and overrides the hooks where its database needs more than the shared SQL:
 :meth:`SQLStore._lock_outbox`, :meth:`SQLStore._lock_subscriptions`,

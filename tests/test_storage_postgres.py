@@ -488,7 +488,7 @@ def test_leases_are_judged_in_the_servers_clock(
     duration in the server's clock (not an hour later), and another node recovers the
     execution once they do."""
     import abi_engine.ids
-    import abi_engine.storage.postgres_executions as pg_executions
+    import abi_engine.storage.sql.execution_ops as pg_executions
 
     skewed, recovering = stores(), stores()
     real = abi_engine.ids.utcnow

@@ -2,7 +2,9 @@
 
 Each migration is a function of a :class:`sqlite_utils.Database`, applied once,
 in order, inside the transaction that records it in ``schema_migrations``.
-Append new migrations; never edit one that has shipped.
+``m001`` to ``m011`` were written for SQLite alone; the ones after them are
+written once for every store (:mod:`abi_engine.storage.sql.schema`) and
+rendered here in SQLite's words. Never edit one that has shipped.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import sqlite_utils
+
+from abi_engine.storage.sql import schema
+from abi_engine.storage.sql.dialect import SQLITE
 
 __all__ = ["MIGRATIONS"]
 
@@ -448,4 +453,5 @@ MIGRATIONS: list[Migration] = [
     m009_webhook_claims_and_periods,
     m010_owner_indexes,
     m011_templates_and_failures,
+    *(m.applier(SQLITE) for m in schema.MIGRATIONS),
 ]

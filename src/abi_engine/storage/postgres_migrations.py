@@ -10,13 +10,18 @@ Each migration is a list of statements, applied once, in order, inside the
 transaction that records it in ``schema_migrations``. The whole run holds a
 transaction-level advisory lock, so two processes starting at once on a fresh
 database do not race: the second waits, then finds every migration applied.
-Append new migrations; never edit one that has shipped.
+``M001`` to ``M011`` were written for PostgreSQL alone; the ones after them are
+written once for every store (:mod:`abi_engine.storage.sql.schema`) and rendered
+here in PostgreSQL's words. Never edit one that has shipped.
 """
 
 from __future__ import annotations
 
 import zlib
 from typing import Any
+
+from abi_engine.storage.sql import schema
+from abi_engine.storage.sql.dialect import POSTGRES
 
 __all__ = ["MIGRATIONS", "advisory_key", "migrate"]
 
@@ -343,6 +348,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("m009_webhook_claims_and_periods", M009_WEBHOOK_CLAIMS_AND_PERIODS),
     ("m010_owner_indexes", M010_OWNER_INDEXES),
     ("m011_templates_and_failures", M011_TEMPLATES_AND_FAILURES),
+    *((m.name, m.render(POSTGRES)) for m in schema.MIGRATIONS),
 ]
 
 
@@ -359,7 +365,7 @@ def migrate(conn: Any, schema: str) -> int:
     Returns the schema version afterwards.
     """
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key("migrate", schema),))
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (advisory_key("migrate", schema),))
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
             " name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
@@ -373,7 +379,7 @@ def migrate(conn: Any, schema: str) -> int:
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at)"
-                " VALUES (%s, %s, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+                " VALUES (?, ?, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
                 (version, name),
             )
             current = version

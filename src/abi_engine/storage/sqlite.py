@@ -16,44 +16,19 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import sqlite_utils
 
-from abi_engine.events import Event, ExecutionEventRef, OutboxEvent, resolve
-from abi_engine.models import (
-    Integration,
-    Token,
-    User,
-    Workflow,
-)
-from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage._nodelocks import NodeLocks
-from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
-from abi_engine.storage._rows import (
-    _TOKEN_COLUMNS,
-    _WORKFLOW_COLUMNS,
-    _department,
-    _row_to_token,
-    _row_to_workflow,
-    _token_tree,
-)
-from abi_engine.storage._templates import TemplatesMixin
-from abi_engine.storage.base import (
-    OWNED_ROWS,
-    OwnedKind,
-    StoredEvent,
-    TokenLimitReached,
-    WorkflowQuery,
-)
 from abi_engine.storage.migrations import MIGRATIONS
-from abi_engine.storage.sqlite_executions import ExecutionsMixin
-from abi_engine.storage.sqlite_schedules import SchedulesMixin
-from abi_engine.storage.sqlite_webhooks import WebhooksMixin, subscribed_types
+from abi_engine.storage.records import AGAIN, ExecutionRecord
+from abi_engine.storage.sql.dialect import SQLITE
+from abi_engine.storage.sql.execution_ops import execution_row, insert_execution_sql
+from abi_engine.storage.sql.store import SQLStore
 
 __all__ = ["SQLiteStore"]
 
@@ -84,7 +59,7 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.1)
 
 
-class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
+class SQLiteStore(SQLStore):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
     :param path: a file path (created when missing) or ``":memory:"``.
@@ -92,7 +67,7 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin
         killed process) or ``"full"`` (``synchronous=FULL``: survives power loss).
     """
 
-    _MARK = "?"  # the placeholder of the shared template SQL
+    dialect = SQLITE
 
     blocking = False
 
@@ -210,334 +185,53 @@ class SQLiteStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin
                     (version, migration.__name__),
                 )
 
-    def schema_version(self) -> int:
+    # -- what SQLite adds to the shared SQL ------------------------------------------------
+
+    def _insert_executions(
+        self, conn: sqlite3.Connection, records: Sequence[ExecutionRecord]
+    ) -> list[Any]:
+        """Insert execution rows one by one; ``False`` for one whose idempotency key is
+        taken, ``AGAIN`` for one whose id is there already (its own insert, retried)."""
+        sql = insert_execution_sql(SQLITE)
+        results: list[Any] = []
+        for r in records:
+            if conn.execute(sql, execution_row(SQLITE, r)).rowcount > 0:
+                results.append(True)
+                continue
+            found = conn.execute("SELECT 1 FROM executions WHERE id = ?", (r.id,)).fetchone()
+            results.append(AGAIN if found is not None else False)
+        return results
+
+    # -- node liveness (one host: kernel file locks, storage/_nodelocks.py) -----------------
+
+    def register_node(self, node_id: str) -> None:
+        """Mark node ``node_id`` (a runtime of this process) alive until
+        :meth:`unregister_node` or the end of the process (a kernel file lock)."""
+        if self._nodes is not None:
+            self._nodes.register(node_id)
+
+    def unregister_node(self, node_id: str) -> None:
+        if self._nodes is not None:
+            self._nodes.unregister(node_id)
+
+    def dead_nodes(self) -> list[str]:
+        """Nodes known to have ended (their process is gone) that still own unfinished
+        executions; the files of dead nodes that own nothing any more are removed."""
+        if self._nodes is None:
+            return []
+        dead = self._nodes.dead()
+        if not dead:
+            return []
+        owning: list[str] = []
         with self._read() as conn:
-            return int(conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0])
-
-    # -- events --------------------------------------------------------------------
-
-    @staticmethod
-    def _insert_events(conn: sqlite3.Connection, events: Sequence[OutboxEvent]) -> None:
-        if not events:
-            return
-        rows: list[tuple[Any, ...]] = []
-        refs: list[ExecutionEventRef] = []
-        for e in resolve(events, lambda: subscribed_types(conn)):
-            if isinstance(e, ExecutionEventRef):
-                refs.append(e)
-            else:
-                rows.append((e.id, e.type, to_ms(e.timestamp), dumps(e.data), None))
-        if refs:  # one row for all of them (storage/_refs.py)
-            first, at, text = pack(refs)
-            rows.append((first, PACKED_TYPE, at, None, text))
-        conn.executemany(
-            "INSERT INTO events (id, type, timestamp, data, refs) VALUES (?, ?, ?, ?, ?)", rows
-        )
-
-    def insert_events(self, events: Sequence[OutboxEvent]) -> None:
-        with self.transaction() as conn:
-            self._insert_events(conn, events)
-
-    def events_after(self, seq: int, limit: int = 100) -> list[StoredEvent]:
-        with self._read() as conn:
-            rows = conn.execute(
-                "SELECT seq, id, type, timestamp, data, refs FROM events"
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
-            ).fetchall()
-        found: list[StoredEvent] = []
-        for position, event_id, kind, timestamp, data, refs in rows:
-            if refs is not None:
-                found.extend(StoredEvent(seq=position, event=r) for r in unpack(event_id, refs))
-            else:
-                at = from_ms(timestamp)
-                assert at is not None
-                event = Event(id=event_id, type=kind, timestamp=at, data=loads(data))
-                found.append(StoredEvent(seq=position, event=event))
-        return found
-
-    def ensure_user(self, user_id: str, created_at: datetime) -> User:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)",
-                (user_id, to_ms(created_at)),
-            )
-            row = conn.execute("SELECT created_at FROM users WHERE id = ?", (user_id,)).fetchone()
-        return User(id=user_id, created_at=from_ms(row[0]))  # type: ignore[arg-type]
-
-    def insert_token(self, token: Token, token_hash: str, *, max_live: int | None = None) -> bool:
-        values = (
-            token.id,
-            token_hash,
-            token.user_id,
-            dumps(sorted(token.scopes)),
-            token.name,
-            to_ms(token.created_at),
-            token.parent_id,
-        )
-        sql = "INSERT INTO tokens (id, hash, user_id, scopes, name, created_at, parent_id)"
-        with self.transaction() as conn:  # BEGIN IMMEDIATE: no other write between count and insert
-            if max_live is not None:
-                _check_live_tokens(conn, token, max_live)
-            if token.parent_id is None:
-                conn.execute(sql + " VALUES (?, ?, ?, ?, ?, ?, ?)", values)
-                return True
-            cursor = conn.execute(
-                sql + " SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tokens"
-                " WHERE id = ? AND user_id = ? AND revoked_at IS NULL)",
-                (*values, token.parent_id, token.user_id),
-            )
-            return cursor.rowcount > 0
-
-    def get_token(self, token_hash: str) -> Token | None:
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE hash = ? AND revoked_at IS NULL",
-                (token_hash,),
-            ).fetchone()
-        return None if row is None else _row_to_token(row)
-
-    # -- workflows ----------------------------------------------------------------------
-
-    def list_tokens(self, user_id: str | None = None) -> list[Token]:
-        where, args = (
-            ("WHERE revoked_at IS NULL", ())
-            if user_id is None
-            else ("WHERE revoked_at IS NULL AND user_id = ?", (user_id,))
-        )
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens {where} ORDER BY created_at DESC, id DESC",
-                args,
-            ).fetchall()
-        return [_row_to_token(row) for row in rows]
-
-    def list_user_tokens(self, user_id: str, page: int, page_size: int) -> tuple[list[Token], int]:
-        live = "WHERE revoked_at IS NULL AND user_id = ?"
-        with self._read() as conn:
-            total = conn.execute(f"SELECT count(*) FROM tokens {live}", (user_id,)).fetchone()
-            rows = conn.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens {live}"
-                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-                (user_id, page_size, (page - 1) * page_size),
-            ).fetchall()
-        return [_row_to_token(row) for row in rows], int(total[0] if total else 0)
-
-    def revoke_token(
-        self, token_id: str, revoked_at: datetime, user_id: str | None = None
-    ) -> list[str]:
-        sql = "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
-        args: tuple[Any, ...] = (to_ms(revoked_at), token_id)
-        if user_id is not None:
-            sql, args = sql + " AND user_id = ?", (*args, user_id)
-        tree = _token_tree("?")
-        live = "WHERE revoked_at IS NULL AND id IN (SELECT id FROM tree)"
-        with self.transaction() as conn:
-            if conn.execute(sql, args).rowcount == 0:
-                return []
-            rows = conn.execute(
-                f"{tree} SELECT id FROM tokens {live} ORDER BY id", (token_id,)
-            ).fetchall()
-            if rows:
-                conn.execute(
-                    f"{tree} UPDATE tokens SET revoked_at = ? {live}",
-                    (token_id, to_ms(revoked_at)),
-                )
-        return [token_id, *(row[0] for row in rows)]
-
-    def insert_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO workflows (id, name, description, type, status, department,"
-                " configuration, integrations, metadata, created_at, updated_at,"
-                " activated_at, deactivated_at, created_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    workflow.id,
-                    workflow.name,
-                    workflow.description,
-                    workflow.type,
-                    workflow.status.value,
-                    _department(workflow.metadata),
-                    dumps(workflow.configuration),
-                    dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
-                    dumps(workflow.metadata),
-                    to_ms(workflow.created_at),
-                    to_ms(workflow.updated_at),
-                    to_ms(workflow.activated_at),
-                    to_ms(workflow.deactivated_at),
-                    workflow.created_by,
-                ),
-            )
-            self._insert_events(conn, events)
-
-    def get_workflow(self, workflow_id: str) -> Workflow | None:
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE id = ? AND deleted_at IS NULL",
-                (workflow_id,),
-            ).fetchone()
-        return None if row is None else _row_to_workflow(row)
-
-    def workflow_version(self, workflow_id: str) -> datetime | None:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT updated_at FROM workflows WHERE id = ? AND deleted_at IS NULL",
-                (workflow_id,),
-            ).fetchone()
-        return None if row is None else from_ms(row[0])
-
-    def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
-                " configuration = ?, integrations = ?, metadata = ?, updated_at = ?,"
-                " activated_at = ?, deactivated_at = ?"
-                " WHERE id = ? AND deleted_at IS NULL",
-                (
-                    workflow.name,
-                    workflow.description,
-                    workflow.status.value,
-                    _department(workflow.metadata),
-                    dumps(workflow.configuration),
-                    dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
-                    dumps(workflow.metadata),
-                    to_ms(workflow.updated_at),
-                    to_ms(workflow.activated_at),
-                    to_ms(workflow.deactivated_at),
-                    workflow.id,
-                ),
-            )
-            if cursor.rowcount == 0:
-                return False
-            self._insert_events(conn, events)
-            return True
-
-    def delete_workflow(
-        self, workflow_id: str, deleted_at: datetime, events: Sequence[Event] = ()
-    ) -> bool:
-        with self.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE workflows SET deleted_at = ?, status = 'inactive'"
-                " WHERE id = ? AND deleted_at IS NULL",
-                (to_ms(deleted_at), workflow_id),
-            )
-            if cursor.rowcount == 0:
-                return False
-            self._insert_events(conn, events)
-            return True
-
-    def list_workflows(self, query: WorkflowQuery) -> tuple[list[Workflow], int]:
-        where = ["deleted_at IS NULL"]
-        args: list[Any] = []
-        for column, value in (
-            ("status", query.status.value if query.status else None),
-            ("type", query.type),
-            ("department", query.department),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        clause = " AND ".join(where)
-        order = "DESC" if query.sort_order == "desc" else "ASC"
-        sort_column = {"created_at": "created_at", "updated_at": "updated_at", "name": "name"}[
-            query.sort_by
-        ]
-        offset = (query.page - 1) * query.page_size
-        with self._read() as conn:
-            total = conn.execute(f"SELECT count(*) FROM workflows WHERE {clause}", args).fetchone()[
-                0
-            ]
-            rows = conn.execute(
-                f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE {clause}"
-                f" ORDER BY {sort_column} {order}, id {order} LIMIT ? OFFSET ?",
-                [*args, query.page_size, offset],
-            ).fetchall()
-        return [_row_to_workflow(row) for row in rows], int(total)
-
-    # -- integrations -----------------------------------------------------------------------
-
-    def put_integration(self, integration: Integration) -> bool:
-        with self.transaction() as conn:
-            existed = conn.execute(
-                "SELECT 1 FROM integrations WHERE id = ?", (integration.id,)
-            ).fetchone()
-            conn.execute(
-                "INSERT INTO integrations (id, provider, config, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                " provider = excluded.provider, config = excluded.config,"
-                " updated_at = excluded.updated_at",
-                (
-                    integration.id,
-                    integration.provider,
-                    dumps(integration.config),
-                    to_ms(integration.created_at),
-                    to_ms(integration.updated_at),
-                ),
-            )
-        return existed is None
-
-    @staticmethod
-    def _row_to_integration(row: tuple[Any, ...]) -> Integration:
-        return Integration(
-            id=row[0],
-            provider=row[1],
-            config=loads(row[2]),
-            created_at=from_ms(row[3]),  # type: ignore[arg-type]
-            updated_at=from_ms(row[4]),  # type: ignore[arg-type]
-        )
-
-    def get_integration(self, integration_id: str) -> Integration | None:
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT id, provider, config, created_at, updated_at FROM integrations"
-                " WHERE id = ?",
-                (integration_id,),
-            ).fetchone()
-        return None if row is None else self._row_to_integration(row)
-
-    def list_integrations(self, page: int, page_size: int) -> tuple[list[Integration], int]:
-        with self._read() as conn:
-            total = conn.execute("SELECT count(*) FROM integrations").fetchone()[0]
-            rows = conn.execute(
-                "SELECT id, provider, config, created_at, updated_at FROM integrations"
-                " ORDER BY id LIMIT ? OFFSET ?",
-                (page_size, (page - 1) * page_size),
-            ).fetchall()
-        return [self._row_to_integration(row) for row in rows], int(total)
-
-    def count_owned(self, kind: OwnedKind, user_id: str, limit: int) -> int:
-        rows = OWNED_ROWS[kind].format(owner="?")
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT count(*) FROM ({rows} LIMIT ?)", (user_id, limit)
-            ).fetchone()
-        return int(row[0])
-
-    def delete_integration(self, integration_id: str) -> bool:
-        with self.transaction() as conn:
-            cursor = conn.execute("DELETE FROM integrations WHERE id = ?", (integration_id,))
-            return cursor.rowcount > 0
-
-    def existing_integration_ids(self, ids: Iterable[str]) -> set[str]:
-        wanted = list(dict.fromkeys(ids))
-        if not wanted:
-            return set()
-        marks = ", ".join("?" for _ in wanted)
-        with self._read() as conn:
-            rows = conn.execute(f"SELECT id FROM integrations WHERE id IN ({marks})", wanted)
-            return {row[0] for row in rows}
-
-
-def _check_live_tokens(conn: sqlite3.Connection, token: Token, max_live: int) -> None:
-    """Raise ``TokenLimitReached`` when ``token``'s user holds ``max_live`` live tokens.
-
-    A parent no longer live is left to the insert (refused there), not counted as full.
-    """
-    parent_live, live = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM tokens WHERE id = ? AND user_id = ? AND revoked_at IS NULL),"
-        " (SELECT count(*) FROM tokens WHERE user_id = ? AND revoked_at IS NULL)",
-        (token.parent_id, token.user_id, token.user_id),
-    ).fetchone()
-    if (parent_live or token.parent_id is None) and live >= max_live:
-        raise TokenLimitReached(max_live)
+            for node_id in dead:
+                row = conn.execute(
+                    "SELECT 1 FROM executions WHERE owner = ?"
+                    " AND status IN ('queued', 'running') LIMIT 1",
+                    (node_id,),
+                ).fetchone()
+                if row is None:
+                    self._nodes.forget(node_id)
+                else:
+                    owning.append(node_id)
+        return owning

@@ -1,12 +1,13 @@
-"""Notification templates in storage: the same SQL on SQLite and PostgreSQL."""
+"""Notification templates in storage (mixed into :class:`~abi_engine.storage.sql.store.SQLStore`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from abi_engine.models import NotificationTemplate
 from abi_engine.storage._codec import from_ms, to_ms
+from abi_engine.storage.sql.dialect import Dialect
 
 __all__ = ["TemplatesMixin"]
 
@@ -25,62 +26,55 @@ def _template(row: Sequence[Any]) -> NotificationTemplate:
 
 
 class TemplatesMixin:
-    """Template storage for both stores; ``_MARK`` is the backend's placeholder."""
+    """Template storage, in the shared SQL."""
 
-    _MARK: str
+    dialect: ClassVar[Dialect]
     _read: Callable[[], Any]
     write: Callable[[Callable[[Any], Any]], Any]
+    _upsert_created: Callable[[Any, str, str, Sequence[Any]], bool]
 
     def put_template(self, template: NotificationTemplate) -> bool:
-        m = self._MARK
-
-        def run(conn: Any) -> bool:
-            existed = conn.execute(
-                f"SELECT 1 FROM notification_templates WHERE id = {m}", (template.id,)
-            ).fetchone()
-            conn.execute(
-                f"INSERT INTO notification_templates ({_COLUMNS})"
-                f" VALUES ({m}, {m}, {m}, {m}, {m}, {m}) ON CONFLICT (id) DO UPDATE SET"
-                " subject = excluded.subject, body = excluded.body,"
-                " description = excluded.description, updated_at = excluded.updated_at",
-                (
-                    template.id,
-                    template.subject,
-                    template.body,
-                    template.description,
-                    to_ms(template.created_at),
-                    to_ms(template.updated_at),
-                ),
-            )
-            return existed is None
-
-        return bool(self.write(run))
+        sql = self.dialect.upsert(
+            "notification_templates",
+            _COLUMNS.split(", "),
+            key=("id",),
+            update=("subject", "body", "description", "updated_at"),
+        )
+        args = (
+            template.id,
+            template.subject,
+            template.body,
+            template.description,
+            to_ms(template.created_at),
+            to_ms(template.updated_at),
+        )
+        return bool(
+            self.write(lambda conn: self._upsert_created(conn, "notification_templates", sql, args))
+        )
 
     def get_template(self, template_id: str) -> NotificationTemplate | None:
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {_COLUMNS} FROM notification_templates WHERE id = {self._MARK}",
+                f"SELECT {_COLUMNS} FROM notification_templates WHERE id = ?",
                 (template_id,),
             ).fetchone()
         return None if row is None else _template(row)
 
     def list_templates(self, page: int, page_size: int) -> tuple[list[NotificationTemplate], int]:
-        m = self._MARK
         with self._read() as conn:
             total = conn.execute("SELECT count(*) FROM notification_templates").fetchone()
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM notification_templates ORDER BY id LIMIT {m} OFFSET {m}",
+                f"SELECT {_COLUMNS} FROM notification_templates ORDER BY id LIMIT ? OFFSET ?",
                 (page_size, (page - 1) * page_size),
             ).fetchall()
         return [_template(row) for row in rows], int(total[0] if total else 0)
 
     def delete_template(self, template_id: str) -> bool:
-        m = self._MARK
         return bool(
             self.write(
                 lambda conn: (
                     conn.execute(
-                        f"DELETE FROM notification_templates WHERE id = {m}", (template_id,)
+                        "DELETE FROM notification_templates WHERE id = ?", (template_id,)
                     ).rowcount
                     > 0
                 )
@@ -91,9 +85,9 @@ class TemplatesMixin:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
-        marks = ", ".join([self._MARK] * len(wanted))
+        condition, args = self.dialect.any_of("id", wanted)
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM notification_templates WHERE id IN ({marks})", wanted
+                f"SELECT {_COLUMNS} FROM notification_templates WHERE {condition}", args
             ).fetchall()
         return {row[0]: _template(row) for row in rows}

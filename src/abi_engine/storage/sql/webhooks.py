@@ -1,29 +1,35 @@
-"""PostgreSQL storage of webhook subscriptions and deliveries (mixed into PostgresStore).
+"""Storage of webhook subscriptions and deliveries, in the shared SQL (mixed into the stores).
 
-As in :mod:`abi_engine.storage.sqlite_webhooks`: the fan-out turns outbox
-events after the durable cursor into deliveries and advances the cursor in
-one transaction (the cursor row is locked ``FOR UPDATE``, so concurrent
-fan-outs run one after the other and never fan out an event twice); workers
-lease due deliveries with ``FOR UPDATE SKIP LOCKED``, each claim with a fresh
-token that fences the recording of its attempt; an attempt is numbered under
-its delivery's row lock, so racing recorders get distinct numbers.
+Deliveries come from the outbox: :meth:`WebhooksMixin.fan_out` reads the
+events after the durable cursor and, in the same transaction, creates one
+delivery per (event, target) and advances the cursor, so every event is fanned
+out exactly once even with several processes on one database (the cursor row
+is read with the dialect's row lock: concurrent fan-outs run one after the
+other). Workers then claim due deliveries under a lease
+(:meth:`WebhooksMixin.claim_deliveries`, skipping rows being claimed
+elsewhere); a lease that expires (its process died) makes the delivery
+claimable again. Every claim carries a fresh token; recording an attempt moves
+the delivery on only while that token still holds it (fencing), and numbers
+the attempt one past the delivery's last under the delivery's row lock, so
+racing recorders get distinct numbers.
 
-A subscription change takes the subscriptions lock (exclusive) and then the
-events lock, and opens or closes a period of ``webhook_periods`` at the last
-position written: event writers commit one at a time under the events lock,
-so every event is before or after the change, in commit order. The fan-out
-reads the periods under the shared subscriptions lock, so a change never
-commits between its read and its deliveries (a delivery for a webhook being
-disabled is parked, one for a webhook being enabled is not).
+Which subscriptions an event goes to follows commit order: each subscription
+has periods of outbox positions during which it was enabled with one list of
+event types (``webhook_periods``), opened and closed at the last position
+written when the change commits. A subscription change takes the store's
+subscriptions lock (:meth:`~abi_engine.storage.sql.store.SQLStore._lock_subscriptions`)
+and then the outbox lock, so every event is before or after it; the fan-out
+and the recording of attempts hold the shared form
+(:meth:`~abi_engine.storage.sql.store.SQLStore._hold_subscriptions`), so a
+change never commits between their read and their writes. On SQLite writes
+are serialized and these locks are nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from typing import Any
-
-import psycopg
+from typing import Any, ClassVar
 
 from abi_engine.events import ExecutionEventRef
 from abi_engine.ids import new_id
@@ -42,10 +48,9 @@ from abi_engine.storage._rows_webhooks import (
     periods_from,
 )
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 
 __all__ = ["WebhooksMixin", "subscribed_types"]
-
-Conn = psycopg.Connection[Any]
 
 
 def _webhook_params(hook: WebhookRecord) -> tuple[Any, ...]:
@@ -108,10 +113,10 @@ def _jobs(rows: Sequence[Sequence[Any]], claims: Sequence[int], now: datetime) -
 def subscribed_types(conn: Conn) -> set[str]:
     """The event types enabled subscriptions ask for, as ``conn`` sees them (also mid-transaction)."""
     rows = conn.execute("SELECT events FROM webhooks WHERE enabled").fetchall()
-    return {event_type for (events,) in rows for event_type in loads(events)}
+    return {t for (events,) in rows for t in loads(events)}
 
 
-def _record(conn: Conn, owner: str, o: AttemptOutcome) -> int:
+def _record(d: Dialect, conn: Conn, owner: str, o: AttemptOutcome) -> int:
     """Record one attempt (numbered here) and move its delivery on if its claim still holds.
 
     The number is taken under the delivery's row lock (the ``UPDATE``), so two
@@ -120,15 +125,15 @@ def _record(conn: Conn, owner: str, o: AttemptOutcome) -> int:
     if (
         o.claim is not None
         and conn.execute(
-            "SELECT 1 FROM webhook_attempts WHERE delivery_id = %s AND claim = %s",
+            "SELECT 1 FROM webhook_attempts WHERE delivery_id = ? AND claim = ?",
             (o.delivery_id, o.claim),
         ).fetchone()
     ):
         return 0  # recorded already: a retry of a write that committed
     numbered = conn.execute(
-        "UPDATE webhook_deliveries SET attempt_count = greatest(attempt_count, coalesce((SELECT"
-        " max(attempt) FROM webhook_attempts WHERE delivery_id = %s), 0)) + 1"
-        " WHERE id = %s RETURNING attempt_count",
+        f"UPDATE webhook_deliveries SET attempt_count = {d.greatest}(attempt_count, coalesce((SELECT"
+        " max(attempt) FROM webhook_attempts WHERE delivery_id = ?), 0)) + 1"
+        " WHERE id = ? RETURNING attempt_count",
         (o.delivery_id, o.delivery_id),
     ).fetchone()
     if numbered is None:
@@ -137,7 +142,7 @@ def _record(conn: Conn, owner: str, o: AttemptOutcome) -> int:
     conn.execute(
         "INSERT INTO webhook_attempts (delivery_id, attempt, status, status_code,"
         " duration_ms, error, response_body, created_at, claim)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             o.delivery_id,
             numbered[0],
@@ -152,12 +157,12 @@ def _record(conn: Conn, owner: str, o: AttemptOutcome) -> int:
     )
     return int(
         conn.execute(
-            "UPDATE webhook_deliveries SET status = %s, tries = tries + 1,"
+            "UPDATE webhook_deliveries SET status = ?, tries = tries + 1,"
             # A webhook disabled meanwhile parks the retry (no due time).
             " next_attempt_at = CASE WHEN webhook_id IS NULL OR EXISTS (SELECT 1"
-            " FROM webhooks w WHERE w.id = webhook_id AND w.enabled) THEN %s::bigint END,"
-            " lease_owner = NULL, lease_until = NULL, claim = NULL, updated_at = %s"
-            " WHERE id = %s AND lease_owner = %s AND (%s::bigint IS NULL OR claim = %s)",
+            f" FROM webhooks w WHERE w.id = webhook_id AND w.enabled) THEN {d.param('bigint')}"
+            " END, lease_owner = NULL, lease_until = NULL, claim = NULL, updated_at = ?"
+            f" WHERE id = ? AND lease_owner = ? AND ({d.param('bigint')} IS NULL OR claim = ?)",
             (
                 o.delivery_status.value,
                 to_ms(o.next_attempt_at),
@@ -172,34 +177,32 @@ def _record(conn: Conn, owner: str, o: AttemptOutcome) -> int:
 
 
 class WebhooksMixin:
-    """Webhook storage for :class:`~abi_engine.storage.postgres.PostgresStore`."""
+    """Webhook storage, in the shared SQL."""
 
-    # Provided by PostgresStore.
+    # Provided by SQLStore and the backend.
+    dialect: ClassVar[Dialect]
     write: Callable[..., Any]
     _read: Callable[[], Any]
-    _subscriptions_lock_key: int
-    _events_lock_key: int
+    _lock_outbox: Callable[[Conn], None]
+    _lock_subscriptions: Callable[[Conn], None]
+    _hold_subscriptions: Callable[[Conn], None]
 
     # -- subscriptions ------------------------------------------------------------------
-
-    def _lock_subscriptions(self, conn: Conn) -> None:
-        """Wait for event writers reading the subscriptions (see ``_subscribed_types_locked``)."""
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._subscriptions_lock_key,))
 
     def _position(self, conn: Conn) -> int:
         """The last outbox position written; no event commits after this with a smaller one.
 
-        Takes the events lock (until commit): event writers hold it from their
+        Takes the outbox lock (until commit): event writers hold it from their
         insert to their commit, one at a time, so positions follow commit order.
         """
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._events_lock_key,))
+        self._lock_outbox(conn)
         row = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(row[0]) if row else 0
 
     def _open_period(self, conn: Conn, hook: WebhookRecord) -> None:
         conn.execute(
             "INSERT INTO webhook_periods (webhook_id, after_seq, until_seq, events)"
-            " VALUES (%s, %s, NULL, %s)",
+            " VALUES (?, ?, NULL, ?)",
             (hook.id, self._position(conn), dumps(hook.events)),
         )
 
@@ -209,7 +212,7 @@ class WebhooksMixin:
             conn.execute(
                 "INSERT INTO webhooks (url, events, description, secret, previous_secret,"
                 " previous_secret_until, enabled, created_at, updated_at, created_by, id)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (*_webhook_params(webhook), webhook.id),
             )
             if webhook.enabled:
@@ -220,7 +223,7 @@ class WebhooksMixin:
     def get_webhook(self, webhook_id: str) -> WebhookRecord | None:
         with self._read() as conn:
             row = conn.execute(
-                f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE id = %s", (webhook_id,)
+                f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE id = ?", (webhook_id,)
             ).fetchone()
         return None if row is None else _row_to_webhook(row)
 
@@ -228,37 +231,38 @@ class WebhooksMixin:
         def run(conn: Conn) -> bool:
             self._lock_subscriptions(conn)
             row = conn.execute(
-                "SELECT enabled, events FROM webhooks WHERE id = %s FOR UPDATE", (webhook.id,)
+                f"SELECT enabled, events FROM webhooks WHERE id = ?{self.dialect.lock()}",
+                (webhook.id,),
             ).fetchone()
             if row is None:
                 return False
             if (bool(row[0]), set(loads(row[1]))) != (webhook.enabled, set(webhook.events)):
                 # What it listens to changes here: events written so far keep the old period.
                 conn.execute(
-                    "UPDATE webhook_periods SET until_seq = %s"
-                    " WHERE webhook_id = %s AND until_seq IS NULL",
+                    "UPDATE webhook_periods SET until_seq = ?"
+                    " WHERE webhook_id = ? AND until_seq IS NULL",
                     (self._position(conn), webhook.id),
                 )
                 if webhook.enabled:
                     self._open_period(conn, webhook)
             conn.execute(
-                "UPDATE webhooks SET url = %s, events = %s, description = %s, secret = %s,"
-                " previous_secret = %s, previous_secret_until = %s, enabled = %s,"
-                " created_at = %s, updated_at = %s, created_by = %s WHERE id = %s",
+                "UPDATE webhooks SET url = ?, events = ?, description = ?, secret = ?,"
+                " previous_secret = ?, previous_secret_until = ?, enabled = ?,"
+                " created_at = ?, updated_at = ?, created_by = ? WHERE id = ?",
                 (*_webhook_params(webhook), webhook.id),
             )
             was_enabled = bool(row[0])
             if was_enabled and not webhook.enabled:
                 # Park pending deliveries: no due time until the webhook is enabled again.
                 conn.execute(
-                    "UPDATE webhook_deliveries SET next_attempt_at = NULL, updated_at = %s"
-                    " WHERE webhook_id = %s AND status = 'pending'",
+                    "UPDATE webhook_deliveries SET next_attempt_at = NULL, updated_at = ?"
+                    " WHERE webhook_id = ? AND status = 'pending'",
                     (to_ms(now), webhook.id),
                 )
             elif webhook.enabled and not was_enabled:
                 conn.execute(
-                    "UPDATE webhook_deliveries SET next_attempt_at = %s, updated_at = %s"
-                    " WHERE webhook_id = %s AND status = 'pending'",
+                    "UPDATE webhook_deliveries SET next_attempt_at = ?, updated_at = ?"
+                    " WHERE webhook_id = ? AND status = 'pending'",
                     (to_ms(now), to_ms(now), webhook.id),
                 )
             return True
@@ -270,12 +274,14 @@ class WebhooksMixin:
             self._lock_subscriptions(conn)  # no fan-out makes deliveries for it meanwhile
             conn.execute(
                 "DELETE FROM webhook_attempts WHERE delivery_id IN"
-                " (SELECT id FROM webhook_deliveries WHERE webhook_id = %s)",
+                " (SELECT id FROM webhook_deliveries WHERE webhook_id = ?)",
                 (webhook_id,),
             )
-            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = %s", (webhook_id,))
-            conn.execute("DELETE FROM webhook_periods WHERE webhook_id = %s", (webhook_id,))
-            return conn.execute("DELETE FROM webhooks WHERE id = %s", (webhook_id,)).rowcount > 0
+            conn.execute("DELETE FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,))
+            conn.execute("DELETE FROM webhook_periods WHERE webhook_id = ?", (webhook_id,))
+            return bool(
+                conn.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)).rowcount > 0
+            )
 
         return bool(self.write(run))
 
@@ -284,7 +290,7 @@ class WebhooksMixin:
             total = conn.execute("SELECT count(*) FROM webhooks").fetchone()
             rows = conn.execute(
                 f"SELECT {_HOOK_COLUMNS} FROM webhooks ORDER BY created_at DESC, id DESC"
-                " LIMIT %s OFFSET %s",
+                " LIMIT ? OFFSET ?",
                 (page_size, (page - 1) * page_size),
             ).fetchall()
         return [_row_to_webhook(row) for row in rows], int(total[0] if total else 0)
@@ -299,22 +305,23 @@ class WebhooksMixin:
         with self._read() as conn:
             row = conn.execute(
                 "SELECT (SELECT coalesce(max(seq), 0) FROM events)"
-                " > (SELECT seq FROM webhook_cursor WHERE name = %s)",
+                " > (SELECT seq FROM webhook_cursor WHERE name = ?)",
                 (_CURSOR,),
             ).fetchone()
         return bool(row and row[0])
 
     def fan_out(self, now: datetime, limit: int, callback_types: Collection[str]) -> int:
         now_ms = to_ms(now)
+        d = self.dialect
 
         def run(conn: Conn) -> int:
             cursor_row = conn.execute(
-                "SELECT seq FROM webhook_cursor WHERE name = %s FOR UPDATE", (_CURSOR,)
+                f"SELECT seq FROM webhook_cursor WHERE name = ?{d.lock()}", (_CURSOR,)
             ).fetchone()
             position = cursor_row[0] if cursor_row else 0
             rows = conn.execute(
                 "SELECT seq, id, type, timestamp, data, refs FROM events"
-                " WHERE seq > %s ORDER BY seq LIMIT %s",
+                " WHERE seq > ? ORDER BY seq LIMIT ?",
                 (position, limit),
             ).fetchall()
             if not rows:
@@ -323,23 +330,21 @@ class WebhooksMixin:
             # Callback targets: the execution an execution event is about, when it
             # has a callback URL.
             about = sorted({e.execution_id for e in events if e.execution_id is not None})
-            with_callback = (
-                {
+            with_callback: set[str] = set()
+            for chunk in chunks(about):
+                condition, args = d.any_of("id", chunk)
+                with_callback.update(
                     row[0]
                     for row in conn.execute(
-                        "SELECT id FROM executions WHERE id = ANY(%s::text[])"
-                        " AND callback_url IS NOT NULL",
-                        (about,),
+                        f"SELECT id FROM executions WHERE {condition} AND callback_url IS NOT NULL",
+                        args,
                     )
-                }
-                if about
-                else set()
-            )
+                )
             # A subscription receives the events written while it listened to their type
             # (a delivery for a webhook disabled since then is created parked). No
             # subscription change commits until this does.
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._subscriptions_lock_key,))
-            periods = periods_from(conn.execute(_PERIODS_QUERY.format(mark="%s"), (position,)))
+            self._hold_subscriptions(conn)
+            periods = periods_from(conn.execute(_PERIODS_QUERY.format(mark="?"), (position,)))
             new: list[tuple[Any, ...]] = []
             for e in events:
                 event = (e.seq, e.offset, e.event_id, e.type)
@@ -349,18 +354,16 @@ class WebhooksMixin:
                         new.append((p.webhook_id, p.webhook_id, None, *event, due))
                 if e.execution_id in with_callback:
                     new.append((_CALLBACK_TARGET, None, e.execution_id, *event, now_ms))
-            if new:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO webhook_deliveries (id, target, webhook_id,"
-                        " execution_id, event_seq, event_index, event_id, event_type, status,"
-                        " next_attempt_at, created_at, updated_at)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s, %s)"
-                        " ON CONFLICT DO NOTHING",
-                        [(new_id("dlv_"), *row, now_ms, now_ms) for row in new],
-                    )
+            conn.executemany(
+                "INSERT INTO webhook_deliveries (id, target, webhook_id,"
+                " execution_id, event_seq, event_index, event_id, event_type, status,"
+                " next_attempt_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                [(new_id("dlv_"), *row, now_ms, now_ms) for row in new],
+            )
             conn.execute(
-                "UPDATE webhook_cursor SET seq = %s WHERE name = %s", (events[-1].seq, _CURSOR)
+                "UPDATE webhook_cursor SET seq = ? WHERE name = ?", (events[-1].seq, _CURSOR)
             )
             return len(events)
 
@@ -373,7 +376,7 @@ class WebhooksMixin:
         with self._read() as conn:
             row = conn.execute(
                 "SELECT 1 FROM webhook_deliveries WHERE status = 'pending'"
-                " AND next_attempt_at <= %s AND (lease_until IS NULL OR lease_until < %s)"
+                " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
                 " LIMIT 1",
                 (now_ms, now_ms),
             ).fetchone()
@@ -383,7 +386,7 @@ class WebhooksMixin:
         with self._read() as conn:
             row = conn.execute(
                 "SELECT min(next_attempt_at) FROM webhook_deliveries"
-                " WHERE status = 'pending' AND next_attempt_at > %s",
+                " WHERE status = 'pending' AND next_attempt_at > ?",
                 (to_ms(after),),
             ).fetchone()
         return from_ms(row[0]) if row and row[0] is not None else None
@@ -404,20 +407,21 @@ class WebhooksMixin:
                 " LEFT JOIN events e ON e.seq = d.event_seq"
                 " LEFT JOIN webhooks w ON w.id = d.webhook_id"
                 " LEFT JOIN executions x ON x.id = d.execution_id"
-                " WHERE d.status = 'pending' AND d.next_attempt_at <= %s"
-                " AND (d.lease_until IS NULL OR d.lease_until < %s)"
+                " WHERE d.status = 'pending' AND d.next_attempt_at <= ?"
+                " AND (d.lease_until IS NULL OR d.lease_until < ?)"
                 " AND (d.webhook_id IS NULL OR w.enabled)"
-                " ORDER BY d.next_attempt_at LIMIT %s FOR UPDATE OF d SKIP LOCKED",
+                f" ORDER BY d.next_attempt_at LIMIT ?{self.dialect.claim(of='d')}",
                 (now_ms, now_ms, limit),
             ).fetchall()
             claims = [new_claim() for _ in rows]
-            if rows:
-                conn.execute(
-                    "UPDATE webhook_deliveries d SET lease_owner = %s, lease_until = %s,"
-                    " claim = c.claim FROM unnest(%s::text[], %s::bigint[]) AS c (id, claim)"
-                    " WHERE d.id = c.id",
-                    (owner, to_ms(lease_until), [row[0] for row in rows], claims),
-                )
+            conn.executemany(
+                "UPDATE webhook_deliveries SET lease_owner = ?, lease_until = ?, claim = ?"
+                " WHERE id = ?",
+                [
+                    (owner, to_ms(lease_until), c, row[0])
+                    for c, row in zip(claims, rows, strict=True)
+                ],
+            )
             return rows, claims
 
         rows, claims = self.write(run)
@@ -427,8 +431,8 @@ class WebhooksMixin:
         def run(conn: Conn) -> int:
             # Whether a retry is parked follows the webhook's enabled state in commit
             # order: a change that disables it waits for this, or this sees it.
-            conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self._subscriptions_lock_key,))
-            return sum(_record(conn, owner, o) for o in outcomes)
+            self._hold_subscriptions(conn)
+            return sum(_record(self.dialect, conn, owner, o) for o in outcomes)
 
         return int(self.write(run))
 
@@ -438,7 +442,7 @@ class WebhooksMixin:
                 lambda conn: (
                     conn.execute(
                         "UPDATE webhook_deliveries SET lease_owner = NULL, lease_until = NULL,"
-                        " claim = NULL WHERE lease_owner = %s",
+                        " claim = NULL WHERE lease_owner = ?",
                         (owner,),
                     ).rowcount
                 )
@@ -452,11 +456,12 @@ class WebhooksMixin:
             return []
         ids = [row[0] for row in rows]
         attempts: dict[str, list[DeliveryAttempt]] = {i: [] for i in ids}
+        condition, args = self.dialect.any_of("delivery_id", ids)
         for r in conn.execute(
             "SELECT delivery_id, attempt, status, status_code, duration_ms, error,"
-            " response_body, created_at FROM webhook_attempts"
-            " WHERE delivery_id = ANY(%s::text[]) ORDER BY delivery_id, attempt",
-            (ids,),
+            f" response_body, created_at FROM webhook_attempts WHERE {condition}"
+            " ORDER BY delivery_id, attempt",
+            args,
         ):
             attempts[r[0]].append(
                 DeliveryAttempt(
@@ -476,11 +481,11 @@ class WebhooksMixin:
     ) -> tuple[list[Delivery], int]:
         with self._read() as conn:
             total = conn.execute(
-                "SELECT count(*) FROM webhook_deliveries WHERE webhook_id = %s", (webhook_id,)
+                "SELECT count(*) FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,)
             ).fetchone()
             rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = %s"
-                " ORDER BY event_seq DESC, event_index DESC LIMIT %s OFFSET %s",
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = ?"
+                " ORDER BY event_seq DESC, event_index DESC LIMIT ? OFFSET ?",
                 (webhook_id, page_size, (page - 1) * page_size),
             ).fetchall()
             return self._with_attempts(conn, rows), int(total[0] if total else 0)
@@ -488,7 +493,7 @@ class WebhooksMixin:
     def get_delivery(self, delivery_id: str) -> Delivery | None:
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = %s",
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?",
                 (delivery_id,),
             ).fetchall()
             found = self._with_attempts(conn, rows)
@@ -498,7 +503,7 @@ class WebhooksMixin:
         with self._read() as conn:
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries"
-                " WHERE execution_id = %s ORDER BY event_seq, event_index",
+                " WHERE execution_id = ? ORDER BY event_seq, event_index",
                 (execution_id,),
             ).fetchall()
             return self._with_attempts(conn, rows)
@@ -509,9 +514,9 @@ class WebhooksMixin:
                 lambda conn: (
                     conn.execute(
                         "UPDATE webhook_deliveries SET status = 'pending', tries = 0,"
-                        " next_attempt_at = %s, lease_owner = NULL, lease_until = NULL,"
-                        " claim = NULL, updated_at = %s"
-                        " WHERE id = %s AND status IN ('succeeded', 'failed')",
+                        " next_attempt_at = ?, lease_owner = NULL, lease_until = NULL,"
+                        " claim = NULL, updated_at = ?"
+                        " WHERE id = ? AND status IN ('succeeded', 'failed')",
                         (to_ms(now), to_ms(now), delivery_id),
                     ).rowcount
                     > 0
@@ -521,25 +526,25 @@ class WebhooksMixin:
 
     def prune_deliveries(self, before: datetime) -> int:
         def run(conn: Conn) -> int:
-            old = "SELECT id FROM webhook_deliveries WHERE updated_at < %s AND status <> 'pending'"
+            old = "SELECT id FROM webhook_deliveries WHERE updated_at < ? AND status <> 'pending'"
             conn.execute(
                 f"DELETE FROM webhook_attempts WHERE delivery_id IN ({old})", (to_ms(before),)
             )
             pruned = conn.execute(
-                "DELETE FROM webhook_deliveries WHERE updated_at < %s AND status <> 'pending'",
+                "DELETE FROM webhook_deliveries WHERE updated_at < ? AND status <> 'pending'",
                 (to_ms(before),),
             ).rowcount
             # Outbox events as old, once fanned out and no delivery still refers to them.
             conn.execute(
-                "DELETE FROM events WHERE timestamp < %s"
-                " AND seq <= (SELECT seq FROM webhook_cursor WHERE name = %s)"
+                "DELETE FROM events WHERE timestamp < ?"
+                " AND seq <= (SELECT seq FROM webhook_cursor WHERE name = ?)"
                 " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_seq = events.seq)",
                 (to_ms(before), _CURSOR),
             )
             # Periods that ended at or before the cursor: no event left to fan out falls in them.
             conn.execute(
                 "DELETE FROM webhook_periods WHERE until_seq <="
-                " (SELECT seq FROM webhook_cursor WHERE name = %s)",
+                " (SELECT seq FROM webhook_cursor WHERE name = ?)",
                 (_CURSOR,),
             )
             return int(pruned)

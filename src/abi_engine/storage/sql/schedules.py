@@ -1,11 +1,18 @@
-"""SQLite storage of schedules and their history (mixed into SQLiteStore)."""
+"""Storage of schedules and their history, in the shared SQL (mixed into the stores).
+
+Every write of a schedule is a compare-and-set on ``version`` (firing also
+on ``next_due`` and ``pending_runs``), and adds one to it. Where transactions
+run concurrently (PostgreSQL at READ COMMITTED) an ``UPDATE`` that waited for
+a concurrent one re-checks its ``WHERE`` on the row that one committed, so of
+several processes firing the same due time exactly one applies, and an edit
+never writes back a due time that a firing committed meanwhile.
+"""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from abi_engine.storage._codec import dumps, from_ms, to_ms
 from abi_engine.storage._rows_schedules import _COLUMNS, _FROM, _TERMINAL, HISTORY_KEPT, _row
@@ -18,6 +25,7 @@ from abi_engine.storage.records import (
     ScheduleRecord,
     UpdateSchedule,
 )
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 
 __all__ = ["SCHEDULE_BULK", "SCHEDULE_HANDLERS", "SchedulesMixin"]
 
@@ -34,22 +42,24 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         to_ms(r.anchor_at),
         r.timezone,
         dumps(r.parameters),
-        int(r.enabled),
+        bool(r.enabled),
         to_ms(r.next_due),
         r.misfire_policy,
-        r.misfire_grace_seconds,
+        float(r.misfire_grace_seconds),
         r.catch_up_limit,
         r.overlap_policy,
-        int(r.completed),
+        bool(r.completed),
         to_ms(r.updated_at),
     )
 
 
 class SchedulesMixin:
-    """Schedule storage for :class:`~abi_engine.storage.sqlite.SQLiteStore`."""
+    """Schedule storage, in the shared SQL."""
 
+    # Provided by SQLStore and the backend.
+    dialect: ClassVar[Dialect]
     _read: Callable[[], Any]
-    transaction: Callable[[], Any]
+    _insert_executions: Callable[[Conn, Sequence[Any]], list[Any]]
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
         with self._read() as conn:
@@ -66,16 +76,16 @@ class SchedulesMixin:
             args.append(query.workflow_id)
         if query.enabled is not None:
             where.append("s.enabled = ?")
-            args.append(int(query.enabled))
+            args.append(bool(query.enabled))
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         with self._read() as conn:
-            total = conn.execute(f"SELECT count(*) FROM schedules s {clause}", args).fetchone()[0]
+            total = conn.execute(f"SELECT count(*) FROM schedules s {clause}", args).fetchone()
             rows = conn.execute(
                 f"SELECT {_COLUMNS} {_FROM} {clause} ORDER BY s.created_at DESC, s.id DESC"
                 " LIMIT ? OFFSET ?",
                 [*args, query.page_size, (query.page - 1) * query.page_size],
             ).fetchall()
-        return [_row(r) for r in rows], int(total)
+        return [_row(r) for r in rows], int(total[0] if total else 0)
 
     def due_schedules(self, now: datetime, limit: int) -> list[ScheduleRecord]:
         """Schedules whose ``next_due`` has come (an index range scan), earliest first."""
@@ -110,7 +120,7 @@ class SchedulesMixin:
         with self._read() as conn:
             total = conn.execute(
                 "SELECT count(*) FROM schedule_history WHERE schedule_id = ?", (schedule_id,)
-            ).fetchone()[0]
+            ).fetchone()
             rows = conn.execute(
                 "SELECT schedule_id, due_at, recorded_at, outcome, execution_id, detail"
                 " FROM schedule_history WHERE schedule_id = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
@@ -126,7 +136,7 @@ class SchedulesMixin:
                 detail=r[5],
             )
             for r in rows
-        ], int(total)
+        ], int(total[0] if total else 0)
 
 
 _INSERT = (
@@ -134,6 +144,7 @@ _INSERT = (
     " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
     " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -141,45 +152,45 @@ def _insert_row(r: ScheduleRecord) -> tuple[Any, ...]:
     return (*_definition(r), r.id, r.workflow_id, to_ms(r.created_at), r.created_by)
 
 
-def _insert(conn: sqlite3.Connection, op: InsertSchedule) -> bool:
+def _insert(s: SchedulesMixin, conn: Conn, op: InsertSchedule) -> bool:
     """Insert the schedule if its workflow exists (not deleted); ``False`` otherwise."""
-    r = op.record
-    cursor = conn.execute(
-        f"{_INSERT} SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
-        " WHERE EXISTS (SELECT 1 FROM workflows WHERE id = ? AND deleted_at IS NULL)",
-        (*_insert_row(r), r.workflow_id),
-    )
-    return cursor.rowcount > 0
+    return _bulk_insert(s, conn, [op])[0]
 
 
-def _bulk_insert(conn: sqlite3.Connection, ops: list[InsertSchedule]) -> list[bool]:
-    """Insert many schedules: one look at their workflows, one ``executemany``.
+def _bulk_insert(s: SchedulesMixin, conn: Conn, ops: list[InsertSchedule]) -> list[bool]:
+    """Insert schedules whose workflow exists (not deleted): one look at their
+    workflows, one ``executemany``; ``False`` for the others.
 
-    Runs inside the write transaction, so no workflow can be deleted between
-    the look and the insert; an op whose workflow is missing gets ``False``.
+    The workflow rows are read with a shared lock (in id order) where rows are
+    locked, so a concurrent delete waits for this transaction; with one writer
+    at a time none can come between the look and the insert anyway.
     """
+    d = s.dialect
     wanted = sorted({op.record.workflow_id for op in ops})
     live: set[str] = set()
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
+    for chunk in chunks(wanted):
+        condition, args = d.any_of("id", chunk)
         live.update(
             row[0]
             for row in conn.execute(
-                "SELECT id FROM workflows WHERE deleted_at IS NULL"
-                f" AND id IN ({', '.join('?' * len(chunk))})",
-                chunk,
+                f"SELECT id FROM workflows WHERE {condition} AND deleted_at IS NULL"
+                f"{' ORDER BY id' + d.lock('SHARE') if d.row_locks else ''}",
+                args,
             )
         )
     results = [op.record.workflow_id in live for op in ops]
     conn.executemany(
-        f"{_INSERT} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [_insert_row(op.record) for op, ok in zip(ops, results, strict=True) if ok],
+        _INSERT, [_insert_row(op.record) for op, ok in zip(ops, results, strict=True) if ok]
     )
     return results
 
 
-def _update(conn: sqlite3.Connection, op: UpdateSchedule) -> bool:
-    """Replace the definition if the row is still at the version read (and count the write)."""
+def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
+    """Replace the definition if the row is still at the version read (and count the write).
+
+    At READ COMMITTED an ``UPDATE`` that waited for a concurrent write of the
+    row re-checks ``version`` on the row that write committed, so it loses.
+    """
     r = op.record
     cursor = conn.execute(
         "UPDATE schedules SET name = ?, description = ?, schedule_type = ?,"
@@ -190,10 +201,10 @@ def _update(conn: sqlite3.Connection, op: UpdateSchedule) -> bool:
         " WHERE id = ? AND version = ?",
         (*_definition(r), r.id, op.expected_version),
     )
-    return cursor.rowcount > 0
+    return bool(cursor.rowcount > 0)
 
 
-def _delete(conn: sqlite3.Connection, op: DeleteSchedule) -> bool:
+def _delete(s: SchedulesMixin, conn: Conn, op: DeleteSchedule) -> bool:
     cursor = conn.execute(
         "DELETE FROM schedules WHERE id = ? AND version = ?", (op.schedule_id, op.expected_version)
     )
@@ -203,13 +214,18 @@ def _delete(conn: sqlite3.Connection, op: DeleteSchedule) -> bool:
     return True
 
 
-_FIRE = (
-    "UPDATE schedules SET next_due = ?, pending_runs = ?, completed = ?,"
-    " enabled = coalesce(?, enabled),"
-    " last_execution_id = coalesce(?, last_execution_id), version = version + 1,"
-    " failed_firings = failed_firings + ?, last_failure = coalesce(?, last_failure)"
-    " WHERE id = ? AND version = ? AND next_due IS ? AND pending_runs = ?"
-)
+def _fire_sql(d: Dialect) -> str:
+    return (
+        "UPDATE schedules SET next_due = ?, pending_runs = ?, completed = ?,"
+        f" enabled = coalesce({d.param('boolean')}, enabled),"
+        f" last_execution_id = coalesce({d.param('text')}, last_execution_id),"
+        " version = version + 1, failed_firings = failed_firings + ?,"
+        f" last_failure = coalesce({d.param('text')}, last_failure)"
+        f" WHERE id = ? AND version = ? AND next_due {d.null_safe_eq} {d.param('bigint')}"
+        " AND pending_runs = ?"
+    )
+
+
 _INSERT_HISTORY = (
     "INSERT INTO schedule_history (schedule_id, due_at, recorded_at, outcome,"
     " execution_id, detail) VALUES (?, ?, ?, ?, ?, ?)"
@@ -222,17 +238,16 @@ _TRIM_HISTORY = (
 )
 
 
-def _fire(conn: sqlite3.Connection, op: FireSchedule) -> bool:
-    return _bulk_fire(conn, [op])[0]
+def _fire(s: SchedulesMixin, conn: Conn, op: FireSchedule) -> bool:
+    return _bulk_fire(s, conn, [op])[0]
 
 
-def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
+def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[bool]:
     """Fire schedules: each one's move to its next due time is checked (optimistic:
     ``False`` when another process, or an edit, got there first); the executions
     and history lines of those that moved are written together. An op whose
     executions are already stored committed before (a retried write): ``True``."""
-    from abi_engine.storage.sqlite_executions import insert_execution_rows
-
+    fire = _fire_sql(s.dialect)
     results: list[bool] = []
     executions: list[Any] = []
     history: list[tuple[Any, ...]] = []
@@ -240,12 +255,12 @@ def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
     for op in ops:
         last = op.executions[-1].id if op.executions else None
         cursor = conn.execute(
-            _FIRE,
+            fire,
             (
                 to_ms(op.next_due),
                 op.pending_runs,
-                int(op.completed),
-                None if op.enabled is None else int(op.enabled),
+                bool(op.completed),
+                op.enabled,
                 last,
                 op.failures,
                 None if op.last_failure is None else dumps(op.last_failure),
@@ -255,8 +270,7 @@ def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
                 op.expected_pending,
             ),
         )
-        fired = cursor.rowcount > 0
-        if not fired:
+        if cursor.rowcount == 0:
             results.append(_already_fired(conn, op))
             continue
         results.append(True)
@@ -275,14 +289,14 @@ def _bulk_fire(conn: sqlite3.Connection, ops: list[FireSchedule]) -> list[bool]:
             )
             trimmed.append((op.schedule_id, op.schedule_id, HISTORY_KEPT))
     if executions:
-        insert_execution_rows(conn, executions)
+        s._insert_executions(conn, executions)
     if history:
         conn.executemany(_INSERT_HISTORY, history)
         conn.executemany(_TRIM_HISTORY, trimmed)
     return results
 
 
-def _already_fired(conn: sqlite3.Connection, op: FireSchedule) -> bool:
+def _already_fired(conn: Conn, op: FireSchedule) -> bool:
     """Whether ``op`` itself committed earlier (its first execution is stored)."""
     if not op.executions:
         return False
@@ -290,15 +304,16 @@ def _already_fired(conn: sqlite3.Connection, op: FireSchedule) -> bool:
     return found.fetchone() is not None
 
 
-SCHEDULE_HANDLERS: dict[type, Callable[[sqlite3.Connection, Any], Any]] = {
+#: The schedule write ops, one at a time: ``handler(store, conn, op)``.
+SCHEDULE_HANDLERS: dict[type, Callable[[Any, Conn, Any], Any]] = {
     InsertSchedule: _insert,
     UpdateSchedule: _update,
     DeleteSchedule: _delete,
     FireSchedule: _fire,
 }
 
-#: Handlers applying all ops of one kind of a batch together (see ``_apply_batch``).
-SCHEDULE_BULK: dict[type, Callable[[sqlite3.Connection, Any], list[Any]]] = {
+#: The schedule write ops a batch applies together: ``handler(store, conn, ops)``.
+SCHEDULE_BULK: dict[type, Callable[[Any, Conn, Any], list[Any]]] = {
     InsertSchedule: _bulk_insert,
     FireSchedule: _bulk_fire,
 }

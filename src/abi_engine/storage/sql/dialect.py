@@ -1,0 +1,191 @@
+"""What differs between the SQL of two databases, as data: a :class:`Dialect`.
+
+The shared SQL (``storage/sql/``) is written once, with ``?`` placeholders,
+and asks its store's dialect for the few fragments that differ:
+
+- **placeholder**: the shared text always says ``?``; a driver that wants
+  another mark (psycopg's ``%s``) gets :meth:`Dialect.sql` of the text, done
+  by the backend's cursor (``storage/postgres.py``);
+- **row locks**: :meth:`Dialect.lock` ends a ``SELECT`` of rows read before a
+  write that depends on them, :meth:`Dialect.claim` one that takes work from a
+  list other processes take from too (both empty where a write transaction
+  already holds the whole database, as SQLite's ``BEGIN IMMEDIATE`` does);
+- **upserts**: :meth:`Dialect.upsert` (replace a row by its key), and
+  :attr:`Dialect.upsert_inserted` (whether one inserted);
+- **lists of values**: :meth:`Dialect.any_of` (``IN (?, ...)`` or one array
+  parameter);
+- **the clock of leases**: :attr:`Dialect.clock`;
+- **column types in the DDL** of the migrations written once: :attr:`Dialect.types`;
+- **typed parameters, functions, operators**: :meth:`Dialect.param`,
+  :attr:`Dialect.greatest`, :attr:`Dialect.null_safe_eq`.
+
+How a transaction begins, waits and retries is the store's own
+(``storage/sqlite.py``, ``storage/postgres.py``): connections and transactions
+are not SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import attrs
+
+__all__ = ["CHUNK", "POSTGRES", "SQLITE", "Conn", "Dialect", "chunks"]
+
+T = TypeVar("T")
+
+#: A connection of the backend (``sqlite3.Connection``, the PostgreSQL store's
+#: ``QmarkConnection``): ``execute`` and ``executemany`` return cursors.
+Conn = Any
+
+#: Values one statement takes in an ``IN`` list (SQLite's old limit was 999 parameters).
+CHUNK = 500
+
+
+@attrs.frozen(kw_only=True, cache_hash=True)
+class Dialect:
+    """The SQL fragments one database spells its own way.
+
+    :param name: the database's name (``"sqlite"``, ``"postgresql"``).
+    :param placeholder: the driver's parameter mark (the shared SQL says ``?``).
+    :param row_locks: whether a transaction locks the rows it reads
+        (:meth:`lock`, :meth:`claim`); without, a write transaction holds the
+        whole database.
+    :param greatest: the scalar function of the larger of two values.
+    :param null_safe_eq: the comparison for which ``NULL`` equals ``NULL``.
+    :param clock: the database's clock in epoch ms, by which leases are set and
+        judged (hosts whose clocks disagree still agree on leases); ``None``:
+        the hosts' clocks (one host).
+    :param types: what the portable DDL of ``storage/sql/schema.py`` names in
+        braces (``{bigint}``, ``{serial}``...), in this database's words.
+    :param arrays: whether a list of values goes as one array parameter.
+    :param replace_into: whether :meth:`upsert` of whole rows says ``INSERT OR REPLACE``.
+    :param upsert_inserted: appended to an upsert, makes it return one row whose one
+        value is whether it inserted (``""``: the database cannot tell; the store
+        looks for the row first).
+    """
+
+    name: str
+    placeholder: str = "?"
+    row_locks: bool = False
+    greatest: str = "max"
+    null_safe_eq: str = "IS"
+    clock: str | None = None
+    types: Mapping[str, str] = attrs.field(factory=dict, eq=False)
+    arrays: bool = False
+    replace_into: bool = False
+    upsert_inserted: str = ""
+
+    def sql(self, text: str) -> str:
+        """``text`` (with ``?`` placeholders) in the driver's own marks.
+
+        Only ``?`` changes: SQL written for the driver (``%s``) still reads the
+        same, and the shared SQL passes a literal ``%`` as a parameter, never in
+        its text (psycopg would read it as a mark).
+        """
+        if self.placeholder == "?":
+            return text
+        return _translate(text, self.placeholder)
+
+    def lock(self, mode: str = "UPDATE", of: str | None = None) -> str:
+        """The end of a ``SELECT`` whose rows a later statement of the transaction
+        depends on (``mode``: ``UPDATE``, ``SHARE``...; ``of``: the table alias)."""
+        if not self.row_locks:
+            return ""
+        return f" FOR {mode}" + (f" OF {of}" if of else "")
+
+    def claim(self, of: str | None = None) -> str:
+        """The end of a ``SELECT`` that takes rows from a work list other processes
+        take from too: rows being taken elsewhere are skipped, not waited for."""
+        return f"{self.lock(of=of)} SKIP LOCKED" if self.row_locks else ""
+
+    def param(self, sql_type: str) -> str:
+        """A placeholder whose value has ``sql_type`` even when it is ``NULL``."""
+        return f"?::{sql_type}" if self.arrays else "?"
+
+    def any_of(
+        self, column: str, values: Sequence[Any], sql_type: str = "text"
+    ) -> tuple[str, tuple[Any, ...]]:
+        """A condition that ``column`` is one of ``values``, and its parameters.
+
+        With no values the condition holds for no row.
+        """
+        if self.arrays:
+            return f"{column} = ANY(?::{sql_type}[])", (list(values),)
+        if not values:
+            return f"{column} IN (NULL)", ()
+        return f"{column} IN ({', '.join('?' * len(values))})", tuple(values)
+
+    def upsert(
+        self,
+        table: str,
+        columns: Sequence[str],
+        key: Sequence[str],
+        update: Sequence[str] | None = None,
+    ) -> str:
+        """An insert of ``columns`` that, on a row of the same ``key``, sets ``update``
+        from the new values instead (``None``: every column, the whole row replaced)."""
+        marks = ", ".join("?" * len(columns))
+        names = ", ".join(columns)
+        if update is None and self.replace_into:
+            return f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})"
+        changed = [c for c in columns if c not in key] if update is None else update
+        sets = ", ".join(f"{c} = excluded.{c}" for c in changed)
+        return (
+            f"INSERT INTO {table} ({names}) VALUES ({marks})"
+            f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
+        )
+
+
+def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:
+    """``values`` in runs of at most :data:`CHUNK`, for ``IN`` lists."""
+    for start in range(0, len(values), CHUNK):
+        yield values[start : start + CHUNK]
+
+
+@lru_cache(maxsize=1024)
+def _translate(text: str, placeholder: str) -> str:
+    return text.replace("?", placeholder)
+
+
+#: SQLite: one writer at a time (``BEGIN IMMEDIATE``), so no row locks.
+SQLITE = Dialect(
+    name="sqlite",
+    replace_into=True,
+    types={
+        "int": "INTEGER",
+        "bigint": "INTEGER",
+        "bool": "INTEGER",
+        "double": "REAL",
+        "true": "1",
+        "false": "0",
+        "sorted_text": "TEXT",  # SQLite compares text byte-wise
+        "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "without_rowid": " WITHOUT ROWID",
+    },
+)
+
+#: PostgreSQL at READ COMMITTED: rows are locked, work lists skip locked rows.
+POSTGRES = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    row_locks=True,
+    greatest="greatest",
+    null_safe_eq="IS NOT DISTINCT FROM",
+    clock="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    arrays=True,
+    upsert_inserted=" RETURNING (xmax = 0)",  # no previous version: the row was inserted
+    types={
+        "int": "INTEGER",
+        "bigint": "BIGINT",
+        "bool": "BOOLEAN",
+        "double": "DOUBLE PRECISION",
+        "true": "TRUE",
+        "false": "FALSE",
+        "sorted_text": 'TEXT COLLATE "C"',  # byte-wise, as in SQLite, whatever the locale
+        "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+        "without_rowid": "",
+    },
+)

@@ -1,0 +1,310 @@
+"""Storage of executions, steps and signals, in the shared SQL (mixed into the stores).
+
+Every write of an execution is an op of ``storage.records`` applied by
+:meth:`ExecutionsMixin.apply` under the claim rules of ``storage/_fencing.py``:
+each handler reads the executions it writes (one query for a batch) and asks
+the rules what applies. Where transactions run concurrently (PostgreSQL),
+those reads lock the rows (in id order, so two batches wait for each other
+rather than deadlock on the same rows), and :meth:`ExecutionsMixin.claim_recoverable`
+takes its work skipping rows being taken elsewhere; leases are then set and
+judged in the database's clock (:attr:`~abi_engine.storage.sql.dialect.Dialect.clock`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from abi_engine.models import StepStatus
+from abi_engine.storage._codec import from_ms, loads, to_ms
+from abi_engine.storage._fencing import (
+    new_claim,
+    types_filter,
+)
+from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _row_to_record
+from abi_engine.storage.records import (
+    TIMEOUT_SUFFIX,
+    ExecutionQuery,
+    ExecutionRecord,
+    InsertExecution,
+    StepRecord,
+    WriteOp,
+    applied,
+)
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+from abi_engine.storage.sql.execution_ops import (
+    BULK,
+    HANDLERS,
+    _claims,
+    _lease,
+    _lease_value,
+)
+
+__all__ = ["ExecutionsMixin"]
+
+#: Executions whose leases one transaction of ``renew_leases`` extends.
+RENEW_CHUNK = 2000
+
+
+class ExecutionsMixin:
+    """Execution storage, in the shared SQL."""
+
+    # Provided by SQLStore and the backend.
+    dialect: ClassVar[Dialect]
+    write: Callable[..., Any]
+    _read: Callable[[], Any]
+    _insert_events: Callable[[Conn, Sequence[Any]], None]
+
+    def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
+        """Insert execution rows; each one's result: ``True``, ``False`` when its
+        idempotency key is taken, ``AGAIN`` when a row of its id is there already
+        (ids are random: its own insert, committed, retried)."""
+        raise NotImplementedError
+
+    # -- writes ------------------------------------------------------------------------
+
+    def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply ``ops`` in one transaction; return each one's result in order.
+
+        If the batch fails as a whole, each op is retried in its own
+        transaction so that one bad op cannot sink the others; its result is
+        then the exception it raised.
+        """
+        try:
+            return list(self.write(lambda conn: self._apply_batch(conn, ops)))
+        except Exception:
+            if len(ops) == 1:
+                raise
+        results: list[Any] = []
+        for op in ops:
+            try:
+                results.append(self.write(lambda conn, op=op: self._apply_one(conn, op)))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _apply_batch(self, conn: Conn, ops: Sequence[WriteOp]) -> list[Any]:
+        """Apply a batch: the hot kinds of op together (a few statements per kind).
+
+        Ops in one batch come from different tasks, each waiting for its own
+        result, so no op of a batch depends on another one: grouping them by
+        kind is one valid order among the concurrent ones.
+        """
+        results: list[Any] = [None] * len(ops)
+        groups: dict[type, list[int]] = {}
+        for index, op in enumerate(ops):
+            kind = type(op)
+            if kind in BULK and not (kind is InsertExecution and op.record.idempotency_key):  # type: ignore[attr-defined]
+                groups.setdefault(kind, []).append(index)
+            else:
+                results[index] = HANDLERS[kind](self, conn, op)
+        for kind, indexes in groups.items():
+            for index, result in zip(
+                indexes, BULK[kind](self, conn, [ops[i] for i in indexes]), strict=True
+            ):
+                results[index] = result
+        events = [
+            event
+            for op, result in zip(ops, results, strict=True)
+            if op.events and applied(result)
+            for event in op.events
+        ]
+        self._insert_events(conn, events)
+        return results
+
+    def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
+        result = HANDLERS[type(op)](self, conn, op)
+        if applied(result) and op.events:
+            self._insert_events(conn, op.events)
+        return result
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} {_FROM} WHERE e.id = ?", (execution_id,)
+            ).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def get_steps(self, execution_id: str) -> list[StepRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT execution_id, idx, name, status, started_at, completed_at, duration_ms,"
+                " attempts, result, error FROM execution_steps WHERE execution_id = ?"
+                " ORDER BY idx",
+                (execution_id,),
+            ).fetchall()
+        return [
+            StepRecord(
+                execution_id=r[0],
+                index=r[1],
+                name=r[2],
+                status=StepStatus(r[3]),
+                started_at=from_ms(r[4]),
+                completed_at=from_ms(r[5]),
+                duration_ms=r[6],
+                attempts=r[7],
+                result=loads(r[8]),
+                error=loads(r[9]),
+            )
+            for r in rows
+        ]
+
+    def get_signals(self, execution_id: str) -> dict[str, Any]:
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT name, payload FROM execution_signals WHERE execution_id = ?",
+                (execution_id,),
+            ).fetchall()
+        return {name: loads(payload) for name, payload in rows}
+
+    def find_execution_by_key(self, workflow_id: str, key: str) -> str | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT id FROM executions WHERE workflow_id = ? AND idempotency_key = ?",
+                (workflow_id, key),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def list_executions(self, query: ExecutionQuery) -> tuple[list[ExecutionRecord], int]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.workflow_id is not None:
+            where.append("e.workflow_id = ?")
+            args.append(query.workflow_id)
+        statuses = query.status_values()
+        if len(statuses) == 1:
+            where.append("e.status = ?")
+            args.append(statuses[0])
+        elif statuses:
+            where.append(f"e.status IN ({', '.join(['?'] * len(statuses))})")
+            args.extend(statuses)
+        if query.schedule_id is not None:
+            where.append("e.schedule_id = ?")
+            args.append(query.schedule_id)
+        if query.created_by is not None:
+            where.append("e.created_by = ?")
+            args.append(query.created_by)
+        if query.start is not None:
+            where.append("e.created_at >= ?")
+            args.append(to_ms(query.start))
+        if query.end is not None:
+            where.append("e.created_at <= ?")
+            args.append(to_ms(query.end))
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        offset = (query.page - 1) * query.page_size
+        with self._read() as conn:
+            total = conn.execute(f"SELECT count(*) FROM executions e {clause}", args).fetchone()
+            rows = conn.execute(
+                f"SELECT {_EXEC_COLUMNS} {_FROM} {clause}"
+                " ORDER BY e.created_at DESC, e.id DESC LIMIT ? OFFSET ?",
+                [*args, query.page_size, offset],
+            ).fetchall()
+        return [_row_to_record(r) for r in rows], int(total[0] if total else 0)
+
+    def claim_recoverable(
+        self,
+        owner: str,
+        now: datetime,
+        lease_until: datetime,
+        limit: int,
+        types: Collection[str] | None = None,
+        dead: Collection[str] = (),
+    ) -> list[tuple[str, int, int]]:
+        """Grant ``owner`` unfinished executions nobody holds (see
+        :meth:`~abi_engine.storage.base.Store.claim_recoverable`); rows another
+        process is claiming (or changing) right now are left to it. A timed-out
+        wait gets its timeout signal recorded; each grant is a fresh claim token."""
+        d = self.dialect
+        now_ms = to_ms(now)
+        names = types_filter(types)
+        type_clause, type_args = ("", ()) if names is None else d.any_of("workflow_type", names)
+        if type_clause:
+            type_clause = f" AND {type_clause}"
+        gone = sorted(dead)
+        dead_clause, dead_args = d.any_of("owner", gone) if gone else ("", ())
+        if dead_clause:
+            dead_clause = f" OR {dead_clause}"
+        expired, expired_args = (
+            ("lease_until < ?", (now_ms,)) if d.clock is None else (f"lease_until < {d.clock}", ())
+        )
+
+        def run(conn: Conn) -> list[tuple[str, int, int]]:
+            taken: list[tuple[str, int, int]] = []
+            # Waits that timed out: record a signal the step can see, queue them.
+            woken = conn.execute(
+                "SELECT id, waiting_for, priority FROM executions"
+                f" WHERE status = 'waiting' AND wake_at <= ?{type_clause}"
+                f" ORDER BY wake_at LIMIT ?{d.claim()}",
+                (now_ms, *type_args, limit),
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+                " VALUES (?, ?, 'null', ?) ON CONFLICT DO NOTHING",
+                [
+                    (ex_id, f"{waiting_for}{TIMEOUT_SUFFIX}", now_ms)
+                    for ex_id, waiting_for, _ in woken
+                ],
+            )
+            taken.extend((ex_id, priority, new_claim()) for ex_id, _, priority in woken)
+            # Unowned work, expired leases, and work of nodes that ended.
+            room = max(0, limit - len(taken))
+            if room:
+                taken.extend(
+                    (row[0], row[1], new_claim())
+                    for row in conn.execute(
+                        "SELECT id, priority FROM executions"
+                        " WHERE status IN ('queued', 'running')"
+                        f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
+                        f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
+                        (*expired_args, *dead_args, *type_args, room),
+                    ).fetchall()
+                )
+            conn.executemany(
+                f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
+                " waiting_for = NULL, wake_at = NULL, status = 'queued' WHERE id = ?",
+                [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
+            )
+            return taken
+
+        return list(self.write(run))
+
+    def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
+        """Extend the lease of each execution still queued or running under its claim
+        in ``claims`` (id -> token) to ``lease_until``; return the ids that were not
+        (lost: taken over, cancelled, ended).
+
+        In transactions of ``RENEW_CHUNK`` executions (in id order: renewals never
+        deadlock with batches), so that other writers (the group commit) pass in
+        between when a node holds very many.
+        """
+        d = self.dialect
+        lease = _lease(d)
+
+        def run(conn: Conn, chunk: Sequence[str]) -> list[str]:
+            current = _claims(d, conn, chunk)
+            kept = [i for i in chunk if current.get(i) == claims[i]]
+            value = _lease_value(d, lease_until)
+            for part in chunks(kept):
+                condition, args = d.any_of("id", part)
+                conn.execute(
+                    f"UPDATE executions SET lease_until = {lease} WHERE {condition}",
+                    (value, *args),
+                )
+            return kept
+
+        ids = sorted(claims)
+        kept: set[str] = set()
+        for start in range(0, len(ids), RENEW_CHUNK):
+            chunk = ids[start : start + RENEW_CHUNK]
+            kept.update(self.write(lambda conn, chunk=chunk: run(conn, chunk)))
+        return [i for i in claims if i not in kept]
+
+    def next_wake_at(self) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT min(wake_at) FROM executions WHERE status = 'waiting'"
+            ).fetchone()
+        return from_ms(row[0]) if row and row[0] is not None else None

@@ -1,0 +1,55 @@
+"""Schema changes written once, for every store.
+
+A migration after ``m011`` is a :class:`Migration`: a name and statements in
+portable DDL, where what the databases spell differently is a name of
+:attr:`~abi_engine.storage.sql.dialect.Dialect.types` in braces: ``{int}``,
+``{bigint}`` (times in epoch ms, counters), ``{bool}``, ``{double}``,
+``{true}``/``{false}`` (defaults of flags), ``{sorted_text}`` (text that sorts
+byte-wise), ``{serial}`` (a position: the type and primary key of an
+increasing id), ``{without_rowid}`` (after a table with a composite key).
+Literal braces are doubled. Each store's runner applies the rendering for its
+database, in order after the migrations written per database
+(``storage/migrations.py``, ``storage/postgres_migrations.py``, which ``m001``
+to ``m011`` stay as they shipped).
+
+Append new migrations to :data:`MIGRATIONS`; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from abi_engine.storage.sql.dialect import Dialect
+
+__all__ = ["MIGRATIONS", "Migration"]
+
+
+@attrs.frozen
+class Migration:
+    """One schema change: ``name`` (``m012_...``) and its portable ``statements``."""
+
+    name: str
+    statements: Sequence[str]
+
+    def render(self, dialect: Dialect) -> list[str]:
+        """The statements in ``dialect``'s words."""
+        return [s.format_map(dialect.types) for s in self.statements]
+
+    def applier(self, dialect: Dialect) -> Callable[[Any], None]:
+        """A function running the statements on a database object with ``execute``
+        (a ``sqlite_utils.Database``), named after the migration."""
+        statements = self.render(dialect)
+
+        def apply(db: Any) -> None:
+            for statement in statements:
+                db.execute(statement)
+
+        apply.__name__ = apply.__qualname__ = self.name
+        return apply
+
+
+#: The migrations after ``m011``, for every store, in order.
+MIGRATIONS: list[Migration] = []

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from abi_engine import Engine, ExecutionStatus, Limits, StepContext, hookimpl
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.anyio
 ANN = Principal(user_id="usr_ann")
 BOB = Principal(user_id="usr_bob")
 BIG = 100 * 1024 * 1024
+#: ``"open"``: the event the ``slow`` step waits for (a test sets it; none: it returns at once).
+GATE: dict[str, anyio.Event] = {}
 
 
 class Handlers:
@@ -44,7 +47,10 @@ class Handlers:
             return "saved"
 
         async def slow(ctx: StepContext) -> Any:
-            await ctx.sleep(0.5)  # not durable: under a second
+            gate = GATE.get("open")
+            if gate is not None:  # held until the test has seen what it waits for
+                with anyio.fail_after(120):
+                    await gate.wait()
             return None
 
         for name, fn in (("sized", sized), ("many", many), ("progress", progress), ("slow", slow)):
@@ -132,6 +138,15 @@ async def test_queued_executions_per_user(make: Callable[..., Engine]) -> None:
     """With one worker busy, a user's asynchronous executions stop being taken once two wait
     in the queue; another user's still are; cancelling queued ones frees places."""
     engine = make(runtime=RuntimeSettings(workers=1), max_queued_executions_per_user=2)
+    GATE["open"] = gate = anyio.Event()  # the first execution holds the one worker
+    try:
+        await _queued_executions_per_user(engine)
+    finally:
+        gate.set()
+        GATE.clear()
+
+
+async def _queued_executions_per_user(engine: Engine) -> None:
     async with engine:
         wf = await workflow(engine, "slow")
         path = {"workflow_id": wf}
@@ -156,6 +171,7 @@ async def test_queued_executions_per_user(make: Callable[..., Engine]) -> None:
             if not state.status.finished:
                 await engine.executions.cancel(execution_id)
         await op(engine, ANN, "execute_workflow_async", path=path, body={})
+        GATE["open"].set()  # the rest run to their end before the engine stops
 
 
 # -- sizes ---------------------------------------------------------------------------------------

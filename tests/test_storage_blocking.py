@@ -1,7 +1,7 @@
 """A blocking store (``blocking = True``, as PostgreSQL's) is never called on the event loop.
 
 The runtime (workers, poller, heartbeat, waits) and the webhook delivery
-worker call the store through :func:`abi_engine.services.call_store`, which
+worker call the store through :func:`abi_engine.storage.aio.call_store`, which
 runs a blocking store's calls in worker threads. The store here is a real
 SQLite store that declares itself blocking and notes the thread of every
 call.
@@ -26,8 +26,8 @@ from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtu
 
 from abi_engine import Engine
 from abi_engine.executor import RuntimeSettings
-from abi_engine.services import call_store
 from abi_engine.storage import SQLiteStore
+from abi_engine.storage.aio import call_store
 
 pytestmark = pytest.mark.anyio
 

@@ -35,6 +35,7 @@ from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtu
 )
 
 from abi_engine import EVENT_TYPES, Engine, hookimpl
+from abi_engine._webhook_delivery import DeliveryWorker, WebhookSettings
 from abi_engine.converter import unstructure
 from abi_engine.errors import InvalidRequest, InvalidState, NotFound
 from abi_engine.events import Event
@@ -522,11 +523,10 @@ async def test_delivery_connects_to_the_address_it_checked(
     make_engine: Callable[..., Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The request goes to the checked address, with the original Host header and TLS name."""
-    from abi_engine._webhook_delivery import DeliveryWorker
 
     _fake_dns(monkeypatch, {"hooks.example.com": "93.184.216.34"})
     engine = make_engine(allow_private_urls=False)
-    worker = DeliveryWorker(engine.webhooks, engine, engine.webhooks.settings)
+    worker = _worker(engine, engine.webhooks.settings)
     headers: dict[str, str] = {}
     url, extensions = await worker._pinned("https://hooks.example.com:8443/in?x=1", headers)
     assert str(url) == "https://93.184.216.34:8443/in?x=1"
@@ -549,11 +549,10 @@ BUSY = {"steps": [{"name": f"wait{n}", "action": "delay", "seconds": 1} for n in
 async def test_delivery_yields_to_running_executions(make_engine: Callable[..., Engine]) -> None:
     """While busy_threshold executions run here, only busy_concurrency attempts may be in flight
     (busy_cpu_share 0: executions alone count)."""
-    from abi_engine._webhook_delivery import DeliveryWorker
 
     settings = fast(concurrency=16, busy_concurrency=1, busy_threshold=2, busy_cpu_share=0.0)
     engine = make_engine(webhook_settings=settings)
-    worker = DeliveryWorker(engine.webhooks, engine, settings)
+    worker = _worker(engine, settings)
     slow = BUSY  # cancelled below
     async with engine:
         wf_id = await make_workflow(engine, slow)
@@ -572,11 +571,10 @@ async def test_executions_waiting_on_io_do_not_hold_deliveries_back(
     make_engine: Callable[..., Engine],
 ) -> None:
     """Executions that mostly wait (CPU idle) leave the worker its full concurrency."""
-    from abi_engine._webhook_delivery import DeliveryWorker
 
     settings = fast(concurrency=16, busy_concurrency=1, busy_threshold=2)
     engine = make_engine(webhook_settings=settings)
-    worker = DeliveryWorker(engine.webhooks, engine, settings)
+    worker = _worker(engine, settings)
     slow = BUSY  # cancelled below
     async with engine:
         wf_id = await make_workflow(engine, slow)
@@ -807,11 +805,11 @@ async def test_attempts_ending_during_a_slow_record_are_recorded_too(
     make_engine: Callable[..., Engine],
 ) -> None:
     """Attempts that end while a batch is being written (a blocking store) are written next."""
-    from abi_engine._webhook_delivery import DeliveryWorker
+
     from abi_engine.storage.records_webhooks import AttemptOutcome
 
     engine = make_engine()
-    worker = DeliveryWorker(engine.webhooks, engine, fast())
+    worker = _worker(engine, fast())
     written: list[list[str]] = []
 
     class SlowStore:  # records in a thread, slowly, as a PostgreSQL store would
@@ -849,3 +847,13 @@ async def test_attempts_ending_during_a_slow_record_are_recorded_too(
     assert sorted(d for batch in written for d in batch) == ["dlv_1", "dlv_2", "dlv_3"]
     assert len(written) == 2  # the first two together, the third after
     engine.close()
+
+
+def _worker(engine: Engine, settings: WebhookSettings) -> DeliveryWorker:
+    return DeliveryWorker(
+        engine.webhooks,
+        settings,
+        store=engine.store,
+        in_flight=lambda: engine.runtime.in_flight,
+        allow_private_urls=lambda: engine.allow_private_urls,
+    )

@@ -34,7 +34,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -44,20 +44,19 @@ import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine.errors import InvalidRequest
+from abi_engine.events import CALLBACK_EVENTS
 from abi_engine.execution_views import event_data
-from abi_engine.executor import _CALLBACK_EVENTS
 from abi_engine.ids import format_time, utcnow
 from abi_engine.models_webhooks import DeliveryStatus
 from abi_engine.netguard import URLRefused, check_url, pinned_address
-from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.records import ExecutionRecord, StepRecord
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob
 from abi_engine.webhook_signing import signature_header
 
 if TYPE_CHECKING:
-    from abi_engine.engine import Engine
-    from abi_engine.webhooks import WebhookService
+    from abi_engine.storage.base import Store
 
 __all__ = ["STANDARD_RETRY_SCHEDULE", "DeliveryWorker", "WebhookSettings"]
 
@@ -250,13 +249,37 @@ class Streaks:
             log.warning("webhook delivery: %s works again after %d failures", what, count)
 
 
+class Subscriptions(Protocol):
+    """What the delivery worker needs of the webhook service."""
+
+    node_id: str
+
+    def refresh_subscriptions(self) -> set[str]:
+        """Re-read the event types enabled subscriptions ask for."""
+
+    def _set_wake(self, event: anyio.Event | None) -> None:
+        """Where :meth:`WebhookService.notify` wakes the worker (``None``: stopped)."""
+
+
 class DeliveryWorker:
     """Fans out the outbox and delivers; one per running engine."""
 
-    def __init__(self, service: WebhookService, engine: Engine, settings: WebhookSettings) -> None:
+    def __init__(
+        self,
+        service: Subscriptions,
+        settings: WebhookSettings,
+        *,
+        store: Store,
+        in_flight: Callable[[], int],
+        allow_private_urls: Callable[[], bool],
+    ) -> None:
+        """``service``: the webhook service (subscriptions, node id, wake-up);
+        ``in_flight``: how many executions this process runs now;
+        ``allow_private_urls``: the engine's outbound setting, read at each post."""
         self._service = service
-        self._engine = engine
-        self._store = engine.store
+        self._in_flight = in_flight
+        self._allow_private_urls = allow_private_urls
+        self._store = store
         self.settings = settings
         self._owner = service.node_id
         self._inflight: set[str] = set()
@@ -360,7 +383,7 @@ class DeliveryWorker:
         return None
 
     async def _call(self, fn: Callable[..., T], *args: Any, stopping: bool = False) -> T:
-        """A store call (see :func:`~abi_engine.services.call_store`); ``stopping``: one that
+        """A store call (see :func:`~abi_engine.storage.aio.call_store`); ``stopping``: one that
         a stopping worker stops waiting for when its patience runs out (a blocking store's
         call goes on in its thread, unawaited)."""
         if stopping and self._store.blocking:
@@ -383,10 +406,10 @@ class DeliveryWorker:
             pass  # busy: no fan-out while deliveries wait; the outbox keeps the events
         elif await call_store(store, store.fan_out_pending):
             if busy:  # one outbox row (one commit's events) at a time
-                await call_store(store, store.fan_out, utcnow(), 1, _CALLBACK_EVENTS)
+                await call_store(store, store.fan_out, utcnow(), 1, CALLBACK_EVENTS)
             else:
                 while (
-                    await call_store(store, store.fan_out, utcnow(), s.batch_size, _CALLBACK_EVENTS)
+                    await call_store(store, store.fan_out, utcnow(), s.batch_size, CALLBACK_EVENTS)
                     >= s.batch_size
                 ):
                     await anyio.lowlevel.checkpoint()  # let executions run between batches
@@ -432,7 +455,7 @@ class DeliveryWorker:
     def _busy(self) -> bool:
         """Whether executions keep this process busy (webhook work then yields to them)."""
         s = self.settings
-        if self._engine.runtime.in_flight < s.busy_threshold:
+        if self._in_flight() < s.busy_threshold:
             return False
         return s.busy_cpu_share <= 0 or self._load.cpu_share() >= s.busy_cpu_share
 
@@ -596,7 +619,7 @@ class DeliveryWorker:
         ``Host`` header (and TLS server name), so a DNS answer that changes
         after the check cannot point the request elsewhere.
         """
-        allow = self._engine.allow_private_urls
+        allow = self._allow_private_urls()
         try:
             check_url(url, field="url", allow_private=allow)
         except InvalidRequest as exc:

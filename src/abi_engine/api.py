@@ -34,7 +34,8 @@ from abi_engine.models import (
     Workflow,
     WorkflowSummary,
 )
-from abi_engine.services import MAX_PAGE, MAX_PAGE_SIZE, call_store
+from abi_engine.services import MAX_PAGE, MAX_PAGE_SIZE
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import OwnedKind
 from abi_engine.workflows import INTEGRATION_ID, WorkflowRequest
 

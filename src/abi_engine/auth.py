@@ -26,7 +26,8 @@ from abi_engine.errors import (
 )
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import CreatedToken, Page, RevokeResult, Scope, Token, TokenCreateRequest
-from abi_engine.services import call_store, check_page
+from abi_engine.services import check_page
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store, TokenLimitReached
 
 __all__ = ["ALL_SCOPES", "Principal", "TokenService", "hash_token", "normalize_user_id"]

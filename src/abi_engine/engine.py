@@ -98,7 +98,12 @@ class Engine:
         self.integrations = IntegrationService(
             self.store, self.registry.providers, lambda: self.allow_private_urls
         )
-        self.notification_templates = NotificationTemplateService(self)
+        self.notification_templates = NotificationTemplateService(
+            self.store,
+            registered=self.registry.notification_templates,
+            origins=self.registry.origins,
+            workflow_types=self.registry.workflow_types,
+        )
         #: Event types this process writes to the outbox when they happen. Workflow
         #: events (low volume) always are, so a subscription made in another process
         #: misses none of them; webhook subscriptions add the execution event types

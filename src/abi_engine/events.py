@@ -10,7 +10,15 @@ import attrs
 
 from abi_engine.ids import format_time, new_id, utcnow
 
-__all__ = ["EVENT_TYPES", "DeferredEvent", "Event", "ExecutionEventRef", "OutboxEvent", "resolve"]
+__all__ = [
+    "CALLBACK_EVENTS",
+    "EVENT_TYPES",
+    "DeferredEvent",
+    "Event",
+    "ExecutionEventRef",
+    "OutboxEvent",
+    "resolve",
+]
 
 EVENT_TYPES: tuple[str, ...] = (
     "workflow.created",
@@ -28,6 +36,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "schedule.triggered",
     "schedule.failed",
 )
+
+#: The execution events also sent to an execution's ``callback_url``.
+CALLBACK_EVENTS: frozenset[str] = frozenset({"execution.completed", "execution.failed"})
 
 
 @attrs.frozen(kw_only=True)

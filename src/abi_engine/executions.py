@@ -154,9 +154,7 @@ class ExecutionService(Service):
         compiled = await self._compiled(workflow_id)
         workflow = compiled.workflow
         if idempotency_key is not None:
-            existing = await self._call(
-                self._store.find_execution_by_key, workflow.id, idempotency_key
-            )
+            existing = await self._store.find_execution_by_key(workflow.id, idempotency_key)
             if existing is not None:
                 return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
         if workflow.status is not WorkflowStatus.ACTIVE:
@@ -279,9 +277,7 @@ class ExecutionService(Service):
                 {"field": "parameters"},
             ) from None
         if not inserted:  # the same idempotency key won a race
-            existing = await self._call(
-                self._store.find_execution_by_key, workflow.id, idempotency_key or ""
-            )
+            existing = await self._store.find_execution_by_key(workflow.id, idempotency_key or "")
             if existing is None:
                 raise InvalidState("The execution could not be created; retry")
             return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
@@ -293,14 +289,14 @@ class ExecutionService(Service):
         """The workflow with its parsed configuration and steps, cached while unchanged."""
         if not isinstance(workflow_id, str):
             raise WorkflowNotFound(str(workflow_id))
-        version = await self._call(self._store.workflow_version, workflow_id)
+        version = await self._store.workflow_version(workflow_id)
         if version is None:
             self._cache.pop(workflow_id, None)
             raise WorkflowNotFound(workflow_id)
         cached = self._cache.get(workflow_id)
         if cached is not None and cached.workflow.updated_at == version:
             return cached
-        workflow = await self._call(self._store.get_workflow, workflow_id)
+        workflow = await self._store.get_workflow(workflow_id)
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
         wtype = self._engine.workflows.workflow_type(workflow.type)
@@ -387,7 +383,7 @@ class ExecutionService(Service):
     async def _time_out(self, execution_id: str) -> Execution:
         """End an execution whose deadline (``timeout_at``) passed while its caller waited
         but no run ended it (it never started, or its node is gone)."""
-        record = await self._call(self._store.get_execution, execution_id)
+        record = await self._store.get_execution(execution_id)
         if (
             record is not None
             and not record.status.finished
@@ -418,10 +414,10 @@ class ExecutionService(Service):
         """The execution with its steps."""
         if not isinstance(execution_id, str):
             raise ExecutionNotFound(str(execution_id))
-        record = await self._call(self._store.get_execution, execution_id)
+        record = await self._store.get_execution(execution_id)
         if record is None:
             raise ExecutionNotFound(execution_id)
-        steps = await self._call(self._store.get_steps, execution_id)
+        steps = await self._store.get_steps(execution_id)
         return build_execution(record, steps)
 
     async def list(
@@ -482,7 +478,7 @@ class ExecutionService(Service):
             schedule_id=schedule_id,
             created_by=created_by,
         )
-        records, total = await self._call(self._store.list_executions, query)
+        records, total = await self._store.list_executions(query)
         items = [
             ExecutionSummary(
                 execution_id=r.id,
@@ -609,13 +605,13 @@ class ExecutionService(Service):
         self, execution_id: str, name: str, payload: Any, sender: str | None
     ) -> None:
         """Let the execution's workflow type refuse the signal (``check_signal``)."""
-        record = await self._call(self._store.get_execution, execution_id)
+        record = await self._store.get_execution(execution_id)
         wtype = self._engine.workflow_types.get(record.workflow_type) if record else None
         if record is None or wtype is None:
             return
         if type(wtype).check_signal is WorkflowType.check_signal:
             return
-        stored = await self._call(self._store.get_signals, execution_id)
+        stored = await self._store.get_signals(execution_id)
         delivered = {k: v for k, v in stored.items() if not k.startswith("#")}  # not progress
         incoming = IncomingSignal(
             execution_id=execution_id,
@@ -649,7 +645,7 @@ class ExecutionService(Service):
             raise InvalidRequest("'comment' must be a string", {"field": "comment"})
         if data is not None and not isinstance(data, Mapping):
             raise InvalidRequest("'data' must be an object", {"field": "data"})
-        record = await self._call(self._store.get_execution, execution_id)
+        record = await self._store.get_execution(execution_id)
         if record is None:
             raise ExecutionNotFound(execution_id)
         name = APPROVAL_SIGNAL

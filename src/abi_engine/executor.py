@@ -41,7 +41,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from abi_engine._commit import GroupCommitter
 from abi_engine._leases import Claims
 from abi_engine.errors import AbiError, InternalError, QueueFull
-from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
+from abi_engine.events import CALLBACK_EVENTS, Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import (
     build_execution,
     execution_json,
@@ -55,10 +55,10 @@ from abi_engine.models import (
     ExecutionStatus,
     StepStatus,
 )
-from abi_engine.services import call_store
 from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage._codec import loads as _loads
 from abi_engine.storage._fencing import new_claim
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.records import (
     AGAIN,
     CancelExecution,
@@ -804,7 +804,7 @@ class Runtime:
 
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
-        if record.callback_url is not None and kind in _CALLBACK_EVENTS:
+        if record.callback_url is not None and kind in CALLBACK_EVENTS:
             return True
         return self.engine.wants_event(kind)
 
@@ -1243,7 +1243,6 @@ class _Failure:
 
 
 _SUSPENDED = object()
-_CALLBACK_EVENTS = frozenset({"execution.completed", "execution.failed"})
 
 
 def _ms(delta: timedelta) -> int:

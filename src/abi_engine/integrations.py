@@ -251,7 +251,7 @@ class IntegrationService(Service):
         chosen.validate(config)
         chosen.check_outbound(config, allow_private_urls=self._allow_private_urls())
         now = utcnow()
-        existing = await self._call(self._store.get_integration, integration_id)
+        existing = await self._store.get_integration(integration_id)
         record = Integration(
             id=integration_id,
             provider=provider,
@@ -259,31 +259,31 @@ class IntegrationService(Service):
             created_at=existing.created_at if existing else now,
             updated_at=now,
         )
-        await self._call(self._store.put_integration, record)
+        await self._store.put_integration(record)
         return self._shown(record)
 
     async def get(self, integration_id: str) -> Integration:
         """The connection, secrets masked; ``IntegrationNotFound`` when missing."""
-        found = await self._call(self._store.get_integration, integration_id)
+        found = await self._store.get_integration(integration_id)
         if found is None:
             raise IntegrationNotFound(integration_id)
         return self._shown(found)
 
     async def get_secret(self, integration_id: str) -> Integration | None:
         """The connection with its secrets, for steps; ``None`` when missing."""
-        return await self._call(self._store.get_integration, integration_id)
+        return await self._store.get_integration(integration_id)
 
     async def list(self, page: int = 1, page_size: int = 10) -> Page[Integration]:
         """One page of connections, ordered by id, secrets masked."""
         page, page_size = check_page(page, page_size)
-        items, total = await self._call(self._store.list_integrations, page, page_size)
+        items, total = await self._store.list_integrations(page, page_size)
         return Page.build([self._shown(i) for i in items], page, page_size, total)
 
     async def delete(self, integration_id: str) -> None:
         """Remove a connection; workflows using it show ``pending`` again."""
-        if not await self._call(self._store.delete_integration, integration_id):
+        if not await self._store.delete_integration(integration_id):
             raise IntegrationNotFound(integration_id)
 
     async def connected(self, ids: builtins.list[str]) -> set[str]:
         """Which of ``ids`` are connected."""
-        return await self._call(self._store.existing_integration_ids, ids)
+        return await self._store.existing_integration_ids(ids)

@@ -28,7 +28,7 @@ from abi_engine.services import Service, check_page
 from abi_engine.types import WorkflowType
 
 if TYPE_CHECKING:
-    from abi_engine.engine import Engine
+    from abi_engine.storage.base import Store
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
@@ -102,11 +102,20 @@ def _check_text(value: str | None, field: str, limit: int) -> None:
 class NotificationTemplateService(Service):
     """Templates by id: put, get, list, delete, and lookups for the workflow types."""
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine.store)
-        self._registered: Mapping[str, Any] = engine.registry.notification_templates
-        self._origins = engine.registry.origins
-        self._types: Mapping[str, WorkflowType] = engine.registry.workflow_types
+    def __init__(
+        self,
+        store: Store,
+        *,
+        registered: Mapping[str, Any],
+        origins: Mapping[tuple[str, str], str],
+        workflow_types: Mapping[str, WorkflowType],
+    ) -> None:
+        """``registered``: the templates plugins register by name; ``origins``: which
+        plugin registered each name; ``workflow_types``: the registered types."""
+        super().__init__(store)
+        self._registered = registered
+        self._origins = origins
+        self._types = workflow_types
         self._cache: dict[str, NotificationTemplate | None] = {}
 
     # -- the resource ---------------------------------------------------------------------
@@ -135,7 +144,7 @@ class NotificationTemplateService(Service):
                 {"template_id": template_id, "plugin": plugin},
             )
         now = utcnow()
-        existing = await self._call(self._store.get_template, template_id)
+        existing = await self._store.get_template(template_id)
         template = NotificationTemplate(
             id=template_id,
             subject=req.subject,
@@ -147,13 +156,13 @@ class NotificationTemplateService(Service):
         for workflow_type in self._types.values():
             if type(workflow_type).check_template is not WorkflowType.check_template:
                 workflow_type.check_template(template)
-        await self._call(self._store.put_template, template)
+        await self._store.put_template(template)
         self._remember(template_id, template)
         return template
 
     async def get(self, template_id: str) -> NotificationTemplate:
         """The template; ``TemplateNotFound`` (404 ``NOT_FOUND``) when there is none."""
-        found = await self._call(self._store.get_template, str(template_id))
+        found = await self._store.get_template(str(template_id))
         if found is None:
             raise TemplateNotFound(str(template_id))
         self._remember(found.id, found)
@@ -162,12 +171,12 @@ class NotificationTemplateService(Service):
     async def list(self, page: Any = 1, page_size: Any = 10) -> Page[NotificationTemplate]:
         """One page of templates, ordered by id."""
         page, page_size = check_page(page, page_size)
-        items, total = await self._call(self._store.list_templates, page, page_size)
+        items, total = await self._store.list_templates(page, page_size)
         return Page.build(items, page, page_size, total)
 
     async def delete(self, template_id: str) -> None:
         """Remove a template; workflows using it show it ``pending`` again."""
-        if not await self._call(self._store.delete_template, str(template_id)):
+        if not await self._store.delete_template(str(template_id)):
             raise TemplateNotFound(str(template_id))
         self._remember(str(template_id), None)
 
@@ -181,7 +190,7 @@ class NotificationTemplateService(Service):
         wanted = builtins.list(dict.fromkeys(ids))
         if not wanted:
             return {}
-        found = await self._call(self._store.find_templates, wanted)
+        found = await self._store.find_templates(wanted)
         for template_id in wanted:
             self._remember(template_id, found.get(template_id))
         return found

@@ -501,7 +501,7 @@ class ScheduleService(Service):
     async def _load(self, schedule_id: Any) -> ScheduleRecord:
         if not isinstance(schedule_id, str):
             raise ScheduleNotFound(str(schedule_id))
-        record = await self._call(self._store.get_schedule, schedule_id)
+        record = await self._store.get_schedule(schedule_id)
         if record is None:
             raise ScheduleNotFound(schedule_id)
         return record
@@ -527,8 +527,7 @@ class ScheduleService(Service):
             enabled = lowered in ("true", "1")
         elif enabled is not None and not isinstance(enabled, bool):
             raise InvalidRequest("'enabled' must be true or false", {"field": "enabled"})
-        records, total = await self._call(
-            self._store.list_schedules,
+        records, total = await self._store.list_schedules(
             ScheduleQuery(page=page, page_size=page_size, workflow_id=workflow_id, enabled=enabled),
         )
         return Page.build([_summary(r) for r in records], page, page_size, total)
@@ -640,7 +639,7 @@ class ScheduleService(Service):
         """What happened at each due time, newest first (the last 200 are kept)."""
         await self._load(schedule_id)
         page, page_size = check_page(page, page_size)
-        rows, total = await self._call(self._store.schedule_history, schedule_id, page, page_size)
+        rows, total = await self._store.schedule_history(schedule_id, page, page_size)
         items = [
             ScheduleHistoryEntry(
                 due_at=r.due_at,
@@ -665,10 +664,10 @@ class ScheduleService(Service):
         while True:
             self._wakeup = anyio.Event()
             try:
-                upcoming = await self._call(self._store.next_schedule_due)
+                upcoming = await self._store.next_schedule_due()
                 now = utcnow()
                 far = upcoming is None or (upcoming - now).total_seconds() > PLAN_AHEAD
-                if far and len(await self._call(self._store.queued_schedules_ready, 1)):
+                if far and len(await self._store.queued_schedules_ready(1)):
                     busy = await self.tick(now)  # a queued run whose predecessor ended
                     continue
                 if far:
@@ -696,8 +695,8 @@ class ScheduleService(Service):
         sleep until ``now`` before committing the firings.
         """
         now = now or utcnow()
-        due = await self._call(self._store.due_schedules, now, self._batch)
-        ready = await self._call(self._store.queued_schedules_ready, self._batch)
+        due = await self._store.due_schedules(now, self._batch)
+        ready = await self._store.queued_schedules_ready(self._batch)
         compiled: dict[str, Any] = {}  # each workflow is read and parsed once per tick
         plans = []
         for record in due:
@@ -941,15 +940,15 @@ class ScheduleService(Service):
     async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any, Any]:
         """The workflow, its type, parsed configuration, steps and template ids; raises when
         it cannot run."""
-        workflow = await self._call(self._store.get_workflow, workflow_id)
+        workflow = await self._store.get_workflow(workflow_id)
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
         wtype = self._engine.workflows.workflow_type(workflow.type)
         config = wtype.parse_configuration(workflow.configuration)
         specs = wtype.steps(config)
         if any(i.required for i in workflow.integrations):
-            connected = await self._call(
-                self._store.existing_integration_ids, [i.id for i in workflow.integrations]
+            connected = await self._store.existing_integration_ids(
+                [i.id for i in workflow.integrations]
             )
             missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
             if missing:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Any, TypeVar
 
-import anyio.to_thread
-
 from abi_engine.errors import InvalidRequest
+from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.base import Store
 
-__all__ = ["MAX_PAGE_SIZE", "Service", "call_store", "check_page"]
+__all__ = ["MAX_PAGE_SIZE", "Service", "check_page"]
 
 T = TypeVar("T")
 
@@ -45,23 +42,13 @@ def check_page(page: Any, page_size: Any) -> tuple[int, int]:
     return page_i, size_i
 
 
-async def call_store(store: Store, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn(*args, **kwargs)``, a call on ``store``, without stalling the event loop.
-
-    Inline for a store whose calls are quick local reads and writes (SQLite),
-    in a worker thread for one that blocks on the network (``store.blocking``,
-    PostgreSQL).
-    """
-    if store.blocking:
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
-    return fn(*args, **kwargs)
-
-
 class Service:
-    """Base of the engine's services: runs store calls inline or in a thread."""
+    """Base of the engine's services: ``self._store``, the store awaitable.
+
+    Every call reads ``await self._store.get_workflow(workflow_id)``; it runs
+    inline or in a worker thread as the store needs
+    (:class:`~abi_engine.storage.aio.AsyncStore`).
+    """
 
     def __init__(self, store: Store) -> None:
-        self._store = store
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await call_store(self._store, fn, *args, **kwargs)
+        self._store = AsyncStore(store)

@@ -162,7 +162,7 @@ class WebhookService(Service):
         Called at start, after every change here, and periodically by the
         delivery worker (subscriptions changed by another process).
         """
-        wanted = self._store.subscribed_event_types()
+        wanted = self._store.sync.subscribed_event_types()
         kept = self._engine.outbox_types
         for gone in self._added - wanted:
             kept.discard(gone)
@@ -206,14 +206,14 @@ class WebhookService(Service):
             updated_at=now,
             created_by=actor.user_id if actor else None,
         )
-        await self._call(self._store.insert_webhook, record)
+        await self._store.insert_webhook(record)
         self.refresh_subscriptions()
         return _view(record, show_secret=True)
 
     async def _load(self, webhook_id: Any) -> WebhookRecord:
         if not isinstance(webhook_id, str):
             raise WebhookNotFound(str(webhook_id))
-        found = await self._call(self._store.get_webhook, webhook_id)
+        found = await self._store.get_webhook(webhook_id)
         if found is None:
             raise WebhookNotFound(webhook_id)
         return found
@@ -225,7 +225,7 @@ class WebhookService(Service):
     async def list(self, *, page: Any = 1, page_size: Any = 10) -> Page[Webhook]:
         """One page of subscriptions, newest first, secrets masked."""
         page, page_size = check_page(page, page_size)
-        records, total = await self._call(self._store.list_webhooks, page, page_size)
+        records, total = await self._store.list_webhooks(page, page_size)
         return Page.build([_view(r) for r in records], page, page_size, total)
 
     async def update(self, webhook_id: str, data: Mapping[str, Any]) -> Webhook:
@@ -265,7 +265,7 @@ class WebhookService(Service):
             updated.secret = new_secret
             updated.previous_secret = current.secret if grace > 0 else None
             updated.previous_secret_until = now + timedelta(seconds=grace) if grace > 0 else None
-        if not await self._call(self._store.update_webhook, updated, now):
+        if not await self._store.update_webhook(updated, now):
             raise WebhookNotFound(webhook_id)
         self.refresh_subscriptions()
         self.notify()
@@ -273,9 +273,7 @@ class WebhookService(Service):
 
     async def delete(self, webhook_id: str) -> DeleteResult:
         """Remove a subscription with its deliveries (pending ones are not sent)."""
-        if not isinstance(webhook_id, str) or not await self._call(
-            self._store.delete_webhook, webhook_id
-        ):
+        if not isinstance(webhook_id, str) or not await self._store.delete_webhook(webhook_id):
             raise WebhookNotFound(str(webhook_id))
         self.refresh_subscriptions()
         return DeleteResult(id=webhook_id, deleted=True)
@@ -288,7 +286,7 @@ class WebhookService(Service):
         """One page of a subscription's deliveries, newest event first, with every attempt."""
         page, page_size = check_page(page, page_size)
         await self._load(webhook_id)
-        items, total = await self._call(self._store.list_deliveries, webhook_id, page, page_size)
+        items, total = await self._store.list_deliveries(webhook_id, page, page_size)
         return Page.build(items, page, page_size, total)
 
     async def redeliver(self, webhook_id: str, delivery_id: str) -> Delivery:
@@ -303,7 +301,7 @@ class WebhookService(Service):
             subscription is disabled.
         """
         hook = await self._load(webhook_id)
-        found = await self._call(self._store.get_delivery, delivery_id)
+        found = await self._store.get_delivery(delivery_id)
         if found is None or found.webhook_id != hook.id:
             raise _delivery_not_found(delivery_id)
         if not hook.enabled:
@@ -311,26 +309,33 @@ class WebhookService(Service):
                 f"Webhook {webhook_id!r} is disabled; enable it before redelivering",
                 {"webhook_id": webhook_id, "enabled": False},
             )
-        if not await self._call(self._store.redeliver, delivery_id, utcnow()):
+        if not await self._store.redeliver(delivery_id, utcnow()):
             raise InvalidState(
                 f"Delivery {delivery_id!r} is still pending",
                 {"delivery_id": delivery_id, "status": found.status.value},
             )
         self.notify()
-        again = await self._call(self._store.get_delivery, delivery_id)
+        again = await self._store.get_delivery(delivery_id)
         if again is None:  # its webhook was deleted meanwhile
             raise _delivery_not_found(delivery_id)
         return again
 
     async def callback_deliveries(self, execution_id: str) -> builtins.list[Delivery]:
         """The deliveries of an execution's callback (with their attempts)."""
-        return await self._call(self._store.callback_deliveries, execution_id)
+        return await self._store.callback_deliveries(execution_id)
 
     # -- background work -------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Fan out the outbox and deliver, until cancelled (started by the engine)."""
-        worker = DeliveryWorker(self, self._engine, self.settings)
+        engine = self._engine
+        worker = DeliveryWorker(
+            self,
+            self.settings,
+            store=engine.store,
+            in_flight=lambda: engine.runtime.in_flight,
+            allow_private_urls=lambda: engine.allow_private_urls,
+        )
         self._loop_thread = threading.get_ident()
         try:
             await worker.run(task_status=task_status)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 import attrs
@@ -164,7 +164,7 @@ class WorkflowService(Service):
     async def _load(self, workflow_id: str) -> Workflow:
         if not isinstance(workflow_id, str):
             raise WorkflowNotFound(str(workflow_id))
-        found = await self._call(self._store.get_workflow, workflow_id)
+        found = await self._store.get_workflow(workflow_id)
         if found is None:
             raise WorkflowNotFound(workflow_id)
         return found
@@ -176,8 +176,10 @@ class WorkflowService(Service):
             return []
         return [Event(type=kind, data=unstructure(workflow))]
 
-    async def _commit(self, write: Callable[..., Any], *args: Any, events: list[Event]) -> Any:
-        result = await self._call(write, *args, events)
+    async def _commit(
+        self, write: Callable[..., Awaitable[Any]], *args: Any, events: list[Event]
+    ) -> Any:
+        result = await write(*args, events)
         self._emit(events)
         return result
 
@@ -251,7 +253,7 @@ class WorkflowService(Service):
             type=type,
             department=department,
         )
-        items, total = await self._call(self._store.list_workflows, query)
+        items, total = await self._store.list_workflows(query)
         return Page.build(items, page, page_size, total)
 
     async def update(

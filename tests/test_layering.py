@@ -230,26 +230,11 @@ KNOWN_CYCLE_EDGES: tuple[tuple[str, str], ...] = (
     ("api_templates", "api"),
     ("api_tokens", "api"),
     ("api_webhooks", "api"),
-    ("engine", "executions"),
-    ("engine", "executor"),
-    ("engine", "scheduling"),
-    ("engine", "webhooks"),
-    ("executions", "engine"),
-    ("executions", "executor"),
-    ("executor", "engine"),
-    ("scheduling", "engine"),
-    ("scheduling", "executor"),
     ("testing", "_testing_fixtures"),
-    ("webhooks", "engine"),
 )
 
 # Imports that point up the layers, to be removed the same way.
-KNOWN_UPWARD: tuple[tuple[str, str], ...] = (
-    ("executions", "engine"),
-    ("executor", "engine"),
-    ("scheduling", "engine"),
-    ("webhooks", "engine"),
-)
+KNOWN_UPWARD: tuple[tuple[str, str], ...] = ()
 
 
 def _module_name(path: Path) -> str:

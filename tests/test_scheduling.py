@@ -475,7 +475,7 @@ async def test_schedule_events_follow_the_subscriptions_of_any_process(
                 "events": ["schedule.created", "schedule.triggered", "schedule.deleted"],
             }
         )
-        assert "schedule.created" not in here.outbox_types  # not noticed by this one yet
+        assert "schedule.created" not in here.events.outbox_types  # not noticed by this one yet
         after = await here.schedules.create(wf, interval(60, name="after"))
         await here.schedules.update(after.id, {"description": "not subscribed"})
         assert after.next_execution is not None

@@ -225,22 +225,22 @@ async def test_list_pages_newest_first(engine: Engine) -> None:
 async def test_outbox_keeps_what_subscriptions_ask_for(make_engine: Callable[..., Engine]) -> None:
     """Execution events are kept only while an enabled subscription wants them, in every process."""
     one, two = make_engine(), make_engine()
-    assert not one.wants_event("execution.step_completed")
-    assert one.wants_event("workflow.created")  # always kept
+    assert not one.events.wants("execution.step_completed")
+    assert one.events.wants("workflow.created")  # always kept
     hook = await one.webhooks.create(
         {"url": "https://example.com/a", "events": ["execution.step_completed", "workflow.created"]}
     )
-    assert one.wants_event("execution.step_completed")
-    assert not two.wants_event("execution.step_completed")
+    assert one.events.wants("execution.step_completed")
+    assert not two.events.wants("execution.step_completed")
     two.webhooks.refresh_subscriptions()  # what the worker does every refresh interval
-    assert two.wants_event("execution.step_completed")
+    assert two.events.wants("execution.step_completed")
     await one.webhooks.update(hook.id, {"enabled": False})
-    assert not one.wants_event("execution.step_completed")
-    assert one.wants_event("workflow.created")  # the engine's own types stay
+    assert not one.events.wants("execution.step_completed")
+    assert one.events.wants("workflow.created")  # the engine's own types stay
     await one.webhooks.update(hook.id, {"enabled": True})
     await one.webhooks.delete(hook.id)
-    assert not one.wants_event("execution.step_completed")
-    assert make_engine().wants_event("execution.step_completed") is False
+    assert not one.events.wants("execution.step_completed")
+    assert make_engine().events.wants("execution.step_completed") is False
 
 
 # -- REST -------------------------------------------------------------------------------------

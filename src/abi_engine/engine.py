@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack
@@ -17,7 +16,7 @@ import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from abi_engine.auth import TokenService
-from abi_engine.events import EVENT_TYPES, DeferredEvent, ExecutionEventRef, OutboxEvent
+from abi_engine.events import EventPolicy
 from abi_engine.executions import ExecutionService
 from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.host import Host
@@ -35,8 +34,6 @@ from abi_engine.workflows import WorkflowService
 __all__ = ["Engine"]
 
 T = TypeVar("T")
-
-log = logging.getLogger("abi_engine")
 
 
 class Engine:
@@ -96,7 +93,7 @@ class Engine:
         self.limits: Limits = limits if limits is not None else Limits()
         self.tokens = TokenService(self.store, max_tokens_per_user=self.limits.max_tokens_per_user)
         self.integrations = IntegrationService(
-            self.store, self.registry.providers, lambda: self.allow_private_urls
+            self.store, self.registry.providers, self._allow_private
         )
         self.notification_templates = NotificationTemplateService(
             self.store,
@@ -104,32 +101,50 @@ class Engine:
             origins=self.registry.origins,
             workflow_types=self.registry.workflow_types,
         )
-        #: Event types this process writes to the outbox when they happen. Workflow
-        #: events (low volume) always are, so a subscription made in another process
-        #: misses none of them; webhook subscriptions add the execution event types
-        #: they ask for. Schedule events are not decided here: they are deferred
-        #: (:class:`~abi_engine.events.DeferredEvent`) to the write transaction, which
-        #: reads the subscriptions of every process.
-        self.outbox_types: set[str] = {
-            t for t in EVENT_TYPES if t.startswith("workflow.") and t != "workflow.executed"
-        }
+        #: Which events this process builds and who hears them (:class:`~abi_engine.events.EventPolicy`).
+        self.events = EventPolicy(self.pm.hook.abi_event.get_hookimpls)
         self.workflows = WorkflowService(
             self.store,
             self.registry.workflow_types,
             self.integrations,
-            self.emit,
-            self.wants_event,
+            self.events,
             self.notification_templates,
         )
-        self.runtime = Runtime(self, runtime)
-        self.executions = ExecutionService(self, self.runtime)
-        self.schedules = ScheduleService(self)
-        # Webhooks: adds the event types of subscriptions to outbox_types.
-        self.webhooks = WebhookService(self, webhook_settings)
+        self.runtime = Runtime(
+            self.store,
+            runtime,
+            events=self.events,
+            workflow_types=self.registry.workflow_types,
+            limits=self.limits,
+        )
+        self.executions = ExecutionService(
+            self.store,
+            self.runtime,
+            workflows=self.workflows,
+            integrations=self.integrations,
+            templates=self.notification_templates,
+            allow_private_urls=self._allow_private,
+        )
+        self.schedules = ScheduleService(
+            self.store,
+            self.runtime,
+            executions=self.executions,
+            workflows=self.workflows,
+            templates=self.notification_templates,
+            events=self.events,
+        )
+        # Webhooks: makes the event policy keep the event types of subscriptions.
+        self.webhooks = WebhookService(
+            self.store,
+            webhook_settings,
+            events=self.events,
+            allow_private_urls=self._allow_private,
+            in_flight=lambda: self.runtime.in_flight,
+        )
         #: What plugins may use of this engine (:class:`~abi_engine.Host`): given to
         #: each workflow type (``bind``) and to each step (``ctx.host``).
         self.host = Host(
-            allow_private_urls=lambda: self.allow_private_urls,
+            allow_private_urls=self._allow_private,
             providers=self.registry.providers,
             collect=partial(collect_named, self.pm, self.registry),
             registered_templates=self.registry.notification_templates,
@@ -137,6 +152,7 @@ class Engine:
             templates=self.notification_templates,
             legacy_engine=self,
         )
+        self.runtime.host = self.host
         try:  # a type collecting a hook's registrations may refuse a duplicate name
             for workflow_type in self.registry.workflow_types.values():
                 workflow_type.bind(self.host)
@@ -158,50 +174,8 @@ class Engine:
         """The registered workflow types by name."""
         return self.registry.workflow_types
 
-    # -- events -------------------------------------------------------------------------
-
-    def wants_event(self, event_type: str) -> bool:
-        """Whether anything consumes events of this type (an ``abi_event`` hook or the outbox).
-
-        Workflow events are always kept; execution events are built, and
-        written to the outbox in the same transaction as their change, only
-        when a webhook subscription (or a hook) wants their type, so the
-        execution hot path builds no event nobody reads. Execution callbacks
-        are decided per execution by the runtime. (Schedule events do not ask:
-        they are deferred to the write transaction, see
-        :class:`~abi_engine.events.DeferredEvent`.)
-        """
-        return event_type in self.outbox_types or bool(self.pm.hook.abi_event.get_hookimpls())
-
-    def has_event_hooks(self) -> bool:
-        """Whether an ``abi_event`` hook is registered (events then carry their data)."""
-        return bool(self.pm.hook.abi_event.get_hookimpls())
-
-    def emit(self, events: Iterable[OutboxEvent]) -> None:
-        """Hand committed events to every ``abi_event`` hook; errors are logged.
-
-        Each implementation is called on its own, so one that raises does not
-        keep the event from the others. Execution events kept by reference
-        (made only while no hook is registered) are for the outbox alone; a
-        deferred event (also made only then) is built for a hook registered
-        since, as the outbox has it.
-        """
-        self.webhooks.notify()  # the events are in the outbox: wake the webhook worker
-        impls = self.pm.hook.abi_event.get_hookimpls()
-        if not impls:
-            return
-        for event in events:
-            if isinstance(event, ExecutionEventRef):
-                continue
-            if isinstance(event, DeferredEvent):
-                event = event.event()
-            for impl in reversed(impls):
-                try:
-                    impl.function(event=event)
-                except Exception:
-                    log.exception(
-                        "abi_event hook failed for %s (plugin %s)", event.type, impl.plugin_name
-                    )
+    def _allow_private(self) -> bool:
+        return self.allow_private_urls
 
     # -- lifecycle ----------------------------------------------------------------------
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+import logging
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
 from abi_engine.ids import format_time, new_id, utcnow
+
+if TYPE_CHECKING:
+    from pluggy import HookImpl
 
 __all__ = [
     "CALLBACK_EVENTS",
     "EVENT_TYPES",
     "DeferredEvent",
     "Event",
+    "EventPolicy",
     "ExecutionEventRef",
     "OutboxEvent",
     "resolve",
 ]
+
+log = logging.getLogger("abi_engine")
 
 EVENT_TYPES: tuple[str, ...] = (
     "workflow.created",
@@ -149,3 +156,117 @@ def resolve(
         else:
             kept.append(e)
     return kept
+
+
+class EventPolicy:
+    """Which events this process builds, how, and who hears them once committed.
+
+    The one owner of the rules every writer of events follows:
+
+    - *Which*: workflow events are always kept (low volume, so a subscription
+      made in another process misses none); execution event types only while
+      something consumes them (a webhook subscription, an ``abi_event`` hook,
+      or, for :data:`CALLBACK_EVENTS`, the execution's own ``callback_url``).
+    - *How*: with an ``abi_event`` hook registered, an event carries its data;
+      without one, execution events are kept by reference
+      (:class:`ExecutionEventRef`, their data built at delivery) and schedule
+      events are deferred to the write transaction (:class:`DeferredEvent`,
+      built only if a subscription of any process wants their type).
+    - *Who hears*: after a commit, :meth:`emit` wakes the listeners (the
+      webhook worker) and calls each ``abi_event`` hook on its own.
+
+    :param hookimpls: returns the registered ``abi_event`` hook implementations
+        (pluggy's ``pm.hook.abi_event.get_hookimpls``).
+    """
+
+    def __init__(self, hookimpls: Callable[[], Sequence[HookImpl]]) -> None:
+        self._hookimpls = hookimpls
+        #: Event types this process writes to the outbox when they happen.
+        self.outbox_types: set[str] = {
+            t for t in EVENT_TYPES if t.startswith("workflow.") and t != "workflow.executed"
+        }
+        self._subscribed: set[str] = set()
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- which --------------------------------------------------------------------------
+
+    def wants(self, event_type: str) -> bool:
+        """Whether anything consumes events of this type (an ``abi_event`` hook or the outbox)."""
+        return event_type in self.outbox_types or self.has_hooks()
+
+    def wants_for_execution(self, event_type: str, callback_url: str | None) -> bool:
+        """Whether an event about an execution has a consumer (its callback counts)."""
+        if callback_url is not None and event_type in CALLBACK_EVENTS:
+            return True
+        return self.wants(event_type)
+
+    def has_hooks(self) -> bool:
+        """Whether an ``abi_event`` hook is registered (events then carry their data)."""
+        return bool(self._hookimpls())
+
+    def subscribe(self, wanted: Collection[str]) -> None:
+        """Keep exactly the types subscriptions want, beside the always-kept ones.
+
+        ``wanted`` is the full set of event types enabled subscriptions ask for
+        now (the webhook service calls this after each change and periodically).
+        """
+        wanted = set(wanted)
+        for gone in self._subscribed - wanted:
+            self.outbox_types.discard(gone)
+        self._subscribed = (self._subscribed & wanted) | (wanted - self.outbox_types)
+        self.outbox_types.update(wanted)
+
+    # -- how ----------------------------------------------------------------------------
+
+    def execution_event(
+        self,
+        event_type: str,
+        execution_id: str,
+        data: Callable[[], dict[str, Any]],
+        *,
+        at: datetime,
+        step_index: int | None = None,
+    ) -> OutboxEvent:
+        """An execution event: with its data for hooks, else by reference."""
+        if self.has_hooks():
+            return Event(type=event_type, data=data())
+        return ExecutionEventRef(event_type, execution_id, step_index, at)
+
+    def deferred(self, event_type: str, build: Callable[[], Event]) -> OutboxEvent:
+        """An event built now for hooks, else when its write finds a subscription."""
+        if self.has_hooks():
+            return build()
+        return DeferredEvent(event_type, build)
+
+    # -- who hears ----------------------------------------------------------------------
+
+    def on_committed(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit that wrote events."""
+        self._listeners.append(listener)
+
+    def emit(self, events: Iterable[OutboxEvent]) -> None:
+        """Hand committed events to every ``abi_event`` hook; errors are logged.
+
+        Each implementation is called on its own, so one that raises does not
+        keep the event from the others. Execution events kept by reference
+        (made only while no hook is registered) are for the outbox alone; a
+        deferred event (also made only then) is built for a hook registered
+        since, as the outbox has it.
+        """
+        for listener in self._listeners:
+            listener()  # the events are in the outbox: wake the webhook worker
+        impls = self._hookimpls()
+        if not impls:
+            return
+        for event in events:
+            if isinstance(event, ExecutionEventRef):
+                continue
+            if isinstance(event, DeferredEvent):
+                event = event.event()
+            for impl in reversed(impls):
+                try:
+                    impl.function(event=event)
+                except Exception:
+                    log.exception(
+                        "abi_event hook failed for %s (plugin %s)", event.type, impl.plugin_name
+                    )

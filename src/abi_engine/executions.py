@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,7 @@ from abi_engine.models import (
 from abi_engine.netguard import check_url
 from abi_engine.services import Service, check_page
 from abi_engine.storage._fencing import new_claim
+from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     CancelExecution,
     DeliverSignal,
@@ -52,7 +53,9 @@ from abi_engine.types import (
 )
 
 if TYPE_CHECKING:
-    from abi_engine.engine import Engine
+    from abi_engine.integrations import IntegrationService
+    from abi_engine.notification_templates import NotificationTemplateService
+    from abi_engine.workflows import WorkflowService
 
 __all__ = ["MAX_TIMEOUT_SECONDS", "ExecutionService"]
 
@@ -88,10 +91,22 @@ class _Compiled:
 class ExecutionService(Service):
     """The business rules of executions (``engine.executions``)."""
 
-    def __init__(self, engine: Engine, runtime: Runtime) -> None:
-        super().__init__(engine.store)
-        self._engine = engine
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        *,
+        workflows: WorkflowService,
+        integrations: IntegrationService,
+        templates: NotificationTemplateService,
+        allow_private_urls: Callable[[], bool],
+    ) -> None:
+        super().__init__(store)
         self._runtime = runtime
+        self._workflows = workflows
+        self._integrations = integrations
+        self._templates = templates
+        self._allow_private_urls = allow_private_urls
         self._cache: dict[str, _Compiled] = {}
 
     # -- starting --------------------------------------------------------------------------
@@ -141,7 +156,7 @@ class ExecutionService(Service):
             check_url(
                 callback_url,
                 field="callback_url",
-                allow_private=self._engine.allow_private_urls,
+                allow_private=self._allow_private_urls(),
             )
         if callback_secret is not None and (
             not isinstance(callback_secret, str)
@@ -151,7 +166,7 @@ class ExecutionService(Service):
             raise InvalidRequest(
                 "'callback_secret' must be a 'whsec_' secret", {"field": "callback_secret"}
             )
-        compiled = await self._compiled(workflow_id)
+        compiled = await self.compiled(workflow_id)
         workflow = compiled.workflow
         if idempotency_key is not None:
             existing = await self._store.find_execution_by_key(workflow.id, idempotency_key)
@@ -164,7 +179,7 @@ class ExecutionService(Service):
             )
         required = [i.id for i in workflow.integrations if i.required]
         if required:
-            connected = await self._engine.integrations.connected(required)
+            connected = await self._integrations.connected(required)
             missing = [i for i in required if i not in connected]
             if missing:
                 raise IntegrationMissing(
@@ -285,7 +300,7 @@ class ExecutionService(Service):
             return accepted
         return await self._settle(record.id, wait=True, timeout=timeout)
 
-    async def _compiled(self, workflow_id: Any) -> _Compiled:
+    async def compiled(self, workflow_id: Any) -> _Compiled:
         """The workflow with its parsed configuration and steps, cached while unchanged."""
         if not isinstance(workflow_id, str):
             raise WorkflowNotFound(str(workflow_id))
@@ -299,14 +314,14 @@ class ExecutionService(Service):
         workflow = await self._store.get_workflow(workflow_id)
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
-        wtype = self._engine.workflows.workflow_type(workflow.type)
+        wtype = self._workflows.workflow_type(workflow.type)
         config = wtype.parse_configuration(workflow.configuration)
         compiled = _Compiled(
             workflow=workflow,
             workflow_type=wtype,
             config=config,
             specs=wtype.steps(config),
-            template_ids=tuple(self._engine.workflows.template_ids(workflow)),
+            template_ids=tuple(self._workflows.template_ids(workflow)),
         )
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
@@ -319,7 +334,7 @@ class ExecutionService(Service):
         Reads the templates, so the workflow type's synchronous checks that
         follow see them (``engine.notification_templates.cached``).
         """
-        missing = await self._engine.notification_templates.missing(template_ids)
+        missing = await self._templates.missing(template_ids)
         if missing:
             raise InvalidState(
                 f"Notification template {missing[0]!r} does not exist; create it with"
@@ -606,7 +621,7 @@ class ExecutionService(Service):
     ) -> None:
         """Let the execution's workflow type refuse the signal (``check_signal``)."""
         record = await self._store.get_execution(execution_id)
-        wtype = self._engine.workflow_types.get(record.workflow_type) if record else None
+        wtype = self._workflows.find_type(record.workflow_type) if record else None
         if record is None or wtype is None:
             return
         if type(wtype).check_signal is WorkflowType.check_signal:

@@ -28,7 +28,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,7 +41,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from abi_engine._commit import GroupCommitter
 from abi_engine._leases import Claims
 from abi_engine.errors import AbiError, InternalError, QueueFull
-from abi_engine.events import CALLBACK_EVENTS, Event, ExecutionEventRef, OutboxEvent
+from abi_engine.events import EventPolicy, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import (
     build_execution,
     execution_json,
@@ -59,6 +59,7 @@ from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage._codec import loads as _loads
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
+from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     AGAIN,
     CancelExecution,
@@ -85,7 +86,7 @@ from abi_engine.types import (
 )
 
 if TYPE_CHECKING:
-    from abi_engine.engine import Engine
+    from abi_engine.host import Host
 
 __all__ = [
     "Prepared",
@@ -225,14 +226,25 @@ COMMIT_RETRY_SECONDS = 5.0
 class Runtime:
     """Runs executions for one engine. Started and stopped by the engine."""
 
-    def __init__(self, engine: Engine, settings: RuntimeSettings | None = None) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        store: Store,
+        settings: RuntimeSettings | None = None,
+        *,
+        events: EventPolicy,
+        workflow_types: Mapping[str, WorkflowType],
+        limits: Limits | None = None,
+    ) -> None:
         self.settings = settings or RuntimeSettings()
-        self.limits: Limits = getattr(engine, "limits", None) or Limits()
-        self.store = engine.store
+        self.limits: Limits = limits or Limits()
+        self.store = store
+        self.events = events
+        self.workflow_types = workflow_types
+        #: What steps receive as ``ctx.host`` (set by the engine once it is built).
+        self.host: Host | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.committer = GroupCommitter(engine.store, engine.emit)
-        self.claims = Claims(engine.store.renew_leases, self.settings.lease_seconds)
+        self.committer = GroupCommitter(store, events.emit)
+        self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
@@ -624,7 +636,7 @@ class Runtime:
             utcnow(),
             self.lease(),
             room,
-            set(self.engine.workflow_types),
+            set(self.workflow_types),
             dead,
         )
         for execution_id, _priority, token in granted:
@@ -724,7 +736,7 @@ class Runtime:
         if record is None or record.status.finished:
             self.claims.let_go(execution_id, grant)
             return None
-        if record.workflow_type not in self.engine.workflow_types:
+        if record.workflow_type not in self.workflow_types:
             # Not a type this node runs (a node of another version took it?): hand it back.
             log.warning(
                 "execution %s: workflow type %r is not registered here; handed back",
@@ -759,7 +771,7 @@ class Runtime:
         if prepared is not None:
             prepared.token, prepared.fresh = token, fresh
             return prepared
-        wtype = self.engine.workflow_types[record.workflow_type]
+        wtype = self.workflow_types[record.workflow_type]
         loaded = Prepared(record=record, workflow_type=wtype, config=None, params=None, specs=[])
         loaded.token, loaded.fresh = token, fresh
         try:
@@ -775,10 +787,13 @@ class Runtime:
         """The ``workflow.executed`` event of an execution that starts, if anyone wants it."""
         if not self._wants("workflow.executed", record):
             return ()
-        if not self.engine.has_event_hooks():
-            at = record.started_at or utcnow()
-            return (ExecutionEventRef("workflow.executed", record.id, None, at),)
-        return (Event(type="workflow.executed", data=execution_json(started_view(record))),)
+        event = self.events.execution_event(
+            "workflow.executed",
+            record.id,
+            lambda: execution_json(started_view(record)),
+            at=record.started_at or utcnow(),
+        )
+        return (event,)
 
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
@@ -804,9 +819,7 @@ class Runtime:
 
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
-        if record.callback_url is not None and kind in CALLBACK_EVENTS:
-            return True
-        return self.engine.wants_event(kind)
+        return self.events.wants_for_execution(kind, record.callback_url)
 
     async def _execute(self, execution_id: str, grant: int) -> None:
         prepared = await self._load(execution_id, grant)
@@ -969,8 +982,8 @@ class Runtime:
                 signals=visible,
                 integrations=prepared.integrations,
                 attempt=attempt,
-                host=self.engine.host,
-                services={"engine": self.engine},  # deprecated: ctx.host
+                host=self.host,
+                services=self.host.legacy_services if self.host else {},  # deprecated
                 progress=progress,
                 progress_saver=save_progress,
             )
@@ -1037,17 +1050,21 @@ class Runtime:
         return stored
 
     def _step_event(self, record: ExecutionRecord, step: StepRecord) -> OutboxEvent:
-        if not self.engine.has_event_hooks():
-            at = step.completed_at or utcnow()
-            return ExecutionEventRef("execution.step_completed", record.id, step.index, at)
-        return Event(type="execution.step_completed", data=step_event_data(record, step))
+        return self.events.execution_event(
+            "execution.step_completed",
+            record.id,
+            lambda: step_event_data(record, step),
+            at=step.completed_at or utcnow(),
+            step_index=step.index,
+        )
 
     def _finished_event(
         self, kind: str, record: ExecutionRecord, view: Execution | None
     ) -> OutboxEvent:
-        if view is None or not self.engine.has_event_hooks():
-            return ExecutionEventRef(kind, record.id, None, record.completed_at or utcnow())
-        return Event(type=kind, data=execution_json(view))
+        at = record.completed_at or utcnow()
+        if view is None:
+            return ExecutionEventRef(kind, record.id, None, at)
+        return self.events.execution_event(kind, record.id, lambda: execution_json(view), at=at)
 
     async def _checkpoint(
         self, prepared: Prepared, step: StepRecord, events: tuple[OutboxEvent, ...]
@@ -1153,7 +1170,7 @@ class Runtime:
         ``execution.completed`` event carrying its data (one kept by reference needs none)."""
         if record.id in self._waiters:
             return True
-        return self._wants("execution.completed", record) and self.engine.has_event_hooks()
+        return self._wants("execution.completed", record) and self.events.has_hooks()
 
     async def _finish_failed(
         self,

@@ -212,5 +212,10 @@ class Host:
         """
         return self._templates.cached(template_id)
 
+    @property
+    def legacy_services(self) -> Mapping[str, Any]:
+        """What ``ctx.services`` held (``{"engine": engine}``), deprecated: use ``ctx.host``."""
+        return MappingProxyType({"engine": self._legacy_engine})
+
     def __repr__(self) -> str:
         return f"<Host allow_private_urls={self.allow_private_urls}>"

@@ -36,7 +36,7 @@ from abi_engine.errors import (
     ScheduleNotFound,
     WorkflowNotFound,
 )
-from abi_engine.events import DeferredEvent, Event, OutboxEvent
+from abi_engine.events import Event, EventPolicy, OutboxEvent
 from abi_engine.executor import Prepared
 from abi_engine.ids import format_time, new_id, parse_time, utcnow
 from abi_engine.limits import DESCRIPTION, NAME, Json, Number, Text
@@ -78,7 +78,11 @@ from abi_engine.storage.records import (
 )
 
 if TYPE_CHECKING:
-    from abi_engine.engine import Engine
+    from abi_engine.executions import ExecutionService
+    from abi_engine.executor import Runtime
+    from abi_engine.notification_templates import NotificationTemplateService
+    from abi_engine.storage.base import Store
+    from abi_engine.workflows import WorkflowService
 
 __all__ = ["ScheduleRequest", "ScheduleService"]
 
@@ -334,9 +338,24 @@ def _summary(record: ScheduleRecord) -> ScheduleSummary:
 class ScheduleService(Service):
     """The business rules of schedules (``engine.schedules``) and their firing loop."""
 
-    def __init__(self, engine: Engine, *, max_sleep: float = 1.0, batch: int = 500) -> None:
-        super().__init__(engine.store)
-        self._engine = engine
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        *,
+        executions: ExecutionService,
+        workflows: WorkflowService,
+        templates: NotificationTemplateService,
+        events: EventPolicy,
+        max_sleep: float = 1.0,
+        batch: int = 500,
+    ) -> None:
+        super().__init__(store)
+        self._runtime = runtime
+        self._executions = executions
+        self._workflows = workflows
+        self._templates = templates
+        self._event_policy = events
         self._max_sleep = max_sleep
         self._batch = batch
         self._wakeup = anyio.Event()
@@ -352,9 +371,7 @@ class ScheduleService(Service):
             view = _view(schedule) if isinstance(schedule, ScheduleRecord) else schedule
             return Event(type=kind, data=schedule_json(view), timestamp=at)
 
-        if self._engine.has_event_hooks():
-            return (build(),)
-        return (DeferredEvent(kind, build),)
+        return (self._event_policy.deferred(kind, build),)
 
     def _triggered(
         self,
@@ -379,10 +396,7 @@ class ScheduleService(Service):
                     timestamp=at,
                 )
 
-            if self._engine.has_event_hooks():
-                events.append(build())
-            else:
-                events.append(DeferredEvent("schedule.triggered", build))
+            events.append(self._event_policy.deferred("schedule.triggered", build))
         return tuple(events)
 
     def _failed(
@@ -410,10 +424,7 @@ class ScheduleService(Service):
                     timestamp=at,
                 )
 
-            if self._engine.has_event_hooks():
-                events.append(build())
-            else:
-                events.append(DeferredEvent("schedule.failed", build))
+            events.append(self._event_policy.deferred("schedule.failed", build))
         return tuple(events)
 
     # -- CRUD -------------------------------------------------------------------------------
@@ -476,7 +487,7 @@ class ScheduleService(Service):
         record.workflow_name = workflow.name
         view = _view(record)
         # The workflow's existence is checked again inside the insert's transaction.
-        created = await self._engine.runtime.committer.submit(
+        created = await self._runtime.committer.submit(
             InsertSchedule(record=record, events=self._events("schedule.created", view, now))
         )
         if not created:
@@ -492,9 +503,9 @@ class ScheduleService(Service):
         (422, wrong values) at once, instead of a failed firing at each due time.
         """
         # The workflow parsed once per version (the cache executions use).
-        compiled = await self._engine.executions._compiled(workflow_id)
+        compiled = await self._executions.compiled(workflow_id)
         if compiled.template_ids:  # read, so the type checks the placeholders of those found
-            await self._engine.notification_templates.find(compiled.template_ids)
+            await self._templates.find(compiled.template_ids)
         compiled.workflow_type.parse_parameters(parameters, compiled.config)
         return compiled.workflow
 
@@ -556,7 +567,7 @@ class ScheduleService(Service):
                 # not checked again: like a repeated cron expression, only a change counts)
                 await self.check_parameters(record.workflow_id, record.parameters)
             view = _view(record)
-            applied = await self._engine.runtime.committer.submit(
+            applied = await self._runtime.committer.submit(
                 UpdateSchedule(
                     record=record,
                     expected_version=current.version,
@@ -621,7 +632,7 @@ class ScheduleService(Service):
         """
         for attempt in range(WRITE_ATTEMPTS):
             current = await self._load(schedule_id)
-            applied = await self._engine.runtime.committer.submit(
+            applied = await self._runtime.committer.submit(
                 DeleteSchedule(
                     schedule_id=schedule_id,
                     expected_version=current.version,
@@ -710,7 +721,7 @@ class ScheduleService(Service):
                 ahead = (now - utcnow()).total_seconds()
                 if ahead > 0:
                     await anyio.sleep(ahead)
-            results = await self._engine.runtime.committer.submit_many([op for op, _ in plans])
+            results = await self._runtime.committer.submit_many([op for op, _ in plans])
             for (op, prepared), applied in zip(plans, results, strict=True):
                 if applied is True and op.failures and op.last_failure:
                     failure = op.last_failure
@@ -725,7 +736,7 @@ class ScheduleService(Service):
                 if applied is True:
                     for item in prepared:
                         self.fired += 1
-                        if not self._engine.runtime.submit(item, sync=False):
+                        if not self._runtime.submit(item, sync=False):
                             # Handed back to the store: recovery runs it once there is room.
                             log.warning("queue full; schedule %s execution waits", op.schedule_id)
         return len(due) >= self._batch or len(ready) >= self._batch
@@ -873,7 +884,7 @@ class ScheduleService(Service):
         prepared: builtins.list[Prepared] = []
         if not fire_times:
             return executions, prepared, None
-        runtime = self._engine.runtime
+        runtime = self._runtime
         try:
             if record.workflow_id not in compiled:
                 try:
@@ -885,7 +896,7 @@ class ScheduleService(Service):
                 raise found
             workflow, wtype, config, specs, template_ids = found
             if template_ids:
-                await self._engine.executions.check_templates(workflow.id, template_ids)
+                await self._executions.check_templates(workflow.id, template_ids)
             params = wtype.parse_parameters(record.parameters, config)
         except AbiError as exc:
             for due in fire_times:
@@ -943,7 +954,7 @@ class ScheduleService(Service):
         workflow = await self._store.get_workflow(workflow_id)
         if workflow is None:
             raise WorkflowNotFound(workflow_id)
-        wtype = self._engine.workflows.workflow_type(workflow.type)
+        wtype = self._workflows.workflow_type(workflow.type)
         config = wtype.parse_configuration(workflow.configuration)
         specs = wtype.steps(config)
         if any(i.required for i in workflow.integrations):
@@ -956,7 +967,7 @@ class ScheduleService(Service):
                     f"Required integration {missing[0]!r} is not connected",
                     {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
                 )
-        template_ids = tuple(self._engine.workflows.template_ids(workflow))
+        template_ids = tuple(self._workflows.template_ids(workflow))
         return workflow, wtype, config, specs, template_ids
 
 

@@ -22,7 +22,7 @@ import os
 import secrets as _secrets
 import socket
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ from abi_engine._webhook_delivery import STANDARD_RETRY_SCHEDULE, DeliveryWorker
 from abi_engine.auth import Principal
 from abi_engine.converter import structure
 from abi_engine.errors import InvalidRequest, InvalidState, NotFound, WebhookNotFound
-from abi_engine.events import EVENT_TYPES, Event
+from abi_engine.events import EVENT_TYPES, EventPolicy
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import DeleteResult, Page
 from abi_engine.models_webhooks import (
@@ -56,7 +56,7 @@ from abi_engine.webhook_signing import (
 )
 
 if TYPE_CHECKING:
-    from abi_engine.engine import Engine
+    from abi_engine.storage.base import Store
 
 __all__ = [
     "STANDARD_RETRY_SCHEDULE",
@@ -144,12 +144,22 @@ class WebhookService(Service):
     ``secret``; ``rotate_secret: true`` generates a new secret).
     """
 
-    def __init__(self, engine: Engine, settings: WebhookSettings | None = None) -> None:
-        super().__init__(engine.store)
-        self._engine = engine
+    def __init__(
+        self,
+        store: Store,
+        settings: WebhookSettings | None = None,
+        *,
+        events: EventPolicy,
+        allow_private_urls: Callable[[], bool],
+        in_flight: Callable[[], int],
+    ) -> None:
+        super().__init__(store)
         self.settings = settings or WebhookSettings()
         self.node_id = _node_id()
-        self._added: set[str] = set()
+        self._event_policy = events
+        self._allow_private_urls = allow_private_urls
+        self._in_flight = in_flight
+        events.on_committed(self.notify)
         self._wake: anyio.Event | None = None
         self._loop_thread: int | None = None
         self.refresh_subscriptions()
@@ -163,15 +173,11 @@ class WebhookService(Service):
         delivery worker (subscriptions changed by another process).
         """
         wanted = self._store.sync.subscribed_event_types()
-        kept = self._engine.outbox_types
-        for gone in self._added - wanted:
-            kept.discard(gone)
-        self._added = (self._added & wanted) | (wanted - kept)
-        kept.update(wanted)
+        self._event_policy.subscribe(wanted)
         return wanted
 
-    def notify(self, events: Iterable[Event] = ()) -> None:
-        """Wake the delivery worker: events were committed (called by ``Engine.emit``)."""
+    def notify(self) -> None:
+        """Wake the delivery worker: events were committed (called by the event policy)."""
         wake = self._wake
         if wake is not None and threading.get_ident() == self._loop_thread:
             wake.set()
@@ -191,7 +197,7 @@ class WebhookService(Service):
             if isinstance(data, WebhookCreateRequest)
             else structure(data, WebhookCreateRequest)
         )
-        url = check_url(req.url, field="url", allow_private=self._engine.allow_private_urls)
+        url = check_url(req.url, field="url", allow_private=self._allow_private_urls())
         events = _check_events(req.events)
         secret = generate_secret() if req.secret is None else _check_secret(req.secret)
         now = utcnow()
@@ -242,9 +248,7 @@ class WebhookService(Service):
         now = utcnow()
         updated = attrs.evolve(current, updated_at=now)
         if req.url is not None:
-            updated.url = check_url(
-                req.url, field="url", allow_private=self._engine.allow_private_urls
-            )
+            updated.url = check_url(req.url, field="url", allow_private=self._allow_private_urls())
         if req.events is not None:
             updated.events = _check_events(req.events)
         if "description" in data:
@@ -328,13 +332,12 @@ class WebhookService(Service):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Fan out the outbox and deliver, until cancelled (started by the engine)."""
-        engine = self._engine
         worker = DeliveryWorker(
             self,
             self.settings,
-            store=engine.store,
-            in_flight=lambda: engine.runtime.in_flight,
-            allow_private_urls=lambda: engine.allow_private_urls,
+            store=self._store.sync,
+            in_flight=self._in_flight,
+            allow_private_urls=self._allow_private_urls,
         )
         self._loop_thread = threading.get_ident()
         try:

@@ -16,7 +16,7 @@ from abi_engine.errors import (
     InvalidWorkflowConfig,
     WorkflowNotFound,
 )
-from abi_engine.events import Event
+from abi_engine.events import Event, EventPolicy
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
 from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Text, UniqueBy
@@ -101,18 +101,20 @@ class WorkflowService(Service):
         store: Store,
         types: Mapping[str, WorkflowType],
         integrations: IntegrationService,
-        emit: Callable[[list[Event]], None],
-        wants: Callable[[str], bool] = lambda _: True,
+        events: EventPolicy,
         templates: NotificationTemplateService | None = None,
     ) -> None:
         super().__init__(store)
         self._types = types
         self._integrations = integrations
-        self._emit = emit
-        self._wants = wants
+        self._event_policy = events
         self._templates = templates
 
     # -- helpers ------------------------------------------------------------------
+
+    def find_type(self, name: str) -> WorkflowType | None:
+        """The registered type ``name``, ``None`` when unknown."""
+        return self._types.get(name)
 
     def workflow_type(self, name: str) -> WorkflowType:
         """The registered type ``name``; ``InvalidWorkflowConfig`` when unknown."""
@@ -172,7 +174,7 @@ class WorkflowService(Service):
     def _events(self, kind: str, workflow: Workflow) -> list[Event]:
         """The event of a change, if anything consumes it (else none is built or stored)."""
         kind = f"workflow.{kind}"
-        if not self._wants(kind):
+        if not self._event_policy.wants(kind):
             return []
         return [Event(type=kind, data=unstructure(workflow))]
 
@@ -180,7 +182,7 @@ class WorkflowService(Service):
         self, write: Callable[..., Awaitable[Any]], *args: Any, events: list[Event]
     ) -> Any:
         result = await write(*args, events)
-        self._emit(events)
+        self._event_policy.emit(events)
         return result
 
     # -- operations -----------------------------------------------------------------

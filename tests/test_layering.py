@@ -209,32 +209,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),
-    ("composition", frozenset({"engine", "abi_engine", "testing", "_testing_fixtures"})),
-    (
-        "operations",
-        frozenset({"api", "api_schedules", "api_templates", "api_tokens", "api_webhooks"}),
-    ),
+    ("composition", frozenset({"engine", "abi_engine", "testing"})),
+    ("operations", frozenset({"api"})),  # the api package: the table and its resources
     ("front ends", frozenset({"cli", "__main__"})),
 )
-
-# Import edges (importer, imported) that still lie on a cycle. Each entry is an
-# expected failure that must go: when an edge leaves every cycle its entry fails
-# (strict xfail) until it is removed from this list; a cycle not listed fails at once.
-KNOWN_CYCLE_EDGES: tuple[tuple[str, str], ...] = (
-    ("_testing_fixtures", "testing"),
-    ("api", "api_schedules"),
-    ("api", "api_templates"),
-    ("api", "api_tokens"),
-    ("api", "api_webhooks"),
-    ("api_schedules", "api"),
-    ("api_templates", "api"),
-    ("api_tokens", "api"),
-    ("api_webhooks", "api"),
-    ("testing", "_testing_fixtures"),
-)
-
-# Imports that point up the layers, to be removed the same way.
-KNOWN_UPWARD: tuple[tuple[str, str], ...] = ()
 
 
 def _module_name(path: Path) -> str:
@@ -313,8 +291,8 @@ def _layer(module: str) -> int:
     for rank, (_, members) in enumerate(LAYERS):
         if module in members:
             return rank
-    if module.startswith("storage."):
-        return _layer("storage")
+    if "." in module:  # a package's module sits in its package's layer
+        return _layer(module.rpartition(".")[0])
     raise KeyError(module)
 
 
@@ -343,22 +321,10 @@ def test_every_core_module_has_a_layer() -> None:
 
 
 def test_no_import_cycle_in_the_core() -> None:
-    """No import cycle among the core's modules beyond the shrinking list above."""
-    assert sorted(edges_on_cycles(import_graph()) - set(KNOWN_CYCLE_EDGES)) == []
+    """No import cycle among the core's modules (type-only and lazy imports count)."""
+    assert sorted(edges_on_cycles(import_graph())) == []
 
 
 def test_no_upward_import_in_the_core() -> None:
-    """No import points up the layers beyond the shrinking list above."""
-    assert sorted(upward_imports(import_graph()) - set(KNOWN_UPWARD)) == []
-
-
-@pytest.mark.parametrize("edge", KNOWN_CYCLE_EDGES, ids=" -> ".join)
-@pytest.mark.xfail(strict=True, reason="a known import cycle of #13, still to break")
-def test_known_cycle_edge_is_gone(edge: tuple[str, str]) -> None:
-    assert edge not in edges_on_cycles(import_graph())
-
-
-@pytest.mark.parametrize("edge", KNOWN_UPWARD, ids=" -> ".join)
-@pytest.mark.xfail(strict=True, reason="a known upward import of #13, still to remove")
-def test_known_upward_import_is_gone(edge: tuple[str, str]) -> None:
-    assert edge not in upward_imports(import_graph())
+    """No import points up the layers."""
+    assert sorted(upward_imports(import_graph())) == []

@@ -172,7 +172,7 @@ MODELS: list[Any] = [
     models.Page[models.Integration],
     workflows.WorkflowRequest,
     workflows.IntegrationSpec,
-    api.IntegrationRequest,
+    api.integrations.IntegrationRequest,
     events.Event,
 ]
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from abi_engine.engine import Engine
-from abi_engine.testing import engine_for
+from abi_engine.testing._engines import engine_for
 
 __all__ = ["abi_engine", "abi_engine_options", "abi_plugins"]
 

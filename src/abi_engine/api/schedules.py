@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import (
-    _PAGE_QUERY,
+from abi_engine.api.operations import (
+    PAGE_QUERY,
     ApiRequest,
     QueryParam,
-    _body_object,
-    _page,
+    body_object,
     check_quota,
     operation,
+    page_json,
 )
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
@@ -44,7 +44,7 @@ __all__: list[str] = []
 async def create_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     await check_quota(engine, actor, "schedules", "max_schedules_per_user", "delete some first")
     schedule = await engine.schedules.create(
-        request.path["workflow_id"], _body_object(request), actor=actor
+        request.path["workflow_id"], body_object(request), actor=actor
     )
     return schedule_json(schedule)
 
@@ -72,14 +72,14 @@ async def get_schedule(engine: Engine, actor: Principal, request: ApiRequest) ->
     query=(
         QueryParam(name="workflow_id", schema={"type": "string"}),
         QueryParam(name="enabled", schema={"type": "boolean"}),
-        *_PAGE_QUERY,
+        *PAGE_QUERY,
     ),
     tag="schedules",
     errors=("INVALID_REQUEST",),
 )
 async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
-    return _page(
+    return page_json(
         await engine.schedules.list(
             workflow_id=q.get("workflow_id"),
             enabled=q.get("enabled"),
@@ -108,7 +108,7 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
     ),
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    schedule = await engine.schedules.update(request.path["schedule_id"], _body_object(request))
+    schedule = await engine.schedules.update(request.path["schedule_id"], body_object(request))
     return schedule_json(schedule)
 
 
@@ -132,13 +132,13 @@ async def delete_schedule(engine: Engine, actor: Principal, request: ApiRequest)
     summary="What happened at each due time of a schedule, newest first",
     response_model=ScheduleHistoryEntry,
     paginated=True,
-    query=_PAGE_QUERY,
+    query=PAGE_QUERY,
     tag="schedules",
     errors=("SCHEDULE_NOT_FOUND",),
 )
 async def schedule_history(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
-    return _page(
+    return page_json(
         await engine.schedules.history(
             request.path["schedule_id"], page=q.get("page", 1), page_size=q.get("page_size", 10)
         ),

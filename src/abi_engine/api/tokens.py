@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import _PAGE_QUERY, ApiRequest, _body_object, _page, operation
+from abi_engine.api.operations import PAGE_QUERY, ApiRequest, body_object, operation, page_json
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import CreatedToken, RevokeResult, Token, TokenCreateRequest
@@ -31,13 +31,13 @@ _TAG = "tokens"
     summary="List the caller's user's live access tokens, newest first (never the secrets)",
     response_model=Token,
     paginated=True,
-    query=_PAGE_QUERY,
+    query=PAGE_QUERY,
     tag=_TAG,
     errors=("INVALID_REQUEST",),
 )
 async def list_tokens(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
-    return _page(
+    return page_json(
         await engine.tokens.list_own(
             actor, page=q.get("page", 1), page_size=q.get("page_size", 10)
         ),
@@ -61,7 +61,7 @@ async def list_tokens(engine: Engine, actor: Principal, request: ApiRequest) -> 
     errors=("INVALID_REQUEST", "FORBIDDEN", "INVALID_STATE"),
 )
 async def create_token(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    data = {} if request.body is None else _body_object(request)
+    data = {} if request.body is None else body_object(request)
     return unstructure(await engine.tokens.create_own(actor, data))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import _PAGE_QUERY, ApiRequest, _body_object, _page, operation
+from abi_engine.api.operations import PAGE_QUERY, ApiRequest, body_object, operation, page_json
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import (
@@ -45,7 +45,7 @@ async def put_notification_template(engine: Engine, actor: Principal, request: A
     refused (400 naming ``body`` or ``subject``); an id a plugin registered is
     409 ``INVALID_STATE``."""
     template = await engine.notification_templates.put(
-        request.path["template_id"], _body_object(request)
+        request.path["template_id"], body_object(request)
     )
     return unstructure(template)
 
@@ -57,13 +57,13 @@ async def put_notification_template(engine: Engine, actor: Principal, request: A
     summary="List notification templates, by id",
     response_model=NotificationTemplate,
     paginated=True,
-    query=_PAGE_QUERY,
+    query=PAGE_QUERY,
     tag="notification_templates",
     errors=("INVALID_REQUEST",),
 )
 async def list_notification_templates(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
-    return _page(
+    return page_json(
         await engine.notification_templates.list(q.get("page", 1), q.get("page_size", 10)), engine
     )
 
@@ -128,7 +128,7 @@ def workflow_type_infos(engine: Engine) -> list[WorkflowTypeInfo]:
     summary="List the installed workflow types with their configuration and parameters schemas",
     response_model=WorkflowTypeInfo,
     paginated=True,
-    query=_PAGE_QUERY,
+    query=PAGE_QUERY,
     tag="workflows",
     errors=("INVALID_REQUEST",),
 )
@@ -140,4 +140,6 @@ async def list_workflow_types(engine: Engine, actor: Principal, request: ApiRequ
     page, page_size = check_page(q.get("page", 1), q.get("page_size", 10))
     infos = workflow_type_infos(engine)
     start = (page - 1) * page_size
-    return _page(Page.build(infos[start : start + page_size], page, page_size, len(infos)), engine)
+    return page_json(
+        Page.build(infos[start : start + page_size], page, page_size, len(infos)), engine
+    )

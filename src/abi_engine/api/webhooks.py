@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from abi_engine.api import _PAGE_QUERY, ApiRequest, _body_object, _page, check_quota, operation
+from abi_engine.api.operations import (
+    PAGE_QUERY,
+    ApiRequest,
+    body_object,
+    check_quota,
+    operation,
+    page_json,
+)
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import DeleteResult, Scope
@@ -42,7 +49,7 @@ _NOT_FOUND = ("WEBHOOK_NOT_FOUND",)
 )
 async def create_webhook(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     await check_quota(engine, actor, "webhooks", "max_webhooks_per_user", "delete some first")
-    return unstructure(await engine.webhooks.create(_body_object(request), actor=actor))
+    return unstructure(await engine.webhooks.create(body_object(request), actor=actor))
 
 
 @operation(
@@ -52,13 +59,13 @@ async def create_webhook(engine: Engine, actor: Principal, request: ApiRequest) 
     summary="List webhook subscriptions, newest first (secrets masked)",
     response_model=Webhook,
     paginated=True,
-    query=_PAGE_QUERY,
+    query=PAGE_QUERY,
     tag=_TAG,
     errors=("INVALID_REQUEST",),
 )
 async def list_webhooks(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     q = request.query
-    return _page(
+    return page_json(
         await engine.webhooks.list(page=q.get("page", 1), page_size=q.get("page_size", 10)),
         engine,
     )
@@ -91,7 +98,7 @@ async def get_webhook(engine: Engine, actor: Principal, request: ApiRequest) -> 
     errors=(*_NOT_FOUND, "INVALID_REQUEST"),
 )
 async def update_webhook(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    webhook = await engine.webhooks.update(request.path["webhook_id"], _body_object(request))
+    webhook = await engine.webhooks.update(request.path["webhook_id"], body_object(request))
     return unstructure(webhook)
 
 
@@ -115,7 +122,7 @@ async def delete_webhook(engine: Engine, actor: Principal, request: ApiRequest) 
     summary="List a webhook's deliveries, newest event first, each with every attempt",
     response_model=Delivery,
     paginated=True,
-    query=_PAGE_QUERY,
+    query=PAGE_QUERY,
     tag=_TAG,
     errors=(*_NOT_FOUND, "INVALID_REQUEST"),
 )
@@ -124,7 +131,7 @@ async def list_webhook_deliveries(engine: Engine, actor: Principal, request: Api
     page = await engine.webhooks.deliveries(
         request.path["webhook_id"], page=q.get("page", 1), page_size=q.get("page_size", 10)
     )
-    return _page(page, engine)
+    return page_json(page, engine)
 
 
 @operation(

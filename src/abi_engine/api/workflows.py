@@ -1,0 +1,161 @@
+""""""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from abi_engine.api.operations import (
+    PAGE_QUERY,
+    WORKFLOW_ERRORS,
+    ApiRequest,
+    QueryParam,
+    body_object,
+    bounded_page,
+    operation,
+)
+from abi_engine.auth import Principal
+from abi_engine.converter import unstructure
+from abi_engine.models import (
+    ActivationResult,
+    DeleteResult,
+    Scope,
+    Workflow,
+    WorkflowSummary,
+)
+from abi_engine.workflows import WorkflowRequest
+
+if TYPE_CHECKING:
+    from abi_engine.engine import Engine
+
+__all__: list[str] = []
+
+
+def _summary(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "id": workflow.id,
+        "name": workflow.name,
+        "description": workflow.description,
+        "type": workflow.type,
+        "status": workflow.status.value,
+        "metadata": workflow.metadata,
+        "created_at": unstructure(workflow.created_at),
+        "updated_at": unstructure(workflow.updated_at),
+    }
+
+
+# -- workflows -------------------------------------------------------------------------
+
+
+@operation(
+    method="POST",
+    path="/workflows",
+    scope=Scope.WORKFLOWS_WRITE,
+    summary="Create a workflow",
+    status_code=201,
+    request_model=WorkflowRequest,
+    response_model=Workflow,
+    errors=("INVALID_WORKFLOW_CONFIG", "INVALID_REQUEST"),
+)
+async def create_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    workflow = await engine.workflows.create(body_object(request), actor=actor)
+    return unstructure(workflow)
+
+
+@operation(
+    method="GET",
+    path="/workflows",
+    scope=Scope.WORKFLOWS_READ,
+    summary="List workflows",
+    response_model=WorkflowSummary,
+    paginated=True,
+    query=(
+        *PAGE_QUERY,
+        QueryParam(
+            name="sort_by",
+            schema={"type": "string", "enum": ["created_at", "updated_at", "name"]},
+        ),
+        QueryParam(name="sort_order", schema={"type": "string", "enum": ["asc", "desc"]}),
+        QueryParam(name="status", schema={"type": "string", "enum": ["active", "inactive"]}),
+        QueryParam(name="type", schema={"type": "string"}),
+        QueryParam(name="department", schema={"type": "string"}),
+    ),
+    errors=("INVALID_REQUEST",),
+)
+async def list_workflows(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    q = request.query
+    result = await engine.workflows.list(
+        page=q.get("page", 1),
+        page_size=q.get("page_size", 10),
+        sort_by=q.get("sort_by", "created_at"),
+        sort_order=q.get("sort_order", "desc"),
+        status=q.get("status"),
+        type=q.get("type"),
+        department=q.get("department"),
+    )
+    return bounded_page(
+        [_summary(w) for w in result.items], result.pagination, engine.limits.max_page_bytes
+    )
+
+
+@operation(
+    method="GET",
+    path="/workflows/{workflow_id}",
+    scope=Scope.WORKFLOWS_READ,
+    summary="Get a workflow",
+    response_model=Workflow,
+    errors=WORKFLOW_ERRORS,
+)
+async def get_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(await engine.workflows.get(request.path["workflow_id"]))
+
+
+@operation(
+    method="PUT",
+    path="/workflows/{workflow_id}",
+    scope=Scope.WORKFLOWS_WRITE,
+    summary="Update a workflow (given fields replace current ones; type cannot change)",
+    request_model=WorkflowRequest,
+    response_model=Workflow,
+    errors=(*WORKFLOW_ERRORS, "INVALID_WORKFLOW_CONFIG", "INVALID_REQUEST"),
+)
+async def update_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    workflow = await engine.workflows.update(
+        request.path["workflow_id"], body_object(request), actor=actor
+    )
+    return unstructure(workflow)
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/activate",
+    scope=Scope.WORKFLOWS_WRITE,
+    summary="Activate a workflow",
+    response_model=ActivationResult,
+    errors=(*WORKFLOW_ERRORS, "INVALID_STATE"),
+)
+async def activate_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(await engine.workflows.activate(request.path["workflow_id"]))
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/deactivate",
+    scope=Scope.WORKFLOWS_WRITE,
+    summary="Deactivate a workflow",
+    response_model=ActivationResult,
+    errors=(*WORKFLOW_ERRORS, "INVALID_STATE"),
+)
+async def deactivate_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(await engine.workflows.deactivate(request.path["workflow_id"]))
+
+
+@operation(
+    method="DELETE",
+    path="/workflows/{workflow_id}",
+    scope=Scope.WORKFLOWS_WRITE,
+    summary="Delete a workflow",
+    response_model=DeleteResult,
+    errors=WORKFLOW_ERRORS,
+)
+async def delete_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(await engine.workflows.delete(request.path["workflow_id"]))

@@ -28,7 +28,7 @@ from pathlib import Path
 import anyio
 
 from abi_engine import Engine, WorkflowType, hookimpl, step
-from abi_engine.executor import RuntimeSettings
+from abi_engine.runtime.settings import RuntimeSettings
 
 
 class ThreeSteps(WorkflowType):

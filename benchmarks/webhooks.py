@@ -47,8 +47,8 @@ from executions import BenchPlugin
 
 from abi_engine import Engine
 from abi_engine.events import Event
-from abi_engine.executor import RuntimeSettings
 from abi_engine.models_webhooks import DeliveryStatus
+from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.webhooks import WebhookSettings
 
 EXECUTION_EVENTS = [

@@ -431,7 +431,7 @@ def test_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
 def test_claims_hand_back_a_run_token_not_yet_confirmed() -> None:
     """A claim sent to the store but not answered yet (the engine stopping meanwhile) is
     handed back under both tokens; once swapped, only the run token is held."""
-    from abi_engine._leases import Claims
+    from abi_engine.runtime.leases import Claims
 
     claims = Claims(lambda held, until: [], 30)
     claims.hold("exec_1", 11)
@@ -446,7 +446,7 @@ def test_claims_hand_back_a_run_token_not_yet_confirmed() -> None:
 def test_a_lost_report_for_a_swapped_grant_is_ignored() -> None:
     """A renewal that reports a grant lost after the node swapped it for its run token
     stops nothing: only a token still held can be lost."""
-    from abi_engine._leases import Claims
+    from abi_engine.runtime.leases import Claims
 
     reported: list[list[str]] = [["exec_1"]]
     claims = Claims(lambda held, until: reported.pop() if reported else [], 30)

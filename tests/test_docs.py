@@ -390,7 +390,7 @@ def _defaults(cls: type) -> dict[str, object]:
 
 
 def _settings() -> tuple[dict[str, object], dict[str, object]]:
-    from abi_engine.executor import RuntimeSettings
+    from abi_engine.runtime.settings import RuntimeSettings
     from abi_engine.webhooks import WebhookSettings
 
     return _defaults(RuntimeSettings), _defaults(WebhookSettings)

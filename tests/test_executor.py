@@ -38,7 +38,7 @@ from abi_engine.errors import (
     QueueFull,
     WorkflowExecutionError,
 )
-from abi_engine.executor import build_execution
+from abi_engine.execution_views import build_execution
 from abi_engine.ids import utcnow
 from abi_engine.storage.records import ExecutionRecord, StepRecord
 

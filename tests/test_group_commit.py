@@ -12,8 +12,8 @@ import anyio.to_thread
 import attrs
 import pytest
 
-from abi_engine._commit import GroupCommitter
 from abi_engine.events import OutboxEvent
+from abi_engine.runtime.commit import GroupCommitter
 from abi_engine.storage.records import WriteOp
 
 pytestmark = pytest.mark.anyio
@@ -200,7 +200,7 @@ def test_max_batch_must_be_positive() -> None:
 async def test_then_runs_at_the_commit_even_when_the_caller_was_cancelled(tmp_path: Path) -> None:
     """``submit(op, then=...)``: the follow-up runs with the op's result when its batch
     commits, even though the task that submitted it was cancelled while it waited."""
-    from abi_engine._commit import GroupCommitter
+    from abi_engine.runtime.commit import GroupCommitter
     from abi_engine.storage import SQLiteStore
     from abi_engine.storage.records import InsertEvents
 

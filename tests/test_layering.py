@@ -200,7 +200,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("model", frozenset({"models", "models_webhooks", "converter", "events", "host"})),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
     ("authoring and views", frozenset({"types", "execution_views"})),
-    ("runtime", frozenset({"executor", "_leases", "_commit", "_webhook_delivery"})),
+    ("runtime", frozenset({"runtime"})),  # the runtime package
     (
         "services",
         frozenset(

@@ -19,8 +19,8 @@ from abi_engine import Engine, ExecutionStatus, Limits, StepContext, hookimpl
 from abi_engine.api import ApiRequest, bounded_page, call
 from abi_engine.auth import Principal
 from abi_engine.errors import InvalidState, WorkflowExecutionError
-from abi_engine.executor import RuntimeSettings
 from abi_engine.models import Pagination
+from abi_engine.runtime.settings import RuntimeSettings
 
 pytestmark = pytest.mark.anyio
 

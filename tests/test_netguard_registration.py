@@ -255,7 +255,7 @@ async def test_an_unexpected_failure_is_one_line_per_attempt(
 ) -> None:
     """Whatever else an attempt raises (a bug, a library's surprise) is recorded as a failed
     attempt with a one-line reason and logged in one line; the traceback only at DEBUG."""
-    import abi_engine._webhook_delivery as delivery_module
+    import abi_engine.runtime.delivery as delivery_module
 
     async def broken(self: Any, job: Any) -> tuple[int, str]:
         raise RuntimeError("surprise\nspanning lines")

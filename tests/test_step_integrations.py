@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from abi_engine import Engine, StepContext, WorkflowType, hookimpl, step
-from abi_engine.executor import RuntimeSettings
+from abi_engine.runtime.settings import RuntimeSettings
 
 pytestmark = pytest.mark.anyio
 

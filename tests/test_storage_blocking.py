@@ -25,7 +25,7 @@ from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtu
 )
 
 from abi_engine import Engine
-from abi_engine.executor import RuntimeSettings
+from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.storage import SQLiteStore
 from abi_engine.storage.aio import call_store
 

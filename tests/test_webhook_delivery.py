@@ -35,13 +35,13 @@ from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtu
 )
 
 from abi_engine import EVENT_TYPES, Engine, hookimpl
-from abi_engine._webhook_delivery import DeliveryWorker, WebhookSettings
 from abi_engine.converter import unstructure
 from abi_engine.errors import InvalidRequest, InvalidState, NotFound
 from abi_engine.events import Event
 from abi_engine.execution_views import event_data
 from abi_engine.ids import utcnow
 from abi_engine.models_webhooks import Delivery, DeliveryStatus
+from abi_engine.runtime.delivery import DeliveryWorker, WebhookSettings
 from abi_engine.webhook_signing import sign
 
 # -- delivery ------------------------------------------------------------------------------
@@ -592,7 +592,7 @@ async def test_executions_waiting_on_io_do_not_hold_deliveries_back(
 def test_load_meter_measures_the_cpu_share_of_a_window() -> None:
     """The meter reads CPU seconds per wall second of its window: high while burning the CPU,
     near 0 while sleeping; a window not yet full keeps the last value."""
-    from abi_engine._webhook_delivery import LoadMeter
+    from abi_engine.runtime.delivery import LoadMeter
 
     meter = LoadMeter(window=0.2)
     wall, cpu = time.perf_counter(), time.process_time()

@@ -533,7 +533,7 @@ TestClaimsAndRecords.settings = settings(
 def test_streaks_log_once_and_back_off_within_bounds(caplog: pytest.LogCaptureFixture) -> None:
     """A streak of failures logs one line (no traceback), waits double each time up to the
     bound, and one success logs the end and starts the waits over."""
-    from abi_engine._webhook_delivery import Streaks
+    from abi_engine.runtime.delivery import Streaks
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     streaks = Streaks(first=0.05, most=5.0)

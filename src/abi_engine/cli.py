@@ -312,7 +312,7 @@ def _open_engine(
 ) -> Engine:
     """Build the engine on ``db``; a database that cannot be used is a :class:`CliError`."""
     from abi_engine.engine import Engine
-    from abi_engine.executor import RuntimeSettings
+    from abi_engine.runtime.settings import RuntimeSettings
 
     tuning: dict[str, Any] = {}
     if workers is not None:

@@ -18,12 +18,13 @@ from anyio.abc import TaskGroup
 from abi_engine.auth import TokenService
 from abi_engine.events import EventPolicy
 from abi_engine.executions import ExecutionService
-from abi_engine.executor import Runtime, RuntimeSettings
 from abi_engine.host import Host
 from abi_engine.integrations import IntegrationService
 from abi_engine.limits import Limits
 from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
+from abi_engine.runtime.runner import Runtime
+from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.scheduling import ScheduleService
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.base import Store

@@ -23,7 +23,6 @@ from abi_engine.errors import (
 )
 from abi_engine.events import Event, OutboxEvent
 from abi_engine.execution_views import build_execution, execution_json
-from abi_engine.executor import Prepared, Runtime
 from abi_engine.ids import format_time, new_id, parse_time, utcnow
 from abi_engine.models import (
     Execution,
@@ -34,6 +33,8 @@ from abi_engine.models import (
     WorkflowStatus,
 )
 from abi_engine.netguard import check_url
+from abi_engine.runtime.execution import Prepared
+from abi_engine.runtime.runner import Runtime
 from abi_engine.services import Service, check_page
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.base import Store

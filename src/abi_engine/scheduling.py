@@ -37,7 +37,6 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event, EventPolicy, OutboxEvent
-from abi_engine.executor import Prepared
 from abi_engine.ids import format_time, new_id, parse_time, utcnow
 from abi_engine.limits import DESCRIPTION, NAME, Json, Number, Text
 from abi_engine.models import (
@@ -56,6 +55,7 @@ from abi_engine.models import (
     Workflow,
     WorkflowStatus,
 )
+from abi_engine.runtime.execution import Prepared
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
     Timing,
@@ -79,8 +79,8 @@ from abi_engine.storage.records import (
 
 if TYPE_CHECKING:
     from abi_engine.executions import ExecutionService
-    from abi_engine.executor import Runtime
     from abi_engine.notification_templates import NotificationTemplateService
+    from abi_engine.runtime.runner import Runtime
     from abi_engine.storage.base import Store
     from abi_engine.workflows import WorkflowService
 

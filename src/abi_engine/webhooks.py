@@ -2,7 +2,7 @@
 
 ``engine.webhooks`` manages subscriptions (create, list, get, update, delete),
 lists their deliveries and redelivers one on request. Its background part
-(:mod:`abi_engine._webhook_delivery`, started with the engine) turns outbox
+(:mod:`abi_engine.runtime.delivery`, started with the engine) turns outbox
 events into deliveries and posts them, signed as the Standard Webhooks
 specification says, with retries.
 
@@ -30,7 +30,6 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
-from abi_engine._webhook_delivery import STANDARD_RETRY_SCHEDULE, DeliveryWorker, WebhookSettings
 from abi_engine.auth import Principal
 from abi_engine.converter import structure
 from abi_engine.errors import InvalidRequest, InvalidState, NotFound, WebhookNotFound
@@ -44,6 +43,7 @@ from abi_engine.models_webhooks import (
     WebhookUpdateRequest,
 )
 from abi_engine.netguard import check_url
+from abi_engine.runtime.delivery import STANDARD_RETRY_SCHEDULE, DeliveryWorker, WebhookSettings
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records_webhooks import WebhookRecord
 from abi_engine.webhook_signing import (

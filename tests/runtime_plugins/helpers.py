@@ -11,7 +11,7 @@ import anyio
 
 import runtime_plugins
 from abi_engine import Engine, Execution, ExecutionStatus
-from abi_engine.executor import RuntimeSettings
+from abi_engine.runtime.settings import RuntimeSettings
 
 __all__ = [
     "TERMINAL",

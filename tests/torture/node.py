@@ -29,7 +29,7 @@ import attrs
 
 def _runtime(spec: dict[str, Any]) -> Any:
     import abi_engine
-    from abi_engine.executor import RuntimeSettings
+    from abi_engine.runtime.settings import RuntimeSettings
 
     # Exported from the package one day, perhaps; the executor's is the one today.
     settings: Any = getattr(abi_engine, "RuntimeSettings", RuntimeSettings)

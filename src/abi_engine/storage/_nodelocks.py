@@ -1,7 +1,7 @@
 """Which nodes on one SQLite database are alive, from kernel file locks.
 
 Leases decide who may take an execution over (see
-:mod:`abi_engine._leases`); they are the rule on every store. On SQLite, every
+:mod:`abi_engine.runtime.leases`); they are the rule on every store. On SQLite, every
 process that opens the database runs on the same machine (or shares its
 kernel through a bind mount), so the kernel can also say at once that a
 process ended: each running node holds an exclusive ``flock`` on its own file

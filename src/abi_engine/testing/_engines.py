@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from abi_engine.engine import Engine
-from abi_engine.executor import RuntimeSettings
 from abi_engine.models import Execution
+from abi_engine.runtime.settings import RuntimeSettings
 
 __all__ = ["engine_for", "run_workflow"]
 

@@ -1,0 +1,542 @@
+"""The durable execution runtime: workers, steps, checkpoints, recovery.
+
+Every state change of an execution is a write operation committed (in
+batches, see :mod:`abi_engine.runtime.commit`) before the runtime moves on: a step's
+result is stored before the next step starts, so after a crash an execution
+resumes from its last finished step and no finished step runs twice.
+
+Work comes from two lanes. Synchronous callers (someone waits) run at once
+under their own capacity limit; asynchronous executions go through a bounded
+queue served by a fixed pool of workers. A flood of asynchronous work can
+therefore never starve a synchronous caller.
+
+Each runtime is a *node* (``host:pid:nonce``, a name for people: nothing is
+decided from it). It holds the executions it runs under claim tokens and
+leases (:mod:`abi_engine.runtime.leases`); every write of a run is a compare-and-set
+on its token (:mod:`abi_engine.storage._fencing`), so a run that lost its
+claim can change nothing. A poller grants this node executions nobody holds
+(no owner, or a lease expired in the database's clock) and wakes waiting
+executions whose timer is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import attrs
+from anyio.abc import TaskGroup, TaskStatus
+
+from abi_engine.errors import AbiError, InternalError, QueueFull
+from abi_engine.events import EventPolicy
+from abi_engine.execution_views import (
+    build_execution,
+)
+from abi_engine.ids import utcnow
+from abi_engine.limits import Limits
+from abi_engine.models import (
+    Execution,
+    ExecutionStatus,
+)
+from abi_engine.runtime.checkpoints import COMMIT_RETRY_SECONDS
+from abi_engine.runtime.commit import GroupCommitter
+from abi_engine.runtime.execution import (
+    Lost,
+    Prepared,
+    one_line,
+)
+from abi_engine.runtime.leases import Claims
+from abi_engine.runtime.settings import RuntimeSettings
+from abi_engine.runtime.steps import RunsExecutions
+from abi_engine.storage._fencing import new_claim
+from abi_engine.storage.aio import call_store
+from abi_engine.storage.base import Store
+from abi_engine.storage.records import (
+    DeliverSignal,
+    ExecutionRecord,
+    InsertExecution,
+    ReleaseExecutions,
+    WriteOp,
+)
+from abi_engine.types import (
+    SLEEP_PREFIX,
+    WorkflowType,
+)
+
+if TYPE_CHECKING:
+    from abi_engine.host import Host
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger("abi_engine.executor")
+
+
+class _Reservation:
+    """A place held in the asynchronous queue (see :meth:`Runtime.reserve`)."""
+
+    __slots__ = ("_runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime: Runtime | None = runtime
+
+    def release(self) -> None:
+        if self._runtime is not None:
+            self._runtime._reserved -= 1
+            self._runtime = None
+
+
+class _Waiter:
+    __slots__ = ("done", "execution")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.execution: Execution | None = None
+
+
+class Runtime(RunsExecutions):
+    """Runs executions for one engine. Started and stopped by the engine."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: RuntimeSettings | None = None,
+        *,
+        events: EventPolicy,
+        workflow_types: Mapping[str, WorkflowType],
+        limits: Limits | None = None,
+    ) -> None:
+        self.settings = settings or RuntimeSettings()
+        self.limits: Limits = limits or Limits()
+        self.store = store
+        self.events = events
+        self.workflow_types = workflow_types
+        #: What steps receive as ``ctx.host`` (set by the engine once it is built).
+        self.host: Host | None = None
+        self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.committer = GroupCommitter(store, events.emit)
+        self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
+        # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
+        # place reserved by a caller is never taken by anyone else.
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
+        self._queued = 0
+        self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
+        self._prepared: dict[str, Prepared] = {}
+        self._reserved = 0
+        self._waiters: dict[str, _Waiter] = {}
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._cancelled: set[str] = set()
+        self._inflight: set[str] = set()
+        #: Grants that arrived while an earlier run of the same execution was still here.
+        self._deferred: dict[str, int] = {}
+        #: The run token of each execution running here (its grant became this).
+        self._run_tokens: dict[str, int] = {}
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._idle = anyio.Event()
+        self._store_failures = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._tg is not None and not self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        """How many executions run in this process now (its load; webhooks yield to it)."""
+        return len(self._inflight)
+
+    def lease(self) -> datetime:
+        """When a lease taken now ends."""
+        return utcnow() + timedelta(seconds=self.settings.lease_seconds)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the committer, workers, poller and heartbeat; run until cancelled."""
+        register = getattr(self.store, "register_node", None)
+        if register is not None:
+            await call_store(self.store, register, self.node_id)
+        self.claims.start(f"abi-engine-heartbeat-{self.node_id}")
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.committer.run)
+                self._tg = tg
+                for _ in range(self.settings.workers):
+                    tg.start_soon(self._worker, self._receive.clone())
+                tg.start_soon(self._poller)
+                tg.start_soon(self._watch_claims)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):  # a renewal in progress may take a moment
+                await anyio.to_thread.run_sync(self.claims.stop)
+
+    async def stop(self) -> None:
+        """Stop taking work; let running steps finish (up to ``shutdown_grace``)."""
+        self._stopping = True
+        if self._inflight:
+            self._idle = anyio.Event()
+            with anyio.move_on_after(self.settings.shutdown_grace):
+                await self._idle.wait()
+
+    def close(self) -> None:
+        """Close the work queue for good (the engine is being closed)."""
+        self._send.close()
+        self._receive.close()
+
+    async def release(self) -> None:
+        """Hand back what this node still holds, so a restart (or another node) resumes
+        it at once; then the node is gone."""
+        try:
+            await self._hand_back_all()
+        finally:
+            unregister = getattr(self.store, "unregister_node", None)
+            if unregister is not None:
+                with anyio.CancelScope(shield=True):
+                    await call_store(self.store, unregister, self.node_id)
+
+    async def _hand_back_all(self) -> None:
+        held = self.claims.to_hand_back()
+        if not held:
+            return
+        try:
+            with anyio.CancelScope(shield=True):  # runs while the engine is being cancelled
+                await call_store(
+                    self.store, self.store.apply, [ReleaseExecutions(claims=tuple(held))]
+                )
+        except Exception as exc:
+            log.warning(
+                "could not hand back %d executions of %s (%s); their leases expire in %g s",
+                len(held),
+                self.node_id,
+                one_line(exc),
+                self.settings.lease_seconds,
+            )
+            return
+        for execution_id, token in held:
+            self.claims.let_go(execution_id, token)
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def grant(self, record: ExecutionRecord) -> None:
+        """Make ``record``, about to be inserted, held by this node: owner, a fresh claim
+        token, a lease. :meth:`submit` then holds and runs it."""
+        record.owner = self.node_id
+        record.claim = new_claim()
+        record.lease_until = self.lease()
+
+    def room(self) -> int:
+        """Free places in the asynchronous queue (reserved ones are not free)."""
+        return self.settings.queue_size - self._queued - self._reserved
+
+    def reserve(self) -> _Reservation:
+        """Reserve a place in the asynchronous queue, or raise ``QueueFull``.
+
+        Reserving before the execution is stored means a refused caller leaves
+        nothing behind, and a reserved place is never taken by other work
+        (the scheduler, recovery). :meth:`submit` uses the reservation;
+        release it (``reservation.release()``, idempotent) when it was not used.
+        """
+        if self.room() <= 0:
+            raise QueueFull(
+                f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
+                {"queue_size": self.settings.queue_size},
+            )
+        self._reserved += 1
+        return _Reservation(self)
+
+    def submit(
+        self, prepared: Prepared, *, sync: bool, reservation: _Reservation | None = None
+    ) -> bool:
+        """Run a just-inserted execution (granted with :meth:`grant`): at once when
+        ``sync``, else through the queue. Returns ``False`` when the queue had no room
+        (and no ``reservation`` was given): the execution is then handed back to the
+        store for any node's recovery.
+        """
+        record = prepared.record
+        assert record.claim is not None, "submit() needs a record granted with grant()"
+        self.claims.hold(record.id, record.claim)
+        self._prepared[record.id] = prepared
+        if reservation is not None:
+            reservation.release()
+        elif not sync and self.room() <= 0:
+            self._prepared.pop(record.id, None)
+            self._hand_back(record.id, record.claim)
+            return False
+        self._push(record.id, record.claim, sync=sync)
+        return True
+
+    def resume(self, execution_id: str, token: int) -> None:
+        """Run an execution granted to this node by a signal (it was waiting)."""
+        self.claims.hold(execution_id, token)
+        self._push(execution_id, token)
+
+    def _push(self, execution_id: str, token: int, *, sync: bool = False) -> None:
+        if self._tg is None:
+            raise RuntimeError("The engine is not running: use `async with engine:`")
+        if sync:
+            self._tg.start_soon(self._run_sync, execution_id, token)
+            return
+        self._queued += 1
+        self._send.send_nowait((execution_id, token))
+
+    def _hand_back(self, execution_id: str, token: int) -> None:
+        """Let go of a claim and hand the execution back to the store (in the background;
+        if that write fails, the lease expiry does the same)."""
+        self.claims.let_go(execution_id, token)
+        if self._tg is not None and not self._stopping:
+            self._tg.start_soon(self._release_claims, ((execution_id, token),))
+
+    async def _release_claims(self, claims: tuple[tuple[str, int], ...]) -> None:
+        try:
+            await self.committer.submit(ReleaseExecutions(claims=claims))
+        except Exception as exc:
+            log.warning("could not hand back %d executions (%s)", len(claims), one_line(exc))
+
+    async def commit(
+        self,
+        op: WriteOp,
+        *,
+        execution_id: str | None = None,
+        then: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Commit ``op`` for a caller (an API call), retrying a store that fails for a
+        few seconds (every op is idempotent: a retry after a lost answer finds its
+        own effect). Raises :class:`~abi_engine.errors.InternalError` naming
+        ``execution_id`` when the store keeps failing: the op may or may not have
+        applied. A value the store cannot encode (``TypeError``/``ValueError``) is
+        raised at once. ``then(result)``: see :meth:`GroupCommitter.submit`.
+        """
+        delay = 0.05
+        give_up = time.monotonic() + COMMIT_RETRY_SECONDS
+        retry = False
+        while True:
+            if retry:
+                op = self._with_fresh_lease(op)
+            retry = True
+            try:
+                return await self.committer.submit(op, then=then)
+            except (TypeError, ValueError, AbiError):
+                raise
+            except Exception as exc:
+                if time.monotonic() + delay > give_up:
+                    log.warning("%s failed for good (%s)", type(op).__name__, one_line(exc))
+                    details = {} if execution_id is None else {"execution_id": execution_id}
+                    raise InternalError(
+                        "The database did not answer; the change may or may not have been"
+                        " made" + (f" (look up execution {execution_id})" if execution_id else ""),
+                        details,
+                    ) from None
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _with_fresh_lease(self, op: WriteOp) -> WriteOp:
+        """``op`` granting this node a lease from now (a retried write must not store a
+        lease that ran out while it was retried)."""
+        if isinstance(op, InsertExecution) and op.record.owner == self.node_id:
+            op.record.lease_until = self.lease()
+        elif isinstance(op, DeliverSignal) and op.grant_owner is not None:
+            op = attrs.evolve(op, lease_until=self.lease())
+        return op
+
+    async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
+        """Wait until the execution ends or waits (or ``timeout``); its view or ``None``.
+
+        Also notices executions ended (or parked) by another process, by polling the store.
+        """
+        waiter = self._waiters.get(execution_id)
+        if waiter is None:
+            waiter = self._waiters[execution_id] = _Waiter()
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        # Not running here: it may have ended already, so look at the store first.
+        look_first = execution_id not in self._prepared and execution_id not in self._inflight
+        try:
+            while True:
+                if not look_first:
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        return None
+                    with anyio.move_on_after(
+                        min(remaining, max(self.settings.poll_interval, 0.05))
+                    ):
+                        await waiter.done.wait()
+                    if waiter.execution is not None:
+                        return waiter.execution
+                    if waiter.done.is_set():  # without a view: look at the store
+                        waiter.done = anyio.Event()
+                look_first = False
+                record = await call_store(self.store, self.store.get_execution, execution_id)
+                if record is not None and (
+                    record.status.finished
+                    or (
+                        record.status is ExecutionStatus.WAITING
+                        # a durable sleep is still running time, not an answer
+                        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
+                    )
+                ):
+                    steps = await call_store(self.store, self.store.get_steps, execution_id)
+                    return build_execution(record, steps)
+        finally:
+            if self._waiters.get(execution_id) is waiter:
+                del self._waiters[execution_id]
+
+    def _notify(self, execution_id: str, execution: Execution | None) -> None:
+        waiter = self._waiters.get(execution_id)
+        if waiter is not None:
+            waiter.execution = execution
+            waiter.done.set()
+
+    def cancel_local(self, execution_id: str) -> None:
+        """Stop the execution's run in this node, if any (its record is already ended, or
+        this node lost it): at once when a step runs, before the first step otherwise."""
+        if execution_id in self._inflight or execution_id in self._prepared:
+            self._cancelled.add(execution_id)
+            scope = self._scopes.get(execution_id)
+            if scope is not None:
+                scope.cancel()
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def _worker(self, receive: Any) -> None:
+        async with receive:
+            async for execution_id, token in receive:
+                self._queued -= 1
+                await self._guarded(execution_id, token)
+
+    async def _run_sync(self, execution_id: str, token: int) -> None:
+        waited = self._sync_limiter.available_tokens < 1
+        async with self._sync_limiter:
+            prepared = self._prepared.get(execution_id)
+            if waited and prepared is not None and prepared.claimed:
+                # Stored running, then it waited for a slot: cancelled meanwhile?
+                prepared.claimed = await self._still_running(execution_id, token)
+            await self._guarded(execution_id, token)
+
+    async def _guarded(self, execution_id: str, token: int) -> None:
+        if self._stopping or not self.claims.holds(execution_id, token):
+            self._prepared.pop(execution_id, None)
+            self._cancelled.discard(execution_id)
+            return  # handed back on stop, or lost meanwhile
+        if execution_id in self._inflight:
+            # An earlier run of it is still here (it lost its claim and has not noticed
+            # yet): this grant runs once that one has stopped.
+            self._deferred[execution_id] = token
+            return
+        self._inflight.add(execution_id)
+        try:
+            await self._execute(execution_id, token)
+        except Lost:
+            pass  # logged where it was noticed
+        except Exception:
+            log.exception("execution %s crashed the runtime; it will be recovered", execution_id)
+        finally:
+            self._inflight.discard(execution_id)
+            self._scopes.pop(execution_id, None)
+            self._cancelled.discard(execution_id)
+            run_token = self._run_tokens.pop(execution_id, None)
+            held = self.claims.token(execution_id)
+            if held in (token, run_token) and held is not None and not self._stopping:
+                # The run stopped without ending the execution (the store failed for
+                # too long): its lease expires and recovery takes it over. (While
+                # stopping, what is still held is handed back by ``release``; a newer
+                # grant, from a signal or a poll, is not this run's to drop.)
+                self.claims.let_go(execution_id, held)
+            deferred = self._deferred.pop(execution_id, None)
+            if deferred is not None and self.claims.holds(execution_id, deferred):
+                self._push(execution_id, deferred)
+            if self._stopping and not self._inflight:
+                self._idle.set()
+
+    async def _still_running(self, execution_id: str, token: int) -> bool:
+        """Whether the execution is still stored running under ``token`` (``False``: it
+        ended meanwhile, e.g. cancelled; the run must not start)."""
+        if execution_id in self._cancelled:
+            return False
+        try:
+            record = await self._read(self.store.get_execution, execution_id, token=token)
+        except Lost:
+            return False
+        return (
+            record is not None
+            and record.status is ExecutionStatus.RUNNING
+            and record.claim == token
+        )
+
+    async def _poller(self) -> None:
+        while True:
+            if not self._stopping:
+                try:
+                    await self._recover_once()
+                except Exception as exc:
+                    self._store_failed("recovery poll", exc)
+                else:
+                    self._store_works()
+            await anyio.sleep(self.settings.poll_interval)
+
+    async def _watch_claims(self) -> None:
+        """Stop the runs of claims this node lost (a loop of its own: a poll that hangs on
+        an unreachable store must not keep a run going past its lease)."""
+        while True:
+            for execution_id in self.claims.take_lost():
+                if execution_id in self._inflight:
+                    log.warning(
+                        "execution %s: this node lost its claim; its run stops", execution_id
+                    )
+                self.cancel_local(execution_id)
+            await anyio.sleep(min(self.settings.poll_interval, self.settings.lease_seconds / 10))
+
+    def _store_failed(self, what: str, exc: BaseException) -> None:
+        self._store_failures += 1
+        if self._store_failures == 1:
+            log.warning("%s failed (%s); retrying", what, one_line(exc))
+
+    def _store_works(self) -> None:
+        if self._store_failures:
+            log.warning("the store works again after %d failed polls", self._store_failures)
+            self._store_failures = 0
+
+    async def _recover_once(self) -> int:
+        room = min(self.room(), 500)
+        if room <= 0:
+            return 0
+        dead_nodes = getattr(self.store, "dead_nodes", None)
+        dead = await call_store(self.store, dead_nodes) if dead_nodes is not None else []
+        granted = await call_store(
+            self.store,
+            self.store.claim_recoverable,
+            self.node_id,
+            utcnow(),
+            self.lease(),
+            room,
+            set(self.workflow_types),
+            dead,
+        )
+        for execution_id, _priority, token in granted:
+            self.claims.hold(execution_id, token)
+            self._push(execution_id, token)
+        return len(granted)
+
+    def sync_slot_free(self) -> bool:
+        """Whether a synchronous execution submitted now starts at once."""
+        return self.running and self._sync_limiter.available_tokens >= 1
+
+    def _timer(self, when: datetime) -> None:
+        """Wake the waiting executions due at ``when`` then (while the runtime runs)."""
+        if self._tg is not None:
+            self._tg.start_soon(self._wake_at, when)
+
+    async def _wake_at(self, when: datetime) -> None:
+        """Look for due timers right at ``when`` (the poller would notice later)."""
+        await anyio.sleep(max(0.0, (when - utcnow()).total_seconds()) + 0.001)
+        if not self._stopping:
+            try:
+                await self._recover_once()
+            except Exception as exc:  # the poller will find it when the store answers
+                self._store_failed("wake-up poll", exc)

@@ -1,0 +1,398 @@
+"""Running one execution: load it, run its steps, checkpoint each, suspend or finish.
+
+:class:`RunsExecutions` is mixed into :class:`~abi_engine.runtime.runner.Runtime`;
+it holds no state of its own. Every write of a run is a compare-and-set on the
+run's claim token (:meth:`_write`); a run that lost its claim stops at once
+(:class:`~abi_engine.runtime.execution.Lost`) and writes nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from abi_engine.events import OutboxEvent
+from abi_engine.execution_views import (
+    execution_json,
+    started_view,
+    step_event_data,
+)
+from abi_engine.ids import utcnow
+from abi_engine.models import (
+    ExecutionStatus,
+    StepStatus,
+)
+from abi_engine.runtime.checkpoints import WritesRuns
+from abi_engine.runtime.execution import (
+    SUSPENDED,
+    Failure,
+    Lost,
+    Prepared,
+    ProgressTooLarge,
+    ResultTooLarge,
+    milliseconds,
+    sized_json,
+)
+from abi_engine.storage._codec import loads as _loads
+from abi_engine.storage._fencing import new_claim
+from abi_engine.storage.records import (
+    ClaimExecution,
+    ExecutionRecord,
+    SaveProgress,
+    StepRecord,
+)
+from abi_engine.types import (
+    PROGRESS_PREFIX,
+    ExecutionLost,
+    StepContext,
+    StepSpec,
+    Suspend,
+)
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["RunsExecutions"]
+
+log = logging.getLogger("abi_engine.executor")
+
+T = TypeVar("T")
+
+
+class RunsExecutions(WritesRuns):
+    """The running of one execution (its steps), for :class:`~abi_engine.runtime.runner.Runtime`."""
+
+    async def _load(self, execution_id: str, grant: int) -> Prepared | None:
+        """The execution to run, claimed by this node under a fresh run token (``None``
+        when there is nothing to run here)."""
+        prepared = self._prepared.pop(execution_id, None)
+        if prepared is not None and prepared.claimed:
+            prepared.token = grant  # inserted running under its run token
+            prepared.fresh = True
+            return prepared
+        record = (
+            prepared.record
+            if prepared is not None
+            else await self._read(self.store.get_execution, execution_id, token=grant)
+        )
+        if record is None or record.status.finished:
+            self.claims.let_go(execution_id, grant)
+            return None
+        if record.workflow_type not in self.workflow_types:
+            # Not a type this node runs (a node of another version took it?): hand it back.
+            log.warning(
+                "execution %s: workflow type %r is not registered here; handed back",
+                execution_id,
+                record.workflow_type,
+            )
+            self._hand_back(execution_id, grant)
+            return None
+        fresh = record.started_at is None
+        record.started_at = record.started_at or utcnow()
+        record.status = ExecutionStatus.RUNNING
+        token = new_claim()
+        self.claims.expect(execution_id, token)  # handed back too if we stop meanwhile
+        claimed = await self._write(
+            ClaimExecution(
+                execution_id=execution_id,
+                grant=grant,
+                token=token,
+                owner=self.node_id,
+                lease_until=self.lease(),
+                started_at=record.started_at,
+                events=self.started_events(record) if fresh else (),
+            ),
+            execution_id,
+            grant,
+        )
+        if not claimed or not self.claims.swap(execution_id, grant, token):
+            self.claims.let_go(execution_id, grant)
+            return None
+        self._run_tokens[execution_id] = token
+        record.claim = token
+        if prepared is not None:
+            prepared.token, prepared.fresh = token, fresh
+            return prepared
+        wtype = self.workflow_types[record.workflow_type]
+        loaded = Prepared(record=record, workflow_type=wtype, config=None, params=None, specs=[])
+        loaded.token, loaded.fresh = token, fresh
+        try:
+            loaded.config = wtype.parse_configuration(record.configuration)
+            loaded.params = wtype.parse_parameters(record.parameters, loaded.config)
+            loaded.specs = wtype.steps(loaded.config)
+        except Exception as exc:
+            await self._finish_failed(record, loaded, exc, step=None, steps_done=[])
+            return None
+        return loaded
+
+    def started_events(self, record: ExecutionRecord) -> tuple[OutboxEvent, ...]:
+        """The ``workflow.executed`` event of an execution that starts, if anyone wants it."""
+        if not self._wants("workflow.executed", record):
+            return ()
+        event = self.events.execution_event(
+            "workflow.executed",
+            record.id,
+            lambda: execution_json(started_view(record)),
+            at=record.started_at or utcnow(),
+        )
+        return (event,)
+
+    async def _connect(self, prepared: Prepared) -> None:
+        """Load the connections (with secrets) of the workflow's integrations for the steps."""
+        record, token = prepared.record, prepared.token
+        ids = prepared.integration_ids
+        if ids is None:
+            workflow = await self._read(
+                lambda _id, wf=record.workflow_id: self.store.get_workflow(wf),
+                record.id,
+                token=token,
+            )
+            ids = tuple(i.id for i in workflow.integrations) if workflow else ()
+        for integration_id in ids:
+            connection = await self._read(
+                lambda _id, i=integration_id: self.store.get_integration(i), record.id, token=token
+            )
+            if connection is not None:
+                prepared.integrations[integration_id] = connection
+
+    async def _execute(self, execution_id: str, grant: int) -> None:
+        prepared = await self._load(execution_id, grant)
+        if prepared is None:
+            return
+        record = prepared.record
+        fresh = prepared.fresh  # nothing stored yet: no steps, signals or progress to read
+        await self._connect(prepared)
+        token = prepared.token
+        done: list[StepRecord] = (
+            [] if fresh else await self._read(self.store.get_steps, execution_id, token=token)
+        )
+        signals: dict[str, Any] = (
+            {} if fresh else await self._read(self.store.get_signals, execution_id, token=token)
+        )
+        if record.timeout_at is not None and record.timeout_at <= utcnow():
+            await self._finish_timed_out(prepared, done, None)
+            return
+        scope = anyio.CancelScope()
+        if record.timeout_at is not None:
+            remaining = (record.timeout_at - utcnow()).total_seconds()
+            scope.deadline = anyio.current_time() + remaining
+        self._scopes[execution_id] = scope
+        if execution_id in self._cancelled:  # cancelled (or lost) before the scope existed
+            scope.cancel()
+        running: list[StepRecord | None] = [None]
+        with scope:
+            try:
+                await self._run_steps(prepared, done, signals, running, resumed=not fresh)
+            except Lost:
+                raise
+            except Exception as exc:
+                # Outside any step (a plugin's skip_if, say): the same error comes back at
+                # every recovery, so the execution ends failed instead of looping.
+                log.error("execution %s failed outside its steps: %s", execution_id, exc)
+                await self._finish_failed(record, prepared, exc, step=None, steps_done=done)
+            return
+        # Only reached when the scope was cancelled: a cancellation or the timeout.
+        if execution_id in self._cancelled:
+            self._notify(execution_id, None)
+            return
+        await self._finish_timed_out(prepared, done, running[0])
+
+    async def _run_steps(
+        self,
+        prepared: Prepared,
+        done: list[StepRecord],
+        signals: dict[str, Any],
+        running: list[StepRecord | None],
+        *,
+        resumed: bool = False,
+    ) -> None:
+        """Run the steps after ``done``.
+
+        ``resumed``: the execution ran before (it waited, or its process
+        stopped); the step it was in then started when the step before it
+        ended (or the execution started), as the execution's view showed it,
+        so that is the step's ``started_at``: its duration covers the wait.
+        """
+        record = prepared.record
+        resume_at: datetime | None = None
+        if resumed:
+            resume_at = (done[-1].completed_at if done else None) or record.started_at
+        results: dict[str, Any] = {
+            s.name: s.result for s in done if s.status is StepStatus.COMPLETED
+        }
+        last_result: Any = None
+        for s in done:
+            if s.status is StepStatus.COMPLETED:
+                last_result = s.result
+        specs = prepared.specs
+        for index in range(len(done), len(specs)):
+            if self._stopping:
+                return
+            spec = specs[index]
+            is_last = index == len(specs) - 1
+            started = resume_at or utcnow()
+            resume_at = None
+            if spec.skip_if is not None and spec.skip_if(record.configuration, record.parameters):
+                step = StepRecord(
+                    execution_id=record.id,
+                    index=index,
+                    name=spec.name,
+                    status=StepStatus.SKIPPED,
+                    started_at=started,
+                    completed_at=started,
+                    duration_ms=0,
+                )
+                if is_last:
+                    await self._finish_completed(prepared, done, step, last_result)
+                    return
+                if not await self._checkpoint(prepared, step, ()):
+                    return
+                done.append(step)
+                continue
+            step = StepRecord(
+                execution_id=record.id,
+                index=index,
+                name=spec.name,
+                status=StepStatus.RUNNING,
+                started_at=started,
+            )
+            running[0] = step
+            outcome = await self._attempt(prepared, spec, step, results, signals)
+            if outcome is SUSPENDED:
+                return
+            if isinstance(outcome, Failure):
+                await self._finish_failed(record, prepared, outcome.exc, step=step, steps_done=done)
+                return
+            result, step.result_json = outcome
+            finished = utcnow()
+            step.status = StepStatus.COMPLETED
+            step.completed_at = finished
+            step.duration_ms = milliseconds(finished - started)
+            step.result = result
+            running[0] = None
+            results[spec.name] = result
+            last_result = result
+            step_events: tuple[OutboxEvent, ...] = ()
+            if self._wants("execution.step_completed", record):
+                step_events = (self._step_event(record, step),)
+            if is_last:
+                await self._finish_completed(prepared, done, step, result, *step_events)
+                return
+            if not await self._checkpoint(prepared, step, step_events):
+                return
+            done.append(step)
+        # Nothing left to run: no steps at all, or every step done already (the type
+        # has fewer steps than when the execution started).
+        await self._finish_completed(prepared, done, None, last_result)
+
+    async def _attempt(
+        self,
+        prepared: Prepared,
+        spec: StepSpec,
+        step: StepRecord,
+        results: dict[str, Any],
+        signals: dict[str, Any],
+    ) -> Any:
+        record = prepared.record
+        save_progress = partial(self._save_progress, prepared, step.index, signals)
+        attempt = 0
+        while True:
+            attempt += 1
+            step.attempts = attempt
+            visible: dict[str, Any] = {}
+            progress = None
+            if signals:  # a copy: progress saved later must not show up as a signal
+                progress = signals.get(f"{PROGRESS_PREFIX}{step.index}")
+                visible = {k: v for k, v in signals.items() if not k.startswith("#")}
+            ctx = StepContext(
+                execution_id=record.id,
+                workflow_id=record.workflow_id,
+                step_name=spec.name,
+                parameters=record.parameters,
+                configuration=record.configuration,
+                params=prepared.params,
+                config=prepared.config,
+                results=results,
+                signals=visible,
+                integrations=prepared.integrations,
+                attempt=attempt,
+                host=self.host,
+                services=self.host.legacy_services if self.host else {},  # deprecated
+                progress=progress,
+                progress_saver=save_progress,
+            )
+            try:
+                if spec.timeout_seconds is not None:
+                    with anyio.fail_after(spec.timeout_seconds):
+                        result = await spec.fn(ctx)
+                else:
+                    result = await spec.fn(ctx)
+                return result, sized_json(
+                    result,
+                    self.limits.max_result_bytes,
+                    f"The result of step {spec.name!r}",
+                    ResultTooLarge,
+                )
+            except Suspend as suspend:
+                state = await self._suspend(prepared, suspend)
+                if state == "ready":
+                    signals.update(
+                        await self._read(self.store.get_signals, record.id, token=prepared.token)
+                    )
+                    attempt -= 1
+                    continue
+                return SUSPENDED
+            except ExecutionLost:  # another engine runs it now, or it was cancelled
+                return SUSPENDED
+            except (ResultTooLarge, ProgressTooLarge) as exc:  # the same would come back
+                return Failure(exc)
+            except Exception as exc:
+                if attempt >= spec.retry.attempts:
+                    return Failure(exc)
+                await anyio.sleep(spec.retry.delay_before(attempt + 1))
+
+    async def _save_progress(
+        self, prepared: Prepared, index: int, signals: dict[str, Any], value: Any
+    ) -> Any:
+        """``StepContext.save_progress`` of step ``index``: kept with the signals, committed;
+        returns the value as stored (what a run after a restart reads)."""
+        limit = self.limits.max_progress_bytes
+        try:
+            text = sized_json(value, limit, "The progress", ProgressTooLarge)
+        except ProgressTooLarge:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"progress must be JSON: {exc}") from None
+        name = f"{PROGRESS_PREFIX}{index}"
+        execution_id = prepared.record.id
+        op = SaveProgress(
+            execution_id=execution_id,
+            token=prepared.token,
+            name=name,
+            payload_json=text,
+            saved_at=utcnow(),
+        )
+        try:
+            saved = await self._write(op, execution_id, prepared.token)
+        except Lost:
+            saved = False
+        if not saved:
+            self._lost(prepared)
+            raise ExecutionLost(f"execution {execution_id} is no longer run by this engine")
+        stored = _loads(text)
+        signals[name] = stored
+        return stored
+
+    def _step_event(self, record: ExecutionRecord, step: StepRecord) -> OutboxEvent:
+        return self.events.execution_event(
+            "execution.step_completed",
+            record.id,
+            lambda: step_event_data(record, step),
+            at=step.completed_at or utcnow(),
+            step_index=step.index,
+        )

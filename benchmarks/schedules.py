@@ -5,7 +5,7 @@ Prints:
   and next-run computation included) created in-process by many concurrent
   tasks, so group commit batches them: total time, creates per second (wall
   clock and per CPU second of this process), peak RSS;
-- tick: ``engine.schedules.tick()`` with those N schedules stored and none
+- tick: ``engine.scheduler.tick()`` with those N schedules stored and none
   due, median and p99 over 200 ticks;
 - lateness: 200 fixed-time schedules due on three consecutive second
   boundaries a few seconds ahead, with 10,000 more stored (due much later),
@@ -178,7 +178,7 @@ async def bench_create_and_tick(
             with profiled("tick", profile):
                 for _ in range(200):
                     started = time.perf_counter()
-                    more = await engine.schedules.tick()
+                    more = await engine.scheduler.tick()
                     times.append((time.perf_counter() - started) * 1000)
                     assert more is False
             print(

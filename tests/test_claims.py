@@ -235,7 +235,7 @@ async def test_a_reserved_queue_place_is_never_taken(make: EngineFactory) -> Non
                 "interval_unit": "seconds",
             },
         )
-        await until(lambda: engine.schedules.fired >= 1, timeout=30, what="a firing")
+        await until(lambda: engine.scheduler.fired >= 1, timeout=30, what="a firing")
         await engine.schedules.update(schedule.id, {"enabled": False})
         reservation.release()
         first = await engine.executions.execute(wf, {}, wait=False)

@@ -193,7 +193,15 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "foundation",
         frozenset(
-            {"errors", "ids", "limits", "json_schema", "expressions", "schedule_math"}
+            {
+                "errors",
+                "ids",
+                "limits",
+                "json_schema",
+                "expressions",
+                "schedule_math",
+                "schedule_rules",
+            }
             | {"webhook_signing", "netguard"}
         ),
     ),
@@ -204,7 +212,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "services",
         frozenset(
-            {"services", "workflows", "executions", "scheduling", "webhooks", "integrations"}
+            {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth"}
         ),
     ),

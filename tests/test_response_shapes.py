@@ -270,7 +270,7 @@ def test_execution_filters_over_rest(api: Served) -> None:
         201,
     )
     due = engine.call(_due, engine, schedule["id"])
-    engine.call(engine.schedules.tick, due)
+    engine.call(engine.scheduler.tick, due)
     [entry] = data_of(alice.get(f"/api/v1/workflow_schedules/{schedule['id']}/history"))["items"]
     scheduled = entry["execution_id"]
     data_of(alice.get(f"/api/v1/workflow_executions/{scheduled}/wait"))

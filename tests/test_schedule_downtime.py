@@ -106,7 +106,7 @@ async def test_eighty_days_of_every_minute_plan_in_well_under_a_second(
         tg.start_soon(lag.run)
         await anyio.sleep(0.05)
         cpu = time.process_time()
-        await eng.schedules.tick(now)
+        await eng.scheduler.tick(now)
         cpu = time.process_time() - cpu
         tg.cancel_scope.cancel()
     assert cpu < 2.0, cpu  # enumerating every missed minute took 10-12 s
@@ -132,13 +132,13 @@ async def test_a_tick_yields_to_the_loop_between_schedules(
     _, first = await every_minute(eng, 20)
     ran = 0
     seen: list[int] = []
-    plan = eng.schedules._plan_due
+    plan = eng.scheduler._plan_due
 
     async def observed(*args: Any) -> Any:
         seen.append(ran)
         return await plan(*args)
 
-    monkeypatch.setattr(eng.schedules, "_plan_due", observed)
+    monkeypatch.setattr(eng.scheduler, "_plan_due", observed)
 
     async def other_task() -> None:
         nonlocal ran
@@ -149,7 +149,7 @@ async def test_a_tick_yields_to_the_loop_between_schedules(
     async with anyio.create_task_group() as tg:
         tg.start_soon(other_task)
         await anyio.lowlevel.checkpoint()
-        await eng.schedules.tick(first)
+        await eng.scheduler.tick(first)
         tg.cancel_scope.cancel()
     assert len(seen) == 20
     # The other task ran between each schedule's plan and the next one's.
@@ -171,7 +171,7 @@ async def test_a_firing_reads_its_workflow_as_every_store_call_is_made(
         return get_workflow(workflow_id)
 
     monkeypatch.setattr(eng.store, "get_workflow", observed)
-    await eng.schedules.tick(first)
+    await eng.scheduler.tick(first)
     assert threads, "the firing read the workflow"
     on_loop = {thread == loop_thread for thread in threads}
     assert on_loop == {not eng.store.blocking}

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
 
-from abi_engine import Engine, hookimpl, scheduling
+from abi_engine import Engine, hookimpl, schedules
 from abi_engine.errors import InvalidState
 from abi_engine.events import Event
 from abi_engine.ids import format_time
@@ -134,7 +134,7 @@ async def test_an_edit_that_read_before_a_firing_does_not_undo_it(
     """A firing commits between an edit's read and its write: the edit retries on the fired
     schedule, so the due time stays fired, once, and the edit keeps the firing's last run."""
     schedule, due = await every_minute(eng)
-    caught = before_first(eng, monkeypatch, UpdateSchedule, lambda: eng.schedules.tick(due))
+    caught = before_first(eng, monkeypatch, UpdateSchedule, lambda: eng.scheduler.tick(due))
     updated = await eng.schedules.update(schedule.id, {"description": "edited"})
     assert caught, "the firing ran inside the edit"
     [(execution_id, _)] = started(eng, schedule.id)
@@ -143,7 +143,7 @@ async def test_an_edit_that_read_before_a_firing_does_not_undo_it(
     assert updated.last_execution is not None
     assert updated.last_execution.execution_id == execution_id
     # The due time is not due again: a later tick starts nothing more.
-    await eng.schedules.tick(due + timedelta(seconds=30))
+    await eng.scheduler.tick(due + timedelta(seconds=30))
     assert len(started(eng, schedule.id)) == 1
     assert await fired(eng, schedule.id) == [due]
     stored = await eng.schedules.get(schedule.id)
@@ -170,10 +170,10 @@ async def test_a_firing_planned_before_an_edit_fires_the_edited_schedule(
         await eng.schedules.update(schedule.id, edit)
 
     caught = before_first(eng, monkeypatch, FireSchedule, edit_now)
-    await eng.schedules.tick(due)
+    await eng.scheduler.tick(due)
     assert caught, "the edit ran inside the firing"
     assert started(eng, schedule.id) == []
-    await eng.schedules.tick(due)
+    await eng.scheduler.tick(due)
     assert [parameters for _, parameters in started(eng, schedule.id)] == expected
     page = await eng.schedules.history(schedule.id, page_size=100)
     outcomes = [(h.outcome, h.due_at) for h in page.items]
@@ -186,7 +186,7 @@ async def test_a_delete_that_read_before_a_firing_reports_the_schedule_it_delete
     """A firing commits between a delete's read and its write: the delete retries, and its
     schedule.deleted event shows the schedule as deleted (fired, next due time moved)."""
     schedule, due = await every_minute(eng)
-    caught = before_first(eng, monkeypatch, DeleteSchedule, lambda: eng.schedules.tick(due))
+    caught = before_first(eng, monkeypatch, DeleteSchedule, lambda: eng.scheduler.tick(due))
     await eng.schedules.delete(schedule.id)
     assert caught, "the firing ran inside the delete"
     [(execution_id, _)] = started(eng, schedule.id)
@@ -202,7 +202,7 @@ async def test_an_edit_that_keeps_losing_answers_invalid_state(
     """An edit that loses its compare-and-set at every attempt gives up with INVALID_STATE,
     and every write that beat it stands."""
     schedule, _ = await every_minute(eng)
-    monkeypatch.setattr(scheduling, "WRITE_ATTEMPTS", 4)
+    monkeypatch.setattr(schedules, "WRITE_ATTEMPTS", 4)
     committer = eng.runtime.committer
     submit = committer.submit
 

@@ -32,8 +32,6 @@ from hypothesis import strategies as st
 
 from abi_engine.schedule_math import (
     ALIASES,
-    MAX_FIRED_PER_TICK,
-    Missed,
     Timing,
     _croniter_spec,
     _plain_spec,
@@ -42,12 +40,12 @@ from abi_engine.schedule_math import (
     count_interval,
     next_cron,
     next_interval,
-    plan_missed,
     prev_cron,
     prev_interval,
     resolve_local,
     zone,
 )
+from abi_engine.schedule_rules import MAX_FIRED_PER_TICK, Missed, plan_missed
 
 MINUTE = timedelta(minutes=1)
 ZONES = [

@@ -97,7 +97,7 @@ def test_seed_schedule_example_over_rest_fires_a_report(api: Served) -> None:
     updated = data_of(client.put(f"/api/v1/workflow_schedules/{created['id']}", json=SEED_UPDATE))
     assert updated["parameters"]["generate_report"] is True
     due = api.engine.call(_due, api.engine, created["id"])
-    api.engine.call(api.engine.schedules.tick, due)
+    api.engine.call(api.engine.scheduler.tick, due)
     [entry] = data_of(client.get(f"/api/v1/workflow_schedules/{created['id']}/history"))["items"]
     assert entry["outcome"] == "fired", entry
     execution = data_of(
@@ -208,7 +208,7 @@ async def test_failed_firing_is_counted_logged_and_emitted(
     first = schedule.next_execution
     assert first is not None
     caplog.set_level(logging.WARNING, logger="abi_engine.scheduler")
-    await engine.schedules.tick(first)
+    await engine.scheduler.tick(first)
     failed = await engine.schedules.get(schedule.id)
     assert failed.failed_firings == 1
     assert failed.last_failure is not None
@@ -227,14 +227,14 @@ async def test_failed_firing_is_counted_logged_and_emitted(
     assert entry.outcome == "failed"
 
     assert failed.next_execution is not None
-    await engine.schedules.tick(failed.next_execution)
+    await engine.scheduler.tick(failed.next_execution)
     twice = await engine.schedules.get(schedule.id)
     assert twice.failed_firings == 2
     assert len([e for e in recorder.events if e.type == "schedule.failed"]) == 2
 
     await engine.integrations.put("int_crm", "http", {"base_url": "https://crm.example.com"})
     assert twice.next_execution is not None
-    await engine.schedules.tick(twice.next_execution)
+    await engine.scheduler.tick(twice.next_execution)
     fired = await engine.schedules.get(schedule.id)
     assert fired.failed_firings == 2  # kept: a count of what went wrong
     assert fired.last_execution is not None
@@ -277,7 +277,7 @@ def test_failed_firings_show_over_rest(api: Served) -> None:
         201,
     )
     due = api.engine.call(_due, api.engine, schedule["id"])
-    api.engine.call(api.engine.schedules.tick, due)
+    api.engine.call(api.engine.scheduler.tick, due)
     shown = data_of(client.get(f"/api/v1/workflow_schedules/{schedule['id']}"))
     assert shown["failed_firings"] == 1
     assert shown["last_failure"]["code"] == "INTEGRATION_MISSING"
@@ -350,7 +350,7 @@ async def test_parameters_echoed_unchanged_are_not_checked_again(
     with pytest.raises(ParameterValidationError):
         await engine.schedules.update(schedule.id, {"parameters": {"version": "2"}})
     assert renamed.next_execution is not None
-    await engine.schedules.tick(renamed.next_execution)
+    await engine.scheduler.tick(renamed.next_execution)
     stale = await engine.schedules.get(schedule.id)
     assert stale.failed_firings == 1
     assert stale.last_failure is not None

@@ -1,7 +1,7 @@
 """Schedules: CRUD in the seed's shapes, validation, events, firing, misfire and overlap
 policies, the REST operations, the seed's Python block, and ticks at scale.
 
-Downtime is simulated by calling ``engine.schedules.tick(now=...)`` with a
+Downtime is simulated by calling ``engine.scheduler.tick(now=...)`` with a
 ``now`` long after several due times (no sleeping), and once for real by
 stopping the engine and starting another on the same database.
 """
@@ -244,7 +244,7 @@ async def test_get_shows_workflow_name_and_last_execution(eng: Engine) -> None:
     assert unstructure(fetched)["last_execution"] is None
 
     assert created.next_execution is not None
-    await eng.schedules.tick(created.next_execution)
+    await eng.scheduler.tick(created.next_execution)
     [(execution_id, _)] = executions_of(eng, created.id)
     await wait_status(eng, execution_id, ExecutionStatus.COMPLETED)
     fetched = await eng.schedules.get(created.id)
@@ -438,7 +438,7 @@ async def test_events_for_each_change_and_trigger(eng: Engine, recorder: Recorde
     created = await eng.schedules.create(wf, interval(60, parameters={"source": "ev"}))
     await eng.schedules.update(created.id, {"description": "changed"})
     assert created.next_execution is not None
-    await eng.schedules.tick(created.next_execution)
+    await eng.scheduler.tick(created.next_execution)
     [(execution_id, _)] = executions_of(eng, created.id)
     await eng.schedules.delete(created.id)
     assert recorder.types() == [
@@ -479,7 +479,7 @@ async def test_schedule_events_follow_the_subscriptions_of_any_process(
         after = await here.schedules.create(wf, interval(60, name="after"))
         await here.schedules.update(after.id, {"description": "not subscribed"})
         assert after.next_execution is not None
-        await here.schedules.tick(after.next_execution)
+        await here.scheduler.tick(after.next_execution)
         [(execution_id, _)] = executions_of(here, after.id)
         await here.schedules.delete(after.id)
     stored = [s.event for s in here.store.events_after(0, limit=1000)]
@@ -550,7 +550,7 @@ async def test_fixed_time_fires_once_then_completed(eng: Engine) -> None:
     assert (done.status, done.next_execution) == ("completed", None)
     assert done.last_execution is not None
     assert done.last_execution.execution_id == execution_id
-    await eng.schedules.tick(at + timedelta(days=1))
+    await eng.scheduler.tick(at + timedelta(days=1))
     assert len(executions_of(eng, schedule.id)) == 1
     assert outcomes(await history(eng, schedule.id)) == ["fired"]
     # A later edit that does not change the time keeps it done, even when it echoes
@@ -572,7 +572,7 @@ async def test_disabled_schedule_does_not_fire_and_says_why(eng: Engine) -> None
     record = eng.store.get_schedule(schedule.id)
     assert record is not None
     assert record.next_due is not None
-    await eng.schedules.tick(record.next_due + timedelta(seconds=150))
+    await eng.scheduler.tick(record.next_due + timedelta(seconds=150))
     assert executions_of(eng, schedule.id) == []
     [entry] = await history(eng, schedule.id)
     assert entry.outcome == "skipped_disabled"
@@ -581,12 +581,12 @@ async def test_disabled_schedule_does_not_fire_and_says_why(eng: Engine) -> None
     parked = eng.store.get_schedule(schedule.id)
     assert parked is not None
     assert parked.next_due is None
-    await eng.schedules.tick(record.next_due + timedelta(days=1))
+    await eng.scheduler.tick(record.next_due + timedelta(days=1))
     assert len(await history(eng, schedule.id)) == 1
     enabled = await eng.schedules.update(schedule.id, {"enabled": True})
     assert enabled.next_execution is not None
     assert enabled.next_execution > utcnow()
-    await eng.schedules.tick(enabled.next_execution)
+    await eng.scheduler.tick(enabled.next_execution)
     assert outcomes(await history(eng, schedule.id)) == ["skipped_disabled", "fired"]
 
 
@@ -595,12 +595,12 @@ async def test_inactive_workflow_does_not_fire_and_says_why(eng: Engine) -> None
     wf = await custom_workflow(eng, active=False)
     schedule = await eng.schedules.create(wf, interval(60))
     assert schedule.next_execution is not None
-    await eng.schedules.tick(schedule.next_execution)
+    await eng.scheduler.tick(schedule.next_execution)
     assert executions_of(eng, schedule.id) == []
     assert outcomes(await history(eng, schedule.id)) == ["skipped_inactive"]
     # Activated, it fires at its next due time.
     await eng.workflows.activate(wf)
-    await eng.schedules.tick(schedule.next_execution + timedelta(seconds=60))
+    await eng.scheduler.tick(schedule.next_execution + timedelta(seconds=60))
     assert len(executions_of(eng, schedule.id)) == 1
     assert outcomes(await history(eng, schedule.id)) == ["skipped_inactive", "fired"]
 
@@ -611,13 +611,13 @@ async def test_deleted_workflow_disables_its_schedules(eng: Engine) -> None:
     schedule = await eng.schedules.create(wf, interval(60))
     await eng.workflows.delete(wf)
     assert schedule.next_execution is not None
-    await eng.schedules.tick(schedule.next_execution + timedelta(minutes=10))
+    await eng.scheduler.tick(schedule.next_execution + timedelta(minutes=10))
     assert executions_of(eng, schedule.id) == []
     fetched = await eng.schedules.get(schedule.id)
     assert (fetched.enabled, fetched.next_execution) == (False, None)
     [entry] = await history(eng, schedule.id)
     assert entry.outcome == "workflow_deleted"
-    await eng.schedules.tick(schedule.next_execution + timedelta(days=1))
+    await eng.scheduler.tick(schedule.next_execution + timedelta(days=1))
     assert len(await history(eng, schedule.id)) == 1
 
 
@@ -651,7 +651,7 @@ async def test_misfire_policies_after_downtime(
     first = schedule.next_execution
     assert first is not None
     now = first + timedelta(minutes=9, seconds=30)  # due times first .. first+9min, all late
-    await eng.schedules.tick(now)
+    await eng.scheduler.tick(now)
     entries = await history(eng, schedule.id)
     fired = [e for e in entries if e.outcome == "fired"]
     assert len(fired) == runs
@@ -670,7 +670,7 @@ async def test_misfire_policies_after_downtime(
     after = await eng.schedules.get(schedule.id)
     assert after.next_execution == first + timedelta(minutes=10)
     # A second tick at the same instant does nothing more.
-    await eng.schedules.tick(now)
+    await eng.scheduler.tick(now)
     assert len(executions_of(eng, schedule.id)) == runs
 
 
@@ -681,7 +681,7 @@ async def test_late_within_grace_simply_runs(eng: Engine) -> None:
         wf, interval(60, misfire_policy="skip", misfire_grace_seconds=30)
     )
     assert schedule.next_execution is not None
-    await eng.schedules.tick(schedule.next_execution + timedelta(seconds=29))
+    await eng.scheduler.tick(schedule.next_execution + timedelta(seconds=29))
     assert outcomes(await history(eng, schedule.id)) == ["fired"]
 
 
@@ -692,8 +692,8 @@ async def test_zero_grace_still_tolerates_the_loops_own_lateness(eng: Engine) ->
         wf, interval(60, misfire_policy="skip", misfire_grace_seconds=0)
     )
     assert schedule.next_execution is not None
-    await eng.schedules.tick(schedule.next_execution + timedelta(milliseconds=900))
-    await eng.schedules.tick(schedule.next_execution + timedelta(seconds=62))
+    await eng.scheduler.tick(schedule.next_execution + timedelta(milliseconds=900))
+    await eng.scheduler.tick(schedule.next_execution + timedelta(seconds=62))
     assert outcomes(await history(eng, schedule.id)) == ["fired", "skipped_misfire"]
 
 
@@ -723,7 +723,7 @@ async def test_misfire_policies_across_a_real_engine_restart(make: EngineFactory
             timeout=5,
             what="runs after the restart",
         )
-        await second.schedules.tick()
+        await second.scheduler.tick()
     # The first tick after the restart saw about four due times; those over a second late
     # (at least three) are misfires, a later one runs on time.
     entries = {p: await history(second, i) for p, i in ids.items()}
@@ -758,7 +758,7 @@ async def _slow_schedule(eng: Engine, overlap: str) -> tuple[Schedule, datetime]
     )
     first = schedule.next_execution
     assert first is not None
-    await eng.schedules.tick(first)
+    await eng.scheduler.tick(first)
     [(execution_id, _)] = executions_of(eng, schedule.id)
     await wait_status(eng, execution_id, ExecutionStatus.RUNNING)
     return schedule, first
@@ -767,7 +767,7 @@ async def _slow_schedule(eng: Engine, overlap: str) -> tuple[Schedule, datetime]
 async def test_overlap_skip(eng: Engine) -> None:
     """overlap skip: a due time while the last run still runs starts nothing (skipped_overlap)."""
     schedule, first = await _slow_schedule(eng, "skip")
-    await eng.schedules.tick(first + timedelta(seconds=60))
+    await eng.scheduler.tick(first + timedelta(seconds=60))
     assert len(executions_of(eng, schedule.id)) == 1
     entries = await history(eng, schedule.id)
     assert outcomes(entries) == ["fired", "skipped_overlap"]
@@ -775,14 +775,14 @@ async def test_overlap_skip(eng: Engine) -> None:
     assert "still running" in entries[1].detail
     PROBE.gate("slow").set()
     await wait_status(eng, executions_of(eng, schedule.id)[0][0], ExecutionStatus.COMPLETED)
-    await eng.schedules.tick(first + timedelta(seconds=120))
+    await eng.scheduler.tick(first + timedelta(seconds=120))
     assert len(executions_of(eng, schedule.id)) == 2
 
 
 async def test_overlap_allow(eng: Engine) -> None:
     """overlap allow: the next due time starts a second run while the first still runs."""
     schedule, first = await _slow_schedule(eng, "allow")
-    await eng.schedules.tick(first + timedelta(seconds=60))
+    await eng.scheduler.tick(first + timedelta(seconds=60))
     runs = executions_of(eng, schedule.id)
     assert len(runs) == 2
     await wait_status(eng, runs[1][0], ExecutionStatus.RUNNING)
@@ -795,8 +795,8 @@ async def test_overlap_allow(eng: Engine) -> None:
 async def test_overlap_queue(eng: Engine) -> None:
     """overlap queue: one run waits for the running one, then starts; further due times are skipped."""
     schedule, first = await _slow_schedule(eng, "queue")
-    await eng.schedules.tick(first + timedelta(seconds=60))
-    await eng.schedules.tick(first + timedelta(seconds=120))
+    await eng.scheduler.tick(first + timedelta(seconds=60))
+    await eng.scheduler.tick(first + timedelta(seconds=120))
     assert len(executions_of(eng, schedule.id)) == 1
     assert outcomes(await history(eng, schedule.id)) == ["fired", "queued", "skipped_overlap"]
     PROBE.gate("slow").set()
@@ -812,7 +812,7 @@ async def test_overlap_queue(eng: Engine) -> None:
     assert queued.started_at is not None
     assert queued.started_at >= finished.completed_at
     await anyio.sleep(0.3)
-    await eng.schedules.tick()
+    await eng.scheduler.tick()
     assert len(executions_of(eng, schedule.id)) == 2
     assert outcomes(await history(eng, schedule.id)) == [
         "fired",
@@ -1134,7 +1134,7 @@ async def test_tick_with_many_schedules_reads_only_what_is_due(make: EngineFacto
     reader.set_trace_callback(statements.append)
     try:
         started = time.perf_counter()
-        more = await engine.schedules.tick(utcnow())
+        more = await engine.scheduler.tick(utcnow())
         elapsed = time.perf_counter() - started
     finally:
         reader.set_trace_callback(None)

@@ -24,9 +24,11 @@ from abi_engine.limits import Limits
 from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
 from abi_engine.runtime.runner import Runtime
+from abi_engine.runtime.scheduler import Scheduler
 from abi_engine.runtime.settings import RuntimeSettings
-from abi_engine.scheduling import ScheduleService
+from abi_engine.schedules import ScheduleService
 from abi_engine.storage._urls import redact_url
+from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.base import Store
 from abi_engine.types import WorkflowType
 from abi_engine.webhooks import WebhookService, WebhookSettings
@@ -126,13 +128,21 @@ class Engine:
             templates=self.notification_templates,
             allow_private_urls=self._allow_private,
         )
+        #: The loop firing due schedules (:class:`~abi_engine.runtime.scheduler.Scheduler`).
+        self.scheduler = Scheduler(
+            AsyncStore(self.store),
+            self.runtime,
+            workflows=self.workflows,
+            check_templates=self.executions.check_templates,
+            events=self.events,
+        )
         self.schedules = ScheduleService(
             self.store,
-            self.runtime,
+            self.runtime.committer,
             executions=self.executions,
-            workflows=self.workflows,
             templates=self.notification_templates,
             events=self.events,
+            wake=self.scheduler.wake,
         )
         # Webhooks: makes the event policy keep the event types of subscriptions.
         self.webhooks = WebhookService(
@@ -196,7 +206,7 @@ class Engine:
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(_cancel_after, task_group, self.runtime.stop)
             await task_group.start(self.runtime.run)
-            await task_group.start(self.schedules.run)
+            await task_group.start(self.scheduler.run)
             await task_group.start(self.webhooks.run)  # webhook and callback delivery
         except BaseException:
             await stack.aclose()

@@ -42,16 +42,13 @@ from croniter import croniter
 __all__ = [
     "ALIASES",
     "INTERVAL_UNITS",
-    "MAX_FIRED_PER_TICK",
     "CronSpec",
-    "Missed",
     "Timing",
     "compile_cron",
     "count_cron",
     "count_interval",
     "next_cron",
     "next_interval",
-    "plan_missed",
     "prev_cron",
     "prev_interval",
     "resolve_local",
@@ -586,98 +583,3 @@ class Timing:
             assert self.anchor is not None
             return count_interval(self.anchor, self.every_seconds, after, until)
         return int(self.at is not None and after < self.at <= until)
-
-
-#: On-time due times one tick fires for one schedule; the rest wait for the next tick.
-MAX_FIRED_PER_TICK = 1000
-
-
-@attrs.frozen(kw_only=True)
-class Missed:
-    """What one tick does with a schedule's due times from its ``next_due`` up to now.
-
-    ``count`` due times have come, ``last`` the latest; ``late`` of them are
-    misfires (later than the grace). ``fire`` lists the due times to run,
-    oldest first; ``skipped`` counts the misfires that do not run.
-    ``following`` is the first due time after now; ``next_due`` is where the
-    schedule goes: ``following``, or, when more than ``MAX_FIRED_PER_TICK`` due
-    times were on time, the first of those left for the next tick.
-    """
-
-    count: int
-    last: datetime
-    late: int
-    fire: tuple[datetime, ...]
-    skipped: int
-    following: datetime | None
-    next_due: datetime | None
-
-
-def _latest(timing: Timing, first: datetime, before: datetime, wanted: int) -> list[datetime]:
-    """The ``wanted`` latest due times from ``first`` (one) to ``before`` (excluded), oldest
-    first; there are at least ``wanted`` of them."""
-    found: list[datetime] = []
-    while len(found) < wanted:
-        previous = timing.prev_before(before)
-        if previous is None or previous <= first:
-            break
-        found.append(previous)
-        before = previous
-    if len(found) < wanted:
-        found.append(first)
-    found.reverse()
-    return found
-
-
-def plan_missed(
-    timing: Timing,
-    first: datetime,
-    now: datetime,
-    *,
-    grace: timedelta,
-    policy: str,
-    catch_up_limit: int,
-    limit: int = MAX_FIRED_PER_TICK,
-) -> Missed:
-    """The due times from ``first`` (a due time, at or before ``now``) to ``now``, and which
-    of them run under the misfire ``policy`` (``skip``, ``run_once``, ``catch_up``).
-
-    A due time more than ``grace`` before ``now`` is a misfire: ``skip`` runs
-    none, ``run_once`` the latest (unless one on time runs anyway), ``catch_up``
-    the latest ``catch_up_limit``. Due times within the grace all run (at most
-    ``limit`` per call). The work is bounded by the runs planned, whatever the
-    number of due times missed: they are counted, not listed.
-    """
-    count = 1 + timing.count(first, now)
-    last = timing.prev_before(now + _MICRO) if count > 1 else first
-    assert last is not None
-    following = timing.next_after(now)
-    cutoff = now - grace  # due times before it are misfires
-    late = 0 if first >= cutoff else 1 + timing.count(first, cutoff - _MICRO)
-    on_time: list[datetime] = []
-    left = None
-    due = first if first >= cutoff else timing.next_after(cutoff - _MICRO)
-    while due is not None and due <= now:
-        if len(on_time) == limit:
-            left = due
-            break
-        on_time.append(due)
-        due = timing.next_after(due)
-    fire, skipped = on_time, 0
-    if late:
-        if policy == "catch_up":
-            fire = _latest(timing, first, cutoff, min(late, catch_up_limit)) + on_time
-            skipped = late - (len(fire) - len(on_time))
-        elif policy == "run_once" and not on_time:
-            fire, skipped = _latest(timing, first, cutoff, 1), late - 1
-        else:  # skip, or run_once with an on-time run standing for the late ones
-            skipped = late
-    return Missed(
-        count=count,
-        last=last,
-        late=late,
-        fire=tuple(fire),
-        skipped=skipped,
-        following=following,
-        next_due=left or following,
-    )

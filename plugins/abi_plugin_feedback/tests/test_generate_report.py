@@ -125,7 +125,7 @@ async def test_seed_updated_schedule_fires_a_report() -> None:
             schedule.id, {"cron_expression": "0 2 * * *", "parameters": SEED_UPDATED_PARAMETERS}
         )
         assert updated.next_execution is not None
-        await engine.schedules.tick(updated.next_execution)
+        await engine.scheduler.tick(updated.next_execution)
         [entry] = (await engine.schedules.history(schedule.id)).items
         assert entry.outcome == "fired", entry
         assert entry.execution_id is not None

@@ -147,7 +147,7 @@ async def test_seed_schedule_fires_and_completes(running: Engine) -> None:
     await analyse(running, workflow_id, LATE_RUDE, QUICK)
     schedule = await running.schedules.create(workflow_id, SEED_SCHEDULE)
     assert schedule.next_execution is not None
-    await running.schedules.tick(schedule.next_execution)
+    await running.scheduler.tick(schedule.next_execution)
     history = await running.schedules.history(schedule.id)
     [entry] = history.items
     assert entry.outcome == "fired"

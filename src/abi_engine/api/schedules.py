@@ -16,7 +16,7 @@ from abi_engine.api.operations import (
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
 from abi_engine.models import DeleteResult, Schedule, ScheduleHistoryEntry, ScheduleSummary, Scope
-from abi_engine.scheduling import ScheduleRequest, schedule_json
+from abi_engine.schedules import ScheduleRequest, schedule_json
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine

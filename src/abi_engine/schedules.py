@@ -1,35 +1,30 @@
-"""Schedules: create, read, update, delete, and the loop that fires them.
+"""Schedules: create, read, update, delete (``engine.schedules``).
 
-The loop sleeps until the earliest ``next_due`` (an indexed column), reads
-only the schedules that are due, and fires each due time exactly once: the
-firing is a compare-and-set on the schedule's ``version`` (and ``next_due``)
-committed in the same transaction as the executions it starts, so two
-processes on one database never both fire a due time, and a crash never loses
-one. Every other write of a schedule (update, delete) is a compare-and-set on
+The loop that fires them is :class:`abi_engine.runtime.scheduler.Scheduler`:
+each firing is a compare-and-set on the schedule's ``version`` (and
+``next_due``) committed in the same transaction as the executions it starts,
+so two processes on one database never both fire a due time, and a crash
+never loses one. Every other write of a schedule (update, delete) is a compare-and-set on
 the version it read too, retried from a fresh read when it loses: an edit
 never writes back a due time that a firing moved meanwhile.
 """
 
 from __future__ import annotations
 
-import builtins
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.lowlevel
 import attrs
-from anyio.abc import TaskStatus
 
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import (
-    AbiError,
-    IntegrationMissing,
     InvalidRequest,
     InvalidSchedule,
     InvalidState,
@@ -53,24 +48,17 @@ from abi_engine.models import (
     ScheduleSummary,
     ScheduleType,
     Workflow,
-    WorkflowStatus,
 )
-from abi_engine.runtime.execution import Prepared
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
-    Timing,
     compile_cron,
     next_cron,
     next_interval,
-    plan_missed,
     zone,
 )
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
-    ExecutionRecord,
-    FireSchedule,
-    HistoryRecord,
     InsertSchedule,
     ScheduleQuery,
     ScheduleRecord,
@@ -80,22 +68,16 @@ from abi_engine.storage.records import (
 if TYPE_CHECKING:
     from abi_engine.executions import ExecutionService
     from abi_engine.notification_templates import NotificationTemplateService
-    from abi_engine.runtime.runner import Runtime
+    from abi_engine.runtime.commit import GroupCommitter
     from abi_engine.storage.base import Store
-    from abi_engine.workflows import WorkflowService
 
 __all__ = ["ScheduleRequest", "ScheduleService"]
 
 log = logging.getLogger("abi_engine.scheduler")
 
 MAX_CATCH_UP = 1000
-#: How long before a due time the loop plans its firings (committed at the due time).
-PLAN_AHEAD = 0.05
-#: Lateness always tolerated, whatever ``misfire_grace_seconds`` says.
-MIN_GRACE_SECONDS = 1.0
 #: Attempts of an update or delete that keeps losing its compare-and-set to other writes.
 WRITE_ATTEMPTS = 50
-_UNFINISHED = {"queued", "running", "waiting"}
 
 
 #: Field limits of :class:`ScheduleRequest` (see :mod:`abi_engine.limits`).
@@ -172,19 +154,6 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
         raise _invalid("misfire_grace_seconds", "must be between 0 and 604800")
     if not 1 <= req.catch_up_limit <= MAX_CATCH_UP:
         raise _invalid("catch_up_limit", f"must be between 1 and {MAX_CATCH_UP}")
-
-
-def timing(record: ScheduleRecord) -> Timing:
-    """When the schedule is due (see :mod:`abi_engine.schedule_math`)."""
-    return Timing(
-        kind=record.schedule_type,
-        cron_expression=record.cron_expression or "",
-        timezone=record.timezone,
-        anchor=record.anchor_at,
-        every_seconds=(record.interval_value or 1)
-        * INTERVAL_UNITS[record.interval_unit or "seconds"],
-        at=record.execution_time,
-    )
 
 
 def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
@@ -336,30 +305,25 @@ def _summary(record: ScheduleRecord) -> ScheduleSummary:
 
 
 class ScheduleService(Service):
-    """The business rules of schedules (``engine.schedules``) and their firing loop."""
+    """The business rules of schedules (``engine.schedules``); the loop firing them is
+    :class:`~abi_engine.runtime.scheduler.Scheduler` (``engine.scheduler``)."""
 
     def __init__(
         self,
         store: Store,
-        runtime: Runtime,
+        committer: GroupCommitter,
         *,
         executions: ExecutionService,
-        workflows: WorkflowService,
         templates: NotificationTemplateService,
         events: EventPolicy,
-        max_sleep: float = 1.0,
-        batch: int = 500,
+        wake: Callable[[], None],
     ) -> None:
         super().__init__(store)
-        self._runtime = runtime
+        self._committer = committer
         self._executions = executions
-        self._workflows = workflows
         self._templates = templates
         self._event_policy = events
-        self._max_sleep = max_sleep
-        self._batch = batch
-        self._wakeup = anyio.Event()
-        self.fired = 0
+        self._wake = wake
 
     def _events(
         self, kind: str, schedule: Schedule | ScheduleRecord, at: datetime
@@ -372,60 +336,6 @@ class ScheduleService(Service):
             return Event(type=kind, data=schedule_json(view), timestamp=at)
 
         return (self._event_policy.deferred(kind, build),)
-
-    def _triggered(
-        self,
-        record: ScheduleRecord,
-        executions: Sequence[ExecutionRecord],
-        due: Sequence[datetime],
-        at: datetime,
-    ) -> tuple[OutboxEvent, ...]:
-        """The ``schedule.triggered`` events of executions started for due times ``due``."""
-        events: builtins.list[OutboxEvent] = []
-        for execution, due_at in zip(executions, due, strict=True):
-
-            def build(execution_id: str = execution.id, due_at: datetime = due_at) -> Event:
-                return Event(
-                    type="schedule.triggered",
-                    data={
-                        "schedule_id": record.id,
-                        "workflow_id": record.workflow_id,
-                        "execution_id": execution_id,
-                        "due_at": unstructure(due_at),
-                    },
-                    timestamp=at,
-                )
-
-            events.append(self._event_policy.deferred("schedule.triggered", build))
-        return tuple(events)
-
-    def _failed(
-        self,
-        record: ScheduleRecord,
-        error: AbiError | None,
-        due: Sequence[datetime],
-        at: datetime,
-    ) -> tuple[OutboxEvent, ...]:
-        """The ``schedule.failed`` events of due times that could not start an execution."""
-        if error is None:
-            return ()
-        events: builtins.list[OutboxEvent] = []
-        for due_at in due:
-
-            def build(due_at: datetime = due_at) -> Event:
-                return Event(
-                    type="schedule.failed",
-                    data={
-                        "schedule_id": record.id,
-                        "workflow_id": record.workflow_id,
-                        "due_at": unstructure(due_at),
-                        "error": error.to_dict(),
-                    },
-                    timestamp=at,
-                )
-
-            events.append(self._event_policy.deferred("schedule.failed", build))
-        return tuple(events)
 
     # -- CRUD -------------------------------------------------------------------------------
 
@@ -487,12 +397,12 @@ class ScheduleService(Service):
         record.workflow_name = workflow.name
         view = _view(record)
         # The workflow's existence is checked again inside the insert's transaction.
-        created = await self._runtime.committer.submit(
+        created = await self._committer.submit(
             InsertSchedule(record=record, events=self._events("schedule.created", view, now))
         )
         if not created:
             raise WorkflowNotFound(workflow_id)
-        self._wakeup.set()
+        self._wake()
         return view
 
     async def check_parameters(self, workflow_id: str, parameters: Any) -> Workflow:
@@ -567,7 +477,7 @@ class ScheduleService(Service):
                 # not checked again: like a repeated cron expression, only a change counts)
                 await self.check_parameters(record.workflow_id, record.parameters)
             view = _view(record)
-            applied = await self._runtime.committer.submit(
+            applied = await self._committer.submit(
                 UpdateSchedule(
                     record=record,
                     expected_version=current.version,
@@ -575,7 +485,7 @@ class ScheduleService(Service):
                 )
             )
             if applied:
-                self._wakeup.set()
+                self._wake()
                 return view
             await _backoff(attempt)
         raise _kept_changing(schedule_id, "updated")
@@ -632,7 +542,7 @@ class ScheduleService(Service):
         """
         for attempt in range(WRITE_ATTEMPTS):
             current = await self._load(schedule_id)
-            applied = await self._runtime.committer.submit(
+            applied = await self._committer.submit(
                 DeleteSchedule(
                     schedule_id=schedule_id,
                     expected_version=current.version,
@@ -663,313 +573,6 @@ class ScheduleService(Service):
         ]
         return Page.build(items, page, page_size, total)
 
-    # -- firing -----------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """Make the loop look at the schedules again now."""
-        self._wakeup.set()
-
-    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The scheduler loop; runs until cancelled."""
-        task_status.started()
-        while True:
-            self._wakeup = anyio.Event()
-            try:
-                upcoming = await self._store.next_schedule_due()
-                now = utcnow()
-                far = upcoming is None or (upcoming - now).total_seconds() > PLAN_AHEAD
-                if far and len(await self._store.queued_schedules_ready(1)):
-                    busy = await self.tick(now)  # a queued run whose predecessor ended
-                    continue
-                if far:
-                    delay = self._max_sleep
-                    if upcoming is not None:
-                        delay = min(delay, (upcoming - now).total_seconds() - PLAN_AHEAD)
-                    with anyio.move_on_after(max(0.0, delay)):
-                        await self._wakeup.wait()
-                    continue
-                # Plan the due time's firings now, commit them at the due instant:
-                # the work of planning does not make the executions late.
-                assert upcoming is not None
-                busy = await self.tick(max(upcoming, now), wait_until_due=True)
-            except Exception:
-                log.exception("scheduler tick failed")
-                busy = False
-                await anyio.sleep(min(self._max_sleep, 0.1))
-            if busy:
-                await anyio.lowlevel.checkpoint()
-
-    async def tick(self, now: datetime | None = None, *, wait_until_due: bool = False) -> bool:
-        """Fire what is due at ``now``; ``True`` when more may be waiting.
-
-        With ``wait_until_due`` (``now`` slightly ahead), plan first, then
-        sleep until ``now`` before committing the firings.
-        """
-        now = now or utcnow()
-        due = await self._store.due_schedules(now, self._batch)
-        ready = await self._store.queued_schedules_ready(self._batch)
-        compiled: dict[str, Any] = {}  # each workflow is read and parsed once per tick
-        plans = []
-        for record in due:
-            plans.append(await self._plan_due(record, now, compiled))
-            await anyio.lowlevel.checkpoint()  # a long tick never holds the loop for long
-        for record in ready:
-            plans.append(await self._plan_queued(record, now, compiled))
-            await anyio.lowlevel.checkpoint()
-        if plans:
-            if wait_until_due:
-                ahead = (now - utcnow()).total_seconds()
-                if ahead > 0:
-                    await anyio.sleep(ahead)
-            results = await self._runtime.committer.submit_many([op for op, _ in plans])
-            for (op, prepared), applied in zip(plans, results, strict=True):
-                if applied is True and op.failures and op.last_failure:
-                    failure = op.last_failure
-                    log.warning(
-                        "schedule %s: %d due time(s) could not start an execution of %s: %s: %s",
-                        op.schedule_id,
-                        op.failures,
-                        failure.get("workflow_id"),
-                        failure["code"],
-                        failure["message"],
-                    )
-                if applied is True:
-                    for item in prepared:
-                        self.fired += 1
-                        if not self._runtime.submit(item, sync=False):
-                            # Handed back to the store: recovery runs it once there is room.
-                            log.warning("queue full; schedule %s execution waits", op.schedule_id)
-        return len(due) >= self._batch or len(ready) >= self._batch
-
-    async def _plan_due(
-        self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
-    ) -> tuple[FireSchedule, builtins.list[Prepared]]:
-        first = record.next_due
-        assert first is not None
-        history: builtins.list[HistoryRecord] = []
-
-        def note(due_at: datetime | None, outcome: str, detail: str | None = None) -> None:
-            history.append(
-                HistoryRecord(
-                    schedule_id=record.id,
-                    due_at=due_at,
-                    recorded_at=now,
-                    outcome=outcome,
-                    detail=detail,
-                )
-            )
-
-        def fire(**changes: Any) -> FireSchedule:
-            return FireSchedule(
-                schedule_id=record.id,
-                expected_version=record.version,
-                expected_next_due=first,
-                expected_pending=record.pending_runs,
-                **changes,
-            )
-
-        if record.workflow_deleted:
-            note(first, "workflow_deleted", "the workflow was deleted; the schedule is disabled")
-            op = fire(next_due=None, pending_runs=0, enabled=False, history=tuple(history))
-            return op, []
-        # A running loop reaches a due time a few ms late; that is never a misfire.
-        grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
-        # Bounded work, however long the downtime: the due times are counted, not listed.
-        missed = plan_missed(
-            timing(record),
-            first,
-            now,
-            grace=grace,
-            policy=record.misfire_policy,
-            catch_up_limit=record.catch_up_limit,
-        )
-        next_due = missed.next_due
-        fire_times: builtins.list[datetime] = []
-        pending = record.pending_runs
-        if not record.enabled:
-            note(
-                missed.last,
-                "skipped_disabled",
-                _count_detail(missed.count, "the schedule is disabled"),
-            )
-            # Parked until enabled again (which computes a fresh due time), so a disabled
-            # schedule costs no tick and no history line at each of its due times.
-            next_due = None
-        elif record.workflow_status != WorkflowStatus.ACTIVE.value:
-            note(
-                missed.last,
-                "skipped_inactive",
-                _count_detail(missed.count, "the workflow is inactive"),
-            )
-            next_due = missed.following
-        else:
-            fire_times = list(missed.fire)
-            if missed.skipped:
-                note(
-                    first,
-                    "skipped_misfire",
-                    f"{missed.skipped} due time(s) missed ({record.misfire_policy})",
-                )
-            if fire_times and record.last_status in _UNFINISHED:
-                overlap = record.overlap_policy
-                if overlap == OverlapPolicy.SKIP.value:
-                    note(
-                        fire_times[-1],
-                        "skipped_overlap",
-                        f"execution {record.last_execution_id} still {record.last_status}",
-                    )
-                    fire_times = []
-                elif overlap == OverlapPolicy.QUEUE.value:
-                    if pending == 0:
-                        pending = 1
-                        note(
-                            fire_times[-1],
-                            "queued",
-                            f"runs after execution {record.last_execution_id}",
-                        )
-                    else:
-                        note(fire_times[-1], "skipped_overlap", "a run is already queued")
-                    fire_times = []
-        completed = next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
-        executions, prepared, failed = await self._prepare(
-            record, fire_times, now, history, compiled
-        )
-        fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
-        op = fire(
-            next_due=next_due,
-            pending_runs=pending,
-            completed=completed,
-            executions=tuple(executions),
-            history=tuple(history),
-            events=(
-                *self._triggered(record, executions, fired_at, now),
-                *self._failed(record, failed, fire_times, now),
-            ),
-            **_failure_changes(record, failed, fire_times, now),
-        )
-        return op, prepared
-
-    async def _plan_queued(
-        self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
-    ) -> tuple[FireSchedule, builtins.list[Prepared]]:
-        history: builtins.list[HistoryRecord] = []
-        executions, prepared, failed = await self._prepare(record, [now], now, history, compiled)
-        return FireSchedule(
-            schedule_id=record.id,
-            expected_version=record.version,
-            expected_next_due=record.next_due,
-            expected_pending=record.pending_runs,
-            next_due=record.next_due,
-            pending_runs=record.pending_runs - 1,
-            completed=record.completed,
-            executions=tuple(executions),
-            history=tuple(history),
-            events=(
-                *self._triggered(record, executions, [now] * len(executions), now),
-                *self._failed(record, failed, [now], now),
-            ),
-            **_failure_changes(record, failed, [now], now),
-        ), prepared
-
-    async def _prepare(
-        self,
-        record: ScheduleRecord,
-        fire_times: builtins.list[datetime],
-        now: datetime,
-        history: builtins.list[HistoryRecord],
-        compiled: dict[str, Any],
-    ) -> tuple[builtins.list[ExecutionRecord], builtins.list[Prepared], AbiError | None]:
-        """The executions of ``fire_times``, or the error that keeps them from starting."""
-        executions: builtins.list[ExecutionRecord] = []
-        prepared: builtins.list[Prepared] = []
-        if not fire_times:
-            return executions, prepared, None
-        runtime = self._runtime
-        try:
-            if record.workflow_id not in compiled:
-                try:
-                    compiled[record.workflow_id] = await self._compile(record.workflow_id)
-                except AbiError as exc:
-                    compiled[record.workflow_id] = exc
-            found = compiled[record.workflow_id]
-            if isinstance(found, AbiError):
-                raise found
-            workflow, wtype, config, specs, template_ids = found
-            if template_ids:
-                await self._executions.check_templates(workflow.id, template_ids)
-            params = wtype.parse_parameters(record.parameters, config)
-        except AbiError as exc:
-            for due in fire_times:
-                history.append(
-                    HistoryRecord(
-                        schedule_id=record.id,
-                        due_at=due,
-                        recorded_at=now,
-                        outcome="failed",
-                        detail=f"{exc.code}: {exc.message}"[:500],
-                    )
-                )
-            return executions, prepared, exc
-        for due in fire_times:
-            execution = ExecutionRecord(
-                id=new_id("exec_"),
-                workflow_id=workflow.id,
-                workflow_type=workflow.type,
-                workflow_name=workflow.name,
-                status=ExecutionStatus.QUEUED,
-                parameters=dict(record.parameters),
-                configuration=workflow.configuration,
-                plan=[s.name for s in specs],
-                created_at=now,
-                schedule_id=record.id,
-                created_by=record.created_by,
-                priority=1,
-            )
-            runtime.grant(execution)
-            executions.append(execution)
-            prepared.append(
-                Prepared(
-                    record=execution,
-                    workflow_type=wtype,
-                    config=config,
-                    params=params,
-                    specs=specs,
-                    integration_ids=tuple(i.id for i in workflow.integrations),
-                )
-            )
-            history.append(
-                HistoryRecord(
-                    schedule_id=record.id,
-                    due_at=due,
-                    recorded_at=now,
-                    outcome="fired",
-                    execution_id=execution.id,
-                )
-            )
-        return executions, prepared, None
-
-    async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any, Any]:
-        """The workflow, its type, parsed configuration, steps and template ids; raises when
-        it cannot run."""
-        workflow = await self._store.get_workflow(workflow_id)
-        if workflow is None:
-            raise WorkflowNotFound(workflow_id)
-        wtype = self._workflows.workflow_type(workflow.type)
-        config = wtype.parse_configuration(workflow.configuration)
-        specs = wtype.steps(config)
-        if any(i.required for i in workflow.integrations):
-            connected = await self._store.existing_integration_ids(
-                [i.id for i in workflow.integrations]
-            )
-            missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
-            if missing:
-                raise IntegrationMissing(  # as executing the workflow would answer
-                    f"Required integration {missing[0]!r} is not connected",
-                    {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
-                )
-        template_ids = tuple(self._workflows.template_ids(workflow))
-        return workflow, wtype, config, specs, template_ids
-
 
 async def _backoff(attempt: int) -> None:
     """Before trying a lost compare-and-set again: at once, then a short random wait."""
@@ -982,28 +585,6 @@ def _kept_changing(schedule_id: str, what: str) -> InvalidState:
         f"Schedule {schedule_id} kept changing while it was being {what}; try again",
         {"schedule_id": schedule_id, "attempts": WRITE_ATTEMPTS},
     )
-
-
-def _failure_changes(
-    record: ScheduleRecord, error: AbiError | None, due: Sequence[datetime], at: datetime
-) -> dict[str, Any]:
-    """The ``failures`` and ``last_failure`` of a firing op (nothing when it started its runs)."""
-    if error is None or not due:
-        return {}
-    return {
-        "failures": len(due),
-        "last_failure": {
-            "at": format_time(at),
-            "due_at": format_time(due[-1]),
-            "code": error.code,
-            "message": error.message[:500],
-            "workflow_id": record.workflow_id,
-        },
-    }
-
-
-def _count_detail(count: int, reason: str) -> str:
-    return reason if count == 1 else f"{reason} ({count} due times)"
 
 
 def _as_request(record: ScheduleRecord) -> ScheduleRequest:

@@ -1,0 +1,444 @@
+"""The scheduler loop: each due time of each schedule fired exactly once.
+
+The loop sleeps until the earliest ``next_due`` (an indexed column), reads
+only the schedules that are due, asks :mod:`abi_engine.schedule_rules` what
+to do with their due times (misfire and overlap policies), and commits each
+firing as a compare-and-set on the schedule's ``version`` (and ``next_due``)
+in the same transaction as the executions it starts: two processes on one
+database never both fire a due time, and a crash never loses one. The
+executions go to the runtime; the schedules' CRUD is
+:class:`abi_engine.schedules.ScheduleService`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import anyio
+import anyio.lowlevel
+from anyio.abc import TaskStatus
+
+from abi_engine.converter import unstructure
+from abi_engine.errors import AbiError, IntegrationMissing, WorkflowNotFound
+from abi_engine.events import Event, EventPolicy, OutboxEvent
+from abi_engine.ids import format_time, new_id, utcnow
+from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
+from abi_engine.runtime.execution import Prepared
+from abi_engine.runtime.runner import Runtime
+from abi_engine.schedule_math import INTERVAL_UNITS, Timing
+from abi_engine.schedule_rules import Note, decide_due, plan_missed
+from abi_engine.storage.aio import AsyncStore
+from abi_engine.storage.records import ExecutionRecord, FireSchedule, HistoryRecord, ScheduleRecord
+from abi_engine.types import WorkflowType
+
+__all__ = ["MIN_GRACE_SECONDS", "PLAN_AHEAD", "Scheduler", "WorkflowCatalog", "timing"]
+
+log = logging.getLogger("abi_engine.scheduler")
+
+#: How long before a due time the loop plans its firings (committed at the due time).
+PLAN_AHEAD = 0.05
+#: Lateness always tolerated, whatever ``misfire_grace_seconds`` says.
+MIN_GRACE_SECONDS = 1.0
+
+
+def timing(record: ScheduleRecord) -> Timing:
+    """When the schedule is due (see :mod:`abi_engine.schedule_math`)."""
+    return Timing(
+        kind=record.schedule_type,
+        cron_expression=record.cron_expression or "",
+        timezone=record.timezone,
+        anchor=record.anchor_at,
+        every_seconds=(record.interval_value or 1)
+        * INTERVAL_UNITS[record.interval_unit or "seconds"],
+        at=record.execution_time,
+    )
+
+
+class WorkflowCatalog(Protocol):
+    """What the scheduler asks of the workflows (``engine.workflows``)."""
+
+    def workflow_type(self, name: str) -> WorkflowType: ...
+
+    def template_ids(self, workflow: Workflow) -> Iterable[str]: ...
+
+
+class Scheduler:
+    """Fires due schedules (``engine.scheduler``): started and stopped by the engine.
+
+    :param store: the store, awaitable.
+    :param runtime: where the executions it starts run.
+    :param workflows: the workflow types and templates of workflows.
+    :param check_templates: raises when a workflow's managed templates are missing
+        (``engine.executions.check_templates``).
+    :param events: the event policy (``schedule.triggered`` and ``schedule.failed``).
+    """
+
+    def __init__(
+        self,
+        store: AsyncStore,
+        runtime: Runtime,
+        *,
+        workflows: WorkflowCatalog,
+        check_templates: Callable[[str, Collection[str]], Awaitable[None]],
+        events: EventPolicy,
+        max_sleep: float = 1.0,
+        batch: int = 500,
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._workflows = workflows
+        self._check_templates = check_templates
+        self._event_policy = events
+        self._max_sleep = max_sleep
+        self._batch = batch
+        self._wakeup = anyio.Event()
+        #: Executions started by this scheduler since it was built.
+        self.fired = 0
+
+    def wake(self) -> None:
+        """Make the loop look at the schedules again now."""
+        self._wakeup.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The scheduler loop; runs until cancelled."""
+        task_status.started()
+        while True:
+            self._wakeup = anyio.Event()
+            try:
+                upcoming = await self._store.next_schedule_due()
+                now = utcnow()
+                far = upcoming is None or (upcoming - now).total_seconds() > PLAN_AHEAD
+                if far and len(await self._store.queued_schedules_ready(1)):
+                    busy = await self.tick(now)  # a queued run whose predecessor ended
+                    continue
+                if far:
+                    delay = self._max_sleep
+                    if upcoming is not None:
+                        delay = min(delay, (upcoming - now).total_seconds() - PLAN_AHEAD)
+                    with anyio.move_on_after(max(0.0, delay)):
+                        await self._wakeup.wait()
+                    continue
+                # Plan the due time's firings now, commit them at the due instant:
+                # the work of planning does not make the executions late.
+                assert upcoming is not None
+                busy = await self.tick(max(upcoming, now), wait_until_due=True)
+            except Exception:
+                log.exception("scheduler tick failed")
+                busy = False
+                await anyio.sleep(min(self._max_sleep, 0.1))
+            if busy:
+                await anyio.lowlevel.checkpoint()
+
+    async def tick(self, now: datetime | None = None, *, wait_until_due: bool = False) -> bool:
+        """Fire what is due at ``now``; ``True`` when more may be waiting.
+
+        With ``wait_until_due`` (``now`` slightly ahead), plan first, then
+        sleep until ``now`` before committing the firings.
+        """
+        now = now or utcnow()
+        due = await self._store.due_schedules(now, self._batch)
+        ready = await self._store.queued_schedules_ready(self._batch)
+        compiled: dict[str, Any] = {}  # each workflow is read and parsed once per tick
+        plans = []
+        for record in due:
+            plans.append(await self._plan_due(record, now, compiled))
+            await anyio.lowlevel.checkpoint()  # a long tick never holds the loop for long
+        for record in ready:
+            plans.append(await self._plan_queued(record, now, compiled))
+            await anyio.lowlevel.checkpoint()
+        if plans:
+            if wait_until_due:
+                ahead = (now - utcnow()).total_seconds()
+                if ahead > 0:
+                    await anyio.sleep(ahead)
+            results = await self._runtime.committer.submit_many([op for op, _ in plans])
+            for (op, prepared), applied in zip(plans, results, strict=True):
+                if applied is True and op.failures and op.last_failure:
+                    failure = op.last_failure
+                    log.warning(
+                        "schedule %s: %d due time(s) could not start an execution of %s: %s: %s",
+                        op.schedule_id,
+                        op.failures,
+                        failure.get("workflow_id"),
+                        failure["code"],
+                        failure["message"],
+                    )
+                if applied is True:
+                    for item in prepared:
+                        self.fired += 1
+                        if not self._runtime.submit(item, sync=False):
+                            # Handed back to the store: recovery runs it once there is room.
+                            log.warning("queue full; schedule %s execution waits", op.schedule_id)
+        return len(due) >= self._batch or len(ready) >= self._batch
+
+    async def _plan_due(
+        self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
+    ) -> tuple[FireSchedule, list[Prepared]]:
+        """The firing of a due schedule: what :func:`~abi_engine.schedule_rules.decide_due`
+        says, with the executions it starts, as one compare-and-set write."""
+        first = record.next_due
+        assert first is not None
+
+        def fire(**changes: Any) -> FireSchedule:
+            return FireSchedule(
+                schedule_id=record.id,
+                expected_version=record.version,
+                expected_next_due=first,
+                expected_pending=record.pending_runs,
+                **changes,
+            )
+
+        if record.workflow_deleted:
+            note = Note(
+                first, "workflow_deleted", "the workflow was deleted; the schedule is disabled"
+            )
+            gone = (_history(record, note, now),)
+            return fire(next_due=None, pending_runs=0, enabled=False, history=gone), []
+        # A running loop reaches a due time a few ms late; that is never a misfire.
+        grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
+        # Bounded work, however long the downtime: the due times are counted, not listed.
+        missed = plan_missed(
+            timing(record),
+            first,
+            now,
+            grace=grace,
+            policy=record.misfire_policy,
+            catch_up_limit=record.catch_up_limit,
+        )
+        decision = decide_due(
+            missed,
+            first=first,
+            enabled=record.enabled,
+            workflow_active=record.workflow_status == WorkflowStatus.ACTIVE.value,
+            misfire_policy=record.misfire_policy,
+            overlap_policy=record.overlap_policy,
+            last_status=record.last_status,
+            last_execution_id=record.last_execution_id,
+            pending_runs=record.pending_runs,
+        )
+        history = [_history(record, note, now) for note in decision.notes]
+        fire_times = list(decision.fire)
+        executions, prepared, failed = await self._prepare(
+            record, fire_times, now, history, compiled
+        )
+        fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
+        completed = decision.next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
+        op = fire(
+            next_due=decision.next_due,
+            pending_runs=decision.pending_runs,
+            completed=completed,
+            executions=tuple(executions),
+            history=tuple(history),
+            events=(
+                *self._triggered(record, executions, fired_at, now),
+                *self._failed(record, failed, fire_times, now),
+            ),
+            **_failure_changes(record, failed, fire_times, now),
+        )
+        return op, prepared
+
+    async def _plan_queued(
+        self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
+    ) -> tuple[FireSchedule, list[Prepared]]:
+        history: list[HistoryRecord] = []
+        executions, prepared, failed = await self._prepare(record, [now], now, history, compiled)
+        return FireSchedule(
+            schedule_id=record.id,
+            expected_version=record.version,
+            expected_next_due=record.next_due,
+            expected_pending=record.pending_runs,
+            next_due=record.next_due,
+            pending_runs=record.pending_runs - 1,
+            completed=record.completed,
+            executions=tuple(executions),
+            history=tuple(history),
+            events=(
+                *self._triggered(record, executions, [now] * len(executions), now),
+                *self._failed(record, failed, [now], now),
+            ),
+            **_failure_changes(record, failed, [now], now),
+        ), prepared
+
+    async def _prepare(
+        self,
+        record: ScheduleRecord,
+        fire_times: list[datetime],
+        now: datetime,
+        history: list[HistoryRecord],
+        compiled: dict[str, Any],
+    ) -> tuple[list[ExecutionRecord], list[Prepared], AbiError | None]:
+        """The executions of ``fire_times``, or the error that keeps them from starting."""
+        executions: list[ExecutionRecord] = []
+        prepared: list[Prepared] = []
+        if not fire_times:
+            return executions, prepared, None
+        runtime = self._runtime
+        try:
+            if record.workflow_id not in compiled:
+                try:
+                    compiled[record.workflow_id] = await self._compile(record.workflow_id)
+                except AbiError as exc:
+                    compiled[record.workflow_id] = exc
+            found = compiled[record.workflow_id]
+            if isinstance(found, AbiError):
+                raise found
+            workflow, wtype, config, specs, template_ids = found
+            if template_ids:
+                await self._check_templates(workflow.id, template_ids)
+            params = wtype.parse_parameters(record.parameters, config)
+        except AbiError as exc:
+            for due in fire_times:
+                history.append(
+                    HistoryRecord(
+                        schedule_id=record.id,
+                        due_at=due,
+                        recorded_at=now,
+                        outcome="failed",
+                        detail=f"{exc.code}: {exc.message}"[:500],
+                    )
+                )
+            return executions, prepared, exc
+        for due in fire_times:
+            execution = ExecutionRecord(
+                id=new_id("exec_"),
+                workflow_id=workflow.id,
+                workflow_type=workflow.type,
+                workflow_name=workflow.name,
+                status=ExecutionStatus.QUEUED,
+                parameters=dict(record.parameters),
+                configuration=workflow.configuration,
+                plan=[s.name for s in specs],
+                created_at=now,
+                schedule_id=record.id,
+                created_by=record.created_by,
+                priority=1,
+            )
+            runtime.grant(execution)
+            executions.append(execution)
+            prepared.append(
+                Prepared(
+                    record=execution,
+                    workflow_type=wtype,
+                    config=config,
+                    params=params,
+                    specs=specs,
+                    integration_ids=tuple(i.id for i in workflow.integrations),
+                )
+            )
+            history.append(
+                HistoryRecord(
+                    schedule_id=record.id,
+                    due_at=due,
+                    recorded_at=now,
+                    outcome="fired",
+                    execution_id=execution.id,
+                )
+            )
+        return executions, prepared, None
+
+    async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any, Any]:
+        """The workflow, its type, parsed configuration, steps and template ids; raises when
+        it cannot run."""
+        workflow = await self._store.get_workflow(workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(workflow_id)
+        wtype = self._workflows.workflow_type(workflow.type)
+        config = wtype.parse_configuration(workflow.configuration)
+        specs = wtype.steps(config)
+        if any(i.required for i in workflow.integrations):
+            connected = await self._store.existing_integration_ids(
+                [i.id for i in workflow.integrations]
+            )
+            missing = [i.id for i in workflow.integrations if i.required and i.id not in connected]
+            if missing:
+                raise IntegrationMissing(  # as executing the workflow would answer
+                    f"Required integration {missing[0]!r} is not connected",
+                    {"workflow_id": workflow.id, "integration_id": missing[0], "missing": missing},
+                )
+        template_ids = tuple(self._workflows.template_ids(workflow))
+        return workflow, wtype, config, specs, template_ids
+
+    def _triggered(
+        self,
+        record: ScheduleRecord,
+        executions: Sequence[ExecutionRecord],
+        due: Sequence[datetime],
+        at: datetime,
+    ) -> tuple[OutboxEvent, ...]:
+        """The ``schedule.triggered`` events of executions started for due times ``due``."""
+        events: list[OutboxEvent] = []
+        for execution, due_at in zip(executions, due, strict=True):
+
+            def build(execution_id: str = execution.id, due_at: datetime = due_at) -> Event:
+                return Event(
+                    type="schedule.triggered",
+                    data={
+                        "schedule_id": record.id,
+                        "workflow_id": record.workflow_id,
+                        "execution_id": execution_id,
+                        "due_at": unstructure(due_at),
+                    },
+                    timestamp=at,
+                )
+
+            events.append(self._event_policy.deferred("schedule.triggered", build))
+        return tuple(events)
+
+    def _failed(
+        self,
+        record: ScheduleRecord,
+        error: AbiError | None,
+        due: Sequence[datetime],
+        at: datetime,
+    ) -> tuple[OutboxEvent, ...]:
+        """The ``schedule.failed`` events of due times that could not start an execution."""
+        if error is None:
+            return ()
+        events: list[OutboxEvent] = []
+        for due_at in due:
+
+            def build(due_at: datetime = due_at) -> Event:
+                return Event(
+                    type="schedule.failed",
+                    data={
+                        "schedule_id": record.id,
+                        "workflow_id": record.workflow_id,
+                        "due_at": unstructure(due_at),
+                        "error": error.to_dict(),
+                    },
+                    timestamp=at,
+                )
+
+            events.append(self._event_policy.deferred("schedule.failed", build))
+        return tuple(events)
+
+
+def _history(record: ScheduleRecord, note: Note, now: datetime) -> HistoryRecord:
+    return HistoryRecord(
+        schedule_id=record.id,
+        due_at=note.due_at,
+        recorded_at=now,
+        outcome=note.outcome,
+        detail=note.detail,
+    )
+
+
+def _failure_changes(
+    record: ScheduleRecord, error: AbiError | None, due: Sequence[datetime], at: datetime
+) -> dict[str, Any]:
+    """The ``failures`` and ``last_failure`` of a firing op (nothing when it started its runs)."""
+    if error is None or not due:
+        return {}
+    return {
+        "failures": len(due),
+        "last_failure": {
+            "at": format_time(at),
+            "due_at": format_time(due[-1]),
+            "code": error.code,
+            "message": error.message[:500],
+            "workflow_id": record.workflow_id,
+        },
+    }

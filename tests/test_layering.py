@@ -213,7 +213,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "services",
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
-            | {"notification_templates", "auth"}
+            | {"notification_templates", "auth", "execution_signals"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -82,18 +82,44 @@ class Engine:
         )
         self.registry: Registry = collect(self.pm)
         self.allow_private_urls = allow_private_urls
-        if isinstance(db, str | Path):
-            url = str(db)
-            store = self.pm.hook.abi_storage(url=url, options={"durability": durability})
-            if store is None:
-                raise ValueError(f"No storage plugin handles {url!r}")
-            self.store: Store = store
-            self.db_url: str = url
-        else:
-            self.store = db
-            self.db_url = getattr(db, "path", "<store>")
+        self.store: Store
+        self.db_url: str
+        self.store, self.db_url = self._open_store(db, durability)
         #: The engine's limits (:class:`~abi_engine.limits.Limits`).
         self.limits: Limits = limits if limits is not None else Limits()
+        self._build_services(runtime, webhook_settings)
+        #: What plugins may use of this engine (:class:`~abi_engine.Host`): given to
+        #: each workflow type (``bind``) and to each step (``ctx.host``).
+        self.host = self._build_host()
+        self.runtime.host = self.host
+        try:  # a type collecting a hook's registrations may refuse a duplicate name
+            for workflow_type in self.registry.workflow_types.values():
+                workflow_type.bind(self.host)
+        except BaseException:
+            self.runtime.close()
+            self.store.close()
+            raise
+        self._stack: AsyncExitStack | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop_thread: int | None = None
+        self._blocking: ExitStack | None = None
+        self._blocking_lock = threading.Lock()
+        self._closed = False
+
+    def _open_store(self, db: str | Path | Store, durability: str) -> tuple[Store, str]:
+        """The store ``db`` names (through the ``abi_storage`` hook), and its URL."""
+        if not isinstance(db, str | Path):
+            return db, getattr(db, "path", "<store>")
+        url = str(db)
+        store = self.pm.hook.abi_storage(url=url, options={"durability": durability})
+        if store is None:
+            raise ValueError(f"No storage plugin handles {url!r}")
+        return store, url
+
+    def _build_services(
+        self, runtime: RuntimeSettings | None, webhook_settings: WebhookSettings | None
+    ) -> None:
+        """The services and background parts, each given its collaborators explicitly."""
         self.tokens = TokenService(self.store, max_tokens_per_user=self.limits.max_tokens_per_user)
         self.integrations = IntegrationService(
             self.store, self.registry.providers, self._allow_private
@@ -113,6 +139,12 @@ class Engine:
             self.events,
             self.notification_templates,
         )
+        self._build_runtime(runtime, webhook_settings)
+
+    def _build_runtime(
+        self, runtime: RuntimeSettings | None, webhook_settings: WebhookSettings | None
+    ) -> None:
+        """The runtime, scheduler and delivery, and the services that hand them work."""
         self.runtime = Runtime(
             self.store,
             runtime,
@@ -152,9 +184,9 @@ class Engine:
             allow_private_urls=self._allow_private,
             in_flight=lambda: self.runtime.in_flight,
         )
-        #: What plugins may use of this engine (:class:`~abi_engine.Host`): given to
-        #: each workflow type (``bind``) and to each step (``ctx.host``).
-        self.host = Host(
+
+    def _build_host(self) -> Host:
+        return Host(
             allow_private_urls=self._allow_private,
             providers=self.registry.providers,
             collect=partial(collect_named, self.pm, self.registry),
@@ -163,20 +195,6 @@ class Engine:
             templates=self.notification_templates,
             legacy_engine=self,
         )
-        self.runtime.host = self.host
-        try:  # a type collecting a hook's registrations may refuse a duplicate name
-            for workflow_type in self.registry.workflow_types.values():
-                workflow_type.bind(self.host)
-        except BaseException:
-            self.runtime.close()
-            self.store.close()
-            raise
-        self._stack: AsyncExitStack | None = None
-        self._token: anyio.lowlevel.EventLoopToken | None = None
-        self._loop_thread: int | None = None
-        self._blocking: ExitStack | None = None
-        self._blocking_lock = threading.Lock()
-        self._closed = False
 
     # -- registry views ---------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Executions: start (sync or async), get, list, cancel, and signal waiting ones."""
+"""Executions: start (sync or async), get, list, cancel; signals in :mod:`abi_engine.execution_signals`."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from abi_engine.errors import (
     ExecutionNotFound,
     ExecutionTimeout,
     IntegrationMissing,
+    InvalidParameters,
     InvalidRequest,
     InvalidState,
     WorkflowExecutionError,
     WorkflowNotFound,
 )
 from abi_engine.events import Event, OutboxEvent
+from abi_engine.execution_signals import ExecutionSignals
 from abi_engine.execution_views import build_execution, execution_json
-from abi_engine.ids import format_time, new_id, parse_time, utcnow
+from abi_engine.ids import new_id, parse_time, utcnow
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
@@ -36,21 +38,16 @@ from abi_engine.netguard import check_url
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.runner import Runtime
 from abi_engine.services import Service, check_page
-from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     CancelExecution,
-    DeliverSignal,
     ExecutionQuery,
     ExecutionRecord,
     InsertExecution,
 )
 from abi_engine.types import (
-    APPROVAL_SIGNAL,
-    IncomingSignal,
     StepSpec,
     WorkflowType,
-    is_approval_signal,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +86,7 @@ class _Compiled:
     template_ids: tuple[str, ...] = ()
 
 
-class ExecutionService(Service):
+class ExecutionService(ExecutionSignals, Service):
     """The business rules of executions (``engine.executions``)."""
 
     def __init__(
@@ -136,12 +133,60 @@ class ExecutionService(Service):
         The same ``idempotency_key`` for the same workflow returns the first
         execution again.
         """
+        params, timeout = self._check_request(
+            parameters,
+            wait=wait,
+            timeout_seconds=timeout_seconds,
+            callback_url=callback_url,
+            callback_secret=callback_secret,
+            idempotency_key=idempotency_key,
+        )
+        compiled = await self.compiled(workflow_id)
+        workflow = compiled.workflow
+        if idempotency_key is not None:
+            existing = await self._store.find_execution_by_key(workflow.id, idempotency_key)
+            if existing is not None:
+                return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
+        await self._check_runnable(compiled)
+        wtype, config, specs = compiled.workflow_type, compiled.config, compiled.specs
+        parsed = wtype.parse_parameters(params, config)
+        reservation = None if wait else self._runtime.reserve()
+        try:
+            return await self._start(
+                workflow,
+                wtype,
+                config,
+                specs,
+                parsed,
+                params,
+                wait=wait,
+                timeout=timeout,
+                callback_url=callback_url,
+                callback_secret=callback_secret,
+                idempotency_key=idempotency_key,
+                schedule_id=schedule_id,
+                actor=actor,
+                reservation=reservation,
+            )
+        finally:
+            if reservation is not None:
+                reservation.release()
+
+    def _check_request(
+        self,
+        parameters: Mapping[str, Any] | None,
+        *,
+        wait: bool,
+        timeout_seconds: float | None,
+        callback_url: str | None,
+        callback_secret: str | None,
+        idempotency_key: str | None,
+    ) -> tuple[Mapping[str, Any], float | None]:
+        """The request's parameters and timeout, once every option is checked."""
         if not self._runtime.running:
             raise not_running()
         params = {} if parameters is None else parameters
         if not isinstance(params, Mapping):
-            from abi_engine.errors import InvalidParameters
-
             raise InvalidParameters("'parameters' must be an object", {"field": "parameters"})
         timeout = _timeout(timeout_seconds, "execution_options.timeout_seconds")
         if wait and timeout is None:
@@ -167,12 +212,11 @@ class ExecutionService(Service):
             raise InvalidRequest(
                 "'callback_secret' must be a 'whsec_' secret", {"field": "callback_secret"}
             )
-        compiled = await self.compiled(workflow_id)
+        return params, timeout
+
+    async def _check_runnable(self, compiled: _Compiled) -> None:
+        """Refuse a workflow that is inactive, lacks a required integration or a template."""
         workflow = compiled.workflow
-        if idempotency_key is not None:
-            existing = await self._store.find_execution_by_key(workflow.id, idempotency_key)
-            if existing is not None:
-                return await self._settle(existing, wait=wait, timeout=timeout, replay=True)
         if workflow.status is not WorkflowStatus.ACTIVE:
             raise InvalidState(
                 f"Workflow {workflow.id!r} is inactive; activate it before executing",
@@ -189,29 +233,6 @@ class ExecutionService(Service):
                 )
         if compiled.template_ids:
             await self.check_templates(workflow.id, compiled.template_ids)
-        wtype, config, specs = compiled.workflow_type, compiled.config, compiled.specs
-        parsed = wtype.parse_parameters(params, config)
-        reservation = None if wait else self._runtime.reserve()
-        try:
-            return await self._start(
-                workflow,
-                wtype,
-                config,
-                specs,
-                parsed,
-                params,
-                wait=wait,
-                timeout=timeout,
-                callback_url=callback_url,
-                callback_secret=callback_secret,
-                idempotency_key=idempotency_key,
-                schedule_id=schedule_id,
-                actor=actor,
-                reservation=reservation,
-            )
-        finally:
-            if reservation is not None:
-                reservation.release()
 
     async def _start(
         self,
@@ -278,20 +299,7 @@ class ExecutionService(Service):
         # The answer of an asynchronous start is the execution as stored: taken now,
         # since the runtime owns (and changes) the record from the commit on.
         accepted = None if wait else build_execution(record, [])
-        try:
-            inserted = await self._runtime.commit(
-                InsertExecution(record=record, events=events),
-                execution_id=record.id,
-                then=hand_over,
-            )
-        except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
-            from abi_engine.errors import InvalidParameters
-
-            raise InvalidParameters(
-                "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
-                " booleans and null",
-                {"field": "parameters"},
-            ) from None
+        inserted = await self._insert(record, events, hand_over)
         if not inserted:  # the same idempotency key won a race
             existing = await self._store.find_execution_by_key(workflow.id, idempotency_key or "")
             if existing is None:
@@ -300,6 +308,21 @@ class ExecutionService(Service):
         if accepted is not None:
             return accepted
         return await self._settle(record.id, wait=True, timeout=timeout)
+
+    async def _insert(
+        self, record: ExecutionRecord, events: tuple[OutboxEvent, ...], then: Callable[[Any], None]
+    ) -> Any:
+        """Commit a new execution (``then`` runs at the commit); bad parameters JSON refused."""
+        try:
+            return await self._runtime.commit(
+                InsertExecution(record=record, events=events), execution_id=record.id, then=then
+            )
+        except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
+            raise InvalidParameters(
+                "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
+                " booleans and null",
+                {"field": "parameters"},
+            ) from None
 
     async def compiled(self, workflow_id: Any) -> _Compiled:
         """The workflow with its parsed configuration and steps, cached while unchanged."""
@@ -456,16 +479,7 @@ class ExecutionService(Service):
         (``created_at``, inclusive).
         """
         page, page_size = check_page(page, page_size)
-        statuses: builtins.list[ExecutionStatus] = []
-        for value in [status] if isinstance(status, str) else (status or ()):
-            try:
-                statuses.append(ExecutionStatus(value))
-            except ValueError:
-                raise InvalidRequest(
-                    f"'status' must be one of {', '.join(s.value for s in ExecutionStatus)},"
-                    f" got {str(value)[:40]!r}",
-                    {"field": "status"},
-                ) from None
+        statuses = _statuses(status)
         for name, text in (
             ("workflow_id", workflow_id),
             ("schedule_id", schedule_id),
@@ -473,17 +487,7 @@ class ExecutionService(Service):
         ):
             if text is not None and not isinstance(text, str):
                 raise InvalidRequest(f"'{name}' must be a string", {"field": name})
-        bounds: list[datetime | None] = []
-        for name, value in (("start_date", start_date), ("end_date", end_date)):
-            if value is None:
-                bounds.append(None)
-                continue
-            try:
-                bounds.append(parse_time(value) if isinstance(value, str) else value)
-            except ValueError:
-                raise InvalidRequest(
-                    f"'{name}' must be an RFC 3339 time", {"field": name}
-                ) from None
+        bounds = [_bound("start_date", start_date), _bound("end_date", end_date)]
         query = ExecutionQuery(
             page=page,
             page_size=page_size,
@@ -558,126 +562,6 @@ class ExecutionService(Service):
         self._runtime.cancel_local(execution_id)
         return await self.get(execution_id)
 
-    async def signal(
-        self,
-        execution_id: str,
-        name: str,
-        payload: Any = None,
-        *,
-        require_waiting: bool = True,
-        sender: str | None = None,
-    ) -> Execution:
-        """Deliver signal ``name`` to an execution and resume it if it waits for it.
-
-        With ``require_waiting`` (the default) the execution must be waiting
-        for exactly this signal, else ``InvalidState``; without it an early
-        signal is kept until the step asks for it. ``sender`` is the user id
-        of the caller (REST and ``abi.workflows`` pass it); the workflow type's
-        ``check_signal`` sees it and may refuse the signal.
-        """
-        current = await self.get(execution_id)
-        if not isinstance(name, str) or not name or "#" in name:
-            raise InvalidRequest(
-                "A signal name is a non-empty string without '#'", {"field": "name"}
-            )
-        if not current.status.finished:
-            await self._check_signal(execution_id, name, payload, sender)
-        # The execution it resumes is granted to this node in the same transaction (when
-        # it runs here and can run the type), so no other run can start it meanwhile.
-        runtime = self._runtime
-        here = runtime.running  # (a node without the type hands it back to the store)
-        token = new_claim() if here else None
-
-        def resume(state: Any) -> None:  # at the commit, whatever happens to the caller
-            if state == "queued" and token is not None:
-                runtime.resume(execution_id, token)
-
-        try:
-            state = await runtime.commit(
-                DeliverSignal(
-                    execution_id=execution_id,
-                    name=name,
-                    payload=payload,
-                    created_at=utcnow(),
-                    require_waiting=require_waiting,
-                    grant_owner=runtime.node_id if here else None,
-                    grant_token=token,
-                    lease_until=runtime.lease() if here else None,
-                ),
-                execution_id=execution_id,
-                then=resume,
-            )
-        except (TypeError, ValueError):  # a payload JSON cannot hold
-            raise InvalidRequest("A signal's payload must be JSON", {"field": "payload"}) from None
-        if state is None:
-            raise InvalidState(
-                f"Execution {execution_id} is not waiting for {name!r}"
-                f" (status {current.status.value})",
-                {"execution_id": execution_id, "status": current.status.value, "signal": name},
-            )
-        return await self.get(execution_id)
-
-    async def _check_signal(
-        self, execution_id: str, name: str, payload: Any, sender: str | None
-    ) -> None:
-        """Let the execution's workflow type refuse the signal (``check_signal``)."""
-        record = await self._store.get_execution(execution_id)
-        wtype = self._workflows.find_type(record.workflow_type) if record else None
-        if record is None or wtype is None:
-            return
-        if type(wtype).check_signal is WorkflowType.check_signal:
-            return
-        stored = await self._store.get_signals(execution_id)
-        delivered = {k: v for k, v in stored.items() if not k.startswith("#")}  # not progress
-        incoming = IncomingSignal(
-            execution_id=execution_id,
-            name=name,
-            payload=payload,
-            sender=sender,
-            parameters=record.parameters,
-            created_by=record.created_by,
-            delivered=delivered,
-        )
-        wtype.check_signal(incoming, wtype.parse_configuration(record.configuration))
-
-    async def decide(
-        self,
-        execution_id: str,
-        approved: bool,
-        *,
-        comment: str | None = None,
-        data: Mapping[str, Any] | None = None,
-        decided_by: str | None = None,
-    ) -> Execution:
-        """Approve or reject an execution waiting for an approval decision.
-
-        Delivers the payload ``{"approved", "comment", "data", "decided_by",
-        "decided_at"}`` as the approval signal the execution waits for:
-        ``approval``, or ``approval:<n>`` when it waits for the n-th decision
-        of an approval that needs several. ``InvalidState`` when it waits for
-        none; the workflow type may refuse the decider (``check_signal``).
-        """
-        if comment is not None and not isinstance(comment, str):
-            raise InvalidRequest("'comment' must be a string", {"field": "comment"})
-        if data is not None and not isinstance(data, Mapping):
-            raise InvalidRequest("'data' must be an object", {"field": "data"})
-        record = await self._store.get_execution(execution_id)
-        if record is None:
-            raise ExecutionNotFound(execution_id)
-        name = APPROVAL_SIGNAL
-        if record.status is ExecutionStatus.WAITING and is_approval_signal(
-            record.waiting_for or ""
-        ):
-            name = record.waiting_for or APPROVAL_SIGNAL
-        payload = {
-            "approved": bool(approved),
-            "comment": comment,
-            "data": dict(data or {}),
-            "decided_by": decided_by,
-            "decided_at": format_time(utcnow()),
-        }
-        return await self.signal(execution_id, name, payload, sender=decided_by)
-
 
 def not_running() -> EngineNotRunning:
     """The error of an execution asked of an engine that was never started."""
@@ -695,3 +579,28 @@ def _unstructured(execution: Execution) -> dict[str, Any]:
 
     data: dict[str, Any] = execution_json(execution)
     return data
+
+
+def _statuses(status: str | Sequence[str] | None) -> list[ExecutionStatus]:
+    """The statuses a list filters on (one or several); ``InvalidRequest`` naming a bad one."""
+    statuses: list[ExecutionStatus] = []
+    for value in [status] if isinstance(status, str) else (status or ()):
+        try:
+            statuses.append(ExecutionStatus(value))
+        except ValueError:
+            raise InvalidRequest(
+                f"'status' must be one of {', '.join(s.value for s in ExecutionStatus)},"
+                f" got {str(value)[:40]!r}",
+                {"field": "status"},
+            ) from None
+    return statuses
+
+
+def _bound(name: str, value: Any) -> datetime | None:
+    """A time bound of a list (RFC 3339 text or a datetime); ``InvalidRequest`` otherwise."""
+    if value is None:
+        return None
+    try:
+        return parse_time(value) if isinstance(value, str) else value
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an RFC 3339 time", {"field": name}) from None

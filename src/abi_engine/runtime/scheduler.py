@@ -290,16 +290,8 @@ class Scheduler:
                 await self._check_templates(workflow.id, template_ids)
             params = wtype.parse_parameters(record.parameters, config)
         except AbiError as exc:
-            for due in fire_times:
-                history.append(
-                    HistoryRecord(
-                        schedule_id=record.id,
-                        due_at=due,
-                        recorded_at=now,
-                        outcome="failed",
-                        detail=f"{exc.code}: {exc.message}"[:500],
-                    )
-                )
+            detail = f"{exc.code}: {exc.message}"[:500]
+            history.extend(_history(record, Note(due, "failed", detail), now) for due in fire_times)
             return executions, prepared, exc
         for due in fire_times:
             execution = ExecutionRecord(

@@ -238,7 +238,7 @@ class RunsExecutions(WritesRuns):
             started = resume_at or utcnow()
             resume_at = None
             if spec.skip_if is not None and spec.skip_if(record.configuration, record.parameters):
-                step = StepRecord(
+                skipped = StepRecord(
                     execution_id=record.id,
                     index=index,
                     name=spec.name,
@@ -247,12 +247,8 @@ class RunsExecutions(WritesRuns):
                     completed_at=started,
                     duration_ms=0,
                 )
-                if is_last:
-                    await self._finish_completed(prepared, done, step, last_result)
+                if not await self._step_ended(prepared, done, skipped, last_result, (), is_last):
                     return
-                if not await self._checkpoint(prepared, step, ()):
-                    return
-                done.append(step)
                 continue
             step = StepRecord(
                 execution_id=record.id,
@@ -280,15 +276,33 @@ class RunsExecutions(WritesRuns):
             step_events: tuple[OutboxEvent, ...] = ()
             if self._wants("execution.step_completed", record):
                 step_events = (self._step_event(record, step),)
-            if is_last:
-                await self._finish_completed(prepared, done, step, result, *step_events)
+            if not await self._step_ended(prepared, done, step, result, step_events, is_last):
                 return
-            if not await self._checkpoint(prepared, step, step_events):
-                return
-            done.append(step)
         # Nothing left to run: no steps at all, or every step done already (the type
         # has fewer steps than when the execution started).
         await self._finish_completed(prepared, done, None, last_result)
+
+    async def _step_ended(
+        self,
+        prepared: Prepared,
+        done: list[StepRecord],
+        step: StepRecord,
+        result: Any,
+        events: tuple[OutboxEvent, ...],
+        is_last: bool,
+    ) -> bool:
+        """Store a step that ended (completed or skipped); ``True`` when the next one runs.
+
+        The last step's write ends the execution with it (one commit); any
+        other is checkpointed before the next step starts.
+        """
+        if is_last:
+            await self._finish_completed(prepared, done, step, result, *events)
+            return False
+        if not await self._checkpoint(prepared, step, events):
+            return False
+        done.append(step)
+        return True
 
     async def _attempt(
         self,

@@ -1,0 +1,172 @@
+"""Signals to waiting executions, and the decisions of approvals (``engine.executions``).
+
+Mixed into :class:`~abi_engine.executions.ExecutionService`; no state of its own.
+A signal is stored with the execution and resumes it, in one transaction, by
+granting it to the signalling node (see :mod:`abi_engine.runtime.runner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from abi_engine.errors import (
+    ExecutionNotFound,
+    InvalidRequest,
+    InvalidState,
+)
+from abi_engine.ids import format_time, utcnow
+from abi_engine.models import (
+    Execution,
+    ExecutionStatus,
+)
+from abi_engine.runtime.runner import Runtime
+from abi_engine.storage._fencing import new_claim
+from abi_engine.storage.records import (
+    DeliverSignal,
+)
+from abi_engine.types import (
+    APPROVAL_SIGNAL,
+    IncomingSignal,
+    WorkflowType,
+    is_approval_signal,
+)
+
+if TYPE_CHECKING:
+    from abi_engine.runtime.runner import Runtime
+    from abi_engine.storage.aio import AsyncStore
+    from abi_engine.workflows import WorkflowService
+
+__all__ = ["ExecutionSignals"]
+
+
+class ExecutionSignals:
+    """``signal`` and ``decide`` of :class:`~abi_engine.executions.ExecutionService`."""
+
+    # Provided by ExecutionService.
+    _store: AsyncStore
+    _runtime: Runtime
+    _workflows: WorkflowService
+
+    async def get(self, execution_id: str) -> Execution:
+        raise NotImplementedError
+
+    async def signal(
+        self,
+        execution_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        require_waiting: bool = True,
+        sender: str | None = None,
+    ) -> Execution:
+        """Deliver signal ``name`` to an execution and resume it if it waits for it.
+
+        With ``require_waiting`` (the default) the execution must be waiting
+        for exactly this signal, else ``InvalidState``; without it an early
+        signal is kept until the step asks for it. ``sender`` is the user id
+        of the caller (REST and ``abi.workflows`` pass it); the workflow type's
+        ``check_signal`` sees it and may refuse the signal.
+        """
+        current = await self.get(execution_id)
+        if not isinstance(name, str) or not name or "#" in name:
+            raise InvalidRequest(
+                "A signal name is a non-empty string without '#'", {"field": "name"}
+            )
+        if not current.status.finished:
+            await self._check_signal(execution_id, name, payload, sender)
+        # The execution it resumes is granted to this node in the same transaction (when
+        # it runs here and can run the type), so no other run can start it meanwhile.
+        runtime = self._runtime
+        here = runtime.running  # (a node without the type hands it back to the store)
+        token = new_claim() if here else None
+
+        def resume(state: Any) -> None:  # at the commit, whatever happens to the caller
+            if state == "queued" and token is not None:
+                runtime.resume(execution_id, token)
+
+        try:
+            state = await runtime.commit(
+                DeliverSignal(
+                    execution_id=execution_id,
+                    name=name,
+                    payload=payload,
+                    created_at=utcnow(),
+                    require_waiting=require_waiting,
+                    grant_owner=runtime.node_id if here else None,
+                    grant_token=token,
+                    lease_until=runtime.lease() if here else None,
+                ),
+                execution_id=execution_id,
+                then=resume,
+            )
+        except (TypeError, ValueError):  # a payload JSON cannot hold
+            raise InvalidRequest("A signal's payload must be JSON", {"field": "payload"}) from None
+        if state is None:
+            raise InvalidState(
+                f"Execution {execution_id} is not waiting for {name!r}"
+                f" (status {current.status.value})",
+                {"execution_id": execution_id, "status": current.status.value, "signal": name},
+            )
+        return await self.get(execution_id)
+
+    async def _check_signal(
+        self, execution_id: str, name: str, payload: Any, sender: str | None
+    ) -> None:
+        """Let the execution's workflow type refuse the signal (``check_signal``)."""
+        record = await self._store.get_execution(execution_id)
+        wtype = self._workflows.find_type(record.workflow_type) if record else None
+        if record is None or wtype is None:
+            return
+        if type(wtype).check_signal is WorkflowType.check_signal:
+            return
+        stored = await self._store.get_signals(execution_id)
+        delivered = {k: v for k, v in stored.items() if not k.startswith("#")}  # not progress
+        incoming = IncomingSignal(
+            execution_id=execution_id,
+            name=name,
+            payload=payload,
+            sender=sender,
+            parameters=record.parameters,
+            created_by=record.created_by,
+            delivered=delivered,
+        )
+        wtype.check_signal(incoming, wtype.parse_configuration(record.configuration))
+
+    async def decide(
+        self,
+        execution_id: str,
+        approved: bool,
+        *,
+        comment: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        decided_by: str | None = None,
+    ) -> Execution:
+        """Approve or reject an execution waiting for an approval decision.
+
+        Delivers the payload ``{"approved", "comment", "data", "decided_by",
+        "decided_at"}`` as the approval signal the execution waits for:
+        ``approval``, or ``approval:<n>`` when it waits for the n-th decision
+        of an approval that needs several. ``InvalidState`` when it waits for
+        none; the workflow type may refuse the decider (``check_signal``).
+        """
+        if comment is not None and not isinstance(comment, str):
+            raise InvalidRequest("'comment' must be a string", {"field": "comment"})
+        if data is not None and not isinstance(data, Mapping):
+            raise InvalidRequest("'data' must be an object", {"field": "data"})
+        record = await self._store.get_execution(execution_id)
+        if record is None:
+            raise ExecutionNotFound(execution_id)
+        name = APPROVAL_SIGNAL
+        if record.status is ExecutionStatus.WAITING and is_approval_signal(
+            record.waiting_for or ""
+        ):
+            name = record.waiting_for or APPROVAL_SIGNAL
+        payload = {
+            "approved": bool(approved),
+            "comment": comment,
+            "data": dict(data or {}),
+            "decided_by": decided_by,
+            "decided_at": format_time(utcnow()),
+        }
+        return await self.signal(execution_id, name, payload, sender=decided_by)

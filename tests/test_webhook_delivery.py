@@ -41,7 +41,8 @@ from abi_engine.events import Event
 from abi_engine.execution_views import event_data
 from abi_engine.ids import utcnow
 from abi_engine.models_webhooks import Delivery, DeliveryStatus
-from abi_engine.runtime.delivery import DeliveryWorker, WebhookSettings
+from abi_engine.runtime.delivery import DeliveryWorker
+from abi_engine.runtime.settings import WebhookSettings
 from abi_engine.webhook_signing import sign
 
 # -- delivery ------------------------------------------------------------------------------

@@ -25,13 +25,13 @@ from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
 from abi_engine.runtime.runner import Runtime
 from abi_engine.runtime.scheduler import Scheduler
-from abi_engine.runtime.settings import RuntimeSettings
+from abi_engine.runtime.settings import RuntimeSettings, WebhookSettings
 from abi_engine.schedules import ScheduleService
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.base import Store
 from abi_engine.types import WorkflowType
-from abi_engine.webhooks import WebhookService, WebhookSettings
+from abi_engine.webhooks import WebhookService
 from abi_engine.workflows import WorkflowService
 
 __all__ = ["Engine"]

@@ -43,7 +43,8 @@ from abi_engine.models_webhooks import (
     WebhookUpdateRequest,
 )
 from abi_engine.netguard import check_url
-from abi_engine.runtime.delivery import STANDARD_RETRY_SCHEDULE, DeliveryWorker, WebhookSettings
+from abi_engine.runtime.delivery import DeliveryWorker
+from abi_engine.runtime.settings import STANDARD_RETRY_SCHEDULE, WebhookSettings
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records_webhooks import WebhookRecord
 from abi_engine.webhook_signing import (

@@ -252,6 +252,13 @@ class PostgresStore(SQLStore):
         with _nul_refused(), self._pool.connection() as conn:
             yield conn
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[Conn]:
+        """A connection whose statements all read one snapshot (REPEATABLE READ, read only)."""
+        with self._read() as conn, conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield conn
+
     def write(self, fn: Callable[[Conn], T]) -> T:
         """Run ``fn(conn)`` in one transaction and return its result.
 

@@ -126,6 +126,16 @@ class SQLiteStore(SQLStore):
             yield self._reader()
 
     @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose statements all read one snapshot (a read transaction)."""
+        with self._read() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One serialized write transaction (``BEGIN IMMEDIATE``)."""
         with self._write_lock:

@@ -183,6 +183,7 @@ class WebhooksMixin:
     dialect: ClassVar[Dialect]
     write: Callable[..., Any]
     _read: Callable[[], Any]
+    _snapshot: Callable[[], Any]
     _lock_outbox: Callable[[Conn], None]
     _lock_subscriptions: Callable[[Conn], None]
     _hold_subscriptions: Callable[[Conn], None]
@@ -479,7 +480,7 @@ class WebhooksMixin:
     def list_deliveries(
         self, webhook_id: str, page: int, page_size: int
     ) -> tuple[list[Delivery], int]:
-        with self._read() as conn:
+        with self._snapshot() as conn:  # the deliveries and their attempts, as of one instant
             total = conn.execute(
                 "SELECT count(*) FROM webhook_deliveries WHERE webhook_id = ?", (webhook_id,)
             ).fetchone()
@@ -491,7 +492,7 @@ class WebhooksMixin:
             return self._with_attempts(conn, rows), int(total[0] if total else 0)
 
     def get_delivery(self, delivery_id: str) -> Delivery | None:
-        with self._read() as conn:
+        with self._snapshot() as conn:  # the deliveries and their attempts, as of one instant
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?",
                 (delivery_id,),
@@ -500,7 +501,7 @@ class WebhooksMixin:
         return found[0] if found else None
 
     def callback_deliveries(self, execution_id: str) -> list[Delivery]:
-        with self._read() as conn:
+        with self._snapshot() as conn:  # the deliveries and their attempts, as of one instant
             rows = conn.execute(
                 f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries"
                 " WHERE execution_id = ? ORDER BY event_seq, event_index",

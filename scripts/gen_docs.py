@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib.util
 import inspect
 import json
 import re
@@ -498,10 +499,21 @@ def render_storage(current: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+def render_architecture() -> str:
+    """docs/images/architecture.svg: the core's layers, from its import graph."""
+    spec = importlib.util.spec_from_file_location("abi_layers", ROOT / "scripts" / "layers.py")
+    assert spec is not None
+    assert spec.loader is not None
+    layers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers)
+    return str(layers.render_svg())
+
+
 def outputs() -> dict[Path, str]:
     """Every generated page and its current content."""
     storage = DOCS / "storage.md"
     return {
+        DOCS / "images" / "architecture.svg": render_architecture(),
         DOCS / "plugin-hooks.md": render_plugin_hooks(),
         DOCS / "rest-api.md": render_rest_api(),
         storage: render_storage(storage.read_text()),

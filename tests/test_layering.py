@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -43,39 +45,27 @@ TOP_LAYER = {CORE / "cli.py": ("abi_asgi", "uvicorn")}
 SQL_MARKERS = ("SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM", "CREATE TABLE", "CREATE INDEX")
 
 
-def _py_files(base: Path) -> Iterator[Path]:
-    yield from sorted(p for p in base.rglob("*.py") if "__pycache__" not in p.parts)
+# -- The import graph of the core (scripts/layers.py) ------------------------------------
 
 
-def _module_level(tree: ast.Module) -> Iterator[ast.stmt]:
-    """Statements run at import time (``if TYPE_CHECKING:`` blocks excluded)."""
-    todo: list[ast.stmt] = list(tree.body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.If):
-            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
-                todo.extend(node.body + node.orelse)
-        elif isinstance(node, ast.Try):
-            todo.extend(node.body + node.orelse + node.finalbody)
-            for handler in node.handlers:
-                todo.extend(handler.body)
-        else:
-            yield node
+def _load_layers() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("layers", ROOT / "scripts" / "layers.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["layers"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-def _imports(path: Path, *, module_level: bool = False) -> Iterator[tuple[int, str, list[str]]]:
-    """(line, module, names) for every absolute import in the file (or only module-level ones)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    nodes = _module_level(tree) if module_level else ast.walk(tree)
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield node.lineno, alias.name, []
-        elif isinstance(node, ast.ImportFrom):
-            names = [a.name for a in node.names]
-            if node.level:
-                continue  # relative: inside the same package
-            yield node.lineno, node.module or "", names
+layers = _load_layers()
+import_graph = layers.import_graph
+edges_on_cycles = layers.edges_on_cycles
+upward_imports = layers.upward_imports
+
+
+_py_files = layers._py_files
+_imports = layers._imports
 
 
 def _root(module: str) -> str:
@@ -181,133 +171,6 @@ def test_importing_the_core_pulls_no_optional_parts() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# -- The import graph of the core ---------------------------------------------------------
-#
-# Every import of every module under src/abi_engine counts, type-only ones
-# (``if TYPE_CHECKING:``) and those inside functions included: a cycle hidden
-# behind either is still a cycle for a reader. Modules are named relative to
-# the package (``storage.sqlite``; the package itself is ``abi_engine``).
-
-# The layers, from the bottom up; a module may import only its own layer and those below.
-LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    (
-        "foundation",
-        frozenset(
-            {
-                "errors",
-                "ids",
-                "limits",
-                "json_schema",
-                "expressions",
-                "schedule_math",
-                "schedule_rules",
-            }
-            | {"webhook_signing", "netguard"}
-        ),
-    ),
-    ("model", frozenset({"models", "models_webhooks", "converter", "events", "host"})),
-    ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
-    ("authoring and views", frozenset({"types", "execution_views"})),
-    ("runtime", frozenset({"runtime"})),  # the runtime package
-    (
-        "services",
-        frozenset(
-            {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
-            | {"notification_templates", "auth", "execution_signals"}
-        ),
-    ),
-    ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),
-    ("composition", frozenset({"engine", "abi_engine", "testing"})),
-    ("operations", frozenset({"api"})),  # the api package: the table and its resources
-    ("front ends", frozenset({"cli", "__main__"})),
-)
-
-
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(CORE).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts) or "abi_engine"
-
-
-def _resolve(module: str, known: set[str]) -> str | None:
-    """The core module an absolute import names (``abi_engine.storage.base`` -> ``storage.base``)."""
-    if module == "abi_engine":
-        return "abi_engine"
-    if not module.startswith("abi_engine."):
-        return None
-    name = module.removeprefix("abi_engine.")
-    while name and name not in known:
-        name = name.rpartition(".")[0]
-    return name or "abi_engine"
-
-
-def import_graph() -> dict[str, set[str]]:
-    """Each core module and the core modules it imports (every import statement)."""
-    paths = {_module_name(p): p for p in _py_files(CORE)}
-    known = set(paths)
-    graph: dict[str, set[str]] = {}
-    for name, path in paths.items():
-        targets: set[str] = set()
-        for _, module, names in _imports(path):
-            # ``from abi_engine import hookspecs`` names a module; a name that is no
-            # module (``from abi_engine import __version__``) comes from the package.
-            submodules = [f"{module}.{n}" for n in names if _resolve(f"{module}.{n}", known)]
-            exact = [m for m in submodules if m.removeprefix("abi_engine.") in known]
-            candidates = exact if exact and len(exact) == len(names) else [module, *exact]
-            for candidate in candidates:
-                target = _resolve(candidate, known)
-                if target is not None and target != name:
-                    targets.add(target)
-        graph[name] = targets
-    return graph
-
-
-def edges_on_cycles(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
-    """The edges whose two ends lie in one strongly connected component (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    component: dict[str, int] = {}
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for succ in sorted(graph.get(node, ())):
-            if succ not in index:
-                visit(succ)
-                low[node] = min(low[node], low[succ])
-            elif succ in on_stack:
-                low[node] = min(low[node], index[succ])
-        if low[node] == index[node]:
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component[member] = index[node]
-                if member == node:
-                    break
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return {(a, b) for a, targets in graph.items() for b in targets if component[a] == component[b]}
-
-
-def _layer(module: str) -> int:
-    for rank, (_, members) in enumerate(LAYERS):
-        if module in members:
-            return rank
-    if "." in module:  # a package's module sits in its package's layer
-        return _layer(module.rpartition(".")[0])
-    raise KeyError(module)
-
-
-def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
-    return {(a, b) for a, targets in graph.items() for b in targets if _layer(b) > _layer(a)}
-
-
 def test_cycle_finder_finds_a_cycle() -> None:
     """The cycle and layer checks are not vacuous."""
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
@@ -322,7 +185,7 @@ def test_every_core_module_has_a_layer() -> None:
     missing = []
     for module in import_graph():
         try:
-            _layer(module)
+            layers.layer_of(module)
         except KeyError:
             missing.append(module)
     assert missing == []

@@ -501,7 +501,9 @@ def render_storage(current: str) -> str:
 
 def render_architecture() -> str:
     """docs/images/architecture.svg: the core's layers, from its import graph."""
-    spec = importlib.util.spec_from_file_location("abi_layers", ROOT / "scripts" / "layers.py")
+    spec = importlib.util.spec_from_file_location(
+        "abi_layers", Path(__file__).with_name("layers.py")
+    )
     assert spec is not None
     assert spec.loader is not None
     layers = importlib.util.module_from_spec(spec)

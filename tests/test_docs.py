@@ -456,7 +456,7 @@ def test_docs_rely_on_no_package_cache_of_the_project_machines() -> None:
 def test_runtime_settings_table_matches_the_code() -> None:
     """docs/python-api.md's RuntimeSettings table lists every field with the code's default."""
     runtime, _ = _settings()
-    rows = _table_after(DOCS / "python-api.md", "`RuntimeSettings` (from")
+    rows = _table_after(DOCS / "python-api.md", "`RuntimeSettings` (`from abi_engine import")
     shown = {row[0].strip("`"): _number(row[1]) for row in rows}
     assert shown == {name: float(value) for name, value in runtime.items()}  # type: ignore[arg-type]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -121,20 +122,33 @@ class WritesRuns:
         lease. Then the claim is let go (its lease expires, recovery takes the
         execution over) and :class:`Lost` is raised.
         """
+        return await self._retrying(
+            partial(self.committer.submit, op), execution_id, token, type(op).__name__
+        )
+
+    async def _read(self, fn: Callable[..., T], *args: Any, token: int) -> T:
+        """A store read of the run holding ``token`` (``execution_id`` first in ``args``),
+        retried like :meth:`_write` while the store fails."""
+        execution_id = str(args[0]) if args else ""
+        return await self._retrying(
+            partial(call_store, self.store, fn, *args), execution_id, token, "reading it"
+        )
+
+    async def _retrying(
+        self, call: Callable[[], Awaitable[T]], execution_id: str, token: int, what: str
+    ) -> T:
+        """``await call()``, retried with backoff while the store fails and the claim holds."""
         delay = 0.05
         give_up = time.monotonic() + self.settings.lease_seconds * WRITE_RETRY_SHARE
         failures = 0
         while True:
             try:
-                result = await self.committer.submit(op)
+                result = await call()
             except Exception as exc:
                 failures += 1
                 if failures == 1:
                     log.warning(
-                        "execution %s: %s failed (%s); retrying",
-                        execution_id,
-                        type(op).__name__,
-                        one_line(exc),
+                        "execution %s: %s failed (%s); retrying", execution_id, what, one_line(exc)
                     )
                 if not self.claims.holds(execution_id, token) or (
                     time.monotonic() + delay > give_up
@@ -151,40 +165,8 @@ class WritesRuns:
                 delay = min(delay * 2, 2.0)
                 continue
             if failures:
-                log.warning("execution %s: %s done after a retry", execution_id, type(op).__name__)
+                log.warning("execution %s: %s done after a retry", execution_id, what)
             return result
-
-    async def _read(self, fn: Callable[..., T], *args: Any, token: int) -> T:
-        """A store read of the run holding ``token`` (``execution_id`` first in ``args``),
-        retried like :meth:`_write` while the store fails."""
-        execution_id = str(args[0]) if args else ""
-        delay = 0.05
-        give_up = time.monotonic() + self.settings.lease_seconds * WRITE_RETRY_SHARE
-        failures = 0
-        while True:
-            try:
-                return await call_store(self.store, fn, *args)
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "execution %s: reading it failed (%s); retrying",
-                        execution_id,
-                        one_line(exc),
-                    )
-                if not self.claims.holds(execution_id, token) or (
-                    time.monotonic() + delay > give_up
-                ):
-                    log.warning(
-                        "execution %s: the store kept failing; left to recovery (lease %g s)",
-                        execution_id,
-                        self.settings.lease_seconds,
-                    )
-                    self.claims.let_go(execution_id, token)
-                    self._notify(execution_id, None)
-                    raise Lost(execution_id) from None
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""

@@ -36,9 +36,12 @@ The ratios printed compare abi-engine at ``durability="full"`` with each peer
 
 How to run (the peers are optional; without them only abi-engine's figures print)::
 
-    python3 -m venv /work/benchvenv
-    /work/benchvenv/bin/pip install -e '.[bench]'      # abi-engine, huey, dbos
-    /work/benchvenv/bin/python benchmarks/door_sync.py [--count 1000] [--rounds 3]
+    python3 -m venv /tmp/benchvenv
+    /tmp/benchvenv/bin/pip install -e '.[server,postgres]' huey dbos
+    /tmp/benchvenv/bin/python benchmarks/door_sync.py [--count 1000] [--rounds 3]
+
+(huey and dbos are no extra of the project: ``[all]`` must bring every extra,
+and DBOS brings SQLAlchemy and OpenTelemetry.)
 
 or with the dev environment (``PYTHONPATH=src:contrib/asgi_adapter:plugins``);
 ``--only abi`` skips the peers.

@@ -151,6 +151,26 @@ def test_wal_and_synchronous(db_path: Path, tmp_path: Path) -> None:
         full.close()
 
 
+def test_queued_quota_reads_the_partial_index(db_path: Path) -> None:
+    """Counting a user's queued executions (every execute_async over REST) reads the
+    partial index of queued rows, not every execution the user ever started: SQLite
+    without statistics would pick idx_executions_creator (issue #18)."""
+    store = SQLiteStore(db_path)
+    statements: list[str] = []
+    try:
+        with store._read() as conn:
+            conn.set_trace_callback(statements.append)
+            try:
+                assert store.count_owned("queued_executions", "usr_a", 1000) == 0
+            finally:
+                conn.set_trace_callback(None)
+        (sql,) = [s for s in statements if "FROM executions" in s]
+        plan = " | ".join(row[3] for row in store.db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+        assert "USING INDEX idx_executions_queued_owner" in plan, plan
+    finally:
+        store.close()
+
+
 def test_workflow_indexes_exist(db_path: Path) -> None:
     """Workflows are indexed on each filter and sort column, on live rows."""
     SQLiteStore(db_path).close()

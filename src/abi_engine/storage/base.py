@@ -44,12 +44,13 @@ __all__ = ["OWNED_ROWS", "OwnedKind", "Store", "StoredEvent", "TokenLimitReached
 WorkflowSort = Literal["created_at", "updated_at", "name"]
 OwnedKind = Literal["schedules", "webhooks", "queued_executions"]
 #: What :meth:`Store.count_owned` counts: the rows of each kind held by one user
-#: (``{owner}`` is the backend's parameter placeholder); both backends share it.
+#: (``{owner}`` is the backend's parameter placeholder, ``{queued_index}`` what makes
+#: the backend read the partial index of queued executions); both backends share it.
 OWNED_ROWS: dict[str, str] = {
     "schedules": "SELECT 1 FROM schedules WHERE created_by = {owner}",
     "webhooks": "SELECT 1 FROM webhooks WHERE created_by = {owner}",
     "queued_executions": (
-        "SELECT 1 FROM executions WHERE created_by = {owner} AND status = 'queued'"
+        "SELECT 1 FROM executions {queued_index} WHERE created_by = {owner} AND status = 'queued'"
     ),
 }
 

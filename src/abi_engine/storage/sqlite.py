@@ -9,10 +9,22 @@ Switching a fresh file to WAL is the one step SQLite does not queue behind
 ``busy_timeout`` (it answers "database is locked" at once when another process
 is opening the same file), so :func:`_use_wal` retries it until the same
 deadline.
+
+Checkpoints (copying the WAL back into the database file) do not run on the
+writer: SQLite's automatic checkpoint would run inside a commit, on the
+caller's thread (the engine's event loop), every ~1,000 pages, and cost that
+commit milliseconds (issue #18). The writer's automatic checkpoint is off and
+a :class:`_Checkpointer` thread with its own connection runs PASSIVE
+checkpoints (they wait for no reader or writer) after writes: once a second,
+or as soon as the WAL passes 4 MB; should it fall behind or fail, the writer
+checkpoints itself once the WAL passes ``wal_limit`` bytes, so the WAL stays
+bounded.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -37,6 +49,97 @@ T = TypeVar("T")
 Durability = Literal["normal", "full"]
 
 _BUSY_TIMEOUT_MS = 60_000
+
+log = logging.getLogger("abi_engine.storage")
+
+#: The WAL size kept after a checkpoint (``journal_size_limit``), about the 1,000
+#: pages of SQLite's own automatic checkpoint.
+_WAL_KEPT_BYTES = 4 * 1024 * 1024
+#: Past this WAL size the writer checkpoints itself (the background thread fell behind).
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+class _Checkpointer:
+    """Checkpoints a WAL database from a thread of its own (PASSIVE: never waits for,
+    nor blocks, readers and writers).
+
+    :meth:`wake` (called by the writer after each commit) asks for one; the
+    thread runs at most one every ``interval`` seconds, unless the wake is
+    ``urgent`` (the WAL passed the size it is kept at). A failing checkpoint is
+    logged (once per streak) and retried at the next wake, on a new connection.
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], interval: float) -> None:
+        self._connect = connect
+        self._interval = interval
+        self._wanted = threading.Event()
+        self._urgent = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Checkpoints run, and failed, so far.
+        self.done = 0
+        self.failures = 0
+        self._streak = 0
+        self._conn: sqlite3.Connection | None = None
+
+    def wake(self, *, urgent: bool = False) -> None:
+        if self._stopping.is_set():
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="abi-engine-sqlite-checkpoint", daemon=True
+            )
+            self._thread.start()
+        self._wanted.set()
+        if urgent:
+            self._urgent.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wanted.set()
+        self._urgent.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._wanted.wait()
+                if self._stopping.is_set():
+                    return
+                self._wanted.clear()
+                self._urgent.clear()
+                self.checkpoint()
+                # At most one checkpoint per interval (the writes in between share it),
+                # unless the WAL grows past its kept size meanwhile.
+                self._urgent.wait(self._interval)
+                if self._stopping.is_set():
+                    return
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def checkpoint(self) -> None:
+        """One PASSIVE checkpoint; an error is logged, never raised."""
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except Exception:
+            self.failures += 1
+            self._streak += 1
+            if self._streak == 1:
+                log.warning("WAL checkpoint failed; retried after the next writes", exc_info=True)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return
+        if self._streak:
+            log.warning("WAL checkpoints work again after %d failures", self._streak)
+            self._streak = 0
+        self.done += 1
 
 
 def _use_wal(conn: sqlite3.Connection) -> None:
@@ -65,13 +168,25 @@ class SQLiteStore(SQLStore):
     :param path: a file path (created when missing) or ``":memory:"``.
     :param durability: ``"normal"`` (WAL, ``synchronous=NORMAL``: survives a
         killed process) or ``"full"`` (``synchronous=FULL``: survives power loss).
+    :param checkpoint_interval: the least time between two background WAL
+        checkpoints, in seconds, while the WAL is under 4 MB (past that, one
+        runs after each commit, as SQLite's automatic checkpoint would).
+    :param wal_limit: the WAL size (bytes) past which the writer checkpoints
+        itself, when the background checkpoints fall behind or fail.
     """
 
     dialect = SQLITE
 
     blocking = False
 
-    def __init__(self, path: str | Path, *, durability: Durability = "normal") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durability: Durability = "normal",
+        checkpoint_interval: float = 1.0,
+        wal_limit: int = _WAL_LIMIT_BYTES,
+    ) -> None:
         self.path = str(path)
         self.durability = durability
         self._memory = self.path == ":memory:"
@@ -82,7 +197,18 @@ class SQLiteStore(SQLStore):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._wal = None if self._memory else str(Path(self.path).resolve()) + "-wal"
+        self._wal_limit = wal_limit
+        self._wal_kept = min(_WAL_KEPT_BYTES, wal_limit // 2)
+        self._inline_at = 0  # the WAL size at the writer's last own checkpoint
+        #: Checkpoints the writer ran itself (the WAL passed ``wal_limit``).
+        self.inline_checkpoints = 0
+        self.checkpointer = _Checkpointer(self._connect_checkpointer, checkpoint_interval)
         self._writer = self._connect()
+        if not self._memory:
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")
+            # The WAL file shrinks back to this when it restarts, under ``wal_limit``.
+            self._writer.execute(f"PRAGMA journal_size_limit = {self._wal_kept}")
         self.db = sqlite_utils.Database(self._writer)
         self._migrate()
         self._nodes = None if self._memory else NodeLocks(str(Path(self.path).resolve()))
@@ -102,6 +228,33 @@ class SQLiteStore(SQLStore):
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        return conn
+
+    def _committed(self) -> None:
+        """After each commit of the writer: ask for a background checkpoint; checkpoint
+        here when the WAL grew past the limit all the same."""
+        if self._wal is None:
+            return
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:
+            size = 0
+        self.checkpointer.wake(urgent=size > self._wal_kept)
+        if size <= self._wal_limit:
+            self._inline_at = 0
+        elif size >= self._inline_at + self._wal_limit // 8:
+            # Again only once the WAL grew on (a reader may keep it from restarting).
+            self._inline_at = size
+            self.inline_checkpoints += 1
+            try:
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:  # committed already: the next commit tries again
+                self._inline_at = 0
+                log.warning("WAL checkpoint by the writer failed", exc_info=True)
 
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
@@ -155,6 +308,7 @@ class SQLiteStore(SQLStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            self._committed()
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction and return its result."""
@@ -165,6 +319,8 @@ class SQLiteStore(SQLStore):
         if self._closed:
             return
         self._closed = True
+        with self._write_lock:  # no commit wakes it once stopped
+            self.checkpointer.stop()
         if self._nodes is not None:
             self._nodes.close()
         with self._readers_lock:

@@ -426,7 +426,10 @@ class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
         return [_integration(row) for row in rows], _total(total)
 
     def count_owned(self, kind: OwnedKind, user_id: str, limit: int) -> int:
-        rows = OWNED_ROWS[kind].format(owner="?")
+        # Without statistics SQLite reads idx_executions_creator instead: every execution
+        # the user ever started, on each execute_async (issue #18).
+        hint = "INDEXED BY idx_executions_queued_owner" if self.dialect.name == "sqlite" else ""
+        rows = OWNED_ROWS[kind].format(owner="?", queued_index=hint)
         with self._read() as conn:
             row = conn.execute(
                 f"SELECT count(*) FROM ({rows} LIMIT ?) AS owned", (user_id, limit)

@@ -39,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _doors import DoorPlugin, committer_counts, expected
 
-from abi_engine import Engine
-from abi_engine.executor import RuntimeSettings
+from abi_engine import Engine, RuntimeSettings
 
 # -- the delaying proxy --------------------------------------------------------------------
 

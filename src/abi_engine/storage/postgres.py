@@ -174,12 +174,30 @@ class PostgresStore(SQLStore):
             else self._pool_number(pool_options, "pool_max_size", 10, 1)
         )
         pool_timeout = self._pool_number(pool_options, "pool_timeout", 30, 0)
-        # A first connection of its own: a bad URL or an unreachable server fails
-        # here with libpq's message, not as a pool timeout.
-        # Without a connect_timeout, libpq waits as long as the OS does for an unreachable host.
         connect: dict[str, Any] = {"autocommit": True, "cursor_factory": QmarkCursor}
         if "connect_timeout=" not in conninfo:
+            # Without one, libpq waits as long as the OS does for an unreachable host.
             connect["connect_timeout"] = CONNECT_TIMEOUT
+        self.schema, self._version = self._open_and_migrate(conninfo, connect)
+        self._events_lock_key = advisory_key("events", self.schema)
+        self._subscriptions_lock_key = advisory_key("subscriptions", self.schema)
+        self._pool: ConnectionPool[QmarkConnection] = ConnectionPool(
+            conninfo,
+            connection_class=QmarkConnection,
+            min_size=low,
+            max_size=max(low, high),
+            timeout=pool_timeout,
+            kwargs=connect,
+            configure=self._configure,
+            name="abi-engine",
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    def _open_and_migrate(self, conninfo: str, connect: dict[str, Any]) -> tuple[str, int]:
+        """The schema the URL names and its version, once migrated, over a first connection
+        of its own: a bad URL or an unreachable server fails here with libpq's message, not
+        as a pool timeout."""
         try:
             first = QmarkConnection.connect(conninfo, **connect)
         except psycopg.OperationalError as exc:  # libpq's messages never show the password
@@ -195,22 +213,8 @@ class PostgresStore(SQLStore):
                     "the connection's search_path names no existing schema"
                     f" ({self.display_url}); create the schema first"
                 )
-            self.schema = str(row[0])
-            self._version = migrate(conn, self.schema)
-        self._events_lock_key = advisory_key("events", self.schema)
-        self._subscriptions_lock_key = advisory_key("subscriptions", self.schema)
-        self._pool: ConnectionPool[QmarkConnection] = ConnectionPool(
-            conninfo,
-            connection_class=QmarkConnection,
-            min_size=low,
-            max_size=max(low, high),
-            timeout=pool_timeout,
-            kwargs=connect,
-            configure=self._configure,
-            name="abi-engine",
-            open=False,
-        )
-        self._pool.open(wait=False)
+            schema = str(row[0])
+            return schema, migrate(conn, schema)
 
     def _pool_number(
         self, options: Mapping[str, str], name: str, default: float, least: float

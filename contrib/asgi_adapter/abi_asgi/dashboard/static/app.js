@@ -16,7 +16,7 @@
     if (!button) { return; }
     var text = button.getAttribute("data-copy");
     var done = function () {
-      button.textContent = "✓";
+      button.textContent = "copied";
       button.setAttribute("aria-label", "Copied");
     };
     if (navigator.clipboard && window.isSecureContext) {

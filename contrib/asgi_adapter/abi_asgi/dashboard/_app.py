@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -22,6 +23,7 @@ from abi_asgi.dashboard._web import (
     FormError,
     base_path,
     read_form,
+    same_origin,
 )
 from abi_engine.errors import (
     AbiError,
@@ -81,9 +83,11 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             form = await read_form(request)
         except FormError as exc:
             return dash.error(request, InvalidRequest(str(exc)))
+        if not same_origin(request):
+            return dash.error(request, Forbidden("Cross-origin sign-in refused"))
         expected = request.cookies.get(LOGIN_COOKIE)
         given = form.get("csrf_token")
-        if not expected or not given or expected != given:
+        if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
             return dash.error(
                 request, Forbidden("The sign-in form's CSRF token is missing or wrong; reload it")
             )
@@ -107,7 +111,7 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             form = await read_form(request)
         except FormError as exc:
             return dash.error(request, InvalidRequest(str(exc)), ctx)
-        if not ctx.session.csrf_ok(form.get("csrf_token")):
+        if not (same_origin(request) and ctx.session.csrf_ok(form.get("csrf_token"))):
             return dash.error(request, Forbidden("The form's CSRF token is missing or wrong"), ctx)
         dash.sessions.revoke(request.cookies.get(COOKIE))
         response = RedirectResponse(

@@ -25,7 +25,7 @@ from abi_engine.models import Scope
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
-__all__ = ["Context", "Dashboard", "FormError"]
+__all__ = ["Context", "Dashboard", "FormError", "same_origin"]
 
 log = logging.getLogger("abi_asgi.dashboard")
 
@@ -224,7 +224,7 @@ class Dashboard:
             ctx = await self.context(request)
             if ctx is None:
                 return self.error(request, Unauthorized("Sign in first: the session is missing"))
-            if not _same_origin(request):
+            if not same_origin(request):
                 return self.error(request, Forbidden("Cross-origin form refused"), ctx)
             try:
                 form = await read_form(request)
@@ -266,14 +266,16 @@ def form_of(ctx: Context) -> dict[str, str]:
 
 async def read_form(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (the last value of each name)."""
-    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != "application/x-www-form-urlencoded":
-        raise FormError("Forms must be sent as application/x-www-form-urlencoded")
     raw = b""
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_FORM_BYTES:
             raise FormError(f"The form is larger than {MAX_FORM_BYTES} bytes")
+    if not raw:
+        return {}
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise FormError("Forms must be sent as application/x-www-form-urlencoded")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -281,7 +283,7 @@ async def read_form(request: Request) -> dict[str, str]:
     return dict(parse_qsl(text, keep_blank_values=True))
 
 
-def _same_origin(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
     """A browser's ``Origin`` (when sent) names this server."""
     origin = request.headers.get("origin")
     if not origin or origin == "null":

@@ -318,3 +318,27 @@ async def test_dashboard_can_be_left_out(engine: Engine, make_client: Any) -> No
     response = await client.get("/ui/")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
+async def test_run_form_starts_an_execution(
+    engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """The run form's JSON box becomes the execution's parameters; bad JSON is a 400 on the
+    workflow's page, naming the field."""
+    ids = await _seed(engine, token)
+    await _sign_in(client, token)
+    page = await client.get(f"/ui/workflows/{ids['workflow_id']}")
+    assert "Run workflow" in page.text
+    bad = await client.post(
+        f"/ui/workflows/{ids['workflow_id']}/run",
+        data={"csrf_token": _csrf(page.text), "parameters_json": "{nope"},
+    )
+    assert bad.status_code == 400
+    assert "not valid JSON" in bad.text
+    ran = await client.post(
+        f"/ui/workflows/{ids['workflow_id']}/run",
+        data={"csrf_token": _csrf(page.text), "parameters_json": '{"n": 7}'},
+    )
+    assert ran.status_code == 303
+    execution_id = ran.headers["location"].rsplit("/", 1)[1]
+    assert (await engine.executions.get(execution_id)).parameters == {"n": 7}

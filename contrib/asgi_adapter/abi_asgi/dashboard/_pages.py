@@ -32,9 +32,9 @@ FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled"})
 STATUSES = ("queued", "running", "waiting", "completed", "failed", "timed_out", "cancelled")
 
 
-def _page(ctx: Context) -> int:
-    raw = ctx.request.query_params.get("page", "1")
-    return int(raw) if raw.isdigit() and 0 < int(raw) <= 100_000 else 1
+def _page(ctx: Context) -> str:
+    """The ``page`` asked for, as given: the operation checks it (a bad one is a 400)."""
+    return ctx.request.query_params.get("page") or "1"
 
 
 def _pick(ctx: Context, *names: str) -> dict[str, str]:
@@ -61,9 +61,11 @@ class Pages:
     # -- overview -------------------------------------------------------------------------------
 
     async def overview(self, ctx: Context) -> Response:
-        chosen = ctx.request.query_params.get("range", "day")
+        chosen = ctx.request.query_params.get("range") or "day"
         if chosen not in _format.RANGES:
-            chosen = "day"
+            raise InvalidRequest(
+                f"'range' must be one of {', '.join(_format.RANGES)}", {"field": "range"}
+            )
         label, span, bucket = _format.RANGES[chosen]
         values: dict[str, Any] = {"range": chosen, "ranges": _format.RANGES, "range_label": label}
         if ctx.can(Scope.EXECUTIONS_READ):
@@ -113,7 +115,7 @@ class Pages:
         page = await self.dash.op(
             ctx,
             "list_workflows",
-            query={**filters, "page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={**filters, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         stats = {}
         for item in page["items"]:
@@ -193,7 +195,7 @@ class Pages:
         page = await self.dash.op(
             ctx,
             "list_executions",
-            query={**query, "page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={**query, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         live = any(item["status"] not in FINISHED for item in page["items"])
         return self.render(
@@ -258,7 +260,7 @@ class Pages:
         page = await self.dash.op(
             ctx,
             "list_executions",
-            query={"status": "waiting", "page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={"status": "waiting", "page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         store = self.engine.store
         waiting = []
@@ -277,7 +279,7 @@ class Pages:
         page = await self.dash.op(
             ctx,
             "list_schedules",
-            query={**filters, "page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={**filters, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         return self.render(ctx, "schedules.html", page=page, filters=filters)
 
@@ -288,7 +290,7 @@ class Pages:
             ctx,
             "schedule_history",
             path={"schedule_id": schedule_id},
-            query={"page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         return self.render(ctx, "schedule.html", schedule=schedule, history=history)
 
@@ -311,7 +313,7 @@ class Pages:
         page = await self.dash.op(
             ctx,
             "list_webhooks",
-            query={"page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         return self.render(ctx, "webhooks.html", page=page)
 
@@ -322,7 +324,7 @@ class Pages:
             ctx,
             "list_webhook_deliveries",
             path={"webhook_id": webhook_id},
-            query={"page": str(_page(ctx)), "page_size": str(PAGE_SIZE)},
+            query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
         )
         return self.render(ctx, "webhook.html", hook=hook, deliveries=deliveries)
 

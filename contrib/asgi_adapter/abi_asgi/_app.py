@@ -236,19 +236,28 @@ class _Api:
                 principal = await self._principal(token)
             except Unauthorized as exc:
                 failure = exc
-        if self.limiter is not None:
-            if principal is not None:
-                key = "t:" + (principal.token_id or hash_token(token or ""))
-            else:
-                key = client_key(scope)
-            wait = self.limiter.acquire(key)
-            if wait:
-                raise RateLimitExceeded(
-                    f"Rate limit exceeded; retry after {wait} second(s)", {"retry_after": wait}
-                )
+        self.charge(scope, token, principal)
         if principal is None:
             raise failure or Unauthorized()
         return principal
+
+    def charge(self, scope: Scope, token: str | None, principal: Principal | None) -> None:
+        """Take one request from the caller's bucket: the token's when it is valid
+        (``principal``), else the client address's. The dashboard charges the same buckets.
+
+        :raises RateLimitExceeded: the bucket is empty.
+        """
+        if self.limiter is None:
+            return
+        if principal is not None:
+            key = "t:" + (principal.token_id or hash_token(token or ""))
+        else:
+            key = client_key(scope)
+        wait = self.limiter.acquire(key)
+        if wait:
+            raise RateLimitExceeded(
+                f"Rate limit exceeded; retry after {wait} second(s)", {"retry_after": wait}
+            )
 
     async def _principal(self, token: str) -> Principal:
         tokens = self.engine.tokens
@@ -443,7 +452,10 @@ def _dashboard_routes(engine: Engine, shared: _Api) -> list[BaseRoute]:
 
     return [
         Route(DASHBOARD_PREFIX, to_dashboard, methods=["GET", "HEAD"]),
-        Mount(DASHBOARD_PREFIX, app=create_dashboard(engine, shared._principal)),
+        Mount(
+            DASHBOARD_PREFIX,
+            app=create_dashboard(engine, shared._principal, charge=shared.charge),
+        ),
     ]
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from abi_asgi import RateLimit, create_app
 from starlette.applications import Starlette
 from test_dashboard_security import _csrf, _seed, _sign_in
 
@@ -24,6 +25,45 @@ def _alert(response: httpx.Response) -> str:
     found = re.search(r'class="error" role="alert">([^<]*)<', response.text)
     assert found is not None, response.text[:300]
     return found.group(1)
+
+
+# -- the adapter's rate limit --------------------------------------------------------------
+
+
+async def test_sign_in_attempts_are_rate_limited(engine: Engine, make_client: Client) -> None:
+    """Guessing tokens at the sign-in form costs the client address's bucket, as a request
+    with a bad token does at /api/v1: past the burst, 429 with Retry-After."""
+    app = create_app(engine, rate_limit=RateLimit(requests_per_second=0.01, burst=3))
+    client = make_client(app)
+    form = await client.get("/ui/login")
+    csrf = _csrf(form.text)
+    statuses = []
+    for _ in range(6):
+        answer = await client.post("/ui/login", data={"token": "abi_guess", "csrf_token": csrf})
+        statuses.append(answer.status_code)
+    assert statuses[0] == 401
+    assert statuses[-1] == 429, statuses
+    assert int(answer.headers["retry-after"]) >= 1
+    assert answer.headers["cache-control"] == "no-store"
+    assert "RATE_LIMIT_EXCEEDED" in answer.text
+    # the same address is refused at /api/v1 too: one bucket per caller
+    api = await client.get("/api/v1/workflows", headers={"authorization": "Bearer abi_guess"})
+    assert api.status_code == 429
+
+
+async def test_pages_charge_the_tokens_bucket(
+    engine: Engine, token: str, make_client: Client
+) -> None:
+    """Each page and action costs the signed-in token's bucket, the one /api/v1 charges:
+    the dashboard is no way around the adapter's rate limit."""
+    app = create_app(engine, rate_limit=RateLimit(requests_per_second=0.01, burst=8))
+    browser = make_client(app, client=("127.0.0.2", 5000))
+    assert (await _sign_in(browser, token)).status_code == 303
+    statuses = [(await browser.get("/ui/executions")).status_code for _ in range(10)]
+    assert statuses[0] == 200
+    assert statuses[-1] == 429, statuses
+    api = make_client(app, token, client=("127.0.0.3", 5000))
+    assert (await api.get("/api/v1/workflows")).status_code == 429
 
 
 # -- bad query parameters --------------------------------------------------------------------

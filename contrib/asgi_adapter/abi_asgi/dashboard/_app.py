@@ -19,6 +19,7 @@ from abi_asgi.dashboard._web import (
     HERE,
     SECURITY_HEADERS,
     Authenticate,
+    Charge,
     Dashboard,
     FormError,
     base_path,
@@ -31,6 +32,7 @@ from abi_engine.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    RateLimitExceeded,
     Unauthorized,
 )
 
@@ -93,9 +95,11 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             )
         token = form.get("token", "").strip()
         try:
-            await dash.authenticate(token)
+            principal = await dash.authenticate(token)
         except Unauthorized:
+            dash.charge(request, None, None)  # a guess costs the client address's bucket
             return await login_form(request, "That access token is not valid.", 401)
+        dash.charge(request, token, principal)
         session = dash.sessions.create(token)
         target = _next_target(request, form.get("next"))
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
@@ -133,6 +137,7 @@ def create_dashboard(
     *,
     sessions: SessionStore | None = None,
     secure_cookies: bool | None = None,
+    charge: Charge | None = None,
 ) -> Starlette:
     """The dashboard of ``engine`` as a Starlette app (mount it at ``/ui``).
 
@@ -141,8 +146,12 @@ def create_dashboard(
     :param sessions: where sessions live (default: in memory, 8 hours each).
     :param secure_cookies: mark cookies ``Secure``; ``None`` (default) does
         when the request came over HTTPS.
+    :param charge: the rate limiter's charge for each request (see
+        :data:`~abi_asgi.dashboard._web.Charge`); ``create_app`` passes the
+        adapter's, so sign-in guesses and pages count as ``/api/v1`` requests do.
+        ``None``: no rate limit.
     """
-    dash = Dashboard(engine, authenticate, sessions or SessionStore(), secure_cookies)
+    dash = Dashboard(engine, authenticate, sessions or SessionStore(), secure_cookies, charge)
     pages = Pages(dash)
     page, action = dash.page, dash.action
     routes = [
@@ -177,7 +186,7 @@ def create_dashboard(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        ctx = await dash.context(request)
+        ctx = await dash.context(request, charge=False)
         error: AbiError
         if exc.status_code == 404:
             error = NotFound(request.url.path, f"No page at {request.url.path}")
@@ -187,6 +196,13 @@ def create_dashboard(
             error = InvalidRequest(str(exc.detail))
         return dash.error(request, error, ctx)
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    async def rate_limited(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RateLimitExceeded)
+        return dash.error(request, exc)
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, RateLimitExceeded: rate_limited},
+    )
     app.state.dashboard = dash
     return app

@@ -13,13 +13,21 @@ import attrs
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import Scope as AsgiScope
 
 from abi_asgi.dashboard import _format
 from abi_asgi.dashboard._session import COOKIE, LOGIN_COOKIE, Session, SessionStore
 from abi_engine import api
 from abi_engine.api import ApiRequest
 from abi_engine.auth import Principal
-from abi_engine.errors import AbiError, Forbidden, InternalError, InvalidRequest, Unauthorized
+from abi_engine.errors import (
+    AbiError,
+    Forbidden,
+    InternalError,
+    InvalidRequest,
+    RateLimitExceeded,
+    Unauthorized,
+)
 from abi_engine.models import Scope
 
 if TYPE_CHECKING:
@@ -64,6 +72,11 @@ class Context:
 
 
 Authenticate = Callable[[str], Awaitable[Principal]]
+#: ``charge(scope, token, principal)``: take one request from the caller's rate-limit
+#: bucket (the token's when ``principal`` is given, else the client address's); raises
+#: ``RateLimitExceeded`` when it is empty. The adapter passes its own, so the dashboard
+#: and ``/api/v1`` share the buckets.
+Charge = Callable[[AsgiScope, str | None, Principal | None], None]
 Handler = Callable[[Context], Awaitable[Response]]
 
 
@@ -76,9 +89,11 @@ class Dashboard:
         authenticate: Authenticate,
         sessions: SessionStore,
         secure_cookies: bool | None = None,
+        charge: Charge | None = None,
     ) -> None:
         self.engine = engine
         self.authenticate = authenticate
+        self._charge = charge
         self.sessions = sessions
         self.secure_cookies = secure_cookies
         self.env = jinja2.Environment(
@@ -122,21 +137,37 @@ class Dashboard:
 
     def error(self, request: Request, exc: AbiError, ctx: Context | None = None) -> HTMLResponse:
         """The error page of an :class:`AbiError`, with its HTTP status."""
-        return self.render(request, "error.html", ctx, status=exc.http_status, error=exc)
+        response = self.render(request, "error.html", ctx, status=exc.http_status, error=exc)
+        if isinstance(exc, RateLimitExceeded):
+            response.headers["retry-after"] = str(exc.details.get("retry_after", 1))
+        return response
 
     # -- sessions --------------------------------------------------------------------------
 
-    async def context(self, request: Request) -> Context | None:
-        """The signed-in context of ``request``, or ``None``."""
+    async def context(self, request: Request, charge: bool = True) -> Context | None:
+        """The signed-in context of ``request``, or ``None``.
+
+        :param charge: take the request from the caller's rate-limit bucket (the
+            session's token, else the client address).
+        :raises RateLimitExceeded: that bucket is empty.
+        """
         session = self.sessions.get(request.cookies.get(COOKIE))
-        if session is None:
-            return None
-        try:
-            principal = await self.authenticate(session.token)
-        except Unauthorized:  # the token was revoked meanwhile
-            self.sessions.revoke(session.id)
+        principal: Principal | None = None
+        if session is not None:
+            try:
+                principal = await self.authenticate(session.token)
+            except Unauthorized:  # the token was revoked meanwhile
+                self.sessions.revoke(session.id)
+        if charge:
+            self.charge(request, session.token if session else None, principal)
+        if session is None or principal is None:
             return None
         return Context(request=request, session=session, principal=principal)
+
+    def charge(self, request: Request, token: str | None, principal: Principal | None) -> None:
+        """Take one request from the caller's rate-limit bucket (see :data:`Charge`)."""
+        if self._charge is not None:
+            self._charge(request.scope, token, principal)
 
     def secure(self, request: Request) -> bool:
         if self.secure_cookies is not None:

@@ -11,10 +11,13 @@ from collections.abc import Callable
 import httpx
 import pytest
 from abi_asgi import RateLimit, create_app
+from abi_asgi.dashboard import SessionStore, create_dashboard
 from starlette.applications import Starlette
+from starlette.routing import Mount
 from test_dashboard_security import _csrf, _seed, _sign_in
 
 from abi_engine import Engine
+from abi_engine.auth import Principal
 
 pytestmark = pytest.mark.anyio
 
@@ -64,6 +67,63 @@ async def test_pages_charge_the_tokens_bucket(
     assert statuses[-1] == 429, statuses
     api = make_client(app, token, client=("127.0.0.3", 5000))
     assert (await api.get("/api/v1/workflows")).status_code == 429
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+async def test_a_sign_in_flood_does_not_sign_others_out(
+    engine: Engine, token: str, make_client: Client
+) -> None:
+    """One user signing in again and again (any valid token will do) keeps at most a few
+    sessions of its own: it cannot push other users' sessions out of the bounded store."""
+    sessions = SessionStore(max_sessions=20, max_sessions_per_user=4)
+
+    async def authenticate(value: str) -> Principal:
+        return engine.tokens.authenticate(value)
+
+    app = Starlette(
+        routes=[Mount("/ui", app=create_dashboard(engine, authenticate, sessions=sessions))]
+    )
+    victim = make_client(app)
+    await _sign_in(victim, token)
+    assert (await victim.get("/ui/")).status_code == 200
+    flooder = engine.tokens.create_token("usr_flood", ["executions:read"])
+    for _ in range(50):
+        assert (await _sign_in(make_client(app), flooder)).status_code == 303
+    assert len(sessions) <= 1 + 4
+    assert (await victim.get("/ui/")).status_code == 200
+
+
+async def test_signing_in_again_ends_the_previous_session(
+    engine: Engine, token: str, app: Starlette, make_client: Client
+) -> None:
+    """A new sign-in in the same browser replaces its session: the old id is worthless."""
+    client = make_client(app)
+    await _sign_in(client, token)
+    first = client.cookies["abi_dashboard_session"]
+    # the sign-in form, still open in another tab, is sent again with another token
+    other = engine.tokens.create_token("usr_second", ["executions:read"])
+    csrf = _csrf((await make_client(app).get("/ui/login")).text)
+    client.cookies.set("abi_dashboard_login", csrf, path="/ui/")
+    again = await client.post("/ui/login", data={"token": other, "csrf_token": csrf})
+    assert again.status_code == 303
+    assert client.cookies["abi_dashboard_session"] != first
+    replay = make_client(app)
+    replay.cookies.set("abi_dashboard_session", first, path="/ui/")
+    assert (await replay.get("/ui/")).status_code == 303
+
+
+def test_session_ids_stay_out_of_reprs_and_keys() -> None:
+    """A session's id is a bearer secret: not in its repr (logs, tracebacks), and the store
+    keeps only a digest of it, so looking one up compares no secret byte by byte."""
+    store = SessionStore()
+    session = store.create("abi_secret-token")
+    assert session.id not in repr(session)
+    assert "abi_secret-token" not in repr(session)
+    assert store.get(session.id) == session
+    assert session.id not in repr(vars(store))
+    assert store.get(session.id[:-1] + ("A" if session.id[-1] != "A" else "B")) is None
 
 
 # -- bad query parameters --------------------------------------------------------------------

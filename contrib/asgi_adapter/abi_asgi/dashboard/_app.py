@@ -100,7 +100,9 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             dash.charge(request, None, None)  # a guess costs the client address's bucket
             return await login_form(request, "That access token is not valid.", 401)
         dash.charge(request, token, principal)
-        session = dash.sessions.create(token)
+        # a new session id at every sign-in, and the browser's previous session ends
+        dash.sessions.revoke(request.cookies.get(COOKIE))
+        session = dash.sessions.create(token, principal.user_id)
         target = _next_target(request, form.get("next"))
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
         dash.set_session_cookie(request, response, session)

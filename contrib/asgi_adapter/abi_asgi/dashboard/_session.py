@@ -12,6 +12,7 @@ everyone out.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -28,74 +29,120 @@ COOKIE = "abi_dashboard_session"
 LOGIN_COOKIE = "abi_dashboard_login"
 
 
+def _key(session_id: str) -> bytes:
+    """What the store files a session under: a digest of its id, never the id itself."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).digest()
+
+
 @attrs.frozen(kw_only=True)
 class Session:
     """One signed-in browser."""
 
-    id: str
+    id: str = attrs.field(repr=False)
     token: str = attrs.field(repr=False)
     csrf: str = attrs.field(repr=False)
+    user: str
     expires_at: float
 
     def csrf_ok(self, value: str | None) -> bool:
         """Whether ``value`` is this session's CSRF token (compared in constant time)."""
-        return value is not None and hmac.compare_digest(value.encode(), self.csrf.encode())
+        return value is not None and hmac.compare_digest(
+            value.encode("utf-8", "surrogatepass"), self.csrf.encode()
+        )
 
 
 class SessionStore:
-    """Sessions by id, each ending ``ttl_seconds`` after sign-in (or at sign-out)."""
+    """Sessions by id, each ending ``ttl_seconds`` after sign-in (or at sign-out).
+
+    Bounded twice: one user holds at most ``max_sessions_per_user`` sessions (its
+    oldest end as it signs in again), so one user signing in over and over
+    cannot push other users' sessions out; past ``max_sessions`` in all, the
+    oldest sessions end. Sessions are filed under a SHA-256 digest of their id:
+    a lookup compares no secret byte by byte, and the table holds no usable id.
+    """
 
     def __init__(
         self,
         ttl_seconds: float = 8 * 3600,
         max_sessions: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        max_sessions_per_user: int = 20,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
+        if max_sessions < 1 or max_sessions_per_user < 1:
+            raise ValueError("max_sessions and max_sessions_per_user must be at least 1")
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
+        self.max_sessions_per_user = max_sessions_per_user
         self._clock = clock
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[bytes, Session] = {}  # oldest first
+        self._by_user: dict[str, dict[bytes, None]] = {}  # oldest first
         self._lock = threading.Lock()
 
-    def create(self, token: str) -> Session:
-        """A new session for ``token`` (the oldest ones make room past ``max_sessions``)."""
+    def create(self, token: str, user: str | None = None) -> Session:
+        """A new session for ``token`` of ``user`` (default: the token stands for its user).
+
+        The user's oldest sessions make room past ``max_sessions_per_user``, everyone's
+        oldest past ``max_sessions``.
+        """
         session = Session(
             id=secrets.token_urlsafe(32),
             token=token,
             csrf=secrets.token_urlsafe(32),
+            user=user
+            if user is not None
+            else "token:" + hashlib.sha256(token.encode()).hexdigest(),
             expires_at=self._clock() + self.ttl_seconds,
         )
+        key = _key(session.id)
         with self._lock:
             self._prune()
+            own = self._by_user.get(session.user, {})
+            while len(own) >= self.max_sessions_per_user:
+                self._drop(next(iter(own)))
             while len(self._sessions) >= self.max_sessions:
-                self._sessions.pop(next(iter(self._sessions)))
-            self._sessions[session.id] = session
+                self._drop(next(iter(self._sessions)))
+            self._sessions[key] = session
+            self._by_user.setdefault(session.user, {})[key] = None
         return session
 
     def get(self, session_id: str | None) -> Session | None:
         """The live session of ``session_id``; ``None`` when unknown or expired."""
         if not session_id:
             return None
+        key = _key(session_id)
         with self._lock:
-            session = self._sessions.get(session_id)
+            session = self._sessions.get(key)
             if session is None:
                 return None
             if session.expires_at <= self._clock():
-                del self._sessions[session_id]
+                self._drop(key)
                 return None
             return session
 
     def revoke(self, session_id: str | None) -> bool:
         """Forget a session; whether it existed."""
+        if not session_id:
+            return False
         with self._lock:
-            return self._sessions.pop(session_id or "", None) is not None
+            return self._drop(_key(session_id))
+
+    def _drop(self, key: bytes) -> bool:
+        session = self._sessions.pop(key, None)
+        if session is None:
+            return False
+        own = self._by_user.get(session.user)
+        if own is not None:
+            own.pop(key, None)
+            if not own:
+                del self._by_user[session.user]
+        return True
 
     def _prune(self) -> None:
         now = self._clock()
         for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
-            del self._sessions[key]
+            self._drop(key)
 
     def __len__(self) -> int:
         with self._lock:

@@ -229,3 +229,29 @@ def test_phone_width_is_readable(site: Site, browser: BrowserContext) -> None:
     expect(page.locator("a.brand")).to_be_focused()
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Overview")).to_be_focused()
+
+
+def test_a_live_page_whose_session_ends_goes_to_sign_in(
+    site: Site, browser: BrowserContext
+) -> None:
+    """A running execution's page polls with htmx; signing out in another tab makes the
+    next poll load the sign-in page (HX-Redirect), instead of splicing the sign-in form
+    into the page or silently showing stale data."""
+    with site.api() as api:
+        slow = api.get("/workflows").json()["data"]["items"]
+        slow_id = next(w["id"] for w in slow if w["name"] == "Slow fetch")
+        execution = api.post(f"/workflows/{slow_id}/execute_async", json={}).json()["data"]
+    execution_id = execution["execution_id"]
+    watching = browser.new_page()
+    sign_in(watching, site, site.token)
+    watching.goto(f"{site.url}/ui/executions/{execution_id}")
+    expect(watching.locator("h1 .badge")).to_have_text(re.compile("queued|running"))
+    expect(watching.locator("#live[hx-trigger]")).to_be_attached()
+    other = browser.new_page()
+    other.goto(site.url + "/ui/")
+    other.get_by_role("button", name="Sign out").click()
+    expect(other.get_by_text("You are signed out.")).to_be_visible()
+    expect(watching).to_have_url(re.compile(r"/ui/login\?next=%2Fui%2Fexecutions%2F"))
+    expect(watching.get_by_role("heading", name="Sign in")).to_be_visible()
+    with site.api() as api:
+        assert api.post(f"/workflow_executions/{execution_id}/cancel").status_code == 200

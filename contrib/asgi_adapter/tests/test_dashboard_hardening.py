@@ -126,6 +126,59 @@ def test_session_ids_stay_out_of_reprs_and_keys() -> None:
     assert store.get(session.id[:-1] + ("A" if session.id[-1] != "A" else "B")) is None
 
 
+# -- cross-site requests ------------------------------------------------------------------
+
+
+async def test_cross_site_fetch_metadata_refused(
+    engine: Engine, token: str, app: Starlette, make_client: Client
+) -> None:
+    """A browser that sends no Origin but says Sec-Fetch-Site: cross-site is refused, even
+    with the right CSRF token (defence in depth); same-origin and none pass."""
+    ids = await _seed(engine, token)
+    client = make_client(app)
+    await _sign_in(client, token)
+    csrf = _csrf((await client.get("/ui/")).text)
+    path = f"/ui/schedules/{ids['schedule_id']}/disable"
+    refused = await client.post(
+        path, data={"csrf_token": csrf}, headers={"sec-fetch-site": "cross-site"}
+    )
+    assert refused.status_code == 403
+    assert (await engine.schedules.get(ids["schedule_id"])).enabled
+    login = make_client(app)
+    login_csrf = _csrf((await login.get("/ui/login")).text)
+    forged = await login.post(
+        "/ui/login",
+        data={"token": token, "csrf_token": login_csrf},
+        headers={"sec-fetch-site": "same-site"},
+    )
+    assert forged.status_code == 403
+    done = await client.post(
+        path, data={"csrf_token": csrf}, headers={"sec-fetch-site": "same-origin"}
+    )
+    assert done.status_code == 303
+    assert not (await engine.schedules.get(ids["schedule_id"])).enabled
+
+
+async def test_htmx_poll_after_sign_out_goes_to_the_sign_in_page(
+    token: str, app: Starlette, make_client: Client
+) -> None:
+    """A live page's htmx poll whose session ended is told to load the sign-in page
+    (HX-Redirect), not handed the sign-in form to splice into the page."""
+    client = make_client(app)
+    poll = await client.get("/ui/executions?status=running", headers={"hx-request": "true"})
+    assert poll.status_code == 200
+    assert poll.headers["hx-redirect"].startswith("/ui/login?next=")
+    assert "%2Fui%2Fexecutions" in poll.headers["hx-redirect"]
+    assert poll.text == ""
+    assert poll.headers["cache-control"] == "no-store"
+
+
+async def test_static_files_are_not_sniffed(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/ui/static/app.js")
+    assert answer.status_code == 200
+    assert answer.headers["x-content-type-options"] == "nosniff"
+
+
 # -- bad query parameters --------------------------------------------------------------------
 
 

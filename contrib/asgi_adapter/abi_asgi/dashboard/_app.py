@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from abi_asgi.dashboard._pages import Pages
 from abi_asgi.dashboard._session import COOKIE, LOGIN_COOKIE, SessionStore
@@ -56,6 +57,21 @@ def _next_target(request: Request, value: str | None) -> str:
         ):
             return value
     return base + "/"
+
+
+def _nosniff(app: ASGIApp) -> ASGIApp:
+    """``app`` with ``X-Content-Type-Options: nosniff`` on its answers."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-content-type-options", b"nosniff")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await app(scope, receive, sending)
+
+    return wrapped
 
 
 def _auth_routes(dash: Dashboard) -> list[Route]:
@@ -183,7 +199,7 @@ def create_dashboard(
             action(pages.redeliver),
             methods=["POST"],
         ),
-        Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+        Mount("/static", app=_nosniff(StaticFiles(directory=HERE / "static")), name="static"),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -237,6 +237,11 @@ class Dashboard:
             if ctx is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 login = f"{base_path(request)}/login?{urlencode({'next': target})}"
+                if request.headers.get("hx-request") == "true":
+                    # a live page's poll: load the sign-in page instead of splicing it in
+                    return Response(
+                        status_code=200, headers={**SECURITY_HEADERS, "hx-redirect": login}
+                    )
                 return RedirectResponse(login, status_code=303, headers=SECURITY_HEADERS)
             try:
                 return await handler(ctx)
@@ -315,7 +320,10 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def same_origin(request: Request) -> bool:
-    """A browser's ``Origin`` (when sent) names this server."""
+    """A browser's ``Origin`` (when sent) names this server, and its fetch metadata
+    (``Sec-Fetch-Site``, when sent) does not say the request came from another site."""
+    if request.headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return False
     origin = request.headers.get("origin")
     if not origin or origin == "null":
         return origin is None

@@ -8,10 +8,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import anyio
 import httpx
 import pytest
 from abi_asgi import RateLimit, create_app
 from abi_asgi.dashboard import SessionStore, create_dashboard
+from dashboard_site import Receiver
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from test_dashboard_security import _csrf, _seed, _sign_in
@@ -273,3 +275,48 @@ async def test_a_workflow_deleted_while_its_pages_are_open(
     execution = await client.get(f"/ui/executions/{ids['execution_id']}")
     assert execution.status_code in (200, 404)
     assert "Internal error" not in execution.text
+
+
+# -- what each scope sees ----------------------------------------------------------------------
+
+
+async def test_callback_answers_need_webhooks_admin(
+    engine: Engine, token: str, app: Starlette, make_client: Client
+) -> None:
+    """An execution's callback attempts carry what the callback URL answered; /api/v1 shows
+    delivery answers only to webhooks:admin. A token that may only read executions (or
+    start them with any callback_url) sees the outcome and HTTP status, not the answer's
+    body or the error: the dashboard is no way to read back what an internal URL says."""
+    engine.allow_private_urls = True
+    principal = engine.tokens.authenticate(token)
+    with Receiver() as receiver:
+        wf = await engine.workflows.create(
+            {
+                "name": "Calls back",
+                "type": "custom",
+                "configuration": {
+                    "steps": [{"name": "s", "action": "transform", "expressions": {"v": "1"}}]
+                },
+            },
+            actor=principal,
+        )
+        await engine.workflows.activate(wf.id)
+        execution = await engine.executions.execute(
+            wf.id, {}, callback_url=receiver.url + "/refuse", actor=principal
+        )
+        execution_id = execution.execution_id
+        deadline = anyio.current_time() + 60
+        while not any(d.attempts for d in await engine.webhooks.callback_deliveries(execution_id)):
+            assert anyio.current_time() < deadline, "the callback was never attempted"
+            await anyio.sleep(0.2)
+    admin = make_client(app)
+    await _sign_in(admin, token)
+    shown = await admin.get(f"/ui/executions/{execution_id}")
+    assert "refused by the test receiver" in shown.text
+    reader = make_client(app)
+    await _sign_in(reader, engine.tokens.create_token("usr_reader", ["executions:read"]))
+    page = await reader.get(f"/ui/executions/{execution_id}")
+    assert page.status_code == 200
+    assert "refused by the test receiver" not in page.text
+    assert "503" in page.text
+    assert "webhooks:admin" in page.text

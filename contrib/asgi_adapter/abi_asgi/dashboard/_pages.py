@@ -217,6 +217,11 @@ class Pages:
         signals = await call_store(store, store.get_signals, execution_id)
         results = {s.index: s.result for s in steps if s.result is not None}
         callbacks = unstructure(await self.engine.webhooks.callback_deliveries(execution_id))
+        answers = ctx.can(Scope.WEBHOOKS_ADMIN)
+        if not answers:  # what a URL answered: only for those who see webhook answers
+            for delivery in callbacks:
+                for attempt in delivery.get("attempts") or ():
+                    attempt["error"] = attempt["response_body"] = None
         waiting_for = record.waiting_for if record is not None else None
         return self.render(
             ctx,
@@ -226,6 +231,7 @@ class Pages:
             results=results,
             signals=signals,
             callbacks=callbacks,
+            callback_answers=answers,
             live=execution["status"] not in FINISHED,
             cancellable=execution["status"] in ("queued", "running", "waiting"),
             approval=execution["status"] == "waiting" and is_approval_signal(waiting_for or ""),

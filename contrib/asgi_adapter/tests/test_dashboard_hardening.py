@@ -23,6 +23,13 @@ from abi_engine.auth import Principal
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture
+def idle_engine(backend_engine: Engine) -> Engine:
+    """These tests run on every engine backend (ABI_ENGINE_TEST_ENGINE_BACKENDS)."""
+    return backend_engine
+
+
 Client = Callable[..., httpx.AsyncClient]
 
 

@@ -97,6 +97,12 @@ def _csrf(html: str) -> str:
 
 
 @pytest.fixture
+def idle_engine(backend_engine: Engine) -> Engine:
+    """These tests run on every engine backend (ABI_ENGINE_TEST_ENGINE_BACKENDS)."""
+    return backend_engine
+
+
+@pytest.fixture
 def client(app: Starlette, make_client: Callable[..., httpx.AsyncClient]) -> httpx.AsyncClient:
     """A browser-like client: no token header, keeps cookies."""
     return make_client(app)

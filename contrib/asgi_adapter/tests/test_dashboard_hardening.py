@@ -5,6 +5,7 @@ clear 4xx page, never a 500 and never silently something else)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 
@@ -133,6 +134,71 @@ def test_session_ids_stay_out_of_reprs_and_keys() -> None:
     assert store.get(session.id) == session
     assert session.id not in repr(vars(store))
     assert store.get(session.id[:-1] + ("A" if session.id[-1] != "A" else "B")) is None
+
+
+async def test_a_mistyped_token_keeps_where_to_go(
+    engine: Engine, token: str, app: Starlette, make_client: Client
+) -> None:
+    """After a wrong token, the form shown again still leads to the page first asked for."""
+    client = make_client(app)
+    csrf = _csrf((await client.get("/ui/login?next=/ui/executions")).text)
+    wrong = await client.post(
+        "/ui/login", data={"token": "abi_typo", "csrf_token": csrf, "next": "/ui/executions"}
+    )
+    assert wrong.status_code == 401
+    assert 'name="next" value="/ui/executions"' in wrong.text
+    right = await client.post(
+        "/ui/login",
+        data={"token": token, "csrf_token": _csrf(wrong.text), "next": "/ui/executions"},
+    )
+    assert right.headers["location"] == "/ui/executions"
+
+
+async def test_mounted_under_a_prefix(engine: Engine, token: str, make_client: Client) -> None:
+    """The adapter mounted at /ops: cookies scoped to /ops/ui/, links and redirects under
+    it, and a next= outside it (even /ui/ of the bare host) refused."""
+    outer = Starlette(routes=[Mount("/ops", app=create_app(engine, rate_limit=None))])
+    client = make_client(outer)
+    first = await client.get("/ops/ui/executions")
+    assert first.headers["location"] == "/ops/ui/login?next=%2Fops%2Fui%2Fexecutions"
+    form = await client.get("/ops/ui/login")
+    assert 'action="/ops/ui/login"' in form.text
+    assert 'src="/ops/ui/static/htmx.min.js"' in form.text
+    assert "path=/ops/ui/" in form.headers["set-cookie"].lower()
+    signed = await client.post(
+        "/ops/ui/login", data={"token": token, "csrf_token": _csrf(form.text), "next": "/ui/"}
+    )
+    assert signed.headers["location"] == "/ops/ui/"
+    session = next(
+        h for h in signed.headers.get_list("set-cookie") if h.startswith("abi_dashboard_session=")
+    )
+    assert "path=/ops/ui/" in session.lower()
+    assert (await client.get("/ops/ui/executions")).status_code == 200
+    assert (await client.get("/ops/ui/static/app.js")).status_code == 200
+
+
+async def test_no_token_in_the_logs(
+    engine: Engine,
+    token: str,
+    app: Starlette,
+    make_client: Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Signing in (right and wrong), browsing, failing and signing out log no access token,
+    session id or CSRF token, at any level."""
+    client = make_client(app)
+    with caplog.at_level(logging.DEBUG):
+        await _sign_in(client, "abi_wrong-token-for-the-log-test")
+        await _sign_in(client, token)
+        session = client.cookies["abi_dashboard_session"]
+        page = await client.get("/ui/executions")
+        csrf = _csrf(page.text)
+        await client.get("/ui/executions/nope")
+        await client.get("/ui/executions?page=abc")
+        await client.post("/ui/executions/nope/cancel", data={"csrf_token": csrf})
+        await client.post("/ui/logout", data={"csrf_token": csrf})
+    for secret in (token, "abi_wrong-token-for-the-log-test", session, csrf):
+        assert secret not in caplog.text
 
 
 # -- cross-site requests ------------------------------------------------------------------

@@ -75,7 +75,9 @@ def _nosniff(app: ASGIApp) -> ASGIApp:
 
 
 def _auth_routes(dash: Dashboard) -> list[Route]:
-    async def login_form(request: Request, error: str | None = None, status: int = 200) -> Response:
+    async def login_form(
+        request: Request, error: str | None = None, status: int = 200, next_url: str | None = None
+    ) -> Response:
         if error is None and await dash.context(request) is not None:
             return RedirectResponse(
                 _next_target(request, request.query_params.get("next")), status_code=303
@@ -86,7 +88,7 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             "login.html",
             status=status,
             error=error,
-            next=request.query_params.get("next", ""),
+            next=request.query_params.get("next", "") if next_url is None else next_url,
             signed_out="signed_out" in request.query_params,
             login_csrf=token,
         )
@@ -114,7 +116,9 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             principal = await dash.authenticate(token)
         except Unauthorized:
             dash.charge(request, None, None)  # a guess costs the client address's bucket
-            return await login_form(request, "That access token is not valid.", 401)
+            return await login_form(
+                request, "That access token is not valid.", 401, form.get("next", "")
+            )
         dash.charge(request, token, principal)
         # a new session id at every sign-in, and the browser's previous session ends
         dash.sessions.revoke(request.cookies.get(COOKIE))

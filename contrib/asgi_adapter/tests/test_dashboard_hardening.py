@@ -319,7 +319,14 @@ async def test_every_page_of_an_empty_database(
     """No records at all: every page answers 200 with its empty state."""
     client = make_client(app)
     await _sign_in(client, token)
-    for path in ("/ui/", "/ui/workflows", "/ui/executions", "/ui/approvals", "/ui/schedules"):
+    for path in (
+        "/ui/",
+        "/ui/workflows",
+        "/ui/executions",
+        "/ui/approvals",
+        "/ui/schedules",
+        "/ui/webhooks",
+    ):
         answer = await client.get(path)
         assert answer.status_code == 200, path
         assert 'class="empty"' in answer.text, path

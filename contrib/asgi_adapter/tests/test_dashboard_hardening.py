@@ -14,6 +14,7 @@ import httpx
 import pytest
 from abi_asgi import RateLimit, create_app
 from abi_asgi.dashboard import SessionStore, create_dashboard
+from abi_asgi.dashboard._session import mask, unmasks_to
 from dashboard_site import Receiver
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -114,8 +115,9 @@ async def test_signing_in_again_ends_the_previous_session(
     first = client.cookies["abi_dashboard_session"]
     # the sign-in form, still open in another tab, is sent again with another token
     other = engine.tokens.create_token("usr_second", ["executions:read"])
-    csrf = _csrf((await make_client(app).get("/ui/login")).text)
-    client.cookies.set("abi_dashboard_login", csrf, path="/ui/")
+    tab = make_client(app)
+    csrf = _csrf((await tab.get("/ui/login")).text)
+    client.cookies.set("abi_dashboard_login", tab.cookies["abi_dashboard_login"], path="/ui/")
     again = await client.post("/ui/login", data={"token": other, "csrf_token": csrf})
     assert again.status_code == 303
     assert client.cookies["abi_dashboard_session"] != first
@@ -400,3 +402,49 @@ async def test_callback_answers_need_webhooks_admin(
     assert "refused by the test receiver" not in page.text
     assert "503" in page.text
     assert "webhooks:admin" in page.text
+
+
+async def test_csrf_tokens_are_masked_on_every_page(
+    engine: Engine, token: str, app: Starlette, make_client: Client
+) -> None:
+    """BREACH: a compressed HTTPS page that reflects the attacker's text (filters, next=)
+    must not carry the same secret bytes on every answer. Each page shows the session's
+    CSRF token under a fresh mask: never the token itself, different each time, each one
+    accepted; another session's is refused. The sign-in form's too."""
+    ids = await _seed(engine, token)
+    client = make_client(app)
+    login = await client.get("/ui/login")
+    assert client.cookies["abi_dashboard_login"] not in login.text
+    again = await client.get("/ui/login")
+    assert _csrf(again.text) != _csrf(login.text)
+    await client.post("/ui/login", data={"token": token, "csrf_token": _csrf(login.text)})
+    dash = next(
+        r for r in app.router.routes if isinstance(r, Mount) and r.path == "/ui"
+    ).app.state.dashboard
+    session = dash.sessions.get(client.cookies["abi_dashboard_session"])
+    first = await client.get("/ui/executions?workflow_id=abc")
+    second = await client.get("/ui/executions?workflow_id=abc")
+    assert session.csrf not in first.text
+    assert _csrf(first.text) != _csrf(second.text)
+    path = f"/ui/schedules/{ids['schedule_id']}"
+    assert (
+        await client.post(path + "/disable", data={"csrf_token": _csrf(first.text)})
+    ).status_code == 303
+    assert (
+        await client.post(path + "/enable", data={"csrf_token": _csrf(second.text)})
+    ).status_code == 303
+    other = make_client(app)
+    await _sign_in(other, token)
+    foreign = _csrf((await other.get("/ui/")).text)
+    refused = await client.post(path + "/disable", data={"csrf_token": foreign})
+    assert refused.status_code == 403
+    assert (await engine.schedules.get(ids["schedule_id"])).enabled
+
+
+@pytest.mark.parametrize(
+    "value", ["", "x", "é" * 40, "!!!!", "AAA", "A" * 43, "QUJD", None, "=" * 8, "A\x00B"]
+)
+def test_garbage_csrf_values_are_refused(value: str | None) -> None:
+    secret = "s" * 43
+    assert not unmasks_to(value, secret)
+    assert unmasks_to(mask(secret), secret)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -15,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from abi_asgi.dashboard._pages import Pages
-from abi_asgi.dashboard._session import COOKIE, LOGIN_COOKIE, SessionStore
+from abi_asgi.dashboard._session import COOKIE, LOGIN_COOKIE, SessionStore, mask, unmasks_to
 from abi_asgi.dashboard._web import (
     HERE,
     SECURITY_HEADERS,
@@ -90,7 +89,7 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             error=error,
             next=request.query_params.get("next", "") if next_url is None else next_url,
             signed_out="signed_out" in request.query_params,
-            login_csrf=token,
+            login_csrf=mask(token),
         )
         dash.set_login_cookie(request, response, token)
         return response
@@ -106,8 +105,7 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
         if not same_origin(request):
             return dash.error(request, Forbidden("Cross-origin sign-in refused"))
         expected = request.cookies.get(LOGIN_COOKIE)
-        given = form.get("csrf_token")
-        if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
+        if not expected or not unmasks_to(form.get("csrf_token"), expected):
             return dash.error(
                 request, Forbidden("The sign-in form's CSRF token is missing or wrong; reload it")
             )

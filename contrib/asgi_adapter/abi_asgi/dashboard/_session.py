@@ -12,6 +12,8 @@ everyone out.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -21,12 +23,41 @@ from collections.abc import Callable
 
 import attrs
 
-__all__ = ["COOKIE", "LOGIN_COOKIE", "Session", "SessionStore"]
+__all__ = ["COOKIE", "LOGIN_COOKIE", "Session", "SessionStore", "mask", "unmasks_to"]
 
 #: The session cookie's name.
 COOKIE = "abi_dashboard_session"
 #: The sign-in form's double-submit CSRF cookie (before a session exists).
 LOGIN_COOKIE = "abi_dashboard_login"
+
+
+def mask(secret: str) -> str:
+    """``secret`` under a fresh one-time pad (``base64url(pad + pad XOR secret)``).
+
+    Pages show CSRF tokens masked, so no two answers carry the same secret bytes:
+    a compressed HTTPS page that also reflects an attacker's text (BREACH) then
+    leaks nothing about the token.
+    """
+    raw = secret.encode()
+    pad = secrets.token_bytes(len(raw))
+    masked = pad + bytes(a ^ b for a, b in zip(pad, raw, strict=True))
+    return base64.urlsafe_b64encode(masked).decode("ascii").rstrip("=")
+
+
+def unmasks_to(value: str | None, secret: str) -> bool:
+    """Whether ``value`` is ``secret`` under some mask (see :func:`mask`); the secret's
+    bytes are compared in constant time."""
+    if not value or not value.isascii():
+        return False
+    try:
+        data = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        return False
+    half, odd = divmod(len(data), 2)
+    if odd or not half:
+        return False
+    raw = bytes(a ^ b for a, b in zip(data[:half], data[half:], strict=True))
+    return hmac.compare_digest(raw, secret.encode())
 
 
 def _key(session_id: str) -> bytes:
@@ -44,11 +75,14 @@ class Session:
     user: str
     expires_at: float
 
+    def masked_csrf(self) -> str:
+        """This session's CSRF token as a page shows it: under a fresh mask each time."""
+        return mask(self.csrf)
+
     def csrf_ok(self, value: str | None) -> bool:
-        """Whether ``value`` is this session's CSRF token (compared in constant time)."""
-        return value is not None and hmac.compare_digest(
-            value.encode("utf-8", "surrogatepass"), self.csrf.encode()
-        )
+        """Whether ``value`` is this session's CSRF token under some mask (the token's
+        bytes compared in constant time)."""
+        return unmasks_to(value, self.csrf)
 
 
 class SessionStore:

@@ -126,7 +126,7 @@ class Dashboard:
         html = self.env.get_template(template).render(
             base=base,
             ctx=ctx,
-            csrf=ctx.session.csrf if ctx else "",
+            csrf=ctx.session.masked_csrf() if ctx else "",
             can=ctx.can if ctx else (lambda scope: False),
             path=request.url.path,
             query=dict(request.query_params),

@@ -293,6 +293,20 @@ async def test_bad_page_is_a_400_on_every_list(
         assert answer.headers["cache-control"] == "no-store"
 
 
+async def test_a_page_past_the_last_is_a_404(
+    signed_in: tuple[httpx.AsyncClient, dict[str, str]],
+) -> None:
+    """Page 50 of a one-page list says so (404), rather than showing the empty state
+    ("no execution yet") of a list that has items."""
+    client, ids = signed_in
+    for template in PAGED:
+        path = template.format(**ids)
+        answer = await client.get(path, params={"page": "50"})
+        assert answer.status_code == 404, path
+        assert "No page 50: this list has 1 page" in _alert(answer), path
+        assert (await client.get(path, params={"page": "1"})).status_code == 200, path
+
+
 @pytest.mark.parametrize(
     ("path", "words"),
     [

@@ -37,6 +37,19 @@ def _page(ctx: Context) -> str:
     return ctx.request.query_params.get("page") or "1"
 
 
+def _paged(ctx: Context, page: dict[str, Any]) -> dict[str, Any]:
+    """``page`` (an operation's paginated answer), or 404 when it lies past the last
+    page of a list that has items (an empty list has only its page 1)."""
+    pagination = page["pagination"]
+    last = max(1, pagination["total_pages"])
+    if pagination["page"] > last:
+        raise NotFound(
+            ctx.request.url.path,
+            f"No page {pagination['page']}: this list has {last} page{'s' if last > 1 else ''}",
+        )
+    return page
+
+
 def _pick(ctx: Context, *names: str) -> dict[str, str]:
     """The non-empty query values among ``names``."""
     params = ctx.request.query_params
@@ -112,10 +125,13 @@ class Pages:
 
     async def workflows(self, ctx: Context) -> Response:
         filters = _pick(ctx, "status", "type")
-        page = await self.dash.op(
+        page = _paged(
             ctx,
-            "list_workflows",
-            query={**filters, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "list_workflows",
+                query={**filters, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         stats = {}
         for item in page["items"]:
@@ -192,10 +208,13 @@ class Pages:
         }
         if statuses:
             query["status"] = statuses
-        page = await self.dash.op(
+        page = _paged(
             ctx,
-            "list_executions",
-            query={**query, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "list_executions",
+                query={**query, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         live = any(item["status"] not in FINISHED for item in page["items"])
         return self.render(
@@ -263,10 +282,13 @@ class Pages:
     # -- approvals ------------------------------------------------------------------------------
 
     async def approvals(self, ctx: Context) -> Response:
-        page = await self.dash.op(
+        page = _paged(
             ctx,
-            "list_executions",
-            query={"status": "waiting", "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "list_executions",
+                query={"status": "waiting", "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         store = self.engine.store
         waiting = []
@@ -282,21 +304,27 @@ class Pages:
 
     async def schedules(self, ctx: Context) -> Response:
         filters = _pick(ctx, "enabled", "workflow_id")
-        page = await self.dash.op(
+        page = _paged(
             ctx,
-            "list_schedules",
-            query={**filters, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "list_schedules",
+                query={**filters, "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         return self.render(ctx, "schedules.html", page=page, filters=filters)
 
     async def schedule(self, ctx: Context) -> Response:
         schedule_id = ctx.request.path_params["schedule_id"]
         schedule = await self.dash.op(ctx, "get_schedule", path={"schedule_id": schedule_id})
-        history = await self.dash.op(
+        history = _paged(
             ctx,
-            "schedule_history",
-            path={"schedule_id": schedule_id},
-            query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "schedule_history",
+                path={"schedule_id": schedule_id},
+                query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         return self.render(ctx, "schedule.html", schedule=schedule, history=history)
 
@@ -316,21 +344,27 @@ class Pages:
     # -- webhooks -------------------------------------------------------------------------------
 
     async def webhooks(self, ctx: Context) -> Response:
-        page = await self.dash.op(
+        page = _paged(
             ctx,
-            "list_webhooks",
-            query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "list_webhooks",
+                query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         return self.render(ctx, "webhooks.html", page=page)
 
     async def webhook(self, ctx: Context) -> Response:
         webhook_id = ctx.request.path_params["webhook_id"]
         hook = await self.dash.op(ctx, "get_webhook", path={"webhook_id": webhook_id})
-        deliveries = await self.dash.op(
+        deliveries = _paged(
             ctx,
-            "list_webhook_deliveries",
-            path={"webhook_id": webhook_id},
-            query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            await self.dash.op(
+                ctx,
+                "list_webhook_deliveries",
+                path={"webhook_id": webhook_id},
+                query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
+            ),
         )
         return self.render(ctx, "webhook.html", hook=hook, deliveries=deliveries)
 

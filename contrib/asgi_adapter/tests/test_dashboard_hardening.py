@@ -203,6 +203,48 @@ async def test_no_token_in_the_logs(
         assert secret not in caplog.text
 
 
+async def test_every_answer_is_uncacheable_and_unframeable(
+    signed_in: tuple[httpx.AsyncClient, dict[str, str]], app: Starlette, make_client: Client
+) -> None:
+    """Pages, error pages, the sign-in form and every redirect: Cache-Control: no-store,
+    no framing (CSP frame-ancestors 'none' and X-Frame-Options: DENY)."""
+    client, ids = signed_in
+    csrf = _csrf((await client.get("/ui/")).text)
+    answers = [
+        await client.get(path.format(**ids))
+        for path in [
+            "/ui/",
+            "/ui/workflows",
+            "/ui/workflows/{workflow_id}",
+            "/ui/executions",
+            "/ui/executions/{execution_id}",
+            "/ui/approvals",
+            "/ui/schedules",
+            "/ui/schedules/{schedule_id}",
+            "/ui/webhooks",
+            "/ui/webhooks/{webhook_id}",
+            "/ui/executions/nope",
+            "/ui/nowhere",
+            "/ui/executions?page=abc",
+            "/ui/login",  # signed in: sent on
+        ]
+    ]
+    answers.append(
+        await client.post(f"/ui/schedules/{ids['schedule_id']}/disable", data={"csrf_token": csrf})
+    )
+    answers.append(await client.post("/ui/logout", data={"csrf_token": "wrong"}))
+    stranger = make_client(app)
+    answers += [await stranger.get("/ui/"), await stranger.get("/ui/login")]
+    answers.append(await stranger.post("/ui/executions/x/cancel"))
+    answers.append(await stranger.post("/ui/logout"))
+    for answer in answers:
+        where = (answer.request.method, str(answer.request.url), answer.status_code)
+        assert answer.headers.get("cache-control") == "no-store", where
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], where
+        assert answer.headers["x-frame-options"] == "DENY", where
+    assert {a.status_code for a in answers} >= {200, 303, 400, 401, 403, 404}
+
+
 # -- cross-site requests ------------------------------------------------------------------
 
 

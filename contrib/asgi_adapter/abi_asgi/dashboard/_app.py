@@ -79,7 +79,9 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
     ) -> Response:
         if error is None and await dash.context(request) is not None:
             return RedirectResponse(
-                _next_target(request, request.query_params.get("next")), status_code=303
+                _next_target(request, request.query_params.get("next")),
+                status_code=303,
+                headers=SECURITY_HEADERS,
             )
         token = dash.login_csrf(request)
         response = dash.render(
@@ -130,7 +132,9 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
     async def logout(request: Request) -> Response:
         ctx = await dash.context(request)
         if ctx is None:
-            return RedirectResponse(base_path(request) + "/login", status_code=303)
+            return RedirectResponse(
+                base_path(request) + "/login", status_code=303, headers=SECURITY_HEADERS
+            )
         try:
             form = await read_form(request)
         except FormError as exc:

@@ -504,3 +504,33 @@ def test_garbage_csrf_values_are_refused(value: str | None) -> None:
     secret = "s" * 43
     assert not unmasks_to(value, secret)
     assert unmasks_to(mask(secret), secret)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 40_000,  # deeper than Python's recursion limit
+        '{"a": ' + "[" * 100 + "]" * 100 + "}",  # deeper than /api/v1 accepts (64)
+        '{"a": NaN}',
+        '{"a": 1e999}',
+        '{"a": "\\ud800"}',
+    ],
+    ids=["recursion", "depth", "nan", "infinity", "surrogate"],
+)
+async def test_run_form_json_is_checked_like_a_request_body(
+    signed_in: tuple[httpx.AsyncClient, dict[str, str]], engine: Engine, text: str
+) -> None:
+    """The run form's JSON goes through the checks of an /api/v1 body (depth, NaN and
+    infinities, lone surrogates): a 400 naming the field, never a 500, nothing started."""
+    client, ids = signed_in
+    page = await client.get(f"/ui/workflows/{ids['workflow_id']}")
+    before = (await engine.executions.list(page=1, page_size=1)).pagination.total_items
+    for field in ("parameters_json",):
+        answer = await client.post(
+            f"/ui/workflows/{ids['workflow_id']}/run",
+            data={"csrf_token": _csrf(page.text), field: text},
+        )
+        assert answer.status_code == 400, answer.text[-500:]
+        assert "Parameters (JSON)" in _alert(answer)
+    after = (await engine.executions.list(page=1, page_size=1)).pagination.total_items
+    assert after == before

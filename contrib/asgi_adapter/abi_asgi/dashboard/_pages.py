@@ -10,12 +10,12 @@ engine's services after the same scope check (:meth:`Principal.require`).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from starlette.responses import Response
 
+from abi_asgi._app import parse_json_body
 from abi_asgi.dashboard import _format
 from abi_asgi.dashboard._web import Context, Dashboard, form_of, redirect
 from abi_engine.converter import unstructure
@@ -410,12 +410,7 @@ def _fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
 def _parameters(form: dict[str, str], schema: dict[str, Any]) -> dict[str, Any]:
     """The parameters of a run form: the JSON field, then each schema field over it."""
     raw = form.get("parameters_json", "").strip() or "{}"
-    try:
-        parameters = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"Parameters (JSON) is not valid JSON: {exc}", {"field": "parameters"}
-        ) from None
+    parameters = _json(raw, "Parameters (JSON)", "parameters")
     if not isinstance(parameters, dict):
         raise InvalidRequest("Parameters (JSON) must be an object", {"field": "parameters"})
     for field in _fields(schema):
@@ -439,13 +434,23 @@ def _typed(field: dict[str, Any], value: str) -> Any:
         if kind == "number":
             return float(value)
         if kind == "json":
-            return json.loads(value)
+            return _json(value, f"Parameter '{field['name']}'", f"parameters.{field['name']}")
     except ValueError:
         raise InvalidRequest(
             f"Parameter '{field['name']}' must be {'an' if kind == 'integer' else 'a'} {kind}",
             {"field": f"parameters.{field['name']}"},
         ) from None
     return value
+
+
+def _json(text: str, label: str, field: str) -> Any:
+    """``text`` parsed with the checks of an ``/api/v1`` request body (nesting depth,
+    ``NaN`` and infinities, lone surrogates); :class:`InvalidRequest` naming ``field``."""
+    try:
+        return parse_json_body(text.encode("utf-8", "surrogatepass"))
+    except InvalidRequest as exc:
+        message = exc.message.replace("The request body", label, 1)
+        raise InvalidRequest(message, {"field": field}) from None
 
 
 def _rfc3339(value: str) -> str:

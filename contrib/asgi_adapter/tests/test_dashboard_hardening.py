@@ -534,3 +534,62 @@ async def test_run_form_json_is_checked_like_a_request_body(
         assert "Parameters (JSON)" in _alert(answer)
     after = (await engine.executions.list(page=1, page_size=1)).pagination.total_items
     assert after == before
+
+
+#: Values no query parameter or form field should turn into a 500.
+NASTY = [
+    "",
+    "-1",
+    "abc",
+    "1e999",
+    "nan",
+    "\x00",
+    "%",
+    "é",
+    "9" * 5000,
+    "2024-02-30T25:61",
+    "{}",
+    "<script>",
+    "failed,bogus",
+    "a" * 20_000,
+]
+
+
+async def test_no_query_value_or_form_field_is_a_500(
+    signed_in: tuple[httpx.AsyncClient, dict[str, str]],
+) -> None:
+    """Every page with every query parameter the dashboard reads set to each nasty
+    value, and every action with each form field: 4xx at worst, never a 500."""
+    client, ids = signed_in
+    csrf = _csrf((await client.get("/ui/")).text)
+    pages = [p.format(**ids) for p in PAGED] + [
+        "/ui/",
+        "/ui/workflows/{workflow_id}".format(**ids),
+        "/ui/executions/{execution_id}".format(**ids),
+        "/ui/login",
+    ]
+    params = ["page", "status", "range", "workflow_id", "schedule_id", "start_date"]
+    params += ["end_date", "enabled", "type", "next"]
+    failures = []
+    for path in pages:
+        for name in params:
+            for value in NASTY:
+                answer = await client.get(path, params={name: value})
+                if answer.status_code >= 500 or "Traceback" in answer.text:
+                    failures.append((path, name, value[:20], answer.status_code))
+    actions = [
+        "/ui/workflows/{workflow_id}/run",
+        "/ui/executions/{execution_id}/approve",
+        "/ui/executions/{execution_id}/cancel",
+        "/ui/schedules/{schedule_id}/enable",
+        "/ui/webhooks/{webhook_id}/deliveries/dlv_x/redeliver",
+    ]
+    for template in actions:
+        for name in ("comment", "back", "parameters_json", "param.label", "param.x.present"):
+            for value in NASTY:
+                answer = await client.post(
+                    template.format(**ids), data={"csrf_token": csrf, name: value}
+                )
+                if answer.status_code >= 500 or "Traceback" in answer.text:
+                    failures.append((template, name, value[:20], answer.status_code))
+    assert failures == []

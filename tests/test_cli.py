@@ -534,6 +534,28 @@ def test_serve_answers_with_cli_tokens_and_stops_cleanly(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flag", [None, "--no-dashboard"], ids=["default", "off"])
+def test_serve_has_the_dashboard_unless_told(
+    tmp_path: Path, start_server: Callable[..., Server], flag: str | None
+) -> None:
+    """`serve` serves the dashboard's sign-in form under /ui/ and says where; with
+    --no-dashboard /ui/ is an unknown route."""
+    db = tmp_path / "engine.db"
+    server = start_server("serve", "--db", str(db), "--port", "0", *([flag] if flag else []))
+    api = server.wait_serving()
+    root = api.removesuffix("/api/v1")
+    with httpx.Client(base_url=root, timeout=10) as client:
+        page = client.get("/ui/", follow_redirects=True)
+    if flag is None:
+        assert page.status_code == 200
+        assert "Access token" in page.text
+    else:
+        assert page.status_code == 404
+    assert server.stop(signal.SIGTERM) == 0, server.output()
+    assert (f"dashboard: {root}/ui/" in server.output()) is (flag is None)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "env", "allowed"),
     [

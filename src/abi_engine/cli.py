@@ -175,6 +175,12 @@ def _server_parent() -> argparse.ArgumentParser:
         f" own address counts, 127.0.0.1 included (or {ENV_FORWARDED_ALLOW_IPS})",
     )
     add(
+        "--no-dashboard",
+        dest="dashboard",
+        action="store_false",
+        help="do not serve the web dashboard under /ui (docs/dashboard.md)",
+    )
+    add(
         "--rate-limit",
         type=_non_negative,
         default=None,
@@ -417,12 +423,16 @@ class _Server:
     def _announce(self) -> None:
         db = _redact(self.engine.db_url)
         print(f"abi-engine serving {self.api_url} (db: {db})", file=sys.stderr, flush=True)
+        if getattr(self.args, "dashboard", True):
+            print(f"dashboard: {self.root_url}/ui/", file=sys.stderr, flush=True)
 
     def _build(self) -> uvicorn.Server:
         import abi_asgi
         import uvicorn
 
         options: dict[str, Any] = {"manage_engine": False}
+        if not getattr(self.args, "dashboard", True):
+            options["dashboard"] = False
         rate = self.args.rate_limit
         if rate is not None:
             burst = max(1, round(rate * 2))
@@ -681,7 +691,12 @@ def _demo_text(token: str, workflow: Workflow, root_url: str, db: str) -> str:
             "execution_options": {"wait_for_completion": True, "timeout_seconds": 30},
         }
         lines.append(f"  {_curl(token, f'{api}/workflows/{workflow.id}/execute', body)}")
-    lines += [f"The OpenAPI document: {api}/openapi.json", "Stop with Ctrl+C.", ""]
+    lines += [
+        f"The OpenAPI document: {api}/openapi.json",
+        f"The dashboard: {root_url}/ui/ (sign in with the token above)",
+        "Stop with Ctrl+C.",
+        "",
+    ]
     return "\n".join(lines)
 
 

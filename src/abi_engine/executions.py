@@ -6,7 +6,7 @@ import builtins
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -55,7 +55,16 @@ if TYPE_CHECKING:
     from abi_engine.notification_templates import NotificationTemplateService
     from abi_engine.workflows import WorkflowService
 
-__all__ = ["MAX_TIMEOUT_SECONDS", "ExecutionService"]
+__all__ = ["MAX_TIMEOUT_SECONDS", "ExecutionCount", "ExecutionService"]
+
+
+class ExecutionCount(NamedTuple):
+    """``executions`` of one status requested in the bucket from ``bucket_start``."""
+
+    bucket_start: datetime
+    status: ExecutionStatus
+    executions: int
+
 
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 MAX_KEY = 255
@@ -512,6 +521,26 @@ class ExecutionService(ExecutionSignals, Service):
             for r in records
         ]
         return Page.build(items, page, page_size, total)
+
+    async def counts(
+        self, start: datetime, end: datetime, bucket_seconds: int
+    ) -> builtins.list[ExecutionCount]:
+        """Executions requested in ``[start, end)`` counted per status and per
+        ``bucket_seconds`` interval from ``start`` (one indexed query; empty
+        buckets and statuses left out), oldest bucket first."""
+        if isinstance(bucket_seconds, bool) or not isinstance(bucket_seconds, int):
+            raise InvalidRequest("'bucket_seconds' must be an integer", {"field": "bucket_seconds"})
+        if bucket_seconds <= 0 or end <= start:
+            raise InvalidRequest(
+                "Counts need a positive bucket and a start before the end",
+                {"field": "bucket_seconds" if bucket_seconds <= 0 else "start"},
+            )
+        rows = await self._call(self._store.execution_counts, start, end, bucket_seconds * 1000)
+        step = timedelta(seconds=bucket_seconds)
+        return sorted(
+            ExecutionCount(start + bucket * step, ExecutionStatus(status), count)
+            for bucket, status, count in rows
+        )
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Wait until the execution ends or waits (or ``timeout``), then return it."""

@@ -14,8 +14,8 @@ import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from abi_asgi._ratelimit import RateLimit, RateLimiter
@@ -47,6 +47,8 @@ log = logging.getLogger("abi_asgi")
 
 #: Where the operations' paths live.
 API_PREFIX = "/api/v1"
+#: Where the dashboard lives (``create_app(dashboard=True)``).
+DASHBOARD_PREFIX = "/ui"
 #: How deeply a request body's arrays and objects may nest.
 MAX_JSON_DEPTH = 64
 
@@ -234,19 +236,28 @@ class _Api:
                 principal = await self._principal(token)
             except Unauthorized as exc:
                 failure = exc
-        if self.limiter is not None:
-            if principal is not None:
-                key = "t:" + (principal.token_id or hash_token(token or ""))
-            else:
-                key = client_key(scope)
-            wait = self.limiter.acquire(key)
-            if wait:
-                raise RateLimitExceeded(
-                    f"Rate limit exceeded; retry after {wait} second(s)", {"retry_after": wait}
-                )
+        self.charge(scope, token, principal)
         if principal is None:
             raise failure or Unauthorized()
         return principal
+
+    def charge(self, scope: Scope, token: str | None, principal: Principal | None) -> None:
+        """Take one request from the caller's bucket: the token's when it is valid
+        (``principal``), else the client address's. The dashboard charges the same buckets.
+
+        :raises RateLimitExceeded: the bucket is empty.
+        """
+        if self.limiter is None:
+            return
+        if principal is not None:
+            key = "t:" + (principal.token_id or hash_token(token or ""))
+        else:
+            key = client_key(scope)
+        wait = self.limiter.acquire(key)
+        if wait:
+            raise RateLimitExceeded(
+                f"Rate limit exceeded; retry after {wait} second(s)", {"retry_after": wait}
+            )
 
     async def _principal(self, token: str) -> Principal:
         tokens = self.engine.tokens
@@ -432,12 +443,29 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 # -- the application ----------------------------------------------------------------------
 
 
+def _dashboard_routes(engine: Engine, shared: _Api) -> list[BaseRoute]:
+    from abi_asgi.dashboard import create_dashboard
+
+    async def to_dashboard(request: Request) -> Response:
+        root = request.scope.get("root_path", "")
+        return RedirectResponse(f"{root}{DASHBOARD_PREFIX}/", status_code=308)
+
+    return [
+        Route(DASHBOARD_PREFIX, to_dashboard, methods=["GET", "HEAD"]),
+        Mount(
+            DASHBOARD_PREFIX,
+            app=create_dashboard(engine, shared._principal, charge=shared.charge),
+        ),
+    ]
+
+
 def create_app(
     engine: Engine,
     *,
     max_body_bytes: int = 1_048_576,
     rate_limit: RateLimit | None = RateLimit(),  # noqa: B008 - immutable (frozen) default
     manage_engine: bool = True,
+    dashboard: bool = True,
 ) -> Starlette:
     """The REST API of ``engine`` as a Starlette application.
 
@@ -454,6 +482,8 @@ def create_app(
         its own with a forged ``X-Forwarded-For``.
     :param manage_engine: when the app's lifespan runs and the engine is not
         running yet, start it on startup and stop it on shutdown.
+    :param dashboard: serve the web dashboard under ``/ui`` (see
+        :mod:`abi_asgi.dashboard` and docs/dashboard.md).
 
     Every operation of :data:`abi_engine.api.OPERATIONS` is routed under
     ``/api/v1``, together with ``GET /api/v1/health`` and
@@ -473,11 +503,14 @@ def create_app(
         else:
             yield
 
+    routes: list[BaseRoute] = [
+        OperationTable(API_PREFIX, api.OPERATIONS.values(), shared.serve),
+        *_meta_routes(engine),
+    ]
+    if dashboard:
+        routes.extend(_dashboard_routes(engine, shared))
     app = Starlette(
-        routes=[
-            OperationTable(API_PREFIX, api.OPERATIONS.values(), shared.serve),
-            *_meta_routes(engine),
-        ],
+        routes=routes,
         exception_handlers={HTTPException: _http_exception, Exception: _server_error},
         lifespan=lifespan,
     )

@@ -5,10 +5,17 @@
 adapter (rate limiting off unless a test asks for it); ``client`` an
 :class:`httpx.AsyncClient` speaking to ``app`` in-process with that token.
 ``make_client(app, token=...)`` builds more clients.
+
+``backend_engine`` is, like ``idle_engine``, an engine not started, on each
+engine backend of ``ABI_ENGINE_TEST_ENGINE_BACKENDS`` (a SQLite file, or a
+fresh schema of the PostgreSQL server: the project's ``tests/postgres_testing``);
+a test module overrides ``idle_engine`` with it to run on every backend.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,7 +28,18 @@ from starlette.applications import Starlette
 
 from abi_engine import Engine
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
+from postgres_testing import create_schema, drop_schema, postgres_server  # noqa: F401
+
 BASE_URL = "http://testserver"
+#: Engine backends of ``backend_engine`` (``ABI_ENGINE_TEST_ENGINE_BACKENDS``).
+ENGINE_BACKENDS = [
+    pytest.param(name, id=name, marks=[pytest.mark.external_service] if name != "sqlite" else [])
+    for name in filter(
+        None,
+        os.environ.get("ABI_ENGINE_TEST_ENGINE_BACKENDS", "sqlite").replace(" ", "").split(","),
+    )
+]
 
 
 @pytest.fixture
@@ -38,6 +56,26 @@ def idle_engine(tmp_path: Path) -> Iterator[Engine]:
         yield engine
     finally:
         engine.close()
+
+
+@pytest.fixture(params=ENGINE_BACKENDS)
+def backend_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine, not started, on each engine backend; closed (its schema dropped) after."""
+    if request.param == "sqlite":
+        engine = Engine(tmp_path / "abi.db")
+        try:
+            yield engine
+        finally:
+            engine.close()
+        return
+    server: str = request.getfixturevalue("postgres_server")
+    schema, url = create_schema(server)
+    engine = Engine(url)
+    try:
+        yield engine
+    finally:
+        engine.close()
+        drop_schema(server, schema)
 
 
 @pytest.fixture

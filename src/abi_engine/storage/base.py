@@ -237,6 +237,17 @@ class Store(Protocol):
     def list_executions(self, query: ExecutionQuery) -> tuple[list[ExecutionRecord], int]:
         """One page of executions, newest first, and the total matching."""
 
+    def execution_counts(
+        self, start: datetime, end: datetime, bucket_ms: int
+    ) -> list[tuple[int, str, int]]:
+        """Executions requested in ``[start, end)`` counted per time bucket and status.
+
+        Rows ``(bucket, status, count)``: ``bucket`` is the index of the
+        ``bucket_ms`` long interval from ``start`` the execution was requested
+        in; buckets and statuses without executions are left out. Served from
+        the ``(status, created_at)`` index, never reading the rows.
+        """
+
     def claim_recoverable(
         self,
         owner: str,

@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
-from abi_engine.models import StepStatus
+from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import from_ms, loads, to_ms
 from abi_engine.storage._fencing import (
     new_claim,
@@ -203,6 +203,27 @@ class ExecutionsMixin:
                 [*args, query.page_size, offset],
             ).fetchall()
         return [_row_to_record(r) for r in rows], int(total[0] if total else 0)
+
+    def execution_counts(
+        self, start: datetime, end: datetime, bucket_ms: int
+    ) -> list[tuple[int, str, int]]:
+        """Executions per ``bucket_ms`` interval from ``start`` and status (see the Store)."""
+        if bucket_ms <= 0:
+            raise ValueError("bucket_ms must be positive")
+        statuses = [s.value for s in ExecutionStatus]
+        start_ms = to_ms(start)
+        # Every status named, so the (status, created_at) index serves each as a range.
+        sql = (
+            "SELECT (e.created_at - CAST(? AS BIGINT)) / CAST(? AS BIGINT) AS bucket,"
+            " e.status, count(*) FROM executions e"
+            f" WHERE e.status IN ({', '.join(['?'] * len(statuses))})"
+            " AND e.created_at >= ? AND e.created_at < ? GROUP BY bucket, e.status"
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                sql, [start_ms, bucket_ms, *statuses, start_ms, to_ms(end)]
+            ).fetchall()
+        return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     def claim_recoverable(
         self,

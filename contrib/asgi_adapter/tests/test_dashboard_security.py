@@ -1,0 +1,351 @@
+"""The dashboard's security, over HTTP against the real app (httpx in-process): no page
+without sign-in, cookie flags, CSRF on every form, escaping of every user-controlled text,
+sign-out and expiry, no open redirect."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from abi_asgi import create_app
+from abi_asgi.dashboard import SessionStore
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from abi_engine import Engine
+from abi_engine.auth import Principal
+
+pytestmark = pytest.mark.anyio
+
+XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+ESCAPED = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;"
+_PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(?::[A-Za-z_]+)?}")
+
+
+def _ui(app: Starlette) -> Starlette:
+    mount = next(r for r in app.router.routes if isinstance(r, Mount) and r.path == "/ui")
+    ui = mount.app
+    assert isinstance(ui, Starlette)
+    return ui
+
+
+async def _seed(engine: Engine, token: str) -> dict[str, str]:
+    principal: Principal = engine.tokens.authenticate(token)
+    wf = await engine.workflows.create(
+        {
+            "name": "Totals " + XSS,
+            "description": XSS,
+            "type": "custom",
+            "metadata": {"note": XSS, XSS: 1},
+            "configuration": {
+                "steps": [
+                    {
+                        "name": "look",
+                        "action": "transform",
+                        "expressions": {"v": "parameters['" + XSS.replace("'", "") + "']"},
+                    }
+                ]
+            },
+        },
+        actor=principal,
+    )
+    await engine.workflows.activate(wf.id)
+    execution = await engine.executions.execute(wf.id, {"label": XSS}, wait=False, actor=principal)
+    await engine.executions.wait(execution.execution_id, 30)
+    schedule = await engine.schedules.create(
+        wf.id,
+        {
+            "name": "Sched " + XSS,
+            "description": XSS,
+            "schedule_type": "interval",
+            "interval_value": 1,
+            "interval_unit": "hours",
+            "parameters": {"label": XSS},
+        },
+        actor=principal,
+    )
+    hook = await engine.webhooks.create(
+        {"url": "https://hooks.example.com/in", "events": ["workflow.created"], "description": XSS}
+    )
+    return {
+        "workflow_id": wf.id,
+        "execution_id": execution.execution_id,
+        "schedule_id": schedule.id,
+        "webhook_id": hook.id,
+        "delivery_id": "dlv_x",
+        "decision": "approve",
+        "state": "disable",
+    }
+
+
+async def _sign_in(client: httpx.AsyncClient, token: str, next_url: str = "") -> httpx.Response:
+    form = await client.get("/ui/login")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+    assert csrf is not None
+    return await client.post(
+        "/ui/login", data={"token": token, "csrf_token": csrf.group(1), "next": next_url}
+    )
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.fixture
+def idle_engine(backend_engine: Engine) -> Engine:
+    """These tests run on every engine backend (ABI_ENGINE_TEST_ENGINE_BACKENDS)."""
+    return backend_engine
+
+
+@pytest.fixture
+def client(app: Starlette, make_client: Callable[..., httpx.AsyncClient]) -> httpx.AsyncClient:
+    """A browser-like client: no token header, keeps cookies."""
+    return make_client(app)
+
+
+async def test_no_page_without_sign_in(
+    app: Starlette, engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """Every dashboard route, each of its methods, without a session: GET goes to the
+    sign-in form (nothing of the records shown), POST is 401; only the sign-in form and
+    the static files answer."""
+    ids = await _seed(engine, token)
+    walked = 0
+    for route in _ui(app).router.routes:
+        if isinstance(route, Mount):  # static files: public, hold no data
+            assert route.path == "/static"
+            continue
+        assert isinstance(route, Route)
+        path = "/ui" + _PARAM.sub(lambda m: ids.get(m.group(1), "x"), route.path)
+        for method in sorted(route.methods or ()):
+            response = await client.request(method, path, data={"x": "1"})
+            walked += 1
+            assert "Totals" not in response.text, (method, path)
+            assert ids["workflow_id"] not in response.text, (method, path)
+            if route.path == "/login":
+                assert response.status_code in (200, 403), (method, path)
+            elif method in ("GET", "HEAD"):
+                assert response.status_code == 303, (method, path)
+                assert response.headers["location"].startswith("/ui/login?next=")
+            elif route.path == "/logout":
+                assert response.status_code == 303, (method, path)
+            else:
+                assert response.status_code == 401, (method, path)
+    assert walked >= 20
+    assert (await client.get("/ui/static/htmx.min.js")).status_code == 200
+
+
+async def test_cookie_flags_and_sign_out(token: str, client: httpx.AsyncClient) -> None:
+    """The session cookie is HttpOnly, SameSite=Strict, scoped to /ui/, expiring; sign-out
+    forgets the session on the server, so a replayed cookie is worthless."""
+    signed = await _sign_in(client, token, "/ui/executions")
+    assert signed.status_code == 303
+    assert signed.headers["location"] == "/ui/executions"
+    cookie = next(
+        h for h in signed.headers.get_list("set-cookie") if h.startswith("abi_dashboard_session=")
+    )
+    flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "samesite", "path", "max-age"} <= flags
+    assert "samesite=strict" in cookie.lower()
+    assert "path=/ui/" in cookie.lower()
+    assert "secure" not in flags  # plain HTTP here; see the HTTPS test
+    session = client.cookies["abi_dashboard_session"]
+    overview = await client.get("/ui/")
+    assert overview.status_code == 200
+    assert overview.headers["x-frame-options"] == "DENY"
+    assert "script-src 'self'" in overview.headers["content-security-policy"]
+    out = await client.post("/ui/logout", data={"csrf_token": _csrf(overview.text)})
+    assert out.status_code == 303
+    client.cookies.set("abi_dashboard_session", session, path="/ui/")
+    again = await client.get("/ui/")
+    assert again.status_code == 303
+    assert again.headers["location"].startswith("/ui/login")
+
+
+async def test_secure_cookie_over_https(
+    app: Starlette, token: str, make_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    client = make_client(app)
+    client.base_url = httpx.URL("https://testserver")
+    signed = await _sign_in(client, token)
+    cookie = next(
+        h for h in signed.headers.get_list("set-cookie") if h.startswith("abi_dashboard_session=")
+    )
+    assert "secure" in cookie.lower()
+
+
+async def test_csrf_required_on_every_action(
+    app: Starlette, engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """Each action refuses a missing or wrong CSRF token, and a foreign Origin, with 403 and
+    changes nothing; with the session's token the action runs."""
+    ids = await _seed(engine, token)
+    await _sign_in(client, token)
+    csrf = _csrf((await client.get("/ui/")).text)
+    actions = [
+        r.path
+        for r in _ui(app).router.routes
+        if isinstance(r, Route) and "POST" in (r.methods or ()) and r.path != "/login"
+    ]
+    assert len(actions) >= 6
+    for template in actions:
+        path = "/ui" + _PARAM.sub(lambda m: ids.get(m.group(1), "x"), template)
+        for data, headers in (
+            ({}, {}),
+            ({"csrf_token": "wrong"}, {}),
+            ({"csrf_token": csrf}, {"origin": "https://evil.example"}),
+        ):
+            response = await client.post(path, data=data, headers=headers)
+            assert response.status_code == 403, (path, data, headers)
+    schedule = await engine.schedules.get(ids["schedule_id"])
+    assert schedule.enabled
+    done = await client.post(
+        f"/ui/schedules/{ids['schedule_id']}/disable", data={"csrf_token": csrf}
+    )
+    assert done.status_code == 303
+    assert not (await engine.schedules.get(ids["schedule_id"])).enabled
+
+
+async def test_sign_in_form_has_its_own_csrf(token: str, client: httpx.AsyncClient) -> None:
+    """Signing in needs the sign-in form's token (double submit): a forged sign-in (login
+    CSRF) is refused; a wrong access token is 401 and makes no session."""
+    forged = await client.post("/ui/login", data={"token": token, "csrf_token": "x"})
+    assert forged.status_code == 403
+    assert "abi_dashboard_session" not in client.cookies
+    wrong = await _sign_in(client, "abi_not-a-token")
+    assert wrong.status_code == 401
+    assert "not valid" in wrong.text
+    assert "abi_dashboard_session" not in client.cookies
+
+
+@pytest.mark.parametrize(
+    "next_url", ["https://evil.example/", "//evil.example/ui/", "/api/v1/workflows", "/ui\\x"]
+)
+async def test_no_open_redirect(token: str, client: httpx.AsyncClient, next_url: str) -> None:
+    signed = await _sign_in(client, token, next_url)
+    assert signed.headers["location"] == "/ui/"
+
+
+async def test_user_text_is_escaped_everywhere(
+    engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """Workflow names, descriptions, metadata keys and values, parameters, step errors,
+    schedule and webhook texts: shown escaped on every page, never as markup."""
+    ids = await _seed(engine, token)
+    execution = await engine.executions.get(ids["execution_id"])
+    assert execution.steps is not None
+    assert execution.steps[0].error is not None
+    assert "<script>" in execution.steps[0].error.message  # the error carries the payload
+    await _sign_in(client, token)
+    pages = [
+        "/ui/",
+        "/ui/workflows",
+        f"/ui/workflows/{ids['workflow_id']}",
+        "/ui/executions",
+        f"/ui/executions/{ids['execution_id']}",
+        "/ui/approvals",
+        "/ui/schedules",
+        f"/ui/schedules/{ids['schedule_id']}",
+        "/ui/webhooks",
+        f"/ui/webhooks/{ids['webhook_id']}",
+    ]
+    shown = 0
+    for path in pages:
+        response = await client.get(path)
+        assert response.status_code == 200, path
+        assert "<script>alert" not in response.text, path
+        assert "<img src=x" not in response.text, path
+        shown += response.text.count("&lt;script&gt;alert")
+    assert shown >= 10
+    page = (await client.get(f"/ui/executions/{ids['execution_id']}")).text
+    assert "&lt;script&gt;" in page.split('class="step-error"')[1][:400]
+
+
+async def test_scopes_follow_the_token(
+    engine: Engine, token: str, make_client: Callable[..., httpx.AsyncClient], app: Starlette
+) -> None:
+    """A token with executions:read only: no Workflows, Schedules or Webhooks in the menu,
+    403 on their pages, its error names the scope."""
+    ids = await _seed(engine, token)
+    reader = engine.tokens.create_token("usr_reader", ["executions:read"])
+    client = make_client(app)
+    await _sign_in(client, reader)
+    overview = await client.get("/ui/")
+    assert overview.status_code == 200
+    assert ">Executions<" in overview.text
+    assert ">Workflows<" not in overview.text
+    assert ">Webhooks<" not in overview.text
+    for path in (
+        "/ui/workflows",
+        "/ui/schedules",
+        "/ui/webhooks",
+        f"/ui/schedules/{ids['schedule_id']}",
+    ):
+        refused = await client.get(path)
+        assert refused.status_code == 403, path
+        assert "FORBIDDEN" in refused.text
+    assert (await client.get(f"/ui/executions/{ids['execution_id']}")).status_code == 200
+
+
+async def test_revoked_token_ends_its_sessions(
+    engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    other = engine.tokens.create_token("usr_temp")
+    await _sign_in(client, other)
+    assert (await client.get("/ui/")).status_code == 200
+    principal = engine.tokens.authenticate(other)
+    assert principal.token_id is not None
+    engine.tokens.revoke_token(principal.token_id)
+    assert (await client.get("/ui/")).status_code == 303
+
+
+def test_sessions_expire() -> None:
+    now = [1000.0]
+    store = SessionStore(ttl_seconds=60, clock=lambda: now[0])
+    session = store.create("abi_x")
+    assert store.get(session.id) == session
+    now[0] += 59
+    assert store.get(session.id) is not None
+    now[0] += 2
+    assert store.get(session.id) is None
+    assert len(store) == 0
+    assert not session.csrf_ok(None)
+    assert not session.csrf_ok("nope")
+    assert session.csrf_ok(session.masked_csrf())
+    assert not session.csrf_ok(session.csrf)  # pages show it masked; bare, it is refused
+
+
+async def test_dashboard_can_be_left_out(engine: Engine, make_client: Any) -> None:
+    client = make_client(create_app(engine, rate_limit=None, dashboard=False))
+    response = await client.get("/ui/")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "NOT_FOUND"
+
+
+async def test_run_form_starts_an_execution(
+    engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """The run form's JSON box becomes the execution's parameters; bad JSON is a 400 on the
+    workflow's page, naming the field."""
+    ids = await _seed(engine, token)
+    await _sign_in(client, token)
+    page = await client.get(f"/ui/workflows/{ids['workflow_id']}")
+    assert "Run workflow" in page.text
+    bad = await client.post(
+        f"/ui/workflows/{ids['workflow_id']}/run",
+        data={"csrf_token": _csrf(page.text), "parameters_json": "{nope"},
+    )
+    assert bad.status_code == 400
+    assert "not valid JSON" in bad.text
+    ran = await client.post(
+        f"/ui/workflows/{ids['workflow_id']}/run",
+        data={"csrf_token": _csrf(page.text), "parameters_json": '{"n": 7}'},
+    )
+    assert ran.status_code == 303
+    execution_id = ran.headers["location"].rsplit("/", 1)[1]
+    assert (await engine.executions.get(execution_id)).parameters == {"n": 7}

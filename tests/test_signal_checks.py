@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from abi_engine import Engine, ExecutionStatus, StepContext, WorkflowType, hookimpl, step
-from abi_engine.errors import Forbidden, InvalidRequest, InvalidState
+from abi_engine.errors import ExecutionNotFound, Forbidden, InvalidRequest, InvalidState
 from abi_engine.testing import engine_for, run_workflow
 from abi_engine.types import (
     APPROVAL_SIGNAL,
@@ -111,3 +111,28 @@ async def test_decide_checks_its_arguments() -> None:
         assert raised.value.details["field"] == "data"
         with pytest.raises(InvalidRequest):
             await engine.executions.decide(execution_id, True, comment=3)  # type: ignore[arg-type]
+
+
+async def test_details_show_progress_signals_and_what_a_waiting_execution_waits_for() -> None:
+    """executions.details: the saved progress by step, the signals without it, the approval
+    waited for; once finished, the step's stored result and no wait."""
+    async with engine_for(Plugin()) as engine:
+        execution_id = await _waiting(engine)
+        waiting = await engine.executions.details(execution_id)
+        assert waiting.progress == {0: {"asked": True}}
+        assert waiting.signals == {}
+        assert (waiting.waiting_for, waiting.approval) == ("approval", True)
+        assert waiting.results == {}
+        await engine.executions.decide(execution_id, True, decided_by="usr_a")
+        await engine.executions.wait(execution_id, timeout=5)
+        second = await engine.executions.details(execution_id)
+        assert (second.waiting_for, second.approval) == ("approval:2", True)
+        assert set(second.signals) == {"approval"}
+        await engine.executions.decide(execution_id, False, decided_by="usr_b")
+        await engine.executions.wait(execution_id, timeout=5)
+        done = await engine.executions.details(execution_id)
+        assert (done.waiting_for, done.approval) == (None, False)
+        assert done.results == {0: {"by": ["usr_a", "usr_b"]}}
+        assert done.execution.status is ExecutionStatus.COMPLETED
+        with pytest.raises(ExecutionNotFound):
+            await engine.executions.details("exec_missing")

@@ -1,4 +1,5 @@
-"""Signals to waiting executions, and the decisions of approvals (``engine.executions``).
+"""Signals to waiting executions, the decisions of approvals, and an execution's details
+(``engine.executions``).
 
 Mixed into :class:`~abi_engine.executions.ExecutionService`; no state of its own.
 A signal is stored with the execution and resumes it, in one transaction, by
@@ -15,18 +16,19 @@ from abi_engine.errors import (
     InvalidRequest,
     InvalidState,
 )
+from abi_engine.execution_views import ExecutionDetails
 from abi_engine.ids import format_time, utcnow
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
 )
-from abi_engine.runtime.runner import Runtime
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.records import (
     DeliverSignal,
 )
 from abi_engine.types import (
     APPROVAL_SIGNAL,
+    PROGRESS_PREFIX,
     IncomingSignal,
     WorkflowType,
     is_approval_signal,
@@ -170,3 +172,29 @@ class ExecutionSignals:
             "decided_at": format_time(utcnow()),
         }
         return await self.signal(execution_id, name, payload, sender=decided_by)
+
+    async def details(self, execution_id: str) -> ExecutionDetails:
+        """The execution with its stored step results, signals, saved progress and what
+        it waits for (:class:`~abi_engine.execution_views.ExecutionDetails`)."""
+        execution = await self.get(execution_id)  # ExecutionNotFound
+        record = await self._store.get_execution(execution_id)
+        steps = await self._store.get_steps(execution_id)
+        stored = await self._store.get_signals(execution_id)
+        if record is None:  # deleted since (retention)
+            raise ExecutionNotFound(execution_id)
+        signals = {k: v for k, v in stored.items() if not k.startswith(PROGRESS_PREFIX)}
+        progress = {
+            int(k.removeprefix(PROGRESS_PREFIX)): v
+            for k, v in stored.items()
+            if k.startswith(PROGRESS_PREFIX) and k.removeprefix(PROGRESS_PREFIX).isdigit()
+        }
+        waiting_for = record.waiting_for if execution.status is ExecutionStatus.WAITING else None
+        return ExecutionDetails(
+            execution=execution,
+            parameters=dict(record.parameters),
+            results={s.index: s.result for s in steps if s.result is not None},
+            signals=signals,
+            progress=progress,
+            waiting_for=waiting_for,
+            approval=waiting_for is not None and is_approval_signal(waiting_for),
+        )

@@ -18,6 +18,7 @@ from abi_engine.models import (
 from abi_engine.storage.records import ExecutionRecord, StepRecord
 
 __all__ = [
+    "ExecutionDetails",
     "build_execution",
     "event_data",
     "execution_json",
@@ -193,3 +194,23 @@ def event_data(
                 return step_event_data(record, step)
         return None
     return execution_json(build_execution(record, steps))
+
+
+@attrs.frozen(kw_only=True)
+class ExecutionDetails:
+    """What an operator reads of an execution beyond its API view (``executions.details``).
+
+    ``results``: each stored step result by step index; ``signals``: the
+    signals delivered, by name; ``progress``: what each step saved with
+    ``ctx.save_progress``, by step index; ``waiting_for``: the signal a
+    waiting execution waits for; ``approval``: whether that is an approval's
+    decision.
+    """
+
+    execution: Execution
+    parameters: dict[str, Any]
+    results: dict[int, Any]
+    signals: dict[str, Any]
+    progress: dict[int, Any]
+    waiting_for: str | None
+    approval: bool

@@ -535,7 +535,7 @@ class ExecutionService(ExecutionSignals, Service):
                 "Counts need a positive bucket and a start before the end",
                 {"field": "bucket_seconds" if bucket_seconds <= 0 else "start"},
             )
-        rows = await self._call(self._store.execution_counts, start, end, bucket_seconds * 1000)
+        rows = await self._store.execution_counts(start, end, bucket_seconds * 1000)
         step = timedelta(seconds=bucket_seconds)
         return sorted(
             ExecutionCount(start + bucket * step, ExecutionStatus(status), count)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,8 +16,10 @@ from abi_asgi.dashboard import SessionStore
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from abi_engine import Engine
+from abi_engine import Engine, StepContext, WorkflowType, hookimpl, step
 from abi_engine.auth import Principal
+from abi_engine.testing import run_workflow
+from abi_engine.types import approval_signal
 
 pytestmark = pytest.mark.anyio
 
@@ -349,3 +352,44 @@ async def test_run_form_starts_an_execution(
     assert ran.status_code == 303
     execution_id = ran.headers["location"].rsplit("/", 1)[1]
     assert (await engine.executions.get(execution_id)).parameters == {"n": 7}
+
+
+class _Remembers(WorkflowType):
+    """Saves its progress, then waits for an approval."""
+
+    name = "remembers"
+
+    @step
+    async def remember(self, ctx: StepContext) -> Any:
+        if ctx.progress is None:
+            await ctx.save_progress({"done_items": 3, "note": XSS})
+        return ctx.wait_for_signal(approval_signal(1))
+
+
+class _RemembersPlugin:
+    @hookimpl
+    def abi_workflow_types(self, register: Any) -> None:
+        register(_Remembers)
+
+
+async def test_execution_page_shows_saved_progress_and_the_approval_inbox_lists_it(
+    tmp_path: Path, make_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """A waiting execution's page shows what its step saved (escaped), read through
+    executions.details; the approvals inbox lists it."""
+    engine = Engine(tmp_path / "p.db", plugins=[_RemembersPlugin()])
+    try:
+        async with engine:
+            token = engine.tokens.create_token("usr_test")
+            execution = await run_workflow(engine, "remembers")
+            client = make_client(create_app(engine, rate_limit=None))
+            await _sign_in(client, token)
+            page = await client.get(f"/ui/executions/{execution.execution_id}")
+            assert page.status_code == 200
+            assert "Saved progress" in page.text
+            assert "done_items" in page.text
+            assert XSS not in page.text  # escaped like every user text
+            inbox = await client.get("/ui/approvals")
+            assert execution.execution_id in inbox.text
+    finally:
+        engine.close()

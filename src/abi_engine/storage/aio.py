@@ -211,6 +211,12 @@ class AsyncStore:
         """Signals delivered to an execution, by name."""
         return await self._run(self.sync.get_signals, execution_id)
 
+    async def execution_counts(
+        self, start: datetime, end: datetime, bucket_ms: int
+    ) -> list[tuple[int, str, int]]:
+        """Executions requested in ``[start, end)`` counted per time bucket and status."""
+        return await self._run(self.sync.execution_counts, start, end, bucket_ms)
+
     async def find_execution_by_key(self, workflow_id: str, key: str) -> str | None:
         """The execution id created with this idempotency key, or ``None``."""
         return await self._run(self.sync.find_execution_by_key, workflow_id, key)

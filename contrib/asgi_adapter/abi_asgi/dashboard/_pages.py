@@ -19,11 +19,9 @@ from abi_asgi._app import parse_json_body
 from abi_asgi.dashboard import _format
 from abi_asgi.dashboard._web import Context, Dashboard, form_of, redirect
 from abi_engine.converter import unstructure
-from abi_engine.errors import AbiError, InvalidRequest, NotFound
+from abi_engine.errors import AbiError, ExecutionNotFound, InvalidRequest, NotFound
 from abi_engine.ids import format_time
 from abi_engine.models import Scope
-from abi_engine.services import call_store
-from abi_engine.types import is_approval_signal
 
 __all__ = ["Pages"]
 
@@ -230,31 +228,27 @@ class Pages:
     async def execution(self, ctx: Context) -> Response:
         execution_id = ctx.request.path_params["execution_id"]
         execution = await self.dash.op(ctx, "get_execution", path={"execution_id": execution_id})
-        store = self.engine.store
-        record = await call_store(store, store.get_execution, execution_id)
-        steps = await call_store(store, store.get_steps, execution_id)
-        signals = await call_store(store, store.get_signals, execution_id)
-        results = {s.index: s.result for s in steps if s.result is not None}
+        details = await self.engine.executions.details(execution_id)
         callbacks = unstructure(await self.engine.webhooks.callback_deliveries(execution_id))
         answers = ctx.can(Scope.WEBHOOKS_ADMIN)
         if not answers:  # what a URL answered: only for those who see webhook answers
             for delivery in callbacks:
                 for attempt in delivery.get("attempts") or ():
                     attempt["error"] = attempt["response_body"] = None
-        waiting_for = record.waiting_for if record is not None else None
         return self.render(
             ctx,
             "execution.html",
             execution=execution,
             rows=_format.timeline(execution),
-            results=results,
-            signals=signals,
+            results=details.results,
+            signals=details.signals,
+            progress=details.progress,
             callbacks=callbacks,
             callback_answers=answers,
             live=execution["status"] not in FINISHED,
             cancellable=execution["status"] in ("queued", "running", "waiting"),
-            approval=execution["status"] == "waiting" and is_approval_signal(waiting_for or ""),
-            waiting_for=waiting_for,
+            approval=details.approval,
+            waiting_for=details.waiting_for,
         )
 
     async def cancel(self, ctx: Context) -> Response:
@@ -290,14 +284,15 @@ class Pages:
                 query={"status": "waiting", "page": _page(ctx), "page_size": str(PAGE_SIZE)},
             ),
         )
-        store = self.engine.store
         waiting = []
         for item in page["items"]:
-            record = await call_store(store, store.get_execution, item["execution_id"])
-            if record is not None and is_approval_signal(record.waiting_for or ""):
-                waiting.append(
-                    {**item, "parameters": record.parameters, "created_at": record.created_at}
-                )
+            try:
+                details = await self.engine.executions.details(item["execution_id"])
+            except ExecutionNotFound:  # pruned since the page was read
+                continue
+            if details.approval:
+                created = details.execution.created_at
+                waiting.append({**item, "parameters": details.parameters, "created_at": created})
         return self.render(ctx, "approvals.html", page=page, waiting=waiting)
 
     # -- schedules ------------------------------------------------------------------------------

@@ -136,3 +136,42 @@ async def test_details_show_progress_signals_and_what_a_waiting_execution_waits_
         assert done.execution.status is ExecutionStatus.COMPLETED
         with pytest.raises(ExecutionNotFound):
             await engine.executions.details("exec_missing")
+
+
+class WaitsForGo(WorkflowType):
+    """Waits for a plain signal, not an approval."""
+
+    name = "waits_for_go"
+
+    @step
+    async def hold(self, ctx: StepContext) -> Any:
+        return ctx.wait_for_signal("go")
+
+
+class BothPlugin(Plugin):
+    @hookimpl
+    def abi_workflow_types(self, register: Any) -> None:
+        register(TwoDecisions)
+        register(WaitsForGo)
+
+
+async def test_list_awaiting_approval_keeps_only_approval_waits(databases: Any) -> None:
+    """executions.list(awaiting_approval=True) lists the executions waiting for an approval's
+    decision, not those waiting for another signal nor finished ones (both backends)."""
+    async with engine_for(BothPlugin(), db=databases()) as engine:
+        approval = await _waiting(engine)
+        other = await run_workflow(engine, "waits_for_go")
+        assert other.status is ExecutionStatus.WAITING
+        found = await engine.executions.list(awaiting_approval="true")
+        assert [e.execution_id for e in found.items] == [approval]
+        assert found.pagination.total_items == 1
+        everything = await engine.executions.list(awaiting_approval=False)
+        assert {e.execution_id for e in everything.items} == {approval, other.execution_id}
+        await engine.executions.decide(approval, False, decided_by="usr_a")
+        await engine.executions.wait(approval, timeout=5)  # waits for the second decision
+        await engine.executions.decide(approval, False, decided_by="usr_b")
+        await engine.executions.wait(approval, timeout=5)
+        assert (await engine.executions.list(awaiting_approval=True)).items == []
+        with pytest.raises(InvalidRequest) as refused:
+            await engine.executions.list(awaiting_approval="maybe")
+        assert refused.value.details == {"field": "awaiting_approval"}

@@ -37,7 +37,7 @@ from abi_engine.models import (
 from abi_engine.netguard import check_url
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.runner import Runtime
-from abi_engine.services import Service, check_page
+from abi_engine.services import Service, check_flag, check_page
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     CancelExecution,
@@ -479,13 +479,15 @@ class ExecutionService(ExecutionSignals, Service):
         page_size: Any = 10,
         schedule_id: str | None = None,
         created_by: str | None = None,
+        awaiting_approval: Any = False,
     ) -> Page[ExecutionSummary]:
         """One page of executions, newest first.
 
         ``status`` is one status or several (any of them); ``schedule_id`` the
         schedule that started them; ``created_by`` the user who requested them;
         ``start_date`` / ``end_date`` bound when they were requested
-        (``created_at``, inclusive).
+        (``created_at``, inclusive); ``awaiting_approval`` keeps only the waiting
+        executions whose wait is an approval's decision.
         """
         page, page_size = check_page(page, page_size)
         statuses = _statuses(status)
@@ -506,6 +508,7 @@ class ExecutionService(ExecutionSignals, Service):
             end=bounds[1],
             schedule_id=schedule_id,
             created_by=created_by,
+            awaiting_approval=bool(check_flag(awaiting_approval, "awaiting_approval")),
         )
         records, total = await self._store.list_executions(query)
         items = [

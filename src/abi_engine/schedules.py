@@ -56,7 +56,7 @@ from abi_engine.schedule_math import (
     next_interval,
     zone,
 )
-from abi_engine.services import Service, check_page
+from abi_engine.services import Service, check_flag, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
     InsertSchedule,
@@ -441,13 +441,7 @@ class ScheduleService(Service):
     ) -> Page[ScheduleSummary]:
         """One page of schedules, newest first."""
         page, page_size = check_page(page, page_size)
-        if isinstance(enabled, str):
-            lowered = enabled.lower()
-            if lowered not in ("true", "false", "1", "0"):
-                raise InvalidRequest("'enabled' must be true or false", {"field": "enabled"})
-            enabled = lowered in ("true", "1")
-        elif enabled is not None and not isinstance(enabled, bool):
-            raise InvalidRequest("'enabled' must be true or false", {"field": "enabled"})
+        enabled = check_flag(enabled, "enabled")
         records, total = await self._store.list_schedules(
             ScheduleQuery(page=page, page_size=page_size, workflow_id=workflow_id, enabled=enabled),
         )

@@ -8,7 +8,7 @@ from abi_engine.errors import InvalidRequest
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.base import Store
 
-__all__ = ["MAX_PAGE_SIZE", "Service", "check_page"]
+__all__ = ["MAX_PAGE_SIZE", "Service", "check_flag", "check_page"]
 
 T = TypeVar("T")
 
@@ -52,3 +52,13 @@ class Service:
 
     def __init__(self, store: Store) -> None:
         self._store = AsyncStore(store)
+
+
+def check_flag(value: Any, field: str) -> bool | None:
+    """A boolean filter: ``True``/``False``, or its query-string form (``true``, ``false``,
+    ``1``, ``0``, any case); ``None`` when not given; ``InvalidRequest`` naming ``field``."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    raise InvalidRequest(f"'{field}' must be true or false", {"field": field})

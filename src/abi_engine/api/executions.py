@@ -281,6 +281,11 @@ async def wait_for_execution(engine: Engine, actor: Principal, request: ApiReque
             " scheduled ones)",
         ),
         QueryParam(
+            name="awaiting_approval",
+            schema={"type": "boolean"},
+            description="Only waiting executions whose wait is an approval's decision",
+        ),
+        QueryParam(
             name="start_date",
             schema={"type": "string", "format": "date-time"},
             description="Executions requested at or after this time",
@@ -303,6 +308,7 @@ async def list_executions(engine: Engine, actor: Principal, request: ApiRequest)
             status=q.get("status"),
             schedule_id=q.get("schedule_id"),
             created_by=q.get("created_by"),
+            awaiting_approval=q.get("awaiting_approval", False),
             start_date=q.get("start_date"),
             end_date=q.get("end_date"),
             page=q.get("page", 1),

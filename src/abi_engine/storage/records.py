@@ -139,6 +139,8 @@ class ExecutionQuery:
     end: datetime | None = None
     schedule_id: str | None = None
     created_by: str | None = None
+    #: Only waiting executions whose wait is an approval's decision (``approval``, ``approval:<n>``).
+    awaiting_approval: bool = False
 
     def status_values(self) -> tuple[str, ...]:
         """The statuses asked for, as stored (empty: any)."""

@@ -281,7 +281,11 @@ class Pages:
             await self.dash.op(
                 ctx,
                 "list_executions",
-                query={"status": "waiting", "page": _page(ctx), "page_size": str(PAGE_SIZE)},
+                query={
+                    "awaiting_approval": "true",
+                    "page": _page(ctx),
+                    "page_size": str(PAGE_SIZE),
+                },
             ),
         )
         waiting = []

@@ -187,6 +187,9 @@ class ExecutionsMixin:
         if query.created_by is not None:
             where.append("e.created_by = ?")
             args.append(query.created_by)
+        if query.awaiting_approval:
+            where.append("e.status = ? AND (e.waiting_for = ? OR e.waiting_for LIKE ?)")
+            args.extend(("waiting", "approval", "approval:%"))
         if query.start is not None:
             where.append("e.created_at >= ?")
             args.append(to_ms(query.start))

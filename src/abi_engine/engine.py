@@ -269,8 +269,9 @@ class Engine:
         if stack is not None:
             stack.close()
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``await fn(*args)`` on the engine's event loop from a synchronous caller.
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run ``await fn(*args, **kwargs)`` on the engine's event loop from a synchronous
+        caller, e.g. ``engine.call(engine.executions.execute, wf_id, params, wait=False)``.
 
         Works from any thread other than the loop's own, whether the engine runs
         under a host's ``async with engine:`` or under :meth:`start_blocking`.
@@ -282,6 +283,8 @@ class Engine:
             raise RuntimeError(
                 "Engine.call() was called from the engine's own event loop; await the coroutine"
             )
+        if kwargs:
+            fn = partial(fn, **kwargs)
         return anyio.from_thread.run(fn, *args, token=self._token)  # type: ignore[arg-type]
 
     def close(self) -> None:

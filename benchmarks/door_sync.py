@@ -15,6 +15,8 @@ abi-engine (engine defaults, ``durability`` normal and full):
   each: executions per second from the first submit to the last answer;
   with the group committer's commits per execution;
 - **8 threads**: the same, ``--count`` split over 8 threads submitting at once;
+- **batch**: one thread, all ``--count`` executions in one
+  ``engine.call(engine.executions.execute_many, wf, [{"i": i}, ...])``, then the waits;
 - **sequential**: ``engine.call(engine.executions.execute, wf, {"i": i})``
   (``wait=True``) one at a time, p50 and p99 of ``--samples`` calls.
 
@@ -113,6 +115,28 @@ def abi_throughput(db: Path, durability: str, count: int, threads: int) -> dict[
         for n, execution_id in enumerate(ids[t]):
             ex = engine.call(engine.executions.wait, execution_id, 120)
             assert ex.result == {"value": expected(t + n * threads)}, ex
+    elapsed = time.perf_counter() - started
+    commits, ops = committer_counts(engine)
+    engine.close()
+    return {
+        "rate": count / elapsed,
+        "submit_rate": count / (submitted - started),
+        "commits_per_exec": (commits - commits0) / count,
+        "writes_per_exec": (ops - ops0) / count,
+    }
+
+
+def abi_batch(db: Path, durability: str, count: int) -> dict[str, Any]:
+    """One synchronous thread submitting all ``count`` executions in one
+    ``engine.executions.execute_many`` call, then waiting for each."""
+    engine, wf_id = _abi_engine(db, durability)
+    commits0, ops0 = committer_counts(engine)
+    started = time.perf_counter()
+    accepted = engine.call(engine.executions.execute_many, wf_id, [{"i": i} for i in range(count)])
+    submitted = time.perf_counter()
+    for i, execution in enumerate(accepted):
+        ex = engine.call(engine.executions.wait, execution.execution_id, 120)
+        assert ex.result == {"value": expected(i)}, ex
     elapsed = time.perf_counter() - started
     commits, ops = committer_counts(engine)
     engine.close()
@@ -336,6 +360,8 @@ def child(kind: str, arg: str, count: int, samples: int) -> dict[str, Any]:
             durability, mode = arg.split(":")
             if mode == "seq":
                 return abi_latency(db, durability, samples)
+            if mode == "batch":
+                return abi_batch(db, durability, count)
             return abi_throughput(db, durability, count, int(mode))
         runs = {
             "loop": (loop_throughput, loop_latency),
@@ -382,6 +408,7 @@ def main() -> None:
         elif args.only == "all":
             print(f"(peer {name} not installed: skipped)")
     throughput = [("abi", "normal:1"), ("abi", "full:1"), ("abi", "normal:8"), ("abi", "full:8")]
+    throughput += [("abi", "normal:batch"), ("abi", "full:batch")]
     throughput += [(p, "run") for p in peers]
     latency = [("abi", "normal:seq"), ("abi", "full:seq")] + [(p, "seq") for p in peers]
     print(

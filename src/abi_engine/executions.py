@@ -23,6 +23,7 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event, OutboxEvent
+from abi_engine.execution_batches import ExecutionBatches
 from abi_engine.execution_signals import ExecutionSignals
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.ids import new_id, parse_time, utcnow
@@ -95,7 +96,7 @@ class _Compiled:
     template_ids: tuple[str, ...] = ()
 
 
-class ExecutionService(ExecutionSignals, Service):
+class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
     """The business rules of executions (``engine.executions``)."""
 
     def __init__(

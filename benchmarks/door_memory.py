@@ -8,7 +8,10 @@ are submitted in-process by 64 concurrent submitters
 before, once all are queued, and the process's peak; then the gate opens and
 (with ``--drain``) every execution runs to its end.
 
-    python benchmarks/door_memory.py [--count 100000] [--drain]
+    python benchmarks/door_memory.py [--count 100000] [--drain] [--queued-in-memory N]
+
+``--queued-in-memory 1000000`` keeps every queued execution's prepared run in
+memory (the engine before ``RuntimeSettings.queued_in_memory``), for comparison.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from abi_engine import Engine, WorkflowType, hookimpl, step
+from abi_engine import Engine, RuntimeSettings, WorkflowType, hookimpl, step
 
 GATE: anyio.Event | None = None
 
@@ -66,10 +69,11 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run(db: Path, count: int, drain: bool) -> None:
+async def run(db: Path, count: int, drain: bool, in_memory: int | None) -> None:
     global GATE
     GATE = anyio.Event()
-    async with Engine(db, plugins=[GatedPlugin()]) as engine:
+    settings = RuntimeSettings() if in_memory is None else RuntimeSettings(queued_in_memory=in_memory)
+    async with Engine(db, plugins=[GatedPlugin()], runtime=settings) as engine:
         wf = await engine.workflows.create({"name": "memory", "type": "door_gated"})
         await engine.workflows.activate(wf.id)
         print(f"  engine started: RSS {rss_mb():.0f} MB", flush=True)
@@ -106,10 +110,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--drain", action="store_true")
+    parser.add_argument(
+        "--queued-in-memory",
+        type=int,
+        default=None,
+        help="RuntimeSettings.queued_in_memory (default: the engine's, 4,096)",
+    )
     args = parser.parse_args()
     print(f"door_memory: RSS at start {rss_mb():.0f} MB; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
-        anyio.run(run, Path(tmp) / "memory.db", args.count, args.drain)
+        anyio.run(run, Path(tmp) / "memory.db", args.count, args.drain, args.queued_in_memory)
     print(f"peak RSS of the process: {peak_mb():.0f} MB")
 
 

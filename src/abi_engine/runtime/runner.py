@@ -263,7 +263,8 @@ class Runtime(RunsExecutions):
         record = prepared.record
         assert record.claim is not None, "submit() needs a record granted with grant()"
         self.claims.hold(record.id, record.claim)
-        self._prepared[record.id] = prepared
+        if sync or self._queued < self.settings.queued_in_memory:
+            self._prepared[record.id] = prepared  # else a worker reads it from the store
         if reservation is not None:
             reservation.release()
         elif not sync and self.room() <= 0:

@@ -24,6 +24,11 @@ class RuntimeSettings:
     timers that are due; ``shutdown_grace``: how long stopping waits for
     running steps before interrupting them; ``default_sync_timeout``: the
     timeout of a synchronous execution that gives none.
+    ``queued_in_memory``: how many accepted asynchronous executions keep their
+    prepared run (record, parsed parameters, steps) in memory while queued;
+    beyond, the queue holds only the id and claim and a worker reads the
+    execution from the store when it takes it (memory stays flat with a deep
+    queue: about 0.5 KB per queued execution instead of 1.3 KB).
     """
 
     workers: int = attrs.field(default=128, validator=attrs.validators.ge(1))
@@ -33,6 +38,7 @@ class RuntimeSettings:
     poll_interval: float = 0.5
     shutdown_grace: float = 5.0
     default_sync_timeout: float = 30.0
+    queued_in_memory: int = attrs.field(default=4096, validator=attrs.validators.ge(0))
 
 
 #: Delays (seconds) before each retry, after an immediate first attempt: Svix's schedule,

@@ -72,7 +72,9 @@ def peak_mb() -> float:
 async def run(db: Path, count: int, drain: bool, in_memory: int | None) -> None:
     global GATE
     GATE = anyio.Event()
-    settings = RuntimeSettings() if in_memory is None else RuntimeSettings(queued_in_memory=in_memory)
+    settings = (
+        RuntimeSettings() if in_memory is None else RuntimeSettings(queued_in_memory=in_memory)
+    )
     async with Engine(db, plugins=[GatedPlugin()], runtime=settings) as engine:
         wf = await engine.workflows.create({"name": "memory", "type": "door_gated"})
         await engine.workflows.activate(wf.id)

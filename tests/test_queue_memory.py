@@ -99,4 +99,5 @@ async def _run_all_from_the_store(engine: Engine) -> None:
         assert sync.result == {"value": 202}
         for i, execution in enumerate(accepted):
             done = await engine.executions.wait(execution.execution_id, timeout=60)
-            assert done is not None and done.result == {"value": (i + 1) * 2}, done
+            assert done is not None
+            assert done.result == {"value": (i + 1) * 2}, done

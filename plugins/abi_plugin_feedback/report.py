@@ -237,22 +237,20 @@ async def collect(
     me = await host.get_execution(execution_id)
     to = _as_utc(me.created_at or datetime.now(UTC))
     explicit = _period_start(params, to)
-    default_floor = to - timedelta(hours=DEFAULT_PERIOD_HOURS)
-    searching = explicit is None  # for the previous report, until it is met
-    floor = explicit if explicit is not None else default_floor
-    basis = "since" if params.since is not None else "period_hours"
-    previous: str | None = None
-    tally = _Tally(track_recommendations=track_recommendations)
-    # While searching: the feedback of the last DEFAULT_PERIOD_HOURS, the fallback.
-    day = _Tally(track_recommendations=track_recommendations)
-    read = 0
-    truncated = False
-    recent: list[set[str]] = [set(), set()]  # ids of the last two pages: pages may shift
+    scan = _Scan(
+        execution_id=execution_id,
+        source=params.source,
+        to=to,
+        floor=explicit if explicit is not None else to - timedelta(hours=DEFAULT_PERIOD_HOURS),
+        searching=explicit is None,
+        basis="since" if params.since is not None else "period_hours",
+        tally=_Tally(track_recommendations=track_recommendations),
+        day=_Tally(track_recommendations=track_recommendations),
+    )
     # Fixed while paging; unbounded while searching (the previous report may be old).
-    list_start = floor - LOOKBACK if explicit is not None else None
+    list_start = scan.floor - LOOKBACK if explicit is not None else None
     page = 1
-    done = False
-    while not done:
+    while not scan.done:
         listing = await host.list_executions(
             workflow_id=workflow_id,
             status="completed",
@@ -261,74 +259,120 @@ async def collect(
             page=page,
             page_size=_PAGE_SIZE,
         )
-        ids: set[str] = set()
-        for summary in listing.items:
-            eid = summary.execution_id
-            ids.add(eid)
-            if eid == execution_id or eid in recent[0] or eid in recent[1]:
-                continue
-            started = _as_utc(summary.started_at) if summary.started_at is not None else None
-            if not searching and started is not None and started < floor - LOOKBACK:
-                done = True  # requested earlier still, and so is everything after it
-                break
-            if summary.completed_at is None:
-                continue
-            completed = _as_utc(summary.completed_at)
-            if not searching and not floor <= completed < to:
-                continue
-            if read >= MAX_REPORT_EXECUTIONS:
-                # While searching, the fallback day misses some only if this one is recent.
-                truncated = not searching or started is None or started >= floor - LOOKBACK
-                if searching:
-                    basis = "search_limit"
-                done = True
-                break
-            execution = await host.get_execution(eid)
-            read += 1
-            parameters = execution.parameters or {}
-            if is_report_request(parameters):
-                created = execution.created_at
-                if (
-                    searching
-                    and created is not None
-                    and _as_utc(created) < to
-                    and _chains_from(parameters, params.source)
-                ):
-                    # The newest earlier report of the series: the period starts when
-                    # it was requested, where its own period ended.
-                    previous = eid
-                    floor = _as_utc(created)
-                    searching = False
-                    basis = "previous_report"
-                continue
-            if not isinstance(parameters.get("feedback_text"), str) or completed >= to:
-                continue
-            if searching and completed >= default_floor:
-                day.add(execution.result)
-            if searching or completed >= floor:
-                tally.add(execution.result)
-        recent = [recent[1], ids]
+        await scan.read_page(host, listing.items)
         if len(listing.items) < _PAGE_SIZE:
             break
         page += 1
-    if searching:  # no previous report: the last DEFAULT_PERIOD_HOURS
-        tally = day
-        if basis != "search_limit":
-            basis = "no_previous_report"
-    return {
-        "source": params.source,
-        "period": {"from": format_time(min(floor, to)), "to": format_time(to)},
-        "previous_report": previous,
-        "period_basis": basis,
-        "feedback_analysed": tally.feedback,
-        "sentiments": tally.sentiments,
-        "score_sum": tally.score_sum,
-        "scored": tally.scored,
-        "topics": tally.topics,
-        "recommendations": tally.recommendations,
-        "executions_read": read,
-        "truncated": truncated,
-    }
+    return scan.result()
+
+
+@attrs.define(kw_only=True)
+class _Scan:
+    """Where :func:`collect` stands while it pages newest first.
+
+    ``searching``: the period's start is the previous report of the series,
+    not met yet; meanwhile ``day`` tallies the last :data:`DEFAULT_PERIOD_HOURS`
+    (``floor`` until then), the fallback when none is met.
+    """
+
+    execution_id: str
+    source: str | None
+    to: datetime
+    floor: datetime
+    searching: bool
+    basis: str
+    tally: _Tally
+    day: _Tally
+    previous: str | None = None
+    read: int = 0
+    truncated: bool = False
+    done: bool = False
+    #: Ids of the last two pages: pages may shift while executions complete.
+    recent: list[set[str]] = attrs.Factory(lambda: [set(), set()])
+
+    async def read_page(self, host: Host, items: Any) -> None:
+        ids: set[str] = set()
+        for summary in items:
+            ids.add(summary.execution_id)
+            completed = self._wanted(summary)
+            if self.done:
+                break
+            if completed is not None:
+                execution = await host.get_execution(summary.execution_id)
+                self.read += 1
+                self._count(summary.execution_id, execution, completed)
+        self.recent = [self.recent[1], ids]
+
+    def _wanted(self, summary: Any) -> datetime | None:
+        """When the listed execution completed, if it is to be read (``done`` set when
+        the scan ends before it)."""
+        eid = summary.execution_id
+        if eid == self.execution_id or eid in self.recent[0] or eid in self.recent[1]:
+            return None
+        started = _as_utc(summary.started_at) if summary.started_at is not None else None
+        if not self.searching and started is not None and started < self.floor - LOOKBACK:
+            self.done = True  # requested earlier still, and so is everything after it
+            return None
+        if summary.completed_at is None:
+            return None
+        completed = _as_utc(summary.completed_at)
+        if not self.searching and not self.floor <= completed < self.to:
+            return None
+        if self.read >= MAX_REPORT_EXECUTIONS:
+            # While searching, the fallback day misses some only if this one is recent.
+            self.truncated = (
+                not self.searching or started is None or started >= self.floor - LOOKBACK
+            )
+            if self.searching:
+                self.basis = "search_limit"
+            self.done = True
+            return None
+        return completed
+
+    def _count(self, eid: str, execution: Any, completed: datetime) -> None:
+        parameters = execution.parameters or {}
+        if is_report_request(parameters):
+            created = execution.created_at
+            if (
+                self.searching
+                and created is not None
+                and _as_utc(created) < self.to
+                and _chains_from(parameters, self.source)
+            ):
+                # The newest earlier report of the series: the period starts when
+                # it was requested, where its own period ended.
+                self.previous = eid
+                self.floor = _as_utc(created)
+                self.searching = False
+                self.basis = "previous_report"
+            return
+        if not isinstance(parameters.get("feedback_text"), str) or completed >= self.to:
+            return
+        if self.searching and completed >= self.floor:  # floor: the fallback day's start
+            self.day.add(execution.result)
+        if self.searching or completed >= self.floor:
+            self.tally.add(execution.result)
+
+    def result(self) -> dict[str, Any]:
+        tally, basis = self.tally, self.basis
+        if self.searching:  # no previous report: the last DEFAULT_PERIOD_HOURS
+            tally = self.day
+            if basis != "search_limit":
+                basis = "no_previous_report"
+        return {
+            "source": self.source,
+            "period": {"from": format_time(min(self.floor, self.to)), "to": format_time(self.to)},
+            "previous_report": self.previous,
+            "period_basis": basis,
+            "feedback_analysed": tally.feedback,
+            "sentiments": tally.sentiments,
+            "score_sum": tally.score_sum,
+            "scored": tally.scored,
+            "topics": tally.topics,
+            "recommendations": tally.recommendations,
+            "executions_read": self.read,
+            "truncated": self.truncated,
+        }
 
 
 def _topic_rows(topics: Mapping[str, Mapping[str, int]]) -> list[dict[str, Any]]:

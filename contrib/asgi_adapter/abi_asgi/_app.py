@@ -18,6 +18,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
+from abi_asgi._logsafe import loggable
 from abi_asgi._ratelimit import RateLimit, RateLimiter
 from abi_asgi._routing import OperationTable
 from abi_asgi.openapi import build_openapi
@@ -199,7 +200,9 @@ class _Api:
         except AbiError as exc:
             status, body, headers = exc.http_status, _error(exc), _error_headers(exc)
         except Exception:
-            log.exception("Unexpected error in %s %s", scope["method"], scope.get("path"))
+            log.exception(
+                "Unexpected error in %s %s", loggable(scope["method"]), loggable(scope.get("path"))
+            )
             status, body = 500, _error(_INTERNAL)
         await _send(send, status, body, headers, head)
 

@@ -12,8 +12,11 @@ import attrs
 import httpx
 import pytest
 from abi_asgi import build_openapi, create_app
+from abi_asgi._logsafe import MAX_LOGGED, loggable
 from abi_asgi.openapi import SchemaBuilder
 from asgi_helpers import create_body, error, success
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
@@ -343,7 +346,7 @@ def extra_operations() -> Iterator[None]:
         "explode": Operation(
             name="explode",
             method="GET",
-            path="/things/explode",
+            path="/things/{thing_id}/explode",
             scope=None,
             summary="Fail unexpectedly",
             handler=_explode,
@@ -399,12 +402,20 @@ async def test_unexpected_exception_is_a_logged_generic_500(
     """A handler's unexpected exception answers 500 INTERNAL_ERROR, logged, without internals."""
     client = make_client(create_app(engine, rate_limit=None), token)
     with caplog.at_level(logging.ERROR, logger="abi_asgi"):
-        response = await client.get("/api/v1/things/explode")
+        response = await client.get("/api/v1/things/one/explode")
     details = error(response, 500, "INTERNAL_ERROR")
     assert details == {}
     assert "passwd" not in response.text
     assert "RuntimeError" not in response.text
     assert "secret internals" in caplog.text  # the log keeps what the answer hides
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="abi_asgi"):
+        forged = await client.get("/api/v1/things/x%0AERROR%20forged%20line/explode")
+    error(forged, 500, "INTERNAL_ERROR")
+    (record,) = [r for r in caplog.records if r.name.startswith("abi_asgi")]
+    message = record.getMessage()
+    assert "\n" not in message  # the decoded line break cannot start a forged log line
+    assert "x\\nERROR forged line" in message
 
 
 def test_two_operations_on_one_method_and_path_are_refused(idle_engine: Engine) -> None:
@@ -454,3 +465,14 @@ async def test_lifespan_without_manage_engine(idle_engine: Engine) -> None:
     app = create_app(idle_engine, manage_engine=False)
     async with app.router.lifespan_context(app):
         assert not idle_engine.running
+
+
+@given(st.text(max_size=400))
+def test_loggable_text_is_one_bounded_printable_line(text: str) -> None:
+    """Whatever a request carries, what is logged of it is printable (no line break or
+    control character), bounded, and unchanged when it was printable and short."""
+    logged = loggable(text)
+    assert logged.isprintable()
+    assert len(logged) <= MAX_LOGGED + 3
+    if text.isprintable() and len(text) <= MAX_LOGGED:
+        assert logged == text

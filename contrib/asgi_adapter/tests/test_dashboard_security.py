@@ -323,6 +323,25 @@ def test_sessions_expire() -> None:
     assert not session.csrf_ok(session.csrf)  # pages show it masked; bare, it is refused
 
 
+def test_idle_sessions_end() -> None:
+    """A session unused for idle_seconds ends, however far its absolute expiry; each
+    request moves the idle deadline."""
+    now = [1000.0]
+    store = SessionStore(ttl_seconds=3600, idle_seconds=100, clock=lambda: now[0])
+    session = store.create("abi_x")
+    for _ in range(5):  # used every 90 s: alive for 450 s, past one idle period
+        now[0] += 90
+        assert store.get(session.id) == session
+    now[0] += 100
+    assert store.get(session.id) is None
+    other = store.create("abi_y")
+    now[0] += 101
+    assert len(store) == 0  # pruned without being asked for
+    assert store.get(other.id) is None
+    with pytest.raises(ValueError, match="idle_seconds"):
+        SessionStore(idle_seconds=0)
+
+
 async def test_dashboard_can_be_left_out(engine: Engine, make_client: Any) -> None:
     client = make_client(create_app(engine, rate_limit=None, dashboard=False))
     response = await client.get("/ui/")

@@ -5,7 +5,7 @@ The browser holds only a random session id, in an ``HttpOnly``,
 request came over HTTPS). The server keeps, per session, the access token
 (checked again on every request with the engine's token service, so a revoked
 token ends its sessions within the service's cache time), the CSRF token every
-form posts back, and an absolute expiry. Signing out forgets the session at
+form posts back, an absolute expiry and an idle timeout. Signing out forgets the session at
 once. Sessions live in this process's memory: restarting the server signs
 everyone out.
 """
@@ -86,7 +86,8 @@ class Session:
 
 
 class SessionStore:
-    """Sessions by id, each ending ``ttl_seconds`` after sign-in (or at sign-out).
+    """Sessions by id, each ending ``ttl_seconds`` after sign-in, after
+    ``idle_seconds`` without a request, or at sign-out.
 
     Bounded twice: one user holds at most ``max_sessions_per_user`` sessions (its
     oldest end as it signs in again), so one user signing in over and over
@@ -101,15 +102,18 @@ class SessionStore:
         max_sessions: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         max_sessions_per_user: int = 20,
+        idle_seconds: float = 3600,
     ) -> None:
-        if ttl_seconds <= 0:
-            raise ValueError("ttl_seconds must be positive")
+        if ttl_seconds <= 0 or idle_seconds <= 0:
+            raise ValueError("ttl_seconds and idle_seconds must be positive")
         if max_sessions < 1 or max_sessions_per_user < 1:
             raise ValueError("max_sessions and max_sessions_per_user must be at least 1")
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self.max_sessions_per_user = max_sessions_per_user
+        self.idle_seconds = idle_seconds
         self._clock = clock
+        self._seen: dict[bytes, float] = {}  # when each session was last used
         self._sessions: dict[bytes, Session] = {}  # oldest first
         self._by_user: dict[str, dict[bytes, None]] = {}  # oldest first
         self._lock = threading.Lock()
@@ -138,6 +142,7 @@ class SessionStore:
             while len(self._sessions) >= self.max_sessions:
                 self._drop(next(iter(self._sessions)))
             self._sessions[key] = session
+            self._seen[key] = self._clock()
             self._by_user.setdefault(session.user, {})[key] = None
         return session
 
@@ -150,9 +155,11 @@ class SessionStore:
             session = self._sessions.get(key)
             if session is None:
                 return None
-            if session.expires_at <= self._clock():
+            now = self._clock()
+            if self._expired(key, session, now):
                 self._drop(key)
                 return None
+            self._seen[key] = now
             return session
 
     def revoke(self, session_id: str | None) -> bool:
@@ -164,6 +171,7 @@ class SessionStore:
 
     def _drop(self, key: bytes) -> bool:
         session = self._sessions.pop(key, None)
+        self._seen.pop(key, None)
         if session is None:
             return False
         own = self._by_user.get(session.user)
@@ -173,9 +181,12 @@ class SessionStore:
                 del self._by_user[session.user]
         return True
 
+    def _expired(self, key: bytes, session: Session, now: float) -> bool:
+        return session.expires_at <= now or now - self._seen.get(key, now) >= self.idle_seconds
+
     def _prune(self) -> None:
         now = self._clock()
-        for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
+        for key in [k for k, s in self._sessions.items() if self._expired(k, s, now)]:
             self._drop(key)
 
     def __len__(self) -> int:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import Scope as AsgiScope
 
+from abi_asgi._logsafe import loggable
 from abi_asgi.dashboard import _format
 from abi_asgi.dashboard._session import COOKIE, LOGIN_COOKIE, Session, SessionStore
 from abi_engine import api
@@ -248,7 +249,7 @@ class Dashboard:
             except AbiError as exc:
                 return self.error(request, exc, ctx)
             except Exception:
-                log.exception("Dashboard page %s failed", request.url.path)
+                log.exception("Dashboard page %s failed", loggable(request.url.path))
                 return self.error(request, _INTERNAL, ctx)
 
         return endpoint
@@ -278,7 +279,7 @@ class Dashboard:
             except AbiError as exc:
                 return self.error(request, exc, ctx)
             except Exception:
-                log.exception("Dashboard action %s failed", request.url.path)
+                log.exception("Dashboard action %s failed", loggable(request.url.path))
                 return self.error(request, _INTERNAL, ctx)
 
         return endpoint

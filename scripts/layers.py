@@ -64,6 +64,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "errors",
                 "ids",
+                "coalesce",
                 "limits",
                 "json_schema",
                 "expressions",

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import attrs
 
 from abi_engine.auth import Principal
+from abi_engine.coalesce import ReadCoalescer
 from abi_engine.errors import (
     EngineNotRunning,
     ExecutionNotFound,
@@ -116,6 +117,10 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
         self._templates = templates
         self._allow_private_urls = allow_private_urls
         self._cache: dict[str, _Compiled] = {}
+        # Over the network, the version checks of concurrent starts share round trips.
+        self._versions: ReadCoalescer[str, datetime | None] | None = (
+            ReadCoalescer(self._store.workflow_version) if store.blocking else None
+        )
 
     # -- starting --------------------------------------------------------------------------
 
@@ -338,7 +343,10 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
         """The workflow with its parsed configuration and steps, cached while unchanged."""
         if not isinstance(workflow_id, str):
             raise WorkflowNotFound(str(workflow_id))
-        version = await self._store.workflow_version(workflow_id)
+        if self._versions is not None:
+            version = await self._versions.read(workflow_id)
+        else:
+            version = await self._store.workflow_version(workflow_id)
         if version is None:
             self._cache.pop(workflow_id, None)
             raise WorkflowNotFound(workflow_id)

@@ -33,7 +33,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[3] / "build" / "dashboard-screens
 
 class Receiver:
     """A local HTTP server: ``/refuse`` answers 503, ``/hang`` holds the request until
-    :meth:`release` (or two minutes), ``/ok`` answers 200."""
+    :meth:`release` (or five minutes), ``/ok`` answers 200."""
 
     def __init__(self) -> None:
         self.released = threading.Event()
@@ -47,7 +47,7 @@ class Receiver:
                     self.rfile.read(length)
                 receiver.hits.append(self.path)
                 if self.path.startswith("/hang"):
-                    receiver.released.wait(120)
+                    receiver.released.wait(300)
                 status = 503 if self.path.startswith("/refuse") else 200
                 body = b"refused by the test receiver" if status == 503 else b"{}"
                 try:
@@ -202,6 +202,8 @@ def seed(site: Site) -> None:
                                 "action": "http_request",
                                 "method": "GET",
                                 "url": site.receiver.url + "/hang",
+                                # running until cancelled, however slow the machine
+                                "timeout_seconds": 300,
                             }
                         ]
                     },

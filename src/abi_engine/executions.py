@@ -23,6 +23,7 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event, OutboxEvent
+from abi_engine.execution_flow import ExecutionFlow
 from abi_engine.execution_signals import ExecutionSignals
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.ids import new_id, parse_time, utcnow
@@ -95,7 +96,7 @@ class _Compiled:
     template_ids: tuple[str, ...] = ()
 
 
-class ExecutionService(ExecutionSignals, Service):
+class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
     """The business rules of executions (``engine.executions``)."""
 
     def __init__(
@@ -180,6 +181,10 @@ class ExecutionService(ExecutionSignals, Service):
         finally:
             if reservation is not None:
                 reservation.release()
+
+    def _check_running(self) -> None:
+        if not self._runtime.running:
+            raise not_running()
 
     def _check_request(
         self,
@@ -480,6 +485,7 @@ class ExecutionService(ExecutionSignals, Service):
         schedule_id: str | None = None,
         created_by: str | None = None,
         awaiting_approval: Any = False,
+        rerun_of: str | None = None,
     ) -> Page[ExecutionSummary]:
         """One page of executions, newest first.
 
@@ -487,7 +493,8 @@ class ExecutionService(ExecutionSignals, Service):
         schedule that started them; ``created_by`` the user who requested them;
         ``start_date`` / ``end_date`` bound when they were requested
         (``created_at``, inclusive); ``awaiting_approval`` keeps only the waiting
-        executions whose wait is an approval's decision.
+        executions whose wait is an approval's decision; ``rerun_of`` the reruns
+        of that execution (#16).
         """
         page, page_size = check_page(page, page_size)
         statuses = _statuses(status)
@@ -495,6 +502,7 @@ class ExecutionService(ExecutionSignals, Service):
             ("workflow_id", workflow_id),
             ("schedule_id", schedule_id),
             ("created_by", created_by),
+            ("rerun_of", rerun_of),
         ):
             if text is not None and not isinstance(text, str):
                 raise InvalidRequest(f"'{name}' must be a string", {"field": name})
@@ -509,6 +517,7 @@ class ExecutionService(ExecutionSignals, Service):
             schedule_id=schedule_id,
             created_by=created_by,
             awaiting_approval=bool(check_flag(awaiting_approval, "awaiting_approval")),
+            rerun_of=rerun_of,
         )
         records, total = await self._store.list_executions(query)
         items = [

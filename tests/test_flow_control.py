@@ -255,3 +255,48 @@ async def _sleep(seconds: float) -> None:
     import anyio
 
     await anyio.sleep(seconds)
+
+
+# -- pausing a workflow ------------------------------------------------------------------------
+
+
+async def test_a_paused_workflow_holds_its_new_executions_queued_until_resumed(
+    make: EngineFactory,
+) -> None:
+    """Executions requested of a paused workflow (async, sync, rerun) are accepted and
+    wait ``queued`` with ``queued_reason`` ``paused``, across a restart too; resumed,
+    they all run. Another workflow is not held."""
+    engine = make()
+    async with engine:
+        wf = await new_workflow(engine)
+        other = await new_workflow(engine)
+        done = await engine.executions.execute(wf, {}, wait=True)
+        view = await engine.executions.pause_workflow(wf)
+        assert view.paused
+        assert view.paused_at is not None
+        held = await engine.executions.execute(wf, {}, wait=False)
+        assert held.queued_reason == "paused"
+        rerun = await engine.executions.rerun(done.execution_id)
+        import anyio
+
+        with anyio.move_on_after(0.5):  # a synchronous caller waits; it is held too
+            await engine.executions.execute(wf, {}, wait=True)
+        free = await engine.executions.execute(other, {}, wait=True)
+        assert free.status is ExecutionStatus.COMPLETED
+    again = make()
+    async with again:
+        await _sleep(0.3)  # several recovery polls
+        ids = [held.execution_id, rerun.execution_id]
+        for execution_id in ids:
+            view_now = await again.executions.get(execution_id)
+            assert view_now.status is ExecutionStatus.QUEUED
+            assert view_now.queued_reason == "paused"
+        assert PROBE.runs(held.execution_id) == {}
+        resumed = await again.executions.pause_workflow(wf, paused=False)
+        assert not resumed.paused
+        assert resumed.changed_executions == 3
+        for execution_id in ids:
+            final = await wait_status(again, execution_id, *TERMINAL, timeout=30)
+            assert final.status is ExecutionStatus.COMPLETED
+        page = await again.executions.list(workflow_id=wf, status="completed")
+    assert page.pagination.total_items == 4

@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 
@@ -28,6 +28,7 @@ from abi_engine.errors import (
     InvalidParameters,
     InvalidRequest,
     InvalidState,
+    WorkflowNotFound,
 )
 from abi_engine.events import Event, OutboxEvent
 from abi_engine.execution_views import build_execution
@@ -39,6 +40,7 @@ from abi_engine.storage.records import (
     ExecutionRecord,
     InsertRerun,
     PauseExecution,
+    PauseWorkflow,
     ResumeExecution,
     StepRecord,
 )
@@ -50,7 +52,7 @@ if TYPE_CHECKING:
     from abi_engine.storage.aio import AsyncStore
     from abi_engine.workflows import WorkflowService
 
-__all__ = ["CONFIGURATION_MODES", "MAX_BULK_RERUN", "ExecutionFlow"]
+__all__ = ["CONFIGURATION_MODES", "MAX_BULK_RERUN", "ExecutionFlow", "WorkflowPauseView"]
 
 #: What configuration a rerun runs with: the original's snapshot, or the workflow's now.
 CONFIGURATION_MODES = ("pinned", "current")
@@ -137,6 +139,7 @@ class ExecutionFlow:
             created_at=utcnow(),
             created_by=actor.user_id if actor else None,
             rerun_of=original.id,
+            queued_reason="paused" if compiled.paused else None,
         )
         reused = tuple(
             attrs.evolve(s, execution_id=record.id, reused_from=original.id, result_json=None)
@@ -257,6 +260,23 @@ class ExecutionFlow:
 
     # -- pause and resume -------------------------------------------------------------------
 
+    async def pause_workflow(self, workflow_id: str, paused: bool = True) -> WorkflowPauseView:
+        """Pause a workflow (``paused``; or resume it): while paused its new executions
+        (requested, scheduled, rerun) are accepted and wait queued, ``queued_reason``
+        ``paused``, as do those queued without a worker yet; resuming releases them.
+        Executions already running go on. ``WorkflowNotFound`` for an unknown id."""
+        if not isinstance(workflow_id, str):
+            raise WorkflowNotFound(str(workflow_id))
+        changed = await self._runtime.commit(
+            PauseWorkflow(workflow_id=workflow_id, paused=paused, at=utcnow())
+        )
+        if changed is None:
+            raise WorkflowNotFound(workflow_id)
+        if not paused and changed:
+            self._runtime.poke()
+        at = await self._store.workflow_paused_at(workflow_id)
+        return WorkflowPauseView(workflow_id, at is not None, at, int(changed))
+
     async def pause(self, execution_id: str) -> Execution:
         """Pause a queued execution at once, a running one at its next step boundary
         (until then it shows ``running``); ``paused`` holds no worker or claim and
@@ -293,6 +313,16 @@ class ExecutionFlow:
         if state == "queued":
             self._runtime.poke()
         return await self.get(execution_id)
+
+
+class WorkflowPauseView(NamedTuple):
+    """A workflow's pause: whether it is paused, since when, and how many queued
+    executions this call held (pause) or released (resume)."""
+
+    workflow_id: str
+    paused: bool
+    paused_at: datetime | None
+    changed_executions: int
 
 
 def _start_index(

@@ -94,6 +94,8 @@ class _Compiled:
     specs: list[StepSpec]
     #: The managed notification templates the configuration names.
     template_ids: tuple[str, ...] = ()
+    #: The workflow is paused: its new executions wait queued (#16).
+    paused: bool = False
 
 
 class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
@@ -163,6 +165,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
         reservation = None if wait else self._runtime.reserve()
         try:
             return await self._start(
+                compiled.paused,
                 workflow,
                 wtype,
                 config,
@@ -250,6 +253,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
 
     async def _start(
         self,
+        paused: bool,
         workflow: Workflow,
         wtype: WorkflowType,
         config: Any,
@@ -284,11 +288,13 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
             idempotency_key=idempotency_key,
             priority=0 if wait else 1,
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
+            queued_reason="paused" if paused else None,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
-        # one commit fewer on the latency path.
-        claimed = wait and self._runtime.sync_slot_free()
+        # one commit fewer on the latency path. (Not while its workflow is paused:
+        # the store holds it queued.)
+        claimed = wait and not paused and self._runtime.sync_slot_free()
         events: tuple[OutboxEvent, ...] = ()
         if claimed:
             record.status = ExecutionStatus.RUNNING
@@ -360,6 +366,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
             config=config,
             specs=wtype.steps(config),
             template_ids=tuple(self._workflows.template_ids(workflow)),
+            paused=await self._store.workflow_paused_at(workflow_id) is not None,
         )
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))

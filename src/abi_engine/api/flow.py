@@ -13,6 +13,7 @@ from abi_engine.auth import Principal
 from abi_engine.converter import structure
 from abi_engine.execution_flow import MAX_BULK_RERUN
 from abi_engine.execution_views import execution_json
+from abi_engine.ids import format_time
 from abi_engine.limits import Constraint, Json, Number
 from abi_engine.models import Execution, ExecutionStatus, Scope
 
@@ -220,3 +221,58 @@ async def resume_execution(engine: Engine, actor: Principal, request: ApiRequest
     if request.body is not None:
         body_object(request)
     return execution_json(await engine.executions.resume(request.path["execution_id"]))
+
+
+@attrs.define(kw_only=True)
+class WorkflowPause:
+    """A workflow's pause: ``paused`` and since when; ``changed_executions``: the queued
+    executions this call held (pause) or released (resume)."""
+
+    workflow_id: str
+    paused: bool
+    paused_at: datetime | None = None
+    changed_executions: int = 0
+
+
+async def _pause_workflow(engine: Engine, request: ApiRequest, paused: bool) -> Any:
+    if request.body is not None:
+        body_object(request)
+    view = await engine.executions.pause_workflow(request.path["workflow_id"], paused)
+    return {
+        "workflow_id": view.workflow_id,
+        "paused": view.paused,
+        "paused_at": None if view.paused_at is None else format_time(view.paused_at),
+        "changed_executions": view.changed_executions,
+    }
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/pause",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Pause a workflow: its new executions are accepted and wait queued",
+    response_model=WorkflowPause,
+    tag="executions",
+    errors=("WORKFLOW_NOT_FOUND",),
+)
+async def pause_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    """While paused, every new execution of the workflow (requested, scheduled,
+    rerun) is accepted and waits ``queued`` with ``queued_reason`` ``paused``, as
+    do those queued without a worker yet; running executions go on. Pausing a
+    paused workflow changes nothing."""
+    return await _pause_workflow(engine, request, True)
+
+
+@operation(
+    method="POST",
+    path="/workflows/{workflow_id}/resume",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Resume a paused workflow: the executions it held start",
+    response_model=WorkflowPause,
+    tag="executions",
+    errors=("WORKFLOW_NOT_FOUND",),
+)
+async def resume_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    """The executions the pause held are queued for the workers again (oldest
+    first); resuming a workflow that is not paused changes nothing."""
+    return await _pause_workflow(engine, request, False)

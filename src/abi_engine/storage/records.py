@@ -31,6 +31,7 @@ __all__ = [
     "InsertExecution",
     "InsertRerun",
     "PauseExecution",
+    "PauseWorkflow",
     "ReleaseExecutions",
     "ResumeExecution",
     "StepRecord",
@@ -215,6 +216,18 @@ class ResumeExecution(WriteOp):
 
     execution_id: str
     queued_since: datetime
+
+
+@attrs.frozen(kw_only=True)
+class PauseWorkflow(WriteOp):
+    """Pause (``paused``) or resume a workflow at ``at``: while paused, the executions
+    inserted for it wait queued (``queued_reason`` ``paused``, no owner); resuming
+    releases them. Applies the number of executions held or released, ``None`` when
+    the workflow does not exist."""
+
+    workflow_id: str
+    paused: bool
+    at: datetime
 
 
 @attrs.frozen(kw_only=True)

@@ -36,7 +36,7 @@ from abi_engine.storage.records import (
     SuspendExecution,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
-from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, pause_now
+from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
 __all__ = ["BULK", "HANDLERS", "execution_row", "insert_execution_sql"]
@@ -161,7 +161,7 @@ def _claims(d: Dialect, conn: Conn, ids: Sequence[str]) -> dict[str, int | None]
 
 
 def _insert(s: Store, conn: Conn, op: InsertExecution) -> Any:
-    return s._insert_executions(conn, [op.record])[0]
+    return s._insert_executions(conn, held(s, conn, [op.record]))[0]
 
 
 def _claim(s: Store, conn: Conn, op: ClaimExecution) -> Any:
@@ -370,7 +370,7 @@ def _lock_in_order(d: Dialect, conn: Conn, ids: Sequence[str]) -> None:
 
 
 def _bulk_insert(s: Store, conn: Conn, ops: list[InsertExecution]) -> list[Any]:
-    return list(s._insert_executions(conn, [op.record for op in ops]))
+    return list(s._insert_executions(conn, held(s, conn, [op.record for op in ops])))
 
 
 def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:

@@ -9,14 +9,24 @@ grant or run token handed out before the pause can change nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from abi_engine.storage._codec import dumps, to_ms
-from abi_engine.storage.records import InsertRerun, PauseExecution, ResumeExecution, StepRecord
-from abi_engine.storage.sql.dialect import Conn
+import attrs
 
-__all__ = ["FLOW_HANDLERS", "pause_now"]
+from abi_engine.models import ExecutionStatus
+from abi_engine.storage._codec import dumps, to_ms
+from abi_engine.storage.records import (
+    ExecutionRecord,
+    InsertRerun,
+    PauseExecution,
+    PauseWorkflow,
+    ResumeExecution,
+    StepRecord,
+)
+from abi_engine.storage.sql.dialect import Conn, chunks
+
+__all__ = ["FLOW_HANDLERS", "held", "pause_now"]
 
 #: The store applying the op (an ``SQLStore``).
 Store = Any
@@ -53,8 +63,32 @@ def _step_row(step: StepRecord) -> tuple[Any, ...]:
     )
 
 
+def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
+    """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
+    ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
+    passes it by), whatever path inserts it (API, schedule, rerun)."""
+    ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
+    paused: set[str] = set()
+    for chunk in chunks(ids):
+        condition, args = s.dialect.any_of("id", chunk)
+        paused.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
+            )
+        )
+    if not paused:
+        return list(records)
+    return [
+        attrs.evolve(r, owner=None, claim=None, lease_until=None, queued_reason="paused")
+        if r.workflow_id in paused and r.status is ExecutionStatus.QUEUED
+        else r
+        for r in records
+    ]
+
+
 def _insert_rerun(s: Store, conn: Conn, op: InsertRerun) -> Any:
-    result = s._insert_executions(conn, [op.record])[0]
+    result = s._insert_executions(conn, held(s, conn, [op.record]))[0]
     if result is True and op.steps:
         conn.executemany(_INSERT_STEP, [_step_row(step) for step in op.steps])
     return result
@@ -104,9 +138,37 @@ def _resume(s: Store, conn: Conn, op: ResumeExecution) -> Any:
     return False
 
 
+def _pause_workflow(s: Store, conn: Conn, op: PauseWorkflow) -> int | None:
+    at = to_ms(op.at)
+    cursor = conn.execute(
+        "UPDATE workflows SET paused_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL"
+        + (" AND paused_at IS NULL" if op.paused else " AND paused_at IS NOT NULL"),
+        (at if op.paused else None, at, op.workflow_id),
+    )
+    if cursor.rowcount == 0:
+        found = conn.execute(
+            "SELECT 1 FROM workflows WHERE id = ? AND deleted_at IS NULL", (op.workflow_id,)
+        ).fetchone()
+        return None if found is None else 0
+    if op.paused:  # what is queued without an owner yet waits with the new ones
+        cursor = conn.execute(
+            "UPDATE executions SET queued_reason = 'paused' WHERE workflow_id = ?"
+            " AND status = 'queued' AND owner IS NULL",
+            (op.workflow_id,),
+        )
+    else:
+        cursor = conn.execute(
+            "UPDATE executions SET queued_reason = NULL, queued_since = ? WHERE workflow_id = ?"
+            " AND status = 'queued' AND queued_reason = 'paused'",
+            (at, op.workflow_id),
+        )
+    return max(0, int(cursor.rowcount))
+
+
 #: The ops of this module: ``handler(store, conn, op)``.
 FLOW_HANDLERS: dict[type, Callable[[Any, Conn, Any], Any]] = {
     InsertRerun: _insert_rerun,
     PauseExecution: _pause,
     ResumeExecution: _resume,
+    PauseWorkflow: _pause_workflow,
 }

@@ -651,6 +651,24 @@ class WorkflowExecutor(_Client):
         path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
         return _structure(self._transport.request("resume_execution", path=path), Execution)
 
+    def pause_workflow(self, workflow_id: str) -> Record:
+        """Pause a workflow: its new executions are accepted and wait queued
+        (``queued_reason`` ``paused``) until :meth:`resume_workflow`.
+
+        :returns: ``workflow_id``, ``paused``, ``paused_at``, ``changed_executions``.
+        :raises WorkflowNotFound: no such workflow.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        return Record(self._transport.request("pause_workflow", path=path))
+
+    def resume_workflow(self, workflow_id: str) -> Record:
+        """Resume a paused workflow: the executions it held start.
+
+        :raises WorkflowNotFound: no such workflow.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        return Record(self._transport.request("resume_workflow", path=path))
+
     def approve_execution(
         self,
         execution_id: str,

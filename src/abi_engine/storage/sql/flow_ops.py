@@ -124,9 +124,12 @@ def _resume(s: Store, conn: Conn, op: ResumeExecution) -> Any:
     if row is None:
         return False
     if row[0] == "paused":
+        # Queued again; held still if its workflow is paused meanwhile.
         conn.execute(
             "UPDATE executions SET status = 'queued', owner = NULL, claim = NULL,"
-            " lease_until = NULL, queued_since = ? WHERE id = ?",
+            " lease_until = NULL, queued_since = ?, queued_reason = CASE WHEN EXISTS"
+            " (SELECT 1 FROM workflows w WHERE w.id = executions.workflow_id"
+            " AND w.paused_at IS NOT NULL) THEN 'paused' END WHERE id = ?",
             (to_ms(op.queued_since), op.execution_id),
         )
         return "queued"

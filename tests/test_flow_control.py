@@ -300,3 +300,35 @@ async def test_a_paused_workflow_holds_its_new_executions_queued_until_resumed(
             assert final.status is ExecutionStatus.COMPLETED
         page = await again.executions.list(workflow_id=wf, status="completed")
     assert page.pagination.total_items == 4
+
+
+async def test_a_rerun_emits_execution_rerun(make: EngineFactory) -> None:
+    """``execution.rerun`` reaches the ``abi_event`` hooks with the new execution, the
+    original, the step it starts at and the steps reused; webhooks may subscribe to it."""
+    from abi_engine import hookimpl
+    from abi_engine.events import EVENT_TYPES, Event
+
+    seen: list[Event] = []
+
+    class Recorder:
+        @hookimpl
+        def abi_event(self, event: Event) -> None:
+            seen.append(event)
+
+    engine = make(plugins=(Recorder(),))
+    async with engine:
+        wf = await new_workflow(engine)
+        first = await engine.executions.execute(wf, FAIL_SECOND, wait=False)
+        await wait_status(engine, first.execution_id, *TERMINAL, timeout=30)
+        rerun = await engine.executions.rerun(first.execution_id, configuration="current")
+        await wait_status(engine, rerun.execution_id, *TERMINAL, timeout=30)
+    assert "execution.rerun" in EVENT_TYPES
+    (event,) = [e for e in seen if e.type == "execution.rerun"]
+    assert event.data == {
+        "execution_id": rerun.execution_id,
+        "workflow_id": wf,
+        "rerun_of": first.execution_id,
+        "from_step": "second",
+        "configuration": "current",
+        "reused_steps": ["first"],
+    }

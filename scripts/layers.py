@@ -83,6 +83,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
+            | {"execution_flow"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -59,8 +59,12 @@ SEED_KEYS = {
 }
 SEED_STEP_KEYS = {"name", "status", "started_at", "completed_at", "duration_ms"}
 #: What the engine shows beyond the seed's GET example (always: null when empty).
-EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"}
-EXTRA_STEP_KEYS = {"attempts", "error"}
+EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"} | {
+    "rerun_of",  # #16: flow control
+    "queued_reason",
+    "queued_since",
+}
+EXTRA_STEP_KEYS = {"attempts", "error", "reused_from"}
 
 
 @pytest.fixture(autouse=True)

@@ -4,8 +4,9 @@ execution and never lets a stale claim write.
 
 Hypothesis drives a real store of each backend (SQLite, PostgreSQL) with grants,
 claims, checkpoints, suspensions, signals, finishes, cancellations, hand-backs and
-recoveries from two nodes, plus repeats of any op already applied, and checks each
-answer against a model.
+recoveries from two nodes, pauses and resumes (#16: a running execution pauses at
+its next checkpoint, or at its next claim when it was handed over meanwhile), plus
+repeats of any op already applied, and checks each answer against a model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage import SQLiteStore, Store
 from abi_engine.storage.records import (
     AGAIN,
+    PAUSED,
     CancelExecution,
     CheckpointStep,
     ClaimExecution,
@@ -38,7 +40,9 @@ from abi_engine.storage.records import (
     ExecutionRecord,
     FinishExecution,
     InsertExecution,
+    PauseExecution,
     ReleaseExecutions,
+    ResumeExecution,
     StepRecord,
     SuspendExecution,
     WriteOp,
@@ -69,6 +73,7 @@ class ClaimRules(RuleBasedStateMachine):
         self.steps = 0
         self.waiting_for: str | None = None
         self.delivered: set[str] = set()
+        self.pausing = False  # a pause was asked while it ran: it pauses at a boundary
 
     def _lease(self) -> Any:
         """Leases already over (in every clock): any recovery may take what is granted."""
@@ -111,6 +116,10 @@ class ClaimRules(RuleBasedStateMachine):
         )
         result = self._apply(op)
         ok = self.status == "queued" and grant == self.claim
+        if ok and self.pausing:  # asked to pause before this run began: paused instead
+            assert result is False
+            self.status, self.claim, self.pausing = "paused", None, False
+            return op
         assert result is ok, (result, ok)
         if ok:
             self.status, self.claim, self.running = "running", token, True
@@ -128,7 +137,12 @@ class ClaimRules(RuleBasedStateMachine):
         )
         op = CheckpointStep(step=step, token=token)
         ok = self.running and token == self.claim
-        assert self._apply(op) is ok
+        result = self._apply(op)
+        if ok and self.pausing:  # the boundary the pause waited for
+            assert result == PAUSED
+            self.status, self.claim, self.running, self.pausing = "paused", None, False, False
+        else:
+            assert result is ok
         if ok:
             self.steps += 1
         return op
@@ -195,11 +209,40 @@ class ClaimRules(RuleBasedStateMachine):
             status=ExecutionStatus.CANCELLED,
             completed_at=self.now + timedelta(milliseconds=_token()),
         )
-        ok = self.status in ("queued", "running", "waiting")
+        ok = self.status in ("queued", "running", "waiting", "paused")
         assert self._apply(op) is ok
         if ok:
             self.status, self.running = "cancelled", False
         return op
+
+    @rule()
+    def pause(self) -> None:
+        """Pause (an API call, not a run's write: not repeated as one): a queued execution
+        at once (its grant is void), a running one at its next boundary."""
+        result = self._apply(PauseExecution(execution_id=self.id, paused_at=self.now))
+        if self.status in ("queued", "paused"):
+            assert result == "paused"
+            self.status, self.claim, self.running = "paused", None, False
+            self.pausing = False
+        elif self.status == "running":
+            assert result == "requested"
+            self.pausing = True
+        else:
+            assert result is False
+
+    @rule()
+    def resume(self) -> None:
+        """Resume: a paused execution is queued without owner; a pause asked of one that
+        has not reached its boundary is withdrawn."""
+        result = self._apply(ResumeExecution(execution_id=self.id, queued_since=self.now))
+        if self.status == "paused":
+            assert result == "queued"
+            self.status = "queued"
+        elif self.pausing and self.status in ("queued", "running", "waiting"):
+            assert result == self.status
+            self.pausing = False
+        else:
+            assert result is False
 
     @rule(target=applied, current=st.booleans())
     def hand_back(self, current: bool) -> Any:
@@ -257,8 +300,10 @@ class ClaimRules(RuleBasedStateMachine):
     def matches_the_model(self) -> None:
         status, claim, waiting_for = self._row()
         assert status == self.status
-        if status in ("queued", "running"):
+        if status in ("queued", "running", "paused"):
             assert claim == self.claim
+        pausing = self._sql("SELECT pause_requested FROM executions WHERE id = ?")[0]
+        assert bool(pausing) is self.pausing
         assert waiting_for == (self.waiting_for if status == "waiting" else None)
         steps = self._sql("SELECT count(*) FROM execution_steps WHERE execution_id = ?")[0]
         assert steps == self.steps

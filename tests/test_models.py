@@ -260,6 +260,7 @@ def test_empty_fields_are_null() -> None:
         "duration_ms": None,
         "attempts": None,
         "error": None,
+        "reused_from": None,
     }
     execution = unstructure(
         models.Execution(
@@ -282,6 +283,9 @@ def test_empty_fields_are_null() -> None:
         "schedule_id": None,
         "created_by": None,
         "created_at": None,
+        "rerun_of": None,
+        "queued_reason": None,
+        "queued_since": None,
     }
 
 
@@ -334,6 +338,7 @@ def test_statuses_match_the_contract() -> None:
         "queued",
         "running",
         "waiting",
+        "paused",  # #16: pause and resume (CONTRACT: the next capabilities)
         "completed",
         "failed",
         "timed_out",

@@ -537,6 +537,7 @@ class WorkflowExecutor(_Client):
         page_size: int = 10,
         schedule_id: str | None = None,
         created_by: str | None = None,
+        rerun_of: str | None = None,
     ) -> Page[ExecutionSummary]:
         """One page of executions, newest first, filtered.
 
@@ -545,6 +546,7 @@ class WorkflowExecutor(_Client):
         :param end_date: executions requested at or before this time (RFC 3339).
         :param schedule_id: executions started by this schedule.
         :param created_by: executions requested by this user id.
+        :param rerun_of: the reruns of this execution.
         :raises InvalidRequest: an unknown status, a malformed time or page.
         """
         query = {
@@ -556,6 +558,7 @@ class WorkflowExecutor(_Client):
             "page_size": page_size,
             "schedule_id": schedule_id,
             "created_by": created_by,
+            "rerun_of": rerun_of,
         }
         data = self._transport.request("list_executions", query=query)
         return _structure(data, Page[ExecutionSummary])
@@ -568,6 +571,103 @@ class WorkflowExecutor(_Client):
         """
         path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
         return _structure(self._transport.request("cancel_execution", path=path), Execution)
+
+    def rerun_execution(
+        self,
+        execution_id: str,
+        from_step: str | int | None = None,
+        configuration: str = "pinned",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> Execution:
+        """Start a new execution repeating an ended one from ``from_step`` (a step
+        name or index; default: its first step that did not complete); the steps
+        before it reuse the original's stored results and do not run again.
+
+        :param configuration: ``pinned`` (the original's configuration) or
+            ``current`` (the workflow's now).
+        :param parameters: replace the original's parameters.
+        :returns: the new execution, queued, ``rerun_of`` the original.
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the original has not ended.
+        :raises InvalidRequest: ``from_step`` is no step, or needs a result the
+            original lacks.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        body = _drop_none(
+            {"from_step": from_step, "configuration": configuration, "parameters": parameters}
+        )
+        data = self._transport.request("rerun_execution", path=path, body=body)
+        return _structure(data, Execution)
+
+    def rerun_executions(
+        self,
+        workflow_id: str | None = None,
+        status: Sequence[str] | None = None,
+        created_after: str | datetime | None = None,
+        created_before: str | datetime | None = None,
+        dry_run: bool = False,
+        limit: int = 100,
+        configuration: str = "pinned",
+    ) -> Record:
+        """Rerun the ended executions a filter matches (newest first, at most
+        ``limit``, up to 1,000), each from its first step that did not complete;
+        with ``dry_run`` only list them.
+
+        :param status: the statuses taken (default failed, timed_out, cancelled).
+        :returns: ``dry_run``, ``matched`` (how many match in all) and ``items``:
+            per execution, ``execution_id`` and ``rerun_execution_id`` (or ``error``).
+        :raises InvalidRequest: a bad filter or limit.
+        """
+        when = {
+            name: value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else value
+            for name, value in (
+                ("created_after", created_after),
+                ("created_before", created_before),
+            )
+        }
+        body = {
+            "filter": _drop_none({"workflow_id": workflow_id, "status": status, **when}),
+            "dry_run": dry_run,
+            "limit": limit,
+            "configuration": configuration,
+        }
+        return Record(self._transport.request("rerun_executions", body=body))
+
+    def pause_execution(self, execution_id: str) -> Execution:
+        """Pause a queued execution at once, a running one at its next step boundary.
+
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the execution waits or has ended.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        return _structure(self._transport.request("pause_execution", path=path), Execution)
+
+    def resume_execution(self, execution_id: str) -> Execution:
+        """Resume a paused execution: it goes on after its last finished step.
+
+        :raises ExecutionNotFound: no such execution.
+        :raises InvalidState: the execution is not paused.
+        """
+        path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
+        return _structure(self._transport.request("resume_execution", path=path), Execution)
+
+    def pause_workflow(self, workflow_id: str) -> Record:
+        """Pause a workflow: its new executions are accepted and wait queued
+        (``queued_reason`` ``paused``) until :meth:`resume_workflow`.
+
+        :returns: ``workflow_id``, ``paused``, ``paused_at``, ``changed_executions``.
+        :raises WorkflowNotFound: no such workflow.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        return Record(self._transport.request("pause_workflow", path=path))
+
+    def resume_workflow(self, workflow_id: str) -> Record:
+        """Resume a paused workflow: the executions it held start.
+
+        :raises WorkflowNotFound: no such workflow.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        return Record(self._transport.request("resume_workflow", path=path))
 
     def approve_execution(
         self,

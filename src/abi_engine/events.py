@@ -37,6 +37,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "execution.step_completed",
     "execution.completed",
     "execution.failed",
+    "execution.rerun",
     "schedule.created",
     "schedule.updated",
     "schedule.deleted",

@@ -134,6 +134,7 @@ class ExecutionBatches:
         reservation: Any,
     ) -> Execution:
         return await self._start(
+            compiled.paused,
             compiled.workflow,
             compiled.workflow_type,
             compiled.config,

@@ -56,6 +56,7 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
                     duration_ms=stored.duration_ms,
                     attempts=stored.attempts or None,
                     error=StepError(**stored.error) if stored.error else None,
+                    reused_from=stored.reused_from,
                 )
             )
             previous_end = stored.completed_at or previous_end
@@ -92,7 +93,20 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
         schedule_id=record.schedule_id,
         created_by=record.created_by,
         created_at=record.created_at,
+        rerun_of=record.rerun_of,
+        **_queued(record),
     )
+
+
+def _queued(record: ExecutionRecord) -> dict[str, Any]:
+    """``queued_reason`` and ``queued_since`` of the view: why and since when it waits
+    queued (``worker_pool`` unless something else holds it), both ``None`` otherwise."""
+    if record.status is not ExecutionStatus.QUEUED:
+        return {"queued_reason": None, "queued_since": None}
+    return {
+        "queued_reason": record.queued_reason or "worker_pool",
+        "queued_since": record.queued_since or record.created_at,
+    }
 
 
 def _time(value: Any) -> str | None:
@@ -109,6 +123,7 @@ def step_json(step: Step) -> dict[str, Any]:
         "duration_ms": step.duration_ms,
         "attempts": step.attempts,
         "error": None if error is None else {"type": error.type, "message": error.message},
+        "reused_from": step.reused_from,
     }
 
 
@@ -143,6 +158,9 @@ def execution_json(execution: Execution) -> dict[str, Any]:
         "schedule_id": e.schedule_id,
         "created_by": e.created_by,
         "created_at": _time(e.created_at),
+        "rerun_of": e.rerun_of,
+        "queued_reason": e.queued_reason,
+        "queued_since": _time(e.queued_since),
     }
 
 

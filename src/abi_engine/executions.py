@@ -25,6 +25,7 @@ from abi_engine.errors import (
 )
 from abi_engine.events import Event, OutboxEvent
 from abi_engine.execution_batches import ExecutionBatches
+from abi_engine.execution_flow import ExecutionFlow
 from abi_engine.execution_signals import ExecutionSignals
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.ids import new_id, parse_time, utcnow
@@ -95,9 +96,11 @@ class _Compiled:
     specs: list[StepSpec]
     #: The managed notification templates the configuration names.
     template_ids: tuple[str, ...] = ()
+    #: The workflow is paused: its new executions wait queued (#16).
+    paused: bool = False
 
 
-class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
+class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Service):
     """The business rules of executions (``engine.executions``)."""
 
     def __init__(
@@ -168,6 +171,7 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
         reservation = None if wait else self._runtime.reserve()
         try:
             return await self._start(
+                compiled.paused,
                 workflow,
                 wtype,
                 config,
@@ -186,6 +190,10 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
         finally:
             if reservation is not None:
                 reservation.release()
+
+    def _check_running(self) -> None:
+        if not self._runtime.running:
+            raise not_running()
 
     def _check_request(
         self,
@@ -251,6 +259,7 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
 
     async def _start(
         self,
+        paused: bool,
         workflow: Workflow,
         wtype: WorkflowType,
         config: Any,
@@ -285,11 +294,13 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
             idempotency_key=idempotency_key,
             priority=0 if wait else 1,
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
+            queued_reason="paused" if paused else None,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
-        # one commit fewer on the latency path.
-        claimed = wait and self._runtime.sync_slot_free()
+        # one commit fewer on the latency path. (Not while its workflow is paused:
+        # the store holds it queued.)
+        claimed = wait and not paused and self._runtime.sync_slot_free()
         events: tuple[OutboxEvent, ...] = ()
         if claimed:
             record.status = ExecutionStatus.RUNNING
@@ -364,6 +375,7 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
             config=config,
             specs=wtype.steps(config),
             template_ids=tuple(self._workflows.template_ids(workflow)),
+            paused=await self._store.workflow_paused_at(workflow_id) is not None,
         )
         if len(self._cache) >= _CACHE_SIZE:
             self._cache.pop(next(iter(self._cache)))
@@ -489,6 +501,7 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
         schedule_id: str | None = None,
         created_by: str | None = None,
         awaiting_approval: Any = False,
+        rerun_of: str | None = None,
     ) -> Page[ExecutionSummary]:
         """One page of executions, newest first.
 
@@ -496,7 +509,8 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
         schedule that started them; ``created_by`` the user who requested them;
         ``start_date`` / ``end_date`` bound when they were requested
         (``created_at``, inclusive); ``awaiting_approval`` keeps only the waiting
-        executions whose wait is an approval's decision.
+        executions whose wait is an approval's decision; ``rerun_of`` the reruns
+        of that execution (#16).
         """
         page, page_size = check_page(page, page_size)
         statuses = _statuses(status)
@@ -504,6 +518,7 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
             ("workflow_id", workflow_id),
             ("schedule_id", schedule_id),
             ("created_by", created_by),
+            ("rerun_of", rerun_of),
         ):
             if text is not None and not isinstance(text, str):
                 raise InvalidRequest(f"'{name}' must be a string", {"field": name})
@@ -518,6 +533,7 @@ class ExecutionService(ExecutionBatches, ExecutionSignals, Service):
             schedule_id=schedule_id,
             created_by=created_by,
             awaiting_approval=bool(check_flag(awaiting_approval, "awaiting_approval")),
+            rerun_of=rerun_of,
         )
         records, total = await self._store.list_executions(query)
         items = [

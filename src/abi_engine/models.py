@@ -74,6 +74,8 @@ class ExecutionStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     WAITING = "waiting"
+    #: Held at a step boundary by ``pause`` until ``resume`` (#16); holds no worker.
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
@@ -239,6 +241,8 @@ class Step:
     duration_ms: int | None = None
     attempts: int | None = None
     error: StepError | None = None
+    #: The execution whose stored result this step reused, in a rerun (``null``: it ran).
+    reused_from: str | None = None
 
 
 @attrs.define(kw_only=True)
@@ -275,6 +279,12 @@ class Execution:
     schedule_id: str | None = None
     created_by: str | None = None
     created_at: datetime | None = None
+    #: The execution this one reruns (``POST .../rerun``), ``null`` for a first run.
+    rerun_of: str | None = None
+    #: Why a queued execution waits (``worker_pool``, ``paused``), ``null`` unless queued.
+    queued_reason: str | None = None
+    #: Since when a queued execution waits, ``null`` unless queued.
+    queued_since: datetime | None = None
 
 
 @attrs.define(kw_only=True)

@@ -3,7 +3,8 @@
 The document declares every limit the server checks on its own (lengths,
 patterns, bounds, sizes, enums, required fields). A few refusals depend on what
 no static document can know: the installed workflow types and the rules of
-their configurations, a workflow's parameter rules, whether a cron expression
+their configurations, a workflow's parameter rules, the steps of a workflow
+(a rerun's ``from_step``), whether a cron expression
 or a time zone exists, a time already past, the installed integration
 providers and their configurations, what the installed types accept in a
 notification template's text, a workflow's current type, and a rule JSON
@@ -49,6 +50,10 @@ SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     },
     ("POST", "/api/v1/workflows/{workflow_id}/execute"): dict(_EXECUTE),
     ("POST", "/api/v1/workflows/{workflow_id}/execute_async"): dict(_EXECUTE),
+    ("POST", "/api/v1/workflow_executions/{execution_id}/rerun"): {
+        **_EXECUTE,
+        "INVALID_REQUEST": frozenset({"from_step"}),  # the workflow's own steps
+    },
     ("POST", "/api/v1/workflows/{workflow_id}/schedules"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
     ("PUT", "/api/v1/workflow_schedules/{schedule_id}"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
     ("PUT", "/api/v1/notification_templates/{template_id}"): {

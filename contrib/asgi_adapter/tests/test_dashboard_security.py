@@ -412,3 +412,49 @@ async def test_execution_page_shows_saved_progress_and_the_approval_inbox_lists_
             assert execution.execution_id in inbox.text
     finally:
         engine.close()
+
+
+async def test_rerun_pause_and_resume_buttons(
+    engine: Engine, token: str, make_client: Callable[..., httpx.AsyncClient], app: Starlette
+) -> None:
+    """An ended execution's page has a Rerun form (CSRF-protected, executions:write only):
+    it starts a rerun shown with a link back, and the original lists it. A queued
+    execution has Pause; paused, Resume. A reader sees none of them."""
+    ids = await _seed(engine, token)
+    client = make_client(app)
+    await _sign_in(client, token)
+    url = f"/ui/executions/{ids['execution_id']}"
+    page = await client.get(url)
+    assert 'id="rerun"' in page.text
+    assert 'id="pause"' not in page.text
+    started = await client.post(
+        f"{url}/rerun", data={"csrf_token": _csrf(page.text), "from_step": "0"}
+    )
+    assert started.status_code == 303
+    rerun_id = started.headers["location"].rsplit("/", 1)[1]
+    rerun = await engine.executions.get(rerun_id)
+    assert rerun.rerun_of == ids["execution_id"]
+    shown = await client.get(f"/ui/executions/{rerun_id}")
+    assert f'href="/ui/executions/{ids["execution_id"]}"' in shown.text
+    assert rerun_id in (await client.get(url)).text.split('id="reruns"')[1]
+    await engine.executions.pause_workflow(ids["workflow_id"])
+    held = await engine.executions.execute(ids["workflow_id"], {}, wait=False)
+    held_url = f"/ui/executions/{held.execution_id}"
+    page = await client.get(held_url)
+    assert 'id="pause"' in page.text
+    assert ">paused<" in page.text  # why it is queued
+    paused = await client.post(f"{held_url}/pause", data={"csrf_token": _csrf(page.text)})
+    assert paused.status_code == 303
+    assert (await engine.executions.get(held.execution_id)).status.value == "paused"
+    page = await client.get(held_url)
+    assert 'id="resume"' in page.text
+    resumed = await client.post(f"{held_url}/resume", data={"csrf_token": _csrf(page.text)})
+    assert resumed.status_code == 303
+    assert (await engine.executions.get(held.execution_id)).status.value == "queued"
+    reader = make_client(app)
+    await _sign_in(reader, engine.tokens.create_token("usr_reader", ["executions:read"]))
+    for path in (url, held_url):
+        text = (await reader.get(path)).text
+        assert 'id="rerun"' not in text
+        assert 'id="pause"' not in text
+    await engine.executions.cancel(held.execution_id)

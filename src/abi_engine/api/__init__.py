@@ -18,6 +18,7 @@ from __future__ import annotations
 from abi_engine.api import workflows  # noqa: F401
 from abi_engine.api import integrations  # noqa: F401
 from abi_engine.api import executions  # noqa: F401
+from abi_engine.api import flow  # noqa: F401
 from abi_engine.api import schedules  # noqa: F401
 from abi_engine.api import templates  # noqa: F401
 from abi_engine.api import tokens  # noqa: F401

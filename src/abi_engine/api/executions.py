@@ -286,6 +286,11 @@ async def wait_for_execution(engine: Engine, actor: Principal, request: ApiReque
             description="Only waiting executions whose wait is an approval's decision",
         ),
         QueryParam(
+            name="rerun_of",
+            schema={"type": "string"},
+            description="The reruns of this execution",
+        ),
+        QueryParam(
             name="start_date",
             schema={"type": "string", "format": "date-time"},
             description="Executions requested at or after this time",
@@ -309,6 +314,7 @@ async def list_executions(engine: Engine, actor: Principal, request: ApiRequest)
             schedule_id=q.get("schedule_id"),
             created_by=q.get("created_by"),
             awaiting_approval=q.get("awaiting_approval", False),
+            rerun_of=q.get("rerun_of"),
             start_date=q.get("start_date"),
             end_date=q.get("end_date"),
             page=q.get("page", 1),

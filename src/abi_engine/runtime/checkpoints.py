@@ -46,6 +46,7 @@ from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     AGAIN,
+    PAUSED,
     CancelExecution,
     CheckpointStep,
     ExecutionRecord,
@@ -188,9 +189,10 @@ class WritesRuns:
             prepared.record.id,
             prepared.token,
         )
-        if not applied:
+        if not applied or applied == PAUSED:  # paused at this boundary: the run stops
             self._lost(prepared)
-        return bool(applied)
+            return False
+        return True
 
     def _lost(self, prepared: Prepared) -> None:
         """A write of the run was refused: the execution was cancelled, ended or taken

@@ -274,6 +274,11 @@ class Runtime(RunsExecutions):
         self._push(record.id, record.claim, sync=sync)
         return True
 
+    def poke(self) -> None:
+        """Look for work nobody holds now rather than at the next poll (a resumed
+        execution, queued without owner)."""
+        self._timer(utcnow())
+
     def resume(self, execution_id: str, token: int) -> None:
         """Run an execution granted to this node by a signal (it was waiting)."""
         self.claims.hold(execution_id, token)

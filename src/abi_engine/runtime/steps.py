@@ -165,11 +165,15 @@ class RunsExecutions(WritesRuns):
         if prepared is None:
             return
         record = prepared.record
-        fresh = prepared.fresh  # nothing stored yet: no steps, signals or progress to read
+        # Nothing stored yet: no steps, signals or progress to read (but a rerun's
+        # reused steps, stored with it).
+        fresh = prepared.fresh
         await self._connect(prepared)
         token = prepared.token
         done: list[StepRecord] = (
-            [] if fresh else await self._read(self.store.get_steps, execution_id, token=token)
+            []
+            if fresh and record.rerun_of is None
+            else await self._read(self.store.get_steps, execution_id, token=token)
         )
         signals: dict[str, Any] = (
             {} if fresh else await self._read(self.store.get_signals, execution_id, token=token)

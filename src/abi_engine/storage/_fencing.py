@@ -45,7 +45,7 @@ __all__ = [
 #: ``(status, claim, completed_at in ms)`` of an execution as a batch reads it.
 State = tuple[str, int | None, int | None]
 MISSING: State = ("missing", None, None)
-UNFINISHED = ("queued", "running", "waiting")
+UNFINISHED = ("queued", "running", "waiting", "paused")
 
 
 class _Tokens(random.Random):

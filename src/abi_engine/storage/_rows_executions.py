@@ -15,14 +15,15 @@ _EXEC_COLUMNS = (
     "e.id, e.workflow_id, e.workflow_type, e.status, e.parameters, e.configuration, e.plan,"
     " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
     " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
-    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name"
+    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
+    " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since"
 )
 
 
 _FROM = "FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
 
 
-_UNFINISHED = "('queued', 'running', 'waiting')"
+_UNFINISHED = "('queued', 'running', 'waiting', 'paused')"
 
 
 def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
@@ -52,4 +53,8 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         waiting_for=row[22],
         wake_at=from_ms(row[23]),
         workflow_name=row[24],
+        rerun_of=row[25],
+        pause_requested=bool(row[26]),
+        queued_reason=row[27],
+        queued_since=from_ms(row[28]),
     )

@@ -127,6 +127,11 @@ class AsyncStore:
         """The ``updated_at`` of a live workflow (a cheap freshness check), or ``None``."""
         return await self._run(self.sync.workflow_version, workflow_id)
 
+    async def workflow_paused_at(self, workflow_id: str) -> datetime | None:
+        """When a workflow was paused (its new executions wait queued), ``None`` when it
+        is not paused (or does not exist)."""
+        return await self._run(self.sync.workflow_paused_at, workflow_id)
+
     async def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         """Replace a workflow's mutable fields; ``False`` if it does not exist."""
         return await self._run(self.sync.update_workflow, workflow, events)

@@ -150,6 +150,10 @@ class Store(Protocol):
     def workflow_version(self, workflow_id: str) -> datetime | None:
         """The ``updated_at`` of a live workflow (a cheap freshness check), or ``None``."""
 
+    def workflow_paused_at(self, workflow_id: str) -> datetime | None:
+        """When a workflow was paused (its new executions wait queued), ``None`` when it
+        is not paused (or does not exist)."""
+
     def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         """Replace a workflow's mutable fields; ``False`` if it does not exist."""
 

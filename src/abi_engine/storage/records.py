@@ -18,6 +18,7 @@ from abi_engine.models import ExecutionStatus, StepStatus
 
 __all__ = [
     "AGAIN",
+    "PAUSED",
     "TIMEOUT_SUFFIX",
     "CancelExecution",
     "CheckpointStep",
@@ -28,7 +29,11 @@ __all__ = [
     "FinishExecution",
     "InsertEvents",
     "InsertExecution",
+    "InsertRerun",
+    "PauseExecution",
+    "PauseWorkflow",
     "ReleaseExecutions",
+    "ResumeExecution",
     "StepRecord",
     "SuspendExecution",
     "WriteOp",
@@ -54,6 +59,10 @@ class _Again:
 
 #: See :class:`_Again`.
 AGAIN = _Again()
+
+#: The result of a checkpoint that applied and paused its execution (a pause was
+#: asked while the step ran): the run stops there, holding nothing.
+PAUSED = "paused"
 
 
 def applied(result: Any) -> bool:
@@ -105,6 +114,14 @@ class ExecutionRecord:
     waiting_for: str | None = None
     wake_at: datetime | None = None
     workflow_name: str | None = None
+    #: The execution this one reruns (#16).
+    rerun_of: str | None = None
+    #: A pause was asked while it ran: it pauses at its next step boundary.
+    pause_requested: bool = False
+    #: Why it waits queued (``paused``: its workflow is paused); ``None``: for a worker.
+    queued_reason: str | None = None
+    #: When it was queued last, if not at ``created_at`` (resumed).
+    queued_since: datetime | None = None
 
 
 @attrs.define(kw_only=True)
@@ -123,6 +140,8 @@ class StepRecord:
     error: dict[str, Any] | None = None
     #: ``result`` already serialized to JSON (saves serializing twice).
     result_json: str | None = None
+    #: The execution whose stored step this one reuses (a rerun's steps before its start).
+    reused_from: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -141,6 +160,8 @@ class ExecutionQuery:
     created_by: str | None = None
     #: Only waiting executions whose wait is an approval's decision (``approval``, ``approval:<n>``).
     awaiting_approval: bool = False
+    #: Only the reruns of this execution (#16).
+    rerun_of: str | None = None
 
     def status_values(self) -> tuple[str, ...]:
         """The statuses asked for, as stored (empty: any)."""
@@ -164,6 +185,49 @@ class InsertExecution(WriteOp):
     """
 
     record: ExecutionRecord
+
+
+@attrs.frozen(kw_only=True)
+class InsertRerun(WriteOp):
+    """Insert a rerun (``record.rerun_of`` set) with the steps it reuses, stored as
+    checkpointed (``reused_from`` the original), so its run starts after them.
+    Applies like :class:`InsertExecution`."""
+
+    record: ExecutionRecord
+    steps: tuple[StepRecord, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class PauseExecution(WriteOp):
+    """Pause an execution: a queued one at once (``"paused"``: its claim is dropped, so
+    no grant of it can be used), a running one at its next step boundary
+    (``"requested"``); ``"paused"`` again for one already paused; ``False`` for
+    anything else (waiting, ended, missing)."""
+
+    execution_id: str
+    paused_at: datetime
+
+
+@attrs.frozen(kw_only=True)
+class ResumeExecution(WriteOp):
+    """Resume a paused execution (queued again, without owner: the recovery poller
+    grants it), or withdraw the pause asked of a running one. Answers the status it
+    leaves (``"queued"``, ``"running"``), ``False`` when it was not paused or pausing."""
+
+    execution_id: str
+    queued_since: datetime
+
+
+@attrs.frozen(kw_only=True)
+class PauseWorkflow(WriteOp):
+    """Pause (``paused``) or resume a workflow at ``at``: while paused, the executions
+    inserted for it wait queued (``queued_reason`` ``paused``, no owner); resuming
+    releases them. Applies the number of executions held or released, ``None`` when
+    the workflow does not exist."""
+
+    workflow_id: str
+    paused: bool
+    at: datetime
 
 
 @attrs.frozen(kw_only=True)

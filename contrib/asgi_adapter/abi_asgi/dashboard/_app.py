@@ -187,6 +187,9 @@ def create_dashboard(
         Route("/executions", page(pages.executions), methods=["GET"]),
         Route("/executions/{execution_id}", page(pages.execution), methods=["GET"]),
         Route("/executions/{execution_id}/cancel", action(pages.cancel), methods=["POST"]),
+        Route("/executions/{execution_id}/rerun", action(pages.rerun), methods=["POST"]),
+        Route("/executions/{execution_id}/pause", action(pages.pause_or_resume), methods=["POST"]),
+        Route("/executions/{execution_id}/resume", action(pages.pause_or_resume), methods=["POST"]),
         Route(
             "/executions/{execution_id}/{decision:str}",
             action(pages.decide),

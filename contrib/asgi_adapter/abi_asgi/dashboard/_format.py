@@ -28,7 +28,16 @@ __all__ = [
 ]
 
 #: Statuses in the order the chart stacks them, with their CSS class.
-STATUS_ORDER = ("completed", "failed", "timed_out", "cancelled", "running", "waiting", "queued")
+STATUS_ORDER = (
+    "completed",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "running",
+    "waiting",
+    "paused",
+    "queued",
+)
 #: Overview ranges: (label, span, bucket).
 RANGES: dict[str, tuple[str, timedelta, timedelta]] = {
     "hour": ("Last hour", timedelta(hours=1), timedelta(minutes=5)),

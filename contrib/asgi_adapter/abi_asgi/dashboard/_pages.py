@@ -27,7 +27,16 @@ __all__ = ["Pages"]
 
 PAGE_SIZE = 20
 FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled"})
-STATUSES = ("queued", "running", "waiting", "completed", "failed", "timed_out", "cancelled")
+STATUSES = (
+    "queued",
+    "running",
+    "waiting",
+    "paused",
+    "completed",
+    "failed",
+    "timed_out",
+    "cancelled",
+)
 
 
 def _page(ctx: Context) -> str:
@@ -235,10 +244,15 @@ class Pages:
             for delivery in callbacks:
                 for attempt in delivery.get("attempts") or ():
                     attempt["error"] = attempt["response_body"] = None
+        reruns = await self.dash.op(
+            ctx, "list_executions", query={"rerun_of": execution_id, "page_size": "20"}
+        )
         return self.render(
             ctx,
             "execution.html",
             execution=execution,
+            reruns=reruns["items"],
+            finished=execution["status"] in FINISHED,
             rows=_format.timeline(execution),
             results=details.results,
             signals=details.signals,
@@ -246,7 +260,7 @@ class Pages:
             callbacks=callbacks,
             callback_answers=answers,
             live=execution["status"] not in FINISHED,
-            cancellable=execution["status"] in ("queued", "running", "waiting"),
+            cancellable=execution["status"] in ("queued", "running", "waiting", "paused"),
             approval=details.approval,
             waiting_for=details.waiting_for,
         )
@@ -254,6 +268,28 @@ class Pages:
     async def cancel(self, ctx: Context) -> Response:
         execution_id = ctx.request.path_params["execution_id"]
         await self.dash.op(ctx, "cancel_execution", path={"execution_id": execution_id})
+        return redirect(ctx, f"/executions/{execution_id}")
+
+    async def rerun(self, ctx: Context) -> Response:
+        """Rerun from the step chosen (default: the first that did not complete), with the
+        pinned configuration or the workflow's current one; shows the new execution."""
+        execution_id = ctx.request.path_params["execution_id"]
+        form = form_of(ctx)
+        body: dict[str, Any] = {}
+        step = form.get("from_step", "")
+        if step:  # the index of the step chosen
+            body["from_step"] = int(step) if step.isdigit() else step
+        if form.get("configuration") == "current":
+            body["configuration"] = "current"
+        started = await self.dash.op(
+            ctx, "rerun_execution", path={"execution_id": execution_id}, body=body
+        )
+        return redirect(ctx, f"/executions/{started['execution_id']}")
+
+    async def pause_or_resume(self, ctx: Context) -> Response:
+        execution_id = ctx.request.path_params["execution_id"]
+        name = "pause_execution" if ctx.request.url.path.endswith("/pause") else "resume_execution"
+        await self.dash.op(ctx, name, path={"execution_id": execution_id})
         return redirect(ctx, f"/executions/{execution_id}")
 
     async def decide(self, ctx: Context) -> Response:

@@ -20,6 +20,7 @@ from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage._fencing import State, checkpoints, claims, ended_again, finishes
 from abi_engine.storage.records import (
     AGAIN,
+    PAUSED,
     TIMEOUT_SUFFIX,
     CancelExecution,
     CheckpointStep,
@@ -35,6 +36,7 @@ from abi_engine.storage.records import (
     SuspendExecution,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
 __all__ = ["BULK", "HANDLERS", "execution_row", "insert_execution_sql"]
@@ -106,8 +108,8 @@ def insert_execution_sql(d: Dialect) -> str:
         "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
         " configuration, plan, created_at, started_at, callback_url, callback_secret,"
         " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
-        " claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        f" {_lease(d)}, ?) ON CONFLICT DO NOTHING"
+        " claim, rerun_of, queued_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        f" ?, ?, {_lease(d)}, ?, ?, ?) ON CONFLICT DO NOTHING"
     )
 
 
@@ -133,6 +135,8 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.owner,
         _lease_value(d, r.lease_until),
         r.claim,
+        r.rerun_of,
+        r.queued_reason,
     )
 
 
@@ -157,7 +161,7 @@ def _claims(d: Dialect, conn: Conn, ids: Sequence[str]) -> dict[str, int | None]
 
 
 def _insert(s: Store, conn: Conn, op: InsertExecution) -> Any:
-    return s._insert_executions(conn, [op.record])[0]
+    return s._insert_executions(conn, held(s, conn, [op.record]))[0]
 
 
 def _claim(s: Store, conn: Conn, op: ClaimExecution) -> Any:
@@ -283,7 +287,7 @@ def _cancel(s: Store, conn: Conn, op: CancelExecution) -> Any:
     if op.token is not None:
         ok = status == "running" and claim == op.token
     else:
-        ok = status in ("queued", "running", "waiting")
+        ok = status in ("queued", "running", "waiting", "paused")
     if not ok:
         again = ended_again(
             (status, claim, completed_at), op.status.value, op.completed_at, op.token
@@ -331,24 +335,31 @@ HANDLERS: dict[type, Callable[[Any, Conn, Any], Any]] = {
     ReleaseExecutions: _release,
     InsertEvents: _events_only,
     **SCHEDULE_HANDLERS,
+    **FLOW_HANDLERS,
 }
 
 
 # -- bulk handlers: one (locking) SELECT and a few executemany per kind of op ---------------
 
 
-def _states(d: Dialect, conn: Conn, ids: Sequence[str]) -> dict[str, State]:
+def _states(
+    d: Dialect, conn: Conn, ids: Sequence[str], pausing: set[str] | None = None
+) -> dict[str, State]:
     """Status, claim token and end time of the executions ``ids`` (locked until the
-    transaction ends, in id order: two batches wait for each other, never deadlock)."""
+    transaction ends, in id order: two batches wait for each other, never deadlock);
+    ``pausing`` receives those asked to pause (``pause_requested``)."""
     found: dict[str, State] = {}
     locked = _locked(d)
     for chunk in chunks(sorted(set(ids)) if locked else ids):
         condition, args = d.any_of("id", chunk)
         for row in conn.execute(
-            f"SELECT id, status, claim, completed_at FROM executions WHERE {condition}{locked}",
+            "SELECT id, status, claim, completed_at, pause_requested FROM executions"
+            f" WHERE {condition}{locked}",
             args,
         ):
             found[row[0]] = (row[1], row[2], row[3])
+            if row[4] and pausing is not None:
+                pausing.add(row[0])
     return found
 
 
@@ -359,12 +370,18 @@ def _lock_in_order(d: Dialect, conn: Conn, ids: Sequence[str]) -> None:
 
 
 def _bulk_insert(s: Store, conn: Conn, ops: list[InsertExecution]) -> list[Any]:
-    return list(s._insert_executions(conn, [op.record for op in ops]))
+    return list(s._insert_executions(conn, held(s, conn, [op.record for op in ops])))
 
 
 def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
     d = s.dialect
-    results = claims(ops, _states(d, conn, [op.execution_id for op in ops]))
+    pausing: set[str] = set()
+    results = claims(ops, _states(d, conn, [op.execution_id for op in ops], pausing))
+    if pausing:  # asked to pause before this run began: paused instead of run
+        for index, op in enumerate(ops):
+            if results[index] is True and op.execution_id in pausing:
+                pause_now(conn, op.execution_id)
+                results[index] = False
     conn.executemany(
         f"UPDATE executions SET status = 'running', owner = ?, claim = ?,"
         f" lease_until = {_lease(d)}, started_at = coalesce(started_at, ?) WHERE id = ?",
@@ -411,12 +428,18 @@ def _stored_steps(
 def _bulk_checkpoint(s: Store, conn: Conn, ops: list[CheckpointStep]) -> list[Any]:
     # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
     d = s.dialect
-    states = _states(d, conn, [op.step.execution_id for op in ops])
+    pausing: set[str] = set()
+    states = _states(d, conn, [op.step.execution_id for op in ops], pausing)
     results = checkpoints(ops, states, _stored_steps(d, conn, ops))
     conn.executemany(
         _upsert_step(d),
         [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok is True],
     )
+    if pausing:  # the step boundary a pause waited for: the execution pauses here
+        for index, op in enumerate(ops):
+            if results[index] is True and op.step.execution_id in pausing:
+                pause_now(conn, op.step.execution_id)
+                results[index] = PAUSED
     return results
 
 

@@ -132,7 +132,7 @@ class ExecutionsMixin:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT execution_id, idx, name, status, started_at, completed_at, duration_ms,"
-                " attempts, result, error FROM execution_steps WHERE execution_id = ?"
+                " attempts, result, error, reused_from FROM execution_steps WHERE execution_id = ?"
                 " ORDER BY idx",
                 (execution_id,),
             ).fetchall()
@@ -148,6 +148,7 @@ class ExecutionsMixin:
                 attempts=r[7],
                 result=loads(r[8]),
                 error=loads(r[9]),
+                reused_from=r[10],
             )
             for r in rows
         ]
@@ -187,6 +188,9 @@ class ExecutionsMixin:
         if query.created_by is not None:
             where.append("e.created_by = ?")
             args.append(query.created_by)
+        if query.rerun_of is not None:
+            where.append("e.rerun_of = ?")
+            args.append(query.rerun_of)
         if query.awaiting_approval:
             where.append("e.status = ? AND (e.waiting_for = ? OR e.waiting_for LIKE ?)")
             args.extend(("waiting", "approval", "approval:%"))
@@ -282,6 +286,7 @@ class ExecutionsMixin:
                         "SELECT id, priority FROM executions"
                         " WHERE status IN ('queued', 'running')"
                         f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
+                        " AND (queued_reason IS NULL OR queued_reason <> 'paused')"
                         f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
                         (*expired_args, *dead_args, *type_args, room),
                     ).fetchall()

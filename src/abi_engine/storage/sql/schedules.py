@@ -26,6 +26,7 @@ from abi_engine.storage.records import (
     UpdateSchedule,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+from abi_engine.storage.sql.flow_ops import held
 
 __all__ = ["SCHEDULE_BULK", "SCHEDULE_HANDLERS", "SchedulesMixin"]
 
@@ -289,7 +290,7 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
             )
             trimmed.append((op.schedule_id, op.schedule_id, HISTORY_KEPT))
     if executions:
-        s._insert_executions(conn, executions)
+        s._insert_executions(conn, held(s, conn, executions))
     if history:
         conn.executemany(_INSERT_HISTORY, history)
         conn.executemany(_TRIM_HISTORY, trimmed)

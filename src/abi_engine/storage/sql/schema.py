@@ -52,4 +52,21 @@ class Migration:
 
 
 #: The migrations after ``m011``, for every store, in order.
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = [
+    Migration(
+        "m013_flow_control",
+        [
+            # Reruns (#16): the execution a rerun repeats; a step reused from it.
+            "ALTER TABLE executions ADD COLUMN rerun_of TEXT",
+            "CREATE INDEX idx_executions_rerun_of ON executions (rerun_of, created_at)"
+            " WHERE rerun_of IS NOT NULL",
+            "ALTER TABLE execution_steps ADD COLUMN reused_from TEXT",
+            # Pause and resume (#16): asked of a running execution, it pauses at the
+            # next step boundary; why and since when a queued execution waits.
+            "ALTER TABLE executions ADD COLUMN pause_requested {bool} NOT NULL DEFAULT {false}",
+            "ALTER TABLE executions ADD COLUMN queued_reason TEXT",
+            "ALTER TABLE executions ADD COLUMN queued_since {bigint}",
+            "ALTER TABLE workflows ADD COLUMN paused_at {bigint}",
+        ],
+    ),
+]

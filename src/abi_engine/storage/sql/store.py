@@ -311,6 +311,14 @@ class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
             ).fetchone()
         return None if row is None else from_ms(row[0])
 
+    def workflow_paused_at(self, workflow_id: str) -> datetime | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT paused_at FROM workflows WHERE id = ? AND deleted_at IS NULL",
+                (workflow_id,),
+            ).fetchone()
+        return None if row is None else from_ms(row[0])
+
     def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         def run(conn: Conn) -> bool:
             cursor = conn.execute(

@@ -1,0 +1,177 @@
+"""The write operations of reruns, pause and resume (#16), in the shared SQL.
+
+Each handler is ``handler(store, conn, op)`` like those of
+``storage/sql/execution_ops.py``, which registers them in its ``HANDLERS``.
+A paused execution has no owner, claim or lease: no node holds it, the
+recovery poller passes it by (it takes only queued and running work), and a
+grant or run token handed out before the pause can change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from abi_engine.models import ExecutionStatus
+from abi_engine.storage._codec import dumps, to_ms
+from abi_engine.storage.records import (
+    ExecutionRecord,
+    InsertRerun,
+    PauseExecution,
+    PauseWorkflow,
+    ResumeExecution,
+    StepRecord,
+)
+from abi_engine.storage.sql.dialect import Conn, chunks
+
+__all__ = ["FLOW_HANDLERS", "held", "pause_now"]
+
+#: The store applying the op (an ``SQLStore``).
+Store = Any
+
+_INSERT_STEP = (
+    "INSERT INTO execution_steps (execution_id, idx, name, status, started_at, completed_at,"
+    " duration_ms, attempts, result, error, reused_from) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def pause_now(conn: Conn, execution_id: str) -> None:
+    """Store ``execution_id`` paused: no owner, claim or lease; the request served."""
+    conn.execute(
+        "UPDATE executions SET status = 'paused', owner = NULL, claim = NULL,"
+        " lease_until = NULL, pause_requested = ?, queued_reason = NULL WHERE id = ?",
+        (False, execution_id),
+    )
+
+
+def _step_row(step: StepRecord) -> tuple[Any, ...]:
+    return (
+        step.execution_id,
+        step.index,
+        step.name,
+        step.status.value,
+        to_ms(step.started_at),
+        to_ms(step.completed_at),
+        step.duration_ms,
+        step.attempts,
+        step.result_json if step.result_json is not None else dumps(step.result),
+        None if step.error is None else dumps(step.error),
+        step.reused_from,
+    )
+
+
+def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
+    """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
+    ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
+    passes it by), whatever path inserts it (API, schedule, rerun)."""
+    ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
+    paused: set[str] = set()
+    for chunk in chunks(ids):
+        condition, args = s.dialect.any_of("id", chunk)
+        paused.update(
+            row[0]
+            for row in conn.execute(
+                f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
+            )
+        )
+    if not paused:
+        return list(records)
+    return [
+        attrs.evolve(r, owner=None, claim=None, lease_until=None, queued_reason="paused")
+        if r.workflow_id in paused and r.status is ExecutionStatus.QUEUED
+        else r
+        for r in records
+    ]
+
+
+def _insert_rerun(s: Store, conn: Conn, op: InsertRerun) -> Any:
+    result = s._insert_executions(conn, held(s, conn, [op.record]))[0]
+    if result is True and op.steps:
+        conn.executemany(_INSERT_STEP, [_step_row(step) for step in op.steps])
+    return result
+
+
+def _pause(s: Store, conn: Conn, op: PauseExecution) -> Any:
+    row = conn.execute(
+        f"SELECT status, pause_requested FROM executions WHERE id = ?{s.dialect.lock()}",
+        (op.execution_id,),
+    ).fetchone()
+    if row is None:
+        return False
+    status = row[0]
+    if status == "queued":
+        pause_now(conn, op.execution_id)
+        return "paused"
+    if status == "paused":
+        return "paused"
+    if status == "running":
+        if not row[1]:
+            conn.execute(
+                "UPDATE executions SET pause_requested = ? WHERE id = ?", (True, op.execution_id)
+            )
+        return "requested"
+    return False
+
+
+def _resume(s: Store, conn: Conn, op: ResumeExecution) -> Any:
+    row = conn.execute(
+        f"SELECT status, pause_requested FROM executions WHERE id = ?{s.dialect.lock()}",
+        (op.execution_id,),
+    ).fetchone()
+    if row is None:
+        return False
+    if row[0] == "paused":
+        # Queued again; held still if its workflow is paused meanwhile.
+        conn.execute(
+            "UPDATE executions SET status = 'queued', owner = NULL, claim = NULL,"
+            " lease_until = NULL, queued_since = ?, queued_reason = CASE WHEN EXISTS"
+            " (SELECT 1 FROM workflows w WHERE w.id = executions.workflow_id"
+            " AND w.paused_at IS NOT NULL) THEN 'paused' END WHERE id = ?",
+            (to_ms(op.queued_since), op.execution_id),
+        )
+        return "queued"
+    if row[0] in ("running", "queued", "waiting") and row[1]:
+        conn.execute(
+            "UPDATE executions SET pause_requested = ? WHERE id = ?", (False, op.execution_id)
+        )
+        return row[0]
+    return False
+
+
+def _pause_workflow(s: Store, conn: Conn, op: PauseWorkflow) -> int | None:
+    at = to_ms(op.at)
+    cursor = conn.execute(
+        "UPDATE workflows SET paused_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL"
+        + (" AND paused_at IS NULL" if op.paused else " AND paused_at IS NOT NULL"),
+        (at if op.paused else None, at, op.workflow_id),
+    )
+    if cursor.rowcount == 0:
+        found = conn.execute(
+            "SELECT 1 FROM workflows WHERE id = ? AND deleted_at IS NULL", (op.workflow_id,)
+        ).fetchone()
+        return None if found is None else 0
+    if op.paused:  # what is queued without an owner yet waits with the new ones
+        cursor = conn.execute(
+            "UPDATE executions SET queued_reason = 'paused' WHERE workflow_id = ?"
+            " AND status = 'queued' AND owner IS NULL",
+            (op.workflow_id,),
+        )
+    else:
+        cursor = conn.execute(
+            "UPDATE executions SET queued_reason = NULL, queued_since = ? WHERE workflow_id = ?"
+            " AND status = 'queued' AND queued_reason = 'paused'",
+            (at, op.workflow_id),
+        )
+    return max(0, int(cursor.rowcount))
+
+
+#: The ops of this module: ``handler(store, conn, op)``.
+FLOW_HANDLERS: dict[type, Callable[[Any, Conn, Any], Any]] = {
+    InsertRerun: _insert_rerun,
+    PauseExecution: _pause,
+    ResumeExecution: _resume,
+    PauseWorkflow: _pause_workflow,
+}

@@ -73,7 +73,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             | {"webhook_signing", "netguard"}
         ),
     ),
-    ("model", frozenset({"models", "models_webhooks", "converter", "events", "host"})),
+    (
+        "model",
+        frozenset({"models", "models_webhooks", "models_audit", "converter", "events", "host"}),
+    ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
     ("authoring and views", frozenset({"types", "execution_views"})),
     ("runtime", frozenset({"runtime"})),  # the runtime package
@@ -81,7 +84,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "services",
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
-            | {"notification_templates", "auth", "execution_signals"}
+            | {"notification_templates", "auth", "execution_signals", "audit", "retention"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -47,8 +47,10 @@ from abi_engine.storage.base import (
     TokenLimitReached,
     WorkflowQuery,
 )
+from abi_engine.storage.sql.audit import AuditMixin
 from abi_engine.storage.sql.dialect import Conn, Dialect
 from abi_engine.storage.sql.executions import ExecutionsMixin
+from abi_engine.storage.sql.retention import RetentionMixin
 from abi_engine.storage.sql.schedules import SchedulesMixin
 from abi_engine.storage.sql.templates import TemplatesMixin
 from abi_engine.storage.sql.webhooks import WebhooksMixin, subscribed_types
@@ -75,7 +77,9 @@ def _total(row: Sequence[Any] | None) -> int:
     return int(row[0]) if row else 0
 
 
-class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
+class SQLStore(
+    ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin, AuditMixin, RetentionMixin
+):
     """The shared part of the SQL stores (see the module's docstring)."""
 
     #: The SQL fragments of the backend's database.

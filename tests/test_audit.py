@@ -3,6 +3,7 @@ listed with filters, verified, and pruned (both backends)."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -71,17 +72,24 @@ async def test_changes_are_recorded_with_before_and_after(audited: Engine) -> No
     assert {e.actor for e in entries} == {"usr_alice"}
     assert {e.target_type for e in entries} == {"workflow"}
     create, update, activate = entries[:3]
-    assert create.before is None and create.after is not None
+    assert create.before is None
+    assert create.after is not None
     assert create.after["name"] == "Audited"
-    assert update.before is not None and update.after is not None
-    assert update.before["name"] == "Audited" and update.after["name"] == "Renamed"
+    assert update.before is not None
+    assert update.after is not None
+    assert update.before["name"] == "Audited"
+    assert update.after["name"] == "Renamed"
     assert "type" not in update.after  # unchanged fields are left out
-    assert activate.before is not None and activate.after is not None
-    assert activate.before["status"] == "inactive" and activate.after["status"] == "active"
-    assert entries[-1].after is None and entries[-1].before is not None
+    assert activate.before is not None
+    assert activate.after is not None
+    assert activate.before["status"] == "inactive"
+    assert activate.after["status"] == "active"
+    assert entries[-1].after is None
+    assert entries[-1].before is not None
     ids = [e.id for e in entries]
-    assert ids == sorted(ids) and len(set(ids)) == 5
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 5
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert (await audited.audit.verify()).ok
 
 
@@ -112,7 +120,8 @@ async def test_secrets_never_reach_the_log(audited: Engine) -> None:
     actions = {e.action for e in entries}
     assert {"integration.put", "webhook.create", "token.create", "token.revoke"} <= actions
     webhook_entry = next(e for e in entries if e.action == "webhook.create")
-    assert webhook_entry.after is not None and webhook_entry.after["secret"] == REDACTED
+    assert webhook_entry.after is not None
+    assert webhook_entry.after["secret"] == REDACTED
 
 
 @pytest.mark.anyio
@@ -173,7 +182,7 @@ def test_concurrent_writers_on_two_stores_keep_one_chain(make_store: Callable[..
     entries = stores[0].audit_entries(0, 1000)
     assert [e.id for e in entries] == list(range(1, 4 * per_thread + 1))
     assert entries[0].prev_hash == ""
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert stores[1].audit_head() == (entries[-1].id, entries[-1].hash)
 
 
@@ -190,8 +199,10 @@ async def test_verify_names_the_first_tampered_entry(tmp_path: Path) -> None:
         with sqlite3.connect(path) as conn:
             conn.execute("UPDATE audit_log SET actor = 'usr_mallory' WHERE id = 3")
         check = await eng.audit.verify()
-        assert not check.ok and check.broken_id == 3
-        assert check.reason is not None and "changed" in check.reason
+        assert not check.ok
+        assert check.broken_id == 3
+        assert check.reason is not None
+        assert "changed" in check.reason
     finally:
         eng.close()
 
@@ -210,7 +221,8 @@ async def test_deleting_an_entry_breaks_the_chain(tmp_path: Path) -> None:
         with sqlite3.connect(path) as conn:
             conn.execute("DELETE FROM audit_log WHERE id >= 3")
         check = await eng.audit.verify()
-        assert not check.ok and check.broken_id == 4  # the head names the removed last entry
+        assert not check.ok
+        assert check.broken_id == 4
     finally:
         eng.close()
 
@@ -274,6 +286,8 @@ def test_diff_keeps_exactly_the_changed_fields(
 ) -> None:
     """diff keeps a key on a side iff the key's value differs (or is missing on one side)."""
     b, a = diff(before, after)
-    assert b is not None and a is not None
+    assert b is not None
+    assert a is not None
     changed = {k for k in {*before, *after} if before.get(k) != after.get(k)}
-    assert set(b) == changed & set(before) and set(a) == changed & set(after)
+    assert set(b) == changed & set(before)
+    assert set(a) == changed & set(after)

@@ -24,6 +24,7 @@ from abi_engine.integrations import IntegrationService
 from abi_engine.limits import Limits
 from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
+from abi_engine.retention import Pruner
 from abi_engine.runtime.runner import Runtime
 from abi_engine.runtime.scheduler import Scheduler
 from abi_engine.runtime.settings import RetentionSettings, RuntimeSettings, WebhookSettings
@@ -146,8 +147,11 @@ class Engine:
             self.integrations,
             self.events,
             self.notification_templates,
+            default_retention_days=self.retention.execution_retention_days,
         )
         self._build_runtime(runtime, webhook_settings)
+        #: Prunes executions and audit entries past retention (:class:`~abi_engine.retention.Pruner`).
+        self.pruner = Pruner(self.store, self.retention, self.audit)
 
     def _build_runtime(
         self, runtime: RuntimeSettings | None, webhook_settings: WebhookSettings | None
@@ -234,6 +238,7 @@ class Engine:
             await task_group.start(self.runtime.run)
             await task_group.start(self.scheduler.run)
             await task_group.start(self.webhooks.run)  # webhook and callback delivery
+            await task_group.start(self.pruner.run)  # retention
         except BaseException:
             await stack.aclose()
             raise

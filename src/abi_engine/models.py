@@ -167,7 +167,9 @@ class Workflow:
     configuration names by id, each ``pending`` or ``available``; empty for
     types that use none), ``metadata`` (free-form; ``metadata.department`` is
     filterable), ``status`` (``active``/``inactive``), ``stats``, timestamps,
-    and ``created_by`` (the user id of the token that created it).
+    ``created_by`` (the user id of the token that created it), and
+    ``retention_days`` (finished executions older than this many days are
+    pruned; ``null`` keeps them all).
     """
 
     id: str
@@ -185,6 +187,7 @@ class Workflow:
     activated_at: datetime | None = None
     deactivated_at: datetime | None = None
     created_by: str | None = None
+    retention_days: int | None = None
 
 
 @attrs.define(kw_only=True)

@@ -386,7 +386,8 @@ class SQLiteStore(SQLStore):
             conn = self._writer
             free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             if free and int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
-                conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+                # (executescript steps the pragma to its end; execute() frees one page)
+                conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
                 self._committed()
             return free
 

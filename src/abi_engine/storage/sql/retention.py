@@ -29,7 +29,7 @@ _EXPIRED = (
     "FROM executions e JOIN workflows w ON w.id = e.workflow_id"
     " WHERE w.retention_days IS NOT NULL"
     " AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled')"
-    f" AND e.completed_at < ? - w.retention_days * {_DAY_MS}"
+    f" AND e.completed_at < ? - w.retention_days * CAST({_DAY_MS} AS BIGINT)"
     " AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.last_execution_id = e.id)"
     " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d"
     " WHERE d.execution_id = e.id AND d.status = 'pending')"

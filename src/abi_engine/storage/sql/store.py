@@ -276,8 +276,8 @@ class SQLStore(
             conn.execute(
                 "INSERT INTO workflows (id, name, description, type, status, department,"
                 " configuration, integrations, metadata, created_at, updated_at,"
-                " activated_at, deactivated_at, created_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " activated_at, deactivated_at, created_by, retention_days)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     workflow.id,
                     workflow.name,
@@ -293,6 +293,7 @@ class SQLStore(
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),
                     workflow.created_by,
+                    workflow.retention_days,
                 ),
             )
             self._insert_events(conn, events)
@@ -320,7 +321,7 @@ class SQLStore(
             cursor = conn.execute(
                 "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
                 " configuration = ?, integrations = ?, metadata = ?, updated_at = ?,"
-                " activated_at = ?, deactivated_at = ?"
+                " activated_at = ?, deactivated_at = ?, retention_days = ?"
                 " WHERE id = ? AND deleted_at IS NULL",
                 (
                     workflow.name,
@@ -333,6 +334,7 @@ class SQLStore(
                     to_ms(workflow.updated_at),
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),
+                    workflow.retention_days,
                     workflow.id,
                 ),
             )

@@ -14,7 +14,7 @@ __all__ = ["Column", "Progress", "print_json", "table"]
 Column = tuple[str, Callable[[Mapping[str, Any]], Any]]
 
 _GAP = 2
-_MIN = 6  # the narrowest a column is shrunk to
+_MIN = 6  # the narrowest a column is shrunk to (or its header's width, if wider)
 
 
 def print_json(data: Any, out: TextIO | None = None) -> None:
@@ -32,13 +32,15 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split())  # one line
 
 
-def _fit(widths: list[int], width: int) -> list[int]:
-    """Shrink the widest columns, one character at a time, until the row fits ``width``."""
+def _fit(widths: list[int], least: list[int], width: int) -> list[int]:
+    """Shrink the widest columns that can shrink (never below ``least``), one character
+    at a time, until the row fits ``width``."""
     widths = list(widths)
     while sum(widths) + _GAP * (len(widths) - 1) > width:
-        widest = max(range(len(widths)), key=widths.__getitem__)
-        if widths[widest] <= _MIN:
+        can = [i for i, w in enumerate(widths) if w > least[i]]
+        if not can:
             break
+        widest = max(can, key=widths.__getitem__)
         widths[widest] -= 1
     return widths
 
@@ -56,7 +58,8 @@ def table(
     cells = [[_cell(get(row)) for _, get in columns] for row in rows]
     headers = [header for header, _ in columns]
     natural = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    widths = _fit(natural, width)
+    least = [min(n, max(len(h), _MIN)) for n, h in zip(natural, headers, strict=True)]
+    widths = _fit(natural, least, width)
     lines = []
     for line in [headers, *cells]:
         text = (" " * _GAP).join(

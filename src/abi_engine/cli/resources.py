@@ -54,7 +54,7 @@ SCHEDULE_COLUMNS: Sequence[Column] = (
     ("NAME", _get("name")),
     ("TYPE", _get("schedule_type")),
     ("ENABLED", _get("enabled")),
-    ("NEXT RUN", _get("next_execution_time")),
+    ("NEXT RUN", _get("next_execution")),
 )
 HISTORY_COLUMNS: Sequence[Column] = (
     ("DUE", _get("due_at")),

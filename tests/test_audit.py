@@ -291,3 +291,27 @@ def test_diff_keeps_exactly_the_changed_fields(
     changed = {k for k in {*before, *after} if before.get(k) != after.get(k)}
     assert set(b) == changed & set(before)
     assert set(a) == changed & set(after)
+
+
+@pytest.mark.parametrize("way", ["local", "remote"])
+def test_python_api_reads_the_log_both_ways(databases: Callable[..., Any], way: str) -> None:
+    """abi.audit.AuditLogReader lists the same entries in-process and over HTTP."""
+    from served_engines import served
+
+    from abi.audit import AuditLogReader
+    from abi.workflows import WorkflowManager
+
+    with served(databases()) as server:
+        manager = server.facade(WorkflowManager, way)
+        created = manager.create_workflow(CUSTOM)
+        reader = server.facade(AuditLogReader, way)
+        page = reader.list_entries(target_id=created.id, since=utcnow() - timedelta(hours=1))
+        assert [e.action for e in page.items] == ["workflow.create"]
+        assert page.items[0].actor == "usr_spec"
+        assert page.items[0].after is not None
+        assert page.items[0].after["name"] == "Audited"
+        with pytest.raises(InvalidRequest):
+            reader.list_entries(page_size=1000)
+        token = server.engine.tokens.create_token("usr_spec", ["workflows:read"])
+        with pytest.raises(Forbidden):
+            server.facade(AuditLogReader, way, token=token).list_entries()

@@ -315,3 +315,46 @@ def test_python_api_reads_the_log_both_ways(databases: Callable[..., Any], way: 
         token = server.engine.tokens.create_token("usr_spec", ["workflows:read"])
         with pytest.raises(Forbidden):
             server.facade(AuditLogReader, way, token=token).list_entries()
+
+
+_APPENDER = """
+import sys
+import anyio
+from abi_engine import Engine
+
+engine = Engine(sys.argv[1], load_entry_points=False)
+try:
+    for i in range(int(sys.argv[3])):
+        anyio.run(engine.audit.record, sys.argv[2], "x.append", "x", str(i))
+finally:
+    engine.close()
+"""
+
+
+def test_two_processes_append_to_one_chain(
+    every_database: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Two engine processes appending at once on one database (SQLite file or PostgreSQL)
+    hand out ids 1..n once each, and the chain verifies."""
+    import subprocess
+    import sys
+
+    db = str(every_database())
+    Engine(db, load_entry_points=False).close()  # migrated before both start
+    script = tmp_path / "append.py"
+    script.write_text(_APPENDER)
+    count = 150
+    procs = [
+        subprocess.Popen([sys.executable, str(script), db, f"p{n}", str(count)]) for n in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    eng = Engine(db, load_entry_points=False)
+    try:
+        entries = eng.store.audit_entries(0, 1000)
+        assert [e.id for e in entries] == list(range(1, 2 * count + 1))
+        assert {e.actor for e in entries} == {"p0", "p1"}
+        check = eng.call(eng.audit.verify)
+        assert check.ok
+        assert check.checked == 2 * count
+    finally:
+        eng.close()

@@ -19,7 +19,7 @@ from abi_engine.errors import (
 from abi_engine.events import Event, EventPolicy
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
-from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Text, UniqueBy
+from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Number, Text, UniqueBy
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -61,6 +61,7 @@ UPDATABLE = (
 )
 #: The most ``retention_days`` may be (100 years).
 MAX_RETENTION_DAYS = 36_500
+RETENTION_DAYS = Number(minimum=1, maximum=MAX_RETENTION_DAYS)
 
 
 @attrs.define(kw_only=True)
@@ -85,7 +86,7 @@ class WorkflowRequest:
     metadata: Annotated[dict[str, Any], METADATA] = attrs.Factory(dict)
     #: Days finished executions are kept (1..36500); ``null`` keeps them all; left out at
     #: creation, the engine's default (``RetentionSettings.execution_retention_days``).
-    retention_days: int | None = None
+    retention_days: Annotated[int, RETENTION_DAYS] | None = None
 
 
 def _check_request(req: WorkflowRequest) -> None:

@@ -162,13 +162,20 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.1)
 
 
+def _empty_file(path: str) -> bool:
+    """Whether ``path`` is no database yet (missing, or empty)."""
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return True
+
+
 def _incremental_vacuum_when_new(conn: sqlite3.Connection) -> None:
     """Put a new (empty) database in ``auto_vacuum = INCREMENTAL`` mode, so pruning can give
     free pages back to the file system (:meth:`SQLiteStore.reclaim_space`). SQLite sets
     the mode only before the first table is created; an older file stays as it is
     (``VACUUM`` after ``PRAGMA auto_vacuum = INCREMENTAL`` converts it, offline)."""
-    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
 
 class SQLiteStore(SQLStore):
@@ -225,6 +232,7 @@ class SQLiteStore(SQLStore):
     # -- connections -----------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        new = not self._memory and _empty_file(self.path)
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
@@ -232,8 +240,9 @@ class SQLiteStore(SQLStore):
             timeout=_BUSY_TIMEOUT_MS / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-        if not self._memory:
+        if new:
             _incremental_vacuum_when_new(conn)
+        if not self._memory:
             _use_wal(conn)
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         conn.execute("PRAGMA foreign_keys = ON")

@@ -74,7 +74,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             | {"webhook_signing", "netguard"}
         ),
     ),
-    ("model", frozenset({"models", "models_webhooks", "converter", "events", "host"})),
+    (
+        "model",
+        frozenset({"models", "models_webhooks", "models_audit", "converter", "events", "host"}),
+    ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
     ("authoring and views", frozenset({"types", "execution_views"})),
     ("runtime", frozenset({"runtime"})),  # the runtime package
@@ -83,7 +86,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
-            | {"execution_flow"}
+            | {"execution_flow", "audit", "retention"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -534,7 +534,7 @@ def other_cases() -> list[Case]:
                 ("scopes:empty", []),
                 ("scopes:unknown", ["everything"]),
                 ("scopes:type", "workflows:read"),
-                ("scopes>8", ["workflows:read"] * 9),
+                ("scopes>all", ["workflows:read"] * 20),  # more items than there are scopes
             ],
             "surprise": [("unknown-field", 1)],
         },

@@ -361,4 +361,5 @@ def test_statuses_match_the_contract() -> None:
         "schedules:write",
         "webhooks:admin",
         "integrations:admin",
+        "audit:read",  # CONTRACT.md, "Names for the next capabilities"
     }

@@ -15,6 +15,7 @@ import anyio.from_thread
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
+from abi_engine.audit import AuditLog
 from abi_engine.auth import TokenService
 from abi_engine.events import EventPolicy
 from abi_engine.executions import ExecutionService
@@ -23,9 +24,10 @@ from abi_engine.integrations import IntegrationService
 from abi_engine.limits import Limits
 from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
+from abi_engine.retention import Pruner
 from abi_engine.runtime.runner import Runtime
 from abi_engine.runtime.scheduler import Scheduler
-from abi_engine.runtime.settings import RuntimeSettings, WebhookSettings
+from abi_engine.runtime.settings import RetentionSettings, RuntimeSettings, WebhookSettings
 from abi_engine.schedules import ScheduleService
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.aio import AsyncStore
@@ -58,6 +60,8 @@ class Engine:
         webhooks, tokens, queued executions), integrations engine-wide, and
         the largest step result, saved progress and list page
         (:class:`~abi_engine.limits.Limits`; its defaults when ``None``).
+    :param retention: how long finished executions and audit entries are kept
+        (:class:`~abi_engine.runtime.settings.RetentionSettings`).
 
     Management calls work as soon as the engine is built; ``async with
     engine:`` starts the background work (execution workers, scheduler,
@@ -76,6 +80,7 @@ class Engine:
         runtime: RuntimeSettings | None = None,
         webhook_settings: WebhookSettings | None = None,
         limits: Limits | None = None,
+        retention: RetentionSettings | None = None,
     ) -> None:
         self.pm = make_plugin_manager(
             plugins=plugins, load_entry_points=load_entry_points, disable=disable_plugins
@@ -87,6 +92,8 @@ class Engine:
         self.store, self.db_url = self._open_store(db, durability)
         #: The engine's limits (:class:`~abi_engine.limits.Limits`).
         self.limits: Limits = limits if limits is not None else Limits()
+        #: How long finished executions and audit entries are kept.
+        self.retention: RetentionSettings = retention or RetentionSettings()
         self._build_services(runtime, webhook_settings)
         #: What plugins may use of this engine (:class:`~abi_engine.Host`): given to
         #: each workflow type (``bind``) and to each step (``ctx.host``).
@@ -121,6 +128,8 @@ class Engine:
     ) -> None:
         """The services and background parts, each given its collaborators explicitly."""
         self.tokens = TokenService(self.store, max_tokens_per_user=self.limits.max_tokens_per_user)
+        #: The audit log (:class:`~abi_engine.audit.AuditLog`).
+        self.audit = AuditLog(self.store, retention_days=self.retention.audit_retention_days)
         self.integrations = IntegrationService(
             self.store, self.registry.providers, self._allow_private
         )
@@ -138,8 +147,11 @@ class Engine:
             self.integrations,
             self.events,
             self.notification_templates,
+            default_retention_days=self.retention.execution_retention_days,
         )
         self._build_runtime(runtime, webhook_settings)
+        #: Prunes executions and audit entries past retention (:class:`~abi_engine.retention.Pruner`).
+        self.pruner = Pruner(self.store, self.retention, self.audit)
 
     def _build_runtime(
         self, runtime: RuntimeSettings | None, webhook_settings: WebhookSettings | None
@@ -226,6 +238,7 @@ class Engine:
             await task_group.start(self.runtime.run)
             await task_group.start(self.scheduler.run)
             await task_group.start(self.webhooks.run)  # webhook and callback delivery
+            await task_group.start(self.pruner.run)  # retention
         except BaseException:
             await stack.aclose()
             raise

@@ -113,6 +113,7 @@ class Scope(enum.StrEnum):
     SCHEDULES_WRITE = "schedules:write"
     WEBHOOKS_ADMIN = "webhooks:admin"
     INTEGRATIONS_ADMIN = "integrations:admin"
+    AUDIT_READ = "audit:read"
 
 
 @attrs.define(kw_only=True)
@@ -168,7 +169,9 @@ class Workflow:
     configuration names by id, each ``pending`` or ``available``; empty for
     types that use none), ``metadata`` (free-form; ``metadata.department`` is
     filterable), ``status`` (``active``/``inactive``), ``stats``, timestamps,
-    and ``created_by`` (the user id of the token that created it).
+    ``created_by`` (the user id of the token that created it), and
+    ``retention_days`` (finished executions older than this many days are
+    pruned; ``null`` keeps them all).
     """
 
     id: str
@@ -186,6 +189,7 @@ class Workflow:
     activated_at: datetime | None = None
     deactivated_at: datetime | None = None
     created_by: str | None = None
+    retention_days: int | None = None
 
 
 @attrs.define(kw_only=True)

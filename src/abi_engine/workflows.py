@@ -19,7 +19,7 @@ from abi_engine.errors import (
 from abi_engine.events import Event, EventPolicy
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
-from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Text, UniqueBy
+from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Number, Text, UniqueBy
 from abi_engine.models import (
     ActivationResult,
     DeleteResult,
@@ -50,7 +50,18 @@ INTEGRATION_ID = Text(
     hint="must look like 'int_<name>' (letters, digits, _ . -)",
 )
 SORT_KEYS = ("created_at", "updated_at", "name")
-UPDATABLE = ("name", "description", "type", "configuration", "integrations", "metadata")
+UPDATABLE = (
+    "name",
+    "description",
+    "type",
+    "configuration",
+    "integrations",
+    "metadata",
+    "retention_days",
+)
+#: The most ``retention_days`` may be (100 years).
+MAX_RETENTION_DAYS = 36_500
+RETENTION_DAYS = Number(minimum=1, maximum=MAX_RETENTION_DAYS)
 
 
 @attrs.define(kw_only=True)
@@ -73,6 +84,9 @@ class WorkflowRequest:
         list
     )
     metadata: Annotated[dict[str, Any], METADATA] = attrs.Factory(dict)
+    #: Days finished executions are kept (1..36500); ``null`` keeps them all; left out at
+    #: creation, the engine's default (``RetentionSettings.execution_retention_days``).
+    retention_days: Annotated[int, RETENTION_DAYS] | None = None
 
 
 def _check_request(req: WorkflowRequest) -> None:
@@ -83,6 +97,12 @@ def _check_request(req: WorkflowRequest) -> None:
     if req.description is not None and len(req.description) > MAX_DESCRIPTION:
         raise InvalidRequest(
             f"'description' is longer than {MAX_DESCRIPTION} characters", {"field": "description"}
+        )
+    days = req.retention_days
+    if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
+        raise InvalidRequest(
+            f"'retention_days' must be between 1 and {MAX_RETENTION_DAYS}, or null",
+            {"field": "retention_days"},
         )
     seen: set[str] = set()
     for index, spec in enumerate(req.integrations):
@@ -103,8 +123,12 @@ class WorkflowService(Service):
         integrations: IntegrationService,
         events: EventPolicy,
         templates: NotificationTemplateService | None = None,
+        *,
+        default_retention_days: int | None = None,
     ) -> None:
         super().__init__(store)
+        #: The ``retention_days`` of a workflow created without one.
+        self.default_retention_days = default_retention_days
         self._types = types
         self._integrations = integrations
         self._event_policy = events
@@ -192,6 +216,8 @@ class WorkflowService(Service):
     ) -> Workflow:
         """Create an ``inactive`` workflow from the seed's request body."""
         req = data if isinstance(data, WorkflowRequest) else structure(data, WorkflowRequest)
+        if isinstance(data, Mapping) and "retention_days" not in data:
+            req = attrs.evolve(req, retention_days=self.default_retention_days)
         self._validate(req)
         now = utcnow()
         workflow = Workflow(
@@ -208,6 +234,7 @@ class WorkflowService(Service):
             created_at=now,
             updated_at=now,
             created_by=actor.user_id if actor else None,
+            retention_days=req.retention_days,
         )
         await self._with_status(workflow)
         await self._commit(
@@ -287,6 +314,7 @@ class WorkflowService(Service):
             "configuration": current.configuration,
             "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
             "metadata": current.metadata,
+            "retention_days": current.retention_days,
         }
         merged.update(data)
         req = structure(merged, WorkflowRequest)
@@ -300,6 +328,7 @@ class WorkflowService(Service):
                 WorkflowIntegration(id=i.id, required=i.required) for i in req.integrations
             ],
             metadata=req.metadata,
+            retention_days=req.retention_days,
             updated_at=utcnow(),
         )
         await self._with_status(updated)

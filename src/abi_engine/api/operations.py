@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from abi_engine.api._audit import AUDITED, AuditRule
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
-from abi_engine.errors import InvalidRequest, InvalidState, NotFound
+from abi_engine.errors import AbiError, InvalidRequest, InvalidState, NotFound
 from abi_engine.models import (
     Pagination,
     Scope,
@@ -147,10 +148,39 @@ async def call_with_status(
     if op.scope is not None:
         actor.require(op.scope)
     request = _checked_query(op, request)
-    data = await op.handler(engine, actor, request)
+    rule = AUDITED.get(name)
+    if rule is None:
+        data = await op.handler(engine, actor, request)
+    else:
+        data = await _audited(engine, actor, op, rule, request)
     if isinstance(data, Accepted):
         return 202, data.data
     return op.status_code, data
+
+
+async def _audited(
+    engine: Engine, actor: Principal, op: Operation, rule: AuditRule, request: ApiRequest
+) -> Any:
+    """Run ``op`` and record it in the audit log once it succeeded (its change committed):
+    the target as the rule's read operation gave it before, and as the answer gives it."""
+    before = None
+    if rule.before is not None:
+        read = ApiRequest(path={k: v for k, v in request.path.items() if k == rule.target})
+        try:
+            before = await get_operation(rule.before).handler(engine, actor, read)
+        except AbiError:  # not there (the operation itself says so), or not readable
+            before = None
+    data = await op.handler(engine, actor, request)
+    answer = data.data if isinstance(data, Accepted) else data
+    await engine.audit.record(
+        actor.user_id,
+        rule.action,
+        rule.target_type,
+        rule.target_id(request.path, answer),
+        before=before if isinstance(before, Mapping) else None,
+        after=answer if rule.after and isinstance(answer, Mapping) else None,
+    )
+    return data
 
 
 # As the adapter sends JSON (compact, ASCII): what a page's bytes are measured in.

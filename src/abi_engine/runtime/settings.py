@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["STANDARD_RETRY_SCHEDULE", "RuntimeSettings", "WebhookSettings"]
+__all__ = ["STANDARD_RETRY_SCHEDULE", "RetentionSettings", "RuntimeSettings", "WebhookSettings"]
 
 
 @attrs.define(kw_only=True)
@@ -131,3 +131,27 @@ class WebhookSettings:
         if self.jitter:
             delay *= random.uniform(1 - self.jitter, 1 + self.jitter)
         return delay
+
+
+def _days(instance: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{attribute.name} must be a whole number of days (1 or more) or None")
+
+
+@attrs.define(kw_only=True)
+class RetentionSettings:
+    """How long the engine keeps finished executions and audit entries.
+
+    ``execution_retention_days``: the ``retention_days`` a workflow created
+    without one gets (``None``: keep all). ``audit_retention_days``: audit
+    entries older than this are pruned (``None``: keep all).
+    ``batch_size``: rows deleted per transaction. ``interval_seconds``: how
+    often the background pruner runs. ``vacuum_pages``: free pages SQLite gives
+    back to the file system after each batch (incremental ``auto_vacuum``).
+    """
+
+    execution_retention_days: int | None = attrs.field(default=30, validator=_days)
+    audit_retention_days: int | None = attrs.field(default=365, validator=_days)
+    batch_size: int = attrs.field(default=500, validator=attrs.validators.ge(1))
+    interval_seconds: float = attrs.field(default=3600.0, validator=_positive)
+    vacuum_pages: int = attrs.field(default=1000, validator=attrs.validators.ge(0))

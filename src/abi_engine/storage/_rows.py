@@ -18,7 +18,7 @@ from abi_engine.storage._codec import from_ms, loads
 _WORKFLOW_COLUMNS = (
     "id, name, description, type, status, configuration, integrations, metadata,"
     " created_at, updated_at, activated_at, deactivated_at, created_by,"
-    " runs_total, runs_success, runs_failed, duration_total_ms"
+    " runs_total, runs_success, runs_failed, duration_total_ms, retention_days"
 )
 
 _TOKEN_COLUMNS = "id, user_id, scopes, name, created_at, parent_id"
@@ -56,6 +56,7 @@ def _row_to_workflow(row: Sequence[Any]) -> Workflow:
         runs_success,
         runs_failed,
         duration_total,
+        retention_days,
     ) = row
     return Workflow(
         id=wf_id,
@@ -80,6 +81,7 @@ def _row_to_workflow(row: Sequence[Any]) -> Workflow:
         activated_at=from_ms(activated_at),
         deactivated_at=from_ms(deactivated_at),
         created_by=created_by,
+        retention_days=retention_days,
     )
 
 

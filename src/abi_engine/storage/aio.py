@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         User,
         Workflow,
     )
+    from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
     from abi_engine.models_webhooks import Delivery
     from abi_engine.storage.records import (
         ExecutionQuery,
@@ -353,3 +354,35 @@ class AsyncStore:
     async def prune_deliveries(self, before: datetime) -> int:
         """Delete finished deliveries (and attempts) last changed before ``before``, and the outbox events older than ``before`` that were fanned out and that no delivery left refers to; return the number of deliveries deleted."""
         return await self._run(self.sync.prune_deliveries, before)
+
+    async def append_audit(self, draft: AuditDraft) -> AuditEntry:
+        """Append ``draft`` to the audit log, chained to the last entry."""
+        return await self._run(self.sync.append_audit, draft)
+
+    async def list_audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        """A page of audit entries matching ``query``, newest first, and how many match."""
+        return await self._run(self.sync.list_audit, query)
+
+    async def audit_entries(self, after_id: int, limit: int) -> list[AuditEntry]:
+        """Up to ``limit`` audit entries with ids above ``after_id``, oldest first."""
+        return await self._run(self.sync.audit_entries, after_id, limit)
+
+    async def audit_head(self) -> tuple[int, str]:
+        """The last audit id and hash handed out."""
+        return await self._run(self.sync.audit_head)
+
+    async def prune_audit(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest audit entries recorded before ``before``."""
+        return await self._run(self.sync.prune_audit, before, limit)
+
+    async def prunable_executions(self, now: datetime) -> dict[str, int]:
+        """How many executions each workflow has past its retention at ``now``."""
+        return await self._run(self.sync.prunable_executions, now)
+
+    async def prune_executions(self, now: datetime, limit: int) -> dict[str, int]:
+        """Delete up to ``limit`` executions past their workflow's retention at ``now``."""
+        return await self._run(self.sync.prune_executions, now, limit)
+
+    async def reclaim_space(self, pages: int) -> int:
+        """Give up to ``pages`` free pages back to the file system (SQLite)."""
+        return await self._run(self.sync.reclaim_space, pages)

@@ -27,6 +27,7 @@ from abi_engine.models import (
     Workflow,
     WorkflowStatus,
 )
+from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
 from abi_engine.models_webhooks import Delivery
 from abi_engine.storage.records import (
     ExecutionQuery,
@@ -416,3 +417,39 @@ class Store(Protocol):
         """Delete finished deliveries (and attempts) last changed before ``before``, and the
         outbox events older than ``before`` that were fanned out and that no delivery left
         refers to; return the number of deliveries deleted."""
+
+    # -- audit log --------------------------------------------------------------------
+
+    def append_audit(self, draft: AuditDraft) -> AuditEntry:
+        """Append ``draft`` to the audit log, chained to the last entry (its id the next
+        one, its ``prev_hash`` the last entry's hash), one writer at a time across
+        processes; the entry as stored."""
+
+    def list_audit(self, query: AuditQuery) -> tuple[list[AuditEntry], int]:
+        """A page of audit entries matching ``query``, newest first, and how many match."""
+
+    def audit_entries(self, after_id: int, limit: int) -> list[AuditEntry]:
+        """Up to ``limit`` audit entries with ids above ``after_id``, oldest first."""
+
+    def audit_head(self) -> tuple[int, str]:
+        """The last audit id and hash handed out (``(0, "")`` before the first entry)."""
+
+    def prune_audit(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest audit entries, those before the first one
+        recorded at or after ``before`` (the kept ones stay one chain); how many went."""
+
+    # -- retention --------------------------------------------------------------------
+
+    def prunable_executions(self, now: datetime) -> dict[str, int]:
+        """How many executions each workflow (by id) has past its ``retention_days`` at
+        ``now`` (finished that long ago)."""
+
+    def prune_executions(self, now: datetime, limit: int) -> dict[str, int]:
+        """Delete up to ``limit`` executions past their workflow's retention at ``now``,
+        with their steps, signals and finished callback deliveries, in one transaction;
+        how many went, by workflow id (empty: nothing left to prune)."""
+
+    def reclaim_space(self, pages: int) -> int:
+        """Give up to ``pages`` free pages back to the file system where the database does
+        that on request (SQLite with incremental ``auto_vacuum``); the free pages before
+        (0 where nothing is done)."""

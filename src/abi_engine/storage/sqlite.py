@@ -162,6 +162,22 @@ def _use_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.1)
 
 
+def _empty_file(path: str) -> bool:
+    """Whether ``path`` is no database yet (missing, or empty)."""
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return True
+
+
+def _incremental_vacuum_when_new(conn: sqlite3.Connection) -> None:
+    """Put a new (empty) database in ``auto_vacuum = INCREMENTAL`` mode, so pruning can give
+    free pages back to the file system (:meth:`SQLiteStore.reclaim_space`). SQLite sets
+    the mode only before the first table is created; an older file stays as it is
+    (``VACUUM`` after ``PRAGMA auto_vacuum = INCREMENTAL`` converts it, offline)."""
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+
+
 class SQLiteStore(SQLStore):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
@@ -216,6 +232,7 @@ class SQLiteStore(SQLStore):
     # -- connections -----------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        new = not self._memory and _empty_file(self.path)
         conn = sqlite3.connect(
             self.path,
             isolation_level=None,
@@ -223,6 +240,8 @@ class SQLiteStore(SQLStore):
             timeout=_BUSY_TIMEOUT_MS / 1000,
         )
         conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        if new:
+            _incremental_vacuum_when_new(conn)
         if not self._memory:
             _use_wal(conn)
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
@@ -367,6 +386,19 @@ class SQLiteStore(SQLStore):
             found = conn.execute("SELECT 1 FROM executions WHERE id = ?", (r.id,)).fetchone()
             results.append(AGAIN if found is not None else False)
         return results
+
+    def reclaim_space(self, pages: int) -> int:
+        """Give up to ``pages`` free pages back to the file system (``PRAGMA
+        incremental_vacuum``, when the database is in incremental ``auto_vacuum`` mode);
+        the free pages before."""
+        with self._write_lock:
+            conn = self._writer
+            free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if free and int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
+                # (executescript steps the pragma to its end; execute() frees one page)
+                conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+                self._committed()
+            return free
 
     # -- node liveness (one host: kernel file locks, storage/_nodelocks.py) -----------------
 

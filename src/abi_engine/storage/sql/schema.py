@@ -52,7 +52,44 @@ class Migration:
 
 
 #: The migrations after ``m011``, for every store, in order.
-MIGRATIONS: list[Migration] = [
+MIGRATIONS: list[Migration] = []
+
+MIGRATIONS.append(
+    Migration(
+        name="m012_audit_retention",
+        statements=[
+            # The audit log: one row per change, chained by hash (abi_engine.audit).
+            "CREATE TABLE audit_log ("
+            " id {bigint} PRIMARY KEY,"
+            " at {bigint} NOT NULL,"
+            " actor TEXT NOT NULL,"
+            " action TEXT NOT NULL,"
+            " target_type TEXT NOT NULL,"
+            " target_id TEXT,"
+            " changes TEXT NOT NULL,"
+            " prev_hash TEXT NOT NULL,"
+            " hash TEXT NOT NULL)",
+            "CREATE INDEX idx_audit_at ON audit_log (at)",
+            "CREATE INDEX idx_audit_target ON audit_log (target_type, target_id, id)",
+            "CREATE INDEX idx_audit_actor ON audit_log (actor, id)",
+            "CREATE INDEX idx_audit_action ON audit_log (action, id)",
+            # The chain's head: the last id and hash handed out, locked by each writer,
+            # so concurrent writers (other processes too) append one after the other
+            # and ids keep increasing after the oldest entries are pruned.
+            "CREATE TABLE audit_head ("
+            " id {int} PRIMARY KEY,"
+            " last_id {bigint} NOT NULL,"
+            " last_hash TEXT NOT NULL)",
+            "INSERT INTO audit_head (id, last_id, last_hash) VALUES (1, 0, '')",
+            # Per-workflow retention of finished executions, in days (NULL: keep them
+            # all; workflows made before this migration keep theirs until one is set).
+            "ALTER TABLE workflows ADD COLUMN retention_days {int}",
+            "CREATE INDEX idx_executions_prune ON executions (workflow_id, completed_at)",
+        ],
+    )
+)
+
+MIGRATIONS.append(
     Migration(
         "m013_flow_control",
         [
@@ -68,5 +105,5 @@ MIGRATIONS: list[Migration] = [
             "ALTER TABLE executions ADD COLUMN queued_since {bigint}",
             "ALTER TABLE workflows ADD COLUMN paused_at {bigint}",
         ],
-    ),
-]
+    )
+)

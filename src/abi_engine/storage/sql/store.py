@@ -47,8 +47,10 @@ from abi_engine.storage.base import (
     TokenLimitReached,
     WorkflowQuery,
 )
+from abi_engine.storage.sql.audit import AuditMixin
 from abi_engine.storage.sql.dialect import Conn, Dialect
 from abi_engine.storage.sql.executions import ExecutionsMixin
+from abi_engine.storage.sql.retention import RetentionMixin
 from abi_engine.storage.sql.schedules import SchedulesMixin
 from abi_engine.storage.sql.templates import TemplatesMixin
 from abi_engine.storage.sql.webhooks import WebhooksMixin, subscribed_types
@@ -75,7 +77,9 @@ def _total(row: Sequence[Any] | None) -> int:
     return int(row[0]) if row else 0
 
 
-class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
+class SQLStore(
+    ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin, AuditMixin, RetentionMixin
+):
     """The shared part of the SQL stores (see the module's docstring)."""
 
     #: The SQL fragments of the backend's database.
@@ -272,8 +276,8 @@ class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
             conn.execute(
                 "INSERT INTO workflows (id, name, description, type, status, department,"
                 " configuration, integrations, metadata, created_at, updated_at,"
-                " activated_at, deactivated_at, created_by)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " activated_at, deactivated_at, created_by, retention_days)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     workflow.id,
                     workflow.name,
@@ -289,6 +293,7 @@ class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),
                     workflow.created_by,
+                    workflow.retention_days,
                 ),
             )
             self._insert_events(conn, events)
@@ -324,7 +329,7 @@ class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
             cursor = conn.execute(
                 "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
                 " configuration = ?, integrations = ?, metadata = ?, updated_at = ?,"
-                " activated_at = ?, deactivated_at = ?"
+                " activated_at = ?, deactivated_at = ?, retention_days = ?"
                 " WHERE id = ? AND deleted_at IS NULL",
                 (
                     workflow.name,
@@ -337,6 +342,7 @@ class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
                     to_ms(workflow.updated_at),
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),
+                    workflow.retention_days,
                     workflow.id,
                 ),
             )

@@ -358,3 +358,50 @@ def test_two_processes_append_to_one_chain(
         assert check.checked == 2 * count
     finally:
         eng.close()
+
+
+#: Operations that change something but are not audited changes: starting executions
+#: (each is its own durable record, with its requester in ``created_by``).
+NOT_AUDITED = {
+    "execute_workflow",
+    "execute_workflow_async",
+}
+
+
+def test_every_changing_operation_has_an_audit_rule() -> None:
+    """An operation other than a read either has an audit rule or is named above: a new
+    operation cannot slip past the audit log unnoticed."""
+    from abi_engine.api import OPERATIONS
+    from abi_engine.api._audit import AUDITED
+
+    changing = {name for name, op in OPERATIONS.items() if op.method != "GET"}
+    missing = sorted(changing - set(AUDITED) - NOT_AUDITED)
+    assert missing == []
+    assert set(AUDITED) <= set(OPERATIONS)
+    assert set(OPERATIONS) >= NOT_AUDITED
+
+
+@pytest.mark.anyio
+async def test_reruns_and_pauses_are_recorded(audited: Engine) -> None:
+    """Pausing and resuming a workflow, and rerunning an execution, each append an entry."""
+    alice = _principal(audited)
+    async with audited:
+        created = await call(audited, alice, "create_workflow", ApiRequest(body=CUSTOM))
+        path = {"workflow_id": created["id"]}
+        await call(audited, alice, "activate_workflow", ApiRequest(path=path))
+        await call(audited, alice, "pause_workflow", ApiRequest(path=path))
+        await call(audited, alice, "resume_workflow", ApiRequest(path=path))
+        done = await audited.executions.execute(created["id"], {})
+        rerun = await call(
+            audited,
+            alice,
+            "rerun_execution",
+            ApiRequest(path={"execution_id": done.execution_id}, body={}),
+        )
+    actions = [e.action for e in (await audited.audit.list(page_size=100)).items]
+    assert actions[:3] == ["execution.rerun", "workflow.resume", "workflow.pause"]
+    (entry,) = (await audited.audit.list(action="execution.rerun")).items
+    assert entry.target_id == done.execution_id
+    assert entry.after is not None
+    assert entry.after["rerun_of"] == done.execution_id
+    assert rerun["rerun_of"] == done.execution_id

@@ -4,8 +4,8 @@
 :func:`abi_engine.api.operations.call_with_status` reads the target as it
 was with the rule's ``before`` operation (a read of the same path), runs the
 operation, and once it succeeded (its change committed) records the entry
-with ``engine.audit.record``. An operation added later (rerun, pause...) is
-audited by one line here.
+with ``engine.audit.record``. An operation added later is audited by one line
+here (``tests/test_audit.py`` fails for a changing operation without a rule).
 """
 
 from __future__ import annotations
@@ -109,7 +109,21 @@ AUDITED: dict[str, AuditRule] = {
         approve_execution="execution.approve",
         reject_execution="execution.reject",
         signal_execution="execution.signal",
+        pause_execution="execution.pause",
+        resume_execution="execution.resume",
     ),
+    **_rules(
+        "workflow",
+        "workflow_id",
+        "get_workflow",
+        pause_workflow="workflow.pause",
+        resume_workflow="workflow.resume",
+    ),
+    # A rerun's target is the execution it repeats; "after" is the new execution.
+    "rerun_execution": AuditRule(
+        action="execution.rerun", target_type="execution", target="execution_id"
+    ),
+    "rerun_executions": AuditRule(action="execution.rerun_bulk", target_type="execution"),
     "create_token": AuditRule(action="token.create", target_type="token"),
     "revoke_token": AuditRule(
         action="token.revoke", target_type="token", target="token_id", after=False

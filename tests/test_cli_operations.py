@@ -31,9 +31,9 @@ CUSTOM = {
 }
 
 
-def cli(*args: str, cwd: Path, columns: int = 80) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, columns: int = 80, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABI_ENGINE_")}
-    env.update(COLUMNS=str(columns), PYTHONUNBUFFERED="1")
+    env.update(COLUMNS=str(columns), PYTHONUNBUFFERED="1", **extra)
     return subprocess.run(
         [sys.executable, "-m", "abi_engine", *args],
         cwd=cwd,
@@ -107,6 +107,19 @@ def test_lists_and_show_on_a_database(database: tuple[Path, str], tmp_path: Path
         assert all(len(line) <= max(columns, 48) for line in lines[:-1]), lines
     wide = cli("executions", "list", "--db", str(path), cwd=tmp_path, columns=200).stdout
     assert one in wide  # nothing clipped when there is room
+
+
+def test_the_database_may_come_from_the_environment(
+    database: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Without --db, ABI_ENGINE_DB names the database."""
+    path, workflow_id = database
+    result = cli("workflows", "list", "--json", cwd=tmp_path, ABI_ENGINE_DB=str(path))
+    assert result.returncode == 0, result.stderr
+    assert [w["id"] for w in json.loads(result.stdout)["items"]] == [workflow_id]
+    missing = cli("workflows", "list", "--url", "http://127.0.0.1:9", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "--url needs --token" in missing.stderr
 
 
 def test_cancel_is_audited_as_cli_and_verify_finds_tampering(

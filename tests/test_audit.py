@@ -405,3 +405,23 @@ async def test_reruns_and_pauses_are_recorded(audited: Engine) -> None:
     assert entry.after is not None
     assert entry.after["rerun_of"] == done.execution_id
     assert rerun["rerun_of"] == done.execution_id
+
+
+@pytest.mark.anyio
+async def test_a_lost_entry_is_logged_and_the_change_answered(
+    audited: Engine, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the entry cannot be written after the change committed, the change is answered
+    as made and an error names what the log is missing."""
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(audited.audit, "record", broken)
+    alice = _principal(audited)
+    created = await call(audited, alice, "create_workflow", ApiRequest(body=CUSTOM))
+    assert (await audited.workflows.get(created["id"])).name == "Audited"
+    lost = [r for r in caplog.records if r.name == "abi_engine.audit"]
+    assert len(lost) == 1
+    assert "workflow.create" in lost[0].getMessage()
+    assert created["id"] in lost[0].getMessage()

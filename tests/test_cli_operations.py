@@ -31,9 +31,9 @@ CUSTOM = {
 }
 
 
-def cli(*args: str, cwd: Path, columns: int = 80) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path, columns: int = 80, **extra: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ABI_ENGINE_")}
-    env.update(COLUMNS=str(columns), PYTHONUNBUFFERED="1")
+    env.update(COLUMNS=str(columns), PYTHONUNBUFFERED="1", **extra)
     return subprocess.run(
         [sys.executable, "-m", "abi_engine", *args],
         cwd=cwd,
@@ -107,6 +107,19 @@ def test_lists_and_show_on_a_database(database: tuple[Path, str], tmp_path: Path
         assert all(len(line) <= max(columns, 48) for line in lines[:-1]), lines
     wide = cli("executions", "list", "--db", str(path), cwd=tmp_path, columns=200).stdout
     assert one in wide  # nothing clipped when there is room
+
+
+def test_the_database_may_come_from_the_environment(
+    database: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Without --db, ABI_ENGINE_DB names the database."""
+    path, workflow_id = database
+    result = cli("workflows", "list", "--json", cwd=tmp_path, ABI_ENGINE_DB=str(path))
+    assert result.returncode == 0, result.stderr
+    assert [w["id"] for w in json.loads(result.stdout)["items"]] == [workflow_id]
+    missing = cli("workflows", "list", "--url", "http://127.0.0.1:9", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "--url needs --token" in missing.stderr
 
 
 def test_cancel_is_audited_as_cli_and_verify_finds_tampering(
@@ -251,3 +264,32 @@ def test_commands_against_a_running_server(server: Served, tmp_path: Path) -> No
     )
     assert bad_token.returncode == 1
     assert "UNAUTHORIZED" in bad_token.stderr
+
+
+def test_against_a_real_abi_engine_serve(database: tuple[Path, str], tmp_path: Path) -> None:
+    """The commands reach a real `abi-engine serve` process over REST with a token made by
+    `token create`; a refused cancel is one error line; the audit chain still holds."""
+    from test_cli import Server
+
+    path, workflow_id = database
+    made = cli("token", "create", "--db", str(path), "--user", "usr_ops", cwd=tmp_path)
+    token = made.stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ABI_ENGINE_")}
+    server = Server("serve", "--db", str(path), "--port", "0", cwd=tmp_path, env=env)
+    try:
+        root = server.wait_serving().removesuffix("/api/v1")
+        remote = ("--url", root, "--token", token)
+        workflows = ok_json("workflows", "list", *remote, cwd=tmp_path)
+        assert [w["id"] for w in workflows["items"]] == [workflow_id]
+        # What is listed over REST is what the database holds (whatever the server has
+        # done meanwhile with the queued execution).
+        listed = ok_json("executions", "list", "--page-size", "100", *remote, cwd=tmp_path)
+        assert listed["pagination"]["total_items"] == 3
+        finished = next(e for e in listed["items"] if e["status"] == "completed")
+        refused = cli("executions", "cancel", finished["execution_id"], *remote, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert "INVALID_STATE" in refused.stderr
+    finally:
+        assert server.stop() == 0
+    verified = ok_json("audit", "verify", "--db", str(path), cwd=tmp_path)
+    assert verified["ok"] is True

@@ -234,3 +234,19 @@ def test_an_older_database_keeps_its_mode(tmp_path: Path) -> None:
         assert store.reclaim_space(100) >= 0
     finally:
         store.close()
+
+
+@pytest.mark.anyio
+async def test_a_started_engine_prunes_in_the_background(
+    engine_on: Callable[..., Engine], new_workflow: Callable[..., Workflow]
+) -> None:
+    """With interval_seconds=1 a running engine prunes on its own, soon after it starts."""
+    from runtime_plugins.helpers import until
+
+    engine = engine_on(retention=RetentionSettings(interval_seconds=1))
+    workflow = _workflow(engine.store, new_workflow, 1)
+    old = _execution(engine.store, workflow, utcnow() - 3 * DAY)
+    fresh = _execution(engine.store, workflow, utcnow())
+    async with engine:
+        await until(lambda: engine.store.get_execution(old) is None, 60, "the pruner")
+    assert engine.store.get_execution(fresh) is not None

@@ -11,6 +11,7 @@ path over HTTP, so all three behave the same. The resource modules of
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,8 @@ class Operation:
 
 OPERATIONS: dict[str, Operation] = {}
 
+_log = logging.getLogger("abi_engine.audit")
+
 
 def operation(**kwargs: Any) -> Callable[[Handler], Handler]:
     """Declare ``handler`` as an operation (see :class:`Operation`)."""
@@ -172,14 +175,24 @@ async def _audited(
             before = None
     data = await op.handler(engine, actor, request)
     answer = data.data if isinstance(data, Accepted) else data
-    await engine.audit.record(
-        actor.user_id,
-        rule.action,
-        rule.target_type,
-        rule.target_id(request.path, answer),
-        before=before if isinstance(before, Mapping) else None,
-        after=answer if rule.after and isinstance(answer, Mapping) else None,
-    )
+    target_id = rule.target_id(request.path, answer)
+    try:
+        await engine.audit.record(
+            actor.user_id,
+            rule.action,
+            rule.target_type,
+            target_id,
+            before=before if isinstance(before, Mapping) else None,
+            after=answer if rule.after and isinstance(answer, Mapping) else None,
+        )
+    except Exception:  # the change is committed: answer it, and say loudly what is missing
+        _log.exception(
+            "audit entry lost: %s %s %s by %s",
+            rule.action,
+            rule.target_type,
+            target_id,
+            actor.user_id,
+        )
     return data
 
 

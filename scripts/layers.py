@@ -70,7 +70,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_math",
                 "schedule_rules",
             }
-            | {"webhook_signing", "netguard"}
+            | {"webhook_signing", "netguard", "logs"}
         ),
     ),
     ("model", frozenset({"models", "models_webhooks", "converter", "events", "host"})),

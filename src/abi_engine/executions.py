@@ -565,7 +565,12 @@ class ExecutionService(ExecutionSignals, Service):
 
     async def cancel(self, execution_id: str) -> Execution:
         """Cancel a queued, running or waiting execution; ``InvalidState`` once it has ended."""
-        current = await self.get(execution_id)
+        record = (
+            await self._store.get_execution(execution_id) if isinstance(execution_id, str) else None
+        )
+        if record is None:
+            raise ExecutionNotFound(str(execution_id))
+        current = build_execution(record, await self._store.get_steps(execution_id))
         if current.status.finished:
             raise InvalidState(
                 f"Execution {execution_id} has already ended ({current.status.value})",
@@ -592,6 +597,8 @@ class ExecutionService(ExecutionSignals, Service):
                 {"execution_id": execution_id, "status": latest.status.value},
             )
         self._runtime.cancel_local(execution_id)
+        if self._runtime.metrics is not None:
+            self._runtime.metrics.execution_finished(record.workflow_type, "cancelled")
         return await self.get(execution_id)
 
 

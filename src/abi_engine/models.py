@@ -111,6 +111,7 @@ class Scope(enum.StrEnum):
     SCHEDULES_WRITE = "schedules:write"
     WEBHOOKS_ADMIN = "webhooks:admin"
     INTEGRATIONS_ADMIN = "integrations:admin"
+    METRICS_READ = "metrics:read"
 
 
 @attrs.define(kw_only=True)

@@ -55,6 +55,7 @@ from abi_engine.runtime.execution import (
     one_line,
 )
 from abi_engine.runtime.leases import Claims
+from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.steps import RunsExecutions
 from abi_engine.storage._fencing import new_claim
@@ -113,8 +114,11 @@ class Runtime(RunsExecutions):
         events: EventPolicy,
         workflow_types: Mapping[str, WorkflowType],
         limits: Limits | None = None,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
+        #: What this runtime counts for the metrics (``None``: metrics are off).
+        self.metrics = metrics
         self.limits: Limits = limits or Limits()
         self.store = store
         self.events = events
@@ -122,7 +126,7 @@ class Runtime(RunsExecutions):
         #: What steps receive as ``ctx.host`` (set by the engine once it is built).
         self.host: Host | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.committer = GroupCommitter(store, events.emit)
+        self.committer = GroupCommitter(store, events.emit, metrics=metrics)
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.

@@ -93,6 +93,8 @@ class RunsExecutions(WritesRuns):
             self._hand_back(execution_id, grant)
             return None
         fresh = record.started_at is None
+        if record.status is ExecutionStatus.RUNNING and self.metrics is not None:
+            self.metrics.lease_takeovers += 1  # it ran elsewhere, and its lease ended
         record.started_at = record.started_at or utcnow()
         record.status = ExecutionStatus.RUNNING
         token = new_claim()
@@ -165,6 +167,8 @@ class RunsExecutions(WritesRuns):
         if prepared is None:
             return
         record = prepared.record
+        if prepared.fresh and self.metrics is not None:
+            self.metrics.execution_started(record.workflow_type)
         fresh = prepared.fresh  # nothing stored yet: no steps, signals or progress to read
         await self._connect(prepared)
         token = prepared.token
@@ -193,7 +197,7 @@ class RunsExecutions(WritesRuns):
             except Exception as exc:
                 # Outside any step (a plugin's skip_if, say): the same error comes back at
                 # every recovery, so the execution ends failed instead of looping.
-                log.error("execution %s failed outside its steps: %s", execution_id, exc)
+                log.debug("execution %s failed outside its steps", execution_id, exc_info=exc)
                 await self._finish_failed(record, prepared, exc, step=None, steps_done=done)
             return
         # Only reached when the scope was cancelled: a cancellation or the timeout.
@@ -270,6 +274,7 @@ class RunsExecutions(WritesRuns):
             step.completed_at = finished
             step.duration_ms = milliseconds(finished - started)
             step.result = result
+            self._count_step(record, step)
             running[0] = None
             results[spec.name] = result
             last_result = result

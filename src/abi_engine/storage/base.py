@@ -248,6 +248,10 @@ class Store(Protocol):
         the ``(status, created_at)`` index, never reading the rows.
         """
 
+    def queued_stats(self) -> tuple[int, datetime | None]:
+        """How many executions are queued, and when the oldest of them was requested
+        (``None`` when none is). Served from the ``(status, created_at)`` index."""
+
     def claim_recoverable(
         self,
         owner: str,

@@ -228,6 +228,14 @@ class ExecutionsMixin:
             ).fetchall()
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
+    def queued_stats(self) -> tuple[int, datetime | None]:
+        """How many executions are queued and the oldest one's request time (see the Store)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT count(*), min(created_at) FROM executions WHERE status = 'queued'"
+            ).fetchone()
+        return int(row[0]), from_ms(row[1])
+
     def claim_recoverable(
         self,
         owner: str,

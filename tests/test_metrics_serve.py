@@ -16,7 +16,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_plugins.helpers import DatabaseFactory
+from served_engines import WAYS, served
 from test_cli import Server, auth, run_cli, start_server  # noqa: F401 - a fixture
+
+from abi.workflows import WorkflowExecutor, WorkflowManager
+from abi_engine.errors import Forbidden
 
 METRICS_LINE = re.compile(r"^metrics: (http://\S+/metrics)$")
 CUSTOM = {"steps": [{"name": "add", "action": "transform", "expressions": {"s": "1 + 1"}}]}
@@ -120,3 +124,21 @@ def test_serve_metrics_both_ways_and_json_logs(
     assert failure["status"] == "failed"
     assert failure["error"]["code"] == "WORKFLOW_EXECUTION_ERROR"
     assert failure["error"]["step"] == "bad"
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_python_api_reads_metrics(databases: DatabaseFactory, way: str) -> None:
+    """Every facade class reads the metrics text, in-process and over HTTP; a token
+    without metrics:read is refused the same way both."""
+    with served(databases()) as api:
+        executor = api.facade(WorkflowExecutor, way)
+        manager = api.facade(WorkflowManager, way)
+        wf = manager.create_workflow({"name": "m", "type": "custom", "configuration": CUSTOM})
+        manager.activate_workflow(wf.id)
+        executor.execute_workflow(wf.id, {})
+        text = executor.get_metrics()
+        assert counter(text, "abi_executions_started_total", type="custom") == 1
+        assert manager.get_metrics().startswith("# HELP")
+        reader = api.engine.tokens.create_token("usr_r", ["workflows:read"])
+        with pytest.raises(Forbidden):
+            api.facade(WorkflowExecutor, way, token=reader).get_metrics()

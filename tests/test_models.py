@@ -356,4 +356,5 @@ def test_statuses_match_the_contract() -> None:
         "schedules:write",
         "webhooks:admin",
         "integrations:admin",
+        "metrics:read",  # CONTRACT.md, names for the next capabilities (#15)
     }

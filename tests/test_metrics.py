@@ -154,6 +154,71 @@ async def test_queue_gauges_read_the_database(engine: Engine) -> None:
 
 
 @pytest.mark.anyio
+async def test_lease_takeover_is_counted(engine: Engine) -> None:
+    """A running execution whose owner's lease ran out is taken over (and run to its end):
+    abi_lease_takeovers_total counts it; a queued one taken from the queue is no takeover."""
+    wf = await new_workflow(engine, "test_three")
+    workflow = await engine.workflows.get(wf)
+    orphan = ExecutionRecord(
+        id=new_id("exec_"),
+        workflow_id=wf,
+        workflow_type="test_three",
+        workflow_name=workflow.name,
+        status=ExecutionStatus.RUNNING,
+        plan=["first", "second", "third"],
+        created_at=utcnow() - timedelta(seconds=120),
+        started_at=utcnow() - timedelta(seconds=119),
+        owner="gone-host:1:dead",
+        lease_until=utcnow() - timedelta(seconds=60),
+        claim=7,
+        priority=1,
+    )
+    queued = ExecutionRecord(
+        id=new_id("exec_"),
+        workflow_id=wf,
+        workflow_type="test_three",
+        workflow_name=workflow.name,
+        status=ExecutionStatus.QUEUED,
+        plan=["first", "second", "third"],
+        created_at=utcnow(),
+        priority=1,
+    )
+    assert engine.store.apply([InsertExecution(record=orphan), InsertExecution(record=queued)]) == [
+        True,
+        True,
+    ]
+    await wait_status(engine, orphan.id, ExecutionStatus.COMPLETED, timeout=30)
+    await wait_status(engine, queued.id, ExecutionStatus.COMPLETED, timeout=30)
+    samples = await scrape(engine)
+    assert value(samples, "abi_lease_takeovers_total") == 1
+    assert value(samples, "abi_executions_started_total") == 1  # the queued one; the other resumed
+    assert value(samples, "abi_executions_finished_total", status="completed") == 2
+
+
+@pytest.mark.anyio
+async def test_processes_on_one_database_count_their_own(make: EngineFactory) -> None:
+    """Two engines on one database (two processes, as far as counting goes): each exposes
+    what it ran itself, and both the database's queue."""
+    async with make("shared.db") as a, make("shared.db") as b:
+        wf = await new_workflow(a, "test_three")
+        for _ in range(3):
+            await a.executions.execute(wf, {})
+        await b.executions.execute(wf, {})
+        old = ExecutionRecord(
+            id=new_id("exec_"),
+            workflow_id="wf_none",
+            workflow_type="not_installed_here",
+            status=ExecutionStatus.QUEUED,
+            created_at=utcnow(),
+        )
+        assert a.store.apply([InsertExecution(record=old)]) == [True]
+        sa, sb = await scrape(a), await scrape(b)
+    assert value(sa, "abi_executions_started_total") == 3
+    assert value(sb, "abi_executions_started_total") == 1
+    assert value(sa, "abi_execution_queue_depth") == value(sb, "abi_execution_queue_depth") == 1
+
+
+@pytest.mark.anyio
 async def test_schedule_firings_by_outcome(engine: Engine) -> None:
     """A firing that cannot start an execution counts as failed; once it can, as
     started, with its lateness observed."""

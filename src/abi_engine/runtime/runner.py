@@ -512,6 +512,7 @@ class Runtime(RunsExecutions):
             return 0
         dead_nodes = getattr(self.store, "dead_nodes", None)
         dead = await call_store(self.store, dead_nodes) if dead_nodes is not None else []
+        taken_over = getattr(self.store, "lease_takeovers", 0)
         granted = await call_store(
             self.store,
             self.store.claim_recoverable,
@@ -522,6 +523,8 @@ class Runtime(RunsExecutions):
             set(self.workflow_types),
             dead,
         )
+        if self.metrics is not None:  # running executions whose owner's lease had ended
+            self.metrics.lease_takeovers += getattr(self.store, "lease_takeovers", 0) - taken_over
         for execution_id, _priority, token in granted:
             self.claims.hold(execution_id, token)
             self._push(execution_id, token)

@@ -93,8 +93,6 @@ class RunsExecutions(WritesRuns):
             self._hand_back(execution_id, grant)
             return None
         fresh = record.started_at is None
-        if record.status is ExecutionStatus.RUNNING and self.metrics is not None:
-            self.metrics.lease_takeovers += 1  # it ran elsewhere, and its lease ended
         record.started_at = record.started_at or utcnow()
         record.status = ExecutionStatus.RUNNING
         token = new_claim()

@@ -273,6 +273,9 @@ class Store(Protocol):
         ``lease_until``. Returns ``(execution_id, priority, token)``. A
         PostgreSQL store implements this with ``FOR UPDATE SKIP LOCKED`` so
         many processes can claim at once without taking the same execution.
+        A store may count in ``lease_takeovers`` (an int attribute) the granted
+        executions that were running (taken over from a process whose lease
+        ended); the runtime's metrics read it when it is there.
         """
 
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:

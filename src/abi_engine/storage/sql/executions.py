@@ -55,6 +55,9 @@ class ExecutionsMixin:
     write: Callable[..., Any]
     _read: Callable[[], Any]
     _insert_events: Callable[[Conn, Sequence[Any]], None]
+    #: Running executions :meth:`claim_recoverable` granted (their owner's lease had
+    #: expired, or its process ended): taken over, for the metrics.
+    lease_takeovers: int = 0
 
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
         """Insert execution rows; each one's result: ``True``, ``False`` when its
@@ -263,8 +266,11 @@ class ExecutionsMixin:
             ("lease_until < ?", (now_ms,)) if d.clock is None else (f"lease_until < {d.clock}", ())
         )
 
+        running = [0]  # of this attempt of the transaction (it may be retried)
+
         def run(conn: Conn) -> list[tuple[str, int, int]]:
             taken: list[tuple[str, int, int]] = []
+            running[0] = 0
             # Waits that timed out: record a signal the step can see, queue them.
             woken = conn.execute(
                 "SELECT id, waiting_for, priority FROM executions"
@@ -284,16 +290,15 @@ class ExecutionsMixin:
             # Unowned work, expired leases, and work of nodes that ended.
             room = max(0, limit - len(taken))
             if room:
-                taken.extend(
-                    (row[0], row[1], new_claim())
-                    for row in conn.execute(
-                        "SELECT id, priority FROM executions"
-                        " WHERE status IN ('queued', 'running')"
-                        f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
-                        f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
-                        (*expired_args, *dead_args, *type_args, room),
-                    ).fetchall()
-                )
+                rows = conn.execute(
+                    "SELECT id, priority, status FROM executions"
+                    " WHERE status IN ('queued', 'running')"
+                    f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
+                    f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
+                    (*expired_args, *dead_args, *type_args, room),
+                ).fetchall()
+                taken.extend((row[0], row[1], new_claim()) for row in rows)
+                running[0] = sum(1 for row in rows if row[2] == "running")
             conn.executemany(
                 f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
                 " waiting_for = NULL, wake_at = NULL, status = 'queued' WHERE id = ?",
@@ -301,7 +306,9 @@ class ExecutionsMixin:
             )
             return taken
 
-        return list(self.write(run))
+        granted = list(self.write(run))
+        self.lease_takeovers += running[0]
+        return granted
 
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
         """Extend the lease of each execution still queued or running under its claim

@@ -98,7 +98,12 @@ def test_sqlite_runner_gives_the_shipped_schema(
     SQLiteStore(tmp_path / "shipped.db").close()
     monkeypatch.setattr(
         "abi_engine.storage.sqlite.MIGRATIONS",
-        [*sqlite_migrations.MIGRATIONS[:10], M011.applier(SQLITE)],
+        # m011 as the shared text; the later shared migrations as they are
+        [
+            *sqlite_migrations.MIGRATIONS[:10],
+            M011.applier(SQLITE),
+            *sqlite_migrations.MIGRATIONS[11:],
+        ],
     )
     SQLiteStore(tmp_path / "shared.db").close()
     shipped = _sqlite_schema(tmp_path / "shipped.db")
@@ -148,7 +153,9 @@ def test_postgres_runner_gives_the_shipped_schema(
 
     try:
         shipped = migrated(pgm.MIGRATIONS)
-        shared_m011 = migrated([*pgm.MIGRATIONS[:10], (M011.name, M011.render(POSTGRES))])
+        shared_m011 = migrated(
+            [*pgm.MIGRATIONS[:10], (M011.name, M011.render(POSTGRES)), *pgm.MIGRATIONS[11:]]
+        )
     finally:
         for name in made:
             drop_schema(postgres_server, name)

@@ -60,6 +60,9 @@ class Engine:
         schedule, timeout, concurrency).
     :param metrics: count what the runtime does for :meth:`render_metrics` (Prometheus;
         on by default, ``False`` turns the counting off).
+    :param tracer_provider: an OpenTelemetry ``TracerProvider`` (the ``otel``
+        extra): each execution run and step becomes a span of the execution's
+        trace (docs/operations.md#traces). ``None``: no tracing.
     :param limits: what one user may hold through the API (schedules,
         webhooks, tokens, queued executions), integrations engine-wide, and
         the largest step result, saved progress and list page
@@ -83,11 +86,13 @@ class Engine:
         webhook_settings: WebhookSettings | None = None,
         limits: Limits | None = None,
         metrics: bool = True,
+        tracer_provider: Any = None,
     ) -> None:
         #: The runtime's counters (:class:`~abi_engine.runtime.metrics.RuntimeMetrics`),
         #: ``None`` when the engine was built with ``metrics=False``.
         self.metrics: RuntimeMetrics | None = RuntimeMetrics() if metrics else None
         self._exporter: MetricsExporter | None = None
+        self._tracer_provider = tracer_provider
         self.pm = make_plugin_manager(
             plugins=plugins, load_entry_points=load_entry_points, disable=disable_plugins
         )
@@ -164,6 +169,10 @@ class Engine:
             limits=self.limits,
             metrics=self.metrics,
         )
+        if self._tracer_provider is not None:
+            from abi_engine.runtime.tracing import Tracing
+
+            self.runtime.tracing = Tracing(self._tracer_provider)
         self.executions = ExecutionService(
             self.store,
             self.runtime,

@@ -130,6 +130,7 @@ class ExecutionService(ExecutionSignals, Service):
         idempotency_key: str | None = None,
         schedule_id: str | None = None,
         actor: Principal | None = None,
+        traceparent: str | None = None,
     ) -> Execution:
         """Start an execution of an active workflow.
 
@@ -140,7 +141,8 @@ class ExecutionService(ExecutionSignals, Service):
         failed. An execution that suspends (``waiting``) is returned as it
         stands. Without ``wait`` return at once (``queued`` or ``running``).
         The same ``idempotency_key`` for the same workflow returns the first
-        execution again.
+        execution again. With tracing on, a W3C ``traceparent`` (the caller's
+        span) becomes the parent of the execution's spans.
         """
         params, timeout = self._check_request(
             parameters,
@@ -176,6 +178,7 @@ class ExecutionService(ExecutionSignals, Service):
                 schedule_id=schedule_id,
                 actor=actor,
                 reservation=reservation,
+                traceparent=traceparent,
             )
         finally:
             if reservation is not None:
@@ -260,8 +263,10 @@ class ExecutionService(ExecutionSignals, Service):
         schedule_id: str | None,
         actor: Principal | None,
         reservation: Any,
+        traceparent: str | None = None,
     ) -> Execution:
         now = utcnow()
+        tracing = self._runtime.tracing
         record = ExecutionRecord(
             id=new_id("exec_"),
             workflow_id=workflow.id,
@@ -279,6 +284,7 @@ class ExecutionService(ExecutionSignals, Service):
             idempotency_key=idempotency_key,
             priority=0 if wait else 1,
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
+            trace_context=tracing.context_for(traceparent) if tracing is not None else None,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:

@@ -62,6 +62,7 @@ from abi_engine.types import (
 
 if TYPE_CHECKING:
     from abi_engine.host import Host
+    from abi_engine.runtime.tracing import Tracing
 
 __all__ = ["COMMIT_RETRY_SECONDS", "WRITE_RETRY_SHARE", "WritesRuns"]
 
@@ -89,6 +90,7 @@ class WritesRuns:
     committer: GroupCommitter
     claims: Claims
     metrics: RuntimeMetrics | None
+    tracing: Tracing | None
     _waiters: dict[str, Any]
     _scopes: dict[str, anyio.CancelScope]
     _cancelled: set[str]

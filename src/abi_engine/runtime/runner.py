@@ -75,6 +75,7 @@ from abi_engine.types import (
 
 if TYPE_CHECKING:
     from abi_engine.host import Host
+    from abi_engine.runtime.tracing import Tracing
 
 __all__ = ["Runtime"]
 
@@ -119,6 +120,8 @@ class Runtime(RunsExecutions):
         self.settings = settings or RuntimeSettings()
         #: What this runtime counts for the metrics (``None``: metrics are off).
         self.metrics = metrics
+        #: The spans of executions (``None``: not traced; set by the engine).
+        self.tracing: Tracing | None = None
         self.limits: Limits = limits or Limits()
         self.store = store
         self.events = events

@@ -315,6 +315,9 @@ class Scheduler:
                 schedule_id=record.id,
                 created_by=record.created_by,
                 priority=1,
+                trace_context=None
+                if runtime.tracing is None
+                else runtime.tracing.context_for(None),
             )
             runtime.grant(execution)
             executions.append(execution)

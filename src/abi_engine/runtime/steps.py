@@ -164,9 +164,18 @@ class RunsExecutions(WritesRuns):
         prepared = await self._load(execution_id, grant)
         if prepared is None:
             return
-        record = prepared.record
         if prepared.fresh and self.metrics is not None:
-            self.metrics.execution_started(record.workflow_type)
+            self.metrics.execution_started(prepared.record.workflow_type)
+        if self.tracing is None:
+            await self._run_loaded(prepared)
+        else:
+            with self.tracing.execution(prepared.record):
+                await self._run_loaded(prepared)
+
+    async def _run_loaded(self, prepared: Prepared) -> None:
+        """Run a loaded execution's remaining steps, to its end or its next wait."""
+        record = prepared.record
+        execution_id = record.id
         fresh = prepared.fresh  # nothing stored yet: no steps, signals or progress to read
         await self._connect(prepared)
         token = prepared.token
@@ -260,7 +269,12 @@ class RunsExecutions(WritesRuns):
                 started_at=started,
             )
             running[0] = step
-            outcome = await self._attempt(prepared, spec, step, results, signals)
+            if self.tracing is None:
+                outcome = await self._attempt(prepared, spec, step, results, signals)
+            else:
+                with self.tracing.step(record, spec.name, index) as span:
+                    outcome = await self._attempt(prepared, spec, step, results, signals)
+                    span.set_attribute("abi.outcome", _outcome_name(outcome))
             if outcome is SUSPENDED:
                 return
             if isinstance(outcome, Failure):
@@ -413,3 +427,10 @@ class RunsExecutions(WritesRuns):
             at=step.completed_at or utcnow(),
             step_index=step.index,
         )
+
+
+def _outcome_name(outcome: Any) -> str:
+    """A step attempt's outcome as a span attribute: completed, failed or suspended."""
+    if outcome is SUSPENDED:
+        return "suspended"
+    return "failed" if isinstance(outcome, Failure) else "completed"

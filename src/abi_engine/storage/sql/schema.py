@@ -52,4 +52,7 @@ class Migration:
 
 
 #: The migrations after ``m011``, for every store, in order.
-MIGRATIONS: list[Migration] = []
+MIGRATIONS: list[Migration] = [
+    # An execution's W3C trace context (traceparent), carried across runs and restarts (#15).
+    Migration("m016_trace_context", ["ALTER TABLE executions ADD COLUMN trace_context TEXT"]),
+]

@@ -21,6 +21,8 @@ from runtime_plugins.helpers import (
     wait_status,
 )
 from served_engines import served
+from webhook_testing import Receiver, eventually, receiver_fixture  # noqa: F401 - a fixture
+from webhook_testing import fast as fast_webhooks
 
 from abi_engine import ExecutionStatus
 from abi_engine.errors import WorkflowExecutionError
@@ -115,6 +117,48 @@ async def test_trace_continues_after_a_restart(make: EngineFactory) -> None:
     ]
     assert [s.attributes["abi.step"] for s in after if s.name == "abi.step"] == ["second", "third"]
     assert {s.context.trace_id for s in after} == {int(TRACE_ID, 16)}
+
+
+@pytest.mark.anyio
+async def test_traceparent_sent_on_callback_webhook_and_http_step(
+    make: EngineFactory, receiver: Receiver
+) -> None:
+    """The execution's trace context goes out as traceparent on its callback and its
+    webhook deliveries; an http_request step sends its own span as the parent."""
+    provider, exporter = tracer()
+    async with make(
+        tracer_provider=provider, allow_private_urls=True, webhook_settings=fast_webhooks()
+    ) as engine:
+        await engine.webhooks.create(
+            {"url": receiver.url("/hook"), "events": ["execution.completed"]}
+        )
+        step = {
+            "name": "call",
+            "action": "http_request",
+            "method": "POST",
+            "url": receiver.url("/api"),
+        }
+        wf = await engine.workflows.create(
+            {"name": "c", "type": "custom", "configuration": {"steps": [step]}}
+        )
+        await engine.workflows.activate(wf.id)
+        started = await engine.executions.execute(
+            wf.id,
+            {},
+            wait=False,
+            callback_url=receiver.url("/callback"),
+            traceparent=TRACEPARENT,
+        )
+        await wait_status(engine, started.execution_id, ExecutionStatus.COMPLETED, timeout=30)
+        await eventually(lambda: receiver.received("/hook") and receiver.received("/callback"))
+    [callback] = receiver.received("/callback")
+    [hook] = receiver.received("/hook")
+    [call] = receiver.received("/api")
+    assert callback.headers["traceparent"] == TRACEPARENT
+    assert hook.headers["traceparent"] == TRACEPARENT
+    [step_span] = [s for s in exporter.get_finished_spans() if s.name == "abi.step"]
+    sent = call.headers["traceparent"]
+    assert sent == f"00-{TRACE_ID}-{step_span.context.span_id:016x}-01"
 
 
 def test_traceparent_header_over_rest(databases: DatabaseFactory) -> None:

@@ -216,7 +216,12 @@ class Engine:
             executions=self.executions,
             templates=self.notification_templates,
             legacy_engine=self,
+            trace_headers=self._trace_headers,
         )
+
+    def _trace_headers(self) -> dict[str, str]:
+        tracing = self.runtime.tracing
+        return {} if tracing is None else tracing.outgoing()
 
     # -- registry views ---------------------------------------------------------------
 

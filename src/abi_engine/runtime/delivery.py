@@ -362,7 +362,8 @@ class DeliveryWorker:
                     data = event_data(job.event_type, found[0], found[1], job.ref_step_index)
                 if data is None:  # what it points to is gone: say which execution it was
                     data = {"execution_id": execution_id}
-                job = attrs.evolve(job, data_json=dumps(data))
+                trace = found[0].trace_context if found is not None else None
+                job = attrs.evolve(job, data_json=dumps(data), traceparent=job.traceparent or trace)
             ready.append(job)
         return ready
 
@@ -518,6 +519,8 @@ class DeliveryWorker:
             "webhook-id": job.event_id,
             "webhook-timestamp": timestamp,
         }
+        if job.traceparent:  # the execution's trace context (with tracing on)
+            headers["traceparent"] = job.traceparent
         if job.secrets:
             headers["webhook-signature"] = signature_header(
                 job.secrets, job.event_id, timestamp, payload

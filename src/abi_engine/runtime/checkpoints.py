@@ -299,9 +299,8 @@ class WritesRuns:
 
     def _count_step(self, record: ExecutionRecord, step: StepRecord) -> None:
         """Count a step that ran (completed or failed) in the step durations."""
-        if self.metrics is not None and step.started_at and step.completed_at:
-            seconds = (step.completed_at - step.started_at).total_seconds()
-            self.metrics.step_ended(record.workflow_type, step.name, seconds)
+        if self.metrics is not None and step.duration_ms is not None:
+            self.metrics.step_ended(record.workflow_type, step.name, step.duration_ms / 1000)
 
     def _needs_view(self, record: ExecutionRecord) -> bool:
         """Whether the finished execution's view is built: for a waiting caller, or an

@@ -168,3 +168,41 @@ def test_json_formatter_keeps_any_extra(extra: dict[str, Any]) -> None:
     line = json.loads(text)
     for key, value in extra.items():
         assert line[key] == value
+
+
+@pytest.mark.anyio
+async def test_failed_firing_logs_one_line_with_ids(
+    make_engine: Callable[..., Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A due time that cannot start an execution is one warning with the schedule's and
+    workflow's ids and the error as fields (the JSON line's keys)."""
+    caplog.set_level(logging.INFO, logger="abi_engine")
+    engine = make_engine()
+    async with engine:
+        wf = await engine.workflows.create(
+            {
+                "name": "f",
+                "type": "custom",
+                "configuration": {"steps": [{"name": "w", "action": "delay", "seconds": 0}]},
+                "integrations": [{"id": "int_gone", "required": True}],
+            }
+        )
+        await engine.workflows.activate(wf.id)
+        schedule = await engine.schedules.create(
+            wf.id,
+            {
+                "name": "s",
+                "schedule_type": "interval",
+                "interval_value": 60,
+                "interval_unit": "seconds",
+            },
+        )
+        assert schedule.next_execution is not None
+        await engine.scheduler.tick(schedule.next_execution)
+    lines = [json.loads(line) for line in _formatted(caplog.records)]
+    [line] = [x for x in lines if x.get("schedule_id") == schedule.id]
+    assert line["level"] == "warning"
+    assert line["logger"] == "abi_engine.scheduler"
+    assert line["workflow_id"] == wf.id
+    assert line["error"]["code"] == "INTEGRATION_MISSING"
+    assert line["due_at"]

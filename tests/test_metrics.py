@@ -22,8 +22,8 @@ from runtime_plugins.helpers import (
 )
 from webhook_testing import Receiver, fast, receiver_fixture  # noqa: F401 - a fixture
 
-from abi_engine import Engine, ExecutionStatus
-from abi_engine.errors import WorkflowExecutionError
+from abi_engine import Engine, ExecutionStatus, api
+from abi_engine.errors import InvalidState, WorkflowExecutionError
 from abi_engine.ids import new_id, utcnow
 from abi_engine.runtime.metrics import STEP_BUCKETS, Histogram
 from abi_engine.storage.records import ExecutionRecord, InsertExecution
@@ -284,6 +284,9 @@ async def test_metrics_off(make: EngineFactory) -> None:
         assert engine.runtime.committer._metrics is None
         with pytest.raises(RuntimeError):
             await engine.render_metrics()
+        admin = engine.tokens.authenticate(engine.tokens.create_token("usr_ops"))
+        with pytest.raises(InvalidState):  # GET /api/v1/metrics: 409, not a 500
+            await api.call(engine, admin, "get_metrics", api.ApiRequest())
 
 
 @pytest.mark.anyio

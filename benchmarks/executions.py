@@ -11,7 +11,7 @@ Prints:
 - sync execution over REST (uvicorn + httpx), p50 and p99 (``--rest``);
 - peak RSS of the process.
 
-Usage: python benchmarks/executions.py [--count 10000] [--rest]
+Usage: python benchmarks/executions.py [--count 10000] [--rest] [--no-metrics]
 """
 
 from __future__ import annotations
@@ -57,9 +57,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+#: ``--no-metrics``: engines built with ``metrics=False`` (the cost of metrics, #15).
+METRICS = True
+
+
 async def throughput(db: Path, count: int, durability: str, submitters: int = 64) -> float:
     settings = RuntimeSettings(workers=256, queue_size=max(count, 1000))
-    async with Engine(db, plugins=[BenchPlugin()], durability=durability, runtime=settings) as e:  # type: ignore[arg-type]
+    async with Engine(
+        db,
+        plugins=[BenchPlugin()],
+        durability=durability,  # type: ignore[arg-type]
+        runtime=settings,
+        metrics=METRICS,
+    ) as e:
         wf = await e.workflows.create({"name": "bench", "type": "bench_three"})
         await e.workflows.activate(wf.id)
         ids: list[str] = []
@@ -90,7 +100,7 @@ async def throughput(db: Path, count: int, durability: str, submitters: int = 64
 
 
 async def sync_latency(db: Path, count: int) -> tuple[float, float]:
-    async with Engine(db, plugins=[BenchPlugin()]) as e:
+    async with Engine(db, plugins=[BenchPlugin()], metrics=METRICS) as e:
         wf = await e.workflows.create({"name": "bench", "type": "bench_three"})
         await e.workflows.activate(wf.id)
         for _ in range(50):
@@ -183,7 +193,10 @@ def main() -> None:
     parser.add_argument("--sync-count", type=int, default=2_000)
     parser.add_argument("--rest", action="store_true")
     parser.add_argument("--serve-rest", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-metrics", action="store_true", help="engines without metrics")
     args = parser.parse_args()
+    global METRICS
+    METRICS = not args.no_metrics
     if args.serve_rest:
         serve_rest()
         return

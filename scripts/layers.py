@@ -71,7 +71,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_math",
                 "schedule_rules",
             }
-            | {"webhook_signing", "netguard"}
+            | {"webhook_signing", "netguard", "logs"}
         ),
     ),
     (

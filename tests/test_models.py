@@ -362,4 +362,5 @@ def test_statuses_match_the_contract() -> None:
         "webhooks:admin",
         "integrations:admin",
         "audit:read",  # CONTRACT.md, "Names for the next capabilities"
+        "metrics:read",  # CONTRACT.md, names for the next capabilities (#15)
     }

@@ -117,7 +117,9 @@ async def _http(step: Any, ctx: StepContext) -> dict[str, Any]:
         response = await client.request(
             step.method,
             url,
-            headers=step.headers or None,
+            # the step's span as the parent of the server's (with tracing on); the step's
+            # own headers win
+            headers={**host.trace_headers(), **(step.headers or {})} or None,
             json=step.json,
             timeout=step.timeout_seconds,
         )

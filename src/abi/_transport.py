@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from abi_engine.api import ApiRequest, call_with_status, get_operation
+from abi_engine.api import ApiRequest, Raw, call_with_status, get_operation
 from abi_engine.errors import (
     AbiError,
     InternalError,
@@ -190,6 +190,8 @@ class LocalTransport:
         )
         principal = self.engine.tokens.authenticate(require_token(self._token))
         status, data = self.engine.call(_call_operation, self.engine, principal, op_name, request)
+        if isinstance(data, Raw):  # sent as it is over HTTP: its text
+            return status, data.body.decode("utf-8")
         return status, json.loads(json.dumps(data))
 
     def close(self) -> None:
@@ -264,6 +266,8 @@ class RemoteTransport:
                 f"Could not reach the abi-engine REST API at {full}: {exc or type(exc).__name__}",
                 full,
             ) from exc
+        if op.raw_media_type and response.status_code < 400:  # not JSON: its text
+            return response.status_code, response.text
         return response.status_code, _unwrap(response)
 
     def close(self) -> None:

@@ -207,6 +207,11 @@ class _Client:
         """
         self._transport.close()
 
+    def get_metrics(self) -> str:
+        """The engine's metrics in the Prometheus text format (``GET /api/v1/metrics``;
+        the token needs the ``metrics:read`` scope). See docs/operations.md."""
+        return str(self._transport.request("get_metrics"))
+
     def __enter__(self) -> Self:
         return self
 

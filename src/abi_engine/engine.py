@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack, ExitStack
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import anyio.from_thread
@@ -25,6 +25,7 @@ from abi_engine.limits import Limits
 from abi_engine.notification_templates import NotificationTemplateService
 from abi_engine.plugins import Registry, collect, collect_named, make_plugin_manager
 from abi_engine.retention import Pruner
+from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.runner import Runtime
 from abi_engine.runtime.scheduler import Scheduler
 from abi_engine.runtime.settings import RetentionSettings, RuntimeSettings, WebhookSettings
@@ -35,6 +36,9 @@ from abi_engine.storage.base import Store
 from abi_engine.types import WorkflowType
 from abi_engine.webhooks import WebhookService
 from abi_engine.workflows import WorkflowService
+
+if TYPE_CHECKING:
+    from abi_engine.runtime.prometheus import MetricsExporter
 
 __all__ = ["Engine"]
 
@@ -56,6 +60,11 @@ class Engine:
     :param runtime: tuning of the execution runtime (workers, queue, leases).
     :param webhook_settings: tuning of webhook and callback delivery (retry
         schedule, timeout, concurrency).
+    :param metrics: count what the runtime does for :meth:`render_metrics` (Prometheus;
+        on by default, ``False`` turns the counting off).
+    :param tracer_provider: an OpenTelemetry ``TracerProvider`` (the ``otel``
+        extra): each execution run and step becomes a span of the execution's
+        trace (docs/operations.md#traces). ``None``: no tracing.
     :param limits: what one user may hold through the API (schedules,
         webhooks, tokens, queued executions), integrations engine-wide, and
         the largest step result, saved progress and list page
@@ -81,7 +90,14 @@ class Engine:
         webhook_settings: WebhookSettings | None = None,
         limits: Limits | None = None,
         retention: RetentionSettings | None = None,
+        metrics: bool = True,
+        tracer_provider: Any = None,
     ) -> None:
+        #: The runtime's counters (:class:`~abi_engine.runtime.metrics.RuntimeMetrics`),
+        #: ``None`` when the engine was built with ``metrics=False``.
+        self.metrics: RuntimeMetrics | None = RuntimeMetrics() if metrics else None
+        self._exporter: MetricsExporter | None = None
+        self._tracer_provider = tracer_provider
         self.pm = make_plugin_manager(
             plugins=plugins, load_entry_points=load_entry_points, disable=disable_plugins
         )
@@ -163,7 +179,12 @@ class Engine:
             events=self.events,
             workflow_types=self.registry.workflow_types,
             limits=self.limits,
+            metrics=self.metrics,
         )
+        if self._tracer_provider is not None:
+            from abi_engine.runtime.tracing import Tracing
+
+            self.runtime.tracing = Tracing(self._tracer_provider)
         self.executions = ExecutionService(
             self.store,
             self.runtime,
@@ -195,6 +216,7 @@ class Engine:
             events=self.events,
             allow_private_urls=self._allow_private,
             in_flight=lambda: self.runtime.in_flight,
+            metrics=self.metrics,
         )
 
     def _build_host(self) -> Host:
@@ -206,7 +228,12 @@ class Engine:
             executions=self.executions,
             templates=self.notification_templates,
             legacy_engine=self,
+            trace_headers=self._trace_headers,
         )
+
+    def _trace_headers(self) -> dict[str, str]:
+        tracing = self.runtime.tracing
+        return {} if tracing is None else tracing.outgoing()
 
     # -- registry views ---------------------------------------------------------------
 
@@ -217,6 +244,22 @@ class Engine:
 
     def _allow_private(self) -> bool:
         return self.allow_private_urls
+
+    async def render_metrics(self) -> tuple[bytes, str]:
+        """This process's metrics in the Prometheus text format, and its media type.
+
+        Needs ``prometheus-client`` (the ``asgi`` extra). Counters are this
+        engine's own; the queue gauges are read from the database now.
+
+        :raises RuntimeError: the engine was built with ``metrics=False``.
+        """
+        if self.metrics is None:
+            raise RuntimeError("This engine was built with metrics=False")
+        from abi_engine.runtime.prometheus import CONTENT_TYPE, MetricsExporter
+
+        if self._exporter is None:
+            self._exporter = MetricsExporter(self.metrics, AsyncStore(self.store))
+        return await self._exporter.render(), CONTENT_TYPE
 
     # -- lifecycle ----------------------------------------------------------------------
 

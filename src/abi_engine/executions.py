@@ -139,6 +139,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         idempotency_key: str | None = None,
         schedule_id: str | None = None,
         actor: Principal | None = None,
+        traceparent: str | None = None,
     ) -> Execution:
         """Start an execution of an active workflow.
 
@@ -149,7 +150,8 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         failed. An execution that suspends (``waiting``) is returned as it
         stands. Without ``wait`` return at once (``queued`` or ``running``).
         The same ``idempotency_key`` for the same workflow returns the first
-        execution again.
+        execution again. With tracing on, a W3C ``traceparent`` (the caller's
+        span) becomes the parent of the execution's spans.
         """
         params, timeout = self._check_request(
             parameters,
@@ -186,6 +188,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
                 schedule_id=schedule_id,
                 actor=actor,
                 reservation=reservation,
+                traceparent=traceparent,
             )
         finally:
             if reservation is not None:
@@ -275,8 +278,10 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         schedule_id: str | None,
         actor: Principal | None,
         reservation: Any,
+        traceparent: str | None = None,
     ) -> Execution:
         now = utcnow()
+        tracing = self._runtime.tracing
         record = ExecutionRecord(
             id=new_id("exec_"),
             workflow_id=workflow.id,
@@ -295,6 +300,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
             priority=0 if wait else 1,
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
             queued_reason="paused" if paused else None,
+            trace_context=tracing.context_for(traceparent) if tracing is not None else None,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
@@ -590,7 +596,12 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
 
     async def cancel(self, execution_id: str) -> Execution:
         """Cancel a queued, running or waiting execution; ``InvalidState`` once it has ended."""
-        current = await self.get(execution_id)
+        record = (
+            await self._store.get_execution(execution_id) if isinstance(execution_id, str) else None
+        )
+        if record is None:
+            raise ExecutionNotFound(str(execution_id))
+        current = build_execution(record, await self._store.get_steps(execution_id))
         if current.status.finished:
             raise InvalidState(
                 f"Execution {execution_id} has already ended ({current.status.value})",
@@ -617,6 +628,8 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
                 {"execution_id": execution_id, "status": latest.status.value},
             )
         self._runtime.cancel_local(execution_id)
+        if self._runtime.metrics is not None:
+            self._runtime.metrics.execution_finished(record.workflow_type, "cancelled")
         return await self.get(execution_id)
 
 

@@ -96,8 +96,10 @@ class Host:
         executions: ExecutionReader,
         templates: TemplateReader,
         legacy_engine: Any = None,
+        trace_headers: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self._allow_private_urls = allow_private_urls
+        self._trace_headers = trace_headers
         self._providers = providers
         self._collect = collect
         self._registered_templates = MappingProxyType(registered_templates)
@@ -122,6 +124,11 @@ class Host:
         :raises ~abi_engine.errors.InvalidRequest: naming ``field``.
         """
         return check_url(url, field=field, allow_private=self.allow_private_urls)
+
+    def trace_headers(self) -> dict[str, str]:
+        """The W3C ``traceparent`` header of the step running now, to send on a step's
+        outbound requests (``{}`` when the engine does not trace)."""
+        return self._trace_headers()
 
     def http_client(self, **options: Any) -> httpx.AsyncClient:
         """A guarded ``httpx.AsyncClient`` (:func:`abi_engine.netguard.guarded_client`).

@@ -114,6 +114,7 @@ class Scope(enum.StrEnum):
     WEBHOOKS_ADMIN = "webhooks:admin"
     INTEGRATIONS_ADMIN = "integrations:admin"
     AUDIT_READ = "audit:read"
+    METRICS_READ = "metrics:read"
 
 
 @attrs.define(kw_only=True)

@@ -44,6 +44,7 @@ from abi_engine.models_webhooks import (
 )
 from abi_engine.netguard import check_url
 from abi_engine.runtime.delivery import DeliveryWorker
+from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import STANDARD_RETRY_SCHEDULE, WebhookSettings
 from abi_engine.services import Service, check_page
 from abi_engine.storage.records_webhooks import WebhookRecord
@@ -153,9 +154,11 @@ class WebhookService(Service):
         events: EventPolicy,
         allow_private_urls: Callable[[], bool],
         in_flight: Callable[[], int],
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         super().__init__(store)
         self.settings = settings or WebhookSettings()
+        self._metrics = metrics
         self.node_id = _node_id()
         self._event_policy = events
         self._allow_private_urls = allow_private_urls
@@ -339,6 +342,7 @@ class WebhookService(Service):
             store=self._store.sync,
             in_flight=self._in_flight,
             allow_private_urls=self._allow_private_urls,
+            metrics=self._metrics,
         )
         self._loop_thread = threading.get_ident()
         try:

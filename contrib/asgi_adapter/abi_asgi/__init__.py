@@ -38,15 +38,18 @@ or ``abi-engine serve --forwarded-allow-ips``, which trusts no one by default.
 """
 
 from abi_asgi._app import API_PREFIX, MAX_JSON_DEPTH, create_app, parse_json_body
+from abi_asgi._metrics import MetricsPort, create_metrics_app
 from abi_asgi._ratelimit import RateLimit, RateLimiter
 from abi_asgi.openapi import build_openapi
 
 __all__ = [
     "API_PREFIX",
     "MAX_JSON_DEPTH",
+    "MetricsPort",
     "RateLimit",
     "RateLimiter",
     "build_openapi",
     "create_app",
+    "create_metrics_app",
     "parse_json_body",
 ]

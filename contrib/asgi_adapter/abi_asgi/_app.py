@@ -159,14 +159,19 @@ def _error_headers(exc: AbiError) -> list[tuple[bytes, bytes]]:
 
 
 async def _send(
-    send: Send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]], head: bool
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    head: bool,
+    content_type: bytes = _JSON,
 ) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", _JSON),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 *headers,
             ],
@@ -193,6 +198,8 @@ class _Api:
     async def serve(self, op: Operation, scope: Scope, receive: Receive, send: Send) -> None:
         head = scope["method"] == "HEAD"
         headers: list[tuple[bytes, bytes]] = []
+        content_type = _JSON
+        body: bytes | api.Raw
         try:
             status, body = await self._run(op, scope, receive)
         except _Disconnected:
@@ -204,9 +211,14 @@ class _Api:
                 "Unexpected error in %s %s", loggable(scope["method"]), loggable(scope.get("path"))
             )
             status, body = 500, _error(_INTERNAL)
-        await _send(send, status, body, headers, head)
+        if isinstance(body, api.Raw):  # sent as it is (the metrics' text)
+            content_type = body.media_type.encode("latin-1")
+            body = body.body
+        await _send(send, status, body, headers, head, content_type)
 
-    async def _run(self, op: Operation, scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    async def _run(
+        self, op: Operation, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes | api.Raw]:
         # ASGI servers give header names in lower case
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         principal = await self._authenticate(scope, headers)
@@ -221,7 +233,7 @@ class _Api:
             headers=headers,
         )
         status, data = await api.call_with_status(self.engine, principal, op.name, request)
-        return status, _success(data)
+        return status, data if isinstance(data, api.Raw) else _success(data)
 
     async def _authenticate(self, scope: Scope, headers: Mapping[str, str]) -> Principal:
         """The caller's principal, after charging its rate-limit bucket."""

@@ -397,11 +397,11 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
     errors = [*op.errors, *ALWAYS_ERRORS]
     if _takes_body(op):
         errors.append("PAYLOAD_TOO_LARGE")
+    content: dict[str, Any] = {"application/json": {"schema": _success_schema(builder, op)}}
+    if op.raw_media_type:  # sent as it is, without the envelope
+        content = {op.raw_media_type.split(";")[0]: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {
-        str(op.status_code): {
-            "description": op.summary,
-            "content": {"application/json": {"schema": _success_schema(builder, op)}},
-        }
+        str(op.status_code): {"description": op.summary, "content": content}
     }
     if op.accepted_description:
         responses["202"] = {

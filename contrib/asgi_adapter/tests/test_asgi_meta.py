@@ -98,13 +98,16 @@ async def test_openapi_describes_every_operation(document: Any) -> None:
         assert path_params == {s[1:-1] for s in op.path.split("/") if s.startswith("{")}
         assert ("requestBody" in item) == (op.request_model is not None)
         responses = item["responses"]
-        success_schema = responses[str(op.status_code)]["content"]["application/json"]["schema"]
-        assert success_schema["properties"]["status"] == {"const": "success"}
-        if op.paginated:
-            assert set(success_schema["properties"]["data"]["properties"]) == {
-                "items",
-                "pagination",
+        if op.raw_media_type:  # sent as it is (the metrics' text), no envelope
+            media = op.raw_media_type.split(";")[0]
+            assert responses[str(op.status_code)]["content"] == {
+                media: {"schema": {"type": "string"}}
             }
+        else:
+            success = responses[str(op.status_code)]["content"]["application/json"]["schema"]
+            assert success["properties"]["status"] == {"const": "success"}
+            if op.paginated:
+                assert set(success["properties"]["data"]["properties"]) == {"items", "pagination"}
         for code in (*op.errors, "INVALID_REQUEST", "UNAUTHORIZED", "FORBIDDEN"):
             status = str(error_for_code(code, "").http_status)
             assert code in responses[status]["description"], (op.name, code)

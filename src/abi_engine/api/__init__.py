@@ -5,7 +5,7 @@
 (:mod:`~abi_engine.api.workflows`, :mod:`~abi_engine.api.integrations`,
 :mod:`~abi_engine.api.executions`, :mod:`~abi_engine.api.schedules`,
 :mod:`~abi_engine.api.webhooks`, :mod:`~abi_engine.api.templates`,
-:mod:`~abi_engine.api.tokens`) declares its operations into it when imported,
+:mod:`~abi_engine.api.tokens`, :mod:`~abi_engine.api.metrics`) declares its operations into it when imported,
 which importing this package does. The ASGI adapter, the Python API (in
 process and remote), the OpenAPI document and the docs all read this table.
 """
@@ -24,6 +24,7 @@ from abi_engine.api import templates  # noqa: F401
 from abi_engine.api import tokens  # noqa: F401
 from abi_engine.api import webhooks  # noqa: F401
 from abi_engine.api import audit  # noqa: F401
+from abi_engine.api import metrics  # noqa: F401
 
 # isort: on
 from abi_engine.api.operations import (
@@ -32,6 +33,7 @@ from abi_engine.api.operations import (
     ApiRequest,
     Operation,
     QueryParam,
+    Raw,
     bounded_page,
     call,
     call_with_status,
@@ -46,6 +48,7 @@ __all__ = [
     "ApiRequest",
     "Operation",
     "QueryParam",
+    "Raw",
     "bounded_page",
     "call",
     "call_with_status",

@@ -111,6 +111,14 @@ _IDEMPOTENCY_HEADER = (
             " (wins over the body's idempotency_key)"
         ),
     ),
+    QueryParam(
+        name="traceparent",
+        schema={"type": "string"},
+        description=(
+            "A W3C trace context: with tracing on (the otel extra), the parent of the"
+            " execution's spans, kept with the execution across restarts"
+        ),
+    ),
 )
 
 _EXEC_ERRORS = (
@@ -147,6 +155,7 @@ async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest
         timeout_seconds=options.timeout_seconds,
         idempotency_key=_idempotency_key(request, body.idempotency_key),
         actor=actor,
+        traceparent=request.headers.get("traceparent"),
     )
     data = _execution_json(execution)
     if not options.wait_for_completion and not execution.status.finished:
@@ -178,6 +187,7 @@ async def execute_workflow_async(engine: Engine, actor: Principal, request: ApiR
         callback_secret=body.callback_secret,
         idempotency_key=_idempotency_key(request, body.idempotency_key),
         actor=actor,
+        traceparent=request.headers.get("traceparent"),
     )
     return _execution_json(execution)
 

@@ -40,6 +40,7 @@ __all__ = [
     "ApiRequest",
     "Operation",
     "QueryParam",
+    "Raw",
     "body_object",
     "bounded_page",
     "call",
@@ -71,6 +72,17 @@ class Accepted:
 
     def __init__(self, data: Any) -> None:
         self.data = data
+
+
+class Raw:
+    """A handler's answer sent as it is, not as JSON in the success envelope
+    (``GET /metrics``: the Prometheus text format). ``media_type`` is its ``Content-Type``."""
+
+    __slots__ = ("body", "media_type")
+
+    def __init__(self, body: bytes, media_type: str) -> None:
+        self.body = body
+        self.media_type = media_type
 
 
 @attrs.frozen(kw_only=True)
@@ -113,6 +125,8 @@ class Operation:
     path_schemas: Mapping[str, Mapping[str, Any]] = attrs.Factory(dict)
     #: When set, the operation may also answer 202 (its handler returns ``Accepted``).
     accepted_description: str | None = None
+    #: When set, the answer is this media type, sent as it is (its handler returns ``Raw``).
+    raw_media_type: str | None = None
 
 
 OPERATIONS: dict[str, Operation] = {}

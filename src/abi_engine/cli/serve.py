@@ -35,6 +35,7 @@ from abi_engine.cli._common import (
     _redact,
     _truthy,
 )
+from abi_engine.logs import configure_logging
 
 if TYPE_CHECKING:
     import uvicorn
@@ -105,6 +106,26 @@ def _server_parent() -> argparse.ArgumentParser:
         " on SQLite a killed process's work is taken over at once)",
     )
     add("--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)")
+    add(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line (time, level, logger, message and the"
+        " ids of what the line is about; docs/operations.md) (default: text)",
+    )
+    add(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="N",
+        help="also serve GET /metrics (Prometheus) without a token on this port"
+        " (default: none; GET /api/v1/metrics needs a token with metrics:read)",
+    )
+    add(
+        "--metrics-host",
+        default=DEFAULT_HOST,
+        help=f"address of --metrics-port (default: {DEFAULT_HOST})",
+    )
     return parent
 
 
@@ -132,9 +153,16 @@ class _Server:
     after, turns that into a clean return instead of a killed process.
     """
 
-    def __init__(self, engine: Engine, sock: socket.socket, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sock: socket.socket,
+        args: argparse.Namespace,
+        metrics_sock: socket.socket | None = None,
+    ) -> None:
         self.engine = engine
         self.sock = sock
+        self.metrics_sock = metrics_sock
         self.args = args
         self.server: uvicorn.Server | None = None
         host, port = sock.getsockname()[:2]
@@ -152,6 +180,10 @@ class _Server:
         print(f"abi-engine serving {self.api_url} (db: {db})", file=sys.stderr, flush=True)
         if getattr(self.args, "dashboard", True):
             print(f"dashboard: {self.root_url}/ui/", file=sys.stderr, flush=True)
+        if self.metrics_sock is not None:
+            host, port = self.metrics_sock.getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr, flush=True)
 
     def _build(self) -> uvicorn.Server:
         import abi_asgi
@@ -166,13 +198,20 @@ class _Server:
             options["rate_limit"] = (
                 abi_asgi.RateLimit(requests_per_second=rate, burst=burst) if rate > 0 else None
             )
-        app = abi_asgi.create_app(self.engine, **options)
+        app: Any = abi_asgi.create_app(self.engine, **options)
+        if self.metrics_sock is not None:  # one server, two sockets: see MetricsPort
+            metrics = abi_asgi.create_metrics_app(self.engine)
+            app = abi_asgi.MetricsPort(app, metrics, self.metrics_sock.getsockname()[1])
+        extra: dict[str, Any] = {}
+        if getattr(self.args, "log_format", "text") == "json":
+            extra["log_config"] = None  # uvicorn's loggers reach the root's JSON handler
         config = uvicorn.Config(
             app,
             host=self.args.host,
             port=self.sock.getsockname()[1],
             lifespan="on",
             log_level=self.args.log_level,
+            **extra,
             # Forwarding headers only from the proxies named (uvicorn would trust
             # 127.0.0.1 by default: any local process could then pick its address).
             proxy_headers=bool(self.args.forwarded_allow_ips),
@@ -195,7 +234,8 @@ class _Server:
             if prepare is not None:
                 await prepare(self.engine, self.root_url)
             self.server = server
-            await server.serve(sockets=[self.sock])
+            sockets = [self.sock] if self.metrics_sock is None else [self.sock, self.metrics_sock]
+            await server.serve(sockets=sockets)
 
     def run(self, prepare: Prepare | None = None) -> int:
         handled = (signal.SIGINT, signal.SIGTERM)
@@ -213,6 +253,8 @@ class _Server:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.sock.close()
+            if self.metrics_sock is not None:
+                self.metrics_sock.close()
         return EXIT_OK
 
 
@@ -267,16 +309,19 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     numeric = logging.DEBUG if level == "trace" else getattr(logging, level.upper())
-    logging.basicConfig(level=numeric, format="%(levelname)-9s %(name)s: %(message)s")
+    configure_logging(numeric, log_format)
 
 
 def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     _check_server_extras()
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     sock = _bind(args.host, args.port)
+    metrics_sock = None
     try:
+        if args.metrics_port is not None:
+            metrics_sock = _bind(args.metrics_host, args.metrics_port)
         engine = _open_engine(
             args.db,
             create_dirs=args.create_dirs,
@@ -287,9 +332,11 @@ def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
         )
     except BaseException:
         sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         raise
     try:
-        return _Server(engine, sock, args).run(prepare)
+        return _Server(engine, sock, args, metrics_sock).run(prepare)
     finally:
         engine.close()
 

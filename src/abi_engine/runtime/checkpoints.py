@@ -41,6 +41,7 @@ from abi_engine.runtime.execution import (
     redact,
 )
 from abi_engine.runtime.leases import Claims
+from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -62,6 +63,7 @@ from abi_engine.types import (
 
 if TYPE_CHECKING:
     from abi_engine.host import Host
+    from abi_engine.runtime.tracing import Tracing
 
 __all__ = ["COMMIT_RETRY_SECONDS", "WRITE_RETRY_SHARE", "WritesRuns"]
 
@@ -88,6 +90,8 @@ class WritesRuns:
     node_id: str
     committer: GroupCommitter
     claims: Claims
+    metrics: RuntimeMetrics | None
+    tracing: Tracing | None
     _waiters: dict[str, Any]
     _scopes: dict[str, anyio.CancelScope]
     _cancelled: set[str]
@@ -268,9 +272,37 @@ class WritesRuns:
         self._ended(prepared, view, applied)
 
     def _ended(self, prepared: Prepared, view: Execution | None, applied: Any) -> None:
-        """After the write that ends the run: tell whoever waits, let go of the claim."""
-        self.claims.let_go(prepared.record.id, prepared.token)
-        self._notify(prepared.record.id, view if applied else None)
+        """After the write that ends the run: tell whoever waits, let go of the claim;
+        count it, and log a failure (one line, with the ids and the error)."""
+        record = prepared.record
+        self.claims.let_go(record.id, prepared.token)
+        self._notify(record.id, view if applied else None)
+        if not applied:
+            return
+        if self.metrics is not None:
+            self.metrics.execution_finished(record.workflow_type, record.status.value)
+        if record.status is not ExecutionStatus.COMPLETED:
+            error = record.error or {}
+            log.warning(
+                "execution %s of workflow %s %s: %s",
+                record.id,
+                record.workflow_id,
+                record.status.value.replace("_", " "),
+                error.get("message"),
+                extra={
+                    "execution_id": record.id,
+                    "workflow_id": record.workflow_id,
+                    "workflow_type": record.workflow_type,
+                    "status": record.status.value,
+                    "step": error.get("step"),
+                    "error": error,
+                },
+            )
+
+    def _count_step(self, record: ExecutionRecord, step: StepRecord) -> None:
+        """Count a step that ran (completed or failed) in the step durations."""
+        if self.metrics is not None and step.duration_ms is not None:
+            self.metrics.step_ended(record.workflow_type, step.name, step.duration_ms / 1000)
 
     def _needs_view(self, record: ExecutionRecord) -> bool:
         """Whether the finished execution's view is built: for a waiting caller, or an
@@ -303,6 +335,7 @@ class WritesRuns:
             step.completed_at = now
             step.duration_ms = milliseconds(now - (step.started_at or now))
             step.error = {"type": type(exc).__name__, "message": message}
+            self._count_step(record, step)
         record.status = ExecutionStatus.FAILED
         record.completed_at = now
         record.duration_ms = milliseconds(now - (record.started_at or now))

@@ -49,6 +49,7 @@ from abi_engine.execution_views import event_data
 from abi_engine.ids import format_time, utcnow
 from abi_engine.models_webhooks import DeliveryStatus
 from abi_engine.netguard import URLRefused, check_url, pinned_address
+from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import WebhookSettings
 from abi_engine.storage._codec import dumps
 from abi_engine.storage.aio import call_store
@@ -182,10 +183,13 @@ class DeliveryWorker:
         store: Store,
         in_flight: Callable[[], int],
         allow_private_urls: Callable[[], bool],
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         """``service``: the webhook service (subscriptions, node id, wake-up);
         ``in_flight``: how many executions this process runs now;
-        ``allow_private_urls``: the engine's outbound setting, read at each post."""
+        ``allow_private_urls``: the engine's outbound setting, read at each post;
+        ``metrics``: where attempts are counted (``None``: nowhere)."""
+        self._metrics = metrics
         self._service = service
         self._in_flight = in_flight
         self._allow_private_urls = allow_private_urls
@@ -358,7 +362,8 @@ class DeliveryWorker:
                     data = event_data(job.event_type, found[0], found[1], job.ref_step_index)
                 if data is None:  # what it points to is gone: say which execution it was
                     data = {"execution_id": execution_id}
-                job = attrs.evolve(job, data_json=dumps(data))
+                trace = found[0].trace_context if found is not None else None
+                job = attrs.evolve(job, data_json=dumps(data), traceparent=job.traceparent or trace)
             ready.append(job)
         return ready
 
@@ -411,11 +416,21 @@ class DeliveryWorker:
             # traceback only at DEBUG level.
             log.warning("delivery %s: attempt failed unexpectedly: %s", job.id, error)
             log.debug("delivery %s: the failure's traceback", job.id, exc_info=exc)
+        outcome = self._outcome(job, started, clock, status_code, body, error)
+        if self._metrics is not None:
+            self._count(job, outcome)
         try:
-            await self._record(self._outcome(job, started, clock, status_code, body, error))
+            await self._record(outcome)
         finally:
             self._inflight.discard(job.id)
             self._wake.set()
+
+    def _count(self, job: DeliveryJob, outcome: AttemptOutcome) -> None:
+        assert self._metrics is not None
+        state = outcome.delivery_status
+        label = "retrying" if state is DeliveryStatus.PENDING else state.value
+        lag = (utcnow() - job.event_timestamp).total_seconds()
+        self._metrics.delivery(label, lag)
 
     async def _record(self, outcome: AttemptOutcome) -> None:
         """Record an attempt; attempts ending close together share one transaction.
@@ -504,6 +519,8 @@ class DeliveryWorker:
             "webhook-id": job.event_id,
             "webhook-timestamp": timestamp,
         }
+        if job.traceparent:  # the execution's trace context (with tracing on)
+            headers["traceparent"] = job.traceparent
         if job.secrets:
             headers["webhook-signature"] = signature_header(
                 job.secrets, job.event_id, timestamp, payload

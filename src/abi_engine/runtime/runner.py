@@ -55,6 +55,7 @@ from abi_engine.runtime.execution import (
     one_line,
 )
 from abi_engine.runtime.leases import Claims
+from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.steps import RunsExecutions
 from abi_engine.storage._fencing import new_claim
@@ -74,6 +75,7 @@ from abi_engine.types import (
 
 if TYPE_CHECKING:
     from abi_engine.host import Host
+    from abi_engine.runtime.tracing import Tracing
 
 __all__ = ["Runtime"]
 
@@ -113,8 +115,13 @@ class Runtime(RunsExecutions):
         events: EventPolicy,
         workflow_types: Mapping[str, WorkflowType],
         limits: Limits | None = None,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
+        #: What this runtime counts for the metrics (``None``: metrics are off).
+        self.metrics = metrics
+        #: The spans of executions (``None``: not traced; set by the engine).
+        self.tracing: Tracing | None = None
         self.limits: Limits = limits or Limits()
         self.store = store
         self.events = events
@@ -122,7 +129,7 @@ class Runtime(RunsExecutions):
         #: What steps receive as ``ctx.host`` (set by the engine once it is built).
         self.host: Host | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.committer = GroupCommitter(store, events.emit)
+        self.committer = GroupCommitter(store, events.emit, metrics=metrics)
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
@@ -514,6 +521,7 @@ class Runtime(RunsExecutions):
             return 0
         dead_nodes = getattr(self.store, "dead_nodes", None)
         dead = await call_store(self.store, dead_nodes) if dead_nodes is not None else []
+        taken_over = getattr(self.store, "lease_takeovers", 0)
         granted = await call_store(
             self.store,
             self.store.claim_recoverable,
@@ -524,6 +532,8 @@ class Runtime(RunsExecutions):
             set(self.workflow_types),
             dead,
         )
+        if self.metrics is not None:  # running executions whose owner's lease had ended
+            self.metrics.lease_takeovers += getattr(self.store, "lease_takeovers", 0) - taken_over
         for execution_id, _priority, token in granted:
             self.claims.hold(execution_id, token)
             self._push(execution_id, token)

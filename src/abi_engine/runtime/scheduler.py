@@ -27,6 +27,7 @@ from abi_engine.events import Event, EventPolicy, OutboxEvent
 from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
 from abi_engine.runtime.execution import Prepared
+from abi_engine.runtime.metrics import FIRING_OUTCOMES
 from abi_engine.runtime.runner import Runtime
 from abi_engine.schedule_math import INTERVAL_UNITS, Timing
 from abi_engine.schedule_rules import Note, decide_due, plan_missed
@@ -156,16 +157,10 @@ class Scheduler:
                     await anyio.sleep(ahead)
             results = await self._runtime.committer.submit_many([op for op, _ in plans])
             for (op, prepared), applied in zip(plans, results, strict=True):
+                if applied is True:
+                    self._count(op)
                 if applied is True and op.failures and op.last_failure:
-                    failure = op.last_failure
-                    log.warning(
-                        "schedule %s: %d due time(s) could not start an execution of %s: %s: %s",
-                        op.schedule_id,
-                        op.failures,
-                        failure.get("workflow_id"),
-                        failure["code"],
-                        failure["message"],
-                    )
+                    _log_failure(op, op.last_failure)
                 if applied is True:
                     for item in prepared:
                         self.fired += 1
@@ -173,6 +168,19 @@ class Scheduler:
                             # Handed back to the store: recovery runs it once there is room.
                             log.warning("queue full; schedule %s execution waits", op.schedule_id)
         return len(due) >= self._batch or len(ready) >= self._batch
+
+    def _count(self, op: FireSchedule) -> None:
+        """Count a committed firing's due times by outcome, and how late those that
+        started an execution started."""
+        metrics = self._runtime.metrics
+        if metrics is None:
+            return
+        now = utcnow()
+        for entry in op.history:
+            outcome = FIRING_OUTCOMES.get(entry.outcome, "skipped")
+            metrics.firing(outcome)
+            if outcome == "started" and entry.due_at is not None:
+                metrics.schedule_lateness.observe(max(0.0, (now - entry.due_at).total_seconds()))
 
     async def _plan_due(
         self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
@@ -307,6 +315,9 @@ class Scheduler:
                 schedule_id=record.id,
                 created_by=record.created_by,
                 priority=1,
+                trace_context=None
+                if runtime.tracing is None
+                else runtime.tracing.context_for(None),
             )
             runtime.grant(execution)
             executions.append(execution)
@@ -406,6 +417,24 @@ class Scheduler:
 
             events.append(self._event_policy.deferred("schedule.failed", build))
         return tuple(events)
+
+
+def _log_failure(op: FireSchedule, failure: dict[str, Any]) -> None:
+    """One line for a firing whose due times could not start an execution."""
+    log.warning(
+        "schedule %s: %d due time(s) could not start an execution of %s: %s: %s",
+        op.schedule_id,
+        op.failures,
+        failure.get("workflow_id"),
+        failure["code"],
+        failure["message"],
+        extra={
+            "schedule_id": op.schedule_id,
+            "workflow_id": failure.get("workflow_id"),
+            "due_at": failure.get("due_at"),
+            "error": {"code": failure["code"], "message": failure["message"]},
+        },
+    )
 
 
 def _history(record: ScheduleRecord, note: Note, now: datetime) -> HistoryRecord:

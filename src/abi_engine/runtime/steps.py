@@ -164,7 +164,18 @@ class RunsExecutions(WritesRuns):
         prepared = await self._load(execution_id, grant)
         if prepared is None:
             return
+        if prepared.fresh and self.metrics is not None:
+            self.metrics.execution_started(prepared.record.workflow_type)
+        if self.tracing is None:
+            await self._run_loaded(prepared)
+        else:
+            with self.tracing.execution(prepared.record):
+                await self._run_loaded(prepared)
+
+    async def _run_loaded(self, prepared: Prepared) -> None:
+        """Run a loaded execution's remaining steps, to its end or its next wait."""
         record = prepared.record
+        execution_id = record.id
         # Nothing stored yet: no steps, signals or progress to read (but a rerun's
         # reused steps, stored with it).
         fresh = prepared.fresh
@@ -197,7 +208,7 @@ class RunsExecutions(WritesRuns):
             except Exception as exc:
                 # Outside any step (a plugin's skip_if, say): the same error comes back at
                 # every recovery, so the execution ends failed instead of looping.
-                log.error("execution %s failed outside its steps: %s", execution_id, exc)
+                log.debug("execution %s failed outside its steps", execution_id, exc_info=exc)
                 await self._finish_failed(record, prepared, exc, step=None, steps_done=done)
             return
         # Only reached when the scope was cancelled: a cancellation or the timeout.
@@ -262,7 +273,12 @@ class RunsExecutions(WritesRuns):
                 started_at=started,
             )
             running[0] = step
-            outcome = await self._attempt(prepared, spec, step, results, signals)
+            if self.tracing is None:
+                outcome = await self._attempt(prepared, spec, step, results, signals)
+            else:
+                with self.tracing.step(record, spec.name, index) as span:
+                    outcome = await self._attempt(prepared, spec, step, results, signals)
+                    span.set_attribute("abi.outcome", _outcome_name(outcome))
             if outcome is SUSPENDED:
                 return
             if isinstance(outcome, Failure):
@@ -274,6 +290,7 @@ class RunsExecutions(WritesRuns):
             step.completed_at = finished
             step.duration_ms = milliseconds(finished - started)
             step.result = result
+            self._count_step(record, step)
             running[0] = None
             results[spec.name] = result
             last_result = result
@@ -414,3 +431,10 @@ class RunsExecutions(WritesRuns):
             at=step.completed_at or utcnow(),
             step_index=step.index,
         )
+
+
+def _outcome_name(outcome: Any) -> str:
+    """A step attempt's outcome as a span attribute: completed, failed or suspended."""
+    if outcome is SUSPENDED:
+        return "suspended"
+    return "failed" if isinstance(outcome, Failure) else "completed"

@@ -223,6 +223,10 @@ class AsyncStore:
         """Executions requested in ``[start, end)`` counted per time bucket and status."""
         return await self._run(self.sync.execution_counts, start, end, bucket_ms)
 
+    async def queued_stats(self) -> tuple[int, datetime | None]:
+        """How many executions are queued, and when the oldest of them was requested."""
+        return await self._run(self.sync.queued_stats)
+
     async def find_execution_by_key(self, workflow_id: str, key: str) -> str | None:
         """The execution id created with this idempotency key, or ``None``."""
         return await self._run(self.sync.find_execution_by_key, workflow_id, key)

@@ -253,6 +253,10 @@ class Store(Protocol):
         the ``(status, created_at)`` index, never reading the rows.
         """
 
+    def queued_stats(self) -> tuple[int, datetime | None]:
+        """How many executions are queued, and when the oldest of them was requested
+        (``None`` when none is). Served from the ``(status, created_at)`` index."""
+
     def claim_recoverable(
         self,
         owner: str,
@@ -274,6 +278,9 @@ class Store(Protocol):
         ``lease_until``. Returns ``(execution_id, priority, token)``. A
         PostgreSQL store implements this with ``FOR UPDATE SKIP LOCKED`` so
         many processes can claim at once without taking the same execution.
+        A store may count in ``lease_takeovers`` (an int attribute) the granted
+        executions that were running (taken over from a process whose lease
+        ended); the runtime's metrics read it when it is there.
         """
 
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:

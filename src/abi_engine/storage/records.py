@@ -102,6 +102,8 @@ class ExecutionRecord:
     error: dict[str, Any] | None = None
     callback_url: str | None = None
     callback_secret: str | None = None
+    #: The W3C ``traceparent`` every run's span descends from (``None``: not traced).
+    trace_context: str | None = None
     schedule_id: str | None = None
     created_by: str | None = None
     idempotency_key: str | None = None

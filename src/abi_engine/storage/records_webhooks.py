@@ -65,6 +65,8 @@ class DeliveryJob:
     ref_execution_id: str | None = None
     ref_step_index: int | None = None
     claim: int | None = None
+    #: The ``traceparent`` of the execution the delivery is about (sent along), if traced.
+    traceparent: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -55,6 +55,9 @@ class ExecutionsMixin:
     write: Callable[..., Any]
     _read: Callable[[], Any]
     _insert_events: Callable[[Conn, Sequence[Any]], None]
+    #: Running executions :meth:`claim_recoverable` granted (their owner's lease had
+    #: expired, or its process ended): taken over, for the metrics.
+    lease_takeovers: int = 0
 
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
         """Insert execution rows; each one's result: ``True``, ``False`` when its
@@ -232,6 +235,14 @@ class ExecutionsMixin:
             ).fetchall()
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
+    def queued_stats(self) -> tuple[int, datetime | None]:
+        """How many executions are queued and the oldest one's request time (see the Store)."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT count(*), min(created_at) FROM executions WHERE status = 'queued'"
+            ).fetchone()
+        return int(row[0]), from_ms(row[1])
+
     def claim_recoverable(
         self,
         owner: str,
@@ -259,8 +270,11 @@ class ExecutionsMixin:
             ("lease_until < ?", (now_ms,)) if d.clock is None else (f"lease_until < {d.clock}", ())
         )
 
+        running = [0]  # of this attempt of the transaction (it may be retried)
+
         def run(conn: Conn) -> list[tuple[str, int, int]]:
             taken: list[tuple[str, int, int]] = []
+            running[0] = 0
             # Waits that timed out: record a signal the step can see, queue them.
             woken = conn.execute(
                 "SELECT id, waiting_for, priority FROM executions"
@@ -280,17 +294,16 @@ class ExecutionsMixin:
             # Unowned work, expired leases, and work of nodes that ended.
             room = max(0, limit - len(taken))
             if room:
-                taken.extend(
-                    (row[0], row[1], new_claim())
-                    for row in conn.execute(
-                        "SELECT id, priority FROM executions"
-                        " WHERE status IN ('queued', 'running')"
-                        f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
-                        " AND (queued_reason IS NULL OR queued_reason <> 'paused')"
-                        f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
-                        (*expired_args, *dead_args, *type_args, room),
-                    ).fetchall()
-                )
+                rows = conn.execute(
+                    "SELECT id, priority, status FROM executions"
+                    " WHERE status IN ('queued', 'running')"
+                    f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
+                    " AND (queued_reason IS NULL OR queued_reason <> 'paused')"
+                    f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
+                    (*expired_args, *dead_args, *type_args, room),
+                ).fetchall()
+                taken.extend((row[0], row[1], new_claim()) for row in rows)
+                running[0] = sum(1 for row in rows if row[2] == "running")
             conn.executemany(
                 f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
                 " waiting_for = NULL, wake_at = NULL, status = 'queued' WHERE id = ?",
@@ -298,7 +311,9 @@ class ExecutionsMixin:
             )
             return taken
 
-        return list(self.write(run))
+        granted = list(self.write(run))
+        self.lease_takeovers += running[0]
+        return granted
 
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
         """Extend the lease of each execution still queued or running under its claim

@@ -107,3 +107,8 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    # An execution's W3C trace context (traceparent), carried across runs and restarts (#15).
+    Migration("m016_trace_context", ["ALTER TABLE executions ADD COLUMN trace_context TEXT"])
+)

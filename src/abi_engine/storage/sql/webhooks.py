@@ -76,7 +76,8 @@ def _jobs(rows: Sequence[Sequence[Any]], claims: Sequence[int], now: datetime) -
         (delivery_id, webhook_id, execution_id, tries, attempt_count) = row[:5]
         (event_seq, event_index, event_id, event_type) = row[5:9]
         (found, timestamp, data, refs) = row[9:13]
-        (url, secret, previous, previous_until, callback_url, callback_secret) = row[13:]
+        (url, secret, previous, previous_until, callback_url, callback_secret) = row[13:19]
+        traceparent = row[19] if webhook_id is None else None  # a callback's execution
         if webhook_id is not None:
             secrets: tuple[str, ...] = (secret,) if secret else ()
             if previous and previous_until is not None and previous_until > now_ms:
@@ -105,6 +106,7 @@ def _jobs(rows: Sequence[Sequence[Any]], claims: Sequence[int], now: datetime) -
                 tries=tries,
                 attempt_count=attempt_count,
                 claim=claim,
+                traceparent=traceparent,
             )
         )
     return jobs
@@ -403,7 +405,7 @@ class WebhooksMixin:
                 " d.event_seq, d.event_index, d.event_id, d.event_type,"
                 " e.seq, e.timestamp, e.data, e.refs,"
                 " w.url, w.secret, w.previous_secret, w.previous_secret_until,"
-                " x.callback_url, x.callback_secret"
+                " x.callback_url, x.callback_secret, x.trace_context"
                 " FROM webhook_deliveries d"
                 " LEFT JOIN events e ON e.seq = d.event_seq"
                 " LEFT JOIN webhooks w ON w.id = d.webhook_id"

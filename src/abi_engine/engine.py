@@ -194,6 +194,7 @@ class Engine:
             executions=self.executions,
             templates=self.notification_templates,
             legacy_engine=self,
+            children=self.executions,
         )
 
     # -- registry views ---------------------------------------------------------------

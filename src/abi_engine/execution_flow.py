@@ -258,6 +258,41 @@ class ExecutionFlow:
             items.append(item)
         return {"dry_run": dry_run, "matched": total, "items": items}
 
+    # -- child executions -------------------------------------------------------------------
+
+    async def start_child(
+        self, parent_execution_id: str, workflow_id: str, parameters: Mapping[str, Any], key: str
+    ) -> str:
+        """Start, once per ``key``, an execution of ``workflow_id`` whose end the store
+        signals to ``parent_execution_id`` (``child:<id>``); its id
+        (``StepContext.run_workflow``)."""
+        started = await self.execute(  # type: ignore[attr-defined]
+            workflow_id,
+            parameters,
+            wait=False,
+            idempotency_key=key,
+            parent_execution_id=parent_execution_id,
+        )
+        return str(started.execution_id)
+
+    async def cancel_children(self, execution_id: str) -> None:
+        """Cancel the unfinished children of an execution (and theirs, in turn)."""
+        unfinished = (
+            ExecutionStatus.QUEUED,
+            ExecutionStatus.RUNNING,
+            ExecutionStatus.WAITING,
+            ExecutionStatus.PAUSED,
+        )
+        query = ExecutionQuery(
+            page_size=1000, parent_execution_id=execution_id, statuses=unfinished
+        )
+        children, _ = await self._store.list_executions(query)
+        for child in children:
+            try:
+                await self.cancel(child.id)  # type: ignore[attr-defined]
+            except InvalidState:  # ended meanwhile
+                continue
+
     # -- pause and resume -------------------------------------------------------------------
 
     async def pause_workflow(self, workflow_id: str, paused: bool = True) -> WorkflowPauseView:

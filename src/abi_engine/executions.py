@@ -133,6 +133,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
         idempotency_key: str | None = None,
         schedule_id: str | None = None,
         actor: Principal | None = None,
+        parent_execution_id: str | None = None,
     ) -> Execution:
         """Start an execution of an active workflow.
 
@@ -143,7 +144,8 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
         failed. An execution that suspends (``waiting``) is returned as it
         stands. Without ``wait`` return at once (``queued`` or ``running``).
         The same ``idempotency_key`` for the same workflow returns the first
-        execution again.
+        execution again. ``parent_execution_id``: the execution whose step starts
+        this one (:meth:`start_child`), told when it ends.
         """
         params, timeout = self._check_request(
             parameters,
@@ -180,6 +182,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
                 schedule_id=schedule_id,
                 actor=actor,
                 reservation=reservation,
+                parent_execution_id=parent_execution_id,
             )
         finally:
             if reservation is not None:
@@ -269,6 +272,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
         schedule_id: str | None,
         actor: Principal | None,
         reservation: Any,
+        parent_execution_id: str | None = None,
     ) -> Execution:
         now = utcnow()
         record = ExecutionRecord(
@@ -289,6 +293,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
             priority=0 if wait else 1,
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
             queued_reason="paused" if paused else None,
+            parent_execution_id=parent_execution_id,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
@@ -493,6 +498,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
         created_by: str | None = None,
         awaiting_approval: Any = False,
         rerun_of: str | None = None,
+        parent_execution_id: str | None = None,
     ) -> Page[ExecutionSummary]:
         """One page of executions, newest first.
 
@@ -501,7 +507,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
         ``start_date`` / ``end_date`` bound when they were requested
         (``created_at``, inclusive); ``awaiting_approval`` keeps only the waiting
         executions whose wait is an approval's decision; ``rerun_of`` the reruns
-        of that execution (#16).
+        of that execution (#16); ``parent_execution_id`` the children of that one.
         """
         page, page_size = check_page(page, page_size)
         statuses = _statuses(status)
@@ -510,6 +516,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
             ("schedule_id", schedule_id),
             ("created_by", created_by),
             ("rerun_of", rerun_of),
+            ("parent_execution_id", parent_execution_id),
         ):
             if text is not None and not isinstance(text, str):
                 raise InvalidRequest(f"'{name}' must be a string", {"field": name})
@@ -525,6 +532,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
             created_by=created_by,
             awaiting_approval=bool(check_flag(awaiting_approval, "awaiting_approval")),
             rerun_of=rerun_of,
+            parent_execution_id=parent_execution_id,
         )
         records, total = await self._store.list_executions(query)
         items = [
@@ -608,6 +616,7 @@ class ExecutionService(ExecutionFlow, ExecutionSignals, Service):
                 {"execution_id": execution_id, "status": latest.status.value},
             )
         self._runtime.cancel_local(execution_id)
+        await self.cancel_children(execution_id)
         return await self.get(execution_id)
 
 

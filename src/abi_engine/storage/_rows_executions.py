@@ -16,7 +16,7 @@ _EXEC_COLUMNS = (
     " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
     " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
     " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
-    " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since"
+    " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since, e.parent_execution_id"
 )
 
 
@@ -57,4 +57,5 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         pause_requested=bool(row[26]),
         queued_reason=row[27],
         queued_since=from_ms(row[28]),
+        parent_execution_id=row[29],
     )

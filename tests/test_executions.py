@@ -63,6 +63,7 @@ EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"
     "rerun_of",  # #16: flow control
     "queued_reason",
     "queued_since",
+    "parent_execution_id",
 }
 EXTRA_STEP_KEYS = {"attempts", "error", "reused_from"}
 

@@ -187,3 +187,34 @@ def test_the_python_api_reruns_and_pauses(api: Served, way: str) -> None:
     assert executor.wait_for_execution(held.execution_id, timeout=60).status.value == "completed"
     with pytest.raises(InvalidState):
         executor.resume_execution(held.execution_id)
+
+
+def test_flow_control_needs_executions_write_and_bulk_filters_by_time(api: Served) -> None:
+    """A token with executions:read only is refused (403 FORBIDDEN) by every flow-control
+    operation; the bulk rerun's created_after/created_before bound what it takes."""
+    client = api.client()
+    wf = new_workflow(client, TWO_STEPS)
+    ex = data_of(client.post(f"/api/v1/workflows/{wf}/execute_async", json={}), 202)
+    settled(client, ex["execution_id"], "failed")
+    reader = api.client(api.engine.tokens.create_token("usr_reader", ["executions:read"]))
+    for path in (
+        f"/api/v1/workflow_executions/{ex['execution_id']}/rerun",
+        f"/api/v1/workflow_executions/{ex['execution_id']}/pause",
+        f"/api/v1/workflow_executions/{ex['execution_id']}/resume",
+        "/api/v1/workflow_executions/rerun",
+        f"/api/v1/workflows/{wf}/pause",
+        f"/api/v1/workflows/{wf}/resume",
+    ):
+        assert error_of(reader.post(path, json={}), 403)["code"] == "FORBIDDEN", path
+    created = ex["created_at"]
+    for bounds, count in (
+        ({"created_after": created, "created_before": created}, 1),
+        ({"created_after": "2999-01-01T00:00:00Z"}, 0),
+        ({"created_before": "2000-01-01T00:00:00Z"}, 0),
+    ):
+        body = {"filter": {"workflow_id": wf, **bounds}, "dry_run": True}
+        dry = data_of(client.post("/api/v1/workflow_executions/rerun", json=body))
+        assert dry["matched"] == count, bounds
+    bad = {"filter": {"created_after": "yesterday"}}
+    refused = client.post("/api/v1/workflow_executions/rerun", json=bad)
+    assert error_of(refused, 400)["code"] == "INVALID_REQUEST"

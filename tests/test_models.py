@@ -286,6 +286,7 @@ def test_empty_fields_are_null() -> None:
         "rerun_of": None,
         "queued_reason": None,
         "queued_since": None,
+        "parent_execution_id": None,
     }
 
 

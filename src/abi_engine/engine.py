@@ -229,6 +229,7 @@ class Engine:
             templates=self.notification_templates,
             legacy_engine=self,
             trace_headers=self._trace_headers,
+            children=self.executions,
         )
 
     def _trace_headers(self) -> dict[str, str]:

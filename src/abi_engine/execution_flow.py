@@ -103,26 +103,14 @@ class ExecutionFlow:
         Returns the new execution, queued (``rerun_of`` = ``execution_id``).
         """
         self._check_running()
-        if configuration not in CONFIGURATION_MODES:
-            raise InvalidRequest(
-                "'configuration' must be 'pinned' or 'current'", {"field": "configuration"}
-            )
+        _check_mode(configuration)
         if parameters is not None and not isinstance(parameters, Mapping):
             raise InvalidParameters("'parameters' must be an object", {"field": "parameters"})
         original = await self._original(execution_id)
         compiled = await self.compiled(original.workflow_id)
         await self._check_runnable(compiled)
         wtype: WorkflowType = compiled.workflow_type
-        if configuration == "current":
-            config_json, config, specs = (
-                compiled.workflow.configuration,
-                compiled.config,
-                compiled.specs,
-            )
-        else:
-            config_json = original.configuration
-            config = wtype.parse_configuration(config_json)
-            specs = wtype.steps(config)
+        config_json, config, specs = _configuration(configuration, compiled, original)
         stored = await self._store.get_steps(original.id)
         start = _start_index(from_step, specs, stored)
         params = dict(original.parameters if parameters is None else parameters)
@@ -233,10 +221,7 @@ class ExecutionFlow:
         query = _bulk_query(workflow_id, status, created_after, created_before, limit)
         if not isinstance(dry_run, bool):
             raise InvalidRequest("'dry_run' must be a boolean", {"field": "dry_run"})
-        if configuration not in CONFIGURATION_MODES:
-            raise InvalidRequest(
-                "'configuration' must be 'pinned' or 'current'", {"field": "configuration"}
-            )
+        _check_mode(configuration)
         records, total = await self._store.list_executions(query)
         items: builtins.list[dict[str, Any]] = []
         for original in records:
@@ -257,6 +242,41 @@ class ExecutionFlow:
                     item["error"] = {"code": exc.code, "message": str(exc.message)}
             items.append(item)
         return {"dry_run": dry_run, "matched": total, "items": items}
+
+    # -- child executions -------------------------------------------------------------------
+
+    async def start_child(
+        self, parent_execution_id: str, workflow_id: str, parameters: Mapping[str, Any], key: str
+    ) -> str:
+        """Start, once per ``key``, an execution of ``workflow_id`` whose end the store
+        signals to ``parent_execution_id`` (``child:<id>``); its id
+        (``StepContext.run_workflow``)."""
+        started = await self.execute(  # type: ignore[attr-defined]
+            workflow_id,
+            parameters,
+            wait=False,
+            idempotency_key=key,
+            parent_execution_id=parent_execution_id,
+        )
+        return str(started.execution_id)
+
+    async def cancel_children(self, execution_id: str) -> None:
+        """Cancel the unfinished children of an execution (and theirs, in turn)."""
+        unfinished = (
+            ExecutionStatus.QUEUED,
+            ExecutionStatus.RUNNING,
+            ExecutionStatus.WAITING,
+            ExecutionStatus.PAUSED,
+        )
+        query = ExecutionQuery(
+            page_size=1000, parent_execution_id=execution_id, statuses=unfinished
+        )
+        children, _ = await self._store.list_executions(query)
+        for child in children:
+            try:
+                await self.cancel(child.id)  # type: ignore[attr-defined]
+            except InvalidState:  # ended meanwhile
+                continue
 
     # -- pause and resume -------------------------------------------------------------------
 
@@ -315,6 +335,23 @@ class ExecutionFlow:
         return await self.get(execution_id)
 
 
+def _check_mode(configuration: Any) -> None:
+    if configuration not in CONFIGURATION_MODES:
+        raise InvalidRequest(
+            "'configuration' must be 'pinned' or 'current'", {"field": "configuration"}
+        )
+
+
+def _configuration(mode: str, compiled: Any, original: ExecutionRecord) -> tuple[Any, Any, Any]:
+    """The configuration JSON, parsed configuration and steps a rerun runs with: the
+    original's snapshot (``pinned``) or the workflow's now (``current``)."""
+    if mode == "current":
+        return compiled.workflow.configuration, compiled.config, compiled.specs
+    wtype: WorkflowType = compiled.workflow_type
+    config = wtype.parse_configuration(original.configuration)
+    return original.configuration, config, wtype.steps(config)
+
+
 class WorkflowPauseView(NamedTuple):
     """A workflow's pause: whether it is paused, since when, and how many queued
     executions this call held (pause) or released (resume)."""
@@ -333,13 +370,7 @@ def _start_index(
     names = [s.name for s in specs]
     if not names:
         raise InvalidRequest("The workflow has no steps to rerun", {"field": "from_step"})
-    done = 0
-    for step in stored:
-        if step.index != done or step.status not in _REUSABLE or done >= len(names):
-            break
-        if step.name != names[done]:
-            break
-        done += 1
+    done = _reusable(names, stored)
     if from_step is None:
         return done if done < len(names) else 0
     if isinstance(from_step, bool) or not isinstance(from_step, str | int):
@@ -365,6 +396,19 @@ def _start_index(
             {"field": "from_step", "first_incomplete": names[done]},
         )
     return index
+
+
+def _reusable(names: Sequence[str], stored: Sequence[StepRecord]) -> int:
+    """How many first steps of ``names`` the original stored as completed (or skipped),
+    in order and by the same names: the steps a rerun may reuse."""
+    done = 0
+    for step in stored:
+        if done >= len(names) or step.index != done or step.status not in _REUSABLE:
+            break
+        if step.name != names[done]:
+            break
+        done += 1
+    return done
 
 
 def _bulk_query(

@@ -94,6 +94,7 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
         created_by=record.created_by,
         created_at=record.created_at,
         rerun_of=record.rerun_of,
+        parent_execution_id=record.parent_execution_id,
         **_queued(record),
     )
 
@@ -161,6 +162,7 @@ def execution_json(execution: Execution) -> dict[str, Any]:
         "rerun_of": e.rerun_of,
         "queued_reason": e.queued_reason,
         "queued_since": _time(e.queued_since),
+        "parent_execution_id": e.parent_execution_id,
     }
 
 

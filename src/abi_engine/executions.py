@@ -140,6 +140,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         schedule_id: str | None = None,
         actor: Principal | None = None,
         traceparent: str | None = None,
+        parent_execution_id: str | None = None,
     ) -> Execution:
         """Start an execution of an active workflow.
 
@@ -152,6 +153,8 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         The same ``idempotency_key`` for the same workflow returns the first
         execution again. With tracing on, a W3C ``traceparent`` (the caller's
         span) becomes the parent of the execution's spans.
+        ``parent_execution_id``: the execution whose step starts
+        this one (:meth:`start_child`), told when it ends.
         """
         params, timeout = self._check_request(
             parameters,
@@ -189,6 +192,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
                 actor=actor,
                 reservation=reservation,
                 traceparent=traceparent,
+                parent_execution_id=parent_execution_id,
             )
         finally:
             if reservation is not None:
@@ -279,6 +283,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         actor: Principal | None,
         reservation: Any,
         traceparent: str | None = None,
+        parent_execution_id: str | None = None,
     ) -> Execution:
         now = utcnow()
         tracing = self._runtime.tracing
@@ -301,6 +306,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
             queued_reason="paused" if paused else None,
             trace_context=tracing.context_for(traceparent) if tracing is not None else None,
+            parent_execution_id=parent_execution_id,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
@@ -508,6 +514,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         created_by: str | None = None,
         awaiting_approval: Any = False,
         rerun_of: str | None = None,
+        parent_execution_id: str | None = None,
     ) -> Page[ExecutionSummary]:
         """One page of executions, newest first.
 
@@ -516,7 +523,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         ``start_date`` / ``end_date`` bound when they were requested
         (``created_at``, inclusive); ``awaiting_approval`` keeps only the waiting
         executions whose wait is an approval's decision; ``rerun_of`` the reruns
-        of that execution (#16).
+        of that execution (#16); ``parent_execution_id`` the children of that one.
         """
         page, page_size = check_page(page, page_size)
         statuses = _statuses(status)
@@ -525,6 +532,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
             ("schedule_id", schedule_id),
             ("created_by", created_by),
             ("rerun_of", rerun_of),
+            ("parent_execution_id", parent_execution_id),
         ):
             if text is not None and not isinstance(text, str):
                 raise InvalidRequest(f"'{name}' must be a string", {"field": name})
@@ -540,6 +548,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
             created_by=created_by,
             awaiting_approval=bool(check_flag(awaiting_approval, "awaiting_approval")),
             rerun_of=rerun_of,
+            parent_execution_id=parent_execution_id,
         )
         records, total = await self._store.list_executions(query)
         items = [
@@ -630,6 +639,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         self._runtime.cancel_local(execution_id)
         if self._runtime.metrics is not None:
             self._runtime.metrics.execution_finished(record.workflow_type, "cancelled")
+        await self.cancel_children(execution_id)
         return await self.get(execution_id)
 
 

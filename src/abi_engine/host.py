@@ -27,7 +27,7 @@ from abi_engine.models import (
 )
 from abi_engine.netguard import check_url, guarded_client
 
-__all__ = ["ExecutionReader", "Host", "TemplateReader", "provider_client"]
+__all__ = ["ChildStarter", "ExecutionReader", "Host", "TemplateReader", "provider_client"]
 
 
 class ExecutionReader(Protocol):
@@ -45,6 +45,14 @@ class ExecutionReader(Protocol):
         page: Any = 1,
         page_size: Any = 10,
     ) -> Awaitable[Page[ExecutionSummary]]: ...
+
+
+class ChildStarter(Protocol):
+    """What starts a step's child executions (``engine.executions`` is one)."""
+
+    def start_child(
+        self, parent_execution_id: str, workflow_id: str, parameters: Mapping[str, Any], key: str
+    ) -> Awaitable[str]: ...
 
 
 class TemplateReader(Protocol):
@@ -97,7 +105,9 @@ class Host:
         templates: TemplateReader,
         legacy_engine: Any = None,
         trace_headers: Callable[[], dict[str, str]] = dict,
+        children: ChildStarter | None = None,
     ) -> None:
+        self._children = children
         self._allow_private_urls = allow_private_urls
         self._trace_headers = trace_headers
         self._providers = providers
@@ -173,6 +183,21 @@ class Host:
     def registered_templates(self) -> Mapping[str, Any]:
         """The notification templates plugins registered (``abi_notification_templates``), by id."""
         return self._registered_templates
+
+    # -- child executions -----------------------------------------------------------------
+
+    async def start_child_execution(
+        self, parent_execution_id: str, workflow_id: str, parameters: Mapping[str, Any], key: str
+    ) -> str:
+        """Start (once per ``key``: again, the same id) an execution of ``workflow_id`` whose
+        end is signalled to ``parent_execution_id``; its id. The one write a step may
+        ask of the host, through :meth:`~abi_engine.StepContext.run_workflow`.
+
+        :raises RuntimeError: when this host starts no executions.
+        """
+        if self._children is None:
+            raise RuntimeError("this host starts no child executions")
+        return await self._children.start_child(parent_execution_id, workflow_id, parameters, key)
 
     # -- read-only queries ----------------------------------------------------------------
 

@@ -290,6 +290,8 @@ class Execution:
     queued_reason: str | None = None
     #: Since when a queued execution waits, ``null`` unless queued.
     queued_since: datetime | None = None
+    #: The execution whose step started this one (``ctx.run_workflow``), ``null`` if none.
+    parent_execution_id: str | None = None
 
 
 @attrs.define(kw_only=True)

@@ -33,7 +33,7 @@ __all__ = [
 _MICRO = timedelta(microseconds=1)
 
 #: Execution statuses of a run that is not over (the overlap policy applies).
-UNFINISHED: frozenset[str] = frozenset({"queued", "running", "waiting"})
+UNFINISHED: frozenset[str] = frozenset({"queued", "running", "waiting", "paused"})
 
 
 #: On-time due times one tick fires for one schedule; the rest wait for the next tick.

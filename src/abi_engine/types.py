@@ -22,6 +22,7 @@ so a wrong shape is refused with the offending field named::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
@@ -41,6 +42,7 @@ __all__ = [
     "APPROVAL_SIGNAL",
     "DURABLE_SLEEP_THRESHOLD",
     "PROGRESS_PREFIX",
+    "ChildWorkflowFailed",
     "ExecutionLost",
     "IncomingSignal",
     "RetryPolicy",
@@ -134,6 +136,7 @@ class StepContext:
     progress: Any = None
     progress_saver: Callable[[Any], Awaitable[Any]] | None = attrs.field(default=None, repr=False)
     _sleeps: int = attrs.field(default=0, init=False)
+    _children: int = attrs.field(default=0, init=False)
 
     async def save_progress(self, value: Any) -> None:
         """Durably keep how far this step got, so that a run of it after a failure or
@@ -184,6 +187,33 @@ class StepContext:
         if f"{name}{TIMEOUT_SUFFIX}" in self.signals:
             raise SignalTimeout(name)
         raise Suspend(name, timeout_seconds)
+
+    async def run_workflow(
+        self, workflow_id: str, parameters: Mapping[str, Any] | None = None
+    ) -> Any:
+        """Start an execution of another (active) workflow and wait for it durably; its
+        ``result`` once it completes.
+
+        The child is started once (a repeat of this call, as the step runs again
+        after the wait or a restart, finds it by its key: this execution, this
+        step, the call's rank in the step) and its end is signalled to this
+        execution, which waits for it as ``waiting`` without holding a worker.
+        Raises :class:`ChildWorkflowFailed` (``execution_id``, ``status``,
+        ``error``) when the child ends otherwise; a retry of the step finds the
+        same child, ended. Cancelling this execution cancels its children.
+        """
+        if self.host is None:
+            raise RuntimeError("run_workflow is only available to steps the engine runs")
+        step_key = hashlib.sha256(self.step_name.encode()).hexdigest()[:16]
+        key = f"child:{self.execution_id}:{step_key}:{self._children}"
+        self._children += 1
+        child = await self.host.start_child_execution(
+            self.execution_id, workflow_id, dict(parameters or {}), key
+        )
+        ended = self.wait_for_signal(f"child:{child}")
+        if not isinstance(ended, Mapping) or ended.get("status") != "completed":
+            raise ChildWorkflowFailed(child, ended)
+        return ended.get("result")
 
     async def sleep(self, seconds: float) -> None:
         """Wait ``seconds``; waits over a second park the execution durably."""
@@ -238,6 +268,22 @@ class SignalTimeout(Exception):
     def __init__(self, name: str) -> None:
         super().__init__(f"No signal {name!r} arrived in time")
         self.name = name
+
+
+class ChildWorkflowFailed(RuntimeError):
+    """A child execution (:meth:`StepContext.run_workflow`) ended without completing:
+    ``execution_id``, ``status`` (``failed``, ``timed_out``, ``cancelled``), ``error``."""
+
+    def __init__(self, execution_id: str, ended: Any) -> None:
+        data = ended if isinstance(ended, Mapping) else {}
+        self.execution_id = execution_id
+        self.status = str(data.get("status"))
+        self.error = data.get("error")
+        message = (self.error or {}).get("message") if isinstance(self.error, Mapping) else None
+        super().__init__(
+            f"child execution {execution_id} ended {self.status}"
+            + (f": {message}" if message else "")
+        )
 
 
 #: The signal ``approve`` / ``reject`` deliver: an execution waiting for its first

@@ -458,3 +458,49 @@ async def test_rerun_pause_and_resume_buttons(
         assert 'id="rerun"' not in text
         assert 'id="pause"' not in text
     await engine.executions.cancel(held.execution_id)
+
+
+class _Spawns(WorkflowType):
+    """Runs the workflow ``parameters.child`` as a child execution."""
+
+    name = "spawns"
+
+    @step
+    async def spawn(self, ctx: StepContext) -> Any:
+        return await ctx.run_workflow(ctx.parameters["child"], {"label": XSS})
+
+
+class _SpawnsPlugin:
+    @hookimpl
+    def abi_workflow_types(self, register: Any) -> None:
+        register(_Spawns)
+
+
+async def test_execution_page_lists_child_executions(
+    tmp_path: Path, make_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """A parent's page lists its child executions, each linking to its page; a child's
+    page links back to its parent."""
+    engine = Engine(tmp_path / "c.db", plugins=[_SpawnsPlugin()])
+    try:
+        async with engine:
+            token = engine.tokens.create_token("usr_test")
+            ids = await _seed(engine, token)
+            parent_wf = await engine.workflows.create(
+                {"name": "Parent", "type": "spawns", "configuration": {}}
+            )
+            await engine.workflows.activate(parent_wf.id)
+            parent = await engine.executions.execute(
+                parent_wf.id, {"child": ids["workflow_id"]}, wait=False
+            )
+            await engine.executions.wait(parent.execution_id, 30)
+            children = await engine.executions.list(parent_execution_id=parent.execution_id)
+            (child,) = children.items
+            client = make_client(create_app(engine, rate_limit=None))
+            await _sign_in(client, token)
+            page = (await client.get(f"/ui/executions/{parent.execution_id}")).text
+            assert child.execution_id in page.split('id="children"')[1]
+            child_page = (await client.get(f"/ui/executions/{child.execution_id}")).text
+            assert f'href="/ui/executions/{parent.execution_id}"' in child_page
+    finally:
+        engine.close()

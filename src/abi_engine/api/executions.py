@@ -301,6 +301,11 @@ async def wait_for_execution(engine: Engine, actor: Principal, request: ApiReque
             description="The reruns of this execution",
         ),
         QueryParam(
+            name="parent_execution_id",
+            schema={"type": "string"},
+            description="The children of this execution (started by its steps)",
+        ),
+        QueryParam(
             name="start_date",
             schema={"type": "string", "format": "date-time"},
             description="Executions requested at or after this time",
@@ -325,6 +330,7 @@ async def list_executions(engine: Engine, actor: Principal, request: ApiRequest)
             created_by=q.get("created_by"),
             awaiting_approval=q.get("awaiting_approval", False),
             rerun_of=q.get("rerun_of"),
+            parent_execution_id=q.get("parent_execution_id"),
             start_date=q.get("start_date"),
             end_date=q.get("end_date"),
             page=q.get("page", 1),

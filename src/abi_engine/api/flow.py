@@ -25,10 +25,10 @@ __all__: list[str] = []
 
 @attrs.frozen
 class StepRef(Constraint):
-    """A step's name (1 to 200 characters) or its index from 0."""
+    """A step's name (1 to 200 characters) or its index from 0 (``null``: the default)."""
 
     def check(self, value: Any) -> None:
-        if isinstance(value, str) and 0 < len(value) <= 200:
+        if value is None or (isinstance(value, str) and 0 < len(value) <= 200):
             return
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if number and value >= 0 and float(value).is_integer():  # JSON's integers include 2.0
@@ -40,6 +40,7 @@ class StepRef(Constraint):
             "anyOf": [
                 {"type": "string", "minLength": 1, "maxLength": 200},
                 {"type": "integer", "minimum": 0},
+                {"type": "null"},
             ]
         }
 

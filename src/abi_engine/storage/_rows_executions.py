@@ -16,7 +16,8 @@ _EXEC_COLUMNS = (
     " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
     " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
     " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
-    " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since, e.trace_context"
+    " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since, e.trace_context,"
+    " e.parent_execution_id"
 )
 
 
@@ -58,4 +59,5 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         queued_reason=row[27],
         queued_since=from_ms(row[28]),
         trace_context=row[29],
+        parent_execution_id=row[30],
     )

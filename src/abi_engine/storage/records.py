@@ -124,6 +124,8 @@ class ExecutionRecord:
     queued_reason: str | None = None
     #: When it was queued last, if not at ``created_at`` (resumed).
     queued_since: datetime | None = None
+    #: The execution whose step started this one (``ctx.run_workflow``), told when it ends.
+    parent_execution_id: str | None = None
 
 
 @attrs.define(kw_only=True)
@@ -164,6 +166,8 @@ class ExecutionQuery:
     awaiting_approval: bool = False
     #: Only the reruns of this execution (#16).
     rerun_of: str | None = None
+    #: Only the children of this execution (started by its steps).
+    parent_execution_id: str | None = None
 
     def status_values(self) -> tuple[str, ...]:
         """The statuses asked for, as stored (empty: any)."""

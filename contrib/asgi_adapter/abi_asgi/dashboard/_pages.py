@@ -247,11 +247,17 @@ class Pages:
         reruns = await self.dash.op(
             ctx, "list_executions", query={"rerun_of": execution_id, "page_size": "20"}
         )
+        children = await self.dash.op(
+            ctx,
+            "list_executions",
+            query={"parent_execution_id": execution_id, "page_size": "50"},
+        )
         return self.render(
             ctx,
             "execution.html",
             execution=execution,
             reruns=reruns["items"],
+            children=children["items"],
             finished=execution["status"] in FINISHED,
             rows=_format.timeline(execution),
             results=details.results,

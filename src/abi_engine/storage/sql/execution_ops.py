@@ -36,7 +36,7 @@ from abi_engine.storage.records import (
     SuspendExecution,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
-from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now
+from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
 __all__ = ["BULK", "HANDLERS", "execution_row", "insert_execution_sql"]
@@ -108,8 +108,9 @@ def insert_execution_sql(d: Dialect) -> str:
         "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
         " configuration, plan, created_at, started_at, callback_url, callback_secret,"
         " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
-        " claim, rerun_of, queued_reason, trace_context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        f" ?, ?, ?, ?, ?, ?, {_lease(d)}, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        " claim, rerun_of, queued_reason, trace_context, parent_execution_id) VALUES (?, ?, ?,"
+        " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        f" {_lease(d)}, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
     )
 
 
@@ -138,6 +139,7 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.rerun_of,
         r.queued_reason,
         r.trace_context,
+        r.parent_execution_id,
     )
 
 
@@ -278,13 +280,13 @@ def _save_progress(s: Store, conn: Conn, op: SaveProgress) -> bool:
 
 def _cancel(s: Store, conn: Conn, op: CancelExecution) -> Any:
     row = conn.execute(
-        "SELECT status, claim, completed_at, started_at FROM executions"
+        "SELECT status, claim, completed_at, started_at, parent_execution_id FROM executions"
         f" WHERE id = ?{s.dialect.lock()}",
         (op.execution_id,),
     ).fetchone()
     if row is None:
         return False
-    status, claim, completed_at, started = row
+    status, claim, completed_at, started, parent = row
     if op.token is not None:
         ok = status == "running" and claim == op.token
     else:
@@ -304,6 +306,9 @@ def _cancel(s: Store, conn: Conn, op: CancelExecution) -> Any:
     if op.step is not None:
         conn.execute(_upsert_step(s.dialect), _step_params(op.step))
     _stats(conn, op.workflow_id, op.status, duration)
+    if parent is not None:
+        error = _json_or_none(op.error)
+        tell_parent(conn, parent, op.execution_id, op.status.value, None, error, done)
     return True
 
 
@@ -344,23 +349,30 @@ HANDLERS: dict[type, Callable[[Any, Conn, Any], Any]] = {
 
 
 def _states(
-    d: Dialect, conn: Conn, ids: Sequence[str], pausing: set[str] | None = None
+    d: Dialect,
+    conn: Conn,
+    ids: Sequence[str],
+    pausing: set[str] | None = None,
+    parents: dict[str, str] | None = None,
 ) -> dict[str, State]:
     """Status, claim token and end time of the executions ``ids`` (locked until the
     transaction ends, in id order: two batches wait for each other, never deadlock);
-    ``pausing`` receives those asked to pause (``pause_requested``)."""
+    ``pausing`` receives those asked to pause (``pause_requested``), ``parents`` the
+    parent execution of those that have one."""
     found: dict[str, State] = {}
     locked = _locked(d)
     for chunk in chunks(sorted(set(ids)) if locked else ids):
         condition, args = d.any_of("id", chunk)
         for row in conn.execute(
-            "SELECT id, status, claim, completed_at, pause_requested FROM executions"
-            f" WHERE {condition}{locked}",
+            "SELECT id, status, claim, completed_at, pause_requested, parent_execution_id"
+            f" FROM executions WHERE {condition}{locked}",
             args,
         ):
             found[row[0]] = (row[1], row[2], row[3])
             if row[4] and pausing is not None:
                 pausing.add(row[0])
+            if row[5] and parents is not None:
+                parents[row[0]] = row[5]
     return found
 
 
@@ -445,7 +457,10 @@ def _bulk_checkpoint(s: Store, conn: Conn, ops: list[CheckpointStep]) -> list[An
 
 
 def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
-    results = finishes(ops, _states(s.dialect, conn, [op.execution_id for op in ops]))
+    parents: dict[str, str] = {}
+    results = finishes(
+        ops, _states(s.dialect, conn, [op.execution_id for op in ops], None, parents)
+    )
     updates = []
     steps = []
     stats: dict[str, list[int]] = {}
@@ -464,6 +479,16 @@ def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
         )
         if op.step is not None:
             steps.append(_step_params(op.step))
+        if op.execution_id in parents:
+            tell_parent(
+                conn,
+                parents[op.execution_id],
+                op.execution_id,
+                op.status.value,
+                _json_or_none(op.result, op.result_json),
+                _json_or_none(op.error),
+                to_ms(op.completed_at),
+            )
         counts = stats.setdefault(op.workflow_id, [0, 0, 0, 0])
         counts[0] += 1
         counts[1] += op.status is ExecutionStatus.COMPLETED

@@ -194,6 +194,9 @@ class ExecutionsMixin:
         if query.rerun_of is not None:
             where.append("e.rerun_of = ?")
             args.append(query.rerun_of)
+        if query.parent_execution_id is not None:
+            where.append("e.parent_execution_id = ?")
+            args.append(query.parent_execution_id)
         if query.awaiting_approval:
             where.append("e.status = ? AND (e.waiting_for = ? OR e.waiting_for LIKE ?)")
             args.extend(("waiting", "approval", "approval:%"))

@@ -26,7 +26,10 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.sql.dialect import Conn, chunks
 
-__all__ = ["FLOW_HANDLERS", "held", "pause_now"]
+__all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "pause_now", "tell_parent"]
+
+#: The signal a parent receives when its child execution ends: this and the child's id.
+CHILD_PREFIX = "child:"
 
 #: The store applying the op (an ``SQLStore``).
 Store = Any
@@ -44,6 +47,36 @@ def pause_now(conn: Conn, execution_id: str) -> None:
         "UPDATE executions SET status = 'paused', owner = NULL, claim = NULL,"
         " lease_until = NULL, pause_requested = ?, queued_reason = NULL WHERE id = ?",
         (False, execution_id),
+    )
+
+
+def tell_parent(
+    conn: Conn,
+    parent_id: str,
+    child_id: str,
+    status: str,
+    result_json: str | None,
+    error_json: str | None,
+    at_ms: int | None,
+) -> None:
+    """Store the signal ``child:<child_id>`` with the parent (kept if it does not wait for
+    it yet), and queue the parent, without owner, if it waits for exactly that: the
+    recovery poller runs it on. In the transaction that ends the child."""
+    name = f"{CHILD_PREFIX}{child_id}"
+    payload = (
+        f'{{"execution_id": {dumps(child_id)}, "status": {dumps(status)},'
+        f' "result": {result_json or "null"}, "error": {error_json or "null"}}}'
+    )
+    conn.execute(
+        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (parent_id, name, payload, at_ms),
+    )
+    conn.execute(
+        "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
+        " owner = NULL, claim = NULL, lease_until = NULL"
+        " WHERE id = ? AND status = 'waiting' AND waiting_for = ?",
+        (parent_id, name),
     )
 
 

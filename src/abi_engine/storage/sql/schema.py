@@ -104,6 +104,10 @@ MIGRATIONS.append(
             "ALTER TABLE executions ADD COLUMN queued_reason TEXT",
             "ALTER TABLE executions ADD COLUMN queued_since {bigint}",
             "ALTER TABLE workflows ADD COLUMN paused_at {bigint}",
+            # Child workflows (#16): the execution whose step started this one.
+            "ALTER TABLE executions ADD COLUMN parent_execution_id TEXT",
+            "CREATE INDEX idx_executions_parent ON executions (parent_execution_id, created_at)"
+            " WHERE parent_execution_id IS NOT NULL",
         ],
     )
 )

@@ -696,9 +696,7 @@ async def test_a_step_can_wait_for_several_signals(eng: Engine) -> None:
     execution = await eng.executions.execute(wf, {"do": {"second": {"signals": ["a", "b"]}}})
     assert execution.status is ExecutionStatus.WAITING
     with pytest.raises(InvalidState):
-        await eng.executions.signal(
-            execution.execution_id, "b", "too early", require_waiting=True
-        )
+        await eng.executions.signal(execution.execution_id, "b", "too early", require_waiting=True)
     await eng.executions.signal(execution.execution_id, "a", 1)
     again = await eng.executions.wait(execution.execution_id, timeout=5)
     assert again.status is ExecutionStatus.WAITING

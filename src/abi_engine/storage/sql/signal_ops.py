@@ -115,20 +115,32 @@ def _take_kept(s: Store, conn: Conn, op: SuspendExecution, waiting_key: str) -> 
     return True
 
 
-def _delivered(conn: Conn, execution_id: str, name: str) -> list[tuple[str, int, str]]:
-    """The signals ``name`` delivered to the execution (any stream key), with their
-    ``created_at`` and payload text."""
+def _delivered(conn: Conn, execution_id: str, name: str) -> tuple[int, list[tuple[int, str]]]:
+    """How many stream slots of signal ``name`` the execution has used (a wait that
+    timed out uses its slot), and the ``created_at`` and payload text of those delivered."""
     rows = conn.execute(
         "SELECT name, created_at, payload FROM execution_signals"
         " WHERE execution_id = ? AND name NOT LIKE ?",
         (execution_id, "#%"),
     ).fetchall()
-    prefix = f"{name}#"
-    return [
-        (key, created, payload)
-        for key, created, payload in rows
-        if key == name or (key.startswith(prefix) and key[len(prefix) :].isdigit())
-    ]
+    used = 0
+    given: list[tuple[int, str]] = []
+    for key, created, payload in rows:
+        timed_out = key.endswith(TIMEOUT_SUFFIX)
+        slot = _slot(key.removesuffix(TIMEOUT_SUFFIX) if timed_out else key, name)
+        if slot:
+            used = max(used, slot)
+            if not timed_out:
+                given.append((created, payload))
+    return used, given
+
+
+def _slot(key: str, name: str) -> int:
+    """The stream slot (from 1) ``key`` is of signal ``name``; 0: another signal's."""
+    if key == name:
+        return 1
+    number = key.removeprefix(f"{name}#")
+    return int(number) if number != key and number.isdigit() else 0
 
 
 def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
@@ -140,14 +152,14 @@ def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
     if row is None:
         return None
     payload = dumps(op.payload)
-    given = _delivered(conn, op.execution_id, op.name)
+    used, given = _delivered(conn, op.execution_id, op.name)
     created = to_ms(op.created_at)
-    if any(c == created and p == payload for _, c, p in given):  # a retry: stored already
+    if (created, payload) in given:  # a retry: stored already
         granted = op.grant_token is not None and row[0] == "queued" and row[2] == op.grant_token
         return "queued" if granted else "stored"
     if row[0] not in ("queued", "running", "waiting"):
         return None
-    key = stream_key(op.name, len(given) + 1)
+    key = stream_key(op.name, used + 1)
     waiting = row[0] == "waiting" and row[1] == key
     if op.require_waiting and not waiting:
         return None

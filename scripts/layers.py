@@ -70,10 +70,13 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_math",
                 "schedule_rules",
             }
-            | {"webhook_signing", "netguard"}
+            | {"webhook_signing", "netguard", "trigger_signing"}
         ),
     ),
-    ("model", frozenset({"models", "models_webhooks", "converter", "events", "host"})),
+    (
+        "model",
+        frozenset({"models", "models_webhooks", "models_triggers", "converter", "events", "host"}),
+    ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
     ("authoring and views", frozenset({"types", "execution_views"})),
     ("runtime", frozenset({"runtime"})),  # the runtime package
@@ -81,7 +84,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "services",
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
-            | {"notification_templates", "auth", "execution_signals"}
+            | {"notification_templates", "auth", "execution_signals", "triggers"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -22,6 +22,7 @@ from abi_engine.api import schedules  # noqa: F401
 from abi_engine.api import templates  # noqa: F401
 from abi_engine.api import tokens  # noqa: F401
 from abi_engine.api import webhooks  # noqa: F401
+from abi_engine.api import triggers  # noqa: F401
 
 # isort: on
 from abi_engine.api.operations import (

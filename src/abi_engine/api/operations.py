@@ -57,6 +57,8 @@ class ApiRequest:
     query: Mapping[str, Any] = attrs.Factory(dict)
     body: Any = None
     headers: Mapping[str, str] = attrs.Factory(dict)
+    #: The body's bytes as received, for operations that read them (``Operation.public``).
+    raw: bytes | None = None
 
 
 Handler = Callable[["Engine", Principal, ApiRequest], Awaitable[Any]]
@@ -111,6 +113,9 @@ class Operation:
     path_schemas: Mapping[str, Mapping[str, Any]] = attrs.Factory(dict)
     #: When set, the operation may also answer 202 (its handler returns ``Accepted``).
     accepted_description: str | None = None
+    #: Needs no token (the caller proves itself otherwise, e.g. by a signature): the
+    #: adapter charges the client address's rate limit and passes the raw body, unparsed.
+    public: bool = False
 
 
 OPERATIONS: dict[str, Operation] = {}

@@ -76,6 +76,16 @@ MIGRATIONS: list[Migration] = [
             )""",
             "CREATE INDEX correlated_signals_kept ON correlated_signals"
             " (correlation, execution_id, seq)",
+            # Signed inbound triggers (their signature rule and mapping in config, JSON).
+            """CREATE TABLE triggers (
+                id {sorted_text} PRIMARY KEY,
+                workflow_id TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                config TEXT NOT NULL,
+                created_by TEXT,
+                created_at {bigint} NOT NULL,
+                updated_at {bigint} NOT NULL
+            )""",
         ],
     ),
 ]

@@ -51,6 +51,7 @@ from abi_engine.storage.sql.dialect import Conn, Dialect
 from abi_engine.storage.sql.executions import ExecutionsMixin
 from abi_engine.storage.sql.schedules import SchedulesMixin
 from abi_engine.storage.sql.templates import TemplatesMixin
+from abi_engine.storage.sql.triggers import TriggersMixin
 from abi_engine.storage.sql.webhooks import WebhooksMixin, subscribed_types
 
 __all__ = ["SQLStore"]
@@ -75,7 +76,7 @@ def _total(row: Sequence[Any] | None) -> int:
     return int(row[0]) if row else 0
 
 
-class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin):
+class SQLStore(ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin, TriggersMixin):
     """The shared part of the SQL stores (see the module's docstring)."""
 
     #: The SQL fragments of the backend's database.

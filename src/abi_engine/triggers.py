@@ -38,11 +38,13 @@ if TYPE_CHECKING:
     from abi_engine.executions import ExecutionService
     from abi_engine.storage.base import Store
 
-__all__ = ["MAX_TRIGGER_BODY_BYTES", "TriggerService"]
+__all__ = ["MAX_TRIGGER_BODY_BYTES", "TRIGGER_ID_PATTERN", "TriggerService"]
 
 #: The largest request body an invocation may carry.
 MAX_TRIGGER_BODY_BYTES = 262_144
-_ID = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+#: What a trigger id is: 1 to 100 letters, digits, ``_``, ``.``, ``-``.
+TRIGGER_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,100}$"
+_ID = re.compile(TRIGGER_ID_PATTERN)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
 
@@ -90,18 +92,12 @@ class TriggerService(Service):
         Without a ``secret`` a new trigger gets a generated one, shown whole in
         this answer only; an existing one keeps its secret.
 
-        :raises InvalidRequest: a bad id, field, expression, or a ``standard_webhooks``
-            secret that is not ``whsec_...``.
+        :raises InvalidRequest: a bad id, field or expression.
         :raises WorkflowNotFound: no such workflow.
         """
         _check_id(trigger_id)
         req = data if isinstance(data, TriggerRequest) else structure(data, TriggerRequest)
         _check_mapping(req.parameters)
-        standard = req.signature.scheme == "standard_webhooks"
-        if req.secret and standard and not req.secret.startswith(SECRET_PREFIX):
-            raise InvalidRequest(
-                "A standard_webhooks secret is 'whsec_' and base64", {"field": "secret"}
-            )
         await self._executions.compiled(req.workflow_id)  # WorkflowNotFound
         existing = await self._store.get_trigger(trigger_id)
         generated = req.secret is None and existing is None

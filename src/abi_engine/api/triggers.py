@@ -18,6 +18,7 @@ from abi_engine.converter import unstructure
 from abi_engine.execution_views import execution_json
 from abi_engine.models import DeleteResult, Execution, Scope
 from abi_engine.models_triggers import Trigger, TriggerRequest
+from abi_engine.triggers import TRIGGER_ID_PATTERN
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -25,12 +26,14 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 _TAG = "triggers"
+_PATH = {"trigger_id": {"type": "string", "pattern": TRIGGER_ID_PATTERN}}
 _NOT_FOUND = ("NOT_FOUND",)
 
 
 @operation(
     method="PUT",
     path="/triggers/{trigger_id}",
+    path_schemas=_PATH,
     scope=Scope.WORKFLOWS_WRITE,
     summary=(
         "Create or replace a signed inbound trigger (a generated secret is shown whole"
@@ -70,6 +73,7 @@ async def list_triggers(engine: Engine, actor: Principal, request: ApiRequest) -
 @operation(
     method="GET",
     path="/triggers/{trigger_id}",
+    path_schemas=_PATH,
     scope=Scope.WORKFLOWS_READ,
     summary="Get an inbound trigger (secret masked)",
     response_model=Trigger,
@@ -83,6 +87,7 @@ async def get_trigger(engine: Engine, actor: Principal, request: ApiRequest) -> 
 @operation(
     method="DELETE",
     path="/triggers/{trigger_id}",
+    path_schemas=_PATH,
     scope=Scope.WORKFLOWS_WRITE,
     summary="Delete an inbound trigger",
     response_model=DeleteResult,
@@ -98,6 +103,7 @@ async def delete_trigger(engine: Engine, actor: Principal, request: ApiRequest) 
 @operation(
     method="POST",
     path="/triggers/{trigger_id}/invoke",
+    path_schemas=_PATH,
     scope=None,
     public=True,
     summary=(

@@ -276,3 +276,53 @@ def test_python_api_sends_by_key(served_engine: Any, way: str) -> None:
     sent = executor.send_signal("go", f"q-{way}", 2)
     assert (sent.status, sent.execution_id) == ("delivered", waiting.execution_id)
     assert _wait_finished(engine, waiting.execution_id).result["got"] == 2
+
+
+async def test_one_kept_signal_two_engines_waiting_at_once(databases: Any) -> None:
+    """One signal kept for a key, and executions on two engines reaching their wait on it
+    at the same moment: exactly one takes it, the others keep waiting; the next signal
+    goes to one of those."""
+    database = databases()
+    async with _engine(database) as one, _engine(database) as two:
+        wf = await _workflow(one)
+        kept = await one.executions.send_signal("go", "race", "only")
+        assert kept.status == "pending"
+        started: list[str] = []
+
+        async def start(engine: Engine) -> None:
+            started.append((await engine.executions.execute(wf, {"key": "race"})).execution_id)
+
+        async with anyio.create_task_group() as tg:
+            for engine in (one, two, one, two):
+                tg.start_soon(start, engine)
+        states = [await one.executions.get(e) for e in started]
+        done = [s for s in states if s.status is ExecutionStatus.COMPLETED]
+        assert len(done) == 1
+        assert done[0].result == {"got": "only", "timeouts": 0}
+        assert sum(s.status is ExecutionStatus.WAITING for s in states) == 3
+        second = await two.executions.send_signal("go", "race", "next")
+        assert second.status == "delivered"
+        assert second.execution_id in started
+        assert second.execution_id != done[0].execution_id
+
+
+async def test_a_signal_after_the_poller_timed_the_wait_out_goes_to_the_next_wait(
+    databases: Any,
+) -> None:
+    """The poller ends a 1 s wait (its slot marked timed out) before the signal comes: the
+    signal is then the next stream item, read once by the step's next wait."""
+    async with _engine(databases()) as engine:
+        wf = await _workflow(engine)
+        started = await engine.executions.execute(wf, {"key": "late", "timeout": 1}, wait=False)
+        execution_id = started.execution_id
+        with anyio.fail_after(30):  # the poller recorded the timeout
+            while True:
+                if "go#timeout" in engine.store.get_signals(execution_id):
+                    break
+                await anyio.sleep(0.05)
+        await _until_status(engine, execution_id, ExecutionStatus.WAITING)
+        delivered = await engine.executions.send_signal("go", "late", "after")
+        assert (delivered.status, delivered.execution_id) == ("delivered", execution_id)
+        done = await _finished(engine, execution_id)
+        assert done.result == {"got": "after", "timeouts": 1}
+        assert engine.store.get_signals(execution_id)["go#2"] == "after"

@@ -14,12 +14,16 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from served_engines import served
 
 from abi.workflows import WorkflowExecutor
 from abi_engine import Engine, ExecutionStatus, StepContext, WorkflowType, hookimpl, step
 from abi_engine.errors import InvalidRequest, InvalidState
 from abi_engine.runtime.settings import RuntimeSettings
+from abi_engine.storage.records import TIMEOUT_SUFFIX, stream_key
+from abi_engine.storage.sql.signal_ops import _slot
 from abi_engine.testing import engine_for
 from abi_engine.types import SignalTimeout
 
@@ -326,3 +330,18 @@ async def test_a_signal_after_the_poller_timed_the_wait_out_goes_to_the_next_wai
         done = await _finished(engine, execution_id)
         assert done.result == {"got": "after", "timeouts": 1}
         assert engine.store.get_signals(execution_id)["go#2"] == "after"
+
+
+signal_names = st.text(st.characters(blacklist_characters="#\x00"), min_size=1, max_size=20)
+
+
+@given(name=signal_names, other=signal_names, number=st.integers(1, 10_000))
+def test_stream_keys_number_each_signal_of_a_name_once(name: str, other: str, number: int) -> None:
+    """The n-th signal of a name is kept under a key that names its place and its name
+    only: `name` first, then `name#n`; no key of another name is counted."""
+    key = stream_key(name, number)
+    assert _slot(key, name) == number
+    assert (key == name) == (number == 1)
+    if other != name:
+        assert _slot(key, other) == 0
+    assert _slot(f"{key}{TIMEOUT_SUFFIX}", name) == 0  # a timeout marker is no signal

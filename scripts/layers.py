@@ -71,12 +71,22 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_math",
                 "schedule_rules",
             }
-            | {"webhook_signing", "netguard", "logs"}
+            | {"webhook_signing", "netguard", "logs", "trigger_signing"}
         ),
     ),
     (
         "model",
-        frozenset({"models", "models_webhooks", "models_audit", "converter", "events", "host"}),
+        frozenset(
+            {
+                "models",
+                "models_webhooks",
+                "models_audit",
+                "models_triggers",
+                "converter",
+                "events",
+                "host",
+            }
+        ),
     ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
     ("authoring and views", frozenset({"types", "execution_views"})),
@@ -86,7 +96,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
-            | {"execution_flow", "audit", "retention"}
+            | {"execution_flow", "audit", "retention", "triggers"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -58,6 +58,7 @@ CLASSES: dict[type[AbiError], tuple[str, int]] = {
     errors.QueueFull: ("QUEUE_FULL", 503),
     errors.EngineNotRunning: ("ENGINE_NOT_RUNNING", 503),
     errors.TemplateNotFound: ("NOT_FOUND", 404),
+    errors.TriggerNotFound: ("NOT_FOUND", 404),
     errors.InternalError: ("INTERNAL_ERROR", 500),
 }
 

@@ -633,8 +633,10 @@ async def test_waiting_time_is_not_a_sync_timeout(eng: Engine) -> None:
     assert final.status is ExecutionStatus.COMPLETED
 
 
-async def test_signal_refused_when_not_waiting(eng: Engine) -> None:
-    """A signal to an execution that does not wait for it raises InvalidState."""
+async def test_signal_refused_only_when_finished(eng: Engine) -> None:
+    """A signal to a finished execution raises InvalidState; an unfinished one keeps a
+    signal it does not wait for (yet), and a second one of the same name as the next
+    of its stream; require_waiting=True still refuses them."""
     wf = await new_workflow(eng)
     done = await eng.executions.execute(wf)
     with pytest.raises(InvalidState):
@@ -644,26 +646,30 @@ async def test_signal_refused_when_not_waiting(eng: Engine) -> None:
     )
     assert waiting.status is ExecutionStatus.WAITING
     with pytest.raises(InvalidState) as caught:
-        await eng.executions.signal(waiting.execution_id, "other", 1)
+        await eng.executions.signal(waiting.execution_id, "other", 1, require_waiting=True)
     assert caught.value.details["signal"] == "other"
+    kept = await eng.executions.signal(waiting.execution_id, "other", 1)
+    assert kept.status is ExecutionStatus.WAITING
     with pytest.raises(InvalidRequest):
         await eng.executions.signal(waiting.execution_id, "", 1)
     await eng.executions.signal(waiting.execution_id, "go", 1)
-    with pytest.raises(InvalidState):
-        await eng.executions.signal(waiting.execution_id, "go", 2)
+    await eng.executions.signal(waiting.execution_id, "go", 2)
     final = await eng.executions.wait(waiting.execution_id, timeout=5)
     assert final.status is ExecutionStatus.COMPLETED
     assert eng.store.get_steps(waiting.execution_id)[1].result == {"payload": 1}
+    assert eng.store.get_signals(waiting.execution_id) == {"other": 1, "go": 1, "go#2": 2}
+    with pytest.raises(InvalidState):
+        await eng.executions.signal(waiting.execution_id, "go", 3)
 
 
 async def test_early_signal_is_kept(eng: Engine) -> None:
-    """Without require_waiting a signal given before the wait is kept and used by the step."""
+    """A signal given before the wait is kept and used by the step."""
     wf = await new_workflow(eng)
     execution = await eng.executions.execute(
         wf, {"do": {"first": {"gate": "g"}, "second": {"signal": "go"}}}, wait=False
     )
     await until(lambda: PROBE.calls[(execution.execution_id, "first")] == 1)
-    await eng.executions.signal(execution.execution_id, "go", "early", require_waiting=False)
+    await eng.executions.signal(execution.execution_id, "go", "early")
     PROBE.gate("g").set()
     final = await eng.executions.wait(execution.execution_id, timeout=5)
     assert final.status is ExecutionStatus.COMPLETED
@@ -690,7 +696,7 @@ async def test_a_step_can_wait_for_several_signals(eng: Engine) -> None:
     execution = await eng.executions.execute(wf, {"do": {"second": {"signals": ["a", "b"]}}})
     assert execution.status is ExecutionStatus.WAITING
     with pytest.raises(InvalidState):
-        await eng.executions.signal(execution.execution_id, "b", "too early")
+        await eng.executions.signal(execution.execution_id, "b", "too early", require_waiting=True)
     await eng.executions.signal(execution.execution_id, "a", 1)
     again = await eng.executions.wait(execution.execution_id, timeout=5)
     assert again.status is ExecutionStatus.WAITING

@@ -95,6 +95,8 @@ def test_sqlite_runner_gives_the_shipped_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The portable m011, applied by SQLiteStore's runner, equals the shipped m011."""
+    # Up to m011 on both sides: the migrations after it come from the shared text anyway.
+    monkeypatch.setattr("abi_engine.storage.sqlite.MIGRATIONS", sqlite_migrations.MIGRATIONS[:11])
     SQLiteStore(tmp_path / "shipped.db").close()
     monkeypatch.setattr(
         "abi_engine.storage.sqlite.MIGRATIONS",

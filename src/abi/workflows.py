@@ -61,6 +61,7 @@ from abi_engine.models import (
     Page,
     Schedule,
     ScheduleSummary,
+    SignalDelivery,
     Workflow,
     WorkflowSummary,
     WorkflowTypeInfo,
@@ -705,15 +706,42 @@ class WorkflowExecutor(_Client):
         return self._decide("reject_execution", execution_id, comment, data)
 
     def signal_execution(self, execution_id: str, name: str, payload: Any = None) -> Execution:
-        """Deliver the signal ``name`` (with ``payload``) to an execution waiting for it.
+        """Deliver the signal ``name`` (with ``payload``) to an execution.
+
+        It resumes the execution when it waits for ``name``; an unfinished one
+        that does not (yet) keeps it for its next wait for ``name``.
 
         :raises ExecutionNotFound: no such execution.
-        :raises InvalidState: the execution waits for no such signal.
+        :raises InvalidState: the execution has finished.
         """
         path = {"execution_id": _check_id(execution_id, ExecutionNotFound)}
         body = {"name": name, "payload": payload}
         data = self._transport.request("signal_execution", path=path, body=body)
         return _structure(data, Execution)
+
+    def send_signal(
+        self,
+        name: str,
+        correlation_key: str,
+        payload: Any = None,
+        *,
+        ttl_seconds: float | None = None,
+    ) -> SignalDelivery:
+        """Deliver the signal ``name`` to the execution waiting on ``correlation_key``, or
+        keep it (``status`` ``pending``, ``ttl_seconds``: a day by default) for the
+        first wait on that key.
+
+        :raises InvalidRequest: a bad name, key, payload or ``ttl_seconds``.
+        """
+        body = _drop_none(
+            {
+                "name": name,
+                "correlation_key": correlation_key,
+                "payload": payload,
+                "ttl_seconds": ttl_seconds,
+            }
+        )
+        return _structure(self._transport.request("send_signal", body=body), SignalDelivery)
 
     def _decide(
         self,

@@ -33,6 +33,7 @@ from abi_engine.schedules import ScheduleService
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.base import Store
+from abi_engine.triggers import TriggerService
 from abi_engine.types import WorkflowType
 from abi_engine.webhooks import WebhookService
 from abi_engine.workflows import WorkflowService
@@ -218,6 +219,8 @@ class Engine:
             in_flight=lambda: self.runtime.in_flight,
             metrics=self.metrics,
         )
+        #: Signed inbound triggers (:class:`~abi_engine.triggers.TriggerService`).
+        self.triggers = TriggerService(self.store, executions=self.executions)
 
     def _build_host(self) -> Host:
         return Host(

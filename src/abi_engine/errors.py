@@ -32,6 +32,7 @@ __all__ = [
     "ScheduleNotFound",
     "TemplateNotFound",
     "TokenNotFound",
+    "TriggerNotFound",
     "Unauthorized",
     "WebhookNotFound",
     "WorkflowExecutionError",
@@ -201,6 +202,13 @@ class TemplateNotFound(NotFound):
 
     resource = "Notification template"
     id_field = "template_id"
+
+
+class TriggerNotFound(NotFound):
+    """No inbound trigger has this id (``NOT_FOUND``, like :class:`TemplateNotFound`)."""
+
+    resource = "Trigger"
+    id_field = "trigger_id"
 
 
 class MethodNotAllowed(AbiError):

@@ -9,6 +9,7 @@ granting it to the signalling node (see :mod:`abi_engine.runtime.runner`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from abi_engine.errors import (
@@ -17,13 +18,15 @@ from abi_engine.errors import (
     InvalidState,
 )
 from abi_engine.execution_views import ExecutionDetails
-from abi_engine.ids import format_time, utcnow
+from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import (
     Execution,
     ExecutionStatus,
+    SignalDelivery,
 )
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.records import (
+    DeliverCorrelatedSignal,
     DeliverSignal,
 )
 from abi_engine.types import (
@@ -39,7 +42,29 @@ if TYPE_CHECKING:
     from abi_engine.storage.aio import AsyncStore
     from abi_engine.workflows import WorkflowService
 
-__all__ = ["ExecutionSignals"]
+__all__ = ["CORRELATED_TTL_SECONDS", "MAX_CORRELATED_TTL_SECONDS", "ExecutionSignals"]
+
+#: How long a signal sent to a correlation key nobody waits on is kept, by default.
+CORRELATED_TTL_SECONDS = 86_400
+#: The longest it may be kept (``ttl_seconds``).
+MAX_CORRELATED_TTL_SECONDS = 7 * 86_400
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "#" in name:
+        raise InvalidRequest("A signal name is a non-empty string without '#'", {"field": "name"})
+
+
+def _ttl(ttl_seconds: Any) -> float:
+    if ttl_seconds is None:
+        return CORRELATED_TTL_SECONDS
+    ok = isinstance(ttl_seconds, int | float) and not isinstance(ttl_seconds, bool)
+    if not ok or not 1 <= ttl_seconds <= MAX_CORRELATED_TTL_SECONDS:
+        raise InvalidRequest(
+            f"'ttl_seconds' must be a number from 1 to {MAX_CORRELATED_TTL_SECONDS}",
+            {"field": "ttl_seconds"},
+        )
+    return float(ttl_seconds)
 
 
 class ExecutionSignals:
@@ -59,22 +84,22 @@ class ExecutionSignals:
         name: str,
         payload: Any = None,
         *,
-        require_waiting: bool = True,
+        require_waiting: bool = False,
         sender: str | None = None,
     ) -> Execution:
         """Deliver signal ``name`` to an execution and resume it if it waits for it.
 
-        With ``require_waiting`` (the default) the execution must be waiting
-        for exactly this signal, else ``InvalidState``; without it an early
-        signal is kept until the step asks for it. ``sender`` is the user id
+        An unfinished execution that does not wait for it (yet) keeps it until
+        a step waits for ``name`` (each signal is read by one wait: a name sent
+        again is the next item of a stream, see ``StepContext.wait_for_signal``);
+        a finished one refuses it (``InvalidState``). With ``require_waiting``
+        the execution must be waiting for exactly this signal, else
+        ``InvalidState``. ``sender`` is the user id
         of the caller (REST and ``abi.workflows`` pass it); the workflow type's
         ``check_signal`` sees it and may refuse the signal.
         """
         current = await self.get(execution_id)
-        if not isinstance(name, str) or not name or "#" in name:
-            raise InvalidRequest(
-                "A signal name is a non-empty string without '#'", {"field": "name"}
-            )
+        _check_name(name)
         if not current.status.finished:
             await self._check_signal(execution_id, name, payload, sender)
         # The execution it resumes is granted to this node in the same transaction (when
@@ -111,6 +136,61 @@ class ExecutionSignals:
                 {"execution_id": execution_id, "status": current.status.value, "signal": name},
             )
         return await self.get(execution_id)
+
+    async def send_signal(
+        self,
+        name: str,
+        correlation_key: str,
+        payload: Any = None,
+        *,
+        ttl_seconds: float | None = None,
+    ) -> SignalDelivery:
+        """Deliver signal ``name`` to the execution waiting on ``correlation_key`` (the
+        one waiting longest when several do), or, when none waits yet, keep it for
+        the first wait on that key, for ``ttl_seconds`` (default
+        :data:`CORRELATED_TTL_SECONDS`, a day; at most a week). Each signal is
+        taken by exactly one wait. The workflow type's ``check_signal`` does not
+        see these (no execution is named by the caller).
+        """
+        _check_name(name)
+        if not (isinstance(correlation_key, str) and 0 < len(correlation_key) <= 200):
+            raise InvalidRequest(
+                "A correlation key is a string of 1 to 200 characters",
+                {"field": "correlation_key"},
+            )
+        ttl = _ttl(ttl_seconds)
+        runtime = self._runtime
+        here = runtime.running
+        token = new_claim() if here else None
+        now = utcnow()
+
+        def resume(result: Any) -> None:
+            if result[0] == "queued" and token is not None:
+                runtime.resume(result[1], token)
+
+        op = DeliverCorrelatedSignal(
+            signal_id=new_id("sig_"),
+            name=name,
+            correlation_key=correlation_key,
+            payload=payload,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            grant_owner=runtime.node_id if here else None,
+            grant_token=token,
+            lease_until=runtime.lease() if here else None,
+        )
+        try:
+            _, execution_id = await runtime.commit(op, then=resume)
+        except (TypeError, ValueError):
+            raise InvalidRequest("A signal's payload must be JSON", {"field": "payload"}) from None
+        return SignalDelivery(
+            signal_id=op.signal_id,
+            name=name,
+            correlation_key=correlation_key,
+            status="pending" if execution_id is None else "delivered",
+            execution_id=execution_id,
+            expires_at=op.expires_at if execution_id is None else None,
+        )
 
     async def _check_signal(
         self, execution_id: str, name: str, payload: Any, sender: str | None
@@ -171,7 +251,9 @@ class ExecutionSignals:
             "decided_by": decided_by,
             "decided_at": format_time(utcnow()),
         }
-        return await self.signal(execution_id, name, payload, sender=decided_by)
+        return await self.signal(
+            execution_id, name, payload, sender=decided_by, require_waiting=True
+        )
 
     async def details(self, execution_id: str) -> ExecutionDetails:
         """The execution with its stored step results, signals, saved progress and what

@@ -41,6 +41,7 @@ __all__ = [
     "ScheduleSummary",
     "ScheduleType",
     "Scope",
+    "SignalDelivery",
     "Step",
     "StepError",
     "StepStatus",
@@ -305,6 +306,23 @@ class ExecutionSummary:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: int | None = None
+
+
+@attrs.define(kw_only=True)
+class SignalDelivery:
+    """What became of a signal addressed by correlation key (``POST /signals``).
+
+    ``status`` is ``delivered`` (``execution_id`` is the execution it woke) or
+    ``pending`` (no execution waits on the key yet: kept until ``expires_at``
+    for the first wait on it).
+    """
+
+    signal_id: str
+    name: str
+    correlation_key: str
+    status: str
+    execution_id: str | None = None
+    expires_at: datetime | None = None
 
 
 @attrs.define(kw_only=True)

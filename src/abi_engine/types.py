@@ -36,7 +36,7 @@ from abi_engine.converter import structure
 from abi_engine.errors import AbiError, InvalidParameters, InvalidWorkflowConfig
 from abi_engine.host import Host
 from abi_engine.json_schema import json_schema
-from abi_engine.storage.records import TIMEOUT_SUFFIX
+from abi_engine.storage.records import TIMEOUT_SUFFIX, stream_key
 
 __all__ = [
     "APPROVAL_SIGNAL",
@@ -137,6 +137,7 @@ class StepContext:
     progress_saver: Callable[[Any], Awaitable[Any]] | None = attrs.field(default=None, repr=False)
     _sleeps: int = attrs.field(default=0, init=False)
     _children: int = attrs.field(default=0, init=False)
+    _streams: dict[str, int] = attrs.field(factory=dict, init=False)
 
     async def save_progress(self, value: Any) -> None:
         """Durably keep how far this step got, so that a run of it after a failure or
@@ -172,7 +173,14 @@ class StepContext:
             raise RuntimeError("client() is only available to steps the engine runs")
         return self.host.client(connection)
 
-    def wait_for_signal(self, name: str, timeout_seconds: float | None = None) -> Any:
+    def wait_for_signal(
+        self,
+        name: str,
+        timeout_seconds: float | None = None,
+        *,
+        correlation_key: str | None = None,
+        stream: bool = False,
+    ) -> Any:
         """Return the payload of signal ``name``, suspending the execution until it arrives.
 
         The execution parks as ``waiting`` without holding a worker, durably:
@@ -180,13 +188,48 @@ class StepContext:
         again from its start and this call returns the payload. So a step
         must do nothing it cannot repeat before it waits. After
         ``timeout_seconds`` without the signal the step runs again and this
-        call raises :class:`SignalTimeout`.
+        call raises :class:`SignalTimeout`. A signal sent before the wait is
+        kept and returned at once.
+
+        ``correlation_key``: the wait can also be woken by a signal addressed to
+        the key rather than to the execution (``engine.signals.send`` /
+        ``POST /api/v1/signals``); one sent before any execution waits on the key
+        is kept (for a while) for the first wait on it. ``stream``: each call
+        (in the order the step makes them) returns the next signal ``name``
+        delivered, so a name sent several times is read once each, in order
+        (see :meth:`signal_stream`); without it every wait for ``name`` returns
+        the first one.
         """
-        if name in self.signals:
-            return self.signals[name]
-        if f"{name}{TIMEOUT_SUFFIX}" in self.signals:
+        if correlation_key is not None and not (
+            isinstance(correlation_key, str) and 0 < len(correlation_key) <= MAX_CORRELATION_KEY
+        ):
+            raise ValueError(
+                f"a correlation key is a string of 1 to {MAX_CORRELATION_KEY} characters"
+            )
+        key = name
+        if stream:
+            self._streams[name] = number = self._streams.get(name, 0) + 1
+            key = stream_key(name, number)
+        if key in self.signals:
+            return self.signals[key]
+        if f"{key}{TIMEOUT_SUFFIX}" in self.signals:
             raise SignalTimeout(name)
-        raise Suspend(name, timeout_seconds)
+        raise Suspend(key, timeout_seconds, correlation_key=correlation_key)
+
+    def signal_stream(
+        self,
+        name: str,
+        timeout_seconds: float | None = None,
+        *,
+        correlation_key: str | None = None,
+    ) -> Iterator[Any]:
+        """The signals ``name`` delivered to the execution, each once, in order: an endless
+        iterator of payloads that suspends the execution while the next has not come
+        (``wait_for_signal(name, stream=True)`` in a loop; break out of it when done)."""
+        while True:
+            yield self.wait_for_signal(
+                name, timeout_seconds, correlation_key=correlation_key, stream=True
+            )
 
     async def run_workflow(
         self, workflow_id: str, parameters: Mapping[str, Any] | None = None
@@ -231,6 +274,9 @@ class StepContext:
 #: signal name can contain ``#``), followed by the step's index.
 PROGRESS_PREFIX = "#progress:"
 
+#: The longest correlation key (characters) a wait or a signal may carry.
+MAX_CORRELATION_KEY = 200
+
 #: Sleeps longer than this (seconds) suspend the execution instead of a worker.
 DURABLE_SLEEP_THRESHOLD = 1.0
 #: Prefix of the wait name of a durable sleep.
@@ -243,10 +289,19 @@ class Suspend(BaseException):
     A ``BaseException`` so that a step's ``except Exception`` cannot swallow it.
     """
 
-    def __init__(self, name: str, timeout_seconds: float | None, *, sleeping: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        timeout_seconds: float | None,
+        *,
+        sleeping: bool = False,
+        correlation_key: str | None = None,
+    ) -> None:
         super().__init__(name)
         self.name = name
         self.timeout_seconds = timeout_seconds
+        #: The correlation key the wait can be woken by (see ``wait_for_signal``).
+        self.correlation_key = correlation_key
         #: A durable sleep (running time: the execution's timeout still counts),
         #: not a wait for a signal from outside.
         self.sleeping = sleeping

@@ -7,7 +7,7 @@ their configurations, a workflow's parameter rules, the steps of a workflow
 (a rerun's ``from_step``), whether a cron expression
 or a time zone exists, a time already past, the installed integration
 providers and their configurations, what the installed types accept in a
-notification template's text, a workflow's current type, and a rule JSON
+notification template's text, a workflow's current type, a trigger mapping's expressions, and a rule JSON
 Schema has no keyword for (a workflow's integration ids are unique:
 ``x-unique-by``), and whether an ``xn--`` label of a URL's host is valid
 Punycode. Those, and only
@@ -63,6 +63,9 @@ SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     },
     ("PUT", "/api/v1/integrations/{integration_id}"): {
         "INVALID_REQUEST": frozenset({"provider", "config"}),  # the providers' own rules
+    },
+    ("PUT", "/api/v1/triggers/{trigger_id}"): {
+        "INVALID_REQUEST": frozenset({"parameters"}),  # the expressions' grammar
     },
 }
 

@@ -56,6 +56,8 @@ MAX_JSON_DEPTH = 64
 _Headers = Sequence[tuple[bytes, bytes]]
 _JSON = b"application/json"
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Who calls an operation that needs no token (``Operation.public``): no scope at all.
+_ANONYMOUS = Principal(user_id="anonymous", scopes=frozenset())
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 _encode_lenient = json.JSONEncoder(separators=(",", ":"), default=str).encode
 _INTERNAL = InternalError("Internal error; the server logged the details")
@@ -221,16 +223,22 @@ class _Api:
     ) -> tuple[int, bytes | api.Raw]:
         # ASGI servers give header names in lower case
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        principal = await self._authenticate(scope, headers)
-        body = None
-        if scope["method"] not in _BODYLESS:
-            body = await self._read_body(receive, headers)
+        body = raw = None
+        if op.public:  # no token: the operation checks the caller (a signature) itself
+            self.charge(scope, None, None)
+            principal = _ANONYMOUS
+            raw = await self._read_raw(receive, headers)
+        else:
+            principal = await self._authenticate(scope, headers)
+            if scope["method"] not in _BODYLESS:
+                body = await self._read_body(receive, headers)
         query = scope.get("query_string", b"").decode("latin-1")
         request = ApiRequest(
             path=scope.get("path_params", {}),
             query=_query(query) if query else {},
             body=body,
             headers=headers,
+            raw=raw,
         )
         status, data = await api.call_with_status(self.engine, principal, op.name, request)
         return status, data if isinstance(data, api.Raw) else _success(data)
@@ -282,6 +290,14 @@ class _Api:
 
     async def _read_body(self, receive: Receive, headers: Mapping[str, str]) -> Any:
         """The parsed JSON body, counting bytes as they arrive (``None`` when empty)."""
+        raw = await self._read_raw(receive, headers)
+        if not raw:
+            return None
+        _check_content_type(headers.get("content-type"))
+        return parse_json_body(raw)
+
+    async def _read_raw(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        """The body's bytes, counted as they arrive (at most ``max_body_bytes``)."""
         limit = self.max_body_bytes
         declared = headers.get("content-length")
         if declared is not None:
@@ -302,11 +318,7 @@ class _Api:
                 raise _too_large(limit)
             chunks.append(chunk)
             more = message.get("more_body", False)
-        raw = b"".join(chunks)
-        if not raw:
-            return None
-        _check_content_type(headers.get("content-type"))
-        return parse_json_body(raw)
+        return b"".join(chunks)
 
 
 def client_key(scope: Scope) -> str:

@@ -413,7 +413,7 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
         "operationId": op.name,
         "summary": op.summary,
         "tags": [op.tag],
-        "security": [{"bearerAuth": []}],
+        "security": [] if op.public else [{"bearerAuth": []}],
         "parameters": parameters,
         "responses": responses,
     }
@@ -424,6 +424,11 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
         out["requestBody"] = {
             "required": op.request_body_required,
             "content": {"application/json": {"schema": body}},
+        }
+    if op.public:  # its body is read as bytes (signed as sent): any JSON
+        out["requestBody"] = {
+            "required": False,
+            "content": {"application/json": {"schema": {}}},
         }
     if op.handler.__doc__:
         out["description"] = op.handler.__doc__.strip()

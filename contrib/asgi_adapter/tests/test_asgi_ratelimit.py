@@ -155,3 +155,19 @@ async def test_rate_limit_none_disables_limiting(
     client = make_client(app, token)
     for _ in range(150):
         success(await client.get("/api/v1/workflows"))
+
+
+@pytest.mark.anyio
+async def test_trigger_invocations_are_limited_by_address(
+    limited_app: Starlette, make_client: Callable[..., httpx.AsyncClient]
+) -> None:
+    """POST /triggers/{id}/invoke needs no token: its requests, signed or not, take from
+    their address's bucket, and the one after the burst answers 429 (#16)."""
+    anonymous = make_client(limited_app, client=("10.2.2.2", 4000))
+    for _ in range(3):
+        error(await anonymous.post("/api/v1/triggers/t/invoke", content=b"{}"), 401, "UNAUTHORIZED")
+    response = await anonymous.post("/api/v1/triggers/t/invoke", content=b"{}")
+    error(response, 429, "RATE_LIMIT_EXCEEDED")
+    assert int(response.headers["retry-after"]) >= 1
+    other = make_client(limited_app, client=("10.2.2.3", 4000))
+    error(await other.post("/api/v1/triggers/t/invoke", content=b"{}"), 401, "UNAUTHORIZED")

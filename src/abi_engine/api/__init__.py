@@ -25,6 +25,7 @@ from abi_engine.api import tokens  # noqa: F401
 from abi_engine.api import webhooks  # noqa: F401
 from abi_engine.api import audit  # noqa: F401
 from abi_engine.api import metrics  # noqa: F401
+from abi_engine.api import triggers  # noqa: F401
 
 # isort: on
 from abi_engine.api.operations import (

@@ -18,8 +18,9 @@ from abi_engine.api.operations import (
     page_json,
 )
 from abi_engine.auth import Principal
-from abi_engine.converter import structure
+from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest
+from abi_engine.execution_signals import MAX_CORRELATED_TTL_SECONDS
 from abi_engine.execution_views import execution_json
 from abi_engine.executions import MAX_TIMEOUT_SECONDS
 from abi_engine.limits import IDEMPOTENCY_KEY, URL, Json, Number, Text
@@ -28,6 +29,7 @@ from abi_engine.models import (
     ExecutionStatus,
     ExecutionSummary,
     Scope,
+    SignalDelivery,
 )
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ SIGNAL_NAME = Text(
     min_length=1, max_length=200, pattern=r"^[^#\x00]+$", hint="must not contain '#'"
 )
 SIGNAL_PAYLOAD = Json(max_bytes=65_536)
+CORRELATION_KEY = Text(min_length=1, max_length=200)
+SIGNAL_TTL = Number(minimum=1, maximum=MAX_CORRELATED_TTL_SECONDS)
 COMMENT = Text(max_length=2_000)
 DECISION_DATA = Json(max_bytes=16_384, max_keys=64)
 
@@ -373,7 +377,7 @@ class DecisionRequest:
     method="POST",
     path="/workflow_executions/{execution_id}/signal",
     scope=Scope.EXECUTIONS_WRITE,
-    summary="Deliver a signal to an execution waiting for it",
+    summary="Deliver a signal to an execution (kept until a step waits for it if none does yet)",
     request_model=SignalRequest,
     response_model=Execution,
     tag="executions",
@@ -385,6 +389,39 @@ async def signal_execution(engine: Engine, actor: Principal, request: ApiRequest
         request.path["execution_id"], body.name, body.payload, sender=actor.user_id
     )
     return _execution_json(execution)
+
+
+@attrs.define(kw_only=True)
+class CorrelatedSignalRequest:
+    """The body of ``POST /signals``."""
+
+    name: Annotated[str, SIGNAL_NAME]
+    correlation_key: Annotated[str, CORRELATION_KEY]
+    payload: Annotated[Any, SIGNAL_PAYLOAD] = None
+    ttl_seconds: Annotated[float, SIGNAL_TTL] | None = None
+
+
+@operation(
+    method="POST",
+    path="/signals",
+    scope=Scope.EXECUTIONS_WRITE,
+    summary="Deliver a signal to the execution waiting on a correlation key",
+    request_model=CorrelatedSignalRequest,
+    response_model=SignalDelivery,
+    tag="executions",
+    errors=("INVALID_REQUEST",),
+    accepted_description=(
+        "No execution waits on the key yet: the signal is kept (status pending) until"
+        " expires_at for the first wait on it"
+    ),
+)
+async def send_signal(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    body = structure(body_object(request), CorrelatedSignalRequest)
+    delivery = await engine.executions.send_signal(
+        body.name, body.correlation_key, body.payload, ttl_seconds=body.ttl_seconds
+    )
+    data = unstructure(delivery)
+    return data if delivery.execution_id is not None else Accepted(data)
 
 
 async def _decide(engine: Engine, actor: Principal, request: ApiRequest, approved: bool) -> Any:

@@ -60,6 +60,8 @@ class ApiRequest:
     query: Mapping[str, Any] = attrs.Factory(dict)
     body: Any = None
     headers: Mapping[str, str] = attrs.Factory(dict)
+    #: The body's bytes as received, for operations that read them (``Operation.public``).
+    raw: bytes | None = None
 
 
 Handler = Callable[["Engine", Principal, ApiRequest], Awaitable[Any]]
@@ -127,6 +129,9 @@ class Operation:
     accepted_description: str | None = None
     #: When set, the answer is this media type, sent as it is (its handler returns ``Raw``).
     raw_media_type: str | None = None
+    #: Needs no token (the caller proves itself otherwise, e.g. by a signature): the
+    #: adapter charges the client address's rate limit and passes the raw body, unparsed.
+    public: bool = False
 
 
 OPERATIONS: dict[str, Operation] = {}

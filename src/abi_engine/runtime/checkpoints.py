@@ -219,6 +219,7 @@ class WritesRuns:
                 waiting_for=suspend.name,
                 wake_at=wake_at,
                 keep_timeout=suspend.sleeping,
+                correlation=suspend.correlation_key,
             ),
             record.id,
             prepared.token,

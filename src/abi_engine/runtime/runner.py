@@ -62,6 +62,7 @@ from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
+    DeliverCorrelatedSignal,
     DeliverSignal,
     ExecutionRecord,
     InsertExecution,
@@ -355,7 +356,7 @@ class Runtime(RunsExecutions):
         lease that ran out while it was retried)."""
         if isinstance(op, InsertExecution) and op.record.owner == self.node_id:
             op.record.lease_until = self.lease()
-        elif isinstance(op, DeliverSignal) and op.grant_owner is not None:
+        elif isinstance(op, DeliverSignal | DeliverCorrelatedSignal) and op.grant_owner is not None:
             op = attrs.evolve(op, lease_until=self.lease())
         return op
 

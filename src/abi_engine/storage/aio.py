@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         Workflow,
     )
     from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
+    from abi_engine.models_triggers import Trigger
     from abi_engine.models_webhooks import Delivery
     from abi_engine.storage.records import (
         ExecutionQuery,
@@ -192,6 +193,22 @@ class AsyncStore:
     async def find_templates(self, ids: Iterable[str]) -> dict[str, NotificationTemplate]:
         """The templates among ``ids`` that exist, by id (one query)."""
         return await self._run(self.sync.find_templates, ids)
+
+    async def put_trigger(self, trigger: Trigger) -> bool:
+        """Insert or replace a trigger (its ``created_at`` kept); ``True`` if it was created."""
+        return await self._run(self.sync.put_trigger, trigger)
+
+    async def get_trigger(self, trigger_id: str) -> Trigger | None:
+        """The trigger (secret whole), or ``None``."""
+        return await self._run(self.sync.get_trigger, trigger_id)
+
+    async def list_triggers(self, page: int, page_size: int) -> tuple[list[Trigger], int]:
+        """One page of triggers (by id) and the total."""
+        return await self._run(self.sync.list_triggers, page, page_size)
+
+    async def delete_trigger(self, trigger_id: str) -> bool:
+        """Remove a trigger; ``False`` if it did not exist."""
+        return await self._run(self.sync.delete_trigger, trigger_id)
 
     async def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         """Append events to the outbox on their own."""

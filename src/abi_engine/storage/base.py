@@ -28,6 +28,7 @@ from abi_engine.models import (
     WorkflowStatus,
 )
 from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
+from abi_engine.models_triggers import Trigger
 from abi_engine.models_webhooks import Delivery
 from abi_engine.storage.records import (
     ExecutionQuery,
@@ -203,6 +204,20 @@ class Store(Protocol):
 
     def find_templates(self, ids: Iterable[str]) -> dict[str, NotificationTemplate]:
         """The templates among ``ids`` that exist, by id (one query)."""
+
+    # -- triggers ---------------------------------------------------------------
+
+    def put_trigger(self, trigger: Trigger) -> bool:
+        """Insert or replace a trigger (its ``created_at`` kept); ``True`` if it was created."""
+
+    def get_trigger(self, trigger_id: str) -> Trigger | None:
+        """The trigger (secret whole), or ``None``."""
+
+    def list_triggers(self, page: int, page_size: int) -> tuple[list[Trigger], int]:
+        """One page of triggers (by id) and the total."""
+
+    def delete_trigger(self, trigger_id: str) -> bool:
+        """Remove a trigger; ``False`` if it did not exist."""
 
     # -- events (outbox) --------------------------------------------------------
 

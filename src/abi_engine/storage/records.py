@@ -23,6 +23,7 @@ __all__ = [
     "CancelExecution",
     "CheckpointStep",
     "ClaimExecution",
+    "DeliverCorrelatedSignal",
     "DeliverSignal",
     "ExecutionQuery",
     "ExecutionRecord",
@@ -37,10 +38,17 @@ __all__ = [
     "StepRecord",
     "SuspendExecution",
     "WriteOp",
+    "stream_key",
 ]
 
 #: Suffix of the signal recorded when a wait for signal ``name`` times out.
 TIMEOUT_SUFFIX = "#timeout"
+
+
+def stream_key(name: str, number: int) -> str:
+    """The name under which the ``number``-th (from 1) signal ``name`` delivered to an
+    execution is kept: ``name`` for the first, ``name#<number>`` after it."""
+    return name if number <= 1 else f"{name}#{number}"
 
 
 class _Again:
@@ -320,6 +328,9 @@ class SuspendExecution(WriteOp):
     step: StepRecord | None = None
     #: A durable sleep keeps the execution's timeout (it is running time).
     keep_timeout: bool = False
+    #: The wait's correlation key as ``"<signal name>#<key>"`` (see
+    #: :class:`DeliverCorrelatedSignal`): a signal kept for it is consumed here.
+    correlation: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -333,6 +344,9 @@ class DeliverSignal(WriteOp):
     ``lease_until`` (the node that will run it; none: any node's recovery
     takes it). A retry finds its own signal (same ``created_at``) and
     applies as the first time did.
+
+    The n-th signal of a name (n >= 2) is stored as ``<name>#<n>``: a wait for
+    a stream of signals reads them in order (see ``StepContext.wait_for_signal``).
     """
 
     execution_id: str
@@ -340,6 +354,28 @@ class DeliverSignal(WriteOp):
     payload: Any
     created_at: datetime
     require_waiting: bool = False
+    grant_owner: str | None = None
+    grant_token: int | None = None
+    lease_until: datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DeliverCorrelatedSignal(WriteOp):
+    """Deliver signal ``name`` to the execution waiting on ``correlation_key`` (the
+    one waiting longest), or keep it until ``expires_at`` for the first wait with
+    that key.
+
+    Applies ``("queued", execution_id)`` when delivered (the execution granted
+    as by :class:`DeliverSignal`), ``("pending", None)`` when kept. ``signal_id``
+    identifies it: a retry finds it and applies as the first time did.
+    """
+
+    signal_id: str
+    name: str
+    correlation_key: str
+    payload: Any
+    created_at: datetime
+    expires_at: datetime
     grant_owner: str | None = None
     grant_token: int | None = None
     lease_until: datetime | None = None

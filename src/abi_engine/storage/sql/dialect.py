@@ -62,6 +62,8 @@ class Dialect:
         braces (``{bigint}``, ``{serial}``...), in this database's words.
     :param arrays: whether a list of values goes as one array parameter.
     :param replace_into: whether :meth:`upsert` of whole rows says ``INSERT OR REPLACE``.
+    :param key_lock: a statement taking a transaction-level lock on a signed 64-bit
+        key (``None``: a write transaction already excludes every other).
     :param upsert_inserted: appended to an upsert, makes it return one row whose one
         value is whether it inserted (``""``: the database cannot tell; the store
         looks for the row first).
@@ -77,6 +79,7 @@ class Dialect:
     arrays: bool = False
     replace_into: bool = False
     upsert_inserted: str = ""
+    key_lock: str | None = None
 
     def sql(self, text: str) -> str:
         """``text`` (with ``?`` placeholders) in the driver's own marks.
@@ -177,6 +180,7 @@ POSTGRES = Dialect(
     clock="(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
     arrays=True,
     upsert_inserted=" RETURNING (xmax = 0)",  # no previous version: the row was inserted
+    key_lock="SELECT pg_advisory_xact_lock(?)",
     types={
         "int": "INTEGER",
         "bigint": "BIGINT",

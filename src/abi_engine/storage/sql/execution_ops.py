@@ -21,11 +21,9 @@ from abi_engine.storage._fencing import State, checkpoints, claims, ended_again,
 from abi_engine.storage.records import (
     AGAIN,
     PAUSED,
-    TIMEOUT_SUFFIX,
     CancelExecution,
     CheckpointStep,
     ClaimExecution,
-    DeliverSignal,
     ExecutionRecord,
     FinishExecution,
     InsertEvents,
@@ -33,7 +31,6 @@ from abi_engine.storage.records import (
     ReleaseExecutions,
     SaveProgress,
     StepRecord,
-    SuspendExecution,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
@@ -193,75 +190,6 @@ def _finish(s: Store, conn: Conn, op: FinishExecution) -> Any:
     return _bulk_finish(s, conn, [op])[0]
 
 
-def _suspend(s: Store, conn: Conn, op: SuspendExecution) -> Any:
-    # Lock the execution first: a signal delivered concurrently waits for this
-    # transaction (DeliverSignal locks the same row), so it is seen either here
-    # or by the waiting execution it queues.
-    row = conn.execute(
-        f"SELECT status, claim, waiting_for FROM executions WHERE id = ?{s.dialect.lock()}",
-        (op.execution_id,),
-    ).fetchone()
-    if row is None or row[1] != op.token:
-        return False
-    if row[0] == "waiting" and row[2] == op.waiting_for:
-        return AGAIN  # a retry of this suspension
-    if row[0] != "running":
-        return False
-    arrived = conn.execute(
-        "SELECT 1 FROM execution_signals WHERE execution_id = ? AND name IN (?, ?)",
-        (op.execution_id, op.waiting_for, f"{op.waiting_for}{TIMEOUT_SUFFIX}"),
-    ).fetchone()
-    if arrived:
-        return "ready"
-    conn.execute(
-        "UPDATE executions SET status = 'waiting', waiting_for = ?, wake_at = ?, owner = NULL,"
-        " lease_until = NULL, timeout_at = CASE WHEN ? THEN timeout_at END WHERE id = ?",
-        (op.waiting_for, to_ms(op.wake_at), bool(op.keep_timeout), op.execution_id),
-    )
-    if op.step is not None:
-        conn.execute(_upsert_step(s.dialect), _step_params(op.step))
-    return True
-
-
-def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
-    d = s.dialect
-    row = conn.execute(
-        f"SELECT status, waiting_for, claim FROM executions WHERE id = ?{d.lock()}",
-        (op.execution_id,),
-    ).fetchone()
-    if row is None:
-        return None
-    payload = dumps(op.payload)
-    mine = conn.execute(
-        "SELECT 1 FROM execution_signals WHERE execution_id = ? AND name = ?"
-        " AND created_at = ? AND payload = ?",
-        (op.execution_id, op.name, to_ms(op.created_at), payload),
-    ).fetchone()
-    if mine:  # a retry: this very signal is stored already
-        granted = op.grant_token is not None and row[0] == "queued" and row[2] == op.grant_token
-        return "queued" if granted else "stored"
-    if row[0] not in ("queued", "running", "waiting"):
-        return None
-    waiting = row[0] == "waiting" and row[1] == op.name
-    if op.require_waiting and not waiting:
-        return None
-    cursor = conn.execute(
-        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
-        " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (op.execution_id, op.name, payload, to_ms(op.created_at)),
-    )
-    if cursor.rowcount == 0:
-        return None
-    if waiting:
-        conn.execute(
-            "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
-            f" owner = ?, claim = ?, lease_until = {_lease(d)} WHERE id = ?",
-            (op.grant_owner, op.grant_token, _lease_value(d, op.lease_until), op.execution_id),
-        )
-        return "queued"
-    return "stored"
-
-
 def _save_progress(s: Store, conn: Conn, op: SaveProgress) -> bool:
     row = conn.execute(
         f"SELECT status, claim FROM executions WHERE id = ?{s.dialect.lock('SHARE')}",
@@ -334,8 +262,6 @@ HANDLERS: dict[type, Callable[[Any, Conn, Any], Any]] = {
     ClaimExecution: _claim,
     CheckpointStep: _checkpoint,
     FinishExecution: _finish,
-    SuspendExecution: _suspend,
-    DeliverSignal: _signal,
     SaveProgress: _save_progress,
     CancelExecution: _cancel,
     ReleaseExecutions: _release,

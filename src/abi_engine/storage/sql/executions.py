@@ -40,8 +40,11 @@ from abi_engine.storage.sql.execution_ops import (
     _lease,
     _lease_value,
 )
+from abi_engine.storage.sql.signal_ops import SIGNAL_HANDLERS
 
 __all__ = ["ExecutionsMixin"]
+
+_HANDLERS = {**HANDLERS, **SIGNAL_HANDLERS}
 
 #: Executions whose leases one transaction of ``renew_leases`` extends.
 RENEW_CHUNK = 2000
@@ -101,7 +104,7 @@ class ExecutionsMixin:
             if kind in BULK and not (kind is InsertExecution and op.record.idempotency_key):  # type: ignore[attr-defined]
                 groups.setdefault(kind, []).append(index)
             else:
-                results[index] = HANDLERS[kind](self, conn, op)
+                results[index] = _HANDLERS[kind](self, conn, op)
         for kind, indexes in groups.items():
             for index, result in zip(
                 indexes, BULK[kind](self, conn, [ops[i] for i in indexes]), strict=True
@@ -117,7 +120,7 @@ class ExecutionsMixin:
         return results
 
     def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
-        result = HANDLERS[type(op)](self, conn, op)
+        result = _HANDLERS[type(op)](self, conn, op)
         if applied(result) and op.events:
             self._insert_events(conn, op.events)
         return result

@@ -113,6 +113,44 @@ MIGRATIONS.append(
 )
 
 MIGRATIONS.append(
+    Migration(
+        "m015_triggers_signals",
+        [
+            # The correlation a waiting execution waits on ("<signal name>#<key>").
+            "ALTER TABLE executions ADD COLUMN waiting_key TEXT",
+            "CREATE INDEX executions_waiting_key ON executions (waiting_key)"
+            " WHERE waiting_key IS NOT NULL",
+            # Signals addressed by correlation key: kept until a wait takes them
+            # (execution_id NULL) or delivered (kept a day, so a retry finds them).
+            """CREATE TABLE correlated_signals (
+                seq {serial},
+                id TEXT NOT NULL UNIQUE,
+                correlation TEXT NOT NULL,
+                name TEXT NOT NULL,
+                correlation_key TEXT NOT NULL,
+                payload TEXT,
+                created_at {bigint} NOT NULL,
+                expires_at {bigint} NOT NULL,
+                execution_id TEXT,
+                delivered_at {bigint}
+            )""",
+            "CREATE INDEX correlated_signals_kept ON correlated_signals"
+            " (correlation, execution_id, seq)",
+            # Signed inbound triggers (their signature rule and mapping in config, JSON).
+            """CREATE TABLE triggers (
+                id {sorted_text} PRIMARY KEY,
+                workflow_id TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                config TEXT NOT NULL,
+                created_by TEXT,
+                created_at {bigint} NOT NULL,
+                updated_at {bigint} NOT NULL
+            )""",
+        ],
+    )
+)
+
+MIGRATIONS.append(
     # An execution's W3C trace context (traceparent), carried across runs and restarts (#15).
     Migration("m016_trace_context", ["ALTER TABLE executions ADD COLUMN trace_context TEXT"])
 )

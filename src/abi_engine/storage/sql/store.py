@@ -53,6 +53,7 @@ from abi_engine.storage.sql.executions import ExecutionsMixin
 from abi_engine.storage.sql.retention import RetentionMixin
 from abi_engine.storage.sql.schedules import SchedulesMixin
 from abi_engine.storage.sql.templates import TemplatesMixin
+from abi_engine.storage.sql.triggers import TriggersMixin
 from abi_engine.storage.sql.webhooks import WebhooksMixin, subscribed_types
 
 __all__ = ["SQLStore"]
@@ -78,7 +79,13 @@ def _total(row: Sequence[Any] | None) -> int:
 
 
 class SQLStore(
-    ExecutionsMixin, SchedulesMixin, WebhooksMixin, TemplatesMixin, AuditMixin, RetentionMixin
+    ExecutionsMixin,
+    SchedulesMixin,
+    WebhooksMixin,
+    TemplatesMixin,
+    AuditMixin,
+    RetentionMixin,
+    TriggersMixin,
 ):
     """The shared part of the SQL stores (see the module's docstring)."""
 

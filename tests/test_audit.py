@@ -361,10 +361,12 @@ def test_two_processes_append_to_one_chain(
 
 
 #: Operations that change something but are not audited changes: starting executions
-#: (each is its own durable record, with its requester in ``created_by``).
+#: (each is its own durable record, with its requester in ``created_by``), a trigger's
+#: signed invocation included.
 NOT_AUDITED = {
     "execute_workflow",
     "execute_workflow_async",
+    "invoke_trigger",
 }
 
 
@@ -425,3 +427,21 @@ async def test_a_lost_entry_is_logged_and_the_change_answered(
     assert len(lost) == 1
     assert "workflow.create" in lost[0].getMessage()
     assert created["id"] in lost[0].getMessage()
+
+
+@pytest.mark.anyio
+async def test_a_trigger_s_secret_never_reaches_the_log(audited: Engine) -> None:
+    """Putting a trigger with a secret, then replacing it, records two entries without the
+    secret's value."""
+    alice = _principal(audited)
+    created = await call(audited, alice, "create_workflow", ApiRequest(body=CUSTOM))
+    secret = "whsec_" + "c2VjcmV0LXRyaWdnZXItdmFsdWU="
+    body = {"workflow_id": created["id"], "secret": secret}
+    path = {"trigger_id": "orders"}
+    await call(audited, alice, "put_trigger", ApiRequest(path=path, body=body))
+    await call(audited, alice, "put_trigger", ApiRequest(path=path, body={**body, "secret": None}))
+    entries = (await audited.audit.list(target_type="trigger")).items
+    assert [e.action for e in entries] == ["trigger.put", "trigger.put"]
+    assert {e.target_id for e in entries} == {"orders"}
+    assert secret not in repr(entries)
+    assert "c2VjcmV0LXRyaWdnZXItdmFsdWU" not in repr(entries)

@@ -124,6 +124,15 @@ AUDITED: dict[str, AuditRule] = {
         action="execution.rerun", target_type="execution", target="execution_id"
     ),
     "rerun_executions": AuditRule(action="execution.rerun_bulk", target_type="execution"),
+    **_rules(
+        "trigger",
+        "trigger_id",
+        "get_trigger",
+        put_trigger="trigger.put",
+        delete_trigger="trigger.delete",
+    ),
+    # By correlation key: the target is the signal's id (in the answer).
+    "send_signal": AuditRule(action="signal.send", target_type="signal"),
     "create_token": AuditRule(action="token.create", target_type="token"),
     "revoke_token": AuditRule(
         action="token.revoke", target_type="token", target="token_id", after=False

@@ -46,8 +46,15 @@ Prepare = Callable[["Engine", str], Awaitable[None]]
 
 
 def _server_parent() -> argparse.ArgumentParser:
+    """The options every serving command shares (serve, demo)."""
     parent = argparse.ArgumentParser(add_help=False)
-    add = parent.add_argument
+    _network_options(parent.add_argument)
+    _engine_options(parent.add_argument)
+    _observability_options(parent.add_argument)
+    return parent
+
+
+def _network_options(add: Callable[..., Any]) -> None:
     add("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST})")
     add("--port", type=_port, default=DEFAULT_PORT, help="port (default: 8000; 0 picks one)")
     add(
@@ -74,6 +81,9 @@ def _server_parent() -> argparse.ArgumentParser:
         action="store_false",
         help="do not serve the web dashboard under /ui (docs/dashboard.md)",
     )
+
+
+def _engine_options(add: Callable[..., Any]) -> None:
     add(
         "--rate-limit",
         type=_non_negative,
@@ -105,6 +115,9 @@ def _server_parent() -> argparse.ArgumentParser:
         " other processes take its work over once it expires (default: the engine's, 30;"
         " on SQLite a killed process's work is taken over at once)",
     )
+
+
+def _observability_options(add: Callable[..., Any]) -> None:
     add("--log-level", choices=LOG_LEVELS, default="info", help="log level (default: info)")
     add(
         "--log-format",
@@ -126,7 +139,6 @@ def _server_parent() -> argparse.ArgumentParser:
         default=DEFAULT_HOST,
         help=f"address of --metrics-port (default: {DEFAULT_HOST})",
     )
-    return parent
 
 
 def add_commands(

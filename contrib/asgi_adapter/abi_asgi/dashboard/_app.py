@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from starlette.applications import Starlette
@@ -73,18 +74,27 @@ def _nosniff(app: ASGIApp) -> ASGIApp:
     return wrapped
 
 
-def _auth_routes(dash: Dashboard) -> list[Route]:
+class _SignIn:
+    """Sign-in and sign-out: the token exchanged for a session, and the session ended."""
+
+    def __init__(self, dash: Dashboard) -> None:
+        self.dash = dash
+
     async def login_form(
-        request: Request, error: str | None = None, status: int = 200, next_url: str | None = None
+        self,
+        request: Request,
+        error: str | None = None,
+        status: int = 200,
+        next_url: str | None = None,
     ) -> Response:
-        if error is None and await dash.context(request) is not None:
+        if error is None and await self.dash.context(request) is not None:
             return RedirectResponse(
                 _next_target(request, request.query_params.get("next")),
                 status_code=303,
                 headers=SECURITY_HEADERS,
             )
-        token = dash.login_csrf(request)
-        response = dash.render(
+        token = self.dash.login_csrf(request)
+        response = self.dash.render(
             request,
             "login.html",
             status=status,
@@ -93,44 +103,44 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
             signed_out="signed_out" in request.query_params,
             login_csrf=mask(token),
         )
-        dash.set_login_cookie(request, response, token)
+        self.dash.set_login_cookie(request, response, token)
         return response
 
-    async def login_page(request: Request) -> Response:
-        return await login_form(request)
+    async def login_page(self, request: Request) -> Response:
+        return await self.login_form(request)
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         try:
             form = await read_form(request)
         except FormError as exc:
-            return dash.error(request, InvalidRequest(str(exc)))
+            return self.dash.error(request, InvalidRequest(str(exc)))
         if not same_origin(request):
-            return dash.error(request, Forbidden("Cross-origin sign-in refused"))
+            return self.dash.error(request, Forbidden("Cross-origin sign-in refused"))
         expected = request.cookies.get(LOGIN_COOKIE)
         if not expected or not unmasks_to(form.get("csrf_token"), expected):
-            return dash.error(
+            return self.dash.error(
                 request, Forbidden("The sign-in form's CSRF token is missing or wrong; reload it")
             )
         token = form.get("token", "").strip()
         try:
-            principal = await dash.authenticate(token)
+            principal = await self.dash.authenticate(token)
         except Unauthorized:
-            dash.charge(request, None, None)  # a guess costs the client address's bucket
-            return await login_form(
+            self.dash.charge(request, None, None)  # a guess costs the client address's bucket
+            return await self.login_form(
                 request, "That access token is not valid.", 401, form.get("next", "")
             )
-        dash.charge(request, token, principal)
+        self.dash.charge(request, token, principal)
         # a new session id at every sign-in, and the browser's previous session ends
-        dash.sessions.revoke(request.cookies.get(COOKIE))
-        session = dash.sessions.create(token, principal.user_id)
+        self.dash.sessions.revoke(request.cookies.get(COOKIE))
+        session = self.dash.sessions.create(token, principal.user_id)
         target = _next_target(request, form.get("next"))
         response = RedirectResponse(target, status_code=303, headers=SECURITY_HEADERS)
-        dash.set_session_cookie(request, response, session)
+        self.dash.set_session_cookie(request, response, session)
         response.delete_cookie(LOGIN_COOKIE, path=base_path(request) + "/")
         return response
 
-    async def logout(request: Request) -> Response:
-        ctx = await dash.context(request)
+    async def logout(self, request: Request) -> Response:
+        ctx = await self.dash.context(request)
         if ctx is None:
             return RedirectResponse(
                 base_path(request) + "/login", status_code=303, headers=SECURITY_HEADERS
@@ -138,21 +148,28 @@ def _auth_routes(dash: Dashboard) -> list[Route]:
         try:
             form = await read_form(request)
         except FormError as exc:
-            return dash.error(request, InvalidRequest(str(exc)), ctx)
+            return self.dash.error(request, InvalidRequest(str(exc)), ctx)
         if not (same_origin(request) and ctx.session.csrf_ok(form.get("csrf_token"))):
-            return dash.error(request, Forbidden("The form's CSRF token is missing or wrong"), ctx)
-        dash.sessions.revoke(request.cookies.get(COOKIE))
+            return self.dash.error(
+                request, Forbidden("The form's CSRF token is missing or wrong"), ctx
+            )
+        self.dash.sessions.revoke(request.cookies.get(COOKIE))
         response = RedirectResponse(
             base_path(request) + "/login?signed_out=1", status_code=303, headers=SECURITY_HEADERS
         )
-        dash.clear_session_cookie(request, response)
+        self.dash.clear_session_cookie(request, response)
         return response
 
-    return [
-        Route("/login", login_page, methods=["GET"]),
-        Route("/login", login, methods=["POST"]),
-        Route("/logout", logout, methods=["POST"]),
-    ]
+    def routes(self) -> list[Route]:
+        return [
+            Route("/login", self.login_page, methods=["GET"]),
+            Route("/login", self.login, methods=["POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+        ]
+
+
+def _auth_routes(dash: Dashboard) -> list[Route]:
+    return _SignIn(dash).routes()
 
 
 def create_dashboard(
@@ -167,7 +184,8 @@ def create_dashboard(
 
     :param authenticate: the adapter's token check (an access token to its
         :class:`~abi_engine.auth.Principal`; ``Unauthorized`` when unknown).
-    :param sessions: where sessions live (default: in memory, 8 hours each).
+    :param sessions: where sessions live (default: in memory, 8 hours each, an
+        hour without a request ends one).
     :param secure_cookies: mark cookies ``Secure``; ``None`` (default) does
         when the request came over HTTPS.
     :param charge: the rate limiter's charge for each request (see
@@ -176,9 +194,15 @@ def create_dashboard(
         ``None``: no rate limit.
     """
     dash = Dashboard(engine, authenticate, sessions or SessionStore(), secure_cookies, charge)
+    app = Starlette(routes=_routes(dash), exception_handlers=_error_handlers(dash))
+    app.state.dashboard = dash
+    return app
+
+
+def _routes(dash: Dashboard) -> list[Route | Mount]:
     pages = Pages(dash)
     page, action = dash.page, dash.action
-    routes = [
+    return [
         *_auth_routes(dash),
         Route("/", page(pages.overview), methods=["GET"]),
         Route("/workflows", page(pages.workflows), methods=["GET"]),
@@ -211,6 +235,10 @@ def create_dashboard(
         Mount("/static", app=_nosniff(StaticFiles(directory=HERE / "static")), name="static"),
     ]
 
+
+def _error_handlers(dash: Dashboard) -> dict[Any, Callable[[Request, Exception], Any]]:
+    """The dashboard's answers to Starlette's errors (404, 405...) and to rate limits."""
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         ctx = await dash.context(request, charge=False)
@@ -227,9 +255,4 @@ def create_dashboard(
         assert isinstance(exc, RateLimitExceeded)
         return dash.error(request, exc)
 
-    app = Starlette(
-        routes=routes,
-        exception_handlers={HTTPException: http_error, RateLimitExceeded: rate_limited},
-    )
-    app.state.dashboard = dash
-    return app
+    return {HTTPException: http_error, RateLimitExceeded: rate_limited}

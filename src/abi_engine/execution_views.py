@@ -36,47 +36,7 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
     step finished), or as ``failed`` when the execution was interrupted by a
     timeout or a cancellation; the others as ``pending``.
     """
-    by_index = {s.index: s for s in steps}
-    shown: list[Step] = []
-    names = list(record.plan)
-    for s in steps:
-        if s.index >= len(names):
-            names.append(s.name)
-    previous_end = record.started_at
-    first_missing = True
-    for index, name in enumerate(names):
-        stored = by_index.get(index)
-        if stored is not None:
-            shown.append(
-                Step(
-                    name=stored.name,
-                    status=stored.status,
-                    started_at=stored.started_at,
-                    completed_at=stored.completed_at,
-                    duration_ms=stored.duration_ms,
-                    attempts=stored.attempts or None,
-                    error=StepError(**stored.error) if stored.error else None,
-                    reused_from=stored.reused_from,
-                )
-            )
-            previous_end = stored.completed_at or previous_end
-            if stored.status is StepStatus.FAILED:
-                first_missing = False  # the interrupted step is stored; later ones never ran
-            continue
-        step = Step(name=name, status=StepStatus.PENDING)
-        if first_missing and record.started_at is not None:
-            first_missing = False
-            if record.status in (ExecutionStatus.RUNNING, ExecutionStatus.WAITING):
-                step.status = StepStatus.RUNNING
-                step.started_at = previous_end
-            elif record.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
-                step.status = StepStatus.FAILED
-                step.started_at = previous_end
-                step.completed_at = record.completed_at
-                code = "Cancelled" if record.status is ExecutionStatus.CANCELLED else "Timeout"
-                step.error = StepError(type=code, message=f"execution {record.status.value}")
-        first_missing = False if record.started_at is not None else first_missing
-        shown.append(step)
+    shown = _shown_steps(record, steps)
     return Execution(
         execution_id=record.id,
         workflow_id=record.workflow_id,
@@ -97,6 +57,60 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
         parent_execution_id=record.parent_execution_id,
         **_queued(record),
     )
+
+
+def _shown_steps(record: ExecutionRecord, steps: list[StepRecord]) -> list[Step]:
+    """The plan's steps, each as stored or, when not stored yet, as it stands."""
+    by_index = {s.index: s for s in steps}
+    shown: list[Step] = []
+    names = list(record.plan)
+    for s in steps:
+        if s.index >= len(names):
+            names.append(s.name)
+    previous_end = record.started_at
+    first_missing = True
+    for index, name in enumerate(names):
+        stored = by_index.get(index)
+        if stored is not None:
+            shown.append(_stored_step(stored))
+            previous_end = stored.completed_at or previous_end
+            if stored.status is StepStatus.FAILED:
+                first_missing = False  # the interrupted step is stored; later ones never ran
+            continue
+        step = Step(name=name, status=StepStatus.PENDING)
+        if first_missing and record.started_at is not None:
+            first_missing = False
+            _first_unstored(record, step, previous_end)
+        first_missing = False if record.started_at is not None else first_missing
+        shown.append(step)
+    return shown
+
+
+def _stored_step(stored: StepRecord) -> Step:
+    return Step(
+        name=stored.name,
+        status=stored.status,
+        started_at=stored.started_at,
+        completed_at=stored.completed_at,
+        duration_ms=stored.duration_ms,
+        attempts=stored.attempts or None,
+        error=StepError(**stored.error) if stored.error else None,
+        reused_from=stored.reused_from,
+    )
+
+
+def _first_unstored(record: ExecutionRecord, step: Step, previous_end: Any) -> None:
+    """The first step not stored: running while the execution runs (since the previous
+    step ended), failed when a timeout or a cancellation interrupted it."""
+    if record.status in (ExecutionStatus.RUNNING, ExecutionStatus.WAITING):
+        step.status = StepStatus.RUNNING
+        step.started_at = previous_end
+    elif record.status in (ExecutionStatus.CANCELLED, ExecutionStatus.TIMED_OUT):
+        step.status = StepStatus.FAILED
+        step.started_at = previous_end
+        step.completed_at = record.completed_at
+        code = "Cancelled" if record.status is ExecutionStatus.CANCELLED else "Timeout"
+        step.error = StepError(type=code, message=f"execution {record.status.value}")
 
 
 def _queued(record: ExecutionRecord) -> dict[str, Any]:

@@ -173,13 +173,13 @@ class ClaimRules(RuleBasedStateMachine):
             grant_token=token,
             lease_until=self._lease(),
         )
-        if op.name in self.delivered or self.status not in ("queued", "running", "waiting"):
-            assert self._apply(op) is None  # each name once; nothing after the end
+        if self.status not in ("queued", "running", "waiting"):
+            assert self._apply(op) is None  # nothing after the end, nor while paused
         elif self.status == "waiting" and op.name == self.waiting_for:
             assert self._apply(op) == "queued"
             self.status, self.claim, self.waiting_for = "queued", token, None
             self.delivered.add(op.name)
-        else:
+        else:  # kept for a later wait; a name sent again is the next item of its stream
             assert self._apply(op) == "stored"
             self.delivered.add(op.name)
         return op

@@ -237,9 +237,7 @@ class RunsExecutions(WritesRuns):
         resume_at: datetime | None = None
         if resumed:
             resume_at = (done[-1].completed_at if done else None) or record.started_at
-        results: dict[str, Any] = {
-            s.name: s.result for s in done if s.status is StepStatus.COMPLETED
-        }
+        results = {s.name: s.result for s in done if s.status is StepStatus.COMPLETED}
         last_result: Any = None
         for s in done:
             if s.status is StepStatus.COMPLETED:
@@ -253,15 +251,7 @@ class RunsExecutions(WritesRuns):
             started = resume_at or utcnow()
             resume_at = None
             if spec.skip_if is not None and spec.skip_if(record.configuration, record.parameters):
-                skipped = StepRecord(
-                    execution_id=record.id,
-                    index=index,
-                    name=spec.name,
-                    status=StepStatus.SKIPPED,
-                    started_at=started,
-                    completed_at=started,
-                    duration_ms=0,
-                )
+                skipped = _skipped_step(record.id, index, spec.name, started)
                 if not await self._step_ended(prepared, done, skipped, last_result, (), is_last):
                     return
                 continue
@@ -273,27 +263,15 @@ class RunsExecutions(WritesRuns):
                 started_at=started,
             )
             running[0] = step
-            if self.tracing is None:
-                outcome = await self._attempt(prepared, spec, step, results, signals)
-            else:
-                with self.tracing.step(record, spec.name, index) as span:
-                    outcome = await self._attempt(prepared, spec, step, results, signals)
-                    span.set_attribute("abi.outcome", _outcome_name(outcome))
+            outcome = await self._traced_attempt(prepared, spec, step, results, signals)
             if outcome is SUSPENDED:
                 return
             if isinstance(outcome, Failure):
                 await self._finish_failed(record, prepared, outcome.exc, step=step, steps_done=done)
                 return
-            result, step.result_json = outcome
-            finished = utcnow()
-            step.status = StepStatus.COMPLETED
-            step.completed_at = finished
-            step.duration_ms = milliseconds(finished - started)
-            step.result = result
-            self._count_step(record, step)
+            result = self._completed(record, step, outcome, started)
             running[0] = None
-            results[spec.name] = result
-            last_result = result
+            results[spec.name] = last_result = result
             step_events: tuple[OutboxEvent, ...] = ()
             if self._wants("execution.step_completed", record):
                 step_events = (self._step_event(record, step),)
@@ -302,6 +280,35 @@ class RunsExecutions(WritesRuns):
         # Nothing left to run: no steps at all, or every step done already (the type
         # has fewer steps than when the execution started).
         await self._finish_completed(prepared, done, None, last_result)
+
+    async def _traced_attempt(
+        self,
+        prepared: Prepared,
+        spec: StepSpec,
+        step: StepRecord,
+        results: dict[str, Any],
+        signals: dict[str, Any],
+    ) -> Any:
+        """:meth:`_attempt`, in a span of its own when tracing is on."""
+        if self.tracing is None:
+            return await self._attempt(prepared, spec, step, results, signals)
+        with self.tracing.step(prepared.record, spec.name, step.index) as span:
+            outcome = await self._attempt(prepared, spec, step, results, signals)
+            span.set_attribute("abi.outcome", _outcome_name(outcome))
+            return outcome
+
+    def _completed(
+        self, record: ExecutionRecord, step: StepRecord, outcome: Any, started: datetime
+    ) -> Any:
+        """Mark ``step`` completed with the attempt's ``(result, result_json)``; the result."""
+        result, step.result_json = outcome
+        finished = utcnow()
+        step.status = StepStatus.COMPLETED
+        step.completed_at = finished
+        step.duration_ms = milliseconds(finished - started)
+        step.result = result
+        self._count_step(record, step)
+        return result
 
     async def _step_ended(
         self,
@@ -438,3 +445,16 @@ def _outcome_name(outcome: Any) -> str:
     if outcome is SUSPENDED:
         return "suspended"
     return "failed" if isinstance(outcome, Failure) else "completed"
+
+
+def _skipped_step(execution_id: str, index: int, name: str, at: datetime) -> StepRecord:
+    """A step skipped by its ``skip_if`` at ``at``."""
+    return StepRecord(
+        execution_id=execution_id,
+        index=index,
+        name=name,
+        status=StepStatus.SKIPPED,
+        started_at=at,
+        completed_at=at,
+        duration_ms=0,
+    )

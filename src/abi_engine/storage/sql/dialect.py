@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["CHUNK", "POSTGRES", "SQLITE", "Conn", "Dialect", "chunks"]
+__all__ = ["CHUNK", "NEXT_VERSION", "POSTGRES", "SQLITE", "Conn", "Dialect", "chunks"]
 
 T = TypeVar("T")
 
@@ -193,3 +193,9 @@ POSTGRES = Dialect(
         "without_rowid": "",
     },
 )
+
+
+#: A workflow's new ``updated_at`` (its version, which caches compare): the given time
+#: (two ``?``), or one millisecond past the stored one when that is not earlier, so
+#: two changes in one millisecond, from any process, still make two versions.
+NEXT_VERSION = "CASE WHEN ? > updated_at THEN ? ELSE updated_at + 1 END"

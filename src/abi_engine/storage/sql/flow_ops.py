@@ -24,7 +24,7 @@ from abi_engine.storage.records import (
     ResumeExecution,
     StepRecord,
 )
-from abi_engine.storage.sql.dialect import Conn, chunks
+from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
 
 __all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "pause_now", "tell_parent"]
 
@@ -177,9 +177,10 @@ def _resume(s: Store, conn: Conn, op: ResumeExecution) -> Any:
 def _pause_workflow(s: Store, conn: Conn, op: PauseWorkflow) -> int | None:
     at = to_ms(op.at)
     cursor = conn.execute(
-        "UPDATE workflows SET paused_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL"
+        f"UPDATE workflows SET paused_at = ?, updated_at = {NEXT_VERSION}"
+        " WHERE id = ? AND deleted_at IS NULL"
         + (" AND paused_at IS NULL" if op.paused else " AND paused_at IS NOT NULL"),
-        (at if op.paused else None, at, op.workflow_id),
+        (at if op.paused else None, at, at, op.workflow_id),
     )
     if cursor.rowcount == 0:
         found = conn.execute(

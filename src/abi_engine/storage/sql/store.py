@@ -48,7 +48,7 @@ from abi_engine.storage.base import (
     WorkflowQuery,
 )
 from abi_engine.storage.sql.audit import AuditMixin
-from abi_engine.storage.sql.dialect import Conn, Dialect
+from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, Dialect
 from abi_engine.storage.sql.executions import ExecutionsMixin
 from abi_engine.storage.sql.retention import RetentionMixin
 from abi_engine.storage.sql.schedules import SchedulesMixin
@@ -335,9 +335,9 @@ class SQLStore(
         def run(conn: Conn) -> bool:
             cursor = conn.execute(
                 "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
-                " configuration = ?, integrations = ?, metadata = ?, updated_at = ?,"
-                " activated_at = ?, deactivated_at = ?, retention_days = ?"
-                " WHERE id = ? AND deleted_at IS NULL",
+                " configuration = ?, integrations = ?, metadata = ?,"
+                f" updated_at = {NEXT_VERSION}, activated_at = ?, deactivated_at = ?,"
+                " retention_days = ? WHERE id = ? AND deleted_at IS NULL",
                 (
                     workflow.name,
                     workflow.description,
@@ -346,6 +346,7 @@ class SQLStore(
                     dumps(workflow.configuration),
                     dumps([{"id": i.id, "required": i.required} for i in workflow.integrations]),
                     dumps(workflow.metadata),
+                    to_ms(workflow.updated_at),
                     to_ms(workflow.updated_at),
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),

@@ -643,6 +643,8 @@ SCHEDULE_FIELDS: Sequence[str] = (
     "misfire_grace_seconds",
     "catch_up_limit",
     "overlap_policy",
+    "max_consecutive_failures",
+    "paused_reason",
 )
 
 
@@ -741,6 +743,30 @@ class WorkflowScheduler(_Client):
         path = {"schedule_id": _check_id(getattr(schedule, "id", None), ScheduleNotFound)}
         fields = schedule.to_dict() if isinstance(schedule, Record) else unstructure(schedule)
         body = _drop_none({name: fields.get(name) for name in SCHEDULE_FIELDS})
+        return _structure(
+            self._transport.request("update_schedule", path=path, body=body), Schedule
+        )
+
+    def pause_schedule(self, schedule_id: str, reason: str | None = None) -> Schedule:
+        """Disable the schedule, recording who paused it, ``reason`` and when.
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        body = _drop_none({"enabled": False, "paused_reason": reason})
+        return _structure(
+            self._transport.request("update_schedule", path=path, body=body), Schedule
+        )
+
+    def resume_schedule(self, schedule_id: str, resume: str = "from_now") -> Schedule:
+        """Enable the schedule again; ``resume`` says what happens to the due times passed
+        while paused: ``from_now`` (none run), ``run_once`` (one run stands for them) or
+        ``catch_up`` (the latest run, up to its ``catch_up_limit``).
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        body = {"enabled": True, "resume": resume}
         return _structure(
             self._transport.request("update_schedule", path=path, body=body), Schedule
         )

@@ -90,6 +90,7 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
         steps=shown,
         callback_url=record.callback_url,
         schedule_id=record.schedule_id,
+        scheduled_for=record.scheduled_for,
         created_by=record.created_by,
         created_at=record.created_at,
     )
@@ -141,6 +142,7 @@ def execution_json(execution: Execution) -> dict[str, Any]:
         "steps": None if e.steps is None else [step_json(s) for s in e.steps],
         "callback_url": e.callback_url,
         "schedule_id": e.schedule_id,
+        "scheduled_for": _time(e.scheduled_for),
         "created_by": e.created_by,
         "created_at": _time(e.created_at),
     }

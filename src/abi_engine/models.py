@@ -35,6 +35,7 @@ __all__ = [
     "OverlapPolicy",
     "Page",
     "Pagination",
+    "ResumeMode",
     "RevokeResult",
     "Schedule",
     "ScheduleHistoryEntry",
@@ -273,6 +274,8 @@ class Execution:
     steps: list[Step] | None = None
     callback_url: str | None = None
     schedule_id: str | None = None
+    #: The due time a schedule started it for (its logical time; ``None`` if not scheduled).
+    scheduled_for: datetime | None = None
     created_by: str | None = None
     created_at: datetime | None = None
 
@@ -420,6 +423,19 @@ class MisfirePolicy(enum.StrEnum):
     CATCH_UP = "catch_up"
 
 
+class ResumeMode(enum.StrEnum):
+    """What enabling a paused schedule does about the due times that passed while paused.
+
+    ``from_now``: none run, the schedule goes on from its next due time;
+    ``run_once``: one run now stands for them (if there was any);
+    ``catch_up``: the latest of them run, up to the schedule's ``catch_up_limit``.
+    """
+
+    FROM_NOW = "from_now"
+    RUN_ONCE = "run_once"
+    CATCH_UP = "catch_up"
+
+
 class OverlapPolicy(enum.StrEnum):
     """What a schedule does when its previous run is still going at the next due time.
 
@@ -470,7 +486,15 @@ class Schedule:
     started (parameters the workflow's type refuses, a required integration or
     template missing...); ``last_failure`` tells the last one (``None`` before
     any). Each is also a ``failed`` line of the history and a
-    ``schedule.failed`` event.
+    ``schedule.failed`` event. ``failed_count`` and ``last_error`` are the
+    same as ``failed_firings`` and ``last_failure`` (a due time of an inactive
+    workflow counts too); ``missed_count`` counts the due times the misfire
+    policy did not run (each firing that missed some emits
+    ``schedule.missed``). ``consecutive_failures`` counts failed firings
+    since an execution last started; at ``max_consecutive_failures`` (``None``:
+    never) the schedule pauses itself. A paused (disabled) schedule tells
+    ``paused_by`` (the user who disabled it; ``None`` when the engine did),
+    ``paused_reason`` and ``paused_at``.
     """
 
     id: str
@@ -496,6 +520,14 @@ class Schedule:
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
     failed_firings: int = 0
     last_failure: FiringFailure | None = None
+    failed_count: int = 0
+    missed_count: int = 0
+    last_error: FiringFailure | None = None
+    consecutive_failures: int = 0
+    max_consecutive_failures: int | None = None
+    paused_by: str | None = None
+    paused_reason: str | None = None
+    paused_at: datetime | None = None
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -520,6 +552,9 @@ class ScheduleSummary:
     status: str = "active"
     next_execution: datetime | None = None
     failed_firings: int = 0
+    failed_count: int = 0
+    missed_count: int = 0
+    paused_reason: str | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -530,8 +565,10 @@ class ScheduleHistoryEntry:
 
     ``outcome``: ``fired``, ``queued`` (overlap policy queue),
     ``skipped_overlap``, ``skipped_disabled``, ``skipped_inactive``,
-    ``skipped_misfire``, ``failed`` (the execution could not be created) or
-    ``workflow_deleted``; ``detail`` says more.
+    ``skipped_misfire``, ``failed`` (the execution could not be created),
+    ``workflow_deleted``, ``paused`` (by the engine, after
+    ``max_consecutive_failures``), ``resumed`` (enabled again; ``detail`` says
+    how, and which due times passed while paused); ``detail`` says more.
     """
 
     due_at: datetime | None = None

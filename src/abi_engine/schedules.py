@@ -43,6 +43,7 @@ from abi_engine.models import (
     MisfirePolicy,
     OverlapPolicy,
     Page,
+    ResumeMode,
     Schedule,
     ScheduleHistoryEntry,
     ScheduleSummary,
@@ -51,6 +52,7 @@ from abi_engine.models import (
 )
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
+    Timing,
     compile_cron,
     next_cron,
     next_interval,
@@ -59,6 +61,7 @@ from abi_engine.schedule_math import (
 from abi_engine.services import Service, check_flag, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
+    HistoryRecord,
     InsertSchedule,
     ScheduleQuery,
     ScheduleRecord,
@@ -87,6 +90,8 @@ SCHEDULE_PARAMETERS = Json(max_bytes=65_536)
 TIMEZONE = Text(min_length=1, max_length=64)
 MISFIRE_GRACE = Number(minimum=0, maximum=7 * 86400)
 CATCH_UP = Number(minimum=1, maximum=MAX_CATCH_UP)
+MAX_FAILURES = Number(minimum=1, maximum=1_000_000)
+REASON = Text(min_length=1, max_length=500)
 
 
 @attrs.define(kw_only=True)
@@ -108,6 +113,13 @@ class ScheduleRequest:
     misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
     catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: Failed firings in a row after which the schedule pauses itself (``None``: never).
+    max_consecutive_failures: Annotated[int, MAX_FAILURES] | None = None
+    #: Why it is disabled (kept while disabled, shown as ``paused_reason``).
+    paused_reason: Annotated[str, REASON] | None = None
+    #: When it is enabled again: what about the due times passed while paused
+    #: (``from_now`` when not given). Not stored.
+    resume: ResumeMode | None = None
 
 
 UPDATABLE = tuple(a.name for a in attrs.fields(ScheduleRequest))
@@ -215,6 +227,14 @@ def _view(record: ScheduleRecord) -> Schedule:
         overlap_policy=OverlapPolicy(record.overlap_policy),
         failed_firings=record.failed_firings,
         last_failure=failure,
+        failed_count=record.failed_firings,
+        missed_count=record.missed_count,
+        last_error=failure,
+        consecutive_failures=record.consecutive_failures,
+        max_consecutive_failures=record.max_consecutive_failures,
+        paused_by=None if record.enabled else record.paused_by,
+        paused_reason=None if record.enabled else record.paused_reason,
+        paused_at=None if record.enabled else record.paused_at,
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -258,21 +278,30 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["catch_up_limit"] = s.catch_up_limit
     data["overlap_policy"] = s.overlap_policy.value
     data["failed_firings"] = s.failed_firings
-    failure = s.last_failure
-    data["last_failure"] = (
-        None
-        if failure is None
-        else {
-            "at": format_time(failure.at),
-            "due_at": _time(failure.due_at),
-            "code": failure.code,
-            "message": failure.message,
-        }
-    )
+    data["last_failure"] = _failure_json(s.last_failure)
+    data["failed_count"] = s.failed_count
+    data["missed_count"] = s.missed_count
+    data["last_error"] = _failure_json(s.last_error)
+    data["consecutive_failures"] = s.consecutive_failures
+    data["max_consecutive_failures"] = s.max_consecutive_failures
+    data["paused_by"] = s.paused_by
+    data["paused_reason"] = s.paused_reason
+    data["paused_at"] = _time(s.paused_at)
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by
     return data
+
+
+def _failure_json(failure: FiringFailure | None) -> dict[str, Any] | None:
+    if failure is None:
+        return None
+    return {
+        "at": format_time(failure.at),
+        "due_at": _time(failure.due_at),
+        "code": failure.code,
+        "message": failure.message,
+    }
 
 
 def _status(record: ScheduleRecord) -> str:
@@ -299,6 +328,9 @@ def _summary(record: ScheduleRecord) -> ScheduleSummary:
         status=view.status,
         next_execution=view.next_execution,
         failed_firings=view.failed_firings,
+        failed_count=view.failed_count,
+        missed_count=view.missed_count,
+        paused_reason=view.paused_reason,
         created_at=view.created_at,
         updated_at=view.updated_at,
     )
@@ -370,6 +402,7 @@ class ScheduleService(Service):
             created_at=base.created_at if base else now,
             updated_at=now,
             created_by=base.created_by if base else None,
+            max_consecutive_failures=req.max_consecutive_failures,
         )
         record.next_due = next_after(record, now)
         return record
@@ -395,6 +428,9 @@ class ScheduleService(Service):
         record = self._record(req, base=None, workflow_id=workflow_id, now=now)
         record.created_by = actor.user_id if actor else None
         record.workflow_name = workflow.name
+        if not record.enabled:  # created paused
+            record.paused_by, record.paused_at = record.created_by, now
+            record.paused_reason = req.paused_reason
         view = _view(record)
         # The workflow's existence is checked again inside the insert's transaction.
         created = await self._committer.submit(
@@ -447,13 +483,20 @@ class ScheduleService(Service):
         )
         return Page.build([_summary(r) for r in records], page, page_size, total)
 
-    async def update(self, schedule_id: str, data: Mapping[str, Any]) -> Schedule:
+    async def update(
+        self, schedule_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
+    ) -> Schedule:
         """Apply a PUT body: given fields replace current ones; timing changes recompute ``next_execution``.
 
         The write is a compare-and-set on the version read: when a firing (or
         another edit) commits in between, the body is applied again to the
         schedule as it then is, so the firing's due time and last execution
         stay. ``InvalidState`` only if it keeps losing ``WRITE_ATTEMPTS`` times.
+
+        Disabling records ``paused_by`` (``actor``), ``paused_reason`` (from the
+        body) and ``paused_at``; enabling applies ``resume`` (``from_now``,
+        ``run_once``, ``catch_up``) to the due times passed while paused. Each is
+        a line of the history (``resumed``, saying what passed while paused).
         """
         if not isinstance(data, Mapping):
             raise InvalidRequest("The request body must be a JSON object", {"field": "(body)"})
@@ -466,6 +509,7 @@ class ScheduleService(Service):
                 )
             now = utcnow()
             record = self._updated(current, data, now)
+            history = _pause_or_resume(current, record, data, now, actor)
             if attempt == 0 and record.parameters != current.parameters:
                 # (parameters echoed unchanged, as a client sending back what it read, are
                 # not checked again: like a repeated cron expression, only a change counts)
@@ -476,6 +520,8 @@ class ScheduleService(Service):
                     record=record,
                     expected_version=current.version,
                     events=self._events("schedule.updated", view, now),
+                    reset_failures=record.enabled and not current.enabled,
+                    history=history,
                 )
             )
             if applied:
@@ -526,6 +572,8 @@ class ScheduleService(Service):
         )
         record.pending_runs = current.pending_runs
         record.version = current.version + 1
+        record.paused_by, record.paused_reason = current.paused_by, current.paused_reason
+        record.paused_at, record.resume_policy = current.paused_at, current.resume_policy
         return record
 
     async def delete(self, schedule_id: str) -> DeleteResult:
@@ -598,4 +646,68 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         misfire_grace_seconds=record.misfire_grace_seconds,
         catch_up_limit=record.catch_up_limit,
         overlap_policy=OverlapPolicy(record.overlap_policy),
+        max_consecutive_failures=record.max_consecutive_failures,
+        paused_reason=None if record.enabled else record.paused_reason,
+    )
+
+
+def _timing(record: ScheduleRecord) -> Timing:
+    """When the schedule is due (as the scheduler loop computes it)."""
+    return Timing(
+        kind=record.schedule_type,
+        cron_expression=record.cron_expression or "",
+        timezone=record.timezone,
+        anchor=record.anchor_at,
+        every_seconds=(record.interval_value or 1)
+        * INTERVAL_UNITS[record.interval_unit or "seconds"],
+        at=record.execution_time,
+    )
+
+
+def _pause_or_resume(
+    current: ScheduleRecord,
+    record: ScheduleRecord,
+    data: Mapping[str, Any],
+    now: datetime,
+    actor: Principal | None,
+) -> tuple[HistoryRecord, ...]:
+    """Set the pause fields of ``record`` (an update of ``current``); the history lines."""
+    if current.enabled and not record.enabled:
+        record.paused_by = actor.user_id if actor else None
+        record.paused_reason, record.paused_at = data.get("paused_reason"), now
+        record.resume_policy = None
+        return ()  # (the schedule shows who paused it; the resume tells what passed)
+    if not record.enabled:
+        if "paused_reason" in data:
+            record.paused_reason = data["paused_reason"]
+        return ()
+    if current.enabled or current.completed:
+        return ()
+    return (_resume(current, record, ResumeMode(data.get("resume") or "from_now"), now),)
+
+
+def _resume(
+    current: ScheduleRecord, record: ScheduleRecord, mode: ResumeMode, now: datetime
+) -> HistoryRecord:
+    """Enable ``record`` again under ``mode``; the ``resumed`` line saying what passed."""
+    since = current.paused_at or current.updated_at
+    timing = _timing(record)
+    passed = timing.count(since, now)
+    record.paused_by = record.paused_reason = record.paused_at = None
+    record.resume_policy = None
+    detail = f"{mode.value}: {passed} due time(s) passed while paused"
+    if passed and mode is not ResumeMode.FROM_NOW:
+        # The next tick decides about them once, as the misfire policy ``mode`` would
+        # (bounded: counted, not listed; at most ``catch_up_limit`` run).
+        record.next_due = timing.next_after(since)
+        record.resume_policy = mode.value
+    elif passed:
+        first, last = timing.next_after(since), timing.prev_before(now)
+        detail += f" ({_time(first)} to {_time(last)}), none run"
+    return _line(record, "resumed", detail, now)
+
+
+def _line(record: ScheduleRecord, outcome: str, detail: str, now: datetime) -> HistoryRecord:
+    return HistoryRecord(
+        schedule_id=record.id, due_at=None, recorded_at=now, outcome=outcome, detail=detail
     )

@@ -108,7 +108,9 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
     ),
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    schedule = await engine.schedules.update(request.path["schedule_id"], body_object(request))
+    schedule = await engine.schedules.update(
+        request.path["schedule_id"], body_object(request), actor=actor
+    )
     return schedule_json(schedule)
 
 

@@ -15,7 +15,8 @@ _EXEC_COLUMNS = (
     "e.id, e.workflow_id, e.workflow_type, e.status, e.parameters, e.configuration, e.plan,"
     " e.created_at, e.started_at, e.completed_at, e.duration_ms, e.result, e.error,"
     " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
-    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name"
+    " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
+    " e.scheduled_for"
 )
 
 
@@ -52,4 +53,5 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         waiting_for=row[22],
         wake_at=from_ms(row[23]),
         workflow_name=row[24],
+        scheduled_for=from_ms(row[25]),
     )

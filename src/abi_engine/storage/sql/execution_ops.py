@@ -106,8 +106,8 @@ def insert_execution_sql(d: Dialect) -> str:
         "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
         " configuration, plan, created_at, started_at, callback_url, callback_secret,"
         " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
-        " claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        f" {_lease(d)}, ?) ON CONFLICT DO NOTHING"
+        " claim, scheduled_for) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        f" {_lease(d)}, ?, ?) ON CONFLICT DO NOTHING"
     )
 
 
@@ -133,6 +133,7 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.owner,
         _lease_value(d, r.lease_until),
         r.claim,
+        to_ms(r.scheduled_for),
     )
 
 

@@ -53,3 +53,23 @@ class Migration:
 
 #: The migrations after ``m011``, for every store, in order.
 MIGRATIONS: list[Migration] = []
+
+MIGRATIONS.append(
+    Migration(
+        "m014_schedules",
+        [
+            # Never silent (#17): due times missed, failures in a row, the auto-pause limit.
+            "ALTER TABLE schedules ADD COLUMN missed_count {bigint} NOT NULL DEFAULT 0",
+            "ALTER TABLE schedules ADD COLUMN consecutive_failures {int} NOT NULL DEFAULT 0",
+            "ALTER TABLE schedules ADD COLUMN max_consecutive_failures {int}",
+            # Paused with a reason (#17): who, why, since when.
+            "ALTER TABLE schedules ADD COLUMN paused_by TEXT",
+            "ALTER TABLE schedules ADD COLUMN paused_reason TEXT",
+            "ALTER TABLE schedules ADD COLUMN paused_at {bigint}",
+            # How the next firing treats the due times passed while paused (one firing).
+            "ALTER TABLE schedules ADD COLUMN resume_policy TEXT",
+            # The logical due time of a scheduled execution (#17).
+            "ALTER TABLE executions ADD COLUMN scheduled_for {bigint}",
+        ],
+    )
+)

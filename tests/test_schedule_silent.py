@@ -1,0 +1,404 @@
+"""Schedules that never fail silently, know their logical time, and pause with a reason (#17).
+
+Point 7: a firing that cannot start an execution (a required integration
+missing, the workflow inactive) is counted (``failed_count``, ``last_error``),
+due times missed by the misfire policy are counted (``missed_count``) and
+emitted (``schedule.missed``), and ``max_consecutive_failures`` pauses the
+schedule with a ``paused_reason``. Point 8: a scheduled execution carries its
+due time (``scheduled_for``, ``ctx.scheduled_for``). Point 6: disabling records
+who, why and when; enabling takes ``resume``: ``from_now``, ``run_once`` or
+``catch_up``, and the history says what passed while paused. Both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from served_engines import WAYS, Served, served
+
+from abi.workflows import WorkflowScheduler
+from abi_engine import Engine, ExecutionStatus, Scope, StepContext, WorkflowType, hookimpl, step
+from abi_engine.errors import InvalidSchedule
+from abi_engine.events import Event
+from abi_engine.ids import format_time, utcnow
+from abi_engine.storage.records import ExecutionQuery
+
+pytestmark = pytest.mark.anyio
+
+
+class Logical(WorkflowType):
+    """One step returning the execution's ``ctx.scheduled_for``."""
+
+    name = "test_logical"
+    description = "Returns its logical due time"
+
+    @step
+    async def report(self, ctx: StepContext) -> Any:
+        when = ctx.scheduled_for
+        return {"scheduled_for": None if when is None else format_time(when)}
+
+
+class Plugin:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def abi_workflow_types(self, register: Callable[[type[WorkflowType]], None]) -> None:
+        register(Logical)
+
+    @hookimpl
+    def abi_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
+
+
+@pytest.fixture
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    with engines(tmp_path, databases) as factory:
+        yield factory
+
+
+@pytest.fixture
+def plugin() -> Plugin:
+    return Plugin()
+
+
+@pytest.fixture
+async def eng(make: EngineFactory, plugin: Plugin) -> AsyncIterator[Engine]:
+    engine = make(plugins=(plugin,))
+    async with engine:
+        yield engine
+
+
+def every_minute(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "every minute",
+        "schedule_type": "interval",
+        "interval_value": 60,
+        "interval_unit": "seconds",
+        **fields,
+    }
+
+
+async def needs_crm(engine: Engine) -> str:
+    return await new_workflow(
+        engine,
+        "custom",
+        configuration={"steps": [{"name": "wait", "action": "delay", "seconds": 0}]},
+        integrations=[{"id": "int_crm", "required": True}],
+    )
+
+
+async def outcomes(engine: Engine, schedule_id: str) -> list[tuple[str, str | None]]:
+    """(outcome, detail) of the history, oldest first."""
+    page = await engine.schedules.history(schedule_id, page_size=100)
+    return [(h.outcome, h.detail) for h in reversed(page.items)]
+
+
+def started(engine: Engine, schedule_id: str) -> list[Any]:
+    records, _ = engine.store.list_executions(
+        ExecutionQuery(schedule_id=schedule_id, page_size=100)
+    )
+    return sorted(records, key=lambda r: r.scheduled_for)
+
+
+# -- point 7: never silent -------------------------------------------------------------------
+
+
+async def test_failures_in_a_row_pause_the_schedule(eng: Engine, plugin: Plugin) -> None:
+    """Each failed firing counts (failed_count, consecutive_failures, last_error); the third
+    in a row pauses the schedule (max_consecutive_failures 3) with a paused_reason and a
+    history line; it fires no more until enabled."""
+    schedule = await eng.schedules.create(
+        await needs_crm(eng), every_minute(max_consecutive_failures=3)
+    )
+    assert schedule.max_consecutive_failures == 3
+    due = schedule.next_execution
+    for expected in (1, 2):
+        assert due is not None
+        await eng.scheduler.tick(due)
+        current = await eng.schedules.get(schedule.id)
+        assert (current.failed_count, current.consecutive_failures) == (expected, expected)
+        assert current.enabled
+        due = current.next_execution
+    assert due is not None
+    await eng.scheduler.tick(due)
+    paused = await eng.schedules.get(schedule.id)
+    assert paused.failed_count == 3
+    assert paused.last_error is not None
+    assert paused.last_error.code == "INTEGRATION_MISSING"
+    assert paused.last_error.due_at == due
+    assert not paused.enabled
+    assert paused.status == "disabled"
+    assert paused.next_execution is None
+    assert paused.paused_by is None  # the engine paused it
+    assert paused.paused_reason is not None
+    assert "max_consecutive_failures 3" in paused.paused_reason
+    assert "INTEGRATION_MISSING" in paused.paused_reason
+    assert paused.paused_at is not None
+    assert [o for o, _ in await outcomes(eng, schedule.id)] == [
+        "failed",
+        "failed",
+        "failed",
+        "paused",
+    ]
+    assert len(plugin.of("schedule.failed")) == 3
+    await eng.scheduler.tick(due + timedelta(minutes=10))
+    assert (await eng.schedules.get(schedule.id)).failed_count == 3
+
+
+async def test_a_started_execution_resets_the_failures_in_a_row(eng: Engine) -> None:
+    """consecutive_failures goes back to 0 when an execution starts; failed_count stays."""
+    schedule = await eng.schedules.create(
+        await needs_crm(eng), every_minute(max_consecutive_failures=2)
+    )
+    assert schedule.next_execution is not None
+    await eng.scheduler.tick(schedule.next_execution)
+    await eng.integrations.put("int_crm", "http", {"base_url": "https://crm.example.com"})
+    once = await eng.schedules.get(schedule.id)
+    assert once.next_execution is not None
+    await eng.scheduler.tick(once.next_execution)
+    fired = await eng.schedules.get(schedule.id)
+    assert (fired.failed_count, fired.consecutive_failures) == (1, 0)
+    assert fired.enabled
+    assert fired.last_execution is not None
+
+
+async def test_an_inactive_workflow_is_a_failed_firing(eng: Engine, plugin: Plugin) -> None:
+    """A due time of an inactive workflow still says skipped_inactive in the history, and
+    counts as a failure (INVALID_STATE) with a schedule.failed event."""
+    workflow_id = await new_workflow(eng, "test_logical", active=False)
+    schedule = await eng.schedules.create(workflow_id, every_minute())
+    assert schedule.next_execution is not None
+    await eng.scheduler.tick(schedule.next_execution)
+    failed = await eng.schedules.get(schedule.id)
+    assert failed.failed_count == 1
+    assert failed.last_error is not None
+    assert failed.last_error.code == "INVALID_STATE"
+    assert [o for o, _ in await outcomes(eng, schedule.id)] == ["skipped_inactive"]
+    [event] = plugin.of("schedule.failed")
+    assert event.data["error"]["code"] == "INVALID_STATE"
+    assert event.data["due_at"] == format_time(schedule.next_execution)
+
+
+async def test_missed_due_times_are_counted_and_emitted(eng: Engine, plugin: Plugin) -> None:
+    """Due times the misfire policy skips (run_once after a downtime) count in
+    missed_count, with one schedule.missed event telling how many."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    schedule = await eng.schedules.create(workflow_id, every_minute(misfire_policy="run_once"))
+    first = schedule.next_execution
+    assert first is not None
+    await eng.scheduler.tick(first + timedelta(minutes=10, seconds=30))  # 11 due times came
+    after = await eng.schedules.get(schedule.id)
+    assert after.missed_count == 10
+    assert len(started(eng, schedule.id)) == 1
+    [event] = plugin.of("schedule.missed")
+    assert event.data["count"] == 10
+    assert event.data["schedule_id"] == schedule.id
+    assert event.data["first_due_at"] == format_time(first)
+
+
+async def test_max_consecutive_failures_is_checked(eng: Engine) -> None:
+    """max_consecutive_failures below 1 is refused naming the field."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    with pytest.raises(InvalidSchedule) as refused:
+        await eng.schedules.create(workflow_id, every_minute(max_consecutive_failures=0))
+    assert "max_consecutive_failures" in str(refused.value.details)
+
+
+# -- point 8: the logical time ----------------------------------------------------------------
+
+
+async def test_a_scheduled_execution_knows_its_due_time(eng: Engine) -> None:
+    """The execution a firing starts stores its due time, shows it as scheduled_for, and
+    its steps see it as ctx.scheduled_for, even when it runs late; a direct execution has none."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    schedule = await eng.schedules.create(workflow_id, every_minute())
+    due = schedule.next_execution
+    assert due is not None
+    await eng.scheduler.tick(due + timedelta(seconds=30))  # late, within the grace
+    [record] = started(eng, schedule.id)
+    assert record.scheduled_for == due
+    done = await eng.executions.wait(record.id, 60)
+    assert done.status is ExecutionStatus.COMPLETED
+    assert done.scheduled_for == due
+    assert done.result == {"scheduled_for": format_time(due)}
+    direct = await eng.executions.execute(workflow_id, {}, timeout_seconds=60)
+    assert direct.scheduled_for is None
+    assert direct.result == {"scheduled_for": None}
+
+
+async def test_catch_up_runs_each_know_their_own_due_time(eng: Engine) -> None:
+    """Each run of a catch-up carries its own due time, oldest first (the latest three
+    misfires, then the one on time)."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    schedule = await eng.schedules.create(
+        workflow_id, every_minute(misfire_policy="catch_up", catch_up_limit=3)
+    )
+    first = schedule.next_execution
+    assert first is not None
+    await eng.scheduler.tick(first + timedelta(minutes=5, seconds=30))
+    whens = [r.scheduled_for for r in started(eng, schedule.id)]
+    assert whens == [first + timedelta(minutes=m) for m in (2, 3, 4, 5)]
+
+
+# -- point 6: pause with a reason, resume by choice --------------------------------------------
+
+
+async def paused_schedule(eng: Engine, make_user: Any, **fields: Any) -> Any:
+    """A schedule due every minute since an hour ago, paused by usr_ops for maintenance."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    since = format_time(utcnow() - timedelta(hours=1, seconds=30))
+    schedule = await eng.schedules.create(workflow_id, every_minute(start_time=since, **fields))
+    actor = make_user("usr_ops", [Scope.SCHEDULES_WRITE])
+    paused = await eng.schedules.update(
+        schedule.id, {"enabled": False, "paused_reason": "maintenance"}, actor=actor
+    )
+    return schedule, paused
+
+
+@pytest.fixture
+def make_user(eng: Engine) -> Callable[..., Any]:
+    def make(user: str, scopes: list[Scope]) -> Any:
+        return eng.tokens.authenticate(eng.tokens.create_token(user, scopes))
+
+    return make
+
+
+async def _back_in_time(eng: Engine, schedule_id: str, due_times: int) -> None:
+    """Pretend the schedule was paused ``due_times`` due times ago (its paused_at, in the store)."""
+    record = eng.store.get_schedule(schedule_id)
+    assert record is not None
+    assert record.paused_at is not None
+    assert record.next_due is not None
+    # (next_due is the first due time after now, one minute after the last one)
+    back = record.next_due - timedelta(minutes=due_times + 1, milliseconds=-1)
+    since = int(back.timestamp() * 1000)
+    eng.store.write(  # type: ignore[attr-defined]
+        lambda conn: conn.execute(
+            "UPDATE schedules SET paused_at = ? WHERE id = ?", (since, schedule_id)
+        )
+    )
+
+
+async def test_disabling_records_who_why_and_when(eng: Engine, make_user: Any) -> None:
+    """A disabled schedule shows paused_by (the token's user), paused_reason and paused_at;
+    enabling again clears them."""
+    before = utcnow()
+    _, paused = await paused_schedule(eng, make_user)
+    assert (paused.enabled, paused.paused_by, paused.paused_reason) == (
+        False,
+        "usr_ops",
+        "maintenance",
+    )
+    assert paused.paused_at is not None
+    assert paused.paused_at >= before - timedelta(seconds=1)
+    again = await eng.schedules.update(paused.id, {"enabled": True})
+    assert (again.paused_by, again.paused_reason, again.paused_at) == (None, None, None)
+    [(outcome, detail)] = await outcomes(eng, paused.id)
+    assert outcome == "resumed"
+    assert detail is not None
+    assert detail.startswith("from_now: 0 due time(s)")
+
+
+@pytest.mark.parametrize(
+    ("resume", "runs", "detail"),
+    [
+        ("from_now", 0, "from_now: 5 due time(s) passed while paused"),
+        ("run_once", 1, "run_once: 5 due time(s) passed while paused"),
+        ("catch_up", 3, "catch_up: 5 due time(s) passed while paused"),
+    ],
+)
+async def test_resume_modes(
+    eng: Engine, make_user: Any, resume: str, runs: int, detail: str
+) -> None:
+    """Paused for five due times, then enabled: from_now runs none (the history names them),
+    run_once runs one, catch_up the latest catch_up_limit (3); each knows its due time."""
+    schedule, _ = await paused_schedule(eng, make_user, catch_up_limit=3)
+    await _back_in_time(eng, schedule.id, due_times=5)
+    resumed = await eng.schedules.update(schedule.id, {"enabled": True, "resume": resume})
+    assert resumed.enabled
+    assert resumed.next_execution is not None
+    now = utcnow()
+    if resume != "from_now":
+        assert resumed.next_execution < now
+    await eng.scheduler.tick(now)
+    runs_of = started(eng, schedule.id)
+    assert len(runs_of) == runs
+    whens = [r.scheduled_for for r in runs_of]
+    assert whens == sorted(whens)
+    assert all(w <= now for w in whens)
+    lines = await outcomes(eng, schedule.id)
+    assert lines[0][0] == "resumed"
+    assert lines[0][1] is not None
+    assert lines[0][1].startswith(detail)
+    after = await eng.schedules.get(schedule.id)
+    assert after.missed_count == 0  # passed while paused: told by the history, not "missed"
+    assert after.next_execution is not None
+    assert after.next_execution > now
+    assert eng.store.get_schedule(schedule.id).resume_policy is None  # type: ignore[union-attr]
+
+
+async def test_resume_is_checked(eng: Engine, make_user: Any) -> None:
+    """An unknown resume mode is refused naming the field."""
+    schedule, _ = await paused_schedule(eng, make_user)
+    with pytest.raises(InvalidSchedule) as refused:
+        await eng.schedules.update(schedule.id, {"enabled": True, "resume": "sometime"})
+    assert "resume" in str(refused.value.details)
+
+
+# -- over REST and the Python API ---------------------------------------------------------------
+
+
+@pytest.fixture
+def api(databases: DatabaseFactory) -> Iterator[Served]:
+    with served(databases()) as made:
+        yield made
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_pause_and_resume_through_the_python_api(api: Served, way: str) -> None:
+    """WorkflowScheduler.pause_schedule / resume_schedule, embedded and remote; the JSON
+    shows the counters and the pause fields."""
+    scheduler = api.facade(WorkflowScheduler, way)
+    client = api.client()
+    workflow = client.post(
+        "/api/v1/workflows",
+        json={
+            "name": "w",
+            "type": "custom",
+            "configuration": {"steps": [{"name": "wait", "action": "delay", "seconds": 0}]},
+        },
+    )
+    assert workflow.status_code == 201, workflow.text
+    workflow_id = workflow.json()["data"]["id"]
+    schedule = scheduler.create_schedule(
+        workflow_id,
+        name="nightly",
+        schedule_type="cron",
+        cron_expression="0 0 * * *",
+        max_consecutive_failures=5,
+    )
+    paused = scheduler.pause_schedule(schedule.id, reason="quarter close")
+    assert (paused.enabled, paused.paused_reason) == (False, "quarter close")
+    assert paused.paused_by is not None
+    assert paused.paused_by.startswith("usr_")
+    data = client.get(f"/api/v1/workflow_schedules/{schedule.id}").json()["data"]
+    for key in ("failed_count", "missed_count", "last_error", "max_consecutive_failures"):
+        assert key in data
+    assert data["paused_reason"] == "quarter close"
+    assert data["max_consecutive_failures"] == 5
+    resumed = scheduler.resume_schedule(schedule.id, resume="run_once")
+    assert resumed.enabled
+    assert resumed.paused_reason is None
+    bad = client.put(
+        f"/api/v1/workflow_schedules/{schedule.id}", json={"enabled": True, "resume": "later"}
+    )
+    assert bad.status_code == 400, bad.text

@@ -12,8 +12,9 @@ who, why and when; enabling takes ``resume``: ``from_now``, ``run_once`` or
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
 from abi_engine import Engine, ExecutionStatus, Scope, StepContext, WorkflowType, hookimpl, step
-from abi_engine.errors import InvalidSchedule
+from abi_engine.errors import InvalidParameters, InvalidRequest, InvalidSchedule
 from abi_engine.events import Event
 from abi_engine.ids import format_time, utcnow
+from abi_engine.schedule_math import Timing, next_cron, upcoming
 from abi_engine.storage.records import ExecutionQuery
 
 pytestmark = pytest.mark.anyio
@@ -402,3 +404,139 @@ def test_pause_and_resume_through_the_python_api(api: Served, way: str) -> None:
         f"/api/v1/workflow_schedules/{schedule.id}", json={"enabled": True, "resume": "later"}
     )
     assert bad.status_code == 400, bad.text
+
+
+# -- point 2: preview -----------------------------------------------------------------------------
+
+
+async def test_preview_of_a_saved_schedule(eng: Engine) -> None:
+    """The next N due times from next_execution, in UTC and in the zone; count is bounded."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    schedule = await eng.schedules.create(
+        workflow_id,
+        {
+            "name": "nightly",
+            "schedule_type": "cron",
+            "cron_expression": "30 2 * * *",
+            "timezone": "Europe/Berlin",
+        },
+    )
+    preview = await eng.schedules.preview(schedule.id, count=5)
+    assert preview.schedule_id == schedule.id
+    assert preview.timezone == "Europe/Berlin"
+    assert len(preview.items) == 5
+    assert preview.items[0].due_at == schedule.next_execution
+    for item in preview.items:
+        assert item.local_time[11:19] in ("02:30:00", "03:00:00")
+        assert item.local_time[19:] in ("+01:00", "+02:00")
+    dues = [i.due_at for i in preview.items]
+    assert dues == sorted(dues)
+    for count in (0, 101, "x"):
+        with pytest.raises(InvalidRequest) as refused:
+            await eng.schedules.preview(schedule.id, count=count)
+        assert refused.value.details["field"] == "count"
+
+
+async def test_preview_flags_dst_gap_and_fold(eng: Engine) -> None:
+    """02:30 in Berlin does not exist on 2026-03-29 (runs at 03:00, shifted_by_gap) and
+    happens twice on 2026-10-25 (repeated_by_fold, first pass); an unsaved body previews."""
+    body = {
+        "schedule_type": "cron",
+        "cron_expression": "30 2 * * *",
+        "timezone": "Europe/Berlin",
+        "count": 100,
+    }
+    preview = await eng.schedules.preview_unsaved(body)
+    assert preview.schedule_id is None
+    assert len(preview.items) == 100
+    items = list(preview.items)
+    # The flags themselves, checked on the math of the preview (any year's changes).
+    timing = Timing(kind="cron", cron_expression="30 2 * * *", timezone="Europe/Berlin")
+    start = next_cron("30 2 * * *", "Europe/Berlin", datetime(2026, 3, 27, tzinfo=UTC))
+    walked = {d.date().isoformat(): (s, r) for d, s, r in upcoming(timing, start, 220)}
+    assert walked["2026-03-29"] == (True, False)
+    assert walked["2026-10-25"] == (False, True)
+    assert sum(s or r for s, r in walked.values()) == 2
+    assert all(not i.shifted_by_gap or i.local_time[11:16] == "03:00" for i in items)
+
+
+async def test_preview_of_an_unsaved_body_is_checked_like_a_create(eng: Engine) -> None:
+    """A bad cron expression or refused parameters: the errors a create would give."""
+    with pytest.raises(InvalidSchedule) as refused:
+        await eng.schedules.preview_unsaved({"schedule_type": "cron", "cron_expression": "nope"})
+    assert refused.value.details["field"] == "cron_expression"
+    workflow_id = await new_workflow(eng, "test_typed")
+    with pytest.raises(InvalidParameters) as wrong:
+        await eng.schedules.preview_unsaved(
+            {
+                "schedule_type": "interval",
+                "interval_value": 5,
+                "interval_unit": "minutes",
+                "workflow_id": workflow_id,
+                "parameters": {"customer_id": "c1", "quantity": 1, "bogus": 1},
+            }
+        )
+    assert wrong.value.details["field"] == "parameters.bogus"
+    ok = await eng.schedules.preview_unsaved(
+        {"schedule_type": "interval", "interval_value": 5, "interval_unit": "minutes", "count": 3}
+    )
+    assert [b.due_at - a.due_at for a, b in itertools.pairwise(ok.items)] == [
+        timedelta(minutes=5)
+    ] * 2
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_preview_over_rest_and_the_python_api(api: Served, way: str) -> None:
+    """GET .../preview?count=N and POST /workflow_schedules/preview, through REST and
+    WorkflowScheduler (embedded and remote); count 0 or 101 is 400 INVALID_REQUEST."""
+    scheduler = api.facade(WorkflowScheduler, way)
+    client = api.client()
+    workflow = client.post(
+        "/api/v1/workflows",
+        json={
+            "name": "w",
+            "type": "custom",
+            "configuration": {"steps": [{"name": "wait", "action": "delay", "seconds": 0}]},
+        },
+    )
+    workflow_id = workflow.json()["data"]["id"]
+    schedule = scheduler.create_schedule(
+        workflow_id,
+        name="hourly",
+        schedule_type="cron",
+        cron_expression="0 * * * *",
+        timezone="America/New_York",
+    )
+    answer = client.get(f"/api/v1/workflow_schedules/{schedule.id}/preview?count=3")
+    assert answer.status_code == 200, answer.text
+    data = answer.json()["data"]
+    assert data["schedule_id"] == schedule.id
+    assert data["timezone"] == "America/New_York"
+    assert [set(i) for i in data["items"]] == [
+        {"due_at", "local_time", "shifted_by_gap", "repeated_by_fold"}
+    ] * 3
+    assert data["items"][0]["due_at"] == format_time(schedule.next_execution)
+    for count in ("0", "101", "many"):
+        bad = client.get(f"/api/v1/workflow_schedules/{schedule.id}/preview?count={count}")
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["code"] == "INVALID_REQUEST"
+        assert bad.json()["error"]["details"]["field"] == "count"
+    assert len(scheduler.preview_schedule(schedule.id, count=7).items) == 7
+    unsaved = client.post(
+        "/api/v1/workflow_schedules/preview",
+        json={"schedule_type": "interval", "interval_value": 1, "interval_unit": "hours"},
+    )
+    assert unsaved.status_code == 200, unsaved.text
+    assert len(unsaved.json()["data"]["items"]) == 10
+    assert unsaved.json()["data"]["schedule_id"] is None
+    refused = client.post(
+        "/api/v1/workflow_schedules/preview",
+        json={"schedule_type": "cron", "cron_expression": "0 * * * *", "count": 1000},
+    )
+    assert refused.status_code == 400, refused.text
+    assert "count" in refused.text
+    preview = scheduler.preview(
+        count=2, schedule_type="cron", cron_expression="0 0 * * *", workflow_id=workflow_id
+    )
+    assert len(preview.items) == 2
+    assert preview.items[0].local_time.endswith("T00:00:00+00:00")

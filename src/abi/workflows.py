@@ -60,6 +60,7 @@ from abi_engine.models import (
     NotificationTemplate,
     Page,
     Schedule,
+    SchedulePreview,
     ScheduleSummary,
     Workflow,
     WorkflowSummary,
@@ -770,6 +771,25 @@ class WorkflowScheduler(_Client):
         return _structure(
             self._transport.request("update_schedule", path=path, body=body), Schedule
         )
+
+    def preview_schedule(self, schedule_id: str, count: int = 10) -> SchedulePreview:
+        """The schedule's next ``count`` (1 to 100) due times, in UTC and in its zone.
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        answer = self._transport.request("preview_schedule", path=path, query={"count": count})
+        return _structure(answer, SchedulePreview)
+
+    def preview(self, count: int = 10, **fields: Any) -> SchedulePreview:
+        """The next ``count`` due times of an unsaved schedule: ``fields`` as for
+        :meth:`create_schedule` (``workflow_id`` optional: its parameters are then checked).
+
+        :raises InvalidSchedule: the definition is invalid.
+        """
+        body = _drop_none({**fields, "count": count})
+        answer = self._transport.request("preview_unsaved_schedule", body=body)
+        return _structure(answer, SchedulePreview)
 
     def delete_schedule(self, schedule_id: str) -> DeleteResult:
         """Delete the schedule; it fires no more.

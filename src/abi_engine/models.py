@@ -39,6 +39,8 @@ __all__ = [
     "RevokeResult",
     "Schedule",
     "ScheduleHistoryEntry",
+    "ScheduleOccurrence",
+    "SchedulePreview",
     "ScheduleSummary",
     "ScheduleType",
     "Scope",
@@ -557,6 +559,37 @@ class ScheduleSummary:
     paused_reason: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class ScheduleOccurrence:
+    """One coming due time of a schedule (a preview).
+
+    ``due_at`` in UTC; ``local_time`` the same instant on the wall clock of the
+    schedule's zone (RFC 3339 with its offset); ``shifted_by_gap``: the cron
+    wall time did not exist (spring-forward gap) and runs at the end of the
+    gap; ``repeated_by_fold``: the wall time happens twice (fall-back fold)
+    and runs at its first pass only.
+    """
+
+    due_at: datetime
+    local_time: str
+    shifted_by_gap: bool = False
+    repeated_by_fold: bool = False
+
+
+@attrs.define(kw_only=True)
+class SchedulePreview:
+    """The next due times of a schedule (saved or not), oldest first.
+
+    ``schedule_id`` is ``None`` for an unsaved body; ``timezone`` is the
+    schedule's zone; ``items`` hold at most the ``count`` asked for (fewer
+    when the schedule ends: a fixed time has one).
+    """
+
+    schedule_id: str | None = None
+    timezone: str
+    items: list[ScheduleOccurrence]
 
 
 @attrs.define(kw_only=True)

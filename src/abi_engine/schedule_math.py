@@ -49,9 +49,11 @@ __all__ = [
     "count_interval",
     "next_cron",
     "next_interval",
+    "occurrence_flags",
     "prev_cron",
     "prev_interval",
     "resolve_local",
+    "upcoming",
     "zone",
 ]
 
@@ -583,3 +585,39 @@ class Timing:
             assert self.anchor is not None
             return count_interval(self.anchor, self.every_seconds, after, until)
         return int(self.at is not None and after < self.at <= until)
+
+
+def occurrence_flags(expression: str, timezone: str, due: datetime) -> tuple[bool, bool]:
+    """Whether the cron due time ``due`` was shifted by a spring-forward gap (a wall time
+    of the expression did not exist, and runs at the end of the gap), and whether its wall
+    time repeats in a fall-back fold (it runs at the first pass only)."""
+    spec = compile_cron(expression)
+    tz = zone(timezone)
+    local = due.astimezone(tz)
+    wall = local.replace(tzinfo=None)
+    first = wall.replace(tzinfo=tz, fold=0).utcoffset()
+    second = wall.replace(tzinfo=tz, fold=1).utcoffset()
+    repeated = first is not None and second is not None and first > second
+    before = (due - timedelta(seconds=1)).astimezone(tz).utcoffset()
+    after = local.utcoffset()
+    shifted = False
+    if before is not None and after is not None and after > before:
+        gap_start = wall - (after - before)  # the first wall time that did not exist
+        shifted = _next_wall(spec, gap_start - _MINUTE) < wall
+    return shifted, repeated
+
+
+def upcoming(
+    timing: Timing, first: datetime | None, count: int
+) -> list[tuple[datetime, bool, bool]]:
+    """The ``count`` due times from ``first`` (included) on, each with the flags of
+    :func:`occurrence_flags` (always ``False`` for intervals and fixed times)."""
+    found: list[tuple[datetime, bool, bool]] = []
+    due = first
+    while due is not None and len(found) < count:
+        flags = (False, False)
+        if timing.kind == "cron":
+            flags = occurrence_flags(timing.cron_expression, timing.timezone, due)
+        found.append((due, *flags))
+        due = timing.next_after(due)
+    return found

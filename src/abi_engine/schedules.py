@@ -46,6 +46,8 @@ from abi_engine.models import (
     ResumeMode,
     Schedule,
     ScheduleHistoryEntry,
+    ScheduleOccurrence,
+    SchedulePreview,
     ScheduleSummary,
     ScheduleType,
     Workflow,
@@ -56,9 +58,10 @@ from abi_engine.schedule_math import (
     compile_cron,
     next_cron,
     next_interval,
+    upcoming,
     zone,
 )
-from abi_engine.services import Service, check_flag, check_page
+from abi_engine.services import Service, check_flag, check_int, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
     HistoryRecord,
@@ -123,6 +126,20 @@ class ScheduleRequest:
 
 
 UPDATABLE = tuple(a.name for a in attrs.fields(ScheduleRequest))
+
+#: Due times a preview lists at most.
+MAX_PREVIEW = 100
+
+
+@attrs.define(kw_only=True)
+class SchedulePreviewRequest(ScheduleRequest):
+    """The body of ``POST /workflow_schedules/preview``: a schedule as created (``name``
+    optional), ``workflow_id`` to check its ``parameters`` against (optional), and
+    ``count`` (1 to 100) due times to list."""
+
+    name: Annotated[str, NAME] = "preview"
+    workflow_id: Annotated[str, Text(min_length=1, max_length=200)] | None = None
+    count: Annotated[int, Number(minimum=1, maximum=MAX_PREVIEW)] = 10
 
 
 def _invalid(field: str, message: str) -> InvalidSchedule:
@@ -596,6 +613,27 @@ class ScheduleService(Service):
             await _backoff(attempt)
         raise _kept_changing(schedule_id, "deleted")
 
+    async def preview(self, schedule_id: str, *, count: Any = 10) -> SchedulePreview:
+        """The schedule's next ``count`` (1 to 100) due times, from its next due time (from
+        now when it is parked: what enabling it would give)."""
+        wanted = check_int(count, "count", 1, MAX_PREVIEW)
+        record = await self._load(schedule_id)
+        first = None if record.completed else record.next_due or next_after(record, utcnow())
+        return _preview(record, first, wanted)
+
+    async def preview_unsaved(self, data: Mapping[str, Any]) -> SchedulePreview:
+        """The next due times of a schedule not saved: ``data`` is checked as
+        :meth:`create` checks it (and its ``parameters`` against ``workflow_id``, if given)."""
+        req = structure(data, SchedulePreviewRequest, error=InvalidSchedule)
+        now = utcnow()
+        _check(req, now, creating=True)
+        if req.workflow_id is not None:
+            await self.check_parameters(req.workflow_id, req.parameters)
+        record = self._record(req, base=None, workflow_id=req.workflow_id or "", now=now)
+        preview = _preview(record, record.next_due, req.count)
+        preview.schedule_id = None
+        return preview
+
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10
     ) -> Page[ScheduleHistoryEntry]:
@@ -711,3 +749,17 @@ def _line(record: ScheduleRecord, outcome: str, detail: str, now: datetime) -> H
     return HistoryRecord(
         schedule_id=record.id, due_at=None, recorded_at=now, outcome=outcome, detail=detail
     )
+
+
+def _preview(record: ScheduleRecord, first: datetime | None, count: int) -> SchedulePreview:
+    tz = zone(record.timezone)
+    items = [
+        ScheduleOccurrence(
+            due_at=due,
+            local_time=due.astimezone(tz).isoformat(timespec="seconds"),
+            shifted_by_gap=shifted,
+            repeated_by_fold=repeated,
+        )
+        for due, shifted, repeated in upcoming(_timing(record), first, count)
+    ]
+    return SchedulePreview(schedule_id=record.id, timezone=record.timezone, items=items)

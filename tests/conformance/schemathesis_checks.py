@@ -51,6 +51,12 @@ SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     ("POST", "/api/v1/workflows/{workflow_id}/execute_async"): dict(_EXECUTE),
     ("POST", "/api/v1/workflows/{workflow_id}/schedules"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
     ("PUT", "/api/v1/workflow_schedules/{schedule_id}"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
+    # an unsaved schedule, checked as a create is (its workflow_id, if any, must exist)
+    ("POST", "/api/v1/workflow_schedules/preview"): {
+        "INVALID_SCHEDULE": _SCHEDULE_TIMING,
+        "WORKFLOW_NOT_FOUND": None,
+        **_EXECUTE,
+    },
     ("PUT", "/api/v1/notification_templates/{template_id}"): {
         # the installed workflow types' rules for a template's text (check_template:
         # the notification type's placeholders)

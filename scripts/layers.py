@@ -81,7 +81,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "services",
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
-            | {"notification_templates", "auth", "execution_signals"}
+            | {"notification_templates", "auth", "execution_signals", "schedule_lifecycle"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

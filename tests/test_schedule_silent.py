@@ -540,3 +540,71 @@ def test_preview_over_rest_and_the_python_api(api: Served, way: str) -> None:
     )
     assert len(preview.items) == 2
     assert preview.items[0].local_time.endswith("T00:00:00+00:00")
+
+
+# -- point 1 (part): end_time and max_runs for every type ------------------------------------------
+
+
+async def test_max_runs_completes_the_schedule(eng: Engine) -> None:
+    """max_runs 3: one run, then a catch-up of five starts only the two left (the oldest
+    of those planned); runs_count says so, the schedule is completed with no next due
+    time; preview lists at most what is left."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    schedule = await eng.schedules.create(
+        workflow_id,
+        every_minute(
+            misfire_policy="catch_up", catch_up_limit=5, max_runs=3, overlap_policy="allow"
+        ),
+    )
+    assert len((await eng.schedules.preview(schedule.id, count=10)).items) == 3
+    first = schedule.next_execution
+    assert first is not None
+    await eng.scheduler.tick(first)
+    once = await eng.schedules.get(schedule.id)
+    assert (once.runs_count, once.status) == (1, "active")
+    assert len((await eng.schedules.preview(schedule.id, count=10)).items) == 2
+    await eng.scheduler.tick(first + timedelta(minutes=6, seconds=30))
+    done = await eng.schedules.get(schedule.id)
+    assert done.runs_count == 3
+    assert done.status == "completed"
+    assert done.next_execution is None
+    assert len(started(eng, schedule.id)) == 3
+    await eng.scheduler.tick(first + timedelta(minutes=30))
+    assert len(started(eng, schedule.id)) == 3
+
+
+async def test_end_time_ends_a_cron_schedule(eng: Engine) -> None:
+    """No due time after end_time: the due times up to it fire, then the schedule is
+    completed; an end_time in the past, or before start_time, is refused naming it."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    now = utcnow()
+    end = now + timedelta(minutes=2, seconds=30)
+    schedule = await eng.schedules.create(
+        workflow_id,
+        {
+            "name": "a few",
+            "schedule_type": "cron",
+            "cron_expression": "* * * * *",
+            "end_time": format_time(end),
+        },
+    )
+    assert schedule.end_time is not None
+    previewed = (await eng.schedules.preview(schedule.id, count=10)).items
+    assert 2 <= len(previewed) <= 3
+    assert all(i.due_at <= end for i in previewed)
+    assert schedule.next_execution is not None
+    await eng.scheduler.tick(end + timedelta(seconds=20))  # within the grace of the last
+    done = await eng.schedules.get(schedule.id)
+    assert done.status == "completed"
+    assert done.next_execution is None
+    assert all(r.scheduled_for <= end for r in started(eng, schedule.id))
+    for bad in (
+        {"end_time": format_time(now - timedelta(hours=1))},
+        {
+            "start_time": format_time(now + timedelta(hours=2)),
+            "end_time": format_time(now + timedelta(hours=1)),
+        },
+    ):
+        with pytest.raises(InvalidSchedule) as refused:
+            await eng.schedules.create(workflow_id, every_minute(**bad))
+        assert refused.value.details["field"] == "end_time"

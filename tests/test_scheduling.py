@@ -126,6 +126,9 @@ EXTRA_KEYS = {
     "paused_by",
     "paused_reason",
     "paused_at",
+    "end_time",
+    "max_runs",
+    "runs_count",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}

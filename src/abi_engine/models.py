@@ -496,7 +496,9 @@ class Schedule:
     since an execution last started; at ``max_consecutive_failures`` (``None``:
     never) the schedule pauses itself. A paused (disabled) schedule tells
     ``paused_by`` (the user who disabled it; ``None`` when the engine did),
-    ``paused_reason`` and ``paused_at``.
+    ``paused_reason`` and ``paused_at``. Every type may end: no due time
+    after ``end_time``, at most ``max_runs`` executions (``runs_count`` counts
+    those started); then ``status`` is ``completed``.
     """
 
     id: str
@@ -530,6 +532,9 @@ class Schedule:
     paused_by: str | None = None
     paused_reason: str | None = None
     paused_at: datetime | None = None
+    end_time: datetime | None = None
+    max_runs: int | None = None
+    runs_count: int = 0
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None

@@ -46,25 +46,23 @@ from abi_engine.models import (
     ResumeMode,
     Schedule,
     ScheduleHistoryEntry,
-    ScheduleOccurrence,
     SchedulePreview,
     ScheduleSummary,
     ScheduleType,
     Workflow,
 )
+from abi_engine.schedule_lifecycle import pause_or_resume
+from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
-    Timing,
     compile_cron,
     next_cron,
     next_interval,
-    upcoming,
     zone,
 )
 from abi_engine.services import Service, check_flag, check_int, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
-    HistoryRecord,
     InsertSchedule,
     ScheduleQuery,
     ScheduleRecord,
@@ -94,6 +92,7 @@ TIMEZONE = Text(min_length=1, max_length=64)
 MISFIRE_GRACE = Number(minimum=0, maximum=7 * 86400)
 CATCH_UP = Number(minimum=1, maximum=MAX_CATCH_UP)
 MAX_FAILURES = Number(minimum=1, maximum=1_000_000)
+MAX_RUNS = Number(minimum=1, maximum=1_000_000_000)
 REASON = Text(min_length=1, max_length=500)
 
 
@@ -116,6 +115,9 @@ class ScheduleRequest:
     misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
     catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: No due time after ``end_time``; at most ``max_runs`` executions (``None``: no bound).
+    end_time: datetime | None = None
+    max_runs: Annotated[int, MAX_RUNS] | None = None
     #: Failed firings in a row after which the schedule pauses itself (``None``: never).
     max_consecutive_failures: Annotated[int, MAX_FAILURES] | None = None
     #: Why it is disabled (kept while disabled, shown as ``paused_reason``).
@@ -183,6 +185,11 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
         raise _invalid("misfire_grace_seconds", "must be between 0 and 604800")
     if not 1 <= req.catch_up_limit <= MAX_CATCH_UP:
         raise _invalid("catch_up_limit", f"must be between 1 and {MAX_CATCH_UP}")
+    if req.end_time is not None:
+        if creating and req.end_time <= now:
+            raise _invalid("end_time", "must be in the future")
+        if req.start_time is not None and req.end_time <= req.start_time:
+            raise _invalid("end_time", "must be after start_time")
 
 
 def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
@@ -199,6 +206,16 @@ def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
     if record.execution_time is not None and record.execution_time > after:
         return record.execution_time
     return None
+
+
+def _next_within(record: ScheduleRecord, after: datetime) -> datetime | None:
+    """:func:`next_after`, within the schedule's ``end_time`` and ``max_runs``."""
+    if record.max_runs is not None and record.runs_count >= record.max_runs:
+        return None
+    due = next_after(record, after)
+    if due is not None and record.end_time is not None and due > record.end_time:
+        return None
+    return due
 
 
 def _view(record: ScheduleRecord) -> Schedule:
@@ -252,6 +269,9 @@ def _view(record: ScheduleRecord) -> Schedule:
         paused_by=None if record.enabled else record.paused_by,
         paused_reason=None if record.enabled else record.paused_reason,
         paused_at=None if record.enabled else record.paused_at,
+        end_time=record.end_time,
+        max_runs=record.max_runs,
+        runs_count=record.runs_count,
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -304,6 +324,9 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["paused_by"] = s.paused_by
     data["paused_reason"] = s.paused_reason
     data["paused_at"] = _time(s.paused_at)
+    data["end_time"] = _time(s.end_time)
+    data["max_runs"] = s.max_runs
+    data["runs_count"] = s.runs_count
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by
@@ -420,8 +443,14 @@ class ScheduleService(Service):
             updated_at=now,
             created_by=base.created_by if base else None,
             max_consecutive_failures=req.max_consecutive_failures,
+            end_time=req.end_time,
+            max_runs=req.max_runs,
+            runs_count=base.runs_count if base else 0,
         )
-        record.next_due = next_after(record, now)
+        record.next_due = _next_within(record, now)
+        record.completed = record.next_due is None and (
+            record.end_time is not None or record.max_runs is not None
+        )
         return record
 
     async def create(
@@ -526,7 +555,7 @@ class ScheduleService(Service):
                 )
             now = utcnow()
             record = self._updated(current, data, now)
-            history = _pause_or_resume(current, record, data, now, actor)
+            history = pause_or_resume(current, record, data, now, actor)
             if attempt == 0 and record.parameters != current.parameters:
                 # (parameters echoed unchanged, as a client sending back what it read, are
                 # not checked again: like a repeated cron expression, only a change counts)
@@ -570,6 +599,8 @@ class ScheduleService(Service):
                 "execution_time",
                 "start_time",
                 "timezone",
+                "end_time",
+                "max_runs",
             }
         )
         if (
@@ -578,6 +609,7 @@ class ScheduleService(Service):
             and not (req.enabled and not current.enabled)
         ):
             record.next_due = current.next_due
+            record.completed = False
         if not timing_changed and current.completed:
             record.completed, record.next_due = True, None
         record.workflow_name = current.workflow_name
@@ -619,7 +651,7 @@ class ScheduleService(Service):
         wanted = check_int(count, "count", 1, MAX_PREVIEW)
         record = await self._load(schedule_id)
         first = None if record.completed else record.next_due or next_after(record, utcnow())
-        return _preview(record, first, wanted)
+        return preview_of(record, first, wanted)
 
     async def preview_unsaved(self, data: Mapping[str, Any]) -> SchedulePreview:
         """The next due times of a schedule not saved: ``data`` is checked as
@@ -630,9 +662,9 @@ class ScheduleService(Service):
         if req.workflow_id is not None:
             await self.check_parameters(req.workflow_id, req.parameters)
         record = self._record(req, base=None, workflow_id=req.workflow_id or "", now=now)
-        preview = _preview(record, record.next_due, req.count)
-        preview.schedule_id = None
-        return preview
+        listed = preview_of(record, record.next_due, req.count)
+        listed.schedule_id = None
+        return listed
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10
@@ -686,80 +718,6 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         overlap_policy=OverlapPolicy(record.overlap_policy),
         max_consecutive_failures=record.max_consecutive_failures,
         paused_reason=None if record.enabled else record.paused_reason,
+        end_time=record.end_time,
+        max_runs=record.max_runs,
     )
-
-
-def _timing(record: ScheduleRecord) -> Timing:
-    """When the schedule is due (as the scheduler loop computes it)."""
-    return Timing(
-        kind=record.schedule_type,
-        cron_expression=record.cron_expression or "",
-        timezone=record.timezone,
-        anchor=record.anchor_at,
-        every_seconds=(record.interval_value or 1)
-        * INTERVAL_UNITS[record.interval_unit or "seconds"],
-        at=record.execution_time,
-    )
-
-
-def _pause_or_resume(
-    current: ScheduleRecord,
-    record: ScheduleRecord,
-    data: Mapping[str, Any],
-    now: datetime,
-    actor: Principal | None,
-) -> tuple[HistoryRecord, ...]:
-    """Set the pause fields of ``record`` (an update of ``current``); the history lines."""
-    if current.enabled and not record.enabled:
-        record.paused_by = actor.user_id if actor else None
-        record.paused_reason, record.paused_at = data.get("paused_reason"), now
-        record.resume_policy = None
-        return ()  # (the schedule shows who paused it; the resume tells what passed)
-    if not record.enabled:
-        if "paused_reason" in data:
-            record.paused_reason = data["paused_reason"]
-        return ()
-    if current.enabled or current.completed:
-        return ()
-    return (_resume(current, record, ResumeMode(data.get("resume") or "from_now"), now),)
-
-
-def _resume(
-    current: ScheduleRecord, record: ScheduleRecord, mode: ResumeMode, now: datetime
-) -> HistoryRecord:
-    """Enable ``record`` again under ``mode``; the ``resumed`` line saying what passed."""
-    since = current.paused_at or current.updated_at
-    timing = _timing(record)
-    passed = timing.count(since, now)
-    record.paused_by = record.paused_reason = record.paused_at = None
-    record.resume_policy = None
-    detail = f"{mode.value}: {passed} due time(s) passed while paused"
-    if passed and mode is not ResumeMode.FROM_NOW:
-        # The next tick decides about them once, as the misfire policy ``mode`` would
-        # (bounded: counted, not listed; at most ``catch_up_limit`` run).
-        record.next_due = timing.next_after(since)
-        record.resume_policy = mode.value
-    elif passed:
-        first, last = timing.next_after(since), timing.prev_before(now)
-        detail += f" ({_time(first)} to {_time(last)}), none run"
-    return _line(record, "resumed", detail, now)
-
-
-def _line(record: ScheduleRecord, outcome: str, detail: str, now: datetime) -> HistoryRecord:
-    return HistoryRecord(
-        schedule_id=record.id, due_at=None, recorded_at=now, outcome=outcome, detail=detail
-    )
-
-
-def _preview(record: ScheduleRecord, first: datetime | None, count: int) -> SchedulePreview:
-    tz = zone(record.timezone)
-    items = [
-        ScheduleOccurrence(
-            due_at=due,
-            local_time=due.astimezone(tz).isoformat(timespec="seconds"),
-            shifted_by_gap=shifted,
-            repeated_by_fold=repeated,
-        )
-        for due, shifted, repeated in upcoming(_timing(record), first, count)
-    ]
-    return SchedulePreview(schedule_id=record.id, timezone=record.timezone, items=items)

@@ -215,10 +215,12 @@ class Scheduler:
             pending_runs=record.pending_runs,
         )
         history = [_history(record, note, now) for note in decision.notes]
-        fire_times = list(decision.fire)
+        fire_times, next_due = _bounded(record, list(decision.fire), decision.next_due)
         executions, prepared, failed = await self._prepare(
             record, fire_times, now, history, compiled
         )
+        if record.max_runs is not None and record.runs_count + len(executions) >= record.max_runs:
+            next_due = None  # max_runs reached: done
         failed_times: Sequence[datetime] = fire_times
         if any(note.outcome == "skipped_inactive" for note in decision.notes):
             # Never silent: a due time of an inactive workflow is a firing that failed.
@@ -228,12 +230,16 @@ class Scheduler:
             )
             failed_times = [missed.last] * min(missed.count, 1)
         fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
-        completed = decision.next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
+        completed = next_due is None and (
+            record.schedule_type == ScheduleType.FIXED_TIME
+            or record.end_time is not None
+            or record.max_runs is not None
+        )
         changes = _failure_changes(record, failed, failed_times, now)
         if failed is not None and failed_times and missed.count > len(failed_times):
             changes["failures"] = missed.count  # every due time of the inactive workflow
         changes.update(_consecutive(record, executions, changes, now, history))
-        next_due = None if changes.get("enabled") is False else decision.next_due
+        next_due = None if changes.get("enabled") is False else next_due
         op = fire(
             next_due=next_due,
             pending_runs=decision.pending_runs,
@@ -242,6 +248,7 @@ class Scheduler:
             history=tuple(history),
             missed=missed.skipped if record.enabled and not record.resume_policy else 0,
             resumed=record.resume_policy is not None,
+            runs=len(executions),
             events=(
                 *self._triggered(record, executions, fired_at, now),
                 *self._failed(record, failed, failed_times, now),
@@ -255,8 +262,11 @@ class Scheduler:
         self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, list[Prepared]]:
         history: list[HistoryRecord] = []
-        executions, prepared, failed = await self._prepare(record, [now], now, history, compiled)
-        changes = _failure_changes(record, failed, [now], now)
+        due = [now]
+        if record.max_runs is not None and record.runs_count >= record.max_runs:
+            due = []  # (max_runs reached while it waited)
+        executions, prepared, failed = await self._prepare(record, due, now, history, compiled)
+        changes = _failure_changes(record, failed, due, now)
         changes.update(_consecutive(record, executions, changes, now, history))
         return FireSchedule(
             schedule_id=record.id,
@@ -268,6 +278,7 @@ class Scheduler:
             completed=record.completed,
             executions=tuple(executions),
             history=tuple(history),
+            runs=len(executions),
             events=(
                 *self._triggered(record, executions, [now] * len(executions), now),
                 *self._failed(record, failed, [now], now),
@@ -443,6 +454,20 @@ class Scheduler:
             )
 
         return (self._event_policy.deferred("schedule.missed", build),)
+
+
+def _bounded(
+    record: ScheduleRecord, fire: list[datetime], next_due: datetime | None
+) -> tuple[list[datetime], datetime | None]:
+    """The due times to fire and the next due time within ``end_time`` and ``max_runs``
+    (``None``: the schedule is done)."""
+    if record.end_time is not None:
+        fire = [due for due in fire if due <= record.end_time]
+        if next_due is not None and next_due > record.end_time:
+            next_due = None
+    if record.max_runs is not None:
+        fire = fire[: max(0, record.max_runs - record.runs_count)]
+    return fire, next_due
 
 
 def _log_firing(op: FireSchedule) -> None:

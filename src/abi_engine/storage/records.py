@@ -369,6 +369,10 @@ class ScheduleRecord:
     paused_at: datetime | None = None
     #: Set by a resume (``run_once``, ``catch_up``): the misfire policy of the next firing.
     resume_policy: str | None = None
+    #: No due time after ``end_time``; at most ``max_runs`` runs; runs started so far.
+    end_time: datetime | None = None
+    max_runs: int | None = None
+    runs_count: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -465,3 +469,5 @@ class FireSchedule(WriteOp):
     paused_at: datetime | None = None
     #: This firing applied the resume policy (cleared for the next ones).
     resumed: bool = False
+    #: Executions it starts (added to ``runs_count``).
+    runs: int = 0

@@ -55,6 +55,8 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         r.paused_reason,
         to_ms(r.paused_at),
         r.resume_policy,
+        to_ms(r.end_time),
+        r.max_runs,
     )
 
 
@@ -149,8 +151,9 @@ _INSERT = (
     " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
     " overlap_policy, completed, updated_at, max_consecutive_failures, paused_by,"
-    " paused_reason, paused_at, resume_policy, id, workflow_id, created_at, created_by)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " paused_reason, paused_at, resume_policy, end_time, max_runs, id, workflow_id,"
+    " created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -205,6 +208,7 @@ def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
         " misfire_policy = ?, misfire_grace_seconds = ?, catch_up_limit = ?,"
         " overlap_policy = ?, completed = ?, updated_at = ?, max_consecutive_failures = ?,"
         " paused_by = ?, paused_reason = ?, paused_at = ?, resume_policy = ?,"
+        " end_time = ?, max_runs = ?,"
         " version = version + 1,"
         " consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures END"
         " WHERE id = ? AND version = ?",
@@ -236,7 +240,8 @@ def _fire_sql(d: Dialect) -> str:
         " missed_count = missed_count + ?, consecutive_failures = ?,"
         f" paused_reason = coalesce({d.param('text')}, paused_reason),"
         f" paused_at = coalesce({d.param('bigint')}, paused_at),"
-        " resume_policy = CASE WHEN ? THEN NULL ELSE resume_policy END"
+        " resume_policy = CASE WHEN ? THEN NULL ELSE resume_policy END,"
+        " runs_count = runs_count + ?"
         f" WHERE id = ? AND version = ? AND next_due {d.null_safe_eq} {d.param('bigint')}"
         " AND pending_runs = ?"
     )
@@ -285,6 +290,7 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
                 op.paused_reason,
                 to_ms(op.paused_at),
                 op.resumed,
+                op.runs,
                 op.schedule_id,
                 op.expected_version,
                 to_ms(op.expected_next_due),

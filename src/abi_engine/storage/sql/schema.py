@@ -68,6 +68,10 @@ MIGRATIONS.append(
             "ALTER TABLE schedules ADD COLUMN paused_at {bigint}",
             # How the next firing treats the due times passed while paused (one firing).
             "ALTER TABLE schedules ADD COLUMN resume_policy TEXT",
+            # Bounds for every type: no due time after end_time, at most max_runs runs.
+            "ALTER TABLE schedules ADD COLUMN end_time {bigint}",
+            "ALTER TABLE schedules ADD COLUMN max_runs {bigint}",
+            "ALTER TABLE schedules ADD COLUMN runs_count {bigint} NOT NULL DEFAULT 0",
             # The logical due time of a scheduled execution (#17).
             "ALTER TABLE executions ADD COLUMN scheduled_for {bigint}",
         ],

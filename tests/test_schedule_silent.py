@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
 from served_engines import WAYS, Served, served
 
@@ -27,7 +29,7 @@ from abi_engine import Engine, ExecutionStatus, Scope, StepContext, WorkflowType
 from abi_engine.errors import InvalidParameters, InvalidRequest, InvalidSchedule
 from abi_engine.events import Event
 from abi_engine.ids import format_time, utcnow
-from abi_engine.schedule_math import Timing, next_cron, upcoming
+from abi_engine.schedule_math import Timing, jittered, logical_due, next_cron, upcoming
 from abi_engine.storage.records import ExecutionQuery
 
 pytestmark = pytest.mark.anyio
@@ -513,7 +515,7 @@ def test_preview_over_rest_and_the_python_api(api: Served, way: str) -> None:
     assert data["schedule_id"] == schedule.id
     assert data["timezone"] == "America/New_York"
     assert [set(i) for i in data["items"]] == [
-        {"due_at", "local_time", "shifted_by_gap", "repeated_by_fold"}
+        {"due_at", "local_time", "run_at", "shifted_by_gap", "repeated_by_fold"}
     ] * 3
     assert data["items"][0]["due_at"] == format_time(schedule.next_execution)
     for count in ("0", "101", "many"):
@@ -608,3 +610,53 @@ async def test_end_time_ends_a_cron_schedule(eng: Engine) -> None:
         with pytest.raises(InvalidSchedule) as refused:
             await eng.schedules.create(workflow_id, every_minute(**bad))
         assert refused.value.details["field"] == "end_time"
+
+
+# -- point 5: jitter ------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    every=st.integers(min_value=1, max_value=86_400),
+    jitter=st.floats(min_value=0, max_value=86_400, allow_nan=False),
+    step=st.integers(min_value=0, max_value=10_000),
+    schedule_id=st.text(min_size=1, max_size=20),
+)
+def test_jitter_is_stable_bounded_and_invertible(
+    every: int, jitter: float, step: int, schedule_id: str
+) -> None:
+    """A due time's delay is the same at every call (so two processes agree), below
+    jitter_seconds and below half the way to the next due time, and the due time a
+    delayed start stands for is found again from it."""
+    anchor = datetime(2026, 1, 1, tzinfo=UTC)
+    timing = Timing(kind="interval", anchor=anchor, every_seconds=every)
+    due = anchor + timedelta(seconds=every * step)
+    start = jittered(timing, schedule_id, due, jitter)
+    assert start is not None
+    assert start == jittered(timing, schedule_id, due, jitter)
+    delay = start - due
+    assert timedelta(0) <= delay <= timedelta(seconds=jitter)
+    assert delay <= timedelta(seconds=every) / 2
+    assert logical_due(timing, start, jitter) == due
+
+
+async def test_jitter_delays_runs_but_not_their_due_time(eng: Engine) -> None:
+    """With jitter_seconds, next_execution is the due time plus its stable delay (preview's
+    run_at); the run started then carries the due time itself (scheduled_for, history)."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    schedule = await eng.schedules.create(
+        workflow_id, every_minute(jitter_seconds=20, overlap_policy="allow")
+    )
+    assert schedule.jitter_seconds == 20
+    [item, following] = (await eng.schedules.preview(schedule.id, count=2)).items
+    assert schedule.next_execution == item.run_at
+    assert timedelta(0) <= item.run_at - item.due_at <= timedelta(seconds=20)
+    assert following.due_at - item.due_at == timedelta(minutes=1)
+    await eng.scheduler.tick(item.run_at)
+    [record] = started(eng, schedule.id)
+    assert record.scheduled_for == item.due_at
+    after = await eng.schedules.get(schedule.id)
+    assert after.next_execution == following.run_at
+    page = await eng.schedules.history(schedule.id)
+    assert [(h.outcome, h.due_at) for h in page.items] == [("fired", item.due_at)]
+    assert after.missed_count == 0

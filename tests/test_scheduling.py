@@ -129,6 +129,7 @@ EXTRA_KEYS = {
     "end_time",
     "max_runs",
     "runs_count",
+    "jitter_seconds",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}

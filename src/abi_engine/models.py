@@ -498,7 +498,9 @@ class Schedule:
     ``paused_by`` (the user who disabled it; ``None`` when the engine did),
     ``paused_reason`` and ``paused_at``. Every type may end: no due time
     after ``end_time``, at most ``max_runs`` executions (``runs_count`` counts
-    those started); then ``status`` is ``completed``.
+    those started); then ``status`` is ``completed``. ``jitter_seconds``
+    delays each run by a pseudo-random amount below it, the same for a due
+    time in every process (``next_execution`` shows the delayed instant).
     """
 
     id: str
@@ -535,6 +537,7 @@ class Schedule:
     end_time: datetime | None = None
     max_runs: int | None = None
     runs_count: int = 0
+    jitter_seconds: float = 0.0
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -574,11 +577,13 @@ class ScheduleOccurrence:
     schedule's zone (RFC 3339 with its offset); ``shifted_by_gap``: the cron
     wall time did not exist (spring-forward gap) and runs at the end of the
     gap; ``repeated_by_fold``: the wall time happens twice (fall-back fold)
-    and runs at its first pass only.
+    and runs at its first pass only. ``run_at``: when the run starts (``due_at``
+    delayed by the schedule's jitter; equal without one).
     """
 
     due_at: datetime
     local_time: str
+    run_at: datetime
     shifted_by_gap: bool = False
     repeated_by_fold: bool = False
 

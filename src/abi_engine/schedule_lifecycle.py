@@ -17,7 +17,14 @@ from typing import Any
 from abi_engine.auth import Principal
 from abi_engine.ids import format_time
 from abi_engine.models import ResumeMode, ScheduleOccurrence, SchedulePreview
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing, upcoming, zone
+from abi_engine.schedule_math import (
+    INTERVAL_UNITS,
+    Timing,
+    jittered,
+    logical_due,
+    upcoming,
+    zone,
+)
 from abi_engine.storage.records import HistoryRecord, ScheduleRecord
 
 __all__ = ["pause_or_resume", "preview", "timing_of"]
@@ -87,14 +94,18 @@ def _line(record: ScheduleRecord, outcome: str, detail: str, now: datetime) -> H
 
 def preview(record: ScheduleRecord, first: datetime | None, count: int) -> SchedulePreview:
     tz = zone(record.timezone)
+    timing = timing_of(record)
+    if first is not None:  # (a stored next_due is the run's start: its due time is before)
+        first = logical_due(timing, first, record.jitter_seconds)
     items = [
         ScheduleOccurrence(
             due_at=due,
             local_time=due.astimezone(tz).isoformat(timespec="seconds"),
+            run_at=jittered(timing, record.id, due, record.jitter_seconds) or due,
             shifted_by_gap=shifted,
             repeated_by_fold=repeated,
         )
-        for due, shifted, repeated in upcoming(timing_of(record), first, count)
+        for due, shifted, repeated in upcoming(timing, first, count)
         if record.end_time is None or due <= record.end_time
     ]
     if record.max_runs is not None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import calendar
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -47,6 +48,9 @@ __all__ = [
     "compile_cron",
     "count_cron",
     "count_interval",
+    "jitter_delay",
+    "jittered",
+    "logical_due",
     "next_cron",
     "next_interval",
     "occurrence_flags",
@@ -621,3 +625,37 @@ def upcoming(
         found.append((due, *flags))
         due = timing.next_after(due)
     return found
+
+
+def jitter_delay(
+    schedule_id: str, due: datetime, jitter_seconds: float, following: datetime | None
+) -> timedelta:
+    """How long after ``due`` the schedule's run starts: a pseudo-random amount below
+    ``jitter_seconds``, the same for the same schedule and due time in every process
+    (a hash of both), and under half the way to the ``following`` due time (so the due
+    time a delayed run stands for is always the last one before it)."""
+    if jitter_seconds <= 0:
+        return timedelta(0)
+    key = f"{schedule_id}|{_ms(due)}".encode()
+    fraction = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+    delay = timedelta(milliseconds=int(fraction * jitter_seconds * 1000))
+    if following is not None:
+        delay = min(delay, (following - due) / 2)
+    return timedelta(milliseconds=int(delay.total_seconds() * 1000))
+
+
+def jittered(
+    timing: Timing, schedule_id: str, due: datetime | None, jitter_seconds: float
+) -> datetime | None:
+    """When the run of due time ``due`` starts: ``due`` plus its :func:`jitter_delay`."""
+    if due is None or jitter_seconds <= 0:
+        return due
+    return due + jitter_delay(schedule_id, due, jitter_seconds, timing.next_after(due))
+
+
+def logical_due(timing: Timing, start: datetime, jitter_seconds: float) -> datetime:
+    """The due time a run starting at ``start`` (a :func:`jittered` instant) stands for:
+    the last due time at or before it (``start`` itself without jitter)."""
+    if jitter_seconds <= 0:
+        return start
+    return timing.prev_before(start + timedelta(microseconds=1)) or start

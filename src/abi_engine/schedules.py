@@ -51,11 +51,12 @@ from abi_engine.models import (
     ScheduleType,
     Workflow,
 )
-from abi_engine.schedule_lifecycle import pause_or_resume
+from abi_engine.schedule_lifecycle import pause_or_resume, timing_of
 from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
     compile_cron,
+    jittered,
     next_cron,
     next_interval,
     zone,
@@ -93,6 +94,7 @@ MISFIRE_GRACE = Number(minimum=0, maximum=7 * 86400)
 CATCH_UP = Number(minimum=1, maximum=MAX_CATCH_UP)
 MAX_FAILURES = Number(minimum=1, maximum=1_000_000)
 MAX_RUNS = Number(minimum=1, maximum=1_000_000_000)
+JITTER = Number(minimum=0, maximum=86400)
 REASON = Text(min_length=1, max_length=500)
 
 
@@ -115,6 +117,8 @@ class ScheduleRequest:
     misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
     catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: Each run starts up to this many seconds after its due time (stable per due time).
+    jitter_seconds: Annotated[float, JITTER] = 0.0
     #: No due time after ``end_time``; at most ``max_runs`` executions (``None``: no bound).
     end_time: datetime | None = None
     max_runs: Annotated[int, MAX_RUNS] | None = None
@@ -272,6 +276,7 @@ def _view(record: ScheduleRecord) -> Schedule:
         end_time=record.end_time,
         max_runs=record.max_runs,
         runs_count=record.runs_count,
+        jitter_seconds=record.jitter_seconds,
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -327,6 +332,7 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["end_time"] = _time(s.end_time)
     data["max_runs"] = s.max_runs
     data["runs_count"] = s.runs_count
+    data["jitter_seconds"] = s.jitter_seconds
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by
@@ -446,8 +452,13 @@ class ScheduleService(Service):
             end_time=req.end_time,
             max_runs=req.max_runs,
             runs_count=base.runs_count if base else 0,
+            jitter_seconds=req.jitter_seconds,
         )
         record.next_due = _next_within(record, now)
+        if record.jitter_seconds:
+            record.next_due = jittered(
+                timing_of(record), record.id, record.next_due, record.jitter_seconds
+            )
         record.completed = record.next_due is None and (
             record.end_time is not None or record.max_runs is not None
         )
@@ -601,6 +612,7 @@ class ScheduleService(Service):
                 "timezone",
                 "end_time",
                 "max_runs",
+                "jitter_seconds",
             }
         )
         if (
@@ -720,4 +732,5 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         paused_reason=None if record.enabled else record.paused_reason,
         end_time=record.end_time,
         max_runs=record.max_runs,
+        jitter_seconds=record.jitter_seconds,
     )

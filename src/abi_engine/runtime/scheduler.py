@@ -28,7 +28,7 @@ from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.runner import Runtime
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing
+from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due
 from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.records import ExecutionRecord, FireSchedule, HistoryRecord, ScheduleRecord
@@ -171,14 +171,15 @@ class Scheduler:
     ) -> tuple[FireSchedule, list[Prepared]]:
         """The firing of a due schedule: what :func:`~abi_engine.schedule_rules.decide_due`
         says, with the executions it starts, as one compare-and-set write."""
-        first = record.next_due
-        assert first is not None
+        stored = record.next_due  # (the run's start: the due time plus its jitter)
+        assert stored is not None
+        first = logical_due(timing(record), stored, record.jitter_seconds)
 
         def fire(**changes: Any) -> FireSchedule:
             return FireSchedule(
                 schedule_id=record.id,
                 expected_version=record.version,
-                expected_next_due=first,
+                expected_next_due=stored,
                 expected_pending=record.pending_runs,
                 **changes,
             )
@@ -193,6 +194,7 @@ class Scheduler:
         grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
         if record.resume_policy:  # due times passed while paused are never "on time"
             grace = timedelta(seconds=MIN_GRACE_SECONDS)
+        grace += timedelta(seconds=record.jitter_seconds)  # a delayed run is not late
         # Bounded work, however long the downtime: the due times are counted, not listed.
         missed = plan_missed(
             timing(record),
@@ -221,6 +223,7 @@ class Scheduler:
         )
         if record.max_runs is not None and record.runs_count + len(executions) >= record.max_runs:
             next_due = None  # max_runs reached: done
+        next_due = jittered(timing(record), record.id, next_due, record.jitter_seconds)
         failed_times: Sequence[datetime] = fire_times
         if any(note.outcome == "skipped_inactive" for note in decision.notes):
             # Never silent: a due time of an inactive workflow is a firing that failed.
@@ -252,7 +255,7 @@ class Scheduler:
             events=(
                 *self._triggered(record, executions, fired_at, now),
                 *self._failed(record, failed, failed_times, now),
-                *self._missed(record, missed, now),
+                *self._missed(record, missed, first, now),
             ),
             **changes,
         )
@@ -433,7 +436,7 @@ class Scheduler:
         return tuple(events)
 
     def _missed(
-        self, record: ScheduleRecord, missed: Missed, at: datetime
+        self, record: ScheduleRecord, missed: Missed, first: datetime, at: datetime
     ) -> tuple[OutboxEvent, ...]:
         """The ``schedule.missed`` event of due times the misfire policy did not run (one
         event per firing, however many: they are counted, not listed)."""
@@ -446,7 +449,7 @@ class Scheduler:
                 data={
                     "schedule_id": record.id,
                     "workflow_id": record.workflow_id,
-                    "first_due_at": unstructure(record.next_due),
+                    "first_due_at": unstructure(first),
                     "count": missed.skipped,
                     "misfire_policy": record.misfire_policy,
                 },

@@ -23,7 +23,8 @@ _COLUMNS = (
     " w.name, w.status, w.deleted_at, e.status, e.started_at, e.completed_at, s.version,"
     " s.failed_firings, s.last_failure, s.missed_count, s.consecutive_failures,"
     " s.max_consecutive_failures, s.paused_by, s.paused_reason, s.paused_at,"
-    " s.resume_policy, s.end_time, s.max_runs, s.runs_count"
+    " s.resume_policy, s.end_time, s.max_runs, s.runs_count,"
+    " s.jitter_seconds"
 )
 
 
@@ -81,4 +82,5 @@ def _row(row: Sequence[Any]) -> ScheduleRecord:
         end_time=from_ms(row[40]),
         max_runs=row[41],
         runs_count=row[42] or 0,
+        jitter_seconds=row[43] or 0.0,
     )

@@ -373,6 +373,9 @@ class ScheduleRecord:
     end_time: datetime | None = None
     max_runs: int | None = None
     runs_count: int = 0
+    #: Runs start up to this many seconds after their due time (``next_due`` is the
+    #: delayed instant; the due time it stands for is the last one at or before it).
+    jitter_seconds: float = 0.0
 
 
 @attrs.frozen(kw_only=True)

@@ -72,6 +72,8 @@ MIGRATIONS.append(
             "ALTER TABLE schedules ADD COLUMN end_time {bigint}",
             "ALTER TABLE schedules ADD COLUMN max_runs {bigint}",
             "ALTER TABLE schedules ADD COLUMN runs_count {bigint} NOT NULL DEFAULT 0",
+            # Each due time's run delayed by a pseudo-random amount below it (0: none).
+            "ALTER TABLE schedules ADD COLUMN jitter_seconds {double} NOT NULL DEFAULT 0",
             # The logical due time of a scheduled execution (#17).
             "ALTER TABLE executions ADD COLUMN scheduled_for {bigint}",
         ],

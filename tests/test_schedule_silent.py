@@ -573,6 +573,10 @@ async def test_max_runs_completes_the_schedule(eng: Engine) -> None:
     assert len(started(eng, schedule.id)) == 3
     await eng.scheduler.tick(first + timedelta(minutes=30))
     assert len(started(eng, schedule.id)) == 3
+    more = await eng.schedules.update(schedule.id, {"max_runs": 4})  # goes on, from now
+    assert (more.status, more.runs_count) == ("active", 3)
+    assert more.next_execution is not None
+    assert more.next_execution > utcnow()
 
 
 async def test_end_time_ends_a_cron_schedule(eng: Engine) -> None:

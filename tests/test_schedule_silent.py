@@ -664,3 +664,31 @@ async def test_jitter_delays_runs_but_not_their_due_time(eng: Engine) -> None:
     page = await eng.schedules.history(schedule.id)
     assert [(h.outcome, h.due_at) for h in page.items] == [("fired", item.due_at)]
     assert after.missed_count == 0
+
+
+async def test_excluded_dates_do_not_run(eng: Engine) -> None:
+    """A due time on an excluded date (in the schedule's zone) does not run (history
+    skipped_excluded) and the schedule goes on; preview passes over it; a date not written
+    YYYY-MM-DD is refused naming it."""
+    workflow_id = await new_workflow(eng, "test_logical")
+    body = {"name": "noon", "schedule_type": "cron", "cron_expression": "0 12 * * *"}
+    probe = await eng.schedules.preview_unsaved({**body, "count": 3})
+    skipped = probe.items[1].due_at
+    schedule = await eng.schedules.create(
+        workflow_id, {**body, "exclude_dates": [skipped.date().isoformat()]}
+    )
+    assert schedule.exclude_dates == [skipped.date().isoformat()]
+    shown = [i.due_at for i in (await eng.schedules.preview(schedule.id, count=3)).items]
+    assert shown == [probe.items[0].due_at, probe.items[2].due_at, shown[2]]
+    assert shown[2] - probe.items[2].due_at == timedelta(days=1)
+    await eng.scheduler.tick(probe.items[0].due_at)
+    await eng.scheduler.tick(skipped)
+    assert [r.scheduled_for for r in started(eng, schedule.id)] == [probe.items[0].due_at]
+    lines = [(o, d) for o, d in await outcomes(eng, schedule.id)]
+    assert lines[-1][0] == "skipped_excluded"
+    after = await eng.schedules.get(schedule.id)
+    assert after.next_execution == probe.items[2].due_at
+    for bad in (["2026-13-01"], ["tomorrow"], ["2026-1-5"]):
+        with pytest.raises(InvalidSchedule) as refused:
+            await eng.schedules.create(workflow_id, {**body, "exclude_dates": bad})
+        assert refused.value.details["field"] == "exclude_dates[0]"

@@ -130,6 +130,7 @@ EXTRA_KEYS = {
     "max_runs",
     "runs_count",
     "jitter_seconds",
+    "exclude_dates",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}

@@ -501,6 +501,8 @@ class Schedule:
     those started); then ``status`` is ``completed``. ``jitter_seconds``
     delays each run by a pseudo-random amount below it, the same for a due
     time in every process (``next_execution`` shows the delayed instant).
+    ``exclude_dates`` (``YYYY-MM-DD`` in the schedule's zone) are days whose
+    due times do not run (history ``skipped_excluded``).
     """
 
     id: str
@@ -538,6 +540,7 @@ class Schedule:
     max_runs: int | None = None
     runs_count: int = 0
     jitter_seconds: float = 0.0
+    exclude_dates: list[str] = attrs.Factory(list)
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -609,7 +612,8 @@ class ScheduleHistoryEntry:
     ``outcome``: ``fired``, ``queued`` (overlap policy queue),
     ``skipped_overlap``, ``skipped_disabled``, ``skipped_inactive``,
     ``skipped_misfire``, ``failed`` (the execution could not be created),
-    ``workflow_deleted``, ``paused`` (by the engine, after
+    ``workflow_deleted``, ``skipped_excluded`` (on an excluded date),
+    ``paused`` (by the engine, after
     ``max_consecutive_failures``), ``resumed`` (enabled again; ``detail`` says
     how, and which due times passed while paused); ``detail`` says more.
     """

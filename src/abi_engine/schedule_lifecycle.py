@@ -97,20 +97,35 @@ def preview(record: ScheduleRecord, first: datetime | None, count: int) -> Sched
     timing = timing_of(record)
     if first is not None:  # (a stored next_due is the run's start: its due time is before)
         first = logical_due(timing, first, record.jitter_seconds)
-    items = [
-        ScheduleOccurrence(
-            due_at=due,
-            local_time=due.astimezone(tz).isoformat(timespec="seconds"),
-            run_at=jittered(timing, record.id, due, record.jitter_seconds) or due,
-            shifted_by_gap=shifted,
-            repeated_by_fold=repeated,
-        )
-        for due, shifted, repeated in upcoming(timing, first, count)
-        if record.end_time is None or due <= record.end_time
-    ]
+    items: list[ScheduleOccurrence] = []
+    # Due times on excluded dates are passed over: a bounded walk (at most 100 pages).
+    for _ in range(100):
+        page = upcoming(timing, first, count) if first is not None else []
+        for due, shifted, repeated in page:
+            if record.end_time is not None and due > record.end_time:
+                page = []  # ends here
+                break
+            if due.astimezone(tz).date().isoformat() not in record.exclude_dates:
+                items.append(_occurrence(record, timing, due, shifted, repeated))
+        if len(page) < count or len(items) >= count:
+            break
+        first = timing.next_after(page[-1][0])
+    del items[count:]
     if record.max_runs is not None:
         del items[max(0, record.max_runs - record.runs_count) :]
     return SchedulePreview(schedule_id=record.id, timezone=record.timezone, items=items)
+
+
+def _occurrence(
+    record: ScheduleRecord, timing: Timing, due: datetime, shifted: bool, repeated: bool
+) -> ScheduleOccurrence:
+    return ScheduleOccurrence(
+        due_at=due,
+        local_time=due.astimezone(zone(record.timezone)).isoformat(timespec="seconds"),
+        run_at=jittered(timing, record.id, due, record.jitter_seconds) or due,
+        shifted_by_gap=shifted,
+        repeated_by_fold=repeated,
+    )
 
 
 def _time(value: datetime | None) -> str | None:

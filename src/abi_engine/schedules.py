@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -95,6 +95,7 @@ CATCH_UP = Number(minimum=1, maximum=MAX_CATCH_UP)
 MAX_FAILURES = Number(minimum=1, maximum=1_000_000)
 MAX_RUNS = Number(minimum=1, maximum=1_000_000_000)
 JITTER = Number(minimum=0, maximum=86400)
+EXCLUDED = Json(max_bytes=16_384)
 REASON = Text(min_length=1, max_length=500)
 
 
@@ -117,6 +118,8 @@ class ScheduleRequest:
     misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
     catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: Dates (``YYYY-MM-DD``, in the schedule's zone) whose due times do not run.
+    exclude_dates: Annotated[list[str], EXCLUDED] = attrs.Factory(list)
     #: Each run starts up to this many seconds after its due time (stable per due time).
     jitter_seconds: Annotated[float, JITTER] = 0.0
     #: No due time after ``end_time``; at most ``max_runs`` executions (``None``: no bound).
@@ -189,11 +192,25 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
         raise _invalid("misfire_grace_seconds", "must be between 0 and 604800")
     if not 1 <= req.catch_up_limit <= MAX_CATCH_UP:
         raise _invalid("catch_up_limit", f"must be between 1 and {MAX_CATCH_UP}")
+    _check_dates(req.exclude_dates)
     if req.end_time is not None:
         if creating and req.end_time <= now:
             raise _invalid("end_time", "must be in the future")
         if req.start_time is not None and req.end_time <= req.start_time:
             raise _invalid("end_time", "must be after start_time")
+
+
+def _check_dates(dates: list[str]) -> None:
+    """``exclude_dates``: at most 1000 dates written ``YYYY-MM-DD``."""
+    if len(dates) > 1000:
+        raise _invalid("exclude_dates", "at most 1000 dates")
+    for i, text in enumerate(dates):
+        try:
+            ok = len(text) == 10 and date.fromisoformat(text).isoformat() == text
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _invalid(f"exclude_dates[{i}]", "a date written YYYY-MM-DD")
 
 
 def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
@@ -277,6 +294,7 @@ def _view(record: ScheduleRecord) -> Schedule:
         max_runs=record.max_runs,
         runs_count=record.runs_count,
         jitter_seconds=record.jitter_seconds,
+        exclude_dates=list(record.exclude_dates),
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -333,6 +351,7 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["max_runs"] = s.max_runs
     data["runs_count"] = s.runs_count
     data["jitter_seconds"] = s.jitter_seconds
+    data["exclude_dates"] = s.exclude_dates
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by
@@ -453,6 +472,7 @@ class ScheduleService(Service):
             max_runs=req.max_runs,
             runs_count=base.runs_count if base else 0,
             jitter_seconds=req.jitter_seconds,
+            exclude_dates=sorted(set(req.exclude_dates)),
         )
         record.next_due = _next_within(record, now)
         if record.jitter_seconds:
@@ -733,4 +753,5 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         end_time=record.end_time,
         max_runs=record.max_runs,
         jitter_seconds=record.jitter_seconds,
+        exclude_dates=list(record.exclude_dates),
     )

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+import attrs
 from anyio.abc import TaskStatus
 
 from abi_engine.converter import unstructure
@@ -28,7 +29,7 @@ from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.runner import Runtime
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due
+from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due, zone
 from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.records import ExecutionRecord, FireSchedule, HistoryRecord, ScheduleRecord
@@ -205,6 +206,7 @@ class Scheduler:
             policy=record.resume_policy or record.misfire_policy,
             catch_up_limit=record.catch_up_limit,
         )
+        missed, excluded = _not_excluded(record, missed, now)
         decision = decide_due(
             missed,
             first=first,
@@ -217,6 +219,7 @@ class Scheduler:
             pending_runs=record.pending_runs,
         )
         history = [_history(record, note, now) for note in decision.notes]
+        history[:0] = excluded
         fire_times, next_due = _bounded(record, list(decision.fire), decision.next_due)
         executions, prepared, failed = await self._prepare(
             record, fire_times, now, history, compiled
@@ -471,6 +474,25 @@ def _bounded(
     if record.max_runs is not None:
         fire = fire[: max(0, record.max_runs - record.runs_count)]
     return fire, next_due
+
+
+def _not_excluded(
+    record: ScheduleRecord, missed: Missed, now: datetime
+) -> tuple[Missed, list[HistoryRecord]]:
+    """``missed`` without the due times on an excluded date (in the schedule's zone),
+    and their ``skipped_excluded`` history lines."""
+    if not record.exclude_dates or not missed.fire or not record.enabled:
+        return missed, []
+    tz, excluded = zone(record.timezone), set(record.exclude_dates)
+    kept, notes = [], []
+    for due in missed.fire:
+        day = due.astimezone(tz).date().isoformat()
+        if day in excluded:
+            note = Note(due, "skipped_excluded", f"{day} is an excluded date")
+            notes.append(_history(record, note, now))
+        else:
+            kept.append(due)
+    return attrs.evolve(missed, fire=tuple(kept)), notes
 
 
 def _log_firing(op: FireSchedule) -> None:

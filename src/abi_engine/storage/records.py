@@ -376,6 +376,8 @@ class ScheduleRecord:
     #: Runs start up to this many seconds after their due time (``next_due`` is the
     #: delayed instant; the due time it stands for is the last one at or before it).
     jitter_seconds: float = 0.0
+    #: Dates (``YYYY-MM-DD``, in the schedule's zone) whose due times do not run.
+    exclude_dates: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen(kw_only=True)

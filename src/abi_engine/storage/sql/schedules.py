@@ -58,6 +58,7 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         to_ms(r.end_time),
         r.max_runs,
         float(r.jitter_seconds),
+        dumps(r.exclude_dates) if r.exclude_dates else None,
     )
 
 
@@ -152,9 +153,9 @@ _INSERT = (
     " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
     " overlap_policy, completed, updated_at, max_consecutive_failures, paused_by,"
-    " paused_reason, paused_at, resume_policy, end_time, max_runs, jitter_seconds, id,"
-    " workflow_id, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " paused_reason, paused_at, resume_policy, end_time, max_runs, jitter_seconds,"
+    " exclude_dates, id, workflow_id, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?,"
+    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -209,7 +210,7 @@ def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
         " misfire_policy = ?, misfire_grace_seconds = ?, catch_up_limit = ?,"
         " overlap_policy = ?, completed = ?, updated_at = ?, max_consecutive_failures = ?,"
         " paused_by = ?, paused_reason = ?, paused_at = ?, resume_policy = ?,"
-        " end_time = ?, max_runs = ?, jitter_seconds = ?,"
+        " end_time = ?, max_runs = ?, jitter_seconds = ?, exclude_dates = ?,"
         " version = version + 1,"
         " consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures END"
         " WHERE id = ? AND version = ?",

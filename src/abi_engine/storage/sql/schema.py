@@ -74,6 +74,8 @@ MIGRATIONS.append(
             "ALTER TABLE schedules ADD COLUMN runs_count {bigint} NOT NULL DEFAULT 0",
             # Each due time's run delayed by a pseudo-random amount below it (0: none).
             "ALTER TABLE schedules ADD COLUMN jitter_seconds {double} NOT NULL DEFAULT 0",
+            # Dates (in the schedule's zone) whose due times do not run: a JSON list.
+            "ALTER TABLE schedules ADD COLUMN exclude_dates TEXT",
             # The logical due time of a scheduled execution (#17).
             "ALTER TABLE executions ADD COLUMN scheduled_for {bigint}",
         ],

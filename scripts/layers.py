@@ -96,7 +96,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset(
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
-            | {"execution_flow", "audit", "retention", "triggers"}
+            | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

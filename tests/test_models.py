@@ -281,6 +281,7 @@ def test_empty_fields_are_null() -> None:
         "steps": None,
         "callback_url": None,
         "schedule_id": None,
+        "scheduled_for": None,
         "created_by": None,
         "created_at": None,
         "rerun_of": None,

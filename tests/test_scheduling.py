@@ -117,6 +117,20 @@ EXTRA_KEYS = {
     "last_execution",
     "failed_firings",
     "last_failure",
+    # Never silent, paused with a reason (#17).
+    "failed_count",
+    "missed_count",
+    "last_error",
+    "consecutive_failures",
+    "max_consecutive_failures",
+    "paused_by",
+    "paused_reason",
+    "paused_at",
+    "end_time",
+    "max_runs",
+    "runs_count",
+    "jitter_seconds",
+    "exclude_dates",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}
@@ -587,7 +601,8 @@ async def test_disabled_schedule_does_not_fire_and_says_why(eng: Engine) -> None
     assert enabled.next_execution is not None
     assert enabled.next_execution > utcnow()
     await eng.scheduler.tick(enabled.next_execution)
-    assert outcomes(await history(eng, schedule.id)) == ["skipped_disabled", "fired"]
+    # (enabling again is a line too, saying what passed while paused: #17)
+    assert outcomes(await history(eng, schedule.id)) == ["skipped_disabled", "resumed", "fired"]
 
 
 async def test_inactive_workflow_does_not_fire_and_says_why(eng: Engine) -> None:

@@ -112,6 +112,20 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
         needs_crm.id,
         {"name": "f", "schedule_type": "interval", "interval_value": 1, "interval_unit": "seconds"},
     )
+    # Due times the misfire policy skips (as after a downtime): schedule.missed (#17).
+    skipping = await eng.schedules.create(
+        wf_id,
+        {
+            "name": "m",
+            "schedule_type": "interval",
+            "interval_value": 1,
+            "interval_unit": "hours",
+            "misfire_policy": "skip",
+            "misfire_grace_seconds": 0,
+        },
+    )
+    assert skipping.next_execution is not None
+    await eng.scheduler.tick(skipping.next_execution + timedelta(hours=3, minutes=1))
     seen: set[str] = set()
     with anyio.fail_after(30):
         while not {"schedule.triggered", "schedule.failed"} <= seen:
@@ -119,6 +133,7 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
             await anyio.sleep(0.05)
     await eng.schedules.delete(schedule.id)
     await eng.schedules.delete(failing_schedule.id)
+    await eng.schedules.delete(skipping.id)
     await eng.workflows.deactivate(wf_id)
     await eng.workflows.delete(wf_id)
     with anyio.fail_after(30):

@@ -60,6 +60,7 @@ from abi_engine.models import (
     NotificationTemplate,
     Page,
     Schedule,
+    SchedulePreview,
     ScheduleSummary,
     SignalDelivery,
     Workflow,
@@ -776,6 +777,8 @@ SCHEDULE_FIELDS: Sequence[str] = (
     "misfire_grace_seconds",
     "catch_up_limit",
     "overlap_policy",
+    "max_consecutive_failures",
+    "paused_reason",
 )
 
 
@@ -877,6 +880,49 @@ class WorkflowScheduler(_Client):
         return _structure(
             self._transport.request("update_schedule", path=path, body=body), Schedule
         )
+
+    def pause_schedule(self, schedule_id: str, reason: str | None = None) -> Schedule:
+        """Disable the schedule, recording who paused it, ``reason`` and when.
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        body = _drop_none({"enabled": False, "paused_reason": reason})
+        return _structure(
+            self._transport.request("update_schedule", path=path, body=body), Schedule
+        )
+
+    def resume_schedule(self, schedule_id: str, resume: str = "from_now") -> Schedule:
+        """Enable the schedule again; ``resume`` says what happens to the due times passed
+        while paused: ``from_now`` (none run), ``run_once`` (one run stands for them) or
+        ``catch_up`` (the latest run, up to its ``catch_up_limit``).
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        body = {"enabled": True, "resume": resume}
+        return _structure(
+            self._transport.request("update_schedule", path=path, body=body), Schedule
+        )
+
+    def preview_schedule(self, schedule_id: str, count: int = 10) -> SchedulePreview:
+        """The schedule's next ``count`` (1 to 100) due times, in UTC and in its zone.
+
+        :raises ScheduleNotFound: no such schedule.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        answer = self._transport.request("preview_schedule", path=path, query={"count": count})
+        return _structure(answer, SchedulePreview)
+
+    def preview(self, count: int = 10, **fields: Any) -> SchedulePreview:
+        """The next ``count`` due times of an unsaved schedule: ``fields`` as for
+        :meth:`create_schedule` (``workflow_id`` optional: its parameters are then checked).
+
+        :raises InvalidSchedule: the definition is invalid.
+        """
+        body = _drop_none({**fields, "count": count})
+        answer = self._transport.request("preview_unsaved_schedule", body=body)
+        return _structure(answer, SchedulePreview)
 
     def delete_schedule(self, schedule_id: str) -> DeleteResult:
         """Delete the schedule; it fires no more.

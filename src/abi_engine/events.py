@@ -43,6 +43,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "schedule.deleted",
     "schedule.triggered",
     "schedule.failed",
+    "schedule.missed",
 )
 
 #: The execution events also sent to an execution's ``callback_url``.

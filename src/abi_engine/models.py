@@ -35,9 +35,12 @@ __all__ = [
     "OverlapPolicy",
     "Page",
     "Pagination",
+    "ResumeMode",
     "RevokeResult",
     "Schedule",
     "ScheduleHistoryEntry",
+    "ScheduleOccurrence",
+    "SchedulePreview",
     "ScheduleSummary",
     "ScheduleType",
     "Scope",
@@ -283,6 +286,8 @@ class Execution:
     steps: list[Step] | None = None
     callback_url: str | None = None
     schedule_id: str | None = None
+    #: The due time a schedule started it for (its logical time; ``None`` if not scheduled).
+    scheduled_for: datetime | None = None
     created_by: str | None = None
     created_at: datetime | None = None
     #: The execution this one reruns (``POST .../rerun``), ``null`` for a first run.
@@ -455,6 +460,19 @@ class MisfirePolicy(enum.StrEnum):
     CATCH_UP = "catch_up"
 
 
+class ResumeMode(enum.StrEnum):
+    """What enabling a paused schedule does about the due times that passed while paused.
+
+    ``from_now``: none run, the schedule goes on from its next due time;
+    ``run_once``: one run now stands for them (if there was any);
+    ``catch_up``: the latest of them run, up to the schedule's ``catch_up_limit``.
+    """
+
+    FROM_NOW = "from_now"
+    RUN_ONCE = "run_once"
+    CATCH_UP = "catch_up"
+
+
 class OverlapPolicy(enum.StrEnum):
     """What a schedule does when its previous run is still going at the next due time.
 
@@ -505,7 +523,21 @@ class Schedule:
     started (parameters the workflow's type refuses, a required integration or
     template missing...); ``last_failure`` tells the last one (``None`` before
     any). Each is also a ``failed`` line of the history and a
-    ``schedule.failed`` event.
+    ``schedule.failed`` event. ``failed_count`` and ``last_error`` are the
+    same as ``failed_firings`` and ``last_failure`` (a due time of an inactive
+    workflow counts too); ``missed_count`` counts the due times the misfire
+    policy did not run (each firing that missed some emits
+    ``schedule.missed``). ``consecutive_failures`` counts failed firings
+    since an execution last started; at ``max_consecutive_failures`` (``None``:
+    never) the schedule pauses itself. A paused (disabled) schedule tells
+    ``paused_by`` (the user who disabled it; ``None`` when the engine did),
+    ``paused_reason`` and ``paused_at``. Every type may end: no due time
+    after ``end_time``, at most ``max_runs`` executions (``runs_count`` counts
+    those started); then ``status`` is ``completed``. ``jitter_seconds``
+    delays each run by a pseudo-random amount below it, the same for a due
+    time in every process (``next_execution`` shows the delayed instant).
+    ``exclude_dates`` (``YYYY-MM-DD`` in the schedule's zone) are days whose
+    due times do not run (history ``skipped_excluded``).
     """
 
     id: str
@@ -531,6 +563,19 @@ class Schedule:
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
     failed_firings: int = 0
     last_failure: FiringFailure | None = None
+    failed_count: int = 0
+    missed_count: int = 0
+    last_error: FiringFailure | None = None
+    consecutive_failures: int = 0
+    max_consecutive_failures: int | None = None
+    paused_by: str | None = None
+    paused_reason: str | None = None
+    paused_at: datetime | None = None
+    end_time: datetime | None = None
+    max_runs: int | None = None
+    runs_count: int = 0
+    jitter_seconds: float = 0.0
+    exclude_dates: list[str] = attrs.Factory(list)
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -555,8 +600,44 @@ class ScheduleSummary:
     status: str = "active"
     next_execution: datetime | None = None
     failed_firings: int = 0
+    failed_count: int = 0
+    missed_count: int = 0
+    paused_reason: str | None = None
     created_at: datetime
     updated_at: datetime
+
+
+@attrs.define(kw_only=True)
+class ScheduleOccurrence:
+    """One coming due time of a schedule (a preview).
+
+    ``due_at`` in UTC; ``local_time`` the same instant on the wall clock of the
+    schedule's zone (RFC 3339 with its offset); ``shifted_by_gap``: the cron
+    wall time did not exist (spring-forward gap) and runs at the end of the
+    gap; ``repeated_by_fold``: the wall time happens twice (fall-back fold)
+    and runs at its first pass only. ``run_at``: when the run starts (``due_at``
+    delayed by the schedule's jitter; equal without one).
+    """
+
+    due_at: datetime
+    local_time: str
+    run_at: datetime
+    shifted_by_gap: bool = False
+    repeated_by_fold: bool = False
+
+
+@attrs.define(kw_only=True)
+class SchedulePreview:
+    """The next due times of a schedule (saved or not), oldest first.
+
+    ``schedule_id`` is ``None`` for an unsaved body; ``timezone`` is the
+    schedule's zone; ``items`` hold at most the ``count`` asked for (fewer
+    when the schedule ends: a fixed time has one).
+    """
+
+    schedule_id: str | None = None
+    timezone: str
+    items: list[ScheduleOccurrence]
 
 
 @attrs.define(kw_only=True)
@@ -565,8 +646,11 @@ class ScheduleHistoryEntry:
 
     ``outcome``: ``fired``, ``queued`` (overlap policy queue),
     ``skipped_overlap``, ``skipped_disabled``, ``skipped_inactive``,
-    ``skipped_misfire``, ``failed`` (the execution could not be created) or
-    ``workflow_deleted``; ``detail`` says more.
+    ``skipped_misfire``, ``failed`` (the execution could not be created),
+    ``workflow_deleted``, ``skipped_excluded`` (on an excluded date),
+    ``paused`` (by the engine, after
+    ``max_consecutive_failures``), ``resumed`` (enabled again; ``detail`` says
+    how, and which due times passed while paused); ``detail`` says more.
     """
 
     due_at: datetime | None = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 import bisect
 import calendar
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Iterator
@@ -47,11 +48,16 @@ __all__ = [
     "compile_cron",
     "count_cron",
     "count_interval",
+    "jitter_delay",
+    "jittered",
+    "logical_due",
     "next_cron",
     "next_interval",
+    "occurrence_flags",
     "prev_cron",
     "prev_interval",
     "resolve_local",
+    "upcoming",
     "zone",
 ]
 
@@ -583,3 +589,73 @@ class Timing:
             assert self.anchor is not None
             return count_interval(self.anchor, self.every_seconds, after, until)
         return int(self.at is not None and after < self.at <= until)
+
+
+def occurrence_flags(expression: str, timezone: str, due: datetime) -> tuple[bool, bool]:
+    """Whether the cron due time ``due`` was shifted by a spring-forward gap (a wall time
+    of the expression did not exist, and runs at the end of the gap), and whether its wall
+    time repeats in a fall-back fold (it runs at the first pass only)."""
+    spec = compile_cron(expression)
+    tz = zone(timezone)
+    local = due.astimezone(tz)
+    wall = local.replace(tzinfo=None)
+    first = wall.replace(tzinfo=tz, fold=0).utcoffset()
+    second = wall.replace(tzinfo=tz, fold=1).utcoffset()
+    repeated = first is not None and second is not None and first > second
+    before = (due - timedelta(seconds=1)).astimezone(tz).utcoffset()
+    after = local.utcoffset()
+    shifted = False
+    if before is not None and after is not None and after > before:
+        gap_start = wall - (after - before)  # the first wall time that did not exist
+        shifted = _next_wall(spec, gap_start - _MINUTE) < wall
+    return shifted, repeated
+
+
+def upcoming(
+    timing: Timing, first: datetime | None, count: int
+) -> list[tuple[datetime, bool, bool]]:
+    """The ``count`` due times from ``first`` (included) on, each with the flags of
+    :func:`occurrence_flags` (always ``False`` for intervals and fixed times)."""
+    found: list[tuple[datetime, bool, bool]] = []
+    due = first
+    while due is not None and len(found) < count:
+        flags = (False, False)
+        if timing.kind == "cron":
+            flags = occurrence_flags(timing.cron_expression, timing.timezone, due)
+        found.append((due, *flags))
+        due = timing.next_after(due)
+    return found
+
+
+def jitter_delay(
+    schedule_id: str, due: datetime, jitter_seconds: float, following: datetime | None
+) -> timedelta:
+    """How long after ``due`` the schedule's run starts: a pseudo-random amount below
+    ``jitter_seconds``, the same for the same schedule and due time in every process
+    (a hash of both), and under half the way to the ``following`` due time (so the due
+    time a delayed run stands for is always the last one before it)."""
+    if jitter_seconds <= 0:
+        return timedelta(0)
+    key = f"{schedule_id}|{_ms(due)}".encode()
+    fraction = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+    delay = timedelta(milliseconds=int(fraction * jitter_seconds * 1000))
+    if following is not None:
+        delay = min(delay, (following - due) / 2)
+    return timedelta(milliseconds=int(delay.total_seconds() * 1000))
+
+
+def jittered(
+    timing: Timing, schedule_id: str, due: datetime | None, jitter_seconds: float
+) -> datetime | None:
+    """When the run of due time ``due`` starts: ``due`` plus its :func:`jitter_delay`."""
+    if due is None or jitter_seconds <= 0:
+        return due
+    return due + jitter_delay(schedule_id, due, jitter_seconds, timing.next_after(due))
+
+
+def logical_due(timing: Timing, start: datetime, jitter_seconds: float) -> datetime:
+    """The due time a run starting at ``start`` (a :func:`jittered` instant) stands for:
+    the last due time at or before it (``start`` itself without jitter)."""
+    if jitter_seconds <= 0:
+        return start
+    return timing.prev_before(start + timedelta(microseconds=1)) or start

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -43,20 +43,25 @@ from abi_engine.models import (
     MisfirePolicy,
     OverlapPolicy,
     Page,
+    ResumeMode,
     Schedule,
     ScheduleHistoryEntry,
+    SchedulePreview,
     ScheduleSummary,
     ScheduleType,
     Workflow,
 )
+from abi_engine.schedule_lifecycle import pause_or_resume, timing_of
+from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
     compile_cron,
+    jittered,
     next_cron,
     next_interval,
     zone,
 )
-from abi_engine.services import Service, check_flag, check_page
+from abi_engine.services import Service, check_flag, check_int, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
     InsertSchedule,
@@ -87,6 +92,11 @@ SCHEDULE_PARAMETERS = Json(max_bytes=65_536)
 TIMEZONE = Text(min_length=1, max_length=64)
 MISFIRE_GRACE = Number(minimum=0, maximum=7 * 86400)
 CATCH_UP = Number(minimum=1, maximum=MAX_CATCH_UP)
+MAX_FAILURES = Number(minimum=1, maximum=1_000_000)
+MAX_RUNS = Number(minimum=1, maximum=1_000_000_000)
+JITTER = Number(minimum=0, maximum=86400)
+EXCLUDED = Json(max_bytes=16_384)
+REASON = Text(min_length=1, max_length=500)
 
 
 @attrs.define(kw_only=True)
@@ -108,9 +118,37 @@ class ScheduleRequest:
     misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
     catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: Dates (``YYYY-MM-DD``, in the schedule's zone) whose due times do not run.
+    exclude_dates: Annotated[list[str], EXCLUDED] = attrs.Factory(list)
+    #: Each run starts up to this many seconds after its due time (stable per due time).
+    jitter_seconds: Annotated[float, JITTER] = 0.0
+    #: No due time after ``end_time``; at most ``max_runs`` executions (``None``: no bound).
+    end_time: datetime | None = None
+    max_runs: Annotated[int, MAX_RUNS] | None = None
+    #: Failed firings in a row after which the schedule pauses itself (``None``: never).
+    max_consecutive_failures: Annotated[int, MAX_FAILURES] | None = None
+    #: Why it is disabled (kept while disabled, shown as ``paused_reason``).
+    paused_reason: Annotated[str, REASON] | None = None
+    #: When it is enabled again: what about the due times passed while paused
+    #: (``from_now`` when not given). Not stored.
+    resume: ResumeMode | None = None
 
 
 UPDATABLE = tuple(a.name for a in attrs.fields(ScheduleRequest))
+
+#: Due times a preview lists at most.
+MAX_PREVIEW = 100
+
+
+@attrs.define(kw_only=True)
+class SchedulePreviewRequest(ScheduleRequest):
+    """The body of ``POST /workflow_schedules/preview``: a schedule as created (``name``
+    optional), ``workflow_id`` to check its ``parameters`` against (optional), and
+    ``count`` (1 to 100) due times to list."""
+
+    name: Annotated[str, NAME] = "preview"
+    workflow_id: Annotated[str, Text(min_length=1, max_length=200)] | None = None
+    count: Annotated[int, Number(minimum=1, maximum=MAX_PREVIEW)] = 10
 
 
 def _invalid(field: str, message: str) -> InvalidSchedule:
@@ -154,6 +192,25 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
         raise _invalid("misfire_grace_seconds", "must be between 0 and 604800")
     if not 1 <= req.catch_up_limit <= MAX_CATCH_UP:
         raise _invalid("catch_up_limit", f"must be between 1 and {MAX_CATCH_UP}")
+    _check_dates(req.exclude_dates)
+    if req.end_time is not None:
+        if creating and req.end_time <= now:
+            raise _invalid("end_time", "must be in the future")
+        if req.start_time is not None and req.end_time <= req.start_time:
+            raise _invalid("end_time", "must be after start_time")
+
+
+def _check_dates(dates: list[str]) -> None:
+    """``exclude_dates``: at most 1000 dates written ``YYYY-MM-DD``."""
+    if len(dates) > 1000:
+        raise _invalid("exclude_dates", "at most 1000 dates")
+    for i, text in enumerate(dates):
+        try:
+            ok = len(text) == 10 and date.fromisoformat(text).isoformat() == text
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _invalid(f"exclude_dates[{i}]", "a date written YYYY-MM-DD")
 
 
 def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
@@ -170,6 +227,16 @@ def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
     if record.execution_time is not None and record.execution_time > after:
         return record.execution_time
     return None
+
+
+def _next_within(record: ScheduleRecord, after: datetime) -> datetime | None:
+    """:func:`next_after`, within the schedule's ``end_time`` and ``max_runs``."""
+    if record.max_runs is not None and record.runs_count >= record.max_runs:
+        return None
+    due = next_after(record, after)
+    if due is not None and record.end_time is not None and due > record.end_time:
+        return None
+    return due
 
 
 def _view(record: ScheduleRecord) -> Schedule:
@@ -215,6 +282,19 @@ def _view(record: ScheduleRecord) -> Schedule:
         overlap_policy=OverlapPolicy(record.overlap_policy),
         failed_firings=record.failed_firings,
         last_failure=failure,
+        failed_count=record.failed_firings,
+        missed_count=record.missed_count,
+        last_error=failure,
+        consecutive_failures=record.consecutive_failures,
+        max_consecutive_failures=record.max_consecutive_failures,
+        paused_by=None if record.enabled else record.paused_by,
+        paused_reason=None if record.enabled else record.paused_reason,
+        paused_at=None if record.enabled else record.paused_at,
+        end_time=record.end_time,
+        max_runs=record.max_runs,
+        runs_count=record.runs_count,
+        jitter_seconds=record.jitter_seconds,
+        exclude_dates=list(record.exclude_dates),
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -258,21 +338,35 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["catch_up_limit"] = s.catch_up_limit
     data["overlap_policy"] = s.overlap_policy.value
     data["failed_firings"] = s.failed_firings
-    failure = s.last_failure
-    data["last_failure"] = (
-        None
-        if failure is None
-        else {
-            "at": format_time(failure.at),
-            "due_at": _time(failure.due_at),
-            "code": failure.code,
-            "message": failure.message,
-        }
-    )
+    data["last_failure"] = _failure_json(s.last_failure)
+    data["failed_count"] = s.failed_count
+    data["missed_count"] = s.missed_count
+    data["last_error"] = _failure_json(s.last_error)
+    data["consecutive_failures"] = s.consecutive_failures
+    data["max_consecutive_failures"] = s.max_consecutive_failures
+    data["paused_by"] = s.paused_by
+    data["paused_reason"] = s.paused_reason
+    data["paused_at"] = _time(s.paused_at)
+    data["end_time"] = _time(s.end_time)
+    data["max_runs"] = s.max_runs
+    data["runs_count"] = s.runs_count
+    data["jitter_seconds"] = s.jitter_seconds
+    data["exclude_dates"] = s.exclude_dates
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by
     return data
+
+
+def _failure_json(failure: FiringFailure | None) -> dict[str, Any] | None:
+    if failure is None:
+        return None
+    return {
+        "at": format_time(failure.at),
+        "due_at": _time(failure.due_at),
+        "code": failure.code,
+        "message": failure.message,
+    }
 
 
 def _status(record: ScheduleRecord) -> str:
@@ -299,6 +393,9 @@ def _summary(record: ScheduleRecord) -> ScheduleSummary:
         status=view.status,
         next_execution=view.next_execution,
         failed_firings=view.failed_firings,
+        failed_count=view.failed_count,
+        missed_count=view.missed_count,
+        paused_reason=view.paused_reason,
         created_at=view.created_at,
         updated_at=view.updated_at,
     )
@@ -370,8 +467,21 @@ class ScheduleService(Service):
             created_at=base.created_at if base else now,
             updated_at=now,
             created_by=base.created_by if base else None,
+            max_consecutive_failures=req.max_consecutive_failures,
+            end_time=req.end_time,
+            max_runs=req.max_runs,
+            runs_count=base.runs_count if base else 0,
+            jitter_seconds=req.jitter_seconds,
+            exclude_dates=sorted(set(req.exclude_dates)),
         )
-        record.next_due = next_after(record, now)
+        record.next_due = _next_within(record, now)
+        if record.jitter_seconds:
+            record.next_due = jittered(
+                timing_of(record), record.id, record.next_due, record.jitter_seconds
+            )
+        record.completed = record.next_due is None and (
+            record.end_time is not None or record.max_runs is not None
+        )
         return record
 
     async def create(
@@ -395,6 +505,9 @@ class ScheduleService(Service):
         record = self._record(req, base=None, workflow_id=workflow_id, now=now)
         record.created_by = actor.user_id if actor else None
         record.workflow_name = workflow.name
+        if not record.enabled:  # created paused
+            record.paused_by, record.paused_at = record.created_by, now
+            record.paused_reason = req.paused_reason
         view = _view(record)
         # The workflow's existence is checked again inside the insert's transaction.
         created = await self._committer.submit(
@@ -447,13 +560,20 @@ class ScheduleService(Service):
         )
         return Page.build([_summary(r) for r in records], page, page_size, total)
 
-    async def update(self, schedule_id: str, data: Mapping[str, Any]) -> Schedule:
+    async def update(
+        self, schedule_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
+    ) -> Schedule:
         """Apply a PUT body: given fields replace current ones; timing changes recompute ``next_execution``.
 
         The write is a compare-and-set on the version read: when a firing (or
         another edit) commits in between, the body is applied again to the
         schedule as it then is, so the firing's due time and last execution
         stay. ``InvalidState`` only if it keeps losing ``WRITE_ATTEMPTS`` times.
+
+        Disabling records ``paused_by`` (``actor``), ``paused_reason`` (from the
+        body) and ``paused_at``; enabling applies ``resume`` (``from_now``,
+        ``run_once``, ``catch_up``) to the due times passed while paused. Each is
+        a line of the history (``resumed``, saying what passed while paused).
         """
         if not isinstance(data, Mapping):
             raise InvalidRequest("The request body must be a JSON object", {"field": "(body)"})
@@ -466,6 +586,7 @@ class ScheduleService(Service):
                 )
             now = utcnow()
             record = self._updated(current, data, now)
+            history = pause_or_resume(current, record, data, now, actor)
             if attempt == 0 and record.parameters != current.parameters:
                 # (parameters echoed unchanged, as a client sending back what it read, are
                 # not checked again: like a repeated cron expression, only a change counts)
@@ -476,6 +597,8 @@ class ScheduleService(Service):
                     record=record,
                     expected_version=current.version,
                     events=self._events("schedule.updated", view, now),
+                    reset_failures=record.enabled and not current.enabled,
+                    history=history,
                 )
             )
             if applied:
@@ -507,6 +630,9 @@ class ScheduleService(Service):
                 "execution_time",
                 "start_time",
                 "timezone",
+                "end_time",
+                "max_runs",
+                "jitter_seconds",
             }
         )
         if (
@@ -515,6 +641,7 @@ class ScheduleService(Service):
             and not (req.enabled and not current.enabled)
         ):
             record.next_due = current.next_due
+            record.completed = False
         if not timing_changed and current.completed:
             record.completed, record.next_due = True, None
         record.workflow_name = current.workflow_name
@@ -526,6 +653,8 @@ class ScheduleService(Service):
         )
         record.pending_runs = current.pending_runs
         record.version = current.version + 1
+        record.paused_by, record.paused_reason = current.paused_by, current.paused_reason
+        record.paused_at, record.resume_policy = current.paused_at, current.resume_policy
         return record
 
     async def delete(self, schedule_id: str) -> DeleteResult:
@@ -547,6 +676,27 @@ class ScheduleService(Service):
                 return DeleteResult(id=schedule_id, deleted=True)
             await _backoff(attempt)
         raise _kept_changing(schedule_id, "deleted")
+
+    async def preview(self, schedule_id: str, *, count: Any = 10) -> SchedulePreview:
+        """The schedule's next ``count`` (1 to 100) due times, from its next due time (from
+        now when it is parked: what enabling it would give)."""
+        wanted = check_int(count, "count", 1, MAX_PREVIEW)
+        record = await self._load(schedule_id)
+        first = None if record.completed else record.next_due or next_after(record, utcnow())
+        return preview_of(record, first, wanted)
+
+    async def preview_unsaved(self, data: Mapping[str, Any]) -> SchedulePreview:
+        """The next due times of a schedule not saved: ``data`` is checked as
+        :meth:`create` checks it (and its ``parameters`` against ``workflow_id``, if given)."""
+        req = structure(data, SchedulePreviewRequest, error=InvalidSchedule)
+        now = utcnow()
+        _check(req, now, creating=True)
+        if req.workflow_id is not None:
+            await self.check_parameters(req.workflow_id, req.parameters)
+        record = self._record(req, base=None, workflow_id=req.workflow_id or "", now=now)
+        listed = preview_of(record, record.next_due, req.count)
+        listed.schedule_id = None
+        return listed
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10
@@ -598,4 +748,10 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         misfire_grace_seconds=record.misfire_grace_seconds,
         catch_up_limit=record.catch_up_limit,
         overlap_policy=OverlapPolicy(record.overlap_policy),
+        max_consecutive_failures=record.max_consecutive_failures,
+        paused_reason=None if record.enabled else record.paused_reason,
+        end_time=record.end_time,
+        max_runs=record.max_runs,
+        jitter_seconds=record.jitter_seconds,
+        exclude_dates=list(record.exclude_dates),
     )

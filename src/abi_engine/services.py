@@ -8,7 +8,7 @@ from abi_engine.errors import InvalidRequest
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.base import Store
 
-__all__ = ["MAX_PAGE_SIZE", "Service", "check_flag", "check_page"]
+__all__ = ["MAX_PAGE_SIZE", "Service", "check_flag", "check_int", "check_page"]
 
 T = TypeVar("T")
 
@@ -27,6 +27,15 @@ def _as_int(value: Any, field: str) -> int:
         except ValueError:
             pass
     raise InvalidRequest(f"'{field}' must be an integer", {"field": field})
+
+
+def check_int(value: Any, field: str, low: int, high: int) -> int:
+    """An integer from ``low`` to ``high`` (digit strings accepted); ``InvalidRequest``
+    naming ``field`` otherwise."""
+    number = _as_int(value, field)
+    if not low <= number <= high:
+        raise InvalidRequest(f"'{field}' must be between {low} and {high}", {"field": field})
+    return number
 
 
 def check_page(page: Any, page_size: Any) -> tuple[int, int]:

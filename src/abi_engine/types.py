@@ -27,6 +27,7 @@ import logging
 import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar, overload
 
 import anyio
@@ -134,6 +135,9 @@ class StepContext:
     #: Deprecated (``{"engine": <the Engine>}``): use :attr:`host`; removed in the next release.
     services: Mapping[str, Any] = attrs.Factory(dict)
     progress: Any = None
+    #: The due time the schedule started this execution for (UTC; ``None`` when it was
+    #: not started by a schedule): a nightly report covers "yesterday" even when it runs late.
+    scheduled_for: datetime | None = None
     progress_saver: Callable[[Any], Awaitable[Any]] | None = attrs.field(default=None, repr=False)
     _sleeps: int = attrs.field(default=0, init=False)
     _children: int = attrs.field(default=0, init=False)

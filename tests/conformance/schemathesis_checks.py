@@ -33,6 +33,7 @@ __all__ = ["SEMANTIC", "semantic_refusals_only"]
 
 _SCHEDULE_TIMING = frozenset(
     {"cron_expression", "interval_value", "interval_unit", "execution_time", "timezone"}
+    | {"end_time"}  # in the future, after start_time (#17)
 )
 _URL_FIELDS = frozenset({"url", "callback_url"})
 _EXECUTE = {"INVALID_PARAMETERS": None, "PARAMETER_VALIDATION_ERROR": None}
@@ -56,6 +57,12 @@ SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     },
     ("POST", "/api/v1/workflows/{workflow_id}/schedules"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
     ("PUT", "/api/v1/workflow_schedules/{schedule_id}"): {"INVALID_SCHEDULE": _SCHEDULE_TIMING},
+    # an unsaved schedule, checked as a create is (its workflow_id, if any, must exist)
+    ("POST", "/api/v1/workflow_schedules/preview"): {  # (count: the document says 1 to 100)
+        "INVALID_SCHEDULE": _SCHEDULE_TIMING,
+        "WORKFLOW_NOT_FOUND": None,
+        **_EXECUTE,
+    },
     ("PUT", "/api/v1/notification_templates/{template_id}"): {
         # the installed workflow types' rules for a template's text (check_template:
         # the notification type's placeholders)

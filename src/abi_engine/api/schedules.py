@@ -15,8 +15,15 @@ from abi_engine.api.operations import (
 )
 from abi_engine.auth import Principal
 from abi_engine.converter import unstructure
-from abi_engine.models import DeleteResult, Schedule, ScheduleHistoryEntry, ScheduleSummary, Scope
-from abi_engine.schedules import ScheduleRequest, schedule_json
+from abi_engine.models import (
+    DeleteResult,
+    Schedule,
+    ScheduleHistoryEntry,
+    SchedulePreview,
+    ScheduleSummary,
+    Scope,
+)
+from abi_engine.schedules import SchedulePreviewRequest, ScheduleRequest, schedule_json
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
@@ -108,7 +115,9 @@ async def list_schedules(engine: Engine, actor: Principal, request: ApiRequest) 
     ),
 )
 async def update_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
-    schedule = await engine.schedules.update(request.path["schedule_id"], body_object(request))
+    schedule = await engine.schedules.update(
+        request.path["schedule_id"], body_object(request), actor=actor
+    )
     return schedule_json(schedule)
 
 
@@ -144,3 +153,47 @@ async def schedule_history(engine: Engine, actor: Principal, request: ApiRequest
         ),
         engine,
     )
+
+
+@operation(
+    method="GET",
+    path="/workflow_schedules/{schedule_id}/preview",
+    scope=Scope.SCHEDULES_READ,
+    summary="The next due times of a schedule, in UTC and in its zone, with DST flags",
+    response_model=SchedulePreview,
+    query=(
+        QueryParam(
+            name="count",
+            schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+            description="How many due times to list (1 to 100).",
+        ),
+    ),
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND", "INVALID_REQUEST"),
+)
+async def preview_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(
+        await engine.schedules.preview(
+            request.path["schedule_id"], count=request.query.get("count", 10)
+        )
+    )
+
+
+@operation(
+    method="POST",
+    path="/workflow_schedules/preview",
+    scope=Scope.SCHEDULES_READ,
+    summary="The next due times of an unsaved schedule body (checked as a create is)",
+    request_model=SchedulePreviewRequest,
+    response_model=SchedulePreview,
+    tag="schedules",
+    errors=(
+        "INVALID_SCHEDULE",
+        "INVALID_REQUEST",
+        "WORKFLOW_NOT_FOUND",
+        "INVALID_PARAMETERS",
+        "PARAMETER_VALIDATION_ERROR",
+    ),
+)
+async def preview_unsaved_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(await engine.schedules.preview_unsaved(body_object(request)))

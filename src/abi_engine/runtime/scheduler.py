@@ -19,18 +19,19 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
+import attrs
 from anyio.abc import TaskStatus
 
 from abi_engine.converter import unstructure
-from abi_engine.errors import AbiError, IntegrationMissing, WorkflowNotFound
+from abi_engine.errors import AbiError, IntegrationMissing, InvalidState, WorkflowNotFound
 from abi_engine.events import Event, EventPolicy, OutboxEvent
 from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.metrics import FIRING_OUTCOMES
 from abi_engine.runtime.runner import Runtime
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing
-from abi_engine.schedule_rules import Note, decide_due, plan_missed
+from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due, zone
+from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.records import ExecutionRecord, FireSchedule, HistoryRecord, ScheduleRecord
 from abi_engine.types import WorkflowType
@@ -159,8 +160,7 @@ class Scheduler:
             for (op, prepared), applied in zip(plans, results, strict=True):
                 if applied is True:
                     self._count(op)
-                if applied is True and op.failures and op.last_failure:
-                    _log_failure(op, op.last_failure)
+                    _log_firing(op)
                 if applied is True:
                     for item in prepared:
                         self.fired += 1
@@ -187,14 +187,15 @@ class Scheduler:
     ) -> tuple[FireSchedule, list[Prepared]]:
         """The firing of a due schedule: what :func:`~abi_engine.schedule_rules.decide_due`
         says, with the executions it starts, as one compare-and-set write."""
-        first = record.next_due
-        assert first is not None
+        stored = record.next_due  # (the run's start: the due time plus its jitter)
+        assert stored is not None
+        first = logical_due(timing(record), stored, record.jitter_seconds)
 
         def fire(**changes: Any) -> FireSchedule:
             return FireSchedule(
                 schedule_id=record.id,
                 expected_version=record.version,
-                expected_next_due=first,
+                expected_next_due=stored,
                 expected_pending=record.pending_runs,
                 **changes,
             )
@@ -207,44 +208,74 @@ class Scheduler:
             return fire(next_due=None, pending_runs=0, enabled=False, history=gone), []
         # A running loop reaches a due time a few ms late; that is never a misfire.
         grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
+        if record.resume_policy:  # due times passed while paused are never "on time"
+            grace = timedelta(seconds=MIN_GRACE_SECONDS)
+        grace += timedelta(seconds=record.jitter_seconds)  # a delayed run is not late
         # Bounded work, however long the downtime: the due times are counted, not listed.
         missed = plan_missed(
             timing(record),
             first,
             now,
             grace=grace,
-            policy=record.misfire_policy,
+            # A resume (run_once, catch_up) decides once about the due times passed while paused.
+            policy=record.resume_policy or record.misfire_policy,
             catch_up_limit=record.catch_up_limit,
         )
+        missed, excluded = _not_excluded(record, missed, now)
         decision = decide_due(
             missed,
             first=first,
             enabled=record.enabled,
             workflow_active=record.workflow_status == WorkflowStatus.ACTIVE.value,
-            misfire_policy=record.misfire_policy,
+            misfire_policy=record.resume_policy or record.misfire_policy,
             overlap_policy=record.overlap_policy,
             last_status=record.last_status,
             last_execution_id=record.last_execution_id,
             pending_runs=record.pending_runs,
         )
         history = [_history(record, note, now) for note in decision.notes]
-        fire_times = list(decision.fire)
+        history[:0] = excluded
+        fire_times, next_due = _bounded(record, list(decision.fire), decision.next_due)
         executions, prepared, failed = await self._prepare(
             record, fire_times, now, history, compiled
         )
+        if record.max_runs is not None and record.runs_count + len(executions) >= record.max_runs:
+            next_due = None  # max_runs reached: done
+        next_due = jittered(timing(record), record.id, next_due, record.jitter_seconds)
+        failed_times: Sequence[datetime] = fire_times
+        if any(note.outcome == "skipped_inactive" for note in decision.notes):
+            # Never silent: a due time of an inactive workflow is a firing that failed.
+            failed = InvalidState(
+                f"Workflow {record.workflow_id!r} is inactive; the due time did not run",
+                {"workflow_id": record.workflow_id},
+            )
+            failed_times = [missed.last] * min(missed.count, 1)
         fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
-        completed = decision.next_due is None and record.schedule_type == ScheduleType.FIXED_TIME
+        completed = next_due is None and (
+            record.schedule_type == ScheduleType.FIXED_TIME
+            or record.end_time is not None
+            or record.max_runs is not None
+        )
+        changes = _failure_changes(record, failed, failed_times, now)
+        if failed is not None and failed_times and missed.count > len(failed_times):
+            changes["failures"] = missed.count  # every due time of the inactive workflow
+        changes.update(_consecutive(record, executions, changes, now, history))
+        next_due = None if changes.get("enabled") is False else next_due
         op = fire(
-            next_due=decision.next_due,
+            next_due=next_due,
             pending_runs=decision.pending_runs,
             completed=completed,
             executions=tuple(executions),
             history=tuple(history),
+            missed=missed.skipped if record.enabled and not record.resume_policy else 0,
+            resumed=record.resume_policy is not None,
+            runs=len(executions),
             events=(
                 *self._triggered(record, executions, fired_at, now),
-                *self._failed(record, failed, fire_times, now),
+                *self._failed(record, failed, failed_times, now),
+                *self._missed(record, missed, first, now),
             ),
-            **_failure_changes(record, failed, fire_times, now),
+            **changes,
         )
         return op, prepared
 
@@ -252,22 +283,28 @@ class Scheduler:
         self, record: ScheduleRecord, now: datetime, compiled: dict[str, Any]
     ) -> tuple[FireSchedule, list[Prepared]]:
         history: list[HistoryRecord] = []
-        executions, prepared, failed = await self._prepare(record, [now], now, history, compiled)
+        due = [now]
+        if record.max_runs is not None and record.runs_count >= record.max_runs:
+            due = []  # (max_runs reached while it waited)
+        executions, prepared, failed = await self._prepare(record, due, now, history, compiled)
+        changes = _failure_changes(record, failed, due, now)
+        changes.update(_consecutive(record, executions, changes, now, history))
         return FireSchedule(
             schedule_id=record.id,
             expected_version=record.version,
             expected_next_due=record.next_due,
             expected_pending=record.pending_runs,
-            next_due=record.next_due,
+            next_due=None if changes.get("enabled") is False else record.next_due,
             pending_runs=record.pending_runs - 1,
             completed=record.completed,
             executions=tuple(executions),
             history=tuple(history),
+            runs=len(executions),
             events=(
                 *self._triggered(record, executions, [now] * len(executions), now),
                 *self._failed(record, failed, [now], now),
             ),
-            **_failure_changes(record, failed, [now], now),
+            **changes,
         ), prepared
 
     async def _prepare(
@@ -318,6 +355,7 @@ class Scheduler:
                 trace_context=None
                 if runtime.tracing is None
                 else runtime.tracing.context_for(None),
+                scheduled_for=due,
             )
             runtime.grant(execution)
             executions.append(execution)
@@ -418,23 +456,126 @@ class Scheduler:
             events.append(self._event_policy.deferred("schedule.failed", build))
         return tuple(events)
 
+    def _missed(
+        self, record: ScheduleRecord, missed: Missed, first: datetime, at: datetime
+    ) -> tuple[OutboxEvent, ...]:
+        """The ``schedule.missed`` event of due times the misfire policy did not run (one
+        event per firing, however many: they are counted, not listed)."""
+        if not missed.skipped or not record.enabled or record.resume_policy:
+            return ()  # (due times passed while paused are told by the history)
 
-def _log_failure(op: FireSchedule, failure: dict[str, Any]) -> None:
-    """One line for a firing whose due times could not start an execution."""
-    log.warning(
-        "schedule %s: %d due time(s) could not start an execution of %s: %s: %s",
-        op.schedule_id,
-        op.failures,
-        failure.get("workflow_id"),
-        failure["code"],
-        failure["message"],
-        extra={
-            "schedule_id": op.schedule_id,
-            "workflow_id": failure.get("workflow_id"),
-            "due_at": failure.get("due_at"),
-            "error": {"code": failure["code"], "message": failure["message"]},
-        },
-    )
+        def build() -> Event:
+            return Event(
+                type="schedule.missed",
+                data={
+                    "schedule_id": record.id,
+                    "workflow_id": record.workflow_id,
+                    "first_due_at": unstructure(first),
+                    "count": missed.skipped,
+                    "misfire_policy": record.misfire_policy,
+                },
+                timestamp=at,
+            )
+
+        return (self._event_policy.deferred("schedule.missed", build),)
+
+
+def _bounded(
+    record: ScheduleRecord, fire: list[datetime], next_due: datetime | None
+) -> tuple[list[datetime], datetime | None]:
+    """The due times to fire and the next due time within ``end_time`` and ``max_runs``
+    (``None``: the schedule is done)."""
+    if record.end_time is not None:
+        fire = [due for due in fire if due <= record.end_time]
+        if next_due is not None and next_due > record.end_time:
+            next_due = None
+    if record.max_runs is not None:
+        fire = fire[: max(0, record.max_runs - record.runs_count)]
+    return fire, next_due
+
+
+def _not_excluded(
+    record: ScheduleRecord, missed: Missed, now: datetime
+) -> tuple[Missed, list[HistoryRecord]]:
+    """``missed`` without the due times on an excluded date (in the schedule's zone),
+    and their ``skipped_excluded`` history lines."""
+    if not record.exclude_dates or not missed.fire or not record.enabled:
+        return missed, []
+    tz, excluded = zone(record.timezone), set(record.exclude_dates)
+    kept, notes = [], []
+    for due in missed.fire:
+        day = due.astimezone(tz).date().isoformat()
+        if day in excluded:
+            note = Note(due, "skipped_excluded", f"{day} is an excluded date")
+            notes.append(_history(record, note, now))
+        else:
+            kept.append(due)
+    return attrs.evolve(missed, fire=tuple(kept)), notes
+
+
+def _log_firing(op: FireSchedule) -> None:
+    """One warning line per firing that could not start its execution(s), or missed some."""
+    failure = op.last_failure
+    if op.failures and failure:
+        log.warning(
+            "schedule %s: due time %s could not start an execution of %s%s: %s: %s",
+            op.schedule_id,
+            failure.get("due_at"),
+            failure.get("workflow_id"),
+            "" if op.failures == 1 else f" ({op.failures} due times)",
+            failure["code"],
+            failure["message"],
+            extra={
+                "schedule_id": op.schedule_id,
+                "workflow_id": failure.get("workflow_id"),
+                "due_at": failure.get("due_at"),
+                "error": {"code": failure["code"], "message": failure["message"]},
+            },
+        )
+    if op.missed:
+        log.warning(
+            "schedule %s: %d due time(s) from %s missed (misfire policy)",
+            op.schedule_id,
+            op.missed,
+            format_time(op.expected_next_due) if op.expected_next_due else None,
+            extra={"schedule_id": op.schedule_id, "missed": op.missed},
+        )
+    if op.paused_reason:
+        log.warning(
+            "schedule %s paused: %s",
+            op.schedule_id,
+            op.paused_reason,
+            extra={"schedule_id": op.schedule_id},
+        )
+
+
+def _consecutive(
+    record: ScheduleRecord,
+    executions: Sequence[ExecutionRecord],
+    failed: dict[str, Any],
+    at: datetime,
+    history: list[HistoryRecord],
+) -> dict[str, Any]:
+    """The ``consecutive_failures`` a firing leaves (``failed``: its failure changes), and
+    the auto-pause once they reach ``max_consecutive_failures``: ``enabled`` ``False``,
+    ``paused_reason``, ``paused_at``, and a ``paused`` line of the history."""
+    if executions:
+        return {"consecutive_failures": 0}
+    count = record.consecutive_failures + failed.get("failures", 0)
+    changes: dict[str, Any] = {"consecutive_failures": count}
+    limit = record.max_consecutive_failures
+    if failed and limit is not None and count >= limit and record.enabled:
+        reason = (
+            f"{count} consecutive failed firings (max_consecutive_failures {limit}),"
+            f" last: {failed['last_failure']['code']}"
+        )
+        changes.update(enabled=False, paused_at=at, paused_reason=reason)
+        history.append(
+            HistoryRecord(
+                schedule_id=record.id, due_at=None, recorded_at=at, outcome="paused", detail=reason
+            )
+        )
+    return changes
 
 
 def _history(record: ScheduleRecord, note: Note, now: datetime) -> HistoryRecord:

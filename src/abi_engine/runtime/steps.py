@@ -366,6 +366,7 @@ class RunsExecutions(WritesRuns):
                 host=self.host,
                 services=self.host.legacy_services if self.host else {},  # deprecated
                 progress=progress,
+                scheduled_for=record.scheduled_for,
                 progress_saver=save_progress,
             )
             try:

@@ -21,7 +21,10 @@ _COLUMNS = (
     " s.misfire_grace_seconds, s.catch_up_limit, s.overlap_policy, s.pending_runs,"
     " s.completed, s.created_at, s.updated_at, s.created_by,"
     " w.name, w.status, w.deleted_at, e.status, e.started_at, e.completed_at, s.version,"
-    " s.failed_firings, s.last_failure"
+    " s.failed_firings, s.last_failure, s.missed_count, s.consecutive_failures,"
+    " s.max_consecutive_failures, s.paused_by, s.paused_reason, s.paused_at,"
+    " s.resume_policy, s.end_time, s.max_runs, s.runs_count,"
+    " s.jitter_seconds, s.exclude_dates"
 )
 
 
@@ -69,4 +72,16 @@ def _row(row: Sequence[Any]) -> ScheduleRecord:
         version=row[30],
         failed_firings=row[31] or 0,
         last_failure=loads(row[32]) if row[32] else None,
+        missed_count=row[33] or 0,
+        consecutive_failures=row[34] or 0,
+        max_consecutive_failures=row[35],
+        paused_by=row[36],
+        paused_reason=row[37],
+        paused_at=from_ms(row[38]),
+        resume_policy=row[39],
+        end_time=from_ms(row[40]),
+        max_runs=row[41],
+        runs_count=row[42] or 0,
+        jitter_seconds=row[43] or 0.0,
+        exclude_dates=loads(row[44]) if row[44] else [],
     )

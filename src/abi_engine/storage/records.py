@@ -134,6 +134,8 @@ class ExecutionRecord:
     queued_since: datetime | None = None
     #: The execution whose step started this one (``ctx.run_workflow``), told when it ends.
     parent_execution_id: str | None = None
+    #: The due time of the schedule that started it (``None``: not started by a schedule).
+    scheduled_for: datetime | None = None
 
 
 @attrs.define(kw_only=True)
@@ -463,6 +465,25 @@ class ScheduleRecord:
     #: (``{"at", "due_at", "code", "message"}``).
     failed_firings: int = 0
     last_failure: dict[str, Any] | None = None
+    #: Due times the misfire policy did not run; failed firings in a row; the auto-pause limit.
+    missed_count: int = 0
+    consecutive_failures: int = 0
+    max_consecutive_failures: int | None = None
+    #: Who paused it (a user id; ``None``: the engine, or never), why and when.
+    paused_by: str | None = None
+    paused_reason: str | None = None
+    paused_at: datetime | None = None
+    #: Set by a resume (``run_once``, ``catch_up``): the misfire policy of the next firing.
+    resume_policy: str | None = None
+    #: No due time after ``end_time``; at most ``max_runs`` runs; runs started so far.
+    end_time: datetime | None = None
+    max_runs: int | None = None
+    runs_count: int = 0
+    #: Runs start up to this many seconds after their due time (``next_due`` is the
+    #: delayed instant; the due time it stands for is the last one at or before it).
+    jitter_seconds: float = 0.0
+    #: Dates (``YYYY-MM-DD``, in the schedule's zone) whose due times do not run.
+    exclude_dates: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen(kw_only=True)
@@ -505,6 +526,10 @@ class UpdateSchedule(WriteOp):
 
     record: ScheduleRecord
     expected_version: int
+    #: Start counting failed firings in a row again (the schedule is enabled anew).
+    reset_failures: bool = False
+    #: History lines written with it (paused, resumed).
+    history: tuple[HistoryRecord, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -546,3 +571,14 @@ class FireSchedule(WriteOp):
     #: ``failed_firings``), and the last of them (replaces ``last_failure``).
     failures: int = 0
     last_failure: dict[str, Any] | None = None
+    #: Due times the misfire policy did not run (added to ``missed_count``).
+    missed: int = 0
+    #: Failed firings in a row after this one (``0`` once an execution starts).
+    consecutive_failures: int = 0
+    #: Set when this firing pauses the schedule (``max_consecutive_failures`` reached).
+    paused_reason: str | None = None
+    paused_at: datetime | None = None
+    #: This firing applied the resume policy (cleared for the next ones).
+    resumed: bool = False
+    #: Executions it starts (added to ``runs_count``).
+    runs: int = 0

@@ -51,6 +51,15 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         r.overlap_policy,
         bool(r.completed),
         to_ms(r.updated_at),
+        r.max_consecutive_failures,
+        r.paused_by,
+        r.paused_reason,
+        to_ms(r.paused_at),
+        r.resume_policy,
+        to_ms(r.end_time),
+        r.max_runs,
+        float(r.jitter_seconds),
+        dumps(r.exclude_dates) if r.exclude_dates else None,
     )
 
 
@@ -144,8 +153,10 @@ _INSERT = (
     "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
     " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
-    " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " overlap_policy, completed, updated_at, max_consecutive_failures, paused_by,"
+    " paused_reason, paused_at, resume_policy, end_time, max_runs, jitter_seconds,"
+    " exclude_dates, id, workflow_id, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?,"
+    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -198,11 +209,18 @@ def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
         " cron_expression = ?, interval_value = ?, interval_unit = ?, execution_time = ?,"
         " anchor_at = ?, timezone = ?, parameters = ?, enabled = ?, next_due = ?,"
         " misfire_policy = ?, misfire_grace_seconds = ?, catch_up_limit = ?,"
-        " overlap_policy = ?, completed = ?, updated_at = ?, version = version + 1"
+        " overlap_policy = ?, completed = ?, updated_at = ?, max_consecutive_failures = ?,"
+        " paused_by = ?, paused_reason = ?, paused_at = ?, resume_policy = ?,"
+        " end_time = ?, max_runs = ?, jitter_seconds = ?, exclude_dates = ?,"
+        " version = version + 1,"
+        " consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures END"
         " WHERE id = ? AND version = ?",
-        (*_definition(r), r.id, op.expected_version),
+        (*_definition(r), op.reset_failures, r.id, op.expected_version),
     )
-    return bool(cursor.rowcount > 0)
+    if cursor.rowcount == 0:
+        return False
+    _write_history(conn, op.history)
+    return True
 
 
 def _delete(s: SchedulesMixin, conn: Conn, op: DeleteSchedule) -> bool:
@@ -221,7 +239,12 @@ def _fire_sql(d: Dialect) -> str:
         f" enabled = coalesce({d.param('boolean')}, enabled),"
         f" last_execution_id = coalesce({d.param('text')}, last_execution_id),"
         " version = version + 1, failed_firings = failed_firings + ?,"
-        f" last_failure = coalesce({d.param('text')}, last_failure)"
+        f" last_failure = coalesce({d.param('text')}, last_failure),"
+        " missed_count = missed_count + ?, consecutive_failures = ?,"
+        f" paused_reason = coalesce({d.param('text')}, paused_reason),"
+        f" paused_at = coalesce({d.param('bigint')}, paused_at),"
+        " resume_policy = CASE WHEN ? THEN NULL ELSE resume_policy END,"
+        " runs_count = runs_count + ?"
         f" WHERE id = ? AND version = ? AND next_due {d.null_safe_eq} {d.param('bigint')}"
         " AND pending_runs = ?"
     )
@@ -265,6 +288,12 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
                 last,
                 op.failures,
                 None if op.last_failure is None else dumps(op.last_failure),
+                op.missed,
+                op.consecutive_failures,
+                op.paused_reason,
+                to_ms(op.paused_at),
+                op.resumed,
+                op.runs,
                 op.schedule_id,
                 op.expected_version,
                 to_ms(op.expected_next_due),
@@ -295,6 +324,28 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
         conn.executemany(_INSERT_HISTORY, history)
         conn.executemany(_TRIM_HISTORY, trimmed)
     return results
+
+
+def _write_history(conn: Conn, lines: Sequence[HistoryRecord]) -> None:
+    """Insert history lines of one schedule (and keep its last ``HISTORY_KEPT``)."""
+    if not lines:
+        return
+    conn.executemany(
+        _INSERT_HISTORY,
+        [
+            (
+                h.schedule_id,
+                to_ms(h.due_at),
+                to_ms(h.recorded_at),
+                h.outcome,
+                h.execution_id,
+                h.detail,
+            )
+            for h in lines
+        ],
+    )
+    schedule_id = lines[0].schedule_id
+    conn.execute(_TRIM_HISTORY, (schedule_id, schedule_id, HISTORY_KEPT))
 
 
 def _already_fired(conn: Conn, op: FireSchedule) -> bool:

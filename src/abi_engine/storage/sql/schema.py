@@ -114,6 +114,34 @@ MIGRATIONS.append(
 
 MIGRATIONS.append(
     Migration(
+        "m014_schedules",
+        [
+            # Never silent (#17): due times missed, failures in a row, the auto-pause limit.
+            "ALTER TABLE schedules ADD COLUMN missed_count {bigint} NOT NULL DEFAULT 0",
+            "ALTER TABLE schedules ADD COLUMN consecutive_failures {int} NOT NULL DEFAULT 0",
+            "ALTER TABLE schedules ADD COLUMN max_consecutive_failures {int}",
+            # Paused with a reason (#17): who, why, since when.
+            "ALTER TABLE schedules ADD COLUMN paused_by TEXT",
+            "ALTER TABLE schedules ADD COLUMN paused_reason TEXT",
+            "ALTER TABLE schedules ADD COLUMN paused_at {bigint}",
+            # How the next firing treats the due times passed while paused (one firing).
+            "ALTER TABLE schedules ADD COLUMN resume_policy TEXT",
+            # Bounds for every type: no due time after end_time, at most max_runs runs.
+            "ALTER TABLE schedules ADD COLUMN end_time {bigint}",
+            "ALTER TABLE schedules ADD COLUMN max_runs {bigint}",
+            "ALTER TABLE schedules ADD COLUMN runs_count {bigint} NOT NULL DEFAULT 0",
+            # Each due time's run delayed by a pseudo-random amount below it (0: none).
+            "ALTER TABLE schedules ADD COLUMN jitter_seconds {double} NOT NULL DEFAULT 0",
+            # Dates (in the schedule's zone) whose due times do not run: a JSON list.
+            "ALTER TABLE schedules ADD COLUMN exclude_dates TEXT",
+            # The logical due time of a scheduled execution (#17).
+            "ALTER TABLE executions ADD COLUMN scheduled_for {bigint}",
+        ],
+    )
+)
+
+MIGRATIONS.append(
+    Migration(
         "m015_triggers_signals",
         [
             # The correlation a waiting execution waits on ("<signal name>#<key>").

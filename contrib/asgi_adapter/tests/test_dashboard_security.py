@@ -504,3 +504,26 @@ async def test_execution_page_lists_child_executions(
             assert f'href="/ui/executions/{parent.execution_id}"' in child_page
     finally:
         engine.close()
+
+
+async def test_a_schedule_page_lists_its_next_runs(
+    engine: Engine, token: str, client: httpx.AsyncClient
+) -> None:
+    """The schedule's next five runs, in its zone and the viewer's; a disabled schedule
+    says how to see them."""
+    ids = await _seed(engine, token)
+    await engine.schedules.update(ids["schedule_id"], {"timezone": "Asia/Kolkata"})
+    preview = await engine.schedules.preview(ids["schedule_id"], count=5)
+    await _sign_in(client, token)
+    page = await client.get(f"/ui/schedules/{ids['schedule_id']}")
+    assert page.status_code == 200
+    table = page.text[page.text.index('id="next-runs"') :]
+    table = table[: table.index("</table>")]
+    assert table.count("<tr>") == 1 + 5
+    assert " IST" in table  # in the schedule's zone
+    first = preview.items[0].run_at.strftime("%Y-%m-%d %H:%M")
+    assert first in page.text
+    await engine.schedules.update(ids["schedule_id"], {"enabled": False})
+    disabled = await client.get(f"/ui/schedules/{ids['schedule_id']}")
+    assert 'id="next-runs"' not in disabled.text
+    assert "enable it to see its next runs" in disabled.text

@@ -367,7 +367,12 @@ class Pages:
                 query={"page": _page(ctx), "page_size": str(PAGE_SIZE)},
             ),
         )
-        return self.render(ctx, "schedule.html", schedule=schedule, history=history)
+        upcoming = await self.dash.op(
+            ctx, "preview_schedule", path={"schedule_id": schedule_id}, query={"count": "5"}
+        )
+        return self.render(
+            ctx, "schedule.html", schedule=schedule, history=history, upcoming=upcoming["items"]
+        )
 
     async def toggle_schedule(self, ctx: Context) -> Response:
         schedule_id = ctx.request.path_params["schedule_id"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from abi.workflows import _Client, _drop_none, _structure
+from abi._client import _Client, _drop_none, _structure
 from abi_engine.ids import format_time
 from abi_engine.models import Page
 from abi_engine.models_audit import AuditEntry

@@ -35,7 +35,7 @@ from abi_engine.storage.records import (
     StepRecord,
     SuspendExecution,
 )
-from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
@@ -77,9 +77,28 @@ _STEP_COLUMNS = (
 )
 
 
+_STEP_TYPES = ("text", "int", "text", "text", "bigint", "bigint", "bigint", "int", "text", "text")
+
+
 @cache
 def _upsert_step(d: Dialect) -> str:
     return d.upsert("execution_steps", _STEP_COLUMNS, key=("execution_id", "idx"))
+
+
+def _store_steps(d: Dialect, conn: Conn, steps: Sequence[StepRecord]) -> None:
+    """Upsert ``steps``; of two of the same step, the later one is stored (as one
+    statement per step would leave it)."""
+    rows = {(s.execution_id, s.index): _step_params(s) for s in steps}
+    sets = ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[2:])
+    write_rows(
+        d,
+        conn,
+        list(rows.values()),
+        each=_upsert_step(d),
+        together=f"INSERT INTO execution_steps ({', '.join(_STEP_COLUMNS)}) SELECT * FROM {{rows}}"
+        f" ON CONFLICT (execution_id, idx) DO UPDATE SET {sets}",
+        types=_STEP_TYPES,
+    )
 
 
 def _lease(d: Dialect) -> str:
@@ -395,9 +414,9 @@ def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
             if results[index] is True and op.execution_id in pausing:
                 pause_now(conn, op.execution_id)
                 results[index] = False
-    conn.executemany(
-        f"UPDATE executions SET status = 'running', owner = ?, claim = ?,"
-        f" lease_until = {_lease(d)}, started_at = coalesce(started_at, ?) WHERE id = ?",
+    write_rows(
+        d,
+        conn,
         [
             (
                 op.owner,
@@ -409,6 +428,13 @@ def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
             for op, result in zip(ops, results, strict=True)
             if result is True
         ],
+        each=f"UPDATE executions SET status = 'running', owner = ?, claim = ?,"
+        f" lease_until = {_lease(d)}, started_at = coalesce(started_at, ?) WHERE id = ?",
+        together=f"UPDATE executions AS e SET status = 'running', owner = u.owner,"
+        f" claim = u.claim, lease_until = {d.clock} + u.lease,"
+        " started_at = coalesce(e.started_at, u.started_at)"
+        " FROM {rows} AS u(owner, claim, lease, started_at, id) WHERE e.id = u.id",
+        types=("text", "bigint", "bigint", "bigint", "text"),
     )
     return results
 
@@ -444,10 +470,7 @@ def _bulk_checkpoint(s: Store, conn: Conn, ops: list[CheckpointStep]) -> list[An
     pausing: set[str] = set()
     states = _states(d, conn, [op.step.execution_id for op in ops], pausing)
     results = checkpoints(ops, states, _stored_steps(d, conn, ops))
-    conn.executemany(
-        _upsert_step(d),
-        [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok is True],
-    )
+    _store_steps(d, conn, [op.step for op, ok in zip(ops, results, strict=True) if ok is True])
     if pausing:  # the step boundary a pause waited for: the execution pauses here
         for index, op in enumerate(ops):
             if results[index] is True and op.step.execution_id in pausing:
@@ -462,7 +485,7 @@ def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
         ops, _states(s.dialect, conn, [op.execution_id for op in ops], None, parents)
     )
     updates = []
-    steps = []
+    steps: list[StepRecord] = []
     stats: dict[str, list[int]] = {}
     for op, result in zip(ops, results, strict=True):
         if result is not True:
@@ -478,7 +501,7 @@ def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
             )
         )
         if op.step is not None:
-            steps.append(_step_params(op.step))
+            steps.append(op.step)
         if op.execution_id in parents:
             tell_parent(
                 conn,
@@ -494,13 +517,21 @@ def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
         counts[1] += op.status is ExecutionStatus.COMPLETED
         counts[2] += op.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
         counts[3] += op.duration_ms
-    conn.executemany(
-        "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
+    write_rows(
+        s.dialect,
+        conn,
+        updates,
+        each="UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
         " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
         " WHERE id = ?",
-        updates,
+        together="UPDATE executions AS e SET status = u.status, completed_at = u.completed_at,"
+        " duration_ms = u.duration_ms, result = u.result, error = u.error, owner = NULL,"
+        " lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        " FROM {rows} AS u(status, completed_at, duration_ms, result, error, id)"
+        " WHERE e.id = u.id",
+        types=("text", "bigint", "bigint", "text", "text", "text"),
     )
-    conn.executemany(_upsert_step(s.dialect), steps)
+    _store_steps(s.dialect, conn, steps)
     conn.executemany(
         "UPDATE workflows SET runs_total = runs_total + ?, runs_success = runs_success + ?,"
         " runs_failed = runs_failed + ?, duration_total_ms = duration_total_ms + ? WHERE id = ?",

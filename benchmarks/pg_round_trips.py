@@ -6,8 +6,9 @@ submitters, ``--count`` executions, one engine) against a fresh schema reached
 through a counting TCP proxy (in this process's own thread). The proxy reads the
 PostgreSQL protocol the client sends and counts, after the warm-up:
 
-- **round trips**: each time a connection sends after the server answered (the
-  client waited for the server before it could go on);
+- **round trips**: the times the client waits for the server's answer: a ``Sync``
+  (the end of a statement, or of a pipeline's statements sent together), a ``Flush``
+  (a pipeline's results wanted now) or a simple ``Query``; shown by the statements sent since the previous one;
 - **statements**: ``Execute`` messages plus simple ``Query`` messages, by their SQL
   (``Parse`` names it; prepared statements are followed by name).
 
@@ -40,11 +41,13 @@ class Counts:
         self.lock = threading.Lock()
         self.round_trips = 0
         self.statements: Counter[str] = Counter()
+        #: Round trips by the statements sent together before each one.
+        self.waits: Counter[str] = Counter()
 
-    def reset(self) -> tuple[int, Counter[str]]:
+    def reset(self) -> tuple[int, Counter[str], Counter[str]]:
         with self.lock:
-            taken = self.round_trips, self.statements
-            self.round_trips, self.statements = 0, Counter()
+            taken = self.round_trips, self.statements, self.waits
+            self.round_trips, self.statements, self.waits = 0, Counter(), Counter()
         return taken
 
 
@@ -57,6 +60,8 @@ class _Reader:
         self.started = False
         self.names: dict[bytes, str] = {}  # prepared statement name -> SQL
         self.bound = ""
+        self.sent: list[str] = []  # statements since the last wait
+        self.synced = False  # nothing sent since the last Sync
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -91,9 +96,17 @@ class _Reader:
             self._count(self.bound)
         elif kind == b"Q":
             self._count(body.rstrip(b"\0").decode(errors="replace"))
+        # A Flush right after a Sync (psycopg leaving a pipeline) waits for nothing more.
+        synced, self.synced = self.synced, kind == b"S" or (kind == b"H" and self.synced)
+        if kind in (b"S", b"Q") or (kind == b"H" and not synced):
+            with self.counts.lock:
+                self.counts.round_trips += 1
+                self.counts.waits[" + ".join(self.sent) or "(none)"] += 1
+            self.sent = []
 
     def _count(self, sql: str) -> None:
         key = " ".join(sql.split())[:90]
+        self.sent.append(key[:32])
         with self.counts.lock:
             self.counts.statements[key] += 1
 
@@ -119,20 +132,8 @@ def serve(port: int, target: tuple[str, int], counts: Counts) -> None:
         for s in (client, upstream):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         reader = _Reader(counts)
-        answered = [True]
-
-        def up(data: bytes) -> None:
-            if answered[0]:
-                answered[0] = False
-                with counts.lock:
-                    counts.round_trips += 1
-            reader.feed(data)
-
-        def down(_data: bytes) -> None:
-            answered[0] = True
-
-        threading.Thread(target=_pipe, args=(client, upstream, up), daemon=True).start()
-        threading.Thread(target=_pipe, args=(upstream, client, down), daemon=True).start()
+        threading.Thread(target=_pipe, args=(client, upstream, reader.feed), daemon=True).start()
+        threading.Thread(target=_pipe, args=(upstream, client, len), daemon=True).start()
 
     def accept() -> None:
         while True:
@@ -163,7 +164,7 @@ def main() -> None:
         clock = time.perf_counter()
         anyio.run(run_engine, url, args.count, 0.0, 40 + 20 + args.count)
         seconds = time.perf_counter() - clock
-        round_trips, statements = counts.reset()
+        round_trips, statements, waits = counts.reset()
     # The second run's own warm-up (20 sequential executions) is counted too.
     n = args.count + 20
     print(
@@ -171,6 +172,8 @@ def main() -> None:
         f" load average {os.getloadavg()[0]:.2f}"
     )
     print(f"  round trips per execution: {round_trips / n:.2f}")
+    for sql, number in waits.most_common(args.top):
+        print(f"  {number / n:6.2f}  {sql}")
     print(f"  statements per execution:  {sum(statements.values()) / n:.2f}")
     for sql, number in statements.most_common(args.top):
         print(f"  {number / n:6.2f}  {sql}")

@@ -39,7 +39,14 @@ from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
-__all__ = ["BULK", "HANDLERS", "execution_row", "insert_execution_sql"]
+__all__ = [
+    "BULK",
+    "HANDLERS",
+    "STATEFUL",
+    "BatchStates",
+    "execution_row",
+    "insert_execution_sql",
+]
 
 
 def _json_or_none(value: Any, text: str | None = None) -> str | None:
@@ -405,13 +412,32 @@ def _bulk_insert(s: Store, conn: Conn, ops: list[InsertExecution]) -> list[Any]:
     return list(s._insert_executions(conn, held(s, conn, [op.record for op in ops])))
 
 
-def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
+class BatchStates:
+    """What the claims, checkpoints and finishes of a batch read of their executions, in
+    one query (rows locked in id order): status, claim and end time (``states``, which
+    the claim rules update as ops apply), those asked to pause (``pausing``), the
+    parents of child executions (``parents``)."""
+
+    def __init__(self, d: Dialect, conn: Conn, ops: Sequence[Any]) -> None:
+        self.pausing: set[str] = set()
+        self.parents: dict[str, str] = {}
+        self.states = _states(d, conn, [_target(op) for op in ops], self.pausing, self.parents)
+
+
+def _target(op: Any) -> str:
+    """The execution an op of :data:`STATEFUL` writes."""
+    return str(op.step.execution_id if isinstance(op, CheckpointStep) else op.execution_id)
+
+
+def _bulk_claim(
+    s: Store, conn: Conn, ops: list[ClaimExecution], read: BatchStates | None = None
+) -> list[Any]:
     d = s.dialect
-    pausing: set[str] = set()
-    results = claims(ops, _states(d, conn, [op.execution_id for op in ops], pausing))
-    if pausing:  # asked to pause before this run began: paused instead of run
+    read = read or BatchStates(d, conn, ops)
+    results = claims(ops, read.states)
+    if read.pausing:  # asked to pause before this run began: paused instead of run
         for index, op in enumerate(ops):
-            if results[index] is True and op.execution_id in pausing:
+            if results[index] is True and op.execution_id in read.pausing:
                 pause_now(conn, op.execution_id)
                 results[index] = False
     write_rows(
@@ -464,26 +490,28 @@ def _stored_steps(
     return found
 
 
-def _bulk_checkpoint(s: Store, conn: Conn, ops: list[CheckpointStep]) -> list[Any]:
+def _bulk_checkpoint(
+    s: Store, conn: Conn, ops: list[CheckpointStep], read: BatchStates | None = None
+) -> list[Any]:
     # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
     d = s.dialect
-    pausing: set[str] = set()
-    states = _states(d, conn, [op.step.execution_id for op in ops], pausing)
-    results = checkpoints(ops, states, _stored_steps(d, conn, ops))
+    read = read or BatchStates(d, conn, ops)
+    results = checkpoints(ops, read.states, _stored_steps(d, conn, ops))
     _store_steps(d, conn, [op.step for op, ok in zip(ops, results, strict=True) if ok is True])
-    if pausing:  # the step boundary a pause waited for: the execution pauses here
+    if read.pausing:  # the step boundary a pause waited for: the execution pauses here
         for index, op in enumerate(ops):
-            if results[index] is True and op.step.execution_id in pausing:
+            if results[index] is True and op.step.execution_id in read.pausing:
                 pause_now(conn, op.step.execution_id)
                 results[index] = PAUSED
     return results
 
 
-def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
-    parents: dict[str, str] = {}
-    results = finishes(
-        ops, _states(s.dialect, conn, [op.execution_id for op in ops], None, parents)
-    )
+def _bulk_finish(
+    s: Store, conn: Conn, ops: list[FinishExecution], read: BatchStates | None = None
+) -> list[Any]:
+    read = read or BatchStates(s.dialect, conn, ops)
+    parents = read.parents
+    results = finishes(ops, read.states)
     updates = []
     steps: list[StepRecord] = []
     stats: dict[str, list[int]] = {}
@@ -548,3 +576,6 @@ BULK: dict[type, Callable[[Any, Conn, Any], list[Any]]] = {
     FinishExecution: _bulk_finish,
     **SCHEDULE_BULK,
 }
+
+#: The bulk handlers that take a batch's :class:`BatchStates` (read once for all of them).
+STATEFUL = frozenset({ClaimExecution, CheckpointStep, FinishExecution})

@@ -2,8 +2,8 @@
 would (issue #18: on PostgreSQL a batch is a few multi-row statements in pipeline mode).
 
 The batch groups its ops by kind (``ExecutionsMixin._apply_batch``), so the
-one-at-a-time order compared with is the batch's: kind by kind, in the order
-each kind first appears, each kind's ops in their own order.
+one-at-a-time order compared with is the batch's: inserts first, then kind by
+kind in the order each first appears, each kind's ops in their own order.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def _compare(batched: Store, single: Store, data: st.DataObject, size: int) -> N
 
 
 def _grouped_indexes(ops: list[WriteOp]) -> list[int]:
-    kinds = list(dict.fromkeys(type(op) for op in ops))
+    """The batch's order: inserts first, then kind by kind as each first appears."""
+    kinds = sorted(dict.fromkeys(type(op) for op in ops), key=lambda k: k is not InsertExecution)
     return [i for kind in kinds for i, op in enumerate(ops) if type(op) is kind]
 
 

@@ -385,15 +385,32 @@ def _states(
     transaction ends, in id order: two batches wait for each other, never deadlock);
     ``pausing`` receives those asked to pause (``pause_requested``), ``parents`` the
     parent execution of those that have one."""
-    found: dict[str, State] = {}
+    return _read_states(_send_states(d, conn, ids), pausing, parents)
+
+
+def _send_states(d: Dialect, conn: Conn, ids: Sequence[str]) -> list[Any]:
+    """The queries of :func:`_states`, sent: their cursors (in pipeline mode, nothing
+    waited for yet)."""
     locked = _locked(d)
+    cursors = []
     for chunk in chunks(sorted(set(ids)) if locked else ids):
         condition, args = d.any_of("id", chunk)
-        for row in conn.execute(
-            "SELECT id, status, claim, completed_at, pause_requested, parent_execution_id"
-            f" FROM executions WHERE {condition}{locked}",
-            args,
-        ):
+        cursors.append(
+            conn.execute(
+                "SELECT id, status, claim, completed_at, pause_requested, parent_execution_id"
+                f" FROM executions WHERE {condition}{locked}",
+                args,
+            )
+        )
+    return cursors
+
+
+def _read_states(
+    cursors: list[Any], pausing: set[str] | None, parents: dict[str, str] | None
+) -> dict[str, State]:
+    found: dict[str, State] = {}
+    for cursor in cursors:
+        for row in cursor.fetchall():
             found[row[0]] = (row[1], row[2], row[3])
             if row[4] and pausing is not None:
                 pausing.add(row[0])
@@ -419,9 +436,33 @@ class BatchStates:
     parents of child executions (``parents``)."""
 
     def __init__(self, d: Dialect, conn: Conn, ops: Sequence[Any]) -> None:
-        self.pausing: set[str] = set()
-        self.parents: dict[str, str] = {}
-        self.states = _states(d, conn, [_target(op) for op in ops], self.pausing, self.parents)
+        self._pausing: set[str] = set()
+        self._parents: dict[str, str] = {}
+        self._cursors = _send_states(d, conn, [_target(op) for op in ops])
+        self._states: dict[str, State] | None = None
+        if not d.arrays:  # SQLite: read now (its cursors step through live rows)
+            self._read()
+
+    def _read(self) -> dict[str, State]:
+        """Read when first needed: in pipeline mode the query goes with the batch's next
+        one whose answer is waited for (the paused-workflow check of its inserts)."""
+        if self._states is None:
+            self._states = _read_states(self._cursors, self._pausing, self._parents)
+        return self._states
+
+    @property
+    def states(self) -> dict[str, State]:
+        return self._read()
+
+    @property
+    def pausing(self) -> set[str]:
+        self._read()
+        return self._pausing
+
+    @property
+    def parents(self) -> dict[str, str]:
+        self._read()
+        return self._parents
 
 
 def _target(op: Any) -> str:

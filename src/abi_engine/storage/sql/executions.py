@@ -108,7 +108,9 @@ class ExecutionsMixin:
 
         Ops in one batch come from different tasks, each waiting for its own
         result, so no op of a batch depends on another one: grouping them by
-        kind is one valid order among the concurrent ones.
+        kind is one valid order among the concurrent ones. Inserts go first, then
+        each kind in the order it first appears: in pipeline mode the read of the
+        executions goes with the inserts' check of paused workflows (one round trip).
         """
         results: list[Any] = [None] * len(ops)
         groups: dict[type, list[int]] = {}
@@ -120,7 +122,7 @@ class ExecutionsMixin:
                 results[index] = HANDLERS[kind](self, conn, op)
         stateful = [ops[i] for kind, indexes in groups.items() if kind in STATEFUL for i in indexes]
         read = BatchStates(self.dialect, conn, stateful) if stateful else None
-        for kind, indexes in groups.items():
+        for kind, indexes in sorted(groups.items(), key=lambda g: g[0] is not InsertExecution):
             kind_ops = [ops[i] for i in indexes]
             done = (
                 BULK[kind](self, conn, kind_ops, read)  # type: ignore[call-arg]

@@ -50,7 +50,7 @@ from abi_engine.storage._urls import redact_url
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
 from abi_engine.storage.records import AGAIN, ExecutionRecord
 from abi_engine.storage.sql.dialect import POSTGRES
-from abi_engine.storage.sql.execution_ops import execution_row, insert_execution_sql
+from abi_engine.storage.sql.execution_ops import execution_row
 from abi_engine.storage.sql.store import SQLStore
 
 __all__ = ["PostgresStore", "redact_url"]
@@ -118,6 +118,49 @@ class QmarkConnection(psycopg.Connection[Any]):
         if params_seq:
             cur.executemany(query, params_seq, returning=returning)
         return cur
+
+
+#: :func:`insert_execution_sql` for many rows at once: one array per column.
+_INSERT_EXECUTIONS = (
+    "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
+    " configuration, plan, created_at, started_at, callback_url, callback_secret,"
+    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
+    " claim, rerun_of, queued_reason, trace_context, parent_execution_id)"
+    " SELECT id, workflow_id, workflow_type, status, parameters, configuration, plan,"
+    " created_at, started_at, callback_url, callback_secret, schedule_id, created_by,"
+    " idempotency_key, priority, timeout_at, owner, "
+    f"{POSTGRES.clock} + lease, claim, rerun_of, queued_reason, trace_context,"
+    " parent_execution_id FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[],"
+    " ?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::text[], ?::text[], ?::text[],"
+    " ?::text[], ?::text[], ?::int[], ?::bigint[], ?::text[], ?::bigint[], ?::bigint[],"
+    " ?::text[], ?::text[], ?::text[], ?::text[]) AS u(id, workflow_id, workflow_type, status,"
+    " parameters, configuration, plan, created_at, started_at, callback_url, callback_secret,"
+    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease, claim,"
+    " rerun_of, queued_reason, trace_context, parent_execution_id) ON CONFLICT DO NOTHING"
+    " RETURNING id"
+)
+
+
+def _transaction(conn: Conn, fn: Callable[[Conn], T]) -> T:
+    with conn.transaction():
+        return fn(conn)
+
+
+def _pipelined(conn: Conn, fn: Callable[[Conn], T]) -> T:
+    """``fn(conn)`` in one transaction, in pipeline mode: ``BEGIN`` goes with the first
+    statement and ``COMMIT`` with the last ones (psycopg's ``transaction()`` waits for
+    each, and for one more sync besides), so a transaction that reads once costs two
+    round trips. Rolled back if anything fails, the commit included."""
+    try:
+        with conn.pipeline():
+            conn.execute("BEGIN")
+            result = fn(conn)
+            conn.execute("COMMIT")
+        return result
+    except BaseException:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        raise
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -269,12 +312,26 @@ class PostgresStore(SQLStore):
         A deadlock or serialization failure rolls it back and runs it again
         (``fn`` must not have effects outside the transaction).
         """
+        return self._write(fn, pipelined=False)
+
+    def _write_batch(self, fn: Callable[[Conn], T]) -> T:
+        """:meth:`write`, in pipeline mode: statements whose results ``fn`` does not read
+        are sent without waiting for their answers, with the next one that is read
+        (or the commit), so a batch costs a round trip per read, not per statement.
+
+        Only for code that reads results by fetching them: in pipeline mode a
+        cursor's ``rowcount`` is not known before its results are fetched.
+        """
+        return self._write(fn, pipelined=True)
+
+    def _write(self, fn: Callable[[Conn], T], *, pipelined: bool) -> T:
         if self._closed:
             raise psycopg.InterfaceError("the store is closed")
+        run = _pipelined if pipelined else _transaction
         for attempt in range(1, _RETRIES + 1):
             try:
-                with _nul_refused(), self._pool.connection() as conn, conn.transaction():
-                    return fn(conn)
+                with _nul_refused(), self._pool.connection() as conn:
+                    return run(conn, fn)
             except _RETRYABLE:
                 if attempt == _RETRIES:
                     raise
@@ -328,26 +385,18 @@ class PostgresStore(SQLStore):
         conn.execute(f"SELECT 1 FROM users WHERE id = ? FOR {mode}", (user_id,))
 
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
-        """Insert execution rows (one ``executemany``, returning the ids inserted);
-        ``False`` for one whose idempotency key is taken, ``AGAIN`` for one whose id
-        is there already (its own insert, retried)."""
+        """Insert execution rows (one statement, returning the ids inserted); ``False``
+        for one whose idempotency key is taken, ``AGAIN`` for one whose id is there
+        already (its own insert, retried)."""
         if not records:
             return []
-        sql = insert_execution_sql(POSTGRES) + " RETURNING id"
-        inserted: set[str] = set()
-        if len(records) == 1:
-            row = conn.execute(sql, execution_row(POSTGRES, records[0])).fetchone()
-            if row is not None:
-                inserted.add(row[0])
-        else:
-            with conn.cursor() as cur:
-                cur.executemany(sql, [execution_row(POSTGRES, r) for r in records], returning=True)
-                while True:
-                    row = cur.fetchone()
-                    if row is not None:
-                        inserted.add(row[0])
-                    if not cur.nextset():
-                        break
+        rows = [execution_row(POSTGRES, r) for r in records]
+        inserted = {
+            row[0]
+            for row in conn.execute(
+                _INSERT_EXECUTIONS, [list(column) for column in zip(*rows, strict=True)]
+            ).fetchall()
+        }
         missed = [r.id for r in records if r.id not in inserted]
         present: set[str] = set()
         if missed:

@@ -13,7 +13,8 @@ and asks its store's dialect for the few fragments that differ:
 - **upserts**: :meth:`Dialect.upsert` (replace a row by its key), and
   :attr:`Dialect.upsert_inserted` (whether one inserted);
 - **lists of values**: :meth:`Dialect.any_of` (``IN (?, ...)`` or one array
-  parameter);
+  parameter); many rows in one statement: :func:`write_rows` (an ``unnest`` of
+  one array per column, or ``executemany``);
 - **the clock of leases**: :attr:`Dialect.clock`;
 - **column types in the DDL** of the migrations written once: :attr:`Dialect.types`;
 - **typed parameters, functions, operators**: :meth:`Dialect.param`,
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-__all__ = ["CHUNK", "NEXT_VERSION", "POSTGRES", "SQLITE", "Conn", "Dialect", "chunks"]
+__all__ = ["CHUNK", "NEXT_VERSION", "POSTGRES", "SQLITE", "Conn", "Dialect", "chunks", "write_rows"]
 
 T = TypeVar("T")
 
@@ -140,6 +141,33 @@ class Dialect:
             f"INSERT INTO {table} ({names}) VALUES ({marks})"
             f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}"
         )
+
+
+def write_rows(
+    d: Dialect,
+    conn: Conn,
+    rows: Sequence[Sequence[Any]],
+    *,
+    each: str,
+    together: str,
+    types: Sequence[str],
+) -> None:
+    """Write ``rows``: where lists go as arrays, in one statement, ``together``, whose
+    ``{rows}`` reads as a table of them (``unnest`` of one array per column, of
+    ``types``); elsewhere ``executemany(each)``. Nothing for no rows.
+
+    One statement instead of one per row: one parse, one plan and one network
+    message for the batch, and the driver's per-row work is gone.
+    """
+    if not rows:
+        return
+    if not d.arrays:
+        conn.executemany(each, rows)
+        return
+    table = "unnest(" + ", ".join(f"?::{t}[]" for t in types) + ")"
+    conn.execute(
+        together.replace("{rows}", table), [list(column) for column in zip(*rows, strict=True)]
+    )
 
 
 def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:

@@ -32,11 +32,18 @@ from abi_engine.storage.records import (
     SaveProgress,
     StepRecord,
 )
-from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
-__all__ = ["BULK", "HANDLERS", "execution_row", "insert_execution_sql"]
+__all__ = [
+    "BULK",
+    "HANDLERS",
+    "STATEFUL",
+    "BatchStates",
+    "execution_row",
+    "insert_execution_sql",
+]
 
 
 def _json_or_none(value: Any, text: str | None = None) -> str | None:
@@ -74,9 +81,28 @@ _STEP_COLUMNS = (
 )
 
 
+_STEP_TYPES = ("text", "int", "text", "text", "bigint", "bigint", "bigint", "int", "text", "text")
+
+
 @cache
 def _upsert_step(d: Dialect) -> str:
     return d.upsert("execution_steps", _STEP_COLUMNS, key=("execution_id", "idx"))
+
+
+def _store_steps(d: Dialect, conn: Conn, steps: Sequence[StepRecord]) -> None:
+    """Upsert ``steps``; of two of the same step, the later one is stored (as one
+    statement per step would leave it)."""
+    rows = {(s.execution_id, s.index): _step_params(s) for s in steps}
+    sets = ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[2:])
+    write_rows(
+        d,
+        conn,
+        list(rows.values()),
+        each=_upsert_step(d),
+        together=f"INSERT INTO execution_steps ({', '.join(_STEP_COLUMNS)}) SELECT * FROM {{rows}}"
+        f" ON CONFLICT (execution_id, idx) DO UPDATE SET {sets}",
+        types=_STEP_TYPES,
+    )
 
 
 def _lease(d: Dialect) -> str:
@@ -286,15 +312,32 @@ def _states(
     transaction ends, in id order: two batches wait for each other, never deadlock);
     ``pausing`` receives those asked to pause (``pause_requested``), ``parents`` the
     parent execution of those that have one."""
-    found: dict[str, State] = {}
+    return _read_states(_send_states(d, conn, ids), pausing, parents)
+
+
+def _send_states(d: Dialect, conn: Conn, ids: Sequence[str]) -> list[Any]:
+    """The queries of :func:`_states`, sent: their cursors (in pipeline mode, nothing
+    waited for yet)."""
     locked = _locked(d)
+    cursors = []
     for chunk in chunks(sorted(set(ids)) if locked else ids):
         condition, args = d.any_of("id", chunk)
-        for row in conn.execute(
-            "SELECT id, status, claim, completed_at, pause_requested, parent_execution_id"
-            f" FROM executions WHERE {condition}{locked}",
-            args,
-        ):
+        cursors.append(
+            conn.execute(
+                "SELECT id, status, claim, completed_at, pause_requested, parent_execution_id"
+                f" FROM executions WHERE {condition}{locked}",
+                args,
+            )
+        )
+    return cursors
+
+
+def _read_states(
+    cursors: list[Any], pausing: set[str] | None, parents: dict[str, str] | None
+) -> dict[str, State]:
+    found: dict[str, State] = {}
+    for cursor in cursors:
+        for row in cursor.fetchall():
             found[row[0]] = (row[1], row[2], row[3])
             if row[4] and pausing is not None:
                 pausing.add(row[0])
@@ -313,18 +356,61 @@ def _bulk_insert(s: Store, conn: Conn, ops: list[InsertExecution]) -> list[Any]:
     return list(s._insert_executions(conn, held(s, conn, [op.record for op in ops])))
 
 
-def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
+class BatchStates:
+    """What the claims, checkpoints and finishes of a batch read of their executions, in
+    one query (rows locked in id order): status, claim and end time (``states``, which
+    the claim rules update as ops apply), those asked to pause (``pausing``), the
+    parents of child executions (``parents``)."""
+
+    def __init__(self, d: Dialect, conn: Conn, ops: Sequence[Any]) -> None:
+        self._pausing: set[str] = set()
+        self._parents: dict[str, str] = {}
+        self._cursors = _send_states(d, conn, [_target(op) for op in ops])
+        self._states: dict[str, State] | None = None
+        if not d.arrays:  # SQLite: read now (its cursors step through live rows)
+            self._read()
+
+    def _read(self) -> dict[str, State]:
+        """Read when first needed: in pipeline mode the query goes with the batch's next
+        one whose answer is waited for (the paused-workflow check of its inserts)."""
+        if self._states is None:
+            self._states = _read_states(self._cursors, self._pausing, self._parents)
+        return self._states
+
+    @property
+    def states(self) -> dict[str, State]:
+        return self._read()
+
+    @property
+    def pausing(self) -> set[str]:
+        self._read()
+        return self._pausing
+
+    @property
+    def parents(self) -> dict[str, str]:
+        self._read()
+        return self._parents
+
+
+def _target(op: Any) -> str:
+    """The execution an op of :data:`STATEFUL` writes."""
+    return str(op.step.execution_id if isinstance(op, CheckpointStep) else op.execution_id)
+
+
+def _bulk_claim(
+    s: Store, conn: Conn, ops: list[ClaimExecution], read: BatchStates | None = None
+) -> list[Any]:
     d = s.dialect
-    pausing: set[str] = set()
-    results = claims(ops, _states(d, conn, [op.execution_id for op in ops], pausing))
-    if pausing:  # asked to pause before this run began: paused instead of run
+    read = read or BatchStates(d, conn, ops)
+    results = claims(ops, read.states)
+    if read.pausing:  # asked to pause before this run began: paused instead of run
         for index, op in enumerate(ops):
-            if results[index] is True and op.execution_id in pausing:
+            if results[index] is True and op.execution_id in read.pausing:
                 pause_now(conn, op.execution_id)
                 results[index] = False
-    conn.executemany(
-        f"UPDATE executions SET status = 'running', owner = ?, claim = ?,"
-        f" lease_until = {_lease(d)}, started_at = coalesce(started_at, ?) WHERE id = ?",
+    write_rows(
+        d,
+        conn,
         [
             (
                 op.owner,
@@ -336,6 +422,13 @@ def _bulk_claim(s: Store, conn: Conn, ops: list[ClaimExecution]) -> list[Any]:
             for op, result in zip(ops, results, strict=True)
             if result is True
         ],
+        each=f"UPDATE executions SET status = 'running', owner = ?, claim = ?,"
+        f" lease_until = {_lease(d)}, started_at = coalesce(started_at, ?) WHERE id = ?",
+        together=f"UPDATE executions AS e SET status = 'running', owner = u.owner,"
+        f" claim = u.claim, lease_until = {d.clock} + u.lease,"
+        " started_at = coalesce(e.started_at, u.started_at)"
+        " FROM {rows} AS u(owner, claim, lease, started_at, id) WHERE e.id = u.id",
+        types=("text", "bigint", "bigint", "bigint", "text"),
     )
     return results
 
@@ -365,31 +458,30 @@ def _stored_steps(
     return found
 
 
-def _bulk_checkpoint(s: Store, conn: Conn, ops: list[CheckpointStep]) -> list[Any]:
+def _bulk_checkpoint(
+    s: Store, conn: Conn, ops: list[CheckpointStep], read: BatchStates | None = None
+) -> list[Any]:
     # Leases are renewed by the node's heartbeat; a checkpoint only checks the claim.
     d = s.dialect
-    pausing: set[str] = set()
-    states = _states(d, conn, [op.step.execution_id for op in ops], pausing)
-    results = checkpoints(ops, states, _stored_steps(d, conn, ops))
-    conn.executemany(
-        _upsert_step(d),
-        [_step_params(op.step) for op, ok in zip(ops, results, strict=True) if ok is True],
-    )
-    if pausing:  # the step boundary a pause waited for: the execution pauses here
+    read = read or BatchStates(d, conn, ops)
+    results = checkpoints(ops, read.states, _stored_steps(d, conn, ops))
+    _store_steps(d, conn, [op.step for op, ok in zip(ops, results, strict=True) if ok is True])
+    if read.pausing:  # the step boundary a pause waited for: the execution pauses here
         for index, op in enumerate(ops):
-            if results[index] is True and op.step.execution_id in pausing:
+            if results[index] is True and op.step.execution_id in read.pausing:
                 pause_now(conn, op.step.execution_id)
                 results[index] = PAUSED
     return results
 
 
-def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
-    parents: dict[str, str] = {}
-    results = finishes(
-        ops, _states(s.dialect, conn, [op.execution_id for op in ops], None, parents)
-    )
+def _bulk_finish(
+    s: Store, conn: Conn, ops: list[FinishExecution], read: BatchStates | None = None
+) -> list[Any]:
+    read = read or BatchStates(s.dialect, conn, ops)
+    parents = read.parents
+    results = finishes(ops, read.states)
     updates = []
-    steps = []
+    steps: list[StepRecord] = []
     stats: dict[str, list[int]] = {}
     for op, result in zip(ops, results, strict=True):
         if result is not True:
@@ -405,7 +497,7 @@ def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
             )
         )
         if op.step is not None:
-            steps.append(_step_params(op.step))
+            steps.append(op.step)
         if op.execution_id in parents:
             tell_parent(
                 conn,
@@ -421,13 +513,21 @@ def _bulk_finish(s: Store, conn: Conn, ops: list[FinishExecution]) -> list[Any]:
         counts[1] += op.status is ExecutionStatus.COMPLETED
         counts[2] += op.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
         counts[3] += op.duration_ms
-    conn.executemany(
-        "UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
+    write_rows(
+        s.dialect,
+        conn,
+        updates,
+        each="UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
         " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
         " WHERE id = ?",
-        updates,
+        together="UPDATE executions AS e SET status = u.status, completed_at = u.completed_at,"
+        " duration_ms = u.duration_ms, result = u.result, error = u.error, owner = NULL,"
+        " lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        " FROM {rows} AS u(status, completed_at, duration_ms, result, error, id)"
+        " WHERE e.id = u.id",
+        types=("text", "bigint", "bigint", "text", "text", "text"),
     )
-    conn.executemany(_upsert_step(s.dialect), steps)
+    _store_steps(s.dialect, conn, steps)
     conn.executemany(
         "UPDATE workflows SET runs_total = runs_total + ?, runs_success = runs_success + ?,"
         " runs_failed = runs_failed + ?, duration_total_ms = duration_total_ms + ? WHERE id = ?",
@@ -444,3 +544,6 @@ BULK: dict[type, Callable[[Any, Conn, Any], list[Any]]] = {
     FinishExecution: _bulk_finish,
     **SCHEDULE_BULK,
 }
+
+#: The bulk handlers that take a batch's :class:`BatchStates` (read once for all of them).
+STATEFUL = frozenset({ClaimExecution, CheckpointStep, FinishExecution})

@@ -25,8 +25,11 @@ from abi_engine.storage._fencing import (
 from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _row_to_record
 from abi_engine.storage.records import (
     TIMEOUT_SUFFIX,
+    CheckpointStep,
+    ClaimExecution,
     ExecutionQuery,
     ExecutionRecord,
+    FinishExecution,
     InsertExecution,
     StepRecord,
     WriteOp,
@@ -36,6 +39,8 @@ from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 from abi_engine.storage.sql.execution_ops import (
     BULK,
     HANDLERS,
+    STATEFUL,
+    BatchStates,
     _claims,
     _lease,
     _lease_value,
@@ -45,6 +50,9 @@ from abi_engine.storage.sql.signal_ops import SIGNAL_HANDLERS
 __all__ = ["ExecutionsMixin"]
 
 _HANDLERS = {**HANDLERS, **SIGNAL_HANDLERS}
+#: The ops whose handlers read every result they use by fetching it (never a cursor's
+#: ``rowcount``): a batch of only these may be written in pipeline mode (PostgreSQL).
+PIPELINED = frozenset({InsertExecution, ClaimExecution, CheckpointStep, FinishExecution})
 
 #: Executions whose leases one transaction of ``renew_leases`` extends.
 RENEW_CHUNK = 2000
@@ -70,6 +78,11 @@ class ExecutionsMixin:
 
     # -- writes ------------------------------------------------------------------------
 
+    def _write_batch(self, fn: Callable[[Conn], Any]) -> Any:
+        """:meth:`write` for a batch of :data:`PIPELINED` ops only (a backend may send
+        its statements without waiting for each one's answer)."""
+        return self.write(fn)
+
     def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         """Apply ``ops`` in one transaction; return each one's result in order.
 
@@ -77,8 +90,9 @@ class ExecutionsMixin:
         transaction so that one bad op cannot sink the others; its result is
         then the exception it raised.
         """
+        write = self._write_batch if all(type(op) in PIPELINED for op in ops) else self.write
         try:
-            return list(self.write(lambda conn: self._apply_batch(conn, ops)))
+            return list(write(lambda conn: self._apply_batch(conn, ops)))
         except Exception:
             if len(ops) == 1:
                 raise
@@ -91,11 +105,14 @@ class ExecutionsMixin:
         return results
 
     def _apply_batch(self, conn: Conn, ops: Sequence[WriteOp]) -> list[Any]:
-        """Apply a batch: the hot kinds of op together (a few statements per kind).
+        """Apply a batch: the hot kinds of op together (a few statements per kind; the
+        executions that claims, checkpoints and finishes write read in one query).
 
         Ops in one batch come from different tasks, each waiting for its own
         result, so no op of a batch depends on another one: grouping them by
-        kind is one valid order among the concurrent ones.
+        kind is one valid order among the concurrent ones. Inserts go first, then
+        each kind in the order it first appears: in pipeline mode the read of the
+        executions goes with the inserts' check of paused workflows (one round trip).
         """
         results: list[Any] = [None] * len(ops)
         groups: dict[type, list[int]] = {}
@@ -105,10 +122,16 @@ class ExecutionsMixin:
                 groups.setdefault(kind, []).append(index)
             else:
                 results[index] = _HANDLERS[kind](self, conn, op)
-        for kind, indexes in groups.items():
-            for index, result in zip(
-                indexes, BULK[kind](self, conn, [ops[i] for i in indexes]), strict=True
-            ):
+        stateful = [ops[i] for kind, indexes in groups.items() if kind in STATEFUL for i in indexes]
+        read = BatchStates(self.dialect, conn, stateful) if stateful else None
+        for kind, indexes in sorted(groups.items(), key=lambda g: g[0] is not InsertExecution):
+            kind_ops = [ops[i] for i in indexes]
+            done = (
+                BULK[kind](self, conn, kind_ops, read)  # type: ignore[call-arg]
+                if kind in STATEFUL
+                else BULK[kind](self, conn, kind_ops)
+            )
+            for index, result in zip(indexes, done, strict=True):
                 results[index] = result
         events = [
             event

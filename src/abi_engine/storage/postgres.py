@@ -50,7 +50,7 @@ from abi_engine.storage._urls import redact_url
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
 from abi_engine.storage.records import AGAIN, ExecutionRecord
 from abi_engine.storage.sql.dialect import POSTGRES
-from abi_engine.storage.sql.execution_ops import execution_row
+from abi_engine.storage.sql.execution_ops import execution_row, insert_executions_sql
 from abi_engine.storage.sql.store import SQLStore
 
 __all__ = ["PostgresStore", "redact_url"]
@@ -118,27 +118,6 @@ class QmarkConnection(psycopg.Connection[Any]):
         if params_seq:
             cur.executemany(query, params_seq, returning=returning)
         return cur
-
-
-#: :func:`insert_execution_sql` for many rows at once: one array per column.
-_INSERT_EXECUTIONS = (
-    "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
-    " configuration, plan, created_at, started_at, callback_url, callback_secret,"
-    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
-    " claim, rerun_of, queued_reason, trace_context, parent_execution_id)"
-    " SELECT id, workflow_id, workflow_type, status, parameters, configuration, plan,"
-    " created_at, started_at, callback_url, callback_secret, schedule_id, created_by,"
-    " idempotency_key, priority, timeout_at, owner, "
-    f"{POSTGRES.clock} + lease, claim, rerun_of, queued_reason, trace_context,"
-    " parent_execution_id FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[],"
-    " ?::text[], ?::text[], ?::bigint[], ?::bigint[], ?::text[], ?::text[], ?::text[],"
-    " ?::text[], ?::text[], ?::int[], ?::bigint[], ?::text[], ?::bigint[], ?::bigint[],"
-    " ?::text[], ?::text[], ?::text[], ?::text[]) AS u(id, workflow_id, workflow_type, status,"
-    " parameters, configuration, plan, created_at, started_at, callback_url, callback_secret,"
-    " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease, claim,"
-    " rerun_of, queued_reason, trace_context, parent_execution_id) ON CONFLICT DO NOTHING"
-    " RETURNING id"
-)
 
 
 def _transaction(conn: Conn, fn: Callable[[Conn], T]) -> T:
@@ -394,7 +373,8 @@ class PostgresStore(SQLStore):
         inserted = {
             row[0]
             for row in conn.execute(
-                _INSERT_EXECUTIONS, [list(column) for column in zip(*rows, strict=True)]
+                insert_executions_sql(POSTGRES),
+                [list(column) for column in zip(*rows, strict=True)],
             ).fetchall()
         }
         missed = [r.id for r in records if r.id not in inserted]

@@ -38,11 +38,13 @@ from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 
 __all__ = [
     "BULK",
+    "EXECUTION_COLUMNS",
     "HANDLERS",
     "STATEFUL",
     "BatchStates",
     "execution_row",
     "insert_execution_sql",
+    "insert_executions_sql",
 ]
 
 
@@ -124,16 +126,54 @@ def _locked(d: Dialect) -> str:
     return f" ORDER BY id{d.lock()}" if d.row_locks else ""
 
 
+#: An execution row's columns in :func:`execution_row`'s order, with their PostgreSQL
+#: array types (for the many-row insert): both inserts are written from this one list.
+EXECUTION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "text"),
+    ("workflow_id", "text"),
+    ("workflow_type", "text"),
+    ("status", "text"),
+    ("parameters", "text"),
+    ("configuration", "text"),
+    ("plan", "text"),
+    ("created_at", "bigint"),
+    ("started_at", "bigint"),
+    ("callback_url", "text"),
+    ("callback_secret", "text"),
+    ("schedule_id", "text"),
+    ("created_by", "text"),
+    ("idempotency_key", "text"),
+    ("priority", "int"),
+    ("timeout_at", "bigint"),
+    ("owner", "text"),
+    ("lease_until", "bigint"),
+    ("claim", "bigint"),
+    ("rerun_of", "text"),
+    ("queued_reason", "text"),
+    ("trace_context", "text"),
+    ("parent_execution_id", "text"),
+    ("scheduled_for", "bigint"),
+)
+_NAMES = ", ".join(name for name, _ in EXECUTION_COLUMNS)
+
+
 @cache
 def insert_execution_sql(d: Dialect) -> str:
     """The insert of an execution row (values: :func:`execution_row`), nothing on conflict."""
+    values = ", ".join(_lease(d) if n == "lease_until" else "?" for n, _ in EXECUTION_COLUMNS)
+    return f"INSERT INTO executions ({_NAMES}) VALUES ({values}) ON CONFLICT DO NOTHING"
+
+
+@cache
+def insert_executions_sql(d: Dialect) -> str:
+    """The insert of many execution rows in one statement (one array per column, of
+    :func:`execution_row` values), returning the ids inserted; for dialects with arrays."""
+    lease = "u.lease_until" if d.clock is None else f"{d.clock} + u.lease_until"
+    select = ", ".join(lease if n == "lease_until" else f"u.{n}" for n, _ in EXECUTION_COLUMNS)
+    arrays = ", ".join(f"?::{t}[]" for _, t in EXECUTION_COLUMNS)
     return (
-        "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
-        " configuration, plan, created_at, started_at, callback_url, callback_secret,"
-        " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
-        " claim, rerun_of, queued_reason, trace_context, parent_execution_id, scheduled_for)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        f" {_lease(d)}, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        f"INSERT INTO executions ({_NAMES}) SELECT {select} FROM unnest({arrays})"
+        f" AS u({_NAMES}) ON CONFLICT DO NOTHING RETURNING id"
     )
 
 

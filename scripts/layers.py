@@ -68,6 +68,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "limits",
                 "json_schema",
                 "expressions",
+                "schedule_dst",
                 "schedule_math",
                 "schedule_rules",
             }
@@ -97,6 +98,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
+            | {"schedule_views"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

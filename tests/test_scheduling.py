@@ -131,6 +131,9 @@ EXTRA_KEYS = {
     "runs_count",
     "jitter_seconds",
     "exclude_dates",
+    # Daylight-saving choices (#17).
+    "on_gap",
+    "on_fold",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}

@@ -779,6 +779,12 @@ SCHEDULE_FIELDS: Sequence[str] = (
     "overlap_policy",
     "max_consecutive_failures",
     "paused_reason",
+    "end_time",
+    "max_runs",
+    "jitter_seconds",
+    "exclude_dates",
+    "on_gap",
+    "on_fold",
 )
 
 

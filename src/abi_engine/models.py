@@ -473,6 +473,23 @@ class ResumeMode(enum.StrEnum):
     CATCH_UP = "catch_up"
 
 
+class GapPolicy(enum.StrEnum):
+    """A wall time of a cron or rrule schedule that does not exist (spring-forward gap):
+    ``shift`` runs it at the end of the gap, ``skip`` does not run it."""
+
+    SHIFT = "shift"
+    SKIP = "skip"
+
+
+class FoldPolicy(enum.StrEnum):
+    """A wall time of a cron or rrule schedule that happens twice (fall-back fold):
+    ``first`` runs it at its first pass, ``last`` at its second, ``both`` at each."""
+
+    FIRST = "first"
+    LAST = "last"
+    BOTH = "both"
+
+
 class OverlapPolicy(enum.StrEnum):
     """What a schedule does when its previous run is still going at the next due time.
 
@@ -537,7 +554,9 @@ class Schedule:
     delays each run by a pseudo-random amount below it, the same for a due
     time in every process (``next_execution`` shows the delayed instant).
     ``exclude_dates`` (``YYYY-MM-DD`` in the schedule's zone) are days whose
-    due times do not run (history ``skipped_excluded``).
+    due times do not run (history ``skipped_excluded``). ``on_gap`` and
+    ``on_fold`` choose what a cron wall time does in a daylight-saving gap or
+    fold (see :class:`GapPolicy`, :class:`FoldPolicy`).
     """
 
     id: str
@@ -576,6 +595,8 @@ class Schedule:
     runs_count: int = 0
     jitter_seconds: float = 0.0
     exclude_dates: list[str] = attrs.Factory(list)
+    on_gap: GapPolicy = GapPolicy.SHIFT
+    on_fold: FoldPolicy = FoldPolicy.FIRST
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None

@@ -40,6 +40,8 @@ def timing_of(record: ScheduleRecord) -> Timing:
         every_seconds=(record.interval_value or 1)
         * INTERVAL_UNITS[record.interval_unit or "seconds"],
         at=record.execution_time,
+        on_gap=record.on_gap,
+        on_fold=record.on_fold,
     )
 
 

@@ -56,6 +56,8 @@ def timing(record: ScheduleRecord) -> Timing:
         every_seconds=(record.interval_value or 1)
         * INTERVAL_UNITS[record.interval_unit or "seconds"],
         at=record.execution_time,
+        on_gap=record.on_gap,
+        on_fold=record.on_fold,
     )
 
 

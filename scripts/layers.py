@@ -71,6 +71,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_dst",
                 "schedule_math",
                 "schedule_rules",
+                "schedule_rrule",
             }
             | {"webhook_signing", "netguard", "logs", "trigger_signing"}
         ),

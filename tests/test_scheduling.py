@@ -134,6 +134,9 @@ EXTRA_KEYS = {
     # Daylight-saving choices (#17).
     "on_gap",
     "on_fold",
+    # RRULE schedules (#17).
+    "rrule",
+    "exclude_rrule",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}

@@ -785,6 +785,8 @@ SCHEDULE_FIELDS: Sequence[str] = (
     "exclude_dates",
     "on_gap",
     "on_fold",
+    "rrule",
+    "exclude_rrule",
 )
 
 

@@ -437,6 +437,7 @@ class ScheduleType(enum.StrEnum):
     CRON = "cron"
     INTERVAL = "interval"
     FIXED_TIME = "fixed_time"
+    RRULE = "rrule"
 
 
 class IntervalUnit(enum.StrEnum):
@@ -556,7 +557,9 @@ class Schedule:
     ``exclude_dates`` (``YYYY-MM-DD`` in the schedule's zone) are days whose
     due times do not run (history ``skipped_excluded``). ``on_gap`` and
     ``on_fold`` choose what a cron wall time does in a daylight-saving gap or
-    fold (see :class:`GapPolicy`, :class:`FoldPolicy`).
+    fold (see :class:`GapPolicy`, :class:`FoldPolicy`). An ``rrule`` schedule
+    runs the RFC 5545 rule ``rrule`` from ``start_time`` (its DTSTART) on the
+    zone's wall clock, less the wall times of ``exclude_rrule``.
     """
 
     id: str
@@ -597,6 +600,8 @@ class Schedule:
     exclude_dates: list[str] = attrs.Factory(list)
     on_gap: GapPolicy = GapPolicy.SHIFT
     on_fold: FoldPolicy = FoldPolicy.FIRST
+    rrule: str | None = None
+    exclude_rrule: str | None = None
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None

@@ -22,11 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 __all__ = [
     "FOLD_CHOICES",
     "GAP_CHOICES",
+    "Walls",
     "candidates",
     "changes",
     "count_by_policy",
@@ -48,6 +50,14 @@ _OFFSET_SAMPLE = timedelta(hours=12)
 
 #: The first wall time strictly after (or before) a wall time; ``None``: there is none.
 WallStep = Callable[[datetime], "datetime | None"]
+
+
+class Walls(Protocol):
+    """A source of wall times in order (a compiled RFC 5545 rule)."""
+
+    def next_wall(self, wall: datetime) -> datetime | None: ...
+
+    def prev_wall(self, wall: datetime) -> datetime | None: ...
 
 
 def is_default(on_gap: str, on_fold: str) -> bool:

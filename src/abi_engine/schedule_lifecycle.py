@@ -25,6 +25,7 @@ from abi_engine.schedule_math import (
     upcoming,
     zone,
 )
+from abi_engine.schedule_rrule import rule_walls
 from abi_engine.storage.records import HistoryRecord, ScheduleRecord
 
 __all__ = ["pause_or_resume", "preview", "timing_of"]
@@ -42,6 +43,7 @@ def timing_of(record: ScheduleRecord) -> Timing:
         at=record.execution_time,
         on_gap=record.on_gap,
         on_fold=record.on_fold,
+        walls=rule_walls(record),
     )
 
 

@@ -40,6 +40,7 @@ import attrs
 from croniter import croniter
 
 from abi_engine.schedule_dst import (
+    Walls,
     changes,
     count_by_policy,
     fold_size,
@@ -561,6 +562,8 @@ class Timing:
     at: datetime | None = None
     on_gap: str = "shift"
     on_fold: str = "first"
+    #: The wall times of an ``rrule`` schedule (:func:`abi_engine.schedule_rrule.compile_rrule`).
+    walls: Walls | None = None
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first due time strictly after ``after`` (``None``: never again)."""
@@ -569,6 +572,9 @@ class Timing:
         if self.kind == "interval":
             assert self.anchor is not None
             return next_interval(self.anchor, self.every_seconds, after)
+        if self.walls is not None:
+            tz = zone(self.timezone)
+            return next_by_walls(self.walls.next_wall, tz, after, self.on_gap, self.on_fold)
         return self.at if self.at is not None and self.at > after else None
 
     def prev_before(self, before: datetime) -> datetime | None:
@@ -578,6 +584,9 @@ class Timing:
         if self.kind == "interval":
             assert self.anchor is not None
             return prev_interval(self.anchor, self.every_seconds, before)
+        if self.walls is not None:
+            tz = zone(self.timezone)
+            return prev_by_walls(self.walls.prev_wall, tz, before, self.on_gap, self.on_fold)
         return self.at if self.at is not None and self.at < before else None
 
     def count(self, after: datetime, until: datetime) -> int:
@@ -589,17 +598,27 @@ class Timing:
         if self.kind == "interval":
             assert self.anchor is not None
             return count_interval(self.anchor, self.every_seconds, after, until)
+        if self.walls is not None:  # a rule has no arithmetic: its due times are listed
+            found, due = 0, self.next_after(after)
+            while due is not None and due <= until:
+                found, due = found + 1, self.next_after(due)
+            return found
         return int(self.at is not None and after < self.at <= until)
 
 
 def occurrence_flags(
-    expression: str, timezone: str, due: datetime, on_gap: str = "shift"
+    expression: str,
+    timezone: str,
+    due: datetime,
+    on_gap: str = "shift",
+    walls: Walls | None = None,
 ) -> tuple[bool, bool]:
     """Whether the cron due time ``due`` was shifted by a spring-forward gap (a wall time
     of the expression did not exist, and runs at the end of the gap: never with ``on_gap``
     ``skip``), and whether its wall time repeats in a fall-back fold (it runs at the pass,
-    or passes, ``on_fold`` says)."""
-    spec = compile_cron(expression)
+    or passes, ``on_fold`` says). ``walls``: those of an rrule schedule instead of the
+    cron ``expression``."""
+    next_wall = walls.next_wall if walls is not None else _cron_walls(expression)
     tz = zone(timezone)
     local = due.astimezone(tz)
     wall = local.replace(tzinfo=None)
@@ -611,8 +630,14 @@ def occurrence_flags(
     shifted = False
     if on_gap == "shift" and before is not None and after is not None and after > before:
         gap_start = wall - (after - before)  # the first wall time that did not exist
-        shifted = _next_wall(spec, gap_start - _MINUTE) < wall
+        found = next_wall(gap_start - _MICRO)
+        shifted = found is not None and found < wall
     return shifted, repeated
+
+
+def _cron_walls(expression: str) -> Callable[[datetime], datetime | None]:
+    spec = compile_cron(expression)
+    return lambda wall: _next_wall(spec, wall)
 
 
 def upcoming(
@@ -624,8 +649,10 @@ def upcoming(
     due = first
     while due is not None and len(found) < count:
         flags = (False, False)
-        if timing.kind == "cron":
-            flags = occurrence_flags(timing.cron_expression, timing.timezone, due, timing.on_gap)
+        if timing.kind in ("cron", "rrule"):
+            flags = occurrence_flags(
+                timing.cron_expression, timing.timezone, due, timing.on_gap, timing.walls
+            )
         found.append((due, *flags))
         due = timing.next_after(due)
     return found

@@ -25,6 +25,9 @@ from abi_engine.storage.records import ScheduleRecord
 
 __all__ = ["schedule_json"]
 
+#: Types whose ``start_time`` is stored (an interval's first run, a rule's DTSTART).
+_ANCHORED = (ScheduleType.INTERVAL, ScheduleType.RRULE)
+
 
 def _view(record: ScheduleRecord) -> Schedule:
     last = None
@@ -56,7 +59,7 @@ def _view(record: ScheduleRecord) -> Schedule:
         interval_value=record.interval_value,
         interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
         execution_time=record.execution_time,
-        start_time=record.anchor_at if record.schedule_type == ScheduleType.INTERVAL else None,
+        start_time=record.anchor_at if record.schedule_type in _ANCHORED else None,
         parameters=record.parameters,
         enabled=record.enabled,
         timezone=record.timezone,
@@ -84,6 +87,8 @@ def _view(record: ScheduleRecord) -> Schedule:
         exclude_dates=list(record.exclude_dates),
         on_gap=GapPolicy(record.on_gap),
         on_fold=FoldPolicy(record.on_fold),
+        rrule=record.rrule,
+        exclude_rrule=record.exclude_rrule,
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -143,6 +148,8 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["exclude_dates"] = s.exclude_dates
     data["on_gap"] = s.on_gap.value
     data["on_fold"] = s.on_fold.value
+    data["rrule"] = s.rrule
+    data["exclude_rrule"] = s.exclude_rrule
     data["created_at"] = format_time(s.created_at)
     data["updated_at"] = format_time(s.updated_at)
     data["created_by"] = s.created_by

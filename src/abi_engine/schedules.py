@@ -60,7 +60,8 @@ from abi_engine.schedule_math import (
     next_interval,
     zone,
 )
-from abi_engine.schedule_views import _summary, _view, schedule_json
+from abi_engine.schedule_rrule import compile_rrule
+from abi_engine.schedule_views import _ANCHORED, _summary, _view, schedule_json
 from abi_engine.services import Service, check_flag, check_int, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
@@ -97,6 +98,7 @@ MAX_RUNS = Number(minimum=1, maximum=1_000_000_000)
 JITTER = Number(minimum=0, maximum=86400)
 EXCLUDED = Json(max_bytes=16_384)
 REASON = Text(min_length=1, max_length=500)
+RULE = Text(min_length=1, max_length=1024)
 
 
 @attrs.define(kw_only=True)
@@ -107,6 +109,10 @@ class ScheduleRequest:
     description: Annotated[str, DESCRIPTION] | None = None
     schedule_type: ScheduleType
     cron_expression: Annotated[str, CRON] | None = None
+    #: An RFC 5545 rule (``FREQ=WEEKLY;BYDAY=MO;BYHOUR=9;BYMINUTE=0``), from ``start_time``.
+    rrule: Annotated[str, RULE] | None = None
+    #: A rule of wall times the ``rrule`` leaves out (same ``DTSTART``).
+    exclude_rrule: Annotated[str, RULE] | None = None
     interval_value: Annotated[int, INTERVAL] | None = None
     interval_unit: IntervalUnit | None = None
     execution_time: datetime | None = None
@@ -177,6 +183,8 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
             compile_cron(req.cron_expression)
         except ValueError as exc:
             raise _invalid("cron_expression", str(exc)) from None
+    elif req.schedule_type is ScheduleType.RRULE:
+        _check_rule(req, now)
     elif req.schedule_type is ScheduleType.INTERVAL:
         if req.interval_value is None:
             raise _invalid("interval_value", "required for an interval schedule")
@@ -205,6 +213,29 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
             raise _invalid("end_time", "must be after start_time")
 
 
+def _check_rule(req: ScheduleRequest, now: datetime) -> None:
+    """``rrule`` (required) and ``exclude_rrule`` parse (from ``start_time``, else now)."""
+    if req.rrule is None:
+        raise _invalid("rrule", "required for an rrule schedule")
+    start = req.start_time or now
+    try:
+        compile_rrule(req.rrule, None, req.timezone, start)
+    except ValueError as exc:
+        raise _invalid("rrule", str(exc)) from None
+    if req.exclude_rrule is not None:
+        try:
+            compile_rrule(req.rrule, req.exclude_rrule, req.timezone, start)
+        except ValueError as exc:
+            raise _invalid("exclude_rrule", str(exc)) from None
+
+
+def _check_fires(record: ScheduleRecord, now: datetime) -> None:
+    """An ``rrule`` schedule whose rule (``COUNT``, ``UNTIL``, exclusions...) never fires
+    again is refused, as a fixed time in the past is."""
+    if record.schedule_type == ScheduleType.RRULE and next_after(record, now) is None:
+        raise _invalid("rrule", "the rule has no due time after now")
+
+
 def _check_dates(dates: list[str]) -> None:
     """``exclude_dates``: at most 1000 dates written ``YYYY-MM-DD``."""
     if len(dates) > 1000:
@@ -231,6 +262,8 @@ def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
     if record.schedule_type == ScheduleType.INTERVAL:
         seconds = (record.interval_value or 1) * INTERVAL_UNITS[record.interval_unit or "seconds"]
         return next_interval(record.anchor_at, seconds, after)
+    if record.schedule_type == ScheduleType.RRULE:
+        return timing_of(record).next_after(after)
     if record.execution_time is not None and record.execution_time > after:
         return record.execution_time
     return None
@@ -292,6 +325,8 @@ class ScheduleService(Service):
             description=req.description,
             schedule_type=req.schedule_type.value,
             cron_expression=req.cron_expression if req.schedule_type is ScheduleType.CRON else None,
+            rrule=req.rrule if req.schedule_type is ScheduleType.RRULE else None,
+            exclude_rrule=req.exclude_rrule if req.schedule_type is ScheduleType.RRULE else None,
             interval_value=req.interval_value
             if req.schedule_type is ScheduleType.INTERVAL
             else None,
@@ -327,7 +362,9 @@ class ScheduleService(Service):
                 timing_of(record), record.id, record.next_due, record.jitter_seconds
             )
         record.completed = record.next_due is None and (
-            record.end_time is not None or record.max_runs is not None
+            record.end_time is not None
+            or record.max_runs is not None
+            or record.schedule_type == ScheduleType.RRULE
         )
         return record
 
@@ -350,6 +387,7 @@ class ScheduleService(Service):
         _check(req, now, creating=True)
         workflow = await self.check_parameters(workflow_id, req.parameters)
         record = self._record(req, base=None, workflow_id=workflow_id, now=now)
+        _check_fires(record, now)
         record.created_by = actor.user_id if actor else None
         record.workflow_name = workflow.name
         if not record.enabled:  # created paused
@@ -465,8 +503,11 @@ class ScheduleService(Service):
         # Only what changes counts: a body echoing the current values (GET, edit, PUT)
         # neither re-checks a past execution_time nor moves the due time.
         changed = {k for k in UPDATABLE if getattr(req, k) != getattr(before, k)}
-        _check(req, now, creating=bool(changed & {"execution_time", "schedule_type"}))
+        creating = bool(changed & {"execution_time", "schedule_type", "rrule", "exclude_rrule"})
+        _check(req, now, creating=creating)
         record = self._record(req, base=current, workflow_id=current.workflow_id, now=now)
+        if creating or "start_time" in changed:
+            _check_fires(record, now)
         timing_changed = bool(
             changed
             & {
@@ -482,6 +523,8 @@ class ScheduleService(Service):
                 "jitter_seconds",
                 "on_gap",
                 "on_fold",
+                "rrule",
+                "exclude_rrule",
             }
         )
         if (
@@ -543,6 +586,7 @@ class ScheduleService(Service):
         if req.workflow_id is not None:
             await self.check_parameters(req.workflow_id, req.parameters)
         record = self._record(req, base=None, workflow_id=req.workflow_id or "", now=now)
+        _check_fires(record, now)
         listed = preview_of(record, record.next_due, req.count)
         listed.schedule_id = None
         return listed
@@ -589,7 +633,9 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         interval_value=record.interval_value,
         interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
         execution_time=record.execution_time,
-        start_time=record.anchor_at if record.schedule_type == ScheduleType.INTERVAL else None,
+        start_time=record.anchor_at if record.schedule_type in _ANCHORED else None,
+        rrule=record.rrule,
+        exclude_rrule=record.exclude_rrule,
         parameters=record.parameters,
         enabled=record.enabled,
         timezone=record.timezone,

@@ -487,6 +487,9 @@ class ScheduleRecord:
     #: Daylight-saving choices of a wall-clock schedule (see abi_engine.schedule_dst).
     on_gap: str = "shift"
     on_fold: str = "first"
+    #: An RFC 5545 rule (schedule_type rrule) and the rule of wall times it leaves out.
+    rrule: str | None = None
+    exclude_rrule: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -191,6 +191,9 @@ MIGRATIONS.append(
             # skipped; a fold's wall time at its first pass, its last, or both.
             "ALTER TABLE schedules ADD COLUMN on_gap TEXT NOT NULL DEFAULT 'shift'",
             "ALTER TABLE schedules ADD COLUMN on_fold TEXT NOT NULL DEFAULT 'first'",
+            # schedule_type rrule: an RFC 5545 rule, and one of wall times left out.
+            "ALTER TABLE schedules ADD COLUMN rrule TEXT",
+            "ALTER TABLE schedules ADD COLUMN exclude_rrule TEXT",
         ],
     )
 )

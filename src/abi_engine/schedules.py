@@ -232,7 +232,11 @@ def _check_rule(req: ScheduleRequest, now: datetime) -> None:
 def _check_fires(record: ScheduleRecord, now: datetime) -> None:
     """An ``rrule`` schedule whose rule (``COUNT``, ``UNTIL``, exclusions...) never fires
     again is refused, as a fixed time in the past is."""
-    if record.schedule_type == ScheduleType.RRULE and next_after(record, now) is None:
+    if (
+        record.schedule_type == ScheduleType.RRULE
+        and record.next_due is None
+        and next_after(record, now) is None
+    ):
         raise _invalid("rrule", "the rule has no due time after now")
 
 

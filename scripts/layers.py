@@ -99,7 +99,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
-            | {"schedule_views"}
+            | {"schedule_views", "schedule_backfill"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -653,6 +653,28 @@ class ScheduleOccurrence:
 
 
 @attrs.define(kw_only=True)
+class BackfillItem:
+    """A due time of a backfill and the execution started for it (``None`` in a dry run)."""
+
+    due_at: datetime
+    execution_id: str | None = None
+
+
+@attrs.define(kw_only=True)
+class ScheduleBackfill:
+    """What ``POST /workflow_schedules/{id}/backfill`` ran (or, ``dry_run``, would run):
+    the due times of ``start`` to ``end``, oldest first, at most ``max_runs`` of them
+    (``truncated``: the range has more)."""
+
+    schedule_id: str
+    dry_run: bool
+    start: datetime
+    end: datetime
+    items: list[BackfillItem]
+    truncated: bool = False
+
+
+@attrs.define(kw_only=True)
 class SchedulePreview:
     """The next due times of a schedule (saved or not), oldest first.
 

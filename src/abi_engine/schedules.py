@@ -44,12 +44,14 @@ from abi_engine.models import (
     Page,
     ResumeMode,
     Schedule,
+    ScheduleBackfill,
     ScheduleHistoryEntry,
     SchedulePreview,
     ScheduleSummary,
     ScheduleType,
     Workflow,
 )
+from abi_engine.schedule_backfill import backfill as run_backfill
 from abi_engine.schedule_lifecycle import pause_or_resume, timing_of
 from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
@@ -594,6 +596,14 @@ class ScheduleService(Service):
         listed = preview_of(record, record.next_due, req.count)
         listed.schedule_id = None
         return listed
+
+    async def backfill(
+        self, schedule_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
+    ) -> ScheduleBackfill:
+        """Run the due times of a past range (``start`` to ``end``), at most ``max_runs``
+        (1 to 1000); ``dry_run`` lists them. See :mod:`abi_engine.schedule_backfill`."""
+        record = await self._load(schedule_id)
+        return await run_backfill(record, data, self._executions, actor)
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10

@@ -86,6 +86,7 @@ async def test_backfill_is_bounded_and_checked(eng: Engine) -> None:
         ({"start": format_time(start), "end": format_time(end), "max_runs": 1001}, "max_runs"),
         ({"start": format_time(start), "end": format_time(end), "max_runs": 0}, "max_runs"),
         ({"start": "yesterday", "end": format_time(end)}, "start"),
+        ({"start": "0001-01-01T00:00:00Z", "end": format_time(end)}, "start"),
         (
             {"start": format_time(start), "end": format_time(end), "overlap_policy": "queue"},
             "overlap_policy",

@@ -277,6 +277,8 @@ async def test_count_ends_the_schedule_and_a_rule_that_never_fires_is_refused(en
         ({**WEEKDAYS_9, "rrule": None}, "rrule"),
         ({**WEEKDAYS_9, "rrule": "FREQ=SECONDLY"}, "rrule"),
         ({**WEEKDAYS_9, "exclude_rrule": "FREQ=NEVER"}, "exclude_rrule"),
+        ({**WEEKDAYS_9, "start_time": "0001-01-01T00:00:00Z"}, "start_time"),
+        ({**WEEKDAYS_9, "start_time": "9999-12-31T23:59:00Z"}, "start_time"),
     ):
         with pytest.raises(InvalidSchedule) as refused:
             await eng.schedules.create(workflow_id, body)

@@ -55,6 +55,8 @@ def _request(data: Mapping[str, Any], now: datetime) -> BackfillRequest:
     if not isinstance(data, Mapping):
         raise InvalidRequest("The request body must be a JSON object", {"field": "(body)"})
     req = structure(data, BackfillRequest, error=InvalidRequest)
+    if req.start.year < 1970:
+        raise InvalidRequest("'start' must be after 1970", {"field": "start"})
     if req.end <= req.start:
         raise InvalidRequest("'end' must be after 'start'", {"field": "end"})
     if req.end > now:

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -220,6 +220,8 @@ def _check_rule(req: ScheduleRequest, now: datetime) -> None:
     if req.rrule is None:
         raise _invalid("rrule", "required for an rrule schedule")
     start = req.start_time or now
+    if not _EARLIEST <= start <= _LATEST:
+        raise _invalid("start_time", "between 1970 and 2200 for an rrule schedule")
     try:
         compile_rrule(req.rrule, None, req.timezone, start)
     except ValueError as exc:
@@ -229,6 +231,10 @@ def _check_rule(req: ScheduleRequest, now: datetime) -> None:
             compile_rrule(req.rrule, req.exclude_rrule, req.timezone, start)
         except ValueError as exc:
             raise _invalid("exclude_rrule", str(exc)) from None
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 def _check_fires(record: ScheduleRecord, now: datetime) -> None:

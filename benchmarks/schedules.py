@@ -64,7 +64,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def far_body(i: int, hours_now: dict[str, int]) -> dict[str, Any]:
+def far_body(i: int, hours_now: dict[str, int], rrule: bool = False) -> dict[str, Any]:
     """A schedule first due more than an hour from now, in a realistic mix.
 
     Half daily crons, then weekday crons, monthly crons and intervals (minutes
@@ -73,6 +73,16 @@ def far_body(i: int, hours_now: dict[str, int]) -> dict[str, Any]:
     """
     rng = random.Random(i)
     kind = i % 20
+    if rrule and i % 4 == 0:  # --rrule: a quarter are simple RFC 5545 rules
+        zone = ZONES[i % len(ZONES)]
+        hour = (hours_now[zone] + rng.randrange(2, 24)) % 24
+        return {
+            "name": f"rrule {i}",
+            "schedule_type": "rrule",
+            "rrule": f"FREQ=WEEKLY;BYDAY=MO,WE,FR;BYHOUR={hour};BYMINUTE={rng.randrange(60)}",
+            "timezone": zone,
+            "parameters": {"n": i},
+        }
     if kind >= 5:
         zone = ZONES[i % len(ZONES)]
         hour = (hours_now[zone] + rng.randrange(2, 24)) % 24
@@ -117,10 +127,10 @@ def profiled(name: str, wanted: str | None) -> AbstractContextManager[Any]:
     return _Profile()
 
 
-def make_bodies(count: int) -> list[dict[str, Any]]:
+def make_bodies(count: int, rrule: bool = False) -> list[dict[str, Any]]:
     now = utcnow()
     hours_now = {zone: now.astimezone(ZoneInfo(zone)).hour for zone in ZONES}
-    return [far_body(i, hours_now) for i in range(count)]
+    return [far_body(i, hours_now, rrule) for i in range(count)]
 
 
 async def create_many(
@@ -149,7 +159,7 @@ class EventListener:
 
 
 async def bench_create_and_tick(
-    db: Path, count: int, profile: str | None, with_events: bool = False
+    db: Path, count: int, profile: str | None, with_events: bool = False, rrule: bool = False
 ) -> None:
     listener = EventListener()
     engine = Engine(db, plugins=[listener] if with_events else [])
@@ -157,7 +167,7 @@ async def bench_create_and_tick(
         workflow = await engine.workflows.create(WORKFLOW)
         await engine.workflows.activate(workflow.id)
         async with engine:
-            bodies = make_bodies(count)
+            bodies = make_bodies(count, rrule)
             cpu, wall = time.process_time(), time.perf_counter()
             with profiled("create", profile):
                 await create_many(engine, workflow.id, bodies)
@@ -165,7 +175,8 @@ async def bench_create_and_tick(
             if with_events:
                 assert listener.seen >= count, listener.seen
             print(
-                f"create {count:,} schedules{' (events built: a hook listens)' if with_events else ''}:"
+                f"create {count:,} schedules{' (events built: a hook listens)' if with_events else ''}"
+                f"{' (a quarter rrule)' if rrule else ''}:"
                 f" {wall:.2f} s wall, {count / wall:,.0f}/s"
                 f" ({cpu:.2f} s CPU, {count / cpu:,.0f} per CPU second);"
                 f" peak RSS {peak_rss_mb():.0f} MB;"
@@ -298,6 +309,11 @@ def main() -> None:
         action="store_true",
         help="an abi_event hook listens, so every schedule.created event is built and stored",
     )
+    parser.add_argument(
+        "--rrule",
+        action="store_true",
+        help="a quarter of the schedules created are rrule schedules (a simple weekly rule)",
+    )
     args = parser.parse_args()
     print(machine_reference())
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,6 +323,7 @@ def main() -> None:
             args.count,
             args.profile,
             args.with_events,
+            args.rrule,
         )
         anyio.run(
             bench_lateness,

@@ -68,8 +68,10 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "limits",
                 "json_schema",
                 "expressions",
+                "schedule_dst",
                 "schedule_math",
                 "schedule_rules",
+                "schedule_rrule",
             }
             | {"webhook_signing", "netguard", "logs", "trigger_signing"}
         ),
@@ -97,6 +99,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
+            | {"schedule_views", "schedule_backfill"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

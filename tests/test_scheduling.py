@@ -131,6 +131,12 @@ EXTRA_KEYS = {
     "runs_count",
     "jitter_seconds",
     "exclude_dates",
+    # Daylight-saving choices (#17).
+    "on_gap",
+    "on_fold",
+    # RRULE schedules (#17).
+    "rrule",
+    "exclude_rrule",
 }
 ZONE_KOLKATA = ZoneInfo("Asia/Kolkata")
 LAST_EXECUTION_KEYS = {"execution_id", "status", "started_at", "completed_at"}

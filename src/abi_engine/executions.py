@@ -141,6 +141,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         actor: Principal | None = None,
         traceparent: str | None = None,
         parent_execution_id: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> Execution:
         """Start an execution of an active workflow.
 
@@ -154,7 +155,8 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         execution again. With tracing on, a W3C ``traceparent`` (the caller's
         span) becomes the parent of the execution's spans.
         ``parent_execution_id``: the execution whose step starts
-        this one (:meth:`start_child`), told when it ends.
+        this one (:meth:`start_child`), told when it ends. ``scheduled_for``: the
+        logical due time of a schedule's run (a backfill).
         """
         params, timeout = self._check_request(
             parameters,
@@ -193,6 +195,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
                 reservation=reservation,
                 traceparent=traceparent,
                 parent_execution_id=parent_execution_id,
+                scheduled_for=scheduled_for,
             )
         finally:
             if reservation is not None:
@@ -284,6 +287,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         reservation: Any,
         traceparent: str | None = None,
         parent_execution_id: str | None = None,
+        scheduled_for: datetime | None = None,
     ) -> Execution:
         now = utcnow()
         tracing = self._runtime.tracing
@@ -307,6 +311,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
             queued_reason="paused" if paused else None,
             trace_context=tracing.context_for(traceparent) if tracing is not None else None,
             parent_execution_id=parent_execution_id,
+            scheduled_for=scheduled_for,
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:

@@ -437,6 +437,7 @@ class ScheduleType(enum.StrEnum):
     CRON = "cron"
     INTERVAL = "interval"
     FIXED_TIME = "fixed_time"
+    RRULE = "rrule"
 
 
 class IntervalUnit(enum.StrEnum):
@@ -471,6 +472,23 @@ class ResumeMode(enum.StrEnum):
     FROM_NOW = "from_now"
     RUN_ONCE = "run_once"
     CATCH_UP = "catch_up"
+
+
+class GapPolicy(enum.StrEnum):
+    """A wall time of a cron or rrule schedule that does not exist (spring-forward gap):
+    ``shift`` runs it at the end of the gap, ``skip`` does not run it."""
+
+    SHIFT = "shift"
+    SKIP = "skip"
+
+
+class FoldPolicy(enum.StrEnum):
+    """A wall time of a cron or rrule schedule that happens twice (fall-back fold):
+    ``first`` runs it at its first pass, ``last`` at its second, ``both`` at each."""
+
+    FIRST = "first"
+    LAST = "last"
+    BOTH = "both"
 
 
 class OverlapPolicy(enum.StrEnum):
@@ -537,7 +555,11 @@ class Schedule:
     delays each run by a pseudo-random amount below it, the same for a due
     time in every process (``next_execution`` shows the delayed instant).
     ``exclude_dates`` (``YYYY-MM-DD`` in the schedule's zone) are days whose
-    due times do not run (history ``skipped_excluded``).
+    due times do not run (history ``skipped_excluded``). ``on_gap`` and
+    ``on_fold`` choose what a cron wall time does in a daylight-saving gap or
+    fold (see :class:`GapPolicy`, :class:`FoldPolicy`). An ``rrule`` schedule
+    runs the RFC 5545 rule ``rrule`` from ``start_time`` (its DTSTART) on the
+    zone's wall clock, less the wall times of ``exclude_rrule``.
     """
 
     id: str
@@ -576,6 +598,10 @@ class Schedule:
     runs_count: int = 0
     jitter_seconds: float = 0.0
     exclude_dates: list[str] = attrs.Factory(list)
+    on_gap: GapPolicy = GapPolicy.SHIFT
+    on_fold: FoldPolicy = FoldPolicy.FIRST
+    rrule: str | None = None
+    exclude_rrule: str | None = None
     created_at: datetime
     updated_at: datetime
     created_by: str | None = None
@@ -624,6 +650,28 @@ class ScheduleOccurrence:
     run_at: datetime
     shifted_by_gap: bool = False
     repeated_by_fold: bool = False
+
+
+@attrs.define(kw_only=True)
+class BackfillItem:
+    """A due time of a backfill and the execution started for it (``None`` in a dry run)."""
+
+    due_at: datetime
+    execution_id: str | None = None
+
+
+@attrs.define(kw_only=True)
+class ScheduleBackfill:
+    """What ``POST /workflow_schedules/{id}/backfill`` ran (or, ``dry_run``, would run):
+    the due times of ``start`` to ``end``, oldest first, at most ``max_runs`` of them
+    (``truncated``: the range has more)."""
+
+    schedule_id: str
+    dry_run: bool
+    start: datetime
+    end: datetime
+    items: list[BackfillItem]
+    truncated: bool = False
 
 
 @attrs.define(kw_only=True)

@@ -25,6 +25,7 @@ from abi_engine.schedule_math import (
     upcoming,
     zone,
 )
+from abi_engine.schedule_rrule import rule_walls
 from abi_engine.storage.records import HistoryRecord, ScheduleRecord
 
 __all__ = ["pause_or_resume", "preview", "timing_of"]
@@ -40,6 +41,9 @@ def timing_of(record: ScheduleRecord) -> Timing:
         every_seconds=(record.interval_value or 1)
         * INTERVAL_UNITS[record.interval_unit or "seconds"],
         at=record.execution_time,
+        on_gap=record.on_gap,
+        on_fold=record.on_fold,
+        walls=rule_walls(record),
     )
 
 

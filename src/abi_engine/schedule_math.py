@@ -31,14 +31,25 @@ import bisect
 import calendar
 import functools
 import hashlib
-import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 from croniter import croniter
+
+from abi_engine.schedule_dst import (
+    Walls,
+    changes,
+    count_by_policy,
+    fold_size,
+    is_default,
+    next_by_walls,
+    prev_by_walls,
+    resolve_local,
+    transition,
+)
 
 __all__ = [
     "ALIASES",
@@ -262,33 +273,22 @@ def _next_wall(spec: CronSpec, after: datetime) -> datetime:
     raise ValueError(f"{spec.expression!r} has no run in the next {_SEARCH_YEARS} years")
 
 
-def resolve_local(wall: datetime, tz: ZoneInfo) -> datetime:
-    """The UTC instant a wall time of ``tz`` stands for.
-
-    An ambiguous wall time (fall-back fold) gives its first occurrence; a
-    wall time that does not exist (spring-forward gap) gives the first
-    instant after it, the end of the gap.
-    """
-    first = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
-    if first.astimezone(tz).replace(tzinfo=None) == wall:
-        return first
-    # In a gap: fold=1 reads the wall time with the offset after the change,
-    # which lands before the gap; the end of the gap lies between the two.
-    low = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
-    low, high = min(low, first), max(low, first)
-    while high - low > timedelta(seconds=1):
-        middle = low + (high - low) / 2
-        if middle.astimezone(tz).replace(tzinfo=None) >= wall:
-            high = middle
-        else:
-            low = middle
-    return high.replace(microsecond=0)
-
-
-def next_cron(expression: str, timezone: str, after: datetime) -> datetime:
-    """The first run of a cron schedule strictly after the instant ``after``."""
+def next_cron(
+    expression: str,
+    timezone: str,
+    after: datetime,
+    on_gap: str = "shift",
+    on_fold: str = "first",
+) -> datetime:
+    """The first run of a cron schedule strictly after the instant ``after`` (daylight-saving
+    choices ``on_gap`` and ``on_fold``, see :mod:`abi_engine.schedule_dst`)."""
     spec = compile_cron(expression)
     tz = zone(timezone)
+    if not is_default(on_gap, on_fold):
+        found = next_by_walls(lambda w: _next_wall(spec, w), tz, after, on_gap, on_fold)
+        if found is None:
+            raise ValueError(f"no run of {expression!r} found after {after.isoformat()}")
+        return found
     wall = after.astimezone(tz).replace(tzinfo=None)
     for _ in range(10_000):
         wall = _next_wall(spec, wall)
@@ -323,8 +323,6 @@ def _from_ms(value: int) -> datetime:
 
 _MICRO = timedelta(microseconds=1)
 _DAY = timedelta(days=1)
-#: How often :func:`_changes` samples a zone's offset (no zone changes twice within it).
-_OFFSET_SAMPLE = timedelta(hours=12)
 
 
 def _prev_wall(spec: CronSpec, before: datetime) -> datetime:
@@ -366,16 +364,13 @@ def _prev_wall(spec: CronSpec, before: datetime) -> datetime:
     raise ValueError(f"{spec.expression!r} has no run in the previous {_SEARCH_YEARS} years")
 
 
-def _fold_size(local: datetime) -> timedelta:
-    """How much the clock went back at the fold ``local`` (aware, ``fold=1``) is in."""
-    first = local.replace(fold=0).utcoffset()
-    second = local.utcoffset()
-    assert first is not None
-    assert second is not None
-    return first - second
-
-
-def prev_cron(expression: str, timezone: str, before: datetime) -> datetime | None:
+def prev_cron(
+    expression: str,
+    timezone: str,
+    before: datetime,
+    on_gap: str = "shift",
+    on_fold: str = "first",
+) -> datetime | None:
     """The last run of a cron schedule strictly before the instant ``before``.
 
     The mirror of :func:`next_cron`, with the same daylight-saving rules;
@@ -383,12 +378,14 @@ def prev_cron(expression: str, timezone: str, before: datetime) -> datetime | No
     """
     spec = compile_cron(expression)
     tz = zone(timezone)
+    if not is_default(on_gap, on_fold):
+        return prev_by_walls(_prev_wall_or_none(spec), tz, before, on_gap, on_fold)
     local = before.astimezone(tz)
     wall = local.replace(tzinfo=None)
     if local.fold:
         # In the second pass of a repeated hour, its later wall times ran at their
         # first pass, before ``before``: start the search after them.
-        wall += _fold_size(local)
+        wall += fold_size(local)
     for _ in range(10_000):
         try:
             wall = _prev_wall(spec, wall)
@@ -400,30 +397,14 @@ def prev_cron(expression: str, timezone: str, before: datetime) -> datetime | No
     return None
 
 
-def _transition(tz: ZoneInfo, low: datetime, high: datetime) -> datetime:
-    """The instant in ``(low, high]`` where ``tz`` changes its offset (exactly one change)."""
-    offset = low.astimezone(tz).utcoffset()
-    low_s, high_s = math.floor(low.timestamp()), math.ceil(high.timestamp())
-    while high_s - low_s > 1:
-        middle = (low_s + high_s) // 2
-        if datetime.fromtimestamp(middle, tz).utcoffset() == offset:
-            low_s = middle
-        else:
-            high_s = middle
-    return datetime.fromtimestamp(high_s, UTC)
+def _prev_wall_or_none(spec: CronSpec) -> Callable[[datetime], datetime | None]:
+    def step(wall: datetime) -> datetime | None:
+        try:
+            return _prev_wall(spec, wall)
+        except ValueError:
+            return None
 
-
-def _changes(tz: ZoneInfo, after: datetime, until: datetime) -> Iterator[datetime]:
-    """The instants in ``(after, until]`` where ``tz`` changes its UTC offset."""
-    offset = after.astimezone(tz).utcoffset()
-    low = after
-    while low < until:
-        high = min(low + _OFFSET_SAMPLE, until)
-        now = high.astimezone(tz).utcoffset()
-        if now != offset:
-            yield _transition(tz, low, high)
-            offset = now
-        low = high
+    return step
 
 
 def _wall(instant: datetime, tz: ZoneInfo) -> datetime:
@@ -436,7 +417,7 @@ def _wall_limit(instant: datetime, tz: ZoneInfo) -> datetime:
     :func:`resolve_local`)."""
     local = instant.astimezone(tz)
     if local.fold:  # second pass of a repeated hour: all of that hour ran at its first pass
-        change = _transition(tz, instant - _fold_size(local), instant)
+        change = transition(tz, instant - fold_size(local), instant)
         return _wall(change - _MICRO, tz) + _MICRO
     return local.replace(tzinfo=None, second=0, microsecond=0) + _MINUTE
 
@@ -505,7 +486,14 @@ def _count_walls(spec: CronSpec, low: datetime, high: datetime) -> int:
     return found
 
 
-def count_cron(expression: str, timezone: str, after: datetime, until: datetime) -> int:
+def count_cron(
+    expression: str,
+    timezone: str,
+    after: datetime,
+    until: datetime,
+    on_gap: str = "shift",
+    on_fold: str = "first",
+) -> int:
     """How many runs of a cron schedule fall in ``(after, until]`` (exact, without listing them).
 
     Counts the matching wall times between the two instants day by day, then
@@ -515,10 +503,19 @@ def count_cron(expression: str, timezone: str, after: datetime, until: datetime)
     """
     if until <= after:
         return 0
+    if not is_default(on_gap, on_fold):
+        return count_by_policy(
+            lambda a, u: count_cron(expression, timezone, a, u),
+            lambda a: next_cron(expression, timezone, a),
+            lambda a: next_cron(expression, timezone, a, on_gap, on_fold),
+            zone(timezone),
+            after,
+            until,
+        )
     spec = compile_cron(expression)
     tz = zone(timezone)
     found = _count_walls(spec, _wall_limit(after, tz), _wall_limit(until, tz))
-    for change in _changes(tz, after, until):
+    for change in changes(tz, after, until):
         start, end = _wall(change - _MICRO, tz) + _MICRO, _wall(change, tz)
         if end > start:  # a gap: every wall time from its start to its end runs at `change`
             together = _count_walls(spec, start, end.replace(second=0, microsecond=0) + _MINUTE)
@@ -554,7 +551,8 @@ def count_interval(anchor: datetime, every_seconds: int, after: datetime, until:
 class Timing:
     """When a schedule is due: ``kind`` is ``cron`` (``cron_expression`` on the wall clock
     of ``timezone``), ``interval`` (every ``every_seconds`` from ``anchor``) or
-    ``fixed_time`` (once, ``at``)."""
+    ``fixed_time`` (once, ``at``). ``on_gap`` and ``on_fold`` are the daylight-saving
+    choices of wall-clock kinds (:mod:`abi_engine.schedule_dst`)."""
 
     kind: str
     cron_expression: str = ""
@@ -562,40 +560,65 @@ class Timing:
     anchor: datetime | None = None
     every_seconds: int = 1
     at: datetime | None = None
+    on_gap: str = "shift"
+    on_fold: str = "first"
+    #: The wall times of an ``rrule`` schedule (:func:`abi_engine.schedule_rrule.compile_rrule`).
+    walls: Walls | None = None
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first due time strictly after ``after`` (``None``: never again)."""
         if self.kind == "cron":
-            return next_cron(self.cron_expression, self.timezone, after)
+            return next_cron(self.cron_expression, self.timezone, after, self.on_gap, self.on_fold)
         if self.kind == "interval":
             assert self.anchor is not None
             return next_interval(self.anchor, self.every_seconds, after)
+        if self.walls is not None:
+            tz = zone(self.timezone)
+            return next_by_walls(self.walls.next_wall, tz, after, self.on_gap, self.on_fold)
         return self.at if self.at is not None and self.at > after else None
 
     def prev_before(self, before: datetime) -> datetime | None:
         """The last due time strictly before ``before`` (``None``: none)."""
         if self.kind == "cron":
-            return prev_cron(self.cron_expression, self.timezone, before)
+            return prev_cron(self.cron_expression, self.timezone, before, self.on_gap, self.on_fold)
         if self.kind == "interval":
             assert self.anchor is not None
             return prev_interval(self.anchor, self.every_seconds, before)
+        if self.walls is not None:
+            tz = zone(self.timezone)
+            return prev_by_walls(self.walls.prev_wall, tz, before, self.on_gap, self.on_fold)
         return self.at if self.at is not None and self.at < before else None
 
     def count(self, after: datetime, until: datetime) -> int:
         """How many due times fall in ``(after, until]``."""
         if self.kind == "cron":
-            return count_cron(self.cron_expression, self.timezone, after, until)
+            return count_cron(
+                self.cron_expression, self.timezone, after, until, self.on_gap, self.on_fold
+            )
         if self.kind == "interval":
             assert self.anchor is not None
             return count_interval(self.anchor, self.every_seconds, after, until)
+        if self.walls is not None:  # a rule has no arithmetic: its due times are listed
+            found, due = 0, self.next_after(after)
+            while due is not None and due <= until:
+                found, due = found + 1, self.next_after(due)
+            return found
         return int(self.at is not None and after < self.at <= until)
 
 
-def occurrence_flags(expression: str, timezone: str, due: datetime) -> tuple[bool, bool]:
+def occurrence_flags(
+    expression: str,
+    timezone: str,
+    due: datetime,
+    on_gap: str = "shift",
+    walls: Walls | None = None,
+) -> tuple[bool, bool]:
     """Whether the cron due time ``due`` was shifted by a spring-forward gap (a wall time
-    of the expression did not exist, and runs at the end of the gap), and whether its wall
-    time repeats in a fall-back fold (it runs at the first pass only)."""
-    spec = compile_cron(expression)
+    of the expression did not exist, and runs at the end of the gap: never with ``on_gap``
+    ``skip``), and whether its wall time repeats in a fall-back fold (it runs at the pass,
+    or passes, ``on_fold`` says). ``walls``: those of an rrule schedule instead of the
+    cron ``expression``."""
+    next_wall = walls.next_wall if walls is not None else _cron_walls(expression)
     tz = zone(timezone)
     local = due.astimezone(tz)
     wall = local.replace(tzinfo=None)
@@ -605,10 +628,16 @@ def occurrence_flags(expression: str, timezone: str, due: datetime) -> tuple[boo
     before = (due - timedelta(seconds=1)).astimezone(tz).utcoffset()
     after = local.utcoffset()
     shifted = False
-    if before is not None and after is not None and after > before:
+    if on_gap == "shift" and before is not None and after is not None and after > before:
         gap_start = wall - (after - before)  # the first wall time that did not exist
-        shifted = _next_wall(spec, gap_start - _MINUTE) < wall
+        found = next_wall(gap_start - _MICRO)
+        shifted = found is not None and found < wall
     return shifted, repeated
+
+
+def _cron_walls(expression: str) -> Callable[[datetime], datetime | None]:
+    spec = compile_cron(expression)
+    return lambda wall: _next_wall(spec, wall)
 
 
 def upcoming(
@@ -620,8 +649,10 @@ def upcoming(
     due = first
     while due is not None and len(found) < count:
         flags = (False, False)
-        if timing.kind == "cron":
-            flags = occurrence_flags(timing.cron_expression, timing.timezone, due)
+        if timing.kind in ("cron", "rrule"):
+            flags = occurrence_flags(
+                timing.cron_expression, timing.timezone, due, timing.on_gap, timing.walls
+            )
         found.append((due, *flags))
         due = timing.next_after(due)
     return found

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
@@ -32,25 +32,26 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event, EventPolicy, OutboxEvent
-from abi_engine.ids import format_time, new_id, parse_time, utcnow
+from abi_engine.ids import new_id, utcnow
 from abi_engine.limits import DESCRIPTION, NAME, Json, Number, Text
 from abi_engine.models import (
     DeleteResult,
-    ExecutionStatus,
-    FiringFailure,
+    FoldPolicy,
+    GapPolicy,
     IntervalUnit,
-    LastExecution,
     MisfirePolicy,
     OverlapPolicy,
     Page,
     ResumeMode,
     Schedule,
+    ScheduleBackfill,
     ScheduleHistoryEntry,
     SchedulePreview,
     ScheduleSummary,
     ScheduleType,
     Workflow,
 )
+from abi_engine.schedule_backfill import backfill as run_backfill
 from abi_engine.schedule_lifecycle import pause_or_resume, timing_of
 from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
@@ -61,6 +62,8 @@ from abi_engine.schedule_math import (
     next_interval,
     zone,
 )
+from abi_engine.schedule_rrule import compile_rrule
+from abi_engine.schedule_views import _ANCHORED, _summary, _view, schedule_json
 from abi_engine.services import Service, check_flag, check_int, check_page
 from abi_engine.storage.records import (
     DeleteSchedule,
@@ -76,7 +79,7 @@ if TYPE_CHECKING:
     from abi_engine.runtime.commit import GroupCommitter
     from abi_engine.storage.base import Store
 
-__all__ = ["ScheduleRequest", "ScheduleService"]
+__all__ = ["ScheduleRequest", "ScheduleService", "schedule_json"]
 
 log = logging.getLogger("abi_engine.scheduler")
 
@@ -97,6 +100,7 @@ MAX_RUNS = Number(minimum=1, maximum=1_000_000_000)
 JITTER = Number(minimum=0, maximum=86400)
 EXCLUDED = Json(max_bytes=16_384)
 REASON = Text(min_length=1, max_length=500)
+RULE = Text(min_length=1, max_length=1024)
 
 
 @attrs.define(kw_only=True)
@@ -107,6 +111,10 @@ class ScheduleRequest:
     description: Annotated[str, DESCRIPTION] | None = None
     schedule_type: ScheduleType
     cron_expression: Annotated[str, CRON] | None = None
+    #: An RFC 5545 rule (``FREQ=WEEKLY;BYDAY=MO;BYHOUR=9;BYMINUTE=0``), from ``start_time``.
+    rrule: Annotated[str, RULE] | None = None
+    #: A rule of wall times the ``rrule`` leaves out (same ``DTSTART``).
+    exclude_rrule: Annotated[str, RULE] | None = None
     interval_value: Annotated[int, INTERVAL] | None = None
     interval_unit: IntervalUnit | None = None
     execution_time: datetime | None = None
@@ -127,6 +135,11 @@ class ScheduleRequest:
     max_runs: Annotated[int, MAX_RUNS] | None = None
     #: Failed firings in a row after which the schedule pauses itself (``None``: never).
     max_consecutive_failures: Annotated[int, MAX_FAILURES] | None = None
+    #: Daylight-saving choices of a cron schedule: a gap's wall time ``shift``-ed to the
+    #: end of the gap or ``skip``-ped; a fold's wall time at its ``first`` pass, ``last``
+    #: pass or ``both``.
+    on_gap: GapPolicy = GapPolicy.SHIFT
+    on_fold: FoldPolicy = FoldPolicy.FIRST
     #: Why it is disabled (kept while disabled, shown as ``paused_reason``).
     paused_reason: Annotated[str, REASON] | None = None
     #: When it is enabled again: what about the due times passed while paused
@@ -172,6 +185,8 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
             compile_cron(req.cron_expression)
         except ValueError as exc:
             raise _invalid("cron_expression", str(exc)) from None
+    elif req.schedule_type is ScheduleType.RRULE:
+        _check_rule(req, now)
     elif req.schedule_type is ScheduleType.INTERVAL:
         if req.interval_value is None:
             raise _invalid("interval_value", "required for an interval schedule")
@@ -200,6 +215,39 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
             raise _invalid("end_time", "must be after start_time")
 
 
+def _check_rule(req: ScheduleRequest, now: datetime) -> None:
+    """``rrule`` (required) and ``exclude_rrule`` parse (from ``start_time``, else now)."""
+    if req.rrule is None:
+        raise _invalid("rrule", "required for an rrule schedule")
+    start = req.start_time or now
+    if not _EARLIEST <= start <= _LATEST:
+        raise _invalid("start_time", "between 1970 and 2200 for an rrule schedule")
+    try:
+        compile_rrule(req.rrule, None, req.timezone, start)
+    except ValueError as exc:
+        raise _invalid("rrule", str(exc)) from None
+    if req.exclude_rrule is not None:
+        try:
+            compile_rrule(req.rrule, req.exclude_rrule, req.timezone, start)
+        except ValueError as exc:
+            raise _invalid("exclude_rrule", str(exc)) from None
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _check_fires(record: ScheduleRecord, now: datetime) -> None:
+    """An ``rrule`` schedule whose rule (``COUNT``, ``UNTIL``, exclusions...) never fires
+    again is refused, as a fixed time in the past is."""
+    if (
+        record.schedule_type == ScheduleType.RRULE
+        and record.next_due is None
+        and next_after(record, now) is None
+    ):
+        raise _invalid("rrule", "the rule has no due time after now")
+
+
 def _check_dates(dates: list[str]) -> None:
     """``exclude_dates``: at most 1000 dates written ``YYYY-MM-DD``."""
     if len(dates) > 1000:
@@ -220,10 +268,14 @@ def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
     create and update calls it.
     """
     if record.schedule_type == ScheduleType.CRON:
-        return next_cron(record.cron_expression or "", record.timezone, after)
+        return next_cron(
+            record.cron_expression or "", record.timezone, after, record.on_gap, record.on_fold
+        )
     if record.schedule_type == ScheduleType.INTERVAL:
         seconds = (record.interval_value or 1) * INTERVAL_UNITS[record.interval_unit or "seconds"]
         return next_interval(record.anchor_at, seconds, after)
+    if record.schedule_type == ScheduleType.RRULE:
+        return timing_of(record).next_after(after)
     if record.execution_time is not None and record.execution_time > after:
         return record.execution_time
     return None
@@ -237,168 +289,6 @@ def _next_within(record: ScheduleRecord, after: datetime) -> datetime | None:
     if due is not None and record.end_time is not None and due > record.end_time:
         return None
     return due
-
-
-def _view(record: ScheduleRecord) -> Schedule:
-    last = None
-    if record.last_execution_id and record.last_status:
-        last = LastExecution(
-            execution_id=record.last_execution_id,
-            status=ExecutionStatus(record.last_status),
-            started_at=record.last_started_at,
-            completed_at=record.last_completed_at,
-        )
-    failure = None
-    if record.last_failure:
-        failure = FiringFailure(
-            at=parse_time(record.last_failure["at"]),
-            due_at=parse_time(record.last_failure["due_at"])
-            if record.last_failure.get("due_at")
-            else None,
-            code=record.last_failure["code"],
-            message=record.last_failure["message"],
-        )
-    return Schedule(
-        id=record.id,
-        workflow_id=record.workflow_id,
-        workflow_name=record.workflow_name,
-        name=record.name,
-        description=record.description,
-        schedule_type=ScheduleType(record.schedule_type),
-        cron_expression=record.cron_expression,
-        interval_value=record.interval_value,
-        interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
-        execution_time=record.execution_time,
-        start_time=record.anchor_at if record.schedule_type == ScheduleType.INTERVAL else None,
-        parameters=record.parameters,
-        enabled=record.enabled,
-        timezone=record.timezone,
-        status=_status(record),
-        next_execution=record.next_due if record.enabled else None,
-        last_execution=last,
-        misfire_policy=MisfirePolicy(record.misfire_policy),
-        misfire_grace_seconds=record.misfire_grace_seconds,
-        catch_up_limit=record.catch_up_limit,
-        overlap_policy=OverlapPolicy(record.overlap_policy),
-        failed_firings=record.failed_firings,
-        last_failure=failure,
-        failed_count=record.failed_firings,
-        missed_count=record.missed_count,
-        last_error=failure,
-        consecutive_failures=record.consecutive_failures,
-        max_consecutive_failures=record.max_consecutive_failures,
-        paused_by=None if record.enabled else record.paused_by,
-        paused_reason=None if record.enabled else record.paused_reason,
-        paused_at=None if record.enabled else record.paused_at,
-        end_time=record.end_time,
-        max_runs=record.max_runs,
-        runs_count=record.runs_count,
-        jitter_seconds=record.jitter_seconds,
-        exclude_dates=list(record.exclude_dates),
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        created_by=record.created_by,
-    )
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else format_time(value)
-
-
-def schedule_json(s: Schedule) -> dict[str, Any]:
-    """``unstructure(schedule)``, written out (answers and events); a test compares the two."""
-    data: dict[str, Any] = {"id": s.id, "workflow_id": s.workflow_id}
-    data["workflow_name"] = s.workflow_name
-    data["name"] = s.name
-    data["description"] = s.description
-    data["schedule_type"] = s.schedule_type.value
-    data["cron_expression"] = s.cron_expression
-    data["interval_value"] = s.interval_value
-    data["interval_unit"] = None if s.interval_unit is None else s.interval_unit.value
-    data["execution_time"] = _time(s.execution_time)
-    data["start_time"] = _time(s.start_time)
-    data["parameters"] = s.parameters
-    data["enabled"] = s.enabled
-    data["timezone"] = s.timezone
-    data["status"] = s.status
-    data["next_execution"] = _time(s.next_execution)
-    last = s.last_execution
-    data["last_execution"] = (
-        None
-        if last is None
-        else {
-            "execution_id": last.execution_id,
-            "status": last.status.value,
-            "started_at": _time(last.started_at),
-            "completed_at": _time(last.completed_at),
-        }
-    )
-    data["misfire_policy"] = s.misfire_policy.value
-    data["misfire_grace_seconds"] = s.misfire_grace_seconds
-    data["catch_up_limit"] = s.catch_up_limit
-    data["overlap_policy"] = s.overlap_policy.value
-    data["failed_firings"] = s.failed_firings
-    data["last_failure"] = _failure_json(s.last_failure)
-    data["failed_count"] = s.failed_count
-    data["missed_count"] = s.missed_count
-    data["last_error"] = _failure_json(s.last_error)
-    data["consecutive_failures"] = s.consecutive_failures
-    data["max_consecutive_failures"] = s.max_consecutive_failures
-    data["paused_by"] = s.paused_by
-    data["paused_reason"] = s.paused_reason
-    data["paused_at"] = _time(s.paused_at)
-    data["end_time"] = _time(s.end_time)
-    data["max_runs"] = s.max_runs
-    data["runs_count"] = s.runs_count
-    data["jitter_seconds"] = s.jitter_seconds
-    data["exclude_dates"] = s.exclude_dates
-    data["created_at"] = format_time(s.created_at)
-    data["updated_at"] = format_time(s.updated_at)
-    data["created_by"] = s.created_by
-    return data
-
-
-def _failure_json(failure: FiringFailure | None) -> dict[str, Any] | None:
-    if failure is None:
-        return None
-    return {
-        "at": format_time(failure.at),
-        "due_at": _time(failure.due_at),
-        "code": failure.code,
-        "message": failure.message,
-    }
-
-
-def _status(record: ScheduleRecord) -> str:
-    if record.completed:
-        return "completed"
-    return "active" if record.enabled else "disabled"
-
-
-def _summary(record: ScheduleRecord) -> ScheduleSummary:
-    view = _view(record)
-    return ScheduleSummary(
-        id=view.id,
-        workflow_id=view.workflow_id,
-        workflow_name=view.workflow_name,
-        name=view.name,
-        description=view.description,
-        schedule_type=view.schedule_type,
-        cron_expression=view.cron_expression,
-        interval_value=view.interval_value,
-        interval_unit=view.interval_unit,
-        execution_time=view.execution_time,
-        enabled=view.enabled,
-        timezone=view.timezone,
-        status=view.status,
-        next_execution=view.next_execution,
-        failed_firings=view.failed_firings,
-        failed_count=view.failed_count,
-        missed_count=view.missed_count,
-        paused_reason=view.paused_reason,
-        created_at=view.created_at,
-        updated_at=view.updated_at,
-    )
 
 
 class ScheduleService(Service):
@@ -447,6 +337,8 @@ class ScheduleService(Service):
             description=req.description,
             schedule_type=req.schedule_type.value,
             cron_expression=req.cron_expression if req.schedule_type is ScheduleType.CRON else None,
+            rrule=req.rrule if req.schedule_type is ScheduleType.RRULE else None,
+            exclude_rrule=req.exclude_rrule if req.schedule_type is ScheduleType.RRULE else None,
             interval_value=req.interval_value
             if req.schedule_type is ScheduleType.INTERVAL
             else None,
@@ -473,6 +365,8 @@ class ScheduleService(Service):
             runs_count=base.runs_count if base else 0,
             jitter_seconds=req.jitter_seconds,
             exclude_dates=sorted(set(req.exclude_dates)),
+            on_gap=req.on_gap.value,
+            on_fold=req.on_fold.value,
         )
         record.next_due = _next_within(record, now)
         if record.jitter_seconds:
@@ -480,7 +374,9 @@ class ScheduleService(Service):
                 timing_of(record), record.id, record.next_due, record.jitter_seconds
             )
         record.completed = record.next_due is None and (
-            record.end_time is not None or record.max_runs is not None
+            record.end_time is not None
+            or record.max_runs is not None
+            or record.schedule_type == ScheduleType.RRULE
         )
         return record
 
@@ -503,6 +399,7 @@ class ScheduleService(Service):
         _check(req, now, creating=True)
         workflow = await self.check_parameters(workflow_id, req.parameters)
         record = self._record(req, base=None, workflow_id=workflow_id, now=now)
+        _check_fires(record, now)
         record.created_by = actor.user_id if actor else None
         record.workflow_name = workflow.name
         if not record.enabled:  # created paused
@@ -618,8 +515,11 @@ class ScheduleService(Service):
         # Only what changes counts: a body echoing the current values (GET, edit, PUT)
         # neither re-checks a past execution_time nor moves the due time.
         changed = {k for k in UPDATABLE if getattr(req, k) != getattr(before, k)}
-        _check(req, now, creating=bool(changed & {"execution_time", "schedule_type"}))
+        creating = bool(changed & {"execution_time", "schedule_type", "rrule", "exclude_rrule"})
+        _check(req, now, creating=creating)
         record = self._record(req, base=current, workflow_id=current.workflow_id, now=now)
+        if creating or "start_time" in changed:
+            _check_fires(record, now)
         timing_changed = bool(
             changed
             & {
@@ -633,6 +533,10 @@ class ScheduleService(Service):
                 "end_time",
                 "max_runs",
                 "jitter_seconds",
+                "on_gap",
+                "on_fold",
+                "rrule",
+                "exclude_rrule",
             }
         )
         if (
@@ -694,9 +598,18 @@ class ScheduleService(Service):
         if req.workflow_id is not None:
             await self.check_parameters(req.workflow_id, req.parameters)
         record = self._record(req, base=None, workflow_id=req.workflow_id or "", now=now)
+        _check_fires(record, now)
         listed = preview_of(record, record.next_due, req.count)
         listed.schedule_id = None
         return listed
+
+    async def backfill(
+        self, schedule_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
+    ) -> ScheduleBackfill:
+        """Run the due times of a past range (``start`` to ``end``), at most ``max_runs``
+        (1 to 1000); ``dry_run`` lists them. See :mod:`abi_engine.schedule_backfill`."""
+        record = await self._load(schedule_id)
+        return await run_backfill(record, data, self._executions, actor)
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10
@@ -740,7 +653,9 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         interval_value=record.interval_value,
         interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
         execution_time=record.execution_time,
-        start_time=record.anchor_at if record.schedule_type == ScheduleType.INTERVAL else None,
+        start_time=record.anchor_at if record.schedule_type in _ANCHORED else None,
+        rrule=record.rrule,
+        exclude_rrule=record.exclude_rrule,
         parameters=record.parameters,
         enabled=record.enabled,
         timezone=record.timezone,
@@ -754,4 +669,6 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         max_runs=record.max_runs,
         jitter_seconds=record.jitter_seconds,
         exclude_dates=list(record.exclude_dates),
+        on_gap=GapPolicy(record.on_gap),
+        on_fold=FoldPolicy(record.on_fold),
     )

@@ -78,6 +78,7 @@ AUDITED: dict[str, AuditRule] = {
         create_schedule="schedule.create",
         update_schedule="schedule.update",
         delete_schedule="schedule.delete",
+        backfill_schedule="schedule.backfill",
     ),
     **_rules(
         "webhook",

@@ -18,11 +18,13 @@ from abi_engine.converter import unstructure
 from abi_engine.models import (
     DeleteResult,
     Schedule,
+    ScheduleBackfill,
     ScheduleHistoryEntry,
     SchedulePreview,
     ScheduleSummary,
     Scope,
 )
+from abi_engine.schedule_backfill import BackfillRequest
 from abi_engine.schedules import SchedulePreviewRequest, ScheduleRequest, schedule_json
 
 if TYPE_CHECKING:
@@ -197,3 +199,28 @@ async def preview_schedule(engine: Engine, actor: Principal, request: ApiRequest
 )
 async def preview_unsaved_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     return unstructure(await engine.schedules.preview_unsaved(body_object(request)))
+
+
+@operation(
+    method="POST",
+    path="/workflow_schedules/{schedule_id}/backfill",
+    scope=Scope.SCHEDULES_WRITE,
+    summary="Run the due times of a past range (each execution knows its due time)",
+    request_model=BackfillRequest,
+    response_model=ScheduleBackfill,
+    tag="schedules",
+    errors=(
+        "SCHEDULE_NOT_FOUND",
+        "INVALID_REQUEST",
+        "INVALID_STATE",
+        "WORKFLOW_NOT_FOUND",
+        "INVALID_PARAMETERS",
+        "PARAMETER_VALIDATION_ERROR",
+    ),
+)
+async def backfill_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    return unstructure(
+        await engine.schedules.backfill(
+            request.path["schedule_id"], body_object(request), actor=actor
+        )
+    )

@@ -31,6 +31,7 @@ from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.metrics import FIRING_OUTCOMES
 from abi_engine.runtime.runner import Runtime
 from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due, zone
+from abi_engine.schedule_rrule import rule_walls
 from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
 from abi_engine.storage.aio import AsyncStore
 from abi_engine.storage.records import ExecutionRecord, FireSchedule, HistoryRecord, ScheduleRecord
@@ -56,6 +57,9 @@ def timing(record: ScheduleRecord) -> Timing:
         every_seconds=(record.interval_value or 1)
         * INTERVAL_UNITS[record.interval_unit or "seconds"],
         at=record.execution_time,
+        on_gap=record.on_gap,
+        on_fold=record.on_fold,
+        walls=rule_walls(record),
     )
 
 
@@ -252,7 +256,7 @@ class Scheduler:
             failed_times = [missed.last] * min(missed.count, 1)
         fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
         completed = next_due is None and (
-            record.schedule_type == ScheduleType.FIXED_TIME
+            record.schedule_type in (ScheduleType.FIXED_TIME, ScheduleType.RRULE)
             or record.end_time is not None
             or record.max_runs is not None
         )

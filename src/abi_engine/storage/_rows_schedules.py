@@ -24,7 +24,8 @@ _COLUMNS = (
     " s.failed_firings, s.last_failure, s.missed_count, s.consecutive_failures,"
     " s.max_consecutive_failures, s.paused_by, s.paused_reason, s.paused_at,"
     " s.resume_policy, s.end_time, s.max_runs, s.runs_count,"
-    " s.jitter_seconds, s.exclude_dates"
+    " s.jitter_seconds, s.exclude_dates, s.on_gap, s.on_fold,"
+    " s.rrule, s.exclude_rrule"
 )
 
 
@@ -84,4 +85,8 @@ def _row(row: Sequence[Any]) -> ScheduleRecord:
         runs_count=row[42] or 0,
         jitter_seconds=row[43] or 0.0,
         exclude_dates=loads(row[44]) if row[44] else [],
+        on_gap=row[45] or "shift",
+        on_fold=row[46] or "first",
+        rrule=row[47],
+        exclude_rrule=row[48],
     )

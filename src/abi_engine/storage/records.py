@@ -484,6 +484,12 @@ class ScheduleRecord:
     jitter_seconds: float = 0.0
     #: Dates (``YYYY-MM-DD``, in the schedule's zone) whose due times do not run.
     exclude_dates: list[str] = attrs.Factory(list)
+    #: Daylight-saving choices of a wall-clock schedule (see abi_engine.schedule_dst).
+    on_gap: str = "shift"
+    on_fold: str = "first"
+    #: An RFC 5545 rule (schedule_type rrule) and the rule of wall times it leaves out.
+    rrule: str | None = None
+    exclude_rrule: str | None = None
 
 
 @attrs.frozen(kw_only=True)

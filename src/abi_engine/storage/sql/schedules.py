@@ -60,6 +60,10 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         r.max_runs,
         float(r.jitter_seconds),
         dumps(r.exclude_dates) if r.exclude_dates else None,
+        r.on_gap,
+        r.on_fold,
+        r.rrule,
+        r.exclude_rrule,
     )
 
 
@@ -155,8 +159,9 @@ _INSERT = (
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
     " overlap_policy, completed, updated_at, max_consecutive_failures, paused_by,"
     " paused_reason, paused_at, resume_policy, end_time, max_runs, jitter_seconds,"
-    " exclude_dates, id, workflow_id, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?,"
-    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " exclude_dates, on_gap, on_fold, rrule, exclude_rrule, id, workflow_id, created_at,"
+    " created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -212,7 +217,7 @@ def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
         " overlap_policy = ?, completed = ?, updated_at = ?, max_consecutive_failures = ?,"
         " paused_by = ?, paused_reason = ?, paused_at = ?, resume_policy = ?,"
         " end_time = ?, max_runs = ?, jitter_seconds = ?, exclude_dates = ?,"
-        " version = version + 1,"
+        " on_gap = ?, on_fold = ?, rrule = ?, exclude_rrule = ?, version = version + 1,"
         " consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures END"
         " WHERE id = ? AND version = ?",
         (*_definition(r), op.reset_failures, r.id, op.expected_version),

@@ -182,3 +182,18 @@ MIGRATIONS.append(
     # An execution's W3C trace context (traceparent), carried across runs and restarts (#15).
     Migration("m016_trace_context", ["ALTER TABLE executions ADD COLUMN trace_context TEXT"])
 )
+
+MIGRATIONS.append(
+    Migration(
+        "m018_schedules_rrule",
+        [
+            # Daylight-saving choices of cron schedules (#17): a gap's wall time shifted or
+            # skipped; a fold's wall time at its first pass, its last, or both.
+            "ALTER TABLE schedules ADD COLUMN on_gap TEXT NOT NULL DEFAULT 'shift'",
+            "ALTER TABLE schedules ADD COLUMN on_fold TEXT NOT NULL DEFAULT 'first'",
+            # schedule_type rrule: an RFC 5545 rule, and one of wall times left out.
+            "ALTER TABLE schedules ADD COLUMN rrule TEXT",
+            "ALTER TABLE schedules ADD COLUMN exclude_rrule TEXT",
+        ],
+    )
+)

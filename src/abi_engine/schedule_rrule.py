@@ -1,0 +1,160 @@
+"""RFC 5545 recurrence rules (``schedule_type: "rrule"``) on a zone's wall clock.
+
+A rule (``FREQ=WEEKLY;BYDAY=MO,WE;BYHOUR=9;BYMINUTE=0``, with or without
+``RRULE:``) is expanded by python-dateutil from ``DTSTART``: the schedule's
+``start_time`` (or its creation) read on the wall clock of its zone, to the
+minute. Its wall
+times become instants with the daylight-saving choices of cron
+(:mod:`abi_engine.schedule_dst`). An optional exclusion rule (same syntax, same
+``DTSTART``) removes the wall times it produces. ``COUNT`` and ``UNTIL`` bound
+the rule (``UNTIL`` written in UTC, ``...Z``, or as a wall time of the zone).
+
+Cost: dateutil walks a rule from its ``DTSTART``; rules without ``COUNT`` of
+frequency ``MINUTELY`` to ``WEEKLY`` are re-anchored to a start a period or two
+before the instant asked about (the same occurrences, as their periods are
+fixed lengths of wall time), so a step costs the same a year later.
+``SECONDLY`` is refused (use an interval schedule), ``COUNT`` is at most
+100,000.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import attrs
+from dateutil.rrule import rrule, rrulestr
+
+from abi_engine.schedule_dst import WALK_LIMIT
+from abi_engine.schedule_math import zone
+
+__all__ = ["RuleWalls", "compile_rrule", "rule_walls"]
+
+MAX_COUNT = 100_000
+_PERIODS = {
+    "MINUTELY": timedelta(minutes=1),
+    "HOURLY": timedelta(hours=1),
+    "DAILY": timedelta(days=1),
+    "WEEKLY": timedelta(weeks=1),
+}
+_FREQ = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
+_INTERVAL = re.compile(r"(?:^|;)INTERVAL=(\d+)")
+_COUNT = re.compile(r"(?:^|;)COUNT=(\d+)")
+_UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z")
+
+
+def _normalized(text: str, tz_name: str) -> str:
+    """The rule's text upper-cased without ``RRULE:``; an UTC ``UNTIL`` read on the zone's
+    wall clock (the rule is expanded in wall time)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the rule is empty")
+    rule = text.strip().upper()
+    rule = rule.removeprefix("RRULE:")
+    if "\n" in rule or ":" in rule or "DTSTART" in rule:
+        raise ValueError("one RRULE only (its DTSTART is the schedule's start_time)")
+    tz = zone(tz_name)
+
+    def local(match: re.Match[str]) -> str:
+        instant = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return "UNTIL=" + instant.astimezone(tz).strftime("%Y%m%dT%H%M%S")
+
+    return _UNTIL_UTC.sub(local, rule)
+
+
+@attrs.frozen
+class RuleWalls:
+    """A compiled rule (and exclusion rule) giving wall times, naive, in order."""
+
+    rule: rrule
+    exclude: rrule | None
+    period: timedelta | None  # re-anchoring step (None: walk from DTSTART)
+    dtstart: datetime
+
+    def _anchored(self, rule: rrule, wall: datetime) -> rrule:
+        """``rule`` from a start a whole number of periods before ``wall``, at least two
+        periods before it (the same occurrences from there on)."""
+        if self.period is None or wall - self.dtstart < 4 * self.period:
+            return rule
+        steps = (wall - self.dtstart) // self.period - 2
+        return rule.replace(dtstart=self.dtstart + steps * self.period)
+
+    def _excluded(self, wall: datetime) -> bool:
+        if self.exclude is None:
+            return False
+        rule = self._anchored(self.exclude, wall)
+        return rule.after(wall, inc=True) == wall  # type: ignore[no-any-return]
+
+    def next_wall(self, wall: datetime) -> datetime | None:
+        """The first wall time of the rule strictly after ``wall`` (``None``: no more)."""
+        for _ in range(WALK_LIMIT):
+            found = self._anchored(self.rule, wall).after(wall)
+            if found is None or not self._excluded(found):
+                return found  # type: ignore[no-any-return]
+            wall = found
+        return None
+
+    def prev_wall(self, wall: datetime) -> datetime | None:
+        """The last wall time of the rule strictly before ``wall`` (``None``: none)."""
+        for _ in range(WALK_LIMIT):
+            found = self._anchored(self.rule, wall).before(wall)
+            if found is None and self.period is not None:
+                found = self.rule.before(wall)  # (a sparse rule: its last one may be far)
+            if found is None or not self._excluded(found):
+                return found  # type: ignore[no-any-return]
+            wall = found
+        return None
+
+
+def _parse(text: str, dtstart: datetime) -> rrule:
+    try:
+        rule = rrulestr(text, dtstart=dtstart)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+        raise ValueError(f"invalid RRULE: {exc}") from None
+    if not isinstance(rule, rrule):
+        raise ValueError("one RRULE only")
+    return rule
+
+
+@functools.lru_cache(maxsize=4096)
+def compile_rrule(text: str, exclude: str | None, timezone: str, start: datetime) -> RuleWalls:
+    """The rule ``text`` (and ``exclude``) from the instant ``start`` on the wall clock of
+    ``timezone``; ``ValueError`` says what is wrong."""
+    rule_text = _normalized(text, timezone)
+    freq = _FREQ.search(rule_text)
+    if freq is None:
+        raise ValueError("FREQ is required")
+    if freq.group(1) == "SECONDLY":
+        raise ValueError("FREQ=SECONDLY is not supported (use an interval schedule)")
+    count = _COUNT.search(rule_text)
+    if count is not None and int(count.group(1)) > MAX_COUNT:
+        raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
+    # Whole minutes, as cron: a rule without BYSECOND (and its exclusion rule) runs at :00.
+    dtstart = start.astimezone(zone(timezone)).replace(tzinfo=None, second=0, microsecond=0)
+    rule = _parse(rule_text, dtstart)
+    excluded = None
+    if exclude is not None:
+        excluded = _parse(_normalized(exclude, timezone), dtstart)
+    interval = _INTERVAL.search(rule_text)
+    period = _PERIODS.get(freq.group(1))
+    if period is not None and count is None:
+        period *= int(interval.group(1)) if interval else 1
+    else:
+        period = None
+    return RuleWalls(rule=rule, exclude=excluded, period=period, dtstart=dtstart)
+
+
+class _RuleFields(Protocol):
+    schedule_type: str
+    rrule: str | None
+    exclude_rrule: str | None
+    timezone: str
+    anchor_at: datetime
+
+
+def rule_walls(record: _RuleFields) -> RuleWalls | None:
+    """The wall times of an ``rrule`` schedule (``None`` for the other types)."""
+    if record.schedule_type != "rrule" or record.rrule is None:
+        return None
+    return compile_rrule(record.rrule, record.exclude_rrule, record.timezone, record.anchor_at)

@@ -19,6 +19,7 @@ from abi_engine.limits import Items, Text
 
 __all__ = [
     "ActivationResult",
+    "BackfillItem",
     "CreatedToken",
     "DeleteResult",
     "Execution",
@@ -26,6 +27,8 @@ __all__ = [
     "ExecutionStatus",
     "ExecutionSummary",
     "FiringFailure",
+    "FoldPolicy",
+    "GapPolicy",
     "Integration",
     "IntegrationStatus",
     "IntervalUnit",
@@ -38,6 +41,7 @@ __all__ = [
     "ResumeMode",
     "RevokeResult",
     "Schedule",
+    "ScheduleBackfill",
     "ScheduleHistoryEntry",
     "ScheduleOccurrence",
     "SchedulePreview",

@@ -166,11 +166,15 @@ class RunsExecutions(WritesRuns):
             return
         if prepared.fresh and self.metrics is not None:
             self.metrics.execution_started(prepared.record.workflow_type)
-        if self.tracing is None:
-            await self._run_loaded(prepared)
-        else:
-            with self.tracing.execution(prepared.record):
+        try:
+            if self.tracing is None:
                 await self._run_loaded(prepared)
+            else:
+                with self.tracing.execution(prepared.record):
+                    await self._run_loaded(prepared)
+        finally:
+            if prepared.record.limited:  # a slot is free: the next one starts now
+                self._timer(utcnow())
 
     async def _run_loaded(self, prepared: Prepared) -> None:
         """Run a loaded execution's remaining steps, to its end or its next wait."""

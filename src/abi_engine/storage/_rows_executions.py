@@ -17,7 +17,8 @@ _EXEC_COLUMNS = (
     " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
     " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
     " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since, e.trace_context,"
-    " e.parent_execution_id"
+    " e.parent_execution_id, e.concurrency_key,"
+    " (w.max_concurrency IS NOT NULL OR w.concurrency_limit IS NOT NULL)"
 )
 
 
@@ -60,4 +61,6 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         queued_since=from_ms(row[28]),
         trace_context=row[29],
         parent_execution_id=row[30],
+        concurrency_key=row[31],
+        limited=bool(row[32]),
     )

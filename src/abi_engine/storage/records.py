@@ -126,6 +126,11 @@ class ExecutionRecord:
     queued_since: datetime | None = None
     #: The execution whose step started this one (``ctx.run_workflow``), told when it ends.
     parent_execution_id: str | None = None
+    #: The value of its workflow's concurrency key (set when inserted, #16).
+    concurrency_key: str | None = None
+    #: Whether its workflow limits concurrency (read with it, not stored): its end
+    #: frees a slot another execution may wait for.
+    limited: bool = False
 
 
 @attrs.define(kw_only=True)

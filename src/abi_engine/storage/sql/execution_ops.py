@@ -108,9 +108,9 @@ def insert_execution_sql(d: Dialect) -> str:
         "INSERT INTO executions (id, workflow_id, workflow_type, status, parameters,"
         " configuration, plan, created_at, started_at, callback_url, callback_secret,"
         " schedule_id, created_by, idempotency_key, priority, timeout_at, owner, lease_until,"
-        " claim, rerun_of, queued_reason, trace_context, parent_execution_id) VALUES (?, ?, ?,"
-        " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        f" {_lease(d)}, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        " claim, rerun_of, queued_reason, trace_context, parent_execution_id, concurrency_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+        f" {_lease(d)}, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
     )
 
 
@@ -140,6 +140,7 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.queued_reason,
         r.trace_context,
         r.parent_execution_id,
+        r.concurrency_key,
     )
 
 

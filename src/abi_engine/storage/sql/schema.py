@@ -116,3 +116,19 @@ MIGRATIONS.append(
     # An execution's W3C trace context (traceparent), carried across runs and restarts (#15).
     Migration("m016_trace_context", ["ALTER TABLE executions ADD COLUMN trace_context TEXT"])
 )
+
+MIGRATIONS.append(
+    Migration(
+        "m017_concurrency",
+        [
+            # Concurrency limits (#16): per workflow, and per key (an expression over the
+            # parameters, evaluated when an execution is inserted and kept on it).
+            "ALTER TABLE workflows ADD COLUMN max_concurrency {int}",
+            "ALTER TABLE workflows ADD COLUMN concurrency_key TEXT",
+            "ALTER TABLE workflows ADD COLUMN concurrency_limit {int}",
+            "ALTER TABLE executions ADD COLUMN concurrency_key TEXT",
+            "CREATE INDEX idx_executions_slots ON executions"
+            " (workflow_id, concurrency_key, status)",
+        ],
+    )
+)

@@ -35,6 +35,7 @@ from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
 from abi_engine.storage._rows import (
     _TOKEN_COLUMNS,
     _WORKFLOW_COLUMNS,
+    _concurrency,
     _department,
     _row_to_token,
     _row_to_workflow,
@@ -276,8 +277,9 @@ class SQLStore(
             conn.execute(
                 "INSERT INTO workflows (id, name, description, type, status, department,"
                 " configuration, integrations, metadata, created_at, updated_at,"
-                " activated_at, deactivated_at, created_by, retention_days)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " activated_at, deactivated_at, created_by, retention_days, max_concurrency,"
+                " concurrency_key, concurrency_limit)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     workflow.id,
                     workflow.name,
@@ -294,6 +296,7 @@ class SQLStore(
                     to_ms(workflow.deactivated_at),
                     workflow.created_by,
                     workflow.retention_days,
+                    *_concurrency(workflow),
                 ),
             )
             self._insert_events(conn, events)
@@ -329,8 +332,8 @@ class SQLStore(
             cursor = conn.execute(
                 "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
                 " configuration = ?, integrations = ?, metadata = ?, updated_at = ?,"
-                " activated_at = ?, deactivated_at = ?, retention_days = ?"
-                " WHERE id = ? AND deleted_at IS NULL",
+                " activated_at = ?, deactivated_at = ?, retention_days = ?, max_concurrency = ?,"
+                " concurrency_key = ?, concurrency_limit = ? WHERE id = ? AND deleted_at IS NULL",
                 (
                     workflow.name,
                     workflow.description,
@@ -343,6 +346,7 @@ class SQLStore(
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),
                     workflow.retention_days,
+                    *_concurrency(workflow),
                     workflow.id,
                 ),
             )

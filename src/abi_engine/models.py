@@ -15,7 +15,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import attrs
 
-from abi_engine.limits import Items, Text
+from abi_engine.limits import Items, Number, Text
 
 __all__ = [
     "ActivationResult",
@@ -172,8 +172,8 @@ class ConcurrencyRule:
     value run at once.
     """
 
-    key: str
-    limit: int
+    key: Annotated[str, Text(max_length=500, min_length=1)]
+    limit: Annotated[int, Number(minimum=1, maximum=100_000)]
 
 
 @attrs.define(kw_only=True)

@@ -97,7 +97,7 @@ class WorkflowRequest:
     #: creation, the engine's default (``RetentionSettings.execution_retention_days``).
     retention_days: Annotated[int, RETENTION_DAYS] | None = None
     #: How many of its executions may run at once (>= 1); ``null``: no limit.
-    max_concurrency: int | None = None
+    max_concurrency: Annotated[int, Number(minimum=1, maximum=MAX_CONCURRENCY)] | None = None
     #: A limit per key: ``{"key": "parameters.customer_id", "limit": 1}``; ``null``: none.
     concurrency: ConcurrencyRule | None = None
 

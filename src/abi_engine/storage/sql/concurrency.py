@@ -33,7 +33,10 @@ from abi_engine.storage._codec import from_ms, to_ms
 from abi_engine.storage.records import ExecutionRecord
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 
-__all__ = ["BLOCKED", "admit", "free_slots_filter", "keyed", "slots"]
+__all__ = ["BLOCKED", "admit", "blocked_rows", "free_slots_filter", "keyed", "slots"]
+
+#: The groups (workflow, key) of waiting executions one claim looks at.
+MAX_GROUPS = 100
 
 #: The ``queued_reason`` of an execution waiting for a slot.
 BLOCKED = "concurrency_limit"
@@ -92,31 +95,45 @@ class _Counts:
     locks, growing as this transaction grants more."""
 
     def __init__(
-        self, d: Dialect, conn: Conn, limits: dict[str, Limits], exclude: Sequence[str]
+        self,
+        d: Dialect,
+        conn: Conn,
+        limits: dict[str, Limits],
+        wanted: Sequence[tuple[str, str | None]],
+        exclude: Sequence[str] = (),
     ) -> None:
         self.limits = limits
         self.total: dict[str, int] = {}
         self.keyed: dict[tuple[str, str | None], int] = {}
-        ids = sorted(limits)
         if d.row_locks:  # one granter at a time per workflow (in order: no deadlock)
-            for workflow_id in ids:
+            for workflow_id in sorted(limits):
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
                     (f"abi-slots:{workflow_id}",),
                 ).fetchone()
-        holding, now_args = _holding(d, "h")
-        condition, args = d.any_of("h.workflow_id", ids)
         skip, skip_args = d.any_of("h.id", list(exclude)) if exclude else ("", ())
-        rows = conn.execute(
-            "SELECT h.workflow_id, h.concurrency_key, count(*) FROM executions h"
-            f" WHERE {condition} AND {holding}"
-            + (f" AND NOT ({skip})" if skip else "")
-            + " GROUP BY h.workflow_id, h.concurrency_key",
-            (*args, *now_args, *skip_args),
-        ).fetchall()
-        for workflow_id, key, count in rows:
-            self.total[workflow_id] = self.total.get(workflow_id, 0) + int(count)
-            self.keyed[(workflow_id, key)] = int(count)
+        skip = f" AND NOT ({skip})" if skip else ""
+        for workflow_id, (most, _, _) in sorted(limits.items()):
+            # Holders of the whole workflow (at most max_concurrency of them), or of
+            # the keys asked for only (a key per execution: never a scan of them all).
+            keys = sorted({k for w, k in wanted if w == workflow_id and k is not None})
+            if most is not None:
+                where, args = "", ()
+            elif keys:
+                where, args = d.any_of("h.concurrency_key", keys)
+                where = f" AND {where}"
+            else:
+                continue
+            holding, now_args = _holding(d, "h")
+            rows = conn.execute(
+                "SELECT h.concurrency_key, count(*) FROM executions h"
+                f" WHERE h.workflow_id = ?{where} AND {holding}{skip}"
+                " GROUP BY h.concurrency_key",
+                (workflow_id, *args, *now_args, *skip_args),
+            ).fetchall()
+            for key, count in rows:
+                self.total[workflow_id] = self.total.get(workflow_id, 0) + int(count)
+                self.keyed[(workflow_id, key)] = int(count)
 
     def take(self, workflow_id: str, key: str | None, *, reserve: bool = True) -> bool:
         """Take a slot for an execution of ``workflow_id`` with ``key``, if one is free
@@ -146,16 +163,19 @@ def keyed(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Ex
     limits = _limits(d, conn, [r.workflow_id for r in queued])
     if not limits:
         return list(records)
-    counts = _Counts(d, conn, limits, ())
+    for r in queued:
+        limit = limits.get(r.workflow_id)
+        if limit is not None:
+            # In place: the node that inserts it runs this very record.
+            r.limited = True
+            r.concurrency_key = None if limit[1] is None else evaluate_key(limit[1], r.parameters)
+    counts = _Counts(d, conn, limits, [(r.workflow_id, r.concurrency_key) for r in queued])
     out: list[ExecutionRecord] = []
     for r in records:
-        limit = limits.get(r.workflow_id)
-        if limit is None or r.status is not ExecutionStatus.QUEUED:
+        if not r.limited or r.status is not ExecutionStatus.QUEUED:
             out.append(r)
             continue
-        key = None if limit[1] is None else evaluate_key(limit[1], r.parameters)
-        # In place too: the node that inserts it runs this very record.
-        r.concurrency_key, r.limited = key, True
+        key = r.concurrency_key
         if r.queued_reason is None and not counts.take(
             r.workflow_id, key, reserve=r.owner is not None
         ):
@@ -170,7 +190,8 @@ def admit(d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[Sequenc
     limits = _limits(d, conn, [row[1] for row in rows])
     if not limits:
         return list(rows)
-    counts = _Counts(d, conn, limits, [row[0] for row in rows])
+    wanted = [(row[1], row[2]) for row in rows]
+    counts = _Counts(d, conn, limits, wanted, [row[0] for row in rows])
     granted = [row for row in rows if counts.take(row[1], row[2])]
     refused = [(row[0],) for row in rows if row not in granted]
     if refused:
@@ -180,6 +201,40 @@ def admit(d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[Sequenc
             refused,
         )
     return granted
+
+
+def blocked_rows(
+    d: Dialect, conn: Conn, room: int, type_clause: str, type_args: Sequence[Any]
+) -> list[Sequence[Any]]:
+    """Candidates among the executions waiting for a slot (``BLOCKED``), as rows
+    ``(id, workflow_id, concurrency_key, priority, status)``: of each group (workflow
+    and key), the first ones in grant order, as many as its limit at most (so that
+    many waiting on one key cost a claim an index probe, not a scan of them all)."""
+    groups = conn.execute(
+        "SELECT DISTINCT workflow_id, concurrency_key FROM executions"
+        f" WHERE status = 'queued' AND queued_reason = '{BLOCKED}' LIMIT ?",
+        (MAX_GROUPS,),
+    ).fetchall()
+    if not groups:
+        return []
+    limits = _limits(d, conn, [g[0] for g in groups])
+    rows: list[Sequence[Any]] = []
+    for workflow_id, key in groups:
+        most, _, per_key = limits.get(workflow_id, (None, None, None))
+        bounds = (most, per_key if key is not None else None, room - len(rows))
+        bound = min(b for b in bounds if b is not None)
+        if bound <= 0:
+            break
+        rows.extend(
+            conn.execute(
+                "SELECT id, workflow_id, concurrency_key, priority, status FROM executions"
+                f" WHERE workflow_id = ? AND status = 'queued' AND concurrency_key"
+                f" {d.null_safe_eq} ? AND queued_reason = '{BLOCKED}' AND owner IS NULL"
+                f"{type_clause} ORDER BY priority, created_at LIMIT ?{d.claim()}",
+                (workflow_id, key, *type_args, bound),
+            ).fetchall()
+        )
+    return rows
 
 
 def slots(d: Dialect, conn: Conn, workflow_id: str) -> list[tuple[str, str | None, datetime, str]]:

@@ -32,7 +32,13 @@ from abi_engine.storage.records import (
     WriteOp,
     applied,
 )
-from abi_engine.storage.sql.concurrency import BLOCKED, admit, free_slots_filter, slots
+from abi_engine.storage.sql.concurrency import (
+    BLOCKED,
+    admit,
+    blocked_rows,
+    free_slots_filter,
+    slots,
+)
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 from abi_engine.storage.sql.execution_ops import (
     BULK,
@@ -304,11 +310,14 @@ class ExecutionsMixin:
                     " FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
                     " WHERE e.status IN ('queued', 'running')"
                     f" AND (e.lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
-                    f" AND (e.queued_reason IS NULL OR e.queued_reason <> 'paused'){free}"
+                    " AND (e.queued_reason IS NULL"
+                    f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
                     f" ORDER BY e.priority, e.created_at LIMIT ?{d.claim(of='e')}",
                     (*expired_args, *dead_args, *type_args, *free_args, room),
                 ).fetchall()
-                rows = admit(d, conn, rows)
+                # Those waiting for a slot first: they have waited longest.
+                waiting = blocked_rows(d, conn, room, type_clause, type_args)
+                rows = admit(d, conn, [*waiting, *rows])[:room]
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")
             conn.executemany(
@@ -354,6 +363,16 @@ class ExecutionsMixin:
             chunk = ids[start : start + RENEW_CHUNK]
             kept.update(self.write(lambda conn, chunk=chunk: run(conn, chunk)))
         return [i for i in claims if i not in kept]
+
+    def slots_wanted(self, workflow_id: str) -> bool:
+        """Whether executions of ``workflow_id`` wait queued for a concurrency slot."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM executions WHERE workflow_id = ? AND status = 'queued'"
+                f" AND queued_reason = '{BLOCKED}' LIMIT 1",
+                (workflow_id,),
+            ).fetchone()
+        return row is not None
 
     def concurrency_slots(self, workflow_id: str) -> list[tuple[str, str | None, datetime, str]]:
         with self._read() as conn:

@@ -129,6 +129,10 @@ MIGRATIONS.append(
             "ALTER TABLE executions ADD COLUMN concurrency_key TEXT",
             "CREATE INDEX idx_executions_slots ON executions"
             " (workflow_id, concurrency_key, status)",
+            # Those waiting for a slot, by group, in the order they are granted.
+            "CREATE INDEX idx_executions_blocked ON executions"
+            " (workflow_id, status, concurrency_key, priority, created_at)"
+            " WHERE queued_reason = 'concurrency_limit'",
         ],
     )
 )

@@ -11,6 +11,7 @@ Usage: python benchmarks/concurrency.py [--count 1000] [--postgres URL]
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -39,7 +40,11 @@ class BenchPlugin:
 async def run(database: str | Path, count: int) -> None:
     settings = RuntimeSettings(workers=64, queue_size=max(count, 1000))
     async with Engine(database, plugins=[BenchPlugin()], runtime=settings, metrics=False) as e:
-        body = {"name": "b", "type": "bench_one", "concurrency": {"key": "parameters.k", "limit": 1}}
+        body = {
+            "name": "b",
+            "type": "bench_one",
+            "concurrency": {"key": "parameters.k", "limit": 1},
+        }
         wf = await e.workflows.create(body)
         await e.workflows.activate(wf.id)
         ids = [
@@ -47,14 +52,14 @@ async def run(database: str | Path, count: int) -> None:
             for _ in range(count)
         ]
         start = time.perf_counter()
-        while (await e.workflows.get(wf.id)).stats.runs_total < count:
+        while (await e.workflows.get(wf.id)).stats.runs_total < count:  # noqa: ASYNC110
             await anyio.sleep(0.01)
         elapsed = time.perf_counter() - start
         done = [await e.executions.get(i) for i in ids]
     spans = sorted((d.started_at, d.completed_at) for d in done if d.started_at and d.completed_at)
     gaps = [
         (started - ended).total_seconds() * 1000
-        for (_, ended), (started, _) in zip(spans, spans[1:], strict=False)
+        for (_, ended), (started, _) in itertools.pairwise(spans)
     ]
     overlaps = sum(1 for g in gaps if g < 0)
     gaps.sort()

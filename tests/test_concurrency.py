@@ -188,3 +188,32 @@ def test_a_key_expression_names_only_parameters(expr: str) -> None:
         }
         assert names <= {"parameters"}
         evaluate_key(expr, {"a": 1})
+
+
+async def test_a_signal_wakes_an_execution_within_the_limits(make: EngineFactory) -> None:
+    """A waits for a signal (holding no slot), B of the same key runs meanwhile; the
+    signal to A queues it (``concurrency_limit``) rather than running it beside B;
+    it runs once B ends."""
+    engine = make()
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        a = await engine.executions.execute(
+            wf, {"customer": "c", "do": {"first": {"signal": "go"}}}, wait=False
+        )
+        await wait_status(engine, a.execution_id, ExecutionStatus.WAITING, timeout=30)
+        b = await engine.executions.execute(wf, _gated("c", "b"), wait=False)
+        await wait_status(engine, b.execution_id, ExecutionStatus.RUNNING, timeout=30)
+        await engine.executions.signal(a.execution_id, "go", {"ok": True})
+        woken = await engine.executions.get(a.execution_id)
+        assert (woken.status, woken.queued_reason) == (
+            ExecutionStatus.QUEUED,
+            "concurrency_limit",
+        )
+        assert await _running(engine, wf) == [b.execution_id]
+        PROBE.gate("b").set()
+        done_a = await wait_status(engine, a.execution_id, *TERMINAL, timeout=30)
+        done_b = await engine.executions.get(b.execution_id)
+    assert done_a.status is ExecutionStatus.COMPLETED
+    assert done_b.completed_at is not None
+    assert done_a.completed_at is not None
+    assert done_a.completed_at >= done_b.completed_at

@@ -33,7 +33,15 @@ from abi_engine.storage._codec import from_ms, to_ms
 from abi_engine.storage.records import ExecutionRecord
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 
-__all__ = ["BLOCKED", "admit", "blocked_rows", "free_slots_filter", "keyed", "slots"]
+__all__ = [
+    "BLOCKED",
+    "admit",
+    "blocked_rows",
+    "free_slots_filter",
+    "grantable",
+    "keyed",
+    "slots",
+]
 
 #: The groups (workflow, key) of waiting executions one claim looks at.
 MAX_GROUPS = 100
@@ -182,6 +190,13 @@ def keyed(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Ex
             r = attrs.evolve(r, owner=None, claim=None, lease_until=None, queued_reason=BLOCKED)
         out.append(r)
     return out
+
+
+def grantable(d: Dialect, conn: Conn, workflow_id: str, key: str | None) -> bool:
+    """Whether a slot is free for an execution of ``workflow_id`` with ``key`` (that
+    holds none), counted under the workflow's lock."""
+    limits = _limits(d, conn, [workflow_id])
+    return not limits or _Counts(d, conn, limits, [(workflow_id, key)]).take(workflow_id, key)
 
 
 def admit(d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:

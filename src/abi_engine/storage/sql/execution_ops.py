@@ -35,6 +35,7 @@ from abi_engine.storage.records import (
     StepRecord,
     SuspendExecution,
 )
+from abi_engine.storage.sql.concurrency import BLOCKED, grantable
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
@@ -227,7 +228,8 @@ def _suspend(s: Store, conn: Conn, op: SuspendExecution) -> Any:
 def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
     d = s.dialect
     row = conn.execute(
-        f"SELECT status, waiting_for, claim FROM executions WHERE id = ?{d.lock()}",
+        "SELECT status, waiting_for, claim, workflow_id, concurrency_key FROM executions"
+        f" WHERE id = ?{d.lock()}",
         (op.execution_id,),
     ).fetchone()
     if row is None:
@@ -254,10 +256,18 @@ def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
     if cursor.rowcount == 0:
         return None
     if waiting:
+        # Granted at once, within its workflow's concurrency limits; else it waits queued.
+        free = op.grant_owner is None or grantable(d, conn, row[3], row[4])
         conn.execute(
             "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
-            f" owner = ?, claim = ?, lease_until = {_lease(d)} WHERE id = ?",
-            (op.grant_owner, op.grant_token, _lease_value(d, op.lease_until), op.execution_id),
+            f" owner = ?, claim = ?, lease_until = {_lease(d)}, queued_reason = ? WHERE id = ?",
+            (
+                op.grant_owner if free else None,
+                op.grant_token if free else None,
+                _lease_value(d, op.lease_until) if free else None,
+                None if free else BLOCKED,
+                op.execution_id,
+            ),
         )
         return "queued"
     return "stored"

@@ -64,6 +64,7 @@ EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"
     "queued_reason",
     "queued_since",
     "parent_execution_id",
+    "concurrency_key",
 }
 EXTRA_STEP_KEYS = {"attempts", "error", "reused_from"}
 

@@ -557,6 +557,8 @@ class Schedule:
     misfire_grace_seconds: float = 60.0
     catch_up_limit: int = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: The priority of its executions, 0 to 9 (higher first; see docs/flow-control.md).
+    priority: int = 5
     failed_firings: int = 0
     last_failure: FiringFailure | None = None
     created_at: datetime

@@ -108,6 +108,8 @@ class ScheduleRequest:
     misfire_grace_seconds: Annotated[float, MISFIRE_GRACE] = 60.0
     catch_up_limit: Annotated[int, CATCH_UP] = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: The priority of its executions, 0 to 9 (higher first).
+    priority: Annotated[int, Number(minimum=0, maximum=9)] = 5
 
 
 UPDATABLE = tuple(a.name for a in attrs.fields(ScheduleRequest))
@@ -213,6 +215,7 @@ def _view(record: ScheduleRecord) -> Schedule:
         misfire_grace_seconds=record.misfire_grace_seconds,
         catch_up_limit=record.catch_up_limit,
         overlap_policy=OverlapPolicy(record.overlap_policy),
+        priority=record.priority,
         failed_firings=record.failed_firings,
         last_failure=failure,
         created_at=record.created_at,
@@ -257,6 +260,7 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["misfire_grace_seconds"] = s.misfire_grace_seconds
     data["catch_up_limit"] = s.catch_up_limit
     data["overlap_policy"] = s.overlap_policy.value
+    data["priority"] = s.priority
     data["failed_firings"] = s.failed_firings
     failure = s.last_failure
     data["last_failure"] = (
@@ -367,6 +371,7 @@ class ScheduleService(Service):
             misfire_grace_seconds=req.misfire_grace_seconds,
             catch_up_limit=req.catch_up_limit,
             overlap_policy=req.overlap_policy.value,
+            priority=req.priority,
             created_at=base.created_at if base else now,
             updated_at=now,
             created_by=base.created_by if base else None,
@@ -598,4 +603,5 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         misfire_grace_seconds=record.misfire_grace_seconds,
         catch_up_limit=record.catch_up_limit,
         overlap_policy=OverlapPolicy(record.overlap_policy),
+        priority=record.priority,
     )

@@ -124,6 +124,8 @@ class Runtime(RunsExecutions):
         self.tracing: Tracing | None = None
         self.limits: Limits = limits or Limits()
         self.store = store
+        if hasattr(store, "priority_aging_ms"):  # the order the store hands out work in
+            store.priority_aging_ms = round(self.settings.priority_aging_seconds * 1000)
         self.events = events
         self.workflow_types = workflow_types
         #: What steps receive as ``ctx.host`` (set by the engine once it is built).

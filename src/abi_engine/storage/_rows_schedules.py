@@ -21,7 +21,7 @@ _COLUMNS = (
     " s.misfire_grace_seconds, s.catch_up_limit, s.overlap_policy, s.pending_runs,"
     " s.completed, s.created_at, s.updated_at, s.created_by,"
     " w.name, w.status, w.deleted_at, e.status, e.started_at, e.completed_at, s.version,"
-    " s.failed_firings, s.last_failure"
+    " s.failed_firings, s.last_failure, s.priority"
 )
 
 
@@ -69,4 +69,5 @@ def _row(row: Sequence[Any]) -> ScheduleRecord:
         version=row[30],
         failed_firings=row[31] or 0,
         last_failure=loads(row[32]) if row[32] else None,
+        priority=row[33],
     )

@@ -37,6 +37,7 @@ __all__ = [
     "BLOCKED",
     "admit",
     "blocked_rows",
+    "claim_order",
     "free_slots_filter",
     "grantable",
     "keyed",
@@ -51,6 +52,17 @@ BLOCKED = "concurrency_limit"
 
 #: Limits of one workflow: (max_concurrency, key expression, limit per key).
 Limits = tuple[int | None, str | None, int | None]
+
+
+def claim_order(alias: str) -> str:
+    """The order executions are granted in (its parameter: the ms one level of
+    priority is worth): synchronous callers first, then by request time moved
+    earlier by the priority, so that higher priority goes first while the wait of
+    lower priority still counts (it cannot starve)."""
+    return (
+        f"CASE WHEN {alias}priority = 0 THEN 0 ELSE 1 END,"
+        f" {alias}created_at + {alias}priority * CAST(? AS BIGINT), {alias}created_at"
+    )
 
 
 def _now(d: Dialect) -> tuple[str, tuple[Any, ...]]:
@@ -245,7 +257,7 @@ def blocked_rows(
                 "SELECT id, workflow_id, concurrency_key, priority, status FROM executions"
                 f" WHERE workflow_id = ? AND status = 'queued' AND concurrency_key"
                 f" {d.null_safe_eq} ? AND queued_reason = '{BLOCKED}' AND owner IS NULL"
-                f"{type_clause} ORDER BY priority, created_at LIMIT ?{d.claim()}",
+                f"{type_clause} ORDER BY {claim_order('')} LIMIT ?{d.claim()}",
                 (workflow_id, key, *type_args, bound),
             ).fetchall()
         )

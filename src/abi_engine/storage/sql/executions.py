@@ -36,6 +36,7 @@ from abi_engine.storage.sql.concurrency import (
     BLOCKED,
     admit,
     blocked_rows,
+    claim_order,
     free_slots_filter,
     slots,
 )
@@ -65,6 +66,10 @@ class ExecutionsMixin:
     #: Running executions :meth:`claim_recoverable` granted (their owner's lease had
     #: expired, or its process ended): taken over, for the metrics.
     lease_takeovers: int = 0
+    #: How much waiting one level of priority is worth (ms): an execution queued this
+    #: long before another of the next higher priority goes first (aging: a flood
+    #: of higher priority work delays lower priority work by at most 9 times this).
+    priority_aging_ms: int = 10_000
 
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
         """Insert execution rows; each one's result: ``True``, ``False`` when its
@@ -282,6 +287,7 @@ class ExecutionsMixin:
             else (f"e.lease_until < {d.clock}", ())
         )
 
+        order_args = (self.priority_aging_ms,)
         running = [0]  # of this attempt of the transaction (it may be retried)
 
         def run(conn: Conn) -> list[tuple[str, int, int]]:
@@ -312,11 +318,11 @@ class ExecutionsMixin:
                     f" AND (e.lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
                     " AND (e.queued_reason IS NULL"
                     f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
-                    f" ORDER BY e.priority, e.created_at LIMIT ?{d.claim(of='e')}",
-                    (*expired_args, *dead_args, *type_args, *free_args, room),
+                    f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
+                    (*expired_args, *dead_args, *type_args, *free_args, *order_args, room),
                 ).fetchall()
                 # Those waiting for a slot first: they have waited longest.
-                waiting = blocked_rows(d, conn, room, type_clause, type_args)
+                waiting = blocked_rows(d, conn, room, type_clause, (*type_args, *order_args))
                 rows = admit(d, conn, [*waiting, *rows])[:room]
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")

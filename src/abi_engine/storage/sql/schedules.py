@@ -49,6 +49,7 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         float(r.misfire_grace_seconds),
         r.catch_up_limit,
         r.overlap_policy,
+        r.priority,
         bool(r.completed),
         to_ms(r.updated_at),
     )
@@ -144,8 +145,8 @@ _INSERT = (
     "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
     " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
-    " overlap_policy, completed, updated_at, id, workflow_id, created_at, created_by)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " overlap_policy, priority, completed, updated_at, id, workflow_id, created_at,"
+    " created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -198,7 +199,8 @@ def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
         " cron_expression = ?, interval_value = ?, interval_unit = ?, execution_time = ?,"
         " anchor_at = ?, timezone = ?, parameters = ?, enabled = ?, next_due = ?,"
         " misfire_policy = ?, misfire_grace_seconds = ?, catch_up_limit = ?,"
-        " overlap_policy = ?, completed = ?, updated_at = ?, version = version + 1"
+        " overlap_policy = ?, priority = ?, completed = ?, updated_at = ?,"
+        " version = version + 1"
         " WHERE id = ? AND version = ?",
         (*_definition(r), r.id, op.expected_version),
     )

@@ -133,6 +133,8 @@ MIGRATIONS.append(
             "CREATE INDEX idx_executions_blocked ON executions"
             " (workflow_id, status, concurrency_key, priority, created_at)"
             " WHERE queued_reason = 'concurrency_limit'",
+            # Priorities (#16): a schedule's executions' priority, 0 to 9 (higher first).
+            "ALTER TABLE schedules ADD COLUMN priority {int} NOT NULL DEFAULT 5",
         ],
     )
 )

@@ -106,3 +106,31 @@ def test_the_python_api_sets_and_shows_limits(api: Served, way: str) -> None:
     done = executor.wait_for_execution(held.execution_id, timeout=60)
     assert done.status.value == "completed"
     assert manager.get_workflow_concurrency(wf.id).slots == []
+
+
+def test_priority_over_rest(api: Served) -> None:
+    """``priority`` at the top level or in ``execution_options``: accepted from 0 to 9;
+    out of range, 400 INVALID_REQUEST naming the field; a schedule shows its own."""
+    client = api.client()
+    wf = data_of(client.post("/api/v1/workflows", json={"name": "p", "type": "test_three"}), 201)
+    data_of(client.post(f"/api/v1/workflows/{wf['id']}/activate"))
+    start = f"/api/v1/workflows/{wf['id']}/execute_async"
+    for body in ({"priority": 9}, {"execution_options": {"priority": 0}}):
+        data_of(client.post(start, json=body), 202)
+    for body, field in (
+        ({"priority": 10}, "priority"),
+        ({"execution_options": {"priority": "high"}}, "execution_options.priority"),
+    ):
+        answer = client.post(start, json=body)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["code"], error["details"]["field"]) == ("INVALID_REQUEST", field)
+    schedule = {
+        "name": "s",
+        "schedule_type": "interval",
+        "interval_value": 1,
+        "interval_unit": "hours",
+        "priority": 7,
+    }
+    made = data_of(client.post(f"/api/v1/workflows/{wf['id']}/schedules", json=schedule), 201)
+    assert made["priority"] == 7

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
     DatabaseFactory,
@@ -66,6 +67,29 @@ async def test_higher_priority_goes_first_and_waiting_lower_priority_ages(
     position = order.index(low.execution_id)
     assert set(order[:position]) == set(early), order
     assert set(order[position + 1 :]) == set(late), order
+
+
+async def test_a_nodes_own_queue_runs_higher_priority_first(make: EngineFactory) -> None:
+    """One worker, busy: a low priority execution accepted first and high priority ones
+    after it wait in the node's queue; the high ones (asked within the aging of 9
+    levels) run first."""
+    engine = make(settings=fast(workers=1, priority_aging_seconds=AGING * 10))
+    async with engine:
+        wf = await new_workflow(engine)
+        busy = await engine.executions.execute(
+            wf, {"do": {"first": {"gate": "hold"}}}, wait=False, priority=9
+        )
+        await wait_status(engine, busy.execution_id, ExecutionStatus.RUNNING, timeout=30)
+        low = await engine.executions.execute(wf, {}, wait=False, priority=0)
+        high = [
+            (await engine.executions.execute(wf, {}, wait=False, priority=9)).execution_id
+            for _ in range(3)
+        ]
+        PROBE.gate("hold").set()
+        ids = [low.execution_id, *high]
+        done = [await wait_status(engine, i, *TERMINAL, timeout=60) for i in ids]
+    order = [d.execution_id for d in sorted(done, key=lambda d: (d.started_at, d.completed_at))]
+    assert order[-1] == low.execution_id, order
 
 
 async def test_priorities_are_checked_and_kept_by_schedules(make: EngineFactory) -> None:

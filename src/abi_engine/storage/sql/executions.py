@@ -321,9 +321,12 @@ class ExecutionsMixin:
                     f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
                     (*expired_args, *dead_args, *type_args, *free_args, *order_args, room),
                 ).fetchall()
-                # Those waiting for a slot first: they have waited longest.
+                # Runs to take over first (they hold their slot again), then those
+                # waiting for a slot (they have waited longest), then the others.
                 waiting = blocked_rows(d, conn, room, type_clause, (*type_args, *order_args))
-                rows = admit(d, conn, [*waiting, *rows])[:room]
+                again = [row for row in rows if row[4] == "running"]
+                fresh = [row for row in rows if row[4] != "running"]
+                rows = admit(d, conn, [*again, *waiting, *fresh])[:room]
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")
             conn.executemany(

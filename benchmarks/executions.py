@@ -11,12 +11,18 @@ Prints:
 - sync execution over REST (uvicorn + httpx), p50 and p99 (``--rest``);
 - peak RSS of the process.
 
+With ``--concurrency-keys``: async throughput without limits, then with a
+concurrency key of limit 1 and a distinct key per execution (#16), and their
+ratio (the target: within 15 %).
+
 Usage: python benchmarks/executions.py [--count 10000] [--rest] [--no-metrics]
+       [--concurrency-keys]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import statistics
@@ -61,7 +67,9 @@ def peak_rss_mb() -> float:
 METRICS = True
 
 
-async def throughput(db: Path, count: int, durability: str, submitters: int = 64) -> float:
+async def throughput(
+    db: Path, count: int, durability: str, submitters: int = 64, keyed: bool = False
+) -> float:
     settings = RuntimeSettings(workers=256, queue_size=max(count, 1000))
     async with Engine(
         db,
@@ -70,13 +78,17 @@ async def throughput(db: Path, count: int, durability: str, submitters: int = 64
         runtime=settings,
         metrics=METRICS,
     ) as e:
-        wf = await e.workflows.create({"name": "bench", "type": "bench_three"})
+        body: dict[str, object] = {"name": "bench", "type": "bench_three"}
+        if keyed:  # one key per execution: the limit never binds, its cost shows
+            body["concurrency"] = {"key": "parameters.k", "limit": 1}
+        wf = await e.workflows.create(body)
         await e.workflows.activate(wf.id)
         ids: list[str] = []
+        keys = itertools.count()
 
         async def submit(n: int) -> None:
             for _ in range(n):
-                ex = await e.executions.execute(wf.id, {"k": 1}, wait=False)
+                ex = await e.executions.execute(wf.id, {"k": next(keys)}, wait=False)
                 ids.append(ex.execution_id)
 
         start = time.perf_counter()
@@ -92,7 +104,8 @@ async def throughput(db: Path, count: int, durability: str, submitters: int = 64
         elapsed = time.perf_counter() - start
         assert stats.runs_success == count, stats
         print(
-            f"  durability={durability}: {count} executions in {elapsed:.2f} s ="
+            f"  durability={durability}{' keyed' if keyed else ''}: {count} executions in"
+            f" {elapsed:.2f} s ="
             f" {count / elapsed:,.0f} executions/s (submit {count / (submitted - start):,.0f}/s;"
             f" {e.runtime.committer.batches} commits for {e.runtime.committer.ops} writes)"
         )
@@ -187,6 +200,15 @@ def serve_rest() -> None:
     )
 
 
+def keys_cost(count: int) -> None:
+    """Throughput without limits and with a distinct concurrency key per execution."""
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"abi-engine concurrency-key cost (cpus: {os.cpu_count()})")
+        plain = anyio.run(throughput, Path(tmp) / "plain.db", count, "normal")
+        keyed = anyio.run(throughput, Path(tmp) / "keyed.db", count, "normal", 64, True)
+        print(f"  keyed / plain: {keyed / plain:.1%} of the throughput without limits")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=10_000)
@@ -194,11 +216,19 @@ def main() -> None:
     parser.add_argument("--rest", action="store_true")
     parser.add_argument("--serve-rest", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-metrics", action="store_true", help="engines without metrics")
+    parser.add_argument(
+        "--concurrency-keys",
+        action="store_true",
+        help="throughput without limits, then with a distinct concurrency key per execution",
+    )
     args = parser.parse_args()
     global METRICS
     METRICS = not args.no_metrics
     if args.serve_rest:
         serve_rest()
+        return
+    if args.concurrency_keys:
+        keys_cost(args.count)
         return
     with tempfile.TemporaryDirectory() as tmp:
         print(f"abi-engine execution benchmark (cpus: {os.cpu_count()})")

@@ -248,7 +248,7 @@ def execute_cases(prefix: str, path: str, async_: bool) -> list[Case]:
             ("options:timeout>week", {"timeout_seconds": 10**7}),
             ("options:timeout-text", {"timeout_seconds": "30"}),
             ("options:wait-type", {"wait_for_completion": "yes"}),
-            ("options:unknown", {"priority": 1}),
+            ("options:unknown", {"urgency": 1}),
         ],
         "surprise": [("unknown-field", 1)],
     }

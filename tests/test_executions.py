@@ -65,6 +65,7 @@ EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"
     "queued_since",
     "parent_execution_id",
     "scheduled_for",  # #17: the due time of a scheduled execution
+    "concurrency_key",
 }
 EXTRA_STEP_KEYS = {"attempts", "error", "reused_from"}
 

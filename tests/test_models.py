@@ -288,6 +288,7 @@ def test_empty_fields_are_null() -> None:
         "queued_reason": None,
         "queued_since": None,
         "parent_execution_id": None,
+        "concurrency_key": None,
     }
 
 

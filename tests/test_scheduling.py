@@ -110,6 +110,7 @@ EXTRA_KEYS = {
     "misfire_grace_seconds",
     "catch_up_limit",
     "overlap_policy",
+    "priority",
     "interval_value",
     "interval_unit",
     "execution_time",

@@ -51,7 +51,8 @@ class WorkflowExecutor(_Client):
         """Run the workflow; with ``{"wait_for_completion": True}`` return it finished.
 
         :param parameters: the execution's parameters, checked by the workflow's type.
-        :param execution_options: ``timeout_seconds`` and ``wait_for_completion``.
+        :param execution_options: ``timeout_seconds``, ``wait_for_completion`` and
+            ``priority`` (0 to 9, higher first; it orders queued asynchronous work).
         :param idempotency_key: sent as the ``Idempotency-Key`` header; a repeated
             key returns the execution it started.
         :raises ExecutionTimeout: waited longer than ``timeout_seconds``.
@@ -72,12 +73,15 @@ class WorkflowExecutor(_Client):
         callback_url: str | None = None,
         callback_secret: str | None = None,
         idempotency_key: str | None = None,
+        priority: int | None = None,
     ) -> Execution:
         """Queue an execution and return at once (status ``queued`` or ``running``).
 
         :param callback_url: receives ``execution.completed`` or ``execution.failed``.
         :param callback_secret: a ``whsec_`` secret the callback is signed with.
         :param idempotency_key: sent as the ``Idempotency-Key`` header.
+        :param priority: 0 to 9 (default 5): queued executions of higher priority
+            start first, aged so that lower priority cannot starve.
         """
         path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
         body = _drop_none(
@@ -85,6 +89,7 @@ class WorkflowExecutor(_Client):
                 "parameters": parameters,
                 "callback_url": callback_url,
                 "callback_secret": callback_secret,
+                "priority": priority,
             }
         )
         data = self._transport.request(

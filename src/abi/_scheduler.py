@@ -47,6 +47,7 @@ SCHEDULE_FIELDS: Sequence[str] = (
     "overlap_policy",
     "max_consecutive_failures",
     "paused_reason",
+    "priority",
     "end_time",
     "max_runs",
     "jitter_seconds",

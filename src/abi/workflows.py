@@ -44,6 +44,7 @@ from abi._executor import WorkflowExecutor
 from abi._scheduler import WorkflowScheduler
 from abi._transport import EngineConnectionError
 from abi._webhooks import WebhookManager
+from abi_engine.converter import unstructure
 from abi_engine.errors import (
     AbiError,
     TemplateNotFound,
@@ -55,6 +56,7 @@ from abi_engine.models import (
     NotificationTemplate,
     Page,
     Workflow,
+    WorkflowConcurrency,
     WorkflowSummary,
     WorkflowTypeInfo,
 )
@@ -77,7 +79,10 @@ class WorkflowConfig:
     Fields: ``name``, ``description``, ``type`` (a registered workflow type),
     ``configuration`` (checked by the type), ``integrations`` (``{"id":
     "int_...", "required": bool}`` mappings), ``metadata`` (free-form;
-    ``metadata["department"]`` can be filtered on).
+    ``metadata["department"]`` can be filtered on), ``max_concurrency`` (how
+    many of its executions may run at once) and ``concurrency`` (a limit per
+    key: ``{"key": "parameters.customer_id", "limit": 1}``); see
+    docs/flow-control.md.
     """
 
     name: str
@@ -86,6 +91,8 @@ class WorkflowConfig:
     configuration: dict[str, Any] = attrs.Factory(dict)
     integrations: list[Any] = attrs.Factory(list)
     metadata: dict[str, Any] = attrs.Factory(dict)
+    max_concurrency: int | None = None
+    concurrency: Mapping[str, Any] | None = None
 
 
 class WorkflowManager(_Client):
@@ -113,6 +120,8 @@ class WorkflowManager(_Client):
                 "configuration": config.configuration,
                 "integrations": [_integration_spec(i) for i in config.integrations],
                 "metadata": config.metadata,
+                "max_concurrency": config.max_concurrency,
+                "concurrency": None if config.concurrency is None else dict(config.concurrency),
             }
         else:
             body = config
@@ -160,7 +169,8 @@ class WorkflowManager(_Client):
         return _structure(data, Page[WorkflowSummary])
 
     def update_workflow(self, workflow: Workflow) -> Workflow:
-        """Save a changed workflow: its name, description, configuration, integrations, metadata.
+        """Save a changed workflow: its name, description, configuration, integrations,
+        metadata, ``max_concurrency`` and ``concurrency``.
 
         Change the fields of a workflow got from this API, then pass it here.
         Its ``type`` cannot change.
@@ -176,9 +186,21 @@ class WorkflowManager(_Client):
             "configuration": workflow.configuration,
             "integrations": [_integration_spec(i) for i in workflow.integrations],
             "metadata": workflow.metadata,
+            "max_concurrency": workflow.max_concurrency,
+            "concurrency": unstructure(workflow.concurrency),
         }
         data = self._transport.request("update_workflow", path=path, body=body)
         return _structure(data, Workflow)
+
+    def get_workflow_concurrency(self, workflow_id: str) -> WorkflowConcurrency:
+        """The workflow's concurrency limits and the executions holding its slots now
+        (``slots``: ``execution_id``, ``key``, ``status``, ``since``).
+
+        :raises WorkflowNotFound: no such workflow.
+        """
+        path = {"workflow_id": _check_id(workflow_id, WorkflowNotFound)}
+        data = self._transport.request("get_workflow_concurrency", path=path)
+        return _structure(data, WorkflowConcurrency)
 
     def activate_workflow(self, workflow_id: str) -> ActivationResult:
         """Make the workflow executable.

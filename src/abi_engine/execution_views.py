@@ -56,6 +56,7 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
         created_at=record.created_at,
         rerun_of=record.rerun_of,
         parent_execution_id=record.parent_execution_id,
+        concurrency_key=record.concurrency_key,
         **_queued(record),
     )
 
@@ -179,6 +180,7 @@ def execution_json(execution: Execution) -> dict[str, Any]:
         "queued_reason": e.queued_reason,
         "queued_since": _time(e.queued_since),
         "parent_execution_id": e.parent_execution_id,
+        "concurrency_key": e.concurrency_key,
     }
 
 

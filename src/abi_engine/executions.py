@@ -47,6 +47,7 @@ from abi_engine.storage.records import (
     ExecutionQuery,
     ExecutionRecord,
     InsertExecution,
+    stored_priority,
 )
 from abi_engine.types import (
     StepSpec,
@@ -142,6 +143,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         traceparent: str | None = None,
         parent_execution_id: str | None = None,
         scheduled_for: datetime | None = None,
+        priority: int | None = None,
     ) -> Execution:
         """Start an execution of an active workflow.
 
@@ -157,7 +159,11 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         ``parent_execution_id``: the execution whose step starts
         this one (:meth:`start_child`), told when it ends. ``scheduled_for``: the
         logical due time of a schedule's run (a backfill).
+        ``priority`` (0 to 9,
+        default 5): queued asynchronous executions of higher priority start first,
+        aged so that lower priority cannot starve (a synchronous one goes first).
         """
+        check_priority(priority, "priority")
         params, timeout = self._check_request(
             parameters,
             wait=wait,
@@ -196,6 +202,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
                 traceparent=traceparent,
                 parent_execution_id=parent_execution_id,
                 scheduled_for=scheduled_for,
+                priority=priority,
             )
         finally:
             if reservation is not None:
@@ -288,6 +295,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         traceparent: str | None = None,
         parent_execution_id: str | None = None,
         scheduled_for: datetime | None = None,
+        priority: int | None = None,
     ) -> Execution:
         now = utcnow()
         tracing = self._runtime.tracing
@@ -306,7 +314,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
             schedule_id=schedule_id,
             created_by=actor.user_id if actor else None,
             idempotency_key=idempotency_key,
-            priority=0 if wait else 1,
+            priority=stored_priority(priority, sync=wait),
             timeout_at=now + timedelta(seconds=timeout) if timeout else None,
             queued_reason="paused" if paused else None,
             trace_context=tracing.context_for(traceparent) if tracing is not None else None,
@@ -689,3 +697,11 @@ def _bound(name: str, value: Any) -> datetime | None:
         return parse_time(value) if isinstance(value, str) else value
     except ValueError:
         raise InvalidRequest(f"'{name}' must be an RFC 3339 time", {"field": name}) from None
+
+
+def check_priority(priority: Any, field: str) -> None:
+    """Refuse a ``priority`` that is not an integer from 0 to 9 (``None``: the default)."""
+    if priority is None:
+        return
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise InvalidRequest("'priority' must be an integer from 0 to 9", {"field": field})

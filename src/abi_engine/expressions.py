@@ -20,12 +20,21 @@ A refused expression raises :class:`ExpressionTooCostly` or simpleeval's
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import simpleeval
 
-__all__ = ["MAX_ELEMENTS", "MAX_EXPONENT", "SAFE_METHODS", "ExpressionTooCostly", "SafeEvaluator"]
+__all__ = [
+    "MAX_ELEMENTS",
+    "MAX_EXPONENT",
+    "SAFE_METHODS",
+    "ExpressionTooCostly",
+    "SafeEvaluator",
+    "check_key_expression",
+    "evaluate_key",
+]
 
 #: Elements (characters of strings, items of lists, tuples and dicts) that the
 #: operators of one evaluation may create in all.
@@ -104,3 +113,48 @@ def _bounded_power(a: Any, b: Any) -> Any:
     if isinstance(b, int | float) and abs(b) > MAX_EXPONENT:
         raise ExpressionTooCostly(f"exponents are at most {MAX_EXPONENT}")
     return simpleeval.safe_power(a, b)
+
+
+#: The longest key expression (``concurrency.key``) a workflow may have.
+MAX_KEY_EXPRESSION = 500
+
+
+def check_key_expression(expr: str) -> str | None:
+    """Why ``expr`` cannot be a key over ``parameters`` (``None``: it can).
+
+    It must parse as one expression naming nothing but ``parameters``, and use
+    only what :class:`SafeEvaluator` allows (tried on empty parameters).
+    """
+    if not expr.strip() or len(expr) > MAX_KEY_EXPRESSION:
+        return f"must be an expression of 1 to {MAX_KEY_EXPRESSION} characters"
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as exc:
+        return f"is not an expression: {exc.msg}"
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    if names - {"parameters"}:
+        return f"may name only 'parameters', not {sorted(names - {'parameters'})[0]!r}"
+    try:
+        SafeEvaluator(names={"parameters": {}}).eval(expr.strip())
+    except (simpleeval.FeatureNotAvailable, ExpressionTooCostly) as exc:
+        return str(exc)
+    except Exception:
+        pass
+    return None
+
+
+def evaluate_key(expr: str, parameters: Mapping[str, Any]) -> str | None:
+    """The key ``expr`` gives for ``parameters``: a string (others as JSON), or ``None``
+    when it gives nothing (``null``, a missing parameter, an error)."""
+    try:
+        value = SafeEvaluator(names={"parameters": dict(parameters)}).eval(expr.strip())
+    except Exception:
+        return None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError):
+        return None

@@ -15,11 +15,13 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import attrs
 
-from abi_engine.limits import Items, Text
+from abi_engine.limits import Items, Number, Text
 
 __all__ = [
     "ActivationResult",
     "BackfillItem",
+    "ConcurrencyRule",
+    "ConcurrencySlot",
     "CreatedToken",
     "DeleteResult",
     "Execution",
@@ -57,6 +59,7 @@ __all__ = [
     "TokenCreateRequest",
     "User",
     "Workflow",
+    "WorkflowConcurrency",
     "WorkflowIntegration",
     "WorkflowStats",
     "WorkflowStatus",
@@ -169,6 +172,42 @@ class WorkflowStats:
 
 
 @attrs.define(kw_only=True)
+class ConcurrencyRule:
+    """A workflow's limit per key: ``{"key": "parameters.customer_id", "limit": 1}``.
+
+    ``key`` is a safe expression over ``parameters`` (evaluated once, when an
+    execution is requested); at most ``limit`` executions with the same key
+    value run at once.
+    """
+
+    key: Annotated[str, Text(max_length=500, min_length=1)]
+    limit: Annotated[int, Number(minimum=1, maximum=100_000)]
+
+
+@attrs.define(kw_only=True)
+class ConcurrencySlot:
+    """A slot of a workflow's concurrency held by an execution: its ``key`` (``null``
+    without one), ``status`` (``queued``: granted, about to run; ``running``) and
+    ``since`` (when it started, or else was requested)."""
+
+    execution_id: str
+    key: str | None = None
+    status: ExecutionStatus
+    since: datetime
+
+
+@attrs.define(kw_only=True)
+class WorkflowConcurrency:
+    """A workflow's concurrency limits and who holds its slots now (``GET
+    /workflows/{id}/concurrency``)."""
+
+    workflow_id: str
+    max_concurrency: int | None = None
+    concurrency: ConcurrencyRule | None = None
+    slots: list[ConcurrencySlot] = attrs.Factory(list)
+
+
+@attrs.define(kw_only=True)
 class Workflow:
     """A workflow: a configured instance of a workflow type.
 
@@ -180,7 +219,9 @@ class Workflow:
     filterable), ``status`` (``active``/``inactive``), ``stats``, timestamps,
     ``created_by`` (the user id of the token that created it), and
     ``retention_days`` (finished executions older than this many days are
-    pruned; ``null`` keeps them all).
+    pruned; ``null`` keeps them all), ``max_concurrency`` (how many of its
+    executions may run at once; ``null``: no limit) and ``concurrency`` (a
+    limit per key: see :class:`ConcurrencyRule`).
     """
 
     id: str
@@ -199,6 +240,8 @@ class Workflow:
     deactivated_at: datetime | None = None
     created_by: str | None = None
     retention_days: int | None = None
+    max_concurrency: int | None = None
+    concurrency: ConcurrencyRule | None = None
 
 
 @attrs.define(kw_only=True)
@@ -296,8 +339,11 @@ class Execution:
     created_at: datetime | None = None
     #: The execution this one reruns (``POST .../rerun``), ``null`` for a first run.
     rerun_of: str | None = None
-    #: Why a queued execution waits (``worker_pool``, ``paused``), ``null`` unless queued.
+    #: Why a queued execution waits (``worker_pool``, ``paused``, ``concurrency_limit``),
+    #: ``null`` unless queued.
     queued_reason: str | None = None
+    #: The value of its workflow's ``concurrency.key`` for this execution, ``null`` if none.
+    concurrency_key: str | None = None
     #: Since when a queued execution waits, ``null`` unless queued.
     queued_since: datetime | None = None
     #: The execution whose step started this one (``ctx.run_workflow``), ``null`` if none.
@@ -587,6 +633,8 @@ class Schedule:
     misfire_grace_seconds: float = 60.0
     catch_up_limit: int = 10
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    #: The priority of its executions, 0 to 9 (higher first; see docs/flow-control.md).
+    priority: int = 5
     failed_firings: int = 0
     last_failure: FiringFailure | None = None
     failed_count: int = 0

@@ -70,6 +70,7 @@ def _view(record: ScheduleRecord) -> Schedule:
         misfire_grace_seconds=record.misfire_grace_seconds,
         catch_up_limit=record.catch_up_limit,
         overlap_policy=OverlapPolicy(record.overlap_policy),
+        priority=record.priority,
         failed_firings=record.failed_firings,
         last_failure=failure,
         failed_count=record.failed_firings,
@@ -131,6 +132,7 @@ def schedule_json(s: Schedule) -> dict[str, Any]:
     data["misfire_grace_seconds"] = s.misfire_grace_seconds
     data["catch_up_limit"] = s.catch_up_limit
     data["overlap_policy"] = s.overlap_policy.value
+    data["priority"] = s.priority
     data["failed_firings"] = s.failed_firings
     data["last_failure"] = _failure_json(s.last_failure)
     data["failed_count"] = s.failed_count

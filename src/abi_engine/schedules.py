@@ -145,6 +145,8 @@ class ScheduleRequest:
     #: When it is enabled again: what about the due times passed while paused
     #: (``from_now`` when not given). Not stored.
     resume: ResumeMode | None = None
+    #: The priority of its executions, 0 to 9 (higher first).
+    priority: Annotated[int, Number(minimum=0, maximum=9)] = 5
 
 
 UPDATABLE = tuple(a.name for a in attrs.fields(ScheduleRequest))
@@ -356,6 +358,7 @@ class ScheduleService(Service):
             misfire_grace_seconds=req.misfire_grace_seconds,
             catch_up_limit=req.catch_up_limit,
             overlap_policy=req.overlap_policy.value,
+            priority=req.priority,
             created_at=base.created_at if base else now,
             updated_at=now,
             created_by=base.created_by if base else None,
@@ -671,4 +674,5 @@ def _as_request(record: ScheduleRecord) -> ScheduleRequest:
         exclude_dates=list(record.exclude_dates),
         on_gap=GapPolicy(record.on_gap),
         on_fold=FoldPolicy(record.on_fold),
+        priority=record.priority,
     )

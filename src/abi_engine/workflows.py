@@ -17,16 +17,21 @@ from abi_engine.errors import (
     WorkflowNotFound,
 )
 from abi_engine.events import Event, EventPolicy
+from abi_engine.expressions import check_key_expression
 from abi_engine.ids import new_id, utcnow
 from abi_engine.integrations import IntegrationService, check_integration_id
 from abi_engine.limits import DESCRIPTION, METADATA, NAME, Items, Json, Number, Text, UniqueBy
 from abi_engine.models import (
     ActivationResult,
+    ConcurrencyRule,
+    ConcurrencySlot,
     DeleteResult,
+    ExecutionStatus,
     IntegrationStatus,
     Page,
     TemplateStatus,
     Workflow,
+    WorkflowConcurrency,
     WorkflowIntegration,
     WorkflowStatus,
     WorkflowTemplate,
@@ -58,10 +63,14 @@ UPDATABLE = (
     "integrations",
     "metadata",
     "retention_days",
+    "max_concurrency",
+    "concurrency",
 )
 #: The most ``retention_days`` may be (100 years).
 MAX_RETENTION_DAYS = 36_500
 RETENTION_DAYS = Number(minimum=1, maximum=MAX_RETENTION_DAYS)
+#: The most ``max_concurrency`` and ``concurrency.limit`` may be.
+MAX_CONCURRENCY = 100_000
 
 
 @attrs.define(kw_only=True)
@@ -87,6 +96,29 @@ class WorkflowRequest:
     #: Days finished executions are kept (1..36500); ``null`` keeps them all; left out at
     #: creation, the engine's default (``RetentionSettings.execution_retention_days``).
     retention_days: Annotated[int, RETENTION_DAYS] | None = None
+    #: How many of its executions may run at once (>= 1); ``null``: no limit.
+    max_concurrency: Annotated[int, Number(minimum=1, maximum=MAX_CONCURRENCY)] | None = None
+    #: A limit per key: ``{"key": "parameters.customer_id", "limit": 1}``; ``null``: none.
+    concurrency: ConcurrencyRule | None = None
+
+
+def _check_concurrency(req: WorkflowRequest) -> None:
+    if req.max_concurrency is not None and not 1 <= req.max_concurrency <= MAX_CONCURRENCY:
+        raise InvalidRequest(
+            f"'max_concurrency' must be between 1 and {MAX_CONCURRENCY}, or null",
+            {"field": "max_concurrency"},
+        )
+    rule = req.concurrency
+    if rule is None:
+        return
+    if not 1 <= rule.limit <= MAX_CONCURRENCY:
+        raise InvalidRequest(
+            f"'concurrency.limit' must be between 1 and {MAX_CONCURRENCY}",
+            {"field": "concurrency.limit"},
+        )
+    problem = check_key_expression(rule.key)
+    if problem is not None:
+        raise InvalidRequest(f"'concurrency.key' {problem}", {"field": "concurrency.key"})
 
 
 def _check_request(req: WorkflowRequest) -> None:
@@ -104,6 +136,7 @@ def _check_request(req: WorkflowRequest) -> None:
             f"'retention_days' must be between 1 and {MAX_RETENTION_DAYS}, or null",
             {"field": "retention_days"},
         )
+    _check_concurrency(req)
     seen: set[str] = set()
     for index, spec in enumerate(req.integrations):
         field = f"integrations[{index}].id"
@@ -235,6 +268,8 @@ class WorkflowService(Service):
             updated_at=now,
             created_by=actor.user_id if actor else None,
             retention_days=req.retention_days,
+            max_concurrency=req.max_concurrency,
+            concurrency=req.concurrency,
         )
         await self._with_status(workflow)
         await self._commit(
@@ -245,6 +280,26 @@ class WorkflowService(Service):
     async def get(self, workflow_id: str) -> Workflow:
         """The workflow with its stats and integration statuses."""
         return await self._with_status(await self._load(workflow_id))
+
+    async def concurrency(self, workflow_id: str) -> WorkflowConcurrency:
+        """The workflow's concurrency limits and the executions holding its slots now
+        (queued with a live grant, or running), oldest first."""
+        workflow = await self._load(workflow_id)
+        held = await self._store.concurrency_slots(workflow_id)
+        return WorkflowConcurrency(
+            workflow_id=workflow.id,
+            max_concurrency=workflow.max_concurrency,
+            concurrency=workflow.concurrency,
+            slots=[
+                ConcurrencySlot(
+                    execution_id=ex_id,
+                    key=key,
+                    status=ExecutionStatus(status),
+                    since=since,
+                )
+                for ex_id, key, since, status in held
+            ],
+        )
 
     async def list(
         self,
@@ -315,6 +370,10 @@ class WorkflowService(Service):
             "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
             "metadata": current.metadata,
             "retention_days": current.retention_days,
+            "max_concurrency": current.max_concurrency,
+            "concurrency": None
+            if current.concurrency is None
+            else {"key": current.concurrency.key, "limit": current.concurrency.limit},
         }
         merged.update(data)
         req = structure(merged, WorkflowRequest)
@@ -329,6 +388,8 @@ class WorkflowService(Service):
             ],
             metadata=req.metadata,
             retention_days=req.retention_days,
+            max_concurrency=req.max_concurrency,
+            concurrency=req.concurrency,
             updated_at=utcnow(),
         )
         await self._with_status(updated)

@@ -4,7 +4,8 @@ The document declares every limit the server checks on its own (lengths,
 patterns, bounds, sizes, enums, required fields). A few refusals depend on what
 no static document can know: the installed workflow types and the rules of
 their configurations, a workflow's parameter rules, the steps of a workflow
-(a rerun's ``from_step``), whether a cron expression
+(a rerun's ``from_step``), whether a concurrency key is an expression over
+the parameters, whether a cron expression
 or a time zone exists, a time already past, the installed integration
 providers and their configurations, what the installed types accept in a
 notification template's text, a workflow's current type, a trigger mapping's expressions, and a rule JSON
@@ -42,12 +43,13 @@ _EXECUTE = {"INVALID_PARAMETERS": None, "PARAMETER_VALIDATION_ERROR": None}
 SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     ("POST", "/api/v1/workflows"): {
         "INVALID_WORKFLOW_CONFIG": None,
-        "INVALID_REQUEST": frozenset({"integrations"}),  # x-unique-by: each id once
+        # x-unique-by: each id once; whether a key is an expression over the parameters
+        "INVALID_REQUEST": frozenset({"integrations", "concurrency.key"}),
     },
     ("PUT", "/api/v1/workflows/{workflow_id}"): {
         "INVALID_WORKFLOW_CONFIG": None,
         # a workflow's type cannot change; x-unique-by: each integration id once
-        "INVALID_REQUEST": frozenset({"type", "integrations"}),
+        "INVALID_REQUEST": frozenset({"type", "integrations", "concurrency.key"}),
     },
     ("POST", "/api/v1/workflows/{workflow_id}/execute"): dict(_EXECUTE),
     ("POST", "/api/v1/workflows/{workflow_id}/execute_async"): dict(_EXECUTE),

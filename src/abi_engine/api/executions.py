@@ -55,6 +55,7 @@ SIGNAL_PAYLOAD = Json(max_bytes=65_536)
 CORRELATION_KEY = Text(min_length=1, max_length=200)
 SIGNAL_TTL = Number(minimum=1, maximum=MAX_CORRELATED_TTL_SECONDS)
 COMMENT = Text(max_length=2_000)
+PRIORITY = Number(minimum=0, maximum=9)
 DECISION_DATA = Json(max_bytes=16_384, max_keys=64)
 
 
@@ -64,6 +65,8 @@ class ExecutionOptions:
 
     timeout_seconds: Annotated[float, TIMEOUT] | None = None
     wait_for_completion: bool = True
+    #: 0 to 9, higher first (default 5); orders queued asynchronous executions, aged.
+    priority: Annotated[int, PRIORITY] | None = None
 
 
 @attrs.define(kw_only=True)
@@ -73,6 +76,8 @@ class ExecuteRequest:
     parameters: Annotated[dict[str, Any], PARAMETERS] = attrs.Factory(dict)
     execution_options: ExecutionOptions = attrs.Factory(ExecutionOptions)
     idempotency_key: Annotated[str, IDEMPOTENCY_KEY] | None = None
+    #: The same as ``execution_options.priority`` (which wins when both are given).
+    priority: Annotated[int, PRIORITY] | None = None
 
 
 @attrs.define(kw_only=True)
@@ -84,6 +89,8 @@ class ExecuteAsyncRequest:
     callback_secret: Annotated[str, CALLBACK_SECRET] | None = None
     execution_options: ExecutionOptions | None = None
     idempotency_key: Annotated[str, IDEMPOTENCY_KEY] | None = None
+    #: 0 to 9, higher first (default 5); ``execution_options.priority`` wins if given.
+    priority: Annotated[int, PRIORITY] | None = None
 
 
 async def _check_queued(engine: Engine, actor: Principal) -> None:
@@ -99,6 +106,10 @@ async def _check_queued(engine: Engine, actor: Principal) -> None:
 def _idempotency_key(request: ApiRequest, body_key: str | None) -> str | None:
     header = request.headers.get("idempotency-key")
     return header if header is not None else body_key
+
+
+def _priority(options: ExecutionOptions | None, top: int | None) -> int | None:
+    return options.priority if options is not None and options.priority is not None else top
 
 
 def _execution_json(execution: Execution) -> dict[str, Any]:
@@ -160,6 +171,7 @@ async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest
         idempotency_key=_idempotency_key(request, body.idempotency_key),
         actor=actor,
         traceparent=request.headers.get("traceparent"),
+        priority=_priority(body.execution_options, body.priority),
     )
     data = _execution_json(execution)
     if not options.wait_for_completion and not execution.status.finished:
@@ -192,6 +204,7 @@ async def execute_workflow_async(engine: Engine, actor: Principal, request: ApiR
         idempotency_key=_idempotency_key(request, body.idempotency_key),
         actor=actor,
         traceparent=request.headers.get("traceparent"),
+        priority=_priority(body.execution_options, body.priority),
     )
     return _execution_json(execution)
 

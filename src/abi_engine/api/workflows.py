@@ -20,6 +20,7 @@ from abi_engine.models import (
     DeleteResult,
     Scope,
     Workflow,
+    WorkflowConcurrency,
     WorkflowSummary,
 )
 from abi_engine.workflows import WorkflowRequest
@@ -107,6 +108,21 @@ async def list_workflows(engine: Engine, actor: Principal, request: ApiRequest) 
 )
 async def get_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     return unstructure(await engine.workflows.get(request.path["workflow_id"]))
+
+
+@operation(
+    method="GET",
+    path="/workflows/{workflow_id}/concurrency",
+    scope=Scope.WORKFLOWS_READ,
+    summary="A workflow's concurrency limits and who holds its slots now",
+    response_model=WorkflowConcurrency,
+    errors=WORKFLOW_ERRORS,
+)
+async def get_workflow_concurrency(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    """``max_concurrency`` and ``concurrency`` (the limit per key), and ``slots``: the
+    executions holding one now (granted to a worker, or running, under a live lease),
+    each with its ``key``, ``status`` and ``since``, oldest first."""
+    return unstructure(await engine.workflows.concurrency(request.path["workflow_id"]))
 
 
 @operation(

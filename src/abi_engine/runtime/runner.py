@@ -21,6 +21,8 @@ executions whose timer is due.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -68,6 +70,7 @@ from abi_engine.storage.records import (
     InsertExecution,
     ReleaseExecutions,
     WriteOp,
+    stored_priority,
 )
 from abi_engine.types import (
     SLEEP_PREFIX,
@@ -125,6 +128,8 @@ class Runtime(RunsExecutions):
         self.tracing: Tracing | None = None
         self.limits: Limits = limits or Limits()
         self.store = store
+        if hasattr(store, "priority_aging_ms"):  # the order the store hands out work in
+            store.priority_aging_ms = round(self.settings.priority_aging_seconds * 1000)
         self.events = events
         self.workflow_types = workflow_types
         #: What steps receive as ``ctx.host`` (set by the engine once it is built).
@@ -134,7 +139,11 @@ class Runtime(RunsExecutions):
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
-        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, int]](math.inf)
+        # The queue of asynchronous work: a heap in priority order (aged like the
+        # store's claims); the stream carries one ``None`` per item, to wake a worker.
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._pushed = itertools.count()
+        self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         self._queued = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
@@ -279,7 +288,7 @@ class Runtime(RunsExecutions):
             self._prepared.pop(record.id, None)
             self._hand_back(record.id, record.claim)
             return False
-        self._push(record.id, record.claim, sync=sync)
+        self._push(record.id, record.claim, sync=sync, priority=record.priority)
         return True
 
     def poke(self) -> None:
@@ -292,14 +301,20 @@ class Runtime(RunsExecutions):
         self.claims.hold(execution_id, token)
         self._push(execution_id, token)
 
-    def _push(self, execution_id: str, token: int, *, sync: bool = False) -> None:
+    def _push(
+        self, execution_id: str, token: int, *, sync: bool = False, priority: int | None = None
+    ) -> None:
         if self._tg is None:
             raise RuntimeError("The engine is not running: use `async with engine:`")
         if sync:
             self._tg.start_soon(self._run_sync, execution_id, token)
             return
         self._queued += 1
-        self._send.send_nowait((execution_id, token))
+        # Higher priority (a lower stored value) first; the wait counts as in the store.
+        stored = stored_priority(None) if priority is None else priority
+        key = time.monotonic() + stored * self.settings.priority_aging_seconds
+        heapq.heappush(self._heap, (key, next(self._pushed), execution_id, token))
+        self._send.send_nowait(None)
 
     def _hand_back(self, execution_id: str, token: int) -> None:
         """Let go of a claim and hand the execution back to the store (in the background;
@@ -420,8 +435,9 @@ class Runtime(RunsExecutions):
 
     async def _worker(self, receive: Any) -> None:
         async with receive:
-            async for execution_id, token in receive:
+            async for _ in receive:
                 self._queued -= 1
+                _, _, execution_id, token = heapq.heappop(self._heap)
                 await self._guarded(execution_id, token)
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
@@ -537,7 +553,8 @@ class Runtime(RunsExecutions):
             self.metrics.lease_takeovers += getattr(self.store, "lease_takeovers", 0) - taken_over
         for execution_id, _priority, token in granted:
             self.claims.hold(execution_id, token)
-            self._push(execution_id, token)
+            # In the order the store granted them: their wait is counted there already.
+            self._push(execution_id, token, priority=0)
         return len(granted)
 
     def sync_slot_free(self) -> bool:

@@ -34,7 +34,13 @@ from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_d
 from abi_engine.schedule_rrule import rule_walls
 from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
 from abi_engine.storage.aio import AsyncStore
-from abi_engine.storage.records import ExecutionRecord, FireSchedule, HistoryRecord, ScheduleRecord
+from abi_engine.storage.records import (
+    ExecutionRecord,
+    FireSchedule,
+    HistoryRecord,
+    ScheduleRecord,
+    stored_priority,
+)
 from abi_engine.types import WorkflowType
 
 __all__ = ["MIN_GRACE_SECONDS", "PLAN_AHEAD", "Scheduler", "WorkflowCatalog", "timing"]
@@ -355,7 +361,7 @@ class Scheduler:
                 created_at=now,
                 schedule_id=record.id,
                 created_by=record.created_by,
-                priority=1,
+                priority=stored_priority(record.priority),
                 trace_context=None
                 if runtime.tracing is None
                 else runtime.tracing.context_for(None),

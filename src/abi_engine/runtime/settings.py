@@ -29,6 +29,10 @@ class RuntimeSettings:
     beyond, the queue holds only the id and claim and a worker reads the
     execution from the store when it takes it (memory stays flat with a deep
     queue: about 0.5 KB per queued execution instead of 1.3 KB).
+    ``priority_aging_seconds``: how much waiting one level of an execution's
+    ``priority`` is worth when the store hands out queued work: higher
+    priority goes first, but work queued this long before work one level
+    higher goes before it (nothing waits more than 9 times this for priority).
     """
 
     workers: int = attrs.field(default=128, validator=attrs.validators.ge(1))
@@ -39,6 +43,7 @@ class RuntimeSettings:
     shutdown_grace: float = 5.0
     default_sync_timeout: float = 30.0
     queued_in_memory: int = attrs.field(default=4096, validator=attrs.validators.ge(0))
+    priority_aging_seconds: float = attrs.field(default=10.0, validator=attrs.validators.gt(0))
 
 
 #: Delays (seconds) before each retry, after an immediate first attempt: Svix's schedule,

@@ -40,6 +40,7 @@ from abi_engine.runtime.execution import (
 )
 from abi_engine.storage._codec import loads as _loads
 from abi_engine.storage._fencing import new_claim
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.records import (
     ClaimExecution,
     ExecutionRecord,
@@ -171,6 +172,15 @@ class RunsExecutions(WritesRuns):
         else:
             with self.tracing.execution(prepared.record):
                 await self._run_loaded(prepared)
+        if prepared.record.limited:  # its slot is free: what waits for one starts now
+            wanted = getattr(self.store, "slots_wanted", None)
+            try:
+                if wanted is not None and await call_store(
+                    self.store, wanted, prepared.record.workflow_id
+                ):
+                    self._timer(utcnow())
+            except Exception:  # the poller finds it
+                log.debug("could not look for executions waiting for a slot", exc_info=True)
 
     async def _run_loaded(self, prepared: Prepared) -> None:
         """Run a loaded execution's remaining steps, to its end or its next wait."""

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from abi_engine.models import (
+    ConcurrencyRule,
     Scope,
     Token,
     Workflow,
@@ -18,7 +19,8 @@ from abi_engine.storage._codec import from_ms, loads
 _WORKFLOW_COLUMNS = (
     "id, name, description, type, status, configuration, integrations, metadata,"
     " created_at, updated_at, activated_at, deactivated_at, created_by,"
-    " runs_total, runs_success, runs_failed, duration_total_ms, retention_days"
+    " runs_total, runs_success, runs_failed, duration_total_ms, retention_days,"
+    " max_concurrency, concurrency_key, concurrency_limit"
 )
 
 _TOKEN_COLUMNS = "id, user_id, scopes, name, created_at, parent_id"
@@ -57,6 +59,9 @@ def _row_to_workflow(row: Sequence[Any]) -> Workflow:
         runs_failed,
         duration_total,
         retention_days,
+        max_concurrency,
+        concurrency_key,
+        concurrency_limit,
     ) = row
     return Workflow(
         id=wf_id,
@@ -82,6 +87,20 @@ def _row_to_workflow(row: Sequence[Any]) -> Workflow:
         deactivated_at=from_ms(deactivated_at),
         created_by=created_by,
         retention_days=retention_days,
+        max_concurrency=max_concurrency,
+        concurrency=None
+        if concurrency_key is None
+        else ConcurrencyRule(key=concurrency_key, limit=concurrency_limit),
+    )
+
+
+def _concurrency(workflow: Workflow) -> tuple[int | None, str | None, int | None]:
+    """The columns ``max_concurrency, concurrency_key, concurrency_limit`` of ``workflow``."""
+    rule = workflow.concurrency
+    return (
+        workflow.max_concurrency,
+        None if rule is None else rule.key,
+        None if rule is None else rule.limit,
     )
 
 

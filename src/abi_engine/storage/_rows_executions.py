@@ -17,7 +17,8 @@ _EXEC_COLUMNS = (
     " e.callback_url, e.callback_secret, e.schedule_id, e.created_by, e.idempotency_key,"
     " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
     " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since, e.trace_context,"
-    " e.parent_execution_id, e.scheduled_for"
+    " e.parent_execution_id, e.scheduled_for, e.concurrency_key,"
+    " (w.max_concurrency IS NOT NULL OR w.concurrency_limit IS NOT NULL)"
 )
 
 
@@ -61,4 +62,6 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         trace_context=row[29],
         parent_execution_id=row[30],
         scheduled_for=from_ms(row[31]),
+        concurrency_key=row[32],
+        limited=bool(row[33]),
     )

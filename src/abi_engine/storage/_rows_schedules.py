@@ -25,7 +25,7 @@ _COLUMNS = (
     " s.max_consecutive_failures, s.paused_by, s.paused_reason, s.paused_at,"
     " s.resume_policy, s.end_time, s.max_runs, s.runs_count,"
     " s.jitter_seconds, s.exclude_dates, s.on_gap, s.on_fold,"
-    " s.rrule, s.exclude_rrule"
+    " s.rrule, s.exclude_rrule, s.priority"
 )
 
 
@@ -89,4 +89,5 @@ def _row(row: Sequence[Any]) -> ScheduleRecord:
         on_fold=row[46] or "first",
         rrule=row[47],
         exclude_rrule=row[48],
+        priority=row[49],
     )

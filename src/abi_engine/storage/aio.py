@@ -134,6 +134,12 @@ class AsyncStore:
         is not paused (or does not exist)."""
         return await self._run(self.sync.workflow_paused_at, workflow_id)
 
+    async def concurrency_slots(
+        self, workflow_id: str
+    ) -> list[tuple[str, str | None, datetime, str]]:
+        """The executions of a workflow holding a concurrency slot (see the Store)."""
+        return await self._run(self.sync.concurrency_slots, workflow_id)
+
     async def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         """Replace a workflow's mutable fields; ``False`` if it does not exist."""
         return await self._run(self.sync.update_workflow, workflow, events)

@@ -156,6 +156,15 @@ class Store(Protocol):
         """When a workflow was paused (its new executions wait queued), ``None`` when it
         is not paused (or does not exist)."""
 
+    def slots_wanted(self, workflow_id: str) -> bool:
+        """Whether executions of the workflow wait queued for a concurrency slot."""
+        return False
+
+    def concurrency_slots(self, workflow_id: str) -> list[tuple[str, str | None, datetime, str]]:
+        """The executions of a workflow holding a concurrency slot (queued or running
+        under a live lease): ``(execution_id, concurrency_key, since, status)``."""
+        raise NotImplementedError
+
     def update_workflow(self, workflow: Workflow, events: Sequence[Event] = ()) -> bool:
         """Replace a workflow's mutable fields; ``False`` if it does not exist."""
 

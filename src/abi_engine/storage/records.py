@@ -90,7 +90,9 @@ class ExecutionRecord:
     ``plan`` lists the step names known when the execution was created;
     ``configuration`` is the workflow's configuration at that time, so a
     resumed execution runs exactly what was started. ``priority`` 0 is a
-    synchronous caller waiting, 1 an asynchronous one. ``owner`` is the
+    synchronous caller waiting; an asynchronous one has ``10 - p`` for its
+    requested priority ``p`` (0 to 9, higher first: see :func:`stored_priority`),
+    so lower runs first. ``owner`` is the
     runtime node that holds the execution, under claim token ``claim``, until
     ``lease_until``.
     """
@@ -136,6 +138,28 @@ class ExecutionRecord:
     parent_execution_id: str | None = None
     #: The due time of the schedule that started it (``None``: not started by a schedule).
     scheduled_for: datetime | None = None
+    #: The value of its workflow's concurrency key (set when inserted, #16).
+    concurrency_key: str | None = None
+    #: Whether its workflow limits concurrency (read with it, not stored): its end
+    #: frees a slot another execution may wait for.
+    limited: bool = False
+
+
+#: The priority (0 to 9, higher runs first) of an execution that asks for none.
+DEFAULT_PRIORITY = 5
+
+
+def stored_priority(priority: int | None, *, sync: bool = False) -> int:
+    """The ``priority`` column of an execution: 0 for a synchronous caller waiting
+    (first, always), else ``10 - priority`` (1 for priority 9 ... 10 for priority 0)."""
+    if sync:
+        return 0
+    return 10 - (DEFAULT_PRIORITY if priority is None else priority)
+
+
+def requested_priority(stored: int) -> int | None:
+    """The priority an execution was requested with (``None`` for a synchronous one)."""
+    return None if stored <= 0 else max(0, min(9, 10 - stored))
 
 
 @attrs.define(kw_only=True)
@@ -449,6 +473,7 @@ class ScheduleRecord:
     misfire_grace_seconds: float = 60.0
     catch_up_limit: int = 10
     overlap_policy: str = "skip"
+    priority: int = 5
     pending_runs: int = 0
     completed: bool = False
     created_at: datetime

@@ -153,6 +153,7 @@ EXECUTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("trace_context", "text"),
     ("parent_execution_id", "text"),
     ("scheduled_for", "bigint"),
+    ("concurrency_key", "text"),
 )
 _NAMES = ", ".join(name for name, _ in EXECUTION_COLUMNS)
 
@@ -204,6 +205,7 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.trace_context,
         r.parent_execution_id,
         to_ms(r.scheduled_for),
+        r.concurrency_key,
     )
 
 

@@ -35,6 +35,14 @@ from abi_engine.storage.records import (
     WriteOp,
     applied,
 )
+from abi_engine.storage.sql.concurrency import (
+    BLOCKED,
+    admit,
+    blocked_rows,
+    claim_order,
+    free_slots_filter,
+    slots,
+)
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 from abi_engine.storage.sql.execution_ops import (
     BULK,
@@ -69,6 +77,10 @@ class ExecutionsMixin:
     #: Running executions :meth:`claim_recoverable` granted (their owner's lease had
     #: expired, or its process ended): taken over, for the metrics.
     lease_takeovers: int = 0
+    #: How much waiting one level of priority is worth (ms): an execution queued this
+    #: long before another of the next higher priority goes first (aging: a flood
+    #: of higher priority work delays lower priority work by at most 9 times this).
+    priority_aging_ms: int = 10_000
 
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
         """Insert execution rows; each one's result: ``True``, ``False`` when its
@@ -306,9 +318,12 @@ class ExecutionsMixin:
         if dead_clause:
             dead_clause = f" OR {dead_clause}"
         expired, expired_args = (
-            ("lease_until < ?", (now_ms,)) if d.clock is None else (f"lease_until < {d.clock}", ())
+            ("e.lease_until < ?", (now_ms,))
+            if d.clock is None
+            else (f"e.lease_until < {d.clock}", ())
         )
 
+        order_args = (self.priority_aging_ms,)
         running = [0]  # of this attempt of the transaction (it may be retried)
 
         def run(conn: Conn) -> list[tuple[str, int, int]]:
@@ -316,7 +331,7 @@ class ExecutionsMixin:
             running[0] = 0
             # Waits that timed out: record a signal the step can see, queue them.
             woken = conn.execute(
-                "SELECT id, waiting_for, priority FROM executions"
+                "SELECT id, waiting_for, priority, workflow_id, concurrency_key FROM executions"
                 f" WHERE status = 'waiting' AND wake_at <= ?{type_clause}"
                 f" ORDER BY wake_at LIMIT ?{d.claim()}",
                 (now_ms, *type_args, limit),
@@ -324,28 +339,37 @@ class ExecutionsMixin:
             conn.executemany(
                 "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
                 " VALUES (?, ?, 'null', ?) ON CONFLICT DO NOTHING",
-                [
-                    (ex_id, f"{waiting_for}{TIMEOUT_SUFFIX}", now_ms)
-                    for ex_id, waiting_for, _ in woken
-                ],
+                [(row[0], f"{row[1]}{TIMEOUT_SUFFIX}", now_ms) for row in woken],
             )
-            taken.extend((ex_id, priority, new_claim()) for ex_id, _, priority in woken)
+            woken = _admit_woken(d, conn, woken)
+            taken.extend((row[0], row[2], new_claim()) for row in woken)
             # Unowned work, expired leases, and work of nodes that ended.
             room = max(0, limit - len(taken))
             if room:
+                free, free_args = free_slots_filter(d)
                 rows = conn.execute(
-                    "SELECT id, priority, status FROM executions"
-                    " WHERE status IN ('queued', 'running')"
-                    f" AND (lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
-                    " AND (queued_reason IS NULL OR queued_reason <> 'paused')"
-                    f" ORDER BY priority, created_at LIMIT ?{d.claim()}",
-                    (*expired_args, *dead_args, *type_args, room),
+                    "SELECT e.id, e.workflow_id, e.concurrency_key, e.priority, e.status"
+                    " FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
+                    " WHERE e.status IN ('queued', 'running')"
+                    f" AND (e.lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
+                    " AND (e.queued_reason IS NULL"
+                    f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
+                    f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
+                    (*expired_args, *dead_args, *type_args, *free_args, *order_args, room),
                 ).fetchall()
-                taken.extend((row[0], row[1], new_claim()) for row in rows)
-                running[0] = sum(1 for row in rows if row[2] == "running")
+                # Runs to take over first (they hold their slot again), then those
+                # waiting for a slot (they have waited longest), then the others.
+                waiting = blocked_rows(d, conn, room, type_clause, (*type_args, *order_args))
+                again = [row for row in rows if row[4] == "running"]
+                fresh = [row for row in rows if row[4] != "running"]
+                rows = admit(d, conn, [*again, *waiting, *fresh])[:room]
+                taken.extend((row[0], row[3], new_claim()) for row in rows)
+                running[0] = sum(1 for row in rows if row[4] == "running")
             conn.executemany(
                 f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
-                " waiting_for = NULL, wake_at = NULL, status = 'queued' WHERE id = ?",
+                " waiting_for = NULL, wake_at = NULL, status = 'queued', queued_reason ="
+                f" CASE WHEN queued_reason = '{BLOCKED}' THEN NULL ELSE queued_reason END"
+                " WHERE id = ?",
                 [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
             )
             return taken
@@ -385,9 +409,39 @@ class ExecutionsMixin:
             kept.update(self.write(lambda conn, chunk=chunk: run(conn, chunk)))
         return [i for i in claims if i not in kept]
 
+    def slots_wanted(self, workflow_id: str) -> bool:
+        """Whether executions of ``workflow_id`` wait queued for a concurrency slot."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM executions WHERE workflow_id = ? AND status = 'queued'"
+                f" AND queued_reason = '{BLOCKED}' LIMIT 1",
+                (workflow_id,),
+            ).fetchone()
+        return row is not None
+
+    def concurrency_slots(self, workflow_id: str) -> list[tuple[str, str | None, datetime, str]]:
+        with self._read() as conn:
+            return slots(self.dialect, conn, workflow_id)
+
     def next_wake_at(self) -> datetime | None:
         with self._read() as conn:
             row = conn.execute(
                 "SELECT min(wake_at) FROM executions WHERE status = 'waiting'"
             ).fetchone()
         return from_ms(row[0]) if row and row[0] is not None else None
+
+
+def _admit_woken(d: Dialect, conn: Conn, woken: Sequence[Any]) -> list[Any]:
+    """Of the waits that timed out (``(id, waiting_for, priority, workflow_id, key)``),
+    those a slot is free for; the others are queued without owner, for a later claim."""
+    if not woken:
+        return []
+    rows = [(row[0], row[3], row[4], row) for row in woken]
+    granted = {row[0] for row in admit(d, conn, rows)}
+    conn.executemany(
+        "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
+        f" owner = NULL, claim = NULL, lease_until = NULL, queued_reason = '{BLOCKED}'"
+        " WHERE id = ?",
+        [(row[0],) for row in woken if row[0] not in granted],
+    )
+    return [row for row in woken if row[0] in granted]

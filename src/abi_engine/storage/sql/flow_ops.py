@@ -24,6 +24,7 @@ from abi_engine.storage.records import (
     ResumeExecution,
     StepRecord,
 )
+from abi_engine.storage.sql.concurrency import keyed
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
 
 __all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "pause_now", "tell_parent"]
@@ -99,7 +100,8 @@ def _step_row(step: StepRecord) -> tuple[Any, ...]:
 def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
     """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
     ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
-    passes it by), whatever path inserts it (API, schedule, rerun)."""
+    passes it by), whatever path inserts it (API, schedule, rerun); each with its
+    concurrency key, and granted only within its workflow's limits (``keyed``)."""
     ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
     paused: set[str] = set()
     for chunk in chunks(ids):
@@ -111,13 +113,17 @@ def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Execu
             )
         )
     if not paused:
-        return list(records)
-    return [
-        attrs.evolve(r, owner=None, claim=None, lease_until=None, queued_reason="paused")
-        if r.workflow_id in paused and r.status is ExecutionStatus.QUEUED
-        else r
-        for r in records
-    ]
+        return keyed(s.dialect, conn, records)
+    return keyed(
+        s.dialect,
+        conn,
+        [
+            attrs.evolve(r, owner=None, claim=None, lease_until=None, queued_reason="paused")
+            if r.workflow_id in paused and r.status is ExecutionStatus.QUEUED
+            else r
+            for r in records
+        ],
+    )
 
 
 def _insert_rerun(s: Store, conn: Conn, op: InsertRerun) -> Any:

@@ -49,6 +49,7 @@ def _definition(r: ScheduleRecord) -> tuple[Any, ...]:
         float(r.misfire_grace_seconds),
         r.catch_up_limit,
         r.overlap_policy,
+        r.priority,
         bool(r.completed),
         to_ms(r.updated_at),
         r.max_consecutive_failures,
@@ -157,11 +158,11 @@ _INSERT = (
     "INSERT INTO schedules (name, description, schedule_type, cron_expression,"
     " interval_value, interval_unit, execution_time, anchor_at, timezone, parameters,"
     " enabled, next_due, misfire_policy, misfire_grace_seconds, catch_up_limit,"
-    " overlap_policy, completed, updated_at, max_consecutive_failures, paused_by,"
+    " overlap_policy, priority, completed, updated_at, max_consecutive_failures, paused_by,"
     " paused_reason, paused_at, resume_policy, end_time, max_runs, jitter_seconds,"
     " exclude_dates, on_gap, on_fold, rrule, exclude_rrule, id, workflow_id, created_at,"
     " created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -214,7 +215,7 @@ def _update(s: SchedulesMixin, conn: Conn, op: UpdateSchedule) -> bool:
         " cron_expression = ?, interval_value = ?, interval_unit = ?, execution_time = ?,"
         " anchor_at = ?, timezone = ?, parameters = ?, enabled = ?, next_due = ?,"
         " misfire_policy = ?, misfire_grace_seconds = ?, catch_up_limit = ?,"
-        " overlap_policy = ?, completed = ?, updated_at = ?, max_consecutive_failures = ?,"
+        " overlap_policy = ?, priority = ?, completed = ?, updated_at = ?, max_consecutive_failures = ?,"
         " paused_by = ?, paused_reason = ?, paused_at = ?, resume_policy = ?,"
         " end_time = ?, max_runs = ?, jitter_seconds = ?, exclude_dates = ?,"
         " on_gap = ?, on_fold = ?, rrule = ?, exclude_rrule = ?, version = version + 1,"

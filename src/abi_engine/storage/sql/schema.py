@@ -185,6 +185,28 @@ MIGRATIONS.append(
 
 MIGRATIONS.append(
     Migration(
+        "m017_concurrency",
+        [
+            # Concurrency limits (#16): per workflow, and per key (an expression over the
+            # parameters, evaluated when an execution is inserted and kept on it).
+            "ALTER TABLE workflows ADD COLUMN max_concurrency {int}",
+            "ALTER TABLE workflows ADD COLUMN concurrency_key TEXT",
+            "ALTER TABLE workflows ADD COLUMN concurrency_limit {int}",
+            "ALTER TABLE executions ADD COLUMN concurrency_key TEXT",
+            "CREATE INDEX idx_executions_slots ON executions"
+            " (workflow_id, concurrency_key, status)",
+            # Those waiting for a slot, by group, in the order they are granted.
+            "CREATE INDEX idx_executions_blocked ON executions"
+            " (workflow_id, status, concurrency_key, priority, created_at)"
+            " WHERE queued_reason = 'concurrency_limit'",
+            # Priorities (#16): a schedule's executions' priority, 0 to 9 (higher first).
+            "ALTER TABLE schedules ADD COLUMN priority {int} NOT NULL DEFAULT 5",
+        ],
+    )
+)
+
+MIGRATIONS.append(
+    Migration(
         "m018_schedules_rrule",
         [
             # Daylight-saving choices of cron schedules (#17): a gap's wall time shifted or

@@ -27,6 +27,7 @@ from abi_engine.storage.records import (
     SuspendExecution,
     stream_key,
 )
+from abi_engine.storage.sql.concurrency import BLOCKED, grantable
 from abi_engine.storage.sql.dialect import Conn, Dialect
 from abi_engine.storage.sql.execution_ops import _lease, _lease_value, _step_params, _upsert_step
 
@@ -146,7 +147,8 @@ def _slot(key: str, name: str) -> int:
 def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
     d = s.dialect
     row = conn.execute(
-        f"SELECT status, waiting_for, claim FROM executions WHERE id = ?{d.lock()}",
+        "SELECT status, waiting_for, claim, workflow_id, concurrency_key FROM executions"
+        f" WHERE id = ?{d.lock()}",
         (op.execution_id,),
     ).fetchone()
     if row is None:
@@ -169,10 +171,18 @@ def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
         (op.execution_id, key, payload, created),
     )
     if waiting:
+        # Granted at once, within its workflow's concurrency limits; else it waits queued.
+        free = op.grant_owner is None or grantable(d, conn, row[3], row[4])
         conn.execute(
             "UPDATE executions SET status = 'queued', waiting_for = NULL, wake_at = NULL,"
-            f" owner = ?, claim = ?, lease_until = {_lease(d)} WHERE id = ?",
-            (op.grant_owner, op.grant_token, _lease_value(d, op.lease_until), op.execution_id),
+            f" owner = ?, claim = ?, lease_until = {_lease(d)}, queued_reason = ? WHERE id = ?",
+            (
+                op.grant_owner if free else None,
+                op.grant_token if free else None,
+                _lease_value(d, op.lease_until) if free else None,
+                None if free else BLOCKED,
+                op.execution_id,
+            ),
         )
         return "queued"
     return "stored"

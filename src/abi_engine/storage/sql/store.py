@@ -35,6 +35,7 @@ from abi_engine.storage._refs import PACKED_TYPE, pack, unpack
 from abi_engine.storage._rows import (
     _TOKEN_COLUMNS,
     _WORKFLOW_COLUMNS,
+    _concurrency,
     _department,
     _row_to_token,
     _row_to_workflow,
@@ -283,8 +284,9 @@ class SQLStore(
             conn.execute(
                 "INSERT INTO workflows (id, name, description, type, status, department,"
                 " configuration, integrations, metadata, created_at, updated_at,"
-                " activated_at, deactivated_at, created_by, retention_days)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " activated_at, deactivated_at, created_by, retention_days, max_concurrency,"
+                " concurrency_key, concurrency_limit)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     workflow.id,
                     workflow.name,
@@ -301,6 +303,7 @@ class SQLStore(
                     to_ms(workflow.deactivated_at),
                     workflow.created_by,
                     workflow.retention_days,
+                    *_concurrency(workflow),
                 ),
             )
             self._insert_events(conn, events)
@@ -337,7 +340,8 @@ class SQLStore(
                 "UPDATE workflows SET name = ?, description = ?, status = ?, department = ?,"
                 " configuration = ?, integrations = ?, metadata = ?,"
                 f" updated_at = {NEXT_VERSION}, activated_at = ?, deactivated_at = ?,"
-                " retention_days = ? WHERE id = ? AND deleted_at IS NULL",
+                " retention_days = ?, max_concurrency = ?, concurrency_key = ?,"
+                " concurrency_limit = ? WHERE id = ? AND deleted_at IS NULL",
                 (
                     workflow.name,
                     workflow.description,
@@ -351,6 +355,7 @@ class SQLStore(
                     to_ms(workflow.activated_at),
                     to_ms(workflow.deactivated_at),
                     workflow.retention_days,
+                    *_concurrency(workflow),
                     workflow.id,
                 ),
             )

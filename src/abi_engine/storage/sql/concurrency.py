@@ -1,0 +1,279 @@
+"""Concurrency limits (#16): slots are leases, counted where work is granted.
+
+A workflow may limit how many of its executions run at once
+(``max_concurrency``) and how many with the same key do
+(``concurrency_key``/``concurrency_limit``: the key an expression over the
+parameters, evaluated when an execution is inserted and kept on its row).
+
+An execution **holds a slot** while it is queued or running under a live
+lease (an owner, and ``lease_until`` not passed): a granted execution
+holds one from its grant, and a process that dies holds its slots only
+until their leases expire, so none ever leaks. Work is granted in two places,
+both here: :func:`keyed` (an execution inserted already granted to the node
+that requested it) and :func:`admit` (the claim of queued work,
+``claim_recoverable``). Each counts the holders of the workflows it grants
+(after taking, on PostgreSQL, a transaction-scoped advisory lock per
+workflow, so two processes granting at once count one after the other) and
+grants only within the limits; what it does not grant stays queued with
+``queued_reason`` ``concurrency_limit``, for the next claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+
+from abi_engine.expressions import evaluate_key
+from abi_engine.ids import utcnow
+from abi_engine.models import ExecutionStatus
+from abi_engine.storage._codec import from_ms, to_ms
+from abi_engine.storage.records import ExecutionRecord
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+
+__all__ = [
+    "BLOCKED",
+    "admit",
+    "blocked_rows",
+    "claim_order",
+    "free_slots_filter",
+    "grantable",
+    "keyed",
+    "slots",
+]
+
+#: The groups (workflow, key) of waiting executions one claim looks at.
+MAX_GROUPS = 100
+
+#: The ``queued_reason`` of an execution waiting for a slot.
+BLOCKED = "concurrency_limit"
+
+#: Limits of one workflow: (max_concurrency, key expression, limit per key).
+Limits = tuple[int | None, str | None, int | None]
+
+
+def claim_order(alias: str) -> str:
+    """The order executions are granted in (its parameter: the ms one level of
+    priority is worth): synchronous callers first, then by request time moved
+    earlier by the priority, so that higher priority goes first while the wait of
+    lower priority still counts (it cannot starve)."""
+    return (
+        f"CASE WHEN {alias}priority = 0 THEN 0 ELSE 1 END,"
+        f" {alias}created_at + {alias}priority * CAST(? AS BIGINT), {alias}created_at"
+    )
+
+
+def _now(d: Dialect) -> tuple[str, tuple[Any, ...]]:
+    """The SQL of now, by which leases are judged, and its parameters."""
+    return ("?", (to_ms(utcnow()),)) if d.clock is None else (d.clock, ())
+
+
+def _holding(d: Dialect, alias: str) -> tuple[str, tuple[Any, ...]]:
+    now, args = _now(d)
+    return (
+        f"{alias}.status IN ('queued', 'running') AND {alias}.owner IS NOT NULL"
+        f" AND {alias}.lease_until >= {now}",
+        args,
+    )
+
+
+def free_slots_filter(d: Dialect) -> tuple[str, tuple[Any, ...]]:
+    """A condition on a queued execution ``e`` joined to its workflow ``w``: a slot of
+    its workflow and key is free (as committed now; :func:`admit` counts again)."""
+    holding, args = _holding(d, "h")
+    sql = (
+        " AND (w.max_concurrency IS NULL OR (SELECT count(*) FROM executions h"
+        f" WHERE h.workflow_id = e.workflow_id AND h.id <> e.id AND {holding})"
+        " < w.max_concurrency)"
+        " AND (w.concurrency_limit IS NULL OR e.concurrency_key IS NULL"
+        " OR (SELECT count(*) FROM executions h WHERE h.workflow_id = e.workflow_id"
+        f" AND h.concurrency_key = e.concurrency_key AND h.id <> e.id AND {holding})"
+        " < w.concurrency_limit)"
+    )
+    return sql, args * 2
+
+
+def _limits(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> dict[str, Limits]:
+    """The limits of those of ``workflow_ids`` that have any."""
+    found: dict[str, Limits] = {}
+    for chunk in chunks(sorted(set(workflow_ids))):
+        condition, args = d.any_of("id", chunk)
+        for row in conn.execute(
+            "SELECT id, max_concurrency, concurrency_key, concurrency_limit FROM workflows"
+            f" WHERE {condition} AND (max_concurrency IS NOT NULL"
+            " OR concurrency_limit IS NOT NULL)",
+            args,
+        ):
+            found[row[0]] = (row[1], row[2], row[3])
+    return found
+
+
+class _Counts:
+    """Slots held per workflow and per (workflow, key), counted under the workflows'
+    locks, growing as this transaction grants more."""
+
+    def __init__(
+        self,
+        d: Dialect,
+        conn: Conn,
+        limits: dict[str, Limits],
+        wanted: Sequence[tuple[str, str | None]],
+        exclude: Sequence[str] = (),
+    ) -> None:
+        self.limits = limits
+        self.total: dict[str, int] = {}
+        self.keyed: dict[tuple[str, str | None], int] = {}
+        if d.row_locks:  # one granter at a time per workflow (in order: no deadlock)
+            for workflow_id in sorted(limits):
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+                    (f"abi-slots:{workflow_id}",),
+                ).fetchone()
+        skip, skip_args = d.any_of("h.id", list(exclude)) if exclude else ("", ())
+        skip = f" AND NOT ({skip})" if skip else ""
+        for workflow_id, (most, _, _) in sorted(limits.items()):
+            # Holders of the whole workflow (at most max_concurrency of them), or of
+            # the keys asked for only (a key per execution: never a scan of them all).
+            keys = sorted({k for w, k in wanted if w == workflow_id and k is not None})
+            if most is not None:
+                where, args = "", ()
+            elif keys:
+                where, args = d.any_of("h.concurrency_key", keys)
+                where = f" AND {where}"
+            else:
+                continue
+            holding, now_args = _holding(d, "h")
+            rows = conn.execute(
+                "SELECT h.concurrency_key, count(*) FROM executions h"
+                f" WHERE h.workflow_id = ?{where} AND {holding}{skip}"
+                " GROUP BY h.concurrency_key",
+                (workflow_id, *args, *now_args, *skip_args),
+            ).fetchall()
+            for key, count in rows:
+                self.total[workflow_id] = self.total.get(workflow_id, 0) + int(count)
+                self.keyed[(workflow_id, key)] = int(count)
+
+    def take(self, workflow_id: str, key: str | None, *, reserve: bool = True) -> bool:
+        """Take a slot for an execution of ``workflow_id`` with ``key``, if one is free
+        (with ``reserve`` false, only whether one is)."""
+        limits = self.limits.get(workflow_id)
+        if limits is None:
+            return True
+        most, _, per_key = limits
+        if most is not None and self.total.get(workflow_id, 0) >= most:
+            return False
+        keyed = per_key is not None and key is not None
+        if keyed and self.keyed.get((workflow_id, key), 0) >= per_key:  # type: ignore[operator]
+            return False
+        if not reserve:
+            return True
+        self.total[workflow_id] = self.total.get(workflow_id, 0) + 1
+        self.keyed[(workflow_id, key)] = self.keyed.get((workflow_id, key), 0) + 1
+        return True
+
+
+def keyed(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
+    """``records`` about to be inserted, each with its key, and granted only within
+    the limits: one beyond them loses its grant and waits queued (``BLOCKED``)."""
+    queued = [r for r in records if r.status is ExecutionStatus.QUEUED]
+    if not queued:
+        return list(records)
+    limits = _limits(d, conn, [r.workflow_id for r in queued])
+    if not limits:
+        return list(records)
+    for r in queued:
+        limit = limits.get(r.workflow_id)
+        if limit is not None:
+            # In place: the node that inserts it runs this very record.
+            r.limited = True
+            r.concurrency_key = None if limit[1] is None else evaluate_key(limit[1], r.parameters)
+    counts = _Counts(d, conn, limits, [(r.workflow_id, r.concurrency_key) for r in queued])
+    out: list[ExecutionRecord] = []
+    for r in records:
+        if not r.limited or r.status is not ExecutionStatus.QUEUED:
+            out.append(r)
+            continue
+        key = r.concurrency_key
+        if r.queued_reason is None and not counts.take(
+            r.workflow_id, key, reserve=r.owner is not None
+        ):
+            r = attrs.evolve(r, owner=None, claim=None, lease_until=None, queued_reason=BLOCKED)
+        out.append(r)
+    return out
+
+
+def grantable(d: Dialect, conn: Conn, workflow_id: str, key: str | None) -> bool:
+    """Whether a slot is free for an execution of ``workflow_id`` with ``key`` (that
+    holds none), counted under the workflow's lock."""
+    limits = _limits(d, conn, [workflow_id])
+    return not limits or _Counts(d, conn, limits, [(workflow_id, key)]).take(workflow_id, key)
+
+
+def admit(d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    """Of candidate rows ``(id, workflow_id, concurrency_key, ...)`` in the order they
+    would be granted, those within the limits; the others are marked ``BLOCKED``."""
+    limits = _limits(d, conn, [row[1] for row in rows])
+    if not limits:
+        return list(rows)
+    wanted = [(row[1], row[2]) for row in rows]
+    counts = _Counts(d, conn, limits, wanted, [row[0] for row in rows])
+    granted = [row for row in rows if counts.take(row[1], row[2])]
+    refused = [(row[0],) for row in rows if row not in granted]
+    if refused:
+        conn.executemany(
+            f"UPDATE executions SET queued_reason = '{BLOCKED}' WHERE id = ?"
+            " AND status = 'queued' AND queued_reason IS NULL",
+            refused,
+        )
+    return granted
+
+
+def blocked_rows(
+    d: Dialect, conn: Conn, room: int, type_clause: str, type_args: Sequence[Any]
+) -> list[Sequence[Any]]:
+    """Candidates among the executions waiting for a slot (``BLOCKED``), as rows
+    ``(id, workflow_id, concurrency_key, priority, status)``: of each group (workflow
+    and key), the first ones in grant order, as many as its limit at most (so that
+    many waiting on one key cost a claim an index probe, not a scan of them all)."""
+    groups = conn.execute(
+        "SELECT DISTINCT workflow_id, concurrency_key FROM executions"
+        f" WHERE status = 'queued' AND queued_reason = '{BLOCKED}' LIMIT ?",
+        (MAX_GROUPS,),
+    ).fetchall()
+    if not groups:
+        return []
+    limits = _limits(d, conn, [g[0] for g in groups])
+    rows: list[Sequence[Any]] = []
+    for workflow_id, key in groups:
+        most, _, per_key = limits.get(workflow_id, (None, None, None))
+        bounds = (most, per_key if key is not None else None, room - len(rows))
+        bound = min(b for b in bounds if b is not None)
+        if bound <= 0:
+            break
+        rows.extend(
+            conn.execute(
+                "SELECT id, workflow_id, concurrency_key, priority, status FROM executions"
+                f" WHERE workflow_id = ? AND status = 'queued' AND concurrency_key"
+                f" {d.null_safe_eq} ? AND queued_reason = '{BLOCKED}' AND owner IS NULL"
+                f"{type_clause} ORDER BY {claim_order('')} LIMIT ?{d.claim()}",
+                (workflow_id, key, *type_args, bound),
+            ).fetchall()
+        )
+    return rows
+
+
+def slots(d: Dialect, conn: Conn, workflow_id: str) -> list[tuple[str, str | None, datetime, str]]:
+    """The executions of ``workflow_id`` holding a slot: (id, key, since, status),
+    ``since`` the time it started or else was requested."""
+    holding, args = _holding(d, "h")
+    return [
+        (row[0], row[1], from_ms(row[2]) or utcnow(), row[3])
+        for row in conn.execute(
+            "SELECT h.id, h.concurrency_key, coalesce(h.started_at, h.queued_since,"
+            f" h.created_at), h.status FROM executions h WHERE h.workflow_id = ? AND {holding}"
+            " ORDER BY 3, h.id",
+            (workflow_id, *args),
+        )
+    ]

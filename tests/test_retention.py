@@ -208,6 +208,8 @@ def test_sqlite_gives_space_back(tmp_path: Path, new_workflow: Callable[..., Wor
     try:
         assert store.db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
         wf = _workflow(store, new_workflow, 1)
+        store.checkpointer.checkpoint()
+        pages_empty = store.db.execute("PRAGMA page_count").fetchone()[0]  # the schema
         for _ in range(200):
             _execution(store, wf, NOW - 5 * DAY, payload="x" * 4000)
         store.checkpointer.checkpoint()
@@ -215,7 +217,8 @@ def test_sqlite_gives_space_back(tmp_path: Path, new_workflow: Callable[..., Wor
         while store.prune_executions(NOW, 50):
             store.reclaim_space(10_000)
         pages_after = store.db.execute("PRAGMA page_count").fetchone()[0]
-        assert pages_after < pages_before / 4
+        # What the executions took is given back (all but a few pages of index roots).
+        assert pages_after - pages_empty < (pages_before - pages_empty) / 20
         assert store.db.execute("PRAGMA freelist_count").fetchone()[0] == 0
     finally:
         store.close()

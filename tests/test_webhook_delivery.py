@@ -93,6 +93,8 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
     failing = await make_workflow(eng, FAILING)
     execution = await eng.executions.execute(failing, {}, wait=False)
     await eng.executions.wait(execution.execution_id, timeout=30)  # execution.failed
+    rerun = await eng.executions.rerun(execution.execution_id)  # execution.rerun (#16)
+    await eng.executions.wait(rerun.execution_id, timeout=30)
     schedule = await eng.schedules.create(
         wf_id,
         {"name": "s", "schedule_type": "interval", "interval_value": 1, "interval_unit": "seconds"},

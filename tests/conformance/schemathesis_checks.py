@@ -35,6 +35,8 @@ __all__ = ["SEMANTIC", "semantic_refusals_only"]
 _SCHEDULE_TIMING = frozenset(
     {"cron_expression", "interval_value", "interval_unit", "execution_time", "timezone"}
     | {"end_time"}  # in the future, after start_time (#17)
+    # an rrule schedule needs its rule, and a rule must fire again (#17)
+    | {"rrule", "exclude_rrule", "start_time"}
 )
 _URL_FIELDS = frozenset({"url", "callback_url"})
 _EXECUTE = {"INVALID_PARAMETERS": None, "PARAMETER_VALIDATION_ERROR": None}

@@ -57,13 +57,16 @@ async def test_create_workflow_answers_201_with_the_seed_shape(client: httpx.Asy
     data = await create(client)
     assert set(data) >= SEED_WORKFLOW_KEYS
     # Beyond the seed's example: stats, the notification templates the configuration
-    # names, activated_at / deactivated_at (null until then), retention_days (#15).
+    # names, activated_at / deactivated_at (null until then), retention_days (#15),
+    # the concurrency limits (#16).
     assert set(data) <= SEED_WORKFLOW_KEYS | {
         "stats",
         "notification_templates",
         "activated_at",
         "deactivated_at",
         "retention_days",
+        "max_concurrency",
+        "concurrency",
     }
     assert (data["activated_at"], data["deactivated_at"]) == (None, None)
     assert data["notification_templates"] == []

@@ -134,6 +134,10 @@ class AsyncStore:
         is not paused (or does not exist)."""
         return await self._run(self.sync.workflow_paused_at, workflow_id)
 
+    async def slots_wanted(self, workflow_id: str) -> bool:
+        """Whether executions of the workflow wait queued for a concurrency slot."""
+        return await self._run(self.sync.slots_wanted, workflow_id)
+
     async def concurrency_slots(
         self, workflow_id: str
     ) -> list[tuple[str, str | None, datetime, str]]:

@@ -14,7 +14,7 @@ Starlette's own exceptions.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from starlette.convertors import CONVERTOR_TYPES, Convertor
@@ -75,26 +75,25 @@ def _route_path(scope: Scope) -> str:
     return path
 
 
-def _find(node: _Node, segments: list[str], index: int) -> tuple[_Node, dict[str, Any]] | None:
+def _find(node: _Node, segments: list[str], index: int) -> Iterator[tuple[_Node, dict[str, Any]]]:
+    """Every node matching ``segments`` from ``index``, literal segments first, each with
+    its path parameters."""
     if index == len(segments):
-        return (node, {}) if node.methods else None
+        if node.methods:
+            yield node, {}
+        return
     segment = segments[index]
     child = node.literals.get(segment)
     if child is not None:
-        found = _find(child, segments, index + 1)
-        if found is not None:
-            return found
+        yield from _find(child, segments, index + 1)
     if segment:
         for _, pattern, convertors, nested in node.patterns:
             match = pattern.fullmatch(segment)
             if match is None:
                 continue
-            found = _find(nested, segments, index + 1)
-            if found is not None:
-                for name, value in match.groupdict().items():
-                    found[1][name] = convertors[name].convert(value)
-                return found
-    return None
+            for found, params in _find(nested, segments, index + 1):
+                converted = {n: convertors[n].convert(v) for n, v in match.groupdict().items()}
+                yield found, {**params, **converted}
 
 
 class OperationTable(BaseRoute):
@@ -118,17 +117,27 @@ class OperationTable(BaseRoute):
             if method == "GET":
                 node.methods.setdefault("HEAD", op)
 
-    def lookup(self, path: str) -> tuple[Mapping[str, Operation], dict[str, Any]] | None:
-        """The operations by method and the path parameters of ``path``, if any match."""
+    def lookup(
+        self, path: str, method: str | None = None
+    ) -> tuple[Mapping[str, Operation], dict[str, Any]] | None:
+        """The operations by method and the path parameters of ``path``, if any match:
+        the first match (literal segments before parameters) that has ``method``, else
+        the first match (whose methods answer 405). ``/workflow_schedules/preview``
+        (POST) does not hide ``DELETE /workflow_schedules/{schedule_id}`` for the id
+        ``preview``."""
         if not path.startswith("/"):
             return None
-        found = _find(self.root, path[1:].split("/"), 0)
-        return None if found is None else (found[0].methods, found[1])
+        first = None
+        for node, params in _find(self.root, path[1:].split("/"), 0):
+            if method is None or method in node.methods:
+                return node.methods, params
+            first = first or (node.methods, params)
+        return first
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
             return Match.NONE, {}
-        found = self.lookup(_route_path(scope))
+        found = self.lookup(_route_path(scope), scope["method"])
         if found is None:
             return Match.NONE, {}
         methods, params = found

@@ -107,3 +107,27 @@ def test_path_convertor_and_duplicates_are_refused() -> None:
         OperationTable("/api/v1", [op("files", "GET", "/files/{rest:path}")], _serve)
     with pytest.raises(ValueError, match="both bind GET"):
         OperationTable("/api/v1", [op("a", "GET", "/x/{id}"), op("b", "GET", "/x/{id}")], _serve)
+
+
+def test_a_literal_without_the_method_yields_to_the_parameter() -> None:
+    """'/things/search' has only GET: a DELETE of it is the parameter route's (thing_id
+    'search'), not a 405; without any route of that method the literal's methods answer."""
+    table = OperationTable(
+        "/api/v1",
+        [
+            op("get", "GET", "/things/{thing_id}"),
+            op("delete", "DELETE", "/things/{thing_id}"),
+            op("search", "POST", "/things/search"),
+        ],
+        _serve,
+    )
+    deleted = table.lookup("/api/v1/things/search", "DELETE")
+    assert deleted is not None
+    assert {o.name for o in deleted[0].values()} == {"get", "delete"}
+    assert deleted[1] == {"thing_id": "search"}
+    searched = table.lookup("/api/v1/things/search", "POST")
+    assert searched is not None
+    assert {o.name for o in searched[0].values()} == {"search"}
+    neither = table.lookup("/api/v1/things/search", "PUT")
+    assert neither is not None
+    assert {o.name for o in neither[0].values()} == {"search"}  # 405, Allow: POST

@@ -139,12 +139,14 @@ _SUBMISSION = st.tuples(
     delays=st.lists(st.sampled_from([0.0, 0.0005, 0.002, 0.005]), min_size=1, max_size=6),
     in_flight=st.sampled_from([1, 2, 3]),
     max_batch=st.sampled_from([1, 3, 1000]),
+    overlap_min=st.sampled_from([1, 2, 32]),
 )
 def test_ops_of_an_execution_apply_in_submission_order(
     submissions: list[tuple[str | None, bool, bool]],
     delays: list[float],
     in_flight: int,
     max_batch: int,
+    overlap_min: int,
 ) -> None:
     """Whatever the timing, each submitter gets its own op's answer (or its batch's
     failure), transactions never overlap on an execution, at most ``in_flight`` run at
@@ -154,7 +156,12 @@ def test_ops_of_an_execution_apply_in_submission_order(
     answers: dict[int, Any] = {}
 
     async def main() -> None:
-        committer = GroupCommitter(store, lambda events: None, max_batch=max_batch)  # type: ignore[arg-type]
+        committer = GroupCommitter(
+            store,  # type: ignore[arg-type]
+            lambda events: None,
+            max_batch=max_batch,
+            overlap_min=overlap_min,
+        )
 
         async def submit(n: int, op: WriteOp) -> None:
             try:
@@ -214,7 +221,7 @@ async def test_two_batches_on_other_executions_are_written_at_once() -> None:
                 second_started.set()
             return [True] * len(ops)
 
-    committer = GroupCommitter(Store(), lambda events: None)  # type: ignore[arg-type]
+    committer = GroupCommitter(Store(), lambda events: None, overlap_min=1)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
         first = [_claim("a", 1)]
@@ -224,6 +231,43 @@ async def test_two_batches_on_other_executions_are_written_at_once() -> None:
             assert await committer.submit(_claim("b", 2)) is True
         tg.cancel_scope.cancel()
     assert seen == [["a"], ["b"]]
+
+
+async def test_a_small_batch_waits_for_the_one_in_flight_until_it_has_overlap_min_ops() -> None:
+    """Beside a batch being written, the next one starts only once it holds
+    ``overlap_min`` ops (a transaction of its own for one op costs more than it saves);
+    reaching that many starts it at once, before the first batch ends."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    class Store:
+        blocking = True
+        batches_in_flight = 2
+
+        def apply(self, ops: Sequence[WriteOp]) -> list[Any]:
+            sizes.append(len(ops))
+            if len(sizes) == 1:
+                assert release.wait(10)
+            return [True] * len(ops)
+
+    committer = GroupCommitter(Store(), lambda events: None, overlap_min=3)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        async with anyio.create_task_group() as submitters:
+            submitters.start_soon(committer.submit, _claim("a", 1))
+            await anyio.sleep(0.05)
+            submitters.start_soon(committer.submit, _claim("b", 2))
+            submitters.start_soon(committer.submit, _claim("c", 3))
+            await anyio.sleep(0.2)
+            assert sizes == [1]  # two ops: not yet
+            submitters.start_soon(committer.submit, _claim("d", 4))
+            with anyio.fail_after(10):
+                while len(sizes) < 2:  # noqa: ASYNC110 - the writer thread appends
+                    await anyio.sleep(0.01)
+            assert sizes == [1, 3]  # started beside the first, still being written
+            release.set()
+        tg.cancel_scope.cancel()
+    assert committer.most_in_flight == 2
 
 
 async def test_a_batch_on_the_same_execution_waits_for_the_one_in_flight() -> None:
@@ -245,7 +289,7 @@ async def test_a_batch_on_the_same_execution_waits_for_the_one_in_flight() -> No
             log.append(f"end {names}")
             return [True] * len(ops)
 
-    committer = GroupCommitter(Store(), lambda events: None)  # type: ignore[arg-type]
+    committer = GroupCommitter(Store(), lambda events: None, overlap_min=1)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         await tg.start(committer.run)
         async with anyio.create_task_group() as submitters:
@@ -278,7 +322,7 @@ async def test_a_failing_batch_fails_alone_while_another_is_in_flight() -> None:
                 raise ConnectionError("connection lost")
             return [op.token * 10 for op in ops]  # type: ignore[attr-defined]
 
-    committer = GroupCommitter(Store(), lambda events: None)  # type: ignore[arg-type]
+    committer = GroupCommitter(Store(), lambda events: None, overlap_min=1)  # type: ignore[arg-type]
     answers: dict[str, Any] = {}
 
     async def submit(name: str, op: WriteOp) -> None:
@@ -312,7 +356,7 @@ async def test_stopping_writes_the_batches_in_flight_and_the_pending_ones() -> N
             time.sleep(0.02)
             return [op.token for op in ops]  # type: ignore[attr-defined]
 
-    committer = GroupCommitter(Store(), lambda events: None, max_batch=2)  # type: ignore[arg-type]
+    committer = GroupCommitter(Store(), lambda events: None, max_batch=2, overlap_min=1)  # type: ignore[arg-type]
     answers: dict[int, Any] = {}
 
     async def submit(n: int) -> None:

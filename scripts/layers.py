@@ -84,6 +84,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "models_webhooks",
                 "models_audit",
                 "models_triggers",
+                "models_schedules",
+                "models_status",
                 "converter",
                 "events",
                 "host",

@@ -101,7 +101,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
-            | {"schedule_views", "schedule_backfill"}
+            | {"schedule_views", "schedule_backfill", "execution_reading"}
+            | {"execution_requests"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

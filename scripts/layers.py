@@ -70,6 +70,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "expressions",
                 "schedule_dst",
                 "schedule_math",
+                "schedule_cron",
                 "schedule_rules",
                 "schedule_rrule",
             }

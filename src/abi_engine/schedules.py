@@ -52,11 +52,11 @@ from abi_engine.models import (
     Workflow,
 )
 from abi_engine.schedule_backfill import backfill as run_backfill
+from abi_engine.schedule_cron import compile_cron
 from abi_engine.schedule_lifecycle import pause_or_resume, timing_of
 from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
     INTERVAL_UNITS,
-    compile_cron,
     jittered,
     next_cron,
     next_interval,

@@ -26,7 +26,7 @@ from abi_engine.schedule_math import (
     zone,
 )
 from abi_engine.schedule_rrule import rule_walls
-from abi_engine.storage.records import HistoryRecord, ScheduleRecord
+from abi_engine.storage.records_schedules import HistoryRecord, ScheduleRecord
 
 __all__ = ["pause_or_resume", "preview", "timing_of"]
 

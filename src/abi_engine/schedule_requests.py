@@ -30,7 +30,7 @@ from abi_engine.schedule_lifecycle import timing_of
 from abi_engine.schedule_math import INTERVAL_UNITS, jittered, next_cron, next_interval, zone
 from abi_engine.schedule_rrule import compile_rrule
 from abi_engine.schedule_views import definition
-from abi_engine.storage.records import ScheduleRecord
+from abi_engine.storage.records_schedules import ScheduleRecord
 
 __all__ = [
     "MAX_CATCH_UP",

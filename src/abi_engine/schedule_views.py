@@ -21,7 +21,7 @@ from abi_engine.models import (
     ScheduleSummary,
     ScheduleType,
 )
-from abi_engine.storage.records import ScheduleRecord
+from abi_engine.storage.records_schedules import ScheduleRecord
 
 __all__ = ["definition", "schedule_json"]
 

@@ -57,7 +57,7 @@ from abi_engine.schedule_requests import (
 )
 from abi_engine.schedule_views import _summary, _view, schedule_json
 from abi_engine.services import Service, check_flag, check_int, check_page
-from abi_engine.storage.records import (
+from abi_engine.storage.records_schedules import (
     DeleteSchedule,
     InsertSchedule,
     ScheduleQuery,

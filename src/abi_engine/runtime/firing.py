@@ -20,13 +20,8 @@ from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowS
 from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, zone
 from abi_engine.schedule_rrule import rule_walls
 from abi_engine.schedule_rules import DueDecision, Missed, Note, decide_due, plan_missed
-from abi_engine.storage.records import (
-    ExecutionRecord,
-    FireSchedule,
-    HistoryRecord,
-    ScheduleRecord,
-    stored_priority,
-)
+from abi_engine.storage.records import ExecutionRecord, stored_priority
+from abi_engine.storage.records_schedules import FireSchedule, HistoryRecord, ScheduleRecord
 from abi_engine.types import StepSpec
 
 __all__ = [

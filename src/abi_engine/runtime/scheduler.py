@@ -48,12 +48,8 @@ from abi_engine.runtime.runner import Runtime
 from abi_engine.schedule_math import logical_due
 from abi_engine.schedule_rules import Missed, Note
 from abi_engine.storage.aio import AsyncStore
-from abi_engine.storage.records import (
-    ExecutionRecord,
-    FireSchedule,
-    HistoryRecord,
-    ScheduleRecord,
-)
+from abi_engine.storage.records import ExecutionRecord
+from abi_engine.storage.records_schedules import FireSchedule, HistoryRecord, ScheduleRecord
 from abi_engine.types import WorkflowType
 
 __all__ = ["PLAN_AHEAD", "Scheduler", "WorkflowCatalog"]

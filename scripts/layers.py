@@ -94,7 +94,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
-    ("authoring and views", frozenset({"types", "execution_views"})),
+    ("authoring and views", frozenset({"types", "step_signals", "execution_views"})),
     ("runtime", frozenset({"runtime"})),  # the runtime package
     (
         "services",

@@ -27,7 +27,7 @@ from abi_engine.events import Event, OutboxEvent
 from abi_engine.execution_batches import ExecutionBatches
 from abi_engine.execution_flow import ExecutionFlow
 from abi_engine.execution_signals import ExecutionSignals
-from abi_engine.execution_views import build_execution, execution_json
+from abi_engine.execution_views import build_execution, execution_json, queued_fields
 from abi_engine.ids import new_id, parse_time, utcnow
 from abi_engine.models import (
     Execution,
@@ -573,6 +573,7 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
                 started_at=r.started_at,
                 completed_at=r.completed_at,
                 duration_ms=r.duration_ms,
+                **queued_fields(r),
             )
             for r in records
         ]

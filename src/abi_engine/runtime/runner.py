@@ -157,6 +157,8 @@ class Runtime(RunsExecutions):
         #: The run token of each execution running here (its grant became this).
         self._run_tokens: dict[str, int] = {}
         self._tg: TaskGroup | None = None
+        #: The time a claim is set for, for executions held until then (rate limits).
+        self._due_at: datetime | None = None
         self._stopping = False
         self._idle = anyio.Event()
         self._store_failures = 0
@@ -551,6 +553,9 @@ class Runtime(RunsExecutions):
         )
         if self.metrics is not None:  # running executions whose owner's lease had ended
             self.metrics.lease_takeovers += getattr(self.store, "lease_takeovers", 0) - taken_over
+        due = getattr(self.store, "next_due", None)
+        if due is not None:  # held by a rate limit or a debounce: claim right when due
+            self._due(utcnow() + due)
         for execution_id, _priority, token in granted:
             self.claims.hold(execution_id, token)
             # In the order the store granted them: their wait is counted there already.
@@ -560,6 +565,14 @@ class Runtime(RunsExecutions):
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
         return self.running and self._sync_limiter.available_tokens >= 1
+
+    def _due(self, when: datetime) -> None:
+        """A claim at ``when``, unless one is set for no later (and not passed)."""
+        pending = self._due_at
+        if pending is not None and utcnow() < pending <= when:
+            return
+        self._due_at = when
+        self._timer(when)
 
     def _timer(self, when: datetime) -> None:
         """Wake the waiting executions due at ``when`` then (while the runtime runs)."""

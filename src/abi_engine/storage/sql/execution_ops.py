@@ -154,6 +154,11 @@ EXECUTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parent_execution_id", "text"),
     ("scheduled_for", "bigint"),
     ("concurrency_key", "text"),
+    ("rate_key", "text"),
+    ("rate_granted_at", "bigint"),
+    ("debounce_key", "text"),
+    ("debounced_by", "text"),
+    ("not_before", "bigint"),
 )
 _NAMES = ", ".join(name for name, _ in EXECUTION_COLUMNS)
 
@@ -206,6 +211,11 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.parent_execution_id,
         to_ms(r.scheduled_for),
         r.concurrency_key,
+        r.rate_key,
+        to_ms(r.rate_granted_at),
+        r.debounce_key,
+        r.debounced_by,
+        to_ms(r.not_before),
     )
 
 

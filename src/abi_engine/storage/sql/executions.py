@@ -13,7 +13,7 @@ judged in the database's clock (:attr:`~abi_engine.storage.sql.dialect.Dialect.c
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from abi_engine.models import ExecutionStatus, StepStatus
@@ -53,6 +53,7 @@ from abi_engine.storage.sql.execution_ops import (
     _lease,
     _lease_value,
 )
+from abi_engine.storage.sql.shaping import DEBOUNCED, RATE_LIMITED, due_in
 from abi_engine.storage.sql.signal_ops import SIGNAL_HANDLERS
 
 __all__ = ["ExecutionsMixin"]
@@ -77,6 +78,10 @@ class ExecutionsMixin:
     #: Running executions :meth:`claim_recoverable` granted (their owner's lease had
     #: expired, or its process ended): taken over, for the metrics.
     lease_takeovers: int = 0
+    #: How long after the last :meth:`claim_recoverable` the first execution held by a
+    #: rate limit or a debounce may be granted (``None``: none is held): the runtime
+    #: claims again right then.
+    next_due: timedelta | None = None
     #: How much waiting one level of priority is worth (ms): an execution queued this
     #: long before another of the next higher priority goes first (aging: a flood
     #: of higher priority work delays lower priority work by at most 9 times this).
@@ -317,6 +322,7 @@ class ExecutionsMixin:
         dead_clause, dead_args = d.any_of("owner", gone) if gone else ("", ())
         if dead_clause:
             dead_clause = f" OR {dead_clause}"
+        due, due_args = ("?", (now_ms,)) if d.clock is None else (d.clock, ())
         expired, expired_args = (
             ("e.lease_until < ?", (now_ms,))
             if d.clock is None
@@ -352,26 +358,38 @@ class ExecutionsMixin:
                     " FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
                     " WHERE e.status IN ('queued', 'running')"
                     f" AND (e.lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
-                    " AND (e.queued_reason IS NULL"
-                    f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
+                    " AND (e.queued_reason IS NULL OR e.queued_reason NOT IN"
+                    f" ('paused', '{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}')"
+                    f" OR (e.not_before <= {due} AND e.queued_reason IN"
+                    f" ('{RATE_LIMITED}', '{DEBOUNCED}'))){free}"
                     f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
-                    (*expired_args, *dead_args, *type_args, *free_args, *order_args, room),
+                    (
+                        *expired_args,
+                        *dead_args,
+                        *type_args,
+                        *due_args,
+                        *free_args,
+                        *order_args,
+                        room,
+                    ),
                 ).fetchall()
                 # Runs to take over first (they hold their slot again), then those
                 # waiting for a slot (they have waited longest), then the others.
                 waiting = blocked_rows(d, conn, room, type_clause, (*type_args, *order_args))
                 again = [row for row in rows if row[4] == "running"]
                 fresh = [row for row in rows if row[4] != "running"]
-                rows = admit(d, conn, [*again, *waiting, *fresh])[:room]
+                rows = admit(d, conn, [*again, *waiting, *fresh], room)
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")
             conn.executemany(
                 f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
-                " waiting_for = NULL, wake_at = NULL, status = 'queued', queued_reason ="
-                f" CASE WHEN queued_reason = '{BLOCKED}' THEN NULL ELSE queued_reason END"
-                " WHERE id = ?",
+                " waiting_for = NULL, wake_at = NULL, status = 'queued', not_before = NULL,"
+                " queued_reason = CASE WHEN queued_reason IN"
+                f" ('{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}') THEN NULL"
+                " ELSE queued_reason END WHERE id = ?",
                 [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
             )
+            self.next_due = due_in(d, conn)
             return taken
 
         granted = list(self.write(run))

@@ -323,9 +323,11 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         )
         self._runtime.grant(record)
         # A synchronous execution that starts at once is stored already running:
-        # one commit fewer on the latency path. (Not while its workflow is paused:
-        # the store holds it queued.)
-        claimed = wait and not paused and self._runtime.sync_slot_free()
+        # one commit fewer on the latency path. (Not while its workflow is paused, nor
+        # when its limits decide whether it starts: the store holds it queued.)
+        shaped = workflow.rate_limit is not None or workflow.debounce is not None
+        limited = shaped or workflow.max_concurrency is not None or workflow.concurrency
+        claimed = wait and not paused and not limited and self._runtime.sync_slot_free()
         events: tuple[OutboxEvent, ...] = ()
         if claimed:
             record.status = ExecutionStatus.RUNNING

@@ -47,7 +47,7 @@ class StepRef(Constraint):
 
 PARAMETERS = Json(max_bytes=262_144)
 #: The statuses a bulk rerun may take: only an ended execution can be rerun.
-EndedStatus = Literal["completed", "failed", "timed_out", "cancelled"]
+EndedStatus = Literal["completed", "failed", "timed_out", "cancelled", "skipped"]
 LIMIT = Number(minimum=1, maximum=MAX_BULK_RERUN)
 
 

@@ -18,6 +18,7 @@ from runtime_plugins.helpers import (
     DatabaseFactory,
     EngineFactory,
     engines,
+    fast,
     new_workflow,
     wait_status,
 )
@@ -175,3 +176,27 @@ def test_the_window_rule_never_lets_more_than_the_limit_start_in_a_period(
         assert later - first >= period
     for first, later in itertools.pairwise(starts):
         assert later >= first
+
+
+async def test_a_queued_execution_behind_higher_priority_work_shows_priority(
+    make: EngineFactory,
+) -> None:
+    """One worker, busy: a low priority execution waiting in the node's queue behind a
+    high priority one shows ``queued_reason`` ``priority`` (in the list too); the high
+    one shows ``worker_pool``; once it runs, neither reason remains."""
+    engine = make(settings=fast(workers=1))
+    async with engine:
+        wf = await new_workflow(engine)
+        busy = await engine.executions.execute(wf, {"do": {"first": {"gate": "busy"}}}, wait=False)
+        await wait_status(engine, busy.execution_id, ExecutionStatus.RUNNING, timeout=30)
+        low = await engine.executions.execute(wf, {}, wait=False, priority=0)
+        high = await engine.executions.execute(wf, {}, wait=False, priority=9)
+        assert (await engine.executions.get(low.execution_id)).queued_reason == "priority"
+        assert (await engine.executions.get(high.execution_id)).queued_reason == "worker_pool"
+        page = await engine.executions.list(workflow_id=wf, status="queued")
+        reasons = {e.execution_id: e.queued_reason for e in page.items}
+        assert reasons == {low.execution_id: "priority", high.execution_id: "worker_pool"}
+        PROBE.gate("busy").set()
+        for execution_id in (busy.execution_id, low.execution_id, high.execution_id):
+            done = await wait_status(engine, execution_id, *TERMINAL, timeout=30)
+            assert (done.status, done.queued_reason) == (ExecutionStatus.COMPLETED, None)

@@ -6,7 +6,7 @@ import builtins
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import attrs
 
@@ -60,6 +60,10 @@ if TYPE_CHECKING:
     from abi_engine.workflows import WorkflowService
 
 __all__ = ["MAX_TIMEOUT_SECONDS", "ExecutionCount", "ExecutionService"]
+
+
+#: An execution view that may show why it is queued.
+_View = TypeVar("_View", Execution, ExecutionSummary)
 
 
 class ExecutionCount(NamedTuple):
@@ -514,7 +518,14 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         if record is None:
             raise ExecutionNotFound(execution_id)
         steps = await self._store.get_steps(execution_id)
-        return build_execution(record, steps)
+        return self._why(build_execution(record, steps))
+
+    def _why(self, view: _View) -> _View:
+        """``view`` with ``queued_reason`` ``priority`` when this node holds it behind
+        work of higher priority (a dictionary look-up)."""
+        if view.queued_reason == "worker_pool" and self._runtime.behind_priority(view.execution_id):
+            view.queued_reason = "priority"
+        return view
 
     async def list(
         self,
@@ -567,15 +578,17 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         )
         records, total = await self._store.list_executions(query)
         items = [
-            ExecutionSummary(
-                execution_id=r.id,
-                workflow_id=r.workflow_id,
-                workflow_name=r.workflow_name,
-                status=r.status,
-                started_at=r.started_at,
-                completed_at=r.completed_at,
-                duration_ms=r.duration_ms,
-                **queued_fields(r),
+            self._why(
+                ExecutionSummary(
+                    execution_id=r.id,
+                    workflow_id=r.workflow_id,
+                    workflow_name=r.workflow_name,
+                    status=r.status,
+                    started_at=r.started_at,
+                    completed_at=r.completed_at,
+                    duration_ms=r.duration_ms,
+                    **queued_fields(r),
+                )
             )
             for r in records
         ]

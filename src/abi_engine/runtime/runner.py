@@ -142,6 +142,9 @@ class Runtime(RunsExecutions):
         # The queue of asynchronous work: a heap in priority order (aged like the
         # store's claims); the stream carries one ``None`` per item, to wake a worker.
         self._heap: list[tuple[float, int, str, int]] = []
+        #: The stored priority of each execution in the heap, and how many per priority.
+        self._queued_priority: dict[str, int] = {}
+        self._priorities: dict[int, int] = {}
         self._pushed = itertools.count()
         self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         self._queued = 0
@@ -314,6 +317,8 @@ class Runtime(RunsExecutions):
         self._queued += 1
         # Higher priority (a lower stored value) first; the wait counts as in the store.
         stored = stored_priority(None) if priority is None else priority
+        self._queued_priority[execution_id] = stored
+        self._priorities[stored] = self._priorities.get(stored, 0) + 1
         key = time.monotonic() + stored * self.settings.priority_aging_seconds
         heapq.heappush(self._heap, (key, next(self._pushed), execution_id, token))
         self._send.send_nowait(None)
@@ -440,6 +445,9 @@ class Runtime(RunsExecutions):
             async for _ in receive:
                 self._queued -= 1
                 _, _, execution_id, token = heapq.heappop(self._heap)
+                stored = self._queued_priority.pop(execution_id, None)
+                if stored is not None:
+                    self._priorities[stored] -= 1
                 await self._guarded(execution_id, token)
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
@@ -561,6 +569,14 @@ class Runtime(RunsExecutions):
             # In the order the store granted them: their wait is counted there already.
             self._push(execution_id, token, priority=0)
         return len(granted)
+
+    def behind_priority(self, execution_id: str) -> bool:
+        """Whether ``execution_id`` waits in this node's queue while work of higher
+        priority waits there too (``queued_reason`` ``priority``)."""
+        stored = self._queued_priority.get(execution_id)
+        return stored is not None and any(
+            count > 0 for level, count in self._priorities.items() if level < stored
+        )
 
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""

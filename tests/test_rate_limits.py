@@ -200,3 +200,25 @@ async def test_a_queued_execution_behind_higher_priority_work_shows_priority(
         for execution_id in (busy.execution_id, low.execution_id, high.execution_id):
             done = await wait_status(engine, execution_id, *TERMINAL, timeout=30)
             assert (done.status, done.queued_reason) == (ExecutionStatus.COMPLETED, None)
+
+
+async def test_a_rate_limit_and_a_concurrency_limit_both_hold(make: EngineFactory) -> None:
+    """``max_concurrency: 1`` and two starts per second: five executions of 0.3 s run
+    one at a time (never overlapping) and at most two start per second; all end."""
+    engine = make()
+    async with engine:
+        rule = {"limit": 2, "period_seconds": 1}
+        wf = await new_workflow(engine, rate_limit=rule, max_concurrency=1)
+        params = {"do": {"first": {"sleep": 0.3}}}
+        ids = [
+            (await engine.executions.execute(wf, params, wait=False)).execution_id for _ in range(5)
+        ]
+        done = [await wait_status(engine, i, *TERMINAL, timeout=60) for i in ids]
+        starts = _starts(engine, ids)
+    assert {d.status for d in done} == {ExecutionStatus.COMPLETED}
+    _at_most(starts, 2, timedelta(seconds=1))
+    spans = sorted((d.started_at, d.completed_at) for d in done)
+    for (_, ended), (started, _) in itertools.pairwise(spans):
+        assert ended is not None
+        assert started is not None
+        assert started >= ended, spans

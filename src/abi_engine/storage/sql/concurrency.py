@@ -33,6 +33,8 @@ from abi_engine.storage._codec import from_ms, to_ms
 from abi_engine.storage.records import ExecutionRecord
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 from abi_engine.storage.sql.shaping import (
+    DEBOUNCED,
+    RATE_LIMITED,
     Shaping,
     lock_workflows,
     now_ms,
@@ -272,10 +274,11 @@ def _admit_slots(
     counts = _Counts(d, conn, limits, wanted, [row[0] for row in rows])
     granted = [row for row in rows if counts.take(row[1], row[2])]
     refused = [(row[0],) for row in rows if row not in granted]
-    if refused:
+    if refused:  # (a rate limit's or a debounce's window over: waiting for a slot now)
         conn.executemany(
-            f"UPDATE executions SET queued_reason = '{BLOCKED}' WHERE id = ?"
-            " AND status = 'queued' AND queued_reason IS NULL",
+            f"UPDATE executions SET queued_reason = '{BLOCKED}', not_before = NULL WHERE id = ?"
+            " AND status = 'queued' AND (queued_reason IS NULL"
+            f" OR queued_reason IN ('{RATE_LIMITED}', '{DEBOUNCED}'))",
             refused,
         )
     return granted

@@ -260,11 +260,15 @@ def rate_admit(
 
 
 def due_in(d: Dialect, conn: Conn) -> timedelta | None:
-    """How long until the first execution held by a rate limit or a debounce may be
-    granted (an index probe), ``None`` if none is held."""
+    """How long until the next execution held by a rate limit or a debounce may be
+    granted (an index range, one query), ``None`` if none waits for a later time (one
+    due already is the claims' to take: never a claim loop on it)."""
+    now, args = ("?", (to_ms(utcnow()),)) if d.clock is None else (d.clock, ())
     row = conn.execute(
-        "SELECT min(not_before) FROM executions WHERE not_before IS NOT NULL AND status = 'queued'"
+        f"SELECT min(not_before) - {now} FROM executions WHERE not_before > {now}"
+        " AND status = 'queued'",
+        (*args, *args),
     ).fetchone()
     if row is None or row[0] is None:
         return None
-    return timedelta(milliseconds=max(0, int(row[0]) - now_ms(d, conn)))
+    return timedelta(milliseconds=max(0, int(row[0])))

@@ -409,21 +409,7 @@ class WorkflowService(Service):
             raise InvalidRequest(
                 "A workflow's type cannot change", {"field": "type", "current": current.type}
             )
-        merged = {
-            "name": current.name,
-            "description": current.description,
-            "type": current.type,
-            "configuration": current.configuration,
-            "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
-            "metadata": current.metadata,
-            "retention_days": current.retention_days,
-            "max_concurrency": current.max_concurrency,
-            "concurrency": None
-            if current.concurrency is None
-            else {"key": current.concurrency.key, "limit": current.concurrency.limit},
-            "rate_limit": None if current.rate_limit is None else unstructure(current.rate_limit),
-            "debounce": None if current.debounce is None else unstructure(current.debounce),
-        }
+        merged = _as_request(current)
         merged.update(data)
         req = structure(merged, WorkflowRequest)
         self._validate(req)
@@ -497,3 +483,22 @@ class WorkflowService(Service):
         ):
             raise WorkflowNotFound(workflow_id)
         return DeleteResult(id=workflow_id, deleted=True)
+
+
+def _as_request(current: Workflow) -> dict[str, Any]:
+    """The body of a ``PUT`` that would leave ``current`` as it is."""
+    return {
+        "name": current.name,
+        "description": current.description,
+        "type": current.type,
+        "configuration": current.configuration,
+        "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
+        "metadata": current.metadata,
+        "retention_days": current.retention_days,
+        "max_concurrency": current.max_concurrency,
+        "concurrency": None
+        if current.concurrency is None
+        else {"key": current.concurrency.key, "limit": current.concurrency.limit},
+        "rate_limit": None if current.rate_limit is None else unstructure(current.rate_limit),
+        "debounce": None if current.debounce is None else unstructure(current.debounce),
+    }

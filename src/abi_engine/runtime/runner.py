@@ -60,6 +60,7 @@ from abi_engine.runtime.leases import Claims
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.steps import RunsExecutions
+from abi_engine.step_signals import SLEEP_PREFIX
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -72,10 +73,7 @@ from abi_engine.storage.records import (
     WriteOp,
     stored_priority,
 )
-from abi_engine.types import (
-    SLEEP_PREFIX,
-    WorkflowType,
-)
+from abi_engine.types import WorkflowType
 
 if TYPE_CHECKING:
     from abi_engine.host import Host
@@ -574,9 +572,7 @@ class Runtime(RunsExecutions):
         """Whether ``execution_id`` waits in this node's queue while work of higher
         priority waits there too (``queued_reason`` ``priority``)."""
         stored = self._queued_priority.get(execution_id)
-        return stored is not None and any(
-            count > 0 for level, count in self._priorities.items() if level < stored
-        )
+        return stored is not None and any(n for p, n in self._priorities.items() if p < stored)
 
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
@@ -584,11 +580,9 @@ class Runtime(RunsExecutions):
 
     def _due(self, when: datetime) -> None:
         """A claim at ``when``, unless one is set for no later (and not passed)."""
-        pending = self._due_at
-        if pending is not None and utcnow() < pending <= when:
-            return
-        self._due_at = when
-        self._timer(when)
+        if self._due_at is None or not utcnow() < self._due_at <= when:
+            self._due_at = when
+            self._timer(when)
 
     def _timer(self, when: datetime) -> None:
         """Wake the waiting executions due at ``when`` then (while the runtime runs)."""

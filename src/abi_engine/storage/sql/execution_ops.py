@@ -35,6 +35,7 @@ from abi_engine.storage.records import (
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
+from abi_engine.storage.sql.shaping import SHAPING_COLUMNS, shaping_values
 
 __all__ = [
     "BULK",
@@ -154,11 +155,7 @@ EXECUTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parent_execution_id", "text"),
     ("scheduled_for", "bigint"),
     ("concurrency_key", "text"),
-    ("rate_key", "text"),
-    ("rate_granted_at", "bigint"),
-    ("debounce_key", "text"),
-    ("debounced_by", "text"),
-    ("not_before", "bigint"),
+    *SHAPING_COLUMNS,
 )
 _NAMES = ", ".join(name for name, _ in EXECUTION_COLUMNS)
 
@@ -211,11 +208,7 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.parent_execution_id,
         to_ms(r.scheduled_for),
         r.concurrency_key,
-        r.rate_key,
-        to_ms(r.rate_granted_at),
-        r.debounce_key,
-        r.debounced_by,
-        to_ms(r.not_before),
+        *shaping_values(r),
     )
 
 

@@ -34,13 +34,24 @@ from abi_engine.storage.sql.dialect import Conn, Dialect
 __all__ = [
     "DEBOUNCED",
     "RATE_LIMITED",
+    "SHAPING_COLUMNS",
     "Shaping",
     "lock_workflows",
     "now_ms",
     "rate_admit",
     "shape_inserts",
+    "shaping_values",
     "window",
 ]
+
+#: The columns of an execution row these keep (name, SQL array type), in insert order.
+SHAPING_COLUMNS = (
+    ("rate_key", "text"),
+    ("rate_granted_at", "bigint"),
+    ("debounce_key", "text"),
+    ("debounced_by", "text"),
+    ("not_before", "bigint"),
+)
 
 #: The ``queued_reason`` of an execution waiting for its rate limit's window.
 RATE_LIMITED = "rate_limit"
@@ -58,6 +69,17 @@ class Shaping:
     period_ms: int | None = None
     debounce_key: str | None = None
     debounce_ms: int | None = None
+
+
+def shaping_values(r: ExecutionRecord) -> tuple[Any, ...]:
+    """The values of :data:`SHAPING_COLUMNS` of an execution row."""
+    return (
+        r.rate_key,
+        to_ms(r.rate_granted_at),
+        r.debounce_key,
+        r.debounced_by,
+        to_ms(r.not_before),
+    )
 
 
 def window(granted: Iterable[int], now: int, limit: int, period: int) -> int | None:

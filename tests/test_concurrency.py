@@ -240,10 +240,11 @@ async def test_a_synchronous_execute_waits_for_its_slot(make: EngineFactory) -> 
             tg.start_soon(synchronous)
             await until(lambda: len(PROBE.gates) >= 1, timeout=30, what="a started")
             waiting: list[Any] = []
-            while not waiting:
-                page = await engine.executions.list(workflow_id=wf, status="queued")
-                waiting = [e for e in page.items if e.execution_id != a.execution_id]
-                await anyio.sleep(0.01)
+            with anyio.fail_after(30):  # it is stored queued, not running beside a
+                while not waiting:
+                    page = await engine.executions.list(workflow_id=wf, status="queued")
+                    waiting = [e for e in page.items if e.execution_id != a.execution_id]
+                    await anyio.sleep(0.01)
             assert waiting[0].queued_reason == "concurrency_limit"
             assert await _running(engine, wf) == [a.execution_id]
             PROBE.gate("a").set()

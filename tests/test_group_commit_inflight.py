@@ -377,11 +377,6 @@ def test_op_keys_name_the_executions_written() -> None:
     assert op_keys(_claim("e2", 1)) == ("e2",)
     assert op_keys(ReleaseExecutions(claims=(("e3", 1), ("e4", 2)))) == ("e3", "e4")
     assert op_keys(InsertEvents()) is None
-    record = ExecutionRecord(
-        id="e5", workflow_id="wf", workflow_type="t", status=ExecutionStatus.QUEUED, created_at=T0
-    )
-    # Inserts of one workflow stay in order (slots, rate limits, debounce decide on them).
-    assert op_keys(InsertExecution(record=record)) == ("e5", "workflow-inserts:wf")
 
 
 # -- a real engine: every execution's steps run once, whatever the batches in flight ------

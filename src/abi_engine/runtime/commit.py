@@ -69,17 +69,15 @@ _BY_EXECUTION_ID = (
 
 
 def op_keys(op: WriteOp) -> tuple[str, ...] | None:
-    """The executions ``op`` writes (an insert: also its workflow's inserts), or
-    ``None`` when that is not known from the op alone (a workflow's pause, a correlated signal, schedules, bare events): such an
+    """The executions ``op`` writes, or ``None`` when that is not known from the op
+    alone (a workflow's pause, a correlated signal, schedules, bare events): such an
     op's batch runs alone, after every batch before it and before every one after."""
     if isinstance(op, _BY_EXECUTION_ID):
         return (op.execution_id,)
     if isinstance(op, CheckpointStep):
         return (op.step.execution_id,)
     if isinstance(op, (InsertExecution, InsertRerun)):
-        # And its workflow's inserts: what they decide together (concurrency slots, rate
-        # limits, a debounce ending the execution it replaces) follows submission order.
-        return (op.record.id, f"workflow-inserts:{op.record.workflow_id}")
+        return (op.record.id,)
     if isinstance(op, ReleaseExecutions):
         return tuple(execution_id for execution_id, _ in op.claims)
     return None

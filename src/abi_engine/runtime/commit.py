@@ -77,6 +77,9 @@ def op_keys(op: WriteOp) -> tuple[str, ...] | None:
     if isinstance(op, CheckpointStep):
         return (op.step.execution_id,)
     if isinstance(op, (InsertExecution, InsertRerun)):
+        # Not its workflow's other inserts: what those decide together (concurrency
+        # slots, rate limits, a debounce ending the execution it replaces) is decided
+        # under the workflow's grant lock, in commit order, as between two processes.
         return (op.record.id,)
     if isinstance(op, ReleaseExecutions):
         return tuple(execution_id for execution_id, _ in op.claims)

@@ -72,6 +72,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_math",
                 "schedule_rules",
                 "schedule_rrule",
+                "schedule_exclusions",
             }
             | {"webhook_signing", "netguard", "logs", "trigger_signing"}
         ),
@@ -84,6 +85,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "models_webhooks",
                 "models_audit",
                 "models_triggers",
+                "models_backfills",
                 "converter",
                 "events",
                 "host",

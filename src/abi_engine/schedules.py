@@ -51,7 +51,8 @@ from abi_engine.models import (
     ScheduleType,
     Workflow,
 )
-from abi_engine.schedule_backfill import backfill as run_backfill
+from abi_engine.models_backfills import BackfillRun
+from abi_engine.schedule_backfill import BackfillService
 from abi_engine.schedule_lifecycle import pause_or_resume, timing_of
 from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_math import (
@@ -187,9 +188,11 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
             compile_cron(req.cron_expression)
         except ValueError as exc:
             raise _invalid("cron_expression", str(exc)) from None
+        _check_exclusion(req, now)
     elif req.schedule_type is ScheduleType.RRULE:
         _check_rule(req, now)
     elif req.schedule_type is ScheduleType.INTERVAL:
+        _check_exclusion(req, now)
         if req.interval_value is None:
             raise _invalid("interval_value", "required for an interval schedule")
         if req.interval_value <= 0:
@@ -199,6 +202,7 @@ def _check(req: ScheduleRequest, now: datetime, *, creating: bool) -> None:
         if req.interval_value * INTERVAL_UNITS[req.interval_unit.value] > 366 * 86400 * 10:
             raise _invalid("interval_value", "at most ten years")
     else:
+        _check_exclusion(req, now)
         if req.execution_time is None:
             raise _invalid("execution_time", "required for a fixed_time schedule")
         if creating and req.execution_time <= now:
@@ -233,6 +237,20 @@ def _check_rule(req: ScheduleRequest, now: datetime) -> None:
             compile_rrule(req.rrule, req.exclude_rrule, req.timezone, start)
         except ValueError as exc:
             raise _invalid("exclude_rrule", str(exc)) from None
+
+
+def _check_exclusion(req: ScheduleRequest, now: datetime) -> None:
+    """A cron, interval or fixed-time schedule's ``exclude_rrule`` parses (from
+    ``start_time``, else now, as an rrule schedule's)."""
+    if req.exclude_rrule is None:
+        return
+    start = req.start_time or now
+    if not _EARLIEST <= start <= _LATEST:
+        raise _invalid("start_time", "between 1970 and 2200 with an exclude_rrule")
+    try:
+        compile_rrule(req.exclude_rrule, None, req.timezone, start)
+    except ValueError as exc:
+        raise _invalid("exclude_rrule", str(exc)) from None
 
 
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -313,6 +331,8 @@ class ScheduleService(Service):
         self._templates = templates
         self._event_policy = events
         self._wake = wake
+        #: Backfills as durable jobs (the engine runs :meth:`BackfillService.run`).
+        self.backfills = BackfillService(store, executions)
 
     def _events(
         self, kind: str, schedule: Schedule | ScheduleRecord, at: datetime
@@ -340,7 +360,7 @@ class ScheduleService(Service):
             schedule_type=req.schedule_type.value,
             cron_expression=req.cron_expression if req.schedule_type is ScheduleType.CRON else None,
             rrule=req.rrule if req.schedule_type is ScheduleType.RRULE else None,
-            exclude_rrule=req.exclude_rrule if req.schedule_type is ScheduleType.RRULE else None,
+            exclude_rrule=req.exclude_rrule,
             interval_value=req.interval_value
             if req.schedule_type is ScheduleType.INTERVAL
             else None,
@@ -608,11 +628,22 @@ class ScheduleService(Service):
 
     async def backfill(
         self, schedule_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
-    ) -> ScheduleBackfill:
+    ) -> ScheduleBackfill | BackfillRun:
         """Run the due times of a past range (``start`` to ``end``), at most ``max_runs``
-        (1 to 1000); ``dry_run`` lists them. See :mod:`abi_engine.schedule_backfill`."""
+        (1 to 1000), as a background job (its :class:`BackfillRun`, ``running``);
+        ``dry_run`` lists them at once. See :mod:`abi_engine.schedule_backfill`."""
         record = await self._load(schedule_id)
-        return await run_backfill(record, data, self._executions, actor)
+        return await self.backfills.request(record, data, actor)
+
+    async def get_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
+        """A backfill of the schedule, with its progress."""
+        await self._load(schedule_id)
+        return await self.backfills.get(schedule_id, backfill_id)
+
+    async def cancel_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
+        """Stop a running backfill before its next due time (what started stays)."""
+        await self._load(schedule_id)
+        return await self.backfills.cancel(schedule_id, backfill_id)
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10

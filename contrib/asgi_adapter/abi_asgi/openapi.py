@@ -359,8 +359,9 @@ def _takes_body(op: Operation) -> bool:
     return op.request_model is not None
 
 
-def _success_schema(builder: SchemaBuilder, op: Operation) -> dict[str, Any]:
-    data = builder.schema(op.response_model) if op.response_model is not None else {}
+def _success_schema(builder: SchemaBuilder, op: Operation, model: Any = None) -> dict[str, Any]:
+    model = op.response_model if model is None else model
+    data = builder.schema(model) if model is not None else {}
     if op.paginated:
         data = {
             "type": "object",
@@ -406,7 +407,9 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
     if op.accepted_description:
         responses["202"] = {
             "description": op.accepted_description,
-            "content": {"application/json": {"schema": _success_schema(builder, op)}},
+            "content": {
+                "application/json": {"schema": _success_schema(builder, op, op.accepted_model)}
+            },
         }
     responses.update(_error_responses(errors))
     out: dict[str, Any] = {

@@ -30,7 +30,8 @@ from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowS
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.metrics import FIRING_OUTCOMES
 from abi_engine.runtime.runner import Runtime
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due, zone
+from abi_engine.schedule_exclusions import excluded_reason, has_exclusions
+from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due
 from abi_engine.schedule_rrule import rule_walls
 from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
 from abi_engine.storage.aio import AsyncStore
@@ -507,17 +508,15 @@ def _bounded(
 def _not_excluded(
     record: ScheduleRecord, missed: Missed, now: datetime
 ) -> tuple[Missed, list[HistoryRecord]]:
-    """``missed`` without the due times on an excluded date (in the schedule's zone),
-    and their ``skipped_excluded`` history lines."""
-    if not record.exclude_dates or not missed.fire or not record.enabled:
+    """``missed`` without the excluded due times (an excluded date in the schedule's zone, a
+    wall time of its exclusion rule), and their ``skipped_excluded`` history lines."""
+    if not has_exclusions(record) or not missed.fire or not record.enabled:
         return missed, []
-    tz, excluded = zone(record.timezone), set(record.exclude_dates)
     kept, notes = [], []
     for due in missed.fire:
-        day = due.astimezone(tz).date().isoformat()
-        if day in excluded:
-            note = Note(due, "skipped_excluded", f"{day} is an excluded date")
-            notes.append(_history(record, note, now))
+        reason = excluded_reason(record, due)
+        if reason is not None:
+            notes.append(_history(record, Note(due, "skipped_excluded", reason), now))
         else:
             kept.append(due)
     return attrs.evolve(missed, fire=tuple(kept)), notes

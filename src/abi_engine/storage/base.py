@@ -39,6 +39,7 @@ from abi_engine.storage.records import (
     StepRecord,
     WriteOp,
 )
+from abi_engine.storage.records_backfills import BackfillProgress, BackfillRecord
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
 __all__ = ["OWNED_ROWS", "OwnedKind", "Store", "StoredEvent", "TokenLimitReached", "WorkflowQuery"]
@@ -227,6 +228,30 @@ class Store(Protocol):
 
     def delete_trigger(self, trigger_id: str) -> bool:
         """Remove a trigger; ``False`` if it did not exist."""
+
+    # -- schedule backfills ------------------------------------------------------
+
+    def insert_backfill(self, record: BackfillRecord) -> None:
+        """Store a new backfill (its due times listed)."""
+
+    def get_backfill(self, backfill_id: str) -> BackfillRecord | None:
+        """The backfill, or ``None``."""
+
+    def claim_backfills(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[BackfillRecord]:
+        """Take at most ``limit`` running backfills no process holds (or whose lease ran out
+        before ``now``) for ``owner`` until ``lease_until``."""
+
+    def save_backfill_progress(self, progress: BackfillProgress) -> bool:
+        """Write one step of a running backfill its owner holds; ``False`` when it no longer
+        runs (cancelled) or is no longer held by that owner."""
+
+    def cancel_backfill(self, backfill_id: str, now: datetime) -> bool:
+        """Mark a running backfill ``cancelled``; ``False`` when it is not running."""
+
+    def release_backfills(self, owner: str) -> int:
+        """Give back the running backfills ``owner`` holds (it stops); how many."""
 
     # -- events (outbox) --------------------------------------------------------
 

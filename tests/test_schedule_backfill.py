@@ -315,10 +315,8 @@ def test_backfill_over_rest_and_the_python_api(api: Served, way: str) -> None:
     runs = client.get(
         "/api/v1/workflow_executions", params={"schedule_id": schedule.id, "page_size": 100}
     ).json()["data"]
-    dues = [
-        client.get(f"/api/v1/workflow_executions/{r['execution_id']}").json()["data"]["scheduled_for"]
-        for r in runs["items"]
-    ]
+    urls = [f"/api/v1/workflow_executions/{r['execution_id']}" for r in runs["items"]]
+    dues = [client.get(u).json()["data"]["scheduled_for"] for u in urls]
     assert sorted(dues) == [format_time(start + timedelta(hours=h)) for h in range(3)]
     bad = client.post(
         f"/api/v1/workflow_schedules/{schedule.id}/backfill",

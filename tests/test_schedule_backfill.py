@@ -16,8 +16,9 @@ from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new
 from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
-from abi_engine import Engine
+from abi_engine import Engine, hookimpl
 from abi_engine.errors import BackfillNotFound, InvalidRequest, InvalidState, ScheduleNotFound
+from abi_engine.events import Event
 from abi_engine.ids import format_time
 from abi_engine.models_backfills import BackfillRun, BackfillStatus
 from abi_engine.schedule_backfill import backfill_key
@@ -40,9 +41,25 @@ def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
         yield factory
 
 
+class Heard:
+    """An ``abi_event`` hook keeping what it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def abi_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
 @pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
+def heard() -> Heard:
+    return Heard()
+
+
+@pytest.fixture
+async def eng(make: EngineFactory, heard: Heard) -> AsyncIterator[Engine]:
+    engine = make(plugins=(heard,))
     async with engine:
         yield engine
 
@@ -71,7 +88,7 @@ async def executions_of(
     return [store.find_execution_by_key(workflow_id, backfill_key(schedule_id, d)) for d in dues]
 
 
-async def test_backfill_runs_each_due_time_once(eng: Engine) -> None:
+async def test_backfill_runs_each_due_time_once(eng: Engine, heard: Heard) -> None:
     workflow_id = await a_workflow(eng)
     schedule = await eng.schedules.create(workflow_id, {**HOURLY, "parameters": {"k": 1}})
     start, end = _range()
@@ -89,6 +106,9 @@ async def test_backfill_runs_each_due_time_once(eng: Engine) -> None:
     run = await finished(eng, schedule.id, job.id)
     assert (run.status, run.started, run.skipped, run.failed) == ("completed", 5, 0, 0)
     assert run.finished_at is not None
+    [ended] = [e for e in heard.events if e.type == "schedule.backfill_completed"]
+    assert ended.data["id"] == job.id
+    assert (ended.data["status"], ended.data["started"], ended.data["total"]) == ("completed", 5, 5)
     ids = await executions_of(eng, workflow_id, schedule.id, expected)
     assert len(set(ids)) == 5
     for due, execution_id in zip(expected, ids, strict=True):

@@ -32,7 +32,7 @@ import anyio.abc
 import attrs
 
 from abi_engine.auth import Principal
-from abi_engine.converter import structure
+from abi_engine.converter import structure, unstructure
 from abi_engine.errors import (
     AbiError,
     BackfillNotFound,
@@ -43,6 +43,7 @@ from abi_engine.errors import (
     ScheduleNotFound,
     WorkflowNotFound,
 )
+from abi_engine.events import Event, EventPolicy, OutboxEvent
 from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.limits import Number
 from abi_engine.models import BackfillItem, OverlapPolicy, ScheduleBackfill
@@ -136,9 +137,10 @@ class BackfillService(Service):
     #: How often the loop looks for backfills left by a process that stopped.
     POLL_SECONDS = 10.0
 
-    def __init__(self, store: Store, executions: ExecutionService) -> None:
+    def __init__(self, store: Store, executions: ExecutionService, events: EventPolicy) -> None:
         super().__init__(store)
         self._executions = executions
+        self._events = events
         self._owner = f"bfo_{uuid.uuid4().hex}"
         self._wakeup: anyio.Event | None = None  # (made in the loop's event loop)
 
@@ -313,7 +315,8 @@ class BackfillService(Service):
         if error is not None:
             run.last_error = error
         finished = now if status != "running" else None
-        return await self._store.save_backfill_progress(
+        events = () if finished is None else (self._ended(run, status, now),)
+        saved = await self._store.save_backfill_progress(
             BackfillProgress(
                 backfill_id=run.id,
                 owner=self._owner,
@@ -326,5 +329,21 @@ class BackfillService(Service):
                 lease_until=now + self.LEASE,
                 status=status,
                 finished_at=finished,
+                events=events,
             )
         )
+        if saved and events:
+            self._events.emit(events)  # committed: to the abi_event hooks, the webhook worker
+        return saved
+
+    def _ended(self, run: BackfillRun, status: str, now: datetime) -> OutboxEvent:
+        """``schedule.backfill_completed``: the backfill as it ended (``completed``, or
+        ``failed``), built only when someone listens."""
+
+        def build() -> Event:
+            ended = attrs.evolve(
+                run, status=BackfillStatus(status), updated_at=now, finished_at=now
+            )
+            return Event(type="schedule.backfill_completed", data=unstructure(ended), timestamp=now)
+
+        return self._events.deferred("schedule.backfill_completed", build)

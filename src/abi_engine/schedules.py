@@ -332,7 +332,7 @@ class ScheduleService(Service):
         self._event_policy = events
         self._wake = wake
         #: Backfills as durable jobs (the engine runs :meth:`BackfillService.run`).
-        self.backfills = BackfillService(store, executions)
+        self.backfills = BackfillService(store, executions, events)
 
     def _events(
         self, kind: str, schedule: Schedule | ScheduleRecord, at: datetime

@@ -6,6 +6,7 @@ from datetime import datetime
 
 import attrs
 
+from abi_engine.events import OutboxEvent
 from abi_engine.models_backfills import BackfillRun
 
 __all__ = ["BackfillProgress", "BackfillRecord"]
@@ -41,3 +42,5 @@ class BackfillProgress:
     lease_until: datetime
     status: str = "running"
     finished_at: datetime | None = None
+    #: Written with the step when it ends the backfill (``schedule.backfill_completed``).
+    events: tuple[OutboxEvent, ...] = ()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
+from abi_engine.events import OutboxEvent
 from abi_engine.models_backfills import BackfillRun, BackfillStatus
 from abi_engine.storage._codec import dumps, from_ms, loads, to_ms
 from abi_engine.storage.records_backfills import BackfillProgress, BackfillRecord
@@ -61,6 +62,7 @@ class BackfillsMixin:
     dialect: ClassVar[Dialect]
     _read: Callable[[], Any]
     write: Callable[[Callable[[Any], Any]], Any]
+    _insert_events: Callable[[Any, Sequence[OutboxEvent]], None]
 
     def insert_backfill(self, record: BackfillRecord) -> None:
         run = record.run
@@ -161,6 +163,7 @@ class BackfillsMixin:
                     "running",
                 ),
             )
+            self._insert_events(conn, p.events)
             return True
 
         return bool(self.write(save))

@@ -70,6 +70,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "expressions",
                 "schedule_dst",
                 "schedule_math",
+                "schedule_cron",
                 "schedule_rules",
                 "schedule_rrule",
                 "schedule_exclusions",
@@ -86,6 +87,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "models_audit",
                 "models_triggers",
                 "models_backfills",
+                "models_schedules",
+                "models_status",
                 "converter",
                 "events",
                 "host",
@@ -93,7 +96,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
-    ("authoring and views", frozenset({"types", "execution_views"})),
+    ("authoring and views", frozenset({"types", "step_signals", "execution_views"})),
     ("runtime", frozenset({"runtime"})),  # the runtime package
     (
         "services",
@@ -101,7 +104,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
-            | {"schedule_views", "schedule_backfill"}
+            | {"schedule_views", "schedule_backfill", "execution_reading"}
+            | {"execution_requests", "schedule_requests"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

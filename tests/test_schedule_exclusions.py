@@ -30,7 +30,7 @@ from abi_engine.errors import InvalidSchedule
 from abi_engine.schedule_backfill import due_times
 from abi_engine.schedule_exclusions import excluded_reason
 from abi_engine.schedule_lifecycle import preview
-from abi_engine.storage.records import ScheduleRecord
+from abi_engine.storage.records_schedules import ScheduleRecord
 
 pytestmark = pytest.mark.anyio
 

@@ -53,8 +53,8 @@ from abi_engine.schedule_lifecycle import timing_of
 from abi_engine.schedule_rules import UNFINISHED
 from abi_engine.services import Service
 from abi_engine.storage._codec import from_ms, to_ms
-from abi_engine.storage.records import ScheduleRecord
 from abi_engine.storage.records_backfills import BackfillProgress, BackfillRecord
+from abi_engine.storage.records_schedules import ScheduleRecord
 
 if TYPE_CHECKING:
     from abi_engine.executions import ExecutionService

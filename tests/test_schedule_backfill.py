@@ -17,7 +17,13 @@ from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
 from abi_engine import Engine, hookimpl
-from abi_engine.errors import BackfillNotFound, InvalidRequest, InvalidState, ScheduleNotFound
+from abi_engine.errors import (
+    BackfillNotFound,
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    ScheduleNotFound,
+)
 from abi_engine.events import Event
 from abi_engine.ids import format_time
 from abi_engine.models_backfills import BackfillRun, BackfillStatus
@@ -326,6 +332,10 @@ def test_backfill_over_rest_and_the_python_api(api: Served, way: str) -> None:
         time.sleep(0.05)
         again = scheduler.get_backfill(schedule.id, again.id)
     assert (again.started, again.skipped) == (0, 3)  # the same due times: not started twice
+    with pytest.raises(InvalidState):  # over: the Python API says so too, both ways
+        scheduler.cancel_backfill(schedule.id, again.id)
+    with pytest.raises(NotFound):  # (BackfillNotFound in-process, a NotFound)
+        scheduler.get_backfill(schedule.id, "bf_nope")
     over = client.post(f"{url}/cancel")
     assert over.status_code == 409, over.text
     assert over.json()["error"]["code"] == "INVALID_STATE"

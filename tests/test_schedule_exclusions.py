@@ -26,7 +26,7 @@ from test_schedule_math import Cron, cron_expressions, zone_and_instant
 from test_schedule_silent import outcomes, started
 
 from abi_engine import Engine
-from abi_engine.errors import InvalidSchedule
+from abi_engine.errors import InvalidSchedule, WorkflowNotFound
 from abi_engine.schedule_backfill import due_times
 from abi_engine.schedule_exclusions import excluded_reason
 from abi_engine.schedule_lifecycle import preview
@@ -269,3 +269,22 @@ async def test_a_firing_on_an_excluded_wall_time_is_skipped(eng: Engine) -> None
     skipped = [detail for outcome, detail in lines if outcome == "skipped_excluded"]
     assert skipped
     assert all("exclude_rrule" in (detail or "") for detail in skipped)
+
+
+async def test_a_create_checks_the_workflow_as_it_is_when_inserted(make: EngineFactory) -> None:
+    """A create checks its parameters against the workflow this process last read, and its
+    insert against that version: a workflow changed by another process meanwhile is read
+    again (the schedule shows its new name), a deleted one is not found."""
+    first, other = make("shared.db"), make("shared.db")
+    async with first, other:
+        steps = [{"name": "wait", "action": "delay", "seconds": 0}]
+        workflow_id = await new_workflow(first, "custom", configuration={"steps": steps})
+        body = {"name": "h", "schedule_type": "cron", "cron_expression": "0 * * * *"}
+        await first.schedules.create(workflow_id, body)  # (its workflow now cached)
+        await other.workflows.update(workflow_id, {"name": "renamed elsewhere"})
+        created = await first.schedules.create(workflow_id, body)
+        assert created.workflow_name == "renamed elsewhere"
+        await other.workflows.deactivate(workflow_id)
+        await other.workflows.delete(workflow_id)
+        with pytest.raises(WorkflowNotFound):
+            await first.schedules.create(workflow_id, body)

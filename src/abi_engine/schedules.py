@@ -134,25 +134,36 @@ class ScheduleService(Service):
             raise WorkflowNotFound(str(workflow_id))
         now = utcnow()
         check_request(req, now, creating=True)
-        workflow = await self.check_parameters(workflow_id, req.parameters)
         record = to_record(req, base=None, workflow_id=workflow_id, now=now)
         check_fires(record, now)
         record.created_by = actor.user_id if actor else None
-        record.workflow_name = workflow.name
         if not record.enabled:  # created paused
             record.paused_by, record.paused_at = record.created_by, now
             record.paused_reason = req.paused_reason
-        view = _view(record)
-        # The workflow's existence is checked again inside the insert's transaction.
-        created = await self._committer.submit(
-            InsertSchedule(record=record, events=self._events("schedule.created", view, now))
-        )
-        if not created:
-            raise WorkflowNotFound(workflow_id)
-        self._wake()
-        return view
+        # The parameters are checked against the workflow as this process last read it;
+        # the insert's transaction checks that it still is at that version (else: read it
+        # again, check again), so no read of its version is needed before.
+        for attempt in range(WRITE_ATTEMPTS):
+            workflow = await self.check_parameters(
+                workflow_id, req.parameters, cached_ok=attempt == 0
+            )
+            record.workflow_name = workflow.name
+            view = _view(record)
+            created = await self._committer.submit(
+                InsertSchedule(
+                    record=record,
+                    events=self._events("schedule.created", view, now),
+                    workflow_version=workflow.updated_at,
+                )
+            )
+            if created:
+                self._wake()
+                return view
+        raise WorkflowNotFound(workflow_id)
 
-    async def check_parameters(self, workflow_id: str, parameters: Any) -> Workflow:
+    async def check_parameters(
+        self, workflow_id: str, parameters: Any, *, cached_ok: bool = False
+    ) -> Workflow:
         """Check a schedule's ``parameters`` as an execution of the workflow would; return it.
 
         So a schedule never fires parameters its workflow's type refuses:
@@ -160,7 +171,7 @@ class ScheduleService(Service):
         (422, wrong values) at once, instead of a failed firing at each due time.
         """
         # The workflow parsed once per version (the cache executions use).
-        compiled = await self._executions.compiled(workflow_id)
+        compiled = await self._executions.compiled(workflow_id, cached_ok=cached_ok)
         if compiled.template_ids:  # read, so the type checks the placeholders of those found
             await self._templates.find(compiled.template_ids)
         compiled.workflow_type.parse_parameters(parameters, compiled.config)

@@ -114,29 +114,16 @@ def test_backfill_from_the_command_line(server: Served, tmp_path: Path) -> None:
     assert "--url" in local.stderr
 
 
-def test_ctrl_c_cancels_the_backfill(server: Served, tmp_path: Path) -> None:
+def _interrupt(server: Served, tmp_path: Path, *extra: str) -> tuple[int, str, str, str]:
+    """Start a slow backfill from the command line, Ctrl-C it once it started something;
+    (exit status, stdout, stderr, schedule id)."""
     _, schedule_id = _schedule(server, 2)
     start, end = _range(40)
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "abi_engine",
-            "schedules",
-            "backfill",
-            schedule_id,
-            "--start",
-            start,
-            "--end",
-            end,
-            "--cancel-on-interrupt",
-            "--json",
-            "--poll-seconds",
-            "0.2",
-            "--url",
-            server.base_url,
-            "--token",
-            server.token,
+            *(sys.executable, "-m", "abi_engine", "schedules", "backfill", schedule_id),
+            *("--start", start, "--end", end, "--poll-seconds", "0.2", *extra),
+            *("--url", server.base_url, "--token", server.token),
         ],
         cwd=tmp_path,
         env=_env(),
@@ -161,11 +148,42 @@ def test_ctrl_c_cancels_the_backfill(server: Served, tmp_path: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, err
+    return process.returncode, out, err, schedule_id
+
+
+def test_ctrl_c_cancels_the_backfill(server: Served, tmp_path: Path) -> None:
+    status, out, err, schedule_id = _interrupt(server, tmp_path, "--cancel-on-interrupt", "--json")
+    assert status == 130, err
     run = json.loads(out)
     assert run["status"] == "cancelled", run
     assert run["started"] < 40
-    read = client.get(f"/api/v1/workflow_schedules/{schedule_id}/backfills/{run['id']}").json()[
-        "data"
-    ]
+    read = (
+        server.client()
+        .get(f"/api/v1/workflow_schedules/{schedule_id}/backfills/{run['id']}")
+        .json()["data"]
+    )
     assert read["status"] == "cancelled"
+
+
+def test_ctrl_c_without_a_terminal_leaves_the_backfill_running(
+    server: Served, tmp_path: Path
+) -> None:
+    """No terminal to ask on: the backfill goes on on the server, and the command says how to
+    cancel it."""
+    status, _, err, schedule_id = _interrupt(server, tmp_path)
+    assert status == 130, err
+    assert "goes on on the server" in err
+    assert "Traceback" not in err
+    backfill_id = err.split("backfill ")[-1].split()[0]
+    read = (
+        server.client()
+        .get(f"/api/v1/workflow_schedules/{schedule_id}/backfills/{backfill_id}")
+        .json()["data"]
+    )
+    assert read["status"] == "running"
+    assert (
+        server.client()
+        .post(f"/api/v1/workflow_schedules/{schedule_id}/backfills/{backfill_id}/cancel")
+        .json()["data"]["status"]
+        == "cancelled"
+    )

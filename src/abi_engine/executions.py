@@ -39,7 +39,7 @@ from abi_engine.models import (
 )
 from abi_engine.netguard import check_url
 from abi_engine.runtime.execution import Prepared
-from abi_engine.runtime.runner import Runtime
+from abi_engine.runtime.runner import Runtime, settled
 from abi_engine.services import Service, check_flag, check_page
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
@@ -608,7 +608,13 @@ class ExecutionService(ExecutionBatches, ExecutionFlow, ExecutionSignals, Servic
         """Like :meth:`wait`, and whether it settled: ``True`` once the execution has
         ended or waits for a signal (a durable sleep is running time: not settled),
         ``False`` when ``timeout`` passed first."""
-        await self.get(execution_id)
+        record = (
+            await self._store.get_execution(execution_id) if isinstance(execution_id, str) else None
+        )
+        if record is None:
+            raise ExecutionNotFound(str(execution_id))
+        if settled(record):  # one read (with its steps) when it ended already
+            return build_execution(record, await self._store.get_steps(execution_id)), True
         view = await self._runtime.wait(execution_id, timeout)
         if view is not None:
             return view, True

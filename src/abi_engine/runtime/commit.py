@@ -45,8 +45,9 @@ class GroupCommitter:
     """Collects write operations and commits them in batches.
 
     Pending ops fill batches of at most ``max_batch`` ops, committed one
-    after the other, each in one transaction. While a blocking store writes
-    one batch (in a worker thread), the tasks of the batch before it, now
+    after the other, each in one transaction. While a blocking store (or a
+    SQLite file at ``durability="full"``, waiting for its fsync) writes one
+    batch in a worker thread, the tasks of the batch before it, now
     answered, fill the next one: with more concurrent writers than
     ``max_batch`` the event loop and the database work at the same time.
 
@@ -67,6 +68,9 @@ class GroupCommitter:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._store = store
+        # A store that blocks on the network, or a SQLite file whose commits wait for an
+        # fsync (``commits_in_thread``): applied in a worker thread, the loop goes on.
+        self._in_thread = store.blocking or bool(getattr(store, "commits_in_thread", False))
         self._emit = emit
         self._max_batch = max_batch
         self._metrics = metrics
@@ -136,7 +140,7 @@ class GroupCommitter:
 
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         clock = time.perf_counter()
-        if self._store.blocking:
+        if self._in_thread:
             results = await anyio.to_thread.run_sync(partial(self._store.apply, ops))
         else:
             results = self._store.apply(ops)

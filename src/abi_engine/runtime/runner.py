@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from abi_engine.host import Host
     from abi_engine.runtime.tracing import Tracing
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "settled"]
 
 log = logging.getLogger("abi_engine.executor")
 
@@ -402,14 +402,7 @@ class Runtime(RunsExecutions):
                         waiter.done = anyio.Event()
                 look_first = False
                 record = await call_store(self.store, self.store.get_execution, execution_id)
-                if record is not None and (
-                    record.status.finished
-                    or (
-                        record.status is ExecutionStatus.WAITING
-                        # a durable sleep is still running time, not an answer
-                        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
-                    )
-                ):
+                if record is not None and settled(record):
                     steps = await call_store(self.store, self.store.get_steps, execution_id)
                     return build_execution(record, steps)
         finally:
@@ -574,3 +567,12 @@ class Runtime(RunsExecutions):
                 await self._recover_once()
             except Exception as exc:  # the poller will find it when the store answers
                 self._store_failed("wake-up poll", exc)
+
+
+def settled(record: ExecutionRecord) -> bool:
+    """Whether a caller waiting for ``record`` has its answer: it ended, or it waits for
+    a signal (a durable sleep is still running time, not an answer)."""
+    return record.status.finished or (
+        record.status is ExecutionStatus.WAITING
+        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
+    )

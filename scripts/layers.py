@@ -70,6 +70,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "expressions",
                 "schedule_dst",
                 "schedule_math",
+                "schedule_cron",
                 "schedule_rules",
                 "schedule_rrule",
             }
@@ -84,6 +85,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "models_webhooks",
                 "models_audit",
                 "models_triggers",
+                "models_schedules",
+                "models_status",
                 "converter",
                 "events",
                 "host",
@@ -91,7 +94,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         ),
     ),
     ("storage", frozenset({"storage"})),  # every storage.* module but the hook below
-    ("authoring and views", frozenset({"types", "execution_views"})),
+    ("authoring and views", frozenset({"types", "step_signals", "execution_views"})),
     ("runtime", frozenset({"runtime"})),  # the runtime package
     (
         "services",
@@ -99,7 +102,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {"services", "workflows", "executions", "schedules", "webhooks", "integrations"}
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
-            | {"schedule_views", "schedule_backfill"}
+            | {"schedule_views", "schedule_backfill", "execution_reading"}
+            | {"execution_requests", "schedule_requests"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -52,7 +52,11 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from postgres_testing import create_schema, drop_schema, postgres_server  # noqa: F401 (a fixture)
+from postgres_testing import (  # noqa: F401 (fixtures)
+    SchemaPool,
+    postgres_schemas,
+    postgres_server,
+)
 
 from abi_engine import Engine, Principal, Scope, Workflow, WorkflowStatus
 from abi_engine.ids import new_id, utcnow
@@ -115,19 +119,19 @@ def _sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 def _postgres_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
     from abi_engine.storage.postgres import PostgresStore
 
-    server: str = request.getfixturevalue("postgres_server")
+    pool: SchemaPool = request.getfixturevalue("postgres_schemas")
     schemas: list[tuple[str, str]] = []
 
     def make(*, same: bool = False, **options: Any) -> Store:
         if not same or not schemas:
-            schemas.append(create_schema(server))
+            schemas.append(pool.lease())
         return PostgresStore(schemas[-1][1], **options)
 
     try:
         yield make
     finally:
         for schema, _url in schemas:
-            drop_schema(server, schema)
+            pool.release(schema)
 
 
 #: Backend name -> context manager yielding a store factory (cleaned up on exit).
@@ -179,19 +183,19 @@ def _databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datab
     if request.param == "sqlite":
         yield lambda name="abi.db": tmp_path / name
         return
-    server: str = request.getfixturevalue("postgres_server")
+    pool: SchemaPool = request.getfixturevalue("postgres_schemas")
     made: dict[str, tuple[str, str]] = {}
 
     def database(name: str = "abi.db") -> str:
         if name not in made:
-            made[name] = create_schema(server)
+            made[name] = pool.lease()
         return made[name][1]
 
     try:
         yield database
     finally:
         for schema, _url in made.values():
-            drop_schema(server, schema)
+            pool.release(schema)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -23,7 +23,7 @@ from abi_engine.models import (
     StepError,
     StepStatus,
 )
-from abi_engine.schedules import schedule_json
+from abi_engine.schedule_views import schedule_json
 
 instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)

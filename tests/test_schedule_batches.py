@@ -14,9 +14,9 @@ from abi_engine.events import DeferredEvent, Event, resolve
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage import Store
-from abi_engine.storage.records import (
+from abi_engine.storage.records import ExecutionRecord
+from abi_engine.storage.records_schedules import (
     DeleteSchedule,
-    ExecutionRecord,
     FireSchedule,
     HistoryRecord,
     InsertSchedule,

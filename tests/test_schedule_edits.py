@@ -23,13 +23,8 @@ from abi_engine.errors import InvalidState
 from abi_engine.events import Event
 from abi_engine.ids import format_time
 from abi_engine.models import Schedule
-from abi_engine.storage.records import (
-    DeleteSchedule,
-    ExecutionQuery,
-    FireSchedule,
-    UpdateSchedule,
-    WriteOp,
-)
+from abi_engine.storage.records import ExecutionQuery, WriteOp
+from abi_engine.storage.records_schedules import DeleteSchedule, FireSchedule, UpdateSchedule
 
 pytestmark = pytest.mark.anyio
 

@@ -30,12 +30,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from abi_engine.schedule_cron import ALIASES, _croniter_spec, _plain_spec, compile_cron
 from abi_engine.schedule_math import (
-    ALIASES,
     Timing,
-    _croniter_spec,
-    _plain_spec,
-    compile_cron,
     count_cron,
     count_interval,
     next_cron,

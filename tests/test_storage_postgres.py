@@ -274,6 +274,19 @@ def test_pool_parameters_are_taken_out_of_the_url(schema: tuple[str, str]) -> No
         store.close()
 
 
+def test_several_options_in_the_url_all_reach_the_server(schema: tuple[str, str]) -> None:
+    """``options`` with two ``-c`` settings (a space between them, written ``%20``) keeps
+    both when the pool parameters are taken out (libpq does not read ``+`` as a space)."""
+    _, url = schema
+    store = PostgresStore(f"{url}%20-cstatement_timeout%3D4321&pool_max_size=2")
+    try:
+        assert store.schema_version() == len(pgm.MIGRATIONS)
+        with store._pool.connection() as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "4321ms"
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -27,7 +27,7 @@ from abi_engine.models import BackfillItem, OverlapPolicy, ScheduleBackfill
 from abi_engine.schedule_lifecycle import timing_of
 from abi_engine.schedule_math import zone
 from abi_engine.schedule_rules import UNFINISHED
-from abi_engine.storage.records import ScheduleRecord
+from abi_engine.storage.records_schedules import ScheduleRecord
 
 if TYPE_CHECKING:
     from abi_engine.executions import ExecutionService

@@ -17,34 +17,17 @@ from typing import Any
 from abi_engine.auth import Principal
 from abi_engine.ids import format_time
 from abi_engine.models import ResumeMode, ScheduleOccurrence, SchedulePreview
+from abi_engine.runtime.firing import timing as timing_of
 from abi_engine.schedule_math import (
-    INTERVAL_UNITS,
     Timing,
     jittered,
     logical_due,
     upcoming,
     zone,
 )
-from abi_engine.schedule_rrule import rule_walls
-from abi_engine.storage.records import HistoryRecord, ScheduleRecord
+from abi_engine.storage.records_schedules import HistoryRecord, ScheduleRecord
 
 __all__ = ["pause_or_resume", "preview", "timing_of"]
-
-
-def timing_of(record: ScheduleRecord) -> Timing:
-    """When the schedule is due (as the scheduler loop computes it)."""
-    return Timing(
-        kind=record.schedule_type,
-        cron_expression=record.cron_expression or "",
-        timezone=record.timezone,
-        anchor=record.anchor_at,
-        every_seconds=(record.interval_value or 1)
-        * INTERVAL_UNITS[record.interval_unit or "seconds"],
-        at=record.execution_time,
-        on_gap=record.on_gap,
-        on_fold=record.on_fold,
-        walls=rule_walls(record),
-    )
 
 
 def pause_or_resume(

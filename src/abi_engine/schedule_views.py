@@ -21,75 +21,91 @@ from abi_engine.models import (
     ScheduleSummary,
     ScheduleType,
 )
-from abi_engine.storage.records import ScheduleRecord
+from abi_engine.storage.records_schedules import ScheduleRecord
 
-__all__ = ["schedule_json"]
+__all__ = ["definition", "schedule_json"]
 
 #: Types whose ``start_time`` is stored (an interval's first run, a rule's DTSTART).
 _ANCHORED = (ScheduleType.INTERVAL, ScheduleType.RRULE)
 
 
+def definition(record: ScheduleRecord) -> dict[str, Any]:
+    """The fields a schedule's request and its view share, from the record: what the
+    schedule was asked to be (the request of :func:`~abi_engine.schedule_requests.as_request`)."""
+    return {
+        "name": record.name,
+        "description": record.description,
+        "schedule_type": ScheduleType(record.schedule_type),
+        "cron_expression": record.cron_expression,
+        "interval_value": record.interval_value,
+        "interval_unit": IntervalUnit(record.interval_unit) if record.interval_unit else None,
+        "execution_time": record.execution_time,
+        "start_time": record.anchor_at if record.schedule_type in _ANCHORED else None,
+        "rrule": record.rrule,
+        "exclude_rrule": record.exclude_rrule,
+        "parameters": record.parameters,
+        "enabled": record.enabled,
+        "timezone": record.timezone,
+        "misfire_policy": MisfirePolicy(record.misfire_policy),
+        "misfire_grace_seconds": record.misfire_grace_seconds,
+        "catch_up_limit": record.catch_up_limit,
+        "overlap_policy": OverlapPolicy(record.overlap_policy),
+        "max_consecutive_failures": record.max_consecutive_failures,
+        "paused_reason": None if record.enabled else record.paused_reason,
+        "end_time": record.end_time,
+        "max_runs": record.max_runs,
+        "jitter_seconds": record.jitter_seconds,
+        "exclude_dates": list(record.exclude_dates),
+        "on_gap": GapPolicy(record.on_gap),
+        "on_fold": FoldPolicy(record.on_fold),
+        "priority": record.priority,
+    }
+
+
+def _last_execution(record: ScheduleRecord) -> LastExecution | None:
+    """The execution the schedule started last, as the view tells it."""
+    if not (record.last_execution_id and record.last_status):
+        return None
+    return LastExecution(
+        execution_id=record.last_execution_id,
+        status=ExecutionStatus(record.last_status),
+        started_at=record.last_started_at,
+        completed_at=record.last_completed_at,
+    )
+
+
+def _last_failure(record: ScheduleRecord) -> FiringFailure | None:
+    """The last due time at which no execution could be started."""
+    if not record.last_failure:
+        return None
+    due_at = record.last_failure.get("due_at")
+    return FiringFailure(
+        at=parse_time(record.last_failure["at"]),
+        due_at=parse_time(due_at) if due_at else None,
+        code=record.last_failure["code"],
+        message=record.last_failure["message"],
+    )
+
+
 def _view(record: ScheduleRecord) -> Schedule:
-    last = None
-    if record.last_execution_id and record.last_status:
-        last = LastExecution(
-            execution_id=record.last_execution_id,
-            status=ExecutionStatus(record.last_status),
-            started_at=record.last_started_at,
-            completed_at=record.last_completed_at,
-        )
-    failure = None
-    if record.last_failure:
-        failure = FiringFailure(
-            at=parse_time(record.last_failure["at"]),
-            due_at=parse_time(record.last_failure["due_at"])
-            if record.last_failure.get("due_at")
-            else None,
-            code=record.last_failure["code"],
-            message=record.last_failure["message"],
-        )
+    failure = _last_failure(record)
     return Schedule(
+        **definition(record),
         id=record.id,
         workflow_id=record.workflow_id,
         workflow_name=record.workflow_name,
-        name=record.name,
-        description=record.description,
-        schedule_type=ScheduleType(record.schedule_type),
-        cron_expression=record.cron_expression,
-        interval_value=record.interval_value,
-        interval_unit=IntervalUnit(record.interval_unit) if record.interval_unit else None,
-        execution_time=record.execution_time,
-        start_time=record.anchor_at if record.schedule_type in _ANCHORED else None,
-        parameters=record.parameters,
-        enabled=record.enabled,
-        timezone=record.timezone,
         status=_status(record),
         next_execution=record.next_due if record.enabled else None,
-        last_execution=last,
-        misfire_policy=MisfirePolicy(record.misfire_policy),
-        misfire_grace_seconds=record.misfire_grace_seconds,
-        catch_up_limit=record.catch_up_limit,
-        overlap_policy=OverlapPolicy(record.overlap_policy),
-        priority=record.priority,
+        last_execution=_last_execution(record),
         failed_firings=record.failed_firings,
         last_failure=failure,
         failed_count=record.failed_firings,
         missed_count=record.missed_count,
         last_error=failure,
         consecutive_failures=record.consecutive_failures,
-        max_consecutive_failures=record.max_consecutive_failures,
         paused_by=None if record.enabled else record.paused_by,
-        paused_reason=None if record.enabled else record.paused_reason,
         paused_at=None if record.enabled else record.paused_at,
-        end_time=record.end_time,
-        max_runs=record.max_runs,
         runs_count=record.runs_count,
-        jitter_seconds=record.jitter_seconds,
-        exclude_dates=list(record.exclude_dates),
-        on_gap=GapPolicy(record.on_gap),
-        on_fold=FoldPolicy(record.on_fold),
-        rrule=record.rrule,
-        exclude_rrule=record.exclude_rrule,
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,

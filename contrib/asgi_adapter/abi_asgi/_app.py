@@ -37,7 +37,7 @@ from abi_engine.errors import (
     RateLimitExceeded,
     Unauthorized,
 )
-from abi_engine.executions import not_running
+from abi_engine.execution_requests import not_running
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine

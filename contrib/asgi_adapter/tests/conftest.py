@@ -29,7 +29,7 @@ from starlette.applications import Starlette
 from abi_engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))
-from postgres_testing import create_schema, drop_schema, postgres_server  # noqa: F401
+from postgres_testing import SchemaPool, postgres_schemas, postgres_server  # noqa: F401
 
 BASE_URL = "http://testserver"
 #: Engine backends of ``backend_engine`` (``ABI_ENGINE_TEST_ENGINE_BACKENDS``).
@@ -68,14 +68,14 @@ def backend_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[E
         finally:
             engine.close()
         return
-    server: str = request.getfixturevalue("postgres_server")
-    schema, url = create_schema(server)
+    pool: SchemaPool = request.getfixturevalue("postgres_schemas")
+    schema, url = pool.lease()
     engine = Engine(url)
     try:
         yield engine
     finally:
         engine.close()
-        drop_schema(server, schema)
+        pool.release(schema)
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ from abi_engine.api.operations import (
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
 from abi_engine.errors import InvalidRequest
+from abi_engine.execution_requests import MAX_TIMEOUT_SECONDS
 from abi_engine.execution_signals import MAX_CORRELATED_TTL_SECONDS
 from abi_engine.execution_views import execution_json
-from abi_engine.executions import MAX_TIMEOUT_SECONDS
 from abi_engine.limits import IDEMPOTENCY_KEY, URL, Json, Number, Text
 from abi_engine.models import (
     Execution,

@@ -25,7 +25,8 @@ from abi_engine.models import (
     Scope,
 )
 from abi_engine.schedule_backfill import BackfillRequest
-from abi_engine.schedules import SchedulePreviewRequest, ScheduleRequest, schedule_json
+from abi_engine.schedule_requests import SchedulePreviewRequest, ScheduleRequest
+from abi_engine.schedule_views import schedule_json
 
 if TYPE_CHECKING:
     from abi_engine.engine import Engine

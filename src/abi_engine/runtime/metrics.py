@@ -13,7 +13,8 @@ sets; an id (execution, workflow, schedule, delivery) is never a label.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import TypeVar
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -78,6 +79,8 @@ COMMIT_BUCKETS: tuple[float, ...] = (
 #: Upper bounds of the number of write operations in one group commit.
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
+K = TypeVar("K", bound=Hashable)
+
 
 class Histogram:
     """Counts per bucket (non-cumulative; the last one is ``+Inf``), their sum and count."""
@@ -138,11 +141,10 @@ class RuntimeMetrics:
         self.commit_batch = Histogram(BATCH_BUCKETS)
 
     def execution_started(self, workflow_type: str) -> None:
-        self.started[workflow_type] = self.started.get(workflow_type, 0) + 1
+        _add(self.started, workflow_type)
 
     def execution_finished(self, workflow_type: str, status: str) -> None:
-        key = (workflow_type, status)
-        self.finished[key] = self.finished.get(key, 0) + 1
+        _add(self.finished, (workflow_type, status))
 
     def step_ended(self, workflow_type: str, step: str, seconds: float) -> None:
         key = (workflow_type, step)
@@ -152,15 +154,20 @@ class RuntimeMetrics:
         histogram.observe(seconds)
 
     def firing(self, outcome: str, count: int = 1) -> None:
-        self.firings[outcome] = self.firings.get(outcome, 0) + count
+        _add(self.firings, outcome, count)
 
     def delivery(self, outcome: str, lag_seconds: float) -> None:
-        self.deliveries[outcome] = self.deliveries.get(outcome, 0) + 1
+        _add(self.deliveries, outcome)
         self.delivery_lag.observe(max(0.0, lag_seconds))
 
     def committed(self, seconds: float, ops: int) -> None:
         self.commit_seconds.observe(seconds)
         self.commit_batch.observe(ops)
+
+
+def _add(counts: dict[K, int], key: K, by: int = 1) -> None:
+    """Count ``by`` more under ``key``."""
+    counts[key] = counts.get(key, 0) + by
 
 
 #: The firing outcome of each schedule history outcome (``None``: not a firing).

@@ -60,6 +60,7 @@ from abi_engine.runtime.leases import Claims
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.steps import RunsExecutions
+from abi_engine.step_signals import SLEEP_PREFIX
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -72,10 +73,7 @@ from abi_engine.storage.records import (
     WriteOp,
     stored_priority,
 )
-from abi_engine.types import (
-    SLEEP_PREFIX,
-    WorkflowType,
-)
+from abi_engine.types import WorkflowType
 
 if TYPE_CHECKING:
     from abi_engine.host import Host

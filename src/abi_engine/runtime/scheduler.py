@@ -14,59 +14,50 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
-import attrs
 from anyio.abc import TaskStatus
 
 from abi_engine.converter import unstructure
-from abi_engine.errors import AbiError, IntegrationMissing, InvalidState, WorkflowNotFound
+from abi_engine.errors import AbiError, IntegrationMissing, WorkflowNotFound
 from abi_engine.events import Event, EventPolicy, OutboxEvent
-from abi_engine.ids import format_time, new_id, utcnow
-from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
+from abi_engine.ids import format_time, utcnow
+from abi_engine.models import Workflow
 from abi_engine.runtime.execution import Prepared
+from abi_engine.runtime.firing import (
+    bounded,
+    completes,
+    consecutive,
+    decide,
+    failure_changes,
+    fired_line,
+    firing,
+    history_line,
+    inactive_failure,
+    missed_due,
+    new_execution,
+    next_due_after,
+    not_excluded,
+    timing,
+)
 from abi_engine.runtime.metrics import FIRING_OUTCOMES
 from abi_engine.runtime.runner import Runtime
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, logical_due, zone
-from abi_engine.schedule_rrule import rule_walls
-from abi_engine.schedule_rules import Missed, Note, decide_due, plan_missed
+from abi_engine.schedule_math import logical_due
+from abi_engine.schedule_rules import Missed, Note
 from abi_engine.storage.aio import AsyncStore
-from abi_engine.storage.records import (
-    ExecutionRecord,
-    FireSchedule,
-    HistoryRecord,
-    ScheduleRecord,
-    stored_priority,
-)
+from abi_engine.storage.records import ExecutionRecord
+from abi_engine.storage.records_schedules import FireSchedule, HistoryRecord, ScheduleRecord
 from abi_engine.types import WorkflowType
 
-__all__ = ["MIN_GRACE_SECONDS", "PLAN_AHEAD", "Scheduler", "WorkflowCatalog", "timing"]
+__all__ = ["PLAN_AHEAD", "Scheduler", "WorkflowCatalog"]
 
 log = logging.getLogger("abi_engine.scheduler")
 
 #: How long before a due time the loop plans its firings (committed at the due time).
 PLAN_AHEAD = 0.05
-#: Lateness always tolerated, whatever ``misfire_grace_seconds`` says.
-MIN_GRACE_SECONDS = 1.0
-
-
-def timing(record: ScheduleRecord) -> Timing:
-    """When the schedule is due (see :mod:`abi_engine.schedule_math`)."""
-    return Timing(
-        kind=record.schedule_type,
-        cron_expression=record.cron_expression or "",
-        timezone=record.timezone,
-        anchor=record.anchor_at,
-        every_seconds=(record.interval_value or 1)
-        * INTERVAL_UNITS[record.interval_unit or "seconds"],
-        at=record.execution_time,
-        on_gap=record.on_gap,
-        on_fold=record.on_fold,
-        walls=rule_walls(record),
-    )
 
 
 class WorkflowCatalog(Protocol):
@@ -200,78 +191,30 @@ class Scheduler:
         stored = record.next_due  # (the run's start: the due time plus its jitter)
         assert stored is not None
         first = logical_due(timing(record), stored, record.jitter_seconds)
-
-        def fire(**changes: Any) -> FireSchedule:
-            return FireSchedule(
-                schedule_id=record.id,
-                expected_version=record.version,
-                expected_next_due=stored,
-                expected_pending=record.pending_runs,
-                **changes,
-            )
-
         if record.workflow_deleted:
             note = Note(
                 first, "workflow_deleted", "the workflow was deleted; the schedule is disabled"
             )
-            gone = (_history(record, note, now),)
-            return fire(next_due=None, pending_runs=0, enabled=False, history=gone), []
-        # A running loop reaches a due time a few ms late; that is never a misfire.
-        grace = timedelta(seconds=max(record.misfire_grace_seconds, MIN_GRACE_SECONDS))
-        if record.resume_policy:  # due times passed while paused are never "on time"
-            grace = timedelta(seconds=MIN_GRACE_SECONDS)
-        grace += timedelta(seconds=record.jitter_seconds)  # a delayed run is not late
-        # Bounded work, however long the downtime: the due times are counted, not listed.
-        missed = plan_missed(
-            timing(record),
-            first,
-            now,
-            grace=grace,
-            # A resume (run_once, catch_up) decides once about the due times passed while paused.
-            policy=record.resume_policy or record.misfire_policy,
-            catch_up_limit=record.catch_up_limit,
-        )
-        missed, excluded = _not_excluded(record, missed, now)
-        decision = decide_due(
-            missed,
-            first=first,
-            enabled=record.enabled,
-            workflow_active=record.workflow_status == WorkflowStatus.ACTIVE.value,
-            misfire_policy=record.resume_policy or record.misfire_policy,
-            overlap_policy=record.overlap_policy,
-            last_status=record.last_status,
-            last_execution_id=record.last_execution_id,
-            pending_runs=record.pending_runs,
-        )
-        history = [_history(record, note, now) for note in decision.notes]
-        history[:0] = excluded
-        fire_times, next_due = _bounded(record, list(decision.fire), decision.next_due)
+            gone = (history_line(record, note, now),)
+            return firing(record, next_due=None, pending_runs=0, enabled=False, history=gone), []
+        missed, excluded = not_excluded(record, missed_due(record, first, now), now)
+        decision = decide(record, missed, first)
+        history = [*excluded, *(history_line(record, note, now) for note in decision.notes)]
+        fire_times, next_due = bounded(record, list(decision.fire), decision.next_due)
         executions, prepared, failed = await self._prepare(
             record, fire_times, now, history, compiled
         )
-        if record.max_runs is not None and record.runs_count + len(executions) >= record.max_runs:
-            next_due = None  # max_runs reached: done
-        next_due = jittered(timing(record), record.id, next_due, record.jitter_seconds)
-        failed_times: Sequence[datetime] = fire_times
-        if any(note.outcome == "skipped_inactive" for note in decision.notes):
-            # Never silent: a due time of an inactive workflow is a firing that failed.
-            failed = InvalidState(
-                f"Workflow {record.workflow_id!r} is inactive; the due time did not run",
-                {"workflow_id": record.workflow_id},
-            )
-            failed_times = [missed.last] * min(missed.count, 1)
+        next_due = next_due_after(record, next_due, len(executions))
+        failed, failed_times = inactive_failure(record, decision, missed, failed, fire_times)
         fired_at = [h.due_at or now for h in history if h.outcome == "fired"]
-        completed = next_due is None and (
-            record.schedule_type in (ScheduleType.FIXED_TIME, ScheduleType.RRULE)
-            or record.end_time is not None
-            or record.max_runs is not None
-        )
-        changes = _failure_changes(record, failed, failed_times, now)
+        completed = completes(record, next_due)
+        changes = failure_changes(record, failed, failed_times, now)
         if failed is not None and failed_times and missed.count > len(failed_times):
             changes["failures"] = missed.count  # every due time of the inactive workflow
-        changes.update(_consecutive(record, executions, changes, now, history))
+        changes.update(consecutive(record, executions, changes, now, history))
         next_due = None if changes.get("enabled") is False else next_due
-        op = fire(
+        op = firing(
+            record,
             next_due=next_due,
             pending_runs=decision.pending_runs,
             completed=completed,
@@ -297,13 +240,10 @@ class Scheduler:
         if record.max_runs is not None and record.runs_count >= record.max_runs:
             due = []  # (max_runs reached while it waited)
         executions, prepared, failed = await self._prepare(record, due, now, history, compiled)
-        changes = _failure_changes(record, failed, due, now)
-        changes.update(_consecutive(record, executions, changes, now, history))
-        return FireSchedule(
-            schedule_id=record.id,
-            expected_version=record.version,
-            expected_next_due=record.next_due,
-            expected_pending=record.pending_runs,
+        changes = failure_changes(record, failed, due, now)
+        changes.update(consecutive(record, executions, changes, now, history))
+        return firing(
+            record,
             next_due=None if changes.get("enabled") is False else record.next_due,
             pending_runs=record.pending_runs - 1,
             completed=record.completed,
@@ -332,41 +272,16 @@ class Scheduler:
             return executions, prepared, None
         runtime = self._runtime
         try:
-            if record.workflow_id not in compiled:
-                try:
-                    compiled[record.workflow_id] = await self._compile(record.workflow_id)
-                except AbiError as exc:
-                    compiled[record.workflow_id] = exc
-            found = compiled[record.workflow_id]
-            if isinstance(found, AbiError):
-                raise found
-            workflow, wtype, config, specs, template_ids = found
-            if template_ids:
-                await self._check_templates(workflow.id, template_ids)
-            params = wtype.parse_parameters(record.parameters, config)
+            workflow, wtype, config, specs, params = await self._runnable(record, compiled)
         except AbiError as exc:
             detail = f"{exc.code}: {exc.message}"[:500]
-            history.extend(_history(record, Note(due, "failed", detail), now) for due in fire_times)
+            history.extend(
+                history_line(record, Note(due, "failed", detail), now) for due in fire_times
+            )
             return executions, prepared, exc
         for due in fire_times:
-            execution = ExecutionRecord(
-                id=new_id("exec_"),
-                workflow_id=workflow.id,
-                workflow_type=workflow.type,
-                workflow_name=workflow.name,
-                status=ExecutionStatus.QUEUED,
-                parameters=dict(record.parameters),
-                configuration=workflow.configuration,
-                plan=[s.name for s in specs],
-                created_at=now,
-                schedule_id=record.id,
-                created_by=record.created_by,
-                priority=stored_priority(record.priority),
-                trace_context=None
-                if runtime.tracing is None
-                else runtime.tracing.context_for(None),
-                scheduled_for=due,
-            )
+            trace = None if runtime.tracing is None else runtime.tracing.context_for(None)
+            execution = new_execution(record, workflow, specs, due, now, trace)
             runtime.grant(execution)
             executions.append(execution)
             prepared.append(
@@ -379,16 +294,26 @@ class Scheduler:
                     integration_ids=tuple(i.id for i in workflow.integrations),
                 )
             )
-            history.append(
-                HistoryRecord(
-                    schedule_id=record.id,
-                    due_at=due,
-                    recorded_at=now,
-                    outcome="fired",
-                    execution_id=execution.id,
-                )
-            )
+            history.append(fired_line(record, due, execution.id, now))
         return executions, prepared, None
+
+    async def _runnable(
+        self, record: ScheduleRecord, compiled: dict[str, Any]
+    ) -> tuple[Workflow, WorkflowType, Any, Any, Any]:
+        """The schedule's workflow (compiled once a tick), its type, configuration, steps
+        and the parsed parameters; raises the error that keeps it from running."""
+        if record.workflow_id not in compiled:
+            try:
+                compiled[record.workflow_id] = await self._compile(record.workflow_id)
+            except AbiError as exc:
+                compiled[record.workflow_id] = exc
+        found = compiled[record.workflow_id]
+        if isinstance(found, AbiError):
+            raise found
+        workflow, wtype, config, specs, template_ids = found
+        if template_ids:
+            await self._check_templates(workflow.id, template_ids)
+        return workflow, wtype, config, specs, wtype.parse_parameters(record.parameters, config)
 
     async def _compile(self, workflow_id: str) -> tuple[Any, Any, Any, Any, Any]:
         """The workflow, its type, parsed configuration, steps and template ids; raises when
@@ -490,39 +415,6 @@ class Scheduler:
         return (self._event_policy.deferred("schedule.missed", build),)
 
 
-def _bounded(
-    record: ScheduleRecord, fire: list[datetime], next_due: datetime | None
-) -> tuple[list[datetime], datetime | None]:
-    """The due times to fire and the next due time within ``end_time`` and ``max_runs``
-    (``None``: the schedule is done)."""
-    if record.end_time is not None:
-        fire = [due for due in fire if due <= record.end_time]
-        if next_due is not None and next_due > record.end_time:
-            next_due = None
-    if record.max_runs is not None:
-        fire = fire[: max(0, record.max_runs - record.runs_count)]
-    return fire, next_due
-
-
-def _not_excluded(
-    record: ScheduleRecord, missed: Missed, now: datetime
-) -> tuple[Missed, list[HistoryRecord]]:
-    """``missed`` without the due times on an excluded date (in the schedule's zone),
-    and their ``skipped_excluded`` history lines."""
-    if not record.exclude_dates or not missed.fire or not record.enabled:
-        return missed, []
-    tz, excluded = zone(record.timezone), set(record.exclude_dates)
-    kept, notes = [], []
-    for due in missed.fire:
-        day = due.astimezone(tz).date().isoformat()
-        if day in excluded:
-            note = Note(due, "skipped_excluded", f"{day} is an excluded date")
-            notes.append(_history(record, note, now))
-        else:
-            kept.append(due)
-    return attrs.evolve(missed, fire=tuple(kept)), notes
-
-
 def _log_firing(op: FireSchedule) -> None:
     """One warning line per firing that could not start its execution(s), or missed some."""
     failure = op.last_failure
@@ -557,60 +449,3 @@ def _log_firing(op: FireSchedule) -> None:
             op.paused_reason,
             extra={"schedule_id": op.schedule_id},
         )
-
-
-def _consecutive(
-    record: ScheduleRecord,
-    executions: Sequence[ExecutionRecord],
-    failed: dict[str, Any],
-    at: datetime,
-    history: list[HistoryRecord],
-) -> dict[str, Any]:
-    """The ``consecutive_failures`` a firing leaves (``failed``: its failure changes), and
-    the auto-pause once they reach ``max_consecutive_failures``: ``enabled`` ``False``,
-    ``paused_reason``, ``paused_at``, and a ``paused`` line of the history."""
-    if executions:
-        return {"consecutive_failures": 0}
-    count = record.consecutive_failures + failed.get("failures", 0)
-    changes: dict[str, Any] = {"consecutive_failures": count}
-    limit = record.max_consecutive_failures
-    if failed and limit is not None and count >= limit and record.enabled:
-        reason = (
-            f"{count} consecutive failed firings (max_consecutive_failures {limit}),"
-            f" last: {failed['last_failure']['code']}"
-        )
-        changes.update(enabled=False, paused_at=at, paused_reason=reason)
-        history.append(
-            HistoryRecord(
-                schedule_id=record.id, due_at=None, recorded_at=at, outcome="paused", detail=reason
-            )
-        )
-    return changes
-
-
-def _history(record: ScheduleRecord, note: Note, now: datetime) -> HistoryRecord:
-    return HistoryRecord(
-        schedule_id=record.id,
-        due_at=note.due_at,
-        recorded_at=now,
-        outcome=note.outcome,
-        detail=note.detail,
-    )
-
-
-def _failure_changes(
-    record: ScheduleRecord, error: AbiError | None, due: Sequence[datetime], at: datetime
-) -> dict[str, Any]:
-    """The ``failures`` and ``last_failure`` of a firing op (nothing when it started its runs)."""
-    if error is None or not due:
-        return {}
-    return {
-        "failures": len(due),
-        "last_failure": {
-            "at": format_time(at),
-            "due_at": format_time(due[-1]),
-            "code": error.code,
-            "message": error.message[:500],
-            "workflow_id": record.workflow_id,
-        },
-    }

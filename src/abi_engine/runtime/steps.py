@@ -94,6 +94,18 @@ class RunsExecutions(WritesRuns):
             self._hand_back(execution_id, grant)
             return None
         fresh = record.started_at is None
+        token = await self._claim(record, grant, fresh=fresh)
+        if token is None:
+            return None
+        if prepared is not None:
+            prepared.token, prepared.fresh = token, fresh
+            return prepared
+        return await self._parsed(record, token, fresh=fresh)
+
+    async def _claim(self, record: ExecutionRecord, grant: int, *, fresh: bool) -> int | None:
+        """Claim the execution for this node under a fresh run token, and return it
+        (``None``: let go, another node holds it now)."""
+        execution_id = record.id
         record.started_at = record.started_at or utcnow()
         record.status = ExecutionStatus.RUNNING
         token = new_claim()
@@ -116,9 +128,11 @@ class RunsExecutions(WritesRuns):
             return None
         self._run_tokens[execution_id] = token
         record.claim = token
-        if prepared is not None:
-            prepared.token, prepared.fresh = token, fresh
-            return prepared
+        return token
+
+    async def _parsed(self, record: ExecutionRecord, token: int, *, fresh: bool) -> Prepared | None:
+        """A claimed execution read from the store, its configuration, parameters and steps
+        parsed (``None``: it failed, since its type refuses them now)."""
         wtype = self.workflow_types[record.workflow_type]
         loaded = Prepared(record=record, workflow_type=wtype, config=None, params=None, specs=[])
         loaded.token, loaded.fresh = token, fresh
@@ -248,10 +262,7 @@ class RunsExecutions(WritesRuns):
         if resumed:
             resume_at = (done[-1].completed_at if done else None) or record.started_at
         results = {s.name: s.result for s in done if s.status is StepStatus.COMPLETED}
-        last_result: Any = None
-        for s in done:
-            if s.status is StepStatus.COMPLETED:
-                last_result = s.result
+        last_result: Any = _last_result(done)
         specs = prepared.specs
         for index in range(len(done), len(specs)):
             if self._stopping:
@@ -282,14 +293,20 @@ class RunsExecutions(WritesRuns):
             result = self._completed(record, step, outcome, started)
             running[0] = None
             results[spec.name] = last_result = result
-            step_events: tuple[OutboxEvent, ...] = ()
-            if self._wants("execution.step_completed", record):
-                step_events = (self._step_event(record, step),)
+            step_events = self._completed_events(record, step)
             if not await self._step_ended(prepared, done, step, result, step_events, is_last):
                 return
         # Nothing left to run: no steps at all, or every step done already (the type
         # has fewer steps than when the execution started).
         await self._finish_completed(prepared, done, None, last_result)
+
+    def _completed_events(
+        self, record: ExecutionRecord, step: StepRecord
+    ) -> tuple[OutboxEvent, ...]:
+        """The ``execution.step_completed`` event of ``step``, if anyone wants it."""
+        if self._wants("execution.step_completed", record):
+            return (self._step_event(record, step),)
+        return ()
 
     async def _traced_attempt(
         self,
@@ -356,29 +373,7 @@ class RunsExecutions(WritesRuns):
         while True:
             attempt += 1
             step.attempts = attempt
-            visible: dict[str, Any] = {}
-            progress = None
-            if signals:  # a copy: progress saved later must not show up as a signal
-                progress = signals.get(f"{PROGRESS_PREFIX}{step.index}")
-                visible = {k: v for k, v in signals.items() if not k.startswith("#")}
-            ctx = StepContext(
-                execution_id=record.id,
-                workflow_id=record.workflow_id,
-                step_name=spec.name,
-                parameters=record.parameters,
-                configuration=record.configuration,
-                params=prepared.params,
-                config=prepared.config,
-                results=results,
-                signals=visible,
-                integrations=prepared.integrations,
-                attempt=attempt,
-                host=self.host,
-                services=self.host.legacy_services if self.host else {},  # deprecated
-                progress=progress,
-                scheduled_for=record.scheduled_for,
-                progress_saver=save_progress,
-            )
+            ctx = self._context(prepared, spec, step, results, signals, save_progress)
             try:
                 if spec.timeout_seconds is not None:
                     with anyio.fail_after(spec.timeout_seconds):
@@ -408,6 +403,41 @@ class RunsExecutions(WritesRuns):
                 if attempt >= spec.retry.attempts:
                     return Failure(exc)
                 await anyio.sleep(spec.retry.delay_before(attempt + 1))
+
+    def _context(
+        self,
+        prepared: Prepared,
+        spec: StepSpec,
+        step: StepRecord,
+        results: dict[str, Any],
+        signals: dict[str, Any],
+        save_progress: Any,
+    ) -> StepContext:
+        """What the step's function receives at this attempt (``step.attempts``)."""
+        record = prepared.record
+        visible: dict[str, Any] = {}
+        progress = None
+        if signals:  # a copy: progress saved later must not show up as a signal
+            progress = signals.get(f"{PROGRESS_PREFIX}{step.index}")
+            visible = {k: v for k, v in signals.items() if not k.startswith("#")}
+        return StepContext(
+            execution_id=record.id,
+            workflow_id=record.workflow_id,
+            step_name=spec.name,
+            parameters=record.parameters,
+            configuration=record.configuration,
+            params=prepared.params,
+            config=prepared.config,
+            results=results,
+            signals=visible,
+            integrations=prepared.integrations,
+            attempt=step.attempts,
+            host=self.host,
+            services=self.host.legacy_services if self.host else {},  # deprecated
+            progress=progress,
+            scheduled_for=record.scheduled_for,
+            progress_saver=save_progress,
+        )
 
     async def _save_progress(
         self, prepared: Prepared, index: int, signals: dict[str, Any], value: Any
@@ -469,3 +499,12 @@ def _skipped_step(execution_id: str, index: int, name: str, at: datetime) -> Ste
         completed_at=at,
         duration_ms=0,
     )
+
+
+def _last_result(done: list[StepRecord]) -> Any:
+    """The result of the last completed step of ``done`` (``None`` before any)."""
+    last: Any = None
+    for s in done:
+        if s.status is StepStatus.COMPLETED:
+            last = s.result
+    return last

@@ -6,9 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from abi_engine.storage._codec import from_ms, loads
-from abi_engine.storage.records import (
-    ScheduleRecord,
-)
+from abi_engine.storage.records_schedules import ScheduleRecord
 
 #: History lines kept per schedule (older ones are pruned as new ones come).
 HISTORY_KEPT = 200

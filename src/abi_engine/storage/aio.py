@@ -37,15 +37,8 @@ if TYPE_CHECKING:
     from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
     from abi_engine.models_triggers import Trigger
     from abi_engine.models_webhooks import Delivery
-    from abi_engine.storage.records import (
-        ExecutionQuery,
-        ExecutionRecord,
-        HistoryRecord,
-        ScheduleQuery,
-        ScheduleRecord,
-        StepRecord,
-        WriteOp,
-    )
+    from abi_engine.storage.records import ExecutionQuery, ExecutionRecord, StepRecord, WriteOp
+    from abi_engine.storage.records_schedules import HistoryRecord, ScheduleQuery, ScheduleRecord
     from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
 

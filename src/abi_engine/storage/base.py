@@ -30,15 +30,8 @@ from abi_engine.models import (
 from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
 from abi_engine.models_triggers import Trigger
 from abi_engine.models_webhooks import Delivery
-from abi_engine.storage.records import (
-    ExecutionQuery,
-    ExecutionRecord,
-    HistoryRecord,
-    ScheduleQuery,
-    ScheduleRecord,
-    StepRecord,
-    WriteOp,
-)
+from abi_engine.storage.records import ExecutionQuery, ExecutionRecord, StepRecord, WriteOp
+from abi_engine.storage.records_schedules import HistoryRecord, ScheduleQuery, ScheduleRecord
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
 __all__ = ["OWNED_ROWS", "OwnedKind", "Store", "StoredEvent", "TokenLimitReached", "WorkflowQuery"]

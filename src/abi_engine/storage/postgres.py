@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
@@ -143,12 +143,16 @@ def _pipelined(conn: Conn, fn: Callable[[Conn], T]) -> T:
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """The URL for libpq and the pool's own parameters."""
+    """The URL for libpq and the pool's own parameters.
+
+    The rest of the query is encoded again with ``%20`` for a space: libpq decodes percent
+    escapes only, so ``+`` would reach the server as a plus sign (``options=-c a=1 -c b=2``
+    would become one broken setting)."""
     parts = urlsplit(url)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     pool = {k: v for k, v in pairs if k in POOL_PARAMETERS}
     rest = [(k, v) for k, v in pairs if k not in POOL_PARAMETERS]
-    return urlunsplit(parts._replace(query=urlencode(rest))), pool
+    return urlunsplit(parts._replace(query=urlencode(rest, quote_via=quote))), pool
 
 
 class PostgresStore(SQLStore):

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
-from abi_engine.executions import ExecutionCount
+from abi_engine.execution_reading import ExecutionCount
 from abi_engine.ids import parse_time
 
 __all__ = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import from_ms, loads, to_ms
@@ -309,60 +309,16 @@ class ExecutionsMixin:
         wait gets its timeout signal recorded; each grant is a fresh claim token."""
         d = self.dialect
         now_ms = to_ms(now)
-        names = types_filter(types)
-        type_clause, type_args = ("", ()) if names is None else d.any_of("workflow_type", names)
-        if type_clause:
-            type_clause = f" AND {type_clause}"
-        gone = sorted(dead)
-        dead_clause, dead_args = d.any_of("owner", gone) if gone else ("", ())
-        if dead_clause:
-            dead_clause = f" OR {dead_clause}"
-        expired, expired_args = (
-            ("e.lease_until < ?", (now_ms,))
-            if d.clock is None
-            else (f"e.lease_until < {d.clock}", ())
-        )
-
+        where = _recovery_filters(d, now_ms, types, dead)
         order_args = (self.priority_aging_ms,)
         running = [0]  # of this attempt of the transaction (it may be retried)
 
         def run(conn: Conn) -> list[tuple[str, int, int]]:
-            taken: list[tuple[str, int, int]] = []
+            taken = _timed_out_waits(d, conn, now_ms, where, limit)
             running[0] = 0
-            # Waits that timed out: record a signal the step can see, queue them.
-            woken = conn.execute(
-                "SELECT id, waiting_for, priority, workflow_id, concurrency_key FROM executions"
-                f" WHERE status = 'waiting' AND wake_at <= ?{type_clause}"
-                f" ORDER BY wake_at LIMIT ?{d.claim()}",
-                (now_ms, *type_args, limit),
-            ).fetchall()
-            conn.executemany(
-                "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
-                " VALUES (?, ?, 'null', ?) ON CONFLICT DO NOTHING",
-                [(row[0], f"{row[1]}{TIMEOUT_SUFFIX}", now_ms) for row in woken],
-            )
-            woken = _admit_woken(d, conn, woken)
-            taken.extend((row[0], row[2], new_claim()) for row in woken)
-            # Unowned work, expired leases, and work of nodes that ended.
             room = max(0, limit - len(taken))
             if room:
-                free, free_args = free_slots_filter(d)
-                rows = conn.execute(
-                    "SELECT e.id, e.workflow_id, e.concurrency_key, e.priority, e.status"
-                    " FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
-                    " WHERE e.status IN ('queued', 'running')"
-                    f" AND (e.lease_until IS NULL OR {expired}{dead_clause}){type_clause}"
-                    " AND (e.queued_reason IS NULL"
-                    f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
-                    f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
-                    (*expired_args, *dead_args, *type_args, *free_args, *order_args, room),
-                ).fetchall()
-                # Runs to take over first (they hold their slot again), then those
-                # waiting for a slot (they have waited longest), then the others.
-                waiting = blocked_rows(d, conn, room, type_clause, (*type_args, *order_args))
-                again = [row for row in rows if row[4] == "running"]
-                fresh = [row for row in rows if row[4] != "running"]
-                rows = admit(d, conn, [*again, *waiting, *fresh])[:room]
+                rows = _unowned_rows(d, conn, room, where, order_args)
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")
             conn.executemany(
@@ -445,3 +401,78 @@ def _admit_woken(d: Dialect, conn: Conn, woken: Sequence[Any]) -> list[Any]:
         [(row[0],) for row in woken if row[0] not in granted],
     )
     return [row for row in woken if row[0] in granted]
+
+
+class _RecoveryFilters(NamedTuple):
+    """The SQL conditions (and their arguments) of :meth:`claim_recoverable`."""
+
+    types: str  # " AND <the workflow types this node runs>", or ""
+    type_args: tuple[Any, ...]
+    dead: str  # " OR <owned by a node that ended>", or ""
+    dead_args: tuple[Any, ...]
+    expired: str  # the lease has lapsed
+    expired_args: tuple[Any, ...]
+
+
+def _recovery_filters(
+    d: Dialect, now_ms: int | None, types: Collection[str] | None, dead: Collection[str]
+) -> _RecoveryFilters:
+    """Which executions a recovery may take: of the types this node runs, with a lapsed
+    lease or owned by a node that ended."""
+    names = types_filter(types)
+    type_clause, type_args = ("", ()) if names is None else d.any_of("workflow_type", names)
+    gone = sorted(dead)
+    dead_clause, dead_args = d.any_of("owner", gone) if gone else ("", ())
+    expired, expired_args = (
+        ("e.lease_until < ?", (now_ms,)) if d.clock is None else (f"e.lease_until < {d.clock}", ())
+    )
+    return _RecoveryFilters(
+        types=f" AND {type_clause}" if type_clause else "",
+        type_args=tuple(type_args),
+        dead=f" OR {dead_clause}" if dead_clause else "",
+        dead_args=tuple(dead_args),
+        expired=expired,
+        expired_args=tuple(expired_args),
+    )
+
+
+def _timed_out_waits(
+    d: Dialect, conn: Conn, now_ms: int | None, where: _RecoveryFilters, limit: int
+) -> list[tuple[str, int, int]]:
+    """Waits that timed out, granted: each gets a signal the step can see, and is queued."""
+    woken = conn.execute(
+        "SELECT id, waiting_for, priority, workflow_id, concurrency_key FROM executions"
+        f" WHERE status = 'waiting' AND wake_at <= ?{where.types}"
+        f" ORDER BY wake_at LIMIT ?{d.claim()}",
+        (now_ms, *where.type_args, limit),
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO execution_signals (execution_id, name, payload, created_at)"
+        " VALUES (?, ?, 'null', ?) ON CONFLICT DO NOTHING",
+        [(row[0], f"{row[1]}{TIMEOUT_SUFFIX}", now_ms) for row in woken],
+    )
+    woken = _admit_woken(d, conn, woken)
+    return [(row[0], row[2], new_claim()) for row in woken]
+
+
+def _unowned_rows(
+    d: Dialect, conn: Conn, room: int, where: _RecoveryFilters, order_args: tuple[Any, ...]
+) -> list[Any]:
+    """Up to ``room`` unowned executions, those whose lease lapsed and those of nodes that
+    ended, admitted by their concurrency slots: runs to take over first (they hold their
+    slot again), then those waiting for a slot (they have waited longest), then the others."""
+    free, free_args = free_slots_filter(d)
+    rows = conn.execute(
+        "SELECT e.id, e.workflow_id, e.concurrency_key, e.priority, e.status"
+        " FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
+        " WHERE e.status IN ('queued', 'running')"
+        f" AND (e.lease_until IS NULL OR {where.expired}{where.dead}){where.types}"
+        " AND (e.queued_reason IS NULL"
+        f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
+        f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
+        (*where.expired_args, *where.dead_args, *where.type_args, *free_args, *order_args, room),
+    ).fetchall()
+    waiting = blocked_rows(d, conn, room, where.types, (*where.type_args, *order_args))
+    again = [row for row in rows if row[4] == "running"]
+    fresh = [row for row in rows if row[4] != "running"]
+    return list(admit(d, conn, [*again, *waiting, *fresh])[:room])

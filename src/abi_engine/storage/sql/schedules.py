@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from abi_engine.storage._codec import dumps, from_ms, to_ms
 from abi_engine.storage._rows_schedules import _COLUMNS, _FROM, _TERMINAL, HISTORY_KEPT, _row
-from abi_engine.storage.records import (
+from abi_engine.storage.records_schedules import (
     DeleteSchedule,
     FireSchedule,
     HistoryRecord,

@@ -46,7 +46,9 @@ How to run (the peers are optional; without them only abi-engine's figures print
 and DBOS brings SQLAlchemy and OpenTelemetry.)
 
 or with the dev environment (``PYTHONPATH=src:contrib/asgi_adapter:plugins``);
-``--only abi`` skips the peers.
+``--only abi`` skips the peers; ``--modes normal:1,full:1,normal:seq`` runs only
+those abi-engine modes (``DURABILITY:THREADS``, ``DURABILITY:batch``,
+``DURABILITY:seq``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -217,3 +218,37 @@ async def test_a_signal_wakes_an_execution_within_the_limits(make: EngineFactory
     assert done_b.completed_at is not None
     assert done_a.completed_at is not None
     assert done_a.completed_at >= done_b.completed_at
+
+
+async def test_a_synchronous_execute_waits_for_its_slot(make: EngineFactory) -> None:
+    """A synchronous execute of a key whose slot is held waits queued
+    (``concurrency_limit``) rather than starting at once beside the holder, then
+    answers completed, started after the holder ended."""
+    engine = make()
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        a = await engine.executions.execute(wf, _gated("c", "a"), wait=False)
+        await wait_status(engine, a.execution_id, ExecutionStatus.RUNNING, timeout=30)
+        answers: list[Any] = []
+
+        async def synchronous() -> None:
+            answers.append(
+                await engine.executions.execute(wf, {"customer": "c"}, timeout_seconds=30)
+            )
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(synchronous)
+            await until(lambda: len(PROBE.gates) >= 1, timeout=30, what="a started")
+            waiting: list[Any] = []
+            with anyio.fail_after(30):  # it is stored queued, not running beside a
+                while not waiting:
+                    page = await engine.executions.list(workflow_id=wf, status="queued")
+                    waiting = [e for e in page.items if e.execution_id != a.execution_id]
+                    await anyio.sleep(0.01)
+            assert waiting[0].queued_reason == "concurrency_limit"
+            assert await _running(engine, wf) == [a.execution_id]
+            PROBE.gate("a").set()
+        done_a = await engine.executions.get(a.execution_id)
+    assert answers[0].status is ExecutionStatus.COMPLETED
+    assert done_a.completed_at is not None
+    assert answers[0].started_at >= done_a.completed_at

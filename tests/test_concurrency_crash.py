@@ -54,12 +54,16 @@ def test_a_slot_held_by_a_killed_process_frees_when_its_lease_ends(
     servers: list[Server],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A key with limit 1: execution A runs in process 1, which is killed (SIGKILL)
-    mid-step. Process 2 is asked for B (same key): B waits queued
-    (``concurrency_limit``) while A's slot is held; once the lease of the dead
-    process ends (or, on SQLite, its death is seen), process 2 takes A over, then B;
-    both complete, one after the other, and no slot is left held."""
-    monkeypatch.setenv("CRASH_STEP_SECONDS", "1.0")
+    """A key with limit 1: execution A runs in process 1; B (same key) is asked for and
+    waits queued (``concurrency_limit``) behind A's slot; process 1 is killed
+    (SIGKILL) mid-step. Once the lease of the dead process ends (or, on SQLite, its
+    death is seen), process 2 takes A over, then B; both complete, one after the
+    other, and no slot is left held.
+
+    B is asked for before the kill, while A has seconds of steps left (three steps
+    of two seconds): asked for after it, B could find A already taken over and
+    finished on a loaded machine, and would rightly not wait."""
+    monkeypatch.setenv("CRASH_STEP_SECONDS", "2.0")
     db, log = every_database("slots.db"), tmp_path / "steps.log"
     token = _token(db, log)
     headers = {"Authorization": f"Bearer {token}"}
@@ -72,6 +76,12 @@ def test_a_slot_held_by_a_killed_process_frees_when_its_lease_ends(
         a = client.post(f"/workflows/{wf['id']}/execute_async", json={"parameters": {"k": "x"}})
         a_id = a.json()["data"]["execution_id"]
         _until(lambda: log.exists() and a_id in log.read_text(), "A started")
+        b = client.post(f"/workflows/{wf['id']}/execute_async", json={"parameters": {"k": "x"}})
+        assert b.status_code == 202, b.text
+        b_id = b.json()["data"]["execution_id"]
+        waiting = _get(client, f"/workflow_executions/{b_id}")
+        assert (waiting["status"], waiting["queued_reason"]) == ("queued", "concurrency_limit")
+        assert waiting["concurrency_key"] == "x"
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
     killed_at = time.monotonic()
@@ -79,12 +89,6 @@ def test_a_slot_held_by_a_killed_process_frees_when_its_lease_ends(
     second = Server(db, log, "--lease-seconds", "3")
     servers.append(second)
     with httpx.Client(base_url=second.base, headers=headers, timeout=10) as client:
-        b = client.post(f"/workflows/{wf['id']}/execute_async", json={"parameters": {"k": "x"}})
-        assert b.status_code == 202, b.text
-        b_id = b.json()["data"]["execution_id"]
-        waiting = _get(client, f"/workflow_executions/{b_id}")
-        assert (waiting["status"], waiting["queued_reason"]) == ("queued", "concurrency_limit")
-        assert waiting["concurrency_key"] == "x"
         done = {
             i: _until(
                 lambda i=i: (

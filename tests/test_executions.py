@@ -66,6 +66,9 @@ EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"
     "parent_execution_id",
     "scheduled_for",  # #17: the due time of a scheduled execution
     "concurrency_key",
+    "rate_limit_key",  # #16: rate limits and debounce
+    "debounce_key",
+    "debounced_by",
 }
 EXTRA_STEP_KEYS = {"attempts", "error", "reused_from"}
 
@@ -498,6 +501,8 @@ async def test_list_filters_paginates_newest_first(eng: Engine) -> None:
         "started_at",
         "completed_at",
         "duration_ms",
+        "queued_reason",  # #16: why a queued one waits, and since when
+        "queued_since",
     }
 
 

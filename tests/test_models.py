@@ -115,6 +115,8 @@ def _limited_strategy(
             strategy = st.integers(
                 min_value=int(marker.minimum or 0), max_value=int(marker.maximum or 2**53)
             )
+        elif isinstance(marker, limits.Number) and base is float:
+            strategy = st.floats(min_value=marker.minimum, max_value=marker.maximum)
 
     def ok(value: Any) -> bool:
         try:
@@ -289,6 +291,9 @@ def test_empty_fields_are_null() -> None:
         "queued_since": None,
         "parent_execution_id": None,
         "concurrency_key": None,
+        "rate_limit_key": None,
+        "debounce_key": None,
+        "debounced_by": None,
     }
 
 
@@ -330,9 +335,10 @@ def test_page_build_counts_pages() -> None:
 
 
 def test_execution_status_finished() -> None:
-    """Only completed, failed, timed_out and cancelled executions count as finished."""
+    """Only completed, failed, timed_out, cancelled and skipped executions count as
+    finished."""
     finished = {s.value for s in models.ExecutionStatus if s.finished}
-    assert finished == {"completed", "failed", "timed_out", "cancelled"}
+    assert finished == {"completed", "failed", "timed_out", "cancelled", "skipped"}
 
 
 def test_statuses_match_the_contract() -> None:
@@ -346,6 +352,7 @@ def test_statuses_match_the_contract() -> None:
         "failed",
         "timed_out",
         "cancelled",
+        "skipped",  # #16: debounce (a later execution with its key replaced it)
     ]
     assert [s.value for s in models.StepStatus] == [
         "pending",

@@ -103,9 +103,9 @@ class WorkflowExecutor(_Client):
     def wait_for_execution(self, execution_id: str, timeout: float | None = None) -> Execution:
         """Block until the execution has ended, then return it (no polling needed).
 
-        Returns once the execution is ``completed``, ``failed``, ``timed_out``
-        or ``cancelled``, or ``waiting`` for a signal or an approval (a durable
-        sleep is running time: it keeps waiting), whatever the outcome: a
+        Returns once the execution is ``completed``, ``failed``, ``timed_out``,
+        ``cancelled`` or ``skipped`` (debounced), or ``waiting`` for a signal or an
+        approval (a durable sleep is running time: it keeps waiting), whatever the outcome: a
         failed execution is returned, not raised. It long-polls
         ``GET /workflow_executions/{id}/wait`` (each request held at most 30 s,
         and less than this client's ``timeout``), in-process through the same

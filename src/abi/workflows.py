@@ -81,8 +81,10 @@ class WorkflowConfig:
     "int_...", "required": bool}`` mappings), ``metadata`` (free-form;
     ``metadata["department"]`` can be filtered on), ``max_concurrency`` (how
     many of its executions may run at once) and ``concurrency`` (a limit per
-    key: ``{"key": "parameters.customer_id", "limit": 1}``); see
-    docs/flow-control.md.
+    key: ``{"key": "parameters.customer_id", "limit": 1}``), ``rate_limit``
+    (``{"key": ..., "limit": N, "period_seconds": S}``: at most N starts per S
+    seconds) and ``debounce`` (``{"key": ..., "seconds": S}``: of a burst, only
+    the last runs); see docs/flow-control.md.
     """
 
     name: str
@@ -93,6 +95,8 @@ class WorkflowConfig:
     metadata: dict[str, Any] = attrs.Factory(dict)
     max_concurrency: int | None = None
     concurrency: Mapping[str, Any] | None = None
+    rate_limit: Mapping[str, Any] | None = None
+    debounce: Mapping[str, Any] | None = None
 
 
 class WorkflowManager(_Client):
@@ -122,6 +126,8 @@ class WorkflowManager(_Client):
                 "metadata": config.metadata,
                 "max_concurrency": config.max_concurrency,
                 "concurrency": None if config.concurrency is None else dict(config.concurrency),
+                "rate_limit": None if config.rate_limit is None else dict(config.rate_limit),
+                "debounce": None if config.debounce is None else dict(config.debounce),
             }
         else:
             body = config
@@ -170,7 +176,7 @@ class WorkflowManager(_Client):
 
     def update_workflow(self, workflow: Workflow) -> Workflow:
         """Save a changed workflow: its name, description, configuration, integrations,
-        metadata, ``max_concurrency`` and ``concurrency``.
+        metadata, ``max_concurrency``, ``concurrency``, ``rate_limit`` and ``debounce``.
 
         Change the fields of a workflow got from this API, then pass it here.
         Its ``type`` cannot change.
@@ -188,6 +194,8 @@ class WorkflowManager(_Client):
             "metadata": workflow.metadata,
             "max_concurrency": workflow.max_concurrency,
             "concurrency": unstructure(workflow.concurrency),
+            "rate_limit": unstructure(workflow.rate_limit),
+            "debounce": unstructure(workflow.debounce),
         }
         data = self._transport.request("update_workflow", path=path, body=body)
         return _structure(data, Workflow)

@@ -299,9 +299,11 @@ class ExecutionFlow:
 
     async def pause(self, execution_id: str) -> Execution:
         """Pause a queued execution at once, a running one at its next step boundary
-        (until then it shows ``running``); ``paused`` holds no worker or claim and
-        survives restarts. Pausing a paused execution changes nothing;
-        ``InvalidState`` for one that waits or has ended."""
+        (until then it shows ``running``), a waiting one (a durable sleep, a signal, a
+        child) at the step boundary after its wait ends (it shows ``waiting`` until
+        then; woken, it pauses rather than going on); ``paused`` holds no worker or
+        claim and survives restarts. Pausing a paused execution changes nothing;
+        ``InvalidState`` for one that has ended."""
         await self.get(execution_id)
         state = await self._runtime.commit(
             PauseExecution(execution_id=execution_id, paused_at=utcnow()),
@@ -311,7 +313,7 @@ class ExecutionFlow:
             latest = await self.get(execution_id)
             raise InvalidState(
                 f"Execution {execution_id} cannot be paused ({latest.status.value}):"
-                " only queued and running executions can",
+                " only unfinished executions can",
                 {"execution_id": execution_id, "status": latest.status.value},
             )
         return await self.get(execution_id)

@@ -8,10 +8,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from abi_engine.errors import ExecutionNotFound, InvalidRequest
-from abi_engine.execution_views import build_execution
+from abi_engine.execution_views import build_execution, queued_fields
 from abi_engine.ids import parse_time
 from abi_engine.models import Execution, ExecutionStatus, ExecutionSummary, Page
 from abi_engine.runtime.runner import settled
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from abi_engine.storage.aio import AsyncStore
 
 __all__ = ["ExecutionCount", "ExecutionReading"]
+
+#: An execution view that may show why it is queued.
+_View = TypeVar("_View", Execution, ExecutionSummary)
 
 
 class ExecutionCount(NamedTuple):
@@ -48,7 +51,14 @@ class ExecutionReading:
         if record is None:
             raise ExecutionNotFound(execution_id)
         steps = await self._store.get_steps(execution_id)
-        return build_execution(record, steps)
+        return self._why(build_execution(record, steps))
+
+    def _why(self, view: _View) -> _View:
+        """``view`` with ``queued_reason`` ``priority`` when this node holds it behind
+        work of higher priority (a dictionary look-up)."""
+        if view.queued_reason == "worker_pool" and self._runtime.behind_priority(view.execution_id):
+            view.queued_reason = "priority"
+        return view
 
     async def list(
         self,
@@ -98,7 +108,7 @@ class ExecutionReading:
             parent_execution_id=parent_execution_id,
         )
         records, total = await self._store.list_executions(query)
-        items = [_summary(r) for r in records]
+        items = [self._why(_summary(r)) for r in records]
         return Page.build(items, page, page_size, total)
 
     async def counts(
@@ -161,6 +171,7 @@ def _summary(r: ExecutionRecord) -> ExecutionSummary:
         started_at=r.started_at,
         completed_at=r.completed_at,
         duration_ms=r.duration_ms,
+        **queued_fields(r),
     )
 
 

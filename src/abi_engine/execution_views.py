@@ -22,6 +22,7 @@ __all__ = [
     "build_execution",
     "event_data",
     "execution_json",
+    "queued_fields",
     "started_view",
     "step_event_data",
     "step_json",
@@ -57,7 +58,10 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
         rerun_of=record.rerun_of,
         parent_execution_id=record.parent_execution_id,
         concurrency_key=record.concurrency_key,
-        **_queued(record),
+        rate_limit_key=record.rate_key,
+        debounce_key=record.debounce_key,
+        debounced_by=record.debounced_by,
+        **queued_fields(record),
     )
 
 
@@ -115,7 +119,7 @@ def _first_unstored(record: ExecutionRecord, step: Step, previous_end: Any) -> N
         step.error = StepError(type=code, message=f"execution {record.status.value}")
 
 
-def _queued(record: ExecutionRecord) -> dict[str, Any]:
+def queued_fields(record: ExecutionRecord) -> dict[str, Any]:
     """``queued_reason`` and ``queued_since`` of the view: why and since when it waits
     queued (``worker_pool`` unless something else holds it), both ``None`` otherwise."""
     if record.status is not ExecutionStatus.QUEUED:
@@ -181,6 +185,9 @@ def execution_json(execution: Execution) -> dict[str, Any]:
         "queued_since": _time(e.queued_since),
         "parent_execution_id": e.parent_execution_id,
         "concurrency_key": e.concurrency_key,
+        "rate_limit_key": e.rate_limit_key,
+        "debounce_key": e.debounce_key,
+        "debounced_by": e.debounced_by,
     }
 
 

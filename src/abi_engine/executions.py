@@ -190,7 +190,7 @@ class ExecutionService(
             scheduled_for=scheduled_for, priority=priority,
         )  # fmt: skip
         self._runtime.grant(record)
-        claimed, events = self._claim_at_once(record, wait=wait, paused=paused)
+        claimed, events = self._claim_at_once(record, workflow, wait=wait, paused=paused)
         prepared = Prepared(
             record=record,
             workflow_type=wtype,
@@ -266,14 +266,15 @@ class ExecutionService(
         )
 
     def _claim_at_once(
-        self, record: ExecutionRecord, *, wait: bool, paused: bool
+        self, record: ExecutionRecord, workflow: Workflow, *, wait: bool, paused: bool
     ) -> tuple[bool, tuple[OutboxEvent, ...]]:
         """Whether the new execution is stored already running, and its start's events.
 
         A synchronous execution that starts at once is: one commit fewer on the
-        latency path. (Not while its workflow is paused: the store holds it queued.)
+        latency path. (Not while its workflow is paused, nor when its limits decide
+        whether it starts: the store holds it queued, or grants it within them.)
         """
-        if not (wait and not paused and self._runtime.sync_slot_free()):
+        if not wait or paused or _limited(workflow) or not self._runtime.sync_slot_free():
             return False, ()
         record.status = ExecutionStatus.RUNNING
         record.started_at = record.created_at
@@ -416,3 +417,14 @@ def _unstructured(execution: Execution) -> dict[str, Any]:
 
     data: dict[str, Any] = execution_json(execution)
     return data
+
+
+def _limited(workflow: Workflow) -> bool:
+    """Whether the store decides when ``workflow``'s executions start (#16: concurrency
+    limits, a rate limit, a debounce): a synchronous one is not stored running at once."""
+    return (
+        workflow.max_concurrency is not None
+        or workflow.concurrency is not None
+        or workflow.rate_limit is not None
+        or workflow.debounce is not None
+    )

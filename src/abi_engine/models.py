@@ -47,6 +47,7 @@ __all__ = [
     "ConcurrencyRule",
     "ConcurrencySlot",
     "CreatedToken",
+    "DebounceRule",
     "DeleteResult",
     "Execution",
     "ExecutionError",
@@ -64,6 +65,7 @@ __all__ = [
     "OverlapPolicy",
     "Page",
     "Pagination",
+    "RateLimitRule",
     "ResumeMode",
     "RevokeResult",
     "Schedule",
@@ -165,6 +167,34 @@ class ConcurrencyRule:
 
 
 @attrs.define(kw_only=True)
+class RateLimitRule:
+    """A workflow's rate limit: ``{"key": "parameters.customer_id", "limit": 10,
+    "period_seconds": 60}``.
+
+    At most ``limit`` executions with the same key value (all of them without a
+    ``key``) start in any ``period_seconds``; the others wait queued
+    (``queued_reason`` ``rate_limit``) until the window allows them, never refused.
+    """
+
+    key: Annotated[str, Text(max_length=500, min_length=1)] | None = None
+    limit: Annotated[int, Number(minimum=1, maximum=100_000)]
+    period_seconds: Annotated[float, Number(minimum=0.001, maximum=2_678_400)]
+
+
+@attrs.define(kw_only=True)
+class DebounceRule:
+    """A workflow's debounce: ``{"key": "parameters.customer_id", "seconds": 5}``.
+
+    Of executions with the same key value (all of them without a ``key``)
+    requested less than ``seconds`` apart, only the last runs, ``seconds`` after
+    it was requested; the others end ``skipped`` with ``debounced_by`` naming it.
+    """
+
+    key: Annotated[str, Text(max_length=500, min_length=1)] | None = None
+    seconds: Annotated[float, Number(minimum=0.001, maximum=86_400)]
+
+
+@attrs.define(kw_only=True)
 class ConcurrencySlot:
     """A slot of a workflow's concurrency held by an execution: its ``key`` (``null``
     without one), ``status`` (``queued``: granted, about to run; ``running``) and
@@ -185,6 +215,8 @@ class WorkflowConcurrency:
     max_concurrency: int | None = None
     concurrency: ConcurrencyRule | None = None
     slots: list[ConcurrencySlot] = attrs.Factory(list)
+    #: Its rate limit (see :class:`RateLimitRule`), ``null`` if none.
+    rate_limit: RateLimitRule | None = None
 
 
 @attrs.define(kw_only=True)
@@ -222,6 +254,10 @@ class Workflow:
     retention_days: int | None = None
     max_concurrency: int | None = None
     concurrency: ConcurrencyRule | None = None
+    #: At most so many starts per period (see :class:`RateLimitRule`); ``null``: none.
+    rate_limit: RateLimitRule | None = None
+    #: Only the last of a burst runs (see :class:`DebounceRule`); ``null``: none.
+    debounce: DebounceRule | None = None
 
 
 @attrs.define(kw_only=True)
@@ -319,8 +355,8 @@ class Execution:
     created_at: datetime | None = None
     #: The execution this one reruns (``POST .../rerun``), ``null`` for a first run.
     rerun_of: str | None = None
-    #: Why a queued execution waits (``worker_pool``, ``paused``, ``concurrency_limit``),
-    #: ``null`` unless queued.
+    #: Why a queued execution waits (``worker_pool``, ``paused``, ``concurrency_limit``,
+    #: ``rate_limit``, ``debounce``, ``priority``), ``null`` unless queued.
     queued_reason: str | None = None
     #: The value of its workflow's ``concurrency.key`` for this execution, ``null`` if none.
     concurrency_key: str | None = None
@@ -328,11 +364,18 @@ class Execution:
     queued_since: datetime | None = None
     #: The execution whose step started this one (``ctx.run_workflow``), ``null`` if none.
     parent_execution_id: str | None = None
+    #: The value of its workflow's ``rate_limit.key`` for this execution, ``null`` if none.
+    rate_limit_key: str | None = None
+    #: The value of its workflow's ``debounce.key`` for this execution, ``null`` if none.
+    debounce_key: str | None = None
+    #: The later execution that replaced this ``skipped`` one (debounce), else ``null``.
+    debounced_by: str | None = None
 
 
 @attrs.define(kw_only=True)
 class ExecutionSummary:
-    """An execution as list endpoints show it."""
+    """An execution as list endpoints show it (``queued_reason``, ``queued_since``:
+    why and since when a queued one waits, ``null`` unless queued)."""
 
     execution_id: str
     workflow_id: str
@@ -341,6 +384,8 @@ class ExecutionSummary:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     duration_ms: int | None = None
+    queued_reason: str | None = None
+    queued_since: datetime | None = None
 
 
 @attrs.define(kw_only=True)

@@ -36,6 +36,8 @@ class ExecutionStatus(enum.StrEnum):
     FAILED = "failed"
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
+    #: Ended without running: a later execution with its debounce key replaced it (#16).
+    SKIPPED = "skipped"
 
     @property
     def finished(self) -> bool:
@@ -48,6 +50,7 @@ _FINISHED = frozenset(
         ExecutionStatus.FAILED,
         ExecutionStatus.TIMED_OUT,
         ExecutionStatus.CANCELLED,
+        ExecutionStatus.SKIPPED,
     }
 )
 

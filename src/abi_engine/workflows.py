@@ -25,10 +25,12 @@ from abi_engine.models import (
     ActivationResult,
     ConcurrencyRule,
     ConcurrencySlot,
+    DebounceRule,
     DeleteResult,
     ExecutionStatus,
     IntegrationStatus,
     Page,
+    RateLimitRule,
     TemplateStatus,
     Workflow,
     WorkflowConcurrency,
@@ -65,12 +67,17 @@ UPDATABLE = (
     "retention_days",
     "max_concurrency",
     "concurrency",
+    "rate_limit",
+    "debounce",
 )
 #: The most ``retention_days`` may be (100 years).
 MAX_RETENTION_DAYS = 36_500
 RETENTION_DAYS = Number(minimum=1, maximum=MAX_RETENTION_DAYS)
 #: The most ``max_concurrency`` and ``concurrency.limit`` may be.
 MAX_CONCURRENCY = 100_000
+#: The longest ``rate_limit.period_seconds`` (31 days) and ``debounce.seconds`` (a day).
+MAX_RATE_PERIOD = 2_678_400
+MAX_DEBOUNCE = 86_400
 
 
 @attrs.define(kw_only=True)
@@ -100,6 +107,42 @@ class WorkflowRequest:
     max_concurrency: Annotated[int, Number(minimum=1, maximum=MAX_CONCURRENCY)] | None = None
     #: A limit per key: ``{"key": "parameters.customer_id", "limit": 1}``; ``null``: none.
     concurrency: ConcurrencyRule | None = None
+    #: At most ``limit`` starts per ``period_seconds`` (per ``key`` if given); ``null``: none.
+    rate_limit: RateLimitRule | None = None
+    #: Of a burst with one ``key``, only the last runs, ``seconds`` later; ``null``: none.
+    debounce: DebounceRule | None = None
+
+
+def _check_key(field: str, key: str | None) -> None:
+    problem = None if key is None else check_key_expression(key)
+    if problem is not None:
+        raise InvalidRequest(f"'{field}' {problem}", {"field": field})
+
+
+def _check_shaping(req: WorkflowRequest) -> None:
+    """``rate_limit`` and ``debounce``: bounds the converter's constraints check too
+    (for an object built in Python), and safe key expressions."""
+    rate = req.rate_limit
+    if rate is not None:
+        if not 1 <= rate.limit <= MAX_CONCURRENCY:
+            raise InvalidRequest(
+                f"'rate_limit.limit' must be between 1 and {MAX_CONCURRENCY}",
+                {"field": "rate_limit.limit"},
+            )
+        if not 0.001 <= rate.period_seconds <= MAX_RATE_PERIOD:
+            raise InvalidRequest(
+                f"'rate_limit.period_seconds' must be between 0.001 and {MAX_RATE_PERIOD}",
+                {"field": "rate_limit.period_seconds"},
+            )
+        _check_key("rate_limit.key", rate.key)
+    debounce = req.debounce
+    if debounce is not None:
+        if not 0.001 <= debounce.seconds <= MAX_DEBOUNCE:
+            raise InvalidRequest(
+                f"'debounce.seconds' must be between 0.001 and {MAX_DEBOUNCE}",
+                {"field": "debounce.seconds"},
+            )
+        _check_key("debounce.key", debounce.key)
 
 
 def _check_concurrency(req: WorkflowRequest) -> None:
@@ -137,6 +180,7 @@ def _check_request(req: WorkflowRequest) -> None:
             {"field": "retention_days"},
         )
     _check_concurrency(req)
+    _check_shaping(req)
     seen: set[str] = set()
     for index, spec in enumerate(req.integrations):
         field = f"integrations[{index}].id"
@@ -270,6 +314,8 @@ class WorkflowService(Service):
             retention_days=req.retention_days,
             max_concurrency=req.max_concurrency,
             concurrency=req.concurrency,
+            rate_limit=req.rate_limit,
+            debounce=req.debounce,
         )
         await self._with_status(workflow)
         await self._commit(
@@ -290,6 +336,7 @@ class WorkflowService(Service):
             workflow_id=workflow.id,
             max_concurrency=workflow.max_concurrency,
             concurrency=workflow.concurrency,
+            rate_limit=workflow.rate_limit,
             slots=[
                 ConcurrencySlot(
                     execution_id=ex_id,
@@ -362,19 +409,7 @@ class WorkflowService(Service):
             raise InvalidRequest(
                 "A workflow's type cannot change", {"field": "type", "current": current.type}
             )
-        merged = {
-            "name": current.name,
-            "description": current.description,
-            "type": current.type,
-            "configuration": current.configuration,
-            "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
-            "metadata": current.metadata,
-            "retention_days": current.retention_days,
-            "max_concurrency": current.max_concurrency,
-            "concurrency": None
-            if current.concurrency is None
-            else {"key": current.concurrency.key, "limit": current.concurrency.limit},
-        }
+        merged = _as_request(current)
         merged.update(data)
         req = structure(merged, WorkflowRequest)
         self._validate(req)
@@ -390,6 +425,8 @@ class WorkflowService(Service):
             retention_days=req.retention_days,
             max_concurrency=req.max_concurrency,
             concurrency=req.concurrency,
+            rate_limit=req.rate_limit,
+            debounce=req.debounce,
             updated_at=utcnow(),
         )
         await self._with_status(updated)
@@ -446,3 +483,22 @@ class WorkflowService(Service):
         ):
             raise WorkflowNotFound(workflow_id)
         return DeleteResult(id=workflow_id, deleted=True)
+
+
+def _as_request(current: Workflow) -> dict[str, Any]:
+    """The body of a ``PUT`` that would leave ``current`` as it is."""
+    return {
+        "name": current.name,
+        "description": current.description,
+        "type": current.type,
+        "configuration": current.configuration,
+        "integrations": [{"id": i.id, "required": i.required} for i in current.integrations],
+        "metadata": current.metadata,
+        "retention_days": current.retention_days,
+        "max_concurrency": current.max_concurrency,
+        "concurrency": None
+        if current.concurrency is None
+        else {"key": current.concurrency.key, "limit": current.concurrency.limit},
+        "rate_limit": None if current.rate_limit is None else unstructure(current.rate_limit),
+        "debounce": None if current.debounce is None else unstructure(current.debounce),
+    }

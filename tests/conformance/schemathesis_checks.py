@@ -4,7 +4,7 @@ The document declares every limit the server checks on its own (lengths,
 patterns, bounds, sizes, enums, required fields). A few refusals depend on what
 no static document can know: the installed workflow types and the rules of
 their configurations, a workflow's parameter rules, the steps of a workflow
-(a rerun's ``from_step``), whether a concurrency key is an expression over
+(a rerun's ``from_step``), whether a concurrency (rate limit, debounce) key is an expression over
 the parameters, whether a cron expression
 or a time zone exists, a time already past, the installed integration
 providers and their configurations, what the installed types accept in a
@@ -46,12 +46,16 @@ SEMANTIC: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {
     ("POST", "/api/v1/workflows"): {
         "INVALID_WORKFLOW_CONFIG": None,
         # x-unique-by: each id once; whether a key is an expression over the parameters
-        "INVALID_REQUEST": frozenset({"integrations", "concurrency.key"}),
+        "INVALID_REQUEST": frozenset(
+            {"integrations", "concurrency.key", "rate_limit.key", "debounce.key"}
+        ),
     },
     ("PUT", "/api/v1/workflows/{workflow_id}"): {
         "INVALID_WORKFLOW_CONFIG": None,
         # a workflow's type cannot change; x-unique-by: each integration id once
-        "INVALID_REQUEST": frozenset({"type", "integrations", "concurrency.key"}),
+        "INVALID_REQUEST": frozenset(
+            {"type", "integrations", "concurrency.key", "rate_limit.key", "debounce.key"}
+        ),
     },
     ("POST", "/api/v1/workflows/{workflow_id}/execute"): dict(_EXECUTE),
     ("POST", "/api/v1/workflows/{workflow_id}/execute_async"): dict(_EXECUTE),

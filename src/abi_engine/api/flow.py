@@ -47,7 +47,7 @@ class StepRef(Constraint):
 
 PARAMETERS = Json(max_bytes=262_144)
 #: The statuses a bulk rerun may take: only an ended execution can be rerun.
-EndedStatus = Literal["completed", "failed", "timed_out", "cancelled"]
+EndedStatus = Literal["completed", "failed", "timed_out", "cancelled", "skipped"]
 LIMIT = Number(minimum=1, maximum=MAX_BULK_RERUN)
 
 
@@ -198,9 +198,11 @@ async def rerun_executions(engine: Engine, actor: Principal, request: ApiRequest
 )
 async def pause_execution(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     """A queued execution is ``paused`` at once; a running one finishes its current
-    step, then pauses (it shows ``running`` until then). A paused execution holds
-    no worker, stays paused across restarts and can be cancelled. 409 for one
-    that waits or has ended."""
+    step, then pauses (it shows ``running`` until then); a waiting one (a durable
+    sleep, a signal, a child) pauses at the step boundary after its wait ends (it
+    shows ``waiting`` until then). A paused execution holds no worker, stays
+    paused across restarts, keeps the signals sent to it meanwhile and can be
+    cancelled. 409 for one that has ended."""
     if request.body is not None:
         body_object(request)
     return execution_json(await engine.executions.pause(request.path["execution_id"]))

@@ -140,6 +140,9 @@ class Runtime(RunsExecutions):
         # The queue of asynchronous work: a heap in priority order (aged like the
         # store's claims); the stream carries one ``None`` per item, to wake a worker.
         self._heap: list[tuple[float, int, str, int]] = []
+        #: The stored priority of each execution in the heap, and how many per priority.
+        self._queued_priority: dict[str, int] = {}
+        self._priorities: dict[int, int] = {}
         self._pushed = itertools.count()
         self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         self._queued = 0
@@ -155,6 +158,8 @@ class Runtime(RunsExecutions):
         #: The run token of each execution running here (its grant became this).
         self._run_tokens: dict[str, int] = {}
         self._tg: TaskGroup | None = None
+        #: The time a claim is set for, for executions held until then (rate limits).
+        self._due_at: datetime | None = None
         self._stopping = False
         self._idle = anyio.Event()
         self._store_failures = 0
@@ -310,6 +315,8 @@ class Runtime(RunsExecutions):
         self._queued += 1
         # Higher priority (a lower stored value) first; the wait counts as in the store.
         stored = stored_priority(None) if priority is None else priority
+        self._queued_priority[execution_id] = stored
+        self._priorities[stored] = self._priorities.get(stored, 0) + 1
         key = time.monotonic() + stored * self.settings.priority_aging_seconds
         heapq.heappush(self._heap, (key, next(self._pushed), execution_id, token))
         self._send.send_nowait(None)
@@ -429,6 +436,9 @@ class Runtime(RunsExecutions):
             async for _ in receive:
                 self._queued -= 1
                 _, _, execution_id, token = heapq.heappop(self._heap)
+                stored = self._queued_priority.pop(execution_id, None)
+                if stored is not None:
+                    self._priorities[stored] -= 1
                 await self._guarded(execution_id, token)
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
@@ -542,15 +552,30 @@ class Runtime(RunsExecutions):
         )
         if self.metrics is not None:  # running executions whose owner's lease had ended
             self.metrics.lease_takeovers += getattr(self.store, "lease_takeovers", 0) - taken_over
+        due = getattr(self.store, "next_due", None)
+        if due is not None:  # held by a rate limit or a debounce: claim right when due
+            self._due(utcnow() + due)
         for execution_id, _priority, token in granted:
             self.claims.hold(execution_id, token)
             # In the order the store granted them: their wait is counted there already.
             self._push(execution_id, token, priority=0)
         return len(granted)
 
+    def behind_priority(self, execution_id: str) -> bool:
+        """Whether ``execution_id`` waits in this node's queue while work of higher
+        priority waits there too (``queued_reason`` ``priority``)."""
+        stored = self._queued_priority.get(execution_id)
+        return stored is not None and any(n for p, n in self._priorities.items() if p < stored)
+
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
         return self.running and self._sync_limiter.available_tokens >= 1
+
+    def _due(self, when: datetime) -> None:
+        """A claim at ``when``, unless one is set for no later (and not passed)."""
+        if self._due_at is None or not utcnow() < self._due_at <= when:
+            self._due_at = when
+            self._timer(when)
 
     def _timer(self, when: datetime) -> None:
         """Wake the waiting executions due at ``when`` then (while the runtime runs)."""

@@ -7,6 +7,8 @@ from typing import Any
 
 from abi_engine.models import (
     ConcurrencyRule,
+    DebounceRule,
+    RateLimitRule,
     Scope,
     Token,
     Workflow,
@@ -20,7 +22,8 @@ _WORKFLOW_COLUMNS = (
     "id, name, description, type, status, configuration, integrations, metadata,"
     " created_at, updated_at, activated_at, deactivated_at, created_by,"
     " runs_total, runs_success, runs_failed, duration_total_ms, retention_days,"
-    " max_concurrency, concurrency_key, concurrency_limit"
+    " max_concurrency, concurrency_key, concurrency_limit, rate_limit_key, rate_limit,"
+    " rate_period_ms, debounce_key, debounce_ms"
 )
 
 _TOKEN_COLUMNS = "id, user_id, scopes, name, created_at, parent_id"
@@ -62,6 +65,7 @@ def _row_to_workflow(row: Sequence[Any]) -> Workflow:
         max_concurrency,
         concurrency_key,
         concurrency_limit,
+        *shaping,
     ) = row
     return Workflow(
         id=wf_id,
@@ -91,6 +95,34 @@ def _row_to_workflow(row: Sequence[Any]) -> Workflow:
         concurrency=None
         if concurrency_key is None
         else ConcurrencyRule(key=concurrency_key, limit=concurrency_limit),
+        **_shaping_rules(shaping),
+    )
+
+
+def _shaping_rules(columns: Sequence[Any]) -> dict[str, Any]:
+    """``rate_limit`` and ``debounce`` of a workflow from its columns ``rate_limit_key,
+    rate_limit, rate_period_ms, debounce_key, debounce_ms``."""
+    rate_key, rate_limit, period_ms, debounce_key, debounce_ms = columns
+    return {
+        "rate_limit": None
+        if rate_limit is None
+        else RateLimitRule(key=rate_key, limit=rate_limit, period_seconds=period_ms / 1000),
+        "debounce": None
+        if debounce_ms is None
+        else DebounceRule(key=debounce_key, seconds=debounce_ms / 1000),
+    }
+
+
+def _shaping(workflow: Workflow) -> tuple[Any, ...]:
+    """The columns ``rate_limit_key, rate_limit, rate_period_ms, debounce_key,
+    debounce_ms`` of ``workflow``."""
+    rate, debounce = workflow.rate_limit, workflow.debounce
+    return (
+        None if rate is None else rate.key,
+        None if rate is None else rate.limit,
+        None if rate is None else round(rate.period_seconds * 1000),
+        None if debounce is None else debounce.key,
+        None if debounce is None else round(debounce.seconds * 1000),
     )
 
 

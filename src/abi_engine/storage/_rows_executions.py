@@ -18,7 +18,8 @@ _EXEC_COLUMNS = (
     " e.priority, e.timeout_at, e.owner, e.lease_until, e.waiting_for, e.wake_at, w.name,"
     " e.rerun_of, e.pause_requested, e.queued_reason, e.queued_since, e.trace_context,"
     " e.parent_execution_id, e.scheduled_for, e.concurrency_key,"
-    " (w.max_concurrency IS NOT NULL OR w.concurrency_limit IS NOT NULL)"
+    " (w.max_concurrency IS NOT NULL OR w.concurrency_limit IS NOT NULL),"
+    " e.rate_key, e.rate_granted_at, e.debounce_key, e.debounced_by, e.not_before"
 )
 
 
@@ -64,4 +65,9 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         scheduled_for=from_ms(row[31]),
         concurrency_key=row[32],
         limited=bool(row[33]),
+        rate_key=row[34],
+        rate_granted_at=from_ms(row[35]),
+        debounce_key=row[36],
+        debounced_by=row[37],
+        not_before=from_ms(row[38]),
     )

@@ -33,7 +33,7 @@ _FROM = (
 )
 
 
-_TERMINAL = "('completed', 'failed', 'timed_out', 'cancelled')"
+_TERMINAL = "('completed', 'failed', 'timed_out', 'cancelled', 'skipped')"
 
 
 def _row(row: Sequence[Any]) -> ScheduleRecord:

@@ -143,6 +143,14 @@ class ExecutionRecord:
     #: Whether its workflow limits concurrency (read with it, not stored): its end
     #: frees a slot another execution may wait for.
     limited: bool = False
+    #: The value of its workflow's rate limit key, and when the limit let it start (#16).
+    rate_key: str | None = None
+    rate_granted_at: datetime | None = None
+    #: The value of its workflow's debounce key; the execution that replaced it (#16).
+    debounce_key: str | None = None
+    debounced_by: str | None = None
+    #: When a queued execution held by a rate limit or a debounce may be granted.
+    not_before: datetime | None = None
 
 
 #: The priority (0 to 9, higher runs first) of an execution that asks for none.

@@ -33,6 +33,7 @@ STATUS_ORDER = (
     "failed",
     "timed_out",
     "cancelled",
+    "skipped",
     "running",
     "waiting",
     "paused",
@@ -244,7 +245,8 @@ def build_chart(
     step = max(1, n // 6)
     ticks = [(round(i * slot, 2), _tick(start + i * bucket, span)) for i in range(0, n, step)]
     failed = totals.get("failed", 0) + totals.get("timed_out", 0)
-    finished = failed + totals.get("completed", 0) + totals.get("cancelled", 0)
+    ended = ("completed", "cancelled", "skipped")
+    finished = failed + sum(totals.get(status, 0) for status in ended)
     return Chart(
         bars=bars,
         totals=totals,

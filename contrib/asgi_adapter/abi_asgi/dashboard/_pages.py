@@ -26,7 +26,7 @@ from abi_engine.models import Scope
 __all__ = ["Pages"]
 
 PAGE_SIZE = 20
-FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled"})
+FINISHED = frozenset({"completed", "failed", "timed_out", "cancelled", "skipped"})
 STATUSES = (
     "queued",
     "running",
@@ -36,6 +36,7 @@ STATUSES = (
     "failed",
     "timed_out",
     "cancelled",
+    "skipped",
 )
 
 

@@ -32,6 +32,15 @@ from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import from_ms, to_ms
 from abi_engine.storage.records import ExecutionRecord
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
+from abi_engine.storage.sql.shaping import (
+    DEBOUNCED,
+    RATE_LIMITED,
+    Shaping,
+    lock_workflows,
+    now_ms,
+    rate_admit,
+    shape_inserts,
+)
 
 __all__ = [
     "BLOCKED",
@@ -97,17 +106,31 @@ def free_slots_filter(d: Dialect) -> tuple[str, tuple[Any, ...]]:
 
 def _limits(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> dict[str, Limits]:
     """The limits of those of ``workflow_ids`` that have any."""
+    return _rules(d, conn, workflow_ids)[0]
+
+
+def _rules(
+    d: Dialect, conn: Conn, workflow_ids: Sequence[str]
+) -> tuple[dict[str, Limits], dict[str, Shaping]]:
+    """The concurrency limits, and the rate limits and debounces, of those of
+    ``workflow_ids`` that have any (one query)."""
     found: dict[str, Limits] = {}
+    shaping: dict[str, Shaping] = {}
     for chunk in chunks(sorted(set(workflow_ids))):
         condition, args = d.any_of("id", chunk)
         for row in conn.execute(
-            "SELECT id, max_concurrency, concurrency_key, concurrency_limit FROM workflows"
+            "SELECT id, max_concurrency, concurrency_key, concurrency_limit, rate_limit_key,"
+            " rate_limit, rate_period_ms, debounce_key, debounce_ms FROM workflows"
             f" WHERE {condition} AND (max_concurrency IS NOT NULL"
-            " OR concurrency_limit IS NOT NULL)",
+            " OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL"
+            " OR debounce_ms IS NOT NULL)",
             args,
         ):
-            found[row[0]] = (row[1], row[2], row[3])
-    return found
+            if row[1] is not None or row[3] is not None:
+                found[row[0]] = (row[1], row[2], row[3])
+            if row[5] is not None or row[8] is not None:
+                shaping[row[0]] = Shaping(*row[4:9])
+    return found, shaping
 
 
 class _Counts:
@@ -180,9 +203,26 @@ def keyed(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Ex
     queued = [r for r in records if r.status is ExecutionStatus.QUEUED]
     if not queued:
         return list(records)
-    limits = _limits(d, conn, [r.workflow_id for r in queued])
-    if not limits:
-        return list(records)
+    limits, shaping = _rules(d, conn, [r.workflow_id for r in queued])
+    if not shaping:
+        return _slots(d, conn, limits, records, queued) if limits else list(records)
+    lock_workflows(d, conn, [*limits, *shaping])
+    now = now_ms(d, conn)
+    # Debounced first (held, not granted); the rate windows after the slots.
+    records = shape_inserts(d, conn, shaping, records, now, rate=False)
+    queued = [r for r in records if r.status is ExecutionStatus.QUEUED]
+    if limits:
+        records = _slots(d, conn, limits, records, queued)
+    return shape_inserts(d, conn, shaping, records, now, rate=True)
+
+
+def _slots(
+    d: Dialect,
+    conn: Conn,
+    limits: dict[str, Limits],
+    records: Sequence[ExecutionRecord],
+    queued: Sequence[ExecutionRecord],
+) -> list[ExecutionRecord]:
     for r in queued:
         limit = limits.get(r.workflow_id)
         if limit is not None:
@@ -211,20 +251,34 @@ def grantable(d: Dialect, conn: Conn, workflow_id: str, key: str | None) -> bool
     return not limits or _Counts(d, conn, limits, [(workflow_id, key)]).take(workflow_id, key)
 
 
-def admit(d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+def admit(
+    d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]], room: int | None = None
+) -> list[Sequence[Any]]:
     """Of candidate rows ``(id, workflow_id, concurrency_key, ...)`` in the order they
-    would be granted, those within the limits; the others are marked ``BLOCKED``."""
-    limits = _limits(d, conn, [row[1] for row in rows])
+    would be granted, those within the limits (the first ``room`` of them); the others
+    are marked ``BLOCKED``, or wait for their rate limit's window. Without ``room``
+    (waits that time out: no new start), rate limits do not apply."""
+    limits, shaping = _rules(d, conn, [row[1] for row in rows])
+    if room is None or not shaping:
+        return _admit_slots(d, conn, limits, rows)[:room]
+    lock_workflows(d, conn, [*limits, *shaping])
+    return rate_admit(d, conn, shaping, _admit_slots(d, conn, limits, rows)[:room])
+
+
+def _admit_slots(
+    d: Dialect, conn: Conn, limits: dict[str, Limits], rows: Sequence[Sequence[Any]]
+) -> list[Sequence[Any]]:
     if not limits:
         return list(rows)
     wanted = [(row[1], row[2]) for row in rows]
     counts = _Counts(d, conn, limits, wanted, [row[0] for row in rows])
     granted = [row for row in rows if counts.take(row[1], row[2])]
     refused = [(row[0],) for row in rows if row not in granted]
-    if refused:
+    if refused:  # (a rate limit's or a debounce's window over: waiting for a slot now)
         conn.executemany(
-            f"UPDATE executions SET queued_reason = '{BLOCKED}' WHERE id = ?"
-            " AND status = 'queued' AND queued_reason IS NULL",
+            f"UPDATE executions SET queued_reason = '{BLOCKED}', not_before = NULL WHERE id = ?"
+            " AND status = 'queued' AND (queued_reason IS NULL"
+            f" OR queued_reason IN ('{RATE_LIMITED}', '{DEBOUNCED}'))",
             refused,
         )
     return granted

@@ -35,6 +35,7 @@ from abi_engine.storage.records import (
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
+from abi_engine.storage.sql.shaping import SHAPING_COLUMNS, shaping_values
 
 __all__ = [
     "BULK",
@@ -154,6 +155,7 @@ EXECUTION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parent_execution_id", "text"),
     ("scheduled_for", "bigint"),
     ("concurrency_key", "text"),
+    *SHAPING_COLUMNS,
 )
 _NAMES = ", ".join(name for name, _ in EXECUTION_COLUMNS)
 
@@ -206,6 +208,7 @@ def execution_row(d: Dialect, r: ExecutionRecord) -> tuple[Any, ...]:
         r.parent_execution_id,
         to_ms(r.scheduled_for),
         r.concurrency_key,
+        *shaping_values(r),
     )
 
 

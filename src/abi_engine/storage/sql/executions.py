@@ -13,7 +13,7 @@ judged in the database's clock (:attr:`~abi_engine.storage.sql.dialect.Dialect.c
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
 from abi_engine.models import ExecutionStatus, StepStatus
@@ -53,6 +53,7 @@ from abi_engine.storage.sql.execution_ops import (
     _lease,
     _lease_value,
 )
+from abi_engine.storage.sql.shaping import DEBOUNCED, RATE_LIMITED, due_in
 from abi_engine.storage.sql.signal_ops import SIGNAL_HANDLERS
 
 __all__ = ["ExecutionsMixin"]
@@ -77,6 +78,10 @@ class ExecutionsMixin:
     #: Running executions :meth:`claim_recoverable` granted (their owner's lease had
     #: expired, or its process ended): taken over, for the metrics.
     lease_takeovers: int = 0
+    #: How long after the last :meth:`claim_recoverable` the next execution held by a
+    #: rate limit or a debounce may be granted (``None``: none waits for a later time):
+    #: the runtime claims again right then.
+    next_due: timedelta | None = None
     #: How much waiting one level of priority is worth (ms): an execution queued this
     #: long before another of the next higher priority goes first (aging: a flood
     #: of higher priority work delays lower priority work by at most 9 times this).
@@ -323,11 +328,13 @@ class ExecutionsMixin:
                 running[0] = sum(1 for row in rows if row[4] == "running")
             conn.executemany(
                 f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
-                " waiting_for = NULL, wake_at = NULL, status = 'queued', queued_reason ="
-                f" CASE WHEN queued_reason = '{BLOCKED}' THEN NULL ELSE queued_reason END"
-                " WHERE id = ?",
+                " waiting_for = NULL, wake_at = NULL, status = 'queued', not_before = NULL,"
+                " queued_reason = CASE WHEN queued_reason IN"
+                f" ('{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}') THEN NULL"
+                " ELSE queued_reason END WHERE id = ?",
                 [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
             )
+            self.next_due = due_in(d, conn)
             return taken
 
         granted = list(self.write(run))
@@ -412,6 +419,8 @@ class _RecoveryFilters(NamedTuple):
     dead_args: tuple[Any, ...]
     expired: str  # the lease has lapsed
     expired_args: tuple[Any, ...]
+    due: str  # now, for the time a rate limit or a debounce holds an execution until
+    due_args: tuple[Any, ...]
 
 
 def _recovery_filters(
@@ -433,6 +442,8 @@ def _recovery_filters(
         dead_args=tuple(dead_args),
         expired=expired,
         expired_args=tuple(expired_args),
+        due="?" if d.clock is None else d.clock,
+        due_args=(now_ms,) if d.clock is None else (),
     )
 
 
@@ -467,12 +478,22 @@ def _unowned_rows(
         " FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
         " WHERE e.status IN ('queued', 'running')"
         f" AND (e.lease_until IS NULL OR {where.expired}{where.dead}){where.types}"
-        " AND (e.queued_reason IS NULL"
-        f" OR e.queued_reason NOT IN ('paused', '{BLOCKED}')){free}"
+        " AND (e.queued_reason IS NULL OR e.queued_reason NOT IN"
+        f" ('paused', '{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}')"
+        f" OR (e.not_before <= {where.due} AND e.queued_reason IN"
+        f" ('{RATE_LIMITED}', '{DEBOUNCED}'))){free}"
         f" ORDER BY {claim_order('e.')} LIMIT ?{d.claim(of='e')}",
-        (*where.expired_args, *where.dead_args, *where.type_args, *free_args, *order_args, room),
+        (
+            *where.expired_args,
+            *where.dead_args,
+            *where.type_args,
+            *where.due_args,
+            *free_args,
+            *order_args,
+            room,
+        ),
     ).fetchall()
     waiting = blocked_rows(d, conn, room, where.types, (*where.type_args, *order_args))
     again = [row for row in rows if row[4] == "running"]
     fresh = [row for row in rows if row[4] != "running"]
-    return list(admit(d, conn, [*again, *waiting, *fresh])[:room])
+    return list(admit(d, conn, [*again, *waiting, *fresh], room))

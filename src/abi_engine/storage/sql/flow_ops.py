@@ -146,7 +146,9 @@ def _pause(s: Store, conn: Conn, op: PauseExecution) -> Any:
         return "paused"
     if status == "paused":
         return "paused"
-    if status == "running":
+    if status in ("running", "waiting"):
+        # At its next step boundary: for a waiting one, once its wait ends (woken, it
+        # ends the waiting step and pauses rather than going on).
         if not row[1]:
             conn.execute(
                 "UPDATE executions SET pause_requested = ? WHERE id = ?", (True, op.execution_id)

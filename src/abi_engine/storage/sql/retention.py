@@ -2,7 +2,7 @@
 :class:`~abi_engine.storage.sql.store.SQLStore`).
 
 An execution goes when it is finished (``completed``, ``failed``,
-``timed_out``, ``cancelled``), its workflow has ``retention_days`` set, and
+``timed_out``, ``cancelled``, ``skipped``), its workflow has ``retention_days`` set, and
 it finished more than that many days ago; with it go its steps, its signals
 and saved progress, and its finished callback deliveries (with their
 attempts). An execution a schedule still names as its last one, or with a
@@ -28,7 +28,7 @@ _DAY_MS = 86_400_000
 _EXPIRED = (
     "FROM executions e JOIN workflows w ON w.id = e.workflow_id"
     " WHERE w.retention_days IS NOT NULL"
-    " AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled')"
+    " AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled', 'skipped')"
     f" AND e.completed_at < ? - w.retention_days * CAST({_DAY_MS} AS BIGINT)"
     " AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.last_execution_id = e.id)"
     " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d"

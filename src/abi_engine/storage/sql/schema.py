@@ -219,3 +219,31 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        "m019_rate_limits_debounce",
+        [
+            # Rate limits (#16): per workflow, N starts per period, per key (an expression
+            # over the parameters, kept on the execution with the time it was granted).
+            "ALTER TABLE workflows ADD COLUMN rate_limit_key TEXT",
+            "ALTER TABLE workflows ADD COLUMN rate_limit {int}",
+            "ALTER TABLE workflows ADD COLUMN rate_period_ms {bigint}",
+            "ALTER TABLE executions ADD COLUMN rate_key TEXT",
+            "ALTER TABLE executions ADD COLUMN rate_granted_at {bigint}",
+            "CREATE INDEX idx_executions_rate ON executions"
+            " (workflow_id, rate_key, rate_granted_at) WHERE rate_granted_at IS NOT NULL",
+            # Debounce (#16): of executions with one key, only the last of a burst runs.
+            "ALTER TABLE workflows ADD COLUMN debounce_key TEXT",
+            "ALTER TABLE workflows ADD COLUMN debounce_ms {bigint}",
+            "ALTER TABLE executions ADD COLUMN debounce_key TEXT",
+            "ALTER TABLE executions ADD COLUMN debounced_by TEXT",
+            "CREATE INDEX idx_executions_debounce ON executions"
+            " (workflow_id, debounce_key) WHERE queued_reason = 'debounce'",
+            # When a queued execution held by a rate limit or a debounce may be granted.
+            "ALTER TABLE executions ADD COLUMN not_before {bigint}",
+            "CREATE INDEX idx_executions_not_before ON executions (not_before)"
+            " WHERE not_before IS NOT NULL",
+        ],
+    )
+)

@@ -159,8 +159,8 @@ def _signal(s: Store, conn: Conn, op: DeliverSignal) -> str | None:
     if (created, payload) in given:  # a retry: stored already
         granted = op.grant_token is not None and row[0] == "queued" and row[2] == op.grant_token
         return "queued" if granted else "stored"
-    if row[0] not in ("queued", "running", "waiting"):
-        return None
+    if row[0] not in ("queued", "running", "waiting", "paused"):
+        return None  # ended (a paused one keeps it, like an early signal)
     key = stream_key(op.name, used + 1)
     waiting = row[0] == "waiting" and row[1] == key
     if op.require_waiting and not waiting:

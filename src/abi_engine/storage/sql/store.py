@@ -39,6 +39,7 @@ from abi_engine.storage._rows import (
     _department,
     _row_to_token,
     _row_to_workflow,
+    _shaping,
     _token_tree,
 )
 from abi_engine.storage.base import (
@@ -285,8 +286,9 @@ class SQLStore(
                 "INSERT INTO workflows (id, name, description, type, status, department,"
                 " configuration, integrations, metadata, created_at, updated_at,"
                 " activated_at, deactivated_at, created_by, retention_days, max_concurrency,"
-                " concurrency_key, concurrency_limit)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " concurrency_key, concurrency_limit, rate_limit_key, rate_limit,"
+                " rate_period_ms, debounce_key, debounce_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     workflow.id,
                     workflow.name,
@@ -304,6 +306,7 @@ class SQLStore(
                     workflow.created_by,
                     workflow.retention_days,
                     *_concurrency(workflow),
+                    *_shaping(workflow),
                 ),
             )
             self._insert_events(conn, events)
@@ -341,7 +344,9 @@ class SQLStore(
                 " configuration = ?, integrations = ?, metadata = ?,"
                 f" updated_at = {NEXT_VERSION}, activated_at = ?, deactivated_at = ?,"
                 " retention_days = ?, max_concurrency = ?, concurrency_key = ?,"
-                " concurrency_limit = ? WHERE id = ? AND deleted_at IS NULL",
+                " concurrency_limit = ?, rate_limit_key = ?, rate_limit = ?,"
+                " rate_period_ms = ?, debounce_key = ?, debounce_ms = ?"
+                " WHERE id = ? AND deleted_at IS NULL",
                 (
                     workflow.name,
                     workflow.description,
@@ -356,6 +361,7 @@ class SQLStore(
                     to_ms(workflow.deactivated_at),
                     workflow.retention_days,
                     *_concurrency(workflow),
+                    *_shaping(workflow),
                     workflow.id,
                 ),
             )

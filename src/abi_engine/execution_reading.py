@@ -14,7 +14,7 @@ from abi_engine.errors import ExecutionNotFound, InvalidRequest
 from abi_engine.execution_views import build_execution, queued_fields
 from abi_engine.ids import parse_time
 from abi_engine.models import Execution, ExecutionStatus, ExecutionSummary, Page
-from abi_engine.runtime.runner import settled
+from abi_engine.runtime.execution import settled
 from abi_engine.services import check_flag, check_page
 from abi_engine.storage.records import ExecutionQuery, ExecutionRecord
 

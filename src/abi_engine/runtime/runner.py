@@ -55,12 +55,12 @@ from abi_engine.runtime.execution import (
     Lost,
     Prepared,
     one_line,
+    settled,
 )
 from abi_engine.runtime.leases import Claims
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.steps import RunsExecutions
-from abi_engine.step_signals import SLEEP_PREFIX
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
     from abi_engine.host import Host
     from abi_engine.runtime.tracing import Tracing
 
-__all__ = ["Runtime", "settled"]
+__all__ = ["Runtime"]
 
 log = logging.getLogger("abi_engine.executor")
 
@@ -590,12 +590,3 @@ class Runtime(RunsExecutions):
                 await self._recover_once()
             except Exception as exc:  # the poller will find it when the store answers
                 self._store_failed("wake-up poll", exc)
-
-
-def settled(record: ExecutionRecord) -> bool:
-    """Whether a caller waiting for ``record`` has its answer: it ended, or it waits for
-    a signal (a durable sleep is still running time, not an answer)."""
-    return record.status.finished or (
-        record.status is ExecutionStatus.WAITING
-        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
-    )

@@ -287,6 +287,7 @@ class Engine:
             await task_group.start(self.scheduler.run)
             await task_group.start(self.webhooks.run)  # webhook and callback delivery
             await task_group.start(self.pruner.run)  # retention
+            await task_group.start(self.schedules.backfills.run)  # schedule backfills
         except BaseException:
             await stack.aclose()
             raise

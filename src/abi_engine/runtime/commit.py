@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import TaskStatus
 
-from abi_engine.events import OutboxEvent
+from abi_engine.events import ExecutionEventRef, OutboxEvent
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import AGAIN, WriteOp, applied
@@ -76,6 +76,9 @@ class GroupCommitter:
         self.batches = 0
         self.ops = 0
         self._failures = 0
+        #: Called with each execution the store ended while applying an op (a debounce's
+        #: skips) and ``None``, after its commit: whoever waits for it reads it again.
+        self.on_ended: Callable[[str, None], None] | None = None
 
     @property
     def running(self) -> bool:
@@ -148,11 +151,20 @@ class GroupCommitter:
         for op, result in zip(ops, results, strict=True):
             # AGAIN: applied by an earlier attempt whose answer was lost, before the hooks
             # saw its events (the store wrote them to the outbox then, not again now).
-            if op.events and (applied(result) or result is AGAIN):
+            if (op.events or op.found) and (applied(result) or result is AGAIN):
                 events.extend(op.events)
+                events.extend(op.found)
+                self._ended(op.found)
         if events:
             self._emit(events)
         return results
+
+    def _ended(self, found: Sequence[OutboxEvent]) -> None:
+        """Tell :attr:`on_ended` of the executions the store ended while applying an op."""
+        if self.on_ended is not None:
+            for event in found:
+                if isinstance(event, ExecutionEventRef):
+                    self.on_ended(event.execution_id, None)
 
     async def _flush(self, batch: _Batch) -> None:
         results: list[Any] = []

@@ -1,0 +1,224 @@
+"""A debounced execution ends like any other (#16): ``execution.skipped`` is written to the
+outbox in the transaction that skips it, its ``callback_url`` hears it (signed), webhook
+subscribers of ``execution.skipped`` receive it once, and a waiter in this process wakes
+at once. On every engine backend, against a real HTTP receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+from standardwebhooks.webhooks import Webhook as Verifier
+from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
+    Receiver,
+    make_engine_fixture,
+    receiver_fixture,
+)
+
+from abi_engine import EVENT_TYPES, Engine, ExecutionStatus
+from abi_engine.errors import InvalidRequest
+
+pytestmark = pytest.mark.anyio
+
+STEPS = {"steps": [{"name": "t", "action": "transform", "expressions": {"sum": "1 + 2"}}]}
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ENDED = ("completed", "failed", "timed_out", "cancelled", "skipped")
+
+
+async def _debounced(engine: Engine, seconds: float = 1) -> str:
+    wf = await engine.workflows.create(
+        {
+            "name": "debounced",
+            "type": "custom",
+            "configuration": STEPS,
+            "debounce": {"key": "parameters.customer", "seconds": seconds},
+        }
+    )
+    await engine.workflows.activate(wf.id)
+    return wf.id
+
+
+def _bodies(receiver: Receiver, path: str) -> list[dict[str, Any]]:
+    return [json.loads(r.body) for r in receiver.received(path)]
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 60) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.05)
+
+
+async def _quiet(receiver: Receiver, path: str, count: int) -> None:
+    """Wait a second more and check no further request arrived (nothing is repeated)."""
+    await anyio.sleep(1)
+    assert len(receiver.received(path)) == count
+
+
+def test_execution_skipped_is_an_event_type() -> None:
+    assert "execution.skipped" in EVENT_TYPES
+
+
+async def test_every_skipped_execution_calls_back_once_signed(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """A burst of four with a callback each: the three skipped ones' callbacks arrive once
+    each (``execution.skipped``, ``status`` skipped, ``debounced_by`` the next one),
+    signed with their secret; the last one's arrives ``execution.completed``."""
+    engine = make_engine()
+    async with engine:
+        wf = await _debounced(engine)
+        ids = [
+            (
+                await engine.executions.execute(
+                    wf,
+                    {"customer": "c"},
+                    wait=False,
+                    callback_url=receiver.url("/cb"),
+                    callback_secret=SECRET,
+                )
+            ).execution_id
+            for _ in range(4)
+        ]
+        await receiver.wait_for(4, "/cb", timeout=60)
+        await _quiet(receiver, "/cb", 4)
+    by_execution = {}
+    for request in receiver.received("/cb"):
+        body = Verifier(SECRET).verify(request.body, request.headers)
+        by_execution[body["data"]["execution_id"]] = body
+    assert sorted(by_execution) == sorted(ids)
+    for skipped, by in zip(ids, ids[1:], strict=False):
+        body = by_execution[skipped]
+        assert body["type"] == "execution.skipped"
+        assert body["data"]["status"] == "skipped"
+        assert body["data"]["debounced_by"] == by
+        assert body["data"]["workflow_id"] == wf
+    last = by_execution[ids[-1]]
+    assert (last["type"], last["data"]["status"]) == ("execution.completed", "completed")
+
+
+async def test_a_subscription_to_execution_skipped_hears_each_skip_once(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """A webhook subscribed to ``execution.skipped`` (only) receives one event per skipped
+    execution, with the execution id, workflow id and ``debounced_by``, in batches
+    inserted together too; the execution that ran brings none."""
+    engine = make_engine()
+    async with engine:
+        await engine.webhooks.create(
+            {"url": receiver.url("/hook"), "events": ["execution.skipped"], "secret": SECRET}
+        )
+        wf = await _debounced(engine)
+        ids: list[str] = []
+        async with anyio.create_task_group() as tg:  # several inserts share a commit
+
+            async def request() -> None:
+                started = await engine.executions.execute(wf, {"customer": "c"}, wait=False)
+                ids.append(started.execution_id)
+
+            for _ in range(6):
+                tg.start_soon(request)
+        await _until(lambda: len(receiver.received("/hook")) >= 5)
+        views = [await engine.executions.get(i) for i in ids]
+        await _quiet(receiver, "/hook", 5)
+    skipped = {v.execution_id: v for v in views if v.status is ExecutionStatus.SKIPPED}
+    assert len(skipped) == 5
+    bodies = _bodies(receiver, "/hook")
+    assert {b["type"] for b in bodies} == {"execution.skipped"}
+    assert Counter(b["data"]["execution_id"] for b in bodies) == Counter(list(skipped))
+    for body in bodies:
+        view = skipped[body["data"]["execution_id"]]
+        assert body["data"]["workflow_id"] == wf
+        assert body["data"]["debounced_by"] == view.debounced_by is not None
+
+
+async def test_two_engines_racing_deliver_each_skip_exactly_once(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """Two engines on one database request ten executions of one key at once, each with a
+    callback, beside a subscription: every skipped execution's event reaches the
+    subscriber once and its callback once; the one that ran calls back completed."""
+    first = make_engine()
+    second = make_engine()
+    async with first, second:
+        await first.webhooks.create(
+            {"url": receiver.url("/hook"), "events": ["execution.skipped"], "secret": SECRET}
+        )
+        wf = await _debounced(first, seconds=1.5)
+        ids: list[str] = []
+
+        async def request(index: int) -> None:
+            engine = first if index % 2 else second
+            started = await engine.executions.execute(
+                wf, {"customer": "c"}, wait=False, callback_url=receiver.url("/cb")
+            )
+            ids.append(started.execution_id)
+
+        async with anyio.create_task_group() as tg:
+            for index in range(10):
+                tg.start_soon(request, index)
+        await receiver.wait_for(10, "/cb", timeout=90)
+        await _until(lambda: len(receiver.received("/hook")) >= 9)
+        await _quiet(receiver, "/cb", 10)
+        assert len(receiver.received("/hook")) == 9
+        views = {i: await first.executions.get(i) for i in ids}
+    skipped = {i for i, v in views.items() if v.status is ExecutionStatus.SKIPPED}
+    assert len(skipped) == 9
+    hooks = Counter(b["data"]["execution_id"] for b in _bodies(receiver, "/hook"))
+    assert hooks == Counter(list(skipped))
+    callbacks = {b["data"]["execution_id"]: b for b in _bodies(receiver, "/cb")}
+    assert sorted(callbacks) == sorted(ids)
+    for execution_id, body in callbacks.items():
+        expected = "execution.skipped" if execution_id in skipped else "execution.completed"
+        assert body["type"] == expected
+        assert body["data"]["debounced_by"] == views[execution_id].debounced_by
+
+
+async def test_a_waiter_of_a_skipped_execution_wakes_at_once(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """``wait`` on a queued execution returns as soon as a later request skips it, long
+    before the poll that would notice it otherwise (the poll interval is made a minute)."""
+    from abi_engine.runtime.settings import RuntimeSettings
+
+    engine = make_engine(runtime=RuntimeSettings(poll_interval=60))
+    async with engine:
+        wf = await _debounced(engine, seconds=30)
+        first = await engine.executions.execute(wf, {"customer": "c"}, wait=False)
+        woken: list[float] = []
+
+        async def waiter() -> None:
+            view, settled = await engine.executions.wait_settled(first.execution_id, timeout=120)
+            assert settled
+            assert view.status is ExecutionStatus.SKIPPED
+            woken.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(1)  # the waiter is waiting (it looked at the store once)
+            asked = time.monotonic()
+            second = await engine.executions.execute(wf, {"customer": "c"}, wait=False)
+        assert woken[0] - asked < 10
+        skipped = await engine.executions.get(first.execution_id)
+        assert skipped.debounced_by == second.execution_id
+        await engine.executions.cancel(second.execution_id)
+
+
+async def test_execution_skipped_can_be_subscribed_and_unknown_types_cannot(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    engine = make_engine()
+    async with engine:
+        hook = await engine.webhooks.create(
+            {"url": receiver.url("/hook"), "events": ["execution.skipped"]}
+        )
+        assert hook.events == ["execution.skipped"]
+        with pytest.raises(InvalidRequest) as raised:
+            await engine.webhooks.create(
+                {"url": receiver.url("/hook"), "events": ["execution.skipt"]}
+            )
+    assert "events[0]" in str(raised.value.details) + raised.value.message

@@ -5,6 +5,7 @@ at once. On every engine backend, against a real HTTP receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -16,11 +17,12 @@ import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 from webhook_testing import (  # noqa: F401 - the *_fixture names register fixtures
     Receiver,
+    eventually,
     make_engine_fixture,
     receiver_fixture,
 )
 
-from abi_engine import EVENT_TYPES, Engine, ExecutionStatus
+from abi_engine import EVENT_TYPES, Engine, Event, ExecutionStatus, hookimpl
 from abi_engine.errors import InvalidRequest
 
 pytestmark = pytest.mark.anyio
@@ -48,9 +50,7 @@ def _bodies(receiver: Receiver, path: str) -> list[dict[str, Any]]:
 
 
 async def _until(predicate: Callable[[], bool], timeout: float = 60) -> None:
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.05)
+    await eventually(predicate, timeout)
 
 
 async def _quiet(receiver: Receiver, path: str, count: int) -> None:
@@ -91,7 +91,7 @@ async def test_every_skipped_execution_calls_back_once_signed(
         body = Verifier(SECRET).verify(request.body, request.headers)
         by_execution[body["data"]["execution_id"]] = body
     assert sorted(by_execution) == sorted(ids)
-    for skipped, by in zip(ids, ids[1:], strict=False):
+    for skipped, by in itertools.pairwise(ids):
         body = by_execution[skipped]
         assert body["type"] == "execution.skipped"
         assert body["data"]["status"] == "skipped"
@@ -222,3 +222,35 @@ async def test_execution_skipped_can_be_subscribed_and_unknown_types_cannot(
                 {"url": receiver.url("/hook"), "events": ["execution.skipt"]}
             )
     assert "events[0]" in str(raised.value.details) + raised.value.message
+
+
+class _Heard:
+    """A plugin keeping the events its ``abi_event`` hook hears."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def abi_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_an_abi_event_hook_hears_each_skip_once_with_its_data(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """With an ``abi_event`` hook, each skipped execution is heard once, after its
+    commit, with the execution's JSON (``status`` skipped, ``debounced_by``)."""
+    heard = _Heard()
+    engine = make_engine(plugins=(heard,))
+    async with engine:
+        wf = await _debounced(engine)
+        ids = [
+            (await engine.executions.execute(wf, {"customer": "c"}, wait=False)).execution_id
+            for _ in range(3)
+        ]
+        skips = [e for e in heard.events if e.type == "execution.skipped"]
+        await engine.executions.cancel(ids[-1])
+    assert [e.data["execution_id"] for e in skips] == ids[:2]
+    assert [e.data["debounced_by"] for e in skips] == ids[1:]
+    assert {e.data["status"] for e in skips} == {"skipped"}
+    assert {e.data["workflow_id"] for e in skips} == {wf}

@@ -73,6 +73,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "schedule_cron",
                 "schedule_rules",
                 "schedule_rrule",
+                "schedule_exclusions",
             }
             | {"webhook_signing", "netguard", "logs", "trigger_signing"}
         ),
@@ -85,6 +86,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "models_webhooks",
                 "models_audit",
                 "models_triggers",
+                "models_backfills",
                 "models_schedules",
                 "models_status",
                 "converter",

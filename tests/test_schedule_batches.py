@@ -322,3 +322,23 @@ def test_a_subscription_cannot_commit_between_the_read_and_the_change(
         ("schedule.created", {"id": record.id})
     ]
     assert "schedule.updated" in here.subscribed_event_types()
+
+
+def test_an_insert_at_a_workflow_version_applies_only_at_that_version(
+    store: Store, new_workflow: NewWorkflow
+) -> None:
+    """``workflow_version``: the schedule's parameters were checked against that version of
+    its workflow; an insert finding the workflow changed since applies ``False``."""
+    workflow = new_workflow(name="versioned")
+    store.insert_workflow(workflow)
+    stored = store.get_workflow(workflow.id)
+    assert stored is not None
+    current, stale = _schedule(workflow.id, "current"), _schedule(workflow.id, "stale")
+    older = stored.updated_at - timedelta(milliseconds=1)
+    ops = [
+        InsertSchedule(record=current, workflow_version=stored.updated_at),
+        InsertSchedule(record=stale, workflow_version=older),
+    ]
+    assert store.apply(ops) == [True, False]
+    assert store.get_schedule(current.id) is not None
+    assert store.get_schedule(stale.id) is None

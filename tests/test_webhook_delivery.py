@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -39,7 +39,7 @@ from abi_engine.converter import unstructure
 from abi_engine.errors import InvalidRequest, InvalidState, NotFound
 from abi_engine.events import Event
 from abi_engine.execution_views import event_data
-from abi_engine.ids import utcnow
+from abi_engine.ids import format_time, utcnow
 from abi_engine.models_webhooks import Delivery, DeliveryStatus
 from abi_engine.runtime.delivery import DeliveryWorker
 from abi_engine.runtime.settings import WebhookSettings
@@ -135,14 +135,24 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
     await eng.workflows.activate(debounced.id)
     for _ in range(2):
         await eng.executions.execute(debounced.id, {}, wait=False)
+    # A backfill that ends: schedule.backfill_completed (#17).
+    hourly = await eng.schedules.create(
+        wf_id, {"name": "h", "schedule_type": "cron", "cron_expression": "0 * * * *"}
+    )
+    now = datetime.now(UTC)
+    await eng.schedules.backfill(
+        hourly.id,
+        {"start": format_time(now - timedelta(hours=3)), "end": format_time(now)},
+    )
     seen: set[str] = set()
     with anyio.fail_after(30):
-        while not {"schedule.triggered", "schedule.failed"} <= seen:
+        while not {"schedule.triggered", "schedule.failed", "schedule.backfill_completed"} <= seen:
             seen = {json.loads(r.body)["type"] for r in receiver.received("/all")}
             await anyio.sleep(0.05)
     await eng.schedules.delete(schedule.id)
     await eng.schedules.delete(failing_schedule.id)
     await eng.schedules.delete(skipping.id)
+    await eng.schedules.delete(hourly.id)
     await eng.workflows.deactivate(wf_id)
     await eng.workflows.delete(wf_id)
     with anyio.fail_after(30):

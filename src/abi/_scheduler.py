@@ -15,6 +15,7 @@ from abi._client import (
 )
 from abi_engine.converter import unstructure
 from abi_engine.errors import (
+    BackfillNotFound,
     ScheduleNotFound,
     WorkflowNotFound,
 )
@@ -27,6 +28,7 @@ from abi_engine.models import (
     SchedulePreview,
     ScheduleSummary,
 )
+from abi_engine.models_backfills import BackfillRun
 
 #: Schedule fields :meth:`WorkflowScheduler.update_schedule` sends back.
 SCHEDULE_FIELDS: Sequence[str] = (
@@ -210,10 +212,12 @@ class WorkflowScheduler(_Client):
         dry_run: bool = False,
         max_runs: int = 100,
         overlap_policy: str = "allow",
-    ) -> ScheduleBackfill:
+    ) -> ScheduleBackfill | BackfillRun:
         """Run the schedule's due times from ``start`` to ``end`` (a past range), at most
-        ``max_runs`` (1 to 1000), each execution knowing its due time (``scheduled_for``);
-        ``dry_run`` lists them without running anything.
+        ``max_runs`` (1 to 1000), each execution knowing its due time (``scheduled_for``):
+        a :class:`BackfillRun` running in the background (follow it with
+        :meth:`get_backfill`, stop it with :meth:`cancel_backfill`). ``dry_run`` lists the
+        due times at once without running anything (a :class:`ScheduleBackfill`).
 
         :raises ScheduleNotFound: no such schedule.
         :raises InvalidRequest: a bad range or bound.
@@ -227,7 +231,37 @@ class WorkflowScheduler(_Client):
             "overlap_policy": overlap_policy,
         }
         answer = self._transport.request("backfill_schedule", path=path, body=body)
+        if isinstance(answer, Mapping) and "status" in answer:
+            return _structure(answer, BackfillRun)
         return _structure(answer, ScheduleBackfill)
+
+    def get_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
+        """A backfill of the schedule with its progress (``total``, ``started``,
+        ``skipped``, ``failed``, ``status``).
+
+        :raises ScheduleNotFound: no such schedule.
+        :raises NotFound: no such backfill of it.
+        """
+        path = {
+            "schedule_id": _check_id(schedule_id, ScheduleNotFound),
+            "backfill_id": _check_id(backfill_id, BackfillNotFound),
+        }
+        answer = self._transport.request("get_schedule_backfill", path=path)
+        return _structure(answer, BackfillRun)
+
+    def cancel_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
+        """Stop a running backfill before its next due time (the executions started stay).
+
+        :raises ScheduleNotFound: no such schedule.
+        :raises NotFound: no such backfill of it.
+        :raises InvalidState: it is over already.
+        """
+        path = {
+            "schedule_id": _check_id(schedule_id, ScheduleNotFound),
+            "backfill_id": _check_id(backfill_id, BackfillNotFound),
+        }
+        answer = self._transport.request("cancel_schedule_backfill", path=path)
+        return _structure(answer, BackfillRun)
 
     def delete_schedule(self, schedule_id: str) -> DeleteResult:
         """Delete the schedule; it fires no more.

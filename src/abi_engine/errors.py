@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AbiError",
+    "BackfillNotFound",
     "EngineNotRunning",
     "ExecutionNotFound",
     "ExecutionTimeout",
@@ -209,6 +210,13 @@ class TriggerNotFound(NotFound):
 
     resource = "Trigger"
     id_field = "trigger_id"
+
+
+class BackfillNotFound(NotFound):
+    """No backfill of this schedule has this id (``NOT_FOUND``, like :class:`TriggerNotFound`)."""
+
+    resource = "Backfill"
+    id_field = "backfill_id"
 
 
 class MethodNotAllowed(AbiError):

@@ -45,6 +45,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "schedule.triggered",
     "schedule.failed",
     "schedule.missed",
+    "schedule.backfill_completed",
 )
 
 #: The execution events also sent to an execution's ``callback_url``.

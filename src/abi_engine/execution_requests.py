@@ -152,10 +152,16 @@ class ExecutionRequests:
         if compiled.template_ids:
             await self.check_templates(workflow.id, compiled.template_ids)
 
-    async def compiled(self, workflow_id: Any) -> Compiled:
-        """The workflow with its parsed configuration and steps, cached while unchanged."""
+    async def compiled(self, workflow_id: Any, *, cached_ok: bool = False) -> Compiled:
+        """The workflow with its parsed configuration and steps, cached while unchanged.
+
+        ``cached_ok``: the cached one as it is, without reading the workflow's version
+        (for a caller whose write checks that version in its own transaction).
+        """
         if not isinstance(workflow_id, str):
             raise WorkflowNotFound(str(workflow_id))
+        if cached_ok and workflow_id in self._cache:
+            return self._cache[workflow_id]
         if self._versions is not None:
             version = await self._versions.read(workflow_id)
         else:

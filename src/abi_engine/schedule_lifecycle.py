@@ -18,6 +18,7 @@ from abi_engine.auth import Principal
 from abi_engine.ids import format_time
 from abi_engine.models import ResumeMode, ScheduleOccurrence, SchedulePreview
 from abi_engine.runtime.firing import timing as timing_of
+from abi_engine.schedule_exclusions import excluded_reason
 from abi_engine.schedule_math import (
     Timing,
     jittered,
@@ -80,19 +81,18 @@ def _line(record: ScheduleRecord, outcome: str, detail: str, now: datetime) -> H
 
 
 def preview(record: ScheduleRecord, first: datetime | None, count: int) -> SchedulePreview:
-    tz = zone(record.timezone)
     timing = timing_of(record)
     if first is not None:  # (a stored next_due is the run's start: its due time is before)
         first = logical_due(timing, first, record.jitter_seconds)
     items: list[ScheduleOccurrence] = []
-    # Due times on excluded dates are passed over: a bounded walk (at most 100 pages).
+    # Excluded due times (dates, exclusion rule) are passed over: a bounded walk (at most 100 pages).
     for _ in range(100):
         page = upcoming(timing, first, count) if first is not None else []
         for due, shifted, repeated in page:
             if record.end_time is not None and due > record.end_time:
                 page = []  # ends here
                 break
-            if due.astimezone(tz).date().isoformat() not in record.exclude_dates:
+            if excluded_reason(record, due) is None:
                 items.append(_occurrence(record, timing, due, shifted, repeated))
         if len(page) < count or len(items) >= count:
             break

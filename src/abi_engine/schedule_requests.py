@@ -148,9 +148,11 @@ def check_request(req: ScheduleRequest, now: datetime, *, creating: bool) -> Non
             compile_cron(req.cron_expression)
         except ValueError as exc:
             raise _invalid("cron_expression", str(exc)) from None
+        _check_exclusion(req, now)
     elif req.schedule_type is ScheduleType.RRULE:
         _check_rule(req, now)
     elif req.schedule_type is ScheduleType.INTERVAL:
+        _check_exclusion(req, now)
         if req.interval_value is None:
             raise _invalid("interval_value", "required for an interval schedule")
         if req.interval_value <= 0:
@@ -160,6 +162,7 @@ def check_request(req: ScheduleRequest, now: datetime, *, creating: bool) -> Non
         if req.interval_value * INTERVAL_UNITS[req.interval_unit.value] > 366 * 86400 * 10:
             raise _invalid("interval_value", "at most ten years")
     else:
+        _check_exclusion(req, now)
         if req.execution_time is None:
             raise _invalid("execution_time", "required for a fixed_time schedule")
         if creating and req.execution_time <= now:
@@ -194,6 +197,20 @@ def _check_rule(req: ScheduleRequest, now: datetime) -> None:
             compile_rrule(req.rrule, req.exclude_rrule, req.timezone, start)
         except ValueError as exc:
             raise _invalid("exclude_rrule", str(exc)) from None
+
+
+def _check_exclusion(req: ScheduleRequest, now: datetime) -> None:
+    """A cron, interval or fixed-time schedule's ``exclude_rrule`` parses (from
+    ``start_time``, else now, as an rrule schedule's)."""
+    if req.exclude_rrule is None:
+        return
+    start = req.start_time or now
+    if not _EARLIEST <= start <= _LATEST:
+        raise _invalid("start_time", "between 1970 and 2200 with an exclude_rrule")
+    try:
+        compile_rrule(req.exclude_rrule, None, req.timezone, start)
+    except ValueError as exc:
+        raise _invalid("exclude_rrule", str(exc)) from None
 
 
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -268,7 +285,7 @@ def to_record(
         schedule_type=req.schedule_type.value,
         cron_expression=req.cron_expression if req.schedule_type is ScheduleType.CRON else None,
         rrule=req.rrule if req.schedule_type is ScheduleType.RRULE else None,
-        exclude_rrule=req.exclude_rrule if req.schedule_type is ScheduleType.RRULE else None,
+        exclude_rrule=req.exclude_rrule,
         interval_value=req.interval_value if req.schedule_type is ScheduleType.INTERVAL else None,
         interval_unit=req.interval_unit.value
         if req.interval_unit and req.schedule_type is ScheduleType.INTERVAL

@@ -117,10 +117,19 @@ def _parse(text: str, dtstart: datetime) -> rrule:
     return rule
 
 
-@functools.lru_cache(maxsize=4096)
 def compile_rrule(text: str, exclude: str | None, timezone: str, start: datetime) -> RuleWalls:
     """The rule ``text`` (and ``exclude``) from the instant ``start`` on the wall clock of
-    ``timezone``; ``ValueError`` says what is wrong."""
+    ``timezone``; ``ValueError`` says what is wrong.
+
+    Cached by the minute of ``start`` (the DTSTART is read to the minute, and every
+    zone since 1970 is a whole number of minutes from UTC), so the schedules created
+    within a minute with the same rule share one parse.
+    """
+    return _compiled(text, exclude, timezone, start.replace(second=0, microsecond=0))
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) -> RuleWalls:
     rule_text = _normalized(text, timezone)
     freq = _FREQ.search(rule_text)
     if freq is None:

@@ -41,7 +41,8 @@ from abi_engine.models import (
     ScheduleSummary,
     Workflow,
 )
-from abi_engine.schedule_backfill import backfill as run_backfill
+from abi_engine.models_backfills import BackfillRun
+from abi_engine.schedule_backfill import BackfillService
 from abi_engine.schedule_lifecycle import pause_or_resume
 from abi_engine.schedule_lifecycle import preview as preview_of
 from abi_engine.schedule_requests import (
@@ -99,6 +100,8 @@ class ScheduleService(Service):
         self._templates = templates
         self._event_policy = events
         self._wake = wake
+        #: Backfills as durable jobs (the engine runs :meth:`BackfillService.run`).
+        self.backfills = BackfillService(store, executions, events)
 
     def _events(
         self, kind: str, schedule: Schedule | ScheduleRecord, at: datetime
@@ -131,25 +134,36 @@ class ScheduleService(Service):
             raise WorkflowNotFound(str(workflow_id))
         now = utcnow()
         check_request(req, now, creating=True)
-        workflow = await self.check_parameters(workflow_id, req.parameters)
         record = to_record(req, base=None, workflow_id=workflow_id, now=now)
         check_fires(record, now)
         record.created_by = actor.user_id if actor else None
-        record.workflow_name = workflow.name
         if not record.enabled:  # created paused
             record.paused_by, record.paused_at = record.created_by, now
             record.paused_reason = req.paused_reason
-        view = _view(record)
-        # The workflow's existence is checked again inside the insert's transaction.
-        created = await self._committer.submit(
-            InsertSchedule(record=record, events=self._events("schedule.created", view, now))
-        )
-        if not created:
-            raise WorkflowNotFound(workflow_id)
-        self._wake()
-        return view
+        # The parameters are checked against the workflow as this process last read it;
+        # the insert's transaction checks that it still is at that version (else: read it
+        # again, check again), so no read of its version is needed before.
+        for attempt in range(WRITE_ATTEMPTS):
+            workflow = await self.check_parameters(
+                workflow_id, req.parameters, cached_ok=attempt == 0
+            )
+            record.workflow_name = workflow.name
+            view = _view(record)
+            created = await self._committer.submit(
+                InsertSchedule(
+                    record=record,
+                    events=self._events("schedule.created", view, now),
+                    workflow_version=workflow.updated_at,
+                )
+            )
+            if created:
+                self._wake()
+                return view
+        raise WorkflowNotFound(workflow_id)
 
-    async def check_parameters(self, workflow_id: str, parameters: Any) -> Workflow:
+    async def check_parameters(
+        self, workflow_id: str, parameters: Any, *, cached_ok: bool = False
+    ) -> Workflow:
         """Check a schedule's ``parameters`` as an execution of the workflow would; return it.
 
         So a schedule never fires parameters its workflow's type refuses:
@@ -157,7 +171,7 @@ class ScheduleService(Service):
         (422, wrong values) at once, instead of a failed firing at each due time.
         """
         # The workflow parsed once per version (the cache executions use).
-        compiled = await self._executions.compiled(workflow_id)
+        compiled = await self._executions.compiled(workflow_id, cached_ok=cached_ok)
         if compiled.template_ids:  # read, so the type checks the placeholders of those found
             await self._templates.find(compiled.template_ids)
         compiled.workflow_type.parse_parameters(parameters, compiled.config)
@@ -339,11 +353,22 @@ class ScheduleService(Service):
 
     async def backfill(
         self, schedule_id: str, data: Mapping[str, Any], *, actor: Principal | None = None
-    ) -> ScheduleBackfill:
+    ) -> ScheduleBackfill | BackfillRun:
         """Run the due times of a past range (``start`` to ``end``), at most ``max_runs``
-        (1 to 1000); ``dry_run`` lists them. See :mod:`abi_engine.schedule_backfill`."""
+        (1 to 1000), as a background job (its :class:`BackfillRun`, ``running``);
+        ``dry_run`` lists them at once. See :mod:`abi_engine.schedule_backfill`."""
         record = await self._load(schedule_id)
-        return await run_backfill(record, data, self._executions, actor)
+        return await self.backfills.request(record, data, actor)
+
+    async def get_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
+        """A backfill of the schedule, with its progress."""
+        await self._load(schedule_id)
+        return await self.backfills.get(schedule_id, backfill_id)
+
+    async def cancel_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
+        """Stop a running backfill before its next due time (what started stays)."""
+        await self._load(schedule_id)
+        return await self.backfills.cancel(schedule_id, backfill_id)
 
     async def history(
         self, schedule_id: str, *, page: Any = 1, page_size: Any = 10

@@ -359,8 +359,9 @@ def _takes_body(op: Operation) -> bool:
     return op.request_model is not None
 
 
-def _success_schema(builder: SchemaBuilder, op: Operation) -> dict[str, Any]:
-    data = builder.schema(op.response_model) if op.response_model is not None else {}
+def _success_schema(builder: SchemaBuilder, op: Operation, model: Any = None) -> dict[str, Any]:
+    model = op.response_model if model is None else model
+    data = builder.schema(model) if model is not None else {}
     if op.paginated:
         data = {
             "type": "object",
@@ -371,6 +372,23 @@ def _success_schema(builder: SchemaBuilder, op: Operation) -> dict[str, Any]:
             },
         }
     return _envelope(data)
+
+
+def _success_responses(builder: SchemaBuilder, op: Operation) -> dict[str, Any]:
+    """The operation's success answer, and its 202 answer when it may give one."""
+    content: dict[str, Any] = {"application/json": {"schema": _success_schema(builder, op)}}
+    if op.raw_media_type:  # sent as it is, without the envelope
+        content = {op.raw_media_type.split(";")[0]: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {
+        str(op.status_code): {"description": op.summary, "content": content}
+    }
+    if op.accepted_description:
+        accepted = _success_schema(builder, op, op.accepted_model)
+        responses["202"] = {
+            "description": op.accepted_description,
+            "content": {"application/json": {"schema": accepted}},
+        }
+    return responses
 
 
 def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, Any]:
@@ -397,17 +415,7 @@ def _operation(builder: SchemaBuilder, op: Operation, prefix: str) -> dict[str, 
     errors = [*op.errors, *ALWAYS_ERRORS]
     if _takes_body(op):
         errors.append("PAYLOAD_TOO_LARGE")
-    content: dict[str, Any] = {"application/json": {"schema": _success_schema(builder, op)}}
-    if op.raw_media_type:  # sent as it is, without the envelope
-        content = {op.raw_media_type.split(";")[0]: {"schema": {"type": "string"}}}
-    responses: dict[str, Any] = {
-        str(op.status_code): {"description": op.summary, "content": content}
-    }
-    if op.accepted_description:
-        responses["202"] = {
-            "description": op.accepted_description,
-            "content": {"application/json": {"schema": _success_schema(builder, op)}},
-        }
+    responses = _success_responses(builder, op)
     responses.update(_error_responses(errors))
     out: dict[str, Any] = {
         "operationId": op.name,

@@ -79,6 +79,7 @@ AUDITED: dict[str, AuditRule] = {
         update_schedule="schedule.update",
         delete_schedule="schedule.delete",
         backfill_schedule="schedule.backfill",
+        cancel_schedule_backfill="schedule.backfill_cancel",
     ),
     **_rules(
         "webhook",

@@ -127,6 +127,8 @@ class Operation:
     path_schemas: Mapping[str, Mapping[str, Any]] = attrs.Factory(dict)
     #: When set, the operation may also answer 202 (its handler returns ``Accepted``).
     accepted_description: str | None = None
+    #: The 202 answer's model, when it is not ``response_model``.
+    accepted_model: Any = None
     #: When set, the answer is this media type, sent as it is (its handler returns ``Raw``).
     raw_media_type: str | None = None
     #: Needs no token (the caller proves itself otherwise, e.g. by a signature): the

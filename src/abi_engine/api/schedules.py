@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from abi_engine.api.operations import (
     PAGE_QUERY,
+    Accepted,
     ApiRequest,
     QueryParam,
     body_object,
@@ -24,6 +25,7 @@ from abi_engine.models import (
     ScheduleSummary,
     Scope,
 )
+from abi_engine.models_backfills import BackfillRun
 from abi_engine.schedule_backfill import BackfillRequest
 from abi_engine.schedule_requests import SchedulePreviewRequest, ScheduleRequest
 from abi_engine.schedule_views import schedule_json
@@ -206,22 +208,57 @@ async def preview_unsaved_schedule(engine: Engine, actor: Principal, request: Ap
     method="POST",
     path="/workflow_schedules/{schedule_id}/backfill",
     scope=Scope.SCHEDULES_WRITE,
-    summary="Run the due times of a past range (each execution knows its due time)",
+    summary="Run the due times of a past range (each execution knows its due time);"
+    " a dry run lists them",
     request_model=BackfillRequest,
     response_model=ScheduleBackfill,
+    accepted_description="The backfill runs in the background: poll its progress at"
+    " /workflow_schedules/{schedule_id}/backfills/{backfill_id}",
+    accepted_model=BackfillRun,
     tag="schedules",
     errors=(
         "SCHEDULE_NOT_FOUND",
         "INVALID_REQUEST",
         "INVALID_STATE",
         "WORKFLOW_NOT_FOUND",
-        "INVALID_PARAMETERS",
-        "PARAMETER_VALIDATION_ERROR",
     ),
 )
 async def backfill_schedule(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    answer = await engine.schedules.backfill(
+        request.path["schedule_id"], body_object(request), actor=actor
+    )
+    if isinstance(answer, BackfillRun):
+        return Accepted(unstructure(answer))
+    return unstructure(answer)
+
+
+@operation(
+    method="GET",
+    path="/workflow_schedules/{schedule_id}/backfills/{backfill_id}",
+    scope=Scope.SCHEDULES_READ,
+    summary="A backfill of a schedule and its progress",
+    response_model=BackfillRun,
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND", "NOT_FOUND"),
+)
+async def get_schedule_backfill(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    path = request.path
     return unstructure(
-        await engine.schedules.backfill(
-            request.path["schedule_id"], body_object(request), actor=actor
-        )
+        await engine.schedules.get_backfill(path["schedule_id"], path["backfill_id"])
+    )
+
+
+@operation(
+    method="POST",
+    path="/workflow_schedules/{schedule_id}/backfills/{backfill_id}/cancel",
+    scope=Scope.SCHEDULES_WRITE,
+    summary="Stop a running backfill before its next due time (what started stays)",
+    response_model=BackfillRun,
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND", "NOT_FOUND", "INVALID_STATE"),
+)
+async def cancel_schedule_backfill(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    path = request.path
+    return unstructure(
+        await engine.schedules.cancel_backfill(path["schedule_id"], path["backfill_id"])
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from abi_engine.cli._client import remote_parent, run
 from abi_engine.cli._common import EXIT_OK, _positive_int
 from abi_engine.cli._output import Column, print_json, table
+from abi_engine.cli.backfill import add_backfill
 
 __all__ = ["add_commands"]
 
@@ -212,6 +213,7 @@ def _add_others(commands: Commands, parents: list[argparse.ArgumentParser]) -> N
     history.add_argument("schedule_id", metavar="SCHEDULE_ID")
     _page_options(history)
     history.set_defaults(handler=_schedules_history)
+    add_backfill(sub, parents)
 
     deliveries = commands.add_parser("deliveries", help="a webhook's deliveries")
     sub = deliveries.add_subparsers(dest="deliveries_command", required=True, metavar="COMMAND")

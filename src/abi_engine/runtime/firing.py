@@ -17,7 +17,8 @@ import attrs
 from abi_engine.errors import AbiError, InvalidState
 from abi_engine.ids import format_time, new_id
 from abi_engine.models import ExecutionStatus, ScheduleType, Workflow, WorkflowStatus
-from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered, zone
+from abi_engine.schedule_exclusions import excluded_reason, has_exclusions
+from abi_engine.schedule_math import INTERVAL_UNITS, Timing, jittered
 from abi_engine.schedule_rrule import rule_walls
 from abi_engine.schedule_rules import DueDecision, Missed, Note, decide_due, plan_missed
 from abi_engine.storage.records import ExecutionRecord, stored_priority
@@ -79,17 +80,15 @@ def bounded(
 def not_excluded(
     record: ScheduleRecord, missed: Missed, now: datetime
 ) -> tuple[Missed, list[HistoryRecord]]:
-    """``missed`` without the due times on an excluded date (in the schedule's zone),
-    and their ``skipped_excluded`` history lines."""
-    if not record.exclude_dates or not missed.fire or not record.enabled:
+    """``missed`` without the excluded due times (an excluded date in the schedule's zone, a
+    wall time of its exclusion rule), and their ``skipped_excluded`` history lines."""
+    if not has_exclusions(record) or not missed.fire or not record.enabled:
         return missed, []
-    tz, excluded = zone(record.timezone), set(record.exclude_dates)
     kept, notes = [], []
     for due in missed.fire:
-        day = due.astimezone(tz).date().isoformat()
-        if day in excluded:
-            note = Note(due, "skipped_excluded", f"{day} is an excluded date")
-            notes.append(history_line(record, note, now))
+        reason = excluded_reason(record, due)
+        if reason is not None:
+            notes.append(history_line(record, Note(due, "skipped_excluded", reason), now))
         else:
             kept.append(due)
     return attrs.evolve(missed, fire=tuple(kept)), notes

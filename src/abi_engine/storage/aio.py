@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from abi_engine.models_triggers import Trigger
     from abi_engine.models_webhooks import Delivery
     from abi_engine.storage.records import ExecutionQuery, ExecutionRecord, StepRecord, WriteOp
+    from abi_engine.storage.records_backfills import BackfillProgress, BackfillRecord
     from abi_engine.storage.records_schedules import HistoryRecord, ScheduleQuery, ScheduleRecord
     from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
@@ -212,6 +213,34 @@ class AsyncStore:
     async def delete_trigger(self, trigger_id: str) -> bool:
         """Remove a trigger; ``False`` if it did not exist."""
         return await self._run(self.sync.delete_trigger, trigger_id)
+
+    async def insert_backfill(self, record: BackfillRecord) -> None:
+        """Store a new backfill (its due times listed)."""
+        return await self._run(self.sync.insert_backfill, record)
+
+    async def get_backfill(self, backfill_id: str) -> BackfillRecord | None:
+        """The backfill, or ``None``."""
+        return await self._run(self.sync.get_backfill, backfill_id)
+
+    async def claim_backfills(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[BackfillRecord]:
+        """Take at most ``limit`` running backfills no process holds (or whose lease ran out
+        before ``now``) for ``owner`` until ``lease_until``."""
+        return await self._run(self.sync.claim_backfills, owner, now, lease_until, limit)
+
+    async def save_backfill_progress(self, progress: BackfillProgress) -> bool:
+        """Write one step of a running backfill its owner holds; ``False`` when it no longer
+        runs (cancelled) or is no longer held by that owner."""
+        return await self._run(self.sync.save_backfill_progress, progress)
+
+    async def cancel_backfill(self, backfill_id: str, now: datetime) -> bool:
+        """Mark a running backfill ``cancelled``; ``False`` when it is not running."""
+        return await self._run(self.sync.cancel_backfill, backfill_id, now)
+
+    async def release_backfills(self, owner: str) -> int:
+        """Give back the running backfills ``owner`` holds (it stops); how many."""
+        return await self._run(self.sync.release_backfills, owner)
 
     async def insert_events(self, events: Sequence[OutboxEvent]) -> None:
         """Append events to the outbox on their own."""

@@ -31,6 +31,7 @@ from abi_engine.models_audit import AuditDraft, AuditEntry, AuditQuery
 from abi_engine.models_triggers import Trigger
 from abi_engine.models_webhooks import Delivery
 from abi_engine.storage.records import ExecutionQuery, ExecutionRecord, StepRecord, WriteOp
+from abi_engine.storage.records_backfills import BackfillProgress, BackfillRecord
 from abi_engine.storage.records_schedules import HistoryRecord, ScheduleQuery, ScheduleRecord
 from abi_engine.storage.records_webhooks import AttemptOutcome, DeliveryJob, WebhookRecord
 
@@ -220,6 +221,30 @@ class Store(Protocol):
 
     def delete_trigger(self, trigger_id: str) -> bool:
         """Remove a trigger; ``False`` if it did not exist."""
+
+    # -- schedule backfills ------------------------------------------------------
+
+    def insert_backfill(self, record: BackfillRecord) -> None:
+        """Store a new backfill (its due times listed)."""
+
+    def get_backfill(self, backfill_id: str) -> BackfillRecord | None:
+        """The backfill, or ``None``."""
+
+    def claim_backfills(
+        self, owner: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[BackfillRecord]:
+        """Take at most ``limit`` running backfills no process holds (or whose lease ran out
+        before ``now``) for ``owner`` until ``lease_until``."""
+
+    def save_backfill_progress(self, progress: BackfillProgress) -> bool:
+        """Write one step of a running backfill its owner holds; ``False`` when it no longer
+        runs (cancelled) or is no longer held by that owner."""
+
+    def cancel_backfill(self, backfill_id: str, now: datetime) -> bool:
+        """Mark a running backfill ``cancelled``; ``False`` when it is not running."""
+
+    def release_backfills(self, owner: str) -> int:
+        """Give back the running backfills ``owner`` holds (it stops); how many."""
 
     # -- events (outbox) --------------------------------------------------------
 

@@ -121,9 +121,12 @@ class ScheduleQuery:
 
 @attrs.frozen(kw_only=True)
 class InsertSchedule(WriteOp):
-    """Insert a new schedule; applies ``False`` when its workflow does not exist."""
+    """Insert a new schedule; applies ``False`` when its workflow does not exist (or, with
+    ``workflow_version``, is no longer at that version: its parameters were checked
+    against that one)."""
 
     record: ScheduleRecord
+    workflow_version: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -176,8 +176,8 @@ def _insert(s: SchedulesMixin, conn: Conn, op: InsertSchedule) -> bool:
 
 
 def _bulk_insert(s: SchedulesMixin, conn: Conn, ops: list[InsertSchedule]) -> list[bool]:
-    """Insert schedules whose workflow exists (not deleted): one look at their
-    workflows, one ``executemany``; ``False`` for the others.
+    """Insert schedules whose workflow exists (not deleted, at the ``workflow_version``
+    given): one look at their workflows, one ``executemany``; ``False`` for the others.
 
     The workflow rows are read with a shared lock (in id order) where rows are
     locked, so a concurrent delete waits for this transaction; with one writer
@@ -185,18 +185,24 @@ def _bulk_insert(s: SchedulesMixin, conn: Conn, ops: list[InsertSchedule]) -> li
     """
     d = s.dialect
     wanted = sorted({op.record.workflow_id for op in ops})
-    live: set[str] = set()
+    live: dict[str, int] = {}
     for chunk in chunks(wanted):
         condition, args = d.any_of("id", chunk)
         live.update(
-            row[0]
+            (row[0], row[1])
             for row in conn.execute(
-                f"SELECT id FROM workflows WHERE {condition} AND deleted_at IS NULL"
+                f"SELECT id, updated_at FROM workflows WHERE {condition} AND deleted_at IS NULL"
                 f"{' ORDER BY id' + d.lock('SHARE') if d.row_locks else ''}",
                 args,
             )
         )
-    results = [op.record.workflow_id in live for op in ops]
+    results = [
+        op.record.workflow_id in live
+        and (
+            op.workflow_version is None or live[op.record.workflow_id] == to_ms(op.workflow_version)
+        )
+        for op in ops
+    ]
     conn.executemany(
         _INSERT, [_insert_row(op.record) for op, ok in zip(ops, results, strict=True) if ok]
     )

@@ -247,3 +247,24 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        "m020_backfill_runs",
+        [
+            # A schedule's backfill as a durable job (#17): its due times listed once,
+            # the position reached, its counters, and the process holding it (a lease).
+            "CREATE TABLE schedule_backfills ("
+            " id TEXT PRIMARY KEY, schedule_id TEXT NOT NULL, status TEXT NOT NULL,"
+            " start_at {bigint} NOT NULL, end_at {bigint} NOT NULL, max_runs {int} NOT NULL,"
+            " overlap_policy TEXT NOT NULL, due_times TEXT NOT NULL,"
+            " position {int} NOT NULL DEFAULT 0, started {int} NOT NULL DEFAULT 0,"
+            " skipped {int} NOT NULL DEFAULT 0, failed {int} NOT NULL DEFAULT 0,"
+            " truncated {bool} NOT NULL DEFAULT {false}, last_error TEXT, created_by TEXT,"
+            " created_at {bigint} NOT NULL, updated_at {bigint} NOT NULL, finished_at {bigint},"
+            " owner TEXT, lease_until {bigint})",
+            "CREATE INDEX idx_backfills_schedule ON schedule_backfills (schedule_id)",
+            "CREATE INDEX idx_backfills_running ON schedule_backfills (status, lease_until)",
+        ],
+    )
+)

@@ -50,6 +50,7 @@ from abi_engine.storage.base import (
     WorkflowQuery,
 )
 from abi_engine.storage.sql.audit import AuditMixin
+from abi_engine.storage.sql.backfills import BackfillsMixin
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, Dialect
 from abi_engine.storage.sql.executions import ExecutionsMixin
 from abi_engine.storage.sql.retention import RetentionMixin
@@ -88,6 +89,7 @@ class SQLStore(
     AuditMixin,
     RetentionMixin,
     TriggersMixin,
+    BackfillsMixin,
 ):
     """The shared part of the SQL stores (see the module's docstring)."""
 

@@ -254,3 +254,45 @@ async def test_an_abi_event_hook_hears_each_skip_once_with_its_data(
     assert [e.data["debounced_by"] for e in skips] == ids[1:]
     assert {e.data["status"] for e in skips} == {"skipped"}
     assert {e.data["workflow_id"] for e in skips} == {wf}
+
+
+def _skip_events(engine: Engine) -> list[str]:
+    return [
+        s.event.execution_id  # type: ignore[union-attr]
+        for s in engine.store.events_after(0, 10_000)
+        if s.event.type == "execution.skipped"
+    ]
+
+
+async def test_a_retried_insert_skips_nothing_again(make_engine: Callable[..., Engine]) -> None:
+    """A batch of two of one key, applied: the first is skipped, one event. The first's
+    insert applied again (a retry after a lost answer) is ``AGAIN``: it is not shaped
+    again, so it neither ends the second (that replaced it) nor writes an event."""
+    from abi_engine.ids import new_id, utcnow
+    from abi_engine.storage.records import AGAIN, ExecutionRecord, InsertExecution
+
+    engine = make_engine()
+    wf = await _debounced(engine, seconds=60)
+    records = [
+        ExecutionRecord(
+            id=new_id("exec_"),
+            workflow_id=wf,
+            workflow_type="custom",
+            status=ExecutionStatus.QUEUED,
+            created_at=utcnow(),
+            parameters={"customer": "c"},
+        )
+        for _ in range(2)
+    ]
+    ops = [InsertExecution(record=r) for r in records]
+    assert engine.store.apply(ops) == [True, True]
+    assert [e.type for e in ops[0].found] == ["execution.skipped"]
+    assert _skip_events(engine) == [records[0].id]
+    again = InsertExecution(record=records[0])
+    assert engine.store.apply([again]) == [AGAIN]
+    assert again.found == []
+    second = await engine.executions.get(records[1].id)
+    assert (second.status, second.queued_reason) == (ExecutionStatus.QUEUED, "debounce")
+    first = await engine.executions.get(records[0].id)
+    assert (first.status, first.debounced_by) == (ExecutionStatus.SKIPPED, records[1].id)
+    assert _skip_events(engine) == [records[0].id]

@@ -296,3 +296,33 @@ async def test_a_retried_insert_skips_nothing_again(make_engine: Callable[..., E
     first = await engine.executions.get(records[0].id)
     assert (first.status, first.debounced_by) == (ExecutionStatus.SKIPPED, records[1].id)
     assert _skip_events(engine) == [records[0].id]
+
+
+async def test_an_insert_refused_by_its_idempotency_key_ends_nothing(
+    make_engine: Callable[..., Engine],
+) -> None:
+    """A second request with a taken idempotency key is not inserted (``False``): the
+    execution that holds the key stays queued, not skipped by a row that never was."""
+    from abi_engine.ids import new_id, utcnow
+    from abi_engine.storage.records import ExecutionRecord, InsertExecution
+
+    engine = make_engine()
+    wf = await _debounced(engine, seconds=60)
+
+    def record() -> ExecutionRecord:
+        return ExecutionRecord(
+            id=new_id("exec_"),
+            workflow_id=wf,
+            workflow_type="custom",
+            status=ExecutionStatus.QUEUED,
+            created_at=utcnow(),
+            parameters={"customer": "c"},
+            idempotency_key="k-1",
+        )
+
+    first = record()
+    assert engine.store.apply([InsertExecution(record=first)]) == [True]
+    assert engine.store.apply([InsertExecution(record=record())]) == [False]
+    view = await engine.executions.get(first.id)
+    assert (view.status, view.debounced_by) == (ExecutionStatus.QUEUED, None)
+    assert _skip_events(engine) == []

@@ -155,13 +155,14 @@ def _debounce(
     """Hold each queued record of a debounced workflow for its window, and end the one
     it replaces (the earlier of a batch, or a stored one still waiting) ``skipped``.
     A record stored already (its insert committed, retried) is left as it is: shaped
-    again, it would end the very executions that replaced it."""
+    again, it would end the very executions that replaced it; so is one whose
+    idempotency key is taken (it is not inserted: it must end nothing)."""
     last: dict[tuple[str, str | None], int] = {}
     stored = _stored(
         d,
         conn,
         [
-            r.id
+            r
             for r in records
             if r.workflow_id in shaping and shaping[r.workflow_id].debounce_ms is not None
         ],
@@ -198,14 +199,25 @@ def _debounce(
         records[index].replaced = tuple(sorted(row[0] for row in ended))
 
 
-def _stored(d: Dialect, conn: Conn, ids: Sequence[str]) -> set[str]:
-    """Those of ``ids`` stored already."""
+def _stored(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> set[str]:
+    """The ids of ``records`` whose insert will not apply: stored already (a retry), or
+    their idempotency key taken (under the workflow's lock: no insert of it commits
+    between this read and theirs)."""
     found: set[str] = set()
-    for chunk in chunks(ids):
+    for chunk in chunks([r.id for r in records]):
         condition, args = d.any_of("id", chunk)
         found.update(
             row[0] for row in conn.execute(f"SELECT id FROM executions WHERE {condition}", args)
         )
+    for r in records:
+        if (
+            r.idempotency_key is not None
+            and conn.execute(
+                "SELECT 1 FROM executions WHERE workflow_id = ? AND idempotency_key = ?",
+                (r.workflow_id, r.idempotency_key),
+            ).fetchone()
+        ):
+            found.add(r.id)
     return found
 
 

@@ -326,3 +326,54 @@ async def test_an_insert_refused_by_its_idempotency_key_ends_nothing(
     view = await engine.executions.get(first.id)
     assert (view.status, view.debounced_by) == (ExecutionStatus.QUEUED, None)
     assert _skip_events(engine) == []
+
+
+async def test_over_rest_a_skipped_execute_async_calls_back_and_is_subscribable(
+    make_engine: Callable[..., Engine], receiver: Receiver
+) -> None:
+    """Over REST: a webhook subscribes to ``execution.skipped`` (201; an unknown type is
+    400 naming ``events[0]``), and of two ``execute_async`` of one key with a callback,
+    the first's callback is ``execution.skipped``, signed, naming the second."""
+    import httpx
+    from abi_asgi import create_app
+
+    engine = make_engine()
+    async with engine:
+        token = engine.tokens.create_token("usr_skip")
+        wf = await _debounced(engine, seconds=30)  # the second waits: only the skip calls back
+        transport = httpx.ASGITransport(app=create_app(engine, rate_limit=None))
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://testserver/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
+            hook = await client.post(
+                "/webhooks", json={"url": receiver.url("/hook"), "events": ["execution.skipped"]}
+            )
+            assert hook.status_code == 201, hook.text
+            bad = await client.post(
+                "/webhooks", json={"url": receiver.url("/hook"), "events": ["execution.skipt"]}
+            )
+            assert bad.status_code == 400
+            assert bad.json()["error"]["code"] == "INVALID_REQUEST"
+            assert "events[0]" in bad.text
+            ids = []
+            for _ in range(2):
+                r = await client.post(
+                    f"/workflows/{wf}/execute_async",
+                    json={
+                        "parameters": {"customer": "c"},
+                        "callback_url": receiver.url("/cb"),
+                        "callback_secret": SECRET,
+                    },
+                )
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["data"]["execution_id"])
+        (request,) = await receiver.wait_for(1, "/cb", timeout=60)
+        await receiver.wait_for(1, "/hook", timeout=60)
+        await engine.executions.cancel(ids[1])
+    body = Verifier(SECRET).verify(request.body, request.headers)
+    assert body["type"] == "execution.skipped"
+    assert (body["data"]["execution_id"], body["data"]["debounced_by"]) == (ids[0], ids[1])
+    (heard,) = _bodies(receiver, "/hook")
+    assert (heard["type"], heard["data"]["execution_id"]) == ("execution.skipped", ids[0])

@@ -173,7 +173,7 @@ def insert_executions_sql(d: Dialect) -> str:
     :func:`execution_row` values), returning the ids inserted; for dialects with arrays."""
     lease = "u.lease_until" if d.clock is None else f"{d.clock} + u.lease_until"
     select = ", ".join(lease if n == "lease_until" else f"u.{n}" for n, _ in EXECUTION_COLUMNS)
-    arrays = ", ".join(f"?::{t}[]" for _, t in EXECUTION_COLUMNS)
+    arrays = ", ".join(f"{d.array_mark}::{t}[]" for _, t in EXECUTION_COLUMNS)
     return (
         f"INSERT INTO executions ({_NAMES}) SELECT {select} FROM unnest({arrays})"
         f" AS u({_NAMES}) ON CONFLICT DO NOTHING RETURNING id"
@@ -488,7 +488,7 @@ def _stored_steps(
     if d.arrays:  # one statement
         rows = conn.execute(
             "SELECT s.execution_id, s.idx, s.completed_at FROM execution_steps s"
-            " JOIN unnest(?::text[], ?::int[]) AS k(execution_id, idx)"
+            f" JOIN unnest({d.array_mark}::text[], {d.array_mark}::int[]) AS k(execution_id, idx)"
             " ON s.execution_id = k.execution_id AND s.idx = k.idx",
             ([k[0] for k in keys], [k[1] for k in keys]),
         ).fetchall()

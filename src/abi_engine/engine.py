@@ -183,6 +183,7 @@ class Engine:
             limits=self.limits,
             metrics=self.metrics,
         )
+        self.runtime.committer.hooked = self.events.has_hooks
         if self._tracer_provider is not None:
             from abi_engine.runtime.tracing import Tracing
 

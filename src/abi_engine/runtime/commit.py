@@ -29,7 +29,8 @@ import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup, TaskStatus
 
-from abi_engine.events import OutboxEvent
+from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
+from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
@@ -185,6 +186,12 @@ class GroupCommitter:
         self.batches = 0
         self.ops = 0
         self._failures = 0
+        #: Called with each execution the store ended while applying an op (a debounce's
+        #: skips) and ``None``, after its commit: whoever waits for it reads it again.
+        self.on_ended: Callable[[str, None], None] | None = None
+        #: Whether events must carry their data (an ``abi_event`` hook listens): then
+        #: the store's found events, kept by reference, are built with it before emit.
+        self.hooked: Callable[[], bool] = lambda: False
 
     @property
     def running(self) -> bool:
@@ -260,14 +267,41 @@ class GroupCommitter:
         self.batches += 1
         self.ops += len(ops)
         events: list[OutboxEvent] = []
+        found: list[OutboxEvent] = []
         for op, result in zip(ops, results, strict=True):
             # AGAIN: applied by an earlier attempt whose answer was lost, before the hooks
             # saw its events (the store wrote them to the outbox then, not again now).
-            if op.events and (applied(result) or result is AGAIN):
+            if (op.events or op.found) and (applied(result) or result is AGAIN):
                 events.extend(op.events)
+                found.extend(op.found)
+        if found:
+            self._ended(found)
+            events.extend(await self._with_data(found) if self.hooked() else found)
         if events:
             self._emit(events)
         return results
+
+    async def _with_data(self, found: Sequence[OutboxEvent]) -> list[OutboxEvent]:
+        """The store's found events with their data, as ``abi_event`` hooks hear events
+        (read back once committed: a skipped execution never changes again)."""
+        built: list[OutboxEvent] = []
+        for event in found:
+            if not isinstance(event, ExecutionEventRef):
+                built.append(event)
+                continue
+            get = partial(self._store.get_execution, event.execution_id)
+            record = await anyio.to_thread.run_sync(get) if self._store.blocking else get()
+            if record is not None:
+                data = execution_json(build_execution(record, []))
+                built.append(Event(type=event.type, data=data, timestamp=event.timestamp))
+        return built
+
+    def _ended(self, found: Sequence[OutboxEvent]) -> None:
+        """Tell :attr:`on_ended` of the executions the store ended while applying an op."""
+        if self.on_ended is not None:
+            for event in found:
+                if isinstance(event, ExecutionEventRef):
+                    self.on_ended(event.execution_id, None)
 
     async def _flush(self, batch: _Batch) -> None:
         results: list[Any] = []

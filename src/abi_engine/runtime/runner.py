@@ -134,6 +134,7 @@ class Runtime(RunsExecutions):
         self.host: Host | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.committer = GroupCommitter(store, events.emit, metrics=metrics)
+        self.committer.on_ended = self._notify
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.

@@ -33,7 +33,7 @@ from abi_engine.storage.records import (
     StepRecord,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
-from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
+from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, insert_held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 from abi_engine.storage.sql.shaping import SHAPING_COLUMNS, shaping_values
 
@@ -233,7 +233,7 @@ def _claims(d: Dialect, conn: Conn, ids: Sequence[str]) -> dict[str, int | None]
 
 
 def _insert(s: Store, conn: Conn, op: InsertExecution) -> Any:
-    return s._insert_executions(conn, held(s, conn, [op.record]))[0]
+    return insert_held(s, conn, [op.record], [op])[0]
 
 
 def _claim(s: Store, conn: Conn, op: ClaimExecution) -> Any:
@@ -398,7 +398,7 @@ def _lock_in_order(d: Dialect, conn: Conn, ids: Sequence[str]) -> None:
 
 
 def _bulk_insert(s: Store, conn: Conn, ops: list[InsertExecution]) -> list[Any]:
-    return list(s._insert_executions(conn, held(s, conn, [op.record for op in ops])))
+    return insert_held(s, conn, [op.record for op in ops], ops)
 
 
 class BatchStates:

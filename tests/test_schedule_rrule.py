@@ -341,3 +341,41 @@ def test_rrule_over_rest_and_the_python_api(api: Served, way: str) -> None:
     )
     assert bad.status_code == 400, bad.text
     assert bad.json()["error"]["details"]["field"] == "rrule"
+
+
+def test_an_exclusion_rule_keeps_its_own_frequency_and_start() -> None:
+    """A minutely rule excluding ``FREQ=DAILY;BYHOUR=3`` skips 03:00 (the exclusion's
+    minute is its DTSTART's, 0): re-anchoring the exclusion by the rule's one-minute
+    period once moved that minute, and 03:00 ran."""
+    walls = compile_rrule(
+        "FREQ=MINUTELY", "FREQ=DAILY;BYHOUR=3", "Europe/Paris", datetime(2025, 11, 1, tzinfo=UTC)
+    )
+    assert walls.next_wall(datetime(2026, 1, 2, 2, 59)) == datetime(2026, 1, 2, 3, 1)
+    assert walls.prev_wall(datetime(2026, 1, 2, 3, 1)) == datetime(2026, 1, 2, 2, 59)
+
+
+def test_a_counted_rule_steps_without_walking_from_its_start() -> None:
+    """A counted minutely rule (COUNT=90000, two months of minutes) with an exclusion:
+    each step re-anchors near the instant asked about (the count kept as the last
+    occurrence) instead of walking tens of thousands of minutes from DTSTART, which
+    took a third of a second a step (a hypothesis example ran for many minutes). The
+    steps agree with dateutil's own counted expansion."""
+    start = datetime(2025, 11, 1, tzinfo=UTC)
+    rule, exclude = "FREQ=MINUTELY;COUNT=90000", "FREQ=DAILY;BYHOUR=3;BYSECOND=0"
+    walls = compile_rrule(rule, exclude, "Europe/Paris", start)
+    dtstart = start.astimezone(ZoneInfo("Europe/Paris")).replace(tzinfo=None)
+    oracle = rruleset()
+    oracle.rrule(rrulestr(rule, dtstart=dtstart))
+    oracle.exrule(rrulestr(exclude, dtstart=dtstart))
+    wall = datetime(2026, 1, 1, 2, 50)
+    expected = oracle.between(wall, wall + timedelta(hours=2))
+    got = []
+    for _ in range(len(expected)):
+        wall = walls.next_wall(wall)
+        got.append(wall)
+    assert got == expected
+    assert datetime(2026, 1, 1, 3, 0) not in got
+    last = list(rrulestr(rule, dtstart=dtstart))[-1]
+    assert walls.next_wall(last - timedelta(minutes=1)) == last
+    assert walls.next_wall(last) is None
+    assert walls.prev_wall(last + timedelta(days=30)) == last

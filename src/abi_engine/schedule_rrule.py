@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -65,40 +66,69 @@ def _normalized(text: str, tz_name: str) -> str:
 
 @attrs.frozen
 class RuleWalls:
-    """A compiled rule (and exclusion rule) giving wall times, naive, in order."""
+    """A compiled rule (and exclusion rule) giving wall times, naive, in order.
+
+    Each rule is re-anchored by its own period (``None``: walked from DTSTART): the
+    exclusion rule's occurrences depend on its own frequency and DTSTART, not on the
+    rule's. Going forward, the exclusion rule is walked once beside the rule's
+    candidates (a merge of two ordered streams), not again from its start for each
+    candidate: a rule whose candidates the exclusion keeps removing costs the
+    candidates walked, not their square.
+    """
 
     rule: rrule
     exclude: rrule | None
     period: timedelta | None  # re-anchoring step (None: walk from DTSTART)
     dtstart: datetime
+    exclude_period: timedelta | None = None
+    #: The last occurrence of a counted rule (``COUNT`` taken off the rule, which then
+    #: re-anchors like the others), of the rule and of the exclusion rule.
+    last: datetime | None = None
+    exclude_last: datetime | None = None
 
-    def _anchored(self, rule: rrule, wall: datetime) -> rrule:
-        """``rule`` from a start a whole number of periods before ``wall``, at least two
+    def _anchored(self, rule: rrule, period: timedelta | None, wall: datetime) -> rrule:
+        """``rule`` from a start a whole number of ``period`` before ``wall``, at least two
         periods before it (the same occurrences from there on)."""
-        if self.period is None or wall - self.dtstart < 4 * self.period:
+        if period is None or wall - self.dtstart < 4 * period:
             return rule
-        steps = (wall - self.dtstart) // self.period - 2
-        return rule.replace(dtstart=self.dtstart + steps * self.period)
+        steps = (wall - self.dtstart) // period - 2
+        return rule.replace(dtstart=self.dtstart + steps * period)
 
     def _excluded(self, wall: datetime) -> bool:
         if self.exclude is None:
             return False
-        rule = self._anchored(self.exclude, wall)
+        if self.exclude_last is not None and wall > self.exclude_last:
+            return False
+        rule = self._anchored(self.exclude, self.exclude_period, wall)
         return rule.after(wall, inc=True) == wall  # type: ignore[no-any-return]
 
     def next_wall(self, wall: datetime) -> datetime | None:
-        """The first wall time of the rule strictly after ``wall`` (``None``: no more)."""
-        for _ in range(WALK_LIMIT):
-            found = self._anchored(self.rule, wall).after(wall)
-            if found is None or not self._excluded(found):
+        """The first wall time of the rule strictly after ``wall`` (``None``: no more, or
+        none among the next ``WALK_LIMIT`` of the rule)."""
+        candidates = self._anchored(self.rule, self.period, wall).xafter(wall)
+        exclusions: Iterator[datetime] | None = None
+        excluded: datetime | None = None
+        for _, found in zip(range(WALK_LIMIT), candidates, strict=False):
+            if self.last is not None and found > self.last:
+                return None
+            if self.exclude is None:
                 return found  # type: ignore[no-any-return]
-            wall = found
+            if exclusions is None:  # from the first candidate on
+                anchored = self._anchored(self.exclude, self.exclude_period, found)
+                exclusions = anchored.xafter(found, inc=True)
+                excluded = next(exclusions, None)
+            while excluded is not None and excluded < found:
+                excluded = next(exclusions, None)
+            if excluded != found or (self.exclude_last is not None and found > self.exclude_last):
+                return found  # type: ignore[no-any-return]
         return None
 
     def prev_wall(self, wall: datetime) -> datetime | None:
         """The last wall time of the rule strictly before ``wall`` (``None``: none)."""
         for _ in range(WALK_LIMIT):
-            found = self._anchored(self.rule, wall).before(wall)
+            if self.last is not None and wall > self.last:
+                return self.last if not self._excluded(self.last) else self.prev_wall(self.last)
+            found = self._anchored(self.rule, self.period, wall).before(wall)
             if found is None and self.period is not None:
                 found = self.rule.before(wall)  # (a sparse rule: its last one may be far)
             if found is None or not self._excluded(found):
@@ -141,17 +171,45 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
         raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
     # Whole minutes, as cron: a rule without BYSECOND (and its exclusion rule) runs at :00.
     dtstart = start.astimezone(zone(timezone)).replace(tzinfo=None, second=0, microsecond=0)
-    rule = _parse(rule_text, dtstart)
-    excluded = None
+    rule, last = _open(_parse(rule_text, dtstart), rule_text)
+    excluded = exclude_period = exclude_last = None
     if exclude is not None:
-        excluded = _parse(_normalized(exclude, timezone), dtstart)
+        exclude_text = _normalized(exclude, timezone)
+        excluded, exclude_last = _open(_parse(exclude_text, dtstart), exclude_text)
+        exclude_period = _period(exclude_text)
+    return RuleWalls(
+        rule=rule,
+        exclude=excluded,
+        period=_period(rule_text),
+        dtstart=dtstart,
+        exclude_period=exclude_period,
+        last=last,
+        exclude_last=exclude_last,
+    )
+
+
+def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
+    """A counted rule of a fixed period as the same rule without ``COUNT`` and its last
+    occurrence (found once, here: at most ``MAX_COUNT`` steps), so that each later step
+    re-anchors instead of walking again from DTSTART; any other rule as it is."""
+    if _COUNT.search(rule_text) is None or _period(rule_text) is None:
+        return rule, None
+    last = None
+    for last in rule:  # noqa: B007 (the loop finds the last)
+        pass
+    return rule.replace(count=None), last
+
+
+def _period(rule_text: str) -> timedelta | None:
+    """The fixed length of wall time after which the rule repeats its pattern (its
+    frequency times its interval), ``None`` when it has none (``MONTHLY``, ``YEARLY``)
+    or is counted from its start (``COUNT``)."""
+    freq = _FREQ.search(rule_text)
+    period = _PERIODS.get(freq.group(1)) if freq is not None else None
+    if period is None:
+        return None
     interval = _INTERVAL.search(rule_text)
-    period = _PERIODS.get(freq.group(1))
-    if period is not None and count is None:
-        period *= int(interval.group(1)) if interval else 1
-    else:
-        period = None
-    return RuleWalls(rule=rule, exclude=excluded, period=period, dtstart=dtstart)
+    return period * (int(interval.group(1)) if interval else 1)
 
 
 class _RuleFields(Protocol):

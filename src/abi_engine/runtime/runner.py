@@ -584,8 +584,11 @@ class Runtime(RunsExecutions):
             self._tg.start_soon(self._wake_at, when)
 
     async def _wake_at(self, when: datetime) -> None:
-        """Look for due timers right at ``when`` (the poller would notice later)."""
-        await anyio.sleep(max(0.0, (when - utcnow()).total_seconds()) + 0.001)
+        """Look for due timers right at ``when`` (the poller would notice later); at
+        once when it has passed already (a freed concurrency slot: no sleep, #16)."""
+        delay = (when - utcnow()).total_seconds()
+        if delay >= 0:  # (1 ms beyond it: the stored time is then surely passed)
+            await anyio.sleep(delay + 0.001)
         if not self._stopping:
             try:
                 await self._recover_once()

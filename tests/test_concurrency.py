@@ -18,6 +18,7 @@ from runtime_plugins.helpers import (
     DatabaseFactory,
     EngineFactory,
     engines,
+    fast,
     new_workflow,
     until,
     wait_status,
@@ -252,3 +253,39 @@ async def test_a_synchronous_execute_waits_for_its_slot(make: EngineFactory) -> 
     assert answers[0].status is ExecutionStatus.COMPLETED
     assert done_a.completed_at is not None
     assert answers[0].started_at >= done_a.completed_at
+
+
+async def test_a_freed_slot_starts_the_next_at_once_without_the_poller(
+    make: EngineFactory,
+) -> None:
+    """The poller sleeps an hour: when an execution holding a key's only slot ends, its
+    node grants itself the next one waiting on that key at once (``claim_freed``), and
+    that one's end the next; another workflow's waiting execution is not granted by
+    it, and the intervals never overlap."""
+    engine = make(settings=fast(poll_interval=3600))
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        other = await new_workflow(engine, max_concurrency=1)
+        holder = await engine.executions.execute(other, _gated("x", "hold"), wait=False)
+        await wait_status(engine, holder.execution_id, ExecutionStatus.RUNNING, timeout=30)
+        stuck = await engine.executions.execute(other, _gated("y", "stuck"), wait=False)
+        ids = [
+            (await engine.executions.execute(wf, _gated("c", f"k{i}"), wait=False)).execution_id
+            for i in range(3)
+        ]
+        await wait_status(engine, ids[0], ExecutionStatus.RUNNING, timeout=30)
+        assert (await engine.executions.get(ids[1])).queued_reason == "concurrency_limit"
+        for i in range(3):
+            PROBE.gate(f"k{i}").set()
+        done = [await wait_status(engine, i, *TERMINAL, timeout=30) for i in ids]
+        still = await engine.executions.get(stuck.execution_id)
+        PROBE.gate("hold").set()
+        PROBE.gate("stuck").set()
+    assert {d.status for d in done} == {ExecutionStatus.COMPLETED}
+    assert still.status is ExecutionStatus.QUEUED
+    assert still.queued_reason == "concurrency_limit"
+    spans = sorted((d.started_at, d.completed_at) for d in done)
+    for (_, ended), (started, _) in itertools.pairwise(spans):
+        assert ended is not None
+        assert started is not None
+        assert started >= ended, spans

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.anyio
 WATCHED = (
     "apply",
     "claim_recoverable",
+    "claim_freed",
     "renew_leases",
     "get_execution",
     "get_steps",

@@ -109,6 +109,9 @@ class WritesRuns:
     def _timer(self, when: datetime) -> None:
         raise NotImplementedError
 
+    async def slot_freed(self, workflow_id: str) -> None:
+        raise NotImplementedError
+
     def _notify(self, execution_id: str, execution: Execution | None) -> None:
         raise NotImplementedError
 

@@ -562,6 +562,35 @@ class Runtime(RunsExecutions):
             self._push(execution_id, token, priority=0)
         return len(granted)
 
+    async def slot_freed(self, workflow_id: str) -> None:
+        """A concurrency slot of ``workflow_id`` held here is free: grant this node the
+        executions waiting for one at once (one transaction, #16), rather than at the
+        next poll."""
+        claim = getattr(self.store, "claim_freed", None)
+        if claim is None:  # a store without it: whether any waits, then a whole claim
+            wanted = getattr(self.store, "slots_wanted", None)
+            if wanted is not None and await call_store(self.store, wanted, workflow_id):
+                self._timer(utcnow())
+            return
+        room = min(self.room(), 500)
+        if room <= 0 or self._stopping:
+            return
+        granted = await call_store(
+            self.store,
+            claim,
+            self.node_id,
+            workflow_id,
+            self.lease(),
+            room,
+            set(self.workflow_types),
+        )
+        due = getattr(self.store, "next_due", None)
+        if due is not None:  # held by a rate limit: claim right when due
+            self._due(utcnow() + due)
+        for execution_id, _priority, token in granted:
+            self.claims.hold(execution_id, token)
+            self._push(execution_id, token, priority=0)
+
     def behind_priority(self, execution_id: str) -> bool:
         """Whether ``execution_id`` waits in this node's queue while work of higher
         priority waits there too (``queued_reason`` ``priority``)."""
@@ -584,8 +613,11 @@ class Runtime(RunsExecutions):
             self._tg.start_soon(self._wake_at, when)
 
     async def _wake_at(self, when: datetime) -> None:
-        """Look for due timers right at ``when`` (the poller would notice later)."""
-        await anyio.sleep(max(0.0, (when - utcnow()).total_seconds()) + 0.001)
+        """Look for due timers right at ``when`` (the poller would notice later); at
+        once when it has passed already (a freed concurrency slot: no sleep, #16)."""
+        delay = (when - utcnow()).total_seconds()
+        if delay >= 0:  # (1 ms beyond it: the stored time is then surely passed)
+            await anyio.sleep(delay + 0.001)
         if not self._stopping:
             try:
                 await self._recover_once()

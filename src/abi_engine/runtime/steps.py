@@ -40,7 +40,6 @@ from abi_engine.runtime.execution import (
 )
 from abi_engine.storage._codec import loads as _loads
 from abi_engine.storage._fencing import new_claim
-from abi_engine.storage.aio import call_store
 from abi_engine.storage.records import (
     ClaimExecution,
     ExecutionRecord,
@@ -192,12 +191,8 @@ class RunsExecutions(WritesRuns):
             with self.tracing.execution(prepared.record):
                 await self._run_loaded(prepared)
         if prepared.record.limited:  # its slot is free: what waits for one starts now
-            wanted = getattr(self.store, "slots_wanted", None)
             try:
-                if wanted is not None and await call_store(
-                    self.store, wanted, prepared.record.workflow_id
-                ):
-                    self._timer(utcnow())
+                await self.slot_freed(prepared.record.workflow_id)
             except Exception:  # the poller finds it
                 log.debug("could not look for executions waiting for a slot", exc_info=True)
 

@@ -285,23 +285,30 @@ def _admit_slots(
 
 
 def blocked_rows(
-    d: Dialect, conn: Conn, room: int, type_clause: str, type_args: Sequence[Any]
+    d: Dialect,
+    conn: Conn,
+    room: int,
+    type_clause: str,
+    type_args: Sequence[Any],
+    workflow_id: str | None = None,
 ) -> list[Sequence[Any]]:
-    """Candidates among the executions waiting for a slot (``BLOCKED``), as rows
-    ``(id, workflow_id, concurrency_key, priority, status)``: of each group (workflow
-    and key), the first ones in grant order, as many as its limit at most (so that
-    many waiting on one key cost a claim an index probe, not a scan of them all)."""
+    """Candidates among the executions waiting for a slot (``BLOCKED``; of
+    ``workflow_id`` only, if given), as rows ``(id, workflow_id, concurrency_key,
+    priority, status)``: of each group (workflow and key), the first ones in grant
+    order, as many as its limit at most (so that many waiting on one key cost a claim
+    an index probe, not a scan of them all)."""
+    of, of_args = ("", ()) if workflow_id is None else (" AND workflow_id = ?", (workflow_id,))
     groups = conn.execute(
         "SELECT DISTINCT workflow_id, concurrency_key FROM executions"
-        f" WHERE status = 'queued' AND queued_reason = '{BLOCKED}' LIMIT ?",
-        (MAX_GROUPS,),
+        f" WHERE status = 'queued' AND queued_reason = '{BLOCKED}'{of} LIMIT ?",
+        (*of_args, MAX_GROUPS),
     ).fetchall()
     if not groups:
         return []
     limits = _limits(d, conn, [g[0] for g in groups])
     rows: list[Sequence[Any]] = []
-    for workflow_id, key in groups:
-        most, _, per_key = limits.get(workflow_id, (None, None, None))
+    for group_id, key in groups:
+        most, _, per_key = limits.get(group_id, (None, None, None))
         bounds = (most, per_key if key is not None else None, room - len(rows))
         bound = min(b for b in bounds if b is not None)
         if bound <= 0:
@@ -312,7 +319,7 @@ def blocked_rows(
                 f" WHERE workflow_id = ? AND status = 'queued' AND concurrency_key"
                 f" {d.null_safe_eq} ? AND queued_reason = '{BLOCKED}' AND owner IS NULL"
                 f"{type_clause} ORDER BY {claim_order('')} LIMIT ?{d.claim()}",
-                (workflow_id, key, *type_args, bound),
+                (group_id, key, *type_args, bound),
             ).fetchall()
         )
     return rows

@@ -325,20 +325,47 @@ class ExecutionsMixin:
                 rows = _unowned_rows(d, conn, room, where, order_args)
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")
-            conn.executemany(
-                f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
-                " waiting_for = NULL, wake_at = NULL, status = 'queued', not_before = NULL,"
-                " queued_reason = CASE WHEN queued_reason IN"
-                f" ('{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}') THEN NULL"
-                " ELSE queued_reason END WHERE id = ?",
-                [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
-            )
+            _grant(d, conn, owner, lease_until, taken)
             self.next_due = due_in(d, conn)
             return taken
 
         granted = list(self.write(run))
         self.lease_takeovers += running[0]
         return granted
+
+    def claim_freed(
+        self,
+        owner: str,
+        workflow_id: str,
+        lease_until: datetime,
+        limit: int,
+        types: Collection[str] | None = None,
+    ) -> list[tuple[str, int, int]]:
+        """Grant ``owner`` executions of ``workflow_id`` waiting for a concurrency slot
+        (``concurrency_limit``), as many as its slots (and rate limit) allow now and at
+        most ``limit``: what a node does when one of its slots frees, rather than a
+        whole :meth:`claim_recoverable` (one transaction that only reads when none
+        waits). Returns ``(execution_id, priority, token)``; sets :attr:`next_due` when
+        one is held by a rate limit (else clears it)."""
+        d = self.dialect
+        where = _recovery_filters(d, None, types, ())
+        order_args = (self.priority_aging_ms,)
+
+        def run(conn: Conn) -> list[tuple[str, int, int]]:
+            self.next_due = None
+            rows = blocked_rows(
+                d, conn, limit, where.types, (*where.type_args, *order_args), workflow_id
+            )
+            if not rows:
+                return []
+            granted = admit(d, conn, rows, limit)
+            taken = [(row[0], row[3], new_claim()) for row in granted]
+            _grant(d, conn, owner, lease_until, taken)
+            if len(taken) < len(rows):  # some held by a rate limit's window?
+                self.next_due = due_in(d, conn)
+            return taken
+
+        return list(self.write(run))
 
     def renew_leases(self, claims: Mapping[str, int], lease_until: datetime) -> list[str]:
         """Extend the lease of each execution still queued or running under its claim
@@ -407,6 +434,24 @@ def _admit_woken(d: Dialect, conn: Conn, woken: Sequence[Any]) -> list[Any]:
         [(row[0],) for row in woken if row[0] not in granted],
     )
     return [row for row in woken if row[0] in granted]
+
+
+def _grant(
+    d: Dialect,
+    conn: Conn,
+    owner: str,
+    lease_until: datetime,
+    taken: Sequence[tuple[str, int, int]],
+) -> None:
+    """Grant ``owner`` the executions ``taken`` (id, priority, claim token), queued."""
+    conn.executemany(
+        f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
+        " waiting_for = NULL, wake_at = NULL, status = 'queued', not_before = NULL,"
+        " queued_reason = CASE WHEN queued_reason IN"
+        f" ('{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}') THEN NULL"
+        " ELSE queued_reason END WHERE id = ?",
+        [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
+    )
 
 
 class _RecoveryFilters(NamedTuple):

@@ -59,6 +59,7 @@ CLASSES: dict[type[AbiError], tuple[str, int]] = {
     errors.EngineNotRunning: ("ENGINE_NOT_RUNNING", 503),
     errors.TemplateNotFound: ("NOT_FOUND", 404),
     errors.TriggerNotFound: ("NOT_FOUND", 404),
+    errors.BackfillNotFound: ("NOT_FOUND", 404),
     errors.InternalError: ("INTERNAL_ERROR", 500),
 }
 

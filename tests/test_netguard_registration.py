@@ -289,13 +289,13 @@ async def test_unsendable_callback_url_fails_each_attempt_in_one_line(
 ) -> None:
     """An execution whose callback_url was stored before the rules gets its callback attempts
     recorded as failed with a one-line reason, and no traceback in the log."""
-    import abi_engine.executions
+    import abi_engine.execution_requests
 
     engine = make_engine(allow_private_urls=False)
     with caplog.at_level(logging.DEBUG, logger="abi_engine"):
         async with engine:
             wf_id = await make_workflow(engine)
-            monkeypatch.setattr(abi_engine.executions, "check_url", lambda url, **_: url)
+            monkeypatch.setattr(abi_engine.execution_requests, "check_url", lambda url, **_: url)
             executions = [
                 await engine.executions.execute(wf_id, {}, wait=False, callback_url=url)
                 for url in UNSENDABLE

@@ -14,7 +14,11 @@ frequency ``MINUTELY`` to ``WEEKLY`` are re-anchored to a start a period or two
 before the instant asked about (the same occurrences, as their periods are
 fixed lengths of wall time), so a step costs the same a year later.
 ``SECONDLY`` is refused (use an interval schedule), ``COUNT`` is at most
-100,000.
+100,000. A plain rule (``DAILY`` or ``WEEKLY``, interval 1, no ``COUNT`` nor
+``UNTIL``, only ``BYDAY`` without ordinals, ``BYHOUR``, ``BYMINUTE`` and
+``BYMONTH``) has the wall times of a cron expression from ``DTSTART`` on: its
+next wall time is computed as cron's, and dateutil parses it only when asked
+for more (every create computes a first due time).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Protocol
 import attrs
 from dateutil.rrule import rrule, rrulestr
 
+from abi_engine.schedule_cron import CronSpec
 from abi_engine.schedule_dst import WALK_LIMIT
-from abi_engine.schedule_math import zone
+from abi_engine.schedule_math import _next_wall, zone
 
 __all__ = ["RuleWalls", "compile_rrule", "rule_walls"]
 
@@ -63,14 +68,27 @@ def _normalized(text: str, tz_name: str) -> str:
     return _UNTIL_UTC.sub(local, rule)
 
 
-@attrs.frozen
+@attrs.define
 class RuleWalls:
-    """A compiled rule (and exclusion rule) giving wall times, naive, in order."""
+    """A compiled rule (and exclusion rule) giving wall times, naive, in order.
 
-    rule: rrule
+    ``plain``: the cron fields of a plain rule without exclusion rule (its
+    dateutil rule is then parsed from ``text`` only when first needed).
+    """
+
+    text: str
     exclude: rrule | None
     period: timedelta | None  # re-anchoring step (None: walk from DTSTART)
     dtstart: datetime
+    plain: CronSpec | None = None
+    _rule: rrule | None = None
+
+    @property
+    def rule(self) -> rrule:
+        """The dateutil rule (parsed once)."""
+        if self._rule is None:
+            self._rule = _parse(self.text, self.dtstart)
+        return self._rule
 
     def _anchored(self, rule: rrule, wall: datetime) -> rrule:
         """``rule`` from a start a whole number of periods before ``wall``, at least two
@@ -88,6 +106,8 @@ class RuleWalls:
 
     def next_wall(self, wall: datetime) -> datetime | None:
         """The first wall time of the rule strictly after ``wall`` (``None``: no more)."""
+        if self.plain is not None:  # the first at or after DTSTART (a whole minute)
+            return _next_wall(self.plain, max(wall, self.dtstart - _MINUTE))
         for _ in range(WALK_LIMIT):
             found = self._anchored(self.rule, wall).after(wall)
             if found is None or not self._excluded(found):
@@ -141,7 +161,8 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
         raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
     # Whole minutes, as cron: a rule without BYSECOND (and its exclusion rule) runs at :00.
     dtstart = start.astimezone(zone(timezone)).replace(tzinfo=None, second=0, microsecond=0)
-    rule = _parse(rule_text, dtstart)
+    plain = _plain_cron(rule_text, dtstart) if exclude is None else None
+    rule = None if plain is not None else _parse(rule_text, dtstart)
     excluded = None
     if exclude is not None:
         excluded = _parse(_normalized(exclude, timezone), dtstart)
@@ -151,7 +172,56 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
         period *= int(interval.group(1)) if interval else 1
     else:
         period = None
-    return RuleWalls(rule=rule, exclude=excluded, period=period, dtstart=dtstart)
+    return RuleWalls(
+        text=rule_text, exclude=excluded, period=period, dtstart=dtstart, plain=plain, rule=rule
+    )
+
+
+_MINUTE = timedelta(minutes=1)
+_DAYS = {"SU": 0, "MO": 1, "TU": 2, "WE": 3, "TH": 4, "FR": 5, "SA": 6}
+_PLAIN_PART = re.compile(
+    r"(FREQ)=(DAILY|WEEKLY)|(INTERVAL)=(1)|(BYDAY)=((?:MO|TU|WE|TH|FR|SA|SU)(?:,(?:MO|TU|WE|TH|FR|SA|SU))*)"
+    r"|(BYHOUR|BYMINUTE|BYMONTH)=([0-9]{1,2}(?:,[0-9]{1,2})*)"
+)
+_PLAIN_BOUNDS = {"BYHOUR": (0, 23), "BYMINUTE": (0, 59), "BYMONTH": (1, 12)}
+
+
+def _plain_cron(text: str, dtstart: datetime) -> CronSpec | None:
+    """The cron fields giving the same wall times as the rule ``text`` from ``dtstart`` on
+    (``None``: not a plain rule). dateutil's defaults: the hour and minute of ``dtstart``,
+    and for ``WEEKLY`` its weekday."""
+    parts: dict[str, str] = {}
+    for part in text.split(";"):
+        match = _PLAIN_PART.fullmatch(part)
+        if match is None:
+            return None
+        key, value = (g for g in match.groups() if g is not None)
+        if key in parts:
+            return None
+        parts[key] = value
+    if "FREQ" not in parts:
+        return None
+    numbers: dict[str, frozenset[int]] = {}
+    for key, (low, high) in _PLAIN_BOUNDS.items():
+        if key in parts:
+            values = frozenset(int(v) for v in parts[key].split(","))
+            if not all(low <= v <= high for v in values):
+                return None
+            numbers[key] = values
+    weekdays = None
+    if "BYDAY" in parts:
+        weekdays = frozenset(_DAYS[d] for d in parts["BYDAY"].split(","))
+    elif parts["FREQ"] == "WEEKLY":
+        weekdays = frozenset([dtstart.isoweekday() % 7])
+    return CronSpec(
+        expression=text,
+        minutes=numbers.get("BYMINUTE", frozenset([dtstart.minute])),
+        hours=numbers.get("BYHOUR", frozenset([dtstart.hour])),
+        days=None,
+        months=numbers.get("BYMONTH", frozenset(range(1, 13))),
+        weekdays=weekdays,
+        special=False,
+    )
 
 
 class _RuleFields(Protocol):

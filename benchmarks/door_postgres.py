@@ -13,7 +13,10 @@ first submit until every one has ended. Each figure on a fresh schema:
   in a process of its own;
 - SQLite (file, durability normal) in the same run, for the ratio.
 
-The load average prints with each figure.
+The load average prints with each figure, and the CPU time spent per execution
+by the engine processes and by the PostgreSQL server processes serving their
+connections (read from ``/proc``: 0 unless the server runs on this host). On a
+shared machine CPU time holds better than the wall clock.
 
     python benchmarks/door_postgres.py [--url postgresql://...] [--count 3000]
 """
@@ -24,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import secrets
 import socket
 import subprocess
@@ -78,6 +82,8 @@ async def run_engine(
     """Run ``count`` executions from ``start_at`` (a time.time()); done once the
     workflow has ``total`` runs (every engine's, the warm-ups' included)."""
     settings = RuntimeSettings(workers=256, queue_size=max(count, 1000))
+    if db.startswith("postgresql://"):  # names this process's connections to the server
+        db += ("&" if "?" in db else "?") + f"application_name=door-{os.getpid()}"
     async with Engine(db, plugins=[DoorPlugin()], load_entry_points=False, runtime=settings) as e:
         workflows = await e.workflows.list(page_size=1)
         if workflows.items:
@@ -97,6 +103,7 @@ async def run_engine(
                 ids.append((i, ex.execution_id))
 
         await anyio.sleep(max(0.0, start_at - time.time()))
+        cpu0, server0 = _own_cpu(), _server_cpu(db)
         started = time.time()
         async with anyio.create_task_group() as tg:
             for s in range(64):
@@ -107,6 +114,7 @@ async def run_engine(
                 break
             await anyio.sleep(0.01)
         ended = time.time()
+        cpu, server = _own_cpu() - cpu0, _server_cpu(db)
         for i, execution_id in ids[:: max(1, len(ids) // 50)]:  # checked after the clock
             ex = await e.executions.wait(execution_id, 300)
             assert ex.result == {"value": expected(i)}, ex
@@ -115,7 +123,37 @@ async def run_engine(
         "started": started,
         "ended": ended,
         "commits_per_exec": (commits - commits0) / count,
+        "cpu": cpu,
+        "server_cpu": sum(seconds - server0.get(pid, 0.0) for pid, seconds in server.items()),
     }
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cpu(db: str) -> dict[int, float]:
+    """CPU seconds used so far by each server process serving this process's connections
+    (``application_name``), read from ``/proc``: empty unless the server runs here."""
+    if not db.startswith("postgresql://"):
+        return {}
+    import psycopg
+
+    with psycopg.connect(db.replace("application_name=door-", "application_name=probe-")) as c:
+        rows = c.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (f"door-{os.getpid()}",),
+        ).fetchall()
+    found: dict[int, float] = {}
+    for (pid,) in rows:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
 
 
 def _child(db: str, count: int, start_at: float, offset: int, total: int) -> subprocess.Popen[str]:
@@ -130,8 +168,9 @@ def _child(db: str, count: int, start_at: float, offset: int, total: int) -> sub
     )
 
 
-def measure(db: str, count: int, processes: int) -> tuple[float, float]:
-    """(executions/s, commits per execution) of ``processes`` engines sharing ``db``."""
+def measure(db: str, count: int, processes: int) -> tuple[float, float, float, float]:
+    """(executions/s, commits per execution, engine and server CPU microseconds per
+    execution) of ``processes`` engines sharing ``db``."""
     # The first engine creates the schema and the workflow before the others start.
     anyio.run(run_engine, db, 20, 0.0, 10**6)
     start_at = time.time() + 3.0  # every child imported and started by then
@@ -146,7 +185,10 @@ def measure(db: str, count: int, processes: int) -> tuple[float, float]:
     first = min(r["started"] for r in results)
     last = max(r["ended"] for r in results)
     commits = sum(r["commits_per_exec"] for r in results) / processes
-    return (count // processes) * processes / (last - first), commits
+    done = each * processes
+    engine_us = sum(r["cpu"] for r in results) / done * 1e6
+    server_us = sum(r["server_cpu"] for r in results) / done * 1e6
+    return done / (last - first), commits, engine_us, server_us
 
 
 # -- PostgreSQL schemas -------------------------------------------------------------------------
@@ -208,9 +250,10 @@ def main() -> None:
         parser.error("give --url postgresql://... (or set ABI_ENGINE_TEST_POSTGRES_URL)")
     print(f"door_postgres: {args.count} executions per figure; cpus {os.cpu_count()}")
 
-    def show(label: str, rate: float, commits: float) -> float:
+    def show(label: str, rate: float, commits: float, engine_us: float, server_us: float) -> float:
         print(
-            f"  {label}: {rate:,.0f} exec/s ({commits:.2f} commits per execution);"
+            f"  {label}: {rate:,.0f} exec/s ({commits:.2f} commits per execution;"
+            f" CPU per execution: engine {engine_us:.0f} us, server {server_us:.0f} us);"
             f" load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )

@@ -46,7 +46,9 @@ How to run (the peers are optional; without them only abi-engine's figures print
 and DBOS brings SQLAlchemy and OpenTelemetry.)
 
 or with the dev environment (``PYTHONPATH=src:contrib/asgi_adapter:plugins``);
-``--only abi`` skips the peers.
+``--only abi`` skips the peers; ``--modes normal:1,full:1,normal:seq`` runs only
+those abi-engine modes (``DURABILITY:THREADS``, ``DURABILITY:batch``,
+``DURABILITY:seq``).
 """
 
 from __future__ import annotations
@@ -396,6 +398,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=["abi", "all"], default="all")
+    parser.add_argument(
+        "--modes",
+        help="comma-separated abi modes to run (e.g. normal:1,full:1,normal:seq); default all",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -411,6 +417,10 @@ def main() -> None:
     throughput += [("abi", "normal:batch"), ("abi", "full:batch")]
     throughput += [(p, "run") for p in peers]
     latency = [("abi", "normal:seq"), ("abi", "full:seq")] + [(p, "seq") for p in peers]
+    if args.modes:
+        wanted = set(args.modes.split(","))
+        throughput = [t for t in throughput if t[0] != "abi" or t[1] in wanted]
+        latency = [t for t in latency if t[0] != "abi" or t[1] in wanted]
     print(
         f"door_sync: {args.count} executions x {args.rounds} rounds, {args.samples} sequential"
         f" samples; cpus {os.cpu_count()}; load average at start {load()}",

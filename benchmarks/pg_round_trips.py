@@ -10,7 +10,9 @@ PostgreSQL protocol the client sends and counts, after the warm-up:
   (the end of a statement, or of a pipeline's statements sent together), a ``Flush``
   (a pipeline's results wanted now) or a simple ``Query``; shown by the statements sent since the previous one;
 - **statements**: ``Execute`` messages plus simple ``Query`` messages, by their SQL
-  (``Parse`` names it; prepared statements are followed by name).
+  (``Parse`` names it; prepared statements are followed by name);
+- **parses**: ``Parse`` messages, unnamed (parsed and planned for one use) or named
+  (psycopg prepares a statement on its ``prepare_threshold``-th use on a connection).
 
     python benchmarks/pg_round_trips.py [--url postgresql://...] [--count 1000] [--top 15]
 """
@@ -41,13 +43,16 @@ class Counts:
         self.lock = threading.Lock()
         self.round_trips = 0
         self.statements: Counter[str] = Counter()
+        #: Parse messages: ``unnamed`` and ``named`` (prepared).
+        self.parses: Counter[str] = Counter()
         #: Round trips by the statements sent together before each one.
         self.waits: Counter[str] = Counter()
 
-    def reset(self) -> tuple[int, Counter[str], Counter[str]]:
+    def reset(self) -> tuple[int, Counter[str], Counter[str], Counter[str]]:
         with self.lock:
-            taken = self.round_trips, self.statements, self.waits
+            taken = self.round_trips, self.statements, self.waits, self.parses
             self.round_trips, self.statements, self.waits = 0, Counter(), Counter()
+            self.parses = Counter()
         return taken
 
 
@@ -89,6 +94,8 @@ class _Reader:
         if kind == b"P":
             name, rest = body.split(b"\0", 1)
             self.names[name] = rest.split(b"\0", 1)[0].decode(errors="replace")
+            with self.counts.lock:
+                self.counts.parses["named" if name else "unnamed"] += 1
         elif kind == b"B":
             _portal, statement, _ = body.split(b"\0", 2)
             self.bound = self.names.get(statement, "?")
@@ -164,7 +171,7 @@ def main() -> None:
         clock = time.perf_counter()
         anyio.run(run_engine, url, args.count, 0.0, 40 + 20 + args.count)
         seconds = time.perf_counter() - clock
-        round_trips, statements, waits = counts.reset()
+        round_trips, statements, waits, parses = counts.reset()
     # The second run's own warm-up (20 sequential executions) is counted too.
     n = args.count + 20
     print(
@@ -174,6 +181,10 @@ def main() -> None:
     print(f"  round trips per execution: {round_trips / n:.2f}")
     for sql, number in waits.most_common(args.top):
         print(f"  {number / n:6.2f}  {sql}")
+    print(
+        f"  parses per execution: {parses['unnamed'] / n:.3f} unnamed,"
+        f" {parses['named'] / n:.3f} prepared"
+    )
     print(f"  statements per execution:  {sum(statements.values()) / n:.2f}")
     for sql, number in statements.most_common(args.top):
         print(f"  {number / n:6.2f}  {sql}")

@@ -457,6 +457,34 @@ def test_a_lost_report_for_a_swapped_grant_is_ignored() -> None:
     assert claims.token("exec_1") == 12
 
 
+def test_a_loss_reported_before_the_swap_waits_for_the_claims_answer() -> None:
+    """The heartbeat renews between a claim's commit and its swap: the store reports the
+    grant gone (the row runs under the run token). A poll of lost claims then must not
+    stop the run: the loss waits for the claim's answer. Swapped, it is dropped; the
+    claim refused (let go), the grant's loss is acted on."""
+    from abi_engine.runtime.leases import Claims
+
+    reported: list[list[str]] = [["exec_1"]]
+    claims = Claims(lambda held, until: reported.pop() if reported else [], 30)
+    claims.hold("exec_1", 11)
+    claims.expect("exec_1", 12)
+    assert claims.renew_once() == 1
+    assert claims.take_lost() == {}  # polled before the swap: nothing stops
+    assert claims.token("exec_1") == 11
+    assert claims.swap("exec_1", 11, 12)
+    assert claims.take_lost() == {}
+    assert claims.token("exec_1") == 12
+
+    reported.append(["exec_2"])
+    claims.hold("exec_2", 21)
+    claims.expect("exec_2", 22)
+    assert claims.renew_once() == 1
+    assert claims.take_lost() == {}
+    claims.let_go("exec_2", 22)  # the claim was refused: nothing on its way any more
+    assert claims.take_lost() == {"exec_2": 21}
+    assert claims.token("exec_2") is None
+
+
 async def test_an_execution_with_more_steps_done_than_its_type_has_ends(
     make: EngineFactory,
 ) -> None:

@@ -636,24 +636,29 @@ async def test_waiting_time_is_not_a_sync_timeout(eng: Engine) -> None:
 async def test_signal_refused_only_when_finished(eng: Engine) -> None:
     """A signal to a finished execution raises InvalidState; an unfinished one keeps a
     signal it does not wait for (yet), and a second one of the same name as the next
-    of its stream; require_waiting=True still refuses them."""
+    of its stream; require_waiting=True still refuses them.
+
+    The execution is held in its first step (a gate) while the signals come: once
+    the first ``go`` is given to a waiting execution it may finish before the second
+    arrives, which would then rightly be refused."""
     wf = await new_workflow(eng)
     done = await eng.executions.execute(wf)
     with pytest.raises(InvalidState):
         await eng.executions.signal(done.execution_id, "go", 1)
     waiting = await eng.executions.execute(
-        wf, {"do": {"second": {"signal": "go"}}}, timeout_seconds=5
+        wf, {"do": {"first": {"gate": "held"}, "second": {"signal": "go"}}}, wait=False
     )
-    assert waiting.status is ExecutionStatus.WAITING
+    await until(lambda: PROBE.calls[(waiting.execution_id, "first")] == 1)
     with pytest.raises(InvalidState) as caught:
         await eng.executions.signal(waiting.execution_id, "other", 1, require_waiting=True)
     assert caught.value.details["signal"] == "other"
     kept = await eng.executions.signal(waiting.execution_id, "other", 1)
-    assert kept.status is ExecutionStatus.WAITING
+    assert kept.status is ExecutionStatus.RUNNING
     with pytest.raises(InvalidRequest):
         await eng.executions.signal(waiting.execution_id, "", 1)
     await eng.executions.signal(waiting.execution_id, "go", 1)
     await eng.executions.signal(waiting.execution_id, "go", 2)
+    PROBE.gate("held").set()
     final = await eng.executions.wait(waiting.execution_id, timeout=5)
     assert final.status is ExecutionStatus.COMPLETED
     assert eng.store.get_steps(waiting.execution_id)[1].result == {"payload": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import simpleeval
@@ -90,3 +91,54 @@ def test_agrees_with_simpleeval_on_cheap_expressions(expression: str) -> None:
             SafeEvaluator().eval(expression)
         return
     assert SafeEvaluator().eval(expression) == expected
+
+
+def test_expressions_are_parsed_once_and_evaluated_afresh() -> None:
+    """The parse of an expression is cached (same tree each time); evaluating it again
+    with other names gives the new answer; a syntax error is not cached as a tree."""
+    from abi_engine.expressions import parsed
+
+    assert parsed("a + 1") is parsed("a + 1")
+    evaluator = SafeEvaluator(names={"a": 1})
+    assert evaluator.eval("a + 1") == 2
+    evaluator.names = {"a": 41}
+    assert evaluator.eval("a + 1") == 42
+    with pytest.raises(SyntaxError):
+        parsed("a +")
+    with pytest.raises(SyntaxError):
+        evaluator.eval("a +")
+
+
+def test_transform_steps_share_an_evaluator_but_no_data() -> None:
+    """The custom type's transform reuses one evaluator per thread: each evaluation sees
+    only its own step's parameters and results, and none is kept afterwards, even when
+    an expression fails."""
+    from types import SimpleNamespace
+
+    from abi_plugin_custom import actions
+
+    def ctx(i: int) -> Any:
+        return SimpleNamespace(parameters={"i": i}, results={"add": {"a": i + 1}})
+
+    assert actions.evaluate({"b": "results['add']['a'] * 2"}, ctx(1)) == {"b": 4}
+    assert actions.evaluate({"b": "results['add']['a'] * 2", "i": "parameters['i']"}, ctx(5)) == {
+        "b": 12,
+        "i": 5,
+    }
+    assert actions._evaluators.evaluator.names == {}
+    with pytest.raises(actions.TransformError, match="nope"):
+        actions.evaluate({"x": "parameters['nope']"}, ctx(2))
+    assert actions._evaluators.evaluator.names == {}
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        seen.append(actions.evaluate({"v": "parameters['i']"}, ctx(7)))
+        seen.append(actions._evaluators.evaluator)
+
+    import threading
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert seen[0] == {"v": 7}
+    assert seen[1] is not actions._evaluators.evaluator

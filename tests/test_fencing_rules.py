@@ -173,8 +173,8 @@ class ClaimRules(RuleBasedStateMachine):
             grant_token=token,
             lease_until=self._lease(),
         )
-        if self.status not in ("queued", "running", "waiting"):
-            assert self._apply(op) is None  # nothing after the end, nor while paused
+        if self.status not in ("queued", "running", "waiting", "paused"):
+            assert self._apply(op) is None  # nothing after the end (a paused one keeps it)
         elif self.status == "waiting" and op.name == self.waiting_for:
             assert self._apply(op) == "queued"
             self.status, self.claim, self.waiting_for = "queued", token, None
@@ -218,13 +218,13 @@ class ClaimRules(RuleBasedStateMachine):
     @rule()
     def pause(self) -> None:
         """Pause (an API call, not a run's write: not repeated as one): a queued execution
-        at once (its grant is void), a running one at its next boundary."""
+        at once (its grant is void), a running or waiting one at its next boundary."""
         result = self._apply(PauseExecution(execution_id=self.id, paused_at=self.now))
         if self.status in ("queued", "paused"):
             assert result == "paused"
             self.status, self.claim, self.running = "paused", None, False
             self.pausing = False
-        elif self.status == "running":
+        elif self.status in ("running", "waiting"):  # a waiting one once its wait ends
             assert result == "requested"
             self.pausing = True
         else:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import attrs
 import pytest
@@ -225,3 +226,31 @@ async def test_then_runs_at_the_commit_even_when_the_caller_was_cancelled(tmp_pa
     finally:
         store.close()
     assert seen == [True]
+
+
+async def test_writes_of_tasks_ready_at_the_wakeup_join_the_same_commit() -> None:
+    """A task that is ready to run when the writer wakes (it yielded once after the
+    first submit) gets its write into the same transaction; a lone write is flushed
+    without waiting for anything."""
+    store = RecordingStore()
+    committer, _ = _committer(store, 100)
+    results: list[Any] = []
+
+    async def first() -> None:
+        results.append(await committer.submit(Echo(value=1)))
+
+    async def second() -> None:
+        await anyio.lowlevel.checkpoint()  # still ready when the writer wakes up
+        results.append(await committer.submit(Echo(value=2)))
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(committer.run)
+        async with anyio.create_task_group() as submitters:
+            submitters.start_soon(first)
+            submitters.start_soon(second)
+        assert store.applied == [[1, 2]]
+        with anyio.fail_after(10):
+            assert await committer.submit(Echo(value=3)) == 30
+        tg.cancel_scope.cancel()
+    assert sorted(results) == [10, 20]
+    assert store.applied == [[1, 2], [3]]

@@ -128,6 +128,13 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
     )
     assert skipping.next_execution is not None
     await eng.scheduler.tick(skipping.next_execution + timedelta(hours=3, minutes=1))
+    # One request replaced by a later one within its debounce window: execution.skipped.
+    debounced = await eng.workflows.create(
+        {"name": "d", "type": "custom", "configuration": STEPS, "debounce": {"seconds": 1}}
+    )
+    await eng.workflows.activate(debounced.id)
+    for _ in range(2):
+        await eng.executions.execute(debounced.id, {}, wait=False)
     # A backfill that ends: schedule.backfill_completed (#17).
     hourly = await eng.schedules.create(
         wf_id, {"name": "h", "schedule_type": "cron", "cron_expression": "0 * * * *"}
@@ -157,7 +164,7 @@ async def test_every_event_type_reaches_its_subscribers(eng: Engine, receiver: R
         assert verifier.verify(request.body, request.headers)["type"] in EVENT_TYPES
     created = {json.loads(r.body)["type"] for r in receiver.received("/created")}
     assert created == {"workflow.created"}
-    assert len(receiver.received("/created")) == 3  # the three workflows
+    assert len(receiver.received("/created")) == 4  # the four workflows
     assert only_created.id != everything.id
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +42,10 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
 }
 
 
+#: One evaluator per thread, its names set for each evaluation (evaluations do not await).
+_evaluators = threading.local()
+
+
 class TransformError(ValueError):
     """An expression of a ``transform`` step could not be evaluated."""
 
@@ -52,16 +57,23 @@ def evaluate(expressions: dict[str, str], ctx: StepContext) -> dict[str, Any]:
     literals, arithmetic, comparisons, subscripts and the functions listed in
     ``_FUNCTIONS``, with limits on power and string sizes.
     """
-    evaluator = SafeEvaluator(
-        names={
-            "parameters": dict(ctx.parameters),
-            "results": dict(ctx.results),
-            "true": True,
-            "false": False,
-            "null": None,
-        },
-        functions=_FUNCTIONS,
-    )
+    evaluator: SafeEvaluator | None = getattr(_evaluators, "evaluator", None)
+    if evaluator is None:  # built once per thread (it costs more than most expressions)
+        evaluator = _evaluators.evaluator = SafeEvaluator(functions=_FUNCTIONS)
+    evaluator.names = {
+        "parameters": dict(ctx.parameters),
+        "results": dict(ctx.results),
+        "true": True,
+        "false": False,
+        "null": None,
+    }
+    try:
+        return _evaluate_all(evaluator, expressions)
+    finally:
+        evaluator.names = {}  # keep no execution's data past its step
+
+
+def _evaluate_all(evaluator: SafeEvaluator, expressions: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, expression in expressions.items():
         try:

@@ -77,7 +77,8 @@ class WorkflowExecutor(_Client):
     ) -> Execution:
         """Queue an execution and return at once (status ``queued`` or ``running``).
 
-        :param callback_url: receives ``execution.completed`` or ``execution.failed``.
+        :param callback_url: receives ``execution.completed``, ``execution.failed`` or
+            ``execution.skipped`` (replaced by debounce).
         :param callback_secret: a ``whsec_`` secret the callback is signed with.
         :param idempotency_key: sent as the ``Idempotency-Key`` header.
         :param priority: 0 to 9 (default 5): queued executions of higher priority

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack
@@ -182,6 +183,7 @@ class Engine:
             limits=self.limits,
             metrics=self.metrics,
         )
+        self.runtime.committer.hooked = self.events.has_hooks
         if self._tracer_provider is not None:
             from abi_engine.runtime.tracing import Tracing
 
@@ -344,6 +346,13 @@ class Engine:
             raise RuntimeError(
                 "Engine.call() was called from the engine's own event loop; await the coroutine"
             )
+        loop = self._token.native_token if self._token is not None else None
+        if isinstance(loop, asyncio.AbstractEventLoop):
+            # The direct hand-off (what anyio.from_thread.run does, minus its per-call
+            # context copy and task bookkeeping): one wake-up of the loop, one back.
+            if loop.is_closed():
+                raise anyio.RunFinishedError
+            return asyncio.run_coroutine_threadsafe(_awaited(fn, args, kwargs), loop).result()
         if kwargs:
             fn = partial(fn, **kwargs)
         return anyio.from_thread.run(fn, *args, token=self._token)  # type: ignore[arg-type]
@@ -359,6 +368,10 @@ class Engine:
     def __repr__(self) -> str:
         shown = redact_url(self.db_url) if "://" in self.db_url else self.db_url
         return f"<Engine db={shown!r} types={sorted(self.workflow_types)}>"
+
+
+async def _awaited(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:
+    return await fn(*args, **kwargs)
 
 
 async def _cancel_after(task_group: TaskGroup, stop: Callable[[], Awaitable[None]]) -> None:

@@ -37,6 +37,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "execution.step_completed",
     "execution.completed",
     "execution.failed",
+    "execution.skipped",
     "execution.rerun",
     "schedule.created",
     "schedule.updated",
@@ -48,7 +49,9 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 
 #: The execution events also sent to an execution's ``callback_url``.
-CALLBACK_EVENTS: frozenset[str] = frozenset({"execution.completed", "execution.failed"})
+CALLBACK_EVENTS: frozenset[str] = frozenset(
+    {"execution.completed", "execution.failed", "execution.skipped"}
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -71,7 +74,13 @@ class Event:
 
 #: Execution event types the runtime may keep by reference (:class:`ExecutionEventRef`).
 REFERENCE_TYPES = frozenset(
-    {"workflow.executed", "execution.step_completed", "execution.completed", "execution.failed"}
+    {
+        "workflow.executed",
+        "execution.step_completed",
+        "execution.completed",
+        "execution.failed",
+        "execution.skipped",
+    }
 )
 
 

@@ -14,6 +14,7 @@ from abi_engine.errors import ExecutionNotFound, InvalidRequest
 from abi_engine.execution_views import build_execution, queued_fields
 from abi_engine.ids import parse_time
 from abi_engine.models import Execution, ExecutionStatus, ExecutionSummary, Page
+from abi_engine.runtime.execution import settled
 from abi_engine.services import check_flag, check_page
 from abi_engine.storage.records import ExecutionQuery, ExecutionRecord
 
@@ -140,7 +141,13 @@ class ExecutionReading:
         """Like :meth:`wait`, and whether it settled: ``True`` once the execution has
         ended or waits for a signal (a durable sleep is running time: not settled),
         ``False`` when ``timeout`` passed first."""
-        await self.get(execution_id)
+        record = (
+            await self._store.get_execution(execution_id) if isinstance(execution_id, str) else None
+        )
+        if record is None:
+            raise ExecutionNotFound(str(execution_id))
+        if settled(record):  # one read (with its steps) when it ended already
+            return build_execution(record, await self._store.get_steps(execution_id)), True
         view = await self._runtime.wait(execution_id, timeout)
         if view is not None:
             return view, True

@@ -20,6 +20,7 @@ A refused expression raises :class:`ExpressionTooCostly` or simpleeval's
 from __future__ import annotations
 
 import ast
+import functools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,6 +58,14 @@ SAFE_METHODS = frozenset(
 )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4096)
+def parsed(expr: str) -> Any:
+    """``expr`` parsed (simpleeval's tree), cached: the expressions of a workflow's
+    configuration are parsed once, not at every step of every execution. (The
+    evaluator only reads the tree.)"""
+    return simpleeval.SimpleEval.parse(expr)
+
+
 class ExpressionTooCostly(simpleeval.InvalidExpression):  # type: ignore[misc]
     """An expression would create too much (see :data:`MAX_ELEMENTS`)."""
 
@@ -80,7 +89,7 @@ class SafeEvaluator(simpleeval.EvalWithCompoundTypes):  # type: ignore[misc]
 
     def eval(self, expr: str, previously_parsed: Any = None) -> Any:
         self._elements = 0
-        return super().eval(expr, previously_parsed)
+        return super().eval(expr, previously_parsed or parsed(expr))
 
     def _counted(self, operator: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         def counted(a: Any, b: Any) -> Any:

@@ -140,7 +140,8 @@ def abi_event(event: Event) -> None:
     Events are ``workflow.created``, ``workflow.updated``,
     ``workflow.activated``, ``workflow.deactivated``, ``workflow.deleted``,
     ``workflow.executed``, ``execution.step_completed``,
-    ``execution.completed``, ``execution.failed``, ``schedule.created``,
+    ``execution.completed``, ``execution.failed``, ``execution.skipped``,
+    ``execution.rerun``, ``schedule.created``,
     ``schedule.updated``, ``schedule.deleted``, ``schedule.triggered`` and
     ``schedule.failed``.
     Implementations must be quick and must not raise: an exception is logged

@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from abi_engine.models import ExecutionStatus
+from abi_engine.step_signals import SLEEP_PREFIX
 from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage.records import (
     ExecutionRecord,
@@ -32,6 +34,7 @@ __all__ = [
     "milliseconds",
     "one_line",
     "redact",
+    "settled",
     "sized_json",
 ]
 
@@ -121,3 +124,12 @@ def milliseconds(delta: timedelta) -> int:
 def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:300]
+
+
+def settled(record: ExecutionRecord) -> bool:
+    """Whether a caller waiting for ``record`` has its answer: it ended, or it waits for
+    a signal (a durable sleep is still running time, not an answer)."""
+    return record.status.finished or (
+        record.status is ExecutionStatus.WAITING
+        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
+    )

@@ -122,7 +122,13 @@ class Claims:
 
     def take_lost(self) -> dict[str, int]:
         """Claims lost since the last call (the store refused to renew them, or their
-        lease went unconfirmed too long); they are no longer held."""
+        lease went unconfirmed too long); they are no longer held.
+
+        A loss of an execution whose claim is on its way to the store (:meth:`expect`)
+        waits for that claim's answer: a renewal between the claim's commit and its
+        :meth:`swap` reports the grant gone because the row already runs under the new
+        token. Swapped, the report no longer matches what is held and is dropped; let
+        go, the grant's loss is acted on at the next call."""
         now = time.monotonic()
         limit = self.lease_seconds * EXPIRY_SHARE
         with self._lock:
@@ -133,14 +139,17 @@ class Claims:
             if not self._lost:
                 return {}
             lost: dict[str, int] = {}
+            pending: dict[str, int] = {}
             for execution_id, token in self._lost.items():
+                if execution_id in self._next:
+                    pending[execution_id] = token
                 # Only what is still held under the token that was lost: a claim the node
                 # swapped (its grant became a run) or took again meanwhile is not lost.
-                if self._held.get(execution_id) == token:
+                elif self._held.get(execution_id) == token:
                     del self._held[execution_id]
                     self._confirmed.pop(execution_id, None)
                     lost[execution_id] = token
-            self._lost = {}
+            self._lost = pending
         return lost
 
     # -- the heartbeat ------------------------------------------------------------------

@@ -55,12 +55,12 @@ from abi_engine.runtime.execution import (
     Lost,
     Prepared,
     one_line,
+    settled,
 )
 from abi_engine.runtime.leases import Claims
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.steps import RunsExecutions
-from abi_engine.step_signals import SLEEP_PREFIX
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -134,6 +134,7 @@ class Runtime(RunsExecutions):
         self.host: Host | None = None
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.committer = GroupCommitter(store, events.emit, metrics=metrics)
+        self.committer.on_ended = self._notify
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
@@ -407,14 +408,7 @@ class Runtime(RunsExecutions):
                         waiter.done = anyio.Event()
                 look_first = False
                 record = await call_store(self.store, self.store.get_execution, execution_id)
-                if record is not None and (
-                    record.status.finished
-                    or (
-                        record.status is ExecutionStatus.WAITING
-                        # a durable sleep is still running time, not an answer
-                        and not (record.waiting_for or "").startswith(SLEEP_PREFIX)
-                    )
-                ):
+                if record is not None and settled(record):
                     steps = await call_store(self.store, self.store.get_steps, execution_id)
                     return build_execution(record, steps)
         finally:

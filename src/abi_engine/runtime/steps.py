@@ -110,20 +110,25 @@ class RunsExecutions(WritesRuns):
         record.status = ExecutionStatus.RUNNING
         token = new_claim()
         self.claims.expect(execution_id, token)  # handed back too if we stop meanwhile
-        claimed = await self._write(
-            ClaimExecution(
-                execution_id=execution_id,
-                grant=grant,
-                token=token,
-                owner=self.node_id,
-                lease_until=self.lease(),
-                started_at=record.started_at,
-                events=self.started_events(record) if fresh else (),
-            ),
-            execution_id,
-            grant,
-        )
+        try:
+            claimed = await self._write(
+                ClaimExecution(
+                    execution_id=execution_id,
+                    grant=grant,
+                    token=token,
+                    owner=self.node_id,
+                    lease_until=self.lease(),
+                    started_at=record.started_at,
+                    events=self.started_events(record) if fresh else (),
+                ),
+                execution_id,
+                grant,
+            )
+        except Exception:
+            self.claims.let_go(execution_id, token)  # answered: no longer on its way
+            raise
         if not claimed or not self.claims.swap(execution_id, grant, token):
+            self.claims.let_go(execution_id, token)
             self.claims.let_go(execution_id, grant)
             return None
         self._run_tokens[execution_id] = token

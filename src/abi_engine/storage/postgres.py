@@ -74,7 +74,7 @@ def _nul_refused() -> Iterator[None]:
     try:
         yield
     except psycopg.DataError as exc:
-        if "NUL" not in str(exc) and "\\u0000" not in str(exc):
+        if not any(sign in str(exc) for sign in ("NUL", "\\u0000", "0x00")):
             raise
         raise InvalidRequest(
             "Text values cannot contain NUL characters (U+0000)", {"reason": "nul_character"}
@@ -174,6 +174,9 @@ class PostgresStore(SQLStore):
 
     #: Every call is a network round trip: the engine calls the store from threads.
     blocking = True
+    #: Batches of the group committer written at once, each in a transaction of its
+    #: own (``runtime/commit.py`` orders those writing the same executions).
+    batches_in_flight = 2
 
     def __init__(
         self,
@@ -387,7 +390,7 @@ class PostgresStore(SQLStore):
             present = {
                 row[0]
                 for row in conn.execute(
-                    "SELECT id FROM executions WHERE id = ANY(?::text[])", (missed,)
+                    "SELECT id FROM executions WHERE id = ANY(%b::text[])", (missed,)
                 ).fetchall()
             }
         return [

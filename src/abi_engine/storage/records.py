@@ -146,6 +146,9 @@ class ExecutionRecord:
     #: The value of its workflow's rate limit key, and when the limit let it start (#16).
     rate_key: str | None = None
     rate_granted_at: datetime | None = None
+    #: The stored executions its insert ended by debounce (not stored: known to the
+    #: transaction that inserts it, which writes their ``execution.skipped``, #16).
+    replaced: tuple[str, ...] = ()
     #: The value of its workflow's debounce key; the execution that replaced it (#16).
     debounce_key: str | None = None
     debounced_by: str | None = None
@@ -219,9 +222,15 @@ class ExecutionQuery:
 
 @attrs.frozen(kw_only=True)
 class WriteOp:
-    """Base of the write operations; ``events`` are written in the same transaction."""
+    """Base of the write operations; ``events`` are written in the same transaction.
+
+    ``found``: events the store found while applying the op, written beside
+    ``events`` and heard with them: an ``execution.skipped`` for each execution
+    the op's inserts ended by debounce (#16). Set by the attempt that applies.
+    """
 
     events: tuple[OutboxEvent, ...] = ()
+    found: list[OutboxEvent] = attrs.field(factory=list, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

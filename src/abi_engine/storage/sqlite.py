@@ -206,6 +206,9 @@ class SQLiteStore(SQLStore):
         self.path = str(path)
         self.durability = durability
         self._memory = self.path == ":memory:"
+        #: Group commits are applied in a worker thread (``durability="full"``): the
+        #: event loop runs steps and takes new writes while the fsync of a commit waits.
+        self.commits_in_thread = durability == "full" and not self._memory
         if not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.RLock()

@@ -33,7 +33,7 @@ from abi_engine.storage.records import (
     StepRecord,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
-from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, held, pause_now, tell_parent
+from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, insert_held, pause_now, tell_parent
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 from abi_engine.storage.sql.shaping import SHAPING_COLUMNS, shaping_values
 
@@ -173,7 +173,7 @@ def insert_executions_sql(d: Dialect) -> str:
     :func:`execution_row` values), returning the ids inserted; for dialects with arrays."""
     lease = "u.lease_until" if d.clock is None else f"{d.clock} + u.lease_until"
     select = ", ".join(lease if n == "lease_until" else f"u.{n}" for n, _ in EXECUTION_COLUMNS)
-    arrays = ", ".join(f"?::{t}[]" for _, t in EXECUTION_COLUMNS)
+    arrays = ", ".join(f"{d.array_mark}::{t}[]" for _, t in EXECUTION_COLUMNS)
     return (
         f"INSERT INTO executions ({_NAMES}) SELECT {select} FROM unnest({arrays})"
         f" AS u({_NAMES}) ON CONFLICT DO NOTHING RETURNING id"
@@ -233,7 +233,7 @@ def _claims(d: Dialect, conn: Conn, ids: Sequence[str]) -> dict[str, int | None]
 
 
 def _insert(s: Store, conn: Conn, op: InsertExecution) -> Any:
-    return s._insert_executions(conn, held(s, conn, [op.record]))[0]
+    return insert_held(s, conn, [op.record], [op])[0]
 
 
 def _claim(s: Store, conn: Conn, op: ClaimExecution) -> Any:
@@ -398,7 +398,7 @@ def _lock_in_order(d: Dialect, conn: Conn, ids: Sequence[str]) -> None:
 
 
 def _bulk_insert(s: Store, conn: Conn, ops: list[InsertExecution]) -> list[Any]:
-    return list(s._insert_executions(conn, held(s, conn, [op.record for op in ops])))
+    return insert_held(s, conn, [op.record for op in ops], ops)
 
 
 class BatchStates:
@@ -488,7 +488,7 @@ def _stored_steps(
     if d.arrays:  # one statement
         rows = conn.execute(
             "SELECT s.execution_id, s.idx, s.completed_at FROM execution_steps s"
-            " JOIN unnest(?::text[], ?::int[]) AS k(execution_id, idx)"
+            f" JOIN unnest({d.array_mark}::text[], {d.array_mark}::int[]) AS k(execution_id, idx)"
             " ON s.execution_id = k.execution_id AND s.idx = k.idx",
             ([k[0] for k in keys], [k[1] for k in keys]),
         ).fetchall()

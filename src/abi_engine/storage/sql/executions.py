@@ -150,19 +150,18 @@ class ExecutionsMixin:
             )
             for index, result in zip(indexes, done, strict=True):
                 results[index] = result
-        events = [
-            event
-            for op, result in zip(ops, results, strict=True)
-            if op.events and applied(result)
-            for event in op.events
-        ]
+        events: list[Any] = []
+        for op, result in zip(ops, results, strict=True):
+            if (op.events or op.found) and applied(result):
+                events.extend(op.events)
+                events.extend(op.found)
         self._insert_events(conn, events)
         return results
 
     def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
         result = _HANDLERS[type(op)](self, conn, op)
-        if applied(result) and op.events:
-            self._insert_events(conn, op.events)
+        if applied(result) and (op.events or op.found):
+            self._insert_events(conn, [*op.events, *op.found])
         return result
 
     # -- reads ---------------------------------------------------------------------------

@@ -10,10 +10,13 @@ grant or run token handed out before the pause can change nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import attrs
 
+from abi_engine.events import ExecutionEventRef
+from abi_engine.ids import utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage.records import (
@@ -23,11 +26,12 @@ from abi_engine.storage.records import (
     PauseWorkflow,
     ResumeExecution,
     StepRecord,
+    WriteOp,
 )
 from abi_engine.storage.sql.concurrency import keyed
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
 
-__all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "pause_now", "tell_parent"]
+__all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "insert_held", "pause_now", "tell_parent"]
 
 #: The signal a parent receives when its child execution ends: this and the child's id.
 CHILD_PREFIX = "child:"
@@ -126,8 +130,37 @@ def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Execu
     )
 
 
+def insert_held(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord], ops: Sequence[WriteOp]
+) -> list[Any]:
+    """Insert ``records`` as :func:`held` makes them (``ops[i]`` inserts ``records[i]``);
+    each result as ``_insert_executions`` gives it. An op whose insert applies now
+    finds (``op.found``) an ``execution.skipped`` for each execution it ended by
+    debounce: an earlier record of the batch, or a stored one still waiting. They
+    are written with the op's events, in this transaction, so none is lost or
+    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``)."""
+    shaped = held(s, conn, records)
+    results = list(s._insert_executions(conn, shaped))
+    for result, op in zip(results, ops, strict=True):
+        if result is True:
+            op.found.clear()  # what an attempt rolled back found
+    owner = {r.id: op for r, op in zip(records, ops, strict=True)}
+    now = utcnow()
+    for r, result in zip(shaped, results, strict=True):
+        if result is not True:
+            continue
+        if r.status is ExecutionStatus.SKIPPED:  # inserted ended: by a later one of the batch
+            owner[r.id].found.append(_skip_event(r.id, r.completed_at or now))
+        owner[r.id].found.extend(_skip_event(ended, now) for ended in r.replaced)
+    return results
+
+
+def _skip_event(execution_id: str, at: datetime) -> ExecutionEventRef:
+    return ExecutionEventRef("execution.skipped", execution_id, None, at)
+
+
 def _insert_rerun(s: Store, conn: Conn, op: InsertRerun) -> Any:
-    result = s._insert_executions(conn, held(s, conn, [op.record]))[0]
+    result = insert_held(s, conn, [op.record], [op])[0]
     if result is True and op.steps:
         conn.executemany(_INSERT_STEP, [_step_row(step) for step in op.steps])
     return result

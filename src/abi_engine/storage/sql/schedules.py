@@ -26,7 +26,7 @@ from abi_engine.storage.records_schedules import (
     UpdateSchedule,
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
-from abi_engine.storage.sql.flow_ops import held
+from abi_engine.storage.sql.flow_ops import insert_held
 
 __all__ = ["SCHEDULE_BULK", "SCHEDULE_HANDLERS", "SchedulesMixin"]
 
@@ -286,6 +286,7 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
     fire = _fire_sql(s.dialect)
     results: list[bool] = []
     executions: list[Any] = []
+    owners: list[FireSchedule] = []
     history: list[tuple[Any, ...]] = []
     trimmed: list[tuple[str, str, int]] = []
     for op in ops:
@@ -317,6 +318,7 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
             continue
         results.append(True)
         executions.extend(op.executions)
+        owners.extend(op for _ in op.executions)
         if op.history:
             history.extend(
                 (
@@ -331,7 +333,7 @@ def _bulk_fire(s: SchedulesMixin, conn: Conn, ops: list[FireSchedule]) -> list[b
             )
             trimmed.append((op.schedule_id, op.schedule_id, HISTORY_KEPT))
     if executions:
-        s._insert_executions(conn, held(s, conn, executions))
+        insert_held(s, conn, executions, owners)
     if history:
         conn.executemany(_INSERT_HISTORY, history)
         conn.executemany(_TRIM_HISTORY, trimmed)

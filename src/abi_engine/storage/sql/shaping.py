@@ -29,7 +29,7 @@ from abi_engine.ids import utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import from_ms, to_ms
 from abi_engine.storage.records import ExecutionRecord
-from abi_engine.storage.sql.dialect import Conn, Dialect
+from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 
 __all__ = [
     "DEBOUNCED",
@@ -153,11 +153,25 @@ def _debounce(
     d: Dialect, conn: Conn, records: list[ExecutionRecord], now: int, shaping: dict[str, Shaping]
 ) -> None:
     """Hold each queued record of a debounced workflow for its window, and end the one
-    it replaces (the earlier of a batch, or a stored one still waiting) ``skipped``."""
+    it replaces (the earlier of a batch, or a stored one still waiting) ``skipped``.
+    A record stored already (its insert committed, retried) is left as it is: shaped
+    again, it would end the very executions that replaced it; so is one whose
+    idempotency key is taken (it is not inserted: it must end nothing)."""
     last: dict[tuple[str, str | None], int] = {}
+    stored = _stored(
+        d,
+        conn,
+        [
+            r
+            for r in records
+            if r.workflow_id in shaping and shaping[r.workflow_id].debounce_ms is not None
+        ],
+    )
     for index, r in enumerate(records):
         rule = shaping.get(r.workflow_id)
         if rule is None or rule.debounce_ms is None or r.status is not ExecutionStatus.QUEUED:
+            continue
+        if r.id in stored:
             continue
         key = None if rule.debounce_key is None else evaluate_key(rule.debounce_key, r.parameters)
         records[index] = attrs.evolve(
@@ -174,14 +188,37 @@ def _debounce(
             records[earlier] = _skipped(records[earlier], r.id, now)
         last[(r.workflow_id, key)] = index
     for (workflow_id, key), index in sorted(last.items(), key=lambda item: item[1]):
-        conn.execute(
+        ended = conn.execute(
             "UPDATE executions SET status = 'skipped', debounced_by = ?, completed_at = ?,"
             " queued_reason = NULL, not_before = NULL, owner = NULL, claim = NULL,"
             " lease_until = NULL WHERE workflow_id = ?"
             f" AND debounce_key {d.null_safe_eq} ? AND status = 'queued'"
-            f" AND queued_reason = '{DEBOUNCED}'",
+            f" AND queued_reason = '{DEBOUNCED}' RETURNING id",
             (records[index].id, now, workflow_id, key),
+        ).fetchall()
+        records[index].replaced = tuple(sorted(row[0] for row in ended))
+
+
+def _stored(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> set[str]:
+    """The ids of ``records`` whose insert will not apply: stored already (a retry), or
+    their idempotency key taken (under the workflow's lock: no insert of it commits
+    between this read and theirs)."""
+    found: set[str] = set()
+    for chunk in chunks([r.id for r in records]):
+        condition, args = d.any_of("id", chunk)
+        found.update(
+            row[0] for row in conn.execute(f"SELECT id FROM executions WHERE {condition}", args)
         )
+    for r in records:
+        if (
+            r.idempotency_key is not None
+            and conn.execute(
+                "SELECT 1 FROM executions WHERE workflow_id = ? AND idempotency_key = ?",
+                (r.workflow_id, r.idempotency_key),
+            ).fetchone()
+        ):
+            found.add(r.id)
+    return found
 
 
 def _skipped(r: ExecutionRecord, by: str, now: int) -> ExecutionRecord:

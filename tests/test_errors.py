@@ -114,11 +114,13 @@ def test_to_dict_is_the_envelope_error_object(cls: type[AbiError]) -> None:
 
 @pytest.mark.parametrize("cls", list(CLASSES), ids=lambda c: c.__name__)
 def test_error_for_code_round_trip(cls: type[AbiError]) -> None:
-    """An error's envelope rebuilds the same class, message and details (NOT_FOUND -> NotFound)."""
+    """An error's envelope rebuilds the same class, message and details (NOT_FOUND ->
+    NotFound, or its subclass whose id field the details name: BackfillNotFound...)."""
     err = _instance(cls)
     data = err.to_dict()
     rebuilt = error_for_code(data["code"], data["message"], data["details"], cls.http_status)
-    expected = errors.NotFound if cls.code == "NOT_FOUND" else cls
+    specific = issubclass(cls, errors.NotFound) and cls.id_field in data["details"]
+    expected = errors.NotFound if cls.code == "NOT_FOUND" and not specific else cls
     assert type(rebuilt) is expected
     assert (rebuilt.code, rebuilt.http_status) == (cls.code, cls.http_status)
     assert rebuilt.message == err.message
@@ -167,3 +169,24 @@ def test_default_message_and_isolated_details() -> None:
     assert err.message == errors.InvalidState.default_message
     assert err.details == {"field": "x"}
     assert "InvalidState" in repr(err)
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("backfill_id", errors.BackfillNotFound),
+        ("trigger_id", errors.TriggerNotFound),
+        ("template_id", errors.TemplateNotFound),
+        ("path", errors.NotFound),
+        ("integration_id", errors.NotFound),  # (not a NotFound subclass: stays NotFound)
+    ],
+)
+def test_not_found_rebuilds_the_class_its_id_field_names(
+    field: str, expected: type[AbiError]
+) -> None:
+    """``NOT_FOUND`` is answered by several classes: the details' id field picks the
+    subclass of NotFound, so ``except BackfillNotFound`` works over the remote API too."""
+    rebuilt = error_for_code("NOT_FOUND", "gone", {field: "x_1"}, 404)
+    assert type(rebuilt) is expected
+    assert isinstance(rebuilt, errors.NotFound)
+    assert (rebuilt.message, rebuilt.details) == ("gone", {field: "x_1"})

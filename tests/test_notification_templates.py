@@ -28,6 +28,7 @@ from abi_engine.errors import (
     InvalidState,
     NotFound,
     ParameterValidationError,
+    TemplateNotFound,
 )
 from abi_engine.models import TemplateStatus
 
@@ -217,9 +218,10 @@ def test_managed_template_renders_what_was_put(api: Served, receiver: Receiver, 
     assert manager.get_workflow(workflow.id).notification_templates[0].status == "pending"
     with pytest.raises(InvalidState):
         executor.execute_workflow(workflow.id, {"version": "2"})
-    with pytest.raises(NotFound) as gone:
+    with pytest.raises(TemplateNotFound) as gone:  # both ways (still a NotFound)
         manager.get_notification_template("deploy_notice")
     assert gone.value.code == "NOT_FOUND"
+    assert isinstance(gone.value, NotFound)
     with pytest.raises(NotFound):
         manager.delete_notification_template("deploy_notice")
 

@@ -334,8 +334,10 @@ def test_backfill_over_rest_and_the_python_api(api: Served, way: str) -> None:
     assert (again.started, again.skipped) == (0, 3)  # the same due times: not started twice
     with pytest.raises(InvalidState):  # over: the Python API says so too, both ways
         scheduler.cancel_backfill(schedule.id, again.id)
-    with pytest.raises(NotFound):  # (BackfillNotFound in-process, a NotFound)
+    with pytest.raises(BackfillNotFound) as unknown:  # both ways (still a NotFound)
         scheduler.get_backfill(schedule.id, "bf_nope")
+    assert isinstance(unknown.value, NotFound)
+    assert unknown.value.details == {"backfill_id": "bf_nope"}
     over = client.post(f"{url}/cancel")
     assert over.status_code == 409, over.text
     assert over.json()["error"]["code"] == "INVALID_STATE"

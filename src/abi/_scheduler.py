@@ -240,7 +240,7 @@ class WorkflowScheduler(_Client):
         ``skipped``, ``failed``, ``status``).
 
         :raises ScheduleNotFound: no such schedule.
-        :raises NotFound: no such backfill of it.
+        :raises BackfillNotFound: no such backfill of it (a ``NotFound``, both ways).
         """
         path = {
             "schedule_id": _check_id(schedule_id, ScheduleNotFound),
@@ -253,7 +253,7 @@ class WorkflowScheduler(_Client):
         """Stop a running backfill before its next due time (the executions started stay).
 
         :raises ScheduleNotFound: no such schedule.
-        :raises NotFound: no such backfill of it.
+        :raises BackfillNotFound: no such backfill of it (a ``NotFound``, both ways).
         :raises InvalidState: it is over already.
         """
         path = {

@@ -198,8 +198,9 @@ class NotFound(_NotFoundError):
 
 
 class TemplateNotFound(NotFound):
-    """No managed notification template has this id (``NOT_FOUND``, like an unknown route:
-    the remote Python API rebuilds :class:`NotFound`, of which this is a subclass)."""
+    """No managed notification template has this id (``NOT_FOUND``, like an unknown route,
+    of which this is a subclass; the remote Python API rebuilds this class from the
+    ``template_id`` of the details)."""
 
     resource = "Notification template"
     id_field = "template_id"
@@ -323,12 +324,23 @@ for _cls in list(globals().values()):
         _BY_CODE.setdefault(_cls.code, _cls)
 _BY_CODE["NOT_FOUND"] = NotFound
 
+# A code several classes answer with (``NOT_FOUND``): the subclass of the code's class
+# whose id field the details name (``backfill_id``: BackfillNotFound, still a NotFound).
+_BY_ID_FIELD: dict[tuple[str, str], type[AbiError]] = {
+    (_cls.code, _cls.id_field): _cls
+    for _cls in _NotFoundError.__subclasses__() + NotFound.__subclasses__()
+    if _cls is not _BY_CODE[_cls.code] and issubclass(_cls, _BY_CODE[_cls.code])
+}
+
 
 def error_for_code(
     code: str, message: str, details: dict[str, Any] | None = None, http_status: int = 500
 ) -> AbiError:
-    """Rebuild the exception of an error envelope (used by the remote Python API)."""
+    """Rebuild the exception of an error envelope (used by the remote Python API): the
+    class of ``code``, or its subclass named by the id field of ``details``."""
     cls = _BY_CODE.get(code)
+    for key in details or ():
+        cls = _BY_ID_FIELD.get((code, key), cls)
     if cls is None:
         err = AbiError(message, details)
         err.code = code  # type: ignore[misc]

@@ -190,7 +190,11 @@ class BackfillService(Service):
             updated_at=now,
             finished_at=None if dues else now,
         )
-        await self._store.insert_backfill(BackfillRecord(run=run, due_times=dues))
+        # (no due times: it ends at once, and says so as one that ran would)
+        events = () if dues else (self._ended(run, "completed", now),)
+        await self._store.insert_backfill(BackfillRecord(run=run, due_times=dues, events=events))
+        if events:
+            self._events.emit(events)
         self.wake()
         return run
 

@@ -37,6 +37,7 @@ from croniter import croniter
 
 from abi_engine.schedule_cron import CronSpec, compile_cron
 from abi_engine.schedule_dst import (
+    WALK_LIMIT,
     Walls,
     changes,
     count_by_policy,
@@ -56,6 +57,7 @@ __all__ = [
     "jitter_delay",
     "jittered",
     "logical_due",
+    "next_by_rule",
     "next_cron",
     "next_interval",
     "occurrence_flags",
@@ -144,6 +146,26 @@ def next_cron(
         if instant > after:
             return instant
     raise ValueError(f"no run of {expression!r} found after {after.isoformat()}")
+
+
+def next_by_rule(
+    walls: Walls, timezone: str, after: datetime, on_gap: str = "shift", on_fold: str = "first"
+) -> datetime | None:
+    """The first due time of a rule's wall times strictly after the instant ``after``
+    (``None``: no more); under the default choices, walked as :func:`next_cron` does."""
+    tz = zone(timezone)
+    if not is_default(on_gap, on_fold):
+        return next_by_walls(walls.next_wall, tz, after, on_gap, on_fold)
+    wall: datetime | None = after.astimezone(tz).replace(tzinfo=None)
+    for _ in range(WALK_LIMIT):
+        assert wall is not None
+        wall = walls.next_wall(wall)
+        if wall is None:
+            return None
+        instant = resolve_local(wall, tz)
+        if instant > after:
+            return instant
+    return None
 
 
 def next_interval(anchor: datetime, every_seconds: int, after: datetime) -> datetime:
@@ -421,8 +443,7 @@ class Timing:
             assert self.anchor is not None
             return next_interval(self.anchor, self.every_seconds, after)
         if self.walls is not None:
-            tz = zone(self.timezone)
-            return next_by_walls(self.walls.next_wall, tz, after, self.on_gap, self.on_fold)
+            return next_by_rule(self.walls, self.timezone, after, self.on_gap, self.on_fold)
         return self.at if self.at is not None and self.at > after else None
 
     def prev_before(self, before: datetime) -> datetime | None:

@@ -27,8 +27,15 @@ from abi_engine.models import (
 )
 from abi_engine.schedule_cron import compile_cron
 from abi_engine.schedule_lifecycle import timing_of
-from abi_engine.schedule_math import INTERVAL_UNITS, jittered, next_cron, next_interval, zone
-from abi_engine.schedule_rrule import compile_rrule
+from abi_engine.schedule_math import (
+    INTERVAL_UNITS,
+    jittered,
+    next_by_rule,
+    next_cron,
+    next_interval,
+    zone,
+)
+from abi_engine.schedule_rrule import compile_rrule, rule_walls
 from abi_engine.schedule_views import definition
 from abi_engine.storage.records_schedules import ScheduleRecord
 
@@ -255,7 +262,10 @@ def next_after(record: ScheduleRecord, after: datetime) -> datetime | None:
         seconds = (record.interval_value or 1) * INTERVAL_UNITS[record.interval_unit or "seconds"]
         return next_interval(record.anchor_at, seconds, after)
     if record.schedule_type == ScheduleType.RRULE:
-        return timing_of(record).next_after(after)
+        walls = rule_walls(record)
+        if walls is None:
+            return None
+        return next_by_rule(walls, record.timezone, after, record.on_gap, record.on_fold)
     if record.execution_time is not None and record.execution_time > after:
         return record.execution_time
     return None

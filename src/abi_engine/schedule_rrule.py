@@ -14,7 +14,11 @@ frequency ``MINUTELY`` to ``WEEKLY`` are re-anchored to a start a period or two
 before the instant asked about (the same occurrences, as their periods are
 fixed lengths of wall time), so a step costs the same a year later.
 ``SECONDLY`` is refused (use an interval schedule), ``COUNT`` is at most
-100,000.
+100,000. A plain rule (``DAILY`` or ``WEEKLY``, interval 1, no ``COUNT`` nor
+``UNTIL``, only ``BYDAY`` without ordinals, ``BYHOUR``, ``BYMINUTE`` and
+``BYMONTH``) has the wall times of a cron expression from ``DTSTART`` on: its
+next wall time is computed as cron's, and dateutil parses it only when asked
+for more (every create computes a first due time).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from typing import Protocol
 import attrs
 from dateutil.rrule import rrule, rrulestr
 
+from abi_engine.schedule_cron import CronSpec
 from abi_engine.schedule_dst import WALK_LIMIT
-from abi_engine.schedule_math import zone
+from abi_engine.schedule_math import _next_wall, zone
 
 __all__ = ["RuleWalls", "compile_rrule", "rule_walls"]
 
@@ -64,27 +69,38 @@ def _normalized(text: str, tz_name: str) -> str:
     return _UNTIL_UTC.sub(local, rule)
 
 
-@attrs.frozen
+@attrs.define
 class RuleWalls:
     """A compiled rule (and exclusion rule) giving wall times, naive, in order.
 
+    ``plain``: the cron fields of a plain rule without exclusion rule (its
+    dateutil rule is then parsed from ``text`` only when first needed).
+
     Each rule is re-anchored by its own period (``None``: walked from DTSTART): the
     exclusion rule's occurrences depend on its own frequency and DTSTART, not on the
-    rule's. Going forward, the exclusion rule is walked once beside the rule's
-    candidates (a merge of two ordered streams), not again from its start for each
-    candidate: a rule whose candidates the exclusion keeps removing costs the
-    candidates walked, not their square.
+    rule's. A counted rule of a fixed period is kept without its ``COUNT`` and with
+    its last occurrence (found once), so it re-anchors too. Going forward, the
+    exclusion rule is walked once beside the rule's candidates (a merge of two
+    ordered streams), not again from its start for each candidate.
     """
 
-    rule: rrule
+    text: str
     exclude: rrule | None
     period: timedelta | None  # re-anchoring step (None: walk from DTSTART)
     dtstart: datetime
     exclude_period: timedelta | None = None
-    #: The last occurrence of a counted rule (``COUNT`` taken off the rule, which then
-    #: re-anchors like the others), of the rule and of the exclusion rule.
+    #: The last occurrence of a counted rule, of the rule and of the exclusion rule.
     last: datetime | None = None
     exclude_last: datetime | None = None
+    plain: CronSpec | None = None
+    _rule: rrule | None = None
+
+    @property
+    def rule(self) -> rrule:
+        """The dateutil rule (parsed once; a counted one opened, see the class)."""
+        if self._rule is None:
+            self._rule, self.last = _open(_parse(self.text, self.dtstart), self.text)
+        return self._rule
 
     def _anchored(self, rule: rrule, period: timedelta | None, wall: datetime) -> rrule:
         """``rule`` from a start a whole number of ``period`` before ``wall``, at least two
@@ -105,6 +121,8 @@ class RuleWalls:
     def next_wall(self, wall: datetime) -> datetime | None:
         """The first wall time of the rule strictly after ``wall`` (``None``: no more, or
         none among the next ``WALK_LIMIT`` of the rule)."""
+        if self.plain is not None:  # the first at or after DTSTART (a whole minute)
+            return _next_wall(self.plain, max(wall, self.dtstart - _MINUTE))
         candidates = self._anchored(self.rule, self.period, wall).xafter(wall)
         exclusions: Iterator[datetime] | None = None
         excluded: datetime | None = None
@@ -125,12 +143,13 @@ class RuleWalls:
 
     def prev_wall(self, wall: datetime) -> datetime | None:
         """The last wall time of the rule strictly before ``wall`` (``None``: none)."""
+        rule = self.rule  # (parsed first: a counted rule's last occurrence is known then)
         for _ in range(WALK_LIMIT):
             if self.last is not None and wall > self.last:
                 return self.last if not self._excluded(self.last) else self.prev_wall(self.last)
-            found = self._anchored(self.rule, self.period, wall).before(wall)
+            found = self._anchored(rule, self.period, wall).before(wall)
             if found is None and self.period is not None:
-                found = self.rule.before(wall)  # (a sparse rule: its last one may be far)
+                found = rule.before(wall)  # (a sparse rule: its last one may be far)
             if found is None or not self._excluded(found):
                 return found  # type: ignore[no-any-return]
             wall = found
@@ -171,20 +190,25 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
         raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
     # Whole minutes, as cron: a rule without BYSECOND (and its exclusion rule) runs at :00.
     dtstart = start.astimezone(zone(timezone)).replace(tzinfo=None, second=0, microsecond=0)
-    rule, last = _open(_parse(rule_text, dtstart), rule_text)
+    plain = _plain_cron(rule_text, dtstart) if exclude is None else None
+    rule = last = None
+    if plain is None:
+        rule, last = _open(_parse(rule_text, dtstart), rule_text)
     excluded = exclude_period = exclude_last = None
     if exclude is not None:
         exclude_text = _normalized(exclude, timezone)
         excluded, exclude_last = _open(_parse(exclude_text, dtstart), exclude_text)
         exclude_period = _period(exclude_text)
     return RuleWalls(
-        rule=rule,
+        text=rule_text,
         exclude=excluded,
         period=_period(rule_text),
         dtstart=dtstart,
         exclude_period=exclude_period,
         last=last,
         exclude_last=exclude_last,
+        plain=plain,
+        rule=rule,
     )
 
 
@@ -202,14 +226,60 @@ def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
 
 def _period(rule_text: str) -> timedelta | None:
     """The fixed length of wall time after which the rule repeats its pattern (its
-    frequency times its interval), ``None`` when it has none (``MONTHLY``, ``YEARLY``)
-    or is counted from its start (``COUNT``)."""
+    frequency times its interval), ``None`` when it has none (``MONTHLY``, ``YEARLY``)."""
     freq = _FREQ.search(rule_text)
     period = _PERIODS.get(freq.group(1)) if freq is not None else None
     if period is None:
         return None
     interval = _INTERVAL.search(rule_text)
     return period * (int(interval.group(1)) if interval else 1)
+
+
+_MINUTE = timedelta(minutes=1)
+_DAYS = {"SU": 0, "MO": 1, "TU": 2, "WE": 3, "TH": 4, "FR": 5, "SA": 6}
+_PLAIN_PART = re.compile(
+    r"(FREQ)=(DAILY|WEEKLY)|(INTERVAL)=(1)|(BYDAY)=((?:MO|TU|WE|TH|FR|SA|SU)(?:,(?:MO|TU|WE|TH|FR|SA|SU))*)"
+    r"|(BYHOUR|BYMINUTE|BYMONTH)=([0-9]{1,2}(?:,[0-9]{1,2})*)"
+)
+_PLAIN_BOUNDS = {"BYHOUR": (0, 23), "BYMINUTE": (0, 59), "BYMONTH": (1, 12)}
+
+
+def _plain_cron(text: str, dtstart: datetime) -> CronSpec | None:
+    """The cron fields giving the same wall times as the rule ``text`` from ``dtstart`` on
+    (``None``: not a plain rule). dateutil's defaults: the hour and minute of ``dtstart``,
+    and for ``WEEKLY`` its weekday."""
+    parts: dict[str, str] = {}
+    for part in text.split(";"):
+        match = _PLAIN_PART.fullmatch(part)
+        if match is None:
+            return None
+        key, value = (g for g in match.groups() if g is not None)
+        if key in parts:
+            return None
+        parts[key] = value
+    if "FREQ" not in parts:
+        return None
+    numbers: dict[str, frozenset[int]] = {}
+    for key, (low, high) in _PLAIN_BOUNDS.items():
+        if key in parts:
+            values = frozenset(int(v) for v in parts[key].split(","))
+            if not all(low <= v <= high for v in values):
+                return None
+            numbers[key] = values
+    weekdays = None
+    if "BYDAY" in parts:
+        weekdays = frozenset(_DAYS[d] for d in parts["BYDAY"].split(","))
+    elif parts["FREQ"] == "WEEKLY":
+        weekdays = frozenset([dtstart.isoweekday() % 7])
+    return CronSpec(
+        expression=text,
+        minutes=numbers.get("BYMINUTE", frozenset([dtstart.minute])),
+        hours=numbers.get("BYHOUR", frozenset([dtstart.hour])),
+        days=None,
+        months=numbers.get("BYMONTH", frozenset(range(1, 13))),
+        weekdays=weekdays,
+        special=False,
+    )
 
 
 class _RuleFields(Protocol):

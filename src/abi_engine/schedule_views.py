@@ -4,8 +4,9 @@ its list item, and its JSON written out (answers and events; a test compares it 
 
 from __future__ import annotations
 
+import enum
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from abi_engine.ids import format_time, parse_time
 from abi_engine.models import (
@@ -29,16 +30,27 @@ __all__ = ["definition", "schedule_json"]
 _ANCHORED = (ScheduleType.INTERVAL, ScheduleType.RRULE)
 
 
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _member(cls: type[_E], value: Any) -> _E:
+    """``cls(value)``, a dict look-up first (``Enum.__call__`` costs ~0.5 us, six a view)."""
+    found = cls._value2member_map_.get(value)
+    return found if found is not None else cls(value)  # type: ignore[return-value]
+
+
 def definition(record: ScheduleRecord) -> dict[str, Any]:
     """The fields a schedule's request and its view share, from the record: what the
     schedule was asked to be (the request of :func:`~abi_engine.schedule_requests.as_request`)."""
     return {
         "name": record.name,
         "description": record.description,
-        "schedule_type": ScheduleType(record.schedule_type),
+        "schedule_type": _member(ScheduleType, record.schedule_type),
         "cron_expression": record.cron_expression,
         "interval_value": record.interval_value,
-        "interval_unit": IntervalUnit(record.interval_unit) if record.interval_unit else None,
+        "interval_unit": _member(IntervalUnit, record.interval_unit)
+        if record.interval_unit
+        else None,
         "execution_time": record.execution_time,
         "start_time": record.anchor_at if record.schedule_type in _ANCHORED else None,
         "rrule": record.rrule,
@@ -46,18 +58,18 @@ def definition(record: ScheduleRecord) -> dict[str, Any]:
         "parameters": record.parameters,
         "enabled": record.enabled,
         "timezone": record.timezone,
-        "misfire_policy": MisfirePolicy(record.misfire_policy),
+        "misfire_policy": _member(MisfirePolicy, record.misfire_policy),
         "misfire_grace_seconds": record.misfire_grace_seconds,
         "catch_up_limit": record.catch_up_limit,
-        "overlap_policy": OverlapPolicy(record.overlap_policy),
+        "overlap_policy": _member(OverlapPolicy, record.overlap_policy),
         "max_consecutive_failures": record.max_consecutive_failures,
         "paused_reason": None if record.enabled else record.paused_reason,
         "end_time": record.end_time,
         "max_runs": record.max_runs,
         "jitter_seconds": record.jitter_seconds,
         "exclude_dates": list(record.exclude_dates),
-        "on_gap": GapPolicy(record.on_gap),
-        "on_fold": FoldPolicy(record.on_fold),
+        "on_gap": _member(GapPolicy, record.on_gap),
+        "on_fold": _member(FoldPolicy, record.on_fold),
         "priority": record.priority,
     }
 

@@ -16,13 +16,15 @@ __all__ = ["BackfillProgress", "BackfillRecord"]
 class BackfillRecord:
     """A backfill as stored: ``run`` (what the API shows), its ``due_times`` (listed once,
     when it was asked for), the ``position`` reached in them, and the process holding it
-    (``owner``, until ``lease_until``)."""
+    (``owner``, until ``lease_until``). ``events``: written with the insert (a backfill
+    without due times ends at once: its ``schedule.backfill_completed``)."""
 
     run: BackfillRun
     due_times: list[datetime]
     position: int = 0
     owner: str | None = None
     lease_until: datetime | None = None
+    events: tuple[OutboxEvent, ...] = ()
 
 
 @attrs.frozen(kw_only=True)

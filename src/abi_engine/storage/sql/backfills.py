@@ -90,7 +90,12 @@ class BackfillsMixin:
         )
         marks = ", ".join("?" * len(args))
         sql = f"INSERT INTO schedule_backfills ({_COLUMNS}) VALUES ({marks})"
-        self.write(lambda conn: conn.execute(sql, args))
+
+        def insert(conn: Any) -> None:
+            conn.execute(sql, args)
+            self._insert_events(conn, record.events)
+
+        self.write(insert)
 
     def get_backfill(self, backfill_id: str) -> BackfillRecord | None:
         with self._read() as conn:

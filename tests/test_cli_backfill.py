@@ -114,6 +114,15 @@ def test_backfill_from_the_command_line(server: Served, tmp_path: Path) -> None:
     assert "--url" in local.stderr
 
 
+#: ``python -m abi_engine`` with Ctrl-C as in a terminal: a test run started in the
+#: background (a shell without job control, as CI's may be) has SIGINT ignored, a child
+#: inherits that, and Python then installs no KeyboardInterrupt handler.
+_CLI_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+    " sys.argv[0] = 'abi_engine'; runpy.run_module('abi_engine', run_name='__main__')"
+)
+
+
 def _interrupt(server: Served, tmp_path: Path, *extra: str) -> tuple[int, str, str, str]:
     """Start a slow backfill from the command line, Ctrl-C it once it started something;
     (exit status, stdout, stderr, schedule id)."""
@@ -121,7 +130,7 @@ def _interrupt(server: Served, tmp_path: Path, *extra: str) -> tuple[int, str, s
     start, end = _range(40)
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "abi_engine", "schedules", "backfill", schedule_id),
+            *(sys.executable, "-c", _CLI_WITH_CTRL_C, "schedules", "backfill", schedule_id),
             *("--start", start, "--end", end, "--poll-seconds", "0.2", *extra),
             *("--url", server.base_url, "--token", server.token),
         ],

@@ -121,7 +121,8 @@ async def test_a_pause_asked_during_the_last_step_lets_the_execution_complete(
         PROBE.gate("g3").set()
         done = await wait_status(engine, last.execution_id, *TERMINAL, timeout=30)
         withdrawn = await engine.executions.execute(wf, GATED_FIRST, wait=False)
-        await PROBE.step_started("first").wait()
+        # Its own first step ("first" started already, in the execution above).
+        await until(lambda: PROBE.calls[(withdrawn.execution_id, "first")] == 1, 30)
         await engine.executions.pause(withdrawn.execution_id)
         going = await engine.executions.resume(withdrawn.execution_id)
         assert going.status is ExecutionStatus.RUNNING

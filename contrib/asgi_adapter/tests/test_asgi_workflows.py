@@ -58,7 +58,7 @@ async def test_create_workflow_answers_201_with_the_seed_shape(client: httpx.Asy
     assert set(data) >= SEED_WORKFLOW_KEYS
     # Beyond the seed's example: stats, the notification templates the configuration
     # names, activated_at / deactivated_at (null until then), retention_days (#15),
-    # the concurrency limits (#16).
+    # the concurrency limits, the rate limit and the debounce (#16).
     assert set(data) <= SEED_WORKFLOW_KEYS | {
         "stats",
         "notification_templates",
@@ -67,8 +67,11 @@ async def test_create_workflow_answers_201_with_the_seed_shape(client: httpx.Asy
         "retention_days",
         "max_concurrency",
         "concurrency",
+        "rate_limit",
+        "debounce",
     }
     assert (data["activated_at"], data["deactivated_at"]) == (None, None)
+    assert (data["rate_limit"], data["debounce"]) == (None, None)
     assert data["notification_templates"] == []
     assert WORKFLOW_ID.match(data["id"])
     for key in ("name", "description", "type", "configuration", "metadata"):

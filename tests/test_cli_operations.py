@@ -19,7 +19,7 @@ import pytest
 from served_engines import Served, served
 
 from abi_engine import Engine
-from abi_engine.ids import new_id, utcnow
+from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.runtime.settings import WebhookSettings
 from abi_engine.storage.records import ExecutionRecord, InsertExecution
@@ -242,6 +242,18 @@ def test_commands_against_a_running_server(server: Served, tmp_path: Path) -> No
     assert [s["id"] for s in schedules["items"]] == [schedule["id"]]
     history = ok_json("schedules", "history", schedule["id"], *remote, cwd=tmp_path)
     assert history["items"] == []
+    past = {"start": format_time(utcnow() - timedelta(hours=3)), "end": format_time(utcnow())}
+    started = client.post(f"/api/v1/workflow_schedules/{schedule['id']}/backfill", json=past)
+    assert started.status_code == 202, started.text
+    backfills = ok_json("schedules", "backfills", schedule["id"], *remote, cwd=tmp_path)
+    assert [b["id"] for b in backfills["items"]] == [started.json()["data"]["id"]]
+    none = ok_json(
+        "schedules", "backfills", schedule["id"], "--status", "cancelled", *remote, cwd=tmp_path
+    )
+    assert none["pagination"]["total_items"] == 0
+    shown = cli("schedules", "backfills", schedule["id"], *remote, cwd=tmp_path, columns=200)
+    assert started.json()["data"]["id"] in shown.stdout
+    assert "1 in all" in shown.stdout
 
     def failed() -> Any:
         items = ok_json("deliveries", "list", "--webhook", hook["id"], *remote, cwd=tmp_path)[

@@ -28,7 +28,7 @@ from abi_engine.models import (
     SchedulePreview,
     ScheduleSummary,
 )
-from abi_engine.models_backfills import BackfillRun
+from abi_engine.models_backfills import BackfillRun, BackfillStatus
 
 #: Schedule fields :meth:`WorkflowScheduler.update_schedule` sends back.
 SCHEDULE_FIELDS: Sequence[str] = (
@@ -248,6 +248,29 @@ class WorkflowScheduler(_Client):
         }
         answer = self._transport.request("get_schedule_backfill", path=path)
         return _structure(answer, BackfillRun)
+
+    def list_backfills(
+        self,
+        schedule_id: str,
+        page: int = 1,
+        page_size: int = 10,
+        status: BackfillStatus | str | None = None,
+    ) -> Page[BackfillRun]:
+        """One page of the schedule's backfills with their progress, newest first;
+        ``status`` keeps those in it (``running``, ``completed``, ``cancelled``,
+        ``failed``).
+
+        :raises ScheduleNotFound: no such schedule.
+        :raises InvalidRequest: a bad ``page``, ``page_size`` or ``status``.
+        """
+        path = {"schedule_id": _check_id(schedule_id, ScheduleNotFound)}
+        query = {
+            "status": status.value if isinstance(status, BackfillStatus) else status,
+            "page": page,
+            "page_size": page_size,
+        }
+        answer = self._transport.request("list_schedule_backfills", path=path, query=query)
+        return _structure(answer, Page[BackfillRun])
 
     def cancel_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
         """Stop a running backfill before its next due time (the executions started stay).

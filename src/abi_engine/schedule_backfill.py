@@ -46,12 +46,12 @@ from abi_engine.errors import (
 from abi_engine.events import Event, EventPolicy, OutboxEvent
 from abi_engine.ids import format_time, new_id, utcnow
 from abi_engine.limits import Number
-from abi_engine.models import BackfillItem, OverlapPolicy, ScheduleBackfill
+from abi_engine.models import BackfillItem, OverlapPolicy, Page, ScheduleBackfill
 from abi_engine.models_backfills import BackfillRun, BackfillStatus
 from abi_engine.schedule_exclusions import excluded_reason
 from abi_engine.schedule_lifecycle import timing_of
 from abi_engine.schedule_rules import UNFINISHED
-from abi_engine.services import Service
+from abi_engine.services import Service, check_page
 from abi_engine.storage._codec import from_ms, to_ms
 from abi_engine.storage.records_backfills import BackfillProgress, BackfillRecord
 from abi_engine.storage.records_schedules import ScheduleRecord
@@ -207,6 +207,18 @@ class BackfillService(Service):
             raise BackfillNotFound(backfill_id)
         return record.run
 
+    async def list(
+        self, schedule_id: str, *, page: Any = 1, page_size: Any = 10, status: Any = None
+    ) -> Page[BackfillRun]:
+        """One page of the backfills of schedule ``schedule_id``, newest first (only those
+        in ``status`` when given); ``InvalidRequest`` naming a bad ``page``, ``page_size``
+        or ``status``."""
+        page, page_size = check_page(page, page_size)
+        records, total = await self._store.list_backfills(
+            schedule_id, _status(status), page, page_size
+        )
+        return Page.build([r.run for r in records], page, page_size, total)
+
     async def cancel(self, schedule_id: str, backfill_id: str) -> BackfillRun:
         """Stop a running backfill before its next due time (what started stays);
         ``InvalidState`` when it is over already."""
@@ -351,3 +363,17 @@ class BackfillService(Service):
             return Event(type="schedule.backfill_completed", data=unstructure(ended), timestamp=now)
 
         return self._events.deferred("schedule.backfill_completed", build)
+
+
+def _status(value: Any) -> str | None:
+    """A backfill status filter (``None``: all); ``InvalidRequest`` naming ``status``."""
+    if value is None:
+        return None
+    try:
+        return BackfillStatus(value).value
+    except ValueError:
+        raise InvalidRequest(
+            f"'status' must be one of {', '.join(s.value for s in BackfillStatus)},"
+            f" got {str(value)[:40]!r}",
+            {"field": "status"},
+        ) from None

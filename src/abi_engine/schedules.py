@@ -365,6 +365,14 @@ class ScheduleService(Service):
         await self._load(schedule_id)
         return await self.backfills.get(schedule_id, backfill_id)
 
+    async def list_backfills(
+        self, schedule_id: str, *, page: Any = 1, page_size: Any = 10, status: Any = None
+    ) -> Page[BackfillRun]:
+        """One page of the schedule's backfills, newest first; ``status`` keeps those in it
+        (``running``, ``completed``, ``cancelled``, ``failed``)."""
+        await self._load(schedule_id)
+        return await self.backfills.list(schedule_id, page=page, page_size=page_size, status=status)
+
     async def cancel_backfill(self, schedule_id: str, backfill_id: str) -> BackfillRun:
         """Stop a running backfill before its next due time (what started stays)."""
         await self._load(schedule_id)

@@ -25,7 +25,7 @@ from abi_engine.models import (
     ScheduleSummary,
     Scope,
 )
-from abi_engine.models_backfills import BackfillRun
+from abi_engine.models_backfills import BackfillRun, BackfillStatus
 from abi_engine.schedule_backfill import BackfillRequest
 from abi_engine.schedule_requests import SchedulePreviewRequest, ScheduleRequest
 from abi_engine.schedule_views import schedule_json
@@ -245,6 +245,37 @@ async def get_schedule_backfill(engine: Engine, actor: Principal, request: ApiRe
     path = request.path
     return unstructure(
         await engine.schedules.get_backfill(path["schedule_id"], path["backfill_id"])
+    )
+
+
+@operation(
+    method="GET",
+    path="/workflow_schedules/{schedule_id}/backfills",
+    scope=Scope.SCHEDULES_READ,
+    summary="The backfills of a schedule with their progress, newest first",
+    response_model=BackfillRun,
+    paginated=True,
+    query=(
+        QueryParam(
+            name="status",
+            schema={"type": "string", "enum": [s.value for s in BackfillStatus]},
+            description="Only the backfills in this status",
+        ),
+        *PAGE_QUERY,
+    ),
+    tag="schedules",
+    errors=("SCHEDULE_NOT_FOUND", "INVALID_REQUEST"),
+)
+async def list_schedule_backfills(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
+    q = request.query
+    return page_json(
+        await engine.schedules.list_backfills(
+            request.path["schedule_id"],
+            page=q.get("page", 1),
+            page_size=q.get("page_size", 10),
+            status=q.get("status"),
+        ),
+        engine,
     )
 
 

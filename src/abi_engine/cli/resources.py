@@ -64,6 +64,17 @@ HISTORY_COLUMNS: Sequence[Column] = (
     ("EXECUTION", _get("execution_id")),
     ("DETAIL", _get("detail")),
 )
+BACKFILL_COLUMNS: Sequence[Column] = (
+    ("ID", _get("id")),
+    ("STATUS", _get("status")),
+    ("START", _get("start")),
+    ("END", _get("end")),
+    ("TOTAL", _get("total")),
+    ("STARTED", _get("started")),
+    ("SKIPPED", _get("skipped")),
+    ("FAILED", _get("failed")),
+    ("CREATED", _get("created_at")),
+)
 DELIVERY_COLUMNS: Sequence[Column] = (
     ("ID", _get("id")),
     ("EVENT", _get("event_type")),
@@ -171,6 +182,16 @@ def _schedules_history(args: argparse.Namespace) -> int:
     return _show_page(args, data, HISTORY_COLUMNS)
 
 
+def _schedules_backfills(args: argparse.Namespace) -> int:
+    data = run(
+        args,
+        "list_schedule_backfills",
+        path={"schedule_id": args.schedule_id},
+        query={"status": args.status, "page": args.page, "page_size": args.page_size},
+    )
+    return _show_page(args, data, BACKFILL_COLUMNS)
+
+
 def _deliveries_list(args: argparse.Namespace) -> int:
     data = run(
         args,
@@ -213,6 +234,11 @@ def _add_others(commands: Commands, parents: list[argparse.ArgumentParser]) -> N
     history.add_argument("schedule_id", metavar="SCHEDULE_ID")
     _page_options(history)
     history.set_defaults(handler=_schedules_history)
+    backfills = sub.add_parser("backfills", parents=parents, help="a schedule's backfills")
+    backfills.add_argument("schedule_id", metavar="SCHEDULE_ID")
+    backfills.add_argument("--status", choices=("running", "completed", "cancelled", "failed"))
+    _page_options(backfills)
+    backfills.set_defaults(handler=_schedules_backfills)
     add_backfill(sub, parents)
 
     deliveries = commands.add_parser("deliveries", help="a webhook's deliveries")

@@ -222,6 +222,13 @@ class AsyncStore:
         """The backfill, or ``None``."""
         return await self._run(self.sync.get_backfill, backfill_id)
 
+    async def list_backfills(
+        self, schedule_id: str, status: str | None, page: int, page_size: int
+    ) -> tuple[list[BackfillRecord], int]:
+        """One page of the schedule's backfills (in ``status`` when given), newest first,
+        and how many there are."""
+        return await self._run(self.sync.list_backfills, schedule_id, status, page, page_size)
+
     async def claim_backfills(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[BackfillRecord]:

@@ -230,6 +230,12 @@ class Store(Protocol):
     def get_backfill(self, backfill_id: str) -> BackfillRecord | None:
         """The backfill, or ``None``."""
 
+    def list_backfills(
+        self, schedule_id: str, status: str | None, page: int, page_size: int
+    ) -> tuple[list[BackfillRecord], int]:
+        """One page of the schedule's backfills (in ``status`` when given), newest first,
+        and how many there are."""
+
     def claim_backfills(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[BackfillRecord]:

@@ -104,6 +104,26 @@ class BackfillsMixin:
             ).fetchone()
         return None if row is None else _record(row)
 
+    def list_backfills(
+        self, schedule_id: str, status: str | None, page: int, page_size: int
+    ) -> tuple[list[BackfillRecord], int]:
+        """One page of the schedule's backfills (only those in ``status`` when given),
+        newest first, and how many there are."""
+        clause, args = "WHERE schedule_id = ?", [schedule_id]
+        if status is not None:
+            clause += " AND status = ?"
+            args.append(status)
+        with self._read() as conn:
+            total = conn.execute(
+                f"SELECT count(*) FROM schedule_backfills {clause}", args
+            ).fetchone()
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM schedule_backfills {clause}"
+                " ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                [*args, page_size, (page - 1) * page_size],
+            ).fetchall()
+        return [_record(r) for r in rows], int(total[0] if total else 0)
+
     def claim_backfills(
         self, owner: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[BackfillRecord]:

@@ -255,7 +255,9 @@ async def test_a_small_batch_waits_for_the_one_in_flight_until_it_has_overlap_mi
         await tg.start(committer.run)
         async with anyio.create_task_group() as submitters:
             submitters.start_soon(committer.submit, _claim("a", 1))
-            await anyio.sleep(0.05)
+            with anyio.fail_after(10):  # a's batch is being written (alone)
+                while not sizes:  # noqa: ASYNC110 - the writer thread appends
+                    await anyio.sleep(0.01)
             submitters.start_soon(committer.submit, _claim("b", 2))
             submitters.start_soon(committer.submit, _claim("c", 3))
             await anyio.sleep(0.2)
@@ -294,7 +296,9 @@ async def test_a_batch_on_the_same_execution_waits_for_the_one_in_flight() -> No
         await tg.start(committer.run)
         async with anyio.create_task_group() as submitters:
             submitters.start_soon(committer.submit, _claim("a", 1))
-            await anyio.sleep(0.05)
+            with anyio.fail_after(10):  # a1's batch is being written (alone)
+                while not log:  # noqa: ASYNC110 - the writer thread appends
+                    await anyio.sleep(0.01)
             submitters.start_soon(committer.submit, _claim("a", 2))
             submitters.start_soon(committer.submit, _claim("b", 3))
             await anyio.sleep(0.2)  # nothing else may start meanwhile

@@ -191,6 +191,10 @@ class RunsExecutions(WritesRuns):
             with self.tracing.execution(prepared.record):
                 await self._run_loaded(prepared)
         if prepared.record.limited:  # its slot is free: what waits for one starts now
+            handed = prepared.handed_off
+            if handed is not None and handed.decided:  # granted by the finish's commit
+                self.take_granted(handed.granted, handed.due)
+                return
             try:
                 await self.slot_freed(prepared.record.workflow_id)
             except Exception:  # the poller finds it

@@ -1,0 +1,182 @@
+"""A freed concurrency slot handed on in the commit that frees it (#16), on every
+engine backend: the finish of an execution holding a key's only slot grants the
+next one waiting on that key in the same transaction (no ``claim_freed`` of its
+own), within the limit, to one engine only."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_plugins import PROBE
+from runtime_plugins.helpers import (
+    TERMINAL,
+    DatabaseFactory,
+    EngineFactory,
+    engines,
+    fast,
+    new_workflow,
+    wait_status,
+)
+
+from abi_engine import Engine, ExecutionStatus
+from abi_engine.ids import utcnow
+from abi_engine.storage.records import AGAIN, FinishExecution, HandedOff, HandOff
+
+pytestmark = pytest.mark.anyio
+
+KEYED = {"concurrency": {"key": "parameters.customer", "limit": 1}}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probe() -> None:
+    PROBE.reset()
+
+
+@pytest.fixture
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    with engines(tmp_path, databases) as factory:
+        yield factory
+
+
+def _gated(customer: Any, gate: str) -> dict[str, Any]:
+    return {"customer": customer, "do": {"first": {"gate": gate}}}
+
+
+def _count_calls(engine: Engine, *names: str) -> dict[str, int]:
+    """Count the calls the runtime makes of the store's methods ``names`` from now on."""
+    calls = dict.fromkeys(names, 0)
+    store = engine.store
+    for name in names:
+        method = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _method(*args, **kw)
+
+        setattr(store, name, counted)
+    return calls
+
+
+async def _one_running_two_waiting(engine: Engine, wf: str) -> list[str]:
+    ids = [
+        (await engine.executions.execute(wf, _gated("c", f"k{i}"), wait=False)).execution_id
+        for i in range(3)
+    ]
+    await wait_status(engine, ids[0], ExecutionStatus.RUNNING, timeout=30)
+    for waiting in ids[1:]:
+        assert (await engine.executions.get(waiting)).queued_reason == "concurrency_limit"
+    return ids
+
+
+async def test_the_finish_grants_the_next_in_its_own_commit(make: EngineFactory) -> None:
+    """The poller sleeps an hour: each of three executions on one key (limit 1) starts
+    when the one before ends, granted by that one's finish: the node never claims a
+    freed slot in a transaction of its own (``claim_freed``) nor polls, and the runs
+    never overlap."""
+    engine = make(settings=fast(poll_interval=3600))
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        ids = await _one_running_two_waiting(engine, wf)
+        calls = _count_calls(engine, "claim_freed", "claim_recoverable")
+        for i in range(3):
+            PROBE.gate(f"k{i}").set()
+        done = [await wait_status(engine, i, *TERMINAL, timeout=30) for i in ids]
+    assert {d.status for d in done} == {ExecutionStatus.COMPLETED}
+    assert calls == {"claim_freed": 0, "claim_recoverable": 0}
+    spans = sorted((d.started_at, d.completed_at) for d in done)
+    for (_, ended), (started, _) in itertools.pairwise(spans):
+        assert ended is not None
+        assert started is not None
+        assert started >= ended, spans
+
+
+async def test_a_finish_with_a_hand_off_grants_the_waiting_one_in_its_transaction(
+    make: EngineFactory,
+) -> None:
+    """A finish applied straight to the store with a hand-off answers ``HandedOff``
+    naming the one execution waiting on the key (not the third: limit 1), which is
+    stored granted to the hand-off's owner under the token returned, in the same
+    transaction; applied again (a retry), it grants nothing more."""
+    engine = make(settings=fast(poll_interval=3600))
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        ids = await _one_running_two_waiting(engine, wf)
+        store = engine.store
+        first = store.get_execution(ids[0])
+        assert first is not None
+        finish = FinishExecution(
+            execution_id=ids[0],
+            workflow_id=wf,
+            status=ExecutionStatus.COMPLETED,
+            completed_at=utcnow(),
+            duration_ms=1,
+            token=first.claim,
+            hand_off=HandOff(owner="node-x", lease_until=utcnow() + timedelta(seconds=60), room=5),
+        )
+        [result] = store.apply([finish])
+        assert isinstance(result, HandedOff)
+        assert result.decided
+        assert [g[0] for g in result.granted] == [ids[1]]
+        second = store.get_execution(ids[1])
+        third = store.get_execution(ids[2])
+        token = result.granted[0][2]
+        lease = utcnow() + timedelta(seconds=60)
+        # Held under the token returned (a renewal under it finds it), not another one.
+        assert store.renew_leases({ids[1]: token}, lease) == []
+        assert store.renew_leases({ids[1]: token + 1}, lease) == [ids[1]]
+        assert store.apply([finish]) == [AGAIN]
+        again = store.get_execution(ids[2])
+        for i in range(3):
+            PROBE.gate(f"k{i}").set()
+    assert second is not None
+    assert (second.owner, second.queued_reason) == ("node-x", None)
+    assert second.status is ExecutionStatus.QUEUED
+    assert third is not None
+    assert again is not None
+    assert third.owner is None
+    assert again.owner is None
+    assert third.queued_reason == "concurrency_limit"
+
+
+@pytest.mark.postgresql_only
+async def test_no_hand_off_while_another_transaction_holds_the_grant_lock(
+    make: EngineFactory, databases: DatabaseFactory
+) -> None:
+    """PostgreSQL: while another session holds the workflow's grant lock, a finish does
+    not wait for it (that could deadlock with its rows locked): it applies, grants
+    nothing and says so (``decided`` false), so the node claims the slot on its own."""
+    import psycopg
+
+    engine = make(settings=fast(poll_interval=3600))
+
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        ids = await _one_running_two_waiting(engine, wf)
+        first = engine.store.get_execution(ids[0])
+        assert first is not None
+        finish = FinishExecution(
+            execution_id=ids[0],
+            workflow_id=wf,
+            status=ExecutionStatus.COMPLETED,
+            completed_at=utcnow(),
+            duration_ms=1,
+            token=first.claim,
+            hand_off=HandOff(owner="node-x", lease_until=utcnow() + timedelta(seconds=60), room=5),
+        )
+        with psycopg.connect(str(databases("abi.db"))) as other, other.transaction():
+            other.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"abi-slots:{wf}",)
+            )
+            [result] = engine.store.apply([finish])
+        waiting = engine.store.get_execution(ids[1])
+        for i in range(3):
+            PROBE.gate(f"k{i}").set()
+    assert result == HandedOff(decided=False)
+    assert waiting is not None
+    assert waiting.owner is None
+    assert waiting.queued_reason == "concurrency_limit"

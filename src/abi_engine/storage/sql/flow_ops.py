@@ -30,6 +30,7 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.sql.concurrency import keyed
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
+from abi_engine.storage.sql.shaping import DEBOUNCED
 
 __all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "insert_held", "pause_now", "tell_parent"]
 
@@ -47,10 +48,13 @@ _INSERT_STEP = (
 
 
 def pause_now(conn: Conn, execution_id: str) -> None:
-    """Store ``execution_id`` paused: no owner, claim or lease; the request served."""
+    """Store ``execution_id`` paused: no owner, claim or lease; the request served. One
+    waiting out its debounce window keeps its hold (``queued_reason`` and ``not_before``,
+    not shown while paused) for :func:`_resume` to restore (#16)."""
     conn.execute(
         "UPDATE executions SET status = 'paused', owner = NULL, claim = NULL,"
-        " lease_until = NULL, pause_requested = ?, queued_reason = NULL WHERE id = ?",
+        " lease_until = NULL, pause_requested = ?, queued_reason = CASE WHEN"
+        f" queued_reason = '{DEBOUNCED}' THEN queued_reason END WHERE id = ?",
         (False, execution_id),
     )
 
@@ -198,12 +202,14 @@ def _resume(s: Store, conn: Conn, op: ResumeExecution) -> Any:
     if row is None:
         return False
     if row[0] == "paused":
-        # Queued again; held still if its workflow is paused meanwhile.
+        # Queued again; held still if its workflow is paused meanwhile, and for the rest
+        # of its debounce window if it was waiting one out (over already: it runs).
         conn.execute(
             "UPDATE executions SET status = 'queued', owner = NULL, claim = NULL,"
             " lease_until = NULL, queued_since = ?, queued_reason = CASE WHEN EXISTS"
             " (SELECT 1 FROM workflows w WHERE w.id = executions.workflow_id"
-            " AND w.paused_at IS NOT NULL) THEN 'paused' END WHERE id = ?",
+            " AND w.paused_at IS NOT NULL) THEN 'paused'"
+            f" WHEN queued_reason = '{DEBOUNCED}' THEN queued_reason END WHERE id = ?",
             (to_ms(op.queued_since), op.execution_id),
         )
         return "queued"

@@ -28,7 +28,7 @@ from abi_engine.ids import utcnow
 from abi_engine.storage._codec import to_ms
 from abi_engine.storage._fencing import new_claim, types_filter
 from abi_engine.storage.records import FinishExecution, HandedOff
-from abi_engine.storage.sql.concurrency import BLOCKED, admit, blocked_rows
+from abi_engine.storage.sql.concurrency import BLOCKED, admit, blocked_rows, rules, waiting_groups
 from abi_engine.storage.sql.dialect import Conn, Dialect
 from abi_engine.storage.sql.shaping import DEBOUNCED, RATE_LIMITED, due_in
 
@@ -66,28 +66,33 @@ def grant(
     )
 
 
-def _try_lock(d: Dialect, conn: Conn, workflow_id: str) -> bool:
+def _try_lock(d: Dialect, conn: Conn, workflow_id: str) -> Any:
     """Take the workflow's grant lock if nobody else holds it (PostgreSQL; reentrant:
-    the slots' count takes it again); never waits for it."""
+    the slots' count takes it again), never waiting for it: the query, sent (its
+    cursor answers whether it was taken); ``None`` without row locks (SQLite)."""
     if not d.row_locks:
-        return True
-    row = conn.execute(
+        return None
+    return conn.execute(
         "SELECT pg_try_advisory_xact_lock(hashtextextended(?, 0))", (f"abi-slots:{workflow_id}",)
-    ).fetchone()
-    return bool(row[0])
+    )
 
 
 def _hand_one(
     s: Any, conn: Conn, op: FinishExecution, room: int, mine: frozenset[str]
 ) -> HandedOff:
     """Grant the node of ``op.hand_off`` what waits for a slot of ``op``'s workflow (none
-    of ``mine``, the batch's own executions: their ops decide them)."""
+    of ``mine``, the batch's own executions: their ops decide them). In pipeline mode
+    the lock, the waiting groups and the workflow's rules go in one round trip, the
+    candidates and the holders in one each."""
     d = s.dialect
     wanted = op.hand_off
     assert wanted is not None
     if room <= 0:
         return HandedOff(decided=False)
-    if not _try_lock(d, conn, op.workflow_id):
+    lock = _try_lock(d, conn, op.workflow_id)
+    groups = waiting_groups(conn, op.workflow_id)
+    found = rules(d, conn, [op.workflow_id])
+    if lock is not None and not lock.fetchone()[0]:
         return HandedOff(decided=False)
     names = types_filter(wanted.types)
     clause, args = ("", ()) if names is None else d.any_of("workflow_type", names)
@@ -98,11 +103,13 @@ def _hand_one(
         f" AND {clause}" if clause else "",
         (*args, s.priority_aging_ms),
         op.workflow_id,
+        groups=groups.fetchall(),
+        limits=found[0],
     )
     rows = [row for row in rows if row[0] not in mine]
     if not rows:
         return HandedOff()
-    granted = admit(d, conn, rows, room)
+    granted = admit(d, conn, rows, room, rules=found, locked=True)
     taken = tuple((row[0], row[3], new_claim()) for row in granted)
     grant(d, conn, wanted.owner, wanted.lease_until, taken)
     due = due_in(d, conn) if len(taken) < len(rows) else None

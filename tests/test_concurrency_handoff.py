@@ -180,3 +180,43 @@ async def test_no_hand_off_while_another_transaction_holds_the_grant_lock(
     assert waiting is not None
     assert waiting.owner is None
     assert waiting.queued_reason == "concurrency_limit"
+
+
+async def test_two_finishes_in_one_batch_hand_their_slots_on_once(make: EngineFactory) -> None:
+    """``max_concurrency: 2``, two running and three waiting: one batch finishing both
+    running ones grants the first two waiting (not the third: the limit), answered to
+    the first finish; the second finish's answer grants nothing more."""
+    engine = make(settings=fast(poll_interval=3600))
+    async with engine:
+        wf = await new_workflow(engine, max_concurrency=2)
+        ids = [
+            (await engine.executions.execute(wf, _gated(i, f"g{i}"), wait=False)).execution_id
+            for i in range(5)
+        ]
+        for running in ids[:2]:
+            await wait_status(engine, running, ExecutionStatus.RUNNING, timeout=30)
+        store = engine.store
+        lease = utcnow() + timedelta(seconds=60)
+        finishes = []
+        for running in ids[:2]:
+            record = store.get_execution(running)
+            assert record is not None
+            finishes.append(
+                FinishExecution(
+                    execution_id=running,
+                    workflow_id=wf,
+                    status=ExecutionStatus.COMPLETED,
+                    completed_at=utcnow(),
+                    duration_ms=1,
+                    token=record.claim,
+                    hand_off=HandOff(owner="node-x", lease_until=lease, room=10),
+                )
+            )
+        first, second = store.apply(finishes)
+        owners = [store.get_execution(i) for i in ids[2:]]
+        for i in range(5):
+            PROBE.gate(f"g{i}").set()
+    assert isinstance(first, HandedOff)
+    assert sorted(g[0] for g in first.granted) == sorted(ids[2:4])
+    assert second == HandedOff()
+    assert [o.owner if o else None for o in owners] == ["node-x", "node-x", None]

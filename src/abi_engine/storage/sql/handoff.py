@@ -121,13 +121,16 @@ def hand_off(
 ) -> None:
     """Replace the result of each finish that applied and asks for a hand-off by a
     :class:`HandedOff` (run after the finishes' rows are written: their slots are
-    free). Of two finishes of one node, the second gets what room the first left."""
-    given: dict[str, int] = {}
+    free). One grant per workflow and node for the whole batch (the first finish's
+    result carries it; the others' is an empty ``HandedOff``): a batch ending many
+    executions of one workflow looks for what waits once, not once each."""
+    done: dict[tuple[str, str], HandedOff] = {}
     batch = frozenset(mine)
     for index, op in enumerate(ops):
         if op.hand_off is None or results[index] is not True:
             continue
-        owner = op.hand_off.owner
-        handed = _hand_one(s, conn, op, op.hand_off.room - given.get(owner, 0), batch)
-        given[owner] = given.get(owner, 0) + len(handed.granted)
-        results[index] = handed
+        key = (op.workflow_id, op.hand_off.owner)
+        if key in done:
+            results[index] = HandedOff(decided=done[key].decided)
+            continue
+        done[key] = results[index] = _hand_one(s, conn, op, op.hand_off.room, batch)

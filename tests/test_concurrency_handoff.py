@@ -122,6 +122,10 @@ async def test_a_finish_with_a_hand_off_grants_the_waiting_one_in_its_transactio
         assert isinstance(result, HandedOff)
         assert result.decided
         assert [g[0] for g in result.granted] == [ids[1]]
+        # The granted execution as stored by the grant: its node needs not read it.
+        assert [(r.id, r.owner, r.queued_reason) for r in result.records] == [
+            (ids[1], "node-x", None)
+        ]
         second = store.get_execution(ids[1])
         third = store.get_execution(ids[2])
         token = result.granted[0][2]

@@ -98,6 +98,9 @@ class WritesRuns:
     _scopes: dict[str, anyio.CancelScope]
     _cancelled: set[str]
     _prepared: dict[str, Prepared]
+    #: Executions granted by a finish's hand-off, as the grant stored them: (grant
+    #: token, record), for their run to use rather than read them (#16).
+    _handed: dict[str, tuple[int, ExecutionRecord]]
 
     _run_tokens: dict[str, int]
     _stopping: bool
@@ -115,7 +118,10 @@ class WritesRuns:
         raise NotImplementedError
 
     def take_granted(
-        self, granted: Iterable[tuple[str, int, int]], due: timedelta | None = None
+        self,
+        granted: Iterable[tuple[str, int, int]],
+        due: timedelta | None = None,
+        records: Iterable[ExecutionRecord] = (),
     ) -> None:
         raise NotImplementedError
 

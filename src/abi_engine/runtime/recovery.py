@@ -20,6 +20,7 @@ from abi_engine.ids import utcnow
 from abi_engine.runtime.execution import one_line
 from abi_engine.runtime.steps import RunsExecutions
 from abi_engine.storage.aio import call_store
+from abi_engine.storage.records import ExecutionRecord
 
 __all__ = ["Recovers"]
 
@@ -133,14 +134,21 @@ class Recovers(RunsExecutions):
         self.take_granted(granted, getattr(self.store, "next_due", None))
 
     def take_granted(
-        self, granted: Iterable[tuple[str, int, int]], due: timedelta | None = None
+        self,
+        granted: Iterable[tuple[str, int, int]],
+        due: timedelta | None = None,
+        records: Iterable[ExecutionRecord] = (),
     ) -> None:
         """Run the executions the store granted this node for freed concurrency slots
-        (``(id, priority, token)``, in grant order), and claim again after ``due``, when
-        one waits for its rate limit's window."""
+        (``(id, priority, token)``, in grant order; ``records``: as the grant stored
+        them, not read again), and claim again after ``due``, when one waits for its
+        rate limit's window."""
         if due is not None:
             self._due(utcnow() + due)
+        stored = {r.id: r for r in records}
         for execution_id, _priority, token in granted:
+            if execution_id in stored:
+                self._handed[execution_id] = (token, stored[execution_id])
             self.claims.hold(execution_id, token)
             # In the order the store granted them: their wait is counted there already.
             self._push(execution_id, token, priority=0)

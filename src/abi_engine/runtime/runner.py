@@ -149,6 +149,7 @@ class Runtime(Recovers):
         self._queued = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
+        self._handed: dict[str, tuple[int, ExecutionRecord]] = {}
         self._reserved = 0
         self._waiters: dict[str, _Waiter] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}

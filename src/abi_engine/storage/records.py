@@ -375,11 +375,14 @@ class HandedOff:
     ``True``): the executions granted ``(id, priority, token)``; ``decided`` false
     when its transaction could not take the workflow's grant lock at once (another
     transaction grants for it: the node then claims the freed slot on its own);
-    ``due`` how long until one a rate limit holds may start (``None``: none)."""
+    ``due`` how long until one a rate limit holds may start (``None``: none);
+    ``records`` the executions granted, as stored by the grant (the node runs them
+    without reading them again)."""
 
     granted: tuple[tuple[str, int, int], ...] = ()
     decided: bool = True
     due: timedelta | None = None
+    records: tuple[ExecutionRecord, ...] = attrs.field(default=(), eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -27,7 +27,8 @@ from typing import Any
 from abi_engine.ids import utcnow
 from abi_engine.storage._codec import to_ms
 from abi_engine.storage._fencing import new_claim, types_filter
-from abi_engine.storage.records import FinishExecution, HandedOff
+from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _row_to_record
+from abi_engine.storage.records import ExecutionRecord, FinishExecution, HandedOff
 from abi_engine.storage.sql.concurrency import BLOCKED, admit, blocked_rows, rules, waiting_groups
 from abi_engine.storage.sql.dialect import Conn, Dialect
 from abi_engine.storage.sql.shaping import DEBOUNCED, RATE_LIMITED, due_in
@@ -113,7 +114,16 @@ def _hand_one(
     taken = tuple((row[0], row[3], new_claim()) for row in granted)
     grant(d, conn, wanted.owner, wanted.lease_until, taken)
     due = due_in(d, conn) if len(taken) < len(rows) else None
-    return HandedOff(taken, due=due)
+    return HandedOff(taken, due=due, records=_granted(d, conn, [t[0] for t in taken]))
+
+
+def _granted(d: Dialect, conn: Conn, ids: Sequence[str]) -> tuple[ExecutionRecord, ...]:
+    """The executions ``ids`` as granted (one query: the node needs not read them)."""
+    if not ids:
+        return ()
+    condition, args = d.any_of("e.id", list(ids))
+    rows = conn.execute(f"SELECT {_EXEC_COLUMNS} {_FROM} WHERE {condition}", args).fetchall()
+    return tuple(_row_to_record(row) for row in rows)
 
 
 def hand_off(

@@ -24,8 +24,16 @@ from runtime_plugins.helpers import (
 )
 
 from abi_engine import Engine, ExecutionStatus
-from abi_engine.ids import utcnow
-from abi_engine.storage.records import AGAIN, FinishExecution, HandedOff, HandOff
+from abi_engine.ids import new_id, utcnow
+from abi_engine.storage.records import (
+    AGAIN,
+    ClaimExecution,
+    ExecutionRecord,
+    FinishExecution,
+    HandedOff,
+    HandOff,
+    InsertExecution,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -224,3 +232,84 @@ async def test_two_finishes_in_one_batch_hand_their_slots_on_once(make: EngineFa
     assert sorted(g[0] for g in first.granted) == sorted(ids[2:4])
     assert second == HandedOff()
     assert [o.owner if o else None for o in owners] == ["node-x", "node-x", None]
+
+
+async def test_a_hand_off_grants_exactly_what_the_freed_slots_allow(
+    make: EngineFactory,
+) -> None:
+    """Every case of a key with limit ``L`` (1-3) full, ``W`` (0-4) waiting, ``F`` of the
+    holders finishing in one batch and room ``R`` (1 or 5) on the node: the hand-off
+    grants the first ``min(F, W, R)`` waiting, in request order, and the key's holders
+    never exceed ``L`` (a grid of all 60 cases, on the store; the engine does not run)."""
+    engine = make()
+    store = engine.store
+    lease = utcnow() + timedelta(seconds=60)
+    for limit, room, waiting in itertools.product((1, 2, 3), (1, 5), range(5)):
+        for finishing in range(1, limit + 1):
+            keyed = {"key": "parameters.customer", "limit": limit}
+            wf = await new_workflow(engine, concurrency=keyed)
+            holders = _stored(store, wf, limit, owner="node-a")
+            queued = _stored(store, wf, waiting, owner=None)
+            tokens = _claimed(store, holders, lease)
+            results = store.apply(
+                [
+                    FinishExecution(
+                        execution_id=i,
+                        workflow_id=wf,
+                        status=ExecutionStatus.COMPLETED,
+                        completed_at=utcnow(),
+                        duration_ms=1,
+                        token=tokens[i],
+                        hand_off=HandOff(owner="node-x", lease_until=lease, room=room),
+                    )
+                    for i in holders[:finishing]
+                ]
+            )
+            case = (limit, room, waiting, finishing)
+            assert isinstance(results[0], HandedOff), case
+            granted = [g[0] for g in results[0].granted]
+            assert granted == queued[: min(finishing, waiting, room)], case
+            assert all(r == HandedOff() for r in results[1:]), case
+            held = [store.get_execution(i) for i in [*holders, *queued]]
+            owned = [r for r in held if r is not None and r.owner is not None]
+            assert len(owned) == limit - finishing + len(granted) <= limit, case
+
+
+def _stored(store: Any, wf: str, count: int, *, owner: str | None) -> list[str]:
+    """Insert ``count`` queued executions of key ``c`` (granted to ``owner``, or not),
+    one at a time (their request order is their order); their ids."""
+    ids = []
+    for _ in range(count):
+        now = utcnow()
+        record = ExecutionRecord(
+            id=new_id("exec_"),
+            workflow_id=wf,
+            workflow_type="test_three",
+            status=ExecutionStatus.QUEUED,
+            parameters={"customer": "c"},
+            created_at=now,
+            owner=owner,
+            claim=None if owner is None else 1,
+            lease_until=None if owner is None else now + timedelta(seconds=60),
+        )
+        assert store.apply([InsertExecution(record=record)]) == [True]
+        ids.append(record.id)
+    return ids
+
+
+def _claimed(store: Any, ids: list[str], lease: Any) -> dict[str, int]:
+    """Run the granted executions ``ids`` (claimed by their node); their run tokens."""
+    tokens = {i: 100 + n for n, i in enumerate(ids)}
+    claims = [
+        ClaimExecution(
+            execution_id=i,
+            grant=1,
+            token=tokens[i],
+            owner="node-a",
+            lease_until=lease,
+            started_at=utcnow(),
+        )
+        for i in ids
+    ]
+    assert store.apply(claims) == [True] * len(ids)
+    return tokens

@@ -313,3 +313,33 @@ def _claimed(store: Any, ids: list[str], lease: Any) -> dict[str, int]:
     ]
     assert store.apply(claims) == [True] * len(ids)
     return tokens
+
+
+@pytest.mark.postgresql_only
+async def test_an_undecided_hand_off_is_claimed_by_the_node_after(
+    make: EngineFactory, databases: DatabaseFactory
+) -> None:
+    """PostgreSQL, the poller asleep for an hour: while another session holds the
+    workflow's grant lock, an execution ends; its finish cannot hand the slot on, so its
+    node claims it in a transaction of its own (``claim_freed``), which waits for the
+    lock: once it is let go, the next execution runs."""
+    import psycopg
+
+    engine = make(settings=fast(poll_interval=3600))
+    async with engine:
+        wf = await new_workflow(engine, **KEYED)
+        ids = await _one_running_two_waiting(engine, wf)
+        calls = _count_calls(engine, "claim_freed")
+        with psycopg.connect(str(databases("abi.db"))) as other, other.transaction():
+            other.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"abi-slots:{wf}",)
+            )
+            PROBE.gate("k0").set()
+            await wait_status(engine, ids[0], *TERMINAL, timeout=30)
+            await wait_status(engine, ids[1], ExecutionStatus.QUEUED, timeout=30)
+        await wait_status(engine, ids[1], ExecutionStatus.RUNNING, timeout=30)
+        for i in range(3):
+            PROBE.gate(f"k{i}").set()
+        done = [await wait_status(engine, i, *TERMINAL, timeout=30) for i in ids]
+    assert {d.status for d in done} == {ExecutionStatus.COMPLETED}
+    assert calls["claim_freed"] >= 1

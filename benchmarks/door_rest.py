@@ -137,10 +137,21 @@ def serve_bare(port: int, answers_file: str) -> None:
 
 
 class Server:
-    def __init__(self, argv: list[str], port: int, pin: bool) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        port: int,
+        pin: bool,
+        env: dict[str, str] | None = None,
+        paths: dict[str, str] | None = None,
+        token: str = "",
+    ) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen(_pinned(argv, "0", pin))
+        #: endpoint name -> path on this server, and the token its requests carry
+        self.paths = paths or {}
+        self.token = token
+        self.process = subprocess.Popen(_pinned(argv, "0", pin), env=env)
         _wait_listening(port, self.process)
 
     def stop(self) -> None:
@@ -192,17 +203,62 @@ def wrk(
     return float(found.group(1)), int(bad.group(1)) if bad else 0
 
 
-def main() -> int:
+def _abi_server(
+    tmp: Path, name: str, args: argparse.Namespace, pin: bool, source: str | None
+) -> Server:
+    """``abi-engine serve`` on its own database; ``source``: another checkout's code."""
+    env = dict(os.environ)
+    if source is not None:
+        root = Path(source)
+        parts = [root / "src", root / "contrib" / "asgi_adapter", root / "plugins"]
+        env["PYTHONPATH"] = os.pathsep.join(str(p) for p in parts)
+    db = tmp / f"{name}.db"
+    prepare = [sys.executable, __file__, "--prepare", str(db), args.durability]
+    token, wf_id = subprocess.run(
+        prepare, env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    port = _free_port()
+    argv = [sys.executable, "-m", "abi_engine", "serve", "--db", str(db), "--port", str(port)]
+    argv += ["--rate-limit", "0", "--log-level", "warning", "--durability", args.durability]
+    if args.processes > 1:
+        argv += ["--processes", str(args.processes)]
+    paths = {
+        "execute_async": f"/api/v1/workflows/{wf_id}/execute_async",
+        "GET": f"/api/v1/workflows/{wf_id}",
+    }
+    return Server(argv, port, pin, env=env, paths=paths, token=token)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--durability", choices=["normal", "full"], default="normal")
     parser.add_argument("--only", choices=["execute_async", "GET"], help="one endpoint only")
+    parser.add_argument(
+        "--compare",
+        metavar="CHECKOUT",
+        help="also serve abi from another checkout (e.g. /work/main), alternated with the rest",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=1, help="abi-engine serve --processes N (default 1)"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="let servers use every CPU (for --processes)"
+    )
     parser.add_argument("--serve-bare", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--prepare", nargs=2, help=argparse.SUPPRESS)
+    return parser
+
+
+def main() -> int:
+    args = _parser().parse_args()
     if args.serve_bare:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
+        return 0
+    if args.prepare:
+        print(*_prepare(Path(args.prepare[0]), args.prepare[1]))
         return 0
     if not shutil.which("wrk"):
         print("wrk is not on PATH (apt-get install wrk): using benchmarks/_rawload.py instead")
@@ -210,73 +266,100 @@ def main() -> int:
     if not pin:
         print("WARNING: no second CPU (or no taskset): client and servers share the CPUs")
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "rest.db"
-        token, wf_id = _prepare(db, args.durability)
-        execute = f"/api/v1/workflows/{wf_id}/execute_async"
-        get = f"/api/v1/workflows/{wf_id}"
-        port = _free_port()
-        abi_argv = [sys.executable, "-m", "abi_engine", "serve", "--db", str(db)]
-        abi_argv += ["--port", str(port), "--rate-limit", "0", "--log-level", "warning"]
-        abi_argv += ["--durability", args.durability]
-        servers = {"abi": Server(abi_argv, port, pin)}
-        headers = {"Authorization": f"Bearer {token}"}
-        accepted = httpx.post(servers["abi"].url + execute, json=BODY, headers=headers)
-        assert accepted.status_code == 202, accepted.text
-        shown = httpx.get(servers["abi"].url + get, headers=headers)
-        assert shown.status_code == 200, shown.text
-        answers = Path(tmp) / "answers.json"
-        answers.write_text(json.dumps({"execute_async": accepted.json(), "get": shown.json()}))
-        port = _free_port()
-        bare_argv = [sys.executable, __file__, "--serve-bare", str(port), str(answers)]
-        servers["bare"] = Server(bare_argv, port, pin)
-        client = "wrk" if shutil.which("wrk") else "_rawload.py"
+        servers = {"abi": _abi_server(Path(tmp), "abi", args, pin and not args.no_pin, None)}
         try:
-            print(
-                f"door_rest: uvicorn defaults (loop/http auto, log warning), {args.connections}"
-                f" keep-alive connections, {client} pinned to CPU 1, servers to CPU 0: {pin};"
-                f" {args.rounds} x {args.duration:g} s; durability {args.durability};"
-                f" load average {os.getloadavg()[0]:.2f}"
-            )
-            results: dict[tuple[str, str], list[float]] = {}
-            loads: list[float] = []
-            endpoints = [("execute_async", execute, BODY), ("GET", get, None)]
-            for name, path, post in [e for e in endpoints if args.only in (None, e[0])]:
-                body = None if post is None else json.dumps(post)
-                for server in servers.values():  # warm up
-                    wrk(server.url + path, token, 2, args.connections, pin, body)
-                for r in range(args.rounds):
-                    for kind, server in servers.items():
-                        rate, bad = wrk(
-                            server.url + path, token, args.duration, args.connections, pin, body
-                        )
-                        loads.append(os.getloadavg()[0])
-                        results.setdefault((name, kind), []).append(rate)
-                        extra = f" ({bad} non-2xx)" if bad else ""
-                        print(
-                            f"  {name} round {r + 1} {kind}: {rate:,.0f} req/s{extra};"
-                            f" load {loads[-1]:.2f}",
-                            flush=True,
-                        )
-            report(results, args.rounds)
-            print(f"load average during the run: median {statistics.median(loads):.2f}")
+            if args.compare:
+                servers["abi@compare"] = _abi_server(
+                    Path(tmp), "compare", args, pin and not args.no_pin, args.compare
+                )
+            servers["bare"] = _bare_server(Path(tmp), servers["abi"], pin and not args.no_pin)
+            _measure(servers, args, pin)
         finally:
             for server in servers.values():
                 server.stop()
     return 0
 
 
-def report(results: dict[tuple[str, str], list[float]], rounds: int) -> None:
+def _bare_server(tmp: Path, abi: Server, pin: bool) -> Server:
+    """The bare Starlette app, answering the JSON abi answers."""
+    headers = {"Authorization": f"Bearer {abi.token}"}
+    accepted = httpx.post(abi.url + abi.paths["execute_async"], json=BODY, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    shown = httpx.get(abi.url + abi.paths["GET"], headers=headers)
+    assert shown.status_code == 200, shown.text
+    answers = tmp / "answers.json"
+    answers.write_text(json.dumps({"execute_async": accepted.json(), "get": shown.json()}))
+    port = _free_port()
+    argv = [sys.executable, __file__, "--serve-bare", str(port), str(answers)]
+    paths = {
+        "execute_async": abi.paths["execute_async"],
+        "GET": abi.paths["GET"],
+    }
+    return Server(argv, port, pin, paths=paths, token=abi.token)
+
+
+def _drain(server: Server) -> float:
+    """Wait until no execution is queued or running on ``server``; the seconds it took."""
+    start = time.monotonic()
+    url = server.url + "/api/v1/workflow_executions"
+    query = {"status": "queued,running", "page_size": "1"}
+    headers = {"Authorization": f"Bearer {server.token}"}
+    while time.monotonic() - start < 300:
+        answer = httpx.get(url, params=query, headers=headers, timeout=30).json()
+        if answer["data"]["pagination"]["total_items"] == 0:
+            break
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def _measure(servers: dict[str, Server], args: argparse.Namespace, pin: bool) -> None:
+    client = "wrk" if shutil.which("wrk") else "_rawload.py"
+    print(
+        f"door_rest: uvicorn defaults (loop/http auto, log warning), {args.connections}"
+        f" keep-alive connections, {client} pinned to CPU 1: {pin}, servers to CPU 0:"
+        f" {pin and not args.no_pin}; {args.rounds} x {args.duration:g} s; durability"
+        f" {args.durability}; abi processes {args.processes}; load average"
+        f" {os.getloadavg()[0]:.2f}"
+    )
+    results: dict[tuple[str, str], list[float]] = {}
+    loads: list[float] = []
+    for name in [e for e in ("execute_async", "GET") if args.only in (None, e)]:
+        body = json.dumps(BODY) if name == "execute_async" else None
+        for server in servers.values():  # warm up
+            wrk(server.url + server.paths[name], server.token, 2, args.connections, pin, body)
+        for r in range(args.rounds):
+            for kind, server in servers.items():
+                url = server.url + server.paths[name]
+                rate, bad = wrk(url, server.token, args.duration, args.connections, pin, body)
+                loads.append(os.getloadavg()[0])
+                results.setdefault((name, kind), []).append(rate)
+                extra = f" ({bad} non-2xx)" if bad else ""
+                if name == "execute_async" and kind != "bare":
+                    # Its backlog would run during the next server's round, on the same core.
+                    extra += f", backlog ran in {_drain(server):.1f} s"
+                print(
+                    f"  {name} round {r + 1} {kind}: {rate:,.0f} req/s{extra};"
+                    f" load {loads[-1]:.2f}",
+                    flush=True,
+                )
+    report(results, list(servers))
+    print(f"load average during the run: median {statistics.median(loads):.2f}")
+
+
+def report(results: dict[tuple[str, str], list[float]], kinds: list[str]) -> None:
     for name in ("execute_async", "GET"):
-        if (name, "abi") not in results:
+        if (name, "bare") not in results:
             continue
-        abi, bare = results[(name, "abi")], results[(name, "bare")]
-        ratios = [a / b for a, b in zip(abi, bare, strict=True)]
-        print(
-            f"{name}: abi {statistics.median(abi):,.0f} req/s, bare"
-            f" {statistics.median(bare):,.0f} req/s, ratio of medians"
-            f" {statistics.median(abi) / statistics.median(bare):.2f} (per round"
-            f" {', '.join(f'{r:.2f}' for r in ratios)})"
-        )
+        bare = results[(name, "bare")]
+        for kind in [k for k in kinds if k != "bare"]:
+            abi = results[(name, kind)]
+            ratios = [a / b for a, b in zip(abi, bare, strict=True)]
+            print(
+                f"{name}: {kind} {statistics.median(abi):,.0f} req/s, bare"
+                f" {statistics.median(bare):,.0f} req/s, ratio of medians"
+                f" {statistics.median(abi) / statistics.median(bare):.2f} (per round"
+                f" {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
 
 
 if __name__ == "__main__":

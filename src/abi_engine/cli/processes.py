@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from abi_engine.cli._common import (
     ENV_DB,
@@ -40,10 +40,14 @@ from abi_engine.cli._common import (
     _positive_int,
 )
 
-if TYPE_CHECKING:
-    import uvicorn
-
 __all__ = ["add_options", "inherited_socket", "report_ready", "supervise", "watch_parent"]
+
+
+class _Stoppable(Protocol):
+    """What :func:`watch_parent` needs of a server (uvicorn's ``Server``)."""
+
+    should_exit: bool
+
 
 #: How long stopping children may take before they are killed (seconds).
 STOP_SECONDS = 60.0
@@ -205,7 +209,7 @@ def report_ready(args: argparse.Namespace) -> None:
     os.close(fd)
 
 
-def watch_parent(args: argparse.Namespace, server: uvicorn.Server) -> None:
+def watch_parent(args: argparse.Namespace, server: _Stoppable) -> None:
     """Stop serving when the parent is gone (its end of the lifeline pipe closed)."""
     import asyncio
 

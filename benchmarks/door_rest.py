@@ -90,7 +90,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
             time.sleep(0.05)
 
 
-def _prepare(db: Path, durability: str) -> tuple[str, str]:
+def _prepare(db: Path | str, durability: str) -> tuple[str, str]:
     import anyio
 
     from abi_engine import Engine
@@ -204,7 +204,12 @@ def wrk(
 
 
 def _abi_server(
-    tmp: Path, name: str, args: argparse.Namespace, pin: bool, source: str | None
+    tmp: Path,
+    name: str,
+    args: argparse.Namespace,
+    pin: bool,
+    source: str | None,
+    processes: int = 1,
 ) -> Server:
     """``abi-engine serve`` on its own database; ``source``: another checkout's code."""
     env = dict(os.environ)
@@ -212,7 +217,9 @@ def _abi_server(
         root = Path(source)
         parts = [root / "src", root / "contrib" / "asgi_adapter", root / "plugins"]
         env["PYTHONPATH"] = os.pathsep.join(str(p) for p in parts)
-    db = tmp / f"{name}.db"
+    db: Path | str = tmp / f"{name}.db"
+    if args.postgres:
+        db = _schema(args.postgres, f"door_rest_{name}_{os.getpid()}")
     prepare = [sys.executable, __file__, "--prepare", str(db), args.durability]
     token, wf_id = subprocess.run(
         prepare, env=env, capture_output=True, text=True, check=True
@@ -220,13 +227,41 @@ def _abi_server(
     port = _free_port()
     argv = [sys.executable, "-m", "abi_engine", "serve", "--db", str(db), "--port", str(port)]
     argv += ["--rate-limit", "0", "--log-level", "warning", "--durability", args.durability]
-    if args.processes > 1:
-        argv += ["--processes", str(args.processes)]
+    if processes > 1:
+        argv += ["--processes", str(processes)]
     paths = {
         "execute_async": f"/api/v1/workflows/{wf_id}/execute_async",
         "GET": f"/api/v1/workflows/{wf_id}",
     }
     return Server(argv, port, pin, env=env, paths=paths, token=token)
+
+
+def _schema(server: str, name: str) -> str:
+    """A fresh PostgreSQL schema ``name`` (emptied first); the URL whose connections use it."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    import psycopg
+
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    SCHEMAS.append((server, name))
+    parts = urlsplit(server)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={name}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+#: (server URL, schema) of every schema made, dropped at the end.
+SCHEMAS: list[tuple[str, str]] = []
+
+
+def _drop_schemas() -> None:
+    import psycopg
+
+    for server, name in SCHEMAS:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,7 +277,15 @@ def _parser() -> argparse.ArgumentParser:
         help="also serve abi from another checkout (e.g. /work/main), alternated with the rest",
     )
     parser.add_argument(
-        "--processes", type=int, default=1, help="abi-engine serve --processes N (default 1)"
+        "--processes",
+        default="1",
+        metavar="N[,M...]",
+        help="abi-engine serve --processes N; several (1,2): one abi server each, alternated",
+    )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="abi on PostgreSQL (a fresh schema per abi server) instead of SQLite files",
     )
     parser.add_argument(
         "--no-pin", action="store_true", help="let servers use every CPU (for --processes)"
@@ -258,7 +301,8 @@ def main() -> int:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
         return 0
     if args.prepare:
-        print(*_prepare(Path(args.prepare[0]), args.prepare[1]))
+        where = args.prepare[0]
+        print(*_prepare(where if "://" in where else Path(where), args.prepare[1]))
         return 0
     if not shutil.which("wrk"):
         print("wrk is not on PATH (apt-get install wrk): using benchmarks/_rawload.py instead")
@@ -266,17 +310,25 @@ def main() -> int:
     if not pin:
         print("WARNING: no second CPU (or no taskset): client and servers share the CPUs")
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {"abi": _abi_server(Path(tmp), "abi", args, pin and not args.no_pin, None)}
+        counts = [int(n) for n in args.processes.split(",")]
+        servers: dict[str, Server] = {}
         try:
+            for n in counts:
+                name = "abi" if counts == [1] else f"abi x{n}"
+                servers[name] = _abi_server(
+                    Path(tmp), name.replace(" ", ""), args, pin and not args.no_pin, None, n
+                )
             if args.compare:
                 servers["abi@compare"] = _abi_server(
                     Path(tmp), "compare", args, pin and not args.no_pin, args.compare
                 )
-            servers["bare"] = _bare_server(Path(tmp), servers["abi"], pin and not args.no_pin)
+            first = next(iter(servers.values()))
+            servers["bare"] = _bare_server(Path(tmp), first, pin and not args.no_pin)
             _measure(servers, args, pin)
         finally:
             for server in servers.values():
                 server.stop()
+            _drop_schemas()
     return 0
 
 
@@ -296,6 +348,27 @@ def _bare_server(tmp: Path, abi: Server, pin: bool) -> Server:
         "GET": abi.paths["GET"],
     }
     return Server(argv, port, pin, paths=paths, token=abi.token)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            found += _tree(int(child))
+    return found
+
+
+def _cpu_seconds(server: Server) -> float:
+    """User + system CPU time of the server's processes so far."""
+    total = 0
+    for pid in _tree(server.process.pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _drain(server: Server) -> float:
@@ -318,11 +391,12 @@ def _measure(servers: dict[str, Server], args: argparse.Namespace, pin: bool) ->
         f"door_rest: uvicorn defaults (loop/http auto, log warning), {args.connections}"
         f" keep-alive connections, {client} pinned to CPU 1: {pin}, servers to CPU 0:"
         f" {pin and not args.no_pin}; {args.rounds} x {args.duration:g} s; durability"
-        f" {args.durability}; abi processes {args.processes}; load average"
+        f" {args.durability}; {'PostgreSQL' if args.postgres else 'SQLite'}; load average"
         f" {os.getloadavg()[0]:.2f}"
     )
     results: dict[tuple[str, str], list[float]] = {}
     loads: list[float] = []
+    cpu_per: dict[tuple[str, str], list[float]] = {}
     for name in [e for e in ("execute_async", "GET") if args.only in (None, e)]:
         body = json.dumps(BODY) if name == "execute_async" else None
         for server in servers.values():  # warm up
@@ -330,6 +404,7 @@ def _measure(servers: dict[str, Server], args: argparse.Namespace, pin: bool) ->
         for r in range(args.rounds):
             for kind, server in servers.items():
                 url = server.url + server.paths[name]
+                cpu = _cpu_seconds(server)
                 rate, bad = wrk(url, server.token, args.duration, args.connections, pin, body)
                 loads.append(os.getloadavg()[0])
                 results.setdefault((name, kind), []).append(rate)
@@ -337,12 +412,18 @@ def _measure(servers: dict[str, Server], args: argparse.Namespace, pin: bool) ->
                 if name == "execute_async" and kind != "bare":
                     # Its backlog would run during the next server's round, on the same core.
                     extra += f", backlog ran in {_drain(server):.1f} s"
+                cpu = _cpu_seconds(server) - cpu
+                requests = rate * max(1, round(args.duration))
+                extra += f", server CPU {cpu * 1000 / requests:.2f} ms a request"
+                cpu_per.setdefault((name, kind), []).append(cpu * 1000 / requests)
                 print(
                     f"  {name} round {r + 1} {kind}: {rate:,.0f} req/s{extra};"
                     f" load {loads[-1]:.2f}",
                     flush=True,
                 )
     report(results, list(servers))
+    for (name, kind), values in cpu_per.items():
+        print(f"{name}: {kind} server CPU median {statistics.median(values):.2f} ms a request")
     print(f"load average during the run: median {statistics.median(loads):.2f}")
 
 

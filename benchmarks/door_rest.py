@@ -20,12 +20,29 @@ alternate abi and bare, per endpoint; medians, per-round ratios and the load
 average print at the end. Non-2xx answers (e.g. 409 once one user has 1,000
 executions queued) are counted and printed, never hidden.
 
+After each abi round of ``execute_async`` the script waits until no
+execution is queued or running (printing how long the backlog took), so that
+abi's executions never run during the next server's round on the same core.
+Each round also prints the server's CPU time per request (user + system of
+the server's processes, from ``/proc``): on a loaded machine requests per
+second swing with what else runs, CPU per request much less, and bare's CPU
+per request over abi's is the ratio the two would reach both CPU-bound.
+
+Options beyond the figures' own: ``--compare CHECKOUT`` serves abi from
+another checkout too (``--compare /work/main``: before/after in one run);
+``--processes 1,2`` serves one abi server per count, each ``abi-engine serve
+--processes N`` (with ``--no-pin`` so that N processes can use more than CPU
+0; the client stays on CPU 1); ``--postgres URL`` runs abi on PostgreSQL, a
+fresh schema per abi server, instead of SQLite files.
+
 Without ``wrk`` on PATH (Debian: ``apt-get install wrk``) the load comes from
 ``benchmarks/_rawload.py`` (keep-alive requests on raw asyncio sockets, built
 once as bytes), pinned to CPU 1 the same way: some 10,000 requests per second
 on one core, more than either server answers (httpx processes were not).
 
     python benchmarks/door_rest.py [--duration 10] [--rounds 3] [--connections 16]
+        [--only execute_async|GET] [--compare CHECKOUT] [--processes 1,2 --no-pin]
+        [--postgres URL] [--durability normal|full]
 """
 
 from __future__ import annotations
@@ -423,7 +440,10 @@ def _measure(servers: dict[str, Server], args: argparse.Namespace, pin: bool) ->
                 )
     report(results, list(servers))
     for (name, kind), values in cpu_per.items():
-        print(f"{name}: {kind} server CPU median {statistics.median(values):.2f} ms a request")
+        cpu = statistics.median(values)
+        bare = statistics.median(cpu_per[(name, "bare")])
+        ratio = "" if kind == "bare" else f" (bare / this: {bare / cpu:.2f})"
+        print(f"{name}: {kind} server CPU median {cpu:.2f} ms a request{ratio}")
     print(f"load average during the run: median {statistics.median(loads):.2f}")
 
 

@@ -54,19 +54,27 @@ _UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z")
 def _normalized(text: str, tz_name: str) -> str:
     """The rule's text upper-cased without ``RRULE:``; an UTC ``UNTIL`` read on the zone's
     wall clock (the rule is expanded in wall time)."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("the rule is empty")
-    rule = text.strip().upper()
-    rule = rule.removeprefix("RRULE:")
-    if "\n" in rule or ":" in rule or "DTSTART" in rule:
-        raise ValueError("one RRULE only (its DTSTART is the schedule's start_time)")
+    rule = _upper(text)
     tz = zone(tz_name)
+    if "UNTIL=" not in rule:
+        return rule
 
     def local(match: re.Match[str]) -> str:
         instant = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
         return "UNTIL=" + instant.astimezone(tz).strftime("%Y%m%dT%H%M%S")
 
     return _UNTIL_UTC.sub(local, rule)
+
+
+def _upper(text: str) -> str:
+    """The rule's text upper-cased without ``RRULE:`` (checked to be one rule)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the rule is empty")
+    rule = text.strip().upper()
+    rule = rule.removeprefix("RRULE:")
+    if "\n" in rule or ":" in rule or "DTSTART" in rule:
+        raise ValueError("one RRULE only (its DTSTART is the schedule's start_time)")
+    return rule
 
 
 @attrs.define
@@ -179,18 +187,12 @@ def compile_rrule(text: str, exclude: str | None, timezone: str, start: datetime
 
 @functools.lru_cache(maxsize=4096)
 def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) -> RuleWalls:
-    rule_text = _normalized(text, timezone)
-    freq = _FREQ.search(rule_text)
-    if freq is None:
-        raise ValueError("FREQ is required")
-    if freq.group(1) == "SECONDLY":
-        raise ValueError("FREQ=SECONDLY is not supported (use an interval schedule)")
-    count = _COUNT.search(rule_text)
-    if count is not None and int(count.group(1)) > MAX_COUNT:
-        raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
+    rule_text, plain_fields, period = _checked(text, timezone)
     # Whole minutes, as cron: a rule without BYSECOND (and its exclusion rule) runs at :00.
     dtstart = start.astimezone(zone(timezone)).replace(tzinfo=None, second=0, microsecond=0)
-    plain = _plain_cron(rule_text, dtstart) if exclude is None else None
+    plain = None
+    if exclude is None and plain_fields is not None:
+        plain = _plain_cron(rule_text, plain_fields, dtstart)
     rule = last = None
     if plain is None:
         rule, last = _open(_parse(rule_text, dtstart), rule_text)
@@ -202,7 +204,7 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
     return RuleWalls(
         text=rule_text,
         exclude=excluded,
-        period=_period(rule_text),
+        period=period,
         dtstart=dtstart,
         exclude_period=exclude_period,
         last=last,
@@ -210,6 +212,31 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
         plain=plain,
         rule=rule,
     )
+
+
+def _checked(text: str, timezone: str) -> tuple[str, _PlainFields | None, timedelta | None]:
+    """The rule's normalized text, checked (what does not depend on its DTSTART), its
+    plain fields if plain (see :func:`_plain_fields`) and its period."""
+    if "UNTIL=" in text.upper():  # (read in the zone: see _normalized)
+        return _checked_text(_normalized(text, timezone))
+    rule_text = _upper(text)
+    zone(timezone)
+    return _checked_text(rule_text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_text(rule_text: str) -> tuple[str, _PlainFields | None, timedelta | None]:
+    """:func:`_checked` of a normalized text, cached by it, as schedules share rules far
+    more often than start minutes (the compiled rules' cache key)."""
+    freq = _FREQ.search(rule_text)
+    if freq is None:
+        raise ValueError("FREQ is required")
+    if freq.group(1) == "SECONDLY":
+        raise ValueError("FREQ=SECONDLY is not supported (use an interval schedule)")
+    count = _COUNT.search(rule_text)
+    if count is not None and int(count.group(1)) > MAX_COUNT:
+        raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
+    return rule_text, _plain_fields(rule_text), _period(rule_text)
 
 
 def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
@@ -244,10 +271,15 @@ _PLAIN_PART = re.compile(
 _PLAIN_BOUNDS = {"BYHOUR": (0, 23), "BYMINUTE": (0, 59), "BYMONTH": (1, 12)}
 
 
-def _plain_cron(text: str, dtstart: datetime) -> CronSpec | None:
-    """The cron fields giving the same wall times as the rule ``text`` from ``dtstart`` on
-    (``None``: not a plain rule). dateutil's defaults: the hour and minute of ``dtstart``,
-    and for ``WEEKLY`` its weekday."""
+#: The parts of a plain rule: FREQ, then BYMINUTE, BYHOUR, BYMONTH and BYDAY (``None``:
+#: not given).
+_PlainFields = tuple[
+    str, frozenset[int] | None, frozenset[int] | None, frozenset[int] | None, frozenset[int] | None
+]
+
+
+def _plain_fields(text: str) -> _PlainFields | None:
+    """The parts of the rule ``text`` if it is plain (``None``: it is not)."""
     parts: dict[str, str] = {}
     for part in text.split(";"):
         match = _PLAIN_PART.fullmatch(part)
@@ -269,17 +301,34 @@ def _plain_cron(text: str, dtstart: datetime) -> CronSpec | None:
     weekdays = None
     if "BYDAY" in parts:
         weekdays = frozenset(_DAYS[d] for d in parts["BYDAY"].split(","))
-    elif parts["FREQ"] == "WEEKLY":
+    return (
+        parts["FREQ"],
+        numbers.get("BYMINUTE"),
+        numbers.get("BYHOUR"),
+        numbers.get("BYMONTH"),
+        weekdays,
+    )
+
+
+def _plain_cron(text: str, fields: _PlainFields, dtstart: datetime) -> CronSpec:
+    """The cron fields giving the same wall times as the plain rule ``text`` (of parts
+    ``fields``) from ``dtstart`` on. dateutil's defaults: the hour and minute of
+    ``dtstart``, and for ``WEEKLY`` its weekday."""
+    freq, minutes, hours, months, weekdays = fields
+    if weekdays is None and freq == "WEEKLY":
         weekdays = frozenset([dtstart.isoweekday() % 7])
     return CronSpec(
         expression=text,
-        minutes=numbers.get("BYMINUTE", frozenset([dtstart.minute])),
-        hours=numbers.get("BYHOUR", frozenset([dtstart.hour])),
+        minutes=minutes if minutes is not None else frozenset([dtstart.minute]),
+        hours=hours if hours is not None else frozenset([dtstart.hour]),
         days=None,
-        months=numbers.get("BYMONTH", frozenset(range(1, 13))),
+        months=months if months is not None else _ALL_MONTHS,
         weekdays=weekdays,
         special=False,
     )
+
+
+_ALL_MONTHS = frozenset(range(1, 13))
 
 
 class _RuleFields(Protocol):

@@ -202,7 +202,8 @@ class UniqueBy(Constraint):
 def json_size(value: Any) -> int:
     """The bytes of ``value`` as compact UTF-8 JSON; ``ValueError`` when it is not JSON."""
     try:
-        return len(_encode(value).encode("utf-8"))
+        text = _encode(value)
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"must be JSON ({exc})") from None
 

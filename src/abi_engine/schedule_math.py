@@ -147,13 +147,16 @@ def next_interval(anchor: datetime, every_seconds: int, after: datetime) -> date
     return _from_ms(anchor_ms + k * step_ms)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(value: datetime) -> int:
-    delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = value - _EPOCH  # (aware: whatever its zone)
     return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
 
 
 def _from_ms(value: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 # -- backwards and counting: what a tick needs after downtime -----------------------------

@@ -9,10 +9,12 @@ times become instants with the daylight-saving choices of cron
 ``DTSTART``) removes the wall times it produces. ``COUNT`` and ``UNTIL`` bound
 the rule (``UNTIL`` written in UTC, ``...Z``, or as a wall time of the zone).
 
-Cost: dateutil walks a rule from its ``DTSTART``; rules without ``COUNT`` of
-frequency ``MINUTELY`` to ``WEEKLY`` are re-anchored to a start a period or two
-before the instant asked about (the same occurrences, as their periods are
-fixed lengths of wall time), so a step costs the same a year later.
+Cost: dateutil walks a rule from its ``DTSTART``; rules are re-anchored to a
+start a period or two before the instant asked about (the same occurrences:
+``MINUTELY`` to ``WEEKLY`` repeat after fixed lengths of wall time, ``MONTHLY``
+and ``YEARLY`` after whole months, from the first of a month once the values
+dateutil takes from ``DTSTART`` are written out), so a step costs the same a
+year later; a counted rule is walked once to find its last occurrence.
 ``SECONDLY`` is refused (use an interval schedule), ``COUNT`` is at most
 100,000. A plain rule (``DAILY`` or ``WEEKLY``, interval 1, no ``COUNT`` nor
 ``UNTIL``, only ``BYDAY`` without ordinals, ``BYHOUR``, ``BYMINUTE`` and
@@ -45,6 +47,11 @@ _PERIODS = {
     "DAILY": timedelta(days=1),
     "WEEKLY": timedelta(weeks=1),
 }
+_MONTHS = {"MONTHLY": 1, "YEARLY": 12}
+#: Parts giving the days of a rule (without any, dateutil takes DTSTART's day).
+_DAY_PARTS = frozenset({"BYWEEKNO", "BYYEARDAY", "BYMONTHDAY", "BYDAY", "BYWEEKDAY", "BYEASTER"})
+#: A rule's re-anchoring step: a length of wall time, or a number of months.
+Period = timedelta | int
 _FREQ = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
 _INTERVAL = re.compile(r"(?:^|;)INTERVAL=(\d+)")
 _COUNT = re.compile(r"(?:^|;)COUNT=(\d+)")
@@ -86,7 +93,7 @@ class RuleWalls:
 
     Each rule is re-anchored by its own period (``None``: walked from DTSTART): the
     exclusion rule's occurrences depend on its own frequency and DTSTART, not on the
-    rule's. A counted rule of a fixed period is kept without its ``COUNT`` and with
+    rule's. A counted rule is kept without its ``COUNT`` and with
     its last occurrence (found once), so it re-anchors too. Going forward, the
     exclusion rule is walked once beside the rule's candidates (a merge of two
     ordered streams), not again from its start for each candidate.
@@ -94,9 +101,9 @@ class RuleWalls:
 
     text: str
     exclude: rrule | None
-    period: timedelta | None  # re-anchoring step (None: walk from DTSTART)
+    period: Period | None  # re-anchoring step (None: walk from DTSTART)
     dtstart: datetime
-    exclude_period: timedelta | None = None
+    exclude_period: Period | None = None
     #: The last occurrence of a counted rule, of the rule and of the exclusion rule.
     last: datetime | None = None
     exclude_last: datetime | None = None
@@ -110,13 +117,22 @@ class RuleWalls:
             self._rule, self.last = _open(_parse(self.text, self.dtstart), self.text)
         return self._rule
 
-    def _anchored(self, rule: rrule, period: timedelta | None, wall: datetime) -> rrule:
+    def _anchored(self, rule: rrule, period: Period | None, wall: datetime) -> rrule:
         """``rule`` from a start a whole number of ``period`` before ``wall``, at least two
-        periods before it (the same occurrences from there on)."""
-        if period is None or wall - self.dtstart < 4 * period:
+        periods before it (the same occurrences from there on). A period of months starts
+        on the first of its month: a ``MONTHLY`` or ``YEARLY`` rule's set of each period
+        does not depend on its ``DTSTART`` once :func:`_explicit` wrote out its defaults."""
+        start = self.dtstart
+        if isinstance(period, int):
+            months = (wall.year - start.year) * 12 + wall.month - start.month
+            if months < 4 * period:
+                return rule
+            index = start.year * 12 + start.month - 1 + (months // period - 2) * period
+            return rule.replace(dtstart=datetime(index // 12, index % 12 + 1, 1))
+        if period is None or wall - start < 4 * period:
             return rule
-        steps = (wall - self.dtstart) // period - 2
-        return rule.replace(dtstart=self.dtstart + steps * period)
+        steps = (wall - start) // period - 2
+        return rule.replace(dtstart=start + steps * period)
 
     def _excluded(self, wall: datetime) -> bool:
         if self.exclude is None:
@@ -166,7 +182,7 @@ class RuleWalls:
 
 def _parse(text: str, dtstart: datetime) -> rrule:
     try:
-        rule = rrulestr(text, dtstart=dtstart)
+        rule = rrulestr(_explicit(text, dtstart), dtstart=dtstart)
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         raise ValueError(f"invalid RRULE: {exc}") from None
     if not isinstance(rule, rrule):
@@ -214,7 +230,7 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
     )
 
 
-def _checked(text: str, timezone: str) -> tuple[str, _PlainFields | None, timedelta | None]:
+def _checked(text: str, timezone: str) -> tuple[str, _PlainFields | None, Period | None]:
     """The rule's normalized text, checked (what does not depend on its DTSTART), its
     plain fields if plain (see :func:`_plain_fields`) and its period."""
     if "UNTIL=" in text.upper():  # (read in the zone: see _normalized)
@@ -225,7 +241,7 @@ def _checked(text: str, timezone: str) -> tuple[str, _PlainFields | None, timede
 
 
 @functools.lru_cache(maxsize=4096)
-def _checked_text(rule_text: str) -> tuple[str, _PlainFields | None, timedelta | None]:
+def _checked_text(rule_text: str) -> tuple[str, _PlainFields | None, Period | None]:
     """:func:`_checked` of a normalized text, cached by it, as schedules share rules far
     more often than start minutes (the compiled rules' cache key)."""
     freq = _FREQ.search(rule_text)
@@ -240,7 +256,7 @@ def _checked_text(rule_text: str) -> tuple[str, _PlainFields | None, timedelta |
 
 
 def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
-    """A counted rule of a fixed period as the same rule without ``COUNT`` and its last
+    """A counted rule of a period as the same rule without ``COUNT`` and its last
     occurrence (found once, here: at most ``MAX_COUNT`` steps), so that each later step
     re-anchors instead of walking again from DTSTART; any other rule as it is."""
     if _COUNT.search(rule_text) is None or _period(rule_text) is None:
@@ -251,15 +267,45 @@ def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
     return rule.replace(count=None), last
 
 
-def _period(rule_text: str) -> timedelta | None:
-    """The fixed length of wall time after which the rule repeats its pattern (its
-    frequency times its interval), ``None`` when it has none (``MONTHLY``, ``YEARLY``)."""
+def _period(rule_text: str) -> Period | None:
+    """The length of wall time after which the rule repeats its pattern (its frequency
+    times its interval): a ``timedelta``, or a number of months for ``MONTHLY`` and
+    ``YEARLY``; ``None`` without a known frequency."""
     freq = _FREQ.search(rule_text)
-    period = _PERIODS.get(freq.group(1)) if freq is not None else None
-    if period is None:
+    if freq is None:
         return None
     interval = _INTERVAL.search(rule_text)
-    return period * (int(interval.group(1)) if interval else 1)
+    every = int(interval.group(1)) if interval else 1
+    months = _MONTHS.get(freq.group(1))
+    if months is not None:
+        return months * every
+    period = _PERIODS.get(freq.group(1))
+    return None if period is None else period * every
+
+
+def _explicit(rule_text: str, dtstart: datetime) -> str:
+    """A ``MONTHLY`` or ``YEARLY`` rule with the values dateutil takes from ``DTSTART``
+    written out (the day of the month, and of the year, when no day is given; the hour,
+    minute and second when not given): the same occurrences from ``dtstart``, and the
+    same from any other start in an earlier period of the rule, which re-anchoring needs.
+    Other rules as they are."""
+    freq = _FREQ.search(rule_text)
+    if freq is None or freq.group(1) not in _MONTHS:
+        return rule_text
+    names = {part.partition("=")[0] for part in rule_text.split(";")}
+    extra = []
+    if not names & _DAY_PARTS:
+        extra.append(f"BYMONTHDAY={dtstart.day}")
+        if freq.group(1) == "YEARLY" and "BYMONTH" not in names:
+            extra.append(f"BYMONTH={dtstart.month}")
+    for name, value in (
+        ("BYHOUR", dtstart.hour),
+        ("BYMINUTE", dtstart.minute),
+        ("BYSECOND", dtstart.second),
+    ):
+        if name not in names:
+            extra.append(f"{name}={value}")
+    return ";".join([rule_text, *extra])
 
 
 _MINUTE = timedelta(minutes=1)

@@ -203,8 +203,14 @@ def next_plain_wall(spec: CronSpec, after: datetime) -> datetime:
     """The first wall time (naive, whole minute) strictly after ``after`` matching the
     plain (not ``special``) ``spec``: walked on numbers, by jumps to the next allowed
     value of each field, a datetime built only for the answer."""
-    t = after.replace(second=0, microsecond=0) + _MINUTE
-    year, month, day, hour, minute = t.year, t.month, t.day, t.hour, t.minute
+    # The minute after ``after``'s (a minute of 60 carries over below, as any overflow).
+    year, month, day, hour, minute = (
+        after.year,
+        after.month,
+        after.day,
+        after.hour,
+        after.minute + 1,
+    )
     hours, minutes = _ordered(spec.hours), _ordered(spec.minutes)
     listed = _ordered(spec.days) if spec.weekdays is None and spec.days is not None else None
     limit = year + _SEARCH_YEARS

@@ -1,0 +1,138 @@
+"""Commits made in a synchronous caller's own thread (issue #18, the synchronous door).
+
+A host thread calling ``engine.call(engine.executions.execute, ..., wait=False)``
+used to hand its insert to the event loop and wait for the group committer's
+answer: two thread wake-ups and several loop turns per acceptance, and, with one
+caller waiting for each answer, a commit that grouped nothing.
+:class:`ThreadCommits` lets the calling thread apply the write itself through the
+store, which serializes it with the committer's batches under its own write lock
+(SQLite) or runs it on a connection of its own (PostgreSQL). Threads calling at
+once share commits (leader and followers: while one thread commits, the others
+queue their ops; the next to take the lead commits all of them in one
+transaction). The promise is unchanged: the caller is answered only once its
+write is committed at the engine's durability.
+
+What must follow a commit on the event loop (counting it, emitting its events,
+handing a stored execution to the runtime) is posted to the loop without waiting
+for it (``loop.call_soon_threadsafe``), once per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from abi_engine.errors import AbiError, EngineNotRunning, InternalError
+from abi_engine.runtime.checkpoints import COMMIT_RETRY_SECONDS
+from abi_engine.runtime.execution import one_line
+from abi_engine.storage.base import Store
+from abi_engine.storage.records import WriteOp
+
+if TYPE_CHECKING:
+    from abi_engine.runtime.commit import GroupCommitter
+
+__all__ = ["ThreadCommits"]
+
+log = logging.getLogger("abi_engine.commit")
+
+
+class _Slot:
+    """One thread's op, waiting for the commit that carries it."""
+
+    __slots__ = ("done", "op", "result", "then")
+
+    def __init__(self, op: WriteOp, then: Callable[[Any], None] | None) -> None:
+        self.op = op
+        self.then = then
+        self.done = False
+        self.result: Any = None
+
+
+class ThreadCommits:
+    """Applies ops in the threads that submit them, grouped while one commit runs.
+
+    :param store: where ops are applied (``store.apply``, safe from any thread).
+    :param committer: the engine's group committer, which counts the commits and
+        emits their events on the loop (:meth:`GroupCommitter.settle`).
+    :param refresh: an op as it is retried (a fresh lease).
+    """
+
+    def __init__(
+        self, store: Store, committer: GroupCommitter, refresh: Callable[[WriteOp], WriteOp]
+    ) -> None:
+        self._store = store
+        self._committer = committer
+        self._refresh = refresh
+        self._queue_lock = threading.Lock()
+        self._lead = threading.Lock()
+        self._pending: list[_Slot] = []
+        #: The loop the follow-ups of commits run on (set while the runtime runs).
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def commit(
+        self,
+        op: WriteOp,
+        *,
+        execution_id: str | None = None,
+        then: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """:meth:`Runtime.commit` from a caller's thread: commit ``op`` here, retrying a
+        store that fails for a few seconds; its result, or its exception raised."""
+        delay = 0.05
+        give_up = time.monotonic() + COMMIT_RETRY_SECONDS
+        while True:
+            result = self.apply(op, then)
+            if not isinstance(result, Exception):
+                return result
+            if isinstance(result, TypeError | ValueError | AbiError):
+                raise result
+            if time.monotonic() + delay > give_up:
+                log.warning("%s failed for good (%s)", type(op).__name__, one_line(result))
+                raise InternalError(
+                    "The database did not answer; the change may or may not have been made"
+                    + (f" (look up execution {execution_id})" if execution_id else ""),
+                    {} if execution_id is None else {"execution_id": execution_id},
+                ) from None
+            time.sleep(delay)  # this caller's own thread: nothing else waits on it
+            delay = min(delay * 2, 1.0)
+            op = self._refresh(op)
+
+    def apply(self, op: WriteOp, then: Callable[[Any], None] | None = None) -> Any:
+        """Commit ``op`` now, from this thread; its result (an exception is returned,
+        not raised). ``then(result)`` runs on the loop after the commit, unless the op
+        failed (see :meth:`GroupCommitter.submit`)."""
+        loop = self.loop
+        if loop is None:
+            raise EngineNotRunning("The engine is not running", {"engine": "not_running"})
+        slot = _Slot(op, then)
+        with self._queue_lock:
+            self._pending.append(slot)
+        with self._lead:
+            if not slot.done:  # no leader took it along: lead a commit of all queued
+                with self._queue_lock:
+                    batch, self._pending = self._pending, []
+                self._write(batch, loop)
+        return slot.result
+
+    def _write(self, batch: list[_Slot], loop: asyncio.AbstractEventLoop) -> None:
+        ops = [slot.op for slot in batch]
+        clock = time.perf_counter()
+        try:
+            results = self._store.apply(ops)
+        except Exception as exc:  # the store itself failed: every op's caller decides
+            for slot in batch:
+                slot.result = exc
+                slot.done = True
+            return
+        elapsed = time.perf_counter() - clock
+        for slot, result in zip(batch, results, strict=True):
+            slot.result = result
+            slot.done = True
+        thens = [(slot.then, slot.result) for slot in batch if slot.then is not None]
+        with contextlib.suppress(RuntimeError):  # a closed loop: the engine stopped
+            loop.call_soon_threadsafe(self._committer.settle, ops, results, elapsed, thens)

@@ -1,0 +1,277 @@
+"""The synchronous door without the event loop (#18): ``engine.call(execute, wait=False)``
+commits the new execution in the caller's thread, threads calling at once share commits,
+``engine.call(wait)`` of an ended execution reads it there; every accepted execution is
+durable (SIGKILL right after the answers) and runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from abi_engine import Engine, ExecutionStatus, RuntimeSettings
+from abi_engine.errors import InvalidParameters, InvalidRequest, InvalidState, QueueFull
+
+STEPS = {
+    "steps": [
+        {"name": "add", "action": "transform", "expressions": {"a": "parameters['i'] + 1"}},
+        {"name": "double", "action": "transform", "expressions": {"b": "results['add']['a'] * 2"}},
+    ]
+}
+
+DatabaseFactory = Callable[..., Any]
+
+
+def _workflow(engine: Engine, name: str = "door") -> str:
+    wf = engine.call(
+        engine.workflows.create, {"name": name, "type": "custom", "configuration": STEPS}
+    )
+    engine.call(engine.workflows.activate, wf.id)
+    return wf.id
+
+
+@pytest.fixture
+def engine(databases: DatabaseFactory) -> Iterator[Engine]:
+    built = Engine(databases())
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+class Hops:
+    """Counts the coroutines ``Engine.call`` hands to the event loop."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = asyncio.run_coroutine_threadsafe
+
+        def counting(coro: Any, loop: Any) -> Any:
+            self.count += 1
+            return real(coro, loop)
+
+        monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", counting)
+
+
+def _record_appliers(engine: Engine) -> list[tuple[int, int]]:
+    """(thread, number of ops) of every ``store.apply`` from now on."""
+    calls: list[tuple[int, int]] = []
+    apply = engine.store.apply
+
+    def recording(ops: Any) -> Any:
+        calls.append((threading.get_ident(), len(ops)))
+        return apply(ops)
+
+    engine.store.apply = recording  # type: ignore[method-assign]
+    return calls
+
+
+def test_execute_without_wait_commits_in_the_callers_thread(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the workflow is compiled, ``execute(wait=False)`` through ``engine.call`` (or
+    a partial of it) does not go through the loop: the insert is applied in the caller's
+    thread, one commit per call, counted by the committer; the executions run, and
+    ``wait`` of an ended one does not go through the loop either."""
+    wf_id = _workflow(engine)
+    engine.call(engine.executions.execute, wf_id, {"i": 0}, wait=False)  # compiles it
+    hops = Hops(monkeypatch)
+    calls = _record_appliers(engine)
+    commits0 = engine.runtime.committer.batches
+    accepted = [
+        engine.call(engine.executions.execute, wf_id, {"i": i}, wait=False) for i in range(1, 21)
+    ]
+    assert hops.count == 0
+    me = threading.get_ident()
+    mine = [size for thread, size in calls if thread == me]
+    assert mine == [1] * 20  # one insert per commit, all in this thread
+    assert all(a.status in (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING) for a in accepted)
+    for i, ex in enumerate(accepted, 1):
+        done = engine.call(engine.executions.wait, ex.execution_id, 60)
+        assert done.status is ExecutionStatus.COMPLETED
+        assert done.result == {"b": (i + 1) * 2}
+    hops.count = 0
+    again = engine.call(engine.executions.wait, accepted[0].execution_id, 60)
+    assert again.result == {"b": 4}
+    assert [s.name for s in again.steps] == ["add", "double"]
+    assert hops.count == 0
+    # Each thread commit is counted (on the loop, after it) with the loop's own commits.
+    deadline = time.monotonic() + 30
+    while engine.runtime.committer.batches - commits0 < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.runtime.committer.batches - commits0 >= 20
+
+
+def test_threads_calling_at_once_share_a_commit(engine: Engine) -> None:
+    """While one thread's commit runs, the inserts of the threads calling meanwhile queue
+    and the next commit carries all of them: 8 threads, 2 commits."""
+    wf_id = _workflow(engine)
+    engine.call(engine.executions.execute, wf_id, {"i": 0}, wait=False)
+    commits = engine.runtime.thread_commits
+    apply = engine.store.apply
+    sizes: list[int] = []
+    first = threading.Event()
+
+    def held_apply(ops: Any) -> Any:
+        if threading.current_thread().name.startswith("door-"):
+            sizes.append(len(ops))
+            if len(sizes) == 1:  # the first commit waits until the other 7 queued
+                first.set()
+                deadline = time.monotonic() + 30
+                while len(commits._pending) < 7 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+        return apply(ops)
+
+    engine.store.apply = held_apply  # type: ignore[method-assign]
+    accepted: list[str] = []
+
+    def submit(i: int) -> None:
+        if i:
+            first.wait(30)
+        ex = engine.call(engine.executions.execute, wf_id, {"i": i}, wait=False)
+        accepted.append(ex.execution_id)
+
+    threads = [threading.Thread(target=submit, args=(i,), name=f"door-{i}") for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sizes == [1, 7]
+    assert len(set(accepted)) == 8
+    for execution_id in accepted:
+        done = engine.call(engine.executions.wait, execution_id, 60)
+        assert done.status is ExecutionStatus.COMPLETED
+
+
+def test_the_thread_door_refuses_what_execute_refuses(
+    databases: DatabaseFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad parameters, options and an inactive workflow raise what ``execute`` raises; a
+    full queue is ``QueueFull`` and leaves nothing behind; an idempotency key (a replay
+    to look up) goes through the loop and returns the first execution again."""
+    engine = Engine(databases(), runtime=RuntimeSettings(queue_size=2, workers=1))
+    try:
+        wf_id = _workflow(engine)
+        engine.call(engine.executions.execute, wf_id, {"i": 0})
+        hops = Hops(monkeypatch)
+        with pytest.raises(InvalidParameters):
+            engine.call(engine.executions.execute, wf_id, {"i": float("nan")}, wait=False)
+        with pytest.raises(InvalidParameters):
+            engine.call(engine.executions.execute, wf_id, ["not", "an", "object"], wait=False)
+        with pytest.raises(InvalidRequest):
+            engine.call(engine.executions.execute, wf_id, {"i": 1}, wait=False, timeout_seconds=-1)
+        with pytest.raises(InvalidRequest):
+            engine.call(engine.executions.execute, wf_id, {"i": 1}, wait=False, priority=12)
+        assert hops.count == 0
+        first = engine.call(
+            engine.executions.execute, wf_id, {"i": 1}, wait=False, idempotency_key="k"
+        )
+        assert hops.count == 1
+        again = engine.call(
+            engine.executions.execute, wf_id, {"i": 1}, wait=False, idempotency_key="k"
+        )
+        assert again.execution_id == first.execution_id
+        assert engine.runtime._reserved == 0
+        engine.call(engine.workflows.deactivate, wf_id)
+        with pytest.raises(InvalidState):
+            engine.call(engine.executions.execute, wf_id, {"i": 2}, wait=False)
+    finally:
+        engine.close()
+
+
+def test_a_full_queue_refuses_in_the_callers_thread(databases: DatabaseFactory) -> None:
+    """With every place of the queue taken, the thread door raises ``QueueFull``; the
+    refused call stores nothing and holds no place."""
+    engine = Engine(databases(), runtime=RuntimeSettings(queue_size=1, workers=1))
+    try:
+        wf_id = _workflow(engine)
+        first = engine.call(engine.executions.execute, wf_id, {"i": 0}, wait=False)
+        engine.call(engine.executions.wait, first.execution_id, 60)
+        runtime = engine.runtime
+        with runtime._reserve_lock:
+            runtime._reserved += 1  # the one place taken by someone else
+        before = engine.call(engine.executions.list, page_size=100).pagination.total_items
+        with pytest.raises(QueueFull):
+            engine.call(engine.executions.execute, wf_id, {"i": 1}, wait=False)
+        assert engine.call(engine.executions.list, page_size=100).pagination.total_items == before
+        with runtime._reserve_lock:
+            runtime._reserved -= 1
+        assert runtime._reserved == 0
+        ex = engine.call(engine.executions.execute, wf_id, {"i": 2}, wait=False)
+        assert engine.call(engine.executions.wait, ex.execution_id, 60).result == {"b": 6}
+        assert runtime._reserved == 0
+    finally:
+        engine.close()
+
+
+CHILD = """
+import json, sys, threading
+from abi_engine import Engine
+from abi_engine import RuntimeSettings
+engine = Engine(sys.argv[1], durability=sys.argv[2],
+                runtime=RuntimeSettings(lease_seconds=2.0, poll_interval=0.2))
+engine.start_blocking()
+wf = engine.call(engine.workflows.create, {"name": "door", "type": "custom",
+                 "configuration": json.loads(sys.argv[3])})
+engine.call(engine.workflows.activate, wf.id)
+engine.call(engine.executions.execute, wf.id, {"i": 0}, wait=False)
+lock = threading.Lock()
+def submit(t):
+    for i in range(t, 100000, 4):
+        ex = engine.call(engine.executions.execute, wf.id, {"i": i}, wait=False)
+        with lock:
+            sys.stdout.write(f"ok {ex.execution_id} {i}\\n")
+            sys.stdout.flush()
+for t in range(4):
+    threading.Thread(target=submit, args=(t,)).start()
+threading.Event().wait()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("durability", ["normal", "full"])
+def test_accepted_executions_survive_sigkill(
+    every_database: DatabaseFactory, durability: str
+) -> None:
+    """A child process accepting executions from 4 threads through the thread door is
+    SIGKILLed: every execution it answered for is in the database after the crash, and
+    a restarted engine runs each to its result."""
+    db = str(every_database())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, db, durability, json.dumps(STEPS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    accepted: dict[str, int] = {}
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while len(accepted) < 200 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("ok "):
+                _, execution_id, i = line.split()
+                accepted[execution_id] = int(i)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        _, errors = proc.communicate(timeout=30)
+    assert len(accepted) >= 200, errors
+    engine = Engine(db, runtime=RuntimeSettings(lease_seconds=1.0, poll_interval=0.2))
+    try:
+        engine.start_blocking()
+        for execution_id, i in accepted.items():
+            done = engine.call(engine.executions.wait, execution_id, 120)
+            assert done.status is ExecutionStatus.COMPLETED, done
+            assert done.result == {"b": (i + 1) * 2}
+    finally:
+        engine.close()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,3 +276,83 @@ def test_accepted_executions_survive_sigkill(
             assert done.result == {"b": (i + 1) * 2}
     finally:
         engine.close()
+
+
+class _Recorder:
+    """A store whose ``apply`` records each transaction's ops, and a committer whose
+    ``settle`` records what the loop is told."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self.transactions: list[list[Any]] = []
+        self.settled: list[tuple[list[Any], bool]] = []
+
+    def apply(self, ops: Any) -> list[Any]:
+        self.transactions.append(list(ops))
+        return [f"done {op}" for op in ops]
+
+    def settle(self, ops: Any, results: Any, seconds: float, thens: Any, *, count: bool) -> None:
+        self.settled.append((list(ops), count))
+        for then, result in thens:
+            then(result)
+
+
+def test_a_batch_of_the_committer_shares_the_callers_commit() -> None:
+    """A batch of the group committer (its worker thread at durability="full") and the
+    ops of callers' threads queued while another commit runs go in one transaction: each
+    gets its own results; the callers' ops are settled on the loop (not counted as a
+    commit of their own, the committer counts the transaction), each ``then`` called."""
+    from abi_engine.runtime.thread_commit import ThreadCommits
+
+    recorder = _Recorder()
+    commits = ThreadCommits(recorder, recorder, lambda op: op)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    commits.loop = loop
+    answers: dict[str, Any] = {}
+    thens: list[Any] = []
+    try:
+        commits._lead.acquire()  # a commit is running: the next ops queue
+        batch = threading.Thread(
+            target=lambda: answers.update(batch=commits.apply_batch(["b1", "b2"]))
+        )
+        caller = threading.Thread(
+            target=lambda: answers.update(caller=commits.apply("c1", thens.append))
+        )
+        batch.start()
+        deadline = time.monotonic() + 30
+        while len(commits._pending) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        caller.start()
+        while len(commits._pending) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        commits._lead.release()
+        batch.join(30)
+        caller.join(30)
+        assert recorder.transactions == [["b1", "b2", "c1"]]
+        assert answers == {"batch": ["done b1", "done b2"], "caller": "done c1"}
+        while not recorder.settled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert recorder.settled == [(["c1"], False)]
+        assert thens == ["done c1"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(30)
+        loop.close()
+
+
+def test_the_committer_shares_commits_with_callers_only_at_full_durability(
+    tmp_path: Path,
+) -> None:
+    """A SQLite file at durability="full" has its group commits applied through the
+    callers' thread commits (one fsync for both); at "normal" they stay inline."""
+    full = Engine(tmp_path / "full.db", durability="full")
+    normal = Engine(tmp_path / "normal.db")
+    try:
+        assert full.runtime.committer.thread_apply == full.runtime.thread_commits.apply_batch
+        assert normal.runtime.committer.thread_apply is None
+    finally:
+        full.close()
+        normal.close()

@@ -192,6 +192,10 @@ class GroupCommitter:
         #: Whether events must carry their data (an ``abi_event`` hook listens): then
         #: the store's found events, kept by reference, are built with it before emit.
         self.hooked: Callable[[], bool] = lambda: False
+        #: What applies a batch in a worker thread instead of ``store.apply`` (a SQLite
+        #: file at ``durability="full"``: ``ThreadCommits.apply_batch``, so the batch
+        #: shares its commit and fsync with the callers' threads committing meanwhile).
+        self.thread_apply: Callable[[Sequence[WriteOp]], list[Any]] | None = None
         #: Tasks emitting the events of commits made in callers' threads (kept referenced).
         self._settling: set[asyncio.Task[None]] = set()
 
@@ -261,7 +265,8 @@ class GroupCommitter:
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         clock = time.perf_counter()
         if self._in_thread:
-            results = await anyio.to_thread.run_sync(partial(self._store.apply, ops))
+            apply = self.thread_apply or self._store.apply
+            results = await anyio.to_thread.run_sync(partial(apply, ops))
         else:
             results = self._store.apply(ops)
         self._count(time.perf_counter() - clock, len(ops))
@@ -289,11 +294,17 @@ class GroupCommitter:
         results: Sequence[Any],
         seconds: float,
         thens: Sequence[tuple[Callable[[Any], None], Any]],
+        *,
+        count: bool = True,
     ) -> None:
         """On the loop, after a commit made in a caller's thread
-        (:class:`~abi_engine.runtime.thread_commit.ThreadCommits`): count it, emit its
-        events, then call each ``then(result)`` whose op did not fail."""
-        self._count(seconds, len(ops))
+        (:class:`~abi_engine.runtime.thread_commit.ThreadCommits`): count it (unless
+        ``count`` is false: it carried a batch of this committer, counted already), emit
+        its events, then call each ``then(result)`` whose op did not fail."""
+        if count:
+            self._count(seconds, len(ops))
+        else:
+            self.ops += len(ops)
         events, found = _applied_events(ops, results)
         if found and self.hooked():  # the events need their data, read back: a task
             task = asyncio.get_running_loop().create_task(self._settle_later(ops, results, thens))

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from abi_engine.errors import AbiError, EngineNotRunning, InternalError
@@ -42,15 +42,22 @@ log = logging.getLogger("abi_engine.commit")
 
 
 class _Slot:
-    """One thread's op, waiting for the commit that carries it."""
+    """Ops waiting for the commit that carries them: one caller's op (``posted``: the
+    commit is settled on the loop by :class:`ThreadCommits`), or a batch of the
+    group committer, which settles it itself."""
 
-    __slots__ = ("done", "op", "result", "then")
+    __slots__ = ("done", "error", "ops", "posted", "results", "then")
 
-    def __init__(self, op: WriteOp, then: Callable[[Any], None] | None) -> None:
-        self.op = op
+    def __init__(
+        self, ops: Sequence[WriteOp], then: Callable[[Any], None] | None, *, posted: bool
+    ) -> None:
+        self.ops = ops
         self.then = then
+        self.posted = posted
         self.done = False
-        self.result: Any = None
+        self.results: list[Any] = []
+        #: The store failed as a whole (no op's result is known).
+        self.error: Exception | None = None
 
 
 class ThreadCommits:
@@ -71,6 +78,9 @@ class ThreadCommits:
         self._queue_lock = threading.Lock()
         self._lead = threading.Lock()
         self._pending: list[_Slot] = []
+        #: Commits made but not yet settled on the loop, and whether a drain is scheduled.
+        self._settle: list[tuple[list[WriteOp], list[Any], float, list[Any], bool]] = []
+        self._waking = False
         #: The loop the follow-ups of commits run on (set while the runtime runs).
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -106,33 +116,69 @@ class ThreadCommits:
         """Commit ``op`` now, from this thread; its result (an exception is returned,
         not raised). ``then(result)`` runs on the loop after the commit, unless the op
         failed (see :meth:`GroupCommitter.submit`)."""
-        loop = self.loop
-        if loop is None:
+        if self.loop is None:
             raise EngineNotRunning("The engine is not running", {"engine": "not_running"})
-        slot = _Slot(op, then)
+        slot = self._join(_Slot((op,), then, posted=True))
+        return slot.error if slot.error is not None else slot.results[0]
+
+    def apply_batch(self, ops: Sequence[WriteOp]) -> list[Any]:
+        """``store.apply(ops)`` for the group committer's worker thread: its batch shares
+        the transaction (and the fsync) of the callers' ops committed with it."""
+        slot = self._join(_Slot(ops, None, posted=False))
+        if slot.error is not None:
+            raise slot.error
+        return slot.results
+
+    def _join(self, slot: _Slot) -> _Slot:
         with self._queue_lock:
             self._pending.append(slot)
         with self._lead:
             if not slot.done:  # no leader took it along: lead a commit of all queued
                 with self._queue_lock:
                     batch, self._pending = self._pending, []
-                self._write(batch, loop)
-        return slot.result
+                self._write(batch)
+        return slot
 
-    def _write(self, batch: list[_Slot], loop: asyncio.AbstractEventLoop) -> None:
-        ops = [slot.op for slot in batch]
+    def _write(self, batch: list[_Slot]) -> None:
+        ops = [op for slot in batch for op in slot.ops]
         clock = time.perf_counter()
         try:
             results = self._store.apply(ops)
         except Exception as exc:  # the store itself failed: every op's caller decides
             for slot in batch:
-                slot.result = exc
+                slot.error = exc
                 slot.done = True
             return
         elapsed = time.perf_counter() - clock
-        for slot, result in zip(batch, results, strict=True):
-            slot.result = result
+        start = 0
+        for slot in batch:
+            slot.results = results[start : start + len(slot.ops)]
+            start += len(slot.ops)
             slot.done = True
-        thens = [(slot.then, slot.result) for slot in batch if slot.then is not None]
-        with contextlib.suppress(RuntimeError):  # a closed loop: the engine stopped
-            loop.call_soon_threadsafe(self._committer.settle, ops, results, elapsed, thens)
+        posted = [slot for slot in batch if slot.posted]
+        if posted:
+            # A commit carrying a batch of the group committer is counted by it.
+            self._post(posted, elapsed, count=len(posted) == len(batch))
+
+    def _post(self, posted: list[_Slot], elapsed: float, *, count: bool) -> None:
+        """Have the loop settle the callers' ops of a commit (one wake-up for all the
+        commits made while the loop was busy)."""
+        ops = [op for slot in posted for op in slot.ops]
+        results = [result for slot in posted for result in slot.results]
+        thens = [(slot.then, slot.results[0]) for slot in posted if slot.then is not None]
+        with self._queue_lock:
+            self._settle.append((ops, results, elapsed, thens, count))
+            wake, self._waking = not self._waking, True
+        loop = self.loop
+        if wake and loop is not None:  # else the loop has a drain scheduled already
+            with contextlib.suppress(RuntimeError):  # a closed loop: the engine stopped
+                loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: settle every commit made in callers' threads since the last drain
+        (one wake-up of the loop for all the commits made while it was busy)."""
+        with self._queue_lock:
+            settle, self._settle = self._settle, []
+            self._waking = False
+        for ops, results, elapsed, thens, count in settle:
+            self._committer.settle(ops, results, elapsed, thens, count=count)

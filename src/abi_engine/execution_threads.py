@@ -131,8 +131,10 @@ class ExecutionThreadDoor:
         def hand_over(inserted: Any) -> None:  # on the loop, after the commit
             if inserted and runtime.running:
                 runtime.submit(prepared, sync=False, reservation=reservation)
-            else:  # stopping: the engine's release (or the lease's expiry) hands it back
-                reservation.release()
+                return
+            reservation.release()
+            if inserted and record.claim is not None:  # stopping: the engine's release
+                runtime.claims.hold(record.id, record.claim)  # hands it back (or its lease)
 
         accepted = build_execution(record, [])  # as stored: the runtime owns the record next
         try:

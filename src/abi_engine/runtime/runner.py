@@ -143,8 +143,6 @@ class Runtime(Recovers):
         self.committer.on_ended = self._notify
         #: Commits made in synchronous callers' threads (the synchronous door).
         self.thread_commits = ThreadCommits(store, self.committer, self._with_fresh_lease)
-        if getattr(store, "commits_in_thread", False) and not store.blocking:
-            self.committer.thread_apply = self.thread_commits.apply_batch  # one fsync for all
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.

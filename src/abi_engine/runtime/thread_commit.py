@@ -83,6 +83,13 @@ class ThreadCommits:
         self._waking = False
         #: The loop the follow-ups of commits run on (set while the runtime runs).
         self.loop: asyncio.AbstractEventLoop | None = None
+        if getattr(store, "commits_in_thread", False) and not store.blocking:
+            # A SQLite file at durability="full": the group committer's batches, written
+            # from its worker thread, share the callers' transactions (one fsync for all).
+            # At "normal" they stay on the loop: blocked there by a caller's commit now and
+            # then, the loop fills bigger batches (waiting instead cost 16% more
+            # instructions and 1.6x the commits per execution, measured).
+            committer.thread_apply = self.apply_batch
 
     def commit(
         self,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from abi_engine import Engine, ExecutionStatus, RuntimeSettings
+from abi_engine import Engine, Event, ExecutionStatus, RuntimeSettings, hookimpl
 from abi_engine.errors import InvalidParameters, InvalidRequest, InvalidState, QueueFull
 from abi_engine.storage.records import InsertExecution
 
@@ -361,3 +361,60 @@ def test_the_committer_shares_commits_with_callers_only_at_full_durability(
     finally:
         full.close()
         normal.close()
+
+
+class _Heard:
+    """A plugin keeping the events its ``abi_event`` hook hears."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def abi_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_debounce_skips_through_the_thread_door(
+    databases: DatabaseFactory, monkeypatch: pytest.MonkeyPatch, hooked: bool
+) -> None:
+    """Executions of a debounced workflow accepted in the caller's thread end the ones
+    they replace: each skipped one is ``skipped`` to a waiter, and an ``abi_event``
+    hook hears each skip once, with its data (read back on the loop after the commit)."""
+    heard = _Heard()
+    engine = Engine(databases(), plugins=[heard] if hooked else [])
+    try:
+        wf = engine.call(
+            engine.workflows.create,
+            {
+                "name": "debounced",
+                "type": "custom",
+                "configuration": STEPS,
+                "debounce": {"key": "parameters.customer", "seconds": 1},
+            },
+        )
+        engine.call(engine.workflows.activate, wf.id)
+        engine.call(engine.executions.execute, wf.id, {"customer": "warm", "i": 0}, wait=False)
+        hops = Hops(monkeypatch)
+        ids = [
+            engine.call(
+                engine.executions.execute, wf.id, {"customer": "c", "i": i}, wait=False
+            ).execution_id
+            for i in range(3)
+        ]
+        assert hops.count == 0
+        for execution_id in ids[:2]:
+            view = engine.call(engine.executions.wait, execution_id, 60)
+            assert view.status is ExecutionStatus.SKIPPED
+        last = engine.call(engine.executions.wait, ids[2], 60)
+        assert last.status is ExecutionStatus.COMPLETED
+        if hooked:
+            deadline = time.monotonic() + 30
+            skips = [e for e in heard.events if e.type == "execution.skipped"]
+            while len(skips) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                skips = [e for e in heard.events if e.type == "execution.skipped"]
+            assert [e.data["execution_id"] for e in skips] == ids[:2]
+            assert {e.data["status"] for e in skips} == {"skipped"}
+    finally:
+        engine.close()

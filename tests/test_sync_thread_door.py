@@ -314,7 +314,7 @@ def test_a_batch_of_the_committer_shares_the_callers_commit() -> None:
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_forever)
     runner.start()
-    commits.loop = loop
+    commits.start(loop)
     answers: dict[str, Any] = {}
     thens: list[Any] = []
     try:
@@ -418,3 +418,32 @@ def test_debounce_skips_through_the_thread_door(
             assert {e.data["status"] for e in skips} == {"skipped"}
     finally:
         engine.close()
+
+
+def test_an_acceptance_not_yet_handed_over_when_the_engine_stops(
+    databases: DatabaseFactory,
+) -> None:
+    """An execution committed by a caller's thread whose hand-over the loop had not run
+    when the engine stopped lets go of its queue place and is handed back: a new engine
+    on the database runs it to its result."""
+    db = databases()
+    engine = Engine(db)
+    try:
+        wf_id = _workflow(engine)
+        engine.call(engine.executions.execute, wf_id, {"i": 0}, wait=False)
+        commits = engine.runtime.thread_commits
+        with commits._queue_lock:
+            commits._waking = True  # as if a drain were scheduled: this one never runs
+        ex = engine.call(engine.executions.execute, wf_id, {"i": 5}, wait=False)
+        assert len(commits._settle) == 1
+        engine.stop_blocking()
+        assert engine.runtime._reserved == 0
+    finally:
+        engine.close()
+    again = Engine(db)
+    try:
+        done = again.call(again.executions.wait, ex.execution_id, 60)
+        assert done.status is ExecutionStatus.COMPLETED
+        assert done.result == {"b": 12}
+    finally:
+        again.close()

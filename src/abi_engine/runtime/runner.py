@@ -199,14 +199,14 @@ class Runtime(Recovers):
             async with anyio.create_task_group() as tg:
                 await tg.start(self.committer.run)
                 self._tg = tg
-                self.thread_commits.loop = _asyncio_loop()
+                self.thread_commits.start(_asyncio_loop())
                 for _ in range(self.settings.workers):
                     tg.start_soon(self._worker, self._receive.clone())
                 tg.start_soon(self._poller)
                 tg.start_soon(self._watch_claims)
                 task_status.started()
         finally:
-            self.thread_commits.loop = None
+            self.thread_commits.start(None)
             with anyio.CancelScope(shield=True):  # a renewal in progress may take a moment
                 await anyio.to_thread.run_sync(self.claims.stop)
 

@@ -91,6 +91,24 @@ class ThreadCommits:
             # instructions and 1.6x the commits per execution, measured).
             committer.thread_apply = self.apply_batch
 
+    def start(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Settle commits on ``loop`` from now on (``None``: the engine stops; a caller
+        then gets ``EngineNotRunning``). The follow-ups of commits not settled yet are
+        called now, on the stopping runtime: they let go of their queue places and hold
+        their executions, which the engine's release then hands back."""
+        with self._queue_lock:
+            self.loop = loop
+            unsettled, self._settle = self._settle, []
+            self._waking = False
+        for _ops, _results, _elapsed, thens, _count in unsettled:
+            for then, result in thens:
+                if isinstance(result, BaseException):
+                    continue
+                try:
+                    then(result)
+                except Exception:
+                    log.exception("a commit's follow-up failed")
+
     def commit(
         self,
         op: WriteOp,

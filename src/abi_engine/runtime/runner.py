@@ -157,6 +157,7 @@ class Runtime(Recovers):
         self._queued = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
+        self._handed: dict[str, tuple[int, ExecutionRecord]] = {}
         self._reserved = 0
         self._reserve_lock = threading.Lock()
         self._waiters: dict[str, _Waiter] = {}

@@ -4,11 +4,14 @@
 VENV ?= .venv
 PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
 PYTEST_ARGS ?=
+# Tests run in parallel processes (pytest-xdist), one per CPU: many of them wait on
+# servers, subprocesses and timers. PYTEST_WORKERS=0 runs them in this process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: help test lint format typecheck check dist wheel-check
 
 help:
-	@echo "make test       run the test suite (pytest; PYTEST_ARGS=... to pass options)"
+	@echo "make test       run the test suite (pytest, one worker per CPU; PYTEST_ARGS=..., PYTEST_WORKERS=N)"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make format     apply ruff format and the safe ruff fixes"
 	@echo "make typecheck  mypy (strict, files from pyproject.toml)"
@@ -18,7 +21,7 @@ help:
 	@echo "                  serve the demo from it (scripts/check_wheel.py; CI runs it too)"
 
 test:
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check .

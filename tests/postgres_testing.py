@@ -22,7 +22,9 @@ compared by a fingerprint of the catalog) is dropped instead, never reused; so i
 every schema released while another client is connected to the database (a
 connection a test left open could write into the next test's rows: the tests
 run one at a time, so another connection means a leak, or another test session
-sharing the server, and reuse is then given up for safety).
+sharing the server, and reuse is then given up for safety). Connections to a test
+schema are named after it (``application_name``), so that the pytest-xdist workers
+sharing one server only count their own (and unnamed ones) as such clients.
 """
 
 from __future__ import annotations
@@ -169,11 +171,23 @@ def postgres_server() -> Iterator[str]:
         server.__exit__(None, None, None)
 
 
+#: Every connection a test makes to its schema is named after the schema, so that
+#: one test session can tell its own clients from other sessions' (pytest-xdist
+#: workers share the server: see ``SchemaPool``).
+APPLICATION_PREFIX = "abi-test-"
+#: The name of the connections that create, empty and drop schemas.
+_ADMIN = f"{APPLICATION_PREFIX}admin"
+
+
 def with_schema(url: str, schema: str) -> str:
-    """``url`` whose connections use ``schema`` (libpq ``options=-csearch_path=...``)."""
+    """``url`` whose connections use ``schema`` (libpq ``options=-csearch_path=...``).
+
+    Its connections are named ``abi-test-<schema>`` (``application_name``).
+    """
     parts = urlsplit(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("options", "application_name")]
     query.append(("options", f"-csearch_path={schema}"))
+    query.append(("application_name", f"{APPLICATION_PREFIX}{schema}"))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -182,7 +196,7 @@ def create_schema(server_url: str, prefix: str = "t") -> tuple[str, str]:
     import psycopg
 
     schema = f"{prefix}_{secrets.token_hex(6)}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    with psycopg.connect(server_url, autocommit=True, application_name=_ADMIN) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     return schema, with_schema(server_url, schema)
 
@@ -192,7 +206,7 @@ def drop_schema(server_url: str, schema: str) -> None:
     import psycopg
 
     deadline = time.monotonic() + 10
-    with psycopg.connect(server_url, autocommit=True) as conn:
+    with psycopg.connect(server_url, autocommit=True, application_name=_ADMIN) as conn:
         while True:
             try:
                 conn.execute("SET lock_timeout = '2s'")
@@ -221,11 +235,15 @@ SELECT md5(string_agg(item, ',' ORDER BY item)) FROM (
 """
 
 
-#: Other clients of the database (any of them could still be writing to a schema).
+#: Other clients of the database that could still be writing to schema ``%(s)s``:
+#: those named after it, and those not named after a test schema at all (a leaked
+#: connection of unknown purpose); connections other test sessions (pytest-xdist
+#: workers) make to their own schemas, named ``abi-test-<their schema>``, are not.
 _OTHER_CLIENTS = """
 SELECT count(*) FROM pg_stat_activity
  WHERE datname = current_database() AND pid <> pg_backend_pid()
    AND backend_type = 'client backend'
+   AND (application_name = %(name)s OR application_name NOT LIKE %(prefix)s)
 """
 
 
@@ -275,7 +293,7 @@ class SchemaPool:
         """Record what a freshly migrated schema looks like: structure, rows, sequences."""
         import psycopg
 
-        with psycopg.connect(self.server_url, autocommit=True) as conn:
+        with psycopg.connect(self.server_url, autocommit=True, application_name=_ADMIN) as conn:
             self._fingerprint = conn.execute(_FINGERPRINT, {"s": schema}).fetchone()[0]
             self._tables = [
                 row[0]
@@ -299,10 +317,11 @@ class SchemaPool:
                     self._seeds[table] = rows
 
     @staticmethod
-    def _alone(conn: Any) -> bool:
-        """Whether no other client is connected, given a second for one closing to go."""
+    def _alone(conn: Any, schema: str) -> bool:
+        """Whether no client could still use ``schema``, given a second for one to close."""
         deadline = time.monotonic() + 1
-        while conn.execute(_OTHER_CLIENTS).fetchone()[0]:
+        names = {"name": f"{APPLICATION_PREFIX}{schema}", "prefix": f"{APPLICATION_PREFIX}%"}
+        while conn.execute(_OTHER_CLIENTS, names).fetchone()[0]:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -313,9 +332,9 @@ class SchemaPool:
         import psycopg
 
         try:
-            with psycopg.connect(self.server_url, autocommit=True) as conn:
+            with psycopg.connect(self.server_url, autocommit=True, application_name=_ADMIN) as conn:
                 conn.execute("SET lock_timeout = '2s'")
-                if not self._alone(conn):
+                if not self._alone(conn, schema):
                     return False
                 with conn.transaction():
                     found = conn.execute(_FINGERPRINT, {"s": schema}).fetchone()[0]

@@ -55,6 +55,7 @@ def test_array_literals_are_json_arrays_in_braces_unless_a_control_character_nee
     assert array_literal(["a", None, 'x"y', ""], "text") == '{"a",null,"x\\"y",""}'
     assert array_literal([1, None, -(2**63)], "bigint") == "{1,null,-9223372036854775808}"
     assert array_literal((), "int") == "{}"
+    assert array_literal([True, None, 3.0], "int") == "{1,NULL,3}"  # numbers, as binary sent them
     # JSON would write "\n", which PostgreSQL reads as "n": quoted value by value instead.
     assert array_literal(["a\nb", None, "c\\"], "text") == '{"a\nb",NULL,"c\\\\"}'
     with pytest.raises(ValueError, match="jsonb"):

@@ -212,8 +212,11 @@ def array_literal(values: Sequence[Any], sql_type: str) -> str:
     if sql_type not in _ARRAY_TYPES:
         raise ValueError(f"no array literal for type {sql_type!r}")
     text = _to_json(values)
-    if sql_type == "text" and _JSON_ESCAPE.search(text):
-        return _quoted(values)
+    if sql_type == "text":
+        if _JSON_ESCAPE.search(text):
+            return _quoted(values)
+    elif _NOT_DIGITS.search(text):  # a bool (``true``), a float (``1.0``): as numbers
+        return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
     return "{" + text[1:-1] + "}"
 
 
@@ -231,6 +234,8 @@ _to_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_cir
 #: A backslash escaping anything but ``"`` or ``\\`` (from the first one on: an escaped
 #: backslash followed by a letter matches too, and is quoted the slow way, correctly).
 _JSON_ESCAPE = re.compile(r'\\[^"\\]')
+#: In a list of integers' JSON, anything but digits, signs, commas and ``null``.
+_NOT_DIGITS = re.compile(r"[^-0-9,nul\[\]]")
 
 
 def chunks(values: Sequence[T]) -> Iterator[Sequence[T]]:

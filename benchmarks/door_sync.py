@@ -13,7 +13,8 @@ abi-engine (engine defaults, ``durability`` normal and full):
   ``engine.call(partial(engine.executions.execute, wait=False), wf, {"i": i})``
   ``--count`` times, then ``engine.call(engine.executions.wait, id)`` for
   each: executions per second from the first submit to the last answer;
-  with the group committer's commits per execution;
+  with the group committer's commits per execution (both calls are answered in
+  the calling thread, without the event loop: fix 12 of docs/performance.md);
 - **8 threads**: the same, ``--count`` split over 8 threads submitting at once;
 - **batch**: one thread, all ``--count`` executions in one
   ``engine.call(engine.executions.execute_many, wf, [{"i": i}, ...])``, then the waits;

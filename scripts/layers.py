@@ -105,7 +105,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             | {"notification_templates", "auth", "execution_signals", "execution_batches"}
             | {"execution_flow", "audit", "retention", "triggers", "schedule_lifecycle"}
             | {"schedule_views", "schedule_backfill", "execution_reading"}
-            | {"execution_requests", "schedule_requests"}
+            | {"execution_requests", "schedule_requests", "execution_threads"}
         ),
     ),
     ("extension", frozenset({"hookspecs", "plugins", "_builtin", "storage.postgres_hook"})),

@@ -186,8 +186,8 @@ def with_schema(url: str, schema: str) -> str:
     """
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("options", "application_name")]
-    query.append(("options", f"-csearch_path={schema}"))
     query.append(("application_name", f"{APPLICATION_PREFIX}{schema}"))
+    query.append(("options", f"-csearch_path={schema}"))  # last: tests append to it
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 

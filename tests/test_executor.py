@@ -3,6 +3,7 @@ or a crash, suspension and signals, durable sleep, and the worker pool."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
@@ -481,6 +483,34 @@ CRASH_SCRIPT = textwrap.dedent(
 )
 
 
+@contextlib.asynccontextmanager
+async def _killed_at_exit(script: str) -> AsyncIterator[anyio.abc.Process]:
+    """The child running ``script``, killed however the block ends (its engine sleeps an
+    hour: a failed wait must not leave the test waiting for it)."""
+    async with await anyio.open_process(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL
+    ) as child:
+        try:
+            yield child
+        finally:
+            if child.returncode is None:
+                child.kill()
+
+
+async def _until_four_held(child: anyio.abc.Process, log: Path) -> None:
+    """Wait (generously: a loaded machine starts Python slowly) for every execution to be
+    submitted and four of them (the workers) to hold in their third step."""
+    with anyio.fail_after(120):
+        while not _four_held(log):
+            assert child.returncode is None, "the child process ended on its own"
+            await anyio.sleep(0.02)
+
+
+def _four_held(log: Path) -> bool:
+    text = log.read_text() if log.exists() else ""
+    return text.count('"third"') == 4 and "all submitted" in text
+
+
 @pytest.mark.slow
 async def test_resume_after_sigkill(
     tmp_path: Path, databases: DatabaseFactory, make: EngineFactory
@@ -490,17 +520,8 @@ async def test_resume_after_sigkill(
     db = databases()  # the database make() opens
     log = tmp_path / "steps.log"
     script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), log=str(log), db=str(db))
-    async with await anyio.open_process(
-        [sys.executable, "-c", script], stdout=subprocess.DEVNULL
-    ) as child:
-        with anyio.fail_after(20):
-            while not (
-                log.exists()
-                and log.read_text().count('"third"') == 4
-                and "all submitted" in log.read_text()
-            ):
-                assert child.returncode is None, "the child process ended on its own"
-                await anyio.sleep(0.02)
+    async with _killed_at_exit(script) as child:
+        await _until_four_held(child, log)
         child.kill()  # SIGKILL
         assert await child.wait() == -signal.SIGKILL
     before = [
@@ -543,17 +564,8 @@ async def test_a_killed_node_is_taken_over_at_once_on_sqlite(
     log = tmp_path / "steps.log"
     script = CRASH_SCRIPT.format(tests=str(Path(__file__).parent), log=str(log), db=str(db))
     script = script.replace("lease_seconds=2", "lease_seconds=3600")
-    async with await anyio.open_process(
-        [sys.executable, "-c", script], stdout=subprocess.DEVNULL
-    ) as child:
-        with anyio.fail_after(20):
-            while not (
-                log.exists()
-                and log.read_text().count('"third"') == 4
-                and "all submitted" in log.read_text()
-            ):
-                assert child.returncode is None, "the child process ended on its own"
-                await anyio.sleep(0.02)
+    async with _killed_at_exit(script) as child:
+        await _until_four_held(child, log)
         child.kill()  # SIGKILL
         await child.wait()
     engine = make(settings=fast(lease_seconds=3600))

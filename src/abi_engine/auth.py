@@ -61,7 +61,7 @@ class Principal:
 
     def require(self, scope: Scope | str) -> None:
         """Raise ``Forbidden`` unless the token has ``scope``."""
-        if Scope(scope) not in self.scopes:
+        if (scope if isinstance(scope, Scope) else Scope(scope)) not in self.scopes:
             raise Forbidden(
                 f"The access token lacks the '{scope}' scope",
                 {"required_scope": str(scope)},

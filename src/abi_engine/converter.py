@@ -169,6 +169,16 @@ def _limited_factory(tp: Any, conv: cattrs.Converter) -> Callable[[Any, Any], An
     limits = _constraints(tp)
     base = conv.get_structure_hook(base_type)
 
+    if len(limits) == 1:  # (most fields: one limit, checked without a loop)
+        check = limits[0].check
+
+        def structure_limited_once(value: Any, _: Any) -> Any:
+            result = base(value, base_type)
+            check(result)
+            return result
+
+        return structure_limited_once
+
     def structure_limited(value: Any, _: Any) -> Any:
         result = base(value, base_type)
         for limit in limits:

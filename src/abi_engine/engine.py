@@ -352,10 +352,30 @@ class Engine:
             # context copy and task bookkeeping): one wake-up of the loop, one back.
             if loop.is_closed():
                 raise anyio.RunFinishedError
+            answered = self._answer_in_thread(fn, args, kwargs)
+            if answered is not None:
+                return answered  # type: ignore[no-any-return]
             return asyncio.run_coroutine_threadsafe(_awaited(fn, args, kwargs), loop).result()
         if kwargs:
             fn = partial(fn, **kwargs)
         return anyio.from_thread.run(fn, *args, token=self._token)  # type: ignore[arg-type]
+
+    def _answer_in_thread(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The answer of ``fn(*args, **kwargs)`` found in the calling thread, without the
+        loop (``None``: ask the loop): ``executions.execute(..., wait=False)`` commits
+        the new execution here, ``executions.wait`` of an ended one reads it here
+        (:mod:`abi_engine.execution_threads`)."""
+        if isinstance(fn, partial):
+            args, kwargs, fn = fn.args + args, {**fn.keywords, **kwargs}, fn.func
+        executions = self.executions
+        if getattr(fn, "__self__", None) is not executions:
+            return None
+        method = getattr(fn, "__name__", None)
+        if method == "execute":
+            return executions.execute_in_thread(*args, **kwargs)
+        if method == "wait":
+            return executions.wait_in_thread(*args, **kwargs)
+        return None
 
     def close(self) -> None:
         """Close the store. The engine cannot be used afterwards."""

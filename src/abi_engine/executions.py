@@ -24,6 +24,7 @@ from abi_engine.execution_flow import ExecutionFlow
 from abi_engine.execution_reading import ExecutionReading
 from abi_engine.execution_requests import Compiled, ExecutionRequests, check_priority
 from abi_engine.execution_signals import ExecutionSignals
+from abi_engine.execution_threads import ExecutionThreadDoor
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.ids import new_id, utcnow
 from abi_engine.models import (
@@ -60,6 +61,7 @@ class ExecutionService(
     ExecutionBatches,
     ExecutionFlow,
     ExecutionSignals,
+    ExecutionThreadDoor,
     Service,
 ):
     """The business rules of executions (``engine.executions``)."""

@@ -202,7 +202,8 @@ class UniqueBy(Constraint):
 def json_size(value: Any) -> int:
     """The bytes of ``value`` as compact UTF-8 JSON; ``ValueError`` when it is not JSON."""
     try:
-        return len(_encode(value).encode("utf-8"))
+        text = _encode(value)
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"must be JSON ({exc})") from None
 
@@ -217,6 +218,8 @@ class NestedValueError(ValueError):
 
 
 def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
+    if type(value) is dict and _flat(value, max_key_length):
+        return  # (the common case, checked without walking: an object of plain values)
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         item, depth, path = stack.pop()
@@ -240,6 +243,20 @@ def _depth_and_keys(value: Any, max_depth: int, max_key_length: int) -> None:
         if depth > max_depth:
             raise ValueError(f"nested at most {max_depth} levels deep")
         stack.extend((child, depth + 1, where) for child, where in children)
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
+
+
+def _flat(value: dict[Any, Any], max_key_length: int) -> bool:
+    """``value`` has short string keys and numbers, booleans, nulls or strings as values,
+    without U+0000 anywhere: nothing for :func:`_depth_and_keys` to refuse."""
+    for key, item in value.items():
+        if type(key) is not str or len(key) > max_key_length or "\x00" in key:
+            return False
+        if type(item) not in _SCALARS and (type(item) is not str or "\x00" in item):
+            return False
+    return True
 
 
 @attrs.frozen

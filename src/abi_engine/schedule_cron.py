@@ -9,14 +9,15 @@ accepted too (``special``: evaluated by croniter). The arithmetic on them is in
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 import attrs
 from croniter import croniter
 
-__all__ = ["ALIASES", "CronSpec", "compile_cron"]
+__all__ = ["ALIASES", "CronSpec", "compile_cron", "next_plain_wall"]
 
 ALIASES = {
     "@yearly": "0 0 1 1 *",
@@ -60,6 +61,10 @@ def _field(values: list[object], low: int, high: int) -> frozenset[int] | None:
     return frozenset(v for v in found if low <= v <= high)
 
 
+#: The longest a month can be, of those shorter than 31 days.
+_LONGEST = {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_cron(expression: str) -> CronSpec:
     """Parse and check a cron expression; ``ValueError`` says what is wrong."""
@@ -71,16 +76,17 @@ def compile_cron(expression: str) -> CronSpec:
         raise ValueError(f"unknown alias {expression!r} (use one of {', '.join(ALIASES)})")
     if len(text.split(" ")) != 5:
         raise ValueError("a cron expression has five fields: minute hour day month weekday")
-    text = _EQUAL_RANGE.sub(r"\1", text)
+    if "-" in text:
+        text = _EQUAL_RANGE.sub(r"\1", text)
     spec = _plain_spec(text) or _croniter_spec(text)
     # With both day fields restricted either may match, so only day-of-month alone can be impossible.
     if (
         spec.days is not None
         and spec.weekdays is None
-        and not any(
-            d <= {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}.get(m, 31)
-            for d in spec.days
-            for m in spec.months
+        and (
+            not spec.days
+            or not spec.months
+            or min(spec.days) > max(_LONGEST.get(m, 31) for m in spec.months)
         )
     ):
         raise ValueError("the expression never matches a real date")
@@ -120,8 +126,13 @@ _NAMES: dict[int, dict[str, int]] = {
 _TOKEN = re.compile(r"(\*|[0-9]{1,2}|[a-z]{3})(?:-([0-9]{1,2}|[a-z]{3}))?(?:/([0-9]{1,2}))?")
 
 
+@functools.lru_cache(maxsize=1024)
 def _plain_values(text: str, index: int) -> frozenset[int] | None:
-    """The values of one plain field; ``None`` when it is not plain (or not valid)."""
+    """The values of one plain field; ``None`` when it is not plain (or not valid).
+
+    Cached by field: expressions differ in their combination far more often than in
+    their fields (``5 9 * * *`` and ``5 17 * * 1-5`` share two), so an expression missing
+    the expressions' cache mostly finds its fields here."""
     low, high = _BOUNDS[index]
     names = _NAMES.get(index, {})
     values: set[int] = set()
@@ -165,3 +176,69 @@ def _plain_spec(text: str) -> CronSpec | None:
         weekdays=None if fields[4] == "*" else weekdays,
         special=False,
     )
+
+
+# -- the next wall time of a plain expression ----------------------------------------------
+
+_MINUTE = timedelta(minutes=1)
+_SEARCH_YEARS = 30
+_LENGTHS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ordered(values: frozenset[int]) -> tuple[int, ...]:
+    return tuple(sorted(values))
+
+
+def _day_ok(spec: CronSpec, year: int, month: int, day: int) -> bool:
+    """:meth:`CronSpec.day_matches` on a date given as numbers."""
+    dom = spec.days is None or day in spec.days
+    if spec.weekdays is None:
+        return dom
+    dow = date(year, month, day).isoweekday() % 7 in spec.weekdays
+    return (dom or dow) if spec.days is not None else dow
+
+
+def next_plain_wall(spec: CronSpec, after: datetime) -> datetime:
+    """The first wall time (naive, whole minute) strictly after ``after`` matching the
+    plain (not ``special``) ``spec``: walked on numbers, by jumps to the next allowed
+    value of each field, a datetime built only for the answer."""
+    # The minute after ``after``'s (a minute of 60 carries over below, as any overflow).
+    year, month, day, hour, minute = (
+        after.year,
+        after.month,
+        after.day,
+        after.hour,
+        after.minute + 1,
+    )
+    hours, minutes = _ordered(spec.hours), _ordered(spec.minutes)
+    listed = _ordered(spec.days) if spec.weekdays is None and spec.days is not None else None
+    limit = year + _SEARCH_YEARS
+    while year <= limit:
+        length = _LENGTHS[month] + (
+            month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        )
+        if month not in spec.months or day > length:
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+            day, hour, minute = 1, 0, 0
+            continue
+        if not _day_ok(spec, year, month, day):
+            if listed is not None:  # jump to the next listed day (past the month's end: next)
+                i = bisect.bisect_right(listed, day)
+                day = listed[i] if i < len(listed) else 32
+            else:
+                day += 1
+            hour = minute = 0
+            continue
+        i = bisect.bisect_left(hours, hour)
+        if i == len(hours):
+            day, hour, minute = day + 1, 0, 0
+            continue
+        if hours[i] != hour:
+            hour, minute = hours[i], 0
+        j = bisect.bisect_left(minutes, minute)
+        if j == len(minutes):
+            hour, minute = hour + 1, 0
+            continue
+        return datetime(year, month, day, hour, minutes[j])
+    raise ValueError(f"{spec.expression!r} has no run in the next {_SEARCH_YEARS} years")

@@ -25,7 +25,6 @@ downtime.
 from __future__ import annotations
 
 import bisect
-import calendar
 import functools
 import hashlib
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import attrs
 from croniter import croniter
 
-from abi_engine.schedule_cron import CronSpec, compile_cron
+from abi_engine.schedule_cron import CronSpec, compile_cron, next_plain_wall
 from abi_engine.schedule_dst import (
     WALK_LIMIT,
     Walls,
@@ -88,39 +87,7 @@ def _next_wall(spec: CronSpec, after: datetime) -> datetime:
     """The first wall time (naive, whole minute) strictly after ``after`` matching ``spec``."""
     if spec.special:
         return croniter(spec.expression, after).get_next(datetime)  # type: ignore[no-any-return]
-    t = after.replace(second=0, microsecond=0) + _MINUTE
-    limit = t.year + _SEARCH_YEARS
-    while t.year <= limit:
-        if t.month not in spec.months:
-            year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-            t = datetime(year, month, 1)
-            continue
-        if not spec.day_matches(t):
-            if spec.weekdays is None and spec.days is not None:  # jump to the next listed day
-                length = calendar.monthrange(t.year, t.month)[1]
-                later = [d for d in spec.days if t.day < d <= length]
-                if later:
-                    t = datetime(t.year, t.month, min(later))
-                    continue
-                t = datetime(t.year, t.month, length)
-            t = datetime(t.year, t.month, t.day) + timedelta(days=1)
-            continue
-        if t.hour not in spec.hours:
-            later = [h for h in spec.hours if h > t.hour]
-            if not later:
-                t = datetime(t.year, t.month, t.day) + timedelta(days=1)
-                continue
-            t = t.replace(hour=min(later), minute=0)
-            continue
-        if t.minute not in spec.minutes:
-            later = [m for m in spec.minutes if m > t.minute]
-            if not later:
-                t = t.replace(minute=0) + timedelta(hours=1)
-                continue
-            t = t.replace(minute=min(later))
-            continue
-        return t
-    raise ValueError(f"{spec.expression!r} has no run in the next {_SEARCH_YEARS} years")
+    return next_plain_wall(spec, after)
 
 
 def next_cron(
@@ -180,13 +147,16 @@ def next_interval(anchor: datetime, every_seconds: int, after: datetime) -> date
     return _from_ms(anchor_ms + k * step_ms)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(value: datetime) -> int:
-    delta = value.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    delta = value - _EPOCH  # (aware: whatever its zone)
     return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
 
 
 def _from_ms(value: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=value)
+    return _EPOCH + timedelta(milliseconds=value)
 
 
 # -- backwards and counting: what a tick needs after downtime -----------------------------

@@ -287,28 +287,29 @@ def to_record(
     """The record a create (``base`` ``None``) or an update of ``base`` writes, its next
     due time computed."""
     anchor = req.start_time or (base.anchor_at if base else now)
+    kind = req.schedule_type
     record = ScheduleRecord(
         id=base.id if base else new_id("sched_"),
         workflow_id=workflow_id,
         name=req.name,
         description=req.description,
-        schedule_type=req.schedule_type.value,
-        cron_expression=req.cron_expression if req.schedule_type is ScheduleType.CRON else None,
-        rrule=req.rrule if req.schedule_type is ScheduleType.RRULE else None,
+        schedule_type=kind._value_,  # (an enum's .value is a property: 3x slower)
+        cron_expression=req.cron_expression if kind is ScheduleType.CRON else None,
+        rrule=req.rrule if kind is ScheduleType.RRULE else None,
         exclude_rrule=req.exclude_rrule,
-        interval_value=req.interval_value if req.schedule_type is ScheduleType.INTERVAL else None,
-        interval_unit=req.interval_unit.value
-        if req.interval_unit and req.schedule_type is ScheduleType.INTERVAL
+        interval_value=req.interval_value if kind is ScheduleType.INTERVAL else None,
+        interval_unit=req.interval_unit._value_
+        if req.interval_unit and kind is ScheduleType.INTERVAL
         else None,
-        execution_time=req.execution_time if req.schedule_type is ScheduleType.FIXED_TIME else None,
+        execution_time=req.execution_time if kind is ScheduleType.FIXED_TIME else None,
         anchor_at=anchor,
         timezone=req.timezone,
         parameters=req.parameters,
         enabled=req.enabled,
-        misfire_policy=req.misfire_policy.value,
+        misfire_policy=req.misfire_policy._value_,
         misfire_grace_seconds=req.misfire_grace_seconds,
         catch_up_limit=req.catch_up_limit,
-        overlap_policy=req.overlap_policy.value,
+        overlap_policy=req.overlap_policy._value_,
         priority=req.priority,
         created_at=base.created_at if base else now,
         updated_at=now,
@@ -318,9 +319,9 @@ def to_record(
         max_runs=req.max_runs,
         runs_count=base.runs_count if base else 0,
         jitter_seconds=req.jitter_seconds,
-        exclude_dates=sorted(set(req.exclude_dates)),
-        on_gap=req.on_gap.value,
-        on_fold=req.on_fold.value,
+        exclude_dates=sorted(set(req.exclude_dates)) if req.exclude_dates else [],
+        on_gap=req.on_gap._value_,
+        on_fold=req.on_fold._value_,
     )
     record.next_due = next_within(record, now)
     if record.jitter_seconds:

@@ -9,10 +9,12 @@ times become instants with the daylight-saving choices of cron
 ``DTSTART``) removes the wall times it produces. ``COUNT`` and ``UNTIL`` bound
 the rule (``UNTIL`` written in UTC, ``...Z``, or as a wall time of the zone).
 
-Cost: dateutil walks a rule from its ``DTSTART``; rules without ``COUNT`` of
-frequency ``MINUTELY`` to ``WEEKLY`` are re-anchored to a start a period or two
-before the instant asked about (the same occurrences, as their periods are
-fixed lengths of wall time), so a step costs the same a year later.
+Cost: dateutil walks a rule from its ``DTSTART``; rules are re-anchored to a
+start a period or two before the instant asked about (the same occurrences:
+``MINUTELY`` to ``WEEKLY`` repeat after fixed lengths of wall time, ``MONTHLY``
+and ``YEARLY`` after whole months, from the first of a month once the values
+dateutil takes from ``DTSTART`` are written out), so a step costs the same a
+year later; a counted rule is walked once to find its last occurrence.
 ``SECONDLY`` is refused (use an interval schedule), ``COUNT`` is at most
 100,000. A plain rule (``DAILY`` or ``WEEKLY``, interval 1, no ``COUNT`` nor
 ``UNTIL``, only ``BYDAY`` without ordinals, ``BYHOUR``, ``BYMINUTE`` and
@@ -45,6 +47,11 @@ _PERIODS = {
     "DAILY": timedelta(days=1),
     "WEEKLY": timedelta(weeks=1),
 }
+_MONTHS = {"MONTHLY": 1, "YEARLY": 12}
+#: Parts giving the days of a rule (without any, dateutil takes DTSTART's day).
+_DAY_PARTS = frozenset({"BYWEEKNO", "BYYEARDAY", "BYMONTHDAY", "BYDAY", "BYWEEKDAY", "BYEASTER"})
+#: A rule's re-anchoring step: a length of wall time, or a number of months.
+Period = timedelta | int
 _FREQ = re.compile(r"(?:^|;)FREQ=([A-Z]+)")
 _INTERVAL = re.compile(r"(?:^|;)INTERVAL=(\d+)")
 _COUNT = re.compile(r"(?:^|;)COUNT=(\d+)")
@@ -54,19 +61,27 @@ _UNTIL_UTC = re.compile(r"UNTIL=(\d{8}T\d{6})Z")
 def _normalized(text: str, tz_name: str) -> str:
     """The rule's text upper-cased without ``RRULE:``; an UTC ``UNTIL`` read on the zone's
     wall clock (the rule is expanded in wall time)."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("the rule is empty")
-    rule = text.strip().upper()
-    rule = rule.removeprefix("RRULE:")
-    if "\n" in rule or ":" in rule or "DTSTART" in rule:
-        raise ValueError("one RRULE only (its DTSTART is the schedule's start_time)")
+    rule = _upper(text)
     tz = zone(tz_name)
+    if "UNTIL=" not in rule:
+        return rule
 
     def local(match: re.Match[str]) -> str:
         instant = datetime.strptime(match.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
         return "UNTIL=" + instant.astimezone(tz).strftime("%Y%m%dT%H%M%S")
 
     return _UNTIL_UTC.sub(local, rule)
+
+
+def _upper(text: str) -> str:
+    """The rule's text upper-cased without ``RRULE:`` (checked to be one rule)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the rule is empty")
+    rule = text.strip().upper()
+    rule = rule.removeprefix("RRULE:")
+    if "\n" in rule or ":" in rule or "DTSTART" in rule:
+        raise ValueError("one RRULE only (its DTSTART is the schedule's start_time)")
+    return rule
 
 
 @attrs.define
@@ -78,7 +93,7 @@ class RuleWalls:
 
     Each rule is re-anchored by its own period (``None``: walked from DTSTART): the
     exclusion rule's occurrences depend on its own frequency and DTSTART, not on the
-    rule's. A counted rule of a fixed period is kept without its ``COUNT`` and with
+    rule's. A counted rule is kept without its ``COUNT`` and with
     its last occurrence (found once), so it re-anchors too. Going forward, the
     exclusion rule is walked once beside the rule's candidates (a merge of two
     ordered streams), not again from its start for each candidate.
@@ -86,9 +101,9 @@ class RuleWalls:
 
     text: str
     exclude: rrule | None
-    period: timedelta | None  # re-anchoring step (None: walk from DTSTART)
+    period: Period | None  # re-anchoring step (None: walk from DTSTART)
     dtstart: datetime
-    exclude_period: timedelta | None = None
+    exclude_period: Period | None = None
     #: The last occurrence of a counted rule, of the rule and of the exclusion rule.
     last: datetime | None = None
     exclude_last: datetime | None = None
@@ -102,13 +117,22 @@ class RuleWalls:
             self._rule, self.last = _open(_parse(self.text, self.dtstart), self.text)
         return self._rule
 
-    def _anchored(self, rule: rrule, period: timedelta | None, wall: datetime) -> rrule:
+    def _anchored(self, rule: rrule, period: Period | None, wall: datetime) -> rrule:
         """``rule`` from a start a whole number of ``period`` before ``wall``, at least two
-        periods before it (the same occurrences from there on)."""
-        if period is None or wall - self.dtstart < 4 * period:
+        periods before it (the same occurrences from there on). A period of months starts
+        on the first of its month: a ``MONTHLY`` or ``YEARLY`` rule's set of each period
+        does not depend on its ``DTSTART`` once :func:`_explicit` wrote out its defaults."""
+        start = self.dtstart
+        if isinstance(period, int):
+            months = (wall.year - start.year) * 12 + wall.month - start.month
+            if months < 4 * period:
+                return rule
+            index = start.year * 12 + start.month - 1 + (months // period - 2) * period
+            return rule.replace(dtstart=datetime(index // 12, index % 12 + 1, 1))
+        if period is None or wall - start < 4 * period:
             return rule
-        steps = (wall - self.dtstart) // period - 2
-        return rule.replace(dtstart=self.dtstart + steps * period)
+        steps = (wall - start) // period - 2
+        return rule.replace(dtstart=start + steps * period)
 
     def _excluded(self, wall: datetime) -> bool:
         if self.exclude is None:
@@ -158,7 +182,7 @@ class RuleWalls:
 
 def _parse(text: str, dtstart: datetime) -> rrule:
     try:
-        rule = rrulestr(text, dtstart=dtstart)
+        rule = rrulestr(_explicit(text, dtstart), dtstart=dtstart)
     except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
         raise ValueError(f"invalid RRULE: {exc}") from None
     if not isinstance(rule, rrule):
@@ -179,18 +203,12 @@ def compile_rrule(text: str, exclude: str | None, timezone: str, start: datetime
 
 @functools.lru_cache(maxsize=4096)
 def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) -> RuleWalls:
-    rule_text = _normalized(text, timezone)
-    freq = _FREQ.search(rule_text)
-    if freq is None:
-        raise ValueError("FREQ is required")
-    if freq.group(1) == "SECONDLY":
-        raise ValueError("FREQ=SECONDLY is not supported (use an interval schedule)")
-    count = _COUNT.search(rule_text)
-    if count is not None and int(count.group(1)) > MAX_COUNT:
-        raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
+    rule_text, plain_fields, period = _checked(text, timezone)
     # Whole minutes, as cron: a rule without BYSECOND (and its exclusion rule) runs at :00.
     dtstart = start.astimezone(zone(timezone)).replace(tzinfo=None, second=0, microsecond=0)
-    plain = _plain_cron(rule_text, dtstart) if exclude is None else None
+    plain = None
+    if exclude is None and plain_fields is not None:
+        plain = _plain_cron(rule_text, plain_fields, dtstart)
     rule = last = None
     if plain is None:
         rule, last = _open(_parse(rule_text, dtstart), rule_text)
@@ -202,7 +220,7 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
     return RuleWalls(
         text=rule_text,
         exclude=excluded,
-        period=_period(rule_text),
+        period=period,
         dtstart=dtstart,
         exclude_period=exclude_period,
         last=last,
@@ -212,8 +230,33 @@ def _compiled(text: str, exclude: str | None, timezone: str, start: datetime) ->
     )
 
 
+def _checked(text: str, timezone: str) -> tuple[str, _PlainFields | None, Period | None]:
+    """The rule's normalized text, checked (what does not depend on its DTSTART), its
+    plain fields if plain (see :func:`_plain_fields`) and its period."""
+    if "UNTIL=" in text.upper():  # (read in the zone: see _normalized)
+        return _checked_text(_normalized(text, timezone))
+    rule_text = _upper(text)
+    zone(timezone)
+    return _checked_text(rule_text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_text(rule_text: str) -> tuple[str, _PlainFields | None, Period | None]:
+    """:func:`_checked` of a normalized text, cached by it, as schedules share rules far
+    more often than start minutes (the compiled rules' cache key)."""
+    freq = _FREQ.search(rule_text)
+    if freq is None:
+        raise ValueError("FREQ is required")
+    if freq.group(1) == "SECONDLY":
+        raise ValueError("FREQ=SECONDLY is not supported (use an interval schedule)")
+    count = _COUNT.search(rule_text)
+    if count is not None and int(count.group(1)) > MAX_COUNT:
+        raise ValueError(f"COUNT is at most {MAX_COUNT} (max_runs bounds runs too)")
+    return rule_text, _plain_fields(rule_text), _period(rule_text)
+
+
 def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
-    """A counted rule of a fixed period as the same rule without ``COUNT`` and its last
+    """A counted rule of a period as the same rule without ``COUNT`` and its last
     occurrence (found once, here: at most ``MAX_COUNT`` steps), so that each later step
     re-anchors instead of walking again from DTSTART; any other rule as it is."""
     if _COUNT.search(rule_text) is None or _period(rule_text) is None:
@@ -224,15 +267,45 @@ def _open(rule: rrule, rule_text: str) -> tuple[rrule, datetime | None]:
     return rule.replace(count=None), last
 
 
-def _period(rule_text: str) -> timedelta | None:
-    """The fixed length of wall time after which the rule repeats its pattern (its
-    frequency times its interval), ``None`` when it has none (``MONTHLY``, ``YEARLY``)."""
+def _period(rule_text: str) -> Period | None:
+    """The length of wall time after which the rule repeats its pattern (its frequency
+    times its interval): a ``timedelta``, or a number of months for ``MONTHLY`` and
+    ``YEARLY``; ``None`` without a known frequency."""
     freq = _FREQ.search(rule_text)
-    period = _PERIODS.get(freq.group(1)) if freq is not None else None
-    if period is None:
+    if freq is None:
         return None
     interval = _INTERVAL.search(rule_text)
-    return period * (int(interval.group(1)) if interval else 1)
+    every = int(interval.group(1)) if interval else 1
+    months = _MONTHS.get(freq.group(1))
+    if months is not None:
+        return months * every
+    period = _PERIODS.get(freq.group(1))
+    return None if period is None else period * every
+
+
+def _explicit(rule_text: str, dtstart: datetime) -> str:
+    """A ``MONTHLY`` or ``YEARLY`` rule with the values dateutil takes from ``DTSTART``
+    written out (the day of the month, and of the year, when no day is given; the hour,
+    minute and second when not given): the same occurrences from ``dtstart``, and the
+    same from any other start in an earlier period of the rule, which re-anchoring needs.
+    Other rules as they are."""
+    freq = _FREQ.search(rule_text)
+    if freq is None or freq.group(1) not in _MONTHS:
+        return rule_text
+    names = {part.partition("=")[0] for part in rule_text.split(";")}
+    extra = []
+    if not names & _DAY_PARTS:
+        extra.append(f"BYMONTHDAY={dtstart.day}")
+        if freq.group(1) == "YEARLY" and "BYMONTH" not in names:
+            extra.append(f"BYMONTH={dtstart.month}")
+    for name, value in (
+        ("BYHOUR", dtstart.hour),
+        ("BYMINUTE", dtstart.minute),
+        ("BYSECOND", dtstart.second),
+    ):
+        if name not in names:
+            extra.append(f"{name}={value}")
+    return ";".join([rule_text, *extra])
 
 
 _MINUTE = timedelta(minutes=1)
@@ -244,10 +317,15 @@ _PLAIN_PART = re.compile(
 _PLAIN_BOUNDS = {"BYHOUR": (0, 23), "BYMINUTE": (0, 59), "BYMONTH": (1, 12)}
 
 
-def _plain_cron(text: str, dtstart: datetime) -> CronSpec | None:
-    """The cron fields giving the same wall times as the rule ``text`` from ``dtstart`` on
-    (``None``: not a plain rule). dateutil's defaults: the hour and minute of ``dtstart``,
-    and for ``WEEKLY`` its weekday."""
+#: The parts of a plain rule: FREQ, then BYMINUTE, BYHOUR, BYMONTH and BYDAY (``None``:
+#: not given).
+_PlainFields = tuple[
+    str, frozenset[int] | None, frozenset[int] | None, frozenset[int] | None, frozenset[int] | None
+]
+
+
+def _plain_fields(text: str) -> _PlainFields | None:
+    """The parts of the rule ``text`` if it is plain (``None``: it is not)."""
     parts: dict[str, str] = {}
     for part in text.split(";"):
         match = _PLAIN_PART.fullmatch(part)
@@ -269,17 +347,34 @@ def _plain_cron(text: str, dtstart: datetime) -> CronSpec | None:
     weekdays = None
     if "BYDAY" in parts:
         weekdays = frozenset(_DAYS[d] for d in parts["BYDAY"].split(","))
-    elif parts["FREQ"] == "WEEKLY":
+    return (
+        parts["FREQ"],
+        numbers.get("BYMINUTE"),
+        numbers.get("BYHOUR"),
+        numbers.get("BYMONTH"),
+        weekdays,
+    )
+
+
+def _plain_cron(text: str, fields: _PlainFields, dtstart: datetime) -> CronSpec:
+    """The cron fields giving the same wall times as the plain rule ``text`` (of parts
+    ``fields``) from ``dtstart`` on. dateutil's defaults: the hour and minute of
+    ``dtstart``, and for ``WEEKLY`` its weekday."""
+    freq, minutes, hours, months, weekdays = fields
+    if weekdays is None and freq == "WEEKLY":
         weekdays = frozenset([dtstart.isoweekday() % 7])
     return CronSpec(
         expression=text,
-        minutes=numbers.get("BYMINUTE", frozenset([dtstart.minute])),
-        hours=numbers.get("BYHOUR", frozenset([dtstart.hour])),
+        minutes=minutes if minutes is not None else frozenset([dtstart.minute]),
+        hours=hours if hours is not None else frozenset([dtstart.hour]),
         days=None,
-        months=numbers.get("BYMONTH", frozenset(range(1, 13))),
+        months=months if months is not None else _ALL_MONTHS,
         weekdays=weekdays,
         special=False,
     )
+
+
+_ALL_MONTHS = frozenset(range(1, 13))
 
 
 class _RuleFields(Protocol):

@@ -139,7 +139,11 @@ def parse_json_body(raw: bytes) -> Any:
         ) from None
     except ValueError as exc:
         raise _body_error(f"The request body is not valid JSON: {exc}") from None
-    _check_value(value, check_strings="\\u" in text)
+    escapes = "\\u" in text
+    # Nesting deeper than MAX_JSON_DEPTH takes more opening brackets than that (those
+    # in strings count too, erring on the safe side): most bodies need no walk.
+    if escapes or text.count("{") + text.count("[") > MAX_JSON_DEPTH:
+        _check_value(value, check_strings=escapes)
     return value
 
 

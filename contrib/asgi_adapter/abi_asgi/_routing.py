@@ -34,17 +34,26 @@ _SCOPE_KEY = "abi_asgi.operations"
 
 
 class _Node:
-    __slots__ = ("literals", "methods", "patterns")
+    __slots__ = ("literals", "methods", "patterns", "whole")
 
     def __init__(self) -> None:
         self.literals: dict[str, _Node] = {}
         self.patterns: list[tuple[str, re.Pattern[str], dict[str, Convertor[Any]], _Node]] = []
+        #: The child of a segment that is one ``{name}`` (a string): any non-empty
+        #: segment matches it, without a regular expression (the common case).
+        self.whole: tuple[str, _Node] | None = None
         self.methods: dict[str, Operation] = {}
 
     def child(self, segment: str) -> _Node:
         """The node under ``segment`` of a route path (made when new)."""
         if "{" not in segment:
             return self.literals.setdefault(segment, _Node())
+        whole = _PARAM.fullmatch(segment)
+        if whole is not None and whole.group(2) in (None, "str"):
+            if self.whole is None:
+                self.whole = (whole.group(1), _Node())
+            if self.whole[0] == whole.group(1):
+                return self.whole[1]
         for text, _, _, node in self.patterns:
             if text == segment:
                 return node
@@ -86,14 +95,19 @@ def _find(node: _Node, segments: list[str], index: int) -> Iterator[tuple[_Node,
     child = node.literals.get(segment)
     if child is not None:
         yield from _find(child, segments, index + 1)
-    if segment:
-        for _, pattern, convertors, nested in node.patterns:
-            match = pattern.fullmatch(segment)
-            if match is None:
-                continue
-            for found, params in _find(nested, segments, index + 1):
-                converted = {n: convertors[n].convert(v) for n, v in match.groupdict().items()}
-                yield found, {**params, **converted}
+    if not segment:
+        return
+    if node.whole is not None:
+        name, nested = node.whole
+        for found, params in _find(nested, segments, index + 1):
+            yield found, {**params, name: segment}
+    for _, pattern, convertors, nested in node.patterns:
+        match = pattern.fullmatch(segment)
+        if match is None:
+            continue
+        for found, params in _find(nested, segments, index + 1):
+            converted = {n: convertors[n].convert(v) for n, v in match.groupdict().items()}
+            yield found, {**params, **converted}
 
 
 class OperationTable(BaseRoute):

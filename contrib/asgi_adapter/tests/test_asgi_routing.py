@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from abi_asgi._routing import OperationTable
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.convertors import CONVERTOR_TYPES
 from starlette.routing import Match
 
 from abi_engine.api import ApiRequest, Operation
@@ -131,3 +135,35 @@ def test_a_literal_without_the_method_yields_to_the_parameter() -> None:
     neither = table.lookup("/api/v1/things/search", "PUT")
     assert neither is not None
     assert {o.name for o in neither[0].values()} == {"search"}  # 405, Allow: POST
+
+
+_SEGMENT = st.text(st.characters(blacklist_characters="/", codec="utf-8"), min_size=1, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(thing=_SEGMENT, part=_SEGMENT)
+def test_a_whole_segment_parameter_takes_what_starlettes_pattern_takes(
+    thing: str, part: str
+) -> None:
+    """'{thing_id}' segments match without a regular expression (issue #18): whatever
+    Starlette's str convertor ('[^/]+') takes, they take, as it is."""
+    regex = re.compile(CONVERTOR_TYPES["str"].regex)
+    assert regex.fullmatch(thing)
+    assert regex.fullmatch(part)
+    path = f"/api/v1/things/{thing}/parts/{part}"
+    assert found(path) == ({"sub"}, {"thing_id": thing, "part_id": part})
+    if thing not in ("search",):
+        assert found(f"/api/v1/things/{thing}") == ({"get"}, {"thing_id": thing})
+
+
+def test_two_parameter_names_at_one_place_both_route() -> None:
+    """'/x/{a}' and '/x/{b}/y' name the same place differently: each keeps its own name."""
+    table = OperationTable(
+        "/api/v1", [op("a", "GET", "/x/{a}"), op("b", "GET", "/x/{b}/y")], _serve
+    )
+    first = table.lookup("/api/v1/x/1")
+    second = table.lookup("/api/v1/x/2/y")
+    assert first is not None
+    assert second is not None
+    assert ({o.name for o in first[0].values()}, first[1]) == ({"a"}, {"a": "1"})
+    assert ({o.name for o in second[0].values()}, second[1]) == ({"b"}, {"b": "2"})

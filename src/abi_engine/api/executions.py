@@ -7,15 +7,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 
+from abi_engine.api._quota import queued_budget
 from abi_engine.api.operations import (
     PAGE_QUERY,
     Accepted,
     ApiRequest,
     QueryParam,
     body_object,
-    check_quota,
     operation,
     page_json,
+    quota_exceeded,
 )
 from abi_engine.auth import Principal
 from abi_engine.converter import structure, unstructure
@@ -94,13 +95,16 @@ class ExecuteAsyncRequest:
 
 
 async def _check_queued(engine: Engine, actor: Principal) -> None:
-    await check_quota(
-        engine,
-        actor,
-        "queued_executions",
-        "max_queued_executions_per_user",
-        "wait until some have started",
-    )
+    """Refuse when ``actor``'s user has ``max_queued_executions_per_user`` queued already
+    (counted now and then: see :mod:`abi_engine.api._quota`)."""
+    limit = engine.limits.max_queued_executions_per_user
+    if limit is not None and await queued_budget(engine).take(actor.user_id, limit) is not None:
+        raise quota_exceeded(
+            "queued_executions",
+            "max_queued_executions_per_user",
+            limit,
+            "wait until some have started",
+        )
 
 
 def _idempotency_key(request: ApiRequest, body_key: str | None) -> str | None:

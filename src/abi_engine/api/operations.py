@@ -49,6 +49,7 @@ __all__ = [
     "get_operation",
     "operation",
     "page_json",
+    "quota_exceeded",
 ]
 
 
@@ -271,11 +272,16 @@ async def check_quota(
         return
     held = await call_store(engine.store, engine.store.count_owned, kind, actor.user_id, limit)
     if held >= limit:
-        what = kind.replace("_", " ")
-        raise InvalidState(
-            f"The user already holds {limit} {what}, the most allowed ({limit_name}); {advice}",
-            {"limit": limit_name, limit_name: limit},
-        )
+        raise quota_exceeded(kind, limit_name, limit, advice)
+
+
+def quota_exceeded(kind: OwnedKind, limit_name: str, limit: int, advice: str) -> InvalidState:
+    """The 409 ``INVALID_STATE`` of a user holding ``limit`` ``kind`` rows already."""
+    what = kind.replace("_", " ")
+    return InvalidState(
+        f"The user already holds {limit} {what}, the most allowed ({limit_name}); {advice}",
+        {"limit": limit_name, limit_name: limit},
+    )
 
 
 def _checked_query(op: Operation, request: ApiRequest) -> ApiRequest:

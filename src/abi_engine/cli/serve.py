@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from abi_engine.cli import processes
 from abi_engine.cli._common import (
     BACKLOG,
     DEFAULT_HOST,
@@ -150,6 +151,7 @@ def add_commands(
     serve = commands.add_parser(
         "serve", parents=[db, server], help="run the engine and its REST API under /api/v1"
     )
+    processes.add_options(serve.add_argument)
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -188,14 +190,10 @@ class _Server:
         self.server.should_exit = True
 
     def _announce(self) -> None:
-        db = _redact(self.engine.db_url)
-        print(f"abi-engine serving {self.api_url} (db: {db})", file=sys.stderr, flush=True)
-        if getattr(self.args, "dashboard", True):
-            print(f"dashboard: {self.root_url}/ui/", file=sys.stderr, flush=True)
-        if self.metrics_sock is not None:
-            host, port = self.metrics_sock.getsockname()[:2]
-            host = f"[{host}]" if ":" in host else host
-            print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr, flush=True)
+        if getattr(self.args, "child_fds", None) is not None:
+            processes.report_ready(self.args)  # the parent announces
+            return
+        _announce(self.sock, self.engine.db_url, self.args, self.metrics_sock)
 
     def _build(self) -> uvicorn.Server:
         import abi_asgi
@@ -246,6 +244,8 @@ class _Server:
             if prepare is not None:
                 await prepare(self.engine, self.root_url)
             self.server = server
+            if getattr(self.args, "child_fds", None) is not None:
+                processes.watch_parent(self.args, server)
             sockets = [self.sock] if self.metrics_sock is None else [self.sock, self.metrics_sock]
             await server.serve(sockets=sockets)
 
@@ -268,6 +268,28 @@ class _Server:
             if self.metrics_sock is not None:
                 self.metrics_sock.close()
         return EXIT_OK
+
+
+def _announce(
+    sock: socket.socket,
+    db_url: str,
+    args: argparse.Namespace,
+    metrics_sock: socket.socket | None = None,
+    *more: str,
+) -> None:
+    """The lines saying where the server answers (on standard error)."""
+    host, port = sock.getsockname()[:2]
+    root_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"abi-engine serving {root_url}/api/v1 (db: {_redact(db_url)})", file=sys.stderr)
+    if getattr(args, "dashboard", True):
+        print(f"dashboard: {root_url}/ui/", file=sys.stderr)
+    if metrics_sock is not None:
+        host, port = metrics_sock.getsockname()[:2]
+        host = f"[{host}]" if ":" in host else host
+        print(f"metrics: http://{host}:{port}/metrics", file=sys.stderr)
+    for line in more:
+        print(line, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def freeze_startup_objects() -> int:
@@ -329,7 +351,8 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
 def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     _check_server_extras()
     _configure_logging(args.log_level, args.log_format)
-    sock = _bind(args.host, args.port)
+    sock = processes.inherited_socket(args) if hasattr(args, "child_fds") else None
+    sock = sock or _bind(args.host, args.port)
     metrics_sock = None
     try:
         if args.metrics_port is not None:
@@ -354,4 +377,19 @@ def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.processes > 1 and args.child_fds is None:
+        return _serve_processes(args)
     return _serve(args)
+
+
+def _serve_processes(args: argparse.Namespace) -> int:
+    """``serve --processes N``: the parent (see :mod:`abi_engine.cli.processes`)."""
+    _check_server_extras()
+    _configure_logging(args.log_level, args.log_format)
+    sock = _bind(args.host, args.port)
+    try:
+        return processes.supervise(
+            args, sock, lambda line: _announce(sock, args.db, args, None, line)
+        )
+    finally:
+        sock.close()

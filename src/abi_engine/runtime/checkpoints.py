@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -52,6 +52,8 @@ from abi_engine.storage.records import (
     CheckpointStep,
     ExecutionRecord,
     FinishExecution,
+    HandedOff,
+    HandOff,
     StepRecord,
     SuspendExecution,
     WriteOp,
@@ -96,6 +98,9 @@ class WritesRuns:
     _scopes: dict[str, anyio.CancelScope]
     _cancelled: set[str]
     _prepared: dict[str, Prepared]
+    #: Executions granted by a finish's hand-off, as the grant stored them: (grant
+    #: token, record), for their run to use rather than read them (#16).
+    _handed: dict[str, tuple[int, ExecutionRecord]]
 
     _run_tokens: dict[str, int]
     _stopping: bool
@@ -111,6 +116,30 @@ class WritesRuns:
 
     async def slot_freed(self, workflow_id: str) -> None:
         raise NotImplementedError
+
+    def take_granted(
+        self,
+        granted: Iterable[tuple[str, int, int]],
+        due: timedelta | None = None,
+        records: Iterable[ExecutionRecord] = (),
+    ) -> None:
+        raise NotImplementedError
+
+    def room(self) -> int:
+        raise NotImplementedError
+
+    def _hand_off(self, record: ExecutionRecord) -> HandOff | None:
+        """What the finish of ``record`` asks its commit to grant this node: the
+        executions waiting for the concurrency slot it frees (#16); ``None`` when it
+        holds none (or the node stops)."""
+        if not record.limited or self._stopping:
+            return None
+        return HandOff(
+            owner=self.node_id,
+            lease_until=self.lease(),
+            room=min(self.room(), 500),
+            types=tuple(sorted(self.workflow_types)),
+        )
 
     def _notify(self, execution_id: str, execution: Execution | None) -> None:
         raise NotImplementedError
@@ -268,6 +297,7 @@ class WritesRuns:
                 result_json=step.result_json if step is not None else None,
                 token=prepared.token,
                 step=step,
+                hand_off=self._hand_off(record),
                 events=events,
             ),
             record.id,
@@ -280,6 +310,8 @@ class WritesRuns:
         count it, and log a failure (one line, with the ids and the error)."""
         record = prepared.record
         self.claims.let_go(record.id, prepared.token)
+        if isinstance(applied, HandedOff):  # the next ones granted in the same commit
+            prepared.handed_off = applied
         self._notify(record.id, view if applied else None)
         if not applied:
             return
@@ -356,6 +388,7 @@ class WritesRuns:
                 error=record.error,
                 token=prepared.token,
                 step=step,
+                hand_off=self._hand_off(record),
                 events=(self._finished_event("execution.failed", record, view),),
             ),
             record.id,

@@ -192,6 +192,12 @@ class GroupCommitter:
         #: Whether events must carry their data (an ``abi_event`` hook listens): then
         #: the store's found events, kept by reference, are built with it before emit.
         self.hooked: Callable[[], bool] = lambda: False
+        #: What applies a batch in a worker thread instead of ``store.apply`` (a SQLite
+        #: file at ``durability="full"``: ``ThreadCommits.apply_batch``, so the batch
+        #: shares its commit and fsync with the callers' threads committing meanwhile).
+        self.thread_apply: Callable[[Sequence[WriteOp]], list[Any]] | None = None
+        #: Tasks emitting the events of commits made in callers' threads (kept referenced).
+        self._settling: set[asyncio.Task[None]] = set()
 
     @property
     def running(self) -> bool:
@@ -259,27 +265,69 @@ class GroupCommitter:
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         clock = time.perf_counter()
         if self._in_thread:
-            results = await anyio.to_thread.run_sync(partial(self._store.apply, ops))
+            apply = self.thread_apply or self._store.apply
+            results = await anyio.to_thread.run_sync(partial(apply, ops))
         else:
             results = self._store.apply(ops)
+        self._count(time.perf_counter() - clock, len(ops))
+        await self._emit_applied(ops, results)
+        return results
+
+    def _count(self, seconds: float, size: int) -> None:
         if self._metrics is not None:
-            self._metrics.committed(time.perf_counter() - clock, len(ops))
+            self._metrics.committed(seconds, size)
         self.batches += 1
-        self.ops += len(ops)
-        events: list[OutboxEvent] = []
-        found: list[OutboxEvent] = []
-        for op, result in zip(ops, results, strict=True):
-            # AGAIN: applied by an earlier attempt whose answer was lost, before the hooks
-            # saw its events (the store wrote them to the outbox then, not again now).
-            if (op.events or op.found) and (applied(result) or result is AGAIN):
-                events.extend(op.events)
-                found.extend(op.found)
+        self.ops += size
+
+    async def _emit_applied(self, ops: Sequence[WriteOp], results: Sequence[Any]) -> None:
+        """Emit the events of the ops that applied (after their commit)."""
+        events, found = _applied_events(ops, results)
         if found:
             self._ended(found)
             events.extend(await self._with_data(found) if self.hooked() else found)
         if events:
             self._emit(events)
-        return results
+
+    def settle(
+        self,
+        ops: Sequence[WriteOp],
+        results: Sequence[Any],
+        seconds: float,
+        thens: Sequence[tuple[Callable[[Any], None], Any]],
+        *,
+        count: bool = True,
+    ) -> None:
+        """On the loop, after a commit made in a caller's thread
+        (:class:`~abi_engine.runtime.thread_commit.ThreadCommits`): count it (unless
+        ``count`` is false: it carried a batch of this committer, counted already), emit
+        its events, then call each ``then(result)`` whose op did not fail."""
+        if count:
+            self._count(seconds, len(ops))
+        else:
+            self.ops += len(ops)
+        events, found = _applied_events(ops, results)
+        if found and self.hooked():  # the events need their data, read back: a task
+            task = asyncio.get_running_loop().create_task(self._settle_later(ops, results, thens))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+            return
+        if found:
+            self._ended(found)
+            events.extend(found)
+        if events:
+            self._emit(events)
+        _call_thens(thens)
+
+    async def _settle_later(
+        self,
+        ops: Sequence[WriteOp],
+        results: Sequence[Any],
+        thens: Sequence[tuple[Callable[[Any], None], Any]],
+    ) -> None:
+        try:
+            await self._emit_applied(ops, results)
+        finally:
+            _call_thens(thens)
 
     async def _with_data(self, found: Sequence[OutboxEvent]) -> list[OutboxEvent]:
         """The store's found events with their data, as ``abi_event`` hooks hear events
@@ -419,6 +467,27 @@ class GroupCommitter:
             with anyio.CancelScope(shield=True):
                 self._running = False
                 await self._flush_pending()
+
+
+def _applied_events(
+    ops: Sequence[WriteOp], results: Sequence[Any]
+) -> tuple[list[OutboxEvent], list[OutboxEvent]]:
+    """The events of the ops that applied, and the events the store found while applying."""
+    events: list[OutboxEvent] = []
+    found: list[OutboxEvent] = []
+    for op, result in zip(ops, results, strict=True):
+        # AGAIN: applied by an earlier attempt whose answer was lost, before the hooks
+        # saw its events (the store wrote them to the outbox then, not again now).
+        if (op.events or op.found) and (applied(result) or result is AGAIN):
+            events.extend(op.events)
+            found.extend(op.found)
+    return events, found
+
+
+def _call_thens(thens: Sequence[tuple[Callable[[Any], None], Any]]) -> None:
+    for then, result in thens:
+        if not isinstance(result, BaseException):
+            _call_then(then, result)
 
 
 def _call_then(then: Callable[[Any], None], result: Any) -> None:

@@ -18,6 +18,7 @@ from abi_engine.step_signals import SLEEP_PREFIX
 from abi_engine.storage._codec import dumps as _dumps
 from abi_engine.storage.records import (
     ExecutionRecord,
+    HandedOff,
 )
 from abi_engine.types import (
     StepSpec,
@@ -62,6 +63,9 @@ class Prepared:
     token: int = 0
     #: Nothing of it is stored yet but the execution (no steps, signals, progress to read).
     fresh: bool = True
+    #: What the commit of its finish granted this node of the executions waiting for the
+    #: concurrency slot it freed (#16); ``None``: nothing was asked, or it did not apply.
+    handed_off: HandedOff | None = None
 
 
 def redact(message: str, secrets_: tuple[str, ...] = ()) -> str:

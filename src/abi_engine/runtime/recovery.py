@@ -10,7 +10,8 @@ runs. Mixed into :class:`~abi_engine.runtime.runner.Runtime`; no state of its ow
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 import anyio
 from anyio.abc import TaskGroup
@@ -19,6 +20,7 @@ from abi_engine.ids import utcnow
 from abi_engine.runtime.execution import one_line
 from abi_engine.runtime.steps import RunsExecutions
 from abi_engine.storage.aio import call_store
+from abi_engine.storage.records import ExecutionRecord
 
 __all__ = ["Recovers"]
 
@@ -107,9 +109,10 @@ class Recovers(RunsExecutions):
         return len(granted)
 
     async def slot_freed(self, workflow_id: str) -> None:
-        """A concurrency slot of ``workflow_id`` held here is free: grant this node the
-        executions waiting for one at once (one transaction, #16), rather than at the
-        next poll."""
+        """A concurrency slot of ``workflow_id`` held here is free, and its end's commit
+        did not hand it on (a timeout, a wait, a pause; or another transaction held the
+        workflow's grant lock): grant this node the executions waiting for one at once
+        (one transaction, #16), rather than at the next poll."""
         claim = getattr(self.store, "claim_freed", None)
         if claim is None:  # a store without it: whether any waits, then a whole claim
             wanted = getattr(self.store, "slots_wanted", None)
@@ -128,11 +131,26 @@ class Recovers(RunsExecutions):
             room,
             set(self.workflow_types),
         )
-        due = getattr(self.store, "next_due", None)
-        if due is not None:  # held by a rate limit: claim right when due
+        self.take_granted(granted, getattr(self.store, "next_due", None))
+
+    def take_granted(
+        self,
+        granted: Iterable[tuple[str, int, int]],
+        due: timedelta | None = None,
+        records: Iterable[ExecutionRecord] = (),
+    ) -> None:
+        """Run the executions the store granted this node for freed concurrency slots
+        (``(id, priority, token)``, in grant order; ``records``: as the grant stored
+        them, not read again), and claim again after ``due``, when one waits for its
+        rate limit's window."""
+        if due is not None:
             self._due(utcnow() + due)
+        stored = {r.id: r for r in records}
         for execution_id, _priority, token in granted:
+            if execution_id in stored:
+                self._handed[execution_id] = (token, stored[execution_id])
             self.claims.hold(execution_id, token)
+            # In the order the store granted them: their wait is counted there already.
             self._push(execution_id, token, priority=0)
 
     def _due(self, when: datetime) -> None:

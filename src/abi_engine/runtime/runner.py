@@ -21,6 +21,7 @@ executions whose timer is due.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import logging
@@ -28,6 +29,7 @@ import math
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -61,6 +63,7 @@ from abi_engine.runtime.leases import Claims
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.recovery import Recovers
 from abi_engine.runtime.settings import RuntimeSettings
+from abi_engine.runtime.thread_commit import ThreadCommits
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -93,9 +96,12 @@ class _Reservation:
         self._runtime: Runtime | None = runtime
 
     def release(self) -> None:
-        if self._runtime is not None:
-            self._runtime._reserved -= 1
-            self._runtime = None
+        runtime = self._runtime
+        if runtime is not None:
+            with runtime._reserve_lock:  # a caller's thread or the loop may release it
+                if self._runtime is not None:
+                    self._runtime = None
+                    runtime._reserved -= 1
 
 
 class _Waiter:
@@ -135,6 +141,8 @@ class Runtime(Recovers):
         self.node_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.committer = GroupCommitter(store, events.emit, metrics=metrics)
         self.committer.on_ended = self._notify
+        #: Commits made in synchronous callers' threads (the synchronous door).
+        self.thread_commits = ThreadCommits(store, self.committer, self._with_fresh_lease)
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
@@ -149,7 +157,9 @@ class Runtime(Recovers):
         self._queued = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
+        self._handed: dict[str, tuple[int, ExecutionRecord]] = {}
         self._reserved = 0
+        self._reserve_lock = threading.Lock()
         self._waiters: dict[str, _Waiter] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._cancelled: set[str] = set()
@@ -190,12 +200,14 @@ class Runtime(Recovers):
             async with anyio.create_task_group() as tg:
                 await tg.start(self.committer.run)
                 self._tg = tg
+                self.thread_commits.start(_asyncio_loop())
                 for _ in range(self.settings.workers):
                     tg.start_soon(self._worker, self._receive.clone())
                 tg.start_soon(self._poller)
                 tg.start_soon(self._watch_claims)
                 task_status.started()
         finally:
+            self.thread_commits.start(None)
             with anyio.CancelScope(shield=True):  # a renewal in progress may take a moment
                 await anyio.to_thread.run_sync(self.claims.stop)
 
@@ -265,12 +277,14 @@ class Runtime(Recovers):
         (the scheduler, recovery). :meth:`submit` uses the reservation;
         release it (``reservation.release()``, idempotent) when it was not used.
         """
-        if self.room() <= 0:
-            raise QueueFull(
-                f"The execution queue is full ({self.settings.queue_size} waiting); retry later",
-                {"queue_size": self.settings.queue_size},
-            )
-        self._reserved += 1
+        with self._reserve_lock:  # callers' threads reserve too (the synchronous door)
+            if self.room() <= 0:
+                raise QueueFull(
+                    f"The execution queue is full ({self.settings.queue_size} waiting);"
+                    " retry later",
+                    {"queue_size": self.settings.queue_size},
+                )
+            self._reserved += 1
         return _Reservation(self)
 
     def submit(
@@ -510,3 +524,11 @@ class Runtime(Recovers):
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
         return self.running and self._sync_limiter.available_tokens >= 1
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop (``None`` on another backend: no thread commits)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

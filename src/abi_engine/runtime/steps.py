@@ -75,9 +75,12 @@ class RunsExecutions(WritesRuns):
             prepared.token = grant  # inserted running under its run token
             prepared.fresh = True
             return prepared
+        handed = self._handed.pop(execution_id, None)  # (only under this very grant)
         record = (
             prepared.record
             if prepared is not None
+            else handed[1]
+            if handed is not None and handed[0] == grant
             else await self._read(self.store.get_execution, execution_id, token=grant)
         )
         if record is None or record.status.finished:
@@ -191,6 +194,10 @@ class RunsExecutions(WritesRuns):
             with self.tracing.execution(prepared.record):
                 await self._run_loaded(prepared)
         if prepared.record.limited:  # its slot is free: what waits for one starts now
+            handed = prepared.handed_off
+            if handed is not None and handed.decided:  # granted by the finish's commit
+                self.take_granted(handed.granted, handed.due, handed.records)
+                return
             try:
                 await self.slot_freed(prepared.record.workflow_id)
             except Exception:  # the poller finds it

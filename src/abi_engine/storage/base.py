@@ -234,7 +234,8 @@ class Store(Protocol):
         self, schedule_id: str, status: str | None, page: int, page_size: int
     ) -> tuple[list[BackfillRecord], int]:
         """One page of the schedule's backfills (in ``status`` when given), newest first,
-        and how many there are."""
+        and how many there are; their ``due_times`` are not read (empty: ``run.total``
+        counts them)."""
 
     def claim_backfills(
         self, owner: str, now: datetime, lease_until: datetime, limit: int

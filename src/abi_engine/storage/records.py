@@ -8,7 +8,7 @@ moot is *conditional* and reports whether it applied.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -28,6 +28,8 @@ __all__ = [
     "ExecutionQuery",
     "ExecutionRecord",
     "FinishExecution",
+    "HandOff",
+    "HandedOff",
     "InsertEvents",
     "InsertExecution",
     "InsertRerun",
@@ -349,6 +351,38 @@ class FinishExecution(WriteOp):
     token: int | None = None
     step: StepRecord | None = None
     result_json: str | None = None
+    #: Grant the slot this finish frees in its own transaction (#16); its result is
+    #: then a :class:`HandedOff` (a store that cannot answers ``True`` as ever).
+    hand_off: HandOff | None = None
+
+
+@attrs.frozen(kw_only=True)
+class HandOff:
+    """What a finish that frees a concurrency slot asks of its transaction: grant
+    ``owner`` the executions of its workflow waiting for a slot (as ``claim_freed``
+    would, at most ``room`` of them, of the workflow ``types`` it runs; ``None``:
+    any), so the next one is granted in the commit that ends this one."""
+
+    owner: str
+    lease_until: datetime
+    room: int
+    types: tuple[str, ...] | None = None
+
+
+@attrs.frozen
+class HandedOff:
+    """The result of a finish that applied with a :class:`HandOff` (true, like
+    ``True``): the executions granted ``(id, priority, token)``; ``decided`` false
+    when its transaction could not take the workflow's grant lock at once (another
+    transaction grants for it: the node then claims the freed slot on its own);
+    ``due`` how long until one a rate limit holds may start (``None``: none);
+    ``records`` the executions granted, as stored by the grant (the node runs them
+    without reading them again)."""
+
+    granted: tuple[tuple[str, int, int], ...] = ()
+    decided: bool = True
+    due: timedelta | None = None
+    records: tuple[ExecutionRecord, ...] = attrs.field(default=(), eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

@@ -59,6 +59,20 @@ _WAL_KEPT_BYTES = 4 * 1024 * 1024
 _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
+def _bind_as_is(kind: type, adapter: Callable[[Any], Any]) -> None:
+    """Give ``kind`` an adapter returning what sqlite3 binds it as anyway, unless one is
+    registered: sqlite3 looks for an adapter of each bound value not exactly an int,
+    float, str or bytearray, and a failed look-up raises and clears an AttributeError,
+    ~3,000 instructions a value (a schedule row binds some twenty ``None``; that was a
+    tenth of a create)."""
+    if (kind, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        sqlite3.register_adapter(kind, adapter)
+
+
+_bind_as_is(type(None), {}.get)  # (a C function returning None for any value: NULL)
+_bind_as_is(bool, int)  # (an integer, 0 or 1, as bool binds as an int subclass)
+
+
 class _Checkpointer:
     """Checkpoints a WAL database from a thread of its own (PASSIVE: never waits for,
     nor blocks, readers and writers).

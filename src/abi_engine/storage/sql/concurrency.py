@@ -50,7 +50,9 @@ __all__ = [
     "free_slots_filter",
     "grantable",
     "keyed",
+    "rules",
     "slots",
+    "waiting_groups",
 ]
 
 #: The groups (workflow, key) of waiting executions one claim looks at.
@@ -61,6 +63,8 @@ BLOCKED = "concurrency_limit"
 
 #: Limits of one workflow: (max_concurrency, key expression, limit per key).
 Limits = tuple[int | None, str | None, int | None]
+#: The concurrency limits and the shaping rules of workflows that have any.
+Rules = tuple[dict[str, Limits], dict[str, Shaping]]
 
 
 def claim_order(alias: str) -> str:
@@ -109,9 +113,13 @@ def _limits(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> dict[str, Li
     return _rules(d, conn, workflow_ids)[0]
 
 
-def _rules(
-    d: Dialect, conn: Conn, workflow_ids: Sequence[str]
-) -> tuple[dict[str, Limits], dict[str, Shaping]]:
+def rules(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> Rules:
+    """The concurrency limits, and the rate limits and debounces, of those of
+    ``workflow_ids`` that have any (one query)."""
+    return _rules(d, conn, workflow_ids)
+
+
+def _rules(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> Rules:
     """The concurrency limits, and the rate limits and debounces, of those of
     ``workflow_ids`` that have any (one query)."""
     found: dict[str, Limits] = {}
@@ -144,11 +152,13 @@ class _Counts:
         limits: dict[str, Limits],
         wanted: Sequence[tuple[str, str | None]],
         exclude: Sequence[str] = (),
+        *,
+        locked: bool = False,
     ) -> None:
         self.limits = limits
         self.total: dict[str, int] = {}
         self.keyed: dict[tuple[str, str | None], int] = {}
-        if d.row_locks:  # one granter at a time per workflow (in order: no deadlock)
+        if d.row_locks and not locked:  # one granter at a time per workflow (in order)
             for workflow_id in sorted(limits):
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
@@ -252,26 +262,38 @@ def grantable(d: Dialect, conn: Conn, workflow_id: str, key: str | None) -> bool
 
 
 def admit(
-    d: Dialect, conn: Conn, rows: Sequence[Sequence[Any]], room: int | None = None
+    d: Dialect,
+    conn: Conn,
+    rows: Sequence[Sequence[Any]],
+    room: int | None = None,
+    *,
+    rules: Rules | None = None,
+    locked: bool = False,
 ) -> list[Sequence[Any]]:
     """Of candidate rows ``(id, workflow_id, concurrency_key, ...)`` in the order they
     would be granted, those within the limits (the first ``room`` of them); the others
     are marked ``BLOCKED``, or wait for their rate limit's window. Without ``room``
-    (waits that time out: no new start), rate limits do not apply."""
-    limits, shaping = _rules(d, conn, [row[1] for row in rows])
+    (waits that time out: no new start), rate limits do not apply. ``rules``: their
+    workflows' (:func:`rules`), read already; ``locked``: their grant locks held."""
+    limits, shaping = rules or _rules(d, conn, [row[1] for row in rows])
     if room is None or not shaping:
-        return _admit_slots(d, conn, limits, rows)[:room]
-    lock_workflows(d, conn, [*limits, *shaping])
-    return rate_admit(d, conn, shaping, _admit_slots(d, conn, limits, rows)[:room])
+        return _admit_slots(d, conn, limits, rows, locked)[:room]
+    if not locked:
+        lock_workflows(d, conn, [*limits, *shaping])
+    return rate_admit(d, conn, shaping, _admit_slots(d, conn, limits, rows, locked)[:room])
 
 
 def _admit_slots(
-    d: Dialect, conn: Conn, limits: dict[str, Limits], rows: Sequence[Sequence[Any]]
+    d: Dialect,
+    conn: Conn,
+    limits: dict[str, Limits],
+    rows: Sequence[Sequence[Any]],
+    locked: bool = False,
 ) -> list[Sequence[Any]]:
     if not limits:
         return list(rows)
     wanted = [(row[1], row[2]) for row in rows]
-    counts = _Counts(d, conn, limits, wanted, [row[0] for row in rows])
+    counts = _Counts(d, conn, limits, wanted, [row[0] for row in rows], locked=locked)
     granted = [row for row in rows if counts.take(row[1], row[2])]
     refused = [(row[0],) for row in rows if row not in granted]
     if refused:  # (a rate limit's or a debounce's window over: waiting for a slot now)
@@ -291,21 +313,22 @@ def blocked_rows(
     type_clause: str,
     type_args: Sequence[Any],
     workflow_id: str | None = None,
+    *,
+    groups: Sequence[Sequence[Any]] | None = None,
+    limits: dict[str, Limits] | None = None,
 ) -> list[Sequence[Any]]:
     """Candidates among the executions waiting for a slot (``BLOCKED``; of
     ``workflow_id`` only, if given), as rows ``(id, workflow_id, concurrency_key,
     priority, status)``: of each group (workflow and key), the first ones in grant
     order, as many as its limit at most (so that many waiting on one key cost a claim
-    an index probe, not a scan of them all)."""
-    of, of_args = ("", ()) if workflow_id is None else (" AND workflow_id = ?", (workflow_id,))
-    groups = conn.execute(
-        "SELECT DISTINCT workflow_id, concurrency_key FROM executions"
-        f" WHERE status = 'queued' AND queued_reason = '{BLOCKED}'{of} LIMIT ?",
-        (*of_args, MAX_GROUPS),
-    ).fetchall()
+    an index probe, not a scan of them all). ``groups`` (of :func:`waiting_groups`)
+    and ``limits``: read already."""
+    if groups is None:
+        groups = waiting_groups(conn, workflow_id).fetchall()
     if not groups:
         return []
-    limits = _limits(d, conn, [g[0] for g in groups])
+    if limits is None:
+        limits = _limits(d, conn, [g[0] for g in groups])
     rows: list[Sequence[Any]] = []
     for group_id, key in groups:
         most, _, per_key = limits.get(group_id, (None, None, None))
@@ -323,6 +346,17 @@ def blocked_rows(
             ).fetchall()
         )
     return rows
+
+
+def waiting_groups(conn: Conn, workflow_id: str | None = None) -> Any:
+    """The groups (workflow, key) of executions waiting for a slot (of ``workflow_id``
+    only, if given): the query, sent (its cursor; in pipeline mode not waited for)."""
+    of, of_args = ("", ()) if workflow_id is None else (" AND workflow_id = ?", (workflow_id,))
+    return conn.execute(
+        "SELECT DISTINCT workflow_id, concurrency_key FROM executions"
+        f" WHERE status = 'queued' AND queued_reason = '{BLOCKED}'{of} LIMIT ?",
+        (*of_args, MAX_GROUPS),
+    )
 
 
 def slots(d: Dialect, conn: Conn, workflow_id: str) -> list[tuple[str, str | None, datetime, str]]:

@@ -10,11 +10,9 @@ claim rules of ``storage/_fencing.py`` what applies, then writes the rows.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from functools import cache
 from typing import Any
 
-from abi_engine.ids import utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage._fencing import State, checkpoints, claims, ended_again, finishes
@@ -34,6 +32,9 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.sql.dialect import Conn, Dialect, chunks, write_rows
 from abi_engine.storage.sql.flow_ops import FLOW_HANDLERS, insert_held, pause_now, tell_parent
+from abi_engine.storage.sql.handoff import hand_off
+from abi_engine.storage.sql.handoff import lease_sql as _lease
+from abi_engine.storage.sql.handoff import lease_value as _lease_value
 from abi_engine.storage.sql.schedules import SCHEDULE_BULK, SCHEDULE_HANDLERS
 from abi_engine.storage.sql.shaping import SHAPING_COLUMNS, shaping_values
 
@@ -107,19 +108,6 @@ def _store_steps(d: Dialect, conn: Conn, steps: Sequence[StepRecord]) -> None:
         f" ON CONFLICT (execution_id, idx) DO UPDATE SET {sets}",
         types=_STEP_TYPES,
     )
-
-
-def _lease(d: Dialect) -> str:
-    """The SQL of a lease end given by :func:`_lease_value`."""
-    return "?" if d.clock is None else f"{d.clock} + ?"
-
-
-def _lease_value(d: Dialect, lease_until: datetime | None) -> int | None:
-    """A lease end in epoch ms, or, judged in the database's clock, as a duration
-    from now in this host's clock (for the SQL to add to the database's)."""
-    if d.clock is None or lease_until is None:
-        return to_ms(lease_until)
-    return round((lease_until - utcnow()).total_seconds() * 1000)
 
 
 def _locked(d: Dialect) -> str:
@@ -522,6 +510,24 @@ def _bulk_checkpoint(
     return results
 
 
+def _write_finishes(d: Dialect, conn: Conn, updates: list[tuple[Any, ...]]) -> None:
+    """End the executions of ``updates`` (status, completed_at, duration, result, error, id)."""
+    write_rows(
+        d,
+        conn,
+        updates,
+        each="UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
+        " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        " WHERE id = ?",
+        together="UPDATE executions AS e SET status = u.status, completed_at = u.completed_at,"
+        " duration_ms = u.duration_ms, result = u.result, error = u.error, owner = NULL,"
+        " lease_until = NULL, waiting_for = NULL, wake_at = NULL"
+        " FROM {rows} AS u(status, completed_at, duration_ms, result, error, id)"
+        " WHERE e.id = u.id",
+        types=("text", "bigint", "bigint", "text", "text", "text"),
+    )
+
+
 def _bulk_finish(
     s: Store, conn: Conn, ops: list[FinishExecution], read: BatchStates | None = None
 ) -> list[Any]:
@@ -561,20 +567,9 @@ def _bulk_finish(
         counts[1] += op.status is ExecutionStatus.COMPLETED
         counts[2] += op.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT)
         counts[3] += op.duration_ms
-    write_rows(
-        s.dialect,
-        conn,
-        updates,
-        each="UPDATE executions SET status = ?, completed_at = ?, duration_ms = ?, result = ?,"
-        " error = ?, owner = NULL, lease_until = NULL, waiting_for = NULL, wake_at = NULL"
-        " WHERE id = ?",
-        together="UPDATE executions AS e SET status = u.status, completed_at = u.completed_at,"
-        " duration_ms = u.duration_ms, result = u.result, error = u.error, owner = NULL,"
-        " lease_until = NULL, waiting_for = NULL, wake_at = NULL"
-        " FROM {rows} AS u(status, completed_at, duration_ms, result, error, id)"
-        " WHERE e.id = u.id",
-        types=("text", "bigint", "bigint", "text", "text", "text"),
-    )
+    _write_finishes(s.dialect, conn, updates)
+    # Their slots are free now: the next executions granted in this very commit (#16).
+    hand_off(s, conn, ops, results, list(read.states))
     _store_steps(s.dialect, conn, steps)
     conn.executemany(
         "UPDATE workflows SET runs_total = runs_total + ?, runs_success = runs_success + ?,"

@@ -50,9 +50,10 @@ from abi_engine.storage.sql.execution_ops import (
     STATEFUL,
     BatchStates,
     _claims,
-    _lease,
-    _lease_value,
 )
+from abi_engine.storage.sql.handoff import grant
+from abi_engine.storage.sql.handoff import lease_sql as _lease
+from abi_engine.storage.sql.handoff import lease_value as _lease_value
 from abi_engine.storage.sql.shaping import DEBOUNCED, RATE_LIMITED, due_in
 from abi_engine.storage.sql.signal_ops import SIGNAL_HANDLERS
 
@@ -325,7 +326,7 @@ class ExecutionsMixin:
                 rows = _unowned_rows(d, conn, room, where, order_args)
                 taken.extend((row[0], row[3], new_claim()) for row in rows)
                 running[0] = sum(1 for row in rows if row[4] == "running")
-            _grant(d, conn, owner, lease_until, taken)
+            grant(d, conn, owner, lease_until, taken)
             self.next_due = due_in(d, conn)
             return taken
 
@@ -360,7 +361,7 @@ class ExecutionsMixin:
                 return []
             granted = admit(d, conn, rows, limit)
             taken = [(row[0], row[3], new_claim()) for row in granted]
-            _grant(d, conn, owner, lease_until, taken)
+            grant(d, conn, owner, lease_until, taken)
             if len(taken) < len(rows):  # some held by a rate limit's window?
                 self.next_due = due_in(d, conn)
             return taken
@@ -434,24 +435,6 @@ def _admit_woken(d: Dialect, conn: Conn, woken: Sequence[Any]) -> list[Any]:
         [(row[0],) for row in woken if row[0] not in granted],
     )
     return [row for row in woken if row[0] in granted]
-
-
-def _grant(
-    d: Dialect,
-    conn: Conn,
-    owner: str,
-    lease_until: datetime,
-    taken: Sequence[tuple[str, int, int]],
-) -> None:
-    """Grant ``owner`` the executions ``taken`` (id, priority, claim token), queued."""
-    conn.executemany(
-        f"UPDATE executions SET owner = ?, claim = ?, lease_until = {_lease(d)},"
-        " waiting_for = NULL, wake_at = NULL, status = 'queued', not_before = NULL,"
-        " queued_reason = CASE WHEN queued_reason IN"
-        f" ('{BLOCKED}', '{RATE_LIMITED}', '{DEBOUNCED}') THEN NULL"
-        " ELSE queued_reason END WHERE id = ?",
-        [(owner, token, _lease_value(d, lease_until), ex_id) for ex_id, _, token in taken],
-    )
 
 
 class _RecoveryFilters(NamedTuple):

@@ -30,6 +30,7 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.sql.concurrency import keyed
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
+from abi_engine.storage.sql.shaping import DEBOUNCED, PAUSED, WINDOWED
 
 __all__ = ["CHILD_PREFIX", "FLOW_HANDLERS", "held", "insert_held", "pause_now", "tell_parent"]
 
@@ -47,10 +48,14 @@ _INSERT_STEP = (
 
 
 def pause_now(conn: Conn, execution_id: str) -> None:
-    """Store ``execution_id`` paused: no owner, claim or lease; the request served."""
+    """Store ``execution_id`` paused: no owner, claim or lease; the request served. One
+    waiting out its debounce window keeps its hold (``queued_reason`` and ``not_before``,
+    not shown while paused) for :func:`_resume` to restore (#16)."""
     conn.execute(
         "UPDATE executions SET status = 'paused', owner = NULL, claim = NULL,"
-        " lease_until = NULL, pause_requested = ?, queued_reason = NULL WHERE id = ?",
+        f" lease_until = NULL, pause_requested = ?, not_before = CASE WHEN {WINDOWED}"
+        f" THEN not_before END, queued_reason = CASE WHEN {WINDOWED} THEN '{DEBOUNCED}'"
+        " END WHERE id = ?",
         (False, execution_id),
     )
 
@@ -198,12 +203,14 @@ def _resume(s: Store, conn: Conn, op: ResumeExecution) -> Any:
     if row is None:
         return False
     if row[0] == "paused":
-        # Queued again; held still if its workflow is paused meanwhile.
+        # Queued again; held still if its workflow is paused meanwhile, and for the rest
+        # of its debounce window if it was waiting one out (over already: it runs).
         conn.execute(
             "UPDATE executions SET status = 'queued', owner = NULL, claim = NULL,"
             " lease_until = NULL, queued_since = ?, queued_reason = CASE WHEN EXISTS"
             " (SELECT 1 FROM workflows w WHERE w.id = executions.workflow_id"
-            " AND w.paused_at IS NOT NULL) THEN 'paused' END WHERE id = ?",
+            f" AND w.paused_at IS NOT NULL) THEN '{PAUSED}'"
+            f" WHEN queued_reason = '{DEBOUNCED}' THEN queued_reason END WHERE id = ?",
             (to_ms(op.queued_since), op.execution_id),
         )
         return "queued"
@@ -229,15 +236,18 @@ def _pause_workflow(s: Store, conn: Conn, op: PauseWorkflow) -> int | None:
         ).fetchone()
         return None if found is None else 0
     if op.paused:  # what is queued without an owner yet waits with the new ones
+        # (a debounce window kept in ``not_before``; a rate limit's checked again)
         cursor = conn.execute(
-            "UPDATE executions SET queued_reason = 'paused' WHERE workflow_id = ?"
+            f"UPDATE executions SET queued_reason = '{PAUSED}', not_before = CASE WHEN"
+            f" queued_reason = '{DEBOUNCED}' THEN not_before END WHERE workflow_id = ?"
             " AND status = 'queued' AND owner IS NULL",
             (op.workflow_id,),
         )
-    else:
+    else:  # released; those in a debounce window wait for the rest of it
         cursor = conn.execute(
-            "UPDATE executions SET queued_reason = NULL, queued_since = ? WHERE workflow_id = ?"
-            " AND status = 'queued' AND queued_reason = 'paused'",
+            "UPDATE executions SET queued_reason = CASE WHEN not_before IS NOT NULL"
+            f" THEN '{DEBOUNCED}' END, queued_since = ? WHERE workflow_id = ?"
+            f" AND status = 'queued' AND queued_reason = '{PAUSED}'",
             (at, op.workflow_id),
         )
     return max(0, int(cursor.rowcount))

@@ -268,3 +268,17 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        "m021_backfill_total",
+        [
+            # How many due times a backfill has (#17), so that a listed one is counted
+            # without decoding them; filled for the existing ones from their JSON array
+            # of integers (compact: one comma between two due times).
+            "ALTER TABLE schedule_backfills ADD COLUMN total {int} NOT NULL DEFAULT 0",
+            "UPDATE schedule_backfills SET total = CASE WHEN due_times IN ('[]', 'null') THEN 0"
+            " ELSE length(due_times) - length(replace(due_times, ',', '')) + 1 END",
+        ],
+    )
+)

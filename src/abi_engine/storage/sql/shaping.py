@@ -33,8 +33,10 @@ from abi_engine.storage.sql.dialect import Conn, Dialect, chunks
 
 __all__ = [
     "DEBOUNCED",
+    "PAUSED",
     "RATE_LIMITED",
     "SHAPING_COLUMNS",
+    "WINDOWED",
     "Shaping",
     "lock_workflows",
     "now_ms",
@@ -57,6 +59,13 @@ SHAPING_COLUMNS = (
 RATE_LIMITED = "rate_limit"
 #: The ``queued_reason`` of an execution waiting out its debounce window.
 DEBOUNCED = "debounce"
+#: The ``queued_reason`` of an execution held by its paused workflow.
+PAUSED = "paused"
+#: The condition on a queued execution that it waits out a debounce window (its own, or
+#: held by its paused workflow meanwhile: ``not_before`` is kept only for a debounce).
+WINDOWED = (
+    f"(queued_reason = '{DEBOUNCED}' OR (queued_reason = '{PAUSED}' AND not_before IS NOT NULL))"
+)
 
 
 @attrs.frozen
@@ -179,7 +188,8 @@ def _debounce(
             owner=None,
             claim=None,
             lease_until=None,
-            queued_reason=DEBOUNCED,
+            # Held by its paused workflow: its window kept for when it resumes.
+            queued_reason=PAUSED if r.queued_reason == PAUSED else DEBOUNCED,
             debounce_key=key,
             not_before=from_ms(now + rule.debounce_ms),
         )
@@ -192,8 +202,8 @@ def _debounce(
             "UPDATE executions SET status = 'skipped', debounced_by = ?, completed_at = ?,"
             " queued_reason = NULL, not_before = NULL, owner = NULL, claim = NULL,"
             " lease_until = NULL WHERE workflow_id = ?"
-            f" AND debounce_key {d.null_safe_eq} ? AND status = 'queued'"
-            f" AND queued_reason = '{DEBOUNCED}' RETURNING id",
+            f" AND debounce_key {d.null_safe_eq} ? AND status = 'queued' AND {WINDOWED}"
+            " RETURNING id",
             (records[index].id, now, workflow_id, key),
         ).fetchall()
         records[index].replaced = tuple(sorted(row[0] for row in ended))
@@ -325,7 +335,7 @@ def due_in(d: Dialect, conn: Conn) -> timedelta | None:
     now, args = ("?", (to_ms(utcnow()),)) if d.clock is None else (d.clock, ())
     row = conn.execute(
         f"SELECT min(not_before) - {now} FROM executions WHERE not_before > {now}"
-        " AND status = 'queued'",
+        f" AND status = 'queued' AND queued_reason IN ('{RATE_LIMITED}', '{DEBOUNCED}')",
         (*args, *args),
     ).fetchone()
     if row is None or row[0] is None:

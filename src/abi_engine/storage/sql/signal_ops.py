@@ -29,7 +29,9 @@ from abi_engine.storage.records import (
 )
 from abi_engine.storage.sql.concurrency import BLOCKED, grantable
 from abi_engine.storage.sql.dialect import Conn, Dialect
-from abi_engine.storage.sql.execution_ops import _lease, _lease_value, _step_params, _upsert_step
+from abi_engine.storage.sql.execution_ops import _step_params, _upsert_step
+from abi_engine.storage.sql.handoff import lease_sql as _lease
+from abi_engine.storage.sql.handoff import lease_value as _lease_value
 
 __all__ = ["SIGNAL_HANDLERS", "correlation"]
 

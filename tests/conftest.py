@@ -202,13 +202,20 @@ def _databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Datab
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``sqlite_only`` check SQLite specifics, ``postgresql_only`` what only
-    happens across a network (a partition): they are not made for the other backend
-    (deselected, not skipped)."""
+    happens across a network (a partition) or in PostgreSQL's own protocol: they are
+    not made for the other backend (deselected, not skipped)."""
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
-        backend = params.get("databases", params.get("every_database", "sqlite"))
+        backend = next(
+            (
+                params[name]
+                for name in ("databases", "every_database", "make_store")
+                if name in params
+            ),
+            "sqlite",
+        )
         if (item.get_closest_marker("sqlite_only") and backend != "sqlite") or (
             item.get_closest_marker("postgresql_only") and backend != "postgresql"
         ):

@@ -167,14 +167,14 @@ def test_a_batch_of_tricky_text_stores_it_exactly(store: Store) -> None:
         ]
 
 
+@pytest.mark.postgresql_only
 def test_a_postgres_batch_sends_each_column_as_one_text_parameter(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The multi-row statements of a batch (``unnest`` of one array per column) and its
     ``= ANY(...)`` lists get one ``str`` per column, not a list psycopg would dump
     value by value."""
-    if not isinstance(store, PostgresStore):
-        pytest.skip("PostgreSQL's arrays")
+    assert isinstance(store, PostgresStore)
     sent: list[tuple[str, Any]] = []
     execute = QmarkCursor.execute
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from test_schedule_backfill import Heard, a_workflow, eng, heard, make  # noqa: F401
+from test_schedule_backfill import Heard, a_workflow, eng, heard  # noqa: F401
 
 from abi_engine import Engine
 from abi_engine.ids import format_time

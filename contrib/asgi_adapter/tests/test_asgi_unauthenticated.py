@@ -30,6 +30,9 @@ def _operation_paths(node: _Node, prefix: str) -> Iterator[tuple[str, set[str]]]
         yield prefix, set(node.methods)
     for segment, child in node.literals.items():
         yield from _operation_paths(child, f"{prefix}/{segment}")
+    if node.whole is not None:  # a segment that is one {name}
+        name, whole = node.whole
+        yield from _operation_paths(whole, f"{prefix}/{{{name}}}")
     for segment, _, _, child in node.patterns:
         yield from _operation_paths(child, f"{prefix}/{segment}")
 

@@ -192,6 +192,8 @@ class Runtime(Recovers):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start the committer, workers, poller and heartbeat; run until cancelled."""
+        self._stopping = False  # an engine can be started again after a stop
+        self._idle = anyio.Event()
         register = getattr(self.store, "register_node", None)
         if register is not None:
             await call_store(self.store, register, self.node_id)
@@ -207,6 +209,7 @@ class Runtime(Recovers):
                 tg.start_soon(self._watch_claims)
                 task_status.started()
         finally:
+            self._tg = None
             self.thread_commits.start(None)
             with anyio.CancelScope(shield=True):  # a renewal in progress may take a moment
                 await anyio.to_thread.run_sync(self.claims.stop)

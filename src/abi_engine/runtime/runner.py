@@ -303,13 +303,17 @@ class Runtime(Recovers):
         self.claims.hold(record.id, record.claim)
         if sync or self._queued < self.settings.queued_in_memory:
             self._prepared[record.id] = prepared  # else a worker reads it from the store
-        if reservation is not None:
-            reservation.release()
-        elif not sync and self.room() <= 0:
+        if reservation is None and not sync and self.room() <= 0:
             self._prepared.pop(record.id, None)
             self._hand_back(record.id, record.claim)
             return False
-        self._push(record.id, record.claim, sync=sync, priority=record.priority)
+        try:
+            self._push(record.id, record.claim, sync=sync, priority=record.priority)
+        finally:
+            # Only now: a caller's thread reserving meanwhile sees the place taken, by
+            # the reservation or by the queued execution, never free (the queue limit).
+            if reservation is not None:
+                reservation.release()
         return True
 
     def poke(self) -> None:

@@ -5,6 +5,7 @@ lets go of at the same moment."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,4 +85,60 @@ def test_a_place_let_go_on_the_loop_is_not_counted_twice(
             done = engine.call(engine.executions.wait, execution_id, 60)
             assert done.status.value == "completed"
     finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("restart", ["same_engine", "new_engine"])
+def test_callers_committing_while_the_engine_stops_lose_nothing(
+    databases: DatabaseFactory, restart: str
+) -> None:
+    """Threads keep accepting executions while the engine stops: every id a caller got
+    runs, exactly once, after the engine starts again (the same object, or a new engine
+    on the database taking over leases)."""
+    database = databases()
+    settings = RuntimeSettings(lease_seconds=2.0, poll_interval=0.2)
+    engine = Engine(database, runtime=settings)
+    accepted: list[str] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    try:
+        engine.start_blocking()
+        wf = engine.call(
+            engine.workflows.create, {"name": "stop", "type": "custom", "configuration": STEPS}
+        )
+        engine.call(engine.workflows.activate, wf.id)
+
+        def caller(t: int) -> None:
+            i = t
+            while not stop.is_set():
+                try:
+                    ex = engine.call(engine.executions.execute, wf.id, {"i": i}, wait=False)
+                except Exception as exc:
+                    errors.append(type(exc).__name__)
+                else:
+                    accepted.append(ex.execution_id)
+                i += 4
+
+        threads = [threading.Thread(target=caller, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(accepted) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling, not a margin
+        engine.stop_blocking()  # the callers go on meanwhile
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+        engine.stop_blocking()  # a caller may have started it again meanwhile
+        if restart == "new_engine":
+            engine.close()
+            engine = Engine(database, runtime=settings)
+        engine.start_blocking()
+        for execution_id in accepted:
+            done = engine.call(engine.executions.wait, execution_id, 120)
+            assert done.status.value == "completed", (execution_id, done.status)
+            assert [s.name for s in done.steps or []] == ["add"]
+        assert len(set(accepted)) == len(accepted)
+    finally:
+        stop.set()
         engine.close()

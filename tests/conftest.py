@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -57,6 +57,8 @@ from postgres_testing import (  # noqa: F401 (fixtures)
     postgres_schemas,
     postgres_server,
 )
+from runtime_plugins import PROBE
+from runtime_plugins.helpers import EngineFactory, engines
 
 from abi_engine import Engine, Principal, Scope, Workflow, WorkflowStatus
 from abi_engine.ids import new_id, utcnow
@@ -232,6 +234,28 @@ def every_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[D
     says: for the multi-process tests that prove claims hold across processes."""
     with _databases(request, tmp_path) as factory:
         yield factory
+
+
+@pytest.fixture
+def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
+    """``make(**options)``: engines with the test types (``runtime_plugins``) on the
+    test's database, of each engine backend; the ones not closed are closed after."""
+    with engines(tmp_path, databases) as factory:
+        yield factory
+
+
+@pytest.fixture
+async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
+    """A running engine with the test types on the test's database."""
+    engine = make()
+    async with engine:
+        yield engine
+
+
+@pytest.fixture(autouse=True)
+def _fresh_probe() -> None:
+    """Every test starts with the test types' probe empty (calls, gates, counters)."""
+    PROBE.reset()
 
 
 @pytest.fixture

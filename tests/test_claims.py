@@ -11,7 +11,7 @@ engine backend (SQLite, and PostgreSQL where configured).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,7 @@ from runtime_plugins import PROBE
 from runtime_plugins.faults import Harness, harnessed
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     until,
@@ -44,18 +42,6 @@ from abi_engine.storage.records import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    """Engines on the test's databases (each engine backend)."""
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 def _faulty(make: EngineFactory, **settings: Any) -> tuple[Engine, Harness]:

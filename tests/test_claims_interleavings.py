@@ -13,9 +13,8 @@ the fix of the first test does not lose the hooks' events.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -24,9 +23,7 @@ from runtime_plugins import PROBE
 from runtime_plugins.faults import harnessed
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     until,
@@ -46,18 +43,6 @@ from abi_engine.storage.records import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    """Engines on the test's databases (each engine backend)."""
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 class Recorder:

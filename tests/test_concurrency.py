@@ -4,8 +4,6 @@ engine backend (SQLite file, PostgreSQL where configured)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,9 +13,7 @@ from hypothesis import strategies as st
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     until,
@@ -31,17 +27,6 @@ from abi_engine.expressions import check_key_expression, evaluate_key
 pytestmark = pytest.mark.anyio
 
 KEYED = {"concurrency": {"key": "parameters.customer", "limit": 1}}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 def _gated(customer: Any, gate: str) -> dict[str, Any]:

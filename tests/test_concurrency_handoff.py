@@ -6,9 +6,7 @@ own), within the limit, to one engine only."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +15,6 @@ from runtime_plugins.helpers import (
     TERMINAL,
     DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     wait_status,
@@ -38,17 +35,6 @@ from abi_engine.storage.records import (
 pytestmark = pytest.mark.anyio
 
 KEYED = {"concurrency": {"key": "parameters.customer", "limit": 1}}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 def _gated(customer: Any, gate: str) -> dict[str, Any]:

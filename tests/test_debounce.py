@@ -5,19 +5,14 @@ PostgreSQL where configured), with two engines racing on one database too."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     until,
     wait_status,
@@ -30,17 +25,6 @@ from abi_engine.storage.records import ExecutionQuery
 pytestmark = pytest.mark.anyio
 
 ENDED = (*TERMINAL, ExecutionStatus.SKIPPED)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 async def test_of_a_burst_only_the_last_runs_and_the_others_point_to_it(

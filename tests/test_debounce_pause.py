@@ -4,18 +4,13 @@ when the window ended while it was paused. On every engine backend."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import anyio
 import pytest
-from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     wait_status,
 )
@@ -25,17 +20,6 @@ from abi_engine import ExecutionStatus
 pytestmark = pytest.mark.anyio
 
 ENDED = (*TERMINAL, ExecutionStatus.SKIPPED)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 async def test_resumed_it_keeps_its_debounce_hold(make: EngineFactory) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,9 +15,7 @@ import pytest
 from abi_asgi import create_app
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     until,
@@ -71,26 +68,6 @@ EXTRA_KEYS = {"created_at", "created_by", "error", "callback_url", "schedule_id"
     "debounced_by",
 }
 EXTRA_STEP_KEYS = {"attempts", "error", "reused_from"}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    """Engines on the test's databases (each engine backend)."""
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    """A running engine with the test types on a fresh SQLite file."""
-    engine = make()
-    async with engine:
-        yield engine
 
 
 class Recorder:

@@ -11,7 +11,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from runtime_plugins.helpers import (
     TERMINAL,
     DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     until,
@@ -47,26 +46,6 @@ from abi_engine.storage.records import ExecutionRecord, StepRecord
 pytestmark = pytest.mark.anyio
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    """Engines on the test's databases (each engine backend)."""
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    """A running engine with the test types on a fresh SQLite file."""
-    engine = make()
-    async with engine:
-        yield engine
 
 
 async def _failed(engine: Engine, workflow_id: str, params: dict[str, Any]) -> Any:

@@ -5,17 +5,14 @@ On every engine backend (SQLite file, PostgreSQL where configured)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     wait_status,
 )
@@ -44,17 +41,6 @@ class _Plugin:
     @hookimpl
     def abi_workflow_types(self, register: Callable[[type[WorkflowType]], None]) -> None:
         register(Parent)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.mark.parametrize("gated", [True, False], ids=["child-slower", "child-faster"])

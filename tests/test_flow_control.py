@@ -3,16 +3,11 @@ on every engine backend (SQLite file, PostgreSQL where configured)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     wait_status,
 )
@@ -22,17 +17,6 @@ from abi_engine.errors import ExecutionNotFound, InvalidRequest, InvalidState
 from abi_engine.models import StepStatus
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 FAIL_SECOND = {"do": {"second": {"raise": "boom"}}}

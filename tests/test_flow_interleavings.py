@@ -8,16 +8,11 @@ tests force the interleavings with gated steps and check what the runs did.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     until,
@@ -31,17 +26,6 @@ from abi_engine.storage import SQLiteStore
 pytestmark = pytest.mark.anyio
 
 GATED_FIRST = {"do": {"first": {"gate": "g"}}}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 def _expire_lease(engine: Engine, execution_id: str) -> None:

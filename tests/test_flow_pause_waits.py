@@ -3,16 +3,11 @@ engine backend (SQLite file, PostgreSQL where configured)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     wait_status,
 )
@@ -20,17 +15,6 @@ from runtime_plugins.helpers import (
 from abi_engine import ExecutionStatus
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 async def test_a_waiting_execution_pauses_once_its_wait_ends(make: EngineFactory) -> None:

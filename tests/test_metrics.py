@@ -3,9 +3,8 @@ with labels that never carry ids."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,9 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_plugins.helpers import (
-    DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     wait_status,
 )
@@ -62,12 +59,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(
         v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items())
     )
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.fixture

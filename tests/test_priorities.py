@@ -4,8 +4,6 @@ that lower priority cannot starve; on every engine backend."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -14,9 +12,7 @@ from hypothesis import strategies as st
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     wait_status,
@@ -29,17 +25,6 @@ from abi_engine.storage.records import requested_priority, stored_priority
 pytestmark = pytest.mark.anyio
 
 AGING = 0.2  # seconds one level of priority is worth, in these tests
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 async def test_higher_priority_goes_first_and_waiting_lower_priority_ages(

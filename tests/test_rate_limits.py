@@ -5,9 +5,8 @@ configured), with two engines on one database too."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -15,9 +14,7 @@ from hypothesis import strategies as st
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
     TERMINAL,
-    DatabaseFactory,
     EngineFactory,
-    engines,
     fast,
     new_workflow,
     wait_status,
@@ -28,17 +25,6 @@ from abi_engine.errors import InvalidRequest
 from abi_engine.storage.sql.shaping import window
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 def _starts(engine: Engine, ids: Sequence[str]) -> list[datetime]:

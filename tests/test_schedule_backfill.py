@@ -8,11 +8,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import anyio
 import pytest
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import DatabaseFactory, EngineFactory, new_workflow
 from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
@@ -39,12 +38,6 @@ def _range() -> tuple[datetime, datetime]:
     """Five past hours: from a whole hour five hours ago to half past the last one."""
     first = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
     return first, first + timedelta(hours=4, minutes=30)
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 class Heard:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import DatabaseFactory, new_workflow
 from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
@@ -66,19 +65,6 @@ def stored(
 
 def newest_first(runs: list[BackfillRun]) -> list[str]:
     return [r.id for r in sorted(runs, key=lambda r: (r.created_at, r.id), reverse=True)]
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
-    async with engine:
-        yield engine
 
 
 async def a_schedule(engine: Engine) -> str:

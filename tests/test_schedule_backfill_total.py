@@ -4,7 +4,6 @@ so a listed backfill is counted without decoding its due times. Both backends.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from postgres_testing import create_schema, drop_schema
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import new_workflow
 
 from abi_engine import Engine
 from abi_engine.models_backfills import BackfillRun
@@ -86,19 +85,6 @@ def test_m021_fills_the_totals_of_existing_backfills_on_postgresql(
             store.close()
     finally:
         drop_schema(postgres_server, name)
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
-    async with engine:
-        yield engine
 
 
 @pytest.mark.anyio

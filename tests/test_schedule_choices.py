@@ -7,11 +7,10 @@ tests/test_schedule_dst.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import DatabaseFactory, new_workflow
 from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
@@ -27,19 +26,6 @@ NIGHTLY_BERLIN = {
     "cron_expression": "30 2 * * *",
     "timezone": "Europe/Berlin",
 }
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
-    async with engine:
-        yield engine
 
 
 async def a_workflow(engine: Engine) -> str:

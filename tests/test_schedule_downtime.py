@@ -13,15 +13,13 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import new_workflow
 
 from abi_engine import Engine
 
@@ -32,19 +30,6 @@ TRANSFORM = {
 }
 DOWNTIME = timedelta(days=80)
 SCHEDULES = 10
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
-    async with engine:
-        yield engine
 
 
 async def every_minute(engine: Engine, count: int, **fields: Any) -> tuple[list[str], datetime]:

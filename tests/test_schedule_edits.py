@@ -10,13 +10,12 @@ same race, with processes, is in ``tests/test_scheduling_processes.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import EngineFactory, new_workflow
 
 from abi_engine import Engine, hookimpl, schedules
 from abi_engine.errors import InvalidState
@@ -45,12 +44,6 @@ class Recorder:
     @hookimpl
     def abi_event(self, event: Event) -> None:
         self.events.append(event)
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.fixture

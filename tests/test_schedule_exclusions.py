@@ -11,16 +11,14 @@ backfill's listing and the preview must give exactly those.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from dateutil.rrule import rrulestr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import EngineFactory, new_workflow
 from test_schedule_dst import fires
 from test_schedule_math import Cron, cron_expressions, zone_and_instant
 from test_schedule_silent import outcomes, started
@@ -179,19 +177,6 @@ def test_a_fixed_time_on_an_excluded_wall_time_does_not_run() -> None:
     assert reason is not None
     assert "exclude_rrule" in reason
     assert preview(out, at, 5).items == []
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
-    async with engine:
-        yield engine
 
 
 async def test_a_cron_schedule_keeps_its_exclusion_rule_and_previews_without_it(

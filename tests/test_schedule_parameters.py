@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import DatabaseFactory, EngineFactory, new_workflow
 from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
@@ -166,12 +165,6 @@ class Recorder:
     @hookimpl
     def abi_event(self, event: Event) -> None:
         self.events.append(event)
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.fixture

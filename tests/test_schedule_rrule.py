@@ -10,9 +10,8 @@ the minute ending a gap runs if a wall time of the gap is in the expansion).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -20,7 +19,7 @@ import pytest
 from dateutil.rrule import rruleset, rrulestr
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import DatabaseFactory, new_workflow
 from served_engines import WAYS, Served, served
 from test_schedule_dst import fires
 from test_schedule_math import zone_and_instant
@@ -215,19 +214,6 @@ def test_a_minutely_rule_a_year_old_steps_as_fast_as_a_new_one() -> None:
 
 
 # -- the engine --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
-
-
-@pytest.fixture
-async def eng(make: EngineFactory) -> AsyncIterator[Engine]:
-    engine = make()
-    async with engine:
-        yield engine
 
 
 async def a_workflow(engine: Engine) -> str:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from runtime_plugins.helpers import DatabaseFactory, EngineFactory, engines, new_workflow
+from runtime_plugins.helpers import DatabaseFactory, EngineFactory, new_workflow
 from served_engines import WAYS, Served, served
 
 from abi.workflows import WorkflowScheduler
@@ -61,12 +60,6 @@ class Plugin:
 
     def of(self, kind: str) -> list[Event]:
         return [e for e in self.events if e.type == kind]
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ import uvicorn
 from abi_asgi import create_app
 from runtime_plugins import PROBE
 from runtime_plugins.helpers import (
-    DatabaseFactory,
     EngineFactory,
     engines,
     new_workflow,
@@ -161,18 +160,6 @@ class Recorder:
 
     def types(self, prefix: str = "schedule.") -> list[str]:
         return [e.type for e in self.events if e.type.startswith(prefix)]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_probe() -> None:
-    PROBE.reset()
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    """Engines on the test's databases (each engine backend)."""
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.fixture

@@ -501,7 +501,7 @@ def test_leases_are_judged_in_the_servers_clock(
     duration in the server's clock (not an hour later), and another node recovers the
     execution once they do."""
     import abi_engine.ids
-    import abi_engine.storage.sql.execution_ops as pg_executions
+    import abi_engine.storage.sql.handoff as lease_arithmetic
 
     skewed, recovering = stores(), stores()
     real = abi_engine.ids.utcnow
@@ -509,10 +509,10 @@ def test_leases_are_judged_in_the_servers_clock(
     record = _queued()
     record.owner, record.claim = "node-ahead", 7
     # The node ahead computes its lease in its own clock: its now + 2 s.
-    monkeypatch.setattr(pg_executions, "utcnow", lambda: real() + ahead)
+    monkeypatch.setattr(lease_arithmetic, "utcnow", lambda: real() + ahead)
     record.lease_until = real() + ahead + timedelta(seconds=2)
     skewed.apply([InsertExecution(record=record)])
-    monkeypatch.setattr(pg_executions, "utcnow", real)
+    monkeypatch.setattr(lease_arithmetic, "utcnow", real)
     ((lease_ms, db_now_ms),) = _rows(
         skewed.url,
         "SELECT lease_until, (extract(epoch FROM clock_timestamp()) * 1000)::bigint"

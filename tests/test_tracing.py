@@ -5,8 +5,6 @@ backend, with the SDK's in-memory exporter."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import runtime_plugins
@@ -16,7 +14,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from runtime_plugins.helpers import (
     DatabaseFactory,
     EngineFactory,
-    engines,
     new_workflow,
     wait_status,
 )
@@ -44,12 +41,6 @@ def hex_ids(span: ReadableSpan) -> tuple[str, str | None]:
     """The span's trace id and its parent's span id, as hex."""
     parent = span.parent
     return f"{span.context.trace_id:032x}", None if parent is None else f"{parent.span_id:016x}"
-
-
-@pytest.fixture
-def make(tmp_path: Path, databases: DatabaseFactory) -> Iterator[EngineFactory]:
-    with engines(tmp_path, databases) as factory:
-        yield factory
 
 
 @pytest.mark.anyio

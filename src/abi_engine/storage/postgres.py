@@ -49,8 +49,12 @@ from abi_engine.errors import InvalidRequest
 from abi_engine.storage._urls import redact_url
 from abi_engine.storage.postgres_migrations import advisory_key, migrate
 from abi_engine.storage.records import AGAIN, ExecutionRecord
-from abi_engine.storage.sql.dialect import POSTGRES
-from abi_engine.storage.sql.execution_ops import execution_row, insert_executions_sql
+from abi_engine.storage.sql.dialect import POSTGRES, columns
+from abi_engine.storage.sql.execution_ops import (
+    EXECUTION_TYPES,
+    execution_row,
+    insert_executions_sql,
+)
 from abi_engine.storage.sql.store import SQLStore
 
 __all__ = ["PostgresStore", "redact_url"]
@@ -380,8 +384,7 @@ class PostgresStore(SQLStore):
         inserted = {
             row[0]
             for row in conn.execute(
-                insert_executions_sql(POSTGRES),
-                [list(column) for column in zip(*rows, strict=True)],
+                insert_executions_sql(POSTGRES), columns(POSTGRES, rows, EXECUTION_TYPES)
             ).fetchall()
         }
         missed = [r.id for r in records if r.id not in inserted]
@@ -390,7 +393,8 @@ class PostgresStore(SQLStore):
             present = {
                 row[0]
                 for row in conn.execute(
-                    "SELECT id FROM executions WHERE id = ANY(%b::text[])", (missed,)
+                    "SELECT id FROM executions WHERE id = ANY(%s::text[])",
+                    (POSTGRES.array(missed, "text"),),
                 ).fetchall()
             }
         return [

@@ -41,6 +41,7 @@ from abi_engine.storage.sql.shaping import SHAPING_COLUMNS, shaping_values
 __all__ = [
     "BULK",
     "EXECUTION_COLUMNS",
+    "EXECUTION_TYPES",
     "HANDLERS",
     "STATEFUL",
     "BatchStates",
@@ -146,6 +147,8 @@ EXECUTION_COLUMNS: tuple[tuple[str, str], ...] = (
     *SHAPING_COLUMNS,
 )
 _NAMES = ", ".join(name for name, _ in EXECUTION_COLUMNS)
+#: The array types of :data:`EXECUTION_COLUMNS`, in order.
+EXECUTION_TYPES = tuple(t for _, t in EXECUTION_COLUMNS)
 
 
 @cache
@@ -478,7 +481,7 @@ def _stored_steps(
             "SELECT s.execution_id, s.idx, s.completed_at FROM execution_steps s"
             f" JOIN unnest({d.array_mark}::text[], {d.array_mark}::int[]) AS k(execution_id, idx)"
             " ON s.execution_id = k.execution_id AND s.idx = k.idx",
-            ([k[0] for k in keys], [k[1] for k in keys]),
+            (d.array([k[0] for k in keys], "text"), d.array([k[1] for k in keys], "int")),
         ).fetchall()
         return {(row[0], row[1]): row[2] for row in rows}
     found: dict[tuple[str, int], int | None] = {}

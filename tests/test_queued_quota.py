@@ -152,6 +152,7 @@ def test_never_over_the_limit_and_refused_only_when_full(
                 refused = await budget.take("usr_ann", limit)
                 if refused is None:
                     queue.queued += 1
+                    budget.done("usr_ann")  # stored: counts see it
                     assert queue.queued <= limit
                 else:
                     assert queue.queued >= limit
@@ -161,3 +162,30 @@ def test_never_over_the_limit_and_refused_only_when_full(
                 now[0] += amount
 
     anyio.run(play)
+
+
+async def test_concurrent_requests_never_pass_the_limit(engine: Engine) -> None:
+    """Requests arriving at once, each counting while the others' counts are still out,
+    never take one user past the limit (found by the breaker: 30 at once were all
+    admitted past a limit of 20)."""
+    async with engine:
+        wf = await engine.workflows.create(
+            {"name": "held", "type": "custom", "configuration": {"handler": "held"}}
+        )
+        await engine.workflows.activate(wf.id)
+        taken: list[str] = []
+        refused: list[InvalidState] = []
+
+        async def one() -> None:
+            try:
+                taken.append(await _execute_async(engine, wf.id))
+            except InvalidState as exc:
+                refused.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(one)
+        assert len(taken) <= 21, len(taken)  # 20 queued, and one that may have started
+        assert len(taken) >= 20  # and refused only when full
+        assert len(refused) == 30 - len(taken)
+        GATE["open"].set()

@@ -327,10 +327,10 @@ class Engine:
 
     def stop_blocking(self) -> None:
         """Stop the background thread started by :meth:`start_blocking`."""
-        with self._blocking_lock:
-            stack, self._blocking = self._blocking, None
-        if stack is not None:
-            stack.close()
+        with self._blocking_lock:  # held while it stops: a caller's ``call`` meanwhile
+            stack, self._blocking = self._blocking, None  # starts it again only after
+            if stack is not None:
+                stack.close()
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run ``await fn(*args, **kwargs)`` on the engine's event loop from a synchronous

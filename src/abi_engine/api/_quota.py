@@ -49,28 +49,52 @@ class QueuedBudget:
         self._clock = clock
         #: user id -> (places left to take without counting, when the count was taken)
         self._left: dict[str, tuple[int, float]] = {}
+        #: user id -> places taken whose execution is not stored yet (a count misses them).
+        self._inflight: dict[str, int] = {}
+        #: user id -> how many of those were let go (:meth:`done`) since this object exists.
+        self._done: dict[str, int] = {}
         #: How many counts were taken (for tests and benchmarks).
         self.counts = 0
 
+    def done(self, user_id: str) -> None:
+        """A place taken by :meth:`take` is now stored (or was not used): counts see it."""
+        left = self._inflight.get(user_id, 0) - 1
+        if left > 0:
+            self._inflight[user_id] = left
+        else:
+            self._inflight.pop(user_id, None)
+        self._done[user_id] = self._done.get(user_id, 0) + 1
+
     async def take(self, user_id: str, limit: int) -> int | None:
-        """Reserve one place for ``user_id``; ``None`` when one is free, else the count
-        (``>= limit``) that refuses it."""
+        """Reserve one place for ``user_id``; ``None`` when one is free (call :meth:`done`
+        once its execution is stored or refused), else the count (``>= limit``) that
+        refuses it."""
         now = self._clock()
         left, at = self._left.get(user_id, (0, 0.0))
         if left > 0 and now - at < RECOUNT_SECONDS:
             self._left[user_id] = (left - 1, at)
+            self._take(user_id)
             return None
         store = self._engine.store
         self.counts += 1
+        done_before = self._done.get(user_id, 0)
         held = await call_store(store, store.count_owned, "queued_executions", user_id, limit)
+        # Requests admitted meanwhile (other counts, concurrent) and not stored yet, and
+        # those stored since the count began (it may not see them): counted too.
+        held += self._inflight.get(user_id, 0) + self._done.get(user_id, 0) - done_before
         if held >= limit:
             self._left.pop(user_id, None)
             return held
         if len(self._left) > 10_000:
             self._left.clear()
+            self._done.clear()
         # This request takes one place; half of the others are this process's to take.
         self._left[user_id] = ((limit - held - 1) // 2, self._clock())
+        self._take(user_id)
         return None
+
+    def _take(self, user_id: str) -> None:
+        self._inflight[user_id] = self._inflight.get(user_id, 0) + 1
 
 
 _BUDGETS: weakref.WeakKeyDictionary[Engine, QueuedBudget] = weakref.WeakKeyDictionary()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
 from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
@@ -94,17 +96,27 @@ class ExecuteAsyncRequest:
     priority: Annotated[int, PRIORITY] | None = None
 
 
-async def _check_queued(engine: Engine, actor: Principal) -> None:
+@asynccontextmanager
+async def _queued_place(engine: Engine, actor: Principal) -> AsyncIterator[None]:
     """Refuse when ``actor``'s user has ``max_queued_executions_per_user`` queued already
-    (counted now and then: see :mod:`abi_engine.api._quota`)."""
+    (counted now and then: see :mod:`abi_engine.api._quota`); else hold the place taken
+    until the execution is stored (counts made meanwhile see it)."""
     limit = engine.limits.max_queued_executions_per_user
-    if limit is not None and await queued_budget(engine).take(actor.user_id, limit) is not None:
+    if limit is None:
+        yield
+        return
+    budget = queued_budget(engine)
+    if await budget.take(actor.user_id, limit) is not None:
         raise quota_exceeded(
             "queued_executions",
             "max_queued_executions_per_user",
             limit,
             "wait until some have started",
         )
+    try:
+        yield
+    finally:
+        budget.done(actor.user_id)
 
 
 def _idempotency_key(request: ApiRequest, body_key: str | None) -> str | None:
@@ -165,18 +177,18 @@ _EXEC_ERRORS = (
 async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     body = structure(request.body if request.body is not None else {}, ExecuteRequest)
     options = body.execution_options
-    if not options.wait_for_completion:
-        await _check_queued(engine, actor)
-    execution = await engine.executions.execute(
-        request.path["workflow_id"],
-        body.parameters,
-        wait=options.wait_for_completion,
-        timeout_seconds=options.timeout_seconds,
-        idempotency_key=_idempotency_key(request, body.idempotency_key),
-        actor=actor,
-        traceparent=request.headers.get("traceparent"),
-        priority=_priority(body.execution_options, body.priority),
-    )
+    place = nullcontext() if options.wait_for_completion else _queued_place(engine, actor)
+    async with place:
+        execution = await engine.executions.execute(
+            request.path["workflow_id"],
+            body.parameters,
+            wait=options.wait_for_completion,
+            timeout_seconds=options.timeout_seconds,
+            idempotency_key=_idempotency_key(request, body.idempotency_key),
+            actor=actor,
+            traceparent=request.headers.get("traceparent"),
+            priority=_priority(body.execution_options, body.priority),
+        )
     data = _execution_json(execution)
     if not options.wait_for_completion and not execution.status.finished:
         return Accepted(data)
@@ -197,19 +209,21 @@ async def execute_workflow(engine: Engine, actor: Principal, request: ApiRequest
 )
 async def execute_workflow_async(engine: Engine, actor: Principal, request: ApiRequest) -> Any:
     body = structure(request.body if request.body is not None else {}, ExecuteAsyncRequest)
-    await _check_queued(engine, actor)
-    execution = await engine.executions.execute(
-        request.path["workflow_id"],
-        body.parameters,
-        wait=False,
-        timeout_seconds=body.execution_options.timeout_seconds if body.execution_options else None,
-        callback_url=body.callback_url,
-        callback_secret=body.callback_secret,
-        idempotency_key=_idempotency_key(request, body.idempotency_key),
-        actor=actor,
-        traceparent=request.headers.get("traceparent"),
-        priority=_priority(body.execution_options, body.priority),
-    )
+    async with _queued_place(engine, actor):
+        execution = await engine.executions.execute(
+            request.path["workflow_id"],
+            body.parameters,
+            wait=False,
+            timeout_seconds=(
+                body.execution_options.timeout_seconds if body.execution_options else None
+            ),
+            callback_url=body.callback_url,
+            callback_secret=body.callback_secret,
+            idempotency_key=_idempotency_key(request, body.idempotency_key),
+            actor=actor,
+            traceparent=request.headers.get("traceparent"),
+            priority=_priority(body.execution_options, body.priority),
+        )
     return _execution_json(execution)
 
 

@@ -448,6 +448,10 @@ class GroupCommitter:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; runs until cancelled, then flushes what is pending."""
+        # Events of this loop (a restarted engine may run on another one).
+        self._wakeup, self._changed = anyio.Event(), anyio.Event()
+        if self._pending:
+            self._wakeup.set()
         self._running = True
         task_status.started()
         try:

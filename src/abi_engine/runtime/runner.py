@@ -192,6 +192,8 @@ class Runtime(Recovers):
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Start the committer, workers, poller and heartbeat; run until cancelled."""
+        self._stopping = False  # an engine can be started again after a stop
+        self._idle = anyio.Event()
         register = getattr(self.store, "register_node", None)
         if register is not None:
             await call_store(self.store, register, self.node_id)
@@ -207,6 +209,7 @@ class Runtime(Recovers):
                 tg.start_soon(self._watch_claims)
                 task_status.started()
         finally:
+            self._tg = None
             self.thread_commits.start(None)
             with anyio.CancelScope(shield=True):  # a renewal in progress may take a moment
                 await anyio.to_thread.run_sync(self.claims.stop)
@@ -300,13 +303,17 @@ class Runtime(Recovers):
         self.claims.hold(record.id, record.claim)
         if sync or self._queued < self.settings.queued_in_memory:
             self._prepared[record.id] = prepared  # else a worker reads it from the store
-        if reservation is not None:
-            reservation.release()
-        elif not sync and self.room() <= 0:
+        if reservation is None and not sync and self.room() <= 0:
             self._prepared.pop(record.id, None)
             self._hand_back(record.id, record.claim)
             return False
-        self._push(record.id, record.claim, sync=sync, priority=record.priority)
+        try:
+            self._push(record.id, record.claim, sync=sync, priority=record.priority)
+        finally:
+            # Only now: a caller's thread reserving meanwhile sees the place taken, by
+            # the reservation or by the queued execution, never free (the queue limit).
+            if reservation is not None:
+                reservation.release()
         return True
 
     def poke(self) -> None:

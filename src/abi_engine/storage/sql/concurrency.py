@@ -297,8 +297,12 @@ def _admit_slots(
     granted = [row for row in rows if counts.take(row[1], row[2])]
     refused = [(row[0],) for row in rows if row not in granted]
     if refused:  # (a rate limit's or a debounce's window over: waiting for a slot now)
+        # Waiting for a slot is waiting unowned: a refused row whose lease lapsed (say,
+        # granted to a node that died before starting it) keeps no owner, or no claim
+        # of waiting rows (they must have none) would ever find it again.
         conn.executemany(
-            f"UPDATE executions SET queued_reason = '{BLOCKED}', not_before = NULL WHERE id = ?"
+            f"UPDATE executions SET queued_reason = '{BLOCKED}', not_before = NULL,"
+            " owner = NULL, claim = NULL, lease_until = NULL WHERE id = ?"
             " AND status = 'queued' AND (queued_reason IS NULL"
             f" OR queued_reason IN ('{RATE_LIMITED}', '{DEBOUNCED}'))",
             refused,

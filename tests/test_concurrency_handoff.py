@@ -369,7 +369,8 @@ async def test_a_slot_granted_to_a_node_that_died_is_given_again_when_its_lease_
         for execution_id in ids[1:]:  # every step once: no run twice, none lost
             assert PROBE.runs(execution_id) == {"first": 1, "second": 1, "third": 1}
         stored = store.get_execution(ids[1])
-        assert stored is not None and stored.owner != "node-dead"
+        assert stored is not None
+        assert stored.owner != "node-dead"
 
 
 async def _one_of_them_running(engine: Engine, ids: list[str]) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, ExitStack
@@ -18,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from abi_engine.audit import AuditLog
 from abi_engine.auth import TokenService
+from abi_engine.errors import EngineNotRunning
 from abi_engine.events import EventPolicy
 from abi_engine.executions import ExecutionService
 from abi_engine.host import Host
@@ -318,6 +321,8 @@ class Engine:
         :meth:`stop_blocking` (or :meth:`close`) stops it cleanly.
         """
         with self._blocking_lock:
+            if self._closed:
+                raise _closed()
             if self._blocking is not None or self._stack is not None:
                 return
             stack = ExitStack()
@@ -355,10 +360,39 @@ class Engine:
             answered = self._answer_in_thread(fn, args, kwargs)
             if answered is not None:
                 return answered  # type: ignore[no-any-return]
-            return asyncio.run_coroutine_threadsafe(_awaited(fn, args, kwargs), loop).result()
+            coro = _awaited(fn, args, kwargs)
+            try:
+                future = asyncio.run_coroutine_threadsafe(coro, loop)
+            except RuntimeError:  # the loop closed meanwhile
+                coro.close()
+                raise _stopped() from None
+            return self._result(future, loop, coro)
         if kwargs:
             fn = partial(fn, **kwargs)
         return anyio.from_thread.run(fn, *args, token=self._token)  # type: ignore[arg-type]
+
+    def _result(
+        self, future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop, coro: Any
+    ) -> T:
+        """The answer of a coroutine handed to ``loop``; ``EngineNotRunning`` once the
+        engine stopped without answering: its loop stopped (it was closing, nothing will
+        run the coroutine), or cancelled the coroutine as it stopped."""
+        while True:
+            try:
+                return future.result(timeout=_STOPPED_CHECK_SECONDS)
+            except concurrent.futures.TimeoutError:
+                if future.done():  # the coroutine's own TimeoutError
+                    raise
+                if self._token is not None or loop.is_running():
+                    continue
+                future.cancel()
+                if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                    coro.close()  # never run, never will be
+                raise _stopped() from None
+            except concurrent.futures.CancelledError:
+                if self._token is not None:
+                    raise
+                raise _stopped() from None
 
     def _answer_in_thread(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The answer of ``fn(*args, **kwargs)`` found in the calling thread, without the
@@ -378,16 +412,32 @@ class Engine:
         return None
 
     def close(self) -> None:
-        """Close the store. The engine cannot be used afterwards."""
+        """Close the store. The engine cannot be used afterwards (a call raises
+        :class:`~abi_engine.errors.EngineNotRunning`)."""
+        with self._blocking_lock:  # a call starting the engine meanwhile sees it closed
+            first, self._closed = not self._closed, True
         self.stop_blocking()
-        if not self._closed:
-            self._closed = True
+        if first:
             self.runtime.close()
             self.store.close()
 
     def __repr__(self) -> str:
         shown = redact_url(self.db_url) if "://" in self.db_url else self.db_url
         return f"<Engine db={shown!r} types={sorted(self.workflow_types)}>"
+
+
+#: How often a caller waiting for the loop's answer checks that the loop still runs.
+_STOPPED_CHECK_SECONDS = 1.0
+
+
+def _stopped() -> EngineNotRunning:
+    return EngineNotRunning(
+        "The engine stopped before answering this call", {"engine": "not_running"}
+    )
+
+
+def _closed() -> EngineNotRunning:
+    return EngineNotRunning("The engine is closed", {"engine": "closed"})
 
 
 async def _awaited(fn: Callable[..., Awaitable[T]], args: Any, kwargs: Any) -> T:

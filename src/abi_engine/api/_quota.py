@@ -7,17 +7,22 @@ counts less often, without ever admitting more than a count per request would
 from one process:
 
 - a count of ``held`` queued executions leaves ``limit - held`` places; this
-  process may take **half** of them (rounded down) before it counts again,
-  reserving one per request as it checks (so concurrent requests never share
-  a place). The other half is left to what this process cannot see: other
-  processes serving the same database, schedules, reruns.
+  process may take **half** of them (rounded down), and at most
+  :data:`UNCOUNTED_MAX`, before it counts again, reserving one per request as
+  it checks (so concurrent requests never share a place). The rest is left to
+  what this process cannot see: other processes serving the same database,
+  schedules, reruns. Those places are what the other processes cannot see in
+  turn: N processes on one database may together go over the limit by up to
+  ``UNCOUNTED_MAX * (N - 1)`` (plus the requests in flight); without the cap a
+  stale half of the free places made it ~``limit / 2`` (two processes, limit
+  100, sequential requests: 149 queued; ``tests/test_quota_processes.py``).
 - a count older than :data:`RECOUNT_SECONDS` is taken again regardless.
 - a refusal always comes from a fresh count, and a count at or over the limit
   grants nothing, so places freed by started or cancelled executions are seen
   by the very next request.
 
 Near the limit (fewer than two places left) every request counts, as before;
-far from it one request in ``(limit - held) / 2`` does.
+far from it one request in ``min((limit - held) / 2, UNCOUNTED_MAX + 1)`` does.
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ from abi_engine.storage.aio import call_store
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
-__all__ = ["RECOUNT_SECONDS", "QueuedBudget", "queued_budget"]
+__all__ = ["RECOUNT_SECONDS", "UNCOUNTED_MAX", "QueuedBudget", "queued_budget"]
 
 #: A count of queued executions is trusted at most this long.
 RECOUNT_SECONDS = 1.0
+#: The most places a count lets this process take without counting again: what other
+#: processes on the same database cannot see (each may go over the limit by this much).
+UNCOUNTED_MAX = 32
 
 
 class QueuedBudget:
@@ -88,8 +96,9 @@ class QueuedBudget:
         if len(self._left) > 10_000:
             self._left.clear()
             self._done.clear()
-        # This request takes one place; half of the others are this process's to take.
-        self._left[user_id] = ((limit - held - 1) // 2, self._clock())
+        # This request takes one place; half of the others (at most UNCOUNTED_MAX) are
+        # this process's to take.
+        self._left[user_id] = (min((limit - held - 1) // 2, UNCOUNTED_MAX), self._clock())
         self._take(user_id)
         return None
 

@@ -116,6 +116,31 @@ def test_a_call_handed_to_a_loop_that_stops_before_running_it_raises(
         engine.close()
 
 
+def test_a_call_racing_stop_blocking_after_starting_the_engine_raises(
+    databases: DatabaseFactory,
+) -> None:
+    """The call started the engine (it was not running), and another thread stopped it
+    before the call reached its loop: ``EngineNotRunning``, not anyio's error about
+    a missing event loop token."""
+    engine = Engine(databases())
+    try:
+        real = engine.start_blocking
+
+        def started_then_stopped() -> None:
+            real()
+            stopper = threading.Thread(target=engine.stop_blocking)
+            stopper.start()
+            stopper.join(DEADLINE)
+
+        engine.start_blocking = started_then_stopped  # type: ignore[method-assign]
+        with pytest.raises(EngineNotRunning):
+            engine.call(engine.workflows.list)
+        engine.start_blocking = real  # type: ignore[method-assign]
+        assert engine.call(engine.workflows.list) is not None  # started again
+    finally:
+        engine.close()
+
+
 def test_a_call_running_when_the_engine_stops_raises(databases: DatabaseFactory) -> None:
     """A coroutine still running on the loop when ``stop_blocking`` ends it: the call
     raises ``EngineNotRunning`` (not a bare ``CancelledError``)."""

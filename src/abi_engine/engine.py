@@ -351,12 +351,15 @@ class Engine:
             raise RuntimeError(
                 "Engine.call() was called from the engine's own event loop; await the coroutine"
             )
-        loop = self._token.native_token if self._token is not None else None
+        token = self._token
+        if token is None:  # stopped since (by another thread)
+            raise _stopped()
+        loop = token.native_token
         if isinstance(loop, asyncio.AbstractEventLoop):
             # The direct hand-off (what anyio.from_thread.run does, minus its per-call
             # context copy and task bookkeeping): one wake-up of the loop, one back.
             if loop.is_closed():
-                raise anyio.RunFinishedError
+                raise _stopped()
             answered = self._answer_in_thread(fn, args, kwargs)
             if answered is not None:
                 return answered  # type: ignore[no-any-return]
@@ -369,7 +372,7 @@ class Engine:
             return self._result(future, loop, coro)
         if kwargs:
             fn = partial(fn, **kwargs)
-        return anyio.from_thread.run(fn, *args, token=self._token)  # type: ignore[arg-type]
+        return anyio.from_thread.run(fn, *args, token=token)  # type: ignore[arg-type]
 
     def _result(
         self, future: concurrent.futures.Future[T], loop: asyncio.AbstractEventLoop, coro: Any

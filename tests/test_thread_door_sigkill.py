@@ -86,7 +86,7 @@ def applying(ops):
     aimed.set()
     deadline = time.monotonic() + 30
     inserts = sum(isinstance(op, InsertExecution) for op in ops)
-    while inserts < 2 and not commits._pending and time.monotonic() < deadline:
+    while inserts < 2 and not ids(list(commits._pending)) and time.monotonic() < deadline:
         time.sleep(0.01)  # another caller queues behind this commit (or rides in it)
     results = apply(ops)
     committed = [op.record.id for op, r in zip(ops, results) if isinstance(op, InsertExecution) and r is True]

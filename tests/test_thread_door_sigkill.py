@@ -81,13 +81,13 @@ def ids(slots):
 
 def applying(ops):
     leads = threading.get_ident() in callers and answered[0] >= 100 and not aimed.is_set()
-    if not leads:
+    inserts = sum(isinstance(op, InsertExecution) for op in ops)
+    # Aimed: the first commit of a caller carrying other callers' inserts, or with
+    # other callers' inserts queued behind it (not one whose followers, committed by
+    # the previous leader, merely wait for the lock to be answered).
+    if not leads or (inserts < 2 and not ids(list(commits._pending))):
         return apply(ops)
     aimed.set()
-    deadline = time.monotonic() + 30
-    inserts = sum(isinstance(op, InsertExecution) for op in ops)
-    while inserts < 2 and not ids(list(commits._pending)) and time.monotonic() < deadline:
-        time.sleep(0.01)  # another caller queues behind this commit (or rides in it)
     results = apply(ops)
     committed = [op.record.id for op, r in zip(ops, results) if isinstance(op, InsertExecution) and r is True]
     say("committed " + " ".join(committed))

@@ -241,9 +241,16 @@ class InsertExecution(WriteOp):
 
     Idempotent: applied again (a retry after a commit whose outcome was lost),
     it finds its own row by id and applies ``True``.
+
+    ``workflow_version``: the workflow's ``updated_at`` the caller checked the request
+    against (the synchronous door, issue #18). Read in the insert's transaction with
+    the paused check: when the workflow changed (edited, paused, deactivated, deleted)
+    the op applies ``False`` and inserts nothing (a retry of a committed insert still
+    applies ``AGAIN``).
     """
 
     record: ExecutionRecord
+    workflow_version: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

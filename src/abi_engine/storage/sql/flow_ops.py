@@ -20,6 +20,7 @@ from abi_engine.ids import utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage.records import (
+    AGAIN,
     ExecutionRecord,
     InsertRerun,
     PauseExecution,
@@ -106,21 +107,25 @@ def _step_row(step: StepRecord) -> tuple[Any, ...]:
     )
 
 
-def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
+def held(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord], paused: set[str] | None = None
+) -> list[ExecutionRecord]:
     """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
     ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
     passes it by), whatever path inserts it (API, schedule, rerun); each with its
-    concurrency key, and granted only within its workflow's limits (``keyed``)."""
-    ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
-    paused: set[str] = set()
-    for chunk in chunks(ids):
-        condition, args = s.dialect.any_of("id", chunk)
-        paused.update(
-            row[0]
-            for row in conn.execute(
-                f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
+    concurrency key, and granted only within its workflow's limits (``keyed``).
+    ``paused``: the paused workflows, when read already."""
+    if paused is None:
+        ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
+        paused = set()
+        for chunk in chunks(ids):
+            condition, args = s.dialect.any_of("id", chunk)
+            paused.update(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
+                )
             )
-        )
     if not paused:
         return keyed(s.dialect, conn, records)
     return keyed(
@@ -143,8 +148,62 @@ def insert_held(
     finds (``op.found``) an ``execution.skipped`` for each execution it ended by
     debounce: an earlier record of the batch, or a stored one still waiting. They
     are written with the op's events, in this transaction, so none is lost or
-    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``)."""
-    shaped = held(s, conn, records)
+    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``).
+    An op naming its ``workflow_version`` inserts nothing (``False``) once the
+    workflow changed: read with the paused check, in one statement."""
+    if not any(getattr(op, "workflow_version", None) is not None for op in ops):
+        return _insert_shaped(s, conn, records, ops, held(s, conn, records))
+    paused, live = _workflow_states(s, conn, records)
+    fresh = [
+        i
+        for i, (r, op) in enumerate(zip(records, ops, strict=True))
+        if getattr(op, "workflow_version", None) is None
+        or live.get(r.workflow_id) == to_ms(op.workflow_version)  # type: ignore[attr-defined]
+    ]
+    results: list[Any] = [False] * len(records)
+    if len(fresh) < len(records):  # changed since checked: a retry of its own insert?
+        kept_at = set(fresh)
+        stale = [r.id for i, r in enumerate(records) if i not in kept_at]
+        condition, args = s.dialect.any_of("id", stale)
+        there = {
+            row[0] for row in conn.execute(f"SELECT id FROM executions WHERE {condition}", args)
+        }
+        results = [AGAIN if r.id in there else False for r in records]
+    kept = [records[i] for i in fresh]
+    kept_ops = [ops[i] for i in fresh]
+    inserted = _insert_shaped(s, conn, kept, kept_ops, held(s, conn, kept, paused))
+    for i, result in zip(fresh, inserted, strict=True):
+        results[i] = result
+    return results
+
+
+def _workflow_states(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord]
+) -> tuple[set[str], dict[str, int]]:
+    """The paused workflows of ``records`` and the version (``updated_at``) of each live one."""
+    paused: set[str] = set()
+    live: dict[str, int] = {}
+    for chunk in chunks(sorted({r.workflow_id for r in records})):
+        condition, args = s.dialect.any_of("id", chunk)
+        for wf_id, paused_at, version, deleted_at in conn.execute(
+            f"SELECT id, paused_at, updated_at, deleted_at FROM workflows WHERE {condition}", args
+        ):
+            if paused_at is not None:
+                paused.add(wf_id)
+            if deleted_at is None:
+                live[wf_id] = version
+    return paused, live
+
+
+def _insert_shaped(
+    s: Store,
+    conn: Conn,
+    records: Sequence[ExecutionRecord],
+    ops: Sequence[WriteOp],
+    shaped: list[ExecutionRecord],
+) -> list[Any]:
+    if not records:
+        return []
     results = list(s._insert_executions(conn, shaped))
     for result, op in zip(results, ops, strict=True):
         if result is True:

@@ -29,7 +29,7 @@ from abi_engine.storage.records import (
     StepRecord,
     WriteOp,
 )
-from abi_engine.storage.sql.concurrency import keyed
+from abi_engine.storage.sql.concurrency import RULE_COLUMNS, Rules, add_rules, keyed
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
 from abi_engine.storage.sql.shaping import DEBOUNCED, PAUSED, WINDOWED
 
@@ -108,16 +108,19 @@ def _step_row(step: StepRecord) -> tuple[Any, ...]:
 
 
 def held(
-    s: Store, conn: Conn, records: Sequence[ExecutionRecord], paused: set[str] | None = None
+    s: Store,
+    conn: Conn,
+    records: Sequence[ExecutionRecord],
+    read: tuple[set[str], Rules] | None = None,
 ) -> list[ExecutionRecord]:
     """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
     ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
     passes it by), whatever path inserts it (API, schedule, rerun); each with its
     concurrency key, and granted only within its workflow's limits (``keyed``).
-    ``paused``: the paused workflows, when read already."""
-    if paused is None:
+    ``read``: the paused workflows and the rules of the queued ones, when read already."""
+    if read is None:
         ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
-        paused = set()
+        paused: set[str] = set()
         for chunk in chunks(ids):
             condition, args = s.dialect.any_of("id", chunk)
             paused.update(
@@ -126,8 +129,11 @@ def held(
                     f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
                 )
             )
+        found = None
+    else:
+        paused, found = read
     if not paused:
-        return keyed(s.dialect, conn, records)
+        return keyed(s.dialect, conn, records, found)
     return keyed(
         s.dialect,
         conn,
@@ -137,6 +143,7 @@ def held(
             else r
             for r in records
         ],
+        found,
     )
 
 
@@ -153,7 +160,7 @@ def insert_held(
     workflow changed: read with the paused check, in one statement."""
     if not any(getattr(op, "workflow_version", None) is not None for op in ops):
         return _insert_shaped(s, conn, records, ops, held(s, conn, records))
-    paused, live = _workflow_states(s, conn, records)
+    paused, found, live = _workflow_states(s, conn, records)
     fresh = [
         i
         for i, (r, op) in enumerate(zip(records, ops, strict=True))
@@ -171,7 +178,7 @@ def insert_held(
         results = [AGAIN if r.id in there else False for r in records]
     kept = [records[i] for i in fresh]
     kept_ops = [ops[i] for i in fresh]
-    inserted = _insert_shaped(s, conn, kept, kept_ops, held(s, conn, kept, paused))
+    inserted = _insert_shaped(s, conn, kept, kept_ops, held(s, conn, kept, (paused, found)))
     for i, result in zip(fresh, inserted, strict=True):
         results[i] = result
     return results
@@ -179,20 +186,29 @@ def insert_held(
 
 def _workflow_states(
     s: Store, conn: Conn, records: Sequence[ExecutionRecord]
-) -> tuple[set[str], dict[str, int]]:
-    """The paused workflows of ``records`` and the version (``updated_at``) of each live one."""
+) -> tuple[set[str], Rules, dict[str, int]]:
+    """Of the workflows of ``records``, in one query: those paused, the rules of the
+    queued records' ones (concurrency, rate limit, debounce) and the version
+    (``updated_at``) of each live one."""
     paused: set[str] = set()
+    found: Rules = ({}, {})
     live: dict[str, int] = {}
+    queued = {r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED}
     for chunk in chunks(sorted({r.workflow_id for r in records})):
         condition, args = s.dialect.any_of("id", chunk)
-        for wf_id, paused_at, version, deleted_at in conn.execute(
-            f"SELECT id, paused_at, updated_at, deleted_at FROM workflows WHERE {condition}", args
+        for row in conn.execute(
+            f"SELECT id, paused_at, updated_at, deleted_at, {RULE_COLUMNS} FROM workflows"
+            f" WHERE {condition}",
+            args,
         ):
-            if paused_at is not None:
+            wf_id = row[0]
+            if row[1] is not None:
                 paused.add(wf_id)
-            if deleted_at is None:
-                live[wf_id] = version
-    return paused, live
+            if row[3] is None:
+                live[wf_id] = row[2]
+            if wf_id in queued:
+                add_rules(found, wf_id, row[4:])
+    return paused, found, live
 
 
 def _insert_shaped(

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from abi_engine.errors import InvalidParameters
+from abi_engine.errors import InvalidParameters, InvalidState
 from abi_engine.execution_requests import Compiled, check_priority, not_running, waited_answer
 from abi_engine.execution_views import build_execution
 from abi_engine.models import Execution, WorkflowStatus
@@ -136,16 +136,7 @@ class ExecutionThreadDoor:
             integration_ids=tuple(i.id for i in workflow.integrations),
             claimed=claimed,
         )
-
-        def hand_over(inserted: Any) -> None:  # on the loop, after the commit
-            if inserted and runtime.running:
-                runtime.submit(prepared, sync=wait, reservation=reservation)
-                return
-            if reservation is not None:
-                reservation.release()
-            if inserted and record.claim is not None:  # stopping: the engine's release
-                runtime.claims.hold(record.id, record.claim)  # hands it back (or its lease)
-
+        hand_over = _hand_over(runtime, prepared, sync=wait, reservation=reservation)
         accepted = None if wait else build_execution(record, [])  # the runtime owns it next
         if waiter is not None:  # before the commit: the run may end before it returns
             waiter.execution_id = record.id
@@ -159,8 +150,10 @@ class ExecutionThreadDoor:
                 " booleans and null",
                 {"field": "parameters"},
             ) from None
-        if not inserted:  # the workflow changed: the loop reads it again
-            return None
+        if inserted is None:  # the workflow changed since it was checked: the loop checks
+            return None  # the request again (and compiles the new version)
+        if not inserted:  # without an idempotency key, only a store refusing it
+            raise InvalidState("The execution could not be created; retry")
         return accepted if accepted is not None else build_execution(record, [])
 
     def _run_in_thread(self, request: _Request) -> Execution | None:
@@ -226,6 +219,25 @@ class ExecutionThreadDoor:
         if not isinstance(execution_id, str) or self._runtime.thread_commits.loop is None:
             return None
         return self._settled_view(execution_id)
+
+
+def _hand_over(
+    runtime: Runtime, prepared: Prepared, *, sync: bool, reservation: Any
+) -> Callable[[Any], None]:
+    """What runs on the loop after the commit of ``prepared``'s insert: the runtime runs
+    it (at once when ``sync``), or, stopping, holds it for the engine's release."""
+    record = prepared.record
+
+    def hand_over(inserted: Any) -> None:
+        if inserted and runtime.running:
+            runtime.submit(prepared, sync=sync, reservation=reservation)
+            return
+        if reservation is not None:
+            reservation.release()
+        if inserted and record.claim is not None:  # stopping: the engine's release
+            runtime.claims.hold(record.id, record.claim)  # hands it back (or its lease)
+
+    return hand_over
 
 
 class _Request:

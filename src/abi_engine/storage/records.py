@@ -242,11 +242,10 @@ class InsertExecution(WriteOp):
     Idempotent: applied again (a retry after a commit whose outcome was lost),
     it finds its own row by id and applies ``True``.
 
-    ``workflow_version``: the workflow's ``updated_at`` the caller checked the request
-    against (the synchronous door, issue #18). Read in the insert's transaction with
-    the paused check: when the workflow changed (edited, paused, deactivated, deleted)
-    the op applies ``False`` and inserts nothing (a retry of a committed insert still
-    applies ``AGAIN``).
+    ``workflow_version``: the version (``updated_at``) of the active workflow the
+    request was checked against; the op applies ``None`` (nothing stored) when the
+    workflow is no longer at it in the insert's transaction (changed, paused,
+    deactivated or deleted since): the caller checks the request again.
     """
 
     record: ExecutionRecord

@@ -20,8 +20,8 @@ from abi_engine.ids import utcnow
 from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage.records import (
-    AGAIN,
     ExecutionRecord,
+    InsertExecution,
     InsertRerun,
     PauseExecution,
     PauseWorkflow,
@@ -111,29 +111,16 @@ def held(
     s: Store,
     conn: Conn,
     records: Sequence[ExecutionRecord],
-    read: tuple[set[str], Rules] | None = None,
+    paused: set[str],
+    rules: Rules | None = None,
 ) -> list[ExecutionRecord]:
-    """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
+    """``records`` as inserted: a queued one of a ``paused`` workflow held (``queued_reason``
     ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
     passes it by), whatever path inserts it (API, schedule, rerun); each with its
-    concurrency key, and granted only within its workflow's limits (``keyed``).
-    ``read``: the paused workflows and the rules of the queued ones, when read already."""
-    if read is None:
-        ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
-        paused: set[str] = set()
-        for chunk in chunks(ids):
-            condition, args = s.dialect.any_of("id", chunk)
-            paused.update(
-                row[0]
-                for row in conn.execute(
-                    f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
-                )
-            )
-        found = None
-    else:
-        paused, found = read
+    concurrency key, and granted only within its workflow's limits (``keyed``;
+    ``rules``: those of the queued records' workflows, when read already)."""
     if not paused:
-        return keyed(s.dialect, conn, records, found)
+        return keyed(s.dialect, conn, records, rules)
     return keyed(
         s.dialect,
         conn,
@@ -143,8 +130,26 @@ def held(
             else r
             for r in records
         ],
-        found,
+        rules,
     )
+
+
+def _workflows(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord]
+) -> dict[str, tuple[Any, ...]]:
+    """The workflows of ``records`` not deleted: id -> (version, status, paused_at, and
+    their rules: :data:`RULE_COLUMNS`), in one statement (#18: the inserts' concurrency
+    checks read their rules here, not again)."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for chunk in chunks(sorted({r.workflow_id for r in records})):
+        condition, args = s.dialect.any_of("id", chunk)
+        for row in conn.execute(
+            f"SELECT id, updated_at, status, paused_at, {RULE_COLUMNS} FROM workflows"
+            f" WHERE {condition} AND deleted_at IS NULL",
+            args,
+        ):
+            found[row[0]] = tuple(row[1:])
+    return found
 
 
 def insert_held(
@@ -155,71 +160,23 @@ def insert_held(
     finds (``op.found``) an ``execution.skipped`` for each execution it ended by
     debounce: an earlier record of the batch, or a stored one still waiting. They
     are written with the op's events, in this transaction, so none is lost or
-    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``).
-    An op naming its ``workflow_version`` inserts nothing (``False``) once the
-    workflow changed: read with the paused check, in one statement."""
-    if not any(getattr(op, "workflow_version", None) is not None for op in ops):
-        return _insert_shaped(s, conn, records, ops, held(s, conn, records))
-    paused, found, live = _workflow_states(s, conn, records)
-    fresh = [
-        i
-        for i, (r, op) in enumerate(zip(records, ops, strict=True))
-        if getattr(op, "workflow_version", None) is None
-        or live.get(r.workflow_id) == to_ms(op.workflow_version)  # type: ignore[attr-defined]
-    ]
-    results: list[Any] = [False] * len(records)
-    if len(fresh) < len(records):  # changed since checked: a retry of its own insert?
-        kept_at = set(fresh)
-        stale = [r.id for i, r in enumerate(records) if i not in kept_at]
-        condition, args = s.dialect.any_of("id", stale)
-        there = {
-            row[0] for row in conn.execute(f"SELECT id FROM executions WHERE {condition}", args)
-        }
-        results = [AGAIN if r.id in there else False for r in records]
-    kept = [records[i] for i in fresh]
-    kept_ops = [ops[i] for i in fresh]
-    inserted = _insert_shaped(s, conn, kept, kept_ops, held(s, conn, kept, (paused, found)))
-    for i, result in zip(fresh, inserted, strict=True):
-        results[i] = result
-    return results
-
-
-def _workflow_states(
-    s: Store, conn: Conn, records: Sequence[ExecutionRecord]
-) -> tuple[set[str], Rules, dict[str, int]]:
-    """Of the workflows of ``records``, in one query: those paused, the rules of the
-    queued records' ones (concurrency, rate limit, debounce) and the version
-    (``updated_at``) of each live one."""
-    paused: set[str] = set()
-    found: Rules = ({}, {})
-    live: dict[str, int] = {}
-    queued = {r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED}
-    for chunk in chunks(sorted({r.workflow_id for r in records})):
-        condition, args = s.dialect.any_of("id", chunk)
-        for row in conn.execute(
-            f"SELECT id, paused_at, updated_at, deleted_at, {RULE_COLUMNS} FROM workflows"
-            f" WHERE {condition}",
-            args,
-        ):
-            wf_id = row[0]
-            if row[1] is not None:
-                paused.add(wf_id)
-            if row[3] is None:
-                live[wf_id] = row[2]
-            if wf_id in queued:
-                add_rules(found, wf_id, row[4:])
-    return paused, found, live
-
-
-def _insert_shaped(
-    s: Store,
-    conn: Conn,
-    records: Sequence[ExecutionRecord],
-    ops: Sequence[WriteOp],
-    shaped: list[ExecutionRecord],
-) -> list[Any]:
-    if not records:
-        return []
+    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``)."""
+    workflows = _workflows(s, conn, records)
+    stale = _stale(s, conn, records, ops, workflows)
+    if stale:  # not stored: their requests are checked again against the new version
+        kept = [i for i in range(len(ops)) if i not in stale]
+        results: list[Any] = [None] * len(ops)
+        if kept:
+            done = insert_held(s, conn, [records[i] for i in kept], [ops[i] for i in kept])
+            for i, result in zip(kept, done, strict=True):
+                results[i] = result
+        return results
+    paused = {w for w, row in workflows.items() if row[2] is not None}
+    rules: Rules = ({}, {})
+    for w in {r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED}:
+        if w in workflows:
+            add_rules(rules, w, workflows[w][3:])
+    shaped = held(s, conn, records, paused, rules)
     results = list(s._insert_executions(conn, shaped))
     for result, op in zip(results, ops, strict=True):
         if result is True:
@@ -233,6 +190,32 @@ def _insert_shaped(
             owner[r.id].found.append(_skip_event(r.id, r.completed_at or now))
         owner[r.id].found.extend(_skip_event(ended, now) for ended in r.replaced)
     return results
+
+
+def _stale(
+    s: Store,
+    conn: Conn,
+    records: Sequence[ExecutionRecord],
+    ops: Sequence[WriteOp],
+    workflows: dict[str, tuple[Any, ...]],
+) -> set[int]:
+    """The indexes of the ops checked against a version of their workflow (active, at
+    ``workflow_version``) it no longer has in this transaction, and not stored already
+    (a retry of a committed insert applies ``AGAIN`` as before)."""
+    stale: set[int] = set()
+    for i, op in enumerate(ops):
+        version = op.workflow_version if isinstance(op, InsertExecution) else None
+        if version is not None:
+            now = workflows.get(records[i].workflow_id)
+            if now is None or now[0] != to_ms(version) or now[1] != "active":
+                stale.add(i)
+    for chunk in chunks(sorted(records[i].id for i in stale)):
+        condition, args = s.dialect.any_of("id", chunk)
+        stored = {
+            row[0] for row in conn.execute(f"SELECT id FROM executions WHERE {condition}", args)
+        }
+        stale = {i for i in stale if records[i].id not in stored}
+    return stale
 
 
 def _skip_event(execution_id: str, at: datetime) -> ExecutionEventRef:

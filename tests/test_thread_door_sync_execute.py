@@ -144,6 +144,37 @@ def test_a_sequential_timeout_ends_the_execution_timed_out(make: EngineFactory) 
     assert not engine.runtime._waiters
 
 
+def test_a_wait_for_a_running_execution_waits_in_the_callers_thread(
+    make: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``engine.call(wait)`` of an execution still running waits in the caller's thread
+    (told by the run's end, no coroutine to the loop); past its timeout it answers the
+    execution as it stands, as ``wait`` does."""
+    engine = make()
+    engine.start_blocking()
+    wf_id = _workflow(engine)
+    engine.call(engine.executions.execute, wf_id, {})
+    slow = engine.call(
+        engine.executions.execute, wf_id, {"do": {"second": {"sleep": 1.0}}}, wait=False
+    )
+    stuck = engine.call(
+        engine.executions.execute, wf_id, {"do": {"second": {"sleep": 60}}}, wait=False
+    )
+    hops = Hops(monkeypatch)
+    done = engine.call(engine.executions.wait, slow.execution_id, 60)
+    assert hops.count == 0
+    assert done.status is ExecutionStatus.COMPLETED
+    assert done.steps is not None
+    assert [s.status for s in done.steps] == [StepStatus.COMPLETED] * 3
+    started = time.monotonic()
+    current = engine.call(engine.executions.wait, stuck.execution_id, 0.3)
+    assert time.monotonic() - started >= 0.3
+    assert current.status is ExecutionStatus.RUNNING  # as it stands (read on the loop)
+    assert hops.count == 1
+    assert not engine.runtime._waiters
+    engine.call(engine.executions.cancel, stuck.execution_id)
+
+
 def test_a_paused_workflow_times_out_the_waiting_caller_on_the_loop(
     make: EngineFactory,
 ) -> None:

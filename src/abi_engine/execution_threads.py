@@ -17,6 +17,7 @@ Mixed into :class:`~abi_engine.executions.ExecutionService`.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -183,13 +184,13 @@ class ExecutionThreadDoor:
         return waited_answer(view, request.timeout)
 
     def _waited(
-        self, execution_id: str, timeout: float | None, waiter: ThreadWaiter
+        self, execution_id: str, timeout: float | None, waiter: ThreadWaiter, grace: float = 0.25
     ) -> Execution | None:
         """Wait in this thread until the execution ends or waits (its view), or
-        ``timeout`` (and a grace) passes (``None``). Polls the store now and then, as the
-        loop's wait does, for an end the runtime does not tell (another process)."""
+        ``timeout`` (and a ``grace``) passes (``None``). Polls the store now and then, as
+        the loop's wait does, for an end the runtime does not tell (another process)."""
         runtime = self._runtime
-        deadline = None if timeout is None else time.monotonic() + timeout + 0.25
+        deadline = None if timeout is None else time.monotonic() + timeout + grace
         poll = max(runtime.settings.poll_interval, 0.05)
         done = waiter.done
         while True:
@@ -214,11 +215,42 @@ class ExecutionThreadDoor:
         return build_execution(record, store.get_steps(execution_id))
 
     def wait_in_thread(self, execution_id: Any, timeout: float | None = None) -> Execution | None:
-        """``wait(execution_id)`` of an execution that has ended (or waits for a signal),
-        answered from the calling thread; ``None`` when the loop must wait for it."""
-        if not isinstance(execution_id, str) or self._runtime.thread_commits.loop is None:
+        """``wait(execution_id, timeout)`` answered from the calling thread: an execution
+        that has ended (or waits for a signal) read there, one still running waited for
+        there (told by its run's end, as ``execute(wait=True)`` is); ``None`` when the
+        loop must answer (an unknown id, an odd timeout, another waiter of it there)."""
+        runtime = self._runtime
+        if not isinstance(execution_id, str) or runtime.thread_commits.loop is None:
             return None
-        return self._settled_view(execution_id)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 <= timeout < math.inf
+        ):
+            return None
+        waiter = ThreadWaiter()
+        waiter.execution_id = execution_id
+        waiters: dict[str, Any] = runtime._waiters
+        mine = waiters.setdefault(execution_id, waiter) is waiter  # before the read: no end
+        try:  # is missed between the read and the wait
+            store = self._store.sync
+            record = store.get_execution(execution_id)
+            if record is not None and settled(record):
+                return build_execution(record, store.get_steps(execution_id))
+            if record is None or not mine:
+                return None
+            view = self._waited(execution_id, timeout, waiter, grace=0.0)
+        finally:
+            if mine and waiters.get(execution_id) is waiter:
+                waiters.pop(execution_id, None)
+        if view is not None:
+            return view
+        loop = runtime.thread_commits.loop  # its time passed: as it stands, as wait answers
+        if loop is None:
+            raise not_running()
+        current = self.get(execution_id)  # type: ignore[attr-defined]
+        found: Execution = asyncio.run_coroutine_threadsafe(current, loop).result()
+        return found
 
 
 def _hand_over(

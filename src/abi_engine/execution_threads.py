@@ -82,11 +82,11 @@ class ExecutionThreadDoor:
             return self._run_in_thread(request)
         reservation = runtime.reserve()
         try:
-            accepted = self._insert_in_thread(request, reservation=reservation)
+            stored, accepted = self._insert_in_thread(request, reservation=reservation)
         except BaseException:
             reservation.release()  # on success the runtime's hand-over releases it
             raise
-        if accepted is None:
+        if not stored:
             reservation.release()
         return accepted
 
@@ -110,9 +110,10 @@ class ExecutionThreadDoor:
         *,
         reservation: Any = None,
         waiter: ThreadWaiter | None = None,
-    ) -> Execution | None:
-        """Commit the new execution from this thread; the accepted execution (``None``
-        when the workflow changed since it was compiled: nothing was stored)."""
+    ) -> tuple[bool, Execution | None]:
+        """Commit the new execution from this thread: whether it was stored (not when the
+        workflow changed since it was compiled), and its accepted view (without a
+        ``waiter``: with one, the caller waits for the ended execution instead)."""
         compiled, options = request.compiled, request.options
         wait = waiter is not None
         workflow = compiled.workflow
@@ -152,10 +153,10 @@ class ExecutionThreadDoor:
                 {"field": "parameters"},
             ) from None
         if inserted is None:  # the workflow changed since it was checked: the loop checks
-            return None  # the request again (and compiles the new version)
+            return False, None  # the request again (and compiles the new version)
         if not inserted:  # without an idempotency key, only a store refusing it
             raise InvalidState("The execution could not be created; retry")
-        return accepted if accepted is not None else build_execution(record, [])
+        return True, accepted
 
     def _run_in_thread(self, request: _Request) -> Execution | None:
         """``execute(..., wait=True)``: the execution committed from this thread (stored
@@ -165,10 +166,10 @@ class ExecutionThreadDoor:
         runtime = self._runtime
         waiter = ThreadWaiter()
         try:
-            accepted = self._insert_in_thread(request, waiter=waiter)
-            if accepted is None:
+            stored, _ = self._insert_in_thread(request, waiter=waiter)
+            if not stored:
                 return None
-            view = self._waited(accepted.execution_id, request.timeout, waiter)
+            view = self._waited(waiter.execution_id, request.timeout, waiter)
         finally:
             waiters: dict[str, Any] = runtime._waiters
             if waiters.get(waiter.execution_id) is waiter:
@@ -178,7 +179,7 @@ class ExecutionThreadDoor:
             if loop is None:
                 raise not_running()
             unended = self._unended(  # type: ignore[attr-defined]
-                accepted.execution_id, request.timeout, replay=False
+                waiter.execution_id, request.timeout, replay=False
             )
             view = asyncio.run_coroutine_threadsafe(unended, loop).result()
         return waited_answer(view, request.timeout)

@@ -20,6 +20,7 @@ from runtime_plugins.helpers import EngineFactory
 
 from abi_engine import Engine, ExecutionStatus, StepStatus
 from abi_engine.errors import (
+    EngineNotRunning,
     ExecutionTimeout,
     InvalidState,
     WorkflowExecutionError,
@@ -173,6 +174,49 @@ def test_a_wait_for_a_running_execution_waits_in_the_callers_thread(
     assert hops.count == 1
     assert not engine.runtime._waiters
     engine.call(engine.executions.cancel, stuck.execution_id)
+
+
+def test_a_waiting_caller_is_told_when_the_engine_stops_and_the_run_goes_on(
+    make: EngineFactory,
+) -> None:
+    """The engine stopping while a caller's thread waits for its execution: the caller
+    gets ``EngineNotRunning`` (not a hang), and the execution, committed before, runs
+    to its end in the engine started next on the same database."""
+    engine = make()
+    engine.start_blocking()
+    wf_id = _workflow(engine)
+    engine.call(engine.executions.execute, wf_id, {})
+    outcome: list[BaseException | Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(
+                engine.call(
+                    engine.executions.execute,
+                    wf_id,
+                    {"do": {"second": {"sleep": 3}}},
+                    timeout_seconds=600,  # its deadline does not pass before it is taken again
+                )
+            )
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while not engine.runtime._waiters and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (execution_id,) = list(engine.runtime._waiters)
+    engine.stop_blocking()
+    caller.join(30)
+    assert not caller.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], EngineNotRunning)
+    engine.close()
+    again = make()
+    again.start_blocking()
+    ended = again.call(again.executions.wait, execution_id, 120)
+    assert ended.status is ExecutionStatus.COMPLETED
 
 
 def test_a_paused_workflow_times_out_the_waiting_caller_on_the_loop(

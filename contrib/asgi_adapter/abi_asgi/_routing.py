@@ -111,6 +111,22 @@ def _find(node: _Node, segments: list[str], index: int) -> Iterator[tuple[_Node,
             yield found, {**params, **converted}
 
 
+def _greedy(node: _Node, segments: list[str]) -> tuple[_Node, dict[str, Any]] | None:
+    """The walk :func:`_find` tries first (at each segment its literal, else its one
+    ``{parameter}``), without generators or backtracking: the first match when it
+    ends on a node with methods; ``None`` when it dead-ends (then :func:`_find`)."""
+    params: dict[str, Any] = {}
+    for segment in segments:
+        child = node.literals.get(segment)
+        if child is None:
+            if not segment or node.whole is None:
+                return None
+            name, child = node.whole
+            params[name] = segment
+        node = child
+    return (node, params) if node.methods else None
+
+
 class OperationTable(BaseRoute):
     """Every operation under ``prefix`` as one route (see the module docstring)."""
 
@@ -142,8 +158,12 @@ class OperationTable(BaseRoute):
         ``preview``."""
         if not path.startswith("/"):
             return None
+        segments = path[1:].split("/")
+        found = _greedy(self.root, segments)
+        if found is not None and (method is None or method in found[0].methods):
+            return found[0].methods, found[1]
         first = None
-        for node, params in _find(self.root, path[1:].split("/"), 0):
+        for node, params in _find(self.root, segments, 0):
             if method is None or method in node.methods:
                 return node.methods, params
             first = first or (node.methods, params)

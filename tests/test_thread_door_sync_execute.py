@@ -26,7 +26,7 @@ from abi_engine.errors import (
     WorkflowExecutionError,
     WorkflowNotFound,
 )
-from abi_engine.storage.records import InsertExecution
+from abi_engine.storage.records import ExecutionQuery, InsertExecution
 
 
 class Hops:
@@ -352,3 +352,69 @@ def test_the_thread_door_answers_what_the_workflow_is_now(
     finally:
         engine.close()
         other.close()
+
+
+def test_a_callers_commit_racing_the_stop_is_handed_back_with_the_rest(
+    make: EngineFactory,
+) -> None:
+    """A caller's insert committing while the engine stops: the stop waits for that
+    commit and hands the execution back (unowned, queued), so the next engine takes it
+    at once, not after its lease; a commit after the stop is refused, nothing stored.
+    (The stop used to call the follow-ups of the commits made so far and let later
+    ones go unheard: the execution stayed owned by the stopped node until its lease
+    ran out, and a waiting execute's deadline passed meanwhile.)"""
+    engine = make()
+    engine.start_blocking()
+    wf_id = _workflow(engine)
+    engine.call(engine.executions.execute, wf_id, {})  # compiled: the next goes by thread
+    commits = engine.runtime.thread_commits
+    settling, committing = threading.Event(), threading.Event()
+    start, apply = commits.start, engine.store.apply
+
+    def start_noting(loop: Any) -> None:
+        if loop is None:
+            settling.set()
+        start(loop)
+
+    def apply_late(ops: Any) -> Any:
+        if any(isinstance(op, InsertExecution) for op in ops) and not committing.is_set():
+            committing.set()
+            settling.wait(60)  # the stop is settling the commits: this one is under way
+        return apply(ops)
+
+    commits.start = start_noting  # type: ignore[method-assign]
+    engine.store.apply = apply_late  # type: ignore[method-assign]
+    outcome: list[Any] = []
+
+    def call() -> None:
+        try:
+            outcome.append(engine.call(engine.executions.execute, wf_id, {}, timeout_seconds=600))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    assert committing.wait(60)
+    engine.stop_blocking()
+    caller.join(60)
+    assert not caller.is_alive()
+    assert settling.is_set()
+    assert isinstance(outcome[0], EngineNotRunning)
+    with pytest.raises(EngineNotRunning):  # after the stop: refused, not committed
+        commits.apply(InsertExecution(record=None))  # type: ignore[arg-type]
+    engine.close()
+    again = make()
+    (record,) = [r for r in _records(again, wf_id) if r.status is not ExecutionStatus.COMPLETED]
+    assert record.status is ExecutionStatus.QUEUED
+    assert record.owner is None  # handed back by the stop, not left to its lease
+    again.start_blocking()
+    ended = again.call(again.executions.wait, record.id, 120)
+    assert ended.status is ExecutionStatus.COMPLETED
+
+
+def _records(engine: Engine, workflow_id: str) -> list[Any]:
+    """Every execution record of ``workflow_id`` in ``engine``'s store (not started)."""
+    records, _ = engine.store.list_executions(
+        ExecutionQuery(workflow_id=workflow_id, page_size=100)
+    )
+    return records

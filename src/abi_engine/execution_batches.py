@@ -11,13 +11,15 @@ thousand acceptances cost a few commits instead of a thousand.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from abi_engine.errors import AbiError, InvalidRequest, QueueFull
+from abi_engine.errors import AbiError, InvalidParameters, InvalidRequest, InvalidState, QueueFull
+from abi_engine.execution_views import build_execution
 from abi_engine.models import Execution
+from abi_engine.runtime.execution import Prepared
+from abi_engine.storage.records import InsertExecution
 
 if TYPE_CHECKING:
     from abi_engine.auth import Principal
@@ -40,7 +42,7 @@ class ExecutionBatches:
         def _check_request(self, *args: Any, **kwargs: Any) -> Any: ...
         async def compiled(self, workflow_id: str) -> Any: ...
         async def _check_runnable(self, compiled: Any) -> None: ...
-        async def _start(self, *args: Any, **kwargs: Any) -> Execution: ...
+        def _new_record(self, *args: Any, **kwargs: Any) -> Any: ...
 
     async def execute_many(
         self,
@@ -69,28 +71,56 @@ class ExecutionBatches:
             for i, p in enumerate(items)
         ]
         reservations = self._reserve_all(len(items))
-        results: builtins.list[Execution | None] = [None] * len(items)
-        errors: builtins.list[Exception] = []
-
-        async def start(index: int) -> None:
-            try:
-                results[index] = await self._start_one(
-                    compiled, parsed[index], items[index], callback_url, callback_secret,
-                    actor, reservations[index],
-                )  # fmt: skip
-            except Exception as exc:  # the store failing: the others go on, the first is raised
-                errors.append(exc)
-
         try:
-            async with anyio.create_task_group() as tg:
-                for index in range(len(items)):
-                    tg.start_soon(start, index)
+            return await self._insert_all(compiled, parsed, items, reservations, callback_url,
+                                          callback_secret, actor)  # fmt: skip
         finally:
             for reservation in reservations:
                 reservation.release()
-        if errors:
-            raise errors[0]
-        return [r for r in results if r is not None]
+
+    async def _insert_all(
+        self,
+        compiled: Any,
+        parsed: builtins.list[Any],
+        items: builtins.list[Mapping[str, Any]],
+        reservations: builtins.list[Any],
+        callback_url: str | None,
+        callback_secret: str | None,
+        actor: Principal | None,
+    ) -> builtins.list[Execution]:
+        """Insert the executions in one hand-over to the group committer (no task each):
+        each is handed to the runtime at its commit, as ``execute`` would."""
+        runtime = self._runtime
+        workflow = compiled.workflow
+        integration_ids = tuple(i.id for i in workflow.integrations)
+        ops: builtins.list[InsertExecution] = []
+        thens: builtins.list[Callable[[Any], None]] = []
+        accepted: builtins.list[Execution] = []
+        for index, params in enumerate(items):
+            record = self._new_record(
+                compiled.paused, workflow, compiled.specs, params, wait=False, timeout=None,
+                callback_url=callback_url, callback_secret=callback_secret, idempotency_key=None,
+                schedule_id=None, actor=actor, traceparent=None, parent_execution_id=None,
+                scheduled_for=None, priority=None,
+            )  # fmt: skip
+            runtime.grant(record)
+            prepared = Prepared(
+                record=record,
+                workflow_type=compiled.workflow_type,
+                config=compiled.config,
+                params=parsed[index],
+                specs=compiled.specs,
+                integration_ids=integration_ids,
+            )
+            ops.append(InsertExecution(record=record))
+            thens.append(partial(_hand_over, runtime, prepared, reservations[index]))
+            # The answer is the execution as stored: taken now, since the runtime owns
+            # (and changes) the record from the commit on.
+            accepted.append(build_execution(record, []))
+        results = await runtime.commit_many(ops, thens)
+        for index, result in enumerate(results):
+            _check_inserted(index, result)
+        return accepted
 
     async def _checked(
         self,
@@ -123,33 +153,26 @@ class ExecutionBatches:
             )
         return [self._runtime.reserve() for _ in range(count)]
 
-    async def _start_one(
-        self,
-        compiled: Any,
-        parsed: Any,
-        params: Mapping[str, Any],
-        callback_url: str | None,
-        callback_secret: str | None,
-        actor: Principal | None,
-        reservation: Any,
-    ) -> Execution:
-        return await self._start(
-            compiled.paused,
-            compiled.workflow,
-            compiled.workflow_type,
-            compiled.config,
-            compiled.specs,
-            parsed,
-            params,
-            wait=False,
-            timeout=None,
-            callback_url=callback_url,
-            callback_secret=callback_secret,
-            idempotency_key=None,
-            schedule_id=None,
-            actor=actor,
-            reservation=reservation,
+
+def _hand_over(runtime: Runtime, prepared: Prepared, reservation: Any, inserted: Any) -> None:
+    """At the commit of an insertion (called by the committer): a caller cancelled
+    meanwhile cannot leave it stored but not running."""
+    if inserted:
+        runtime.submit(prepared, sync=False, reservation=reservation)
+
+
+def _check_inserted(index: int, result: Any) -> None:
+    """Raise what the insertion of item ``index`` met, if it was not stored."""
+    if isinstance(result, TypeError | ValueError):  # parameters JSON cannot hold
+        raise InvalidParameters(
+            "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
+            " booleans and null",
+            {"field": f"parameters[{index}]", "index": index},
         )
+    if isinstance(result, Exception):
+        raise result
+    if not result:
+        raise InvalidState("The execution could not be created; retry", {"index": index})
 
 
 def _items(parameters: Any) -> builtins.list[Mapping[str, Any]]:

@@ -173,6 +173,9 @@ class GroupCommitter:
         self._metrics = metrics
         self._pending: deque[_Batch] = deque()
         self._in_flight_limit = in_flight
+        #: Whether batches note the executions they write (only batches in flight
+        #: together compare them: with one at a time, nothing does).
+        self._keyed = in_flight > 1
         self._overlap_min = OVERLAP_MIN if overlap_min is None else max(1, overlap_min)
         #: The batches being written now, oldest first.
         self._writing: list[_Batch] = []
@@ -231,7 +234,8 @@ class GroupCommitter:
             batch = self._open_batch(1)
             index = len(batch.ops)
             batch.ops.append(op)
-            batch.add_keys((op,))
+            if self._keyed:
+                batch.add_keys((op,))
             if len(batch.ops) == self._overlap_min and self._writing:
                 self._signal_change()
             if then is not None:
@@ -243,19 +247,31 @@ class GroupCommitter:
             raise result
         return result
 
-    async def submit_many(self, ops: Sequence[WriteOp]) -> list[Any]:
+    async def submit_many(
+        self,
+        ops: Sequence[WriteOp],
+        thens: Sequence[Callable[[Any], None] | None] | None = None,
+    ) -> list[Any]:
         """Queue ``ops`` together and return their results (exceptions included).
 
         They share one transaction when there are at most ``max_batch`` of them.
+        ``thens``: one follow-up (or ``None``) per op, called as :meth:`submit`'s.
         """
         if not ops:
             return []
         if not self._running:
-            return await self._apply(ops)
+            results = await self._apply(ops)
+            for then, result in zip(thens or (), results, strict=False):
+                if then is not None and not isinstance(result, BaseException):
+                    _call_then(then, result)
+            return results
         batch = self._open_batch(len(ops))
         start = len(batch.ops)
         batch.ops.extend(ops)
-        batch.add_keys(ops)
+        if self._keyed:
+            batch.add_keys(ops)
+        if thens is not None:
+            batch.thens.extend((start + i, t) for i, t in enumerate(thens) if t is not None)
         if start < self._overlap_min <= len(batch.ops) and self._writing:
             self._signal_change()
         self._wakeup.set()

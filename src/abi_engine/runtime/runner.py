@@ -31,7 +31,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from abi_engine.models import (
 from abi_engine.runtime.checkpoints import COMMIT_RETRY_SECONDS
 from abi_engine.runtime.commit import GroupCommitter
 from abi_engine.runtime.execution import (
+    Backoff,
     Lost,
     Prepared,
     one_line,
@@ -370,28 +371,38 @@ class Runtime(Recovers):
         applied. A value the store cannot encode (``TypeError``/``ValueError``) is
         raised at once. ``then(result)``: see :meth:`GroupCommitter.submit`.
         """
-        delay = 0.05
-        give_up = time.monotonic() + COMMIT_RETRY_SECONDS
-        retry = False
+        backoff: Backoff | None = None
         while True:
-            if retry:
-                op = self._with_fresh_lease(op)
-            retry = True
             try:
                 return await self.committer.submit(op, then=then)
             except (TypeError, ValueError, AbiError):
                 raise
             except Exception as exc:
-                if time.monotonic() + delay > give_up:
-                    log.warning("%s failed for good (%s)", type(op).__name__, one_line(exc))
-                    details = {} if execution_id is None else {"execution_id": execution_id}
-                    raise InternalError(
-                        "The database did not answer; the change may or may not have been"
-                        " made" + (f" (look up execution {execution_id})" if execution_id else ""),
-                        details,
-                    ) from None
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                backoff = backoff or Backoff(COMMIT_RETRY_SECONDS, 1.0)
+                if not backoff.left():
+                    raise _gave_up(op, exc, execution_id) from None
+                await backoff.sleep()
+                op = self._with_fresh_lease(op)
+
+    async def commit_many(
+        self, ops: Sequence[WriteOp], thens: Sequence[Callable[[Any], None] | None]
+    ) -> list[Any]:
+        """:meth:`commit` of many ops at once (they share commits): each op's result, or
+        the exception it met (:class:`~abi_engine.errors.InternalError` when the store
+        kept failing). ``thens``: one follow-up per op, or ``None``."""
+        results = await self.committer.submit_many(ops, thens)
+        backoff = Backoff(COMMIT_RETRY_SECONDS, 1.0)
+        while todo := [i for i, r in enumerate(results) if _store_failed(r)]:
+            if not backoff.left():
+                for i in todo:
+                    results[i] = _gave_up(ops[i], results[i], None)
+                break
+            await backoff.sleep()
+            again = [self._with_fresh_lease(ops[i]) for i in todo]
+            answers = await self.committer.submit_many(again, [thens[i] for i in todo])
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+        return results
 
     def _with_fresh_lease(self, op: WriteOp) -> WriteOp:
         """``op`` granting this node a lease from now (a retried write must not store a
@@ -531,6 +542,24 @@ class Runtime(Recovers):
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
         return self.running and self._sync_limiter.available_tokens >= 1
+
+
+def _store_failed(result: Any) -> bool:
+    """Whether an op's result is the store failing (retried), not the op refused."""
+    return isinstance(result, Exception) and not isinstance(
+        result, TypeError | ValueError | AbiError
+    )
+
+
+def _gave_up(op: WriteOp, exc: BaseException, execution_id: str | None) -> InternalError:
+    """The error of a caller's write the store kept failing (it may have applied)."""
+    log.warning("%s failed for good (%s)", type(op).__name__, one_line(exc))
+    details = {} if execution_id is None else {"execution_id": execution_id}
+    return InternalError(
+        "The database did not answer; the change may or may not have been"
+        " made" + (f" (look up execution {execution_id})" if execution_id else ""),
+        details,
+    )
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -112,14 +112,14 @@ class ExecutionBatches:
                 specs=compiled.specs,
                 integration_ids=integration_ids,
             )
-            ops.append(InsertExecution(record=record))
+            ops.append(InsertExecution(record=record, workflow_version=workflow.updated_at))
             thens.append(partial(_hand_over, runtime, prepared, reservations[index]))
             # The answer is the execution as stored: taken now, since the runtime owns
             # (and changes) the record from the commit on.
             accepted.append(build_execution(record, []))
         results = await runtime.commit_many(ops, thens)
         for index, result in enumerate(results):
-            _check_inserted(index, result)
+            _check_inserted(index, result, workflow.id)
         return accepted
 
     async def _checked(
@@ -161,7 +161,7 @@ def _hand_over(runtime: Runtime, prepared: Prepared, reservation: Any, inserted:
         runtime.submit(prepared, sync=False, reservation=reservation)
 
 
-def _check_inserted(index: int, result: Any) -> None:
+def _check_inserted(index: int, result: Any, workflow_id: str) -> None:
     """Raise what the insertion of item ``index`` met, if it was not stored."""
     if isinstance(result, TypeError | ValueError):  # parameters JSON cannot hold
         raise InvalidParameters(
@@ -171,6 +171,11 @@ def _check_inserted(index: int, result: Any) -> None:
         )
     if isinstance(result, Exception):
         raise result
+    if result is None:  # (as executions.WorkflowChanged, which execute checks again)
+        raise InvalidState(
+            "The workflow changed while the execution was being created; retry",
+            {"workflow_id": workflow_id, "reason": "workflow_changed", "index": index},
+        )
     if not result:
         raise InvalidState("The execution could not be created; retry", {"index": index})
 

@@ -394,8 +394,9 @@ class Runtime(Recovers):
         backoff = Backoff(COMMIT_RETRY_SECONDS, 1.0)
         while todo := [i for i, r in enumerate(results) if _store_failed(r)]:
             if not backoff.left():
+                failed = _gave_up(ops[todo[0]], results[todo[0]], None)
                 for i in todo:
-                    results[i] = _gave_up(ops[i], results[i], None)
+                    results[i] = failed
                 break
             await backoff.sleep()
             again = [self._with_fresh_lease(ops[i]) for i in todo]

@@ -16,8 +16,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from abi_engine.errors import AbiError, InvalidParameters, InvalidRequest, InvalidState, QueueFull
+from abi_engine.events import OutboxEvent
 from abi_engine.execution_views import build_execution
-from abi_engine.models import Execution
+from abi_engine.models import Execution, ExecutionStatus, Workflow
 from abi_engine.runtime.execution import Prepared
 from abi_engine.storage.records import InsertExecution
 
@@ -92,6 +93,28 @@ class ExecutionBatches:
         each is handed to the runtime at its commit, as ``execute`` would."""
         runtime = self._runtime
         workflow = compiled.workflow
+        # As many as workers are idle are stored running already (as a synchronous
+        # execute's): one write fewer each, the claim (not when the store decides).
+        at_once = 0 if compiled.paused or _store_decides(workflow) else len(items)
+        at_once = runtime.take_idle(at_once)
+        try:
+            return await self._insert_each(compiled, parsed, items, reservations, at_once,
+                                           (callback_url, callback_secret, actor))  # fmt: skip
+        finally:
+            runtime.give_idle(at_once)
+
+    async def _insert_each(
+        self,
+        compiled: Any,
+        parsed: builtins.list[Any],
+        items: builtins.list[Mapping[str, Any]],
+        reservations: builtins.list[Any],
+        at_once: int,
+        options: tuple[str | None, str | None, Principal | None],
+    ) -> builtins.list[Execution]:
+        runtime = self._runtime
+        workflow = compiled.workflow
+        callback_url, callback_secret, actor = options
         integration_ids = tuple(i.id for i in workflow.integrations)
         ops: builtins.list[InsertExecution] = []
         thens: builtins.list[Callable[[Any], None]] = []
@@ -104,6 +127,11 @@ class ExecutionBatches:
                 scheduled_for=None, priority=None,
             )  # fmt: skip
             runtime.grant(record)
+            events: tuple[OutboxEvent, ...] = ()
+            if index < at_once:
+                record.status = ExecutionStatus.RUNNING
+                record.started_at = record.created_at
+                events = runtime.started_events(record)
             prepared = Prepared(
                 record=record,
                 workflow_type=compiled.workflow_type,
@@ -111,8 +139,11 @@ class ExecutionBatches:
                 params=parsed[index],
                 specs=compiled.specs,
                 integration_ids=integration_ids,
+                claimed=index < at_once,
             )
-            ops.append(InsertExecution(record=record, workflow_version=workflow.updated_at))
+            ops.append(
+                InsertExecution(record=record, events=events, workflow_version=workflow.updated_at)
+            )
             thens.append(partial(_hand_over, runtime, prepared, reservations[index]))
             # The answer is the execution as stored: taken now, since the runtime owns
             # (and changes) the record from the commit on.
@@ -152,6 +183,17 @@ class ExecutionBatches:
                 {"queue_size": self._runtime.settings.queue_size, "room": max(room, 0)},
             )
         return [self._runtime.reserve() for _ in range(count)]
+
+
+def _store_decides(workflow: Workflow) -> bool:
+    """Whether the store decides when ``workflow``'s executions start (#16: concurrency
+    limits, a rate limit, a debounce), as in ``executions._limited``."""
+    return (
+        workflow.max_concurrency is not None
+        or workflow.concurrency is not None
+        or workflow.rate_limit is not None
+        or workflow.debounce is not None
+    )
 
 
 def _hand_over(runtime: Runtime, prepared: Prepared, reservation: Any, inserted: Any) -> None:

@@ -156,6 +156,10 @@ class Runtime(Recovers):
         self._pushed = itertools.count()
         self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
         self._queued = 0
+        #: Workers running an execution now (the rest wait for the queue).
+        self._busy = 0
+        #: Executions stored running at their acceptance, in the queue for a worker.
+        self._starting = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
         self._handed: dict[str, tuple[int, ExecutionRecord]] = {}
@@ -273,6 +277,24 @@ class Runtime(Recovers):
         """Free places in the asynchronous queue (reserved ones are not free)."""
         return self.settings.queue_size - self._queued - self._reserved
 
+    def idle_workers(self) -> int:
+        """How many asynchronous executions accepted now would start at once: workers
+        neither running one nor due to take one queued (0 while not running)."""
+        if not self.running:
+            return 0
+        return max(0, self.settings.workers - self._busy - self._queued - self._starting)
+
+    def take_idle(self, wanted: int) -> int:
+        """Hold up to ``wanted`` idle workers for executions stored running at their
+        acceptance (no claim write when they start); how many. Give them back with
+        :meth:`give_idle` once those are handed over (queued) or refused."""
+        taken = min(wanted, self.idle_workers())
+        self._starting += taken
+        return taken
+
+    def give_idle(self, count: int) -> None:
+        self._starting -= count
+
     def reserve(self) -> _Reservation:
         """Reserve a place in the asynchronous queue, or raise ``QueueFull``.
 
@@ -302,7 +324,7 @@ class Runtime(Recovers):
         record = prepared.record
         assert record.claim is not None, "submit() needs a record granted with grant()"
         self.claims.hold(record.id, record.claim)
-        if sync or self._queued < self.settings.queued_in_memory:
+        if sync or prepared.claimed or self._queued < self.settings.queued_in_memory:
             self._prepared[record.id] = prepared  # else a worker reads it from the store
         if reservation is None and not sync and self.room() <= 0:
             self._prepared.pop(record.id, None)
@@ -473,7 +495,11 @@ class Runtime(Recovers):
                 stored = self._queued_priority.pop(execution_id, None)
                 if stored is not None:
                     self._priorities[stored] -= 1
-                await self._guarded(execution_id, token)
+                self._busy += 1
+                try:
+                    await self._guarded(execution_id, token)
+                finally:
+                    self._busy -= 1
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
         waited = self._sync_limiter.available_tokens < 1

@@ -65,6 +65,7 @@ from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.recovery import Recovers
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.thread_commit import ThreadCommits
+from abi_engine.runtime.work import Wakeups
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -148,18 +149,15 @@ class Runtime(Recovers):
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
         # The queue of asynchronous work: a heap in priority order (aged like the
-        # store's claims); the stream carries one ``None`` per item, to wake a worker.
+        # store's claims), a wake-up per item for the workers (``_work``).
         self._heap: list[tuple[float, int, str, int]] = []
         #: The stored priority of each execution in the heap, and how many per priority.
         self._queued_priority: dict[str, int] = {}
         self._priorities: dict[int, int] = {}
         self._pushed = itertools.count()
-        self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
-        self._queued = 0
-        #: Workers running an execution now (the rest wait for the queue).
-        self._busy = 0
-        #: Executions stored running at their acceptance, in the queue for a worker.
-        self._starting = 0
+        self._work = Wakeups()
+        # Queued; workers running an execution; stored running but not queued yet.
+        self._queued = self._busy = self._starting = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
         self._handed: dict[str, tuple[int, ExecutionRecord]] = {}
@@ -209,7 +207,7 @@ class Runtime(Recovers):
                 self._tg = tg
                 self.thread_commits.start(_asyncio_loop())
                 for _ in range(self.settings.workers):
-                    tg.start_soon(self._worker, self._receive.clone())
+                    tg.start_soon(self._worker)
                 tg.start_soon(self._poller)
                 tg.start_soon(self._watch_claims)
                 task_status.started()
@@ -229,8 +227,7 @@ class Runtime(Recovers):
 
     def close(self) -> None:
         """Close the work queue for good (the engine is being closed)."""
-        self._send.close()
-        self._receive.close()
+        self._work.close()
 
     async def release(self) -> None:
         """Hand back what this node still holds, so a restart (or another node) resumes
@@ -364,7 +361,7 @@ class Runtime(Recovers):
         self._priorities[stored] = self._priorities.get(stored, 0) + 1
         key = time.monotonic() + stored * self.settings.priority_aging_seconds
         heapq.heappush(self._heap, (key, next(self._pushed), execution_id, token))
-        self._send.send_nowait(None)
+        self._work.push()
 
     def _hand_back(self, execution_id: str, token: int) -> None:
         """Let go of a claim and hand the execution back to the store (in the background;
@@ -487,19 +484,18 @@ class Runtime(Recovers):
 
     # -- loops ----------------------------------------------------------------------------
 
-    async def _worker(self, receive: Any) -> None:
-        async with receive:
-            async for _ in receive:
-                self._queued -= 1
-                _, _, execution_id, token = heapq.heappop(self._heap)
-                stored = self._queued_priority.pop(execution_id, None)
-                if stored is not None:
-                    self._priorities[stored] -= 1
-                self._busy += 1
-                try:
-                    await self._guarded(execution_id, token)
-                finally:
-                    self._busy -= 1
+    async def _worker(self) -> None:
+        while await self._work.take():
+            self._queued -= 1
+            _, _, execution_id, token = heapq.heappop(self._heap)
+            stored = self._queued_priority.pop(execution_id, None)
+            if stored is not None:
+                self._priorities[stored] -= 1
+            self._busy += 1
+            try:
+                await self._guarded(execution_id, token)
+            finally:
+                self._busy -= 1
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
         waited = self._sync_limiter.available_tokens < 1

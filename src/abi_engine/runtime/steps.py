@@ -294,11 +294,8 @@ class RunsExecutions(WritesRuns):
                 started_at=started,
             )
             running[0] = step
-            outcome = await (
-                self._attempt(prepared, spec, step, results, signals)
-                if self.tracing is None
-                else self._traced_attempt(prepared, spec, step, results, signals)
-            )
+            attempt = self._attempt if self.tracing is None else self._traced_attempt
+            outcome = await attempt(prepared, spec, step, results, signals)
             if outcome is SUSPENDED:
                 return
             if isinstance(outcome, Failure):

@@ -208,7 +208,10 @@ class WritesRuns:
 
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
-        return self.events.wants_for_execution(kind, record.callback_url)
+        events = self.events  # (the common answers first: this runs several times a step)
+        if kind in events.outbox_types:
+            return True
+        return events.wants_for_execution(kind, record.callback_url)
 
     def _finished_event(
         self, kind: str, record: ExecutionRecord, view: Execution | None

@@ -213,7 +213,8 @@ class RunsExecutions(WritesRuns):
         # Nothing stored yet: no steps, signals or progress to read (but a rerun's
         # reused steps, stored with it).
         fresh = prepared.fresh
-        await self._connect(prepared)
+        if prepared.integration_ids != ():  # (none to load: no coroutine made for nothing)
+            await self._connect(prepared)
         token = prepared.token
         done: list[StepRecord] = (
             []

@@ -9,17 +9,18 @@ from typing import Any
 
 __all__ = ["dumps", "from_ms", "loads", "to_ms"]
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
 
 def to_ms(value: datetime | None) -> int | None:
     """A UTC datetime as integer epoch milliseconds (sortable, compact)."""
     if value is None:
         return None
+    if value.tzinfo is UTC and not value.microsecond % 1000:  # (what utcnow makes: exact)
+        return (value - _EPOCH) // _MS
     seconds = value.timestamp()
     return int(seconds * 1000 + (0.5 if seconds >= 0 else -0.5))
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 
 
 def from_ms(value: int | None) -> datetime | None:

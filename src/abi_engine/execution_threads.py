@@ -108,7 +108,7 @@ class ExecutionThreadDoor:
         callback_secret: str | None,
         actor: Principal | None,
         priority: int | None,
-    ) -> Execution:
+    ) -> Execution | None:
         workflow = compiled.workflow
         record = self._new_record(  # type: ignore[attr-defined]
             compiled.paused, workflow, compiled.specs, params, wait=False, timeout=timeout,
@@ -137,16 +137,18 @@ class ExecutionThreadDoor:
                 runtime.claims.hold(record.id, record.claim)  # hands it back (or its lease)
 
         accepted = build_execution(record, [])  # as stored: the runtime owns the record next
+        op = InsertExecution(record=record, workflow_version=workflow.updated_at)
         try:
-            inserted = runtime.thread_commits.commit(
-                InsertExecution(record=record), execution_id=record.id, then=hand_over
-            )
+            inserted = runtime.thread_commits.commit(op, execution_id=record.id, then=hand_over)
         except (TypeError, ValueError):
             raise InvalidParameters(
                 "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
                 " booleans and null",
                 {"field": "parameters"},
             ) from None
+        if inserted is None:  # the workflow changed since it was checked: the loop checks
+            reservation.release()  # the request again (and compiles the new version)
+            return None
         if not inserted:  # without an idempotency key, only a store refusing it
             raise InvalidState("The execution could not be created; retry")
         return accepted

@@ -129,8 +129,29 @@ class ExecutionService(
             parameters, wait=wait, timeout_seconds=timeout_seconds, callback_url=callback_url,
             callback_secret=callback_secret, idempotency_key=idempotency_key,
         )  # fmt: skip
+        options = {
+            "callback_url": callback_url, "callback_secret": callback_secret,
+            "idempotency_key": idempotency_key, "schedule_id": schedule_id, "actor": actor,
+            "traceparent": traceparent, "parent_execution_id": parent_execution_id,
+            "scheduled_for": scheduled_for, "priority": priority,
+        }  # fmt: skip
+        while True:
+            try:
+                return await self._accept(workflow_id, params, wait, timeout, options)
+            except WorkflowChanged:  # since the request was checked: check it again
+                continue
+
+    async def _accept(
+        self,
+        workflow_id: str,
+        params: Mapping[str, Any],
+        wait: bool,
+        timeout: float | None,
+        options: dict[str, Any],
+    ) -> Execution:
+        """``execute`` of a checked request, against the workflow's current version."""
         compiled = await self.compiled(workflow_id)
-        key = idempotency_key
+        key = options["idempotency_key"]
         if replay := await self._replayed(compiled.workflow.id, key, wait=wait, timeout=timeout):
             return replay
         await self._check_runnable(compiled)
@@ -140,11 +161,7 @@ class ExecutionService(
             return await self._start(
                 compiled.paused, compiled.workflow, compiled.workflow_type, compiled.config,
                 compiled.specs, parsed, params, wait=wait, timeout=timeout,
-                callback_url=callback_url, callback_secret=callback_secret,
-                idempotency_key=idempotency_key, schedule_id=schedule_id, actor=actor,
-                reservation=reservation, traceparent=traceparent,
-                parent_execution_id=parent_execution_id, scheduled_for=scheduled_for,
-                priority=priority,
+                reservation=reservation, **options,
             )  # fmt: skip
         finally:
             if reservation is not None:
@@ -212,7 +229,7 @@ class ExecutionService(
         # The answer of an asynchronous start is the execution as stored: taken now,
         # since the runtime owns (and changes) the record from the commit on.
         accepted = None if wait else build_execution(record, [])
-        inserted = await self._insert(record, events, hand_over)
+        inserted = await self._insert(record, events, hand_over, workflow.updated_at)
         if not inserted:  # the same idempotency key won a race
             existing = await self._store.find_execution_by_key(workflow.id, idempotency_key or "")
             if existing is None:
@@ -283,19 +300,30 @@ class ExecutionService(
         return True, self._runtime.started_events(record)
 
     async def _insert(
-        self, record: ExecutionRecord, events: tuple[OutboxEvent, ...], then: Callable[[Any], None]
+        self,
+        record: ExecutionRecord,
+        events: tuple[OutboxEvent, ...],
+        then: Callable[[Any], None],
+        version: datetime,
     ) -> Any:
-        """Commit a new execution (``then`` runs at the commit); bad parameters JSON refused."""
+        """Commit a new execution (``then`` runs at the commit) of the workflow at
+        ``version`` (:class:`WorkflowChanged` when it is not any more); bad parameters
+        JSON refused."""
+        op = InsertExecution(record=record, events=events, workflow_version=version)
         try:
-            return await self._runtime.commit(
-                InsertExecution(record=record, events=events), execution_id=record.id, then=then
-            )
+            inserted = await self._runtime.commit(op, execution_id=record.id, then=then)
         except (TypeError, ValueError):  # parameters JSON cannot hold (NaN, sets, objects)
             raise InvalidParameters(
                 "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
                 " booleans and null",
                 {"field": "parameters"},
             ) from None
+        if inserted is None:
+            raise WorkflowChanged(
+                "The workflow changed while the execution was being created; retry",
+                {"workflow_id": record.workflow_id, "reason": "workflow_changed"},
+            )
+        return inserted
 
     async def _settle(
         self, execution_id: str, *, wait: bool, timeout: float | None, replay: bool = False
@@ -413,6 +441,12 @@ class ExecutionService(
             self._runtime.metrics.execution_finished(record.workflow_type, "cancelled")
         await self.cancel_children(execution_id)
         return await self.get(execution_id)
+
+
+class WorkflowChanged(InvalidState):
+    """An execution was not stored: its workflow changed (updated, paused or resumed,
+    deactivated, deleted) between the request's check and its insert. ``execute``
+    checks the request again; a caller that cannot (``execute_many``) answers 409."""
 
 
 def _unstructured(execution: Execution) -> dict[str, Any]:

@@ -241,9 +241,15 @@ class InsertExecution(WriteOp):
 
     Idempotent: applied again (a retry after a commit whose outcome was lost),
     it finds its own row by id and applies ``True``.
+
+    ``workflow_version``: the version (``updated_at``) of the active workflow the
+    request was checked against; the op applies ``None`` (nothing stored) when the
+    workflow is no longer at it in the insert's transaction (changed, paused,
+    deactivated or deleted since): the caller checks the request again.
     """
 
     record: ExecutionRecord
+    workflow_version: datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -21,6 +21,7 @@ from abi_engine.models import ExecutionStatus
 from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage.records import (
     ExecutionRecord,
+    InsertExecution,
     InsertRerun,
     PauseExecution,
     PauseWorkflow,
@@ -106,21 +107,13 @@ def _step_row(step: StepRecord) -> tuple[Any, ...]:
     )
 
 
-def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
-    """``records`` as inserted: a queued one of a paused workflow held (``queued_reason``
+def held(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord], paused: set[str]
+) -> list[ExecutionRecord]:
+    """``records`` as inserted: a queued one of a ``paused`` workflow held (``queued_reason``
     ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
     passes it by), whatever path inserts it (API, schedule, rerun); each with its
     concurrency key, and granted only within its workflow's limits (``keyed``)."""
-    ids = sorted({r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED})
-    paused: set[str] = set()
-    for chunk in chunks(ids):
-        condition, args = s.dialect.any_of("id", chunk)
-        paused.update(
-            row[0]
-            for row in conn.execute(
-                f"SELECT id FROM workflows WHERE {condition} AND paused_at IS NOT NULL", args
-            )
-        )
     if not paused:
         return keyed(s.dialect, conn, records)
     return keyed(
@@ -135,6 +128,22 @@ def held(s: Store, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Execu
     )
 
 
+def _workflows(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord]
+) -> dict[str, tuple[Any, ...]]:
+    """The workflows of ``records`` not deleted: id -> (version, status, paused_at)."""
+    found: dict[str, tuple[Any, ...]] = {}
+    for chunk in chunks(sorted({r.workflow_id for r in records})):
+        condition, args = s.dialect.any_of("id", chunk)
+        for row in conn.execute(
+            f"SELECT id, updated_at, status, paused_at FROM workflows WHERE {condition}"
+            " AND deleted_at IS NULL",
+            args,
+        ):
+            found[row[0]] = tuple(row[1:])
+    return found
+
+
 def insert_held(
     s: Store, conn: Conn, records: Sequence[ExecutionRecord], ops: Sequence[WriteOp]
 ) -> list[Any]:
@@ -144,7 +153,18 @@ def insert_held(
     debounce: an earlier record of the batch, or a stored one still waiting. They
     are written with the op's events, in this transaction, so none is lost or
     repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``)."""
-    shaped = held(s, conn, records)
+    workflows = _workflows(s, conn, records)
+    stale = _stale(s, conn, records, ops, workflows)
+    if stale:  # not stored: their requests are checked again against the new version
+        kept = [i for i in range(len(ops)) if i not in stale]
+        results: list[Any] = [None] * len(ops)
+        if kept:
+            done = insert_held(s, conn, [records[i] for i in kept], [ops[i] for i in kept])
+            for i, result in zip(kept, done, strict=True):
+                results[i] = result
+        return results
+    paused = {w for w, (_, _, paused_at) in workflows.items() if paused_at is not None}
+    shaped = held(s, conn, records, paused)
     results = list(s._insert_executions(conn, shaped))
     for result, op in zip(results, ops, strict=True):
         if result is True:
@@ -158,6 +178,32 @@ def insert_held(
             owner[r.id].found.append(_skip_event(r.id, r.completed_at or now))
         owner[r.id].found.extend(_skip_event(ended, now) for ended in r.replaced)
     return results
+
+
+def _stale(
+    s: Store,
+    conn: Conn,
+    records: Sequence[ExecutionRecord],
+    ops: Sequence[WriteOp],
+    workflows: dict[str, tuple[Any, ...]],
+) -> set[int]:
+    """The indexes of the ops checked against a version of their workflow (active, at
+    ``workflow_version``) it no longer has in this transaction, and not stored already
+    (a retry of a committed insert applies ``AGAIN`` as before)."""
+    stale: set[int] = set()
+    for i, op in enumerate(ops):
+        version = op.workflow_version if isinstance(op, InsertExecution) else None
+        if version is not None:
+            now = workflows.get(records[i].workflow_id)
+            if now is None or now[0] != to_ms(version) or now[1] != "active":
+                stale.add(i)
+    for chunk in chunks(sorted(records[i].id for i in stale)):
+        condition, args = s.dialect.any_of("id", chunk)
+        stored = {
+            row[0] for row in conn.execute(f"SELECT id FROM executions WHERE {condition}", args)
+        }
+        stale = {i for i in stale if records[i].id not in stored}
+    return stale
 
 
 def _skip_event(execution_id: str, at: datetime) -> ExecutionEventRef:

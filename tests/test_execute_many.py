@@ -136,3 +136,37 @@ def test_an_inactive_workflow_is_refused(databases: Any) -> None:
         assert engine.call(engine.executions.execute_many, wf, []) == []
     finally:
         engine.close()
+
+
+def test_as_many_as_workers_are_idle_are_stored_running(databases: Any) -> None:
+    """With 3 idle workers, the first 3 of 8 are accepted (and stored) running, started
+    at their creation, without a claim write of their own; the others queued; all
+    complete, each once. Paused or limited by concurrency: all queued (the store decides)."""
+    engine = _engine(databases, runtime=RuntimeSettings(workers=3))
+    try:
+        wf = _workflow(engine)
+        assert engine.runtime.idle_workers() == 3
+        writes = engine.runtime.committer.ops
+        started = engine.call(engine.executions.execute_many, wf, [{"i": i} for i in range(8)])
+        statuses = [e.status for e in started]
+        assert statuses == [ExecutionStatus.RUNNING] * 3 + [ExecutionStatus.QUEUED] * 5
+        assert all(e.started_at == e.created_at for e in started[:3])
+        for i, execution in enumerate(started):
+            done = engine.call(engine.executions.wait, execution.execution_id, timeout=60)
+            assert done.status is ExecutionStatus.COMPLETED
+            assert done.result == {"value": 2 * i}
+            assert done.steps[0].attempts == 1
+        # An insert and a finish each, and a claim for the 5 queued ones.
+        assert engine.runtime.committer.ops - writes == 8 + 8 + 5
+        assert engine.runtime.idle_workers() == 3
+        limited = engine.call(
+            engine.workflows.create, {"name": "lim", "type": "doubles", "max_concurrency": 5}
+        )
+        engine.call(engine.workflows.activate, limited.id)
+        queued = engine.call(engine.executions.execute_many, limited.id, [{"i": 1}] * 2)
+        assert [e.status for e in queued] == [ExecutionStatus.QUEUED] * 2
+        for execution in queued:
+            done = engine.call(engine.executions.wait, execution.execution_id, timeout=60)
+            assert done.status is ExecutionStatus.COMPLETED
+    finally:
+        engine.close()

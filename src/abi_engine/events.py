@@ -193,6 +193,11 @@ class EventPolicy:
 
     def __init__(self, hookimpls: Callable[[], Sequence[HookImpl]]) -> None:
         self._hookimpls = hookimpls
+        # pluggy's ``get_hookimpls`` copies the hook's list at every call, and the
+        # runtime asks several times per step: read the hook's own list instead (kept
+        # up to date by pluggy as plugins come and go), when it is there to read.
+        live = getattr(getattr(hookimpls, "__self__", None), "_hookimpls", None)
+        self._live: list[HookImpl] | None = live if isinstance(live, list) else None
         #: Event types this process writes to the outbox when they happen.
         self.outbox_types: set[str] = {
             t for t in EVENT_TYPES if t.startswith("workflow.") and t != "workflow.executed"
@@ -208,13 +213,23 @@ class EventPolicy:
 
     def wants_for_execution(self, event_type: str, callback_url: str | None) -> bool:
         """Whether an event about an execution has a consumer (its callback counts)."""
+        if event_type in self.outbox_types:
+            return True
         if callback_url is not None and event_type in CALLBACK_EVENTS:
             return True
-        return self.wants(event_type)
+        return self.has_hooks()
 
     def has_hooks(self) -> bool:
         """Whether an ``abi_event`` hook is registered (events then carry their data)."""
-        return bool(self._hookimpls())
+        live = self._live
+        return bool(live) if live is not None else bool(self._hookimpls())
+
+    def _impls(self) -> Sequence[HookImpl]:
+        """The ``abi_event`` hook implementations now (a copy: a hook may register more)."""
+        live = self._live
+        if live is None:
+            return self._hookimpls()
+        return list(live) if live else ()
 
     def subscribe(self, wanted: Collection[str]) -> None:
         """Keep exactly the types subscriptions want, beside the always-kept ones.
@@ -267,7 +282,7 @@ class EventPolicy:
         """
         for listener in self._listeners:
             listener()  # the events are in the outbox: wake the webhook worker
-        impls = self._hookimpls()
+        impls = self._impls()
         if not impls:
             return
         for event in events:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = ["PREFIXES", "format_time", "new_id", "parse_time", "utcnow"]
 
@@ -34,6 +34,8 @@ _random = b""
 _random_at = _RANDOM_CHUNK
 _last = 0
 _last_lock = threading.Lock()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def new_id(prefix: str) -> str:
@@ -92,8 +94,8 @@ def _digits(value: int) -> str:
 
 def utcnow() -> datetime:
     """The current time, UTC, truncated to milliseconds (what the API shows)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    # The epoch plus whole milliseconds: half the cost of ``now(UTC).replace(...)``.
+    return _EPOCH + _MS * (time.time_ns() // 1_000_000)
 
 
 def format_time(value: datetime) -> str:

@@ -11,7 +11,6 @@ through :class:`~abi_engine.runtime.steps.RunsExecutions`; no state of its own.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
@@ -34,6 +33,7 @@ from abi_engine.models import (
 )
 from abi_engine.runtime.commit import GroupCommitter
 from abi_engine.runtime.execution import (
+    Backoff,
     Lost,
     Prepared,
     milliseconds,
@@ -159,55 +159,59 @@ class WritesRuns:
         lease. Then the claim is let go (its lease expires, recovery takes the
         execution over) and :class:`Lost` is raised.
         """
-        return await self._retrying(
-            partial(self.committer.submit, op), execution_id, token, type(op).__name__
-        )
+        try:
+            return await self.committer.submit(op)
+        except Exception as exc:  # (no retry state is set up before a failure)
+            again = partial(self.committer.submit, op)
+            return await self._retrying(again, exc, execution_id, token, type(op).__name__)
 
     async def _read(self, fn: Callable[..., T], *args: Any, token: int) -> T:
         """A store read of the run holding ``token`` (``execution_id`` first in ``args``),
         retried like :meth:`_write` while the store fails."""
-        execution_id = str(args[0]) if args else ""
-        return await self._retrying(
-            partial(call_store, self.store, fn, *args), execution_id, token, "reading it"
-        )
+        call = partial(call_store, self.store, fn, *args)
+        try:
+            return await call()
+        except Exception as exc:
+            return await self._retrying(
+                call, exc, str(args[0]) if args else "", token, "reading it"
+            )
 
     async def _retrying(
-        self, call: Callable[[], Awaitable[T]], execution_id: str, token: int, what: str
+        self,
+        call: Callable[[], Awaitable[T]],
+        failed: Exception,
+        execution_id: str,
+        token: int,
+        what: str,
     ) -> T:
-        """``await call()``, retried with backoff while the store fails and the claim holds."""
-        delay = 0.05
-        give_up = time.monotonic() + self.settings.lease_seconds * WRITE_RETRY_SHARE
-        failures = 0
+        """``await call()`` again after it ``failed``, with backoff, while the store fails
+        and the claim holds."""
+        log.warning("execution %s: %s failed (%s); retrying", execution_id, what, one_line(failed))
+        backoff = Backoff(self.settings.lease_seconds * WRITE_RETRY_SHARE, 2.0)
         while True:
+            if not self.claims.holds(execution_id, token) or not backoff.left():
+                log.warning(
+                    "execution %s: the store kept failing; left to recovery (lease %g s)",
+                    execution_id,
+                    self.settings.lease_seconds,
+                )
+                self.claims.let_go(execution_id, token)
+                self._notify(execution_id, None)
+                raise Lost(execution_id) from None
+            await backoff.sleep()
             try:
                 result = await call()
-            except Exception as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "execution %s: %s failed (%s); retrying", execution_id, what, one_line(exc)
-                    )
-                if not self.claims.holds(execution_id, token) or (
-                    time.monotonic() + delay > give_up
-                ):
-                    log.warning(
-                        "execution %s: the store kept failing; left to recovery (lease %g s)",
-                        execution_id,
-                        self.settings.lease_seconds,
-                    )
-                    self.claims.let_go(execution_id, token)
-                    self._notify(execution_id, None)
-                    raise Lost(execution_id) from None
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            except Exception:
                 continue
-            if failures:
-                log.warning("execution %s: %s done after a retry", execution_id, what)
+            log.warning("execution %s: %s done after a retry", execution_id, what)
             return result
 
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
-        return self.events.wants_for_execution(kind, record.callback_url)
+        events = self.events  # (the common answers first: this runs several times a step)
+        if kind in events.outbox_types:
+            return True
+        return events.wants_for_execution(kind, record.callback_url)
 
     def _finished_event(
         self, kind: str, record: ExecutionRecord, view: Execution | None

@@ -93,16 +93,35 @@ log = logging.getLogger("abi_engine.commit")
 
 
 class _Batch:
-    __slots__ = ("done", "keys", "ops", "results", "thens")
+    __slots__ = ("done", "keys", "ops", "results", "thens", "waiters")
 
     def __init__(self) -> None:
         self.ops: list[WriteOp] = []
         self.results: list[Any] = []
         #: ``(index, then)``: called with the result of ``ops[index]`` once it is known.
         self.thens: list[tuple[int, Callable[[Any], None]]] = []
-        self.done = anyio.Event()
+        #: Set once the results are known (made when someone waits on it).
+        self.done: anyio.Event | None = None
+        #: On asyncio: ``(index, future)`` of each task waiting for the result of
+        #: ``ops[index]`` alone (a future each is lighter than an event all share).
+        self.waiters: list[tuple[int, asyncio.Future[Any]]] = []
         #: The executions its ops write (``None``: unknown, the batch runs alone).
         self.keys: set[str] | None = set()
+
+    async def wait(self) -> None:
+        """Wait until the results are known."""
+        if self.done is None:
+            self.done = anyio.Event()
+        await self.done.wait()
+
+    def answer(self, results: list[Any]) -> None:
+        """Hand the results to whoever waits (a waiter cancelled meanwhile is skipped)."""
+        self.results = results
+        for index, future in self.waiters:
+            if not future.done():
+                future.set_result(results[index])
+        if self.done is not None:
+            self.done.set()
 
     def add_keys(self, ops: Iterable[WriteOp]) -> None:
         for op in ops:
@@ -173,6 +192,9 @@ class GroupCommitter:
         self._metrics = metrics
         self._pending: deque[_Batch] = deque()
         self._in_flight_limit = in_flight
+        #: Whether batches note the executions they write (only batches in flight
+        #: together compare them: with one at a time, nothing does).
+        self._keyed = in_flight > 1
         self._overlap_min = OVERLAP_MIN if overlap_min is None else max(1, overlap_min)
         #: The batches being written now, oldest first.
         self._writing: list[_Batch] = []
@@ -182,6 +204,10 @@ class GroupCommitter:
         #: The most batches that were written at once.
         self.most_in_flight = 0
         self._wakeup = anyio.Event()
+        #: Whether :attr:`_wakeup` is set already (spares setting it again per op).
+        self._woken = False
+        #: The asyncio loop the writer runs on (``None``: not running, or not asyncio).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self.batches = 0
         self.ops = 0
@@ -231,36 +257,63 @@ class GroupCommitter:
             batch = self._open_batch(1)
             index = len(batch.ops)
             batch.ops.append(op)
-            batch.add_keys((op,))
+            if self._keyed:
+                batch.add_keys((op,))
             if len(batch.ops) == self._overlap_min and self._writing:
                 self._signal_change()
             if then is not None:
                 batch.thens.append((index, then))
-            self._wakeup.set()
-            await batch.done.wait()
-            result = batch.results[index]
+            self._wake()
+            loop = self._loop
+            # On the writer's loop, a future of its own; a task of another loop (an ASGI
+            # server's, in its thread) waits on the batch's event, as it always did.
+            if loop is not None and asyncio._get_running_loop() is loop:
+                future = loop.create_future()
+                batch.waiters.append((index, future))
+                result = await future
+            else:
+                await batch.wait()
+                result = batch.results[index]
         if isinstance(result, Exception):
             raise result
         return result
 
-    async def submit_many(self, ops: Sequence[WriteOp]) -> list[Any]:
+    async def submit_many(
+        self,
+        ops: Sequence[WriteOp],
+        thens: Sequence[Callable[[Any], None] | None] | None = None,
+    ) -> list[Any]:
         """Queue ``ops`` together and return their results (exceptions included).
 
         They share one transaction when there are at most ``max_batch`` of them.
+        ``thens``: one follow-up (or ``None``) per op, called as :meth:`submit`'s.
         """
         if not ops:
             return []
         if not self._running:
-            return await self._apply(ops)
+            results = await self._apply(ops)
+            for then, result in zip(thens or (), results, strict=False):
+                if then is not None and not isinstance(result, BaseException):
+                    _call_then(then, result)
+            return results
         batch = self._open_batch(len(ops))
         start = len(batch.ops)
         batch.ops.extend(ops)
-        batch.add_keys(ops)
+        if self._keyed:
+            batch.add_keys(ops)
+        if thens is not None:
+            batch.thens.extend((start + i, t) for i, t in enumerate(thens) if t is not None)
         if start < self._overlap_min <= len(batch.ops) and self._writing:
             self._signal_change()
-        self._wakeup.set()
-        await batch.done.wait()
+        self._wake()
+        await batch.wait()
         return batch.results[start : start + len(ops)]
+
+    def _wake(self) -> None:
+        """Wake the writer (once per batch it has to look at)."""
+        if not self._woken:
+            self._woken = True
+            self._wakeup.set()
 
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         clock = time.perf_counter()
@@ -355,11 +408,10 @@ class GroupCommitter:
         results: list[Any] = []
         for start in range(0, len(batch.ops), self._max_batch):
             results.extend(await self._safe_apply(batch.ops[start : start + self._max_batch]))
-        batch.results = results
         for index, then in batch.thens:
             if not isinstance(results[index], BaseException):
                 _call_then(then, results[index])
-        batch.done.set()
+        batch.answer(results)
 
     async def _flush_pending(self) -> None:
         """Write the pending batches one after the other (after those in flight)."""
@@ -450,8 +502,10 @@ class GroupCommitter:
         """The writer loop; runs until cancelled, then flushes what is pending."""
         # Events of this loop (a restarted engine may run on another one).
         self._wakeup, self._changed = anyio.Event(), anyio.Event()
+        self._woken = False
         if self._pending:
-            self._wakeup.set()
+            self._wake()
+        self._loop = _asyncio_loop()
         self._running = True
         task_status.started()
         try:
@@ -459,18 +513,27 @@ class GroupCommitter:
                 while True:
                     await self._wakeup.wait()
                     await self._gather()
-                    self._wakeup = anyio.Event()
+                    self._wakeup, self._woken = anyio.Event(), False
                     await self._flush_pending()
             async with anyio.create_task_group() as tg:
                 while True:
                     await self._wakeup.wait()
                     await self._gather()
-                    self._wakeup = anyio.Event()
+                    self._wakeup, self._woken = anyio.Event(), False
                     await self._start_pending(tg)
         finally:
             with anyio.CancelScope(shield=True):
                 self._running = False
+                self._loop = None
                 await self._flush_pending()
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop (``None`` on another backend: waiters use events)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _applied_events(

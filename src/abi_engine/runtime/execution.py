@@ -8,9 +8,11 @@ bound what a step may store (:func:`sized_json`), mask secrets in stored errors
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import attrs
 
 from abi_engine.models import ExecutionStatus
@@ -27,6 +29,7 @@ from abi_engine.types import (
 
 __all__ = [
     "SUSPENDED",
+    "Backoff",
     "Failure",
     "Lost",
     "Prepared",
@@ -119,6 +122,27 @@ class Failure:
 
 
 SUSPENDED = object()
+
+
+class Backoff:
+    """The waits between the tries of a write the store refused: 50 ms, doubling up to
+    ``cap``, for at most ``seconds`` from now."""
+
+    __slots__ = ("cap", "delay", "give_up")
+
+    def __init__(self, seconds: float, cap: float) -> None:
+        self.delay = 0.05
+        self.cap = cap
+        self.give_up = time.monotonic() + seconds
+
+    def left(self) -> bool:
+        """Whether there is time for another wait and try."""
+        return time.monotonic() + self.delay <= self.give_up
+
+    async def sleep(self) -> None:
+        """Wait before the next try."""
+        await anyio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
 
 
 def milliseconds(delta: timedelta) -> int:

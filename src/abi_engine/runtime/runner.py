@@ -31,7 +31,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,7 @@ from abi_engine.models import (
 from abi_engine.runtime.checkpoints import COMMIT_RETRY_SECONDS
 from abi_engine.runtime.commit import GroupCommitter
 from abi_engine.runtime.execution import (
+    Backoff,
     Lost,
     Prepared,
     one_line,
@@ -64,6 +65,7 @@ from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.recovery import Recovers
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.thread_commit import ThreadCommits
+from abi_engine.runtime.work import Wakeups
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -147,14 +149,15 @@ class Runtime(Recovers):
         # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
         # place reserved by a caller is never taken by anyone else.
         # The queue of asynchronous work: a heap in priority order (aged like the
-        # store's claims); the stream carries one ``None`` per item, to wake a worker.
+        # store's claims), a wake-up per item for the workers (``_work``).
         self._heap: list[tuple[float, int, str, int]] = []
         #: The stored priority of each execution in the heap, and how many per priority.
         self._queued_priority: dict[str, int] = {}
         self._priorities: dict[int, int] = {}
         self._pushed = itertools.count()
-        self._send, self._receive = anyio.create_memory_object_stream[None](math.inf)
-        self._queued = 0
+        self._work = Wakeups()
+        # Queued; workers running an execution; stored running but not queued yet.
+        self._queued = self._busy = self._starting = 0
         self._sync_limiter = anyio.CapacityLimiter(self.settings.sync_workers)
         self._prepared: dict[str, Prepared] = {}
         self._handed: dict[str, tuple[int, ExecutionRecord]] = {}
@@ -204,7 +207,7 @@ class Runtime(Recovers):
                 self._tg = tg
                 self.thread_commits.start(_asyncio_loop())
                 for _ in range(self.settings.workers):
-                    tg.start_soon(self._worker, self._receive.clone())
+                    tg.start_soon(self._worker)
                 tg.start_soon(self._poller)
                 tg.start_soon(self._watch_claims)
                 task_status.started()
@@ -224,8 +227,7 @@ class Runtime(Recovers):
 
     def close(self) -> None:
         """Close the work queue for good (the engine is being closed)."""
-        self._send.close()
-        self._receive.close()
+        self._work.close()
 
     async def release(self) -> None:
         """Hand back what this node still holds, so a restart (or another node) resumes
@@ -272,6 +274,24 @@ class Runtime(Recovers):
         """Free places in the asynchronous queue (reserved ones are not free)."""
         return self.settings.queue_size - self._queued - self._reserved
 
+    def idle_workers(self) -> int:
+        """How many asynchronous executions accepted now would start at once: workers
+        neither running one nor due to take one queued (0 while not running)."""
+        if not self.running:
+            return 0
+        return max(0, self.settings.workers - self._busy - self._queued - self._starting)
+
+    def take_idle(self, wanted: int) -> int:
+        """Hold up to ``wanted`` idle workers for executions stored running at their
+        acceptance (no claim write when they start); how many. Give them back with
+        :meth:`give_idle` once those are handed over (queued) or refused."""
+        taken = min(wanted, self.idle_workers())
+        self._starting += taken
+        return taken
+
+    def give_idle(self, count: int) -> None:
+        self._starting -= count
+
     def reserve(self) -> _Reservation:
         """Reserve a place in the asynchronous queue, or raise ``QueueFull``.
 
@@ -301,7 +321,7 @@ class Runtime(Recovers):
         record = prepared.record
         assert record.claim is not None, "submit() needs a record granted with grant()"
         self.claims.hold(record.id, record.claim)
-        if sync or self._queued < self.settings.queued_in_memory:
+        if sync or prepared.claimed or self._queued < self.settings.queued_in_memory:
             self._prepared[record.id] = prepared  # else a worker reads it from the store
         if reservation is None and not sync and self.room() <= 0:
             self._prepared.pop(record.id, None)
@@ -341,7 +361,7 @@ class Runtime(Recovers):
         self._priorities[stored] = self._priorities.get(stored, 0) + 1
         key = time.monotonic() + stored * self.settings.priority_aging_seconds
         heapq.heappush(self._heap, (key, next(self._pushed), execution_id, token))
-        self._send.send_nowait(None)
+        self._work.push()
 
     def _hand_back(self, execution_id: str, token: int) -> None:
         """Let go of a claim and hand the execution back to the store (in the background;
@@ -370,28 +390,39 @@ class Runtime(Recovers):
         applied. A value the store cannot encode (``TypeError``/``ValueError``) is
         raised at once. ``then(result)``: see :meth:`GroupCommitter.submit`.
         """
-        delay = 0.05
-        give_up = time.monotonic() + COMMIT_RETRY_SECONDS
-        retry = False
+        backoff: Backoff | None = None
         while True:
-            if retry:
-                op = self._with_fresh_lease(op)
-            retry = True
             try:
                 return await self.committer.submit(op, then=then)
             except (TypeError, ValueError, AbiError):
                 raise
             except Exception as exc:
-                if time.monotonic() + delay > give_up:
-                    log.warning("%s failed for good (%s)", type(op).__name__, one_line(exc))
-                    details = {} if execution_id is None else {"execution_id": execution_id}
-                    raise InternalError(
-                        "The database did not answer; the change may or may not have been"
-                        " made" + (f" (look up execution {execution_id})" if execution_id else ""),
-                        details,
-                    ) from None
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                backoff = backoff or Backoff(COMMIT_RETRY_SECONDS, 1.0)
+                if not backoff.left():
+                    raise _gave_up(op, exc, execution_id) from None
+                await backoff.sleep()
+                op = self._with_fresh_lease(op)
+
+    async def commit_many(
+        self, ops: Sequence[WriteOp], thens: Sequence[Callable[[Any], None] | None]
+    ) -> list[Any]:
+        """:meth:`commit` of many ops at once (they share commits): each op's result, or
+        the exception it met (:class:`~abi_engine.errors.InternalError` when the store
+        kept failing). ``thens``: one follow-up per op, or ``None``."""
+        results = await self.committer.submit_many(ops, thens)
+        backoff = Backoff(COMMIT_RETRY_SECONDS, 1.0)
+        while todo := [i for i, r in enumerate(results) if _store_failed(r)]:
+            if not backoff.left():
+                failed = _gave_up(ops[todo[0]], results[todo[0]], None)
+                for i in todo:
+                    results[i] = failed
+                break
+            await backoff.sleep()
+            again = [self._with_fresh_lease(ops[i]) for i in todo]
+            answers = await self.committer.submit_many(again, [thens[i] for i in todo])
+            for i, answer in zip(todo, answers, strict=True):
+                results[i] = answer
+        return results
 
     def _with_fresh_lease(self, op: WriteOp) -> WriteOp:
         """``op`` granting this node a lease from now (a retried write must not store a
@@ -433,8 +464,8 @@ class Runtime(Recovers):
                     steps = await call_store(self.store, self.store.get_steps, execution_id)
                     return build_execution(record, steps)
         finally:
-            if self._waiters.get(execution_id) is waiter:
-                del self._waiters[execution_id]
+            if self._waiters.get(execution_id) is waiter:  # (a caller's thread may share
+                self._waiters.pop(execution_id, None)  # it and let go of it at once)
 
     def _notify(self, execution_id: str, execution: Execution | None) -> None:
         waiter = self._waiters.get(execution_id)
@@ -453,15 +484,18 @@ class Runtime(Recovers):
 
     # -- loops ----------------------------------------------------------------------------
 
-    async def _worker(self, receive: Any) -> None:
-        async with receive:
-            async for _ in receive:
-                self._queued -= 1
-                _, _, execution_id, token = heapq.heappop(self._heap)
-                stored = self._queued_priority.pop(execution_id, None)
-                if stored is not None:
-                    self._priorities[stored] -= 1
+    async def _worker(self) -> None:
+        while await self._work.take():
+            self._queued -= 1
+            _, _, execution_id, token = heapq.heappop(self._heap)
+            stored = self._queued_priority.pop(execution_id, None)
+            if stored is not None:
+                self._priorities[stored] -= 1
+            self._busy += 1
+            try:
                 await self._guarded(execution_id, token)
+            finally:
+                self._busy -= 1
 
     async def _run_sync(self, execution_id: str, token: int) -> None:
         waited = self._sync_limiter.available_tokens < 1
@@ -531,6 +565,24 @@ class Runtime(Recovers):
     def sync_slot_free(self) -> bool:
         """Whether a synchronous execution submitted now starts at once."""
         return self.running and self._sync_limiter.available_tokens >= 1
+
+
+def _store_failed(result: Any) -> bool:
+    """Whether an op's result is the store failing (retried), not the op refused."""
+    return isinstance(result, Exception) and not isinstance(
+        result, TypeError | ValueError | AbiError
+    )
+
+
+def _gave_up(op: WriteOp, exc: BaseException, execution_id: str | None) -> InternalError:
+    """The error of a caller's write the store kept failing (it may have applied)."""
+    log.warning("%s failed for good (%s)", type(op).__name__, one_line(exc))
+    details = {} if execution_id is None else {"execution_id": execution_id}
+    return InternalError(
+        "The database did not answer; the change may or may not have been"
+        " made" + (f" (look up execution {execution_id})" if execution_id else ""),
+        details,
+    )
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -67,6 +67,9 @@ T = TypeVar("T")
 class RunsExecutions(WritesRuns):
     """The running of one execution (its steps), for :class:`~abi_engine.runtime.runner.Runtime`."""
 
+    #: ``ctx.services`` and the host it was made of (:meth:`_legacy_services`).
+    _services: tuple[Any, Any] | None = None
+
     async def _load(self, execution_id: str, grant: int) -> Prepared | None:
         """The execution to run, claimed by this node under a fresh run token (``None``
         when there is nothing to run here)."""
@@ -210,7 +213,8 @@ class RunsExecutions(WritesRuns):
         # Nothing stored yet: no steps, signals or progress to read (but a rerun's
         # reused steps, stored with it).
         fresh = prepared.fresh
-        await self._connect(prepared)
+        if prepared.integration_ids != ():  # (none to load: no coroutine made for nothing)
+            await self._connect(prepared)
         token = prepared.token
         done: list[StepRecord] = (
             []
@@ -291,7 +295,8 @@ class RunsExecutions(WritesRuns):
                 started_at=started,
             )
             running[0] = step
-            outcome = await self._traced_attempt(prepared, spec, step, results, signals)
+            attempt = self._attempt if self.tracing is None else self._traced_attempt
+            outcome = await attempt(prepared, spec, step, results, signals)
             if outcome is SUSPENDED:
                 return
             if isinstance(outcome, Failure):
@@ -440,11 +445,21 @@ class RunsExecutions(WritesRuns):
             integrations=prepared.integrations,
             attempt=step.attempts,
             host=self.host,
-            services=self.host.legacy_services if self.host else {},  # deprecated
+            services=self._legacy_services(),  # deprecated
             progress=progress,
             scheduled_for=record.scheduled_for,
             progress_saver=save_progress,
         )
+
+    def _legacy_services(self) -> Any:
+        """``ctx.services`` (deprecated): the host's, made once per host (read-only)."""
+        host = self.host
+        if host is None:
+            return {}
+        cached = self._services
+        if cached is None or cached[0] is not host:
+            cached = self._services = (host, host.legacy_services)
+        return cached[1]
 
     async def _save_progress(
         self, prepared: Prepared, index: int, signals: dict[str, Any], value: Any

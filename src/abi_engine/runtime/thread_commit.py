@@ -95,8 +95,13 @@ class ThreadCommits:
         """Settle commits on ``loop`` from now on (``None``: the engine stops; a caller
         then gets ``EngineNotRunning``). The follow-ups of commits not settled yet are
         called now, on the stopping runtime: they let go of their queue places and hold
-        their executions, which the engine's release then hands back."""
-        with self._queue_lock:
+        their executions, which the engine's release then hands back.
+
+        A commit under way finishes first (its follow-ups are among those called), and
+        none starts after a stop: a caller's insert committed after the unsettled ones
+        were called would hold its execution past the release, owned until its lease ran
+        out."""
+        with self._lead, self._queue_lock:
             self.loop = loop
             unsettled, self._settle = self._settle, []
             self._waking = False
@@ -161,8 +166,23 @@ class ThreadCommits:
             if not slot.done:  # no leader took it along: lead a commit of all queued
                 with self._queue_lock:
                     batch, self._pending = self._pending, []
-                self._write(batch)
+                if self.loop is None:  # stopped since the call began: commit none of the
+                    batch = self._refuse(batch)  # callers' ops (their follow-ups would be lost)
+                if batch:
+                    self._write(batch)
         return slot
+
+    @staticmethod
+    def _refuse(batch: list[_Slot]) -> list[_Slot]:
+        """Answer the callers' slots of ``batch`` ``EngineNotRunning``; the rest (the
+        group committer's own batches, settled by it)."""
+        for slot in batch:
+            if slot.posted:
+                slot.error = EngineNotRunning(
+                    "The engine is not running", {"engine": "not_running"}
+                )
+                slot.done = True
+        return [slot for slot in batch if not slot.posted]
 
     def _write(self, batch: list[_Slot]) -> None:
         ops = [op for slot in batch for op in slot.ops]

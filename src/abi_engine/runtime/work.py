@@ -1,0 +1,71 @@
+"""Wake-ups of the runtime's workers: one per execution queued.
+
+What a memory object stream of ``None`` items did for the worker pool, without
+its costs per item: a receive there always yields a turn of the event loop
+first, and records the receiving task. Here a worker that ends a run and finds
+work waiting takes it at once, and an idle worker waits on an event of its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import anyio
+
+__all__ = ["Wakeups"]
+
+
+class _Idle:
+    """An idle worker's wait: set with ``given`` when an item is handed to it."""
+
+    __slots__ = ("event", "given")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.given = False
+
+
+class Wakeups:
+    """Counts items pushed and not taken yet; :meth:`take` waits for one."""
+
+    def __init__(self) -> None:
+        self._waiting = 0
+        self._idle: deque[_Idle] = deque()
+        self._closed = False
+
+    def push(self) -> None:
+        """One item more: hand it to an idle worker, or keep it for the next taker."""
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._idle:
+            idle = self._idle.popleft()
+            idle.given = True
+            idle.event.set()
+        else:
+            self._waiting += 1
+
+    async def take(self) -> bool:
+        """Wait for an item and take it: ``True``; ``False`` once closed."""
+        if self._waiting:
+            self._waiting -= 1
+            return True
+        if self._closed:
+            return False
+        idle = _Idle()
+        self._idle.append(idle)
+        try:
+            await idle.event.wait()
+        except BaseException:  # cancelled: an item handed over meanwhile goes to another
+            if idle.given:
+                if not self._closed:
+                    self.push()
+            else:
+                self._idle.remove(idle)
+            raise
+        return idle.given
+
+    def close(self) -> None:
+        """No more items: every idle worker (and any that comes) ends."""
+        self._closed = True
+        while self._idle:
+            self._idle.popleft().event.set()

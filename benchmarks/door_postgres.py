@@ -15,8 +15,10 @@ first submit until every one has ended. Each figure on a fresh schema:
 
 The load average prints with each figure, and the CPU time spent per execution
 by the engine processes and by the PostgreSQL server processes serving their
-connections (read from ``/proc``: 0 unless the server runs on this host). On a
-shared machine CPU time holds better than the wall clock.
+connections (read from ``/proc``: 0 unless the server runs on this host), and the
+WAL the server wrote per execution meanwhile (its insert position's move: other
+sessions' writes count too). On a shared machine CPU time holds better than the
+wall clock.
 
     python benchmarks/door_postgres.py [--url postgresql://...] [--count 3000]
 """
@@ -103,7 +105,7 @@ async def run_engine(
                 ids.append((i, ex.execution_id))
 
         await anyio.sleep(max(0.0, start_at - time.time()))
-        cpu0, server0 = _own_cpu(), _server_cpu(db)
+        cpu0, server0, wal0 = _own_cpu(), _server_cpu(db), _wal_position(db)
         started = time.time()
         async with anyio.create_task_group() as tg:
             for s in range(64):
@@ -114,7 +116,7 @@ async def run_engine(
                 break
             await anyio.sleep(0.01)
         ended = time.time()
-        cpu, server = _own_cpu() - cpu0, _server_cpu(db)
+        cpu, server, wal = _own_cpu() - cpu0, _server_cpu(db), _wal_position(db)
         for i, execution_id in ids[:: max(1, len(ids) // 50)]:  # checked after the clock
             ex = await e.executions.wait(execution_id, 300)
             assert ex.result == {"value": expected(i)}, ex
@@ -125,6 +127,7 @@ async def run_engine(
         "commits_per_exec": (commits - commits0) / count,
         "cpu": cpu,
         "server_cpu": sum(seconds - server0.get(pid, 0.0) for pid, seconds in server.items()),
+        "wal": [wal0, wal],
     }
 
 
@@ -156,6 +159,18 @@ def _server_cpu(db: str) -> dict[int, float]:
     return found
 
 
+def _wal_position(db: str) -> int:
+    """The server's WAL insert position in bytes (0 for SQLite): WAL written between two
+    readings is the server's, other sessions' included."""
+    if not db.startswith("postgresql://"):
+        return 0
+    import psycopg
+
+    with psycopg.connect(db.replace("application_name=door-", "application_name=probe-")) as c:
+        row = c.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint").fetchone()
+    return int(row[0]) if row else 0
+
+
 def _child(db: str, count: int, start_at: float, offset: int, total: int) -> subprocess.Popen[str]:
     code = (
         "import sys, json, anyio; sys.path.insert(0, sys.argv[1]); import door_postgres as d;"
@@ -168,9 +183,9 @@ def _child(db: str, count: int, start_at: float, offset: int, total: int) -> sub
     )
 
 
-def measure(db: str, count: int, processes: int) -> tuple[float, float, float, float]:
+def measure(db: str, count: int, processes: int) -> tuple[float, float, float, float, float]:
     """(executions/s, commits per execution, engine and server CPU microseconds per
-    execution) of ``processes`` engines sharing ``db``."""
+    execution, WAL bytes per execution) of ``processes`` engines sharing ``db``."""
     # The first engine creates the schema and the workflow before the others start.
     anyio.run(run_engine, db, 20, 0.0, 10**6)
     start_at = time.time() + 3.0  # every child imported and started by then
@@ -188,7 +203,8 @@ def measure(db: str, count: int, processes: int) -> tuple[float, float, float, f
     done = each * processes
     engine_us = sum(r["cpu"] for r in results) / done * 1e6
     server_us = sum(r["server_cpu"] for r in results) / done * 1e6
-    return done / (last - first), commits, engine_us, server_us
+    wal = max(r["wal"][1] for r in results) - min(r["wal"][0] for r in results)
+    return done / (last - first), commits, engine_us, server_us, wal / done
 
 
 # -- PostgreSQL schemas -------------------------------------------------------------------------
@@ -250,10 +266,13 @@ def main() -> None:
         parser.error("give --url postgresql://... (or set ABI_ENGINE_TEST_POSTGRES_URL)")
     print(f"door_postgres: {args.count} executions per figure; cpus {os.cpu_count()}")
 
-    def show(label: str, rate: float, commits: float, engine_us: float, server_us: float) -> float:
+    def show(
+        label: str, rate: float, commits: float, engine_us: float, server_us: float, wal: float
+    ) -> float:
         print(
             f"  {label}: {rate:,.0f} exec/s ({commits:.2f} commits per execution;"
-            f" CPU per execution: engine {engine_us:.0f} us, server {server_us:.0f} us);"
+            f" CPU per execution: engine {engine_us:.0f} us, server {server_us:.0f} us;"
+            f" WAL {wal:,.0f} bytes, server-wide);"
             f" load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )

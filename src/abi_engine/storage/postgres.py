@@ -129,6 +129,13 @@ def _transaction(conn: Conn, fn: Callable[[Conn], T]) -> T:
         return fn(conn)
 
 
+#: Sent after a batch's ``BEGIN``: its statements read and write executions, steps and
+#: workflows by key, which an index always serves best; without statistics yet (a new
+#: or fast-growing table: autovacuum analyzes a minute later at best) the planner takes
+#: such a table for a page or two and scans it whole, once per statement (issue #18).
+BATCH_PLANNING = "SET LOCAL enable_seqscan = off"
+
+
 def _pipelined(conn: Conn, fn: Callable[[Conn], T]) -> T:
     """``fn(conn)`` in one transaction, in pipeline mode: ``BEGIN`` goes with the first
     statement and ``COMMIT`` with the last ones (psycopg's ``transaction()`` waits for
@@ -137,6 +144,7 @@ def _pipelined(conn: Conn, fn: Callable[[Conn], T]) -> T:
     try:
         with conn.pipeline():
             conn.execute("BEGIN")
+            conn.execute(BATCH_PLANNING)
             result = fn(conn)
             conn.execute("COMMIT")
         return result

@@ -282,3 +282,30 @@ MIGRATIONS.append(
         ],
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        "m022_lean_execution_indexes",
+        [
+            # Fewer index entries per execution (#18). Its insert, claim and finish each
+            # write a new row version (status is indexed: never a HOT update), and each
+            # version gets an entry in every index whose condition it meets.
+            # The unfinished executions by status (queued, running, waiting) and by owner:
+            # no plan reads either for what the status index (status, created_at, id)
+            # does not give as well, the range of queued and running rows. SQLite cannot
+            # read the first (no query names its three statuses); the poller's claim
+            # read every entry of the second, its lease conditions being ORed.
+            "DROP INDEX idx_executions_active",
+            "DROP INDEX idx_executions_owner",
+            # Retention reads finished executions by completion time: only they have one.
+            "DROP INDEX idx_executions_prune",
+            "CREATE INDEX idx_executions_prune ON executions (workflow_id, completed_at)"
+            " WHERE completed_at IS NOT NULL",
+            # The quota counts a user's queued executions: those without a creator (the
+            # embedded engine's) need no entry.
+            "DROP INDEX idx_executions_queued_owner",
+            "CREATE INDEX idx_executions_queued_owner ON executions (created_by)"
+            " WHERE status = 'queued' AND created_by IS NOT NULL",
+        ],
+    )
+)

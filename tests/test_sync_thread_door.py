@@ -318,7 +318,8 @@ def test_a_batch_of_the_committer_shares_the_callers_commit() -> None:
     answers: dict[str, Any] = {}
     thens: list[Any] = []
     try:
-        commits._lead.acquire()  # a commit is running: the next ops queue
+        with commits._turn:  # a commit is running: the next ops queue
+            commits._leading = True
         batch = threading.Thread(
             target=lambda: answers.update(batch=commits.apply_batch(["b1", "b2"]))
         )
@@ -332,7 +333,9 @@ def test_a_batch_of_the_committer_shares_the_callers_commit() -> None:
         caller.start()
         while len(commits._pending) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        commits._lead.release()
+        with commits._turn:
+            commits._leading = False
+            commits._turn.notify_all()
         batch.join(30)
         caller.join(30)
         assert recorder.transactions == [["b1", "b2", "c1"]]
@@ -342,6 +345,62 @@ def test_a_batch_of_the_committer_shares_the_callers_commit() -> None:
         assert recorder.settled == [(["c1"], False)]
         assert thens == ["done c1"]
     finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(30)
+        loop.close()
+
+
+def test_a_caller_carried_by_a_commit_is_answered_when_it_ends() -> None:
+    """A caller whose op a commit carried is answered when that commit ends, not after
+    the next one (led by a caller who queued meanwhile, here held in the store): its
+    answer does not wait for a commit that does not carry it (at durability="full",
+    another fsync)."""
+    from abi_engine.runtime.thread_commit import ThreadCommits
+
+    held = threading.Event()
+
+    class Holding(_Recorder):
+        def apply(self, ops: Any) -> list[Any]:
+            if "n" in ops:
+                assert held.wait(60)
+            return super().apply(ops)
+
+    recorder = Holding()
+    commits = ThreadCommits(recorder, recorder, lambda op: op)  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    commits.start(loop)
+    answers: dict[str, Any] = {}
+    deadline = time.monotonic() + 60
+    try:
+        with commits._turn:  # this test leads a commit: the callers' ops queue
+            commits._leading = True
+        carried = threading.Thread(target=lambda: answers.update(f=commits.apply("f")))
+        carried.start()
+        while len(commits._pending) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with commits._turn:
+            (slot,) = commits._pending
+            commits._pending = []
+        nxt = threading.Thread(target=lambda: answers.update(n=commits.apply("n")))
+        nxt.start()
+        while len(commits._pending) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        commits._write([slot])  # the commit carrying "f"; "n" queued behind it
+        with commits._turn:
+            commits._leading = False
+            commits._turn.notify_all()
+        carried.join(60)
+        assert not carried.is_alive()  # answered while the next commit ("n") is held
+        assert answers == {"f": "done f"}
+        assert nxt.is_alive()
+        held.set()
+        nxt.join(60)
+        assert answers == {"f": "done f", "n": "done n"}
+        assert recorder.transactions == [["f"], ["n"]]
+    finally:
+        held.set()
         loop.call_soon_threadsafe(loop.stop)
         runner.join(30)
         loop.close()

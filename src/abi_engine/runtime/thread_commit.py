@@ -76,7 +76,10 @@ class ThreadCommits:
         self._committer = committer
         self._refresh = refresh
         self._queue_lock = threading.Lock()
-        self._lead = threading.Lock()
+        #: Waited on by callers whose ops are queued while a commit runs (``_leading``):
+        #: told when it ends, each either has its answer or leads the next commit.
+        self._turn = threading.Condition(self._queue_lock)
+        self._leading = False
         self._pending: list[_Slot] = []
         #: Commits made but not yet settled on the loop, and whether a drain is scheduled.
         self._settle: list[tuple[list[WriteOp], list[Any], float, list[Any], bool]] = []
@@ -101,7 +104,9 @@ class ThreadCommits:
         none starts after a stop: a caller's insert committed after the unsettled ones
         were called would hold its execution past the release, owned until its lease ran
         out."""
-        with self._lead, self._queue_lock:
+        with self._turn:
+            while self._leading:
+                self._turn.wait()
             self.loop = loop
             unsettled, self._settle = self._settle, []
             self._waking = False
@@ -160,16 +165,27 @@ class ThreadCommits:
         return slot.results
 
     def _join(self, slot: _Slot) -> _Slot:
-        with self._queue_lock:
+        """Commit ``slot`` with whatever else is queued: while a commit runs, wait for it
+        to end (it may carry this slot, which is then answered at once); else lead the
+        next commit, of every op queued by then."""
+        with self._turn:
             self._pending.append(slot)
-        with self._lead:
-            if not slot.done:  # no leader took it along: lead a commit of all queued
-                with self._queue_lock:
-                    batch, self._pending = self._pending, []
-                if self.loop is None:  # stopped since the call began: commit none of the
-                    batch = self._refuse(batch)  # callers' ops (their follow-ups would be lost)
-                if batch:
-                    self._write(batch)
+            while self._leading and not slot.done:
+                self._turn.wait()
+            if slot.done:  # carried by the commit that just ended
+                return slot
+            self._leading = True
+            batch, self._pending = self._pending, []
+            stopped = self.loop is None
+        try:
+            if stopped:  # since the call began: commit none of the callers' ops
+                batch = self._refuse(batch)  # (their follow-ups would be lost)
+            if batch:
+                self._write(batch)
+        finally:
+            with self._turn:
+                self._leading = False
+                self._turn.notify_all()
         return slot
 
     @staticmethod

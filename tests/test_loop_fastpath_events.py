@@ -57,9 +57,12 @@ class Recorder:
 def _run_all(engine: Engine, workflow_id: str, count: int) -> list[str]:
     """``count`` executions by execute_many (some stored running, some queued), and one
     by execute; all waited for; their ids."""
-    many = engine.call(engine.executions.execute_many, workflow_id, [{"i": i} for i in range(count)])
+    many = engine.call(
+        engine.executions.execute_many, workflow_id, [{"i": i} for i in range(count)]
+    )
     statuses = {e.status for e in many}
-    assert ExecutionStatus.RUNNING in statuses and ExecutionStatus.QUEUED in statuses
+    assert ExecutionStatus.RUNNING in statuses
+    assert ExecutionStatus.QUEUED in statuses
     one = engine.call(engine.executions.execute, workflow_id, {"i": 9})
     ids = [e.execution_id for e in many] + [one.execution_id]
     for execution_id in ids:

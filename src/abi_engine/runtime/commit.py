@@ -265,7 +265,9 @@ class GroupCommitter:
                 batch.thens.append((index, then))
             self._wake()
             loop = self._loop
-            if loop is not None:
+            # On the writer's loop, a future of its own; a task of another loop (an ASGI
+            # server's, in its thread) waits on the batch's event, as it always did.
+            if loop is not None and asyncio._get_running_loop() is loop:
                 future = loop.create_future()
                 batch.waiters.append((index, future))
                 result = await future

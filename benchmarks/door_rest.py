@@ -28,7 +28,10 @@ the server's processes, from ``/proc``): on a loaded machine requests per
 second swing with what else runs, CPU per request much less, and bare's CPU
 per request over abi's is the ratio the two would reach both CPU-bound.
 
-Options beyond the figures' own: ``--compare CHECKOUT`` serves abi from
+``--loop`` and ``--http`` set both servers' event loop and HTTP parser
+(default ``auto``: uvloop and httptools when installed, as uvicorn and
+``abi-engine serve`` pick them; ``--loop asyncio --http h11`` compares without
+them). Options beyond the figures' own: ``--compare CHECKOUT`` serves abi from
 another checkout too (``--compare /work/main``: before/after in one run);
 ``--processes 1,2`` serves one abi server per count, each ``abi-engine serve
 --processes N`` (with ``--no-pin`` so that N processes can use more than CPU
@@ -42,7 +45,7 @@ on one core, more than either server answers (httpx processes were not).
 
     python benchmarks/door_rest.py [--duration 10] [--rounds 3] [--connections 16]
         [--only execute_async|GET] [--compare CHECKOUT] [--processes 1,2 --no-pin]
-        [--postgres URL] [--durability normal|full]
+        [--postgres URL] [--durability normal|full] [--loop L] [--http H]
 """
 
 from __future__ import annotations
@@ -126,7 +129,7 @@ def _prepare(db: Path | str, durability: str) -> tuple[str, str]:
         engine.close()
 
 
-def serve_bare(port: int, answers_file: str) -> None:
+def serve_bare(port: int, answers_file: str, loop: str = "auto", http: str = "auto") -> None:
     import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -150,7 +153,15 @@ def serve_bare(port: int, answers_file: str) -> None:
             Route("/api/v1/workflows/{wf}", get_workflow),
         ]
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        loop=loop,  # type: ignore[arg-type]
+        http=http,  # type: ignore[arg-type]
+    )
 
 
 class Server:
@@ -246,6 +257,8 @@ def _abi_server(
     argv += ["--rate-limit", "0", "--log-level", "warning", "--durability", args.durability]
     if processes > 1:
         argv += ["--processes", str(processes)]
+    if source is None:  # another checkout's serve may not know these
+        argv += ["--loop", args.loop, "--http", args.http]
     paths = {
         "execute_async": f"/api/v1/workflows/{wf_id}/execute_async",
         "GET": f"/api/v1/workflows/{wf_id}",
@@ -307,7 +320,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-pin", action="store_true", help="let servers use every CPU (for --processes)"
     )
-    parser.add_argument("--serve-bare", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="both servers' event loop (abi-engine serve --loop; not given to --compare)",
+    )
+    parser.add_argument(
+        "--http",
+        choices=["auto", "h11", "httptools"],
+        default="auto",
+        help="both servers' HTTP parser (abi-engine serve --http; not given to --compare)",
+    )
+    parser.add_argument("--serve-bare", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs=2, help=argparse.SUPPRESS)
     return parser
 
@@ -315,7 +340,7 @@ def _parser() -> argparse.ArgumentParser:
 def main() -> int:
     args = _parser().parse_args()
     if args.serve_bare:
-        serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
+        serve_bare(int(args.serve_bare[0]), *args.serve_bare[1:])
         return 0
     if args.prepare:
         where = args.prepare[0]
@@ -340,7 +365,9 @@ def main() -> int:
                     Path(tmp), "compare", args, pin and not args.no_pin, args.compare
                 )
             first = next(iter(servers.values()))
-            servers["bare"] = _bare_server(Path(tmp), first, pin and not args.no_pin)
+            servers["bare"] = _bare_server(
+                Path(tmp), first, pin and not args.no_pin, args.loop, args.http
+            )
             _measure(servers, args, pin)
         finally:
             for server in servers.values():
@@ -349,7 +376,7 @@ def main() -> int:
     return 0
 
 
-def _bare_server(tmp: Path, abi: Server, pin: bool) -> Server:
+def _bare_server(tmp: Path, abi: Server, pin: bool, loop: str, http: str) -> Server:
     """The bare Starlette app, answering the JSON abi answers."""
     headers = {"Authorization": f"Bearer {abi.token}"}
     accepted = httpx.post(abi.url + abi.paths["execute_async"], json=BODY, headers=headers)
@@ -359,7 +386,7 @@ def _bare_server(tmp: Path, abi: Server, pin: bool) -> Server:
     answers = tmp / "answers.json"
     answers.write_text(json.dumps({"execute_async": accepted.json(), "get": shown.json()}))
     port = _free_port()
-    argv = [sys.executable, __file__, "--serve-bare", str(port), str(answers)]
+    argv = [sys.executable, __file__, "--serve-bare", str(port), str(answers), loop, http]
     paths = {
         "execute_async": abi.paths["execute_async"],
         "GET": abi.paths["GET"],
@@ -405,7 +432,7 @@ def _drain(server: Server) -> float:
 def _measure(servers: dict[str, Server], args: argparse.Namespace, pin: bool) -> None:
     client = "wrk" if shutil.which("wrk") else "_rawload.py"
     print(
-        f"door_rest: uvicorn defaults (loop/http auto, log warning), {args.connections}"
+        f"door_rest: uvicorn loop {args.loop}, http {args.http}, log warning; {args.connections}"
         f" keep-alive connections, {client} pinned to CPU 1: {pin}, servers to CPU 0:"
         f" {pin and not args.no_pin}; {args.rounds} x {args.duration:g} s; durability"
         f" {args.durability}; {'PostgreSQL' if args.postgres else 'SQLite'}; load average"

@@ -14,6 +14,10 @@ parsing (the same for the bare app):
   door's three-step workflow, the executions run meanwhile;
 - ``--mode get``: ``GET /api/v1/workflows/{id}``.
 
+``--paused`` pauses the workflow first, so every accepted execution stays
+queued (the queued-executions quota lifted): the figure is then the request
+path alone (adapter, operation, the insert's commit), without running steps.
+
 Run it under callgrind for instructions per request (the firm figure on a
 loaded machine), or with ``--profile`` for cProfile's top functions::
 
@@ -88,15 +92,21 @@ async def _call(app: Any, method: str, path: str, token: str, body: bytes) -> in
     return status
 
 
-async def run(mode: str, requests: int, clients: int, db: Path) -> dict[str, Any]:
+async def run(
+    mode: str, requests: int, clients: int, db: Path, paused: bool = False
+) -> dict[str, Any]:
     from abi_asgi import create_app
 
-    engine = Engine(db)
+    from abi_engine.limits import Limits
+
+    engine = Engine(db, limits=Limits(max_queued_executions_per_user=None) if paused else None)
     app = create_app(engine, rate_limit=None, manage_engine=False, dashboard=False)
     token = engine.tokens.create_token("usr_bench")
     async with engine:
         wf = await engine.workflows.create(WORKFLOW)
         await engine.workflows.activate(wf.id)
+        if paused:
+            await engine.executions.pause_workflow(wf.id)
         if mode == "get":
             method, path, body = "GET", f"/api/v1/workflows/{wf.id}", b""
         else:
@@ -117,7 +127,7 @@ async def run(mode: str, requests: int, clients: int, db: Path) -> dict[str, Any
             for _ in range(clients):
                 tg.start_soon(client)
         accepted = time.perf_counter() - start
-        if mode != "get":
+        if mode != "get" and not paused:
             await _drain(engine, wf.id, requests)
         return {
             "statuses": statuses,
@@ -142,13 +152,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
+    parser.add_argument(
+        "--paused", action="store_true", help="executions stay queued: the request path alone"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "door.db"
         profile = cProfile.Profile() if args.profile else None
         if profile is not None:
             profile.enable()
-        result = anyio.run(run, args.mode, args.requests, args.clients, db)
+        result = anyio.run(run, args.mode, args.requests, args.clients, db, args.paused)
         if profile is not None:
             profile.disable()
             pstats.Stats(profile).sort_stats("tottime").print_stats(40)

@@ -1,76 +1,76 @@
-"""The synchronous door's batch mode counted with callgrind (issue #18).
+"""The synchronous door counted with callgrind (issue #18): instructions per execution.
 
-One thread, as ``door_sync.py --modes normal:batch``: one ``execute_many`` of
-``count`` executions through ``engine.call``, then a ``wait`` call for each.
-Fifty executions warm up first (leases of an hour, so that no claim runs out under
-callgrind's slowness); the measured part lies between two markers
-(``zlib.crc32`` calls), so that start-up and warm-up are left out. Run it under
-callgrind::
+One host thread, the engine under ``engine.start_blocking()`` (``benchmarks/_doors.py``'s
+three-step workload), a warm-up of 100 executions, then ``count`` executions between two
+markers (``zlib.crc32`` calls), so that start-up and warm-up are left out:
+
+- ``async``: ``engine.call(partial(engine.executions.execute, wait=False), wf, {"i": i})``
+  ``count`` times, then ``engine.call(engine.executions.wait, id)`` for each (the method
+  of fix 12 in docs/performance.md);
+- ``seq``: ``engine.call(engine.executions.execute, wf, {"i": i})`` (``wait=True``) one
+  after the other.
+
+Run it under callgrind::
 
     valgrind --tool=callgrind --dump-before='crc32*' \\
-        --callgrind-out-file=cg.%p python benchmarks/door_sync_callgrind.py 300
+        --callgrind-out-file=cg.%p python benchmarks/door_sync_callgrind.py async 300
 
-The third dump file (``cg.<pid>.3``) holds the measured part, every thread of
-the process (the caller and the engine's loop): its ``totals:`` divided by
-``count`` is the figure. ``--mode one`` measures ``execute(wait=False)`` per
-call instead of one ``execute_many``.
+The third dump file (``cg.<pid>.3``) holds the executions: its ``totals:`` divided by
+``count`` is the figure. The commits per execution print on stderr.
 
-Usage: python benchmarks/door_sync_callgrind.py [count] [durability] [--mode batch|one]
+Usage: python benchmarks/door_sync_callgrind.py [async|seq] [count] [normal|full]
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import zlib
 from functools import partial
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
 from _doors import DoorPlugin, committer_counts, expected
 
-from abi_engine import Engine, RuntimeSettings
+from abi_engine import Engine
 
 
-def measure(db: Path, count: int, durability: str, mode: str) -> None:
-    # A long lease: under callgrind (~50x slower) on a loaded machine a heartbeat can
-    # come late, and a run that loses its claim to recovery counts what it need not.
-    settings = RuntimeSettings(lease_seconds=3600)
-    engine = Engine(db, plugins=[DoorPlugin()], durability=durability, runtime=settings)  # type: ignore[arg-type]
-    engine.start_blocking()
+def run(db: Path, mode: str, count: int, durability: str) -> None:
+    engine = Engine(db, plugins=[DoorPlugin()], durability=durability)  # type: ignore[arg-type]
     try:
+        engine.start_blocking()
         wf = engine.call(engine.workflows.create, {"name": "door", "type": "door_three"})
         engine.call(engine.workflows.activate, wf.id)
-        for i in range(50):
+        submit = partial(engine.executions.execute, wait=False)
+        for i in range(100):  # warm up: caches, connections
             engine.call(engine.executions.execute, wf.id, {"i": i})
         commits0, _ = committer_counts(engine)
         zlib.crc32(b"start")
-        if mode == "batch":
-            params = [{"i": i} for i in range(count)]
-            ids = [
-                a.execution_id for a in engine.call(engine.executions.execute_many, wf.id, params)
-            ]
+        if mode == "seq":
+            for i in range(count):
+                ex = engine.call(engine.executions.execute, wf.id, {"i": i})
+                assert ex.result == {"value": expected(i)}, ex
         else:
-            submit = partial(engine.executions.execute, wait=False)
             ids = [engine.call(submit, wf.id, {"i": i}).execution_id for i in range(count)]
-        for i, execution_id in enumerate(ids):
-            ex = engine.call(engine.executions.wait, execution_id, 120)
-            assert ex.result == {"value": expected(i)}, ex
+            for i, execution_id in enumerate(ids):
+                ex = engine.call(engine.executions.wait, execution_id, 120)
+                assert ex.result == {"value": expected(i)}, ex
         zlib.crc32(b"stop")
         commits, _ = committer_counts(engine)
-        print(f"{count} executions in {commits - commits0} commits", file=sys.stderr)
+        print(
+            f"{count} executions, {(commits - commits0) / count:.2f} commits each", file=sys.stderr
+        )
     finally:
         engine.close()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("count", type=int, nargs="?", default=300)
-    parser.add_argument("durability", nargs="?", default="normal")
-    parser.add_argument("--mode", choices=["batch", "one"], default="batch")
-    args = parser.parse_args()
+    mode = sys.argv[1] if len(sys.argv) > 1 else "async"
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    durability = sys.argv[3] if len(sys.argv) > 3 else "normal"
     with tempfile.TemporaryDirectory() as tmp:
-        measure(Path(tmp) / "callgrind.db", args.count, args.durability, args.mode)
+        run(Path(tmp) / "callgrind.db", mode, count, durability)
 
 
 if __name__ == "__main__":

@@ -283,3 +283,49 @@ async def test_self_service_minting_is_capped_per_user(make_store: Callable[...,
     service.max_tokens_per_user = None  # no limit
     await service.create_own(root, {})
     assert len(service.list_tokens("usr_ann")) == 102
+
+
+def test_cached_answers_only_a_fresh_unrevoked_check(make_store: Callable[..., Store]) -> None:
+    """``cached`` (the event loop's look-up) knows a token only after a check, until its
+    cache time passes or it is revoked here: never the store's answer itself."""
+    service = TokenService(make_store(), cache_seconds=0.3)
+    token = service.create_token("usr_ann")
+    assert service.cached(token) is None  # never checked
+    assert service.cached(None) is None
+    assert service.cached("") is None
+    principal = service.authenticate(token)
+    assert service.cached(token) == principal
+    time.sleep(0.35)
+    assert service.cached(token) is None  # expired
+    assert service.authenticate(token) == principal  # checked again
+    assert service.cached(token) == principal
+    assert principal.token_id is not None
+    assert service.revoke_token(principal.token_id) is True
+    assert service.cached(token) is None  # revoked: at once
+    with pytest.raises(Unauthorized):
+        service.authenticate(token)
+    with pytest.raises(Unauthorized):
+        service.authenticate("abi_unknown")
+    assert service.cached("abi_unknown") is None  # a refused token is never cached
+
+
+def test_the_cache_is_bounded_dropping_the_oldest(make_store: Callable[..., Store]) -> None:
+    """At most ``max_cached`` tokens are remembered; past it the one remembered longest
+    ago goes first (one checked again counts as new), and a dropped one is read again."""
+    service = TokenService(make_store(), cache_seconds=60, max_cached=3)
+    tokens = [service.create_token(f"usr_u{i}") for i in range(5)]
+    for token in tokens[:3]:
+        service.authenticate(token)
+    assert [service.cached(t) is not None for t in tokens] == [True, True, True, False, False]
+    service._cache[hash_token(tokens[0])] = (service.authenticate(tokens[0]), 0.0)  # stale
+    service.authenticate(tokens[0])  # stale: read again, now the newest
+    service.authenticate(tokens[3])  # drops tokens[1], the oldest
+    assert [service.cached(t) is not None for t in tokens] == [True, False, True, True, False]
+    service.authenticate(tokens[4])  # drops tokens[2]
+    assert [service.cached(t) is not None for t in tokens] == [True, False, False, True, True]
+    assert len(service._cache) == 3
+    assert service.authenticate(tokens[1]).user_id == "usr_u1"  # read again
+    assert len(service._cache) == 3
+    nothing = TokenService(make_store(same=True), max_cached=0)
+    assert nothing.authenticate(tokens[2]).user_id == "usr_u2"  # works, remembers nothing
+    assert nothing._cache == {}

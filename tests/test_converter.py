@@ -8,8 +8,10 @@ from typing import Any
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from abi_engine.converter import structure, unstructure
+from abi_engine.converter import converter, json_copy, structure, unstructure
 from abi_engine.errors import InvalidRequest, InvalidWorkflowConfig
 from abi_engine.models import Page, WorkflowStats, WorkflowStatus, WorkflowSummary
 from abi_engine.workflows import WorkflowRequest
@@ -200,3 +202,70 @@ def test_lists_come_only_from_json_arrays() -> None:
         with pytest.raises(InvalidRequest) as caught:
             structure({"name": "x", "type": "t", "integrations": value}, WorkflowRequest)
         assert caught.value.details["field"] == "integrations"
+
+
+class _Colour(Enum):
+    RED = "red"
+
+
+class _Sub(dict):  # type: ignore[type-arg]
+    """A dict subclass: not JSON data as such, so the converter's own way."""
+
+
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.datetimes(timezones=st.just(UTC)),
+    st.just(_Colour.RED),
+    st.builds(WorkflowStats, runs_total=st.integers(0, 9)),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(max_size=4), inner, max_size=4),
+        st.dictionaries(st.text(max_size=3), inner, max_size=2).map(_Sub),
+    ),
+    max_leaves=25,
+)
+
+
+def _containers(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if isinstance(value, list):
+        return [value, *(c for v in value for c in _containers(v))]
+    return []
+
+
+@given(value=st.dictionaries(st.text(max_size=4), _VALUES, max_size=5))
+def test_json_copy_is_the_converters_unstructure(value: dict[str, Any]) -> None:
+    """The fast hook of ``dict[str, Any]`` fields gives what cattrs gives (types too:
+    ``True`` stays a boolean, ``1.0`` a float), and shares no container with its input."""
+    expected = converter.unstructure(value, unstructure_as=dict)
+    copied = json_copy(value)
+    assert repr(copied) == repr(expected)
+    inputs = {id(c) for c in _containers(value)}
+    assert not inputs & {id(c) for c in _containers(copied)}
+
+
+def test_dict_any_fields_take_the_fast_hook() -> None:
+    """A model's ``dict[str, Any]`` field is unstructured by :func:`json_copy`: a deep
+    copy, times and enums inside in their JSON forms."""
+    when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    summary = WorkflowSummary(
+        id="wf_1",
+        name="n",
+        type="custom",
+        status=WorkflowStatus.ACTIVE,
+        metadata={"a": {"b": [1, True, None, when, _Colour.RED]}},
+        created_at=when,
+        updated_at=when,
+    )
+    data = unstructure(summary)
+    assert data["metadata"] == {"a": {"b": [1, True, None, "2024-05-01T12:00:00Z", "red"]}}
+    assert data["metadata"]["a"] is not summary.metadata["a"]
+    assert converter.get_unstructure_hook(dict[str, Any]) is json_copy

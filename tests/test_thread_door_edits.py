@@ -64,8 +64,9 @@ def _workflow(engine: Engine) -> str:
 
 class EditInsideCheck:
     """Runs ``edit`` once, inside the next read of the workflow's version made while
-    ``armed``: after the request read the version it checks against, before its insert
-    is committed. Every insert committed is recorded."""
+    ``armed`` (or, where no version is read before the insert, just before the insert's
+    transaction): after the request was checked, before its insert is committed. Every
+    insert committed is recorded."""
 
     def __init__(self, engine: Engine) -> None:
         self.edit: Callable[[], Any] | None = None
@@ -86,6 +87,13 @@ class EditInsideCheck:
             return seen
 
         def applying(ops: Any) -> Any:
+            if any(isinstance(op, InsertExecution) for op in ops):
+                # The thread door reads no version before its insert (fix 14: its
+                # transaction checks it): the edit goes just before that transaction.
+                edit, self.edit = self.edit, None
+                if edit is not None:
+                    edit()
+                    self.done.set()
             after_edit = self.edited.is_set()
             results = apply(ops)
             ids = [

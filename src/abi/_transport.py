@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import httpx
 
-from abi_engine.api import ApiRequest, Raw, call_with_status, get_operation
+from abi_engine.api import ApiRequest, Raw, call_in_thread, call_with_status, get_operation
 from abi_engine.errors import (
     AbiError,
     InternalError,
@@ -208,6 +208,23 @@ async def _call_operation(
         raise
     except Exception as exc:
         raise InternalError() from exc
+
+
+def _call_operation_in_thread(
+    engine: Engine, principal: Principal, op_name: str, request: ApiRequest
+) -> tuple[int, Any] | None:
+    """:func:`_call_operation` answered in the caller's thread where the operation can be
+    (executing a workflow: the synchronous door, issue #18), else ``None``."""
+    try:
+        return call_in_thread(engine, principal, op_name, request)
+    except AbiError:
+        raise
+    except Exception as exc:
+        raise InternalError() from exc
+
+
+#: :meth:`Engine.call` answers in the caller's thread what this twin can.
+_call_operation.in_thread = _call_operation_in_thread  # type: ignore[attr-defined]
 
 
 class RemoteTransport:

@@ -73,7 +73,8 @@ class TokenService:
 
     Checked tokens are remembered for ``cache_seconds`` (default 5): a token
     revoked by this engine stops working at once; one revoked by another
-    process sharing the database, within that time. Revoking a token revokes
+    process sharing the database, within that time. At most ``max_cached``
+    tokens are remembered, the oldest remembered dropped first. Revoking a token revokes
     the tokens descended from it too (``parent_id``: minted from it with
     :meth:`create_own`, or from those, and so on).
 
@@ -91,10 +92,14 @@ class TokenService:
         *,
         cache_seconds: float = 5.0,
         max_tokens_per_user: int | None = 100,
+        max_cached: int = 10_000,
     ) -> None:
         self._store = store
         self.cache_seconds = cache_seconds
         self.max_tokens_per_user = max_tokens_per_user
+        #: The most checked tokens remembered; past it the oldest remembered is dropped.
+        self.max_cached = max_cached
+        # digest -> (principal, monotonic deadline), oldest first; changed under the lock
         self._cache: dict[str, tuple[Principal, float]] = {}
         # Counts revocations, so that a check that read a token before a revocation
         # (in another thread) does not put it back into the cache afterwards.
@@ -160,6 +165,21 @@ class TokenService:
             raise Unauthorized("The calling access token has been revoked")
         return token, record
 
+    def cached(self, token: str | None) -> Principal | None:
+        """The principal of ``token`` when a check within ``cache_seconds`` found it live
+        (and no revocation here since), without reading the store; else ``None``.
+
+        Cheap and never blocking: an event loop asks it first and takes
+        :meth:`authenticate`, which may read the store, to a thread only when it
+        answers ``None``.
+        """
+        if not token:
+            return None
+        entry = self._cache.get(hash_token(token))
+        if entry is not None and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
     def authenticate(self, token: str | None) -> Principal:
         """The principal of ``token``; raise ``Unauthorized`` when missing or unknown."""
         if not token:
@@ -172,15 +192,23 @@ class TokenService:
         revocations = self._revocations
         record = self._store.get_token(digest)
         if record is None:
-            self._cache.pop(digest, None)
+            with self._cache_lock:
+                self._cache.pop(digest, None)
             raise Unauthorized("Invalid access token")
         principal = Principal(user_id=record.user_id, scopes=record.scopes, token_id=record.id)
         with self._cache_lock:
             if revocations == self._revocations:  # else the record read may be revoked by now
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[digest] = (principal, now + self.cache_seconds)
+                self._remember(digest, (principal, now + self.cache_seconds))
         return principal
+
+    def _remember(self, digest: str, entry: tuple[Principal, float]) -> None:
+        """Cache ``entry`` as the newest, dropping the oldest past ``max_cached`` (under the lock)."""
+        cache = self._cache
+        cache.pop(digest, None)
+        while cache and len(cache) >= self.max_cached:
+            del cache[next(iter(cache))]
+        if self.max_cached > 0:
+            cache[digest] = entry
 
     def list_tokens(self, user_id: str | None = None) -> list[Token]:
         """The live tokens (of ``user_id`` when given), newest first: ids, never the secrets."""

@@ -83,6 +83,35 @@ def _dict_any(value: Any, _: type) -> dict[str, Any]:
 
 converter.register_structure_hook_func(lambda t: t == dict[str, Any], _dict_any)
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def json_copy(value: Any) -> Any:
+    """``converter.unstructure(value)`` for JSON data, several times faster: dicts and
+    lists copied (deeply), strings, numbers, booleans and ``None`` as they are; any
+    other value (a time, an enum, a model, a subclass) goes to the converter.
+
+    The hook of ``dict[str, Any]`` fields (a workflow's ``configuration`` and
+    ``metadata``, an execution's ``parameters``): cattrs walked them with a
+    dispatch per value, the most of ``GET /workflows/{id}``'s time in the adapter.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {
+            (k if type(k) is str else converter.unstructure(k)): (
+                v if type(v) in _SCALARS else json_copy(v)
+            )
+            for k, v in value.items()
+        }
+    if kind is list:
+        return [v if type(v) in _SCALARS else json_copy(v) for v in value]
+    if kind in _SCALARS:
+        return value
+    return converter.unstructure(value)
+
+
+converter.register_unstructure_hook_func(lambda t: t == dict[str, Any], json_copy)
+
 
 def _structure_enum(value: Any, cls: type[enum.Enum]) -> enum.Enum:
     try:

@@ -362,11 +362,16 @@ class Engine:
 
     def _answer_in_thread(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The answer of ``fn(*args, **kwargs)`` found in the calling thread, without the
-        loop (``None``: ask the loop): ``executions.execute(..., wait=False)`` commits
-        the new execution here, ``executions.wait`` of an ended one reads it here
-        (:mod:`abi_engine.execution_threads`)."""
+        loop (``None``: ask the loop): ``executions.execute`` commits the new execution
+        here (and waits for it here with ``wait=True``), ``executions.wait`` of an ended
+        one reads it here (:mod:`abi_engine.execution_threads`); a function with an
+        ``in_thread`` attribute (its synchronous twin, answering ``None`` when it needs
+        the loop) is answered by calling that."""
         if isinstance(fn, partial):
             args, kwargs, fn = fn.args + args, {**fn.keywords, **kwargs}, fn.func
+        twin = getattr(fn, "in_thread", None)  # a coroutine function's synchronous twin
+        if twin is not None:
+            return twin(*args, **kwargs)
         executions = self.executions
         if getattr(fn, "__self__", None) is not executions:
             return None

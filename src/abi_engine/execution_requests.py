@@ -16,13 +16,15 @@ import attrs
 
 from abi_engine.errors import (
     EngineNotRunning,
+    ExecutionTimeout,
     IntegrationMissing,
     InvalidParameters,
     InvalidRequest,
     InvalidState,
+    WorkflowExecutionError,
     WorkflowNotFound,
 )
-from abi_engine.models import Workflow, WorkflowStatus
+from abi_engine.models import Execution, ExecutionStatus, Workflow, WorkflowStatus
 from abi_engine.netguard import check_url
 from abi_engine.types import StepSpec, WorkflowType
 
@@ -40,6 +42,7 @@ __all__ = [
     "ExecutionRequests",
     "check_priority",
     "not_running",
+    "waited_answer",
 ]
 
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
@@ -228,3 +231,30 @@ def check_priority(priority: Any, field: str) -> None:
         return
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise InvalidRequest("'priority' must be an integer from 0 to 9", {"field": field})
+
+
+def waited_answer(view: Execution, timeout: float | None) -> Execution:
+    """The answer of a synchronous ``execute`` once its wait is over: the execution, or
+    :class:`ExecutionTimeout` / :class:`WorkflowExecutionError` for one that timed out
+    or failed."""
+    execution_id = view.execution_id
+    if view.status is ExecutionStatus.TIMED_OUT:
+        raise ExecutionTimeout(
+            f"Execution {execution_id} did not finish within {timeout:g} s"
+            if timeout
+            else f"Execution {execution_id} timed out",
+            {"execution_id": execution_id, "timeout_seconds": timeout},
+        )
+    if view.status is ExecutionStatus.FAILED:
+        error = view.error
+        raise WorkflowExecutionError(
+            f"Execution {execution_id} failed"
+            + (f" in step {error.step!r}: {error.message}" if error and error.step else ""),
+            {
+                "execution_id": execution_id,
+                "step": error.step if error else None,
+                "error_type": error.type if error else None,
+                "error_message": error.message if error else None,
+            },
+        )
+    return view

@@ -16,13 +16,17 @@ from abi_engine.errors import (
     ExecutionTimeout,
     InvalidParameters,
     InvalidState,
-    WorkflowExecutionError,
 )
 from abi_engine.events import Event, OutboxEvent
 from abi_engine.execution_batches import ExecutionBatches
 from abi_engine.execution_flow import ExecutionFlow
 from abi_engine.execution_reading import ExecutionReading
-from abi_engine.execution_requests import Compiled, ExecutionRequests, check_priority
+from abi_engine.execution_requests import (
+    Compiled,
+    ExecutionRequests,
+    check_priority,
+    waited_answer,
+)
 from abi_engine.execution_signals import ExecutionSignals
 from abi_engine.execution_threads import ExecutionThreadDoor
 from abi_engine.execution_views import build_execution, execution_json
@@ -338,40 +342,28 @@ class ExecutionService(
             grace = None if timeout is None else timeout + 0.25
             view = await self._runtime.wait(execution_id, grace)
             if view is None:
-                view = await self.get(execution_id)
-                if not view.status.finished and view.status is not ExecutionStatus.WAITING:
-                    if replay:
-                        raise ExecutionTimeout(
-                            f"Execution {execution_id} did not finish within {timeout:g} s;"
-                            " it goes on",
-                            {
-                                "execution_id": execution_id,
-                                "timeout_seconds": timeout,
-                                "status": view.status.value,
-                            },
-                        )
-                    view = await self._time_out(execution_id)
-            if view.status is ExecutionStatus.TIMED_OUT:
+                view = await self._unended(execution_id, timeout, replay=replay)
+            return waited_answer(view, timeout)
+        return await self.get(execution_id)
+
+    async def _unended(
+        self, execution_id: str, timeout: float | None, *, replay: bool
+    ) -> Execution:
+        """The execution whose caller waited ``timeout`` in vain: ended ``timed_out`` now
+        (unless it ended or waits meanwhile; a ``replay`` only stops waiting)."""
+        view = await self.get(execution_id)
+        if not view.status.finished and view.status is not ExecutionStatus.WAITING:
+            if replay:
                 raise ExecutionTimeout(
-                    f"Execution {execution_id} did not finish within {timeout:g} s"
-                    if timeout
-                    else f"Execution {execution_id} timed out",
-                    {"execution_id": execution_id, "timeout_seconds": timeout},
-                )
-            if view.status is ExecutionStatus.FAILED:
-                error = view.error
-                raise WorkflowExecutionError(
-                    f"Execution {execution_id} failed"
-                    + (f" in step {error.step!r}: {error.message}" if error and error.step else ""),
+                    f"Execution {execution_id} did not finish within {timeout:g} s; it goes on",
                     {
                         "execution_id": execution_id,
-                        "step": error.step if error else None,
-                        "error_type": error.type if error else None,
-                        "error_message": error.message if error else None,
+                        "timeout_seconds": timeout,
+                        "status": view.status.value,
                     },
                 )
-            return view
-        return await self.get(execution_id)
+            view = await self._time_out(execution_id)
+        return view
 
     async def _time_out(self, execution_id: str) -> Execution:
         """End an execution whose deadline (``timeout_at``) passed while its caller waited

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from abi_asgi._logsafe import loggable
 from abi_asgi._ratelimit import RateLimit, RateLimiter
-from abi_asgi._routing import OperationTable
+from abi_asgi._routing import OperationsFirst, OperationTable
 from abi_asgi.openapi import build_openapi
 from abi_engine import api
 from abi_engine.api import ApiRequest, Operation
@@ -289,6 +289,10 @@ class _Api:
     async def _principal(self, token: str) -> Principal:
         tokens = self.engine.tokens
         if getattr(self.engine.store, "blocking", False):
+            # A token checked lately is answered on the loop; only a store read takes a thread.
+            principal = tokens.cached(token)
+            if principal is not None:
+                return principal
             return await anyio.to_thread.run_sync(tokens.authenticate, token)
         return tokens.authenticate(token)
 
@@ -534,17 +538,16 @@ def create_app(
         else:
             yield
 
-    routes: list[BaseRoute] = [
-        OperationTable(API_PREFIX, api.OPERATIONS.values(), shared.serve),
-        *_meta_routes(engine),
-    ]
+    table = OperationTable(API_PREFIX, api.OPERATIONS.values(), shared.serve)
+    routes: list[BaseRoute] = [table, *_meta_routes(engine)]
     if dashboard:
         routes.extend(_dashboard_routes(engine, shared))
-    app = Starlette(
+    app = OperationsFirst(
         routes=routes,
         exception_handlers={HTTPException: _http_exception, Exception: _server_error},
         lifespan=lifespan,
     )
+    app.operations = table
     app.router.redirect_slashes = False  # a 404 envelope, not a redirect to elsewhere
     app.state.engine = engine
     return app

@@ -17,6 +17,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from starlette.applications import Starlette
 from starlette.convertors import CONVERTOR_TYPES, Convertor
 from starlette.datastructures import URLPath
 from starlette.exceptions import HTTPException
@@ -25,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from abi_engine.api import Operation
 
-__all__ = ["OperationTable"]
+__all__ = ["OperationTable", "OperationsFirst"]
 
 Serve = Callable[[Operation, Scope, Receive, Send], Awaitable[None]]
 
@@ -110,6 +111,22 @@ def _find(node: _Node, segments: list[str], index: int) -> Iterator[tuple[_Node,
             yield found, {**params, **converted}
 
 
+def _greedy(node: _Node, segments: list[str]) -> tuple[_Node, dict[str, Any]] | None:
+    """The walk :func:`_find` tries first (at each segment its literal, else its one
+    ``{parameter}``), without generators or backtracking: the first match when it
+    ends on a node with methods; ``None`` when it dead-ends (then :func:`_find`)."""
+    params: dict[str, Any] = {}
+    for segment in segments:
+        child = node.literals.get(segment)
+        if child is None:
+            if not segment or node.whole is None:
+                return None
+            name, child = node.whole
+            params[name] = segment
+        node = child
+    return (node, params) if node.methods else None
+
+
 class OperationTable(BaseRoute):
     """Every operation under ``prefix`` as one route (see the module docstring)."""
 
@@ -141,12 +158,26 @@ class OperationTable(BaseRoute):
         ``preview``."""
         if not path.startswith("/"):
             return None
+        segments = path[1:].split("/")
+        found = _greedy(self.root, segments)
+        if found is not None and (method is None or method in found[0].methods):
+            return found[0].methods, found[1]
         first = None
-        for node, params in _find(self.root, path[1:].split("/"), 0):
+        for node, params in _find(self.root, segments, 0):
             if method is None or method in node.methods:
                 return node.methods, params
             first = first or (node.methods, params)
         return first
+
+    def resolve(self, scope: Scope) -> tuple[Operation, dict[str, Any]] | None:
+        """The operation answering an HTTP request and its path parameters, when one
+        matches path and method (what :meth:`matches` calls ``FULL``); else ``None``."""
+        method = scope["method"]
+        found = self.lookup(_route_path(scope), method)
+        if found is None:
+            return None
+        op = found[0].get(method)
+        return None if op is None else (op, found[1])
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
@@ -171,3 +202,34 @@ class OperationTable(BaseRoute):
 
     def url_path_for(self, name: str, /, **path_params: Any) -> URLPath:
         raise NoMatchFound(name, path_params)
+
+
+class OperationsFirst(Starlette):
+    """A Starlette application that answers its operations' requests itself, before
+    its middleware stack.
+
+    Each layer of Starlette's stack (the server-error and exception middlewares,
+    the router, the route) adds wrappers and calls to every request; an
+    operation needs none of them, since :attr:`operations`' ``serve`` answers
+    every outcome itself (errors as envelopes, never an exception). So an HTTP
+    request whose path and method match an operation goes straight to it;
+    everything else (the lifespan, 404s and 405s, the health check, OpenAPI, the
+    dashboard) takes Starlette's way, whose router holds the same table and
+    answers the same. Once a middleware is added (``add_middleware``), every
+    request takes Starlette's way, so that the middleware sees them all.
+    """
+
+    #: The table answered first (the router's first route too); ``None``: none.
+    operations: OperationTable | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        table = self.operations
+        if table is not None and scope["type"] == "http" and not self.user_middleware:
+            found = table.resolve(scope)
+            if found is not None:
+                op, params = found
+                scope["app"] = self
+                scope["path_params"] = {**scope.get("path_params", {}), **params}
+                await table.serve(op, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)

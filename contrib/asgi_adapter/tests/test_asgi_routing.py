@@ -167,3 +167,72 @@ def test_two_parameter_names_at_one_place_both_route() -> None:
     assert second is not None
     assert ({o.name for o in first[0].values()}, first[1]) == ({"a"}, {"a": "1"})
     assert ({o.name for o in second[0].values()}, second[1]) == ({"b"}, {"b": "2"})
+
+
+def _searched(
+    table: OperationTable, path: str, method: str | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``lookup`` by the full backtracking search alone (what it was before the greedy walk)."""
+    from abi_asgi._routing import _find
+
+    if not path.startswith("/"):
+        return None
+    first = None
+    for node, params in _find(table.root, path[1:].split("/"), 0):
+        if method is None or method in node.methods:
+            return dict(node.methods), params
+        first = first or (dict(node.methods), params)
+    return first
+
+
+_WORDS = st.sampled_from(
+    ["api", "v1", "things", "search", "deep", "parts", "pages", "exports", "x.json", "", "7"]
+)
+
+
+@settings(max_examples=300)
+@given(
+    segments=st.lists(st.one_of(_WORDS, st.text("ab/", max_size=3)), max_size=6),
+    method=st.sampled_from([None, "GET", "POST", "HEAD", "DELETE"]),
+    prefix=st.booleans(),
+)
+def test_the_greedy_walk_answers_what_the_full_search_answers(
+    segments: list[str], method: str | None, prefix: bool
+) -> None:
+    """For any path and method, ``lookup`` (greedy walk first) equals the full search."""
+    path = ("/api/v1/" if prefix else "/") + "/".join(segments)
+    for table in (TABLE, _REAL):
+        result = table.lookup(path, method)
+        expected = _searched(table, path, method)
+        assert (None if result is None else (dict(result[0]), result[1])) == expected
+
+
+def _real_table() -> OperationTable:
+    from abi_engine import api
+
+    return OperationTable("/api/v1", api.OPERATIONS.values(), _serve)
+
+
+_REAL = _real_table()
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "name", "params"),
+    [
+        (
+            "/api/v1/workflows/wf_1/execute_async",
+            "POST",
+            "execute_workflow_async",
+            {"workflow_id": "wf_1"},
+        ),
+        ("/api/v1/workflows/wf_1", "GET", "get_workflow", {"workflow_id": "wf_1"}),
+        ("/api/v1/workflows", "GET", "list_workflows", {}),
+        ("/api/v1/workflow_executions/exec_1", "GET", "get_execution", {"execution_id": "exec_1"}),
+    ],
+)
+def test_the_hot_routes_of_the_real_table(
+    path: str, method: str, name: str, params: dict[str, Any]
+) -> None:
+    found = _REAL.resolve({"type": "http", "method": method, "path": path, "root_path": ""})
+    assert found is not None
+    assert (found[0].name, found[1]) == (name, params)

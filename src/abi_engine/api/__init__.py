@@ -18,6 +18,7 @@ from __future__ import annotations
 from abi_engine.api import workflows  # noqa: F401
 from abi_engine.api import integrations  # noqa: F401
 from abi_engine.api import executions  # noqa: F401
+from abi_engine.api import thread_door  # noqa: F401
 from abi_engine.api import flow  # noqa: F401
 from abi_engine.api import schedules  # noqa: F401
 from abi_engine.api import templates  # noqa: F401
@@ -37,6 +38,7 @@ from abi_engine.api.operations import (
     Raw,
     bounded_page,
     call,
+    call_in_thread,
     call_with_status,
     check_quota,
     get_operation,
@@ -52,6 +54,7 @@ __all__ = [
     "Raw",
     "bounded_page",
     "call",
+    "call_in_thread",
     "call_with_status",
     "check_quota",
     "get_operation",

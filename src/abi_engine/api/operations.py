@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
 __all__ = [
+    "IN_THREAD",
     "OPERATIONS",
     "PAGE_QUERY",
     "WORKFLOW_ERRORS",
@@ -44,6 +45,7 @@ __all__ = [
     "body_object",
     "bounded_page",
     "call",
+    "call_in_thread",
     "call_with_status",
     "check_quota",
     "get_operation",
@@ -178,6 +180,31 @@ async def call_with_status(
         data = await op.handler(engine, actor, request)
     else:
         data = await _audited(engine, actor, op, rule, request)
+    if isinstance(data, Accepted):
+        return 202, data.data
+    return op.status_code, data
+
+
+#: Operations a synchronous caller's thread may answer without the event loop (the
+#: synchronous door, issue #18): ``name -> fn(engine, actor, request)``, the answer as a
+#: handler gives it, or ``None`` when the call needs the loop.
+IN_THREAD: dict[str, Callable[[Engine, Principal, ApiRequest], Any]] = {}
+
+
+def call_in_thread(
+    engine: Engine, actor: Principal, name: str, request: ApiRequest
+) -> tuple[int, Any] | None:
+    """:func:`call_with_status` answered in the calling thread (not the loop's), or
+    ``None``: then call the operation on the loop. Raises what the operation raises."""
+    fn = IN_THREAD.get(name)
+    if fn is None or name in AUDITED:
+        return None
+    op = get_operation(name)
+    if op.scope is not None:
+        actor.require(op.scope)
+    data = fn(engine, actor, _checked_query(op, request))
+    if data is None:
+        return None
     if isinstance(data, Accepted):
         return 202, data.data
     return op.status_code, data

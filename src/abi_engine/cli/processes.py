@@ -71,6 +71,7 @@ def _child_argv(args: argparse.Namespace, fds: tuple[int, int, int]) -> list[str
     argv = [sys.executable, "-m", "abi_engine", "serve", "--host", args.host]
     argv += ["--durability", args.durability, "--log-level", args.log_level]
     argv += ["--log-format", args.log_format, "--forwarded-allow-ips", args.forwarded_allow_ips]
+    argv += ["--loop", getattr(args, "loop", "auto"), "--http", getattr(args, "http", "auto")]
     for flag, value in (
         ("--rate-limit", args.rate_limit),
         ("--workers", args.workers),

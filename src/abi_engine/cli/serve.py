@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import errno
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -81,6 +82,20 @@ def _network_options(add: Callable[..., Any]) -> None:
         dest="dashboard",
         action="store_false",
         help="do not serve the web dashboard under /ui (docs/dashboard.md)",
+    )
+    add(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop: uvloop's (faster) or asyncio's; auto: uvloop when installed, as"
+        " uvicorn does (the server extra installs it) (default: auto)",
+    )
+    add(
+        "--http",
+        choices=("auto", "h11", "httptools"),
+        default="auto",
+        help="HTTP parser: httptools (faster) or h11; auto: httptools when installed, as"
+        " uvicorn does (the server extra installs it) (default: auto)",
     )
 
 
@@ -226,6 +241,7 @@ class _Server:
             # 127.0.0.1 by default: any local process could then pick its address).
             proxy_headers=bool(self.args.forwarded_allow_ips),
             forwarded_allow_ips=self.args.forwarded_allow_ips or "",
+            http=http_protocol(getattr(self.args, "http", "auto")),
         )
         announce = self._announce
 
@@ -253,7 +269,9 @@ class _Server:
         handled = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
-            asyncio.run(self._main(prepare))
+            loop = loop_factory(getattr(self.args, "loop", "asyncio"))
+            with asyncio.Runner(loop_factory=loop) as runner:
+                runner.run(self._main(prepare))
         except _Stopped:
             pass
         except SystemExit as exc:
@@ -307,6 +325,45 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop of ``--loop``: uvloop's when asked, or when ``auto`` and it is
+    installed; else asyncio's (``None``).
+
+    :raises CliError: ``uvloop`` asked and not installed.
+    """
+    if name == "asyncio" or (name == "auto" and not _installed("uvloop")):
+        return None
+    try:
+        factory: Callable[[], asyncio.AbstractEventLoop] = importlib.import_module(
+            "uvloop"
+        ).new_event_loop
+    except ImportError:
+        raise CliError(
+            "--loop uvloop: uvloop is not installed (pip install 'abi-engine[server]')"
+        ) from None
+    return factory
+
+
+def http_protocol(name: str) -> str:
+    """uvicorn's ``http`` of ``--http``: ``auto`` picks httptools when installed.
+
+    :raises CliError: ``httptools`` asked and not installed.
+    """
+    if name == "httptools" and not _installed("httptools"):
+        raise CliError(
+            "--http httptools: httptools is not installed (pip install 'abi-engine[server]')"
+        )
+    return name
+
+
 def _check_server_extras() -> None:
     try:
         import abi_asgi
@@ -350,6 +407,8 @@ def _configure_logging(level: str, log_format: str = "text") -> None:
 
 def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     _check_server_extras()
+    loop_factory(getattr(args, "loop", "auto"))  # a missing one asked: one line, before binding
+    http_protocol(getattr(args, "http", "auto"))
     _configure_logging(args.log_level, args.log_format)
     sock = processes.inherited_socket(args) if hasattr(args, "child_fds") else None
     sock = sock or _bind(args.host, args.port)

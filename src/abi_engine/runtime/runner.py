@@ -464,8 +464,8 @@ class Runtime(Recovers):
                     steps = await call_store(self.store, self.store.get_steps, execution_id)
                     return build_execution(record, steps)
         finally:
-            if self._waiters.get(execution_id) is waiter:
-                del self._waiters[execution_id]
+            if self._waiters.get(execution_id) is waiter:  # (a caller's thread may share
+                self._waiters.pop(execution_id, None)  # it and let go of it at once)
 
     def _notify(self, execution_id: str, execution: Execution | None) -> None:
         waiter = self._waiters.get(execution_id)

@@ -104,8 +104,9 @@ class _Checkpointer:
                 target=self._run, name="abi-engine-sqlite-checkpoint", daemon=True
             )
             self._thread.start()
-        self._wanted.set()
-        if urgent:
+        if not self._wanted.is_set():  # (set already: the thread has not run since)
+            self._wanted.set()
+        if urgent and not self._urgent.is_set():
             self._urgent.set()
 
     def stop(self) -> None:

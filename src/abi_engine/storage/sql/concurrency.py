@@ -44,6 +44,8 @@ from abi_engine.storage.sql.shaping import (
 
 __all__ = [
     "BLOCKED",
+    "RULE_COLUMNS",
+    "add_rules",
     "admit",
     "blocked_rows",
     "claim_order",
@@ -122,23 +124,33 @@ def rules(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> Rules:
 def _rules(d: Dialect, conn: Conn, workflow_ids: Sequence[str]) -> Rules:
     """The concurrency limits, and the rate limits and debounces, of those of
     ``workflow_ids`` that have any (one query)."""
-    found: dict[str, Limits] = {}
-    shaping: dict[str, Shaping] = {}
+    found: Rules = ({}, {})
     for chunk in chunks(sorted(set(workflow_ids))):
         condition, args = d.any_of("id", chunk)
         for row in conn.execute(
-            "SELECT id, max_concurrency, concurrency_key, concurrency_limit, rate_limit_key,"
-            " rate_limit, rate_period_ms, debounce_key, debounce_ms FROM workflows"
+            f"SELECT id, {RULE_COLUMNS} FROM workflows"
             f" WHERE {condition} AND (max_concurrency IS NOT NULL"
             " OR concurrency_limit IS NOT NULL OR rate_limit IS NOT NULL"
             " OR debounce_ms IS NOT NULL)",
             args,
         ):
-            if row[1] is not None or row[3] is not None:
-                found[row[0]] = (row[1], row[2], row[3])
-            if row[5] is not None or row[8] is not None:
-                shaping[row[0]] = Shaping(*row[4:9])
-    return found, shaping
+            add_rules(found, row[0], row[1:])
+    return found
+
+
+#: The columns of a workflow's rules, as :func:`add_rules` reads them.
+RULE_COLUMNS = (
+    "max_concurrency, concurrency_key, concurrency_limit, rate_limit_key,"
+    " rate_limit, rate_period_ms, debounce_key, debounce_ms"
+)
+
+
+def add_rules(found: Rules, workflow_id: str, row: Sequence[Any]) -> None:
+    """Add the rules of ``workflow_id`` (``row``: its :data:`RULE_COLUMNS`) if it has any."""
+    if row[0] is not None or row[2] is not None:
+        found[0][workflow_id] = (row[0], row[1], row[2])
+    if row[4] is not None or row[7] is not None:
+        found[1][workflow_id] = Shaping(*row[3:8])
 
 
 class _Counts:
@@ -207,13 +219,16 @@ class _Counts:
         return True
 
 
-def keyed(d: Dialect, conn: Conn, records: Sequence[ExecutionRecord]) -> list[ExecutionRecord]:
+def keyed(
+    d: Dialect, conn: Conn, records: Sequence[ExecutionRecord], found: Rules | None = None
+) -> list[ExecutionRecord]:
     """``records`` about to be inserted, each with its key, and granted only within
-    the limits: one beyond them loses its grant and waits queued (``BLOCKED``)."""
+    the limits: one beyond them loses its grant and waits queued (``BLOCKED``).
+    ``found``: the rules of the queued records' workflows, when read already."""
     queued = [r for r in records if r.status is ExecutionStatus.QUEUED]
     if not queued:
         return list(records)
-    limits, shaping = _rules(d, conn, [r.workflow_id for r in queued])
+    limits, shaping = found or _rules(d, conn, [r.workflow_id for r in queued])
     if not shaping:
         return _slots(d, conn, limits, records, queued) if limits else list(records)
     lock_workflows(d, conn, [*limits, *shaping])

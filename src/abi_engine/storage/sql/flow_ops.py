@@ -29,7 +29,7 @@ from abi_engine.storage.records import (
     StepRecord,
     WriteOp,
 )
-from abi_engine.storage.sql.concurrency import keyed
+from abi_engine.storage.sql.concurrency import RULE_COLUMNS, Rules, add_rules, keyed
 from abi_engine.storage.sql.dialect import NEXT_VERSION, Conn, chunks
 from abi_engine.storage.sql.shaping import DEBOUNCED, PAUSED, WINDOWED
 
@@ -108,14 +108,19 @@ def _step_row(step: StepRecord) -> tuple[Any, ...]:
 
 
 def held(
-    s: Store, conn: Conn, records: Sequence[ExecutionRecord], paused: set[str]
+    s: Store,
+    conn: Conn,
+    records: Sequence[ExecutionRecord],
+    paused: set[str],
+    rules: Rules | None = None,
 ) -> list[ExecutionRecord]:
     """``records`` as inserted: a queued one of a ``paused`` workflow held (``queued_reason``
     ``paused``, no owner or claim: the grant its node holds cannot be used, and recovery
     passes it by), whatever path inserts it (API, schedule, rerun); each with its
-    concurrency key, and granted only within its workflow's limits (``keyed``)."""
+    concurrency key, and granted only within its workflow's limits (``keyed``;
+    ``rules``: those of the queued records' workflows, when read already)."""
     if not paused:
-        return keyed(s.dialect, conn, records)
+        return keyed(s.dialect, conn, records, rules)
     return keyed(
         s.dialect,
         conn,
@@ -125,19 +130,22 @@ def held(
             else r
             for r in records
         ],
+        rules,
     )
 
 
 def _workflows(
     s: Store, conn: Conn, records: Sequence[ExecutionRecord]
 ) -> dict[str, tuple[Any, ...]]:
-    """The workflows of ``records`` not deleted: id -> (version, status, paused_at)."""
+    """The workflows of ``records`` not deleted: id -> (version, status, paused_at, and
+    their rules: :data:`RULE_COLUMNS`), in one statement (#18: the inserts' concurrency
+    checks read their rules here, not again)."""
     found: dict[str, tuple[Any, ...]] = {}
     for chunk in chunks(sorted({r.workflow_id for r in records})):
         condition, args = s.dialect.any_of("id", chunk)
         for row in conn.execute(
-            f"SELECT id, updated_at, status, paused_at FROM workflows WHERE {condition}"
-            " AND deleted_at IS NULL",
+            f"SELECT id, updated_at, status, paused_at, {RULE_COLUMNS} FROM workflows"
+            f" WHERE {condition} AND deleted_at IS NULL",
             args,
         ):
             found[row[0]] = tuple(row[1:])
@@ -163,8 +171,12 @@ def insert_held(
             for i, result in zip(kept, done, strict=True):
                 results[i] = result
         return results
-    paused = {w for w, (_, _, paused_at) in workflows.items() if paused_at is not None}
-    shaped = held(s, conn, records, paused)
+    paused = {w for w, row in workflows.items() if row[2] is not None}
+    rules: Rules = ({}, {})
+    for w in {r.workflow_id for r in records if r.status is ExecutionStatus.QUEUED}:
+        if w in workflows:
+            add_rules(rules, w, workflows[w][3:])
+    shaped = held(s, conn, records, paused, rules)
     results = list(s._insert_executions(conn, shaped))
     for result, op in zip(results, ops, strict=True):
         if result is True:

@@ -74,7 +74,7 @@ class RunsExecutions(WritesRuns):
         """The execution to run, claimed by this node under a fresh run token (``None``
         when there is nothing to run here)."""
         prepared = self._prepared.pop(execution_id, None)
-        if prepared is not None and prepared.claimed:
+        if prepared is not None and prepared.claimed and prepared.record.claim == grant:
             prepared.token = grant  # inserted running under its run token
             prepared.fresh = True
             return prepared

@@ -67,14 +67,26 @@ class ExecutionBatches:
         """
         items = _items(parameters)
         compiled = await self._checked(workflow_id, items, callback_url, callback_secret)
-        parsed = [
-            _at(i, compiled.workflow_type.parse_parameters, p, compiled.config)
-            for i, p in enumerate(items)
-        ]
+        todo = list(range(len(items)))
+        parsed = [_at(i, compiled.workflow_type.parse_parameters, items[i], compiled.config)
+                  for i in todo]  # fmt: skip
         reservations = self._reserve_all(len(items))
+        answers: builtins.list[Execution | None] = [None] * len(items)
         try:
-            return await self._insert_all(compiled, parsed, items, reservations, callback_url,
-                                          callback_secret, actor)  # fmt: skip
+            while True:
+                got = await self._insert_all(compiled, parsed, [items[i] for i in todo],
+                                             [reservations[i] for i in todo], callback_url,
+                                             callback_secret, actor)  # fmt: skip
+                for i, answer in zip(todo, got, strict=True):
+                    answers[i] = answer
+                todo = [i for i in todo if answers[i] is None]
+                if not todo:
+                    return [a for a in answers if a is not None]
+                # Not stored: the workflow changed (updated, paused or resumed) since the
+                # check. Checked again against its version now, as ``execute`` does.
+                compiled = await self._checked(workflow_id, items, callback_url, callback_secret)
+                parsed = [_at(i, compiled.workflow_type.parse_parameters, items[i],
+                              compiled.config) for i in todo]  # fmt: skip
         finally:
             for reservation in reservations:
                 reservation.release()
@@ -88,9 +100,10 @@ class ExecutionBatches:
         callback_url: str | None,
         callback_secret: str | None,
         actor: Principal | None,
-    ) -> builtins.list[Execution]:
+    ) -> builtins.list[Execution | None]:
         """Insert the executions in one hand-over to the group committer (no task each):
-        each is handed to the runtime at its commit, as ``execute`` would."""
+        each is handed to the runtime at its commit, as ``execute`` would. ``None`` for
+        one not stored because its workflow changed since ``compiled`` was read."""
         runtime = self._runtime
         workflow = compiled.workflow
         # As many as workers are idle are stored running already (as a synchronous
@@ -111,7 +124,7 @@ class ExecutionBatches:
         reservations: builtins.list[Any],
         at_once: int,
         options: tuple[str | None, str | None, Principal | None],
-    ) -> builtins.list[Execution]:
+    ) -> builtins.list[Execution | None]:
         runtime = self._runtime
         workflow = compiled.workflow
         callback_url, callback_secret, actor = options
@@ -150,8 +163,8 @@ class ExecutionBatches:
             accepted.append(build_execution(record, []))
         results = await runtime.commit_many(ops, thens)
         for index, result in enumerate(results):
-            _check_inserted(index, result, workflow.id)
-        return accepted
+            _check_inserted(index, result)
+        return [None if r is None else a for a, r in zip(accepted, results, strict=True)]
 
     async def _checked(
         self,
@@ -203,8 +216,9 @@ def _hand_over(runtime: Runtime, prepared: Prepared, reservation: Any, inserted:
         runtime.submit(prepared, sync=False, reservation=reservation)
 
 
-def _check_inserted(index: int, result: Any, workflow_id: str) -> None:
-    """Raise what the insertion of item ``index`` met, if it was not stored."""
+def _check_inserted(index: int, result: Any) -> None:
+    """Raise what the insertion of item ``index`` met, if it was not stored (``None``:
+    its workflow changed meanwhile, checked again by the caller)."""
     if isinstance(result, TypeError | ValueError):  # parameters JSON cannot hold
         raise InvalidParameters(
             "'parameters' must be JSON: objects, arrays, strings, finite numbers,"
@@ -213,12 +227,7 @@ def _check_inserted(index: int, result: Any, workflow_id: str) -> None:
         )
     if isinstance(result, Exception):
         raise result
-    if result is None:  # (as executions.WorkflowChanged, which execute checks again)
-        raise InvalidState(
-            "The workflow changed while the execution was being created; retry",
-            {"workflow_id": workflow_id, "reason": "workflow_changed", "index": index},
-        )
-    if not result:
+    if result is not None and not result:
         raise InvalidState("The execution could not be created; retry", {"index": index})
 
 

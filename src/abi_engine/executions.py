@@ -438,7 +438,7 @@ class ExecutionService(
 class WorkflowChanged(InvalidState):
     """An execution was not stored: its workflow changed (updated, paused or resumed,
     deactivated, deleted) between the request's check and its insert. ``execute``
-    checks the request again; a caller that cannot (``execute_many``) answers 409."""
+    (and ``execute_many``, for the items not stored) checks the request again."""
 
 
 def _unstructured(execution: Execution) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class RunsExecutions(WritesRuns):
         """The execution to run, claimed by this node under a fresh run token (``None``
         when there is nothing to run here)."""
         prepared = self._prepared.pop(execution_id, None)
-        if prepared is not None and prepared.claimed:
+        if prepared is not None and prepared.claimed and prepared.record.claim == grant:
             prepared.token = grant  # inserted running under its run token
             prepared.fresh = True
             return prepared
@@ -227,13 +227,17 @@ class RunsExecutions(WritesRuns):
         if record.timeout_at is not None and record.timeout_at <= utcnow():
             await self._finish_timed_out(prepared, done, None)
             return
+        if execution_id in self._cancelled:
+            # Cancelled (or lost) before any step: none starts (a cancelled scope would
+            # still call the first step, up to its first await, when nothing awaited
+            # since: an execution stored running by execute_many reaches it so).
+            self._notify(execution_id, None)
+            return
         scope = anyio.CancelScope()
         if record.timeout_at is not None:
             remaining = (record.timeout_at - utcnow()).total_seconds()
             scope.deadline = anyio.current_time() + remaining
         self._scopes[execution_id] = scope
-        if execution_id in self._cancelled:  # cancelled (or lost) before the scope existed
-            scope.cancel()
         running: list[StepRecord | None] = [None]
         with scope:
             try:

@@ -285,7 +285,9 @@ async def test_self_service_minting_is_capped_per_user(make_store: Callable[...,
     assert len(service.list_tokens("usr_ann")) == 102
 
 
-def test_cached_answers_only_a_fresh_unrevoked_check(make_store: Callable[..., Store]) -> None:
+def test_cached_answers_only_a_fresh_unrevoked_check(
+    make_store: Callable[..., Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``cached`` (the event loop's look-up) knows a token only after a check, until its
     cache time passes or it is revoked here: never the store's answer itself."""
     service = TokenService(make_store(), cache_seconds=0.3)
@@ -295,7 +297,8 @@ def test_cached_answers_only_a_fresh_unrevoked_check(make_store: Callable[..., S
     assert service.cached("") is None
     principal = service.authenticate(token)
     assert service.cached(token) == principal
-    time.sleep(0.35)
+    real = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: real() + 0.31)  # its cache time passed
     assert service.cached(token) is None  # expired
     assert service.authenticate(token) == principal  # checked again
     assert service.cached(token) == principal

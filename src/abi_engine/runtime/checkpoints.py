@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from abi_engine.events import EventPolicy, ExecutionEventRef, OutboxEvent
+from abi_engine.events import CALLBACK_EVENTS, EventPolicy, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import (
     build_execution,
     execution_json,
@@ -47,9 +47,7 @@ from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     AGAIN,
-    PAUSED,
     CancelExecution,
-    CheckpointStep,
     ExecutionRecord,
     FinishExecution,
     HandedOff,
@@ -159,11 +157,15 @@ class WritesRuns:
         lease. Then the claim is let go (its lease expires, recovery takes the
         execution over) and :class:`Lost` is raised.
         """
+        future = self.committer.enqueue(op)  # (awaited here: no coroutine of its own)
         try:
-            return await self.committer.submit(op)
-        except Exception as exc:  # (no retry state is set up before a failure)
+            result = await (self.committer.submit(op) if future is None else future)
+        except Exception as exc:
+            result = exc
+        if isinstance(result, Exception):  # (no retry state is set up before a failure)
             again = partial(self.committer.submit, op)
-            return await self._retrying(again, exc, execution_id, token, type(op).__name__)
+            return await self._retrying(again, result, execution_id, token, type(op).__name__)
+        return result
 
     async def _read(self, fn: Callable[..., T], *args: Any, token: int) -> T:
         """A store read of the run holding ``token`` (``execution_id`` first in ``args``),
@@ -208,10 +210,13 @@ class WritesRuns:
 
     def _wants(self, kind: str, record: ExecutionRecord) -> bool:
         """Whether an event of ``kind`` about ``record`` has a consumer (else it is not built)."""
-        events = self.events  # (the common answers first: this runs several times a step)
-        if kind in events.outbox_types:
+        # EventPolicy.wants_for_execution, inline: this runs once or twice a step.
+        events = self.events
+        if kind in events.outbox_types or (
+            record.callback_url is not None and kind in CALLBACK_EVENTS
+        ):
             return True
-        return events.wants_for_execution(kind, record.callback_url)
+        return events.has_hooks()
 
     def _finished_event(
         self, kind: str, record: ExecutionRecord, view: Execution | None
@@ -220,19 +225,6 @@ class WritesRuns:
         if view is None:
             return ExecutionEventRef(kind, record.id, None, at)
         return self.events.execution_event(kind, record.id, lambda: execution_json(view), at=at)
-
-    async def _checkpoint(
-        self, prepared: Prepared, step: StepRecord, events: tuple[OutboxEvent, ...]
-    ) -> bool:
-        applied = await self._write(
-            CheckpointStep(step=step, token=prepared.token, events=events),
-            prepared.record.id,
-            prepared.token,
-        )
-        if not applied or applied == PAUSED:  # paused at this boundary: the run stops
-            self._lost(prepared)
-            return False
-        return True
 
     def _lost(self, prepared: Prepared) -> None:
         """A write of the run was refused: the execution was cancelled, ended or taken

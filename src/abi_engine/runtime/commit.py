@@ -203,7 +203,9 @@ class GroupCommitter:
         self._changed = anyio.Event()
         #: The most batches that were written at once.
         self.most_in_flight = 0
-        self._wakeup = anyio.Event()
+        #: The writer's wake-up: a bare future on asyncio (lighter than an event), else
+        #: an anyio event; replaced once the writer has woken.
+        self._wakeup: asyncio.Future[None] | anyio.Event = anyio.Event()
         #: Whether :attr:`_wakeup` is set already (spares setting it again per op).
         self._woken = False
         #: The asyncio loop the writer runs on (``None``: not running, or not asyncio).
@@ -249,34 +251,50 @@ class GroupCommitter:
         when that task was cancelled meanwhile: what must follow a commit
         (handing a stored execution to the runtime) cannot be skipped.
         """
-        if not self._running:
+        future = self.enqueue(op, then)
+        if future is not None:
+            result = await future
+        elif not self._running:
             result = (await self._apply([op]))[0]
             if then is not None and not isinstance(result, BaseException):
                 _call_then(then, result)
-        else:
-            batch = self._open_batch(1)
-            index = len(batch.ops)
-            batch.ops.append(op)
-            if self._keyed:
-                batch.add_keys((op,))
-            if len(batch.ops) == self._overlap_min and self._writing:
-                self._signal_change()
-            if then is not None:
-                batch.thens.append((index, then))
-            self._wake()
-            loop = self._loop
-            # On the writer's loop, a future of its own; a task of another loop (an ASGI
-            # server's, in its thread) waits on the batch's event, as it always did.
-            if loop is not None and asyncio._get_running_loop() is loop:
-                future = loop.create_future()
-                batch.waiters.append((index, future))
-                result = await future
-            else:
-                await batch.wait()
-                result = batch.results[index]
+        else:  # a task of another loop (an ASGI server's, in its thread): the batch's event
+            batch, index = self._add(op, then)
+            await batch.wait()
+            result = batch.results[index]
         if isinstance(result, Exception):
             raise result
         return result
+
+    def enqueue(
+        self, op: WriteOp, then: Callable[[Any], None] | None = None
+    ) -> asyncio.Future[Any] | None:
+        """Queue ``op`` for the next commit and return a future of its result (an
+        exception is its result, not raised), without a coroutine of its own: what a
+        run's write awaits. ``None`` (nothing queued) unless the writer runs on the
+        calling task's loop: then use :meth:`submit`."""
+        loop = self._loop
+        if loop is None or asyncio._get_running_loop() is not loop:
+            return None
+        batch, index = self._add(op, then)
+        future = loop.create_future()
+        batch.waiters.append((index, future))
+        return future
+
+    def _add(self, op: WriteOp, then: Callable[[Any], None] | None) -> tuple[_Batch, int]:
+        """Put ``op`` in the open batch and wake the writer: the batch and its index."""
+        batch = self._open_batch(1)
+        index = len(batch.ops)
+        batch.ops.append(op)
+        if self._keyed:
+            batch.add_keys((op,))
+        if index + 1 == self._overlap_min and self._writing:
+            self._signal_change()
+        if then is not None:
+            batch.thens.append((index, then))
+        if not self._woken:
+            self._wake()
+        return batch, index
 
     async def submit_many(
         self,
@@ -313,7 +331,12 @@ class GroupCommitter:
         """Wake the writer (once per batch it has to look at)."""
         if not self._woken:
             self._woken = True
-            self._wakeup.set()
+            wakeup = self._wakeup
+            if isinstance(wakeup, asyncio.Future):
+                if not wakeup.done():  # (cancelled: the writer stops)
+                    wakeup.set_result(None)
+            else:
+                wakeup.set()
 
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         clock = time.perf_counter()
@@ -421,8 +444,12 @@ class GroupCommitter:
             if batch.ops:
                 self.most_in_flight = max(self.most_in_flight, 1)
                 # Out of the queue, it must be written and answered: a cancellation
-                # arriving now (the engine stopping) waits for it.
-                with anyio.CancelScope(shield=True):
+                # arriving now (the engine stopping) waits for it. (Applied on the loop,
+                # it never yields to the loop until answered: nothing to shield.)
+                if self._in_thread:
+                    with anyio.CancelScope(shield=True):
+                        await self._flush(batch)
+                else:
                     await self._flush(batch)
 
     async def _start_pending(self, tg: TaskGroup) -> None:
@@ -486,40 +513,41 @@ class GroupCommitter:
             self._failures = 0
         return results
 
-    async def _gather(self) -> None:
-        """Before a batch is written: when other tasks are ready to run now (steps that
-        just ended, callers just answered), let them run first, so the writes they are
-        about to make join this commit instead of waiting for the next one (one turn of
-        the loop; none when nothing else is ready, so a lone write is not delayed)."""
-        try:
-            ready = getattr(asyncio.get_running_loop(), "_ready", None)
-        except RuntimeError:  # not on asyncio
+    async def _woken_up(self) -> None:
+        """Wait for the writer's wake-up; then, when other tasks are ready to run now
+        (steps that just ended, callers just answered), let them run first, so that the
+        writes they are about to make join this commit instead of waiting for the next
+        one (one turn of the loop; none when nothing else is ready, so a lone write is
+        not delayed). Then the next wake-up is made: a bare future on asyncio."""
+        wakeup, loop = self._wakeup, self._loop
+        if loop is None or isinstance(wakeup, anyio.Event):  # not on asyncio
+            await wakeup.wait()  # type: ignore[union-attr]
+            self._wakeup, self._woken = anyio.Event(), False
             return
-        if ready:
+        await wakeup
+        if getattr(loop, "_ready", None):
             await anyio.lowlevel.checkpoint()
+        self._wakeup, self._woken = loop.create_future(), False
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The writer loop; runs until cancelled, then flushes what is pending."""
         # Events of this loop (a restarted engine may run on another one).
-        self._wakeup, self._changed = anyio.Event(), anyio.Event()
+        self._changed = anyio.Event()
+        self._loop = _asyncio_loop()
+        self._wakeup = anyio.Event() if self._loop is None else self._loop.create_future()
         self._woken = False
         if self._pending:
             self._wake()
-        self._loop = _asyncio_loop()
         self._running = True
         task_status.started()
         try:
             if self._in_flight_limit == 1:
                 while True:
-                    await self._wakeup.wait()
-                    await self._gather()
-                    self._wakeup, self._woken = anyio.Event(), False
+                    await self._woken_up()
                     await self._flush_pending()
             async with anyio.create_task_group() as tg:
                 while True:
-                    await self._wakeup.wait()
-                    await self._gather()
-                    self._wakeup, self._woken = anyio.Event(), False
+                    await self._woken_up()
                     await self._start_pending(tg)
         finally:
             with anyio.CancelScope(shield=True):

@@ -41,6 +41,8 @@ from abi_engine.runtime.execution import (
 from abi_engine.storage._codec import loads as _loads
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.records import (
+    PAUSED,
+    CheckpointStep,
     ClaimExecution,
     ExecutionRecord,
     SaveProgress,
@@ -370,7 +372,12 @@ class RunsExecutions(WritesRuns):
         if is_last:
             await self._finish_completed(prepared, done, step, result, *events)
             return False
-        if not await self._checkpoint(prepared, step, events):
+        token = prepared.token
+        applied = await self._write(
+            CheckpointStep(step=step, token=token, events=events), step.execution_id, token
+        )
+        if not applied or applied == PAUSED:  # paused at this boundary: the run stops
+            self._lost(prepared)
             return False
         done.append(step)
         return True

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
-from abi_engine.models import ExecutionStatus
+from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import dumps, to_ms
 from abi_engine.storage._fencing import State, checkpoints, claims, ended_again, finishes
 from abi_engine.storage.records import (
@@ -57,12 +57,16 @@ def _json_or_none(value: Any, text: str | None = None) -> str | None:
     return None if value is None else dumps(value)
 
 
+#: Each status's text, looked up by the status (an enum's ``.value`` is two Python calls).
+STATUS_TEXT: dict[str, str] = {s.value: s.value for s in (*ExecutionStatus, *StepStatus)}
+
+
 def _step_params(step: StepRecord) -> tuple[Any, ...]:
     return (
         step.execution_id,
         step.index,
         step.name,
-        step.status.value,
+        STATUS_TEXT[step.status],
         to_ms(step.started_at),
         to_ms(step.completed_at),
         step.duration_ms,
@@ -89,6 +93,14 @@ _STEP_COLUMNS = (
 _STEP_TYPES = ("text", "int", "text", "text", "bigint", "bigint", "bigint", "int", "text", "text")
 
 
+#: The upsert of many steps in one statement (where lists go as arrays).
+_UPSERT_STEPS = (
+    f"INSERT INTO execution_steps ({', '.join(_STEP_COLUMNS)}) SELECT * FROM {{rows}}"
+    " ON CONFLICT (execution_id, idx) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[2:])
+)
+
+
 @cache
 def _upsert_step(d: Dialect) -> str:
     return d.upsert("execution_steps", _STEP_COLUMNS, key=("execution_id", "idx"))
@@ -97,17 +109,11 @@ def _upsert_step(d: Dialect) -> str:
 def _store_steps(d: Dialect, conn: Conn, steps: Sequence[StepRecord]) -> None:
     """Upsert ``steps``; of two of the same step, the later one is stored (as one
     statement per step would leave it)."""
-    rows = {(s.execution_id, s.index): _step_params(s) for s in steps}
-    sets = ", ".join(f"{c} = excluded.{c}" for c in _STEP_COLUMNS[2:])
-    write_rows(
-        d,
-        conn,
-        list(rows.values()),
-        each=_upsert_step(d),
-        together=f"INSERT INTO execution_steps ({', '.join(_STEP_COLUMNS)}) SELECT * FROM {{rows}}"
-        f" ON CONFLICT (execution_id, idx) DO UPDATE SET {sets}",
-        types=_STEP_TYPES,
-    )
+    if len(steps) == 1:  # (one checkpoint: no dict to build)
+        rows = [_step_params(steps[0])]
+    else:
+        rows = list({(s.execution_id, s.index): _step_params(s) for s in steps}.values())
+    write_rows(d, conn, rows, each=_upsert_step(d), together=_UPSERT_STEPS, types=_STEP_TYPES)
 
 
 def _locked(d: Dialect) -> str:
@@ -542,7 +548,7 @@ def _bulk_finish(
             continue
         updates.append(
             (
-                op.status.value,
+                STATUS_TEXT[op.status],
                 to_ms(op.completed_at),
                 op.duration_ms,
                 _json_or_none(op.result, op.result_json),

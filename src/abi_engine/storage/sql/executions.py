@@ -108,7 +108,11 @@ class ExecutionsMixin:
         transaction so that one bad op cannot sink the others; its result is
         then the exception it raised.
         """
-        write = self._write_batch if all(type(op) in PIPELINED for op in ops) else self.write
+        write = self.write
+        if type(self)._write_batch is not ExecutionsMixin._write_batch and all(
+            type(op) in PIPELINED for op in ops
+        ):  # (only a backend that pipelines looks at the kinds of its ops)
+            write = self._write_batch
         try:
             return list(write(lambda conn: self._apply_batch(conn, ops)))
         except Exception:

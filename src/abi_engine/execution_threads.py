@@ -127,7 +127,7 @@ class ExecutionThreadDoor:
         runtime = self._runtime
         runtime.grant(record)
         claimed, events = self._claim_at_once(  # type: ignore[attr-defined]
-            record, workflow, wait=wait, paused=compiled.paused
+            record, workflow, wait=wait, paused=compiled.paused, reservation=reservation
         )
         prepared = Prepared(
             record=record,

@@ -289,7 +289,13 @@ class ExecutionService(
         )
 
     def _claim_at_once(
-        self, record: ExecutionRecord, workflow: Workflow, *, wait: bool, paused: bool
+        self,
+        record: ExecutionRecord,
+        workflow: Workflow,
+        *,
+        wait: bool,
+        paused: bool,
+        reservation: Any = None,
     ) -> tuple[bool, tuple[OutboxEvent, ...]]:
         """Whether the new execution is stored already running, and its start's events.
 
@@ -297,7 +303,9 @@ class ExecutionService(
         latency path. (Not while its workflow is paused, nor when its limits decide
         whether it starts: the store holds it queued, or grants it within them.)
         """
-        if not wait or paused or _limited(workflow) or not self._runtime.sync_slot_free():
+        if paused or _limited(workflow):
+            return False, ()
+        if not (self._runtime.sync_slot_free() if wait else _worker_held(reservation)):
             return False, ()
         record.status = ExecutionStatus.RUNNING
         record.started_at = record.created_at
@@ -445,6 +453,12 @@ def _unstructured(execution: Execution) -> dict[str, Any]:
 
     data: dict[str, Any] = execution_json(execution)
     return data
+
+
+def _worker_held(reservation: Any) -> bool:
+    """Whether ``reservation`` (an asynchronous start's queue place) holds an idle worker
+    for it now: the execution is then stored running at once, as a synchronous one."""
+    return reservation is not None and bool(reservation.hold_worker())
 
 
 def _limited(workflow: Workflow) -> bool:

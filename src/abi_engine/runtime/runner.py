@@ -65,7 +65,7 @@ from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.runtime.recovery import Recovers
 from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.runtime.thread_commit import ThreadCommits
-from abi_engine.runtime.work import Wakeups
+from abi_engine.runtime.work import Wakeups, _Reservation
 from abi_engine.storage._fencing import new_claim
 from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
@@ -87,23 +87,6 @@ if TYPE_CHECKING:
 __all__ = ["Runtime"]
 
 log = logging.getLogger("abi_engine.executor")
-
-
-class _Reservation:
-    """A place held in the asynchronous queue (see :meth:`Runtime.reserve`)."""
-
-    __slots__ = ("_runtime",)
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime: Runtime | None = runtime
-
-    def release(self) -> None:
-        runtime = self._runtime
-        if runtime is not None:
-            with runtime._reserve_lock:  # a caller's thread or the loop may release it
-                if self._runtime is not None:
-                    self._runtime = None
-                    runtime._reserved -= 1
 
 
 class _Waiter:
@@ -128,8 +111,7 @@ class Runtime(Recovers):
         metrics: RuntimeMetrics | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
-        #: What this runtime counts for the metrics (``None``: metrics are off).
-        self.metrics = metrics
+        self.metrics = metrics  # what it counts for the metrics (None: metrics are off)
         #: The spans of executions (``None``: not traced; set by the engine).
         self.tracing: Tracing | None = None
         self.limits: Limits = limits or Limits()
@@ -146,10 +128,10 @@ class Runtime(Recovers):
         #: Commits made in synchronous callers' threads (the synchronous door).
         self.thread_commits = ThreadCommits(store, self.committer, self._with_fresh_lease)
         self.claims = Claims(store.renew_leases, self.settings.lease_seconds)
-        # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a
-        # place reserved by a caller is never taken by anyone else.
-        # The queue of asynchronous work: a heap in priority order (aged like the
-        # store's claims), a wake-up per item for the workers (``_work``).
+        # The bound of the queue is kept by counting (``_queued``, ``_reserved``): a place
+        # reserved by a caller is never taken by anyone else. The queue of asynchronous
+        # work: a heap in priority order (aged like the store's claims), a wake-up per
+        # item for the workers (``_work``).
         self._heap: list[tuple[float, int, str, int]] = []
         #: The stored priority of each execution in the heap, and how many per priority.
         self._queued_priority: dict[str, int] = {}
@@ -166,6 +148,7 @@ class Runtime(Recovers):
         self._waiters: dict[str, _Waiter] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._cancelled: set[str] = set()
+        self._cancelled_early: dict[str, bool] = {}  # not held here yet (cancel_local)
         self._inflight: set[str] = set()
         #: Grants that arrived while an earlier run of the same execution was still here.
         self._deferred: dict[str, int] = {}
@@ -285,12 +268,14 @@ class Runtime(Recovers):
         """Hold up to ``wanted`` idle workers for executions stored running at their
         acceptance (no claim write when they start); how many. Give them back with
         :meth:`give_idle` once those are handed over (queued) or refused."""
-        taken = min(wanted, self.idle_workers())
-        self._starting += taken
+        with self._reserve_lock:  # (callers' threads hold workers too: the thread door)
+            taken = min(wanted, self.idle_workers())
+            self._starting += taken
         return taken
 
     def give_idle(self, count: int) -> None:
-        self._starting -= count
+        with self._reserve_lock:
+            self._starting -= count
 
     def reserve(self) -> _Reservation:
         """Reserve a place in the asynchronous queue, or raise ``QueueFull``.
@@ -321,6 +306,8 @@ class Runtime(Recovers):
         record = prepared.record
         assert record.claim is not None, "submit() needs a record granted with grant()"
         self.claims.hold(record.id, record.claim)
+        if prepared.claimed and self._cancelled_early.pop(record.id, False):
+            self._cancelled.add(record.id)  # cancelled before its hand-over: no step runs
         if sync or prepared.claimed or self._queued < self.settings.queued_in_memory:
             self._prepared[record.id] = prepared  # else a worker reads it from the store
         if reservation is None and not sync and self.room() <= 0:
@@ -481,6 +468,13 @@ class Runtime(Recovers):
             scope = self._scopes.get(execution_id)
             if scope is not None:
                 scope.cancel()
+            return
+        # Not here (yet?): a caller's thread that committed it stored running may be
+        # handing it over right now (the thread door): noted, so that it runs no step.
+        early = self._cancelled_early
+        early[execution_id] = True
+        if len(early) > 1024:  # (only the last few matter: the hand-over is under way)
+            del early[next(iter(early))]
 
     # -- loops ----------------------------------------------------------------------------
 

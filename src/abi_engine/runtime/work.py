@@ -1,4 +1,4 @@
-"""Wake-ups of the runtime's workers: one per execution queued.
+"""Wake-ups of the runtime's workers, one per execution queued; places held in the queue.
 
 What a memory object stream of ``None`` items did for the worker pool, without
 its costs per item: a receive there always yields a turn of the event loop
@@ -8,11 +8,24 @@ work waiting takes it at once, and an idle worker waits on an event of its own.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
+from typing import Protocol
 
 import anyio
 
 __all__ = ["Wakeups"]
+
+
+class _Queue(Protocol):
+    """What a :class:`_Reservation` counts in (the runtime)."""
+
+    _reserve_lock: threading.Lock
+    _reserved: int
+
+    def take_idle(self, wanted: int) -> int: ...
+
+    def give_idle(self, count: int) -> None: ...
 
 
 class _Idle:
@@ -69,3 +82,35 @@ class Wakeups:
         self._closed = True
         while self._idle:
             self._idle.popleft().event.set()
+
+
+class _Reservation:
+    """A place held in the asynchronous queue (see :meth:`Runtime.reserve`)."""
+
+    __slots__ = ("_runtime", "_worker")
+
+    def __init__(self, runtime: _Queue) -> None:
+        self._runtime: _Queue | None = runtime
+        #: Whether it holds an idle worker too (:meth:`hold_worker`).
+        self._worker = False
+
+    def hold_worker(self) -> bool:
+        """Hold an idle worker for the execution this place is for, if one is idle now:
+        it is then stored running at its acceptance (no claim write when it starts, as
+        ``execute_many``'s first ones); given back with the place (:meth:`release`)."""
+        runtime = self._runtime
+        if runtime is not None and not self._worker:
+            self._worker = runtime.take_idle(1) == 1
+        return self._worker
+
+    def release(self) -> None:
+        runtime = self._runtime
+        if runtime is not None:
+            with runtime._reserve_lock:  # a caller's thread or the loop may release it
+                if self._runtime is None:
+                    return
+                self._runtime = None
+                runtime._reserved -= 1
+                worker, self._worker = self._worker, False
+            if worker:  # (after the execution was queued: the count stays right)
+                runtime.give_idle(1)

@@ -1,0 +1,127 @@
+"""Attacks on #18's fix 19 (the run's cost per execution, docs/performance.md).
+
+1. ``execute(wait=False)`` from a host thread (the thread door) stores the execution
+   *running* at its acceptance when a worker is idle, as ``execute_many`` does: its run
+   writes no claim. Its hand-over to the runtime is posted to the loop after the commit,
+   from the caller's thread: an execution cancelled in between (found in the store by
+   another caller) must run no step. (Before the fix the runtime, not knowing it yet when
+   the cancel came, ran its first step; the same held for ``execute(wait=True)``.)
+2. A run's writes await the committer's future directly (no coroutine of their own):
+   a store failing under them is still retried, each step still runs once.
+3. A failing finish (the last step's checkpoint and the end in one write) is retried:
+   the last step runs once and the execution completes once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from runtime_plugins import PROBE
+from runtime_plugins.helpers import EngineFactory, fast, new_workflow
+
+from abi_engine import ExecutionStatus
+from abi_engine.storage.records import FinishExecution, InsertExecution, WriteOp
+
+
+def _until(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_cancelled_between_its_commit_and_its_hand_over_runs_no_step(
+    make: EngineFactory, monkeypatch: pytest.MonkeyPatch, wait: bool
+) -> None:
+    engine = make(settings=fast(workers=2))
+    engine.start_blocking()
+    try:
+        wf = engine.call(new_workflow, engine)
+        warm = engine.call(engine.executions.execute, wf, {}, wait=False)  # compiles it
+        assert engine.call(engine.executions.wait, warm.execution_id, 60).status is (
+            ExecutionStatus.COMPLETED
+        )
+        commits = engine.runtime.thread_commits
+        post, gate, held = commits._post, threading.Event(), []
+
+        def held_post(posted: Any, elapsed: float, *, count: bool) -> None:
+            inserted = [
+                op.record.id for s in posted for op in s.ops if isinstance(op, InsertExecution)
+            ]
+            if inserted and not gate.is_set():  # committed; the hand-over waits
+                held.extend(inserted)
+                gate.wait(60)
+            post(posted, elapsed, count=count)
+
+        monkeypatch.setattr(commits, "_post", held_post)
+        answers: list[Any] = []
+
+        def call() -> None:
+            execute = engine.executions.execute
+            answers.append(engine.call(execute, wf, {}, wait=wait, timeout_seconds=60))
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        _until(lambda: held, "the insert committed, its hand-over held")
+        execution_id = held[0]
+        stored = engine.call(engine.executions.get, execution_id)
+        assert stored.status is ExecutionStatus.RUNNING  # stored running at its acceptance
+        engine.call(engine.executions.cancel, execution_id)
+        gate.set()
+        caller.join(60)
+        assert not caller.is_alive()
+        final = engine.call(engine.executions.wait, execution_id, 60)
+        assert final.status is ExecutionStatus.CANCELLED
+        if wait:
+            assert answers[0].status is ExecutionStatus.CANCELLED
+        runtime = engine.runtime
+        _until(lambda: not runtime._inflight and runtime.idle_workers() == 2, "workers idle")
+        assert PROBE.runs(execution_id) == {}  # not even up to its first await
+        monkeypatch.undo()
+        after = engine.call(engine.executions.execute, wf, {}, timeout_seconds=60)
+        assert after.status is ExecutionStatus.COMPLETED
+    finally:
+        engine.stop_blocking()
+        engine.close()
+
+
+def _failing(engine: Any, kind: type, times: int) -> list[int]:
+    """The store fails ``times`` batches carrying an op of ``kind`` (before writing)."""
+    store, failed = engine.store, [0]
+    apply = store.apply
+
+    def failing_apply(ops: Sequence[WriteOp]) -> list[Any]:
+        if failed[0] < times and any(isinstance(op, kind) for op in ops):
+            failed[0] += 1
+            raise OSError("injected: the database is unreachable")
+        return apply(ops)
+
+    store.apply = failing_apply
+    return failed
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_failing_finish_is_retried_and_the_last_step_runs_once(
+    make: EngineFactory, wait: bool
+) -> None:
+    engine = make(settings=fast(workers=2))
+    engine.start_blocking()
+    try:
+        wf = engine.call(new_workflow, engine)
+        warm = engine.call(engine.executions.execute, wf, {}, wait=False)
+        engine.call(engine.executions.wait, warm.execution_id, 60)
+        failed = _failing(engine, FinishExecution, 3)
+        started = engine.call(engine.executions.execute, wf, {}, wait=wait, timeout_seconds=60)
+        final = engine.call(engine.executions.wait, started.execution_id, 60)
+        assert failed[0] == 3
+        assert final.status is ExecutionStatus.COMPLETED
+        assert [s.status.value for s in final.steps] == ["completed"] * 3
+        assert PROBE.runs(started.execution_id) == {"first": 1, "second": 1, "third": 1}
+    finally:
+        engine.stop_blocking()
+        engine.close()

@@ -31,25 +31,10 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import build_execution, execution_json
+from abi_engine.runtime.batches import Batch, applied_events, call_then, call_thens, op_keys
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.storage.base import Store
-from abi_engine.storage.records import (
-    AGAIN,
-    CancelExecution,
-    CheckpointStep,
-    ClaimExecution,
-    DeliverSignal,
-    FinishExecution,
-    InsertExecution,
-    InsertRerun,
-    PauseExecution,
-    ReleaseExecutions,
-    ResumeExecution,
-    SaveProgress,
-    SuspendExecution,
-    WriteOp,
-    applied,
-)
+from abi_engine.storage.records import WriteOp
 
 __all__ = ["OVERLAP_MIN", "GroupCommitter", "op_keys"]
 
@@ -58,86 +43,7 @@ __all__ = ["OVERLAP_MIN", "GroupCommitter", "op_keys"]
 #: per batch (a batch of 2 beside one of 50 costs more CPU than it saves time).
 OVERLAP_MIN = 32
 
-#: Ops that write one execution, named by their ``execution_id``.
-_BY_EXECUTION_ID = (
-    ClaimExecution,
-    FinishExecution,
-    SaveProgress,
-    SuspendExecution,
-    DeliverSignal,
-    CancelExecution,
-    PauseExecution,
-    ResumeExecution,
-)
-
-
-def op_keys(op: WriteOp) -> tuple[str, ...] | None:
-    """The executions ``op`` writes, or ``None`` when that is not known from the op
-    alone (a workflow's pause, a correlated signal, schedules, bare events): such an
-    op's batch runs alone, after every batch before it and before every one after."""
-    if isinstance(op, _BY_EXECUTION_ID):
-        return (op.execution_id,)
-    if isinstance(op, CheckpointStep):
-        return (op.step.execution_id,)
-    if isinstance(op, (InsertExecution, InsertRerun)):
-        # Not its workflow's other inserts: what those decide together (concurrency
-        # slots, rate limits, a debounce ending the execution it replaces) is decided
-        # under the workflow's grant lock, in commit order, as between two processes.
-        return (op.record.id,)
-    if isinstance(op, ReleaseExecutions):
-        return tuple(execution_id for execution_id, _ in op.claims)
-    return None
-
-
 log = logging.getLogger("abi_engine.commit")
-
-
-class _Batch:
-    __slots__ = ("done", "keys", "ops", "results", "thens", "waiters")
-
-    def __init__(self) -> None:
-        self.ops: list[WriteOp] = []
-        self.results: list[Any] = []
-        #: ``(index, then)``: called with the result of ``ops[index]`` once it is known.
-        self.thens: list[tuple[int, Callable[[Any], None]]] = []
-        #: Set once the results are known (made when someone waits on it).
-        self.done: anyio.Event | None = None
-        #: On asyncio: ``(index, future)`` of each task waiting for the result of
-        #: ``ops[index]`` alone (a future each is lighter than an event all share).
-        self.waiters: list[tuple[int, asyncio.Future[Any]]] = []
-        #: The executions its ops write (``None``: unknown, the batch runs alone).
-        self.keys: set[str] | None = set()
-
-    async def wait(self) -> None:
-        """Wait until the results are known."""
-        if self.done is None:
-            self.done = anyio.Event()
-        await self.done.wait()
-
-    def answer(self, results: list[Any]) -> None:
-        """Hand the results to whoever waits (a waiter cancelled meanwhile is skipped)."""
-        self.results = results
-        for index, future in self.waiters:
-            if not future.done():
-                future.set_result(results[index])
-        if self.done is not None:
-            self.done.set()
-
-    def add_keys(self, ops: Iterable[WriteOp]) -> None:
-        for op in ops:
-            if self.keys is None:
-                return
-            keys = op_keys(op)
-            if keys is None:
-                self.keys = None
-            else:
-                self.keys.update(keys)
-
-    def conflicts(self, other: _Batch) -> bool:
-        """Whether this batch must wait for ``other`` (in flight) to end first."""
-        if self.keys is None or other.keys is None:
-            return True
-        return not self.keys.isdisjoint(other.keys)
 
 
 class GroupCommitter:
@@ -190,14 +96,14 @@ class GroupCommitter:
         self._emit = emit
         self._max_batch = max_batch
         self._metrics = metrics
-        self._pending: deque[_Batch] = deque()
+        self._pending: deque[Batch] = deque()
         self._in_flight_limit = in_flight
         #: Whether batches note the executions they write (only batches in flight
         #: together compare them: with one at a time, nothing does).
         self._keyed = in_flight > 1
         self._overlap_min = OVERLAP_MIN if overlap_min is None else max(1, overlap_min)
         #: The batches being written now, oldest first.
-        self._writing: list[_Batch] = []
+        self._writing: list[Batch] = []
         #: Set (and replaced) whenever a batch in flight ends, or the next batch
         #: grows to ``OVERLAP_MIN`` ops.
         self._changed = anyio.Event()
@@ -231,12 +137,12 @@ class GroupCommitter:
     def running(self) -> bool:
         return self._running
 
-    def _open_batch(self, adding: int) -> _Batch:
+    def _open_batch(self, adding: int) -> Batch:
         """The batch ``adding`` new ops join: the last pending one, unless that would
         take it past ``max_batch`` (an empty one takes any number: ``submit_many``)."""
         last = self._pending[-1] if self._pending else None
         if last is None or (last.ops and len(last.ops) + adding > self._max_batch):
-            last = _Batch()
+            last = Batch()
             self._pending.append(last)
         return last
 
@@ -257,7 +163,7 @@ class GroupCommitter:
         elif not self._running:
             result = (await self._apply([op]))[0]
             if then is not None and not isinstance(result, BaseException):
-                _call_then(then, result)
+                call_then(then, result)
         else:  # a task of another loop (an ASGI server's, in its thread): the batch's event
             batch, index = self._add(op, then)
             await batch.wait()
@@ -281,7 +187,7 @@ class GroupCommitter:
         batch.waiters.append((index, future))
         return future
 
-    def _add(self, op: WriteOp, then: Callable[[Any], None] | None) -> tuple[_Batch, int]:
+    def _add(self, op: WriteOp, then: Callable[[Any], None] | None) -> tuple[Batch, int]:
         """Put ``op`` in the open batch and wake the writer: the batch and its index."""
         batch = self._open_batch(1)
         index = len(batch.ops)
@@ -312,7 +218,7 @@ class GroupCommitter:
             results = await self._apply(ops)
             for then, result in zip(thens or (), results, strict=False):
                 if then is not None and not isinstance(result, BaseException):
-                    _call_then(then, result)
+                    call_then(then, result)
             return results
         batch = self._open_batch(len(ops))
         start = len(batch.ops)
@@ -357,7 +263,7 @@ class GroupCommitter:
 
     async def _emit_applied(self, ops: Sequence[WriteOp], results: Sequence[Any]) -> None:
         """Emit the events of the ops that applied (after their commit)."""
-        events, found = _applied_events(ops, results)
+        events, found = applied_events(ops, results)
         if found:
             self._ended(found)
             events.extend(await self._with_data(found) if self.hooked() else found)
@@ -381,7 +287,7 @@ class GroupCommitter:
             self._count(seconds, len(ops))
         else:
             self.ops += len(ops)
-        events, found = _applied_events(ops, results)
+        events, found = applied_events(ops, results)
         if found and self.hooked():  # the events need their data, read back: a task
             task = asyncio.get_running_loop().create_task(self._settle_later(ops, results, thens))
             self._settling.add(task)
@@ -392,7 +298,7 @@ class GroupCommitter:
             events.extend(found)
         if events:
             self._emit(events)
-        _call_thens(thens)
+        call_thens(thens)
 
     async def _settle_later(
         self,
@@ -403,7 +309,7 @@ class GroupCommitter:
         try:
             await self._emit_applied(ops, results)
         finally:
-            _call_thens(thens)
+            call_thens(thens)
 
     async def _with_data(self, found: Sequence[OutboxEvent]) -> list[OutboxEvent]:
         """The store's found events with their data, as ``abi_event`` hooks hear events
@@ -427,13 +333,13 @@ class GroupCommitter:
                 if isinstance(event, ExecutionEventRef):
                     self.on_ended(event.execution_id, None)
 
-    async def _flush(self, batch: _Batch) -> None:
+    async def _flush(self, batch: Batch) -> None:
         results: list[Any] = []
         for start in range(0, len(batch.ops), self._max_batch):
             results.extend(await self._safe_apply(batch.ops[start : start + self._max_batch]))
         for index, then in batch.thens:
             if not isinstance(results[index], BaseException):
-                _call_then(then, results[index])
+                call_then(then, results[index])
         batch.answer(results)
 
     async def _flush_pending(self) -> None:
@@ -471,7 +377,7 @@ class GroupCommitter:
                 self.most_in_flight = max(self.most_in_flight, len(self._writing))
                 tg.start_soon(self._write_in_flight, batch)
 
-    def _must_wait(self, batch: _Batch) -> bool:
+    def _must_wait(self, batch: Batch) -> bool:
         """Whether ``batch`` may not start yet: no room in flight, fewer than
         ``OVERLAP_MIN`` ops while another batch is being written, or a batch in
         flight writes one of its executions."""
@@ -490,7 +396,7 @@ class GroupCommitter:
         while busy():
             await self._changed.wait()
 
-    async def _write_in_flight(self, batch: _Batch) -> None:
+    async def _write_in_flight(self, batch: Batch) -> None:
         try:
             with anyio.CancelScope(shield=True):  # started, it is written and answered
                 await self._flush(batch)
@@ -562,31 +468,3 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _applied_events(
-    ops: Sequence[WriteOp], results: Sequence[Any]
-) -> tuple[list[OutboxEvent], list[OutboxEvent]]:
-    """The events of the ops that applied, and the events the store found while applying."""
-    events: list[OutboxEvent] = []
-    found: list[OutboxEvent] = []
-    for op, result in zip(ops, results, strict=True):
-        # AGAIN: applied by an earlier attempt whose answer was lost, before the hooks
-        # saw its events (the store wrote them to the outbox then, not again now).
-        if (op.events or op.found) and (applied(result) or result is AGAIN):
-            events.extend(op.events)
-            found.extend(op.found)
-    return events, found
-
-
-def _call_thens(thens: Sequence[tuple[Callable[[Any], None], Any]]) -> None:
-    for then, result in thens:
-        if not isinstance(result, BaseException):
-            _call_then(then, result)
-
-
-def _call_then(then: Callable[[Any], None], result: Any) -> None:
-    try:
-        then(result)
-    except Exception:
-        log.exception("a commit's follow-up failed")

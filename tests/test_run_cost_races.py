@@ -8,8 +8,10 @@
    the cancel came, ran its first step; the same held for ``execute(wait=True)``.)
 2. A run's writes await the committer's future directly (no coroutine of their own):
    a store failing under them is still retried, each step still runs once.
-3. A failing finish (the last step's checkpoint and the end in one write) is retried:
-   the last step runs once and the execution completes once.
+3. A run's write made alone is committed at once by the run itself, without the
+   writer task (at ``durability="normal"`` on SQLite): a lone sequential execution's
+   checkpoints and finish go that way; a store failing under one is retried, each step
+   runs once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from runtime_plugins import PROBE
 from runtime_plugins.helpers import EngineFactory, fast, new_workflow
 
 from abi_engine import ExecutionStatus
-from abi_engine.storage.records import FinishExecution, InsertExecution, WriteOp
+from abi_engine.storage.records import CheckpointStep, FinishExecution, InsertExecution, WriteOp
 
 
 def _until(check: Any, what: str, timeout: float = 60) -> None:
@@ -105,23 +107,62 @@ def _failing(engine: Any, kind: type, times: int) -> list[int]:
     return failed
 
 
+@pytest.mark.parametrize("kind", [CheckpointStep, FinishExecution])
 @pytest.mark.parametrize("wait", [False, True])
-def test_a_failing_finish_is_retried_and_the_last_step_runs_once(
-    make: EngineFactory, wait: bool
+def test_a_failing_write_of_a_run_is_retried_and_each_step_runs_once(
+    make: EngineFactory, wait: bool, kind: type
 ) -> None:
+    """A lone run's writes are committed at once, by the run (at ``durability="normal"``
+    on SQLite): the store failing under one of them (a checkpoint, or the finish: the
+    last step's checkpoint and the end in one write) is retried; each step runs once."""
     engine = make(settings=fast(workers=2))
     engine.start_blocking()
     try:
         wf = engine.call(new_workflow, engine)
         warm = engine.call(engine.executions.execute, wf, {}, wait=False)
         engine.call(engine.executions.wait, warm.execution_id, 60)
-        failed = _failing(engine, FinishExecution, 3)
+        failed = _failing(engine, kind, 3)
         started = engine.call(engine.executions.execute, wf, {}, wait=wait, timeout_seconds=60)
         final = engine.call(engine.executions.wait, started.execution_id, 60)
         assert failed[0] == 3
         assert final.status is ExecutionStatus.COMPLETED
         assert [s.status.value for s in final.steps] == ["completed"] * 3
         assert PROBE.runs(started.execution_id) == {"first": 1, "second": 1, "third": 1}
+    finally:
+        engine.stop_blocking()
+        engine.close()
+
+
+def test_a_lone_runs_writes_are_committed_at_once_without_the_writer(
+    make: EngineFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make(settings=fast(workers=2))
+    engine.start_blocking()
+    try:
+        wf = engine.call(new_workflow, engine)
+        engine.call(engine.executions.execute, wf, {}, timeout_seconds=60)
+        committer = engine.runtime.committer
+        at_once: list[str] = []
+        commit_now = committer._commit_now
+
+        def counted(op: WriteOp, *args: Any) -> Any:
+            at_once.append(type(op).__name__)
+            return commit_now(op, *args)
+
+        monkeypatch.setattr(committer, "_commit_now", counted)
+        done = [
+            engine.call(engine.executions.execute, wf, {}, timeout_seconds=60) for _ in range(5)
+        ]
+        assert all(d.status is ExecutionStatus.COMPLETED for d in done)
+        assert all(
+            PROBE.runs(d.execution_id) == {"first": 1, "second": 1, "third": 1} for d in done
+        )
+        if engine.store.blocking or getattr(engine.store, "commits_in_thread", False):
+            assert at_once == []  # written in a worker thread: always by the writer
+        else:  # one caller waiting for each: every write of its run is alone
+            # (a poll or heartbeat ready at that moment sends one through the writer)
+            assert at_once.count("CheckpointStep") >= 5
+            assert at_once.count("FinishExecution") >= 3
     finally:
         engine.stop_blocking()
         engine.close()

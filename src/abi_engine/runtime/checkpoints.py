@@ -157,7 +157,8 @@ class WritesRuns:
         lease. Then the claim is let go (its lease expires, recovery takes the
         execution over) and :class:`Lost` is raised.
         """
-        future = self.committer.enqueue(op)  # (awaited here: no coroutine of its own)
+        # Awaited here (no coroutine of its own); committed at once when alone.
+        future = self.committer.enqueue(op, now=True)
         try:
             result = await (self.committer.submit(op) if future is None else future)
         except Exception as exc:

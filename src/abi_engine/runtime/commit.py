@@ -98,8 +98,7 @@ class GroupCommitter:
         self._metrics = metrics
         self._pending: deque[Batch] = deque()
         self._in_flight_limit = in_flight
-        #: Whether an op may be committed alone at once by its task (:meth:`enqueue`).
-        self._alone_now = in_flight == 1 and not self._in_thread
+        self._alone_now = in_flight == 1 and not self._in_thread  # (see enqueue)
         #: Whether batches note the executions they write (only batches in flight
         #: together compare them: with one at a time, nothing does).
         self._keyed = in_flight > 1

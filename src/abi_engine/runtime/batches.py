@@ -1,15 +1,19 @@
-"""What a batch of the group committer holds, and what its ops touch.
+"""What a batch of the group committer holds, what its ops touch, who writes it.
 
 :class:`Batch` is the ops of one transaction of
 :class:`~abi_engine.runtime.commit.GroupCommitter`, their results and whoever waits
 for them; :func:`op_keys` names the executions an op writes (batches in flight
-together must not share one); the helpers hand out a commit's events and follow-ups.
+together must not share one); the helpers hand out a commit's events and follow-ups;
+:class:`Appliers` are the threads that write batches off the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -34,7 +38,7 @@ from abi_engine.storage.records import (
     applied,
 )
 
-__all__ = ["Batch", "applied_events", "call_then", "call_thens", "op_keys"]
+__all__ = ["Appliers", "Batch", "applied_events", "call_then", "call_thens", "op_keys"]
 
 log = logging.getLogger("abi_engine.commit")
 
@@ -144,3 +148,61 @@ def call_then(then: Callable[[Any], None], result: Any) -> None:
         then(result)
     except Exception:
         log.exception("a commit's follow-up failed")
+
+
+class Appliers:
+    """Threads of the group committer's own that apply its batches (as many as batches
+    may be written at once), started when first needed and stopped with the writer.
+
+    What ``anyio.to_thread.run_sync`` does for a batch, without its costs on the loop
+    per call (a capacity limiter, a cancel scope, a search for the root task, a copy of
+    the context): here a batch is handed over with one queue put and answered with one
+    ``call_soon_threadsafe``. Awaiting :meth:`run` is not cancellable: the caller
+    shields it (a batch handed to a thread is written and answered).
+    """
+
+    def __init__(self, threads: int, name: str = "abi-engine-commit") -> None:
+        self._size = threads
+        self._name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` in one of the threads; its result, or its exception raised."""
+        if not self._threads:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((fn, loop, future))
+        return await future
+
+    def _start(self) -> None:
+        for n in range(self._size):
+            thread = threading.Thread(target=self._serve, name=f"{self._name}-{n}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Let the threads end once they have applied what they were given."""
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fn, loop, future = item
+            try:
+                answer: tuple[Any, BaseException | None] = (fn(), None)
+            except BaseException as exc:  # handed to the caller, raised there
+                answer = (None, exc)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, future, *answer)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)

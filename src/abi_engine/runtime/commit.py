@@ -31,7 +31,14 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import build_execution, execution_json
-from abi_engine.runtime.batches import Batch, applied_events, call_then, call_thens, op_keys
+from abi_engine.runtime.batches import (
+    Appliers,
+    Batch,
+    applied_events,
+    call_then,
+    call_thens,
+    op_keys,
+)
 from abi_engine.runtime.metrics import RuntimeMetrics
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import WriteOp
@@ -91,8 +98,9 @@ class GroupCommitter:
             raise ValueError("in_flight must be at least 1")
         self._store = store
         # A store that blocks on the network, or a SQLite file whose commits wait for an
-        # fsync (``commits_in_thread``): applied in a worker thread, the loop goes on.
+        # fsync (``commits_in_thread``): applied in threads of its own, the loop goes on.
         self._in_thread = store.blocking or bool(getattr(store, "commits_in_thread", False))
+        self._appliers = Appliers(in_flight) if self._in_thread else None
         self._emit = emit
         self._max_batch = max_batch
         self._metrics = metrics
@@ -110,8 +118,7 @@ class GroupCommitter:
         self._changed = anyio.Event()
         #: The most batches that were written at once.
         self.most_in_flight = 0
-        #: The writer's wake-up: a bare future on asyncio (lighter than an event), else
-        #: an anyio event; replaced once the writer has woken.
+        #: The writer's wake-up (a bare future on asyncio), replaced once it has woken.
         self._wakeup: asyncio.Future[None] | anyio.Event = anyio.Event()
         #: Whether :attr:`_wakeup` is set already (spares setting it again per op).
         self._woken = False
@@ -284,8 +291,13 @@ class GroupCommitter:
     async def _apply(self, ops: Sequence[WriteOp]) -> list[Any]:
         clock = time.perf_counter()
         if self._in_thread:
-            apply = self.thread_apply or self._store.apply
-            results = await anyio.to_thread.run_sync(partial(apply, ops))
+            apply = partial(self.thread_apply or self._store.apply, ops)
+            appliers = self._appliers
+            results: list[Any]
+            if appliers is not None and self._loop is not None:  # running, on asyncio
+                results = await appliers.run(apply)
+            else:
+                results = await anyio.to_thread.run_sync(apply)
         else:
             results = self._store.apply(ops)
         self._count(time.perf_counter() - clock, len(ops))
@@ -504,6 +516,8 @@ class GroupCommitter:
                 self._running = False
                 self._loop = None
                 await self._flush_pending()
+                if self._appliers is not None:
+                    self._appliers.stop()
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:

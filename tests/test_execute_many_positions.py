@@ -11,14 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import runtime_plugins
 from runtime_plugins.faults import Harness
-from runtime_plugins.helpers import EngineFactory, new_workflow
+from runtime_plugins.helpers import EngineFactory, new_workflow, started_on
 
 from abi_engine import Engine
 from abi_engine.errors import InvalidParameters, InvalidState
 from abi_engine.ids import utcnow
-from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.storage.records import InsertExecution, PauseWorkflow, WriteOp
 
 
@@ -90,13 +88,7 @@ def test_an_error_after_a_recheck_names_the_callers_index(make: EngineFactory) -
     """12 items, 5 per commit: 0-4 stored, then the pause; 5-11 are refused (None),
     checked again and inserted; the store refuses the 4th of those, the caller's 8."""
     store = RefusedAfterRecheck(make().store, items=12, refuse=3)
-    engine = Engine(
-        store,  # type: ignore[arg-type]
-        plugins=[runtime_plugins],
-        runtime=RuntimeSettings(workers=4, poll_interval=0.2),
-    )
-    engine.start_blocking()
-    try:
+    with started_on(store) as engine:
         wf = engine.call(new_workflow, engine)
         engine.runtime.committer._max_batch = 5
         store.workflow_id = wf
@@ -104,6 +96,3 @@ def test_an_error_after_a_recheck_names_the_callers_index(make: EngineFactory) -
             engine.call(engine.executions.execute_many, wf, [{"n": n} for n in range(12)])
         assert refused.value.details == {"index": 8}
         assert store.seen > 12 + 3
-    finally:
-        engine.stop_blocking()
-        engine.close()

@@ -8,6 +8,7 @@ work waiting takes it at once, and an idle worker waits on an event of its own.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import deque
 from typing import Protocol
@@ -29,13 +30,29 @@ class _Queue(Protocol):
 
 
 class _Idle:
-    """An idle worker's wait: set with ``given`` when an item is handed to it."""
+    """An idle worker's wait: set with ``given`` when an item is handed to it (a bare
+    future on asyncio, lighter than an event; an anyio event elsewhere)."""
 
     __slots__ = ("event", "given")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event: asyncio.Future[None] | anyio.Event
+        try:
+            self.event = asyncio.get_running_loop().create_future()
+        except RuntimeError:  # not on asyncio
+            self.event = anyio.Event()
         self.given = False
+
+    def set(self) -> None:
+        event = self.event
+        if isinstance(event, anyio.Event):
+            event.set()
+        elif not event.done():  # (cancelled: its worker is going away)
+            event.set_result(None)
+
+    async def wait(self) -> None:
+        event = self.event
+        await (event.wait() if isinstance(event, anyio.Event) else event)
 
 
 class Wakeups:
@@ -53,7 +70,7 @@ class Wakeups:
         if self._idle:
             idle = self._idle.popleft()
             idle.given = True
-            idle.event.set()
+            idle.set()
         else:
             self._waiting += 1
 
@@ -67,7 +84,7 @@ class Wakeups:
         idle = _Idle()
         self._idle.append(idle)
         try:
-            await idle.event.wait()
+            await idle.wait()
         except BaseException:  # cancelled: an item handed over meanwhile goes to another
             if idle.given:
                 if not self._closed:
@@ -81,7 +98,7 @@ class Wakeups:
         """No more items: every idle worker (and any that comes) ends."""
         self._closed = True
         while self._idle:
-            self._idle.popleft().event.set()
+            self._idle.popleft().set()
 
 
 class _Reservation:

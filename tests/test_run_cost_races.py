@@ -11,19 +11,32 @@
 3. A run's write made alone is committed at once by the run itself, without the
    writer task (at ``durability="normal"`` on SQLite): a lone sequential execution's
    checkpoints and finish go that way; a store failing under one is retried, each step
-   runs once.
+   runs once; another writer of the SQLite file holding its lock does not stall the
+   loop (the write goes to the writer, which waits in a thread).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from runtime_plugins import PROBE
-from runtime_plugins.helpers import EngineFactory, fast, new_workflow
+from runtime_plugins.helpers import (
+    TERMINAL,
+    EngineFactory,
+    engines,
+    fast,
+    new_workflow,
+    wait_status,
+)
+from test_sqlite_other_writer import HOLD
 
 from abi_engine import ExecutionStatus
 from abi_engine.storage.records import CheckpointStep, FinishExecution, InsertExecution, WriteOp
@@ -166,3 +179,82 @@ def test_a_lone_runs_writes_are_committed_at_once_without_the_writer(
     finally:
         engine.stop_blocking()
         engine.close()
+
+
+def _hold(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding ``db``'s write lock for ``seconds`` (once it holds it)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _release(holder: subprocess.Popen[str]) -> None:
+    holder.kill()
+    holder.wait()
+    if holder.stdout is not None:
+        holder.stdout.close()
+
+
+class _Ticker:
+    """The longest gap between the ticks of a task on the loop (how long it stood still),
+    ticking slowly: rarely ready to run when a run writes (then alone)."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await anyio.sleep(0.3)
+            now = time.monotonic()
+            self.worst, last = max(self.worst, now - last), now
+
+
+@pytest.mark.anyio
+async def test_a_lone_runs_write_meeting_another_writer_does_not_stall_the_loop(
+    tmp_path: Path,
+) -> None:
+    """The write a run commits at once, on the loop, never waits there for another
+    writer of the SQLite file (another process): it gives way to the writer, which waits
+    for it in a thread. The loop keeps running (it stood still the 2 s of the other
+    writer's lock), and the run goes on, each step once."""
+    with engines(tmp_path) as make:
+        engine = make(settings=fast(workers=2, poll_interval=5))
+        async with engine, anyio.create_task_group() as tg:
+            wf = await new_workflow(engine)
+            committer, outcomes = engine.runtime.committer, []
+            commit_now = committer._commit_now
+
+            def recorded(op: WriteOp, *args: Any) -> Any:
+                began = time.monotonic()
+                done = commit_now(op, *args)
+                outcomes.append((began, done is not None))
+                return done
+
+            committer._commit_now = recorded
+            ticker = _Ticker()
+            tg.start_soon(ticker.run)
+            gated = {"do": {"first": {"gate": "g"}}}
+            execution = await engine.executions.execute(wf, gated, wait=False)
+            with anyio.fail_after(60):
+                await PROBE.step_started("first").wait()
+            holder = _hold(tmp_path / "abi.db", 2.0)
+            held_until = time.monotonic() + 1.5  # (2 s from a moment before this one)
+            try:
+                PROBE.gate("g").set()  # the first step ends: its checkpoint meets the lock
+                # (a timer: this task is not ready to run meanwhile, the run's write alone)
+                await anyio.sleep(2.5)
+                done = await wait_status(engine, execution.execution_id, *TERMINAL, timeout=60)
+                assert holder.wait(timeout=30) == 0
+            finally:
+                _release(holder)
+            assert done.status is ExecutionStatus.COMPLETED
+            assert PROBE.runs(execution.execution_id) == {"first": 1, "second": 1, "third": 1}
+            # Each write the run tried at once while the lock was held gave way (it is the
+            # run's first checkpoint, unless another task happened to be ready then).
+            assert all(not made for began, made in outcomes if began < held_until), outcomes
+            assert ticker.worst < 1.2, ticker.worst
+            tg.cancel_scope.cancel()

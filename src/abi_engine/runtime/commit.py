@@ -40,6 +40,8 @@ from abi_engine.runtime.batches import (
     op_keys,
 )
 from abi_engine.runtime.metrics import RuntimeMetrics
+from abi_engine.storage._waiting import WouldWait, set_impatient
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import WriteOp
 
@@ -201,7 +203,9 @@ class GroupCommitter:
         if now and self._alone_now and not self._woken and not self._pending:
             ready = getattr(loop, "_ready", None)  # asyncio's run queue (not uvloop's)
             if ready is not None and not ready:
-                return self._commit_now(op, then, loop)
+                done = self._commit_now(op, then, loop)
+                if done is not None:
+                    return done
         batch, index = self._add(op, then)
         future = loop.create_future()
         batch.waiters.append((index, future))
@@ -209,16 +213,24 @@ class GroupCommitter:
 
     def _commit_now(
         self, op: WriteOp, then: Callable[[Any], None] | None, loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[Any]:
+    ) -> asyncio.Future[Any] | None:
         """Commit ``op`` alone, now, on the loop (see :meth:`enqueue`): a done future of
-        its result. The same as the writer would do with a batch of it alone."""
+        its result, the same as the writer would make of a batch of it alone; ``None``
+        when another writer holds the database (nothing written: the op goes to the
+        writer, which waits for it in a thread, :func:`~abi_engine.storage.aio.call_store`)."""
         ops = [op]
         clock = time.perf_counter()
+        previous = set_impatient(True)  # never wait on the loop for another writer
         try:
             results = self._store.apply(ops)
+            failed = False
+        except WouldWait:
+            return None
         except Exception as exc:  # the store itself failed: the caller retries
-            results = self._failed(exc, ops)
-        else:
+            results, failed = self._failed(exc, ops), True
+        finally:
+            set_impatient(previous)
+        if not failed:
             self._worked()
             self._count(time.perf_counter() - clock, 1)
             events, _ = applied_events(ops, results)  # (none found: not an insertion)
@@ -298,8 +310,8 @@ class GroupCommitter:
                 results = await appliers.run(apply)
             else:
                 results = await anyio.to_thread.run_sync(apply)
-        else:
-            results = self._store.apply(ops)
+        else:  # inline; in a thread should another process hold the database's lock
+            results = await call_store(self._store, self._store.apply, ops)
         self._count(time.perf_counter() - clock, len(ops))
         await self._emit_applied(ops, results)
         return results
@@ -399,12 +411,8 @@ class GroupCommitter:
             if batch.ops:
                 self.most_in_flight = max(self.most_in_flight, 1)
                 # Out of the queue, it must be written and answered: a cancellation
-                # arriving now (the engine stopping) waits for it. (Applied on the loop,
-                # it never yields to the loop until answered: nothing to shield.)
-                if self._in_thread:
-                    with anyio.CancelScope(shield=True):
-                        await self._flush(batch)
-                else:
+                # arriving now (the engine stopping) waits for it.
+                with anyio.CancelScope(shield=True):
                     await self._flush(batch)
 
     async def _start_pending(self, tg: TaskGroup) -> None:

@@ -13,6 +13,7 @@ the fix of the first test does not lose the hooks' events.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -402,8 +403,16 @@ async def test_a_sync_execution_cancelled_while_waiting_for_a_slot_never_starts_
 
     def take_the_slot(ops: Sequence[WriteOp]) -> None:
         if any(isinstance(op, InsertExecution) for op in ops) and not limiter.borrowed_tokens:
-            if harness.blocking:  # applied in a worker thread
-                anyio.from_thread.run_sync(limiter.acquire_on_behalf_of_nowait, borrower)
+            if harness.blocking:  # applied in a thread of the committer: on the loop
+                loop = engine.runtime.thread_commits.loop
+                taken = threading.Event()
+
+                def take() -> None:
+                    limiter.acquire_on_behalf_of_nowait(borrower)
+                    taken.set()
+
+                loop.call_soon_threadsafe(take)
+                assert taken.wait(30)
             else:
                 limiter.acquire_on_behalf_of_nowait(borrower)
 

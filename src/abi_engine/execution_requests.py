@@ -74,6 +74,9 @@ class Compiled:
     template_ids: tuple[str, ...] = ()
     #: The workflow is paused: its new executions wait queued (#16).
     paused: bool = False
+    #: The configuration and the plan (the steps' names) as JSON, written once for the
+    #: executions of this version (``ExecutionService._new_record``).
+    texts: tuple[str, str] | None = None
 
 
 class ExecutionRequests:

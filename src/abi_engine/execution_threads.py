@@ -229,12 +229,17 @@ class ExecutionThreadDoor:
             or not 0 <= timeout < math.inf
         ):
             return None
+        store = self._store.sync
+        record = store.get_execution(execution_id)  # ended already: answered, no waiter
+        if record is None:
+            return None
+        if settled(record):
+            return build_execution(record, store.get_steps(execution_id))
         waiter = ThreadWaiter()
         waiter.execution_id = execution_id
         waiters: dict[str, Any] = runtime._waiters
         mine = waiters.setdefault(execution_id, waiter) is waiter  # before the read: no end
         try:  # is missed between the read and the wait
-            store = self._store.sync
             record = store.get_execution(execution_id)
             if record is not None and settled(record):
                 return build_execution(record, store.get_steps(execution_id))

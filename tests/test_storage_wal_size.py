@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from abi_engine.storage import SQLiteStore
 from abi_engine.storage import sqlite as sqlite_module
+from abi_engine.storage._wal import WalSize
 
 pytestmark = pytest.mark.sqlite_only
 
@@ -102,7 +103,7 @@ def test_the_wal_stays_bounded_without_background_checkpoints(db_path: Path, rea
     store = _NoCheckpoints(db_path, wal_limit=limit)
     try:
         if reader == "stat":
-            store._wal_size = sqlite_module._WalSize(str(db_path.parent / "missing-shm"))
+            store._wal_size = WalSize(str(db_path.parent / "missing-shm"))
         _table(store)
         largest = 0
         for _ in range(150):
@@ -142,7 +143,7 @@ def test_the_header_is_read_as_sqlite_writes_it(
 ) -> None:
     shm = tmp_path / "x.db-shm"
     _shm(shm, first, second)
-    reader = sqlite_module._WalSize(str(shm))
+    reader = WalSize(str(shm))
     try:
         assert reader.size() == expected
     finally:
@@ -150,7 +151,7 @@ def test_the_header_is_read_as_sqlite_writes_it(
 
 
 def test_no_shm_file_reads_nothing(tmp_path: Path) -> None:
-    reader = sqlite_module._WalSize(str(tmp_path / "none-shm"))
+    reader = WalSize(str(tmp_path / "none-shm"))
     assert reader.size() is None
     (tmp_path / "short-shm").write_bytes(b"\0" * 10)
-    assert sqlite_module._WalSize(str(tmp_path / "short-shm")).size() is None
+    assert WalSize(str(tmp_path / "short-shm")).size() is None

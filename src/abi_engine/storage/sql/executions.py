@@ -88,6 +88,16 @@ class ExecutionsMixin:
     #: of higher priority work delays lower priority work by at most 9 times this).
     priority_aging_ms: int = 10_000
 
+    def _insert_checked(
+        self, conn: Conn, records: Sequence[ExecutionRecord], ops: Sequence[WriteOp]
+    ) -> list[bool] | None:
+        """Insert, each in one statement checking its workflow, the records that
+        :func:`~abi_engine.storage.sql.flow_ops.insert_held` would insert as they are
+        (their workflow active at the version they were checked against, not paused,
+        without rules); whether each was (``None``: none). The others are left to it.
+        This backend: none (it reads the workflows of a batch in one statement)."""
+        return None
+
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
         """Insert execution rows; each one's result: ``True``, ``False`` when its
         idempotency key is taken, ``AGAIN`` when a row of its id is there already

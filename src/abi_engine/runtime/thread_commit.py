@@ -80,6 +80,8 @@ class ThreadCommits:
         #: told when it ends, each either has its answer or leads the next commit.
         self._turn = threading.Condition(self._queue_lock)
         self._leading = False
+        #: Threads waiting on ``_turn`` (none: a commit's end notifies nobody).
+        self._waiting = 0
         self._pending: list[_Slot] = []
         #: Commits made but not yet settled on the loop, and whether a drain is scheduled.
         self._settle: list[tuple[list[WriteOp], list[Any], float, list[Any], bool]] = []
@@ -106,7 +108,7 @@ class ThreadCommits:
         out."""
         with self._turn:
             while self._leading:
-                self._turn.wait()
+                self._wait_turn()
             self.loop = loop
             unsettled, self._settle = self._settle, []
             self._waking = False
@@ -171,7 +173,7 @@ class ThreadCommits:
         with self._turn:
             self._pending.append(slot)
             while self._leading and not slot.done:
-                self._turn.wait()
+                self._wait_turn()
             if slot.done:  # carried by the commit that just ended
                 return slot
             self._leading = True
@@ -185,8 +187,17 @@ class ThreadCommits:
         finally:
             with self._turn:
                 self._leading = False
-                self._turn.notify_all()
+                if self._waiting:
+                    self._turn.notify_all()
         return slot
+
+    def _wait_turn(self) -> None:
+        """Wait for the end of the commit under way (``_turn`` held)."""
+        self._waiting += 1
+        try:
+            self._turn.wait()
+        finally:
+            self._waiting -= 1
 
     @staticmethod
     def _refuse(batch: list[_Slot]) -> list[_Slot]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from abi_engine.models import ExecutionStatus
+from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import from_ms, loads
 from abi_engine.storage.records import (
     ExecutionRecord,
@@ -25,6 +25,10 @@ _EXEC_COLUMNS = (
 
 _FROM = "FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
 
+#: The statuses by their stored value (a look-up: calling the enum runs Python code).
+EXECUTION_STATUSES = {status.value: status for status in ExecutionStatus}
+STEP_STATUSES = {status.value: status for status in StepStatus}
+
 
 _UNFINISHED = "('queued', 'running', 'waiting', 'paused')"
 
@@ -34,7 +38,7 @@ def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
         id=row[0],
         workflow_id=row[1],
         workflow_type=row[2],
-        status=ExecutionStatus(row[3]),
+        status=EXECUTION_STATUSES.get(row[3]) or ExecutionStatus(row[3]),
         parameters=loads(row[4]),
         configuration=loads(row[5]),
         plan=loads(row[6]),

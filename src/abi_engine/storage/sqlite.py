@@ -180,6 +180,7 @@ class SQLiteStore(SQLStore):
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._reader_of = _ReaderOf(self)
         self._closed = False
         self._wal = None if self._memory else str(Path(self.path).resolve()) + "-wal"
         self._wal_size = None if self._wal is None else WalSize(self._wal[:-4] + "-shm")
@@ -264,7 +265,7 @@ class SQLiteStore(SQLStore):
         """This thread's reader connection (in memory: the writer, under its lock)."""
         if self._memory:
             return self._read_memory()
-        return _ReaderOf(self)  # (a generator context manager costs ~3x as much: #18)
+        return self._reader_of  # (a generator context manager costs ~3x as much: #18)
 
     @contextmanager
     def _read_memory(self) -> Iterator[sqlite3.Connection]:

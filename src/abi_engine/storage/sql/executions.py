@@ -22,7 +22,12 @@ from abi_engine.storage._fencing import (
     new_claim,
     types_filter,
 )
-from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _row_to_record
+from abi_engine.storage._rows_executions import (
+    _EXEC_COLUMNS,
+    _FROM,
+    STEP_STATUSES,
+    _row_to_record,
+)
 from abi_engine.storage.records import (
     TIMEOUT_SUFFIX,
     CheckpointStep,
@@ -118,7 +123,7 @@ class ExecutionsMixin:
         transaction so that one bad op cannot sink the others; its result is
         then the exception it raised.
         """
-        write = self._write_batch if all(type(op) in PIPELINED for op in ops) else self.write
+        write = self._write_batch if PIPELINED.issuperset(map(type, ops)) else self.write
         try:
             return list(write(lambda conn: self._apply_batch(conn, ops)))
         except Exception:
@@ -166,7 +171,8 @@ class ExecutionsMixin:
             if (op.events or op.found) and applied(result):
                 events.extend(op.events)
                 events.extend(op.found)
-        self._insert_events(conn, events)
+        if events:
+            self._insert_events(conn, events)
         return results
 
     def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
@@ -197,7 +203,7 @@ class ExecutionsMixin:
                 execution_id=r[0],
                 index=r[1],
                 name=r[2],
-                status=StepStatus(r[3]),
+                status=STEP_STATUSES.get(r[3]) or StepStatus(r[3]),
                 started_at=from_ms(r[4]),
                 completed_at=from_ms(r[5]),
                 duration_ms=r[6],

@@ -147,6 +147,8 @@ class ExecutionsMixin:
         each kind in the order it first appears: in pipeline mode the read of the
         executions goes with the inserts' check of paused workflows (one round trip).
         """
+        if len(ops) == 1 and type(ops[0]) is InsertExecution:  # (a caller's commit: #18)
+            return [self._apply_one(conn, ops[0])]  # (what a batch of one does, shorter)
         results: list[Any] = [None] * len(ops)
         groups: dict[type, list[int]] = {}
         for index, op in enumerate(ops):

@@ -135,7 +135,9 @@ class ExecutionThreadDoor:
             config=compiled.config,
             params=request.parsed,
             specs=compiled.specs,
-            integration_ids=tuple(i.id for i in workflow.integrations),
+            integration_ids=tuple([i.id for i in workflow.integrations])
+            if workflow.integrations
+            else (),
             claimed=claimed,
         )
         hand_over = _hand_over(runtime, prepared, sync=wait, reservation=reservation)

@@ -46,6 +46,8 @@ class Checkpointer:
         self._conn: sqlite3.Connection | None = None
 
     def wake(self, *, urgent: bool = False) -> None:
+        if not urgent and self._wanted.is_set():  # asked already (or stopping): as it is
+            return
         if self._stopping.is_set():
             return
         if self._thread is None:

@@ -206,12 +206,12 @@ class ExecutionsMixin:
                 index=r[1],
                 name=r[2],
                 status=STEP_STATUSES.get(r[3]) or StepStatus(r[3]),
-                started_at=from_ms(r[4]),
-                completed_at=from_ms(r[5]),
+                started_at=None if r[4] is None else from_ms(r[4]),
+                completed_at=None if r[5] is None else from_ms(r[5]),
                 duration_ms=r[6],
                 attempts=r[7],
-                result=loads(r[8]),
-                error=loads(r[9]),
+                result=None if r[8] is None else loads(r[8]),
+                error=None if r[9] is None else loads(r[9]),
                 reused_from=r[10],
             )
             for r in rows

@@ -129,7 +129,9 @@ def test_a_batch_holds_its_row_locks_until_it_ends(store: PostgresStore) -> None
 
     def other() -> None:
         assert locked.wait(30)
-        store.write(lambda c: c.execute("UPDATE executions SET claim = claim + 1 WHERE id = 'ex_1'"))
+        store.write(
+            lambda c: c.execute("UPDATE executions SET claim = claim + 1 WHERE id = 'ex_1'")
+        )
         order.append("other")
 
     thread = threading.Thread(target=other)

@@ -150,7 +150,7 @@ def _pipelined(conn: Conn, fn: Callable[[Conn], T]) -> T:
     transaction until the ``Sync``; an exception of ``fn`` sends :data:`ABANDON` first."""
     try:
         with conn.pipeline() as pipeline:
-            conn.execute(BATCH_PLANNING)
+            conn.execute(BATCH_PLANNING, prepare=True)
             try:
                 result = fn(conn)
             except BaseException:

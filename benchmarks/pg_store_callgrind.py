@@ -16,6 +16,16 @@ Each run's store connections end with it, so each backend writes its own file
 the sum of their ``totals:`` for ``--count N`` minus the same for ``--count 0``,
 divided by ``N`` (the schema's migrations and the pool's connections cancel out).
 
+The engine's side (the client's instructions per execution, the store's Python and
+psycopg) is counted by running this script itself under callgrind, with the server
+outside it: the dump between the two ``zlib.adler32`` markers holds the batches only::
+
+    valgrind --tool=callgrind --dump-before='adler32*' --callgrind-out-file=cg.%p \
+        python benchmarks/pg_store_callgrind.py --url URL --count 300
+
+(``cg.<pid>.3``, the third dump: each marker makes two, ``adler32`` and ``adler32_z``;
+its ``totals:`` divided by ``--count``).
+
     python benchmarks/pg_store_callgrind.py --url URL [--count 1000] [--batch 50]
 """
 
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,11 +123,16 @@ def run(url: str, count: int, batch: int) -> list[int]:
                 "INSERT INTO workflows (id, name, type, status, configuration, created_at,"
                 " updated_at) VALUES ('wf_door', 'door', 'door_three', 'active', '{}', 0, 0)"
             )
-        for start in range(0, count, batch):
-            ids = [f"ex_{n:08d}" for n in range(start, min(count, start + batch))]
-            for ops in _batches(ids):
+        plans = [
+            _batches([f"ex_{n:08d}" for n in range(s, min(count, s + batch))])
+            for s in range(0, count, batch)
+        ]
+        zlib.adler32(b"start")  # markers for the client's own count (see the docstring)
+        for ops_of_kinds in plans:
+            for ops in ops_of_kinds:
                 results = store.apply(ops)  # type: ignore[arg-type]
                 assert all(r is True for r in results), results
+        zlib.adler32(b"stop")
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"

@@ -191,13 +191,20 @@ def _count(store: Store, sql: str, args: tuple[Any, ...] = ()) -> int:
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(batches=st.lists(st.lists(_OP, min_size=1, max_size=6), min_size=1, max_size=6))
 def test_no_step_row_is_ever_left_without_its_execution(
     make_store: Any, batches: list[list[tuple[str, int, int, bool]]]
 ) -> None:
     store = make_store()
+    try:
+        _apply_and_check(store, batches)
+    finally:
+        store.close()  # its connections go now, not with the test's other examples
+
+
+def _apply_and_check(store: Store, batches: list[list[tuple[str, int, int, bool]]]) -> None:
     store.write(lambda conn: _workflow(conn, retention_days=1))
     n = 0
     for specs in batches:

@@ -148,6 +148,8 @@ def parse_json_body(raw: bytes) -> Any:
 
 
 def _success(data: Any) -> bytes:
+    if isinstance(data, api.Encoded):  # its JSON made already: the same bytes, spliced
+        return b'{"status":"success","data":' + data.json + b"}"
     return _encode({"status": "success", "data": data}).encode("ascii")
 
 
@@ -244,7 +246,9 @@ class _Api:
             headers=headers,
             raw=raw,
         )
-        status, data = await api.call_with_status(self.engine, principal, op.name, request)
+        status, data = await api.call_with_status(
+            self.engine, principal, op.name, request, encoded=True
+        )
         return status, data if isinstance(data, api.Raw) else _success(data)
 
     async def _authenticate(self, scope: Scope, headers: Mapping[str, str]) -> Principal:

@@ -39,6 +39,7 @@ __all__ = [
     "WORKFLOW_ERRORS",
     "Accepted",
     "ApiRequest",
+    "Encoded",
     "Operation",
     "QueryParam",
     "Raw",
@@ -49,6 +50,7 @@ __all__ = [
     "call_with_status",
     "check_quota",
     "get_operation",
+    "json_bytes",
     "operation",
     "page_json",
     "quota_exceeded",
@@ -88,6 +90,26 @@ class Raw:
     def __init__(self, body: bytes, media_type: str) -> None:
         self.body = body
         self.media_type = media_type
+
+
+class Encoded:
+    """An answer given as its JSON already (:func:`json_bytes`), by an operation's
+    ``encoded_handler`` (a cache of encoded answers): the adapter sends ``json`` as the
+    success envelope's ``data`` without encoding the answer again."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
+
+
+#: Compact ASCII JSON, refusing NaN and infinities: what the adapter sends.
+_strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the adapter sends it: compact ASCII JSON (``ValueError`` for NaN)."""
+    return _strict(data).encode("ascii")
 
 
 @attrs.frozen(kw_only=True)
@@ -137,6 +159,9 @@ class Operation:
     #: Needs no token (the caller proves itself otherwise, e.g. by a signature): the
     #: adapter charges the client address's rate limit and passes the raw body, unparsed.
     public: bool = False
+    #: The same answer as ``handler``'s, as :class:`Encoded` JSON (from a cache, say), for
+    #: callers that send JSON (``call_with_status(..., encoded=True)``); ``None``: none.
+    encoded_handler: Handler | None = None
 
 
 OPERATIONS: dict[str, Operation] = {}
@@ -168,16 +193,18 @@ async def call(engine: Engine, actor: Principal, name: str, request: ApiRequest)
 
 
 async def call_with_status(
-    engine: Engine, actor: Principal, name: str, request: ApiRequest
+    engine: Engine, actor: Principal, name: str, request: ApiRequest, *, encoded: bool = False
 ) -> tuple[int, Any]:
-    """Like :func:`call`, with the HTTP status the answer deserves."""
+    """Like :func:`call`, with the HTTP status the answer deserves. ``encoded``: the
+    caller sends the answer as JSON and takes it as :class:`Encoded` too."""
     op = get_operation(name)
     if op.scope is not None:
         actor.require(op.scope)
     request = _checked_query(op, request)
     rule = AUDITED.get(name)
     if rule is None:
-        data = await op.handler(engine, actor, request)
+        handler = op.encoded_handler if encoded and op.encoded_handler else op.handler
+        data = await handler(engine, actor, request)
     else:
         data = await _audited(engine, actor, op, rule, request)
     if isinstance(data, Accepted):

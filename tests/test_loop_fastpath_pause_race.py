@@ -11,14 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
-import runtime_plugins
 from runtime_plugins import PROBE
 from runtime_plugins.faults import Harness
-from runtime_plugins.helpers import EngineFactory, new_workflow
+from runtime_plugins.helpers import EngineFactory, new_workflow, resume_and_check_once, started_on
 
-from abi_engine import Engine, ExecutionStatus
+from abi_engine import ExecutionStatus
 from abi_engine.ids import utcnow
-from abi_engine.runtime.settings import RuntimeSettings
 from abi_engine.storage.records import InsertExecution, PauseWorkflow, WriteOp
 
 
@@ -42,15 +40,8 @@ class PausedMeanwhile(Harness):
 def test_a_pause_committed_between_the_check_and_the_insertion(
     make: EngineFactory, how: str
 ) -> None:
-    plain = make()
-    store = PausedMeanwhile(plain.store)
-    engine = Engine(
-        store,  # type: ignore[arg-type]
-        plugins=[runtime_plugins],
-        runtime=RuntimeSettings(workers=4, poll_interval=0.2),
-    )
-    engine.start_blocking()
-    try:
+    store = PausedMeanwhile(make().store)
+    with started_on(store) as engine:
         wf = engine.call(new_workflow, engine)
         assert engine.runtime.idle_workers() == 4
         store.workflow_id = wf
@@ -65,14 +56,7 @@ def test_a_pause_committed_between_the_check_and_the_insertion(
             now = engine.call(engine.executions.get, execution_id)
             assert now.status is ExecutionStatus.QUEUED, (execution_id, now.status)
             assert PROBE.runs(execution_id) == {}
-        engine.call(engine.executions.pause_workflow, wf, False)
-        for execution_id in ids:
-            final = engine.call(engine.executions.wait, execution_id, 60)
-            assert final.status is ExecutionStatus.COMPLETED
-            assert PROBE.runs(execution_id) == {"first": 1, "second": 1, "third": 1}
-    finally:
-        engine.stop_blocking()
-        engine.close()
+        resume_and_check_once(engine, wf, ids)
 
 
 class PausedBetweenCommits(Harness):
@@ -101,15 +85,8 @@ def test_a_pause_between_two_commits_of_one_execute_many(make: EngineFactory) ->
     pause, the rest after it. Nothing may be refused behind the caller's back: all 12
     are accepted (none stored yet answered 409 with 5 running, before the fix), the
     5 of the first commit run, the 7 others are held by the pause and run on resume."""
-    plain = make()
-    store = PausedBetweenCommits(plain.store)
-    engine = Engine(
-        store,  # type: ignore[arg-type]
-        plugins=[runtime_plugins],
-        runtime=RuntimeSettings(workers=4, poll_interval=0.2),
-    )
-    engine.start_blocking()
-    try:
+    store = PausedBetweenCommits(make().store)
+    with started_on(store) as engine:
         wf = engine.call(new_workflow, engine)
         engine.runtime.committer._max_batch = 5
         store.workflow_id = wf
@@ -126,11 +103,4 @@ def test_a_pause_between_two_commits_of_one_execute_many(make: EngineFactory) ->
             now = engine.call(engine.executions.get, execution_id)
             assert now.status is ExecutionStatus.QUEUED, (execution_id, now.status)
             assert PROBE.runs(execution_id) == {}
-        engine.call(engine.executions.pause_workflow, wf, False)
-        for execution_id in ids:
-            final = engine.call(engine.executions.wait, execution_id, 60)
-            assert final.status is ExecutionStatus.COMPLETED
-            assert PROBE.runs(execution_id) == {"first": 1, "second": 1, "third": 1}
-    finally:
-        engine.stop_blocking()
-        engine.close()
+        resume_and_check_once(engine, wf, ids)

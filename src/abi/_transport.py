@@ -145,18 +145,19 @@ def _lower_keys(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {key.lower(): value for key, value in (headers or {}).items()}
 
 
-class LocalTransport:
-    """Calls the operations of an in-process :class:`~abi_engine.Engine`.
+class _Requests:
+    """:meth:`Transport.request` of both transports: the answer without its status."""
 
-    The access token is checked as the REST API checks it; the body and the
-    answer go through JSON so the caller sees exactly what HTTP would give.
-    The engine is started in a background thread by :meth:`Engine.call`
-    when it is not running yet.
-    """
-
-    def __init__(self, engine: Engine, access_token: str | None) -> None:
-        self.engine = engine
-        self._token = access_token
+    def request_with_status(
+        self,
+        op_name: str,
+        *,
+        path: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        raise NotImplementedError
 
     def request(
         self,
@@ -170,6 +171,20 @@ class LocalTransport:
         return self.request_with_status(
             op_name, path=path, query=query, body=body, headers=headers
         )[1]
+
+
+class LocalTransport(_Requests):
+    """Calls the operations of an in-process :class:`~abi_engine.Engine`.
+
+    The access token is checked as the REST API checks it; the body and the
+    answer go through JSON so the caller sees exactly what HTTP would give.
+    The engine is started in a background thread by :meth:`Engine.call`
+    when it is not running yet.
+    """
+
+    def __init__(self, engine: Engine, access_token: str | None) -> None:
+        self.engine = engine
+        self._token = access_token
 
     def request_with_status(
         self,
@@ -227,7 +242,7 @@ def _call_operation_in_thread(
 _call_operation.in_thread = _call_operation_in_thread  # type: ignore[attr-defined]
 
 
-class RemoteTransport:
+class RemoteTransport(_Requests):
     """Speaks the operations to a REST API over HTTP (``base_url`` + ``/api/v1``)."""
 
     def __init__(self, base_url: str, access_token: str | None, *, timeout: float) -> None:
@@ -239,19 +254,6 @@ class RemoteTransport:
         )
         # A facade nobody closes (the seed never does) still releases its sockets.
         self._finalizer = weakref.finalize(self, self._client.close)
-
-    def request(
-        self,
-        op_name: str,
-        *,
-        path: Mapping[str, str] | None = None,
-        query: Mapping[str, Any] | None = None,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Any:
-        return self.request_with_status(
-            op_name, path=path, query=query, body=body, headers=headers
-        )[1]
 
     def request_with_status(
         self,

@@ -20,6 +20,7 @@ from abi_engine.events import OutboxEvent
 from abi_engine.execution_views import build_execution
 from abi_engine.models import Execution, ExecutionStatus, Workflow
 from abi_engine.runtime.execution import Prepared
+from abi_engine.storage._codec import dumps
 from abi_engine.storage.records import InsertExecution
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class ExecutionBatches:
         a batch after a lost answer uses :meth:`execute` with keys instead.
         """
         items = _items(parameters)
+        _check_json(items)
         compiled = await self._checked(workflow_id, items, callback_url, callback_secret)
         todo = list(range(len(items)))
         parsed = [_at(i, compiled.workflow_type.parse_parameters, items[i], compiled.config)
@@ -74,9 +76,8 @@ class ExecutionBatches:
         answers: builtins.list[Execution | None] = [None] * len(items)
         try:
             while True:
-                got = await self._insert_all(compiled, parsed, [items[i] for i in todo],
-                                             [reservations[i] for i in todo], callback_url,
-                                             callback_secret, actor)  # fmt: skip
+                got = await self._insert_all(compiled, parsed, todo, items, reservations,
+                                             (callback_url, callback_secret, actor))  # fmt: skip
                 for i, answer in zip(todo, got, strict=True):
                     answers[i] = answer
                 todo = [i for i in todo if answers[i] is None]
@@ -95,24 +96,24 @@ class ExecutionBatches:
         self,
         compiled: Any,
         parsed: builtins.list[Any],
+        positions: builtins.list[int],
         items: builtins.list[Mapping[str, Any]],
         reservations: builtins.list[Any],
-        callback_url: str | None,
-        callback_secret: str | None,
-        actor: Principal | None,
+        options: tuple[str | None, str | None, Principal | None],
     ) -> builtins.list[Execution | None]:
-        """Insert the executions in one hand-over to the group committer (no task each):
-        each is handed to the runtime at its commit, as ``execute`` would. ``None`` for
-        one not stored because its workflow changed since ``compiled`` was read."""
+        """Insert the items at ``positions`` (``parsed`` in the same order) in one
+        hand-over to the group committer (no task each): each is handed to the runtime
+        at its commit, as ``execute`` would. ``None`` for one not stored because its
+        workflow changed since ``compiled`` was read."""
         runtime = self._runtime
         workflow = compiled.workflow
         # As many as workers are idle are stored running already (as a synchronous
         # execute's): one write fewer each, the claim (not when the store decides).
-        at_once = 0 if compiled.paused or _store_decides(workflow) else len(items)
+        at_once = 0 if compiled.paused or _store_decides(workflow) else len(positions)
         at_once = runtime.take_idle(at_once)
         try:
-            return await self._insert_each(compiled, parsed, items, reservations, at_once,
-                                           (callback_url, callback_secret, actor))  # fmt: skip
+            return await self._insert_each(compiled, parsed, positions, items, reservations,
+                                           at_once, options)  # fmt: skip
         finally:
             runtime.give_idle(at_once)
 
@@ -120,6 +121,7 @@ class ExecutionBatches:
         self,
         compiled: Any,
         parsed: builtins.list[Any],
+        positions: builtins.list[int],
         items: builtins.list[Mapping[str, Any]],
         reservations: builtins.list[Any],
         at_once: int,
@@ -132,9 +134,9 @@ class ExecutionBatches:
         ops: builtins.list[InsertExecution] = []
         thens: builtins.list[Callable[[Any], None]] = []
         accepted: builtins.list[Execution] = []
-        for index, params in enumerate(items):
+        for index, position in enumerate(positions):
             record = self._new_record(
-                compiled.paused, workflow, compiled.specs, params, wait=False, timeout=None,
+                compiled.paused, workflow, compiled.specs, items[position], wait=False, timeout=None,
                 callback_url=callback_url, callback_secret=callback_secret, idempotency_key=None,
                 schedule_id=None, actor=actor, traceparent=None, parent_execution_id=None,
                 scheduled_for=None, priority=None,
@@ -157,13 +159,13 @@ class ExecutionBatches:
             ops.append(
                 InsertExecution(record=record, events=events, workflow_version=workflow.updated_at)
             )
-            thens.append(partial(_hand_over, runtime, prepared, reservations[index]))
+            thens.append(partial(_hand_over, runtime, prepared, reservations[position]))
             # The answer is the execution as stored: taken now, since the runtime owns
             # (and changes) the record from the commit on.
             accepted.append(build_execution(record, []))
         results = await runtime.commit_many(ops, thens)
-        for index, result in enumerate(results):
-            _check_inserted(index, result)
+        for position, result in zip(positions, results, strict=True):
+            _check_inserted(position, result)
         return [None if r is None else a for a, r in zip(accepted, results, strict=True)]
 
     async def _checked(
@@ -229,6 +231,20 @@ def _check_inserted(index: int, result: Any) -> None:
         raise result
     if result is not None and not result:
         raise InvalidState("The execution could not be created; retry", {"index": index})
+
+
+def _check_json(items: builtins.list[Mapping[str, Any]]) -> None:
+    """Refuse the batch before anything is stored when an item's parameters are not
+    JSON (all or nothing: the insertions would store the others and then fail)."""
+    try:
+        dumps(items)
+    except (TypeError, ValueError):
+        for index, item in enumerate(items):
+            try:
+                dumps(item)
+            except (TypeError, ValueError):
+                _check_inserted(index, TypeError())
+        _check_inserted(0, TypeError())  # together only (not met: each item is a tree)
 
 
 def _items(parameters: Any) -> builtins.list[Mapping[str, Any]]:

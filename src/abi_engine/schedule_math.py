@@ -14,7 +14,7 @@ creation time, or ``start_time``), independent of time zones. All instants
 in and out are aware UTC datetimes.
 
 After downtime the scheduler needs a few of the due times it missed, never
-all of them: :func:`plan_missed` works from the latest ones backwards
+all of them: :func:`~abi_engine.schedule_rules.plan_missed` works from the latest ones backwards
 (:func:`prev_cron`, :func:`prev_interval`) and counts the others without
 listing them (:func:`count_cron`: whole days by arithmetic on the cron
 fields, daylight-saving changes by their rules; :func:`count_interval`:

@@ -20,6 +20,8 @@ __all__ = [
     "engines",
     "fast",
     "new_workflow",
+    "resume_and_check_once",
+    "started_on",
     "until",
     "wait_status",
 ]
@@ -117,3 +119,29 @@ async def wait_status(
     raise AssertionError(
         f"{execution_id} is {execution.status.value}, not one of {[s.value for s in statuses]}"
     )
+
+
+@contextmanager
+def started_on(store: Any, *, workers: int = 4, poll_interval: float = 0.2) -> Iterator[Engine]:
+    """A started engine with the test types on ``store`` (a store or a fault harness
+    around one), stopped and closed afterwards."""
+    engine = Engine(
+        store,
+        plugins=[runtime_plugins],
+        runtime=RuntimeSettings(workers=workers, poll_interval=poll_interval),
+    )
+    engine.start_blocking()
+    try:
+        yield engine
+    finally:
+        engine.stop_blocking()
+        engine.close()
+
+
+def resume_and_check_once(engine: Engine, workflow_id: str, ids: list[str]) -> None:
+    """Resume ``workflow_id``; each of ``ids`` then completes, each step run once."""
+    engine.call(engine.executions.pause_workflow, workflow_id, False)
+    for execution_id in ids:
+        final = engine.call(engine.executions.wait, execution_id, 60)
+        assert final.status is ExecutionStatus.COMPLETED, (execution_id, final.status)
+        assert runtime_plugins.PROBE.runs(execution_id) == {"first": 1, "second": 1, "third": 1}

@@ -76,6 +76,7 @@ def _child_argv(args: argparse.Namespace, fds: tuple[int, int, int]) -> list[str
         ("--rate-limit", args.rate_limit),
         ("--workers", args.workers),
         ("--lease-seconds", args.lease_seconds),
+        ("--otlp-endpoint", getattr(args, "otlp_endpoint", None)),
     ):
         if value is not None:
             argv += [flag, str(value)]

@@ -37,6 +37,7 @@ from abi_engine.cli._common import (
     _redact,
     _truthy,
 )
+from abi_engine.cli.tracing import otlp_endpoint, tracer_provider
 from abi_engine.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -154,6 +155,15 @@ def _observability_options(add: Callable[..., Any]) -> None:
         "--metrics-host",
         default=DEFAULT_HOST,
         help=f"address of --metrics-port (default: {DEFAULT_HOST})",
+    )
+    add(
+        "--otlp-endpoint",
+        type=otlp_endpoint,
+        default=None,
+        metavar="URL",
+        help="send traces of executions and steps to this OpenTelemetry collector"
+        " (OTLP over HTTP: URL/v1/traces, e.g. http://127.0.0.1:4318); needs the otel"
+        " extra (default: none; docs/operations.md)",
     )
 
 
@@ -413,9 +423,12 @@ def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
     sock = processes.inherited_socket(args) if hasattr(args, "child_fds") else None
     sock = sock or _bind(args.host, args.port)
     metrics_sock = None
+    endpoint = getattr(args, "otlp_endpoint", None)
+    provider = None
     try:
         if args.metrics_port is not None:
             metrics_sock = _bind(args.metrics_host, args.metrics_port)
+        provider = None if endpoint is None else tracer_provider(endpoint)
         engine = _open_engine(
             args.db,
             create_dirs=args.create_dirs,
@@ -423,16 +436,21 @@ def _serve(args: argparse.Namespace, prepare: Prepare | None = None) -> int:
             workers=args.workers,
             lease_seconds=args.lease_seconds,
             durability=args.durability,
+            tracer_provider=provider,
         )
     except BaseException:
         sock.close()
         if metrics_sock is not None:
             metrics_sock.close()
+        if provider is not None:
+            provider.shutdown()
         raise
     try:
         return _Server(engine, sock, args, metrics_sock).run(prepare)
     finally:
         engine.close()
+        if provider is not None:  # the spans still batched are sent now
+            provider.shutdown()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

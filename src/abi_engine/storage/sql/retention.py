@@ -24,13 +24,17 @@ __all__ = ["RetentionMixin"]
 
 _DAY_MS = 86_400_000
 
-#: The executions past their workflow's retention at ``?`` (now, epoch ms).
+#: The executions past their workflow's retention at ``?`` (now, epoch ms). Read workflow
+#: by workflow (those with a retention), each a range of ``idx_executions_prune``: the
+#: finished executions are never all walked, and a batch stops at its limit. The
+#: schedules' last executions are read once, not once per execution.
 _EXPIRED = (
-    "FROM executions e JOIN workflows w ON w.id = e.workflow_id"
-    " WHERE w.retention_days IS NOT NULL"
-    " AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled', 'skipped')"
+    "FROM workflows w CROSS JOIN executions e"
+    " WHERE w.retention_days IS NOT NULL AND e.workflow_id = w.id"
     f" AND e.completed_at < ? - w.retention_days * CAST({_DAY_MS} AS BIGINT)"
-    " AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.last_execution_id = e.id)"
+    " AND e.status IN ('completed', 'failed', 'timed_out', 'cancelled', 'skipped')"
+    " AND e.id NOT IN (SELECT s.last_execution_id FROM schedules s"
+    " WHERE s.last_execution_id IS NOT NULL)"
     " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d"
     " WHERE d.execution_id = e.id AND d.status = 'pending')"
 )
@@ -47,7 +51,7 @@ class RetentionMixin:
         """How many executions each workflow (by id) has past its retention at ``now``."""
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT e.workflow_id, count(*) {_EXPIRED} GROUP BY e.workflow_id",
+                f"SELECT w.id, count(*) {_EXPIRED} GROUP BY w.id",
                 (to_ms(now),),
             ).fetchall()
         return {row[0]: int(row[1]) for row in rows}
@@ -59,8 +63,7 @@ class RetentionMixin:
 
         def run(conn: Conn) -> dict[str, int]:
             rows = conn.execute(
-                f"SELECT e.id, e.workflow_id {_EXPIRED} ORDER BY e.completed_at LIMIT ?"
-                f"{self.dialect.claim(of='e')}",
+                f"SELECT e.id, e.workflow_id {_EXPIRED} LIMIT ?{self.dialect.claim(of='e')}",
                 (to_ms(now), limit),
             ).fetchall()
             if not rows:

@@ -294,13 +294,15 @@ def rate_admit(
         return list(rows)
     ids = [row[0] for row in rated]
     condition, args = d.any_of("id", ids)
+    # By primary key only: a status condition here makes SQLite walk every queued
+    # execution through the status index once there are a few ids.
     fresh = {
         row[0]: row[1]
         for row in conn.execute(
-            f"SELECT id, rate_key FROM executions WHERE {condition}"
-            " AND status = 'queued' AND rate_granted_at IS NULL",
+            f"SELECT id, rate_key, status, rate_granted_at FROM executions WHERE {condition}",
             args,
         )
+        if row[2] == "queued" and row[3] is None
     }
     if not fresh:
         return list(rows)

@@ -148,9 +148,8 @@ def parse_json_body(raw: bytes) -> Any:
 
 
 def _success(data: Any) -> bytes:
-    if isinstance(data, api.Encoded):  # its JSON made already: the same bytes, spliced
-        return b'{"status":"success","data":' + data.json + b"}"
-    return _encode({"status": "success", "data": data}).encode("ascii")
+    encoded = data.json if isinstance(data, api.Encoded) else api.json_bytes(data)
+    return b'{"status":"success","data":' + encoded + b"}"
 
 
 def _error(exc: AbiError) -> bytes:

@@ -43,6 +43,7 @@ from abi_engine.api.operations import (
     call_with_status,
     check_quota,
     get_operation,
+    json_bytes,
     operation,
 )
 
@@ -60,5 +61,6 @@ __all__ = [
     "call_with_status",
     "check_quota",
     "get_operation",
+    "json_bytes",
     "operation",
 ]

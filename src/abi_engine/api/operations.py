@@ -32,6 +32,12 @@ from abi_engine.storage.base import OwnedKind
 if TYPE_CHECKING:
     from abi_engine.engine import Engine
 
+_orjson_dumps: Callable[[Any], bytes] | None
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - the server extra installs it
+    _orjson_dumps = None
+
 __all__ = [
     "IN_THREAD",
     "OPERATIONS",
@@ -103,12 +109,23 @@ class Encoded:
         self.json = json
 
 
-#: Compact ASCII JSON, refusing NaN and infinities: what the adapter sends.
+#: Compact ASCII JSON, refusing NaN and infinities.
 _strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def json_bytes(data: Any) -> bytes:
-    """``data`` as the adapter sends it: compact ASCII JSON (``ValueError`` for NaN)."""
+    """``data`` as the adapter sends it: compact UTF-8 JSON, by orjson when installed (the
+    ``server`` extra; several times faster), else by the json module (ASCII, NaN refused).
+
+    What orjson cannot hold (integers past 64 bits, lone surrogates, keys that are not
+    strings) takes the json module's way; a NaN or an infinity, which no answer holds
+    (stored JSON and request bodies refuse them), is ``null`` with orjson.
+    """
+    if _orjson_dumps is not None:
+        try:
+            return _orjson_dumps(data)
+        except TypeError:
+            pass
     return _strict(data).encode("ascii")
 
 

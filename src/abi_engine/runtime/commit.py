@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from abi_engine.events import Event, ExecutionEventRef, OutboxEvent
 from abi_engine.execution_views import build_execution, execution_json
 from abi_engine.runtime.metrics import RuntimeMetrics
+from abi_engine.storage.aio import call_store
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     AGAIN,
@@ -320,8 +321,8 @@ class GroupCommitter:
         if self._in_thread:
             apply = self.thread_apply or self._store.apply
             results = await anyio.to_thread.run_sync(partial(apply, ops))
-        else:
-            results = self._store.apply(ops)
+        else:  # inline; in a thread should another process hold the database's lock
+            results = await call_store(self._store, self._store.apply, ops)
         self._count(time.perf_counter() - clock, len(ops))
         await self._emit_applied(ops, results)
         return results

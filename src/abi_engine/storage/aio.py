@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 
+from abi_engine.storage._waiting import WouldWait, set_impatient
 from abi_engine.storage.base import OwnedKind, Store, StoredEvent, WorkflowQuery
 
 if TYPE_CHECKING:
@@ -53,11 +54,22 @@ async def call_store(store: Store, fn: Callable[..., T], *args: Any, **kwargs: A
 
     Inline for a store whose calls are quick local reads and writes (SQLite),
     in a worker thread for one that blocks on the network (``store.blocking``,
-    PostgreSQL).
+    PostgreSQL). An inline call whose write would wait for another writer of the
+    database raises :class:`~abi_engine.storage._waiting.WouldWait` before writing
+    anything, and runs again in a worker thread.
     """
     if store.blocking:
         return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
-    return fn(*args, **kwargs)
+    # Inline, but never waiting for another writer of the database (another process):
+    # a call that would is run again in a thread, where waiting stalls nobody.
+    previous = set_impatient(True)
+    try:
+        return fn(*args, **kwargs)
+    except WouldWait:
+        pass
+    finally:
+        set_impatient(previous)
+    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
 
 
 class AsyncStore:

@@ -36,6 +36,7 @@ from typing import Any, Literal, TypeVar
 import sqlite_utils
 
 from abi_engine.storage._nodelocks import NodeLocks
+from abi_engine.storage._waiting import WouldWait, impatient, settled
 from abi_engine.storage.migrations import MIGRATIONS
 from abi_engine.storage.records import AGAIN, ExecutionRecord
 from abi_engine.storage.sql.dialect import SQLITE
@@ -49,6 +50,9 @@ T = TypeVar("T")
 Durability = Literal["normal", "full"]
 
 _BUSY_TIMEOUT_MS = 60_000
+#: How long a write made on the event loop waits for the database's lock (another
+#: thread's or process's write) before it is handed to a thread (``WouldWait``).
+_IMPATIENT_S = 0.005
 
 log = logging.getLogger("abi_engine.storage")
 
@@ -157,6 +161,14 @@ class _Checkpointer:
         self.done += 1
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked" (another connection writes)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "locked" in str(exc)
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Put the database in WAL mode, waiting out other processes doing the same."""
     deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
@@ -239,6 +251,10 @@ class SQLiteStore(SQLStore):
         self.inline_checkpoints = 0
         self.checkpointer = _Checkpointer(self._connect_checkpointer, checkpoint_interval)
         self._writer = self._connect()
+        # The writer waits for another process's lock a few milliseconds at a time:
+        # ``transaction`` retries (or, in a hurry, gives up), so a caller on the event
+        # loop is never held for long.
+        self._writer.execute(f"PRAGMA busy_timeout = {int(_IMPATIENT_S * 1000)}")
         if not self._memory:
             self._writer.execute("PRAGMA wal_autocheckpoint = 0")
             # The WAL file shrinks back to this when it restarts, under ``wal_limit``.
@@ -327,10 +343,17 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One serialized write transaction (``BEGIN IMMEDIATE``)."""
-        with self._write_lock:
+        """One serialized write transaction (``BEGIN IMMEDIATE``).
+
+        Where waiting would stall the event loop (:func:`~abi_engine.storage._waiting.
+        impatient`), :class:`~abi_engine.storage._waiting.WouldWait` is raised instead
+        of waiting for the lock, held by another thread or another process."""
+        hurry = impatient()
+        if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
+            raise WouldWait()
+        try:
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn, hurry)
             try:
                 yield conn
             except BaseException:
@@ -345,7 +368,28 @@ class SQLiteStore(SQLStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            if hurry:
+                settled()
             self._committed()
+        finally:
+            self._write_lock.release()
+
+    def _begin(self, conn: sqlite3.Connection, hurry: bool) -> None:
+        """``BEGIN IMMEDIATE``: wait for another process's write for at most
+        ``_IMPATIENT_S`` when in a hurry (then :class:`WouldWait`), else for as long
+        as the busy timeout (the writer's own is short: it is retried here)."""
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                if hurry:
+                    raise WouldWait() from None
+                if time.monotonic() >= deadline:
+                    raise
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction and return its result."""
@@ -409,12 +453,20 @@ class SQLiteStore(SQLStore):
         """Give up to ``pages`` free pages back to the file system (``PRAGMA
         incremental_vacuum``, when the database is in incremental ``auto_vacuum`` mode);
         the free pages before."""
+        if impatient():  # not worth a wait on the loop: a thread does it
+            raise WouldWait()
         with self._write_lock:
             conn = self._writer
             free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             if free and int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) == 2:
-                # (executescript steps the pragma to its end; execute() frees one page)
-                conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+                deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+                while True:
+                    try:  # (executescript steps the pragma to its end; execute() one page)
+                        conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if not _locked(exc) or time.monotonic() >= deadline:
+                            raise
                 self._committed()
             return free
 

@@ -1,0 +1,246 @@
+"""Another writer of the SQLite file (a second process, ``abi-engine prune``, a backup)
+never stalls the engine's event loop.
+
+A write made inline on the loop waited for the other writer's lock up to SQLite's busy
+timeout (60 s): the whole process stood still meanwhile, requests, timers and
+heartbeats included (another connection holding the lock 2 s held the loop 1,990 ms).
+Now such a write gives up after a few milliseconds before writing anything and runs
+again in a worker thread; a call that already committed a write is never repeated;
+threads wait as before."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from runtime_plugins.helpers import TERMINAL, engines, fast, new_workflow, wait_status
+
+from abi_engine import ExecutionStatus
+from abi_engine.ids import new_id, utcnow
+from abi_engine.storage import SQLiteStore
+from abi_engine.storage.aio import call_store
+from abi_engine.storage.records import ExecutionRecord, InsertExecution
+
+pytestmark = pytest.mark.anyio
+
+HOLD = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+class Ticker:
+    """The longest gap between the ticks of a task on the loop: how long it stood still."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.ticks = 0
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await anyio.sleep(0.02)
+            now = time.monotonic()
+            self.worst = max(self.worst, now - last)
+            self.ticks += 1
+            last = now
+
+
+@pytest.fixture
+def other_process_lock(tmp_path: Path) -> Iterator[Any]:
+    """``hold(db, seconds)``: another process holds ``db``'s write lock for ``seconds``
+    (returns once it holds it)."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def hold(db: str, seconds: float) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD, db, str(seconds)], stdout=subprocess.PIPE, text=True
+        )
+        procs.append(proc)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "held"
+        return proc
+
+    yield hold
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def test_the_loop_keeps_running_while_another_process_holds_the_lock(
+    tmp_path: Path, other_process_lock: Any
+) -> None:
+    """Executions submitted on the loop while another process holds the write lock 3 s
+    wait for it (their acceptance is a commit), but the loop never stands still for a
+    second (it stood still 3 s): reads answer meanwhile, and every execution submitted
+    completes once the lock is free."""
+    with engines(tmp_path) as make:
+        engine = make(settings=fast(workers=4))
+        async with engine, anyio.create_task_group() as tg:
+            wf = await new_workflow(engine)
+            ticker = Ticker()
+            tg.start_soon(ticker.run)
+            accepted: list[str] = []
+
+            async def submit() -> None:
+                execution = await engine.executions.execute(wf, {}, wait=False)
+                accepted.append(execution.execution_id)
+
+            holder = other_process_lock(str(tmp_path / "abi.db"), 3.0)
+            reads = 0
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as submits:  # left once all accepted
+                    while holder.poll() is None:
+                        submits.start_soon(submit)
+                        started = time.monotonic()
+                        assert (await engine.workflows.get(wf)).id == wf
+                        assert time.monotonic() - started < 1.0
+                        reads += 1
+                        await anyio.sleep(0.1)
+            assert holder.wait(timeout=30) == 0
+            assert reads >= 5
+            assert len(accepted) == reads
+            assert ticker.worst < 1.0, ticker.worst
+            for execution_id in accepted:
+                done = await wait_status(engine, execution_id, *TERMINAL, timeout=60)
+                assert done.status is ExecutionStatus.COMPLETED
+            tg.cancel_scope.cancel()
+
+
+def _count(store: SQLiteStore, table: str) -> int:
+    return int(store.write(lambda c: c.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
+
+
+def _holder(path: str, taken: threading.Event, seconds: float) -> threading.Thread:
+    def hold() -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        taken.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread
+
+
+async def test_a_call_that_would_wait_before_writing_runs_again_in_a_thread(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.write(lambda c: c.execute("CREATE TABLE marks (n INTEGER)"))
+        calls: list[str] = []
+
+        def mark() -> None:
+            calls.append(threading.current_thread().name)
+            store.write(lambda c: c.execute("INSERT INTO marks VALUES (1)"))
+
+        taken = threading.Event()
+        holder = _holder(store.path, taken, 1.5)
+        taken.wait(30)
+        ticker = Ticker()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker.run)
+            await call_store(store, mark)
+            tg.cancel_scope.cancel()
+        holder.join()
+        assert len(calls) == 2  # once on the loop (gave up), once in a thread
+        assert calls[0] == threading.current_thread().name != calls[1]
+        assert _count(store, "marks") == 1
+        assert ticker.worst < 1.0, ticker.worst
+    finally:
+        store.close()
+
+
+async def test_a_call_that_committed_is_not_repeated(tmp_path: Path) -> None:
+    """A call writes, then another writer takes the lock, then it writes again: the
+    second write waits (on the loop: it cannot be run again without the first twice)."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.write(lambda c: c.execute("CREATE TABLE marks (n INTEGER)"))
+        taken = threading.Event()
+        holders: list[threading.Thread] = []
+        calls = 0
+
+        def two_writes() -> None:
+            nonlocal calls
+            calls += 1
+            store.write(lambda c: c.execute("INSERT INTO marks VALUES (1)"))
+            holders.append(_holder(store.path, taken, 0.5))
+            taken.wait(30)
+            store.write(lambda c: c.execute("INSERT INTO marks VALUES (2)"))
+
+        await call_store(store, two_writes)
+        holders[0].join()
+        assert calls == 1
+        rows = store.write(lambda c: c.execute("SELECT n FROM marks ORDER BY n").fetchall())
+        assert [r[0] for r in rows] == [1, 2]
+    finally:
+        store.close()
+
+
+def test_a_thread_waits_for_the_other_writer(tmp_path: Path) -> None:
+    """Off the loop nothing changes: a write waits for the lock (retried past the
+    writer's short busy timeout) and succeeds once it is free."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.write(lambda c: c.execute("CREATE TABLE marks (n INTEGER)"))
+        taken = threading.Event()
+        holder = _holder(store.path, taken, 1.0)
+        taken.wait(30)
+        started = time.monotonic()
+        store.write(lambda c: c.execute("INSERT INTO marks VALUES (1)"))
+        assert time.monotonic() - started >= 0.5  # it waited for the holder
+        holder.join()
+        assert _count(store, "marks") == 1
+        assert store.reclaim_space(10) >= 0
+    finally:
+        store.close()
+
+
+async def test_a_batch_of_ops_meeting_the_lock_is_applied_whole_in_a_thread(
+    tmp_path: Path, new_workflow: Any
+) -> None:
+    """The committer's ``apply`` keeps an op's error as its result: the hand-over to a
+    thread must not be taken for every op failing (each is stored, once)."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        workflow = new_workflow()
+        store.insert_workflow(workflow)
+        records = [
+            ExecutionRecord(
+                id=new_id("exec_"),
+                workflow_id=workflow.id,
+                workflow_type="custom",
+                status=ExecutionStatus.QUEUED,
+                parameters={"n": n},
+                created_at=utcnow(),
+            )
+            for n in range(3)
+        ]
+        taken = threading.Event()
+        holder = _holder(store.path, taken, 1.0)
+        taken.wait(30)
+        ops = [InsertExecution(record=r) for r in records]
+        results = await call_store(store, store.apply, ops)
+        holder.join()
+        assert results == [True, True, True]
+        assert _count(store, "executions") == 3
+    finally:
+        store.close()

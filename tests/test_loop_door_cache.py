@@ -164,3 +164,25 @@ async def test_an_inactive_cached_version_is_read_again(databases: Any) -> None:
         _edit(engine, wf_id, status=WorkflowStatus.ACTIVE, activated_at=utcnow())
         accepted = await engine.executions.execute(wf_id, {"i": 2}, wait=False)
         assert await _done(engine, accepted.execution_id) == {"v": 4, "most": 10}
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_the_thread_door_checks_a_refusal_by_its_cache_again(databases: Any, wait: bool) -> None:
+    """The synchronous door (``engine.call`` from a host thread) refused parameters by
+    its cached version for good: after another node loosened the rule, they were still
+    refused. Now the refusal is checked against the current version, on the loop."""
+    engine = Engine(databases(), plugins=[BoundedPlugin()])
+    try:
+        engine.start_blocking()
+        wf_id = engine.call(_workflow, engine, 10)
+        engine.call(engine.executions.execute, wf_id, {"i": 1}, wait=False)  # cached: most 10
+        _edit(engine, wf_id, configuration={"most": 100})
+        accepted = engine.call(engine.executions.execute, wf_id, {"i": 50}, wait=wait)
+        done = engine.call(engine.executions.wait, accepted.execution_id, 60)
+        assert done.status is ExecutionStatus.COMPLETED, done
+        assert done.result == {"v": 100, "most": 100}
+        with pytest.raises(ParameterValidationError) as refused:  # by the current version
+            engine.call(engine.executions.execute, wf_id, {"i": 500}, wait=wait)
+        assert refused.value.message == "'parameters.i' must be at most 100"
+    finally:
+        engine.close()

@@ -239,6 +239,11 @@ class SQLiteStore(SQLStore):
         if not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.RLock()
+        #: Whether a write found the database's lock taken (by another process, or a
+        #: thread here) and none has begun since: a call on the event loop is then
+        #: handed to a thread at once, not after waiting ``_IMPATIENT_S`` first (a burst
+        #: of calls, each waiting its 5 ms, stood the loop still as long as the lock).
+        self._contended = False
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -347,9 +352,13 @@ class SQLiteStore(SQLStore):
 
         Where waiting would stall the event loop (:func:`~abi_engine.storage._waiting.
         impatient`), :class:`~abi_engine.storage._waiting.WouldWait` is raised instead
-        of waiting for the lock, held by another thread or another process."""
+        of waiting for the lock, held by another thread or another process: after
+        ``_IMPATIENT_S``, or at once while an earlier write waits for it."""
         hurry = impatient()
+        if hurry and self._contended:
+            raise WouldWait()
         if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
+            self._contended = True
             raise WouldWait()
         try:
             conn = self._writer
@@ -382,10 +391,12 @@ class SQLiteStore(SQLStore):
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._contended = False
                 return
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
                     raise
+                self._contended = True
                 if hurry:
                     raise WouldWait() from None
                 if time.monotonic() >= deadline:

@@ -10,6 +10,7 @@ threads wait as before."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -275,3 +276,35 @@ async def test_a_burst_of_writes_on_the_loop_is_handed_over_without_waiting_each
 
 def _insert_mark(conn: sqlite3.Connection, n: int) -> None:
     conn.execute("INSERT INTO marks VALUES (?)", (n,))
+
+
+def _open_files(path: str) -> int:
+    """How many file descriptors of this process are open on the database file."""
+    target = str(Path(path).resolve())
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += fd.readlink() == Path(target)
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_the_reader_of_a_thread_that_ended_is_closed(tmp_path: Path) -> None:
+    """A call handed to a worker thread reads there on a connection of that thread; the
+    worker ends after a while idle, and a new one takes its place at the next burst.
+    Each left its connection open for good (a process meeting another writer once a
+    minute leaked file descriptors until it ran out)."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        before = _open_files(store.path)
+        for _ in range(40):
+            thread = threading.Thread(target=store.get_execution, args=("exec_x",))
+            thread.start()
+            thread.join()
+        # The last thread's; SQLite keeps a few closed ones' open for reuse while the
+        # process holds locks on the file (closing them would drop those locks).
+        assert _open_files(store.path) <= before + 5, _open_files(store.path)
+        assert store.get_execution("exec_x") is None  # this thread's reader works
+    finally:
+        store.close()
+    assert _open_files(store.path) == 0

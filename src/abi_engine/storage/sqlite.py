@@ -245,7 +245,9 @@ class SQLiteStore(SQLStore):
         #: of calls, each waiting its 5 ms, stood the loop still as long as the lock).
         self._contended = False
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        #: Each thread's reader, and the thread (closed once it ended: a worker thread a
+        #: call was handed to, see ``WouldWait``, ends after a while idle).
+        self._readers: dict[sqlite3.Connection, threading.Thread] = {}
         self._readers_lock = threading.Lock()
         self._closed = False
         self._wal = None if self._memory else str(Path(self.path).resolve()) + "-wal"
@@ -325,8 +327,17 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._readers_lock:
-                self._readers.append(conn)
+                self._close_orphans()
+                self._readers[conn] = threading.current_thread()
         return conn
+
+    def _close_orphans(self) -> None:
+        """Close the readers of threads that ended (under ``_readers_lock``): else each
+        new worker thread reading here would leave a connection open, for good."""
+        for conn, thread in list(self._readers.items()):
+            if not thread.is_alive():
+                del self._readers[conn]
+                conn.close()
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

@@ -308,3 +308,26 @@ def test_the_reader_of_a_thread_that_ended_is_closed(tmp_path: Path) -> None:
     finally:
         store.close()
     assert _open_files(store.path) == 0
+
+
+async def test_calls_handed_over_leave_the_default_threads_free(
+    tmp_path: Path, other_process_lock: Any
+) -> None:
+    """Writes handed to threads wait there for the other process; they took every
+    thread of the default limiter meanwhile, so work of the engine needing one (a
+    webhook's DNS look-up, a plugin's work) waited for the other writer too."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        store.write(lambda c: c.execute("CREATE TABLE marks (n INTEGER)"))
+        holder = other_process_lock(store.path, 3.0)
+        async with anyio.create_task_group() as writes:
+            for n in range(60):
+                writes.start_soon(call_store, store, store.write, partial(_insert_mark, n=n))
+            await anyio.sleep(0.2)  # all handed over
+            started = time.monotonic()
+            assert await anyio.to_thread.run_sync(threading.get_ident) != threading.get_ident()
+            assert time.monotonic() - started < 1.0, time.monotonic() - started
+            assert holder.poll() is None  # (still held: the figure means something)
+        assert _count(store, "marks") == 60
+    finally:
+        store.close()

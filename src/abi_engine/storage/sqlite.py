@@ -169,6 +169,15 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc)
 
 
+def _alive(thread: threading.Thread) -> bool:
+    """Whether ``thread`` runs still (a thread Python did not start, once ended, may
+    raise instead of answering: Python 3.13)."""
+    try:
+        return thread.is_alive()
+    except RuntimeError:
+        return False
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Put the database in WAL mode, waiting out other processes doing the same."""
     deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
@@ -335,7 +344,7 @@ class SQLiteStore(SQLStore):
         """Close the readers of threads that ended (under ``_readers_lock``): else each
         new worker thread reading here would leave a connection open, for good."""
         for conn, thread in list(self._readers.items()):
-            if not thread.is_alive():
+            if not _alive(thread):
                 del self._readers[conn]
                 conn.close()
 

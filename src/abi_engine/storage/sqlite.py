@@ -248,10 +248,10 @@ class SQLiteStore(SQLStore):
         if not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.RLock()
-        #: Whether a write found the database's lock taken (by another process, or a
-        #: thread here) and none has begun since: a call on the event loop is then
-        #: handed to a thread at once, not after waiting ``_IMPATIENT_S`` first (a burst
-        #: of calls, each waiting its 5 ms, stood the loop still as long as the lock).
+        #: Whether a write on the event loop found the database's lock taken (by another
+        #: process, or a thread here) and none has begun since: a call on the loop is
+        #: then handed to a thread at once, not after waiting ``_IMPATIENT_S`` first (a
+        #: burst of calls, each waiting its 5 ms, stood the loop still as long as the lock).
         self._contended = False
         self._local = threading.local()
         #: Each thread's reader, and the thread (closed once it ended: a worker thread a
@@ -416,8 +416,8 @@ class SQLiteStore(SQLStore):
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
                     raise
-                self._contended = True
                 if hurry:
+                    self._contended = True
                     raise WouldWait() from None
                 if time.monotonic() >= deadline:
                     raise

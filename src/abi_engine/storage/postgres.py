@@ -37,7 +37,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -129,24 +129,35 @@ def _transaction(conn: Conn, fn: Callable[[Conn], T]) -> T:
         return fn(conn)
 
 
-#: Sent after a batch's ``BEGIN``: its statements read and write executions, steps and
+#: Sent first in a batch's pipeline: its statements read and write executions, steps and
 #: workflows by key, which an index always serves best; without statistics yet (a new
 #: or fast-growing table: autovacuum analyzes a minute later at best) the planner takes
 #: such a table for a page or two and scans it whole, once per statement (issue #18).
-BATCH_PLANNING = "SET LOCAL enable_seqscan = off"
+#: Local to the batch's transaction (``set_config``'s third argument).
+BATCH_PLANNING = "SELECT set_config('enable_seqscan', 'off', true)"
+
+#: Sent when the batch's code fails before its pipeline ends: the error it raises aborts
+#: the transaction, so the ``Sync`` that ends the pipeline rolls back what was sent.
+ABANDON = "DO $$BEGIN RAISE EXCEPTION 'abi-engine: batch abandoned'; END$$"
 
 
 def _pipelined(conn: Conn, fn: Callable[[Conn], T]) -> T:
-    """``fn(conn)`` in one transaction, in pipeline mode: ``BEGIN`` goes with the first
-    statement and ``COMMIT`` with the last ones (psycopg's ``transaction()`` waits for
-    each, and for one more sync besides), so a transaction that reads once costs two
-    round trips. Rolled back if anything fails, the commit included."""
+    """``fn(conn)`` in one transaction, in pipeline mode: the implicit transaction of the
+    extended protocol, from the first statement to the ``Sync`` that ends the pipeline
+    (which commits it), so no ``BEGIN`` or ``COMMIT`` statement is sent: a transaction
+    that reads once costs two round trips, the read's ``Flush`` and the ``Sync``. A
+    failure anywhere, the commit's included, rolls it back: a server error aborts the
+    transaction until the ``Sync``; an exception of ``fn`` sends :data:`ABANDON` first."""
     try:
-        with conn.pipeline():
-            conn.execute("BEGIN")
-            conn.execute(BATCH_PLANNING)
-            result = fn(conn)
-            conn.execute("COMMIT")
+        with conn.pipeline() as pipeline:
+            conn.execute(BATCH_PLANNING, prepare=True)
+            try:
+                result = fn(conn)
+            except BaseException:
+                with suppress(psycopg.Error):
+                    conn.execute(ABANDON)
+                    pipeline.sync()
+                raise
         return result
     except BaseException:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

@@ -355,3 +355,62 @@ async def test_a_burst_of_requests_writing_during_a_hold_keeps_the_loop_running(
             assert page.pagination.total_items == 200
             assert ticker.worst < 0.5, ticker.worst
             tg.cancel_scope.cancel()
+
+
+async def test_a_failing_batch_retried_op_by_op_never_waits_on_the_loop(
+    tmp_path: Path, new_workflow: Any
+) -> None:
+    """A batch failing as a whole (one bad op) is retried op by op, a commit each: the
+    first commit made the call unrepeatable, so the next op waited on the loop for
+    another writer taking the lock in between (1.5 s here). The retry op by op is made
+    in a worker thread instead (the failed batch wrote nothing); each op is stored once,
+    the bad one gets its error."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        workflow = new_workflow()
+        store.insert_workflow(workflow)
+
+        def op(parameters: dict[str, Any]) -> InsertExecution:
+            return InsertExecution(
+                record=ExecutionRecord(
+                    id=new_id("exec_"),
+                    workflow_id=workflow.id,
+                    workflow_type="custom",
+                    status=ExecutionStatus.QUEUED,
+                    parameters=parameters,
+                    created_at=utcnow(),
+                )
+            )
+
+        ops = [op({"n": 1}), op({"bad": object()}), op({"n": 2})]
+        taken = threading.Event()
+        holders: list[threading.Thread] = []
+        begins = 0
+
+        def another_writer_after_the_first_commit(statement: str) -> None:
+            nonlocal begins
+            if statement == "BEGIN IMMEDIATE" and not holders:
+                begins += 1
+                if begins == 3:  # the batch's, the first op's, the second op's: take it
+                    holders.append(_holder(store.path, taken, 1.5))
+                    taken.wait(30)
+
+        store._writer.set_trace_callback(another_writer_after_the_first_commit)
+        ticker = Ticker()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker.run)
+            await anyio.sleep(0.1)  # the ticker runs
+            results = await call_store(store, store.apply, ops)
+            await anyio.sleep(0.1)  # the ticker ticks after it
+            tg.cancel_scope.cancel()
+        store._writer.set_trace_callback(None)
+        for holder in holders:
+            holder.join()
+        assert len(holders) == 1  # (the other writer did take the lock in between)
+        assert results[0] is True
+        assert results[2] is True
+        assert isinstance(results[1], TypeError)
+        assert _count(store, "executions") == 2
+        assert ticker.worst < 1.0, ticker.worst
+    finally:
+        store.close()

@@ -22,7 +22,7 @@ from abi_engine.storage import postgres
 from abi_engine.storage.postgres import PostgresStore
 from abi_engine.storage.records import ClaimExecution, ExecutionRecord, InsertExecution
 
-pytestmark = pytest.mark.external_service
+pytestmark = [pytest.mark.external_service, pytest.mark.postgresql_only]
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -55,8 +55,7 @@ def _claim(execution_id: str) -> ClaimExecution:
 @pytest.fixture
 def store(make_store: Any) -> PostgresStore:
     s = make_store()
-    if not isinstance(s, PostgresStore):
-        pytest.skip("PostgreSQL only")
+    assert isinstance(s, PostgresStore)
     s.write(
         lambda conn: conn.execute(
             "INSERT INTO workflows (id, name, type, status, configuration, created_at,"

@@ -199,6 +199,12 @@ class Engine:
             templates=self.notification_templates,
             allow_private_urls=self._allow_private,
         )
+        #: The calls :meth:`call` answers in the calling thread, with their twins there
+        #: (found by a look-up: ``getattr`` of a missing ``in_thread`` costs more).
+        self._twins: dict[Any, Callable[..., Any]] = {
+            self.executions.execute: self.executions.execute_in_thread,
+            self.executions.wait: self.executions.wait_in_thread,
+        }
         #: The loop firing due schedules (:class:`~abi_engine.runtime.scheduler.Scheduler`).
         self.scheduler = Scheduler(
             AsyncStore(self.store),
@@ -406,7 +412,12 @@ class Engine:
         the loop) is answered by calling that."""
         if isinstance(fn, partial):
             args, kwargs, fn = fn.args + args, {**fn.keywords, **kwargs}, fn.func
-        twin = getattr(fn, "in_thread", None)  # a coroutine function's synchronous twin
+        try:
+            twin = self._twins.get(fn)
+        except TypeError:  # unhashable
+            twin = None
+        if twin is None:  # a coroutine function's synchronous twin
+            twin = getattr(fn, "in_thread", None)
         if twin is not None:
             return twin(*args, **kwargs)
         executions = self.executions

@@ -74,6 +74,9 @@ class Compiled:
     template_ids: tuple[str, ...] = ()
     #: The workflow is paused: its new executions wait queued (#16).
     paused: bool = False
+    #: The configuration and the plan (the steps' names) as JSON, written once for the
+    #: executions of this version (``ExecutionService._new_record``).
+    texts: tuple[str, str] | None = None
 
 
 class ExecutionRequests:
@@ -107,7 +110,7 @@ class ExecutionRequests:
         if not self._runtime.running:
             raise not_running()
         params = {} if parameters is None else parameters
-        if not isinstance(params, Mapping):
+        if type(params) is not dict and not isinstance(params, Mapping):
             raise InvalidParameters("'parameters' must be an object", {"field": "parameters"})
         timeout = _timeout(timeout_seconds, "execution_options.timeout_seconds")
         if wait and timeout is None:

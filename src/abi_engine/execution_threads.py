@@ -135,7 +135,9 @@ class ExecutionThreadDoor:
             config=compiled.config,
             params=request.parsed,
             specs=compiled.specs,
-            integration_ids=tuple(i.id for i in workflow.integrations),
+            integration_ids=tuple([i.id for i in workflow.integrations])
+            if workflow.integrations
+            else (),
             claimed=claimed,
         )
         hand_over = _hand_over(runtime, prepared, sync=wait, reservation=reservation)
@@ -229,12 +231,17 @@ class ExecutionThreadDoor:
             or not 0 <= timeout < math.inf
         ):
             return None
+        store = self._store.sync
+        record = store.get_execution(execution_id)  # ended already: answered, no waiter
+        if record is None:
+            return None
+        if settled(record):
+            return build_execution(record, store.get_steps(execution_id))
         waiter = ThreadWaiter()
         waiter.execution_id = execution_id
         waiters: dict[str, Any] = runtime._waiters
         mine = waiters.setdefault(execution_id, waiter) is waiter  # before the read: no end
         try:  # is missed between the read and the wait
-            store = self._store.sync
             record = store.get_execution(execution_id)
             if record is not None and settled(record):
                 return build_execution(record, store.get_steps(execution_id))

@@ -67,6 +67,8 @@ def build_execution(record: ExecutionRecord, steps: list[StepRecord]) -> Executi
 
 def _shown_steps(record: ExecutionRecord, steps: list[StepRecord]) -> list[Step]:
     """The plan's steps, each as stored or, when not stored yet, as it stands."""
+    if not steps and record.started_at is None:  # not started (an accepted execution)
+        return [Step(name=name, status=StepStatus.PENDING) for name in record.plan]
     by_index = {s.index: s for s in steps}
     shown: list[Step] = []
     names = list(record.plan)

@@ -39,6 +39,7 @@ from abi_engine.models import (
 from abi_engine.runtime.execution import Prepared
 from abi_engine.runtime.runner import Runtime
 from abi_engine.services import Service
+from abi_engine.storage._codec import dumps
 from abi_engine.storage.base import Store
 from abi_engine.storage.records import (
     CancelExecution,
@@ -265,6 +266,7 @@ class ExecutionService(
         """The record of a new execution, queued (held ``paused`` while its workflow is)."""
         now = utcnow()
         tracing = self._runtime.tracing
+        configuration_json, plan_json = self._texts(workflow, specs)
         return ExecutionRecord(
             id=new_id("exec_"),
             workflow_id=workflow.id,
@@ -286,7 +288,27 @@ class ExecutionService(
             trace_context=tracing.context_for(traceparent) if tracing is not None else None,
             parent_execution_id=parent_execution_id,
             scheduled_for=scheduled_for,
+            configuration_json=configuration_json,
+            plan_json=plan_json,
         )
+
+    def _texts(
+        self, workflow: Workflow, specs: builtins.list[StepSpec]
+    ) -> tuple[str | None, str | None]:
+        """The JSON of ``workflow``'s configuration and of its plan (``specs``' names),
+        written once per compiled version and kept with it (#18); ``None`` for a
+        workflow that is not the cached version (the insert writes its own)."""
+        compiled = self._cache.get(workflow.id)
+        if compiled is None or compiled.workflow is not workflow or compiled.specs is not specs:
+            return None, None
+        texts = compiled.texts
+        if texts is None:
+            try:
+                texts = (dumps(workflow.configuration), dumps([s.name for s in specs]))
+            except (TypeError, ValueError):  # (stored as JSON: never seen)
+                return None, None
+            compiled.texts = texts
+        return texts
 
     def _claim_at_once(
         self, record: ExecutionRecord, workflow: Workflow, *, wait: bool, paused: bool

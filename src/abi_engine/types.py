@@ -440,7 +440,7 @@ class WorkflowType:
         Wrong shape raises ``InvalidParameters``; :meth:`check_parameters`
         raises ``ParameterValidationError`` for invalid values.
         """
-        if not isinstance(parameters, Mapping):
+        if type(parameters) is not dict and not isinstance(parameters, Mapping):
             raise InvalidParameters("'parameters' must be an object", {"field": "parameters"})
         if self.Parameters is None:
             parsed: Any = dict(parameters)

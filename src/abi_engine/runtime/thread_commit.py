@@ -20,7 +20,6 @@ for it (``loop.call_soon_threadsafe``), once per commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -80,6 +79,8 @@ class ThreadCommits:
         #: told when it ends, each either has its answer or leads the next commit.
         self._turn = threading.Condition(self._queue_lock)
         self._leading = False
+        #: Threads waiting on ``_turn`` (none: a commit's end notifies nobody).
+        self._waiting = 0
         self._pending: list[_Slot] = []
         #: Commits made but not yet settled on the loop, and whether a drain is scheduled.
         self._settle: list[tuple[list[WriteOp], list[Any], float, list[Any], bool]] = []
@@ -106,7 +107,7 @@ class ThreadCommits:
         out."""
         with self._turn:
             while self._leading:
-                self._turn.wait()
+                self._wait_turn()
             self.loop = loop
             unsettled, self._settle = self._settle, []
             self._waking = False
@@ -168,10 +169,10 @@ class ThreadCommits:
         """Commit ``slot`` with whatever else is queued: while a commit runs, wait for it
         to end (it may carry this slot, which is then answered at once); else lead the
         next commit, of every op queued by then."""
-        with self._turn:
+        with self._queue_lock:  # (``_turn``'s lock: a Condition's ``with`` is Python code)
             self._pending.append(slot)
             while self._leading and not slot.done:
-                self._turn.wait()
+                self._wait_turn()
             if slot.done:  # carried by the commit that just ended
                 return slot
             self._leading = True
@@ -183,10 +184,19 @@ class ThreadCommits:
             if batch:
                 self._write(batch)
         finally:
-            with self._turn:
+            with self._queue_lock:
                 self._leading = False
-                self._turn.notify_all()
+                if self._waiting:
+                    self._turn.notify_all()
         return slot
+
+    def _wait_turn(self) -> None:
+        """Wait for the end of the commit under way (``_turn`` held)."""
+        self._waiting += 1
+        try:
+            self._turn.wait()
+        finally:
+            self._waiting -= 1
 
     @staticmethod
     def _refuse(batch: list[_Slot]) -> list[_Slot]:
@@ -201,7 +211,7 @@ class ThreadCommits:
         return [slot for slot in batch if not slot.posted]
 
     def _write(self, batch: list[_Slot]) -> None:
-        ops = [op for slot in batch for op in slot.ops]
+        ops = batch[0].ops if len(batch) == 1 else [op for slot in batch for op in slot.ops]
         clock = time.perf_counter()
         try:
             results = self._store.apply(ops)
@@ -224,16 +234,23 @@ class ThreadCommits:
     def _post(self, posted: list[_Slot], elapsed: float, *, count: bool) -> None:
         """Have the loop settle the callers' ops of a commit (one wake-up for all the
         commits made while the loop was busy)."""
-        ops = [op for slot in posted for op in slot.ops]
-        results = [result for slot in posted for result in slot.results]
-        thens = [(slot.then, slot.results[0]) for slot in posted if slot.then is not None]
+        if len(posted) == 1:  # (one caller's commit: the lists without comprehensions)
+            one = posted[0]
+            ops, results = list(one.ops), one.results
+            thens = [] if one.then is None else [(one.then, one.results[0])]
+        else:
+            ops = [op for slot in posted for op in slot.ops]
+            results = [result for slot in posted for result in slot.results]
+            thens = [(slot.then, slot.results[0]) for slot in posted if slot.then is not None]
         with self._queue_lock:
             self._settle.append((ops, results, elapsed, thens, count))
             wake, self._waking = not self._waking, True
         loop = self.loop
         if wake and loop is not None:  # else the loop has a drain scheduled already
-            with contextlib.suppress(RuntimeError):  # a closed loop: the engine stopped
+            try:  # (not contextlib.suppress: three Python calls)
                 loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # a closed loop: the engine stopped
+                return
 
     def _drain(self) -> None:
         """On the loop: settle every commit made in callers' threads since the last drain

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from abi_engine.models import ExecutionStatus
+from abi_engine.models import ExecutionStatus, StepStatus
 from abi_engine.storage._codec import from_ms, loads
 from abi_engine.storage.records import (
     ExecutionRecord,
@@ -25,49 +25,54 @@ _EXEC_COLUMNS = (
 
 _FROM = "FROM executions e LEFT JOIN workflows w ON w.id = e.workflow_id"
 
+#: The statuses by their stored value (a look-up: calling the enum runs Python code).
+EXECUTION_STATUSES = {status.value: status for status in ExecutionStatus}
+STEP_STATUSES = {status.value: status for status in StepStatus}
+
 
 _UNFINISHED = "('queued', 'running', 'waiting', 'paused')"
 
 
 def _row_to_record(row: Sequence[Any]) -> ExecutionRecord:
+    # (a column most often NULL is not handed to a function: a wait reads one per call, #18)
     return ExecutionRecord(
         id=row[0],
         workflow_id=row[1],
         workflow_type=row[2],
-        status=ExecutionStatus(row[3]),
+        status=EXECUTION_STATUSES.get(row[3]) or ExecutionStatus(row[3]),
         parameters=loads(row[4]),
         configuration=loads(row[5]),
         plan=loads(row[6]),
         created_at=from_ms(row[7]),  # type: ignore[arg-type]
-        started_at=from_ms(row[8]),
-        completed_at=from_ms(row[9]),
+        started_at=None if row[8] is None else from_ms(row[8]),
+        completed_at=None if row[9] is None else from_ms(row[9]),
         duration_ms=row[10],
-        result=loads(row[11]),
-        error=loads(row[12]),
+        result=None if row[11] is None else loads(row[11]),
+        error=None if row[12] is None else loads(row[12]),
         callback_url=row[13],
         callback_secret=row[14],
         schedule_id=row[15],
         created_by=row[16],
         idempotency_key=row[17],
         priority=row[18],
-        timeout_at=from_ms(row[19]),
+        timeout_at=None if row[19] is None else from_ms(row[19]),
         owner=row[20],
-        lease_until=from_ms(row[21]),
+        lease_until=None if row[21] is None else from_ms(row[21]),
         waiting_for=row[22],
-        wake_at=from_ms(row[23]),
+        wake_at=None if row[23] is None else from_ms(row[23]),
         workflow_name=row[24],
         rerun_of=row[25],
         pause_requested=bool(row[26]),
         queued_reason=row[27],
-        queued_since=from_ms(row[28]),
+        queued_since=None if row[28] is None else from_ms(row[28]),
         trace_context=row[29],
         parent_execution_id=row[30],
-        scheduled_for=from_ms(row[31]),
+        scheduled_for=None if row[31] is None else from_ms(row[31]),
         concurrency_key=row[32],
         limited=bool(row[33]),
         rate_key=row[34],
-        rate_granted_at=from_ms(row[35]),
+        rate_granted_at=None if row[35] is None else from_ms(row[35]),
         debounce_key=row[36],
         debounced_by=row[37],
-        not_before=from_ms(row[38]),
+        not_before=None if row[38] is None else from_ms(row[38]),
     )

@@ -156,6 +156,10 @@ class ExecutionRecord:
     debounced_by: str | None = None
     #: When a queued execution held by a rate limit or a debounce may be granted.
     not_before: datetime | None = None
+    #: ``configuration`` and ``plan`` as JSON, when known already (the texts of the
+    #: workflow's version, kept with its compiled form: #18); not compared, not read back.
+    configuration_json: str | None = attrs.field(default=None, eq=False, repr=False)
+    plan_json: str | None = attrs.field(default=None, eq=False, repr=False)
 
 
 #: The priority (0 to 9, higher runs first) of an execution that asks for none.

@@ -14,11 +14,17 @@ Checkpoints (copying the WAL back into the database file) do not run on the
 writer: SQLite's automatic checkpoint would run inside a commit, on the
 caller's thread (the engine's event loop), every ~1,000 pages, and cost that
 commit milliseconds (issue #18). The writer's automatic checkpoint is off and
-a :class:`_Checkpointer` thread with its own connection runs PASSIVE
-checkpoints (they wait for no reader or writer) after writes: once a second,
-or as soon as the WAL passes 4 MB; should it fall behind or fail, the writer
+a :class:`~abi_engine.storage._wal.Checkpointer` thread with its own connection
+runs PASSIVE checkpoints (they wait for no reader or writer) after writes: once a
+second, or as soon as the WAL passes 4 MB; should it fall behind or fail, the writer
 checkpoints itself once the WAL passes ``wal_limit`` bytes, so the WAL stays
-bounded.
+bounded. The writer learns the WAL's size after each commit from SQLite's
+wal-index header, mapped in memory (:class:`~abi_engine.storage._wal.WalSize`; a
+``stat`` released the GIL at every commit), or ``stat``s it when it cannot.
+
+A new execution whose workflow is active at the version it was checked against,
+unpaused and without rules is inserted by one statement checking exactly that
+(:meth:`SQLiteStore._insert_checked`), without reading the workflow first (#18).
 """
 
 from __future__ import annotations
@@ -29,18 +35,24 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import sqlite_utils
 
+from abi_engine.storage._codec import to_ms
 from abi_engine.storage._nodelocks import NodeLocks
 from abi_engine.storage._waiting import WouldWait, impatient, settled
+from abi_engine.storage._wal import WAL_KEPT_BYTES, WAL_LIMIT_BYTES, Checkpointer, WalSize
 from abi_engine.storage.migrations import MIGRATIONS
-from abi_engine.storage.records import AGAIN, ExecutionRecord
+from abi_engine.storage.records import AGAIN, ExecutionRecord, InsertExecution
 from abi_engine.storage.sql.dialect import SQLITE
-from abi_engine.storage.sql.execution_ops import execution_row, insert_execution_sql
+from abi_engine.storage.sql.execution_ops import (
+    EXECUTION_COLUMNS,
+    execution_row,
+    insert_execution_sql,
+)
 from abi_engine.storage.sql.store import SQLStore
 
 __all__ = ["SQLiteStore"]
@@ -56,12 +68,6 @@ _IMPATIENT_S = 0.005
 
 log = logging.getLogger("abi_engine.storage")
 
-#: The WAL size kept after a checkpoint (``journal_size_limit``), about the 1,000
-#: pages of SQLite's own automatic checkpoint.
-_WAL_KEPT_BYTES = 4 * 1024 * 1024
-#: Past this WAL size the writer checkpoints itself (the background thread fell behind).
-_WAL_LIMIT_BYTES = 64 * 1024 * 1024
-
 
 def _bind_as_is(kind: type, adapter: Callable[[Any], Any]) -> None:
     """Give ``kind`` an adapter returning what sqlite3 binds it as anyway, unless one is
@@ -73,92 +79,21 @@ def _bind_as_is(kind: type, adapter: Callable[[Any], Any]) -> None:
         sqlite3.register_adapter(kind, adapter)
 
 
+_INSERT = insert_execution_sql(SQLITE)
+#: The insert of an execution row (values: ``execution_row``, then its workflow's id and
+#: version in epoch ms) made only when its workflow is active at that version, not
+#: deleted nor paused, without rules (concurrency limits, rate limit, debounce: what
+#: ``concurrency.add_rules`` reads): what ``flow_ops.insert_held`` inserts as it is.
+_INSERT_CHECKED = (
+    f"INSERT INTO executions ({', '.join(name for name, _ in EXECUTION_COLUMNS)})"
+    f" SELECT {', '.join('?' for _ in EXECUTION_COLUMNS)} FROM workflows"
+    " WHERE id = ? AND updated_at = ? AND status = 'active' AND deleted_at IS NULL"
+    " AND paused_at IS NULL AND max_concurrency IS NULL AND concurrency_limit IS NULL"
+    " AND rate_limit IS NULL AND debounce_ms IS NULL ON CONFLICT DO NOTHING"
+)
+
 _bind_as_is(type(None), {}.get)  # (a C function returning None for any value: NULL)
 _bind_as_is(bool, int)  # (an integer, 0 or 1, as bool binds as an int subclass)
-
-
-class _Checkpointer:
-    """Checkpoints a WAL database from a thread of its own (PASSIVE: never waits for,
-    nor blocks, readers and writers).
-
-    :meth:`wake` (called by the writer after each commit) asks for one; the
-    thread runs at most one every ``interval`` seconds, unless the wake is
-    ``urgent`` (the WAL passed the size it is kept at). A failing checkpoint is
-    logged (once per streak) and retried at the next wake, on a new connection.
-    """
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection], interval: float) -> None:
-        self._connect = connect
-        self._interval = interval
-        self._wanted = threading.Event()
-        self._urgent = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        #: Checkpoints run, and failed, so far.
-        self.done = 0
-        self.failures = 0
-        self._streak = 0
-        self._conn: sqlite3.Connection | None = None
-
-    def wake(self, *, urgent: bool = False) -> None:
-        if self._stopping.is_set():
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="abi-engine-sqlite-checkpoint", daemon=True
-            )
-            self._thread.start()
-        if not self._wanted.is_set():  # (set already: the thread has not run since)
-            self._wanted.set()
-        if urgent and not self._urgent.is_set():
-            self._urgent.set()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wanted.set()
-        self._urgent.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def _run(self) -> None:
-        try:
-            while True:
-                self._wanted.wait()
-                if self._stopping.is_set():
-                    return
-                self._wanted.clear()
-                self._urgent.clear()
-                self.checkpoint()
-                # At most one checkpoint per interval (the writes in between share it),
-                # unless the WAL grows past its kept size meanwhile.
-                self._urgent.wait(self._interval)
-                if self._stopping.is_set():
-                    return
-        finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def checkpoint(self) -> None:
-        """One PASSIVE checkpoint; an error is logged, never raised."""
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except Exception:
-            self.failures += 1
-            self._streak += 1
-            if self._streak == 1:
-                log.warning("WAL checkpoint failed; retried after the next writes", exc_info=True)
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            return
-        if self._streak:
-            log.warning("WAL checkpoints work again after %d failures", self._streak)
-            self._streak = 0
-        self.done += 1
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -214,6 +149,21 @@ def _incremental_vacuum_when_new(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
 
+class _ReaderOf:
+    """``with store._read() as conn``: the calling thread's reader connection."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._store._reader()
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
 class SQLiteStore(SQLStore):
     """A :class:`~abi_engine.storage.Store` on one SQLite database file.
 
@@ -237,7 +187,7 @@ class SQLiteStore(SQLStore):
         *,
         durability: Durability = "normal",
         checkpoint_interval: float = 1.0,
-        wal_limit: int = _WAL_LIMIT_BYTES,
+        wal_limit: int = WAL_LIMIT_BYTES,
     ) -> None:
         self.path = str(path)
         self.durability = durability
@@ -258,14 +208,16 @@ class SQLiteStore(SQLStore):
         #: call was handed to, see ``WouldWait``, ends after a while idle).
         self._readers: dict[sqlite3.Connection, threading.Thread] = {}
         self._readers_lock = threading.Lock()
+        self._reader_of = _ReaderOf(self)
         self._closed = False
         self._wal = None if self._memory else str(Path(self.path).resolve()) + "-wal"
+        self._wal_size = None if self._wal is None else WalSize(self._wal[:-4] + "-shm")
         self._wal_limit = wal_limit
-        self._wal_kept = min(_WAL_KEPT_BYTES, wal_limit // 2)
+        self._wal_kept = min(WAL_KEPT_BYTES, wal_limit // 2)
         self._inline_at = 0  # the WAL size at the writer's last own checkpoint
         #: Checkpoints the writer ran itself (the WAL passed ``wal_limit``).
         self.inline_checkpoints = 0
-        self.checkpointer = _Checkpointer(self._connect_checkpointer, checkpoint_interval)
+        self.checkpointer = Checkpointer(self._connect_checkpointer, checkpoint_interval)
         self._writer = self._connect()
         # The writer waits for another process's lock a few milliseconds at a time:
         # ``transaction`` retries (or, in a hurry, gives up), so a caller on the event
@@ -306,12 +258,14 @@ class SQLiteStore(SQLStore):
     def _committed(self) -> None:
         """After each commit of the writer: ask for a background checkpoint; checkpoint
         here when the WAL grew past the limit all the same."""
-        if self._wal is None:
+        if self._wal is None or self._wal_size is None:
             return
-        try:
-            size = os.stat(self._wal).st_size
-        except OSError:
-            size = 0
+        size = self._wal_size.size()
+        if size is None:
+            try:
+                size = os.stat(self._wal).st_size
+            except OSError:
+                size = 0
         self.checkpointer.wake(urgent=size > self._wal_kept)
         if size <= self._wal_limit:
             self._inline_at = 0
@@ -348,13 +302,16 @@ class SQLiteStore(SQLStore):
                 del self._readers[conn]
                 conn.close()
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        """This thread's reader connection (in memory: the writer, under its lock)."""
         if self._memory:
-            with self._write_lock:
-                yield self._writer
-        else:
-            yield self._reader()
+            return self._read_memory()
+        return self._reader_of  # (a generator context manager costs ~3x as much: #18)
+
+    @contextmanager
+    def _read_memory(self) -> Iterator[sqlite3.Connection]:
+        with self._write_lock:
+            yield self._writer
 
     @contextmanager
     def _snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -389,17 +346,7 @@ class SQLiteStore(SQLStore):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                # A COMMIT that failed (disk full, I/O error) leaves the transaction
-                # open: roll it back, or every later write would fail to begin.
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if hurry:
-                settled()
-            self._committed()
+            self._commit(conn, hurry)
         finally:
             self._write_lock.release()
 
@@ -422,10 +369,41 @@ class SQLiteStore(SQLStore):
                 if time.monotonic() >= deadline:
                     raise
 
+    def _commit(self, conn: sqlite3.Connection, hurry: bool) -> None:
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # A COMMIT that failed (disk full, I/O error) leaves the transaction
+            # open: roll it back, or every later write would fail to begin.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if hurry:
+            settled()
+        self._committed()
+
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one write transaction and return its result."""
-        with self.transaction() as conn:
-            return fn(conn)
+        """Run ``fn(conn)`` in one write transaction and return its result (what
+        :meth:`transaction` does, without a generator: every commit comes here, #18)."""
+        hurry = impatient()
+        if hurry and self._contended:
+            raise WouldWait()
+        if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
+            self._contended = True
+            raise WouldWait()
+        try:
+            conn = self._writer
+            self._begin(conn, hurry)
+            try:
+                result = fn(conn)
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._commit(conn, hurry)
+            return result
+        finally:
+            self._write_lock.release()
 
     def close(self) -> None:
         if self._closed:
@@ -440,6 +418,8 @@ class SQLiteStore(SQLStore):
                 conn.close()
             self._readers.clear()
         with self._write_lock:
+            if self._wal_size is not None:
+                self._wal_size.close()  # before the writer lets go of the -shm file
             self._writer.close()
 
     # -- schema ------------------------------------------------------------------
@@ -465,15 +445,41 @@ class SQLiteStore(SQLStore):
 
     # -- what SQLite adds to the shared SQL ------------------------------------------------
 
+    def _insert_checked(
+        self, conn: sqlite3.Connection, records: Sequence[ExecutionRecord], ops: Sequence[Any]
+    ) -> list[bool] | None:
+        """Insert each new execution whose workflow, in this transaction, is active at the
+        version it was checked against, unpaused and without rules, in one statement
+        that checks it (no read of the workflow before: #18); whether each was. The
+        others (and those of a workflow one of them found otherwise) are left to
+        ``insert_held``."""
+        done = [False] * len(records)
+        refused: set[str] = set()
+        for i, op in enumerate(ops):
+            r = records[i]
+            if (
+                type(op) is not InsertExecution
+                or op.workflow_version is None
+                or r.idempotency_key is not None
+                or r.replaced
+                or r.workflow_id in refused
+            ):
+                continue
+            row = (*execution_row(SQLITE, r), r.workflow_id, to_ms(op.workflow_version))
+            if conn.execute(_INSERT_CHECKED, row).rowcount > 0:
+                done[i] = True
+            else:
+                refused.add(r.workflow_id)
+        return done
+
     def _insert_executions(
         self, conn: sqlite3.Connection, records: Sequence[ExecutionRecord]
     ) -> list[Any]:
         """Insert execution rows one by one; ``False`` for one whose idempotency key is
         taken, ``AGAIN`` for one whose id is there already (its own insert, retried)."""
-        sql = insert_execution_sql(SQLITE)
         results: list[Any] = []
         for r in records:
-            if conn.execute(sql, execution_row(SQLITE, r)).rowcount > 0:
+            if conn.execute(_INSERT, execution_row(SQLITE, r)).rowcount > 0:
                 results.append(True)
                 continue
             found = conn.execute("SELECT 1 FROM executions WHERE id = ?", (r.id,)).fetchone()

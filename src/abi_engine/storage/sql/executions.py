@@ -22,7 +22,12 @@ from abi_engine.storage._fencing import (
     new_claim,
     types_filter,
 )
-from abi_engine.storage._rows_executions import _EXEC_COLUMNS, _FROM, _row_to_record
+from abi_engine.storage._rows_executions import (
+    _EXEC_COLUMNS,
+    _FROM,
+    STEP_STATUSES,
+    _row_to_record,
+)
 from abi_engine.storage._waiting import WouldWait, impatient
 from abi_engine.storage.records import (
     TIMEOUT_SUFFIX,
@@ -89,6 +94,16 @@ class ExecutionsMixin:
     #: of higher priority work delays lower priority work by at most 9 times this).
     priority_aging_ms: int = 10_000
 
+    def _insert_checked(
+        self, conn: Conn, records: Sequence[ExecutionRecord], ops: Sequence[WriteOp]
+    ) -> list[bool] | None:
+        """Insert, each in one statement checking its workflow, the records that
+        :func:`~abi_engine.storage.sql.flow_ops.insert_held` would insert as they are
+        (their workflow active at the version they were checked against, not paused,
+        without rules); whether each was (``None``: none). The others are left to it.
+        This backend: none (it reads the workflows of a batch in one statement)."""
+        return None
+
     def _insert_executions(self, conn: Conn, records: Sequence[ExecutionRecord]) -> list[Any]:
         """Insert execution rows; each one's result: ``True``, ``False`` when its
         idempotency key is taken, ``AGAIN`` when a row of its id is there already
@@ -110,7 +125,7 @@ class ExecutionsMixin:
         then the exception it raised. On the event loop (SQLite), that retry
         is made in a worker thread (:class:`~abi_engine.storage._waiting.WouldWait`).
         """
-        write = self._write_batch if all(type(op) in PIPELINED for op in ops) else self.write
+        write = self._write_batch if PIPELINED.issuperset(map(type, ops)) else self.write
         try:
             return list(write(lambda conn: self._apply_batch(conn, ops)))
         except Exception:
@@ -136,6 +151,8 @@ class ExecutionsMixin:
         each kind in the order it first appears: in pipeline mode the read of the
         executions goes with the inserts' check of paused workflows (one round trip).
         """
+        if len(ops) == 1 and type(ops[0]) is InsertExecution:  # (a caller's commit: #18)
+            return [self._apply_one(conn, ops[0])]  # (what a batch of one does, shorter)
         results: list[Any] = [None] * len(ops)
         groups: dict[type, list[int]] = {}
         for index, op in enumerate(ops):
@@ -160,7 +177,8 @@ class ExecutionsMixin:
             if (op.events or op.found) and applied(result):
                 events.extend(op.events)
                 events.extend(op.found)
-        self._insert_events(conn, events)
+        if events:
+            self._insert_events(conn, events)
         return results
 
     def _apply_one(self, conn: Conn, op: WriteOp) -> Any:
@@ -191,13 +209,13 @@ class ExecutionsMixin:
                 execution_id=r[0],
                 index=r[1],
                 name=r[2],
-                status=StepStatus(r[3]),
-                started_at=from_ms(r[4]),
-                completed_at=from_ms(r[5]),
+                status=STEP_STATUSES.get(r[3]) or StepStatus(r[3]),
+                started_at=None if r[4] is None else from_ms(r[4]),
+                completed_at=None if r[5] is None else from_ms(r[5]),
                 duration_ms=r[6],
                 attempts=r[7],
-                result=loads(r[8]),
-                error=loads(r[9]),
+                result=None if r[8] is None else loads(r[8]),
+                error=None if r[9] is None else loads(r[9]),
                 reused_from=r[10],
             )
             for r in rows

@@ -160,14 +160,37 @@ def insert_held(
     finds (``op.found``) an ``execution.skipped`` for each execution it ended by
     debounce: an earlier record of the batch, or a stored one still waiting. They
     are written with the op's events, in this transaction, so none is lost or
-    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``)."""
+    repeated (a retry of a committed insert ends nothing: its results are ``AGAIN``).
+
+    Records the store inserts at once, checking their workflow in the same statement
+    (``_insert_checked``: active at the op's version, not paused, no rules, as below
+    then inserts them as they are), skip the rest (#18)."""
+    direct = s._insert_checked(conn, records, ops)
+    if direct is not None:
+        for op, done in zip(ops, direct, strict=True):
+            if done:
+                op.found.clear()  # what an attempt rolled back found
+        rest = [i for i, done in enumerate(direct) if not done]
+        results: list[Any] = [True] * len(records)
+        if rest:
+            left = _insert_held(s, conn, [records[i] for i in rest], [ops[i] for i in rest])
+            for i, result in zip(rest, left, strict=True):
+                results[i] = result
+        return results
+    return _insert_held(s, conn, records, ops)
+
+
+def _insert_held(
+    s: Store, conn: Conn, records: Sequence[ExecutionRecord], ops: Sequence[WriteOp]
+) -> list[Any]:
+    """:func:`insert_held` of the records the store did not insert at once."""
     workflows = _workflows(s, conn, records)
     stale = _stale(s, conn, records, ops, workflows)
     if stale:  # not stored: their requests are checked again against the new version
         kept = [i for i in range(len(ops)) if i not in stale]
         results: list[Any] = [None] * len(ops)
         if kept:
-            done = insert_held(s, conn, [records[i] for i in kept], [ops[i] for i in kept])
+            done = _insert_held(s, conn, [records[i] for i in kept], [ops[i] for i in kept])
             for i, result in zip(kept, done, strict=True):
                 results[i] = result
         return results
@@ -181,14 +204,18 @@ def insert_held(
     for result, op in zip(results, ops, strict=True):
         if result is True:
             op.found.clear()  # what an attempt rolled back found
-    owner = {r.id: op for r, op in zip(records, ops, strict=True)}
-    now = utcnow()
-    for r, result in zip(shaped, results, strict=True):
-        if result is not True:
-            continue
-        if r.status is ExecutionStatus.SKIPPED:  # inserted ended: by a later one of the batch
-            owner[r.id].found.append(_skip_event(r.id, r.completed_at or now))
-        owner[r.id].found.extend(_skip_event(ended, now) for ended in r.replaced)
+    ending = [
+        r
+        for r, result in zip(shaped, results, strict=True)
+        if result is True and (r.replaced or r.status is ExecutionStatus.SKIPPED)
+    ]
+    if ending:
+        owner = {r.id: op for r, op in zip(records, ops, strict=True)}
+        now = utcnow()
+        for r in ending:
+            if r.status is ExecutionStatus.SKIPPED:  # inserted ended: by a later one of the batch
+                owner[r.id].found.append(_skip_event(r.id, r.completed_at or now))
+            owner[r.id].found.extend(_skip_event(ended, now) for ended in r.replaced)
     return results
 
 

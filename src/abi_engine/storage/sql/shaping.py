@@ -84,10 +84,10 @@ def shaping_values(r: ExecutionRecord) -> tuple[Any, ...]:
     """The values of :data:`SHAPING_COLUMNS` of an execution row."""
     return (
         r.rate_key,
-        to_ms(r.rate_granted_at),
+        None if r.rate_granted_at is None else to_ms(r.rate_granted_at),
         r.debounce_key,
         r.debounced_by,
-        to_ms(r.not_before),
+        None if r.not_before is None else to_ms(r.not_before),
     )
 
 

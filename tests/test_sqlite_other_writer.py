@@ -414,3 +414,19 @@ async def test_a_failing_batch_retried_op_by_op_never_waits_on_the_loop(
         assert ticker.worst < 1.0, ticker.worst
     finally:
         store.close()
+
+
+def test_a_known_user_costs_no_write(tmp_path: Path) -> None:
+    """Minting a token for a known user commits once (the token), not twice: a first
+    commit would make the call's next write wait on the loop (it cannot be repeated)."""
+    store = SQLiteStore(tmp_path / "s.db")
+    try:
+        first = store.ensure_user("usr_a", utcnow())
+        written: list[str] = []
+        store._writer.set_trace_callback(written.append)
+        again = store.ensure_user("usr_a", utcnow())
+        store._writer.set_trace_callback(None)
+        assert again == first
+        assert written == []
+    finally:
+        store.close()

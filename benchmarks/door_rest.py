@@ -257,13 +257,22 @@ def _abi_server(
     argv += ["--rate-limit", "0", "--log-level", "warning", "--durability", args.durability]
     if processes > 1:
         argv += ["--processes", str(processes)]
-    if source is None:  # another checkout's serve may not know these
+    if _knows_loop(source):  # (an older checkout's serve may not know these)
         argv += ["--loop", args.loop, "--http", args.http]
     paths = {
         "execute_async": f"/api/v1/workflows/{wf_id}/execute_async",
         "GET": f"/api/v1/workflows/{wf_id}",
     }
     return Server(argv, port, pin, env=env, paths=paths, token=token)
+
+
+def _knows_loop(source: str | None) -> bool:
+    """Whether the checkout's ``serve`` takes ``--loop``/``--http``: a ``--compare`` server
+    must run the same loop and parser as this one (it ran uvicorn's ``auto`` before)."""
+    if source is None:
+        return True
+    serve = Path(source) / "src" / "abi_engine" / "cli" / "serve.py"
+    return serve.exists() and '"--loop"' in serve.read_text()
 
 
 def _schema(server: str, name: str) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from abi_engine.errors import InvalidParameters, InvalidState
+from abi_engine.errors import AbiError, InvalidParameters, InvalidState
 from abi_engine.execution_requests import Compiled, check_priority, not_running, waited_answer
 from abi_engine.execution_views import build_execution
 from abi_engine.models import Execution, WorkflowStatus
@@ -76,7 +76,10 @@ class ExecutionThreadDoor:
             callback_url=options.get("callback_url"),
             callback_secret=options.get("callback_secret"), idempotency_key=None,
         )  # fmt: skip
-        parsed = compiled.workflow_type.parse_parameters(params, compiled.config)
+        try:
+            parsed = compiled.workflow_type.parse_parameters(params, compiled.config)
+        except AbiError:  # by the cached version: a newer one may accept them, the loop
+            return None  # reads it (and refuses them again if it does not)
         request = _Request(compiled, parsed, params, timeout, options)
         if wait:
             return self._run_in_thread(request)

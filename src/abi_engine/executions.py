@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from abi_engine.auth import Principal
 from abi_engine.coalesce import ReadCoalescer
 from abi_engine.errors import (
+    AbiError,
     ExecutionNotFound,
     ExecutionTimeout,
     InvalidParameters,
@@ -140,11 +141,14 @@ class ExecutionService(
             "traceparent": traceparent, "parent_execution_id": parent_execution_id,
             "scheduled_for": scheduled_for, "priority": priority,
         }  # fmt: skip
+        # A first attempt trusts the cached workflow (the insert checks its version in its
+        # own transaction); a replay of an idempotency key reads the store anyway.
+        trusted = idempotency_key is None
         while True:
             try:
-                return await self._accept(workflow_id, params, wait, timeout, options)
+                return await self._accept(workflow_id, params, wait, timeout, options, trusted)
             except WorkflowChanged:  # since the request was checked: check it again
-                continue
+                trusted = False
 
     async def _accept(
         self,
@@ -153,14 +157,30 @@ class ExecutionService(
         wait: bool,
         timeout: float | None,
         options: dict[str, Any],
+        trusted: bool = False,
     ) -> Execution:
-        """``execute`` of a checked request, against the workflow's current version."""
-        compiled = await self.compiled(workflow_id)
-        key = options["idempotency_key"]
-        if replay := await self._replayed(compiled.workflow.id, key, wait=wait, timeout=timeout):
-            return replay
-        await self._check_runnable(compiled)
-        parsed = compiled.workflow_type.parse_parameters(params, compiled.config)
+        """``execute`` of a checked request, against the workflow's current version.
+
+        ``trusted``: the cached compiled workflow when it may be used without reading the
+        workflow's version (:meth:`_compiled_in_thread`): the insert refuses it if that
+        version is not current any more (:class:`WorkflowChanged`, then checked afresh),
+        and so does a refusal of the parameters by it (a newer version may accept them).
+        """
+        compiled = self._compiled_in_thread(workflow_id) if trusted else None
+        if compiled is not None:
+            try:
+                parsed = compiled.workflow_type.parse_parameters(params, compiled.config)
+            except AbiError:
+                raise WorkflowChanged("Checked against a cached version") from None
+        else:
+            compiled = await self.compiled(workflow_id)
+            key = options["idempotency_key"]
+            if replay := await self._replayed(
+                compiled.workflow.id, key, wait=wait, timeout=timeout
+            ):
+                return replay
+            await self._check_runnable(compiled)
+            parsed = compiled.workflow_type.parse_parameters(params, compiled.config)
         reservation = None if wait else self._runtime.reserve()
         try:
             return await self._start(

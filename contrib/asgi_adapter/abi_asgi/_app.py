@@ -148,7 +148,8 @@ def parse_json_body(raw: bytes) -> Any:
 
 
 def _success(data: Any) -> bytes:
-    return _encode({"status": "success", "data": data}).encode("ascii")
+    encoded = data.json if isinstance(data, api.Encoded) else api.json_bytes(data)
+    return b'{"status":"success","data":' + encoded + b"}"
 
 
 def _error(exc: AbiError) -> bytes:
@@ -244,7 +245,9 @@ class _Api:
             headers=headers,
             raw=raw,
         )
-        status, data = await api.call_with_status(self.engine, principal, op.name, request)
+        status, data = await api.call_with_status(
+            self.engine, principal, op.name, request, encoded=True
+        )
         return status, data if isinstance(data, api.Raw) else _success(data)
 
     async def _authenticate(self, scope: Scope, headers: Mapping[str, str]) -> Principal:

@@ -33,6 +33,7 @@ from abi_engine.api.operations import (
     OPERATIONS,
     Accepted,
     ApiRequest,
+    Encoded,
     Operation,
     QueryParam,
     Raw,
@@ -42,6 +43,7 @@ from abi_engine.api.operations import (
     call_with_status,
     check_quota,
     get_operation,
+    json_bytes,
     operation,
 )
 
@@ -49,6 +51,7 @@ __all__ = [
     "OPERATIONS",
     "Accepted",
     "ApiRequest",
+    "Encoded",
     "Operation",
     "QueryParam",
     "Raw",
@@ -58,5 +61,6 @@ __all__ = [
     "call_with_status",
     "check_quota",
     "get_operation",
+    "json_bytes",
     "operation",
 ]

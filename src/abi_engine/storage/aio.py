@@ -18,7 +18,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 
 from abi_engine.storage._waiting import WouldWait, set_impatient
 from abi_engine.storage.base import OwnedKind, Store, StoredEvent, WorkflowQuery
@@ -48,6 +50,23 @@ __all__ = ["AsyncStore", "call_store"]
 
 T = TypeVar("T")
 
+#: Worker threads for the calls handed over because another writer holds the database
+#: (:class:`~abi_engine.storage._waiting.WouldWait`): they queue for its lock one after
+#: the other, so a few are enough, and they no longer take every thread of the default
+#: limiter meanwhile (webhook DNS look-ups, plugins' work waited for the other writer).
+_HANDED_OVER_THREADS = 4
+_handed_over: RunVar[anyio.CapacityLimiter] = RunVar("abi_engine_handed_over")
+
+
+def _handed_over_limiter() -> anyio.CapacityLimiter:
+    """This event loop's limiter of the threads calls are handed over to."""
+    try:
+        return _handed_over.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(_HANDED_OVER_THREADS)
+        _handed_over.set(limiter)
+        return limiter
+
 
 async def call_store(store: Store, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)``, a call on ``store``, without stalling the event loop.
@@ -69,7 +88,8 @@ async def call_store(store: Store, fn: Callable[..., T], *args: Any, **kwargs: A
         pass
     finally:
         set_impatient(previous)
-    return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs))
+    call = partial(fn, *args, **kwargs)
+    return await anyio.to_thread.run_sync(call, limiter=_handed_over_limiter())
 
 
 class AsyncStore:

@@ -104,6 +104,15 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc)
 
 
+def _alive(thread: threading.Thread) -> bool:
+    """Whether ``thread`` runs still (a thread Python did not start, once ended, may
+    raise instead of answering: Python 3.13)."""
+    try:
+        return thread.is_alive()
+    except RuntimeError:
+        return False
+
+
 def _use_wal(conn: sqlite3.Connection) -> None:
     """Put the database in WAL mode, waiting out other processes doing the same."""
     deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
@@ -189,8 +198,15 @@ class SQLiteStore(SQLStore):
         if not self._memory:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.RLock()
+        #: Whether a write on the event loop found the database's lock taken (by another
+        #: process, or a thread here) and none has begun since: a call on the loop is
+        #: then handed to a thread at once, not after waiting ``_IMPATIENT_S`` first (a
+        #: burst of calls, each waiting its 5 ms, stood the loop still as long as the lock).
+        self._contended = False
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        #: Each thread's reader, and the thread (closed once it ended: a worker thread a
+        #: call was handed to, see ``WouldWait``, ends after a while idle).
+        self._readers: dict[sqlite3.Connection, threading.Thread] = {}
         self._readers_lock = threading.Lock()
         self._reader_of = _ReaderOf(self)
         self._closed = False
@@ -274,8 +290,17 @@ class SQLiteStore(SQLStore):
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._readers_lock:
-                self._readers.append(conn)
+                self._close_orphans()
+                self._readers[conn] = threading.current_thread()
         return conn
+
+    def _close_orphans(self) -> None:
+        """Close the readers of threads that ended (under ``_readers_lock``): else each
+        new worker thread reading here would leave a connection open, for good."""
+        for conn, thread in list(self._readers.items()):
+            if not _alive(thread):
+                del self._readers[conn]
+                conn.close()
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         """This thread's reader connection (in memory: the writer, under its lock)."""
@@ -304,9 +329,13 @@ class SQLiteStore(SQLStore):
 
         Where waiting would stall the event loop (:func:`~abi_engine.storage._waiting.
         impatient`), :class:`~abi_engine.storage._waiting.WouldWait` is raised instead
-        of waiting for the lock, held by another thread or another process."""
+        of waiting for the lock, held by another thread or another process: after
+        ``_IMPATIENT_S``, or at once while an earlier write waits for it."""
         hurry = impatient()
+        if hurry and self._contended:
+            raise WouldWait()
         if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
+            self._contended = True
             raise WouldWait()
         try:
             conn = self._writer
@@ -329,11 +358,13 @@ class SQLiteStore(SQLStore):
         while True:
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._contended = False
                 return
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
                     raise
                 if hurry:
+                    self._contended = True
                     raise WouldWait() from None
                 if time.monotonic() >= deadline:
                     raise
@@ -355,7 +386,10 @@ class SQLiteStore(SQLStore):
         """Run ``fn(conn)`` in one write transaction and return its result (what
         :meth:`transaction` does, without a generator: every commit comes here, #18)."""
         hurry = impatient()
+        if hurry and self._contended:
+            raise WouldWait()
         if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
+            self._contended = True
             raise WouldWait()
         try:
             conn = self._writer

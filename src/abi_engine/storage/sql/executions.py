@@ -28,6 +28,7 @@ from abi_engine.storage._rows_executions import (
     STEP_STATUSES,
     _row_to_record,
 )
+from abi_engine.storage._waiting import WouldWait, impatient
 from abi_engine.storage.records import (
     TIMEOUT_SUFFIX,
     CheckpointStep,
@@ -121,7 +122,8 @@ class ExecutionsMixin:
 
         If the batch fails as a whole, each op is retried in its own
         transaction so that one bad op cannot sink the others; its result is
-        then the exception it raised.
+        then the exception it raised. On the event loop (SQLite), that retry
+        is made in a worker thread (:class:`~abi_engine.storage._waiting.WouldWait`).
         """
         write = self._write_batch if PIPELINED.issuperset(map(type, ops)) else self.write
         try:
@@ -129,6 +131,8 @@ class ExecutionsMixin:
         except Exception:
             if len(ops) == 1:
                 raise
+        if impatient():  # on the loop, a commit per op: the next one could wait there
+            raise WouldWait()  # (for another writer); the failed batch wrote nothing
         results: list[Any] = []
         for op in ops:
             try:

@@ -179,6 +179,13 @@ class SQLStore(
     # -- users and tokens ----------------------------------------------------------------
 
     def ensure_user(self, user_id: str, created_at: datetime) -> User:
+        # Read first: a known user costs no write (and no commit a caller's next write
+        # would have to follow: see storage/_waiting.py).
+        with self._read() as conn:
+            known = conn.execute("SELECT created_at FROM users WHERE id = ?", (user_id,)).fetchone()
+        if known is not None:
+            return User(id=user_id, created_at=from_ms(known[0]))  # type: ignore[arg-type]
+
         def run(conn: Conn) -> Any:
             conn.execute(
                 "INSERT INTO users (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",

@@ -235,6 +235,17 @@ def databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databa
         yield factory
 
 
+@pytest.fixture
+def backend_engine(databases: DatabaseFactory) -> Iterator[Engine]:
+    """An engine on each engine backend (``databases``) with the installed plugins;
+    closed after the test."""
+    built = Engine(databases())
+    try:
+        yield built
+    finally:
+        built.close()
+
+
 @pytest.fixture(params=STORE_BACKENDS)
 def every_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
     """Like ``databases``, on every backend whatever ``ABI_ENGINE_TEST_ENGINE_BACKENDS``

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -60,12 +60,8 @@ class Held:
 
 
 @pytest.fixture
-def engine(databases: DatabaseFactory) -> Iterator[Engine]:
-    built = Engine(databases())
-    try:
-        yield built
-    finally:
-        built.close()
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 def _workflow(engine: Engine) -> str:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,8 @@ def _workflow(engine: Engine, name: str = "door") -> str:
 
 
 @pytest.fixture
-def engine(databases: DatabaseFactory) -> Iterator[Engine]:
-    built = Engine(databases())
-    try:
-        yield built
-    finally:
-        built.close()
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 class Hops:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -46,12 +46,8 @@ def _steps(factor: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def engine(databases: DatabaseFactory) -> Iterator[Engine]:
-    built = Engine(databases())
-    try:
-        yield built
-    finally:
-        built.close()
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 def _workflow(engine: Engine) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -40,12 +40,8 @@ def _configuration(names: list[str], factor: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def engine(databases: DatabaseFactory) -> Iterator[Engine]:
-    built = Engine(databases())
-    try:
-        yield built
-    finally:
-        built.close()
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 def _workflow(engine: Engine, configuration: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ read and the registration is not missed). Both backends.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,12 +40,8 @@ class _Registry(dict):  # type: ignore[type-arg]
 
 
 @pytest.fixture
-def engine(databases: DatabaseFactory) -> Iterator[Engine]:
-    built = Engine(databases())
-    try:
-        yield built
-    finally:
-        built.close()
+def engine(backend_engine: Engine) -> Engine:
+    return backend_engine
 
 
 def test_a_wait_for_an_ended_execution_registers_no_waiter(

@@ -325,18 +325,8 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One serialized write transaction (``BEGIN IMMEDIATE``).
-
-        Where waiting would stall the event loop (:func:`~abi_engine.storage._waiting.
-        impatient`), :class:`~abi_engine.storage._waiting.WouldWait` is raised instead
-        of waiting for the lock, held by another thread or another process: after
-        ``_IMPATIENT_S``, or at once while an earlier write waits for it."""
-        hurry = impatient()
-        if hurry and self._contended:
-            raise WouldWait()
-        if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
-            self._contended = True
-            raise WouldWait()
+        """One serialized write transaction (``BEGIN IMMEDIATE``), as :meth:`write`."""
+        hurry = self._lock()
         try:
             conn = self._writer
             self._begin(conn, hurry)
@@ -349,6 +339,19 @@ class SQLiteStore(SQLStore):
             self._commit(conn, hurry)
         finally:
             self._write_lock.release()
+
+    def _lock(self) -> bool:
+        """Take the writer's lock; whether in a hurry (:func:`~abi_engine.storage._waiting.
+        impatient`). In a hurry, :class:`~abi_engine.storage._waiting.WouldWait` is raised
+        instead of waiting for the lock, held by another thread or another process:
+        after ``_IMPATIENT_S``, or at once while an earlier write waits for it."""
+        hurry = impatient()
+        if hurry and self._contended:
+            raise WouldWait()
+        if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
+            self._contended = True
+            raise WouldWait()
+        return hurry
 
     def _begin(self, conn: sqlite3.Connection, hurry: bool) -> None:
         """``BEGIN IMMEDIATE``: wait for another process's write for at most
@@ -385,12 +388,7 @@ class SQLiteStore(SQLStore):
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one write transaction and return its result (what
         :meth:`transaction` does, without a generator: every commit comes here, #18)."""
-        hurry = impatient()
-        if hurry and self._contended:
-            raise WouldWait()
-        if not self._write_lock.acquire(timeout=_IMPATIENT_S if hurry else -1):
-            self._contended = True
-            raise WouldWait()
+        hurry = self._lock()
         try:
             conn = self._writer
             self._begin(conn, hurry)

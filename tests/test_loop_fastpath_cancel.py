@@ -7,22 +7,14 @@ the workers held at the gate then serve new work (nothing left stuck)."""
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import anyio
 import pytest
 from runtime_plugins import PROBE
-from runtime_plugins.helpers import EngineFactory, fast, new_workflow
+from runtime_plugins.helpers import EngineFactory, fast, new_workflow, until_sync
 
 from abi_engine import ExecutionStatus
-
-
-def _until(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def _gated(engine: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[str]]:
@@ -53,7 +45,7 @@ def test_stored_running_then_cancelled_or_paused_before_its_worker_runs_it(
         accepted = engine.call(engine.executions.execute_many, wf, [{}] * 2)
         assert [a.status for a in accepted] == [ExecutionStatus.RUNNING] * 2
         ids = [a.execution_id for a in accepted]
-        _until(lambda: sorted(parked) == sorted(ids), "both taken by a worker")
+        until_sync(lambda: sorted(parked) == sorted(ids), "both taken by a worker")
         if action == "cancel":
             for execution_id in ids:
                 engine.call(engine.executions.cancel, execution_id)
@@ -66,7 +58,7 @@ def test_stored_running_then_cancelled_or_paused_before_its_worker_runs_it(
                 final = engine.call(engine.executions.wait, execution_id, 60)
                 assert final.status is ExecutionStatus.CANCELLED, final.status
                 continue
-            _until(
+            until_sync(
                 lambda e=execution_id: (
                     engine.call(engine.executions.get, e).status is ExecutionStatus.PAUSED
                 ),
@@ -76,7 +68,7 @@ def test_stored_running_then_cancelled_or_paused_before_its_worker_runs_it(
             final = engine.call(engine.executions.wait, execution_id, 60)
             assert final.status is ExecutionStatus.COMPLETED
             assert PROBE.runs(execution_id) == {"first": 1, "second": 1, "third": 1}
-        _until(lambda: engine.runtime.idle_workers() == 2, "the gated workers are idle again")
+        until_sync(lambda: engine.runtime.idle_workers() == 2, "the gated workers are idle again")
         if action == "cancel":  # no step started, not even up to its first await
             assert all(PROBE.runs(execution_id) == {} for execution_id in ids)
         more = engine.call(engine.executions.execute_many, wf, [{}] * 5)

@@ -34,19 +34,13 @@ from runtime_plugins.helpers import (
     engines,
     fast,
     new_workflow,
+    until_sync,
     wait_status,
 )
 from test_sqlite_other_writer import HOLD
 
 from abi_engine import ExecutionStatus
 from abi_engine.storage.records import CheckpointStep, FinishExecution, InsertExecution, WriteOp
-
-
-def _until(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("wait", [False, True])
@@ -82,7 +76,7 @@ def test_cancelled_between_its_commit_and_its_hand_over_runs_no_step(
 
         caller = threading.Thread(target=call)
         caller.start()
-        _until(lambda: held, "the insert committed, its hand-over held")
+        until_sync(lambda: held, "the insert committed, its hand-over held")
         execution_id = held[0]
         stored = engine.call(engine.executions.get, execution_id)
         assert stored.status is ExecutionStatus.RUNNING  # stored running at its acceptance
@@ -95,7 +89,7 @@ def test_cancelled_between_its_commit_and_its_hand_over_runs_no_step(
         if wait:
             assert answers[0].status is ExecutionStatus.CANCELLED
         runtime = engine.runtime
-        _until(lambda: not runtime._inflight and runtime.idle_workers() == 2, "workers idle")
+        until_sync(lambda: not runtime._inflight and runtime.idle_workers() == 2, "workers idle")
         assert PROBE.runs(execution_id) == {}  # not even up to its first await
         monkeypatch.undo()
         after = engine.call(engine.executions.execute, wf, {}, timeout_seconds=60)

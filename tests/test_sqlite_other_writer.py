@@ -288,7 +288,6 @@ def _open_files(path: str) -> int:
     return count
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 def test_the_reader_of_a_thread_that_ended_is_closed(tmp_path: Path) -> None:
     """A call handed to a worker thread reads there on a connection of that thread; the
     worker ends after a while idle, and a new one takes its place at the next burst.

@@ -148,16 +148,17 @@ def _lower_keys(headers: Mapping[str, str] | None) -> dict[str, str]:
 class _Requests:
     """:meth:`Transport.request` of both transports: the answer without its status."""
 
-    def request_with_status(
-        self,
-        op_name: str,
-        *,
-        path: Mapping[str, str] | None = None,
-        query: Mapping[str, Any] | None = None,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> tuple[int, Any]:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # each transport's own
+
+        def request_with_status(
+            self,
+            op_name: str,
+            *,
+            path: Mapping[str, str] | None = None,
+            query: Mapping[str, Any] | None = None,
+            body: Any = None,
+            headers: Mapping[str, str] | None = None,
+        ) -> tuple[int, Any]: ...
 
     def request(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "resume_and_check_once",
     "started_on",
     "until",
+    "until_sync",
     "wait_status",
 ]
 
@@ -103,6 +105,16 @@ async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = 
             await anyio.sleep(0.01)
         return
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def until_sync(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll ``check`` from a plain thread every 50 ms until it returns something true
+    (returned); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
 
 
 async def wait_status(
